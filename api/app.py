@@ -1,0 +1,204 @@
+"""The HTTP API: a Quart-Trio app that speaks OpenAI and Anthropic to clients.
+
+Handlers parse the wire format into a canonical request, hand it to the gateway, and render
+the result (or any :class:`~engine.errors.RouterError`) back in the caller's protocol. Every
+response, errors and streams included, carries ``X-LLM-Router-Request-Id``; answered ones also
+carry the routing headers of SPEC.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine.config import Config
+from engine.errors import (
+    DeadlineExceeded,
+    PayloadTooLarge,
+    RateLimited,
+    RequestInvalid,
+    RouterError,
+    Unauthorized,
+    UpstreamRateLimited,
+)
+from engine.gateway import ChatStream, Gateway, open_gateway
+from engine.node import Served
+
+from .protocols import ANTHROPIC, OPENAI, WireProtocol
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("llm_router")
+
+_JSON = "application/json"
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
+                "x-accel-buffering": "no"}
+
+
+def _routing_headers(served: Served, request_id: str) -> dict[str, str]:
+    return {
+        "x-llm-router-score": "" if served.score is None else str(served.score),
+        "x-llm-router-tier": str(served.tier),
+        "x-llm-router-model": served.model,
+        "x-llm-router-cache": served.cache,
+        "x-llm-router-router": served.router,
+        "x-llm-router-request-id": request_id,
+    }
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status, content_type=_JSON)
+
+
+def create_app(config: Config) -> QuartTrio:
+    """Build the app for ``config``. The gateway starts and stops with serving."""
+    app = QuartTrio("llm_router")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # streams may run for minutes; deadlines live in the engine
+        BODY_TIMEOUT=config.server.read_timeout_sec,
+        MAX_CONTENT_LENGTH=config.server.max_body_bytes,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    allowed_keys = tuple(k.encode() for k in config.server.api_keys)
+    holder: dict[str, Gateway] = {}
+
+    @app.while_serving
+    async def lifespan() -> AsyncIterator[None]:
+        async with open_gateway(config) as gateway:
+            holder["gateway"] = gateway
+            yield
+            holder.pop("gateway", None)
+
+    def gateway() -> Gateway:
+        return holder["gateway"]
+
+    def error_response(protocol: WireProtocol, err: RouterError, request_id: str) -> Response:
+        response = Response(protocol.render_error(err), status=err.status, content_type=_JSON)
+        response.headers["x-llm-router-request-id"] = request_id
+        retry_after = getattr(err, "retry_after", None)
+        if isinstance(err, RateLimited | UpstreamRateLimited) and retry_after is not None:
+            response.headers["retry-after"] = str(max(1, round(retry_after)))
+        return response
+
+    def authenticate() -> str:
+        """The caller's key (its tenant), checked against ``server.api_keys`` if set."""
+        key = request.headers.get("x-api-key", "")
+        if not key:
+            auth = request.headers.get("authorization", "")
+            if auth[:7].lower() == "bearer ":
+                key = auth[7:].strip()
+        if allowed_keys:
+            given = key.encode()
+            if not any(hmac.compare_digest(given, k) for k in allowed_keys):
+                raise Unauthorized("missing or invalid API key for this router")
+        return key
+
+    async def read_body() -> bytes:
+        length = request.content_length
+        if length is not None and length > config.server.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body is {length} bytes; the limit is {config.server.max_body_bytes}"
+            )
+        try:
+            return await request.get_data(cache=False, as_text=False)
+        except HTTPException as exc:
+            if exc.code == 413:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {config.server.max_body_bytes} bytes"
+                ) from None
+            raise RequestInvalid("could not read the request body") from None
+
+    async def chat(protocol: WireProtocol) -> Response:
+        request_id = secrets.token_hex(12)
+        try:
+            authenticate()
+            chat_request = protocol.parse_request(await read_body())
+            response_id = protocol.id_prefix + request_id
+            created = int(time.time())
+            if chat_request.stream:
+                stream = await gateway().open_stream(chat_request)
+                encoder = protocol.encoder(
+                    chat_request, id=response_id, model=stream.served.model, created=created
+                )
+                headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
+                return Response(_relay(stream, encoder), status=200, headers=headers)
+            with trio.fail_after(config.server.write_timeout_sec):
+                done = await gateway().complete(chat_request)
+        except trio.TooSlowError:
+            return error_response(protocol, DeadlineExceeded(
+                f"no answer within server.write_timeout_sec ({config.server.write_timeout_sec} s)"
+            ), request_id)
+        except RouterError as err:
+            return error_response(protocol, err, request_id)
+        body = protocol.render_result(
+            done.result, id=response_id, model=done.served.model, created=created
+        )
+        response = Response(body, status=200, content_type=_JSON)
+        response.headers.update(_routing_headers(done.served, request_id))
+        return response
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        return await chat(OPENAI)
+
+    @app.post("/v1/messages")
+    async def messages() -> Response:
+        return await chat(ANTHROPIC)
+
+    @app.get("/v1/backends")
+    async def backends() -> Response:
+        return _json(gateway().backends())
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
+                for m in config.models]
+        return _json({"object": "list", "data": data})
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        return _json(gateway().stats.snapshot())
+
+    @app.get("/health")
+    async def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        protocol = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
+        code = exc.code or 500
+        err = (PayloadTooLarge if code == 413 else RequestInvalid)(
+            f"{request.method} {request.path}: {exc.name.lower()}"
+        )
+        err.status = code
+        return error_response(protocol, err, secrets.token_hex(12))
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.path, exc_info=exc)
+        protocol = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
+        return error_response(protocol, RouterError("internal error"), secrets.token_hex(12))
+
+    return app
+
+
+async def _relay(stream: ChatStream, encoder: object) -> AsyncIterator[bytes]:
+    """The SSE body: the opening event, every batch as one write, and a clean end or an error
+    event. A client disconnect cancels this generator; ``close`` cancels the upstream call."""
+    try:
+        yield encoder.start()  # type: ignore[attr-defined]
+        async for batch in stream:
+            yield encoder.encode_many(batch)  # type: ignore[attr-defined]
+    except RouterError as err:
+        yield encoder.error(err)  # type: ignore[attr-defined]
+    finally:
+        stream.close()

@@ -1,0 +1,122 @@
+"""The ``llm-router`` command.
+
+::
+
+    llm-router [--config FILE] [--addr HOST:PORT | :PORT]    serve (defaults: config.yaml, 127.0.0.1:8080)
+    llm-router check FILE                                      validate a config; exit 2 on problems
+    llm-router --version
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+__all__ = ["main", "parse_addr"]
+
+EXIT_CONFIG = 2
+
+
+def _version() -> str:
+    try:
+        return version("llm-router")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``:PORT`` (all interfaces) to ``(host, port)``.
+
+    >>> parse_addr(":8080"), parse_addr("127.0.0.1:9"), parse_addr("[::1]:80")
+    (('0.0.0.0', 8080), ('127.0.0.1', 9), ('::1', 80))
+    """
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--addr must be HOST:PORT or :PORT, got {addr!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-router", description="Cost-optimizing LLM gateway and workflow engine."
+    )
+    parser.add_argument("--config", default="config.yaml", help="config file (config.yaml)")
+    parser.add_argument("--addr", default="127.0.0.1:8080", help="HOST:PORT or :PORT")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"llm-router {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = commands.add_parser("check", help="validate a config file and print every problem")
+    check.add_argument("file")
+    serve = commands.add_parser("serve", help="run the router (the default command)")
+    serve.add_argument("--config", default=argparse.SUPPRESS)
+    serve.add_argument("--addr", default=argparse.SUPPRESS)
+    return parser
+
+
+def _check(path: str) -> int:
+    from engine.config import load_config
+    from engine.errors import ConfigInvalid
+
+    try:
+        config = load_config(path)
+    except ConfigInvalid as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    for model in config.models:
+        if model.missing_env:
+            print(f"{path}: warning: models[{config.models.index(model)}].api_key: "
+                  f"environment variable {model.missing_env} is not set "
+                  f"(the router starts; {model.name} answers with an error)")
+    print(f"{path}: ok ({len(config.models)} models, tiers {config.tiers})")
+    return 0
+
+
+def _serve(config_path: str, addr: str) -> int:
+    from engine.config import load_config
+    from engine.errors import ConfigInvalid
+
+    try:
+        host, port = parse_addr(addr)
+    except ValueError as exc:
+        print(f"llm-router: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = load_config(config_path)
+    except ConfigInvalid as exc:
+        print(f"llm-router: {config_path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from .server import run_server
+
+    for model in config.models:
+        if model.missing_env:
+            logging.getLogger("llm_router").warning(
+                "%s: environment variable %s is not set; requests to it will fail",
+                model.name, model.missing_env,
+            )
+    try:
+        run_server(config, host=host, port=port)
+    except OSError as exc:
+        print(f"llm-router: cannot listen on {addr}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "check":
+        return _check(args.file)
+    return _serve(args.config, args.addr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

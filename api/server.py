@@ -1,0 +1,57 @@
+"""Serving the app with hypercorn's trio worker, stopping cleanly on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from engine.config import Config
+
+from .app import create_app
+
+__all__ = ["hypercorn_config", "run_server"]
+
+log = logging.getLogger("llm_router")
+
+
+def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.accesslog = "-" if config.server.access_log else None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = 75.0
+    hc.read_timeout = int(config.server.read_timeout_sec)
+    hc.graceful_timeout = 10.0
+    hc.include_server_header = False
+    return hc
+
+
+async def _serve(config: Config, *, host: str, port: int) -> None:
+    app = create_app(config)
+    stop = trio.Event()
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                stop.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals)
+        binds = await nursery.start(
+            partial(serve, app, hypercorn_config(config, host=host, port=port),
+                    shutdown_trigger=stop.wait)
+        )
+        log.info("llm-router listening on %s", ", ".join(binds))
+        await stop.wait()
+        # serve() returns after its graceful shutdown; then the signal watcher is done too.
+
+
+def run_server(config: Config, *, host: str, port: int) -> None:
+    trio.run(lambda: _serve(config, host=host, port=port))

@@ -1,0 +1,1 @@
+"""The router's engine: planner, executor, routing, backend pool and upstream clients."""

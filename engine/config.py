@@ -1,0 +1,259 @@
+"""The configuration file: loading, ``$VAR`` expansion and validation.
+
+The format is SPEC.md's ``config.yaml``. Loading is strict and reports *every* problem at once,
+each with its key path (``models[1].tier: ...``), so ``llm-router check`` can print them all.
+
+Provider keys are special: a missing ``$ANTHROPIC_API_KEY`` must not stop the router from
+starting (the other backends may be fine), so an ``api_key`` whose variable is unset loads as
+``None`` with the variable's name kept in ``missing_env``; requests to that backend then fail
+with an error naming the variable. Any other unset variable is a configuration error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigInvalid
+
+__all__ = [
+    "CacheConfig",
+    "ClassifierConfig",
+    "Config",
+    "LearnedConfig",
+    "ModelConfig",
+    "ServerConfig",
+    "Timeouts",
+    "load_config",
+    "parse_config",
+]
+
+MAX_CONFIG_BYTES = 1 << 20
+
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com",
+    "openai": "https://api.openai.com/v1",
+    "ollama": "http://localhost:11434",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Section):
+    """Upstream deadlines, in seconds. ``first_byte`` covers a whole non-streamed answer."""
+
+    connect_sec: float = Field(10.0, gt=0)
+    first_byte_sec: float = Field(120.0, gt=0)
+    idle_sec: float = Field(60.0, gt=0)
+    total_sec: float = Field(600.0, gt=0)
+
+
+class ModelConfig(_Section):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+    provider: Literal["anthropic", "openai", "ollama"]
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    missing_env: str | None = Field(default=None, exclude=True)
+    cost_per_1k_in: float = Field(0.0, ge=0)
+    cost_per_1k_out: float = Field(0.0, ge=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    tier: int = Field(1, ge=1, le=10)
+    max_concurrency: int = Field(256, ge=1)
+    timeouts: Timeouts = Timeouts()
+
+    @model_validator(mode="after")
+    def _check_base_url(self) -> ModelConfig:
+        url = self.base_url or DEFAULT_BASE_URLS[self.provider]
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+        object.__setattr__(self, "base_url", url.rstrip("/"))
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.base_url or DEFAULT_BASE_URLS[self.provider]
+
+
+class ClassifierConfig(_Section):
+    tier1_max: int = Field(30, ge=0, le=100)
+    tier2_max: int = Field(70, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClassifierConfig:
+        if self.tier1_max > self.tier2_max:
+            raise ValueError("tier1_max must not exceed tier2_max")
+        return self
+
+
+class CacheConfig(_Section):
+    enabled: bool = True
+    max_size: int = Field(1000, ge=0)
+    ttl_sec: float = Field(300.0, gt=0)
+    similarity_thresh: float = Field(0.85, ge=0, le=1)
+
+
+class LearnedConfig(_Section):
+    threshold: float = Field(0.5, ge=0, le=1)
+    sidecar_url: str | None = None
+    sidecar_weight: float = Field(0.7, ge=0, le=1)
+
+
+class ServerConfig(_Section):
+    read_timeout_sec: float = Field(30.0, gt=0)
+    write_timeout_sec: float = Field(120.0, gt=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Client keys allowed to call the router; empty means any key (or none) is accepted.
+    api_keys: tuple[str, ...] = Field(default=(), repr=False)
+    access_log: bool = False
+
+
+class Config(_Section):
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    classifier: ClassifierConfig = ClassifierConfig()
+    cache: CacheConfig = CacheConfig()
+    learned: LearnedConfig = LearnedConfig()
+    server: ServerConfig = ServerConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"two models are named {model.name!r}")
+            seen.add(model.name)
+        return self
+
+    def model_named(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def tiers(self) -> list[int]:
+        return sorted({m.tier for m in self.models})
+
+
+# ---- loading -----------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|(\$))")
+
+
+def expand_vars(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ``$VAR`` and ``${VAR}`` in ``text``; ``$$`` is a literal ``$``.
+
+    Returns the expanded text and the names of unset variables (expanded as empty).
+
+    >>> expand_vars("${A}-$B-$$C", {"A": "1", "B": "2"})
+    ('1-2-$C', [])
+    >>> expand_vars("key=$NOPE", {})
+    ('key=', ['NOPE'])
+    """
+    missing: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(3):
+            return "$"
+        name = match.group(1) or match.group(2)
+        if name not in environ:
+            missing.append(name)
+            return ""
+        return environ[name]
+
+    return _VAR.sub(substitute, text), missing
+
+
+def _expand_tree(node: Any, path: str, environ: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(node, str):
+        value, missing = expand_vars(node, environ)
+        if missing and path.endswith(".api_key"):
+            return _MissingKey(missing[0])
+        for name in missing:
+            problems.append(f"{path}: environment variable {name} is not set")
+        return value
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            out[key] = _expand_tree(value, sub, environ, problems)
+        return out
+    if isinstance(node, list):
+        return [_expand_tree(v, f"{path}[{i}]", environ, problems) for i, v in enumerate(node)]
+    return node
+
+
+class _MissingKey:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")) or part in ("list", "dict"):
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path or "(top level)"
+
+
+def parse_config(text: str, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate configuration YAML text.
+
+    Raises:
+        ConfigInvalid: with every problem found, each prefixed by its key path.
+    """
+    if len(text.encode()) > MAX_CONFIG_BYTES:
+        raise ConfigInvalid([f"(file): larger than {MAX_CONFIG_BYTES} bytes"])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise ConfigInvalid([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigInvalid(["(top level): must be a mapping of sections"])
+    problems: list[str] = []
+    data = _expand_tree(data, "", os.environ if environ is None else environ, problems)
+    models = data.get("models")
+    if isinstance(models, list):
+        for entry in models:
+            if isinstance(entry, dict) and isinstance(entry.get("api_key"), _MissingKey):
+                entry["missing_env"] = entry.pop("api_key").name
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(f"{_format_loc(error['loc'])}: {error['msg']}")
+        raise ConfigInvalid(problems) from None
+    if problems:
+        raise ConfigInvalid(problems)
+    return config
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the configuration file at ``path``.
+
+    Raises:
+        ConfigInvalid: the file is missing, unreadable, too large, or invalid.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigInvalid([f"{path}: larger than {MAX_CONFIG_BYTES} bytes"])
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigInvalid([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigInvalid([f"{path}: not UTF-8 text"]) from None
+    return parse_config(text, environ=environ)

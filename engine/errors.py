@@ -1,0 +1,190 @@
+"""The one error tree of the router.
+
+Every error the engine or the API raises on purpose is a :class:`RouterError`. Each class
+carries the HTTP status it maps to and a stable machine-readable ``code``; the API renders any
+of them in the caller's protocol (an OpenAI or an Anthropic error object), so there is exactly
+one place where errors become responses.
+
+::
+
+    RouterError                     500  internal_error
+      ConfigInvalid                      (start-up: the configuration file is invalid)
+      RequestInvalid                400  invalid_request
+        ModelNotFound               404  model_not_found
+        PayloadTooLarge             413  request_too_large
+        WorkflowInvalid             400  workflow_invalid
+      Unauthorized                  401  unauthorized
+      RateLimited                   429  rate_limited
+      NoBackendAvailable            503  no_backend_available
+      DeadlineExceeded              504  deadline_exceeded
+      UpstreamError                 502  upstream_error
+        UpstreamTimeout             504  upstream_timeout
+        UpstreamUnreachable         502  upstream_unreachable
+        UpstreamRejected            400  upstream_rejected
+        UpstreamRateLimited         429  upstream_rate_limited
+
+Foreign exceptions (httpx, networkx, YAML, Jinja) are translated into this tree at exactly one
+seam each; nothing else catches third-party exceptions. Messages never contain provider keys.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigInvalid",
+    "DeadlineExceeded",
+    "ModelNotFound",
+    "NoBackendAvailable",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RequestInvalid",
+    "RouterError",
+    "Unauthorized",
+    "UpstreamError",
+    "UpstreamRateLimited",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "WorkflowInvalid",
+]
+
+
+class RouterError(Exception):
+    """Base of every error the router raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class RequestInvalid(RouterError):
+    """The client's request is malformed or asks for something impossible."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class ModelNotFound(RequestInvalid):
+    """The request names a model that is not configured."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestInvalid):
+    """The request body exceeds ``server.max_body_bytes``."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class WorkflowInvalid(RequestInvalid):
+    """A workflow definition failed validation; ``op`` names the op at fault, if any."""
+
+    code = "workflow_invalid"
+
+    def __init__(self, message: str, *, op: str | None = None) -> None:
+        super().__init__(message, param=op)
+        self.op = op
+
+
+class Unauthorized(RouterError):
+    """The client key is missing or not one of ``server.api_keys``."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class RateLimited(RouterError):
+    """Every backend that could serve is rate-limited; ``retry_after`` is in seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoBackendAvailable(RouterError):
+    """No configured backend could take the request (down, unconfigured, or all failed)."""
+
+    status = 503
+    code = "no_backend_available"
+
+
+class DeadlineExceeded(RouterError):
+    """The router's own deadline for the request ran out."""
+
+    status = 504
+    code = "deadline_exceeded"
+
+
+class UpstreamError(RouterError):
+    """An upstream provider failed. ``upstream_status`` is its HTTP status, if it sent one.
+
+    ``retryable`` says whether another backend may succeed where this one failed.
+    """
+
+    status = 502
+    code = "upstream_error"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, upstream_status: int | None = None, backend: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.backend = backend
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect, answer or continue its stream in time."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The upstream refused or dropped the connection."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream rejected the request itself (its 400/413/422): another backend would too."""
+
+    status = 400
+    code = "upstream_rejected"
+    retryable = False
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream answered 429; ``retry_after`` (seconds) is from its ``Retry-After``."""
+
+    status = 429
+    code = "upstream_rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        upstream_status: int | None = 429,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(message, upstream_status=upstream_status, backend=backend)
+        self.retry_after = retry_after
+
+
+class ConfigInvalid(RouterError):
+    """The configuration is invalid; ``problems`` lists each one with its key path."""
+
+    code = "config_invalid"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems

@@ -1,0 +1,150 @@
+"""The gateway: the running router's state and its two entry points for chat completions.
+
+``open_gateway(config)`` owns everything that lives as long as the server: the upstream HTTP
+client, the backend pool, the stats, and a background nursery for work that must outlive a
+single request handler (a relayed stream, later a shared deduplicated call). The nursery is
+cancelled before the HTTP client is closed.
+
+Both entry points plan the request as a one-node workflow and hand it to the executor:
+
+* :meth:`Gateway.complete` runs it in the caller's task and returns the result;
+* :meth:`Gateway.open_stream` runs it in the background nursery and returns a
+  :class:`ChatStream` once the head is known (the first events are in hand), so the caller can
+  still answer with a plain error status if every backend fails before the first byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from .config import Config
+from .errors import RouterError
+from .executor import execute
+from .messages import ChatRequest, Event
+from .node import NodeResult, NodeRunner, Served
+from .planner import plan_chat
+from .pool import BackendPool
+from .stats import Stats
+from .upstream import UpstreamClient, open_http_client
+
+__all__ = ["ChatStream", "Gateway", "open_gateway"]
+
+_STREAM_BUFFER = 16
+
+
+@dataclass(eq=False)
+class ChatStream:
+    """A stream in flight. Iterate for batches of events; a :class:`RouterError` raised while
+    iterating means the upstream failed after the stream started. ``close()`` cancels it."""
+
+    served: Served
+    _receive: trio.MemoryReceiveChannel[Any]
+    _scope: trio.CancelScope
+    first: list[Event] = field(default_factory=list)
+
+    def __aiter__(self) -> AsyncIterator[list[Event]]:
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[list[Event]]:
+        async for item in self._receive:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop relaying and cancel the upstream call. Safe to call more than once."""
+        self._scope.cancel()
+        self._receive.close()
+
+
+class Gateway:
+    def __init__(self, config: Config, *, upstream: UpstreamClient, nursery: trio.Nursery):
+        self.config = config
+        self.pool = BackendPool(config.models)
+        self.stats = Stats(reference=self.pool.reference)
+        self.runner = NodeRunner(config=config, pool=self.pool, stats=self.stats,
+                                 upstream=upstream)
+        self._nursery = nursery
+
+    async def complete(self, request: ChatRequest) -> NodeResult:
+        """Answer a non-streaming request."""
+        try:
+            outputs = await execute(plan_chat(request), self.runner.run)
+        except RouterError as exc:
+            self.stats.record_error(exc.code)
+            raise
+        result: NodeResult = outputs["chat"]
+        return result
+
+    async def open_stream(self, request: ChatRequest) -> ChatStream:
+        """Start a streaming request; return once its first events are ready.
+
+        Raises:
+            RouterError: nothing could be streamed (every backend failed before its first byte).
+        """
+        send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
+        scope: trio.CancelScope = await self._nursery.start(self._stream_task, request, send)
+        try:
+            head = await receive.receive()
+        except trio.EndOfChannel:
+            raise RouterError("the stream ended before it started") from None
+        if isinstance(head, BaseException):
+            receive.close()
+            if isinstance(head, RouterError):
+                self.stats.record_error(head.code)
+            raise head
+        return ChatStream(served=head, _receive=receive, _scope=scope)
+
+    async def _stream_task(
+        self,
+        request: ChatRequest,
+        send: trio.MemorySendChannel[Any],
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Runs in the background nursery: it must never raise, or it would take the server down.
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with send:
+                try:
+                    await execute(plan_chat(request), partial(self.runner.run_stream, sink=send))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client went away
+                except RouterError as exc:
+                    await _deliver(send, exc)
+                except Exception as exc:  # a bug: report it as an internal error, keep serving
+                    await _deliver(send, _internal(exc))
+
+    def backends(self) -> list[dict[str, object]]:
+        return self.pool.snapshot(trio.current_time())
+
+
+def _internal(exc: Exception) -> RouterError:
+    import logging
+
+    logging.getLogger("llm_router").exception("internal error while streaming", exc_info=exc)
+    return RouterError("internal error while streaming")
+
+
+async def _deliver(send: trio.MemorySendChannel[Any], error: RouterError) -> None:
+    with trio.move_on_after(5):
+        try:
+            await send.send(error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+@asynccontextmanager
+async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
+    """Run a gateway for the lifetime of the block (the server's lifetime)."""
+    async with open_http_client() as http, trio.open_nursery() as nursery:
+        try:
+            yield Gateway(config, upstream=UpstreamClient(http), nursery=nursery)
+        finally:
+            nursery.cancel_scope.cancel()

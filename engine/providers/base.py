@@ -1,0 +1,62 @@
+"""What an upstream provider codec is: sans-IO translation between the canonical types and one
+provider's wire format. The transport (``engine.upstream``) does the I/O around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..messages import ChatRequest, ChatResult, Event
+
+__all__ = ["Provider", "StreamDecoder", "UpstreamCall"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One HTTP POST to send upstream."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class StreamDecoder(Protocol):
+    """Turns a provider's SSE bytes into canonical events, statefully.
+
+    ``feed`` returns the events completed by a chunk of bytes; the last of a whole stream is a
+    single :class:`~engine.messages.Finish` carrying the final usage. It raises
+    :class:`~engine.errors.UpstreamError` when the provider sends an error event or
+    undecodable data. ``close`` is called at end of input: it returns any events still held
+    back and raises ``UpstreamError`` if the stream ended before it was complete.
+    """
+
+    def feed(self, data: bytes) -> list[Event]: ...
+
+    def close(self) -> list[Event]: ...
+
+
+class Provider(Protocol):
+    """A provider wire format (``openai``, ``anthropic``, ...)."""
+
+    def build_call(
+        self,
+        request: ChatRequest,
+        *,
+        model: str,
+        base_url: str,
+        api_key: str | None,
+        stream: bool,
+    ) -> UpstreamCall:
+        """The HTTP call for ``request`` sent to provider model id ``model``."""
+        ...
+
+    def parse_result(self, body: bytes) -> ChatResult:
+        """A complete non-streaming response; ``UpstreamError`` if it cannot be decoded."""
+        ...
+
+    def stream_decoder(self) -> StreamDecoder: ...
+
+    def error_message(self, status: int, body: bytes) -> str:
+        """A short, safe description of an upstream error response (never echoes headers)."""
+        ...

@@ -1,0 +1,256 @@
+"""Calls to upstream providers over HTTP: the one seam between httpx and the router.
+
+A provider codec (``engine.providers``) says what to send and how to read the answer; this
+module sends it with the shared ``httpx.AsyncClient``, applies the model's deadlines, and turns
+every httpx exception and every upstream error status into the router's error tree:
+
+==============================  ==========================  ================================
+what happened                   error                       pool verdict
+==============================  ==========================  ================================
+connection refused / reset      UpstreamUnreachable         ``unreachable`` (down)
+connect, first byte, idle       UpstreamTimeout             ``timeout`` (degraded)
+429                             UpstreamRateLimited         ``rate_limited`` (Retry-After)
+400, 413, 422                   UpstreamRejected            ``rejected`` (the request's fault)
+401, 403, 404, 5xx, bad body    UpstreamError               ``server_error`` (degraded)
+==============================  ==========================  ================================
+
+Deadlines: ``connect_sec`` bounds the TCP/TLS connect, ``first_byte_sec`` the wait for the
+response head and, for streams, the first event, ``idle_sec`` every wait between stream chunks.
+The total deadline belongs to the caller (the executor).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+import trio
+
+from .errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .messages import ChatRequest, ChatResult, Event
+    from .providers.base import Provider, StreamDecoder
+
+__all__ = ["UpstreamClient", "UpstreamStream", "failure_kind", "open_http_client"]
+
+_MAX_ERROR_BODY = 64 * 1024
+_MAX_BODY = 64 * 1024 * 1024
+_SECRETISH = re.compile(r"\b(?:sk|key|api|ak)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
+
+
+def open_http_client() -> httpx.AsyncClient:
+    """The router's one upstream client. Deadlines are set per request from the model config;
+    ``trust_env=False`` so an environment proxy or ``.netrc`` never silently reroutes traffic.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(60.0, connect=10.0),
+        limits=httpx.Limits(max_connections=2048, max_keepalive_connections=512,
+                            keepalive_expiry=30.0),
+        trust_env=False,
+        follow_redirects=False,
+    )
+
+
+def failure_kind(error: UpstreamError) -> str:
+    """The pool verdict for ``error`` (see the module table)."""
+    if isinstance(error, UpstreamUnreachable):
+        return "unreachable"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamRateLimited):
+        return "rate_limited"
+    if isinstance(error, UpstreamRejected):
+        return "rejected"
+    return "server_error"
+
+
+def _scrub(text: str, key: str | None) -> str:
+    if key:
+        text = text.replace(key, "[redacted]")
+    return _SECRETISH.sub("[redacted]", text)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class UpstreamStream:
+    """An open upstream SSE stream: ``first`` holds the first events, ``next_batch`` the rest.
+
+    Each batch is every event decoded from one network read, so a burst that arrives together
+    is relayed in one write while a slow stream is still relayed chunk by chunk.
+    """
+
+    def __init__(
+        self, response: httpx.Response, decoder: StreamDecoder, backend: str
+    ) -> None:
+        self._response = response
+        self._chunks = response.aiter_bytes()
+        self._decoder = decoder
+        self._backend = backend
+        self._done = False
+        self.first: list[Event] = []
+
+    async def next_batch(self) -> list[Event] | None:
+        """The next non-empty batch of events, or ``None`` once the stream is complete."""
+        while not self._done:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                return self._decoder.close() or None
+            except httpx.TimeoutException:
+                raise UpstreamTimeout(
+                    "upstream stream stalled (idle timeout)", backend=self._backend
+                ) from None
+            except httpx.HTTPError as exc:
+                raise UpstreamUnreachable(
+                    f"upstream stream broke: {type(exc).__name__}", backend=self._backend
+                ) from None
+            events = self._decoder.feed(chunk)
+            if events:
+                return events
+        return None
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(2, shield=True):
+            await self._response.aclose()
+
+
+class UpstreamClient:
+    """Sends canonical requests to one provider model at a time."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def _send(
+        self, model: ModelConfig, provider: Provider, request: ChatRequest, *, stream: bool
+    ) -> httpx.Response:
+        call = provider.build_call(
+            request, model=model.model, base_url=model.url, api_key=model.api_key, stream=stream
+        )
+        t = model.timeouts
+        http_request = self._http.build_request(
+            "POST",
+            call.url,
+            headers=call.headers,
+            content=call.body,
+            timeout=httpx.Timeout(
+                connect=t.connect_sec, read=t.idle_sec if stream else t.first_byte_sec,
+                write=t.connect_sec, pool=t.connect_sec,
+            ),
+        )
+        try:
+            with trio.fail_after(t.first_byte_sec):
+                response = await self._http.send(http_request, stream=True)
+        except (trio.TooSlowError, httpx.TimeoutException):
+            raise UpstreamTimeout(
+                f"{model.name} did not answer in time", backend=model.name
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnreachable(
+                f"{model.name} is unreachable ({type(exc).__name__})", backend=model.name
+            ) from None
+        if response.status_code >= 400:
+            await self._raise_for_status(model, provider, response)
+        return response
+
+    async def _raise_for_status(
+        self, model: ModelConfig, provider: Provider, response: httpx.Response
+    ) -> None:
+        status = response.status_code
+        body = b""
+        try:
+            with trio.move_on_after(model.timeouts.idle_sec):
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_ERROR_BODY:
+                        break
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+        detail = _scrub(provider.error_message(status, body), model.api_key)
+        message = f"{model.name} answered {status}: {detail}"
+        if status == 429:
+            raise UpstreamRateLimited(
+                message, retry_after=_retry_after(response.headers), backend=model.name
+            )
+        if status in (400, 413, 422):
+            raise UpstreamRejected(message, upstream_status=status, backend=model.name)
+        raise UpstreamError(message, upstream_status=status, backend=model.name)
+
+    async def complete(
+        self, model: ModelConfig, provider: Provider, request: ChatRequest
+    ) -> ChatResult:
+        """One non-streaming call."""
+        response = await self._send(model, provider, request, stream=False)
+        try:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > _MAX_BODY:
+                    raise UpstreamError(f"{model.name} sent an oversized answer",
+                                        backend=model.name)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"{model.name} stalled mid-answer", backend=model.name) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnreachable(
+                f"{model.name} broke off its answer ({type(exc).__name__})", backend=model.name
+            ) from None
+        finally:
+            with trio.move_on_after(2, shield=True):
+                await response.aclose()
+        try:
+            return provider.parse_result(bytes(body))
+        except UpstreamError as exc:
+            exc.backend = model.name
+            raise
+
+    async def open_stream(
+        self, model: ModelConfig, provider: Provider, request: ChatRequest
+    ) -> UpstreamStream:
+        """Start a streaming call and wait for its first events (within ``first_byte_sec``).
+
+        The caller must ``aclose`` the returned stream.
+        """
+        response = await self._send(model, provider, request, stream=True)
+        stream = UpstreamStream(response, provider.stream_decoder(), model.name)
+        try:
+            with trio.fail_after(model.timeouts.first_byte_sec):
+                first = await stream.next_batch()
+        except trio.TooSlowError:
+            await stream.aclose()
+            raise UpstreamTimeout(
+                f"{model.name} sent no first token in time", backend=model.name
+            ) from None
+        except BaseException:
+            await stream.aclose()
+            raise
+        if not first:
+            await stream.aclose()
+            raise UpstreamError(f"{model.name} sent an empty stream", backend=model.name)
+        stream.first = first
+        return stream

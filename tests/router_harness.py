@@ -1,0 +1,50 @@
+"""Serving the real router app on a free loopback port, for integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+import yaml
+from hypercorn.trio import serve
+
+from api.app import create_app
+from api.server import hypercorn_config
+from engine.config import Config, parse_config
+
+__all__ = ["RunningRouter", "make_config", "open_router"]
+
+
+@dataclass
+class RunningRouter:
+    url: str
+    config: Config
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+
+def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> Config:
+    """A validated config from a dict in config.yaml's shape (goes through the YAML loader)."""
+    return parse_config(yaml.safe_dump(dict(data)), environ=environ or {})
+
+
+@asynccontextmanager
+async def open_router(config: Config) -> AsyncIterator[RunningRouter]:
+    """The router app served by hypercorn's trio worker on 127.0.0.1:0 until the block ends."""
+    app = create_app(config)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(serve, app, hypercorn_config(config, host="127.0.0.1", port=0),
+                    shutdown_trigger=stop.wait)
+        )
+        try:
+            yield RunningRouter(url=binds[0], config=config)
+        finally:
+            stop.set()
