@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for noisy in ("httpx", "httpcore"):  # they log every request at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "check":
         return _check(args.file)
     return _serve(args.config, args.addr)

@@ -21,6 +21,7 @@ The total deadline belongs to the caller (the executor).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import re
 import time
@@ -36,6 +37,8 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from .messages import Finish
+from .transport import PooledTransport
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -46,6 +49,7 @@ __all__ = ["UpstreamClient", "UpstreamStream", "failure_kind", "open_http_client
 
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
+_DRAIN_SEC = 0.5  # reading a finished stream's body to its end
 _SECRETISH = re.compile(r"\b(?:sk|key|api|ak)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 
 
@@ -54,9 +58,8 @@ def open_http_client() -> httpx.AsyncClient:
     ``trust_env=False`` so an environment proxy or ``.netrc`` never silently reroutes traffic.
     """
     return httpx.AsyncClient(
+        transport=PooledTransport(max_connections=512, keepalive_expiry=30.0),
         timeout=httpx.Timeout(60.0, connect=10.0),
-        limits=httpx.Limits(max_connections=2048, max_keepalive_connections=512,
-                            keepalive_expiry=30.0),
         trust_env=False,
         follow_redirects=False,
     )
@@ -110,7 +113,8 @@ class UpstreamStream:
         self._chunks = response.aiter_bytes()
         self._decoder = decoder
         self._backend = backend
-        self._done = False
+        self._done = False  # the body has been read to its end
+        self._complete = False  # the provider's end-of-stream event has been decoded
         self.first: list[Event] = []
 
     async def next_batch(self) -> list[Event] | None:
@@ -131,12 +135,28 @@ class UpstreamStream:
                 ) from None
             events = self._decoder.feed(chunk)
             if events:
+                self._complete = type(events[-1]) is Finish
                 return events
         return None
 
     async def aclose(self) -> None:
+        """Release the connection, leaving no half-read body behind.
+
+        httpx reads a body through a chain of async generators, and only a read finishes
+        them: one abandoned mid-body is left to the garbage collector, which trio reports as
+        a ResourceWarning. A complete stream is read to its end (the provider ends its body
+        right after the last event); any other is closed first, so one last read ends at once.
+        """
         with trio.move_on_after(2, shield=True):
+            if self._complete and not self._done:
+                with trio.move_on_after(_DRAIN_SEC), contextlib.suppress(httpx.HTTPError):
+                    async for _ in self._chunks:
+                        pass
+                    self._done = True
             await self._response.aclose()
+            if not self._done:
+                with contextlib.suppress(StopAsyncIteration, httpx.HTTPError, httpx.StreamError):
+                    await self._chunks.__anext__()
 
 
 class UpstreamClient:
@@ -163,9 +183,10 @@ class UpstreamClient:
             ),
         )
         try:
-            with trio.fail_after(t.first_byte_sec):
-                response = await self._http.send(http_request, stream=True)
-        except (trio.TooSlowError, httpx.TimeoutException):
+            # Non-streaming: the read timeout (first_byte_sec) bounds the wait for the head.
+            # Streaming: open_stream's deadline bounds head and first events together.
+            response = await self._http.send(http_request, stream=True)
+        except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"{model.name} did not answer in time", backend=model.name
             ) from None
