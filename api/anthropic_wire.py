@@ -37,6 +37,14 @@ from engine.messages import (
 __all__ = ["StreamEncoder", "error_type", "parse_request", "render_error", "render_result"]
 
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_BLOCK_ROLES = {  # the content blocks the router takes, and the turns they may appear in
+    "text": ("user", "assistant"),
+    "image": ("user",),
+    "tool_result": ("user",),
+    "tool_use": ("assistant",),
+    "thinking": ("assistant",),
+    "redacted_thinking": ("assistant",),
+}
 _TOOL_CHOICES: dict[Any, Literal["auto", "none", "required", "tool"]] = {
     "auto": "auto",
     "any": "required",
@@ -193,14 +201,7 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
     if not isinstance(block, dict):
         raise _invalid(path, "must be a content block object")
     kind = block.get("type")
-    allowed = {
-        "text": ("user", "assistant"),
-        "image": ("user",),
-        "tool_result": ("user",),
-        "tool_use": ("assistant",),
-        "thinking": ("assistant",),
-        "redacted_thinking": ("assistant",),
-    }.get(kind)
+    allowed = _BLOCK_ROLES.get(kind) if isinstance(kind, str) else None
     if allowed is None:
         if not isinstance(kind, str):
             raise _invalid(f"{path}.type", "field required" if kind is None else "must be a string")
@@ -433,7 +434,7 @@ class StreamEncoder:
 
     def start(self) -> bytes:
         """The ``message_start`` event that opens the stream."""
-        message = {
+        message: dict[str, Any] = {
             "id": self._id,
             "type": "message",
             "role": "assistant",
@@ -473,10 +474,10 @@ class StreamEncoder:
         if isinstance(event, ToolCallStart):
             head = self._close() + self._open_block(_TOOL)
             self._tools[event.index] = self._block
-            block = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
+            tool = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
             return head + _sse(
                 "content_block_start",
-                {"type": "content_block_start", "index": self._block, "content_block": block},
+                {"type": "content_block_start", "index": self._block, "content_block": tool},
             )
         if isinstance(event, Finish):
             return self._finish(event)

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigInvalid
 
@@ -70,12 +77,21 @@ class ModelConfig(_Section):
     max_concurrency: int = Field(256, ge=1)
     timeouts: Timeouts = Timeouts()
 
-    @model_validator(mode="after")
-    def _check_base_url(self) -> ModelConfig:
-        url = self.base_url or DEFAULT_BASE_URLS[self.provider]
+    # A field validator (not a model one) so a bad URL is reported at its own key path and
+    # alongside the entry's other problems: model validators only run once every field is valid.
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
         if not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
-        object.__setattr__(self, "base_url", url.rstrip("/"))
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_base_url(self) -> ModelConfig:
+        if self.base_url is None:
+            object.__setattr__(self, "base_url", DEFAULT_BASE_URLS[self.provider])
         return self
 
     @property
@@ -117,11 +133,20 @@ class ServerConfig(_Section):
 
 
 class Config(_Section):
-    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    models: tuple[ModelConfig, ...]
     classifier: ClassifierConfig = ClassifierConfig()
     cache: CacheConfig = CacheConfig()
     learned: LearnedConfig = LearnedConfig()
     server: ServerConfig = ServerConfig()
+
+    # Not ``min_length=1``: pydantic checks that against the entries that validated, so a
+    # config whose every model has a problem would also be told it has no models.
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, models: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        if not models:
+            raise ValueError("at least one model is required")
+        return models
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -234,7 +259,8 @@ def parse_config(text: str, *, environ: Mapping[str, str] | None = None) -> Conf
         config = Config.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            problems.append(f"{_format_loc(error['loc'])}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{_format_loc(error['loc'])}: {message}")
         raise ConfigInvalid(problems) from None
     if problems:
         raise ConfigInvalid(problems)

@@ -48,14 +48,19 @@ class ChatStream:
     _scope: trio.CancelScope
     first: list[Event] = field(default_factory=list)
 
-    def __aiter__(self) -> AsyncIterator[list[Event]]:
-        return self._batches()
+    # An iterator object, not an async generator: a client that leaves mid-stream abandons
+    # the iteration, and an abandoned generator is one trio warns about when it is collected.
+    def __aiter__(self) -> ChatStream:
+        return self
 
-    async def _batches(self) -> AsyncIterator[list[Event]]:
-        async for item in self._receive:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    async def __anext__(self) -> list[Event]:
+        try:
+            item = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def close(self) -> None:
         """Stop relaying and cancel the upstream call. Safe to call more than once."""

@@ -138,6 +138,9 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts. ``input_tokens`` excludes cached input: the whole prompt is
+    ``input_tokens + cache_read_tokens + cache_write_tokens`` (Anthropic's convention)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0

@@ -173,7 +173,7 @@ class BackendPool:
         for t in self.tiers:
             if t < start:
                 continue
-            usable = []
+            usable: list[BackendState] = []
             for backend in self._by_tier[t]:
                 (usable if backend.usable(now) else skipped).append(backend)
             usable.sort(key=BackendState.order_key)

@@ -39,11 +39,15 @@ _REASONING = re.compile(
     r"|\bwhy does\b|\bwhat would happen if\b|\bdesign an?\b|\barchitect\w*\b"
 )
 _FENCE = re.compile(r"```|~~~")
+# Linear time on any input (the scorer runs on every request, in the event loop): whitespace
+# at a line's edges is ``[ \t]`` not ``\s``, which would run on across newlines from every line
+# start, and a call opening a block is spotted by its ``) {`` alone, since ``\w+\(.*\)`` retries
+# from every character of a long line. Both were quadratic: seconds for 20,000 characters.
 _CODE_LINE = re.compile(
-    r"^\s*(?:def |class |import \w|from [\w.]+ import |#include|function\b|const |let |var "
+    r"^[ \t]*(?:def |class |import \w|from [\w.]+ import |#include|function\b|const |let |var "
     r"|public |private |fn |func |package |SELECT\b|INSERT\b|UPDATE\b.*\bSET\b|return\b.*;"
     r"|if\s*\(.*\)\s*\{|for\s*\(.*\)|while\s*\(.*\)\s*\{|}\s*else\b)"
-    r"|[;{]\s*$|^\s*}\s*$|=>|->\s*\w+\s*:|\w+\(.*\)\s*\{",
+    r"|[;{][ \t\r]*$|^[ \t]*}[ \t\r]*$|=>|->\s*\w+\s*:|\)\s*\{",
     re.MULTILINE,
 )
 

@@ -257,18 +257,23 @@ class UpstreamClient:
 
         The caller must ``aclose`` the returned stream.
         """
-        response = await self._send(model, provider, request, stream=True)
-        stream = UpstreamStream(response, provider.stream_decoder(), model.name)
+        stream: UpstreamStream | None = None
         try:
+            # One deadline for the response head and the first events: a stream's read
+            # timeout is idle_sec, so nothing else bounds an upstream that never answers.
             with trio.fail_after(model.timeouts.first_byte_sec):
+                response = await self._send(model, provider, request, stream=True)
+                stream = UpstreamStream(response, provider.stream_decoder(), model.name)
                 first = await stream.next_batch()
         except trio.TooSlowError:
-            await stream.aclose()
+            if stream is not None:
+                await stream.aclose()
             raise UpstreamTimeout(
                 f"{model.name} sent no first token in time", backend=model.name
             ) from None
         except BaseException:
-            await stream.aclose()
+            if stream is not None:
+                await stream.aclose()
             raise
         if not first:
             await stream.aclose()

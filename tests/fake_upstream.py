@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 import trio
@@ -105,7 +105,9 @@ class Behaviour:
     cut_after: int | None = None
     # Streams only: after this many content deltas send the protocol's error event and end.
     error_event_after: int | None = None
-    usage: Usage | None = None  # default: word counts (see `_count_words`)
+    # Default: input = whitespace-separated words of all message texts and the system prompt;
+    # output = words of the reply text (a tool call adds none).
+    usage: Usage | None = None
     stop_reason: str | None = None  # verbatim finish_reason / stop_reason, e.g. "length"
 
 
@@ -120,8 +122,10 @@ class Recorded:
     body: Any  # the parsed JSON body; None if absent or not JSON
     behaviour: Behaviour | None = None  # None for unknown routes and invalid bodies
     status: int | None = None  # status line sent, once sent
-    completed: bool = False  # the fake finished its behaviour (errors and cuts included)
-    cancelled: bool = False  # the client went away before the fake finished
+    # The fake finished its behaviour, errors and deliberate cuts included. Set just before
+    # the last write, so it is already true when the client sees the end of the response.
+    completed: bool = False
+    cancelled: bool = False  # the client went away before the fake finished (never both)
 
     @property
     def stream(self) -> bool:
@@ -177,7 +181,11 @@ class FakeUpstream:
         raise ValueError(f"unknown provider {provider!r}; expected 'openai' or 'anthropic'")
 
     def script(self, backend: str, *behaviours: Behaviour) -> None:
-        """Queue behaviours for ``backend``: one per request, then back to the default."""
+        """Queue behaviours for ``backend``: one per request, then back to the default.
+
+        Requests the fake rejects by itself (unknown route: 404, malformed body: 400) do not
+        consume a behaviour.
+        """
         self._scripts.setdefault(backend, deque()).extend(behaviours)
 
     def set_default(self, backend: str, behaviour: Behaviour) -> None:
@@ -223,7 +231,9 @@ class FakeUpstream:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, record, nursery.cancel_scope)
                 await self._respond(record, send)
-                record.completed = True  # a cut is made by returning, after this line
+                # Set before returning, which is what makes hypercorn cut a stream; a hang
+                # released by shutdown never completed.
+                record.completed = not self._closing.is_set()
                 nursery.cancel_scope.cancel()
         finally:
             self._set_active(self.active - 1)
@@ -240,7 +250,6 @@ class FakeUpstream:
         return self._defaults.get(backend, Behaviour())
 
     async def _respond(self, record: Recorded, send: Send) -> None:
-        record = record
         route = _ROUTE.match(record.path)
         if record.method != "POST" or route is None:
             message = f"Invalid URL ({record.method} {record.path})"
@@ -261,7 +270,7 @@ class FakeUpstream:
             await trio.sleep(behaviour.latency)
         if behaviour.hang:
             await self._closing.wait()  # only the client leaving (or shutdown) ends this
-            return
+            return  # hypercorn answers a bare 500 to whoever is still connected
         if behaviour.status != 200:
             body = _error_body(protocol, behaviour.status, None)
             await _send_json(record, send, behaviour.status, body, headers)
@@ -297,8 +306,11 @@ async def open_fake_upstream() -> AsyncIterator[FakeUpstream]:
     config.include_server_header = False
     config.graceful_timeout = 1.0  # a backstop: hangs are released by `_closing` first
     async with trio.open_nursery() as nursery:
-        start = partial(serve, fake, config, shutdown_trigger=fake._closing.wait)
-        binds: list[str] = await nursery.start(start)  # type: ignore[arg-type]
+        # cast: the app types its messages as plain mappings, not hypercorn's TypedDicts.
+        app = cast(Any, fake)
+        binds: list[str] = await nursery.start(
+            partial(serve, app, config, shutdown_trigger=fake._closing.wait)
+        )
         fake.url = binds[0]
         try:
             yield fake
@@ -753,6 +765,7 @@ def _anthropic_events(reply: _Reply) -> tuple[list[_Event], list[_Event]]:
     events = [event("message_start", {"message": message})]
     preamble_length = 0
     for index, block in enumerate(_anthropic_blocks(reply)):
+        opening: dict[str, Any]
         if block["type"] == "text":
             opening = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": word} for word in _words(block["text"])]

@@ -6,6 +6,7 @@ transport), and the upstream decoder against Anthropic's real SSE transcripts.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import anthropic
@@ -409,56 +410,73 @@ def test_error_message() -> None:
 
 # ---- upstream: stream decoding -----------------------------------------------------------------
 
-# Anthropic's own transcript shape (spaces after colons, ping, thinking, a tool call).
-REAL_STREAM = b"""event: message_start
-data: {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "claude-opus-4-1", "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 472, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 9, "output_tokens": 2}}}
-
-event: content_block_start
-data: {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}
-
-event: content_block_delta
-data: {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Let me think"}}
-
-event: content_block_delta
-data: {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "EqQB"}}
-
-event: content_block_stop
-data: {"type": "content_block_stop", "index": 0}
-
-event: ping
-data: {"type": "ping"}
-
-event: content_block_start
-data: {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}
-
-event: content_block_delta
-data: {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Okay, let's check the weather \xc3\xa0 Oslo"}}
-
-event: content_block_stop
-data: {"type": "content_block_stop", "index": 1}
-
-event: content_block_start
-data: {"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_01T1x", "name": "get_weather", "input": {}}}
-
-event: content_block_delta
-data: {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": ""}}
-
-event: content_block_delta
-data: {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\\"location\\": \\"Os"}}
-
-event: content_block_delta
-data: {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "lo\\"}"}}
-
-event: content_block_stop
-data: {"type": "content_block_stop", "index": 2}
-
-event: message_delta
-data: {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 89}}
-
-event: message_stop
-data: {"type": "message_stop"}
-
-"""
+# Anthropic's own transcript, byte for byte in its style: spaces after colons and commas, a
+# ping, a thinking block, a tool call whose arguments arrive in pieces, non-ASCII text.
+REAL_STREAM_LINES = [
+    "event: message_start",
+    'data: {"type": "message_start", "message": {"id": "msg_1", "type": "message", '
+    '"role": "assistant", "content": [], "model": "claude-opus-4-1", "stop_reason": null, '
+    '"stop_sequence": null, "usage": {"input_tokens": 472, "cache_creation_input_tokens": 3, '
+    '"cache_read_input_tokens": 9, "output_tokens": 2}}}',
+    "",
+    "event: content_block_start",
+    'data: {"type": "content_block_start", "index": 0, '
+    '"content_block": {"type": "thinking", "thinking": "", "signature": ""}}',
+    "",
+    "event: content_block_delta",
+    'data: {"type": "content_block_delta", "index": 0, '
+    '"delta": {"type": "thinking_delta", "thinking": "Let me think"}}',
+    "",
+    "event: content_block_delta",
+    'data: {"type": "content_block_delta", "index": 0, '
+    '"delta": {"type": "signature_delta", "signature": "EqQB"}}',
+    "",
+    "event: content_block_stop",
+    'data: {"type": "content_block_stop", "index": 0}',
+    "",
+    "event: ping",
+    'data: {"type": "ping"}',
+    "",
+    "event: content_block_start",
+    'data: {"type": "content_block_start", "index": 1, '
+    '"content_block": {"type": "text", "text": ""}}',
+    "",
+    "event: content_block_delta",
+    'data: {"type": "content_block_delta", "index": 1, '
+    '"delta": {"type": "text_delta", "text": "Okay, let\'s check the weather \u00e0 Oslo"}}',
+    "",
+    "event: content_block_stop",
+    'data: {"type": "content_block_stop", "index": 1}',
+    "",
+    "event: content_block_start",
+    'data: {"type": "content_block_start", "index": 2, "content_block": '
+    '{"type": "tool_use", "id": "toolu_01T1x", "name": "get_weather", "input": {}}}',
+    "",
+    "event: content_block_delta",
+    'data: {"type": "content_block_delta", "index": 2, '
+    '"delta": {"type": "input_json_delta", "partial_json": ""}}',
+    "",
+    "event: content_block_delta",
+    'data: {"type": "content_block_delta", "index": 2, '
+    '"delta": {"type": "input_json_delta", "partial_json": "{\\"location\\": \\"Os"}}',
+    "",
+    "event: content_block_delta",
+    'data: {"type": "content_block_delta", "index": 2, '
+    '"delta": {"type": "input_json_delta", "partial_json": "lo\\"}"}}',
+    "",
+    "event: content_block_stop",
+    'data: {"type": "content_block_stop", "index": 2}',
+    "",
+    "event: message_delta",
+    'data: {"type": "message_delta", "delta": {"stop_reason": "tool_use", '
+    '"stop_sequence": null}, "usage": {"output_tokens": 89}}',
+    "",
+    "event: message_stop",
+    'data: {"type": "message_stop"}',
+    "",
+    "",
+]
+REAL_STREAM = "\n".join(REAL_STREAM_LINES).encode()
 
 REAL_EVENTS: list[Event] = [
     TextDelta("Okay, let's check the weather \u00e0 Oslo"),
@@ -491,23 +509,46 @@ def test_stream_decoder_with_crlf_line_endings() -> None:
 @given(st.lists(st.integers(min_value=0, max_value=len(REAL_STREAM)), max_size=40))
 def test_stream_decoder_is_indifferent_to_chunk_boundaries(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(REAL_STREAM)]
-    chunks = [REAL_STREAM[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [REAL_STREAM[a:b] for a, b in itertools.pairwise(bounds)]
     assert decode(chunks) == REAL_EVENTS
 
 
+def block_start(index: int, block: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "content_block_start", {
+        "type": "content_block_start",
+        "index": index,
+        "content_block": block,
+    }
+
+
+def json_delta(index: int, partial: str) -> tuple[str, dict[str, Any]]:
+    delta = {"type": "input_json_delta", "partial_json": partial}
+    return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+
+
 def test_stream_decoder_several_tools_and_stop_sequence() -> None:
+    message = {"model": "m", "usage": {"input_tokens": 4}}
+    stop = {"stop_reason": "stop_sequence", "stop_sequence": "##"}
     stream = sse_stream(
-        ("message_start", {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 4}}}),
-        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": "Hi "}, "type": "content_block_start"}),
-        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "a", "name": "f"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
-        ("content_block_start", {"type": "content_block_start", "index": 2, "content_block": {"type": "server_tool_use", "id": "s", "name": "web_search"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"q\":1}"}}),
-        ("content_block_start", {"type": "content_block_start", "index": 3, "content_block": {"type": "tool_use", "id": "b", "name": "g"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 3, "delta": {"type": "input_json_delta", "partial_json": "{\"x\":2}"}}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "stop_sequence", "stop_sequence": "##"}, "usage": {"input_tokens": 10, "output_tokens": 3}}),
+        ("message_start", {"type": "message_start", "message": message}),
+        block_start(0, {"type": "text", "text": "Hi "}),
+        block_start(1, {"type": "tool_use", "id": "a", "name": "f"}),
+        json_delta(1, "{}"),
+        block_start(2, {"type": "server_tool_use", "id": "s", "name": "web_search"}),
+        json_delta(2, '{"q":1}'),  # a server tool's input is not the client's business
+        block_start(3, {"type": "tool_use", "id": "b", "name": "g"}),
+        json_delta(3, '{"x":2}'),
+        # some servers send the input count only here; it wins over message_start's
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": stop,
+                "usage": {"input_tokens": 10, "output_tokens": 3},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
-    )  # fmt: skip
+    )
     assert decode([stream]) == [
         TextDelta("Hi "),
         ToolCallStart(0, "a", "f"),
@@ -675,9 +716,24 @@ def test_parse_request_tools_and_choices() -> None:
         assert request.parallel_tool_calls is None
 
 
-def msgs(*content: Any, role: str = "user") -> list[dict[str, Any]]:
-    return [{"role": role, "content": list(content)}]
+def one_block(role: str = "user", **block: Any) -> bytes:
+    """A request whose one message holds one content block."""
+    return body(messages=[{"role": role, "content": [block]}])
 
+
+def image(**source: Any) -> bytes:
+    return one_block(type="image", source=source)
+
+
+def tool_use(**fields: Any) -> bytes:
+    return one_block("assistant", type="tool_use", **fields)
+
+
+def tool_result(**fields: Any) -> bytes:
+    return one_block(type="tool_result", **fields)
+
+
+B = "messages.0.content.0"  # the path of one_block's block
 
 INVALID: list[tuple[bytes, str | None]] = [
     (b"{", None),
@@ -700,29 +756,35 @@ INVALID: list[tuple[bytes, str | None]] = [
     (body(messages=[{"role": "user", "content": 5}]), "messages.0.content"),
     (body(messages=[{"role": "user", "content": ""}]), "messages.0.content"),
     (body(messages=[{"role": "user", "content": []}]), "messages.0.content"),
-    (body(messages=msgs("text")), "messages.0.content.0"),
-    (body(messages=msgs({"text": "x"})), "messages.0.content.0.type"),
-    (body(messages=msgs({"type": "text"})), "messages.0.content.0.text"),
-    (body(messages=msgs({"type": "text", "text": 1})), "messages.0.content.0.text"),
-    (body(messages=msgs({"type": "document", "source": {}})), "messages.0.content.0.type"),
-    (body(messages=msgs({"type": "mystery"})), "messages.0.content.0.type"),
-    (body(messages=msgs({"type": "tool_use", "id": "a", "name": "f", "input": {}})), "messages.0.content.0.type"),
-    (body(messages=msgs({"type": "thinking", "thinking": "x"})), "messages.0.content.0.type"),
-    (body(messages=msgs({"type": "image", "source": {}}, role="assistant")), "messages.0.content.0.type"),
-    (body(messages=msgs({"type": "tool_result", "tool_use_id": "a"}, role="assistant")), "messages.0.content.0.type"),
-    (body(messages=msgs({"type": "image"})), "messages.0.content.0.source"),
-    (body(messages=msgs({"type": "image", "source": {"type": "file", "file_id": "f"}})), "messages.0.content.0.source.type"),
-    (body(messages=msgs({"type": "image", "source": {"type": "base64", "media_type": "image/tiff", "data": "A"}})), "messages.0.content.0.source.media_type"),
-    (body(messages=msgs({"type": "image", "source": {"type": "base64", "media_type": "image/png"}})), "messages.0.content.0.source.data"),
-    (body(messages=msgs({"type": "image", "source": {"type": "url"}})), "messages.0.content.0.source.url"),
-    (body(messages=msgs({"type": "tool_use", "name": "f", "input": {}}, role="assistant")), "messages.0.content.0.id"),
-    (body(messages=msgs({"type": "tool_use", "id": "a", "input": {}}, role="assistant")), "messages.0.content.0.name"),
-    (body(messages=msgs({"type": "tool_use", "id": "a", "name": "f"}, role="assistant")), "messages.0.content.0.input"),
-    (body(messages=msgs({"type": "tool_use", "id": "a", "name": "f", "input": "{}"}, role="assistant")), "messages.0.content.0.input"),
-    (body(messages=msgs({"type": "tool_result"})), "messages.0.content.0.tool_use_id"),
-    (body(messages=msgs({"type": "tool_result", "tool_use_id": "a", "content": 3})), "messages.0.content.0.content"),
-    (body(messages=msgs({"type": "tool_result", "tool_use_id": "a", "content": [{"type": "image"}]})), "messages.0.content.0.content.0"),
-    (body(messages=msgs({"type": "tool_result", "tool_use_id": "a", "is_error": "yes"})), "messages.0.content.0.is_error"),
+    (
+        body(messages=[{"role": "assistant", "content": []}, {"role": "user", "content": "x"}]),
+        "messages.0.content",
+    ),
+    (body(messages=[{"role": "user", "content": ["text"]}]), B),
+    (one_block(text="x"), f"{B}.type"),
+    (one_block(type=1), f"{B}.type"),
+    (one_block(type="text"), f"{B}.text"),
+    (one_block(type="text", text=1), f"{B}.text"),
+    (one_block(type="document", source={}), f"{B}.type"),
+    (one_block(type="mystery"), f"{B}.type"),
+    (one_block(type="tool_use", id="a", name="f", input={}), f"{B}.type"),
+    (one_block(type="thinking", thinking="x"), f"{B}.type"),
+    (one_block("assistant", type="image", source={}), f"{B}.type"),
+    (one_block("assistant", type="tool_result", tool_use_id="a"), f"{B}.type"),
+    (one_block(type="image"), f"{B}.source"),
+    (one_block(type="image", source="https://x"), f"{B}.source"),
+    (image(type="file", file_id="f"), f"{B}.source.type"),
+    (image(type="base64", media_type="image/tiff", data="A"), f"{B}.source.media_type"),
+    (image(type="base64", media_type="image/png"), f"{B}.source.data"),
+    (image(type="url"), f"{B}.source.url"),
+    (tool_use(name="f", input={}), f"{B}.id"),
+    (tool_use(id="a", input={}), f"{B}.name"),
+    (tool_use(id="a", name="f"), f"{B}.input"),
+    (tool_use(id="a", name="f", input="{}"), f"{B}.input"),
+    (tool_result(), f"{B}.tool_use_id"),
+    (tool_result(tool_use_id="a", content=3), f"{B}.content"),
+    (tool_result(tool_use_id="a", content=[{"type": "image"}]), f"{B}.content.0"),
+    (tool_result(tool_use_id="a", is_error="yes"), f"{B}.is_error"),
     (body(system=3), "system"),
     (body(system=[{"type": "image"}]), "system.0"),
     (body(system=[{"type": "text"}]), "system.0.text"),
@@ -746,8 +808,11 @@ INVALID: list[tuple[bytes, str | None]] = [
     (body(tool_choice="auto"), "tool_choice"),
     (body(tool_choice={"type": "required"}), "tool_choice.type"),
     (body(tool_choice={"type": "tool"}), "tool_choice.name"),
-    (body(tool_choice={"type": "auto", "disable_parallel_tool_use": 1}), "tool_choice.disable_parallel_tool_use"),
-]  # fmt: skip
+    (
+        body(tool_choice={"type": "auto", "disable_parallel_tool_use": 1}),
+        "tool_choice.disable_parallel_tool_use",
+    ),
+]
 
 
 @pytest.mark.parametrize(("raw", "param"), INVALID)
@@ -957,9 +1022,8 @@ def test_stream_encoder_error_is_terminal() -> None:
     encoder.start()
     encoder.encode(TextDelta("partial"))
     events = sse_events(encoder.error(UpstreamTimeout("upstream took too long")))
-    assert events == [
-        ("error", {"type": "error", "error": {"type": "timeout_error", "message": "upstream took too long"}})
-    ]  # fmt: skip
+    error = {"type": "timeout_error", "message": "upstream took too long"}
+    assert events == [("error", {"type": "error", "error": error})]
     assert encoder.encode(Finish()) == b""
 
 
@@ -1035,19 +1099,21 @@ def test_sdk_create_parses_the_rendered_result() -> None:
         lambda _: httpx2.Response(200, content=render_result(TOOL_RESULT, id="msg_1", model="m1")),
         seen,
     )
+    call = {"name": "get_weather", "input": {}}
+    answer = {"content": "sunny"}
     message = client.messages.create(
         model="auto",
         max_tokens=64,
         system=[{"type": "text", "text": "sys"}],
         messages=[
             {"role": "user", "content": "weather?"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t0", "name": "get_weather", "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t0", "content": "sunny"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t0", **call}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t0", **answer}]},
         ],
         tools=TOOLS,  # type: ignore[arg-type]
         tool_choice={"type": "auto", "disable_parallel_tool_use": True},
         metadata={"user_id": "u1"},
-    )  # fmt: skip
+    )
     # what the SDK sent is a request the router accepts
     request = parse_request(seen[0].content)
     assert seen[0].url.path == "/v1/messages"
@@ -1122,7 +1188,7 @@ def test_sdk_stream_helper_accumulates_the_encoded_stream() -> None:
 
 def test_sdk_raw_stream_events() -> None:
     client = sdk_client(
-        lambda _: stream_response(STREAMED[:2] + [Finish("length", usage=Usage(1, 2))])
+        lambda _: stream_response([*STREAMED[:2], Finish("length", usage=Usage(1, 2))])
     )
     events = list(
         client.messages.create(
@@ -1145,11 +1211,11 @@ def test_sdk_raises_on_an_error_event() -> None:
     client = sdk_client(
         lambda _: stream_response(STREAMED[:2], error=NoBackendAvailable("all backends are down"))
     )
-    with pytest.raises(anthropic.APIStatusError) as info:  # noqa: PT012
-        with client.messages.stream(
-            model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
-        ) as stream:
-            stream.get_final_message()
+    stream = client.messages.stream(
+        model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    with stream as events, pytest.raises(anthropic.APIStatusError) as info:
+        events.get_final_message()
     assert "all backends are down" in str(info.value)
     assert info.value.body == {  # type: ignore[comparison-overlap]
         "type": "error",

@@ -16,6 +16,8 @@ import httpx
 import openai
 import orjson
 import pytest
+from fake_upstream import Behaviour, FakeUpstream
+from fake_upstream import ToolCall as FakeToolCall
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -810,7 +812,16 @@ def test_stream_vllm_error_object() -> None:
         OpenAIStreamDecoder().feed(b'data: {"object":"error","message":"context too long"}\n\n')
 
 
-@pytest.mark.parametrize("payload", [b"data: {oops\n\n", b"data: [1]\n\n", b"data: \n\n"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"data: {oops\n\n",
+        b"data: [1]\n\n",
+        b"data: \n\n",
+        b'data: {"choices": ["x"]}\n\n',
+        b'data: {"choices": [{"delta": {"tool_calls": [3]}}]}\n\n',
+    ],
+)
 def test_stream_undecodable_data(payload: bytes) -> None:
     with pytest.raises(UpstreamError):
         OpenAIStreamDecoder().feed(payload)
@@ -1084,3 +1095,51 @@ def test_errors_render_as_openai_error_objects(
     assert info.value.code == err.code
     assert info.value.param == err.param
     assert info.value.type == kind
+
+
+# ---- upstream codec against the fake provider, over real sockets ----------------------------
+
+
+async def exchange(fake: FakeUpstream, request: ChatRequest, *, stream: bool) -> httpx.Response:
+    call = PROVIDER.build_call(
+        request, model="m", base_url=fake.base_url("b", "openai"), api_key="k", stream=stream
+    )
+    async with httpx.AsyncClient() as client:
+        response = await client.post(call.url, headers=call.headers, content=call.body)
+    return response
+
+
+QUESTION = ChatRequest(messages=(Message("user", (TextPart("how are you"),)),), tools=(Tool("f"),))
+
+
+async def test_codec_against_the_fake_upstream(fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(
+        "b",
+        Behaviour(text="fine thanks", tool_call=FakeToolCall("f", {"city": "Oslo"}, id="call_7")),
+        Behaviour(text="fine thanks", tool_call=FakeToolCall("f", {"city": "Oslo"}, id="call_7")),
+    )
+    result = PROVIDER.parse_result((await exchange(fake_upstream, QUESTION, stream=False)).content)
+    assert result.text == "fine thanks"
+    assert result.tool_calls == (ToolCall("call_7", "f", '{"city":"Oslo"}'),)
+    events = decode((await exchange(fake_upstream, QUESTION, stream=True)).content)
+    finish = events[-1]
+    assert isinstance(finish, Finish)
+    assert finish.stop_reason == result.stop_reason == "tool_calls"
+    assert finish.usage == result.usage != Usage()
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "fine thanks"
+    assert [e for e in events if isinstance(e, ToolCallStart)] == [ToolCallStart(0, "call_7", "f")]
+    arguments = "".join(e.arguments for e in events if isinstance(e, ToolCallDelta))
+    assert orjson.loads(arguments) == {"city": "Oslo"}
+    [recorded, recorded_stream] = fake_upstream.requests("b")
+    assert recorded.headers["authorization"] == "Bearer k"
+    assert recorded_stream.body["stream_options"] == {"include_usage": True}
+
+
+async def test_codec_errors_against_the_fake_upstream(fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script("b", Behaviour(status=400), Behaviour(error_event_after=1))
+    rejected = await exchange(fake_upstream, QUESTION, stream=False)
+    assert rejected.status_code == 400
+    assert PROVIDER.error_message(400, rejected.content) != "upstream returned HTTP 400"
+    broken = await exchange(fake_upstream, QUESTION, stream=True)
+    with pytest.raises(UpstreamError):
+        decode(broken.content)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from ..messages import ChatRequest
 from .anthropic import AnthropicProvider
 from .base import Provider, StreamDecoder, UpstreamCall
 from .openai import OpenAIProvider
@@ -20,14 +23,26 @@ __all__ = [
 class OllamaProvider(OpenAIProvider):
     """Ollama through its OpenAI-compatible endpoint: ``base_url`` is the server root."""
 
-    def build_call(self, request, *, model, base_url, api_key, stream):  # type: ignore[no-untyped-def]
+    def build_call(
+        self,
+        request: ChatRequest,
+        *,
+        model: str,
+        base_url: str,
+        api_key: str | None,
+        stream: bool,
+    ) -> UpstreamCall:
         return super().build_call(
-            request, model=model, base_url=base_url + "/v1", api_key=api_key, stream=stream
+            request, model=model, base_url=base_url.rstrip("/") + "/v1", api_key=api_key,
+            stream=stream,
         )
 
 
 def provider_for(name: str) -> Provider:
     """The codec for a config ``provider`` value (already validated by the config)."""
-    return {"anthropic": AnthropicProvider, "openai": OpenAIProvider, "ollama": OllamaProvider}[
-        name
-    ]()
+    codecs: dict[str, Callable[[], Provider]] = {
+        "anthropic": AnthropicProvider,
+        "openai": OpenAIProvider,
+        "ollama": OllamaProvider,
+    }
+    return codecs[name]()

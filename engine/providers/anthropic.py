@@ -331,13 +331,13 @@ def _render_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
         else:
             out.append({"role": message.role, "content": blocks})
             last_role = message.role
-    for message in out:
-        content = message["content"]
-        if message["role"] == "user" and len(content) > 1:
+    for turn in out:
+        content = turn["content"]
+        if turn["role"] == "user" and len(content) > 1:
             # Anthropic wants tool results ahead of any other content in their user turn.
             content.sort(key=lambda b: b["type"] != "tool_result")
         if len(content) == 1 and content[0]["type"] == "text":
-            message["content"] = content[0]["text"]
+            turn["content"] = content[0]["text"]
     return out
 
 

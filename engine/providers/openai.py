@@ -162,7 +162,10 @@ class OpenAIStreamDecoder:
             return []
         events: list[Event] = []
         for _, payload in self._sse.feed(data):
-            self._handle(payload, events)
+            try:
+                self._handle(payload, events)
+            except (AttributeError, TypeError) as exc:  # JSON, but not a chunk's shape
+                raise UpstreamError(f"upstream sent a malformed stream chunk ({exc})") from None
             if self._done:
                 break
         return events
@@ -225,7 +228,7 @@ class OpenAIStreamDecoder:
                     self._tool_deltas(calls, events)
             reason = choice.get("finish_reason")
             if reason:
-                self._finish_reason = reason; events.append(self._finish())
+                self._finish_reason = reason
 
     def _tool_deltas(self, calls: list[Any], events: list[Event]) -> None:
         tools = self._tools

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Where the router's CPU goes under load: py-spy samples the router while wrk drives it
+# through the peer harness's nginx mock. Prints the top self and inclusive frames.
+#   bench/profile.sh [json|stream] [connections] [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-json} conns=${2:-64} secs=${3:-10}
+peer=$(cd ../shared/bench && pwd)
+work=$(mktemp -d /tmp/llmr-profile.XXXX)
+mock_port=18181 router_port=4191
+python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
+taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
+sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml" > "$work/router.yaml"
+taskset -c 0 .venv/bin/llm-router --config "$work/router.yaml" --addr "127.0.0.1:$router_port" \
+  > "$work/router.log" 2>&1 &
+router=$!
+trap 'kill $router 2>/dev/null; nginx -p "$work/mock" -c "$work/mock/nginx.conf" -s stop 2>/dev/null' EXIT
+for _ in $(seq 50); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
+if [ "$mode" = stream ]; then body=openai_chat_stream.json expect='data: [DONE]'
+else body=openai_chat.json expect='"finish_reason":"stop"'; fi
+.venv/bin/py-spy record -p "$router" -d "$secs" -r 200 -f raw -o "$work/profile.txt" >/dev/null 2>&1 &
+spy=$!
+sleep 0.5
+WRK_BODY_FILE="$peer/requests/$body" WRK_EXPECT="$expect" taskset -c 1 \
+  wrk -t1 -c"$conns" -d"$((secs - 1))s" -s "$peer/wrk/post.lua" \
+  "http://127.0.0.1:$router_port/v1/chat/completions" | grep -E "Requests/sec|Latency"
+wait $spy || true
+.venv/bin/python bench/profile_report.py "$work/profile.txt"
+echo "raw profile: $work/profile.txt"

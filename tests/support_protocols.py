@@ -1,0 +1,203 @@
+"""Shared set-up for the protocol and streaming integration tests.
+
+One fake upstream serves three "providers" and the real router is configured with one model
+per tier, so every test knows exactly where a request goes:
+
+=============  ==========  ====  ===============  ======================================
+router model   provider    tier  fake backend     used for
+=============  ==========  ====  ===============  ======================================
+gpt-small      openai      1     ``oa-small``     short plain prompts routed with "auto"
+claude-mid     anthropic   2     ``an-mid``       "auto" requests with tools (tier >= 2)
+claude-big     anthropic   3     ``an-big``       pinning a model by name
+=============  ==========  ====  ===============  ======================================
+
+Tests pin ``gpt-small`` or ``claude-mid`` to choose the upstream protocol regardless of the
+client's. The cache is off so that repeated prompts always reach the fake.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import trio
+from fake_upstream import FakeUpstream, Recorded, ToolCall
+from router_harness import RunningRouter, make_config, open_router
+
+__all__ = [
+    "ANTHROPIC_TOOLS",
+    "AN_BIG",
+    "AN_MID",
+    "OA_SMALL",
+    "OPENAI_TOOLS",
+    "SDK_STREAM_LEAKS",
+    "UPSTREAM_KEYS",
+    "WEATHER",
+    "ProtocolEnv",
+    "open_protocol_env",
+    "sse_events",
+    "user",
+    "wait_until_cancelled",
+]
+
+OA_SMALL, AN_MID, AN_BIG = "oa-small", "an-mid", "an-big"
+UPSTREAM_KEYS = {
+    OA_SMALL: "upstream-key-oa",
+    AN_MID: "upstream-key-mid",
+    AN_BIG: "upstream-key-big",
+}
+
+WEATHER = ToolCall(name="get_weather", arguments={"city": "Paris", "unit": "celsius", "days": 3})
+_WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+    "required": ["city"],
+}
+OPENAI_TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city.",
+            "parameters": _WEATHER_SCHEMA,
+        },
+    }
+]
+ANTHROPIC_TOOLS: list[Any] = [
+    {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "input_schema": _WEATHER_SCHEMA,
+    }
+]
+
+# The SDKs stop reading a stream at `[DONE]` / `message_stop` (or when closed early) without
+# finishing their own async generators, and trio reports each one when it is collected. Only
+# those are ignored: they live in the SDKs and the httpx2 / httpcore2 they ship with, while the
+# router's own reader (httpx, engine.*) must never leave one behind.
+SDK_STREAM_LEAKS = pytest.mark.filterwarnings(
+    r"ignore:Async generator '(openai|anthropic|httpx2|httpcore2)\.:ResourceWarning"
+)
+
+# Short upstream deadlines: nothing in these tests should take more than a second or two.
+_TIMEOUTS = {"connect_sec": 2, "first_byte_sec": 5, "idle_sec": 5, "total_sec": 10}
+
+
+def _model(name: str, provider: str, backend: str, tier: int, fake: FakeUpstream) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": provider,
+        "model": f"{name}-id",
+        "base_url": fake.base_url(backend, provider),
+        "api_key": UPSTREAM_KEYS[backend],
+        "cost_per_1k_in": 0.001 * tier,
+        "cost_per_1k_out": 0.002 * tier,
+        "tier": tier,
+        "timeouts": _TIMEOUTS,
+    }
+
+
+@dataclass
+class ProtocolEnv:
+    """A running router in front of the fake, with an async client of each SDK."""
+
+    fake: FakeUpstream
+    router: RunningRouter
+    openai: openai.AsyncOpenAI
+    anthropic: anthropic.AsyncAnthropic
+
+    def sent(self, backend: str) -> dict[str, Any]:
+        """The JSON body of the last request ``backend`` received."""
+        records = self.fake.requests(backend)
+        assert records, f"{backend} received no request"
+        body: dict[str, Any] = records[-1].body
+        return body
+
+    def only_request(self, backend: str) -> Recorded:
+        """The one request ``backend`` received (fails if it received more or none)."""
+        [record] = self.fake.requests(backend)
+        return record
+
+    def sync_openai(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.router.v1, api_key="client-key", max_retries=0,
+            http_client=openai.DefaultHttpxClient(verify=False),
+        )
+
+    def sync_anthropic(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            base_url=self.router.url, api_key="client-key", max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(verify=False),
+        )
+
+
+@asynccontextmanager
+async def open_protocol_env(
+    fake: FakeUpstream, *, api_keys: Sequence[str] = (), cache: bool = False
+) -> AsyncIterator[ProtocolEnv]:
+    """Serve the router (see the module table) for the block, with both SDKs pointed at it."""
+    config: dict[str, Any] = {
+        "models": [
+            _model("gpt-small", "openai", OA_SMALL, 1, fake),
+            _model("claude-mid", "anthropic", AN_MID, 2, fake),
+            _model("claude-big", "anthropic", AN_BIG, 3, fake),
+        ],
+        "cache": {"enabled": cache},
+        "server": {"api_keys": list(api_keys)},
+    }
+    key = api_keys[0] if api_keys else "client-key"
+    async with (
+        open_router(make_config(config)) as router,
+        openai.AsyncOpenAI(
+            base_url=router.v1, api_key=key, max_retries=0, http_client=_plain_http("openai")
+        ) as oai,
+        anthropic.AsyncAnthropic(
+            base_url=router.url, api_key=key, max_retries=0, http_client=_plain_http("anthropic")
+        ) as claude,
+    ):
+        yield ProtocolEnv(fake=fake, router=router, openai=oai, anthropic=claude)
+
+
+def _plain_http(sdk: str) -> Any:
+    """The SDK's own default HTTP client, minus loading CA certificates: the router is plain
+    HTTP on loopback, and loading them costs 20 ms per client, which adds up over the suite."""
+    module = openai if sdk == "openai" else anthropic
+    return module.DefaultAsyncHttpxClient(verify=False)
+
+
+def user(text: str) -> list[Any]:
+    """A one-message conversation."""
+    return [{"role": "user", "content": text}]
+
+
+def sse_events(raw: bytes) -> list[tuple[str, Any]]:
+    """``(event name, parsed data)`` of every event in a raw SSE body (``[DONE]`` as a string)."""
+    events = []
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        name, data = "", []
+        for line in block.decode().split("\n"):
+            field, _, value = line.partition(":")
+            if field == "event":
+                name = value.strip()
+            elif field == "data":
+                data.append(value.removeprefix(" "))
+        if data:
+            text = "\n".join(data)
+            events.append((name, text if text == "[DONE]" else json.loads(text)))
+    return events
+
+
+async def wait_until_cancelled(fake: FakeUpstream, backend: str) -> Recorded:
+    """Wait (at most 2 s) until the fake serves nothing; its last request must have been
+    cancelled by the router before the fake finished answering it."""
+    with trio.fail_after(2):
+        await fake.wait_until_idle()
+    record = fake.requests(backend)[-1]
+    assert record.cancelled and not record.completed
+    return record

@@ -1,0 +1,225 @@
+"""The ``llm-router`` command (``api.cli``), run as a real subprocess where exit codes, stderr
+and signals are the point, and in-process for the pure ``--addr`` parser.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from fake_upstream import refused_url
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api.cli import parse_addr
+
+LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
+
+GOOD = f"""\
+models:
+  - {{name: small, provider: openai, model: m1, base_url: "{refused_url()}/v1", tier: 1}}
+  - {{name: large, provider: anthropic, model: m2, api_key: $CLI_TEST_UNSET_KEY, tier: 3}}
+"""
+
+BAD = """\
+models:
+  - name: a
+    provider: foo
+    model: m
+    tier: 0
+  - {name: b, provider: openai, model: m, cost_per_1k_in: -1, base_url: "$CLI_TEST_UNSET_HOST"}
+classifier: {tier1_max: 80, tier2_max: 20}
+"""
+BAD_PATHS = [
+    "models[0].provider",
+    "models[0].tier",
+    "models[1].cost_per_1k_in",
+    "models[1].base_url",
+    "classifier",
+]
+
+
+def environment() -> dict[str, str]:
+    """The test process's environment without any variable these configs mention."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CLI_TEST_")}
+
+
+async def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(20):
+        return await trio.run_process(
+            [LLM_ROUTER, *args],
+            cwd=cwd,
+            env=environment(),
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---- llm-router check -------------------------------------------------------------------------
+
+
+async def test_check_prints_every_problem_with_its_key_path_and_exits_2(tmp_path: Path) -> None:
+    write(tmp_path, "bad.yaml", BAD)
+    done = await run("check", "bad.yaml", cwd=tmp_path)
+
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    for path in BAD_PATHS:
+        assert re.search(rf"^\s+{re.escape(path)}: ", err, re.MULTILINE), (path, err)
+    assert "CLI_TEST_UNSET_HOST" in err
+    assert "Traceback" not in err
+
+
+async def test_check_accepts_a_good_file_and_warns_about_a_missing_key(tmp_path: Path) -> None:
+    write(tmp_path, "good.yaml", GOOD)
+    done = await run("check", "good.yaml", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    assert "ok" in out
+    assert "models[1].api_key" in out and "CLI_TEST_UNSET_KEY" in out
+
+
+async def test_check_a_missing_file(tmp_path: Path) -> None:
+    done = await run("check", "absent.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "absent.yaml" in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
+async def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
+    write(tmp_path, "bad.yaml", BAD)
+    with trio.fail_after(20):
+        done = await trio.run_process(
+            [sys.executable, "-m", "api.cli", "check", "bad.yaml"],
+            cwd=tmp_path,
+            env=environment(),
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    assert done.returncode == 2
+    assert "models[0].provider" in done.stderr.decode()
+
+
+# ---- start-up failures ------------------------------------------------------------------------
+
+
+async def test_bad_config_at_start_up_is_one_clear_message(tmp_path: Path) -> None:
+    write(tmp_path, "bad.yaml", BAD)
+    done = await run("--config", "bad.yaml", "--addr", "127.0.0.1:0", cwd=tmp_path)
+
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert "Traceback" not in err
+    assert err.startswith("llm-router: bad.yaml: invalid configuration")
+    for path in BAD_PATHS:
+        assert f"{path}: " in err
+    assert done.stdout == b""
+
+
+async def test_default_config_path_is_config_yaml(tmp_path: Path) -> None:
+    done = await run("--addr", "127.0.0.1:0", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "config.yaml" in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
+async def test_bad_addr_at_start_up(tmp_path: Path) -> None:
+    write(tmp_path, "good.yaml", GOOD)
+    done = await run("--config", "good.yaml", "--addr", "8080", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--addr" in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
+# ---- serving ----------------------------------------------------------------------------------
+
+
+async def test_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
+    write(tmp_path, "good.yaml", GOOD)
+    process = await trio.lowlevel.open_process(
+        [LLM_ROUTER, "--config", "good.yaml", "--addr", "127.0.0.1:0"],
+        cwd=tmp_path,
+        env=environment(),
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    err = b""
+    try:
+        with trio.fail_after(15):
+            while (found := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)) is None:
+                chunk = await process.stderr.receive_some()
+                assert chunk, err.decode()
+                err += chunk
+        url = found.group(1).decode()
+        async with httpx.AsyncClient() as http:
+            health = await http.get(url + "/health")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok"}
+
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            while chunk := await process.stderr.receive_some():
+                err += chunk
+            returncode = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.move_on_after(5, shield=True):
+                await process.wait()
+        await process.stderr.aclose()
+
+    assert returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    # The unset provider key is a start-up warning, not a failure.
+    assert "CLI_TEST_UNSET_KEY" in err.decode()
+
+
+# ---- --addr parsing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [
+        (":8080", ("0.0.0.0", 8080)),
+        (":0", ("0.0.0.0", 0)),
+        ("127.0.0.1:9", ("127.0.0.1", 9)),
+        ("localhost:8080", ("localhost", 8080)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+        ("[::1]:80", ("::1", 80)),
+    ],
+)
+def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
+    assert parse_addr(addr) == expected
+
+
+@pytest.mark.parametrize(
+    "addr", ["8080", "", "localhost", "localhost:", "localhost:http", ":65536", ":-1", "h:8 0"]
+)
+def test_parse_addr_rejects(addr: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_addr(addr)
+
+
+@given(
+    st.sampled_from(["127.0.0.1", "0.0.0.0", "localhost", "example.internal", "10.1.2.3"]),
+    st.integers(0, 65535),
+)
+def test_parse_addr_round_trips_host_and_port(host: str, port: int) -> None:
+    assert parse_addr(f"{host}:{port}") == (host, port)
+    assert parse_addr(f":{port}") == ("0.0.0.0", port)
