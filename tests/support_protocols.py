@@ -77,12 +77,12 @@ ANTHROPIC_TOOLS: list[Any] = [
     }
 ]
 
-# The SDKs stop reading a stream at `[DONE]` / `message_stop` (or when closed early) without
-# finishing their own async generators, and trio reports each one when it is collected. Only
-# those are ignored: they live in the SDKs and the httpx2 / httpcore2 they ship with, while the
-# router's own reader (httpx, engine.*) must never leave one behind.
+# The openai SDK stops reading a stream at `[DONE]` (or when closed early) without finishing
+# its own async generators, and trio reports each one when it is collected. Only those are
+# ignored: they live in the SDK and the httpx2 / httpcore2 it ships with, while the router's
+# own reader (httpx, engine.*) must never leave one behind.
 SDK_STREAM_LEAKS = pytest.mark.filterwarnings(
-    r"ignore:Async generator '(openai|anthropic|httpx2|httpcore2)\.:ResourceWarning"
+    r"ignore:Async generator '(openai|httpx2|httpcore2)\.:ResourceWarning"
 )
 
 # Short upstream deadlines: nothing in these tests should take more than a second or two.

@@ -333,7 +333,7 @@ async def test_provider_keys_never_appear_in_responses_or_logs(
         models = [
             model_entry(fake_upstream, "e401", tier=1, base_url=f"{echo}/v401/v1",
                         api_key=ECHOED_KEY),
-            model_entry(fake_upstream, "e400", tier=2, base_url=f"{echo}/v400/v1",
+            model_entry(fake_upstream, "e400", tier=4, base_url=f"{echo}/v400/v1",
                         api_key=ECHOED_KEY),
             model_entry(fake_upstream, "e500", tier=2, base_url=f"{echo}/v500/v1",
                         api_key=ECHOED_KEY),
@@ -345,7 +345,7 @@ async def test_provider_keys_never_appear_in_responses_or_logs(
                 lambda: client.chat(model="e401"),
                 lambda: client.messages(model="e400"),
                 lambda: client.chat(model="e500"),
-                lambda: client.chat(),  # routed: e401 fails over up to "good"
+                lambda: client.chat(),  # routed: e401, then e500, then tier 3 answers
                 lambda: client.messages(model="claude"),
                 lambda: client.request("POST", OPENAI_PATH, content=b"{bad"),
                 lambda: client.request("GET", "/v1/backends"),

@@ -59,10 +59,14 @@ def _body(endpoint: str, model: str, text: str) -> tuple[str, dict[str, Any]]:
 # -- relayed as it arrives --------------------------------------------------------------------
 
 
-async def _openai_arrivals(env: ProtocolEnv, model: str) -> tuple[list[float], float]:
+async def _openai_arrivals(
+    env: ProtocolEnv, model: str, prompt: str
+) -> tuple[list[float], float]:
     """When each word reached the client, and when the stream ended (seconds from the start)."""
     start = trio.current_time()
-    stream = await env.openai.chat.completions.create(model=model, messages=user("go"), stream=True)
+    stream = await env.openai.chat.completions.create(
+        model=model, messages=user(prompt), stream=True
+    )
     arrivals = []
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -70,11 +74,13 @@ async def _openai_arrivals(env: ProtocolEnv, model: str) -> tuple[list[float], f
     return arrivals, trio.current_time() - start
 
 
-async def _anthropic_arrivals(env: ProtocolEnv, model: str) -> tuple[list[float], float]:
+async def _anthropic_arrivals(
+    env: ProtocolEnv, model: str, prompt: str
+) -> tuple[list[float], float]:
     start = trio.current_time()
     arrivals = []
     async with env.anthropic.messages.stream(
-        model=model, max_tokens=64, messages=user("go")
+        model=model, max_tokens=64, messages=user(prompt)
     ) as stream:
         async for event in stream:
             if event.type == "content_block_delta":
@@ -82,9 +88,11 @@ async def _anthropic_arrivals(env: ProtocolEnv, model: str) -> tuple[list[float]
     return arrivals, trio.current_time() - start
 
 
-async def _raw_arrivals(env: ProtocolEnv, endpoint: str, model: str) -> tuple[list[float], float]:
+async def _raw_arrivals(
+    env: ProtocolEnv, endpoint: str, model: str, prompt: str
+) -> tuple[list[float], float]:
     """The same over raw HTTP: when each network read carrying a word arrived."""
-    path, body = _body(endpoint, model, "go")
+    path, body = _body(endpoint, model, prompt)
     arrivals = []
     async with httpx.AsyncClient() as http:
         start = trio.current_time()
@@ -103,12 +111,14 @@ async def test_streams_are_relayed_chunk_by_chunk(env: ProtocolEnv) -> None:
     timings: dict[tuple[str, str], tuple[list[float], float]] = {}
 
     async def measure(client: str, model: str) -> None:
+        prompt = f"go {client}"  # distinct requests, so none can share another's upstream call
         if client == "openai":
-            timings[client, model] = await _openai_arrivals(env, model)
+            timings[client, model] = await _openai_arrivals(env, model, prompt)
         elif client == "anthropic":
-            timings[client, model] = await _anthropic_arrivals(env, model)
+            timings[client, model] = await _anthropic_arrivals(env, model, prompt)
         else:
-            timings[client, model] = await _raw_arrivals(env, client.removeprefix("raw-"), model)
+            endpoint = client.removeprefix("raw-")
+            timings[client, model] = await _raw_arrivals(env, endpoint, model, prompt)
 
     async with trio.open_nursery() as nursery:
         for client in ("openai", "anthropic", "raw-openai", "raw-anthropic"):
