@@ -2,7 +2,8 @@
 
 ::
 
-    llm-router [--config FILE] [--addr HOST:PORT | :PORT]    serve (defaults: config.yaml, 127.0.0.1:8080)
+    llm-router [--config FILE] [--addr HOST:PORT | :PORT]    serve
+        (defaults: config.yaml, 127.0.0.1:8080)
     llm-router check FILE                                      validate a config; exit 2 on problems
     llm-router --version
 """

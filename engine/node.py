@@ -258,6 +258,15 @@ class NodeRunner:
         return NoBackendAvailable(f"no backend available: {details or 'none configured'}")
 
     def _exhausted(self, errors: list[UpstreamError], route: Route) -> RouterError:
+        now = trio.current_time()
+        for error in errors:
+            if isinstance(error, UpstreamRateLimited) and error.retry_after is None and (
+                error.backend in self.pool.backends
+            ):
+                # No Retry-After from the provider: the pool waits its default, and the
+                # caller's Retry-After says so.
+                until = self.pool[error.backend].rate_limited_until
+                error.retry_after = max(0.0, until - now)
         if len(errors) == 1 and (route.pinned is not None or not errors[0].retryable):
             return errors[0]
         if errors and all(isinstance(e, UpstreamRateLimited) for e in errors):

@@ -111,8 +111,14 @@ def score_request(request: ChatRequest) -> Score:
                 other_chars += len(part.name) + len(part.arguments)
     user_text = "\n".join(user_texts)
     system = request.system or ""
-    tool_chars = sum(len(t.name) + len(t.description) + len(str(t.parameters)) for t in request.tools)
-    tokens = estimate_tokens(user_text) + estimate_tokens(system) + -(-(other_chars + tool_chars) // 4)
+    tool_chars = sum(
+        len(t.name) + len(t.description) + len(str(t.parameters)) for t in request.tools
+    )
+    tokens = (
+        estimate_tokens(user_text)
+        + estimate_tokens(system)
+        + -(-(other_chars + tool_chars) // _CHARS_PER_TOKEN)
+    )
 
     signals = {
         "tokens": _token_points(tokens),

@@ -189,7 +189,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 raise httpx.ReadError(f"upstream read failed: {exc}") from None
             if not data and conn.h11.their_state is h11.SEND_RESPONSE:
                 raise httpx.RemoteProtocolError("upstream closed the connection before answering")
-            conn.h11.receive_data(data)
+            conn.h11.receive_data(bytes(data))
 
     async def _send(self, conn: _Connection, data: bytes, timeout: float | None) -> None:
         try:

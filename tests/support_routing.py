@@ -9,7 +9,7 @@ keys are long and unique (:func:`provider_key`) so a leak is found by a plain su
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +154,9 @@ async def open_router_client(
         yield RouterClient(router, http)
 
 
-async def wait_for(predicate: Any, *, timeout: float = 2.0, poll: float = 0.005) -> None:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 2.0, poll: float = 0.005
+) -> None:
     """Poll an async ``predicate`` until it is true (the caller's bounded wait)."""
     with trio.fail_after(timeout):
         while not await predicate():
