@@ -12,7 +12,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import trio
@@ -31,9 +31,9 @@ from engine.errors import (
     UpstreamRateLimited,
 )
 from engine.gateway import ChatStream, Gateway, open_gateway
-from engine.node import Served
+from engine.node import RunContext, Served
 
-from .protocols import ANTHROPIC, OPENAI, WireProtocol
+from .protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
 __all__ = ["create_app"]
 
@@ -45,7 +45,7 @@ _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"
 
 
 def _routing_headers(served: Served, request_id: str) -> dict[str, str]:
-    return {
+    headers = {
         "x-llm-router-score": "" if served.score is None else str(served.score),
         "x-llm-router-tier": str(served.tier),
         "x-llm-router-model": served.model,
@@ -53,6 +53,34 @@ def _routing_headers(served: Served, request_id: str) -> dict[str, str]:
         "x-llm-router-router": served.router,
         "x-llm-router-request-id": request_id,
     }
+    if served.similarity is not None:
+        headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
+    if served.dedup is not None:
+        headers["x-llm-router-dedup"] = served.dedup
+    return headers
+
+
+_CACHE_FIELD = b'"router_cache"'
+
+
+def _cache_controls(header: str, body: bytes) -> tuple[bool, bool]:
+    """(read, write) from ``Cache-Control`` or, for clients that cannot set headers, the
+    body's ``"router_cache"`` field (``"no-cache"`` or ``"no-store"``)."""
+    directives = {d.strip().lower() for d in header.split(",")} if header else set()
+    if _CACHE_FIELD in body:  # cheap test first: almost no request carries it
+        try:
+            value = orjson.loads(body).get("router_cache")
+        except (orjson.JSONDecodeError, AttributeError):
+            value = None
+        if value not in (None, "no-cache", "no-store", "default"):
+            raise RequestInvalid(
+                'router_cache must be "no-cache", "no-store" or "default"', param="router_cache"
+            )
+        if isinstance(value, str):
+            directives.add(value)
+    if "no-store" in directives:
+        return False, False
+    return "no-cache" not in directives, True
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -120,19 +148,22 @@ def create_app(config: Config) -> QuartTrio:
     async def chat(protocol: WireProtocol) -> Response:
         request_id = secrets.token_hex(12)
         try:
-            authenticate()
-            chat_request = protocol.parse_request(await read_body())
+            tenant = authenticate()
+            body = await read_body()
+            chat_request = protocol.parse_request(body)
+            read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+            ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
             response_id = protocol.id_prefix + request_id
             created = int(time.time())
             if chat_request.stream:
-                stream = await gateway().open_stream(chat_request)
+                stream = await gateway().open_stream(chat_request, ctx)
                 encoder = protocol.encoder(
                     chat_request, id=response_id, model=stream.served.model, created=created
                 )
                 headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
                 return Response(_relay(stream, encoder), status=200, headers=headers)
             with trio.fail_after(config.server.write_timeout_sec):
-                done = await gateway().complete(chat_request)
+                done = await gateway().complete(chat_request, ctx)
         except trio.TooSlowError:
             return error_response(protocol, DeadlineExceeded(
                 f"no answer within server.write_timeout_sec ({config.server.write_timeout_sec} s)"
@@ -154,19 +185,27 @@ def create_app(config: Config) -> QuartTrio:
     async def messages() -> Response:
         return await chat(ANTHROPIC)
 
+    def guarded(render: Callable[[], object]) -> Response:
+        """An operator endpoint: with ``server.api_keys`` set, only for those keys."""
+        try:
+            authenticate()
+        except RouterError as err:
+            return error_response(OPENAI, err, secrets.token_hex(12))
+        return _json(render())
+
     @app.get("/v1/backends")
     async def backends() -> Response:
-        return _json(gateway().backends())
+        return guarded(gateway().backends)
 
     @app.get("/v1/models")
     async def models() -> Response:
         data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
                 for m in config.models]
-        return _json({"object": "list", "data": data})
+        return guarded(lambda: {"object": "list", "data": data})
 
     @app.get("/stats")
     async def stats() -> Response:
-        return _json(gateway().stats.snapshot())
+        return guarded(gateway().stats.snapshot)
 
     @app.get("/health")
     async def health() -> Response:
@@ -191,14 +230,14 @@ def create_app(config: Config) -> QuartTrio:
     return app
 
 
-async def _relay(stream: ChatStream, encoder: object) -> AsyncIterator[bytes]:
+async def _relay(stream: ChatStream, encoder: Encoder) -> AsyncIterator[bytes]:
     """The SSE body: the opening event, every batch as one write, and a clean end or an error
     event. A client disconnect cancels this generator; ``close`` cancels the upstream call."""
     try:
-        yield encoder.start()  # type: ignore[attr-defined]
+        yield encoder.start()
         async for batch in stream:
-            yield encoder.encode_many(batch)  # type: ignore[attr-defined]
+            yield encoder.encode_many(batch)
     except RouterError as err:
-        yield encoder.error(err)  # type: ignore[attr-defined]
+        yield encoder.error(err)
     finally:
         stream.close()

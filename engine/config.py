@@ -115,6 +115,11 @@ class CacheConfig(_Section):
     max_size: int = Field(1000, ge=0)
     ttl_sec: float = Field(300.0, gt=0)
     similarity_thresh: float = Field(0.85, ge=0, le=1)
+    # Extensions: a byte budget over all entries, a cap per entry, and caching only requests
+    # whose answer is reproducible (temperature 0 or a seed).
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    max_entry_bytes: int = Field(1024 * 1024, ge=0)
+    deterministic_only: bool = False
 
 
 class LearnedConfig(_Section):

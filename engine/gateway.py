@@ -27,7 +27,10 @@ from .config import Config
 from .errors import RouterError
 from .executor import execute
 from .messages import ChatRequest, Event
-from .node import NodeResult, NodeRunner, Served
+from .cache import Matcher, ResponseCache
+from .dedup import FlightRegistry
+from .failover import BackendCaller
+from .node import NodeResult, NodeRunner, RunContext, Served
 from .planner import plan_chat
 from .pool import BackendPool
 from .stats import Stats
@@ -69,32 +72,56 @@ class ChatStream:
 
 
 class Gateway:
-    def __init__(self, config: Config, *, upstream: UpstreamClient, nursery: trio.Nursery):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        upstream: UpstreamClient,
+        nursery: trio.Nursery,
+        matcher: Matcher | None = None,
+    ) -> None:
         self.config = config
         self.pool = BackendPool(config.models)
         self.stats = Stats(reference=self.pool.reference)
-        self.runner = NodeRunner(config=config, pool=self.pool, stats=self.stats,
-                                 upstream=upstream)
+        self.cache: ResponseCache | None = None
+        if config.cache.enabled and matcher is not None:
+            self.cache = ResponseCache(
+                matcher=matcher,
+                max_entries=config.cache.max_size,
+                max_bytes=config.cache.max_bytes,
+                max_entry_bytes=config.cache.max_entry_bytes,
+                ttl=config.cache.ttl_sec,
+                threshold=config.cache.similarity_thresh,
+            )
+        self.flights = FlightRegistry(nursery)
+        self.runner = NodeRunner(
+            config=config,
+            caller=BackendCaller(pool=self.pool, upstream=upstream, models=config.models),
+            stats=self.stats,
+            cache=self.cache,
+            flights=self.flights,
+        )
         self._nursery = nursery
 
-    async def complete(self, request: ChatRequest) -> NodeResult:
+    async def complete(self, request: ChatRequest, ctx: RunContext) -> NodeResult:
         """Answer a non-streaming request."""
         try:
-            outputs = await execute(plan_chat(request), self.runner.run)
+            outputs = await execute(plan_chat(request), partial(self.runner.run, ctx=ctx))
         except RouterError as exc:
             self.stats.record_error(exc.code)
             raise
         result: NodeResult = outputs["chat"]
         return result
 
-    async def open_stream(self, request: ChatRequest) -> ChatStream:
+    async def open_stream(self, request: ChatRequest, ctx: RunContext) -> ChatStream:
         """Start a streaming request; return once its first events are ready.
 
         Raises:
             RouterError: nothing could be streamed (every backend failed before its first byte).
         """
         send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
-        scope: trio.CancelScope = await self._nursery.start(self._stream_task, request, send)
+        scope: trio.CancelScope = await self._nursery.start(self._stream_task, request, ctx,
+                                                            send)
         try:
             head = await receive.receive()
         except trio.EndOfChannel:
@@ -109,6 +136,7 @@ class Gateway:
     async def _stream_task(
         self,
         request: ChatRequest,
+        ctx: RunContext,
         send: trio.MemorySendChannel[Any],
         *,
         task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
@@ -118,7 +146,8 @@ class Gateway:
             task_status.started(scope)
             async with send:
                 try:
-                    await execute(plan_chat(request), partial(self.runner.run_stream, sink=send))
+                    await execute(plan_chat(request),
+                                  partial(self.runner.run, ctx=ctx, sink=send))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
                 except RouterError as exc:
@@ -148,8 +177,14 @@ async def _deliver(send: trio.MemorySendChannel[Any], error: RouterError) -> Non
 @asynccontextmanager
 async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
     """Run a gateway for the lifetime of the block (the server's lifetime)."""
+    matcher = None
+    if config.cache.enabled:
+        from .semantic import SemanticMatcher  # loads embeddings: only when the cache is on
+
+        matcher = await trio.to_thread.run_sync(SemanticMatcher)
     async with open_http_client() as http, trio.open_nursery() as nursery:
         try:
-            yield Gateway(config, upstream=UpstreamClient(http), nursery=nursery)
+            yield Gateway(config, upstream=UpstreamClient(http), nursery=nursery,
+                          matcher=matcher)
         finally:
             nursery.cancel_scope.cancel()

@@ -40,9 +40,7 @@ class RequestKey:
 
 
 def _digest(*parts: object) -> bytes:
-    return hashlib.blake2b(
-        orjson.dumps(parts, option=orjson.OPT_PASSTHROUGH_SUBCLASS), digest_size=20
-    ).digest()
+    return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=20).digest()
 
 
 def request_key(request: ChatRequest, *, tenant: str, target: str) -> RequestKey:
@@ -75,5 +73,7 @@ def request_key(request: ChatRequest, *, tenant: str, target: str) -> RequestKey
         request, messages=messages, stream=False, include_usage=False
     )
     exact = _digest(tenant, target, exact_request, final_rest)
-    full = _digest(exact, text, request.stream)
+    full = hashlib.blake2b(
+        exact + (b"\x01" if request.stream else b"\x00") + text.encode(), digest_size=20
+    ).digest()
     return RequestKey(exact=exact, text=text, full=full)

@@ -39,6 +39,11 @@ class Stats:
     failovers: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_saved_usd: float = 0.0
+    dedup_joined: int = 0
+    dedup_saved_usd: float = 0.0
 
     def record(self, model: ModelConfig, usage: Usage) -> tuple[float, float]:
         """Count one answered request; return its (cost, saving) in USD."""
@@ -52,6 +57,18 @@ class Stats:
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         return cost, saved
+
+    def record_cache_hit(self, cost_usd: float) -> None:
+        """A request answered from the cache: it saved what its answer cost the first time."""
+        self.total_requests += 1
+        self.cache_hits += 1
+        self.cache_saved_usd += cost_usd
+
+    def record_dedup(self, cost_usd: float) -> None:
+        """A request that joined an identical one in flight: it saved that call's cost."""
+        self.total_requests += 1
+        self.dedup_joined += 1
+        self.dedup_saved_usd += cost_usd
 
     def record_error(self, code: str) -> None:
         self.total_requests += 1
@@ -68,4 +85,10 @@ class Stats:
             "errors": dict(self.errors),
             "failovers": self.failovers,
             "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "cache": {
+                "hits": self.cache_hits,
+                "misses": self.cache_misses,
+                "saved_usd": round(self.cache_saved_usd, 6),
+            },
+            "dedup": {"joined": self.dedup_joined, "saved_usd": round(self.dedup_saved_usd, 6)},
         }

@@ -149,6 +149,8 @@ async def open_router_client(
     **sections: Any,
 ) -> AsyncIterator[RouterClient]:
     """Serve a router configured with ``models`` (and any other ``sections``) and a client."""
+    # Routing tests repeat prompts and count upstream calls: no cache unless a test asks.
+    sections = {"cache": {"enabled": False}} | sections
     config = make_config({"models": models, **sections}, environ=environ)
     async with open_router(config) as router, httpx.AsyncClient(timeout=10) as http:
         yield RouterClient(router, http)

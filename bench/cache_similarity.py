@@ -1,0 +1,161 @@
+"""Quality of the semantic-cache match on the QQP dev pairs, measured by the shared script.
+
+Usage: .venv/bin/python bench/cache_similarity.py [--data ../shared/data] [--out DIR]
+
+Writes prediction files and runs ``../shared/data/cache_metrics.py`` on them:
+
+* pairs mode (every pair of ``cache/qqp_pairs_dev.jsonl``): ROC-AUC, and precision / recall /
+  false-hit rate at the default threshold and a sweep, for three scorers: the script's token
+  Jaccard floor, the bare WordLlama cosine, and ``engine.similarity.similarity`` (cosine and
+  guards, the score the cache thresholds);
+* retrieval mode, GPTCache's protocol: insert the "a" of every duplicate pair into an empty
+  cache (a ``VectorIndex``), query with every "b": top-8 candidates by vector, re-scored with
+  ``similarity``, a hit when the best reaches the threshold. Positive = the right entry,
+  negative = a wrong one, fail = a miss.
+
+Prints Markdown tables. Precision at the top of the ranking (``max precision``) is computed
+here with the same definitions, to show the ceiling that QQP's label noise puts on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.similarity import DEFAULT_THRESHOLD, Embedder, Fingerprint, similarity
+from engine.vector_index import VectorIndex
+
+SWEEP = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def metrics(script: Path, mode: str, data: Path, pred: Path | None, *extra: str) -> dict:
+    args = [sys.executable, str(script), mode, str(data), *extra]
+    if pred is not None:
+        args += ["--pred", str(pred)]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def token_jaccard(a: str, b: str) -> float:
+    """The metrics script's floor, computed here so it can be swept like the others."""
+    ta, tb = set(re.findall(r"[a-z0-9]+", a.lower())), set(re.findall(r"[a-z0-9]+", b.lower()))
+    return len(ta & tb) / max(1, len(ta | tb))
+
+
+def top_precision(labels: np.ndarray, scores: np.ndarray, at: float) -> tuple[float, float]:
+    """Highest recall among thresholds whose hits have precision >= ``at``, and the best
+    precision over all thresholds with at least 50 hits."""
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(labels[order])
+    hits = np.arange(1, len(labels) + 1)
+    ends = np.r_[np.flatnonzero(np.diff(scores[order])), len(labels) - 1]  # tie-group ends
+    precision, recall = tp[ends] / hits[ends], tp[ends] / labels.sum()
+    ok = precision >= at
+    return float(recall[ok].max()) if ok.any() else 0.0, float(precision[hits[ends] >= 50].max())
+
+
+def main() -> None:
+    root = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, help="keep prediction files here")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    args = parser.parse_args()
+    pairs_file = args.data / "cache" / "qqp_pairs_dev.jsonl"
+    script = args.data / "cache_metrics.py"
+    out = args.out or Path(tempfile.mkdtemp(prefix="cache-sim-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in pairs_file.open(encoding="utf-8")]
+    labels = np.array([bool(r["duplicate"]) for r in rows])
+
+    embedder = Embedder()
+    embedder.fingerprint("warm up")  # load the model outside the timing
+    started = time.perf_counter()
+    fps = {(r["id"], side): embedder.fingerprint(r[side]) for r in rows for side in "ab"}
+    per_text_us = (time.perf_counter() - started) / len(fps) * 1e6
+    started = time.perf_counter()
+    ours = np.array([similarity(fps[r["id"], "b"], fps[r["id"], "a"]) for r in rows])
+    per_pair_us = (time.perf_counter() - started) / len(rows) * 1e6
+    cosine = np.array([float(fps[r["id"], "a"].vector @ fps[r["id"], "b"].vector) for r in rows])
+
+    print(f"## Pairs: {pairs_file.name}, {len(rows)} pairs, {labels.sum()} duplicates\n")
+    print(f"fingerprint {per_text_us:.0f} us/text, similarity() {per_pair_us:.0f} us/pair\n")
+    print("| scorer | ROC-AUC | threshold | precision | recall | false-hit rate | hits |"
+          " recall at P>=0.95 | recall at P>=0.90 | max precision (>=50 hits) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    jaccard = np.array([token_jaccard(r["a"], r["b"]) for r in rows])
+    for name, scores in (("token Jaccard (the script's floor)", jaccard),
+                         ("WordLlama cosine", cosine),
+                         ("similarity(): cosine + guards", ours)):
+        tag = name.split()[0].strip("():").lower()
+        preds = [{"id": r["id"], "similarity": float(s)} for r, s in zip(rows, scores, strict=True)]
+        pred = write(out / f"pairs_{tag}.jsonl", preds)
+        r95, _ = top_precision(labels, scores, 0.95)
+        r90, best = top_precision(labels, scores, 0.90)
+        for i, t in enumerate(dict.fromkeys((args.threshold, *SWEEP))):
+            m = metrics(script, "pairs", pairs_file, pred, "--threshold", str(t))
+            hits = int((scores >= t).sum())
+            head = (f"**{name}** | {m['ROC_AUC']:.4f} | {t:.2f} (default)" if i == 0
+                    else f" | | {t:.2f}")
+            tail = f"{r95:.3f} | {r90:.3f} | {best:.3f}" if i == 0 else " | | "
+            print(f"| {head} | {m['precision']:.4f} | {m['recall']:.4f} |"
+                  f" {m['false_hit_rate']:.4f} | {hits} | {tail} |")
+
+    retrieval(rows, fps, out, script, args.threshold)
+
+
+def retrieval(rows: list[dict], fps: dict, out: Path, script: Path, threshold: float) -> None:
+    dups = [r for r in rows if r["duplicate"]]
+    dup_file = write(out / "qqp_duplicates_dev.jsonl", dups)
+    print(f"\n## Retrieval (GPTCache protocol): {len(dups)} duplicate pairs;"
+          f" insert every a, query every b\n")
+    print("| cache | threshold | positive | negative | fail | precision of hits | lookup median |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    floor = metrics(script, "retrieval", dup_file, None)
+    print(f"| token-Jaccard nearest neighbour (script floor) | 0.50 | {floor['positive']} |"
+          f" {floor['negative']} | {floor['fail']} |"
+          f" {floor['positive'] / max(1, floor['positive'] + floor['negative']):.3f} | |")
+    for name, exact_below, rescore, t in (
+        ("cosine nearest neighbour", 2048, False, threshold),
+        ("similarity(), exact index", 2048, True, threshold),
+        ("similarity(), HNSW index", 0, True, threshold),
+    ):
+        index = VectorIndex(fps[dups[0]["id"], "a"].vector.shape[0], exact_below=exact_below)
+        for r in dups:
+            index.add(r["id"], fps[r["id"], "a"].vector)
+        preds, times = [], []
+        for r in dups:
+            query: Fingerprint = fps[r["id"], "b"]
+            started = time.perf_counter()
+            candidates = index.search(query.vector, k=8)
+            if rescore:
+                scored = [(similarity(query, fps[key, "a"]), key) for key, _ in candidates]
+            else:
+                scored = [(score, key) for key, score in candidates]
+            best = max(scored, key=lambda s: s[0], default=(0.0, None))
+            times.append(time.perf_counter() - started)
+            preds.append({"id": r["id"], "hit_id": best[1] if best[0] >= t else None})
+        m = metrics(script, "retrieval", dup_file, write(out / "retrieval.jsonl", preds))
+        precision = m["positive"] / max(1, m["positive"] + m["negative"])
+        print(f"| {name} | {t:.2f} | {m['positive']} | {m['negative']} | {m['fail']} |"
+              f" {precision:.3f} | {np.median(times) * 1e6:.0f} us |")
+    print(f"\nprediction files: {out}")
+
+
+if __name__ == "__main__":
+    main()

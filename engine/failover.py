@@ -1,0 +1,215 @@
+"""Calling upstream with failover: the backend-choice and call decisions of a node.
+
+For a routed request, the pool orders the tier's usable backends, then each higher tier's;
+connection refused, a 5xx, a 429 and timeouts *before the first byte has been relayed* move on
+to the next one, and every failure is reported to the pool. A pinned model is tried alone.
+When nothing can serve, the error explains why: 503 with each backend's reason, or 429 with a
+``Retry-After`` when every candidate is rate-limited.
+
+A stream *publishes* what it relays: first a :class:`~engine.node.Served`-like head, built by
+the ``head`` callback once the first events are in hand (so failover stays possible until
+then), then lists of events. After the head, an upstream failure propagates to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .config import ModelConfig
+from .errors import (
+    NoBackendAvailable,
+    RateLimited,
+    RouterError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
+from .messages import ChatRequest, ChatResult, Event, ResultBuilder
+from .pool import BackendPool, BackendState
+from .providers import Provider, provider_for
+from .routing import Route
+from .upstream import UpstreamClient, UpstreamStream, failure_kind
+
+__all__ = ["Answer", "BackendCaller"]
+
+Publish = Callable[[Any], None]
+
+
+class Answer:
+    """A successful call: the result, the model that gave it, and how many backends failed
+    before it."""
+
+    __slots__ = ("failovers", "model", "result")
+
+    def __init__(self, result: ChatResult, model: ModelConfig, failovers: int) -> None:
+        self.result = result
+        self.model = model
+        self.failovers = failovers
+
+
+class BackendCaller:
+    def __init__(self, *, pool: BackendPool, upstream: UpstreamClient,
+                 models: tuple[ModelConfig, ...]) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self._providers: dict[str, Provider] = {m.name: provider_for(m.provider) for m in models}
+
+    def backends_for(self, route: Route) -> list[BackendState]:
+        """Backends to try, in order; raises when none can be tried."""
+        now = trio.current_time()
+        if route.pinned is not None:
+            backend = self.pool[route.pinned]
+            if backend.usable(now):
+                return [backend]
+            raise self._nothing_to_try([backend], now)
+        order, skipped = self.pool.candidates(route.tier, now)
+        if not order:
+            raise self._nothing_to_try(skipped, now)
+        return order
+
+    async def complete(self, request: ChatRequest, route: Route) -> Answer:
+        """One non-streaming answer, failing over as the module docstring says."""
+        errors: list[UpstreamError] = []
+        for backend in self.backends_for(route):
+            model = backend.config
+            backend.begin()
+            started = trio.current_time()
+            try:
+                with trio.fail_after(model.timeouts.total_sec):
+                    result = await self.upstream.complete(model, self._providers[model.name],
+                                                          request)
+            except trio.TooSlowError:
+                error: UpstreamError = UpstreamTimeout(
+                    f"{model.name} exceeded its total deadline", backend=model.name
+                )
+            except UpstreamError as exc:
+                error = exc
+            else:
+                backend.succeeded(trio.current_time() - started)
+                return Answer(result, model, len(errors))
+            finally:
+                backend.end()
+            self._report(backend, error)
+            errors.append(error)
+            if not error.retryable or route.pinned is not None:
+                break
+        raise self._exhausted(errors, route)
+
+    async def stream(
+        self, request: ChatRequest, route: Route, *, publish: Publish,
+        head: Callable[[ModelConfig], Any],
+    ) -> Answer:
+        """One streamed answer, relayed to ``publish``: ``head(model)``, then event batches."""
+        errors: list[UpstreamError] = []
+        for backend in self.backends_for(route):
+            model = backend.config
+            backend.begin()
+            started = trio.current_time()
+            try:
+                with trio.fail_after(model.timeouts.total_sec):
+                    stream = await self.upstream.open_stream(
+                        model, self._providers[model.name], request
+                    )
+            except trio.TooSlowError:
+                error: UpstreamError = UpstreamTimeout(
+                    f"{model.name} exceeded its total deadline", backend=model.name
+                )
+            except UpstreamError as exc:
+                error = exc
+            else:
+                backend.succeeded(trio.current_time() - started)
+                try:
+                    publish(head(model))
+                    result = await self._relay(stream, model, publish, started)
+                except UpstreamError as exc:
+                    self._report(backend, exc)
+                    raise
+                finally:
+                    backend.end()
+                    await stream.aclose()
+                return Answer(result, model, len(errors))
+            backend.end()
+            self._report(backend, error)
+            errors.append(error)
+            if not error.retryable or route.pinned is not None:
+                break
+        raise self._exhausted(errors, route)
+
+    @staticmethod
+    async def _relay(
+        stream: UpstreamStream, model: ModelConfig, publish: Publish, started: float
+    ) -> ChatResult:
+        builder = ResultBuilder()
+        batch: list[Event] | None = stream.first
+        deadline = started + model.timeouts.total_sec
+        while batch is not None:
+            builder.add(batch)
+            publish(batch)
+            if builder.finished:
+                break
+            with trio.move_on_at(deadline) as scope:
+                batch = await stream.next_batch()
+            if scope.cancelled_caught:
+                raise UpstreamTimeout(f"{model.name} exceeded its total deadline",
+                                      backend=model.name)
+        if not builder.finished:
+            raise UpstreamError(f"{model.name} ended its stream early", backend=model.name)
+        return builder.result()
+
+    def _report(self, backend: BackendState, error: UpstreamError) -> None:
+        retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
+        backend.failed(failure_kind(error), trio.current_time(), message=error.message,  # type: ignore[arg-type]
+                       retry_after=retry_after)
+
+    def _nothing_to_try(self, skipped: list[BackendState], now: float) -> RouterError:
+        unconfigured = [b for b in skipped if not b.configured]
+        limited = [b for b in skipped if b.configured and now < b.rate_limited_until]
+        if skipped and len(limited) == len(skipped):
+            wait = min(b.rate_limited_until for b in limited) - now
+            return RateLimited(
+                "every backend that can serve this request is rate-limited; retry in "
+                f"{wait:.1f} s",
+                retry_after=wait,
+            )
+        if skipped and len(unconfigured) == len(skipped):
+            missing = sorted({b.config.missing_env or "" for b in unconfigured})
+            names = ", ".join(b.name for b in unconfigured)
+            return NoBackendAvailable(
+                f"no backend is configured for this request: {names} need the environment "
+                f"variable {' / '.join(missing)}, which is not set"
+            )
+        details = "; ".join(
+            f"{b.name}: "
+            + (f"environment variable {b.config.missing_env} is not set" if not b.configured
+               else "rate limited" if now < b.rate_limited_until
+               else f"down ({b.last_error or 'unreachable'})")
+            for b in skipped
+        )
+        return NoBackendAvailable(f"no backend available: {details or 'none configured'}")
+
+    def _exhausted(self, errors: list[UpstreamError], route: Route) -> RouterError:
+        now = trio.current_time()
+        for error in errors:
+            if isinstance(error, UpstreamRateLimited) and error.retry_after is None and (
+                error.backend in self.pool.backends
+            ):
+                # No Retry-After from the provider: the pool waits its default, and the
+                # caller's Retry-After says so.
+                until = self.pool[error.backend].rate_limited_until
+                error.retry_after = max(0.0, until - now)
+        if len(errors) == 1 and (route.pinned is not None or not errors[0].retryable):
+            return errors[0]
+        if errors and all(isinstance(e, UpstreamRateLimited) for e in errors):
+            waits = [e.retry_after for e in errors if isinstance(e, UpstreamRateLimited)
+                     and e.retry_after is not None]
+            return RateLimited(
+                "every backend that can serve this request is rate-limited",
+                retry_after=min(waits) if waits else None,
+            )
+        if errors and not errors[-1].retryable:
+            return errors[-1]
+        details = "; ".join(e.message for e in errors)
+        return NoBackendAvailable(f"all backends failed: {details}")

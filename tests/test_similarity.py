@@ -1,0 +1,269 @@
+"""The semantic-cache building blocks: ``engine.similarity`` (SPEC.md's cache examples, the
+guards, the score's meaning, offline loading) and ``engine.vector_index`` (add, search, remove,
+both regimes, against brute force)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import RouterError
+from engine.similarity import (
+    DEFAULT_THRESHOLD,
+    Embedder,
+    Fingerprint,
+    guard_veto,
+    guards_allow,
+    match,
+    normalize_text,
+    similarity,
+)
+from engine.vector_index import VectorIndex
+
+FRANCE = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to resolve a host or open a connection fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def pair(embedder: Embedder, query: str, cached: str) -> tuple[Fingerprint, Fingerprint]:
+    return embedder.fingerprint(query), embedder.fingerprint(cached)
+
+
+# -- SPEC.md's examples -----------------------------------------------------------------------
+
+
+def test_paraphrase_of_france_capital_hits(embedder: Embedder) -> None:
+    hit, score = match(*pair(embedder, "What's France's capital city?", FRANCE))
+    assert hit and score >= DEFAULT_THRESHOLD
+
+
+def test_unrelated_go_question_misses(embedder: Embedder) -> None:
+    hit, score = match(*pair(embedder, "How do I write Go code?", FRANCE))
+    assert not hit and score < 0.5
+
+
+def test_identical_prompt_scores_one(embedder: Embedder) -> None:
+    assert match(*pair(embedder, FRANCE, FRANCE)) == (True, pytest.approx(1.0, abs=1e-6))
+
+
+def test_polite_frame_is_not_a_second_person(embedder: Embedder) -> None:
+    polite, plain = pair(embedder, "Could you tell me the capital of France?",
+                         "Tell me the capital of France.")
+    assert polite.persons == plain.persons == {1}  # "me", not the "you" of "could you"
+    assert match(polite, plain)[0]
+
+
+# -- guards -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "cached", "reason"),
+    [
+        ("What is the capital of Germany?", FRANCE, "entity"),
+        ("Is ibuprofen not safe?", "Is ibuprofen safe?", "negation"),
+        ("Isn't ibuprofen safe?", "Is ibuprofen safe?", "negation"),
+        ("Is it possible to not have an illness and be insane?",
+         "Is it possible to have an illness and not be insane?", "negation"),
+        ("Give me 3 items to pack for a hike", "Give me 4 items to pack for a hike", "number"),
+        ("Give me three items to pack for a hike", "Give me 4 items to pack for a hike", "number"),
+        ("How was Friday Night Lights filmed?", "Where was Friday Night Lights filmed?",
+         "question"),
+        ("What are your predictions for the election?",
+         "What are some predictions for the election?", "person"),
+    ],
+)
+def test_guard_vetoes(embedder: Embedder, query: str, cached: str, reason: str) -> None:
+    q, c = pair(embedder, query, cached)
+    assert guard_veto(q, c) == reason
+    assert guard_veto(c, q) == reason
+    assert not guards_allow(q, c)
+    hit, score = match(q, c)
+    assert not hit and score < 0.5
+
+
+def test_guards_allow_same_numbers_and_inflections(embedder: Embedder) -> None:
+    q, c = pair(embedder, "What are 3 good places to visit in Paris?",
+                "What are 3 good place to visit in Paris?")
+    assert guards_allow(q, c)
+    assert match(q, c)[0]
+
+
+def test_extra_salient_word_lowers_the_score(embedder: Embedder) -> None:
+    base = embedder.fingerprint("What are simple home exercises to strengthen the back?")
+    narrower = embedder.fingerprint(
+        "What are simple home exercises to strengthen the back after surgery?"
+    )
+    assert guards_allow(base, narrower)  # not a veto: a penalty on the score
+    cosine = float(base.vector @ narrower.vector)
+    assert similarity(base, narrower) < 0.5 + 0.5 * cosine - 0.1
+    assert not match(base, narrower)[0]
+
+
+# -- the score ----------------------------------------------------------------------------------
+
+PROMPTS = [
+    FRANCE, "What's France's capital city?", "How do I write Go code?", "How to learn Go?",
+    "Is ibuprofen safe?", "Is ibuprofen not safe?", "How can I lose weight fast?",
+    "How do I lose weight quickly?", "", "???", "Explain 7 differences between TCP and UDP",
+]
+
+
+def test_score_is_symmetric_bounded_and_deterministic(embedder: Embedder) -> None:
+    other = Embedder()  # a second instance loads the same vectors
+    for a in PROMPTS:
+        for b in PROMPTS:
+            qa, qb = embedder.fingerprint(a), embedder.fingerprint(b)
+            score = similarity(qa, qb)
+            assert 0.0 <= score <= 1.0
+            assert score == pytest.approx(similarity(qb, qa), abs=1e-6)
+            assert score == similarity(other.fingerprint(a), other.fingerprint(b))
+            assert (score >= 0.5) == guards_allow(qa, qb)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_higher_threshold_is_stricter(embedder: Embedder, t1: float, t2: float) -> None:
+    low, high = sorted((t1, t2))
+    for a in PROMPTS[:8]:
+        q, c = embedder.fingerprint(a), embedder.fingerprint(FRANCE)
+        assert match(q, c, threshold=high)[0] <= match(q, c, threshold=low)[0]
+
+
+# -- embedder and fingerprints ------------------------------------------------------------------
+
+
+def test_embed_gives_unit_vectors_equal_to_fingerprints(embedder: Embedder) -> None:
+    texts = [FRANCE, "What's France's capital city?", ""]
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors[:2], axis=1), 1.0, atol=1e-5)
+    assert not vectors[2].any()  # no tokens: the zero vector
+    for text, vector in zip(texts, vectors, strict=True):
+        np.testing.assert_allclose(embedder.fingerprint(text).vector, vector, atol=1e-5)
+
+
+def test_fingerprint_features(embedder: Embedder) -> None:
+    fp = embedder.fingerprint("Why is the 2nd Paris museum not open, and can't I visit it?")
+    assert fp.numbers == {"2"}
+    assert fp.negations == {"open", "visit"}  # the content word after each negation
+    assert fp.question == {"why"}
+    assert fp.persons == {1}
+    assert fp.words == ("paris", "museum", "open", "visit")
+    assert list(fp.entity) == [True, False, False, False]
+    assert fp.word_vectors.shape == (4, embedder.dim)
+
+
+def test_normalize_text_spells_out_contractions() -> None:
+    assert normalize_text("  What\u2019s  France's\ncapital? I can't  say ") == (
+        "What is France's capital? I can not say"
+    )
+
+
+def test_long_prompt_is_linear(embedder: Embedder) -> None:
+    names = ["".join(chr(97 + i // 26**j % 26) for j in range(3)) for i in range(3000)]
+    long = " ".join(f"Paragraph about {name} and more." for name in names)
+    started = time.perf_counter()
+    fp = embedder.fingerprint(long)
+    assert time.perf_counter() - started < 2.0
+    assert len(fp.words) > 2900 and len(fp.word_vectors) == 64  # some are stop words
+    assert match(fp, fp)[0]
+
+
+def test_loads_offline_without_touching_the_network(no_network: None) -> None:
+    assert Embedder().fingerprint(FRANCE).words == ("capital", "france")
+
+
+def test_missing_packaged_file_fails_loudly(
+    no_network: None, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    import wordllama
+
+    monkeypatch.setattr(wordllama, "__file__", f"{tmp_path}/wordllama/__init__.py")
+    with pytest.raises(RouterError, match="wordllama"):
+        Embedder().embed([FRANCE])
+
+
+# -- vector index -------------------------------------------------------------------------------
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("exact_below", [2048, 0], ids=["exact", "hnsw"])
+def test_index_add_search_remove(exact_below: int) -> None:
+    vectors = unit(np.random.default_rng(0), 300)
+    index = VectorIndex(32, exact_below=exact_below)
+    assert index.search(vectors[0], k=3) == []
+    for i, v in enumerate(vectors):
+        index.add(f"k{i}", v)
+    assert len(index) == 300 and "k7" in index and index.approximate == (exact_below == 0)
+    for i in (0, 7, 299):
+        (key, score), *_ = index.search(vectors[i], k=3)
+        assert key == f"k{i}" and score == pytest.approx(1.0, abs=2e-3)
+    assert index.remove("k7") and not index.remove("k7")
+    assert "k7" not in index and len(index) == 299
+    assert all(key != "k7" for key, _ in index.search(vectors[7], k=10))
+    index.add("k7", vectors[7])  # a removed key comes back
+    assert index.search(vectors[7], k=1)[0][0] == "k7"
+    index.add("k0", vectors[1])  # re-adding a key replaces its vector
+    assert len(index) == 300
+    assert {key for key, _ in index.search(vectors[1], k=2)} == {"k0", "k1"}
+
+
+def test_index_moves_into_the_graph_when_it_grows() -> None:
+    vectors = unit(np.random.default_rng(1), 40)
+    index = VectorIndex(32, exact_below=16)
+    for i, v in enumerate(vectors):
+        index.add(i, v)
+        assert index.approximate == (i >= 16)
+    assert [index.search(v, k=1)[0][0] for v in vectors] == list(range(40))
+
+
+def test_index_rejects_wrong_shapes() -> None:
+    index = VectorIndex(4)
+    with pytest.raises(ValueError, match="shape"):
+        index.add("a", np.ones(3))
+    with pytest.raises(ValueError, match="shape"):
+        index.search(np.ones((1, 4)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 8), st.integers(0, 2**32 - 1), st.data())
+def test_exact_index_equals_brute_force(n: int, k: int, seed: int, data: st.DataObject) -> None:
+    rng = np.random.default_rng(seed)
+    vectors, query = unit(rng, n, 8), unit(rng, 1, 8)[0]
+    removed = set(data.draw(st.sets(st.integers(0, n - 1), max_size=n // 2)))
+    index = VectorIndex(8)
+    for i, v in enumerate(vectors):
+        index.add(i, v)
+    for i in removed:
+        index.remove(i)
+    live = [i for i in range(n) if i not in removed]
+    expected = sorted(live, key=lambda i: (-float(vectors[i] @ query), i))[:k]
+    found = index.search(query, k=k)
+    assert [s for _, s in found] == pytest.approx([float(vectors[i] @ query) for i in expected],
+                                                 abs=1e-5)
+    assert len(found) == min(k, len(live))
