@@ -98,6 +98,9 @@ class ResponseCache:
         self.ttl = ttl
         self.threshold = threshold
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()  # LRU order
+        # Store order, which is expiry order (one ttl, a monotonic clock): expired entries
+        # are found at its head without a scan, whatever their place in the LRU order.
+        self._by_age: dict[int, CacheEntry] = {}
         self._partitions: dict[bytes, _Partition] = {}
         self._next_id = 0
         self.bytes = 0
@@ -117,6 +120,7 @@ class ResponseCache:
         if entry_id is not None:
             entry = self._live(entry_id, now)
             if entry is not None:
+                self._entries.move_to_end(entry.id)
                 return CacheHit(entry, 1.0)
         if partition.index is None or not key.text.strip():
             return None
@@ -128,17 +132,19 @@ class ResponseCache:
             ok, similarity = self.matcher.match(query, entry.fingerprint,
                                                 threshold=self.threshold)
             if ok:
+                self._entries.move_to_end(entry.id)
                 return CacheHit(entry, min(similarity, 0.9999))
         return None
 
     def _live(self, entry_id: int, now: float) -> CacheEntry | None:
+        """The entry if it has not expired (an expired one is dropped). Only the entry a
+        lookup serves counts as used: candidates it merely compared keep their LRU place."""
         entry = self._entries.get(entry_id)
         if entry is None:
             return None
         if entry.expires <= now:
             self._remove(entry)
             return None
-        self._entries.move_to_end(entry_id)
         return entry
 
     # ---- store --------------------------------------------------------------------------
@@ -169,6 +175,7 @@ class ResponseCache:
         )
         self._next_id += 1
         self._entries[entry.id] = entry
+        self._by_age[entry.id] = entry
         partition.by_text[norm] = entry.id
         if fingerprint is not None:
             if partition.index is None:
@@ -179,18 +186,22 @@ class ResponseCache:
         return True
 
     def _evict(self, now: float) -> None:
-        # Expired entries first (cheap to find from the LRU head), then least recently used.
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            over = len(self._entries) > self.max_entries or self.bytes > self.max_bytes
-            if oldest.expires > now and not over:
+        # Expired entries first, so that no live entry makes room while an expired one stays;
+        # then the least recently used.
+        while self._by_age:
+            oldest = next(iter(self._by_age.values()))
+            if oldest.expires > now:
                 break
             self._remove(oldest)
-            if oldest.expires > now:
-                self.evictions += 1
+        while self._entries and (
+            len(self._entries) > self.max_entries or self.bytes > self.max_bytes
+        ):
+            self._remove(next(iter(self._entries.values())))
+            self.evictions += 1
 
     def _remove(self, entry: CacheEntry) -> None:
         self._entries.pop(entry.id, None)
+        self._by_age.pop(entry.id, None)
         self.bytes -= entry.size
         partition = self._partitions.get(entry.exact)
         if partition is None:

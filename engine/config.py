@@ -33,6 +33,7 @@ __all__ = [
     "CacheConfig",
     "ClassifierConfig",
     "Config",
+    "DedupConfig",
     "LearnedConfig",
     "ModelConfig",
     "ServerConfig",
@@ -122,6 +123,12 @@ class CacheConfig(_Section):
     deterministic_only: bool = False
 
 
+class DedupConfig(_Section):
+    """Extension: join identical concurrent requests into one upstream call."""
+
+    enabled: bool = True
+
+
 class LearnedConfig(_Section):
     threshold: float = Field(0.5, ge=0, le=1)
     sidecar_url: str | None = None
@@ -141,6 +148,7 @@ class Config(_Section):
     models: tuple[ModelConfig, ...]
     classifier: ClassifierConfig = ClassifierConfig()
     cache: CacheConfig = CacheConfig()
+    dedup: DedupConfig = DedupConfig()
     learned: LearnedConfig = LearnedConfig()
     server: ServerConfig = ServerConfig()
 

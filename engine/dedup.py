@@ -15,7 +15,7 @@ forgotten at once: the next request starts fresh (the cache, not dedup, serves r
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -74,17 +74,14 @@ class Flight:
             raise self.error
         return self.result
 
-    async def follow(self) -> AsyncIterator[Any]:
-        """Every published item, past then live; raises the flight's error at the end."""
-        index = 0
-        while True:
-            while index < len(self.items):
-                yield self.items[index]
-                index += 1
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return
+    async def wait_beyond(self, index: int) -> None:
+        """Wait until more than ``index`` items are published, or the flight is done.
+
+        Followers read ``items[index:]`` after each wait: what was already sent, then the rest
+        live. (A loop in the caller, not an async generator: a listener cancelled mid-stream
+        must not leave a half-run generator behind.)
+        """
+        while len(self.items) <= index and not self.done:
             await self._changed.wait()
 
 
@@ -99,18 +96,24 @@ class FlightRegistry:
     def __len__(self) -> int:
         return len(self._flights)
 
-    def join(self, key: bytes, run: RunFlight) -> tuple[Flight, bool]:
+    def join(self, key: bytes, run: RunFlight, *, share: bool = True) -> tuple[Flight, bool]:
         """The flight for ``key`` and whether the caller leads it (started it).
 
+        With ``share=False`` the caller always gets a flight of its own (dedup is off).
         The caller is counted as a listener and must call ``flight.leave()`` when done.
         """
-        flight = self._flights.get(key)
-        if flight is not None:
+        flight = self._flights.get(key) if share else None
+        # A flight every listener has left is cancelled but stays registered until its task
+        # next runs: joining it would only get its cancellation error. Start afresh instead
+        # (``_fly`` forgets only its own flight, so the new one keeps its place).
+        if flight is not None and flight.listeners > 0:
             flight.followers += 1
             self.joined += 1
             flight.join()
             return flight, False
-        flight = self._flights[key] = Flight()
+        flight = Flight()
+        if share:
+            self._flights[key] = flight
         flight.join()
         self._nursery.start_soon(self._fly, key, flight, run)
         return flight, True

@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
+from .cache import Matcher, ResponseCache
 from .config import Config
+from .dedup import FlightRegistry
 from .errors import RouterError
 from .executor import execute
-from .messages import ChatRequest, Event
-from .cache import Matcher, ResponseCache
-from .dedup import FlightRegistry
 from .failover import BackendCaller
+from .messages import ChatRequest, Event
 from .node import NodeResult, NodeRunner, RunContext, Served
 from .planner import plan_chat
 from .pool import BackendPool

@@ -124,18 +124,26 @@ class NodeRunner:
 
         store = cacheable and ctx.cache_write
         flight, leader = self.flights.join(
-            key.full, partial(self._fly, request, route, key, store, sink is not None)
+            key.full, partial(self._fly, request, route, key, store, sink is not None),
+            share=self.config.dedup.enabled,
         )
         role = "LEADER" if leader else "FOLLOWER"
         try:
             if sink is None:
                 done: NodeResult = await flight.wait()
             else:
-                async for item in flight.follow():
-                    if isinstance(item, Served):
-                        item = dataclasses.replace(item, dedup=role)
-                    await sink.send(item)
-                done = flight.result
+                sent = 0
+                while True:
+                    await flight.wait_beyond(sent)
+                    while sent < len(flight.items):
+                        item = flight.items[sent]
+                        sent += 1
+                        if isinstance(item, Served):
+                            item = dataclasses.replace(item, dedup=role)
+                        await sink.send(item)
+                    if flight.done:
+                        break
+                done = await flight.wait()
         finally:
             flight.leave()
         if not leader:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 
@@ -26,12 +27,14 @@ class Node:
     """One LLM call in a plan.
 
     ``request`` is the call when it is known up front (a chat completion). ``tier`` overrides
-    the complexity score's choice of tier (a workflow op's ``tier``).
+    the complexity score's choice of tier (a workflow op's ``tier``). ``op`` is the workflow
+    op (:class:`engine.workflow.Op`) whose request is rendered when its inputs are done.
     """
 
     name: str
     request: ChatRequest | None = None
     tier: int | None = None
+    op: Any = None
 
 
 @dataclass(frozen=True, slots=True)

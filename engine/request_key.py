@@ -40,7 +40,8 @@ class RequestKey:
 
 
 def _digest(*parts: object) -> bytes:
-    return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=20).digest()
+    encoded = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(encoded, digest_size=20).digest()
 
 
 def request_key(request: ChatRequest, *, tenant: str, target: str) -> RequestKey:

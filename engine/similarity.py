@@ -1,19 +1,14 @@
 """Is a new prompt the same question as a cached one? Sans-IO: plain functions over plain data.
 
-A cache hit serves an answer written for another prompt, so a false hit is the costly error and
-the design leans to missing. Two layers decide:
-
-1. The cosine of WordLlama sentence vectors (mean-pooled static token embeddings, 256 dims,
-   shipped inside the ``wordllama`` wheel, microseconds per prompt). It ranks paraphrases well
-   (ROC-AUC 0.81 on the QQP dev pairs, token Jaccard 0.72) but is blind to the one word that
-   changes an answer: "capital of France" and "capital of Germany" differ by one token of ten.
-2. Guards that veto what a mean of word vectors cannot see: different numbers, a negation added
-   or moved, different question words ("how" versus "why"), first versus second person, and a
-   named entity or salient content word on one side only ("lower back" versus "back").
-
-:func:`similarity` folds both into one score, so ``cache.similarity_thresh`` alone decides a
-hit. Features are computed once per text into a :class:`Fingerprint`; comparing a query with a
-cached entry then costs a dot product, a few set operations and one small matrix product.
+A hit serves an answer written for another prompt, so a false hit is the costly error. The
+cosine of WordLlama sentence vectors (static token embeddings shipped in the ``wordllama``
+wheel) ranks paraphrases well (ROC-AUC 0.81 on the QQP dev pairs, token Jaccard 0.72) but is
+blind to the one word that changes an answer ("capital of France" / "of Germany": cosine 0.44
+only because both names are rare; "is X safe" / "is X not safe": 0.97). Guards veto what a mean
+of word vectors cannot see (numbers, negation, question words, I/you, named entities), and a
+salient word on one side only lowers the score. :func:`similarity` folds all of it into one
+score, so ``cache.similarity_thresh`` alone decides. Per-text features are computed once into a
+:class:`Fingerprint`; a comparison then costs ~12 us.
 """
 
 from __future__ import annotations
@@ -31,21 +26,13 @@ import numpy as np
 
 from .errors import RouterError
 
-__all__ = [
-    "DEFAULT_THRESHOLD",
-    "Embedder",
-    "Fingerprint",
-    "guard_veto",
-    "guards_allow",
-    "match",
-    "normalize_text",
-    "similarity",
-]
+__all__ = ["DEFAULT_THRESHOLD", "Embedder", "Fingerprint", "guard_veto", "guards_allow", "match",
+           "normalize_text", "similarity"]
 
 DEFAULT_THRESHOLD = 0.85
-"""The default ``cache.similarity_thresh``. On the QQP dev pairs it is where precision reaches
-its plateau (0.87, against 0.65 for the bare cosine at 0.85): stricter thresholds buy almost no
-precision (label noise caps it near 0.9) and lose a fifth of the hits per 0.05."""
+"""The default ``cache.similarity_thresh``: on the QQP dev pairs, where precision reaches its
+plateau (0.87 at recall 0.16; the bare cosine at 0.85: 0.65 at 0.43). Stricter thresholds buy
+little precision (QQP's label noise caps it near 0.9) and lose a fifth of the hits per 0.05."""
 
 _CONTRACTIONS = [
     (re.compile(p, re.IGNORECASE), r)
@@ -91,20 +78,17 @@ _GENERIC = _wordset(
     "city cities country countries place places thing things way ways kind kinds type types "
     "show movie film series stuff"
 )
-_WH = {"what": "what", "which": "what", "how": "how", "why": "why", "where": "where",
-       "when": "when", "who": "who", "whom": "who", "whose": "who"}
+_WH = {w: w for w in ("what", "how", "why", "where", "when", "who")}
+_WH |= {"which": "what", "whom": "who", "whose": "who"}
 _PERSON = dict.fromkeys(_wordset("i me my mine myself we us our ours ourselves"), 1)
 _PERSON |= dict.fromkeys(_wordset("you your yours yourself yourselves"), 2)
 # "Can you ..." addresses the assistant, not a second person the answer is about.
 _POLITE = re.compile(r"^(?:please )?(?:can|could|would|will) you\b", re.IGNORECASE)
 _NEGATION = _wordset("not no never without nobody nothing none neither nor nowhere")
-_NUMBER_WORDS = {
-    "zero": "0", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "twenty": "20",
-    "thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "thousand": "1000",
-    "million": "1e6", "billion": "1e9", "first": "1", "third": "3", "half": "0.5",
-    "twice": "2",
-}  # not "one" or "second": mostly a pronoun and a unit of time
+_NUMBER_WORDS = dict(zip(  # not "one" or "second": mostly a pronoun and a unit of time
+    "zero two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty "
+    "hundred thousand million billion first third half twice".split(),
+    "0 2 3 4 5 6 7 8 9 10 11 12 20 30 40 50 100 1000 1e6 1e9 1 3 0.5 2".split(), strict=True))
 _SUFFIXES = (("ies", "y"), ("es", ""), ("s", ""), ("ing", ""), ("ing", "e"), ("ed", ""),
              ("ed", "e"), ("ly", ""))
 
@@ -154,19 +138,32 @@ class Fingerprint:
     key_set: frozenset[str] = field(repr=False)
     salience: np.ndarray = field(repr=False)  # (len(words),) float32
     entity: np.ndarray = field(repr=False)  # (len(words),) bool
-    word_vectors: np.ndarray = field(repr=False)  # (<= len(words), dim) float32, unit rows
+    word_vectors: np.ndarray = field(repr=False)  # (<= len(words), dim) float16, unit rows
+
+
+def _word_sums(tokens: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Row ``i``: the sum of ``tokens[lo[i]:hi[i]]``. Spans are in text order, so blocks of 64
+    words cover a short run of tokens and a (64 x run) 0/1 product stays linear overall; it is
+    five times faster than a cumulative sum, which numpy does not vectorise."""
+    out = np.zeros((len(lo), tokens.shape[1]), np.float32)
+    for s in range(0, len(lo), 64):
+        block_lo, block_hi = lo[s : s + 64], hi[s : s + 64]
+        first, last = int(block_lo.min()), int(block_hi.max())
+        if last > first:
+            at = np.arange(first, last)
+            member = (at >= block_lo[:, None]) & (at < block_hi[:, None])
+            out[s : s + 64] = member.astype(np.float32) @ tokens[first:last]
+    return out
 
 
 def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndarray) -> Fingerprint:
     """The fingerprint of a normalised ``text`` from its token ``ids``, their ``(n, 2)``
-    character ``offsets`` and the embedding ``table``. A word's vector is the sum of the tokens
-    overlapping it, read off one cumulative sum so that long prompts stay linear."""
-    dim = table.shape[1]
-    cumsum = np.zeros((len(ids) + 1, dim), np.float32)
-    if len(ids):
-        np.cumsum(table[ids], axis=0, out=cumsum[1:])
-    norm = float(np.linalg.norm(cumsum[-1]))
-    vector = cumsum[-1] / norm if norm > 0 else np.zeros(dim, np.float32)
+    character ``offsets`` and the embedding ``table``. A word's vector is the sum of the
+    vectors of the tokens overlapping it."""
+    tokens = table[ids]
+    vector = tokens.sum(axis=0) if len(ids) else np.zeros(table.shape[1], np.float32)
+    norm = float(np.sqrt(vector @ vector))
+    vector = vector / norm if norm > 0 else vector
 
     numbers: set[str] = set()
     question: set[str] = set()
@@ -190,25 +187,20 @@ def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndar
                 persons.add(_PERSON[word])
         elif word not in _STOP:
             order.append(word)
-            entity = _is_entity(raw, m.start(), text) or words.get(word, (0, 0, False))[2]
-            start, end = words.get(word, m.span())[:2]
-            words[word] = (start, end, entity)
-    negations = frozenset(order[i] if i < len(order) else "" for i in negation_at)
-
+            start, end, entity = words.get(word, (*m.span(), False))
+            words[word] = (start, end, entity or _is_entity(raw, m.start(), text))
     spans = np.asarray([v[:2] for v in words.values()], np.int64).reshape(-1, 2)
-    sums = np.zeros((len(words), dim), np.float32)
-    if len(words) and len(ids):
-        lo = np.searchsorted(offsets[:, 1], spans[:, 0], side="right")  # first token ending in
-        hi = np.searchsorted(offsets[:, 0], spans[:, 1], side="left")  # first token after
-        sums = cumsum[hi] - cumsum[np.minimum(lo, hi)]
-    salience = np.linalg.norm(sums, axis=1).astype(np.float32)
+    lo = np.searchsorted(offsets[:, 1], spans[:, 0], side="right")  # first token ending in it
+    hi = np.searchsorted(offsets[:, 0], spans[:, 1], side="left")  # first token after it
+    sums = _word_sums(tokens, lo, hi)
+    salience = np.sqrt(np.einsum("ij,ij->i", sums, sums))
     top = slice(0, _MAX_WORD_VECTORS)
     keys = tuple(_variants(w) for w in words)
     return Fingerprint(
         text=text,
-        vector=vector.astype(np.float32),
+        vector=vector,
         numbers=frozenset(numbers),
-        negations=negations,
+        negations=frozenset(order[i] if i < len(order) else "" for i in negation_at),
         question=frozenset(question),
         persons=frozenset(persons),
         words=tuple(words),
@@ -216,7 +208,7 @@ def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndar
         key_set=frozenset().union(*keys),
         salience=salience,
         entity=np.asarray([v[2] for v in words.values()], bool),
-        word_vectors=(sums[top] / np.maximum(salience[top, None], 1e-6)).astype(np.float32),
+        word_vectors=(sums[top] / np.maximum(salience[top, None], 1e-6)).astype(np.float16),
     )
 
 
@@ -226,13 +218,11 @@ def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndar
 class Embedder:
     """WordLlama ``l2_supercat`` 256-dim vectors, loaded once, lazily, strictly offline.
 
-    wordllama 0.4 looks for its tokenizer under ``wordllama/tokenizer/`` while its wheel ships
-    it under ``wordllama/tokenizers/``, and on a miss downloads from the Hugging Face hub.
-    ``cache_dir`` pointing at the installed package (whose ``tokenizers/`` holds the file) with
+    wordllama 0.4 looks for its tokenizer under ``tokenizer/`` while its wheel ships it under
+    ``tokenizers/``, and on a miss downloads it. ``cache_dir`` = the installed package with
     ``disable_download=True`` finds both files locally; a missing file raises
-    :class:`RouterError` rather than reaching for the network. Pooling is done here, not by
-    wordllama, so that one tokenizer pass yields the sentence vector and the word vectors.
-    Thread-safe: CPU-bound callers may run it in ``trio.to_thread``.
+    :class:`RouterError` instead. Pooling is done here so one tokenizer pass yields the sentence
+    and word vectors. Thread-safe: callers may run it in ``trio.to_thread``.
     """
 
     def __init__(self) -> None:
@@ -258,7 +248,7 @@ class Embedder:
         return np.divide(out, norms, out=out, where=norms > 0)
 
     def fingerprint(self, text: str) -> Fingerprint:
-        """The :class:`Fingerprint` of ``text`` (about 50 us for a one-line prompt)."""
+        """The :class:`Fingerprint` of ``text`` (~0.2 ms for a one-line prompt)."""
         table, tokenizer = self._model()
         normal = normalize_text(text)
         enc = tokenizer.encode(normal, add_special_tokens=False)
@@ -306,7 +296,8 @@ def _unmatched(a: Fingerprint, b: Fingerprint) -> list[int]:
     missing = [i for i, keys in enumerate(a.keys) if keys.isdisjoint(b.key_set)]
     soft = [i for i in missing if i < len(a.word_vectors)]
     if soft and len(b.word_vectors):
-        best = (a.word_vectors[soft] @ b.word_vectors.T).max(axis=1)
+        mine = a.word_vectors[soft].astype(np.float32)
+        best = (mine @ b.word_vectors.astype(np.float32).T).max(axis=1)
         near = {i for i, s in zip(soft, best, strict=True) if s >= _SOFT_MATCH}
         missing = [i for i in missing if i not in near]
     return missing
@@ -333,13 +324,10 @@ def _compare(query: Fingerprint, cached: Fingerprint) -> tuple[str | None, float
 
 
 def guard_veto(query: Fingerprint, cached: Fingerprint) -> str | None:
-    """Why ``cached`` must not answer ``query`` whatever their cosine, or None.
-
-    ``"number"`` (different numbers: "3 items" / "4 items"), ``"negation"`` (a negation added,
-    dropped or attached to another word: "is X safe" / "is X not safe"), ``"question"``
-    (different question words), ``"person"`` ("your predictions" / "some predictions"),
-    ``"entity"`` (a named entity on one side only: "France" / "Germany").
-    """
+    """Why ``cached`` must not answer ``query`` whatever their cosine, or None: ``"number"``
+    ("3 items" / "4 items"), ``"negation"`` (added, dropped or moved: "is X safe" / "is X not
+    safe"), ``"question"`` ("how" / "why"), ``"person"`` ("your predictions" / "some
+    predictions"), ``"entity"`` (a named entity on one side only: "France" / "Germany")."""
     return _compare(query, cached)[0]
 
 

@@ -1,0 +1,807 @@
+"""Workflow definitions (engine.workflow*): SPEC.md's format, validation, templates, planning.
+
+All sans-IO: YAML text in, checked types, plans and estimates out. The executor and the HTTP
+API are tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import doctest
+import itertools
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import engine.workflow
+import engine.workflow_plan
+import engine.workflow_source
+import engine.workflow_template
+from engine.config import Config, ModelConfig
+from engine.errors import UpstreamError, WorkflowInvalid
+from engine.planner import Plan
+from engine.workflow import (
+    OpOutput,
+    Workflow,
+    WorkflowLimits,
+    load_workflow,
+    parse_output,
+    render_request,
+    resolve_variables,
+)
+from engine.workflow_plan import (
+    DEFAULT_OUTPUT_TOKENS,
+    check_models,
+    critical_path,
+    describe_plan,
+    estimate_costs,
+    plan_workflow,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+WORKFLOWS = ROOT / "workflows"
+
+SPEC_EXAMPLE = """\
+start_ops: [reason]
+end_ops: [refine]
+ops:
+  reason:
+    prompt: "Think step by step."
+    tier: 1
+    max_tokens: 1024
+    output_ops: [critique]
+  critique:
+    prompt: "Find errors in the reasoning."
+    tier: 2
+    max_tokens: 512
+    input_ops: [reason]
+    output_ops: [refine]
+  refine:
+    prompt: "Give a correct final answer."
+    tier: 2
+    max_tokens: 512
+    input_ops: [critique]
+"""
+
+
+def load(text: str, *, limits: WorkflowLimits | None = None,
+         templates_dir: Path | None = None) -> Workflow:
+    return load_workflow(textwrap.dedent(text), limits=limits or WorkflowLimits(),
+                         templates_dir=templates_dir)
+
+
+def invalid(text: str, **kwargs: object) -> WorkflowInvalid:
+    with pytest.raises(WorkflowInvalid) as info:
+        load(text, **kwargs)  # type: ignore[arg-type]
+    assert info.value.status == 400
+    return info.value
+
+
+def user_text(request: object) -> str:
+    return request.messages[0].text  # type: ignore[attr-defined,no-any-return]
+
+
+def render(wf: Workflow, op: str, *, input: str = "IN", outputs: dict[str, str] | None = None,
+           variables: dict[str, object] | None = None) -> object:
+    outs = {name: parse_output(wf.ops[name], text) for name, text in (outputs or {}).items()}
+    return render_request(wf, op, input=input, variables=resolve_variables(wf, variables),
+                          outputs=outs)
+
+
+# ---- SPEC.md's format ----------------------------------------------------------------------
+
+
+def test_spec_example_loads_unchanged() -> None:
+    wf = load(SPEC_EXAMPLE)
+    assert list(wf.ops) == ["reason", "critique", "refine"]
+    assert wf.start_ops == ("reason",) and wf.end_ops == ("refine",)
+    assert wf.edges == (("reason", "critique"), ("critique", "refine"))
+    assert wf.ops["critique"].inputs == ("reason",)
+    assert wf.ops["critique"].outputs == ("refine",)
+    assert (wf.ops["reason"].tier, wf.ops["reason"].max_tokens) == (1, 1024)
+    assert wf.on_error == "fail_fast" and wf.variables == {}
+
+
+def test_spec_semantics_start_op_gets_input_others_get_their_inputs() -> None:
+    wf = load(SPEC_EXAMPLE)
+    first = render(wf, "reason", input="How many rs are in strawberry?")
+    assert user_text(first) == "Think step by step.\n\nHow many rs are in strawberry?"
+    assert first.max_tokens == 1024 and first.model is None  # type: ignore[attr-defined]
+    second = render(wf, "critique", outputs={"reason": "There are 2."})
+    assert user_text(second) == "Find errors in the reasoning.\n\nThere are 2."
+    third = render(wf, "refine", outputs={"critique": "Wrong: 3."})
+    assert user_text(third) == "Give a correct final answer.\n\nWrong: 3."
+
+
+@pytest.mark.parametrize("side", ["input_ops", "output_ops", "both"])
+def test_edges_may_be_given_on_either_side(side: str) -> None:
+    up = "output_ops: [b]" if side in ("output_ops", "both") else ""
+    down = "input_ops: [a]" if side in ("input_ops", "both") else ""
+    wf = load(f"ops:\n  a: {{prompt: A, {up}}}\n  b: {{prompt: B, {down}}}\n".replace(", }", "}"))
+    assert wf.edges == (("a", "b"),)
+    assert wf.ops["b"].inputs == ("a",) and wf.ops["a"].outputs == ("b",)
+
+
+def test_inputs_keep_declaration_order() -> None:
+    wf = load("""
+        ops:
+          x: {prompt: X}
+          y: {prompt: Y}
+          z: {prompt: Z, input_ops: [y, x]}
+          w: {prompt: W}
+          v: {prompt: V, output_ops: []}
+    """.replace("w: {prompt: W}", "w: {prompt: W, input_ops: [x]}"))
+    assert wf.ops["z"].inputs == ("y", "x")
+    assert wf.ops["x"].outputs == ("z", "w")  # undeclared: YAML order of the ops listing x
+
+
+def test_disagreeing_sides_name_the_op_missing_the_edge() -> None:
+    err = invalid("""
+        ops:
+          a: {prompt: A, output_ops: [b]}
+          b: {prompt: B, input_ops: []}
+    """)
+    assert err.op == "b"
+    assert "'a' lists it in output_ops" in err.message
+    err = invalid("""
+        ops:
+          a: {prompt: A, output_ops: [c]}
+          b: {prompt: B, input_ops: [a]}
+          c: {prompt: C, input_ops: [a]}
+    """)
+    assert err.op == "a" and "'b' lists it in input_ops" in err.message
+
+
+def test_start_and_end_ops_default_to_sources_and_sinks() -> None:
+    wf = load("""
+        ops:
+          a: {prompt: A}
+          b: {prompt: B}
+          c: {prompt: C, input_ops: [a, b]}
+    """)
+    assert wf.start_ops == ("a", "b") and wf.end_ops == ("c",)
+
+
+def test_optional_keys_are_carried() -> None:
+    wf = load("""
+        name: demo
+        description: A demo.
+        on_error: continue
+        max_cost_usd: 0.5
+        max_concurrency: 2
+        variables:
+          tone: dry
+          n: {default: 3, description: How many.}
+        ops:
+          a:
+            prompt: "{{ tone }} {{ n }} {{ input }}"
+            system: "You are {{ tone }}."
+            model: claude-haiku
+            temperature: 0
+            json: true
+            timeout_sec: 30
+            retries: 2
+            description: first
+    """)
+    op = wf.ops["a"]
+    assert (wf.name, wf.description, wf.on_error) == ("demo", "A demo.", "continue")
+    assert (wf.max_cost_usd, wf.max_concurrency) == (0.5, 2)
+    assert wf.variables == {"tone": "dry", "n": 3}
+    assert wf.variable_descriptions == {"n": "How many."}
+    assert (op.model, op.temperature, op.json, op.timeout_sec, op.retries) == (
+        "claude-haiku", 0.0, True, 30.0, 2)
+    assert op.refs_vars == {"tone", "n"} and op.uses_input and op.description == "first"
+    request = render(wf, "a", input="q")
+    assert user_text(request) == "dry 3 q"
+    assert request.system == "You are dry."  # type: ignore[attr-defined]
+    assert request.json_mode and request.model == "claude-haiku"  # type: ignore[attr-defined]
+    assert request.temperature == 0.0  # type: ignore[attr-defined]
+
+
+def test_model_auto_is_no_pin() -> None:
+    assert load("ops: {a: {prompt: A, model: auto}}").ops["a"].model is None
+
+
+# ---- validation: every failure names its op ------------------------------------------------
+
+CASES = [
+    # (name, yaml, op named, message fragment)
+    ("cycle", "ops: {a: {prompt: A, input_ops: [b]}, b: {prompt: B, input_ops: [a]}}",
+     "a", "cycle: a -> b -> a"),
+    ("cycle behind a start", "start_ops: [s]\nops: {s: {prompt: S, output_ops: [a]}, "
+     "a: {prompt: A, input_ops: [s, c]}, b: {prompt: B, input_ops: [a]}, "
+     "c: {prompt: C, input_ops: [b]}}", "a", "cycle: a -> b -> c -> a"),
+    ("self loop", "ops: {a: {prompt: A, input_ops: [a]}}", "a", "cycle: a -> a"),
+    ("unknown input op", "ops: {a: {prompt: A, input_ops: [nope]}}", "a",
+     "input_ops names unknown op 'nope'"),
+    ("unknown output op", "ops: {a: {prompt: A, output_ops: [nope]}}", "a",
+     "output_ops names unknown op 'nope'"),
+    ("unknown start op", "start_ops: [nope]\nops: {a: {prompt: A}}", "nope",
+     "start_ops names unknown op"),
+    ("unknown end op", "end_ops: [nope]\nops: {a: {prompt: A}}", "nope",
+     "end_ops names unknown op"),
+    ("start not a source", "start_ops: [a, b]\nops: {a: {prompt: A}, "
+     "b: {prompt: B, input_ops: [a]}}", "b", "start op 'b' is not a source"),
+    ("end not a sink", "end_ops: [a, b]\nops: {a: {prompt: A}, "
+     "b: {prompt: B, input_ops: [a]}}", "a", "end op 'a' is not a sink"),
+    ("unreachable", "start_ops: [a]\nops: {a: {prompt: A}, b: {prompt: B}, "
+     "c: {prompt: C, input_ops: [b]}}", "b", "not reachable from any start op"),
+    ("template unknown op", "ops: {a: {prompt: '{{ ops.ghost.output }}'}}", "a",
+     "unknown op 'ghost'"),
+    ("template op not upstream", "ops: {a: {prompt: A}, b: {prompt: '{{ ops.c.output }}', "
+     "input_ops: [a]}, c: {prompt: C, input_ops: [a]}}", "b", "'c' is not upstream of 'b'"),
+    ("template item access", "ops: {a: {prompt: \"{{ ops['ghost'].output }}\"}}", "a",
+     "unknown op 'ghost'"),
+    ("undeclared variable", "ops: {a: {prompt: '{{ tone }}'}}", "a",
+     "undeclared variable 'tone'"),
+    ("undeclared vars.x", "variables: {mood: ok}\nops: {a: {prompt: '{{ vars.tone }}'}}", "a",
+     "undeclared variable 'tone'"),
+    ("undeclared in system", "ops: {a: {prompt: A, system: '{{ persona }}'}}", "a",
+     "undeclared variable 'persona'"),
+    ("undeclared param", "ops: {a: {prompt: '{{ params.part }}'}}", "a", "params.part"),
+    ("unknown op key", "ops: {a: {prompt: A, temprature: 1}}", "a",
+     "unknown key 'temprature'"),
+    ("prompt and template", "ops: {a: {prompt: A, template: x.j2}}", "a", "exactly one of"),
+    ("neither prompt nor template", "ops: {a: {tier: 1}}", "a", "exactly one of"),
+    ("op not a mapping", "ops: {a: [1]}", "a", "must be a mapping"),
+    ("tier too high", "ops: {a: {prompt: A, tier: 11}}", "a", "tier must be an integer"),
+    ("tier boolean", "ops: {a: {prompt: A, tier: true}}", "a", "tier must be an integer"),
+    ("max_tokens over the limit", "ops: {a: {prompt: A, max_tokens: 40000}}", "a",
+     "max_tokens must be an integer from 1 to 32768"),
+    ("temperature", "ops: {a: {prompt: A, temperature: 3}}", "a", "temperature"),
+    ("timeout zero", "ops: {a: {prompt: A, timeout_sec: 0}}", "a", "timeout_sec"),
+    ("retries", "ops: {a: {prompt: A, retries: -1}}", "a", "retries"),
+    ("json not boolean", "ops: {a: {prompt: A, json: 'yes'}}", "a", "json must be"),
+    ("model and tier", "ops: {a: {prompt: A, model: m, tier: 1}}", "a", "not both"),
+    ("bad model name", "ops: {a: {prompt: A, model: 'a b'}}", "a", "model must be"),
+    ("bad op name", "ops: {'a b': {prompt: A}}", "a b", "not allowed"),
+    ("op named like a dict method", "ops: {items: {prompt: A}}", "items", "not allowed"),
+    ("input_ops not a list", "ops: {a: {prompt: A}, b: {prompt: B, input_ops: a}}", "b",
+     "must be a list"),
+    ("input_ops twice", "ops: {a: {prompt: A}, b: {prompt: B, input_ops: [a, a]}}", "b",
+     "twice"),
+    ("params not scalar", "ops: {a: {prompt: A, params: {p: [1]}}}", "a", "params.p"),
+    ("op template syntax", "ops: {a: {prompt: '{{ x y }}'}}", "a", "line 1"),
+    ("unknown filter", "ops: {a: {prompt: '{{ input|nofilter }}'}}", "a", "nofilter"),
+    ("dynamic ops access", "ops: {a: {prompt: A}, b: {prompt: '{{ ops|length }}', "
+     "input_ops: [a]}}", "b", "ops.<name>"),
+    ("assign to input", "ops: {a: {prompt: '{% set input = 1 %}'}}", "a",
+     "'input' cannot be assigned"),
+]
+
+
+@pytest.mark.parametrize(("text", "op", "fragment"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_invalid_workflow_names_the_op(text: str, op: str, fragment: str) -> None:
+    err = invalid(text)
+    assert err.op == op, err.message
+    assert fragment in err.message
+    assert err.param == op  # rendered as the error object's param by the API
+
+
+WORKFLOW_LEVEL = [
+    ("not a mapping: list", "- a\n- b\n", "must be a mapping, got list"),
+    ("not a mapping: scalar", "just text\n", "must be a mapping, got str"),
+    ("not a mapping: empty", "", "must be a mapping, got nothing"),
+    ("invalid yaml", "ops: {a: [\n", "not valid at line"),
+    ("two documents", "ops: {}\n---\nops: {}\n", "not valid"),
+    ("unknown top key", "opps: {}\nops: {a: {prompt: A}}", "unknown key 'opps'"),
+    ("no ops", "name: x\n", "ops must be a mapping"),
+    ("empty ops", "ops: {}\n", "ops must be a mapping"),
+    ("empty start_ops", "start_ops: []\nops: {a: {prompt: A}}", "at least one"),
+    ("bad on_error", "on_error: retry\nops: {a: {prompt: A}}", "on_error"),
+    ("bad max_cost", "max_cost_usd: -1\nops: {a: {prompt: A}}", "max_cost_usd"),
+    ("bad concurrency", "max_concurrency: 0\nops: {a: {prompt: A}}", "max_concurrency"),
+    ("duplicate op", "ops:\n  a: {prompt: A}\n  a: {prompt: B}\n", "duplicate key 'a'"),
+    ("boolean op name", "ops: {yes: {prompt: A}}", "quote such names"),
+    ("reserved variable", "variables: {input: x}\nops: {a: {prompt: A}}", "reserved"),
+    ("variable not scalar", "variables: {v: [1]}\nops: {a: {prompt: A}}", "variables.v"),
+    ("variable mapping without default", "variables: {v: {description: d}}\n"
+     "ops: {a: {prompt: A}}", "'default'"),
+    ("anchor and alias", "variables: {a: &x hi, b: *x}\nops: {a: {prompt: A}}",
+     "anchors and aliases"),
+    ("deep nesting", "ops: {a: {prompt: A, params: " + "[" * 40 + "]" * 40 + "}}",
+     "nested more than"),
+]
+
+
+@pytest.mark.parametrize(("text", "fragment"), [c[1:] for c in WORKFLOW_LEVEL],
+                         ids=[c[0] for c in WORKFLOW_LEVEL])
+def test_invalid_workflow_without_an_op(text: str, fragment: str) -> None:
+    err = invalid(text)
+    assert fragment in err.message
+
+
+def test_alias_bomb_is_refused_before_it_expands() -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    err = invalid("\n".join(lines) + "\n")
+    assert "anchors and aliases" in err.message
+
+
+# ---- limits --------------------------------------------------------------------------------
+
+
+def test_yaml_size_is_checked_before_parsing() -> None:
+    limits = WorkflowLimits(max_yaml_bytes=1000)
+    err = invalid("ops: {" + "x" * 2000, limits=limits)  # not YAML, but too big first
+    assert "larger than 1000 bytes" in err.message and err.op is None
+    err = invalid("ops: {a: {prompt: '" + "é" * 600 + "'}}", limits=limits)  # bytes, not chars
+    assert "larger than 1000 bytes" in err.message
+
+
+def test_op_count_limit() -> None:
+    text = "ops:\n" + "".join(f"  o{i}: {{prompt: P}}\n" for i in range(6))
+    assert "at most 5 ops" in invalid(text, limits=WorkflowLimits(max_ops=5)).message
+    assert len(load(text, limits=WorkflowLimits(max_ops=6)).ops) == 6
+
+
+def test_depth_limit_names_the_first_op_too_deep() -> None:
+    text = "ops:\n  o0: {prompt: P}\n" + "".join(
+        f"  o{i}: {{prompt: P, input_ops: [o{i - 1}]}}\n" for i in range(1, 5)
+    )
+    err = invalid(text, limits=WorkflowLimits(max_depth=3))
+    assert err.op == "o3" and "at most 3 deep" in err.message
+    assert len(load(text, limits=WorkflowLimits(max_depth=5)).ops) == 5
+
+
+def test_max_tokens_limit_comes_from_limits() -> None:
+    limits = WorkflowLimits(max_tokens_per_op=100)
+    assert invalid("ops: {a: {prompt: A, max_tokens: 101}}", limits=limits).op == "a"
+    assert load("ops: {a: {prompt: A, max_tokens: 100}}", limits=limits).ops["a"].max_tokens
+
+
+# ---- template files ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    root = tmp_path / "templates"
+    (root / "sub").mkdir(parents=True)
+    (root / "hello.j2").write_text("Hello {{ input }}")
+    (root / "sub" / "nested.j2").write_text("Nested")
+    (tmp_path / "secret.txt").write_text("secret")
+    (root / "escape.j2").symlink_to(tmp_path / "secret.txt")
+    (root / "big.j2").write_text("x" * 100)
+    (root / "binary.j2").write_bytes(b"\xff\xfe")
+    return root
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("../../etc/passwd", "must name a file in templates/"),
+    ("/etc/passwd", "must name a file in templates/"),
+    ("sub/../hello.j2", "must name a file in templates/"),
+    (".hidden.j2", "must name a file in templates/"),
+    ("escape.j2", "outside templates/"),
+    ("missing.j2", "no template named 'missing.j2'"),
+    ("sub", "no template named 'sub'"),
+    ("big.j2", "larger than 50 bytes"),
+    ("binary.j2", "not UTF-8"),
+])
+def test_template_file_refused(templates: Path, name: str, fragment: str) -> None:
+    err = invalid(f"ops: {{a: {{template: '{name}'}}}}", templates_dir=templates,
+                  limits=WorkflowLimits(max_template_bytes=50))
+    assert err.op == "a" and fragment in err.message
+
+
+def test_template_files_load_from_templates_dir_only(templates: Path) -> None:
+    wf = load("ops: {a: {template: hello.j2}, b: {template: sub/nested.j2, input_ops: [a]}}",
+              templates_dir=templates)
+    assert wf.ops["a"].template_file == "hello.j2"
+    assert user_text(render(wf, "a", input="you")) == "Hello you"
+    assert invalid("ops: {a: {template: hello.j2}}").message.endswith("use an inline prompt")
+
+
+# ---- rendering -----------------------------------------------------------------------------
+
+
+def test_template_context_input_vars_ops_and_json_values() -> None:
+    prompt = ("{{ input }}|{{ tone }}|{{ vars.n }}|{{ ops.facts.output }}|"
+              "{{ ops.facts.value.items_[1] }}|{{ ops['facts'].value.who }}")
+    wf = load(yaml.safe_dump({"variables": {"tone": "dry", "n": 2}, "ops": {
+        "facts": {"prompt": "Facts as JSON: {{ input }}", "json": True},
+        "plan": {"prompt": prompt, "input_ops": ["facts"]},
+    }}))
+    request = render(wf, "plan", input="Q", variables={"tone": "warm"},
+                     outputs={"facts": '{"who": "Ada", "items_": [1, 2]}'})
+    assert user_text(request) == 'Q|warm|2|{"who": "Ada", "items_": [1, 2]}|2|Ada'
+
+
+def test_json_keys_with_underscores_are_readable_as_items() -> None:
+    wf = load("""
+        ops:
+          a: {prompt: JSON please, json: true}
+          b: {prompt: "{{ ops.a.value['_id'] }}", input_ops: [a]}
+    """)
+    assert user_text(render(wf, "b", outputs={"a": '{"_id": 7}'})) == "7"
+    assert "'_id'" in invalid("ops: {a: {prompt: '{{ input._id }}'}}").message
+
+
+def test_json_value_of_a_fenced_answer_and_bad_json() -> None:
+    wf = load("ops: {a: {prompt: JSON please, json: true}}")
+    assert parse_output(wf.ops["a"], '```json\n{"k": [1]}\n```') == OpOutput(
+        '```json\n{"k": [1]}\n```', {"k": [1]})
+    with pytest.raises(UpstreamError, match="not JSON"):
+        parse_output(wf.ops["a"], "Sure! Here it is: {")
+    plain = load("ops: {a: {prompt: P}}").ops["a"]
+    assert parse_output(plain, "{}") == OpOutput("{}", "{}")
+
+
+def test_several_inputs_are_appended_under_headings() -> None:
+    wf = load("ops: {a: {prompt: A}, b: {prompt: B}, c: {prompt: Merge., input_ops: [b, a]}}")
+    request = render(wf, "c", outputs={"a": "from a", "b": "from b"})
+    assert user_text(request) == "Merge.\n\n## b\n\nfrom b\n\n## a\n\nfrom a"
+
+
+def test_a_template_placing_its_inputs_gets_no_appendix() -> None:
+    wf = load("""
+        ops:
+          a: {prompt: "Q: {{ input }}"}
+          b: {prompt: "Check: {{ ops.a.output }}", input_ops: [a]}
+          c: {prompt: "Original: {{ input }}. Improve it.", input_ops: [b]}
+    """)
+    assert user_text(render(wf, "a", input="q")) == "Q: q"
+    assert user_text(render(wf, "b", outputs={"a": "A!"})) == "Check: A!"
+    # Reading the workflow input does not place the op's inputs: they are still appended.
+    assert user_text(render(wf, "c", input="q", outputs={"b": "B!"})) == (
+        "Original: q. Improve it.\n\nB!")
+
+
+def test_ancestor_outputs_are_readable_not_only_direct_inputs() -> None:
+    wf = load("""
+        ops:
+          a: {prompt: A}
+          b: {prompt: B, input_ops: [a]}
+          c: {prompt: "{{ ops.a.output }} + {{ ops.b.output }}", input_ops: [b]}
+    """)
+    assert user_text(render(wf, "c", outputs={"a": "1", "b": "2"})) == "1 + 2"
+    assert wf.ops["c"].refs_ops == {"a", "b"}
+
+
+def test_render_errors_name_the_op() -> None:
+    wf = load("""
+        ops:
+          a: {prompt: A, json: true}
+          b: {prompt: "{{ ops.a.value.missing }}", input_ops: [a]}
+          c: {prompt: "{{ 1 / 0 }}"}
+    """)
+    with pytest.raises(WorkflowInvalid, match="needs the output of 'a'") as info:
+        render(wf, "b")
+    assert info.value.op == "b"
+    with pytest.raises(WorkflowInvalid, match="missing") as info:
+        render(wf, "b", outputs={"a": "{}"})
+    assert info.value.op == "b"
+    with pytest.raises(WorkflowInvalid, match="ZeroDivisionError") as info:
+        render(wf, "c")
+    assert info.value.op == "c"
+
+
+def test_an_empty_prompt_is_an_error() -> None:
+    wf = load("ops: {a: {prompt: '{{ input }}'}}")
+    with pytest.raises(WorkflowInvalid, match="rendered empty"):
+        render(wf, "a", input="  ")
+
+
+def test_resolve_variables() -> None:
+    wf = load("variables: {tone: dry, n: 2, strict: false, anything: null}\n"
+              "ops: {a: {prompt: '{{ tone }}{{ n }}{{ strict }}{{ anything }}'}}")
+    assert resolve_variables(wf, None) == {"tone": "dry", "n": 2, "strict": False,
+                                           "anything": None}
+    assert resolve_variables(wf, {"n": 2.5, "anything": "x"})["n"] == 2.5
+    with pytest.raises(WorkflowInvalid, match="unknown variable 'mood'"):
+        resolve_variables(wf, {"mood": "x"})
+    for name, value in [("tone", 3), ("n", "3"), ("n", True), ("strict", 1), ("anything", [1])]:
+        with pytest.raises(WorkflowInvalid, match=f"variable '{name}'"):
+            resolve_variables(wf, {name: value})
+
+
+# ---- the sandbox ---------------------------------------------------------------------------
+
+ESCAPES = [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ joiner.__init__.__globals__.os }}",
+    "{{ self._TemplateReference__context }}",
+    "{{ ''['__class__'] }}",
+    "{{ ''|attr('__class__') }}",
+    "{{ [1]|map(attribute='__class__')|list }}",
+    "{{ x.mro() }}",
+    "{% import 'x' as y %}",
+    "{% from 'x' import y %}",
+    "{% include '/etc/passwd' %}",
+    "{% extends '/etc/passwd' %}",
+    "{% macro m() %}{{ m() }}{% endmacro %}",
+    "{% block b %}{% endblock %}",
+    "{% set x %}{{ input }}{% endset %}",
+    "{% filter upper %}x{% endfilter %}",
+    "{% for x in [1] recursive %}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", ESCAPES)
+def test_sandbox_escapes_are_refused_at_validation(template: str) -> None:
+    err = invalid(yaml.safe_dump({"ops": {"a": {"prompt": template}}}))
+    assert err.op == "a"
+    assert "not allowed" in err.message
+
+
+RUNTIME_REFUSALS = [
+    ("{{ input[key] }}", "unsafe"),  # dynamic: passes validation, refused by the sandbox
+    ("{{ input|attr(key) }}", "unsafe"),
+    ("{{ input.center(100000000) }}", "unsafe"),
+    ("{{ '{:>999999999}'.format(1) }}", "unsafe"),
+    ("{{ '%999999999s' % 1 }}", "%-format"),
+    ("{{ 'x'|center(1000000000) }}", "too much work"),
+    ("{{ 'x' * 1000000000 }}", "too much work"),
+    ("{{ 2 ** 100000000 }}", "integers above"),
+    ("{{ input|join(input * 10000) }}", "too much work"),
+    ("{% set ns = namespace(s=input) %}{% for i in range(64) %}"
+     "{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "too much work"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "loops more than"),
+    ("{{ range(10000000)|list }}", "range()"),
+    ("{% set b = [input] * 8 %}{% set c = [b] * 8 %}{% set d = [c] * 8 %}{% set e = [d] * 8 %}"
+     "{% set f = [e] * 8 %}{% set g = [f] * 8 %}{% set h = [g] * 8 %}{{ [h] * 8 }}",
+     "too much work"),
+    ("{{ {}.update(a=1) }}", "unsafe"),
+]
+
+
+@pytest.mark.parametrize(("template", "fragment"), RUNTIME_REFUSALS)
+def test_sandbox_refuses_at_render_time_naming_the_op(template: str, fragment: str) -> None:
+    text = yaml.safe_dump({"variables": {"key": "__class__"}, "ops": {"a": {"prompt": template}}})
+    wf = load(text)
+    with pytest.raises(WorkflowInvalid) as info:
+        render(wf, "a", input="abcdefghij" * 1000)
+    assert info.value.op == "a"
+    assert fragment in info.value.message
+
+
+def test_what_prompts_need_still_works_in_the_sandbox() -> None:
+    template = (
+        "{% set lines = input.splitlines() %}{{ lines|length }} lines; "
+        "{{ input.split()|map('upper')|join('-') }}; {{ input|truncate(6, leeway=0) }}; "
+        "{{ input[:3] ~ '!' }}; {% for l in lines if l %}[{{ loop.index }}:{{ l|trim }}]"
+        "{% endfor %}; {{ {'a': 1}|tojson }}; {{ '%.2f'|format(2/3) }}; {{ '%d%%' % 5 }}"
+    )
+    wf = load(yaml.safe_dump({"ops": {"a": {"prompt": template}}}))
+    assert user_text(render(wf, "a", input="one two\nthree")) == (
+        "2 lines; ONE-TWO-THREE; one...; one!; [1:one two][2:three]; "
+        '{"a": 1}; 0.67; 5%'
+    )
+
+
+# ---- the ready pipelines -------------------------------------------------------------------
+
+PIPELINES = sorted(WORKFLOWS.glob("*.yaml"))
+CONFIG = Config(models=(
+    ModelConfig(name="cheap", provider="openai", model="c", tier=1,
+                cost_per_1k_in=1.0, cost_per_1k_out=2.0),
+    ModelConfig(name="bulk", provider="openai", model="p", tier=1,
+                cost_per_1k_in=0.5, cost_per_1k_out=3.0),
+    ModelConfig(name="big", provider="openai", model="b", tier=3,
+                cost_per_1k_in=10.0, cost_per_1k_out=20.0),
+))
+
+
+def test_at_least_five_pipelines_cover_the_issue() -> None:
+    names = {p.stem for p in PIPELINES}
+    assert {"reason_critique_refine", "map_reduce_summary", "debate", "code_review",
+            "extract_classify_answer"} <= names
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
+def test_pipeline_loads_plans_and_estimates(path: Path) -> None:
+    wf = load_workflow(path.read_text(), limits=WorkflowLimits(), templates_dir=TEMPLATES)
+    assert wf.name and wf.description
+    assert wf.variables and set(wf.variable_descriptions) == set(wf.variables)
+    assert all(op.template_file for op in wf.ops.values()), "pipelines use templates/"
+    plan = plan_workflow(wf)
+    assert len(plan) == len(wf.ops) >= 3
+    estimate = estimate_costs(wf, CONFIG, input="Some input.\n" * 50)
+    assert estimate["total_cost_usd"] > 0
+    assert set(estimate["critical_path"]) <= set(wf.ops)
+    assert describe_plan(wf, estimate=estimate).count("*") >= len(estimate["critical_path"])
+    outputs = {n: ('{"category": "billing"}' if op.json else f"answer of {n}")
+               for n, op in wf.ops.items()}
+    for name in wf.ops:  # every op renders against plausible upstream answers
+        request = render(wf, name, input="Some input.\n" * 50, outputs=outputs)
+        assert user_text(request).strip()
+
+
+def test_map_reduce_parts_tile_the_document() -> None:
+    wf = load_workflow((WORKFLOWS / "map_reduce_summary.yaml").read_text(),
+                       limits=WorkflowLimits(), templates_dir=TEMPLATES)
+    parts = [n for n in wf.ops if n.startswith("part_")]
+    documents = [
+        "\n".join(f"Line {i}: " + "word " * (i % 13) for i in range(400)),
+        "one enormous line " * 3000,
+        "tiny",
+        "\u00e9t\u00e9 \u00e0 Paris\n" * 999,
+        "x" * 9000,
+    ]
+    for document in documents:
+        pieces = []
+        for name in parts:
+            text = user_text(render(wf, name, input=document))
+            if "is empty)" in text:
+                continue
+            head = f"--- part {wf.ops[name].params['part']} of 4 ---\n"
+            pieces.append(text.split(head, 1)[1].rsplit("\n--- end of part", 1)[0])
+        if document.startswith("x"):  # no whitespace at all: cut at the raw positions
+            assert "".join(pieces) == document
+        else:  # cut at whitespace, and each part is trimmed
+            assert " ".join(pieces).split() == document.split()
+        if len(document) < 2000:
+            assert len(pieces) == 1
+        else:
+            sizes = [len(p) for p in pieces]
+            assert len(sizes) == 4 and max(sizes) < 2 * min(sizes)
+
+
+def test_extract_classify_answer_reads_json_values() -> None:
+    wf = load_workflow((WORKFLOWS / "extract_classify_answer.yaml").read_text(),
+                       limits=WorkflowLimits(), templates_dir=TEMPLATES)
+    assert wf.ops["extract"].json and wf.ops["classify"].json
+    outputs = {
+        "extract": '{"customer_name": "Ada", "problem": "charged twice", '
+                   '"question": "refund?", "steps_taken": ["emailed"]}',
+        "classify": '{"category": "billing", "urgency": "high", "needs_human": true}',
+    }
+    text = user_text(render(wf, "answer", input="I was charged twice!", outputs=outputs))
+    assert "charged twice" in text and "as Ada" in text and "emailed" in text
+    assert "agent will follow up with priority" in text
+    # A malformed JSON answer degrades to defaults rather than failing the op.
+    text = user_text(render(wf, "answer", input="?", outputs={"extract": "[]",
+                                                             "classify": '"x"'}))
+    assert "problem: unclear" in text and "category: other" in text
+
+
+# ---- planning ------------------------------------------------------------------------------
+
+DIAMOND = """
+    name: diamond
+    ops:
+      a: {prompt: abcd, tier: 1, max_tokens: 100}
+      b: {prompt: B, tier: 2, max_tokens: 10, input_ops: [a]}
+      c: {prompt: C, tier: 1, max_tokens: 1000, input_ops: [a]}
+      d: {prompt: D, input_ops: [b, c]}
+"""
+
+
+def test_plan_generations_and_nodes() -> None:
+    wf = load(DIAMOND)
+    plan = plan_workflow(wf)
+    assert isinstance(plan, Plan)
+    assert plan.generations == (("a",), ("b", "c"), ("d",))
+    assert plan.node("b").tier == 2 and plan.node("b").op is wf.ops["b"]
+    assert plan.node("d").tier is None and plan.node("d").request is None
+
+
+def test_critical_path_follows_latency_not_op_count() -> None:
+    wf = load(DIAMOND)
+    assert critical_path(wf, {"a": 1, "b": 9, "c": 1, "d": 1}) == ["a", "b", "d"]
+    assert critical_path(wf, {"a": 1, "b": 1, "c": 9, "d": 1}) == ["a", "c", "d"]
+    wide = load("ops: {x: {prompt: X}, y: {prompt: Y}, z: {prompt: Z, input_ops: [x]}}")
+    assert critical_path(wide, {"x": 1, "y": 5, "z": 1}) == ["y"]  # a lone op can be it
+    assert critical_path(wide, lambda name: 1.0) == ["x", "z"]
+
+
+def test_cost_estimate_by_hand() -> None:
+    est = estimate_costs(load(DIAMOND), CONFIG)
+    a, b, c, d = (est["ops"][n] for n in "abcd")
+    # a: "abcd" = 1 token in (no input), 100 out; tier 1's cheaper model for this mix.
+    assert (a["model"], a["input_tokens"], a["output_tokens"]) == ("cheap", 1, 100)
+    assert a["cost_usd"] == pytest.approx((1 * 1.0 + 100 * 2.0) / 1000)
+    # b: tier 2 has no models, so the next tier up serves it; its input is "B" and a's
+    # answer (400 characters at its cap): 1 + 2 + 400 characters -> 101 tokens.
+    assert (b["model"], b["tier"], b["input_tokens"]) == ("big", 3, 101)
+    assert b["cost_usd"] == pytest.approx((101 * 10.0 + 10 * 20.0) / 1000)
+    # c: 101 tokens in and 1000 out: "cheap" (1/2 per 1k) beats "bulk" (0.5/3).
+    assert (c["model"], c["input_tokens"]) == ("cheap", 101)
+    # d: no tier, no max_tokens: scored (short prompt -> tier 1) and the default output.
+    assert d["tier"] == 1 and d["output_tokens"] == DEFAULT_OUTPUT_TOKENS
+    assert d["input_tokens"] == -(-len("D\n\n## b\n\n" + "x" * 40 + "\n\n## c\n\n" + "x" * 4000)
+                                  // 4)
+    assert est["total_cost_usd"] == pytest.approx(sum(e["cost_usd"] for e in (a, b, c, d)))
+    assert est["generations"] == [["a"], ["b", "c"], ["d"]]
+    assert est["critical_path"] == ["a", "c", "d"]  # c decodes 1000 tokens
+    assert est["critical_path_ms"] == pytest.approx(a["latency_ms"] + c["latency_ms"]
+                                                    + d["latency_ms"], abs=0.2)
+    assert a["latency_ms"] == pytest.approx(500 + 0.2 * 1 + 20 * 100, abs=0.1)
+
+
+def test_cost_estimate_model_choice_tier_fallback_down_and_pins() -> None:
+    wf = load("ops: {a: {prompt: A, tier: 7, max_tokens: 10}, b: {prompt: B, model: cheap}, "
+              "c: {prompt: C, tier: 1, max_tokens: 1}}")
+    est = estimate_costs(wf, CONFIG, input="y" * 3998)
+    assert est["ops"]["a"]["model"] == "big"  # no tier 7 or above: the highest below
+    assert est["ops"]["b"]["model"] == "cheap"
+    assert est["ops"]["b"]["input_tokens"] == 1001  # "B", a blank line, the input
+    # The cheapest backend is chosen for the op's own mix: input-heavy favours "bulk".
+    assert est["ops"]["c"]["model"] == "bulk"
+    assert est["ops"]["c"]["cost_usd"] == pytest.approx((1001 * 0.5 + 1 * 3.0) / 1000)
+    with pytest.raises(WorkflowInvalid, match="not configured") as info:
+        check_models(load("ops: {a: {prompt: A, model: ghost}}"), CONFIG)
+    assert info.value.op == "a"
+
+
+def test_describe_plan_marks_the_critical_path() -> None:
+    wf = load(DIAMOND)
+    picture = describe_plan(wf, estimate=estimate_costs(wf, CONFIG))
+    lines = picture.splitlines()
+    assert lines[0] == "diamond: 4 ops in 3 levels (* = critical path)"
+    assert lines[1] == "level 1" and lines[2].startswith("  * a")
+    assert any(line.startswith("    b") and "<- a" in line for line in lines)
+    assert any(line.startswith("  * d") and "<- b, c" in line for line in lines)
+    assert "critical path: a -> c -> d" in picture and "estimated cost: $" in picture
+
+
+# ---- property: any DAG plans, inputs always in an earlier generation -----------------------
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> tuple[int, set[tuple[int, int]]]:
+    n = draw(st.integers(min_value=1, max_value=14))
+    pairs = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)),
+                          max_size=40))
+    return n, {(min(a, b), max(a, b)) for a, b in pairs if a != b}
+
+
+@settings(max_examples=150, deadline=None)
+@given(dags(), st.booleans(), st.lists(st.booleans(), min_size=14, max_size=14))
+def test_random_dags_plan_with_inputs_first(
+    dag: tuple[int, set[tuple[int, int]]], explicit_ends: bool, declares_outputs: list[bool]
+) -> None:
+    n, edges = dag
+    names = [f"n{i}" for i in range(n)]
+    ops: dict[str, dict[str, object]] = {name: {"prompt": "P"} for name in names}
+    # Each op may declare its complete output_ops; an op declares its complete input_ops
+    # when some upstream op does not cover the edge (an edge needs at least one side).
+    for i, name in enumerate(names):
+        if declares_outputs[i]:
+            ops[name]["output_ops"] = [names[b] for a, b in sorted(edges) if a == i]
+        if any(b == i and not declares_outputs[a] for a, b in edges) or i % 3 == 0:
+            ops[name]["input_ops"] = [names[a] for a, b in sorted(edges) if b == i]
+    doc: dict[str, object] = {"ops": ops}
+    if explicit_ends:
+        doc["start_ops"] = [names[i] for i in range(n) if not any(b == i for _, b in edges)]
+        doc["end_ops"] = [names[i] for i in range(n) if not any(a == i for a, _ in edges)]
+    wf = load_workflow(yaml.safe_dump(doc), limits=WorkflowLimits(), templates_dir=None)
+    plan = plan_workflow(wf)
+    level = {name: depth for depth, level in enumerate(plan.generations) for name in level}
+    assert sorted(level) == sorted(wf.ops)
+    assert set(wf.edges) == {(names[a], names[b]) for a, b in edges}
+    for name, op in wf.ops.items():
+        assert all(level[i] < level[name] for i in op.inputs)
+        assert all(level[o] > level[name] for o in op.outputs)
+    path = critical_path(plan, lambda name: 1.0)
+    assert len(path) == len(plan.generations)
+    assert all((u, v) in set(wf.edges) for u, v in itertools.pairwise(path))
+
+
+# ---- the modules' own examples -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [engine.workflow, engine.workflow_plan,
+                                    engine.workflow_source, engine.workflow_template])
+def test_docstring_examples(module: object) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    assert result.failed == 0
+
+
+def test_public_surface() -> None:
+    assert set(engine.workflow.__all__) == {
+        "Op", "OpOutput", "Scalar", "Workflow", "WorkflowLimits", "load_workflow",
+        "parse_output", "render_request", "resolve_variables"}
+    assert set(engine.workflow_plan.__all__) >= {
+        "plan_workflow", "critical_path", "estimate_costs", "describe_plan", "check_models"}
+    assert os.path.isdir(TEMPLATES)
