@@ -34,6 +34,7 @@ from engine.gateway import ChatStream, Gateway, open_gateway
 from engine.node import RunContext, Served
 
 from .protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
+from .workflows import WorkflowAPI, parse_call
 
 __all__ = ["create_app"]
 
@@ -192,6 +193,40 @@ def create_app(config: Config) -> QuartTrio:
         except RouterError as err:
             return error_response(OPENAI, err, secrets.token_hex(12))
         return _json(render())
+
+    workflows = WorkflowAPI(config)
+
+    async def workflow_call(name: str | None) -> Response:
+        request_id = secrets.token_hex(12)
+        try:
+            tenant = authenticate()
+            body = await read_body()
+            call = parse_call(body, needs_workflow=name is None)
+            read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+            ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
+            if name is None:
+                assert call.workflow is not None
+                workflow = workflows.load(call.workflow)
+            else:
+                workflow = workflows.named(name)
+            return await workflows.respond(
+                gateway(), workflow, call, ctx,
+                headers={"x-llm-router-request-id": request_id},
+            )
+        except RouterError as err:
+            return error_response(OPENAI, err, request_id)
+
+    @app.post("/v1/workflows")
+    async def run_workflow() -> Response:
+        return await workflow_call(None)
+
+    @app.post("/v1/workflows/<name>")
+    async def run_named_workflow(name: str) -> Response:
+        return await workflow_call(name)
+
+    @app.get("/v1/workflows")
+    async def list_workflows() -> Response:
+        return guarded(lambda: {"workflows": workflows.listing()})
 
     @app.get("/v1/backends")
     async def backends() -> Response:

@@ -38,6 +38,7 @@ __all__ = [
     "ModelConfig",
     "ServerConfig",
     "Timeouts",
+    "WorkflowsConfig",
     "load_config",
     "parse_config",
 ]
@@ -129,6 +130,20 @@ class DedupConfig(_Section):
     enabled: bool = True
 
 
+class WorkflowsConfig(_Section):
+    """Extension: where ready pipelines and prompt templates live (relative paths are taken
+    from the config file's folder), run concurrency, and limits on submitted workflows."""
+
+    dir: str = "workflows"
+    templates_dir: str = "templates"
+    max_concurrency: int = Field(8, ge=1, le=1024)
+    max_yaml_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_ops: int = Field(200, ge=1, le=10_000)
+    max_depth: int = Field(50, ge=1, le=10_000)
+    max_tokens_per_op: int = Field(32768, ge=1)
+    max_template_bytes: int = Field(64 * 1024, ge=1024)
+
+
 class LearnedConfig(_Section):
     threshold: float = Field(0.5, ge=0, le=1)
     sidecar_url: str | None = None
@@ -151,6 +166,12 @@ class Config(_Section):
     dedup: DedupConfig = DedupConfig()
     learned: LearnedConfig = LearnedConfig()
     server: ServerConfig = ServerConfig()
+    workflows: WorkflowsConfig = WorkflowsConfig()
+    # The folder relative paths are resolved from (the config file's); set by load_config.
+    config_dir: str = Field(default=".", exclude=True)
+
+    def path(self, relative: str) -> Path:
+        return Path(self.config_dir) / relative
 
     # Not ``min_length=1``: pydantic checks that against the entries that validated, so a
     # config whose every model has a problem would also be told it has no models.
@@ -295,4 +316,5 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         raise ConfigInvalid([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigInvalid([f"{path}: not UTF-8 text"]) from None
-    return parse_config(text, environ=environ)
+    config = parse_config(text, environ=environ)
+    return config.model_copy(update={"config_dir": str(path.resolve().parent)})

@@ -13,6 +13,7 @@ one place where errors become responses.
         ModelNotFound               404  model_not_found
         PayloadTooLarge             413  request_too_large
         WorkflowInvalid             400  workflow_invalid
+        WorkflowNotFound            404  workflow_not_found
       Unauthorized                  401  unauthorized
       RateLimited                   429  rate_limited
       NoBackendAvailable            503  no_backend_available
@@ -45,6 +46,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnreachable",
     "WorkflowInvalid",
+    "WorkflowNotFound",
 ]
 
 
@@ -89,6 +91,13 @@ class WorkflowInvalid(RequestInvalid):
     def __init__(self, message: str, *, op: str | None = None) -> None:
         super().__init__(message, param=op)
         self.op = op
+
+
+class WorkflowNotFound(RequestInvalid):
+    """``POST /v1/workflows/{name}`` names no ready pipeline."""
+
+    status = 404
+    code = "workflow_not_found"
 
 
 class Unauthorized(RouterError):

@@ -57,23 +57,26 @@ class BackendCaller:
         self.upstream = upstream
         self._providers: dict[str, Provider] = {m.name: provider_for(m.provider) for m in models}
 
-    def backends_for(self, route: Route) -> list[BackendState]:
-        """Backends to try, in order; raises when none can be tried."""
+    def backends_for(self, route: Route, prefer: str | None = None) -> list[BackendState]:
+        """Backends to try, in order (``prefer`` first when it is as healthy as the best);
+        raises when none can be tried."""
         now = trio.current_time()
         if route.pinned is not None:
             backend = self.pool[route.pinned]
             if backend.usable(now):
                 return [backend]
             raise self._nothing_to_try([backend], now)
-        order, skipped = self.pool.candidates(route.tier, now)
+        order, skipped = self.pool.candidates(route.tier, now, prefer=prefer)
         if not order:
             raise self._nothing_to_try(skipped, now)
         return order
 
-    async def complete(self, request: ChatRequest, route: Route) -> Answer:
+    async def complete(
+        self, request: ChatRequest, route: Route, *, prefer: str | None = None
+    ) -> Answer:
         """One non-streaming answer, failing over as the module docstring says."""
         errors: list[UpstreamError] = []
-        for backend in self.backends_for(route):
+        for backend in self.backends_for(route, prefer):
             model = backend.config
             backend.begin()
             started = trio.current_time()
@@ -100,11 +103,11 @@ class BackendCaller:
 
     async def stream(
         self, request: ChatRequest, route: Route, *, publish: Publish,
-        head: Callable[[ModelConfig], Any],
+        head: Callable[[ModelConfig], Any], prefer: str | None = None,
     ) -> Answer:
         """One streamed answer, relayed to ``publish``: ``head(model)``, then event batches."""
         errors: list[UpstreamError] = []
-        for backend in self.backends_for(route):
+        for backend in self.backends_for(route, prefer):
             model = backend.config
             backend.begin()
             started = trio.current_time()

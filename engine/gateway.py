@@ -15,7 +15,7 @@ Both entry points plan the request as a one-node workflow and hand it to the exe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,8 +35,10 @@ from .planner import plan_chat
 from .pool import BackendPool
 from .stats import Stats
 from .upstream import UpstreamClient, open_http_client
+from .workflow import Workflow
+from .workflow_run import Emit, run_workflow
 
-__all__ = ["ChatStream", "Gateway", "open_gateway"]
+__all__ = ["ChatStream", "Gateway", "WorkflowEvents", "open_gateway"]
 
 _STREAM_BUFFER = 16
 
@@ -158,6 +160,77 @@ class Gateway:
     def backends(self) -> list[dict[str, object]]:
         return self.pool.snapshot(trio.current_time())
 
+    # ---- workflows ------------------------------------------------------------------------
+
+    async def run_workflow(
+        self, workflow: Workflow, *, input: str, variables: Mapping[str, Any] | None,
+        ctx: RunContext, emit: Emit | None = None,
+    ) -> dict[str, Any]:
+        """Run a workflow in the caller's task (a client disconnect cancels it)."""
+        return await run_workflow(
+            workflow, runner=self.runner, config=self.config, ctx=ctx, input=input,
+            variables=variables, max_concurrency=self.config.workflows.max_concurrency,
+            emit=emit,
+        )
+
+    async def open_workflow_stream(
+        self, workflow: Workflow, *, input: str, variables: Mapping[str, Any] | None,
+        ctx: RunContext,
+    ) -> WorkflowEvents:
+        """Run a workflow in the background, its progress as ``(event, data)`` pairs ending
+        with ``("result", result)`` or ``("error", RouterError)``."""
+        send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
+        scope: trio.CancelScope = await self._nursery.start(
+            self._workflow_task, workflow, input, variables, ctx, send
+        )
+        return WorkflowEvents(receive, scope)
+
+    async def _workflow_task(
+        self, workflow: Workflow, input: str, variables: Mapping[str, Any] | None,
+        ctx: RunContext, send: trio.MemorySendChannel[Any], *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Background nursery: never raise.
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with send:
+
+                async def emit(event: str, data: dict[str, Any]) -> None:
+                    await send.send((event, data))
+
+                try:
+                    result = await self.run_workflow(workflow, input=input,
+                                                     variables=variables, ctx=ctx, emit=emit)
+                    await send.send(("result", result))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                except RouterError as exc:
+                    await _deliver(send, ("error", exc))
+                except Exception as exc:
+                    await _deliver(send, ("error", _internal(exc)))
+
+
+class WorkflowEvents:
+    """A workflow run's progress events; ``close()`` cancels the run."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Any], scope: trio.CancelScope):
+        self._receive = receive
+        self._scope = scope
+
+    def __aiter__(self) -> WorkflowEvents:
+        return self
+
+    async def __anext__(self) -> tuple[str, Any]:
+        try:
+            item: tuple[str, Any] = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        return item
+
+    def close(self) -> None:
+        self._scope.cancel()
+        self._receive.close()
+
 
 def _internal(exc: Exception) -> RouterError:
     import logging
@@ -166,7 +239,7 @@ def _internal(exc: Exception) -> RouterError:
     return RouterError("internal error while streaming")
 
 
-async def _deliver(send: trio.MemorySendChannel[Any], error: RouterError) -> None:
+async def _deliver(send: trio.MemorySendChannel[Any], error: object) -> None:
     with trio.move_on_after(5):
         try:
             await send.send(error)

@@ -106,8 +106,13 @@ class NodeRunner:
         *,
         ctx: RunContext,
         sink: trio.MemorySendChannel[Any] | None = None,
+        prefer: str | None = None,
     ) -> NodeResult:
-        """Run one node; with ``sink``, stream it there (see the module docstring)."""
+        """Run one node; with ``sink``, stream it there (see the module docstring).
+
+        ``prefer`` names a backend to use if it is as healthy as the best of the tier (a
+        workflow chain keeps its predecessor's backend, whose prompt cache is warm).
+        """
         if node.request is None:
             raise RouterError(f"node {node.name!r} has no request")
         request = node.request
@@ -124,7 +129,7 @@ class NodeRunner:
 
         store = cacheable and ctx.cache_write
         flight, leader = self.flights.join(
-            key.full, partial(self._fly, request, route, key, store, sink is not None),
+            key.full, partial(self._fly, request, route, key, store, sink is not None, prefer),
             share=self.config.dedup.enabled,
         )
         role = "LEADER" if leader else "FOLLOWER"
@@ -162,17 +167,16 @@ class NodeRunner:
 
     async def _fly(
         self, request: ChatRequest, route: Route, key: RequestKey, store: bool, stream: bool,
-        publish: Publish,
+        prefer: str | None, publish: Publish,
     ) -> NodeResult:
-        cache = "MISS"
         if stream:
             answer: Answer = await self.caller.stream(
-                request, route, publish=publish,
-                head=lambda model: self._served(route, model, cache),
+                request, route, publish=publish, prefer=prefer,
+                head=lambda model: self._served(route, model),
             )
         else:
-            answer = await self.caller.complete(request, route)
-        done = self._account(request, route, answer, cache)
+            answer = await self.caller.complete(request, route, prefer=prefer)
+        done = self._account(request, route, answer)
         if store and self.cache is not None and _worth_caching(answer.result):
             self.cache.store(key, answer.result, model=answer.model.name,
                              tier=answer.model.tier, cost_usd=done.cost_usd,
@@ -197,14 +201,11 @@ class NodeRunner:
     # ---- accounting ---------------------------------------------------------------------
 
     @staticmethod
-    def _served(route: Route, model: ModelConfig, cache: str) -> Served:
+    def _served(route: Route, model: ModelConfig) -> Served:
         score = route.score.total if route.score is not None else None
-        return Served(model=model.name, tier=model.tier, score=score, router=route.router,
-                      cache=cache)
+        return Served(model=model.name, tier=model.tier, score=score, router=route.router)
 
-    def _account(
-        self, request: ChatRequest, route: Route, answer: Answer, cache: str
-    ) -> NodeResult:
+    def _account(self, request: ChatRequest, route: Route, answer: Answer) -> NodeResult:
         result = answer.result
         usage = result.usage
         if usage.input_tokens == 0 and usage.output_tokens == 0:
@@ -219,7 +220,7 @@ class NodeRunner:
             )
         cost, saved = self.stats.record(answer.model, usage)
         self.stats.failovers += answer.failovers
-        return NodeResult(result, self._served(route, answer.model, cache), cost, saved)
+        return NodeResult(result, self._served(route, answer.model), cost, saved)
 
 
 def _worth_caching(result: ChatResult) -> bool:
