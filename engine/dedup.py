@@ -14,6 +14,7 @@ forgotten at once: the next request starts fresh (the cache, not dedup, serves r
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,7 +72,9 @@ class Flight:
         while not self.done:
             await self._changed.wait()
         if self.error is not None:
-            raise self.error
+            # A copy per waiter: re-raising one shared object would grow its traceback with
+            # every waiter's frames.
+            raise copy.copy(self.error)
         return self.result
 
     async def wait_beyond(self, index: int) -> None:
