@@ -13,8 +13,8 @@ then), then lists of events. After the head, an upstream failure propagates to t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -36,6 +36,7 @@ from .upstream import UpstreamClient, UpstreamStream, failure_kind
 __all__ = ["Answer", "BackendCaller"]
 
 Publish = Callable[[Any], None]
+T = TypeVar("T")
 
 
 class Answer:
@@ -75,37 +76,41 @@ class BackendCaller:
         self, request: ChatRequest, route: Route, *, prefer: str | None = None
     ) -> Answer:
         """One non-streaming answer, failing over as the module docstring says."""
-        errors: list[UpstreamError] = []
-        for backend in self.backends_for(route, prefer):
-            model = backend.config
-            backend.begin()
-            started = trio.current_time()
-            try:
-                with trio.fail_after(model.timeouts.total_sec):
-                    result = await self.upstream.complete(model, self._providers[model.name],
-                                                          request)
-            except trio.TooSlowError:
-                error: UpstreamError = UpstreamTimeout(
-                    f"{model.name} exceeded its total deadline", backend=model.name
-                )
-            except UpstreamError as exc:
-                error = exc
-            else:
-                backend.succeeded(trio.current_time() - started)
-                return Answer(result, model, len(errors))
-            finally:
-                backend.end()
-            self._report(backend, error)
-            errors.append(error)
-            if not error.retryable or route.pinned is not None:
-                break
-        raise self._exhausted(errors, route)
+        backend, result, failovers = await self._first_success(
+            route, prefer,
+            lambda model: self.upstream.complete(model, self._providers[model.name], request),
+        )
+        backend.end()
+        return Answer(result, backend.config, failovers)
 
     async def stream(
         self, request: ChatRequest, route: Route, *, publish: Publish,
         head: Callable[[ModelConfig], Any], prefer: str | None = None,
     ) -> Answer:
-        """One streamed answer, relayed to ``publish``: ``head(model)``, then event batches."""
+        """One streamed answer, relayed to ``publish``: ``head(model)``, then event batches.
+        Failover ends once the head is published."""
+        backend, stream, failovers = await self._first_success(
+            route, prefer,
+            lambda model: self.upstream.open_stream(model, self._providers[model.name], request),
+        )
+        model = backend.config
+        try:
+            publish(head(model))
+            result = await self._relay(stream, model, publish,
+                                       trio.current_time() + model.timeouts.total_sec)
+        except UpstreamError as exc:
+            self._report(backend, exc)
+            raise
+        finally:
+            backend.end()
+            await stream.aclose()
+        return Answer(result, model, failovers)
+
+    async def _first_success(
+        self, route: Route, prefer: str | None, attempt: Callable[[ModelConfig], Awaitable[T]]
+    ) -> tuple[BackendState, T, int]:
+        """Try backends in order until ``attempt`` succeeds on one; return it (still counted
+        in flight: the caller ends it), the value, and how many failed before it."""
         errors: list[UpstreamError] = []
         for backend in self.backends_for(route, prefer):
             model = backend.config
@@ -113,27 +118,19 @@ class BackendCaller:
             started = trio.current_time()
             try:
                 with trio.fail_after(model.timeouts.total_sec):
-                    stream = await self.upstream.open_stream(
-                        model, self._providers[model.name], request
-                    )
+                    value = await attempt(model)
             except trio.TooSlowError:
                 error: UpstreamError = UpstreamTimeout(
                     f"{model.name} exceeded its total deadline", backend=model.name
                 )
             except UpstreamError as exc:
                 error = exc
+            except BaseException:
+                backend.end()
+                raise
             else:
                 backend.succeeded(trio.current_time() - started)
-                try:
-                    publish(head(model))
-                    result = await self._relay(stream, model, publish, started)
-                except UpstreamError as exc:
-                    self._report(backend, exc)
-                    raise
-                finally:
-                    backend.end()
-                    await stream.aclose()
-                return Answer(result, model, len(errors))
+                return backend, value, len(errors)
             backend.end()
             self._report(backend, error)
             errors.append(error)
@@ -143,11 +140,10 @@ class BackendCaller:
 
     @staticmethod
     async def _relay(
-        stream: UpstreamStream, model: ModelConfig, publish: Publish, started: float
+        stream: UpstreamStream, model: ModelConfig, publish: Publish, deadline: float
     ) -> ChatResult:
         builder = ResultBuilder()
         batch: list[Event] | None = stream.first
-        deadline = started + model.timeouts.total_sec
         while batch is not None:
             builder.add(batch)
             publish(batch)
