@@ -161,6 +161,8 @@ def create_app(config: Config) -> QuartTrio:
                 encoder = protocol.encoder(
                     chat_request, id=response_id, model=stream.served.model, created=created
                 )
+                gateway().policy.remember(request_id, score=stream.served.score,
+                                          tier=stream.served.tier, model=stream.served.model)
                 headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
                 return Response(_relay(stream, encoder), status=200, headers=headers)
             with trio.fail_after(config.server.write_timeout_sec):
@@ -171,6 +173,8 @@ def create_app(config: Config) -> QuartTrio:
             ), request_id)
         except RouterError as err:
             return error_response(protocol, err, request_id)
+        gateway().policy.remember(request_id, score=done.served.score, tier=done.served.tier,
+                                  model=done.served.model)
         body = protocol.render_result(
             done.result, id=response_id, model=done.served.model, created=created
         )
@@ -227,6 +231,28 @@ def create_app(config: Config) -> QuartTrio:
     @app.get("/v1/workflows")
     async def list_workflows() -> Response:
         return guarded(lambda: {"workflows": workflows.listing()})
+
+    @app.post("/v1/feedback")
+    async def feedback() -> Response:
+        request_id = secrets.token_hex(12)
+        try:
+            authenticate()
+            body = await read_body()
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise RequestInvalid("request body is not valid JSON") from None
+            return _json(await gateway().policy.feedback(data))
+        except RouterError as err:
+            return error_response(OPENAI, err, request_id)
+
+    @app.get("/v1/routing")
+    async def routing() -> Response:
+        try:
+            authenticate()
+        except RouterError as err:
+            return error_response(OPENAI, err, secrets.token_hex(12))
+        return _json(await gateway().policy.describe())
 
     @app.get("/v1/backends")
     async def backends() -> Response:

@@ -145,9 +145,35 @@ class WorkflowsConfig(_Section):
 
 
 class LearnedConfig(_Section):
-    threshold: float = Field(0.5, ge=0, le=1)
+    """Learned routing and calibration.
+
+    ``threshold``: the "needs the strong model" probability (of the trained router or the
+    sidecar) that corresponds to the tier 1 / tier 2 boundary when it is put on the 0-100
+    score scale. ``model``: a trained router file (``llm-router router train``), blended with
+    the heuristic by ``model_weight``. ``sidecar_url`` / ``sidecar_weight`` /
+    ``sidecar_timeout_ms``: an external classifier. The rest drives threshold calibration from
+    ``POST /v1/feedback`` (see ``engine.calibration``).
+    """
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    model: str | None = None
+    model_weight: float = Field(0.5, ge=0, le=1)
     sidecar_url: str | None = None
     sidecar_weight: float = Field(0.7, ge=0, le=1)
+    sidecar_timeout_ms: float = Field(50.0, gt=0, le=10_000)
+    feedback_db: str = "llm-router-feedback.db"
+    calibrate: bool = True
+    target_quality: float = Field(0.8, ge=0, le=1)
+    min_samples: int = Field(20, ge=1)
+    max_step: int = Field(5, ge=1, le=50)
+    band: int = Field(15, ge=1, le=100)
+
+    @field_validator("sidecar_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return url
 
 
 class ServerConfig(_Section):

@@ -29,10 +29,13 @@ from .dedup import FlightRegistry
 from .errors import RouterError
 from .executor import execute
 from .failover import BackendCaller
+from .feedback import FeedbackStore
 from .messages import ChatRequest, Event
 from .node import NodeResult, NodeRunner, RunContext, Served
 from .planner import plan_chat
+from .policy import LearnedScorer, RoutingPolicy
 from .pool import BackendPool
+from .sidecar import Sidecar
 from .stats import Stats
 from .upstream import UpstreamClient, open_http_client
 from .workflow import Workflow
@@ -81,6 +84,7 @@ class Gateway:
         upstream: UpstreamClient,
         nursery: trio.Nursery,
         matcher: Matcher | None = None,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self.config = config
         self.pool = BackendPool(config.models)
@@ -96,7 +100,9 @@ class Gateway:
                 threshold=config.cache.similarity_thresh,
             )
         self.flights = FlightRegistry(nursery)
+        self.policy = policy or RoutingPolicy(config)
         self.runner = NodeRunner(
+            policy=self.policy,
             config=config,
             caller=BackendCaller(pool=self.pool, upstream=upstream, models=config.models),
             stats=self.stats,
@@ -158,7 +164,10 @@ class Gateway:
                     await _deliver(send, _internal(exc))
 
     def backends(self) -> list[dict[str, object]]:
-        return self.pool.snapshot(trio.current_time())
+        entries = self.pool.snapshot(trio.current_time())
+        if self.policy.sidecar is not None:
+            entries.append(self.policy.sidecar.snapshot())
+        return entries
 
     # ---- workflows ------------------------------------------------------------------------
 
@@ -255,9 +264,36 @@ async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
         from .semantic import SemanticMatcher  # loads embeddings: only when the cache is on
 
         matcher = await trio.to_thread.run_sync(SemanticMatcher)
-    async with open_http_client() as http, trio.open_nursery() as nursery:
-        try:
-            yield Gateway(config, upstream=UpstreamClient(http), nursery=nursery,
-                          matcher=matcher)
-        finally:
-            nursery.cancel_scope.cancel()
+    settings = config.learned
+    store = FeedbackStore(
+        config.path(settings.feedback_db),
+        base=(config.classifier.tier1_max, config.classifier.tier2_max),
+    )
+    await store.open()
+    try:
+        async with open_http_client() as http, trio.open_nursery() as nursery:
+            upstream = UpstreamClient(http)
+            sidecar = None
+            if settings.sidecar_url is not None:
+                sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
+                                  upstream=upstream)
+            policy = RoutingPolicy(config, learned=load_learned(config), sidecar=sidecar,
+                                   store=store)
+            await policy.load()
+            try:
+                yield Gateway(config, upstream=upstream, nursery=nursery, matcher=matcher,
+                              policy=policy)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
+
+
+def load_learned(config: Config) -> LearnedScorer | None:
+    """The trained router named by ``learned.model``, if any."""
+    if config.learned.model is None:
+        return None
+    from .learned import load_router
+
+    return load_router(config.path(config.learned.model))

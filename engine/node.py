@@ -43,7 +43,8 @@ from .messages import (
 )
 from .planner import Node
 from .request_key import RequestKey, request_key
-from .routing import Route, decide_route
+from .policy import RoutingPolicy
+from .routing import Route
 from .scoring import estimate_tokens
 from .stats import Stats
 
@@ -92,8 +93,10 @@ class NodeRunner:
         stats: Stats,
         cache: ResponseCache | None,
         flights: FlightRegistry,
+        policy: RoutingPolicy,
     ) -> None:
         self.config = config
+        self.policy = policy
         self.caller = caller
         self.stats = stats
         self.cache = cache
@@ -116,7 +119,7 @@ class NodeRunner:
         if node.request is None:
             raise RouterError(f"node {node.name!r} has no request")
         request = node.request
-        route = decide_route(request, self.config, tier=node.tier)
+        route = await self.policy.route(request, tier=node.tier)
         target = route.pinned or f"tier:{route.tier}"
         key = request_key(request, tenant=ctx.tenant, target=target)
         cacheable = self._cacheable(request)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RouterError
+from .similarity_guards import GENERIC, TextFeatures, lexical_veto, read_text
 
 __all__ = ["DEFAULT_THRESHOLD", "Embedder", "Fingerprint", "guard_veto", "guards_allow", "match",
            "normalize_text", "similarity"]
@@ -56,61 +57,6 @@ def normalize_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-# -- lexicon: small closed word classes; everything else is a content word ------------------
-
-_WORD = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th)?|[^\W\d_]+")
-
-
-def _wordset(words: str) -> frozenset[str]:
-    return frozenset(words.split())
-
-
-_STOP = _wordset(
-    "a an the is are was were be been being am do does did done doing has have had having of "
-    "in on at to for from with by about as into onto over than then and or but if so can could "
-    "should would will shall may might must this that these those there here some any get got "
-    "just very really also ever much many more such s he him his she her hers they them their "
-    "theirs it its itself someone anyone one ones"
-)
-# Category nouns restate their head ("capital city", "anime show"), so one side lacking them
-# is no evidence of a different question; tolerating them is neutral on the QQP dev pairs.
-_GENERIC = _wordset(
-    "city cities country countries place places thing things way ways kind kinds type types "
-    "show movie film series stuff"
-)
-_WH = {w: w for w in ("what", "how", "why", "where", "when", "who")}
-_WH |= {"which": "what", "whom": "who", "whose": "who"}
-_PERSON = dict.fromkeys(_wordset("i me my mine myself we us our ours ourselves"), 1)
-_PERSON |= dict.fromkeys(_wordset("you your yours yourself yourselves"), 2)
-# "Can you ..." addresses the assistant, not a second person the answer is about.
-_POLITE = re.compile(r"^(?:please )?(?:can|could|would|will) you\b", re.IGNORECASE)
-_NEGATION = _wordset("not no never without nobody nothing none neither nor nowhere")
-_NUMBER_WORDS = dict(zip(  # not "one" or "second": mostly a pronoun and a unit of time
-    "zero two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty "
-    "hundred thousand million billion first third half twice".split(),
-    "0 2 3 4 5 6 7 8 9 10 11 12 20 30 40 50 100 1000 1e6 1e9 1 3 0.5 2".split(), strict=True))
-_SUFFIXES = (("ies", "y"), ("es", ""), ("s", ""), ("ing", ""), ("ing", "e"), ("ed", ""),
-             ("ed", "e"), ("ly", ""))
-
-
-def _variants(word: str) -> frozenset[str]:
-    """Inflection keys: two words are the same word when their keys intersect. A suffix
-    stripper, not a stemmer: it only has to make "places"/"place" and "change"/"changing"
-    meet; an over-merge only makes the content guard a little more lenient."""
-    keys = {word}
-    for suffix, repl in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            keys.add(word[: -len(suffix)] + repl)
-    return frozenset(keys)
-
-
-def _is_entity(word: str, start: int, text: str) -> bool:
-    # the character before the word, across at most one space (normalised text); "" at start
-    before = text[max(0, start - 2) : start].strip()[-1:]
-    capitalised = word[0].isupper() and before not in ".?!:\"'("  # "" is in any string
-    return capitalised or sum(c.isupper() for c in word) >= 2 or not word.isascii()
-
-
 # -- fingerprints ---------------------------------------------------------------------------
 
 _MAX_WORD_VECTORS = 64  # per text; later words match by spelling only, which is stricter
@@ -120,25 +66,42 @@ _MAX_WORD_VECTORS = 64  # per text; later words match by spelling only, which is
 class Fingerprint:
     """Everything a comparison needs from one text, computed once (keep it with the entry).
 
-    ``words`` are the distinct content words (not stop, question, negation or number words),
-    each with its inflection ``keys``, its ``salience`` and whether it looks like a named
-    ``entity`` (capitalised mid-sentence, an acronym, or non-Latin script). Salience is the
-    norm of the word's summed token vectors: WordLlama gives function words short vectors and
-    rare content words long ones ("the" 1.6, "best" 9.8, "France" 21), an IDF without a corpus.
+    ``features`` is what the text says by word class (:class:`TextFeatures`: numbers, negations,
+    question words, persons, modals, tense, content words...); the common ones are mirrored as
+    attributes. Each content word has a ``salience``: the norm of its summed token vectors.
+    WordLlama gives function words short vectors and rare content words long ones ("the" 1.6,
+    "best" 9.8, "France" 21), an IDF without a corpus.
     """
 
     text: str  # normalised
     vector: np.ndarray = field(repr=False)  # (dim,) float32, unit (zero without tokens)
-    numbers: frozenset[str]
-    negations: frozenset[str]  # the content word after each negation ("" at the end)
-    question: frozenset[str]  # question words, "which" folded into "what"
-    persons: frozenset[int]  # 1 and/or 2: first and second person pronouns
-    words: tuple[str, ...]
-    keys: tuple[frozenset[str], ...] = field(repr=False)
-    key_set: frozenset[str] = field(repr=False)
+    features: TextFeatures = field(repr=False)
     salience: np.ndarray = field(repr=False)  # (len(words),) float32
-    entity: np.ndarray = field(repr=False)  # (len(words),) bool
     word_vectors: np.ndarray = field(repr=False)  # (<= len(words), dim) float16, unit rows
+
+    @property
+    def numbers(self) -> frozenset[str]:
+        return self.features.numbers
+
+    @property
+    def negations(self) -> frozenset[str]:
+        return self.features.negations
+
+    @property
+    def question(self) -> frozenset[str]:
+        return self.features.question
+
+    @property
+    def persons(self) -> frozenset[int]:
+        return self.features.persons
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return self.features.words
+
+    @property
+    def entity(self) -> tuple[bool, ...]:
+        return self.features.entity
 
 
 def _word_sums(tokens: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -164,50 +127,18 @@ def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndar
     vector = tokens.sum(axis=0) if len(ids) else np.zeros(table.shape[1], np.float32)
     norm = float(np.sqrt(vector @ vector))
     vector = vector / norm if norm > 0 else vector
-
-    numbers: set[str] = set()
-    question: set[str] = set()
-    persons: set[int] = set()
-    negation_at: list[int] = []
-    words: dict[str, tuple[int, int, bool]] = {}  # first span and entity flag, in text order
-    order: list[str] = []
-    polite = _POLITE.match(text)
-    for m in _WORD.finditer(text):
-        raw, word = m.group(), m.group().lower()
-        if word[0].isdigit():
-            numbers.add(re.sub(r"(st|nd|rd|th)$", "", word.replace(",", "")))
-        elif word in _NUMBER_WORDS:
-            numbers.add(_NUMBER_WORDS[word])
-        elif word in _WH:
-            question.add(_WH[word])
-        elif word in _NEGATION:
-            negation_at.append(len(order))
-        elif word in _PERSON:
-            if not (polite and m.start() < polite.end()):
-                persons.add(_PERSON[word])
-        elif word not in _STOP:
-            order.append(word)
-            start, end, entity = words.get(word, (*m.span(), False))
-            words[word] = (start, end, entity or _is_entity(raw, m.start(), text))
-    spans = np.asarray([v[:2] for v in words.values()], np.int64).reshape(-1, 2)
+    features = read_text(text)
+    spans = np.asarray(features.spans, np.int64).reshape(-1, 2)
     lo = np.searchsorted(offsets[:, 1], spans[:, 0], side="right")  # first token ending in it
     hi = np.searchsorted(offsets[:, 0], spans[:, 1], side="left")  # first token after it
     sums = _word_sums(tokens, lo, hi)
     salience = np.sqrt(np.einsum("ij,ij->i", sums, sums))
     top = slice(0, _MAX_WORD_VECTORS)
-    keys = tuple(_variants(w) for w in words)
     return Fingerprint(
         text=text,
         vector=vector,
-        numbers=frozenset(numbers),
-        negations=frozenset(order[i] if i < len(order) else "" for i in negation_at),
-        question=frozenset(question),
-        persons=frozenset(persons),
-        words=tuple(words),
-        keys=keys,
-        key_set=frozenset().union(*keys),
+        features=features,
         salience=salience,
-        entity=np.asarray([v[2] for v in words.values()], bool),
         word_vectors=(sums[top] / np.maximum(salience[top, None], 1e-6)).astype(np.float16),
     )
 
@@ -291,34 +222,33 @@ _SALIENCE_SCALE = 40.0  # cosine points lost per unit of salience of an unmatche
 _VETOED = 0.49  # vetoed pairs score 0.49 * cosine: below 0.5, still ordered by cosine
 
 
-def _unmatched(a: Fingerprint, b: Fingerprint) -> list[int]:
-    """Indices of ``a``'s content words with no counterpart among ``b``'s."""
-    missing = [i for i, keys in enumerate(a.keys) if keys.isdisjoint(b.key_set)]
-    soft = [i for i in missing if i < len(a.word_vectors)]
+def _align(a: Fingerprint, b: Fingerprint) -> list[int]:
+    """For each content word of ``a``, the index of its counterpart among ``b``'s, or -1: the
+    first word sharing an inflection key, else the nearest word vector at ``_SOFT_MATCH``."""
+    fa, fb = a.features, b.features
+    out = [-1] * len(fa.words)
+    for i, keys in enumerate(fa.keys):
+        if not keys.isdisjoint(fb.key_set):
+            out[i] = next(j for j, other in enumerate(fb.keys) if not keys.isdisjoint(other))
+    soft = [i for i, j in enumerate(out) if j < 0 and i < len(a.word_vectors)]
     if soft and len(b.word_vectors):
-        mine = a.word_vectors[soft].astype(np.float32)
-        best = (mine @ b.word_vectors.astype(np.float32).T).max(axis=1)
-        near = {i for i, s in zip(soft, best, strict=True) if s >= _SOFT_MATCH}
-        missing = [i for i in missing if i not in near]
-    return missing
+        sims = a.word_vectors[soft].astype(np.float32) @ b.word_vectors.astype(np.float32).T
+        for i, row in zip(soft, sims, strict=True):
+            if row.max() >= _SOFT_MATCH:
+                out[i] = int(row.argmax())
+    return out
 
 
 def _compare(query: Fingerprint, cached: Fingerprint) -> tuple[str | None, float]:
     """The veto reason (or None) and the salience of the most salient unmatched word."""
-    if query.numbers != cached.numbers:
-        return "number", 0.0
-    if query.negations != cached.negations:
-        return "negation", 0.0
-    if query.question != cached.question:
-        return "question", 0.0
-    if query.persons != cached.persons:
-        return "person", 0.0
+    q_to_c, c_to_q = _align(query, cached), _align(cached, query)
+    veto = lexical_veto(query.features, cached.features, q_to_c, c_to_q)
+    if veto is not None:
+        return veto, 0.0
     worst = 0.0
-    for a, b in ((query, cached), (cached, query)):
-        missing = _unmatched(a, b)
-        if a.entity[missing].any():
-            return "entity", 0.0
-        salient = [a.salience[i] for i in missing if a.words[i] not in _GENERIC]
+    for a, a_to_b in ((query, q_to_c), (cached, c_to_q)):
+        salient = [a.salience[i] for i, j in enumerate(a_to_b)
+                   if j < 0 and a.features.words[i] not in GENERIC]
         worst = max(worst, *salient, 0.0)
     return None, float(worst)
 

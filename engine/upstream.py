@@ -25,9 +25,10 @@ import contextlib
 import email.utils
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 import trio
 
 from .errors import (
@@ -280,3 +281,25 @@ class UpstreamClient:
             raise UpstreamError(f"{model.name} sent an empty stream", backend=model.name)
         stream.first = first
         return stream
+
+    async def post_json(self, url: str, payload: bytes, *, timeout: float) -> Any:
+        """POST a JSON body to an auxiliary service (the routing sidecar) and return the
+        decoded JSON answer; any failure, including a deadline, is an ``UpstreamError``."""
+        try:
+            with trio.fail_after(timeout):
+                response = await self._http.post(
+                    url, content=payload, headers={"content-type": "application/json"},
+                    timeout=httpx.Timeout(timeout),
+                )
+                body = await response.aread()
+        except (trio.TooSlowError, httpx.TimeoutException):
+            raise UpstreamTimeout(f"{url} did not answer within {timeout * 1000:.0f} ms") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnreachable(f"{url} is unreachable ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            raise UpstreamError(f"{url} answered {response.status_code}",
+                                upstream_status=response.status_code)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"{url} answered with invalid JSON") from None

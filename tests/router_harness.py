@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -30,8 +32,17 @@ class RunningRouter:
 
 
 def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> Config:
-    """A validated config from a dict in config.yaml's shape (goes through the YAML loader)."""
-    return parse_config(yaml.safe_dump(dict(data)), environ=environ or {})
+    """A validated config from a dict in config.yaml's shape (goes through the YAML loader).
+
+    Unless the test names one, the feedback database goes to a fresh temporary folder, so
+    tests never write into the working tree or share state.
+    """
+    data = dict(data)
+    learned = dict(data.get("learned") or {})
+    if "feedback_db" not in learned:
+        learned["feedback_db"] = str(Path(tempfile.mkdtemp(prefix="llmr-test-")) / "feedback.db")
+        data["learned"] = learned
+    return parse_config(yaml.safe_dump(data), environ=environ or {})
 
 
 @asynccontextmanager

@@ -25,6 +25,7 @@ __all__ = [
     "ROOT",
     "WorkflowClient",
     "max_active",
+    "open_raw_post",
     "open_workflow_router",
     "prompt_of",
     "received",
@@ -114,6 +115,24 @@ async def open_workflow_router(
     config = make_config({"models": models, **sections})
     async with open_router(config) as router, httpx.AsyncClient(timeout=20) as http:
         yield WorkflowClient(router, http)
+
+
+@asynccontextmanager
+async def open_raw_post(url: str, path: str, body: Any) -> AsyncIterator[trio.SocketStream]:
+    """A JSON POST sent over a bare socket, which the block reads and then hangs up.
+
+    For clients that leave mid-response: httpx's streaming readers are nested async
+    generators, and abandoning one leaves the inner ones to the garbage collector (a
+    ResourceWarning under trio). A socket closes at once and completely.
+    """
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    payload = orjson.dumps(body)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(head.encode() + payload)
+        yield stream
 
 
 @asynccontextmanager

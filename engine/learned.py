@@ -1,0 +1,444 @@
+"""The trained router: does this request need the strong model? Sans-IO, numpy only.
+
+A :class:`LearnedRouter` is a logistic regression over a sparse feature vector of the
+conversation (:func:`extract_features`):
+
+* ``dense``: the heuristic's signals (``engine.scoring``) and a few shape measures (lengths,
+  lines, digit and capital shares), standardised with the training set's mean and spread;
+* ``words``: hashed word unigrams and bigrams; ``chars``: hashed character n-grams. Hashes are
+  CRC-32 and fixed integer arithmetic, never Python's per-process ``hash()``, so a feature
+  vector is the same in every process. Counts are log-scaled and each block has unit norm;
+* ``embedding`` (optional): the WordLlama sentence vector (``engine.similarity.Embedder``;
+  the weights ship inside the ``wordllama`` wheel and load offline).
+
+Whole conversations are scored, not only the last message: earlier user turns add to the
+n-gram counts at ``context_weight`` (the last user message counts fully), and the lengths of
+both enter the dense block. So a bare follow-up ("and why?") after a hard question scores
+close to the hard question. :func:`conversation_text` gives the heuristic the same view.
+
+:meth:`LearnedRouter.score` returns ``p_strong`` in 0..1 in well under a millisecond (n-gram
+features read at most ``max_chars`` characters); :func:`blend` mixes it with the heuristic's
+0-100 score. Models are saved as JSON (:meth:`LearnedRouter.save`); training lives in
+``engine.learned_fit``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import RouterError
+from .messages import ChatRequest, Message, TextPart, ToolResult
+from .scoring import score_request
+
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "FORMAT_VERSION",
+    "FeatureConfig",
+    "Features",
+    "LearnedRouter",
+    "TextEmbedder",
+    "blend",
+    "conversation_text",
+    "extract_features",
+    "request_for_prompt",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "router.json"
+"""The router trained on the permissively licensed dev rows, shipped with the package."""
+
+# Heuristic signals divided by their maximum points (engine.scoring's table).
+_SIGNAL_SCALE = {"tokens": 35, "depth": 15, "system": 10, "json": 10, "tools": 15, "code": 10,
+                 "reasoning": 15}
+_SHAPE = ("log_chars_last", "log_chars_all", "log_words_last", "log_lines_last", "digit_share",
+          "upper_share", "punct_share", "non_ascii_share", "mean_word_len", "log_questions",
+          "log_user_turns")
+DENSE_NAMES = tuple(f"signal_{k}" for k in _SIGNAL_SCALE) + _SHAPE
+
+_WORD = re.compile(r"\w+")
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+class TextEmbedder(Protocol):
+    """What the optional embedding block needs (``engine.similarity.Embedder`` fits)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """How a conversation becomes a feature vector; saved with the model.
+
+    ``word_buckets`` and ``char_buckets`` are powers of two; ``char_ngrams`` are the n-gram
+    lengths; ``max_chars`` bounds the text the n-grams read (the first ``max_chars * 3/4``
+    and the last quarter) so scoring stays fast on long prompts; ``context_weight`` is what an
+    earlier user turn counts for against the last one; ``*_scale`` weight the blocks.
+    """
+
+    word_buckets: int = 1 << 15
+    char_buckets: int = 1 << 15
+    char_ngrams: tuple[int, ...] = (3, 4, 5)
+    word_bigrams: bool = True
+    embeddings: bool = False
+    max_chars: int = 6000
+    context_weight: float = 0.5
+    max_context_turns: int = 4
+    word_scale: float = 1.0
+    char_scale: float = 1.0
+    embedding_scale: float = 1.0
+
+    @property
+    def embedding_dim(self) -> int:
+        return 256 if self.embeddings else 0
+
+    @property
+    def size(self) -> int:
+        """The length of the feature vector."""
+        return len(DENSE_NAMES) + self.embedding_dim + self.word_buckets + self.char_buckets
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> FeatureConfig:
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        if "char_ngrams" in known:
+            known["char_ngrams"] = tuple(known["char_ngrams"])
+        return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """One conversation's features: the raw dense block (before standardising), the
+    embedding (or an empty array) and the sparse hashed block (offsets past the embedding)."""
+
+    dense: np.ndarray
+    embedding: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+
+# -- the conversation ---------------------------------------------------------------------
+
+
+def _user_text(message: Message) -> str:
+    text = message.text
+    if text:
+        return text
+    # A turn of tool results only (an agent loop): its content is what the model must read.
+    return "\n".join(p.content for p in message.parts if isinstance(p, ToolResult))
+
+
+def _turns(request: ChatRequest, max_context: int) -> tuple[str, list[str]]:
+    """The last user turn's text and up to ``max_context`` earlier ones, newest first."""
+    users = [_user_text(m) for m in request.messages if m.role == "user"]
+    if not users:
+        return "", []
+    return users[-1], users[-2::-1][:max_context]
+
+
+def conversation_text(request: ChatRequest, *, max_chars: int = 20_000) -> str:
+    """The user side of the conversation as one text, last message first, then the earlier
+    user turns newest first, cut at ``max_chars`` so the last message always fits.
+
+    A scorer that reads this sees the question a short follow-up refers to: "and why?"
+    after "Prove that there are infinitely many primes" carries the proof's cue.
+
+    >>> from engine.messages import ChatRequest, Message, TextPart
+    >>> turn = lambda role, text: Message(role, (TextPart(text),))
+    >>> conversation_text(ChatRequest(messages=(
+    ...     turn("user", "Prove it."), turn("assistant", "Done."), turn("user", "and why?"))))
+    'and why?\\nProve it.'
+    """
+    last, earlier = _turns(request, max_context=len(request.messages))
+    text = "\n".join([last, *earlier])
+    return text[:max_chars]
+
+
+def request_for_prompt(prompt: str) -> ChatRequest:
+    """A one-turn request holding ``prompt`` (how labelled rows are scored)."""
+    return ChatRequest(messages=(Message("user", (TextPart(prompt),)),))
+
+
+# -- hashing ------------------------------------------------------------------------------
+
+
+def _clip(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    head = max_chars * 3 // 4
+    return text[:head] + "\n" + text[len(text) - (max_chars - head):]
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """A 32-bit avalanche (murmur3's finaliser) over uint64 arrays holding 32-bit values."""
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(0x85EBCA6B)) & _MASK32
+    h = h ^ (h >> np.uint64(13))
+    h = (h * np.uint64(0xC2B2AE35)) & _MASK32
+    return h ^ (h >> np.uint64(16))
+
+
+def _word_hashes(text: str, bigrams: bool) -> np.ndarray:
+    words = _WORD.findall(text)
+    h = np.fromiter((zlib.crc32(w.encode()) for w in words), np.uint64, len(words))
+    if bigrams and len(h) > 1:
+        pair = _mix((h[:-1] * np.uint64(0x9E3779B1) + h[1:] + np.uint64(1)) & _MASK32)
+        h = np.concatenate([h, pair])
+    return h
+
+
+def _char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
+    b = np.frombuffer(text.encode(), np.uint8).astype(np.uint64)
+    out = []
+    for n in ngrams:
+        if len(b) < n:
+            continue
+        h = np.full(len(b) - n + 1, n, np.uint64)
+        for k in range(n):
+            h = (h * np.uint64(0x01000193) + b[k : len(b) - n + 1 + k]) & _MASK32
+        out.append(_mix(h))
+    return np.concatenate(out) if out else np.zeros(0, np.uint64)
+
+
+def _bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted bucket counts of hashes, log-scaled, with unit norm: (indices, values)."""
+    hashes = [h for h, _ in parts if len(h)]
+    if not hashes:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    idx = (np.concatenate(hashes) % np.uint64(buckets)).astype(np.int64)
+    weights = np.concatenate([np.full(len(h), w) for h, w in parts if len(h)])
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    values = np.log1p(np.bincount(inverse, weights=weights))
+    return uniq, values / np.linalg.norm(values)
+
+
+# -- features -----------------------------------------------------------------------------
+
+
+def _shape(last: str, whole: str, user_turns: int) -> list[float]:
+    n = max(1, len(last))
+    words = _WORD.findall(last[:20_000])
+    sample = last[:20_000]
+    return [
+        math.log1p(len(last)),
+        math.log1p(len(whole)),
+        math.log1p(len(words)),
+        math.log1p(last.count("\n")),
+        sum(c.isdigit() for c in sample) / n,
+        sum(c.isupper() for c in sample) / n,
+        sum(not c.isalnum() and not c.isspace() for c in sample) / n,
+        sum(not c.isascii() for c in sample) / n,
+        sum(map(len, words)) / max(1, len(words)),
+        math.log1p(last.count("?")),
+        math.log1p(user_turns),
+    ]
+
+
+def extract_features(
+    request: ChatRequest, config: FeatureConfig, *, embedder: TextEmbedder | None = None
+) -> Features:
+    """The features of ``request`` under ``config``.
+
+    Raises:
+        RouterError: ``config.embeddings`` is on and no ``embedder`` is given.
+    """
+    last, earlier = _turns(request, config.max_context_turns)
+    signals = score_request(request).signals
+    whole = "\n".join([last, *earlier])
+    user_turns = sum(1 for m in request.messages if m.role == "user")
+    dense = np.array([signals[k] / s for k, s in _SIGNAL_SCALE.items()]
+                     + _shape(last, whole, user_turns), np.float64)
+
+    texts = [(_clip(last, config.max_chars).lower(), 1.0)]
+    texts += [(_clip(t, config.max_chars).lower(), config.context_weight) for t in earlier]
+    offset = len(DENSE_NAMES) + config.embedding_dim
+    w_idx, w_val = _bag([(_word_hashes(t, config.word_bigrams), w) for t, w in texts],
+                        config.word_buckets)
+    c_idx, c_val = _bag([(_char_hashes(t, config.char_ngrams), w) for t, w in texts],
+                        config.char_buckets)
+    indices = np.concatenate([w_idx + offset, c_idx + offset + config.word_buckets])
+    values = np.concatenate([w_val * config.word_scale, c_val * config.char_scale])
+
+    embedding = np.zeros(0, np.float64)
+    if config.embeddings:
+        if embedder is None:
+            raise RouterError("this router uses embeddings: pass an embedder")
+        vectors = embedder.embed([_clip(t, 2000) for t, _ in texts]).astype(np.float64)
+        weights = np.array([w for _, w in texts])[:, None]
+        embedding = (vectors * weights).sum(axis=0)
+        norm = np.linalg.norm(embedding)
+        if norm > 0:
+            embedding = embedding / norm * config.embedding_scale
+    return Features(dense, embedding, indices, values)
+
+
+# -- the model ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LearnedRouter:
+    """A trained router: ``score(request)`` is the probability that the strong model is
+    needed. Build one with ``engine.learned_fit.fit_router`` or :meth:`load`.
+
+    ``weights`` covers the whole feature vector (dense block first); it is float32, as
+    saved, so a loaded model scores exactly as the one that was saved.
+    """
+
+    config: FeatureConfig
+    weights: np.ndarray
+    bias: float
+    dense_mean: np.ndarray
+    dense_std: np.ndarray
+    info: Mapping[str, Any] = field(default_factory=dict)
+    embedder: TextEmbedder | None = None
+
+    def logit(self, features: Features) -> float:
+        """The model's log-odds for precomputed ``features``."""
+        n_dense = len(DENSE_NAMES)
+        w = self.weights
+        z = self.bias + float(((features.dense - self.dense_mean) / self.dense_std)
+                              @ w[:n_dense])
+        if len(features.embedding):
+            z += float(features.embedding @ w[n_dense : n_dense + len(features.embedding)])
+        return z + float(features.values @ w[features.indices])
+
+    def score(self, request: ChatRequest) -> float:
+        """``p_strong`` in 0..1: the chance the weak model's answer is not good enough.
+
+        Raises:
+            RouterError: the model uses embeddings and was loaded without an embedder.
+        """
+        z = self.logit(extract_features(request, self.config, embedder=self.embedder))
+        return _sigmoid(z)
+
+    def score_prompt(self, prompt: str) -> float:
+        """:meth:`score` of a one-turn request."""
+        return self.score(request_for_prompt(prompt))
+
+    def to_dict(self) -> dict[str, Any]:
+        n_dense = len(DENSE_NAMES)
+        n_embed = self.config.embedding_dim
+        w = self.weights.astype("<f4")
+        return {
+            "format": "llm-router/learned-router",
+            "version": FORMAT_VERSION,
+            "model": "logistic-regression",
+            "features": asdict(self.config),
+            "bias": self.bias,
+            "dense": {name: {"weight": float(w[i]), "mean": float(self.dense_mean[i]),
+                             "std": float(self.dense_std[i])}
+                      for i, name in enumerate(DENSE_NAMES)},
+            "embedding_weights": _pack(w[n_dense : n_dense + n_embed]),
+            "hashed_weights": _pack(w[n_dense + n_embed :]),
+            "info": dict(self.info),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the model as JSON to ``path``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *,
+                  embedder: TextEmbedder | None = None) -> LearnedRouter:
+        """The router ``raw`` describes (:meth:`to_dict`'s output).
+
+        Raises:
+            RouterError: not a router file, another format version, or inconsistent sizes.
+        """
+        if raw.get("format") != "llm-router/learned-router":
+            raise RouterError("not an llm-router learned router file")
+        if raw.get("version") != FORMAT_VERSION:
+            raise RouterError(f"learned router format version {raw.get('version')!r}; "
+                              f"this llm-router reads version {FORMAT_VERSION}")
+        try:
+            config = FeatureConfig.from_dict(raw["features"])
+            dense = raw["dense"]
+            weights = np.concatenate([
+                np.array([dense[n]["weight"] for n in DENSE_NAMES], "<f4"),
+                _unpack(raw["embedding_weights"]),
+                _unpack(raw["hashed_weights"]),
+            ])
+            router = cls(
+                config=config,
+                weights=weights,
+                bias=float(raw["bias"]),
+                dense_mean=np.array([dense[n]["mean"] for n in DENSE_NAMES], np.float64),
+                dense_std=np.array([dense[n]["std"] for n in DENSE_NAMES], np.float64),
+                info=dict(raw.get("info", {})),
+                embedder=embedder,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RouterError(f"learned router file is damaged: {exc!r}") from exc
+        if len(weights) != config.size:
+            raise RouterError(f"learned router has {len(weights)} weights; its feature "
+                              f"config needs {config.size}")
+        return router
+
+    @classmethod
+    def load(cls, path: str | Path, *, embedder: TextEmbedder | None = None) -> LearnedRouter:
+        """Read a model written by :meth:`save`. A model trained with embeddings needs an
+        ``embedder`` (one is created, loading WordLlama offline, if none is given).
+
+        Raises:
+            RouterError: the file is missing, not JSON, or not a router of this version.
+        """
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RouterError(f"cannot read learned router {path}: {exc}") from exc
+        if embedder is None and raw.get("features", {}).get("embeddings"):
+            from .similarity import Embedder
+
+            embedder = Embedder()
+        return cls.from_dict(raw, embedder=embedder)
+
+
+def _pack(weights: np.ndarray) -> dict[str, Any]:
+    data = np.ascontiguousarray(weights, "<f4").tobytes()
+    return {"dtype": "<f4", "length": len(weights),
+            "base64": base64.b64encode(zlib.compress(data, 9)).decode("ascii"),
+            "encoding": "zlib+base64"}
+
+
+def _unpack(packed: Mapping[str, Any]) -> np.ndarray:
+    if packed.get("dtype") != "<f4" or packed.get("encoding") != "zlib+base64":
+        raise ValueError(f"unknown weight encoding {packed.get('encoding')!r}")
+    out = np.frombuffer(zlib.decompress(base64.b64decode(packed["base64"])), "<f4").copy()
+    if len(out) != packed["length"]:
+        raise ValueError("weight count does not match its length")
+    return out
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def blend(learned_p: float, heuristic_score: float, weight: float) -> float:
+    """One 0-100 score from the trained router's ``p_strong`` and the heuristic's score:
+    ``weight * 100 * learned_p + (1 - weight) * heuristic_score`` (round it for
+    ``X-LLM-Router-Score``).
+
+    >>> blend(0.5, 10, 0.0), blend(0.5, 10, 1.0), blend(0.2, 40, 0.5)
+    (10.0, 50.0, 30.0)
+
+    Raises:
+        ValueError: ``weight`` outside 0..1.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blend weight must be in 0..1, got {weight}")
+    score = weight * 100.0 * learned_p + (1.0 - weight) * float(heuristic_score)
+    return min(100.0, max(0.0, score))

@@ -1,0 +1,192 @@
+"""The routing policy: which tier a request goes to, and how that choice learns.
+
+The decision blends up to three opinions on SPEC.md's 0-100 scale:
+
+1. the heuristic complexity score of the whole conversation (``engine.scoring``);
+2. a trained router (``learned.model``), weighted by ``learned.model_weight``;
+3. an external classifier (``learned.sidecar_url``), weighted by ``learned.sidecar_weight``,
+   within its time budget (on failure the others decide alone).
+
+A "needs the strong model" probability ``p`` is put on the 0-100 scale so that
+``learned.threshold`` lands on the tier-1 boundary: ``p`` below it maps linearly onto
+``[0, tier1_max]``, above it onto ``[tier1_max, 100]``. The blended score then picks the tier
+through the thresholds, which calibration (``engine.calibration``) moves from quality feedback;
+calibrated thresholds are kept in the feedback database and survive restarts.
+
+``X-LLM-Router-Router`` names who decided: ``heuristic``, ``heuristic+learned``, ``learned``,
+``...+sidecar``, ``pinned`` or ``workflow``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .calibration import Report, calibrate
+from .config import Config
+from .errors import RequestInvalid
+from .feedback import FeedbackStore
+from .messages import ChatRequest
+from .routing import Route, decide_route
+from .scoring import Score, score_request, tier_for_score
+from .sidecar import Sidecar
+
+__all__ = ["LearnedScorer", "RoutingPolicy"]
+
+_REMEMBERED = 100_000
+
+
+class LearnedScorer(Protocol):
+    def score(self, request: ChatRequest) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    score: float  # 0-1
+    tier: int
+    model: str
+
+
+class RoutingPolicy:
+    def __init__(
+        self, config: Config, *, learned: LearnedScorer | None = None,
+        sidecar: Sidecar | None = None, store: FeedbackStore | None = None,
+    ) -> None:
+        self.config = config
+        self.learned = learned
+        self.sidecar = sidecar
+        self.store = store
+        self.tier1_max = config.classifier.tier1_max
+        self.tier2_max = config.classifier.tier2_max
+        self._recent: OrderedDict[str, _Decision] = OrderedDict()
+
+    async def load(self) -> None:
+        """Take up the calibrated thresholds kept in the feedback database."""
+        if self.store is not None:
+            saved = await self.store.thresholds()
+            self.tier1_max = saved.get("tier1_max", self.tier1_max)
+            self.tier2_max = saved.get("tier2_max", self.tier2_max)
+
+    # ---- deciding -----------------------------------------------------------------------
+
+    def to_score(self, p: float) -> float:
+        """A 0-1 "needs the strong model" probability on the 0-100 score scale."""
+        t = self.config.learned.threshold
+        if p <= t:
+            return p / t * self.tier1_max
+        return self.tier1_max + (p - t) / (1 - t) * (100 - self.tier1_max)
+
+    async def route(self, request: ChatRequest, *, tier: int | None = None) -> Route:
+        """Where ``request`` goes (``tier``: a workflow op's fixed tier)."""
+        if request.model is not None or tier is not None:
+            return decide_route(request, self.config, tier=tier)
+        heuristic = score_request(request)
+        total = float(heuristic.total)
+        router = "heuristic"
+        settings = self.config.learned
+        if self.learned is not None and settings.model_weight > 0:
+            w = settings.model_weight
+            total = (1 - w) * total + w * self.to_score(self.learned.score(request))
+            router = "learned" if w == 1 else "heuristic+learned"
+        if self.sidecar is not None and settings.sidecar_weight > 0:
+            p = await self.sidecar.score(request)
+            if p is not None:
+                w = settings.sidecar_weight
+                total = (1 - w) * total + w * self.to_score(p)
+                router += "+sidecar"
+        score = Score(round(total), heuristic.signals, heuristic.min_tier)
+        routed = tier_for_score(score, tier1_max=self.tier1_max, tier2_max=self.tier2_max)
+        return Route(tier=routed, score=score, router=router)
+
+    # ---- learning -----------------------------------------------------------------------
+
+    def remember(self, request_id: str, *, score: int | None, tier: int, model: str) -> None:
+        """Keep a request's decision so feedback can name it by request id."""
+        if score is None:
+            return
+        self._recent[request_id] = _Decision(score / 100, tier, model)
+        if len(self._recent) > _REMEMBERED:
+            self._recent.popitem(last=False)
+
+    async def feedback(self, data: Any) -> dict[str, Any]:
+        """Record one quality report (SPEC.md's shape, or ``request_id`` + ``quality``) and
+        recalibrate.
+
+        Raises:
+            RequestInvalid: the report is malformed or names an unknown request.
+        """
+        report, request_id, model = self._report(data)
+        if self.store is None:
+            raise RequestInvalid("feedback is not enabled on this router")
+        await self.store.add(report, request_id=request_id, model=model)
+        changes = []
+        settings = self.config.learned
+        if settings.calibrate:
+            changes = calibrate(
+                await self.store.reports(), tier1_max=self.tier1_max,
+                tier2_max=self.tier2_max, target=settings.target_quality,
+                min_samples=settings.min_samples, max_step=settings.max_step,
+                band=settings.band,
+            )
+            if changes:
+                await self.store.record_changes(changes)
+                for change in changes:
+                    setattr(self, change.name, change.new)
+        return {
+            "accepted": True,
+            "thresholds": {"tier1_max": self.tier1_max, "tier2_max": self.tier2_max},
+            "changes": [
+                {"name": c.name, "old": c.old, "new": c.new, "samples": c.samples,
+                 "reason": c.reason} for c in changes
+            ],
+        }
+
+    def _report(self, data: Any) -> tuple[Report, str | None, str | None]:
+        if not isinstance(data, dict):
+            raise RequestInvalid("feedback must be a JSON object")
+        quality = _unit(data, "quality")
+        request_id = data.get("request_id")
+        if request_id is not None:
+            if not isinstance(request_id, str):
+                raise RequestInvalid("request_id must be a string", param="request_id")
+            decision = self._recent.get(request_id)
+            if decision is None:
+                raise RequestInvalid(
+                    f"unknown or expired request_id {request_id!r}", param="request_id"
+                )
+            return Report(decision.score, decision.tier, quality), request_id, decision.model
+        score = _unit(data, "score")
+        tier = data.get("tier")
+        if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 10:
+            raise RequestInvalid("tier must be an integer from 1 to 10", param="tier")
+        return Report(score, tier, quality), None, None
+
+    async def describe(self) -> dict[str, Any]:
+        """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
+        settings = self.config.learned
+        out: dict[str, Any] = {
+            "thresholds": {"tier1_max": self.tier1_max, "tier2_max": self.tier2_max},
+            "configured": {"tier1_max": self.config.classifier.tier1_max,
+                           "tier2_max": self.config.classifier.tier2_max},
+            "router": "heuristic" + ("+learned" if self.learned is not None else "")
+                      + ("+sidecar" if self.sidecar is not None else ""),
+            "calibration": {
+                "enabled": settings.calibrate and self.store is not None,
+                "target_quality": settings.target_quality, "min_samples": settings.min_samples,
+                "max_step": settings.max_step, "band": settings.band,
+            },
+        }
+        if self.store is not None:
+            out["feedback"] = await self.store.summary()
+            out["changes"] = await self.store.recent_changes()
+        if self.sidecar is not None:
+            out["sidecar"] = self.sidecar.snapshot()
+        return out
+
+
+def _unit(data: dict[str, Any], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise RequestInvalid(f"{key} must be a number from 0 to 1", param=key)
+    return float(value)

@@ -1,0 +1,355 @@
+"""The workflow endpoints (api/workflows.py) over real sockets: validation as HTTP 400s that
+name the op, dry runs, the ready pipelines, and SSE progress.
+
+What runs is tested in ``test_workflow_run.py``; the rules themselves, exhaustively and
+without I/O, in ``test_workflow_spec.py``, whose tables of invalid workflows are replayed
+here through HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from fake_upstream import Behaviour, FakeUpstream
+from support_routing import model_entry
+from support_workflows import (
+    ROOT,
+    WorkflowClient,
+    open_raw_post,
+    open_workflow_router,
+    prompt_of,
+    received,
+    three_tiers,
+)
+from test_workflow_spec import CASES, ESCAPES, SPEC_EXAMPLE, WORKFLOW_LEVEL
+
+READY = ["code_review", "debate", "extract_classify_answer", "map_reduce_summary",
+         "reason_critique_refine"]
+DIAMOND = """\
+ops:
+  a: {prompt: "Step a.", tier: 1}
+  b: {prompt: "Step b.", tier: 1, input_ops: [a]}
+  c: {prompt: "Step c.", tier: 1, input_ops: [a]}
+  d: {prompt: "Step d.", tier: 1, input_ops: [b, c]}
+"""
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    assert response.headers["content-type"] == "application/json", response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+# ---- validation ----------------------------------------------------------------------------
+
+
+async def test_every_validation_error_is_a_400_naming_the_op(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    named = [(text, op, fragment) for _, text, op, fragment in CASES]
+    named += [(yaml.safe_dump({"ops": {"a": {"prompt": t}}}), "a", "not allowed")
+              for t in ESCAPES]
+    named += [
+        ("ops: {a: {template: ../../etc/passwd}}", "a", "must name a file in templates/"),
+        ("ops: {a: {template: missing.j2}}", "a", "no template named 'missing.j2'"),
+        ("ops: {a: {prompt: A}, b: {prompt: B, model: gpt-9, input_ops: [a]}}", "b",
+         "model 'gpt-9' is not configured"),
+    ]
+    async with open_workflow_router(three_tiers(fake)) as client:
+        for text, op, fragment in named:
+            for flags in ({}, {"stream": True}, {"dry_run": True}):
+                response = await client.run(text, "x", **flags)
+                assert response.status_code == 400, (text, response.text)
+                error = error_of(response)
+                assert error["code"] == "workflow_invalid"
+                assert error["param"] == op, (text, error)
+                assert fragment in error["message"], (text, error)
+                assert f"'{op}'" in error["message"], (text, error)
+        for _, text, fragment in WORKFLOW_LEVEL:
+            response = await client.run(text, "x")
+            assert response.status_code == 400, (text, response.text)
+            error = error_of(response)
+            assert error["code"] == "workflow_invalid" and fragment in error["message"]
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"input": "x"}, "workflow"),
+    ({"input": "x", "workflow": {"ops": {}}}, "workflow"),
+    ({"input": 3, "workflow": "ops: {a: {prompt: A}}"}, "input"),
+    ({"workflow": "ops: {a: {prompt: A}}", "variables": ["tone"]}, "variables"),
+    ({"workflow": "ops: {a: {prompt: A}}", "dry_run": "yes"}, "dry_run"),
+    ({"workflow": "ops: {a: {prompt: A}}", "stream": 1}, "stream"),
+])
+async def test_malformed_request_bodies(fake_upstream: FakeUpstream, body: dict[str, Any],
+                                        param: str) -> None:
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        response = await client.http.post(client.router.v1 + "/workflows", json=body)
+        not_json = await client.http.post(client.router.v1 + "/workflows", content=b"{")
+    assert response.status_code == 400
+    assert error_of(response)["param"] == param
+    assert not_json.status_code == 400 and "not valid JSON" in error_of(not_json)["message"]
+
+
+async def test_an_undeclared_variable_override_is_a_400(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    text = "variables: {tone: dry}\nops: {a: {prompt: '{{ tone }} {{ input }}'}}"
+    async with open_workflow_router(three_tiers(fake)) as client:
+        responses = [
+            await client.run(text, "x", variables={"mood": "odd"}, **flags)
+            for flags in ({}, {"stream": True}, {"dry_run": True})
+        ]
+        responses.append(await client.run_named("debate", "x", variables={"mood": "odd"}))
+        wrong_kind = await client.run(text, "x", variables={"tone": 3})
+    for response in responses:
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert error["code"] == "workflow_invalid"
+        assert "unknown variable 'mood'" in error["message"]
+    assert wrong_kind.status_code == 400
+    assert "variable 'tone' must be like its default" in error_of(wrong_kind)["message"]
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+async def test_client_keys_guard_the_workflow_endpoints(fake_upstream: FakeUpstream) -> None:
+    async with open_workflow_router(three_tiers(fake_upstream),
+                                    server={"api_keys": ["wf-key"]}) as client:
+        denied = await client.run(SPEC_EXAMPLE, "x", dry_run=True)
+        listing = await client.http.get(client.router.v1 + "/workflows")
+        allowed = await client.http.post(
+            client.router.v1 + "/workflows/debate", json={"input": "x", "dry_run": True},
+            headers={"authorization": "Bearer wf-key"})
+    assert denied.status_code == 401 and listing.status_code == 401
+    assert allowed.status_code == 200
+
+
+# ---- dry run and the ready pipelines -------------------------------------------------------
+
+
+async def test_dry_run_answers_with_the_plan_and_sends_nothing(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    models = three_tiers(fake, cost_per_1k_in=1.0, cost_per_1k_out=2.0)
+    async with open_workflow_router(models) as client:
+        response = await client.run(SPEC_EXAMPLE, "How many rs are in strawberry?",
+                                    dry_run=True)
+
+    assert response.status_code == 200, response.text
+    plan = response.json()
+    assert set(plan) == {"dry_run", "ops", "generations", "critical_path", "critical_path_ms",
+                         "input_tokens", "output_tokens", "total_cost_usd", "picture"}
+    assert plan["dry_run"] is True
+    assert plan["generations"] == [["reason"], ["critique"], ["refine"]]
+    assert plan["critical_path"] == ["reason", "critique", "refine"]
+    assert set(plan["ops"]) == {"reason", "critique", "refine"}
+    for name, op in plan["ops"].items():
+        assert set(op) == {"model", "tier", "input_tokens", "output_tokens", "cost_usd",
+                           "latency_ms"}, name
+        assert op["cost_usd"] == pytest.approx(
+            (op["input_tokens"] * 1.0 + op["output_tokens"] * 2.0) / 1000, abs=1e-6)
+    assert [plan["ops"][n]["model"] for n in ("reason", "critique", "refine")] == [
+        "t1", "t2", "t2"]
+    assert plan["ops"]["reason"]["output_tokens"] == 1024
+    assert plan["total_cost_usd"] == pytest.approx(
+        sum(op["cost_usd"] for op in plan["ops"].values()), abs=1e-5)
+    assert plan["critical_path_ms"] == pytest.approx(
+        sum(op["latency_ms"] for op in plan["ops"].values()), abs=0.5)
+    picture = plan["picture"]
+    assert "3 ops in 3 levels" in picture
+    assert "critical path: reason -> critique -> refine" in picture
+    assert "estimated cost: $" in picture
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+async def test_the_ready_pipelines_are_listed_with_their_variables(
+    fake_upstream: FakeUpstream,
+) -> None:
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        response = await client.http.get(client.router.v1 + "/workflows")
+
+    assert response.status_code == 200
+    listed = {w["name"]: w for w in response.json()["workflows"]}
+    assert sorted(listed) == READY
+    for name, entry in listed.items():
+        on_disk = yaml.safe_load((ROOT / "workflows" / f"{name}.yaml").read_text())
+        assert entry["title"] == on_disk["name"] and entry["description"]
+        assert entry["ops"] == list(on_disk["ops"])
+        assert entry["start_ops"] == on_disk["start_ops"]
+        assert entry["end_ops"] == on_disk["end_ops"]
+        assert set(entry["variables"]) == set(on_disk["variables"]), name
+        for var, spec in on_disk["variables"].items():
+            assert entry["variables"][var] == {"default": spec["default"],
+                                               "description": spec["description"]}
+
+
+@pytest.mark.parametrize("name", ["no_such_pipeline", "debate.yaml", "..", "%2e%2e%2fconfig"])
+async def test_an_unknown_ready_pipeline_is_a_404(fake_upstream: FakeUpstream, name: str) -> None:
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        response = await client.run_named(name, "x")
+    assert response.status_code == 404
+    assert error_of(response)["code"] in ("workflow_not_found", "invalid_request")
+
+
+FACTS = ('{"customer_name": "Ada", "problem": "the parcel is late", "question": "where is '
+         'it?", "steps_taken": ["waited a week"], "category": "shipping", "urgency": "high", '
+         '"needs_human": true}')
+DOCUMENT = "\n".join(f"Line {i}: " + "word " * 12 for i in range(200))
+INPUTS = {
+    "code_review": "def add(a, b):\n    return a - b\n",
+    "debate": "Tabs are better than spaces.",
+    "extract_classify_answer": "Hi, I'm Ada. My parcel is a week late. Where is it?",
+    "map_reduce_summary": DOCUMENT,
+    "reason_critique_refine": "How many rs are in strawberry?",
+}
+
+
+@pytest.mark.parametrize("name", READY)
+async def test_each_ready_pipeline_runs(fake_upstream: FakeUpstream, name: str) -> None:
+    fake = fake_upstream
+    if name == "extract_classify_answer":
+        fake.set_default("t1", Behaviour(text=FACTS))  # its tier-1 steps answer in JSON
+    spec = yaml.safe_load((ROOT / "workflows" / f"{name}.yaml").read_text())
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run_named(name, INPUTS[name])
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "completed"
+    assert set(result["outputs"]) == set(spec["ops"])
+    (end,) = spec["end_ops"]
+    assert result["final_output"] == result["outputs"][end]
+    assert result["final_output"].startswith(f"[{result['routing'][end]}] ")
+    prompts = received(fake, "t1", "t2", "t3")
+    assert len(prompts) == len(spec["ops"])
+    for op, model in result["routing"].items():
+        assert model == f"t{spec['ops'][op]['tier']}"
+    if name == "extract_classify_answer":
+        (answer,) = received(fake, "t2")
+        assert "problem: the parcel is late" in answer
+        assert "category: shipping, urgency: high" in answer
+        assert "as Ada" in answer and "with priority" in answer
+        assert result["values"]["classify"]["urgency"] == "high"
+    if name == "map_reduce_summary":
+        for part in range(1, 5):
+            assert sum(f"--- part {part} of 4 ---" in p for p in prompts) == 1
+    if name == "reason_critique_refine":
+        (refine,) = [p for p in received(fake, "t2") if "A reviewer's critique" in p]
+        assert result["outputs"]["reason"] in refine and result["outputs"]["critique"] in refine
+
+
+async def test_a_ready_pipeline_takes_variable_overrides(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run_named(
+            "debate", "Tabs are better.", variables={"points": "two", "max_words": 150})
+        dry = await client.run_named("debate", "Tabs are better.", dry_run=True)
+
+    assert response.status_code == 200, response.text
+    sides = received(fake, "t2")
+    assert len(sides) == 2
+    assert all("Make your two strongest arguments" in p and "At most\n150 words" in p
+               for p in sides), sides
+    assert dry.status_code == 200 and dry.json()["generations"] == [
+        ["opponent", "proponent"], ["judge"]]
+
+
+# ---- SSE progress --------------------------------------------------------------------------
+
+
+async def stream_ok(client: WorkflowClient, text: str, input: str = "x",
+                    **fields: Any) -> list[tuple[str, Any]]:
+    response, events = await client.stream(text, input, **fields)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.headers["x-llm-router-request-id"]
+    return events
+
+
+async def test_sse_progress_events_of_a_chain(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    async with open_workflow_router(three_tiers(fake)) as client:
+        events = await stream_ok(client, SPEC_EXAMPLE, "How many rs are in strawberry?")
+        plain = (await client.run(SPEC_EXAMPLE, "How many rs are in strawberry?")).json()
+
+    assert [(name, data.get("op")) for name, data in events] == [
+        ("op_started", "reason"), ("op_finished", "reason"),
+        ("op_started", "critique"), ("op_finished", "critique"),
+        ("op_started", "refine"), ("op_finished", "refine"),
+        ("result", None),
+    ]
+    started = events[2][1]
+    assert started == {"op": "critique", "tier": 2, "model": None}
+    finished = {data["op"]: data for name, data in events if name == "op_finished"}
+    reason = finished["reason"]
+    assert reason["status"] == "done" and reason["model"] == "t1" and reason["tier"] == 1
+    assert reason["output"] == "[t1] Think step by step.\n\nHow many rs are in strawberry?"
+    assert reason["cache"] == "MISS" and reason["attempts"] == 1
+    assert reason["ms"] >= 0 and reason["cost_usd"] == 0
+    assert reason["tokens"]["input"] > 0 and reason["tokens"]["output"] > 0
+    result = events[-1][1]
+    assert result["final_output"] == finished["refine"]["output"]
+    for key in ("outputs", "routing", "final_output", "status", "skipped", "not_run"):
+        assert result[key] == plain[key], key
+    assert result["ops"]["critique"] == {k: v for k, v in finished["critique"].items()
+                                         if k not in ("op", "output")}
+
+
+async def test_sse_progress_events_of_a_diamond(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    fake.set_default("t1", Behaviour(latency=0.02))
+    async with open_workflow_router(three_tiers(fake)) as client:
+        events = await stream_ok(client, DIAMOND)
+
+    at = {(name, data.get("op")): i for i, (name, data) in enumerate(events)}
+    assert len(events) == 9 and events[-1][0] == "result"
+    for middle in ("b", "c"):
+        assert at[("op_finished", "a")] < at[("op_started", middle)]
+        assert at[("op_finished", middle)] < at[("op_started", "d")]
+    assert at[("op_finished", "d")] == 7
+
+
+async def test_sse_failure_events(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    models = [model_entry(fake, "bad", tier=1), model_entry(fake, "fine", tier=1)]
+    fake.set_default("bad", Behaviour(status=500))
+    ops = {
+        "broken": {"prompt": "Broken.", "model": "bad"},
+        "child": {"prompt": "Child.", "model": "fine", "input_ops": ["broken"]},
+    }
+    fail_fast = yaml.safe_dump({"ops": ops})
+    carry_on = yaml.safe_dump({"on_error": "continue", "ops": ops})
+    async with open_workflow_router(models) as client:
+        stopped = await stream_ok(client, fail_fast)
+        partial = await stream_ok(client, carry_on)
+
+    assert [name for name, _ in stopped] == ["op_started", "op_failed", "error"]
+    assert stopped[1][1]["op"] == "broken"
+    assert stopped[1][1]["error"].startswith("op 'broken' failed: ")
+    error = stopped[2][1]["error"]
+    assert error["param"] == "broken" and error["code"] == "upstream_error"
+    assert error["message"] == stopped[1][1]["error"]
+
+    assert [(name, data.get("op")) for name, data in partial] == [
+        ("op_started", "broken"), ("op_failed", "broken"), ("op_skipped", "child"),
+        ("result", None)]
+    assert partial[2][1] == {"op": "child", "reason": "skipped"}
+    assert partial[3][1]["status"] == "partial" and partial[3][1]["final_output"] is None
+    assert fake.requests("fine") == []
+
+
+async def test_sse_events_reach_the_client_as_ops_finish(fake_upstream: FakeUpstream) -> None:
+    """Progress is live: the first op's events arrive while the second is still running."""
+    fake = fake_upstream
+    fake.script("t1", Behaviour(), Behaviour(latency=0.5))
+    text = "ops: {a: {prompt: A., tier: 1}, b: {prompt: B., tier: 1, input_ops: [a]}}"
+    async with open_workflow_router(three_tiers(fake)) as client:
+        body = {"input": "x", "workflow": text, "stream": True}
+        async with open_raw_post(client.router.url, "/v1/workflows", body) as sock:
+            raw = b""
+            while b"event: op_finished" not in raw:
+                raw += await sock.receive_some()
+            running = fake.active
+            while b"event: result" not in raw:
+                raw += await sock.receive_some()
+    assert running == 1  # b was in flight when a's op_finished arrived
+    assert prompt_of(fake.requests("t1")[1]).startswith("B.")

@@ -1,0 +1,566 @@
+"""Running workflows (engine.workflow_run, engine.executor) end to end over real sockets.
+
+A router serves ``POST /v1/workflows`` in front of the fake upstream; what the fake received
+(and when, and whether the router cancelled it) is the evidence. The executor's scheduling
+rules are also property-tested on their own with random DAGs, under trio's mock clock.
+
+Latencies are short (tens of milliseconds) except in the diamond test, which measures
+parallelism in real time and uses a 1 s upstream latency.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import yaml
+from fake_upstream import Behaviour, FakeUpstream, Usage
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support_routing import model_entry, wait_for
+from support_workflows import (
+    max_active,
+    open_raw_post,
+    open_workflow_router,
+    prompt_of,
+    received,
+    sse_events,
+    three_tiers,
+)
+from trio.testing import MockClock
+
+from engine.executor import execute_plan
+from engine.planner import Node, build_plan
+
+SPEC_EXAMPLE = """\
+start_ops: [reason]
+end_ops: [refine]
+ops:
+  reason:
+    prompt: "Think step by step."
+    tier: 1
+    max_tokens: 1024
+    output_ops: [critique]
+  critique:
+    prompt: "Find errors in the reasoning."
+    tier: 2
+    max_tokens: 512
+    input_ops: [reason]
+    output_ops: [refine]
+  refine:
+    prompt: "Give a correct final answer."
+    tier: 2
+    max_tokens: 512
+    input_ops: [critique]
+"""
+
+DIAMOND = """\
+ops:
+  a: {prompt: "Step a.", tier: 1}
+  b: {prompt: "Step b.", tier: 1, input_ops: [a]}
+  c: {prompt: "Step c.", tier: 1, input_ops: [a]}
+  d: {prompt: "Step d.", tier: 1, input_ops: [b, c]}
+"""
+
+
+def workflow(ops: dict[str, dict[str, Any]], **top: Any) -> str:
+    return yaml.safe_dump({**top, "ops": ops}, sort_keys=False)
+
+
+def pinned(fake: FakeUpstream, *names: str, **extra: Any) -> list[dict[str, Any]]:
+    """One tier-1 model per name; ops pin them (``model: <name>``), so a failure is not
+    failed over to another backend and each op's requests are counted on its own backend."""
+    return [model_entry(fake, name, tier=1, **extra) for name in names]
+
+
+# ---- data flow -----------------------------------------------------------------------------
+
+
+async def test_spec_example_outputs_reach_dependents_requests(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run(SPEC_EXAMPLE, "How many rs are in strawberry?")
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    reason_text = "Think step by step.\n\nHow many rs are in strawberry?"
+    critique_text = f"Find errors in the reasoning.\n\n[t1] {reason_text}"
+    refine_text = f"Give a correct final answer.\n\n[t2] {critique_text}"
+    assert received(fake, "t1") == [reason_text]
+    assert received(fake, "t2") == [critique_text, refine_text]
+    assert received(fake, "t3") == []
+    # SPEC.md's response shape.
+    assert result["outputs"] == {"reason": f"[t1] {reason_text}",
+                                 "critique": f"[t2] {critique_text}",
+                                 "refine": f"[t2] {refine_text}"}
+    assert result["routing"] == {"reason": "t1", "critique": "t2", "refine": "t2"}
+    assert set(result["costs"]) == {"reason", "critique", "refine"}
+    assert isinstance(result["total_ms"], int)
+    assert result["final_output"] == f"[t2] {refine_text}"
+    assert result["status"] == "completed"
+    # max_tokens reached the providers.
+    assert fake.requests("t1")[0].body["max_tokens"] == 1024
+    assert [r.body["max_tokens"] for r in fake.requests("t2")] == [512, 512]
+
+
+async def test_several_inputs_arrive_under_headings_in_input_ops_order(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run(DIAMOND, "go")
+
+    assert response.status_code == 200, response.text
+    prompts = {p.split(".")[0]: p for p in received(fake, "t1")}
+    assert prompts["Step b"] == "Step b.\n\n[t1] Step a.\n\ngo"
+    assert prompts["Step d"] == (
+        "Step d.\n\n## b\n\n[t1] Step b.\n\n[t1] Step a.\n\ngo"
+        "\n\n## c\n\n[t1] Step c.\n\n[t1] Step a.\n\ngo"
+    )
+
+
+async def test_templates_render_variables_system_and_json_values(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    answer = '```json\n{"city": "Paris", "n": 3}\n```'
+    fake.script("t1", Behaviour(text=answer))
+    text = workflow(
+        {
+            "facts": {"prompt": "Facts about {{ input|upper }} as JSON.", "json": True,
+                      "tier": 1},
+            "write": {
+                "prompt": "Write to {{ ops.facts.value.city }} ({{ ops.facts.value.n + 1 }} "
+                          "times) in a {{ tone }} tone; facts: {{ ops.facts.output|length }} "
+                          "chars.",
+                "system": "You are {{ vars.persona }}.",
+                "tier": 2,
+                "input_ops": ["facts"],
+            },
+        },
+        variables={"tone": "dry", "persona": {"default": "a poet", "description": "who"}},
+    )
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run(text, "france", variables={"tone": "warm"})
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert received(fake, "t1") == ["Facts about FRANCE as JSON."]
+    assert fake.requests("t1")[0].body["response_format"] == {"type": "json_object"}
+    (write,) = fake.requests("t2")
+    assert prompt_of(write) == (
+        f"Write to Paris (4 times) in a warm tone; facts: {len(answer)} chars.")
+    assert write.body["system"] == "You are a poet."
+    assert result["values"] == {"facts": {"city": "Paris", "n": 3}}
+
+
+async def test_a_render_time_sandbox_refusal_fails_the_op_before_any_request(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    text = workflow({"a": {"prompt": "{{ input[key] }}", "tier": 1}},
+                    variables={"key": "__class__"})
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run(text, "x")
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "workflow_invalid" and error["param"] == "a"
+    assert "op 'a'" in error["message"] and "unsafe" in error["message"]
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+# ---- parallelism and scheduling ------------------------------------------------------------
+
+
+async def test_diamond_runs_its_middle_in_parallel(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    fake.set_default("t1", Behaviour(latency=1.0))
+    async with open_workflow_router(three_tiers(fake)) as client:
+        began = trio.current_time()
+        response = await client.run(DIAMOND, "go")
+        elapsed = trio.current_time() - began
+
+    assert response.status_code == 200, response.text
+    assert 2.9 <= elapsed <= 3.8, elapsed  # a, then b and c together, then d: not 4 s
+    assert 2900 <= response.json()["total_ms"] <= 3800
+    order = [p.split(".")[0] for p in received(fake, "t1")]
+    assert order[0] == "Step a" and order[3] == "Step d"
+    assert set(order[1:3]) == {"Step b", "Step c"}
+
+
+async def test_fan_out_of_20_is_bounded_by_max_concurrency(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    fake.set_default("t1", Behaviour(latency=0.05))
+    ops = {f"p{i}": {"prompt": f"Part {i}.", "tier": 1} for i in range(20)}
+    async with open_workflow_router(three_tiers(fake)) as client, max_active(fake) as peak:
+        response = await client.run(workflow(ops, max_concurrency=4), "x")
+
+    assert response.status_code == 200, response.text
+    assert peak[0] == 4
+    assert sorted(received(fake, "t1")) == sorted(f"Part {i}.\n\nx" for i in range(20))
+    assert response.json()["status"] == "completed"
+
+
+async def test_the_configured_max_concurrency_is_the_default(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    fake.set_default("t1", Behaviour(latency=0.05))
+    ops = {f"p{i}": {"prompt": f"Part {i}.", "tier": 1} for i in range(8)}
+    async with open_workflow_router(three_tiers(fake), workflows={"max_concurrency": 3}
+                                    ) as client, max_active(fake) as peak:
+        response = await client.run(workflow(ops), "x")
+
+    assert response.status_code == 200, response.text
+    assert peak[0] == 3
+    assert len(fake.requests("t1")) == 8
+
+
+async def test_the_longer_chain_starts_first(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    # "a" comes first in the YAML and alphabetically; only the critical path puts z1 first.
+    text = workflow(
+        {
+            "a": {"prompt": "Short a.", "tier": 1},
+            "z1": {"prompt": "Long 1.", "tier": 1},
+            "z2": {"prompt": "Long 2.", "tier": 1, "input_ops": ["z1"]},
+            "z3": {"prompt": "Long 3.", "tier": 1, "input_ops": ["z2"]},
+        },
+        max_concurrency=1,
+    )
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run(text, "x")
+
+    assert response.status_code == 200, response.text
+    assert [p.split(".")[0] for p in received(fake, "t1")] == [
+        "Long 1", "Long 2", "Long 3", "Short a"]
+
+
+async def test_a_spent_budget_stops_scheduling_and_reports_what_did_not_run(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    # $1 + $2 per 1k tokens and 1,000 tokens each way: every call costs $3.
+    models = three_tiers(fake, cost_per_1k_in=1.0, cost_per_1k_out=2.0)
+    fake.set_default("t1", Behaviour(usage=Usage(1000, 1000)))
+    text = workflow(
+        {
+            "first": {"prompt": "First.", "tier": 1},
+            "second": {"prompt": "Second.", "tier": 1, "input_ops": ["first"]},
+            "side": {"prompt": "Side.", "tier": 1},
+        },
+        max_cost_usd=2.5, max_concurrency=1,
+    )
+    async with open_workflow_router(models) as client:
+        response = await client.run(text, "x")
+        _, events = await client.stream(text, "x")
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert received(fake, "t1") == ["First.\n\nx"] * 2  # once per run
+    assert result["status"] == "partial"
+    assert result["total_cost_usd"] == pytest.approx(3.0)
+    assert sorted(result["not_run"]) == ["second", "side"]
+    assert result["ops"]["second"]["status"] == "not_run"
+    assert result["ops"]["first"]["cost_usd"] == pytest.approx(3.0)
+    assert set(result["outputs"]) == {"first"}
+    skipped = {data["op"]: data["reason"] for name, data in events if name == "op_skipped"}
+    assert skipped == {"second": "not_run", "side": "not_run"}
+    assert events[-1][0] == "result" and events[-1][1]["not_run"] == result["not_run"]
+
+
+# ---- failure policies ----------------------------------------------------------------------
+
+
+async def test_fail_fast_names_the_failed_op_and_cancels_the_rest(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    fake.set_default("bad", Behaviour(status=500, latency=0.05))
+    fake.set_default("slow", Behaviour(hang=True))
+    text = workflow({
+        "broken": {"prompt": "Broken.", "model": "bad"},
+        "waiting": {"prompt": "Waiting.", "model": "slow"},
+        "after": {"prompt": "After.", "model": "fine", "input_ops": ["waiting"]},
+    })
+    async with open_workflow_router(pinned(fake, "bad", "slow", "fine")) as client:
+        with trio.fail_after(5):
+            response = await client.run(text, "x")
+        with trio.fail_after(2):
+            await fake.wait_until_idle()
+
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["param"] == "broken"
+    assert error["message"].startswith("op 'broken' failed: ")
+    (hung,) = fake.requests("slow")
+    assert hung.cancelled and not hung.completed
+    assert fake.requests("fine") == []
+
+
+async def test_continue_skips_dependents_and_finishes_the_independent_branch(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    fake.set_default("bad", Behaviour(status=500))
+    text = workflow(
+        {
+            "broken": {"prompt": "Broken.", "model": "bad"},
+            "child": {"prompt": "Child.", "model": "fine", "input_ops": ["broken"]},
+            "grandchild": {"prompt": "Grandchild.", "model": "fine", "input_ops": ["child"]},
+            "other": {"prompt": "Other.", "model": "fine"},
+            "other_next": {"prompt": "Other next.", "model": "fine", "input_ops": ["other"]},
+        },
+        on_error="continue",
+    )
+    async with open_workflow_router(pinned(fake, "bad", "fine")) as client:
+        response = await client.run(text, "x")
+        _, events = await client.stream(text, "x")
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "partial"
+    assert list(result["failed"]) == ["broken"]
+    assert result["failed"]["broken"].startswith("op 'broken' failed: ")
+    assert sorted(result["skipped"]) == ["child", "grandchild"]
+    assert set(result["outputs"]) == {"other", "other_next"}
+    assert result["final_output"] == f"## other_next\n{result['outputs']['other_next']}"
+    assert sorted(p.split(".")[0] for p in received(fake, "fine")) == [
+        "Other", "Other", "Other next", "Other next"]
+    failed = [data for name, data in events if name == "op_failed"]
+    assert [f["op"] for f in failed] == ["broken"]
+    skipped = {data["op"]: data["reason"] for name, data in events if name == "op_skipped"}
+    assert skipped == {"child": "skipped", "grandchild": "skipped"}
+
+
+async def test_per_op_timeout_and_retries(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    once = workflow({"a": {"prompt": "Once.", "model": "m", "timeout_sec": 0.2}})
+    again = workflow({"a": {"prompt": "Again.", "model": "m", "timeout_sec": 0.2,
+                            "retries": 1}})
+    flaky = workflow({"a": {"prompt": "Flaky.", "model": "m", "retries": 1}})
+    fragile = workflow({"a": {"prompt": "Fragile.", "model": "m"}})
+    async with open_workflow_router(pinned(fake, "m")) as client:
+        fake.script("m", Behaviour(latency=2))
+        timed_out = await client.run(once, "x")
+        with trio.fail_after(2):
+            await fake.wait_until_idle()
+        fake.script("m", Behaviour(latency=2), Behaviour())
+        retried = await client.run(again, "x")
+        fake.script("m", Behaviour(status=500), Behaviour())
+        recovered = await client.run(flaky, "x")
+        fake.script("m", Behaviour(status=500), Behaviour())
+        failed = await client.run(fragile, "x")
+
+    assert timed_out.status_code == 504, timed_out.text
+    error = timed_out.json()["error"]
+    assert error["param"] == "a" and "timeout_sec (0.2 s)" in error["message"]
+    assert fake.requests("m")[0].cancelled  # the slow attempt was abandoned upstream
+
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["ops"]["a"]["attempts"] == 2
+    assert recovered.status_code == 200, recovered.text
+    assert recovered.json()["ops"]["a"]["attempts"] == 2
+    assert recovered.json()["outputs"]["a"] == "[m] Flaky.\n\nx"
+    assert failed.status_code == 502 and failed.json()["error"]["param"] == "a"
+    assert [p.split(".")[0] for p in received(fake, "m")] == [
+        "Once", "Again", "Again", "Flaky", "Flaky", "Fragile"]
+
+
+# ---- cancellation --------------------------------------------------------------------------
+
+
+async def test_a_client_disconnect_cancels_the_upstream_requests(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    fake.set_default("t1", Behaviour(hang=True))
+    text = workflow({"a": {"prompt": "A.", "tier": 1}, "b": {"prompt": "B.", "tier": 1}})
+    async with open_workflow_router(three_tiers(fake)) as client:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.run, text, "x")
+
+            async def both_arrived() -> bool:
+                return len(fake.requests("t1")) == 2
+
+            await wait_for(both_arrived)
+            nursery.cancel_scope.cancel()  # the client goes away mid-run
+        with trio.fail_after(3):
+            await fake.wait_until_idle()
+        assert all(r.cancelled and not r.completed for r in fake.requests("t1"))
+
+        fake.reset()
+        fake.set_default("t1", Behaviour(hang=True))
+        body = {"input": "y", "workflow": text, "stream": True}
+        async with open_raw_post(client.router.url, "/v1/workflows", body) as sock:
+            seen = b""
+            while seen.count(b"event: op_started") < 2:
+                seen += await sock.receive_some()
+            await wait_for(both_arrived)
+        assert seen.startswith(b"HTTP/1.1 200")
+        with trio.fail_after(3):
+            await fake.wait_until_idle()
+        assert all(r.cancelled and not r.completed for r in fake.requests("t1"))
+
+
+# ---- backends and dedup --------------------------------------------------------------------
+
+
+async def test_a_same_tier_chain_keeps_its_backend(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    models = [model_entry(fake, "one", tier=1), model_entry(fake, "two", tier=1),
+              model_entry(fake, "big", tier=2)]
+    chain = workflow({
+        "a": {"prompt": "A.", "tier": 1},
+        "b": {"prompt": "B.", "tier": 1, "input_ops": ["a"]},
+        "c": {"prompt": "C.", "tier": 1, "input_ops": ["b"]},
+    })
+    async with open_workflow_router(models) as client:
+        first = await client.run(chain, "x")
+        backends = await client.http.get(client.router.v1 + "/backends")
+        # "two" has served nothing: lower latency, it would win a fresh request.
+        plain = await client.http.post(client.router.v1 + "/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+        second = await client.run(chain.replace("A.", "A again."), "x")
+
+    assert first.status_code == 200 and second.status_code == 200
+    assert set(first.json()["routing"].values()) == {"one"}
+    assert {b["name"]: b["in_flight"] for b in backends.json()}["two"] == 0
+    assert plain.headers["x-llm-router-model"] == "two"
+    assert len(set(second.json()["routing"].values())) == 1
+    assert len(fake.requests("one")) + len(fake.requests("two")) == 7
+
+
+async def test_identical_ops_of_concurrent_runs_execute_once(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    fake.set_default("t1", Behaviour(latency=0.2))
+    results: list[httpx.Response] = []
+
+    async with open_workflow_router(three_tiers(fake)) as client:
+
+        async def run() -> None:
+            results.append(await client.run(DIAMOND, "same input"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            nursery.start_soon(run)
+
+    assert [r.status_code for r in results] == [200, 200]
+    prompts = received(fake, "t1")
+    assert len(prompts) == 4 and len(set(prompts)) == 4
+    assert results[0].json()["outputs"] == results[1].json()["outputs"]
+
+
+# ---- every op after its inputs, exactly once -----------------------------------------------
+
+
+@st.composite
+def dags(draw: st.DrawFn, max_nodes: int) -> tuple[int, list[tuple[int, int]]]:
+    """A DAG on nodes 0..n-1: edges only from a lower number to a higher one."""
+    n = draw(st.integers(1, max_nodes))
+    pairs = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)),
+                          max_size=3 * n))
+    return n, sorted({(min(a, b), max(a, b)) for a, b in pairs if a != b})
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dag=dags(max_nodes=12),
+    delays=st.lists(st.integers(0, 5), min_size=12, max_size=12),
+    failing=st.sets(st.integers(0, 11), max_size=3),
+    limit=st.none() | st.integers(1, 4),
+    priority=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+)
+def test_random_dags_run_each_op_once_after_its_inputs(
+    dag: tuple[int, list[tuple[int, int]]], delays: list[int], failing: set[int],
+    limit: int | None, priority: list[int],
+) -> None:
+    n, edges = dag
+    names = [f"n{i}" for i in range(n)]
+    plan = build_plan([Node(name) for name in names], [(names[a], names[b]) for a, b in edges])
+    preds = {name: {names[a] for a, b in edges if names[b] == name} for name in names}
+    ranks = {name: float(priority[i]) for i, name in enumerate(names)}
+    bad = {names[i] for i in failing if i < n}
+    started: list[str] = []
+    finished: set[str] = set()
+    running = [0, 0]  # now, peak
+
+    async def run_node(node: Node, inputs: dict[str, Any]) -> str:
+        assert node.name not in started
+        assert preds[node.name] <= finished  # every input finished first
+        assert inputs == {p: f"out {p}" for p in preds[node.name]}
+        if limit == 1:  # no ready op had a higher priority
+            ready = [m for m in names if m not in started and preds[m] <= finished
+                     and not (preds[m] & bad)]
+            assert all(ranks[node.name] >= ranks[m] for m in ready)
+        started.append(node.name)
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            await trio.sleep(delays[int(node.name[1:])])
+            if node.name in bad:
+                raise ValueError(node.name)
+        finally:
+            running[0] -= 1
+        finished.add(node.name)
+        return f"out {node.name}"
+
+    async def main() -> None:
+        outcome = await execute_plan(plan, run_node, max_concurrency=limit, priority=ranks,
+                                     on_error="continue")
+        descendants = set().union(*(plan_descendants(plan, b) for b in bad))
+        for name in names:
+            if name in bad and name not in descendants:
+                assert outcome.status[name] == "failed"
+            elif name in descendants:
+                assert outcome.status[name] == "skipped" and name not in started
+            else:
+                assert outcome.status[name] == "done"
+                assert outcome.outputs[name] == f"out {name}"
+        assert sorted(outcome.order) == sorted(started) and len(set(started)) == len(started)
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert limit is None or running[1] <= limit
+
+
+def plan_descendants(plan: Any, name: str) -> set[str]:
+    import networkx as nx
+
+    return set(nx.descendants(plan.graph, name))
+
+
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(dag=dags(max_nodes=6))
+async def test_random_dags_over_http_run_each_op_once_after_its_inputs(
+    dag: tuple[int, list[tuple[int, int]]],
+) -> None:
+    n, edges = dag
+    ops: dict[str, dict[str, Any]] = {}
+    for i in range(n):
+        ops[f"n{i}"] = {"prompt": f"Step {i}.", "tier": 1,
+                        "input_ops": [f"n{a}" for a, b in edges if b == i]}
+    from fake_upstream import open_fake_upstream
+
+    async with open_fake_upstream() as fake:
+        fake.set_default("t1", Behaviour(latency=0.01))
+        async with open_workflow_router(three_tiers(fake)) as client:
+            response = await client.run(workflow(ops), "in")
+        assert response.status_code == 200, response.text
+        prompts = received(fake, "t1")
+
+    steps = [int(re.match(r"Step (\d+)\.", p).group(1)) for p in prompts]  # type: ignore[union-attr]
+    assert sorted(steps) == list(range(n))  # each op exactly once
+    position = {step: i for i, step in enumerate(steps)}
+    for a, b in edges:
+        assert position[a] < position[b]
+        assert f"[t1] {prompts[position[a]]}" in prompts[position[b]]  # a's output reached b
+
+
+def test_sse_events_helper_reads_named_events() -> None:
+    raw = 'event: op_started\ndata: {"op": "a"}\n\nevent: result\ndata: {"x": 1}\n\n'
+    assert sse_events(raw) == [("op_started", {"op": "a"}), ("result", {"x": 1})]
