@@ -5,6 +5,7 @@
     llm-router [--config FILE] [--addr HOST:PORT | :PORT]    serve
         (defaults: config.yaml, 127.0.0.1:8080)
     llm-router check FILE                                      validate a config; exit 2 on problems
+    llm-router workflow validate|plan|run FILE ...             see api/workflow_cli.py
     llm-router --version
 """
 
@@ -14,6 +15,8 @@ import argparse
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
+
+from . import workflow_cli
 
 __all__ = ["main", "parse_addr"]
 
@@ -55,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the router (the default command)")
     serve.add_argument("--config", default=argparse.SUPPRESS)
     serve.add_argument("--addr", default=argparse.SUPPRESS)
+    workflow_cli.add_commands(commands)
     return parser
 
 
@@ -118,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "workflow":
+        return workflow_cli.run_command(args)
     return _serve(args.config, args.addr)
 
 

@@ -4,15 +4,17 @@ One connection, used from worker threads one call at a time (``trio.to_thread.ru
 a ``CapacityLimiter(1)``), in WAL mode so a crash never loses committed feedback. ``sqlite3``
 is used here and only here.
 
-Tables: ``feedback`` (every report), ``changes`` (every threshold move, with its evidence) and
-``state`` (the config thresholds the changes were made from: when the config's own values
-change, earlier calibration no longer applies and is set aside).
+Tables: ``feedback`` (every report), ``changes`` (every threshold move, with its evidence and
+the config thresholds it was made from: when the config's own values change, earlier
+calibration no longer applies and is set aside) and ``state`` (for each threshold, the last
+report already spent on moving it: a step is never taken twice on the same evidence).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +85,19 @@ class FeedbackStore:
 
         await self._run(insert)
 
-    async def reports(self, limit: int = 50_000) -> list[Report]:
-        """The most recent reports (calibration looks at these)."""
+    async def reports(self, *, after: Mapping[int, int] | None = None,
+                      limit: int = 50_000) -> list[Report]:
+        """The most recent reports (calibration looks at these); ``after`` maps a tier to the
+        last report id to leave out for it (:meth:`spent`)."""
+        after = dict(after or {})
 
         def select() -> list[Report]:
             rows = self.db.execute(
-                "SELECT score, tier, quality FROM feedback ORDER BY id DESC LIMIT ?", (limit,)
+                "SELECT id, score, tier, quality FROM feedback ORDER BY id DESC LIMIT ?",
+                (limit,),
             ).fetchall()
-            return [Report(score, tier, quality) for score, tier, quality in rows]
+            return [Report(score, tier, quality) for id_, score, tier, quality in rows
+                    if id_ > after.get(tier, 0)]
 
         result: list[Report] = await self._run(select)
         return result
@@ -110,8 +117,11 @@ class FeedbackStore:
         return result
 
     async def record_changes(self, changes: list[Adjustment]) -> None:
+        """Record threshold moves; the reports stored so far are spent on the moved ones."""
+
         def insert() -> None:
             with self.db:
+                (last,) = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM feedback").fetchone()
                 for c in changes:
                     self.db.execute(
                         "INSERT INTO changes (at, name, old, new, samples, quality, reason, "
@@ -119,8 +129,31 @@ class FeedbackStore:
                         (time.time(), c.name, c.old, c.new, c.samples, c.quality, c.reason,
                          self._base),
                     )
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                        (self._spent_key(c.name), str(last)),
+                    )
 
         await self._run(insert)
+
+    def _spent_key(self, name: str) -> str:
+        return f"spent:{self._base}:{name}"
+
+    async def spent(self, names: Sequence[str]) -> dict[str, int]:
+        """For each threshold in ``names``, the id of the last report already spent on moving
+        it (0: none)."""
+
+        def select() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for name in names:
+                row = self.db.execute(
+                    "SELECT value FROM state WHERE key = ?", (self._spent_key(name),)
+                ).fetchone()
+                out[name] = int(row[0]) if row is not None else 0
+            return out
+
+        result: dict[str, int] = await self._run(select)
+        return result
 
     async def thresholds(self) -> dict[str, int]:
         """The calibrated thresholds made from the current config's values (may be empty)."""

@@ -134,7 +134,6 @@ class _Problem:
         grad[:nd] = self.dense.T @ r
         if ne:
             grad[nd : nd + ne] = self.x.embedding.T @ r
-        grad[nd + ne : -1] = 0.0
         hashed = np.bincount(self.x.indices, weights=self.x.values * r[self.row_of],
                              minlength=self.size)
         grad[nd + ne : -1] = hashed[nd + ne :]
@@ -282,7 +281,9 @@ def cross_validate(
     """
     if not 2 <= folds <= len(y):
         raise ValueError(f"folds must be in 2..{len(y)}, got {folds}")
-    fold = stratified_folds(y, folds, seed=seed, groups=[r.source for r in rows])
+    # Stratify on the sign of the gain, not on y, so every target kind sees the same folds.
+    sign = np.sign([r.strong_score - r.weak_score for r in rows])
+    fold = stratified_folds(sign, folds, seed=seed, groups=[r.source for r in rows])
     out = np.zeros(len(y))
     scores = []
     for k in range(folds):

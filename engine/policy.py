@@ -11,7 +11,8 @@ A "needs the strong model" probability ``p`` is put on the 0-100 scale so that
 ``learned.threshold`` lands on the tier-1 boundary: ``p`` below it maps linearly onto
 ``[0, tier1_max]``, above it onto ``[tier1_max, 100]``. The blended score then picks the tier
 through the thresholds, which calibration (``engine.calibration``) moves from quality feedback;
-calibrated thresholds are kept in the feedback database and survive restarts.
+calibrated thresholds are kept in the feedback database and survive restarts. A threshold is
+calibrated only on the reports that arrived since it last moved: a step spends its evidence.
 
 ``X-LLM-Router-Router`` names who decided: ``heuristic``, ``heuristic+learned``, ``learned``,
 ``...+sidecar``, ``pinned`` or ``workflow``.
@@ -22,6 +23,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import trio
 
 from .calibration import Report, calibrate
 from .config import Config
@@ -60,6 +63,7 @@ class RoutingPolicy:
         self.tier1_max = config.classifier.tier1_max
         self.tier2_max = config.classifier.tier2_max
         self._recent: OrderedDict[str, _Decision] = OrderedDict()
+        self._calibrating = trio.Lock()
 
     async def load(self) -> None:
         """Take up the calibrated thresholds kept in the feedback database."""
@@ -119,20 +123,28 @@ class RoutingPolicy:
         report, request_id, model = self._report(data)
         if self.store is None:
             raise RequestInvalid("feedback is not enabled on this router")
-        await self.store.add(report, request_id=request_id, model=model)
         changes = []
         settings = self.config.learned
-        if settings.calibrate:
-            changes = calibrate(
-                await self.store.reports(), tier1_max=self.tier1_max,
-                tier2_max=self.tier2_max, target=settings.target_quality,
-                min_samples=settings.min_samples, max_step=settings.max_step,
-                band=settings.band,
-            )
-            if changes:
-                await self.store.record_changes(changes)
-                for change in changes:
-                    setattr(self, change.name, change.new)
+        # One report at a time: two concurrent calibrations would both step on the same
+        # evidence.
+        async with self._calibrating:
+            await self.store.add(report, request_id=request_id, model=model)
+            if settings.calibrate:
+                # Each threshold sees only the reports not yet spent on moving it, so every
+                # step needs min_samples fresh reports and a burst cannot swing routing.
+                spent = await self.store.spent(("tier1_max", "tier2_max"))
+                reports = await self.store.reports(
+                    after={1: spent["tier1_max"], 2: spent["tier2_max"]}
+                )
+                changes = calibrate(
+                    reports, tier1_max=self.tier1_max, tier2_max=self.tier2_max,
+                    target=settings.target_quality, min_samples=settings.min_samples,
+                    max_step=settings.max_step, band=settings.band,
+                )
+                if changes:
+                    await self.store.record_changes(changes)
+                    for change in changes:
+                        setattr(self, change.name, change.new)
         return {
             "accepted": True,
             "thresholds": {"tier1_max": self.tier1_max, "tier2_max": self.tier2_max},

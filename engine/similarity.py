@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RouterError
-from .similarity_guards import GENERIC, TextFeatures, lexical_veto, read_text
+from .similarity_guards import GENERIC, TextFeatures, aligned, lexical_veto, read_text
 
 __all__ = ["DEFAULT_THRESHOLD", "Embedder", "Fingerprint", "guard_veto", "guards_allow", "match",
            "normalize_text", "similarity"]
@@ -219,6 +219,7 @@ def _load_wordllama() -> tuple[np.ndarray, Any]:
 
 _SOFT_MATCH = 0.85  # word-vector cosine at which two spellings count as one word (maths/math)
 _SALIENCE_SCALE = 40.0  # cosine points lost per unit of salience of an unmatched word
+_UNALIGNED = 0.35  # cosine points lost by a pair that is not word-for-word aligned
 _VETOED = 0.49  # vetoed pairs score 0.49 * cosine: below 0.5, still ordered by cosine
 
 
@@ -240,7 +241,8 @@ def _align(a: Fingerprint, b: Fingerprint) -> list[int]:
 
 
 def _compare(query: Fingerprint, cached: Fingerprint) -> tuple[str | None, float]:
-    """The veto reason (or None) and the salience of the most salient unmatched word."""
+    """The veto reason (or None) and the cosine points the pair loses: the salience of its most
+    salient unmatched word / 40, plus ``_UNALIGNED`` unless the two are aligned."""
     q_to_c, c_to_q = _align(query, cached), _align(cached, query)
     veto = lexical_veto(query.features, cached.features, q_to_c, c_to_q)
     if veto is not None:
@@ -250,7 +252,10 @@ def _compare(query: Fingerprint, cached: Fingerprint) -> tuple[str | None, float
         salient = [a.salience[i] for i, j in enumerate(a_to_b)
                    if j < 0 and a.features.words[i] not in GENERIC]
         worst = max(worst, *salient, 0.0)
-    return None, float(worst)
+    penalty = worst / _SALIENCE_SCALE
+    if not aligned(query.features, cached.features, q_to_c, c_to_q):
+        penalty += _UNALIGNED
+    return None, float(penalty)
 
 
 def guard_veto(query: Fingerprint, cached: Fingerprint) -> str | None:
@@ -277,10 +282,10 @@ def similarity(query: Fingerprint, cached: Fingerprint) -> float:
     lets near-identical vectors override the guards.
     """
     cosine = float(query.vector @ cached.vector)
-    veto, worst = _compare(query, cached)
+    veto, penalty = _compare(query, cached)
     if veto is not None:
         return max(0.0, _VETOED * cosine)
-    return 0.5 + 0.5 * min(1.0, max(0.0, cosine - worst / _SALIENCE_SCALE))
+    return 0.5 + 0.5 * min(1.0, max(0.0, cosine - penalty))
 
 
 def match(

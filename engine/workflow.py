@@ -27,8 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ __all__ = [
     "Scalar",
     "Workflow",
     "WorkflowLimits",
+    "check_workflow",
     "load_workflow",
     "parse_output",
     "render_request",
@@ -381,14 +383,45 @@ def _check_references(wf_ops: dict[str, Op], plan: Plan,
                     f"op {name!r}: template reads ops.{ref}, but {ref!r} is not upstream of "
                     f"{name!r} (add it to input_ops)", op=name,
                 )
-        for var in sorted(op.refs_vars):
-            if var not in variables:
-                declared = ", ".join(variables) or "none"
-                raise WorkflowInvalid(
-                    f"op {name!r}: template uses undeclared variable {var!r} (declared "
-                    f"variables: {declared}; also available: input, vars, ops, params)",
-                    op=name,
-                )
+        _check_variables_used(op, variables)
+
+
+def _check_variables_used(op: Op, variables: Mapping[str, Scalar]) -> None:
+    for var in sorted(op.refs_vars):
+        if var not in variables:
+            declared = ", ".join(variables) or "none"
+            raise WorkflowInvalid(
+                f"op {op.name!r}: template uses undeclared variable {var!r} (declared "
+                f"variables: {declared}; also available: input, vars, ops, params)",
+                op=op.name,
+            )
+
+
+def _check_top_keys(data: dict[Any, Any]) -> None:
+    unknown = sorted(str(k) for k in data if k not in _TOP_KEYS)
+    if unknown:
+        raise WorkflowInvalid(
+            f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})"
+        )
+
+
+def _check_policy(data: dict[Any, Any], limits: WorkflowLimits) -> dict[str, Any]:
+    """The workflow's own fields besides its ops and variables, as :class:`Workflow`'s."""
+    on_error = data.get("on_error", "fail_fast")
+    if on_error not in ("fail_fast", "continue"):
+        raise WorkflowInvalid(f"on_error must be 'fail_fast' or 'continue', got {on_error!r}")
+    max_cost = data.get("max_cost_usd")
+    concurrency = data.get("max_concurrency")
+    return {
+        "name": None if data.get("name") is None else check_text(data["name"], "name", None),
+        "description": None if data.get("description") is None
+        else check_text(data["description"], "description", None),
+        "on_error": on_error,
+        "max_cost_usd": None if max_cost is None
+        else check_number(max_cost, "max_cost_usd", None, 0, 1e6),
+        "max_concurrency": None if concurrency is None
+        else check_int(concurrency, "max_concurrency", None, 1, limits.max_ops),
+    }
 
 
 def load_workflow(text: str, *, limits: WorkflowLimits,
@@ -418,11 +451,7 @@ def load_workflow(text: str, *, limits: WorkflowLimits,
     data = parse_yaml(text, max_bytes=limits.max_yaml_bytes)
     if not isinstance(data, dict):
         raise WorkflowInvalid(f"workflow YAML must be a mapping, got {describe_value(data)}")
-    unknown = sorted(str(k) for k in data if k not in _TOP_KEYS)
-    if unknown:
-        raise WorkflowInvalid(
-            f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})"
-        )
+    _check_top_keys(data)
     specs = data.get("ops")
     if not isinstance(specs, dict) or not specs:
         raise WorkflowInvalid("ops must be a mapping of at least one op")
@@ -440,28 +469,57 @@ def load_workflow(text: str, *, limits: WorkflowLimits,
     end = _ends(data.get("end_ops"), "end_ops", ops, sinks)
     plan = _check_graph(ops, start, end, edges, limits)
     _check_references(ops, plan, variables)
+    return Workflow(ops=ops, start_ops=start, end_ops=end, edges=edges, variables=variables,
+                    variable_descriptions=variable_docs, **_check_policy(data, limits))
 
-    on_error = data.get("on_error", "fail_fast")
-    if on_error not in ("fail_fast", "continue"):
-        raise WorkflowInvalid(f"on_error must be 'fail_fast' or 'continue', got {on_error!r}")
-    max_cost = data.get("max_cost_usd")
-    concurrency = data.get("max_concurrency")
-    return Workflow(
-        ops=ops,
-        start_ops=start,
-        end_ops=end,
-        edges=edges,
-        name=None if data.get("name") is None else check_text(data["name"], "name", None),
-        description=None if data.get("description") is None
-        else check_text(data["description"], "description", None),
-        variables=variables,
-        variable_descriptions=variable_docs,
-        on_error=on_error,
-        max_cost_usd=None if max_cost is None
-        else check_number(max_cost, "max_cost_usd", None, 0, 1e6),
-        max_concurrency=None if concurrency is None
-        else check_int(concurrency, "max_concurrency", None, 1, limits.max_ops),
-    )
+
+def check_workflow(text: str, *, limits: WorkflowLimits,
+                   templates_dir: Path | None) -> list[WorkflowInvalid]:
+    """Every problem of a workflow's YAML text, not only the first (``llm-router workflow
+    validate``); an empty list when :func:`load_workflow` accepts it.
+
+    Besides the first problem :func:`load_workflow` finds, each op's own definition (its
+    keys, values and templates, and the variables they use) and the workflow's own fields
+    are checked one by one. Problems between ops (edges, cycles, reachability, references
+    to other ops) need every op to be valid first: only the first of those is reported.
+
+    >>> text = "ops: {a: {prompt: A, tier: 0}, b: {prompt: '{{ tone }}', input_ops: [a]}}"
+    >>> [p.op for p in check_workflow(text, limits=WorkflowLimits(), templates_dir=None)]
+    ['a', 'b']
+    """
+    try:
+        load_workflow(text, limits=limits, templates_dir=templates_dir)
+    except WorkflowInvalid as exc:
+        first = exc
+    else:
+        return []
+    found: list[WorkflowInvalid] = []
+
+    def attempt(check: Callable[[], Any]) -> Any:
+        try:
+            return check()
+        except WorkflowInvalid as exc:
+            found.append(exc)
+            return None
+
+    try:
+        data = parse_yaml(text, max_bytes=limits.max_yaml_bytes)
+    except WorkflowInvalid:
+        data = None
+    if isinstance(data, dict):
+        attempt(partial(_check_top_keys, data))
+        declared = attempt(partial(check_variables, data.get("variables")))
+        specs = data.get("ops")
+        if isinstance(specs, dict) and len(specs) <= limits.max_ops:
+            compiler = _Compiler(templates_dir, limits)
+            for name, spec in specs.items():
+                op = attempt(partial(_load_op, name, spec, compiler, limits))
+                if op is not None and declared is not None:
+                    attempt(partial(_check_variables_used, op, declared[0]))
+        attempt(partial(_check_policy, data, limits))
+    if any(p.message == first.message for p in found):
+        return found
+    return [first, *found]
 
 
 # ---- running -------------------------------------------------------------------------------

@@ -144,8 +144,11 @@ async def run_workflow(
         record.status = "running"
         record.started = trio.current_time()
         # A same-tier chain keeps its predecessor's backend (the pool honours it only
-        # within the op's own tier and only if that backend is as healthy as the best).
-        prefer = next((records[i].model for i in op.inputs if records[i].model), None)
+        # within the op's own tier and only if that backend is as healthy as the best), so
+        # of several inputs the one served on the op's tier is the one to follow.
+        served = [records[i] for i in op.inputs if records[i].model]
+        same_tier = [r for r in served if r.tier == op.tier]
+        prefer = next((r.model for r in same_tier + served), None)
         await send("op_started", {"op": node.name, "tier": op.tier, "model": op.model})
         try:
             request = render_request(workflow, op, input=input, variables=values,

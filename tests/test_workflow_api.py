@@ -65,7 +65,7 @@ async def test_every_validation_error_is_a_400_naming_the_op(fake_upstream: Fake
                 assert error["code"] == "workflow_invalid"
                 assert error["param"] == op, (text, error)
                 assert fragment in error["message"], (text, error)
-                assert f"'{op}'" in error["message"], (text, error)
+                assert op in error["message"], (text, error)
         for _, text, fragment in WORKFLOW_LEVEL:
             response = await client.run(text, "x")
             assert response.status_code == 400, (text, response.text)
@@ -230,8 +230,9 @@ async def test_each_ready_pipeline_runs(fake_upstream: FakeUpstream, name: str) 
         assert "as Ada" in answer and "with priority" in answer
         assert result["values"]["classify"]["urgency"] == "high"
     if name == "map_reduce_summary":
+        parts = received(fake, "t1")
         for part in range(1, 5):
-            assert sum(f"--- part {part} of 4 ---" in p for p in prompts) == 1
+            assert sum(f"--- part {part} of 4 ---" in p for p in parts) == 1
     if name == "reason_critique_refine":
         (refine,) = [p for p in received(fake, "t2") if "A reviewer's critique" in p]
         assert result["outputs"]["reason"] in refine and result["outputs"]["critique"] in refine

@@ -564,3 +564,22 @@ async def test_random_dags_over_http_run_each_op_once_after_its_inputs(
 def test_sse_events_helper_reads_named_events() -> None:
     raw = 'event: op_started\ndata: {"op": "a"}\n\nevent: result\ndata: {"x": 1}\n\n'
     assert sse_events(raw) == [("op_started", {"op": "a"}), ("result", {"x": 1})]
+
+
+async def test_affinity_follows_the_input_of_the_same_tier(fake_upstream: FakeUpstream) -> None:
+    """An op with inputs on several tiers keeps the backend of the one on its own tier."""
+    fake = fake_upstream
+    models = [model_entry(fake, "one", tier=1), model_entry(fake, "two", tier=1),
+              model_entry(fake, "big", tier=2)]
+    text = workflow({
+        "wide": {"prompt": "Wide.", "tier": 2},
+        "near": {"prompt": "Near.", "tier": 1},
+        "join": {"prompt": "Join.", "tier": 1, "input_ops": ["wide", "near"]},
+    })
+    async with open_workflow_router(models) as client:
+        response = await client.run(text, "x")
+
+    assert response.status_code == 200, response.text
+    routing = response.json()["routing"]
+    assert routing["wide"] == "big"
+    assert routing["join"] == routing["near"]

@@ -800,8 +800,8 @@ def test_docstring_examples(module: object) -> None:
 
 def test_public_surface() -> None:
     assert set(engine.workflow.__all__) == {
-        "Op", "OpOutput", "Scalar", "Workflow", "WorkflowLimits", "load_workflow",
-        "parse_output", "render_request", "resolve_variables"}
+        "Op", "OpOutput", "Scalar", "Workflow", "WorkflowLimits", "check_workflow",
+        "load_workflow", "parse_output", "render_request", "resolve_variables"}
     assert set(engine.workflow_plan.__all__) >= {
         "plan_workflow", "critical_path", "estimate_costs", "describe_plan", "check_models"}
     assert os.path.isdir(TEMPLATES)

@@ -1,0 +1,388 @@
+"""``llm-router workflow validate|plan|run`` (api/workflow_cli.py), run as the real command.
+
+``validate`` and ``plan`` run offline in a scratch folder; ``run`` talks to a router served
+by the test on a free loopback port, in front of the fake upstream, while the command runs
+as a subprocess (``trio.run_process``), so the router keeps serving as the command waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import yaml
+from fake_upstream import Behaviour, FakeUpstream, refused_url
+from support_routing import model_entry
+from support_workflows import ROOT, open_workflow_router, received, three_tiers
+
+from api.workflow_cli import coerce_variables, preview
+from engine.config import load_config
+from engine.workflow import WorkflowLimits, load_workflow
+from engine.workflow_plan import estimate_costs
+
+LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
+READY = ["code_review", "debate", "extract_classify_answer", "map_reduce_summary",
+         "reason_critique_refine"]
+
+SPEC_EXAMPLE = """\
+start_ops: [reason]
+end_ops: [refine]
+ops:
+  reason: {prompt: "Think step by step.", tier: 1, max_tokens: 1024, output_ops: [critique]}
+  critique:
+    prompt: "Find errors in the reasoning."
+    tier: 2
+    max_tokens: 512
+    input_ops: [reason]
+    output_ops: [refine]
+  refine: {prompt: "Give a correct final answer.", tier: 2, max_tokens: 512,
+           input_ops: [critique]}
+"""
+
+# Prices only: nothing is sent upstream by validate and plan.
+CONFIG = """\
+models:
+  - {name: small, provider: openai, model: m1, base_url: "http://127.0.0.1:9/v1", tier: 1,
+     cost_per_1k_in: 0.0008, cost_per_1k_out: 0.004}
+  - {name: mid, provider: anthropic, model: m2, base_url: "http://127.0.0.1:9", tier: 2,
+     cost_per_1k_in: 0.003, cost_per_1k_out: 0.015}
+  - {name: big, provider: anthropic, model: m3, base_url: "http://127.0.0.1:9", tier: 3,
+     cost_per_1k_in: 0.015, cost_per_1k_out: 0.075}
+cache: {enabled: false}
+"""
+
+
+async def cli(*args: str, cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(30):
+        return await trio.run_process(
+            [LLM_ROUTER, *args], cwd=cwd, env=dict(os.environ), stdin=stdin, check=False,
+            capture_stdout=True, capture_stderr=True,
+        )
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def lines_of(output: bytes) -> list[str]:
+    return output.decode().splitlines()
+
+
+def progress(stderr: bytes) -> list[tuple[str, str, str]]:
+    """``run``'s progress lines as (what, op, detail), without their timestamps."""
+    found = []
+    for line in lines_of(stderr):
+        if line.startswith("["):
+            what, op, *detail = line.split("]", 1)[1].split(maxsplit=2)
+            found.append((what, op, "".join(detail)))
+    return found
+
+
+# ---- validate ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", READY)
+async def test_validate_a_ready_pipeline_by_name(tmp_path: Path, name: str) -> None:
+    done = await cli("workflow", "validate", name, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    assert out.startswith(str(ROOT / "workflows" / f"{name}.yaml") + ": ok (")
+    assert done.stderr == b""
+
+
+async def test_validate_prints_every_problem_naming_its_op(tmp_path: Path) -> None:
+    write(tmp_path, "bad.yaml", """\
+        on_error: retry
+        ops:
+          a: {prompt: A, temprature: 1}
+          b: {prompt: "{{ tone }}", input_ops: [a]}
+          c: {prompt: "{{ ''.__class__ }}", input_ops: [b]}
+          d: {prompt: D, input_ops: [c], tier: 0}
+    """)
+    done = await cli("workflow", "validate", "bad.yaml", cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert done.stdout == b""
+    err = lines_of(done.stderr)
+    assert err[0] == "bad.yaml: 5 problems"
+    problems = err[1:]
+    assert len(problems) == 5 and all(line.startswith("  ") for line in problems)
+    for op, fragment in [("a", "unknown key 'temprature'"), ("b", "undeclared variable 'tone'"),
+                         ("c", "'__class__' is not allowed"), ("d", "tier must be an integer")]:
+        assert any(f"op '{op}'" in line and fragment in line for line in problems), (op, err)
+    assert any("on_error must be" in line for line in problems)
+    assert "Traceback" not in done.stderr.decode()
+
+
+async def test_validate_names_the_op_of_a_graph_problem(tmp_path: Path) -> None:
+    write(tmp_path, "cycle.yaml", """\
+        ops:
+          s: {prompt: S}
+          a: {prompt: A, input_ops: [s, c]}
+          b: {prompt: B, input_ops: [a]}
+          c: {prompt: C, input_ops: [b]}
+    """)
+    write(tmp_path, "start.yaml", """\
+        start_ops: [a]
+        ops: {a: {prompt: A}, lost: {prompt: L}}
+    """)
+    cycle = await cli("workflow", "validate", "cycle.yaml", cwd=tmp_path)
+    lost = await cli("workflow", "validate", "start.yaml", cwd=tmp_path)
+    assert cycle.returncode == 2 and lost.returncode == 2
+    assert lines_of(cycle.stderr) == ["cycle.yaml: 1 problem",
+                                      "  op 'a': cycle: a -> b -> c -> a"]
+    assert "op 'lost' is not reachable" in lost.stderr.decode()
+
+
+async def test_validate_with_a_config_uses_its_templates_and_models(tmp_path: Path) -> None:
+    write(tmp_path, "config.yaml", CONFIG + "workflows: {templates_dir: prompts}\n")
+    write(tmp_path, "prompts/hello.j2", "Say hello to {{ input }}.")
+    write(tmp_path, "good.yaml", "ops: {a: {template: hello.j2, model: small}}")
+    write(tmp_path, "pinned.yaml", "ops: {a: {template: hello.j2, model: gpt-9}}")
+    good = await cli("workflow", "validate", "good.yaml", cwd=tmp_path)
+    pinned = await cli("workflow", "validate", "pinned.yaml", cwd=tmp_path)
+    (tmp_path / "config.yaml").rename(tmp_path / "router.yaml")
+    no_templates = await cli("workflow", "validate", "good.yaml", cwd=tmp_path)
+    explicit = await cli("workflow", "validate", "good.yaml", "--config", "router.yaml",
+                         cwd=tmp_path)
+
+    assert good.returncode == 0, good.stderr.decode()
+    assert good.stdout.decode() == "good.yaml: ok (1 ops in 1 levels: a)\n"
+    assert pinned.returncode == 2
+    assert "op 'a': model 'gpt-9' is not configured" in pinned.stderr.decode()
+    assert no_templates.returncode == 2
+    assert "op 'a': template files are not available here" in no_templates.stderr.decode()
+    assert explicit.returncode == 0, explicit.stderr.decode()
+
+
+async def test_validate_an_unknown_file_or_name(tmp_path: Path) -> None:
+    missing = await cli("workflow", "validate", "nope", cwd=tmp_path)
+    missing_file = await cli("workflow", "validate", "dir/nope.yaml", cwd=tmp_path)
+    for done in (missing, missing_file):
+        assert done.returncode == 2
+        err = done.stderr.decode()
+        assert "no such file, and no ready pipeline" in err and "debate" in err
+        assert "Traceback" not in err
+
+
+async def test_python_dash_m_runs_the_workflow_commands(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-m", "api.cli", "workflow", "validate", "debate"],
+            cwd=ROOT, check=False, capture_stdout=True, capture_stderr=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert ": ok (3 ops in 2 levels: opponent, proponent -> judge)" in done.stdout.decode()
+
+
+# ---- plan ----------------------------------------------------------------------------------
+
+
+async def test_plan_shows_levels_critical_path_and_the_config_prices(tmp_path: Path) -> None:
+    config_path = write(tmp_path, "config.yaml", CONFIG)
+    write(tmp_path, "spec.yaml", SPEC_EXAMPLE)
+    question = "How many rs are in strawberry?"
+    done = await cli("workflow", "plan", "spec.yaml", "--input", question, cwd=tmp_path)
+    as_json = await cli("workflow", "plan", "spec.yaml", "--input", "-", "--json",
+                        cwd=tmp_path, stdin=question.encode())
+
+    assert done.returncode == 0, done.stderr.decode()
+    out = lines_of(done.stdout)
+    assert out[0] == "workflow: 3 ops in 3 levels (* = critical path)"
+    assert [line for line in out if line.startswith("level")] == ["level 1", "level 2",
+                                                                    "level 3"]
+    assert any(line.startswith("  * critique  <- reason") and "mid (tier 2)" in line
+               for line in out), out
+    assert any(line.startswith("critical path: reason -> critique -> refine (~") for line in out)
+    assert out[-1] == "generations: [reason] -> [critique] -> [refine]"
+
+    config = load_config(config_path)
+    workflow = load_workflow(SPEC_EXAMPLE, limits=WorkflowLimits(), templates_dir=None)
+    expected = estimate_costs(workflow, config, input=question)
+    assert as_json.returncode == 0, as_json.stderr.decode()
+    assert json.loads(as_json.stdout) == expected
+    assert any(line.startswith(f"estimated cost: ${expected['total_cost_usd']:.4f} ")
+               for line in out), out
+
+
+async def test_plan_a_ready_pipeline_with_variables(tmp_path: Path) -> None:
+    write(tmp_path, "config.yaml", CONFIG)
+    base = await cli("workflow", "plan", "debate", "--json", cwd=tmp_path)
+    longer = await cli("workflow", "plan", "debate", "--json", "--var", "points=twelve",
+                       "--var", "max_words=900", cwd=tmp_path)
+    assert base.returncode == 0 and longer.returncode == 0, longer.stderr.decode()
+    before, after = json.loads(base.stdout), json.loads(longer.stdout)
+    assert after["ops"]["judge"]["model"] == "big"
+    assert after["ops"]["proponent"]["input_tokens"] > before["ops"]["proponent"]["input_tokens"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--var", "max_words=lots"], "--var max_words: expected a number, got 'lots'"),
+    (["--var", "mood=odd"], "unknown variable 'mood'"),
+    (["--var", "novalue"], "expected NAME=VALUE"),
+    (["--config", "absent.yaml"], "absent.yaml"),
+])
+async def test_plan_refuses_bad_variables_and_configs(tmp_path: Path, args: list[str],
+                                                      fragment: str) -> None:
+    write(tmp_path, "config.yaml", CONFIG)
+    done = await cli("workflow", "plan", "debate", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert fragment in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
+async def test_plan_needs_a_config_for_prices(tmp_path: Path) -> None:
+    done = await cli("workflow", "plan", "debate", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "config.yaml" in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+# ---- run -----------------------------------------------------------------------------------
+
+
+async def test_run_shows_progress_then_prints_the_final_output(
+    tmp_path: Path, fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    fake.set_default("t2", Behaviour(latency=0.05))
+    write(tmp_path, "spec.yaml", SPEC_EXAMPLE)
+    async with open_workflow_router(three_tiers(fake)) as client:
+        done = await cli("workflow", "run", "spec.yaml", "--input", "How many rs?",
+                         "--server", client.router.url, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr.decode()
+    reason = "Think step by step.\n\nHow many rs?"
+    critique = f"Find errors in the reasoning.\n\n[t1] {reason}"
+    final = f"[t2] Give a correct final answer.\n\n[t2] {critique}"
+    assert done.stdout.decode() == final + "\n"  # the final output alone on stdout
+    steps = progress(done.stderr)
+    assert [step[:2] for step in steps] == [
+        ("started", "reason"), ("done", "reason"), ("started", "critique"),
+        ("done", "critique"), ("started", "refine"), ("done", "refine")]
+    assert steps[2][2] == "tier 2"
+    detail = steps[1][2]
+    assert detail.startswith("t1 (tier 1)  $0.000000  ") and " ms  | " in detail
+    assert detail.endswith("| [t1] Think step by step. How many rs?")
+    err = lines_of(done.stderr)
+    assert len(err) == len(steps) + 1
+    assert err[-1].startswith("completed: 3 of 3 ops in ")
+    assert received(fake, "t1") == [reason]
+
+
+async def test_run_a_ready_pipeline_by_name_with_variables_and_stdin(
+    tmp_path: Path, fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    async with open_workflow_router(three_tiers(fake)) as client:
+        done = await cli("workflow", "run", "debate", "--input", "-", "--var", "points=two",
+                         "--var", "max_words=150", "--server", client.router.url + "/",
+                         cwd=tmp_path, stdin=b"Tabs are better than spaces.\n")
+
+    assert done.returncode == 0, done.stderr.decode()
+    sides = received(fake, "t2")
+    assert len(sides) == 2
+    assert all("Make your two strongest arguments" in p and "At most\n150 words" in p
+               and "Tabs are better than spaces." in p for p in sides)
+    (judge,) = received(fake, "t3")
+    assert done.stdout.decode() == f"[t3] {judge}\n"
+    assert [what for what, _, _ in progress(done.stderr)].count("done") == 3
+
+
+async def test_run_failures_exit_non_zero_and_say_which_op(
+    tmp_path: Path, fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    fake.set_default("bad", Behaviour(status=500))
+    ops: dict[str, Any] = {
+        "broken": {"prompt": "Broken.", "model": "bad"},
+        "child": {"prompt": "Child.", "model": "fine", "input_ops": ["broken"]},
+        "other": {"prompt": "Other.", "model": "fine"},
+    }
+    write(tmp_path, "stop.yaml", yaml.safe_dump({"ops": ops}))
+    write(tmp_path, "carry_on.yaml", yaml.safe_dump({"on_error": "continue", "ops": ops}))
+    write(tmp_path, "invalid.yaml", "ops: {a: {prompt: A, model: gpt-9}}")
+    models = [model_entry(fake, "bad", tier=1), model_entry(fake, "fine", tier=1)]
+    async with open_workflow_router(models) as client:
+        url = client.router.url
+        stopped = await cli("workflow", "run", "stop.yaml", "--input", "x", "--server", url,
+                            cwd=tmp_path)
+        partial = await cli("workflow", "run", "carry_on.yaml", "--input", "x", "--server", url,
+                            cwd=tmp_path)
+        invalid = await cli("workflow", "run", "invalid.yaml", "--input", "x", "--server", url,
+                            cwd=tmp_path)
+        unknown = await cli("workflow", "run", "no_such", "--input", "x", "--server", url,
+                            cwd=tmp_path)
+
+    assert stopped.returncode == 1 and stopped.stdout == b""
+    err = stopped.stderr.decode()
+    assert ("FAILED", "broken") in [step[:2] for step in progress(stopped.stderr)], err
+    assert "llm-router: the workflow failed: op 'broken' failed: " in err
+
+    assert partial.returncode == 1
+    err = partial.stderr.decode()
+    assert ("skipped", "child") in [step[:2] for step in progress(partial.stderr)], err
+    assert "partial: 1 of 3 ops in " in err and "failed: broken; skipped: child" in err
+    assert partial.stdout.decode() == "## other\n[fine] Other.\n\nx\n"
+
+    assert invalid.returncode == 2
+    assert "op 'a': model 'gpt-9' is not configured" in invalid.stderr.decode()
+    assert unknown.returncode == 2 and "no ready workflow named 'no_such'" in (
+        unknown.stderr.decode())
+    for done in (stopped, partial, invalid, unknown):
+        assert "Traceback" not in done.stderr.decode()
+
+
+async def test_run_with_a_client_key(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    write(tmp_path, "spec.yaml", SPEC_EXAMPLE)
+    async with open_workflow_router(three_tiers(fake_upstream),
+                                    server={"api_keys": ["cli-key"]}) as client:
+        url = client.router.url
+        denied = await cli("workflow", "run", "spec.yaml", "--input", "q", "--server", url,
+                           cwd=tmp_path)
+        allowed = await cli("workflow", "run", "debate", "--input", "q", "--var",
+                            "max_words=99", "--server", url, "--api-key", "cli-key",
+                            cwd=tmp_path)
+    assert denied.returncode == 2 and "API key" in denied.stderr.decode()
+    assert allowed.returncode == 0, allowed.stderr.decode()
+
+
+async def test_run_without_a_router(tmp_path: Path) -> None:
+    write(tmp_path, "spec.yaml", SPEC_EXAMPLE)
+    url = refused_url()
+    done = await cli("workflow", "run", "spec.yaml", "--input", "q", "--server", url,
+                     cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"cannot reach the router at {url}" in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
+# ---- helpers, in process -------------------------------------------------------------------
+
+
+def test_variables_take_the_kind_of_their_defaults() -> None:
+    defaults = {"n": 2, "x": 0.5, "flag": False, "free": None, "text": "t"}
+    assert coerce_variables(
+        [("n", "7"), ("x", "1e-3"), ("flag", "Yes"), ("free", "12"), ("text", "42")], defaults
+    ) == {"n": 7, "x": 0.001, "flag": True, "free": 12, "text": "42"}
+    assert coerce_variables([("free", "null"), ("free2", "a b")], defaults | {"free2": None}
+                            ) == {"free": None, "free2": "a b"}
+    assert coerce_variables([("free", "[1]")], defaults) == {"free": "[1]"}
+    assert coerce_variables([("undeclared", "3")], defaults) == {"undeclared": "3"}
+    for name, raw in [("n", "many"), ("n", "nan"), ("x", "inf"), ("flag", "maybe")]:
+        with pytest.raises(Exception, match=f"--var {name}: expected"):
+            coerce_variables([(name, raw)], defaults)
+
+
+def test_preview_is_one_short_line() -> None:
+    assert preview("a\n\n  b\tc") == "a b c"
+    assert preview("x" * 100, 10) == "xxxxxxx..."
+    assert preview(None) == ""
