@@ -6,7 +6,6 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +46,31 @@ def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
 
 @asynccontextmanager
 async def open_router(config: Config) -> AsyncIterator[RunningRouter]:
-    """The router app served by hypercorn's trio worker on 127.0.0.1:0 until the block ends."""
+    """The router app served by hypercorn's trio worker on 127.0.0.1:0 until the block ends.
+
+    The server is always stopped gracefully, also when the block fails: the failure is held
+    until the server has shut down, so a failing test shows its own error, not a server
+    cancelled in the middle of its shutdown.
+    """
     app = create_app(config)
     stop = trio.Event()
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(app, hypercorn_config(config, host="127.0.0.1", port=0),
+                        shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            stopped.set()
+
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            partial(serve, app, hypercorn_config(config, host="127.0.0.1", port=0),
-                    shutdown_trigger=stop.wait)
-        )
+        binds = await nursery.start(run)
         try:
             yield RunningRouter(url=binds[0], config=config)
+        except BaseException:
+            stop.set()
+            with trio.move_on_after(10, shield=True):
+                await stopped.wait()
+            raise
         finally:
             stop.set()
