@@ -2,7 +2,7 @@
 
 ::
 
-    llm-router workflow validate FILE [--config FILE]
+    llm-router workflow validate FILE... [--config FILE]
     llm-router workflow plan FILE [--config FILE] [--input TEXT] [--var NAME=VALUE ...] [--json]
     llm-router workflow run FILE --input TEXT [--var NAME=VALUE ...] [--server URL]
                                              [--api-key KEY]
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the commands import the engine only when they run
     from engine.config import Config
     from engine.errors import WorkflowInvalid
 
-__all__ = ["add_commands", "run_command"]
+__all__ = ["CommandFailed", "add_commands", "coerce_variables", "preview", "run_command"]
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -79,8 +79,8 @@ def add_commands(commands: Any) -> None:
     config_help = "the router's config (models, prices, workflow folders; default config.yaml)"
     var_help = "override a workflow variable (repeatable)"
 
-    validate = actions.add_parser("validate", help="check a workflow; print every problem")
-    validate.add_argument("file", help=file_help)
+    validate = actions.add_parser("validate", help="check workflows; print every problem")
+    validate.add_argument("files", nargs="+", metavar="file", help=file_help)
     validate.add_argument("--config", dest="workflow_config", help=config_help)
 
     plan = actions.add_parser("plan", help="show the DAG, critical path and cost estimate")
@@ -177,6 +177,10 @@ def _limits(config: Config | None) -> Any:
                           max_template_bytes=s.max_template_bytes)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("s" if n != 1 else "")
+
+
 def _describe(problem: WorkflowInvalid) -> str:
     """A problem's message, naming its op if the message does not already."""
     if problem.op is not None and repr(problem.op) not in problem.message:
@@ -230,12 +234,23 @@ def coerce_variables(pairs: Iterable[tuple[str, str]], defaults: Mapping[str, An
 
 
 def _validate(args: argparse.Namespace) -> int:
+    config = _config(args, required=False)
+    status = 0
+    for spec in args.files:
+        try:
+            status = max(status, _validate_one(spec, config))
+        except CommandFailed as exc:
+            print(f"llm-router: {exc.message}", file=sys.stderr)
+            status = max(status, exc.code)
+    return status
+
+
+def _validate_one(spec: str, config: Config | None) -> int:
     from engine.errors import WorkflowInvalid
     from engine.workflow import check_workflow, load_workflow
     from engine.workflow_plan import check_models, plan_workflow
 
-    config = _config(args, required=False)
-    path, templates = _locate(args.file, config)
+    path, templates = _locate(spec, config)
     text = _read(path)
     limits = _limits(config)
     problems = check_workflow(text, limits=limits, templates_dir=templates)
@@ -247,12 +262,12 @@ def _validate(args: argparse.Namespace) -> int:
         except WorkflowInvalid as exc:
             problems.append(exc)
     if problems or workflow is None:
-        print(f"{path}: {len(problems)} problem{'s' * (len(problems) > 1)}", file=sys.stderr)
+        print(f"{path}: {_count(len(problems), 'problem')}", file=sys.stderr)
         for problem in problems:
             print(f"  {_describe(problem)}", file=sys.stderr)
         return EXIT_INVALID
     levels = plan_workflow(workflow).generations
-    print(f"{path}: ok ({len(workflow.ops)} ops in {len(levels)} levels: "
+    print(f"{path}: ok ({_count(len(workflow.ops), 'op')} in {_count(len(levels), 'level')}: "
           + " -> ".join(", ".join(level) for level in levels) + ")")
     return 0
 
@@ -290,18 +305,18 @@ def _run(args: argparse.Namespace) -> int:
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     text_input = _input(args.input)
     path = Path(args.file)
+    body: dict[str, Any] = {"input": text_input, "stream": True}
     try:
         with httpx.Client(headers=headers, timeout=httpx.Timeout(30.0, read=None)) as http:
             if path.is_file():
                 text = _read(path)
-                url, body = f"{server}/v1/workflows", {"workflow": text}
+                url, body["workflow"] = f"{server}/v1/workflows", text
                 defaults = _declared_defaults(text) if args.var else {}
             elif _NAME.fullmatch(args.file):
-                url, body = f"{server}/v1/workflows/{args.file}", {}
+                url = f"{server}/v1/workflows/{args.file}"
                 defaults = _served_defaults(http, server, args.file) if args.var else {}
             else:
                 raise CommandFailed(f"{args.file}: no such file")
-            body |= {"input": text_input, "stream": True}
             if args.var:
                 body["variables"] = coerce_variables(args.var, defaults)
             with http.stream("POST", url, json=body) as response:
@@ -312,8 +327,8 @@ def _run(args: argparse.Namespace) -> int:
                                         else EXIT_FAILED)
                 return _follow(_sse(response.iter_lines()), Progress(sys.stderr))
     except httpx.TransportError as exc:
-        raise CommandFailed(f"cannot reach the router at {server}: {exc or type(exc).__name__}"
-                            , EXIT_FAILED) from None
+        raise CommandFailed(f"cannot reach the router at {server}: "
+                            f"{exc or type(exc).__name__}", EXIT_FAILED) from None
 
 
 def _declared_defaults(text: str) -> dict[str, Any]:
@@ -350,7 +365,8 @@ def _error_message(body: bytes) -> str:
 
 def _sse(lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
     """``(event, data)`` pairs of an SSE body, its data parsed as JSON."""
-    event, data = "message", []
+    event = "message"
+    data: list[str] = []
     for line in itertools.chain(lines, [""]):
         if not line:
             if data:

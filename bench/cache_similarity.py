@@ -6,15 +6,20 @@ Writes prediction files and runs ``../shared/data/cache_metrics.py`` on them:
 
 * pairs mode (every pair of ``cache/qqp_pairs_dev.jsonl``): ROC-AUC, and precision / recall /
   false-hit rate at the default threshold and a sweep, for three scorers: the script's token
-  Jaccard floor, the bare WordLlama cosine, and ``engine.similarity.similarity`` (cosine and
-  guards, the score the cache thresholds);
+  Jaccard floor, the bare WordLlama cosine, and ``engine.similarity.similarity`` (cosine,
+  guards and word-for-word alignment: the score the cache thresholds); the highest recall at
+  precision >= 0.95 / 0.90 over all thresholds, and the best precision with >= 50 hits;
+* a 2-fold check: the pairs split by id parity; on each half, the threshold with the most
+  recall at precision >= 0.95 is chosen and scored on the other half (and the default on
+  both); and each guard's effect on each half (pairs it alone vetoes that would otherwise hit,
+  at the default and at 0.6), to show that no rule pays off on one half only;
 * retrieval mode, GPTCache's protocol: insert the "a" of every duplicate pair into an empty
   cache (a ``VectorIndex``), query with every "b": top-8 candidates by vector, re-scored with
   ``similarity``, a hit when the best reaches the threshold. Positive = the right entry,
-  negative = a wrong one, fail = a miss.
+  negative = a wrong one, fail = a miss. QQP repeats questions, so a "negative" may be a
+  question labelled a duplicate elsewhere in the file: counted separately.
 
-Prints Markdown tables. Precision at the top of the ranking (``max precision``) is computed
-here with the same definitions, to show the ceiling that QQP's label noise puts on it.
+Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.similarity import DEFAULT_THRESHOLD, Embedder, Fingerprint, similarity
+from engine.similarity import DEFAULT_THRESHOLD, Embedder, Fingerprint, compare, similarity
+from engine.similarity_guards import ALIGNED_GUARDS, TEXT_GUARDS
 from engine.vector_index import VectorIndex
 
-SWEEP = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+SWEEP = (0.5, 0.6, 0.7, 0.75, 0.8, 0.825, 0.85, 0.9, 0.95)
+GRID = np.round(np.arange(0.5, 1.0, 0.005), 3)  # thresholds the 2-fold check chooses from
 
 
 def metrics(script: Path, mode: str, data: Path, pred: Path | None, *extra: str) -> dict:
@@ -67,6 +74,58 @@ def top_precision(labels: np.ndarray, scores: np.ndarray, at: float) -> tuple[fl
     precision, recall = tp[ends] / hits[ends], tp[ends] / labels.sum()
     ok = precision >= at
     return float(recall[ok].max()) if ok.any() else 0.0, float(precision[hits[ends] >= 50].max())
+
+
+def at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float, int]:
+    """Precision (1.0 without hits, as the metrics script), recall and hits at ``threshold``."""
+    hit = scores >= threshold
+    tp = int((hit & labels).sum())
+    return tp / max(1, int(hit.sum())) if hit.any() else 1.0, tp / labels.sum(), int(hit.sum())
+
+
+def two_fold(rows: list[dict], labels: np.ndarray, scores: np.ndarray, default: float) -> None:
+    """Choose a threshold on one parity half of the pairs, score it on the other: the one with
+    the most recall at precision >= 0.95 among those with >= 20 hits (failing that, the most
+    precise), from a 0.005 grid."""
+    odd = np.array([int(r["id"].rsplit("-", 1)[-1]) % 2 == 1 for r in rows])
+    print("\n## 2-fold check: pairs split by id parity\n")
+    print("| tuned on | chosen threshold | tuning half P / R / hits | held-out half P / R / hits |"
+          f" default {default:.2f} on the held-out half P / R / hits |")
+    print("|---|---:|---:|---:|---:|")
+    for name, tune in (("even ids", ~odd), ("odd ids", odd)):
+        test = ~tune
+        stats = [(t, *at(labels[tune], scores[tune], t)) for t in GRID]
+        stats = [s for s in stats if s[3] >= 20]
+        safe = [s for s in stats if s[1] >= 0.95]
+        chosen = max(safe, key=lambda s: (s[2], -s[0])) if safe else max(stats, key=lambda s: s[1])
+        hp, hr, hn = at(labels[test], scores[test], chosen[0])
+        dp, dr, dn = at(labels[test], scores[test], default)
+        print(f"| {name} | {chosen[0]:.3f}{'' if safe else ' (none reaches 0.95)'} |"
+              f" {chosen[1]:.3f} / {chosen[2]:.3f} / {chosen[3]} | {hp:.3f} / {hr:.3f} / {hn} |"
+              f" {dp:.3f} / {dr:.3f} / {dn} |")
+
+
+def guard_effects(rows: list[dict], labels: np.ndarray, fps: dict, thresholds: tuple) -> None:
+    """Per guard and parity half: the duplicates and non-duplicates it alone vetoes among the
+    pairs that would hit without it (at the score the pair would have without vetoes)."""
+    odd = np.array([int(r["id"].rsplit("-", 1)[-1]) % 2 == 1 for r in rows])
+    names = [name for name, _ in TEXT_GUARDS + ALIGNED_GUARDS]
+    lost = {(n, t, h, y): 0 for n in names for t in thresholds for h in (0, 1)
+            for y in (False, True)}
+    for r, y, half in zip(rows, labels, odd, strict=True):
+        c = compare(fps[r["id"], "b"], fps[r["id"], "a"], all_vetoes=True)
+        free = 0.5 + 0.5 * min(1.0, max(0.0, c.cosine - c.penalty))  # the score without vetoes
+        for t in thresholds:
+            if len(c.vetoes) == 1 and free >= t:
+                lost[c.vetoes[0], t, int(half), bool(y)] += 1
+    print("\n## Guards: pairs each guard alone keeps from hitting (even / odd ids)\n")
+    print("| guard |" + "".join(f" duplicates lost at {t:.2f} | false hits prevented at {t:.2f} |"
+                                for t in thresholds))
+    print("|---|" + "---:|---:|" * len(thresholds))
+    for n in names:
+        print(f"| {n} |" + "".join(f" {lost[n, t, 0, True]} / {lost[n, t, 1, True]} |"
+                                   f" {lost[n, t, 0, False]} / {lost[n, t, 1, False]} |"
+                                   for t in thresholds))
 
 
 def main() -> None:
@@ -110,12 +169,14 @@ def main() -> None:
         for i, t in enumerate(dict.fromkeys((args.threshold, *SWEEP))):
             m = metrics(script, "pairs", pairs_file, pred, "--threshold", str(t))
             hits = int((scores >= t).sum())
-            head = (f"**{name}** | {m['ROC_AUC']:.4f} | {t:.2f} (default)" if i == 0
-                    else f" | | {t:.2f}")
+            head = (f"**{name}** | {m['ROC_AUC']:.4f} | {t:.3g} (default)" if i == 0
+                    else f" | | {t:.3g}")
             tail = f"{r95:.3f} | {r90:.3f} | {best:.3f}" if i == 0 else " | | "
             print(f"| {head} | {m['precision']:.4f} | {m['recall']:.4f} |"
                   f" {m['false_hit_rate']:.4f} | {hits} | {tail} |")
 
+    two_fold(rows, labels, ours, args.threshold)
+    guard_effects(rows, labels, fps, (args.threshold, 0.6))
     retrieval(rows, fps, out, script, args.threshold)
 
 
@@ -146,7 +207,8 @@ def retrieval(rows: list[dict], fps: dict, out: Path, script: Path, threshold: f
     dup_file = write(out / "qqp_duplicates_dev.jsonl", dups)
     print(f"\n## Retrieval (GPTCache protocol): {len(dups)} duplicate pairs;"
           f" insert every a, query every b\n")
-    print("| cache | threshold | positive | negative | of which labelled duplicates | fail |"
+    print("| cache | threshold | positive | negative | of which labelled duplicates (the very"
+          " text stored under another id) | fail (miss) |"
           " precision of hits | counting labelled duplicates | lookup median |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     floor = metrics(script, "retrieval", dup_file, None)
@@ -176,16 +238,18 @@ def retrieval(rows: list[dict], fps: dict, out: Path, script: Path, threshold: f
         m = metrics(script, "retrieval", dup_file, write(out / f"retrieval_{exact_below}"
                                                         f"{'_rescored' if rescore else ''}.jsonl",
                                                         preds))
-        labelled = sum(
-            1 for p in preds if p["hit_id"] not in (None, p["id"])
-            and groups.get(canonical(texts[p["hit_id"]]["a"]))
-            == groups.get(canonical(texts[p["id"]]["b"]))
-        )
+        wrong = [p for p in preds if p["hit_id"] not in (None, p["id"])]
+        labelled = sum(1 for p in wrong if groups.get(canonical(texts[p["hit_id"]]["a"]))
+                       == groups.get(canonical(texts[p["id"]]["b"])))
+        same_text = sum(1 for p in wrong if canonical(texts[p["hit_id"]]["a"])
+                        == canonical(texts[p["id"]]["a"]))
         hits = max(1, m["positive"] + m["negative"])
-        print(f"| {name} | {threshold:.2f} | {m['positive']} | {m['negative']} | {labelled} |"
+        print(f"| {name} | {threshold:.2f} | {m['positive']} | {m['negative']} |"
+              f" {labelled} ({same_text}) |"
               f" {m['fail']} | {m['positive'] / hits:.3f} | {(m['positive'] + labelled) / hits:.3f}"
               f" | {np.median(times) * 1e6:.0f} us |")
     print(f"\nprediction files: {out}")
+
 
 if __name__ == "__main__":
     main()

@@ -277,8 +277,9 @@ async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
             if settings.sidecar_url is not None:
                 sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
                                   upstream=upstream)
-            policy = RoutingPolicy(config, learned=load_learned(config), sidecar=sidecar,
-                                   store=store)
+            # Reading the model (and the embedding table it may need) blocks: a thread.
+            learned = await trio.to_thread.run_sync(load_learned, config)
+            policy = RoutingPolicy(config, learned=learned, sidecar=sidecar, store=store)
             await policy.load()
             try:
                 yield Gateway(config, upstream=upstream, nursery=nursery, matcher=matcher,
@@ -294,6 +295,6 @@ def load_learned(config: Config) -> LearnedScorer | None:
     """The trained router named by ``learned.model``, if any."""
     if config.learned.model is None:
         return None
-    from .learned import load_router
+    from .learned import LearnedRouter
 
-    return load_router(config.path(config.learned.model))
+    return LearnedRouter.load(config.path(config.learned.model))

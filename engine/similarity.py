@@ -1,14 +1,37 @@
 """Is a new prompt the same question as a cached one? Sans-IO: plain functions over plain data.
 
-A hit serves an answer written for another prompt, so a false hit is the costly error. The
-cosine of WordLlama sentence vectors (static token embeddings shipped in the ``wordllama``
-wheel) ranks paraphrases well (ROC-AUC 0.81 on the QQP dev pairs, token Jaccard 0.72) but is
-blind to the one word that changes an answer ("capital of France" / "of Germany": cosine 0.44
-only because both names are rare; "is X safe" / "is X not safe": 0.97). Guards veto what a mean
-of word vectors cannot see (numbers, negation, question words, I/you, named entities), and a
-salient word on one side only lowers the score. :func:`similarity` folds all of it into one
-score, so ``cache.similarity_thresh`` alone decides. Per-text features are computed once into a
-:class:`Fingerprint`; a comparison then costs ~12 us.
+A hit serves an answer written for another prompt, so a false hit is the costly error, and the
+score is shaped so that the default threshold is the safe one. Three parts:
+
+* the cosine of WordLlama sentence vectors (static token embeddings shipped in the
+  ``wordllama`` wheel) ranks paraphrases well (ROC-AUC 0.81 on the QQP dev pairs, token Jaccard
+  0.72) but is blind to the word that changes an answer ("is X safe" / "is X not safe": 0.97;
+  reordered words: 1.0);
+* guards (``engine.similarity_guards``) veto what a sum of word vectors cannot see: numbers,
+  negation, question words, I / you, the role of "I" / "me", polar opposites, named entities
+  and acronyms ("IT" is not "it"), a repeated phrase, two words trading places;
+* the alignment test asks whether the two are word-for-word paraphrases: the same content
+  words and meaning-bearing function words (modal verbs, "about", "be"...), the same tense,
+  a compatible order ("the capital of France" / "France's capital city" is aligned).
+
+Why alignment gates the default: on the QQP dev pairs, pairs no guard vetoes but that differ
+in a content word, a function word or their order are duplicates 76% of the time at cosine
+>= 0.9 (80% at >= 0.95), aligned pairs 97%. Cosine alone cannot get there: its top ranks hold
+QQP's label noise and reorderings ("Pakistan nuked India"), and its precision peaks at 0.89.
+
+What :func:`similarity` means, so that ``cache.similarity_thresh`` alone decides:
+
+* below 0.5: a guard vetoes (the score is ``0.49 * cosine``);
+* 0.5 to 0.825: allowed but not aligned, ``0.5 + 0.5 * (cosine - 0.35 - s / 40)`` where ``s``
+  is the salience of the most salient content word on one side only;
+* aligned: ``0.5 + 0.5 * cosine``, the only pairs that can score above 0.825.
+
+The default 0.85 thus means "aligned, no veto, cosine >= 0.7": precision 0.968 at recall 0.082
+on the QQP dev pairs (before the alignment rule: 0.866 at 0.164); see
+``bench/cache_similarity.py``. Lower thresholds trade precision for recall (0.80: 0.93 at 0.11;
+0.60: 0.81 at 0.25). Per-text features are computed once into a :class:`Fingerprint`; a
+comparison then costs ~15-25 us (guards on the texts first, the word alignment only if they
+pass).
 """
 
 from __future__ import annotations
@@ -25,15 +48,23 @@ from typing import Any
 import numpy as np
 
 from .errors import RouterError
-from .similarity_guards import GENERIC, TextFeatures, aligned, lexical_veto, read_text
+from .similarity_guards import (
+    ALIGNED_GUARDS,
+    TEXT_GUARDS,
+    TextFeatures,
+    aligned,
+    read_text,
+    unmatched,
+)
 
-__all__ = ["DEFAULT_THRESHOLD", "Embedder", "Fingerprint", "guard_veto", "guards_allow", "match",
-           "normalize_text", "similarity"]
+__all__ = ["DEFAULT_THRESHOLD", "Comparison", "Embedder", "Fingerprint", "compare", "guard_veto",
+           "guards_allow", "match", "normalize_text", "similarity"]
 
 DEFAULT_THRESHOLD = 0.85
-"""The default ``cache.similarity_thresh``: on the QQP dev pairs, where precision reaches its
-plateau (0.87 at recall 0.16; the bare cosine at 0.85: 0.65 at 0.43). Stricter thresholds buy
-little precision (QQP's label noise caps it near 0.9) and lose a fifth of the hits per 0.05."""
+"""The default ``cache.similarity_thresh``: aligned pairs (word-for-word paraphrases) with a
+cosine of at least 0.7, nothing else. On the QQP dev pairs: precision 0.968 at recall 0.082,
+0.955 / 0.983 on the two halves split by id parity. Any threshold from 0.826 to 0.85 admits
+the same kind of pair; the remaining false hits are label noise ("maths" / "math problem")."""
 
 _CONTRACTIONS = [
     (re.compile(p, re.IGNORECASE), r)
@@ -66,11 +97,11 @@ _MAX_WORD_VECTORS = 64  # per text; later words match by spelling only, which is
 class Fingerprint:
     """Everything a comparison needs from one text, computed once (keep it with the entry).
 
-    ``features`` is what the text says by word class (:class:`TextFeatures`: numbers, negations,
-    question words, persons, modals, tense, content words...); the common ones are mirrored as
-    attributes. Each content word has a ``salience``: the norm of its summed token vectors.
-    WordLlama gives function words short vectors and rare content words long ones ("the" 1.6,
-    "best" 9.8, "France" 21), an IDF without a corpus.
+    ``features`` is what the text says by word class (``similarity_guards.TextFeatures``:
+    numbers, negations, question words, persons, tense, function words, content words...); the
+    common ones are mirrored as attributes. Each content word has a ``salience``: the norm of
+    its summed token vectors. WordLlama gives function words short vectors and rare content
+    words long ones ("the" 1.6, "best" 9.8, "France" 21), an IDF without a corpus.
     """
 
     text: str  # normalised
@@ -219,73 +250,106 @@ def _load_wordllama() -> tuple[np.ndarray, Any]:
 
 _SOFT_MATCH = 0.85  # word-vector cosine at which two spellings count as one word (maths/math)
 _SALIENCE_SCALE = 40.0  # cosine points lost per unit of salience of an unmatched word
-_UNALIGNED = 0.35  # cosine points lost by a pair that is not word-for-word aligned
+_UNALIGNED = 0.35  # cosine points lost by a pair that is not a word-for-word paraphrase
 _VETOED = 0.49  # vetoed pairs score 0.49 * cosine: below 0.5, still ordered by cosine
 
 
-def _align(a: Fingerprint, b: Fingerprint) -> list[int]:
-    """For each content word of ``a``, the index of its counterpart among ``b``'s, or -1: the
-    first word sharing an inflection key, else the nearest word vector at ``_SOFT_MATCH``."""
-    fa, fb = a.features, b.features
-    out = [-1] * len(fa.words)
-    for i, keys in enumerate(fa.keys):
-        if not keys.isdisjoint(fb.key_set):
-            out[i] = next(j for j, other in enumerate(fb.keys) if not keys.isdisjoint(other))
-    soft = [i for i, j in enumerate(out) if j < 0 and i < len(a.word_vectors)]
-    if soft and len(b.word_vectors):
-        sims = a.word_vectors[soft].astype(np.float32) @ b.word_vectors.astype(np.float32).T
-        for i, row in zip(soft, sims, strict=True):
-            if row.max() >= _SOFT_MATCH:
-                out[i] = int(row.argmax())
-    return out
+def _spelled_alike(a: TextFeatures, b: TextFeatures) -> list[int]:
+    """For each content word of ``a``: the same word in ``b``, else the first word of ``b``
+    sharing an inflection key with it, else -1."""
+    return [b.word_index[word] if word in b.word_index else
+            min((b.first_with_key[k] for k in keys if k in b.first_with_key), default=-1)
+            for word, keys in zip(a.words, a.keys, strict=True)]
 
 
-def _compare(query: Fingerprint, cached: Fingerprint) -> tuple[str | None, float]:
-    """The veto reason (or None) and the cosine points the pair loses: the salience of its most
-    salient unmatched word / 40, plus ``_UNALIGNED`` unless the two are aligned."""
-    q_to_c, c_to_q = _align(query, cached), _align(cached, query)
-    veto = lexical_veto(query.features, cached.features, q_to_c, c_to_q)
-    if veto is not None:
-        return veto, 0.0
-    worst = 0.0
-    for a, a_to_b in ((query, q_to_c), (cached, c_to_q)):
-        salient = [a.salience[i] for i, j in enumerate(a_to_b)
-                   if j < 0 and a.features.words[i] not in GENERIC]
-        worst = max(worst, *salient, 0.0)
-    penalty = worst / _SALIENCE_SCALE
-    if not aligned(query.features, cached.features, q_to_c, c_to_q):
-        penalty += _UNALIGNED
-    return None, float(penalty)
+def _align(a: Fingerprint, b: Fingerprint) -> tuple[list[int], list[int]]:
+    """For each content word of ``a``, the index of its counterpart among ``b``'s, or -1; and
+    the same from ``b`` to ``a``. The counterpart is the same word, else the first sharing an
+    inflection key, else the nearest word vector at ``_SOFT_MATCH`` or more."""
+    a_to_b, b_to_a = _spelled_alike(a.features, b.features), _spelled_alike(b.features, a.features)
+    rows = [i for i, j in enumerate(a_to_b) if j < 0 and i < len(a.word_vectors)]
+    cols = [j for j, i in enumerate(b_to_a) if i < 0 and j < len(b.word_vectors)]
+    if (rows or cols) and len(a.word_vectors) and len(b.word_vectors):
+        sims = a.word_vectors.astype(np.float32) @ b.word_vectors.astype(np.float32).T
+        for i in rows:
+            if sims[i].max() >= _SOFT_MATCH:
+                a_to_b[i] = int(sims[i].argmax())
+        for j in cols:
+            if sims[:, j].max() >= _SOFT_MATCH:
+                b_to_a[j] = int(sims[:, j].argmax())
+    return a_to_b, b_to_a
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Why a pair scores what it scores (:func:`compare`)."""
+
+    cosine: float
+    vetoes: tuple[str, ...]  # every guard that tells the two apart; the score uses the first
+    aligned: bool  # a word-for-word paraphrase; False when a guard stopped the comparison
+    penalty: float  # cosine points lost: unmatched salience / 40, plus 0.35 unless aligned
+    score: float
+
+
+def compare(query: Fingerprint, cached: Fingerprint, *, all_vetoes: bool = False) -> Comparison:
+    """The :class:`Comparison` of two fingerprints: :func:`similarity` with its reasons.
+
+    By default the guards stop at the first veto, as :func:`similarity` does (the cheap text
+    guards first, the word alignment only if they pass); ``all_vetoes`` runs every guard.
+    """
+    qf, cf = query.features, cached.features
+    cosine = float(query.vector @ cached.vector)
+    vetoed = max(0.0, _VETOED * cosine)
+    vetoes: list[str] = []
+    for name, guard in TEXT_GUARDS:
+        if guard(qf, cf):
+            if not all_vetoes:
+                return Comparison(cosine, (name,), False, 0.0, vetoed)
+            vetoes.append(name)
+    q_to_c, c_to_q = _align(query, cached)
+    for name, aligned_guard in ALIGNED_GUARDS:
+        if aligned_guard(qf, cf, q_to_c, c_to_q):
+            if not all_vetoes:
+                return Comparison(cosine, (name,), False, 0.0, vetoed)
+            vetoes.append(name)
+    is_aligned = aligned(qf, cf, q_to_c, c_to_q)
+    salience = [query.salience[i] for i in unmatched(qf, q_to_c)]
+    salience += [cached.salience[i] for i in unmatched(cf, c_to_q)]
+    penalty = max(salience, default=0.0) / _SALIENCE_SCALE + (0.0 if is_aligned else _UNALIGNED)
+    score = vetoed if vetoes else 0.5 + 0.5 * min(1.0, max(0.0, cosine - penalty))
+    return Comparison(cosine, tuple(vetoes), is_aligned, float(penalty), score)
 
 
 def guard_veto(query: Fingerprint, cached: Fingerprint) -> str | None:
-    """Why ``cached`` must not answer ``query`` whatever their cosine, or None: ``"number"``
-    ("3 items" / "4 items"), ``"negation"`` (added, dropped or moved: "is X safe" / "is X not
-    safe"), ``"question"`` ("how" / "why"), ``"person"`` ("your predictions" / "some
-    predictions"), ``"entity"`` (a named entity on one side only: "France" / "Germany")."""
-    return _compare(query, cached)[0]
+    """Why ``cached`` must not answer ``query`` whatever their cosine, or None: the first of
+    ``similarity_guards.TEXT_GUARDS`` and ``ALIGNED_GUARDS`` that tells them apart
+    (``"number"``, ``"negation"``, ``"question"``, ``"person"``, ``"role"``, ``"opposite"``,
+    ``"entity"``, ``"repeat"``, ``"order"``)."""
+    vetoes = compare(query, cached).vetoes
+    return vetoes[0] if vetoes else None
 
 
 def guards_allow(query: Fingerprint, cached: Fingerprint) -> bool:
     """True when no guard vetoes the pair (:func:`guard_veto` is None)."""
-    return _compare(query, cached)[0] is None
+    return not compare(query, cached).vetoes
 
 
 def similarity(query: Fingerprint, cached: Fingerprint) -> float:
     """How safely ``cached``'s answer serves ``query``, in [0, 1]; higher is safer.
 
-    A pair the guards allow scores ``0.5 + 0.5 * max(0, cosine - s / 40)``, where ``s`` is the
-    salience of the most salient content word found on one side only (0 when every word has a
-    counterpart; "lower" in "lower back" costs 0.25 of cosine). A vetoed pair scores
-    ``0.49 * cosine`` (below 0.5). So a threshold ``t`` at or above 0.5 means "no guard vetoes
-    and the adjusted cosine is at least ``2t - 1``" (0.85: 0.7), and a threshold below 0.5
-    lets near-identical vectors override the guards.
+    A pair the guards allow scores ``0.5 + 0.5 * max(0, cosine - penalty)``: the penalty is
+    ``s / 40``, where ``s`` is the salience of the most salient content word found on one side
+    only ("lower" in "lower back" costs 0.25 of cosine), plus 0.35 unless the two texts are
+    word-for-word paraphrases (``similarity_guards.aligned``). A vetoed pair scores ``0.49 *
+    cosine`` (below 0.5). So a threshold ``t`` means:
+
+    * ``t > 0.825``: aligned pairs only (the most an unaligned pair can score is 0.825), with a
+      cosine of at least ``2t - 1``: 0.7 at the default 0.85;
+    * ``0.5 <= t <= 0.825``: also unaligned pairs no guard vetoes, with ``cosine - penalty``
+      at least ``2t - 1``;
+    * ``t < 0.5``: near-identical vectors override the guards.
     """
-    cosine = float(query.vector @ cached.vector)
-    veto, penalty = _compare(query, cached)
-    if veto is not None:
-        return max(0.0, _VETOED * cosine)
-    return 0.5 + 0.5 * min(1.0, max(0.0, cosine - penalty))
+    return compare(query, cached).score
 
 
 def match(

@@ -1,6 +1,7 @@
-"""The semantic-cache building blocks: ``engine.similarity`` (SPEC.md's cache examples, the
-guards, the score's meaning, offline loading) and ``engine.vector_index`` (add, search, remove,
-both regimes, against brute force)."""
+"""The semantic-cache building blocks: ``engine.similarity`` and ``engine.similarity_guards``
+(SPEC.md's cache examples, each guard on a named QQP-style pair, word-for-word alignment, the
+score's meaning, offline loading) and ``engine.vector_index`` (add, search, remove, both
+regimes, against brute force)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from engine.similarity import (
     DEFAULT_THRESHOLD,
     Embedder,
     Fingerprint,
+    compare,
     guard_veto,
     guards_allow,
     match,
@@ -77,26 +79,54 @@ def test_polite_frame_is_not_a_second_person(embedder: Embedder) -> None:
 # -- guards -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("query", "cached", "reason"),
-    [
-        ("What is the capital of Germany?", FRANCE, "entity"),
-        ("Is ibuprofen not safe?", "Is ibuprofen safe?", "negation"),
-        ("Isn't ibuprofen safe?", "Is ibuprofen safe?", "negation"),
-        ("Is it possible to not have an illness and be insane?",
-         "Is it possible to have an illness and not be insane?", "negation"),
-        ("Give me 3 items to pack for a hike", "Give me 4 items to pack for a hike", "number"),
-        ("Give me three items to pack for a hike", "Give me 4 items to pack for a hike", "number"),
-        ("How was Friday Night Lights filmed?", "Where was Friday Night Lights filmed?",
-         "question"),
-        ("What are your predictions for the election?",
-         "What are some predictions for the election?", "person"),
-    ],
-)
+VETOED = [
+    ("What is the capital of Germany?", FRANCE, "entity"),
+    ("Is ibuprofen not safe?", "Is ibuprofen safe?", "negation"),
+    ("Isn't ibuprofen safe?", "Is ibuprofen safe?", "negation"),
+    ("Is it possible to not have an illness and be insane?",
+     "Is it possible to have an illness and not be insane?", "negation"),
+    ("Give me 3 items to pack for a hike", "Give me 4 items to pack for a hike", "number"),
+    ("Give me three items to pack for a hike", "Give me 4 items to pack for a hike", "number"),
+    ("How was Friday Night Lights filmed?", "Where was Friday Night Lights filmed?",
+     "question"),
+    ("What are your predictions for the election?",
+     "What are some predictions for the election?", "person"),
+    # "I" acts, "me" is acted on: the roles are swapped
+    ("How can I get someone to fall out of love with me?",
+     "How do I fall out of love with someone?", "role"),
+    ("Where can I find web developers to help me with my web?",
+     "Where can I find web developers?", "role"),
+    # polar opposites, function words or content words, whatever their vectors say
+    ("What are the best SEO on page techniques in 2015?",
+     "What is the best SEO off page techniques in 2015?", "opposite"),
+    ("Why is the velocity changing in the different reference frames?",
+     "Why does the velocity change in the same reference frame?", "opposite"),
+    ("How are buffalo meat and cow beef similar?", "How do buffalo meat and cow beef differ?",
+     "opposite"),
+    ("What are the worst books on leadership?", "What are the best books on leadership?",
+     "opposite"),
+    # an acronym spelled like a function word is a named entity, not the pronoun
+    ("What are the best books about leadership?",
+     "What are the best books on IT leadership?", "entity"),
+    ("How do I get a visa for us?", "How do I get a visa for the US?", "role"),
+    # a repeated phrase changes the structure
+    ("Is it bad to be good?", "Is it good to be bad or bad to be good?", "repeat"),
+    ("What's it like to go from devout Christian to atheist?",
+     "What's it like to go from devout Christian to atheist to devout Christian?", "repeat"),
+    # two words trade places around a third: who does what to whom
+    ("What would happen if Pakistan nuked India?", "What will happen if India nukes Pakistan?",
+     "order"),
+    ("Are extroverts more successful than introverts?",
+     "Are introverts more successful than extroverts?", "order"),
+]
+
+
+@pytest.mark.parametrize(("query", "cached", "reason"), VETOED)
 def test_guard_vetoes(embedder: Embedder, query: str, cached: str, reason: str) -> None:
     q, c = pair(embedder, query, cached)
     assert guard_veto(q, c) == reason
     assert guard_veto(c, q) == reason
+    assert reason in compare(q, c, all_vetoes=True).vetoes
     assert not guards_allow(q, c)
     hit, score = match(q, c)
     assert not hit and score < 0.5
@@ -120,6 +150,107 @@ def test_extra_salient_word_lowers_the_score(embedder: Embedder) -> None:
     assert not match(base, narrower)[0]
 
 
+def test_acronym_is_a_content_word_but_shouting_is_not(embedder: Embedder) -> None:
+    acronyms = embedder.fingerprint("Can IT staff in the US use AI?")
+    assert acronyms.words == ("it", "staff", "us", "use", "ai")
+    assert acronyms.entity == (True, False, True, False, True)
+    assert acronyms.persons == set()  # "US" is not "us"
+    shouted = embedder.fingerprint("HOW DO I LEARN IT FAST?")
+    assert shouted.words == ("learn", "fast") and shouted.entity == (False, False)
+    assert shouted.persons == {1}
+
+
+# -- word-for-word alignment: only aligned pairs reach the default threshold ----------------------
+
+
+ALIGNED = [
+    ("What's France's capital city?", FRANCE),  # "of" / possessive hinge; category noun
+    ("Who is better, Messi or Ronaldo?", "Who is better, Ronaldo or Messi?"),  # conjuncts
+    ("Why can't I like comments on Instagram?", "Why can't I like comments in Instagram?"),
+    ("What's the chemical formula of milk?", "What is the chemical formula for milk?"),
+    ("What are some examples of solids?", "What are solids? What are some examples?"),
+    ("Could you tell me the capital of France?", "Tell me the capital of France."),
+    ("What is the best android game that you have ever played?",
+     "What is the best android game you have played?"),  # relative "that", filler "ever"
+    ("Why is Hillary Clinton so evil?", "Why is Hillary Clinton evil?"),
+]
+
+
+@pytest.mark.parametrize(("query", "cached"), ALIGNED)
+def test_aligned_paraphrases_hit(embedder: Embedder, query: str, cached: str) -> None:
+    q, c = pair(embedder, query, cached)
+    comparison = compare(q, c)
+    assert comparison.aligned and not comparison.vetoes
+    assert match(q, c)[0] and match(c, q)[0]
+
+
+UNALIGNED = [
+    # the tense, or a meaning-bearing function word differs: a modal verb, "about", "be"
+    ("Who was Jesus?", "Who is Jesus?"),
+    ("How were fossils formed?", "How are fossils formed?"),
+    ("What should I gift my husband on his birthday?",
+     "What can I gift my husband on his birthday?"),
+    ("How will Hillary Clinton beat Donald Trump?",
+     "How can Hillary Clinton beat Donald Trump?"),
+    ("How can I invest my money wisely?", "How do I invest my money wisely?"),
+    ("What is this puzzle about?", "What is this puzzle?"),
+    ("Why should I be studying?", "Why should I study?"),
+    ("What is the smartphone with the best camera?", "Which smartphone has the best camera?"),
+    # content words moved without a hinge, or a word on one side only
+    ("Which is the best distance MBA institute in India?",
+     "Which is the best institute for distance MBA in India?"),
+    ("How does Trump election relate to Mexican peso value?",
+     "How does Trump election relate to the value of Mexican peso?"),  # "of" needs an "'s"
+    ("Why do people hate Donald Trump?",
+     "Why do some people hate Donald Trump and others like him?"),
+    ("What is the best course after an MBA?", "What is the best course one can do in MBA?"),
+    ("Does ibuprofen have Tylenol in it?", "Is ibuprofen the same as Tylenol?"),
+    ("What is the difference between rice vinegar and rice wine vinegar?",
+     "What are some common uses for rice vinegar and rice wine vinegar?"),
+]
+
+
+@pytest.mark.parametrize(("query", "cached"), UNALIGNED)
+def test_unaligned_pairs_miss_at_the_default(embedder: Embedder, query: str, cached: str) -> None:
+    q, c = pair(embedder, query, cached)
+    comparison = compare(q, c)
+    assert not comparison.vetoes and not comparison.aligned  # allowed, not a paraphrase
+    assert 0.5 <= comparison.score <= 0.825 < DEFAULT_THRESHOLD
+    assert not match(q, c)[0]
+
+
+@pytest.mark.parametrize(("query", "cached"),
+                         [(q, c) for q, c, _ in VETOED] + ALIGNED + UNALIGNED)
+def test_named_pairs_score_the_same_both_ways(embedder: Embedder, query: str,
+                                             cached: str) -> None:
+    q, c = pair(embedder, query, cached)
+    forward, backward = compare(q, c, all_vetoes=True), compare(c, q, all_vetoes=True)
+    assert forward.score == pytest.approx(backward.score, abs=1e-6)
+    assert sorted(forward.vetoes) == sorted(backward.vetoes)
+    assert forward.aligned == backward.aligned
+
+
+WORDS = ("tuple", "tuples", "nested", "index", "indexes", "Paris", "paris", "the", "of", "in",
+         "and", "or", "what", "is", "was", "I", "me", "my", "you", "not", "3", "IT", "it", "s",
+         "best", "worst", "on", "off", "?", ",", "can", "should", "elements", "element")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), min_size=1, max_size=24))
+def test_any_text_is_aligned_with_itself(embedder: Embedder, words: list[str]) -> None:
+    fp = embedder.fingerprint(" ".join(words))
+    comparison = compare(fp, fp, all_vetoes=True)
+    assert comparison.aligned and not comparison.vetoes
+    if fp.vector.any():
+        assert comparison.score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_repeated_inflections_still_match_their_own_text(embedder: Embedder) -> None:
+    # "tuple" and "tuples" share a key: each must still pair with its own spelling
+    text = "Write a function to perform index wise addition of tuple elements in two nested tuples."
+    assert match(*pair(embedder, text[:1].lower() + text[1:-1] + "?", text))[0]
+
+
 # -- the score ----------------------------------------------------------------------------------
 
 PROMPTS = [
@@ -139,6 +270,9 @@ def test_score_is_symmetric_bounded_and_deterministic(embedder: Embedder) -> Non
             assert score == pytest.approx(similarity(qb, qa), abs=1e-6)
             assert score == similarity(other.fingerprint(a), other.fingerprint(b))
             assert (score >= 0.5) == guards_allow(qa, qb)
+            comparison = compare(qa, qb)
+            assert comparison.score == score
+            assert score <= 0.825 or comparison.aligned  # only paraphrases pass 0.825
 
 
 @settings(max_examples=30, deadline=None)

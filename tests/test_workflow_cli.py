@@ -7,11 +7,13 @@ as a subprocess (``trio.run_process``), so the router keeps serving as the comma
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from fake_upstream import Behaviour, FakeUpstream, refused_url
 from support_routing import model_entry
 from support_workflows import ROOT, open_workflow_router, received, three_tiers
 
-from api.workflow_cli import coerce_variables, preview
+import api.workflow_cli
+from api.workflow_cli import CommandFailed, coerce_variables, preview
 from engine.config import load_config
 from engine.workflow import WorkflowLimits, load_workflow
 from engine.workflow_plan import estimate_costs
@@ -67,6 +70,20 @@ async def cli(*args: str, cwd: Path, stdin: bytes = b"") -> subprocess.Completed
         )
 
 
+async def together(*calls: tuple[str, ...], cwd: Path) -> list[subprocess.CompletedProcess[bytes]]:
+    """Run several commands at once (each costs a Python start-up and the engine's imports);
+    their results in order."""
+    results: list[Any] = [None] * len(calls)
+
+    async def one(i: int, args: tuple[str, ...]) -> None:
+        results[i] = await cli(*args, cwd=cwd)
+
+    async with trio.open_nursery() as nursery:
+        for i, args in enumerate(calls):
+            nursery.start_soon(one, i, args)
+    return results
+
+
 def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,13 +108,27 @@ def progress(stderr: bytes) -> list[tuple[str, str, str]]:
 # ---- validate ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", READY)
-async def test_validate_a_ready_pipeline_by_name(tmp_path: Path, name: str) -> None:
-    done = await cli("workflow", "validate", name, cwd=tmp_path)
+async def test_validate_the_ready_pipelines_by_name(tmp_path: Path) -> None:
+    done = await cli("workflow", "validate", *READY, cwd=tmp_path)
     assert done.returncode == 0, done.stderr.decode()
-    out = done.stdout.decode()
-    assert out.startswith(str(ROOT / "workflows" / f"{name}.yaml") + ": ok (")
+    out = lines_of(done.stdout)
+    for name, line in zip(READY, out, strict=True):
+        assert line.startswith(str(ROOT / "workflows" / f"{name}.yaml") + ": ok (")
+    assert "ok (3 ops in 2 levels: opponent, proponent -> judge)" in out[1]
     assert done.stderr == b""
+
+
+async def test_validate_several_files_reports_each(tmp_path: Path) -> None:
+    write(tmp_path, "good.yaml", SPEC_EXAMPLE)
+    write(tmp_path, "bad.yaml", "ops: {a: {prompt: A, tier: 0}}")
+    done = await cli("workflow", "validate", "good.yaml", "bad.yaml", "absent", cwd=tmp_path)
+    assert done.returncode == 2
+    assert lines_of(done.stdout) == [
+        "good.yaml: ok (3 ops in 3 levels: reason -> critique -> refine)"]
+    err = lines_of(done.stderr)
+    assert err[:2] == ["bad.yaml: 1 problem",
+                       "  op 'a': tier must be an integer from 1 to 10, got int 0"]
+    assert err[2].startswith("llm-router: absent: no such file, and no ready pipeline")
 
 
 async def test_validate_prints_every_problem_naming_its_op(tmp_path: Path) -> None:
@@ -136,8 +167,8 @@ async def test_validate_names_the_op_of_a_graph_problem(tmp_path: Path) -> None:
         start_ops: [a]
         ops: {a: {prompt: A}, lost: {prompt: L}}
     """)
-    cycle = await cli("workflow", "validate", "cycle.yaml", cwd=tmp_path)
-    lost = await cli("workflow", "validate", "start.yaml", cwd=tmp_path)
+    cycle, lost = await together(("workflow", "validate", "cycle.yaml"),
+                                 ("workflow", "validate", "start.yaml"), cwd=tmp_path)
     assert cycle.returncode == 2 and lost.returncode == 2
     assert lines_of(cycle.stderr) == ["cycle.yaml: 1 problem",
                                       "  op 'a': cycle: a -> b -> c -> a"]
@@ -149,15 +180,15 @@ async def test_validate_with_a_config_uses_its_templates_and_models(tmp_path: Pa
     write(tmp_path, "prompts/hello.j2", "Say hello to {{ input }}.")
     write(tmp_path, "good.yaml", "ops: {a: {template: hello.j2, model: small}}")
     write(tmp_path, "pinned.yaml", "ops: {a: {template: hello.j2, model: gpt-9}}")
-    good = await cli("workflow", "validate", "good.yaml", cwd=tmp_path)
-    pinned = await cli("workflow", "validate", "pinned.yaml", cwd=tmp_path)
+    good, pinned = await together(("workflow", "validate", "good.yaml"),
+                                  ("workflow", "validate", "pinned.yaml"), cwd=tmp_path)
     (tmp_path / "config.yaml").rename(tmp_path / "router.yaml")
-    no_templates = await cli("workflow", "validate", "good.yaml", cwd=tmp_path)
-    explicit = await cli("workflow", "validate", "good.yaml", "--config", "router.yaml",
-                         cwd=tmp_path)
+    no_templates, explicit = await together(
+        ("workflow", "validate", "good.yaml"),
+        ("workflow", "validate", "good.yaml", "--config", "router.yaml"), cwd=tmp_path)
 
     assert good.returncode == 0, good.stderr.decode()
-    assert good.stdout.decode() == "good.yaml: ok (1 ops in 1 levels: a)\n"
+    assert good.stdout.decode() == "good.yaml: ok (1 op in 1 level: a)\n"
     assert pinned.returncode == 2
     assert "op 'a': model 'gpt-9' is not configured" in pinned.stderr.decode()
     assert no_templates.returncode == 2
@@ -165,10 +196,10 @@ async def test_validate_with_a_config_uses_its_templates_and_models(tmp_path: Pa
     assert explicit.returncode == 0, explicit.stderr.decode()
 
 
-async def test_validate_an_unknown_file_or_name(tmp_path: Path) -> None:
-    missing = await cli("workflow", "validate", "nope", cwd=tmp_path)
-    missing_file = await cli("workflow", "validate", "dir/nope.yaml", cwd=tmp_path)
-    for done in (missing, missing_file):
+async def test_an_unknown_file_or_name(tmp_path: Path) -> None:
+    write(tmp_path, "config.yaml", CONFIG)
+    for done in await together(("workflow", "validate", "nope"),
+                               ("workflow", "plan", "dir/nope.yaml"), cwd=tmp_path):
         assert done.returncode == 2
         err = done.stderr.decode()
         assert "no such file, and no ready pipeline" in err and "debate" in err
@@ -191,9 +222,17 @@ async def test_plan_shows_levels_critical_path_and_the_config_prices(tmp_path: P
     config_path = write(tmp_path, "config.yaml", CONFIG)
     write(tmp_path, "spec.yaml", SPEC_EXAMPLE)
     question = "How many rs are in strawberry?"
-    done = await cli("workflow", "plan", "spec.yaml", "--input", question, cwd=tmp_path)
-    as_json = await cli("workflow", "plan", "spec.yaml", "--input", "-", "--json",
-                        cwd=tmp_path, stdin=question.encode())
+    results: dict[str, Any] = {}
+
+    async def plan(key: str, *args: str, stdin: bytes = b"") -> None:
+        results[key] = await cli("workflow", "plan", "spec.yaml", *args, cwd=tmp_path,
+                                 stdin=stdin)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(plan, "text", "--input", question)
+        nursery.start_soon(partial(plan, "json", "--input", "-", "--json",
+                                   stdin=question.encode()))
+    done, as_json = results["text"], results["json"]
 
     assert done.returncode == 0, done.stderr.decode()
     out = lines_of(done.stdout)
@@ -216,28 +255,32 @@ async def test_plan_shows_levels_critical_path_and_the_config_prices(tmp_path: P
 
 async def test_plan_a_ready_pipeline_with_variables(tmp_path: Path) -> None:
     write(tmp_path, "config.yaml", CONFIG)
-    base = await cli("workflow", "plan", "debate", "--json", cwd=tmp_path)
-    longer = await cli("workflow", "plan", "debate", "--json", "--var", "points=twelve",
-                       "--var", "max_words=900", cwd=tmp_path)
+    base, longer = await together(
+        ("workflow", "plan", "debate", "--json"),
+        ("workflow", "plan", "debate", "--json", "--var", "points=twelve", "--var",
+         "max_words=900"), cwd=tmp_path)
     assert base.returncode == 0 and longer.returncode == 0, longer.stderr.decode()
     before, after = json.loads(base.stdout), json.loads(longer.stdout)
     assert after["ops"]["judge"]["model"] == "big"
     assert after["ops"]["proponent"]["input_tokens"] > before["ops"]["proponent"]["input_tokens"]
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["--var", "max_words=lots"], "--var max_words: expected a number, got 'lots'"),
-    (["--var", "mood=odd"], "unknown variable 'mood'"),
-    (["--var", "novalue"], "expected NAME=VALUE"),
-    (["--config", "absent.yaml"], "absent.yaml"),
-])
-async def test_plan_refuses_bad_variables_and_configs(tmp_path: Path, args: list[str],
-                                                      fragment: str) -> None:
+PLAN_REFUSALS = [
+    (("--var", "max_words=lots"), "--var max_words: expected a number, got 'lots'"),
+    (("--var", "mood=odd"), "unknown variable 'mood'"),
+    (("--var", "novalue"), "expected NAME=VALUE"),
+    (("--config", "absent.yaml"), "absent.yaml: cannot read"),
+]
+
+
+async def test_plan_refuses_bad_variables_and_configs(tmp_path: Path) -> None:
     write(tmp_path, "config.yaml", CONFIG)
-    done = await cli("workflow", "plan", "debate", *args, cwd=tmp_path)
-    assert done.returncode == 2
-    assert fragment in done.stderr.decode()
-    assert "Traceback" not in done.stderr.decode()
+    results = await together(*[("workflow", "plan", "debate", *args)
+                               for args, _ in PLAN_REFUSALS], cwd=tmp_path)
+    for (args, fragment), done in zip(PLAN_REFUSALS, results, strict=True):
+        assert done.returncode == 2, args
+        assert fragment in done.stderr.decode(), (args, done.stderr.decode())
+        assert "Traceback" not in done.stderr.decode()
 
 
 async def test_plan_needs_a_config_for_prices(tmp_path: Path) -> None:
@@ -312,15 +355,10 @@ async def test_run_failures_exit_non_zero_and_say_which_op(
     write(tmp_path, "invalid.yaml", "ops: {a: {prompt: A, model: gpt-9}}")
     models = [model_entry(fake, "bad", tier=1), model_entry(fake, "fine", tier=1)]
     async with open_workflow_router(models) as client:
-        url = client.router.url
-        stopped = await cli("workflow", "run", "stop.yaml", "--input", "x", "--server", url,
-                            cwd=tmp_path)
-        partial = await cli("workflow", "run", "carry_on.yaml", "--input", "x", "--server", url,
-                            cwd=tmp_path)
-        invalid = await cli("workflow", "run", "invalid.yaml", "--input", "x", "--server", url,
-                            cwd=tmp_path)
-        unknown = await cli("workflow", "run", "no_such", "--input", "x", "--server", url,
-                            cwd=tmp_path)
+        stopped, partial, invalid, unknown = await together(
+            *[("workflow", "run", name, "--input", "x", "--server", client.router.url)
+              for name in ("stop.yaml", "carry_on.yaml", "invalid.yaml", "no_such")],
+            cwd=tmp_path)
 
     assert stopped.returncode == 1 and stopped.stdout == b""
     err = stopped.stderr.decode()
@@ -346,11 +384,10 @@ async def test_run_with_a_client_key(tmp_path: Path, fake_upstream: FakeUpstream
     async with open_workflow_router(three_tiers(fake_upstream),
                                     server={"api_keys": ["cli-key"]}) as client:
         url = client.router.url
-        denied = await cli("workflow", "run", "spec.yaml", "--input", "q", "--server", url,
-                           cwd=tmp_path)
-        allowed = await cli("workflow", "run", "debate", "--input", "q", "--var",
-                            "max_words=99", "--server", url, "--api-key", "cli-key",
-                            cwd=tmp_path)
+        denied, allowed = await together(
+            ("workflow", "run", "spec.yaml", "--input", "q", "--server", url),
+            ("workflow", "run", "debate", "--input", "q", "--var", "max_words=99",
+             "--server", url, "--api-key", "cli-key"), cwd=tmp_path)
     assert denied.returncode == 2 and "API key" in denied.stderr.decode()
     assert allowed.returncode == 0, allowed.stderr.decode()
 
@@ -378,7 +415,7 @@ def test_variables_take_the_kind_of_their_defaults() -> None:
     assert coerce_variables([("free", "[1]")], defaults) == {"free": "[1]"}
     assert coerce_variables([("undeclared", "3")], defaults) == {"undeclared": "3"}
     for name, raw in [("n", "many"), ("n", "nan"), ("x", "inf"), ("flag", "maybe")]:
-        with pytest.raises(Exception, match=f"--var {name}: expected"):
+        with pytest.raises(CommandFailed, match=f"--var {name}: expected"):
             coerce_variables([(name, raw)], defaults)
 
 
@@ -386,3 +423,8 @@ def test_preview_is_one_short_line() -> None:
     assert preview("a\n\n  b\tc") == "a b c"
     assert preview("x" * 100, 10) == "xxxxxxx..."
     assert preview(None) == ""
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(api.workflow_cli)
+    assert result.attempted >= 2 and result.failed == 0

@@ -159,22 +159,6 @@ async def test_templates_render_variables_system_and_json_values(
     assert result["values"] == {"facts": {"city": "Paris", "n": 3}}
 
 
-async def test_a_render_time_sandbox_refusal_fails_the_op_before_any_request(
-    fake_upstream: FakeUpstream,
-) -> None:
-    fake = fake_upstream
-    text = workflow({"a": {"prompt": "{{ input[key] }}", "tier": 1}},
-                    variables={"key": "__class__"})
-    async with open_workflow_router(three_tiers(fake)) as client:
-        response = await client.run(text, "x")
-
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == "workflow_invalid" and error["param"] == "a"
-    assert "op 'a'" in error["message"] and "unsafe" in error["message"]
-    assert received(fake, "t1", "t2", "t3") == []
-
-
 # ---- parallelism and scheduling ------------------------------------------------------------
 
 
@@ -583,3 +567,48 @@ async def test_affinity_follows_the_input_of_the_same_tier(fake_upstream: FakeUp
     routing = response.json()["routing"]
     assert routing["wide"] == "big"
     assert routing["join"] == routing["near"]
+
+
+async def test_parallel_chains_each_keep_their_own_backend(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    for name in ("one", "two"):
+        fake.set_default(name, Behaviour(latency=0.03))
+    models = [model_entry(fake, "one", tier=1), model_entry(fake, "two", tier=1)]
+    ops: dict[str, dict[str, Any]] = {}
+    for chain in ("x", "y"):
+        ops[f"{chain}1"] = {"prompt": f"{chain} 1.", "tier": 1}
+        for i in (2, 3, 4):
+            ops[f"{chain}{i}"] = {"prompt": f"{chain} {i}.", "tier": 1,
+                                  "input_ops": [f"{chain}{i - 1}"]}
+    async with open_workflow_router(models) as client:
+        response = await client.run(workflow(ops), "go")
+
+    assert response.status_code == 200, response.text
+    routing = response.json()["routing"]
+    x, y = ({routing[f"{c}{i}"] for i in (1, 2, 3, 4)} for c in ("x", "y"))
+    assert len(x) == 1 and len(y) == 1 and x != y  # spread at the start, then kept
+    assert len(fake.requests("one")) == len(fake.requests("two")) == 4
+
+
+async def test_a_json_op_whose_answer_is_not_json_is_retried(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    fake.script("m", Behaviour(text="Sure! Here you go: {"), Behaviour(text='{"k": [1, 2]}'),
+                Behaviour(text="still not JSON"))
+    retried = workflow({
+        "facts": {"prompt": "JSON please.", "model": "m", "json": True, "retries": 1},
+        "use": {"prompt": "k has {{ ops.facts.value.k|length }} items.", "model": "m",
+                "input_ops": ["facts"]},
+    })
+    once = workflow({"facts": {"prompt": "JSON again.", "model": "m", "json": True}})
+    async with open_workflow_router(pinned(fake, "m")) as client:
+        ok = await client.run(retried, "x")
+        failed = await client.run(once, "x")
+
+    assert ok.status_code == 200, ok.text
+    result = ok.json()
+    assert result["values"] == {"facts": {"k": [1, 2]}}
+    assert result["ops"]["facts"]["attempts"] == 2
+    assert received(fake, "m")[2] == "k has 2 items."
+    assert failed.status_code == 502
+    assert "asked for JSON, but the answer is not JSON" in failed.json()["error"]["message"]
+    assert failed.json()["error"]["param"] == "facts"
