@@ -82,13 +82,12 @@ def build_plan(nodes: Iterable[Node], edges: Iterable[tuple[str, str]] = ()) -> 
                 raise WorkflowInvalid(f"unknown node {name!r}", op=name)
         graph.add_edge(upstream, downstream)
     try:
+        generations = tuple(tuple(sorted(level)) for level in nx.topological_generations(graph))
+    except nx.NetworkXUnfeasible:
+        # Only now look for the cycle itself (find_cycle is far slower than the sort).
         cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        pass
-    else:
         path = [edge[0] for edge in cycle] + [cycle[0][0]]
-        raise WorkflowInvalid("cycle: " + " -> ".join(path), op=path[0])
-    generations = tuple(tuple(sorted(level)) for level in nx.topological_generations(graph))
+        raise WorkflowInvalid("cycle: " + " -> ".join(path), op=path[0]) from None
     return Plan(graph=graph, generations=generations)
 
 

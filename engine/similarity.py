@@ -257,9 +257,12 @@ _VETOED = 0.49  # vetoed pairs score 0.49 * cosine: below 0.5, still ordered by 
 def _spelled_alike(a: TextFeatures, b: TextFeatures) -> list[int]:
     """For each content word of ``a``: the same word in ``b``, else the first word of ``b``
     sharing an inflection key with it, else -1."""
-    return [b.word_index[word] if word in b.word_index else
-            min((b.first_with_key[k] for k in keys if k in b.first_with_key), default=-1)
-            for word, keys in zip(a.words, a.keys, strict=True)]
+    same, shared = b.word_index, b.first_with_key
+    out = [same.get(word, -1) for word in a.words]
+    for i, j in enumerate(out):
+        if j < 0:
+            out[i] = min((shared[k] for k in a.keys[i] if k in shared), default=-1)
+    return out
 
 
 def _align(a: Fingerprint, b: Fingerprint) -> tuple[list[int], list[int]]:
