@@ -141,7 +141,7 @@ def _is_entity(word: str, start: int, text: str) -> bool:
     # the character before the word, across at most one space (normalised text); "" at start
     before = text[max(0, start - 2) : start].strip()[-1:]
     capitalised = word[0].isupper() and before not in ".?!:\"'("  # "" is in any string
-    return capitalised or sum(c.isupper() for c in word) >= 2 or not word.isascii()
+    return capitalised or sum(map(str.isupper, word)) >= 2 or not word.isascii()
 
 
 # -- what a text says ---------------------------------------------------------------------------
@@ -155,8 +155,7 @@ class TextFeatures:
     ``spans`` and token ``positions`` of that first use, their ``counts``, their inflection
     ``keys`` and whether each looks like a named ``entity`` (capitalised mid-sentence, an
     acronym, non-Latin script). An acronym spelled like a function word ("IT", "US") is a
-    content word and an entity; in a text with more capitals than small letters, capitals
-    mark nothing.
+    content word and an entity; in a text without small letters, capitals mark nothing.
     """
 
     numbers: frozenset[str]
@@ -198,7 +197,7 @@ def read_text(text: str) -> TextFeatures:
     first: dict[str, tuple[int, int, int, bool]] = {}  # span, position, entity
     counts: dict[str, int] = {}
     polite = _POLITE.match(text)
-    shouting = sum(c.isupper() for c in text) > sum(c.islower() for c in text)
+    shouting = text.isupper()  # no small letter: capitals mark nothing
     for m in _TOKEN.finditer(text):
         if polite and m.start() < polite.end():
             continue
