@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 __all__ = ["ALIGNED_GUARDS", "TEXT_GUARDS", "TextFeatures", "aligned", "read_text", "unmatched"]
 
@@ -324,7 +325,7 @@ def _swapped_from(a: TextFeatures, b: TextFeatures, a_to_b: Sequence[int]) -> bo
     content words in a row on one side stand in reverse order, again in a row, on the other,
     with no coordinator between the outer two ("Ronaldo or Messi" / "Messi or Ronaldo")."""
     pairs = _matched_positions(a, b, a_to_b)
-    if all(p[1] <= q[1] for p, q in zip(pairs, pairs[1:], strict=False)):
+    if all(p[1] <= q[1] for p, q in pairwise(pairs)):
         return False  # the common case: nothing moved
     rank = {bp: r for r, bp in enumerate(sorted({bp for _, bp in pairs}))}
     for (ax, bx), (_, bv), (ay, by) in zip(pairs, pairs[1:], pairs[2:], strict=False):
