@@ -92,12 +92,12 @@ class FeatureConfig:
     char_buckets: int = 1 << 15
     char_ngrams: tuple[int, ...] = (3, 4, 5)
     word_bigrams: bool = True
-    embeddings: bool = False
+    embeddings: bool = True
     max_chars: int = 6000
     context_weight: float = 0.5
     max_context_turns: int = 4
-    word_scale: float = 1.0
-    char_scale: float = 1.0
+    word_scale: float = 0.5
+    char_scale: float = 0.5
     embedding_scale: float = 1.0
 
     @property
@@ -300,6 +300,7 @@ class LearnedRouter:
     bias: float
     dense_mean: np.ndarray
     dense_std: np.ndarray
+    calibration: tuple[float, float] = (1.0, 0.0)
     info: Mapping[str, Any] = field(default_factory=dict)
     embedder: TextEmbedder | None = None
 
@@ -320,7 +321,8 @@ class LearnedRouter:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
         z = self.logit(extract_features(request, self.config, embedder=self.embedder))
-        return _sigmoid(z)
+        slope, intercept = self.calibration
+        return _sigmoid(slope * z + intercept)
 
     def score_prompt(self, prompt: str) -> float:
         """:meth:`score` of a one-turn request."""
@@ -336,6 +338,7 @@ class LearnedRouter:
             "model": "logistic-regression",
             "features": asdict(self.config),
             "bias": self.bias,
+            "calibration": {"slope": self.calibration[0], "intercept": self.calibration[1]},
             "dense": {name: {"weight": float(w[i]), "mean": float(self.dense_mean[i]),
                              "std": float(self.dense_std[i])}
                       for i, name in enumerate(DENSE_NAMES)},
@@ -375,6 +378,8 @@ class LearnedRouter:
                 bias=float(raw["bias"]),
                 dense_mean=np.array([dense[n]["mean"] for n in DENSE_NAMES], np.float64),
                 dense_std=np.array([dense[n]["std"] for n in DENSE_NAMES], np.float64),
+                calibration=(float(raw["calibration"]["slope"]),
+                             float(raw["calibration"]["intercept"])),
                 info=dict(raw.get("info", {})),
                 embedder=embedder,
             )

@@ -30,8 +30,12 @@ from .learned import (
 )
 from .routing_eval import RoutingRow, summarize
 
-__all__ = ["CrossValidation", "FeatureMatrix", "Target", "build_matrix", "cross_validate",
-           "fit_router", "targets"]
+__all__ = ["DEFAULT_L2", "CrossValidation", "FeatureMatrix", "Target", "Training",
+           "apgr_by_source", "build_matrix", "calibrate", "cross_validate", "fit_router",
+           "source_of", "stratified_folds", "targets", "train_router"]
+
+DEFAULT_L2 = 3e-3
+"""Chosen by cross-validation on the MMLU and RouterBench dev rows (BENCHMARKS.md)."""
 
 Target = Literal["binary", "gain"]
 Progress = Callable[[int, int], None]
@@ -194,66 +198,92 @@ def _lbfgs(f: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray, *
 # -- fitting ------------------------------------------------------------------------------
 
 
-def _fit_arrays(x: FeatureMatrix, y: np.ndarray, *, l2: float,
-                iterations: int) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    weights: np.ndarray  # float32, as saved
+    bias: float
+    mean: np.ndarray
+    std: np.ndarray
+
+    def margins(self, x: FeatureMatrix) -> np.ndarray:
+        problem = _Problem(x, (x.dense - self.mean) / self.std, np.zeros(len(x)), 0.0)
+        return problem.margins(self.weights.astype(np.float64), self.bias)
+
+
+def _fit(x: FeatureMatrix, y: np.ndarray, *, l2: float, iterations: int) -> _Fit:
     mean = x.dense.mean(axis=0)
     std = x.dense.std(axis=0)
-    std[std < 1e-9] = 1.0  # a constant feature (no tools in the data): leave it at zero
-    dense = (x.dense - mean) / std
-    problem = _Problem(x, dense, y, l2)
+    std[std < 1e-9] = 1.0  # a constant feature (no tools in the data): its weight stays 0
+    problem = _Problem(x, (x.dense - mean) / std, y, l2)
     prior = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
     theta = np.zeros(x.config.size + 1)
     theta[-1] = np.log(prior / (1 - prior))
     theta = _lbfgs(problem, theta, iterations=iterations)
-    return theta[:-1].astype("<f4"), float(theta[-1]), mean, std
+    return _Fit(theta[:-1].astype("<f4"), float(theta[-1]), mean, std)
 
 
-def _predict(x: FeatureMatrix, w: np.ndarray, b: float, mean: np.ndarray,
-             std: np.ndarray) -> np.ndarray:
-    problem = _Problem(x, (x.dense - mean) / std, np.zeros(len(x)), 0.0)
-    return _sigmoid(problem.margins(w.astype(np.float64), b))
+def calibrate(margins: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: ``(slope, intercept)`` so that ``sigmoid(slope * margin + intercept)``
+    estimates the chance of ``positive`` (a monotone map: the ranking, and so APGR, stay)."""
+    z = np.stack([margins, np.ones_like(margins)], axis=1)
+    theta = np.array([1.0, 0.0])
+    for _ in range(50):  # Newton's method on a two-parameter logistic regression
+        p = _sigmoid(z @ theta)
+        grad = z.T @ (p - positive) + 1e-6 * theta
+        hess = (z * (p * (1 - p))[:, None]).T @ z + 1e-6 * np.eye(2)
+        delta = np.linalg.solve(hess, grad)
+        theta -= delta
+        if np.abs(delta).max() < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
 
 
 def fit_router(
     x: FeatureMatrix,
     y: np.ndarray,
     *,
-    l2: float = 1e-3,
+    l2: float = DEFAULT_L2,
     iterations: int = 300,
+    calibration: tuple[float, float] = (1.0, 0.0),
     embedder: TextEmbedder | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> LearnedRouter:
-    """A :class:`LearnedRouter` fitted on features ``x`` and targets ``y`` (0..1)."""
+    """A :class:`LearnedRouter` fitted on features ``x`` and targets ``y`` (0..1), its
+    output mapped through ``calibration`` (see :func:`calibrate`)."""
     started = time.monotonic()
-    w, b, mean, std = _fit_arrays(x, y, l2=l2, iterations=iterations)
+    fit = _fit(x, y, l2=l2, iterations=iterations)
     meta = {"l2": l2, "iterations": iterations, "rows": len(y),
-            "positive_share": float(y.mean()), "fit_seconds": round(time.monotonic() - started, 2),
-            "format_version": FORMAT_VERSION, "dense_features": list(DENSE_NAMES)}
-    return LearnedRouter(x.config, w, b, mean, std, {**meta, **(info or {})}, embedder)
+            "fit_seconds": round(time.monotonic() - started, 2),
+            "format_version": FORMAT_VERSION}
+    return LearnedRouter(x.config, fit.weights, fit.bias, fit.mean, fit.std,
+                         calibration=calibration, info={**meta, **(info or {})},
+                         embedder=embedder)
 
 
 @dataclass(frozen=True, slots=True)
 class CrossValidation:
-    """Out-of-fold predictions (each row scored by a model that never saw it) and the APGR
-    of each fold and of all out-of-fold scores together."""
+    """Out-of-fold margins (each row scored by a model that never saw it), the APGR of
+    each fold and of all out-of-fold scores together, and APGR per ``source`` group."""
 
     folds: int
-    predictions: np.ndarray
+    l2: float
+    margins: np.ndarray
     fold_apgr: tuple[float, ...]
     apgr: float
+    by_source: Mapping[str, float]
 
     @property
     def apgr_std(self) -> float:
         return float(np.std(self.fold_apgr))
 
 
-def stratified_folds(y: np.ndarray, folds: int, *, seed: int = 0,
+def stratified_folds(classes: Sequence[float], folds: int, *, seed: int = 0,
                      groups: Sequence[str] | None = None) -> np.ndarray:
-    """A fold number per row: rows shuffled within each target class (and ``groups``, e.g.
-    the data set a row came from) and dealt round-robin, so every fold keeps the mix."""
+    """A fold number per row: rows shuffled within each class (and group, e.g. the data set
+    a row came from) and dealt round-robin, so every fold keeps the mix."""
     rng = np.random.default_rng(seed)
-    keys = [f"{g}|{v:.3f}" for g, v in zip(groups or [""] * len(y), y, strict=True)]
-    fold = np.empty(len(y), np.int64)
+    keys = [f"{g}|{c}" for g, c in zip(groups or [""] * len(classes), classes, strict=True)]
+    fold = np.empty(len(keys), np.int64)
     start = 0
     for key in sorted(set(keys)):
         members = np.array([i for i, k in enumerate(keys) if k == key])
@@ -263,34 +293,125 @@ def stratified_folds(y: np.ndarray, folds: int, *, seed: int = 0,
     return fold
 
 
+def source_of(row: RoutingRow) -> str:
+    """The data set a row came from: its ``source`` up to the first slash."""
+    return row.source.split("/")[0] or "data"
+
+
+def apgr_by_source(rows: Sequence[RoutingRow], scores: np.ndarray) -> dict[str, float]:
+    """APGR (exact mode) of ``scores`` on each data set among ``rows``, and on all of them."""
+    out = {}
+    names = sorted({source_of(r) for r in rows})
+    for name in names:
+        idx = [i for i, r in enumerate(rows) if source_of(r) == name]
+        out[name] = summarize([rows[i] for i in idx], scores[idx].tolist()).apgr
+    if len(names) > 1:
+        out["all"] = summarize(rows, scores.tolist()).apgr
+    return out
+
+
 def cross_validate(
     x: FeatureMatrix,
     y: np.ndarray,
     rows: Sequence[RoutingRow],
     *,
     folds: int = 5,
-    l2: float = 1e-3,
+    l2: float = DEFAULT_L2,
     iterations: int = 300,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> CrossValidation:
-    """Stratified K-fold cross-validation (by target and by each row's ``source``).
+    """Stratified K-fold cross-validation: folds keep each data set's share of rows where
+    the strong model gained, tied and lost.
 
     Raises:
         ValueError: fewer than 2 folds, or more folds than rows.
     """
     if not 2 <= folds <= len(y):
         raise ValueError(f"folds must be in 2..{len(y)}, got {folds}")
-    # Stratify on the sign of the gain, not on y, so every target kind sees the same folds.
-    sign = np.sign([r.strong_score - r.weak_score for r in rows])
-    fold = stratified_folds(sign, folds, seed=seed, groups=[r.source for r in rows])
+    # Stratified on the sign of the gain, not on y: every target kind sees the same folds.
+    sign = [float(np.sign(r.strong_score - r.weak_score)) for r in rows]
+    fold = stratified_folds(sign, folds, seed=seed, groups=[source_of(r) for r in rows])
     out = np.zeros(len(y))
     scores = []
     for k in range(folds):
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        w, b, mean, std = _fit_arrays(x.take(train), y[train], l2=l2, iterations=iterations)
-        out[test] = _predict(x.take(test), w, b, mean, std)
+        out[test] = _fit(x.take(train), y[train], l2=l2, iterations=iterations).margins(
+            x.take(test))
         scores.append(summarize([rows[i] for i in test], out[test].tolist()).apgr)
         if progress is not None:
             progress(k + 1, folds)
-    return CrossValidation(folds, out, tuple(scores), summarize(rows, out.tolist()).apgr)
+    return CrossValidation(folds, l2, out, tuple(scores), summarize(rows, out.tolist()).apgr,
+                           apgr_by_source(rows, out))
+
+
+@dataclass(frozen=True, slots=True)
+class Training:
+    """What :func:`train_router` did: the router, and the cross-validation of each ``l2``
+    tried (the router uses the best one's)."""
+
+    router: LearnedRouter
+    validations: tuple[CrossValidation, ...]
+
+    @property
+    def chosen(self) -> CrossValidation:
+        return max(self.validations, key=lambda v: v.apgr)
+
+
+def train_router(
+    rows: Sequence[RoutingRow],
+    *,
+    config: FeatureConfig | None = None,
+    target: Target = "gain",
+    l2: Sequence[float] = (DEFAULT_L2,),
+    folds: int = 5,
+    seed: int = 0,
+    embedder: TextEmbedder | None = None,
+    info: Mapping[str, Any] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Training:
+    """Cross-validate each ``l2``, keep the best by out-of-fold APGR, fit on all ``rows``
+    and calibrate the output to P(strong model scores higher) on the out-of-fold margins.
+
+    Raises:
+        ValueError: no rows, or a bad ``folds`` or ``target``.
+    """
+    if not rows:
+        raise ValueError("no rows to train on")
+    config = config or FeatureConfig()
+
+    def stage(name: str) -> Progress | None:
+        return None if progress is None else (lambda i, n: progress(name, i, n))
+
+    x = build_matrix([r.prompt for r in rows], config, embedder=embedder,
+                     progress=stage("features"))
+    y = targets(rows, target)
+    validations = tuple(
+        cross_validate(x, y, rows, folds=folds, l2=value, seed=seed,
+                       progress=stage(f"cross-validation l2={value:g}"))
+        for value in l2
+    )
+    best = max(validations, key=lambda v: v.apgr)
+    calibration = calibrate(best.margins, targets(rows, "binary"))
+    sources: dict[str, int] = {}
+    for r in rows:
+        sources[r.source] = sources.get(r.source, 0) + 1
+    meta = {
+        "target": target,
+        "output": "calibrated P(strong_score > weak_score)",
+        "trained_on": {"rows": len(rows), "sources": sources},
+        "cross_validation": {
+            "folds": folds, "seed": seed, "mode": "exact",
+            "runs": [{"l2": v.l2, "apgr": round(v.apgr, 4), "apgr_std": round(v.apgr_std, 4),
+                      "by_source": {k: round(a, 4) for k, a in v.by_source.items()}}
+                     for v in validations],
+        },
+        **(info or {}),
+    }
+    if progress is not None:
+        progress("final fit", 0, 1)
+    router = fit_router(x, y, l2=best.l2, calibration=calibration, embedder=embedder,
+                        info=meta)
+    if progress is not None:
+        progress("final fit", 1, 1)
+    return Training(router, validations)

@@ -1,0 +1,416 @@
+"""Parsing the inbound OpenAI chat-completions request into the canonical form. Sans-IO.
+
+Validated here, once, by hand rather than through pydantic: this runs on every request, and
+hand-written checks are both faster and able to name the exact field at fault
+(``param="messages[2].content"``) in OpenAI's own error style. Unknown fields are ignored,
+since clients send many (``logprobs``, ``metadata``, ``store``, ...) the router has no use for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from engine.errors import RequestInvalid
+from engine.messages import (
+    ChatRequest,
+    ImagePart,
+    Message,
+    Part,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolResult,
+)
+
+__all__ = ["parse_request"]
+
+_MISSING: Any = object()
+_ROLES = "'system', 'developer', 'user', 'assistant' or 'tool'"
+_TOOL_CHOICE_MODES = ("auto", "none", "required")
+_MAX_STOP = 4
+_MAX_N = 128
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    """Validate a chat-completions request body and translate it to a :class:`ChatRequest`.
+
+    Raises:
+        RequestInvalid: the body is not a valid request; ``param`` names the field at fault.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RequestInvalid("request body is not valid JSON") from None
+    if type(data) is not dict:
+        raise RequestInvalid(f"request body must be a JSON object, not {_kind(data)}")
+    model = data.get("model")
+    if model == "auto":
+        model = None
+    elif model is not None and (type(model) is not str or not model):
+        raise _invalid_type("model", "a non-empty string", model)
+    system, messages = _parse_messages(data.get("messages", _MISSING))
+    tools = _parse_tools(data.get("tools"))
+    json_mode, json_schema = _parse_response_format(data.get("response_format"))
+    max_tokens = _number(data, "max_completion_tokens", int, 1)
+    if max_tokens is None:
+        max_tokens = _number(data, "max_tokens", int, 1)
+    stream = _boolean(data, "stream") or False
+    include_usage = False
+    options = data.get("stream_options")
+    if options is not None:
+        if type(options) is not dict:
+            raise _invalid_type("stream_options", "an object", options)
+        include_usage = bool(_boolean(options, "include_usage", "stream_options.include_usage"))
+    n = _number(data, "n", int, 1, _MAX_N)
+    user = data.get("user")
+    if user is not None and type(user) is not str:
+        raise _invalid_type("user", "a string", user)
+    return ChatRequest(
+        messages=messages,
+        model=model,
+        system=system,
+        tools=tools,
+        tool_choice=_parse_tool_choice(data.get("tool_choice"), tools),
+        parallel_tool_calls=_boolean(data, "parallel_tool_calls"),
+        json_mode=json_mode,
+        json_schema=json_schema,
+        temperature=_number(data, "temperature", float, 0, 2),
+        top_p=_number(data, "top_p", float, 0, 1),
+        top_k=_number(data, "top_k", int, 1),  # not OpenAI's, but vLLM clients send it
+        max_tokens=max_tokens,
+        stop=_parse_stop(data.get("stop")),
+        seed=_number(data, "seed", int),
+        n=1 if n is None else n,
+        user=user,
+        stream=stream,
+        include_usage=stream and include_usage,
+    )
+
+
+def _parse_messages(value: Any) -> tuple[str | None, tuple[Message, ...]]:
+    if value is _MISSING or value is None:
+        raise RequestInvalid("Missing required parameter: 'messages'.", param="messages")
+    if type(value) is not list:
+        raise _invalid_type("messages", "an array", value)
+    if not value:
+        raise RequestInvalid("'messages' must contain at least one message.", param="messages")
+    system: list[str] = []
+    messages: list[Message] = []
+    results: list[Part] = []  # consecutive tool messages fold into one user message
+    for i, message in enumerate(value):
+        path = f"messages[{i}]"
+        if type(message) is not dict:
+            raise _invalid_type(path, "an object", message)
+        role = message.get("role", _MISSING)
+        if role == "tool":
+            results.append(_parse_tool_result(message, path))
+            continue
+        if results:
+            messages.append(Message("user", tuple(results)))
+            results = []
+        if role == "user":
+            messages.append(Message("user", _parse_user_content(message, path)))
+        elif role == "assistant":
+            messages.append(Message("assistant", _parse_assistant(message, path)))
+        elif role == "system" or role == "developer":
+            system.append(_text_content(message.get("content", _MISSING), f"{path}.content"))
+        elif role is _MISSING:
+            raise RequestInvalid(
+                f"Missing required parameter: '{path}.role'.", param=f"{path}.role"
+            )
+        else:
+            raise RequestInvalid(
+                f"Invalid value for '{path}.role': expected {_ROLES}, got {_show(role)}.",
+                param=f"{path}.role",
+            )
+    if results:
+        messages.append(Message("user", tuple(results)))
+    if not messages:
+        raise RequestInvalid(
+            "'messages' must contain a user, assistant or tool message, not only system ones.",
+            param="messages",
+        )
+    return ("\n\n".join(system) if system else None), tuple(messages)
+
+
+def _parse_user_content(message: dict[str, Any], path: str) -> tuple[Part, ...]:
+    content = message.get("content", _MISSING)
+    path = f"{path}.content"
+    if type(content) is str:
+        return (TextPart(content),)
+    if content is _MISSING or content is None:
+        raise RequestInvalid(f"Missing required parameter: '{path}'.", param=path)
+    if type(content) is not list:
+        raise _invalid_type(path, "a string or an array of content parts", content)
+    if not content:
+        raise RequestInvalid(f"'{path}' must not be an empty array.", param=path)
+    parts: list[Part] = []
+    for j, part in enumerate(content):
+        part_path = f"{path}[{j}]"
+        kind = _part_type(part, part_path)
+        if kind == "text":
+            parts.append(TextPart(_string(part, "text", part_path)))
+        elif kind == "image_url":
+            parts.append(_parse_image(part.get("image_url"), f"{part_path}.image_url"))
+        elif kind in ("input_audio", "file"):
+            raise RequestInvalid(
+                f"Content parts of type '{kind}' are not supported by this router.",
+                param=f"{part_path}.type",
+            )
+        else:
+            raise _invalid_value(f"{part_path}.type", "'text' or 'image_url'", kind)
+    return tuple(parts)
+
+
+def _parse_image(value: Any, path: str) -> ImagePart:
+    url = value.get("url") if type(value) is dict else value
+    if type(url) is not str or not url:
+        raise _invalid_type(f"{path}.url", "a non-empty string", url)
+    if not url.startswith("data:"):
+        return ImagePart(url=url)
+    header, comma, data = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not comma or encoding != "base64" or not media_type:
+        raise RequestInvalid(
+            f"'{path}.url' must be an http(s) URL or a base64 data URL "
+            "('data:<media type>;base64,<data>').",
+            param=f"{path}.url",
+        )
+    return ImagePart(media_type=media_type, data=data)
+
+
+def _parse_assistant(message: dict[str, Any], path: str) -> tuple[Part, ...]:
+    parts: list[Part] = []
+    calls = message.get("tool_calls")
+    content = message.get("content")
+    if type(content) is str:
+        if content or not calls:
+            parts.append(TextPart(content))
+    elif type(content) is list:
+        for j, part in enumerate(content):
+            part_path = f"{path}.content[{j}]"
+            kind = _part_type(part, part_path)
+            if kind not in ("text", "refusal"):
+                raise _invalid_value(f"{part_path}.type", "'text' or 'refusal'", kind)
+            parts.append(TextPart(_string(part, kind, part_path)))
+    elif content is not None:
+        raise _invalid_type(f"{path}.content", "a string, an array or null", content)
+    if calls is not None:
+        if type(calls) is not list:
+            raise _invalid_type(f"{path}.tool_calls", "an array", calls)
+        for j, call in enumerate(calls):
+            parts.append(_parse_tool_call(call, f"{path}.tool_calls[{j}]"))
+    if not parts:
+        raise RequestInvalid(
+            f"Missing required parameter: '{path}.content' (required unless tool_calls is set).",
+            param=f"{path}.content",
+        )
+    return tuple(parts)
+
+
+def _parse_tool_call(call: Any, path: str) -> ToolCall:
+    if type(call) is not dict:
+        raise _invalid_type(path, "an object", call)
+    kind = call.get("type", "function")
+    if kind != "function":
+        raise _invalid_value(f"{path}.type", "'function'", kind)
+    function = call.get("function")
+    if type(function) is not dict:
+        raise _invalid_type(f"{path}.function", "an object", function)
+    return ToolCall(
+        id=_string(call, "id", path, non_empty=True),
+        name=_string(function, "name", f"{path}.function", non_empty=True),
+        arguments=_string(function, "arguments", f"{path}.function"),
+    )
+
+
+def _parse_tool_result(message: dict[str, Any], path: str) -> ToolResult:
+    return ToolResult(
+        tool_call_id=_string(message, "tool_call_id", path, non_empty=True),
+        content=_text_content(message.get("content", _MISSING), f"{path}.content"),
+    )
+
+
+def _text_content(content: Any, path: str) -> str:
+    """A string, or an array of text parts joined by newlines (system, developer, tool)."""
+    if type(content) is str:
+        return content
+    if content is _MISSING or content is None:
+        raise RequestInvalid(f"Missing required parameter: '{path}'.", param=path)
+    if type(content) is not list:
+        raise _invalid_type(path, "a string or an array of text parts", content)
+    texts = []
+    for j, part in enumerate(content):
+        kind = _part_type(part, f"{path}[{j}]")
+        if kind != "text":
+            raise _invalid_value(f"{path}[{j}].type", "'text'", kind)
+        texts.append(_string(part, "text", f"{path}[{j}]"))
+    return "\n".join(texts)
+
+
+def _part_type(part: Any, path: str) -> Any:
+    if type(part) is not dict:
+        raise _invalid_type(path, "an object", part)
+    kind = part.get("type", _MISSING)
+    if kind is _MISSING:
+        raise RequestInvalid(f"Missing required parameter: '{path}.type'.", param=f"{path}.type")
+    return kind
+
+
+def _parse_tools(value: Any) -> tuple[Tool, ...]:
+    if value is None:
+        return ()
+    if type(value) is not list:
+        raise _invalid_type("tools", "an array", value)
+    tools = []
+    for i, tool in enumerate(value):
+        path = f"tools[{i}]"
+        if type(tool) is not dict:
+            raise _invalid_type(path, "an object", tool)
+        kind = tool.get("type", "function")
+        if kind != "function":
+            raise _invalid_value(f"{path}.type", "'function'", kind)
+        function = tool.get("function")
+        if type(function) is not dict:
+            raise _invalid_type(f"{path}.function", "an object", function)
+        description = function.get("description")
+        if description is not None and type(description) is not str:
+            raise _invalid_type(f"{path}.function.description", "a string", description)
+        parameters = function.get("parameters")
+        if parameters is not None and type(parameters) is not dict:
+            raise _invalid_type(f"{path}.function.parameters", "an object", parameters)
+        name = _string(function, "name", f"{path}.function", non_empty=True)
+        tools.append(Tool(name=name, description=description or "", parameters=parameters))
+    return tuple(tools)
+
+
+def _parse_tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice | None:
+    if value is None:
+        return None
+    if value in _TOOL_CHOICE_MODES:
+        choice = ToolChoice(mode=value)
+    elif type(value) is dict and value.get("type") == "function":
+        function = value.get("function")
+        if type(function) is not dict:
+            raise _invalid_type("tool_choice.function", "an object", function)
+        name = _string(function, "name", "tool_choice.function", non_empty=True)
+        if tools and name not in {t.name for t in tools}:
+            raise RequestInvalid(
+                f"Invalid value for 'tool_choice.function.name': no tool named {name!r}.",
+                param="tool_choice.function.name",
+            )
+        choice = ToolChoice(mode="tool", name=name)
+    else:
+        raise RequestInvalid(
+            "Invalid value for 'tool_choice': expected 'auto', 'none', 'required' or "
+            '{"type": "function", "function": {"name": ...}}.',
+            param="tool_choice",
+        )
+    if not tools and choice.mode in ("required", "tool"):
+        raise RequestInvalid("'tool_choice' requires 'tools' to be specified.", param="tool_choice")
+    return choice
+
+
+def _parse_response_format(value: Any) -> tuple[bool, Any]:
+    if value is None:
+        return False, None
+    if type(value) is not dict:
+        raise _invalid_type("response_format", "an object", value)
+    kind = value.get("type")
+    if kind == "text":
+        return False, None
+    if kind == "json_object":
+        return True, None
+    if kind == "json_schema":
+        schema = value.get("json_schema")
+        if type(schema) is not dict:
+            raise _invalid_type("response_format.json_schema", "an object", schema)
+        _string(schema, "name", "response_format.json_schema", non_empty=True)
+        return True, schema
+    raise _invalid_value("response_format.type", "'text', 'json_object' or 'json_schema'", kind)
+
+
+def _parse_stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if type(value) is str:
+        return (value,)
+    if type(value) is not list:
+        raise _invalid_type("stop", "a string or an array of strings", value)
+    if len(value) > _MAX_STOP:
+        raise RequestInvalid(f"'stop' may hold at most {_MAX_STOP} sequences.", param="stop")
+    for j, item in enumerate(value):
+        if type(item) is not str:
+            raise _invalid_type(f"stop[{j}]", "a string", item)
+    return tuple(value)
+
+
+# ---- validation helpers --------------------------------------------------------------------
+
+
+def _string(obj: dict[str, Any], key: str, path: str, *, non_empty: bool = False) -> str:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        raise RequestInvalid(f"Missing required parameter: '{path}.{key}'.", param=f"{path}.{key}")
+    if type(value) is not str or (non_empty and not value):
+        raise _invalid_type(
+            f"{path}.{key}", "a non-empty string" if non_empty else "a string", value
+        )
+    return value
+
+
+def _number(
+    obj: dict[str, Any], key: str, kind: type, low: float | None = None, high: float | None = None
+) -> Any:
+    """An optional number in ``[low, high]``; ``kind=int`` refuses fractions. Never a bool."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not int and (kind is int or type(value) is not float):
+        raise _invalid_type(key, "an integer" if kind is int else "a number", value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise RequestInvalid(
+            f"Invalid value for '{key}': expected a number {bound}, got {value}.", param=key
+        )
+    return value
+
+
+def _boolean(obj: dict[str, Any], key: str, path: str | None = None) -> bool | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not bool:
+        raise _invalid_type(path or key, "a boolean", value)
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None or value is _MISSING:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _show(value: Any) -> str:
+    return repr(value)[:40] if isinstance(value, str) else _kind(value)
+
+
+def _invalid_type(path: str, expected: str, value: Any) -> RequestInvalid:
+    return RequestInvalid(
+        f"Invalid type for '{path}': expected {expected}, got {_kind(value)}.", param=path
+    )
+
+
+def _invalid_value(path: str, expected: str, value: Any) -> RequestInvalid:
+    return RequestInvalid(
+        f"Invalid value for '{path}': expected {expected}, got {_show(value)}.", param=path
+    )
+
+
