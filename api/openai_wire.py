@@ -31,7 +31,6 @@ from .openai_request import parse_request
 __all__ = ["StreamEncoder", "parse_request", "render_error", "render_result"]
 
 
-
 # ---- responses -----------------------------------------------------------------------------
 
 
