@@ -11,15 +11,17 @@ conversation (:func:`extract_features`):
 * ``embedding`` (optional): the WordLlama sentence vector (``engine.similarity.Embedder``;
   the weights ship inside the ``wordllama`` wheel and load offline).
 
-Whole conversations are scored, not only the last message: earlier user turns add to the
-n-gram counts at ``context_weight`` (the last user message counts fully), and the lengths of
-both enter the dense block. So a bare follow-up ("and why?") after a hard question scores
-close to the hard question. :func:`conversation_text` gives the heuristic the same view.
+Whole conversations are scored, not only the last message: the earlier user turns add to
+the n-gram counts and to the embedding at ``context_weight`` (the last user message counts
+fully), and the lengths of both enter the dense block. So a bare follow-up ("and why?")
+after a hard question scores close to the hard question (``engine.conversation``;
+its :func:`conversation_text`, re-exported here, gives the heuristic the same view).
 
-:meth:`LearnedRouter.score` returns ``p_strong`` in 0..1 in well under a millisecond (n-gram
-features read at most ``max_chars`` characters); :func:`blend` mixes it with the heuristic's
-0-100 score. Models are saved as JSON (:meth:`LearnedRouter.save`); training lives in
-``engine.learned_fit``.
+:meth:`LearnedRouter.score` returns ``p_strong`` in 0..1, calibrated as the chance that the
+strong model answers better, in about half a millisecond (every stage reads a bounded prefix
+of the text, so long prompts cost little more; BENCHMARKS.md has the figures); :func:`blend`
+mixes it with the heuristic's 0-100 score. Models are saved as JSON
+(:meth:`LearnedRouter.save`); training lives in ``engine.learned_fit``.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .conversation import conversation_text, user_turns
 from .errors import RouterError
-from .messages import ChatRequest, Message, TextPart, ToolResult
-from .scoring import score_request
+from .messages import ChatRequest, Message, TextPart
+from .scoring import Score, score_request
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
+    "DENSE_NAMES",
     "FORMAT_VERSION",
     "FeatureConfig",
     "Features",
@@ -84,8 +88,10 @@ class FeatureConfig:
 
     ``word_buckets`` and ``char_buckets`` are powers of two; ``char_ngrams`` are the n-gram
     lengths; ``max_chars`` bounds the text the n-grams read (the first ``max_chars * 3/4``
-    and the last quarter) so scoring stays fast on long prompts; ``context_weight`` is what an
-    earlier user turn counts for against the last one; ``*_scale`` weight the blocks.
+    and the last quarter) and ``embedding_chars`` the text embedded, so scoring stays fast
+    on long prompts; ``context_weight`` is what the earlier user turns (the newest
+    ``max_context_turns``, read at half those budgets) count for against the last one;
+    ``*_scale`` weight the blocks (a smaller scale is a stronger L2 penalty on the block).
     """
 
     word_buckets: int = 1 << 15
@@ -93,12 +99,19 @@ class FeatureConfig:
     char_ngrams: tuple[int, ...] = (3, 4, 5)
     word_bigrams: bool = True
     embeddings: bool = True
-    max_chars: int = 6000
+    max_chars: int = 2000
     context_weight: float = 0.5
     max_context_turns: int = 4
+    embedding_chars: int = 600
     word_scale: float = 0.5
     char_scale: float = 0.5
     embedding_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("word_buckets", "char_buckets"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, got {value}")
 
     @property
     def embedding_dim(self) -> int:
@@ -126,43 +139,6 @@ class Features:
     embedding: np.ndarray
     indices: np.ndarray
     values: np.ndarray
-
-
-# -- the conversation ---------------------------------------------------------------------
-
-
-def _user_text(message: Message) -> str:
-    text = message.text
-    if text:
-        return text
-    # A turn of tool results only (an agent loop): its content is what the model must read.
-    return "\n".join(p.content for p in message.parts if isinstance(p, ToolResult))
-
-
-def _turns(request: ChatRequest, max_context: int) -> tuple[str, list[str]]:
-    """The last user turn's text and up to ``max_context`` earlier ones, newest first."""
-    users = [_user_text(m) for m in request.messages if m.role == "user"]
-    if not users:
-        return "", []
-    return users[-1], users[-2::-1][:max_context]
-
-
-def conversation_text(request: ChatRequest, *, max_chars: int = 20_000) -> str:
-    """The user side of the conversation as one text, last message first, then the earlier
-    user turns newest first, cut at ``max_chars`` so the last message always fits.
-
-    A scorer that reads this sees the question a short follow-up refers to: "and why?"
-    after "Prove that there are infinitely many primes" carries the proof's cue.
-
-    >>> from engine.messages import ChatRequest, Message, TextPart
-    >>> turn = lambda role, text: Message(role, (TextPart(text),))
-    >>> conversation_text(ChatRequest(messages=(
-    ...     turn("user", "Prove it."), turn("assistant", "Done."), turn("user", "and why?"))))
-    'and why?\\nProve it.'
-    """
-    last, earlier = _turns(request, max_context=len(request.messages))
-    text = "\n".join([last, *earlier])
-    return text[:max_chars]
 
 
 def request_for_prompt(prompt: str) -> ChatRequest:
@@ -201,44 +177,59 @@ def _word_hashes(text: str, bigrams: bool) -> np.ndarray:
 def _char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
     b = np.frombuffer(text.encode(), np.uint8).astype(np.uint64)
     out = []
-    for n in ngrams:
+    h = b
+    for n in range(2, max(ngrams, default=0) + 1):
         if len(b) < n:
-            continue
-        h = np.full(len(b) - n + 1, n, np.uint64)
-        for k in range(n):
-            h = (h * np.uint64(0x01000193) + b[k : len(b) - n + 1 + k]) & _MASK32
-        out.append(_mix(h))
+            break
+        # the hash of each n-gram extends its (n-1)-gram prefix's by one byte (FNV-style)
+        h = (h[:-1] * np.uint64(0x01000193) + b[n - 1 :]) & _MASK32
+        if n in ngrams:
+            out.append(_mix(h ^ np.uint64(n << 24)))
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
 
 def _bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted bucket counts of hashes, log-scaled, with unit norm: (indices, values)."""
-    hashes = [h for h, _ in parts if len(h)]
-    if not hashes:
-        return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    idx = (np.concatenate(hashes) % np.uint64(buckets)).astype(np.int64)
-    weights = np.concatenate([np.full(len(h), w) for h, w in parts if len(h)])
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    values = np.log1p(np.bincount(inverse, weights=weights))
-    return uniq, values / np.linalg.norm(values)
+    mask = np.uint64(buckets - 1)
+    parts = [(h, w) for h, w in parts if len(h)]
+    if not parts:
+        return np.zeros(0, np.intp), np.zeros(0)
+    if len(parts) == 1:
+        indices, counts = np.unique(parts[0][0] & mask, return_counts=True)
+        values = np.log1p(counts * parts[0][1])
+    else:
+        indices, inverse = np.unique(np.concatenate([h & mask for h, _ in parts]),
+                                     return_inverse=True)
+        weights = np.concatenate([np.full(len(h), w) for h, w in parts])
+        values = np.log1p(np.bincount(inverse, weights=weights))
+    return indices.astype(np.intp), values / np.linalg.norm(values)
 
 
 # -- features -----------------------------------------------------------------------------
 
 
-def _shape(last: str, whole: str, user_turns: int) -> list[float]:
-    n = max(1, len(last))
-    words = _WORD.findall(last[:20_000])
-    sample = last[:20_000]
+def _shape(last: str, whole: int, user_turns: int) -> list[float]:
+    # Shares are measured on the first 2,000 characters (enough to estimate them, and
+    # cheap); the word count is scaled up from there.
+    sample = last[:2000]
+    n = max(1, len(sample))
+    words = _WORD.findall(sample)
+    code = np.frombuffer(sample.encode("utf-32-le"), np.uint32)
+    digit = (code >= 48) & (code <= 57)
+    upper = (code >= 65) & (code <= 90)
+    lower = (code >= 97) & (code <= 122)
+    ascii_ = code < 128
+    space = (code == 32) | ((code >= 9) & (code <= 13))
+    punct = ascii_ & ~(digit | upper | lower | space)
     return [
         math.log1p(len(last)),
-        math.log1p(len(whole)),
-        math.log1p(len(words)),
+        math.log1p(whole),
+        math.log1p(len(words) * len(last) / n),
         math.log1p(last.count("\n")),
-        sum(c.isdigit() for c in sample) / n,
-        sum(c.isupper() for c in sample) / n,
-        sum(not c.isalnum() and not c.isspace() for c in sample) / n,
-        sum(not c.isascii() for c in sample) / n,
+        int(digit.sum()) / n,
+        int(upper.sum()) / n,
+        int(punct.sum()) / n,
+        int((~ascii_).sum()) / n,
         sum(map(len, words)) / max(1, len(words)),
         math.log1p(last.count("?")),
         math.log1p(user_turns),
@@ -246,26 +237,35 @@ def _shape(last: str, whole: str, user_turns: int) -> list[float]:
 
 
 def extract_features(
-    request: ChatRequest, config: FeatureConfig, *, embedder: TextEmbedder | None = None
+    request: ChatRequest,
+    config: FeatureConfig,
+    *,
+    embedder: TextEmbedder | None = None,
+    heuristic: Score | None = None,
 ) -> Features:
-    """The features of ``request`` under ``config``.
+    """The features of ``request`` under ``config``; ``heuristic`` is the request's
+    ``score_request`` when the caller has it already (it is computed otherwise).
 
     Raises:
         RouterError: ``config.embeddings`` is on and no ``embedder`` is given.
     """
-    last, earlier = _turns(request, config.max_context_turns)
-    signals = score_request(request).signals
-    whole = "\n".join([last, *earlier])
-    user_turns = sum(1 for m in request.messages if m.role == "user")
+    last, earlier = user_turns(request, max_earlier=config.max_context_turns)
+    signals = (heuristic or score_request(request)).signals
+    whole = len(last) + sum(len(t) + 1 for t in earlier)
+    turns = sum(1 for m in request.messages if m.role == "user")
     dense = np.array([signals[k] / s for k, s in _SIGNAL_SCALE.items()]
-                     + _shape(last, whole, user_turns), np.float64)
+                     + _shape(last, whole, turns), np.float64)
 
-    texts = [(_clip(last, config.max_chars).lower(), 1.0)]
-    texts += [(_clip(t, config.max_chars).lower(), config.context_weight) for t in earlier]
+    # The last message, and the earlier turns (newest first) as one context text at half the
+    # budget: scoring a long conversation costs at most 1.5 times a long prompt.
+    texts = [(_clip(last, config.max_chars).lower(), 1.0, config.embedding_chars)]
+    if earlier:
+        context = _clip("\n".join(earlier), config.max_chars // 2).lower()
+        texts.append((context, config.context_weight, config.embedding_chars // 2))
     offset = len(DENSE_NAMES) + config.embedding_dim
-    w_idx, w_val = _bag([(_word_hashes(t, config.word_bigrams), w) for t, w in texts],
+    w_idx, w_val = _bag([(_word_hashes(t, config.word_bigrams), w) for t, w, _ in texts],
                         config.word_buckets)
-    c_idx, c_val = _bag([(_char_hashes(t, config.char_ngrams), w) for t, w in texts],
+    c_idx, c_val = _bag([(_char_hashes(t, config.char_ngrams), w) for t, w, _ in texts],
                         config.char_buckets)
     indices = np.concatenate([w_idx + offset, c_idx + offset + config.word_buckets])
     values = np.concatenate([w_val * config.word_scale, c_val * config.char_scale])
@@ -274,8 +274,12 @@ def extract_features(
     if config.embeddings:
         if embedder is None:
             raise RouterError("this router uses embeddings: pass an embedder")
-        vectors = embedder.embed([_clip(t, 2000) for t, _ in texts]).astype(np.float64)
-        weights = np.array([w for _, w in texts])[:, None]
+        clipped = [_clip(t, budget) for t, _, budget in texts]
+        vectors = embedder.embed(clipped).astype(np.float64)
+        if vectors.shape[1] != config.embedding_dim:
+            raise RouterError(f"this router needs {config.embedding_dim}-dim embeddings, "
+                              f"the embedder gives {vectors.shape[1]}")
+        weights = np.array([w for _, w, _ in texts])[:, None]
         embedding = (vectors * weights).sum(axis=0)
         norm = np.linalg.norm(embedding)
         if norm > 0:
@@ -314,13 +318,16 @@ class LearnedRouter:
             z += float(features.embedding @ w[n_dense : n_dense + len(features.embedding)])
         return z + float(features.values @ w[features.indices])
 
-    def score(self, request: ChatRequest) -> float:
-        """``p_strong`` in 0..1: the chance the weak model's answer is not good enough.
+    def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float:
+        """``p_strong`` in 0..1: the calibrated chance that the strong model answers better
+        than the weak one. Pass the request's ``heuristic`` score if already computed.
 
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        z = self.logit(extract_features(request, self.config, embedder=self.embedder))
+        features = extract_features(request, self.config, embedder=self.embedder,
+                                    heuristic=heuristic)
+        z = self.logit(features)
         slope, intercept = self.calibration
         return _sigmoid(slope * z + intercept)
 

@@ -11,7 +11,6 @@ calling the strong model, which is what APGR rewards.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +18,6 @@ from typing import Any, Literal
 import numpy as np
 
 from .learned import (
-    DENSE_NAMES,
     FORMAT_VERSION,
     FeatureConfig,
     Features,
@@ -250,10 +248,9 @@ def fit_router(
 ) -> LearnedRouter:
     """A :class:`LearnedRouter` fitted on features ``x`` and targets ``y`` (0..1), its
     output mapped through ``calibration`` (see :func:`calibrate`)."""
-    started = time.monotonic()
     fit = _fit(x, y, l2=l2, iterations=iterations)
+    # No timestamps or timings: the same rows and options give the same file, byte for byte.
     meta = {"l2": l2, "iterations": iterations, "rows": len(y),
-            "fit_seconds": round(time.monotonic() - started, 2),
             "format_version": FORMAT_VERSION}
     return LearnedRouter(x.config, fit.weights, fit.bias, fit.mean, fit.std,
                          calibration=calibration, info={**meta, **(info or {})},
@@ -338,7 +335,7 @@ def cross_validate(
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         out[test] = _fit(x.take(train), y[train], l2=l2, iterations=iterations).margins(
             x.take(test))
-        scores.append(summarize([rows[i] for i in test], out[test].tolist()).apgr)
+        scores.append(summarize([rows[int(i)] for i in test], out[test].tolist()).apgr)
         if progress is not None:
             progress(k + 1, folds)
     return CrossValidation(folds, l2, out, tuple(scores), summarize(rows, out.tolist()).apgr,

@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "RoutingRow",
     "Summary",
     "apgr",
+    "cheapest_at",
     "cpt",
+    "curve_at",
     "curve_exact",
     "curve_routellm",
     "evaluate_choices",
@@ -44,6 +47,7 @@ __all__ = [
     "pareto_front",
     "parse_rows",
     "summarize",
+    "tier_split",
 ]
 
 CurveMode = Literal["exact", "routellm"]
@@ -194,7 +198,7 @@ def curve_exact(rows: Sequence[RoutingRow], scores: Sequence[float]) -> list[Poi
 
 
 def _trapz(points: Sequence[Point]) -> float:
-    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(points, points[1:]))
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in pairwise(points))
 
 
 def apgr(points: Sequence[Point], weak: float, strong: float) -> float:
@@ -215,7 +219,7 @@ def cpt(points: Sequence[Point], weak: float, strong: float, level: float) -> fl
     0.8
     """
     target = weak + level * (strong - weak)
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in pairwise(points):
         if y0 >= target:
             return x0
         if y1 >= target:
@@ -253,7 +257,8 @@ def evaluate_routes(rows: Sequence[RoutingRow], strong: Sequence[bool]) -> dict[
            "quality": q, "weak": weak_q, "strong": strong_q,
            "PGR": (q - weak_q) / (strong_q - weak_q)}
     if all(r.weak_cost is not None and r.strong_cost is not None for r in rows):
-        cost = sum((r.strong_cost if s else r.weak_cost) or 0.0 for r, s in zip(rows, strong))
+        cost = sum((r.strong_cost if s else r.weak_cost) or 0.0
+                   for r, s in zip(rows, strong, strict=True))
         out["cost_vs_always_strong"] = cost / sum(r.strong_cost or 0.0 for r in rows)
     return out
 
@@ -266,11 +271,62 @@ def evaluate_choices(rows: Sequence[RoutingRow], models: Sequence[str]) -> dict[
         KeyError: a row has no score or cost for its chosen model.
     """
     q = _mean([r.scores[m] for r, m in zip(rows, models, strict=True)])
-    cost = sum(r.costs[m] for r, m in zip(rows, models))
+    cost = sum(r.costs[m] for r, m in zip(rows, models, strict=True))
     strong_q = _mean([r.strong_score for r in rows])
     return {"n": float(len(rows)), "quality": q, "strong": strong_q,
             "quality_vs_strong": q / strong_q,
             "cost_vs_always_strong": cost / sum(r.strong_cost or 0.0 for r in rows)}
+
+
+_DECILES = tuple(i / 10 for i in range(11))
+
+
+def curve_at(
+    rows: Sequence[RoutingRow],
+    scores: Sequence[float],
+    shares: Sequence[float] = _DECILES,
+) -> list[dict[str, float]]:
+    """The exact curve read at ``shares`` of strong calls (linear between thresholds): the
+    mean ``quality``, the ``PGR`` and, for rows with costs, ``cost_vs_strong`` (the cost
+    relative to always calling the strong model; ties split as in :func:`curve_exact`).
+
+    >>> rows = [RoutingRow("a", "", 0, 1, weak_cost=1, strong_cost=9),
+    ...         RoutingRow("b", "", 1, 1, weak_cost=1, strong_cost=9)]
+    >>> [(p["quality"], round(p["cost_vs_strong"], 3))
+    ...  for p in curve_at(rows, [2, 1], shares=[0.0, 0.5, 1.0])]
+    [(0.5, 0.111), (1.0, 0.556), (1.0, 1.0)]
+    """
+    n = len(rows)
+    costs = all(r.weak_cost is not None and r.strong_cost is not None for r in rows)
+    order = sorted(range(n), key=lambda i: -scores[i])
+    q = sum(r.weak_score for r in rows)
+    c = sum(r.weak_cost or 0.0 for r in rows)
+    all_strong = sum(r.strong_cost or 0.0 for r in rows) if costs else 1.0
+    knots = [(0.0, q / n, c / all_strong)]
+    i = 0
+    while i < n:
+        j = i
+        while j < n and scores[order[j]] == scores[order[i]]:
+            row = rows[order[j]]
+            q += row.strong_score - row.weak_score
+            c += (row.strong_cost or 0.0) - (row.weak_cost or 0.0)
+            j += 1
+        knots.append((j / n, q / n, c / all_strong))
+        i = j
+    weak = _mean([r.weak_score for r in rows])
+    strong = _mean([r.strong_score for r in rows])
+    out = []
+    for share in shares:
+        k = next((k for k in range(1, len(knots)) if knots[k][0] >= share), len(knots) - 1)
+        (x0, q0, c0), (x1, q1, c1) = knots[k - 1], knots[k]
+        t = 0.0 if x1 == x0 else min(1.0, max(0.0, (share - x0) / (x1 - x0)))
+        quality = q0 + t * (q1 - q0)
+        point = {"share": share, "quality": quality,
+                 "PGR": (quality - weak) / (strong - weak) if strong != weak else math.nan}
+        if costs:
+            point["cost_vs_strong"] = c0 + t * (c1 - c0)
+        out.append(point)
+    return out
 
 
 # -- multi-tier routing -------------------------------------------------------------------
@@ -301,7 +357,7 @@ def model_ladder(rows: Sequence[RoutingRow]) -> list[str]:
     cost = {m: _mean([r.costs[m] for r in rows]) for m in models}
     weak, strong = rows[0].weak_model, rows[0].strong_model
     floor = quality.get(weak, -math.inf)
-    ladder = []
+    ladder: list[str] = []
     for m in sorted(models, key=lambda m: (cost[m], -quality[m])):
         if quality[m] >= floor and (not ladder or quality[m] > quality[ladder[-1]]):
             ladder.append(m)
@@ -348,9 +404,10 @@ def multi_tier_points(
     c_of = [[rows[i].costs[m] for m in ladder] for i in order]
     points = []
     for counts in _compositions(steps, len(ladder)):
-        cuts, acc = [], 0
-        for c in counts[:-1]:
-            acc += c
+        cuts: list[float] = []
+        acc = 0
+        for count in counts[:-1]:
+            acc += count
             cuts.append(acc * n / steps)
         q = c = 0.0
         for pos in range(n):
@@ -377,6 +434,22 @@ def _compositions(total: int, parts: int) -> Iterable[tuple[int, ...]]:
     for first in range(total + 1):
         for rest in _compositions(total - first, parts - 1):
             yield (first, *rest)
+
+
+def cheapest_at(points: Iterable[MultiTierPoint], quality: float) -> MultiTierPoint | None:
+    """The cheapest point reaching ``quality`` (relative to always-strong), or None."""
+    good = [p for p in points if p.quality_vs_strong >= quality - 1e-12]
+    return min(good, key=lambda p: (p.cost_vs_strong, -p.quality_vs_strong), default=None)
+
+
+def tier_split(scores: Sequence[float], cuts: Sequence[float]) -> list[int]:
+    """The tier index (0-based) of each score under ascending ``cuts``: a score at most
+    ``cuts[0]`` is tier 0 and so on, as ``classifier.tier1_max`` / ``tier2_max`` work.
+
+    >>> tier_split([5, 30, 31, 71], [30, 70])
+    [0, 0, 1, 2]
+    """
+    return [sum(1 for c in cuts if s > c) for s in scores]
 
 
 def pareto_front(points: Iterable[MultiTierPoint]) -> list[MultiTierPoint]:
