@@ -6,6 +6,7 @@
         (defaults: config.yaml, 127.0.0.1:8080)
     llm-router check FILE                                      validate a config; exit 2 on problems
     llm-router workflow validate|plan|run FILE ...             see api/workflow_cli.py
+    llm-router router eval|train DATA.jsonl ...                see api/router_cli.py
     llm-router --version
 """
 
@@ -43,7 +44,9 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, router: bool = False) -> argparse.ArgumentParser:
+    """The argument parser. The ``router`` commands' module (numpy, the trained router) is
+    imported only when they are used, so serving starts without it."""
     parser = argparse.ArgumentParser(
         prog="llm-router", description="Cost-optimizing LLM gateway and workflow engine."
     )
@@ -59,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=argparse.SUPPRESS)
     serve.add_argument("--addr", default=argparse.SUPPRESS)
     workflow_cli.add_commands(commands)
+    if router:
+        from .router_cli import add_router_commands
+
+        add_router_commands(commands)
+    else:
+        commands.add_parser("router", help="evaluate or train the request router "
+                            "(llm-router router eval|train ...)")
     return parser
 
 
@@ -114,7 +124,8 @@ def _serve(config_path: str, addr: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(router="router" in argv).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -124,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.file)
     if args.command == "workflow":
         return workflow_cli.run_command(args)
+    if args.command == "router":
+        from .router_cli import run_router_command
+
+        return run_router_command(args)
     return _serve(args.config, args.addr)
 
 

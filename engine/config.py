@@ -149,10 +149,10 @@ class LearnedConfig(_Section):
 
     ``threshold``: the "needs the strong model" probability (of the trained router or the
     sidecar) that corresponds to the tier 1 / tier 2 boundary when it is put on the 0-100
-    score scale. ``model``: a trained router file (``llm-router router train``), blended with
-    the heuristic by ``model_weight``. ``sidecar_url`` / ``sidecar_weight`` /
-    ``sidecar_timeout_ms``: an external classifier. The rest drives threshold calibration from
-    ``POST /v1/feedback`` (see ``engine.calibration``).
+    score scale. ``model``: a trained router file (``llm-router router train``; ``builtin``:
+    the one shipped with the package), blended with the heuristic by ``model_weight``.
+    ``sidecar_url`` / ``sidecar_weight`` / ``sidecar_timeout_ms``: an external classifier.
+    The rest drives threshold calibration from ``POST /v1/feedback`` (``engine.calibration``).
     """
 
     threshold: float = Field(0.5, gt=0, lt=1)

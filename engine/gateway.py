@@ -278,7 +278,9 @@ async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
                 sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
                                   upstream=upstream)
             # Reading the model (and the embedding table it may need) blocks: a thread.
-            learned = await trio.to_thread.run_sync(load_learned, config)
+            learned = await trio.to_thread.run_sync(
+                load_learned, config, matcher.embedder if matcher is not None else None
+            )
             policy = RoutingPolicy(config, learned=learned, sidecar=sidecar, store=store)
             await policy.load()
             try:
@@ -291,10 +293,14 @@ async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
             await store.close()
 
 
-def load_learned(config: Config) -> LearnedScorer | None:
-    """The trained router named by ``learned.model``, if any."""
+def load_learned(config: Config, embedder: Any = None) -> LearnedScorer | None:
+    """The trained router named by ``learned.model`` (``builtin``: the one shipped with the
+    package), sharing the cache's embedding table when there is one."""
     if config.learned.model is None:
         return None
-    from .learned import LearnedRouter
+    from .learned import DEFAULT_MODEL_PATH, LearnedRouter
 
-    return LearnedRouter.load(config.path(config.learned.model))
+    path = DEFAULT_MODEL_PATH if config.learned.model == "builtin" else config.path(
+        config.learned.model
+    )
+    return LearnedRouter.load(path, embedder=embedder)

@@ -42,8 +42,8 @@ from .messages import (
     Usage,
 )
 from .planner import Node
-from .request_key import RequestKey, request_key
 from .policy import RoutingPolicy
+from .request_key import RequestKey, request_key
 from .routing import Route
 from .scoring import estimate_tokens
 from .stats import Stats

@@ -15,11 +15,11 @@ class SemanticMatcher:
     """Loads the embedding table on construction (call it off the event loop)."""
 
     def __init__(self) -> None:
-        self._embedder = Embedder()
-        self.dim = self._embedder.dim  # forces the load now, not on the first request
+        self.embedder = Embedder()
+        self.dim = self.embedder.dim  # forces the load now, not on the first request
 
     def fingerprint(self, text: str) -> Fingerprint:
-        return self._embedder.fingerprint(text)
+        return self.embedder.fingerprint(text)
 
     def normalise(self, text: str) -> str:
         return normalize_text(text)

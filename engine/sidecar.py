@@ -3,7 +3,8 @@
 Wire format (a thin adapter puts a RouteLLM-style router behind it)::
 
     POST {learned.sidecar_url}
-    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}], "prompt": "<last user text>"}
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}],
+     "prompt": "<last user text>"}
     -> 200 {"score": 0.73}            (or {"p_strong": 0.73}; 0 = the cheapest model will do)
 
 Every call has a hard time budget (``learned.sidecar_timeout_ms``, default 50 ms). On a
