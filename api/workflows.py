@@ -24,8 +24,9 @@ from engine.config import Config
 from engine.errors import RequestInvalid, RouterError, WorkflowNotFound
 from engine.gateway import Gateway, WorkflowEvents
 from engine.node import RunContext
-from engine.workflow import Workflow, WorkflowLimits, load_workflow, resolve_variables
+from engine.workflow import Workflow, WorkflowLimits, load_workflow
 from engine.workflow_plan import check_models, describe_plan, estimate_costs
+from engine.workflow_render import resolve_variables
 
 from . import openai_wire
 

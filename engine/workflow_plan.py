@@ -32,7 +32,8 @@ from .errors import WorkflowInvalid
 from .planner import Node, Plan, build_plan
 from .pool import BackendPool
 from .scoring import estimate_tokens, score_request, tier_for_score
-from .workflow import Op, OpOutput, Workflow, render_request, resolve_variables
+from .workflow import Op, OpOutput, Workflow
+from .workflow_render import render_request, resolve_variables
 
 __all__ = [
     "DECODE_MS_PER_TOKEN",
@@ -192,7 +193,7 @@ def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
         workflow: the loaded workflow.
         config: the models and their prices.
         input: the workflow input to estimate with (``""``: prompts alone).
-        variables: overrides, as for :func:`~engine.workflow.resolve_variables`.
+        variables: overrides, as for :func:`~engine.workflow_render.resolve_variables`.
 
     Returns:
         A JSON-ready dict: ``ops`` maps each op to ``model``, ``tier``, ``input_tokens``,

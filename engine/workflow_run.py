@@ -5,7 +5,7 @@ routing, backend choice, failover), so identical ops of concurrent runs execute 
 op goes to the cheapest model of its tier. On top of that, per run:
 
 * the prompt is rendered from the workflow input, variables and finished ops' outputs the
-  moment the op's inputs are done (``engine.workflow.render_request``);
+  moment the op's inputs are done (``engine.workflow_render.render_request``);
 * ready ops on the critical path go first (priority = estimated latency of the longest chain
   from the op to the end), at most ``max_concurrency`` at once;
 * an op whose input op ran on a backend of the same tier prefers that backend (its prompt /
@@ -42,8 +42,9 @@ from .errors import (
 from .executor import execute_plan
 from .node import NodeResult, NodeRunner, RunContext
 from .planner import Node
-from .workflow import OpOutput, Workflow, parse_output, render_request, resolve_variables
+from .workflow import OpOutput, Workflow
 from .workflow_plan import estimate_costs, plan_workflow
+from .workflow_render import parse_output, render_request, resolve_variables
 
 __all__ = ["Emit", "OpRecord", "run_workflow"]
 

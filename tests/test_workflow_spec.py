@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import engine.workflow
 import engine.workflow_plan
+import engine.workflow_render
 import engine.workflow_source
 import engine.workflow_template
 from engine.config import Config, ModelConfig
@@ -29,9 +30,6 @@ from engine.workflow import (
     Workflow,
     WorkflowLimits,
     load_workflow,
-    parse_output,
-    render_request,
-    resolve_variables,
 )
 from engine.workflow_plan import (
     DEFAULT_OUTPUT_TOKENS,
@@ -41,6 +39,7 @@ from engine.workflow_plan import (
     estimate_costs,
     plan_workflow,
 )
+from engine.workflow_render import parse_output, render_request, resolve_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
@@ -801,7 +800,9 @@ def test_docstring_examples(module: object) -> None:
 def test_public_surface() -> None:
     assert set(engine.workflow.__all__) == {
         "Op", "OpOutput", "Scalar", "Workflow", "WorkflowLimits", "check_workflow",
-        "load_workflow", "parse_output", "render_request", "resolve_variables"}
+        "load_workflow"}
+    assert set(engine.workflow_render.__all__) == {
+        "parse_output", "render_request", "resolve_variables"}
     assert set(engine.workflow_plan.__all__) >= {
         "plan_workflow", "critical_path", "estimate_costs", "describe_plan", "check_models"}
     assert os.path.isdir(TEMPLATES)
