@@ -343,4 +343,8 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     except UnicodeDecodeError:
         raise ConfigInvalid([f"{path}: not UTF-8 text"]) from None
     config = parse_config(text, environ=environ)
-    return config.model_copy(update={"config_dir": str(path.resolve().parent)})
+    config = config.model_copy(update={"config_dir": str(path.resolve().parent)})
+    model = config.learned.model
+    if model is not None and model != "builtin" and not config.path(model).is_file():
+        raise ConfigInvalid([f"learned.model: no such file: {config.path(model)}"])
+    return config

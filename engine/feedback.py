@@ -49,8 +49,8 @@ class FeedbackStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise RouterError(f"feedback database error: {exc}") from None
+        except (sqlite3.Error, OSError) as exc:
+            raise RouterError(f"feedback database {self.path}: {exc}") from None
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:

@@ -15,6 +15,7 @@ Both entry points plan the request as a one-node workflow and hand it to the exe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -242,8 +243,6 @@ class WorkflowEvents:
 
 
 def _internal(exc: Exception) -> RouterError:
-    import logging
-
     logging.getLogger("llm_router").exception("internal error while streaming", exc_info=exc)
     return RouterError("internal error while streaming")
 
@@ -265,11 +264,17 @@ async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
 
         matcher = await trio.to_thread.run_sync(SemanticMatcher)
     settings = config.learned
-    store = FeedbackStore(
+    opened = FeedbackStore(
         config.path(settings.feedback_db),
         base=(config.classifier.tier1_max, config.classifier.tier2_max),
     )
-    await store.open()
+    store: FeedbackStore | None = opened
+    try:
+        await opened.open()
+    except RouterError as exc:
+        # Routing works without it; only feedback and calibration are off.
+        logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
+        store = None
     try:
         async with open_http_client() as http, trio.open_nursery() as nursery:
             upstream = UpstreamClient(http)
@@ -289,8 +294,9 @@ async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            await store.close()
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.close()
 
 
 def load_learned(config: Config, embedder: Any = None) -> LearnedScorer | None:
