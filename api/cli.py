@@ -120,7 +120,23 @@ def _serve(config_path: str, addr: str) -> int:
     except OSError as exc:
         print(f"llm-router: cannot listen on {addr}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # start-up failed (e.g. a model file): one line, no traceback
+        print(f"llm-router: start-up failed: {_innermost(exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _innermost(exc: BaseException) -> str:
+    """The message of the failure at the bottom of an exception group or chain."""
+    while True:
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif exc.__context__ is not None and not exc.__suppress_context__:
+            exc = exc.__context__
+        else:
+            return str(exc) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
