@@ -30,7 +30,7 @@ from engine.errors import (
     Unauthorized,
     UpstreamRateLimited,
 )
-from engine.gateway import ChatStream, Gateway, open_gateway
+from engine.gateway import ChatStream, Gateway, Models, open_gateway
 from engine.node import RunContext, Served
 
 from .protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
@@ -88,8 +88,9 @@ def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status=status, content_type=_JSON)
 
 
-def create_app(config: Config) -> QuartTrio:
-    """Build the app for ``config``. The gateway starts and stops with serving."""
+def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
+    """Build the app for ``config``. The gateway starts and stops with serving; ``preloaded``
+    are models already loaded (``engine.gateway.load_models``), else they load at start-up."""
     app = QuartTrio("llm_router")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams may run for minutes; deadlines live in the engine
@@ -102,7 +103,7 @@ def create_app(config: Config) -> QuartTrio:
 
     @app.while_serving
     async def lifespan() -> AsyncIterator[None]:
-        async with open_gateway(config) as gateway:
+        async with open_gateway(config, models=preloaded) as gateway:
             holder["gateway"] = gateway
             yield
             holder.pop("gateway", None)

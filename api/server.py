@@ -11,6 +11,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from engine.config import Config
+from engine.gateway import Models, load_models
 
 from .app import create_app
 
@@ -31,8 +32,8 @@ def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig
     return hc
 
 
-async def _serve(config: Config, *, host: str, port: int) -> None:
-    app = create_app(config)
+async def _serve(config: Config, *, host: str, port: int, models: Models) -> None:
+    app = create_app(config, preloaded=models)
     stop = trio.Event()
 
     async def watch_signals() -> None:
@@ -54,4 +55,7 @@ async def _serve(config: Config, *, host: str, port: int) -> None:
 
 
 def run_server(config: Config, *, host: str, port: int) -> None:
-    trio.run(lambda: _serve(config, host=host, port=port))
+    """Load the models, then serve until SIGTERM or SIGINT. A model that cannot be loaded
+    raises here, before anything listens."""
+    models = load_models(config)
+    trio.run(lambda: _serve(config, host=host, port=port, models=models))

@@ -42,7 +42,7 @@ from .upstream import UpstreamClient, open_http_client
 from .workflow import Workflow
 from .workflow_run import Emit, run_workflow
 
-__all__ = ["ChatStream", "Gateway", "WorkflowEvents", "open_gateway"]
+__all__ = ["ChatStream", "Gateway", "Models", "WorkflowEvents", "load_models", "open_gateway"]
 
 _STREAM_BUFFER = 16
 
@@ -255,14 +255,33 @@ async def _deliver(send: trio.MemorySendChannel[Any], error: object) -> None:
             pass
 
 
-@asynccontextmanager
-async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
-    """Run a gateway for the lifetime of the block (the server's lifetime)."""
+@dataclass(frozen=True, slots=True)
+class Models:
+    """What a gateway loads from disk before serving: the cache's embedding matcher and the
+    trained router. Loading blocks (files, numpy tables), so a server does it before it
+    starts listening, where a failure is one clear message."""
+
+    matcher: Matcher | None = None
+    learned: LearnedScorer | None = None
+
+
+def load_models(config: Config) -> Models:
+    """Load the models ``config`` asks for (synchronously)."""
     matcher = None
     if config.cache.enabled:
         from .semantic import SemanticMatcher  # loads embeddings: only when the cache is on
 
-        matcher = await trio.to_thread.run_sync(SemanticMatcher)
+        matcher = SemanticMatcher()
+    learned = load_learned(config, matcher.embedder if matcher is not None else None)
+    return Models(matcher=matcher, learned=learned)
+
+
+@asynccontextmanager
+async def open_gateway(config: Config, *, models: Models | None = None) -> AsyncIterator[Gateway]:
+    """Run a gateway for the lifetime of the block (the server's lifetime); ``models`` are
+    loaded (in a worker thread) unless given."""
+    if models is None:
+        models = await trio.to_thread.run_sync(load_models, config)
     settings = config.learned
     opened = FeedbackStore(
         config.path(settings.feedback_db),
@@ -282,15 +301,11 @@ async def open_gateway(config: Config) -> AsyncIterator[Gateway]:
             if settings.sidecar_url is not None:
                 sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
                                   upstream=upstream)
-            # Reading the model (and the embedding table it may need) blocks: a thread.
-            learned = await trio.to_thread.run_sync(
-                load_learned, config, matcher.embedder if matcher is not None else None
-            )
-            policy = RoutingPolicy(config, learned=learned, sidecar=sidecar, store=store)
+            policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar, store=store)
             await policy.load()
             try:
-                yield Gateway(config, upstream=upstream, nursery=nursery, matcher=matcher,
-                              policy=policy)
+                yield Gateway(config, upstream=upstream, nursery=nursery,
+                              matcher=models.matcher, policy=policy)
             finally:
                 nursery.cancel_scope.cancel()
     finally:

@@ -43,3 +43,20 @@ async def test_an_unusable_feedback_database_disables_feedback_only(
                                      json={"score": 0.2, "tier": 1, "quality": 0.9})
         assert feedback.status_code == 400
         assert "not enabled" in feedback.json()["error"]["message"]
+
+
+def test_a_corrupt_trained_router_fails_start_up_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "router.json").write_text('{"not": "a router"}')
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "models:\n  - {name: m, provider: openai, model: x, tier: 1}\n"
+        "cache: {enabled: false}\n"
+        "learned: {model: router.json, feedback_db: feedback.db}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "--config", str(config), "--addr", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "start-up failed" in done.stderr
+    assert "Traceback" not in done.stderr
