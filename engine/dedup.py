@@ -40,7 +40,6 @@ class Flight:
         self.error: RouterError | None = None
         self.done = False
         self.listeners = 0
-        self.followers = 0
         self._changed = trio.Event()
         self._scope = trio.CancelScope()
 
@@ -110,7 +109,6 @@ class FlightRegistry:
         # next runs: joining it would only get its cancellation error. Start afresh instead
         # (``_fly`` forgets only its own flight, so the new one keeps its place).
         if flight is not None and flight.listeners > 0:
-            flight.followers += 1
             self.joined += 1
             flight.join()
             return flight, False

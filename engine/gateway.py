@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -55,7 +55,6 @@ class ChatStream:
     served: Served
     _receive: trio.MemoryReceiveChannel[Any]
     _scope: trio.CancelScope
-    first: list[Event] = field(default_factory=list)
 
     # An iterator object, not an async generator: a client that leaves mid-stream abandons
     # the iteration, and an abandoned generator is one trio warns about when it is collected.

@@ -120,20 +120,24 @@ class NodeRunner:
             raise RouterError(f"node {node.name!r} has no request")
         request = node.request
         route = await self.policy.route(request, tier=node.tier)
-        target = route.pinned or f"tier:{route.tier}"
-        key = request_key(request, tenant=ctx.tenant, target=target)
-        cacheable = self._cacheable(request)
+        share = self.config.dedup.enabled
+        cache = self.cache if self._cacheable(request) else None
+        key = None
+        if cache is not None or share:  # neither cache nor dedup: no key to compute
+            target = route.pinned or f"tier:{route.tier}"
+            key = request_key(request, tenant=ctx.tenant, target=target)
 
-        if cacheable and ctx.cache_read and self.cache is not None:
-            hit = self.cache.lookup(key, trio.current_time())
+        if cache is not None and key is not None and ctx.cache_read:
+            hit = cache.lookup(key, trio.current_time())
             if hit is not None:
                 return await self._answer_from_cache(hit, route, sink)
             self.stats.cache_misses += 1
 
-        store = cacheable and ctx.cache_write
+        store = cache is not None and ctx.cache_write
         flight, leader = self.flights.join(
-            key.full, partial(self._fly, request, route, key, store, sink is not None, prefer),
-            share=self.config.dedup.enabled,
+            key.full if key is not None else b"",
+            partial(self._fly, request, route, key, store, sink is not None, prefer),
+            share=share,
         )
         role = "LEADER" if leader else "FOLLOWER"
         try:
@@ -169,7 +173,8 @@ class NodeRunner:
         return True
 
     async def _fly(
-        self, request: ChatRequest, route: Route, key: RequestKey, store: bool, stream: bool,
+        self, request: ChatRequest, route: Route, key: RequestKey | None, store: bool,
+        stream: bool,
         prefer: str | None, publish: Publish,
     ) -> NodeResult:
         if stream:
@@ -180,7 +185,7 @@ class NodeRunner:
         else:
             answer = await self.caller.complete(request, route, prefer=prefer)
         done = self._account(request, route, answer)
-        if store and self.cache is not None and _worth_caching(answer.result):
+        if store and self.cache is not None and key is not None and _worth_caching(answer.result):
             self.cache.store(key, answer.result, model=answer.model.name,
                              tier=answer.model.tier, cost_usd=done.cost_usd,
                              now=trio.current_time())
