@@ -50,6 +50,7 @@ class CacheEntry:
     model: str
     tier: int
     cost_usd: float
+    reference_usd: float  # what the answer would have cost on the reference (strongest) model
     expires: float
     size: int
 
@@ -151,7 +152,7 @@ class ResponseCache:
 
     def store(
         self, key: RequestKey, result: ChatResult, *, model: str, tier: int, cost_usd: float,
-        now: float,
+        reference_usd: float, now: float,
     ) -> bool:
         """Store an answer; ``False`` when it is too large to cache."""
         norm = self.matcher.normalise(key.text)
@@ -170,7 +171,8 @@ class ResponseCache:
             fingerprint = self.matcher.fingerprint(key.text)
         entry = CacheEntry(
             id=self._next_id, exact=key.exact, norm=norm, fingerprint=fingerprint,
-            result=result, model=model, tier=tier, cost_usd=cost_usd, expires=now + self.ttl,
+            result=result, model=model, tier=tier, cost_usd=cost_usd,
+            reference_usd=reference_usd, expires=now + self.ttl,
             size=size,
         )
         self._next_id += 1

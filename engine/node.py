@@ -159,7 +159,7 @@ class NodeRunner:
         finally:
             flight.leave()
         if not leader:
-            self.stats.record_dedup(done.cost_usd)
+            self.stats.record_dedup(done.cost_usd, reference_usd=done.cost_usd + done.saved_usd)
         return dataclasses.replace(done, served=dataclasses.replace(done.served, dedup=role))
 
     # ---- decisions ----------------------------------------------------------------------
@@ -188,6 +188,7 @@ class NodeRunner:
         if store and self.cache is not None and key is not None and _worth_caching(answer.result):
             self.cache.store(key, answer.result, model=answer.model.name,
                              tier=answer.model.tier, cost_usd=done.cost_usd,
+                             reference_usd=done.cost_usd + done.saved_usd,
                              now=trio.current_time())
         return done
 
@@ -200,7 +201,7 @@ class NodeRunner:
             score=route.score.total if route.score is not None else None,
             router=route.router, cache="HIT", similarity=round(hit.similarity, 4),
         )
-        self.stats.record_cache_hit(entry.cost_usd)
+        self.stats.record_cache_hit(entry.cost_usd, reference_usd=entry.reference_usd)
         if sink is not None:
             await sink.send(served)
             await sink.send(_replay(entry.result))

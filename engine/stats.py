@@ -58,17 +58,21 @@ class Stats:
         self.output_tokens += usage.output_tokens
         return cost, saved
 
-    def record_cache_hit(self, cost_usd: float) -> None:
-        """A request answered from the cache: it saved what its answer cost the first time."""
+    def record_cache_hit(self, cost_usd: float, *, reference_usd: float) -> None:
+        """A request answered from the cache. It cost nothing, so against the reference model it
+        saved the answer's whole reference price (``total_saved_usd``); the cache's own bucket
+        holds what the cache saved over making the routed call again (the first call's cost)."""
         self.total_requests += 1
         self.cache_hits += 1
         self.cache_saved_usd += cost_usd
+        self.saved_usd += reference_usd
 
-    def record_dedup(self, cost_usd: float) -> None:
-        """A request that joined an identical one in flight: it saved that call's cost."""
+    def record_dedup(self, cost_usd: float, *, reference_usd: float) -> None:
+        """A request that joined an identical one in flight; saved as for a cache hit."""
         self.total_requests += 1
         self.dedup_joined += 1
         self.dedup_saved_usd += cost_usd
+        self.saved_usd += reference_usd
 
     def record_error(self, code: str) -> None:
         self.total_requests += 1

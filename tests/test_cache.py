@@ -83,7 +83,7 @@ def answer(text: str) -> ChatResult:
 def put(cache: ResponseCache, text: str, now: float = 0.0, *, reply: str | None = None,
         partition: bytes = b"p" * 20) -> bool:
     return cache.store(rkey(text, partition), answer(reply or f"re: {text}"), model="m", tier=1,
-                       cost_usd=0.01, now=now)
+                       cost_usd=0.01, reference_usd=0.03, now=now)
 
 
 def served(cache: ResponseCache, text: str, now: float = 0.0,
@@ -403,8 +403,10 @@ async def test_exact_repeat_is_a_hit_and_counted_apart(env: ProtocolEnv) -> None
     assert after["cache"]["hits"] == 1 and after["cache"]["misses"] == 1
     assert after["cache"]["saved_usd"] == pytest.approx(ANSWER_COST)
     assert after["total_requests"] == 2
-    # Routing savings and spending are about upstream calls; a hit adds to neither.
-    assert after["total_saved_usd"] == before["total_saved_usd"]
+    # A hit costs nothing: against the reference model (claude-mid, twice gpt-small's prices)
+    # it saved the answer's whole reference price, and the total says so.
+    assert before["total_saved_usd"] == pytest.approx(2 * ANSWER_COST - ANSWER_COST)
+    assert after["total_saved_usd"] == pytest.approx(before["total_saved_usd"] + 2 * ANSWER_COST)
     assert after["total_spent_usd"] == before["total_spent_usd"] == pytest.approx(ANSWER_COST)
 
 

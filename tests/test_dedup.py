@@ -375,9 +375,14 @@ async def test_identical_concurrent_requests_make_one_call(env: ProtocolEnv) -> 
     assert [text for text, _ in results] == [ANSWER] * N
     assert sorted(role or "" for _, role in results) == ["FOLLOWER"] * (N - 1) + ["LEADER"]
     assert calls(env) == 1
-    dedup = (await stats(env))["dedup"]
+    snapshot = await stats(env)
+    dedup = snapshot["dedup"]
     assert dedup["joined"] == N - 1
     assert dedup["saved_usd"] == pytest.approx((N - 1) * ANSWER_COST)
+    # The total counts every request against the reference model (claude-big, three times
+    # gpt-small's prices): the leader saved 3x - 1x, each follower, which cost nothing, 3x.
+    assert snapshot["total_spent_usd"] == pytest.approx(ANSWER_COST)
+    assert snapshot["total_saved_usd"] == pytest.approx(2 * ANSWER_COST + (N - 1) * 3 * ANSWER_COST)
 
 
 async def test_both_protocols_share_one_call(env: ProtocolEnv) -> None:
