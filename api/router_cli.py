@@ -187,12 +187,16 @@ def _eval(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
           out: TextIO, err: TextIO, progress: ProgressBar) -> int:
     from engine.similarity import Embedder  # loads its table on first use only
 
+    if args.plot and Path(args.plot).suffix.lower() not in (".svg", ".png"):
+        raise ValueError(f"--plot {args.plot}: write .svg or .png")
     embedder = Embedder()
     routers = [_resolve(spec, embedder) for spec in args.routers or ["heuristic"]]
     hashes = {f["sha256"] for f in files}
+    in_sample = []
     for r in routers:
         trained = {f.get("sha256") for f in (r.model.info.get("files", []) if r.model else [])}
         if trained & hashes:
+            in_sample.append(r.name)
             print(f"warning: {r.name} was trained on these rows: its numbers are in-sample",
                   file=err)
     heuristic = []
@@ -212,12 +216,12 @@ def _eval(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
         with open(args.pred_out, "w", encoding="utf-8") as f:
             for row, s in zip(rows, scores[routers[0].name], strict=True):
                 f.write(json.dumps({"id": row.id, "p_strong": s}) + "\n")
-    if args.plot:
-        _plot(args.plot, report, rows, files)
     if args.json:
         out.write(json.dumps(report, indent=1) + "\n")
     else:
         _print_report(report, out)
+    if args.plot:  # after the results: a plot that cannot be drawn loses nothing else
+        _plot(args.plot, report, files, in_sample=in_sample, err=err)
     return 0
 
 
@@ -315,32 +319,47 @@ def _print_report(report: dict[str, Any], out: TextIO) -> None:
                       f"cost (split {'/'.join(f'{s:.0%}' for s in conf['shares'])})", file=out)
 
 
-def _plot(path: str, report: dict[str, Any], rows: list[RoutingRow], files: list[dict]) -> None:
+def _plot(path: str, report: dict[str, Any], files: list[dict], *, in_sample: list[str],
+          err: TextIO) -> None:
     from .router_plot import render_curves_svg
 
     first = next(iter(report["routers"].values()))
     curves = [(f"{name} (APGR {e['APGR']:.3f})", e["points"])
               for name, e in report["routers"].items()]
     title = ", ".join(f["name"] for f in files)
-    svg = render_curves_svg(curves, weak=first["weak"], strong=first["strong"], title=title)
+    note = (f"in-sample: {', '.join(in_sample)} trained on these rows" if in_sample else None)
+    svg = render_curves_svg(curves, weak=first["weak"], strong=first["strong"], title=title,
+                            note=note)
     target = Path(path)
     if target.suffix.lower() == ".svg":
         target.write_text(svg, encoding="utf-8")
         return
-    if target.suffix.lower() != ".png":
-        raise ValueError(f"--plot {path}: write .svg or .png")
-    # No plotting library is a dependency: a PNG is the SVG rendered by ImageMagick.
-    convert = shutil.which("magick") or shutil.which("convert")
-    if convert is None:
-        raise ValueError("--plot: PNG needs ImageMagick (magick or convert); write .svg")
+    # No plotting library is a dependency: a PNG is the SVG rendered by an installed tool.
+    # Without one, the SVG is written beside it, and the message says what a PNG needs.
+    problem = _render_png(svg, target)
+    if problem is not None:
+        fallback = target.with_suffix(".svg")
+        fallback.write_text(svg, encoding="utf-8")
+        print(f"note: {problem}; wrote {fallback} instead", file=err)
+
+
+def _render_png(svg: str, target: Path) -> str | None:
+    """Render ``svg`` to ``target`` with rsvg-convert or ImageMagick; the problem, if any."""
+    tools = [(tool, [tool, "-o", str(target)]) for tool in ("rsvg-convert",) if shutil.which(tool)]
+    tools += [(tool, [tool]) for tool in ("magick", "convert") if shutil.which(tool)]
+    if not tools:
+        return ("a PNG needs rsvg-convert (librsvg) or ImageMagick (magick or convert), "
+                "and neither is installed")
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "curve.svg"
         source.write_text(svg, encoding="utf-8")
-        done = subprocess.run([convert, str(source), str(target)], capture_output=True,
-                              text=True, check=False)
+        name, command = tools[0]
+        args = [*command, str(source)] if name == "rsvg-convert" else [*command, str(source),
+                                                                         str(target)]
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise ValueError(f"--plot: {convert} could not render the PNG (write .svg instead): "
-                         f"{done.stderr.strip()[:200]}")
+        return f"{name} could not render the PNG ({done.stderr.strip()[:200]})"
+    return None
 
 
 # -- train --------------------------------------------------------------------------------

@@ -354,9 +354,36 @@ def test_cli_progress_bar_and_errors(tmp_path: Path) -> None:
     status, _, err = cli("router", "eval", str(tmp_path / "bad.jsonl"))
     assert status == 2 and "line 1" in err
     assert cli("router", "eval", str(data), "--plot", str(tmp_path / "x.gif"))[0] == 2
-    if not has_imagemagick():
-        status, _, err = cli("router", "eval", str(data), "--plot", str(tmp_path / "x.png"))
-        assert status == 2 and "svg" in err
+
+
+def test_cli_png_without_a_renderer_prints_results_then_falls_back_to_svg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_rows(tmp_path / "rows.jsonl", synthetic_rows()[:12])
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no rsvg-convert, no ImageMagick
+    status, out, err = cli("router", "eval", str(data), "--plot", str(tmp_path / "x.png"),
+                           "--no-progress")
+    assert status == 0, err
+    assert "APGR" in out  # the results are not thrown away
+    assert "rsvg-convert" in err and "ImageMagick" in err and "x.svg" in err
+    assert not (tmp_path / "x.png").exists()
+    ET.fromstring((tmp_path / "x.svg").read_text())
+
+
+def test_svg_legend_below_curves_rounded_ticks_and_in_sample_note() -> None:
+    curves = [("a", [(0.0, 0.677), (0.5, 0.69), (1.0, 0.708)]),
+              ("b", [(0.0, 0.677), (1.0, 0.708)])]
+    svg = render_curves_svg(curves, weak=0.677, strong=0.708, title="t",
+                            note="in-sample: learned trained on these rows")
+    root = ET.fromstring(svg)
+    frame = root.findall("{*}rect")[1]
+    plot_bottom = float(frame.get("y", 0)) + float(frame.get("height", 0))
+    texts = {t.text: t for t in root.findall("{*}text")}
+    assert all(float(texts[label].get("y", 0)) > plot_bottom for label in ("a", "b"))
+    assert "in-sample: learned trained on these rows" in texts
+    ticks = [t.text for t in root.findall("{*}text") if t.get("text-anchor") == "end"
+             and t.text and t.text[0].isdigit() and "." in t.text]
+    assert ticks == ["0.67", "0.68", "0.69", "0.70", "0.71"]
 
 
 def has_imagemagick() -> bool:
