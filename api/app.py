@@ -53,6 +53,7 @@ def _routing_headers(served: Served, request_id: str) -> dict[str, str]:
         "x-llm-router-cache": served.cache,
         "x-llm-router-router": served.router,
         "x-llm-router-request-id": request_id,
+        "x-request-id": request_id,
     }
     if served.similarity is not None:
         headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
@@ -114,6 +115,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     def error_response(protocol: WireProtocol, err: RouterError, request_id: str) -> Response:
         response = Response(protocol.render_error(err), status=err.status, content_type=_JSON)
         response.headers["x-llm-router-request-id"] = request_id
+        response.headers["x-request-id"] = request_id
         retry_after = getattr(err, "retry_after", None)
         if isinstance(err, RateLimited | UpstreamRateLimited) and retry_after is not None:
             response.headers["retry-after"] = str(max(1, round(retry_after)))
@@ -216,7 +218,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 workflow = workflows.named(name)
             return await workflows.respond(
                 gateway(), workflow, call, ctx,
-                headers={"x-llm-router-request-id": request_id},
+                headers={"x-llm-router-request-id": request_id, "x-request-id": request_id},
             )
         except RouterError as err:
             return error_response(OPENAI, err, request_id)

@@ -10,10 +10,11 @@ one place where errors become responses.
     RouterError                     500  internal_error
       ConfigInvalid                      (start-up: the configuration file is invalid)
       RequestInvalid                400  invalid_request
-        ModelNotFound               404  model_not_found
+        NotFound                    404  not_found
+          ModelNotFound             404  model_not_found
+          WorkflowNotFound          404  workflow_not_found
         PayloadTooLarge             413  request_too_large
         WorkflowInvalid             400  workflow_invalid
-        WorkflowNotFound            404  workflow_not_found
       Unauthorized                  401  unauthorized
       RateLimited                   429  rate_limited
       NoBackendAvailable            503  no_backend_available
@@ -35,6 +36,7 @@ __all__ = [
     "DeadlineExceeded",
     "ModelNotFound",
     "NoBackendAvailable",
+    "NotFound",
     "PayloadTooLarge",
     "RateLimited",
     "RequestInvalid",
@@ -69,7 +71,14 @@ class RequestInvalid(RouterError):
     code = "invalid_request"
 
 
-class ModelNotFound(RequestInvalid):
+class NotFound(RequestInvalid):
+    """The request names something the router does not have (or no longer remembers)."""
+
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
     """The request names a model that is not configured."""
 
     status = 404
@@ -93,7 +102,7 @@ class WorkflowInvalid(RequestInvalid):
         self.op = op
 
 
-class WorkflowNotFound(RequestInvalid):
+class WorkflowNotFound(NotFound):
     """``POST /v1/workflows/{name}`` names no ready pipeline."""
 
     status = 404

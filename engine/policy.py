@@ -28,7 +28,7 @@ import trio
 
 from .calibration import Report, calibrate
 from .config import Config
-from .errors import RequestInvalid
+from .errors import NotFound, RequestInvalid
 from .feedback import FeedbackStore
 from .messages import ChatRequest
 from .routing import Route, decide_route
@@ -164,11 +164,20 @@ class RoutingPolicy:
                 raise RequestInvalid("request_id must be a string", param="request_id")
             decision = self._recent.get(request_id)
             if decision is None:
-                raise RequestInvalid(
-                    f"unknown or expired request_id {request_id!r}", param="request_id"
+                raise NotFound(
+                    f"unknown or expired request_id {_clip(request_id)!r}: the router remembers "
+                    f"the last {_REMEMBERED:,} requests it answered", param="request_id"
                 )
             return Report(decision.score, decision.tier, quality), request_id, decision.model
-        score = _unit(data, "score")
+        if "score" not in data and "tier" not in data:
+            raise RequestInvalid(
+                'feedback names a request: {"request_id": <X-Request-Id of the response>, '
+                '"quality": 0-1}, or gives its decision: {"score": 0-1, "tier": N, "quality": 0-1}',
+                param="request_id",
+            )
+        score = _unit(data, "score", hint=(
+            "; score is the routing score as a fraction (X-LLM-Router-Score / 100), or name "
+            "the request instead with request_id"))
         tier = data.get("tier")
         if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 10:
             raise RequestInvalid("tier must be an integer from 1 to 10", param="tier")
@@ -197,8 +206,13 @@ class RoutingPolicy:
         return out
 
 
-def _unit(data: dict[str, Any], key: str) -> float:
+def _unit(data: dict[str, Any], key: str, *, hint: str = "") -> float:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise RequestInvalid(f"{key} must be a number from 0 to 1", param=key)
+        raise RequestInvalid(f"{key} must be a number from 0 to 1{hint}", param=key)
     return float(value)
+
+
+def _clip(text: str, limit: int = 64) -> str:
+    """User input as echoed in an error message: never more than ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -135,24 +135,58 @@ async def test_request_id_wins_over_a_stated_score_and_tier(client: RouterClient
 # ---- invalid feedback ---------------------------------------------------------------------------
 
 
-async def assert_rejected(client: RouterClient, response: Any, param: str | None) -> None:
-    assert response.status_code == 400, response.text
+async def assert_rejected(client: RouterClient, response: Any, param: str | None, *,
+                          status: int = 400, code: str = "invalid_request") -> None:
+    assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
-    assert error["code"] == "invalid_request"
+    assert error["code"] == code
     assert error["param"] == param
     assert error["message"]
     assert response.headers["x-llm-router-request-id"]
     assert (await routing(client))["feedback"]["total"] == 0
 
 
-async def test_unknown_request_id_is_400(client: RouterClient) -> None:
+async def test_unknown_request_id_is_404(client: RouterClient) -> None:
     response = await client.request(
         "POST", "/v1/feedback", json={"request_id": "0123456789abcdef01234567", "quality": 0.9}
     )
-    await assert_rejected(client, response, "request_id")
+    await assert_rejected(client, response, "request_id", status=404, code="not_found")
     assert "0123456789abcdef01234567" in response.json()["error"]["message"]
+
+
+async def test_a_huge_request_id_is_not_echoed_whole(client: RouterClient) -> None:
+    huge = "r" * 500_000
+    response = await client.request("POST", "/v1/feedback",
+                                    json={"request_id": huge, "quality": 0.9})
+    await assert_rejected(client, response, "request_id", status=404, code="not_found")
+    assert len(response.content) < 1_000 and "500,000 characters" in response.text
+
+
+async def test_x_request_id_is_the_id_feedback_takes(client: RouterClient) -> None:
+    response = await client.chat("hello")
+    assert response.headers["x-request-id"] == response.headers["x-llm-router-request-id"]
+    await feedback(client, {"request_id": response.headers["x-request-id"], "quality": 0.5})
+    streamed, _ = await client.stream_chat("and why?")
+    assert streamed.headers["x-request-id"] == streamed.headers["x-llm-router-request-id"]
+    failed = await client.chat("hi", model="no-such-model")
+    assert failed.headers["x-request-id"] == failed.headers["x-llm-router-request-id"]
+
+
+async def test_a_percent_score_is_told_the_scale(client: RouterClient) -> None:
+    response = await client.request("POST", "/v1/feedback",
+                                    json={"score": 33, "tier": 2, "quality": 0.9})
+    await assert_rejected(client, response, "score")
+    message = response.json()["error"]["message"]
+    assert "0 to 1" in message and "X-LLM-Router-Score / 100" in message
+    assert "request_id" in message
+
+
+async def test_a_report_naming_nothing_shows_both_forms(client: RouterClient) -> None:
+    response = await client.request("POST", "/v1/feedback", json={"quality": 0.9})
+    await assert_rejected(client, response, "request_id")
+    assert '"request_id"' in response.json()["error"]["message"]
 
 
 async def test_request_id_of_a_failed_request_is_unknown(client: RouterClient) -> None:
@@ -161,7 +195,7 @@ async def test_request_id_of_a_failed_request_is_unknown(client: RouterClient) -
     request_id = response.headers["x-llm-router-request-id"]
     response = await client.request("POST", "/v1/feedback",
                                     json={"request_id": request_id, "quality": 0.9})
-    await assert_rejected(client, response, "request_id")
+    await assert_rejected(client, response, "request_id", status=404, code="not_found")
 
 
 GOOD = {"score": 0.2, "tier": 1, "quality": 0.9}
