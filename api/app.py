@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 from engine.config import Config
 from engine.errors import (
     DeadlineExceeded,
+    ModelNotFound,
     PayloadTooLarge,
     RateLimited,
     RequestInvalid,
@@ -83,6 +84,17 @@ def _cache_controls(header: str, body: bytes) -> tuple[bool, bool]:
     if "no-store" in directives:
         return False, False
     return "no-cache" not in directives, True
+
+
+def _model_object(model_id: str, owner: str, display_name: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner,
+            "type": "model", "display_name": display_name,
+            "created_at": "1970-01-01T00:00:00Z"}
+
+
+def _clip(text: str, limit: int = 64) -> str:
+    """User input as echoed in an error message: never more than ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -261,11 +273,33 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def backends() -> Response:
         return guarded(gateway().backends)
 
+    # One object per model that both SDKs read: OpenAI's (id, object, created, owned_by) and
+    # Anthropic's (type, id, display_name, created_at). `auto` (routed) comes first, so chat
+    # UIs that pick from this list can reach routing.
+    model_list = [_model_object("auto", "llm-router", "auto (routed by llm-router)")] + [
+        _model_object(m.name, m.provider, f"{m.name} (tier {m.tier})") for m in config.models
+    ]
+    model_by_id = {m["id"]: m for m in model_list}
+
     @app.get("/v1/models")
     async def models() -> Response:
-        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
-                for m in config.models]
-        return guarded(lambda: {"object": "list", "data": data})
+        return guarded(lambda: {
+            "object": "list", "data": model_list, "has_more": False,
+            "first_id": model_list[0]["id"], "last_id": model_list[-1]["id"],
+        })
+
+    @app.get("/v1/models/<path:model_id>")
+    async def model(model_id: str) -> Response:
+        protocol = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
+        try:
+            authenticate()
+            found = model_by_id.get(model_id)
+            if found is None:
+                raise ModelNotFound(f"no model {_clip(model_id)!r} on this router; "
+                                    "GET /v1/models lists them", param="model")
+        except RouterError as err:
+            return error_response(protocol, err, secrets.token_hex(12))
+        return _json(found)
 
     @app.get("/stats")
     async def stats() -> Response:
