@@ -354,6 +354,12 @@ class LearnedRouter:
             "info": dict(self.info),
         }
 
+    @property
+    def boundary_p(self) -> float | None:
+        """The probability its file puts at the tier-1 boundary (``info.boundary_p``), if any."""
+        value = self.info.get("boundary_p")
+        return float(value) if isinstance(value, int | float) else None
+
     def save(self, path: str | Path) -> None:
         """Write the model as JSON to ``path``."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")

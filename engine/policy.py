@@ -43,6 +43,9 @@ _REMEMBERED = 100_000
 class LearnedScorer(Protocol):
     def score(self, request: ChatRequest) -> float: ...
 
+    @property
+    def boundary_p(self) -> float | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Decision:
@@ -74,9 +77,19 @@ class RoutingPolicy:
 
     # ---- deciding -----------------------------------------------------------------------
 
-    def to_score(self, p: float) -> float:
-        """A 0-1 "needs the strong model" probability on the 0-100 score scale."""
-        t = self.config.learned.threshold
+    @property
+    def model_threshold(self) -> float:
+        """The trained router's probability at the tier-1 boundary (see ``LearnedConfig``)."""
+        settings = self.config.learned
+        if settings.model_threshold is not None:
+            return settings.model_threshold
+        carried = self.learned.boundary_p if self.learned is not None else None
+        return carried if carried is not None else settings.threshold
+
+    def to_score(self, p: float, threshold: float | None = None) -> float:
+        """A 0-1 "needs the strong model" probability on the 0-100 score scale, with
+        ``threshold`` (default ``learned.threshold``) landing on the tier-1 boundary."""
+        t = self.config.learned.threshold if threshold is None else threshold
         if p <= t:
             return p / t * self.tier1_max
         return self.tier1_max + (p - t) / (1 - t) * (100 - self.tier1_max)
@@ -91,7 +104,8 @@ class RoutingPolicy:
         settings = self.config.learned
         if self.learned is not None and settings.model_weight > 0:
             w = settings.model_weight
-            total = (1 - w) * total + w * self.to_score(self.learned.score(request))
+            total = (1 - w) * total + w * self.to_score(self.learned.score(request),
+                                                        self.model_threshold)
             router = "learned" if w == 1 else "heuristic+learned"
         if self.sidecar is not None and settings.sidecar_weight > 0:
             p = await self.sidecar.score(request)

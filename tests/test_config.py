@@ -141,9 +141,13 @@ def test_defaults_for_every_optional_section() -> None:
     assert config.cache.max_size == 1000
     assert config.cache.ttl_sec == 300
     assert config.cache.similarity_thresh == 0.85
-    assert config.learned.threshold == 0.5
+    # The built-in trained router is on unless the config says `learned: {model: null}`.
+    assert (config.learned.model, config.learned.model_weight) == ("builtin", 0.7)
+    assert (config.learned.model_threshold, config.learned.threshold) == (None, 0.5)
     assert config.learned.sidecar_url is None
     assert config.learned.sidecar_weight == 0.7
+    heuristic = parse_config(MINIMAL + "learned: {model: null}\n", environ={})
+    assert heuristic.learned.model is None
     assert config.server.read_timeout_sec == 30
     assert config.server.write_timeout_sec == 120
     assert config.server.max_body_bytes == 4 * 1024 * 1024
@@ -468,3 +472,19 @@ def test_config_is_immutable() -> None:
     assert isinstance(config, Config)
     with pytest.raises(ValidationError):
         config.models[0].tier = 3  # type: ignore[misc]
+
+
+def test_a_config_without_learned_routes_with_the_builtin_router() -> None:
+    from engine.gateway import load_models
+    from engine.policy import RoutingPolicy
+
+    config = parse_config(MINIMAL, environ={})
+    models = load_models(config)
+    assert models.learned is not None
+    policy = RoutingPolicy(config, learned=models.learned)
+    # The built-in router's probabilities are low: its file puts 0.2 at the tier-1 boundary,
+    # whatever learned.threshold (the sidecar's) says.
+    assert policy.model_threshold == 0.2
+    assert policy.to_score(0.2, policy.model_threshold) == config.classifier.tier1_max
+    pinned = parse_config(MINIMAL + "learned: {model_threshold: 0.3}\n", environ={})
+    assert RoutingPolicy(pinned, learned=models.learned).model_threshold == 0.3
