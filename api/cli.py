@@ -36,10 +36,26 @@ def parse_addr(addr: str) -> tuple[str, int]:
 
     >>> parse_addr(":8080"), parse_addr("127.0.0.1:9"), parse_addr("[::1]:80")
     (('0.0.0.0', 8080), ('127.0.0.1', 9), ('::1', 80))
+    >>> parse_addr("http://127.0.0.1:8090")
+    Traceback (most recent call last):
+    ...
+    ValueError: --addr takes HOST:PORT without a scheme: did you mean 127.0.0.1:8090?
+    >>> parse_addr("8080")
+    Traceback (most recent call last):
+    ...
+    ValueError: --addr must be HOST:PORT or :PORT: did you mean :8080?
     """
+    scheme, found, rest = addr.partition("://")
+    if found:
+        raise ValueError(f"--addr takes HOST:PORT without a scheme: did you mean "
+                         f"{rest.rstrip('/')}?")
+    if addr.isdigit():
+        raise ValueError(f"--addr must be HOST:PORT or :PORT: did you mean :{addr}?")
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isdigit():
         raise ValueError(f"--addr must be HOST:PORT or :PORT, got {addr!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"--addr {addr}: port {port} is out of range (0-65535)")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
@@ -117,7 +133,7 @@ def _serve(config_path: str, addr: str) -> int:
             )
     try:
         run_server(config, host=host, port=port)
-    except OSError as exc:
+    except OSError as exc:  # raised while binding, before anything started
         print(f"llm-router: cannot listen on {addr}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # start-up failed (e.g. a model file): one line, no traceback

@@ -8,7 +8,9 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from engine.config import Config
 from engine.gateway import Models, load_models
@@ -32,7 +34,22 @@ def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig
     return hc
 
 
-async def _serve(config: Config, *, host: str, port: int, models: Models) -> None:
+def bind_sockets(hc: HypercornConfig) -> Sockets:
+    """Bind and listen before anything starts, so an address in use, an unknown host or a
+    privileged port is one ``OSError`` here rather than a failure inside the app's lifespan."""
+    sockets = hc.create_sockets()
+    try:
+        for sock in sockets.insecure_sockets:
+            sock.listen(hc.backlog)
+    except OSError:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def _serve(config: Config, *, hc: HypercornConfig, sockets: Sockets,
+                 models: Models) -> None:
     app = create_app(config, preloaded=models)
     stop = trio.Event()
 
@@ -46,8 +63,9 @@ async def _serve(config: Config, *, host: str, port: int, models: Models) -> Non
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals)
         binds = await nursery.start(
-            partial(serve, app, hypercorn_config(config, host=host, port=port),
-                    shutdown_trigger=stop.wait)
+            # hypercorn.trio.serve, with the sockets bound beforehand (see bind_sockets)
+            partial(worker_serve, wrap_app(app, hc.wsgi_max_body_size, "asgi"), hc,
+                    sockets=sockets, shutdown_trigger=stop.wait)
         )
         log.info("llm-router listening on %s", ", ".join(binds))
         await stop.wait()
@@ -58,4 +76,6 @@ def run_server(config: Config, *, host: str, port: int) -> None:
     """Load the models, then serve until SIGTERM or SIGINT. A model that cannot be loaded
     raises here, before anything listens."""
     models = load_models(config)
-    trio.run(lambda: _serve(config, host=host, port=port, models=models))
+    hc = hypercorn_config(config, host=host, port=port)
+    sockets = bind_sockets(hc)
+    trio.run(lambda: _serve(config, hc=hc, sockets=sockets, models=models))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,33 @@ async def test_bad_addr_at_start_up(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr.decode()
 
 
+async def test_address_in_use_is_one_line(tmp_path: Path) -> None:
+    write(tmp_path, "good.yaml", GOOD)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = await run("--config", "good.yaml", "--addr", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert f"llm-router: cannot listen on 127.0.0.1:{port}: " in err
+    assert "in use" in err.lower()
+    assert "Traceback" not in err and "misnesting" not in err
+    assert len(err.strip().splitlines()) <= 2  # the unset-key warning, then the cause
+
+
+@pytest.mark.parametrize("addr", ["no-such-host.invalid:8090", "http://127.0.0.1:8090",
+                                  "127.0.0.1:70000"])
+async def test_unusable_addresses_are_one_line(tmp_path: Path, addr: str) -> None:
+    write(tmp_path, "good.yaml", GOOD)
+    done = await run("--config", "good.yaml", "--addr", addr, cwd=tmp_path)
+    err = done.stderr.decode()
+    assert done.returncode in (1, 2), err
+    assert "Traceback" not in err and "misnesting" not in err
+    assert err.strip().splitlines()[-1].startswith("llm-router: ")
+    assert len(err.strip().splitlines()) <= 2
+
+
 # ---- serving ----------------------------------------------------------------------------------
 
 
@@ -209,11 +237,27 @@ def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "addr", ["8080", "", "localhost", "localhost:", "localhost:http", ":65536", ":-1", "h:8 0"]
+    "addr", ["8080", "", "localhost", "localhost:", "localhost:http", ":65536", ":-1", "h:8 0",
+             "http://127.0.0.1:8090"]
 )
 def test_parse_addr_rejects(addr: str) -> None:
-    with pytest.raises(ValueError, match="HOST:PORT"):
+    with pytest.raises(ValueError, match="HOST:PORT|out of range"):
         parse_addr(addr)
+
+
+@pytest.mark.parametrize(
+    ("addr", "hint"),
+    [
+        ("http://127.0.0.1:8090", "did you mean 127.0.0.1:8090?"),
+        ("https://localhost:8443/", "did you mean localhost:8443?"),
+        ("8080", "did you mean :8080?"),
+        (":99999", "port 99999 is out of range (0-65535)"),
+    ],
+)
+def test_parse_addr_says_what_was_meant(addr: str, hint: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_addr(addr)
+    assert hint in str(caught.value)
 
 
 @given(
