@@ -45,7 +45,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
     ...
     ValueError: --addr must be HOST:PORT or :PORT: did you mean :8080?
     """
-    scheme, found, rest = addr.partition("://")
+    _, found, rest = addr.partition("://")
     if found:
         raise ValueError(f"--addr takes HOST:PORT without a scheme: did you mean "
                          f"{rest.rstrip('/')}?")

@@ -241,7 +241,7 @@ def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
              "http://127.0.0.1:8090"]
 )
 def test_parse_addr_rejects(addr: str) -> None:
-    with pytest.raises(ValueError, match="HOST:PORT|out of range"):
+    with pytest.raises(ValueError, match=r"HOST:PORT|out of range"):
         parse_addr(addr)
 
 
