@@ -240,9 +240,11 @@ def _replay(result: ChatResult) -> list[Event]:
     """A cached answer as the events of a stream."""
     events: list[Event] = []
     index = 0
+    logprobs = result.logprobs  # all of them ride on the text
     for part in result.content:
         if isinstance(part, TextPart):
-            events.append(TextDelta(part.text))
+            events.append(TextDelta(part.text, logprobs))
+            logprobs = None
         else:
             events.append(ToolCallStart(index, part.id, part.name))
             events.append(ToolCallDelta(index, part.arguments))
