@@ -33,7 +33,7 @@ _MISSING: Any = object()
 _ROLES = "'system', 'developer', 'user', 'assistant' or 'tool'"
 _TOOL_CHOICE_MODES = ("auto", "none", "required")
 _MAX_STOP = 4
-MAX_N = 8  # n > 1 may fan out into n upstream calls: keep one request's cost bounded
+_MAX_N = 8  # n > 1 may fan out into n upstream calls: keep one request's cost bounded
 _MAX_TOP_LOGPROBS = 20
 _UNSUPPORTED = {  # parameters that change the answer and that no backend here can honour
     "functions": "'functions' is not supported by this router; use 'tools'.",
@@ -78,7 +78,7 @@ def parse_request(body: bytes) -> ChatRequest:
         if data.get(name) is not None:
             raise RequestInvalid(message, param=name)
     _check_modalities(data.get("modalities"))
-    n = _number(data, "n", int, 1, MAX_N)
+    n = _number(data, "n", int, 1, _MAX_N)
     if stream and n is not None and n > 1:
         raise RequestInvalid(
             "'n' above 1 is not supported with 'stream': true; ask without streaming.",

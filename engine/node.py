@@ -223,8 +223,11 @@ class NodeRunner:
                 input_tokens=estimate_tokens(
                     (request.system or "") + "".join(m.text for m in request.messages)
                 ),
-                output_tokens=estimate_tokens(result.text)
-                + sum(estimate_tokens(c.arguments) for c in result.tool_calls),
+                output_tokens=sum(
+                    estimate_tokens(choice.text)
+                    + sum(estimate_tokens(c.arguments) for c in choice.tool_calls)
+                    for choice in result.choices
+                ),
             )
         cost, saved = self.stats.record(answer.model, usage)
         self.stats.failovers += answer.failovers

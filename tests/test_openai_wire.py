@@ -39,6 +39,7 @@ from engine.messages import (
     Finish,
     ImagePart,
     Message,
+    ResultBuilder,
     TextDelta,
     TextPart,
     Tool,
@@ -619,6 +620,52 @@ def test_parse_result_text_and_usage() -> None:
         usage=Usage(input_tokens=12, output_tokens=5, cache_read_tokens=8),
         upstream_model="gpt-4o-2024-08-06",
     )
+
+
+LOGPROB = {"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}
+
+
+def test_parse_result_every_choice_and_its_logprobs() -> None:
+    body = orjson.dumps({
+        "model": "m",
+        "choices": [  # out of order on purpose: index decides
+            {"index": 1, "message": {"role": "assistant", "content": "B"},
+             "finish_reason": "length", "logprobs": None},
+            {"index": 0, "message": {"role": "assistant", "content": "Hi"},
+             "finish_reason": "stop", "logprobs": {"content": [LOGPROB], "refusal": None}},
+        ],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 3},
+    })
+    result = PROVIDER.parse_result(body)
+    assert [(c.text, c.stop_reason, c.logprobs) for c in result.choices] == [
+        ("Hi", "stop", (LOGPROB,)), ("B", "length", None)
+    ]
+    assert result.usage == Usage(input_tokens=4, output_tokens=3)  # all choices'
+    assert result.extra_choices[0].usage == Usage()
+
+
+def test_rendered_result_has_every_choice_and_logprobs() -> None:
+    result = ChatResult(
+        (TextPart("Hi"),), logprobs=(LOGPROB,), usage=Usage(4, 3),
+        extra_choices=(ChatResult((TextPart("B"),), stop_reason="length"),),
+    )
+    data = orjson.loads(render_result(result, id="c", model="m", created=1))
+    assert [(c["index"], c["message"]["content"], c["finish_reason"], c["logprobs"])
+            for c in data["choices"]] == [
+        (0, "Hi", "stop", {"content": [LOGPROB], "refusal": None}), (1, "B", "length", None)
+    ]
+    assert data["usage"]["completion_tokens"] == 3
+
+
+def test_stream_logprobs_round_trip() -> None:
+    events: list[Event] = [TextDelta("Hi", (LOGPROB,)), TextDelta("!"), Finish()]
+    body = encoded_stream(events)
+    assert b'"logprobs":{"content":[{"token":"Hi"' in body
+    decoded = decode(body)
+    assert decoded[:2] == events[:2]
+    builder = ResultBuilder()
+    builder.add(decoded)
+    assert builder.result().logprobs == (LOGPROB,)
 
 
 def test_parse_result_tool_calls() -> None:
