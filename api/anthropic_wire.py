@@ -51,6 +51,13 @@ _TOOL_CHOICES: dict[Any, Literal["auto", "none", "required", "tool"]] = {
     "tool": "tool",
     "none": "none",
 }
+# Parameters that change the answer and that the router cannot honour: refused, never dropped.
+# Extended thinking would need its signed thinking blocks relayed and sent back verbatim.
+_UNSUPPORTED = {
+    "mcp_servers": "MCP servers are not supported by this router",
+    "container": "containers (code execution) are not supported by this router",
+    "context_management": "context management is not supported by this router",
+}
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -71,7 +78,9 @@ _ERROR_TYPES = {
 def parse_request(body: bytes) -> ChatRequest:
     """A Messages API request body as a :class:`ChatRequest`.
 
-    Unknown fields are ignored; ``model: "auto"`` leaves the choice to the router.
+    Fields that do not change the answer (``service_tier``, ...) are ignored; those that do
+    and that the router cannot honour (extended ``thinking``, MCP servers, ...) are refused.
+    ``model: "auto"`` leaves the choice to the router.
 
     Raises:
         RequestInvalid: the body is not a valid Messages request; ``param`` is the field path.
@@ -89,6 +98,10 @@ def parse_request(body: bytes) -> ChatRequest:
     stop = _optional(data, "stop_sequences", list, "a list of strings") or []
     if not all(isinstance(s, str) for s in stop):
         raise _invalid("stop_sequences", "must be a list of strings")
+    _check_thinking(data.get("thinking"))
+    for name, problem in _UNSUPPORTED.items():
+        if data.get(name) is not None:
+            raise _invalid(name, problem)
     return ChatRequest(
         messages=_parse_messages(data.get("messages")),
         model=None if model == "auto" else model,
@@ -104,6 +117,19 @@ def parse_request(body: bytes) -> ChatRequest:
         user=_string(metadata, "user_id", "metadata.user_id"),
         stream=bool(_optional(data, "stream", bool, "a boolean")),
     )
+
+
+def _check_thinking(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _invalid("thinking", "must be an object")
+    if value.get("type") != "disabled":
+        raise _invalid(
+            "thinking",
+            "extended thinking is not supported by this router (its thinking blocks cannot "
+            "be relayed); omit it or send {\"type\": \"disabled\"}",
+        )
 
 
 def _invalid(param: str, problem: str) -> RequestInvalid:

@@ -35,6 +35,7 @@ from engine.gateway import ChatStream, Gateway, Models, open_gateway
 from engine.node import RunContext, Served
 
 from .protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
+from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call
 
 __all__ = ["create_app"]
@@ -134,17 +135,15 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         return response
 
     def authenticate() -> str:
-        """The caller's key (its tenant), checked against ``server.api_keys`` if set."""
-        key = request.headers.get("x-api-key", "")
-        if not key:
-            auth = request.headers.get("authorization", "")
-            if auth[:7].lower() == "bearer ":
-                key = auth[7:].strip()
+        """The caller's tenant (``api.tenancy``: a digest of whatever credential it presented);
+        its key is checked against ``server.api_keys`` if set."""
+        x_api_key = request.headers.get("x-api-key", "")
+        authorization = request.headers.get("authorization", "")
         if allowed_keys:
-            given = key.encode()
+            given = client_key(x_api_key, authorization).encode()
             if not any(hmac.compare_digest(given, k) for k in allowed_keys):
                 raise Unauthorized("missing or invalid API key for this router")
-        return key
+        return tenant_of(x_api_key, authorization)
 
     async def read_body() -> bytes:
         length = request.content_length

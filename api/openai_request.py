@@ -2,8 +2,10 @@
 
 Validated here, once, by hand rather than through pydantic: this runs on every request, and
 hand-written checks are both faster and able to name the exact field at fault
-(``param="messages[2].content"``) in OpenAI's own error style. Unknown fields are ignored,
-since clients send many (``logprobs``, ``metadata``, ``store``, ...) the router has no use for.
+(``param="messages[2].content"``) in OpenAI's own error style. Fields that do not change the
+answer (``metadata``, ``store``, ``service_tier``, ...) are ignored; fields that would change
+it and that the router cannot honour (``functions``, audio output, web search) are refused,
+never silently dropped.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ _MISSING: Any = object()
 _ROLES = "'system', 'developer', 'user', 'assistant' or 'tool'"
 _TOOL_CHOICE_MODES = ("auto", "none", "required")
 _MAX_STOP = 4
-_MAX_N = 128
+_MAX_N = 8  # n > 1 may fan out into n upstream calls: keep one request's cost bounded
+_MAX_TOP_LOGPROBS = 20
+_UNSUPPORTED = {  # parameters that change the answer and that no backend here can honour
+    "functions": "'functions' is not supported by this router; use 'tools'.",
+    "function_call": "'function_call' is not supported by this router; use 'tool_choice'.",
+    "audio": "Audio output is not supported by this router.",
+    "web_search_options": "Web search is not supported by this router.",
+    "prediction": "Predicted outputs are not supported by this router.",
+}
 
 
 def parse_request(body: bytes) -> ChatRequest:
@@ -64,10 +74,25 @@ def parse_request(body: bytes) -> ChatRequest:
         if type(options) is not dict:
             raise _invalid_type("stream_options", "an object", options)
         include_usage = bool(_boolean(options, "include_usage", "stream_options.include_usage"))
+    for name, message in _UNSUPPORTED.items():
+        if data.get(name) is not None:
+            raise RequestInvalid(message, param=name)
+    _check_modalities(data.get("modalities"))
     n = _number(data, "n", int, 1, _MAX_N)
+    if stream and n is not None and n > 1:
+        raise RequestInvalid(
+            "'n' above 1 is not supported with 'stream': true; ask without streaming.",
+            param="n",
+        )
     user = data.get("user")
     if user is not None and type(user) is not str:
         raise _invalid_type("user", "a string", user)
+    logprobs = bool(_boolean(data, "logprobs"))
+    top_logprobs = _number(data, "top_logprobs", int, 0, _MAX_TOP_LOGPROBS)
+    if top_logprobs is not None and not logprobs:
+        raise RequestInvalid(
+            "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
+        )
     return ChatRequest(
         messages=messages,
         model=model,
@@ -85,6 +110,13 @@ def parse_request(body: bytes) -> ChatRequest:
         seed=_number(data, "seed", int),
         n=1 if n is None else n,
         user=user,
+        frequency_penalty=_penalty(data, "frequency_penalty"),
+        presence_penalty=_penalty(data, "presence_penalty"),
+        logit_bias=_parse_logit_bias(data.get("logit_bias")),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        reasoning_effort=_word(data, "reasoning_effort"),
+        verbosity=_word(data, "verbosity"),
         stream=stream,
         include_usage=stream and include_usage,
     )
@@ -346,6 +378,53 @@ def _parse_stop(value: Any) -> tuple[str, ...]:
         if type(item) is not str:
             raise _invalid_type(f"stop[{j}]", "a string", item)
     return tuple(value)
+
+
+def _check_modalities(value: Any) -> None:
+    if value is None:
+        return
+    if type(value) is not list or any(type(m) is not str for m in value):
+        raise _invalid_type("modalities", "an array of strings", value)
+    if any(m != "text" for m in value):
+        raise RequestInvalid(
+            "Only the 'text' output modality is supported by this router.", param="modalities"
+        )
+
+
+def _penalty(data: dict[str, Any], key: str) -> float | None:
+    """A penalty in [-2, 2]; 0 (no penalty) is the same as none."""
+    value = _number(data, key, float, -2, 2)
+    return float(value) if value else None
+
+
+def _parse_logit_bias(value: Any) -> tuple[tuple[str, float], ...]:
+    if value is None:
+        return ()
+    if type(value) is not dict:
+        raise _invalid_type("logit_bias", "an object mapping token ids to numbers", value)
+    pairs = []
+    for token, bias in value.items():
+        if not token.isdigit():
+            raise RequestInvalid(
+                f"Invalid value for 'logit_bias': keys must be token ids, got {token[:40]!r}.",
+                param="logit_bias",
+            )
+        if type(bias) not in (int, float) or not -100 <= bias <= 100:
+            raise RequestInvalid(
+                f"Invalid value for 'logit_bias.{token}': expected a number between -100 and "
+                f"100, got {bias if type(bias) in (int, float) else _kind(bias)}.",
+                param="logit_bias",
+            )
+        pairs.append((token, float(bias)))
+    return tuple(sorted(pairs, key=lambda pair: int(pair[0])))
+
+
+def _word(data: dict[str, Any], key: str) -> str | None:
+    """An optional non-empty string whose values the upstream validates (``"low"``, ...)."""
+    value = data.get(key)
+    if value is not None and (type(value) is not str or not value):
+        raise _invalid_type(key, "a non-empty string", value)
+    return value
 
 
 # ---- validation helpers --------------------------------------------------------------------

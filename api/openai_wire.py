@@ -35,7 +35,21 @@ __all__ = ["StreamEncoder", "parse_request", "render_error", "render_result"]
 
 
 def render_result(result: ChatResult, *, id: str, model: str, created: int) -> bytes:
-    """The ``chat.completion`` JSON for ``result``."""
+    """The ``chat.completion`` JSON for ``result``: one choice per canonical choice."""
+    return orjson.dumps(
+        {
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [_choice(choice, i) for i, choice in enumerate(result.choices)],
+            "usage": _usage(result.usage),
+            "system_fingerprint": None,
+        }
+    )
+
+
+def _choice(result: ChatResult, index: int) -> dict[str, Any]:
     calls = result.tool_calls
     has_text = any(type(p) is TextPart for p in result.content)
     message: dict[str, Any] = {
@@ -45,24 +59,16 @@ def render_result(result: ChatResult, *, id: str, model: str, created: int) -> b
     }
     if calls:
         message["tool_calls"] = [_tool_call(c) for c in calls]
-    return orjson.dumps(
-        {
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": result.stop_reason,
-                }
-            ],
-            "usage": _usage(result.usage),
-            "system_fingerprint": None,
-        }
-    )
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": _logprobs(result.logprobs),
+        "finish_reason": result.stop_reason,
+    }
+
+
+def _logprobs(content: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    return None if content is None else {"content": list(content), "refusal": None}
 
 
 def render_error(err: RouterError) -> bytes:
@@ -107,7 +113,10 @@ class StreamEncoder:
         if self._done:
             return b""
         if type(event) is TextDelta:
-            return self._chunk(b'{"content":' + orjson.dumps(event.text) + b"}")
+            delta = b'{"content":' + orjson.dumps(event.text) + b"}"
+            if event.logprobs is None:
+                return self._chunk(delta)
+            return self._chunk(delta, logprobs=orjson.dumps(_logprobs(event.logprobs)))
         if type(event) is ToolCallDelta:
             call: dict[str, Any] = {
                 "index": event.index,
@@ -139,9 +148,12 @@ class StreamEncoder:
         self._done = True
         return b"data: " + orjson.dumps({"error": _error(err)}) + b"\n\n"
 
-    def _chunk(self, delta: bytes, finish_reason: bytes = b"null") -> bytes:
+    def _chunk(
+        self, delta: bytes, finish_reason: bytes = b"null", *, logprobs: bytes = b"null"
+    ) -> bytes:
         return b"".join(
-            (self._choice, delta, b',"logprobs":null,"finish_reason":', finish_reason, b"}]}\n\n")
+            (self._choice, delta, b',"logprobs":', logprobs, b',"finish_reason":', finish_reason,
+             b"}]}\n\n")
         )
 
 

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from .messages import ChatResult, TextPart, ToolCall
 from .request_key import RequestKey
 
@@ -78,6 +80,8 @@ def _result_size(result: ChatResult) -> int:
             size += len(part.text.encode())
         elif isinstance(part, ToolCall):
             size += len(part.id) + len(part.name) + len(part.arguments.encode())
+    if result.logprobs:
+        size += len(orjson.dumps(result.logprobs))
     return size
 
 

@@ -6,6 +6,12 @@ to the next one, and every failure is reported to the pool. A pinned model is tr
 When nothing can serve, the error explains why: 503 with each backend's reason, or 429 with a
 ``Retry-After`` when every candidate is rate-limited.
 
+Only backends whose provider serves every optional feature the request uses (penalties,
+``logit_bias``, ``logprobs``, ...: :meth:`ChatRequest.features`) are candidates, as if no
+other were configured; a request no configured backend can serve, or pinned to one that
+cannot, is a 400 naming the parameter. ``n > 1`` is answered in full by every backend: a
+provider without native ``n`` gets ``n`` concurrent calls whose choices are merged.
+
 A stream *publishes* what it relays: first a :class:`~engine.node.Served`-like head, built by
 the ``head`` callback once the first events are in hand (so failover stays possible until
 then), then lists of events. After the head, an upstream failure propagates to the caller.
@@ -13,7 +19,9 @@ then), then lists of events. After the head, an upstream failure propagates to t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -22,12 +30,13 @@ from .config import ModelConfig
 from .errors import (
     NoBackendAvailable,
     RateLimited,
+    RequestInvalid,
     RouterError,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-from .messages import ChatRequest, ChatResult, Event, ResultBuilder
+from .messages import ChatRequest, ChatResult, Event, ResultBuilder, merge_choices
 from .pool import BackendPool, BackendState
 from .providers import Provider, provider_for
 from .routing import Route
@@ -58,27 +67,49 @@ class BackendCaller:
         self.upstream = upstream
         self._providers: dict[str, Provider] = {m.name: provider_for(m.provider) for m in models}
 
-    def backends_for(self, route: Route, prefer: str | None = None) -> list[BackendState]:
-        """Backends to try, in order (``prefer`` first when it is as healthy as the best);
-        raises when none can be tried."""
+    def backends_for(
+        self, route: Route, prefer: str | None = None, *, needs: frozenset[str] = frozenset()
+    ) -> list[BackendState]:
+        """Backends to try, in order (``prefer`` first when it is as healthy as the best),
+        among those serving every feature in ``needs``; raises when none can be tried.
+
+        Raises:
+            RequestInvalid: no configured backend serves ``needs`` (or the pinned one does not).
+            RateLimited, NoBackendAvailable: every candidate is rate-limited, down or
+                unconfigured.
+        """
         now = trio.current_time()
         if route.pinned is not None:
             backend = self.pool[route.pinned]
+            missing = sorted(needs - self._providers[backend.name].supports)
+            if missing:
+                raise RequestInvalid(
+                    f"{missing[0]} is not supported by model {backend.name!r} (provider "
+                    f"{backend.config.provider}); use \"auto\" or a model that supports it",
+                    param=missing[0],
+                )
             if backend.usable(now):
                 return [backend]
             raise self._nothing_to_try([backend], now)
-        order, skipped = self.pool.candidates(route.tier, now, prefer=prefer)
+        accepts = None
+        if needs:
+            accepts = partial(self._serves, needs)
+        order, skipped = self.pool.candidates(route.tier, now, prefer=prefer, accepts=accepts)
         if not order:
+            if not skipped:  # nothing configured serves what the request needs
+                raise self._unservable(needs)
             raise self._nothing_to_try(skipped, now)
         return order
+
+    def _serves(self, needs: frozenset[str], model: ModelConfig) -> bool:
+        return needs <= self._providers[model.name].supports
 
     async def complete(
         self, request: ChatRequest, route: Route, *, prefer: str | None = None
     ) -> Answer:
         """One non-streaming answer, failing over as the module docstring says."""
         backend, result, failovers = await self._first_success(
-            route, prefer,
-            lambda model: self.upstream.complete(model, self._providers[model.name], request),
+            route, prefer, request.features(), lambda model: self._complete_on(model, request)
         )
         backend.end()
         return Answer(result, backend.config, failovers)
@@ -90,7 +121,7 @@ class BackendCaller:
         """One streamed answer, relayed to ``publish``: ``head(model)``, then event batches.
         Failover ends once the head is published."""
         backend, stream, failovers = await self._first_success(
-            route, prefer,
+            route, prefer, request.features(),
             lambda model: self.upstream.open_stream(model, self._providers[model.name], request),
         )
         model = backend.config
@@ -106,13 +137,51 @@ class BackendCaller:
             await stream.aclose()
         return Answer(result, model, failovers)
 
+    async def _complete_on(self, model: ModelConfig, request: ChatRequest) -> ChatResult:
+        """``model``'s answer with all ``request.n`` choices: a provider without native ``n``
+        (or one that sent fewer choices) gets one more call per missing choice."""
+        provider = self._providers[model.name]
+        if request.n == 1:
+            return await self.upstream.complete(model, provider, request)
+        results: list[ChatResult] = []
+        if provider.native_n:
+            results.append(await self.upstream.complete(model, provider, request))
+        missing = request.n - sum(len(r.choices) for r in results)
+        if missing > 0:
+            single = dataclasses.replace(request, n=1)
+            results.extend(await self._fan_out(model, provider, single, missing))
+        return merge_choices(results, request.n)
+
+    async def _fan_out(
+        self, model: ModelConfig, provider: Provider, request: ChatRequest, count: int
+    ) -> list[ChatResult]:
+        """``count`` concurrent calls; the first failure cancels the rest and is raised alone
+        (never as an exception group), so failover sees one error as from a single call."""
+        results: list[ChatResult] = []
+        failures: list[RouterError] = []
+
+        async def one(cancel: trio.CancelScope) -> None:
+            try:
+                results.append(await self.upstream.complete(model, provider, request))
+            except RouterError as exc:
+                failures.append(exc)
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
+        return results
+
     async def _first_success(
-        self, route: Route, prefer: str | None, attempt: Callable[[ModelConfig], Awaitable[T]]
+        self, route: Route, prefer: str | None, needs: frozenset[str],
+        attempt: Callable[[ModelConfig], Awaitable[T]],
     ) -> tuple[BackendState, T, int]:
         """Try backends in order until ``attempt`` succeeds on one; return it (still counted
         in flight: the caller ends it), the value, and how many failed before it."""
         errors: list[UpstreamError] = []
-        for backend in self.backends_for(route, prefer):
+        for backend in self.backends_for(route, prefer, needs=needs):
             model = backend.config
             backend.begin()
             started = trio.current_time()
@@ -162,6 +231,21 @@ class BackendCaller:
         retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
         backend.failed(failure_kind(error), trio.current_time(), message=error.message,  # type: ignore[arg-type]
                        retry_after=retry_after)
+
+    def _unservable(self, needs: frozenset[str]) -> RequestInvalid:
+        """The 400 for a routed request whose features no configured backend serves."""
+        providers = self._providers.values()
+        alone = [f for f in sorted(needs) if not any(f in p.supports for p in providers)]
+        if alone:
+            return RequestInvalid(
+                f"{alone[0]} is not supported by any configured model", param=alone[0]
+            )
+        names = sorted(needs)
+        return RequestInvalid(
+            f"{names[0]} is not supported together with {', '.join(names[1:])} by any "
+            "configured model",
+            param=names[0],
+        )
 
     def _nothing_to_try(self, skipped: list[BackendState], now: float) -> RouterError:
         unconfigured = [b for b in skipped if not b.configured]

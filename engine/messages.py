@@ -16,10 +16,17 @@ Conventions:
   OpenAI's ``role: "tool"`` messages are folded into that on input and unfolded on output.
 * Assistant tool calls are :class:`ToolCall` parts, with their arguments as JSON text.
 * Stop reasons use one vocabulary: ``stop``, ``length``, ``tool_calls``, ``content_filter``.
+* Optional generation features that not every provider serves (penalties, ``logit_bias``,
+  ``logprobs``, ``reasoning_effort``, ``top_k``, ...) are named by
+  :meth:`ChatRequest.features`; a provider declares the ones it serves, and routing sends a
+  request only to a backend that serves all of its features.
+* ``n > 1`` answers hold the first choice as the result itself and the others in
+  ``extra_choices``; the result's usage covers every choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +49,7 @@ __all__ = [
     "ToolChoice",
     "ToolResult",
     "Usage",
+    "merge_choices",
 ]
 
 StopReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -114,6 +122,8 @@ class ChatRequest:
 
     ``model`` is ``None`` when the router should choose (OpenAI's ``"auto"`` or no model).
     ``json_schema`` is set with ``json_mode`` when the caller asked for a specific schema.
+    ``logit_bias`` is ``(token id, bias)`` pairs sorted by token id, so equal maps are equal
+    keys. Parameters at their neutral value (a penalty of 0, an empty bias map) are left unset.
     """
 
     messages: tuple[Message, ...]
@@ -132,8 +142,39 @@ class ChatRequest:
     seed: int | None = None
     n: int = 1
     user: str | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: tuple[tuple[str, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
     stream: bool = False
     include_usage: bool = False
+
+    def features(self) -> frozenset[str]:
+        """The optional features this request uses that not every provider serves, by the
+        name of their request parameter (``top_logprobs`` counts as ``logprobs``).
+
+        >>> ChatRequest(messages=(), top_k=5, logprobs=True).features() == {"top_k", "logprobs"}
+        True
+        """
+        used = []
+        if self.top_k is not None:
+            used.append("top_k")
+        if self.frequency_penalty is not None:
+            used.append("frequency_penalty")
+        if self.presence_penalty is not None:
+            used.append("presence_penalty")
+        if self.logit_bias:
+            used.append("logit_bias")
+        if self.logprobs:
+            used.append("logprobs")
+        if self.reasoning_effort is not None:
+            used.append("reasoning_effort")
+        if self.verbosity is not None:
+            used.append("verbosity")
+        return frozenset(used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +198,21 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class ChatResult:
-    """A complete answer. ``content`` holds :class:`TextPart` and :class:`ToolCall` parts."""
+    """A complete answer. ``content`` holds :class:`TextPart` and :class:`ToolCall` parts.
+
+    ``logprobs`` is the OpenAI ``logprobs.content`` list (plain JSON data, one entry per
+    token) when the caller asked for it and the upstream sent it. With ``n > 1`` this is the
+    first choice and ``extra_choices`` the others (their ``usage`` is empty: this one counts
+    every choice's tokens).
+    """
 
     content: tuple[TextPart | ToolCall, ...]
     stop_reason: StopReason = "stop"
     stop_sequence: str | None = None
     usage: Usage = field(default_factory=Usage)
     upstream_model: str | None = None
+    logprobs: tuple[Any, ...] | None = None
+    extra_choices: tuple[ChatResult, ...] = ()
 
     @property
     def text(self) -> str:
@@ -173,6 +222,30 @@ class ChatResult:
     def tool_calls(self) -> tuple[ToolCall, ...]:
         return tuple(p for p in self.content if isinstance(p, ToolCall))
 
+    @property
+    def choices(self) -> tuple[ChatResult, ...]:
+        """Every choice, in order: this result, then ``extra_choices``."""
+        return (self, *self.extra_choices)
+
+
+def merge_choices(results: list[ChatResult] | tuple[ChatResult, ...], n: int) -> ChatResult:
+    """The first ``n`` choices of ``results`` (each maybe holding several) as one result whose
+    usage is the sum of theirs.
+
+    >>> a = ChatResult((TextPart("a"),), usage=Usage(3, 1))
+    >>> b = ChatResult((TextPart("b"),), usage=Usage(3, 2))
+    >>> merged = merge_choices([a, b], 2)
+    >>> [c.text for c in merged.choices], merged.usage.output_tokens
+    (['a', 'b'], 3)
+    """
+    choices = [c for r in results for c in r.choices][:n]
+    usage = Usage()
+    for result in results:
+        usage = usage + result.usage
+    first = choices[0]
+    rest = tuple(dataclasses.replace(c, usage=Usage(), extra_choices=()) for c in choices[1:])
+    return dataclasses.replace(first, usage=usage, extra_choices=rest)
+
 
 # ---- stream events -------------------------------------------------------------------------
 # A stream is a sequence of deltas closed by exactly one Finish. Tool calls are numbered in the
@@ -181,7 +254,10 @@ class ChatResult:
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
+    """Text; ``logprobs`` holds the OpenAI ``logprobs.content`` entries of its tokens."""
+
     text: str
+    logprobs: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,17 +287,22 @@ Event = TextDelta | ToolCallStart | ToolCallDelta | Finish
 class ResultBuilder:
     """Accumulates a stream's events into the :class:`ChatResult` they add up to."""
 
-    __slots__ = ("_calls", "_finish", "_text")
+    __slots__ = ("_calls", "_finish", "_logprobs", "_text")
 
     def __init__(self) -> None:
         self._text: list[str] = []
         self._calls: dict[int, list[str]] = {}
         self._finish: Finish | None = None
+        self._logprobs: list[Any] | None = None
 
     def add(self, events: list[Event]) -> None:
         for event in events:
             if type(event) is TextDelta:
                 self._text.append(event.text)
+                if event.logprobs is not None:
+                    if self._logprobs is None:
+                        self._logprobs = []
+                    self._logprobs.extend(event.logprobs)
             elif type(event) is ToolCallStart:
                 self._calls[event.index] = [event.id, event.name]
             elif type(event) is ToolCallDelta:
@@ -251,4 +332,5 @@ class ResultBuilder:
             stop_sequence=finish.stop_sequence,
             usage=finish.usage,
             upstream_model=finish.upstream_model,
+            logprobs=None if self._logprobs is None else tuple(self._logprobs),
         )

@@ -224,8 +224,11 @@ class NodeRunner:
                 input_tokens=estimate_tokens(
                     (request.system or "") + "".join(m.text for m in request.messages)
                 ),
-                output_tokens=estimate_tokens(result.text)
-                + sum(estimate_tokens(c.arguments) for c in result.tool_calls),
+                output_tokens=sum(
+                    estimate_tokens(choice.text)
+                    + sum(estimate_tokens(c.arguments) for c in choice.tool_calls)
+                    for choice in result.choices
+                ),
             )
         cost, saved = self.stats.record(answer.model, usage)
         self.stats.failovers += answer.failovers
@@ -241,9 +244,11 @@ def _replay(result: ChatResult) -> list[Event]:
     """A cached answer as the events of a stream."""
     events: list[Event] = []
     index = 0
+    logprobs = result.logprobs  # all of them ride on the text
     for part in result.content:
         if isinstance(part, TextPart):
-            events.append(TextDelta(part.text))
+            events.append(TextDelta(part.text, logprobs))
+            logprobs = None
         else:
             events.append(ToolCallStart(index, part.id, part.name))
             events.append(ToolCallDelta(index, part.arguments))

@@ -22,7 +22,7 @@ Among usable backends the order is: health, then fewer requests in flight, then 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -155,26 +155,34 @@ class BackendPool:
 
         The tier itself if it has models, else the next one up, else the highest below.
         """
-        above = [t for t in self.tiers if t >= tier]
-        return above[0] if above else self.tiers[-1]
+        return _serving_tier(self.tiers, tier)
 
     def candidates(
-        self, tier: int, now: float, *, prefer: str | None = None
+        self, tier: int, now: float, *, prefer: str | None = None,
+        accepts: Callable[[ModelConfig], bool] | None = None,
     ) -> tuple[list[BackendState], list[BackendState]]:
         """Backends to try for a request routed to ``tier``, in order, and those skipped.
 
         The tier's usable backends first (``prefer`` leads if it is usable and as healthy as
         the best), then each higher tier's. The second list holds the backends of those tiers
-        that are not usable now, so a caller can explain why nothing was tried.
+        that are not usable now, so a caller can explain why nothing was tried. With
+        ``accepts``, only the backends it accepts count, as if no other were configured (both
+        lists are empty when it accepts none).
         """
-        start = self.serving_tier(tier)
+        by_tier = self._by_tier
+        if accepts is not None:
+            by_tier = {t: [b for b in bs if accepts(b.config)] for t, bs in by_tier.items()}
+        tiers = [t for t in self.tiers if by_tier[t]]
+        if not tiers:
+            return [], []
+        start = _serving_tier(tiers, tier)
         order: list[BackendState] = []
         skipped: list[BackendState] = []
-        for t in self.tiers:
+        for t in tiers:
             if t < start:
                 continue
             usable: list[BackendState] = []
-            for backend in self._by_tier[t]:
+            for backend in by_tier[t]:
                 (usable if backend.usable(now) else skipped).append(backend)
             usable.sort(key=BackendState.order_key)
             if prefer is not None and t == start:
@@ -187,3 +195,8 @@ class BackendPool:
 
     def snapshot(self, now: float) -> list[dict[str, object]]:
         return [b.snapshot(now) for b in self.backends.values()]
+
+
+def _serving_tier(tiers: list[int], tier: int) -> int:
+    above = [t for t in tiers if t >= tier]
+    return above[0] if above else tiers[-1]

@@ -2,10 +2,13 @@
 
 A request splits into an *exact* part and a *semantic* part:
 
-* exact: the tenant (the client's key), the routing target (pinned model, or the routed tier
-  override of a workflow op), the system prompt, every message before the last, the last
-  message's non-text parts (images, tool results), tools, tool choice, response format and
-  every generation parameter (temperature, top_p, top_k, max tokens, stop, seed, n, user);
+* exact: the tenant (a digest of the client's credential), the routing target (pinned model,
+  or the routed tier override of a workflow op), the system prompt, every message before the
+  last, the last message's non-text parts (images, tool results), tools, tool choice, response
+  format and every generation parameter (temperature, top_p, top_k, max tokens, stop, seed, n,
+  user, penalties, logit_bias, logprobs and top_logprobs, reasoning effort, verbosity): every
+  field of :class:`ChatRequest` but the transport flags, so a parameter added there is part of
+  the key without a change here;
 * semantic: the text of the final user message, and nothing else.
 
 Two requests whose exact parts differ never share a cache entry, whatever their wording. The

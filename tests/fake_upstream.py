@@ -19,6 +19,12 @@ backend's default (``set_default``), else ``Behaviour()``: a 200 whose reply tex
 content passed through. Every request is recorded (:class:`Recorded`) on arrival, before any
 fault is applied.
 
+As the real providers do, the OpenAI side answers ``n`` choices (choice ``i > 0`` has `` #i``
+appended to its text; usage counts every choice) and, with ``logprobs: true``, token log
+probabilities (``top_logprobs`` alternatives each); the Anthropic side refuses top-level
+fields the Messages API does not have (``frequency_penalty``, ``n``, ``logprobs``, ...) with
+its own 400. Streams always carry one choice.
+
 Usage::
 
     async with open_fake_upstream() as fake:
@@ -143,6 +149,8 @@ class _Reply:
     tool_call_id: str
     stop_reason: str
     usage: Usage
+    choices: int = 1  # OpenAI's n
+    top_logprobs: int | None = None  # None: no logprobs asked; else alternatives per token
 
 
 @dataclass
@@ -479,7 +487,18 @@ def _validate(protocol: Protocol, body: Any) -> str | None:
         return "messages: Field required (a non-empty list)"
     if protocol == "anthropic" and not isinstance(body.get("max_tokens"), int):
         return "max_tokens: Field required"
+    if protocol == "anthropic":
+        extra = sorted(set(body) - _ANTHROPIC_FIELDS)
+        if extra:
+            return f"{extra[0]}: Extra inputs are not permitted"
     return None
+
+
+_ANTHROPIC_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
+    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
+    "container", "mcp_servers", "context_management",
+})
 
 
 def _texts(content: Any) -> list[str]:
@@ -533,9 +552,16 @@ def _plan_reply(
         tool_stop = "tool_use"
     if tool is not None:
         tool_id, stop = tool.id or tool_id, tool_stop
+    choices = 1
+    top_logprobs = None
+    if protocol == "openai":
+        choices = body.get("n") or 1
+        if body.get("logprobs"):
+            top_logprobs = body.get("top_logprobs") or 0
+    texts = [_choice_text(text, i) for i in range(choices)]
     usage = behaviour.usage or Usage(
         input_tokens=_count_words(protocol, body),
-        output_tokens=len((text or "").split()),
+        output_tokens=sum(len((t or "").split()) for t in texts),
     )
     return _Reply(
         id=reply_id,
@@ -545,7 +571,30 @@ def _plan_reply(
         tool_call_id=tool_id,
         stop_reason=behaviour.stop_reason or stop,
         usage=usage,
+        choices=choices,
+        top_logprobs=top_logprobs,
     )
+
+
+def _choice_text(text: str | None, index: int) -> str | None:
+    """The text of choice ``index``: the reply text, marked for every choice but the first."""
+    if text is None or index == 0:
+        return text
+    return f"{text} #{index}"
+
+
+def _token_logprobs(word: str, position: int, alternatives: int) -> dict[str, Any]:
+    """An OpenAI ``logprobs.content`` entry for ``word``, with ``alternatives`` top entries
+    (the token itself first, then made-up ones, less likely)."""
+    logprob = -0.25 * (position % 4) - 0.01
+
+    def entry(token: str, value: float) -> dict[str, Any]:
+        return {"token": token, "logprob": value, "bytes": list(token.encode())}
+
+    top = [entry(word, logprob)] + [
+        entry(f"alt{j}", logprob - j) for j in range(1, alternatives)
+    ]
+    return {**entry(word, logprob), "top_logprobs": top[:alternatives]}
 
 
 # -- response encoding ------------------------------------------------------------------------
@@ -628,10 +677,33 @@ def _openai_usage(usage: Usage) -> dict[str, Any]:
     }
 
 
+def _openai_logprobs(reply: _Reply, text: str | None) -> dict[str, Any] | None:
+    if reply.top_logprobs is None:
+        return None
+    content = [
+        _token_logprobs(word, i, reply.top_logprobs) for i, word in enumerate(_words(text or ""))
+    ]
+    return {"content": content, "refusal": None}
+
+
 def _openai_json(reply: _Reply) -> dict[str, Any]:
+    return {
+        "id": reply.id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": reply.model,
+        "choices": [_openai_choice(reply, i) for i in range(reply.choices)],
+        "usage": _openai_usage(reply.usage),
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def _openai_choice(reply: _Reply, index: int) -> dict[str, Any]:
+    text = _choice_text(reply.text, index)
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": reply.text,
+        "content": text,
         "refusal": None,
         "annotations": [],
     }
@@ -647,16 +719,10 @@ def _openai_json(reply: _Reply) -> dict[str, Any]:
             }
         ]
     return {
-        "id": reply.id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": reply.model,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.stop_reason}
-        ],
-        "usage": _openai_usage(reply.usage),
-        "service_tier": "default",
-        "system_fingerprint": "fp_fake",
+        "index": index,
+        "message": message,
+        "logprobs": _openai_logprobs(reply, text),
+        "finish_reason": reply.stop_reason,
     }
 
 
@@ -664,8 +730,10 @@ def _openai_events(reply: _Reply, *, include_usage: bool) -> tuple[list[_Event],
     """(preamble, rest) of an OpenAI chat.completion.chunk stream, ending in ``[DONE]``."""
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(
+        delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None
+    ) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         data: dict[str, Any] = {
             "id": reply.id,
             "object": "chat.completion.chunk",
@@ -681,7 +749,10 @@ def _openai_events(reply: _Reply, *, include_usage: bool) -> tuple[list[_Event],
 
     role = {"role": "assistant", "content": "" if reply.text is not None else None, "refusal": None}
     preamble = [_Event(chunk(role))]
-    rest = [_Event(chunk({"content": word}), content=True) for word in _words(reply.text or "")]
+    rest = [
+        _Event(chunk({"content": word}, logprobs=_chunk_logprobs(reply, word, i)), content=True)
+        for i, word in enumerate(_words(reply.text or ""))
+    ]
     if reply.tool_call is not None:
         head = {
             "index": 0,
@@ -713,6 +784,12 @@ def _openai_events(reply: _Reply, *, include_usage: bool) -> tuple[list[_Event],
         )
     rest.append(_Event(_sse("[DONE]")))
     return preamble, rest
+
+
+def _chunk_logprobs(reply: _Reply, word: str, position: int) -> dict[str, Any] | None:
+    if reply.top_logprobs is None:
+        return None
+    return {"content": [_token_logprobs(word, position, reply.top_logprobs)], "refusal": None}
 
 
 def _anthropic_usage(usage: Usage) -> dict[str, Any]:

@@ -627,7 +627,8 @@ def test_parse_request_auto_model_and_options() -> None:
             stop_sequences=["\n\nHuman:"],
             metadata={"user_id": "u-7"},
             stream=True,
-            thinking={"type": "enabled", "budget_tokens": 1024},  # unknown: ignored
+            thinking={"type": "disabled"},
+            service_tier="auto",  # does not change the answer: ignored
         )
     )
     assert request.model is None
@@ -807,6 +808,11 @@ INVALID: list[tuple[bytes, str | None]] = [
     (body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools.0.type"),
     (body(tool_choice="auto"), "tool_choice"),
     (body(tool_choice={"type": "required"}), "tool_choice.type"),
+    # Changes the answer and cannot be honoured: refused, never dropped.
+    (body(thinking={"type": "enabled", "budget_tokens": 1024}), "thinking"),
+    (body(thinking="on"), "thinking"),
+    (body(mcp_servers=[{"type": "url", "url": "https://x", "name": "x"}]), "mcp_servers"),
+    (body(container="c-1"), "container"),
     (body(tool_choice={"type": "tool"}), "tool_choice.name"),
     (
         body(tool_choice={"type": "auto", "disable_parallel_tool_use": 1}),

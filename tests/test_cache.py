@@ -472,11 +472,18 @@ OPENAI_VARIANTS: dict[str, dict[str, Any]] = {
     "stop": {"stop": ["END", "STOP"]},
     "seed": {"seed": 8},
     "user": {"user": "end-user-2"},
+    "frequency_penalty": {"frequency_penalty": 0.5},
+    "presence_penalty": {"presence_penalty": -0.5},
+    "logit_bias": {"logit_bias": {"50256": -100}},
+    "logprobs": {"logprobs": True},
+    "top_logprobs": {"logprobs": True, "top_logprobs": 2},
+    "reasoning_effort": {"reasoning_effort": "low"},
+    "verbosity": {"verbosity": "low"},
 }
 # The anthropic SDK takes sampling parameters only through extra_body.
 _SAMPLING = {"temperature": 0.5, "top_p": 0.9, "top_k": 20}
 ANTHROPIC_BASE: dict[str, Any] = {
-    "model": "gpt-small",
+    "model": "claude-mid",  # top_k: an Anthropic upstream (OpenAI's API has no top_k)
     "system": "Be brief.",
     "messages": [_HELLO, _HI, _ASK],
     "max_tokens": 64,
@@ -550,6 +557,17 @@ async def test_n_above_one_is_not_cached(env: ProtocolEnv) -> None:
     assert (await chat(env, n=2)).cache == "MISS"
     assert calls(env) == 2
     assert (await chat(env)).cache == "MISS"  # n=2's answer was not stored for n=1 either
+
+
+async def test_an_n_1_entry_never_answers_n_2(env: ProtocolEnv) -> None:
+    assert (await chat(env)).cache == "MISS"
+    assert (await chat(env)).cache == "HIT"
+    raw = await env.openai.chat.completions.with_raw_response.create(
+        model="gpt-small", messages=user(FRANCE), max_tokens=64, n=2
+    )
+    assert raw.headers["x-llm-router-cache"] == "MISS"
+    assert [c.index for c in raw.parse().choices] == [0, 1]
+    assert calls(env) == 2
 
 
 async def test_incomplete_answers_are_not_cached(env: ProtocolEnv) -> None:

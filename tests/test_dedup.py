@@ -411,6 +411,22 @@ async def test_requests_that_differ_do_not_join(env: ProtocolEnv) -> None:
     assert calls(env) == 4 and len(env.fake.requests("an-mid")) == 1
 
 
+async def test_requests_differing_in_an_optional_parameter_do_not_join(
+    env: ProtocolEnv,
+) -> None:
+    # Each changes the answer: none may receive the plain request's (or another's) answer.
+    env.fake.set_default(OA_SMALL, Behaviour(latency=0.2))
+    variants: list[dict[str, Any]] = [
+        {}, {"n": 2}, {"frequency_penalty": 0.5}, {"presence_penalty": 0.5},
+        {"logit_bias": {"50256": -100}}, {"logprobs": True},
+        {"logprobs": True, "top_logprobs": 2}, {"reasoning_effort": "low"},
+        {"verbosity": "low"},
+    ]
+    results = await gather(*[lambda v=v: ask(env, **v) for v in variants])
+    assert [role for _, role in results] == ["LEADER"] * len(variants)
+    assert calls(env) == len(variants)
+
+
 async def test_sequential_requests_do_not_join(env: ProtocolEnv) -> None:
     # A finished flight is forgotten: repeats are the cache's business, not dedup's.
     for _ in range(2):

@@ -101,6 +101,42 @@ async def test_openai_create_default_reply_and_usage(
     assert recorded.completed and not recorded.cancelled and recorded.status == 200
 
 
+async def test_openai_n_choices_and_logprobs(oai: openai.AsyncOpenAI) -> None:
+    completion = await oai.chat.completions.create(
+        model=OPENAI_MODEL, messages=user("hi you"), n=2, logprobs=True, top_logprobs=2
+    )
+    assert [(c.index, c.message.content) for c in completion.choices] == [
+        (0, "[b1] hi you"), (1, "[b1] hi you #1")
+    ]
+    assert completion.usage is not None and completion.usage.completion_tokens == 3 + 4
+    for choice in completion.choices:
+        assert choice.logprobs is not None and choice.logprobs.content is not None
+        tokens = choice.logprobs.content
+        assert "".join(t.token for t in tokens) == choice.message.content
+        assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in tokens)
+
+
+async def test_openai_stream_logprobs(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(
+        model=OPENAI_MODEL, messages=user("hi you"), logprobs=True, stream=True
+    )
+    tokens = [t.token async for chunk in stream for c in chunk.choices
+              for t in ((c.logprobs.content if c.logprobs else None) or ())]
+    assert "".join(tokens) == "[b1] hi you"
+
+
+async def test_anthropic_refuses_fields_it_does_not_have(
+    fake_upstream: FakeUpstream, claude: anthropic.AsyncAnthropic
+) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="frequency_penalty: Extra inputs"):
+        await claude.messages.create(
+            model=ANTHROPIC_MODEL, max_tokens=10, messages=user("hi"),
+            extra_body={"frequency_penalty": 0.5},
+        )
+    [recorded] = fake_upstream.requests("b1")
+    assert recorded.behaviour is None  # refused before any behaviour applied
+
+
 async def test_openai_stream_with_usage_chunk(oai: openai.AsyncOpenAI) -> None:
     stream = await oai.chat.completions.create(
         model=OPENAI_MODEL,

@@ -39,6 +39,7 @@ from engine.messages import (
     Finish,
     ImagePart,
     Message,
+    ResultBuilder,
     TextDelta,
     TextPart,
     Tool,
@@ -118,13 +119,20 @@ def test_full_request_translation() -> None:
         "max_completion_tokens": 100,
         "stop": "END",
         "seed": 7,
-        "n": 2,
+        "n": 1,
         "user": "u-1",
         "stream": True,
         "stream_options": {"include_usage": True},
-        "logprobs": True,  # unknown to the router: ignored
-        "metadata": {"a": "b"},
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0,  # no penalty: the same as none
+        "logit_bias": {"50256": -100, "13": 5},
+        "logprobs": True,
+        "top_logprobs": 2,
+        "reasoning_effort": "low",
+        "verbosity": "high",
+        "metadata": {"a": "b"},  # does not change the answer: ignored
         "store": False,
+        "service_tier": "auto",
     }
     assert parse_request(orjson.dumps(body)) == ChatRequest(
         model="gpt-4o",
@@ -152,8 +160,14 @@ def test_full_request_translation() -> None:
         max_tokens=100,
         stop=("END",),
         seed=7,
-        n=2,
+        n=1,
         user="u-1",
+        frequency_penalty=0.5,
+        logit_bias=(("13", 5.0), ("50256", -100.0)),
+        logprobs=True,
+        top_logprobs=2,
+        reasoning_effort="low",
+        verbosity="high",
         stream=True,
         include_usage=True,
     )
@@ -311,8 +325,25 @@ USER = {"role": "user", "content": "hi"}
         (request_of(max_tokens=0), "max_tokens", "at least 1"),
         (request_of(max_tokens=1.5), "max_tokens", "integer"),
         (request_of(max_completion_tokens=-1), "max_completion_tokens", "at least 1"),
-        (request_of(n=0), "n", "between 1 and 128"),
-        (request_of(n=129), "n", "between 1 and 128"),
+        (request_of(n=0), "n", "between 1 and 8"),
+        (request_of(n=9), "n", "between 1 and 8"),
+        (request_of(n=2, stream=True), "n", "not supported with 'stream'"),
+        (request_of(frequency_penalty=2.5), "frequency_penalty", "between -2 and 2"),
+        (request_of(presence_penalty="x"), "presence_penalty", "number"),
+        (request_of(logit_bias=[1]), "logit_bias", "object"),
+        (request_of(logit_bias={"abc": 1}), "logit_bias", "token ids"),
+        (request_of(logit_bias={"13": 101}), "logit_bias", "between -100 and 100"),
+        (request_of(logit_bias={"13": "x"}), "logit_bias", "got a string"),
+        (request_of(logprobs=1), "logprobs", "boolean"),
+        (request_of(top_logprobs=2), "top_logprobs", "requires 'logprobs'"),
+        (request_of(logprobs=True, top_logprobs=21), "top_logprobs", "between 0 and 20"),
+        (request_of(reasoning_effort=""), "reasoning_effort", "non-empty string"),
+        (request_of(verbosity=3), "verbosity", "non-empty string"),
+        (request_of(functions=[{"name": "f"}]), "functions", "use 'tools'"),
+        (request_of(function_call="auto"), "function_call", "use 'tool_choice'"),
+        (request_of(modalities=["text", "audio"]), "modalities", "'text' output modality"),
+        (request_of(audio={"voice": "alloy"}), "audio", "not supported"),
+        (request_of(web_search_options={}), "web_search_options", "not supported"),
         (request_of(seed="x"), "seed", "integer"),
         (request_of(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
         (request_of(stop=[1]), "stop[0]", "string"),
@@ -371,7 +402,7 @@ def test_invalid_requests_name_the_field(body: bytes, param: str | None, words: 
 
 
 def test_build_call_url_headers_and_minimal_body() -> None:
-    request = ChatRequest(messages=(Message("user", (TextPart("hi"),)),), top_k=5)
+    request = ChatRequest(messages=(Message("user", (TextPart("hi"),)),))
     call = PROVIDER.build_call(
         request, model="m", base_url="http://h/v1/", api_key="k", stream=False
     )
@@ -414,12 +445,18 @@ def test_build_call_translates_everything() -> None:
         json_mode=True,
         temperature=0.2,
         top_p=0.9,
-        top_k=40,
         max_tokens=64,
         stop=("x",),
         seed=1,
         n=3,
         user="u",
+        frequency_penalty=0.5,
+        presence_penalty=-1.0,
+        logit_bias=(("13", 5.0), ("50256", -100.0)),
+        logprobs=True,
+        top_logprobs=3,
+        reasoning_effort="high",
+        verbosity="low",
     )
     assert upstream_body(request) == {
         "model": "m-1",
@@ -477,7 +514,23 @@ def test_build_call_translates_everything() -> None:
         "seed": 1,
         "n": 3,
         "user": "u",
+        "frequency_penalty": 0.5,
+        "presence_penalty": -1.0,
+        "logit_bias": {"13": 5.0, "50256": -100.0},
+        "logprobs": True,
+        "top_logprobs": 3,
+        "reasoning_effort": "high",
+        "verbosity": "low",
     }
+
+
+def test_build_call_refuses_what_the_chat_completions_api_lacks() -> None:
+    # top_k is not OpenAI's: OpenAI rejects it and others ignore it, so it is never sent
+    # (routing sends such requests to a backend that has it).
+    request = ChatRequest(messages=(Message("user", (TextPart("hi"),)),), top_k=5)
+    with pytest.raises(RequestInvalid) as info:
+        upstream_body(request)
+    assert info.value.param == "top_k"
 
 
 @pytest.mark.parametrize(
@@ -567,6 +620,52 @@ def test_parse_result_text_and_usage() -> None:
         usage=Usage(input_tokens=12, output_tokens=5, cache_read_tokens=8),
         upstream_model="gpt-4o-2024-08-06",
     )
+
+
+LOGPROB = {"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}
+
+
+def test_parse_result_every_choice_and_its_logprobs() -> None:
+    body = orjson.dumps({
+        "model": "m",
+        "choices": [  # out of order on purpose: index decides
+            {"index": 1, "message": {"role": "assistant", "content": "B"},
+             "finish_reason": "length", "logprobs": None},
+            {"index": 0, "message": {"role": "assistant", "content": "Hi"},
+             "finish_reason": "stop", "logprobs": {"content": [LOGPROB], "refusal": None}},
+        ],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 3},
+    })
+    result = PROVIDER.parse_result(body)
+    assert [(c.text, c.stop_reason, c.logprobs) for c in result.choices] == [
+        ("Hi", "stop", (LOGPROB,)), ("B", "length", None)
+    ]
+    assert result.usage == Usage(input_tokens=4, output_tokens=3)  # all choices'
+    assert result.extra_choices[0].usage == Usage()
+
+
+def test_rendered_result_has_every_choice_and_logprobs() -> None:
+    result = ChatResult(
+        (TextPart("Hi"),), logprobs=(LOGPROB,), usage=Usage(4, 3),
+        extra_choices=(ChatResult((TextPart("B"),), stop_reason="length"),),
+    )
+    data = orjson.loads(render_result(result, id="c", model="m", created=1))
+    assert [(c["index"], c["message"]["content"], c["finish_reason"], c["logprobs"])
+            for c in data["choices"]] == [
+        (0, "Hi", "stop", {"content": [LOGPROB], "refusal": None}), (1, "B", "length", None)
+    ]
+    assert data["usage"]["completion_tokens"] == 3
+
+
+def test_stream_logprobs_round_trip() -> None:
+    events: list[Event] = [TextDelta("Hi", (LOGPROB,)), TextDelta("!"), Finish()]
+    body = encoded_stream(events)
+    assert b'"logprobs":{"content":[{"token":"Hi"' in body
+    decoded = decode(body)
+    assert decoded[:2] == events[:2]
+    builder = ResultBuilder()
+    builder.add(decoded)
+    assert builder.result().logprobs == (LOGPROB,)
 
 
 def test_parse_result_tool_calls() -> None:

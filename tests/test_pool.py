@@ -209,6 +209,24 @@ def test_a_tier_without_models_is_served_by_the_next_one_up() -> None:
     assert order(pool, tier=7) == ["t3"]
 
 
+def test_accepts_restricts_candidates_as_if_nothing_else_were_configured() -> None:
+    pool = pool_of(model("t1"), model("t2", 2), model("t3a", 3), model("t3b", 3))
+
+    def only(*names: str) -> Any:
+        return lambda m: m.name in names
+
+    def names(tier: int, accepts: Any) -> tuple[list[str], list[str]]:
+        tried, skipped = pool.candidates(tier, 0.0, accepts=accepts)
+        return [b.name for b in tried], [b.name for b in skipped]
+
+    assert names(1, only("t3b", "t2")) == (["t2", "t3b"], [])
+    assert names(2, only("t1")) == (["t1"], [])  # nothing at or above: the highest below
+    assert names(1, only("t3a")) == (["t3a"], [])
+    assert names(1, only()) == ([], [])  # nothing accepted: nothing to try or explain
+    fail(pool["t3a"], "unreachable")
+    assert names(3, only("t3a", "t1")) == ([], ["t3a"])  # accepted but down: explained
+
+
 def test_prefer_leads_only_when_as_healthy_as_the_best() -> None:
     pool = pool_of(model("a"), model("b"))
     pool["a"].begin()

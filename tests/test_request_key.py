@@ -2,7 +2,8 @@
 
 A cache entry may only serve a request whose *exact* part (tenant, routing target, system
 prompt, history, the final message's non-text parts, tools, tool choice, response format and
-every generation parameter) is identical; only the final user message's text is compared by
+every generation parameter, ``n``, penalties, ``logit_bias``, ``logprobs`` and reasoning
+effort included) is identical; only the final user message's text is compared by
 meaning. Dedup (``full``) joins only requests identical in everything, the stream flag
 included. The properties below draw whole requests and change one thing at a time.
 """
@@ -71,8 +72,18 @@ EXACT_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "max_tokens": st.none() | st.integers(1, 100_000),
     "stop": st.lists(texts, max_size=2).map(tuple),
     "seed": st.none() | st.integers(-(2**63), 2**63 - 1),
-    "n": st.integers(1, 128),
+    "n": st.integers(1, 8),
     "user": st.none() | texts,
+    "frequency_penalty": st.none() | st.floats(-2, 2),
+    "presence_penalty": st.none() | st.floats(-2, 2),
+    "logit_bias": st.lists(
+        st.tuples(st.integers(0, 200_000).map(str), st.floats(-100, 100)),
+        max_size=2, unique_by=lambda pair: pair[0],
+    ).map(lambda pairs: tuple(sorted(pairs, key=lambda pair: int(pair[0])))),
+    "logprobs": st.booleans(),
+    "top_logprobs": st.none() | st.integers(0, 20),
+    "reasoning_effort": st.none() | st.sampled_from(["none", "minimal", "low", "high"]),
+    "verbosity": st.none() | st.sampled_from(["low", "medium", "high"]),
 }
 
 

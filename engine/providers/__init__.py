@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..messages import ChatRequest
 from .anthropic import AnthropicProvider
-from .base import Provider, StreamDecoder, UpstreamCall
+from .base import Provider, StreamDecoder, UpstreamCall, refuse_unsupported
 from .openai import OpenAIProvider
 
 __all__ = [
@@ -21,7 +21,14 @@ __all__ = [
 
 
 class OllamaProvider(OpenAIProvider):
-    """Ollama through its OpenAI-compatible endpoint: ``base_url`` is the server root."""
+    """Ollama through its OpenAI-compatible endpoint: ``base_url`` is the server root.
+
+    Ollama ignores ``n``, ``logit_bias`` and ``verbosity``: ``n > 1`` is answered by ``n``
+    calls, and requests with the others go to other backends.
+    """
+
+    supports = OpenAIProvider.supports - {"logit_bias", "verbosity"}
+    native_n = False
 
     def build_call(
         self,
@@ -32,6 +39,7 @@ class OllamaProvider(OpenAIProvider):
         api_key: str | None,
         stream: bool,
     ) -> UpstreamCall:
+        refuse_unsupported(request, self.supports, "Ollama")
         return super().build_call(
             request, model=model, base_url=base_url.rstrip("/") + "/v1", api_key=api_key,
             stream=stream,

@@ -2,13 +2,15 @@
 
 Anthropic differs from the canonical shape in ways this codec hides from the engine: roles must
 alternate, ``max_tokens`` is required, ``temperature`` stops at 1, there is no JSON mode (it
-becomes a system-prompt instruction) and no ``n``. Streams number content blocks across text
-and tool use, while the canonical stream numbers tool calls alone.
+becomes a system-prompt instruction) and no ``n`` (the caller makes ``n`` calls). It has no
+penalties, ``logit_bias``, ``logprobs`` or ``reasoning_effort`` (``supports`` says so, and
+routing sends requests with them elsewhere). Streams number content blocks across text and
+tool use, while the canonical stream numbers tool calls alone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -30,7 +32,7 @@ from ..messages import (
     Usage,
 )
 from ..sse import SSEDecoder
-from .base import UpstreamCall
+from .base import UpstreamCall, refuse_unsupported
 
 __all__ = ["AnthropicProvider", "AnthropicStreamDecoder"]
 
@@ -56,6 +58,8 @@ class AnthropicProvider:
     """The :class:`~engine.providers.base.Provider` for ``POST /v1/messages``."""
 
     __slots__ = ()
+    supports: ClassVar[frozenset[str]] = frozenset({"top_k"})
+    native_n: ClassVar[bool] = False
 
     def build_call(
         self,
@@ -69,9 +73,11 @@ class AnthropicProvider:
         """The HTTP call for ``request`` sent to Anthropic model id ``model``.
 
         Raises:
-            RequestInvalid: the request asks for what Anthropic cannot do (``n > 1``), or an
-                assistant tool call's arguments are not a JSON object.
+            RequestInvalid: the request asks for what Anthropic cannot do (``n > 1``, a feature
+                outside ``supports``), or an assistant tool call's arguments are not a JSON
+                object.
         """
+        refuse_unsupported(request, self.supports, "Anthropic")
         if request.n > 1:
             raise RequestInvalid("n > 1 is not supported by Anthropic models", param="n")
         payload: dict[str, Any] = {

@@ -5,11 +5,12 @@ provider's wire format. The transport (``engine.upstream``) does the I/O around 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+from ..errors import RequestInvalid
 from ..messages import ChatRequest, ChatResult, Event
 
-__all__ = ["Provider", "StreamDecoder", "UpstreamCall"]
+__all__ = ["Provider", "StreamDecoder", "UpstreamCall", "refuse_unsupported"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,15 @@ class StreamDecoder(Protocol):
 
 
 class Provider(Protocol):
-    """A provider wire format (``openai``, ``anthropic``, ...)."""
+    """A provider wire format (``openai``, ``anthropic``, ...).
+
+    ``supports`` names the optional request features (:meth:`ChatRequest.features`) it can
+    serve; a request using any other is never routed to it. ``native_n`` says whether one call
+    answers ``n > 1``; otherwise the caller makes ``n`` calls and merges their choices.
+    """
+
+    supports: ClassVar[frozenset[str]]
+    native_n: ClassVar[bool]
 
     def build_call(
         self,
@@ -60,3 +69,17 @@ class Provider(Protocol):
     def error_message(self, status: int, body: bytes) -> str:
         """A short, safe description of an upstream error response (never echoes headers)."""
         ...
+
+
+def refuse_unsupported(request: ChatRequest, supports: frozenset[str], provider: str) -> None:
+    """Raise if ``request`` uses a feature outside ``supports``: routing never sends such a
+    request to this provider, so this guards the codec against a caller that did.
+
+    Raises:
+        RequestInvalid: naming the first such parameter.
+    """
+    missing = sorted(request.features() - supports)
+    if missing:
+        raise RequestInvalid(
+            f"{missing[0]} is not supported by {provider} models", param=missing[0]
+        )

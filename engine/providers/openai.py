@@ -10,7 +10,7 @@ rather than failing a stream that is otherwise fine.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -32,7 +32,7 @@ from ..messages import (
     Usage,
 )
 from ..sse import SSEDecoder
-from .base import UpstreamCall
+from .base import UpstreamCall, refuse_unsupported
 
 __all__ = ["OpenAIProvider", "OpenAIStreamDecoder"]
 
@@ -50,9 +50,18 @@ _KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9*_\-]{4,}")
 
 
 class OpenAIProvider:
-    """The :class:`~engine.providers.base.Provider` for OpenAI-compatible servers."""
+    """The :class:`~engine.providers.base.Provider` for OpenAI-compatible servers.
+
+    ``top_k`` is not part of the chat-completions API (OpenAI rejects it, others ignore it),
+    so a request with it is routed elsewhere.
+    """
 
     __slots__ = ()
+    supports: ClassVar[frozenset[str]] = frozenset(
+        {"frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "reasoning_effort",
+         "verbosity"}
+    )
+    native_n: ClassVar[bool] = True
 
     def build_call(
         self,
@@ -63,7 +72,12 @@ class OpenAIProvider:
         api_key: str | None,
         stream: bool,
     ) -> UpstreamCall:
-        """The ``POST {base_url}/chat/completions`` for ``request`` (``top_k`` is dropped)."""
+        """The ``POST {base_url}/chat/completions`` for ``request``.
+
+        Raises:
+            RequestInvalid: the request uses a feature outside ``supports``.
+        """
+        refuse_unsupported(request, self.supports, "OpenAI-compatible")
         headers = {"content-type": "application/json"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
@@ -74,38 +88,28 @@ class OpenAIProvider:
         )
 
     def parse_result(self, body: bytes) -> ChatResult:
-        """Decode a ``chat.completion`` object (its first choice).
+        """Decode a ``chat.completion`` object: every choice, in ``index`` order.
 
         Raises:
             UpstreamError: the body is not a chat completion.
         """
         try:
             data = orjson.loads(body)
-            choice = data["choices"][0]
-            message = choice["message"]
-            content: list[TextPart | ToolCall] = []
-            text = _text_of(message.get("content")) or _text_of(message.get("refusal"))
-            if text:
-                content.append(TextPart(text))
-            calls = [
-                ToolCall(
-                    id=call.get("id") or f"call_{i}",
-                    name=call["function"]["name"],
-                    arguments=_arguments_text(call["function"].get("arguments")),
-                )
-                for i, call in enumerate(message.get("tool_calls") or ())
-            ]
-            content.extend(calls)
+            choices = sorted(data["choices"], key=lambda c: c.get("index") or 0)
+            results = [_choice_result(choice) for choice in choices]
+            first = results[0]  # IndexError for no choice at all
             usage = _usage(data.get("usage"))
             model = data.get("model")
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             detail = f"{type(exc).__name__}: {exc}"[:120]
             raise UpstreamError(f"upstream sent an invalid chat completion: {detail}") from None
         return ChatResult(
-            content=tuple(content),
-            stop_reason=_stop_reason(choice.get("finish_reason"), bool(calls)),
+            content=first.content,
+            stop_reason=first.stop_reason,
             usage=usage,
             upstream_model=model if isinstance(model, str) else None,
+            logprobs=first.logprobs,
+            extra_choices=tuple(results[1:]),
         )
 
     def stream_decoder(self) -> OpenAIStreamDecoder:
@@ -221,8 +225,9 @@ class OpenAIStreamDecoder:
             delta = choice.get("delta")
             if delta:
                 text = delta.get("content") or delta.get("refusal")
-                if text:
-                    events.append(TextDelta(text))
+                logprobs = _logprobs_of(choice.get("logprobs"))
+                if text or logprobs:
+                    events.append(TextDelta(text or "", logprobs))
                 calls = delta.get("tool_calls")
                 if calls:
                     self._tool_deltas(calls, events)
@@ -292,6 +297,20 @@ def _request_body(request: ChatRequest, *, model: str, stream: bool) -> dict[str
         body["n"] = request.n
     if request.user is not None:
         body["user"] = request.user
+    if request.frequency_penalty is not None:
+        body["frequency_penalty"] = request.frequency_penalty
+    if request.presence_penalty is not None:
+        body["presence_penalty"] = request.presence_penalty
+    if request.logit_bias:
+        body["logit_bias"] = dict(request.logit_bias)
+    if request.logprobs:
+        body["logprobs"] = True
+        if request.top_logprobs is not None:
+            body["top_logprobs"] = request.top_logprobs
+    if request.reasoning_effort is not None:
+        body["reasoning_effort"] = request.reasoning_effort
+    if request.verbosity is not None:
+        body["verbosity"] = request.verbosity
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # the router needs usage for costs
@@ -351,7 +370,38 @@ def _tool(name: str, description: str, parameters: Any) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-# ---- response helpers ----------------------------------------------------------------------
+# ---- response helpers ----
+
+
+def _choice_result(choice: dict[str, Any]) -> ChatResult:
+    """One ``choices[i]`` of a chat completion, without usage."""
+    message = choice["message"]
+    content: list[TextPart | ToolCall] = []
+    text = _text_of(message.get("content")) or _text_of(message.get("refusal"))
+    if text:
+        content.append(TextPart(text))
+    calls = [
+        ToolCall(
+            id=call.get("id") or f"call_{i}",
+            name=call["function"]["name"],
+            arguments=_arguments_text(call["function"].get("arguments")),
+        )
+        for i, call in enumerate(message.get("tool_calls") or ())
+    ]
+    content.extend(calls)
+    return ChatResult(
+        content=tuple(content),
+        stop_reason=_stop_reason(choice.get("finish_reason"), bool(calls)),
+        logprobs=_logprobs_of(choice.get("logprobs")),
+    )
+
+
+def _logprobs_of(logprobs: Any) -> tuple[Any, ...] | None:
+    """The ``content`` entries of a choice's (or a chunk's) ``logprobs`` object, if any."""
+    if not isinstance(logprobs, dict):
+        return None
+    content = logprobs.get("content")
+    return tuple(content) if isinstance(content, list) else None
 
 
 def _stop_reason(finish_reason: Any, has_tool_calls: bool) -> StopReason:
