@@ -114,8 +114,13 @@ class BackendCaller:
         errors: list[UpstreamError] = []
         for backend in self.backends_for(route, prefer):
             model = backend.config
-            backend.begin()
-            started = trio.current_time()
+            now = trio.current_time()
+            if errors and not backend.usable(now):
+                # It left rotation while earlier ones were tried (another request found it
+                # down or rate-limited, or is probing it): leave it alone.
+                continue
+            probe = backend.begin(now)
+            started = now
             try:
                 with trio.fail_after(model.timeouts.total_sec):
                     value = await attempt(model)
@@ -126,13 +131,13 @@ class BackendCaller:
             except UpstreamError as exc:
                 error = exc
             except BaseException:
-                backend.end()
+                backend.end(probe=probe)
                 raise
             else:
                 backend.succeeded(trio.current_time() - started)
                 return backend, value, len(errors)
-            backend.end()
-            self._report(backend, error)
+            self._report(backend, error, probe=probe)
+            backend.end(probe=probe)
             errors.append(error)
             if not error.retryable or route.pinned is not None:
                 break
@@ -158,10 +163,11 @@ class BackendCaller:
             raise UpstreamError(f"{model.name} ended its stream early", backend=model.name)
         return builder.result()
 
-    def _report(self, backend: BackendState, error: UpstreamError) -> None:
+    def _report(self, backend: BackendState, error: UpstreamError, *, probe: bool = False
+                ) -> None:
         retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
         backend.failed(failure_kind(error), trio.current_time(), message=error.message,  # type: ignore[arg-type]
-                       retry_after=retry_after)
+                       retry_after=retry_after, probe=probe)
 
     def _nothing_to_try(self, skipped: list[BackendState], now: float) -> RouterError:
         unconfigured = [b for b in skipped if not b.configured]

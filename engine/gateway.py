@@ -87,7 +87,7 @@ class Gateway:
         policy: RoutingPolicy | None = None,
     ) -> None:
         self.config = config
-        self.pool = BackendPool(config.models)
+        self.pool = BackendPool(config.models, health=config.health)
         self.stats = Stats(reference=self.pool.reference)
         self.cache: ResponseCache | None = None
         if config.cache.enabled and matcher is not None:
