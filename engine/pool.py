@@ -92,16 +92,16 @@ class BackendState:
     def usable(self, now: float) -> bool:
         """Whether it may be tried now: configured, not rate-limited, and not down (unless it
         is due its probe)."""
-        if not self.configured or now < self.rate_limited_until:
+        if now < self.rate_limited_until or self.config.missing_env is not None:
             return False
-        return self.status != "down" or self.probe_due(now)
+        return self.status != "down" or (not self.probing and now >= self.probe_at)
 
     def begin(self, now: float) -> bool:
         """Count a request about to be sent to it. Returns whether that request is the probe
         (the backend was due one); the caller hands that back to ``failed`` and ``end``."""
         self.in_flight += 1
         self.total_requests += 1
-        if self.probe_due(now):
+        if self.status != "healthy" and not self.probing and now >= self.probe_at:
             self.probing = True
             return True
         return False
@@ -158,8 +158,11 @@ class BackendState:
                    self.health.probe_interval_sec * 2.0**doublings)
 
     def order_key(self, now: float) -> tuple[int, int, float, float]:
+        rank = _RANK[self.status]
+        if rank > 1 and not self.probing and now >= self.probe_at:
+            rank = 0  # due its probe
         return (
-            0 if self.probe_due(now) else _RANK[self.status],
+            rank,
             self.in_flight,
             self.latency_ms or 0.0,
             self.config.cost_per_1k_in + self.config.cost_per_1k_out,
@@ -239,7 +242,8 @@ class BackendPool:
             usable: list[BackendState] = []
             for backend in self._by_tier[t]:
                 (usable if backend.usable(now) else skipped).append(backend)
-            usable.sort(key=lambda b: b.order_key(now))
+            if len(usable) > 1:
+                usable.sort(key=lambda b: b.order_key(now))
             if prefer is not None and t == start and usable:
                 best = usable[0].order_key(now)[0]
                 for i, backend in enumerate(usable):
