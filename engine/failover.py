@@ -190,7 +190,7 @@ class BackendCaller:
             f"{b.name}: "
             + (f"environment variable {b.config.missing_env} is not set" if not b.configured
                else "rate limited" if now < b.rate_limited_until
-               else f"down ({b.last_error or 'unreachable'})")
+               else f"down ({b.last_error or 'unreachable'}; {_next_probe(b, now)})")
             for b in skipped
         )
         return NoBackendAvailable(f"no backend available: {details or 'none configured'}")
@@ -218,3 +218,9 @@ class BackendCaller:
             return errors[-1]
         details = "; ".join(e.message for e in errors)
         return NoBackendAvailable(f"all backends failed: {details}")
+
+
+def _next_probe(backend: BackendState, now: float) -> str:
+    if backend.probing:
+        return "a probe is under way"
+    return f"next probe in {max(0.0, backend.probe_at - now):.1f} s"

@@ -7,6 +7,7 @@ are healthy and idle), ``b1`` is tier 2. The probe interval is short so the test
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any
 
@@ -160,7 +161,9 @@ async def test_a_pinned_model_is_probed_too(fake_upstream: FakeUpstream) -> None
         failed_at = trio.current_time()
         second = await client.chat(model="a1")  # down and ejected: refused without a call
         assert second.status_code == 503
-        assert "a1: down" in second.json()["error"]["message"]
+        message = second.json()["error"]["message"]
+        assert "a1: down (a1 broke off its answer" in message
+        assert re.search(r"next probe in 0\.[0-4] s", message), message
         assert count(fake_upstream, "a1") == 1
 
         await trio.sleep_until(failed_at + INTERVAL + 0.05)
