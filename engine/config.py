@@ -34,10 +34,12 @@ __all__ = [
     "ClassifierConfig",
     "Config",
     "DedupConfig",
+    "HealthConfig",
     "LearnedConfig",
     "ModelConfig",
     "ServerConfig",
     "Timeouts",
+    "UpstreamConfig",
     "WorkflowsConfig",
     "load_config",
     "parse_config",
@@ -130,6 +132,28 @@ class DedupConfig(_Section):
     enabled: bool = True
 
 
+class HealthConfig(_Section):
+    """Extension: how a failed backend returns to rotation (``engine.pool``). It is ejected
+    for ``probe_interval_sec``, then sent one real request as a probe; each failed probe
+    doubles the wait, up to ``max_probe_interval_sec``."""
+
+    probe_interval_sec: float = Field(5.0, gt=0, le=3600)
+    max_probe_interval_sec: float = Field(60.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HealthConfig:
+        if self.probe_interval_sec > self.max_probe_interval_sec:
+            raise ValueError("probe_interval_sec must not exceed max_probe_interval_sec")
+        return self
+
+
+class UpstreamConfig(_Section):
+    """Extension: the upstream connection pool. A kept-alive connection idle for longer than
+    ``keepalive_expiry_sec`` is closed."""
+
+    keepalive_expiry_sec: float = Field(30.0, gt=0, le=3600)
+
+
 class WorkflowsConfig(_Section):
     """Extension: where ready pipelines and prompt templates live (relative paths are taken
     from the config file's folder), run concurrency, and limits on submitted workflows."""
@@ -194,6 +218,8 @@ class Config(_Section):
     classifier: ClassifierConfig = ClassifierConfig()
     cache: CacheConfig = CacheConfig()
     dedup: DedupConfig = DedupConfig()
+    health: HealthConfig = HealthConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
     learned: LearnedConfig = LearnedConfig()
     server: ServerConfig = ServerConfig()
     workflows: WorkflowsConfig = WorkflowsConfig()

@@ -183,8 +183,13 @@ class BackendCaller:
         errors: list[UpstreamError] = []
         for backend in self.backends_for(route, prefer, needs=needs):
             model = backend.config
-            backend.begin()
-            started = trio.current_time()
+            now = trio.current_time()
+            if errors and not backend.usable(now):
+                # It left rotation while earlier ones were tried (another request found it
+                # down or rate-limited, or is probing it): leave it alone.
+                continue
+            probe = backend.begin(now)
+            started = now
             try:
                 with trio.fail_after(model.timeouts.total_sec):
                     value = await attempt(model)
@@ -195,13 +200,13 @@ class BackendCaller:
             except UpstreamError as exc:
                 error = exc
             except BaseException:
-                backend.end()
+                backend.end(probe=probe)
                 raise
             else:
                 backend.succeeded(trio.current_time() - started)
                 return backend, value, len(errors)
-            backend.end()
-            self._report(backend, error)
+            self._report(backend, error, probe=probe)
+            backend.end(probe=probe)
             errors.append(error)
             if not error.retryable or route.pinned is not None:
                 break
@@ -227,10 +232,11 @@ class BackendCaller:
             raise UpstreamError(f"{model.name} ended its stream early", backend=model.name)
         return builder.result()
 
-    def _report(self, backend: BackendState, error: UpstreamError) -> None:
+    def _report(self, backend: BackendState, error: UpstreamError, *, probe: bool = False
+                ) -> None:
         retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
         backend.failed(failure_kind(error), trio.current_time(), message=error.message,  # type: ignore[arg-type]
-                       retry_after=retry_after)
+                       retry_after=retry_after, probe=probe)
 
     def _unservable(self, needs: frozenset[str]) -> RequestInvalid:
         """The 400 for a routed request whose features no configured backend serves."""
@@ -268,7 +274,7 @@ class BackendCaller:
             f"{b.name}: "
             + (f"environment variable {b.config.missing_env} is not set" if not b.configured
                else "rate limited" if now < b.rate_limited_until
-               else f"down ({b.last_error or 'unreachable'})")
+               else f"down ({b.last_error or 'unreachable'}; {_next_probe(b, now)})")
             for b in skipped
         )
         return NoBackendAvailable(f"no backend available: {details or 'none configured'}")
@@ -296,3 +302,9 @@ class BackendCaller:
             return errors[-1]
         details = "; ".join(e.message for e in errors)
         return NoBackendAvailable(f"all backends failed: {details}")
+
+
+def _next_probe(backend: BackendState, now: float) -> str:
+    if backend.probing:
+        return "a probe is under way"
+    return f"next probe in {max(0.0, backend.probe_at - now):.1f} s"

@@ -2,8 +2,8 @@
 
 ``open_gateway(config)`` owns everything that lives as long as the server: the upstream HTTP
 client, the backend pool, the stats, and a background nursery for work that must outlive a
-single request handler (a relayed stream, later a shared deduplicated call). The nursery is
-cancelled before the HTTP client is closed.
+single request handler (a relayed stream, a shared deduplicated call, the upstream connection
+pool's idle expiry). The nursery is cancelled before the HTTP client is closed.
 
 Both entry points plan the request as a one-node workflow and hand it to the executor:
 
@@ -38,6 +38,7 @@ from .policy import LearnedScorer, RoutingPolicy
 from .pool import BackendPool
 from .sidecar import Sidecar
 from .stats import Stats
+from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
 from .workflow import Workflow
 from .workflow_run import Emit, run_workflow
@@ -87,7 +88,7 @@ class Gateway:
         policy: RoutingPolicy | None = None,
     ) -> None:
         self.config = config
-        self.pool = BackendPool(config.models)
+        self.pool = BackendPool(config.models, health=config.health)
         self.stats = Stats(reference=self.pool.reference)
         self.cache: ResponseCache | None = None
         if config.cache.enabled and matcher is not None:
@@ -294,7 +295,13 @@ async def open_gateway(config: Config, *, models: Models | None = None) -> Async
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
     try:
-        async with open_http_client() as http, trio.open_nursery() as nursery:
+        transport = PooledTransport(max_connections=512,
+                                    keepalive_expiry=config.upstream.keepalive_expiry_sec)
+        async with (
+            open_http_client(transport=transport) as http,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(transport.expire_idle)
             upstream = UpstreamClient(http)
             sidecar = None
             if settings.sidecar_url is not None:

@@ -1,23 +1,35 @@
 """The backend pool: each configured model's health and load, and which one to try next.
 
-Sans-IO: the executor reports what happened (``begin`` / ``succeeded`` / ``failed``) with the
-current time, and asks for an ordered list of backends to try. Nothing here awaits or reads a
-clock, so every state transition is cheap to test exhaustively.
+Sans-IO: the executor reports what happened (``begin`` / ``succeeded`` / ``failed`` / ``end``)
+with the current time, and asks for an ordered list of backends to try. Nothing here awaits or
+reads a clock, so every state transition is cheap to test exhaustively.
 
 Health (SPEC.md, ``GET /v1/backends``):
 
-* ``healthy`` - the last call succeeded (or none was made yet).
-* ``degraded`` - the last call failed with a 5xx or a timeout: still used, but after every
-  healthy backend of the tier. Three such failures in a row make it ``down``.
-* ``down`` - unreachable (connection refused or reset), or not configured (its API key's
-  variable is unset). Skipped until a cool-down passes (1 s, doubling per consecutive failure,
-  at most 30 s); then it is tried again, last, and one success makes it healthy.
+* ``healthy`` - in rotation: its last verdict was a success (or no call was made yet).
+* ``degraded`` - a call failed with a 5xx or a timeout: still usable, but after every healthy
+  backend of the tier (its fallback). Three failures in a row make it ``down``.
+* ``down`` - unreachable (connection refused, or reset mid-answer), or three failures in a row:
+  skipped. A backend whose API key's variable is unset is shown ``down`` for good.
+
+A failure *ejects* a backend, as outlier detection does in Envoy: it leaves normal rotation
+for ``health.probe_interval_sec``. When that ends, the backend is due a *probe*: the next
+request that may use it goes to it first, ahead of the healthy ones - one request at a time;
+while that probe is under way everything else keeps avoiding the backend. A success makes it
+healthy (back in rotation, its ejection history forgotten); a failure ejects it again for
+twice as long, at most ``health.max_probe_interval_sec``. The probe is a real request rather
+than a synthetic health call, because a paid API bills every call and a real request that
+fails still fails over to the next backend: its caller loses only the failed attempt's time.
+Any other success (a degraded backend used as a fallback, say) also makes a backend healthy.
+A failure of a request that was sent before the ejection, or of a fallback to a degraded
+backend, restarts the ejection without lengthening it (only a failed probe doubles it), so a
+burst of failures is one ejection; and it never lifts a ``down`` backend to ``degraded``.
 
 A 429 takes a backend out of rotation until its ``Retry-After`` passes, without changing its
 health: the provider is fine, it only asked us to wait.
 
-Among usable backends the order is: health, then fewer requests in flight, then lower latency
-(an exponential moving average), then lower price.
+Among usable backends the order is: a backend due its probe, then health, then fewer requests
+in flight, then lower latency (an exponential moving average), then lower price.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import ModelConfig
+from .config import HealthConfig, ModelConfig
 
 __all__ = ["BackendPool", "BackendState", "Failure"]
 
@@ -35,9 +47,11 @@ Failure = Literal["unreachable", "server_error", "timeout", "rate_limited", "rej
 
 _EWMA_ALPHA = 0.2
 _DOWN_AFTER = 3
-_MAX_COOLDOWN = 30.0
 _DEFAULT_RETRY_AFTER = 1.0
-_RANK = {"healthy": 0, "degraded": 1, "down": 2}
+_MAX_DOUBLINGS = 32  # 2**32 base intervals is beyond any cap; bounds the float power
+# Order ranks: a probe that is due leads, then each health in turn.
+_RANK = {"healthy": 1, "degraded": 2, "down": 3}
+_DEFAULT_HEALTH = HealthConfig()
 
 
 @dataclass(slots=True, eq=False)
@@ -45,14 +59,19 @@ class BackendState:
     """One backend (a configured model) and what the router has seen of it."""
 
     config: ModelConfig
+    health: HealthConfig = _DEFAULT_HEALTH
     status: Status = "healthy"
     in_flight: int = 0
     latency_ms: float | None = None
     total_requests: int = 0
-    failures: int = 0
-    down_until: float = 0.0
+    failures: int = 0  # in a row
+    ejections: int = 0  # times taken out of rotation, in all
+    backoff: int = 0  # ejections since the last success: the next lasts base * 2**(backoff-1)
+    probe_at: float = 0.0  # when an ejected backend is due its probe
+    probing: bool = False  # a probe request is under way
     rate_limited_until: float = 0.0
-    last_error: str | None = field(default=None)
+    last_error: str | None = field(default=None)  # the current problem; a success clears it
+    last_failure: str | None = field(default=None)  # the latest failure, kept after recovery
 
     @property
     def name(self) -> str:
@@ -66,16 +85,33 @@ class BackendState:
     def configured(self) -> bool:
         return self.config.missing_env is None
 
-    def usable(self, now: float) -> bool:
-        """Whether it may be tried now (configured, not cooling down, not rate-limited)."""
-        return self.configured and now >= self.down_until and now >= self.rate_limited_until
+    def probe_due(self, now: float) -> bool:
+        """Ejected, its ejection over, and no probe under way: the next request probes it."""
+        return self.status != "healthy" and not self.probing and now >= self.probe_at
 
-    def begin(self) -> None:
+    def usable(self, now: float) -> bool:
+        """Whether it may be tried now: configured, not rate-limited, and not down (unless it
+        is due its probe)."""
+        if now < self.rate_limited_until or self.config.missing_env is not None:
+            return False
+        return self.status != "down" or (not self.probing and now >= self.probe_at)
+
+    def begin(self, now: float) -> bool:
+        """Count a request about to be sent to it. Returns whether that request is the probe
+        (the backend was due one); the caller hands that back to ``failed`` and ``end``."""
         self.in_flight += 1
         self.total_requests += 1
+        if self.status != "healthy" and not self.probing and now >= self.probe_at:
+            self.probing = True
+            return True
+        return False
 
-    def end(self) -> None:
+    def end(self, *, probe: bool = False) -> None:
+        """The request is over. A probe that ends without a verdict (cancelled, a 400, a 429)
+        lets the next request probe instead."""
         self.in_flight -= 1
+        if probe:
+            self.probing = False
 
     def succeeded(self, latency_s: float) -> None:
         ms = latency_s * 1000.0
@@ -84,29 +120,49 @@ class BackendState:
         )
         self.status = "healthy"
         self.failures = 0
-        self.down_until = 0.0
+        self.backoff = 0
+        self.probe_at = 0.0
+        self.probing = False
         self.last_error = None
 
     def failed(
-        self, kind: Failure, now: float, *, message: str, retry_after: float | None = None
+        self, kind: Failure, now: float, *, message: str, retry_after: float | None = None,
+        probe: bool = False,
     ) -> None:
         self.last_error = message
+        if probe:
+            self.probing = False
         if kind == "rejected":  # the request was bad, not the backend
             return
+        self.last_failure = message
         if kind == "rate_limited":
             wait = _DEFAULT_RETRY_AFTER if retry_after is None else max(0.0, retry_after)
             self.rate_limited_until = max(self.rate_limited_until, now + wait)
             return
         self.failures += 1
+        if self.status == "healthy" or probe:
+            self.ejections += 1
+            self.backoff += 1
+        self.probe_at = max(self.probe_at, now + self.ejection_time())
         if kind == "unreachable" or self.failures >= _DOWN_AFTER:
             self.status = "down"
-            self.down_until = now + min(_MAX_COOLDOWN, 2.0 ** (self.failures - 1))
-        else:
+        elif probe or self.status != "down":
+            # Only a probe's verdict (the newest evidence) lifts a down backend to degraded.
             self.status = "degraded"
 
-    def order_key(self) -> tuple[int, int, float, float]:
+    def ejection_time(self) -> float:
+        """How long the current ejection lasts: the base interval, doubled per failed probe,
+        capped."""
+        doublings = min(max(self.backoff - 1, 0), _MAX_DOUBLINGS)
+        return min(self.health.max_probe_interval_sec,
+                   self.health.probe_interval_sec * 2.0**doublings)
+
+    def order_key(self, now: float) -> tuple[int, int, float, float]:
+        rank = _RANK[self.status]
+        if rank > 1 and not self.probing and now >= self.probe_at:
+            rank = 0  # due its probe
         return (
-            _RANK[self.status],
+            rank,
             self.in_flight,
             self.latency_ms or 0.0,
             self.config.cost_per_1k_in + self.config.cost_per_1k_out,
@@ -119,6 +175,7 @@ class BackendState:
             detail = f"environment variable {self.config.missing_env} is not set"
         elif now < self.rate_limited_until:
             detail = f"rate limited for {self.rate_limited_until - now:.1f} s"
+        ejected = self.configured and self.status != "healthy"
         return {
             "name": self.name,
             "status": "down" if not self.configured else self.status,
@@ -127,14 +184,22 @@ class BackendState:
             "total_requests": self.total_requests,
             "tier": self.tier,
             "detail": detail,
+            "ejections": self.ejections,
+            "probing": self.probing,
+            "next_probe_in_sec": round(max(0.0, self.probe_at - now), 3) if ejected else None,
+            "last_error": self.last_failure,
         }
 
 
 class BackendPool:
     """All backends, grouped by tier, with the ordering rules of the module docstring."""
 
-    def __init__(self, models: Iterable[ModelConfig]) -> None:
-        self.backends: dict[str, BackendState] = {m.name: BackendState(m) for m in models}
+    def __init__(
+        self, models: Iterable[ModelConfig], *, health: HealthConfig = _DEFAULT_HEALTH
+    ) -> None:
+        self.backends: dict[str, BackendState] = {
+            m.name: BackendState(m, health) for m in models
+        }
         self.tiers: list[int] = sorted({b.tier for b in self.backends.values()})
         self._by_tier: dict[int, list[BackendState]] = {t: [] for t in self.tiers}
         for backend in self.backends.values():
@@ -163,11 +228,11 @@ class BackendPool:
     ) -> tuple[list[BackendState], list[BackendState]]:
         """Backends to try for a request routed to ``tier``, in order, and those skipped.
 
-        The tier's usable backends first (``prefer`` leads if it is usable and as healthy as
-        the best), then each higher tier's. The second list holds the backends of those tiers
-        that are not usable now, so a caller can explain why nothing was tried. With
-        ``accepts``, only the backends it accepts count, as if no other were configured (both
-        lists are empty when it accepts none).
+        The tier's usable backends first (``prefer`` leads if it is usable and ranks with the
+        best: as healthy, and no probe due ahead of it), then each higher tier's. The second
+        list holds the backends of those tiers that are not usable now, so a caller can
+        explain why nothing was tried. With ``accepts``, only the backends it accepts count,
+        as if no other were configured (both lists are empty when it accepts none).
         """
         by_tier = self._by_tier
         if accepts is not None:
@@ -184,10 +249,12 @@ class BackendPool:
             usable: list[BackendState] = []
             for backend in by_tier[t]:
                 (usable if backend.usable(now) else skipped).append(backend)
-            usable.sort(key=BackendState.order_key)
-            if prefer is not None and t == start:
+            if len(usable) > 1:
+                usable.sort(key=lambda b: b.order_key(now))
+            if prefer is not None and t == start and usable:
+                best = usable[0].order_key(now)[0]
                 for i, backend in enumerate(usable):
-                    if backend.name == prefer and backend.status == usable[0].status:
+                    if backend.name == prefer and backend.order_key(now)[0] == best:
                         usable.insert(0, usable.pop(i))
                         break
             order.extend(usable)

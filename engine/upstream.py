@@ -54,12 +54,13 @@ _DRAIN_SEC = 0.5  # reading a finished stream's body to its end
 _SECRETISH = re.compile(r"\b(?:sk|key|api|ak)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 
 
-def open_http_client() -> httpx.AsyncClient:
+def open_http_client(*, transport: PooledTransport | None = None) -> httpx.AsyncClient:
     """The router's one upstream client. Deadlines are set per request from the model config;
     ``trust_env=False`` so an environment proxy or ``.netrc`` never silently reroutes traffic.
+    ``transport``: the connection pool to use (its owner runs its idle expiry).
     """
     return httpx.AsyncClient(
-        transport=PooledTransport(max_connections=512, keepalive_expiry=30.0),
+        transport=transport or PooledTransport(max_connections=512, keepalive_expiry=30.0),
         timeout=httpx.Timeout(60.0, connect=10.0),
         trust_env=False,
         follow_redirects=False,
