@@ -1,5 +1,6 @@
 """``llm-router router eval`` and ``llm-router router train``: score any router on labelled
-rows (the format of ``../shared/data/routing/``) and train the router of ``engine.learned``.
+rows (JSON Lines; the format is in docs/cli.md, "Labelled rows") and train the router of
+``engine.learned``.
 
 ::
 
@@ -79,7 +80,8 @@ def add_router_commands(subparsers: Any) -> None:
     ev = commands.add_parser(
         "eval", help="APGR, CPT(50%%), CPT(80%%) and the quality/cost curve of routers "
         "on labelled rows")
-    ev.add_argument("data", nargs="+", help="labelled JSONL rows (../shared/data/routing/)")
+    ev.add_argument("data", nargs="+",
+                    help="labelled JSONL rows (id, prompt, weak_score, strong_score, ...)")
     ev.add_argument("--router", action="append", dest="routers", metavar="SPEC",
                     help="heuristic (default), length, random, learned, FILE.json or "
                     "blend:MODEL:WEIGHT; repeat to compare")

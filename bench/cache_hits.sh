@@ -3,11 +3,13 @@
 # nginx mock, wrk sending one request over and over, so every request after the first is an
 # exact cache hit; then the same load with `Cache-Control: no-store` (every request goes
 # upstream; dedup off so each is its own call) as the baseline of the same run.
+# LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
 #   bench/cache_hits.sh [seconds]
 set -euo pipefail
+: "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
+peer=$(cd "$LLM_ROUTER_PEER_BENCH" && pwd)  # before the cd below: it may be a relative path
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-peer=$(cd ../shared/bench && pwd)
 work=$(mktemp -d /tmp/llmr-cache.XXXX)
 mock_port=18182 router_port=4192
 python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null

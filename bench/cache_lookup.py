@@ -1,8 +1,11 @@
 """Semantic-cache lookup latency and memory at 1k / 10k / 100k entries.
 
-Usage: .venv/bin/python bench/cache_lookup.py [--sizes 1000 10000 100000] [--data ../shared/data]
+Usage: .venv/bin/python bench/cache_lookup.py [--sizes 1000 10000 100000] [--data DIR]
 
-Entries are realistic prompt vectors: windows of 6-25 words cut from the shared dev prompts
+``--data`` (default: the ``LLM_ROUTER_EVAL_DATA`` environment variable) is the evaluation data
+folder, which is not part of this repository: its ``routing/`` and ``cache/`` dev files.
+
+Entries are realistic prompt vectors: windows of 6-25 words cut from the dev prompts
 (RouteLLM MMLU, RouterBench, AlpacaEval, QQP), embedded by ``engine.similarity.Embedder``.
 For each size the entries go one by one into a fresh ``VectorIndex`` (defaults: exact numpy
 below 2,048 entries, HNSW above), then:
@@ -41,7 +44,7 @@ QUERIES = 1000
 
 
 def corpus(data: Path, count: int) -> list[str]:
-    """``count`` distinct word windows from the shared dev prompts, deterministically."""
+    """``count`` distinct word windows from the dev prompts, deterministically."""
     texts = []
     for name in ("routellm_mmlu_dev", "routerbench_arc_mbpp_winogrande_dev",
                  "alpaca_eval2_gpt35_vs_gpt4turbo_dev"):
@@ -126,11 +129,13 @@ def measure(embedder: Embedder, vectors: np.ndarray, stored: list[str], held_out
 
 
 def main() -> None:
-    root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=os.environ.get("LLM_ROUTER_EVAL_DATA") or None,
+                        help="the evaluation data folder (default: $LLM_ROUTER_EVAL_DATA)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     args = parser.parse_args()
+    if args.data is None:
+        parser.error("give --data DIR or set LLM_ROUTER_EVAL_DATA")
     largest = max(args.sizes)
     texts = corpus(args.data, largest + QUERIES)
     embedder = Embedder()

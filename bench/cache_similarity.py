@@ -1,8 +1,10 @@
-"""Quality of the semantic-cache match on the QQP dev pairs, measured by the shared script.
+"""Quality of the semantic-cache match on the QQP dev pairs, measured by the reference script.
 
-Usage: .venv/bin/python bench/cache_similarity.py [--data ../shared/data] [--out DIR]
+Usage: .venv/bin/python bench/cache_similarity.py [--data DIR] [--out DIR]
 
-Writes prediction files and runs ``../shared/data/cache_metrics.py`` on them:
+``--data`` (default: the ``LLM_ROUTER_EVAL_DATA`` environment variable) is the evaluation data
+folder, which is not part of this repository. Writes prediction files and runs its
+``cache_metrics.py`` on them:
 
 * pairs mode (every pair of ``cache/qqp_pairs_dev.jsonl``): ROC-AUC, and precision / recall /
   false-hit rate at the default threshold and a sweep, for three scorers: the script's token
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -129,12 +132,14 @@ def guard_effects(rows: list[dict], labels: np.ndarray, fps: dict, thresholds: t
 
 
 def main() -> None:
-    root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=os.environ.get("LLM_ROUTER_EVAL_DATA") or None,
+                        help="the evaluation data folder (default: $LLM_ROUTER_EVAL_DATA)")
     parser.add_argument("--out", type=Path, help="keep prediction files here")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     args = parser.parse_args()
+    if args.data is None:
+        parser.error("give --data DIR or set LLM_ROUTER_EVAL_DATA")
     pairs_file = args.data / "cache" / "qqp_pairs_dev.jsonl"
     script = args.data / "cache_metrics.py"
     out = args.out or Path(tempfile.mkdtemp(prefix="cache-sim-"))

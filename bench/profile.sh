@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Where the router's CPU goes under load: py-spy samples the router while wrk drives it
 # through the peer harness's nginx mock. Prints the top self and inclusive frames.
+# LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
 #   bench/profile.sh [json|stream] [connections] [seconds]
 set -euo pipefail
+: "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
+peer=$(cd "$LLM_ROUTER_PEER_BENCH" && pwd)  # before the cd below: it may be a relative path
 cd "$(dirname "$0")/.."
 mode=${1:-json} conns=${2:-64} secs=${3:-10}
-peer=$(cd ../shared/bench && pwd)
 work=$(mktemp -d /tmp/llmr-profile.XXXX)
 mock_port=18181 router_port=4191
 python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null

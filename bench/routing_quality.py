@@ -1,6 +1,6 @@
 """How good are the routers? APGR / CPT on the routing dev sets, for BENCHMARKS.md.
 
-Usage: .venv/bin/python bench/routing_quality.py [--data ../shared/data] [--seeds 3]
+Usage: .venv/bin/python bench/routing_quality.py [--data DIR] [--seeds 3]
        [--out DIR] [--model engine/data/router.json]
 
 Prints Markdown tables:
@@ -16,13 +16,18 @@ Prints Markdown tables:
 Cross-validation is stratified 5-fold, repeated with ``--seeds`` shuffles; the tables give
 the mean (and the spread over shuffles) of the APGR of all out-of-fold scores. The pooled
 out-of-fold scores of the first shuffle are also written as prediction files and scored by
-``../shared/data/routing_metrics.py`` to show that both give the same numbers.
+the reference script ``routing_metrics.py`` to show that both give the same numbers.
+
+``--data`` (default: the ``LLM_ROUTER_EVAL_DATA`` environment variable) is the evaluation data
+folder, which is not part of this repository: its ``routing/`` dev files and
+``routing_metrics.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -87,11 +92,14 @@ def fmt(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
+    ap.add_argument("--data", default=os.environ.get("LLM_ROUTER_EVAL_DATA") or None,
+                    help="the evaluation data folder (default: $LLM_ROUTER_EVAL_DATA)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
     ap.add_argument("--out", default=None, help="keep the prediction files here")
     args = ap.parse_args()
+    if args.data is None:
+        ap.error("give --data DIR or set LLM_ROUTER_EVAL_DATA")
     data = Path(args.data)
     rows = {k: parse_rows((data / "routing" / f).read_text(encoding="utf-8").splitlines())
             for k, f in FILES.items()}
@@ -212,11 +220,11 @@ def main() -> None:
                          if p else "n/a")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
-    # the shared script agrees
+    # the reference script agrees
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         out.mkdir(parents=True, exist_ok=True)
-        print("\n### The shared script on the pooled out-of-fold scores (first shuffle)\n")
+        print("\n### The reference script on the pooled out-of-fold scores (first shuffle)\n")
         for k in ("MMLU", "RouterBench"):
             pred = out / f"pred_{k}.jsonl"
             pred.write_text("".join(json.dumps({"id": r.id, "p_strong": float(m)}) + "\n"

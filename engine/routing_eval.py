@@ -10,10 +10,11 @@ Sending the top ``x`` share of prompts to the strong model traces a quality-vs-%
 * **CPT(x%)**: the smallest share of strong calls that recovers ``x%`` of the weak-to-strong
   quality gap (random routing: ``x%``).
 
-Two ways to trace the curve, as ``../shared/data/routing_metrics.py`` does (and with the same
-arithmetic, so the numbers agree to the last digit): ``"exact"`` takes every distinct score as
-a threshold and interpolates ties (random tie-breaking in expectation); ``"routellm"`` takes
-11 thresholds at the score deciles, as RouteLLM's ``evaluate.py`` does.
+Two ways to trace the curve, as the evaluation data's reference script ``routing_metrics.py``
+does (with the same arithmetic, so the numbers agree to the last digit; see
+``tests/test_routing_eval.py``): ``"exact"`` takes every distinct score as a threshold and
+interpolates ties (random tie-breaking in expectation); ``"routellm"`` takes 11 thresholds at
+the score deciles, as RouteLLM's ``evaluate.py`` does.
 
 Rows with a score and a cost for many models (RouterBench) also support multi-tier routing:
 :func:`multi_tier_points` splits the prompts, ranked by score, over a ladder of models (cheap
@@ -97,7 +98,8 @@ class Summary:
 
 
 def parse_rows(lines: Iterable[str], *, decontaminated: bool = False) -> list[RoutingRow]:
-    """Rows from JSONL text in the format of ``../shared/data/routing/``.
+    """Rows from JSONL text, one labelled prompt a line (the format is in docs/cli.md,
+    "Labelled rows").
 
     Args:
         lines: JSON objects, one a line; blank lines are skipped.

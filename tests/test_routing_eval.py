@@ -1,6 +1,10 @@
 """The routing metrics (``engine.routing_eval``): hand-computed small cases (ties included),
-exact agreement with the shared ``routing_metrics.py`` (in-process on arbitrary rows, and as a
-subprocess on a file), multi-model and multi-tier routing.
+exact agreement with the reference ``routing_metrics.py`` (in-process on arbitrary rows, and as
+a subprocess on a file), multi-model and multi-tier routing.
+
+The agreement tests need the evaluation data folder (its ``routing_metrics.py`` and
+``routing/`` files), which is not part of this repository: set ``LLM_ROUTER_EVAL_DATA`` to it,
+or they are skipped.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import doctest
 import importlib.util
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -36,9 +41,13 @@ from engine.routing_eval import (
     tier_split,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SCRIPT = SHARED / "routing_metrics.py"
-needs_shared = pytest.mark.skipif(not SCRIPT.is_file(), reason="../shared/data not present")
+# The evaluation data folder; unset, a path that does not exist, so the tests using it skip.
+EVAL_DATA = Path(os.environ.get("LLM_ROUTER_EVAL_DATA") or "/nonexistent")
+SCRIPT = EVAL_DATA / "routing_metrics.py"
+needs_eval_data = pytest.mark.skipif(
+    not SCRIPT.is_file(),
+    reason="set LLM_ROUTER_EVAL_DATA to the evaluation data folder (with routing_metrics.py)",
+)
 
 
 def row(name: str, weak: float, strong: float, **fields: object) -> RoutingRow:
@@ -50,7 +59,7 @@ FOUR = [row("A", 0, 1), row("B", 0, 1), row("C", 1, 0), row("D", 1, 1)]
 FOUR_SCORES = [0.9, 0.5, 0.5, 0.1]
 
 
-def shared_script() -> ModuleType:
+def reference_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("routing_metrics", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -155,22 +164,22 @@ def test_parse_rows_rejects_malformed_lines(line: str) -> None:
         parse_rows([line])
 
 
-# -- agreement with the shared script -----------------------------------------------------
+# -- agreement with the reference script -----------------------------------------------------
 
 scores_st = st.floats(0, 1, allow_nan=False).map(lambda x: round(x, 1))  # plenty of ties
 pairs_st = st.tuples(st.sampled_from([0.0, 1.0, 0.5]), st.sampled_from([0.0, 1.0, 0.25]))
 
 
-@needs_shared
+@needs_eval_data
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(pairs_st, scores_st), min_size=2, max_size=40),
        st.sampled_from(["exact", "routellm"]))
-def test_matches_shared_script_exactly(data: list, mode: str) -> None:
+def test_matches_reference_script_exactly(data: list, mode: str) -> None:
     rows = [row(str(i), w, s) for i, ((w, s), _) in enumerate(data)]
     if sum(r.weak_score for r in rows) == sum(r.strong_score for r in rows):
         return  # no gap to recover: both divide by zero
     scores = [x for _, x in data]
-    script = shared_script()
+    script = reference_script()
     raw = [{"weak_score": r.weak_score, "strong_score": r.strong_score} for r in rows]
     theirs = script.summarize(raw, scores, mode)
     mine = summarize(rows, scores, mode=mode).as_dict()
@@ -178,9 +187,9 @@ def test_matches_shared_script_exactly(data: list, mode: str) -> None:
         assert mine[key] == theirs[key] or (math.isnan(mine[key]) and math.isnan(theirs[key]))
 
 
-@needs_shared
-def test_matches_shared_script_on_a_file(tmp_path: Path) -> None:
-    source = SHARED / "routing" / "routerbench_arc_mbpp_winogrande_dev.jsonl"
+@needs_eval_data
+def test_matches_reference_script_on_a_file(tmp_path: Path) -> None:
+    source = EVAL_DATA / "routing" / "routerbench_arc_mbpp_winogrande_dev.jsonl"
     lines = source.read_text(encoding="utf-8").splitlines()[:120]
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -241,9 +250,9 @@ def test_pareto_front_and_tier_split() -> None:
     assert tier_split([0, 30, 30.5, 70, 71], [30, 70]) == [0, 0, 1, 1, 2]
 
 
-@needs_shared
+@needs_eval_data
 def test_model_ladder_on_routerbench() -> None:
-    rows = parse_rows((SHARED / "routing" / "routerbench_arc_mbpp_winogrande_dev.jsonl")
+    rows = parse_rows((EVAL_DATA / "routing" / "routerbench_arc_mbpp_winogrande_dev.jsonl")
                       .read_text(encoding="utf-8").splitlines())
     ladder = model_ladder(rows)
     assert ladder[0] == rows[0].weak_model and ladder[-1] == rows[0].strong_model
