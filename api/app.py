@@ -3,7 +3,7 @@
 Handlers parse the wire format into a canonical request, hand it to the gateway, and render
 the result (or any :class:`~engine.errors.RouterError`) back in the caller's protocol. Every
 response, errors and streams included, carries ``X-LLM-Router-Request-Id``; answered ones also
-carry the routing headers of SPEC.md.
+carry the routing headers (docs/api.md).
 """
 
 from __future__ import annotations

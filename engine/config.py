@@ -1,7 +1,8 @@
 """The configuration file: loading, ``$VAR`` expansion and validation.
 
-The format is SPEC.md's ``config.yaml``. Loading is strict and reports *every* problem at once,
-each with its key path (``models[1].tier: ...``), so ``llm-router check`` can print them all.
+The format is ``config.yaml``'s (docs/configuration.md). Loading is strict and reports
+*every* problem at once, each with its key path (``models[1].tier: ...``), so
+``llm-router check`` can print them all.
 
 Provider keys are special: a missing ``$ANTHROPIC_API_KEY`` must not stop the router from
 starting (the other backends may be fine), so an ``api_key`` whose variable is unset loads as

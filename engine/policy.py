@@ -1,6 +1,6 @@
 """The routing policy: which tier a request goes to, and how that choice learns.
 
-The decision blends up to three opinions on SPEC.md's 0-100 scale:
+The decision blends up to three opinions on the 0-100 score scale:
 
 1. the heuristic complexity score of the whole conversation (``engine.scoring``);
 2. a trained router (``learned.model``), weighted by ``learned.model_weight``;
@@ -128,7 +128,7 @@ class RoutingPolicy:
             self._recent.popitem(last=False)
 
     async def feedback(self, data: Any) -> dict[str, Any]:
-        """Record one quality report (SPEC.md's shape, or ``request_id`` + ``quality``) and
+        """Record one quality report (the score/tier form, or ``request_id`` + ``quality``) and
         recalibrate.
 
         Raises:

@@ -4,7 +4,7 @@ Sans-IO: the executor reports what happened (``begin`` / ``succeeded`` / ``faile
 with the current time, and asks for an ordered list of backends to try. Nothing here awaits or
 reads a clock, so every state transition is cheap to test exhaustively.
 
-Health (SPEC.md, ``GET /v1/backends``):
+Health (docs/api.md, ``GET /v1/backends``):
 
 * ``healthy`` - in rotation: its last verdict was a success (or no call was made yet).
 * ``degraded`` - a call failed with a 5xx or a timeout: still usable, but after every healthy
@@ -169,7 +169,7 @@ class BackendState:
         )
 
     def snapshot(self, now: float) -> dict[str, object]:
-        """The ``GET /v1/backends`` entry: SPEC.md's fields, then extras. Never a secret."""
+        """The ``GET /v1/backends`` entry: the documented fields, then extras. Never a secret."""
         detail = self.last_error
         if not self.configured:
             detail = f"environment variable {self.config.missing_env} is not set"

@@ -1,4 +1,4 @@
-"""The heuristic complexity score of a request (SPEC.md, "Routing"). Pure and synchronous.
+"""The heuristic complexity score of a request (docs/routing.md). Pure and synchronous.
 
 The score is the sum of these signals, capped at 100:
 
@@ -83,7 +83,7 @@ def _has_code(text: str) -> bool:
 
 
 def score_request(request: ChatRequest) -> Score:
-    """Score ``request`` by SPEC.md's heuristic.
+    """Score ``request`` by the documented heuristic.
 
     >>> from engine.messages import ChatRequest, Message, TextPart
     >>> ask = lambda text: ChatRequest(messages=(Message("user", (TextPart(text),)),))
@@ -137,7 +137,7 @@ def score_request(request: ChatRequest) -> Score:
 
 
 def tier_for_score(score: Score, *, tier1_max: int, tier2_max: int) -> int:
-    """The tier SPEC.md's thresholds give ``score``, raised to its floor.
+    """The tier the thresholds give ``score``, raised to its floor.
 
     >>> tier_for_score(Score(31, {}), tier1_max=30, tier2_max=70)
     2

@@ -2,7 +2,7 @@
 
 Cost is the upstream's reported usage times the model's configured prices. *Saved* is the same
 usage priced at the reference model (the most expensive model of the highest tier: what the
-caller would have used without a router) minus what was spent (SPEC.md, ``GET /stats``).
+caller would have used without a router) minus what was spent (docs/api.md, ``GET /stats``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Stats:
         self.errors[code] += 1
 
     def snapshot(self) -> dict[str, object]:
-        """SPEC.md's ``/stats`` fields first, then extras."""
+        """The documented ``/stats`` fields first, then extras."""
         return {
             "total_requests": self.total_requests,
             "total_saved_usd": round(self.saved_usd, 6),

@@ -1,9 +1,10 @@
 """Workflow definitions: the YAML of ``POST /v1/workflows`` loaded into checked types. Sans-IO.
 
-A workflow is a DAG of ops, each one LLM call. SPEC.md's format works unchanged; the
-additions (all optional) are listed on :class:`Op` and :class:`Workflow`. Everything is
-validated by :func:`load_workflow` before anything runs, and every failure is one
-:class:`~engine.errors.WorkflowInvalid` (a 400) that names the op at fault.
+A workflow is a DAG of ops, each one LLM call. The documented format (docs/workflows.md)
+works unchanged; the additions (all optional) are listed on :class:`Op` and
+:class:`Workflow`. Everything is validated by :func:`load_workflow` before anything runs,
+and every failure is one :class:`~engine.errors.WorkflowInvalid` (a 400) that names the op
+at fault.
 
 Edges may be given on either side: ``input_ops`` on the downstream op, ``output_ops`` on the
 upstream one, or both, in which case they must agree. An op's ``inputs`` keep the order of
@@ -13,11 +14,11 @@ its ``input_ops`` (or, without them, the YAML order of the ops that list it).
 user message; ``system`` (also a template) is the system prompt. The template sees
 ``input`` (the workflow's input, in every op), ``vars`` and each variable by its own name,
 ``params`` (the op's own constants) and ``ops.<name>.output`` / ``ops.<name>.value`` for
-any op upstream of it. What an op *receives* per SPEC.md (a start op: the workflow input;
+any op upstream of it. What an op *receives* per the format (a start op: the workflow input;
 any other op: the outputs of its input_ops) is appended after the rendered prompt, separated
 by a blank line, unless its templates place it themselves: a start op's templates placing
 ``input``, any other op's templates referencing any ``ops.<name>``. Several appended outputs
-are each put under a ``## <op name>`` heading. So SPEC.md's plain prompts ("Find errors in
+are each put under a ``## <op name>`` heading. So plain prompts ("Find errors in
 the reasoning.") work as written, and a template that arranges its inputs gets exactly what
 it wrote.
 """

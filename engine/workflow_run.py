@@ -114,7 +114,8 @@ async def run_workflow(
     max_concurrency: int,
     emit: Emit | None = None,
 ) -> dict[str, Any]:
-    """Run ``workflow`` and return SPEC.md's response shape plus per-op details.
+    """Run ``workflow`` and return the documented response shape (docs/workflows.md) plus
+    per-op details.
 
     Raises:
         WorkflowInvalid: a variable override is not declared.

@@ -1,4 +1,4 @@
-"""The configuration file (``engine.config``): SPEC.md's format, defaults, ``$VAR`` expansion,
+"""The configuration file (``engine.config``): the documented format, defaults, ``$VAR`` expansion,
 strict validation that reports every problem with its key path, and the one lenient case: a
 provider key whose variable is unset loads, and the router starts and explains itself.
 """
@@ -27,7 +27,7 @@ from engine.config import (
 from engine.errors import ConfigInvalid
 from engine.pool import BackendPool
 
-# SPEC.md's example, verbatim (comments included).
+# the documented example, verbatim (comments included).
 SPEC_EXAMPLE = """\
 models:
   - name: claude-haiku                 # the name clients and stats see
@@ -91,7 +91,7 @@ def problems_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
     return caught.value.problems
 
 
-# ---- SPEC.md's example and defaults -----------------------------------------------------------
+# ---- the documented example and defaults ---------------------------------------------------------
 
 
 def test_spec_example_parses() -> None:
@@ -207,7 +207,7 @@ models:
     assert skipped == []
 
 
-# ---- $VAR expansion ---------------------------------------------------------------------------
+# ---- $VAR expansion ------------------------------------------------------------------------------
 
 
 def test_both_variable_forms_and_dollar_escape_are_expanded() -> None:
@@ -369,7 +369,7 @@ server: {api_keys: [client-secret-2]}
     assert "client-secret-2" not in repr(config)
 
 
-# ---- expand_vars properties ---------------------------------------------------------------
+# ---- expand_vars properties ----------------------------------------------------------------------
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 PLAIN = st.text().filter(lambda t: "$" not in t)
@@ -411,7 +411,7 @@ def test_double_dollar_round_trip(text: str, environ: dict[str, str]) -> None:
     assert expand_vars(text.replace("$", "$$"), environ) == (text, [])
 
 
-# ---- a missing provider key, end to end -------------------------------------------------------
+# ---- a missing provider key, end to end ----------------------------------------------------------
 
 
 async def test_router_starts_without_a_provider_key_and_names_the_variable(

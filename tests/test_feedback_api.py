@@ -1,7 +1,7 @@
 """POST /v1/feedback and GET /v1/routing over real sockets: accepted shapes, invalid reports,
 durability across a restart and threshold calibration seen through routing headers.
 
-Layout: ``a1`` is tier 1, ``b1`` tier 2, ``c1`` tier 3, with SPEC.md's thresholds (30 / 70) and
+Layout: ``a1`` is tier 1, ``b1`` tier 2, ``c1`` tier 3, with the documented thresholds (30 / 70) and
 a small calibration (``min_samples`` 5, ``max_step`` 5, ``band`` 10, target 0.8) so a test
 needs only a handful of reports. Prompts of an exact heuristic score come from
 :func:`prompt_scoring` (engine.scoring is the sans-IO scorer the router itself runs).

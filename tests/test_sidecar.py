@@ -4,7 +4,7 @@ router's blend, and routing on the whole conversation.
 The sidecar here is a real HTTP server on loopback (a raw ASGI app served by hypercorn, like
 ``fake_upstream``) that records every call and answers as the test scripts it: a score, a
 delay, an error status or a malformed body. Layout: ``a1`` tier 1, ``b1`` tier 2, ``c1`` tier
-3 on the fake upstream, SPEC.md's thresholds (30 / 70) and ``learned.threshold`` 0.5, so a
+3 on the fake upstream, the documented thresholds (30 / 70) and ``learned.threshold`` 0.5, so a
 sidecar score ``p`` lands on the 0-100 scale at ``60 p`` up to 0.5 and ``30 + 140 (p - 0.5)``
 above it.
 """
@@ -55,7 +55,7 @@ HARD = (
 FOLLOW_UP = "and why?"
 
 
-# ---- a sidecar on loopback ----------------------------------------------------------------------
+# ---- a sidecar on loopback -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ async def open_sidecar() -> AsyncIterator[FakeSidecar]:
             sidecar.closing.set()
 
 
-# ---- routers ------------------------------------------------------------------------------------
+# ---- routers -------------------------------------------------------------------------------------
 
 
 def layout(fake: FakeUpstream) -> list[dict[str, Any]]:
@@ -217,7 +217,7 @@ async def sidecar_entry(client: RouterClient) -> dict[str, Any]:
     return (await client.backends())["sidecar"]
 
 
-# ---- the sidecar decides with the heuristic ---------------------------------------------------
+# ---- the sidecar decides with the heuristic ------------------------------------------------------
 
 
 async def test_sidecar_score_moves_the_decision(client: RouterClient, sidecar: FakeSidecar
@@ -300,7 +300,7 @@ async def test_routing_and_backends_describe_the_sidecar(client: RouterClient) -
     assert {key: entry.get(key) for key in expected} == expected
 
 
-# ---- failures: the heuristic decides alone ------------------------------------------------------
+# ---- failures: the heuristic decides alone -------------------------------------------------------
 
 
 async def test_slow_sidecar_is_cut_at_its_budget(fake_upstream: FakeUpstream,
@@ -387,7 +387,7 @@ async def test_streamed_requests_survive_a_failing_sidecar(client: RouterClient,
     assert payloads[-1] == "[DONE]"
 
 
-# ---- the score stays on SPEC.md's 0-100 scale ---------------------------------------------------
+# ---- the score stays on the documented 0-100 scale -----------------------------------------------
 
 
 def save_constant_router(path: Path, *, bias: float) -> Path:
@@ -455,7 +455,7 @@ def test_default_time_budget_is_50_ms() -> None:
     assert LearnedConfig().sidecar_timeout_ms == 50
 
 
-# ---- the whole conversation ---------------------------------------------------------------------
+# ---- the whole conversation ----------------------------------------------------------------------
 
 
 async def test_a_follow_up_to_a_hard_question_is_not_cheap(fake_upstream: FakeUpstream) -> None:

@@ -94,7 +94,7 @@ async def test_spec_example_outputs_reach_dependents_requests(
     assert received(fake, "t1") == [reason_text]
     assert received(fake, "t2") == [critique_text, refine_text]
     assert received(fake, "t3") == []
-    # SPEC.md's response shape.
+    # the documented response shape.
     assert result["outputs"] == {"reason": f"[t1] {reason_text}",
                                  "critique": f"[t2] {critique_text}",
                                  "refine": f"[t2] {refine_text}"}

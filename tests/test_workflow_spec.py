@@ -1,4 +1,4 @@
-"""Workflow definitions (engine.workflow*): SPEC.md's format, validation, templates, planning.
+"""Workflow definitions (engine.workflow*): the documented format, validation, templates, planning.
 
 All sans-IO: YAML text in, checked types, plans and estimates out. The executor and the HTTP
 API are tested elsewhere.
@@ -92,7 +92,7 @@ def render(wf: Workflow, op: str, *, input: str = "IN", outputs: dict[str, str] 
                           outputs=outs)
 
 
-# ---- SPEC.md's format ----------------------------------------------------------------------
+# ---- the documented format ----------------------------------------------------------------------
 
 
 def test_spec_example_loads_unchanged() -> None:
