@@ -26,6 +26,7 @@ from engine.errors import (
     PayloadTooLarge,
     RateLimited,
     RequestInvalid,
+    RequestTimeout,
     RouterError,
     Unauthorized,
     UpstreamRateLimited,
@@ -99,6 +100,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     allowed_keys = tuple(k.encode() for k in config.server.api_keys)
+    # Unset: the models' own timeouts (first byte, idle, total) end a request that takes long.
+    answer_within = config.server.write_timeout_sec
     holder: dict[str, Gateway] = {}
 
     @app.while_serving
@@ -145,6 +148,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 raise PayloadTooLarge(
                     f"request body exceeds the limit of {config.server.max_body_bytes} bytes"
                 ) from None
+            if exc.code == 408:
+                raise RequestTimeout(
+                    f"the request body did not arrive within server.read_timeout_sec "
+                    f"({config.server.read_timeout_sec} s)"
+                ) from None
             raise RequestInvalid("could not read the request body") from None
 
     async def chat(protocol: WireProtocol) -> Response:
@@ -166,11 +174,14 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                                           tier=stream.served.tier, model=stream.served.model)
                 headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
                 return Response(_relay(stream, encoder), status=200, headers=headers)
-            with trio.fail_after(config.server.write_timeout_sec):
+            if answer_within is None:
                 done = await gateway().complete(chat_request, ctx)
+            else:
+                with trio.fail_after(answer_within):
+                    done = await gateway().complete(chat_request, ctx)
         except trio.TooSlowError:
             return error_response(protocol, DeadlineExceeded(
-                f"no answer within server.write_timeout_sec ({config.server.write_timeout_sec} s)"
+                f"no answer within server.write_timeout_sec ({answer_within} s)"
             ), request_id)
         except RouterError as err:
             return error_response(protocol, err, request_id)

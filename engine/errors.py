@@ -12,6 +12,7 @@ one place where errors become responses.
       RequestInvalid                400  invalid_request
         ModelNotFound               404  model_not_found
         PayloadTooLarge             413  request_too_large
+        RequestTimeout              408  request_timeout
         WorkflowInvalid             400  workflow_invalid
         WorkflowNotFound            404  workflow_not_found
       Unauthorized                  401  unauthorized
@@ -38,6 +39,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestInvalid",
+    "RequestTimeout",
     "RouterError",
     "Unauthorized",
     "UpstreamError",
@@ -81,6 +83,13 @@ class PayloadTooLarge(RequestInvalid):
 
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(RequestInvalid):
+    """The request body did not arrive within ``server.read_timeout_sec``."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class WorkflowInvalid(RequestInvalid):
