@@ -28,7 +28,7 @@ import trio
 
 from .calibration import Report, calibrate
 from .config import Config
-from .errors import RequestInvalid
+from .errors import RequestInvalid, echo
 from .feedback import FeedbackStore
 from .messages import ChatRequest
 from .routing import Route, decide_route
@@ -165,7 +165,7 @@ class RoutingPolicy:
             decision = self._recent.get(request_id)
             if decision is None:
                 raise RequestInvalid(
-                    f"unknown or expired request_id {request_id!r}", param="request_id"
+                    f"unknown or expired request_id {echo(request_id)}", param="request_id"
                 )
             return Report(decision.score, decision.tier, quality), request_id, decision.model
         score = _unit(data, "score")

@@ -155,6 +155,17 @@ async def test_unknown_request_id_is_400(client: RouterClient) -> None:
     assert "0123456789abcdef01234567" in response.json()["error"]["message"]
 
 
+async def test_a_huge_request_id_is_not_echoed_back_whole(client: RouterClient) -> None:
+    request_id = "f" * 500_000
+    response = await client.request(
+        "POST", "/v1/feedback", json={"request_id": request_id, "quality": 0.9}
+    )
+    await assert_rejected(client, response, "request_id")
+    message = response.json()["error"]["message"]
+    assert len(message) < 400, len(message)
+    assert "'ffff" in message and "… (500000 characters)" in message
+
+
 async def test_request_id_of_a_failed_request_is_unknown(client: RouterClient) -> None:
     response = await client.chat("hi", model="no-such-model")
     assert response.status_code == 404
