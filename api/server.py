@@ -51,6 +51,8 @@ def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig
     hc.keep_alive_timeout = config.server.keep_alive_sec
     hc.read_timeout = None  # see the module docstring
     hc.graceful_timeout = 10.0
+    # hypercorn's 100 reset some connections of a burst of a few hundred clients at once.
+    hc.backlog = 1024
     hc.include_server_header = False
     return hc
 
