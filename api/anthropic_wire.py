@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
-from engine.errors import RequestInvalid, RouterError
+from engine.errors import RequestInvalid, RouterError, echo
 from engine.messages import (
     ChatRequest,
     ChatResult,
@@ -231,7 +231,7 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
     if allowed is None:
         if not isinstance(kind, str):
             raise _invalid(f"{path}.type", "field required" if kind is None else "must be a string")
-        raise _invalid(f"{path}.type", f"content blocks of type {kind!r} are not supported")
+        raise _invalid(f"{path}.type", f"content blocks of type {echo(kind)} are not supported")
     if role not in allowed:
         raise _invalid(f"{path}.type", f"{kind} blocks are not allowed in {role} messages")
     if kind == "text":
@@ -300,7 +300,7 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
         if not isinstance(tool, dict):
             raise _invalid(path, "must be an object")
         if tool.get("type") not in (None, "custom"):
-            raise _invalid(f"{path}.type", f"server tools ({tool['type']!r}) are not supported")
+            raise _invalid(f"{path}.type", f"server tools ({echo(tool['type'])}) are not supported")
         schema = _optional(tool, "input_schema", dict, "an object", f"{path}.input_schema")
         if schema is None:
             raise _invalid(f"{path}.input_schema", "field required")

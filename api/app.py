@@ -27,9 +27,11 @@ from engine.errors import (
     PayloadTooLarge,
     RateLimited,
     RequestInvalid,
+    RequestTimeout,
     RouterError,
     Unauthorized,
     UpstreamRateLimited,
+    echo,
 )
 from engine.gateway import ChatStream, Gateway, Models, open_gateway
 from engine.node import RunContext, Served
@@ -93,11 +95,6 @@ def _model_object(model_id: str, owner: str, display_name: str) -> dict[str, obj
             "created_at": "1970-01-01T00:00:00Z"}
 
 
-def _clip(text: str, limit: int = 64) -> str:
-    """User input as echoed in an error message: never more than ``limit`` characters."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
-
 def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status=status, content_type=_JSON)
 
@@ -113,6 +110,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     allowed_keys = tuple(k.encode() for k in config.server.api_keys)
+    # Unset: the models' own timeouts (first byte, idle, total) end a request that takes long.
+    answer_within = config.server.write_timeout_sec
     holder: dict[str, Gateway] = {}
 
     @app.while_serving
@@ -158,6 +157,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 raise PayloadTooLarge(
                     f"request body exceeds the limit of {config.server.max_body_bytes} bytes"
                 ) from None
+            if exc.code == 408:
+                raise RequestTimeout(
+                    f"the request body did not arrive within server.read_timeout_sec "
+                    f"({config.server.read_timeout_sec} s)"
+                ) from None
             raise RequestInvalid("could not read the request body") from None
 
     async def chat(protocol: WireProtocol) -> Response:
@@ -179,11 +183,14 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                                           tier=stream.served.tier, model=stream.served.model)
                 headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
                 return Response(_relay(stream, encoder), status=200, headers=headers)
-            with trio.fail_after(config.server.write_timeout_sec):
+            if answer_within is None:
                 done = await gateway().complete(chat_request, ctx)
+            else:
+                with trio.fail_after(answer_within):
+                    done = await gateway().complete(chat_request, ctx)
         except trio.TooSlowError:
             return error_response(protocol, DeadlineExceeded(
-                f"no answer within server.write_timeout_sec ({config.server.write_timeout_sec} s)"
+                f"no answer within server.write_timeout_sec ({answer_within} s)"
             ), request_id)
         except RouterError as err:
             return error_response(protocol, err, request_id)
@@ -294,7 +301,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             authenticate()
             found = model_by_id.get(model_id)
             if found is None:
-                raise ModelNotFound(f"no model {_clip(model_id)!r} on this router; "
+                raise ModelNotFound(f"no model {echo(model_id)} on this router; "
                                     "GET /v1/models lists them", param="model")
         except RouterError as err:
             return error_response(protocol, err, secrets.token_hex(12))

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from engine.errors import RequestInvalid
+from engine.errors import RequestInvalid, echo
 from engine.messages import (
     ChatRequest,
     ImagePart,
@@ -331,7 +331,7 @@ def _parse_tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice | None
         name = _string(function, "name", "tool_choice.function", non_empty=True)
         if tools and name not in {t.name for t in tools}:
             raise RequestInvalid(
-                f"Invalid value for 'tool_choice.function.name': no tool named {name!r}.",
+                f"Invalid value for 'tool_choice.function.name': no tool named {echo(name)}.",
                 param="tool_choice.function.name",
             )
         choice = ToolChoice(mode="tool", name=name)
@@ -478,7 +478,7 @@ def _kind(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    return repr(value)[:40] if isinstance(value, str) else _kind(value)
+    return echo(value) if isinstance(value, str) else _kind(value)
 
 
 def _invalid_type(path: str, expected: str, value: Any) -> RequestInvalid:

@@ -21,7 +21,7 @@ import orjson
 from quart import Response
 
 from engine.config import Config
-from engine.errors import RequestInvalid, RouterError, WorkflowNotFound
+from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, echo
 from engine.gateway import Gateway, WorkflowEvents
 from engine.node import RunContext
 from engine.workflow import Workflow, WorkflowLimits, load_workflow
@@ -116,7 +116,7 @@ class WorkflowAPI:
         workflow = self.ready().get(name) if set(name) <= _NAME_OK else None
         if workflow is None:
             raise WorkflowNotFound(
-                f"no ready workflow named {name!r}; GET /v1/workflows lists them"
+                f"no ready workflow named {echo(name)}; GET /v1/workflows lists them"
             )
         return workflow
 

@@ -206,8 +206,14 @@ class LearnedConfig(_Section):
 
 
 class ServerConfig(_Section):
+    """Client connections. ``read_timeout_sec``: a request's body must arrive within it (408).
+    ``keep_alive_sec``: an idle connection (no request in progress, or one whose headers are
+    not complete yet) is closed after it. ``write_timeout_sec``: if set, a cap on waiting for
+    a non-streamed answer (504); unset, the models' own ``timeouts`` end a request."""
+
     read_timeout_sec: float = Field(30.0, gt=0)
-    write_timeout_sec: float = Field(120.0, gt=0)
+    write_timeout_sec: float | None = Field(default=None, gt=0)
+    keep_alive_sec: float = Field(15.0, gt=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Client keys allowed to call the router; empty means any key (or none) is accepted.
     api_keys: tuple[str, ...] = Field(default=(), repr=False)

@@ -14,6 +14,7 @@ one place where errors become responses.
           ModelNotFound             404  model_not_found
           WorkflowNotFound          404  workflow_not_found
         PayloadTooLarge             413  request_too_large
+        RequestTimeout              408  request_timeout
         WorkflowInvalid             400  workflow_invalid
       Unauthorized                  401  unauthorized
       RateLimited                   429  rate_limited
@@ -32,6 +33,7 @@ seam each; nothing else catches third-party exceptions. Messages never contain p
 from __future__ import annotations
 
 __all__ = [
+    "ECHO_MAX",
     "ConfigInvalid",
     "DeadlineExceeded",
     "ModelNotFound",
@@ -40,6 +42,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestInvalid",
+    "RequestTimeout",
     "RouterError",
     "Unauthorized",
     "UpstreamError",
@@ -49,7 +52,30 @@ __all__ = [
     "UpstreamUnreachable",
     "WorkflowInvalid",
     "WorkflowNotFound",
+    "echo",
 ]
+
+ECHO_MAX = 160
+
+
+def echo(value: object, *, raw: bool = False) -> str:
+    """A value the client sent, as an error message quotes it: its ``repr``, cut after
+    :data:`ECHO_MAX` characters with an ellipsis and the full length, so that a message never
+    hands a client's megabyte back to it. ``raw``: ``value`` is text to embed unquoted (a
+    foreign error's message, which may itself quote the input).
+
+    >>> echo("gpt-4o")
+    "'gpt-4o'"
+    >>> echo("x" * 1000)[-24:]
+    "xxxx'… (1000 characters)"
+    """
+    if isinstance(value, str):
+        if len(value) <= ECHO_MAX:
+            return value if raw else repr(value)
+        head = value[:ECHO_MAX]
+        return f"{head if raw else repr(head)}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= ECHO_MAX else f"{text[:ECHO_MAX]}… ({len(text)} characters)"
 
 
 class RouterError(Exception):
@@ -61,6 +87,9 @@ class RouterError(Exception):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # A param is a path or a name, and is sent back as it is: cut one the client made huge.
+        if param is not None and len(param) > ECHO_MAX:
+            param = param[:ECHO_MAX] + "…"
         self.param = param
 
 
@@ -90,6 +119,13 @@ class PayloadTooLarge(RequestInvalid):
 
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(RequestInvalid):
+    """The request body did not arrive within ``server.read_timeout_sec``."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class WorkflowInvalid(RequestInvalid):

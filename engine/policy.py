@@ -28,7 +28,7 @@ import trio
 
 from .calibration import Report, calibrate
 from .config import Config
-from .errors import NotFound, RequestInvalid
+from .errors import NotFound, RequestInvalid, echo
 from .feedback import FeedbackStore
 from .messages import ChatRequest
 from .routing import Route, decide_route
@@ -179,7 +179,7 @@ class RoutingPolicy:
             decision = self._recent.get(request_id)
             if decision is None:
                 raise NotFound(
-                    f"unknown or expired request_id {_clip(request_id)!r}: the router remembers "
+                    f"unknown or expired request_id {echo(request_id)}: the router remembers "
                     f"the last {_REMEMBERED:,} requests it answered", param="request_id"
                 )
             return Report(decision.score, decision.tier, quality), request_id, decision.model
@@ -226,7 +226,3 @@ def _unit(data: dict[str, Any], key: str, *, hint: str = "") -> float:
         raise RequestInvalid(f"{key} must be a number from 0 to 1{hint}", param=key)
     return float(value)
 
-
-def _clip(text: str, limit: int = 64) -> str:
-    """User input as echoed in an error message: never more than ``limit`` characters."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

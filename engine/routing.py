@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config
-from .errors import ModelNotFound
+from .errors import ModelNotFound, echo
 from .messages import ChatRequest
 from .scoring import Score, score_request, tier_for_score
 
@@ -42,7 +42,7 @@ def decide_route(request: ChatRequest, config: Config, *, tier: int | None = Non
         if model is None:
             names = ", ".join(m.name for m in config.models)
             raise ModelNotFound(
-                f"model {request.model!r} is not configured; use \"auto\" or one of: {names}",
+                f"model {echo(request.model)} is not configured; use \"auto\" or one of: {names}",
                 param="model",
             )
         return Route(tier=model.tier, score=score, pinned=model.name, router="pinned")

@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import WorkflowInvalid
+from .errors import WorkflowInvalid, echo
 from .planner import Node, Plan, build_plan
 from .workflow_source import (
     DICT_ATTRIBUTES,
@@ -210,7 +210,7 @@ def _load_op(name: Any, spec: Any, compiler: _Compiler, limits: WorkflowLimits) 
         )
     if not _OP_NAME.fullmatch(name) or name in DICT_ATTRIBUTES:
         raise WorkflowInvalid(
-            f"op name {name!r} is not allowed: use a letter, then letters, digits, _ or -, at "
+            f"op name {echo(name)} is not allowed: use a letter, then letters, digits, _ or -, at "
             f"most 64 characters, and none of: {', '.join(sorted(DICT_ATTRIBUTES))}", op=name
         )
     if spec is None:
@@ -220,7 +220,7 @@ def _load_op(name: Any, spec: Any, compiler: _Compiler, limits: WorkflowLimits) 
     unknown = sorted(str(k) for k in spec if k not in _OP_KEYS)
     if unknown:
         raise WorkflowInvalid(
-            f"op {name!r}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_OP_KEYS))})",
+            f"op {name!r}: unknown key {echo(unknown[0])} (allowed: {', '.join(sorted(_OP_KEYS))})",
             op=name,
         )
     if ("prompt" in spec) == ("template" in spec):
@@ -256,8 +256,8 @@ def _load_op(name: Any, spec: Any, compiler: _Compiler, limits: WorkflowLimits) 
     unknown_params = sorted(prompt.params | (system.params if system else frozenset()))
     for param in unknown_params:
         if param not in params:
-            raise WorkflowInvalid(f"op {name!r}: template uses params.{param}, which the op's "
-                                  f"params do not define", op=name)
+            raise WorkflowInvalid(f"op {name!r}: template uses params.{echo(param, raw=True)}, "
+                                  "which the op's params do not define", op=name)
     return Op(
         name=name,
         prompt=prompt,
@@ -284,7 +284,7 @@ def _link(specs: dict[str, Any], ops: dict[str, Op]) -> dict[str, Op]:
             table[name] = None if value is None else check_names(value, key, name)
             for ref in table[name] or ():
                 if ref not in ops:
-                    raise WorkflowInvalid(f"op {name!r}: {key} names unknown op {ref!r}",
+                    raise WorkflowInvalid(f"op {name!r}: {key} names unknown op {echo(ref)}",
                                           op=name)
     ins, outs = declared["input_ops"], declared["output_ops"]
     edges = {(u, n) for n in ops for u in ins[n] or ()} | {
@@ -319,7 +319,7 @@ def _ends(value: Any, key: str, ops: dict[str, Op], default: tuple[str, ...]) ->
         raise WorkflowInvalid(f"{key} must name at least one op")
     for name in names:
         if name not in ops:
-            raise WorkflowInvalid(f"{key} names unknown op {name!r}", op=name)
+            raise WorkflowInvalid(f"{key} names unknown op {echo(name)}", op=name)
     return names
 
 
@@ -370,7 +370,7 @@ def _check_references(wf_ops: dict[str, Op], plan: Plan,
     for name, op in wf_ops.items():
         for ref in sorted(op.refs_ops):
             if ref not in wf_ops:
-                raise WorkflowInvalid(f"op {name!r}: template references unknown op {ref!r}",
+                raise WorkflowInvalid(f"op {name!r}: template references unknown op {echo(ref)}",
                                       op=name)
             if ref not in ancestors[name]:
                 raise WorkflowInvalid(
@@ -385,7 +385,7 @@ def _check_variables_used(op: Op, variables: Mapping[str, Scalar]) -> None:
         if var not in variables:
             declared = ", ".join(variables) or "none"
             raise WorkflowInvalid(
-                f"op {op.name!r}: template uses undeclared variable {var!r} (declared "
+                f"op {op.name!r}: template uses undeclared variable {echo(var)} (declared "
                 f"variables: {declared}; also available: input, vars, ops, params)",
                 op=op.name,
             )
@@ -395,7 +395,7 @@ def _check_top_keys(data: dict[Any, Any]) -> None:
     unknown = sorted(str(k) for k in data if k not in _TOP_KEYS)
     if unknown:
         raise WorkflowInvalid(
-            f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})"
+            f"unknown key {echo(unknown[0])} (allowed: {', '.join(sorted(_TOP_KEYS))})"
         )
 
 
@@ -403,7 +403,7 @@ def _check_policy(data: dict[Any, Any], limits: WorkflowLimits) -> dict[str, Any
     """The workflow's own fields besides its ops and variables, as :class:`Workflow`'s."""
     on_error = data.get("on_error", "fail_fast")
     if on_error not in ("fail_fast", "continue"):
-        raise WorkflowInvalid(f"on_error must be 'fail_fast' or 'continue', got {on_error!r}")
+        raise WorkflowInvalid(f"on_error must be 'fail_fast' or 'continue', got {echo(on_error)}")
     max_cost = data.get("max_cost_usd")
     concurrency = data.get("max_concurrency")
     return {

@@ -28,7 +28,7 @@ from typing import Any
 import networkx as nx
 
 from .config import Config, ModelConfig
-from .errors import WorkflowInvalid
+from .errors import WorkflowInvalid, echo
 from .planner import Node, Plan, build_plan
 from .pool import BackendPool
 from .scoring import estimate_tokens, score_request, tier_for_score
@@ -143,7 +143,7 @@ def check_models(workflow: Workflow, config: Config) -> None:
         if op.model is not None and config.model_named(op.model) is None:
             known = ", ".join(m.name for m in config.models)
             raise WorkflowInvalid(
-                f"op {name!r}: model {op.model!r} is not configured (configured: {known})",
+                f"op {name!r}: model {echo(op.model)} is not configured (configured: {known})",
                 op=name,
             )
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import UpstreamError, WorkflowInvalid
+from .errors import UpstreamError, WorkflowInvalid, echo
 from .messages import ChatRequest, Message, TextPart
 from .workflow import Op, OpOutput, Workflow
 from .workflow_source import Scalar, describe_value
@@ -41,7 +41,7 @@ def resolve_variables(workflow: Workflow, overrides: Mapping[str, Any] | None) -
     for name, value in (overrides or {}).items():
         if name not in workflow.variables:
             declared = ", ".join(workflow.variables) or "none"
-            raise WorkflowInvalid(f"unknown variable {name!r} (declared: {declared})")
+            raise WorkflowInvalid(f"unknown variable {echo(name)} (declared: {declared})")
         default = workflow.variables[name]
         if isinstance(default, bool) or default is None:
             ok = isinstance(value, bool) if default is not None else (
@@ -52,7 +52,7 @@ def resolve_variables(workflow: Workflow, overrides: Mapping[str, Any] | None) -
             ok = isinstance(value, str)
         if not ok:
             raise WorkflowInvalid(
-                f"variable {name!r} must be like its default {default!r}, got "
+                f"variable {name!r} must be like its default {echo(default)}, got "
                 f"{describe_value(value)}"
             )
         resolved[name] = value

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import WorkflowInvalid
+from .errors import WorkflowInvalid, echo
 from .workflow_template import CONTEXT_NAMES
 
 __all__ = [
@@ -78,7 +78,7 @@ class _Loader(yaml.SafeLoader):
             if isinstance(key, str | int | float | bool) or key is None:
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                        None, None, f"duplicate key {echo(key)}", key_node.start_mark
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -98,7 +98,7 @@ def parse_yaml(text: str, *, max_bytes: int) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = echo(getattr(exc, "problem", None) or str(exc), raw=True)
         raise WorkflowInvalid(f"workflow YAML is not valid{where}: {problem}") from None
     finally:
         loader.dispose()
@@ -112,7 +112,7 @@ def _where(op: str | None, key: str) -> str:
 
 
 def describe_value(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+    return "nothing" if value is None else f"{type(value).__name__} {echo(value)}"
 
 
 def check_text(value: Any, key: str, op: str | None) -> str:
@@ -151,7 +151,7 @@ def check_names(value: Any, key: str, op: str | None) -> tuple[str, ...]:
                               f"{describe_value(value)}", op=op)
     for i, name in enumerate(value):
         if name in value[:i]:
-            raise WorkflowInvalid(f"{_where(op, key)} lists {name!r} twice", op=op)
+            raise WorkflowInvalid(f"{_where(op, key)} lists {echo(name)} twice", op=op)
     return tuple(value)
 
 
@@ -174,7 +174,7 @@ def check_scalars(value: Any, key: str, op: str | None) -> dict[str, Scalar]:
 def _check_var_name(name: Any, key: str, op: str | None) -> None:
     if not isinstance(name, str) or not _VAR_NAME.fullmatch(name):
         raise WorkflowInvalid(
-            f"{_where(op, key)}: {name!r} is not a valid name (a letter, then letters, digits "
+            f"{_where(op, key)}: {echo(name)} is not a valid name (a letter, then letters, digits "
             "or _)", op=op,
         )
     if name in CONTEXT_NAMES or name in _JINJA_NAMES or name in DICT_ATTRIBUTES:
@@ -225,22 +225,24 @@ def read_template_file(name: Any, templates_dir: Path | None, *, max_bytes: int,
     root = templates_dir.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root):  # a symlink pointing out of templates/
-        raise WorkflowInvalid(f"op {op!r}: template {name!r} is outside templates/", op=op)
+        raise WorkflowInvalid(f"op {op!r}: template {echo(name)} is outside templates/", op=op)
     if not path.is_file():
-        raise WorkflowInvalid(f"op {op!r}: no template named {name!r} in templates/", op=op)
+        raise WorkflowInvalid(f"op {op!r}: no template named {echo(name)} in templates/", op=op)
     try:
         with path.open("rb") as file:
             data = file.read(max_bytes + 1)
     except OSError as exc:
         raise WorkflowInvalid(
-            f"op {op!r}: cannot read template {name!r}: {exc.strerror or exc}", op=op
+            f"op {op!r}: cannot read template {echo(name)}: {exc.strerror or exc}", op=op
         ) from None
     if len(data) > max_bytes:
         raise WorkflowInvalid(
-            f"op {op!r}: template {name!r} is larger than {max_bytes} bytes",
+            f"op {op!r}: template {echo(name)} is larger than {max_bytes} bytes",
             op=op,
         )
     try:
         return data.decode()
     except UnicodeDecodeError:
-        raise WorkflowInvalid(f"op {op!r}: template {name!r} is not UTF-8 text", op=op) from None
+        raise WorkflowInvalid(
+            f"op {op!r}: template {echo(name)} is not UTF-8 text", op=op
+        ) from None

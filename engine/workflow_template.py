@@ -42,7 +42,7 @@ from jinja2.sandbox import (
 )
 from jinja2.visitor import NodeTransformer
 
-from .errors import WorkflowInvalid
+from .errors import WorkflowInvalid, echo
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -387,7 +387,7 @@ class _Analysis:
         for part in name.split("."):
             private = part.startswith("__") if item else part.startswith("_")
             if private or part in _UNSAFE_ATTRIBUTES:
-                raise self.fail(node, f"access to {part!r} is not allowed in templates")
+                raise self.fail(node, f"access to {echo(part)} is not allowed in templates")
 
     def walk(self, tree: nodes.Template) -> None:
         for node in tree.find_all(nodes.Node):
@@ -492,7 +492,8 @@ def compile_prompt(
     except TemplateError as exc:
         line = getattr(exc, "lineno", None)
         at = f", line {line}" if line else ""
-        raise WorkflowInvalid(f"{where}{at}: {exc.message or exc}", op=op) from None
+        problem = echo(exc.message or str(exc), raw=True)
+        raise WorkflowInvalid(f"{where}{at}: {problem}", op=op) from None
     variables = (names - CONTEXT_NAMES) | analysis.vars
     return PromptTemplate(
         source=source,
@@ -525,11 +526,15 @@ def render_prompt(prompt: PromptTemplate, context: Mapping[str, Any], *, op: str
                 raise SecurityError(f"rendered prompt is longer than {cap} characters")
             parts.append(chunk)
     except SecurityError as exc:
-        raise WorkflowInvalid(f"op {op!r}: template refused: {exc}", op=op) from None
+        raise WorkflowInvalid(
+            f"op {op!r}: template refused: {echo(str(exc), raw=True)}", op=op
+        ) from None
     except TemplateError as exc:
-        raise WorkflowInvalid(f"op {op!r}: template failed: {exc}", op=op) from None
+        raise WorkflowInvalid(
+            f"op {op!r}: template failed: {echo(str(exc), raw=True)}", op=op
+        ) from None
     except Exception as exc:  # whatever the template's own expressions raise is its fault
         raise WorkflowInvalid(
-            f"op {op!r}: template failed: {type(exc).__name__}: {exc}", op=op
+            f"op {op!r}: template failed: {type(exc).__name__}: {echo(str(exc), raw=True)}", op=op
         ) from None
     return "".join(parts)

@@ -111,6 +111,9 @@ class Behaviour:
     cut_after: int | None = None
     # Streams only: after this many content deltas send the protocol's error event and end.
     error_event_after: int | None = None
+    # Streams only: after this many content deltas send nothing more, keeping the connection
+    # open until the client leaves (or shutdown): a stream stalled mid-answer.
+    stall_after: int | None = None
     # Default: input = whitespace-separated words of all message texts and the system prompt;
     # output = words of the reply text (a tool call adds none).
     usage: Usage | None = None
@@ -294,7 +297,8 @@ class FakeUpstream:
             events = _openai_events(reply, include_usage=bool(stream_options.get("include_usage")))
         else:
             events = _anthropic_events(reply)
-        await _send_stream(record, send, protocol, events, behaviour, headers)
+        await _send_stream(record, send, protocol, events, behaviour, headers,
+                           closing=self._closing)
 
 
 @asynccontextmanager
@@ -433,6 +437,8 @@ async def _send_stream(
     events: tuple[list[_Event], list[_Event]],
     behaviour: Behaviour,
     headers: list[tuple[bytes, bytes]],
+    *,
+    closing: trio.Event,
 ) -> None:
     """Send SSE events one ASGI message each, applying chunk_delay and the stream faults.
 
@@ -456,6 +462,9 @@ async def _send_stream(
             if error_after is not None and sent_content >= error_after:
                 await _send_chunk(send, _stream_error_event(protocol), behaviour)
                 break
+            if behaviour.stall_after is not None and sent_content >= behaviour.stall_after:
+                await closing.wait()  # only the client leaving (or shutdown) ends this
+                return
         await _send_chunk(send, event.data, behaviour, first=index == 0)
         sent_content += event.content
     record.completed = True  # before the last write: the client may act on it at once

@@ -11,10 +11,9 @@ from typing import Any
 
 import trio
 import yaml
-from hypercorn.trio import serve
 
 from api.app import create_app
-from api.server import hypercorn_config
+from api.server import hypercorn_config, serve
 from engine.config import Config, parse_config
 
 __all__ = ["RunningRouter", "make_config", "open_router"]
@@ -50,7 +49,8 @@ def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
 
 @asynccontextmanager
 async def open_router(config: Config) -> AsyncIterator[RunningRouter]:
-    """The router app served by hypercorn's trio worker on 127.0.0.1:0 until the block ends.
+    """The router app served as ``llm-router`` serves it (``api.server.serve``) on
+    127.0.0.1:0 until the block ends.
 
     The server is always stopped gracefully, also when the block fails: the failure is held
     until the server has shut down, so a failing test shows its own error, not a server

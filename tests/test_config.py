@@ -149,7 +149,8 @@ def test_defaults_for_every_optional_section() -> None:
     heuristic = parse_config(MINIMAL + "learned: {model: null}\n", environ={})
     assert heuristic.learned.model is None
     assert config.server.read_timeout_sec == 30
-    assert config.server.write_timeout_sec == 120
+    assert config.server.write_timeout_sec is None
+    assert config.server.keep_alive_sec == 15
     assert config.server.max_body_bytes == 4 * 1024 * 1024
     assert config.server.api_keys == ()
     assert config.server.access_log is False

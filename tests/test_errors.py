@@ -145,6 +145,16 @@ async def test_unknown_model_is_404_in_the_callers_protocol(client: RouterClient
 
 
 @pytest.mark.parametrize("path", [OPENAI_PATH, ANTHROPIC_PATH])
+async def test_a_huge_model_name_is_not_echoed_back_whole(fake_upstream: FakeUpstream,
+                                                          path: str) -> None:
+    async with open_router_client([model_entry(fake_upstream, "a1", tier=1)]) as client:
+        body = {"model": "m" * 20_000, "max_tokens": 5, "messages": user("hi")}
+        error = ASSERT_ERROR[path](await client.request("POST", path, json=body), 404)
+    assert len(error["message"]) < 400
+    assert "'mmmm" in error["message"] and "… (20000 characters)" in error["message"]
+
+
+@pytest.mark.parametrize("path", [OPENAI_PATH, ANTHROPIC_PATH])
 async def test_oversized_body_is_413_in_the_callers_protocol(client: RouterClient, path: str
                                                              ) -> None:
     big = orjson.dumps({"model": "auto", "max_tokens": 5, "messages": user("x" * 2000)})

@@ -436,6 +436,28 @@ async def test_cut_after_breaks_the_chunked_body(fake_upstream: FakeUpstream) ->
     assert b"[DONE]" not in received
 
 
+async def test_stall_after_holds_the_stream_open_until_the_client_leaves(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake_upstream.script("b1", Behaviour(stall_after=1))
+    body = {"model": "m", "stream": True, "messages": user("one two three")}
+    received = b""
+    async with httpx.AsyncClient(base_url=fake_upstream.url) as client, client.stream(
+        "POST", "/b1/v1/chat/completions", json=body
+    ) as response:
+        chunks = response.aiter_raw()
+        with trio.move_on_after(0.3) as waiting:
+            async for chunk in chunks:
+                received += chunk
+        assert waiting.cancelled_caught  # still open, sending nothing
+        await chunks.aclose()
+    assert received.count(b'"content":"') == 2  # the role chunk's "" plus one word
+    with trio.fail_after(2):
+        await fake_upstream.wait_until_idle()
+    (record,) = fake_upstream.requests("b1")
+    assert record.cancelled and not record.completed
+
+
 async def test_cut_after_in_openai_sdk_stream(
     fake_upstream: FakeUpstream, oai: openai.AsyncOpenAI
 ) -> None:

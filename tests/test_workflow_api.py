@@ -207,6 +207,20 @@ async def test_an_unknown_ready_pipeline_is_a_404(fake_upstream: FakeUpstream, n
     assert error_of(response)["code"] in ("workflow_not_found", "invalid_request")
 
 
+async def test_huge_names_are_not_echoed_back_whole(fake_upstream: FakeUpstream) -> None:
+    name = "w" * 20_000
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        named = await client.run_named(name, "x")
+        submitted = await client.run(f"ops: {{a: {{prompt: A}}}}\nstart_ops: [{name}]", "x")
+    assert named.status_code == 404
+    assert submitted.status_code == 400
+    for response in (named, submitted):
+        error = error_of(response)
+        assert len(response.content) < 1000, response.content[:300]
+        assert "'wwww" in error["message"] and "… (20000 characters)" in error["message"]
+        assert error["param"] is None or len(error["param"]) < 200
+
+
 FACTS = ('{"customer_name": "Ada", "problem": "the parcel is late", "question": "where is '
          'it?", "steps_taken": ["waited a week"], "category": "shipping", "urgency": "high", '
          '"needs_human": true}')

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from ..errors import RequestInvalid, UpstreamError
+from ..errors import RequestInvalid, UpstreamError, echo
 from ..messages import (
     ChatRequest,
     ChatResult,
@@ -373,7 +373,8 @@ def _tool_input(call: ToolCall) -> Any:
         value = None
     if not isinstance(value, dict):
         raise RequestInvalid(
-            f"the arguments of tool call {call.id!r} ({call.name}) are not a JSON object",
+            f"the arguments of tool call {echo(call.id)} ({echo(call.name, raw=True)}) are not "
+            "a JSON object",
             param="messages",
         )
     return value
