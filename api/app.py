@@ -32,6 +32,7 @@ from engine.errors import (
 )
 from engine.gateway import ChatStream, Gateway, Models, open_gateway
 from engine.node import RunContext, Served
+from engine.redact import RedactingFilter, Redactor
 
 from .protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
 from .workflows import WorkflowAPI, parse_call
@@ -40,6 +41,8 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("llm_router")
 
+# Where the router's own, the server's and the HTTP client's log lines go: each is scrubbed.
+_LOGGERS = ("llm_router", "hypercorn.error", "hypercorn.access", "httpx")
 _JSON = "application/json"
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
                 "x-accel-buffering": "no"}
@@ -101,12 +104,23 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     allowed_keys = tuple(k.encode() for k in config.server.api_keys)
     holder: dict[str, Gateway] = {}
 
+    redactor = Redactor.for_config(config)
+
     @app.while_serving
     async def lifespan() -> AsyncIterator[None]:
-        async with open_gateway(config, models=preloaded) as gateway:
-            holder["gateway"] = gateway
-            yield
-            holder.pop("gateway", None)
+        # Log lines never carry a configured secret either (see engine.redact).
+        loggers = [logging.getLogger(name) for name in _LOGGERS]
+        log_filter = RedactingFilter(redactor)
+        for logger in loggers:
+            logger.addFilter(log_filter)
+        try:
+            async with open_gateway(config, models=preloaded, redactor=redactor) as gateway:
+                holder["gateway"] = gateway
+                yield
+                holder.pop("gateway", None)
+        finally:
+            for logger in loggers:
+                logger.removeFilter(log_filter)
 
     def gateway() -> Gateway:
         return holder["gateway"]
