@@ -20,8 +20,10 @@ shortened. Answer content gets only the configured secrets (:meth:`Redactor.reda
 How the scan stays cheap: the text is lower-cased and encoded to bytes, then read as 4-byte
 words at offsets 0, 4, 8, ... Any 8 consecutive bytes of a secret contain one such aligned
 word, and it is one of the secret's 4-byte substrings; so one C-level set test over the words
-(a few microseconds per KB of text) says whether the text can hold a fragment at all, and
-only around the words that hit are the 8-byte windows checked exactly.
+(about 12 us of CPU per KB of text on the loaded 2-vCPU development VM, against about 1.6 ms
+of CPU per proxied request; a stream pays about 1.5 us per relayed batch) says whether the
+text can hold a fragment at all, and only around the words that hit are the 8-byte windows
+checked exactly.
 
 Sans-IO: plain functions over strings and the canonical message types.
 """
@@ -149,10 +151,9 @@ class Redactor:
         """Byte ranges of ``data`` (lower-cased) made of secret fragments, merged, in order."""
         if len(data) < FRAGMENT or not self._words:
             return []
-        aligned = array(_WORD, data[: len(data) & ~3])
-        if self._words.isdisjoint(aligned):  # the common case: one pass in C
+        found = self._words.intersection(array(_WORD, data[: len(data) & ~3]))
+        if not found:  # the common case: one pass in C
             return []
-        found = self._words.intersection(aligned)
         windows = self._windows
         matches: dict[int, bool] = {}  # window start -> whether it reaches past a prefix
         for word in found:
