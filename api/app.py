@@ -35,6 +35,7 @@ from engine.errors import (
 )
 from engine.gateway import ChatStream, Gateway, Models, open_gateway
 from engine.node import RunContext, Served
+from engine.redact import RedactingFilter, Redactor
 
 from .protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
 from .tenancy import client_key, tenant_of
@@ -44,6 +45,8 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("llm_router")
 
+# Where the router's own, the server's and the HTTP client's log lines go: each is scrubbed.
+_LOGGERS = ("llm_router", "hypercorn.error", "hypercorn.access", "httpx")
 _JSON = "application/json"
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
                 "x-accel-buffering": "no"}
@@ -114,12 +117,23 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     answer_within = config.server.write_timeout_sec
     holder: dict[str, Gateway] = {}
 
+    redactor = Redactor.for_config(config)
+
     @app.while_serving
     async def lifespan() -> AsyncIterator[None]:
-        async with open_gateway(config, models=preloaded) as gateway:
-            holder["gateway"] = gateway
-            yield
-            holder.pop("gateway", None)
+        # Log lines never carry a configured secret either (see engine.redact).
+        loggers = [logging.getLogger(name) for name in _LOGGERS]
+        log_filter = RedactingFilter(redactor)
+        for logger in loggers:
+            logger.addFilter(log_filter)
+        try:
+            async with open_gateway(config, models=preloaded, redactor=redactor) as gateway:
+                holder["gateway"] = gateway
+                yield
+                holder.pop("gateway", None)
+        finally:
+            for logger in loggers:
+                logger.removeFilter(log_filter)
 
     def gateway() -> Gateway:
         return holder["gateway"]

@@ -36,6 +36,7 @@ from .node import NodeResult, NodeRunner, RunContext, Served
 from .planner import plan_chat
 from .policy import LearnedScorer, RoutingPolicy
 from .pool import BackendPool
+from .redact import Redactor
 from .sidecar import Sidecar
 from .stats import Stats
 from .transport import PooledTransport
@@ -277,9 +278,12 @@ def load_models(config: Config) -> Models:
 
 
 @asynccontextmanager
-async def open_gateway(config: Config, *, models: Models | None = None) -> AsyncIterator[Gateway]:
+async def open_gateway(
+    config: Config, *, models: Models | None = None, redactor: Redactor | None = None
+) -> AsyncIterator[Gateway]:
     """Run a gateway for the lifetime of the block (the server's lifetime); ``models`` are
-    loaded (in a worker thread) unless given."""
+    loaded (in a worker thread) unless given, and ``redactor`` (what keeps the config's
+    secrets out of answers and errors) is built from the config unless given."""
     if models is None:
         models = await trio.to_thread.run_sync(load_models, config)
     settings = config.learned
@@ -302,7 +306,7 @@ async def open_gateway(config: Config, *, models: Models | None = None) -> Async
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(transport.expire_idle)
-            upstream = UpstreamClient(http)
+            upstream = UpstreamClient(http, redactor=redactor or Redactor.for_config(config))
             sidecar = None
             if settings.sidecar_url is not None:
                 sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,

@@ -21,6 +21,7 @@ import trio
 
 from .errors import UpstreamError
 from .messages import ChatRequest
+from .redact import without_userinfo
 from .upstream import UpstreamClient
 
 __all__ = ["Sidecar", "sidecar_payload"]
@@ -62,7 +63,7 @@ class Sidecar:
                 else None
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not 0.0 <= value <= 1.0:
-                raise UpstreamError(f"{self.url} answered without a 0-1 score")
+                raise UpstreamError(f"{without_userinfo(self.url)} answered without a 0-1 score")
         except UpstreamError as exc:
             self.failures += 1
             self.last_error = exc.message

@@ -17,13 +17,17 @@ connect, first byte, idle       UpstreamTimeout             ``timeout`` (degrade
 Deadlines: ``connect_sec`` bounds the TCP/TLS connect, ``first_byte_sec`` the wait for the
 response head and, for streams, the first event, ``idle_sec`` every wait between stream chunks.
 The total deadline belongs to the caller (the executor).
+
+Everything an upstream sends reaches the router through here, so this is also where secrets
+are kept out (``engine.redact``): upstream error text becomes one short scrubbed line (the
+status, the provider's error type, its message) before any error carries it to a client, the
+pool's ``detail`` or a log, and answers, streamed or not, have every configured secret hidden.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +43,7 @@ from .errors import (
     UpstreamUnreachable,
 )
 from .messages import Finish
+from .redact import Redactor, StreamRedactor, without_userinfo
 from .transport import PooledTransport
 
 if TYPE_CHECKING:
@@ -51,7 +56,6 @@ __all__ = ["UpstreamClient", "UpstreamStream", "failure_kind", "open_http_client
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 _DRAIN_SEC = 0.5  # reading a finished stream's body to its end
-_SECRETISH = re.compile(r"\b(?:sk|key|api|ak)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 
 
 def open_http_client(*, transport: PooledTransport | None = None) -> httpx.AsyncClient:
@@ -80,10 +84,12 @@ def failure_kind(error: UpstreamError) -> str:
     return "server_error"
 
 
-def _scrub(text: str, key: str | None) -> str:
-    if key:
-        text = text.replace(key, "[redacted]")
-    return _SECRETISH.sub("[redacted]", text)
+def _summarized(error: UpstreamError, redactor: Redactor, backend: str) -> UpstreamError:
+    """``error`` (raised by a codec, from what the upstream sent) with its message made one
+    short scrubbed line naming the backend."""
+    message = f"{backend}: {redactor.summarize(error.message)}"
+    error.message, error.args, error.backend = message, (message,), backend
+    return error
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -109,12 +115,15 @@ class UpstreamStream:
     """
 
     def __init__(
-        self, response: httpx.Response, decoder: StreamDecoder, backend: str
+        self, response: httpx.Response, decoder: StreamDecoder, backend: str, *,
+        redactor: Redactor,
     ) -> None:
         self._response = response
         self._chunks = response.aiter_bytes()
         self._decoder = decoder
         self._backend = backend
+        self._redactor = redactor
+        self._content: StreamRedactor = redactor.stream()
         self._done = False  # the body has been read to its end
         self._complete = False  # the provider's end-of-stream event has been decoded
         self.first: list[Event] = []
@@ -126,7 +135,7 @@ class UpstreamStream:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
                 self._done = True
-                return self._decoder.close() or None
+                return self._decode(None) or None
             except httpx.TimeoutException:
                 raise UpstreamTimeout(
                     "upstream stream stalled (idle timeout)", backend=self._backend
@@ -135,11 +144,19 @@ class UpstreamStream:
                 raise UpstreamUnreachable(
                     f"upstream stream broke: {type(exc).__name__}", backend=self._backend
                 ) from None
-            events = self._decoder.feed(chunk)
+            events = self._decode(chunk)
             if events:
                 self._complete = type(events[-1]) is Finish
                 return events
         return None
+
+    def _decode(self, chunk: bytes | None) -> list[Event]:
+        """The events in ``chunk`` (``None``: the end of the body), secrets hidden."""
+        try:
+            events = self._decoder.close() if chunk is None else self._decoder.feed(chunk)
+        except UpstreamError as exc:
+            raise _summarized(exc, self._redactor, self._backend) from None
+        return self._content.events(events) if events else events
 
     async def aclose(self) -> None:
         """Release the connection, leaving no half-read body behind.
@@ -164,8 +181,9 @@ class UpstreamStream:
 class UpstreamClient:
     """Sends canonical requests to one provider model at a time."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, redactor: Redactor) -> None:
         self._http = http
+        self._redactor = redactor
 
     async def _send(
         self, model: ModelConfig, provider: Provider, request: ChatRequest, *, stream: bool
@@ -215,7 +233,7 @@ class UpstreamClient:
             pass
         finally:
             await response.aclose()
-        detail = _scrub(provider.error_message(status, body), model.api_key)
+        detail = self._redactor.summarize(provider.error_message(status, body))
         message = f"{model.name} answered {status}: {detail}"
         if status == 429:
             raise UpstreamRateLimited(
@@ -247,10 +265,10 @@ class UpstreamClient:
             with trio.move_on_after(2, shield=True):
                 await response.aclose()
         try:
-            return provider.parse_result(bytes(body))
+            result = provider.parse_result(bytes(body))
         except UpstreamError as exc:
-            exc.backend = model.name
-            raise
+            raise _summarized(exc, self._redactor, model.name) from None
+        return self._redactor.redact_result(result)
 
     async def open_stream(
         self, model: ModelConfig, provider: Provider, request: ChatRequest
@@ -265,7 +283,8 @@ class UpstreamClient:
             # timeout is idle_sec, so nothing else bounds an upstream that never answers.
             with trio.fail_after(model.timeouts.first_byte_sec):
                 response = await self._send(model, provider, request, stream=True)
-                stream = UpstreamStream(response, provider.stream_decoder(), model.name)
+                stream = UpstreamStream(response, provider.stream_decoder(), model.name,
+                                        redactor=self._redactor)
                 first = await stream.next_batch()
         except trio.TooSlowError:
             if stream is not None:
@@ -286,6 +305,7 @@ class UpstreamClient:
     async def post_json(self, url: str, payload: bytes, *, timeout: float) -> Any:
         """POST a JSON body to an auxiliary service (the routing sidecar) and return the
         decoded JSON answer; any failure, including a deadline, is an ``UpstreamError``."""
+        shown = without_userinfo(url)
         try:
             with trio.fail_after(timeout):
                 response = await self._http.post(
@@ -294,13 +314,15 @@ class UpstreamClient:
                 )
                 body = await response.aread()
         except (trio.TooSlowError, httpx.TimeoutException):
-            raise UpstreamTimeout(f"{url} did not answer within {timeout * 1000:.0f} ms") from None
+            raise UpstreamTimeout(
+                f"{shown} did not answer within {timeout * 1000:.0f} ms"
+            ) from None
         except httpx.HTTPError as exc:
-            raise UpstreamUnreachable(f"{url} is unreachable ({type(exc).__name__})") from None
+            raise UpstreamUnreachable(f"{shown} is unreachable ({type(exc).__name__})") from None
         if response.status_code != 200:
-            raise UpstreamError(f"{url} answered {response.status_code}",
+            raise UpstreamError(f"{shown} answered {response.status_code}",
                                 upstream_status=response.status_code)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise UpstreamError(f"{url} answered with invalid JSON") from None
+            raise UpstreamError(f"{shown} answered with invalid JSON") from None

@@ -114,6 +114,15 @@ class Behaviour:
     # Streams only: after this many content deltas send nothing more, keeping the connection
     # open until the client leaves (or shutdown): a stream stalled mid-answer.
     stall_after: int | None = None
+    # The message of the error the fake sends: the body of a non-200 ``status``, the error
+    # event, or the body of ``error_with_200``. None: the provider's usual text.
+    error_message: str | None = None
+    # Non-streams only: answer 200 with the protocol's error object (an overload) as the body,
+    # as Anthropic sometimes does. For a stream, ``error_event_after=0`` is the equivalent.
+    error_with_200: bool = False
+    # Streams only: deal the reply text out in deltas of this many characters, cutting through
+    # words as real tokenizers do, instead of one delta per word.
+    text_delta_chars: int | None = None
     # Default: input = whitespace-separated words of all message texts and the system prompt;
     # output = words of the reply text (a tool call adds none).
     usage: Usage | None = None
@@ -283,8 +292,13 @@ class FakeUpstream:
             await self._closing.wait()  # only the client leaving (or shutdown) ends this
             return  # hypercorn answers a bare 500 to whoever is still connected
         if behaviour.status != 200:
-            body = _error_body(protocol, behaviour.status, None)
+            body = _error_body(protocol, behaviour.status, behaviour.error_message)
             await _send_json(record, send, behaviour.status, body, headers)
+            return
+        if behaviour.error_with_200 and not record.stream:
+            overloaded = 529 if protocol == "anthropic" else 503
+            body = _error_body(protocol, overloaded, behaviour.error_message)
+            await _send_json(record, send, 200, body, headers)
             return
 
         reply = _plan_reply(protocol, n, record.backend, record.body, behaviour)
@@ -294,9 +308,10 @@ class FakeUpstream:
             return
         if protocol == "openai":
             stream_options = record.body.get("stream_options") or {}
-            events = _openai_events(reply, include_usage=bool(stream_options.get("include_usage")))
+            events = _openai_events(reply, include_usage=bool(stream_options.get("include_usage")),
+                                    delta_chars=behaviour.text_delta_chars)
         else:
-            events = _anthropic_events(reply)
+            events = _anthropic_events(reply, delta_chars=behaviour.text_delta_chars)
         await _send_stream(record, send, protocol, events, behaviour, headers,
                            closing=self._closing)
 
@@ -460,7 +475,9 @@ async def _send_stream(
                 return  # no more_body=False: hypercorn closes mid chunked body
             error_after = behaviour.error_event_after
             if error_after is not None and sent_content >= error_after:
-                await _send_chunk(send, _stream_error_event(protocol), behaviour)
+                await _send_chunk(
+                    send, _stream_error_event(protocol, behaviour.error_message), behaviour
+                )
                 break
             if behaviour.stall_after is not None and sent_content >= behaviour.stall_after:
                 await closing.wait()  # only the client leaving (or shutdown) ends this
@@ -609,8 +626,11 @@ def _token_logprobs(word: str, position: int, alternatives: int) -> dict[str, An
 # -- response encoding ------------------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
-    """Word-sized pieces that concatenate back to exactly ``text``."""
+def _words(text: str, size: int | None = None) -> list[str]:
+    """Word-sized pieces (or pieces of ``size`` characters) that concatenate back to exactly
+    ``text``."""
+    if size is not None:
+        return [text[i : i + size] for i in range(0, len(text), size)]
     return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
 
 
@@ -658,11 +678,11 @@ def _error_body(protocol: Protocol, status: int, message: str | None) -> dict[st
     return {"type": "error", "error": {"type": kind, "message": message or default}}
 
 
-def _stream_error_event(protocol: Protocol) -> bytes:
+def _stream_error_event(protocol: Protocol, message: str | None) -> bytes:
     """The mid-stream error each provider sends once a 200 stream has begun."""
     if protocol == "openai":
-        return _sse(_error_body("openai", 500, None))
-    return _sse(_error_body("anthropic", 529, None), event="error")
+        return _sse(_error_body("openai", 500, message))
+    return _sse(_error_body("anthropic", 529, message), event="error")
 
 
 def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
@@ -735,7 +755,9 @@ def _openai_choice(reply: _Reply, index: int) -> dict[str, Any]:
     }
 
 
-def _openai_events(reply: _Reply, *, include_usage: bool) -> tuple[list[_Event], list[_Event]]:
+def _openai_events(
+    reply: _Reply, *, include_usage: bool, delta_chars: int | None = None
+) -> tuple[list[_Event], list[_Event]]:
     """(preamble, rest) of an OpenAI chat.completion.chunk stream, ending in ``[DONE]``."""
     created = int(time.time())
 
@@ -759,8 +781,8 @@ def _openai_events(reply: _Reply, *, include_usage: bool) -> tuple[list[_Event],
     role = {"role": "assistant", "content": "" if reply.text is not None else None, "refusal": None}
     preamble = [_Event(chunk(role))]
     rest = [
-        _Event(chunk({"content": word}, logprobs=_chunk_logprobs(reply, word, i)), content=True)
-        for i, word in enumerate(_words(reply.text or ""))
+        _Event(chunk({"content": piece}, logprobs=_chunk_logprobs(reply, piece, i)), content=True)
+        for i, piece in enumerate(_words(reply.text or "", delta_chars))
     ]
     if reply.tool_call is not None:
         head = {
@@ -840,7 +862,9 @@ def _anthropic_json(reply: _Reply) -> dict[str, Any]:
     }
 
 
-def _anthropic_events(reply: _Reply) -> tuple[list[_Event], list[_Event]]:
+def _anthropic_events(
+    reply: _Reply, *, delta_chars: int | None = None
+) -> tuple[list[_Event], list[_Event]]:
     """(preamble, rest) of an Anthropic Messages stream, in the order the real API sends."""
 
     def event(name: str, data: dict[str, Any], *, content: bool = False) -> _Event:
@@ -854,7 +878,8 @@ def _anthropic_events(reply: _Reply) -> tuple[list[_Event], list[_Event]]:
         opening: dict[str, Any]
         if block["type"] == "text":
             opening = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": word} for word in _words(block["text"])]
+            deltas = [{"type": "text_delta", "text": piece}
+                      for piece in _words(block["text"], delta_chars)]
         else:
             opening = {**block, "input": {}}
             pieces = _fragments(orjson.dumps(block["input"]).decode())

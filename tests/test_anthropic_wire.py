@@ -401,11 +401,12 @@ def test_parse_result_rejects_malformed_bodies(raw: bytes) -> None:
 
 def test_error_message() -> None:
     error = b'{"type":"error","error":{"type":"invalid_request_error","message":"bad tools"}}'
-    assert PROVIDER.error_message(400, error) == "bad tools"
+    assert PROVIDER.error_message(400, error) == "invalid_request_error: bad tools"
     assert PROVIDER.error_message(502, b"<html>gateway</html>") == "upstream answered HTTP 502"
     assert PROVIDER.error_message(500, b'{"error": "plain"}') == "upstream answered HTTP 500"
+    # Whole: the transport scrubs, then shortens.
     long = orjson.dumps({"error": {"message": "x" * 1000}})
-    assert len(PROVIDER.error_message(400, long)) == 300
+    assert PROVIDER.error_message(400, long) == "x" * 1000
 
 
 # ---- upstream: stream decoding -----------------------------------------------------------------

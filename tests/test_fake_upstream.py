@@ -522,6 +522,45 @@ async def test_error_event_after(
     assert all(r.completed for r in fake_upstream.requests("b1"))
 
 
+async def test_error_message_goes_where_the_provider_puts_it(
+    fake_upstream: FakeUpstream, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    said = "look: secret-1234"
+    fake_upstream.script("b1", Behaviour(status=400, error_message=said),
+                         Behaviour(error_event_after=1, error_message=said))
+    with pytest.raises(openai.BadRequestError) as rejected:
+        await oai.chat.completions.create(model=OPENAI_MODEL, messages=user("x"))
+    assert rejected.value.body["message"] == said  # type: ignore[index]
+    stream = await oai.chat.completions.create(
+        model=OPENAI_MODEL, messages=user("one two"), stream=True
+    )
+    with pytest.raises(openai.APIError) as in_stream:
+        async for _ in stream:
+            pass
+    assert in_stream.value.message == said
+
+    fake_upstream.script("b1", Behaviour(error_with_200=True, error_message=said))
+    response = await claude.messages.with_raw_response.create(
+        model=ANTHROPIC_MODEL, max_tokens=8, messages=user("x")
+    )
+    assert response.status_code == 200
+    assert json.loads(await response.text()) == {
+        "type": "error", "error": {"type": "overloaded_error", "message": said},
+    }
+
+
+async def test_text_delta_chars_cuts_through_words(claude: anthropic.AsyncAnthropic,
+                                                   fake_upstream: FakeUpstream) -> None:
+    fake_upstream.set_default("b1", Behaviour(text="alphabet soup", text_delta_chars=3))
+    pieces: list[str] = []
+    async with claude.messages.stream(
+        model=ANTHROPIC_MODEL, max_tokens=8, messages=user("x")
+    ) as stream:
+        async for text in stream.text_stream:
+            pieces.append(text)
+    assert pieces == ["alp", "hab", "et ", "sou", "p"]
+
+
 async def test_chunk_delay_streams_incrementally(
     fake_upstream: FakeUpstream, oai: openai.AsyncOpenAI
 ) -> None:

@@ -368,6 +368,21 @@ async def test_refused_connection_leaves_the_heuristic_alone(fake_upstream: Fake
     assert "unreachable" in entry["detail"]
 
 
+async def test_a_password_in_the_sidecar_url_is_never_shown(
+    fake_upstream: FakeUpstream, sidecar: FakeSidecar
+) -> None:
+    password = "Sidecar-Pass-9Kq2Zt7"
+    url = sidecar.classify_url.replace("http://", f"http://svc:{password}@")
+    async with open_client(fake_upstream, url) as client:
+        for answer in (Answer(status=500), Answer({"label": "strong"})):
+            sidecar.answer(answer)
+            assert decided(await client.chat("hello")) == (5, 1, "heuristic")
+            detail = (await sidecar_entry(client))["detail"]
+            assert sidecar.classify_url in detail  # the address, without its user:password
+        await client.request("GET", "/v1/routing")
+    assert all(password.lower() not in seen.text.lower() for seen in client.seen)
+
+
 async def test_sidecar_recovers_and_keeps_its_failure_count(client: RouterClient,
                                                             sidecar: FakeSidecar) -> None:
     sidecar.answer(Answer(status=503), Answer({"score": 0.9}))

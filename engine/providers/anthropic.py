@@ -126,9 +126,7 @@ class AnthropicProvider:
         try:
             data = orjson.loads(body)
             if isinstance(data, dict) and data.get("type") == "error":
-                raise UpstreamError(
-                    f"upstream sent an error: {self.error_message(200, body)}"[:300]
-                )
+                raise UpstreamError(f"upstream sent an error: {self.error_message(200, body)}")
             content: list[TextPart | ToolCall] = []
             for block in data["content"]:
                 kind = block["type"]
@@ -164,20 +162,19 @@ class AnthropicProvider:
                 upstream_model=data.get("model"),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamError(f"upstream sent an invalid message: {exc!r}"[:300]) from exc
+            raise UpstreamError(f"upstream sent an invalid message: {exc!r}") from exc
 
     def stream_decoder(self) -> AnthropicStreamDecoder:
         return AnthropicStreamDecoder()
 
     def error_message(self, status: int, body: bytes) -> str:
-        """Anthropic's ``error.message``, else a generic line naming the status."""
+        """Anthropic's ``error.type: error.message``, else a generic line naming the status
+        (raw: the transport scrubs and shortens it)."""
         try:
-            message = orjson.loads(body)["error"]["message"]
+            error = orjson.loads(body)["error"]
         except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
-            message = None
-        if not isinstance(message, str) or not message:
-            message = f"upstream answered HTTP {status}"
-        return message[:300]
+            error = None
+        return _describe(error) or f"upstream answered HTTP {status}"
 
 
 class AnthropicStreamDecoder:
@@ -261,11 +258,10 @@ class AnthropicStreamDecoder:
                 self._done = True
                 events.append(self._finish())
             elif kind == "error":
-                error = data.get("error") or {}
-                message = error.get("message") or error.get("type") or "unknown error"
-                raise UpstreamError(f"upstream stream failed: {message}"[:300])
+                message = _describe(data.get("error")) or "unknown error"
+                raise UpstreamError(f"upstream stream failed: {message}")
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamError(f"upstream sent an invalid stream event: {exc!r}"[:300]) from exc
+            raise UpstreamError(f"upstream sent an invalid stream event: {exc!r}") from exc
 
     def _take_usage(self, usage: dict[str, Any]) -> None:
         # Counts are cumulative: a later event's value replaces an earlier one when present.
@@ -290,6 +286,16 @@ class AnthropicStreamDecoder:
             ),
             upstream_model=self._model,
         )
+
+
+def _describe(error: Any) -> str | None:
+    """``type: message`` of an Anthropic error object (either part alone if the other is
+    missing), or ``None`` if it has neither."""
+    if not isinstance(error, dict):
+        return None
+    parts = [error.get("type"), error.get("message")]
+    text = ": ".join(p for p in parts if isinstance(p, str) and p.strip())
+    return text or None
 
 
 # ---- request translation ---------------------------------------------------------------------

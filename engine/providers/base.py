@@ -29,7 +29,8 @@ class StreamDecoder(Protocol):
     single :class:`~engine.messages.Finish` carrying the final usage. It raises
     :class:`~engine.errors.UpstreamError` when the provider sends an error event or
     undecodable data. ``close`` is called at end of input: it returns any events still held
-    back and raises ``UpstreamError`` if the stream ended before it was complete.
+    back and raises ``UpstreamError`` if the stream ended before it was complete. Error
+    messages quote the upstream whole; the transport scrubs and shortens them.
     """
 
     def feed(self, data: bytes) -> list[Event]: ...
@@ -67,7 +68,9 @@ class Provider(Protocol):
     def stream_decoder(self) -> StreamDecoder: ...
 
     def error_message(self, status: int, body: bytes) -> str:
-        """A short, safe description of an upstream error response (never echoes headers)."""
+        """The provider's own description of an error response: its error type and message,
+        whole. It is upstream text, so it may hold anything, a key included: the transport
+        (``engine.upstream``) scrubs and shortens it before it goes anywhere."""
         ...
 
 

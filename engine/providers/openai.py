@@ -44,9 +44,6 @@ _STOP_REASONS: dict[Any, StopReason] = {
     "content_filter": "content_filter",
 }
 _EMPTY_PARAMETERS = {"type": "object", "properties": {}}
-_MAX_ERROR_CHARS = 300
-# OpenAI echoes a masked key in auth errors ("sk-abc***xyz"); no part of a key leaves the router.
-_KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9*_\-]{4,}")
 
 
 class OpenAIProvider:
@@ -95,13 +92,17 @@ class OpenAIProvider:
         """
         try:
             data = orjson.loads(body)
+            if isinstance(data, dict) and "choices" not in data and (
+                data.get("error") is not None or data.get("object") == "error"
+            ):
+                raise UpstreamError(f"upstream sent an error: {self.error_message(200, body)}")
             choices = sorted(data["choices"], key=lambda c: c.get("index") or 0)
             results = [_choice_result(choice) for choice in choices]
             first = results[0]  # IndexError for no choice at all
             usage = _usage(data.get("usage"))
             model = data.get("model")
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"[:120]
+            detail = f"{type(exc).__name__}: {exc}"
             raise UpstreamError(f"upstream sent an invalid chat completion: {detail}") from None
         return ChatResult(
             content=first.content,
@@ -116,26 +117,13 @@ class OpenAIProvider:
         return OpenAIStreamDecoder()
 
     def error_message(self, status: int, body: bytes) -> str:
-        """The upstream's ``error.message`` when it sent one, else a generic text; never a key."""
-        message = None
+        """The upstream's ``error.type: error.message`` when it sent one, else a generic text
+        (raw: the transport scrubs and shortens it)."""
         try:
             data = orjson.loads(body)
         except ValueError:
             data = None
-        if isinstance(data, dict):
-            error = data.get("error")
-            if isinstance(error, dict):
-                message = error.get("message")
-            elif isinstance(error, str):
-                message = error
-            elif data.get("object") == "error":  # vLLM's ErrorResponse
-                message = data.get("message")
-        if not isinstance(message, str) or not message.strip():
-            message = f"upstream returned HTTP {status}"
-        message = _KEY_PATTERN.sub("[redacted]", message)
-        if len(message) > _MAX_ERROR_CHARS:
-            message = message[: _MAX_ERROR_CHARS - 3] + "..."
-        return message
+        return _describe(data) or f"upstream returned HTTP {status}"
 
 
 class OpenAIStreamDecoder:
@@ -444,15 +432,21 @@ def _arguments_text(arguments: Any) -> str:
     return orjson.dumps(arguments).decode()  # some servers send the object itself
 
 
+def _describe(data: Any) -> str | None:
+    """``type: message`` of an OpenAI-style error payload (``{"error": {...}}``, ``{"error":
+    "..."}`` or vLLM's ``{"object": "error", "message": ...}``), or ``None``."""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, str):
+        return error if error.strip() else None
+    if not isinstance(error, dict):
+        if data.get("object") != "error":
+            return None
+        error = data  # vLLM's ErrorResponse
+    parts = [error.get("type"), error.get("message")]
+    return ": ".join(p for p in parts if isinstance(p, str) and p.strip()) or None
+
+
 def _stream_error_message(chunk: dict[str, Any]) -> str:
-    error = chunk.get("error")
-    message = None
-    if isinstance(error, dict):
-        message = error.get("message")
-    elif isinstance(error, str):
-        message = error
-    else:
-        message = chunk.get("message")
-    if not isinstance(message, str) or not message.strip():
-        message = "upstream sent an error in its stream"
-    return _KEY_PATTERN.sub("[redacted]", message)[:_MAX_ERROR_CHARS]
+    return f"upstream stream failed: {_describe(chunk) or 'an error event without a message'}"
