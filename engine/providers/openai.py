@@ -9,7 +9,6 @@ rather than failing a stream that is otherwise fine.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import orjson
