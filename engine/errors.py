@@ -13,6 +13,7 @@ one place where errors become responses.
         ModelNotFound               404  model_not_found
         PayloadTooLarge             413  request_too_large
         WorkflowInvalid             400  workflow_invalid
+          TemplateLimitExceeded          (a prompt template hit a render limit)
         WorkflowNotFound            404  workflow_not_found
       Unauthorized                  401  unauthorized
       RateLimited                   429  rate_limited
@@ -39,6 +40,7 @@ __all__ = [
     "RateLimited",
     "RequestInvalid",
     "RouterError",
+    "TemplateLimitExceeded",
     "Unauthorized",
     "UpstreamError",
     "UpstreamRateLimited",
@@ -91,6 +93,13 @@ class WorkflowInvalid(RequestInvalid):
     def __init__(self, message: str, *, op: str | None = None) -> None:
         super().__init__(message, param=op)
         self.op = op
+
+
+class TemplateLimitExceeded(WorkflowInvalid):
+    """Rendering an op's prompt template hit one of its limits: its work budget, the size
+    of what it may build, its loop steps or ``workflows.render_timeout_sec``. A dry run
+    reports it (its stand-ins for upstream answers are as long as answers may be), where it
+    estimates around other render failures."""
 
 
 class WorkflowNotFound(RequestInvalid):

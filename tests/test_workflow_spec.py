@@ -543,13 +543,13 @@ RUNTIME_REFUSALS = [
     ("{{ 2 ** 100000000 }}", "integers above"),
     ("{{ input|join(input * 10000) }}", "too much work"),
     ("{% set ns = namespace(s=input) %}{% for i in range(64) %}"
-     "{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "too much work"),
+     "{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "would build a value of"),
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
      "loops more than"),
     ("{{ range(10000000)|list }}", "range()"),
     ("{% set b = [input] * 8 %}{% set c = [b] * 8 %}{% set d = [c] * 8 %}{% set e = [d] * 8 %}"
      "{% set f = [e] * 8 %}{% set g = [f] * 8 %}{% set h = [g] * 8 %}{{ [h] * 8 }}",
-     "too much work"),
+     "would build a value of"),
     ("{{ {}.update(a=1) }}", "unsafe"),
 ]
 
