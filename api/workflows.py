@@ -4,11 +4,13 @@
 Requests are ``{"input": str, "workflow": <YAML text>, "variables": {...}, "dry_run": bool,
 "stream": bool}`` (``workflow`` only for the first endpoint; ready pipelines come from the
 ``workflows.dir`` folder). A dry run answers with the plan: generations, critical path, the
-cost estimate and a text picture of the DAG. Loading a submitted workflow (YAML, template
-compilation) and dry runs (template rendering) are CPU work: they run in worker threads
-under the gateway's ``render_limiter``, never on the event loop. ``"stream": true`` answers with SSE events as ops
-start and finish, then ``event: result`` with the full result (or ``event: error``). Errors
-use the OpenAI error object.
+cost estimate and a text picture of the DAG. ``"stream": true`` answers with SSE events as
+ops start and finish, then ``event: result`` with the full result (or ``event: error``).
+Errors use the OpenAI error object.
+
+Loading a submitted workflow (YAML, template compilation) and dry runs (template rendering)
+are CPU work: they run in worker threads under the gateway's ``render_limiter``, never on
+the event loop.
 """
 
 from __future__ import annotations
