@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, nodes, pass_context
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.meta import find_undeclared_variables
 from jinja2.runtime import Context
@@ -216,29 +217,38 @@ def _expanded_size(value: Any, limit: int = 1 << 40) -> int:
     """Roughly how many characters ``value`` becomes as text. A shared sub-list counts every
     time it appears (``str`` expands it every time); a memo keeps this linear in distinct
     objects, and it stops counting past ``limit``."""
+    if not isinstance(value, _COLLECTIONS):  # most calls: no memo, no recursion
+        return _scalar_size(value)
     memo: dict[int, int] = {}
 
     def size(v: Any) -> int:
-        if isinstance(v, str):
-            return len(v)
-        if isinstance(v, (list, tuple, dict, set, frozenset)):
-            key = id(v)
-            if key in memo:
-                return memo[key]
-            total = 2
-            for item in v.items() if isinstance(v, dict) else v:
-                total += size(item) + 2
-                if total > limit:
-                    break
-            memo[key] = total
-            return total
-        if isinstance(v, range):
-            return 8 * len(v)
-        if isinstance(v, int):
-            return v.bit_length() // 3 + 1
-        return 16
+        if not isinstance(v, _COLLECTIONS):
+            return _scalar_size(v)
+        key = id(v)
+        if key in memo:
+            return memo[key]
+        total = 2
+        for item in v.items() if isinstance(v, dict) else v:
+            total += size(item) + 2
+            if total > limit:
+                break
+        memo[key] = total
+        return total
 
     return size(value)
+
+
+_COLLECTIONS = (list, tuple, dict, set, frozenset)
+
+
+def _scalar_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, range):
+        return 8 * len(value)
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    return 16
 
 
 def _check_percent_format(fmt: str) -> None:
@@ -248,10 +258,33 @@ def _check_percent_format(fmt: str) -> None:
                 raise SecurityError("%-format widths and precisions above 1000 are refused")
 
 
+class _CodeGenerator(CodeGenerator):
+    """Compiles each comparison ``a <op> b`` into ``environment.guard_compare(context, op, a,
+    b)``: the sandbox has no hook for comparisons, and a direct call costs a fraction of
+    what a template-level call (``context.call``) would. :class:`_Guards` splits chains
+    first; should one arrive here anyway, its operands are evaluated eagerly."""
+
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        if len(node.ops) == 1:
+            (operand,) = node.ops
+            self.write(f"environment.guard_compare(context, {operand.op!r}, ")
+            self.visit(node.expr, frame)
+            self.write(", ")
+            self.visit(operand.expr, frame)
+            self.write(")")
+            return
+        self.write(f"environment.guard_chain(context, {[o.op for o in node.ops]!r}, (")
+        for expr in (node.expr, *(o.expr for o in node.ops)):
+            self.visit(expr, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The sandbox plus the budget's checkpoints (see the module docstring)."""
 
     context_class = _BudgetedContext
+    code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     render_timeout_sec = DEFAULT_RENDER_TIMEOUT_SEC
 
@@ -300,7 +333,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 budget.spend(_expanded_size(arg), "call")
         return super().call(__context, __obj, *args, **kwargs)
 
-    # Guards the compiled template calls in place of ``~``, ``for``, slices and comparisons.
+    # Guards the compiled template calls in place of ``~``, ``for``, slices and comparisons
+    # (the last two by :class:`_CodeGenerator`).
 
     def guard_concat(self, context: Context, parts: list[Any]) -> str:
         budget = _budget(context)
@@ -322,10 +356,20 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return self.getitem(obj, span)
 
     def guard_compare(self, context: Context, op: str, left: Any, right: Any) -> Any:
-        _budget(context).spend(_compare_cost(op, left, right), _COMPARE_NAMES[op])
+        if type(left) not in _NUMBERS or type(right) not in _NUMBERS:  # numbers: O(1), free
+            _budget(context).spend(_compare_cost(op, left, right), _COMPARE_NAMES[op])
         return _COMPARE[op](left, right)
 
+    def guard_chain(self, context: Context, ops: list[str], values: tuple[Any, ...]) -> Any:
+        result: Any = True
+        for op, left, right in zip(ops, values, values[1:], strict=False):
+            result = self.guard_compare(context, op, left, right)
+            if not result:
+                break
+        return result
 
+
+_NUMBERS = frozenset({int, float, bool, type(None)})
 # Jinja's names of comparison operators (``nodes.Operand.op``), as functions and as written.
 _COMPARE: dict[str, Any] = {
     "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge,
@@ -352,7 +396,7 @@ def _compare_cost(op: str, left: Any, right: Any) -> int:
             return _expanded_size(left)
         return _expanded_size(left) + _expanded_size(right)
     small = _expanded_size(left)
-    return min(small, _expanded_size(right, limit=small))
+    return small if small <= 16 else min(small, _expanded_size(right, limit=small))
 
 
 def _is_int(value: Any) -> bool:
@@ -567,7 +611,8 @@ class _Analysis:
 
 
 class _Guards(NodeTransformer):
-    """Rewrites ``~``, ``for``, slices and comparisons into calls of the sandbox's guards."""
+    """Rewrites ``~``, ``for`` and slices into calls of the sandbox's guards, and comparison
+    chains into single comparisons."""
 
     @staticmethod
     def _guard(name: str, node: nodes.Node, *args: nodes.Node) -> nodes.Call:
@@ -588,19 +633,21 @@ class _Guards(NodeTransformer):
         return node
 
     def visit_Compare(self, node: nodes.Compare) -> nodes.Node:
-        """``a < b`` becomes ``guard_compare(context, 'lt', a, b)``; a chain ``a < b < c``
-        becomes ``a < b and b < c`` (``b`` is evaluated twice, which has no side effects in
-        the immutable sandbox; the chain still stops at its first false link)."""
+        """A chain ``a < b < c`` becomes ``a < b and b < c``, so that it still stops at its
+        first false link (``b`` is evaluated twice, which has no side effects in the
+        immutable sandbox). Each comparison then compiles into a guard
+        (:class:`_CodeGenerator`)."""
         self.generic_visit(node)
+        if len(node.ops) == 1:
+            return node
         links: list[nodes.Expr] = []
         left = node.expr
         for operand in node.ops:
-            right = operand.expr
-            links.append(self._guard("compare", node, nodes.Const(operand.op), left, right))
-            left = copy.deepcopy(right)
+            links.append(nodes.Compare(left, [operand], lineno=node.lineno))
+            left = copy.deepcopy(operand.expr)
         result = links[0]
-        for link in links[1:]:
-            result = nodes.And(result, link, lineno=node.lineno)
+        for later in links[1:]:
+            result = nodes.And(result, later, lineno=node.lineno)
         return result
 
     def visit_Getitem(self, node: nodes.Getitem) -> nodes.Node:
