@@ -73,7 +73,7 @@ __all__ = [
 #: Names every template sees besides the workflow's variables.
 CONTEXT_NAMES = frozenset({"input", "vars", "ops", "params"})
 
-_BASE_BUDGET = 1 << 24  # characters of work (and of output) every render may use
+_BASE_BUDGET = 1 << 24  # characters of work every render may use
 _BUDGET_PER_INPUT_CHAR = 16  # plus this much per character the template was given
 _MAX_STEPS = 100_000  # loop iterations per render
 #: The longest value (string, or a sequence as text) a render may build, and its longest
@@ -262,22 +262,17 @@ class _CodeGenerator(CodeGenerator):
     """Compiles each comparison ``a <op> b`` into ``environment.guard_compare(context, op, a,
     b)``: the sandbox has no hook for comparisons, and a direct call costs a fraction of
     what a template-level call (``context.call``) would. :class:`_Guards` splits chains
-    first; should one arrive here anyway, its operands are evaluated eagerly."""
+    (``a < b < c``) first."""
 
     def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
-        if len(node.ops) == 1:
-            (operand,) = node.ops
-            self.write(f"environment.guard_compare(context, {operand.op!r}, ")
-            self.visit(node.expr, frame)
-            self.write(", ")
-            self.visit(operand.expr, frame)
-            self.write(")")
-            return
-        self.write(f"environment.guard_chain(context, {[o.op for o in node.ops]!r}, (")
-        for expr in (node.expr, *(o.expr for o in node.ops)):
-            self.visit(expr, frame)
-            self.write(", ")
-        self.write("))")
+        if len(node.ops) != 1:
+            self.fail("comparison chains must be split before compiling", node.lineno)
+        (operand,) = node.ops
+        self.write(f"environment.guard_compare(context, {operand.op!r}, ")
+        self.visit(node.expr, frame)
+        self.write(", ")
+        self.visit(operand.expr, frame)
+        self.write(")")
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -359,14 +354,6 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if type(left) not in _NUMBERS or type(right) not in _NUMBERS:  # numbers: O(1), free
             _budget(context).spend(_compare_cost(op, left, right), _COMPARE_NAMES[op])
         return _COMPARE[op](left, right)
-
-    def guard_chain(self, context: Context, ops: list[str], values: tuple[Any, ...]) -> Any:
-        result: Any = True
-        for op, left, right in zip(ops, values, values[1:], strict=False):
-            result = self.guard_compare(context, op, left, right)
-            if not result:
-                break
-        return result
 
 
 _NUMBERS = frozenset({int, float, bool, type(None)})
