@@ -245,7 +245,9 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
             if name is None:
                 assert call.workflow is not None
-                workflow = workflows.load(call.workflow)
+                workflow = await workflows.load_submitted(
+                    call.workflow, limiter=gateway().render_limiter
+                )
             else:
                 workflow = workflows.named(name)
             return await workflows.respond(

@@ -174,7 +174,8 @@ def _limits(config: Config | None) -> Any:
     s = config.workflows
     return WorkflowLimits(max_yaml_bytes=s.max_yaml_bytes, max_ops=s.max_ops,
                           max_depth=s.max_depth, max_tokens_per_op=s.max_tokens_per_op,
-                          max_template_bytes=s.max_template_bytes)
+                          max_template_bytes=s.max_template_bytes,
+                          render_timeout_sec=s.render_timeout_sec)
 
 
 def _count(n: int, noun: str) -> str:

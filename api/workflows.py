@@ -4,9 +4,13 @@
 Requests are ``{"input": str, "workflow": <YAML text>, "variables": {...}, "dry_run": bool,
 "stream": bool}`` (``workflow`` only for the first endpoint; ready pipelines come from the
 ``workflows.dir`` folder). A dry run answers with the plan: generations, critical path, the
-cost estimate and a text picture of the DAG. ``"stream": true`` answers with SSE events as ops
-start and finish, then ``event: result`` with the full result (or ``event: error``). Errors
-use the OpenAI error object.
+cost estimate and a text picture of the DAG. ``"stream": true`` answers with SSE events as
+ops start and finish, then ``event: result`` with the full result (or ``event: error``).
+Errors use the OpenAI error object.
+
+Loading a submitted workflow (YAML, template compilation) and dry runs (template rendering)
+are CPU work: they run in worker threads under the gateway's ``render_limiter``, never on
+the event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import trio
 from quart import Response
 
 from engine.config import Config
@@ -81,13 +86,18 @@ class WorkflowAPI:
             max_yaml_bytes=settings.max_yaml_bytes, max_ops=settings.max_ops,
             max_depth=settings.max_depth, max_tokens_per_op=settings.max_tokens_per_op,
             max_template_bytes=settings.max_template_bytes,
+            render_timeout_sec=settings.render_timeout_sec,
         )
         self.folder = config.path(settings.dir)
         self.templates = config.path(settings.templates_dir)
         self._ready: dict[Path, tuple[float, Workflow]] = {}
 
+    async def load_submitted(self, text: str, *, limiter: trio.CapacityLimiter) -> Workflow:
+        """:meth:`load` in a worker thread: a large workflow takes seconds to compile."""
+        return await trio.to_thread.run_sync(self.load, text, limiter=limiter)
+
     def load(self, text: str) -> Workflow:
-        """A submitted workflow, validated (its pinned models included)."""
+        """A workflow's text, validated (its pinned models included)."""
         templates = self.templates if self.templates.is_dir() else None
         workflow = load_workflow(text, limits=self.limits, templates_dir=templates)
         check_models(workflow, self.config)
@@ -147,8 +157,9 @@ class WorkflowAPI:
         *, headers: dict[str, str],
     ) -> Response:
         if call.dry_run:
-            return Response(orjson.dumps(self.dry_run(workflow, call)), content_type=_JSON,
-                            headers=headers)
+            plan = await trio.to_thread.run_sync(self.dry_run, workflow, call,
+                                                 limiter=gateway.render_limiter)
+            return Response(orjson.dumps(plan), content_type=_JSON, headers=headers)
         if call.stream:
             resolve_variables(workflow, call.variables)  # a bad override is a 400, not an event
             events = await gateway.open_workflow_stream(

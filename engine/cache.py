@@ -7,6 +7,13 @@ with the same normalised final-message text is an exact hit; otherwise the neare
 embedding are checked by the similarity function *and* its guards (numbers, negation, named
 entities), best first, and the first that passes at ``threshold`` is a semantic hit.
 
+A final message longer than :data:`MAX_SEMANTIC_CHARS` is matched exactly as sent (not
+normalised, not fingerprinted): the similarity function is made for questions, not
+documents, and the work is not bounded otherwise (a fingerprint costs about 2 ms per 1,000
+characters, normalising 0.2 ms). :meth:`ResponseCache.prepare` does a text's CPU work apart
+from the cache's state, so a caller can run it in a worker thread and pass it to ``lookup``
+and ``store``.
+
 Bounds: ``max_entries``, a ``max_bytes`` budget (one huge answer cannot blow memory: an entry
 over ``max_entry_bytes`` is never stored), ``ttl`` (expired entries are never served and are
 purged as the cache is used), and least-recently-used eviction.
@@ -26,7 +33,11 @@ import orjson
 from .messages import ChatResult, TextPart, ToolCall
 from .request_key import RequestKey
 
-__all__ = ["CacheEntry", "CacheHit", "Matcher", "ResponseCache"]
+__all__ = ["MAX_SEMANTIC_CHARS", "CacheEntry", "CacheHit", "Matcher", "PreparedText",
+           "ResponseCache"]
+
+#: Final messages up to this long are matched semantically; longer ones exactly as sent.
+MAX_SEMANTIC_CHARS = 16_384
 
 _SEARCH_K = 4
 _ENTRY_OVERHEAD = 512  # bookkeeping, key, dict slots: a conservative per-entry estimate
@@ -65,6 +76,20 @@ class CacheHit:
     @property
     def exact(self) -> bool:
         return self.similarity >= 1.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PreparedText:
+    """A final message's text as lookups and stores use it: ``norm`` (normalised) and its
+    ``fingerprint`` (``None`` when it is not matched semantically)."""
+
+    norm: str
+    fingerprint: Any
+
+
+def _semantic(text: str) -> bool:
+    """Whether ``text`` is matched semantically (not empty or blank, not too long)."""
+    return 0 < len(text) <= MAX_SEMANTIC_CHARS and not text.isspace()
 
 
 @dataclass(slots=True, eq=False)
@@ -114,22 +139,35 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def prepare(self, text: str) -> PreparedText:
+        """The CPU work of a lookup and a store of ``text``, done once. It touches no cache
+        state: it may run in a worker thread."""
+        fingerprint = self.matcher.fingerprint(text) if _semantic(text) else None
+        return PreparedText(self._normalise(text), fingerprint)
+
+    def _normalise(self, text: str) -> str:
+        return self.matcher.normalise(text) if len(text) <= MAX_SEMANTIC_CHARS else text
+
     # ---- lookup -------------------------------------------------------------------------
 
-    def lookup(self, key: RequestKey, now: float) -> CacheHit | None:
+    def lookup(self, key: RequestKey, now: float, *,
+               prepared: PreparedText | None = None) -> CacheHit | None:
+        """The entry answering ``key``, if any; ``prepared`` is :meth:`prepare` of
+        ``key.text`` (else the work is done here, as needed)."""
         partition = self._partitions.get(key.exact)
         if partition is None:
             return None
-        norm = self.matcher.normalise(key.text)
+        norm = prepared.norm if prepared is not None else self._normalise(key.text)
         entry_id = partition.by_text.get(norm)
         if entry_id is not None:
             entry = self._live(entry_id, now)
             if entry is not None:
                 self._entries.move_to_end(entry.id)
                 return CacheHit(entry, 1.0)
-        if partition.index is None or not key.text.strip():
+        if partition.index is None or not _semantic(key.text):
             return None
-        query = self.matcher.fingerprint(key.text)
+        query = (prepared.fingerprint if prepared is not None
+                 else self.matcher.fingerprint(key.text))
         for candidate_id, _score in partition.index.search(self.matcher.vector(query), _SEARCH_K):
             entry = self._live(candidate_id, now)
             if entry is None:
@@ -156,13 +194,14 @@ class ResponseCache:
 
     def store(
         self, key: RequestKey, result: ChatResult, *, model: str, tier: int, cost_usd: float,
-        reference_usd: float, now: float,
+        reference_usd: float, now: float, prepared: PreparedText | None = None,
     ) -> bool:
-        """Store an answer; ``False`` when it is too large to cache."""
-        norm = self.matcher.normalise(key.text)
+        """Store an answer; ``False`` when it is too large to cache. ``prepared`` is as for
+        :meth:`lookup`."""
         size = _ENTRY_OVERHEAD + len(key.text.encode()) * 2 + _result_size(result)
         if size > self.max_entry_bytes or self.max_entries == 0:
             return False
+        norm = prepared.norm if prepared is not None else self._normalise(key.text)
         partition = self._partitions.get(key.exact)
         if partition is None:
             partition = self._partitions[key.exact] = _Partition()
@@ -170,9 +209,10 @@ class ResponseCache:
         if old is not None and old in self._entries:
             self._remove(self._entries[old])
             partition = self._partitions.setdefault(key.exact, partition)
-        fingerprint = None
-        if key.text.strip():
-            fingerprint = self.matcher.fingerprint(key.text)
+        if prepared is not None:
+            fingerprint = prepared.fingerprint
+        else:
+            fingerprint = self.matcher.fingerprint(key.text) if _semantic(key.text) else None
         entry = CacheEntry(
             id=self._next_id, exact=key.exact, norm=norm, fingerprint=fingerprint,
             result=result, model=model, tier=tier, cost_usd=cost_usd,

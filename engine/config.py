@@ -167,6 +167,8 @@ class WorkflowsConfig(_Section):
     max_depth: int = Field(50, ge=1, le=10_000)
     max_tokens_per_op: int = Field(32768, ge=1)
     max_template_bytes: int = Field(64 * 1024, ge=1024)
+    # The longest one prompt render (and all renders of one dry run) may take.
+    render_timeout_sec: float = Field(2.0, gt=0, le=60)
 
 
 class LearnedConfig(_Section):

@@ -16,6 +16,7 @@ one place where errors become responses.
         PayloadTooLarge             413  request_too_large
         RequestTimeout              408  request_timeout
         WorkflowInvalid             400  workflow_invalid
+          TemplateLimitExceeded          (a prompt template hit a render limit)
       Unauthorized                  401  unauthorized
       RateLimited                   429  rate_limited
       NoBackendAvailable            503  no_backend_available
@@ -44,6 +45,7 @@ __all__ = [
     "RequestInvalid",
     "RequestTimeout",
     "RouterError",
+    "TemplateLimitExceeded",
     "Unauthorized",
     "UpstreamError",
     "UpstreamRateLimited",
@@ -136,6 +138,13 @@ class WorkflowInvalid(RequestInvalid):
     def __init__(self, message: str, *, op: str | None = None) -> None:
         super().__init__(message, param=op)
         self.op = op
+
+
+class TemplateLimitExceeded(WorkflowInvalid):
+    """Rendering an op's prompt template hit one of its limits: its work budget, the size
+    of what it may build, its loop steps or ``workflows.render_timeout_sec``. A dry run
+    reports it (its stand-ins for upstream answers are as long as answers may be), where it
+    estimates around other render failures."""
 
 
 class WorkflowNotFound(NotFound):

@@ -47,6 +47,9 @@ from .workflow_run import Emit, run_workflow
 __all__ = ["ChatStream", "Gateway", "Models", "WorkflowEvents", "load_models", "open_gateway"]
 
 _STREAM_BUFFER = 16
+# Worker threads rendering workflow templates at once (each render is bounded in time): a
+# few, so renders cannot take every thread trio lends (the feedback store needs some).
+_RENDER_THREADS = 2
 
 
 @dataclass(eq=False)
@@ -112,6 +115,8 @@ class Gateway:
             flights=self.flights,
         )
         self._nursery = nursery
+        #: Bounds the worker threads that load and render workflows.
+        self.render_limiter = trio.CapacityLimiter(_RENDER_THREADS)
 
     async def complete(self, request: ChatRequest, ctx: RunContext) -> NodeResult:
         """Answer a non-streaming request."""
@@ -181,7 +186,7 @@ class Gateway:
         return await run_workflow(
             workflow, runner=self.runner, config=self.config, ctx=ctx, input=input,
             variables=variables, max_concurrency=self.config.workflows.max_concurrency,
-            emit=emit,
+            emit=emit, render_limiter=self.render_limiter,
         )
 
     async def open_workflow_stream(

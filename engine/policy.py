@@ -16,13 +16,19 @@ calibrated only on the reports that arrived since it last moved: a step spends i
 
 ``X-LLM-Router-Router`` names who decided: ``heuristic``, ``heuristic+learned``, ``learned``,
 ``...+sidecar``, ``pinned`` or ``workflow``.
+
+Scoring reads the whole conversation (about 1 ms per 100,000 characters, and the trained
+router's features on top): a request longer than :data:`_THREADED_CHARS` is scored in a
+worker thread, with the same result, so that a few huge prompts cannot hold up the event loop.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -30,7 +36,7 @@ from .calibration import Report, calibrate
 from .config import Config
 from .errors import NotFound, RequestInvalid, echo
 from .feedback import FeedbackStore
-from .messages import ChatRequest
+from .messages import ChatRequest, TextPart, ToolCall, ToolResult
 from .routing import Route, decide_route
 from .scoring import Score, score_request, tier_for_score
 from .sidecar import Sidecar
@@ -38,13 +44,36 @@ from .sidecar import Sidecar
 __all__ = ["LearnedScorer", "RoutingPolicy"]
 
 _REMEMBERED = 100_000
+_THREADED_CHARS = 32_768  # scoring takes ~0.5 ms here: a thread hop is worth it beyond
+
+_T = TypeVar("_T")
 
 
 class LearnedScorer(Protocol):
-    def score(self, request: ChatRequest) -> float: ...
+    def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float: ...
 
     @property
     def boundary_p(self) -> float | None: ...
+
+
+def _request_chars(request: ChatRequest) -> int:
+    """The characters scoring reads (about: the text of every part and the system prompt)."""
+    chars = len(request.system or "")
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                chars += len(part.text)
+            elif isinstance(part, ToolResult):
+                chars += len(part.content)
+            elif isinstance(part, ToolCall):
+                chars += len(part.arguments)
+    return chars
+
+
+async def _off_the_loop_if_long(request: ChatRequest, decide: Callable[[], _T]) -> _T:
+    if _request_chars(request) > _THREADED_CHARS:
+        return await trio.to_thread.run_sync(decide)
+    return decide()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +126,13 @@ class RoutingPolicy:
     async def route(self, request: ChatRequest, *, tier: int | None = None) -> Route:
         """Where ``request`` goes (``tier``: a workflow op's fixed tier)."""
         if request.model is not None or tier is not None:
-            return decide_route(request, self.config, tier=tier)
-        heuristic = score_request(request)
-        total = float(heuristic.total)
-        router = "heuristic"
+            return await _off_the_loop_if_long(
+                request, partial(decide_route, request, self.config, tier=tier)
+            )
+        heuristic, total, router = await _off_the_loop_if_long(
+            request, partial(self._local_opinions, request)
+        )
         settings = self.config.learned
-        if self.learned is not None and settings.model_weight > 0:
-            w = settings.model_weight
-            total = (1 - w) * total + w * self.to_score(self.learned.score(request),
-                                                        self.model_threshold)
-            router = "learned" if w == 1 else "heuristic+learned"
         if self.sidecar is not None and settings.sidecar_weight > 0:
             p = await self.sidecar.score(request)
             if p is not None:
@@ -116,6 +142,20 @@ class RoutingPolicy:
         score = Score(round(total), heuristic.signals, heuristic.min_tier)
         routed = tier_for_score(score, tier1_max=self.tier1_max, tier2_max=self.tier2_max)
         return Route(tier=routed, score=score, router=router)
+
+    def _local_opinions(self, request: ChatRequest) -> tuple[Score, float, str]:
+        """The heuristic score, blended with the trained router's: (heuristic, blended score,
+        who decided). CPU work only (see the module docstring)."""
+        heuristic = score_request(request)
+        total = float(heuristic.total)
+        router = "heuristic"
+        settings = self.config.learned
+        if self.learned is not None and settings.model_weight > 0:
+            w = settings.model_weight
+            p = self.learned.score(request, heuristic=heuristic)
+            total = (1 - w) * total + w * self.to_score(p, self.model_threshold)
+            router = "learned" if w == 1 else "heuristic+learned"
+        return heuristic, total, router
 
     # ---- learning -----------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from .workflow_source import (
     read_template_file,
 )
 from .workflow_template import (
+    DEFAULT_RENDER_TIMEOUT_SEC,
     PromptTemplate,
     compile_prompt,
     new_environment,
@@ -80,7 +81,8 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 class WorkflowLimits:
     """Bounds on what one workflow may ask for; the ``workflows:`` config section's fields.
 
-    ``max_depth`` counts ops along the longest chain (the plan's generations).
+    ``max_depth`` counts ops along the longest chain (the plan's generations);
+    ``render_timeout_sec`` bounds each render of the workflow's prompt templates.
     """
 
     max_yaml_bytes: int = 256 * 1024
@@ -88,6 +90,7 @@ class WorkflowLimits:
     max_depth: int = 50
     max_tokens_per_op: int = 32768
     max_template_bytes: int = 64 * 1024
+    render_timeout_sec: float = DEFAULT_RENDER_TIMEOUT_SEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +183,7 @@ class _Compiler:
     """Compiles each distinct template once per load (a map step reuses one file N times)."""
 
     def __init__(self, templates_dir: Path | None, limits: WorkflowLimits) -> None:
-        self.env = new_environment()
+        self.env = new_environment(render_timeout_sec=limits.render_timeout_sec)
         self.templates_dir = templates_dir
         self.limits = limits
         self._files: dict[str, str] = {}

@@ -10,7 +10,9 @@ The rest answers "what will this cost, and what takes longest?" without calling 
   ``max_tokens`` (else :data:`DEFAULT_OUTPUT_TOKENS`). Estimating every answer at its cap
   errs on the expensive side, which is the safe side for a budget. A template that cannot
   render against stand-ins (it reads fields of a JSON answer) is counted from its source
-  text plus everything it reads.
+  text plus everything it reads. All renders of one estimate share one
+  ``workflows.render_timeout_sec``, and a template that hits a render limit is an error
+  (:class:`~engine.errors.TemplateLimitExceeded`), unless the estimate is not ``strict``.
 * **Price.** The cheapest model of the tier that serves the op (its tier, else the next
   one up, else the highest below: :meth:`BackendPool.serving_tier`), or the pinned model.
   An op without a tier is scored by the complexity heuristic as it will be at run time.
@@ -22,13 +24,14 @@ The rest answers "what will this cost, and what takes longest?" without calling 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import networkx as nx
 
 from .config import Config, ModelConfig
-from .errors import WorkflowInvalid, echo
+from .errors import TemplateLimitExceeded, WorkflowInvalid, echo
 from .planner import Node, Plan, build_plan
 from .pool import BackendPool
 from .scoring import estimate_tokens, score_request, tier_for_score
@@ -149,14 +152,20 @@ def check_models(workflow: Workflow, config: Config) -> None:
 
 
 def _input_tokens(workflow: Workflow, op: Op, *, input: str, variables: Mapping[str, Any],
-                  output_tokens: Mapping[str, int]) -> tuple[int, Any]:
+                  output_tokens: Mapping[str, int], deadline: float,
+                  strict: bool) -> tuple[int, Any]:
     """Estimated input tokens of ``op`` and the request they come from (``None`` when the
     template could not render against stand-ins)."""
-    stand_ins = {n: OpOutput("x" * (4 * t), "x" * (4 * t)) for n, t in output_tokens.items()}
+    stand_ins = {}
+    for name in op.refs_ops | frozenset(op.inputs):  # only what it reads: 200 ops x 128 KB
+        text = "x" * (4 * output_tokens[name])
+        stand_ins[name] = OpOutput(text, text)
     try:
         request = render_request(workflow, op, input=input, variables=variables,
-                                 outputs=stand_ins)
-    except WorkflowInvalid:
+                                 outputs=stand_ins, deadline=deadline)
+    except WorkflowInvalid as exc:
+        if strict and isinstance(exc, TemplateLimitExceeded):
+            raise
         reads = op.refs_ops | (frozenset(op.inputs) if op.appends_inputs else frozenset())
         reads_input = op.uses_input or (op.appends_inputs and not op.inputs)
         tokens = estimate_tokens(op.prompt.source)
@@ -186,14 +195,21 @@ def _route(op: Op, request: Any, config: Config, pool: BackendPool) -> list[Mode
 
 
 def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
-                   variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   variables: Mapping[str, Any] | None = None,
+                   strict: bool = True) -> dict[str, Any]:
     """Estimated tokens, cost and latency per op and in total (the dry run).
+
+    It renders every op's templates (CPU work of up to ``workflows.render_timeout_sec``): a
+    server runs it in a worker thread.
 
     Args:
         workflow: the loaded workflow.
         config: the models and their prices.
         input: the workflow input to estimate with (``""``: prompts alone).
         variables: overrides, as for :func:`~engine.workflow_render.resolve_variables`.
+        strict: a template hitting a render limit is an error (else it is estimated from
+            its source, as one that cannot render against stand-ins: a run's scheduling
+            estimate, where the op's own render reports it).
 
     Returns:
         A JSON-ready dict: ``ops`` maps each op to ``model``, ``tier``, ``input_tokens``,
@@ -202,6 +218,7 @@ def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
         ``total_cost_usd``.
 
     Raises:
+        TemplateLimitExceeded: with ``strict``, a template hit a render limit.
         WorkflowInvalid: a pinned model is not configured, or a variable override is bad.
 
     Examples
@@ -221,10 +238,12 @@ def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
     values = resolve_variables(workflow, variables)
     pool = BackendPool(config.models)
     outputs = {n: op.max_tokens or DEFAULT_OUTPUT_TOKENS for n, op in workflow.ops.items()}
+    deadline = time.monotonic() + config.workflows.render_timeout_sec
     per_op: dict[str, dict[str, Any]] = {}
     for name, op in workflow.ops.items():
         tokens_in, request = _input_tokens(workflow, op, input=input, variables=values,
-                                           output_tokens=outputs)
+                                           output_tokens=outputs, deadline=deadline,
+                                           strict=strict)
         tokens_out = outputs[name]
 
         def price(model: ModelConfig, i: int = tokens_in, o: int = tokens_out) -> float:

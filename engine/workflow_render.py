@@ -61,8 +61,12 @@ def resolve_variables(workflow: Workflow, overrides: Mapping[str, Any] | None) -
 
 def render_request(workflow: Workflow, op: Op | str, *, input: str,
                    variables: Mapping[str, Scalar],
-                   outputs: Mapping[str, OpOutput]) -> ChatRequest:
+                   outputs: Mapping[str, OpOutput],
+                   deadline: float | None = None) -> ChatRequest:
     """The chat request of ``op`` (composed as the module docstring says).
+
+    Rendering is CPU work bounded by the template's limits
+    (``engine.workflow_template``): a server runs this in a worker thread.
 
     Args:
         workflow: the loaded workflow.
@@ -71,8 +75,11 @@ def render_request(workflow: Workflow, op: Op | str, *, input: str,
         variables: from :func:`resolve_variables`.
         outputs: finished ops' outputs; must hold at least ``op``'s inputs and every op its
             templates read (passing all finished ops is fine).
+        deadline: a ``time.monotonic()`` instant rendering must end by, besides each
+            render's own ``render_timeout_sec``.
 
     Raises:
+        TemplateLimitExceeded: a template hit a render limit (work, size, steps, time).
         WorkflowInvalid: an output it needs is missing, or a template failed at render time
             (an undefined value, a sandbox refusal), naming the op.
     """
@@ -92,8 +99,9 @@ def render_request(workflow: Workflow, op: Op | str, *, input: str,
         params=dict(op.params),
         ops={n: {"output": outputs[n].text, "value": outputs[n].value} for n in op.refs_ops},
     )
-    text = render_prompt(op.prompt, context, op=op.name)
-    system = render_prompt(op.system, context, op=op.name) if op.system else None
+    text = render_prompt(op.prompt, context, op=op.name, deadline=deadline)
+    system = (render_prompt(op.system, context, op=op.name, deadline=deadline)
+              if op.system else None)
     if op.appends_inputs:
         if not op.inputs:
             received = input

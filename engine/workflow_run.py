@@ -5,7 +5,9 @@ routing, backend choice, failover), so identical ops of concurrent runs execute 
 op goes to the cheapest model of its tier. On top of that, per run:
 
 * the prompt is rendered from the workflow input, variables and finished ops' outputs the
-  moment the op's inputs are done (``engine.workflow_render.render_request``);
+  moment the op's inputs are done (``engine.workflow_render.render_request``), in a worker
+  thread under ``render_limiter`` (a render is CPU work of up to
+  ``workflows.render_timeout_sec``: on the event loop it would stall every other request);
 * ready ops on the critical path go first (priority = estimated latency of the longest chain
   from the op to the end), at most ``max_concurrency`` at once;
 * an op whose input op ran on a backend of the same tier prefers that backend (its prompt /
@@ -26,6 +28,7 @@ import dataclasses
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import networkx as nx
@@ -113,9 +116,13 @@ async def run_workflow(
     variables: Mapping[str, Any] | None = None,
     max_concurrency: int,
     emit: Emit | None = None,
+    render_limiter: trio.CapacityLimiter | None = None,
 ) -> dict[str, Any]:
     """Run ``workflow`` and return the documented response shape (docs/workflows.md) plus
     per-op details.
+
+    ``render_limiter`` bounds the worker threads rendering prompts (trio's default limiter
+    if ``None``); a server passes a small one shared by all runs.
 
     Raises:
         WorkflowInvalid: a variable override is not declared.
@@ -123,7 +130,11 @@ async def run_workflow(
     """
     values = resolve_variables(workflow, variables)
     plan = plan_workflow(workflow)
-    estimate = estimate_costs(workflow, config, input=input, variables=values)
+    # Not strict: an op whose template hits a render limit fails as that op (on_error).
+    estimate = await trio.to_thread.run_sync(
+        partial(estimate_costs, workflow, config, input=input, variables=values, strict=False),
+        limiter=render_limiter,
+    )
     priority = _priorities(
         workflow, {name: op["latency_ms"] for name, op in estimate["ops"].items()}
     )
@@ -153,8 +164,11 @@ async def run_workflow(
         prefer = next((r.model for r in same_tier + served), None)
         await send("op_started", {"op": node.name, "tier": op.tier, "model": op.model})
         try:
-            request = render_request(workflow, op, input=input, variables=values,
-                                     outputs=outputs)
+            request = await trio.to_thread.run_sync(
+                partial(render_request, workflow, op, input=input, variables=values,
+                        outputs=dict(outputs)),
+                limiter=render_limiter,
+            )
             done, output = await _attempts(runner, workflow, node, request, ctx, prefer, record)
         except RouterError as exc:
             record.status = "failed"

@@ -34,7 +34,12 @@ __all__ = [
 
 Scalar = str | int | float | bool | None
 
-_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+# Folders and a file name inside templates/: no absolute paths, no "..", no dot-files, and
+# short parts (the filesystem refuses a name part past 255 bytes with an error, not a miss).
+_TEMPLATE_NAME = re.compile(
+    r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}(?:/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}){0,7}"
+)
+_MAX_TEMPLATE_NAME = 200
 _VAR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 #: Names a template reads as a dict method (``vars.items``), so no variable may have them.
 DICT_ATTRIBUTES = frozenset(n for n in dir(dict) if not n.startswith("_"))
@@ -90,18 +95,31 @@ def parse_yaml(text: str, *, max_bytes: int) -> Any:
     Raises:
         WorkflowInvalid: too large, not YAML, or refused by :class:`_Loader`.
     """
-    if len(text) > max_bytes or len(text.encode()) > max_bytes:
+    if len(text) > max_bytes or len(text.encode(errors="surrogatepass")) > max_bytes:
         raise WorkflowInvalid(f"workflow YAML is larger than {max_bytes} bytes")
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # its reader refuses control characters already here
         return loader.get_single_data()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = echo(getattr(exc, "problem", None) or str(exc), raw=True)
-        raise WorkflowInvalid(f"workflow YAML is not valid{where}: {problem}") from None
+        raise WorkflowInvalid(f"workflow YAML is not valid{_yaml_problem(exc)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, from any of PyYAML's errors: marked ones name a line and a problem,
+    the reader's (a character YAML does not allow) a position and the character."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character
+        code = ord(char) if isinstance(char, str) else char  # PyYAML gives the code point
+        return (f" at character {exc.position}: U+{code:04X} is not allowed in YAML (no "
+                "control characters besides tab and line breaks)")
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    problem = echo(getattr(exc, "problem", None) or str(exc), raw=True)
+    return f"{where}: {problem}"
 
 
 # ---- field checks --------------------------------------------------------------------------
@@ -217,18 +235,23 @@ def read_template_file(name: Any, templates_dir: Path | None, *, max_bytes: int,
         raise WorkflowInvalid(
             f"op {op!r}: template files are not available here; use an inline prompt", op=op
         )
-    if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
+    if (not isinstance(name, str) or len(name) > _MAX_TEMPLATE_NAME
+            or not _TEMPLATE_NAME.fullmatch(name)):
         raise WorkflowInvalid(
-            f"op {op!r}: template must name a file in templates/ (like 'reason.j2'), got "
-            f"{describe_value(name)}", op=op,
+            f"op {op!r}: template must name a file in templates/ (like 'reason.j2': letters, "
+            f"digits, '_', '-', '.', folders with '/', at most {_MAX_TEMPLATE_NAME} "
+            f"characters), got {describe_value(name)}", op=op,
         )
-    root = templates_dir.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):  # a symlink pointing out of templates/
-        raise WorkflowInvalid(f"op {op!r}: template {echo(name)} is outside templates/", op=op)
-    if not path.is_file():
-        raise WorkflowInvalid(f"op {op!r}: no template named {echo(name)} in templates/", op=op)
+    # Every filesystem call is in here: whatever the name, an OSError is this op's 400.
     try:
+        root = templates_dir.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):  # a symlink pointing out of templates/
+            raise WorkflowInvalid(f"op {op!r}: template {echo(name)} is outside templates/",
+                                  op=op)
+        if not path.is_file():
+            raise WorkflowInvalid(f"op {op!r}: no template named {echo(name)} in templates/",
+                                  op=op)
         with path.open("rb") as file:
             data = file.read(max_bytes + 1)
     except OSError as exc:

@@ -14,10 +14,22 @@ Three layers keep it contained, each doing what the others cannot:
    slips past the static walk (dynamic ``x[name]``) is refused at render time. Methods of
    builtin values are limited to ones whose result is no larger than their input
    (``split``, ``upper``: yes; ``center``, ``ljust``, ``format``: no).
-3. **A work budget per render**: every operation that can amplify (``*``, ``+``, ``%``, ``~``,
-   slices, filters, method calls, loop iterations) is charged, in characters and steps,
-   against a budget proportional to the size of what the template was given. Without it a
-   few lines of ``{% set a = a ~ a %}`` exhaust memory, and nested loops the CPU.
+3. **Limits per render**, checked at every operation that can amplify or take time (``*``,
+   ``+``, ``%``, ``~``, slices, comparisons and ``in``, tests, filters, method calls, loop
+   iterations, printed values):
+
+   * a *work budget*, in characters and steps, proportional to the size of what the template
+     was given: each operation is charged what it reads or builds. Without it a few lines of
+     ``{% set a = a ~ a %}`` exhaust memory, nested loops the CPU, and a loop of ``'x' in a``
+     over a long string the CPU again (the sandbox cannot intercept comparisons, so the
+     compiled template calls a guard in their place);
+   * a *size cap*: no value the render builds, its output included, may exceed
+     :data:`MAX_BUILT_CHARS` characters plus the size of what it was given (the work budget
+     alone would let one ``'ab' * 4000000`` through);
+   * a *deadline* (``workflows.render_timeout_sec``), for whatever costs time without
+     costing characters.
+
+   Renders are CPU work: callers that serve requests run them in a worker thread.
 
 Jinja errors are translated into :class:`~engine.errors.WorkflowInvalid` here and nowhere
 else; render-time failures of any kind are the template's fault and name its op.
@@ -25,12 +37,16 @@ else; render-time failures of any kind are the template's fault and name its op.
 
 from __future__ import annotations
 
+import copy
+import operator
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, nodes, pass_context
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.meta import find_undeclared_variables
 from jinja2.runtime import Context
@@ -42,10 +58,12 @@ from jinja2.sandbox import (
 )
 from jinja2.visitor import NodeTransformer
 
-from .errors import WorkflowInvalid, echo
+from .errors import TemplateLimitExceeded, WorkflowInvalid, echo
 
 __all__ = [
     "CONTEXT_NAMES",
+    "DEFAULT_RENDER_TIMEOUT_SEC",
+    "MAX_BUILT_CHARS",
     "PromptTemplate",
     "compile_prompt",
     "new_environment",
@@ -55,9 +73,14 @@ __all__ = [
 #: Names every template sees besides the workflow's variables.
 CONTEXT_NAMES = frozenset({"input", "vars", "ops", "params"})
 
-_BASE_BUDGET = 1 << 24  # characters of work (and of output) every render may use
+_BASE_BUDGET = 1 << 24  # characters of work every render may use
 _BUDGET_PER_INPUT_CHAR = 16  # plus this much per character the template was given
 _MAX_STEPS = 100_000  # loop iterations per render
+#: The longest value (string, or a sequence as text) a render may build, and its longest
+#: output, beyond the size of what it was given.
+MAX_BUILT_CHARS = 1 << 22
+#: The longest a render may take unless the environment says otherwise.
+DEFAULT_RENDER_TIMEOUT_SEC = 2.0
 _MAX_INT_BITS = 10_000
 
 _UNSAFE_ATTRIBUTES = frozenset(
@@ -126,31 +149,63 @@ class PromptTemplate:
 # ---- the sandbox ---------------------------------------------------------------------------
 
 
-class _Budget:
-    __slots__ = ("chars", "steps")
+class _LimitHit(SecurityError):
+    """A render ran into one of its limits (work, size, steps or time)."""
 
-    def __init__(self, chars: int) -> None:
-        self.chars = chars
+
+class _Budget:
+    """One render's limits (module docstring, layer 3)."""
+
+    __slots__ = ("chars", "deadline", "largest", "steps", "timeout", "total")
+
+    def __init__(self, chars: int, *, largest: int, timeout: float) -> None:
+        self.total = self.chars = chars
+        self.largest = largest
         self.steps = _MAX_STEPS
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
 
     def spend(self, chars: int, what: str) -> None:
         self.chars -= chars
         if self.chars < 0:
-            raise SecurityError(f"template does too much work ({what})")
+            raise _LimitHit(
+                f"template does too much work ({what}): a render may do {self.total:,} "
+                "characters of work"
+            )
+        self.check_time(what)
 
     def step(self) -> None:
         self.steps -= 1
         if self.steps < 0:
-            raise SecurityError(f"template loops more than {_MAX_STEPS} times")
+            raise _LimitHit(f"template loops more than {_MAX_STEPS} times")
+        self.check_time("loop")
+
+    def check_time(self, what: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise _LimitHit(
+                f"rendering takes longer than {self.timeout:g} s (stopped at {what}; "
+                "workflows.render_timeout_sec)"
+            )
+
+    def check_size(self, size: int, what: str) -> None:
+        if size > self.largest:
+            raise _LimitHit(
+                f"{what} would build a value of {size:,} characters; a template may build "
+                f"at most {self.largest:,}"
+            )
 
 
 class _BudgetedContext(Context):
-    """Each render's context carries that render's budget, sized by what it was given."""
+    """Each render's context carries that render's limits, sized by what it was given."""
 
     def __init__(self, environment: Any, parent: dict[str, Any], *args: Any, **kw: Any) -> None:
         super().__init__(environment, parent, *args, **kw)
         given = sum(_expanded_size(v) for k, v in parent.items() if k not in environment.globals)
-        self.budget = _Budget(_BASE_BUDGET + _BUDGET_PER_INPUT_CHAR * given)
+        self.budget = _Budget(
+            _BASE_BUDGET + _BUDGET_PER_INPUT_CHAR * given,
+            largest=MAX_BUILT_CHARS + given,
+            timeout=environment.render_timeout_sec,
+        )
 
 
 def _budget(context: Context) -> _Budget:
@@ -162,29 +217,38 @@ def _expanded_size(value: Any, limit: int = 1 << 40) -> int:
     """Roughly how many characters ``value`` becomes as text. A shared sub-list counts every
     time it appears (``str`` expands it every time); a memo keeps this linear in distinct
     objects, and it stops counting past ``limit``."""
+    if not isinstance(value, _COLLECTIONS):  # most calls: no memo, no recursion
+        return _scalar_size(value)
     memo: dict[int, int] = {}
 
     def size(v: Any) -> int:
-        if isinstance(v, str):
-            return len(v)
-        if isinstance(v, (list, tuple, dict, set, frozenset)):
-            key = id(v)
-            if key in memo:
-                return memo[key]
-            total = 2
-            for item in v.items() if isinstance(v, dict) else v:
-                total += size(item) + 2
-                if total > limit:
-                    break
-            memo[key] = total
-            return total
-        if isinstance(v, range):
-            return 8 * len(v)
-        if isinstance(v, int):
-            return v.bit_length() // 3 + 1
-        return 16
+        if not isinstance(v, _COLLECTIONS):
+            return _scalar_size(v)
+        key = id(v)
+        if key in memo:
+            return memo[key]
+        total = 2
+        for item in v.items() if isinstance(v, dict) else v:
+            total += size(item) + 2
+            if total > limit:
+                break
+        memo[key] = total
+        return total
 
     return size(value)
+
+
+_COLLECTIONS = (list, tuple, dict, set, frozenset)
+
+
+def _scalar_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, range):
+        return 8 * len(value)
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    return 16
 
 
 def _check_percent_format(fmt: str) -> None:
@@ -194,11 +258,30 @@ def _check_percent_format(fmt: str) -> None:
                 raise SecurityError("%-format widths and precisions above 1000 are refused")
 
 
+class _CodeGenerator(CodeGenerator):
+    """Compiles each comparison ``a <op> b`` into ``environment.guard_compare(context, op, a,
+    b)``: the sandbox has no hook for comparisons, and a direct call costs a fraction of
+    what a template-level call (``context.call``) would. :class:`_Guards` splits chains
+    (``a < b < c``) first."""
+
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        if len(node.ops) != 1:
+            self.fail("comparison chains must be split before compiling", node.lineno)
+        (operand,) = node.ops
+        self.write(f"environment.guard_compare(context, {operand.op!r}, ")
+        self.visit(node.expr, frame)
+        self.write(", ")
+        self.visit(operand.expr, frame)
+        self.write(")")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The sandbox plus the budget's checkpoints (see the module docstring)."""
 
     context_class = _BudgetedContext
+    code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
+    render_timeout_sec = DEFAULT_RENDER_TIMEOUT_SEC
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if attr in _UNSAFE_ATTRIBUTES or not super().is_safe_attribute(obj, attr, value):
@@ -217,17 +300,24 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if operator == "*":
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                    budget.spend(_expanded_size(seq) * max(count, 0), "*")
+                    size = _expanded_size(seq) * max(count, 0)
+                    budget.spend(size, "*")
+                    budget.check_size(size, "'*'")
             if _is_int(left) and _is_int(right):
                 _check_int_bits(left.bit_length() + right.bit_length())
         elif operator == "**":
             if _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
                 _check_int_bits(left.bit_length() * right)
         elif operator == "+":
-            budget.spend(_expanded_size(left) + _expanded_size(right), "+")
+            size = _expanded_size(left) + _expanded_size(right)
+            budget.spend(size, "+")
+            budget.check_size(size, "'+'")
         elif operator == "%" and isinstance(left, str):
             _check_percent_format(left)
             budget.spend(_expanded_size(left) + _expanded_size(right), "%")
+            result = super().call_binop(context, operator, left, right)
+            budget.check_size(_expanded_size(result), "'%'")
+            return result
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -238,10 +328,14 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 budget.spend(_expanded_size(arg), "call")
         return super().call(__context, __obj, *args, **kwargs)
 
-    # Guards the compiled template calls in place of ``~``, ``for`` and slices.
+    # Guards the compiled template calls in place of ``~``, ``for``, slices and comparisons
+    # (the last two by :class:`_CodeGenerator`).
 
     def guard_concat(self, context: Context, parts: list[Any]) -> str:
-        _budget(context).spend(sum(_expanded_size(p) for p in parts), "~")
+        budget = _budget(context)
+        size = sum(_expanded_size(p) for p in parts)
+        budget.spend(size, "~")
+        budget.check_size(size, "'~'")
         return "".join(map(str, parts))
 
     def guard_iter(self, context: Context, iterable: Iterable[Any]) -> Iterator[Any]:
@@ -255,6 +349,41 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if isinstance(obj, (str, list, tuple)):
             _budget(context).spend(len(range(*span.indices(len(obj)))), "slice")
         return self.getitem(obj, span)
+
+    def guard_compare(self, context: Context, op: str, left: Any, right: Any) -> Any:
+        if type(left) not in _NUMBERS or type(right) not in _NUMBERS:  # numbers: O(1), free
+            _budget(context).spend(_compare_cost(op, left, right), _COMPARE_NAMES[op])
+        return _COMPARE[op](left, right)
+
+
+_NUMBERS = frozenset({int, float, bool, type(None)})
+# Jinja's names of comparison operators (``nodes.Operand.op``), as functions and as written.
+_COMPARE: dict[str, Any] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge,
+    "lt": operator.lt, "lteq": operator.le,
+    "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
+}
+_COMPARE_NAMES = {"eq": "'=='", "ne": "'!='", "gt": "'>'", "gteq": "'>='", "lt": "'<'",
+                  "lteq": "'<='", "in": "'in'", "notin": "'not in'"}
+# Tests that compare (``x is eq y``, ``select('in', s)``), by the operator they apply.
+_COMPARING_TESTS = {
+    "in": "in", "==": "eq", "eq": "eq", "equalto": "eq", "!=": "ne", "ne": "ne", ">": "gt",
+    "gt": "gt", "greaterthan": "gt", ">=": "gteq", "ge": "gteq", "<": "lt", "lt": "lt",
+    "lessthan": "lt", "<=": "lteq", "le": "lteq",
+}
+_SCANNING_TESTS = frozenset({"lower", "upper"})  # str.islower / isupper read the whole string
+
+
+def _compare_cost(op: str, left: Any, right: Any) -> int:
+    """What ``left <op> right`` may read: for ``in``, the needle and the haystack (a hashed
+    container: the needle alone); otherwise the smaller side (equal sequences are compared
+    item by item up to the shorter one's end)."""
+    if op in ("in", "notin"):
+        if isinstance(right, (dict, set, frozenset, range)):
+            return _expanded_size(left)
+        return _expanded_size(left) + _expanded_size(right)
+    small = _expanded_size(left)
+    return small if small <= 16 else min(small, _expanded_size(right, limit=small))
 
 
 def _is_int(value: Any) -> bool:
@@ -278,15 +407,43 @@ def _guard_filter(name: str, func: Any) -> Any:
         for arg in (value, *args, *kwargs.values()):
             budget.spend(_expanded_size(arg), f"filter {name}")
         _check_filter(budget, name, value, args, kwargs)
-        if passes == "context":
-            return func(context, value, *args, **kwargs)
-        if passes == "eval_context":
-            return func(context.eval_ctx, value, *args, **kwargs)
-        if passes == "environment":
-            return func(context.environment, value, *args, **kwargs)
-        return func(value, *args, **kwargs)
+        result = _call_passing(func, passes, context, value, *args, **kwargs)
+        if isinstance(result, (str, list, tuple, dict)):
+            budget.check_size(_expanded_size(result, limit=budget.largest), f"filter {name}")
+        return result
 
     return guarded
+
+
+def _guard_test(name: str, func: Any) -> Any:
+    """``func`` charged for what it reads, when that is more than a glance (comparisons,
+    ``in``, ``lower`` / ``upper``)."""
+    passes = getattr(getattr(func, "jinja_pass_arg", None), "name", None)
+    compares = _COMPARING_TESTS.get(name)
+    scans = name in _SCANNING_TESTS
+
+    @pass_context
+    def guarded(context: Context, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if compares is not None and (args or kwargs):
+            other = args[0] if args else next(iter(kwargs.values()))
+            _budget(context).spend(_compare_cost(compares, value, other), f"test {name}")
+        elif scans:
+            _budget(context).spend(_expanded_size(value), f"test {name}")
+        return _call_passing(func, passes, context, value, *args, **kwargs)
+
+    return guarded
+
+
+def _call_passing(func: Any, passes: str | None, context: Context, *args: Any,
+                  **kwargs: Any) -> Any:
+    """Call a filter or test the way Jinja would (``pass_context`` and the like)."""
+    if passes == "context":
+        return func(context, *args, **kwargs)
+    if passes == "eval_context":
+        return func(context.eval_ctx, *args, **kwargs)
+    if passes == "environment":
+        return func(context.environment, *args, **kwargs)
+    return func(*args, **kwargs)
 
 
 def _check_filter(budget: _Budget, name: str, value: Any, args: tuple[Any, ...],
@@ -337,12 +494,16 @@ def _bounded_range(*args: int) -> range:
 def _finalize(context: Context, value: Any) -> Any:
     """Every ``{{ value }}`` is charged before it becomes text: nested lists sharing one big
     string expand each time they are printed."""
-    _budget(context).spend(_expanded_size(value), "output")
+    budget = _budget(context)
+    size = _expanded_size(value)
+    budget.spend(size, "output")
+    budget.check_size(size, "output")
     return value
 
 
-def new_environment() -> _Sandbox:
-    """A fresh sandbox for one workflow's templates.
+def new_environment(*, render_timeout_sec: float = DEFAULT_RENDER_TIMEOUT_SEC) -> _Sandbox:
+    """A fresh sandbox for one workflow's templates, each render of which may take at most
+    ``render_timeout_sec``.
 
     No loader (templates never load templates), ``StrictUndefined`` (a typo is an error, not
     an empty string), autoescape off (prompts are not HTML), block tags trimmed (so a
@@ -361,6 +522,8 @@ def new_environment() -> _Sandbox:
     env.filters = {
         name: _guard_filter(name, f) for name, f in env.filters.items() if name in _FILTERS
     }
+    env.tests = {name: _guard_test(name, f) for name, f in env.tests.items()}
+    env.render_timeout_sec = render_timeout_sec
     return env
 
 
@@ -435,7 +598,8 @@ class _Analysis:
 
 
 class _Guards(NodeTransformer):
-    """Rewrites ``~``, ``for`` and slices into calls of the sandbox's guards."""
+    """Rewrites ``~``, ``for`` and slices into calls of the sandbox's guards, and comparison
+    chains into single comparisons."""
 
     @staticmethod
     def _guard(name: str, node: nodes.Node, *args: nodes.Node) -> nodes.Call:
@@ -454,6 +618,24 @@ class _Guards(NodeTransformer):
         self.generic_visit(node)
         node.iter = self._guard("iter", node, node.iter)
         return node
+
+    def visit_Compare(self, node: nodes.Compare) -> nodes.Node:
+        """A chain ``a < b < c`` becomes ``a < b and b < c``, so that it still stops at its
+        first false link (``b`` is evaluated twice, which has no side effects in the
+        immutable sandbox). Each comparison then compiles into a guard
+        (:class:`_CodeGenerator`)."""
+        self.generic_visit(node)
+        if len(node.ops) == 1:
+            return node
+        links: list[nodes.Expr] = []
+        left = node.expr
+        for operand in node.ops:
+            links.append(nodes.Compare(left, [operand], lineno=node.lineno))
+            left = copy.deepcopy(operand.expr)
+        result = links[0]
+        for later in links[1:]:
+            result = nodes.And(result, later, lineno=node.lineno)
+        return result
 
     def visit_Getitem(self, node: nodes.Getitem) -> nodes.Node:
         self.generic_visit(node)
@@ -508,23 +690,40 @@ def compile_prompt(
 # ---- rendering -----------------------------------------------------------------------------
 
 
-def render_prompt(prompt: PromptTemplate, context: Mapping[str, Any], *, op: str) -> str:
-    """Render ``prompt`` with ``context``; output is capped like the work it takes.
+def render_prompt(prompt: PromptTemplate, context: Mapping[str, Any], *, op: str,
+                  deadline: float | None = None) -> str:
+    """Render ``prompt`` with ``context`` within the limits of the module docstring.
+
+    CPU work of up to the environment's ``render_timeout_sec``: a server runs it in a worker
+    thread, not on its event loop.
+
+    Args:
+        prompt: from :func:`compile_prompt`.
+        context: the names the template sees.
+        op: the op errors name.
+        deadline: a ``time.monotonic()`` instant the render must also end by (several
+            renders sharing one time limit); the timeout of each render applies anyway.
 
     Raises:
-        WorkflowInvalid: the template failed or was refused (undefined name, a sandbox
-            refusal, its budget, or any error raised by what it called), naming ``op``.
+        TemplateLimitExceeded: the render hit its work budget, its size cap, its step limit
+            or its deadline (naming ``op`` and the limit).
+        WorkflowInvalid: the template failed or was refused otherwise (undefined name, a
+            sandbox refusal, or any error raised by what it called), naming ``op``.
     """
-    given = sum(_expanded_size(v) for v in context.values())
-    cap = _BASE_BUDGET + _BUDGET_PER_INPUT_CHAR * given
+    template = prompt.template
     parts: list[str] = []
-    size = 0
     try:
-        for chunk in prompt.template.generate(context):
+        ctx = template.new_context(dict(context))
+        budget = _budget(ctx)
+        if deadline is not None:
+            budget.deadline = min(budget.deadline, deadline)
+        size = 0
+        for chunk in template.root_render_func(ctx):
             size += len(chunk)
-            if size > cap:
-                raise SecurityError(f"rendered prompt is longer than {cap} characters")
+            budget.check_size(size, "the rendered prompt")
             parts.append(chunk)
+    except _LimitHit as exc:
+        raise TemplateLimitExceeded(f"op {op!r}: template refused: {exc}", op=op) from None
     except SecurityError as exc:
         raise WorkflowInvalid(
             f"op {op!r}: template refused: {echo(str(exc), raw=True)}", op=op

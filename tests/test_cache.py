@@ -38,7 +38,7 @@ from support_protocols import (
     wait_until_cancelled,
 )
 
-from engine.cache import ResponseCache
+from engine.cache import MAX_SEMANTIC_CHARS, ResponseCache
 from engine.messages import ChatResult, TextPart
 from engine.messages import Usage as CanonicalUsage
 from engine.request_key import RequestKey
@@ -252,6 +252,38 @@ def test_byte_budget(matcher: SemanticMatcher) -> None:
     assert len(cache) == 2 and cache.evictions == 1
     assert served(cache, "alpha question") is None
     assert served(cache, "gamma question") == "g" * 1000
+
+
+def test_a_prepared_text_gives_the_answers_of_the_inline_path(matcher: SemanticMatcher) -> None:
+    """``prepare`` (run in a worker thread for long texts) is the same work as the inline
+    path: every lookup answers alike, and an entry stored from it is found alike."""
+    queries = [FRANCE, FRANCE_PARAPHRASE, "What\u2019s  the capital of France? ", GO, "", "  "]
+    inline, prepared = make_cache(matcher), make_cache(matcher)
+    put(inline, FRANCE)
+    prepared.store(rkey(FRANCE), answer(f"re: {FRANCE}"), model="m", tier=1, cost_usd=0.01,
+                   now=0.0, prepared=prepared.prepare(FRANCE))
+    for text in queries:
+        a = inline.lookup(rkey(text), 0.0)
+        b = prepared.lookup(rkey(text), 0.0, prepared=prepared.prepare(text))
+        assert (a is None) == (b is None), text
+        if a is not None and b is not None:
+            assert (a.similarity, a.entry.result.text) == (b.similarity, b.entry.result.text)
+
+
+def test_a_long_final_message_is_matched_exactly_as_sent(matcher: SemanticMatcher) -> None:
+    """Past MAX_SEMANTIC_CHARS a text is neither normalised nor fingerprinted (bounded work
+    for a document-sized prompt): the same text hits, a respaced one does not."""
+    cache = make_cache(matcher, max_entry_bytes=1 << 20)
+    document = ("Summarise the report. It isn't long. " * 1000)[:MAX_SEMANTIC_CHARS + 1]
+    assert put(cache, document)
+    (entry,) = cache._entries.values()
+    assert entry.fingerprint is None and entry.norm == document
+    assert served(cache, document) == f"re: {document}"
+    assert served(cache, document.replace("isn't", "is not")) is None
+    assert served(cache, document + " ") is None
+    short = document[:MAX_SEMANTIC_CHARS]  # at the limit: normalised, so respacing still hits
+    assert put(cache, short)
+    assert served(cache, short.replace("isn't", "is not")) == f"re: {short}"
 
 
 def test_entry_over_max_entry_bytes_is_not_stored(matcher: SemanticMatcher) -> None:

@@ -5,15 +5,21 @@ thresholds, Hypothesis properties over arbitrary requests, and the routing heade
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+import trio
 from fake_upstream import FakeUpstream
 from hypothesis import given
 from hypothesis import strategies as st
 from router_harness import make_config
+from support_health import watch_health
 from support_routing import model_entry, open_router_client
 
+from engine.config import Config
+from engine.gateway import Models, load_models
 from engine.messages import ChatRequest, Message, TextPart, Tool, ToolCall, ToolResult
+from engine.policy import RoutingPolicy
 from engine.routing import decide_route
 from engine.scoring import Score, estimate_tokens, score_request, tier_for_score
 
@@ -365,3 +371,63 @@ async def test_routing_headers_follow_the_score(fake_upstream: FakeUpstream) -> 
         anthropic_style = await client.messages("Analyze it step by step.")
         assert anthropic_style.headers["x-llm-router-score"] == "20"
         assert anthropic_style.headers["x-llm-router-model"] == "medium"
+
+
+# ---- long prompts do not hold up the router --------------------------------------------------
+
+NORMAL = "Analyze the trade-offs of tabs and spaces, step by step."
+
+
+def long_prompt(n: int, size: int = 900_000) -> str:
+    """About ``size`` characters of prose and code, different for each ``n``."""
+    block = (f"Paragraph {n}: compare the designs and explain why one is better.\n"
+             "def handler(event):\n    return process(event) + 1\n")
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def expected_route(config: Config, policy_models: Models, text: str) -> tuple[str, str]:
+    """The (score, tier) the routing policy gives ``text``, computed here in the test."""
+    policy = RoutingPolicy(config, learned=policy_models.learned)
+    route = await policy.route(ChatRequest(messages=(turn("user", text),)))
+    assert route.score is not None
+    return str(route.score.total), str(route.tier)
+
+
+async def test_long_prompts_keep_health_answering_and_routing_unchanged(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """Five ~900 KB prompts at once: scoring, the trained router's features and the cache's
+    lookup (its partition already holds an entry, so a long prompt is compared with it) are
+    bounded or done in worker threads, so ``/health`` keeps answering; and every prompt,
+    normal or long, is routed exactly as the policy routes it."""
+    models = [model_entry(fake_upstream, "small", tier=1),
+              model_entry(fake_upstream, "large", tier=2)]
+    async with open_router_client(
+        models, cache={"enabled": True}, learned={"model": "builtin", "model_weight": 0.5},
+        classifier={"tier1_max": 100, "tier2_max": 100},  # one tier: one cache partition
+    ) as client:
+        config = client.router.config
+        loaded = await trio.to_thread.run_sync(load_models, config)
+        normal = await client.chat(NORMAL)  # a cache entry in the partition the long ones use
+        replies: dict[int, Any] = {}
+
+        async def send(n: int) -> None:
+            replies[n] = await client.chat(long_prompt(n))
+
+        async with watch_health(client.url) as health, trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(send, n)
+        again = await client.chat(NORMAL)
+
+        assert normal.status_code == 200 and again.status_code == 200
+        assert again.headers["x-llm-router-cache"] == "HIT"
+        expected = await expected_route(config, loaded, NORMAL)
+        for reply in (normal, again):
+            assert (reply.headers["x-llm-router-score"],
+                    reply.headers["x-llm-router-tier"]) == expected
+        for n, reply in replies.items():
+            assert reply.status_code == 200, reply.text[:200]
+            assert reply.headers["x-llm-router-cache"] == "MISS"
+            assert (reply.headers["x-llm-router-score"], reply.headers["x-llm-router-tier"]
+                    ) == await expected_route(config, loaded, long_prompt(n))
+    assert health.slowest < 1.0, health.polls  # generous: seconds with this work on the loop

@@ -8,12 +8,16 @@ here through HTTP.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 import trio
 import yaml
-from fake_upstream import Behaviour, FakeUpstream
+from fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support_health import watch_health
 from support_routing import model_entry
 from support_workflows import (
     ROOT,
@@ -387,3 +391,174 @@ async def test_sse_events_reach_the_client_as_ops_finish(fake_upstream: FakeUpst
     # a's op_finished came while b (0.5 s upstream) was still running, not with the result.
     assert result_seen - first_seen >= 0.4
     assert raw.count(b"event: op_finished") == 2
+
+
+# ---- render limits: a template cannot hold up the router -----------------------------------
+
+# 8 MB built at once, then 1,500 scans of it: seconds of CPU, all on the event loop.
+SEIZING = ("{% set a='ab'*4000000 %}{% for i in range(1500) %}"
+           "{% if 'abababababababababababc' in a %}{% endif %}{% endfor %}x")
+# The same scans of a string under the size cap: the comparisons' work is what stops it.
+SCANNING = ("{% set a='ab'*1000000 %}{% for i in range(1500) %}"
+            "{% if 'abababababababababababc' in a %}{% endif %}{% endfor %}x")
+# Cheap steps within every budget, just many: only the deadline stops it (~5 s of CPU).
+GRINDING = "{% for i in range(100000) %}{% set x = [3, 1, 2, 5, 4, 7, 6, 9, 8, 0]|sort %}" \
+           "{% endfor %}x"
+
+
+@pytest.mark.parametrize(("template", "fragment"), [
+    (SEIZING, "'*' would build a value of 8,000,000 characters; a template may build at most"),
+    (SCANNING, "template does too much work ('in')"),
+])
+async def test_an_expensive_template_is_a_prompt_400_and_health_keeps_answering(
+    fake_upstream: FakeUpstream, template: str, fragment: str,
+) -> None:
+    fake = fake_upstream
+    text = yaml.safe_dump({"ops": {"a": {"prompt": template, "tier": 1}}})
+    async with (open_workflow_router(three_tiers(fake)) as client,
+                watch_health(client.router.url) as health):
+        dry = await client.run(text, "x", dry_run=True)
+        run = await client.run(text, "x")
+
+    for response in (dry, run):
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert error["code"] == "workflow_invalid" and error["param"] == "a"
+        assert "op 'a': template refused: " + fragment in error["message"], error
+    assert error_of(run)["message"].startswith("op 'a' failed: ")
+    assert health.slowest < 1.0  # generous: it was 14 s and 29 s with renders on the loop
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+async def test_a_slow_render_is_stopped_at_its_deadline_off_the_event_loop(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    text = yaml.safe_dump({"ops": {"a": {"prompt": GRINDING, "tier": 1}}})
+    outcomes = []
+    async with (open_workflow_router(three_tiers(fake),
+                                     workflows={"render_timeout_sec": 0.5}) as client,
+                watch_health(client.router.url) as health):
+        for flags in ({"dry_run": True}, {}):
+            sent = trio.current_time()
+            response = await client.run(text, "x", **flags)
+            outcomes.append((response, health.answered_between(sent, trio.current_time())))
+
+    for response, answered_meanwhile in outcomes:
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert error["code"] == "workflow_invalid" and error["param"] == "a"
+        assert "rendering takes longer than 0.5 s" in error["message"], error
+        assert "workflows.render_timeout_sec" in error["message"], error
+        # The render ran for 0.5 s (twice for a run: its estimate, then the op) in a worker
+        # thread; the router answered health checks all along.
+        assert answered_meanwhile >= 3, health.polls
+    assert health.slowest < 1.0
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+# ---- bad bodies: always a 4xx, never a 500 -------------------------------------------------
+
+
+@pytest.mark.parametrize(("workflow", "param", "fragment"), [
+    ("a\u0001", None, "U+0001 is not allowed in YAML"),
+    ("ops: {a: {prompt: \"x\u0001\"}}", None, "U+0001 is not allowed in YAML"),
+    ("ops:\n  a:\n    prompt: x\u0085\u001f", None, "U+001F is not allowed in YAML"),
+    ("ops: {a: {template: " + "x" * 300 + "}}", "a", "must name a file in templates/"),
+    ("ops: {a: {template: " + "x/" * 120 + "x.j2}}", "a", "must name a file in templates/"),
+    ("ops: {a: {template: " + "x" * 100 + "/" + "y" * 96 + ".j2}}", "a",
+     "no template named"),
+])
+async def test_control_characters_and_unusable_template_names_are_400s(
+    fake_upstream: FakeUpstream, workflow: str, param: str | None, fragment: str,
+) -> None:
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        responses = [await client.run(workflow, "x", **flags)
+                     for flags in ({}, {"dry_run": True}, {"stream": True})]
+    for response in responses:
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert error["code"] == "workflow_invalid" and error["param"] == param, error
+        assert fragment in error["message"], error
+
+
+_TEXT = st.text(max_size=30)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2**70) | _TEXT
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+_OP_NAMES = st.sampled_from(["a", "b", "c"]) | _TEXT
+_PROMPTS = st.sampled_from([
+    "Hi.", "{{ input }}", "{{ ops.a.output }}", "{{ nope }}", "{% for i in range(3) %}{{ i }}",
+    "{{ 'ab' * 4000000 }}", "{{ input.__class__ }}", "{% if 'x' in input %}x{% endif %}y",
+]) | _TEXT | _JSON
+_OPS = st.fixed_dictionaries({}, optional={
+    "prompt": _PROMPTS,
+    "template": st.sampled_from(["rcr_reason.j2", "../config.yaml", "x" * 300, "a/" * 150])
+    | st.text("ab./_-", max_size=300) | _JSON,
+    "tier": st.integers(0, 11) | _JSON,
+    "model": st.sampled_from(["t1", "auto", "gpt-9"]) | _JSON,
+    "input_ops": st.lists(_OP_NAMES, max_size=3) | _JSON,
+    "output_ops": st.lists(_OP_NAMES, max_size=3),
+    "max_tokens": st.integers(-1, 10**6) | _JSON,
+    "json": st.booleans() | _JSON,
+    "params": st.dictionaries(_TEXT, _JSON, max_size=2),
+    "retries": st.integers(-1, 11),
+    "unknown": _JSON,
+})
+_DOCUMENTS = st.fixed_dictionaries(
+    {"ops": st.dictionaries(_OP_NAMES, _OPS, max_size=3) | _JSON},
+    optional={"variables": st.dictionaries(_TEXT, _JSON, max_size=2) | _JSON,
+              "on_error": st.sampled_from(["continue", "fail_fast"]) | _JSON,
+              "max_cost_usd": _JSON, "max_concurrency": _JSON, "start_ops": _JSON},
+)
+
+
+def _corrupt(text: str, char: str, at: int) -> str:
+    at %= len(text) + 1
+    return text[:at] + char + text[at:]
+
+
+_YAML = st.builds(yaml.safe_dump, _DOCUMENTS)
+_CONTROL = st.characters(max_codepoint=0x1F) | st.characters(min_codepoint=0x7F,
+                                                              max_codepoint=0x9F)
+_WORKFLOWS = (_YAML | st.builds(_corrupt, _YAML, _CONTROL | st.characters(), st.integers(0, 10**4))
+              | st.builds(_corrupt, st.text(max_size=200), _CONTROL, st.integers(0, 200))
+              | _JSON)
+_BODIES = st.fixed_dictionaries({}, optional={
+    "workflow": _WORKFLOWS,
+    "input": _TEXT | _JSON,
+    "variables": st.dictionaries(_TEXT, _JSON, max_size=2) | _JSON,
+    "dry_run": st.booleans() | _JSON,
+    "stream": st.booleans() | _JSON,
+})
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_BODIES, min_size=1, max_size=8))
+async def test_fuzzed_workflow_bodies_never_get_a_5xx(bodies: list[dict[str, Any]]) -> None:
+    errors = _Errors()
+    logger = logging.getLogger("llm_router")
+    logger.addHandler(errors)
+    try:
+        async with open_fake_upstream() as fake, open_workflow_router(three_tiers(fake)) as client:
+            for body in bodies:
+                response = await client.http.post(client.router.v1 + "/workflows", json=body)
+                assert response.status_code < 500, (body, response.text)
+                if response.status_code >= 400:
+                    assert error_of(response)["message"], (body, response.text)
+                assert b"internal_error" not in response.content, (body, response.text)
+    finally:
+        logger.removeHandler(errors)
+    assert [r.getMessage() for r in errors.records] == []

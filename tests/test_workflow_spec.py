@@ -23,7 +23,7 @@ import engine.workflow_render
 import engine.workflow_source
 import engine.workflow_template
 from engine.config import Config, ModelConfig
-from engine.errors import UpstreamError, WorkflowInvalid
+from engine.errors import TemplateLimitExceeded, UpstreamError, WorkflowInvalid
 from engine.planner import Plan
 from engine.workflow import (
     OpOutput,
@@ -543,14 +543,30 @@ RUNTIME_REFUSALS = [
     ("{{ 2 ** 100000000 }}", "integers above"),
     ("{{ input|join(input * 10000) }}", "too much work"),
     ("{% set ns = namespace(s=input) %}{% for i in range(64) %}"
-     "{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "too much work"),
+     "{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "would build a value of"),
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
      "loops more than"),
     ("{{ range(10000000)|list }}", "range()"),
     ("{% set b = [input] * 8 %}{% set c = [b] * 8 %}{% set d = [c] * 8 %}{% set e = [d] * 8 %}"
      "{% set f = [e] * 8 %}{% set g = [f] * 8 %}{% set h = [g] * 8 %}{{ [h] * 8 }}",
-     "too much work"),
+     "would build a value of"),
     ("{{ {}.update(a=1) }}", "unsafe"),
+    # Comparisons read what they compare: scans of a long string are charged.
+    ("{% set a = 'ab' * 1000000 %}{% for i in range(1500) %}{% if 'abc' in a %}{% endif %}"
+     "{% endfor %}", "too much work ('in')"),
+    ("{% set a = 'ab' * 1000000 %}{% for i in range(1500) %}{% if 'abc' not in a %}"
+     "{% endif %}{% endfor %}", "too much work ('not in')"),
+    ("{% set a = 'ab' * 1000000 %}{% set b = 'ab' * 1000000 %}{% for i in range(1500) %}"
+     "{% if a == b %}{% endif %}{% endfor %}", "too much work ('==')"),
+    ("{% set a = 'ab' * 1000000 %}{% set b = 'ab' * 1000000 %}{% for i in range(1500) %}"
+     "{% if '' < 'a' < a < b %}{% endif %}{% endfor %}", "too much work ('<')"),
+    ("{% set a = 'ab' * 1000000 %}{{ range(1500)|map('string')|select('in', a)|list }}",
+     "too much work (test in)"),
+    ("{% set a = 'ab' * 1000000 %}{% for i in range(1500) %}{% if a is lower %}{% endif %}"
+     "{% endfor %}", "too much work (test lower)"),
+    # No value past 4 MiB beyond the input, whatever the budget would allow.
+    ("{{ 'ab' * 4000000 }}", "'*' would build a value of 8,000,000 characters"),
+    ("{{ (input * 400)|replace('a', 'bb') }}", "filter replace would build a value of"),
 ]
 
 
@@ -562,6 +578,49 @@ def test_sandbox_refuses_at_render_time_naming_the_op(template: str, fragment: s
         render(wf, "a", input="abcdefghij" * 1000)
     assert info.value.op == "a"
     assert fragment in info.value.message
+
+
+COMPARISONS = [
+    "1 < 2 < 3", "3 < 2 < 1", "1 < 3 > 2", "2 == 2.0", "'a' != 'b'", "'b' in 'abc'",
+    "'x' not in ['a']", "2 in {2: 'two'}", "3 in range(5)", "[1, 2] < [1, 3]",
+    "not 1 >= 2", "(1 < 2) == (2 < 3)", "1 <= 1 <= 2 != 3",
+]
+
+
+@pytest.mark.parametrize("expression", COMPARISONS)
+def test_comparisons_keep_their_meaning_under_the_guard(expression: str) -> None:
+    wf = load(yaml.safe_dump({"ops": {"a": {"prompt": "{{ " + expression + " }}"}}}))
+    assert user_text(render(wf, "a", input="")) == str(eval(expression))
+
+
+def test_comparing_tests_and_chains_stop_where_python_would() -> None:
+    template = ("{{ [1, 5, 2]|select('gt', 1)|list }} {{ 2 is eq 2 }} {{ 'ab' is in 'xaby' }} "
+                "{{ 'abc' is lower }} {{ 2 < 1 < ops }}")
+    # ``ops`` alone would be refused at load time: it shows the chain never reads it.
+    wf = load(yaml.safe_dump({"ops": {"a": {"prompt": template.replace(" < ops", " < x")}},
+                              "variables": {"x": "unused"}}))
+    assert user_text(render(wf, "a", input="")) == "[5, 2] True True True False"
+
+
+def test_a_render_stops_at_its_deadline() -> None:
+    grinding = ("{% for i in range(100000) %}{% set x = [3, 1, 2, 5, 4, 7, 6, 9, 8, 0]|sort %}"
+                "{% endfor %}x")
+    wf = load(yaml.safe_dump({"ops": {"a": {"prompt": grinding}}}),
+              limits=WorkflowLimits(render_timeout_sec=0.05))
+    with pytest.raises(TemplateLimitExceeded) as info:
+        render(wf, "a")
+    assert info.value.op == "a" and info.value.status == 400
+    assert "rendering takes longer than 0.05 s" in info.value.message
+
+
+def test_a_dry_run_reports_a_render_limit_and_a_run_estimate_goes_around_it() -> None:
+    wf = load(yaml.safe_dump({"ops": {"a": {"prompt": "{{ 'ab' * 4000000 }}"},
+                                      "b": {"prompt": "Fine.", "input_ops": ["a"]}}}))
+    with pytest.raises(TemplateLimitExceeded, match="would build a value"):
+        estimate_costs(wf, CONFIG)
+    estimate = estimate_costs(wf, CONFIG, strict=False)
+    assert estimate["ops"]["a"]["input_tokens"] == 5  # from its source: 20 characters
+    assert estimate["critical_path"] == ["a", "b"]
 
 
 def test_what_prompts_need_still_works_in_the_sandbox() -> None:
