@@ -261,7 +261,7 @@ def test_a_prepared_text_gives_the_answers_of_the_inline_path(matcher: SemanticM
     inline, prepared = make_cache(matcher), make_cache(matcher)
     put(inline, FRANCE)
     prepared.store(rkey(FRANCE), answer(f"re: {FRANCE}"), model="m", tier=1, cost_usd=0.01,
-                   now=0.0, prepared=prepared.prepare(FRANCE))
+                   reference_usd=0.03, now=0.0, prepared=prepared.prepare(FRANCE))
     for text in queries:
         a = inline.lookup(rkey(text), 0.0)
         b = prepared.lookup(rkey(text), 0.0, prepared=prepared.prepare(text))
