@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.similarity import Embedder, match
-from engine.vector_index import VectorIndex
+from engine.core.cache.similarity import Embedder, match
+from engine.core.cache.vector_index import VectorIndex
 
 QUERIES = 1000
 

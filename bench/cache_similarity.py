@@ -40,9 +40,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.similarity import DEFAULT_THRESHOLD, Embedder, Fingerprint, compare, similarity
-from engine.similarity_guards import ALIGNED_GUARDS, TEXT_GUARDS
-from engine.vector_index import VectorIndex
+from engine.core.cache.guards import ALIGNED_GUARDS, TEXT_GUARDS
+from engine.core.cache.similarity import (
+    DEFAULT_THRESHOLD,
+    Embedder,
+    Fingerprint,
+    compare,
+    similarity,
+)
+from engine.core.cache.vector_index import VectorIndex
 
 SWEEP = (0.5, 0.6, 0.7, 0.75, 0.8, 0.825, 0.85, 0.9, 0.95)
 GRID = np.round(np.arange(0.5, 1.0, 0.005), 3)  # thresholds the 2-fold check chooses from

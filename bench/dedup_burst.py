@@ -17,8 +17,9 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fake_upstream import Behaviour, open_fake_upstream
 from router_harness import make_config, open_router
+
+from engine.testing.fake_upstream import Behaviour, open_fake_upstream
 
 
 async def burst(n: int, latency: float, dedup: bool, stream: bool) -> tuple[int, float, float]:

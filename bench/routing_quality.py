@@ -5,8 +5,8 @@ Usage: .venv/bin/python bench/routing_quality.py [--data DIR] [--seeds 3]
 
 Prints Markdown tables:
 
-* baselines (random, prompt length), the heuristic (``engine.scoring``), the trained router
-  cross-validated per dev set and pooled (MMLU + RouterBench, as the shipped model is
+* baselines (random, prompt length), the heuristic (``engine.core.routing.scoring``), the trained
+router cross-validated per dev set and pooled (MMLU + RouterBench, as the shipped model is
   trained), blends of the pooled out-of-fold score with the heuristic, and held-out-file
   checks (train on one file, score another; AlpacaEval is never trained on: CC BY-NC);
 * a feature ablation of the pooled cross-validation;
@@ -40,9 +40,25 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.learned import DEFAULT_MODEL_PATH, DENSE_NAMES, FeatureConfig, LearnedRouter, blend
-from engine.learned import request_for_prompt as ask
-from engine.learned_fit import (
+from engine.core.cache.similarity import Embedder
+from engine.core.routing.learned import (
+    DEFAULT_MODEL_PATH,
+    DENSE_NAMES,
+    FeatureConfig,
+    LearnedRouter,
+    blend,
+)
+from engine.core.routing.learned import request_for_prompt as ask
+from engine.core.routing.scoring import score_request
+from engine.training.evaluate import (
+    RoutingRow,
+    cheapest_at,
+    model_ladder,
+    multi_tier_points,
+    parse_rows,
+    summarize,
+)
+from engine.training.fit import (
     DEFAULT_L2,
     FeatureMatrix,
     _fit,
@@ -51,16 +67,6 @@ from engine.learned_fit import (
     cross_validate,
     targets,
 )
-from engine.routing_eval import (
-    RoutingRow,
-    cheapest_at,
-    model_ladder,
-    multi_tier_points,
-    parse_rows,
-    summarize,
-)
-from engine.scoring import score_request
-from engine.similarity import Embedder
 
 FILES = {
     "MMLU": "routellm_mmlu_dev.jsonl",
@@ -129,7 +135,7 @@ def main() -> None:
     for k, v in rows.items():
         put("random (expected)", k, "0.500")
         put("prompt length", k, f"{apgr(v, [len(r.prompt) for r in v]):.3f}")
-        put("heuristic (engine.scoring)", k, f"{apgr(v, heur[k]):.3f}")
+        put("heuristic (engine.core.routing.scoring)", k, f"{apgr(v, heur[k]):.3f}")
         put("heuristic, routellm mode", k, f"{apgr(v, heur[k], 'routellm'):.3f}")
     # per-set cross-validation
     for k in ("MMLU", "RouterBench"):
@@ -238,7 +244,7 @@ def main() -> None:
                 mine = summarize(rows[k], list(map(float, oof[k][0])), mode=mode)  # type: ignore[arg-type]
                 print(f"- {k} {mode}: script APGR {theirs['APGR']:.4f}, CPT(50%) "
                       f"{theirs['CPT50']:.2%}, CPT(80%) {theirs['CPT80']:.2%}; "
-                      f"engine.routing_eval "
+                      f"engine.training.evaluate "
                       f"{'identical' if theirs['APGR'] == mine.apgr else 'DIFFERS'}")
 
     # latency

@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/soak.py [--clients 50] [--phase 8] [--probe 2] [--json out.json]
 
-The router runs as its own process (``python -m api.cli``) in front of the fake upstream (in
+The router runs as its own process (``python -m api.cli.main``) in front of the fake upstream (in
 this process). Tier 1 has two backends, ``a1`` and ``a2``; every request is routed (``model:
 "auto"``, short prompts, so tier 1), half of them streamed. ``a1`` is faulted in turn with a
 500, a 429 with Retry-After, a connection reset, a hang and a cut stream, each for one phase,
@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_upstream import Behaviour, FakeUpstream, open_fake_upstream  # noqa: E402
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream  # noqa: E402
 
 FAULTS: dict[str, Behaviour] = {
     "500": Behaviour(status=500),
@@ -114,7 +114,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         (folder / "soak.yaml").write_text(yaml.safe_dump(config(fake, args.probe)))
         port = args.port
         router = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "--config", str(folder / "soak.yaml"),
+            [sys.executable, "-m", "api.cli.main", "--config", str(folder / "soak.yaml"),
              "--addr", f"127.0.0.1:{port}", "--log-level", "warning"],
             cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
         )

@@ -25,12 +25,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fake_upstream import Behaviour, open_fake_upstream
 from router_harness import make_config, open_router
 
-from engine.executor import execute_plan
-from engine.workflow import WorkflowLimits, load_workflow
-from engine.workflow_plan import plan_workflow
+from engine.core.workflow.plan import plan_workflow
+from engine.core.workflow.spec import WorkflowLimits, load_workflow
+from engine.runtime.executor import execute_plan
+from engine.testing.fake_upstream import Behaviour, open_fake_upstream
 
 LIMITS = WorkflowLimits(max_ops=5000, max_depth=5000, max_yaml_bytes=4 << 20)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from fake_upstream import FakeUpstream, open_fake_upstream
 
-# -- fake upstream (tests/fake_upstream.py) ---------------------------------------------------
+from engine.testing.fake_upstream import FakeUpstream, open_fake_upstream
+
+# -- fake upstream (engine/testing/fake_upstream.py) ----------------------------------------------
 
 
 @pytest.fixture

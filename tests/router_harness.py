@@ -12,9 +12,9 @@ from typing import Any
 import trio
 import yaml
 
-from api.app import create_app
-from api.server import hypercorn_config, serve
-from engine.config import Config, parse_config
+from api.http.app import create_app
+from api.http.server import hypercorn_config, serve
+from engine.core.config import Config, parse_config
 
 __all__ = ["RunningRouter", "make_config", "open_router"]
 

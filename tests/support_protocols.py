@@ -27,8 +27,9 @@ import anthropic
 import openai
 import pytest
 import trio
-from fake_upstream import FakeUpstream, Recorded, ToolCall
 from router_harness import RunningRouter, make_config, open_router
+
+from engine.testing.fake_upstream import FakeUpstream, Recorded, ToolCall
 
 __all__ = [
     "ANTHROPIC_TOOLS",

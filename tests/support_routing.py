@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import orjson
 import trio
-from fake_upstream import FakeUpstream
 from router_harness import RunningRouter, make_config, open_router
+
+from engine.testing.fake_upstream import FakeUpstream
 
 __all__ = [
     "RouterClient",

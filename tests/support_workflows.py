@@ -17,9 +17,10 @@ from typing import Any
 import httpx
 import orjson
 import trio
-from fake_upstream import FakeUpstream, Recorded
 from router_harness import RunningRouter, make_config, open_router
 from support_routing import model_entry
+
+from engine.testing.fake_upstream import FakeUpstream, Recorded
 
 __all__ = [
     "ROOT",

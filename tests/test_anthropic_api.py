@@ -13,7 +13,6 @@ import anthropic
 import httpx
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream, Usage
 from support_protocols import (
     AN_MID,
     ANTHROPIC_TOOLS,
@@ -25,6 +24,8 @@ from support_protocols import (
     open_protocol_env,
     user,
 )
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 
 pytestmark = SDK_STREAM_LEAKS
 

@@ -16,13 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.anthropic_wire import (
-    StreamEncoder,
-    error_type,
-    parse_request,
-    render_error,
-    render_result,
-)
 from engine.errors import (
     NoBackendAvailable,
     RateLimited,
@@ -49,7 +42,14 @@ from engine.messages import (
     ToolResult,
     Usage,
 )
-from engine.providers.anthropic import AnthropicProvider, AnthropicStreamDecoder
+from engine.wire.anthropic.client import (
+    StreamEncoder,
+    error_type,
+    parse_request,
+    render_error,
+    render_result,
+)
+from engine.wire.anthropic.upstream import AnthropicProvider, AnthropicStreamDecoder
 
 PROVIDER = AnthropicProvider()
 

@@ -20,7 +20,6 @@ import httpx
 import openai
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream, Usage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from router_harness import make_config, open_router
@@ -38,12 +37,13 @@ from support_protocols import (
     wait_until_cancelled,
 )
 
-from engine.cache import MAX_SEMANTIC_CHARS, ResponseCache
+from engine.core.cache.key import RequestKey
+from engine.core.cache.responses import MAX_SEMANTIC_CHARS, ResponseCache
+from engine.core.cache.semantic import SemanticMatcher
+from engine.core.cache.similarity import DEFAULT_THRESHOLD
 from engine.messages import ChatResult, TextPart
 from engine.messages import Usage as CanonicalUsage
-from engine.request_key import RequestKey
-from engine.semantic import SemanticMatcher
-from engine.similarity import DEFAULT_THRESHOLD
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 
 pytestmark = SDK_STREAM_LEAKS
 

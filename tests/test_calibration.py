@@ -1,4 +1,5 @@
-"""Threshold calibration (engine.calibration), sans-IO: named cases and Hypothesis properties.
+"""Threshold calibration (engine.core.routing.calibration), sans-IO: named cases and Hypothesis
+properties.
 
 Scores in these reports sit between integer points (``0.275`` is 27.5 on the 0-100 scale)
 unless a case is about an exact boundary, so band membership never hangs on float rounding.
@@ -11,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.calibration import Adjustment, Report, calibrate, calibrate_threshold
+from engine.core.routing.calibration import Adjustment, Report, calibrate, calibrate_threshold
 
 TIER1 = {"name": "tier1_max", "tier": 1, "target": 0.8, "min_samples": 20, "max_step": 5,
          "band": 10}
@@ -25,7 +26,7 @@ def many(score: float, quality: float, n: int = 30, *, tier: int = 1) -> list[Re
     return [Report(score, tier, quality)] * n
 
 
-# ---- one threshold ----------------------------------------------------------------------------
+# ---- one threshold -----------------------------------------------------------------------------
 
 
 def test_good_band_raises_by_max_step() -> None:
@@ -149,7 +150,7 @@ def test_tier2_floor_is_the_new_tier1() -> None:
     assert changes == {"tier1_max": 35, "tier2_max": 35}
 
 
-# ---- properties -------------------------------------------------------------------------------
+# ---- properties --------------------------------------------------------------------------------
 
 reports_st = st.lists(
     st.builds(

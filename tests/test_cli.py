@@ -1,4 +1,4 @@
-"""The ``llm-router`` command (``api.cli``), run as a real subprocess where exit codes, stderr
+"""The ``llm-router`` command (``api.cli.main``), run as a real subprocess where exit codes, stderr
 and signals are the point, and in-process for the pure ``--addr`` parser.
 """
 
@@ -18,7 +18,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.cli import parse_addr
+from api.cli.main import parse_addr
 
 LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 

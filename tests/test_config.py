@@ -1,4 +1,5 @@
-"""The configuration file (``engine.config``): the documented format, defaults, ``$VAR`` expansion,
+"""The configuration file (``engine.core.config``): the documented format, defaults, ``$VAR``
+expansion,
 strict validation that reports every problem with its key path, and the one lenient case: a
 provider key whose variable is unset loads, and the router starts and explains itself.
 """
@@ -10,13 +11,12 @@ from pathlib import Path
 
 import anthropic
 import pytest
-from fake_upstream import FakeUpstream
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from support_routing import model_entry, open_router_client
 
-from engine.config import (
+from engine.core.config import (
     MAX_CONFIG_BYTES,
     Config,
     Timeouts,
@@ -24,8 +24,9 @@ from engine.config import (
     load_config,
     parse_config,
 )
+from engine.core.pool import BackendPool
 from engine.errors import ConfigInvalid
-from engine.pool import BackendPool
+from engine.testing.fake_upstream import FakeUpstream
 
 # the documented example, verbatim (comments included).
 SPEC_EXAMPLE = """\
@@ -91,7 +92,7 @@ def problems_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
     return caught.value.problems
 
 
-# ---- the documented example and defaults ---------------------------------------------------------
+# ---- the documented example and defaults -------------------------------------------------------
 
 
 def test_spec_example_parses() -> None:
@@ -208,7 +209,7 @@ models:
     assert skipped == []
 
 
-# ---- $VAR expansion ------------------------------------------------------------------------------
+# ---- $VAR expansion ----------------------------------------------------------------------------
 
 
 def test_both_variable_forms_and_dollar_escape_are_expanded() -> None:
@@ -370,7 +371,7 @@ server: {api_keys: [client-secret-2]}
     assert "client-secret-2" not in repr(config)
 
 
-# ---- expand_vars properties ----------------------------------------------------------------------
+# ---- expand_vars properties --------------------------------------------------------------------
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 PLAIN = st.text().filter(lambda t: "$" not in t)
@@ -412,7 +413,7 @@ def test_double_dollar_round_trip(text: str, environ: dict[str, str]) -> None:
     assert expand_vars(text.replace("$", "$$"), environ) == (text, [])
 
 
-# ---- a missing provider key, end to end ----------------------------------------------------------
+# ---- a missing provider key, end to end --------------------------------------------------------
 
 
 async def test_router_starts_without_a_provider_key_and_names_the_variable(
@@ -476,8 +477,8 @@ def test_config_is_immutable() -> None:
 
 
 def test_a_config_without_learned_routes_with_the_builtin_router() -> None:
-    from engine.gateway import load_models
-    from engine.policy import RoutingPolicy
+    from engine.runtime.gateway import load_models
+    from engine.runtime.policy import RoutingPolicy
 
     config = parse_config(MINIMAL, environ={})
     models = load_models(config)

@@ -19,9 +19,10 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream
 from router_harness import RunningRouter
 from support_routing import RouterClient, model_entry, open_router_client, user
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 SHORT = {"read_timeout_sec": 1, "keep_alive_sec": 1}
 

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fake_upstream import Behaviour, FakeUpstream, Usage
 from support_protocols import (
     AN_MID,
     ANTHROPIC_TOOLS,
@@ -23,6 +22,8 @@ from support_protocols import (
     open_protocol_env,
     user,
 )
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 
 pytestmark = SDK_STREAM_LEAKS
 

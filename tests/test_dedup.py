@@ -1,5 +1,5 @@
-"""In-flight dedup: ``engine.dedup`` on its own (trio's mock clock), then end to end over real
-sockets with the official SDKs.
+"""In-flight dedup: ``engine.runtime.dedup`` on its own (trio's mock clock), then end to end over
+real sockets with the official SDKs.
 
 End to end the cache is off (``open_protocol_env``'s default), so every upstream call saved is
 dedup's doing, and requests are pinned to ``gpt-small`` (the fake's ``oa-small``): one count of
@@ -17,7 +17,6 @@ import httpx
 import openai
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream, Usage
 from support_protocols import (
     OA_SMALL,
     SDK_STREAM_LEAKS,
@@ -27,15 +26,16 @@ from support_protocols import (
     wait_until_cancelled,
 )
 
-from engine.dedup import Flight, FlightRegistry
 from engine.errors import RouterError, UpstreamError
+from engine.runtime.dedup import Flight, FlightRegistry
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 
 pytestmark = SDK_STREAM_LEAKS
 
 Publish = Callable[[Any], None]
 
 
-# == engine.dedup ==============================================================================
+# == engine.runtime.dedup ========================================================================
 
 
 async def read_all(flight: Flight, *, arrivals: list[tuple[float, Any]] | None = None
@@ -365,7 +365,7 @@ async def stats(env: ProtocolEnv) -> dict[str, Any]:
     return data
 
 
-# -- one upstream call ------------------------------------------------------------------------
+# -- one upstream call ---------------------------------------------------------------------------
 
 
 async def test_identical_concurrent_requests_make_one_call(env: ProtocolEnv) -> None:
@@ -467,7 +467,7 @@ async def test_late_follower_receives_the_whole_stream(env: ProtocolEnv) -> None
     assert calls(env) == 1
 
 
-# -- clients leaving --------------------------------------------------------------------------
+# -- clients leaving -----------------------------------------------------------------------------
 
 
 async def test_leader_leaving_a_stream_does_not_stop_its_followers(env: ProtocolEnv) -> None:
@@ -546,7 +546,7 @@ async def test_last_listener_leaving_a_json_request_cancels_the_upstream(
     assert await ask(env) == (ANSWER, "LEADER")
 
 
-# -- errors -----------------------------------------------------------------------------------
+# -- errors --------------------------------------------------------------------------------------
 
 
 async def test_an_upstream_error_reaches_every_caller_then_the_next_starts_fresh(

@@ -17,8 +17,9 @@ import openai
 import orjson
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream
 from support_routing import RouterClient, model_entry, open_router_client, provider_key, user
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"

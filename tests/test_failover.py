@@ -14,7 +14,6 @@ import anthropic
 import openai
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream, refused_url
 from support_routing import (
     RouterClient,
     model_entry,
@@ -23,6 +22,8 @@ from support_routing import (
     user,
     wait_for,
 )
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, refused_url
 
 SPEC_FIELDS = {"name": str, "status": str, "in_flight": int, "latency_ms": int,
                "total_requests": int}

@@ -16,7 +16,8 @@ import httpx2
 import openai
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream, ToolCall, Usage, refused_url
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, ToolCall, Usage, refused_url
 
 # The openai SDK stops reading at `data: [DONE]` and abandons its chain of async generators
 # (its own SSE decoder, httpx2's and httpcore2's body iterators) without closing them; trio

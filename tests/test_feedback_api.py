@@ -4,7 +4,7 @@ durability across a restart and threshold calibration seen through routing heade
 Layout: ``a1`` is tier 1, ``b1`` tier 2, ``c1`` tier 3, with the documented thresholds (30 / 70) and
 a small calibration (``min_samples`` 5, ``max_step`` 5, ``band`` 10, target 0.8) so a test
 needs only a handful of reports. Prompts of an exact heuristic score come from
-:func:`prompt_scoring` (engine.scoring is the sans-IO scorer the router itself runs).
+:func:`prompt_scoring` (engine.core.routing.scoring is the sans-IO scorer the router itself runs).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from fake_upstream import FakeUpstream
 from support_routing import RouterClient, model_entry, open_router_client
 
+from engine.core.routing.scoring import score_request
 from engine.messages import ChatRequest, Message, TextPart
-from engine.scoring import score_request
+from engine.testing.fake_upstream import FakeUpstream
 
 MIN_SAMPLES = 5
 MAX_STEP = 5

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream
 from router_harness import make_config
 from support_routing import RouterClient, model_entry, open_router_client, wait_for
 
 from engine.errors import ConfigInvalid
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 INTERVAL = 0.4
 HEALTH = {"probe_interval_sec": INTERVAL, "max_probe_interval_sec": 4 * INTERVAL}

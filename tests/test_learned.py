@@ -1,5 +1,5 @@
-"""The trained router (``engine.learned``, ``engine.learned_fit``) and the ``router`` CLI
-commands (``api.router_cli``): train -> save -> load gives identical scores, features are the
+"""The trained router (``engine.core.routing.learned``, ``engine.training.fit``) and the ``router``
+CLI commands (``api.cli.router``): train -> save -> load gives identical scores, features are the
 same in every process, whole-conversation scoring, the shipped model, and the CLI end to end
 on small files.
 """
@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.router_cli import ProgressBar, add_router_commands, run_router_command
-from api.router_plot import render_curves_svg
-from engine import conversation, learned
-from engine.errors import RouterError
-from engine.learned import (
+from api.cli.plot import render_curves_svg
+from api.cli.router import ProgressBar, add_router_commands, run_router_command
+from engine.core.cache.similarity import Embedder
+from engine.core.routing import conversation, learned
+from engine.core.routing.learned import (
     DEFAULT_MODEL_PATH,
     FeatureConfig,
     LearnedRouter,
@@ -35,10 +35,16 @@ from engine.learned import (
     extract_features,
     request_for_prompt,
 )
-from engine.learned_fit import build_matrix, cross_validate, stratified_folds, targets, train_router
+from engine.errors import RouterError
 from engine.messages import ChatRequest, Message, TextPart, ToolResult
-from engine.routing_eval import RoutingRow, summarize
-from engine.similarity import Embedder
+from engine.training.evaluate import RoutingRow, summarize
+from engine.training.fit import (
+    build_matrix,
+    cross_validate,
+    stratified_folds,
+    targets,
+    train_router,
+)
 
 FAST = FeatureConfig(embeddings=False, word_buckets=1 << 12, char_buckets=1 << 12)
 HARD = "Prove rigorously that the {} group is solvable and derive its composition series."
@@ -76,7 +82,7 @@ def test_doctests() -> None:
     assert doctest.testmod(conversation).failed == 0
 
 
-# -- training -----------------------------------------------------------------------------
+# -- training ------------------------------------------------------------------------------------
 
 
 def test_training_learns_a_separable_toy_problem() -> None:
@@ -132,11 +138,11 @@ def test_targets() -> None:
         targets(rows, "soft")  # type: ignore[arg-type]
 
 
-# -- features -----------------------------------------------------------------------------
+# -- features ------------------------------------------------------------------------------------
 
 FEATURE_SCRIPT = """
 import json, sys
-from engine.learned import FeatureConfig, extract_features, request_for_prompt
+from engine.core.routing.learned import FeatureConfig, extract_features, request_for_prompt
 f = extract_features(request_for_prompt(sys.argv[1]), FeatureConfig(embeddings=False))
 print(json.dumps([f.dense.tolist(), f.indices.tolist(), f.values.tolist()]))
 """
@@ -191,7 +197,7 @@ def test_any_conversation_scores_in_0_1(toy_router: LearnedRouter,
     assert 0.0 <= p <= 1.0
 
 
-# -- whole conversations ------------------------------------------------------------------
+# -- whole conversations -------------------------------------------------------------------------
 
 
 def test_conversation_text_puts_the_last_message_first() -> None:
@@ -223,7 +229,7 @@ def test_shipped_model_scores_follow_ups_by_their_question(shipped: LearnedRoute
     assert shipped.score(after) > shipped.score(alone)
 
 
-# -- the shipped model --------------------------------------------------------------------
+# -- the shipped model ---------------------------------------------------------------------------
 
 
 def test_shipped_model_is_trained_on_permissive_rows_only(shipped: LearnedRouter) -> None:
@@ -243,7 +249,7 @@ def test_shipped_model_scores_a_long_prompt(shipped: LearnedRouter) -> None:
     assert shipped.score(request) == p  # deterministic
 
 
-# -- loading and blending -----------------------------------------------------------------
+# -- loading and blending ------------------------------------------------------------------------
 
 
 def test_load_rejects_bad_files(toy_router: LearnedRouter, tmp_path: Path) -> None:
@@ -271,7 +277,7 @@ def test_blend() -> None:
         blend(0.3, 20, 1.5)
 
 
-# -- the CLI ------------------------------------------------------------------------------
+# -- the CLI -------------------------------------------------------------------------------------
 
 
 def cli(*argv: str) -> tuple[int, str, str]:

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import anthropic
 import openai
 import pytest
-from fake_upstream import FakeUpstream
 from support_protocols import SDK_STREAM_LEAKS, ProtocolEnv, open_protocol_env
+
+from engine.testing.fake_upstream import FakeUpstream
 
 pytestmark = SDK_STREAM_LEAKS
 

@@ -15,7 +15,6 @@ import httpx
 import openai
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream, Usage
 from support_protocols import (
     AN_BIG,
     AN_MID,
@@ -28,6 +27,8 @@ from support_protocols import (
     open_protocol_env,
     user,
 )
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 
 pytestmark = SDK_STREAM_LEAKS
 

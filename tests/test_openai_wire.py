@@ -1,5 +1,5 @@
-"""The OpenAI wire format both ways: inbound (``api.openai_wire``) and upstream
-(``engine.providers.openai``).
+"""The OpenAI wire format both ways: inbound (``engine.wire.openai.client``) and upstream
+(``engine.wire.openai.upstream``).
 
 The rendering is checked the way it matters, by the official ``openai`` SDK parsing it: an
 ``httpx.MockTransport`` hands the SDK our bytes in place of a server. The upstream decoder is
@@ -16,12 +16,9 @@ import httpx
 import openai
 import orjson
 import pytest
-from fake_upstream import Behaviour, FakeUpstream
-from fake_upstream import ToolCall as FakeToolCall
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.openai_wire import StreamEncoder, parse_request, render_error, render_result
 from engine.errors import (
     ModelNotFound,
     NoBackendAvailable,
@@ -50,7 +47,10 @@ from engine.messages import (
     ToolResult,
     Usage,
 )
-from engine.providers.openai import OpenAIProvider, OpenAIStreamDecoder
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
+from engine.testing.fake_upstream import ToolCall as FakeToolCall
+from engine.wire.openai.client import StreamEncoder, parse_request, render_error, render_result
+from engine.wire.openai.upstream import OpenAIProvider, OpenAIStreamDecoder
 
 PROVIDER = OpenAIProvider()
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -24,7 +24,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-from fake_upstream import Behaviour, FakeUpstream
 from router_harness import make_config, open_router
 from support_protocols import (
     AN_BIG,
@@ -38,7 +37,8 @@ from support_protocols import (
     user,
 )
 
-from api.tenancy import client_key, tenant_of
+from api.http.tenancy import client_key, tenant_of
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 pytestmark = SDK_STREAM_LEAKS
 

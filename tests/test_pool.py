@@ -1,4 +1,4 @@
-"""The backend pool (``engine.pool``), sans-IO: health transitions, ejections and probes, rate
+"""The backend pool (``engine.core.pool``), sans-IO: health transitions, ejections and probes, rate
 limits and the order backends are tried in. Time is a plain number passed in, so no clock is
 involved.
 """
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.config import HealthConfig, ModelConfig
-from engine.pool import BackendPool, BackendState
+from engine.core.config import HealthConfig, ModelConfig
+from engine.core.pool import BackendPool, BackendState
 
 SPEC_FIELDS = {"name", "status", "in_flight", "latency_ms", "total_requests"}
 

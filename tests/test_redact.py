@@ -11,9 +11,9 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import redact
+from engine.core import redact
+from engine.core.redact import MARKER, RedactingFilter, Redactor, without_userinfo
 from engine.messages import ChatResult, Finish, TextDelta, TextPart, ToolCall, ToolCallDelta
-from engine.redact import MARKER, RedactingFilter, Redactor, without_userinfo
 
 KEY = "sk-ant-api03-Zq8PxY2vLm4TcW9nRb7KdF3hJs6GtE1u"
 LOCAL = "relay.7Hq3xV9p.Lw2Zt8Kc"

@@ -1,4 +1,4 @@
-"""``engine.request_key``: what must and must not collide.
+"""``engine.core.cache.key``: what must and must not collide.
 
 A cache entry may only serve a request whose *exact* part (tenant, routing target, system
 prompt, history, the final message's non-text parts, tools, tool choice, response format and
@@ -17,6 +17,7 @@ from typing import Any
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from engine.core.cache.key import RequestKey, request_key
 from engine.messages import (
     ChatRequest,
     ImagePart,
@@ -27,7 +28,6 @@ from engine.messages import (
     ToolChoice,
     ToolResult,
 )
-from engine.request_key import RequestKey, request_key
 
 # -- strategies -------------------------------------------------------------------------------
 

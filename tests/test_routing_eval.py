@@ -1,4 +1,4 @@
-"""The routing metrics (``engine.routing_eval``): hand-computed small cases (ties included),
+"""The routing metrics (``engine.training.evaluate``): hand-computed small cases (ties included),
 exact agreement with the reference ``routing_metrics.py`` (in-process on arbitrary rows, and as
 a subprocess on a file), multi-model and multi-tier routing.
 
@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import routing_eval
-from engine.routing_eval import (
+from engine.training import evaluate as routing_eval
+from engine.training.evaluate import (
     MultiTierPoint,
     RoutingRow,
     cheapest_at,

@@ -1,4 +1,5 @@
-"""The complexity scorer (``engine.scoring``): the documented signal table exactly, the cap, the
+"""The complexity scorer (``engine.core.routing.scoring``): the documented signal table exactly,
+the cap, the
 thresholds, Hypothesis properties over arbitrary requests, and the routing headers end to end.
 """
 
@@ -9,19 +10,19 @@ from typing import Any
 
 import pytest
 import trio
-from fake_upstream import FakeUpstream
 from hypothesis import given
 from hypothesis import strategies as st
 from router_harness import make_config
 from support_health import watch_health
 from support_routing import model_entry, open_router_client
 
-from engine.config import Config
-from engine.gateway import Models, load_models
+from engine.core.config import Config
+from engine.core.routing.decide import decide_route
+from engine.core.routing.scoring import Score, estimate_tokens, score_request, tier_for_score
 from engine.messages import ChatRequest, Message, TextPart, Tool, ToolCall, ToolResult
-from engine.policy import RoutingPolicy
-from engine.routing import decide_route
-from engine.scoring import Score, estimate_tokens, score_request, tier_for_score
+from engine.runtime.gateway import Models, load_models
+from engine.runtime.policy import RoutingPolicy
+from engine.testing.fake_upstream import FakeUpstream
 
 SIGNALS = {"tokens", "depth", "system", "json", "tools", "code", "reasoning"}
 PLAIN = "What is the capital of France?"
@@ -49,7 +50,7 @@ def signal(request: ChatRequest, name: str) -> int:
     return score_request(request).signals[name]
 
 
-# ---- each signal of the documented table ---------------------------------------------------------
+# ---- each signal of the documented table -------------------------------------------------------
 
 
 def test_a_plain_question_scores_only_the_token_floor() -> None:
@@ -234,7 +235,7 @@ def test_estimate_tokens() -> None:
     assert [estimate_tokens(t) for t in ("", "a", "abcd", "abcde", "a" * 400)] == [0, 1, 1, 2, 100]
 
 
-# ---- thresholds ----------------------------------------------------------------------------------
+# ---- thresholds --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("total", "tier"), [(0, 1), (30, 1), (31, 2), (70, 2), (71, 3), (100, 3)])
@@ -263,7 +264,7 @@ def test_thresholds_come_from_the_config() -> None:
     assert decide_route(ask(), default).tier == 1
 
 
-# ---- properties ----------------------------------------------------------------------------------
+# ---- properties --------------------------------------------------------------------------------
 
 TEXT = st.text(max_size=300) | st.sampled_from(
     ["", PLAIN, "def f():\n  return 1;", "```\ncode\n```", "a" * 5000, "why does it fail?"]
@@ -340,7 +341,7 @@ def test_tier_is_monotone_in_score(x: int, y: int, t: int) -> None:
     assert all(1 <= tier <= 3 for tier in tiers)
 
 
-# ---- the routing headers, end to end -------------------------------------------------------------
+# ---- the routing headers, end to end -----------------------------------------------------------
 
 
 async def test_routing_headers_follow_the_score(fake_upstream: FakeUpstream) -> None:
@@ -373,7 +374,7 @@ async def test_routing_headers_follow_the_score(fake_upstream: FakeUpstream) -> 
         assert anthropic_style.headers["x-llm-router-model"] == "medium"
 
 
-# ---- long prompts do not hold up the router --------------------------------------------------
+# ---- long prompts do not hold up the router ----------------------------------------------------
 
 NORMAL = "Analyze the trade-offs of tabs and spaces, step by step."
 

@@ -24,9 +24,10 @@ import httpx
 import openai
 import orjson
 import pytest
-from fake_upstream import Behaviour, FakeUpstream
 from support_protocols import SDK_STREAM_LEAKS, sse_events
 from support_routing import RouterClient, Seen, model_entry, open_router_client, user
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 ANTHROPIC_KEY = (
     "sk-ant-api03-Jx7Qm2Vt9Lp4Rw8Zk3Nc6Hb1Fy5Ds0GaUe4Yi8Oo2Pq7Kr3Mt9Wv6Xs1Bz5Ch0Dn4Ej8Fl2Gk7"

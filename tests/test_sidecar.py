@@ -23,7 +23,6 @@ import numpy as np
 import orjson
 import pytest
 import trio
-from fake_upstream import FakeUpstream, refused_url
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from hypothesis import given
@@ -31,11 +30,12 @@ from hypothesis import strategies as st
 from router_harness import make_config
 from support_routing import RouterClient, model_entry, open_router_client, wait_for
 
-from engine.config import LearnedConfig
-from engine.learned import DENSE_NAMES, FeatureConfig, LearnedRouter
+from engine.core.config import LearnedConfig
+from engine.core.routing.learned import DENSE_NAMES, FeatureConfig, LearnedRouter
+from engine.core.routing.scoring import score_request
 from engine.messages import ChatRequest, Message, TextPart
-from engine.policy import RoutingPolicy
-from engine.scoring import score_request
+from engine.runtime.policy import RoutingPolicy
+from engine.testing.fake_upstream import FakeUpstream, refused_url
 
 ASGIMessage = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[ASGIMessage]]

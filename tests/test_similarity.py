@@ -1,6 +1,7 @@
-"""The semantic-cache building blocks: ``engine.similarity`` and ``engine.similarity_guards``
+"""The semantic-cache building blocks: ``engine.core.cache.similarity`` and
+``engine.core.cache.guards``
 (the documented cache examples, each guard on a named QQP-style pair, word-for-word alignment, the
-score's meaning, offline loading) and ``engine.vector_index`` (add, search, remove, both
+score's meaning, offline loading) and ``engine.core.cache.vector_index`` (add, search, remove, both
 regimes, against brute force)."""
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import RouterError
-from engine.similarity import (
+from engine.core.cache.similarity import (
     DEFAULT_THRESHOLD,
     Embedder,
     Fingerprint,
@@ -24,7 +24,8 @@ from engine.similarity import (
     normalize_text,
     similarity,
 )
-from engine.vector_index import VectorIndex
+from engine.core.cache.vector_index import VectorIndex
+from engine.errors import RouterError
 
 FRANCE = "What is the capital of France?"
 
@@ -51,7 +52,7 @@ def pair(embedder: Embedder, query: str, cached: str) -> tuple[Fingerprint, Fing
     return embedder.fingerprint(query), embedder.fingerprint(cached)
 
 
-# -- the documented examples -----------------------------------------------------------------------
+# -- the documented examples ---------------------------------------------------------------------
 
 
 def test_paraphrase_of_france_capital_hits(embedder: Embedder) -> None:
@@ -75,7 +76,7 @@ def test_polite_frame_is_not_a_second_person(embedder: Embedder) -> None:
     assert match(polite, plain)[0]
 
 
-# -- guards -------------------------------------------------------------------------------------
+# -- guards --------------------------------------------------------------------------------------
 
 
 VETOED = [
@@ -159,7 +160,7 @@ def test_acronym_is_a_content_word_but_shouting_is_not(embedder: Embedder) -> No
     assert shouted.persons == {1}
 
 
-# -- word-for-word alignment: only aligned pairs reach the default threshold ----------------------
+# -- word-for-word alignment: only aligned pairs reach the default threshold ---------------------
 
 
 ALIGNED = [
@@ -250,7 +251,7 @@ def test_repeated_inflections_still_match_their_own_text(embedder: Embedder) -> 
     assert match(*pair(embedder, text[:1].lower() + text[1:-1] + "?", text))[0]
 
 
-# -- the score ----------------------------------------------------------------------------------
+# -- the score -----------------------------------------------------------------------------------
 
 PROMPTS = [
     FRANCE, "What's France's capital city?", "How do I write Go code?", "How to learn Go?",
@@ -283,7 +284,7 @@ def test_higher_threshold_is_stricter(embedder: Embedder, t1: float, t2: float) 
         assert match(q, c, threshold=high)[0] <= match(q, c, threshold=low)[0]
 
 
-# -- embedder and fingerprints ------------------------------------------------------------------
+# -- embedder and fingerprints -------------------------------------------------------------------
 
 
 def test_embed_gives_unit_vectors_equal_to_fingerprints(embedder: Embedder) -> None:
@@ -337,7 +338,7 @@ def test_missing_packaged_file_fails_loudly(
         Embedder().embed([FRANCE])
 
 
-# -- vector index -------------------------------------------------------------------------------
+# -- vector index --------------------------------------------------------------------------------
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import httpx
-from fake_upstream import FakeUpstream
 from router_harness import make_config, open_router
+
+from engine.testing.fake_upstream import FakeUpstream
 
 
 def test_a_missing_trained_router_file_is_a_config_problem(tmp_path: Path) -> None:

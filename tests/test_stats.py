@@ -1,4 +1,4 @@
-"""Cost accounting (``engine.stats``) and ``GET /stats`` / ``GET /health`` end to end.
+"""Cost accounting (``engine.core.stats``) and ``GET /stats`` / ``GET /health`` end to end.
 
 Every backend reports a fixed usage (``Behaviour(usage=...)``) so spent and saved are exact:
 spent is the upstream's usage at the serving model's prices; saved is the same usage at the
@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fake_upstream import Behaviour, FakeUpstream, Usage, refused_url
 from support_routing import model_entry, open_router_client
 
-from engine.config import ModelConfig
+from engine.core.config import ModelConfig
+from engine.core.stats import Stats, cost_usd
 from engine.messages import Usage as CanonicalUsage
-from engine.stats import Stats, cost_usd
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage, refused_url
 
 PRICES = {  # name: (tier, provider, per 1k in, per 1k out)
     "small": (1, "openai", 0.001, 0.002),
@@ -39,7 +39,7 @@ def priced_models(fake: FakeUpstream) -> list[dict[str, Any]]:
     ]
 
 
-# ---- GET /stats end to end --------------------------------------------------------------------
+# ---- GET /stats end to end ---------------------------------------------------------------------
 
 
 async def test_stats_after_routed_requests(fake_upstream: FakeUpstream) -> None:
@@ -120,7 +120,7 @@ async def test_missing_usage_is_estimated_not_free(fake_upstream: FakeUpstream) 
     assert stats["total_saved_usd"] == 0  # one model: it is its own reference
 
 
-# ---- GET /health ------------------------------------------------------------------------------
+# ---- GET /health -------------------------------------------------------------------------------
 
 
 async def test_health_answers_even_when_no_backend_can(fake_upstream: FakeUpstream) -> None:
@@ -132,7 +132,7 @@ async def test_health_answers_even_when_no_backend_can(fake_upstream: FakeUpstre
         assert health.json() == {"status": "ok"}
 
 
-# ---- engine.stats -------------------------------------------------------------------------------
+# ---- engine.core.stats -------------------------------------------------------------------------
 
 
 def priced(name: str, per_in: float, per_out: float, tier: int = 1) -> ModelConfig:

@@ -16,7 +16,6 @@ import httpx
 import openai
 import pytest
 import trio
-from fake_upstream import Behaviour, FakeUpstream
 from support_protocols import (
     AN_MID,
     OA_SMALL,
@@ -27,6 +26,8 @@ from support_protocols import (
     user,
     wait_until_cancelled,
 )
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 pytestmark = SDK_STREAM_LEAKS
 

@@ -8,9 +8,10 @@ from functools import partial
 from typing import Any
 
 import trio
-from fake_upstream import Behaviour, FakeUpstream
 from support_connections import open_counting_relay
 from support_routing import model_entry, open_router_client, wait_for
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 EXPIRY = 0.3
 

@@ -1,4 +1,4 @@
-"""The workflow endpoints (api/workflows.py) over real sockets: validation as HTTP 400s that
+"""The workflow endpoints (api/http/workflows.py) over real sockets: validation as HTTP 400s that
 name the op, dry runs, the ready pipelines, and SSE progress.
 
 What runs is tested in ``test_workflow_run.py``; the rules themselves, exhaustively and
@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import trio
 import yaml
-from fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_health import watch_health
@@ -28,6 +27,8 @@ from support_workflows import (
     three_tiers,
 )
 from test_workflow_spec import CASES, ESCAPES, RUNTIME_REFUSALS, SPEC_EXAMPLE, WORKFLOW_LEVEL
+
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
 
 READY = ["code_review", "debate", "extract_classify_answer", "map_reduce_summary",
          "reason_critique_refine"]

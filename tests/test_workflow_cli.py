@@ -1,4 +1,4 @@
-"""``llm-router workflow validate|plan|run`` (api/workflow_cli.py), run as the real command.
+"""``llm-router workflow validate|plan|run`` (api/cli/workflow.py), run as the real command.
 
 ``validate`` and ``plan`` run offline in a scratch folder; ``run`` talks to a router served
 by the test on a free loopback port, in front of the fake upstream, while the command runs
@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import trio
 import yaml
-from fake_upstream import Behaviour, FakeUpstream, refused_url
 from support_routing import model_entry
 from support_workflows import ROOT, open_workflow_router, received, three_tiers
 
-import api.workflow_cli
-from api.workflow_cli import CommandFailed, coerce_variables, preview
-from engine.config import load_config
-from engine.workflow import WorkflowLimits, load_workflow
-from engine.workflow_plan import estimate_costs
+import api.cli.workflow
+from api.cli.workflow import CommandFailed, coerce_variables, preview
+from engine.core.config import load_config
+from engine.core.workflow.plan import estimate_costs
+from engine.core.workflow.spec import WorkflowLimits, load_workflow
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, refused_url
 
 LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 READY = ["code_review", "debate", "extract_classify_answer", "map_reduce_summary",
@@ -426,5 +426,5 @@ def test_preview_is_one_short_line() -> None:
 
 
 def test_docstring_examples() -> None:
-    result = doctest.testmod(api.workflow_cli)
+    result = doctest.testmod(api.cli.workflow)
     assert result.attempted >= 2 and result.failed == 0

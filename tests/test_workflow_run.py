@@ -1,4 +1,5 @@
-"""Running workflows (engine.workflow_run, engine.executor) end to end over real sockets.
+"""Running workflows (engine.runtime.workflow_run, engine.runtime.executor) end to end over real
+sockets.
 
 A router serves ``POST /v1/workflows`` in front of the fake upstream; what the fake received
 (and when, and whether the router cancelled it) is the evidence. The executor's scheduling
@@ -17,7 +18,6 @@ import httpx
 import pytest
 import trio
 import yaml
-from fake_upstream import Behaviour, FakeUpstream, Usage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_routing import model_entry, wait_for
@@ -32,8 +32,9 @@ from support_workflows import (
 )
 from trio.testing import MockClock
 
-from engine.executor import execute_plan
-from engine.planner import Node, build_plan
+from engine.core.planner import Node, build_plan
+from engine.runtime.executor import execute_plan
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 
 SPEC_EXAMPLE = """\
 start_ops: [reason]
@@ -76,7 +77,7 @@ def pinned(fake: FakeUpstream, *names: str, **extra: Any) -> list[dict[str, Any]
     return [model_entry(fake, name, tier=1, **extra) for name in names]
 
 
-# ---- data flow -----------------------------------------------------------------------------
+# ---- data flow ---------------------------------------------------------------------------------
 
 
 async def test_spec_example_outputs_reach_dependents_requests(
@@ -159,7 +160,7 @@ async def test_templates_render_variables_system_and_json_values(
     assert result["values"] == {"facts": {"city": "Paris", "n": 3}}
 
 
-# ---- parallelism and scheduling ------------------------------------------------------------
+# ---- parallelism and scheduling ----------------------------------------------------------------
 
 
 async def test_diamond_runs_its_middle_in_parallel(fake_upstream: FakeUpstream) -> None:
@@ -257,7 +258,7 @@ async def test_a_spent_budget_stops_scheduling_and_reports_what_did_not_run(
     assert events[-1][0] == "result" and events[-1][1]["not_run"] == result["not_run"]
 
 
-# ---- failure policies ----------------------------------------------------------------------
+# ---- failure policies --------------------------------------------------------------------------
 
 
 async def test_fail_fast_names_the_failed_op_and_cancels_the_rest(
@@ -355,7 +356,7 @@ async def test_per_op_timeout_and_retries(fake_upstream: FakeUpstream) -> None:
         "Once", "Again", "Again", "Flaky", "Flaky", "Fragile"]
 
 
-# ---- cancellation --------------------------------------------------------------------------
+# ---- cancellation ------------------------------------------------------------------------------
 
 
 async def test_a_client_disconnect_cancels_the_upstream_requests(
@@ -391,7 +392,7 @@ async def test_a_client_disconnect_cancels_the_upstream_requests(
         assert all(r.cancelled and not r.completed for r in fake.requests("t1"))
 
 
-# ---- backends and dedup --------------------------------------------------------------------
+# ---- backends and dedup ------------------------------------------------------------------------
 
 
 async def test_a_same_tier_chain_keeps_its_backend(fake_upstream: FakeUpstream) -> None:
@@ -439,7 +440,7 @@ async def test_identical_ops_of_concurrent_runs_execute_once(fake_upstream: Fake
     assert results[0].json()["outputs"] == results[1].json()["outputs"]
 
 
-# ---- every op after its inputs, exactly once -----------------------------------------------
+# ---- every op after its inputs, exactly once ---------------------------------------------------
 
 
 @st.composite
@@ -528,7 +529,7 @@ async def test_random_dags_over_http_run_each_op_once_after_its_inputs(
     for i in range(n):
         ops[f"n{i}"] = {"prompt": f"Step {i}.", "tier": 1,
                         "input_ops": [f"n{a}" for a, b in edges if b == i]}
-    from fake_upstream import open_fake_upstream
+    from engine.testing.fake_upstream import open_fake_upstream
 
     async with open_fake_upstream() as fake:
         fake.set_default("t1", Behaviour(latency=0.01))

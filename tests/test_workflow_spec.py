@@ -1,4 +1,5 @@
-"""Workflow definitions (engine.workflow*): the documented format, validation, templates, planning.
+"""Workflow definitions (engine.core.workflow.spec*): the documented format, validation, templates,
+planning.
 
 All sans-IO: YAML text in, checked types, plans and estimates out. The executor and the HTTP
 API are tested elsewhere.
@@ -17,21 +18,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine.workflow
-import engine.workflow_plan
-import engine.workflow_render
-import engine.workflow_source
-import engine.workflow_template
-from engine.config import Config, ModelConfig
-from engine.errors import TemplateLimitExceeded, UpstreamError, WorkflowInvalid
-from engine.planner import Plan
-from engine.workflow import (
-    OpOutput,
-    Workflow,
-    WorkflowLimits,
-    load_workflow,
-)
-from engine.workflow_plan import (
+import engine.core.workflow.plan
+import engine.core.workflow.render
+import engine.core.workflow.source
+import engine.core.workflow.spec
+import engine.core.workflow.template
+from engine.core.config import Config, ModelConfig
+from engine.core.planner import Plan
+from engine.core.workflow.plan import (
     DEFAULT_OUTPUT_TOKENS,
     check_models,
     critical_path,
@@ -39,7 +33,14 @@ from engine.workflow_plan import (
     estimate_costs,
     plan_workflow,
 )
-from engine.workflow_render import parse_output, render_request, resolve_variables
+from engine.core.workflow.render import parse_output, render_request, resolve_variables
+from engine.core.workflow.spec import (
+    OpOutput,
+    Workflow,
+    WorkflowLimits,
+    load_workflow,
+)
+from engine.errors import TemplateLimitExceeded, UpstreamError, WorkflowInvalid
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
@@ -92,7 +93,7 @@ def render(wf: Workflow, op: str, *, input: str = "IN", outputs: dict[str, str] 
                           outputs=outs)
 
 
-# ---- the documented format ----------------------------------------------------------------------
+# ---- the documented format ---------------------------------------------------------------------
 
 
 def test_spec_example_loads_unchanged() -> None:
@@ -206,7 +207,7 @@ def test_model_auto_is_no_pin() -> None:
     assert load("ops: {a: {prompt: A, model: auto}}").ops["a"].model is None
 
 
-# ---- validation: every failure names its op ------------------------------------------------
+# ---- validation: every failure names its op ----------------------------------------------------
 
 CASES = [
     # (name, yaml, op named, message fragment)
@@ -325,7 +326,7 @@ def test_alias_bomb_is_refused_before_it_expands() -> None:
     assert "anchors and aliases" in err.message
 
 
-# ---- limits --------------------------------------------------------------------------------
+# ---- limits ------------------------------------------------------------------------------------
 
 
 def test_yaml_size_is_checked_before_parsing() -> None:
@@ -357,7 +358,7 @@ def test_max_tokens_limit_comes_from_limits() -> None:
     assert load("ops: {a: {prompt: A, max_tokens: 100}}", limits=limits).ops["a"].max_tokens
 
 
-# ---- template files ------------------------------------------------------------------------
+# ---- template files ----------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -398,7 +399,7 @@ def test_template_files_load_from_templates_dir_only(templates: Path) -> None:
     assert invalid("ops: {a: {template: hello.j2}}").message.endswith("use an inline prompt")
 
 
-# ---- rendering -----------------------------------------------------------------------------
+# ---- rendering ---------------------------------------------------------------------------------
 
 
 def test_template_context_input_vars_ops_and_json_values() -> None:
@@ -501,7 +502,7 @@ def test_resolve_variables() -> None:
             resolve_variables(wf, {name: value})
 
 
-# ---- the sandbox ---------------------------------------------------------------------------
+# ---- the sandbox -------------------------------------------------------------------------------
 
 ESCAPES = [
     "{{ ''.__class__.__mro__ }}",
@@ -637,7 +638,7 @@ def test_what_prompts_need_still_works_in_the_sandbox() -> None:
     )
 
 
-# ---- the ready pipelines -------------------------------------------------------------------
+# ---- the ready pipelines -----------------------------------------------------------------------
 
 PIPELINES = sorted(WORKFLOWS.glob("*.yaml"))
 CONFIG = Config(models=(
@@ -723,7 +724,7 @@ def test_extract_classify_answer_reads_json_values() -> None:
     assert "problem: unclear" in text and "category: other" in text
 
 
-# ---- planning ------------------------------------------------------------------------------
+# ---- planning ----------------------------------------------------------------------------------
 
 DIAMOND = """
     name: diamond
@@ -803,7 +804,7 @@ def test_describe_plan_marks_the_critical_path() -> None:
     assert "critical path: a -> c -> d" in picture and "estimated cost: $" in picture
 
 
-# ---- property: any DAG plans, inputs always in an earlier generation -----------------------
+# ---- property: any DAG plans, inputs always in an earlier generation ---------------------------
 
 
 @st.composite
@@ -846,22 +847,22 @@ def test_random_dags_plan_with_inputs_first(
     assert all((u, v) in set(wf.edges) for u, v in itertools.pairwise(path))
 
 
-# ---- the modules' own examples -------------------------------------------------------------
+# ---- the modules' own examples -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [engine.workflow, engine.workflow_plan,
-                                    engine.workflow_source, engine.workflow_template])
+@pytest.mark.parametrize("module", [engine.core.workflow.spec, engine.core.workflow.plan,
+                                    engine.core.workflow.source, engine.core.workflow.template])
 def test_docstring_examples(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0
 
 
 def test_public_surface() -> None:
-    assert set(engine.workflow.__all__) == {
+    assert set(engine.core.workflow.spec.__all__) == {
         "Op", "OpOutput", "Scalar", "Workflow", "WorkflowLimits", "check_workflow",
         "load_workflow"}
-    assert set(engine.workflow_render.__all__) == {
+    assert set(engine.core.workflow.render.__all__) == {
         "parse_output", "render_request", "resolve_variables"}
-    assert set(engine.workflow_plan.__all__) >= {
+    assert set(engine.core.workflow.plan.__all__) >= {
         "plan_workflow", "critical_path", "estimate_costs", "describe_plan", "check_models"}
     assert os.path.isdir(TEMPLATES)

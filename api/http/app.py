@@ -1,0 +1,363 @@
+"""The HTTP API: a Quart-Trio app that speaks OpenAI and Anthropic to clients.
+
+Handlers parse the wire format into a canonical request, hand it to the gateway, and render
+the result (or any :class:`~engine.errors.RouterError`) back in the caller's protocol. Every
+response, errors and streams included, carries ``X-LLM-Router-Request-Id``; answered ones also
+carry the routing headers (docs/api.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine.core.config import Config
+from engine.core.redact import RedactingFilter, Redactor
+from engine.errors import (
+    DeadlineExceeded,
+    ModelNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestInvalid,
+    RequestTimeout,
+    RouterError,
+    Unauthorized,
+    UpstreamRateLimited,
+    echo,
+)
+from engine.runtime.gateway import ChatStream, Gateway, Models, open_gateway
+from engine.runtime.node import RunContext, Served
+from engine.wire.protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
+
+from .tenancy import client_key, tenant_of
+from .workflows import WorkflowAPI, parse_call
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("llm_router")
+
+# Where the router's own, the server's and the HTTP client's log lines go: each is scrubbed.
+_LOGGERS = ("llm_router", "hypercorn.error", "hypercorn.access", "httpx")
+_JSON = "application/json"
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
+                "x-accel-buffering": "no"}
+
+
+def _routing_headers(served: Served, request_id: str) -> dict[str, str]:
+    headers = {
+        "x-llm-router-score": "" if served.score is None else str(served.score),
+        "x-llm-router-tier": str(served.tier),
+        "x-llm-router-model": served.model,
+        "x-llm-router-cache": served.cache,
+        "x-llm-router-router": served.router,
+        "x-llm-router-request-id": request_id,
+        "x-request-id": request_id,
+    }
+    if served.similarity is not None:
+        headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
+    if served.dedup is not None:
+        headers["x-llm-router-dedup"] = served.dedup
+    return headers
+
+
+_CACHE_FIELD = b'"router_cache"'
+
+
+def _cache_controls(header: str, body: bytes) -> tuple[bool, bool]:
+    """(read, write) from ``Cache-Control`` or, for clients that cannot set headers, the
+    body's ``"router_cache"`` field (``"no-cache"`` or ``"no-store"``)."""
+    directives = {d.strip().lower() for d in header.split(",")} if header else set()
+    if _CACHE_FIELD in body:  # cheap test first: almost no request carries it
+        try:
+            value = orjson.loads(body).get("router_cache")
+        except (orjson.JSONDecodeError, AttributeError):
+            value = None
+        if value not in (None, "no-cache", "no-store", "default"):
+            raise RequestInvalid(
+                'router_cache must be "no-cache", "no-store" or "default"', param="router_cache"
+            )
+        if isinstance(value, str):
+            directives.add(value)
+    if "no-store" in directives:
+        return False, False
+    return "no-cache" not in directives, True
+
+
+def _model_object(model_id: str, owner: str, display_name: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner,
+            "type": "model", "display_name": display_name,
+            "created_at": "1970-01-01T00:00:00Z"}
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status, content_type=_JSON)
+
+
+def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
+    """Build the app for ``config``. The gateway starts and stops with serving; ``preloaded``
+    are models already loaded (``engine.gateway.load_models``), else they load at start-up."""
+    app = QuartTrio("llm_router")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # streams may run for minutes; deadlines live in the engine
+        BODY_TIMEOUT=config.server.read_timeout_sec,
+        MAX_CONTENT_LENGTH=config.server.max_body_bytes,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    allowed_keys = tuple(k.encode() for k in config.server.api_keys)
+    # Unset: the models' own timeouts (first byte, idle, total) end a request that takes long.
+    answer_within = config.server.write_timeout_sec
+    holder: dict[str, Gateway] = {}
+
+    redactor = Redactor.for_config(config)
+
+    @app.while_serving
+    async def lifespan() -> AsyncIterator[None]:
+        # Log lines never carry a configured secret either (see engine.core.redact).
+        loggers = [logging.getLogger(name) for name in _LOGGERS]
+        log_filter = RedactingFilter(redactor)
+        for logger in loggers:
+            logger.addFilter(log_filter)
+        try:
+            async with open_gateway(config, models=preloaded, redactor=redactor) as gateway:
+                holder["gateway"] = gateway
+                yield
+                holder.pop("gateway", None)
+        finally:
+            for logger in loggers:
+                logger.removeFilter(log_filter)
+
+    def gateway() -> Gateway:
+        return holder["gateway"]
+
+    def error_response(protocol: WireProtocol, err: RouterError, request_id: str) -> Response:
+        response = Response(protocol.render_error(err), status=err.status, content_type=_JSON)
+        response.headers["x-llm-router-request-id"] = request_id
+        response.headers["x-request-id"] = request_id
+        retry_after = getattr(err, "retry_after", None)
+        if isinstance(err, RateLimited | UpstreamRateLimited) and retry_after is not None:
+            response.headers["retry-after"] = str(max(1, round(retry_after)))
+        return response
+
+    def authenticate() -> str:
+        """The caller's tenant (``api.http.tenancy``: a digest of whatever credential it presented);
+        its key is checked against ``server.api_keys`` if set."""
+        x_api_key = request.headers.get("x-api-key", "")
+        authorization = request.headers.get("authorization", "")
+        if allowed_keys:
+            given = client_key(x_api_key, authorization).encode()
+            if not any(hmac.compare_digest(given, k) for k in allowed_keys):
+                raise Unauthorized("missing or invalid API key for this router")
+        return tenant_of(x_api_key, authorization)
+
+    async def read_body() -> bytes:
+        length = request.content_length
+        if length is not None and length > config.server.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body is {length} bytes; the limit is {config.server.max_body_bytes}"
+            )
+        try:
+            return await request.get_data(cache=False, as_text=False)
+        except HTTPException as exc:
+            if exc.code == 413:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {config.server.max_body_bytes} bytes"
+                ) from None
+            if exc.code == 408:
+                raise RequestTimeout(
+                    f"the request body did not arrive within server.read_timeout_sec "
+                    f"({config.server.read_timeout_sec} s)"
+                ) from None
+            raise RequestInvalid("could not read the request body") from None
+
+    async def chat(protocol: WireProtocol) -> Response:
+        request_id = secrets.token_hex(12)
+        try:
+            tenant = authenticate()
+            body = await read_body()
+            chat_request = protocol.parse_request(body)
+            read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+            ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
+            response_id = protocol.id_prefix + request_id
+            created = int(time.time())
+            if chat_request.stream:
+                stream = await gateway().open_stream(chat_request, ctx)
+                encoder = protocol.encoder(
+                    chat_request, id=response_id, model=stream.served.model, created=created
+                )
+                gateway().policy.remember(request_id, score=stream.served.score,
+                                          tier=stream.served.tier, model=stream.served.model)
+                headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
+                return Response(_relay(stream, encoder), status=200, headers=headers)
+            if answer_within is None:
+                done = await gateway().complete(chat_request, ctx)
+            else:
+                with trio.fail_after(answer_within):
+                    done = await gateway().complete(chat_request, ctx)
+        except trio.TooSlowError:
+            return error_response(protocol, DeadlineExceeded(
+                f"no answer within server.write_timeout_sec ({answer_within} s)"
+            ), request_id)
+        except RouterError as err:
+            return error_response(protocol, err, request_id)
+        gateway().policy.remember(request_id, score=done.served.score, tier=done.served.tier,
+                                  model=done.served.model)
+        body = protocol.render_result(
+            done.result, id=response_id, model=done.served.model, created=created
+        )
+        response = Response(body, status=200, content_type=_JSON)
+        response.headers.update(_routing_headers(done.served, request_id))
+        return response
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        return await chat(OPENAI)
+
+    @app.post("/v1/messages")
+    async def messages() -> Response:
+        return await chat(ANTHROPIC)
+
+    def guarded(render: Callable[[], object]) -> Response:
+        """An operator endpoint: with ``server.api_keys`` set, only for those keys."""
+        try:
+            authenticate()
+        except RouterError as err:
+            return error_response(OPENAI, err, secrets.token_hex(12))
+        return _json(render())
+
+    workflows = WorkflowAPI(config)
+
+    async def workflow_call(name: str | None) -> Response:
+        request_id = secrets.token_hex(12)
+        try:
+            tenant = authenticate()
+            body = await read_body()
+            call = parse_call(body, needs_workflow=name is None)
+            read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+            ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
+            if name is None:
+                assert call.workflow is not None
+                workflow = await workflows.load_submitted(
+                    call.workflow, limiter=gateway().render_limiter
+                )
+            else:
+                workflow = workflows.named(name)
+            return await workflows.respond(
+                gateway(), workflow, call, ctx,
+                headers={"x-llm-router-request-id": request_id, "x-request-id": request_id},
+            )
+        except RouterError as err:
+            return error_response(OPENAI, err, request_id)
+
+    @app.post("/v1/workflows")
+    async def run_workflow() -> Response:
+        return await workflow_call(None)
+
+    @app.post("/v1/workflows/<name>")
+    async def run_named_workflow(name: str) -> Response:
+        return await workflow_call(name)
+
+    @app.get("/v1/workflows")
+    async def list_workflows() -> Response:
+        return guarded(lambda: {"workflows": workflows.listing()})
+
+    @app.post("/v1/feedback")
+    async def feedback() -> Response:
+        request_id = secrets.token_hex(12)
+        try:
+            authenticate()
+            body = await read_body()
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise RequestInvalid("request body is not valid JSON") from None
+            return _json(await gateway().policy.feedback(data))
+        except RouterError as err:
+            return error_response(OPENAI, err, request_id)
+
+    @app.get("/v1/routing")
+    async def routing() -> Response:
+        try:
+            authenticate()
+        except RouterError as err:
+            return error_response(OPENAI, err, secrets.token_hex(12))
+        return _json(await gateway().policy.describe())
+
+    @app.get("/v1/backends")
+    async def backends() -> Response:
+        return guarded(gateway().backends)
+
+    # One object per model that both SDKs read: OpenAI's (id, object, created, owned_by) and
+    # Anthropic's (type, id, display_name, created_at). `auto` (routed) comes first, so chat
+    # UIs that pick from this list can reach routing.
+    model_list = [_model_object("auto", "llm-router", "auto (routed by llm-router)")] + [
+        _model_object(m.name, m.provider, f"{m.name} (tier {m.tier})") for m in config.models
+    ]
+    model_by_id = {m["id"]: m for m in model_list}
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return guarded(lambda: {
+            "object": "list", "data": model_list, "has_more": False,
+            "first_id": model_list[0]["id"], "last_id": model_list[-1]["id"],
+        })
+
+    @app.get("/v1/models/<path:model_id>")
+    async def model(model_id: str) -> Response:
+        protocol = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
+        try:
+            authenticate()
+            found = model_by_id.get(model_id)
+            if found is None:
+                raise ModelNotFound(f"no model {echo(model_id)} on this router; "
+                                    "GET /v1/models lists them", param="model")
+        except RouterError as err:
+            return error_response(protocol, err, secrets.token_hex(12))
+        return _json(found)
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        return guarded(gateway().stats.snapshot)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        protocol = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
+        code = exc.code or 500
+        err = (PayloadTooLarge if code == 413 else RequestInvalid)(
+            f"{request.method} {request.path}: {exc.name.lower()}"
+        )
+        err.status = code
+        return error_response(protocol, err, secrets.token_hex(12))
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.path, exc_info=exc)
+        protocol = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
+        return error_response(protocol, RouterError("internal error"), secrets.token_hex(12))
+
+    return app
+
+
+async def _relay(stream: ChatStream, encoder: Encoder) -> AsyncIterator[bytes]:
+    """The SSE body: the opening event, every batch as one write, and a clean end or an error
+    event. A client disconnect cancels this generator; ``close`` cancels the upstream call."""
+    try:
+        yield encoder.start()
+        async for batch in stream:
+            yield encoder.encode_many(batch)
+    except RouterError as err:
+        yield encoder.error(err)
+    finally:
+        stream.close()

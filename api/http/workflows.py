@@ -1,0 +1,188 @@
+"""The workflow endpoints: ``POST /v1/workflows``, ``GET /v1/workflows`` and
+``POST /v1/workflows/{name}``.
+
+Requests are ``{"input": str, "workflow": <YAML text>, "variables": {...}, "dry_run": bool,
+"stream": bool}`` (``workflow`` only for the first endpoint; ready pipelines come from the
+``workflows.dir`` folder). A dry run answers with the plan: generations, critical path, the
+cost estimate and a text picture of the DAG. ``"stream": true`` answers with SSE events as
+ops start and finish, then ``event: result`` with the full result (or ``event: error``).
+Errors use the OpenAI error object.
+
+Loading a submitted workflow (YAML, template compilation) and dry runs (template rendering)
+are CPU work: they run in worker threads under the gateway's ``render_limiter``, never on
+the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+from quart import Response
+
+from engine.core.config import Config
+from engine.core.workflow.plan import check_models, describe_plan, estimate_costs
+from engine.core.workflow.render import resolve_variables
+from engine.core.workflow.spec import Workflow, WorkflowLimits, load_workflow
+from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, echo
+from engine.runtime.gateway import Gateway, WorkflowEvents
+from engine.runtime.node import RunContext
+from engine.wire.openai import client as openai_wire
+
+__all__ = ["WorkflowAPI", "WorkflowCall"]
+
+log = logging.getLogger("llm_router")
+
+_JSON = "application/json"
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCall:
+    input: str
+    variables: dict[str, Any] | None
+    dry_run: bool
+    stream: bool
+    workflow: str | None
+
+
+def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
+    """Validate a workflow request body."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RequestInvalid("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RequestInvalid("request body must be a JSON object")
+    text = data.get("input", "")
+    if not isinstance(text, str):
+        raise RequestInvalid("input must be a string", param="input")
+    variables = data.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestInvalid("variables must be an object", param="variables")
+    flags = {}
+    for flag in ("dry_run", "stream"):
+        value = data.get(flag, False)
+        if not isinstance(value, bool):
+            raise RequestInvalid(f"{flag} must be true or false", param=flag)
+        flags[flag] = value
+    workflow = data.get("workflow")
+    if needs_workflow and not isinstance(workflow, str):
+        raise RequestInvalid("workflow must be the workflow's YAML text", param="workflow")
+    return WorkflowCall(text, variables, flags["dry_run"], flags["stream"], workflow)
+
+
+class WorkflowAPI:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        settings = config.workflows
+        self.limits = WorkflowLimits(
+            max_yaml_bytes=settings.max_yaml_bytes, max_ops=settings.max_ops,
+            max_depth=settings.max_depth, max_tokens_per_op=settings.max_tokens_per_op,
+            max_template_bytes=settings.max_template_bytes,
+            render_timeout_sec=settings.render_timeout_sec,
+        )
+        self.folder = config.path(settings.dir)
+        self.templates = config.path(settings.templates_dir)
+        self._ready: dict[Path, tuple[float, Workflow]] = {}
+
+    async def load_submitted(self, text: str, *, limiter: trio.CapacityLimiter) -> Workflow:
+        """:meth:`load` in a worker thread: a large workflow takes seconds to compile."""
+        return await trio.to_thread.run_sync(self.load, text, limiter=limiter)
+
+    def load(self, text: str) -> Workflow:
+        """A workflow's text, validated (its pinned models included)."""
+        templates = self.templates if self.templates.is_dir() else None
+        workflow = load_workflow(text, limits=self.limits, templates_dir=templates)
+        check_models(workflow, self.config)
+        return workflow
+
+    def ready(self) -> dict[str, Workflow]:
+        """The ready pipelines by file stem, reloaded when a file changes; invalid ones are
+        logged and left out."""
+        found: dict[str, Workflow] = {}
+        if not self.folder.is_dir():
+            return found
+        for path in sorted(self.folder.glob("*.yaml")):
+            try:
+                mtime = path.stat().st_mtime
+                cached = self._ready.get(path)
+                if cached is None or cached[0] != mtime:
+                    cached = (mtime, self.load(path.read_text(encoding="utf-8")))
+                    self._ready[path] = cached
+            except (OSError, UnicodeDecodeError, RouterError) as exc:
+                log.warning("workflow %s is not usable: %s", path.name, exc)
+                continue
+            found[path.stem] = cached[1]
+        return found
+
+    def named(self, name: str) -> Workflow:
+        workflow = self.ready().get(name) if set(name) <= _NAME_OK else None
+        if workflow is None:
+            raise WorkflowNotFound(
+                f"no ready workflow named {echo(name)}; GET /v1/workflows lists them"
+            )
+        return workflow
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "title": wf.name,
+                "description": wf.description,
+                "variables": {
+                    var: {"default": default, "description": wf.variable_descriptions.get(var)}
+                    for var, default in wf.variables.items()
+                },
+                "ops": list(wf.ops),
+                "start_ops": list(wf.start_ops),
+                "end_ops": list(wf.end_ops),
+            }
+            for name, wf in self.ready().items()
+        ]
+
+    def dry_run(self, workflow: Workflow, call: WorkflowCall) -> dict[str, Any]:
+        variables = resolve_variables(workflow, call.variables)
+        estimate = estimate_costs(workflow, self.config, input=call.input, variables=variables)
+        return {"dry_run": True, **estimate, "picture": describe_plan(workflow, estimate=estimate)}
+
+    async def respond(
+        self, gateway: Gateway, workflow: Workflow, call: WorkflowCall, ctx: RunContext,
+        *, headers: dict[str, str],
+    ) -> Response:
+        if call.dry_run:
+            plan = await trio.to_thread.run_sync(self.dry_run, workflow, call,
+                                                 limiter=gateway.render_limiter)
+            return Response(orjson.dumps(plan), content_type=_JSON, headers=headers)
+        if call.stream:
+            resolve_variables(workflow, call.variables)  # a bad override is a 400, not an event
+            events = await gateway.open_workflow_stream(
+                workflow, input=call.input, variables=call.variables, ctx=ctx
+            )
+            return Response(_sse(events), headers=headers | {
+                "content-type": "text/event-stream", "cache-control": "no-cache",
+            })
+        result = await gateway.run_workflow(workflow, input=call.input,
+                                            variables=call.variables, ctx=ctx)
+        return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
+
+
+def _event(name: str, data: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _sse(events: WorkflowEvents) -> AsyncIterator[bytes]:
+    try:
+        async for name, data in events:
+            if name == "error":
+                yield b"event: error\ndata: " + openai_wire.render_error(data) + b"\n\n"
+                return
+            yield _event(name, data)
+    finally:
+        events.close()
+

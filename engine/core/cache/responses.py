@@ -1,0 +1,268 @@
+"""The response cache: exact-part partitions, a semantic search inside each, and bounds.
+
+Sans-IO and synchronous (callers pass the time in). A lookup first finds the partition of the
+request's exact part (``engine.core.cache.key``): only entries whose tenant, target, system
+prompt, history, tools and parameters are all identical are candidates. Inside it, an entry
+with the same normalised final-message text is an exact hit; otherwise the nearest entries by
+embedding are checked by the similarity function *and* its guards (numbers, negation, named
+entities), best first, and the first that passes at ``threshold`` is a semantic hit.
+
+A final message longer than :data:`MAX_SEMANTIC_CHARS` is matched exactly as sent (not
+normalised, not fingerprinted): the similarity function is made for questions, not
+documents, and the work is not bounded otherwise (a fingerprint costs about 2 ms per 1,000
+characters, normalising 0.2 ms). :meth:`ResponseCache.prepare` does a text's CPU work apart
+from the cache's state, so a caller can run it in a worker thread and pass it to ``lookup``
+and ``store``.
+
+Bounds: ``max_entries``, a ``max_bytes`` budget (one huge answer cannot blow memory: an entry
+over ``max_entry_bytes`` is never stored), ``ttl`` (expired entries are never served and are
+purged as the cache is used), and least-recently-used eviction.
+
+This is the in-memory implementation of the cache state; a shared (Redis) implementation
+keeps the same ``lookup`` / ``store`` interface.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from engine.messages import ChatResult, TextPart, ToolCall
+
+from .key import RequestKey
+
+__all__ = ["MAX_SEMANTIC_CHARS", "CacheEntry", "CacheHit", "Matcher", "PreparedText",
+           "ResponseCache"]
+
+#: Final messages up to this long are matched semantically; longer ones exactly as sent.
+MAX_SEMANTIC_CHARS = 16_384
+
+_SEARCH_K = 4
+_ENTRY_OVERHEAD = 512  # bookkeeping, key, dict slots: a conservative per-entry estimate
+
+
+class Matcher(Protocol):
+    """The similarity function (``engine.core.cache.similarity``) as the cache uses it."""
+
+    def fingerprint(self, text: str) -> Any: ...
+    def normalise(self, text: str) -> str: ...
+    def new_index(self) -> Any: ...
+    def vector(self, fingerprint: Any) -> Any: ...
+    def match(self, query: Any, cached: Any, *, threshold: float) -> tuple[bool, float]: ...
+
+
+@dataclass(slots=True, eq=False)
+class CacheEntry:
+    id: int
+    exact: bytes
+    norm: str
+    fingerprint: Any
+    result: ChatResult
+    model: str
+    tier: int
+    cost_usd: float
+    reference_usd: float  # what the answer would have cost on the reference (strongest) model
+    expires: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    entry: CacheEntry
+    similarity: float
+
+    @property
+    def exact(self) -> bool:
+        return self.similarity >= 1.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PreparedText:
+    """A final message's text as lookups and stores use it: ``norm`` (normalised) and its
+    ``fingerprint`` (``None`` when it is not matched semantically)."""
+
+    norm: str
+    fingerprint: Any
+
+
+def _semantic(text: str) -> bool:
+    """Whether ``text`` is matched semantically (not empty or blank, not too long)."""
+    return 0 < len(text) <= MAX_SEMANTIC_CHARS and not text.isspace()
+
+
+@dataclass(slots=True, eq=False)
+class _Partition:
+    by_text: dict[str, int] = field(default_factory=dict)
+    index: Any = None
+
+
+def _result_size(result: ChatResult) -> int:
+    size = 0
+    for part in result.content:
+        if isinstance(part, TextPart):
+            size += len(part.text.encode())
+        elif isinstance(part, ToolCall):
+            size += len(part.id) + len(part.name) + len(part.arguments.encode())
+    if result.logprobs:
+        size += len(orjson.dumps(result.logprobs))
+    return size
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        *,
+        matcher: Matcher,
+        max_entries: int,
+        max_bytes: int,
+        max_entry_bytes: int,
+        ttl: float,
+        threshold: float,
+    ) -> None:
+        self.matcher = matcher
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self.ttl = ttl
+        self.threshold = threshold
+        self._entries: OrderedDict[int, CacheEntry] = OrderedDict()  # LRU order
+        # Store order, which is expiry order (one ttl, a monotonic clock): expired entries
+        # are found at its head without a scan, whatever their place in the LRU order.
+        self._by_age: dict[int, CacheEntry] = {}
+        self._partitions: dict[bytes, _Partition] = {}
+        self._next_id = 0
+        self.bytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def prepare(self, text: str) -> PreparedText:
+        """The CPU work of a lookup and a store of ``text``, done once. It touches no cache
+        state: it may run in a worker thread."""
+        fingerprint = self.matcher.fingerprint(text) if _semantic(text) else None
+        return PreparedText(self._normalise(text), fingerprint)
+
+    def _normalise(self, text: str) -> str:
+        return self.matcher.normalise(text) if len(text) <= MAX_SEMANTIC_CHARS else text
+
+    # ---- lookup -------------------------------------------------------------------------
+
+    def lookup(self, key: RequestKey, now: float, *,
+               prepared: PreparedText | None = None) -> CacheHit | None:
+        """The entry answering ``key``, if any; ``prepared`` is :meth:`prepare` of
+        ``key.text`` (else the work is done here, as needed)."""
+        partition = self._partitions.get(key.exact)
+        if partition is None:
+            return None
+        norm = prepared.norm if prepared is not None else self._normalise(key.text)
+        entry_id = partition.by_text.get(norm)
+        if entry_id is not None:
+            entry = self._live(entry_id, now)
+            if entry is not None:
+                self._entries.move_to_end(entry.id)
+                return CacheHit(entry, 1.0)
+        if partition.index is None or not _semantic(key.text):
+            return None
+        query = (prepared.fingerprint if prepared is not None
+                 else self.matcher.fingerprint(key.text))
+        for candidate_id, _score in partition.index.search(self.matcher.vector(query), _SEARCH_K):
+            entry = self._live(candidate_id, now)
+            if entry is None:
+                continue
+            ok, similarity = self.matcher.match(query, entry.fingerprint,
+                                                threshold=self.threshold)
+            if ok:
+                self._entries.move_to_end(entry.id)
+                return CacheHit(entry, min(similarity, 0.9999))
+        return None
+
+    def _live(self, entry_id: int, now: float) -> CacheEntry | None:
+        """The entry if it has not expired (an expired one is dropped). Only the entry a
+        lookup serves counts as used: candidates it merely compared keep their LRU place."""
+        entry = self._entries.get(entry_id)
+        if entry is None:
+            return None
+        if entry.expires <= now:
+            self._remove(entry)
+            return None
+        return entry
+
+    # ---- store --------------------------------------------------------------------------
+
+    def store(
+        self, key: RequestKey, result: ChatResult, *, model: str, tier: int, cost_usd: float,
+        reference_usd: float, now: float, prepared: PreparedText | None = None,
+    ) -> bool:
+        """Store an answer; ``False`` when it is too large to cache. ``prepared`` is as for
+        :meth:`lookup`."""
+        size = _ENTRY_OVERHEAD + len(key.text.encode()) * 2 + _result_size(result)
+        if size > self.max_entry_bytes or self.max_entries == 0:
+            return False
+        norm = prepared.norm if prepared is not None else self._normalise(key.text)
+        partition = self._partitions.get(key.exact)
+        if partition is None:
+            partition = self._partitions[key.exact] = _Partition()
+        old = partition.by_text.get(norm)
+        if old is not None and old in self._entries:
+            self._remove(self._entries[old])
+            partition = self._partitions.setdefault(key.exact, partition)
+        if prepared is not None:
+            fingerprint = prepared.fingerprint
+        else:
+            fingerprint = self.matcher.fingerprint(key.text) if _semantic(key.text) else None
+        entry = CacheEntry(
+            id=self._next_id, exact=key.exact, norm=norm, fingerprint=fingerprint,
+            result=result, model=model, tier=tier, cost_usd=cost_usd,
+            reference_usd=reference_usd, expires=now + self.ttl,
+            size=size,
+        )
+        self._next_id += 1
+        self._entries[entry.id] = entry
+        self._by_age[entry.id] = entry
+        partition.by_text[norm] = entry.id
+        if fingerprint is not None:
+            if partition.index is None:
+                partition.index = self.matcher.new_index()
+            partition.index.add(entry.id, self.matcher.vector(fingerprint))
+        self.bytes += size
+        self._evict(now)
+        return True
+
+    def _evict(self, now: float) -> None:
+        # Expired entries first, so that no live entry makes room while an expired one stays;
+        # then the least recently used.
+        while self._by_age:
+            oldest = next(iter(self._by_age.values()))
+            if oldest.expires > now:
+                break
+            self._remove(oldest)
+        while self._entries and (
+            len(self._entries) > self.max_entries or self.bytes > self.max_bytes
+        ):
+            self._remove(next(iter(self._entries.values())))
+            self.evictions += 1
+
+    def _remove(self, entry: CacheEntry) -> None:
+        self._entries.pop(entry.id, None)
+        self._by_age.pop(entry.id, None)
+        self.bytes -= entry.size
+        partition = self._partitions.get(entry.exact)
+        if partition is None:
+            return
+        if partition.by_text.get(entry.norm) == entry.id:
+            del partition.by_text[entry.norm]
+        if partition.index is not None and entry.fingerprint is not None:
+            partition.index.remove(entry.id)
+        if not partition.by_text:
+            del self._partitions[entry.exact]
+
+    def purge_expired(self, now: float) -> int:
+        """Drop every expired entry (they are also dropped lazily); return how many."""
+        expired = [e for e in self._entries.values() if e.expires <= now]
+        for entry in expired:
+            self._remove(entry)
+        return len(expired)

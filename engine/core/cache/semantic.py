@@ -1,0 +1,36 @@
+"""The cache's similarity function: ``engine.core.cache.similarity`` and
+``engine.core.cache.vector_index`` joined into the :class:`~engine.cache.Matcher` the cache uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .similarity import Embedder, Fingerprint, match, normalize_text
+from .vector_index import VectorIndex
+
+__all__ = ["SemanticMatcher"]
+
+
+class SemanticMatcher:
+    """Loads the embedding table on construction (call it off the event loop)."""
+
+    def __init__(self) -> None:
+        self.embedder = Embedder()
+        self.dim = self.embedder.dim  # forces the load now, not on the first request
+
+    def fingerprint(self, text: str) -> Fingerprint:
+        return self.embedder.fingerprint(text)
+
+    def normalise(self, text: str) -> str:
+        return normalize_text(text)
+
+    def new_index(self) -> VectorIndex:
+        return VectorIndex(self.dim)
+
+    def vector(self, fingerprint: Fingerprint) -> Any:
+        return fingerprint.vector
+
+    def match(
+        self, query: Fingerprint, cached: Fingerprint, *, threshold: float
+    ) -> tuple[bool, float]:
+        return match(query, cached, threshold=threshold)

@@ -1,0 +1,101 @@
+"""The planner: requests and workflows become a networkx DAG of nodes. Sans-IO.
+
+A chat completion is the one-node plan; a workflow is a plan of many. The executor runs any
+plan the same way, so routing, caching, dedup and backend choice are decisions it makes per
+node, never a separate code path.
+
+networkx is used here and only here; its exceptions are translated to
+:class:`~engine.errors.WorkflowInvalid` at this seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from engine.errors import WorkflowInvalid
+from engine.messages import ChatRequest
+
+__all__ = ["Node", "Plan", "build_plan", "plan_chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One LLM call in a plan.
+
+    ``request`` is the call when it is known up front (a chat completion). ``tier`` overrides
+    the complexity score's choice of tier (a workflow op's ``tier``). ``op`` is the workflow
+    op (:class:`engine.workflow.Op`) whose request is rendered when its inputs are done.
+    """
+
+    name: str
+    request: ChatRequest | None = None
+    tier: int | None = None
+    op: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated DAG: ``graph`` nodes are names with a ``node`` attribute holding the
+    :class:`Node`; ``generations`` lists names level by level (each level's nodes only depend
+    on earlier levels)."""
+
+    graph: nx.DiGraph
+    generations: tuple[tuple[str, ...], ...]
+
+    def node(self, name: str) -> Node:
+        node: Node = self.graph.nodes[name]["node"]
+        return node
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+
+def build_plan(nodes: Iterable[Node], edges: Iterable[tuple[str, str]] = ()) -> Plan:
+    """Build and validate a plan from nodes and ``(upstream, downstream)`` edges.
+
+    Raises:
+        WorkflowInvalid: an edge names an unknown node, or the graph has a cycle (the message
+            shows the cycle's path).
+
+    Examples
+    --------
+    >>> plan = build_plan([Node("a"), Node("b"), Node("c")], [("a", "b"), ("a", "c")])
+    >>> plan.generations
+    (('a',), ('b', 'c'))
+    >>> build_plan([Node("a"), Node("b")], [("a", "b"), ("b", "a")])
+    Traceback (most recent call last):
+    ...
+    engine.errors.WorkflowInvalid: cycle: a -> b -> a
+    """
+    graph = nx.DiGraph()
+    for node in nodes:
+        if node.name in graph:
+            raise WorkflowInvalid(f"duplicate node {node.name!r}", op=node.name)
+        graph.add_node(node.name, node=node)
+    for upstream, downstream in edges:
+        for name in (upstream, downstream):
+            if name not in graph:
+                raise WorkflowInvalid(f"unknown node {name!r}", op=name)
+        graph.add_edge(upstream, downstream)
+    try:
+        generations = tuple(tuple(sorted(level)) for level in nx.topological_generations(graph))
+    except nx.NetworkXUnfeasible:
+        # Only now look for the cycle itself (find_cycle is far slower than the sort).
+        cycle = nx.find_cycle(graph)
+        path = [edge[0] for edge in cycle] + [cycle[0][0]]
+        raise WorkflowInvalid("cycle: " + " -> ".join(path), op=path[0]) from None
+    return Plan(graph=graph, generations=generations)
+
+
+def plan_chat(request: ChatRequest) -> Plan:
+    """The one-node plan of a chat completion.
+
+    >>> from engine.messages import ChatRequest
+    >>> plan_chat(ChatRequest(messages=())).generations
+    (('chat',),)
+    """
+    return build_plan([Node("chat", request=request)])

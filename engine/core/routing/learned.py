@@ -1,0 +1,463 @@
+"""The trained router: does this request need the strong model? Sans-IO, numpy only.
+
+A :class:`LearnedRouter` is a logistic regression over a sparse feature vector of the
+conversation (:func:`extract_features`):
+
+* ``dense``: the heuristic's signals (``engine.core.routing.scoring``) and a few shape measures
+(lengths, lines, digit and capital shares), standardised with the training set's mean and spread;
+* ``words``: hashed word unigrams and bigrams; ``chars``: hashed character n-grams. Hashes are
+  CRC-32 and fixed integer arithmetic, never Python's per-process ``hash()``, so a feature
+  vector is the same in every process. Counts are log-scaled and each block has unit norm;
+* ``embedding`` (optional): the WordLlama sentence vector (``engine.similarity.Embedder``;
+  the weights ship inside the ``wordllama`` wheel and load offline).
+
+Whole conversations are scored, not only the last message: the earlier user turns add to
+the n-gram counts and to the embedding at ``context_weight`` (the last user message counts
+fully), and the lengths of both enter the dense block. So a bare follow-up ("and why?")
+after a hard question scores close to the hard question (``engine.core.routing.conversation``;
+its :func:`conversation_text`, re-exported here, gives the heuristic the same view).
+
+:meth:`LearnedRouter.score` returns ``p_strong`` in 0..1, calibrated as the chance that the
+strong model answers better, in about half a millisecond (every stage reads a bounded prefix
+of the text, so long prompts cost little more; BENCHMARKS.md has the figures); :func:`blend`
+mixes it with the heuristic's 0-100 score. Models are saved as JSON
+(:meth:`LearnedRouter.save`); training lives in ``engine.training.fit``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.errors import RouterError
+from engine.messages import ChatRequest, Message, TextPart
+
+from .conversation import conversation_text, user_turns
+from .scoring import Score, score_request
+
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "DENSE_NAMES",
+    "FORMAT_VERSION",
+    "FeatureConfig",
+    "Features",
+    "LearnedRouter",
+    "TextEmbedder",
+    "blend",
+    "conversation_text",
+    "extract_features",
+    "request_for_prompt",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "data" / "router.json"
+"""The router trained on the permissively licensed dev rows, shipped with the package."""
+
+# Heuristic signals divided by their maximum points (engine.core.routing.scoring's table).
+_SIGNAL_SCALE = {"tokens": 35, "depth": 15, "system": 10, "json": 10, "tools": 15, "code": 10,
+                 "reasoning": 15}
+_SHAPE = ("log_chars_last", "log_chars_all", "log_words_last", "log_lines_last", "digit_share",
+          "upper_share", "punct_share", "non_ascii_share", "mean_word_len", "log_questions",
+          "log_user_turns")
+DENSE_NAMES = tuple(f"signal_{k}" for k in _SIGNAL_SCALE) + _SHAPE
+
+_WORD = re.compile(r"\w+")
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+class TextEmbedder(Protocol):
+    """What the optional embedding block needs (``engine.similarity.Embedder`` fits)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """How a conversation becomes a feature vector; saved with the model.
+
+    ``word_buckets`` and ``char_buckets`` are powers of two; ``char_ngrams`` are the n-gram
+    lengths; ``max_chars`` bounds the text the n-grams read (the first ``max_chars * 3/4``
+    and the last quarter) and ``embedding_chars`` the text embedded, so scoring stays fast
+    on long prompts; ``context_weight`` is what the earlier user turns (the newest
+    ``max_context_turns``, read at half those budgets) count for against the last one;
+    ``*_scale`` weight the blocks (a smaller scale is a stronger L2 penalty on the block).
+    """
+
+    word_buckets: int = 1 << 15
+    char_buckets: int = 1 << 15
+    char_ngrams: tuple[int, ...] = (3, 4, 5)
+    word_bigrams: bool = True
+    embeddings: bool = True
+    max_chars: int = 2000
+    context_weight: float = 0.5
+    max_context_turns: int = 4
+    embedding_chars: int = 600
+    word_scale: float = 0.5
+    char_scale: float = 0.5
+    embedding_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("word_buckets", "char_buckets"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, got {value}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return 256 if self.embeddings else 0
+
+    @property
+    def size(self) -> int:
+        """The length of the feature vector."""
+        return len(DENSE_NAMES) + self.embedding_dim + self.word_buckets + self.char_buckets
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> FeatureConfig:
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        if "char_ngrams" in known:
+            known["char_ngrams"] = tuple(known["char_ngrams"])
+        return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """One conversation's features: the raw dense block (before standardising), the
+    embedding (or an empty array) and the sparse hashed block (offsets past the embedding)."""
+
+    dense: np.ndarray
+    embedding: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+
+def request_for_prompt(prompt: str) -> ChatRequest:
+    """A one-turn request holding ``prompt`` (how labelled rows are scored)."""
+    return ChatRequest(messages=(Message("user", (TextPart(prompt),)),))
+
+
+# -- hashing -------------------------------------------------------------------------------------
+
+
+def _clip(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    head = max_chars * 3 // 4
+    return text[:head] + "\n" + text[len(text) - (max_chars - head):]
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """A 32-bit avalanche (murmur3's finaliser) over uint64 arrays holding 32-bit values."""
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(0x85EBCA6B)) & _MASK32
+    h = h ^ (h >> np.uint64(13))
+    h = (h * np.uint64(0xC2B2AE35)) & _MASK32
+    return h ^ (h >> np.uint64(16))
+
+
+def _word_hashes(text: str, bigrams: bool) -> np.ndarray:
+    words = _WORD.findall(text)
+    h = np.fromiter((zlib.crc32(w.encode()) for w in words), np.uint64, len(words))
+    if bigrams and len(h) > 1:
+        pair = _mix((h[:-1] * np.uint64(0x9E3779B1) + h[1:] + np.uint64(1)) & _MASK32)
+        h = np.concatenate([h, pair])
+    return h
+
+
+def _char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
+    b = np.frombuffer(text.encode(), np.uint8).astype(np.uint64)
+    out = []
+    h = b
+    for n in range(2, max(ngrams, default=0) + 1):
+        if len(b) < n:
+            break
+        # the hash of each n-gram extends its (n-1)-gram prefix's by one byte (FNV-style)
+        h = (h[:-1] * np.uint64(0x01000193) + b[n - 1 :]) & _MASK32
+        if n in ngrams:
+            out.append(_mix(h ^ np.uint64(n << 24)))
+    return np.concatenate(out) if out else np.zeros(0, np.uint64)
+
+
+def _bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted bucket counts of hashes, log-scaled, with unit norm: (indices, values)."""
+    mask = np.uint64(buckets - 1)
+    parts = [(h, w) for h, w in parts if len(h)]
+    if not parts:
+        return np.zeros(0, np.intp), np.zeros(0)
+    if len(parts) == 1:
+        indices, counts = np.unique(parts[0][0] & mask, return_counts=True)
+        values = np.log1p(counts * parts[0][1])
+    else:
+        indices, inverse = np.unique(np.concatenate([h & mask for h, _ in parts]),
+                                     return_inverse=True)
+        weights = np.concatenate([np.full(len(h), w) for h, w in parts])
+        values = np.log1p(np.bincount(inverse, weights=weights))
+    return indices.astype(np.intp), values / np.linalg.norm(values)
+
+
+# -- features ------------------------------------------------------------------------------------
+
+
+def _shape(last: str, whole: int, user_turns: int) -> list[float]:
+    # Shares are measured on the first 2,000 characters (enough to estimate them, and
+    # cheap); the word count is scaled up from there.
+    sample = last[:2000]
+    n = max(1, len(sample))
+    words = _WORD.findall(sample)
+    code = np.frombuffer(sample.encode("utf-32-le"), np.uint32)
+    digit = (code >= 48) & (code <= 57)
+    upper = (code >= 65) & (code <= 90)
+    lower = (code >= 97) & (code <= 122)
+    ascii_ = code < 128
+    space = (code == 32) | ((code >= 9) & (code <= 13))
+    punct = ascii_ & ~(digit | upper | lower | space)
+    return [
+        math.log1p(len(last)),
+        math.log1p(whole),
+        math.log1p(len(words) * len(last) / n),
+        math.log1p(last.count("\n")),
+        int(digit.sum()) / n,
+        int(upper.sum()) / n,
+        int(punct.sum()) / n,
+        int((~ascii_).sum()) / n,
+        sum(map(len, words)) / max(1, len(words)),
+        math.log1p(last.count("?")),
+        math.log1p(user_turns),
+    ]
+
+
+def extract_features(
+    request: ChatRequest,
+    config: FeatureConfig,
+    *,
+    embedder: TextEmbedder | None = None,
+    heuristic: Score | None = None,
+) -> Features:
+    """The features of ``request`` under ``config``; ``heuristic`` is the request's
+    ``score_request`` when the caller has it already (it is computed otherwise).
+
+    Raises:
+        RouterError: ``config.embeddings`` is on and no ``embedder`` is given.
+    """
+    last, earlier = user_turns(request, max_earlier=config.max_context_turns)
+    signals = (heuristic or score_request(request)).signals
+    whole = len(last) + sum(len(t) + 1 for t in earlier)
+    turns = sum(1 for m in request.messages if m.role == "user")
+    dense = np.array([signals[k] / s for k, s in _SIGNAL_SCALE.items()]
+                     + _shape(last, whole, turns), np.float64)
+
+    # The last message, and the earlier turns (newest first) as one context text at half the
+    # budget: scoring a long conversation costs at most 1.5 times a long prompt.
+    texts = [(_clip(last, config.max_chars).lower(), 1.0, config.embedding_chars)]
+    if earlier:
+        context = _clip("\n".join(earlier), config.max_chars // 2).lower()
+        texts.append((context, config.context_weight, config.embedding_chars // 2))
+    offset = len(DENSE_NAMES) + config.embedding_dim
+    w_idx, w_val = _bag([(_word_hashes(t, config.word_bigrams), w) for t, w, _ in texts],
+                        config.word_buckets)
+    c_idx, c_val = _bag([(_char_hashes(t, config.char_ngrams), w) for t, w, _ in texts],
+                        config.char_buckets)
+    indices = np.concatenate([w_idx + offset, c_idx + offset + config.word_buckets])
+    values = np.concatenate([w_val * config.word_scale, c_val * config.char_scale])
+
+    embedding = np.zeros(0, np.float64)
+    if config.embeddings:
+        if embedder is None:
+            raise RouterError("this router uses embeddings: pass an embedder")
+        clipped = [_clip(t, budget) for t, _, budget in texts]
+        vectors = embedder.embed(clipped).astype(np.float64)
+        if vectors.shape[1] != config.embedding_dim:
+            raise RouterError(f"this router needs {config.embedding_dim}-dim embeddings, "
+                              f"the embedder gives {vectors.shape[1]}")
+        weights = np.array([w for _, w, _ in texts])[:, None]
+        embedding = (vectors * weights).sum(axis=0)
+        norm = np.linalg.norm(embedding)
+        if norm > 0:
+            embedding = embedding / norm * config.embedding_scale
+    return Features(dense, embedding, indices, values)
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LearnedRouter:
+    """A trained router: ``score(request)`` is the probability that the strong model is
+    needed. Build one with ``engine.learned_fit.fit_router`` or :meth:`load`.
+
+    ``weights`` covers the whole feature vector (dense block first); it is float32, as
+    saved, so a loaded model scores exactly as the one that was saved.
+    """
+
+    config: FeatureConfig
+    weights: np.ndarray
+    bias: float
+    dense_mean: np.ndarray
+    dense_std: np.ndarray
+    calibration: tuple[float, float] = (1.0, 0.0)
+    info: Mapping[str, Any] = field(default_factory=dict)
+    embedder: TextEmbedder | None = None
+
+    def logit(self, features: Features) -> float:
+        """The model's log-odds for precomputed ``features``."""
+        n_dense = len(DENSE_NAMES)
+        w = self.weights
+        z = self.bias + float(((features.dense - self.dense_mean) / self.dense_std)
+                              @ w[:n_dense])
+        if len(features.embedding):
+            z += float(features.embedding @ w[n_dense : n_dense + len(features.embedding)])
+        return z + float(features.values @ w[features.indices])
+
+    def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float:
+        """``p_strong`` in 0..1: the calibrated chance that the strong model answers better
+        than the weak one. Pass the request's ``heuristic`` score if already computed.
+
+        Raises:
+            RouterError: the model uses embeddings and was loaded without an embedder.
+        """
+        features = extract_features(request, self.config, embedder=self.embedder,
+                                    heuristic=heuristic)
+        z = self.logit(features)
+        slope, intercept = self.calibration
+        return _sigmoid(slope * z + intercept)
+
+    def score_prompt(self, prompt: str) -> float:
+        """:meth:`score` of a one-turn request."""
+        return self.score(request_for_prompt(prompt))
+
+    def to_dict(self) -> dict[str, Any]:
+        n_dense = len(DENSE_NAMES)
+        n_embed = self.config.embedding_dim
+        w = self.weights.astype("<f4")
+        return {
+            "format": "llm-router/learned-router",
+            "version": FORMAT_VERSION,
+            "model": "logistic-regression",
+            "features": asdict(self.config),
+            "bias": self.bias,
+            "calibration": {"slope": self.calibration[0], "intercept": self.calibration[1]},
+            "dense": {name: {"weight": float(w[i]), "mean": float(self.dense_mean[i]),
+                             "std": float(self.dense_std[i])}
+                      for i, name in enumerate(DENSE_NAMES)},
+            "embedding_weights": _pack(w[n_dense : n_dense + n_embed]),
+            "hashed_weights": _pack(w[n_dense + n_embed :]),
+            "info": dict(self.info),
+        }
+
+    @property
+    def boundary_p(self) -> float | None:
+        """The probability its file puts at the tier-1 boundary (``info.boundary_p``), if any."""
+        value = self.info.get("boundary_p")
+        return float(value) if isinstance(value, int | float) else None
+
+    def save(self, path: str | Path) -> None:
+        """Write the model as JSON to ``path``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *,
+                  embedder: TextEmbedder | None = None) -> LearnedRouter:
+        """The router ``raw`` describes (:meth:`to_dict`'s output).
+
+        Raises:
+            RouterError: not a router file, another format version, or inconsistent sizes.
+        """
+        if raw.get("format") != "llm-router/learned-router":
+            raise RouterError("not an llm-router learned router file")
+        if raw.get("version") != FORMAT_VERSION:
+            raise RouterError(f"learned router format version {raw.get('version')!r}; "
+                              f"this llm-router reads version {FORMAT_VERSION}")
+        try:
+            config = FeatureConfig.from_dict(raw["features"])
+            dense = raw["dense"]
+            weights = np.concatenate([
+                np.array([dense[n]["weight"] for n in DENSE_NAMES], "<f4"),
+                _unpack(raw["embedding_weights"]),
+                _unpack(raw["hashed_weights"]),
+            ])
+            router = cls(
+                config=config,
+                weights=weights,
+                bias=float(raw["bias"]),
+                dense_mean=np.array([dense[n]["mean"] for n in DENSE_NAMES], np.float64),
+                dense_std=np.array([dense[n]["std"] for n in DENSE_NAMES], np.float64),
+                calibration=(float(raw["calibration"]["slope"]),
+                             float(raw["calibration"]["intercept"])),
+                info=dict(raw.get("info", {})),
+                embedder=embedder,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RouterError(f"learned router file is damaged: {exc!r}") from exc
+        if len(weights) != config.size:
+            raise RouterError(f"learned router has {len(weights)} weights; its feature "
+                              f"config needs {config.size}")
+        return router
+
+    @classmethod
+    def load(cls, path: str | Path, *, embedder: TextEmbedder | None = None) -> LearnedRouter:
+        """Read a model written by :meth:`save`. A model trained with embeddings needs an
+        ``embedder`` (one is created, loading WordLlama offline, if none is given).
+
+        Raises:
+            RouterError: the file is missing, not JSON, or not a router of this version.
+        """
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RouterError(f"cannot read learned router {path}: {exc}") from exc
+        if embedder is None and raw.get("features", {}).get("embeddings"):
+            from engine.core.cache.similarity import Embedder
+
+            embedder = Embedder()
+        return cls.from_dict(raw, embedder=embedder)
+
+
+def _pack(weights: np.ndarray) -> dict[str, Any]:
+    data = np.ascontiguousarray(weights, "<f4").tobytes()
+    return {"dtype": "<f4", "length": len(weights),
+            "base64": base64.b64encode(zlib.compress(data, 9)).decode("ascii"),
+            "encoding": "zlib+base64"}
+
+
+def _unpack(packed: Mapping[str, Any]) -> np.ndarray:
+    if packed.get("dtype") != "<f4" or packed.get("encoding") != "zlib+base64":
+        raise ValueError(f"unknown weight encoding {packed.get('encoding')!r}")
+    out = np.frombuffer(zlib.decompress(base64.b64decode(packed["base64"])), "<f4").copy()
+    if len(out) != packed["length"]:
+        raise ValueError("weight count does not match its length")
+    return out
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def blend(learned_p: float, heuristic_score: float, weight: float) -> float:
+    """One 0-100 score from the trained router's ``p_strong`` and the heuristic's score:
+    ``weight * 100 * learned_p + (1 - weight) * heuristic_score`` (round it for
+    ``X-LLM-Router-Score``).
+
+    >>> blend(0.5, 10, 0.0), blend(0.5, 10, 1.0), blend(0.2, 40, 0.5)
+    (10.0, 50.0, 30.0)
+
+    Raises:
+        ValueError: ``weight`` outside 0..1.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blend weight must be in 0..1, got {weight}")
+    score = weight * 100.0 * learned_p + (1.0 - weight) * float(heuristic_score)
+    return min(100.0, max(0.0, score))

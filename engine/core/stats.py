@@ -1,0 +1,99 @@
+"""Cost accounting and request counters behind ``GET /stats``. Pure and synchronous.
+
+Cost is the upstream's reported usage times the model's configured prices. *Saved* is the same
+usage priced at the reference model (the most expensive model of the highest tier: what the
+caller would have used without a router) minus what was spent (docs/api.md, ``GET /stats``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from engine.messages import Usage
+
+from .config import ModelConfig
+
+__all__ = ["Stats", "cost_usd"]
+
+
+def cost_usd(model: ModelConfig, usage: Usage) -> float:
+    """What ``usage`` costs on ``model``, in USD.
+
+    Cached input tokens are priced like any input token: the config has one input price.
+    """
+    tokens_in = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    return (
+        tokens_in * model.cost_per_1k_in + usage.output_tokens * model.cost_per_1k_out
+    ) / 1000.0
+
+
+@dataclass(slots=True)
+class Stats:
+    reference: ModelConfig
+    total_requests: int = 0
+    spent_usd: float = 0.0
+    saved_usd: float = 0.0
+    by_model: Counter[str] = field(default_factory=Counter)
+    by_tier: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    failovers: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_saved_usd: float = 0.0
+    dedup_joined: int = 0
+    dedup_saved_usd: float = 0.0
+
+    def record(self, model: ModelConfig, usage: Usage) -> tuple[float, float]:
+        """Count one answered request; return its (cost, saving) in USD."""
+        cost = cost_usd(model, usage)
+        saved = cost_usd(self.reference, usage) - cost
+        self.total_requests += 1
+        self.spent_usd += cost
+        self.saved_usd += saved
+        self.by_model[model.name] += 1
+        self.by_tier[model.tier] += 1
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        return cost, saved
+
+    def record_cache_hit(self, cost_usd: float, *, reference_usd: float) -> None:
+        """A request answered from the cache. It cost nothing, so against the reference model it
+        saved the answer's whole reference price (``total_saved_usd``); the cache's own bucket
+        holds what the cache saved over making the routed call again (the first call's cost)."""
+        self.total_requests += 1
+        self.cache_hits += 1
+        self.cache_saved_usd += cost_usd
+        self.saved_usd += reference_usd
+
+    def record_dedup(self, cost_usd: float, *, reference_usd: float) -> None:
+        """A request that joined an identical one in flight; saved as for a cache hit."""
+        self.total_requests += 1
+        self.dedup_joined += 1
+        self.dedup_saved_usd += cost_usd
+        self.saved_usd += reference_usd
+
+    def record_error(self, code: str) -> None:
+        self.total_requests += 1
+        self.errors[code] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        """The documented ``/stats`` fields first, then extras."""
+        return {
+            "total_requests": self.total_requests,
+            "total_saved_usd": round(self.saved_usd, 6),
+            "total_spent_usd": round(self.spent_usd, 6),
+            "by_model": dict(self.by_model),
+            "by_tier": {str(t): n for t, n in sorted(self.by_tier.items())},
+            "errors": dict(self.errors),
+            "failovers": self.failovers,
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "cache": {
+                "hits": self.cache_hits,
+                "misses": self.cache_misses,
+                "saved_usd": round(self.cache_saved_usd, 6),
+            },
+            "dedup": {"joined": self.dedup_joined, "saved_usd": round(self.dedup_saved_usd, 6)},
+        }

@@ -1,0 +1,345 @@
+"""The gateway: the running router's state and its two entry points for chat completions.
+
+``open_gateway(config)`` owns everything that lives as long as the server: the upstream HTTP
+client, the backend pool, the stats, and a background nursery for work that must outlive a
+single request handler (a relayed stream, a shared deduplicated call, the upstream connection
+pool's idle expiry). The nursery is cancelled before the HTTP client is closed.
+
+Both entry points plan the request as a one-node workflow and hand it to the executor:
+
+* :meth:`Gateway.complete` runs it in the caller's task and returns the result;
+* :meth:`Gateway.open_stream` runs it in the background nursery and returns a
+  :class:`ChatStream` once the head is known (the first events are in hand), so the caller can
+  still answer with a plain error status if every backend fails before the first byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+from engine.core.cache.responses import Matcher, ResponseCache
+from engine.core.config import Config
+from engine.core.planner import plan_chat
+from engine.core.pool import BackendPool
+from engine.core.redact import Redactor
+from engine.core.stats import Stats
+from engine.core.workflow.spec import Workflow
+from engine.errors import RouterError
+from engine.messages import ChatRequest, Event
+from engine.stores.feedback import FeedbackStore
+
+from .dedup import FlightRegistry
+from .executor import execute
+from .failover import BackendCaller
+from .node import NodeResult, NodeRunner, RunContext, Served
+from .policy import LearnedScorer, RoutingPolicy
+from .sidecar import Sidecar
+from .transport import PooledTransport
+from .upstream import UpstreamClient, open_http_client
+from .workflow_run import Emit, run_workflow
+
+__all__ = ["ChatStream", "Gateway", "Models", "WorkflowEvents", "load_models", "open_gateway"]
+
+_STREAM_BUFFER = 16
+# Worker threads rendering workflow templates at once (each render is bounded in time): a
+# few, so renders cannot take every thread trio lends (the feedback store needs some).
+_RENDER_THREADS = 2
+
+
+@dataclass(eq=False)
+class ChatStream:
+    """A stream in flight. Iterate for batches of events; a :class:`RouterError` raised while
+    iterating means the upstream failed after the stream started. ``close()`` cancels it."""
+
+    served: Served
+    _receive: trio.MemoryReceiveChannel[Any]
+    _scope: trio.CancelScope
+
+    # An iterator object, not an async generator: a client that leaves mid-stream abandons
+    # the iteration, and an abandoned generator is one trio warns about when it is collected.
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> list[Event]:
+        try:
+            item = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop relaying and cancel the upstream call. Safe to call more than once."""
+        self._scope.cancel()
+        self._receive.close()
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        upstream: UpstreamClient,
+        nursery: trio.Nursery,
+        matcher: Matcher | None = None,
+        policy: RoutingPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.pool = BackendPool(config.models, health=config.health)
+        self.stats = Stats(reference=self.pool.reference)
+        self.cache: ResponseCache | None = None
+        if config.cache.enabled and matcher is not None:
+            self.cache = ResponseCache(
+                matcher=matcher,
+                max_entries=config.cache.max_size,
+                max_bytes=config.cache.max_bytes,
+                max_entry_bytes=config.cache.max_entry_bytes,
+                ttl=config.cache.ttl_sec,
+                threshold=config.cache.similarity_thresh,
+            )
+        self.flights = FlightRegistry(nursery)
+        self.policy = policy or RoutingPolicy(config)
+        self.runner = NodeRunner(
+            policy=self.policy,
+            config=config,
+            caller=BackendCaller(pool=self.pool, upstream=upstream, models=config.models),
+            stats=self.stats,
+            cache=self.cache,
+            flights=self.flights,
+        )
+        self._nursery = nursery
+        #: Bounds the worker threads that load and render workflows.
+        self.render_limiter = trio.CapacityLimiter(_RENDER_THREADS)
+
+    async def complete(self, request: ChatRequest, ctx: RunContext) -> NodeResult:
+        """Answer a non-streaming request."""
+        try:
+            outputs = await execute(plan_chat(request), partial(self.runner.run, ctx=ctx))
+        except RouterError as exc:
+            self.stats.record_error(exc.code)
+            raise
+        result: NodeResult = outputs["chat"]
+        return result
+
+    async def open_stream(self, request: ChatRequest, ctx: RunContext) -> ChatStream:
+        """Start a streaming request; return once its first events are ready.
+
+        Raises:
+            RouterError: nothing could be streamed (every backend failed before its first byte).
+        """
+        send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
+        scope: trio.CancelScope = await self._nursery.start(self._stream_task, request, ctx,
+                                                            send)
+        try:
+            head = await receive.receive()
+        except trio.EndOfChannel:
+            raise RouterError("the stream ended before it started") from None
+        if isinstance(head, BaseException):
+            receive.close()
+            if isinstance(head, RouterError):
+                self.stats.record_error(head.code)
+            raise head
+        return ChatStream(served=head, _receive=receive, _scope=scope)
+
+    async def _stream_task(
+        self,
+        request: ChatRequest,
+        ctx: RunContext,
+        send: trio.MemorySendChannel[Any],
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Runs in the background nursery: it must never raise, or it would take the server down.
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with send:
+                try:
+                    await execute(plan_chat(request),
+                                  partial(self.runner.run, ctx=ctx, sink=send))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client went away
+                except RouterError as exc:
+                    await _deliver(send, exc)
+                except Exception as exc:  # a bug: report it as an internal error, keep serving
+                    await _deliver(send, _internal(exc))
+
+    def backends(self) -> list[dict[str, object]]:
+        entries = self.pool.snapshot(trio.current_time())
+        if self.policy.sidecar is not None:
+            entries.append(self.policy.sidecar.snapshot())
+        return entries
+
+    # ---- workflows ------------------------------------------------------------------------
+
+    async def run_workflow(
+        self, workflow: Workflow, *, input: str, variables: Mapping[str, Any] | None,
+        ctx: RunContext, emit: Emit | None = None,
+    ) -> dict[str, Any]:
+        """Run a workflow in the caller's task (a client disconnect cancels it)."""
+        return await run_workflow(
+            workflow, runner=self.runner, config=self.config, ctx=ctx, input=input,
+            variables=variables, max_concurrency=self.config.workflows.max_concurrency,
+            emit=emit, render_limiter=self.render_limiter,
+        )
+
+    async def open_workflow_stream(
+        self, workflow: Workflow, *, input: str, variables: Mapping[str, Any] | None,
+        ctx: RunContext,
+    ) -> WorkflowEvents:
+        """Run a workflow in the background, its progress as ``(event, data)`` pairs ending
+        with ``("result", result)`` or ``("error", RouterError)``."""
+        send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
+        scope: trio.CancelScope = await self._nursery.start(
+            self._workflow_task, workflow, input, variables, ctx, send
+        )
+        return WorkflowEvents(receive, scope)
+
+    async def _workflow_task(
+        self, workflow: Workflow, input: str, variables: Mapping[str, Any] | None,
+        ctx: RunContext, send: trio.MemorySendChannel[Any], *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Background nursery: never raise.
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with send:
+
+                async def emit(event: str, data: dict[str, Any]) -> None:
+                    await send.send((event, data))
+
+                try:
+                    result = await self.run_workflow(workflow, input=input,
+                                                     variables=variables, ctx=ctx, emit=emit)
+                    await send.send(("result", result))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                except RouterError as exc:
+                    await _deliver(send, ("error", exc))
+                except Exception as exc:
+                    await _deliver(send, ("error", _internal(exc)))
+
+
+class WorkflowEvents:
+    """A workflow run's progress events; ``close()`` cancels the run."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Any], scope: trio.CancelScope):
+        self._receive = receive
+        self._scope = scope
+
+    def __aiter__(self) -> WorkflowEvents:
+        return self
+
+    async def __anext__(self) -> tuple[str, Any]:
+        try:
+            item: tuple[str, Any] = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        return item
+
+    def close(self) -> None:
+        self._scope.cancel()
+        self._receive.close()
+
+
+def _internal(exc: Exception) -> RouterError:
+    logging.getLogger("llm_router").exception("internal error while streaming", exc_info=exc)
+    return RouterError("internal error while streaming")
+
+
+async def _deliver(send: trio.MemorySendChannel[Any], error: object) -> None:
+    with trio.move_on_after(5):
+        try:
+            await send.send(error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    """What a gateway loads from disk before serving: the cache's embedding matcher and the
+    trained router. Loading blocks (files, numpy tables), so a server does it before it
+    starts listening, where a failure is one clear message."""
+
+    matcher: Matcher | None = None
+    learned: LearnedScorer | None = None
+
+
+def load_models(config: Config) -> Models:
+    """Load the models ``config`` asks for (synchronously)."""
+    matcher = None
+    if config.cache.enabled:
+        from engine.core.cache.semantic import (
+            SemanticMatcher,  # loads embeddings: only when the cache is on
+        )
+
+        matcher = SemanticMatcher()
+    learned = load_learned(config, matcher.embedder if matcher is not None else None)
+    return Models(matcher=matcher, learned=learned)
+
+
+@asynccontextmanager
+async def open_gateway(
+    config: Config, *, models: Models | None = None, redactor: Redactor | None = None
+) -> AsyncIterator[Gateway]:
+    """Run a gateway for the lifetime of the block (the server's lifetime); ``models`` are
+    loaded (in a worker thread) unless given, and ``redactor`` (what keeps the config's
+    secrets out of answers and errors) is built from the config unless given."""
+    if models is None:
+        models = await trio.to_thread.run_sync(load_models, config)
+    settings = config.learned
+    opened = FeedbackStore(
+        config.path(settings.feedback_db),
+        base=(config.classifier.tier1_max, config.classifier.tier2_max),
+    )
+    store: FeedbackStore | None = opened
+    try:
+        await opened.open()
+    except RouterError as exc:
+        # Routing works without it; only feedback and calibration are off.
+        logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
+        store = None
+    try:
+        transport = PooledTransport(max_connections=512,
+                                    keepalive_expiry=config.upstream.keepalive_expiry_sec)
+        async with (
+            open_http_client(transport=transport) as http,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(transport.expire_idle)
+            upstream = UpstreamClient(http, redactor=redactor or Redactor.for_config(config))
+            sidecar = None
+            if settings.sidecar_url is not None:
+                sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
+                                  upstream=upstream)
+            policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar, store=store)
+            await policy.load()
+            try:
+                yield Gateway(config, upstream=upstream, nursery=nursery,
+                              matcher=models.matcher, policy=policy)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.close()
+
+
+def load_learned(config: Config, embedder: Any = None) -> LearnedScorer | None:
+    """The trained router named by ``learned.model`` (``builtin``: the one shipped with the
+    package), sharing the cache's embedding table when there is one."""
+    if config.learned.model is None:
+        return None
+    from engine.core.routing.learned import DEFAULT_MODEL_PATH, LearnedRouter
+
+    path = DEFAULT_MODEL_PATH if config.learned.model == "builtin" else config.path(
+        config.learned.model
+    )
+    return LearnedRouter.load(path, embedder=embedder)

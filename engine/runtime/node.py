@@ -1,0 +1,269 @@
+"""What the executor does for one node: the router's per-node decisions, in order.
+
+1. **Route**: the pinned model, or the tier from the node or the complexity score.
+2. **Cache**: a request whose exact part matches a cached one and whose final message is the
+   same or similar enough is answered from the cache, at no cost.
+3. **Dedup**: a miss identical to a request already in flight joins that flight instead of
+   calling upstream again.
+4. **Call with failover** (``engine.runtime.failover``), in a flight run in the gateway's background
+   nursery, so the leader's client leaving does not cancel it while followers listen.
+5. **Account** (once per flight), and store the answer in the cache.
+
+The same path serves a plain chat completion and each step of a workflow. A streaming node
+relays to a ``sink`` channel: a :class:`Served` head, then lists of events; after the head has
+gone out, a failure propagates to the caller, who ends the client's stream with an error
+event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+from engine.core.cache.key import RequestKey, request_key
+from engine.core.cache.responses import CacheHit, PreparedText, ResponseCache
+from engine.core.config import Config, ModelConfig
+from engine.core.planner import Node
+from engine.core.routing.decide import Route
+from engine.core.routing.scoring import estimate_tokens
+from engine.core.stats import Stats
+from engine.errors import RouterError
+from engine.messages import (
+    ChatRequest,
+    ChatResult,
+    Event,
+    Finish,
+    TextDelta,
+    TextPart,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+
+from .dedup import FlightRegistry, Publish
+from .failover import Answer, BackendCaller
+from .policy import RoutingPolicy
+
+__all__ = ["NodeResult", "NodeRunner", "RunContext", "Served"]
+
+# A final message longer than this is made ready for the cache (normalised, fingerprinted:
+# ~5 ms per 1,000 characters) in a worker thread; a shorter one on the loop, where the
+# thread hop would cost more than it saves.
+_INLINE_CACHE_TEXT = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Per-request facts the node decisions need: who asks, and the cache controls
+    (``Cache-Control: no-cache`` skips the lookup, ``no-store`` the lookup and the store)."""
+
+    tenant: str = ""
+    cache_read: bool = True
+    cache_write: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Who answered a node and how, for the ``X-LLM-Router-*`` headers."""
+
+    model: str
+    tier: int
+    score: int | None
+    router: str
+    cache: str = "MISS"  # HIT | MISS
+    similarity: float | None = None
+    dedup: str | None = None  # LEADER | FOLLOWER
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    result: ChatResult
+    served: Served
+    cost_usd: float
+    saved_usd: float
+
+
+class NodeRunner:
+    """Runs nodes for the executor; shares the pool, cache, flights and stats."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        caller: BackendCaller,
+        stats: Stats,
+        cache: ResponseCache | None,
+        flights: FlightRegistry,
+        policy: RoutingPolicy,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.caller = caller
+        self.stats = stats
+        self.cache = cache
+        self.flights = flights
+
+    async def run(
+        self,
+        node: Node,
+        inputs: Mapping[str, Any],
+        *,
+        ctx: RunContext,
+        sink: trio.MemorySendChannel[Any] | None = None,
+        prefer: str | None = None,
+    ) -> NodeResult:
+        """Run one node; with ``sink``, stream it there (see the module docstring).
+
+        ``prefer`` names a backend to use if it is as healthy as the best of the tier (a
+        workflow chain keeps its predecessor's backend, whose prompt cache is warm).
+        """
+        if node.request is None:
+            raise RouterError(f"node {node.name!r} has no request")
+        request = node.request
+        route = await self.policy.route(request, tier=node.tier)
+        share = self.config.dedup.enabled
+        cache = self.cache if self._cacheable(request) else None
+        key = None
+        if cache is not None or share:  # neither cache nor dedup: no key to compute
+            target = route.pinned or f"tier:{route.tier}"
+            key = request_key(request, tenant=ctx.tenant, target=target)
+
+        prepared = None
+        if (cache is not None and key is not None and (ctx.cache_read or ctx.cache_write)
+                and len(key.text) > _INLINE_CACHE_TEXT):
+            prepared = await trio.to_thread.run_sync(cache.prepare, key.text)
+
+        if cache is not None and key is not None and ctx.cache_read:
+            hit = cache.lookup(key, trio.current_time(), prepared=prepared)
+            if hit is not None:
+                return await self._answer_from_cache(hit, route, sink)
+            self.stats.cache_misses += 1
+
+        store = cache is not None and ctx.cache_write
+        flight, leader = self.flights.join(
+            key.full if key is not None else b"",
+            partial(self._fly, request, route, key, store, sink is not None, prefer, prepared),
+            share=share,
+        )
+        role = "LEADER" if leader else "FOLLOWER"
+        try:
+            if sink is None:
+                done: NodeResult = await flight.wait()
+            else:
+                sent = 0
+                while True:
+                    await flight.wait_beyond(sent)
+                    while sent < len(flight.items):
+                        item = flight.items[sent]
+                        sent += 1
+                        if isinstance(item, Served):
+                            item = dataclasses.replace(item, dedup=role)
+                        await sink.send(item)
+                    if flight.done:
+                        break
+                done = await flight.wait()
+        finally:
+            flight.leave()
+        if not leader:
+            self.stats.record_dedup(done.cost_usd, reference_usd=done.cost_usd + done.saved_usd)
+        return dataclasses.replace(done, served=dataclasses.replace(done.served, dedup=role))
+
+    # ---- decisions ----------------------------------------------------------------------
+
+    def _cacheable(self, request: ChatRequest) -> bool:
+        settings = self.config.cache
+        if not settings.enabled or request.n != 1:
+            return False
+        if settings.deterministic_only:
+            return request.temperature == 0 or request.seed is not None
+        return True
+
+    async def _fly(
+        self, request: ChatRequest, route: Route, key: RequestKey | None, store: bool,
+        stream: bool, prefer: str | None, prepared: PreparedText | None, publish: Publish,
+    ) -> NodeResult:
+        if stream:
+            answer: Answer = await self.caller.stream(
+                request, route, publish=publish, prefer=prefer,
+                head=lambda model: self._served(route, model),
+            )
+        else:
+            answer = await self.caller.complete(request, route, prefer=prefer)
+        done = self._account(request, route, answer)
+        if store and self.cache is not None and key is not None and _worth_caching(answer.result):
+            self.cache.store(key, answer.result, model=answer.model.name,
+                             tier=answer.model.tier, cost_usd=done.cost_usd,
+                             reference_usd=done.cost_usd + done.saved_usd,
+                             now=trio.current_time(), prepared=prepared)
+        return done
+
+    async def _answer_from_cache(
+        self, hit: CacheHit, route: Route, sink: trio.MemorySendChannel[Any] | None
+    ) -> NodeResult:
+        entry = hit.entry
+        served = Served(
+            model=entry.model, tier=entry.tier,
+            score=route.score.total if route.score is not None else None,
+            router=route.router, cache="HIT", similarity=round(hit.similarity, 4),
+        )
+        self.stats.record_cache_hit(entry.cost_usd, reference_usd=entry.reference_usd)
+        if sink is not None:
+            await sink.send(served)
+            await sink.send(_replay(entry.result))
+        return NodeResult(entry.result, served, 0.0, 0.0)
+
+    # ---- accounting ---------------------------------------------------------------------
+
+    @staticmethod
+    def _served(route: Route, model: ModelConfig) -> Served:
+        score = route.score.total if route.score is not None else None
+        return Served(model=model.name, tier=model.tier, score=score, router=route.router)
+
+    def _account(self, request: ChatRequest, route: Route, answer: Answer) -> NodeResult:
+        result = answer.result
+        usage = result.usage
+        if usage.input_tokens == 0 and usage.output_tokens == 0:
+            # The upstream reported nothing (some local servers): estimate, so cost and
+            # savings are not silently zero.
+            usage = Usage(
+                input_tokens=estimate_tokens(
+                    (request.system or "") + "".join(m.text for m in request.messages)
+                ),
+                output_tokens=sum(
+                    estimate_tokens(choice.text)
+                    + sum(estimate_tokens(c.arguments) for c in choice.tool_calls)
+                    for choice in result.choices
+                ),
+            )
+        cost, saved = self.stats.record(answer.model, usage)
+        self.stats.failovers += answer.failovers
+        return NodeResult(result, self._served(route, answer.model), cost, saved)
+
+
+def _worth_caching(result: ChatResult) -> bool:
+    """Complete, non-empty answers only: never a truncated or filtered one."""
+    return result.stop_reason in ("stop", "tool_calls") and bool(result.content)
+
+
+def _replay(result: ChatResult) -> list[Event]:
+    """A cached answer as the events of a stream."""
+    events: list[Event] = []
+    index = 0
+    logprobs = result.logprobs  # all of them ride on the text
+    for part in result.content:
+        if isinstance(part, TextPart):
+            events.append(TextDelta(part.text, logprobs))
+            logprobs = None
+        else:
+            events.append(ToolCallStart(index, part.id, part.name))
+            events.append(ToolCallDelta(index, part.arguments))
+            index += 1
+    events.append(Finish(result.stop_reason, result.stop_sequence, result.usage,
+                         result.upstream_model))
+    return events
+

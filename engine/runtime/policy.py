@@ -1,0 +1,270 @@
+"""The routing policy: which tier a request goes to, and how that choice learns.
+
+The decision blends up to three opinions on the 0-100 score scale:
+
+1. the heuristic complexity score of the whole conversation (``engine.core.routing.scoring``);
+2. a trained router (``learned.model``), weighted by ``learned.model_weight``;
+3. an external classifier (``learned.sidecar_url``), weighted by ``learned.sidecar_weight``,
+   within its time budget (on failure the others decide alone).
+
+A "needs the strong model" probability ``p`` is put on the 0-100 scale so that
+``learned.threshold`` lands on the tier-1 boundary: ``p`` below it maps linearly onto
+``[0, tier1_max]``, above it onto ``[tier1_max, 100]``. The blended score then picks the tier
+through the thresholds, which calibration (``engine.core.routing.calibration``) moves from quality
+feedback;
+calibrated thresholds are kept in the feedback database and survive restarts. A threshold is
+calibrated only on the reports that arrived since it last moved: a step spends its evidence.
+
+``X-LLM-Router-Router`` names who decided: ``heuristic``, ``heuristic+learned``, ``learned``,
+``...+sidecar``, ``pinned`` or ``workflow``.
+
+Scoring reads the whole conversation (about 1 ms per 100,000 characters, and the trained
+router's features on top): a request longer than :data:`_THREADED_CHARS` is scored in a
+worker thread, with the same result, so that a few huge prompts cannot hold up the event loop.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from engine.core.config import Config
+from engine.core.routing.calibration import Report, calibrate
+from engine.core.routing.decide import Route, decide_route
+from engine.core.routing.scoring import Score, score_request, tier_for_score
+from engine.errors import NotFound, RequestInvalid, echo
+from engine.messages import ChatRequest, TextPart, ToolCall, ToolResult
+from engine.stores.feedback import FeedbackStore
+
+from .sidecar import Sidecar
+
+__all__ = ["LearnedScorer", "RoutingPolicy"]
+
+_REMEMBERED = 100_000
+_THREADED_CHARS = 32_768  # scoring takes ~0.5 ms here: a thread hop is worth it beyond
+
+_T = TypeVar("_T")
+
+
+class LearnedScorer(Protocol):
+    def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float: ...
+
+    @property
+    def boundary_p(self) -> float | None: ...
+
+
+def _request_chars(request: ChatRequest) -> int:
+    """The characters scoring reads (about: the text of every part and the system prompt)."""
+    chars = len(request.system or "")
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                chars += len(part.text)
+            elif isinstance(part, ToolResult):
+                chars += len(part.content)
+            elif isinstance(part, ToolCall):
+                chars += len(part.arguments)
+    return chars
+
+
+async def _off_the_loop_if_long(request: ChatRequest, decide: Callable[[], _T]) -> _T:
+    if _request_chars(request) > _THREADED_CHARS:
+        return await trio.to_thread.run_sync(decide)
+    return decide()
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    score: float  # 0-1
+    tier: int
+    model: str
+
+
+class RoutingPolicy:
+    def __init__(
+        self, config: Config, *, learned: LearnedScorer | None = None,
+        sidecar: Sidecar | None = None, store: FeedbackStore | None = None,
+    ) -> None:
+        self.config = config
+        self.learned = learned
+        self.sidecar = sidecar
+        self.store = store
+        self.tier1_max = config.classifier.tier1_max
+        self.tier2_max = config.classifier.tier2_max
+        self._recent: OrderedDict[str, _Decision] = OrderedDict()
+        self._calibrating = trio.Lock()
+
+    async def load(self) -> None:
+        """Take up the calibrated thresholds kept in the feedback database."""
+        if self.store is not None:
+            saved = await self.store.thresholds()
+            self.tier1_max = saved.get("tier1_max", self.tier1_max)
+            self.tier2_max = saved.get("tier2_max", self.tier2_max)
+
+    # ---- deciding -------------------------------------------------------------------------------
+
+    @property
+    def model_threshold(self) -> float:
+        """The trained router's probability at the tier-1 boundary (see ``LearnedConfig``)."""
+        settings = self.config.learned
+        if settings.model_threshold is not None:
+            return settings.model_threshold
+        carried = self.learned.boundary_p if self.learned is not None else None
+        return carried if carried is not None else settings.threshold
+
+    def to_score(self, p: float, threshold: float | None = None) -> float:
+        """A 0-1 "needs the strong model" probability on the 0-100 score scale, with
+        ``threshold`` (default ``learned.threshold``) landing on the tier-1 boundary."""
+        t = self.config.learned.threshold if threshold is None else threshold
+        if p <= t:
+            return p / t * self.tier1_max
+        return self.tier1_max + (p - t) / (1 - t) * (100 - self.tier1_max)
+
+    async def route(self, request: ChatRequest, *, tier: int | None = None) -> Route:
+        """Where ``request`` goes (``tier``: a workflow op's fixed tier)."""
+        if request.model is not None or tier is not None:
+            return await _off_the_loop_if_long(
+                request, partial(decide_route, request, self.config, tier=tier)
+            )
+        heuristic, total, router = await _off_the_loop_if_long(
+            request, partial(self._local_opinions, request)
+        )
+        settings = self.config.learned
+        if self.sidecar is not None and settings.sidecar_weight > 0:
+            p = await self.sidecar.score(request)
+            if p is not None:
+                w = settings.sidecar_weight
+                total = (1 - w) * total + w * self.to_score(p)
+                router += "+sidecar"
+        score = Score(round(total), heuristic.signals, heuristic.min_tier)
+        routed = tier_for_score(score, tier1_max=self.tier1_max, tier2_max=self.tier2_max)
+        return Route(tier=routed, score=score, router=router)
+
+    def _local_opinions(self, request: ChatRequest) -> tuple[Score, float, str]:
+        """The heuristic score, blended with the trained router's: (heuristic, blended score,
+        who decided). CPU work only (see the module docstring)."""
+        heuristic = score_request(request)
+        total = float(heuristic.total)
+        router = "heuristic"
+        settings = self.config.learned
+        if self.learned is not None and settings.model_weight > 0:
+            w = settings.model_weight
+            p = self.learned.score(request, heuristic=heuristic)
+            total = (1 - w) * total + w * self.to_score(p, self.model_threshold)
+            router = "learned" if w == 1 else "heuristic+learned"
+        return heuristic, total, router
+
+    # ---- learning -------------------------------------------------------------------------------
+
+    def remember(self, request_id: str, *, score: int | None, tier: int, model: str) -> None:
+        """Keep a request's decision so feedback can name it by request id."""
+        if score is None:
+            return
+        self._recent[request_id] = _Decision(score / 100, tier, model)
+        if len(self._recent) > _REMEMBERED:
+            self._recent.popitem(last=False)
+
+    async def feedback(self, data: Any) -> dict[str, Any]:
+        """Record one quality report (the score/tier form, or ``request_id`` + ``quality``) and
+        recalibrate.
+
+        Raises:
+            RequestInvalid: the report is malformed or names an unknown request.
+        """
+        report, request_id, model = self._report(data)
+        if self.store is None:
+            raise RequestInvalid("feedback is not enabled on this router")
+        changes = []
+        settings = self.config.learned
+        # One report at a time: two concurrent calibrations would both step on the same
+        # evidence.
+        async with self._calibrating:
+            await self.store.add(report, request_id=request_id, model=model)
+            if settings.calibrate:
+                # Each threshold sees only the reports not yet spent on moving it, so every
+                # step needs min_samples fresh reports and a burst cannot swing routing.
+                spent = await self.store.spent(("tier1_max", "tier2_max"))
+                reports = await self.store.reports(
+                    after={1: spent["tier1_max"], 2: spent["tier2_max"]}
+                )
+                changes = calibrate(
+                    reports, tier1_max=self.tier1_max, tier2_max=self.tier2_max,
+                    target=settings.target_quality, min_samples=settings.min_samples,
+                    max_step=settings.max_step, band=settings.band,
+                )
+                if changes:
+                    await self.store.record_changes(changes)
+                    for change in changes:
+                        setattr(self, change.name, change.new)
+        return {
+            "accepted": True,
+            "thresholds": {"tier1_max": self.tier1_max, "tier2_max": self.tier2_max},
+            "changes": [
+                {"name": c.name, "old": c.old, "new": c.new, "samples": c.samples,
+                 "reason": c.reason} for c in changes
+            ],
+        }
+
+    def _report(self, data: Any) -> tuple[Report, str | None, str | None]:
+        if not isinstance(data, dict):
+            raise RequestInvalid("feedback must be a JSON object")
+        quality = _unit(data, "quality")
+        request_id = data.get("request_id")
+        if request_id is not None:
+            if not isinstance(request_id, str):
+                raise RequestInvalid("request_id must be a string", param="request_id")
+            decision = self._recent.get(request_id)
+            if decision is None:
+                raise NotFound(
+                    f"unknown or expired request_id {echo(request_id)}: the router remembers "
+                    f"the last {_REMEMBERED:,} requests it answered", param="request_id"
+                )
+            return Report(decision.score, decision.tier, quality), request_id, decision.model
+        if "score" not in data and "tier" not in data:
+            raise RequestInvalid(
+                'feedback names a request: {"request_id": <X-Request-Id of the response>, '
+                '"quality": 0-1}, or gives its decision: {"score": 0-1, "tier": N, "quality": 0-1}',
+                param="request_id",
+            )
+        score = _unit(data, "score", hint=(
+            "; score is the routing score as a fraction (X-LLM-Router-Score / 100), or name "
+            "the request instead with request_id"))
+        tier = data.get("tier")
+        if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 10:
+            raise RequestInvalid("tier must be an integer from 1 to 10", param="tier")
+        return Report(score, tier, quality), None, None
+
+    async def describe(self) -> dict[str, Any]:
+        """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
+        settings = self.config.learned
+        out: dict[str, Any] = {
+            "thresholds": {"tier1_max": self.tier1_max, "tier2_max": self.tier2_max},
+            "configured": {"tier1_max": self.config.classifier.tier1_max,
+                           "tier2_max": self.config.classifier.tier2_max},
+            "router": "heuristic" + ("+learned" if self.learned is not None else "")
+                      + ("+sidecar" if self.sidecar is not None else ""),
+            "calibration": {
+                "enabled": settings.calibrate and self.store is not None,
+                "target_quality": settings.target_quality, "min_samples": settings.min_samples,
+                "max_step": settings.max_step, "band": settings.band,
+            },
+        }
+        if self.store is not None:
+            out["feedback"] = await self.store.summary()
+            out["changes"] = await self.store.recent_changes()
+        if self.sidecar is not None:
+            out["sidecar"] = self.sidecar.snapshot()
+        return out
+
+
+def _unit(data: dict[str, Any], key: str, *, hint: str = "") -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise RequestInvalid(f"{key} must be a number from 0 to 1{hint}", param=key)
+    return float(value)
+

@@ -1,0 +1,275 @@
+"""A lean HTTP/1.1 keep-alive transport for httpx, on trio and h11.
+
+Why not httpx's default transport (httpcore)? Its connection pool rescans every pooled
+connection on each request start and end, with a readability syscall per idle connection and
+a quadratic idle count; at 64 concurrent upstream requests that was the largest single cost
+of a proxied call (about 30% of the router's CPU, measured with py-spy; see BENCHMARKS.md).
+An LLM gateway talks to a handful of origins with many concurrent requests each, so this
+transport keeps a LIFO stack of idle connections per origin and checks only the connection
+it is about to reuse.
+
+It implements httpx's public transport interface, so the rest of the router keeps using
+``httpx.AsyncClient``: requests, responses, streaming, content decoding and httpx's exception
+types (which ``engine.runtime.upstream`` translates into the router's errors) are httpx's own.
+
+Timeouts come from the request's ``timeout`` extension, as httpx sets it: ``connect`` bounds
+TCP connect plus TLS handshake, ``write`` each send, ``read`` each receive, ``pool`` the wait
+for a free connection slot.
+
+Idle connections expire after ``keepalive_expiry`` seconds. Checkout only looks at the most
+recently used one, so the owner also runs :meth:`PooledTransport.expire_idle` in a background
+task: every quarter of the expiry it closes the connections that have idled past it (or that
+the server closed), so a burst's extra connections do not stay open after it. The request path
+does no extra work for it.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import certifi
+import h11
+import httpx
+import trio
+
+__all__ = ["PooledTransport"]
+
+_READ_SIZE = 65536
+
+
+def _deadline(timeout: float | None) -> float:
+    return float("inf") if timeout is None else trio.current_time() + timeout
+
+
+class _Connection:
+    __slots__ = ("h11", "idle_since", "origin", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, origin: tuple[bytes, str, int]) -> None:
+        self.stream = stream
+        self.origin = origin
+        self.h11 = h11.Connection(our_role=h11.CLIENT)
+        self.idle_since = 0.0
+
+    def _socket(self) -> Any:
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        return getattr(stream, "socket", None)
+
+    def reusable(self, expiry: float) -> bool:
+        """Idle, not expired, and not closed by the server while it sat in the pool (a
+        readable idle socket can only mean EOF or garbage)."""
+        if time.monotonic() - self.idle_since > expiry:
+            return False
+        sock = self._socket()
+        return sock is None or not sock.is_readable()
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1, shield=True):
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+class _ResponseBody(httpx.AsyncByteStream):
+    def __init__(self, transport: PooledTransport, conn: _Connection, read: float | None):
+        self._transport = transport
+        self._conn = conn
+        self._read = read
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        while not self._done:
+            event = await self._transport._next_event(conn, self._read)
+            if type(event) is h11.Data:
+                yield bytes(event.data)
+            elif type(event) is h11.EndOfMessage:
+                self._done = True
+                return
+
+    async def aclose(self) -> None:
+        conn = self._conn
+        if self._done and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            self._transport._release(conn)
+        else:  # not read to the end (client went away, error): the connection is unusable
+            self._done = True
+            await self._transport._discard(conn)
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 connections kept alive per origin; at most ``max_connections`` per origin."""
+
+    def __init__(self, *, max_connections: int = 512, keepalive_expiry: float = 30.0) -> None:
+        self._max_connections = max_connections
+        self._expiry = keepalive_expiry
+        self._idle: dict[tuple[bytes, str, int], list[_Connection]] = {}
+        self._slots: dict[tuple[bytes, str, int], trio.Semaphore] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    # ---- pool ---------------------------------------------------------------------------
+
+    def _slot(self, origin: tuple[bytes, str, int]) -> trio.Semaphore:
+        slot = self._slots.get(origin)
+        if slot is None:
+            slot = self._slots[origin] = trio.Semaphore(self._max_connections)
+        return slot
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed:
+            self._forget(conn)
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        # The slot stays taken while the connection is idle in the pool: it is still open.
+
+    def _forget(self, conn: _Connection) -> None:
+        self._slot(conn.origin).release()
+
+    async def _acquire(
+        self, origin: tuple[bytes, str, int], timeouts: dict[str, Any]
+    ) -> tuple[_Connection, bool]:
+        """A connection to ``origin`` and whether it was reused from the pool."""
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.reusable(self._expiry):
+                return conn, True
+            await self._discard(conn)
+        slot = self._slot(origin)
+        if slot.value:
+            slot.acquire_nowait()
+        else:
+            try:
+                with trio.fail_after(timeouts.get("pool") or float("inf")):
+                    await slot.acquire()
+            except trio.TooSlowError:
+                raise httpx.PoolTimeout("no free upstream connection in time") from None
+        try:
+            return await self._connect(origin, timeouts.get("connect")), False
+        except BaseException:
+            slot.release()
+            raise
+
+    async def _connect(self, origin: tuple[bytes, str, int], timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        try:
+            with trio.fail_after(timeout if timeout is not None else float("inf")):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+                if scheme == b"https":
+                    if self._ssl is None:
+                        self._ssl = ssl.create_default_context(cafile=certifi.where())
+                        self._ssl.set_alpn_protocols(["http/1.1"])
+                    tls = trio.SSLStream(stream, self._ssl, server_hostname=host,
+                                         https_compatible=True)
+                    await tls.do_handshake()
+                    stream = tls
+        except trio.TooSlowError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from None
+        return _Connection(stream, origin)
+
+    # ---- I/O ----------------------------------------------------------------------------
+
+    async def _next_event(self, conn: _Connection, timeout: float | None) -> Any:
+        while True:
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise httpx.RemoteProtocolError(str(exc)) from None
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                with trio.fail_after(timeout if timeout is not None else float("inf")):
+                    data = await conn.stream.receive_some(_READ_SIZE)
+            except trio.TooSlowError:
+                raise httpx.ReadTimeout("upstream read timed out") from None
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise httpx.ReadError(f"upstream read failed: {exc}") from None
+            if not data and conn.h11.their_state is h11.SEND_RESPONSE:
+                raise httpx.RemoteProtocolError("upstream closed the connection before answering")
+            conn.h11.receive_data(bytes(data))
+
+    async def _send(self, conn: _Connection, data: bytes, timeout: float | None) -> None:
+        try:
+            with trio.fail_after(timeout if timeout is not None else float("inf")):
+                await conn.stream.send_all(data)
+        except trio.TooSlowError:
+            raise httpx.WriteTimeout("upstream write timed out") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.WriteError(f"upstream write failed: {exc}") from None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        body = await request.aread()
+        head = h11.Request(method=request.method, target=url.raw_path,
+                           headers=list(request.headers.raw))
+        for attempt in (1, 2):
+            conn, reused = await self._acquire(origin, timeouts)
+            try:
+                out = conn.h11.send(head) + (conn.h11.send(h11.Data(data=body)) if body else b"")
+                out += conn.h11.send(h11.EndOfMessage())
+                await self._send(conn, out, timeouts.get("write"))
+                event = await self._next_event(conn, timeouts.get("read"))
+                while type(event) is h11.InformationalResponse:
+                    event = await self._next_event(conn, timeouts.get("read"))
+                if type(event) is not h11.Response:
+                    raise httpx.RemoteProtocolError("upstream closed the connection")
+            except (httpx.RemoteProtocolError, httpx.WriteError, httpx.ReadError):
+                await self._discard(conn)
+                # A kept-alive connection the server closed just as we reused it: nothing was
+                # answered, so the request was not processed; try once on a fresh connection.
+                if reused and attempt == 1 and conn.h11.their_state is h11.SEND_RESPONSE:
+                    continue
+                raise
+            except BaseException:
+                await self._discard(conn)
+                raise
+            return httpx.Response(
+                status_code=event.status_code,
+                headers=event.headers,
+                stream=_ResponseBody(self, conn, timeouts.get("read")),
+                extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
+            )
+        raise AssertionError("unreachable")
+
+    async def _discard(self, conn: _Connection) -> None:
+        await conn.aclose()
+        self._forget(conn)
+
+    async def expire_idle(self) -> None:
+        """Close expired idle connections (see the module docstring) until cancelled."""
+        while True:
+            await trio.sleep(self._expiry / 4)
+            await self.close_expired()
+
+    async def close_expired(self) -> int:
+        """Close every idle connection that is past its expiry or closed by the server;
+        return how many were closed."""
+        expired: list[_Connection] = []
+        for idle in self._idle.values():
+            keep: list[_Connection] = []
+            for conn in idle:
+                (keep if conn.reusable(self._expiry) else expired).append(conn)
+            if len(keep) < len(idle):
+                idle[:] = keep  # in place, still oldest first
+        for conn in expired:
+            await self._discard(conn)
+        return len(expired)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                await conn.aclose()
+        self._idle.clear()

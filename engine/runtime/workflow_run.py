@@ -1,0 +1,251 @@
+"""Running a workflow: its ops as nodes of the executor, each through the node decisions.
+
+Every op goes through :meth:`~engine.node.NodeRunner.run` like a chat completion (cache, dedup,
+routing, backend choice, failover), so identical ops of concurrent runs execute once and each
+op goes to the cheapest model of its tier. On top of that, per run:
+
+* the prompt is rendered from the workflow input, variables and finished ops' outputs the
+  moment the op's inputs are done (``engine.workflow_render.render_request``), in a worker
+  thread under ``render_limiter`` (a render is CPU work of up to
+  ``workflows.render_timeout_sec``: on the event loop it would stall every other request);
+* ready ops on the critical path go first (priority = estimated latency of the longest chain
+  from the op to the end), at most ``max_concurrency`` at once;
+* an op whose input op ran on a backend of the same tier prefers that backend (its prompt /
+  KV cache is warm);
+* ``timeout_sec`` bounds each attempt and ``retries`` retries retryable failures;
+* ``max_cost_usd`` stops scheduling new ops once the run has spent it (they are reported as
+  ``not_run``);
+* ``on_error``: ``fail_fast`` cancels the rest and raises the failed op's error (naming it);
+  ``continue`` skips the failed op's dependents and reports them.
+
+Progress goes to ``emit(event, data)`` as ops start and finish, for the SSE API and the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import networkx as nx
+import trio
+
+from engine.core.config import Config
+from engine.core.planner import Node
+from engine.core.workflow.plan import estimate_costs, plan_workflow
+from engine.core.workflow.render import parse_output, render_request, resolve_variables
+from engine.core.workflow.spec import OpOutput, Workflow
+from engine.errors import (
+    DeadlineExceeded,
+    NoBackendAvailable,
+    RateLimited,
+    RouterError,
+    UpstreamError,
+)
+
+from .executor import execute_plan
+from .node import NodeResult, NodeRunner, RunContext
+
+__all__ = ["Emit", "OpRecord", "run_workflow"]
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class OpRecord:
+    status: str = "pending"
+    model: str | None = None
+    tier: int | None = None
+    cache: str | None = None
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ms: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+    started: float = field(default=0.0, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status, "model": self.model, "tier": self.tier, "cache": self.cache,
+            "cost_usd": round(self.cost_usd, 8),
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "ms": round(self.ms, 1), "attempts": self.attempts,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def _retryable(error: RouterError) -> bool:
+    if isinstance(error, UpstreamError):
+        return error.retryable
+    return isinstance(error, NoBackendAvailable | RateLimited | DeadlineExceeded)
+
+
+def _naming(error: RouterError, op: str) -> RouterError:
+    """A copy of ``error`` whose message names the op (the original may be shared by every
+    waiter of a deduplicated call)."""
+    named = copy.copy(error)
+    named.message = f"op {op!r} failed: {error.message}"
+    named.args = (named.message,)
+    named.param = op
+    return named
+
+
+def _priorities(workflow: Workflow, latency_ms: Mapping[str, float]) -> dict[str, float]:
+    graph = nx.DiGraph(workflow.edges)
+    graph.add_nodes_from(workflow.ops)
+    remaining: dict[str, float] = {}
+    for name in reversed(list(nx.topological_sort(graph))):
+        tail = max((remaining[s] for s in graph.successors(name)), default=0.0)
+        remaining[name] = latency_ms.get(name, 0.0) + tail
+    return remaining
+
+
+async def run_workflow(
+    workflow: Workflow,
+    *,
+    runner: NodeRunner,
+    config: Config,
+    ctx: RunContext,
+    input: str,
+    variables: Mapping[str, Any] | None = None,
+    max_concurrency: int,
+    emit: Emit | None = None,
+    render_limiter: trio.CapacityLimiter | None = None,
+) -> dict[str, Any]:
+    """Run ``workflow`` and return the documented response shape (docs/workflows.md) plus
+    per-op details.
+
+    ``render_limiter`` bounds the worker threads rendering prompts (trio's default limiter
+    if ``None``); a server passes a small one shared by all runs.
+
+    Raises:
+        WorkflowInvalid: a variable override is not declared.
+        RouterError: with ``on_error: fail_fast``, the failed op's error, naming the op.
+    """
+    values = resolve_variables(workflow, variables)
+    plan = plan_workflow(workflow)
+    # Not strict: an op whose template hits a render limit fails as that op (on_error).
+    estimate = await trio.to_thread.run_sync(
+        partial(estimate_costs, workflow, config, input=input, variables=values, strict=False),
+        limiter=render_limiter,
+    )
+    priority = _priorities(
+        workflow, {name: op["latency_ms"] for name, op in estimate["ops"].items()}
+    )
+    records = {name: OpRecord() for name in workflow.ops}
+    outputs: dict[str, OpOutput] = {}
+    spent = 0.0
+    started = trio.current_time()
+
+    async def send(event: str, data: dict[str, Any]) -> None:
+        if emit is not None:
+            await emit(event, data)
+
+    def admit(name: str) -> bool:
+        return workflow.max_cost_usd is None or spent < workflow.max_cost_usd
+
+    async def run_op(node: Node, inputs: Mapping[str, Any]) -> OpOutput:
+        nonlocal spent
+        op = workflow.ops[node.name]
+        record = records[node.name]
+        record.status = "running"
+        record.started = trio.current_time()
+        # A same-tier chain keeps its predecessor's backend (the pool honours it only
+        # within the op's own tier and only if that backend is as healthy as the best), so
+        # of several inputs the one served on the op's tier is the one to follow.
+        served = [records[i] for i in op.inputs if records[i].model]
+        same_tier = [r for r in served if r.tier == op.tier]
+        prefer = next((r.model for r in same_tier + served), None)
+        await send("op_started", {"op": node.name, "tier": op.tier, "model": op.model})
+        try:
+            request = await trio.to_thread.run_sync(
+                partial(render_request, workflow, op, input=input, variables=values,
+                        outputs=dict(outputs)),
+                limiter=render_limiter,
+            )
+            done, output = await _attempts(runner, workflow, node, request, ctx, prefer, record)
+        except RouterError as exc:
+            record.status = "failed"
+            record.ms = (trio.current_time() - record.started) * 1000
+            named = _naming(exc, node.name)
+            record.error = named.message
+            await send("op_failed", {"op": node.name, "error": named.message})
+            raise named from exc
+        spent += done.cost_usd
+        outputs[node.name] = output
+        usage = done.result.usage
+        record.status = "done"
+        record.model, record.tier, record.cache = (done.served.model, done.served.tier,
+                                                   done.served.cache)
+        record.cost_usd = done.cost_usd
+        record.input_tokens, record.output_tokens = usage.input_tokens, usage.output_tokens
+        record.ms = (trio.current_time() - record.started) * 1000
+        await send("op_finished", {"op": node.name, "output": output.text} | record.summary())
+        return output
+
+    outcome = await execute_plan(
+        plan, run_op, max_concurrency=workflow.max_concurrency or max_concurrency,
+        priority=priority, admit=admit, on_error=workflow.on_error,
+    )
+    for name, status in outcome.status.items():
+        if records[name].status in ("pending", "running"):
+            records[name].status = status
+    if outcome.first_failure is not None:
+        raise outcome.errors[outcome.first_failure]
+    for name, record in records.items():
+        if record.status in ("skipped", "not_run"):
+            await send("op_skipped", {"op": name, "reason": record.status})
+
+    done_ends = [n for n in workflow.end_ops if n in outputs]
+    if len(workflow.end_ops) == 1:
+        final = outputs[done_ends[0]].text if done_ends else None
+    else:
+        final = "\n\n".join(f"## {n}\n{outputs[n].text}" for n in done_ends) or None
+    statuses = {r.status for r in records.values()}
+    return {
+        "outputs": {n: o.text for n, o in outputs.items()},
+        "routing": {n: r.model for n, r in records.items() if r.model is not None},
+        "costs": {n: round(r.cost_usd, 8) for n, r in records.items() if r.status == "done"},
+        "total_ms": round((trio.current_time() - started) * 1000),
+        "final_output": final,
+        "status": "completed" if statuses == {"done"} else "partial",
+        "total_cost_usd": round(spent, 8),
+        "ops": {n: r.summary() for n, r in records.items()},
+        "not_run": [n for n, r in records.items() if r.status == "not_run"],
+        "skipped": [n for n, r in records.items() if r.status == "skipped"],
+        "failed": {n: r.error for n, r in records.items() if r.status == "failed"},
+        "values": {n: o.value for n, o in outputs.items() if workflow.ops[n].json},
+    }
+
+
+async def _attempts(
+    runner: NodeRunner, workflow: Workflow, node: Node, request: Any, ctx: RunContext,
+    prefer: str | None, record: OpRecord,
+) -> tuple[NodeResult, OpOutput]:
+    """Run one op: ``timeout_sec`` per attempt, up to ``retries`` retries of retryable
+    failures (an unparsable answer of a ``json`` op included: it is retried past the cache)."""
+    op = workflow.ops[node.name]
+    op_node = Node(node.name, request=request, tier=node.tier)
+    for attempt in range(op.retries + 1):
+        record.attempts = attempt + 1
+        try:
+            with trio.fail_after(op.timeout_sec if op.timeout_sec is not None else math.inf):
+                done = await runner.run(op_node, {}, ctx=ctx, prefer=prefer)
+            return done, parse_output(op, done.result.text)
+        except trio.TooSlowError:
+            error: RouterError = DeadlineExceeded(
+                f"no answer within timeout_sec ({op.timeout_sec} s)"
+            )
+        except RouterError as exc:
+            error = exc
+        if attempt == op.retries or not _retryable(error):
+            raise error
+        ctx = dataclasses.replace(ctx, cache_read=False)
+    raise AssertionError("unreachable")
