@@ -15,6 +15,7 @@ one place where errors become responses.
         WorkflowInvalid             400  workflow_invalid
         WorkflowNotFound            404  workflow_not_found
       Unauthorized                  401  unauthorized
+      ClientTooSlow                 408  client_too_slow
       RateLimited                   429  rate_limited
       NoBackendAvailable            503  no_backend_available
       DeadlineExceeded              504  deadline_exceeded
@@ -31,6 +32,7 @@ seam each; nothing else catches third-party exceptions. Messages never contain p
 from __future__ import annotations
 
 __all__ = [
+    "ClientTooSlow",
     "ConfigInvalid",
     "DeadlineExceeded",
     "ModelNotFound",
@@ -105,6 +107,14 @@ class Unauthorized(RouterError):
 
     status = 401
     code = "unauthorized"
+
+
+class ClientTooSlow(RouterError):
+    """A streaming client read so slowly that it fell more than ``server.stream_buffer_bytes``
+    behind the other clients sharing its upstream stream; its stream ends with this error."""
+
+    status = 408
+    code = "client_too_slow"
 
 
 class RateLimited(RouterError):

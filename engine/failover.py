@@ -8,7 +8,9 @@ When nothing can serve, the error explains why: 503 with each backend's reason, 
 
 A stream *publishes* what it relays: first a :class:`~engine.node.Served`-like head, built by
 the ``head`` callback once the first events are in hand (so failover stays possible until
-then), then lists of events. After the head, an upstream failure propagates to the caller.
+then), then lists of events, each with the upstream bytes it came from. Publishing may wait
+for slow clients (``engine.dedup``); that wait does not count against the backend's
+``total_sec``. After the head, an upstream failure propagates to the caller.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from .config import ModelConfig
+from .dedup import Publish
 from .errors import (
     NoBackendAvailable,
     RateLimited,
@@ -35,7 +38,6 @@ from .upstream import UpstreamClient, UpstreamStream, failure_kind
 
 __all__ = ["Answer", "BackendCaller"]
 
-Publish = Callable[[Any], None]
 T = TypeVar("T")
 
 
@@ -95,7 +97,7 @@ class BackendCaller:
         )
         model = backend.config
         try:
-            publish(head(model))
+            await publish(head(model), 0)
             result = await self._relay(stream, model, publish,
                                        trio.current_time() + model.timeouts.total_sec)
         except UpstreamError as exc:
@@ -144,9 +146,12 @@ class BackendCaller:
     ) -> ChatResult:
         builder = ResultBuilder()
         batch: list[Event] | None = stream.first
+        relayed = 0  # upstream bytes published
         while batch is not None:
             builder.add(batch)
-            publish(batch)
+            size, relayed = stream.received - relayed, stream.received
+            # Time spent waiting for slow clients is not the backend's: move the deadline.
+            deadline += await publish(batch, size)
             if builder.finished:
                 break
             with trio.move_on_at(deadline) as scope:

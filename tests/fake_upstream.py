@@ -126,6 +126,9 @@ class Recorded:
     # the last write, so it is already true when the client sees the end of the response.
     completed: bool = False
     cancelled: bool = False  # the client went away before the fake finished (never both)
+    # Streams: body bytes the client's connection has taken so far (a write counts once it
+    # returns, so a client that stops reading stops this growing).
+    sent_bytes: int = 0
 
     @property
     def stream(self) -> bool:
@@ -449,6 +452,7 @@ async def _send_stream(
                 await _send_chunk(send, _stream_error_event(protocol), behaviour)
                 break
         await _send_chunk(send, event.data, behaviour, first=index == 0)
+        record.sent_bytes += len(event.data)
         sent_content += event.content
     record.completed = True  # before the last write: the client may act on it at once
     await send({"type": "http.response.body", "body": b"", "more_body": False})
