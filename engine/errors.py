@@ -18,6 +18,7 @@ one place where errors become responses.
         WorkflowInvalid             400  workflow_invalid
           TemplateLimitExceeded          (a prompt template hit a render limit)
       Unauthorized                  401  unauthorized
+      ClientTooSlow                 408  client_too_slow
       RateLimited                   429  rate_limited
       NoBackendAvailable            503  no_backend_available
       DeadlineExceeded              504  deadline_exceeded
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 __all__ = [
     "ECHO_MAX",
+    "ClientTooSlow",
     "ConfigInvalid",
     "DeadlineExceeded",
     "ModelNotFound",
@@ -159,6 +161,14 @@ class Unauthorized(RouterError):
 
     status = 401
     code = "unauthorized"
+
+
+class ClientTooSlow(RouterError):
+    """A streaming client read so slowly that it fell more than ``server.stream_buffer_bytes``
+    behind the other clients sharing its upstream stream; its stream ends with this error."""
+
+    status = 408
+    code = "client_too_slow"
 
 
 class RateLimited(RouterError):

@@ -18,10 +18,12 @@ client's. The cache is off so that repeated prompts always reach the fake.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+import socket
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
 import openai
@@ -41,7 +43,9 @@ __all__ = [
     "UPSTREAM_KEYS",
     "WEATHER",
     "ProtocolEnv",
+    "RawStream",
     "open_protocol_env",
+    "open_raw_stream",
     "sse_events",
     "user",
     "wait_until_cancelled",
@@ -140,9 +144,11 @@ class ProtocolEnv:
 
 @asynccontextmanager
 async def open_protocol_env(
-    fake: FakeUpstream, *, api_keys: Sequence[str] = (), cache: bool = False
+    fake: FakeUpstream, *, api_keys: Sequence[str] = (), cache: bool = False,
+    server: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[ProtocolEnv]:
-    """Serve the router (see the module table) for the block, with both SDKs pointed at it."""
+    """Serve the router (see the module table) for the block, with both SDKs pointed at it.
+    ``server``: more keys of the config's ``server`` section."""
     config: dict[str, Any] = {
         "models": [
             _model("gpt-small", "openai", OA_SMALL, 1, fake),
@@ -150,7 +156,7 @@ async def open_protocol_env(
             _model("claude-big", "anthropic", AN_BIG, 3, fake),
         ],
         "cache": {"enabled": cache},
-        "server": {"api_keys": list(api_keys)},
+        "server": {"api_keys": list(api_keys), **(server or {})},
     }
     key = api_keys[0] if api_keys else "client-key"
     async with (
@@ -202,3 +208,76 @@ async def wait_until_cancelled(fake: FakeUpstream, backend: str) -> Recorded:
     record = fake.requests(backend)[-1]
     assert record.cancelled and not record.completed
     return record
+
+
+class RawStream:
+    """A streaming response read over a bare socket, only as far as the test says: between
+    calls, the client reads nothing (a client that stopped reading)."""
+
+    def __init__(self, stream: trio.SocketStream, head: bytes, body: bytes) -> None:
+        self._stream = stream
+        self.head = head  # status line and headers
+        self.raw = body  # the (chunked) body received so far
+        self.closed = False  # the router closed the connection (before the body's end, if any)
+
+    async def read_to_end(self) -> bytes:
+        """Read until the chunked body ends or the router closes the connection; the raw
+        body."""
+        while not _dechunk(self.raw)[1]:
+            try:
+                data = await self._stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:  # reset: what was read is all there is
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            self.raw += data
+        return self.raw
+
+    def events(self) -> list[tuple[str, Any]]:
+        """The SSE events of the body so far (see ``sse_events``)."""
+        return sse_events(_dechunk(self.raw)[0])
+
+
+@asynccontextmanager
+async def open_raw_stream(url: str, path: str, body: dict[str, Any]) -> AsyncIterator[RawStream]:
+    """POST ``body`` to ``url + path`` with ``Connection: close`` and read the response head.
+
+    The socket's receive buffer is kept small (as set before connecting), so that what the
+    kernel holds for a client that stops reading is small next to what a test streams.
+    """
+    where = urlsplit(url)
+    payload = json.dumps(body).encode()
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    await sock.connect((where.hostname, where.port))
+    stream = trio.SocketStream(sock)
+    async with stream:
+        await stream.send_all(
+            f"POST {path} HTTP/1.1\r\nhost: {where.netloc}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+            "connection: close\r\n\r\n".encode() + payload
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:
+            data = await stream.receive_some(4096)
+            assert data, f"the router closed the connection before answering: {received!r}"
+            received += data
+        head, _, rest = received.partition(b"\r\n\r\n")
+        yield RawStream(stream, head, rest)
+
+
+def _dechunk(raw: bytes) -> tuple[bytes, bool]:
+    """The payload of a chunked body as far as it is complete, and whether it ended."""
+    out, at = bytearray(), 0
+    while True:
+        end = raw.find(b"\r\n", at)
+        if end < 0:
+            return bytes(out), False
+        size = int(raw[at:end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out), True
+        if end + 2 + size > len(raw):
+            return bytes(out), False
+        out += raw[end + 2 : end + 2 + size]
+        at = end + 2 + size + 2

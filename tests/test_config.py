@@ -153,6 +153,8 @@ def test_defaults_for_every_optional_section() -> None:
     assert config.server.write_timeout_sec is None
     assert config.server.keep_alive_sec == 15
     assert config.server.max_body_bytes == 4 * 1024 * 1024
+    assert config.server.stream_write_timeout_sec == 60
+    assert config.server.stream_buffer_bytes == 1024 * 1024
     assert config.server.api_keys == ()
     assert config.server.access_log is False
 

@@ -21,47 +21,47 @@ from support_protocols import (
     OA_SMALL,
     SDK_STREAM_LEAKS,
     ProtocolEnv,
+    RawStream,
     open_protocol_env,
+    open_raw_stream,
+    sse_events,
     user,
     wait_until_cancelled,
 )
 
-from engine.errors import RouterError, UpstreamError
-from engine.runtime.dedup import Flight, FlightRegistry
+from engine.errors import ClientTooSlow, RouterError, UpstreamError
+from engine.runtime.dedup import FlightRegistry, Listener, Publish
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 
 pytestmark = SDK_STREAM_LEAKS
-
-Publish = Callable[[Any], None]
 
 
 # == engine.runtime.dedup ========================================================================
 
 
-async def read_all(flight: Flight, *, arrivals: list[tuple[float, Any]] | None = None
-                   ) -> tuple[list[Any], Any]:
-    """What a streaming listener reads: every item, past then live, then the result."""
+async def read_all(listener: Listener, *, arrivals: list[tuple[float, Any]] | None = None,
+                   pace: float = 0) -> tuple[list[Any], Any]:
+    """What a streaming listener reads: every item, past then live, then the result. ``pace``:
+    seconds spent on each item (a slow client)."""
     seen: list[Any] = []
-    while True:
-        await flight.wait_beyond(len(seen))
-        for item in flight.items[len(seen):]:
-            seen.append(item)
-            if arrivals is not None:
-                arrivals.append((trio.current_time(), item))
-        if flight.done:
-            return seen, await flight.wait()
+    while (item := await listener.take()) is not None:
+        seen.append(item)
+        if arrivals is not None:
+            arrivals.append((trio.current_time(), item))
+        await trio.sleep(pace)
+    return seen, await listener.flight.wait()
 
 
 async def listen(registry: FlightRegistry, run: Callable[[Publish], Awaitable[Any]],
                  out: list[Any], key: bytes = b"k") -> None:
     """Join ``key``'s flight as a non-streaming listener; append (leader?, result or error)."""
-    flight, leader = registry.join(key, run)
+    listener = registry.join(key, run)
     try:
-        out.append((leader, await flight.wait()))
+        out.append((listener.leader, await listener.flight.wait()))
     except RouterError as exc:
-        out.append((leader, exc))
+        out.append((listener.leader, exc))
     finally:
-        flight.leave()
+        listener.leave()
 
 
 async def test_identical_requests_share_one_run(
@@ -115,11 +115,11 @@ async def test_unshared_flights_never_join(
         await trio.sleep(1)
         return mine
 
-    flights = [registry.join(b"k", run, share=False) for _ in range(3)]
-    assert all(leader for _, leader in flights)
-    assert sorted([await flight.wait() for flight, _ in flights]) == [1, 2, 3]
-    for flight, _ in flights:
-        flight.leave()
+    listeners = [registry.join(b"k", run, share=False) for _ in range(3)]
+    assert all(listener.leader for listener in listeners)
+    assert sorted([await listener.flight.wait() for listener in listeners]) == [1, 2, 3]
+    for listener in listeners:
+        listener.leave()
 
 
 async def test_late_follower_gets_the_past_then_the_rest_live(
@@ -129,19 +129,19 @@ async def test_late_follower_gets_the_past_then_the_rest_live(
 
     async def run(publish: Publish) -> str:
         for item in ("head", "one", "two", "three"):
-            publish(item)
+            await publish(item, 10)
             await trio.sleep(1)
         return "done"
 
-    leader_flight, leader = registry.join(b"k", run)
-    leader_read = await read_all_in_background(nursery, leader_flight)
+    leader = registry.join(b"k", run)
+    leader_read = await read_all_in_background(nursery, leader)
     await trio.sleep(2.5)  # "head", "one" and "two" are out
-    follower_flight, follower = registry.join(b"k", run)
-    assert follower_flight is leader_flight and leader and not follower
+    follower = registry.join(b"k", run)
+    assert follower.flight is leader.flight and leader.leader and not follower.leader
     joined_at = trio.current_time()
     arrivals: list[tuple[float, Any]] = []
-    items, result = await read_all(follower_flight, arrivals=arrivals)
-    follower_flight.leave()
+    items, result = await read_all(follower, arrivals=arrivals)
+    follower.leave()
 
     assert (items, result) == (["head", "one", "two", "three"], "done")
     assert [t for t, _ in arrivals[:3]] == [joined_at] * 3  # the past, at once
@@ -150,18 +150,126 @@ async def test_late_follower_gets_the_past_then_the_rest_live(
 
 
 async def read_all_in_background(
-    nursery: trio.Nursery, flight: Flight
+    nursery: trio.Nursery, listener: Listener, *, pace: float = 0
 ) -> trio.MemoryReceiveChannel[Any]:
     send, receive = trio.open_memory_channel[Any](1)
 
     async def read() -> None:
         try:
-            await send.send(await read_all(flight))
+            await send.send(await read_all(listener, pace=pace))
+        except ClientTooSlow as exc:
+            await send.send(exc)
         finally:
-            flight.leave()
+            listener.leave()
 
     nursery.start_soon(read)
     return receive
+
+
+# -- bounded buffering ---------------------------------------------------------------------------
+
+BUFFER = 1000  # bytes a flight holds; its items below are 100 bytes each
+
+
+async def test_the_upstream_is_read_at_the_pace_of_its_only_listener(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    registry = FlightRegistry(nursery, buffer_bytes=BUFFER)
+    published: list[float] = []
+    waited = 0.0
+
+    async def run(publish: Publish) -> str:
+        nonlocal waited
+        for i in range(100):  # an upstream with everything at once: 10 times the buffer
+            waited += await publish(i, 100)
+            published.append(trio.current_time())
+        return "done"
+
+    listener = registry.join(b"k", run)
+    started = trio.current_time()
+    items, result = await read_all(listener, pace=1)  # one item a second
+    listener.leave()
+    assert (items, result) == (list(range(100)), "done")
+    # The first buffer's worth at once, then one item for each one taken: never more than
+    # half the buffer ahead of the listener once past the first buffer.
+    assert published[9] == started
+    assert all(published[i] >= started + i - 15 for i in range(15, 100))
+    assert waited > 80
+
+
+async def test_a_listener_that_falls_behind_is_cut_off_and_the_others_go_on(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    registry = FlightRegistry(nursery, buffer_bytes=BUFFER)
+    held: list[int] = []
+
+    async def run(publish: Publish) -> str:
+        for i in range(100):
+            await publish(i, 100)
+            held.append(len(fast.flight.items))
+            await trio.sleep(0.1)
+        return "done"
+
+    fast = registry.join(b"k", run)
+    slow = registry.join(b"k", run)
+    slow_read = await read_all_in_background(nursery, slow, pace=1)  # a tenth of the pace
+    items, result = await read_all(fast)
+    fast.leave()
+
+    assert (items, result) == (list(range(100)), "done")  # not held back
+    error = await slow_read.receive()
+    assert isinstance(error, ClientTooSlow) and "1000 bytes behind" in error.message
+    assert max(held) <= BUFFER // 100 + 1  # nothing piles up for the slow one
+
+
+async def test_when_the_furthest_listener_leaves_the_next_sets_the_pace(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    registry = FlightRegistry(nursery, buffer_bytes=BUFFER)
+
+    async def run(publish: Publish) -> str:
+        for i in range(30):
+            await publish(i, 100)
+        return "done"
+
+    first = registry.join(b"k", run)
+    second = registry.join(b"k", run)
+
+    async def read_then_leave() -> None:
+        with trio.move_on_after(3):
+            await read_all(first, pace=0.5)
+        first.leave()  # the faster one's client leaves mid-stream...
+
+    nursery.start_soon(read_then_leave)
+    # ...and the slower one, no longer behind anyone, is read for, not cut off.
+    assert await read_all(second, pace=0.6) == (list(range(30)), "done")
+    second.leave()
+
+
+async def test_a_flight_past_its_buffer_takes_no_new_followers(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    registry = FlightRegistry(nursery, buffer_bytes=BUFFER)
+
+    async def run(publish: Publish) -> str:
+        for i in range(20):
+            await publish(i, 100)
+            await trio.sleep(1)
+        return "done"
+
+    leader = registry.join(b"k", run)
+    leader_read = await read_all_in_background(nursery, leader)
+    await trio.sleep(5.5)  # 600 bytes out: all of it still held
+    follower = registry.join(b"k", run)
+    assert follower.flight is leader.flight
+    follower_read = await read_all_in_background(nursery, follower)
+    await trio.sleep(5)  # 1100 bytes out: the start is gone
+    newcomer = registry.join(b"k", run)
+    assert newcomer.leader and newcomer.flight is not leader.flight
+    newcomer_read = await read_all_in_background(nursery, newcomer)
+    expected = (list(range(20)), "done")
+    assert await leader_read.receive() == await follower_read.receive() == expected
+    assert await newcomer_read.receive() == expected
 
 
 async def test_error_reaches_every_listener_and_the_next_request_starts_fresh(
@@ -218,12 +326,12 @@ async def test_leader_leaving_does_not_cancel_while_followers_listen(
         await trio.sleep(2)
         return "answer"
 
-    leader_flight, _ = registry.join(b"k", run)
-    follower_flight, _ = registry.join(b"k", run)
+    leader = registry.join(b"k", run)
+    follower = registry.join(b"k", run)
     await trio.sleep(1)
-    leader_flight.leave()
-    assert await follower_flight.wait() == "answer"
-    follower_flight.leave()
+    leader.leave()
+    assert await follower.flight.wait() == "answer"
+    follower.leave()
 
 
 async def test_last_listener_leaving_cancels_the_run(
@@ -240,8 +348,8 @@ async def test_last_listener_leaving_cancels_the_run(
             cancelled.set()
         raise AssertionError("unreachable")
 
-    first, _ = registry.join(b"k", run)
-    second, _ = registry.join(b"k", run)
+    first = registry.join(b"k", run)
+    second = registry.join(b"k", run)
     await started.wait()
     first.leave()
     await trio.sleep(1)
@@ -266,16 +374,16 @@ async def test_request_after_the_last_listener_left_starts_fresh(
         await trio.sleep(1)
         return f"answer {runs}"
 
-    abandoned, _ = registry.join(b"k", run)
+    abandoned = registry.join(b"k", run)
     await trio.sleep(0.5)
     abandoned.leave()
-    fresh, leader = registry.join(b"k", run)  # no checkpoint since the leave
+    fresh = registry.join(b"k", run)  # no checkpoint since the leave
     try:
-        assert leader and fresh is not abandoned
-        assert await fresh.wait() == "answer 2"
+        assert fresh.leader and fresh.flight is not abandoned.flight
+        assert await fresh.flight.wait() == "answer 2"
     finally:
         fresh.leave()
-    assert abandoned.done and isinstance(abandoned.error, RouterError)
+    assert abandoned.flight.done and isinstance(abandoned.flight.error, RouterError)
 
 
 # == end to end ==================================================================================
@@ -465,6 +573,73 @@ async def test_late_follower_receives_the_whole_stream(env: ProtocolEnv) -> None
     assert leader.text == follower.text == words
     assert (leader.role, follower.role) == ("LEADER", "FOLLOWER")
     assert calls(env) == 1
+
+
+# -- a client that stops reading --------------------------------------------------------------
+
+BIG = ("y" * 8191 + " ") * 512  # 4 MiB: far more than a stalled client's buffers hold
+
+
+async def read_stream(env: ProtocolEnv, body: dict[str, Any]) -> tuple[list[Any], str | None]:
+    """Read a whole stream over httpx: its SSE events and its X-LLM-Router-Dedup."""
+    async with httpx.AsyncClient() as http, http.stream(
+        "POST", env.router.v1 + "/chat/completions", json=body
+    ) as response:
+        raw = b"".join([piece async for piece in response.aiter_bytes()])
+    return sse_events(raw), response.headers.get("x-llm-router-dedup")
+
+
+def streamed_text(events: list[tuple[str, Any]]) -> str:
+    return "".join(
+        data["choices"][0]["delta"].get("content") or ""
+        for _, data in events if isinstance(data, dict) and data.get("choices")
+    )
+
+
+@pytest.mark.parametrize("stalled", ["LEADER", "FOLLOWER"])
+async def test_a_stalled_listener_is_cut_off_without_holding_back_the_others(
+    fake_upstream: FakeUpstream, stalled: str
+) -> None:
+    # The write timeout stays long: the stalled client is cut off for falling behind.
+    async with open_protocol_env(fake_upstream, server={"stream_buffer_bytes": 65536}) as env:
+        env.fake.set_default(OA_SMALL, Behaviour(text=BIG, latency=1))
+        body = {"model": "gpt-small", "messages": user(PROMPT), "max_tokens": 64,
+                "stream": True}
+        fast: list[Any] = []
+        slow: list[RawStream] = []
+        fast_done = trio.Event()
+
+        async def read_fast() -> None:
+            fast.extend(await read_stream(env, body))
+            fast_done.set()
+
+        async def stall() -> None:
+            async with open_raw_stream(env.router.url, "/v1/chat/completions", body) as client:
+                slow.append(client)
+                # Reads nothing while the fast one reads the whole answer, then the rest.
+                with trio.fail_after(10):
+                    await fast_done.wait()
+                with trio.fail_after(5):
+                    await client.read_to_end()
+
+        first, second = (stall, read_fast) if stalled == "LEADER" else (read_fast, stall)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            with trio.fail_after(5):  # the second joins while the first waits for its answer
+                while not env.fake.requests(OA_SMALL):
+                    await trio.sleep(0.01)
+            nursery.start_soon(second)
+
+        events, role = fast
+        assert role != stalled and streamed_text(events) == BIG and events[-1][1] == "[DONE]"
+        assert calls(env) == 1
+        # The slow client got the start, then an error event in its protocol, never the end.
+        [client] = slow
+        assert f"x-llm-router-dedup: {stalled}".encode() in client.head
+        _, last = client.events()[-1]
+        assert last["error"]["code"] == "client_too_slow", last
+        slow_text = streamed_text(client.events())
+        assert BIG.startswith(slow_text) and len(slow_text) < len(BIG) / 2
 
 
 # -- clients leaving -----------------------------------------------------------------------------

@@ -421,6 +421,17 @@ async def test_unknown_route_and_invalid_body(fake_upstream: FakeUpstream) -> No
     assert [r.status for r in fake_upstream.requests("b1")] == [404, 400]
 
 
+async def test_sent_bytes_counts_what_the_client_took(fake_upstream: FakeUpstream) -> None:
+    body = {"model": "m", "stream": True, "messages": user("one two three four")}
+    async with (
+        httpx.AsyncClient(base_url=fake_upstream.url) as client,
+        client.stream("POST", "/b1/v1/chat/completions", json=body) as response,
+    ):
+        received = b"".join([chunk async for chunk in response.aiter_bytes()])
+    [recorded] = fake_upstream.requests("b1")
+    assert recorded.sent_bytes == len(received) > 0
+
+
 # -- stream faults ------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from support_protocols import (
     SDK_STREAM_LEAKS,
     ProtocolEnv,
     open_protocol_env,
+    open_raw_stream,
     sse_events,
     user,
     wait_until_cancelled,
@@ -231,6 +232,42 @@ async def test_raw_client_leaving_cancels_the_upstream(env: ProtocolEnv) -> None
 
     with trio.fail_after(1):
         await wait_until_cancelled(env.fake, OA_SMALL)
+
+
+# -- a client that stops reading --------------------------------------------------------------
+
+# 8 MiB of reply in 8 KiB words: far more than every buffer between the fake and a stalled
+# client (the kernel's socket buffers on both connections, the router's stream buffer).
+HUGE = ("x" * 8191 + " ") * 1024
+HUGE_SSE = len(HUGE)  # the stream is longer on the wire (SSE framing)
+
+
+@UPSTREAMS
+async def test_a_client_that_stops_reading_is_disconnected_and_the_upstream_cancelled(
+    fake_upstream: FakeUpstream, model: str
+) -> None:
+    backend = BACKEND[model]
+    server = {"stream_write_timeout_sec": 1, "stream_buffer_bytes": 65536}
+    async with open_protocol_env(fake_upstream, server=server) as env:
+        env.fake.set_default(backend, Behaviour(text=HUGE))
+        path, body = _body("openai", model, "a huge answer")
+        async with open_raw_stream(env.router.url, "/v1" + path, body) as client:
+            assert client.head.startswith(b"HTTP/1.1 200")
+            # The client reads nothing more. The router must stop reading the upstream (not
+            # read it to the end into memory), and once the client has taken nothing for the
+            # write timeout, drop it and cancel the upstream call.
+            with trio.fail_after(10):
+                await env.fake.wait_until_idle()
+            record = env.only_request(backend)
+            assert record.cancelled and not record.completed
+            assert record.sent_bytes < HUGE_SSE / 2
+            with trio.fail_after(5):  # closed: what was in flight, then the end
+                await client.read_to_end()
+            assert client.closed
+        events = client.events()
+        assert events and events[-1][1] != "[DONE]"
+        assert len(client.raw) < HUGE_SSE / 2
+        await _wait_released(env, model)
 
 
 # -- upstream failures mid-stream -------------------------------------------------------------

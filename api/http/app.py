@@ -38,6 +38,7 @@ from engine.runtime.gateway import ChatStream, Gateway, Models, open_gateway
 from engine.runtime.node import RunContext, Served
 from engine.wire.protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
+from .stream_writes import StreamWriteDeadline
 from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call
 
@@ -111,6 +112,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         BODY_TIMEOUT=config.server.read_timeout_sec,
         MAX_CONTENT_LENGTH=config.server.max_body_bytes,
         PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    # A streaming client that stops reading is disconnected (hypercorn's writes wait for it).
+    app.asgi_app = StreamWriteDeadline(  # type: ignore[method-assign]
+        app.asgi_app, timeout=config.server.stream_write_timeout_sec,
+        background=lambda: app.nursery,
     )
     allowed_keys = tuple(k.encode() for k in config.server.api_keys)
     # Unset: the models' own timeouts (first byte, idle, total) end a request that takes long.
@@ -352,7 +358,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
 async def _relay(stream: ChatStream, encoder: Encoder) -> AsyncIterator[bytes]:
     """The SSE body: the opening event, every batch as one write, and a clean end or an error
-    event. A client disconnect cancels this generator; ``close`` cancels the upstream call."""
+    event. Each write waits for the client (``StreamWriteDeadline`` bounds the wait); a client
+    disconnect cancels this generator; ``close`` cancels the upstream call."""
     try:
         yield encoder.start()
         async for batch in stream:

@@ -217,6 +217,12 @@ class ServerConfig(_Section):
     read_timeout_sec: float = Field(30.0, gt=0)
     write_timeout_sec: float | None = Field(default=None, gt=0)
     keep_alive_sec: float = Field(15.0, gt=0)
+    # A streaming client that accepts no data for this long is disconnected and its upstream
+    # call cancelled.
+    stream_write_timeout_sec: float = Field(60.0, gt=0)
+    # What one upstream stream may hold for its slowest client before the upstream read waits
+    # (one client) or the laggard is cut off (clients sharing a deduplicated stream).
+    stream_buffer_bytes: int = Field(1024 * 1024, ge=4096)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Client keys allowed to call the router; empty means any key (or none) is accepted.
     api_keys: tuple[str, ...] = Field(default=(), repr=False)

@@ -14,7 +14,9 @@ provider without native ``n`` gets ``n`` concurrent calls whose choices are merg
 
 A stream *publishes* what it relays: first a :class:`~engine.node.Served`-like head, built by
 the ``head`` callback once the first events are in hand (so failover stays possible until
-then), then lists of events. After the head, an upstream failure propagates to the caller.
+then), then lists of events, each with the upstream bytes it came from. Publishing may wait
+for slow clients (``engine.dedup``); that wait does not count against the backend's
+``total_sec``. After the head, an upstream failure propagates to the caller.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ from engine.errors import (
 from engine.messages import ChatRequest, ChatResult, Event, ResultBuilder, merge_choices
 from engine.wire.providers import Provider, provider_for
 
+from .dedup import Publish
 from .upstream import UpstreamClient, UpstreamStream, failure_kind
 
 __all__ = ["Answer", "BackendCaller"]
 
-Publish = Callable[[Any], None]
 T = TypeVar("T")
 
 
@@ -127,7 +129,7 @@ class BackendCaller:
         )
         model = backend.config
         try:
-            publish(head(model))
+            await publish(head(model), 0)
             result = await self._relay(stream, model, publish,
                                        trio.current_time() + model.timeouts.total_sec)
         except UpstreamError as exc:
@@ -219,9 +221,12 @@ class BackendCaller:
     ) -> ChatResult:
         builder = ResultBuilder()
         batch: list[Event] | None = stream.first
+        relayed = 0  # upstream bytes published
         while batch is not None:
             builder.add(batch)
-            publish(batch)
+            size, relayed = stream.received - relayed, stream.received
+            # Time spent waiting for slow clients is not the backend's: move the deadline.
+            deadline += await publish(batch, size)
             if builder.finished:
                 break
             with trio.move_on_at(deadline) as scope:

@@ -11,6 +11,10 @@ Both entry points plan the request as a one-node workflow and hand it to the exe
 * :meth:`Gateway.open_stream` runs it in the background nursery and returns a
   :class:`ChatStream` once the head is known (the first events are in hand), so the caller can
   still answer with a plain error status if every backend fails before the first byte.
+
+A stream holds little: a channel of at most 16 batches between the node and the client, and
+what its flight keeps (``server.stream_buffer_bytes``, see ``engine.dedup``). A client that
+reads slowly slows the upstream read rather than piling it up here.
 """
 
 from __future__ import annotations
@@ -47,7 +51,17 @@ from .workflow_run import Emit, run_workflow
 
 __all__ = ["ChatStream", "Gateway", "Models", "WorkflowEvents", "load_models", "open_gateway"]
 
-_STREAM_BUFFER = 16
+_STREAM_BUFFER = 16  # items between a background task and its client (a chat stream: batches)
+
+
+class _Ending:
+    """How a stream ended: the error, if it failed. Set before its channel is closed, so the
+    error reaches the client after the batches already queued, however full the channel."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: RouterError | None = None
 # Worker threads rendering workflow templates at once (each render is bounded in time): a
 # few, so renders cannot take every thread trio lends (the feedback store needs some).
 _RENDER_THREADS = 2
@@ -61,6 +75,7 @@ class ChatStream:
     served: Served
     _receive: trio.MemoryReceiveChannel[Any]
     _scope: trio.CancelScope
+    _ending: _Ending
 
     # An iterator object, not an async generator: a client that leaves mid-stream abandons
     # the iteration, and an abandoned generator is one trio warns about when it is collected.
@@ -69,12 +84,12 @@ class ChatStream:
 
     async def __anext__(self) -> list[Event]:
         try:
-            item = await self._receive.receive()
+            batch: list[Event] = await self._receive.receive()
         except trio.EndOfChannel:
+            if self._ending.error is not None:
+                raise self._ending.error from None
             raise StopAsyncIteration from None
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        return batch
 
     def close(self) -> None:
         """Stop relaying and cancel the upstream call. Safe to call more than once."""
@@ -105,7 +120,7 @@ class Gateway:
                 ttl=config.cache.ttl_sec,
                 threshold=config.cache.similarity_thresh,
             )
-        self.flights = FlightRegistry(nursery)
+        self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
         self.policy = policy or RoutingPolicy(config)
         self.runner = NodeRunner(
             policy=self.policy,
@@ -136,24 +151,23 @@ class Gateway:
             RouterError: nothing could be streamed (every backend failed before its first byte).
         """
         send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
+        ending = _Ending()
         scope: trio.CancelScope = await self._nursery.start(self._stream_task, request, ctx,
-                                                            send)
+                                                            send, ending)
         try:
             head = await receive.receive()
         except trio.EndOfChannel:
-            raise RouterError("the stream ended before it started") from None
-        if isinstance(head, BaseException):
-            receive.close()
-            if isinstance(head, RouterError):
-                self.stats.record_error(head.code)
-            raise head
-        return ChatStream(served=head, _receive=receive, _scope=scope)
+            error = ending.error or RouterError("the stream ended before it started")
+            self.stats.record_error(error.code)
+            raise error from None
+        return ChatStream(served=head, _receive=receive, _scope=scope, _ending=ending)
 
     async def _stream_task(
         self,
         request: ChatRequest,
         ctx: RunContext,
         send: trio.MemorySendChannel[Any],
+        ending: _Ending,
         *,
         task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -167,9 +181,9 @@ class Gateway:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
                 except RouterError as exc:
-                    await _deliver(send, exc)
+                    ending.error = exc
                 except Exception as exc:  # a bug: report it as an internal error, keep serving
-                    await _deliver(send, _internal(exc))
+                    ending.error = _internal(exc)
 
     def backends(self) -> list[dict[str, object]]:
         entries = self.pool.snapshot(trio.current_time())

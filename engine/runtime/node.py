@@ -12,7 +12,8 @@
 The same path serves a plain chat completion and each step of a workflow. A streaming node
 relays to a ``sink`` channel: a :class:`Served` head, then lists of events; after the head has
 gone out, a failure propagates to the caller, who ends the client's stream with an error
-event.
+event. The sink's pace is the client's: the flight reads the upstream no faster than its
+furthest listener takes, and cuts off one that falls too far behind (``engine.dedup``).
 """
 
 from __future__ import annotations
@@ -145,30 +146,23 @@ class NodeRunner:
             self.stats.cache_misses += 1
 
         store = cache is not None and ctx.cache_write
-        flight, leader = self.flights.join(
+        listener = self.flights.join(
             key.full if key is not None else b"",
             partial(self._fly, request, route, key, store, sink is not None, prefer, prepared),
             share=share,
         )
+        leader = listener.leader
         role = "LEADER" if leader else "FOLLOWER"
         try:
-            if sink is None:
-                done: NodeResult = await flight.wait()
-            else:
-                sent = 0
-                while True:
-                    await flight.wait_beyond(sent)
-                    while sent < len(flight.items):
-                        item = flight.items[sent]
-                        sent += 1
-                        if isinstance(item, Served):
-                            item = dataclasses.replace(item, dedup=role)
-                        await sink.send(item)
-                    if flight.done:
-                        break
-                done = await flight.wait()
+            if sink is not None:
+                # What was already sent, then the rest live, at this client's pace.
+                while (item := await listener.take()) is not None:
+                    if type(item) is Served:
+                        item = dataclasses.replace(item, dedup=role)
+                    await sink.send(item)
+            done: NodeResult = await listener.flight.wait()
         finally:
-            flight.leave()
+            listener.leave()
         if not leader:
             self.stats.record_dedup(done.cost_usd, reference_usd=done.cost_usd + done.saved_usd)
         return dataclasses.replace(done, served=dataclasses.replace(done.served, dedup=role))

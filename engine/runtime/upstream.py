@@ -128,6 +128,7 @@ class UpstreamStream:
         self._done = False  # the body has been read to its end
         self._complete = False  # the provider's end-of-stream event has been decoded
         self.first: list[Event] = []
+        self.received = 0  # body bytes read so far
 
     async def next_batch(self) -> list[Event] | None:
         """The next non-empty batch of events, or ``None`` once the stream is complete."""
@@ -145,6 +146,7 @@ class UpstreamStream:
                 raise UpstreamUnreachable(
                     f"upstream stream broke: {type(exc).__name__}", backend=self._backend
                 ) from None
+            self.received += len(chunk)
             events = self._decode(chunk)
             if events:
                 self._complete = type(events[-1]) is Finish

@@ -144,6 +144,9 @@ class Recorded:
     # the last write, so it is already true when the client sees the end of the response.
     completed: bool = False
     cancelled: bool = False  # the client went away before the fake finished (never both)
+    # Streams: body bytes the client's connection has taken so far (a write counts once it
+    # returns, so a client that stops reading stops this growing).
+    sent_bytes: int = 0
 
     @property
     def stream(self) -> bool:
@@ -483,6 +486,7 @@ async def _send_stream(
                 await closing.wait()  # only the client leaving (or shutdown) ends this
                 return
         await _send_chunk(send, event.data, behaviour, first=index == 0)
+        record.sent_bytes += len(event.data)
         sent_content += event.content
     record.completed = True  # before the last write: the client may act on it at once
     await send({"type": "http.response.body", "body": b"", "more_body": False})
