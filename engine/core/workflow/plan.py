@@ -28,13 +28,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import networkx as nx
-
 from engine.core.config import Config, ModelConfig
-from engine.core.planner import Node, Plan, build_plan
+from engine.core.planner import Node, Plan, build_plan, longest_chain
 from engine.core.pool import BackendPool
-from engine.core.routing.scoring import estimate_tokens, score_request, tier_for_score
+from engine.core.routing.scoring import score_request, tier_for_score
 from engine.errors import TemplateLimitExceeded, WorkflowInvalid, echo
+from engine.messages import estimate_tokens
 
 from .render import render_request, resolve_variables
 from .spec import Op, OpOutput, Workflow
@@ -81,14 +80,6 @@ def plan_workflow(workflow: Workflow) -> Plan:
     return build_plan(nodes, workflow.edges)
 
 
-class _End:
-    """The sink every op feeds in :func:`critical_path`'s graph: it turns node weights into
-    edge weights, which is what ``dag_longest_path`` sums."""
-
-    def __repr__(self) -> str:
-        return "<end>"
-
-
 def critical_path(
     plan_or_workflow: Plan | Workflow,
     latency_of: Callable[[str], float] | Mapping[str, float],
@@ -114,16 +105,8 @@ def critical_path(
     plan = plan_or_workflow if isinstance(plan_or_workflow, Plan) else plan_workflow(
         plan_or_workflow
     )
-    if not len(plan):
-        return []
     weight = latency_of.__getitem__ if isinstance(latency_of, Mapping) else latency_of
-    graph = nx.DiGraph()
-    end = _End()
-    for name in plan.graph:
-        graph.add_edge(name, end, weight=weight(name))
-    for upstream, downstream in plan.graph.edges:
-        graph.add_edge(upstream, downstream, weight=weight(upstream))
-    return [name for name in nx.dag_longest_path(graph, weight="weight") if name is not end]
+    return longest_chain(plan, weight)
 
 
 def estimate_latency_ms(input_tokens: int, output_tokens: int) -> float:

@@ -1,0 +1,26 @@
+"""The rules of docs/architecture.md, checked: the import contracts in pyproject.toml."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_import_contracts() -> None:
+    """Every ``[tool.importlinter]`` contract is kept (the layers, the one networkx seam, the
+    fake upstream kept out of the product)."""
+    done = _run(
+        "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
+        "--config", str(ROOT / "pyproject.toml"), "--no-cache",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
