@@ -24,3 +24,10 @@ def test_import_contracts() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+def test_mypy() -> None:
+    """``mypy`` (``[tool.mypy]``: engine and api; strict on engine.core and engine.wire) finds
+    nothing. About 12 s from a cold cache, 2 s warm."""
+    done = _run("-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"))
+    assert done.returncode == 0, done.stdout + done.stderr

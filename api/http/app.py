@@ -12,7 +12,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import orjson
 import trio
@@ -120,7 +120,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     redactor = Redactor.for_config(config)
 
     @app.while_serving
-    async def lifespan() -> AsyncIterator[None]:
+    async def lifespan() -> AsyncGenerator[None, None]:
         # Log lines never carry a configured secret either (see engine.core.redact).
         loggers = [logging.getLogger(name) for name in _LOGGERS]
         log_filter = RedactingFilter(redactor)
@@ -165,7 +165,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 f"request body is {length} bytes; the limit is {config.server.max_body_bytes}"
             )
         try:
-            return await request.get_data(cache=False, as_text=False)
+            return await request.get_data(cache=False, as_text=False, parse_form_data=False)
         except HTTPException as exc:
             if exc.code == 413:
                 raise PayloadTooLarge(

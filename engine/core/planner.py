@@ -51,7 +51,8 @@ class Plan:
         return node
 
     def __len__(self) -> int:
-        return self.graph.number_of_nodes()
+        count: int = self.graph.number_of_nodes()
+        return count
 
 
 def build_plan(nodes: Iterable[Node], edges: Iterable[tuple[str, str]] = ()) -> Plan:
