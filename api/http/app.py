@@ -20,8 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from engine.core.config import Config
-from engine.core.redact import RedactingFilter, Redactor
+from engine.core import Config, RedactingFilter, Redactor
 from engine.errors import (
     DeadlineExceeded,
     ModelNotFound,
@@ -34,9 +33,8 @@ from engine.errors import (
     UpstreamRateLimited,
     echo,
 )
-from engine.runtime.gateway import ChatStream, Gateway, Models, open_gateway
-from engine.runtime.node import RunContext, Served
-from engine.wire.protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
+from engine.runtime import ChatStream, Gateway, Models, RunContext, Served, open_gateway
+from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
 from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call
@@ -104,7 +102,7 @@ def _json(data: object, status: int = 200) -> Response:
 
 def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     """Build the app for ``config``. The gateway starts and stops with serving; ``preloaded``
-    are models already loaded (``engine.gateway.load_models``), else they load at start-up."""
+    are models already loaded (``engine.runtime.load_models``), else they load at start-up."""
     app = QuartTrio("llm_router")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams may run for minutes; deadlines live in the engine
@@ -193,8 +191,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 encoder = protocol.encoder(
                     chat_request, id=response_id, model=stream.served.model, created=created
                 )
-                gateway().policy.remember(request_id, score=stream.served.score,
-                                          tier=stream.served.tier, model=stream.served.model)
+                gateway().remember_decision(request_id, stream.served)
                 headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
                 return Response(_relay(stream, encoder), status=200, headers=headers)
             if answer_within is None:
@@ -208,8 +205,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             ), request_id)
         except RouterError as err:
             return error_response(protocol, err, request_id)
-        gateway().policy.remember(request_id, score=done.served.score, tier=done.served.tier,
-                                  model=done.served.model)
+        gateway().remember_decision(request_id, done.served)
         body = protocol.render_result(
             done.result, id=response_id, model=done.served.model, created=created
         )
@@ -279,7 +275,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise RequestInvalid("request body is not valid JSON") from None
-            return _json(await gateway().policy.feedback(data))
+            return _json(await gateway().report_feedback(data))
         except RouterError as err:
             return error_response(OPENAI, err, request_id)
 
@@ -289,11 +285,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             authenticate()
         except RouterError as err:
             return error_response(OPENAI, err, secrets.token_hex(12))
-        return _json(await gateway().policy.describe())
+        return _json(await gateway().routing_state())
 
     @app.get("/v1/backends")
     async def backends() -> Response:
-        return guarded(gateway().backends)
+        return guarded(gateway().backends_snapshot)
 
     # One object per model that both SDKs read: OpenAI's (id, object, created, owned_by) and
     # Anthropic's (type, id, display_name, created_at). `auto` (routed) comes first, so chat
@@ -325,7 +321,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.get("/stats")
     async def stats() -> Response:
-        return guarded(gateway().stats.snapshot)
+        return guarded(gateway().stats_snapshot)
 
     @app.get("/health")
     async def health() -> Response:
