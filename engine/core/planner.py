@@ -28,7 +28,7 @@ class Node:
 
     ``request`` is the call when it is known up front (a chat completion). ``tier`` overrides
     the complexity score's choice of tier (a workflow op's ``tier``). ``op`` is the workflow
-    op (:class:`engine.workflow.Op`) whose request is rendered when its inputs are done.
+    op (:class:`engine.core.workflow.spec.Op`) whose request is rendered when its inputs are done.
     """
 
     name: str

@@ -1,7 +1,7 @@
 """Planning a workflow: its DAG, critical path, and estimated cost and latency. Sans-IO.
 
-:func:`plan_workflow` turns a validated :class:`~engine.workflow.Workflow` into the same
-:class:`~engine.planner.Plan` a chat completion becomes, so the executor runs both alike.
+:func:`plan_workflow` turns a validated :class:`~engine.core.workflow.spec.Workflow` into the same
+:class:`~engine.core.planner.Plan` a chat completion becomes, so the executor runs both alike.
 The rest answers "what will this cost, and what takes longest?" without calling a model
 (the dry run, and the executor's choice of which ready op to start first):
 
@@ -62,7 +62,7 @@ DECODE_MS_PER_TOKEN = 20.0
 
 
 def plan_workflow(workflow: Workflow) -> Plan:
-    """The workflow's plan: one :class:`~engine.planner.Node` per op (``tier`` and ``op`` set,
+    """The workflow's plan: one :class:`~engine.core.planner.Node` per op (``tier`` and ``op`` set,
     ``request`` rendered later), its edges, and its generations.
 
     Examples
