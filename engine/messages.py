@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "ChatRequest",
     "ChatResult",
     "Event",
@@ -49,10 +50,23 @@ __all__ = [
     "ToolChoice",
     "ToolResult",
     "Usage",
+    "estimate_tokens",
     "merge_choices",
 ]
 
 StopReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+#: The provider-neutral token estimate's ratio (:func:`estimate_tokens`).
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """A provider-neutral token estimate: four characters a token, at least one if non-empty.
+
+    >>> estimate_tokens(""), estimate_tokens("abcd"), estimate_tokens("abcde")
+    (0, 1, 2)
+    """
+    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 @dataclass(frozen=True, slots=True)

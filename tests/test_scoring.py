@@ -18,8 +18,16 @@ from support_routing import model_entry, open_router_client
 
 from engine.core.config import Config
 from engine.core.routing.decide import decide_route
-from engine.core.routing.scoring import Score, estimate_tokens, score_request, tier_for_score
-from engine.messages import ChatRequest, Message, TextPart, Tool, ToolCall, ToolResult
+from engine.core.routing.scoring import Score, score_request, tier_for_score
+from engine.messages import (
+    ChatRequest,
+    Message,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolResult,
+    estimate_tokens,
+)
 from engine.runtime.gateway import Models, load_models
 from engine.runtime.policy import RoutingPolicy
 from engine.testing.fake_upstream import FakeUpstream

@@ -89,7 +89,7 @@ def _parser(*, router: bool = False) -> argparse.ArgumentParser:
 
 
 def _check(path: str) -> int:
-    from engine.core.config import load_config
+    from engine.core import load_config
     from engine.errors import ConfigInvalid
 
     try:
@@ -109,7 +109,7 @@ def _check(path: str) -> int:
 
 
 def _serve(config_path: str, addr: str) -> int:
-    from engine.core.config import load_config
+    from engine.core import load_config
     from engine.errors import ConfigInvalid
 
     try:

@@ -29,11 +29,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.core.routing.learned import DEFAULT_MODEL_PATH, FeatureConfig, LearnedRouter, blend
-from engine.core.routing.learned import request_for_prompt as _request
-from engine.core.routing.scoring import Score, score_request
+from engine.core import (
+    DEFAULT_MODEL_PATH,
+    FeatureConfig,
+    LearnedRouter,
+    Score,
+    blend,
+    score_request,
+)
+from engine.core import request_for_prompt as _request
 from engine.errors import RouterError
-from engine.training.evaluate import (
+from engine.training import (
     RoutingRow,
     cheapest_at,
     curve_at,
@@ -187,7 +193,7 @@ def _load_model(spec: str, embedder: Any) -> LearnedRouter:
 
 def _eval(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
           out: TextIO, err: TextIO, progress: ProgressBar) -> int:
-    from engine.core.cache.similarity import Embedder  # loads its table on first use only
+    from engine.core import Embedder  # loads its table on first use only
 
     if args.plot and Path(args.plot).suffix.lower() not in (".svg", ".png"):
         raise ValueError(f"--plot {args.plot}: write .svg or .png")
@@ -369,7 +375,7 @@ def _render_png(svg: str, target: Path) -> str | None:
 
 def _train(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
            out: TextIO, progress: ProgressBar) -> int:
-    from engine.training.fit import train_router
+    from engine.training import train_router
 
     try:
         l2 = tuple(float(v) for v in args.l2.split(","))
@@ -378,7 +384,7 @@ def _train(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
     config = replace(FeatureConfig(), embeddings=args.embeddings)
     embedder = None
     if args.embeddings:
-        from engine.core.cache.similarity import Embedder
+        from engine.core import Embedder
 
         embedder = Embedder()
     training = train_router(rows, config=config, target=args.target, l2=l2, folds=args.folds,

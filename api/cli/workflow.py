@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the commands import the engine only when they run
-    from engine.core.config import Config
+    from engine.core import Config
     from engine.errors import WorkflowInvalid
 
 __all__ = ["CommandFailed", "add_commands", "coerce_variables", "preview", "run_command"]
@@ -124,7 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace, *, required: bool) -> Config | None:
     """The config named by ``--config`` (or the top-level one, default config.yaml); without
     ``required``, none when the default file does not exist."""
-    from engine.core.config import load_config
+    from engine.core import load_config
     from engine.errors import ConfigInvalid
 
     path = args.workflow_config or args.config
@@ -167,7 +167,7 @@ def _input(value: str) -> str:
 
 
 def _limits(config: Config | None) -> Any:
-    from engine.core.workflow.spec import WorkflowLimits
+    from engine.core import WorkflowLimits
 
     if config is None:
         return WorkflowLimits()
@@ -247,8 +247,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _validate_one(spec: str, config: Config | None) -> int:
-    from engine.core.workflow.plan import check_models, plan_workflow
-    from engine.core.workflow.spec import check_workflow, load_workflow
+    from engine.core import check_models, check_workflow, load_workflow, plan_workflow
     from engine.errors import WorkflowInvalid
 
     path, templates = _locate(spec, config)
@@ -274,8 +273,7 @@ def _validate_one(spec: str, config: Config | None) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from engine.core.workflow.plan import describe_plan, estimate_costs
-    from engine.core.workflow.spec import load_workflow
+    from engine.core import describe_plan, estimate_costs, load_workflow
     from engine.errors import WorkflowInvalid
 
     config = _config(args, required=True)
@@ -335,7 +333,7 @@ def _run(args: argparse.Namespace) -> int:
 def _declared_defaults(text: str) -> dict[str, Any]:
     """The variables a workflow's text declares, for ``--var``; none if it does not parse
     (the router then explains what is wrong)."""
-    from engine.core.workflow.source import check_variables, parse_yaml
+    from engine.core import check_variables, parse_yaml
     from engine.errors import WorkflowInvalid
 
     try:

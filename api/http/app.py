@@ -12,7 +12,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import orjson
 import trio
@@ -20,8 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from engine.core.config import Config
-from engine.core.redact import RedactingFilter, Redactor
+from engine.core import Config, RedactingFilter, Redactor
 from engine.errors import (
     DeadlineExceeded,
     ModelNotFound,
@@ -34,9 +33,8 @@ from engine.errors import (
     UpstreamRateLimited,
     echo,
 )
-from engine.runtime.gateway import ChatStream, Gateway, Models, open_gateway
-from engine.runtime.node import RunContext, Served
-from engine.wire.protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
+from engine.runtime import ChatStream, Gateway, Models, RunContext, Served, open_gateway
+from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
 from .stream_writes import StreamWriteDeadline
 from .tenancy import client_key, tenant_of
@@ -105,7 +103,7 @@ def _json(data: object, status: int = 200) -> Response:
 
 def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     """Build the app for ``config``. The gateway starts and stops with serving; ``preloaded``
-    are models already loaded (``engine.gateway.load_models``), else they load at start-up."""
+    are models already loaded (``engine.runtime.load_models``), else they load at start-up."""
     app = QuartTrio("llm_router")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams may run for minutes; deadlines live in the engine
@@ -126,7 +124,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     redactor = Redactor.for_config(config)
 
     @app.while_serving
-    async def lifespan() -> AsyncIterator[None]:
+    async def lifespan() -> AsyncGenerator[None, None]:
         # Log lines never carry a configured secret either (see engine.core.redact).
         loggers = [logging.getLogger(name) for name in _LOGGERS]
         log_filter = RedactingFilter(redactor)
@@ -171,7 +169,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 f"request body is {length} bytes; the limit is {config.server.max_body_bytes}"
             )
         try:
-            return await request.get_data(cache=False, as_text=False)
+            return await request.get_data(cache=False, as_text=False, parse_form_data=False)
         except HTTPException as exc:
             if exc.code == 413:
                 raise PayloadTooLarge(
@@ -199,8 +197,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 encoder = protocol.encoder(
                     chat_request, id=response_id, model=stream.served.model, created=created
                 )
-                gateway().policy.remember(request_id, score=stream.served.score,
-                                          tier=stream.served.tier, model=stream.served.model)
+                gateway().remember_decision(request_id, stream.served)
                 headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
                 return Response(_relay(stream, encoder), status=200, headers=headers)
             if answer_within is None:
@@ -214,8 +211,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             ), request_id)
         except RouterError as err:
             return error_response(protocol, err, request_id)
-        gateway().policy.remember(request_id, score=done.served.score, tier=done.served.tier,
-                                  model=done.served.model)
+        gateway().remember_decision(request_id, done.served)
         body = protocol.render_result(
             done.result, id=response_id, model=done.served.model, created=created
         )
@@ -285,7 +281,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise RequestInvalid("request body is not valid JSON") from None
-            return _json(await gateway().policy.feedback(data))
+            return _json(await gateway().report_feedback(data))
         except RouterError as err:
             return error_response(OPENAI, err, request_id)
 
@@ -295,11 +291,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             authenticate()
         except RouterError as err:
             return error_response(OPENAI, err, secrets.token_hex(12))
-        return _json(await gateway().policy.describe())
+        return _json(await gateway().routing_state())
 
     @app.get("/v1/backends")
     async def backends() -> Response:
-        return guarded(gateway().backends)
+        return guarded(gateway().backends_snapshot)
 
     # One object per model that both SDKs read: OpenAI's (id, object, created, owned_by) and
     # Anthropic's (type, id, display_name, created_at). `auto` (routed) comes first, so chat
@@ -331,7 +327,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.get("/stats")
     async def stats() -> Response:
-        return guarded(gateway().stats.snapshot)
+        return guarded(gateway().stats_snapshot)
 
     @app.get("/health")
     async def health() -> Response:

@@ -34,8 +34,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from engine.core.config import Config
-from engine.runtime.gateway import Models, load_models
+from engine.core import Config
+from engine.runtime import Models, load_models
 
 from .app import create_app
 

@@ -25,14 +25,19 @@ import orjson
 import trio
 from quart import Response
 
-from engine.core.config import Config
-from engine.core.workflow.plan import check_models, describe_plan, estimate_costs
-from engine.core.workflow.render import resolve_variables
-from engine.core.workflow.spec import Workflow, WorkflowLimits, load_workflow
+from engine.core import (
+    Config,
+    Workflow,
+    WorkflowLimits,
+    check_models,
+    describe_plan,
+    estimate_costs,
+    load_workflow,
+    resolve_variables,
+)
 from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, echo
-from engine.runtime.gateway import Gateway, WorkflowEvents
-from engine.runtime.node import RunContext
-from engine.wire.openai import client as openai_wire
+from engine.runtime import Gateway, RunContext, WorkflowEvents
+from engine.wire import OPENAI
 
 __all__ = ["WorkflowAPI", "WorkflowCall"]
 
@@ -180,7 +185,7 @@ async def _sse(events: WorkflowEvents) -> AsyncIterator[bytes]:
     try:
         async for name, data in events:
             if name == "error":
-                yield b"event: error\ndata: " + openai_wire.render_error(data) + b"\n\n"
+                yield b"event: error\ndata: " + OPENAI.render_error(data) + b"\n\n"
                 return
             yield _event(name, data)
     finally:

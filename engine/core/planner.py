@@ -10,7 +10,7 @@ networkx is used here and only here; its exceptions are translated to
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import networkx as nx
 from engine.errors import WorkflowInvalid
 from engine.messages import ChatRequest
 
-__all__ = ["Node", "Plan", "build_plan", "plan_chat"]
+__all__ = ["Node", "Plan", "build_plan", "longest_chain", "plan_chat", "weight_to_end"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class Node:
 
     ``request`` is the call when it is known up front (a chat completion). ``tier`` overrides
     the complexity score's choice of tier (a workflow op's ``tier``). ``op`` is the workflow
-    op (:class:`engine.workflow.Op`) whose request is rendered when its inputs are done.
+    op (:class:`engine.core.workflow.spec.Op`) whose request is rendered when its inputs are done.
     """
 
     name: str
@@ -51,7 +51,8 @@ class Plan:
         return node
 
     def __len__(self) -> int:
-        return self.graph.number_of_nodes()
+        count: int = self.graph.number_of_nodes()
+        return count
 
 
 def build_plan(nodes: Iterable[Node], edges: Iterable[tuple[str, str]] = ()) -> Plan:
@@ -99,3 +100,49 @@ def plan_chat(request: ChatRequest) -> Plan:
     (('chat',),)
     """
     return build_plan([Node("chat", request=request)])
+
+
+class _End:
+    """The sink every node feeds in :func:`longest_chain`'s graph: it turns node weights into
+    edge weights, which is what ``dag_longest_path`` sums."""
+
+    def __repr__(self) -> str:
+        return "<end>"
+
+
+def longest_chain(plan: Plan, weight: Callable[[str], float]) -> list[str]:
+    """The chain of nodes, first to last, whose weights add up to the most (with latencies
+    as weights: the critical path); ``[]`` for an empty plan.
+
+    Examples
+    --------
+    >>> plan = build_plan([Node("a"), Node("b"), Node("c")], [("a", "b"), ("a", "c")])
+    >>> longest_chain(plan, {"a": 1, "b": 5, "c": 2}.__getitem__)
+    ['a', 'b']
+    """
+    if not len(plan):
+        return []
+    graph = nx.DiGraph()
+    end = _End()
+    for name in plan.graph:
+        graph.add_edge(name, end, weight=weight(name))
+    for upstream, downstream in plan.graph.edges:
+        graph.add_edge(upstream, downstream, weight=weight(upstream))
+    return [name for name in nx.dag_longest_path(graph, weight="weight") if name is not end]
+
+
+def weight_to_end(plan: Plan, weight: Callable[[str], float]) -> dict[str, float]:
+    """Each node's weight plus the heaviest chain after it (with latencies as weights: the
+    least time from starting the node to the end of the plan).
+
+    Examples
+    --------
+    >>> plan = build_plan([Node("a"), Node("b"), Node("c")], [("a", "b"), ("a", "c")])
+    >>> weight_to_end(plan, {"a": 1.0, "b": 5.0, "c": 2.0}.__getitem__)
+    {'c': 2.0, 'b': 5.0, 'a': 6.0}
+    """
+    remaining: dict[str, float] = {}
+    for name in reversed(list(nx.topological_sort(plan.graph))):
+        tail = max((remaining[s] for s in plan.graph.successors(name)), default=0.0)
+        remaining[name] = weight(name) + tail
+    return remaining

@@ -185,11 +185,35 @@ class Gateway:
                 except Exception as exc:  # a bug: report it as an internal error, keep serving
                     ending.error = _internal(exc)
 
-    def backends(self) -> list[dict[str, object]]:
+    # ---- what the API reads and reports -------------------------------------------------
+
+    def backends_snapshot(self) -> list[dict[str, object]]:
+        """``GET /v1/backends``: every backend's health and load (and the sidecar's)."""
         entries = self.pool.snapshot(trio.current_time())
         if self.policy.sidecar is not None:
             entries.append(self.policy.sidecar.snapshot())
         return entries
+
+    def stats_snapshot(self) -> dict[str, object]:
+        """``GET /stats``: the router's counters, and the money spent and saved."""
+        return self.stats.snapshot()
+
+    def remember_decision(self, request_id: str, served: Served) -> None:
+        """Keep how a request was routed, so feedback can name it by its request id."""
+        self.policy.remember(request_id, score=served.score, tier=served.tier,
+                             model=served.model)
+
+    async def report_feedback(self, data: Any) -> dict[str, Any]:
+        """``POST /v1/feedback``: record one quality report and recalibrate.
+
+        Raises:
+            RequestInvalid: the report is malformed or names an unknown request.
+        """
+        return await self.policy.feedback(data)
+
+    async def routing_state(self) -> dict[str, Any]:
+        """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
+        return await self.policy.describe()
 
     # ---- workflows ------------------------------------------------------------------------
 

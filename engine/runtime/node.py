@@ -31,7 +31,6 @@ from engine.core.cache.responses import CacheHit, PreparedText, ResponseCache
 from engine.core.config import Config, ModelConfig
 from engine.core.planner import Node
 from engine.core.routing.decide import Route
-from engine.core.routing.scoring import estimate_tokens
 from engine.core.stats import Stats
 from engine.errors import RouterError
 from engine.messages import (
@@ -44,6 +43,7 @@ from engine.messages import (
     ToolCallDelta,
     ToolCallStart,
     Usage,
+    estimate_tokens,
 )
 
 from .dedup import FlightRegistry, Publish

@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import networkx as nx
 import trio
 
 from engine.core.config import Config
-from engine.core.planner import Node
+from engine.core.planner import Node, weight_to_end
 from engine.core.workflow.plan import estimate_costs, plan_workflow
 from engine.core.workflow.render import parse_output, render_request, resolve_variables
 from engine.core.workflow.spec import OpOutput, Workflow
@@ -97,16 +96,6 @@ def _naming(error: RouterError, op: str) -> RouterError:
     return named
 
 
-def _priorities(workflow: Workflow, latency_ms: Mapping[str, float]) -> dict[str, float]:
-    graph = nx.DiGraph(workflow.edges)
-    graph.add_nodes_from(workflow.ops)
-    remaining: dict[str, float] = {}
-    for name in reversed(list(nx.topological_sort(graph))):
-        tail = max((remaining[s] for s in graph.successors(name)), default=0.0)
-        remaining[name] = latency_ms.get(name, 0.0) + tail
-    return remaining
-
-
 async def run_workflow(
     workflow: Workflow,
     *,
@@ -136,9 +125,8 @@ async def run_workflow(
         partial(estimate_costs, workflow, config, input=input, variables=values, strict=False),
         limiter=render_limiter,
     )
-    priority = _priorities(
-        workflow, {name: op["latency_ms"] for name, op in estimate["ops"].items()}
-    )
+    latency_ms = {name: op["latency_ms"] for name, op in estimate["ops"].items()}
+    priority = weight_to_end(plan, lambda name: latency_ms.get(name, 0.0))
     records = {name: OpRecord() for name in workflow.ops}
     outputs: dict[str, OpOutput] = {}
     spent = 0.0

@@ -38,18 +38,33 @@ import itertools
 import logging
 import re
 import socket
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import orjson
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+
+from .fake_wire import (
+    Event,
+    Protocol,
+    Reply,
+    ToolCall,
+    Usage,
+    anthropic_events,
+    anthropic_json,
+    choice_text,
+    error_body,
+    openai_events,
+    openai_json,
+    request_id_header,
+    stream_error_event,
+)
 
 __all__ = [
     "Behaviour",
@@ -65,31 +80,10 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Protocol = Literal["openai", "anthropic"]
 
 _ROUTE = re.compile(r"^/(?P<backend>[^/]+)/v1/(?P<endpoint>chat/completions|messages)$")
 _PROTOCOL_OF: dict[str, Protocol] = {"chat/completions": "openai", "messages": "anthropic"}
-# Tool-call arguments are streamed in fixed-size fragments that cut through JSON tokens, as
-# the real providers do, so that consumers must accumulate before parsing.
-_ARGUMENT_FRAGMENT = 8
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A function/tool call the fake answers with."""
-
-    name: str
-    arguments: dict[str, Any]
-    id: str | None = None  # default: a fresh "call_..." / "toolu_..." id
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token counts to report instead of the word-count defaults."""
-
-    input_tokens: int
-    output_tokens: int
 
 
 @dataclass(frozen=True)
@@ -151,29 +145,6 @@ class Recorded:
     @property
     def stream(self) -> bool:
         return isinstance(self.body, dict) and self.body.get("stream") is True
-
-
-@dataclass
-class _Reply:
-    """A protocol-neutral answer, rendered by the OpenAI or Anthropic encoder."""
-
-    id: str
-    model: str
-    text: str | None
-    tool_call: ToolCall | None
-    tool_call_id: str
-    stop_reason: str
-    usage: Usage
-    choices: int = 1  # OpenAI's n
-    top_logprobs: int | None = None  # None: no logprobs asked; else alternatives per token
-
-
-@dataclass
-class _Event:
-    """One SSE event; ``content`` marks the deltas that cut_after / error_event_after count."""
-
-    data: bytes
-    content: bool = False
 
 
 class FakeUpstream:
@@ -276,17 +247,17 @@ class FakeUpstream:
         route = _ROUTE.match(record.path)
         if record.method != "POST" or route is None:
             message = f"Invalid URL ({record.method} {record.path})"
-            await _send_json(record, send, 404, _error_body("openai", 404, message))
+            await _send_json(record, send, 404, error_body("openai", 404, message))
             return
         protocol = _PROTOCOL_OF[route["endpoint"]]
         problem = _validate(protocol, record.body)
         if problem is not None:
-            await _send_json(record, send, 400, _error_body(protocol, 400, problem))
+            await _send_json(record, send, 400, error_body(protocol, 400, problem))
             return
 
         behaviour = record.behaviour = self._next_behaviour(record.backend)
         n = next(self._ids)  # numbers this request's ids: request-id, message id, tool id
-        headers = _request_id_header(protocol, n)
+        headers = request_id_header(protocol, n)
         if behaviour.retry_after is not None:
             headers.append((b"retry-after", f"{behaviour.retry_after:g}".encode()))
         if behaviour.latency:
@@ -295,26 +266,26 @@ class FakeUpstream:
             await self._closing.wait()  # only the client leaving (or shutdown) ends this
             return  # hypercorn answers a bare 500 to whoever is still connected
         if behaviour.status != 200:
-            body = _error_body(protocol, behaviour.status, behaviour.error_message)
+            body = error_body(protocol, behaviour.status, behaviour.error_message)
             await _send_json(record, send, behaviour.status, body, headers)
             return
         if behaviour.error_with_200 and not record.stream:
             overloaded = 529 if protocol == "anthropic" else 503
-            body = _error_body(protocol, overloaded, behaviour.error_message)
+            body = error_body(protocol, overloaded, behaviour.error_message)
             await _send_json(record, send, 200, body, headers)
             return
 
         reply = _plan_reply(protocol, n, record.backend, record.body, behaviour)
         if not record.stream:
-            body = _openai_json(reply) if protocol == "openai" else _anthropic_json(reply)
+            body = openai_json(reply) if protocol == "openai" else anthropic_json(reply)
             await _send_json(record, send, 200, body, headers, cut=behaviour.cut_after is not None)
             return
         if protocol == "openai":
             stream_options = record.body.get("stream_options") or {}
-            events = _openai_events(reply, include_usage=bool(stream_options.get("include_usage")),
+            events = openai_events(reply, include_usage=bool(stream_options.get("include_usage")),
                                     delta_chars=behaviour.text_delta_chars)
         else:
-            events = _anthropic_events(reply, delta_chars=behaviour.text_delta_chars)
+            events = anthropic_events(reply, delta_chars=behaviour.text_delta_chars)
         await _send_stream(record, send, protocol, events, behaviour, headers,
                            closing=self._closing)
 
@@ -452,7 +423,7 @@ async def _send_stream(
     record: Recorded,
     send: Send,
     protocol: Protocol,
-    events: tuple[list[_Event], list[_Event]],
+    events: tuple[list[Event], list[Event]],
     behaviour: Behaviour,
     headers: list[tuple[bytes, bytes]],
     *,
@@ -479,7 +450,7 @@ async def _send_stream(
             error_after = behaviour.error_event_after
             if error_after is not None and sent_content >= error_after:
                 await _send_chunk(
-                    send, _stream_error_event(protocol, behaviour.error_message), behaviour
+                    send, stream_error_event(protocol, behaviour.error_message), behaviour
                 )
                 break
             if behaviour.stall_after is not None and sent_content >= behaviour.stall_after:
@@ -568,7 +539,7 @@ def _count_words(protocol: Protocol, body: dict[str, Any]) -> int:
 
 def _plan_reply(
     protocol: Protocol, n: int, backend: str, body: dict[str, Any], behaviour: Behaviour
-) -> _Reply:
+) -> Reply:
     """Decide the reply's content, ids, stop reason and usage for ``behaviour``."""
     text = behaviour.text
     if text is None and behaviour.tool_call is None:
@@ -588,12 +559,12 @@ def _plan_reply(
         choices = body.get("n") or 1
         if body.get("logprobs"):
             top_logprobs = body.get("top_logprobs") or 0
-    texts = [_choice_text(text, i) for i in range(choices)]
+    texts = [choice_text(text, i) for i in range(choices)]
     usage = behaviour.usage or Usage(
         input_tokens=_count_words(protocol, body),
         output_tokens=sum(len((t or "").split()) for t in texts),
     )
-    return _Reply(
+    return Reply(
         id=reply_id,
         model=str(body["model"]),
         text=text,
@@ -604,307 +575,3 @@ def _plan_reply(
         choices=choices,
         top_logprobs=top_logprobs,
     )
-
-
-def _choice_text(text: str | None, index: int) -> str | None:
-    """The text of choice ``index``: the reply text, marked for every choice but the first."""
-    if text is None or index == 0:
-        return text
-    return f"{text} #{index}"
-
-
-def _token_logprobs(word: str, position: int, alternatives: int) -> dict[str, Any]:
-    """An OpenAI ``logprobs.content`` entry for ``word``, with ``alternatives`` top entries
-    (the token itself first, then made-up ones, less likely)."""
-    logprob = -0.25 * (position % 4) - 0.01
-
-    def entry(token: str, value: float) -> dict[str, Any]:
-        return {"token": token, "logprob": value, "bytes": list(token.encode())}
-
-    top = [entry(word, logprob)] + [
-        entry(f"alt{j}", logprob - j) for j in range(1, alternatives)
-    ]
-    return {**entry(word, logprob), "top_logprobs": top[:alternatives]}
-
-
-# -- response encoding ------------------------------------------------------------------------
-
-
-def _words(text: str, size: int | None = None) -> list[str]:
-    """Word-sized pieces (or pieces of ``size`` characters) that concatenate back to exactly
-    ``text``."""
-    if size is not None:
-        return [text[i : i + size] for i in range(0, len(text), size)]
-    return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
-
-
-def _fragments(text: str) -> list[str]:
-    return [text[i : i + _ARGUMENT_FRAGMENT] for i in range(0, len(text), _ARGUMENT_FRAGMENT)]
-
-
-def _arguments_json(tool: ToolCall) -> str:
-    return orjson.dumps(tool.arguments).decode()
-
-
-def _request_id_header(protocol: Protocol, n: int) -> list[tuple[bytes, bytes]]:
-    if protocol == "openai":
-        return [(b"x-request-id", f"req_fake{n}".encode())]
-    return [(b"request-id", f"req_fake{n}".encode())]
-
-
-_OPENAI_ERRORS = {
-    400: ("invalid_request_error", None, "Invalid request."),
-    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
-    403: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
-    404: ("invalid_request_error", "model_not_found", "The model does not exist."),
-    429: ("requests", "rate_limit_exceeded", "Rate limit reached. Please try again later."),
-}
-_ANTHROPIC_ERRORS = {
-    400: ("invalid_request_error", "Invalid request."),
-    401: ("authentication_error", "invalid x-api-key"),
-    403: ("permission_error", "Your API key does not have permission to use this resource."),
-    404: ("not_found_error", "Not found."),
-    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
-    429: ("rate_limit_error", "Number of requests has exceeded your rate limit."),
-    529: ("overloaded_error", "Overloaded"),
-}
-
-
-def _error_body(protocol: Protocol, status: int, message: str | None) -> dict[str, Any]:
-    """The provider's own error object for ``status`` (5xx: server_error / api_error)."""
-    if protocol == "openai":
-        kind, code, default = _OPENAI_ERRORS.get(
-            status, ("server_error", None, "The server had an error while processing your request.")
-        )
-        error = {"message": message or default, "type": kind, "param": None, "code": code}
-        return {"error": error}
-    kind, default = _ANTHROPIC_ERRORS.get(status, ("api_error", "Internal server error"))
-    return {"type": "error", "error": {"type": kind, "message": message or default}}
-
-
-def _stream_error_event(protocol: Protocol, message: str | None) -> bytes:
-    """The mid-stream error each provider sends once a 200 stream has begun."""
-    if protocol == "openai":
-        return _sse(_error_body("openai", 500, message))
-    return _sse(_error_body("anthropic", 529, message), event="error")
-
-
-def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
-    payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
-    head = f"event: {event}\n".encode() if event else b""
-    return head + b"data: " + payload + b"\n\n"
-
-
-def _openai_usage(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-def _openai_logprobs(reply: _Reply, text: str | None) -> dict[str, Any] | None:
-    if reply.top_logprobs is None:
-        return None
-    content = [
-        _token_logprobs(word, i, reply.top_logprobs) for i, word in enumerate(_words(text or ""))
-    ]
-    return {"content": content, "refusal": None}
-
-
-def _openai_json(reply: _Reply) -> dict[str, Any]:
-    return {
-        "id": reply.id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": reply.model,
-        "choices": [_openai_choice(reply, i) for i in range(reply.choices)],
-        "usage": _openai_usage(reply.usage),
-        "service_tier": "default",
-        "system_fingerprint": "fp_fake",
-    }
-
-
-def _openai_choice(reply: _Reply, index: int) -> dict[str, Any]:
-    text = _choice_text(reply.text, index)
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": text,
-        "refusal": None,
-        "annotations": [],
-    }
-    if reply.tool_call is not None:
-        message["tool_calls"] = [
-            {
-                "id": reply.tool_call_id,
-                "type": "function",
-                "function": {
-                    "name": reply.tool_call.name,
-                    "arguments": _arguments_json(reply.tool_call),
-                },
-            }
-        ]
-    return {
-        "index": index,
-        "message": message,
-        "logprobs": _openai_logprobs(reply, text),
-        "finish_reason": reply.stop_reason,
-    }
-
-
-def _openai_events(
-    reply: _Reply, *, include_usage: bool, delta_chars: int | None = None
-) -> tuple[list[_Event], list[_Event]]:
-    """(preamble, rest) of an OpenAI chat.completion.chunk stream, ending in ``[DONE]``."""
-    created = int(time.time())
-
-    def chunk(
-        delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None
-    ) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        data: dict[str, Any] = {
-            "id": reply.id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": reply.model,
-            "service_tier": "default",
-            "system_fingerprint": "fp_fake",
-            "choices": [choice],
-        }
-        if include_usage:
-            data["usage"] = None  # the real API marks every chunk but the last this way
-        return _sse(data)
-
-    role = {"role": "assistant", "content": "" if reply.text is not None else None, "refusal": None}
-    preamble = [_Event(chunk(role))]
-    rest = [
-        _Event(chunk({"content": piece}, logprobs=_chunk_logprobs(reply, piece, i)), content=True)
-        for i, piece in enumerate(_words(reply.text or "", delta_chars))
-    ]
-    if reply.tool_call is not None:
-        head = {
-            "index": 0,
-            "id": reply.tool_call_id,
-            "type": "function",
-            "function": {"name": reply.tool_call.name, "arguments": ""},
-        }
-        rest.append(_Event(chunk({"tool_calls": [head]})))
-        for piece in _fragments(_arguments_json(reply.tool_call)):
-            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-            rest.append(_Event(chunk(delta), content=True))
-    rest.append(_Event(chunk({}, reply.stop_reason)))
-    if include_usage:
-        rest.append(
-            _Event(
-                _sse(
-                    {
-                        "id": reply.id,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": reply.model,
-                        "service_tier": "default",
-                        "system_fingerprint": "fp_fake",
-                        "choices": [],
-                        "usage": _openai_usage(reply.usage),
-                    }
-                )
-            )
-        )
-    rest.append(_Event(_sse("[DONE]")))
-    return preamble, rest
-
-
-def _chunk_logprobs(reply: _Reply, word: str, position: int) -> dict[str, Any] | None:
-    if reply.top_logprobs is None:
-        return None
-    return {"content": [_token_logprobs(word, position, reply.top_logprobs)], "refusal": None}
-
-
-def _anthropic_usage(usage: Usage) -> dict[str, Any]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "output_tokens": usage.output_tokens,
-        "service_tier": "standard",
-    }
-
-
-def _anthropic_blocks(reply: _Reply) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    if reply.text is not None:
-        blocks.append({"type": "text", "text": reply.text})
-    if reply.tool_call is not None:
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": reply.tool_call_id,
-                "name": reply.tool_call.name,
-                "input": reply.tool_call.arguments,
-            }
-        )
-    return blocks
-
-
-def _anthropic_json(reply: _Reply) -> dict[str, Any]:
-    return {
-        "id": reply.id,
-        "type": "message",
-        "role": "assistant",
-        "model": reply.model,
-        "content": _anthropic_blocks(reply),
-        "stop_reason": reply.stop_reason,
-        "stop_sequence": None,
-        "usage": _anthropic_usage(reply.usage),
-    }
-
-
-def _anthropic_events(
-    reply: _Reply, *, delta_chars: int | None = None
-) -> tuple[list[_Event], list[_Event]]:
-    """(preamble, rest) of an Anthropic Messages stream, in the order the real API sends."""
-
-    def event(name: str, data: dict[str, Any], *, content: bool = False) -> _Event:
-        return _Event(_sse({"type": name, **data}, event=name), content=content)
-
-    start_usage = {**_anthropic_usage(reply.usage), "output_tokens": 1}  # as the real API does
-    message = {**_anthropic_json(reply), "content": [], "stop_reason": None, "usage": start_usage}
-    events = [event("message_start", {"message": message})]
-    preamble_length = 0
-    for index, block in enumerate(_anthropic_blocks(reply)):
-        opening: dict[str, Any]
-        if block["type"] == "text":
-            opening = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": piece}
-                      for piece in _words(block["text"], delta_chars)]
-        else:
-            opening = {**block, "input": {}}
-            pieces = _fragments(orjson.dumps(block["input"]).decode())
-            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
-        events.append(event("content_block_start", {"index": index, "content_block": opening}))
-        if index == 0:
-            events.append(event("ping", {}))
-            preamble_length = len(events)
-        events.extend(
-            event("content_block_delta", {"index": index, "delta": delta}, content=True)
-            for delta in deltas
-        )
-        events.append(event("content_block_stop", {"index": index}))
-    events.append(
-        event(
-            "message_delta",
-            {
-                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": reply.usage.output_tokens},
-            },
-        )
-    )
-    events.append(event("message_stop", {}))
-    return events[:preamble_length], events[preamble_length:]

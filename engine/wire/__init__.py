@@ -1,0 +1,15 @@
+"""The OpenAI and Anthropic wire formats, both directions: the inbound protocols clients
+speak, and the providers' codecs the upstream client drives."""
+
+from .protocols import ANTHROPIC, OPENAI, Encoder, WireProtocol
+from .providers import Provider, StreamDecoder, provider_for
+
+__all__ = [
+    "ANTHROPIC",
+    "OPENAI",
+    "Encoder",
+    "Provider",
+    "StreamDecoder",
+    "WireProtocol",
+    "provider_for",
+]

@@ -6,9 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.core.routing.scoring import estimate_tokens
 from engine.errors import RouterError
-from engine.messages import ChatRequest, ChatResult, Event
+from engine.messages import ChatRequest, ChatResult, Event, estimate_tokens
 from engine.wire.anthropic import client as anthropic_wire
 from engine.wire.openai import client as openai_wire
 

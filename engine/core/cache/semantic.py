@@ -1,5 +1,6 @@
 """The cache's similarity function: ``engine.core.cache.similarity`` and
-``engine.core.cache.vector_index`` joined into the :class:`~engine.cache.Matcher` the cache uses."""
+``engine.core.cache.vector_index`` joined into the
+:class:`~engine.core.cache.responses.Matcher` the cache uses."""
 
 from __future__ import annotations
 

@@ -208,7 +208,8 @@ class Embedder:
             if enc.ids:
                 row[:] = table[enc.ids].sum(axis=0)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return np.divide(out, norms, out=out, where=norms > 0)
+        unit: np.ndarray = np.divide(out, norms, out=out, where=norms > 0)
+        return unit
 
     def fingerprint(self, text: str) -> Fingerprint:
         """The :class:`Fingerprint` of ``text`` (~0.2 ms for a one-line prompt)."""

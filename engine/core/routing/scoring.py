@@ -25,11 +25,16 @@ import math
 import re
 from dataclasses import dataclass
 
-from engine.messages import ChatRequest, TextPart, ToolCall, ToolResult
+from engine.messages import (
+    CHARS_PER_TOKEN,
+    ChatRequest,
+    TextPart,
+    ToolCall,
+    ToolResult,
+    estimate_tokens,
+)
 
-__all__ = ["Score", "estimate_tokens", "score_request", "tier_for_score"]
-
-_CHARS_PER_TOKEN = 4
+__all__ = ["Score", "score_request", "tier_for_score"]
 
 _REASONING = re.compile(
     r"step[- ]by[- ]step|\banaly[sz]\w*|trade[- ]?offs?\b|\bpros and cons\b|\bprove\b|\bproof\b"
@@ -59,15 +64,6 @@ class Score:
     total: int
     signals: dict[str, int]
     min_tier: int = 1
-
-
-def estimate_tokens(text: str) -> int:
-    """A provider-neutral token estimate: four characters a token, at least one if non-empty.
-
-    >>> estimate_tokens(""), estimate_tokens("abcd"), estimate_tokens("abcde")
-    (0, 1, 2)
-    """
-    return -(-len(text) // _CHARS_PER_TOKEN)
 
 
 def _token_points(tokens: int) -> int:
@@ -117,7 +113,7 @@ def score_request(request: ChatRequest) -> Score:
     tokens = (
         estimate_tokens(user_text)
         + estimate_tokens(system)
-        + -(-(other_chars + tool_chars) // _CHARS_PER_TOKEN)
+        + -(-(other_chars + tool_chars) // CHARS_PER_TOKEN)
     )
 
     signals = {

@@ -1,7 +1,7 @@
 """Planning a workflow: its DAG, critical path, and estimated cost and latency. Sans-IO.
 
-:func:`plan_workflow` turns a validated :class:`~engine.workflow.Workflow` into the same
-:class:`~engine.planner.Plan` a chat completion becomes, so the executor runs both alike.
+:func:`plan_workflow` turns a validated :class:`~engine.core.workflow.spec.Workflow` into the same
+:class:`~engine.core.planner.Plan` a chat completion becomes, so the executor runs both alike.
 The rest answers "what will this cost, and what takes longest?" without calling a model
 (the dry run, and the executor's choice of which ready op to start first):
 
@@ -28,13 +28,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import networkx as nx
-
 from engine.core.config import Config, ModelConfig
-from engine.core.planner import Node, Plan, build_plan
+from engine.core.planner import Node, Plan, build_plan, longest_chain
 from engine.core.pool import BackendPool
-from engine.core.routing.scoring import estimate_tokens, score_request, tier_for_score
+from engine.core.routing.scoring import score_request, tier_for_score
 from engine.errors import TemplateLimitExceeded, WorkflowInvalid, echo
+from engine.messages import estimate_tokens
 
 from .render import render_request, resolve_variables
 from .spec import Op, OpOutput, Workflow
@@ -63,7 +62,7 @@ DECODE_MS_PER_TOKEN = 20.0
 
 
 def plan_workflow(workflow: Workflow) -> Plan:
-    """The workflow's plan: one :class:`~engine.planner.Node` per op (``tier`` and ``op`` set,
+    """The workflow's plan: one :class:`~engine.core.planner.Node` per op (``tier`` and ``op`` set,
     ``request`` rendered later), its edges, and its generations.
 
     Examples
@@ -79,14 +78,6 @@ def plan_workflow(workflow: Workflow) -> Plan:
     """
     nodes = [Node(name, tier=op.tier, op=op) for name, op in workflow.ops.items()]
     return build_plan(nodes, workflow.edges)
-
-
-class _End:
-    """The sink every op feeds in :func:`critical_path`'s graph: it turns node weights into
-    edge weights, which is what ``dag_longest_path`` sums."""
-
-    def __repr__(self) -> str:
-        return "<end>"
 
 
 def critical_path(
@@ -114,16 +105,8 @@ def critical_path(
     plan = plan_or_workflow if isinstance(plan_or_workflow, Plan) else plan_workflow(
         plan_or_workflow
     )
-    if not len(plan):
-        return []
     weight = latency_of.__getitem__ if isinstance(latency_of, Mapping) else latency_of
-    graph = nx.DiGraph()
-    end = _End()
-    for name in plan.graph:
-        graph.add_edge(name, end, weight=weight(name))
-    for upstream, downstream in plan.graph.edges:
-        graph.add_edge(upstream, downstream, weight=weight(upstream))
-    return [name for name in nx.dag_longest_path(graph, weight="weight") if name is not end]
+    return longest_chain(plan, weight)
 
 
 def estimate_latency_ms(input_tokens: int, output_tokens: int) -> float:

@@ -33,6 +33,7 @@ def resolve_variables(workflow: Workflow, overrides: Mapping[str, Any] | None) -
     Raises:
         WorkflowInvalid: an undeclared name or a value of the wrong kind.
 
+    >>> from engine.core.workflow.spec import WorkflowLimits, load_workflow
     >>> wf = load_workflow("variables: {tone: dry}\\nops: {a: {prompt: '{{ tone }}'}}",
     ...                    limits=WorkflowLimits(), templates_dir=None)
     >>> resolve_variables(wf, {"tone": "warm"})
@@ -131,6 +132,7 @@ def parse_output(op: Op, text: str) -> OpOutput:
         UpstreamError: a ``json`` op's answer is not JSON (retryable: a model may do better
             on a second try).
 
+    >>> from engine.core.workflow.spec import WorkflowLimits, load_workflow
     >>> wf = load_workflow("ops: {x: {prompt: Answer in JSON., json: true}}",
     ...                    limits=WorkflowLimits(), templates_dir=None)
     >>> parse_output(wf.ops["x"], '```json\\n{"a": 1}\\n```').value

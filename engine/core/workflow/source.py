@@ -51,7 +51,7 @@ _JINJA_NAMES = frozenset(
 _MAX_YAML_NESTING = 16  # a workflow needs 5; PyYAML's composer recurses per level
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships without type hints
     """Safe YAML without anchors and aliases (an alias bomb expands a few hundred bytes into
     gigabytes), without deep nesting (the composer recurses), and without duplicate keys
     (PyYAML would silently keep the last of two ops with one name)."""

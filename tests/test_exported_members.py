@@ -1,0 +1,76 @@
+"""Each engine package's public surface (its ``__all__``), pinned: a name joins or leaves a
+front door on purpose, with this test changed alongside."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import pytest
+
+SURFACES: dict[str, set[str]] = {
+    "engine": {"errors", "messages"},
+    "engine.core": {
+        "DEFAULT_MODEL_PATH", "FORMAT_VERSION", "Adjustment", "BackendPool", "BackendState",
+        "CacheHit", "Config", "Embedder", "FeatureConfig", "Features", "LearnedRouter",
+        "Matcher", "ModelConfig", "Node", "OpOutput", "Plan", "PreparedText",
+        "RedactingFilter", "Redactor", "Report", "RequestKey", "ResponseCache", "Route",
+        "Score", "SemanticMatcher", "Stats", "StreamRedactor", "TextEmbedder", "Workflow",
+        "WorkflowLimits", "blend", "calibrate", "check_models", "check_variables",
+        "check_workflow", "decide_route", "describe_plan", "estimate_costs",
+        "extract_features", "load_config", "load_workflow", "parse_output", "parse_yaml",
+        "plan_chat", "plan_workflow", "render_request", "request_for_prompt", "request_key",
+        "resolve_variables", "score_request", "tier_for_score", "weight_to_end",
+        "without_userinfo",
+    },
+    "engine.core.cache": {
+        "CacheHit", "Embedder", "Matcher", "PreparedText", "RequestKey", "ResponseCache",
+        "SemanticMatcher", "request_key",
+    },
+    "engine.core.routing": {
+        "DEFAULT_MODEL_PATH", "FORMAT_VERSION", "Adjustment", "FeatureConfig", "Features",
+        "LearnedRouter", "Report", "Route", "Score", "TextEmbedder", "blend", "calibrate",
+        "decide_route", "extract_features", "request_for_prompt", "score_request",
+        "tier_for_score",
+    },
+    "engine.core.workflow": {
+        "OpOutput", "Workflow", "WorkflowLimits", "check_models", "check_variables",
+        "check_workflow", "describe_plan", "estimate_costs", "load_workflow", "parse_output",
+        "parse_yaml", "plan_workflow", "render_request", "resolve_variables",
+    },
+    "engine.runtime": {
+        "ChatStream", "Gateway", "Models", "RunContext", "Served", "WorkflowEvents",
+        "load_models", "open_gateway",
+    },
+    "engine.stores": {"FeedbackStore"},
+    "engine.testing": {
+        "Behaviour", "FakeUpstream", "Recorded", "ToolCall", "Usage", "open_fake_upstream",
+        "refused_url",
+    },
+    "engine.training": {
+        "RoutingRow", "cheapest_at", "curve_at", "evaluate_choices", "model_ladder",
+        "multi_tier_points", "parse_rows", "summarize", "tier_split", "train_router",
+    },
+    "engine.wire": {
+        "ANTHROPIC", "OPENAI", "Encoder", "Provider", "StreamDecoder", "WireProtocol",
+        "provider_for",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(SURFACES))
+def test_exported_members(name: str) -> None:
+    package = importlib.import_module(name)
+    assert set(package.__all__) == SURFACES[name]
+    assert all(hasattr(package, member) for member in package.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(SURFACES))
+def test_nothing_exported_by_accident(name: str) -> None:
+    """Every public name a package holds, other than its submodules, is in its ``__all__``."""
+    package = importlib.import_module(name)
+    public = {
+        member for member, value in vars(package).items()
+        if not member.startswith("_") and not isinstance(value, ModuleType)
+    }
+    assert public <= set(package.__all__)
