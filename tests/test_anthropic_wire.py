@@ -42,14 +42,10 @@ from engine.messages import (
     ToolResult,
     Usage,
 )
-from engine.wire.anthropic.client import (
-    StreamEncoder,
-    error_type,
-    parse_request,
-    render_error,
-    render_result,
-)
-from engine.wire.anthropic.upstream import AnthropicProvider, AnthropicStreamDecoder
+from engine.wire.anthropic.errors import error_type, render_error
+from engine.wire.anthropic.request import parse_request
+from engine.wire.anthropic.response import AnthropicStreamDecoder, StreamEncoder, render_result
+from engine.wire.providers import AnthropicProvider
 
 PROVIDER = AnthropicProvider()
 

@@ -49,8 +49,10 @@ from engine.messages import (
 )
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 from engine.testing.fake_upstream import ToolCall as FakeToolCall
-from engine.wire.openai.client import StreamEncoder, parse_request, render_error, render_result
-from engine.wire.openai.upstream import OpenAIProvider, OpenAIStreamDecoder
+from engine.wire.openai.errors import render_error
+from engine.wire.openai.request import parse_request
+from engine.wire.openai.response import OpenAIStreamDecoder, StreamEncoder, render_result
+from engine.wire.providers import OpenAIProvider
 
 PROVIDER = OpenAIProvider()
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -32,7 +32,7 @@ from engine.core.workflow.spec import Workflow, WorkflowLimits, load_workflow
 from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, echo
 from engine.runtime.gateway import Gateway, WorkflowEvents
 from engine.runtime.node import RunContext
-from engine.wire.openai import client as openai_wire
+from engine.wire.protocols import OPENAI
 
 __all__ = ["WorkflowAPI", "WorkflowCall"]
 
@@ -180,7 +180,7 @@ async def _sse(events: WorkflowEvents) -> AsyncIterator[bytes]:
     try:
         async for name, data in events:
             if name == "error":
-                yield b"event: error\ndata: " + openai_wire.render_error(data) + b"\n\n"
+                yield b"event: error\ndata: " + OPENAI.render_error(data) + b"\n\n"
                 return
             yield _event(name, data)
     finally:
