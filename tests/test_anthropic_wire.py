@@ -46,6 +46,7 @@ from engine.wire.anthropic.errors import error_type, render_error
 from engine.wire.anthropic.request import parse_request
 from engine.wire.anthropic.response import AnthropicStreamDecoder, StreamEncoder, render_result
 from engine.wire.providers import AnthropicProvider
+from engine.wire.sse import decode_events
 
 PROVIDER = AnthropicProvider()
 
@@ -952,14 +953,15 @@ def test_render_error_names_the_param() -> None:
 
 
 def sse_events(data: bytes) -> list[tuple[str, dict[str, Any]]]:
-    assert data.endswith(b"\n\n")
+    """The events of ``data``, each exactly an ``event:`` line, a ``data:`` line whose JSON
+    ``type`` is the event's name, and a blank line."""
+    events = decode_events(data)
+    assert data.endswith(b"\n\n") and data.count(b"\n") == 3 * len(events)
     out = []
-    for block in data.decode().split("\n\n")[:-1]:
-        name, payload = block.split("\n")
-        assert name.startswith("event: ") and payload.startswith("data: ")
-        parsed = orjson.loads(payload[6:])
-        assert parsed["type"] == name[7:]
-        out.append((name[7:], parsed))
+    for name, payload in events:
+        parsed = orjson.loads(payload)
+        assert parsed["type"] == name
+        out.append((name, parsed))
     return out
 
 
