@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: the package itself
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream  # noqa: E402
+from engine.wire.sse import decode_events  # noqa: E402
 
 FAULTS: dict[str, Behaviour] = {
     "500": Behaviour(status=500),
@@ -191,11 +192,11 @@ async def _run(args: argparse.Namespace, fake: FakeUpstream, pid: int, base: str
 
 def _error_event(data: bytes) -> bool:
     """Whether an OpenAI SSE body ends with a well-formed error event."""
-    events = [e for e in data.split(b"\n\n") if e.startswith(b"data: ")]
+    events = decode_events(data)
     if not events:
         return False
     try:
-        last = json.loads(events[-1][6:])
+        last = json.loads(events[-1][1])
     except ValueError:
         return False
     return isinstance(last, dict) and isinstance(last.get("error"), dict)

@@ -32,6 +32,7 @@ import trio
 from router_harness import RunningRouter, make_config, open_router
 
 from engine.testing.fake_upstream import FakeUpstream, Recorded, ToolCall
+from engine.wire.sse import decode_events
 
 __all__ = [
     "ANTHROPIC_TOOLS",
@@ -185,19 +186,11 @@ def user(text: str) -> list[Any]:
 
 def sse_events(raw: bytes) -> list[tuple[str, Any]]:
     """``(event name, parsed data)`` of every event in a raw SSE body (``[DONE]`` as a string)."""
-    events = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        name, data = "", []
-        for line in block.decode().split("\n"):
-            field, _, value = line.partition(":")
-            if field == "event":
-                name = value.strip()
-            elif field == "data":
-                data.append(value.removeprefix(" "))
-        if data:
-            text = "\n".join(data)
-            events.append((name, text if text == "[DONE]" else json.loads(text)))
-    return events
+    return [
+        (name, data if data == "[DONE]" else json.loads(data))
+        for name, data in decode_events(raw)
+        if data
+    ]
 
 
 async def wait_until_cancelled(fake: FakeUpstream, backend: str) -> Recorded:

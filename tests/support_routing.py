@@ -20,6 +20,7 @@ import trio
 from router_harness import RunningRouter, make_config, open_router
 
 from engine.testing.fake_upstream import FakeUpstream
+from engine.wire.sse import decode_events
 
 __all__ = [
     "RouterClient",
@@ -134,12 +135,11 @@ class RouterClient:
 
 def sse_payloads(raw: str) -> list[Any]:
     """The JSON ``data:`` payloads of an SSE body, in order; ``[DONE]`` is kept as a string."""
-    payloads: list[Any] = []
-    for line in raw.splitlines():
-        if line.startswith("data: "):
-            data = line[len("data: ") :]
-            payloads.append(data if data == "[DONE]" else orjson.loads(data))
-    return payloads
+    return [
+        data if data == "[DONE]" else orjson.loads(data)
+        for _, data in decode_events(raw.encode())
+        if data
+    ]
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from router_harness import RunningRouter, make_config, open_router
 from support_routing import model_entry
 
 from engine.testing.fake_upstream import FakeUpstream, Recorded
+from engine.wire.sse import decode_events
 
 __all__ = [
     "ROOT",
@@ -64,17 +65,11 @@ def received(fake: FakeUpstream, *backends: str) -> list[str]:
 
 def sse_events(raw: str) -> list[tuple[str, Any]]:
     """The ``(event, data)`` pairs of an SSE body, in order."""
-    events: list[tuple[str, Any]] = []
-    for block in raw.split("\n\n"):
-        name, data = "message", None
-        for line in block.splitlines():
-            if line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: "):
-                data = orjson.loads(line[len("data: "):])
-        if data is not None:
-            events.append((name, data))
-    return events
+    return [
+        (name or "message", orjson.loads(data))
+        for name, data in decode_events(raw.encode())
+        if data
+    ]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from router_harness import RunningRouter
 from support_routing import RouterClient, model_entry, open_router_client, user
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
+from engine.wire.sse import decode_events
 
 SHORT = {"read_timeout_sec": 1, "keep_alive_sec": 1}
 
@@ -172,9 +173,9 @@ async def test_a_stream_stalled_past_the_read_timeout_ends_with_an_error_event(
                 raw = (await sse.aread()).decode()
             assert sse.status_code == 200
             assert '"text":"[a1] "' in raw
-            last = raw.strip().split("\n\n")[-1]
-            assert last.startswith("event: error\ndata: "), raw
-            assert orjson.loads(last.split("data: ", 1)[1])["error"]["type"] == "timeout_error"
+            name, last = decode_events(raw.encode())[-1]
+            assert name == "error", raw
+            assert orjson.loads(last)["error"]["type"] == "timeout_error"
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(openai_stream)

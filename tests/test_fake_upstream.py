@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, ToolCall, Usage, refused_url
+from engine.wire.sse import decode_events
 
 # The openai SDK stops reading at `data: [DONE]` and abandons its chain of async generators
 # (its own SSE decoder, httpx2's and httpcore2's body iterators) without closing them; trio
@@ -253,11 +254,7 @@ async def test_anthropic_stream_event_order(claude: anthropic.AsyncAnthropic) ->
         model=ANTHROPIC_MODEL, max_tokens=64, messages=user("hi"), stream=True
     )
     assert response.headers["content-type"].startswith("text/event-stream")
-    names = [
-        line.removeprefix("event: ")
-        for line in (await response.http_response.aread()).decode().splitlines()
-        if line.startswith("event: ")
-    ]
+    names = [name for name, _ in decode_events(await response.http_response.aread())]
     assert names == [
         "message_start",
         "content_block_start",

@@ -324,7 +324,7 @@ def _run(args: argparse.Namespace) -> int:
                     raise CommandFailed(_error_message(response.content),
                                         EXIT_INVALID if response.status_code < 500
                                         else EXIT_FAILED)
-                return _follow(_sse(response.iter_lines()), Progress(sys.stderr))
+                return _follow(_sse(response.iter_bytes()), Progress(sys.stderr))
     except httpx.TransportError as exc:
         raise CommandFailed(f"cannot reach the router at {server}: "
                             f"{exc or type(exc).__name__}", EXIT_FAILED) from None
@@ -362,19 +362,20 @@ def _error_message(body: bytes) -> str:
         return body.decode(errors="replace")[:500] or "the router answered with an error"
 
 
-def _sse(lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
-    """``(event, data)`` pairs of an SSE body, its data parsed as JSON."""
-    event = "message"
-    data: list[str] = []
-    for line in itertools.chain(lines, [""]):
-        if not line:
-            if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[len("event:"):].strip()
-        elif line.startswith("data:"):
-            data.append(line[len("data:"):].removeprefix(" "))
+def _sse(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+    """``(event, data)`` pairs of an SSE body as it arrives, its data parsed as JSON."""
+    from engine.wire.sse import SSEDecoder
+
+    decoder = SSEDecoder()
+
+    def batches() -> Iterator[list[tuple[str, str]]]:
+        for chunk in chunks:
+            yield decoder.feed(chunk)
+        yield decoder.close()
+
+    for event, data in itertools.chain.from_iterable(batches()):
+        if data:
+            yield event or "message", json.loads(data)
 
 
 def preview(text: str | None, width: int = _PREVIEW_CHARS) -> str:

@@ -8,8 +8,12 @@ from typing import Any, Protocol
 
 from engine.errors import RouterError
 from engine.messages import ChatRequest, ChatResult, Event, estimate_tokens
-from engine.wire.anthropic import client as anthropic_wire
-from engine.wire.openai import client as openai_wire
+from engine.wire.anthropic import errors as anthropic_errors
+from engine.wire.anthropic import request as anthropic_request
+from engine.wire.anthropic import response as anthropic_response
+from engine.wire.openai import errors as openai_errors
+from engine.wire.openai import request as openai_request
+from engine.wire.openai import response as openai_response
 
 __all__ = ["ANTHROPIC", "OPENAI", "Encoder", "WireProtocol"]
 
@@ -48,17 +52,17 @@ class WireProtocol:
 OPENAI = WireProtocol(
     name="openai",
     id_prefix="chatcmpl-",
-    parse_request=openai_wire.parse_request,
-    render_error=openai_wire.render_error,
-    _render=openai_wire.render_result,
-    _encoder=openai_wire.StreamEncoder,
+    parse_request=openai_request.parse_request,
+    render_error=openai_errors.render_error,
+    _render=openai_response.render_result,
+    _encoder=openai_response.StreamEncoder,
 )
 
 ANTHROPIC = WireProtocol(
     name="anthropic",
     id_prefix="msg_",
-    parse_request=anthropic_wire.parse_request,
-    render_error=anthropic_wire.render_error,
-    _render=anthropic_wire.render_result,
-    _encoder=anthropic_wire.StreamEncoder,
+    parse_request=anthropic_request.parse_request,
+    render_error=anthropic_errors.render_error,
+    _render=anthropic_response.render_result,
+    _encoder=anthropic_response.StreamEncoder,
 )

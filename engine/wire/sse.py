@@ -1,20 +1,26 @@
-"""A sans-IO decoder for Server-Sent Events (the WHATWG ``text/event-stream`` format).
+"""A sans-IO decoder for Server-Sent Events (the WHATWG ``text/event-stream`` format): the
+one SSE reader of the project, for upstream streams, the CLI and the tests alike.
 
 Feed it bytes as they arrive from the network, in chunks of any size; it returns every event
-that is complete so far and keeps the rest::
+that is complete so far, as ``(event name, data)``, and keeps the rest. ``close`` ends the
+input: a last event not followed by its blank line is whole then::
 
     >>> d = SSEDecoder()
     >>> d.feed(b"event: ping\\ndata: {}\\n\\ndata: par")
     [('ping', '{}')]
-    >>> d.feed(b"tial\\n\\n")
+    >>> d.feed(b"tial\\n\\ndata: last")
     [('', 'partial')]
+    >>> d.close()
+    [('', 'last')]
 
+:func:`decode_events` reads a whole body at once. An event without an ``event:`` field has the
+name ``""`` (a browser would call it ``"message"``); its ``data:`` lines are joined by newlines.
 Comments (``:``-lines), ``id:`` and ``retry:`` fields are ignored: LLM APIs do not use them.
 """
 
 from __future__ import annotations
 
-__all__ = ["SSEDecoder"]
+__all__ = ["SSEDecoder", "decode_events"]
 
 
 class SSEDecoder:
@@ -40,6 +46,10 @@ class SSEDecoder:
                 events.append(event)
         return events
 
+    def close(self) -> list[tuple[str, str]]:
+        """The input has ended: the last event if it lacked its blank line (else nothing)."""
+        return self.feed(b"\n\n")
+
     @property
     def pending(self) -> bool:
         """Whether an incomplete event is buffered."""
@@ -63,3 +73,14 @@ class SSEDecoder:
         if not data and not name:
             return None
         return name, "\n".join(data)
+
+
+def decode_events(body: bytes) -> list[tuple[str, str]]:
+    """Every ``(event name, data)`` of a whole SSE body, the last one whole even without its
+    blank line.
+
+    >>> decode_events(b"event: a\\ndata: 1\\n\\ndata: [DONE]")
+    [('a', '1'), ('', '[DONE]')]
+    """
+    decoder = SSEDecoder()
+    return decoder.feed(body) + decoder.close()

@@ -1,11 +1,15 @@
-"""Parsing the inbound OpenAI chat-completions request into the canonical form. Sans-IO.
+"""The OpenAI chat-completions request, both ways: read from clients, written to upstreams.
+
+Sans-IO. :func:`parse_request` validates what a client sends and translates it to the
+canonical :class:`~engine.messages.ChatRequest`; :func:`render_request` writes a canonical
+request as the body an OpenAI-compatible upstream takes.
 
 Validated here, once, by hand rather than through pydantic: this runs on every request, and
 hand-written checks are both faster and able to name the exact field at fault
-(``param="messages[2].content"``) in OpenAI's own error style. Fields that do not change the
-answer (``metadata``, ``store``, ``service_tier``, ...) are ignored; fields that would change
-it and that the router cannot honour (``functions``, audio output, web search) are refused,
-never silently dropped.
+(``param="messages[2].content"``) in OpenAI's own error style (:mod:`.fields`). Fields that
+do not change the answer (``metadata``, ``store``, ``service_tier``, ...) are ignored; fields
+that would change it and that the router cannot honour (``functions``, audio output, web
+search) are refused, never silently dropped.
 """
 
 from __future__ import annotations
@@ -27,14 +31,25 @@ from engine.messages import (
     ToolResult,
 )
 
-__all__ = ["parse_request"]
+from .fields import (
+    MISSING,
+    boolean,
+    invalid_type,
+    invalid_value,
+    kind_of,
+    number,
+    show,
+    string,
+)
 
-_MISSING: Any = object()
+__all__ = ["parse_request", "render_request", "render_tool_call"]
+
 _ROLES = "'system', 'developer', 'user', 'assistant' or 'tool'"
 _TOOL_CHOICE_MODES = ("auto", "none", "required")
 _MAX_STOP = 4
 _MAX_N = 8  # n > 1 may fan out into n upstream calls: keep one request's cost bounded
 _MAX_TOP_LOGPROBS = 20
+_EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 _UNSUPPORTED = {  # parameters that change the answer and that no backend here can honour
     "functions": "'functions' is not supported by this router; use 'tools'.",
     "function_call": "'function_call' is not supported by this router; use 'tool_choice'.",
@@ -42,6 +57,9 @@ _UNSUPPORTED = {  # parameters that change the answer and that no backend here c
     "web_search_options": "Web search is not supported by this router.",
     "prediction": "Predicted outputs are not supported by this router.",
 }
+
+
+# ---- reading: a client's request as the canonical one --------------------------------------
 
 
 def parse_request(body: bytes) -> ChatRequest:
@@ -55,30 +73,30 @@ def parse_request(body: bytes) -> ChatRequest:
     except orjson.JSONDecodeError:
         raise RequestInvalid("request body is not valid JSON") from None
     if type(data) is not dict:
-        raise RequestInvalid(f"request body must be a JSON object, not {_kind(data)}")
+        raise RequestInvalid(f"request body must be a JSON object, not {kind_of(data)}")
     model = data.get("model")
     if model == "auto":
         model = None
     elif model is not None and (type(model) is not str or not model):
-        raise _invalid_type("model", "a non-empty string", model)
-    system, messages = _parse_messages(data.get("messages", _MISSING))
+        raise invalid_type("model", "a non-empty string", model)
+    system, messages = _parse_messages(data.get("messages", MISSING))
     tools = _parse_tools(data.get("tools"))
     json_mode, json_schema = _parse_response_format(data.get("response_format"))
-    max_tokens = _number(data, "max_completion_tokens", int, 1)
+    max_tokens = number(data, "max_completion_tokens", int, 1)
     if max_tokens is None:
-        max_tokens = _number(data, "max_tokens", int, 1)
-    stream = _boolean(data, "stream") or False
+        max_tokens = number(data, "max_tokens", int, 1)
+    stream = boolean(data, "stream") or False
     include_usage = False
     options = data.get("stream_options")
     if options is not None:
         if type(options) is not dict:
-            raise _invalid_type("stream_options", "an object", options)
-        include_usage = bool(_boolean(options, "include_usage", "stream_options.include_usage"))
+            raise invalid_type("stream_options", "an object", options)
+        include_usage = bool(boolean(options, "include_usage", "stream_options.include_usage"))
     for name, message in _UNSUPPORTED.items():
         if data.get(name) is not None:
             raise RequestInvalid(message, param=name)
     _check_modalities(data.get("modalities"))
-    n = _number(data, "n", int, 1, _MAX_N)
+    n = number(data, "n", int, 1, _MAX_N)
     if stream and n is not None and n > 1:
         raise RequestInvalid(
             "'n' above 1 is not supported with 'stream': true; ask without streaming.",
@@ -86,9 +104,9 @@ def parse_request(body: bytes) -> ChatRequest:
         )
     user = data.get("user")
     if user is not None and type(user) is not str:
-        raise _invalid_type("user", "a string", user)
-    logprobs = bool(_boolean(data, "logprobs"))
-    top_logprobs = _number(data, "top_logprobs", int, 0, _MAX_TOP_LOGPROBS)
+        raise invalid_type("user", "a string", user)
+    logprobs = bool(boolean(data, "logprobs"))
+    top_logprobs = number(data, "top_logprobs", int, 0, _MAX_TOP_LOGPROBS)
     if top_logprobs is not None and not logprobs:
         raise RequestInvalid(
             "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
@@ -99,15 +117,15 @@ def parse_request(body: bytes) -> ChatRequest:
         system=system,
         tools=tools,
         tool_choice=_parse_tool_choice(data.get("tool_choice"), tools),
-        parallel_tool_calls=_boolean(data, "parallel_tool_calls"),
+        parallel_tool_calls=boolean(data, "parallel_tool_calls"),
         json_mode=json_mode,
         json_schema=json_schema,
-        temperature=_number(data, "temperature", float, 0, 2),
-        top_p=_number(data, "top_p", float, 0, 1),
-        top_k=_number(data, "top_k", int, 1),  # not OpenAI's, but vLLM clients send it
+        temperature=number(data, "temperature", float, 0, 2),
+        top_p=number(data, "top_p", float, 0, 1),
+        top_k=number(data, "top_k", int, 1),  # not OpenAI's, but vLLM clients send it
         max_tokens=max_tokens,
         stop=_parse_stop(data.get("stop")),
-        seed=_number(data, "seed", int),
+        seed=number(data, "seed", int),
         n=1 if n is None else n,
         user=user,
         frequency_penalty=_penalty(data, "frequency_penalty"),
@@ -123,10 +141,10 @@ def parse_request(body: bytes) -> ChatRequest:
 
 
 def _parse_messages(value: Any) -> tuple[str | None, tuple[Message, ...]]:
-    if value is _MISSING or value is None:
+    if value is MISSING or value is None:
         raise RequestInvalid("Missing required parameter: 'messages'.", param="messages")
     if type(value) is not list:
-        raise _invalid_type("messages", "an array", value)
+        raise invalid_type("messages", "an array", value)
     if not value:
         raise RequestInvalid("'messages' must contain at least one message.", param="messages")
     system: list[str] = []
@@ -135,8 +153,8 @@ def _parse_messages(value: Any) -> tuple[str | None, tuple[Message, ...]]:
     for i, message in enumerate(value):
         path = f"messages[{i}]"
         if type(message) is not dict:
-            raise _invalid_type(path, "an object", message)
-        role = message.get("role", _MISSING)
+            raise invalid_type(path, "an object", message)
+        role = message.get("role", MISSING)
         if role == "tool":
             results.append(_parse_tool_result(message, path))
             continue
@@ -148,14 +166,14 @@ def _parse_messages(value: Any) -> tuple[str | None, tuple[Message, ...]]:
         elif role == "assistant":
             messages.append(Message("assistant", _parse_assistant(message, path)))
         elif role == "system" or role == "developer":
-            system.append(_text_content(message.get("content", _MISSING), f"{path}.content"))
-        elif role is _MISSING:
+            system.append(_text_content(message.get("content", MISSING), f"{path}.content"))
+        elif role is MISSING:
             raise RequestInvalid(
                 f"Missing required parameter: '{path}.role'.", param=f"{path}.role"
             )
         else:
             raise RequestInvalid(
-                f"Invalid value for '{path}.role': expected {_ROLES}, got {_show(role)}.",
+                f"Invalid value for '{path}.role': expected {_ROLES}, got {show(role)}.",
                 param=f"{path}.role",
             )
     if results:
@@ -169,14 +187,14 @@ def _parse_messages(value: Any) -> tuple[str | None, tuple[Message, ...]]:
 
 
 def _parse_user_content(message: dict[str, Any], path: str) -> tuple[Part, ...]:
-    content = message.get("content", _MISSING)
+    content = message.get("content", MISSING)
     path = f"{path}.content"
     if type(content) is str:
         return (TextPart(content),)
-    if content is _MISSING or content is None:
+    if content is MISSING or content is None:
         raise RequestInvalid(f"Missing required parameter: '{path}'.", param=path)
     if type(content) is not list:
-        raise _invalid_type(path, "a string or an array of content parts", content)
+        raise invalid_type(path, "a string or an array of content parts", content)
     if not content:
         raise RequestInvalid(f"'{path}' must not be an empty array.", param=path)
     parts: list[Part] = []
@@ -184,7 +202,7 @@ def _parse_user_content(message: dict[str, Any], path: str) -> tuple[Part, ...]:
         part_path = f"{path}[{j}]"
         kind = _part_type(part, part_path)
         if kind == "text":
-            parts.append(TextPart(_string(part, "text", part_path)))
+            parts.append(TextPart(string(part, "text", part_path)))
         elif kind == "image_url":
             parts.append(_parse_image(part.get("image_url"), f"{part_path}.image_url"))
         elif kind in ("input_audio", "file"):
@@ -193,14 +211,14 @@ def _parse_user_content(message: dict[str, Any], path: str) -> tuple[Part, ...]:
                 param=f"{part_path}.type",
             )
         else:
-            raise _invalid_value(f"{part_path}.type", "'text' or 'image_url'", kind)
+            raise invalid_value(f"{part_path}.type", "'text' or 'image_url'", kind)
     return tuple(parts)
 
 
 def _parse_image(value: Any, path: str) -> ImagePart:
     url = value.get("url") if type(value) is dict else value
     if type(url) is not str or not url:
-        raise _invalid_type(f"{path}.url", "a non-empty string", url)
+        raise invalid_type(f"{path}.url", "a non-empty string", url)
     if not url.startswith("data:"):
         return ImagePart(url=url)
     header, comma, data = url[5:].partition(",")
@@ -226,13 +244,13 @@ def _parse_assistant(message: dict[str, Any], path: str) -> tuple[Part, ...]:
             part_path = f"{path}.content[{j}]"
             kind = _part_type(part, part_path)
             if kind not in ("text", "refusal"):
-                raise _invalid_value(f"{part_path}.type", "'text' or 'refusal'", kind)
-            parts.append(TextPart(_string(part, kind, part_path)))
+                raise invalid_value(f"{part_path}.type", "'text' or 'refusal'", kind)
+            parts.append(TextPart(string(part, kind, part_path)))
     elif content is not None:
-        raise _invalid_type(f"{path}.content", "a string, an array or null", content)
+        raise invalid_type(f"{path}.content", "a string, an array or null", content)
     if calls is not None:
         if type(calls) is not list:
-            raise _invalid_type(f"{path}.tool_calls", "an array", calls)
+            raise invalid_type(f"{path}.tool_calls", "an array", calls)
         for j, call in enumerate(calls):
             parts.append(_parse_tool_call(call, f"{path}.tool_calls[{j}]"))
     if not parts:
@@ -245,24 +263,24 @@ def _parse_assistant(message: dict[str, Any], path: str) -> tuple[Part, ...]:
 
 def _parse_tool_call(call: Any, path: str) -> ToolCall:
     if type(call) is not dict:
-        raise _invalid_type(path, "an object", call)
+        raise invalid_type(path, "an object", call)
     kind = call.get("type", "function")
     if kind != "function":
-        raise _invalid_value(f"{path}.type", "'function'", kind)
+        raise invalid_value(f"{path}.type", "'function'", kind)
     function = call.get("function")
     if type(function) is not dict:
-        raise _invalid_type(f"{path}.function", "an object", function)
+        raise invalid_type(f"{path}.function", "an object", function)
     return ToolCall(
-        id=_string(call, "id", path, non_empty=True),
-        name=_string(function, "name", f"{path}.function", non_empty=True),
-        arguments=_string(function, "arguments", f"{path}.function"),
+        id=string(call, "id", path, non_empty=True),
+        name=string(function, "name", f"{path}.function", non_empty=True),
+        arguments=string(function, "arguments", f"{path}.function"),
     )
 
 
 def _parse_tool_result(message: dict[str, Any], path: str) -> ToolResult:
     return ToolResult(
-        tool_call_id=_string(message, "tool_call_id", path, non_empty=True),
-        content=_text_content(message.get("content", _MISSING), f"{path}.content"),
+        tool_call_id=string(message, "tool_call_id", path, non_empty=True),
+        content=_text_content(message.get("content", MISSING), f"{path}.content"),
     )
 
 
@@ -270,24 +288,24 @@ def _text_content(content: Any, path: str) -> str:
     """A string, or an array of text parts joined by newlines (system, developer, tool)."""
     if type(content) is str:
         return content
-    if content is _MISSING or content is None:
+    if content is MISSING or content is None:
         raise RequestInvalid(f"Missing required parameter: '{path}'.", param=path)
     if type(content) is not list:
-        raise _invalid_type(path, "a string or an array of text parts", content)
+        raise invalid_type(path, "a string or an array of text parts", content)
     texts = []
     for j, part in enumerate(content):
         kind = _part_type(part, f"{path}[{j}]")
         if kind != "text":
-            raise _invalid_value(f"{path}[{j}].type", "'text'", kind)
-        texts.append(_string(part, "text", f"{path}[{j}]"))
+            raise invalid_value(f"{path}[{j}].type", "'text'", kind)
+        texts.append(string(part, "text", f"{path}[{j}]"))
     return "\n".join(texts)
 
 
 def _part_type(part: Any, path: str) -> Any:
     if type(part) is not dict:
-        raise _invalid_type(path, "an object", part)
-    kind = part.get("type", _MISSING)
-    if kind is _MISSING:
+        raise invalid_type(path, "an object", part)
+    kind = part.get("type", MISSING)
+    if kind is MISSING:
         raise RequestInvalid(f"Missing required parameter: '{path}.type'.", param=f"{path}.type")
     return kind
 
@@ -296,25 +314,25 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
     if value is None:
         return ()
     if type(value) is not list:
-        raise _invalid_type("tools", "an array", value)
+        raise invalid_type("tools", "an array", value)
     tools = []
     for i, tool in enumerate(value):
         path = f"tools[{i}]"
         if type(tool) is not dict:
-            raise _invalid_type(path, "an object", tool)
+            raise invalid_type(path, "an object", tool)
         kind = tool.get("type", "function")
         if kind != "function":
-            raise _invalid_value(f"{path}.type", "'function'", kind)
+            raise invalid_value(f"{path}.type", "'function'", kind)
         function = tool.get("function")
         if type(function) is not dict:
-            raise _invalid_type(f"{path}.function", "an object", function)
+            raise invalid_type(f"{path}.function", "an object", function)
         description = function.get("description")
         if description is not None and type(description) is not str:
-            raise _invalid_type(f"{path}.function.description", "a string", description)
+            raise invalid_type(f"{path}.function.description", "a string", description)
         parameters = function.get("parameters")
         if parameters is not None and type(parameters) is not dict:
-            raise _invalid_type(f"{path}.function.parameters", "an object", parameters)
-        name = _string(function, "name", f"{path}.function", non_empty=True)
+            raise invalid_type(f"{path}.function.parameters", "an object", parameters)
+        name = string(function, "name", f"{path}.function", non_empty=True)
         tools.append(Tool(name=name, description=description or "", parameters=parameters))
     return tuple(tools)
 
@@ -327,8 +345,8 @@ def _parse_tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice | None
     elif type(value) is dict and value.get("type") == "function":
         function = value.get("function")
         if type(function) is not dict:
-            raise _invalid_type("tool_choice.function", "an object", function)
-        name = _string(function, "name", "tool_choice.function", non_empty=True)
+            raise invalid_type("tool_choice.function", "an object", function)
+        name = string(function, "name", "tool_choice.function", non_empty=True)
         if tools and name not in {t.name for t in tools}:
             raise RequestInvalid(
                 f"Invalid value for 'tool_choice.function.name': no tool named {echo(name)}.",
@@ -350,7 +368,7 @@ def _parse_response_format(value: Any) -> tuple[bool, Any]:
     if value is None:
         return False, None
     if type(value) is not dict:
-        raise _invalid_type("response_format", "an object", value)
+        raise invalid_type("response_format", "an object", value)
     kind = value.get("type")
     if kind == "text":
         return False, None
@@ -359,10 +377,10 @@ def _parse_response_format(value: Any) -> tuple[bool, Any]:
     if kind == "json_schema":
         schema = value.get("json_schema")
         if type(schema) is not dict:
-            raise _invalid_type("response_format.json_schema", "an object", schema)
-        _string(schema, "name", "response_format.json_schema", non_empty=True)
+            raise invalid_type("response_format.json_schema", "an object", schema)
+        string(schema, "name", "response_format.json_schema", non_empty=True)
         return True, schema
-    raise _invalid_value("response_format.type", "'text', 'json_object' or 'json_schema'", kind)
+    raise invalid_value("response_format.type", "'text', 'json_object' or 'json_schema'", kind)
 
 
 def _parse_stop(value: Any) -> tuple[str, ...]:
@@ -371,12 +389,12 @@ def _parse_stop(value: Any) -> tuple[str, ...]:
     if type(value) is str:
         return (value,)
     if type(value) is not list:
-        raise _invalid_type("stop", "a string or an array of strings", value)
+        raise invalid_type("stop", "a string or an array of strings", value)
     if len(value) > _MAX_STOP:
         raise RequestInvalid(f"'stop' may hold at most {_MAX_STOP} sequences.", param="stop")
     for j, item in enumerate(value):
         if type(item) is not str:
-            raise _invalid_type(f"stop[{j}]", "a string", item)
+            raise invalid_type(f"stop[{j}]", "a string", item)
     return tuple(value)
 
 
@@ -384,7 +402,7 @@ def _check_modalities(value: Any) -> None:
     if value is None:
         return
     if type(value) is not list or any(type(m) is not str for m in value):
-        raise _invalid_type("modalities", "an array of strings", value)
+        raise invalid_type("modalities", "an array of strings", value)
     if any(m != "text" for m in value):
         raise RequestInvalid(
             "Only the 'text' output modality is supported by this router.", param="modalities"
@@ -393,7 +411,7 @@ def _check_modalities(value: Any) -> None:
 
 def _penalty(data: dict[str, Any], key: str) -> float | None:
     """A penalty in [-2, 2]; 0 (no penalty) is the same as none."""
-    value = _number(data, key, float, -2, 2)
+    value = number(data, key, float, -2, 2)
     return float(value) if value else None
 
 
@@ -401,7 +419,7 @@ def _parse_logit_bias(value: Any) -> tuple[tuple[str, float], ...]:
     if value is None:
         return ()
     if type(value) is not dict:
-        raise _invalid_type("logit_bias", "an object mapping token ids to numbers", value)
+        raise invalid_type("logit_bias", "an object mapping token ids to numbers", value)
     pairs = []
     for token, bias in value.items():
         if not token.isdigit():
@@ -412,7 +430,7 @@ def _parse_logit_bias(value: Any) -> tuple[tuple[str, float], ...]:
         if type(bias) not in (int, float) or not -100 <= bias <= 100:
             raise RequestInvalid(
                 f"Invalid value for 'logit_bias.{token}': expected a number between -100 and "
-                f"100, got {bias if type(bias) in (int, float) else _kind(bias)}.",
+                f"100, got {bias if type(bias) in (int, float) else kind_of(bias)}.",
                 param="logit_bias",
             )
         pairs.append((token, float(bias)))
@@ -423,73 +441,122 @@ def _word(data: dict[str, Any], key: str) -> str | None:
     """An optional non-empty string whose values the upstream validates (``"low"``, ...)."""
     value = data.get(key)
     if value is not None and (type(value) is not str or not value):
-        raise _invalid_type(key, "a non-empty string", value)
+        raise invalid_type(key, "a non-empty string", value)
     return value
 
 
-# ---- validation helpers --------------------------------------------------------------------
+# ---- writing: the canonical request as an upstream's chat-completions body -----------------
 
 
-def _string(obj: dict[str, Any], key: str, path: str, *, non_empty: bool = False) -> str:
-    value = obj.get(key, _MISSING)
-    if value is _MISSING or value is None:
-        raise RequestInvalid(f"Missing required parameter: '{path}.{key}'.", param=f"{path}.{key}")
-    if type(value) is not str or (non_empty and not value):
-        raise _invalid_type(
-            f"{path}.{key}", "a non-empty string" if non_empty else "a string", value
+def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
+    """The chat-completions body that asks provider model ``model`` for ``request``.
+
+    ``stream`` also asks for usage on the stream: the router needs it for costs.
+    """
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    for message in request.messages:
+        if message.role == "user":
+            _render_user(message, messages)
+        else:
+            messages.append(_render_assistant(message))
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if request.tools:
+        body["tools"] = [_render_tool(tool) for tool in request.tools]
+        # OpenAI rejects tool_choice and parallel_tool_calls without tools.
+        choice = request.tool_choice
+        if choice is not None:
+            body["tool_choice"] = (
+                {"type": "function", "function": {"name": choice.name}}
+                if choice.mode == "tool"
+                else choice.mode
+            )
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.json_mode:
+        schema = request.json_schema
+        body["response_format"] = (
+            {"type": "json_object"}
+            if schema is None
+            else {"type": "json_schema", "json_schema": schema}
         )
-    return value
+    optional = {  # sent only when set (None: unset)
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop) or None,
+        "seed": request.seed,
+        "n": request.n if request.n != 1 else None,
+        "user": request.user,
+        "frequency_penalty": request.frequency_penalty,
+        "presence_penalty": request.presence_penalty,
+        "logit_bias": dict(request.logit_bias) or None,
+        "logprobs": True if request.logprobs else None,
+        "top_logprobs": request.top_logprobs if request.logprobs else None,
+        "reasoning_effort": request.reasoning_effort,
+        "verbosity": request.verbosity,
+    }
+    body.update((key, value) for key, value in optional.items() if value is not None)
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
 
 
-def _number(
-    obj: dict[str, Any], key: str, kind: type, low: float | None = None, high: float | None = None
-) -> Any:
-    """An optional number in ``[low, high]``; ``kind=int`` refuses fractions. Never a bool."""
-    value = obj.get(key)
-    if value is None:
-        return None
-    if type(value) is not int and (kind is int or type(value) is not float):
-        raise _invalid_type(key, "an integer" if kind is int else "a number", value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        bound = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise RequestInvalid(
-            f"Invalid value for '{key}': expected a number {bound}, got {value}.", param=key
-        )
-    return value
+def _render_user(message: Message, out: list[dict[str, Any]]) -> None:
+    # OpenAI carries each tool result as its own "tool" message, ahead of any user content.
+    rest: list[TextPart | ImagePart] = []
+    had_results = False
+    for part in message.parts:
+        if isinstance(part, ToolResult):
+            out.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": part.content})
+            had_results = True
+        elif isinstance(part, TextPart | ImagePart):
+            rest.append(part)
+    if rest or not had_results:
+        out.append({"role": "user", "content": _render_content(rest)})
 
 
-def _boolean(obj: dict[str, Any], key: str, path: str | None = None) -> bool | None:
-    value = obj.get(key)
-    if value is not None and type(value) is not bool:
-        raise _invalid_type(path or key, "a boolean", value)
-    return value
+def _render_content(parts: list[TextPart | ImagePart]) -> str | list[dict[str, Any]]:
+    # Plain strings are what every OpenAI-compatible server accepts; lists only when needed.
+    texts = [p.text for p in parts if isinstance(p, TextPart)]
+    if len(texts) == len(parts):
+        return "\n".join(texts)
+    rendered: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            rendered.append({"type": "text", "text": part.text})
+        else:
+            url = part.url or f"data:{part.media_type};base64,{part.data}"
+            rendered.append({"type": "image_url", "image_url": {"url": url}})
+    return rendered
 
 
-def _kind(value: Any) -> str:
-    if value is None or value is _MISSING:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
+def _render_assistant(message: Message) -> dict[str, Any]:
+    calls = [render_tool_call(p) for p in message.parts if isinstance(p, ToolCall)]
+    has_text = any(isinstance(p, TextPart) for p in message.parts)
+    rendered: dict[str, Any] = {
+        "role": "assistant",
+        "content": message.text if has_text or not calls else None,
+    }
+    if calls:
+        rendered["tool_calls"] = calls
+    return rendered
 
 
-def _show(value: Any) -> str:
-    return echo(value) if isinstance(value, str) else _kind(value)
+def render_tool_call(call: ToolCall) -> dict[str, Any]:
+    """A tool call as OpenAI writes it, in an assistant message and in a completion alike."""
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
 
 
-def _invalid_type(path: str, expected: str, value: Any) -> RequestInvalid:
-    return RequestInvalid(
-        f"Invalid type for '{path}': expected {expected}, got {_kind(value)}.", param=path
-    )
-
-
-def _invalid_value(path: str, expected: str, value: Any) -> RequestInvalid:
-    return RequestInvalid(
-        f"Invalid value for '{path}': expected {expected}, got {_show(value)}.", param=path
-    )
-
-
+def _render_tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters if tool.parameters is not None else _EMPTY_PARAMETERS
+    return {"type": "function", "function": function}

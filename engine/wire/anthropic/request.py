@@ -1,40 +1,48 @@
-"""The Anthropic Messages protocol as the router speaks it to clients (``POST /v1/messages``).
+"""The Anthropic Messages request, both ways: read from clients, written to upstreams.
 
-Sans-IO: bytes in, canonical types out, and back. Requests are validated here, once, with
-errors naming the field path the way Anthropic's own API does (``messages.0.content.1.type``);
-the engine never sees the wire format. Responses and streams are rendered exactly as the
-official ``anthropic`` SDK parses them, including its ``messages.stream`` accumulator.
+Sans-IO. :func:`parse_request` validates what a client sends to ``POST /v1/messages``, once,
+with errors naming the field path the way Anthropic's own API does
+(``messages.0.content.1.type``), and translates it to the canonical
+:class:`~engine.messages.ChatRequest`; the engine never sees the wire format.
+
+:func:`render_request` writes a canonical request as the body Anthropic takes. Anthropic
+differs from the canonical shape in ways it hides from the engine: roles must alternate,
+``max_tokens`` is required, ``temperature`` stops at 1, and there is no JSON mode (it becomes
+a system-prompt instruction).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import orjson
 
-from engine.errors import RequestInvalid, RouterError, echo
+from engine.errors import RequestInvalid, echo
 from engine.messages import (
     ChatRequest,
-    ChatResult,
-    Event,
-    Finish,
     ImagePart,
     Message,
     Part,
-    StopReason,
-    TextDelta,
     TextPart,
     Tool,
     ToolCall,
-    ToolCallDelta,
-    ToolCallStart,
     ToolChoice,
     ToolResult,
-    Usage,
 )
 
-__all__ = ["StreamEncoder", "error_type", "parse_request", "render_error", "render_result"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "JSON_INSTRUCTION",
+    "parse_request",
+    "render_request",
+    "tool_arguments",
+    "tool_input",
+]
+
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; this fits every current model.
+JSON_INSTRUCTION = (
+    "Answer with only one valid JSON object: no prose, no code fences, nothing before or after it."
+)
 
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _BLOCK_ROLES = {  # the content blocks the router takes, and the turns they may appear in
@@ -51,6 +59,7 @@ _TOOL_CHOICES: dict[Any, Literal["auto", "none", "required", "tool"]] = {
     "tool": "tool",
     "none": "none",
 }
+_TOOL_CHOICE_TYPES = {mode: kind for kind, mode in _TOOL_CHOICES.items()}
 # Parameters that change the answer and that the router cannot honour: refused, never dropped.
 # Extended thinking would need its signed thinking blocks relayed and sent back verbatim.
 _UNSUPPORTED = {
@@ -58,21 +67,9 @@ _UNSUPPORTED = {
     "container": "containers (code execution) are not supported by this router",
     "context_management": "context management is not supported by this router",
 }
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 
-# ---- requests --------------------------------------------------------------------------------
+# ---- reading: a client's request as the canonical one ----------------------------------------
 
 
 def parse_request(body: bytes) -> ChatRequest:
@@ -246,7 +243,7 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
         return ToolCall(
             id=_string(block, "id", f"{path}.id", required=True),
             name=_string(block, "name", f"{path}.name", required=True),
-            arguments=orjson.dumps(arguments).decode(),
+            arguments=tool_arguments(arguments),
         )
     if kind == "tool_result":
         return ToolResult(
@@ -335,207 +332,173 @@ def _parse_tool_choice(value: Any) -> tuple[ToolChoice | None, bool | None]:
     return ToolChoice(mode=mode, name=name), (False if disable else None)
 
 
-# ---- responses -------------------------------------------------------------------------------
+# ---- writing: the canonical request as Anthropic's body ------------------------------------
 
 
-def _stop_reason(reason: StopReason, stop_sequence: str | None) -> str:
-    if reason == "stop":
-        return "stop_sequence" if stop_sequence is not None else "end_turn"
-    return {"length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}[reason]
+def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
+    """The Messages API body that asks Anthropic model ``model`` for ``request``.
+
+    Raises:
+        RequestInvalid: an assistant tool call's arguments are not a JSON object, or an image
+            cannot be sent (no media type, a data URL that is not base64).
+    """
+    payload: dict[str, Any] = {
+        "model": model,
+        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages": _render_messages(request.messages),
+    }
+    system = _render_system(request)
+    if system:
+        payload["system"] = system
+    if request.tools:
+        payload["tools"] = [_render_tool(tool) for tool in request.tools]
+        tool_choice = _render_tool_choice(request)
+        if tool_choice is not None:
+            payload["tool_choice"] = tool_choice
+    if request.temperature is not None:
+        payload["temperature"] = min(request.temperature, 1.0)
+    if request.top_p is not None:
+        payload["top_p"] = request.top_p
+    if request.top_k is not None:
+        payload["top_k"] = request.top_k
+    if request.stop:
+        payload["stop_sequences"] = list(request.stop)
+    if request.user:
+        payload["metadata"] = {"user_id": request.user}
+    if stream:
+        payload["stream"] = True
+    return orjson.dumps(payload)
 
 
-def _usage(usage: Usage) -> dict[str, int]:
+def _render_tool(tool: Tool) -> dict[str, Any]:
     return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_read_input_tokens": usage.cache_read_tokens,
+        "name": tool.name,
+        **({"description": tool.description} if tool.description else {}),
+        "input_schema": tool.parameters
+        if tool.parameters is not None
+        else {"type": "object", "properties": {}},
     }
 
 
-def _tool_input(arguments: str) -> Any:
+def _render_system(request: ChatRequest) -> str | None:
+    if not request.json_mode:
+        return request.system
+    instruction = JSON_INSTRUCTION
+    schema = request.json_schema
+    if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
+        schema = schema["schema"]  # OpenAI's {"name", "schema", "strict"} wrapper
+    if schema is not None:
+        instruction += " It must conform to this JSON Schema: " + orjson.dumps(schema).decode()
+    return f"{request.system}\n\n{instruction}" if request.system else instruction
+
+
+def _render_tool_choice(request: ChatRequest) -> dict[str, Any] | None:
+    choice = request.tool_choice
+    if choice is None:
+        rendered: dict[str, Any] | None = (
+            {"type": "auto"} if request.parallel_tool_calls is False else None
+        )
+    elif choice.mode == "none":
+        return {"type": "none"}  # takes no disable_parallel_tool_use
+    else:
+        rendered = {"type": _TOOL_CHOICE_TYPES[choice.mode]}
+        if choice.mode == "tool":
+            rendered["name"] = choice.name
+    if rendered is not None and request.parallel_tool_calls is False:
+        rendered["disable_parallel_tool_use"] = True
+    return rendered
+
+
+def _render_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """Anthropic's ``messages``: same-role runs merged, since roles must alternate."""
+    out: list[dict[str, Any]] = []
+    last_role = None
+    for i, message in enumerate(messages):
+        blocks = [b for part in message.parts if (b := _render_part(part, i)) is not None]
+        if not blocks:
+            continue  # Anthropic rejects empty content
+        if message.role == last_role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": message.role, "content": blocks})
+            last_role = message.role
+    for turn in out:
+        content = turn["content"]
+        if turn["role"] == "user" and len(content) > 1:
+            # Anthropic wants tool results ahead of any other content in their user turn.
+            content.sort(key=lambda b: b["type"] != "tool_result")
+        if len(content) == 1 and content[0]["type"] == "text":
+            turn["content"] = content[0]["text"]
+    return out
+
+
+def _render_part(part: object, index: int) -> dict[str, Any] | None:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text} if part.text else None
+    if isinstance(part, ToolCall):
+        input = _render_tool_input(part)
+        return {"type": "tool_use", "id": part.id, "name": part.name, "input": input}
+    if isinstance(part, ToolResult):
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.tool_call_id}
+        if part.content:
+            block["content"] = part.content
+        if part.is_error:
+            block["is_error"] = True
+        return block
+    if isinstance(part, ImagePart):
+        return {"type": "image", "source": _image_source(part, index)}
+    raise TypeError(f"not a message part: {part!r}")
+
+
+def _render_tool_input(call: ToolCall) -> dict[str, Any]:
+    value = tool_input(call.arguments)
+    if value is None:
+        raise RequestInvalid(
+            f"the arguments of tool call {echo(call.id)} ({echo(call.name, raw=True)}) are not "
+            "a JSON object",
+            param="messages",
+        )
+    return value
+
+
+def _image_source(image: ImagePart, index: int) -> dict[str, str]:
+    if image.data is not None:
+        if not image.media_type:
+            raise RequestInvalid(
+                "an inline image needs its media type", param=f"messages.{index}.content"
+            )
+        return {"type": "base64", "media_type": image.media_type, "data": image.data}
+    url = image.url or ""
+    if url.startswith("data:"):
+        # OpenAI clients inline images as data URLs; Anthropic takes only http(s) URLs.
+        header, _, data = url[5:].partition(",")
+        media_type, _, encoding = header.partition(";")
+        if encoding != "base64" or not media_type or not data:
+            raise RequestInvalid(
+                "an image data URL must be base64-encoded", param=f"messages.{index}.content"
+            )
+        return {"type": "base64", "media_type": media_type, "data": data}
+    if not url:
+        raise RequestInvalid("an image needs a URL or data", param=f"messages.{index}.content")
+    return {"type": "url", "url": url}
+
+
+# ---- tool call arguments: Anthropic's ``input`` object, the canonical JSON text -------------
+
+
+def tool_arguments(input: Any) -> str:
+    """A ``tool_use`` block's ``input`` as canonical arguments (JSON text; none is ``{}``)."""
+    return orjson.dumps(input or {}).decode()
+
+
+def tool_input(arguments: str) -> dict[str, Any] | None:
+    """Canonical tool-call arguments as a ``tool_use`` block's ``input``: blank arguments are
+    ``{}``; ``None`` if they are not a JSON object (the caller decides whether that is an
+    error)."""
+    if not arguments.strip():
+        return {}
     try:
         value = orjson.loads(arguments)
     except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def render_result(result: ChatResult, *, id: str, model: str) -> bytes:
-    """The Messages API response body for ``result``.
-
-    Like the real API, an answer with no text and no tool call has ``content: []``.
-    """
-    content: list[dict[str, Any]] = []
-    for part in result.content:
-        if isinstance(part, TextPart):
-            if part.text:
-                content.append({"type": "text", "text": part.text})
-        else:
-            content.append(
-                {
-                    "type": "tool_use",
-                    "id": part.id,
-                    "name": part.name,
-                    "input": _tool_input(part.arguments),
-                }
-            )
-    return orjson.dumps(
-        {
-            "id": id,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": content,
-            "stop_reason": _stop_reason(result.stop_reason, result.stop_sequence),
-            "stop_sequence": result.stop_sequence,
-            "usage": _usage(result.usage),
-        }
-    )
-
-
-def error_type(status: int) -> str:
-    """Anthropic's ``error.type`` for an HTTP status (per its errors documentation)."""
-    return _ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
-
-
-def _error_payload(err: RouterError) -> bytes:
-    message = err.message
-    if err.param and not message.startswith(err.param):
-        message = f"{err.param}: {message}"
-    return orjson.dumps(
-        {"type": "error", "error": {"type": error_type(err.status), "message": message}}
-    )
-
-
-def render_error(err: RouterError) -> bytes:
-    """The error response body for ``err``; send it with status ``err.status``."""
-    return _error_payload(err)
-
-
-# ---- streams ---------------------------------------------------------------------------------
-
-_TEXT_START = (
-    b"event: content_block_start\ndata: "
-    b'{"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}\n\n'
-)
-_TEXT_DELTA = (
-    b"event: content_block_delta\ndata: "
-    b'{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":%b}}\n\n'
-)
-_JSON_DELTA = (
-    b"event: content_block_delta\ndata: {"
-    b'"type":"content_block_delta","index":%d,"delta":{"type":"input_json_delta","partial_json":%b}}'
-    b"\n\n"
-)
-_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
-_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
-_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
-
-_NONE, _TEXT, _TOOL = 0, 1, 2
-
-
-def _sse(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: %b\ndata: %b\n\n" % (name.encode(), orjson.dumps(payload))
-
-
-class StreamEncoder:
-    """Canonical stream events as the Messages API's SSE events, in order.
-
-    Anthropic numbers content blocks (text and tool use alike) and opens and closes each one;
-    the canonical stream numbers only tool calls, so the encoder keeps the block bookkeeping.
-    Events after the stream has finished or failed encode to nothing.
-    """
-
-    __slots__ = ("_block", "_done", "_id", "_input_tokens", "_model", "_open", "_tools")
-
-    def __init__(self, *, id: str, model: str, input_tokens: int) -> None:
-        self._id = id
-        self._model = model
-        self._input_tokens = input_tokens  # an estimate; the real count arrives in Finish
-        self._block = -1  # index of the latest content block
-        self._open = _NONE
-        self._tools: dict[int, int] = {}  # canonical tool call index -> content block index
-        self._done = False
-
-    def start(self) -> bytes:
-        """The ``message_start`` event that opens the stream."""
-        message: dict[str, Any] = {
-            "id": self._id,
-            "type": "message",
-            "role": "assistant",
-            "model": self._model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": self._input_tokens,
-                "output_tokens": 0,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-            },
-        }
-        return _sse("message_start", {"type": "message_start", "message": message})
-
-    def ping(self) -> bytes:
-        """A keep-alive event the SDK skips, for slow upstreams."""
-        return _PING
-
-    def encode(self, event: Event) -> bytes:
-        """The SSE bytes for one canonical event (possibly several SSE events, or none)."""
-        if self._done:
-            return b""
-        if isinstance(event, TextDelta):
-            if not event.text:
-                return b""
-            head = b""
-            if self._open != _TEXT:
-                head = self._close() + self._open_block(_TEXT)
-            return head + _TEXT_DELTA % (self._block, orjson.dumps(event.text))
-        if isinstance(event, ToolCallDelta):
-            block = self._tools.get(event.index)
-            if block is None or not event.arguments:
-                return b""  # a fragment of a call that never started has nowhere to go
-            return _JSON_DELTA % (block, orjson.dumps(event.arguments))
-        if isinstance(event, ToolCallStart):
-            head = self._close() + self._open_block(_TOOL)
-            self._tools[event.index] = self._block
-            tool = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
-            return head + _sse(
-                "content_block_start",
-                {"type": "content_block_start", "index": self._block, "content_block": tool},
-            )
-        if isinstance(event, Finish):
-            return self._finish(event)
-        raise TypeError(f"not a stream event: {event!r}")
-
-    def encode_many(self, events: Iterable[Event]) -> bytes:
-        return b"".join([self.encode(event) for event in events])
-
-    def error(self, err: RouterError) -> bytes:
-        """A terminal ``error`` event: without ``message_stop`` the stream never looks complete."""
-        self._done = True
-        return b"event: error\ndata: %b\n\n" % _error_payload(err)
-
-    def _open_block(self, kind: int) -> bytes:
-        self._block += 1
-        self._open = kind
-        return _TEXT_START % self._block if kind == _TEXT else b""
-
-    def _close(self) -> bytes:
-        if self._open == _NONE:
-            return b""
-        self._open = _NONE
-        return _BLOCK_STOP % self._block
-
-    def _finish(self, event: Finish) -> bytes:
-        self._done = True
-        delta = {
-            "type": "message_delta",
-            "delta": {
-                "stop_reason": _stop_reason(event.stop_reason, event.stop_sequence),
-                "stop_sequence": event.stop_sequence,
-            },
-            "usage": _usage(event.usage),
-        }
-        return self._close() + _sse("message_delta", delta) + _MESSAGE_STOP
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,87 @@
+"""Checking one JSON field of an OpenAI request, with faults worded the way OpenAI's API words
+them (``Invalid type for 'messages[0].content': expected a string, got a number.``) and
+``param`` naming the field's path. Sans-IO; the request parser
+(:mod:`engine.wire.openai.request`) is built from these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import RequestInvalid, echo
+
+__all__ = [
+    "MISSING",
+    "boolean",
+    "invalid_type",
+    "invalid_value",
+    "kind_of",
+    "number",
+    "show",
+    "string",
+]
+
+MISSING: Any = object()  # a key absent from its object (unlike one present as null)
+
+
+def string(obj: dict[str, Any], key: str, path: str, *, non_empty: bool = False) -> str:
+    value = obj.get(key, MISSING)
+    if value is MISSING or value is None:
+        raise RequestInvalid(f"Missing required parameter: '{path}.{key}'.", param=f"{path}.{key}")
+    if type(value) is not str or (non_empty and not value):
+        raise invalid_type(
+            f"{path}.{key}", "a non-empty string" if non_empty else "a string", value
+        )
+    return value
+
+
+def number(
+    obj: dict[str, Any], key: str, kind: type, low: float | None = None, high: float | None = None
+) -> Any:
+    """An optional number in ``[low, high]``; ``kind=int`` refuses fractions. Never a bool."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not int and (kind is int or type(value) is not float):
+        raise invalid_type(key, "an integer" if kind is int else "a number", value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise RequestInvalid(
+            f"Invalid value for '{key}': expected a number {bound}, got {value}.", param=key
+        )
+    return value
+
+
+def boolean(obj: dict[str, Any], key: str, path: str | None = None) -> bool | None:
+    value = obj.get(key)
+    if value is not None and type(value) is not bool:
+        raise invalid_type(path or key, "a boolean", value)
+    return value
+
+
+def kind_of(value: Any) -> str:
+    if value is None or value is MISSING:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def show(value: Any) -> str:
+    return echo(value) if isinstance(value, str) else kind_of(value)
+
+
+def invalid_type(path: str, expected: str, value: Any) -> RequestInvalid:
+    return RequestInvalid(
+        f"Invalid type for '{path}': expected {expected}, got {kind_of(value)}.", param=path
+    )
+
+
+def invalid_value(path: str, expected: str, value: Any) -> RequestInvalid:
+    return RequestInvalid(
+        f"Invalid value for '{path}': expected {expected}, got {show(value)}.", param=path
+    )
