@@ -52,8 +52,8 @@ SURFACES: dict[str, set[str]] = {
         "multi_tier_points", "parse_rows", "summarize", "tier_split", "train_router",
     },
     "engine.wire": {
-        "ANTHROPIC", "OPENAI", "Encoder", "Provider", "StreamDecoder", "WireProtocol",
-        "provider_for",
+        "ANTHROPIC", "OPENAI", "Encoder", "Provider", "SSEDecoder", "StreamDecoder",
+        "WireProtocol", "decode_events", "provider_for",
     },
 }
 

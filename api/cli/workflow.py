@@ -364,7 +364,7 @@ def _error_message(body: bytes) -> str:
 
 def _sse(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
     """``(event, data)`` pairs of an SSE body as it arrives, its data parsed as JSON."""
-    from engine.wire.sse import SSEDecoder
+    from engine.wire import SSEDecoder
 
     decoder = SSEDecoder()
 
