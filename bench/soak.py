@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/soak.py [--clients 50] [--phase 8] [--probe 2] [--json out.json]
 
-The router runs as its own process (``python -m api.cli.main``) in front of the fake upstream (in
+The router runs as its own process (``python -m api.cli``) in front of the fake upstream (in
 this process). Tier 1 has two backends, ``a1`` and ``a2``; every request is routed (``model:
 "auto"``, short prompts, so tier 1), half of them streamed. ``a1`` is faulted in turn with a
 500, a 429 with Retry-After, a connection reset, a hang and a cut stream, each for one phase,
@@ -58,6 +58,7 @@ def config(fake: FakeUpstream, probe: float) -> dict[str, Any]:
         "dedup": {"enabled": False},
         "learned": {"model": None, "feedback_db": ":memory:"},
         "health": {"probe_interval_sec": probe},
+        "upstream": {"keepalive_expiry_sec": 5},
     }
 
 
@@ -115,7 +116,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         (folder / "soak.yaml").write_text(yaml.safe_dump(config(fake, args.probe)))
         port = args.port
         router = subprocess.Popen(
-            [sys.executable, "-m", "api.cli.main", "--config", str(folder / "soak.yaml"),
+            [sys.executable, "-m", "api.cli", "--config", str(folder / "soak.yaml"),
              "--addr", f"127.0.0.1:{port}", "--log-level", "warning"],
             cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
         )
@@ -138,6 +139,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace, fake: FakeUpstream, pid: int, base: str
                ) -> dict[str, Any]:
+    rss_idle, fds_idle = proc_status(pid)
     load = Load()
     stop = trio.Event()
     phases: list[dict[str, Any]] = []
@@ -153,6 +155,7 @@ async def _run(args: argparse.Namespace, fake: FakeUpstream, pid: int, base: str
             fake.set_default("a1", behaviour)
             await trio.sleep(args.phase)
             fake.set_default("a1", Behaviour())
+            due = (await _backend_rows(base)).get("a1", {}).get("next_probe_in_sec")
             healed = len(fake.requests("a1")), len(fake.requests("a2"))
             # Back in rotation: a1 serves again within its probe interval (plus the one
             # probe request's own time); measured as the first a1 request after the heal.
@@ -172,12 +175,14 @@ async def _run(args: argparse.Namespace, fake: FakeUpstream, pid: int, base: str
                 "client_failures": len(load.failures) - failures_before,
                 "streams_cut_with_error_event": load.cut_with_error_event - cuts_before,
                 "a1_back_after_s": None if back_after is None else round(back_after, 2),
+                # when a1's ejection (the probe interval, doubled per failed probe) ended
+                "a1_probe_due_at_heal_s": due,
                 "a1_share_after_heal": round(a1 / max(1, a1 + a2), 3),
                 "a1_status_at_end": status.get("a1"),
             })
         elapsed = time.monotonic() - started
         stop.set()
-    await trio.sleep(3)  # idle: keep-alive and upstream connections may expire
+    await trio.sleep(8)  # idle: upstream connections expire (keepalive_expiry_sec 5)
     rss1, fds1 = proc_status(pid)
     return {
         "clients": args.clients, "phase_s": args.phase, "probe_interval_s": args.probe,
@@ -185,8 +190,9 @@ async def _run(args: argparse.Namespace, fake: FakeUpstream, pid: int, base: str
         "client_failures": len(load.failures), "failure_kinds": sorted(set(load.failures)),
         "streams_cut_with_error_event": load.cut_with_error_event,
         "requests_per_s": round(load.ok / elapsed, 1), "phases": phases,
-        "rss_mib": [round(rss0 / 1024, 1), round(rss1 / 1024, 1)],
-        "open_fds": [fds0, fds1],
+        # idle before the load, under load (after warm-up), idle after it
+        "rss_mib": [round(rss_idle / 1024, 1), round(rss0 / 1024, 1), round(rss1 / 1024, 1)],
+        "open_fds": [fds_idle, fds0, fds1],
     }
 
 
@@ -202,11 +208,15 @@ def _error_event(data: bytes) -> bool:
     return isinstance(last, dict) and isinstance(last.get("error"), dict)
 
 
-async def _backends(base: str) -> dict[str, str]:
+async def _backend_rows(base: str) -> dict[str, dict[str, Any]]:
     async with httpx.AsyncClient() as http:
         data = (await http.get(base + "/v1/backends")).json()
     rows = data if isinstance(data, list) else data.get("backends", [])
-    return {row["name"]: row["status"] for row in rows}
+    return {row["name"]: row for row in rows if "name" in row}
+
+
+async def _backends(base: str) -> dict[str, str]:
+    return {name: row["status"] for name, row in (await _backend_rows(base)).items()}
 
 
 def main() -> None:
