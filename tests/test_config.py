@@ -305,6 +305,28 @@ surprise: {}
     assert "server.read_timeout_sec: environment variable UNSET_TIMEOUT is not set" in problems
 
 
+def test_a_misspelt_key_is_told_the_closest_known_one() -> None:
+    problems = problems_of("""
+models:
+  - {name: m, provider: openai, model: x, tir: 2, cost_per_1k_inn: 1}
+clasifier: {tier1_max: 20}
+cache: {enabeld: false}
+learned: {modle: null}
+workflows: {max_token_per_op: 10}
+surprise: {}
+""")
+    assert sorted(problems) == sorted([
+        "models[0].tir: unknown key (did you mean 'tier'?)",
+        "models[0].cost_per_1k_inn: unknown key (did you mean 'cost_per_1k_in'?)",
+        "clasifier: unknown key (did you mean 'classifier'?)",
+        "cache.enabeld: unknown key (did you mean 'enabled'?)",
+        "learned.modle: unknown key (did you mean 'model'?)",
+        "workflows.max_token_per_op: unknown key (did you mean 'max_tokens_per_op'?)",
+        "surprise: unknown key (allowed: cache, classifier, dedup, health, learned, models, "
+        "server, upstream, workflows)",
+    ])
+
+
 def test_duplicate_model_names_are_rejected() -> None:
     text = """
 models:

@@ -175,6 +175,33 @@ async def test_validate_names_the_op_of_a_graph_problem(tmp_path: Path) -> None:
     assert "op 'lost' is not reachable" in lost.stderr.decode()
 
 
+async def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    # A too-large max_tokens, an unknown input op, a cycle, a misspelt key, a misspelt
+    # output attribute and an unknown pinned model: one run, every problem.
+    write(tmp_path, "config.yaml", CONFIG)
+    write(tmp_path, "bad.yaml", """\
+        ops:
+          a: {prompt: A, max_tokens: 99999, input_ops: [c], model: smal}
+          b: {prompt: B, input_ops: [a, nope], temprature: 0.5}
+          c: {prompt: "{{ ops.b.outptu }}", input_ops: [b]}
+    """)
+    done = await cli("workflow", "validate", "bad.yaml", cwd=tmp_path)
+
+    assert done.returncode == 2
+    err = lines_of(done.stderr)
+    assert err[0] == "bad.yaml: 6 problems", err
+    assert sorted(err[1:]) == sorted([
+        "  op 'a': max_tokens must be an integer from 1 to 32768, got int 99999",
+        "  op 'a': model 'smal' is not configured (did you mean 'small'?) "
+        "(configured: small, mid, big)",
+        "  op 'b': unknown key 'temprature' (did you mean 'temperature'?)",
+        "  op 'c' prompt, line 1: ops.b.outptu: an op's output has no 'outptu', only "
+        "'output' (the answer text) and 'value' (its parsed JSON) (did you mean 'output'?)",
+        "  op 'b': input_ops names unknown op 'nope'",
+        "  op 'a': cycle: a -> b -> c -> a",
+    ]), err
+
+
 async def test_validate_with_a_config_uses_its_templates_and_models(tmp_path: Path) -> None:
     write(tmp_path, "config.yaml", CONFIG + "workflows: {templates_dir: prompts}\n")
     write(tmp_path, "prompts/hello.j2", "Say hello to {{ input }}.")
