@@ -26,6 +26,7 @@ from support_workflows import (
     received,
     three_tiers,
 )
+from test_feedback_api import prompt_scoring
 from test_workflow_spec import CASES, ESCAPES, RUNTIME_REFUSALS, SPEC_EXAMPLE, WORKFLOW_LEVEL
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
@@ -273,6 +274,50 @@ async def test_dry_run_answers_with_the_plan_and_sends_nothing(fake_upstream: Fa
     assert "critical path: reason -> critique -> refine" in picture
     assert "estimated cost: $" in picture
     assert received(fake, "t1", "t2", "t3") == []
+
+
+def routing_workflow() -> str:
+    """Start ops only (a dry run renders them exactly as the run does), scored 5, 28 and 75
+    by the heuristic, and one op of a fixed tier."""
+    border = prompt_scoring(28)
+    hard = ("Analyze, step by step, the trade-offs of this design and answer in JSON.\n"
+            "```\ndef f(x):\n    return x\n```\n" + "word " * 2500)
+    return yaml.safe_dump({"ops": {
+        "easy": {"prompt": "What is 2+2?", "max_tokens": 16},
+        "border": {"prompt": border, "max_tokens": 16},
+        "hard": {"prompt": hard, "json": True, "max_tokens": 16, "system": "Be exact. " * 250},
+        "fixed": {"prompt": "Say hi.", "tier": 3, "max_tokens": 16},
+    }}, width=10_000)
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["heuristic", "trained router"])
+async def test_a_dry_run_predicts_the_tier_the_run_uses_after_calibration(
+    fake_upstream: FakeUpstream, trained: bool,
+) -> None:
+    fake = fake_upstream
+    learned = {"min_samples": 5, "max_step": 5, "band": 10, "target_quality": 0.8}
+    if trained:
+        learned |= {"model": "builtin", "model_weight": 0.7}
+    text = routing_workflow()
+    for backend in ("t2", "t3"):  # the JSON op's answer
+        fake.set_default(backend, Behaviour(text='{"ok": true}'))
+    async with open_workflow_router(three_tiers(fake), learned=learned) as client:
+        for _ in range(5):  # poor answers from tier 1 near 28: tier1_max moves 30 -> 25
+            report = await client.http.post(client.router.v1 + "/feedback",
+                                            json={"score": 0.28, "tier": 1, "quality": 0.2})
+            assert report.status_code == 200, report.text
+        routing = (await client.http.get(client.router.v1 + "/routing")).json()
+        assert routing["thresholds"] == {"tier1_max": 25, "tier2_max": 70}
+        planned = await client.run(text, "", dry_run=True)
+        ran = await client.run(text, "")
+    assert planned.status_code == 200 and ran.status_code == 200, (planned.text, ran.text)
+    predicted = {name: op["tier"] for name, op in planned.json()["ops"].items()}
+    used = {name: op["tier"] for name, op in ran.json()["ops"].items()}
+    assert predicted == used
+    assert used["fixed"] == 3 and used["easy"] == 1
+    if not trained:
+        # The configured thresholds would have put border (28) on tier 1.
+        assert used["border"] == 2 and used["hard"] == 3
 
 
 async def test_the_ready_pipelines_are_listed_with_their_variables(

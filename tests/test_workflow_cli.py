@@ -22,6 +22,7 @@ import trio
 import yaml
 from support_routing import model_entry
 from support_workflows import ROOT, open_workflow_router, received, three_tiers
+from test_feedback_api import prompt_scoring
 
 import api.cli.workflow
 from api.cli.workflow import CommandFailed, coerce_variables, preview
@@ -314,6 +315,32 @@ async def test_plan_needs_a_config_for_prices(tmp_path: Path) -> None:
     done = await cli("workflow", "plan", "debate", cwd=tmp_path)
     assert done.returncode == 2
     assert "config.yaml" in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+async def test_plan_routes_with_the_thresholds_calibration_saved(
+    tmp_path: Path, fake_upstream: FakeUpstream,
+) -> None:
+    # A router calibrates tier1_max from 30 to 25; an offline plan with the same config (and
+    # so the same feedback database) predicts the tier that router would use.
+    learned = {"model": None, "min_samples": 5, "max_step": 5, "band": 10,
+               "feedback_db": str(tmp_path / "feedback.db")}
+    models = three_tiers(fake_upstream)
+    write(tmp_path, "config.yaml", yaml.safe_dump({"models": models, "learned": learned}))
+    write(tmp_path, "border.yaml", yaml.safe_dump(
+        {"ops": {"border": {"prompt": prompt_scoring(28), "max_tokens": 16}}}, width=10_000))
+    before = await cli("workflow", "plan", "border.yaml", "--json", cwd=tmp_path)
+    async with open_workflow_router(models, learned=learned) as client:
+        for _ in range(5):
+            report = await client.http.post(client.router.v1 + "/feedback",
+                                            json={"score": 0.28, "tier": 1, "quality": 0.2})
+            assert report.json()["thresholds"]["tier1_max"] in (30, 25)
+        planned = await client.run((tmp_path / "border.yaml").read_text(), "", dry_run=True)
+    after = await cli("workflow", "plan", "border.yaml", "--json", cwd=tmp_path)
+
+    assert before.returncode == 0 and after.returncode == 0, after.stderr.decode()
+    assert json.loads(before.stdout)["ops"]["border"]["tier"] == 1
+    assert json.loads(after.stdout)["ops"]["border"]["tier"] == 2
+    assert planned.json()["ops"]["border"]["tier"] == 2
 
 
 # ---- run -----------------------------------------------------------------------------------

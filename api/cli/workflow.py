@@ -285,7 +285,7 @@ def _plan(args: argparse.Namespace) -> int:
     try:
         variables = coerce_variables(args.var, workflow.variables)
         estimate = estimate_costs(workflow, config, input=_input(args.input),
-                                  variables=variables)
+                                  variables=variables, decide=_routing(config))
     except WorkflowInvalid as exc:
         raise CommandFailed(f"{path}: {exc.describe()}") from None
     if args.json:
@@ -294,6 +294,41 @@ def _plan(args: argparse.Namespace) -> int:
     print(describe_plan(workflow, estimate=estimate))
     print("generations: " + " -> ".join(f"[{', '.join(g)}]" for g in estimate["generations"]))
     return 0
+
+
+def _routing(config: Config) -> Any:
+    """The routing decision a router started with ``config`` would make now (its
+    ``RoutingPolicy.decide``): its trained router (``learned.model``), and the thresholds
+    calibration saved in its feedback database, when that file exists (it is only read)."""
+    import trio
+
+    from engine.errors import RouterError
+    from engine.runtime.gateway import load_learned
+    from engine.runtime.policy import RoutingPolicy
+    from engine.stores.feedback import FeedbackStore
+
+    try:
+        policy = RoutingPolicy(config, learned=load_learned(config))
+    except RouterError as exc:
+        raise CommandFailed(f"learned.model: {exc.message}") from None
+    database = config.path(config.learned.feedback_db)
+    if database.is_file():
+        async def calibrated() -> None:
+            store = FeedbackStore(database, base=(policy.tier1_max, policy.tier2_max))
+            await store.open()
+            try:
+                policy.store = store
+                await policy.load()
+            finally:
+                policy.store = None
+                await store.close()
+
+        try:
+            trio.run(calibrated)
+        except RouterError as exc:
+            print(f"llm-router: warning: {exc.message}; estimating with the configured "
+                  "thresholds", file=sys.stderr)
+    return policy.decide
 
 
 # ---- run -----------------------------------------------------------------------------------

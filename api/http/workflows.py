@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import trio
 from quart import Response
 
 from engine.core.config import Config
-from engine.core.workflow.plan import describe_plan, estimate_costs
+from engine.core.workflow.plan import RouteDecider, describe_plan, estimate_costs
 from engine.core.workflow.render import resolve_variables
 from engine.core.workflow.spec import Workflow, WorkflowLimits, load_workflow
 from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, did_you_mean, echo
@@ -176,10 +177,13 @@ class WorkflowAPI:
             for name, wf in self.ready().items()
         ]
 
-    def dry_run(self, workflow: Workflow, call: WorkflowCall) -> dict[str, Any]:
+    def dry_run(self, workflow: Workflow, call: WorkflowCall, *,
+                decide: RouteDecider) -> dict[str, Any]:
+        """The plan and estimate, routed by ``decide`` (the gateway's routing policy: the
+        thresholds in force and the trained router, as a run would be)."""
         variables = resolve_variables(workflow, call.variables)
         estimate = estimate_costs(workflow, self.config, input=call.input or "",
-                                  variables=variables)
+                                  variables=variables, decide=decide)
         return {"dry_run": True, **estimate, "picture": describe_plan(workflow, estimate=estimate)}
 
     async def respond(
@@ -188,8 +192,10 @@ class WorkflowAPI:
     ) -> Response:
         text = _input_of(workflow, call)
         if call.dry_run:
-            plan = await trio.to_thread.run_sync(self.dry_run, workflow, call,
-                                                 limiter=gateway.render_limiter)
+            plan = await trio.to_thread.run_sync(
+                partial(self.dry_run, workflow, call, decide=gateway.policy.decide),
+                limiter=gateway.render_limiter,
+            )
             return Response(orjson.dumps(plan), content_type=_JSON, headers=headers)
         if call.stream:
             resolve_variables(workflow, call.variables)  # a bad override is a 400, not an event
