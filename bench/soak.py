@@ -28,10 +28,9 @@ import httpx
 import trio
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
 
-from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FAULTS: dict[str, Behaviour] = {
     "500": Behaviour(status=500),

@@ -11,13 +11,17 @@ Routes (``{backend}`` is any label; one fake serves many "providers" at once)::
 
     POST /{backend}/v1/chat/completions   OpenAI Chat Completions (JSON or SSE)
     POST /{backend}/v1/messages           Anthropic Messages (JSON or SSE)
+    POST /_fake/fail/{backend}            from now on {backend} answers 503 (JSON: what was set)
+    POST /_fake/recover/{backend}         {backend} answers normally again
     anything else                         404, OpenAI-style error JSON
 
 Each request takes the next :class:`Behaviour` scripted for its backend (``script``), else the
-backend's default (``set_default``), else ``Behaviour()``: a 200 whose reply text is
-``f"[{backend}] " + <last user message text>`` so a test can see who answered and that the
-content passed through. Every request is recorded (:class:`Recorded`) on arrival, before any
-fault is applied.
+backend's default (``set_default``), else the fake's own default (``Behaviour()`` unless
+given): a 200 whose reply text is ``f"[{backend}] " + <last user message text>`` so a test
+can see who answered and that the content passed through. Every request is recorded
+(:class:`Recorded`) on arrival, before any fault is applied. The two ``/_fake/`` routes are
+the same controls over HTTP, for ``llm-router fake-upstream`` (a demo's failover, from the
+command line).
 
 As the real providers do, the OpenAI side answers ``n`` choices (choice ``i > 0`` has `` #i``
 appended to its text; usage counts every choice) and, with ``logprobs: true``, token log
@@ -34,6 +38,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
@@ -68,6 +73,7 @@ Send = Callable[[Message], Awaitable[None]]
 Protocol = Literal["openai", "anthropic"]
 
 _ROUTE = re.compile(r"^/(?P<backend>[^/]+)/v1/(?P<endpoint>chat/completions|messages)$")
+_CONTROL = re.compile(r"^/_fake/(?P<action>fail|recover)/(?P<backend>[^/]+)$")
 _PROTOCOL_OF: dict[str, Protocol] = {"chat/completions": "openai", "messages": "anthropic"}
 # Tool-call arguments are streamed in fixed-size fragments that cut through JSON tokens, as
 # the real providers do, so that consumers must accumulate before parsing.
@@ -176,9 +182,10 @@ class _Event:
 class FakeUpstream:
     """State and ASGI app of the fake provider. Start it with :func:`open_fake_upstream`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, default: Behaviour | None = None) -> None:
         self.url = ""  # "http://127.0.0.1:PORT", set once serving
         self.active = 0  # requests being served right now
+        self.default = default or Behaviour()  # for backends without a default of their own
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._defaults: dict[str, Behaviour] = {}
         self._requests: dict[str, list[Recorded]] = {}
@@ -211,6 +218,19 @@ class FakeUpstream:
     def set_default(self, backend: str, behaviour: Behaviour) -> None:
         """Answer ``backend``'s unscripted requests with ``behaviour``."""
         self._defaults[backend] = behaviour
+
+    def clear_default(self, backend: str) -> None:
+        """Answer ``backend``'s unscripted requests with the fake's own default again."""
+        self._defaults.pop(backend, None)
+
+    def fail(self, backend: str) -> None:
+        """Make ``backend`` answer every unscripted request with a 503 (after the default's
+        latency), until :meth:`clear_default`."""
+        self.set_default(backend, dataclasses.replace(
+            self.default, status=503,
+            error_message=f"backend {backend!r} is failing on purpose "
+                          f"(POST /_fake/recover/{backend} to recover)",
+        ))
 
     def requests(self, backend: str) -> list[Recorded]:
         """What ``backend`` received, oldest first (a copy; the records themselves are live)."""
@@ -267,9 +287,19 @@ class FakeUpstream:
         queue = self._scripts.get(backend)
         if queue:
             return queue.popleft()
-        return self._defaults.get(backend, Behaviour())
+        return self._defaults.get(backend, self.default)
 
     async def _respond(self, record: Recorded, send: Send) -> None:
+        control = _CONTROL.match(record.path)
+        if record.method == "POST" and control is not None:
+            backend = control["backend"]
+            if control["action"] == "fail":
+                self.fail(backend)
+            else:
+                self.clear_default(backend)
+            failing = control["action"] == "fail"
+            await _send_json(record, send, 200, {"backend": backend, "failing": failing})
+            return
         route = _ROUTE.match(record.path)
         if record.method != "POST" or route is None:
             message = f"Invalid URL ({record.method} {record.path})"
@@ -317,15 +347,21 @@ class FakeUpstream:
 
 
 @asynccontextmanager
-async def open_fake_upstream() -> AsyncIterator[FakeUpstream]:
-    """Serve a :class:`FakeUpstream` on a free loopback port for the duration of the block.
+async def open_fake_upstream(
+    *, host: str = "127.0.0.1", port: int = 0, default: Behaviour | None = None,
+) -> AsyncIterator[FakeUpstream]:
+    """Serve a :class:`FakeUpstream` for the duration of the block, by default on a free
+    loopback port; ``default`` is how backends without a default of their own answer.
 
     The server runs in a nursery owned by this context; leaving the block shuts it down
     gracefully (idle keep-alive connections closed, hanging requests released).
+
+    Raises:
+        OSError: ``host:port`` cannot be listened on.
     """
-    fake = FakeUpstream()
+    fake = FakeUpstream(default=default)
     config = Config()
-    config.bind = ["127.0.0.1:0"]
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     # Routed through logging (not hypercorn's own stderr handler) so pytest captures it and
     # shows it only for a failing test.
