@@ -154,7 +154,8 @@ async def test_a_run_without_input_is_a_400_unless_its_input_is_optional(
     ("", {"workflow": "ops: {a: {prompt: A}}", "input": "x", "variabels": {"tone": "dry"}},
      "unknown field 'variabels' (did you mean 'variables'?)"),
     ("", {"workflow": "ops: {a: {prompt: A}}", "input": "x", "dryrun": True, "model": "m"},
-     "unknown fields 'dryrun' (did you mean 'dry_run'?), 'model'"),
+     "unknown fields 'dryrun' (did you mean 'dry_run'?), 'model'; a workflow request takes "
+     "input, variables, dry_run, stream, router_cache, workflow"),
     ("/debate", {"input": "x", "workflow": "ops: {a: {prompt: A}}"},
      "unknown field 'workflow' (a ready pipeline is run by its name"),
     ("/debate", {"inputs": "x"}, "unknown field 'inputs' (did you mean 'input'?)"),
@@ -170,6 +171,16 @@ async def test_unknown_body_fields_are_400s_naming_them(
     assert error["param"] == next(k for k in body if k not in (
         "input", "variables", "dry_run", "stream") + (("workflow",) if not path else ()))
     assert received(fake_upstream, "t1", "t2", "t3") == []
+
+
+async def test_every_documented_body_field_is_accepted(fake_upstream: FakeUpstream) -> None:
+    body = {"workflow": "variables: {tone: dry}\nops: {a: {prompt: '{{ tone }}', tier: 1}}",
+            "input": "x", "variables": {"tone": "warm"}, "dry_run": False, "stream": False,
+            "router_cache": "no-store"}
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        response = await client.http.post(client.router.v1 + "/workflows", json=body)
+    assert response.status_code == 200, response.text
+    assert received(fake_upstream, "t1") == ["warm\n\nx"]
 
 
 async def test_render_time_sandbox_refusals_fail_the_op_before_any_request(

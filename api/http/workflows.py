@@ -53,7 +53,8 @@ class WorkflowCall:
     workflow: str | None
 
 
-_CALL_KEYS = ("input", "variables", "dry_run", "stream")
+# router_cache is read with the cache-control header (api/http/app.py).
+_CALL_KEYS = ("input", "variables", "dry_run", "stream", "router_cache")
 
 
 def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
