@@ -327,6 +327,14 @@ surprise: {}
     ])
 
 
+def test_config_module_examples() -> None:
+    import doctest
+
+    import engine.core.config
+
+    assert doctest.testmod(engine.core.config).failed == 0
+
+
 def test_duplicate_model_names_are_rejected() -> None:
     text = """
 models:

@@ -118,6 +118,14 @@ def route(response: httpx.Response) -> tuple[str, str, str]:
                  for h in ("tier", "model", "cache"))
 
 
+def test_fake_module_examples() -> None:
+    import doctest
+
+    import api.cli.fake
+
+    assert doctest.testmod(api.cli.fake).failed == 0
+
+
 async def test_check_accepts_the_demo_config() -> None:
     with trio.fail_after(30):
         done = await trio.run_process([LLM_ROUTER, "check", "config.demo.yaml"], cwd=ROOT,

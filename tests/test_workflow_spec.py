@@ -24,6 +24,7 @@ import engine.core.workflow.render
 import engine.core.workflow.source
 import engine.core.workflow.spec
 import engine.core.workflow.template
+import engine.errors
 from engine.core.config import Config, ModelConfig
 from engine.core.planner import Plan
 from engine.core.workflow.plan import (
@@ -971,7 +972,8 @@ def test_random_dags_plan_with_inputs_first(
 
 
 @pytest.mark.parametrize("module", [engine.core.workflow.spec, engine.core.workflow.plan,
-                                    engine.core.workflow.source, engine.core.workflow.template])
+                                    engine.core.workflow.source, engine.core.workflow.template,
+                                    engine.errors])
 def test_docstring_examples(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0
