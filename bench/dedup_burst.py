@@ -11,13 +11,10 @@ calls, wall time of the burst and USD spent for both.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import httpx
 import trio
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from router_harness import make_config, open_router
+from harness import make_config, open_router
 
 from engine.testing.fake_upstream import Behaviour, open_fake_upstream
 

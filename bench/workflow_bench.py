@@ -24,8 +24,7 @@ import trio
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from router_harness import make_config, open_router
+from harness import make_config, open_router
 
 from engine.core.workflow.plan import plan_workflow
 from engine.core.workflow.spec import WorkflowLimits, load_workflow

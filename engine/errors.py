@@ -34,6 +34,9 @@ seam each; nothing else catches third-party exceptions. Messages never contain p
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
+
 __all__ = [
     "ECHO_MAX",
     "ClientTooSlow",
@@ -56,6 +59,7 @@ __all__ = [
     "UpstreamUnreachable",
     "WorkflowInvalid",
     "WorkflowNotFound",
+    "did_you_mean",
     "echo",
 ]
 
@@ -80,6 +84,21 @@ def echo(value: object, *, raw: bool = False) -> str:
         return f"{head if raw else repr(head)}… ({len(value)} characters)"
     text = repr(value)
     return text if len(text) <= ECHO_MAX else f"{text[:ECHO_MAX]}… ({len(text)} characters)"
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """A hint naming the closest of ``choices`` to a misspelt ``word`` (``difflib``), for an
+    error message to end with; ``""`` when nothing is close.
+
+    >>> did_you_mean("promt", ["prompt", "template", "tier"])
+    " (did you mean 'prompt'?)"
+    >>> did_you_mean("colour", ["prompt", "tier"])
+    ''
+    """
+    if not isinstance(word, str) or len(word) > ECHO_MAX:
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class RouterError(Exception):
@@ -133,13 +152,40 @@ class RequestTimeout(RequestInvalid):
 
 
 class WorkflowInvalid(RequestInvalid):
-    """A workflow definition failed validation; ``op`` names the op at fault, if any."""
+    """A workflow definition failed validation; ``op`` names the op at fault, if any.
+
+    ``problems`` holds every problem found, each a ``WorkflowInvalid`` of its own; for a
+    single problem it is ``(self,)``. :meth:`collect` makes one error of several, whose
+    message lists them all and whose ``op`` is the first one's.
+    """
 
     code = "workflow_invalid"
 
-    def __init__(self, message: str, *, op: str | None = None) -> None:
+    def __init__(self, message: str, *, op: str | None = None,
+                 problems: Sequence[WorkflowInvalid] = ()) -> None:
         super().__init__(message, param=op)
         self.op = op
+        self.problems: tuple[WorkflowInvalid, ...] = tuple(problems) or (self,)
+
+    def describe(self) -> str:
+        """The message, naming the op if it does not already."""
+        if self.op is not None and repr(self.op) not in self.message:
+            return f"op {self.op!r}: {self.message}"
+        return self.message
+
+    @classmethod
+    def collect(cls, problems: Sequence[WorkflowInvalid]) -> WorkflowInvalid:
+        """One error for ``problems`` (at least one): the problem itself when alone.
+
+        >>> both = WorkflowInvalid.collect([WorkflowInvalid("tier must be 1-10", op="a"),
+        ...                                 WorkflowInvalid("cycle: b -> b", op="b")])
+        >>> both.message, both.op, len(both.problems)
+        ("2 problems: op 'a': tier must be 1-10; op 'b': cycle: b -> b", 'a', 2)
+        """
+        if len(problems) == 1:
+            return problems[0]
+        listed = "; ".join(p.describe() for p in problems)
+        return cls(f"{len(problems)} problems: {listed}", op=problems[0].op, problems=problems)
 
 
 class TemplateLimitExceeded(WorkflowInvalid):

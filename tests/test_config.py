@@ -128,7 +128,7 @@ def test_spec_example_without_its_key_still_loads() -> None:
 
 def test_repository_config_files_are_valid() -> None:
     root = Path(__file__).parent.parent
-    for name in ("config.yaml", "config.local.yaml"):
+    for name in ("config.yaml", "config.local.yaml", "config.demo.yaml"):
         config = load_config(root / name, environ={})
         assert config.tiers == [1, 2, 3], name
 
@@ -305,6 +305,36 @@ surprise: {}
     assert not any("UNSET_KEY" in p for p in problems)
     assert not any(p.startswith("models: ") for p in problems), problems
     assert "server.read_timeout_sec: environment variable UNSET_TIMEOUT is not set" in problems
+
+
+def test_a_misspelt_key_is_told_the_closest_known_one() -> None:
+    problems = problems_of("""
+models:
+  - {name: m, provider: openai, model: x, tir: 2, cost_per_1k_inn: 1}
+clasifier: {tier1_max: 20}
+cache: {enabeld: false}
+learned: {modle: null}
+workflows: {max_token_per_op: 10}
+surprise: {}
+""")
+    assert sorted(problems) == sorted([
+        "models[0].tir: unknown key (did you mean 'tier'?)",
+        "models[0].cost_per_1k_inn: unknown key (did you mean 'cost_per_1k_in'?)",
+        "clasifier: unknown key (did you mean 'classifier'?)",
+        "cache.enabeld: unknown key (did you mean 'enabled'?)",
+        "learned.modle: unknown key (did you mean 'model'?)",
+        "workflows.max_token_per_op: unknown key (did you mean 'max_tokens_per_op'?)",
+        "surprise: unknown key (allowed: cache, classifier, dedup, health, learned, models, "
+        "server, upstream, workflows)",
+    ])
+
+
+def test_config_module_examples() -> None:
+    import doctest
+
+    import engine.core.config
+
+    assert doctest.testmod(engine.core.config).failed == 0
 
 
 def test_duplicate_model_names_are_rejected() -> None:

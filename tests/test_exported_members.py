@@ -15,6 +15,7 @@ SURFACES: dict[str, set[str]] = {
         "CacheHit", "Config", "Embedder", "FeatureConfig", "Features", "LearnedRouter",
         "Matcher", "ModelConfig", "Node", "OpOutput", "Plan", "PreparedText",
         "RedactingFilter", "Redactor", "Report", "RequestKey", "ResponseCache", "Route",
+        "RouteDecider",
         "Score", "SemanticMatcher", "Stats", "StreamRedactor", "TextEmbedder", "Workflow",
         "WorkflowLimits", "blend", "calibrate", "check_models", "check_variables",
         "check_workflow", "decide_route", "describe_plan", "estimate_costs",
@@ -34,13 +35,13 @@ SURFACES: dict[str, set[str]] = {
         "tier_for_score",
     },
     "engine.core.workflow": {
-        "OpOutput", "Workflow", "WorkflowLimits", "check_models", "check_variables",
+        "OpOutput", "RouteDecider", "Workflow", "WorkflowLimits", "check_models", "check_variables",
         "check_workflow", "describe_plan", "estimate_costs", "load_workflow", "parse_output",
         "parse_yaml", "plan_workflow", "render_request", "resolve_variables",
     },
     "engine.runtime": {
         "ChatStream", "Gateway", "Models", "RunContext", "Served", "WorkflowEvents",
-        "load_models", "open_gateway",
+        "load_models", "load_offline_policy", "open_gateway",
     },
     "engine.stores": {"FeedbackStore"},
     "engine.testing": {

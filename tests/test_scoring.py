@@ -5,6 +5,7 @@ thresholds, Hypothesis properties over arbitrary requests, and the routing heade
 
 from __future__ import annotations
 
+import doctest
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from support_health import watch_health
 from support_routing import model_entry, open_router_client
 
 from engine.core.config import Config
-from engine.core.routing.decide import decide_route
+from engine.core.routing.decide import Thresholds, decide_route
 from engine.core.routing.scoring import Score, score_request, tier_for_score
 from engine.messages import (
     ChatRequest,
@@ -270,6 +271,57 @@ def test_thresholds_come_from_the_config() -> None:
     assert decide_route(ask("Analyze it step by step."), config).tier == 3  # 20 > tier2_max
     default = make_config({"models": [{"name": "s", "provider": "openai", "model": "s"}]})
     assert decide_route(ask(), default).tier == 1
+
+
+class FixedOpinion:
+    """A trained router whose probability is given: decide_route's blending, by hand."""
+
+    def __init__(self, p: float, boundary_p: float | None = None) -> None:
+        self.p = p
+        self.boundary_p = boundary_p
+
+    def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float:
+        return self.p
+
+
+def test_the_one_rule_blends_opinions_under_the_thresholds_in_force() -> None:
+    config = make_config({"models": [{"name": n, "provider": "openai", "model": n, "tier": t}
+                                     for n, t in (("s", 1), ("m", 2), ("l", 3))],
+                          "learned": {"model_weight": 0.5, "sidecar_weight": 0.5}})
+    hard = ask("Analyze it step by step.")  # heuristic 20
+    assert decide_route(hard, config).tier == 1
+    assert decide_route(hard, config, thresholds=Thresholds(19, 70)).tier == 2
+    # p = 0.2 at a boundary_p of 0.2 is the tier-1 boundary (30): (20 + 30) / 2 = 25.
+    blended = decide_route(hard, config, learned=FixedOpinion(0.2, boundary_p=0.2))
+    assert (blended.score.total, blended.router, blended.tier) == (25, "heuristic+learned", 1)
+    # The boundary moves with calibration: at tier1_max 21, p = 0.2 is 21; (20 + 21) / 2 = 20.5
+    # rounds (half to even) to 20, and 20 < 21 is tier 1.
+    moved = decide_route(hard, config, thresholds=Thresholds(21, 70),
+                         learned=FixedOpinion(0.2, boundary_p=0.2))
+    assert (moved.score.total, moved.tier) == (20, 1)
+    # The sidecar (threshold 0.5 at the boundary): p = 1 is 100; (25 + 100) / 2 = 62.5 -> 62.
+    both = decide_route(hard, config, learned=FixedOpinion(0.2, boundary_p=0.2), sidecar_p=1.0)
+    assert (both.score.total, both.router, both.tier) == (62, "heuristic+learned+sidecar", 2)
+    # A pin and a workflow op's tier are not blended.
+    assert decide_route(hard, config, tier=3, learned=FixedOpinion(0.0)).router == "workflow"
+
+
+async def test_the_policy_decides_by_the_one_rule_with_its_thresholds() -> None:
+    config = make_config({"models": [{"name": "s", "provider": "openai", "model": "s",
+                                      "tier": 1}, {"name": "m", "provider": "openai",
+                                                   "model": "m", "tier": 2}]})
+    policy = RoutingPolicy(config)
+    hard = ask("Analyze it step by step.")
+    assert policy.decide(hard) == await policy.route(hard) == decide_route(hard, config)
+    policy.tier1_max = 19  # as calibration does
+    assert policy.decide(hard).tier == (await policy.route(hard)).tier == 2
+    assert policy.decide(hard) == decide_route(hard, config, thresholds=Thresholds(19, 70))
+
+
+def test_decide_examples() -> None:
+    import engine.core.routing.decide
+
+    assert doctest.testmod(engine.core.routing.decide).failed == 0
 
 
 # ---- properties --------------------------------------------------------------------------------

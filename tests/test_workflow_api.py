@@ -26,6 +26,7 @@ from support_workflows import (
     received,
     three_tiers,
 )
+from test_feedback_api import prompt_scoring
 from test_workflow_spec import CASES, ESCAPES, RUNTIME_REFUSALS, SPEC_EXAMPLE, WORKFLOW_LEVEL
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
@@ -77,6 +78,109 @@ async def test_every_validation_error_is_a_400_naming_the_op(fake_upstream: Fake
             error = error_of(response)
             assert error["code"] == "workflow_invalid" and fragment in error["message"]
     assert received(fake, "t1", "t2", "t3") == []
+
+
+async def test_every_problem_of_a_workflow_is_in_its_400(fake_upstream: FakeUpstream) -> None:
+    fake = fake_upstream
+    text = """\
+ops:
+  a: {prompt: A, max_tokens: 99999, input_ops: [c]}
+  b: {prompt: B, input_ops: [a, nope], promt: x}
+  c: {prompt: "{{ ops.b.outptu }}", input_ops: [b], model: gpt-9}
+"""
+    async with open_workflow_router(three_tiers(fake)) as client:
+        responses = [await client.run(text, "x", **flags)
+                     for flags in ({}, {"stream": True}, {"dry_run": True})]
+    for response in responses:
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert error["code"] == "workflow_invalid" and error["param"] == "a"
+        message = error["message"]
+        assert message.startswith("6 problems: "), message
+        for fragment in ["op 'a': max_tokens must be an integer from 1 to",
+                         "op 'b': input_ops names unknown op 'nope'",
+                         "unknown key 'promt' (did you mean 'prompt'?)",
+                         "ops.b.outptu: an op's output has no 'outptu'",
+                         "model 'gpt-9' is not configured",
+                         "cycle: a -> b -> c -> a"]:
+            assert fragment in message, (fragment, message)
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+async def test_a_misspelt_output_attribute_is_a_400_before_anything_is_paid(
+    fake_upstream: FakeUpstream,
+) -> None:
+    # It used to pass validation: op a ran (and was paid for), then b failed to render.
+    fake = fake_upstream
+    text = "ops: {a: {prompt: A, tier: 1}, b: {prompt: '{{ ops.a.outptu }}', input_ops: [a]}}"
+    async with open_workflow_router(three_tiers(fake)) as client:
+        response = await client.run(text, "x")
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["param"] == "b" and "did you mean 'output'?" in error["message"]
+    assert received(fake, "t1", "t2", "t3") == []
+
+
+async def test_a_run_without_input_is_a_400_unless_its_input_is_optional(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake = fake_upstream
+    required = "ops: {a: {prompt: Summarise., tier: 1}}"
+    optional = "input: {optional: true}\nops: {a: {prompt: 'Tell a joke.', tier: 1}}"
+    async with open_workflow_router(three_tiers(fake)) as client:
+        url = client.router.v1 + "/workflows"
+        refused = [await client.http.post(url, json={"workflow": required, **flags})
+                   for flags in ({}, {"stream": True}, {"input": None})]
+        refused.append(await client.http.post(url + "/debate", json={}))
+        assert received(fake, "t1", "t2", "t3") == []
+        planned = await client.http.post(url, json={"workflow": required, "dry_run": True})
+        ran = await client.http.post(url, json={"workflow": optional})
+        empty = await client.http.post(url, json={"workflow": required, "input": ""})
+        listed = (await client.http.get(url)).json()["workflows"]
+    for response in refused:
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert error["param"] == "input" and "input is required" in error["message"]
+        assert "input: {optional: true}" in error["message"]
+    assert planned.status_code == 200 and planned.json()["dry_run"] is True
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["final_output"] == "[t1] Tell a joke."
+    assert empty.status_code == 200, empty.text  # an input sent empty is the caller's choice
+    assert received(fake, "t1") == ["Tell a joke.", "Summarise."]
+    assert all(w["input"] == {"optional": False, "description": None} for w in listed)
+
+
+@pytest.mark.parametrize(("path", "body", "fragment"), [
+    ("", {"workflow": "ops: {a: {prompt: A}}", "input": "x", "variabels": {"tone": "dry"}},
+     "unknown field 'variabels' (did you mean 'variables'?)"),
+    ("", {"workflow": "ops: {a: {prompt: A}}", "input": "x", "dryrun": True, "model": "m"},
+     "unknown fields 'dryrun' (did you mean 'dry_run'?), 'model'; a workflow request takes "
+     "input, variables, dry_run, stream, router_cache, workflow"),
+    ("/debate", {"input": "x", "workflow": "ops: {a: {prompt: A}}"},
+     "unknown field 'workflow' (a ready pipeline is run by its name"),
+    ("/debate", {"inputs": "x"}, "unknown field 'inputs' (did you mean 'input'?)"),
+])
+async def test_unknown_body_fields_are_400s_naming_them(
+    fake_upstream: FakeUpstream, path: str, body: dict[str, Any], fragment: str,
+) -> None:
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        response = await client.http.post(client.router.v1 + "/workflows" + path, json=body)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert fragment in error["message"], error
+    assert error["param"] == next(k for k in body if k not in (
+        "input", "variables", "dry_run", "stream") + (("workflow",) if not path else ()))
+    assert received(fake_upstream, "t1", "t2", "t3") == []
+
+
+async def test_every_documented_body_field_is_accepted(fake_upstream: FakeUpstream) -> None:
+    body = {"workflow": "variables: {tone: dry}\nops: {a: {prompt: '{{ tone }}', tier: 1}}",
+            "input": "x", "variables": {"tone": "warm"}, "dry_run": False, "stream": False,
+            "router_cache": "no-store"}
+    async with open_workflow_router(three_tiers(fake_upstream)) as client:
+        response = await client.http.post(client.router.v1 + "/workflows", json=body)
+    assert response.status_code == 200, response.text
+    assert received(fake_upstream, "t1") == ["warm\n\nx"]
 
 
 async def test_render_time_sandbox_refusals_fail_the_op_before_any_request(
@@ -181,6 +285,50 @@ async def test_dry_run_answers_with_the_plan_and_sends_nothing(fake_upstream: Fa
     assert "critical path: reason -> critique -> refine" in picture
     assert "estimated cost: $" in picture
     assert received(fake, "t1", "t2", "t3") == []
+
+
+def routing_workflow() -> str:
+    """Start ops only (a dry run renders them exactly as the run does), scored 5, 28 and 75
+    by the heuristic, and one op of a fixed tier."""
+    border = prompt_scoring(28)
+    hard = ("Analyze, step by step, the trade-offs of this design and answer in JSON.\n"
+            "```\ndef f(x):\n    return x\n```\n" + "word " * 2500)
+    return yaml.safe_dump({"ops": {
+        "easy": {"prompt": "What is 2+2?", "max_tokens": 16},
+        "border": {"prompt": border, "max_tokens": 16},
+        "hard": {"prompt": hard, "json": True, "max_tokens": 16, "system": "Be exact. " * 250},
+        "fixed": {"prompt": "Say hi.", "tier": 3, "max_tokens": 16},
+    }}, width=10_000)
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["heuristic", "trained router"])
+async def test_a_dry_run_predicts_the_tier_the_run_uses_after_calibration(
+    fake_upstream: FakeUpstream, trained: bool,
+) -> None:
+    fake = fake_upstream
+    learned = {"min_samples": 5, "max_step": 5, "band": 10, "target_quality": 0.8}
+    if trained:
+        learned |= {"model": "builtin", "model_weight": 0.7}
+    text = routing_workflow()
+    for backend in ("t2", "t3"):  # the JSON op's answer
+        fake.set_default(backend, Behaviour(text='{"ok": true}'))
+    async with open_workflow_router(three_tiers(fake), learned=learned) as client:
+        for _ in range(5):  # poor answers from tier 1 near 28: tier1_max moves 30 -> 25
+            report = await client.http.post(client.router.v1 + "/feedback",
+                                            json={"score": 0.28, "tier": 1, "quality": 0.2})
+            assert report.status_code == 200, report.text
+        routing = (await client.http.get(client.router.v1 + "/routing")).json()
+        assert routing["thresholds"] == {"tier1_max": 25, "tier2_max": 70}
+        planned = await client.run(text, "", dry_run=True)
+        ran = await client.run(text, "")
+    assert planned.status_code == 200 and ran.status_code == 200, (planned.text, ran.text)
+    predicted = {name: op["tier"] for name, op in planned.json()["ops"].items()}
+    used = {name: op["tier"] for name, op in ran.json()["ops"].items()}
+    assert predicted == used
+    assert used["fixed"] == 3 and used["easy"] == 1
+    if not trained:
+        # The configured thresholds would have put border (28) on tier 1.
+        assert used["border"] == 2 and used["hard"] == 3
 
 
 async def test_the_ready_pipelines_are_listed_with_their_variables(

@@ -22,6 +22,7 @@ import trio
 import yaml
 from support_routing import model_entry
 from support_workflows import ROOT, open_workflow_router, received, three_tiers
+from test_feedback_api import prompt_scoring
 
 import api.cli.workflow
 from api.cli.workflow import CommandFailed, coerce_variables, preview
@@ -175,6 +176,33 @@ async def test_validate_names_the_op_of_a_graph_problem(tmp_path: Path) -> None:
     assert "op 'lost' is not reachable" in lost.stderr.decode()
 
 
+async def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    # A too-large max_tokens, an unknown input op, a cycle, a misspelt key, a misspelt
+    # output attribute and an unknown pinned model: one run, every problem.
+    write(tmp_path, "config.yaml", CONFIG)
+    write(tmp_path, "bad.yaml", """\
+        ops:
+          a: {prompt: A, max_tokens: 99999, input_ops: [c], model: smal}
+          b: {prompt: B, input_ops: [a, nope], temprature: 0.5}
+          c: {prompt: "{{ ops.b.outptu }}", input_ops: [b]}
+    """)
+    done = await cli("workflow", "validate", "bad.yaml", cwd=tmp_path)
+
+    assert done.returncode == 2
+    err = lines_of(done.stderr)
+    assert err[0] == "bad.yaml: 6 problems", err
+    assert sorted(err[1:]) == sorted([
+        "  op 'a': max_tokens must be an integer from 1 to 32768, got int 99999",
+        "  op 'a': model 'smal' is not configured (did you mean 'small'?) "
+        "(configured: small, mid, big)",
+        "  op 'b': unknown key 'temprature' (did you mean 'temperature'?)",
+        "  op 'c' prompt, line 1: ops.b.outptu: an op's output has no 'outptu', only "
+        "'output' (the answer text) and 'value' (its parsed JSON) (did you mean 'output'?)",
+        "  op 'b': input_ops names unknown op 'nope'",
+        "  op 'a': cycle: a -> b -> c -> a",
+    ]), err
+
+
 async def test_validate_with_a_config_uses_its_templates_and_models(tmp_path: Path) -> None:
     write(tmp_path, "config.yaml", CONFIG + "workflows: {templates_dir: prompts}\n")
     write(tmp_path, "prompts/hello.j2", "Say hello to {{ input }}.")
@@ -287,6 +315,32 @@ async def test_plan_needs_a_config_for_prices(tmp_path: Path) -> None:
     done = await cli("workflow", "plan", "debate", cwd=tmp_path)
     assert done.returncode == 2
     assert "config.yaml" in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+async def test_plan_routes_with_the_thresholds_calibration_saved(
+    tmp_path: Path, fake_upstream: FakeUpstream,
+) -> None:
+    # A router calibrates tier1_max from 30 to 25; an offline plan with the same config (and
+    # so the same feedback database) predicts the tier that router would use.
+    learned = {"model": None, "min_samples": 5, "max_step": 5, "band": 10,
+               "feedback_db": str(tmp_path / "feedback.db")}
+    models = three_tiers(fake_upstream)
+    write(tmp_path, "config.yaml", yaml.safe_dump({"models": models, "learned": learned}))
+    write(tmp_path, "border.yaml", yaml.safe_dump(
+        {"ops": {"border": {"prompt": prompt_scoring(28), "max_tokens": 16}}}, width=10_000))
+    before = await cli("workflow", "plan", "border.yaml", "--json", cwd=tmp_path)
+    async with open_workflow_router(models, learned=learned) as client:
+        for _ in range(5):
+            report = await client.http.post(client.router.v1 + "/feedback",
+                                            json={"score": 0.28, "tier": 1, "quality": 0.2})
+            assert report.json()["thresholds"]["tier1_max"] in (30, 25)
+        planned = await client.run((tmp_path / "border.yaml").read_text(), "", dry_run=True)
+    after = await cli("workflow", "plan", "border.yaml", "--json", cwd=tmp_path)
+
+    assert before.returncode == 0 and after.returncode == 0, after.stderr.decode()
+    assert json.loads(before.stdout)["ops"]["border"]["tier"] == 1
+    assert json.loads(after.stdout)["ops"]["border"]["tier"] == 2
+    assert planned.json()["ops"]["border"]["tier"] == 2
 
 
 # ---- run -----------------------------------------------------------------------------------

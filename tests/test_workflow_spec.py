@@ -7,6 +7,7 @@ API are tested elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import itertools
 import os
@@ -23,6 +24,7 @@ import engine.core.workflow.render
 import engine.core.workflow.source
 import engine.core.workflow.spec
 import engine.core.workflow.template
+import engine.errors
 from engine.core.config import Config, ModelConfig
 from engine.core.planner import Plan
 from engine.core.workflow.plan import (
@@ -324,6 +326,125 @@ def test_alias_bomb_is_refused_before_it_expands() -> None:
         lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
     err = invalid("\n".join(lines) + "\n")
     assert "anchors and aliases" in err.message
+
+
+# ---- every problem at once ---------------------------------------------------------------------
+
+THREE_PROBLEMS = """\
+ops:
+  a: {prompt: A, max_tokens: 99999, input_ops: [c]}
+  b: {prompt: B, input_ops: [a, nope]}
+  c: {prompt: C, input_ops: [b]}
+"""
+
+
+def test_independent_problems_are_reported_together() -> None:
+    # A too-large max_tokens, an unknown input op and a cycle: one load reports all three.
+    err = invalid(THREE_PROBLEMS)
+    messages = [p.message for p in err.problems]
+    assert len(messages) == 3, messages
+    assert "op 'a': max_tokens must be an integer from 1 to 32768" in messages[0]
+    assert messages[1] == "op 'b': input_ops names unknown op 'nope'"
+    assert messages[2] == "cycle: a -> b -> c -> a"
+    assert err.op == "a" and err.param == "a"  # the first problem's op
+    assert err.message.startswith("3 problems: op 'a': max_tokens")
+    assert all(m in err.message for m in messages[1:])
+    found = engine.core.workflow.spec.check_workflow(
+        THREE_PROBLEMS, limits=WorkflowLimits(), templates_dir=None)
+    assert [p.message for p in found] == messages
+
+
+def test_problems_of_one_op_and_of_the_workflow_are_all_reported() -> None:
+    err = invalid("""\
+        on_error: retry
+        max_cost_usd: -1
+        variables: {v: [1], w: {description: d}}
+        ops:
+          a: {prompt: A, tier: 0, temperature: 3, json: maybe, retries: 11}
+          b: {prompt: B, input_ops: [a], output_ops: [a]}
+          'c d': {prompt: C, input_ops: [a]}
+          e: {prompt: E, input_ops: ['c d']}
+    """)
+    text = "\n".join(p.describe() for p in err.problems)
+    for fragment in ["op 'a': tier must be", "op 'a': temperature", "op 'a': json must be",
+                     "op 'a': retries", "variables.v", "variables.w", "on_error must be",
+                     "max_cost_usd", "op name 'c d' is not allowed", "cycle: a -> b -> a"]:
+        assert fragment in text, (fragment, text)
+    # A reference to the refused name is not reported a second time as an unknown op.
+    assert "unknown op 'c d'" not in text
+
+
+def test_no_problem_is_reported_twice_and_a_valid_workflow_has_none() -> None:
+    assert engine.core.workflow.spec.check_workflow(
+        SPEC_EXAMPLE, limits=WorkflowLimits(), templates_dir=None) == []
+    err = invalid("start_ops: [a]\nops: {a: {prompt: A}, b: {prompt: B}, "
+                  "c: {prompt: C, input_ops: [b]}}")
+    assert [p.op for p in err.problems] == ["b", "c"]  # each unreachable op, once
+    assert len({p.message for p in err.problems}) == 2
+
+
+@pytest.mark.parametrize(("template", "attribute", "hint"), [
+    ("{{ ops.a.outptu }}", "outptu", "did you mean 'output'?"),
+    ("{{ ops['a'].valeu }}", "valeu", "did you mean 'value'?"),
+    ("{{ ops.a['text'] }}", "text", "only 'output' (the answer text) and 'value'"),
+    ("{% for k in ops.a.keys() %}{{ k }}{% endfor %}", "keys", "only 'output'"),
+])
+def test_reading_what_an_op_output_does_not_have_is_refused_at_load(
+    template: str, attribute: str, hint: str,
+) -> None:
+    # Before, this passed validation and failed at run time, after op a was paid for.
+    err = invalid(yaml.safe_dump({"ops": {"a": {"prompt": "A"},
+                                          "b": {"prompt": template, "input_ops": ["a"]}}}))
+    assert err.op == "b"
+    assert f"ops.a.{attribute}: an op's output has no '{attribute}'" in err.message
+    assert hint in err.message
+
+
+def test_what_an_op_output_has_is_what_a_template_can_read() -> None:
+    wf = load("""\
+        ops:
+          a: {prompt: A, json: true}
+          b: {prompt: "{{ ops.a.output|upper }} {{ ops['a'].value.k }} {{ ops.a.value['k'] }}",
+              input_ops: [a]}
+    """)
+    text = user_text(render(wf, "b", outputs={"a": '{"k": "v"}'}))
+    assert text == '{"K": "V"} v v'
+    # OpOutput's fields are what render() puts under ops.<name>: output (the text) and value.
+    assert engine.core.workflow.template.OP_OUTPUT_FIELDS == ("output", "value")
+    assert [f.name for f in dataclasses.fields(OpOutput)] == ["text", "value"]
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("ops: {a: {promt: A}}", "op 'a': unknown key 'promt' (did you mean 'prompt'?)"),
+    ("ops: {a: {prompt: A, temprature: 1}}", "unknown key 'temprature' (did you mean "
+     "'temperature'?)"),
+    ("ops: {a: {prompt: A, max_token: 9}}", "(did you mean 'max_tokens'?)"),
+    ("variabels: {}\nops: {a: {prompt: A}}", "unknown key 'variabels' (did you mean "
+     "'variables'?)"),
+    ("ops: {a: {prompt: A, colour: red}}", "unknown key 'colour' (allowed: "),
+    ("input: {optinal: true}\nops: {a: {prompt: A}}", "(did you mean 'optional'?)"),
+    ("on_error: fail-fast\nops: {a: {prompt: A}}", "(did you mean 'fail_fast'?)"),
+    ("ops: {draft: {prompt: A}, b: {prompt: B, input_ops: [darft]}}",
+     "unknown op 'darft' (did you mean 'draft'?)"),
+    ("ops: {draft: {prompt: A}, b: {prompt: '{{ ops.darft.output }}', input_ops: [draft]}}",
+     "unknown op 'darft' (did you mean 'draft'?)"),
+    ("variables: {tone: dry}\nops: {a: {prompt: '{{ tnoe }}'}}", "(did you mean 'tone'?)"),
+])
+def test_misspelt_names_get_the_closest_known_one(text: str, fragment: str) -> None:
+    err = invalid(text)
+    assert fragment in err.message, err.message
+    assert len(err.problems) == 1, err.message  # a misspelt prompt is not also "missing"
+
+
+def test_the_input_may_be_declared_optional() -> None:
+    assert load("ops: {a: {prompt: A}}").input_optional is False
+    wf = load("input: {optional: true, description: Ignored.}\nops: {a: {prompt: A}}")
+    assert wf.input_optional is True and wf.input_description == "Ignored."
+    assert load("input: {}\nops: {a: {prompt: A}}").input_optional is False
+    for bad, fragment in [("input: true", "input must be a mapping"),
+                          ("input: {optional: 'yes'}", "input.optional must be true or false"),
+                          ("input: {description: 3}", "input.description must be a string")]:
+        assert fragment in invalid(bad + "\nops: {a: {prompt: A}}").message
 
 
 # ---- limits ------------------------------------------------------------------------------------
@@ -851,7 +972,8 @@ def test_random_dags_plan_with_inputs_first(
 
 
 @pytest.mark.parametrize("module", [engine.core.workflow.spec, engine.core.workflow.plan,
-                                    engine.core.workflow.source, engine.core.workflow.template])
+                                    engine.core.workflow.source, engine.core.workflow.template,
+                                    engine.errors])
 def test_docstring_examples(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0

@@ -5,6 +5,7 @@
     llm-router [--config FILE] [--addr HOST:PORT | :PORT]    serve
         (defaults: config.yaml, 127.0.0.1:8080)
     llm-router check FILE                                      validate a config; exit 2 on problems
+    llm-router fake-upstream [--port 9100] [--host 127.0.0.1]   a fake provider for a first try
     llm-router workflow validate|plan|run FILE ...             see api/cli/workflow.py
     llm-router router eval|train DATA.jsonl ...                see api/cli/router.py
     llm-router --version
@@ -17,6 +18,7 @@ import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from . import fake as fake_cli
 from . import workflow as workflow_cli
 
 __all__ = ["main", "parse_addr"]
@@ -78,6 +80,7 @@ def _parser(*, router: bool = False) -> argparse.ArgumentParser:
     serve.add_argument("--config", default=argparse.SUPPRESS)
     serve.add_argument("--addr", default=argparse.SUPPRESS)
     workflow_cli.add_commands(commands)
+    fake_cli.add_command(commands)
     if router:
         from .router import add_router_commands
 
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.file)
     if args.command == "workflow":
         return workflow_cli.run_command(args)
+    if args.command == "fake-upstream":
+        return fake_cli.run_command(args)
     if args.command == "router":
         from .router import run_router_command
 

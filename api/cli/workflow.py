@@ -4,8 +4,8 @@
 
     llm-router workflow validate FILE... [--config FILE]
     llm-router workflow plan FILE [--config FILE] [--input TEXT] [--var NAME=VALUE ...] [--json]
-    llm-router workflow run FILE --input TEXT [--var NAME=VALUE ...] [--server URL]
-                                             [--api-key KEY]
+    llm-router workflow run FILE [--input TEXT] [--var NAME=VALUE ...] [--server URL]
+                                               [--api-key KEY]
 
 ``FILE`` is a workflow's YAML file, or the name of a ready pipeline (``debate``). ``validate``
 and ``plan`` work offline: a name is looked up in the config's ``workflows.dir``, then among
@@ -13,7 +13,8 @@ the pipelines that ship with llm-router, and template files come from the config
 ``workflows.templates_dir`` (the shipped ``templates/`` for a shipped pipeline). ``run`` asks
 a running router: a file's text is posted to ``/v1/workflows``, a name to
 ``/v1/workflows/{name}`` (the router's own pipeline and templates). ``--input -`` reads the
-input from standard input.
+input from standard input; without ``--input`` none is sent, which the router refuses unless
+the workflow declares its input optional.
 
 ``run`` prints progress to standard error as the router reports it (each op started,
 finished with its model, cost, time and the start of its answer, failed, or skipped), then
@@ -94,7 +95,8 @@ def add_commands(commands: Any) -> None:
 
     run = actions.add_parser("run", help="run a workflow on a running router, with progress")
     run.add_argument("file", help=file_help)
-    run.add_argument("--input", required=True, help="the workflow input ('-': standard input)")
+    run.add_argument("--input", default=None, help="the workflow input ('-': standard input); "
+                     "required unless the workflow declares its input optional")
     run.add_argument("--var", action="append", type=_variable, default=[],
                      metavar="NAME=VALUE", help=var_help)
     run.add_argument("--server", default=DEFAULT_SERVER,
@@ -182,13 +184,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("s" if n != 1 else "")
 
 
-def _describe(problem: WorkflowInvalid) -> str:
-    """A problem's message, naming its op if the message does not already."""
-    if problem.op is not None and repr(problem.op) not in problem.message:
-        return f"op {problem.op!r}: {problem.message}"
-    return problem.message
-
-
 def coerce_variables(pairs: Iterable[tuple[str, str]], defaults: Mapping[str, Any]
                      ) -> dict[str, Any]:
     """``--var`` values as the kind of their declared defaults: numbers for a number,
@@ -247,29 +242,28 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _validate_one(spec: str, config: Config | None) -> int:
-    from engine.core import check_models, check_workflow, load_workflow, plan_workflow
-    from engine.errors import WorkflowInvalid
+    from engine.core import check_workflow, load_workflow, plan_workflow
 
     path, templates = _locate(spec, config)
     text = _read(path)
     limits = _limits(config)
-    problems = check_workflow(text, limits=limits, templates_dir=templates)
-    workflow = None if problems else load_workflow(text, limits=limits,
-                                                   templates_dir=templates)
-    if workflow is not None and config is not None:
-        try:
-            check_models(workflow, config)
-        except WorkflowInvalid as exc:
-            problems.append(exc)
-    if problems or workflow is None:
-        print(f"{path}: {_count(len(problems), 'problem')}", file=sys.stderr)
-        for problem in problems:
-            print(f"  {_describe(problem)}", file=sys.stderr)
+    models = [m.name for m in config.models] if config is not None else None
+    problems = check_workflow(text, limits=limits, templates_dir=templates, models=models)
+    if problems:
+        _print_problems(path, problems)
         return EXIT_INVALID
+    workflow = load_workflow(text, limits=limits, templates_dir=templates, models=models)
     levels = plan_workflow(workflow).generations
     print(f"{path}: ok ({_count(len(workflow.ops), 'op')} in {_count(len(levels), 'level')}: "
           + " -> ".join(", ".join(level) for level in levels) + ")")
     return 0
+
+
+def _print_problems(path: Path, problems: Iterable[WorkflowInvalid]) -> None:
+    found = list(problems)
+    print(f"{path}: {_count(len(found), 'problem')}", file=sys.stderr)
+    for problem in found:
+        print(f"  {problem.describe()}", file=sys.stderr)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -279,19 +273,43 @@ def _plan(args: argparse.Namespace) -> int:
     config = _config(args, required=True)
     assert config is not None
     path, templates = _locate(args.file, config)
+    models = [m.name for m in config.models]
     try:
-        workflow = load_workflow(_read(path), limits=_limits(config), templates_dir=templates)
+        workflow = load_workflow(_read(path), limits=_limits(config), templates_dir=templates,
+                                 models=models)
+    except WorkflowInvalid as exc:
+        _print_problems(path, exc.problems)
+        return EXIT_INVALID
+    try:
         variables = coerce_variables(args.var, workflow.variables)
         estimate = estimate_costs(workflow, config, input=_input(args.input),
-                                  variables=variables)
+                                  variables=variables, decide=_routing(config))
     except WorkflowInvalid as exc:
-        raise CommandFailed(f"{path}: {_describe(exc)}") from None
+        raise CommandFailed(f"{path}: {exc.describe()}") from None
     if args.json:
         print(json.dumps(estimate, indent=2))
         return 0
     print(describe_plan(workflow, estimate=estimate))
     print("generations: " + " -> ".join(f"[{', '.join(g)}]" for g in estimate["generations"]))
     return 0
+
+
+def _routing(config: Config) -> Any:
+    """The routing decision a router started with ``config`` would make now (its
+    ``RoutingPolicy.decide``): its trained router and its calibrated thresholds."""
+    import trio
+
+    from engine.errors import RouterError
+    from engine.runtime import load_offline_policy
+
+    try:
+        policy, warning = trio.run(load_offline_policy, config)
+    except RouterError as exc:
+        raise CommandFailed(f"learned.model: {exc.message}") from None
+    if warning is not None:
+        print(f"llm-router: warning: {warning}; estimating with the configured thresholds",
+              file=sys.stderr)
+    return policy.decide
 
 
 # ---- run -----------------------------------------------------------------------------------
@@ -302,9 +320,10 @@ def _run(args: argparse.Namespace) -> int:
 
     server = args.server.rstrip("/")
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    text_input = _input(args.input)
     path = Path(args.file)
-    body: dict[str, Any] = {"input": text_input, "stream": True}
+    body: dict[str, Any] = {"stream": True}
+    if args.input is not None:
+        body["input"] = _input(args.input)
     try:
         with httpx.Client(headers=headers, timeout=httpx.Timeout(30.0, read=None)) as http:
             if path.is_file():

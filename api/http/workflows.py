@@ -3,10 +3,11 @@
 
 Requests are ``{"input": str, "workflow": <YAML text>, "variables": {...}, "dry_run": bool,
 "stream": bool}`` (``workflow`` only for the first endpoint; ready pipelines come from the
-``workflows.dir`` folder). A dry run answers with the plan: generations, critical path, the
-cost estimate and a text picture of the DAG. ``"stream": true`` answers with SSE events as
-ops start and finish, then ``event: result`` with the full result (or ``event: error``).
-Errors use the OpenAI error object.
+``workflows.dir`` folder); any other field is a 400 naming it. ``input`` is required for a
+run unless the workflow declares ``input: {optional: true}``. A dry run answers with the
+plan: generations, critical path, the cost estimate and a text picture of the DAG.
+``"stream": true`` answers with SSE events as ops start and finish, then ``event: result``
+with the full result (or ``event: error``). Errors use the OpenAI error object.
 
 Loading a submitted workflow (YAML, template compilation) and dry runs (template rendering)
 are CPU work: they run in worker threads under the gateway's ``render_limiter``, never on
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,15 @@ from quart import Response
 
 from engine.core import (
     Config,
+    RouteDecider,
     Workflow,
     WorkflowLimits,
-    check_models,
     describe_plan,
     estimate_costs,
     load_workflow,
     resolve_variables,
 )
-from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, echo
+from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, did_you_mean, echo
 from engine.runtime import Gateway, RunContext, WorkflowEvents
 from engine.wire import OPENAI
 
@@ -49,23 +51,38 @@ _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 @dataclass(frozen=True, slots=True)
 class WorkflowCall:
-    input: str
+    input: str | None  # None: the body sent none (a run then needs an optional input)
     variables: dict[str, Any] | None
     dry_run: bool
     stream: bool
     workflow: str | None
 
 
+# router_cache is read with the cache-control header (api/http/app.py).
+_CALL_KEYS = ("input", "variables", "dry_run", "stream", "router_cache")
+
+
 def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
-    """Validate a workflow request body."""
+    """Validate a workflow request body: its fields' types, and no field it does not know
+    (a misspelt ``"variabels"`` would otherwise run with the defaults, and be paid for)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise RequestInvalid("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise RequestInvalid("request body must be a JSON object")
-    text = data.get("input", "")
-    if not isinstance(text, str):
+    allowed = (*_CALL_KEYS, "workflow") if needs_workflow else _CALL_KEYS
+    unknown = [key for key in data if key not in allowed]
+    if unknown:
+        named = ", ".join(f"{echo(key)}{did_you_mean(key, allowed)}" for key in unknown)
+        where = ("" if needs_workflow else
+                 " (a ready pipeline is run by its name; POST /v1/workflows takes a workflow)")
+        raise RequestInvalid(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {named}{where}; a workflow request "
+            f"takes {', '.join(allowed)}", param=str(unknown[0]),
+        )
+    text = data.get("input")
+    if text is not None and not isinstance(text, str):
         raise RequestInvalid("input must be a string", param="input")
     variables = data.get("variables")
     if variables is not None and not isinstance(variables, dict):
@@ -80,6 +97,20 @@ def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
     if needs_workflow and not isinstance(workflow, str):
         raise RequestInvalid("workflow must be the workflow's YAML text", param="workflow")
     return WorkflowCall(text, variables, flags["dry_run"], flags["stream"], workflow)
+
+
+def _input_of(workflow: Workflow, call: WorkflowCall) -> str:
+    """The run's input; a run without one is refused unless the workflow says its input is
+    optional (``input: {optional: true}``): it would run, and be paid for, on nothing."""
+    if call.input is not None:
+        return call.input
+    if call.dry_run or workflow.input_optional:
+        return ""
+    raise RequestInvalid(
+        "input is required: this workflow does not declare its input optional (send "
+        '"input": "..." in the body, or declare input: {optional: true} in the workflow)',
+        param="input",
+    )
 
 
 class WorkflowAPI:
@@ -101,11 +132,11 @@ class WorkflowAPI:
         return await trio.to_thread.run_sync(self.load, text, limiter=limiter)
 
     def load(self, text: str) -> Workflow:
-        """A workflow's text, validated (its pinned models included)."""
+        """A workflow's text, validated (its pinned models included): every problem found
+        is in the one error raised."""
         templates = self.templates if self.templates.is_dir() else None
-        workflow = load_workflow(text, limits=self.limits, templates_dir=templates)
-        check_models(workflow, self.config)
-        return workflow
+        return load_workflow(text, limits=self.limits, templates_dir=templates,
+                             models=[m.name for m in self.config.models])
 
     def ready(self) -> dict[str, Workflow]:
         """The ready pipelines by file stem, reloaded when a file changes; invalid ones are
@@ -140,6 +171,7 @@ class WorkflowAPI:
                 "name": name,
                 "title": wf.name,
                 "description": wf.description,
+                "input": {"optional": wf.input_optional, "description": wf.input_description},
                 "variables": {
                     var: {"default": default, "description": wf.variable_descriptions.get(var)}
                     for var, default in wf.variables.items()
@@ -151,28 +183,35 @@ class WorkflowAPI:
             for name, wf in self.ready().items()
         ]
 
-    def dry_run(self, workflow: Workflow, call: WorkflowCall) -> dict[str, Any]:
+    def dry_run(self, workflow: Workflow, call: WorkflowCall, *,
+                decide: RouteDecider) -> dict[str, Any]:
+        """The plan and estimate, routed by ``decide`` (the gateway's routing policy: the
+        thresholds in force and the trained router, as a run would be)."""
         variables = resolve_variables(workflow, call.variables)
-        estimate = estimate_costs(workflow, self.config, input=call.input, variables=variables)
+        estimate = estimate_costs(workflow, self.config, input=call.input or "",
+                                  variables=variables, decide=decide)
         return {"dry_run": True, **estimate, "picture": describe_plan(workflow, estimate=estimate)}
 
     async def respond(
         self, gateway: Gateway, workflow: Workflow, call: WorkflowCall, ctx: RunContext,
         *, headers: dict[str, str],
     ) -> Response:
+        text = _input_of(workflow, call)
         if call.dry_run:
-            plan = await trio.to_thread.run_sync(self.dry_run, workflow, call,
-                                                 limiter=gateway.render_limiter)
+            plan = await trio.to_thread.run_sync(
+                partial(self.dry_run, workflow, call, decide=gateway.policy.decide),
+                limiter=gateway.render_limiter,
+            )
             return Response(orjson.dumps(plan), content_type=_JSON, headers=headers)
         if call.stream:
             resolve_variables(workflow, call.variables)  # a bad override is a 400, not an event
             events = await gateway.open_workflow_stream(
-                workflow, input=call.input, variables=call.variables, ctx=ctx
+                workflow, input=text, variables=call.variables, ctx=ctx
             )
             return Response(_sse(events), headers=headers | {
                 "content-type": "text/event-stream", "cache-control": "no-cache",
             })
-        result = await gateway.run_workflow(workflow, input=call.input,
+        result = await gateway.run_workflow(workflow, input=text,
                                             variables=call.variables, ctx=ctx)
         return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
 

@@ -38,6 +38,7 @@ from .routing import (
 from .stats import Stats
 from .workflow import (
     OpOutput,
+    RouteDecider,
     Workflow,
     WorkflowLimits,
     check_models,
@@ -77,6 +78,7 @@ __all__ = [
     "RequestKey",
     "ResponseCache",
     "Route",
+    "RouteDecider",
     "Score",
     "SemanticMatcher",
     "Stats",

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from engine.errors import ConfigInvalid
+from engine.errors import ConfigInvalid, did_you_mean
 
 __all__ = [
     "CacheConfig",
@@ -336,6 +336,45 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config section (a model class) holding the key at ``loc``."""
+    section: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an entry of a list: the list's field already named its section
+        field = section.model_fields.get(part)
+        found = _model_in(field.annotation) if field is not None else None
+        if found is None:
+            return None
+        section = found
+    return section
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """The message for a key no section has: the closest known key, else the known keys.
+
+    >>> _unknown_key(("clasifier",))
+    "unknown key (did you mean 'classifier'?)"
+    >>> _unknown_key(("models", 0, "temprature"))[:35]
+    'unknown key (allowed: api_key, base'
+    """
+    section = _section_at(loc)
+    if section is None:
+        return "unknown key"
+    keys = [name for name, f in section.model_fields.items() if not f.exclude]
+    return "unknown key" + (did_you_mean(loc[-1], keys) or f" (allowed: {', '.join(sorted(keys))})")
+
+
 def parse_config(text: str, *, environ: Mapping[str, str] | None = None) -> Config:
     """Parse and validate configuration YAML text.
 
@@ -366,6 +405,8 @@ def parse_config(text: str, *, environ: Mapping[str, str] | None = None) -> Conf
     except ValidationError as exc:
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = _unknown_key(error["loc"])
             problems.append(f"{_format_loc(error['loc'])}: {message}")
         raise ConfigInvalid(problems) from None
     if problems:

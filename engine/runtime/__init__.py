@@ -4,6 +4,7 @@ and the workflow runner."""
 
 from .gateway import ChatStream, Gateway, Models, WorkflowEvents, load_models, open_gateway
 from .node import RunContext, Served
+from .policy import load_offline_policy
 
 __all__ = [
     "ChatStream",
@@ -13,5 +14,6 @@ __all__ = [
     "Served",
     "WorkflowEvents",
     "load_models",
+    "load_offline_policy",
     "open_gateway",
 ]

@@ -1,19 +1,16 @@
 """The routing policy: which tier a request goes to, and how that choice learns.
 
-The decision blends up to three opinions on the 0-100 score scale:
+The decision itself is ``engine.core.routing.decide.decide_route``, the one routing rule
+(sans-IO): the heuristic score blended with the trained router (``learned.model``) and the
+sidecar (``learned.sidecar_url``), tiered by the thresholds in force. This policy holds what
+that rule needs at run time: the trained router, the sidecar (whose opinion is I/O, fetched
+here within its time budget; on failure the others decide alone) and the thresholds, which
+calibration (``engine.core.routing.calibration``) moves from quality feedback; calibrated
+thresholds are kept in the feedback database and survive restarts. A threshold is calibrated
+only on the reports that arrived since it last moved: a step spends its evidence.
 
-1. the heuristic complexity score of the whole conversation (``engine.core.routing.scoring``);
-2. a trained router (``learned.model``), weighted by ``learned.model_weight``;
-3. an external classifier (``learned.sidecar_url``), weighted by ``learned.sidecar_weight``,
-   within its time budget (on failure the others decide alone).
-
-A "needs the strong model" probability ``p`` is put on the 0-100 scale so that
-``learned.threshold`` lands on the tier-1 boundary: ``p`` below it maps linearly onto
-``[0, tier1_max]``, above it onto ``[tier1_max, 100]``. The blended score then picks the tier
-through the thresholds, which calibration (``engine.core.routing.calibration``) moves from quality
-feedback;
-calibrated thresholds are kept in the feedback database and survive restarts. A threshold is
-calibrated only on the reports that arrived since it last moved: a step spends its evidence.
+:meth:`RoutingPolicy.decide` is the synchronous decision without the sidecar: a workflow's
+dry run asks it, so it predicts what a run would do now.
 
 ``X-LLM-Router-Router`` names who decided: ``heuristic``, ``heuristic+learned``, ``learned``,
 ``...+sidecar``, ``pinned`` or ``workflow``.
@@ -29,15 +26,21 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from engine.core.config import Config
 from engine.core.routing.calibration import Report, calibrate
-from engine.core.routing.decide import Route, decide_route
-from engine.core.routing.scoring import Score, score_request, tier_for_score
-from engine.errors import NotFound, RequestInvalid, echo
+from engine.core.routing.decide import (
+    LearnedScorer,
+    Route,
+    Thresholds,
+    decide_route,
+    model_threshold,
+    to_score,
+)
+from engine.errors import NotFound, RequestInvalid, RouterError, echo
 from engine.messages import ChatRequest, TextPart, ToolCall, ToolResult
 from engine.stores.feedback import FeedbackStore
 
@@ -49,13 +52,6 @@ _REMEMBERED = 100_000
 _THREADED_CHARS = 32_768  # scoring takes ~0.5 ms here: a thread hop is worth it beyond
 
 _T = TypeVar("_T")
-
-
-class LearnedScorer(Protocol):
-    def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float: ...
-
-    @property
-    def boundary_p(self) -> float | None: ...
 
 
 def _request_chars(request: ChatRequest) -> int:
@@ -109,55 +105,44 @@ class RoutingPolicy:
     # ---- deciding -------------------------------------------------------------------------------
 
     @property
+    def thresholds(self) -> Thresholds:
+        """The thresholds in force (calibrated, or as configured)."""
+        return Thresholds(self.tier1_max, self.tier2_max)
+
+    @property
     def model_threshold(self) -> float:
         """The trained router's probability at the tier-1 boundary (see ``LearnedConfig``)."""
-        settings = self.config.learned
-        if settings.model_threshold is not None:
-            return settings.model_threshold
-        carried = self.learned.boundary_p if self.learned is not None else None
-        return carried if carried is not None else settings.threshold
+        return model_threshold(self.config, self.learned)
 
     def to_score(self, p: float, threshold: float | None = None) -> float:
         """A 0-1 "needs the strong model" probability on the 0-100 score scale, with
         ``threshold`` (default ``learned.threshold``) landing on the tier-1 boundary."""
         t = self.config.learned.threshold if threshold is None else threshold
-        if p <= t:
-            return p / t * self.tier1_max
-        return self.tier1_max + (p - t) / (1 - t) * (100 - self.tier1_max)
+        return to_score(p, threshold=t, tier1_max=self.tier1_max)
+
+    def decide(self, request: ChatRequest, *, tier: int | None = None,
+               sidecar_p: float | None = None) -> Route:
+        """Where ``request`` goes now: the one routing rule with the thresholds in force and
+        the trained router (``tier``: a workflow op's fixed tier; ``sidecar_p``: the
+        sidecar's opinion, if fetched). Synchronous CPU work, no I/O: the dry run calls it
+        from a worker thread.
+
+        Raises:
+            ModelNotFound: ``request.model`` names no configured model.
+        """
+        return decide_route(request, self.config, tier=tier, thresholds=self.thresholds,
+                            learned=self.learned, sidecar_p=sidecar_p)
 
     async def route(self, request: ChatRequest, *, tier: int | None = None) -> Route:
-        """Where ``request`` goes (``tier``: a workflow op's fixed tier)."""
-        if request.model is not None or tier is not None:
-            return await _off_the_loop_if_long(
-                request, partial(decide_route, request, self.config, tier=tier)
-            )
-        heuristic, total, router = await _off_the_loop_if_long(
-            request, partial(self._local_opinions, request)
+        """Where ``request`` goes (``tier``: a workflow op's fixed tier), the sidecar asked
+        when the score decides."""
+        sidecar_p = None
+        if (request.model is None and tier is None and self.sidecar is not None
+                and self.config.learned.sidecar_weight > 0):
+            sidecar_p = await self.sidecar.score(request)
+        return await _off_the_loop_if_long(
+            request, partial(self.decide, request, tier=tier, sidecar_p=sidecar_p)
         )
-        settings = self.config.learned
-        if self.sidecar is not None and settings.sidecar_weight > 0:
-            p = await self.sidecar.score(request)
-            if p is not None:
-                w = settings.sidecar_weight
-                total = (1 - w) * total + w * self.to_score(p)
-                router += "+sidecar"
-        score = Score(round(total), heuristic.signals, heuristic.min_tier)
-        routed = tier_for_score(score, tier1_max=self.tier1_max, tier2_max=self.tier2_max)
-        return Route(tier=routed, score=score, router=router)
-
-    def _local_opinions(self, request: ChatRequest) -> tuple[Score, float, str]:
-        """The heuristic score, blended with the trained router's: (heuristic, blended score,
-        who decided). CPU work only (see the module docstring)."""
-        heuristic = score_request(request)
-        total = float(heuristic.total)
-        router = "heuristic"
-        settings = self.config.learned
-        if self.learned is not None and settings.model_weight > 0:
-            w = settings.model_weight
-            p = self.learned.score(request, heuristic=heuristic)
-            total = (1 - w) * total + w * self.to_score(p, self.model_threshold)
-            router = "learned" if w == 1 else "heuristic+learned"
-        return heuristic, total, router
 
     # ---- learning -------------------------------------------------------------------------------
 
@@ -268,3 +253,32 @@ def _unit(data: dict[str, Any], key: str, *, hint: str = "") -> float:
         raise RequestInvalid(f"{key} must be a number from 0 to 1{hint}", param=key)
     return float(value)
 
+
+
+async def load_offline_policy(config: Config) -> tuple[RoutingPolicy, str | None]:
+    """The policy a router started with ``config`` would route with now, for tools that run
+    without a server (``llm-router workflow plan``): its trained router, and the thresholds
+    calibration saved in its feedback database when that file exists (only read). The second
+    value says why the saved thresholds could not be read, if they could not.
+
+    Raises:
+        RouterError: the trained router cannot be loaded.
+    """
+    from .gateway import load_learned  # the gateway imports this module
+
+    policy = RoutingPolicy(config, learned=load_learned(config))
+    database = config.path(config.learned.feedback_db)
+    if not database.is_file():
+        return policy, None
+    store = FeedbackStore(database, base=(policy.tier1_max, policy.tier2_max))
+    try:
+        await store.open()
+        try:
+            policy.store = store
+            await policy.load()
+        finally:
+            policy.store = None
+            await store.close()
+    except RouterError as exc:
+        return policy, exc.message
+    return policy, None

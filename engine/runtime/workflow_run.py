@@ -122,7 +122,8 @@ async def run_workflow(
     plan = plan_workflow(workflow)
     # Not strict: an op whose template hits a render limit fails as that op (on_error).
     estimate = await trio.to_thread.run_sync(
-        partial(estimate_costs, workflow, config, input=input, variables=values, strict=False),
+        partial(estimate_costs, workflow, config, input=input, variables=values, strict=False,
+                decide=runner.policy.decide),
         limiter=render_limiter,
     )
     latency_ms = {name: op["latency_ms"] for name, op in estimate["ops"].items()}

@@ -11,13 +11,17 @@ Routes (``{backend}`` is any label; one fake serves many "providers" at once)::
 
     POST /{backend}/v1/chat/completions   OpenAI Chat Completions (JSON or SSE)
     POST /{backend}/v1/messages           Anthropic Messages (JSON or SSE)
+    POST /_fake/fail/{backend}            from now on {backend} answers 503 (JSON: what was set)
+    POST /_fake/recover/{backend}         {backend} answers normally again
     anything else                         404, OpenAI-style error JSON
 
 Each request takes the next :class:`Behaviour` scripted for its backend (``script``), else the
-backend's default (``set_default``), else ``Behaviour()``: a 200 whose reply text is
-``f"[{backend}] " + <last user message text>`` so a test can see who answered and that the
-content passed through. Every request is recorded (:class:`Recorded`) on arrival, before any
-fault is applied.
+backend's default (``set_default``), else the fake's own default (``Behaviour()`` unless
+given): a 200 whose reply text is ``f"[{backend}] " + <last user message text>`` so a test
+can see who answered and that the content passed through. Every request is recorded
+(:class:`Recorded`) on arrival, before any fault is applied. The two ``/_fake/`` routes are
+the same controls over HTTP, for ``llm-router fake-upstream`` (a demo's failover, from the
+command line).
 
 As the real providers do, the OpenAI side answers ``n`` choices (choice ``i > 0`` has `` #i``
 appended to its text; usage counts every choice) and, with ``logprobs: true``, token log
@@ -34,6 +38,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
@@ -59,11 +64,14 @@ from .fake_wire import (
     anthropic_events,
     anthropic_json,
     choice_text,
+    count_words,
     error_body,
+    last_user_text,
     openai_events,
     openai_json,
     request_id_header,
     stream_error_event,
+    validate_request,
 )
 
 __all__ = [
@@ -82,6 +90,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _ROUTE = re.compile(r"^/(?P<backend>[^/]+)/v1/(?P<endpoint>chat/completions|messages)$")
+_CONTROL = re.compile(r"^/_fake/(?P<action>fail|recover)/(?P<backend>[^/]+)$")
 _PROTOCOL_OF: dict[str, Protocol] = {"chat/completions": "openai", "messages": "anthropic"}
 _log = logging.getLogger(__name__)
 
@@ -150,9 +159,10 @@ class Recorded:
 class FakeUpstream:
     """State and ASGI app of the fake provider. Start it with :func:`open_fake_upstream`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, default: Behaviour | None = None) -> None:
         self.url = ""  # "http://127.0.0.1:PORT", set once serving
         self.active = 0  # requests being served right now
+        self.default = default or Behaviour()  # for backends without a default of their own
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._defaults: dict[str, Behaviour] = {}
         self._requests: dict[str, list[Recorded]] = {}
@@ -185,6 +195,19 @@ class FakeUpstream:
     def set_default(self, backend: str, behaviour: Behaviour) -> None:
         """Answer ``backend``'s unscripted requests with ``behaviour``."""
         self._defaults[backend] = behaviour
+
+    def clear_default(self, backend: str) -> None:
+        """Answer ``backend``'s unscripted requests with the fake's own default again."""
+        self._defaults.pop(backend, None)
+
+    def fail(self, backend: str) -> None:
+        """Make ``backend`` answer every unscripted request with a 503 (after the default's
+        latency), until :meth:`clear_default`."""
+        self.set_default(backend, dataclasses.replace(
+            self.default, status=503,
+            error_message=f"backend {backend!r} is failing on purpose "
+                          f"(POST /_fake/recover/{backend} to recover)",
+        ))
 
     def requests(self, backend: str) -> list[Recorded]:
         """What ``backend`` received, oldest first (a copy; the records themselves are live)."""
@@ -241,16 +264,26 @@ class FakeUpstream:
         queue = self._scripts.get(backend)
         if queue:
             return queue.popleft()
-        return self._defaults.get(backend, Behaviour())
+        return self._defaults.get(backend, self.default)
 
     async def _respond(self, record: Recorded, send: Send) -> None:
+        control = _CONTROL.match(record.path)
+        if record.method == "POST" and control is not None:
+            backend = control["backend"]
+            if control["action"] == "fail":
+                self.fail(backend)
+            else:
+                self.clear_default(backend)
+            failing = control["action"] == "fail"
+            await _send_json(record, send, 200, {"backend": backend, "failing": failing})
+            return
         route = _ROUTE.match(record.path)
         if record.method != "POST" or route is None:
             message = f"Invalid URL ({record.method} {record.path})"
             await _send_json(record, send, 404, error_body("openai", 404, message))
             return
         protocol = _PROTOCOL_OF[route["endpoint"]]
-        problem = _validate(protocol, record.body)
+        problem = validate_request(protocol, record.body)
         if problem is not None:
             await _send_json(record, send, 400, error_body(protocol, 400, problem))
             return
@@ -291,15 +324,21 @@ class FakeUpstream:
 
 
 @asynccontextmanager
-async def open_fake_upstream() -> AsyncIterator[FakeUpstream]:
-    """Serve a :class:`FakeUpstream` on a free loopback port for the duration of the block.
+async def open_fake_upstream(
+    *, host: str = "127.0.0.1", port: int = 0, default: Behaviour | None = None,
+) -> AsyncIterator[FakeUpstream]:
+    """Serve a :class:`FakeUpstream` for the duration of the block, by default on a free
+    loopback port; ``default`` is how backends without a default of their own answer.
 
     The server runs in a nursery owned by this context; leaving the block shuts it down
     gracefully (idle keep-alive connections closed, hanging requests released).
+
+    Raises:
+        OSError: ``host:port`` cannot be listened on.
     """
-    fake = FakeUpstream()
+    fake = FakeUpstream(default=default)
     config = Config()
-    config.bind = ["127.0.0.1:0"]
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     # Routed through logging (not hypercorn's own stderr handler) so pytest captures it and
     # shows it only for a failing test.
@@ -471,70 +510,7 @@ async def _send_chunk(
     await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-# -- request reading --------------------------------------------------------------------------
-
-
-def _validate(protocol: Protocol, body: Any) -> str | None:
-    """The provider's 400 message for a malformed body, else None.
-
-    Only what both providers reject outright, so a router that forwards a broken body fails
-    here as it would in production.
-    """
-    if not isinstance(body, dict):
-        return "Request body must be a JSON object."
-    if not isinstance(body.get("model"), str):
-        return "model: Field required"
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        return "messages: Field required (a non-empty list)"
-    if protocol == "anthropic" and not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: Field required"
-    if protocol == "anthropic":
-        extra = sorted(set(body) - _ANTHROPIC_FIELDS)
-        if extra:
-            return f"{extra[0]}: Extra inputs are not permitted"
-    return None
-
-
-_ANTHROPIC_FIELDS = frozenset({
-    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
-    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-    "container", "mcp_servers", "context_management",
-})
-
-
-def _texts(content: Any) -> list[str]:
-    """The text inside a message content: a string, or a list of text/tool_result parts."""
-    if isinstance(content, str):
-        return [content]
-    texts: list[str] = []
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif part.get("type") == "tool_result":
-                texts.extend(_texts(part.get("content")))
-    return texts
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    for message in reversed(body["messages"]):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return " ".join(_texts(message.get("content")))
-    return ""
-
-
-def _count_words(protocol: Protocol, body: dict[str, Any]) -> int:
-    """Default input tokens: whitespace-separated words of every message text and the system.
-
-    OpenAI carries the system prompt as a message; Anthropic as the top-level ``system``.
-    """
-    texts = _texts(body.get("system")) if protocol == "anthropic" else []
-    for message in body["messages"]:
-        if isinstance(message, dict):
-            texts.extend(_texts(message.get("content")))
-    return sum(len(text.split()) for text in texts)
+# -- replies -----------------------------------------------------------------------------------
 
 
 def _plan_reply(
@@ -543,7 +519,7 @@ def _plan_reply(
     """Decide the reply's content, ids, stop reason and usage for ``behaviour``."""
     text = behaviour.text
     if text is None and behaviour.tool_call is None:
-        text = f"[{backend}] " + _last_user_text(body)
+        text = f"[{backend}] " + last_user_text(body)
     tool = behaviour.tool_call
     if protocol == "openai":
         reply_id, tool_id, stop = f"chatcmpl-fake{n}", f"call_fake{n}", "stop"
@@ -561,7 +537,7 @@ def _plan_reply(
             top_logprobs = body.get("top_logprobs") or 0
     texts = [choice_text(text, i) for i in range(choices)]
     usage = behaviour.usage or Usage(
-        input_tokens=_count_words(protocol, body),
+        input_tokens=count_words(protocol, body),
         output_tokens=sum(len((t or "").split()) for t in texts),
     )
     return Reply(

@@ -379,3 +379,69 @@ def anthropic_events(
     )
     events.append(event("message_stop", {}))
     return events[:preamble_length], events[preamble_length:]
+
+
+# -- request reading (the inverse of what the router writes upstream) ---------------------------
+
+
+def validate_request(protocol: Protocol, body: Any) -> str | None:
+    """The provider's 400 message for a malformed body, else None.
+
+    Only what both providers reject outright, so a router that forwards a broken body fails
+    here as it would in production.
+    """
+    if not isinstance(body, dict):
+        return "Request body must be a JSON object."
+    if not isinstance(body.get("model"), str):
+        return "model: Field required"
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        return "messages: Field required (a non-empty list)"
+    if protocol == "anthropic" and not isinstance(body.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    if protocol == "anthropic":
+        extra = sorted(set(body) - ANTHROPIC_FIELDS)
+        if extra:
+            return f"{extra[0]}: Extra inputs are not permitted"
+    return None
+
+
+ANTHROPIC_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
+    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
+    "container", "mcp_servers", "context_management",
+})
+
+
+def texts_of(content: Any) -> list[str]:
+    """The text inside a message content: a string, or a list of text/tool_result parts."""
+    if isinstance(content, str):
+        return [content]
+    texts: list[str] = []
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "tool_result":
+                texts.extend(texts_of(part.get("content")))
+    return texts
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body["messages"]):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return " ".join(texts_of(message.get("content")))
+    return ""
+
+
+def count_words(protocol: Protocol, body: dict[str, Any]) -> int:
+    """Default input tokens: whitespace-separated words of every message text and the system.
+
+    OpenAI carries the system prompt as a message; Anthropic as the top-level ``system``.
+    """
+    texts = texts_of(body.get("system")) if protocol == "anthropic" else []
+    for message in body["messages"]:
+        if isinstance(message, dict):
+            texts.extend(texts_of(message.get("content")))
+    return sum(len(text.split()) for text in texts)

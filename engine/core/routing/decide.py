@@ -1,13 +1,29 @@
 """Routing decisions: which tier or model a node goes to. Sans-IO.
 
-A request that names a configured model is pinned to it. Otherwise the node's tier (a workflow
-op's ``tier``) or the complexity score (``engine.core.routing.scoring``) picks the tier, and the
-pool picks the backend within it at call time.
+This is the one routing rule. The runtime's routing policy (``engine.runtime.policy``) asks it
+for every chat completion and workflow op, and a workflow's dry run
+(``engine.core.workflow.plan``) asks it through that same policy, so a plan predicts the
+tier the run will use.
+
+A request that names a configured model is pinned to it. A workflow op's ``tier`` fixes its
+tier (raised to the score's floor: tools need tier 2). Otherwise up to three opinions are
+blended on the 0-100 score scale:
+
+1. the heuristic complexity score of the whole conversation (``engine.core.routing.scoring``);
+2. a trained router's probability that the request needs the strong model
+   (``learned.model``), weighted by ``learned.model_weight``;
+3. an external classifier's probability (``learned.sidecar_url``), weighted by
+   ``learned.sidecar_weight``; the runtime fetches it (I/O) and passes it in.
+
+A probability ``p`` is put on the 0-100 scale so that its threshold lands on the tier-1
+boundary (:func:`to_score`). The blended score picks the tier through the thresholds in
+force: the configured ones, or those calibration moved them to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from engine.core.config import Config
 from engine.errors import ModelNotFound, echo
@@ -15,14 +31,31 @@ from engine.messages import ChatRequest
 
 from .scoring import Score, score_request, tier_for_score
 
-__all__ = ["Route", "decide_route"]
+__all__ = [
+    "LearnedScorer",
+    "Route",
+    "Thresholds",
+    "decide_route",
+    "model_threshold",
+    "to_score",
+]
+
+
+class LearnedScorer(Protocol):
+    """A trained router: a "needs the strong model" probability for a request."""
+
+    def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float: ...
+
+    @property
+    def boundary_p(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     """Where a node goes: ``pinned`` names a model, else ``tier`` is routed by the pool.
 
-    ``score`` is the complexity score (0-100) whenever one was computed.
+    ``score`` is the complexity score (0-100) whenever one was computed; ``router`` says who
+    decided (the ``X-LLM-Router-Router`` header).
     """
 
     tier: int
@@ -31,11 +64,72 @@ class Route:
     router: str = "heuristic"
 
 
-def decide_route(request: ChatRequest, config: Config, *, tier: int | None = None) -> Route:
-    """Decide where ``request`` goes.
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The score thresholds in force: tier 1 takes scores up to ``tier1_max``, tier 2 up to
+    ``tier2_max``."""
+
+    tier1_max: int
+    tier2_max: int
+
+    @classmethod
+    def configured(cls, config: Config) -> Thresholds:
+        return cls(config.classifier.tier1_max, config.classifier.tier2_max)
+
+
+def to_score(p: float, *, threshold: float, tier1_max: int) -> float:
+    """A 0-1 "needs the strong model" probability on the 0-100 score scale, ``threshold``
+    landing on the tier-1 boundary ``tier1_max``.
+
+    >>> to_score(0.2, threshold=0.2, tier1_max=30), to_score(0.1, threshold=0.2, tier1_max=30)
+    (30.0, 15.0)
+    >>> to_score(0.6, threshold=0.2, tier1_max=30)
+    65.0
+    """
+    if p <= threshold:
+        return p / threshold * tier1_max
+    return tier1_max + (p - threshold) / (1 - threshold) * (100 - tier1_max)
+
+
+def model_threshold(config: Config, learned: LearnedScorer | None) -> float:
+    """The trained router's probability at the tier-1 boundary: ``learned.model_threshold``,
+    else the one its file carries, else ``learned.threshold``."""
+    settings = config.learned
+    if settings.model_threshold is not None:
+        return settings.model_threshold
+    carried = learned.boundary_p if learned is not None else None
+    return carried if carried is not None else settings.threshold
+
+
+def decide_route(
+    request: ChatRequest, config: Config, *, tier: int | None = None,
+    thresholds: Thresholds | None = None, learned: LearnedScorer | None = None,
+    sidecar_p: float | None = None,
+) -> Route:
+    """Decide where ``request`` goes (the module docstring's rule).
+
+    CPU work (the heuristic reads the whole conversation; a trained router computes its
+    features): a server runs it off its event loop for long requests.
+
+    Args:
+        request: the request, as it will be sent.
+        config: the models, and the ``learned`` weights.
+        tier: a workflow op's fixed tier.
+        thresholds: in force now (default: the configured ones).
+        learned: the trained router, if one is loaded.
+        sidecar_p: the external classifier's probability, if it answered.
 
     Raises:
         ModelNotFound: ``request.model`` names no configured model.
+
+    >>> from engine.messages import Message, TextPart
+    >>> from engine.core.config import ModelConfig
+    >>> config = Config(models=(ModelConfig(name="s", provider="openai", model="s"),))
+    >>> ask = ChatRequest(messages=(Message("user", (TextPart("Analyze it step by step."),)),))
+    >>> decide_route(ask, config).tier, decide_route(ask, config).score.total
+    (1, 20)
+    >>> decide_route(ask, config, thresholds=Thresholds(15, 70)).tier
+    2
     """
     score = score_request(request)
     if request.model is not None:
@@ -49,7 +143,21 @@ def decide_route(request: ChatRequest, config: Config, *, tier: int | None = Non
         return Route(tier=model.tier, score=score, pinned=model.name, router="pinned")
     if tier is not None:
         return Route(tier=max(tier, score.min_tier), score=score, router="workflow")
-    routed = tier_for_score(
-        score, tier1_max=config.classifier.tier1_max, tier2_max=config.classifier.tier2_max
-    )
-    return Route(tier=routed, score=score)
+    limits = thresholds or Thresholds.configured(config)
+    settings = config.learned
+    total = float(score.total)
+    router = "heuristic"
+    if learned is not None and settings.model_weight > 0:
+        w = settings.model_weight
+        p = learned.score(request, heuristic=score)
+        total = (1 - w) * total + w * to_score(
+            p, threshold=model_threshold(config, learned), tier1_max=limits.tier1_max)
+        router = "learned" if w == 1 else "heuristic+learned"
+    if sidecar_p is not None and settings.sidecar_weight > 0:
+        w = settings.sidecar_weight
+        total = (1 - w) * total + w * to_score(
+            sidecar_p, threshold=settings.threshold, tier1_max=limits.tier1_max)
+        router += "+sidecar"
+    blended = Score(round(total), score.signals, score.min_tier)
+    routed = tier_for_score(blended, tier1_max=limits.tier1_max, tier2_max=limits.tier2_max)
+    return Route(tier=routed, score=blended, router=router)

@@ -1,13 +1,14 @@
 """Workflows: the YAML source, the checked spec, sandboxed templates, rendering, and the
 plan with its cost and latency estimates."""
 
-from .plan import check_models, describe_plan, estimate_costs, plan_workflow
+from .plan import RouteDecider, check_models, describe_plan, estimate_costs, plan_workflow
 from .render import parse_output, render_request, resolve_variables
 from .source import check_variables, parse_yaml
 from .spec import OpOutput, Workflow, WorkflowLimits, check_workflow, load_workflow
 
 __all__ = [
     "OpOutput",
+    "RouteDecider",
     "Workflow",
     "WorkflowLimits",
     "check_models",

@@ -15,7 +15,11 @@ The rest answers "what will this cost, and what takes longest?" without calling 
   (:class:`~engine.errors.TemplateLimitExceeded`), unless the estimate is not ``strict``.
 * **Price.** The cheapest model of the tier that serves the op (its tier, else the next
   one up, else the highest below: :meth:`BackendPool.serving_tier`), or the pinned model.
-  An op without a tier is scored by the complexity heuristic as it will be at run time.
+  The tier is the routing decision a run would get (:class:`RouteDecider`): a router passes
+  its routing policy's ``decide``, the same rule with the same calibrated thresholds and
+  trained router a run uses; without one, ``decide_route`` with the configured thresholds
+  and the heuristic alone. (An op's real request reads its inputs' real answers, so an op
+  downstream of others may still score differently from its stand-in estimate.)
 * **Latency.** A fixed profile: :data:`FIRST_TOKEN_MS`, plus prefill at
   :data:`PREFILL_MS_PER_TOKEN` and decoding at :data:`DECODE_MS_PER_TOKEN`. Only the order
   of ops by latency matters to the critical path, and live latencies can be passed to
@@ -26,14 +30,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from engine.core.config import Config, ModelConfig
 from engine.core.planner import Node, Plan, build_plan, longest_chain
 from engine.core.pool import BackendPool
-from engine.core.routing.scoring import score_request, tier_for_score
-from engine.errors import TemplateLimitExceeded, WorkflowInvalid, echo
-from engine.messages import estimate_tokens
+from engine.core.routing.decide import Route, decide_route
+from engine.errors import TemplateLimitExceeded, WorkflowInvalid, did_you_mean, echo
+from engine.messages import ChatRequest, estimate_tokens
 
 from .render import render_request, resolve_variables
 from .spec import Op, OpOutput, Workflow
@@ -43,6 +48,7 @@ __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
     "FIRST_TOKEN_MS",
     "PREFILL_MS_PER_TOKEN",
+    "RouteDecider",
     "check_models",
     "critical_path",
     "describe_plan",
@@ -59,6 +65,13 @@ FIRST_TOKEN_MS = 500.0
 PREFILL_MS_PER_TOKEN = 0.2
 #: Decoding: 50 output tokens a second.
 DECODE_MS_PER_TOKEN = 20.0
+
+
+class RouteDecider(Protocol):
+    """The routing decision for an op's request (``tier``: the op's fixed tier), such as a
+    running router's ``RoutingPolicy.decide``."""
+
+    def __call__(self, request: ChatRequest, *, tier: int | None = None) -> Route: ...
 
 
 def plan_workflow(workflow: Workflow) -> Plan:
@@ -124,15 +137,18 @@ def check_models(workflow: Workflow, config: Config) -> None:
     """Check that every pinned model is configured, before anything runs.
 
     Raises:
-        WorkflowInvalid: naming the first op that pins an unknown model.
+        WorkflowInvalid: collecting each op that pins an unknown model.
     """
-    for name, op in workflow.ops.items():
-        if op.model is not None and config.model_named(op.model) is None:
-            known = ", ".join(m.name for m in config.models)
-            raise WorkflowInvalid(
-                f"op {name!r}: model {echo(op.model)} is not configured (configured: {known})",
-                op=name,
-            )
+    known = [m.name for m in config.models]
+    problems = [
+        WorkflowInvalid(f"op {name!r}: model {echo(op.model)} is not configured"
+                        f"{did_you_mean(op.model, known)} (configured: {', '.join(known)})",
+                        op=name)
+        for name, op in workflow.ops.items()
+        if op.model is not None and op.model not in known
+    ]
+    if problems:
+        raise WorkflowInvalid.collect(problems)
 
 
 def _input_tokens(workflow: Workflow, op: Op, *, input: str, variables: Mapping[str, Any],
@@ -160,27 +176,22 @@ def _input_tokens(workflow: Workflow, op: Op, *, input: str, variables: Mapping[
     return estimate_tokens(request.system or "") + estimate_tokens(text), request
 
 
-def _route(op: Op, request: Any, config: Config, pool: BackendPool) -> list[ModelConfig]:
+def _route(op: Op, request: ChatRequest | None, config: Config, pool: BackendPool,
+           decide: RouteDecider) -> list[ModelConfig]:
     """The models that may serve ``op``: the pinned one, or the serving tier's."""
     if op.model is not None:
         pinned = config.model_named(op.model)
         assert pinned is not None  # check_models ran
         return [pinned]
-    tier = op.tier
-    if tier is None:
-        if request is None:
-            tier = 1
-        else:
-            settings = config.classifier
-            tier = tier_for_score(score_request(request), tier1_max=settings.tier1_max,
-                                  tier2_max=settings.tier2_max)
+    # A template that cannot render against stand-ins: its tier, else the cheapest.
+    tier = (op.tier or 1) if request is None else decide(request, tier=op.tier).tier
     serving = pool.serving_tier(tier)
     return [m for m in config.models if m.tier == serving]
 
 
 def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
                    variables: Mapping[str, Any] | None = None,
-                   strict: bool = True) -> dict[str, Any]:
+                   strict: bool = True, decide: RouteDecider | None = None) -> dict[str, Any]:
     """Estimated tokens, cost and latency per op and in total (the dry run).
 
     It renders every op's templates (CPU work of up to ``workflows.render_timeout_sec``): a
@@ -194,6 +205,8 @@ def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
         strict: a template hitting a render limit is an error (else it is estimated from
             its source, as one that cannot render against stand-ins: a run's scheduling
             estimate, where the op's own render reports it).
+        decide: the routing decision (the module docstring); default: the configured
+            thresholds and the heuristic alone.
 
     Returns:
         A JSON-ready dict: ``ops`` maps each op to ``model``, ``tier``, ``input_tokens``,
@@ -220,6 +233,7 @@ def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
     """
     check_models(workflow, config)
     values = resolve_variables(workflow, variables)
+    route: RouteDecider = decide or partial(decide_route, config=config)
     pool = BackendPool(config.models)
     outputs = {n: op.max_tokens or DEFAULT_OUTPUT_TOKENS for n, op in workflow.ops.items()}
     deadline = time.monotonic() + config.workflows.render_timeout_sec
@@ -233,7 +247,7 @@ def estimate_costs(workflow: Workflow, config: Config, *, input: str = "",
         def price(model: ModelConfig, i: int = tokens_in, o: int = tokens_out) -> float:
             return (i * model.cost_per_1k_in + o * model.cost_per_1k_out) / 1000
 
-        model = min(_route(op, request, config, pool), key=price)
+        model = min(_route(op, request, config, pool, route), key=price)
         per_op[name] = {
             "model": model.name,
             "tier": model.tier,

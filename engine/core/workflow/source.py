@@ -175,18 +175,27 @@ def check_names(value: Any, key: str, op: str | None) -> tuple[str, ...]:
 
 
 def check_scalars(value: Any, key: str, op: str | None) -> dict[str, Scalar]:
+    """A mapping of names to scalars; every bad entry is reported (one error collecting
+    them)."""
     if not isinstance(value, dict):
         raise WorkflowInvalid(f"{_where(op, key)} must be a mapping, got {describe_value(value)}",
                               op=op)
     out: dict[str, Scalar] = {}
+    problems: list[WorkflowInvalid] = []
     for name, item in value.items():
-        _check_var_name(name, key, op)
+        try:
+            _check_var_name(name, key, op)
+        except WorkflowInvalid as exc:
+            problems.append(exc)
+            continue
         if not (item is None or isinstance(item, str | int | float | bool)):
-            raise WorkflowInvalid(
+            problems.append(WorkflowInvalid(
                 f"{_where(op, key)}.{name} must be a string, number, boolean or null, got "
                 f"{describe_value(item)}", op=op,
-            )
+            ))
         out[name] = item
+    if problems:
+        raise WorkflowInvalid.collect(problems)
     return out
 
 
@@ -201,26 +210,42 @@ def _check_var_name(name: Any, key: str, op: str | None) -> None:
 
 
 def check_variables(value: Any) -> tuple[dict[str, Scalar], dict[str, str]]:
-    """``variables:`` maps a name to its default, or to ``{default: ..., description: ...}``."""
+    """``variables:`` maps a name to its default, or to ``{default: ..., description: ...}``.
+
+    Raises:
+        WorkflowInvalid: collecting every bad variable.
+    """
     if value is None:
         return {}, {}
     if not isinstance(value, dict):
         raise WorkflowInvalid(f"variables must be a mapping, got {describe_value(value)}")
     defaults: dict[str, Any] = {}
     docs: dict[str, str] = {}
+    problems: list[WorkflowInvalid] = []
     for name, item in value.items():
         if isinstance(item, dict):
             unknown = set(item) - {"default", "description"}
             if unknown or "default" not in item:
-                raise WorkflowInvalid(
+                problems.append(WorkflowInvalid(
                     f"variables.{name} must be a default value or a mapping with 'default' "
                     "and optionally 'description'"
-                )
+                ))
+                continue
             if "description" in item:
-                docs[name] = check_text(item["description"], f"variables.{name}.description", None)
+                try:
+                    docs[name] = check_text(item["description"], f"variables.{name}.description",
+                                            None)
+                except WorkflowInvalid as exc:
+                    problems.append(exc)
             item = item["default"]
         defaults[name] = item
-    return check_scalars(defaults, "variables", None), docs
+    try:
+        checked = check_scalars(defaults, "variables", None)
+    except WorkflowInvalid as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise WorkflowInvalid.collect(problems)
+    return checked, docs
 
 
 def read_template_file(name: Any, templates_dir: Path | None, *, max_bytes: int,

@@ -2,9 +2,9 @@
 
 A workflow is a DAG of ops, each one LLM call. The documented format (docs/workflows.md)
 works unchanged; the additions (all optional) are listed on :class:`Op` and
-:class:`Workflow`. Everything is validated by :func:`load_workflow` before anything runs,
-and every failure is one :class:`~engine.errors.WorkflowInvalid` (a 400) that names the op
-at fault.
+:class:`Workflow`. Everything is validated by :func:`load_workflow` before anything runs;
+it reports every independent problem at once, as one :class:`~engine.errors.WorkflowInvalid`
+(a 400) whose ``problems`` each name the op at fault.
 
 Edges may be given on either side: ``input_ops`` on the downstream op, ``output_ops`` on the
 upstream one, or both, in which case they must agree. An op's ``inputs`` keep the order of
@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from engine.core.planner import Node, Plan, build_plan
-from engine.errors import WorkflowInvalid, echo
+from engine.errors import WorkflowInvalid, did_you_mean, echo
 
 from .source import (
     DICT_ATTRIBUTES,
@@ -67,9 +66,10 @@ __all__ = [
 ]
 
 _TOP_KEYS = frozenset(
-    {"name", "description", "variables", "on_error", "max_cost_usd", "max_concurrency",
+    {"name", "description", "input", "variables", "on_error", "max_cost_usd", "max_concurrency",
      "start_ops", "end_ops", "ops"}
 )
+_INPUT_KEYS = frozenset({"optional", "description"})
 _OP_KEYS = frozenset(
     {"prompt", "template", "system", "description", "tier", "model", "temperature",
      "max_tokens", "json", "timeout_sec", "retries", "input_ops", "output_ops", "params"}
@@ -161,7 +161,8 @@ class Workflow:
     ``edges`` are ``(upstream, downstream)`` pairs. ``variables`` are the declared defaults
     (override them with :func:`resolve_variables`). ``on_error``, ``max_cost_usd`` and
     ``max_concurrency`` are the executor's policy: fail fast or run what still can; a budget
-    for one run; how many ops at once.
+    for one run; how many ops at once. ``input_optional``: a run may be asked for without an
+    input (``input: {optional: true}``); otherwise the API refuses a run that sends none.
     """
 
     ops: dict[str, Op]
@@ -175,6 +176,8 @@ class Workflow:
     on_error: Literal["fail_fast", "continue"] = "fail_fast"
     max_cost_usd: float | None = None
     max_concurrency: int | None = None
+    input_optional: bool = False
+    input_description: str | None = None
 
 
 # ---- templates -----------------------------------------------------------------------------
@@ -206,7 +209,25 @@ class _Compiler:
 # ---- loading -------------------------------------------------------------------------------
 
 
-def _load_op(name: Any, spec: Any, compiler: _Compiler, limits: WorkflowLimits) -> Op:
+class _Problems:
+    """Every problem found while loading, in the order found."""
+
+    def __init__(self) -> None:
+        self.found: list[WorkflowInvalid] = []
+
+    def add(self, message: str, *, op: str | None = None) -> None:
+        self.found.append(WorkflowInvalid(message, op=op))
+
+    def check(self, check: Callable[..., Any], *args: Any) -> Any:
+        """``check(*args)``, or ``None`` with its problems kept."""
+        try:
+            return check(*args)
+        except WorkflowInvalid as exc:
+            self.found.extend(exc.problems)
+            return None
+
+
+def _check_op_name(name: Any) -> str:
     if not isinstance(name, str):
         raise WorkflowInvalid(
             f"op names must be strings, got {describe_value(name)} (YAML reads yes/no/on/off as "
@@ -217,227 +238,283 @@ def _load_op(name: Any, spec: Any, compiler: _Compiler, limits: WorkflowLimits) 
             f"op name {echo(name)} is not allowed: use a letter, then letters, digits, _ or -, at "
             f"most 64 characters, and none of: {', '.join(sorted(DICT_ATTRIBUTES))}", op=name
         )
+    return name
+
+
+def _unknown_key(where: str, key: Any, allowed: Collection[str], op: str | None
+                 ) -> WorkflowInvalid:
+    hint = did_you_mean(key, allowed) or f" (allowed: {', '.join(sorted(allowed))})"
+    return WorkflowInvalid(f"{where}unknown key {echo(str(key))}{hint}", op=op)
+
+
+def _inline(compiler: _Compiler, value: Any, key: str, op: str) -> PromptTemplate:
+    source = check_text(value, key, op)
+    return compiler.source(source, where=f"op {op!r} {key}", op=op)
+
+
+def _check_model(value: Any, op: str, models: Collection[str] | None) -> str | None:
+    """A pinned model's name (``None``: no pin; ``auto`` is none); with ``models``, it must be
+    one of them."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value):
+        raise WorkflowInvalid(f"op {op!r}: model must be a configured model's name, got "
+                              f"{describe_value(value)}", op=op)
+    if value == "auto":
+        return None
+    if models is not None and value not in models:
+        raise WorkflowInvalid(
+            f"op {op!r}: model {echo(value)} is not configured{did_you_mean(value, models)} "
+            f"(configured: {', '.join(models)})", op=op,
+        )
+    return value
+
+
+def _load_op(name: str, spec: Any, compiler: _Compiler, limits: WorkflowLimits,
+             models: Collection[str] | None) -> Op:
+    """One op's own definition, every problem of it collected in one error."""
     if spec is None:
         spec = {}
     if not isinstance(spec, dict):
         raise WorkflowInvalid(f"op {name!r} must be a mapping, got {describe_value(spec)}", op=name)
-    unknown = sorted(str(k) for k in spec if k not in _OP_KEYS)
-    if unknown:
-        raise WorkflowInvalid(
-            f"op {name!r}: unknown key {echo(unknown[0])} (allowed: {', '.join(sorted(_OP_KEYS))})",
-            op=name,
-        )
+    problems = _Problems()
+    unknown = [key for key in spec if key not in _OP_KEYS]
+    for key in unknown:
+        problems.found.append(_unknown_key(f"op {name!r}: ", key, _OP_KEYS, name))
+    prompt = None
     if ("prompt" in spec) == ("template" in spec):
-        raise WorkflowInvalid(f"op {name!r} needs exactly one of 'prompt' or 'template'", op=name)
-    if "prompt" in spec:
-        source = check_text(spec["prompt"], "prompt", name)
-        prompt = compiler.source(source, where=f"op {name!r} prompt", op=name)
+        # A misspelt prompt ('promt') was reported just above: saying it is missing too is noise.
+        if "prompt" in spec or not any(did_you_mean(k, ("prompt", "template")) for k in unknown):
+            problems.add(f"op {name!r} needs exactly one of 'prompt' or 'template'", op=name)
+    elif "prompt" in spec:
+        prompt = problems.check(_inline, compiler, spec["prompt"], "prompt", name)
     else:
-        prompt = compiler.file(spec["template"], name)
+        prompt = problems.check(compiler.file, spec["template"], name)
     system = None
     if spec.get("system") is not None:
-        source = check_text(spec["system"], "system", name)
-        system = compiler.source(source, where=f"op {name!r} system", op=name)
-    model = spec.get("model")
-    if model is not None:
-        if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
-            raise WorkflowInvalid(f"op {name!r}: model must be a configured model's name, got "
-                                  f"{describe_value(model)}", op=name)
-        model = None if model == "auto" else model
-    if model is not None and spec.get("tier") is not None:
-        raise WorkflowInvalid(f"op {name!r}: give either model (a pin) or tier, not both",
-                              op=name)
+        system = problems.check(_inline, compiler, spec["system"], "system", name)
+    model = problems.check(_check_model, spec.get("model"), name, models)
+    if spec.get("model") not in (None, "auto") and spec.get("tier") is not None:
+        problems.add(f"op {name!r}: give either model (a pin) or tier, not both", op=name)
 
     def optional(key: str, check: Any, *bounds: Any) -> Any:
         value = spec.get(key)
-        return None if value is None else check(value, key, name, *bounds)
+        return None if value is None else problems.check(check, value, key, name, *bounds)
 
     json_mode = spec.get("json", False)
     if not isinstance(json_mode, bool):
-        raise WorkflowInvalid(f"op {name!r}: json must be true or false", op=name)
+        problems.add(f"op {name!r}: json must be true or false", op=name)
     description = optional("description", check_text)
-    params = check_scalars(spec.get("params") or {}, "params", name)
-    unknown_params = sorted(prompt.params | (system.params if system else frozenset()))
-    for param in unknown_params:
-        if param not in params:
-            raise WorkflowInvalid(f"op {name!r}: template uses params.{echo(param, raw=True)}, "
-                                  "which the op's params do not define", op=name)
-    return Op(
-        name=name,
-        prompt=prompt,
-        template_file=spec.get("template"),
-        system=system,
-        description=description,
-        tier=optional("tier", check_int, 1, 10),
-        model=model,
-        temperature=optional("temperature", check_number, 0, 2),
-        max_tokens=optional("max_tokens", check_int, 1, limits.max_tokens_per_op),
-        json=json_mode,
-        timeout_sec=optional("timeout_sec", check_number, 0, 86400),
-        retries=optional("retries", check_int, 0, 10) or 0,
-        params=params,
-    )
+    params = problems.check(check_scalars, spec.get("params") or {}, "params", name)
+    used = frozenset().union(*(t.params for t in (prompt, system) if t is not None))
+    for param in sorted(used - set(params or {})) if params is not None else ():
+        problems.add(f"op {name!r}: template uses params.{echo(param, raw=True)}, which the "
+                     f"op's params do not define{did_you_mean(param, params)}", op=name)
+    fields = {
+        "tier": optional("tier", check_int, 1, 10),
+        "temperature": optional("temperature", check_number, 0, 2),
+        "max_tokens": optional("max_tokens", check_int, 1, limits.max_tokens_per_op),
+        "timeout_sec": optional("timeout_sec", check_number, 0, 86400),
+        "retries": optional("retries", check_int, 0, 10) or 0,
+    }
+    if problems.found:
+        raise WorkflowInvalid.collect(problems.found)
+    assert prompt is not None and params is not None
+    return Op(name=name, prompt=prompt, template_file=spec.get("template"), system=system,
+              description=description, model=model, json=json_mode, params=params, **fields)
 
 
-def _link(specs: dict[str, Any], ops: dict[str, Op]) -> dict[str, Op]:
-    """Edges from both sides, checked to agree; returns the ops with inputs and outputs."""
+def _edges(specs: Mapping[Any, Any], names: Sequence[str], refused: Collection[str],
+           problems: _Problems) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """Each op's inputs and outputs, from both sides; references to unknown ops and sides
+    that disagree are problems. Ops whose names were refused (already a problem) are left
+    out quietly."""
+    known = set(names)
     declared: dict[str, dict[str, tuple[str, ...] | None]] = {"input_ops": {}, "output_ops": {}}
-    for name, spec in specs.items():
+    for name in names:
+        spec = specs[name]
         for key, table in declared.items():
             value = spec.get(key) if isinstance(spec, dict) else None
-            table[name] = None if value is None else check_names(value, key, name)
-            for ref in table[name] or ():
-                if ref not in ops:
-                    raise WorkflowInvalid(f"op {name!r}: {key} names unknown op {echo(ref)}",
-                                          op=name)
+            listed = None if value is None else problems.check(check_names, value, key, name)
+            if listed is not None:
+                for ref in listed:
+                    if ref not in known and ref not in refused:
+                        problems.add(f"op {name!r}: {key} names unknown op {echo(ref)}"
+                                     f"{did_you_mean(ref, names)}", op=name)
+                listed = tuple(ref for ref in listed if ref in known)
+            table[name] = listed
     ins, outs = declared["input_ops"], declared["output_ops"]
-    edges = {(u, n) for n in ops for u in ins[n] or ()} | {
-        (n, d) for n in ops for d in outs[n] or ()
+    edges = {(u, n) for n in names for u in ins[n] or ()} | {
+        (n, d) for n in names for d in outs[n] or ()
     }
-    order = {name: i for i, name in enumerate(ops)}
+    order = {name: i for i, name in enumerate(names)}
     for up, down in sorted(edges, key=lambda e: (order[e[1]], order[e[0]])):
         listed_in, listed_out = ins[down], outs[up]
         if listed_in is not None and up not in listed_in:
-            raise WorkflowInvalid(
+            problems.add(
                 f"op {down!r}: op {up!r} lists it in output_ops, but its input_ops "
                 f"{list(listed_in)} do not include {up!r}", op=down,
             )
         if listed_out is not None and down not in listed_out:
-            raise WorkflowInvalid(
+            problems.add(
                 f"op {up!r}: op {down!r} lists it in input_ops, but its output_ops "
                 f"{list(listed_out)} do not include {down!r}", op=up,
             )
-    linked = {}
-    for name, op in ops.items():
-        inputs = ins[name] or tuple(u for u in ops if (u, name) in edges)
-        outputs = outs[name] or tuple(d for d in ops if (name, d) in edges)
-        linked[name] = dataclasses.replace(op, inputs=inputs, outputs=outputs)
-    return linked
+    inputs = {n: ins[n] or tuple(u for u in names if (u, n) in edges) for n in names}
+    outputs = {n: outs[n] or tuple(d for d in names if (n, d) in edges) for n in names}
+    return inputs, outputs
 
 
-def _ends(value: Any, key: str, ops: dict[str, Op], default: tuple[str, ...]) -> tuple[str, ...]:
+def _ends(value: Any, key: str, names: Sequence[str], default: tuple[str, ...],
+          problems: _Problems) -> tuple[str, ...] | None:
+    """``start_ops`` / ``end_ops``: ``None`` if they have a problem."""
     if value is None:
         return default
-    names = check_names(value, key, None)
-    if not names:
-        raise WorkflowInvalid(f"{key} must name at least one op")
-    for name in names:
-        if name not in ops:
-            raise WorkflowInvalid(f"{key} names unknown op {echo(name)}", op=name)
-    return names
+    listed = problems.check(check_names, value, key, None)
+    if listed is None:
+        return None
+    if not listed:
+        problems.add(f"{key} must name at least one op")
+        return None
+    unknown = [name for name in listed if name not in names]
+    for name in unknown:
+        problems.add(f"{key} names unknown op {echo(name)}{did_you_mean(name, names)}", op=name)
+    return None if unknown else tuple(listed)
 
 
-def _check_graph(wf_ops: dict[str, Op], start: tuple[str, ...], end: tuple[str, ...],
-                 edges: tuple[tuple[str, str], ...], limits: WorkflowLimits) -> Plan:
-    plan = build_plan([Node(name) for name in wf_ops], edges)  # rejects cycles, with the path
-    for name in start:
-        if wf_ops[name].inputs:
-            raise WorkflowInvalid(
-                f"start op {name!r} is not a source: it has input_ops "
-                f"{list(wf_ops[name].inputs)}", op=name,
-            )
-    for name in end:
-        if wf_ops[name].outputs:
-            raise WorkflowInvalid(
-                f"end op {name!r} is not a sink: its output goes to "
-                f"{list(wf_ops[name].outputs)}", op=name,
-            )
-    reached = set(start)
-    frontier = list(start)
-    while frontier:
-        for succ in wf_ops[frontier.pop()].outputs:
-            if succ not in reached:
-                reached.add(succ)
-                frontier.append(succ)
-    for name in wf_ops:
-        if name not in reached:
-            raise WorkflowInvalid(
-                f"op {name!r} is not reachable from any start op (start_ops: "
-                f"{', '.join(start)})", op=name,
-            )
+def _check_graph(names: Sequence[str], inputs: Mapping[str, tuple[str, ...]],
+                 outputs: Mapping[str, tuple[str, ...]], start: tuple[str, ...] | None,
+                 end: tuple[str, ...] | None, limits: WorkflowLimits,
+                 problems: _Problems) -> Plan | None:
+    """The plan, or ``None`` for a cycle (what else the graph needs is left unchecked)."""
+    edges = tuple((u, n) for n in names for u in inputs[n])
+    plan: Plan | None = problems.check(build_plan, [Node(n) for n in names], edges)
+    if plan is None:
+        return None
+    for name in start or ():
+        if inputs[name]:
+            problems.add(f"start op {name!r} is not a source: it has input_ops "
+                         f"{list(inputs[name])}", op=name)
+    for name in end or ():
+        if outputs[name]:
+            problems.add(f"end op {name!r} is not a sink: its output goes to "
+                         f"{list(outputs[name])}", op=name)
+    if start is not None:
+        reached = set(start)
+        frontier = list(start)
+        while frontier:
+            for succ in outputs[frontier.pop()]:
+                if succ not in reached:
+                    reached.add(succ)
+                    frontier.append(succ)
+        for name in names:
+            if name not in reached:
+                problems.add(f"op {name!r} is not reachable from any start op (start_ops: "
+                             f"{', '.join(start)})", op=name)
     if len(plan.generations) > limits.max_depth:
         deep = plan.generations[limits.max_depth][0]
-        raise WorkflowInvalid(
-            f"op {deep!r} is {limits.max_depth + 1} ops deep; a workflow may be at most "
-            f"{limits.max_depth} deep", op=deep,
-        )
+        problems.add(f"op {deep!r} is {limits.max_depth + 1} ops deep; a workflow may be at "
+                     f"most {limits.max_depth} deep", op=deep)
     return plan
 
 
-def _check_references(wf_ops: dict[str, Op], plan: Plan,
-                      variables: Mapping[str, Scalar]) -> None:
+def _check_references(ops: Mapping[str, Op | None], inputs: Mapping[str, tuple[str, ...]],
+                      plan: Plan | None, problems: _Problems) -> None:
+    """Templates read only ops upstream of them (without a plan: only ops that exist)."""
     ancestors: dict[str, set[str]] = {}
-    for level in plan.generations:  # every op's inputs are in an earlier level
-        for name in level:
-            inputs = wf_ops[name].inputs
-            ancestors[name] = set(inputs).union(*(ancestors[i] for i in inputs))
-    for name, op in wf_ops.items():
-        for ref in sorted(op.refs_ops):
-            if ref not in wf_ops:
-                raise WorkflowInvalid(f"op {name!r}: template references unknown op {echo(ref)}",
-                                      op=name)
-            if ref not in ancestors[name]:
-                raise WorkflowInvalid(
-                    f"op {name!r}: template reads ops.{ref}, but {ref!r} is not upstream of "
-                    f"{name!r} (add it to input_ops)", op=name,
-                )
-        _check_variables_used(op, variables)
+    for level in plan.generations if plan is not None else ():
+        for name in level:  # every op's inputs are in an earlier level
+            ancestors[name] = set(inputs[name]).union(*(ancestors[i] for i in inputs[name]))
+    for name, op in ops.items():
+        for ref in sorted(op.refs_ops) if op is not None else ():
+            if ref not in ops:
+                problems.add(f"op {name!r}: template references unknown op {echo(ref)}"
+                             f"{did_you_mean(ref, ops)}", op=name)
+            elif plan is not None and ref not in ancestors[name]:
+                problems.add(f"op {name!r}: template reads ops.{ref}, but {ref!r} is not "
+                             f"upstream of {name!r} (add it to input_ops)", op=name)
 
 
-def _check_variables_used(op: Op, variables: Mapping[str, Scalar]) -> None:
+def _check_variables_used(op: Op, variables: Mapping[str, Scalar], problems: _Problems) -> None:
     for var in sorted(op.refs_vars):
         if var not in variables:
             declared = ", ".join(variables) or "none"
-            raise WorkflowInvalid(
-                f"op {op.name!r}: template uses undeclared variable {echo(var)} (declared "
-                f"variables: {declared}; also available: input, vars, ops, params)",
-                op=op.name,
+            problems.add(
+                f"op {op.name!r}: template uses undeclared variable {echo(var)}"
+                f"{did_you_mean(var, variables)} (declared variables: {declared}; also "
+                "available: input, vars, ops, params)", op=op.name,
             )
 
 
-def _check_top_keys(data: dict[Any, Any]) -> None:
-    unknown = sorted(str(k) for k in data if k not in _TOP_KEYS)
-    if unknown:
-        raise WorkflowInvalid(
-            f"unknown key {echo(unknown[0])} (allowed: {', '.join(sorted(_TOP_KEYS))})"
-        )
+def _check_input(value: Any) -> tuple[bool, str | None]:
+    """``input: {optional: true, description: ...}``: (optional, description)."""
+    if value is None:
+        return False, None
+    if not isinstance(value, dict):
+        raise WorkflowInvalid("input must be a mapping such as {optional: true}, got "
+                              f"{describe_value(value)}")
+    problems = _Problems()
+    for key in value:
+        if key not in _INPUT_KEYS:
+            problems.found.append(_unknown_key("input: ", key, _INPUT_KEYS, None))
+    optional = value.get("optional", False)
+    if not isinstance(optional, bool):
+        problems.add(f"input.optional must be true or false, got {describe_value(optional)}")
+    description = value.get("description")
+    if description is not None:
+        problems.check(check_text, description, "input.description", None)
+    if problems.found:
+        raise WorkflowInvalid.collect(problems.found)
+    return optional, description
 
 
-def _check_policy(data: dict[Any, Any], limits: WorkflowLimits) -> dict[str, Any]:
+def _check_policy(data: dict[Any, Any], limits: WorkflowLimits,
+                  problems: _Problems) -> dict[str, Any]:
     """The workflow's own fields besides its ops and variables, as :class:`Workflow`'s."""
     on_error = data.get("on_error", "fail_fast")
     if on_error not in ("fail_fast", "continue"):
-        raise WorkflowInvalid(f"on_error must be 'fail_fast' or 'continue', got {echo(on_error)}")
-    max_cost = data.get("max_cost_usd")
-    concurrency = data.get("max_concurrency")
+        problems.add(f"on_error must be 'fail_fast' or 'continue', got {echo(on_error)}"
+                     f"{did_you_mean(on_error, ('fail_fast', 'continue'))}")
+
+    def optional(key: str, check: Any, *bounds: Any) -> Any:
+        value = data.get(key)
+        return None if value is None else problems.check(check, value, key, None, *bounds)
+
+    optional_input, input_description = problems.check(_check_input, data.get("input")) or (
+        False, None)
     return {
-        "name": None if data.get("name") is None else check_text(data["name"], "name", None),
-        "description": None if data.get("description") is None
-        else check_text(data["description"], "description", None),
+        "name": optional("name", check_text),
+        "description": optional("description", check_text),
         "on_error": on_error,
-        "max_cost_usd": None if max_cost is None
-        else check_number(max_cost, "max_cost_usd", None, 0, 1e6),
-        "max_concurrency": None if concurrency is None
-        else check_int(concurrency, "max_concurrency", None, 1, limits.max_ops),
+        "max_cost_usd": optional("max_cost_usd", check_number, 0, 1e6),
+        "max_concurrency": optional("max_concurrency", check_int, 1, limits.max_ops),
+        "input_optional": optional_input,
+        "input_description": input_description,
     }
 
 
-def load_workflow(text: str, *, limits: WorkflowLimits,
-                  templates_dir: Path | None) -> Workflow:
+def load_workflow(text: str, *, limits: WorkflowLimits, templates_dir: Path | None,
+                  models: Collection[str] | None = None) -> Workflow:
     """Parse and validate a workflow's YAML text.
 
     Template files named by ops are read from ``templates_dir`` (only files inside it, at
     most ``limits.max_template_bytes`` each); with ``None`` only inline prompts are allowed.
-    ``start_ops`` / ``end_ops`` default to the graph's sources / sinks.
+    ``models``: the configured model names, which pinned models must be among (``None``:
+    pins are not checked here). ``start_ops`` / ``end_ops`` default to the graph's sources /
+    sinks.
 
     Raises:
-        WorkflowInvalid: the first problem found, naming its op where there is one: the
-            size limit (checked before parsing), YAML that is invalid, not a mapping, or uses
-            anchors/aliases; unknown keys and bad values; edges naming unknown ops or whose
-            two sides disagree; a cycle (its path); start ops that are not sources, end ops
-            that are not sinks; ops unreachable from a start op; the op-count and depth
-            limits; templates refused by the sandbox or referencing unknown ops, ops not
-            upstream, or undeclared variables.
+        WorkflowInvalid: collecting every problem found (``problems``), each naming its op
+            where there is one. The size limit (checked before parsing) and YAML that is
+            invalid, not a mapping, or uses anchors/aliases stop the check at once; so do a
+            missing ``ops`` and the op-count limit. Otherwise each of these is reported
+            independently: unknown keys (with the closest known one) and bad values, each
+            op's own definition and templates (refused by the sandbox, or reading an
+            attribute an op's output does not have); edges naming unknown ops or whose two
+            sides disagree; a cycle (its path; the checks that need an acyclic graph are
+            then skipped); start ops that are not sources, end ops that are not sinks; ops
+            unreachable from a start op; the depth limit; templates referencing unknown ops,
+            ops not upstream, or undeclared variables; pinned models not in ``models``.
 
     Examples
     --------
@@ -445,76 +522,72 @@ def load_workflow(text: str, *, limits: WorkflowLimits,
     ...                    limits=WorkflowLimits(), templates_dir=None)
     >>> wf.start_ops, wf.end_ops, wf.edges
     (('a',), ('b',), (('a', 'b'),))
+    >>> bad = "ops: {a: {promt: Hi, max_tokens: 99999}, b: {prompt: B, input_ops: [a, c]}}"
+    >>> for problem in check_workflow(bad, limits=WorkflowLimits(), templates_dir=None):
+    ...     print(problem.message)
+    op 'a': unknown key 'promt' (did you mean 'prompt'?)
+    op 'a': max_tokens must be an integer from 1 to 32768, got int 99999
+    op 'b': input_ops names unknown op 'c'
     """
     data = parse_yaml(text, max_bytes=limits.max_yaml_bytes)
     if not isinstance(data, dict):
         raise WorkflowInvalid(f"workflow YAML must be a mapping, got {describe_value(data)}")
-    _check_top_keys(data)
+    problems = _Problems()
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.found.append(_unknown_key("", key, _TOP_KEYS, None))
+    declared = problems.check(check_variables, data.get("variables"))
     specs = data.get("ops")
     if not isinstance(specs, dict) or not specs:
-        raise WorkflowInvalid("ops must be a mapping of at least one op")
+        problems.add("ops must be a mapping of at least one op")
+        raise WorkflowInvalid.collect(problems.found)
     if len(specs) > limits.max_ops:
-        raise WorkflowInvalid(f"a workflow may have at most {limits.max_ops} ops, "
-                              f"this one has {len(specs)}")
-    variables, variable_docs = check_variables(data.get("variables"))
+        problems.add(f"a workflow may have at most {limits.max_ops} ops, "
+                     f"this one has {len(specs)}")
+        raise WorkflowInvalid.collect(problems.found)
     compiler = _Compiler(templates_dir, limits)
-    ops = {op.name: op for op in (_load_op(n, s, compiler, limits) for n, s in specs.items())}
-    ops = _link(specs, ops)
-    edges = tuple((u, name) for name, op in ops.items() for u in op.inputs)
-    sources = tuple(n for n, op in ops.items() if not op.inputs)
-    sinks = tuple(n for n, op in ops.items() if not op.outputs)
-    start = _ends(data.get("start_ops"), "start_ops", ops, sources)
-    end = _ends(data.get("end_ops"), "end_ops", ops, sinks)
-    plan = _check_graph(ops, start, end, edges, limits)
-    _check_references(ops, plan, variables)
-    return Workflow(ops=ops, start_ops=start, end_ops=end, edges=edges, variables=variables,
-                    variable_descriptions=variable_docs, **_check_policy(data, limits))
+    ops: dict[str, Op | None] = {}
+    refused: set[str] = set()
+    for name, spec in specs.items():
+        if problems.check(_check_op_name, name) is None:
+            if isinstance(name, str):
+                refused.add(name)
+            continue
+        ops[name] = problems.check(_load_op, name, spec, compiler, limits, models)
+    names = list(ops)
+    inputs, outputs = _edges(specs, names, refused, problems)
+    start = _ends(data.get("start_ops"), "start_ops", names,
+                  tuple(n for n in names if not inputs[n]), problems)
+    end = _ends(data.get("end_ops"), "end_ops", names,
+                tuple(n for n in names if not outputs[n]), problems)
+    plan = _check_graph(names, inputs, outputs, start, end, limits, problems) if names else None
+    _check_references(ops, inputs, plan, problems)
+    if declared is not None:
+        for op in ops.values():
+            if op is not None:
+                _check_variables_used(op, declared[0], problems)
+    policy = _check_policy(data, limits, problems)
+    if problems.found:
+        raise WorkflowInvalid.collect(problems.found)
+    assert start is not None and end is not None and declared is not None
+    linked = {name: dataclasses.replace(op, inputs=inputs[name], outputs=outputs[name])
+              for name, op in ops.items() if op is not None}
+    edges = tuple((u, name) for name in names for u in inputs[name])
+    return Workflow(ops=linked, start_ops=start, end_ops=end, edges=edges,
+                    variables=declared[0], variable_descriptions=declared[1], **policy)
 
 
-def check_workflow(text: str, *, limits: WorkflowLimits,
-                   templates_dir: Path | None) -> list[WorkflowInvalid]:
-    """Every problem of a workflow's YAML text, not only the first (``llm-router workflow
-    validate``); an empty list when :func:`load_workflow` accepts it.
-
-    Besides the first problem :func:`load_workflow` finds, each op's own definition (its
-    keys, values and templates, and the variables they use) and the workflow's own fields
-    are checked one by one. Problems between ops (edges, cycles, reachability, references
-    to other ops) need every op to be valid first: only the first of those is reported.
+def check_workflow(text: str, *, limits: WorkflowLimits, templates_dir: Path | None,
+                   models: Collection[str] | None = None) -> list[WorkflowInvalid]:
+    """Every problem of a workflow's YAML text (``llm-router workflow validate``); an empty
+    list when :func:`load_workflow` accepts it.
 
     >>> text = "ops: {a: {prompt: A, tier: 0}, b: {prompt: '{{ tone }}', input_ops: [a]}}"
     >>> [p.op for p in check_workflow(text, limits=WorkflowLimits(), templates_dir=None)]
     ['a', 'b']
     """
     try:
-        load_workflow(text, limits=limits, templates_dir=templates_dir)
+        load_workflow(text, limits=limits, templates_dir=templates_dir, models=models)
     except WorkflowInvalid as exc:
-        first = exc
-    else:
-        return []
-    found: list[WorkflowInvalid] = []
-
-    def attempt(check: Callable[[], Any]) -> Any:
-        try:
-            return check()
-        except WorkflowInvalid as exc:
-            found.append(exc)
-            return None
-
-    try:
-        data = parse_yaml(text, max_bytes=limits.max_yaml_bytes)
-    except WorkflowInvalid:
-        data = None
-    if isinstance(data, dict):
-        attempt(partial(_check_top_keys, data))
-        declared = attempt(partial(check_variables, data.get("variables")))
-        specs = data.get("ops")
-        if isinstance(specs, dict) and len(specs) <= limits.max_ops:
-            compiler = _Compiler(templates_dir, limits)
-            for name, spec in specs.items():
-                op = attempt(partial(_load_op, name, spec, compiler, limits))
-                if op is not None and declared is not None:
-                    attempt(partial(_check_variables_used, op, declared[0]))
-        attempt(partial(_check_policy, data, limits))
-    if any(p.message == first.message for p in found):
-        return found
-    return [first, *found]
+        return list(exc.problems)
+    return []

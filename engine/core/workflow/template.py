@@ -48,7 +48,7 @@ from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.meta import find_undeclared_variables
 from jinja2.visitor import NodeTransformer
 
-from engine.errors import TemplateLimitExceeded, WorkflowInvalid, echo
+from engine.errors import TemplateLimitExceeded, WorkflowInvalid, did_you_mean, echo
 
 from .sandbox import (
     DEFAULT_RENDER_TIMEOUT_SEC,
@@ -64,6 +64,7 @@ __all__ = [
     "CONTEXT_NAMES",
     "DEFAULT_RENDER_TIMEOUT_SEC",
     "MAX_BUILT_CHARS",
+    "OP_OUTPUT_FIELDS",
     "PromptTemplate",
     "compile_prompt",
     "new_environment",
@@ -72,6 +73,10 @@ __all__ = [
 
 #: Names every template sees besides the workflow's variables.
 CONTEXT_NAMES = frozenset({"input", "vars", "ops", "params"})
+#: What ``ops.<name>`` holds: the answer text and its parsed JSON (``engine.core.workflow
+#: .render`` builds it from an ``OpOutput``). Reading anything else is refused at load time,
+#: not found at run time after the op was paid for.
+OP_OUTPUT_FIELDS = ("output", "value")
 
 _REFUSED_NODES: dict[type[nodes.Node], str] = {
     nodes.Extends: "extends",
@@ -149,10 +154,12 @@ class _Analysis:
         if isinstance(node, nodes.Getattr):
             self.check_attribute(node, node.attr)
             self.note(node, node.node, node.attr)
+            self.check_output_field(node, node.node, node.attr)
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
             if isinstance(node.arg.value, str):
                 self.check_attribute(node, node.arg.value, item=True)
                 self.note(node, node.node, node.arg.value)
+                self.check_output_field(node, node.node, node.arg.value)
         elif isinstance(node, (nodes.Filter, nodes.Test)):
             for keyword in node.kwargs:
                 if keyword.key == "attribute" and isinstance(keyword.value, nodes.Const):
@@ -161,6 +168,16 @@ class _Analysis:
                 for arg in node.args:
                     if isinstance(arg, nodes.Const) and isinstance(arg.value, str):
                         self.check_attribute(node, arg.value)
+
+    def check_output_field(self, node: nodes.Node, base: nodes.Node, key: str) -> None:
+        """``ops.<name>.<key>``: ``key`` must be one of :data:`OP_OUTPUT_FIELDS`."""
+        op = _op_named(base)
+        if op is not None and key not in OP_OUTPUT_FIELDS:
+            raise self.fail(
+                node, f"ops.{op}.{echo(key, raw=True)}: an op's output has no {echo(key)}, "
+                f"only 'output' (the answer text) and 'value' (its parsed JSON)"
+                f"{did_you_mean(key, OP_OUTPUT_FIELDS)}",
+            )
 
     def note(self, node: nodes.Node, base: nodes.Node, key: str) -> None:
         if not (isinstance(base, nodes.Name) and base.ctx == "load"):
@@ -172,6 +189,20 @@ class _Analysis:
             self.vars.add(key)
         elif base.name == "params":
             self.params.add(key)
+
+
+def _op_named(node: nodes.Node) -> str | None:
+    """The op name of an ``ops.<name>`` / ``ops['<name>']`` node, else ``None``."""
+    if isinstance(node, nodes.Getattr):
+        key, base = node.attr, node.node
+    elif (isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const)
+          and isinstance(node.arg.value, str)):
+        key, base = node.arg.value, node.node
+    else:
+        return None
+    if isinstance(base, nodes.Name) and base.name == "ops" and base.ctx == "load":
+        return key
+    return None
 
 
 class _Guards(NodeTransformer):
