@@ -15,7 +15,7 @@ with it. The hot path pays two counter increments per write; nothing is spawned 
 
 Closing is the one thing here beyond ASGI: it awaits the server's ``send(None)``, which is
 what hypercorn itself does when an app returns, and which closes a connection whose response
-is unfinished (hypercorn's ``HTTPStream.app_send``). ``tests/test_streaming.py`` pins it.
+is unfinished (hypercorn's ``HTTPStream.app_send``). ``tests/e2e/test_streaming.py`` pins it.
 """
 
 from __future__ import annotations

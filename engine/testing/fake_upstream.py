@@ -4,7 +4,7 @@ The router's integration tests point the router at this server instead of at rea
 It is a raw ASGI app (no framework, so it can misbehave at will: stall, hang, cut a chunked
 body mid-stream) served by hypercorn on ``127.0.0.1:0`` over real sockets, so the router's
 HTTP client, timeouts and disconnect handling are exercised exactly as in production.
-``tests/test_fake_upstream.py`` proves the formats are faithful by pointing the official
+``tests/wire/test_fake_upstream.py`` proves the formats are faithful by pointing the official
 ``openai`` and ``anthropic`` SDKs straight at it.
 
 Routes (``{backend}`` is any label; one fake serves many "providers" at once)::

@@ -12,7 +12,7 @@ Sending the top ``x`` share of prompts to the strong model traces a quality-vs-%
 
 Two ways to trace the curve, as the evaluation data's reference script ``routing_metrics.py``
 does (with the same arithmetic, so the numbers agree to the last digit; see
-``tests/test_routing_eval.py``): ``"exact"`` takes every distinct score as a threshold and
+``tests/training/test_routing_eval.py``): ``"exact"`` takes every distinct score as a threshold and
 interpolates ties (random tie-breaking in expectation); ``"routellm"`` takes 11 thresholds at
 the score deciles, as RouteLLM's ``evaluate.py`` does.
 

@@ -1,6 +1,6 @@
 """The redactor on its own (sans-IO): whole secrets, fragments of 8+ characters in any ASCII
 case, public prefixes, short placeholder keys, summaries, streams dealt out in pieces, and log
-records. ``tests/test_secrets.py`` runs the same promises end to end over sockets."""
+records. ``tests/api/test_secrets.py`` runs the same promises end to end over sockets."""
 
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def test_spec_example_without_its_key_still_loads() -> None:
 
 
 def test_repository_config_files_are_valid() -> None:
-    root = Path(__file__).parent.parent
+    root = Path(__file__).resolve().parents[2]
     for name in ("config.yaml", "config.local.yaml", "config.demo.yaml"):
         config = load_config(root / name, environ={})
         assert config.tiers == [1, 2, 3], name

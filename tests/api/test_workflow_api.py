@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_health import watch_health
-from support_routing import model_entry
+from support_routing import model_entry, prompt_scoring
 from support_workflows import (
     ROOT,
     WorkflowClient,
@@ -26,8 +26,7 @@ from support_workflows import (
     received,
     three_tiers,
 )
-from test_feedback_api import prompt_scoring
-from test_workflow_spec import CASES, ESCAPES, RUNTIME_REFUSALS, SPEC_EXAMPLE, WORKFLOW_LEVEL
+from workflow_cases import CASES, ESCAPES, RUNTIME_REFUSALS, SPEC_EXAMPLE, WORKFLOW_LEVEL
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
 

@@ -41,7 +41,7 @@ def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
         learned["feedback_db"] = str(Path(tempfile.mkdtemp(prefix="llmr-test-")) / "feedback.db")
     # Tests route with the heuristic alone unless they ask for a trained router: its scores are
     # exact by construction, which is what most routing assertions rely on. (The product's
-    # default is the built-in trained router; tests/test_config.py pins that.)
+    # default is the built-in trained router; tests/core/test_config.py pins that.)
     learned.setdefault("model", None)
     data["learned"] = learned
     return parse_config(yaml.safe_dump(data), environ=environ or {})

@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 import trio
 import yaml
-from support_routing import model_entry
+from support_routing import model_entry, prompt_scoring
 from support_workflows import ROOT, open_workflow_router, received, three_tiers
-from test_feedback_api import prompt_scoring
 
 import api.cli.workflow
 from api.cli.workflow import CommandFailed, coerce_variables, preview

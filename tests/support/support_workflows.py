@@ -35,7 +35,7 @@ __all__ = [
     "three_tiers",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def three_tiers(fake: FakeUpstream, **prices: float) -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ import orjson
 import trio
 from router_harness import RunningRouter, make_config, open_router
 
+from engine.core.routing.scoring import score_request
+from engine.messages import ChatRequest, Message, TextPart
 from engine.testing.fake_upstream import FakeUpstream
 from engine.wire.sse import decode_events
 
@@ -164,3 +166,13 @@ async def wait_for(
     with trio.fail_after(timeout):
         while not await predicate():
             await trio.sleep(poll)
+
+
+def prompt_scoring(score: int) -> str:
+    """A one-message prompt the heuristic scores exactly ``score`` (20-50)."""
+    for n in range(4000):
+        text = "Please analyze this: " + "word " * n
+        ask = ChatRequest(messages=(Message("user", (TextPart(text),)),))
+        if score_request(ask).total == score:
+            return text
+    raise AssertionError(f"no prompt scores {score}")

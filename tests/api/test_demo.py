@@ -27,7 +27,7 @@ import yaml
 
 from api.cli.fake import DEMO_BACKENDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 DEMO_PORT_URL = "http://127.0.0.1:9100"
 # The README's two routed questions: one tier 1 answers, one that needs tier 2.

@@ -17,10 +17,8 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from support_routing import RouterClient, model_entry, open_router_client
+from support_routing import RouterClient, model_entry, open_router_client, prompt_scoring
 
-from engine.core.routing.scoring import score_request
-from engine.messages import ChatRequest, Message, TextPart
 from engine.testing.fake_upstream import FakeUpstream
 
 MIN_SAMPLES = 5
@@ -32,16 +30,6 @@ LEARNED = {"min_samples": MIN_SAMPLES, "max_step": MAX_STEP, "band": 10,
 def layout(fake: FakeUpstream) -> list[dict[str, Any]]:
     return [model_entry(fake, "a1", tier=1), model_entry(fake, "b1", tier=2),
             model_entry(fake, "c1", tier=3)]
-
-
-def prompt_scoring(score: int) -> str:
-    """A one-message prompt the heuristic scores exactly ``score`` (20-50)."""
-    for n in range(4000):
-        text = "Please analyze this: " + "word " * n
-        ask = ChatRequest(messages=(Message("user", (TextPart(text),)),))
-        if score_request(ask).total == score:
-            return text
-    raise AssertionError(f"no prompt scores {score}")
 
 
 def open_client(fake: FakeUpstream, **learned: Any) -> Any:

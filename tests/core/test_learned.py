@@ -155,7 +155,7 @@ def test_features_are_the_same_in_every_process() -> None:
         env = {**os.environ, "PYTHONHASHSEED": seed}
         done = subprocess.run([sys.executable, "-c", FEATURE_SCRIPT, prompt], env=env,
                               capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=Path(__file__).resolve().parents[2])
         dense, indices, values = json.loads(done.stdout)
         assert dense == mine.dense.tolist()
         assert indices == mine.indices.tolist()
