@@ -468,7 +468,7 @@ async def test_sse_progress_events_of_a_chain(fake_upstream: FakeUpstream) -> No
     assert reason["status"] == "done" and reason["model"] == "t1" and reason["tier"] == 1
     assert reason["output"] == "[t1] Think step by step.\n\nHow many rs are in strawberry?"
     assert reason["cache"] == "MISS" and reason["attempts"] == 1
-    assert reason["ms"] >= 0 and reason["cost_usd"] == 0
+    assert 0 <= reason["ms"] <= plain["total_ms"] * 2 and reason["cost_usd"] == 0
     assert reason["tokens"]["input"] > 0 and reason["tokens"]["output"] > 0
     result = events[-1][1]
     assert result["final_output"] == finished["refine"]["output"]
