@@ -86,12 +86,7 @@ class WorkflowAPI:
     def __init__(self, config: Config) -> None:
         self.config = config
         settings = config.workflows
-        self.limits = WorkflowLimits(
-            max_yaml_bytes=settings.max_yaml_bytes, max_ops=settings.max_ops,
-            max_depth=settings.max_depth, max_tokens_per_op=settings.max_tokens_per_op,
-            max_template_bytes=settings.max_template_bytes,
-            render_timeout_sec=settings.render_timeout_sec,
-        )
+        self.limits: WorkflowLimits = settings
         self.folder = config.path(settings.dir)
         self.templates = config.path(settings.templates_dir)
         self._ready: dict[Path, tuple[float, Workflow]] = {}
