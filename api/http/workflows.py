@@ -179,10 +179,9 @@ def _event(name: str, data: Any) -> bytes:
 async def _sse(events: WorkflowEvents) -> AsyncIterator[bytes]:
     try:
         async for name, data in events:
-            if name == "error":
-                yield b"event: error\ndata: " + OPENAI.render_error(data) + b"\n\n"
-                return
             yield _event(name, data)
+    except RouterError as err:
+        yield b"event: error\ndata: " + OPENAI.render_error(err) + b"\n\n"
     finally:
         events.close()
 

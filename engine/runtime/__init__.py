@@ -2,7 +2,8 @@
 dedup flights, failover, the upstream client and transport, the routing policy, the sidecar
 and the workflow runner."""
 
-from .gateway import ChatStream, Gateway, Models, WorkflowEvents, load_models, open_gateway
+from .feed import ChatStream, WorkflowEvents
+from .gateway import Gateway, Models, load_models, open_gateway
 from .node import RunContext, Served
 
 __all__ = [
