@@ -22,7 +22,7 @@ reads slowly slows the upstream read rather than piling it up here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +32,7 @@ import trio
 
 from engine.core.cache.responses import Matcher, ResponseCache
 from engine.core.config import Config
-from engine.core.planner import plan_chat
+from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
 from engine.core.redact import Redactor
 from engine.core.stats import Stats
@@ -42,10 +42,10 @@ from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
 
 from .dedup import FlightRegistry
-from .executor import execute
+from .executor import RunNode, execute
 from .failover import BackendCaller
 from .feed import ChatStream, WorkflowEvents
-from .node import NodeResult, NodeRunner, RunContext, Served
+from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import LearnedScorer, RoutingPolicy
 from .sidecar import Sidecar
 from .transport import PooledTransport
@@ -93,13 +93,36 @@ class Gateway:
             flights=self.flights,
         )
         self._nursery = nursery
+        # Unset: the models' own timeouts (first byte, idle, total) end a request that takes
+        # long.
+        within = config.server.write_timeout_sec
+        self._answer_within = (None if within is None
+                               else Deadline(within, "server.write_timeout_sec"))
         #: Bounds the worker threads that load and render workflows.
         self.render_limiter = trio.CapacityLimiter(_RENDER_THREADS)
 
+    def _chat_node(
+        self, ctx: RunContext, *, sink: trio.MemorySendChannel[Any] | None = None,
+        deadline: Deadline | None = None,
+    ) -> RunNode:
+        """What the executor runs for a chat's one node."""
+        runner = self.runner
+
+        def run(node: Node, inputs: Mapping[str, Any]) -> Awaitable[NodeResult]:
+            return runner.run(node, ctx=ctx, sink=sink, deadline=deadline)
+
+        return run
+
     async def complete(self, request: ChatRequest, ctx: RunContext) -> NodeResult:
-        """Answer a non-streaming request."""
+        """Answer a non-streaming request, within ``server.write_timeout_sec`` if set.
+
+        Raises:
+            DeadlineExceeded: no answer within ``server.write_timeout_sec``.
+            RouterError: the request failed.
+        """
         try:
-            outputs = await execute(plan_chat(request), partial(self.runner.run, ctx=ctx))
+            outputs = await execute(plan_chat(request),
+                                    self._chat_node(ctx, deadline=self._answer_within))
         except RouterError as exc:
             self.stats.record_error(exc.code)
             raise
@@ -124,7 +147,7 @@ class Gateway:
     async def _stream_chat(
         self, request: ChatRequest, ctx: RunContext, send: trio.MemorySendChannel[Any]
     ) -> None:
-        await execute(plan_chat(request), partial(self.runner.run, ctx=ctx, sink=send))
+        await execute(plan_chat(request), self._chat_node(ctx, sink=send))
 
     # ---- what the API reads and reports -------------------------------------------------
 
@@ -164,7 +187,7 @@ class Gateway:
     ) -> dict[str, Any]:
         """Run a workflow in the caller's task (a client disconnect cancels it)."""
         return await run_workflow(
-            workflow, runner=self.runner, config=self.config, ctx=ctx, input=input,
+            workflow, runner=self.runner, ctx=ctx, input=input,
             variables=variables, max_concurrency=self.config.workflows.max_concurrency,
             emit=emit, render_limiter=self.render_limiter,
         )
