@@ -39,8 +39,8 @@ SURFACES: dict[str, set[str]] = {
         "parse_yaml", "plan_workflow", "render_request", "resolve_variables",
     },
     "engine.runtime": {
-        "ChatStream", "Gateway", "Models", "RunContext", "Served", "WorkflowEvents",
-        "load_models", "open_gateway",
+        "ChatStream", "FeedbackReport", "Gateway", "Models", "RunContext", "Served",
+        "WorkflowEvents", "load_models", "open_gateway",
     },
     "engine.stores": {"FeedbackStore"},
     "engine.testing": {

@@ -34,6 +34,7 @@ from engine.errors import (
 from engine.runtime import ChatStream, Gateway, Models, RunContext, Served, open_gateway
 from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
+from .feedback import parse_feedback
 from .stream_writes import StreamWriteDeadline
 from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call
@@ -264,12 +265,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         request_id = secrets.token_hex(12)
         try:
             authenticate()
-            body = await read_body()
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise RequestInvalid("request body is not valid JSON") from None
-            return _json(await gateway().report_feedback(data))
+            report = parse_feedback(await read_body())
+            return _json(await gateway().report_feedback(report))
         except RouterError as err:
             return error_response(OPENAI, err, request_id)
 

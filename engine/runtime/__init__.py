@@ -5,9 +5,11 @@ and the workflow runner."""
 from .feed import ChatStream, WorkflowEvents
 from .gateway import Gateway, Models, load_models, open_gateway
 from .node import RunContext, Served
+from .policy import FeedbackReport
 
 __all__ = [
     "ChatStream",
+    "FeedbackReport",
     "Gateway",
     "Models",
     "RunContext",

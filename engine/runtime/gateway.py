@@ -46,7 +46,7 @@ from .executor import RunNode, execute
 from .failover import BackendCaller
 from .feed import ChatStream, WorkflowEvents
 from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
-from .policy import LearnedScorer, RoutingPolicy
+from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
@@ -167,13 +167,14 @@ class Gateway:
         self.policy.remember(request_id, score=served.score, tier=served.tier,
                              model=served.model)
 
-    async def report_feedback(self, data: Any) -> dict[str, Any]:
+    async def report_feedback(self, report: FeedbackReport) -> dict[str, Any]:
         """``POST /v1/feedback``: record one quality report and recalibrate.
 
         Raises:
-            RequestInvalid: the report is malformed or names an unknown request.
+            NotFound: the report names a request the router does not remember.
+            RequestInvalid: feedback is not enabled.
         """
-        return await self.policy.feedback(data)
+        return await self.policy.feedback(report)
 
     async def routing_state(self) -> dict[str, Any]:
         """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
