@@ -153,23 +153,22 @@ class WorkflowAPI:
 
     async def respond(
         self, gateway: Gateway, workflow: Workflow, call: WorkflowCall, ctx: RunContext,
-        *, headers: dict[str, str],
     ) -> Response:
         if call.dry_run:
             plan = await trio.to_thread.run_sync(self.dry_run, workflow, call,
                                                  limiter=gateway.render_limiter)
-            return Response(orjson.dumps(plan), content_type=_JSON, headers=headers)
+            return Response(orjson.dumps(plan), content_type=_JSON)
         if call.stream:
             resolve_variables(workflow, call.variables)  # a bad override is a 400, not an event
             events = await gateway.open_workflow_stream(
                 workflow, input=call.input, variables=call.variables, ctx=ctx
             )
-            return Response(_sse(events), headers=headers | {
+            return Response(_sse(events), headers={
                 "content-type": "text/event-stream", "cache-control": "no-cache",
             })
         result = await gateway.run_workflow(workflow, input=call.input,
                                             variables=call.variables, ctx=ctx)
-        return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
+        return Response(orjson.dumps(result), content_type=_JSON)
 
 
 def _event(name: str, data: Any) -> bytes:
