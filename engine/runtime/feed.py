@@ -109,6 +109,9 @@ class ChatStream(Feed[list[Event]]):
             self.served = await self._receive.receive()
         except trio.EndOfChannel:
             raise self._error or RouterError("the stream ended before it started") from None
+        except BaseException:
+            self.close()  # the caller left first (a client disconnect): nobody will read it
+            raise
         return self.served
 
 
