@@ -40,8 +40,8 @@ SURFACES: dict[str, set[str]] = {
         "parse_yaml", "plan_workflow", "render_request", "resolve_variables",
     },
     "engine.runtime": {
-        "ChatStream", "Gateway", "Models", "RunContext", "Served", "WorkflowEvents",
-        "load_models", "load_offline_policy", "open_gateway",
+        "ChatStream", "FeedbackReport", "Gateway", "Models", "RunContext", "Served",
+        "WorkflowEvents", "load_models", "load_offline_policy", "open_gateway",
     },
     "engine.stores": {"FeedbackStore"},
     "engine.testing": {

@@ -171,13 +171,7 @@ def _input(value: str) -> str:
 def _limits(config: Config | None) -> Any:
     from engine.core import WorkflowLimits
 
-    if config is None:
-        return WorkflowLimits()
-    s = config.workflows
-    return WorkflowLimits(max_yaml_bytes=s.max_yaml_bytes, max_ops=s.max_ops,
-                          max_depth=s.max_depth, max_tokens_per_op=s.max_tokens_per_op,
-                          max_template_bytes=s.max_template_bytes,
-                          render_timeout_sec=s.render_timeout_sec)
+    return WorkflowLimits() if config is None else config.workflows
 
 
 def _count(n: int, noun: str) -> str:

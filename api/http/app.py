@@ -1,28 +1,30 @@
 """The HTTP API: a Quart-Trio app that speaks OpenAI and Anthropic to clients.
 
 Handlers parse the wire format into a canonical request, hand it to the gateway, and render
-the result (or any :class:`~engine.errors.RouterError`) back in the caller's protocol. Every
-response, errors and streams included, carries ``X-LLM-Router-Request-Id``; answered ones also
-carry the routing headers (docs/api.md).
+the result back in the caller's protocol. A handler that fails just raises: one error handler
+per kind renders any :class:`~engine.errors.RouterError` (and HTTP-level and internal errors)
+in the caller's protocol (:func:`caller_protocol`). Every response, errors and streams
+included, carries ``X-LLM-Router-Request-Id`` and ``X-Request-Id`` (one id per request, made
+by :func:`this_request_id`); answered ones also carry the routing headers (docs/api.md).
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
-import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine.core import Config, RedactingFilter, Redactor
 from engine.errors import (
-    DeadlineExceeded,
     ModelNotFound,
     PayloadTooLarge,
     RateLimited,
@@ -36,6 +38,7 @@ from engine.errors import (
 from engine.runtime import ChatStream, Gateway, Models, RunContext, Served, open_gateway
 from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
+from .feedback import parse_feedback
 from .stream_writes import StreamWriteDeadline
 from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call
@@ -47,19 +50,18 @@ log = logging.getLogger("llm_router")
 # Where the router's own, the server's and the HTTP client's log lines go: each is scrubbed.
 _LOGGERS = ("llm_router", "hypercorn.error", "hypercorn.access", "httpx")
 _JSON = "application/json"
+_Handler = Callable[..., Awaitable[Response]]
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
                 "x-accel-buffering": "no"}
 
 
-def _routing_headers(served: Served, request_id: str) -> dict[str, str]:
+def _routing_headers(served: Served) -> dict[str, str]:
     headers = {
         "x-llm-router-score": "" if served.score is None else str(served.score),
         "x-llm-router-tier": str(served.tier),
         "x-llm-router-model": served.model,
         "x-llm-router-cache": served.cache,
         "x-llm-router-router": served.router,
-        "x-llm-router-request-id": request_id,
-        "x-request-id": request_id,
     }
     if served.similarity is not None:
         headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
@@ -101,6 +103,34 @@ def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status=status, content_type=_JSON)
 
 
+def this_request_id() -> str:
+    """The request's id, made here on first use (the one place ids are made): every response
+    carries it, and a chat's is its response id's tail and what feedback names it by."""
+    request_id: str | None = g.get("request_id")
+    if request_id is None:
+        request_id = g.request_id = secrets.token_hex(12)
+    return request_id
+
+
+def caller_protocol() -> WireProtocol:
+    """The protocol an error is told in: Anthropic's on ``/v1/messages`` (and on a model
+    lookup by a client that sends ``anthropic-version``), OpenAI's everywhere else."""
+    if request.path.startswith("/v1/messages"):
+        return ANTHROPIC
+    if request.endpoint == "model" and "anthropic-version" in request.headers:
+        return ANTHROPIC
+    return OPENAI
+
+
+def _error_response(err: RouterError) -> Response:
+    response = Response(caller_protocol().render_error(err), status=err.status,
+                        content_type=_JSON)
+    retry_after = getattr(err, "retry_after", None)
+    if isinstance(err, RateLimited | UpstreamRateLimited) and retry_after is not None:
+        response.headers["retry-after"] = str(max(1, round(retry_after)))
+    return response
+
+
 def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     """Build the app for ``config``. The gateway starts and stops with serving; ``preloaded``
     are models already loaded (``engine.runtime.load_models``), else they load at start-up."""
@@ -117,8 +147,6 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         background=lambda: app.nursery,
     )
     allowed_keys = tuple(k.encode() for k in config.server.api_keys)
-    # Unset: the models' own timeouts (first byte, idle, total) end a request that takes long.
-    answer_within = config.server.write_timeout_sec
     holder: dict[str, Gateway] = {}
 
     redactor = Redactor.for_config(config)
@@ -142,13 +170,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     def gateway() -> Gateway:
         return holder["gateway"]
 
-    def error_response(protocol: WireProtocol, err: RouterError, request_id: str) -> Response:
-        response = Response(protocol.render_error(err), status=err.status, content_type=_JSON)
+    @app.after_request
+    async def tag_response(response: Response) -> Response:
+        request_id = this_request_id()
         response.headers["x-llm-router-request-id"] = request_id
         response.headers["x-request-id"] = request_id
-        retry_after = getattr(err, "retry_after", None)
-        if isinstance(err, RateLimited | UpstreamRateLimited) and retry_after is not None:
-            response.headers["retry-after"] = str(max(1, round(retry_after)))
         return response
 
     def authenticate() -> str:
@@ -183,40 +209,29 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             raise RequestInvalid("could not read the request body") from None
 
     async def chat(protocol: WireProtocol) -> Response:
-        request_id = secrets.token_hex(12)
-        try:
-            tenant = authenticate()
-            body = await read_body()
-            chat_request = protocol.parse_request(body)
-            read, write = _cache_controls(request.headers.get("cache-control", ""), body)
-            ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
-            response_id = protocol.id_prefix + request_id
-            created = int(time.time())
-            if chat_request.stream:
-                stream = await gateway().open_stream(chat_request, ctx)
-                encoder = protocol.encoder(
-                    chat_request, id=response_id, model=stream.served.model, created=created
-                )
-                gateway().remember_decision(request_id, stream.served)
-                headers = _routing_headers(stream.served, request_id) | _SSE_HEADERS
-                return Response(_relay(stream, encoder), status=200, headers=headers)
-            if answer_within is None:
-                done = await gateway().complete(chat_request, ctx)
-            else:
-                with trio.fail_after(answer_within):
-                    done = await gateway().complete(chat_request, ctx)
-        except trio.TooSlowError:
-            return error_response(protocol, DeadlineExceeded(
-                f"no answer within server.write_timeout_sec ({answer_within} s)"
-            ), request_id)
-        except RouterError as err:
-            return error_response(protocol, err, request_id)
+        request_id = this_request_id()
+        tenant = authenticate()
+        body = await read_body()
+        chat_request = protocol.parse_request(body)
+        read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+        ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
+        response_id = protocol.id_prefix + request_id
+        created = int(time.time())
+        if chat_request.stream:
+            stream = await gateway().open_stream(chat_request, ctx)
+            encoder = protocol.encoder(
+                chat_request, id=response_id, model=stream.served.model, created=created
+            )
+            gateway().remember_decision(request_id, stream.served)
+            headers = _routing_headers(stream.served) | _SSE_HEADERS
+            return Response(_relay(stream, encoder), status=200, headers=headers)
+        done = await gateway().complete(chat_request, ctx)
         gateway().remember_decision(request_id, done.served)
         body = protocol.render_result(
             done.result, id=response_id, model=done.served.model, created=created
         )
         response = Response(body, status=200, content_type=_JSON)
-        response.headers.update(_routing_headers(done.served, request_id))
+        response.headers.update(_routing_headers(done.served))
         return response
 
     @app.post("/v1/chat/completions")
@@ -227,37 +242,33 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def messages() -> Response:
         return await chat(ANTHROPIC)
 
-    def guarded(render: Callable[[], object]) -> Response:
-        """An operator endpoint: with ``server.api_keys`` set, only for those keys."""
-        try:
+    def guarded(handler: _Handler) -> _Handler:
+        """An endpoint that takes no tenant: with ``server.api_keys`` set, only for those
+        keys (the operator endpoints, feedback)."""
+
+        @functools.wraps(handler)
+        async def checked(*args: Any, **kwargs: Any) -> Response:
             authenticate()
-        except RouterError as err:
-            return error_response(OPENAI, err, secrets.token_hex(12))
-        return _json(render())
+            return await handler(*args, **kwargs)
+
+        return checked
 
     workflows = WorkflowAPI(config)
 
     async def workflow_call(name: str | None) -> Response:
-        request_id = secrets.token_hex(12)
-        try:
-            tenant = authenticate()
-            body = await read_body()
-            call = parse_call(body, needs_workflow=name is None)
-            read, write = _cache_controls(request.headers.get("cache-control", ""), body)
-            ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
-            if name is None:
-                assert call.workflow is not None
-                workflow = await workflows.load_submitted(
-                    call.workflow, limiter=gateway().render_limiter
-                )
-            else:
-                workflow = workflows.named(name)
-            return await workflows.respond(
-                gateway(), workflow, call, ctx,
-                headers={"x-llm-router-request-id": request_id, "x-request-id": request_id},
+        tenant = authenticate()
+        body = await read_body()
+        call = parse_call(body, needs_workflow=name is None)
+        read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+        ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
+        if name is None:
+            assert call.workflow is not None
+            workflow = await workflows.load_submitted(
+                call.workflow, limiter=gateway().render_limiter
             )
-        except RouterError as err:
-            return error_response(OPENAI, err, request_id)
+        else:
+            workflow = workflows.named(name)
+        return await workflows.respond(gateway(), workflow, call, ctx)
 
     @app.post("/v1/workflows")
     async def run_workflow() -> Response:
@@ -268,34 +279,25 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         return await workflow_call(name)
 
     @app.get("/v1/workflows")
+    @guarded
     async def list_workflows() -> Response:
-        return guarded(lambda: {"workflows": workflows.listing()})
+        return _json({"workflows": workflows.listing()})
 
     @app.post("/v1/feedback")
+    @guarded
     async def feedback() -> Response:
-        request_id = secrets.token_hex(12)
-        try:
-            authenticate()
-            body = await read_body()
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise RequestInvalid("request body is not valid JSON") from None
-            return _json(await gateway().report_feedback(data))
-        except RouterError as err:
-            return error_response(OPENAI, err, request_id)
+        report = parse_feedback(await read_body())
+        return _json(await gateway().report_feedback(report))
 
     @app.get("/v1/routing")
+    @guarded
     async def routing() -> Response:
-        try:
-            authenticate()
-        except RouterError as err:
-            return error_response(OPENAI, err, secrets.token_hex(12))
         return _json(await gateway().routing_state())
 
     @app.get("/v1/backends")
+    @guarded
     async def backends() -> Response:
-        return guarded(gateway().backends_snapshot)
+        return _json(gateway().backends_snapshot())
 
     # One object per model that both SDKs read: OpenAI's (id, object, created, owned_by) and
     # Anthropic's (type, id, display_name, created_at). `auto` (routed) comes first, so chat
@@ -306,48 +308,50 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     model_by_id = {m["id"]: m for m in model_list}
 
     @app.get("/v1/models")
+    @guarded
     async def models() -> Response:
-        return guarded(lambda: {
+        return _json({
             "object": "list", "data": model_list, "has_more": False,
             "first_id": model_list[0]["id"], "last_id": model_list[-1]["id"],
         })
 
     @app.get("/v1/models/<path:model_id>")
+    @guarded
     async def model(model_id: str) -> Response:
-        protocol = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
-        try:
-            authenticate()
-            found = model_by_id.get(model_id)
-            if found is None:
-                raise ModelNotFound(f"no model {echo(model_id)} on this router; "
-                                    "GET /v1/models lists them", param="model")
-        except RouterError as err:
-            return error_response(protocol, err, secrets.token_hex(12))
+        found = model_by_id.get(model_id)
+        if found is None:
+            raise ModelNotFound(f"no model {echo(model_id)} on this router; "
+                                "GET /v1/models lists them", param="model")
         return _json(found)
 
     @app.get("/stats")
+    @guarded
     async def stats() -> Response:
-        return guarded(gateway().stats_snapshot)
+        return _json(gateway().stats_snapshot())
 
     @app.get("/health")
     async def health() -> Response:
         return _json({"status": "ok"})
 
+    # ---- errors: each rendered in the caller's protocol (``caller_protocol``) ------------
+
+    @app.errorhandler(RouterError)
+    async def router_error(err: RouterError) -> Response:
+        return _error_response(err)
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        protocol = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
         code = exc.code or 500
         err = (PayloadTooLarge if code == 413 else RequestInvalid)(
             f"{request.method} {request.path}: {exc.name.lower()}"
         )
         err.status = code
-        return error_response(protocol, err, secrets.token_hex(12))
+        return _error_response(err)
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.path, exc_info=exc)
-        protocol = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
-        return error_response(protocol, RouterError("internal error"), secrets.token_hex(12))
+        return _error_response(RouterError("internal error"))
 
     return app
 

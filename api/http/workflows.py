@@ -117,12 +117,7 @@ class WorkflowAPI:
     def __init__(self, config: Config) -> None:
         self.config = config
         settings = config.workflows
-        self.limits = WorkflowLimits(
-            max_yaml_bytes=settings.max_yaml_bytes, max_ops=settings.max_ops,
-            max_depth=settings.max_depth, max_tokens_per_op=settings.max_tokens_per_op,
-            max_template_bytes=settings.max_template_bytes,
-            render_timeout_sec=settings.render_timeout_sec,
-        )
+        self.limits: WorkflowLimits = settings
         self.folder = config.path(settings.dir)
         self.templates = config.path(settings.templates_dir)
         self._ready: dict[Path, tuple[float, Workflow]] = {}
@@ -194,7 +189,6 @@ class WorkflowAPI:
 
     async def respond(
         self, gateway: Gateway, workflow: Workflow, call: WorkflowCall, ctx: RunContext,
-        *, headers: dict[str, str],
     ) -> Response:
         text = _input_of(workflow, call)
         if call.dry_run:
@@ -202,18 +196,18 @@ class WorkflowAPI:
                 partial(self.dry_run, workflow, call, decide=gateway.policy.decide),
                 limiter=gateway.render_limiter,
             )
-            return Response(orjson.dumps(plan), content_type=_JSON, headers=headers)
+            return Response(orjson.dumps(plan), content_type=_JSON)
         if call.stream:
             resolve_variables(workflow, call.variables)  # a bad override is a 400, not an event
             events = await gateway.open_workflow_stream(
                 workflow, input=text, variables=call.variables, ctx=ctx
             )
-            return Response(_sse(events), headers=headers | {
+            return Response(_sse(events), headers={
                 "content-type": "text/event-stream", "cache-control": "no-cache",
             })
         result = await gateway.run_workflow(workflow, input=text,
                                             variables=call.variables, ctx=ctx)
-        return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
+        return Response(orjson.dumps(result), content_type=_JSON)
 
 
 def _event(name: str, data: Any) -> bytes:
@@ -223,10 +217,9 @@ def _event(name: str, data: Any) -> bytes:
 async def _sse(events: WorkflowEvents) -> AsyncIterator[bytes]:
     try:
         async for name, data in events:
-            if name == "error":
-                yield b"event: error\ndata: " + OPENAI.render_error(data) + b"\n\n"
-                return
             yield _event(name, data)
+    except RouterError as err:
+        yield b"event: error\ndata: " + OPENAI.render_error(err) + b"\n\n"
     finally:
         events.close()
 

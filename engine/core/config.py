@@ -41,6 +41,7 @@ __all__ = [
     "ServerConfig",
     "Timeouts",
     "UpstreamConfig",
+    "WorkflowLimits",
     "WorkflowsConfig",
     "load_config",
     "parse_config",
@@ -155,20 +156,31 @@ class UpstreamConfig(_Section):
     keepalive_expiry_sec: float = Field(30.0, gt=0, le=3600)
 
 
-class WorkflowsConfig(_Section):
-    """Extension: where ready pipelines and prompt templates live (relative paths are taken
-    from the config file's folder), run concurrency, and limits on submitted workflows."""
+class WorkflowLimits(_Section):
+    """Bounds on what one workflow may ask for: the limit fields of the ``workflows:``
+    section (:class:`WorkflowsConfig` is one), what ``load_workflow`` checks a workflow against.
 
-    dir: str = "workflows"
-    templates_dir: str = "templates"
-    max_concurrency: int = Field(8, ge=1, le=1024)
+    ``max_depth`` counts ops along the longest chain (the plan's generations);
+    ``render_timeout_sec`` bounds each render of the workflow's prompt templates (and all
+    renders of one dry run).
+    """
+
     max_yaml_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_ops: int = Field(200, ge=1, le=10_000)
     max_depth: int = Field(50, ge=1, le=10_000)
     max_tokens_per_op: int = Field(32768, ge=1)
     max_template_bytes: int = Field(64 * 1024, ge=1024)
-    # The longest one prompt render (and all renders of one dry run) may take.
     render_timeout_sec: float = Field(2.0, gt=0, le=60)
+
+
+class WorkflowsConfig(WorkflowLimits):
+    """Extension: where ready pipelines and prompt templates live (relative paths are taken
+    from the config file's folder), run concurrency, and the limits on submitted workflows
+    (the fields it has as a :class:`WorkflowLimits`)."""
+
+    dir: str = "workflows"
+    templates_dir: str = "templates"
+    max_concurrency: int = Field(8, ge=1, le=1024)
 
 
 class LearnedConfig(_Section):

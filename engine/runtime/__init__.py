@@ -1,13 +1,15 @@
 """The running router (trio): the gateway and what it runs, the executor, node decisions,
-dedup flights, failover, the upstream client and transport, the routing policy, the sidecar
-and the workflow runner."""
+dedup flights, failover, the upstream client and transport, the routing policy, the sidecar,
+the workflow runner, and the feeds that stream a background task's output to a client."""
 
-from .gateway import ChatStream, Gateway, Models, WorkflowEvents, load_models, open_gateway
+from .feed import ChatStream, WorkflowEvents
+from .gateway import Gateway, Models, load_models, open_gateway
 from .node import RunContext, Served
-from .policy import load_offline_policy
+from .policy import FeedbackReport, load_offline_policy
 
 __all__ = [
     "ChatStream",
+    "FeedbackReport",
     "Gateway",
     "Models",
     "RunContext",

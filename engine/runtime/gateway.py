@@ -12,7 +12,9 @@ Both entry points plan the request as a one-node workflow and hand it to the exe
   :class:`ChatStream` once the head is known (the first events are in hand), so the caller can
   still answer with a plain error status if every backend fails before the first byte.
 
-A stream holds little: a channel of at most 16 batches between the node and the client, and
+Both kinds of stream (a chat's, and a workflow's progress: :meth:`Gateway.open_workflow_stream`)
+are a feed (``engine.runtime.feed``): a task in the background nursery and a channel of at
+most 16 items to the client. A stream holds little: that channel, and
 what its flight keeps (``server.stream_buffer_bytes``, see ``engine.dedup``). A client that
 reads slowly slows the upstream read rather than piling it up here.
 """
@@ -20,7 +22,7 @@ reads slowly slows the upstream read rather than piling it up here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -30,71 +32,31 @@ import trio
 
 from engine.core.cache.responses import Matcher, ResponseCache
 from engine.core.config import Config
-from engine.core.planner import plan_chat
+from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
 from engine.core.redact import Redactor
 from engine.core.stats import Stats
 from engine.core.workflow.spec import Workflow
 from engine.errors import RouterError
-from engine.messages import ChatRequest, Event
+from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
 
 from .dedup import FlightRegistry
-from .executor import execute
+from .executor import RunNode, execute
 from .failover import BackendCaller
-from .node import NodeResult, NodeRunner, RunContext, Served
-from .policy import LearnedScorer, RoutingPolicy
+from .feed import ChatStream, WorkflowEvents
+from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
+from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
 from .workflow_run import Emit, run_workflow
 
-__all__ = ["ChatStream", "Gateway", "Models", "WorkflowEvents", "load_models", "open_gateway"]
+__all__ = ["Gateway", "Models", "load_models", "open_gateway"]
 
-_STREAM_BUFFER = 16  # items between a background task and its client (a chat stream: batches)
-
-
-class _Ending:
-    """How a stream ended: the error, if it failed. Set before its channel is closed, so the
-    error reaches the client after the batches already queued, however full the channel."""
-
-    __slots__ = ("error",)
-
-    def __init__(self) -> None:
-        self.error: RouterError | None = None
 # Worker threads rendering workflow templates at once (each render is bounded in time): a
 # few, so renders cannot take every thread trio lends (the feedback store needs some).
 _RENDER_THREADS = 2
-
-
-@dataclass(eq=False)
-class ChatStream:
-    """A stream in flight. Iterate for batches of events; a :class:`RouterError` raised while
-    iterating means the upstream failed after the stream started. ``close()`` cancels it."""
-
-    served: Served
-    _receive: trio.MemoryReceiveChannel[Any]
-    _scope: trio.CancelScope
-    _ending: _Ending
-
-    # An iterator object, not an async generator: a client that leaves mid-stream abandons
-    # the iteration, and an abandoned generator is one trio warns about when it is collected.
-    def __aiter__(self) -> ChatStream:
-        return self
-
-    async def __anext__(self) -> list[Event]:
-        try:
-            batch: list[Event] = await self._receive.receive()
-        except trio.EndOfChannel:
-            if self._ending.error is not None:
-                raise self._ending.error from None
-            raise StopAsyncIteration from None
-        return batch
-
-    def close(self) -> None:
-        """Stop relaying and cancel the upstream call. Safe to call more than once."""
-        self._scope.cancel()
-        self._receive.close()
 
 
 class Gateway:
@@ -131,13 +93,36 @@ class Gateway:
             flights=self.flights,
         )
         self._nursery = nursery
+        # Unset: the models' own timeouts (first byte, idle, total) end a request that takes
+        # long.
+        within = config.server.write_timeout_sec
+        self._answer_within = (None if within is None
+                               else Deadline(within, "server.write_timeout_sec"))
         #: Bounds the worker threads that load and render workflows.
         self.render_limiter = trio.CapacityLimiter(_RENDER_THREADS)
 
+    def _chat_node(
+        self, ctx: RunContext, *, sink: trio.MemorySendChannel[Any] | None = None,
+        deadline: Deadline | None = None,
+    ) -> RunNode:
+        """What the executor runs for a chat's one node."""
+        runner = self.runner
+
+        def run(node: Node, inputs: Mapping[str, Any]) -> Awaitable[NodeResult]:
+            return runner.run(node, ctx=ctx, sink=sink, deadline=deadline)
+
+        return run
+
     async def complete(self, request: ChatRequest, ctx: RunContext) -> NodeResult:
-        """Answer a non-streaming request."""
+        """Answer a non-streaming request, within ``server.write_timeout_sec`` if set.
+
+        Raises:
+            DeadlineExceeded: no answer within ``server.write_timeout_sec``.
+            RouterError: the request failed.
+        """
         try:
-            outputs = await execute(plan_chat(request), partial(self.runner.run, ctx=ctx))
+            outputs = await execute(plan_chat(request),
+                                    self._chat_node(ctx, deadline=self._answer_within))
         except RouterError as exc:
             self.stats.record_error(exc.code)
             raise
@@ -150,40 +135,19 @@ class Gateway:
         Raises:
             RouterError: nothing could be streamed (every backend failed before its first byte).
         """
-        send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
-        ending = _Ending()
-        scope: trio.CancelScope = await self._nursery.start(self._stream_task, request, ctx,
-                                                            send, ending)
+        stream = ChatStream()
+        stream.start(self._nursery, partial(self._stream_chat, request, ctx))
         try:
-            head = await receive.receive()
-        except trio.EndOfChannel:
-            error = ending.error or RouterError("the stream ended before it started")
-            self.stats.record_error(error.code)
-            raise error from None
-        return ChatStream(served=head, _receive=receive, _scope=scope, _ending=ending)
+            await stream.open()
+        except RouterError as exc:
+            self.stats.record_error(exc.code)
+            raise
+        return stream
 
-    async def _stream_task(
-        self,
-        request: ChatRequest,
-        ctx: RunContext,
-        send: trio.MemorySendChannel[Any],
-        ending: _Ending,
-        *,
-        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    async def _stream_chat(
+        self, request: ChatRequest, ctx: RunContext, send: trio.MemorySendChannel[Any]
     ) -> None:
-        # Runs in the background nursery: it must never raise, or it would take the server down.
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            async with send:
-                try:
-                    await execute(plan_chat(request),
-                                  partial(self.runner.run, ctx=ctx, sink=send))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the client went away
-                except RouterError as exc:
-                    ending.error = exc
-                except Exception as exc:  # a bug: report it as an internal error, keep serving
-                    ending.error = _internal(exc)
+        await execute(plan_chat(request), self._chat_node(ctx, sink=send))
 
     # ---- what the API reads and reports -------------------------------------------------
 
@@ -203,13 +167,14 @@ class Gateway:
         self.policy.remember(request_id, score=served.score, tier=served.tier,
                              model=served.model)
 
-    async def report_feedback(self, data: Any) -> dict[str, Any]:
+    async def report_feedback(self, report: FeedbackReport) -> dict[str, Any]:
         """``POST /v1/feedback``: record one quality report and recalibrate.
 
         Raises:
-            RequestInvalid: the report is malformed or names an unknown request.
+            NotFound: the report names a request the router does not remember.
+            RequestInvalid: feedback is not enabled.
         """
-        return await self.policy.feedback(data)
+        return await self.policy.feedback(report)
 
     async def routing_state(self) -> dict[str, Any]:
         """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
@@ -223,7 +188,7 @@ class Gateway:
     ) -> dict[str, Any]:
         """Run a workflow in the caller's task (a client disconnect cancels it)."""
         return await run_workflow(
-            workflow, runner=self.runner, config=self.config, ctx=ctx, input=input,
+            workflow, runner=self.runner, ctx=ctx, input=input,
             variables=variables, max_concurrency=self.config.workflows.max_concurrency,
             emit=emit, render_limiter=self.render_limiter,
         )
@@ -233,71 +198,23 @@ class Gateway:
         ctx: RunContext,
     ) -> WorkflowEvents:
         """Run a workflow in the background, its progress as ``(event, data)`` pairs ending
-        with ``("result", result)`` or ``("error", RouterError)``."""
-        send, receive = trio.open_memory_channel[Any](_STREAM_BUFFER)
-        scope: trio.CancelScope = await self._nursery.start(
-            self._workflow_task, workflow, input, variables, ctx, send
-        )
-        return WorkflowEvents(receive, scope)
+        with ``("result", result)``; a failed run raises its :class:`RouterError` from the
+        iteration, after the events before it."""
+        events = WorkflowEvents()
+        events.start(self._nursery, partial(self._workflow_events, workflow, input, variables,
+                                            ctx))
+        return events
 
-    async def _workflow_task(
+    async def _workflow_events(
         self, workflow: Workflow, input: str, variables: Mapping[str, Any] | None,
-        ctx: RunContext, send: trio.MemorySendChannel[Any], *,
-        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+        ctx: RunContext, send: trio.MemorySendChannel[Any],
     ) -> None:
-        # Background nursery: never raise.
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            async with send:
+        async def emit(event: str, data: dict[str, Any]) -> None:
+            await send.send((event, data))
 
-                async def emit(event: str, data: dict[str, Any]) -> None:
-                    await send.send((event, data))
-
-                try:
-                    result = await self.run_workflow(workflow, input=input,
-                                                     variables=variables, ctx=ctx, emit=emit)
-                    await send.send(("result", result))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                except RouterError as exc:
-                    await _deliver(send, ("error", exc))
-                except Exception as exc:
-                    await _deliver(send, ("error", _internal(exc)))
-
-
-class WorkflowEvents:
-    """A workflow run's progress events; ``close()`` cancels the run."""
-
-    def __init__(self, receive: trio.MemoryReceiveChannel[Any], scope: trio.CancelScope):
-        self._receive = receive
-        self._scope = scope
-
-    def __aiter__(self) -> WorkflowEvents:
-        return self
-
-    async def __anext__(self) -> tuple[str, Any]:
-        try:
-            item: tuple[str, Any] = await self._receive.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
-        return item
-
-    def close(self) -> None:
-        self._scope.cancel()
-        self._receive.close()
-
-
-def _internal(exc: Exception) -> RouterError:
-    logging.getLogger("llm_router").exception("internal error while streaming", exc_info=exc)
-    return RouterError("internal error while streaming")
-
-
-async def _deliver(send: trio.MemorySendChannel[Any], error: object) -> None:
-    with trio.move_on_after(5):
-        try:
-            await send.send(error)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        result = await self.run_workflow(workflow, input=input, variables=variables, ctx=ctx,
+                                         emit=emit)
+        await send.send(("result", result))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,10 @@
    nursery, so the leader's client leaving does not cancel it while followers listen.
 5. **Account** (once per flight), and store the answer in the cache.
 
-The same path serves a plain chat completion and each step of a workflow. A streaming node
+The same path serves a plain chat completion and each step of a workflow, and a node's
+deadline is applied here for both (``server.write_timeout_sec`` for a non-streamed chat, an
+op's ``timeout_sec`` for each attempt of a workflow op): past it, the node's caller gets
+:class:`~engine.errors.DeadlineExceeded` naming the setting. A streaming node
 relays to a ``sink`` channel: a :class:`Served` head, then lists of events; after the head has
 gone out, a failure propagates to the caller, who ends the client's stream with an error
 event. The sink's pace is the client's: the flight reads the upstream no faster than its
@@ -19,7 +22,6 @@ furthest listener takes, and cuts off one that falls too far behind (``engine.de
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,7 +34,7 @@ from engine.core.config import Config, ModelConfig
 from engine.core.planner import Node
 from engine.core.routing.decide import Route
 from engine.core.stats import Stats
-from engine.errors import RouterError
+from engine.errors import DeadlineExceeded, RouterError
 from engine.messages import (
     ChatRequest,
     ChatResult,
@@ -50,7 +52,7 @@ from .dedup import FlightRegistry, Publish
 from .failover import Answer, BackendCaller
 from .policy import RoutingPolicy
 
-__all__ = ["NodeResult", "NodeRunner", "RunContext", "Served"]
+__all__ = ["Deadline", "NodeResult", "NodeRunner", "RunContext", "Served"]
 
 # A final message longer than this is made ready for the cache (normalised, fingerprinted:
 # ~5 ms per 1,000 characters) in a worker thread; a shorter one on the loop, where the
@@ -79,6 +81,14 @@ class Served:
     cache: str = "MISS"  # HIT | MISS
     similarity: float | None = None
     dedup: str | None = None  # LEADER | FOLLOWER
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """How long a node may take to answer, and the setting that says so (the 504 names it)."""
+
+    seconds: float
+    setting: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,20 +122,42 @@ class NodeRunner:
     async def run(
         self,
         node: Node,
-        inputs: Mapping[str, Any],
         *,
         ctx: RunContext,
+        request: ChatRequest | None = None,
         sink: trio.MemorySendChannel[Any] | None = None,
         prefer: str | None = None,
+        deadline: Deadline | None = None,
     ) -> NodeResult:
         """Run one node; with ``sink``, stream it there (see the module docstring).
 
-        ``prefer`` names a backend to use if it is as healthy as the best of the tier (a
-        workflow chain keeps its predecessor's backend, whose prompt cache is warm).
+        ``request`` is the node's call when it is made at run time (a workflow op's rendered
+        prompt), else the node's own. ``prefer`` names a backend to use if it is as healthy
+        as the best of the tier (a workflow chain keeps its predecessor's backend, whose
+        prompt cache is warm).
+
+        Raises:
+            DeadlineExceeded: no answer within ``deadline``.
+            RouterError: the node failed.
         """
-        if node.request is None:
-            raise RouterError(f"node {node.name!r} has no request")
-        request = node.request
+        if request is None:
+            request = node.request
+            if request is None:
+                raise RouterError(f"node {node.name!r} has no request")
+        if deadline is None:
+            return await self._run(node, request, ctx, sink, prefer)
+        try:
+            with trio.fail_after(deadline.seconds):
+                return await self._run(node, request, ctx, sink, prefer)
+        except trio.TooSlowError:
+            raise DeadlineExceeded(
+                f"no answer within {deadline.setting} ({deadline.seconds} s)"
+            ) from None
+
+    async def _run(
+        self, node: Node, request: ChatRequest, ctx: RunContext,
+        sink: trio.MemorySendChannel[Any] | None, prefer: str | None,
+    ) -> NodeResult:
         route = await self.policy.route(request, tier=node.tier)
         share = self.config.dedup.enabled
         cache = self.cache if self._cacheable(request) else None

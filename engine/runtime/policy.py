@@ -46,7 +46,7 @@ from engine.stores.feedback import FeedbackStore
 
 from .sidecar import Sidecar
 
-__all__ = ["LearnedScorer", "RoutingPolicy"]
+__all__ = ["FeedbackReport", "LearnedScorer", "RoutingPolicy"]
 
 _REMEMBERED = 100_000
 _THREADED_CHARS = 32_768  # scoring takes ~0.5 ms here: a thread hop is worth it beyond
@@ -72,6 +72,18 @@ async def _off_the_loop_if_long(request: ChatRequest, decide: Callable[[], _T]) 
     if _request_chars(request) > _THREADED_CHARS:
         return await trio.to_thread.run_sync(decide)
     return decide()
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackReport:
+    """One quality report (``POST /v1/feedback``), validated: the ``quality`` (0-1) of a
+    request named by ``request_id`` (the router looks up how it was routed), or else of the
+    routing decision it states, ``score`` (0-1) and ``tier``."""
+
+    quality: float
+    request_id: str | None = None
+    score: float | None = None
+    tier: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +166,14 @@ class RoutingPolicy:
         if len(self._recent) > _REMEMBERED:
             self._recent.popitem(last=False)
 
-    async def feedback(self, data: Any) -> dict[str, Any]:
-        """Record one quality report (the score/tier form, or ``request_id`` + ``quality``) and
-        recalibrate.
+    async def feedback(self, report: FeedbackReport) -> dict[str, Any]:
+        """Record one quality report and recalibrate.
 
         Raises:
-            RequestInvalid: the report is malformed or names an unknown request.
+            NotFound: the report names a request the router does not remember.
+            RequestInvalid: feedback is not enabled (no feedback database).
         """
-        report, request_id, model = self._report(data)
+        found, request_id, model = self._report(report)
         if self.store is None:
             raise RequestInvalid("feedback is not enabled on this router")
         changes = []
@@ -169,7 +181,7 @@ class RoutingPolicy:
         # One report at a time: two concurrent calibrations would both step on the same
         # evidence.
         async with self._calibrating:
-            await self.store.add(report, request_id=request_id, model=model)
+            await self.store.add(found, request_id=request_id, model=model)
             if settings.calibrate:
                 # Each threshold sees only the reports not yet spent on moving it, so every
                 # step needs min_samples fresh reports and a burst cannot swing routing.
@@ -195,34 +207,22 @@ class RoutingPolicy:
             ],
         }
 
-    def _report(self, data: Any) -> tuple[Report, str | None, str | None]:
-        if not isinstance(data, dict):
-            raise RequestInvalid("feedback must be a JSON object")
-        quality = _unit(data, "quality")
-        request_id = data.get("request_id")
-        if request_id is not None:
-            if not isinstance(request_id, str):
-                raise RequestInvalid("request_id must be a string", param="request_id")
-            decision = self._recent.get(request_id)
+    def _report(self, report: FeedbackReport) -> tuple[Report, str | None, str | None]:
+        """The report with its decision: remembered for its request id, or as given."""
+        if report.request_id is not None:
+            decision = self._recent.get(report.request_id)
             if decision is None:
                 raise NotFound(
-                    f"unknown or expired request_id {echo(request_id)}: the router remembers "
-                    f"the last {_REMEMBERED:,} requests it answered", param="request_id"
+                    f"unknown or expired request_id {echo(report.request_id)}: the router "
+                    f"remembers the last {_REMEMBERED:,} requests it answered",
+                    param="request_id",
                 )
-            return Report(decision.score, decision.tier, quality), request_id, decision.model
-        if "score" not in data and "tier" not in data:
-            raise RequestInvalid(
-                'feedback names a request: {"request_id": <X-Request-Id of the response>, '
-                '"quality": 0-1}, or gives its decision: {"score": 0-1, "tier": N, "quality": 0-1}',
-                param="request_id",
-            )
-        score = _unit(data, "score", hint=(
-            "; score is the routing score as a fraction (X-LLM-Router-Score / 100), or name "
-            "the request instead with request_id"))
-        tier = data.get("tier")
-        if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 10:
-            raise RequestInvalid("tier must be an integer from 1 to 10", param="tier")
-        return Report(score, tier, quality), None, None
+            return (Report(decision.score, decision.tier, report.quality), report.request_id,
+                    decision.model)
+        if report.score is None or report.tier is None:
+            raise RequestInvalid("feedback names neither a request_id nor a score and tier",
+                                 param="request_id")
+        return Report(report.score, report.tier, report.quality), None, None
 
     async def describe(self) -> dict[str, Any]:
         """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
@@ -245,14 +245,6 @@ class RoutingPolicy:
         if self.sidecar is not None:
             out["sidecar"] = self.sidecar.snapshot()
         return out
-
-
-def _unit(data: dict[str, Any], key: str, *, hint: str = "") -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise RequestInvalid(f"{key} must be a number from 0 to 1{hint}", param=key)
-    return float(value)
-
 
 
 async def load_offline_policy(config: Config) -> tuple[RoutingPolicy, str | None]:

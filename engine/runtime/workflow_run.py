@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,11 +32,10 @@ from typing import Any
 
 import trio
 
-from engine.core.config import Config
 from engine.core.planner import Node, weight_to_end
-from engine.core.workflow.plan import estimate_costs, plan_workflow
+from engine.core.workflow.plan import estimate_latencies, plan_workflow
 from engine.core.workflow.render import parse_output, render_request, resolve_variables
-from engine.core.workflow.spec import OpOutput, Workflow
+from engine.core.workflow.spec import Op, OpOutput, Workflow
 from engine.errors import (
     DeadlineExceeded,
     NoBackendAvailable,
@@ -45,9 +43,10 @@ from engine.errors import (
     RouterError,
     UpstreamError,
 )
+from engine.messages import ChatRequest
 
 from .executor import execute_plan
-from .node import NodeResult, NodeRunner, RunContext
+from .node import Deadline, NodeResult, NodeRunner, RunContext
 
 __all__ = ["Emit", "OpRecord", "run_workflow"]
 
@@ -100,7 +99,6 @@ async def run_workflow(
     workflow: Workflow,
     *,
     runner: NodeRunner,
-    config: Config,
     ctx: RunContext,
     input: str,
     variables: Mapping[str, Any] | None = None,
@@ -120,14 +118,9 @@ async def run_workflow(
     """
     values = resolve_variables(workflow, variables)
     plan = plan_workflow(workflow)
-    # Not strict: an op whose template hits a render limit fails as that op (on_error).
-    estimate = await trio.to_thread.run_sync(
-        partial(estimate_costs, workflow, config, input=input, variables=values, strict=False,
-                decide=runner.policy.decide),
-        limiter=render_limiter,
-    )
-    latency_ms = {name: op["latency_ms"] for name, op in estimate["ops"].items()}
-    priority = weight_to_end(plan, lambda name: latency_ms.get(name, 0.0))
+    # Estimated without rendering: each prompt is rendered once, when its op starts.
+    latency_ms = estimate_latencies(workflow, input=input)
+    priority = weight_to_end(plan, latency_ms.__getitem__)
     records = {name: OpRecord() for name in workflow.ops}
     outputs: dict[str, OpOutput] = {}
     spent = 0.0
@@ -159,7 +152,7 @@ async def run_workflow(
                         outputs=dict(outputs)),
                 limiter=render_limiter,
             )
-            done, output = await _attempts(runner, workflow, node, request, ctx, prefer, record)
+            done, output = await _attempts(runner, op, node, request, ctx, prefer, record)
         except RouterError as exc:
             record.status = "failed"
             record.ms = (trio.current_time() - record.started) * 1000
@@ -215,23 +208,18 @@ async def run_workflow(
 
 
 async def _attempts(
-    runner: NodeRunner, workflow: Workflow, node: Node, request: Any, ctx: RunContext,
+    runner: NodeRunner, op: Op, node: Node, request: ChatRequest, ctx: RunContext,
     prefer: str | None, record: OpRecord,
 ) -> tuple[NodeResult, OpOutput]:
     """Run one op: ``timeout_sec`` per attempt, up to ``retries`` retries of retryable
     failures (an unparsable answer of a ``json`` op included: it is retried past the cache)."""
-    op = workflow.ops[node.name]
-    op_node = Node(node.name, request=request, tier=node.tier)
+    deadline = None if op.timeout_sec is None else Deadline(op.timeout_sec, "timeout_sec")
     for attempt in range(op.retries + 1):
         record.attempts = attempt + 1
         try:
-            with trio.fail_after(op.timeout_sec if op.timeout_sec is not None else math.inf):
-                done = await runner.run(op_node, {}, ctx=ctx, prefer=prefer)
+            done = await runner.run(node, ctx=ctx, request=request, prefer=prefer,
+                                    deadline=deadline)
             return done, parse_output(op, done.result.text)
-        except trio.TooSlowError:
-            error: RouterError = DeadlineExceeded(
-                f"no answer within timeout_sec ({op.timeout_sec} s)"
-            )
         except RouterError as exc:
             error = exc
         if attempt == op.retries or not _retryable(error):

@@ -293,6 +293,41 @@ async def test_the_sdks_authenticate(guarded: RouterClient) -> None:
             await sdk.messages.create(model="auto", max_tokens=5, messages=user("hi"))
 
 
+async def test_every_response_carries_its_own_request_id(guarded: RouterClient) -> None:
+    key = {"x-api-key": "client-key-1"}
+    body = {"model": "auto", "max_tokens": 5, "messages": user("hi")}
+    responses = [
+        await guarded.request("POST", OPENAI_PATH, json=body, headers=key),
+        await guarded.request("POST", ANTHROPIC_PATH, json=body, headers=key),
+        await guarded.request("POST", OPENAI_PATH, json=body | {"stream": True}, headers=key),
+        await guarded.request("POST", OPENAI_PATH, json=body | {"model": "none"}, headers=key),
+        await guarded.request("POST", OPENAI_PATH, content=b"{", headers=key),
+        await guarded.request("GET", "/v1/routing", headers=key),
+        await guarded.request("GET", "/v1/models/a1", headers=key),
+        await guarded.request("GET", "/health"),
+        await guarded.request("GET", "/no/such/route"),
+        await guarded.request("GET", ANTHROPIC_PATH),
+    ]
+    # Refused without a key, each in the caller's protocol.
+    for path in ("/v1/routing", "/v1/backends", "/stats", "/v1/models", "/v1/workflows"):
+        assert_openai_error(await guarded.request("GET", path), 401)
+    assert_openai_error(await guarded.request("POST", "/v1/feedback", json={}), 401)
+    assert_anthropic_error(await guarded.request("POST", ANTHROPIC_PATH, json=body), 401)
+    assert_anthropic_error(await guarded.request(
+        "GET", "/v1/models/a1", headers={"anthropic-version": "2023-06-01"}), 401)
+    responses += [await guarded.request("GET", "/stats")]
+
+    ids = []
+    for response in responses:
+        request_id = response.headers["x-llm-router-request-id"]
+        assert response.headers["x-request-id"] == request_id, response.url
+        assert len(request_id) == 24 and int(request_id, 16) >= 0
+        ids.append(request_id)
+    assert len(set(ids)) == len(ids)
+    assert [r.status_code for r in responses] == [200, 200, 200, 404, 400, 200, 200, 200, 404,
+                                                  405, 401]
+
+
 # ---- provider keys never leak -----------------------------------------------------------------
 
 # Not shaped like a key, so only the exact-key scrub can catch it, not a pattern.

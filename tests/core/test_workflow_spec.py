@@ -343,11 +343,11 @@ def test_the_input_may_be_declared_optional() -> None:
 
 
 def test_yaml_size_is_checked_before_parsing() -> None:
-    limits = WorkflowLimits(max_yaml_bytes=1000)
+    limits = WorkflowLimits(max_yaml_bytes=1024)
     err = invalid("ops: {" + "x" * 2000, limits=limits)  # not YAML, but too big first
-    assert "larger than 1000 bytes" in err.message and err.op is None
+    assert "larger than 1024 bytes" in err.message and err.op is None
     err = invalid("ops: {a: {prompt: '" + "é" * 600 + "'}}", limits=limits)  # bytes, not chars
-    assert "larger than 1000 bytes" in err.message
+    assert "larger than 1024 bytes" in err.message
 
 
 def test_op_count_limit() -> None:
@@ -382,7 +382,7 @@ def templates(tmp_path: Path) -> Path:
     (root / "sub" / "nested.j2").write_text("Nested")
     (tmp_path / "secret.txt").write_text("secret")
     (root / "escape.j2").symlink_to(tmp_path / "secret.txt")
-    (root / "big.j2").write_text("x" * 100)
+    (root / "big.j2").write_text("x" * 2000)
     (root / "binary.j2").write_bytes(b"\xff\xfe")
     return root
 
@@ -395,12 +395,12 @@ def templates(tmp_path: Path) -> Path:
     ("escape.j2", "outside templates/"),
     ("missing.j2", "no template named 'missing.j2'"),
     ("sub", "no template named 'sub'"),
-    ("big.j2", "larger than 50 bytes"),
+    ("big.j2", "larger than 1024 bytes"),
     ("binary.j2", "not UTF-8"),
 ])
 def test_template_file_refused(templates: Path, name: str, fragment: str) -> None:
     err = invalid(f"ops: {{a: {{template: '{name}'}}}}", templates_dir=templates,
-                  limits=WorkflowLimits(max_template_bytes=50))
+                  limits=WorkflowLimits(max_template_bytes=1024))
     assert err.op == "a" and fragment in err.message
 
 

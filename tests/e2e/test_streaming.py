@@ -234,6 +234,21 @@ async def test_raw_client_leaving_cancels_the_upstream(env: ProtocolEnv) -> None
         await wait_until_cancelled(env.fake, OA_SMALL)
 
 
+async def test_a_client_leaving_before_the_first_byte_cancels_the_upstream(
+    env: ProtocolEnv,
+) -> None:
+    # The upstream answers after 0.3 s, then takes 2 s to stream; the client leaves at 0.1 s.
+    env.fake.script(OA_SMALL, Behaviour(latency=0.3, text=" ".join(["word"] * 40),
+                                        chunk_delay=0.05))
+    path, body = _body("openai", "gpt-small", "a long answer")
+    async with httpx.AsyncClient() as http:
+        with trio.move_on_after(0.1) as waited:
+            await http.post(env.router.v1 + path, json=body)
+        assert waited.cancelled_caught  # gone before the router could answer
+
+    await wait_until_cancelled(env.fake, OA_SMALL)
+
+
 # -- a client that stops reading --------------------------------------------------------------
 
 # 8 MiB of reply in 8 KiB words: far more than every buffer between the fake and a stalled

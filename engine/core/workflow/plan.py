@@ -23,7 +23,9 @@ The rest answers "what will this cost, and what takes longest?" without calling 
 * **Latency.** A fixed profile: :data:`FIRST_TOKEN_MS`, plus prefill at
   :data:`PREFILL_MS_PER_TOKEN` and decoding at :data:`DECODE_MS_PER_TOKEN`. Only the order
   of ops by latency matters to the critical path, and live latencies can be passed to
-  :func:`critical_path` instead.
+  :func:`critical_path` instead. A run orders its ready ops by :func:`estimate_latencies`,
+  which counts every op from its templates' source (as one that cannot render against
+  stand-ins): a run renders each prompt once, when the op starts.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "critical_path",
     "describe_plan",
     "estimate_costs",
+    "estimate_latencies",
     "estimate_latency_ms",
     "plan_workflow",
 ]
@@ -166,14 +169,41 @@ def _input_tokens(workflow: Workflow, op: Op, *, input: str, variables: Mapping[
     except WorkflowInvalid as exc:
         if strict and isinstance(exc, TemplateLimitExceeded):
             raise
-        reads = op.refs_ops | (frozenset(op.inputs) if op.appends_inputs else frozenset())
-        reads_input = op.uses_input or (op.appends_inputs and not op.inputs)
-        tokens = estimate_tokens(op.prompt.source)
-        tokens += estimate_tokens(op.system.source) if op.system else 0
-        tokens += estimate_tokens(input) if reads_input else 0
-        return tokens + sum(output_tokens[n] for n in reads), None
+        return _source_tokens(op, input=input, output_tokens=output_tokens), None
     text = "".join(m.text for m in request.messages)
     return estimate_tokens(request.system or "") + estimate_tokens(text), request
+
+
+def _source_tokens(op: Op, *, input: str, output_tokens: Mapping[str, int]) -> int:
+    """Estimated input tokens of ``op`` without rendering it: its templates' source text plus
+    everything it reads (the workflow input, upstream answers at their estimated length)."""
+    reads = op.refs_ops | (frozenset(op.inputs) if op.appends_inputs else frozenset())
+    reads_input = op.uses_input or (op.appends_inputs and not op.inputs)
+    tokens = estimate_tokens(op.prompt.source)
+    tokens += estimate_tokens(op.system.source) if op.system else 0
+    tokens += estimate_tokens(input) if reads_input else 0
+    return tokens + sum(output_tokens[n] for n in reads)
+
+
+def estimate_latencies(workflow: Workflow, *, input: str = "") -> dict[str, float]:
+    """Each op's estimated latency in ms, by the fixed profile of the module docstring, from
+    what it reads without rendering anything (its templates' source, the input, upstream
+    answers at their ``max_tokens``): cheap enough to order a run's ready ops by.
+
+    Examples
+    --------
+    >>> from engine.core.workflow.spec import WorkflowLimits, load_workflow
+    >>> wf = load_workflow("ops: {a: {prompt: abcdefgh, max_tokens: 10}}",
+    ...                    limits=WorkflowLimits(), templates_dir=None)
+    >>> estimate_latencies(wf, input="1234")  # (2 + 1) tokens in, 10 out
+    {'a': 700.6}
+    """
+    outputs = {n: op.max_tokens or DEFAULT_OUTPUT_TOKENS for n, op in workflow.ops.items()}
+    return {
+        name: estimate_latency_ms(_source_tokens(op, input=input, output_tokens=outputs),
+                                  outputs[name])
+        for name, op in workflow.ops.items()
+    }
 
 
 def _route(op: Op, request: ChatRequest | None, config: Config, pool: BackendPool,

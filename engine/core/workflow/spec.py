@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.core.config import WorkflowLimits
 from engine.core.planner import Node, Plan, build_plan
 from engine.errors import WorkflowInvalid, did_you_mean, echo
 
@@ -48,12 +49,7 @@ from .source import (
     parse_yaml,
     read_template_file,
 )
-from .template import (
-    DEFAULT_RENDER_TIMEOUT_SEC,
-    PromptTemplate,
-    compile_prompt,
-    new_environment,
-)
+from .template import PromptTemplate, compile_prompt, new_environment
 
 __all__ = [
     "Op",
@@ -76,22 +72,6 @@ _OP_KEYS = frozenset(
 )
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowLimits:
-    """Bounds on what one workflow may ask for; the ``workflows:`` config section's fields.
-
-    ``max_depth`` counts ops along the longest chain (the plan's generations);
-    ``render_timeout_sec`` bounds each render of the workflow's prompt templates.
-    """
-
-    max_yaml_bytes: int = 256 * 1024
-    max_ops: int = 200
-    max_depth: int = 50
-    max_tokens_per_op: int = 32768
-    max_template_bytes: int = 64 * 1024
-    render_timeout_sec: float = DEFAULT_RENDER_TIMEOUT_SEC
 
 
 @dataclass(frozen=True, slots=True)
