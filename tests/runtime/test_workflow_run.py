@@ -32,32 +32,11 @@ from support_workflows import (
     three_tiers,
 )
 from trio.testing import MockClock
+from workflow_cases import SPEC_EXAMPLE
 
 from engine.core.planner import Node, build_plan
 from engine.runtime.executor import execute_plan
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
-
-SPEC_EXAMPLE = """\
-start_ops: [reason]
-end_ops: [refine]
-ops:
-  reason:
-    prompt: "Think step by step."
-    tier: 1
-    max_tokens: 1024
-    output_ops: [critique]
-  critique:
-    prompt: "Find errors in the reasoning."
-    tier: 2
-    max_tokens: 512
-    input_ops: [reason]
-    output_ops: [refine]
-  refine:
-    prompt: "Give a correct final answer."
-    tier: 2
-    max_tokens: 512
-    input_ops: [critique]
-"""
 
 DIAMOND = """\
 ops:
