@@ -21,6 +21,7 @@ one place where errors become responses.
       ClientTooSlow                 408  client_too_slow
       RateLimited                   429  rate_limited
       NoBackendAvailable            503  no_backend_available
+      StoreUnavailable              503  store_unavailable
       DeadlineExceeded              504  deadline_exceeded
       UpstreamError                 502  upstream_error
         UpstreamTimeout             504  upstream_timeout
@@ -50,6 +51,7 @@ __all__ = [
     "RequestInvalid",
     "RequestTimeout",
     "RouterError",
+    "StoreUnavailable",
     "TemplateLimitExceeded",
     "Unauthorized",
     "UpstreamError",
@@ -233,6 +235,14 @@ class NoBackendAvailable(RouterError):
 
     status = 503
     code = "no_backend_available"
+
+
+class StoreUnavailable(RouterError):
+    """The router's store (runs, feedback) cannot be read or written: a full disk, a corrupt
+    file, an unreachable server. The message names the store and the cause."""
+
+    status = 503
+    code = "store_unavailable"
 
 
 class DeadlineExceeded(RouterError):

@@ -39,6 +39,7 @@ __all__ = [
     "LearnedConfig",
     "ModelConfig",
     "ServerConfig",
+    "StateConfig",
     "Timeouts",
     "UpstreamConfig",
     "WorkflowLimits",
@@ -181,6 +182,20 @@ class WorkflowsConfig(WorkflowLimits):
     dir: str = "workflows"
     templates_dir: str = "templates"
     max_concurrency: int = Field(8, ge=1, le=1024)
+    #: Runs executing at once; later ones wait, ``queued``.
+    max_concurrent_runs: int = Field(16, ge=1, le=10_000)
+    #: Finished runs (and memoized op results) are deleted this many days after they end.
+    retention_days: float = Field(7.0, gt=0, le=3650)
+    #: An op answer longer than this (UTF-8 bytes) fails the op: a run's record keeps every
+    #: answer, and a resumed run feeds them to the ops downstream.
+    max_output_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+class StateConfig(_Section):
+    """Extension: where the router keeps what outlives a process. ``path``: the embedded
+    store (SQLite) for workflow runs, relative to the config file's folder."""
+
+    path: str = "llm-router-state.db"
 
 
 class LearnedConfig(_Section):
@@ -251,6 +266,7 @@ class Config(_Section):
     learned: LearnedConfig = LearnedConfig()
     server: ServerConfig = ServerConfig()
     workflows: WorkflowsConfig = WorkflowsConfig()
+    state: StateConfig = StateConfig()
     # The folder relative paths are resolved from (the config file's); set by load_config.
     config_dir: str = Field(default=".", exclude=True)
 

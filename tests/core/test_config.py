@@ -325,7 +325,7 @@ surprise: {}
         "learned.modle: unknown key (did you mean 'model'?)",
         "workflows.max_token_per_op: unknown key (did you mean 'max_tokens_per_op'?)",
         "surprise: unknown key (allowed: cache, classifier, dedup, health, learned, models, "
-        "server, upstream, workflows)",
+        "server, state, upstream, workflows)",
     ])
 
 

@@ -32,7 +32,8 @@ class RunningRouter:
 def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> Config:
     """A validated config from a dict in config.yaml's shape (goes through the YAML loader).
 
-    Unless the test names one, the feedback database goes to a fresh temporary folder, so
+    Unless the test names them, the feedback database and the run store go to fresh temporary
+    folders, so
     tests never write into the working tree or share state.
     """
     data = dict(data)
@@ -44,6 +45,10 @@ def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
     # default is the built-in trained router; tests/core/test_config.py pins that.)
     learned.setdefault("model", None)
     data["learned"] = learned
+    state = dict(data.get("state") or {})
+    if "path" not in state:
+        state["path"] = str(Path(tempfile.mkdtemp(prefix="llmr-test-")) / "state.db")
+    data["state"] = state
     return parse_config(yaml.safe_dump(data), environ=environ or {})
 
 

@@ -63,7 +63,7 @@ __all__ = [
 
 _TOP_KEYS = frozenset(
     {"name", "description", "input", "variables", "on_error", "max_cost_usd", "max_concurrency",
-     "start_ops", "end_ops", "ops"}
+     "memoize", "start_ops", "end_ops", "ops"}
 )
 _INPUT_KEYS = frozenset({"optional", "description"})
 _OP_KEYS = frozenset(
@@ -141,7 +141,9 @@ class Workflow:
     ``edges`` are ``(upstream, downstream)`` pairs. ``variables`` are the declared defaults
     (override them with :func:`resolve_variables`). ``on_error``, ``max_cost_usd`` and
     ``max_concurrency`` are the executor's policy: fail fast or run what still can; a budget
-    for one run; how many ops at once. ``input_optional``: a run may be asked for without an
+    for one run; how many ops at once. ``memoize``: an op whose rendered request is
+    deterministic (``temperature: 0``) and equals one an earlier run of the same tenant
+    completed is answered from the run store, at no cost. ``input_optional``: a run may be asked for without an
     input (``input: {optional: true}``); otherwise the API refuses a run that sends none.
     """
 
@@ -158,6 +160,7 @@ class Workflow:
     max_concurrency: int | None = None
     input_optional: bool = False
     input_description: str | None = None
+    memoize: bool = False
 
 
 # ---- templates -----------------------------------------------------------------------------
@@ -455,6 +458,9 @@ def _check_policy(data: dict[Any, Any], limits: WorkflowLimits,
     if on_error not in ("fail_fast", "continue"):
         problems.add(f"on_error must be 'fail_fast' or 'continue', got {echo(on_error)}"
                      f"{did_you_mean(on_error, ('fail_fast', 'continue'))}")
+    memoize = data.get("memoize", False)
+    if not isinstance(memoize, bool):
+        problems.add(f"memoize must be true or false, got {describe_value(memoize)}")
 
     def optional(key: str, check: Any, *bounds: Any) -> Any:
         value = data.get(key)
@@ -470,6 +476,7 @@ def _check_policy(data: dict[Any, Any], limits: WorkflowLimits,
         "max_concurrency": optional("max_concurrency", check_int, 1, limits.max_ops),
         "input_optional": optional_input,
         "input_description": input_description,
+        "memoize": memoize is True,
     }
 
 
