@@ -35,13 +35,16 @@ class RunningRouter:
 
 def make_config(data: Mapping[str, Any]) -> Config:
     """A validated config from a dict in config.yaml's shape; the feedback database goes to
-    a fresh temporary folder, and routing is the heuristic alone unless ``learned`` says."""
+    a fresh temporary folder (so does the run store), and routing is the heuristic alone unless ``learned`` says."""
     data = dict(data)
     learned = dict(data.get("learned") or {})
     learned.setdefault("feedback_db",
                        str(Path(tempfile.mkdtemp(prefix="llmr-bench-")) / "feedback.db"))
     learned.setdefault("model", None)
     data["learned"] = learned
+    state = dict(data.get("state") or {})
+    state.setdefault("path", str(Path(tempfile.mkdtemp(prefix="llmr-bench-")) / "state.db"))
+    data["state"] = state
     return parse_config(yaml.safe_dump(data), environ={})
 
 

@@ -11,6 +11,7 @@ one place where errors become responses.
       ConfigInvalid                      (start-up: the configuration file is invalid)
       RequestInvalid                400  invalid_request
         NotFound                    404  not_found
+        Conflict                    409  conflict
           ModelNotFound             404  model_not_found
           WorkflowNotFound          404  workflow_not_found
         PayloadTooLarge             413  request_too_large
@@ -23,6 +24,8 @@ one place where errors become responses.
       NoBackendAvailable            503  no_backend_available
       StoreUnavailable              503  store_unavailable
       DeadlineExceeded              504  deadline_exceeded
+      OutputTooLarge                502  output_too_large
+      RunCancelled                  409  run_cancelled
       UpstreamError                 502  upstream_error
         UpstreamTimeout             504  upstream_timeout
         UpstreamUnreachable         502  upstream_unreachable
@@ -36,21 +39,25 @@ seam each; nothing else catches third-party exceptions. Messages never contain p
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "ECHO_MAX",
     "ClientTooSlow",
     "ConfigInvalid",
+    "Conflict",
     "DeadlineExceeded",
     "ModelNotFound",
     "NoBackendAvailable",
     "NotFound",
+    "OutputTooLarge",
     "PayloadTooLarge",
     "RateLimited",
     "RequestInvalid",
     "RequestTimeout",
     "RouterError",
+    "RunCancelled",
     "StoreUnavailable",
     "TemplateLimitExceeded",
     "Unauthorized",
@@ -130,6 +137,13 @@ class NotFound(RequestInvalid):
 
     status = 404
     code = "not_found"
+
+
+class Conflict(RequestInvalid):
+    """The request conflicts with the state of what it names (cancelling a finished run)."""
+
+    status = 409
+    code = "conflict"
 
 
 class ModelNotFound(NotFound):
@@ -250,6 +264,25 @@ class DeadlineExceeded(RouterError):
 
     status = 504
     code = "deadline_exceeded"
+
+
+class OutputTooLarge(RouterError):
+    """A workflow op's answer is over ``workflows.max_output_bytes``."""
+
+    status = 502
+    code = "output_too_large"
+
+
+class RunCancelled(RouterError):
+    """The workflow run a synchronous or streaming caller waits for was cancelled;
+    ``cancelled_by`` is who asked."""
+
+    status = 409
+    code = "run_cancelled"
+
+    def __init__(self, message: str, *, cancelled_by: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.cancelled_by = dict(cancelled_by)
 
 
 class UpstreamError(RouterError):

@@ -23,7 +23,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from engine.core import Config, RedactingFilter, Redactor
+from engine.core import RUN_STATUSES, Config, RedactingFilter, Redactor, iso_time
 from engine.errors import (
     ModelNotFound,
     PayloadTooLarge,
@@ -33,6 +33,7 @@ from engine.errors import (
     RouterError,
     Unauthorized,
     UpstreamRateLimited,
+    did_you_mean,
     echo,
 )
 from engine.runtime import ChatStream, Gateway, Models, RunContext, Served, open_gateway
@@ -41,7 +42,7 @@ from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 from .feedback import parse_feedback
 from .stream_writes import StreamWriteDeadline
 from .tenancy import client_key, tenant_of
-from .workflows import WorkflowAPI, parse_call
+from .workflows import WorkflowAPI, parse_call, run_events_sse
 
 __all__ = ["create_app"]
 
@@ -91,6 +92,54 @@ def _cache_controls(header: str, body: bytes) -> tuple[bool, bool]:
     if "no-store" in directives:
         return False, False
     return "no-cache" not in directives, True
+
+
+def _prefers_async(header: str) -> bool:
+    """Whether a ``Prefer`` header (RFC 7240) asks for ``respond-async``."""
+    return any(p.split(";")[0].strip().lower() == "respond-async" for p in header.split(","))
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not value.isascii() or not value.isprintable():
+        raise RequestInvalid("Idempotency-Key must be 1 to 255 printable ASCII characters",
+                             param="Idempotency-Key")
+    return value
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise RequestInvalid(f"{name} must be an integer from {low} to {high}, got {echo(text)}",
+                             param=name)
+    return int(text)
+
+
+def _event_id(text: str) -> int:
+    if not text.strip().isdigit():
+        raise RequestInvalid(f"Last-Event-ID must be an event id this router sent (a number), "
+                             f"got {echo(text)}", param="Last-Event-ID")
+    return int(text.strip())
+
+
+def _cancel_reason(body: bytes) -> str | None:
+    """The optional ``{"reason": "..."}`` of a cancel request."""
+    if not body.strip():
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RequestInvalid("request body is not valid JSON") from None
+    if not isinstance(data, dict) or set(data) - {"reason"}:
+        raise RequestInvalid('a cancel request takes nothing, or {"reason": "..."}')
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise RequestInvalid("reason must be a string of at most 500 characters",
+                             param="reason")
+    return reason
 
 
 def _model_object(model_id: str, owner: str, display_name: str) -> dict[str, object]:
@@ -263,12 +312,15 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
         if name is None:
             assert call.workflow is not None
-            workflow = await workflows.load_submitted(
-                call.workflow, limiter=gateway().render_limiter
-            )
+            text = call.workflow
+            workflow = await workflows.load_submitted(text, limiter=gateway().render_limiter)
         else:
-            workflow = workflows.named(name)
-        return await workflows.respond(gateway(), workflow, call, ctx)
+            text, workflow = workflows.named(name)
+        return await workflows.respond(
+            gateway(), workflow, call, ctx, text=text, name=name,
+            prefer_async=_prefers_async(request.headers.get("prefer", "")),
+            idempotency_key=_idempotency_key(request.headers.get("idempotency-key")),
+        )
 
     @app.post("/v1/workflows")
     async def run_workflow() -> Response:
@@ -282,6 +334,48 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @guarded
     async def list_workflows() -> Response:
         return _json({"workflows": workflows.listing()})
+
+    # ---- durable runs ----------------------------------------------------------------------
+
+    @app.get("/v1/workflows/runs")
+    async def list_runs() -> Response:
+        tenant = authenticate()
+        status = request.args.get("status")
+        if status is not None and status not in RUN_STATUSES:
+            raise RequestInvalid(
+                f"status must be one of {', '.join(RUN_STATUSES)}, got {echo(status)}"
+                f"{did_you_mean(status, RUN_STATUSES)}", param="status")
+        limit = _int_arg("limit", 20, 1, 1000)
+        found = await gateway().workflow_runs().list(tenant=tenant, status=status,
+                                                     limit=limit + 1)
+        return _json({"object": "list", "data": [r.summary() for r in found[:limit]],
+                      "has_more": len(found) > limit})
+
+    @app.get("/v1/workflows/runs/<run_id>")
+    async def get_run(run_id: str) -> Response:
+        tenant = authenticate()
+        return _json((await gateway().workflow_runs().get(run_id, tenant=tenant)).public())
+
+    @app.get("/v1/workflows/runs/<run_id>/events")
+    async def run_events(run_id: str) -> Response:
+        tenant = authenticate()
+        last = request.headers.get("last-event-id")
+        after = _int_arg("after", 0, 0, 2**62) if last is None else _event_id(last)
+        runs = gateway().workflow_runs()
+        await runs.get(run_id, tenant=tenant)  # unknown: a 404, not an error event
+        events = runs.watch(run_id, tenant=tenant, after=after)
+        return Response(run_events_sse(events), headers=_SSE_HEADERS)
+
+    @app.post("/v1/workflows/runs/<run_id>/cancel")
+    async def cancel_run(run_id: str) -> Response:
+        tenant = authenticate()
+        body = await read_body()
+        reason = _cancel_reason(body)
+        by = {"request_id": this_request_id(), "at": iso_time(time.time())}
+        if reason is not None:
+            by["reason"] = reason
+        record = await gateway().workflow_runs().cancel(run_id, tenant=tenant, by=by)
+        return _json(record.public())
 
     @app.post("/v1/feedback")
     @guarded
@@ -331,7 +425,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> Response:
-        return _json({"status": "ok"})
+        runs = gateway().run_store_health()
+        return _json({"status": "ok" if runs["status"] == "ok" else "degraded", "runs": runs})
 
     # ---- errors: each rendered in the caller's protocol (``caller_protocol``) ------------
 

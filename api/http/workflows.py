@@ -30,6 +30,8 @@ from quart import Response
 from engine.core import (
     Config,
     RouteDecider,
+    RunEvent,
+    RunSpec,
     Workflow,
     WorkflowLimits,
     describe_plan,
@@ -37,11 +39,18 @@ from engine.core import (
     load_workflow,
     resolve_variables,
 )
-from engine.errors import RequestInvalid, RouterError, WorkflowNotFound, did_you_mean, echo
-from engine.runtime import Gateway, RunContext, WorkflowEvents
+from engine.errors import (
+    Conflict,
+    RequestInvalid,
+    RouterError,
+    WorkflowNotFound,
+    did_you_mean,
+    echo,
+)
+from engine.runtime import Gateway, RunContext
 from engine.wire import OPENAI
 
-__all__ = ["WorkflowAPI", "WorkflowCall"]
+__all__ = ["WorkflowAPI", "WorkflowCall", "parse_call", "run_events_sse"]
 
 log = logging.getLogger("llm_router")
 
@@ -56,10 +65,11 @@ class WorkflowCall:
     dry_run: bool
     stream: bool
     workflow: str | None
+    run_async: bool = False  # "async": true (or the Prefer: respond-async header)
 
 
 # router_cache is read with the cache-control header (api/http/app.py).
-_CALL_KEYS = ("input", "variables", "dry_run", "stream", "router_cache")
+_CALL_KEYS = ("input", "variables", "dry_run", "stream", "async", "router_cache")
 
 
 def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
@@ -88,7 +98,7 @@ def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
     if variables is not None and not isinstance(variables, dict):
         raise RequestInvalid("variables must be an object", param="variables")
     flags = {}
-    for flag in ("dry_run", "stream"):
+    for flag in ("dry_run", "stream", "async"):
         value = data.get(flag, False)
         if not isinstance(value, bool):
             raise RequestInvalid(f"{flag} must be true or false", param=flag)
@@ -96,7 +106,12 @@ def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
     workflow = data.get("workflow")
     if needs_workflow and not isinstance(workflow, str):
         raise RequestInvalid("workflow must be the workflow's YAML text", param="workflow")
-    return WorkflowCall(text, variables, flags["dry_run"], flags["stream"], workflow)
+    if flags["async"] and (flags["stream"] or flags["dry_run"]):
+        raise RequestInvalid(
+            "async cannot be combined with stream or dry_run (an async run answers at once "
+            "with its id; watch it at GET /v1/workflows/runs/{id}/events)", param="async")
+    return WorkflowCall(text, variables, flags["dry_run"], flags["stream"], workflow,
+                        flags["async"])
 
 
 def _input_of(workflow: Workflow, call: WorkflowCall) -> str:
@@ -120,7 +135,7 @@ class WorkflowAPI:
         self.limits: WorkflowLimits = settings
         self.folder = config.path(settings.dir)
         self.templates = config.path(settings.templates_dir)
-        self._ready: dict[Path, tuple[float, Workflow]] = {}
+        self._ready: dict[Path, tuple[float, str, Workflow]] = {}
 
     async def load_submitted(self, text: str, *, limiter: trio.CapacityLimiter) -> Workflow:
         """:meth:`load` in a worker thread: a large workflow takes seconds to compile."""
@@ -136,7 +151,10 @@ class WorkflowAPI:
     def ready(self) -> dict[str, Workflow]:
         """The ready pipelines by file stem, reloaded when a file changes; invalid ones are
         logged and left out."""
-        found: dict[str, Workflow] = {}
+        return {name: workflow for name, (_, workflow) in self._ready_texts().items()}
+
+    def _ready_texts(self) -> dict[str, tuple[str, Workflow]]:
+        found: dict[str, tuple[str, Workflow]] = {}
         if not self.folder.is_dir():
             return found
         for path in sorted(self.folder.glob("*.yaml")):
@@ -144,21 +162,23 @@ class WorkflowAPI:
                 mtime = path.stat().st_mtime
                 cached = self._ready.get(path)
                 if cached is None or cached[0] != mtime:
-                    cached = (mtime, self.load(path.read_text(encoding="utf-8")))
+                    text = path.read_text(encoding="utf-8")
+                    cached = (mtime, text, self.load(text))
                     self._ready[path] = cached
             except (OSError, UnicodeDecodeError, RouterError) as exc:
                 log.warning("workflow %s is not usable: %s", path.name, exc)
                 continue
-            found[path.stem] = cached[1]
+            found[path.stem] = (cached[1], cached[2])
         return found
 
-    def named(self, name: str) -> Workflow:
-        workflow = self.ready().get(name) if set(name) <= _NAME_OK else None
-        if workflow is None:
+    def named(self, name: str) -> tuple[str, Workflow]:
+        """A ready pipeline's text (what a run records, to resume from) and workflow."""
+        found = self._ready_texts().get(name) if set(name) <= _NAME_OK else None
+        if found is None:
             raise WorkflowNotFound(
                 f"no ready workflow named {echo(name)}; GET /v1/workflows lists them"
             )
-        return workflow
+        return found
 
     def listing(self) -> list[dict[str, Any]]:
         return [
@@ -188,38 +208,63 @@ class WorkflowAPI:
         return {"dry_run": True, **estimate, "picture": describe_plan(workflow, estimate=estimate)}
 
     async def respond(
-        self, gateway: Gateway, workflow: Workflow, call: WorkflowCall, ctx: RunContext,
+        self, gateway: Gateway, workflow: Workflow, call: WorkflowCall, ctx: RunContext, *,
+        text: str, name: str | None, prefer_async: bool, idempotency_key: str | None,
     ) -> Response:
-        text = _input_of(workflow, call)
+        """Answer a workflow request: a dry run's plan, or a durable run (``text`` is the
+        workflow's YAML, recorded so another process can resume the run) answered with its
+        id at once (async), its progress as SSE, or its result."""
+        run_input = _input_of(workflow, call)
         if call.dry_run:
             plan = await trio.to_thread.run_sync(
                 partial(self.dry_run, workflow, call, decide=gateway.policy.decide),
                 limiter=gateway.render_limiter,
             )
             return Response(orjson.dumps(plan), content_type=_JSON)
-        if call.stream:
-            resolve_variables(workflow, call.variables)  # a bad override is a 400, not an event
-            events = await gateway.open_workflow_stream(
-                workflow, input=text, variables=call.variables, ctx=ctx
+        resolve_variables(workflow, call.variables)  # a bad override is a 400, not a run
+        runs = gateway.workflow_runs()
+        spec = RunSpec(workflow_text=text, input=run_input, variables=call.variables,
+                       workflow_name=name, title=workflow.name, tenant=ctx.tenant,
+                       cache_read=ctx.cache_read, cache_write=ctx.cache_write)
+        record, created = await runs.submit(spec, workflow, idempotency_key=idempotency_key)
+        if not created and _differs(record.spec, spec):
+            raise Conflict(
+                "this Idempotency-Key was used for a different request (another workflow, "
+                f"input or variables: run {record.run_id}); use a new key for a new run",
+                param="Idempotency-Key",
             )
-            return Response(_sse(events), headers={
-                "content-type": "text/event-stream", "cache-control": "no-cache",
-            })
-        result = await gateway.run_workflow(workflow, input=text,
-                                            variables=call.variables, ctx=ctx)
-        return Response(orjson.dumps(result), content_type=_JSON)
+        headers = {"x-llm-router-run-id": record.run_id}
+        if not created:
+            headers["idempotent-replayed"] = "true"
+        if call.run_async or prefer_async:
+            status_url = f"/v1/workflows/runs/{record.run_id}"
+            body = {"run_id": record.run_id, "status": record.status,
+                    "status_url": status_url, "events_url": status_url + "/events"}
+            headers |= {"location": status_url, "preference-applied": "respond-async"}
+            return Response(orjson.dumps(body), status=202, content_type=_JSON,
+                            headers=headers)
+        if call.stream:
+            events = runs.watch(record.run_id, tenant=ctx.tenant, after=0)
+            return Response(run_events_sse(events), headers=headers | _SSE_HEADERS)
+        result = await runs.wait(record.run_id)
+        return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
 
 
-def _event(name: str, data: Any) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
+                "x-accel-buffering": "no"}
 
 
-async def _sse(events: WorkflowEvents) -> AsyncIterator[bytes]:
+def _differs(stored: RunSpec, asked: RunSpec) -> bool:
+    return (stored.workflow_text, stored.input, stored.variables, stored.workflow_name) != (
+        asked.workflow_text, asked.input, asked.variables, asked.workflow_name)
+
+
+async def run_events_sse(events: AsyncIterator[RunEvent]) -> AsyncIterator[bytes]:
+    """A run's events as SSE, each with its ``id:`` (what ``Last-Event-ID`` resumes
+    from); ``result``, ``error`` or ``cancelled`` is the last."""
     try:
-        async for name, data in events:
-            yield _event(name, data)
+        async for event in events:
+            yield (b"id: %d\nevent: %s\ndata: " % (event.seq, event.name.encode())
+                   + orjson.dumps(event.data) + b"\n\n")
     except RouterError as err:
         yield b"event: error\ndata: " + OPENAI.render_error(err) + b"\n\n"
-    finally:
-        events.close()
-

@@ -37,8 +37,14 @@ from .routing import (
 )
 from .stats import Stats
 from .workflow import (
+    FINISHED,
+    RUN_STATUSES,
     OpOutput,
+    OpState,
     RouteDecider,
+    RunEvent,
+    RunRecord,
+    RunSpec,
     Workflow,
     WorkflowLimits,
     check_models,
@@ -46,6 +52,7 @@ from .workflow import (
     check_workflow,
     describe_plan,
     estimate_costs,
+    iso_time,
     load_workflow,
     parse_output,
     parse_yaml,
@@ -56,7 +63,9 @@ from .workflow import (
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
+    "FINISHED",
     "FORMAT_VERSION",
+    "RUN_STATUSES",
     "Adjustment",
     "BackendPool",
     "BackendState",
@@ -70,6 +79,7 @@ __all__ = [
     "ModelConfig",
     "Node",
     "OpOutput",
+    "OpState",
     "Plan",
     "PreparedText",
     "RedactingFilter",
@@ -79,6 +89,9 @@ __all__ = [
     "ResponseCache",
     "Route",
     "RouteDecider",
+    "RunEvent",
+    "RunRecord",
+    "RunSpec",
     "Score",
     "SemanticMatcher",
     "Stats",
@@ -95,6 +108,7 @@ __all__ = [
     "describe_plan",
     "estimate_costs",
     "extract_features",
+    "iso_time",
     "load_config",
     "load_workflow",
     "parse_output",

@@ -2,10 +2,11 @@
 dedup flights, failover, the upstream client and transport, the routing policy, the sidecar,
 the workflow runner, and the feeds that stream a background task's output to a client."""
 
-from .feed import ChatStream, WorkflowEvents
+from .feed import ChatStream
 from .gateway import Gateway, Models, load_models, open_gateway
 from .node import RunContext, Served
 from .policy import FeedbackReport, load_offline_policy
+from .runs import Runs
 
 __all__ = [
     "ChatStream",
@@ -13,8 +14,8 @@ __all__ = [
     "Gateway",
     "Models",
     "RunContext",
+    "Runs",
     "Served",
-    "WorkflowEvents",
     "load_models",
     "load_offline_policy",
     "open_gateway",

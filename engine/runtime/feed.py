@@ -1,8 +1,8 @@
 """A feed: a background task's output, taken by a client as it comes.
 
-Both kinds of stream the gateway serves are one: a chat stream (a :class:`Served` head, then
-batches of events) and a workflow's progress (``(event, data)`` pairs, then
-``("result", result)``). The producing task runs in the gateway's background nursery (it must
+A chat stream (a :class:`Served` head, then batches of events) is one. (A workflow's progress
+is not: it is read from the run store, ``engine.runtime.runs``, so it survives the client and
+the process.) The producing task runs in the gateway's background nursery (it must
 outlive the handler's first ``await``: the handler returns a response whose body iterates the
 feed), under its own cancel scope, and puts items into a channel of at most
 :data:`FEED_BUFFER` items. A client that reads slowly slows the producer rather than piling
@@ -27,7 +27,7 @@ from engine.messages import Event
 
 from .node import Served
 
-__all__ = ["FEED_BUFFER", "ChatStream", "Feed", "Produce", "WorkflowEvents"]
+__all__ = ["FEED_BUFFER", "ChatStream", "Feed", "Produce"]
 
 #: Items between a producing task and its client (a chat stream: batches of events).
 FEED_BUFFER = 16
@@ -113,11 +113,3 @@ class ChatStream(Feed[list[Event]]):
             self.close()  # the caller left first (a client disconnect): nobody will read it
             raise
         return self.served
-
-
-class WorkflowEvents(Feed[tuple[str, Any]]):
-    """A workflow run's progress: ``(event, data)`` pairs as ops start and finish, then
-    ``("result", result)``; a :class:`RouterError` raised while iterating is how the run
-    failed. ``close()`` cancels the run."""
-
-    __slots__ = ()

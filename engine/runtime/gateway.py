@@ -12,9 +12,8 @@ Both entry points plan the request as a one-node workflow and hand it to the exe
   :class:`ChatStream` once the head is known (the first events are in hand), so the caller can
   still answer with a plain error status if every backend fails before the first byte.
 
-Both kinds of stream (a chat's, and a workflow's progress: :meth:`Gateway.open_workflow_stream`)
-are a feed (``engine.runtime.feed``): a task in the background nursery and a channel of at
-most 16 items to the client. A stream holds little: that channel, and
+A chat stream is a feed (``engine.runtime.feed``): a task in the background nursery and a
+channel of at most 16 items to the client. A stream holds little: that channel, and
 what its flight keeps (``server.stream_buffer_bytes``, see ``engine.dedup``). A client that
 reads slowly slows the upstream read rather than piling it up here.
 """
@@ -36,21 +35,22 @@ from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
 from engine.core.redact import Redactor
 from engine.core.stats import Stats
-from engine.core.workflow.spec import Workflow
-from engine.errors import RouterError
+from engine.errors import RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
+from engine.stores.runs import RunStore
+from engine.stores.sqlite_runs import SqliteRunStore
 
 from .dedup import FlightRegistry
 from .executor import RunNode, execute
 from .failover import BackendCaller
-from .feed import ChatStream, WorkflowEvents
+from .feed import ChatStream
 from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
+from .runs import Runs
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
-from .workflow_run import Emit, run_workflow
 
 __all__ = ["Gateway", "Models", "load_models", "open_gateway"]
 
@@ -68,6 +68,8 @@ class Gateway:
         nursery: trio.Nursery,
         matcher: Matcher | None = None,
         policy: RoutingPolicy | None = None,
+        run_store: RunStore | None = None,
+        run_store_error: str | None = None,
     ) -> None:
         self.config = config
         self.pool = BackendPool(config.models, health=config.health)
@@ -100,6 +102,13 @@ class Gateway:
                                else Deadline(within, "server.write_timeout_sec"))
         #: Bounds the worker threads that load and render workflows.
         self.render_limiter = trio.CapacityLimiter(_RENDER_THREADS)
+        #: Durable workflow runs; ``None`` when the run store could not be opened
+        #: (``_run_store_error`` says why).
+        self.runs: Runs | None = None
+        if run_store is not None:
+            self.runs = Runs(config=config, store=run_store, runner=self.runner,
+                             nursery=nursery, render_limiter=self.render_limiter)
+        self._run_store_error = run_store_error
 
     def _chat_node(
         self, ctx: RunContext, *, sink: trio.MemorySendChannel[Any] | None = None,
@@ -182,39 +191,21 @@ class Gateway:
 
     # ---- workflows ------------------------------------------------------------------------
 
-    async def run_workflow(
-        self, workflow: Workflow, *, input: str, variables: Mapping[str, Any] | None,
-        ctx: RunContext, emit: Emit | None = None,
-    ) -> dict[str, Any]:
-        """Run a workflow in the caller's task (a client disconnect cancels it)."""
-        return await run_workflow(
-            workflow, runner=self.runner, ctx=ctx, input=input,
-            variables=variables, max_concurrency=self.config.workflows.max_concurrency,
-            emit=emit, render_limiter=self.render_limiter,
-        )
+    def workflow_runs(self) -> Runs:
+        """The durable runs.
 
-    async def open_workflow_stream(
-        self, workflow: Workflow, *, input: str, variables: Mapping[str, Any] | None,
-        ctx: RunContext,
-    ) -> WorkflowEvents:
-        """Run a workflow in the background, its progress as ``(event, data)`` pairs ending
-        with ``("result", result)``; a failed run raises its :class:`RouterError` from the
-        iteration, after the events before it."""
-        events = WorkflowEvents()
-        events.start(self._nursery, partial(self._workflow_events, workflow, input, variables,
-                                            ctx))
-        return events
+        Raises:
+            StoreUnavailable: the run store could not be opened at start-up.
+        """
+        if self.runs is None:
+            raise StoreUnavailable(f"workflow runs are unavailable: {self._run_store_error}")
+        return self.runs
 
-    async def _workflow_events(
-        self, workflow: Workflow, input: str, variables: Mapping[str, Any] | None,
-        ctx: RunContext, send: trio.MemorySendChannel[Any],
-    ) -> None:
-        async def emit(event: str, data: dict[str, Any]) -> None:
-            await send.send((event, data))
-
-        result = await self.run_workflow(workflow, input=input, variables=variables, ctx=ctx,
-                                         emit=emit)
-        await send.send(("result", result))
+    def run_store_health(self) -> dict[str, Any]:
+        """The run store's part of ``GET /health``."""
+        if self.runs is None:
+            return {"status": "error", "error": self._run_store_error}
+        return self.runs.store.health()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +252,16 @@ async def open_gateway(
         # Routing works without it; only feedback and calibration are off.
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
+    run_store: SqliteRunStore | None = SqliteRunStore(config.path(config.state.path))
+    run_store_error = None
+    try:
+        assert run_store is not None
+        await run_store.open()
+    except StoreUnavailable as exc:
+        # Chat completions do not need it: serve them, and say what is wrong where it shows.
+        logging.getLogger("llm_router").error("workflow runs are unavailable: %s", exc.message)
+        run_store, run_store_error = None, exc.message
+    runs: Runs | None = None
     try:
         transport = PooledTransport(max_connections=512,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
@@ -276,14 +277,23 @@ async def open_gateway(
                                   upstream=upstream)
             policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar, store=store)
             await policy.load()
+            gateway = Gateway(config, upstream=upstream, nursery=nursery,
+                              matcher=models.matcher, policy=policy, run_store=run_store,
+                              run_store_error=run_store_error)
+            runs = gateway.runs
+            if runs is not None:
+                await nursery.start(runs.maintain)
             try:
-                yield Gateway(config, upstream=upstream, nursery=nursery,
-                              matcher=models.matcher, policy=policy)
+                yield gateway
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        if store is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if runs is not None:
+                await runs.close()
+            if run_store is not None:
+                await run_store.close()
+            if store is not None:
                 await store.close()
 
 

@@ -18,7 +18,13 @@ op goes to the cheapest model of its tier. On top of that, per run:
 * ``on_error``: ``fail_fast`` cancels the rest and raises the failed op's error (naming it);
   ``continue`` skips the failed op's dependents and reports them.
 
-Progress goes to ``emit(event, data)`` as ops start and finish, for the SSE API and the CLI.
+Progress goes to ``emit(event, data)`` as ops start and finish, for the SSE API, the CLI and
+the run store; the run waits for each ``emit`` (a durable run's store write) before it moves
+on. A run resumed after a restart passes the ops that had succeeded as ``completed``: they are
+not run again, their outputs feed their dependents. With a ``memo`` (a workflow's
+``memoize: true``), a deterministic op (``temperature: 0``) whose rendered request an earlier
+run completed is answered from it, at no cost. An answer over ``max_output_bytes`` fails its
+op (:class:`~engine.errors.OutputTooLarge`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -39,6 +45,7 @@ from engine.core.workflow.spec import Op, OpOutput, Workflow
 from engine.errors import (
     DeadlineExceeded,
     NoBackendAvailable,
+    OutputTooLarge,
     RateLimited,
     RouterError,
     UpstreamError,
@@ -48,7 +55,7 @@ from engine.messages import ChatRequest
 from .executor import execute_plan
 from .node import Deadline, NodeResult, NodeRunner, RunContext
 
-__all__ = ["Emit", "OpRecord", "run_workflow"]
+__all__ = ["Completed", "Emit", "Memoizer", "OpRecord", "Recalled", "run_workflow"]
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -79,6 +86,42 @@ class OpRecord:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """An op that succeeded in an earlier start of the same run."""
+
+    output: OpOutput
+    record: OpRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """A memoized answer to an op's exact request."""
+
+    text: str
+    model: str
+    tier: int
+    input_tokens: int
+    output_tokens: int
+
+
+class Memoizer(Protocol):
+    async def recall(self, op: Op, request: ChatRequest) -> Recalled | None: ...
+
+    async def keep(self, op: Op, request: ChatRequest, done: NodeResult) -> None: ...
+
+
+def deterministic(request: ChatRequest) -> bool:
+    """Whether the same request should get the same answer: ``temperature: 0``, one choice.
+
+    >>> deterministic(ChatRequest(messages=(), temperature=0.0))
+    True
+    >>> deterministic(ChatRequest(messages=()))
+    False
+    """
+    return request.temperature == 0 and request.n == 1
+
+
 def _retryable(error: RouterError) -> bool:
     if isinstance(error, UpstreamError):
         return error.retryable
@@ -105,12 +148,16 @@ async def run_workflow(
     max_concurrency: int,
     emit: Emit | None = None,
     render_limiter: trio.CapacityLimiter | None = None,
+    completed: Mapping[str, Completed] | None = None,
+    memo: Memoizer | None = None,
+    max_output_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Run ``workflow`` and return the documented response shape (docs/workflows.md) plus
     per-op details.
 
     ``render_limiter`` bounds the worker threads rendering prompts (trio's default limiter
-    if ``None``); a server passes a small one shared by all runs.
+    if ``None``); a server passes a small one shared by all runs. ``completed``, ``memo`` and
+    ``max_output_bytes``: see the module docstring.
 
     Raises:
         WorkflowInvalid: a variable override is not declared.
@@ -124,6 +171,10 @@ async def run_workflow(
     records = {name: OpRecord() for name in workflow.ops}
     outputs: dict[str, OpOutput] = {}
     spent = 0.0
+    for name, earlier in (completed or {}).items():
+        records[name] = dataclasses.replace(earlier.record)
+        outputs[name] = earlier.output
+        spent += earlier.record.cost_usd
     started = trio.current_time()
 
     async def send(event: str, data: dict[str, Any]) -> None:
@@ -135,6 +186,8 @@ async def run_workflow(
 
     async def run_op(node: Node, inputs: Mapping[str, Any]) -> OpOutput:
         nonlocal spent
+        if completed and node.name in completed:
+            return outputs[node.name]
         op = workflow.ops[node.name]
         record = records[node.name]
         record.status = "running"
@@ -152,7 +205,29 @@ async def run_workflow(
                         outputs=dict(outputs)),
                 limiter=render_limiter,
             )
-            done, output = await _attempts(runner, op, node, request, ctx, prefer, record)
+            recalled = None
+            if memo is not None and deterministic(request):
+                recalled = await memo.recall(op, request)
+            if recalled is not None:
+                output = parse_output(op, recalled.text)
+                record.attempts = 0
+                record.model, record.tier, record.cache = (recalled.model, recalled.tier,
+                                                           "memo")
+                record.input_tokens = recalled.input_tokens
+                record.output_tokens = recalled.output_tokens
+            else:
+                done, output = await _attempts(runner, op, node, request, ctx, prefer, record)
+                if max_output_bytes is not None:
+                    _check_size(done.result.text, max_output_bytes)
+                spent += done.cost_usd
+                usage = done.result.usage
+                record.model, record.tier, record.cache = (done.served.model, done.served.tier,
+                                                           done.served.cache)
+                record.cost_usd = done.cost_usd
+                record.input_tokens = usage.input_tokens
+                record.output_tokens = usage.output_tokens
+                if memo is not None and deterministic(request):
+                    await memo.keep(op, request, done)
         except RouterError as exc:
             record.status = "failed"
             record.ms = (trio.current_time() - record.started) * 1000
@@ -160,16 +235,13 @@ async def run_workflow(
             record.error = named.message
             await send("op_failed", {"op": node.name, "error": named.message})
             raise named from exc
-        spent += done.cost_usd
         outputs[node.name] = output
-        usage = done.result.usage
         record.status = "done"
-        record.model, record.tier, record.cache = (done.served.model, done.served.tier,
-                                                   done.served.cache)
-        record.cost_usd = done.cost_usd
-        record.input_tokens, record.output_tokens = usage.input_tokens, usage.output_tokens
         record.ms = (trio.current_time() - record.started) * 1000
-        await send("op_finished", {"op": node.name, "output": output.text} | record.summary())
+        finished = {"op": node.name, "output": output.text} | record.summary()
+        if op.json:
+            finished["value"] = output.value
+        await send("op_finished", finished)
         return output
 
     outcome = await execute_plan(
@@ -205,6 +277,14 @@ async def run_workflow(
         "failed": {n: r.error for n, r in records.items() if r.status == "failed"},
         "values": {n: o.value for n, o in outputs.items() if workflow.ops[n].json},
     }
+
+
+def _check_size(text: str, limit: int) -> None:
+    if len(text) * 4 > limit and len(text.encode()) > limit:
+        raise OutputTooLarge(
+            f"the answer is {len(text.encode()):,} bytes, over workflows.max_output_bytes "
+            f"({limit:,}): a run keeps every answer in its record"
+        )
 
 
 async def _attempts(

@@ -154,7 +154,7 @@ async def test_a_run_without_input_is_a_400_unless_its_input_is_optional(
      "unknown field 'variabels' (did you mean 'variables'?)"),
     ("", {"workflow": "ops: {a: {prompt: A}}", "input": "x", "dryrun": True, "model": "m"},
      "unknown fields 'dryrun' (did you mean 'dry_run'?), 'model'; a workflow request takes "
-     "input, variables, dry_run, stream, router_cache, workflow"),
+     "input, variables, dry_run, stream, async, router_cache, workflow"),
     ("/debate", {"input": "x", "workflow": "ops: {a: {prompt: A}}"},
      "unknown field 'workflow' (a ready pipeline is run by its name"),
     ("/debate", {"inputs": "x"}, "unknown field 'inputs' (did you mean 'input'?)"),
@@ -442,11 +442,17 @@ async def test_a_ready_pipeline_takes_variable_overrides(fake_upstream: FakeUpst
 
 async def stream_ok(client: WorkflowClient, text: str, input: str = "x",
                     **fields: Any) -> list[tuple[str, Any]]:
+    """The progress events of a streamed run, after its opening ``run_started``."""
     response, events = await client.stream(text, input, **fields)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream"
     assert response.headers["x-llm-router-request-id"]
-    return events
+    name, opening = events[0]
+    run_id = response.headers["x-llm-router-run-id"]
+    assert name == "run_started" and opening == {"run_id": run_id, "starts": 1,
+                                                 "completed_ops": []}
+    assert events[-1][1]["run_id"] == run_id
+    return events[1:]
 
 
 async def test_sse_progress_events_of_a_chain(fake_upstream: FakeUpstream) -> None:

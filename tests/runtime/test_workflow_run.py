@@ -341,27 +341,17 @@ async def test_per_op_timeout_and_retries(fake_upstream: FakeUpstream) -> None:
 # ---- cancellation ------------------------------------------------------------------------------
 
 
-async def test_a_client_disconnect_cancels_the_upstream_requests(
+async def test_a_client_disconnect_leaves_the_run_and_cancel_closes_every_call(
     fake_upstream: FakeUpstream,
 ) -> None:
     fake = fake_upstream
     fake.set_default("t1", Behaviour(hang=True))
     text = workflow({"a": {"prompt": "A.", "tier": 1}, "b": {"prompt": "B.", "tier": 1}})
+
+    async def both_arrived() -> bool:
+        return len(fake.requests("t1")) == 2
+
     async with open_workflow_router(three_tiers(fake)) as client:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.run, text, "x")
-
-            async def both_arrived() -> bool:
-                return len(fake.requests("t1")) == 2
-
-            await wait_for(both_arrived)
-            nursery.cancel_scope.cancel()  # the client goes away mid-run
-        with trio.fail_after(3):
-            await fake.wait_until_idle()
-        assert all(r.cancelled and not r.completed for r in fake.requests("t1"))
-
-        fake.reset()
-        fake.set_default("t1", Behaviour(hang=True))
         body = {"input": "y", "workflow": text, "stream": True}
         async with open_raw_post(client.router.url, "/v1/workflows", body) as sock:
             seen = b""
@@ -369,6 +359,16 @@ async def test_a_client_disconnect_cancels_the_upstream_requests(
                 seen += await sock.receive_some()
             await wait_for(both_arrived)
         assert seen.startswith(b"HTTP/1.1 200")
+        run_id = re.search(rb"x-llm-router-run-id: (run_\w+)", seen, re.IGNORECASE)
+        assert run_id is not None
+        await trio.sleep(0.1)
+        # The client left; the run did not: both calls are still open upstream.
+        assert all(not r.cancelled for r in fake.requests("t1")) and fake.active == 2
+
+        cancel = await client.http.post(
+            f"{client.router.v1}/workflows/runs/{run_id.group(1).decode()}/cancel")
+        statuses = {name: op["status"] for name, op in cancel.json()["ops"].items()}
+        assert statuses == {"a": "cancelled", "b": "cancelled"}
         with trio.fail_after(3):
             await fake.wait_until_idle()
         assert all(r.cancelled and not r.completed for r in fake.requests("t1"))

@@ -28,12 +28,12 @@ __all__ = [
     "FINISHED",
     "OP_STATUSES",
     "RUN_STATUSES",
+    "TERMINAL_EVENTS",
     "OpState",
     "RunChange",
     "RunEvent",
     "RunRecord",
     "RunSpec",
-    "TERMINAL_EVENTS",
     "iso_time",
     "memo_key",
     "new_run_id",
@@ -123,11 +123,11 @@ class OpState:
 
     def to_json(self) -> dict[str, Any]:
         """Every field, for a store."""
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> OpState:
-        known = cls.__slots__  # type: ignore[attr-defined]
+        known = cls.__slots__
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -143,8 +143,9 @@ class Workflow:
     ``max_concurrency`` are the executor's policy: fail fast or run what still can; a budget
     for one run; how many ops at once. ``memoize``: an op whose rendered request is
     deterministic (``temperature: 0``) and equals one an earlier run of the same tenant
-    completed is answered from the run store, at no cost. ``input_optional``: a run may be asked for without an
-    input (``input: {optional: true}``); otherwise the API refuses a run that sends none.
+    completed is answered from the run store, at no cost. ``input_optional``: a run may be
+    asked for without an input (``input: {optional: true}``); otherwise the API refuses a run
+    that sends none.
     """
 
     ops: dict[str, Op]

@@ -1,0 +1,332 @@
+"""The embedded run store: workflow runs in an SQLite file (nothing to install).
+
+Implements :class:`~engine.stores.runs.RunStore`. One connection, used from a worker thread one
+call at a time (``trio.to_thread.run_sync`` with a ``CapacityLimiter(1)``); every write is one
+``BEGIN IMMEDIATE`` transaction, so several processes may share the file (SQLite locks it for
+each write; a writer waits up to 5 s for another's lock). WAL with ``synchronous=NORMAL``: a
+committed transaction survives the process being killed (SIGKILL); only an operating-system
+crash or power loss may lose the last few. ``sqlite3`` is used here and in the feedback store
+only, and its errors become :class:`~engine.errors.StoreUnavailable` here.
+
+Tables: ``runs`` (one row per run: the columns it is found by, its spec and the rest of its
+record as JSON), ``ops`` (one row per op of a run, in the workflow's order), ``events`` (each
+run's events by ``seq``), ``memos`` (memoized op answers by key).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import trio
+
+from engine.core.workflow.runs import OpState, RunChange, RunEvent, RunRecord, RunSpec
+from engine.errors import NotFound, StoreUnavailable
+
+from .runs import Memo
+
+__all__ = ["SqliteRunStore"]
+
+T = TypeVar("T")
+
+_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, idem_key TEXT, status TEXT NOT NULL,
+    created_at REAL NOT NULL, finished_at REAL, owner TEXT, lease_until REAL NOT NULL DEFAULT 0,
+    cancel_by BLOB, spec BLOB NOT NULL, fields BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_idem ON runs (tenant, idem_key)
+    WHERE idem_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_listed ON runs (tenant, created_at);
+CREATE INDEX IF NOT EXISTS runs_open ON runs (status, lease_until)
+    WHERE status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS runs_ended ON runs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ops (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, ord INTEGER NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (run_id, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS memos (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
+"""
+# The record's attributes kept in the ``fields`` JSON (the rest have columns or tables).
+_FIELDS = ("started_at", "cost_usd", "final_output", "error", "cancelled_by", "result",
+           "starts")
+_COLUMNS = "run_id, tenant, idem_key, status, created_at, finished_at, spec, fields"
+
+
+class SqliteRunStore:
+    """Open with :meth:`open`; every other method is async and runs in a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._error: str | None = None
+
+    # ---- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            result = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except (sqlite3.Error, OSError) as exc:
+            self._error = f"run store {self.path}: {_describe(exc)}"
+            raise StoreUnavailable(self._error) from None
+        self._error = None
+        return result
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreUnavailable(f"run store {self.path}: not open")
+        return self._db
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.rollback()
+            raise
+        db.commit()
+        return result
+
+    # ---- RunStore ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                 timeout=5.0)
+            try:
+                (check,) = db.execute("PRAGMA quick_check").fetchone()
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"the file is corrupt ({check})")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                if version > _VERSION:
+                    raise sqlite3.DatabaseError(
+                        f"it was written by a newer llm-router (schema {version}, this one "
+                        f"knows {_VERSION})")
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version={_VERSION}")
+            except BaseException:
+                db.close()
+                raise
+            return db
+
+        self._db = await self._run(connect)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self._run(db.close)
+
+    def health(self) -> dict[str, Any]:
+        state = {"status": "ok"} if self._error is None else {"status": "error",
+                                                               "error": self._error}
+        return state | {"kind": "sqlite", "path": str(self.path)}
+
+    async def create(self, record: RunRecord, *, owner: str | None, lease_sec: float,
+                     now: float) -> tuple[RunRecord, bool]:
+        def insert(db: sqlite3.Connection) -> tuple[RunRecord, bool]:
+            if record.idempotency_key is not None:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM runs WHERE tenant = ? AND idem_key = ?",
+                    (record.spec.tenant, record.idempotency_key)).fetchone()
+                if row is not None:
+                    return _record(db, row), False
+            db.execute(
+                "INSERT INTO runs (run_id, tenant, idem_key, status, created_at, finished_at,"
+                " owner, lease_until, spec, fields) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.run_id, record.spec.tenant, record.idempotency_key, record.status,
+                 record.created_at, record.finished_at, owner,
+                 now + lease_sec if owner is not None else 0.0,
+                 orjson.dumps(record.spec.to_json()), _fields(record)))
+            db.executemany(
+                "INSERT INTO ops (run_id, name, ord, state) VALUES (?, ?, ?, ?)",
+                [(record.run_id, name, i, orjson.dumps(op.to_json()))
+                 for i, (name, op) in enumerate(record.ops.items())])
+            return record, True
+
+        return await self._run(self._write, insert)
+
+    async def get(self, run_id: str, *, tenant: str | None) -> RunRecord | None:
+        def read() -> RunRecord | None:
+            row = self.db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?",
+                                  (run_id,)).fetchone()
+            if row is None or (tenant is not None and row[1] != tenant):
+                return None
+            return _record(self.db, row)
+
+        return await self._run(read)
+
+    async def list(self, *, tenant: str | None, status: str | None,
+                   limit: int) -> Sequence[RunRecord]:
+        def read() -> list[RunRecord]:
+            where, args = [], []
+            if tenant is not None:
+                where.append("tenant = ?")
+                args.append(tenant)
+            if status is not None:
+                where.append("status = ?")
+                args.append(status)
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM runs {clause} ORDER BY created_at DESC, run_id DESC "
+                "LIMIT ?", (*args, limit)).fetchall()
+            return [_record(self.db, row) for row in rows]
+
+        return await self._run(read)
+
+    async def commit(self, run_id: str, change: RunChange, *, now: float) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT fields FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no workflow run {run_id!r}")
+            if change.fields:
+                fields = orjson.loads(row[0])
+                fields.update((k, v) for k, v in change.fields.items() if k in _FIELDS)
+                db.execute("UPDATE runs SET fields = ? WHERE run_id = ?",
+                           (orjson.dumps(fields), run_id))
+            if change.status is not None:
+                db.execute("UPDATE runs SET status = ? WHERE run_id = ?",
+                           (change.status, run_id))
+            if "finished_at" in change.fields:
+                db.execute("UPDATE runs SET finished_at = ? WHERE run_id = ?",
+                           (change.fields["finished_at"], run_id))
+            for name, op in change.ops.items():
+                db.execute("UPDATE ops SET state = ? WHERE run_id = ? AND name = ?",
+                           (orjson.dumps(op.to_json()), run_id, name))
+            if change.event is None:
+                return 0
+            (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?",
+                                 (run_id,)).fetchone()
+            name, data = change.event
+            db.execute("INSERT INTO events (run_id, seq, name, data, at) VALUES (?, ?, ?, ?, ?)",
+                       (run_id, last + 1, name, orjson.dumps(data), now))
+            return int(last) + 1
+
+        return await self._run(self._write, write)
+
+    async def events(self, run_id: str, *, after: int, limit: int) -> Sequence[RunEvent]:
+        def read() -> list[RunEvent]:
+            rows = self.db.execute(
+                "SELECT seq, name, data FROM events WHERE run_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?", (run_id, after, limit)).fetchall()
+            return [RunEvent(seq, name, orjson.loads(data)) for seq, name, data in rows]
+
+        return await self._run(read)
+
+    async def claim(self, *, owner: str, lease_sec: float, now: float,
+                    alive: Callable[[str], bool], limit: int) -> Sequence[RunRecord]:
+        def take(db: sqlite3.Connection) -> list[RunRecord]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS}, owner, lease_until FROM runs "
+                "WHERE status IN ('queued', 'running') ORDER BY created_at").fetchall()
+            taken = []
+            for row in rows:
+                held_by, lease_until = row[-2], row[-1]
+                if held_by == owner:
+                    continue
+                if held_by is not None and lease_until >= now and alive(held_by):
+                    continue
+                db.execute("UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?",
+                           (owner, now + lease_sec, row[0]))
+                taken.append(_record(db, row[:-2]))
+                if len(taken) == limit:
+                    break
+            return taken
+
+        return await self._run(self._write, take)
+
+    async def renew(self, *, owner: str, lease_sec: float, now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE runs SET lease_until = ? WHERE owner = ? AND status IN "
+                       "('queued', 'running')", (now + lease_sec, owner))
+
+        await self._run(self._write, write)
+
+    async def release(self, *, owner: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE runs SET owner = NULL, lease_until = 0 WHERE owner = ? AND "
+                       "status IN ('queued', 'running')", (owner,))
+
+        await self._run(self._write, write)
+
+    async def request_cancel(self, run_id: str, *, tenant: str | None,
+                             by: Mapping[str, Any]) -> RunRecord | None:
+        def write(db: sqlite3.Connection) -> RunRecord | None:
+            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?",
+                             (run_id,)).fetchone()
+            if row is None or (tenant is not None and row[1] != tenant):
+                return None
+            db.execute("UPDATE runs SET cancel_by = ? WHERE run_id = ? AND cancel_by IS NULL "
+                       "AND status IN ('queued', 'running')", (orjson.dumps(dict(by)), run_id))
+            return _record(db, row)
+
+        return await self._run(self._write, write)
+
+    async def cancel_requests(self, *, owner: str) -> Sequence[tuple[str, Mapping[str, Any]]]:
+        def read() -> list[tuple[str, Mapping[str, Any]]]:
+            rows = self.db.execute(
+                "SELECT run_id, cancel_by FROM runs WHERE owner = ? AND cancel_by IS NOT NULL "
+                "AND status IN ('queued', 'running')", (owner,)).fetchall()
+            return [(run_id, orjson.loads(by)) for run_id, by in rows]
+
+        return await self._run(read)
+
+    async def memo_get(self, key: str, *, now: float) -> Memo | None:
+        def read() -> Memo | None:
+            row = self.db.execute("SELECT value FROM memos WHERE key = ? AND expires_at > ?",
+                                  (key, now)).fetchone()
+            return None if row is None else Memo(**orjson.loads(row[0]))
+
+        return await self._run(read)
+
+    async def memo_put(self, key: str, memo: Memo, *, expires_at: float) -> None:
+        value = orjson.dumps({name: getattr(memo, name) for name in memo.__slots__})
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO memos (key, value, expires_at) VALUES (?, ?, ?)",
+                       (key, value, expires_at))
+
+        await self._run(self._write, write)
+
+    async def expire(self, *, finished_before: float, now: float) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            gone = [row[0] for row in db.execute(
+                "SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?",
+                (finished_before,))]
+            for table in ("events", "ops", "runs"):
+                db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in gone])
+            db.execute("DELETE FROM memos WHERE expires_at <= ?", (now,))
+            return len(gone)
+
+        return await self._run(self._write, write)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+        return f"the file is corrupt or not a run store ({text})"
+    return text
+
+
+def _fields(record: RunRecord) -> bytes:
+    return orjson.dumps({name: getattr(record, name) for name in _FIELDS})
+
+
+def _record(db: sqlite3.Connection, row: Sequence[Any]) -> RunRecord:
+    run_id, _tenant, idem_key, status, created_at, finished_at, spec, fields = row
+    ops = {name: OpState.from_json(orjson.loads(state)) for name, state in db.execute(
+        "SELECT name, state FROM ops WHERE run_id = ? ORDER BY ord", (run_id,))}
+    return RunRecord(run_id=run_id, spec=RunSpec.from_json(orjson.loads(spec)),
+                     created_at=created_at, status=status, ops=ops, finished_at=finished_at,
+                     idempotency_key=idem_key, **orjson.loads(fields))
