@@ -1,8 +1,9 @@
 """Durable workflow run benchmarks.
 
 1. **Drain**: 1,000 runs of a two-op chain submitted asynchronously (``Prefer:
-   respond-async``) as fast as one client with 32 connections can, to a router with
-   ``workflows.max_concurrent_runs: 16`` in front of the fake provider answering at once.
+   respond-async``) as fast as one client with 32 connections can, to a router process
+   (``llm-router``, its own process, as served) with ``workflows.max_concurrent_runs: 16`` in
+   front of the fake provider answering at once (in this process).
    Reported: the submission rate (each submission is recorded in the run store before its
    202), and the time until every run has succeeded.
 2. **Resume after a crash**: a router process with 50 runs in flight (each waiting on its
@@ -32,8 +33,6 @@ import trio
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import make_config, open_router
-
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
 
 CHAIN = """\
@@ -50,47 +49,58 @@ def models(fake: FakeUpstream) -> list[dict[str, Any]]:
              "cost_per_1k_out": 0.002} for name in ("ma", "mb")]
 
 
-async def count(http: httpx.AsyncClient, url: str, status: str) -> int:
-    listed = await http.get(f"{url}/v1/workflows/runs?status={status}&limit=1000")
+async def count(http: httpx.AsyncClient, url: str, status: str, limit: int) -> int:
+    listed = await http.get(f"{url}/v1/workflows/runs?status={status}&limit={limit}")
     return len(listed.json()["data"])
 
 
 async def drain(n: int) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="llmr-bench-drain-"))
     async with open_fake_upstream() as fake:
-        config = make_config({"models": models(fake), "cache": {"enabled": False},
-                              "workflows": {"max_concurrent_runs": 16}})
+        config = write_config(folder, fake, max_concurrent_runs=16)
         limits = httpx.Limits(max_connections=32)
-        async with open_router(config) as router, httpx.AsyncClient(
-                limits=limits, timeout=60) as http:
-            began = time.perf_counter()
-            ids: list[str] = []
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            router, url, _ = await start_router(config)
+            try:
+                began = time.perf_counter()
 
-            async def submit(i: int) -> None:
-                answer = await http.post(router.v1 + "/workflows",
-                                         headers={"prefer": "respond-async"},
-                                         json={"workflow": CHAIN, "input": f"item {i}"})
-                assert answer.status_code == 202, answer.text
-                ids.append(answer.json()["run_id"])
+                async def submit(i: int, limiter: trio.Semaphore) -> None:
+                    try:
+                        answer = await http.post(url + "/v1/workflows",
+                                                 headers={"prefer": "respond-async"},
+                                                 json={"workflow": CHAIN, "input": f"item {i}"})
+                        assert answer.status_code == 202, answer.text
+                    finally:
+                        limiter.release()
 
-            async with trio.open_nursery() as nursery:
-                limiter = trio.Semaphore(32)
-                for i in range(n):
-                    await limiter.acquire()
-
-                    async def one(i: int = i) -> None:
-                        try:
-                            await submit(i)
-                        finally:
-                            limiter.release()
-
-                    nursery.start_soon(one)
-            submitted = time.perf_counter() - began
-            while await count(http, router.url, "succeeded") < n:
-                await trio.sleep(0.05)
-            drained = time.perf_counter() - began
+                async with trio.open_nursery() as nursery:
+                    limiter = trio.Semaphore(32)
+                    for i in range(n):
+                        await limiter.acquire()
+                        nursery.start_soon(submit, i, limiter)
+                submitted = time.perf_counter() - began
+                while await count(http, url, "queued", 1) or await count(http, url, "running", 1):
+                    await trio.sleep(0.05)
+                drained = time.perf_counter() - began
+                assert await count(http, url, "succeeded", n) == n
+            finally:
+                router.send_signal(signal.SIGTERM)
+                await router.wait()
     return {"runs": n, "submit_s": round(submitted, 3),
             "submissions_per_s": round(n / submitted, 1), "drain_s": round(drained, 3),
-            "runs_per_s": round(n / drained, 1), "upstream_calls": 2 * n}
+            "runs_per_s": round(n / drained, 1), "upstream_calls": len(fake.requests("ma"))
+            + len(fake.requests("mb"))}
+
+
+def write_config(folder: Path, fake: FakeUpstream, *, max_concurrent_runs: int) -> Path:
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": models(fake), "cache": {"enabled": False},
+        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
+        "state": {"path": str(folder / "state.db")},
+        "workflows": {"max_concurrent_runs": max_concurrent_runs},
+    }))
+    return config
 
 
 async def start_router(config: Path) -> tuple[trio.Process, str, float]:
@@ -111,13 +121,7 @@ async def crash_and_resume(n: int) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="llmr-bench-runs-"))
     async with open_fake_upstream() as fake:
         fake.set_default("mb", Behaviour(hang=True))
-        config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "models": models(fake), "cache": {"enabled": False},
-            "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-            "state": {"path": str(folder / "state.db")},
-            "workflows": {"max_concurrent_runs": n},
-        }))
+        config = write_config(folder, fake, max_concurrent_runs=n)
         async with httpx.AsyncClient(timeout=30) as http:
             first, url, _ = await start_router(config)
             for i in range(n):

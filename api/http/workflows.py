@@ -17,6 +17,8 @@ the event loop.
 from __future__ import annotations
 
 import logging
+import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -55,6 +57,9 @@ __all__ = ["WorkflowAPI", "WorkflowCall", "parse_call", "run_events_sse"]
 log = logging.getLogger("llm_router")
 
 _JSON = "application/json"
+# Compiled workflows kept by their text: an application usually submits the same pipeline
+# again and again, and compiling its templates costs milliseconds.
+_COMPILED = 128
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -136,10 +141,22 @@ class WorkflowAPI:
         self.folder = config.path(settings.dir)
         self.templates = config.path(settings.templates_dir)
         self._ready: dict[Path, tuple[float, str, Workflow]] = {}
+        self._compiled: OrderedDict[str, tuple[float, Workflow]] = OrderedDict()
 
     async def load_submitted(self, text: str, *, limiter: trio.CapacityLimiter) -> Workflow:
-        """:meth:`load` in a worker thread: a large workflow takes seconds to compile."""
-        return await trio.to_thread.run_sync(self.load, text, limiter=limiter)
+        """:meth:`load` in a worker thread (a large workflow takes seconds to compile), once
+        per text while no template file changes: an application usually submits the same
+        pipeline again and again (the last ``_COMPILED`` texts are kept)."""
+        stamp = self._templates_stamp()
+        cached = self._compiled.get(text)
+        if cached is not None and cached[0] == stamp:
+            self._compiled.move_to_end(text)
+            return cached[1]
+        workflow = await trio.to_thread.run_sync(self.load, text, limiter=limiter)
+        self._compiled[text] = (stamp, workflow)
+        if len(self._compiled) > _COMPILED:
+            self._compiled.popitem(last=False)
+        return workflow
 
     def load(self, text: str) -> Workflow:
         """A workflow's text, validated (its pinned models included): every problem found
@@ -147,6 +164,15 @@ class WorkflowAPI:
         templates = self.templates if self.templates.is_dir() else None
         return load_workflow(text, limits=self.limits, templates_dir=templates,
                              models=[m.name for m in self.config.models])
+
+    def _templates_stamp(self) -> float:
+        """Changes when a template file is added, removed or edited (what a compiled
+        workflow may have included)."""
+        try:
+            with os.scandir(self.templates) as entries:
+                return max((e.stat().st_mtime for e in entries), default=0.0)
+        except OSError:
+            return 0.0
 
     def ready(self) -> dict[str, Workflow]:
         """The ready pipelines by file stem, reloaded when a file changes; invalid ones are

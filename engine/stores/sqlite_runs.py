@@ -59,6 +59,54 @@ _FIELDS = ("started_at", "cost_usd", "final_output", "error", "cancelled_by", "r
 _COLUMNS = "run_id, tenant, idem_key, status, created_at, finished_at, spec, fields"
 
 
+class _Pending:
+    """One change waiting in a group commit; ``outcome`` is its event's seq or its error."""
+
+    __slots__ = ("run_id", "change", "now", "written", "outcome")
+
+    def __init__(self, run_id: str, change: RunChange, now: float) -> None:
+        self.run_id, self.change, self.now = run_id, change, now
+        self.written = False
+        self.outcome: int | BaseException | None = None
+
+
+def _commit_all(db: sqlite3.Connection, batch: Sequence[_Pending]) -> None:
+    for number, item in enumerate(batch):
+        db.execute(f"SAVEPOINT change_{number}")
+        try:
+            item.outcome = _commit_one(db, item.run_id, item.change, item.now)
+        except NotFound as exc:
+            db.execute(f"ROLLBACK TO change_{number}")
+            item.outcome = exc
+        db.execute(f"RELEASE change_{number}")
+
+
+def _commit_one(db: sqlite3.Connection, run_id: str, change: RunChange, now: float) -> int:
+    row = db.execute("SELECT fields FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no workflow run {run_id!r}")
+    if change.fields:
+        fields = orjson.loads(row[0])
+        fields.update((k, v) for k, v in change.fields.items() if k in _FIELDS)
+        db.execute("UPDATE runs SET fields = ? WHERE run_id = ?", (orjson.dumps(fields), run_id))
+    if change.status is not None:
+        db.execute("UPDATE runs SET status = ? WHERE run_id = ?", (change.status, run_id))
+    if "finished_at" in change.fields:
+        db.execute("UPDATE runs SET finished_at = ? WHERE run_id = ?",
+                   (change.fields["finished_at"], run_id))
+    for name, op in change.ops.items():
+        db.execute("UPDATE ops SET state = ? WHERE run_id = ? AND name = ?",
+                   (orjson.dumps(op.to_json()), run_id, name))
+    if change.event is None:
+        return 0
+    (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?",
+                         (run_id,)).fetchone()
+    name, data = change.event
+    db.execute("INSERT INTO events (run_id, seq, name, data, at) VALUES (?, ?, ?, ?, ?)",
+               (run_id, last + 1, name, orjson.dumps(data), now))
+    return int(last) + 1
+
+
 class SqliteRunStore:
     """Open with :meth:`open`; every other method is async and runs in a worker thread."""
 
@@ -67,6 +115,9 @@ class SqliteRunStore:
         self._db: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._error: str | None = None
+        self._pending: list[_Pending] = []  # changes waiting for the next batch
+        self._writing = False
+        self._batch_written = trio.Event()
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -186,34 +237,45 @@ class SqliteRunStore:
         return await self._run(read)
 
     async def commit(self, run_id: str, change: RunChange, *, now: float) -> int:
-        def write(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT fields FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no workflow run {run_id!r}")
-            if change.fields:
-                fields = orjson.loads(row[0])
-                fields.update((k, v) for k, v in change.fields.items() if k in _FIELDS)
-                db.execute("UPDATE runs SET fields = ? WHERE run_id = ?",
-                           (orjson.dumps(fields), run_id))
-            if change.status is not None:
-                db.execute("UPDATE runs SET status = ? WHERE run_id = ?",
-                           (change.status, run_id))
-            if "finished_at" in change.fields:
-                db.execute("UPDATE runs SET finished_at = ? WHERE run_id = ?",
-                           (change.fields["finished_at"], run_id))
-            for name, op in change.ops.items():
-                db.execute("UPDATE ops SET state = ? WHERE run_id = ? AND name = ?",
-                           (orjson.dumps(op.to_json()), run_id, name))
-            if change.event is None:
-                return 0
-            (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?",
-                                 (run_id,)).fetchone()
-            name, data = change.event
-            db.execute("INSERT INTO events (run_id, seq, name, data, at) VALUES (?, ?, ?, ?, ?)",
-                       (run_id, last + 1, name, orjson.dumps(data), now))
-            return int(last) + 1
+        """Group commit: changes that arrive while a batch is being written wait for the
+        next one, and each batch is one transaction in one trip to the worker thread (the
+        trip, ~0.2 ms, costs more than the writing). Each change still either happens whole
+        or not at all (a savepoint each), in the order the calls were made."""
+        item = _Pending(run_id, change, now)
+        self._pending.append(item)
+        try:
+            while not item.written:
+                if self._writing:
+                    await self._batch_written.wait()
+                else:
+                    await self._write_pending()
+        except BaseException:
+            if item in self._pending:  # cancelled before its batch was taken: not written
+                self._pending.remove(item)
+            raise
+        if isinstance(item.outcome, BaseException):
+            raise item.outcome
+        assert item.outcome is not None
+        return item.outcome
 
-        return await self._run(self._write, write)
+    async def _write_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        self._writing = True
+        try:
+            # Shielded: the batch holds other callers' changes, and the write is short (or
+            # fails after the 5 s lock wait).
+            with trio.CancelScope(shield=True):
+                await self._run(self._write, lambda db: _commit_all(db, batch))
+        except BaseException as exc:
+            for item in batch:  # the transaction was rolled back: none of it happened
+                item.outcome = exc
+            raise
+        finally:
+            for item in batch:
+                item.written = True
+            self._writing = False
+            self._batch_written.set()
+            self._batch_written = trio.Event()
 
     async def events(self, run_id: str, *, after: int, limit: int) -> Sequence[RunEvent]:
         def read() -> list[RunEvent]:
