@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from support_run_store import open_run_store
 
+from engine.stores import SqliteRunStore
 from engine.testing.fake_upstream import FakeUpstream, open_fake_upstream
 
 # -- fake upstream (engine/testing/fake_upstream.py) ----------------------------------------------
@@ -16,3 +19,13 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
     """A fresh fake LLM provider on a free loopback port, shut down after the test."""
     async with open_fake_upstream() as fake:
         yield fake
+
+
+# -- run store (tests/support/support_run_store.py) -----------------------------------------------
+
+
+@pytest.fixture
+async def run_store(tmp_path: Path) -> AsyncIterator[SqliteRunStore]:
+    """An embedded run store on a fresh file, ``tmp_path / "state.db"``, closed after the test."""
+    async with open_run_store(tmp_path / "state.db") as store:
+        yield store

@@ -3,10 +3,12 @@
 Implements :class:`~engine.stores.runs.RunStore`. One connection, used from a worker thread one
 call at a time (``trio.to_thread.run_sync`` with a ``CapacityLimiter(1)``); every write is one
 ``BEGIN IMMEDIATE`` transaction, so several processes may share the file (SQLite locks it for
-each write; a writer waits up to 5 s for another's lock). WAL with ``synchronous=NORMAL``: a
-committed transaction survives the process being killed (SIGKILL); only an operating-system
-crash or power loss may lose the last few. ``sqlite3`` is used here and in the feedback store
-only, and its errors become :class:`~engine.errors.StoreUnavailable` here.
+each write; a writer waits up to 5 s for another's lock), and a read of runs with their ops is
+one read transaction (a record is never half from before another process's commit and half
+from after). WAL with ``synchronous=NORMAL``: a committed transaction survives the process
+being killed (SIGKILL); only an operating-system crash or power loss may lose the last few.
+``sqlite3`` is used here and in the feedback store only, and its errors become
+:class:`~engine.errors.StoreUnavailable` here.
 
 Tables: ``runs`` (one row per run: the columns it is found by, its spec and the rest of its
 record as JSON), ``ops`` (one row per op of a run, in the workflow's order), ``events`` (each
@@ -141,11 +143,24 @@ class SqliteRunStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db)
+            db.commit()
         except BaseException:
-            db.rollback()
+            # A failed COMMIT (SQLITE_BUSY, an I/O error) may leave the transaction open: every
+            # later BEGIN would then fail ("cannot start a transaction within a transaction").
+            if db.in_transaction:
+                db.rollback()
             raise
-        db.commit()
         return result
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn``'s queries on one snapshot: a run's row and its ops are read together,
+        never half before and half after another process's commit."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            return fn(db)
+        finally:
+            db.rollback()
 
     # ---- RunStore ---------------------------------------------------------------------------
 
@@ -157,14 +172,17 @@ class SqliteRunStore:
             try:
                 (check,) = db.execute("PRAGMA quick_check").fetchone()
                 if check != "ok":
-                    raise sqlite3.DatabaseError(f"the file is corrupt ({check})")
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
+                    raise sqlite3.DatabaseError(
+                        f"the file is corrupt ({' '.join(check.split())})")
+                # Checked before anything is written: a file this version cannot read is
+                # left exactly as it was (the journal mode is kept in the file).
                 (version,) = db.execute("PRAGMA user_version").fetchone()
                 if version > _VERSION:
                     raise sqlite3.DatabaseError(
                         f"it was written by a newer llm-router (schema {version}, this one "
-                        f"knows {_VERSION})")
+                        f"knows {_VERSION}): upgrade, or set state.path to another file")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version={_VERSION}")
             except BaseException:
@@ -209,18 +227,18 @@ class SqliteRunStore:
         return await self._run(self._write, insert)
 
     async def get(self, run_id: str, *, tenant: str | None) -> RunRecord | None:
-        def read() -> RunRecord | None:
-            row = self.db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?",
-                                  (run_id,)).fetchone()
+        def read(db: sqlite3.Connection) -> RunRecord | None:
+            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?",
+                             (run_id,)).fetchone()
             if row is None or (tenant is not None and row[1] != tenant):
                 return None
-            return _record(self.db, row)
+            return _record(db, row)
 
-        return await self._run(read)
+        return await self._run(self._read, read)
 
     async def list(self, *, tenant: str | None, status: str | None,
                    limit: int) -> Sequence[RunRecord]:
-        def read() -> list[RunRecord]:
+        def read(db: sqlite3.Connection) -> list[RunRecord]:
             where, args = [], []
             if tenant is not None:
                 where.append("tenant = ?")
@@ -229,12 +247,12 @@ class SqliteRunStore:
                 where.append("status = ?")
                 args.append(status)
             clause = f"WHERE {' AND '.join(where)}" if where else ""
-            rows = self.db.execute(
+            rows = db.execute(
                 f"SELECT {_COLUMNS} FROM runs {clause} ORDER BY created_at DESC, run_id DESC "
                 "LIMIT ?", (*args, limit)).fetchall()
-            return [_record(self.db, row) for row in rows]
+            return [_record(db, row) for row in rows]
 
-        return await self._run(read)
+        return await self._run(self._read, read)
 
     async def commit(self, run_id: str, change: RunChange, *, now: float) -> int:
         """Group commit: changes that arrive while a batch is being written wait for the
@@ -291,9 +309,11 @@ class SqliteRunStore:
         def take(db: sqlite3.Connection) -> list[RunRecord]:
             rows = db.execute(
                 f"SELECT {_COLUMNS}, owner, lease_until FROM runs "
-                "WHERE status IN ('queued', 'running') ORDER BY created_at").fetchall()
-            taken = []
+                "WHERE status IN ('queued', 'running') ORDER BY created_at, run_id").fetchall()
+            taken: list[RunRecord] = []
             for row in rows:
+                if len(taken) >= limit:
+                    break
                 held_by, lease_until = row[-2], row[-1]
                 if held_by == owner:
                     continue
@@ -302,8 +322,6 @@ class SqliteRunStore:
                 db.execute("UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?",
                            (owner, now + lease_sec, row[0]))
                 taken.append(_record(db, row[:-2]))
-                if len(taken) == limit:
-                    break
             return taken
 
         return await self._run(self._write, take)
@@ -364,8 +382,8 @@ class SqliteRunStore:
     async def expire(self, *, finished_before: float, now: float) -> int:
         def write(db: sqlite3.Connection) -> int:
             gone = [row[0] for row in db.execute(
-                "SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?",
-                (finished_before,))]
+                "SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
+                "AND status NOT IN ('queued', 'running')", (finished_before,))]
             for table in ("events", "ops", "runs"):
                 db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in gone])
             db.execute("DELETE FROM memos WHERE expires_at <= ?", (now,))
@@ -376,7 +394,8 @@ class SqliteRunStore:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return f"the file is corrupt or not a run store ({text})"
     return text
 
