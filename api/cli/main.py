@@ -7,6 +7,7 @@
     llm-router check FILE                                      validate a config; exit 2 on problems
     llm-router fake-upstream [--port 9100] [--host 127.0.0.1]   a fake provider for a first try
     llm-router workflow validate|plan|run FILE ...             see api/cli/workflow.py
+    llm-router workflow status|watch|cancel RUN_ID, runs       see api/cli/runs.py
     llm-router router eval|train DATA.jsonl ...                see api/cli/router.py
     llm-router --version
 """

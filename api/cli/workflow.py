@@ -5,7 +5,9 @@
     llm-router workflow validate FILE... [--config FILE]
     llm-router workflow plan FILE [--config FILE] [--input TEXT] [--var NAME=VALUE ...] [--json]
     llm-router workflow run FILE [--input TEXT] [--var NAME=VALUE ...] [--server URL]
-                                               [--api-key KEY]
+                                 [--api-key KEY] [--idempotency-key KEY] [--async [--json]]
+    llm-router workflow status|watch|cancel RUN_ID ...    see api/cli/runs.py
+    llm-router workflow runs [--status STATUS] [--limit N] [--json]
 
 ``FILE`` is a workflow's YAML file, or the name of a ready pipeline (``debate``). ``validate``
 and ``plan`` work offline: a name is looked up in the config's ``workflows.dir``, then among
@@ -16,50 +18,45 @@ a running router: a file's text is posted to ``/v1/workflows``, a name to
 input from standard input; without ``--input`` none is sent, which the router refuses unless
 the workflow declares its input optional.
 
-``run`` prints progress to standard error as the router reports it (each op started,
-finished with its model, cost, time and the start of its answer, failed, or skipped), then
-the final output alone to standard output, so it can be piped or redirected.
+``run`` prints progress to standard error as the router reports it (the run's id as it
+starts, each op started, finished with its model, cost, time and the start of its answer,
+failed, or skipped), then the final output alone to standard output, so it can be piped or
+redirected. If the connection drops once the run has started, it follows the run's events
+again from where it was (the run goes on at the router either way). With ``--async`` it
+prints the new run's id and returns at once.
 
 Exit status: 0 success; 1 the run failed or finished partially, or the router could not be
-reached; 2 an invalid workflow, config, variable or request.
+reached; 2 an invalid workflow, config, variable or request; 3 the run was cancelled.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
 import re
 import sys
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the commands import the engine only when they run
+from .failure import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, CommandFailed
+from .progress import Follower, Progress
+from .runs import COMMANDS as RUN_COMMANDS
+from .runs import add_router_options, add_run_commands, follow_run
+
+if TYPE_CHECKING:  # the commands import the engine (and httpx) only when they run
     from engine.core import Config
     from engine.errors import WorkflowInvalid
 
-__all__ = ["CommandFailed", "add_commands", "coerce_variables", "preview", "run_command"]
+    from .remote import Router
 
-EXIT_FAILED = 1
-EXIT_INVALID = 2
-DEFAULT_SERVER = "http://127.0.0.1:8080"
+__all__ = ["CommandFailed", "add_commands", "coerce_variables", "run_command"]
 
 _SHIPPED = Path(__file__).resolve().parents[2]  # the checkout's workflows/ and templates/
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-_PREVIEW_CHARS = 72
-
-
-class CommandFailed(Exception):
-    """Ends a command with ``message`` on standard error and exit status ``code``."""
-
-    def __init__(self, message: str, code: int = EXIT_INVALID) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 # ---- the command line ----------------------------------------------------------------------
@@ -73,8 +70,9 @@ def _variable(text: str) -> tuple[str, str]:
 
 
 def add_commands(commands: Any) -> None:
-    """Add ``workflow validate|plan|run`` to the ``llm-router`` parser's subcommands."""
-    workflow = commands.add_parser("workflow", help="validate, plan or run a workflow")
+    """Add ``workflow validate|plan|run|status|watch|cancel|runs`` to the ``llm-router``
+    parser's subcommands."""
+    workflow = commands.add_parser("workflow", help="validate, plan, run and follow workflows")
     actions = workflow.add_subparsers(dest="workflow_command", metavar="ACTION", required=True)
     file_help = "a workflow YAML file, or the name of a ready pipeline (e.g. debate)"
     config_help = "the router's config (models, prices, workflow folders; default config.yaml)"
@@ -99,14 +97,22 @@ def add_commands(commands: Any) -> None:
                      "required unless the workflow declares its input optional")
     run.add_argument("--var", action="append", type=_variable, default=[],
                      metavar="NAME=VALUE", help=var_help)
-    run.add_argument("--server", default=DEFAULT_SERVER,
-                     help=f"the router's URL (default {DEFAULT_SERVER})")
-    run.add_argument("--api-key", default=None, help="a client key, if the router wants one")
+    add_router_options(run)
+    run.add_argument("--async", dest="run_async", action="store_true",
+                     help="submit the run and print its id at once (follow it with "
+                          "`workflow watch RUN_ID`)")
+    run.add_argument("--idempotency-key", default=None, metavar="KEY",
+                     help="a retried submission with the same key gets the same run, not "
+                          "another")
+    run.add_argument("--json", action="store_true",
+                     help="with --async: print the router's answer as JSON")
+    add_run_commands(actions)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the ``workflow`` subcommand ``args`` names; return the exit status."""
-    command = {"validate": _validate, "plan": _plan, "run": _run}[args.workflow_command]
+    command = {"validate": _validate, "plan": _plan, "run": _run,
+               **RUN_COMMANDS}[args.workflow_command]
     try:
         return command(args)
     except CommandFailed as exc:
@@ -114,7 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
         return exc.code
     except KeyboardInterrupt:
         print("llm-router: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`... | head`): not worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
@@ -310,37 +316,49 @@ def _routing(config: Config) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import httpx
+    from .remote import open_router
 
-    server = args.server.rstrip("/")
-    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.json and not args.run_async:
+        raise CommandFailed("--json goes with --async (a followed run prints its final "
+                            "output; `workflow status RUN_ID --json` prints its record)")
     path = Path(args.file)
-    body: dict[str, Any] = {"stream": True}
+    body: dict[str, Any] = {"async": True} if args.run_async else {"stream": True}
     if args.input is not None:
         body["input"] = _input(args.input)
-    try:
-        with httpx.Client(headers=headers, timeout=httpx.Timeout(30.0, read=None)) as http:
-            if path.is_file():
-                text = _read(path)
-                url, body["workflow"] = f"{server}/v1/workflows", text
-                defaults = _declared_defaults(text) if args.var else {}
-            elif _NAME.fullmatch(args.file):
-                url = f"{server}/v1/workflows/{args.file}"
-                defaults = _served_defaults(http, server, args.file) if args.var else {}
-            else:
-                raise CommandFailed(f"{args.file}: no such file")
-            if args.var:
-                body["variables"] = coerce_variables(args.var, defaults)
-            with http.stream("POST", url, json=body) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise CommandFailed(_error_message(response.content),
-                                        EXIT_INVALID if response.status_code < 500
-                                        else EXIT_FAILED)
-                return _follow(_sse(response.iter_bytes()), Progress(sys.stderr))
-    except httpx.TransportError as exc:
-        raise CommandFailed(f"cannot reach the router at {server}: "
-                            f"{exc or type(exc).__name__}", EXIT_FAILED) from None
+    headers = {"idempotency-key": args.idempotency_key} if args.idempotency_key else {}
+    with open_router(args.server, args.api_key) as router:
+        if path.is_file():
+            text = _read(path)
+            url, body["workflow"] = "/v1/workflows", text
+            defaults = _declared_defaults(text) if args.var else {}
+        elif _NAME.fullmatch(args.file):
+            url = f"/v1/workflows/{args.file}"
+            defaults = _served_defaults(router, args.file) if args.var else {}
+        else:
+            raise CommandFailed(f"{args.file}: no such file")
+        if args.var:
+            body["variables"] = coerce_variables(args.var, defaults)
+        if args.run_async:
+            return _submitted(router.call("POST", url, body=body, headers=headers),
+                              as_json=args.json)
+        return follow_run(router, Follower(Progress(sys.stderr)),
+                          partial(router.events, "POST", url, body=body, headers=headers))
+
+
+def _submitted(response: Any, *, as_json: bool) -> int:
+    """Print an async submission's answer: the run's id alone, or the whole answer."""
+    from .remote import json_of
+
+    answer = json_of(response)
+    run_id = answer["run_id"]
+    print(json.dumps(answer, indent=2) if as_json else run_id)
+    if response.headers.get("idempotent-replayed") == "true":
+        state = f"is the earlier run with this Idempotency-Key ({answer['status']})"
+    else:
+        state = f"is {answer['status']}"
+    print(f"llm-router: {run_id} {state}; follow it: llm-router workflow watch {run_id}",
+          file=sys.stderr)
+    return 0
 
 
 def _declared_defaults(text: str) -> dict[str, Any]:
@@ -356,113 +374,11 @@ def _declared_defaults(text: str) -> dict[str, Any]:
         return {}
 
 
-def _served_defaults(http: Any, server: str, name: str) -> dict[str, Any]:
+def _served_defaults(router: Router, name: str) -> dict[str, Any]:
     """The variables of the router's ready pipeline ``name`` (``GET /v1/workflows``)."""
-    response = http.get(f"{server}/v1/workflows")
-    if response.status_code != 200:
-        return {}
-    for entry in response.json().get("workflows", []):
+    from .remote import json_of
+
+    for entry in json_of(router.call("GET", "/v1/workflows")).get("workflows", []):
         if entry.get("name") == name:
             return {var: spec.get("default") for var, spec in entry["variables"].items()}
     return {}
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        error = json.loads(body)["error"]
-        return str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode(errors="replace")[:500] or "the router answered with an error"
-
-
-def _sse(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
-    """``(event, data)`` pairs of an SSE body as it arrives, its data parsed as JSON."""
-    from engine.wire import SSEDecoder
-
-    decoder = SSEDecoder()
-
-    def batches() -> Iterator[list[tuple[str, str]]]:
-        for chunk in chunks:
-            yield decoder.feed(chunk)
-        yield decoder.close()
-
-    for event, data in itertools.chain.from_iterable(batches()):
-        if data:
-            yield event or "message", json.loads(data)
-
-
-def preview(text: str | None, width: int = _PREVIEW_CHARS) -> str:
-    """One line of ``text``: whitespace collapsed, cut at ``width`` characters.
-
-    >>> preview("Three r's.\\n\\nStep 1: count them " + "x" * 80, 30)
-    "Three r's. Step 1: count th..."
-    """
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
-
-
-class Progress:
-    """Writes one line per progress event, each with the time since the run began."""
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        self.began = time.monotonic()
-
-    def line(self, what: str, op: str, detail: str = "") -> None:
-        elapsed = time.monotonic() - self.began
-        print(f"[{elapsed:6.1f}s] {what:<8} {op:<16} {detail}".rstrip(), file=self.out,
-              flush=True)
-
-    def event(self, name: str, data: dict[str, Any]) -> None:
-        op = str(data.get("op", ""))
-        if name == "op_started":
-            route = f"model {data['model']}" if data.get("model") else (
-                f"tier {data['tier']}" if data.get("tier") is not None else "routed by score")
-            self.line("started", op, route)
-        elif name == "op_finished":
-            notes = [f"{data.get('model')} (tier {data.get('tier')})",
-                     f"${data.get('cost_usd', 0):.6f}", f"{data.get('ms', 0):.0f} ms"]
-            if data.get("cache") == "HIT":
-                notes.append("cache hit")
-            if data.get("attempts", 1) > 1:
-                notes.append(f"{data['attempts']} attempts")
-            self.line("done", op, "  ".join(notes) + f"  | {preview(data.get('output'))}")
-        elif name == "op_failed":
-            self.line("FAILED", op, str(data.get("error", "")))
-        elif name == "op_skipped":
-            why = ("not run: the budget (max_cost_usd) is spent"
-                   if data.get("reason") == "not_run" else "skipped: an input failed or did "
-                   "not run")
-            self.line("skipped", op, why)
-
-
-def _follow(events: Iterable[tuple[str, Any]], progress: Progress) -> int:
-    """Show a run's progress; print its final output; return the exit status."""
-    for name, data in events:
-        if name == "result":
-            return _finish(data, progress)
-        if name == "error":
-            error = data.get("error", {}) if isinstance(data, dict) else {}
-            raise CommandFailed(f"the workflow failed: {error.get('message', data)}",
-                                EXIT_FAILED)
-        progress.event(name, data)
-    raise CommandFailed("the router closed the stream before the workflow finished",
-                        EXIT_FAILED)
-
-
-def _finish(result: dict[str, Any], progress: Progress) -> int:
-    ops = result.get("ops", {})
-    done = sum(1 for op in ops.values() if op.get("status") == "done")
-    seconds = result.get("total_ms", 0) / 1000
-    summary = (f"{result.get('status')}: {done} of {len(ops)} ops in {seconds:.1f} s, "
-               f"${result.get('total_cost_usd', 0):.6f}")
-    for key, label in (("failed", "failed"), ("skipped", "skipped"), ("not_run", "not run")):
-        if result.get(key):
-            summary += f"; {label}: {', '.join(result[key])}"
-    print(summary, file=progress.out, flush=True)
-    final = result.get("final_output")
-    if final is not None:
-        print(final)
-    else:
-        print("(no final output: the end ops did not finish)", file=progress.out)
-    return 0 if result.get("status") == "completed" else EXIT_FAILED

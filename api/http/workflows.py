@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -285,12 +286,15 @@ def _differs(stored: RunSpec, asked: RunSpec) -> bool:
         asked.workflow_text, asked.input, asked.variables, asked.workflow_name)
 
 
-async def run_events_sse(events: AsyncIterator[RunEvent]) -> AsyncIterator[bytes]:
+async def run_events_sse(events: AsyncGenerator[RunEvent, None]
+                         ) -> AsyncIterator[bytes]:
     """A run's events as SSE, each with its ``id:`` (what ``Last-Event-ID`` resumes
-    from); ``result``, ``error`` or ``cancelled`` is the last."""
+    from); ``result``, ``error`` or ``cancelled`` is the last. A client that leaves
+    mid-stream closes ``events`` here and now, not when it is garbage collected."""
     try:
-        async for event in events:
-            yield (b"id: %d\nevent: %s\ndata: " % (event.seq, event.name.encode())
-                   + orjson.dumps(event.data) + b"\n\n")
+        async with aclosing(events) as stream:
+            async for event in stream:
+                yield (b"id: %d\nevent: %s\ndata: " % (event.seq, event.name.encode())
+                       + orjson.dumps(event.data) + b"\n\n")
     except RouterError as err:
         yield b"event: error\ndata: " + OPENAI.render_error(err) + b"\n\n"

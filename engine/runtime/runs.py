@@ -32,7 +32,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,7 +201,7 @@ class Runs:
         return await self.store.list(tenant=tenant, status=status, limit=limit)
 
     async def watch(self, run_id: str, *, tenant: str | None,
-                    after: int) -> AsyncIterator[RunEvent]:
+                    after: int) -> AsyncGenerator[RunEvent, None]:
         """The run's events after ``after`` (its ``seq``), then live ones, until it ends.
 
         Raises:

@@ -1,4 +1,5 @@
-"""``llm-router workflow validate|plan|run`` (api/cli/workflow.py), run as the real command.
+"""``llm-router workflow validate|plan|run`` (api/cli/workflow.py), run as the real command
+(the durable-run commands are in test_run_cli.py).
 
 ``validate`` and ``plan`` run offline in a scratch folder; ``run`` talks to a router served
 by the test on a free loopback port, in front of the fake upstream, while the command runs
@@ -24,7 +25,8 @@ from support_routing import model_entry, prompt_scoring
 from support_workflows import ROOT, open_workflow_router, received, three_tiers
 
 import api.cli.workflow
-from api.cli.workflow import CommandFailed, coerce_variables, preview
+from api.cli.progress import preview
+from api.cli.workflow import CommandFailed, coerce_variables
 from engine.core.config import load_config
 from engine.core.workflow.plan import estimate_costs
 from engine.core.workflow.spec import WorkflowLimits, load_workflow
@@ -361,11 +363,13 @@ async def test_run_shows_progress_then_prints_the_final_output(
     final = f"[t2] Give a correct final answer.\n\n[t2] {critique}"
     assert done.stdout.decode() == final + "\n"  # the final output alone on stdout
     steps = progress(done.stderr)
-    assert [step[:2] for step in steps] == [
+    run_id = steps[0][1]
+    assert steps[0] == ("run", run_id, "started") and run_id.startswith("run_")
+    assert [step[:2] for step in steps[1:]] == [
         ("started", "reason"), ("done", "reason"), ("started", "critique"),
         ("done", "critique"), ("started", "refine"), ("done", "refine")]
-    assert steps[2][2] == "tier 2"
-    detail = steps[1][2]
+    assert steps[3][2] == "tier 2"
+    detail = steps[2][2]
     assert detail.startswith("t1 (tier 1)  $0.000000  ") and " ms  | " in detail
     assert detail.endswith("| [t1] Think step by step. How many rs?")
     err = lines_of(done.stderr)
@@ -480,4 +484,4 @@ def test_preview_is_one_short_line() -> None:
 
 def test_docstring_examples() -> None:
     result = doctest.testmod(api.cli.workflow)
-    assert result.attempted >= 2 and result.failed == 0
+    assert result.attempted >= 1 and result.failed == 0
