@@ -11,7 +11,12 @@
    (the provider now answers). Reported: time from the new process's start to its listening
    socket, to every run resumed (``starts == 2``), and to every run finished.
 
+3. **Synchronous runs, A/B**: the same 1,000 chains posted synchronously by 16 clients at
+   once. ``--baseline`` with ``PYTHONPATH`` at a checkout from before durable runs measures
+   the same work unrecorded (the router process imports that checkout's code).
+
     .venv/bin/python bench/runs_bench.py [--runs 1000] [--crash-runs 50] [--json FILE]
+    PYTHONPATH=/path/to/old/checkout .venv/bin/python bench/runs_bench.py --baseline
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ ops:
   b: {prompt: "Step b.", model: mb, max_tokens: 16, input_ops: [a]}
 """
 LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
+BASELINE = False
 
 
 def models(fake: FakeUpstream) -> list[dict[str, Any]]:
@@ -93,14 +99,48 @@ async def drain(n: int) -> dict[str, Any]:
 
 
 def write_config(folder: Path, fake: FakeUpstream, *, max_concurrent_runs: int) -> Path:
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({
+    data: dict[str, Any] = {
         "models": models(fake), "cache": {"enabled": False},
         "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
         "state": {"path": str(folder / "state.db")},
         "workflows": {"max_concurrent_runs": max_concurrent_runs},
-    }))
+    }
+    if BASELINE:  # a build from before durable runs knows neither key
+        del data["state"], data["workflows"]
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
     return config
+
+
+async def synchronous(n: int, connections: int = 16) -> dict[str, Any]:
+    """The same chain run synchronously (``POST /v1/workflows``, the answer in the response)
+    by ``connections`` clients at once: with durable runs each is a recorded run; run with
+    ``--baseline`` and ``PYTHONPATH`` at a build from before them, the same work unrecorded."""
+    folder = Path(tempfile.mkdtemp(prefix="llmr-bench-sync-"))
+    async with open_fake_upstream() as fake:
+        config = write_config(folder, fake, max_concurrent_runs=connections)
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=connections),
+                                     timeout=60) as http:
+            router, url, _ = await start_router(config)
+            try:
+                left = iter(range(n))
+                began = time.perf_counter()
+
+                async def client() -> None:
+                    for i in left:
+                        answer = await http.post(url + "/v1/workflows",
+                                                 json={"workflow": CHAIN, "input": f"item {i}"})
+                        assert answer.status_code == 200, answer.text
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(connections):
+                        nursery.start_soon(client)
+                took = time.perf_counter() - began
+            finally:
+                router.send_signal(signal.SIGTERM)
+                await router.wait()
+    return {"runs": n, "connections": connections, "s": round(took, 3),
+            "runs_per_s": round(n / took, 1)}
 
 
 async def start_router(config: Path) -> tuple[trio.Process, str, float]:
@@ -160,10 +200,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--crash-runs", type=int, default=50)
+    parser.add_argument("--baseline", action="store_true",
+                        help="only the synchronous run, for a build without durable runs")
     parser.add_argument("--json")
     args = parser.parse_args()
-    results = {"drain": await drain(args.runs),
-               "crash_resume": await crash_and_resume(args.crash_runs)}
+    global BASELINE
+    BASELINE = args.baseline
+    if BASELINE:
+        results = {"synchronous": await synchronous(args.runs)}
+    else:
+        results = {"synchronous": await synchronous(args.runs), "drain": await drain(args.runs),
+                   "crash_resume": await crash_and_resume(args.crash_runs)}
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

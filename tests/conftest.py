@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from support_redis import RedisServer, running_redis
 from support_run_store import open_run_store
 
 from engine.stores import SqliteRunStore
@@ -29,3 +30,14 @@ async def run_store(tmp_path: Path) -> AsyncIterator[SqliteRunStore]:
     """An embedded run store on a fresh file, ``tmp_path / "state.db"``, closed after the test."""
     async with open_run_store(tmp_path / "state.db") as store:
         yield store
+
+
+# -- Redis (tests/support/support_redis.py) ---------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` of this test's own on a free port (skipped where none is
+    installed, unless ``LLM_ROUTER_REQUIRE_REDIS=1``)."""
+    with running_redis(tmp_path) as server:
+        yield server

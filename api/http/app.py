@@ -425,8 +425,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> Response:
-        runs = gateway().run_store_health()
-        return _json({"status": "ok" if runs["status"] == "ok" else "degraded", "runs": runs})
+        return _json(gateway().health())
 
     # ---- errors: each rendered in the caller's protocol (``caller_protocol``) ------------
 

@@ -30,6 +30,8 @@ from pydantic import (
 
 from engine.errors import ConfigInvalid, did_you_mean
 
+from .redis_address import RedisAddress
+
 __all__ = [
     "CacheConfig",
     "ClassifierConfig",
@@ -192,10 +194,26 @@ class WorkflowsConfig(WorkflowLimits):
 
 
 class StateConfig(_Section):
-    """Extension: where the router keeps what outlives a process. ``path``: the embedded
-    store (SQLite) for workflow runs, relative to the config file's folder."""
+    """Where the router keeps what outlives a request. ``path``: the embedded store (SQLite)
+    for workflow runs, relative to the config file's folder. ``redis_url``: a Redis that
+    several router processes share (cache, dedup, backend health, totals, feedback, runs);
+    unset, each process keeps its own state. ``redis_timeout_ms``: how long one Redis command
+    may take before Redis is treated as down (the router then serves from local state)."""
 
     path: str = "llm-router-state.db"
+    redis_url: str | None = None
+    redis_timeout_ms: int = Field(default=250, ge=10, le=10_000)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            RedisAddress.from_url(value)  # ValueError: the problem, for the config message
+        return value
+
+    @property
+    def redis(self) -> RedisAddress | None:
+        return RedisAddress.from_url(self.redis_url) if self.redis_url else None
 
 
 class LearnedConfig(_Section):

@@ -48,6 +48,7 @@ from .feed import ChatStream
 from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
+from .shared import Shared, open_shared
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
@@ -70,8 +71,11 @@ class Gateway:
         policy: RoutingPolicy | None = None,
         run_store: RunStore | None = None,
         run_store_error: str | None = None,
+        shared: Shared | None = None,
     ) -> None:
         self.config = config
+        #: What this process shares with others (``state.redis_url``); None: nothing.
+        self.shared = shared
         self.pool = BackendPool(config.models, health=config.health)
         self.stats = Stats(reference=self.pool.reference)
         self.cache: ResponseCache | None = None
@@ -207,6 +211,15 @@ class Gateway:
             return {"status": "error", "error": self._run_store_error}
         return self.runs.store.health()
 
+    def health(self) -> dict[str, Any]:
+        """``GET /health``: ``ok``, or ``degraded`` with the part that is not (the router
+        still serves: chat completions need neither the run store nor Redis)."""
+        parts = {"runs": self.run_store_health()}
+        if self.shared is not None:
+            parts["redis"] = self.shared.health()
+        ok = all(part["status"] == "ok" for part in parts.values())
+        return {"status": "ok" if ok else "degraded", **parts}
+
 
 @dataclass(frozen=True, slots=True)
 class Models:
@@ -267,6 +280,7 @@ async def open_gateway(
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
             open_http_client(transport=transport) as http,
+            _maybe_shared(config) as shared,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(transport.expire_idle)
@@ -279,7 +293,7 @@ async def open_gateway(
             await policy.load()
             gateway = Gateway(config, upstream=upstream, nursery=nursery,
                               matcher=models.matcher, policy=policy, run_store=run_store,
-                              run_store_error=run_store_error)
+                              run_store_error=run_store_error, shared=shared)
             runs = gateway.runs
             if runs is not None:
                 await nursery.start(runs.maintain)
@@ -295,6 +309,16 @@ async def open_gateway(
                 await run_store.close()
             if store is not None:
                 await store.close()
+
+
+@asynccontextmanager
+async def _maybe_shared(config: Config) -> AsyncIterator[Shared | None]:
+    address = config.state.redis
+    if address is None:
+        yield None
+        return
+    async with open_shared(address, timeout=config.state.redis_timeout_ms / 1000) as shared:
+        yield shared
 
 
 def load_learned(config: Config, embedder: Any = None) -> LearnedScorer | None:
