@@ -413,6 +413,7 @@ class Runs:
             await trio.sleep(LEASE_SEC / 3 if not self._live else _POLL_SEC * 2)
             try:
                 now = self._clock()
+                await self.store.tidy()
                 await self.store.renew(owner=self.owner, lease_sec=LEASE_SEC, now=now)
                 for run_id, by in await self.store.cancel_requests(owner=self.owner):
                     live = self._live.get(run_id)

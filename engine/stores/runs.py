@@ -105,6 +105,10 @@ class RunStore(Protocol):
 
     async def memo_put(self, key: str, memo: Memo, *, expires_at: float) -> None: ...
 
+    async def tidy(self) -> None:
+        """Housekeeping kept off the commit path, called every second or so while the
+        router runs (the embedded store checkpoints its write-ahead log here)."""
+
     async def expire(self, *, finished_before: float, now: float) -> int:
         """Delete runs that finished before ``finished_before`` (with their events) and
         memos past their time; return how many runs went."""

@@ -482,3 +482,20 @@ async def test_a_store_opened_again_on_the_file_has_everything(tmp_path: Path) -
 async def test_health_says_what_the_store_is(tmp_path: Path, run_store: SqliteRunStore) -> None:
     assert run_store.health() == {"status": "ok", "kind": "sqlite",
                                   "path": str(tmp_path / "state.db")}
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+
+async def test_commits_stay_in_the_log_until_tidy_checkpoints_it(
+    run_store: SqliteRunStore, tmp_path: Path,
+) -> None:
+    database = tmp_path / "state.db"
+    before = database.stat().st_size
+    for i in range(40):
+        await add(run_store, make_record(f"run_{i}", created_at=i))
+        await set_status(run_store, f"run_{i}", "running")
+    assert database.stat().st_size == before  # no commit checkpointed on its own
+    await run_store.tidy()
+    assert database.stat().st_size > before
+    assert len(await run_store.list(tenant=None, status="running", limit=100)) == 40
