@@ -43,7 +43,7 @@ async def open_shared(address: RedisAddress, *, timeout: float) -> AsyncIterator
     async with open_redis(address, timeout=timeout) as redis, trio.open_nursery() as nursery:
         tail = StreamTail(redis)
         try:
-            await redis.call("PING")
+            await redis.call("PING", probe=True)
             log.info("sharing state through Redis at %s", address.describe())
         except StoreUnavailable as exc:
             log.error("%s; serving from local state until it answers", exc.message)
@@ -61,7 +61,7 @@ async def _heartbeat(redis: Redis) -> None:
     needed it, and while it is away this is what finds it back (after the client's backoff)."""
     while True:
         try:
-            await redis.call("PING")
+            await redis.call("PING", probe=True)
         except StoreUnavailable:
             pass
         await trio.sleep(HEARTBEAT_SEC if redis.up else HEARTBEAT_SEC / 4)

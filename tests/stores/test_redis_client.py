@@ -21,6 +21,9 @@ def address(server: RedisServer) -> RedisAddress:
 
 async def test_commands_pipelines_and_errors_in_place(redis_server: RedisServer) -> None:
     async with open_redis(address(redis_server)) as redis:
+        with pytest.raises(StoreUnavailable):  # a request's command does not connect
+            await redis.call("GET", "k")
+        assert await redis.call("PING", probe=True) == b"PONG"
         assert await redis.call("SET", "k", b"\x00\xffv") == b"OK"
         assert await redis.call("GET", "k") == b"\x00\xffv"
         assert await redis.call("GET", "missing") is None
@@ -36,6 +39,8 @@ async def test_commands_pipelines_and_errors_in_place(redis_server: RedisServer)
 async def test_concurrent_callers_each_get_their_own_reply(redis_server: RedisServer) -> None:
     got: dict[int, object] = {}
     async with open_redis(address(redis_server)) as redis:
+        await redis.call("PING", probe=True)
+
         async def one(i: int) -> None:
             await redis.call("SET", f"k{i}", i)
             got[i] = await redis.call("GET", f"k{i}")
@@ -49,6 +54,7 @@ async def test_concurrent_callers_each_get_their_own_reply(redis_server: RedisSe
 async def test_a_script_is_loaded_once_then_run_by_its_digest(redis_server: RedisServer) -> None:
     script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     async with open_redis(address(redis_server)) as redis:
+        await redis.call("PING", probe=True)
         assert await redis.run(script, ["c"], [2]) == 2
         assert await redis.call("SCRIPT", "EXISTS", script.sha) == [1]
         assert await redis.run(script, ["c"], [3]) == 5
@@ -59,12 +65,12 @@ async def test_credentials_are_sent_and_never_shown(tmp_path: object) -> None:
 
     with running_redis(tmp_path, password="s3cret-pass") as server:  # type: ignore[arg-type]
         async with open_redis(RedisAddress.from_url(server.url)) as redis:
-            assert await redis.call("PING") == b"PONG"
+            assert await redis.call("PING", probe=True) == b"PONG"
             assert "s3cret" not in str(redis.health())
         wrong = server.url.replace("s3cret-pass", "wrong")
         async with open_redis(RedisAddress.from_url(wrong)) as redis:
             with pytest.raises(StoreUnavailable) as caught:
-                await redis.call("PING")
+                await redis.call("PING", probe=True)
             assert "s3cret" not in caught.value.message and "wrong" not in caught.value.message
             assert redis.health()["status"] == "down"
 
@@ -87,22 +93,22 @@ async def test_down_fails_fast_then_comes_back(redis_server: RedisServer) -> Non
 
     async with open_redis(address(redis_server)) as redis:
         redis.on_up(hook)
-        await redis.call("PING")
+        await redis.call("PING", probe=True)
         redis_server.kill()
         with pytest.raises(StoreUnavailable):
             await redis.call("PING")
         assert redis.health()["status"] == "down"
         began = trio.current_time()
-        for _ in range(100):  # while the backoff lasts, callers do not wait at all
+        for _ in range(100):  # while the backoff lasts, nobody waits at all
             with pytest.raises(StoreUnavailable):
-                await redis.call("PING")
+                await redis.call("PING", probe=True)
         assert trio.current_time() - began < 0.25
         redis_server.start()
         came_back = trio.Event()
         with trio.fail_after(10):
             while True:
                 try:
-                    assert await redis.call("PING") == b"PONG"
+                    assert await redis.call("PING", probe=True) == b"PONG"
                     break
                 except StoreUnavailable:
                     await trio.sleep(0.1)
@@ -113,7 +119,7 @@ async def test_down_fails_fast_then_comes_back(redis_server: RedisServer) -> Non
 async def test_a_hung_redis_is_a_timeout_not_a_hang(redis_server: RedisServer) -> None:
     assert redis_server.process is not None
     async with open_redis(address(redis_server), timeout=0.2) as redis:
-        await redis.call("PING")
+        await redis.call("PING", probe=True)
         os.kill(redis_server.process.pid, signal.SIGSTOP)
         try:
             with trio.fail_after(2):

@@ -13,6 +13,8 @@ trio, where one socket written and read in order costs about 0.07 ms (BENCHMARKS
   :class:`~engine.errors.StoreUnavailable` at once (no waiting) until the next attempt, a
   backoff of 0.5 s doubling to 5 s later. The first command that then succeeds marks it
   **up** again, and the ``on_up`` hooks run (each store resynchronises there).
+* Only background work (the heartbeat's ``PING``, the stream tail: ``probe=True``) opens a
+  connection; a request's command with none open fails at once rather than wait to connect.
 * Blocking reads (``XREAD BLOCK``) use a connection of their own: :meth:`Redis.dedicated`.
 
 The URL's password never appears in a message or in :meth:`Redis.health`.
@@ -221,16 +223,20 @@ class Redis:
     # ---- commands ---------------------------------------------------------------------------
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]], *,
-                       timeout: float | None = None) -> list[Reply]:
+                       timeout: float | None = None, probe: bool = False) -> list[Reply]:
         """Send ``commands`` in one write; their replies in order (a failed command's reply
-        is its :class:`ReplyError`).
+        is its :class:`ReplyError`). Only a ``probe`` (background work: the heartbeat, the
+        stream tail) connects when there is no connection; any other call then fails at once,
+        so a request never waits for Redis to be found again.
 
         Raises:
             StoreUnavailable: Redis is down, or did not answer within the timeout.
         """
-        if not self._up and trio.current_time() < self._retry_at:
-            raise self._unavailable()
-        conn = await self._connection()
+        conn = self._conn
+        if conn is None or conn.broken is not None:
+            if not probe or trio.current_time() < self._retry_at:
+                raise self._unavailable()
+            conn = await self._connection()
         limit = self.timeout if timeout is None else timeout
         with trio.move_on_after(limit):
             try:
@@ -254,14 +260,15 @@ class Redis:
         self._mark_down(f"no answer within {limit:g} s")
         raise self._unavailable()
 
-    async def call(self, *command: Arg, timeout: float | None = None) -> Reply:
+    async def call(self, *command: Arg, timeout: float | None = None,
+                   probe: bool = False) -> Reply:
         """One command's reply.
 
         Raises:
             ReplyError: Redis refused the command.
             StoreUnavailable: Redis is down, or did not answer within the timeout.
         """
-        (reply,) = await self.pipeline([command], timeout=timeout)
+        (reply,) = await self.pipeline([command], timeout=timeout, probe=probe)
         if isinstance(reply, ReplyError):
             raise reply
         return reply

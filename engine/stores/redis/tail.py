@@ -60,7 +60,7 @@ class StreamTail:
                 await self._resolve_dollars(keys)
                 reply = await self._redis.call(
                     "XREAD", "COUNT", 1000, "BLOCK", BLOCK_MS, "STREAMS", *keys,
-                    *(self._streams[k][0] for k in keys))
+                    *(self._streams[k][0] for k in keys), probe=True)
             except StoreUnavailable:
                 await trio.sleep(0.2)
                 continue
@@ -86,7 +86,8 @@ class StreamTail:
             since, handler = self._streams[key]
             if since != b"$":
                 continue
-            info: Any = await self._main.call("XREVRANGE", key, "+", "-", "COUNT", 1)
+            info: Any = await self._main.call("XREVRANGE", key, "+", "-", "COUNT", 1,
+                                              probe=True)
             last = info[0][0] if isinstance(info, list) and info else b"0"
             self._streams[key] = (last if isinstance(last, bytes) else b"0", handler)
 
