@@ -4,7 +4,8 @@
 2. **Cache**: a request whose exact part matches a cached one and whose final message is the
    same or similar enough is answered from the cache, at no cost.
 3. **Dedup**: a miss identical to a request already in flight joins that flight instead of
-   calling upstream again.
+   calling upstream again; with Redis, a flight led in another process is followed
+   (``engine.runtime.shared_flights``).
 4. **Call with failover** (``engine.runtime.failover``), in a flight run in the gateway's background
    nursery, so the leader's client leaving does not cancel it while followers listen.
 5. **Account** (once per flight), and store the answer in the cache.

@@ -101,9 +101,7 @@ class SharedFlights:
         self._redis = redis
         self._tail = tail
         self._nursery = nursery
-        self.claims = 0  # flights claimed and led here, for measurements
-        self.followed = 0  # flights followed from another process
-        self._refused = False
+        self._refused = False  # Redis refused a claim: said once in the log
 
     async def fly(self, key: bytes, run: RunFlight, publish: Publish) -> Any:
         """What ``run(publish)`` would return, from whichever process claims it first."""
@@ -129,12 +127,10 @@ class SharedFlights:
                                 "process only", exc)
                 break
             if holder is None:
-                self.claims += 1
                 return await self._lead(base, token, run, relay)
             if not isinstance(holder, bytes):
                 break
             try:
-                self.followed += 1
                 return await self._follow(base, holder.decode(), relay, lambda: sent)
             except _LeaderLost:
                 if sent:
