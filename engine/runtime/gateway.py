@@ -49,6 +49,7 @@ from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
+from .shared_flights import SharedFlights
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
@@ -89,6 +90,9 @@ class Gateway:
                 threshold=config.cache.similarity_thresh,
             )
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
+        #: Dedup across processes: None without ``state.redis_url``.
+        self.shared_flights = (None if shared is None
+                               else SharedFlights(shared.redis, shared.tail, nursery))
         self.policy = policy or RoutingPolicy(config)
         self.runner = NodeRunner(
             policy=self.policy,
@@ -97,6 +101,7 @@ class Gateway:
             stats=self.stats,
             cache=self.cache,
             flights=self.flights,
+            shared_flights=self.shared_flights,
         )
         self._nursery = nursery
         # Unset: the models' own timeouts (first byte, idle, total) end a request that takes
