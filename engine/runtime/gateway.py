@@ -49,6 +49,7 @@ from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
+from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
 from .sidecar import Sidecar
 from .transport import PooledTransport
@@ -81,14 +82,18 @@ class Gateway:
         self.stats = Stats(reference=self.pool.reference)
         self.cache: ResponseCache | None = None
         if config.cache.enabled and matcher is not None:
-            self.cache = ResponseCache(
-                matcher=matcher,
-                max_entries=config.cache.max_size,
-                max_bytes=config.cache.max_bytes,
-                max_entry_bytes=config.cache.max_entry_bytes,
-                ttl=config.cache.ttl_sec,
-                threshold=config.cache.similarity_thresh,
-            )
+            settings = config.cache
+            if shared is None:
+                self.cache = ResponseCache(
+                    matcher=matcher, max_entries=settings.max_size,
+                    max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
+                    ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
+            else:
+                self.cache = SharedCache(
+                    shared, matcher=matcher, max_entries=settings.max_size,
+                    max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
+                    ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
+                nursery.start_soon(self.cache.run)
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
         #: Dedup across processes: None without ``state.redis_url``.
         self.shared_flights = (None if shared is None
@@ -178,7 +183,12 @@ class Gateway:
 
     def stats_snapshot(self) -> dict[str, object]:
         """``GET /stats``: the router's counters, and the money spent and saved."""
-        return self.stats.snapshot()
+        snapshot = self.stats.snapshot()
+        if isinstance(self.cache, SharedCache):
+            cache = snapshot["cache"]
+            assert isinstance(cache, dict)
+            cache["shared"] = self.cache.counters()
+        return snapshot
 
     def remember_decision(self, request_id: str, served: Served) -> None:
         """Keep how a request was routed, so feedback can name it by its request id."""
