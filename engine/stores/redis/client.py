@@ -299,12 +299,16 @@ class Redis:
 @asynccontextmanager
 async def open_redis(address: RedisAddress, *, timeout: float = 0.25,
                      connect_timeout: float = 0.5) -> AsyncIterator[Redis]:
-    """A client whose connections live as long as the block. Nothing is connected until the
-    first command: a Redis that is down at start is not an error here."""
+    """A client whose connections live as long as the block, connected on entering if Redis
+    answers (a Redis that is down at start is not an error here: see :attr:`Redis.up`)."""
     async with trio.open_nursery() as nursery:
         redis = Redis(address, nursery=nursery, timeout=timeout,
                       connect_timeout=connect_timeout)
         try:
+            try:
+                await redis.call("PING", probe=True)
+            except (StoreUnavailable, ReplyError):
+                pass
             yield redis
         finally:
             await redis.aclose()
