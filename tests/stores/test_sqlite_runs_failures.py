@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,18 @@ async def assert_unavailable(path: Path, *words: str) -> str:
     with pytest.raises(StoreUnavailable, match="not open"):
         await store.get("run_0", tenant=None)
     return message
+
+
+@pytest.fixture
+async def run_store(tmp_path: Path) -> AsyncIterator[SqliteRunStore]:
+    """The embedded store alone (the shared fixture gives each kind in turn)."""
+    async with open_run_store(tmp_path / "state.db") as store:
+        yield store
+
+
+async def test_health_says_what_the_store_is(tmp_path: Path, run_store: SqliteRunStore) -> None:
+    assert run_store.health() == {"status": "ok", "kind": "sqlite",
+                                  "path": str(tmp_path / "state.db")}
 
 
 # ---- opening --------------------------------------------------------------------------------
