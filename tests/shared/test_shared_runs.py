@@ -255,3 +255,51 @@ async def test_a_redis_restarted_empty_mid_run_forgets_the_run_and_nothing_else(
     # The forgotten run went no further than its op b; the new one ran whole (and ma
     # answered the chat).
     assert [len(fake.requests(m)) for m in ("ma", "mb", "mc")] == [3, 2, 1]
+
+
+async def test_a_run_stalled_by_a_hung_redis_goes_on_when_it_answers(
+    fake_upstream: FakeUpstream, redis_server: RedisServer,
+) -> None:
+    """Redis stops answering (SIGSTOP: it keeps its data) while a run waits for an op: the
+    run's next step cannot be recorded, so it stalls; once Redis answers it is resumed from
+    what Redis holds and finishes."""
+    fake = fake_upstream
+    fake.set_default("mb", Behaviour(latency=1.0))
+    async with open_workflow_router(pinned(fake), state={"redis_url": redis_server.url}) as a:
+        run_id = (await submit(a)).json()["run_id"]
+
+        async def b_called() -> bool:
+            return len(fake.requests("mb")) == 1
+
+        await wait_for(b_called, timeout=10)
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            async def runs_down() -> bool:
+                health = (await a.http.get(a.router.url + "/health")).json()
+                return bool(health["runs"]["status"] == "error")
+
+            await wait_for(runs_down, timeout=10, poll=0.05)
+            with trio.fail_after(5):
+                await fake.wait_until_idle()  # b answered meanwhile; its step is not recorded
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        fake.clear_default("mb")
+        done: dict[str, Any] = {}
+
+        async def finished() -> bool:
+            response = await a.http.get(f"{a.router.v1}/workflows/runs/{run_id}")
+            if response.status_code != 200:
+                return False
+            done.update(response.json())
+            return done["status"] == "succeeded"
+
+        await wait_for(finished, timeout=20, poll=0.1)
+        every = await events(a, run_id)
+    assert done["starts"] == 2 and done["final_output"].startswith("[mc] Step c.")
+    assert [i for i, _, _ in every] == list(range(1, len(every) + 1))
+    assert [name for _, name, _ in every].count("run_started") == 2
+    # a is not called again; b is called again unless its answer's step, sent before Redis
+    # hung, was carried out when it woke up.
+    assert len(fake.requests("ma")) == len(fake.requests("mc")) == 1
+    assert len(fake.requests("mb")) in (1, 2)
