@@ -39,6 +39,7 @@ from engine.errors import RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
 from engine.stores.runs import RunStore
+from engine.stores.redis import RedisRunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
 from .dedup import FlightRegistry
@@ -280,50 +281,66 @@ async def open_gateway(
         # Routing works without it; only feedback and calibration are off.
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
-    run_store: SqliteRunStore | None = SqliteRunStore(config.path(config.state.path))
-    run_store_error = None
-    try:
-        assert run_store is not None
-        await run_store.open()
-    except StoreUnavailable as exc:
-        # Chat completions do not need it: serve them, and say what is wrong where it shows.
-        logging.getLogger("llm_router").error("workflow runs are unavailable: %s", exc.message)
-        run_store, run_store_error = None, exc.message
-    runs: Runs | None = None
     try:
         transport = PooledTransport(max_connections=512,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
             open_http_client(transport=transport) as http,
             _maybe_shared(config) as shared,
-            trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(transport.expire_idle)
-            upstream = UpstreamClient(http, redactor=redactor or Redactor.for_config(config))
-            sidecar = None
-            if settings.sidecar_url is not None:
-                sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
-                                  upstream=upstream)
-            policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar, store=store)
-            await policy.load()
-            gateway = Gateway(config, upstream=upstream, nursery=nursery,
-                              matcher=models.matcher, policy=policy, run_store=run_store,
-                              run_store_error=run_store_error, shared=shared)
-            runs = gateway.runs
-            if runs is not None:
-                await nursery.start(runs.maintain)
+            # Inside the shared block: a Redis run store gives its leases up (``runs.close``)
+            # while its client is still open.
+            run_store, run_store_error = await _open_run_store(config, shared)
+            runs: Runs | None = None
             try:
-                yield gateway
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(transport.expire_idle)
+                    upstream = UpstreamClient(http,
+                                              redactor=redactor or Redactor.for_config(config))
+                    sidecar = None
+                    if settings.sidecar_url is not None:
+                        sidecar = Sidecar(settings.sidecar_url,
+                                          timeout_ms=settings.sidecar_timeout_ms,
+                                          upstream=upstream)
+                    policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar,
+                                           store=store)
+                    await policy.load()
+                    gateway = Gateway(config, upstream=upstream, nursery=nursery,
+                                      matcher=models.matcher, policy=policy,
+                                      run_store=run_store, run_store_error=run_store_error,
+                                      shared=shared)
+                    runs = gateway.runs
+                    if runs is not None:
+                        await nursery.start(runs.maintain)
+                    try:
+                        yield gateway
+                    finally:
+                        nursery.cancel_scope.cancel()
             finally:
-                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    if runs is not None:
+                        await runs.close()
+                    if run_store is not None:
+                        await run_store.close()
     finally:
-        with trio.CancelScope(shield=True):
-            if runs is not None:
-                await runs.close()
-            if run_store is not None:
-                await run_store.close()
-            if store is not None:
+        if store is not None:
+            with trio.CancelScope(shield=True):
                 await store.close()
+
+
+async def _open_run_store(config: Config, shared: Shared | None
+                          ) -> tuple[RunStore | None, str | None]:
+    """The run store: Redis's when state is shared (runs are then every process's), else
+    the SQLite file; ``(None, why)`` if it cannot be opened. Chat completions do not need
+    it: they are served anyway, and what is wrong shows in ``/health``."""
+    store: RunStore = (RedisRunStore(shared.redis) if shared is not None
+                       else SqliteRunStore(config.path(config.state.path)))
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        logging.getLogger("llm_router").error("workflow runs are unavailable: %s", exc.message)
+        return None, exc.message
+    return store, None
 
 
 @asynccontextmanager

@@ -180,6 +180,9 @@ class Redis:
         async with self._connecting:
             if self._conn is not None and self._conn.broken is None:
                 return self._conn
+            if self._conn is not None:  # broken while idle (the reader saw it): close it
+                stale, self._conn = self._conn, None
+                await _close(stale.stream)
             if trio.current_time() < self._retry_at:
                 raise self._unavailable()
             with trio.move_on_after(self.connect_timeout) as scope:
@@ -210,14 +213,19 @@ class Redis:
         if address.db:
             hello.append(["SELECT", address.db])
         hello.append(["CLIENT", "SETNAME", "llm-router"])
-        for slot in await conn.send(hello):
-            await slot.done.wait()
-            if isinstance(slot.reply, ReplyError):
-                conn.fail(slot.reply)
-                await _close(conn.stream)
-                raise slot.reply
-            if isinstance(slot.reply, BaseException):
-                raise trio.BrokenResourceError(str(slot.reply))
+        try:
+            for slot in await conn.send(hello):
+                await slot.done.wait()
+                if isinstance(slot.reply, ReplyError):
+                    raise slot.reply
+                if isinstance(slot.reply, BaseException):
+                    raise trio.BrokenResourceError(str(slot.reply))
+        except BaseException as exc:
+            # Also a Redis that closes the connection while it starts, or the connect
+            # timeout: the socket is closed here, not left to the garbage collector.
+            conn.fail(exc)
+            await _close(conn.stream)
+            raise
         return conn
 
     # ---- commands ---------------------------------------------------------------------------
