@@ -205,7 +205,7 @@ class Redis:
                                     server_hostname=address.host)
             await stream.do_handshake()
         conn = _Connection(stream)
-        self._nursery.start_soon(conn.read_replies)
+        self._nursery.start_soon(self._read, conn)
         hello: list[list[Arg]] = []
         if address.password is not None:
             hello.append(["AUTH", address.username, address.password] if address.username
@@ -296,6 +296,14 @@ class Redis:
         BLOCK``): ``timeout`` must exceed the longest block asked for."""
         return Redis(self.address, nursery=self._nursery, timeout=timeout,
                      connect_timeout=self.connect_timeout)
+
+    async def _read(self, conn: _Connection) -> None:
+        """The connection's reader; a connection that breaks while in use (Redis restarted,
+        the network cut) marks Redis down at once, so it shows in ``/health`` and the
+        stores resynchronise when it is back (the ``on_up`` hooks)."""
+        await conn.read_replies()
+        if self._conn is conn and conn.broken is not None:
+            self._mark_down(_describe(conn.broken))
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
