@@ -21,6 +21,8 @@ reads slowly slows the upstream read rather than piling it up here.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
+from .shared_health import SharedHealth
+from .shared_totals import SharedTotals
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
@@ -90,10 +94,21 @@ class Gateway:
             )
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
         self.policy = policy or RoutingPolicy(config)
+        #: Health and totals shared with the other processes (``state.redis_url``).
+        self.shared_health: SharedHealth | None = None
+        self.shared_totals: SharedTotals | None = None
+        if shared is not None:
+            origin = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self.shared_health = SharedHealth(shared, self.pool, origin=origin)
+            self.shared_totals = SharedTotals(shared, self.stats, self.pool, origin=origin)
+            nursery.start_soon(self.shared_health.run)
+            nursery.start_soon(self.shared_totals.run)
         self.runner = NodeRunner(
             policy=self.policy,
             config=config,
-            caller=BackendCaller(pool=self.pool, upstream=upstream, models=config.models),
+            caller=BackendCaller(
+                pool=self.pool, upstream=upstream, models=config.models,
+                on_verdict=None if self.shared_health is None else self.shared_health.changed),
             stats=self.stats,
             cache=self.cache,
             flights=self.flights,
@@ -164,15 +179,21 @@ class Gateway:
 
     # ---- what the API reads and reports -------------------------------------------------
 
-    def backends_snapshot(self) -> list[dict[str, object]]:
-        """``GET /v1/backends``: every backend's health and load (and the sidecar's)."""
+    async def backends_snapshot(self) -> list[dict[str, object]]:
+        """``GET /v1/backends``: every backend's health and load (and the sidecar's); totals
+        of all processes when shared."""
         entries = self.pool.snapshot(trio.current_time())
+        if self.shared_totals is not None:
+            entries = await self.shared_totals.backends_snapshot(entries)
         if self.policy.sidecar is not None:
             entries.append(self.policy.sidecar.snapshot())
         return entries
 
-    def stats_snapshot(self) -> dict[str, object]:
-        """``GET /stats``: the router's counters, and the money spent and saved."""
+    async def stats_snapshot(self) -> dict[str, object]:
+        """``GET /stats``: the router's counters, and the money spent and saved (of all
+        processes when shared)."""
+        if self.shared_totals is not None:
+            return await self.shared_totals.stats_snapshot()
         return self.stats.snapshot()
 
     def remember_decision(self, request_id: str, served: Served) -> None:
@@ -290,6 +311,8 @@ async def open_gateway(
                 sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
                                   upstream=upstream)
             policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar, store=store)
+            if shared is not None and store is not None:
+                policy.share(shared)
             await policy.load()
             gateway = Gateway(config, upstream=upstream, nursery=nursery,
                               matcher=models.matcher, policy=policy, run_store=run_store,
