@@ -21,6 +21,8 @@ reads slowly slows the upstream read rather than piling it up here.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +54,8 @@ from .runs import Runs
 from .shared import Shared, open_shared
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
+from .shared_health import SharedHealth
+from .shared_totals import SharedTotals
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
@@ -100,10 +104,21 @@ class Gateway:
         self.shared_flights = (None if shared is None
                                else SharedFlights(shared.redis, shared.tail, nursery))
         self.policy = policy or RoutingPolicy(config)
+        #: Health and totals shared with the other processes (``state.redis_url``).
+        self.shared_health: SharedHealth | None = None
+        self.shared_totals: SharedTotals | None = None
+        if shared is not None:
+            origin = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self.shared_health = SharedHealth(shared, self.pool, origin=origin)
+            self.shared_totals = SharedTotals(shared, self.stats, self.pool, origin=origin)
+            nursery.start_soon(self.shared_health.run)
+            nursery.start_soon(self.shared_totals.run)
         self.runner = NodeRunner(
             policy=self.policy,
             config=config,
-            caller=BackendCaller(pool=self.pool, upstream=upstream, models=config.models),
+            caller=BackendCaller(
+                pool=self.pool, upstream=upstream, models=config.models,
+                on_verdict=None if self.shared_health is None else self.shared_health.changed),
             stats=self.stats,
             cache=self.cache,
             flights=self.flights,
@@ -175,16 +190,23 @@ class Gateway:
 
     # ---- what the API reads and reports -------------------------------------------------
 
-    def backends_snapshot(self) -> list[dict[str, object]]:
-        """``GET /v1/backends``: every backend's health and load (and the sidecar's)."""
+    async def backends_snapshot(self) -> list[dict[str, object]]:
+        """``GET /v1/backends``: every backend's health and load (and the sidecar's); totals
+        of all processes when shared."""
         entries = self.pool.snapshot(trio.current_time())
+        if self.shared_totals is not None:
+            entries = await self.shared_totals.backends_snapshot(entries)
         if self.policy.sidecar is not None:
             entries.append(self.policy.sidecar.snapshot())
         return entries
 
-    def stats_snapshot(self) -> dict[str, object]:
-        """``GET /stats``: the router's counters, and the money spent and saved."""
-        snapshot = self.stats.snapshot()
+    async def stats_snapshot(self) -> dict[str, object]:
+        """``GET /stats``: the router's counters, and the money spent and saved (of all
+        processes when shared)."""
+        if self.shared_totals is not None:
+            snapshot = await self.shared_totals.stats_snapshot()
+        else:
+            snapshot = self.stats.snapshot()
         if isinstance(self.cache, SharedCache):
             cache = snapshot["cache"]
             assert isinstance(cache, dict)
@@ -304,6 +326,8 @@ async def open_gateway(
                                           upstream=upstream)
                     policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar,
                                            store=store)
+                    if shared is not None and store is not None:
+                        policy.share(shared)
                     await policy.load()
                     gateway = Gateway(config, upstream=upstream, nursery=nursery,
                                       matcher=models.matcher, policy=policy,

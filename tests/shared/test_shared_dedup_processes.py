@@ -19,7 +19,7 @@ import trio
 import yaml
 from support_flights import PROMPT, Answer, answer_text, ask, burst, claims, said
 from support_redis import RedisServer
-from support_router_process import router_process
+from support_processes import router_process
 from support_routing import user, wait_for
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream

@@ -98,6 +98,8 @@ class _Connection:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError,
                 IndexError) as exc:
             self.fail(exc)
+            # Nobody else closes a socket Redis broke: the next command makes a new one.
+            await _close(self.stream)
 
     def fail(self, exc: BaseException) -> None:
         if self.broken is None:
@@ -125,6 +127,7 @@ class Redis:
         self._backoff = _BACKOFF_FIRST
         self._error: str | None = None
         self._on_up: list[Callable[[], Awaitable[None]]] = []
+        self._closed = False
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -180,6 +183,9 @@ class Redis:
         async with self._connecting:
             if self._conn is not None and self._conn.broken is None:
                 return self._conn
+            if self._closed:
+                # A task still running at shutdown (an on-up hook) opens nothing new.
+                raise StoreUnavailable("the Redis client was closed")
             if self._conn is not None:  # broken while idle (the reader saw it): close it
                 stale, self._conn = self._conn, None
                 await _close(stale.stream)
@@ -194,12 +200,26 @@ class Redis:
             if scope.cancelled_caught or conn is None:
                 self._mark_down(f"no connection within {self.connect_timeout:g} s")
                 raise self._unavailable()
+            if self._closed:
+                conn.fail(StoreUnavailable("the Redis client was closed"))
+                await _close(conn.stream)
+                raise StoreUnavailable("the Redis client was closed")
             self._conn = conn
             return conn
 
     async def _connect(self) -> _Connection:
         address = self.address
         stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+        try:
+            return await self._hello(stream)
+        except BaseException:
+            # Refused, broken or cancelled (the connect timeout) half-way: the socket is
+            # closed here, or it would linger until garbage collection.
+            await _close(stream)
+            raise
+
+    async def _hello(self, stream: trio.abc.Stream) -> _Connection:
+        address = self.address
         if address.tls:
             stream = trio.SSLStream(stream, ssl.create_default_context(),
                                     server_hostname=address.host)
@@ -306,6 +326,7 @@ class Redis:
             self._mark_down(_describe(conn.broken))
 
     async def aclose(self) -> None:
+        self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.fail(StoreUnavailable("the Redis client was closed"))
