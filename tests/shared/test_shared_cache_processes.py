@@ -5,10 +5,6 @@ Redis is back."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,12 +12,12 @@ from pathlib import Path
 import httpx
 import trio
 import yaml
+from support_processes import router_process as started_router
 from support_redis import RedisServer
 from support_routing import wait_for
 
 from engine.testing.fake_upstream import FakeUpstream
 
-LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 
 
 def write_config(folder: Path, fake: FakeUpstream, redis: RedisServer) -> Path:
@@ -40,33 +36,9 @@ def write_config(folder: Path, fake: FakeUpstream, redis: RedisServer) -> Path:
 
 @asynccontextmanager
 async def router_process(config: Path) -> AsyncIterator[str]:
-    """An ``llm-router`` process on a free port (its URL); killed at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
-    process = await trio.lowlevel.open_process(
-        [LLM_ROUTER, "--config", str(config), "--addr", "127.0.0.1:0"],
-        cwd=config.parent, env=env, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    err = b""
-    try:
-        with trio.fail_after(30):
-            while (found := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)) is None:
-                chunk = await process.stderr.receive_some()
-                assert chunk, err.decode()
-                err += chunk
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process.stderr)  # a full pipe must not stall it
-            yield found.group(1).decode()
-            nursery.cancel_scope.cancel()
-    finally:
-        process.kill()
-        with trio.move_on_after(5, shield=True):
-            await process.wait()
-        await process.stderr.aclose()
-
-
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    while await stream.receive_some():
-        pass
+    """An ``llm-router`` process on a free port: its URL."""
+    async with started_router(config) as (_, url):
+        yield url
 
 
 async def ask(http: httpx.AsyncClient, url: str, text: str) -> str:
@@ -141,7 +113,14 @@ async def test_a_router_started_later_catches_up_and_redis_dying_fails_nothing(
             assert published >= 1
             await until_received(http, b, before + published)
             assert await ask(http, b, "Why is the sky blue?") == "HIT"
-            # And sharing goes on: B's new answer reaches A.
+            # And sharing goes on: B's new answer reaches A (once what both stored while
+            # Redis was down has been published and filed, so A's next entry is B's answer).
+            async def settled() -> bool:
+                backlogs = [(await counters(http, url))["backlog"] for url in (a, b)]
+                first = await received(http, a)
+                await trio.sleep(0.3)
+                return backlogs == [0, 0] and await received(http, a) == first
+            await wait_for(settled, timeout=15, poll=0.05)
             before_a = await received(http, a)
             assert await ask(http, b, "What is the boiling point of water?") == "MISS"
             await until_received(http, a, before_a + 1)
