@@ -151,6 +151,7 @@ class Redactor:
         secrets.extend(config.server.api_keys)
         secrets.extend(_url_secret(m.base_url) for m in config.models)
         secrets.append(_url_secret(config.learned.sidecar_url))
+        secrets.append(_url_secret(config.state.redis_url))
         return cls(secrets)
 
     # ---- finding -------------------------------------------------------------------------

@@ -168,10 +168,11 @@ def test_secrets_of_a_config_include_client_keys_and_url_passwords() -> None:
                     "api_key": LOCAL}],
         "server": {"api_keys": ["client-Tk5Wd8Ym3Qa7"]},
         "learned": {"sidecar_url": "http://svc:s1decar-Secret9@127.0.0.1:9/score"},
+        "state": {"redis_url": "redis://:r3dis-Passw0rd@127.0.0.1:6379/0"},
     })
     redactor = Redactor.for_config(config)
-    text = f"{LOCAL} client-Tk5Wd8Ym3Qa7 pa55word-LongOne s1decar-Secret9"
-    assert redactor.redact(text) == " ".join([MARKER] * 4)
+    text = f"{LOCAL} client-Tk5Wd8Ym3Qa7 pa55word-LongOne s1decar-Secret9 r3dis-Passw0rd"
+    assert redactor.redact(text) == " ".join([MARKER] * 5)
     assert without_userinfo("http://svc:s1decar-Secret9@127.0.0.1:9/score") == (
         "http://127.0.0.1:9/score"
     )
