@@ -4,6 +4,7 @@ the workflow runner, and the feeds that stream a background task's output to a c
 
 from .feed import ChatStream
 from .gateway import Gateway, Models, load_models, open_gateway
+from .keys import KeyGate
 from .node import RunContext, Served
 from .policy import FeedbackReport, load_offline_policy
 from .runs import Runs
@@ -12,6 +13,7 @@ __all__ = [
     "ChatStream",
     "FeedbackReport",
     "Gateway",
+    "KeyGate",
     "Models",
     "RunContext",
     "Runs",

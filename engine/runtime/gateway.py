@@ -38,6 +38,7 @@ from engine.core.stats import Stats
 from engine.errors import RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
+from engine.stores.keys import SqliteKeyStore
 from engine.stores.runs import RunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
@@ -45,6 +46,7 @@ from .dedup import FlightRegistry
 from .executor import RunNode, execute
 from .failover import BackendCaller
 from .feed import ChatStream
+from .keys import KeyGate
 from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
@@ -72,8 +74,11 @@ class Gateway:
         run_store: RunStore | None = None,
         run_store_error: str | None = None,
         shared: Shared | None = None,
+        keys: KeyGate | None = None,
     ) -> None:
         self.config = config
+        #: Client keys (``server.admin_key`` set); None: only ``server.api_keys`` apply.
+        self.keys = keys
         #: What this process shares with others (``state.redis_url``); None: nothing.
         self.shared = shared
         self.pool = BackendPool(config.models, health=config.health)
@@ -274,8 +279,14 @@ async def open_gateway(
         # Chat completions do not need it: serve them, and say what is wrong where it shows.
         logging.getLogger("llm_router").error("workflow runs are unavailable: %s", exc.message)
         run_store, run_store_error = None, exc.message
+    key_store: SqliteKeyStore | None = None
     runs: Runs | None = None
     try:
+        if config.server.admin_key is not None:
+            # Client keys are the front door: a key store that cannot be opened stops the
+            # start (StoreUnavailable, one message), rather than let anyone in.
+            key_store = SqliteKeyStore(config.path(config.state.path))
+            await key_store.open()
         transport = PooledTransport(max_connections=512,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
@@ -293,7 +304,10 @@ async def open_gateway(
             await policy.load()
             gateway = Gateway(config, upstream=upstream, nursery=nursery,
                               matcher=models.matcher, policy=policy, run_store=run_store,
-                              run_store_error=run_store_error, shared=shared)
+                              run_store_error=run_store_error, shared=shared,
+                              keys=KeyGate(key_store) if key_store is not None else None)
+            if gateway.keys is not None:
+                nursery.start_soon(gateway.keys.keep_spend)
             runs = gateway.runs
             if runs is not None:
                 await nursery.start(runs.maintain)
@@ -307,6 +321,8 @@ async def open_gateway(
                 await runs.close()
             if run_store is not None:
                 await run_store.close()
+            if key_store is not None:
+                await key_store.close()
             if store is not None:
                 await store.close()
 

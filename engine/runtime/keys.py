@@ -86,24 +86,43 @@ class KeyGate:
         log.info("client key %s (%s) created", record.id, record.prefix)
         return record, secret
 
-    async def update(self, key_id: str, changes: dict[str, object]) -> KeyRecord:
-        record = await self._get(key_id)
-        updated = await self.store.update(key_id, record.settings.updated(changes))
+    async def update(self, key_id: str, settings: KeySettings) -> KeyRecord:
+        record = await self.get(key_id)
+        updated = await self.store.update(key_id, settings)
         self._forget(record)
         return updated or record
 
     async def revoke(self, key_id: str) -> KeyRecord:
-        record = await self._get(key_id)
+        record = await self.get(key_id)
         revoked = await self.store.revoke(key_id, at=self._clock())
         self._forget(record)
         log.info("client key %s (%s) revoked", record.id, record.prefix)
         return revoked or record
 
-    async def _get(self, key_id: str) -> KeyRecord:
+    async def get(self, key_id: str) -> KeyRecord:
+        """Raises NotFound for an unknown id."""
         record = await self.store.get(key_id)
         if record is None:
-            raise NotFound(f"no client key {key_id!r}")
+            raise NotFound(f"no client key {key_id!r}; GET /v1/admin/keys lists them")
         return record
+
+    async def list(self) -> list[KeyRecord]:
+        return list(await self.store.list())
+
+    async def usage(self, record: KeyRecord) -> dict[str, object]:
+        """What the key has used in its current budget period (saved and not yet saved)."""
+        settings = record.settings
+        period = period_key(settings.budget_period, self._clock())
+        cost, requests, tokens = await self.store.spend(record.id, period)
+        more = self._unsaved.get((record.id, period), (0.0, 0, 0))
+        spent = cost + more[0]
+        usage: dict[str, object] = {
+            "period": period, "spent_usd": round(spent, 8), "requests": requests + more[1],
+            "tokens": tokens + more[2],
+        }
+        if settings.budget_usd is not None:
+            usage["remaining_usd"] = round(max(0.0, settings.budget_usd - spent), 8)
+        return usage
 
     def _forget(self, record: KeyRecord) -> None:
         self._records.pop(record.digest, None)

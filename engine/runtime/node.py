@@ -31,6 +31,7 @@ import trio
 from engine.core.cache.key import RequestKey, request_key
 from engine.core.cache.responses import CacheHit, PreparedText, ResponseCache
 from engine.core.config import Config, ModelConfig
+from engine.core.keys import KeyRecord
 from engine.core.planner import Node
 from engine.core.routing.decide import Route
 from engine.core.stats import Stats
@@ -68,6 +69,8 @@ class RunContext:
     tenant: str = ""
     cache_read: bool = True
     cache_write: bool = True
+    #: The client key that asked (its limits apply to every upstream call); None: none.
+    key: KeyRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)

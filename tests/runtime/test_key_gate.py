@@ -43,10 +43,11 @@ async def test_a_key_is_found_by_its_secret_until_revoked_or_expired(tmp_path: P
         assert secret not in (tmp_path / "keys.db").read_bytes().decode("latin-1")
         with pytest.raises(Unauthorized, match="unknown client key"):
             await gate.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B"))
-        await gate.update(record.id, {"expires_at": "2026-01-01T00:00:00Z"})
+        await gate.update(record.id, record.settings.updated(
+            {"expires_at": "2026-01-01T00:00:00Z"}))
         with pytest.raises(Unauthorized, match="has expired"):
             await gate.authenticate(secret)
-        await gate.update(record.id, {"expires_at": None})
+        await gate.update(record.id, record.settings.updated({"expires_at": None}))
         await gate.authenticate(secret)
         await gate.revoke(record.id)
         with pytest.raises(Unauthorized, match="was revoked"):
