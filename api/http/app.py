@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from engine.core import RUN_STATUSES, Config, KeyRecord, RedactingFilter, Redactor, iso_time
 from engine.errors import (
+    BudgetExceeded,
     ModelNotFound,
     PayloadTooLarge,
     RateLimited,
@@ -77,6 +78,8 @@ def _routing_headers(served: Served) -> dict[str, str]:
         headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
     if served.dedup is not None:
         headers["x-llm-router-dedup"] = served.dedup
+    if served.limits:
+        headers.update(served.limits)
     return headers
 
 
@@ -184,8 +187,10 @@ def _error_response(err: RouterError) -> Response:
     response = Response(caller_protocol().render_error(err), status=err.status,
                         content_type=_JSON)
     retry_after = getattr(err, "retry_after", None)
-    if isinstance(err, RateLimited | UpstreamRateLimited) and retry_after is not None:
+    if isinstance(err, RateLimited | UpstreamRateLimited | BudgetExceeded) and (
+            retry_after is not None):
         response.headers["retry-after"] = str(max(1, round(retry_after)))
+    response.headers.update(getattr(err, "limits", None) or {})  # a client key's X-RateLimit-*
     return response
 
 

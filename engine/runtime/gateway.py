@@ -102,6 +102,7 @@ class Gateway:
             stats=self.stats,
             cache=self.cache,
             flights=self.flights,
+            keys=keys,
         )
         self._nursery = nursery
         # Unset: the models' own timeouts (first byte, idle, total) end a request that takes

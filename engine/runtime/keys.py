@@ -106,6 +106,24 @@ class KeyGate:
             raise NotFound(f"no client key {key_id!r}; GET /v1/admin/keys lists them")
         return record
 
+    async def live(self, key_id: str) -> KeyRecord:
+        """The key by id, if it may still be used (a workflow run's key, as each run starts).
+
+        Raises:
+            Unauthorized: unknown, revoked or expired.
+        """
+        record = await self.store.get(key_id)
+        if record is None:
+            raise Unauthorized("the client key of this run no longer exists")
+        return self._usable(record)
+
+    def _usable(self, record: KeyRecord) -> KeyRecord:
+        if record.revoked_at is not None:
+            raise Unauthorized(f"client key {record.prefix}… was revoked")
+        if record.settings.expired(self._clock()):
+            raise Unauthorized(f"client key {record.prefix}… has expired")
+        return record
+
     async def list(self) -> list[KeyRecord]:
         return list(await self.store.list())
 
@@ -151,11 +169,7 @@ class KeyGate:
                 self._records.clear()
         if record is None:
             raise Unauthorized("unknown client key")
-        if record.revoked_at is not None:
-            raise Unauthorized(f"client key {record.prefix}… was revoked")
-        if record.settings.expired(now):
-            raise Unauthorized(f"client key {record.prefix}… has expired")
-        return record
+        return self._usable(record)
 
     @staticmethod
     def check_model(record: KeyRecord, model: str) -> None:
@@ -238,7 +252,7 @@ class KeyGate:
     def _limited(self, what: str, limit: int, retry_after: float) -> RateLimited:
         error = RateLimited(f"this client key may use {limit} {what} per minute; try again "
                             f"in {retry_after:.1f} s", retry_after=retry_after)
-        error.code = "rate_limit_exceeded"
+        error.limits = _headers(what, limit, 0, retry_after)  # type: ignore[attr-defined]
         return error
 
     # ---- keeping spend ------------------------------------------------------------------------------
