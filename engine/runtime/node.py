@@ -196,8 +196,9 @@ class NodeRunner:
             raise
         paid = done.served.cache != "HIT" and done.served.dedup != "FOLLOWER"
         usage = done.result.usage
-        gate.settle(key, ticket, tokens=usage.input_tokens + usage.output_tokens,
-                    cost_usd=done.cost_usd if paid else 0.0)
+        tokens, cost = usage.input_tokens + usage.output_tokens, done.cost_usd if paid else 0.0
+        gate.settle(key, ticket, tokens=tokens, cost_usd=cost)
+        self.stats.record_key(key.id, cost_usd=cost, tokens=tokens)
         if ticket.headers:
             done = dataclasses.replace(
                 done, served=dataclasses.replace(done.served, limits=ticket.headers))

@@ -142,4 +142,6 @@ async def test_a_cached_answer_costs_the_key_nothing(fake_upstream: FakeUpstream
             assert answer.status_code == 200
         usage = (await client.request("GET", f"/v1/admin/keys/{key_id}", headers=AS_ADMIN)
                  ).json()["usage"]
+        stats = (await client.request("GET", "/stats", headers=AS_ADMIN)).json()
     assert usage["spent_usd"] == pytest.approx(1.0) and usage["requests"] == 3
+    assert stats["by_key"] == {key_id: {"requests": 3, "spent_usd": 1.0, "tokens": 60}}
