@@ -10,8 +10,12 @@ records them, while the store is tidied (its write-ahead log checkpointed) every
 the runtime does; then, for scale, one thread round trip with no work (what any store call costs
 before SQLite does anything) and one ``create`` per run.
 
+With ``--redis URL`` the same is timed on the shared ``RedisRunStore`` (each commit one
+``EVALSHA``), and the round trip for scale is a ``PING`` on the same connection. The keys it
+writes stay in that Redis: point it at a database of its own (``redis://host:6379/15``).
+
     .venv/bin/python bench/run_store.py [--ops 2000] [--ops-per-run 4] [--output-bytes 500]
-                                        [--dir DIR] [--json FILE]
+                                        [--dir DIR | --redis URL] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.core.redis_address import RedisAddress
 from engine.core.workflow.runs import OpState, RunChange, RunRecord, RunSpec, new_run_id
-from engine.stores import SqliteRunStore
+from engine.stores import RunStore, SqliteRunStore
+from engine.stores.redis import RedisRunStore, open_redis
 
 WORKFLOW = """\
 ops:
@@ -71,7 +77,7 @@ def op_changes(record: RunRecord, name: str, now: float, answer: str
     )
 
 
-async def measure(store: SqliteRunStore, *, ops: int, per_run: int, answer: str
+async def measure(store: RunStore, *, ops: int, per_run: int, answer: str
                   ) -> dict[str, Any]:
     per_op: list[float] = []
     started_commits: list[float] = []
@@ -105,20 +111,22 @@ async def measure(store: SqliteRunStore, *, ops: int, per_run: int, answer: str
     hops = []
     for _ in range(ops):
         began = time.perf_counter()
-        await trio.to_thread.run_sync(int, limiter=limiter)
+        if isinstance(store, RedisRunStore):
+            await store.redis.call("PING")
+        else:
+            await trio.to_thread.run_sync(int, limiter=limiter)
         hops.append(time.perf_counter() - began)
     return {"per_op": stats(per_op), "op_started_commit": stats(started_commits),
             "op_finished_commit": stats(finished_commits), "thread_hop": stats(hops),
             "create": stats(creates)}
 
 
-def machine(folder: Path) -> str:
+def machine() -> str:
     with open("/proc/cpuinfo") as info:
         cpu = next((line.split(":", 1)[1].strip() for line in info
                     if line.startswith("model name")), platform.processor())
     return (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu};"
-            f" Python {platform.python_version()}, SQLite {sqlite3.sqlite_version};"
-            f" store in {folder}")
+            f" Python {platform.python_version()}")
 
 
 async def tidy_every_second(store: SqliteRunStore) -> None:
@@ -135,31 +143,46 @@ async def main() -> None:
                         help="each op's answer (kept in its state and its op_finished event)")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the store file goes (default: a fresh temporary folder)")
+    parser.add_argument("--redis", metavar="URL", default=None,
+                        help="time the shared Redis store at URL instead of the SQLite file")
     parser.add_argument("--json")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="llmr-bench-store-", dir=args.dir))
     answer = ("The answer, word by word. " * (args.output_bytes // 26 + 1))[: args.output_bytes]
-    store = SqliteRunStore(folder / "state.db")
-    await store.open()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(tidy_every_second, store)  # as the runtime's maintenance does
-            results = await measure(store, ops=args.ops, per_run=args.ops_per_run,
-                                    answer=answer)
-            nursery.cancel_scope.cancel()
-        size = sum(f.stat().st_size for f in folder.iterdir())
-    finally:
-        await store.close()
-        shutil.rmtree(folder)
-    print(f"machine: {machine(folder)}")
-    print(f"{args.ops} ops in runs of {args.ops_per_run}, answers of {args.output_bytes} B;"
-          f" store files {size / 1e6:.1f} MB\n")
+    if args.redis:
+        address = RedisAddress.from_url(args.redis)
+        async with open_redis(address) as redis:
+            info = await redis.call("INFO", "server")
+            text = info.decode() if isinstance(info, bytes) else ""
+            version = next((line.split(":", 1)[1] for line in text.split()
+                            if line.startswith("redis_version:")), "?")
+            results = await measure(RedisRunStore(redis), ops=args.ops,
+                                    per_run=args.ops_per_run, answer=answer)
+        where = f"Redis {version} at {address.describe()}"
+        scale = "Redis PING round trip"
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="llmr-bench-store-", dir=args.dir))
+        store = SqliteRunStore(folder / "state.db")
+        await store.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tidy_every_second, store)  # as the runtime's upkeep does
+                results = await measure(store, ops=args.ops, per_run=args.ops_per_run,
+                                        answer=answer)
+                nursery.cancel_scope.cancel()
+            size = sum(f.stat().st_size for f in folder.iterdir())
+        finally:
+            await store.close()
+            shutil.rmtree(folder)
+        where = f"SQLite {sqlite3.sqlite_version}, store in {folder} ({size / 1e6:.1f} MB)"
+        scale = "thread round trip, no work"
+    print(f"machine: {machine()}; {where}")
+    print(f"{args.ops} ops in runs of {args.ops_per_run}, answers of {args.output_bytes} B\n")
     print("| what | p50 (ms) | p99 (ms) | mean (ms) |")
     print("|---|---:|---:|---:|")
     for name, label in (("per_op", "per op: op_started + op_finished commits"),
                         ("op_started_commit", "op_started commit"),
                         ("op_finished_commit", "op_finished commit"),
-                        ("thread_hop", "thread round trip, no work"),
+                        ("thread_hop", scale),
                         ("create", "create (per run)")):
         row = results[name]
         print(f"| {label} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['mean_ms']:.3f} |")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from support_redis import RedisServer, running_redis
-from support_run_store import open_run_store
+from support_run_store import STORE_KINDS, open_store_of
 
-from engine.stores import SqliteRunStore
+from engine.stores import RunStore
 from engine.testing.fake_upstream import FakeUpstream, open_fake_upstream
 
 # -- fake upstream (engine/testing/fake_upstream.py) ----------------------------------------------
@@ -25,10 +25,11 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
 # -- run store (tests/support/support_run_store.py) -----------------------------------------------
 
 
-@pytest.fixture
-async def run_store(tmp_path: Path) -> AsyncIterator[SqliteRunStore]:
-    """An embedded run store on a fresh file, ``tmp_path / "state.db"``, closed after the test."""
-    async with open_run_store(tmp_path / "state.db") as store:
+@pytest.fixture(params=STORE_KINDS)
+async def run_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
+    """A fresh run store of each kind, closed after the test: the embedded one on
+    ``tmp_path / "state.db"``, and the shared one on a ``redis-server`` of the test's own."""
+    async with open_store_of(request.param, tmp_path) as store:
         yield store
 
 

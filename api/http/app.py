@@ -417,7 +417,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @app.get("/v1/backends")
     @guarded
     async def backends() -> Response:
-        return _json(gateway().backends_snapshot())
+        return _json(await gateway().backends_snapshot())
 
     # One object per model that both SDKs read: OpenAI's (id, object, created, owned_by) and
     # Anthropic's (type, id, display_name, created_at). `auto` (routed) comes first, so chat
@@ -447,7 +447,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @app.get("/stats")
     @guarded
     async def stats() -> Response:
-        return _json(gateway().stats_snapshot())
+        return _json(await gateway().stats_snapshot())
 
     # ---- the admin API: client keys (``server.admin_key``) -----------------------------------
 

@@ -28,6 +28,11 @@ burst of failures is one ejection; and it never lifts a ``down`` backend to ``de
 A 429 takes a backend out of rotation until its ``Retry-After`` passes, without changing its
 health: the provider is fine, it only asked us to wait.
 
+With several router processes (``state.redis_url``) a verdict reached by one process is
+shared with the others (``engine.runtime.shared_health``): :meth:`BackendState.verdict` is what
+they need to know, and :meth:`BackendState.adopt` takes another process's verdict as it is,
+without counting a failure or an ejection here (those stay with the process that saw them).
+
 Among usable backends the order is: a backend due its probe, then health, then fewer requests
 in flight, then lower latency (an exponential moving average), then lower price.
 """
@@ -149,6 +154,34 @@ class BackendState:
         elif probe or self.status != "down":
             # Only a probe's verdict (the newest evidence) lifts a down backend to degraded.
             self.status = "degraded"
+
+    def verdict(self) -> tuple[Status, float, int, float]:
+        """What other router processes need to know of it: its health, when it is due its
+        probe, how many ejections its backoff has reached, and until when it is rate-limited.
+        A change here is what a process publishes."""
+        return (self.status, self.probe_at, self.backoff, self.rate_limited_until)
+
+    def adopt(self, status: Status, *, probe_at: float, backoff: int,
+              error: str | None) -> None:
+        """Another process's verdict on its health (``probe_at`` on this process's clock).
+        Taken as it is: the newest verdict of any process is the best evidence there is."""
+        if status == "healthy":
+            if self.status != "healthy":
+                self.status = "healthy"
+                self.failures = 0
+                self.backoff = 0
+                self.probe_at = 0.0
+                self.last_error = None
+            return
+        self.status = status
+        self.probe_at = probe_at
+        self.backoff = backoff
+        if error is not None:
+            self.last_error = self.last_failure = error
+
+    def adopt_rate_limit(self, until: float) -> None:
+        """Another process was told to wait until ``until`` (this process's clock)."""
+        self.rate_limited_until = max(self.rate_limited_until, until)
 
     def ejection_time(self) -> float:
         """How long the current ejection lasts: the base interval, doubled per failed probe,

@@ -1,6 +1,7 @@
 """The running router (trio): the gateway and what it runs, the executor, node decisions,
-dedup flights, failover, the upstream client and transport, the routing policy, the sidecar,
-the workflow runner, and the feeds that stream a background task's output to a client."""
+dedup flights (in the process, and across processes through Redis), failover, the upstream
+client and transport, the routing policy, the sidecar, the workflow runner, and the feeds
+that stream a background task's output to a client."""
 
 from .feed import ChatStream
 from .gateway import Gateway, Models, load_models, open_gateway

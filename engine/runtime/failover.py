@@ -63,11 +63,20 @@ class Answer:
         self.failovers = failovers
 
 
+Verdict = tuple[Any, ...]  # BackendState.verdict()
+
+
 class BackendCaller:
+    """``on_verdict(backend, before)`` is told of every call that changed a backend's
+    verdict (``BackendState.verdict``), ``before`` being the old one: shared health publishes
+    it to the other processes."""
+
     def __init__(self, *, pool: BackendPool, upstream: UpstreamClient,
-                 models: tuple[ModelConfig, ...]) -> None:
+                 models: tuple[ModelConfig, ...],
+                 on_verdict: Callable[[BackendState, Verdict], None] | None = None) -> None:
         self.pool = pool
         self.upstream = upstream
+        self.on_verdict = on_verdict
         self._providers: dict[str, Provider] = {m.name: provider_for(m.provider) for m in models}
 
     def backends_for(
@@ -206,7 +215,10 @@ class BackendCaller:
                 backend.end(probe=probe)
                 raise
             else:
+                before = backend.verdict()
                 backend.succeeded(trio.current_time() - started)
+                if self.on_verdict is not None and backend.verdict() != before:
+                    self.on_verdict(backend, before)
                 return backend, value, len(errors)
             self._report(backend, error, probe=probe)
             backend.end(probe=probe)
@@ -241,8 +253,11 @@ class BackendCaller:
     def _report(self, backend: BackendState, error: UpstreamError, *, probe: bool = False
                 ) -> None:
         retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
+        before = backend.verdict()
         backend.failed(failure_kind(error), trio.current_time(), message=error.message,  # type: ignore[arg-type]
                        retry_after=retry_after, probe=probe)
+        if self.on_verdict is not None and backend.verdict() != before:
+            self.on_verdict(backend, before)
 
     def _unservable(self, needs: frozenset[str]) -> RequestInvalid:
         """The 400 for a routed request whose features no configured backend serves."""

@@ -21,6 +21,8 @@ reads slowly slows the upstream read rather than piling it up here.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
 from engine.stores.keys import SqliteKeyStore
 from engine.stores.runs import RunStore
+from engine.stores.redis import RedisRunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
 from .dedup import FlightRegistry
@@ -51,6 +54,10 @@ from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
+from .shared_cache import SharedCache
+from .shared_flights import SharedFlights
+from .shared_health import SharedHealth
+from .shared_totals import SharedTotals
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
@@ -85,23 +92,42 @@ class Gateway:
         self.stats = Stats(reference=self.pool.reference)
         self.cache: ResponseCache | None = None
         if config.cache.enabled and matcher is not None:
-            self.cache = ResponseCache(
-                matcher=matcher,
-                max_entries=config.cache.max_size,
-                max_bytes=config.cache.max_bytes,
-                max_entry_bytes=config.cache.max_entry_bytes,
-                ttl=config.cache.ttl_sec,
-                threshold=config.cache.similarity_thresh,
-            )
+            settings = config.cache
+            if shared is None:
+                self.cache = ResponseCache(
+                    matcher=matcher, max_entries=settings.max_size,
+                    max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
+                    ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
+            else:
+                self.cache = SharedCache(
+                    shared, matcher=matcher, max_entries=settings.max_size,
+                    max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
+                    ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
+                nursery.start_soon(self.cache.run)
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
+        #: Dedup across processes: None without ``state.redis_url``.
+        self.shared_flights = (None if shared is None
+                               else SharedFlights(shared.redis, shared.tail, nursery))
         self.policy = policy or RoutingPolicy(config)
+        #: Health and totals shared with the other processes (``state.redis_url``).
+        self.shared_health: SharedHealth | None = None
+        self.shared_totals: SharedTotals | None = None
+        if shared is not None:
+            origin = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self.shared_health = SharedHealth(shared, self.pool, origin=origin)
+            self.shared_totals = SharedTotals(shared, self.stats, self.pool, origin=origin)
+            nursery.start_soon(self.shared_health.run)
+            nursery.start_soon(self.shared_totals.run)
         self.runner = NodeRunner(
             policy=self.policy,
             config=config,
-            caller=BackendCaller(pool=self.pool, upstream=upstream, models=config.models),
+            caller=BackendCaller(
+                pool=self.pool, upstream=upstream, models=config.models,
+                on_verdict=None if self.shared_health is None else self.shared_health.changed),
             stats=self.stats,
             cache=self.cache,
             flights=self.flights,
+            shared_flights=self.shared_flights,
             keys=keys,
         )
         self._nursery = nursery
@@ -170,16 +196,28 @@ class Gateway:
 
     # ---- what the API reads and reports -------------------------------------------------
 
-    def backends_snapshot(self) -> list[dict[str, object]]:
-        """``GET /v1/backends``: every backend's health and load (and the sidecar's)."""
+    async def backends_snapshot(self) -> list[dict[str, object]]:
+        """``GET /v1/backends``: every backend's health and load (and the sidecar's); totals
+        of all processes when shared."""
         entries = self.pool.snapshot(trio.current_time())
+        if self.shared_totals is not None:
+            entries = await self.shared_totals.backends_snapshot(entries)
         if self.policy.sidecar is not None:
             entries.append(self.policy.sidecar.snapshot())
         return entries
 
-    def stats_snapshot(self) -> dict[str, object]:
-        """``GET /stats``: the router's counters, and the money spent and saved."""
-        return self.stats.snapshot()
+    async def stats_snapshot(self) -> dict[str, object]:
+        """``GET /stats``: the router's counters, and the money spent and saved (of all
+        processes when shared)."""
+        if self.shared_totals is not None:
+            snapshot = await self.shared_totals.stats_snapshot()
+        else:
+            snapshot = self.stats.snapshot()
+        if isinstance(self.cache, SharedCache):
+            cache = snapshot["cache"]
+            assert isinstance(cache, dict)
+            cache["shared"] = self.cache.counters()
+        return snapshot
 
     def remember_decision(self, request_id: str, served: Served) -> None:
         """Keep how a request was routed, so feedback can name it by its request id."""
@@ -271,17 +309,7 @@ async def open_gateway(
         # Routing works without it; only feedback and calibration are off.
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
-    run_store: SqliteRunStore | None = SqliteRunStore(config.path(config.state.path))
-    run_store_error = None
-    try:
-        assert run_store is not None
-        await run_store.open()
-    except StoreUnavailable as exc:
-        # Chat completions do not need it: serve them, and say what is wrong where it shows.
-        logging.getLogger("llm_router").error("workflow runs are unavailable: %s", exc.message)
-        run_store, run_store_error = None, exc.message
     key_store: SqliteKeyStore | None = None
-    runs: Runs | None = None
     try:
         if config.server.admin_key is not None:
             # Client keys are the front door: a key store that cannot be opened stops the
@@ -293,39 +321,67 @@ async def open_gateway(
         async with (
             open_http_client(transport=transport) as http,
             _maybe_shared(config) as shared,
-            trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(transport.expire_idle)
-            upstream = UpstreamClient(http, redactor=redactor or Redactor.for_config(config))
-            sidecar = None
-            if settings.sidecar_url is not None:
-                sidecar = Sidecar(settings.sidecar_url, timeout_ms=settings.sidecar_timeout_ms,
-                                  upstream=upstream)
-            policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar, store=store)
-            await policy.load()
-            gateway = Gateway(config, upstream=upstream, nursery=nursery,
-                              matcher=models.matcher, policy=policy, run_store=run_store,
-                              run_store_error=run_store_error, shared=shared,
-                              keys=KeyGate(key_store) if key_store is not None else None)
-            if gateway.keys is not None:
-                nursery.start_soon(gateway.keys.keep_spend)
-            runs = gateway.runs
-            if runs is not None:
-                await nursery.start(runs.maintain)
+            # Inside the shared block: a Redis run store gives its leases up (``runs.close``)
+            # while its client is still open.
+            run_store, run_store_error = await _open_run_store(config, shared)
+            runs: Runs | None = None
             try:
-                yield gateway
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(transport.expire_idle)
+                    upstream = UpstreamClient(http,
+                                              redactor=redactor or Redactor.for_config(config))
+                    sidecar = None
+                    if settings.sidecar_url is not None:
+                        sidecar = Sidecar(settings.sidecar_url,
+                                          timeout_ms=settings.sidecar_timeout_ms,
+                                          upstream=upstream)
+                    policy = RoutingPolicy(config, learned=models.learned, sidecar=sidecar,
+                                           store=store)
+                    if shared is not None and store is not None:
+                        policy.share(shared)
+                    await policy.load()
+                    keys = KeyGate(key_store) if key_store is not None else None
+                    gateway = Gateway(config, upstream=upstream, nursery=nursery,
+                                      matcher=models.matcher, policy=policy,
+                                      run_store=run_store, run_store_error=run_store_error,
+                                      shared=shared, keys=keys)
+                    if keys is not None:
+                        nursery.start_soon(keys.keep_spend)
+                    runs = gateway.runs
+                    if runs is not None:
+                        await nursery.start(runs.maintain)
+                    try:
+                        yield gateway
+                    finally:
+                        nursery.cancel_scope.cancel()
             finally:
-                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    if runs is not None:
+                        await runs.close()
+                    if run_store is not None:
+                        await run_store.close()
     finally:
         with trio.CancelScope(shield=True):
-            if runs is not None:
-                await runs.close()
-            if run_store is not None:
-                await run_store.close()
             if key_store is not None:
                 await key_store.close()
             if store is not None:
                 await store.close()
+
+
+async def _open_run_store(config: Config, shared: Shared | None
+                          ) -> tuple[RunStore | None, str | None]:
+    """The run store: Redis's when state is shared (runs are then every process's), else
+    the SQLite file; ``(None, why)`` if it cannot be opened. Chat completions do not need
+    it: they are served anyway, and what is wrong shows in ``/health``."""
+    store: RunStore = (RedisRunStore(shared.redis) if shared is not None
+                       else SqliteRunStore(config.path(config.state.path)))
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        logging.getLogger("llm_router").error("workflow runs are unavailable: %s", exc.message)
+        return None, exc.message
+    return store, None
 
 
 @asynccontextmanager

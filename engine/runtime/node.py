@@ -4,7 +4,8 @@
 2. **Cache**: a request whose exact part matches a cached one and whose final message is the
    same or similar enough is answered from the cache, at no cost.
 3. **Dedup**: a miss identical to a request already in flight joins that flight instead of
-   calling upstream again.
+   calling upstream again; with Redis, a flight led in another process is followed
+   (``engine.runtime.shared_flights``).
 4. **Call with failover** (``engine.runtime.failover``), in a flight run in the gateway's background
    nursery, so the leader's client leaving does not cancel it while followers listen.
 5. **Account** (once per flight), and store the answer in the cache.
@@ -22,10 +23,10 @@ furthest listener takes, and cuts off one that falls too far behind (``engine.de
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -54,6 +55,9 @@ from .dedup import FlightRegistry, Publish
 from .failover import Answer, BackendCaller
 from .keys import KeyGate
 from .policy import RoutingPolicy
+
+if TYPE_CHECKING:
+    from .shared_flights import SharedFlights
 
 __all__ = ["Deadline", "NodeResult", "NodeRunner", "RunContext", "Served"]
 
@@ -118,6 +122,7 @@ class NodeRunner:
         cache: ResponseCache | None,
         flights: FlightRegistry,
         policy: RoutingPolicy,
+        shared_flights: SharedFlights | None = None,
         keys: KeyGate | None = None,
     ) -> None:
         self.config = config
@@ -127,6 +132,8 @@ class NodeRunner:
         self.stats = stats
         self.cache = cache
         self.flights = flights
+        #: Dedup across processes (``state.redis_url``), after the local flights.
+        self.shared_flights = shared_flights
 
     async def run(
         self,
@@ -250,23 +257,25 @@ class NodeRunner:
             self.stats.cache_misses += 1
 
         store = cache is not None and ctx.cache_write
-        listener = self.flights.join(
-            key.full if key is not None else b"",
-            partial(self._fly, request, route, key, store, sink is not None, prefer, prepared),
-            share=share,
-        )
-        leader = listener.leader
-        role = "LEADER" if leader else "FOLLOWER"
+        run = partial(self._fly, request, route, key, store, sink is not None, prefer, prepared)
+        if share and key is not None and self.shared_flights is not None:
+            run = partial(self.shared_flights.fly, key.full, run)
+        listener = self.flights.join(key.full if key is not None else b"", run, share=share)
+        role = "LEADER" if listener.leader else "FOLLOWER"
         try:
             if sink is not None:
-                # What was already sent, then the rest live, at this client's pace.
+                # What was already sent, then the rest live, at this client's pace. A head
+                # that came from another process's flight already says FOLLOWER.
                 while (item := await listener.take()) is not None:
                     if type(item) is Served:
-                        item = dataclasses.replace(item, dedup=role)
+                        item = dataclasses.replace(item, dedup=item.dedup or role)
                     await sink.send(item)
             done: NodeResult = await listener.flight.wait()
         finally:
             listener.leave()
+        # The local flight followed one led in another process: every caller here follows.
+        leader = listener.leader and done.served.dedup is None
+        role = "LEADER" if leader else "FOLLOWER"
         if not leader:
             self.stats.record_dedup(done.cost_usd, reference_usd=done.cost_usd + done.saved_usd)
         return dataclasses.replace(done, served=dataclasses.replace(done.served, dedup=role))

@@ -8,6 +8,8 @@ here within its time budget; on failure the others decide alone) and the thresho
 calibration (``engine.core.routing.calibration``) moves from quality feedback; calibrated
 thresholds are kept in the feedback database and survive restarts. A threshold is calibrated
 only on the reports that arrived since it last moved: a step spends its evidence.
+With ``state.redis_url`` the reports, the thresholds and their calibration are shared by
+every router process (``engine.runtime.shared_feedback``, :meth:`RoutingPolicy.share`).
 
 :meth:`RoutingPolicy.decide` is the synchronous decision without the sidecar: a workflow's
 dry run asks it, so it predicts what a run would do now.
@@ -22,7 +24,7 @@ worker thread, with the same result, so that a few huge prompts cannot hold up t
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +33,7 @@ from typing import Any, TypeVar
 import trio
 
 from engine.core.config import Config
-from engine.core.routing.calibration import Report, calibrate
+from engine.core.routing.calibration import Adjustment, Report, calibrate
 from engine.core.routing.decide import (
     LearnedScorer,
     Route,
@@ -40,10 +42,12 @@ from engine.core.routing.decide import (
     model_threshold,
     to_score,
 )
-from engine.errors import NotFound, RequestInvalid, RouterError, echo
+from engine.errors import NotFound, RequestInvalid, RouterError, StoreUnavailable, echo
 from engine.messages import ChatRequest, TextPart, ToolCall, ToolResult
 from engine.stores.feedback import FeedbackStore
 
+from .shared import Shared
+from .shared_feedback import SharedFeedback
 from .sidecar import Sidecar
 
 __all__ = ["FeedbackReport", "LearnedScorer", "RoutingPolicy"]
@@ -106,13 +110,47 @@ class RoutingPolicy:
         self.tier2_max = config.classifier.tier2_max
         self._recent: OrderedDict[str, _Decision] = OrderedDict()
         self._calibrating = trio.Lock()
+        #: Feedback and thresholds shared with other processes (``state.redis_url``).
+        self.shared: SharedFeedback | None = None
+        # Reports accepted while Redis was down, sent when it is back.
+        self._unsent: deque[tuple[Report, str | None, str | None]] = deque()
+
+    def share(self, shared: Shared) -> None:
+        """Calibrate on every process's feedback, and route with the shared thresholds
+        (``engine.runtime.shared_feedback``). While Redis is down, reports are kept in the
+        local database and queued, and thresholds stay as they are: no process calibrates
+        alone, so thresholds never diverge; when Redis is back the queued reports are sent
+        and calibration runs."""
+        self.shared = SharedFeedback(
+            shared, base=(self.config.classifier.tier1_max, self.config.classifier.tier2_max),
+            on_thresholds=self._take_thresholds)
+        shared.redis.on_up(self._resync)
+
+    def _take_thresholds(self, saved: dict[str, int]) -> None:
+        self.tier1_max = saved.get("tier1_max", self.tier1_max)
+        self.tier2_max = saved.get("tier2_max", self.tier2_max)
 
     async def load(self) -> None:
-        """Take up the calibrated thresholds kept in the feedback database."""
+        """Take up the calibrated thresholds kept in the feedback database (and, when shared,
+        those in Redis, which win)."""
         if self.store is not None:
-            saved = await self.store.thresholds()
-            self.tier1_max = saved.get("tier1_max", self.tier1_max)
-            self.tier2_max = saved.get("tier2_max", self.tier2_max)
+            self._take_thresholds(await self.store.thresholds())
+        if self.shared is not None:
+            try:
+                self._take_thresholds(await self.shared.thresholds())
+            except StoreUnavailable:
+                pass  # taken up when Redis answers (``_resync``)
+
+    async def _resync(self) -> None:
+        async with self._calibrating:
+            try:
+                await self._send_unsent()
+                assert self.shared is not None
+                self._take_thresholds(await self.shared.thresholds())
+                if self.config.learned.calibrate:
+                    await self._calibrate_shared()
+            except StoreUnavailable:
+                pass
 
     # ---- deciding -------------------------------------------------------------------------------
 
@@ -182,7 +220,15 @@ class RoutingPolicy:
         # evidence.
         async with self._calibrating:
             await self.store.add(found, request_id=request_id, model=model)
-            if settings.calibrate:
+            if self.shared is not None:
+                self._unsent.append((found, request_id, model))
+                try:
+                    await self._send_unsent()
+                    if settings.calibrate:
+                        changes = await self._calibrate_shared()
+                except StoreUnavailable:
+                    pass  # kept and sent when Redis is back; no calibration meanwhile
+            elif settings.calibrate:
                 # Each threshold sees only the reports not yet spent on moving it, so every
                 # step needs min_samples fresh reports and a burst cannot swing routing.
                 spent = await self.store.spent(("tier1_max", "tier2_max"))
@@ -206,6 +252,31 @@ class RoutingPolicy:
                  "reason": c.reason} for c in changes
             ],
         }
+
+    async def _send_unsent(self) -> None:
+        assert self.shared is not None
+        while self._unsent:
+            report, request_id, model = self._unsent[0]
+            await self.shared.add(report, request_id=request_id, model=model)
+            self._unsent.popleft()
+
+    async def _calibrate_shared(self) -> list[Adjustment]:
+        """One calibration on every process's unspent reports, under the shared lock."""
+        settings = self.config.learned
+        assert self.shared is not None
+
+        def step(reports: list[Report], saved: dict[str, int]) -> list[Adjustment]:
+            return calibrate(
+                reports, tier1_max=saved.get("tier1_max", self.tier1_max),
+                tier2_max=saved.get("tier2_max", self.tier2_max),
+                target=settings.target_quality, min_samples=settings.min_samples,
+                max_step=settings.max_step, band=settings.band,
+            )
+
+        changes = await self.shared.calibrate(step) or []
+        for change in changes:
+            setattr(self, change.name, change.new)
+        return changes
 
     def _report(self, report: FeedbackReport) -> tuple[Report, str | None, str | None]:
         """The report with its decision: remembered for its request id, or as given."""
@@ -240,8 +311,16 @@ class RoutingPolicy:
             },
         }
         if self.store is not None:
-            out["feedback"] = await self.store.summary()
-            out["changes"] = await self.store.recent_changes()
+            if self.shared is not None:
+                try:
+                    out["feedback"] = await self.shared.summary()
+                    out["changes"] = await self.shared.recent_changes()
+                    out["scope"] = "shared"
+                except StoreUnavailable:
+                    out["scope"] = "process"
+            if "feedback" not in out:
+                out["feedback"] = await self.store.summary()
+                out["changes"] = await self.store.recent_changes()
         if self.sidecar is not None:
             out["sidecar"] = self.sidecar.snapshot()
         return out

@@ -291,6 +291,12 @@ class Runs:
             self._stalled.add(record.run_id)
             log.error("workflow run %s is stalled (it resumes when the run store works "
                       "again): %s", record.run_id, exc.message)
+        except NotFound as exc:
+            # Its record is gone (a Redis that came back empty): nothing left to write to.
+            live.error = exc
+            self._stalled.discard(record.run_id)
+            self._live.pop(record.run_id, None)
+            log.error("workflow run %s is no longer in the run store; stopped", record.run_id)
         finally:
             # Also on shutdown, when the run is left for the next process to resume.
             live.done.set()

@@ -32,6 +32,17 @@ class Shared:
         self.redis = redis
         self.tail = tail
 
+    async def last_id(self, stream: str) -> str:
+        """The id of ``stream``'s newest entry (``"0"``: none yet). A store that reads the
+        current state and then follows the news reads this first and follows from it, so no
+        news written in between is missed.
+
+        Raises:
+            StoreUnavailable: Redis is down.
+        """
+        newest: Any = await self.redis.call("XREVRANGE", stream, "+", "-", "COUNT", 1)
+        return newest[0][0].decode() if newest else "0"
+
     def health(self) -> dict[str, Any]:
         return self.redis.health()
 

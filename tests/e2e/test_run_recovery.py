@@ -7,24 +7,19 @@ The routers are real ``llm-router`` processes; the fake upstream runs in the tes
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 import yaml
+from support_processes import router_process
 from support_routing import wait_for
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
-LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 CHAIN = """\
 name: chain
 ops:
@@ -50,31 +45,6 @@ def write_config(tmp_path: Path, fake: FakeUpstream) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@asynccontextmanager
-async def router_process(config: Path) -> AsyncIterator[tuple[trio.Process, str]]:
-    """An ``llm-router`` process on a free port; killed at the end if still running."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
-    process = await trio.lowlevel.open_process(
-        [LLM_ROUTER, "--config", str(config), "--addr", "127.0.0.1:0"],
-        cwd=config.parent, env=env, stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    err = b""
-    try:
-        with trio.fail_after(30):
-            while (found := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)) is None:
-                chunk = await process.stderr.receive_some()
-                assert chunk, err.decode()
-                err += chunk
-        yield process, found.group(1).decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.move_on_after(5, shield=True):
-                await process.wait()
-        await process.stderr.aclose()
 
 
 async def get_run(http: httpx.AsyncClient, url: str, run_id: str) -> dict[str, Any]:

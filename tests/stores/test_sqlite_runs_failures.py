@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,18 @@ async def assert_unavailable(path: Path, *words: str) -> str:
     with pytest.raises(StoreUnavailable, match="not open"):
         await store.get("run_0", tenant=None)
     return message
+
+
+@pytest.fixture
+async def run_store(tmp_path: Path) -> AsyncIterator[SqliteRunStore]:
+    """The embedded store alone (the shared fixture gives each kind in turn)."""
+    async with open_run_store(tmp_path / "state.db") as store:
+        yield store
+
+
+async def test_health_says_what_the_store_is(tmp_path: Path, run_store: SqliteRunStore) -> None:
+    assert run_store.health() == {"status": "ok", "kind": "sqlite",
+                                  "path": str(tmp_path / "state.db")}
 
 
 # ---- opening --------------------------------------------------------------------------------
@@ -258,3 +270,20 @@ async def test_a_read_sees_another_process_commit_whole_or_not_at_all(tmp_path: 
         assert after is not None
         assert (after.status, after.ops["a"].status, after.finished_at) == (
             "succeeded", "succeeded", 2.0)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+
+async def test_commits_stay_in_the_log_until_tidy_checkpoints_it(tmp_path: Path) -> None:
+    database = tmp_path / "state.db"
+    async with open_run_store(database) as store:
+        before = database.stat().st_size
+        for i in range(40):
+            await store.create(make_record(f"run_{i}", created_at=i), owner="me",
+                               lease_sec=15, now=0)
+            await store.commit(f"run_{i}", RunChange(status="running"), now=0)
+        assert database.stat().st_size == before  # no commit checkpointed on its own
+        await store.tidy()
+        assert database.stat().st_size > before
+        assert len(await store.list(tenant=None, status="running", limit=100)) == 40

@@ -1,22 +1,31 @@
-"""Support for the run store tests: records to store, a store opened on a file, and a file
-made read-only even for root (who ignores permission bits: the immutable attribute instead).
+"""Support for the run store tests: records to store, a store of each kind (the embedded one
+on a file, the shared one on a real ``redis-server``), another store on the same data (a
+second router process), what a deleted run left behind, and a file made read-only even for
+root (who ignores permission bits: the immutable attribute instead).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from support_redis import running_redis
 
+from engine.core.redis_address import RedisAddress
 from engine.core.workflow.runs import OpState, RunRecord, RunSpec
-from engine.stores import SqliteRunStore
+from engine.stores import RunStore, SqliteRunStore
+from engine.stores.redis import RedisRunStore, open_redis
 
-__all__ = ["make_record", "open_run_store", "read_only"]
+__all__ = ["STORE_KINDS", "leftovers", "make_record", "open_another", "open_redis_run_store",
+           "open_run_store", "open_store_of", "read_only"]
+
+STORE_KINDS = ("sqlite", "redis")
 
 
 def make_record(run_id: str, *, tenant: str = "", created_at: float = 0.0,
@@ -38,6 +47,75 @@ async def open_run_store(path: Path) -> AsyncIterator[SqliteRunStore]:
         yield store
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def open_redis_run_store(address: RedisAddress) -> AsyncIterator[RedisRunStore]:
+    """A shared run store with a Redis client of its own (as a router process has)."""
+    async with open_redis(address) as redis:
+        store = RedisRunStore(redis)
+        await store.open()
+        yield store
+
+
+@asynccontextmanager
+async def open_store_of(kind: str, folder: Path) -> AsyncIterator[RunStore]:
+    """A fresh store: ``sqlite`` on ``folder / "state.db"``, or ``redis`` on a
+    ``redis-server`` started in ``folder`` (stopped after the block)."""
+    if kind == "sqlite":
+        async with open_run_store(folder / "state.db") as store:
+            yield store
+        return
+    with running_redis(folder) as server:
+        async with open_redis_run_store(RedisAddress.from_url(server.url)) as shared:
+            yield shared
+
+
+@asynccontextmanager
+async def open_another(store: RunStore) -> AsyncIterator[RunStore]:
+    """A second store on ``store``'s data: what another router process opens."""
+    if isinstance(store, SqliteRunStore):
+        async with open_run_store(store.path) as other:
+            yield other
+        return
+    assert isinstance(store, RedisRunStore)
+    async with open_redis_run_store(store.redis.address) as shared:
+        yield shared
+
+
+async def leftovers(store: RunStore, run_ids: Sequence[str]) -> set[str]:
+    """Where anything of ``run_ids`` is still kept: SQLite tables with rows of theirs, or
+    Redis keys named after them or holding them (an index)."""
+    wanted = set(run_ids)
+    found: set[str] = set()
+    if isinstance(store, SqliteRunStore):
+        db = sqlite3.connect(store.path)
+        try:
+            for table in ("runs", "ops", "events"):
+                rows = db.execute(f"SELECT DISTINCT run_id FROM {table}").fetchall()
+                if {run_id for (run_id,) in rows} & wanted:
+                    found.add(table)
+        finally:
+            db.close()
+        return found
+    assert isinstance(store, RedisRunStore)
+    keys = await store.redis.call("KEYS", "llmr:*")
+    assert isinstance(keys, list)
+    for raw in keys:
+        assert isinstance(raw, bytes)
+        key = raw.decode()
+        kind = await store.redis.call("TYPE", key)
+        members: object = []
+        if kind == b"zset":
+            members = await store.redis.call("ZRANGE", key, 0, -1)
+        elif kind == b"set":
+            members = await store.redis.call("SMEMBERS", key)
+        elif kind == b"string":
+            members = [await store.redis.call("GET", key)]
+        assert isinstance(members, list)
+        if any(r in key for r in wanted) or {m.decode() for m in members} & wanted:
+            found.add(key)
+    return found
 
 
 @contextmanager

@@ -18,8 +18,10 @@ Bounds: ``max_entries``, a ``max_bytes`` budget (one huge answer cannot blow mem
 over ``max_entry_bytes`` is never stored), ``ttl`` (expired entries are never served and are
 purged as the cache is used), and least-recently-used eviction.
 
-This is the in-memory implementation of the cache state; a shared (Redis) implementation
-keeps the same ``lookup`` / ``store`` interface.
+This is each process's cache; with ``state.redis_url`` the runtime's shared cache
+(``engine.runtime.shared_cache``) extends it: entries stored here are published, and those
+other processes store are filed here (:meth:`ResponseCache.store_entry`,
+:meth:`ResponseCache.discard`).
 """
 
 from __future__ import annotations
@@ -199,9 +201,22 @@ class ResponseCache:
     ) -> bool:
         """Store an answer; ``False`` when it is too large to cache. ``prepared`` is as for
         :meth:`lookup`."""
+        return self.store_entry(key, result, model=model, tier=tier, cost_usd=cost_usd,
+                                reference_usd=reference_usd, now=now,
+                                prepared=prepared) is not None
+
+    def store_entry(
+        self, key: RequestKey, result: ChatResult, *, model: str, tier: int, cost_usd: float,
+        reference_usd: float, now: float, prepared: PreparedText | None = None,
+        ttl: float | None = None,
+    ) -> CacheEntry | None:
+        """:meth:`store`, returning the entry stored (``None``: too large). ``ttl`` overrides
+        the cache's for this entry: an entry another process stored expires when it does
+        there (it arrives a little after; entries are still expected in expiry order, which
+        holds to within that delay)."""
         size = _ENTRY_OVERHEAD + len(key.text.encode()) * 2 + _result_size(result)
         if size > self.max_entry_bytes or self.max_entries == 0:
-            return False
+            return None
         norm = prepared.norm if prepared is not None else self._normalise(key.text)
         partition = self._partitions.get(key.exact)
         if partition is None:
@@ -217,7 +232,7 @@ class ResponseCache:
         entry = CacheEntry(
             id=self._next_id, exact=key.exact, norm=norm, fingerprint=fingerprint,
             result=result, model=model, tier=tier, cost_usd=cost_usd,
-            reference_usd=reference_usd, expires=now + self.ttl,
+            reference_usd=reference_usd, expires=now + (self.ttl if ttl is None else ttl),
             size=size,
         )
         self._next_id += 1
@@ -230,6 +245,18 @@ class ResponseCache:
             partition.index.add(entry.id, self.matcher.vector(fingerprint))
         self.bytes += size
         self._evict(now)
+        return entry
+
+    def discard(self, exact: bytes, norm: str) -> bool:
+        """Drop the entry for this exact part and normalised text, if there is one (another
+        process evicted it from the shared budget)."""
+        partition = self._partitions.get(exact)
+        entry_id = partition.by_text.get(norm) if partition is not None else None
+        entry = self._entries.get(entry_id) if entry_id is not None else None
+        if entry is None:
+            return False
+        self._remove(entry)
+        self.evictions += 1
         return True
 
     def _evict(self, now: float) -> None:

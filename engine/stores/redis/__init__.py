@@ -3,5 +3,6 @@ the stores built on it."""
 
 from .client import Redis, Script, open_redis
 from .resp import ReplyError
+from .runs import RedisRunStore
 
-__all__ = ["Redis", "ReplyError", "Script", "open_redis"]
+__all__ = ["Redis", "RedisRunStore", "ReplyError", "Script", "open_redis"]

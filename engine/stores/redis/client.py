@@ -98,6 +98,8 @@ class _Connection:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError,
                 IndexError) as exc:
             self.fail(exc)
+            # Nobody else closes a socket Redis broke: the next command makes a new one.
+            await _close(self.stream)
 
     def fail(self, exc: BaseException) -> None:
         if self.broken is None:
@@ -125,6 +127,7 @@ class Redis:
         self._backoff = _BACKOFF_FIRST
         self._error: str | None = None
         self._on_up: list[Callable[[], Awaitable[None]]] = []
+        self._closed = False
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -180,6 +183,12 @@ class Redis:
         async with self._connecting:
             if self._conn is not None and self._conn.broken is None:
                 return self._conn
+            if self._closed:
+                # A task still running at shutdown (an on-up hook) opens nothing new.
+                raise StoreUnavailable("the Redis client was closed")
+            if self._conn is not None:  # broken while idle (the reader saw it): close it
+                stale, self._conn = self._conn, None
+                await _close(stale.stream)
             if trio.current_time() < self._retry_at:
                 raise self._unavailable()
             with trio.move_on_after(self.connect_timeout) as scope:
@@ -191,18 +200,32 @@ class Redis:
             if scope.cancelled_caught or conn is None:
                 self._mark_down(f"no connection within {self.connect_timeout:g} s")
                 raise self._unavailable()
+            if self._closed:
+                conn.fail(StoreUnavailable("the Redis client was closed"))
+                await _close(conn.stream)
+                raise StoreUnavailable("the Redis client was closed")
             self._conn = conn
             return conn
 
     async def _connect(self) -> _Connection:
         address = self.address
         stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+        try:
+            return await self._hello(stream)
+        except BaseException:
+            # Refused, broken or cancelled (the connect timeout) half-way: the socket is
+            # closed here, or it would linger until garbage collection.
+            await _close(stream)
+            raise
+
+    async def _hello(self, stream: trio.abc.Stream) -> _Connection:
+        address = self.address
         if address.tls:
             stream = trio.SSLStream(stream, ssl.create_default_context(),
                                     server_hostname=address.host)
             await stream.do_handshake()
         conn = _Connection(stream)
-        self._nursery.start_soon(conn.read_replies)
+        self._nursery.start_soon(self._read, conn)
         hello: list[list[Arg]] = []
         if address.password is not None:
             hello.append(["AUTH", address.username, address.password] if address.username
@@ -210,14 +233,19 @@ class Redis:
         if address.db:
             hello.append(["SELECT", address.db])
         hello.append(["CLIENT", "SETNAME", "llm-router"])
-        for slot in await conn.send(hello):
-            await slot.done.wait()
-            if isinstance(slot.reply, ReplyError):
-                conn.fail(slot.reply)
-                await _close(conn.stream)
-                raise slot.reply
-            if isinstance(slot.reply, BaseException):
-                raise trio.BrokenResourceError(str(slot.reply))
+        try:
+            for slot in await conn.send(hello):
+                await slot.done.wait()
+                if isinstance(slot.reply, ReplyError):
+                    raise slot.reply
+                if isinstance(slot.reply, BaseException):
+                    raise trio.BrokenResourceError(str(slot.reply))
+        except BaseException as exc:
+            # Also a Redis that closes the connection while it starts, or the connect
+            # timeout: the socket is closed here, not left to the garbage collector.
+            conn.fail(exc)
+            await _close(conn.stream)
+            raise
         return conn
 
     # ---- commands ---------------------------------------------------------------------------
@@ -289,7 +317,16 @@ class Redis:
         return Redis(self.address, nursery=self._nursery, timeout=timeout,
                      connect_timeout=self.connect_timeout)
 
+    async def _read(self, conn: _Connection) -> None:
+        """The connection's reader; a connection that breaks while in use (Redis restarted,
+        the network cut) marks Redis down at once, so it shows in ``/health`` and the
+        stores resynchronise when it is back (the ``on_up`` hooks)."""
+        await conn.read_replies()
+        if self._conn is conn and conn.broken is not None:
+            self._mark_down(_describe(conn.broken))
+
     async def aclose(self) -> None:
+        self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.fail(StoreUnavailable("the Redis client was closed"))
@@ -299,12 +336,16 @@ class Redis:
 @asynccontextmanager
 async def open_redis(address: RedisAddress, *, timeout: float = 0.25,
                      connect_timeout: float = 0.5) -> AsyncIterator[Redis]:
-    """A client whose connections live as long as the block. Nothing is connected until the
-    first command: a Redis that is down at start is not an error here."""
+    """A client whose connections live as long as the block, connected on entering if Redis
+    answers (a Redis that is down at start is not an error here: see :attr:`Redis.up`)."""
     async with trio.open_nursery() as nursery:
         redis = Redis(address, nursery=nursery, timeout=timeout,
                       connect_timeout=connect_timeout)
         try:
+            try:
+                await redis.call("PING", probe=True)
+            except (StoreUnavailable, ReplyError):
+                pass
             yield redis
         finally:
             await redis.aclose()

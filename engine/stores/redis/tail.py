@@ -49,15 +49,21 @@ class StreamTail:
         in batches. A handler that raises loses its batch (logged), not the tail."""
         self._streams[key] = (since.encode(), handler)
 
+    def unfollow(self, key: str) -> None:
+        """Stop delivering ``key`` (a batch already read may still reach its handler)."""
+        self._streams.pop(key, None)
+
     async def run(self) -> None:
         """Read until cancelled."""
         while True:
             if not self._streams:
                 await trio.sleep(BLOCK_MS / 1000)
                 continue
-            keys = list(self._streams)
             try:
-                await self._resolve_dollars(keys)
+                await self._resolve_dollars(list(self._streams))
+                keys = list(self._streams)  # as they are now: the resolving awaited
+                if not keys:
+                    continue
                 reply = await self._redis.call(
                     "XREAD", "COUNT", 1000, "BLOCK", BLOCK_MS, "STREAMS", *keys,
                     *(self._streams[k][0] for k in keys), probe=True)
@@ -69,6 +75,8 @@ class StreamTail:
                 await trio.sleep(1)
                 continue
             for key, entries in _by_stream(reply):
+                if key not in self._streams:
+                    continue  # unfollowed while this read was under way
                 since, handler = self._streams[key]
                 if entries:
                     self._streams[key] = (entries[-1].id, handler)
@@ -83,8 +91,8 @@ class StreamTail:
         """Replace ``$`` by the stream's current last id, so that a reconnect after an
         outage goes on from there rather than skipping what was added meanwhile."""
         for key in keys:
-            since, handler = self._streams[key]
-            if since != b"$":
+            since, handler = self._streams.get(key, (b"", None))
+            if since != b"$" or handler is None:
                 continue
             info: Any = await self._main.call("XREVRANGE", key, "+", "-", "COUNT", 1,
                                               probe=True)

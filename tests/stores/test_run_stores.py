@@ -1,25 +1,26 @@
-"""The embedded run store (``SqliteRunStore``) keeps the ``RunStore`` rules, called the way
-``engine.runtime.runs`` calls it: create (with ``Idempotency-Key``), get and list, commit and
+"""Both run stores, the embedded one (``RunStore``) and the shared one
+(``RedisRunStore``, on a real ``redis-server``), keep the ``RunStore`` rules, called the way
+``engine.runtime.runs`` calls them: create (with ``Idempotency-Key``), get and list, commit and
 events, claim / renew / release of leases, cancel requests, memos, expiry, and a second store
-on the same file (a second router process) seeing the same runs.
+on the same data (a second router process) seeing the same runs. Every test here runs on both
+(the ``run_store`` fixture).
 
-Times are explicit (``now=``); nothing here waits on a clock. Failures (a corrupt, read-only
-or full store) are in test_sqlite_runs_failures.py.
+Times are explicit (``now=``); nothing here waits on a clock. What is particular to one store
+is in test_sqlite_runs_failures.py (a corrupt, read-only or full file) and
+test_redis_runs.py (Redis going away, its keys).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import pytest
 import trio
-from support_run_store import make_record, open_run_store
+from support_run_store import leftovers, make_record, open_another
 
 from engine.core.workflow.runs import OpState, RunChange, RunRecord, memo_key
 from engine.errors import NotFound
-from engine.stores import Memo, SqliteRunStore
+from engine.stores import Memo, RunStore
 
 LEASE = 15.0
 
@@ -32,14 +33,14 @@ def alive_except(*dead: str) -> Callable[[str], bool]:
     return lambda owner: owner not in dead
 
 
-async def add(store: SqliteRunStore, record: RunRecord, *, owner: str | None = "me",
+async def add(store: RunStore, record: RunRecord, *, owner: str | None = "me",
               now: float = 0.0) -> RunRecord:
     stored, created = await store.create(record, owner=owner, lease_sec=LEASE, now=now)
     assert created
     return stored
 
 
-async def set_status(store: SqliteRunStore, run_id: str, status: str, *,
+async def set_status(store: RunStore, run_id: str, status: str, *,
                      finished_at: float | None = None) -> None:
     fields = {} if finished_at is None else {"finished_at": finished_at}
     await store.commit(run_id, RunChange(status=status, fields=fields), now=0.0)
@@ -52,7 +53,7 @@ def ids(records: Iterable[RunRecord]) -> list[str]:
 # ---- create ---------------------------------------------------------------------------------
 
 
-async def test_create_stores_the_whole_record(run_store: SqliteRunStore) -> None:
+async def test_create_stores_the_whole_record(run_store: RunStore) -> None:
     record = make_record("run_1", tenant="t1", created_at=12.5, ops=("z", "a", "m"), key="k")
     stored, created = await run_store.create(record, owner="me", lease_sec=LEASE, now=12.5)
     assert created and stored is record
@@ -61,7 +62,7 @@ async def test_create_stores_the_whole_record(run_store: SqliteRunStore) -> None
     assert found is not None and list(found.ops) == ["z", "a", "m"]  # the workflow's order
 
 
-async def test_an_idempotency_key_gives_the_tenants_run_back(run_store: SqliteRunStore) -> None:
+async def test_an_idempotency_key_gives_the_tenants_run_back(run_store: RunStore) -> None:
     first = await add(run_store, make_record("run_1", tenant="t1", key="k", created_at=1))
     again, created = await run_store.create(make_record("run_2", tenant="t1", key="k"),
                                             owner="me", lease_sec=LEASE, now=2)
@@ -76,12 +77,13 @@ async def test_an_idempotency_key_gives_the_tenants_run_back(run_store: SqliteRu
     assert await run_store.get("run_2", tenant=None) is None
 
 
-async def test_one_key_submitted_at_once_by_two_processes_is_one_run(tmp_path: Path) -> None:
+async def test_one_key_submitted_at_once_by_two_processes_is_one_run(run_store: RunStore
+                                                                     ) -> None:
     results: list[tuple[RunRecord, bool]] = []
-    async with (open_run_store(tmp_path / "state.db") as a,
-                open_run_store(tmp_path / "state.db") as b):
+    async with open_another(run_store) as b:
+        a = run_store
 
-        async def submit(store: SqliteRunStore, i: int) -> None:
+        async def submit(store: RunStore, i: int) -> None:
             results.append(await store.create(make_record(f"run_{i}", key="k"), owner=f"p{i}",
                                               lease_sec=LEASE, now=i))
 
@@ -95,7 +97,7 @@ async def test_one_key_submitted_at_once_by_two_processes_is_one_run(tmp_path: P
 # ---- get and list ---------------------------------------------------------------------------
 
 
-async def test_get_sees_only_the_tenants_runs(run_store: SqliteRunStore) -> None:
+async def test_get_sees_only_the_tenants_runs(run_store: RunStore) -> None:
     await add(run_store, make_record("run_t", tenant="t1"))
     await add(run_store, make_record("run_default"))  # the tenant of a router without keys: ""
     assert await run_store.get("run_unknown", tenant=None) is None
@@ -108,7 +110,7 @@ async def test_get_sees_only_the_tenants_runs(run_store: SqliteRunStore) -> None
     assert await run_store.get("run_default", tenant="") is not None
 
 
-async def test_list_is_newest_first_filtered_and_limited(run_store: SqliteRunStore) -> None:
+async def test_list_is_newest_first_filtered_and_limited(run_store: RunStore) -> None:
     for i in range(1, 6):
         await add(run_store, make_record(f"run_a{i}", tenant="t1", created_at=float(i)))
     await add(run_store, make_record("run_b1", tenant="t2", created_at=2.5))
@@ -131,7 +133,7 @@ async def test_list_is_newest_first_filtered_and_limited(run_store: SqliteRunSto
     assert all(len(r.ops) == 2 for r in await run_store.list(tenant=None, status=None, limit=9))
 
 
-async def test_has_more_is_read_with_one_run_past_the_limit(run_store: SqliteRunStore) -> None:
+async def test_has_more_is_read_with_one_run_past_the_limit(run_store: RunStore) -> None:
     """The API asks for ``limit + 1`` runs: one more than it shows means ``has_more``."""
     for i in range(3):
         await add(run_store, make_record(f"run_{i}", created_at=float(i)))
@@ -141,7 +143,7 @@ async def test_has_more_is_read_with_one_run_past_the_limit(run_store: SqliteRun
         assert ids(found[:limit]) == ["run_2", "run_1", "run_0"][:limit]
 
 
-async def test_list_orders_runs_of_the_same_moment_by_id(run_store: SqliteRunStore) -> None:
+async def test_list_orders_runs_of_the_same_moment_by_id(run_store: RunStore) -> None:
     for run_id in ("run_b", "run_c", "run_a"):
         await add(run_store, make_record(run_id, created_at=5.0))
     assert ids(await run_store.list(tenant=None, status=None, limit=10)) == [
@@ -151,7 +153,7 @@ async def test_list_orders_runs_of_the_same_moment_by_id(run_store: SqliteRunSto
 # ---- commit and events ----------------------------------------------------------------------
 
 
-async def test_a_commit_writes_status_fields_ops_and_event(run_store: SqliteRunStore) -> None:
+async def test_a_commit_writes_status_fields_ops_and_event(run_store: RunStore) -> None:
     await add(run_store, make_record("run_1", ops=("a", "b")))
     started = RunChange(status="running", fields={"started_at": 3.0, "starts": 1},
                         event=("run_started", {"run_id": "run_1", "starts": 1}))
@@ -181,7 +183,7 @@ async def test_a_commit_writes_status_fields_ops_and_event(run_store: SqliteRunS
     assert found == memory  # what the runtime keeps in memory is what the store kept
 
 
-async def test_event_seqs_count_from_one_for_each_run(run_store: SqliteRunStore) -> None:
+async def test_event_seqs_count_from_one_for_each_run(run_store: RunStore) -> None:
     await add(run_store, make_record("run_a"))
     await add(run_store, make_record("run_b"))
     seqs = []
@@ -192,14 +194,14 @@ async def test_event_seqs_count_from_one_for_each_run(run_store: SqliteRunStore)
     assert await run_store.commit("run_a", RunChange(event=("e", {})), now=1.0) == 4
 
 
-async def test_concurrent_commits_from_two_processes_get_every_seq_once(tmp_path: Path
+async def test_concurrent_commits_from_two_processes_get_every_seq_once(run_store: RunStore
                                                                         ) -> None:
-    async with (open_run_store(tmp_path / "state.db") as a,
-                open_run_store(tmp_path / "state.db") as b):
+    async with open_another(run_store) as b:
+        a = run_store
         await add(a, make_record("run_1"))
         seqs: list[int] = []
 
-        async def commit(store: SqliteRunStore, i: int) -> None:
+        async def commit(store: RunStore, i: int) -> None:
             seqs.append(await store.commit("run_1", RunChange(event=("e", {"i": i})), now=i))
 
         async with trio.open_nursery() as nursery:
@@ -211,7 +213,7 @@ async def test_concurrent_commits_from_two_processes_get_every_seq_once(tmp_path
     assert sorted(e.data["i"] for e in events) == list(range(40))
 
 
-async def test_events_resume_after_a_seq(run_store: SqliteRunStore) -> None:
+async def test_events_resume_after_a_seq(run_store: RunStore) -> None:
     await add(run_store, make_record("run_1"))
     await add(run_store, make_record("run_2"))
     await run_store.commit("run_2", RunChange(event=("other", {})), now=0.0)
@@ -228,7 +230,7 @@ async def test_events_resume_after_a_seq(run_store: SqliteRunStore) -> None:
     assert await run_store.events("run_unknown", after=0, limit=100) == []
 
 
-async def test_a_commit_to_an_unknown_run_is_not_found(run_store: SqliteRunStore) -> None:
+async def test_a_commit_to_an_unknown_run_is_not_found(run_store: RunStore) -> None:
     await add(run_store, make_record("run_1"))
     with pytest.raises(NotFound, match="run_nope"):
         await run_store.commit("run_nope", RunChange(status="running", event=("e", {})),
@@ -241,7 +243,7 @@ async def test_a_commit_to_an_unknown_run_is_not_found(run_store: SqliteRunStore
 # ---- leases: claim, renew, release -----------------------------------------------------------
 
 
-async def test_claim_takes_unfinished_runs_of_dead_or_no_owners(run_store: SqliteRunStore
+async def test_claim_takes_unfinished_runs_of_dead_or_no_owners(run_store: RunStore
                                                                 ) -> None:
     await add(run_store, make_record("run_dead_queued", created_at=1), owner="dead")
     await add(run_store, make_record("run_live", created_at=2), owner="live")
@@ -263,7 +265,7 @@ async def test_claim_takes_unfinished_runs_of_dead_or_no_owners(run_store: Sqlit
                                      alive=everyone_alive, limit=100) == []
 
 
-async def test_claim_takes_runs_whose_lease_lapsed(run_store: SqliteRunStore) -> None:
+async def test_claim_takes_runs_whose_lease_lapsed(run_store: RunStore) -> None:
     await add(run_store, make_record("run_1"), owner="slow", now=100.0)  # leased until 115
     for now in (100.0, 114.9, 115.0):
         assert await run_store.claim(owner="me", lease_sec=LEASE, now=now,
@@ -275,7 +277,7 @@ async def test_claim_takes_runs_whose_lease_lapsed(run_store: SqliteRunStore) ->
                                  alive=everyone_alive, limit=100) == []
 
 
-async def test_claim_takes_the_oldest_runs_first_up_to_the_limit(run_store: SqliteRunStore
+async def test_claim_takes_the_oldest_runs_first_up_to_the_limit(run_store: RunStore
                                                                  ) -> None:
     for i in (3, 1, 4, 0, 2):
         await add(run_store, make_record(f"run_{i}", created_at=float(i)), owner="dead")
@@ -288,14 +290,15 @@ async def test_claim_takes_the_oldest_runs_first_up_to_the_limit(run_store: Sqli
                                      limit=100)) == ["run_2", "run_3", "run_4"]
 
 
-async def test_two_processes_claiming_at_once_never_take_the_same_run(tmp_path: Path) -> None:
+async def test_two_processes_claiming_at_once_never_take_the_same_run(run_store: RunStore
+                                                                       ) -> None:
     claims: dict[str, list[str]] = {}
-    async with (open_run_store(tmp_path / "state.db") as a,
-                open_run_store(tmp_path / "state.db") as b):
+    async with open_another(run_store) as b:
+        a = run_store
         for i in range(30):
             await add(a, make_record(f"run_{i:02}", created_at=float(i)), owner="dead")
 
-        async def claim(store: SqliteRunStore, owner: str) -> None:
+        async def claim(store: RunStore, owner: str) -> None:
             for _ in range(5):
                 taken = await store.claim(owner=owner, lease_sec=LEASE, now=1.0,
                                           alive=alive_except("dead"), limit=4)
@@ -309,7 +312,7 @@ async def test_two_processes_claiming_at_once_never_take_the_same_run(tmp_path: 
     assert sorted(taken) == [f"run_{i:02}" for i in range(30)]  # each run once
 
 
-async def test_renew_extends_only_the_owners_unfinished_leases(run_store: SqliteRunStore
+async def test_renew_extends_only_the_owners_unfinished_leases(run_store: RunStore
                                                                ) -> None:
     await add(run_store, make_record("run_mine", created_at=1), owner="me", now=0.0)
     await add(run_store, make_record("run_theirs", created_at=2), owner="them", now=0.0)
@@ -322,7 +325,7 @@ async def test_renew_extends_only_the_owners_unfinished_leases(run_store: Sqlite
     assert ids(claimed) == ["run_mine"]
 
 
-async def test_release_lets_another_process_claim_at_once(run_store: SqliteRunStore) -> None:
+async def test_release_lets_another_process_claim_at_once(run_store: RunStore) -> None:
     await add(run_store, make_record("run_1", created_at=1), owner="me", now=0.0)
     await add(run_store, make_record("run_2", created_at=2), owner="me", now=0.0)
     await add(run_store, make_record("run_other", created_at=3), owner="other", now=0.0)
@@ -336,7 +339,7 @@ async def test_release_lets_another_process_claim_at_once(run_store: SqliteRunSt
 # ---- cancel requests ------------------------------------------------------------------------
 
 
-async def test_the_first_cancel_request_is_kept_for_the_owner(run_store: SqliteRunStore
+async def test_the_first_cancel_request_is_kept_for_the_owner(run_store: RunStore
                                                              ) -> None:
     await add(run_store, make_record("run_1", tenant="t1"), owner="me")
     first = {"request_id": "req_1", "at": 5.0, "reason": "changed my mind"}
@@ -348,7 +351,7 @@ async def test_the_first_cancel_request_is_kept_for_the_owner(run_store: SqliteR
     assert await run_store.cancel_requests(owner="someone") == []
 
 
-async def test_a_cancel_request_for_another_tenant_is_not_recorded(run_store: SqliteRunStore
+async def test_a_cancel_request_for_another_tenant_is_not_recorded(run_store: RunStore
                                                                    ) -> None:
     await add(run_store, make_record("run_1", tenant="t1"), owner="me")
     assert await run_store.request_cancel("run_1", tenant="t2", by={"request_id": "x"}) is None
@@ -357,7 +360,7 @@ async def test_a_cancel_request_for_another_tenant_is_not_recorded(run_store: Sq
     assert await run_store.cancel_requests(owner="me") == []
 
 
-async def test_cancelling_a_finished_run_records_nothing(run_store: SqliteRunStore) -> None:
+async def test_cancelling_a_finished_run_records_nothing(run_store: RunStore) -> None:
     await add(run_store, make_record("run_1"), owner="me")
     await set_status(run_store, "run_1", "succeeded", finished_at=2.0)
     found = await run_store.request_cancel("run_1", tenant=None, by={"request_id": "x"})
@@ -365,7 +368,7 @@ async def test_cancelling_a_finished_run_records_nothing(run_store: SqliteRunSto
     assert await run_store.cancel_requests(owner="me") == []
 
 
-async def test_a_cancel_request_follows_the_run_to_its_next_owner(run_store: SqliteRunStore
+async def test_a_cancel_request_follows_the_run_to_its_next_owner(run_store: RunStore
                                                                   ) -> None:
     await add(run_store, make_record("run_1"), owner="dead")
     by = {"request_id": "req_1"}
@@ -385,7 +388,7 @@ MEMO = Memo(output="the answer ✓", value={"parsed": [1, 2.5, None]}, model="m"
             input_tokens=10, output_tokens=20, cost_usd=0.003)
 
 
-async def test_a_memo_is_kept_until_it_expires(run_store: SqliteRunStore) -> None:
+async def test_a_memo_is_kept_until_it_expires(run_store: RunStore) -> None:
     await run_store.memo_put("k", MEMO, expires_at=100.0)
     assert await run_store.memo_get("k", now=99.9) == MEMO
     assert await run_store.memo_get("k", now=100.0) is None
@@ -396,7 +399,7 @@ async def test_a_memo_is_kept_until_it_expires(run_store: SqliteRunStore) -> Non
     assert await run_store.memo_get("k", now=150.0) == newer
 
 
-async def test_memos_belong_to_their_tenant(run_store: SqliteRunStore) -> None:
+async def test_memos_belong_to_their_tenant(run_store: RunStore) -> None:
     request = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
     mine = memo_key(tenant="t1", op_route="tier:1", request=request)
     theirs = memo_key(tenant="t2", op_route="tier:1", request=request)
@@ -408,8 +411,7 @@ async def test_memos_belong_to_their_tenant(run_store: SqliteRunStore) -> None:
 # ---- expiry ---------------------------------------------------------------------------------
 
 
-async def test_expire_deletes_only_runs_that_ended_before_the_cutoff(tmp_path: Path,
-                                                                     run_store: SqliteRunStore
+async def test_expire_deletes_only_runs_that_ended_before_the_cutoff(run_store: RunStore
                                                                      ) -> None:
     for run_id, status, at in (("run_succeeded", "succeeded", 10.0),
                                ("run_failed", "failed", 20.0),
@@ -436,17 +438,11 @@ async def test_expire_deletes_only_runs_that_ended_before_the_cutoff(tmp_path: P
     kept = ["run_odd", "run_running", "run_queued", "run_recent"]
     assert sorted(ids(await run_store.list(tenant=None, status=None, limit=100))) == sorted(kept)
     assert len(await run_store.events("run_running", after=0, limit=10)) == 1
-    db = sqlite3.connect(tmp_path / "state.db")  # nothing of the deleted runs is left behind
-    try:
-        for table in ("ops", "events"):
-            left = db.execute(f"SELECT DISTINCT run_id FROM {table}").fetchall()
-            assert not {run_id for (run_id,) in left} & set(gone), table
-    finally:
-        db.close()
+    assert await leftovers(run_store, gone) == set()  # nothing of them is left behind
     assert await run_store.expire(finished_before=100.0, now=0.0) == 0
 
 
-async def test_expire_deletes_memos_past_their_time(run_store: SqliteRunStore) -> None:
+async def test_expire_deletes_memos_past_their_time(run_store: RunStore) -> None:
     for key, at in (("old", 50.0), ("due", 100.0), ("fresh", 150.0)):
         await run_store.memo_put(key, MEMO, expires_at=at)
     assert await run_store.expire(finished_before=0.0, now=100.0) == 0
@@ -454,21 +450,20 @@ async def test_expire_deletes_memos_past_their_time(run_store: SqliteRunStore) -
         None, None, MEMO]
 
 
-# ---- the same file, another store -----------------------------------------------------------
+# ---- the same data, another store ----------------------------------------------------------
 
 
-async def test_a_store_opened_again_on_the_file_has_everything(tmp_path: Path) -> None:
-    path = tmp_path / "folder" / "state.db"
-    async with open_run_store(path) as first:
-        record = await add(first, make_record("run_1", tenant="t1", key="k"), owner="me")
-        await first.commit("run_1", RunChange(status="running", event=("a", {"n": 1})), now=1)
-        await first.commit("run_1", RunChange(ops={"a": OpState(status="succeeded",
-                                                               output="out")},
-                                              event=("b", {"n": 2})), now=2)
-        await first.memo_put("key", MEMO, expires_at=100.0)
-        await first.request_cancel("run_1", tenant=None, by={"request_id": "r"})
-        before = await first.get("run_1", tenant=None)
-    async with open_run_store(path) as second:
+async def test_another_store_on_the_same_data_has_everything(run_store: RunStore) -> None:
+    first = run_store
+    record = await add(first, make_record("run_1", tenant="t1", key="k"), owner="me")
+    await first.commit("run_1", RunChange(status="running", event=("a", {"n": 1})), now=1)
+    await first.commit("run_1", RunChange(ops={"a": OpState(status="succeeded",
+                                                           output="out")},
+                                          event=("b", {"n": 2})), now=2)
+    await first.memo_put("key", MEMO, expires_at=100.0)
+    await first.request_cancel("run_1", tenant=None, by={"request_id": "r"})
+    before = await first.get("run_1", tenant=None)
+    async with open_another(run_store) as second:
         assert await second.get("run_1", tenant="t1") == before
         assert [e.name for e in await second.events("run_1", after=0, limit=10)] == ["a", "b"]
         assert await second.memo_get("key", now=0.0) == MEMO
@@ -477,25 +472,3 @@ async def test_a_store_opened_again_on_the_file_has_everything(tmp_path: Path) -
                                               owner="me", lease_sec=LEASE, now=3)
         assert not created and again.run_id == record.run_id
         assert await second.commit("run_1", RunChange(event=("c", {})), now=3) == 3
-
-
-async def test_health_says_what_the_store_is(tmp_path: Path, run_store: SqliteRunStore) -> None:
-    assert run_store.health() == {"status": "ok", "kind": "sqlite",
-                                  "path": str(tmp_path / "state.db")}
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-
-
-async def test_commits_stay_in_the_log_until_tidy_checkpoints_it(
-    run_store: SqliteRunStore, tmp_path: Path,
-) -> None:
-    database = tmp_path / "state.db"
-    before = database.stat().st_size
-    for i in range(40):
-        await add(run_store, make_record(f"run_{i}", created_at=i))
-        await set_status(run_store, f"run_{i}", "running")
-    assert database.stat().st_size == before  # no commit checkpointed on its own
-    await run_store.tidy()
-    assert database.stat().st_size > before
-    assert len(await run_store.list(tenant=None, status="running", limit=100)) == 40

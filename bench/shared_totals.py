@@ -1,0 +1,156 @@
+"""What sharing health and totals through Redis costs a request.
+
+Usage: .venv/bin/python bench/shared_totals.py [--requests 3000] [--rounds 5]
+
+Needs ``redis-server`` on the PATH (started here on a free loopback port, nothing saved).
+
+1. End to end: ``Gateway.complete`` (routing, the backend call to an in-process fake
+   upstream over loopback HTTP, stats) timed per request, one at a time, for a gateway
+   without ``state.redis_url`` and one with it, in alternating rounds so drift on a shared
+   machine hits both alike. Prints the p50 / p90 of each and the p50 difference.
+2. The Redis work itself, timed alone: the totals write (``SharedTotals.flush``, one pipeline
+   ``HSET`` + ``SADD`` of every counter; at most one per 0.25 s per process, whatever the
+   traffic, so at 1 request per flush it is the worst per-request share), a health verdict
+   published (``HSET`` + ``XADD``: only when a backend changes state), and the read behind
+   ``/stats`` (the ``SUM`` script over every process's hash; per read, not per request).
+
+Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.core.config import parse_config
+from engine.messages import ChatRequest, Message, TextPart
+from engine.runtime import RunContext, open_gateway
+from engine.runtime.gateway import Models
+from engine.testing import open_fake_upstream
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config(fake_url: str, folder: Path, redis_url: str | None) -> object:
+    state: dict[str, object] = {"path": str(folder / "state.db")}
+    if redis_url is not None:
+        state["redis_url"] = redis_url
+    data = {
+        "models": [{"name": "m", "provider": "openai", "model": "m", "tier": 1,
+                    "base_url": fake_url, "api_key": "k",
+                    "cost_per_1k_in": 0.001, "cost_per_1k_out": 0.002}],
+        "cache": {"enabled": False},
+        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
+        "state": state,
+    }
+    return parse_config(yaml.safe_dump(data))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def timed_requests(gateway: object, count: int) -> list[float]:
+    request = ChatRequest(messages=(Message("user", (TextPart("hello there"),)),))
+    ctx = RunContext(tenant="bench")
+    out = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await gateway.complete(request, ctx)  # type: ignore[attr-defined]
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+async def timed(fn: object, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await fn()  # type: ignore[operator]
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed")
+    folder = Path(tempfile.mkdtemp(prefix="llmr-bench-"))
+    port = free_port()
+    redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(folder)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await trio.sleep(0.3)
+        url = f"redis://127.0.0.1:{port}/0"
+        async with open_fake_upstream() as fake:
+            base = fake.base_url("m", "openai")
+            (folder / "plain").mkdir()
+            (folder / "shared").mkdir()
+            async with (
+                open_gateway(config(base, folder / "plain", None), models=Models()) as plain,
+                open_gateway(config(base, folder / "shared", url), models=Models()) as shared,
+            ):
+                await timed_requests(plain, 200)
+                await timed_requests(shared, 200)
+                fake.reset()
+                alone: list[float] = []
+                together: list[float] = []
+                per_round = args.requests // args.rounds
+                for _ in range(args.rounds):
+                    alone += await timed_requests(plain, per_round)
+                    together += await timed_requests(shared, per_round)
+                totals = shared.shared_totals
+                health = shared.shared_health
+                assert totals is not None and health is not None
+
+                async def flush() -> None:
+                    shared.stats.total_requests += 1  # a change, so the write happens
+                    await totals.flush()
+
+                async def publish() -> None:
+                    health._pending["m"] = {"status", "rate_limit"}
+                    await health._publish()
+
+                flushes = await timed(flush, 2000)
+                publishes = await timed(publish, 2000)
+                reads = await timed(totals.totals, 2000)
+        print(f"Python {sys.version.split()[0]}, {args.requests} requests per gateway, "
+              f"one at a time, {args.rounds} alternating rounds\n")
+        print("| what | p50 ms | p90 ms |")
+        print("|---|---:|---:|")
+        for name, values in (("request, no Redis", alone), ("request, shared through Redis",
+                                                             together),
+                             ("totals write (flush), per 0.25 s", flushes),
+                             ("health verdict published", publishes),
+                             ("/stats read (SUM script)", reads)):
+            print(f"| {name} | {pct(values, 0.5):.3f} | {pct(values, 0.9):.3f} |")
+        print(f"\np50 difference per request: "
+              f"{statistics.median(together) - statistics.median(alone):+.3f} ms")
+    finally:
+        redis.kill()
+        redis.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    trio.run(main, parser.parse_args())

@@ -1,0 +1,187 @@
+"""Totals shared by every router process (``state.redis_url``): ``/stats``, ``/v1/backends``
+and ``/v1/routing`` show the sum of all processes from any of them.
+
+Each process keeps counting on its own (``Stats``, the pool), as it does alone, and every
+:data:`FLUSH_SEC` a background task writes its *own running totals* - absolute values, not
+increments - to a hash of its own, ``llmr:stats:{totals}:proc:<origin>``, listed in the set
+``llmr:stats:{totals}:procs``. A reader sums every other process's hash in one script call and
+adds its own current totals, so its view is exact for itself and at most
+:data:`FLUSH_SEC` behind for the others.
+
+Absolute values make a write idempotent: a write whose reply was lost (Redis timed out, then
+applied it) counts nothing twice, and nothing counted while Redis was down is lost - the first
+write after it returns carries it. A Redis that restarted empty is filled again by each
+running process's next write. A process that has stopped leaves its hash: totals are those of
+every process that ran since the hashes were made.
+
+With Redis down a reader answers from this process's totals alone and says so
+(``"scope": "process"``; ``"shared"`` otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from engine.core.pool import BackendPool
+from engine.core.stats import Stats
+from engine.errors import StoreUnavailable
+from engine.stores.redis import Script
+
+from .shared import PREFIX, Shared
+
+__all__ = ["FLUSH_SEC", "SharedTotals"]
+
+FLUSH_SEC = 0.25
+PROCS = PREFIX + "stats:{totals}:procs"
+PROC_PREFIX = PREFIX + "stats:{totals}:proc:"
+
+# The sum of every listed process's hash but ARGV[1]'s (the caller adds its own, current).
+# Lua 5.1 numbers are doubles: sums are exact for counts below 2**53, amounts to ~15 digits.
+_SUM = Script("""
+local sums, order = {}, {}
+for _, proc in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if proc ~= ARGV[1] then
+    local flat = redis.call('HGETALL', KEYS[2] .. proc)
+    for i = 1, #flat, 2 do
+      local k = flat[i]
+      if sums[k] == nil then sums[k] = 0; order[#order + 1] = k end
+      sums[k] = sums[k] + tonumber(flat[i + 1])
+    end
+  end
+end
+local out = {}
+for _, k in ipairs(order) do
+  out[#out + 1] = k
+  out[#out + 1] = string.format('%.17g', sums[k])
+end
+return out
+""")
+
+
+def _flatten(stats: Stats, pool: BackendPool) -> dict[str, float]:
+    """A process's totals as one flat hash (the names :func:`_inflate` reads back)."""
+    out: dict[str, float] = {
+        "total_requests": stats.total_requests, "spent_usd": stats.spent_usd,
+        "saved_usd": stats.saved_usd, "failovers": stats.failovers,
+        "tokens:input": stats.input_tokens, "tokens:output": stats.output_tokens,
+        "cache:hits": stats.cache_hits, "cache:misses": stats.cache_misses,
+        "cache:saved_usd": stats.cache_saved_usd, "dedup:joined": stats.dedup_joined,
+        "dedup:saved_usd": stats.dedup_saved_usd,
+    }
+    for name, n in stats.by_model.items():
+        out[f"model:{name}"] = n
+    for tier, n in stats.by_tier.items():
+        out[f"tier:{tier}"] = n
+    for code, n in stats.errors.items():
+        out[f"error:{code}"] = n
+    for key_id, (requests, spent, tokens) in stats.by_key.items():
+        out[f"key:{key_id}:requests"] = requests
+        out[f"key:{key_id}:spent_usd"] = spent
+        out[f"key:{key_id}:tokens"] = tokens
+    for backend in pool.backends.values():
+        out[f"backend:{backend.name}:requests"] = backend.total_requests
+        out[f"backend:{backend.name}:ejections"] = backend.ejections
+    return out
+
+
+def _inflate(totals: dict[str, float], reference: Any) -> Stats:
+    stats = Stats(reference=reference)
+    plain = {"total_requests": "total_requests", "spent_usd": "spent_usd",
+             "saved_usd": "saved_usd", "failovers": "failovers",
+             "tokens:input": "input_tokens", "tokens:output": "output_tokens",
+             "cache:hits": "cache_hits", "cache:misses": "cache_misses",
+             "cache:saved_usd": "cache_saved_usd", "dedup:joined": "dedup_joined",
+             "dedup:saved_usd": "dedup_saved_usd"}
+    for name, value in totals.items():
+        kind, _, rest = name.partition(":")
+        if name in plain:
+            amount = value if name.endswith("usd") else int(value)
+            setattr(stats, plain[name], amount)
+        elif kind == "model":
+            stats.by_model[rest] = int(value)
+        elif kind == "tier" and rest.isdigit():
+            stats.by_tier[int(rest)] = int(value)
+        elif kind == "error":
+            stats.errors[rest] = int(value)
+        elif kind == "key":
+            key_id, _, part = rest.rpartition(":")
+            row = stats.by_key.setdefault(key_id, [0, 0.0, 0])
+            index = {"requests": 0, "spent_usd": 1, "tokens": 2}.get(part)
+            if index is not None:
+                row[index] = value if index == 1 else int(value)
+    return stats
+
+
+class SharedTotals:
+    def __init__(self, shared: Shared, stats: Stats, pool: BackendPool, *, origin: str
+                 ) -> None:
+        self.redis = shared.redis
+        self.stats = stats
+        self.pool = pool
+        self.origin = origin
+        self._key = PROC_PREFIX + origin
+        self._written: dict[str, float] | None = None
+        shared.redis.on_up(self._rewrite)
+
+    async def _rewrite(self) -> None:
+        """Redis is back, perhaps restarted empty: write everything again."""
+        self._written = None
+        await self.flush()
+
+    async def run(self) -> None:
+        """Write this process's totals whenever they changed, every :data:`FLUSH_SEC`."""
+        try:
+            while True:
+                await self.flush()
+                await trio.sleep(FLUSH_SEC)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
+                await self.flush()  # what the last moments counted
+
+    async def flush(self) -> None:
+        totals = _flatten(self.stats, self.pool)
+        if totals == self._written:
+            return
+        flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
+        try:
+            await self.redis.pipeline([["HSET", self._key, *flat], ["SADD", PROCS, self.origin]])
+        except StoreUnavailable:
+            return  # kept: the next write after Redis is back carries it
+        self._written = totals
+
+    async def totals(self) -> tuple[dict[str, float], str]:
+        """Every process's totals summed, and ``"shared"``; or this process's alone and
+        ``"process"`` while Redis does not answer."""
+        own = _flatten(self.stats, self.pool)
+        try:
+            reply: Any = await self.redis.run(_SUM, [PROCS, PROC_PREFIX], [self.origin])
+        except StoreUnavailable:
+            return own, "process"
+        summed: dict[str, float] = {}
+        for name, value in zip(reply[::2], reply[1::2], strict=True):
+            summed[name.decode()] = float(value)
+        for name, value in own.items():
+            summed[name] = summed.get(name, 0) + value
+        return summed, "shared"
+
+    async def stats_snapshot(self) -> dict[str, object]:
+        """``GET /stats`` for all processes, with ``scope``."""
+        totals, scope = await self.totals()
+        return {**_inflate(totals, self.stats.reference).snapshot(), "scope": scope}
+
+    async def backends_snapshot(self, entries: list[dict[str, object]]
+                                ) -> list[dict[str, object]]:
+        """``GET /v1/backends`` entries (this process's) with the totals of all processes."""
+        totals, scope = await self.totals()
+        out = []
+        for entry in entries:
+            name = entry["name"]
+            if f"backend:{name}:requests" in totals:
+                entry = {**entry,
+                         "total_requests": int(totals[f"backend:{name}:requests"]),
+                         "ejections": int(totals[f"backend:{name}:ejections"]),
+                         "scope": scope}
+            out.append(entry)
+        return out

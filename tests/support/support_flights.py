@@ -1,0 +1,77 @@
+"""Support for the shared-dedup tests: asking a router the same question many times at once,
+reading what each caller was told, and counting the flight claims Redis served."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+import trio
+from support_routing import sse_payloads, user
+
+from engine.core.redis_address import RedisAddress
+from engine.stores.redis import open_redis
+
+__all__ = ["PROMPT", "Answer", "answer_text", "ask", "burst", "claims", "said"]
+
+PROMPT = "Tell me a story about a lighthouse keeper and a very patient cat"
+
+Answer = tuple[httpx.Response, str]
+
+
+async def ask(http: httpx.AsyncClient, url: str, *, stream: bool = False,
+              key: str | None = None) -> Answer:
+    """One chat completion of :data:`PROMPT` at router ``url``, read to its end."""
+    body: dict[str, Any] = {"model": "auto", "messages": user(PROMPT), "stream": stream}
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with http.stream("POST", url + "/v1/chat/completions", json=body,
+                           headers=headers) as response:
+        text = (await response.aread()).decode()
+    return response, text
+
+
+async def burst(http: httpx.AsyncClient, urls: Sequence[str], n: int, **kwargs: Any
+                ) -> list[Answer]:
+    """``n`` requests at once, dealt round-robin over the routers at ``urls``."""
+    out: list[Answer] = []
+
+    async def one(url: str) -> None:
+        out.append(await ask(http, url, **kwargs))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, urls[i % len(urls)])
+    return out
+
+
+def said(text: str) -> list[Any]:
+    """What a streamed answer says, in order: its deltas, finish reasons, error codes and
+    ``[DONE]`` (not its ids, which are each request's own)."""
+    out: list[Any] = []
+    for payload in sse_payloads(text):
+        if payload == "[DONE]":
+            out.append(payload)
+        elif "error" in payload:
+            out.append(("error", payload["error"].get("code")))
+        else:
+            for choice in payload["choices"]:
+                out.append((choice["delta"].get("content"), choice.get("finish_reason")))
+    return out
+
+
+def answer_text(text: str) -> str:
+    """A JSON chat completion's first choice's text."""
+    content: str = orjson.loads(text)["choices"][0]["message"]["content"]
+    return content
+
+
+async def claims(redis_url: str) -> int:
+    """How many flight claims (``SET``) the Redis at ``redis_url`` has served so far."""
+    async with open_redis(RedisAddress.from_url(redis_url)) as client:
+        info = await client.call("INFO", "commandstats")
+    assert isinstance(info, bytes)
+    found = re.search(rb"cmdstat_set:calls=(\d+)", info)
+    return int(found.group(1)) if found else 0

@@ -1,0 +1,56 @@
+"""Real ``llm-router`` processes for the tests where a process must die (SIGKILL, SIGTERM) or
+several processes share state: started on a free port from a config file, their address read
+from their log, and killed when the block ends."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+__all__ = ["LLM_ROUTER", "router_process"]
+
+LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
+
+
+@asynccontextmanager
+async def router_process(config: Path) -> AsyncIterator[tuple[trio.Process, str]]:
+    """An ``llm-router`` process on a free port and its URL; killed at the end if still
+    running. Its stderr is drained in the background, so a chatty process never blocks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
+    process = await trio.lowlevel.open_process(
+        [LLM_ROUTER, "--config", str(config), "--addr", "127.0.0.1:0"],
+        cwd=config.parent, env=env, stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    err = b""
+    try:
+        with trio.fail_after(30):
+            while (found := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)) is None:
+                chunk = await process.stderr.receive_some()
+                assert chunk, err.decode()
+                err += chunk
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process.stderr)
+            yield process, found.group(1).decode()
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.move_on_after(5, shield=True):
+                await process.wait()
+        await process.stderr.aclose()
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    try:
+        while await stream.receive_some():
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
