@@ -19,8 +19,10 @@ one place where errors become responses.
         WorkflowInvalid             400  workflow_invalid
           TemplateLimitExceeded          (a prompt template hit a render limit)
       Unauthorized                  401  unauthorized
+      Forbidden                     403  permission_denied
       ClientTooSlow                 408  client_too_slow
       RateLimited                   429  rate_limited
+      BudgetExceeded                429  budget_exceeded
       NoBackendAvailable            503  no_backend_available
       StoreUnavailable              503  store_unavailable
       DeadlineExceeded              504  deadline_exceeded
@@ -44,10 +46,12 @@ from typing import Any
 
 __all__ = [
     "ECHO_MAX",
+    "BudgetExceeded",
     "ClientTooSlow",
     "ConfigInvalid",
     "Conflict",
     "DeadlineExceeded",
+    "Forbidden",
     "ModelNotFound",
     "NoBackendAvailable",
     "NotFound",
@@ -223,6 +227,25 @@ class Unauthorized(RouterError):
 
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(RouterError):
+    """The client key may not do this (a model outside its ``models``)."""
+
+    status = 403
+    code = "permission_denied"
+
+
+class BudgetExceeded(RouterError):
+    """The client key has spent its budget for the period; ``retry_after``: seconds until the
+    period ends (None for a ``total`` budget)."""
+
+    status = 429
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ClientTooSlow(RouterError):

@@ -12,7 +12,7 @@ SURFACES: dict[str, set[str]] = {
     "engine": {"errors", "messages"},
     "engine.core": {
         "DEFAULT_MODEL_PATH", "FORMAT_VERSION", "Adjustment", "BackendPool", "BackendState",
-        "CacheHit", "Config", "Embedder", "FINISHED", "FeatureConfig", "Features", "LearnedRouter",
+        "CacheHit", "Config", "Embedder", "FINISHED", "FeatureConfig", "KeyRecord", "KeySettings", "Features", "LearnedRouter",
         "Matcher", "ModelConfig", "Node", "OpOutput", "OpState", "Plan", "PreparedText",
         "RUN_STATUSES", "RedactingFilter", "Redactor", "Report", "RequestKey", "ResponseCache", "Route",
         "RouteDecider", "RunEvent", "RunRecord", "RunSpec",
@@ -42,7 +42,7 @@ SURFACES: dict[str, set[str]] = {
         "plan_workflow", "render_request", "resolve_variables",
     },
     "engine.runtime": {
-        "ChatStream", "FeedbackReport", "Gateway", "Models", "RunContext", "Runs", "Served",
+        "ChatStream", "FeedbackReport", "Gateway", "KeyGate", "Models", "RunContext", "Runs", "Served",
         "load_models", "load_offline_policy", "open_gateway",
     },
     "engine.stores": {"FeedbackStore", "Memo", "RunStore", "SqliteRunStore"},

@@ -20,6 +20,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from . import fake as fake_cli
+from . import keys as keys_cli
 from . import workflow as workflow_cli
 
 __all__ = ["main", "parse_addr"]
@@ -81,6 +82,7 @@ def _parser(*, router: bool = False) -> argparse.ArgumentParser:
     serve.add_argument("--config", default=argparse.SUPPRESS)
     serve.add_argument("--addr", default=argparse.SUPPRESS)
     workflow_cli.add_commands(commands)
+    keys_cli.add_command(commands)
     fake_cli.add_command(commands)
     if router:
         from .router import add_router_commands
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.file)
     if args.command == "workflow":
         return workflow_cli.run_command(args)
+    if args.command == "keys":
+        return keys_cli.run_command(args)
     if args.command == "fake-upstream":
         return fake_cli.run_command(args)
     if args.command == "router":

@@ -23,8 +23,9 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from engine.core import RUN_STATUSES, Config, RedactingFilter, Redactor, iso_time
+from engine.core import RUN_STATUSES, Config, KeyRecord, RedactingFilter, Redactor, iso_time
 from engine.errors import (
+    BudgetExceeded,
     ModelNotFound,
     PayloadTooLarge,
     RateLimited,
@@ -36,11 +37,20 @@ from engine.errors import (
     did_you_mean,
     echo,
 )
-from engine.runtime import ChatStream, Gateway, Models, RunContext, Served, open_gateway
+from engine.runtime import (
+    ChatStream,
+    Gateway,
+    KeyGate,
+    Models,
+    RunContext,
+    Served,
+    open_gateway,
+)
 from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
 from .feedback import parse_feedback
 from .stream_writes import StreamWriteDeadline
+from .admin import apply_changes, check_admin, parse_changes, parse_settings
 from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call, run_events_sse
 
@@ -68,6 +78,8 @@ def _routing_headers(served: Served) -> dict[str, str]:
         headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
     if served.dedup is not None:
         headers["x-llm-router-dedup"] = served.dedup
+    if served.limits:
+        headers.update(served.limits)
     return headers
 
 
@@ -175,8 +187,10 @@ def _error_response(err: RouterError) -> Response:
     response = Response(caller_protocol().render_error(err), status=err.status,
                         content_type=_JSON)
     retry_after = getattr(err, "retry_after", None)
-    if isinstance(err, RateLimited | UpstreamRateLimited) and retry_after is not None:
+    if isinstance(err, RateLimited | UpstreamRateLimited | BudgetExceeded) and (
+            retry_after is not None):
         response.headers["retry-after"] = str(max(1, round(retry_after)))
+    response.headers.update(getattr(err, "limits", None) or {})  # a client key's X-RateLimit-*
     return response
 
 
@@ -226,16 +240,23 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         response.headers["x-request-id"] = request_id
         return response
 
-    def authenticate() -> str:
-        """The caller's tenant (``api.http.tenancy``: a digest of whatever credential it presented);
-        its key is checked against ``server.api_keys`` if set."""
+    async def authenticate() -> tuple[str, KeyRecord | None]:
+        """The caller's tenant (``api.http.tenancy``: a digest of whatever credential it
+        presented). A client key (``llmr-...``, with ``server.admin_key`` set) must be live;
+        any other credential must be one of ``server.api_keys`` when those are set, or when
+        client keys are on (a router that issues keys admits nobody without one). With the
+        tenant comes the client key's record, if one was presented."""
         x_api_key = request.headers.get("x-api-key", "")
         authorization = request.headers.get("authorization", "")
-        if allowed_keys:
-            given = client_key(x_api_key, authorization).encode()
-            if not any(hmac.compare_digest(given, k) for k in allowed_keys):
+        given = client_key(x_api_key, authorization)
+        gate = gateway().keys
+        key = None
+        if gate is not None and gate.is_client_key(given):
+            key = await gate.authenticate(given)
+        elif allowed_keys or gate is not None:
+            if not any(hmac.compare_digest(given.encode(), k) for k in allowed_keys):
                 raise Unauthorized("missing or invalid API key for this router")
-        return tenant_of(x_api_key, authorization)
+        return tenant_of(x_api_key, authorization), key
 
     async def read_body() -> bytes:
         length = request.content_length
@@ -259,11 +280,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     async def chat(protocol: WireProtocol) -> Response:
         request_id = this_request_id()
-        tenant = authenticate()
+        tenant, key = await authenticate()
         body = await read_body()
         chat_request = protocol.parse_request(body)
         read, write = _cache_controls(request.headers.get("cache-control", ""), body)
-        ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
+        ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)
         response_id = protocol.id_prefix + request_id
         created = int(time.time())
         if chat_request.stream:
@@ -291,13 +312,18 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def messages() -> Response:
         return await chat(ANTHROPIC)
 
+    admin_key = (config.server.admin_key or "").encode()
+
     def guarded(handler: _Handler) -> _Handler:
-        """An endpoint that takes no tenant: with ``server.api_keys`` set, only for those
-        keys (the operator endpoints, feedback)."""
+        """An endpoint that takes no tenant (the operator endpoints, feedback): for any
+        credential the router accepts, and for the admin key."""
 
         @functools.wraps(handler)
         async def checked(*args: Any, **kwargs: Any) -> Response:
-            authenticate()
+            given = client_key(request.headers.get("x-api-key", ""),
+                               request.headers.get("authorization", "")).encode()
+            if not (admin_key and hmac.compare_digest(given, admin_key)):
+                await authenticate()
             return await handler(*args, **kwargs)
 
         return checked
@@ -305,11 +331,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     workflows = WorkflowAPI(config)
 
     async def workflow_call(name: str | None) -> Response:
-        tenant = authenticate()
+        tenant, key = await authenticate()
         body = await read_body()
         call = parse_call(body, needs_workflow=name is None)
         read, write = _cache_controls(request.headers.get("cache-control", ""), body)
-        ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write)
+        ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)
         if name is None:
             assert call.workflow is not None
             text = call.workflow
@@ -339,7 +365,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.get("/v1/workflows/runs")
     async def list_runs() -> Response:
-        tenant = authenticate()
+        tenant, _ = await authenticate()
         status = request.args.get("status")
         if status is not None and status not in RUN_STATUSES:
             raise RequestInvalid(
@@ -353,12 +379,12 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.get("/v1/workflows/runs/<run_id>")
     async def get_run(run_id: str) -> Response:
-        tenant = authenticate()
+        tenant, _ = await authenticate()
         return _json((await gateway().workflow_runs().get(run_id, tenant=tenant)).public())
 
     @app.get("/v1/workflows/runs/<run_id>/events")
     async def run_events(run_id: str) -> Response:
-        tenant = authenticate()
+        tenant, _ = await authenticate()
         last = request.headers.get("last-event-id")
         after = _int_arg("after", 0, 0, 2**62) if last is None else _event_id(last)
         runs = gateway().workflow_runs()
@@ -368,7 +394,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.post("/v1/workflows/runs/<run_id>/cancel")
     async def cancel_run(run_id: str) -> Response:
-        tenant = authenticate()
+        tenant, _ = await authenticate()
         body = await read_body()
         reason = _cancel_reason(body)
         by = {"request_id": this_request_id(), "at": iso_time(time.time())}
@@ -422,6 +448,49 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @guarded
     async def stats() -> Response:
         return _json(await gateway().stats_snapshot())
+
+    # ---- the admin API: client keys (``server.admin_key``) -----------------------------------
+
+    def key_gate() -> KeyGate:
+        check_admin(config.server.admin_key, request.headers.get("x-api-key", ""),
+                    request.headers.get("authorization", ""))
+        gate = gateway().keys
+        assert gate is not None  # admin_key set: the gateway has one
+        return gate
+
+    async def key_view(gate: KeyGate, record: KeyRecord) -> dict[str, Any]:
+        return record.public() | {"usage": await gate.usage(record)}
+
+    @app.post("/v1/admin/keys")
+    async def create_key() -> Response:
+        gate = key_gate()
+        settings = parse_settings(await read_body())
+        record, secret = await gate.create(settings)
+        return _json(await key_view(gate, record) | {"key": secret}, status=201)
+
+    @app.get("/v1/admin/keys")
+    async def list_keys() -> Response:
+        gate = key_gate()
+        data = [await key_view(gate, record) for record in await gate.list()]
+        return _json({"object": "list", "data": data})
+
+    @app.get("/v1/admin/keys/<key_id>")
+    async def get_key(key_id: str) -> Response:
+        gate = key_gate()
+        return _json(await key_view(gate, await gate.get(key_id)))
+
+    @app.patch("/v1/admin/keys/<key_id>")
+    async def update_key(key_id: str) -> Response:
+        gate = key_gate()
+        changes = parse_changes(await read_body())
+        record = await gate.get(key_id)
+        record = await gate.update(key_id, apply_changes(record.settings, changes))
+        return _json(await key_view(gate, record))
+
+    @app.delete("/v1/admin/keys/<key_id>")
+    async def revoke_key(key_id: str) -> Response:
+        gate = key_gate()
+        return _json(await key_view(gate, await gate.revoke(key_id)))
 
     @app.get("/health")
     async def health() -> Response:

@@ -13,6 +13,7 @@ from .cache import (
     request_key,
 )
 from .config import Config, ModelConfig, load_config
+from .keys import KeyRecord, KeySettings
 from .planner import Node, Plan, plan_chat, weight_to_end
 from .pool import BackendPool, BackendState
 from .redact import RedactingFilter, Redactor, StreamRedactor, without_userinfo
@@ -74,6 +75,8 @@ __all__ = [
     "Embedder",
     "FeatureConfig",
     "Features",
+    "KeyRecord",
+    "KeySettings",
     "LearnedRouter",
     "Matcher",
     "ModelConfig",

@@ -271,6 +271,9 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Client keys allowed to call the router; empty means any key (or none) is accepted.
     api_keys: tuple[str, ...] = Field(default=(), repr=False)
+    #: Enables the admin API (``/v1/admin/keys``) and client keys; take it from the
+    #: environment (``${LLM_ROUTER_ADMIN_KEY}``). At least 16 characters.
+    admin_key: str | None = Field(default=None, repr=False, min_length=16, max_length=512)
     access_log: bool = False
 
 

@@ -149,6 +149,7 @@ class Redactor:
         """A redactor for every secret ``config`` holds."""
         secrets: list[str | None] = [m.api_key for m in config.models]
         secrets.extend(config.server.api_keys)
+        secrets.append(config.server.admin_key)
         secrets.extend(_url_secret(m.base_url) for m in config.models)
         secrets.append(_url_secret(config.learned.sidecar_url))
         secrets.append(_url_secret(config.state.redis_url))

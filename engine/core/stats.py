@@ -45,6 +45,8 @@ class Stats:
     cache_saved_usd: float = 0.0
     dedup_joined: int = 0
     dedup_saved_usd: float = 0.0
+    #: Per client key id: [requests, spent USD, tokens].
+    by_key: dict[str, list[float]] = field(default_factory=dict)
 
     def record(self, model: ModelConfig, usage: Usage) -> tuple[float, float]:
         """Count one answered request; return its (cost, saving) in USD."""
@@ -75,6 +77,13 @@ class Stats:
         self.dedup_saved_usd += cost_usd
         self.saved_usd += reference_usd
 
+    def record_key(self, key_id: str, *, cost_usd: float, tokens: int) -> None:
+        """One request (or workflow op) of a client key, with what it cost the key."""
+        row = self.by_key.setdefault(key_id, [0, 0.0, 0])
+        row[0] += 1
+        row[1] += cost_usd
+        row[2] += tokens
+
     def record_error(self, code: str) -> None:
         self.total_requests += 1
         self.errors[code] += 1
@@ -96,4 +105,7 @@ class Stats:
                 "saved_usd": round(self.cache_saved_usd, 6),
             },
             "dedup": {"joined": self.dedup_joined, "saved_usd": round(self.dedup_saved_usd, 6)},
+            "by_key": {key: {"requests": int(n), "spent_usd": round(spent, 6),
+                             "tokens": int(tokens)}
+                       for key, (n, spent, tokens) in sorted(self.by_key.items())},
         }

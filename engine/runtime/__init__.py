@@ -5,6 +5,7 @@ that stream a background task's output to a client."""
 
 from .feed import ChatStream
 from .gateway import Gateway, Models, load_models, open_gateway
+from .keys import KeyGate
 from .node import RunContext, Served
 from .policy import FeedbackReport, load_offline_policy
 from .runs import Runs
@@ -13,6 +14,7 @@ __all__ = [
     "ChatStream",
     "FeedbackReport",
     "Gateway",
+    "KeyGate",
     "Models",
     "RunContext",
     "Runs",

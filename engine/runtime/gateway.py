@@ -40,6 +40,7 @@ from engine.core.stats import Stats
 from engine.errors import RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
+from engine.stores.keys import SqliteKeyStore
 from engine.stores.runs import RunStore
 from engine.stores.redis import RedisRunStore
 from engine.stores.sqlite_runs import SqliteRunStore
@@ -48,6 +49,7 @@ from .dedup import FlightRegistry
 from .executor import RunNode, execute
 from .failover import BackendCaller
 from .feed import ChatStream
+from .keys import KeyGate
 from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
@@ -79,8 +81,11 @@ class Gateway:
         run_store: RunStore | None = None,
         run_store_error: str | None = None,
         shared: Shared | None = None,
+        keys: KeyGate | None = None,
     ) -> None:
         self.config = config
+        #: Client keys (``server.admin_key`` set); None: only ``server.api_keys`` apply.
+        self.keys = keys
         #: What this process shares with others (``state.redis_url``); None: nothing.
         self.shared = shared
         self.pool = BackendPool(config.models, health=config.health)
@@ -123,6 +128,7 @@ class Gateway:
             cache=self.cache,
             flights=self.flights,
             shared_flights=self.shared_flights,
+            keys=keys,
         )
         self._nursery = nursery
         # Unset: the models' own timeouts (first byte, idle, total) end a request that takes
@@ -303,7 +309,13 @@ async def open_gateway(
         # Routing works without it; only feedback and calibration are off.
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
+    key_store: SqliteKeyStore | None = None
     try:
+        if config.server.admin_key is not None:
+            # Client keys are the front door: a key store that cannot be opened stops the
+            # start (StoreUnavailable, one message), rather than let anyone in.
+            key_store = SqliteKeyStore(config.path(config.state.path))
+            await key_store.open()
         transport = PooledTransport(max_connections=512,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
@@ -329,10 +341,13 @@ async def open_gateway(
                     if shared is not None and store is not None:
                         policy.share(shared)
                     await policy.load()
+                    keys = KeyGate(key_store) if key_store is not None else None
                     gateway = Gateway(config, upstream=upstream, nursery=nursery,
                                       matcher=models.matcher, policy=policy,
                                       run_store=run_store, run_store_error=run_store_error,
-                                      shared=shared)
+                                      shared=shared, keys=keys)
+                    if keys is not None:
+                        nursery.start_soon(keys.keep_spend)
                     runs = gateway.runs
                     if runs is not None:
                         await nursery.start(runs.maintain)
@@ -347,8 +362,10 @@ async def open_gateway(
                     if run_store is not None:
                         await run_store.close()
     finally:
-        if store is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if key_store is not None:
+                await key_store.close()
+            if store is not None:
                 await store.close()
 
 

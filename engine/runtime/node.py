@@ -23,6 +23,7 @@ furthest listener takes, and cuts off one that falls too far behind (``engine.de
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -32,10 +33,11 @@ import trio
 from engine.core.cache.key import RequestKey, request_key
 from engine.core.cache.responses import CacheHit, PreparedText, ResponseCache
 from engine.core.config import Config, ModelConfig
+from engine.core.keys import KeyRecord
 from engine.core.planner import Node
 from engine.core.routing.decide import Route
 from engine.core.stats import Stats
-from engine.errors import DeadlineExceeded, RouterError
+from engine.errors import DeadlineExceeded, Forbidden, RouterError
 from engine.messages import (
     ChatRequest,
     ChatResult,
@@ -51,6 +53,7 @@ from engine.messages import (
 
 from .dedup import FlightRegistry, Publish
 from .failover import Answer, BackendCaller
+from .keys import KeyGate
 from .policy import RoutingPolicy
 
 if TYPE_CHECKING:
@@ -72,6 +75,8 @@ class RunContext:
     tenant: str = ""
     cache_read: bool = True
     cache_write: bool = True
+    #: The client key that asked (its limits apply to every upstream call); None: none.
+    key: KeyRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,8 @@ class Served:
     cache: str = "MISS"  # HIT | MISS
     similarity: float | None = None
     dedup: str | None = None  # LEADER | FOLLOWER
+    #: The client key's ``X-RateLimit-*`` values at admission, if it has limits.
+    limits: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +123,10 @@ class NodeRunner:
         flights: FlightRegistry,
         policy: RoutingPolicy,
         shared_flights: SharedFlights | None = None,
+        keys: KeyGate | None = None,
     ) -> None:
         self.config = config
+        self.keys = keys
         self.policy = policy
         self.caller = caller
         self.stats = stats
@@ -151,6 +160,15 @@ class NodeRunner:
             request = node.request
             if request is None:
                 raise RouterError(f"node {node.name!r} has no request")
+        if ctx.key is not None and self.keys is not None:
+            return await self._run_for_key(node, request, ctx, sink, prefer, deadline)
+        return await self._run_within(node, request, ctx, sink, prefer, deadline)
+
+    async def _run_within(
+        self, node: Node, request: ChatRequest, ctx: RunContext,
+        sink: trio.MemorySendChannel[Any] | None, prefer: str | None,
+        deadline: Deadline | None,
+    ) -> NodeResult:
         if deadline is None:
             return await self._run(node, request, ctx, sink, prefer)
         try:
@@ -161,11 +179,65 @@ class NodeRunner:
                 f"no answer within {deadline.setting} ({deadline.seconds} s)"
             ) from None
 
+    async def _run_for_key(
+        self, node: Node, request: ChatRequest, ctx: RunContext,
+        sink: trio.MemorySendChannel[Any] | None, prefer: str | None,
+        deadline: Deadline | None,
+    ) -> NodeResult:
+        """The node within its client key's rights: the model it may use, its rate limits
+        (admitted before anything is called) and its budget (the call's most expensive
+        outcome reserved, the real cost settled after: nothing for a cached answer or for
+        sharing another caller's call)."""
+        key, gate = ctx.key, self.keys
+        assert key is not None and gate is not None
+        gate.check_model(key, request.model or "auto")
+        candidates = self._models_within(key, request)
+        tokens = _input_tokens(request) + (request.max_tokens or _DEFAULT_OUTPUT_TOKENS)
+        most = max((_cost(m, _input_tokens(request), request.max_tokens) for m in candidates),
+                   default=0.0)
+        ticket = await gate.admit(key, tokens=tokens, max_cost_usd=most)
+        try:
+            done = await self._run_within(node, request, ctx, sink, prefer, deadline)
+        except BaseException:
+            gate.settle(key, ticket, tokens=0, cost_usd=0.0)
+            raise
+        paid = done.served.cache != "HIT" and done.served.dedup != "FOLLOWER"
+        usage = done.result.usage
+        tokens, cost = usage.input_tokens + usage.output_tokens, done.cost_usd if paid else 0.0
+        gate.settle(key, ticket, tokens=tokens, cost_usd=cost)
+        self.stats.record_key(key.id, cost_usd=cost, tokens=tokens)
+        if ticket.headers:
+            done = dataclasses.replace(
+                done, served=dataclasses.replace(done.served, limits=ticket.headers))
+        return done
+
+    def _models_within(self, key: KeyRecord, request: ChatRequest) -> list[ModelConfig]:
+        """The models a call of ``key`` may end on: a pinned one, else those of the tiers
+        its ``max_tier`` allows.
+
+        Raises:
+            Forbidden: a pinned model above the key's ``max_tier``.
+        """
+        cap = key.settings.max_tier
+        if request.model is not None:
+            model = self.config.model_named(request.model)
+            if model is None:
+                return []  # routing says it is unknown
+            if cap is not None and model.tier > cap:
+                raise Forbidden(f"this client key may not use model {request.model!r}: it "
+                                f"is tier {model.tier}, the key's max_tier is {cap}")
+            return [model]
+        return [m for m in self.config.models if cap is None or m.tier <= cap]
+
     async def _run(
         self, node: Node, request: ChatRequest, ctx: RunContext,
         sink: trio.MemorySendChannel[Any] | None, prefer: str | None,
     ) -> NodeResult:
         route = await self.policy.route(request, tier=node.tier)
+        cap = ctx.key.settings.max_tier if ctx.key is not None else None
+        if cap is not None and route.pinned is None and route.tier > cap:
+            # The cheapest tier that fits is above what the key may use: the best it may.
+            route = dataclasses.replace(route, tier=cap, router=route.router + "+capped")
         share = self.config.dedup.enabled
         cache = self.cache if self._cacheable(request) else None
         key = None
@@ -278,6 +350,18 @@ class NodeRunner:
         cost, saved = self.stats.record(answer.model, usage)
         self.stats.failovers += answer.failovers
         return NodeResult(result, self._served(route, answer.model), cost, saved)
+
+
+_DEFAULT_OUTPUT_TOKENS = 4096  # a request that sets no max_tokens may cost this much output
+
+
+def _input_tokens(request: ChatRequest) -> int:
+    return estimate_tokens((request.system or "") + "".join(m.text for m in request.messages))
+
+
+def _cost(model: ModelConfig, input_tokens: int, max_tokens: int | None) -> float:
+    output = max_tokens or _DEFAULT_OUTPUT_TOKENS
+    return (input_tokens * model.cost_per_1k_in + output * model.cost_per_1k_out) / 1000.0
 
 
 def _worth_caching(result: ChatResult) -> bool:

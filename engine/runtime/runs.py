@@ -310,8 +310,17 @@ class Runs:
         spec = record.spec
         settings = self.config.workflows
         memo = _StoreMemo(self, spec.tenant, settings.retention_days) if workflow.memoize else None
+        key = None
+        if spec.key_id is not None and self._runner.keys is not None:
+            try:
+                key = await self._runner.keys.live(spec.key_id)
+            except RouterError as exc:
+                with trio.CancelScope(shield=True):
+                    await self._finish_failed(live, exc)
+                live.error = exc
+                return
         ctx = RunContext(tenant=spec.tenant, cache_read=spec.cache_read,
-                         cache_write=spec.cache_write)
+                         cache_write=spec.cache_write, key=key)
 
         async def emit(event: str, data: dict[str, Any]) -> None:
             await self._commit(live, self._progress(record, event, data))

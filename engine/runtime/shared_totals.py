@@ -76,6 +76,10 @@ def _flatten(stats: Stats, pool: BackendPool) -> dict[str, float]:
         out[f"tier:{tier}"] = n
     for code, n in stats.errors.items():
         out[f"error:{code}"] = n
+    for key_id, (requests, spent, tokens) in stats.by_key.items():
+        out[f"key:{key_id}:requests"] = requests
+        out[f"key:{key_id}:spent_usd"] = spent
+        out[f"key:{key_id}:tokens"] = tokens
     for backend in pool.backends.values():
         out[f"backend:{backend.name}:requests"] = backend.total_requests
         out[f"backend:{backend.name}:ejections"] = backend.ejections
@@ -101,6 +105,12 @@ def _inflate(totals: dict[str, float], reference: Any) -> Stats:
             stats.by_tier[int(rest)] = int(value)
         elif kind == "error":
             stats.errors[rest] = int(value)
+        elif kind == "key":
+            key_id, _, part = rest.rpartition(":")
+            row = stats.by_key.setdefault(key_id, [0, 0.0, 0])
+            index = {"requests": 0, "spent_usd": 1, "tokens": 2}.get(part)
+            if index is not None:
+                row[index] = value if index == 1 else int(value)
     return stats
 
 

@@ -143,6 +143,7 @@ class RunSpec:
     tenant: str = ""
     cache_read: bool = True
     cache_write: bool = True
+    key_id: str | None = None  # the client key whose limits and budget its ops count against
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +151,7 @@ class RunSpec:
             "variables": dict(self.variables) if self.variables is not None else None,
             "workflow_name": self.workflow_name, "title": self.title, "tenant": self.tenant,
             "cache_read": self.cache_read, "cache_write": self.cache_write,
+            "key_id": self.key_id,
         }
 
     @classmethod
