@@ -74,6 +74,7 @@ class _Slot:
         self._listener = listener
         self.process: trio.Process | None = None
         self._control: trio.socket.SocketType | None = None
+        self._terminated: int | None = None  # the pid last sent SIGTERM
 
     async def start(self) -> None:
         """Start a worker and wait for its ``ready``; StartupFailed if it exits first."""
@@ -89,7 +90,11 @@ class _Slot:
         finally:
             theirs.close()
         control = trio.socket.from_stdlib_socket(ours)
-        if await control.recv(len(READY)) != READY:
+        try:
+            said = await control.recv(len(READY))
+        except OSError:
+            said = b""
+        if said != READY:
             control.close()
             status = await self.process.wait()
             raise StartupFailed(f"worker {self.number} (pid {self.process.pid}) exited before "
@@ -126,12 +131,14 @@ class _Slot:
                 continue  # the loop's wait returns at once: the process has exited
             boot_failures = 0
             log.info("worker %d started again (pid %d)", self.number, self.process.pid)
-            if stopping.is_set():  # the signal went out while this one was starting
-                self.signal(signal.SIGTERM)
+            if stopping.is_set() and self._terminated != self.process.pid:
+                self.signal(signal.SIGTERM)  # the signal went out while this one was starting
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signum)
+            if signum == signal.SIGTERM:
+                self._terminated = self.process.pid
 
 
 def _describe(status: int) -> str:
