@@ -2,8 +2,8 @@
 
 ::
 
-    llm-router [--config FILE] [--addr HOST:PORT | :PORT]    serve
-        (defaults: config.yaml, 127.0.0.1:8080)
+    llm-router [--config FILE] [--addr HOST:PORT | :PORT] [--workers N]   serve
+        (defaults: config.yaml, 127.0.0.1:8080, 1 process; N > 1 needs state.redis_url)
     llm-router check FILE                                      validate a config; exit 2 on problems
     llm-router fake-upstream [--port 9100] [--host 127.0.0.1]   a fake provider for a first try
     llm-router workflow validate|plan|run FILE ...             see api/cli/workflow.py
@@ -18,14 +18,21 @@ import argparse
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from . import fake as fake_cli
 from . import keys as keys_cli
 from . import workflow as workflow_cli
 
-__all__ = ["main", "parse_addr"]
+__all__ = ["main", "parse_addr", "worker_count"]
 
 EXIT_CONFIG = 2
+MAX_WORKERS = 64  # api.http.workers.MAX_WORKERS, without importing the server to parse
+NO_REDIS = (
+    "--workers {n} needs state.redis_url in the config: without Redis each process would keep "
+    "its own response cache, in-flight dedup, backend health, totals and workflow runs, so "
+    "answers would depend on which process took the connection"
+)
 
 
 def _version() -> str:
@@ -64,6 +71,30 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def worker_count(text: str) -> int:
+    """``--workers``: a whole number of processes, 1 to 64.
+
+    >>> worker_count("4")
+    4
+    >>> worker_count("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be 1 to 64, got 0
+    """
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_WORKERS}, got {count}")
+    return count
+
+
+def _worker_fds(text: str) -> tuple[int, int]:
+    listen, _, control = text.partition(",")
+    return int(listen), int(control)
+
+
 def _parser(*, router: bool = False) -> argparse.ArgumentParser:
     """The argument parser. The ``router`` commands' module (numpy, the trained router) is
     imported only when they are used, so serving starts without it."""
@@ -72,8 +103,13 @@ def _parser(*, router: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default="config.yaml", help="config file (config.yaml)")
     parser.add_argument("--addr", default="127.0.0.1:8080", help="HOST:PORT or :PORT")
+    parser.add_argument("--workers", type=worker_count, default=1,
+                        help="server processes on the address (1); more than 1 needs "
+                             "state.redis_url")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    # Internal: how the parent of --workers starts a worker (see api/http/workers.py).
+    parser.add_argument("--worker-fds", type=_worker_fds, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"llm-router {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser("check", help="validate a config file and print every problem")
@@ -81,6 +117,7 @@ def _parser(*, router: bool = False) -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the router (the default command)")
     serve.add_argument("--config", default=argparse.SUPPRESS)
     serve.add_argument("--addr", default=argparse.SUPPRESS)
+    serve.add_argument("--workers", type=worker_count, default=argparse.SUPPRESS)
     workflow_cli.add_commands(commands)
     keys_cli.add_command(commands)
     fake_cli.add_command(commands)
@@ -114,7 +151,8 @@ def _check(path: str) -> int:
     return 0
 
 
-def _serve(config_path: str, addr: str) -> int:
+def _serve(args: argparse.Namespace) -> int:
+    config_path, addr, workers = args.config, args.addr, args.workers
     from engine.core import load_config
     from engine.errors import ConfigInvalid
 
@@ -128,8 +166,18 @@ def _serve(config_path: str, addr: str) -> int:
     except ConfigInvalid as exc:
         print(f"llm-router: {config_path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if workers > 1 and config.state.redis_url is None:
+        print(f"llm-router: {NO_REDIS.format(n=workers)}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.worker_fds is not None:
+        return _serve_as_worker(config, host, port, args.worker_fds)
 
     from api.http.server import run_server
+    from api.http.workers import run_workers
+
+    def worker_command(listen_fd: int, control_fd: int) -> list[str]:
+        return [sys.executable, "-m", "api.cli", "--config", config_path, "--addr", addr,
+                "--log-level", args.log_level, "--worker-fds", f"{listen_fd},{control_fd}"]
 
     for model in config.models:
         if model.missing_env:
@@ -138,12 +186,27 @@ def _serve(config_path: str, addr: str) -> int:
                 model.name, model.missing_env,
             )
     try:
-        run_server(config, host=host, port=port)
+        if workers == 1:
+            run_server(config, host=host, port=port)
+        else:
+            run_workers(config, host=host, port=port, count=workers, command=worker_command)
     except OSError as exc:  # raised while binding, before anything started
         print(f"llm-router: cannot listen on {addr}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # start-up failed (e.g. a model file): one line, no traceback
         print(f"llm-router: start-up failed: {_innermost(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_as_worker(config: Any, host: str, port: int, fds: tuple[int, int]) -> int:
+    """One of the processes of ``--workers N``; its parent already warned about the config."""
+    from api.http.workers import run_worker
+
+    try:
+        run_worker(config, host=host, port=port, listen_fd=fds[0], control_fd=fds[1])
+    except Exception as exc:
+        print(f"llm-router: worker start-up failed: {_innermost(exc)}", file=sys.stderr)
         return 1
     return 0
 
@@ -181,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         from .router import run_router_command
 
         return run_router_command(args)
-    return _serve(args.config, args.addr)
+    return _serve(args)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from engine.runtime import Models, load_models
 
 from .app import create_app
 
-__all__ = ["hypercorn_config", "run_server", "serve"]
+__all__ = ["bind_sockets", "hypercorn_config", "run_server", "serve", "serve_until_signal"]
 
 log = logging.getLogger("llm_router")
 
@@ -174,8 +174,13 @@ async def serve(
         lifespan_nursery.cancel_scope.cancel()
 
 
-async def _serve(config: Config, *, hc: HypercornConfig, sockets: Sockets,
-                 models: Models) -> None:
+async def serve_until_signal(
+    config: Config, *, hc: HypercornConfig, sockets: Sockets, models: Models,
+    on_listening: Callable[[list[str]], Awaitable[None]],
+    stop_when: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT (or until ``stop_when`` returns), then shut down
+    gracefully. ``on_listening`` gets the bound URLs once connections are being accepted."""
     app = create_app(config, preloaded=models)
     stop = trio.Event()
 
@@ -186,14 +191,29 @@ async def _serve(config: Config, *, hc: HypercornConfig, sockets: Sockets,
                 stop.set()
                 return
 
+    async def watch_trigger(trigger: Callable[[], Awaitable[object]]) -> None:
+        await trigger()
+        stop.set()
+
+    async def watch() -> None:
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(watch_signals)
+            if stop_when is not None:
+                watchers.start_soon(watch_trigger, stop_when)
+            await stop.wait()
+            watchers.cancel_scope.cancel()
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
+        nursery.start_soon(watch)
         binds = await nursery.start(
             partial(serve, app, hc, sockets=sockets, shutdown_trigger=stop.wait)
         )
-        log.info("llm-router listening on %s", ", ".join(binds))
-        await stop.wait()
-        # serve() returns after its graceful shutdown; then the signal watcher is done too.
+        await on_listening(binds)
+        # serve() returns after its graceful shutdown; then the watchers are done too.
+
+
+async def _log_listening(binds: list[str]) -> None:
+    log.info("llm-router listening on %s", ", ".join(binds))
 
 
 def run_server(config: Config, *, host: str, port: int) -> None:
@@ -202,4 +222,5 @@ def run_server(config: Config, *, host: str, port: int) -> None:
     models = load_models(config)
     hc = hypercorn_config(config, host=host, port=port)
     sockets = bind_sockets(hc)
-    trio.run(lambda: _serve(config, hc=hc, sockets=sockets, models=models))
+    trio.run(partial(serve_until_signal, config, hc=hc, sockets=sockets, models=models,
+                     on_listening=_log_listening))
