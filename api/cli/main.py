@@ -23,6 +23,7 @@ from typing import Any
 from . import fake as fake_cli
 from . import keys as keys_cli
 from . import workflow as workflow_cli
+from .logs import FORMATS, configure_logging
 
 __all__ = ["main", "parse_addr", "worker_count"]
 
@@ -108,6 +109,10 @@ def _parser(*, router: bool = False) -> argparse.ArgumentParser:
                              "state.redis_url")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=FORMATS,
+                        help="log lines as text (the default) or one JSON object each")
+    parser.add_argument("--log-prompts", action="store_true",
+                        help="access lines of chat requests show the last message's text")
     # Internal: how the parent of --workers starts a worker (see api/http/workers.py).
     parser.add_argument("--worker-fds", type=_worker_fds, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"llm-router {_version()}")
@@ -118,6 +123,7 @@ def _parser(*, router: bool = False) -> argparse.ArgumentParser:
     serve.add_argument("--config", default=argparse.SUPPRESS)
     serve.add_argument("--addr", default=argparse.SUPPRESS)
     serve.add_argument("--workers", type=worker_count, default=argparse.SUPPRESS)
+    serve.add_argument("--log-prompts", action="store_true", default=argparse.SUPPRESS)
     workflow_cli.add_commands(commands)
     keys_cli.add_command(commands)
     fake_cli.add_command(commands)
@@ -166,6 +172,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigInvalid as exc:
         print(f"llm-router: {config_path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.log_prompts:
+        config = config.model_copy(
+            update={"server": config.server.model_copy(update={"log_prompts": True})})
     if workers > 1 and config.state.redis_url is None:
         print(f"llm-router: {NO_REDIS.format(n=workers)}", file=sys.stderr)
         return EXIT_CONFIG
@@ -177,7 +186,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     def worker_command(listen_fd: int, control_fd: int) -> list[str]:
         return [sys.executable, "-m", "api.cli", "--config", config_path, "--addr", addr,
-                "--log-level", args.log_level, "--worker-fds", f"{listen_fd},{control_fd}"]
+                "--log-level", args.log_level, "--log-format", args.log_format,
+                *(["--log-prompts"] if args.log_prompts else []),
+                "--worker-fds", f"{listen_fd},{control_fd}"]
 
     for model in config.models:
         if model.missing_env:
@@ -227,11 +238,7 @@ def _innermost(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(router="router" in argv).parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("httpx", "httpcore"):  # they log every request at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format)
     if args.command == "check":
         return _check(args.file)
     if args.command == "workflow":

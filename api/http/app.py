@@ -46,9 +46,12 @@ from engine.runtime import (
     Served,
     open_gateway,
 )
+from engine.messages import Finish
 from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
+from .access import Exchange, Observer
 from .feedback import parse_feedback
+from .metrics import CONTENT_TYPE, render_metrics
 from .stream_writes import StreamWriteDeadline
 from .admin import apply_changes, check_admin, parse_changes, parse_settings
 from .tenancy import client_key, tenant_of
@@ -59,7 +62,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("llm_router")
 
 # Where the router's own, the server's and the HTTP client's log lines go: each is scrubbed.
-_LOGGERS = ("llm_router", "hypercorn.error", "hypercorn.access", "httpx")
+_LOGGERS = ("llm_router", "llm_router.access", "hypercorn.error", "httpx")
 _JSON = "application/json"
 _Handler = Callable[..., Awaitable[Response]]
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
@@ -233,12 +236,34 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     def gateway() -> Gateway:
         return holder["gateway"]
 
+    # ---- observing: every request's access line and a chat's metrics (api.http.access) ---
+    observer = Observer(config, redactor)
+
+    def finish(exchange: Exchange) -> None:
+        observer.finish(exchange, holder.get("gateway"), method=request.method,
+                        path=request.path, request_id=this_request_id())
+
+    @app.before_request
+    async def begin_exchange() -> None:
+        g.exchange = Exchange()
+
     @app.after_request
     async def tag_response(response: Response) -> Response:
         request_id = this_request_id()
         response.headers["x-llm-router-request-id"] = request_id
         response.headers["x-request-id"] = request_id
+        exchange: Exchange | None = g.get("exchange")
+        if exchange is not None:
+            exchange.status = response.status_code
+            if not exchange.streaming:
+                exchange.mark_first_byte()
         return response
+
+    @app.teardown_request
+    async def end_exchange(exc: BaseException | None) -> None:
+        exchange: Exchange | None = g.get("exchange")
+        if exchange is not None and not exchange.streaming:
+            finish(exchange)
 
     async def authenticate() -> tuple[str, KeyRecord | None]:
         """The caller's tenant (``api.http.tenancy``: a digest of whatever credential it
@@ -283,6 +308,9 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         tenant, key = await authenticate()
         body = await read_body()
         chat_request = protocol.parse_request(body)
+        exchange: Exchange = g.exchange
+        observer.chat(exchange, gateway(), protocol=protocol.name, request=chat_request,
+                      key=key)
         read, write = _cache_controls(request.headers.get("cache-control", ""), body)
         ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)
         response_id = protocol.id_prefix + request_id
@@ -294,8 +322,16 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             )
             gateway().remember_decision(request_id, stream.served)
             headers = _routing_headers(stream.served) | _SSE_HEADERS
-            return Response(_relay(stream, encoder), status=200, headers=headers)
+            exchange.served, exchange.streaming = stream.served, True
+            # The body is sent after the request's context is gone: what the line needs, now.
+            ended = functools.partial(observer.finish, exchange, gateway(),
+                                      method=request.method, path=request.path,
+                                      request_id=request_id)
+            return Response(_relay(stream, encoder, exchange, observer, ended), status=200,
+                            headers=headers)
         done = await gateway().complete(chat_request, ctx)
+        exchange.served, exchange.usage = done.served, done.result.usage
+        exchange.cost_usd = done.cost_usd
         gateway().remember_decision(request_id, done.served)
         body = protocol.render_result(
             done.result, id=response_id, model=done.served.model, created=created
@@ -496,10 +532,23 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def health() -> Response:
         return _json(gateway().health())
 
+    @app.get("/metrics")
+    @guarded
+    async def metrics() -> Response:
+        body = render_metrics(await gateway().metrics_snapshot())
+        return Response(body, status=200, content_type=CONTENT_TYPE)
+
     # ---- errors: each rendered in the caller's protocol (``caller_protocol``) ------------
 
     @app.errorhandler(RouterError)
     async def router_error(err: RouterError) -> Response:
+        exchange: Exchange | None = g.get("exchange")
+        if exchange is not None:
+            exchange.error = err.code
+            if isinstance(err, BudgetExceeded | RateLimited):
+                log.warning("request %s refused (%s%s): %s", this_request_id(), err.code,
+                            f", client key {exchange.key_id}" if exchange.key_id else "",
+                            err.message)
         return _error_response(err)
 
     @app.errorhandler(HTTPException)
@@ -519,15 +568,24 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     return app
 
 
-async def _relay(stream: ChatStream, encoder: Encoder) -> AsyncIterator[bytes]:
+async def _relay(stream: ChatStream, encoder: Encoder, exchange: Exchange, observer: Observer,
+                 ended: Callable[[], None]) -> AsyncIterator[bytes]:
     """The SSE body: the opening event, every batch as one write, and a clean end or an error
     event. Each write waits for the client (``StreamWriteDeadline`` bounds the wait); a client
-    disconnect cancels this generator; ``close`` cancels the upstream call."""
+    disconnect cancels this generator; ``close`` cancels the upstream call. The exchange is
+    finished (``ended``) once the body is over."""
+    last = None
     try:
+        exchange.mark_first_byte()
         yield encoder.start()
         async for batch in stream:
+            if batch:
+                last = batch[-1]
             yield encoder.encode_many(batch)
     except RouterError as err:
+        exchange.error = err.code
         yield encoder.error(err)
     finally:
         stream.close()
+        observer.stream_ended(exchange, last if type(last) is Finish else None)
+        ended()

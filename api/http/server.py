@@ -47,7 +47,7 @@ log = logging.getLogger("llm_router")
 def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    hc.accesslog = "-" if config.server.access_log else None
+    hc.accesslog = None  # ours: api.http.access, one line per request
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = config.server.keep_alive_sec
     hc.read_timeout = None  # see the module docstring

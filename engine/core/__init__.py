@@ -36,7 +36,7 @@ from .routing import (
     score_request,
     tier_for_score,
 )
-from .stats import Stats
+from .stats import LATENCY_BUCKETS, Stats, cost_usd
 from .workflow import (
     FINISHED,
     RUN_STATUSES,
@@ -65,6 +65,7 @@ from .workflow import (
 __all__ = [
     "DEFAULT_MODEL_PATH",
     "FINISHED",
+    "LATENCY_BUCKETS",
     "FORMAT_VERSION",
     "RUN_STATUSES",
     "Adjustment",
@@ -107,6 +108,7 @@ __all__ = [
     "check_models",
     "check_variables",
     "check_workflow",
+    "cost_usd",
     "decide_route",
     "describe_plan",
     "estimate_costs",

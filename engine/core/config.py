@@ -274,7 +274,10 @@ class ServerConfig(_Section):
     #: Enables the admin API (``/v1/admin/keys``) and client keys; take it from the
     #: environment (``${LLM_ROUTER_ADMIN_KEY}``). At least 16 characters.
     admin_key: str | None = Field(default=None, repr=False, min_length=16, max_length=512)
-    access_log: bool = False
+    #: One line per HTTP request on the ``llm_router.access`` logger (docs/observability.md).
+    access_log: bool = True
+    #: Access lines of chat requests carry the last message's text (``--log-prompts``).
+    log_prompts: bool = False
 
 
 class Config(_Section):

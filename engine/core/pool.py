@@ -77,6 +77,8 @@ class BackendState:
     rate_limited_until: float = 0.0
     last_error: str | None = field(default=None)  # the current problem; a success clears it
     last_failure: str | None = field(default=None)  # the latest failure, kept after recovery
+    #: Calls that ended with a verdict, by outcome: ``ok`` or a :data:`Failure`.
+    outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -119,6 +121,7 @@ class BackendState:
             self.probing = False
 
     def succeeded(self, latency_s: float) -> None:
+        self.outcomes["ok"] = self.outcomes.get("ok", 0) + 1
         ms = latency_s * 1000.0
         self.latency_ms = ms if self.latency_ms is None else (
             self.latency_ms + _EWMA_ALPHA * (ms - self.latency_ms)
@@ -134,6 +137,7 @@ class BackendState:
         self, kind: Failure, now: float, *, message: str, retry_after: float | None = None,
         probe: bool = False,
     ) -> None:
+        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
         self.last_error = message
         if probe:
             self.probing = False

@@ -7,6 +7,7 @@ caller would have used without a router) minus what was spent (docs/api.md, ``GE
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -14,7 +15,12 @@ from engine.messages import Usage
 
 from .config import ModelConfig
 
-__all__ = ["Stats", "cost_usd"]
+__all__ = ["LATENCY_BUCKETS", "Histogram", "Stats", "cost_usd"]
+
+#: Upper bounds (seconds) of the latency histograms' buckets: a cached answer in
+#: milliseconds up to a long generation in minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0)
 
 
 def cost_usd(model: ModelConfig, usage: Usage) -> float:
@@ -26,6 +32,31 @@ def cost_usd(model: ModelConfig, usage: Usage) -> float:
     return (
         tokens_in * model.cost_per_1k_in + usage.output_tokens * model.cost_per_1k_out
     ) / 1000.0
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Counts of observations per bucket (``counts[i]``: values at most ``bounds[i]``, and
+    above the last bound in the last count) and their sum: what a Prometheus histogram shows,
+    kept as plain numbers so processes can add theirs up.
+
+    >>> h = Histogram()
+    >>> h.observe(0.02); h.observe(0.02); h.observe(500.0)
+    >>> h.counts[2], h.counts[-1], h.total
+    (2, 1, 500.04)
+    """
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+#: One answered HTTP chat request's labels: protocol, model, tier, cache, status.
+RequestLabels = tuple[str, str, str, str, str]
 
 
 @dataclass(slots=True)
@@ -47,6 +78,16 @@ class Stats:
     dedup_saved_usd: float = 0.0
     #: Per client key id: [requests, spent USD, tokens].
     by_key: dict[str, list[float]] = field(default_factory=dict)
+    #: What ``GET /metrics`` adds: HTTP chat requests by their labels, their latencies,
+    #: spend per model, savings per source (routing, cache, dedup), ended workflow runs per
+    #: (workflow, status), and the chat requests being answered now.
+    requests: Counter[RequestLabels] = field(default_factory=Counter)
+    duration: Histogram = field(default_factory=Histogram)
+    first_byte: Histogram = field(default_factory=Histogram)
+    spent_by_model: dict[str, float] = field(default_factory=dict)
+    saved_by_source: dict[str, float] = field(default_factory=dict)
+    workflow_runs: Counter[tuple[str, str]] = field(default_factory=Counter)
+    in_flight: int = 0
 
     def record(self, model: ModelConfig, usage: Usage) -> tuple[float, float]:
         """Count one answered request; return its (cost, saving) in USD."""
@@ -59,7 +100,12 @@ class Stats:
         self.by_tier[model.tier] += 1
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
+        self.spent_by_model[model.name] = self.spent_by_model.get(model.name, 0.0) + cost
+        self._saved("routing", saved)
         return cost, saved
+
+    def _saved(self, source: str, usd: float) -> None:
+        self.saved_by_source[source] = self.saved_by_source.get(source, 0.0) + usd
 
     def record_cache_hit(self, cost_usd: float, *, reference_usd: float) -> None:
         """A request answered from the cache. It cost nothing, so against the reference model it
@@ -69,6 +115,7 @@ class Stats:
         self.cache_hits += 1
         self.cache_saved_usd += cost_usd
         self.saved_usd += reference_usd
+        self._saved("cache", reference_usd)
 
     def record_dedup(self, cost_usd: float, *, reference_usd: float) -> None:
         """A request that joined an identical one in flight; saved as for a cache hit."""
@@ -76,6 +123,7 @@ class Stats:
         self.dedup_joined += 1
         self.dedup_saved_usd += cost_usd
         self.saved_usd += reference_usd
+        self._saved("dedup", reference_usd)
 
     def record_key(self, key_id: str, *, cost_usd: float, tokens: int) -> None:
         """One request (or workflow op) of a client key, with what it cost the key."""
@@ -83,6 +131,17 @@ class Stats:
         row[0] += 1
         row[1] += cost_usd
         row[2] += tokens
+
+    def record_exchange(self, labels: RequestLabels, *, seconds: float,
+                        first_byte_seconds: float) -> None:
+        """One HTTP chat request done (answered or refused), with its labels and latencies."""
+        self.requests[labels] += 1
+        self.duration.observe(seconds)
+        self.first_byte.observe(first_byte_seconds)
+
+    def record_run(self, workflow: str, status: str) -> None:
+        """A workflow run ended (``succeeded``, ``failed`` or ``cancelled``)."""
+        self.workflow_runs[workflow, status] += 1
 
     def record_error(self, code: str) -> None:
         self.total_requests += 1

@@ -4,7 +4,7 @@ client and transport, the routing policy, the sidecar, the workflow runner, and 
 that stream a background task's output to a client."""
 
 from .feed import ChatStream
-from .gateway import Gateway, Models, load_models, open_gateway
+from .gateway import Gateway, MetricsSnapshot, Models, load_models, open_gateway
 from .keys import KeyGate
 from .node import RunContext, Served
 from .policy import FeedbackReport, load_offline_policy
@@ -15,6 +15,7 @@ __all__ = [
     "FeedbackReport",
     "Gateway",
     "KeyGate",
+    "MetricsSnapshot",
     "Models",
     "RunContext",
     "Runs",

@@ -22,6 +22,7 @@ for slow clients (``engine.dedup``); that wait does not count against the backen
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -49,6 +50,8 @@ from .upstream import UpstreamClient, UpstreamStream, failure_kind
 __all__ = ["Answer", "BackendCaller"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("llm_router")
 
 
 class Answer:
@@ -128,9 +131,10 @@ class BackendCaller:
 
     async def stream(
         self, request: ChatRequest, route: Route, *, publish: Publish,
-        head: Callable[[ModelConfig], Any], prefer: str | None = None,
+        head: Callable[[ModelConfig, int], Any], prefer: str | None = None,
     ) -> Answer:
-        """One streamed answer, relayed to ``publish``: ``head(model)``, then event batches.
+        """One streamed answer, relayed to ``publish``: ``head(model, failovers)``, then event
+        batches.
         Failover ends once the head is published."""
         backend, stream, failovers = await self._first_success(
             route, prefer, request.features(),
@@ -138,7 +142,7 @@ class BackendCaller:
         )
         model = backend.config
         try:
-            await publish(head(model), 0)
+            await publish(head(model, failovers), 0)
             result = await self._relay(stream, model, publish,
                                        trio.current_time() + model.timeouts.total_sec)
         except UpstreamError as exc:
@@ -217,8 +221,10 @@ class BackendCaller:
             else:
                 before = backend.verdict()
                 backend.succeeded(trio.current_time() - started)
-                if self.on_verdict is not None and backend.verdict() != before:
-                    self.on_verdict(backend, before)
+                self._changed(backend, before)
+                if errors:
+                    log.warning("failed over to %s after %d failed attempt(s): %s",
+                                backend.name, len(errors), "; ".join(e.message for e in errors))
                 return backend, value, len(errors)
             self._report(backend, error, probe=probe)
             backend.end(probe=probe)
@@ -256,7 +262,19 @@ class BackendCaller:
         before = backend.verdict()
         backend.failed(failure_kind(error), trio.current_time(), message=error.message,  # type: ignore[arg-type]
                        retry_after=retry_after, probe=probe)
-        if self.on_verdict is not None and backend.verdict() != before:
+        self._changed(backend, before)
+
+    def _changed(self, backend: BackendState, before: Verdict) -> None:
+        """Tell ``on_verdict`` of a changed verdict, and the log of a changed health."""
+        if backend.verdict() == before:
+            return
+        if backend.status != before[0]:
+            log.warning("backend %s is %s (was %s)%s", backend.name, backend.status, before[0],
+                        f": {backend.last_error}" if backend.last_error else "")
+        elif backend.rate_limited_until > before[3]:
+            log.warning("backend %s is rate-limited for %.1f s", backend.name,
+                        backend.rate_limited_until - trio.current_time())
+        if self.on_verdict is not None:
             self.on_verdict(backend, before)
 
     def _unservable(self, needs: frozenset[str]) -> RequestInvalid:

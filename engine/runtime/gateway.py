@@ -36,7 +36,7 @@ from engine.core.config import Config
 from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
 from engine.core.redact import Redactor
-from engine.core.stats import Stats
+from engine.core.stats import RequestLabels, Stats
 from engine.errors import RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
@@ -57,12 +57,12 @@ from .shared import Shared, open_shared
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
 from .shared_health import SharedHealth
-from .shared_totals import SharedTotals
+from .shared_totals import SharedTotals, flatten
 from .sidecar import Sidecar
 from .transport import PooledTransport
 from .upstream import UpstreamClient, open_http_client
 
-__all__ = ["Gateway", "Models", "load_models", "open_gateway"]
+__all__ = ["Gateway", "MetricsSnapshot", "Models", "load_models", "open_gateway"]
 
 # Worker threads rendering workflow templates at once (each render is bounded in time): a
 # few, so renders cannot take every thread trio lends (the feedback store needs some).
@@ -115,7 +115,8 @@ class Gateway:
         if shared is not None:
             origin = f"{os.getpid()}-{secrets.token_hex(4)}"
             self.shared_health = SharedHealth(shared, self.pool, origin=origin)
-            self.shared_totals = SharedTotals(shared, self.stats, self.pool, origin=origin)
+            self.shared_totals = SharedTotals(shared, self.stats, self.pool, origin=origin,
+                                              gauges=self._gauges)
             nursery.start_soon(self.shared_health.run)
             nursery.start_soon(self.shared_totals.run)
         self.runner = NodeRunner(
@@ -219,6 +220,37 @@ class Gateway:
             cache["shared"] = self.cache.counters()
         return snapshot
 
+    # ---- what GET /metrics shows ------------------------------------------------------------
+
+    def request_started(self) -> None:
+        """An HTTP chat request came in (the in-flight gauge)."""
+        self.stats.in_flight += 1
+
+    def request_done(self, labels: RequestLabels, *, seconds: float,
+                     first_byte_seconds: float) -> None:
+        """The HTTP chat request :meth:`request_started` counted is over: count it, with its
+        labels (protocol, model, tier, cache, status) and latencies."""
+        self.stats.in_flight -= 1
+        self.stats.record_exchange(labels, seconds=seconds,
+                                   first_byte_seconds=first_byte_seconds)
+
+    def _gauges(self) -> dict[str, float]:
+        queued, running = self.runs.counts() if self.runs is not None else (0, 0)
+        return {"gauge:in_flight": self.stats.in_flight, "gauge:runs_queued": queued,
+                "gauge:runs_running": running}
+
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        """``GET /metrics``: the totals and gauges of every process (this one's while Redis
+        is down, or without it), and this process's view of backends and Redis."""
+        if self.shared_totals is not None:
+            totals, scope = await self.shared_totals.totals()
+        else:
+            totals, scope = flatten(self.stats, self.pool) | self._gauges(), "process"
+        backends = {b.name: b.status if b.configured else "down"
+                    for b in self.pool.backends.values()}
+        return MetricsSnapshot(totals=totals, scope=scope, backends=backends,
+                               redis_up=None if self.shared is None else self.shared.redis.up)
+
     def remember_decision(self, request_id: str, served: Served) -> None:
         """Keep how a request was routed, so feedback can name it by its request id."""
         self.policy.remember(request_id, score=served.score, tier=served.tier,
@@ -263,6 +295,19 @@ class Gateway:
             parts["redis"] = self.shared.health()
         ok = all(part["status"] == "ok" for part in parts.values())
         return {"status": "ok" if ok else "degraded", **parts}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """What ``GET /metrics`` renders. ``totals`` holds flat names (``engine.runtime.
+    shared_totals.flatten``, and ``gauge:*``); ``scope`` is ``shared`` when they are every
+    process's; ``backends`` maps each backend to its health; ``redis_up`` is None without
+    Redis."""
+
+    totals: dict[str, float]
+    scope: str
+    backends: Mapping[str, str]
+    redis_up: bool | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,8 @@ class Served:
     dedup: str | None = None  # LEADER | FOLLOWER
     #: The client key's ``X-RateLimit-*`` values at admission, if it has limits.
     limits: Mapping[str, str] | None = None
+    #: Upstream calls made for it (backends tried, failed ones included); 0 from the cache.
+    attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +299,7 @@ class NodeRunner:
         if stream:
             answer: Answer = await self.caller.stream(
                 request, route, publish=publish, prefer=prefer,
-                head=lambda model: self._served(route, model),
+                head=lambda model, failovers: self._served(route, model, failovers + 1),
             )
         else:
             answer = await self.caller.complete(request, route, prefer=prefer)
@@ -316,7 +318,7 @@ class NodeRunner:
         served = Served(
             model=entry.model, tier=entry.tier,
             score=route.score.total if route.score is not None else None,
-            router=route.router, cache="HIT", similarity=round(hit.similarity, 4),
+            router=route.router, cache="HIT", similarity=round(hit.similarity, 4), attempts=0,
         )
         self.stats.record_cache_hit(entry.cost_usd, reference_usd=entry.reference_usd)
         if sink is not None:
@@ -327,9 +329,10 @@ class NodeRunner:
     # ---- accounting ---------------------------------------------------------------------
 
     @staticmethod
-    def _served(route: Route, model: ModelConfig) -> Served:
+    def _served(route: Route, model: ModelConfig, attempts: int = 1) -> Served:
         score = route.score.total if route.score is not None else None
-        return Served(model=model.name, tier=model.tier, score=score, router=route.router)
+        return Served(model=model.name, tier=model.tier, score=score, router=route.router,
+                      attempts=attempts)
 
     def _account(self, request: ChatRequest, route: Route, answer: Answer) -> NodeResult:
         result = answer.result
@@ -349,7 +352,8 @@ class NodeRunner:
             )
         cost, saved = self.stats.record(answer.model, usage)
         self.stats.failovers += answer.failovers
-        return NodeResult(result, self._served(route, answer.model), cost, saved)
+        return NodeResult(result, self._served(route, answer.model, answer.failovers + 1), cost,
+                          saved)
 
 
 _DEFAULT_OUTPUT_TOKENS = 4096  # a request that sets no max_tokens may cost this much output

@@ -41,6 +41,7 @@ import trio
 
 from engine.core.config import Config
 from engine.core.workflow.runs import (
+    FINISHED,
     TERMINAL_EVENTS,
     OpState,
     RunChange,
@@ -135,6 +136,11 @@ class Runs:
         self._stalled: set[str] = set()  # runs stopped by a store failure, to resume
         templates = config.path(config.workflows.templates_dir)
         self._templates = templates if templates.is_dir() else None
+
+    def counts(self) -> tuple[int, int]:
+        """How many of this process's runs are queued, and how many running, now."""
+        statuses = [live.record.status for live in self._live.values()]
+        return statuses.count("queued"), statuses.count("running")
 
     # ---- submitting and waiting ------------------------------------------------------------
 
@@ -410,6 +416,9 @@ class Runs:
             # Memory follows even if the store failed: the run's callers see what happened.
             change.apply(live.record)
             live.notify()
+            if change.status in FINISHED:
+                spec = live.record.spec
+                self._runner.stats.record_run(spec.workflow_name or "submitted", change.status)
 
     # ---- resuming, renewing, expiring -------------------------------------------------------
 

@@ -16,10 +16,16 @@ every process that ran since the hashes were made.
 
 With Redis down a reader answers from this process's totals alone and says so
 (``"scope": "process"``; ``"shared"`` otherwise).
+
+Gauges (``GET /metrics``: chat requests in flight, workflow runs queued and running) are not
+totals: a stopped process's would stay in the sum for ever. Each process writes its own to a
+hash of its own that expires :data:`GAUGE_TTL_SEC` after its last write (rewritten every
+second), so the sum covers the processes alive now.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -31,23 +37,33 @@ from engine.stores.redis import Script
 
 from .shared import PREFIX, Shared
 
-__all__ = ["FLUSH_SEC", "SharedTotals"]
+__all__ = ["FLUSH_SEC", "GAUGE_TTL_SEC", "SharedTotals", "flatten"]
 
 FLUSH_SEC = 0.25
+GAUGE_TTL_SEC = 3.0
+_GAUGE_EVERY_SEC = 1.0
 PROCS = PREFIX + "stats:{totals}:procs"
 PROC_PREFIX = PREFIX + "stats:{totals}:proc:"
+GAUGE_PREFIX = PREFIX + "stats:{totals}:gauges:"
+#: Between the labels of one flattened name (names and workflow names hold no tab).
+SEP = "\t"
 
-# The sum of every listed process's hash but ARGV[1]'s (the caller adds its own, current).
-# Lua 5.1 numbers are doubles: sums are exact for counts below 2**53, amounts to ~15 digits.
+Gauges = Callable[[], dict[str, float]]
+
+# The sum of every listed process's hashes (totals, and gauges while they live) but ARGV[1]'s
+# (the caller adds its own, current). Lua 5.1 numbers are doubles: sums are exact for counts
+# below 2**53, amounts to ~15 digits.
 _SUM = Script("""
 local sums, order = {}, {}
 for _, proc in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if proc ~= ARGV[1] then
-    local flat = redis.call('HGETALL', KEYS[2] .. proc)
-    for i = 1, #flat, 2 do
-      local k = flat[i]
-      if sums[k] == nil then sums[k] = 0; order[#order + 1] = k end
-      sums[k] = sums[k] + tonumber(flat[i + 1])
+    for _, prefix in ipairs({KEYS[2], KEYS[3]}) do
+      local flat = redis.call('HGETALL', prefix .. proc)
+      for i = 1, #flat, 2 do
+        local k = flat[i]
+        if sums[k] == nil then sums[k] = 0; order[#order + 1] = k end
+        sums[k] = sums[k] + tonumber(flat[i + 1])
+      end
     end
   end
 end
@@ -60,8 +76,9 @@ return out
 """)
 
 
-def _flatten(stats: Stats, pool: BackendPool) -> dict[str, float]:
-    """A process's totals as one flat hash (the names :func:`_inflate` reads back)."""
+def flatten(stats: Stats, pool: BackendPool) -> dict[str, float]:
+    """A process's totals as one flat hash (the names :func:`_inflate` reads back, and those
+    ``GET /metrics`` renders)."""
     out: dict[str, float] = {
         "total_requests": stats.total_requests, "spent_usd": stats.spent_usd,
         "saved_usd": stats.saved_usd, "failovers": stats.failovers,
@@ -83,6 +100,21 @@ def _flatten(stats: Stats, pool: BackendPool) -> dict[str, float]:
     for backend in pool.backends.values():
         out[f"backend:{backend.name}:requests"] = backend.total_requests
         out[f"backend:{backend.name}:ejections"] = backend.ejections
+        for outcome, n in backend.outcomes.items():
+            out[f"attempt:{backend.name}{SEP}{outcome}"] = n
+    for labels, n in stats.requests.items():
+        out["req:" + SEP.join(labels)] = n
+    for name, histogram in (("duration", stats.duration), ("ttfb", stats.first_byte)):
+        for i, n in enumerate(histogram.counts):
+            if n:
+                out[f"hist:{name}:{i}"] = n
+        out[f"hist:{name}:sum"] = histogram.total
+    for model, usd in stats.spent_by_model.items():
+        out[f"spent:{model}"] = usd
+    for source, usd in stats.saved_by_source.items():
+        out[f"saved:{source}"] = usd
+    for (workflow, status), n in stats.workflow_runs.items():
+        out[f"run:{workflow}{SEP}{status}"] = n
     return out
 
 
@@ -115,19 +147,25 @@ def _inflate(totals: dict[str, float], reference: Any) -> Stats:
 
 
 class SharedTotals:
-    def __init__(self, shared: Shared, stats: Stats, pool: BackendPool, *, origin: str
-                 ) -> None:
+    """``gauges()`` gives this process's gauges (names starting ``gauge:``)."""
+
+    def __init__(self, shared: Shared, stats: Stats, pool: BackendPool, *, origin: str,
+                 gauges: Gauges = dict) -> None:
         self.redis = shared.redis
         self.stats = stats
         self.pool = pool
         self.origin = origin
+        self.gauges = gauges
         self._key = PROC_PREFIX + origin
+        self._gauge_key = GAUGE_PREFIX + origin
         self._written: dict[str, float] | None = None
+        self._gauges_written: dict[str, float] | None = None
+        self._gauges_at = 0.0
         shared.redis.on_up(self._rewrite)
 
     async def _rewrite(self) -> None:
         """Redis is back, perhaps restarted empty: write everything again."""
-        self._written = None
+        self._written = self._gauges_written = None
         await self.flush()
 
     async def run(self) -> None:
@@ -141,22 +179,36 @@ class SharedTotals:
                 await self.flush()  # what the last moments counted
 
     async def flush(self) -> None:
-        totals = _flatten(self.stats, self.pool)
-        if totals == self._written:
+        totals = flatten(self.stats, self.pool)
+        gauges = self.gauges()
+        now = trio.current_time()
+        commands: list[list[Any]] = []
+        if totals != self._written:
+            flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
+            commands += [["HSET", self._key, *flat], ["SADD", PROCS, self.origin]]
+        fresh = now - self._gauges_at < _GAUGE_EVERY_SEC
+        if gauges and (gauges != self._gauges_written or not fresh):
+            flat = [x for pair in gauges.items() for x in (pair[0], repr(pair[1]))]
+            commands += [["DEL", self._gauge_key], ["HSET", self._gauge_key, *flat],
+                         ["PEXPIRE", self._gauge_key, int(GAUGE_TTL_SEC * 1000)],
+                         ["SADD", PROCS, self.origin]]
+        if not commands:
             return
-        flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
         try:
-            await self.redis.pipeline([["HSET", self._key, *flat], ["SADD", PROCS, self.origin]])
+            await self.redis.pipeline(commands)
         except StoreUnavailable:
             return  # kept: the next write after Redis is back carries it
         self._written = totals
+        if gauges:
+            self._gauges_written, self._gauges_at = gauges, now
 
     async def totals(self) -> tuple[dict[str, float], str]:
         """Every process's totals summed, and ``"shared"``; or this process's alone and
         ``"process"`` while Redis does not answer."""
-        own = _flatten(self.stats, self.pool)
+        own = flatten(self.stats, self.pool) | self.gauges()
         try:
-            reply: Any = await self.redis.run(_SUM, [PROCS, PROC_PREFIX], [self.origin])
+            reply: Any = await self.redis.run(_SUM, [PROCS, PROC_PREFIX, GAUGE_PREFIX],
+                                              [self.origin])
         except StoreUnavailable:
             return own, "process"
         summed: dict[str, float] = {}

@@ -156,7 +156,8 @@ def test_defaults_for_every_optional_section() -> None:
     assert config.server.stream_write_timeout_sec == 60
     assert config.server.stream_buffer_bytes == 1024 * 1024
     assert config.server.api_keys == ()
-    assert config.server.access_log is False
+    assert config.server.access_log is True
+    assert config.server.log_prompts is False
 
 
 def test_model_defaults() -> None:

@@ -1,0 +1,157 @@
+"""One access line per HTTP request, and a chat request's part of ``GET /metrics``.
+
+Every request gets an :class:`Exchange` when it comes in (``before_request``); a chat
+handler fills in what it learns (protocol, key, model asked, who served it, tokens, cost); the
+response's status is noted as it leaves (``after_request``); and the exchange is *finished*
+once: when the request's context ends for a plain answer or an error, or when the body of a
+stream has been sent. Finishing counts a chat request in the gateway (requests by label,
+latency histograms, the in-flight gauge) and writes the line to the ``llm_router.access``
+logger: text by default, JSON fields with ``--log-format json`` (``api.cli.logs``).
+
+A line names the client key by its id, never the key; the prompt appears only with
+``server.log_prompts`` (``--log-prompts``), scrubbed of configured secrets and cut short.
+A request whose handler was cancelled (the client went away) is logged with status 499.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.core import Config, KeyRecord, Redactor, cost_usd
+from engine.messages import ChatRequest, Finish, Usage
+from engine.runtime import Gateway, Served
+
+__all__ = ["Exchange", "Observer"]
+
+access_log = logging.getLogger("llm_router.access")
+
+PROMPT_CHARS = 500
+CLIENT_CLOSED = 499  # nginx's status for a request its client abandoned
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """One HTTP request as it goes, for its access line (and, for a chat, its metrics)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    status: int | None = None
+    first_byte: float | None = None  # seconds after ``started``
+    #: Set by a chat request: its protocol's name, which makes it counted in the metrics.
+    protocol: str | None = None
+    key_id: str | None = None
+    model_asked: str | None = None
+    prompt: str | None = None
+    served: Served | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    error: str | None = None  # the error code of a refused request or a broken stream
+    streaming: bool = False  # finished by the stream's end, not by the request's
+    finished: bool = False
+
+    def mark_first_byte(self) -> None:
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter() - self.started
+
+
+class Observer:
+    """Fills and finishes exchanges for one app (``create_app``)."""
+
+    def __init__(self, config: Config, redactor: Redactor) -> None:
+        self._enabled = config.server.access_log
+        self._log_prompts = config.server.log_prompts
+        self._redactor = redactor
+        self._models = {m.name: m for m in config.models}
+        self._known = {*self._models, "auto"}
+
+    def chat(self, exchange: Exchange, gateway: Gateway, *, protocol: str,
+             request: ChatRequest, key: KeyRecord | None) -> None:
+        """A chat request was parsed: it is now in flight."""
+        exchange.protocol = protocol
+        exchange.model_asked = request.model or "auto"
+        exchange.key_id = key.id if key is not None else None
+        if self._log_prompts and request.messages:
+            text = self._redactor.scrub(request.messages[-1].text)
+            exchange.prompt = text[:PROMPT_CHARS] + ("..." if len(text) > PROMPT_CHARS else "")
+        gateway.request_started()
+
+    def stream_ended(self, exchange: Exchange, finish: Finish | None) -> None:
+        """A chat stream's last byte went out (``finish``: its last event, if it ended)."""
+        served = exchange.served
+        if finish is not None and served is not None:
+            exchange.usage = finish.usage
+            model = self._models.get(served.model)
+            paid = served.cache != "HIT" and served.dedup != "FOLLOWER"
+            exchange.cost_usd = (cost_usd(model, finish.usage)
+                                 if paid and model is not None else 0.0)
+
+    def finish(self, exchange: Exchange, gateway: Gateway | None, *, method: str,
+               path: str, request_id: str) -> None:
+        """Count and log ``exchange`` (once)."""
+        if exchange.finished:
+            return
+        exchange.finished = True
+        seconds = time.perf_counter() - exchange.started
+        status = exchange.status or CLIENT_CLOSED
+        if exchange.protocol is not None and gateway is not None:
+            served = exchange.served
+            asked = exchange.model_asked or ""
+            labels = (
+                exchange.protocol,
+                served.model if served else asked if asked in self._known else "other",
+                str(served.tier) if served else "",
+                served.cache.lower() if served else "none",
+                str(status),
+            )
+            first_byte = exchange.first_byte
+            gateway.request_done(labels, seconds=seconds,
+                                 first_byte_seconds=seconds if first_byte is None else first_byte)
+        if self._enabled and access_log.isEnabledFor(logging.INFO):
+            fields = _fields(exchange, method, self._redactor.scrub(path), status, seconds,
+                             request_id)
+            text = " ".join(f"{k}={_text(v)}" for k, v in fields.items()
+                            if k not in ("method", "path", "status") and v is not None)
+            access_log.info("%s %s %d %s", method, path, status, text,
+                            extra={"fields": fields})
+
+
+def _fields(exchange: Exchange, method: str, path: str, status: int, seconds: float,
+            request_id: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {"method": method, "path": path, "status": status,
+                              "request_id": request_id, "ms": round(seconds * 1000, 1)}
+    if exchange.protocol is None:
+        if exchange.error is not None:
+            fields["error"] = exchange.error
+        return fields
+    served, usage = exchange.served, exchange.usage
+    attempts = None
+    if served is not None:
+        attempts = 0 if served.cache == "HIT" or served.dedup == "FOLLOWER" else served.attempts
+    first_byte = exchange.first_byte
+    fields.update({
+        "key": exchange.key_id,
+        "protocol": exchange.protocol,
+        "model": exchange.model_asked,
+        "served": served.model if served else None,
+        "tier": served.tier if served else None,
+        "router": served.router if served else None,
+        "score": served.score if served else None,
+        "cache": served.cache if served else None,
+        "dedup": served.dedup if served else None,
+        "attempts": attempts,
+        "ttfb_ms": round(first_byte * 1000, 1) if first_byte is not None else None,
+        "tokens_in": usage.input_tokens if usage else None,
+        "tokens_out": usage.output_tokens if usage else None,
+        "cost_usd": round(exchange.cost_usd, 8) if exchange.cost_usd is not None else None,
+        "error": exchange.error,
+        "prompt": exchange.prompt,
+    })
+    return fields
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str) and (not value or any(c in value for c in ' "=\n')):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return str(value)
