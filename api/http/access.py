@@ -9,7 +9,11 @@ latency histograms, the in-flight gauge) and writes the line to the ``llm_router
 logger: text by default, JSON fields with ``--log-format json`` (``api.cli.logs``).
 
 A line names the client key by its id, never the key; the prompt appears only with
-``server.log_prompts`` (``--log-prompts``), scrubbed of configured secrets and cut short.
+``server.log_prompts`` (``--log-prompts``), cut short. The app's log filter is not on this
+logger (it would take a key id for a credential): the free text of a line (path, prompt,
+error message) is scrubbed here with the same redactor instead; the rest are ids, names from
+the config, numbers and codes. Requests refused for a client key's budget or rate limit (or
+because every backend is rate-limited) also get a WARNING line here.
 A request whose handler was cancelled (the client went away) is logged with status 499.
 """
 
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core import Config, KeyRecord, Redactor, cost_usd
+from engine.errors import RouterError
 from engine.messages import ChatRequest, Finish, Usage
 from engine.runtime import Gateway, Served
 
@@ -77,6 +82,12 @@ class Observer:
             exchange.prompt = text[:PROMPT_CHARS] + ("..." if len(text) > PROMPT_CHARS else "")
         gateway.request_started()
 
+    def refused(self, exchange: Exchange, err: RouterError, *, request_id: str) -> None:
+        """A WARNING line for a request refused by a limit (``err``)."""
+        key = f", client key {exchange.key_id}" if exchange.key_id else ""
+        access_log.warning("request %s refused (%s%s): %s", request_id, err.code, key,
+                           self._redactor.scrub(err.message))
+
     def stream_ended(self, exchange: Exchange, finish: Finish | None) -> None:
         """A chat stream's last byte went out (``finish``: its last event, if it ended)."""
         served = exchange.served
@@ -109,8 +120,8 @@ class Observer:
             gateway.request_done(labels, seconds=seconds,
                                  first_byte_seconds=seconds if first_byte is None else first_byte)
         if self._enabled and access_log.isEnabledFor(logging.INFO):
-            fields = _fields(exchange, method, self._redactor.scrub(path), status, seconds,
-                             request_id)
+            path = self._redactor.scrub(path)
+            fields = _fields(exchange, method, path, status, seconds, request_id)
             text = " ".join(f"{k}={_text(v)}" for k, v in fields.items()
                             if k not in ("method", "path", "status") and v is not None)
             access_log.info("%s %s %d %s", method, path, status, text,

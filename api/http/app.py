@@ -62,7 +62,9 @@ __all__ = ["create_app"]
 log = logging.getLogger("llm_router")
 
 # Where the router's own, the server's and the HTTP client's log lines go: each is scrubbed.
-_LOGGERS = ("llm_router", "llm_router.access", "hypercorn.error", "httpx")
+# (Access lines scrub their free text themselves: a client key's id, which the filter would
+# take for a credential, must show there; api.http.access.)
+_LOGGERS = ("llm_router", "hypercorn.error", "httpx")
 _JSON = "application/json"
 _Handler = Callable[..., Awaitable[Response]]
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
@@ -546,9 +548,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         if exchange is not None:
             exchange.error = err.code
             if isinstance(err, BudgetExceeded | RateLimited):
-                log.warning("request %s refused (%s%s): %s", this_request_id(), err.code,
-                            f", client key {exchange.key_id}" if exchange.key_id else "",
-                            err.message)
+                observer.refused(exchange, err, request_id=this_request_id())
         return _error_response(err)
 
     @app.errorhandler(HTTPException)
