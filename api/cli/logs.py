@@ -31,14 +31,18 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # an access line: its fields say it all
+            message = f"{fields.get('method')} {fields.get('path')} {fields.get('status')}"
+        else:
+            message = record.getMessage()
         out: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
-        fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out.update((k, v) for k, v in fields.items() if v is not None)
         if record.exc_info and not record.exc_text:

@@ -20,6 +20,7 @@ A request whose handler was cancelled (the client went away) is logged with stat
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,11 @@ __all__ = ["Exchange", "Observer"]
 access_log = logging.getLogger("llm_router.access")
 
 PROMPT_CHARS = 500
+# The router's own fixed paths: nothing in them to scrub (scrubbing costs ~10 µs a line).
+_FIXED_PATHS = frozenset({
+    "/v1/chat/completions", "/v1/messages", "/v1/models", "/v1/workflows", "/v1/feedback",
+    "/v1/routing", "/v1/backends", "/v1/admin/keys", "/v1/workflows/runs", "/health",
+    "/metrics", "/stats"})
 CLIENT_CLOSED = 499  # nginx's status for a request its client abandoned
 
 
@@ -120,11 +126,10 @@ class Observer:
             gateway.request_done(labels, seconds=seconds,
                                  first_byte_seconds=seconds if first_byte is None else first_byte)
         if self._enabled and access_log.isEnabledFor(logging.INFO):
-            path = self._redactor.scrub(path)
+            if path not in _FIXED_PATHS:
+                path = self._redactor.scrub(path)
             fields = _fields(exchange, method, path, status, seconds, request_id)
-            text = " ".join(f"{k}={_text(v)}" for k, v in fields.items()
-                            if k not in ("method", "path", "status") and v is not None)
-            access_log.info("%s %s %d %s", method, path, status, text,
+            access_log.info("%s %s %d %s", method, path, status, _Tail(fields),
                             extra={"fields": fields})
 
 
@@ -162,7 +167,27 @@ def _fields(exchange: Exchange, method: str, path: str, status: int, seconds: fl
     return fields
 
 
+_QUOTED = re.compile(r'[\s"=\\]')
+_HEAD = frozenset({"method", "path", "status"})
+
+
+class _Tail:
+    """An access line's ``key=value`` part, made only when a text formatter asks for it (a
+    JSON line takes the fields themselves)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={_text(v)}" for k, v in self.fields.items()
+                        if v is not None and k not in _HEAD)
+
+
 def _text(value: Any) -> str:
-    if isinstance(value, str) and (not value or any(c in value for c in ' "=\n')):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return str(value)
+    if type(value) is not str:
+        return str(value)
+    if value and _QUOTED.search(value) is None:
+        return value
+    return '"' + value.encode("unicode_escape").decode().replace('"', '\\"') + '"'
