@@ -43,8 +43,8 @@ SURFACES: dict[str, set[str]] = {
     },
     "engine.runtime": {
         "ChatStream", "FeedbackReport", "Gateway", "KeyGate", "MetricsSnapshot", "Models", "RunContext",
-        "Runs", "Served",
-        "load_models", "load_offline_policy", "open_gateway",
+        "RequestSpan", "Runs", "Served", "configure_tracing",
+        "load_models", "load_offline_policy", "open_gateway", "request_span",
     },
     "engine.stores": {"FeedbackStore", "Memo", "RunStore", "SqliteRunStore"},
     "engine.testing": {

@@ -28,7 +28,7 @@ from typing import Any
 from engine.core import Config, KeyRecord, Redactor, cost_usd
 from engine.errors import RouterError
 from engine.messages import ChatRequest, Finish, Usage
-from engine.runtime import Gateway, Served
+from engine.runtime import Gateway, RequestSpan, Served, request_span
 
 __all__ = ["Exchange", "Observer"]
 
@@ -61,6 +61,7 @@ class Exchange:
     error: str | None = None  # the error code of a refused request or a broken stream
     streaming: bool = False  # finished by the stream's end, not by the request's
     finished: bool = False
+    span: RequestSpan | None = None  # when tracing (engine.runtime.tracing)
 
     def mark_first_byte(self) -> None:
         if self.first_byte is None:
@@ -78,9 +79,13 @@ class Observer:
         self._known = {*self._models, "auto"}
 
     def chat(self, exchange: Exchange, gateway: Gateway, *, protocol: str,
-             request: ChatRequest, key: KeyRecord | None) -> None:
-        """A chat request was parsed: it is now in flight."""
+             request: ChatRequest, key: KeyRecord | None,
+             headers: Any = None) -> None:
+        """A chat request was parsed: it is now in flight (and traced, when tracing: its
+        span is current in ``exchange.span.current()``)."""
         exchange.protocol = protocol
+        if headers is not None:
+            exchange.span = request_span(f"chat {protocol}", headers)
         exchange.model_asked = request.model or "auto"
         exchange.key_id = key.id if key is not None else None
         if self._log_prompts and request.messages:
@@ -125,12 +130,18 @@ class Observer:
             first_byte = exchange.first_byte
             gateway.request_done(labels, seconds=seconds,
                                  first_byte_seconds=seconds if first_byte is None else first_byte)
-        if self._enabled and access_log.isEnabledFor(logging.INFO):
+        logged = self._enabled and access_log.isEnabledFor(logging.INFO)
+        if logged or exchange.span is not None:
             if path not in _FIXED_PATHS:
                 path = self._redactor.scrub(path)
             fields = _fields(exchange, method, path, status, seconds, request_id)
-            access_log.info("%s %s %d %s", method, path, status, _Tail(fields),
-                            extra={"fields": fields})
+            if logged:
+                access_log.info("%s %s %d %s", method, path, status, _Tail(fields),
+                                extra={"fields": fields})
+            if exchange.span is not None:
+                exchange.span.end({f"llm_router.{k}": v for k, v in fields.items()
+                                   if k not in ("prompt", "error")},
+                                  error=exchange.error if status >= 500 else None)
 
 
 def _fields(exchange: Exchange, method: str, path: str, status: int, seconds: float,

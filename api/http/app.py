@@ -46,7 +46,7 @@ from engine.runtime import (
     Served,
     open_gateway,
 )
-from engine.messages import Finish
+from engine.messages import ChatRequest, Finish
 from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 
 from .access import Exchange, Observer
@@ -312,7 +312,16 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         chat_request = protocol.parse_request(body)
         exchange: Exchange = g.exchange
         observer.chat(exchange, gateway(), protocol=protocol.name, request=chat_request,
-                      key=key)
+                      key=key, headers=request.headers)
+        if exchange.span is None:
+            return await answer_chat(protocol, chat_request, body, key, tenant, exchange)
+        with exchange.span.current():  # the gateway's work (and its upstream calls) under it
+            return await answer_chat(protocol, chat_request, body, key, tenant, exchange)
+
+    async def answer_chat(protocol: WireProtocol, chat_request: ChatRequest, body: bytes,
+                          key: KeyRecord | None, tenant: str, exchange: Exchange
+                          ) -> Response:
+        request_id = this_request_id()
         read, write = _cache_controls(request.headers.get("cache-control", ""), body)
         ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)
         response_id = protocol.id_prefix + request_id

@@ -35,7 +35,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from engine.core import Config
-from engine.runtime import Models, load_models
+from engine.runtime import Models, configure_tracing, load_models
 
 from .app import create_app
 
@@ -180,7 +180,10 @@ async def serve_until_signal(
     stop_when: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (or until ``stop_when`` returns), then shut down
-    gracefully. ``on_listening`` gets the bound URLs once connections are being accepted."""
+    gracefully. ``on_listening`` gets the bound URLs once connections are being accepted.
+    Traces are exported if the ``OTEL_*`` environment variables ask (engine.runtime.tracing)."""
+    if configure_tracing():
+        log.info("tracing: exporting OpenTelemetry spans")
     app = create_app(config, preloaded=models)
     stop = trio.Event()
 

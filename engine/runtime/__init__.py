@@ -9,6 +9,7 @@ from .keys import KeyGate
 from .node import RunContext, Served
 from .policy import FeedbackReport, load_offline_policy
 from .runs import Runs
+from .tracing import RequestSpan, configure_tracing, request_span
 
 __all__ = [
     "ChatStream",
@@ -18,9 +19,12 @@ __all__ = [
     "MetricsSnapshot",
     "Models",
     "RunContext",
+    "RequestSpan",
     "Runs",
     "Served",
     "load_models",
     "load_offline_policy",
+    "configure_tracing",
     "open_gateway",
+    "request_span",
 ]

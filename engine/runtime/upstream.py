@@ -45,6 +45,7 @@ from engine.errors import (
 )
 from engine.messages import Finish
 
+from .tracing import inject_trace
 from .transport import PooledTransport
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ class UpstreamClient:
         http_request = self._http.build_request(
             "POST",
             call.url,
-            headers=call.headers,
+            headers=inject_trace(call.headers),  # the W3C traceparent, when tracing
             content=call.body,
             timeout=httpx.Timeout(
                 connect=t.connect_sec, read=t.idle_sec if stream else t.first_byte_sec,

@@ -54,6 +54,7 @@ from engine.messages import ChatRequest
 
 from .executor import execute_plan
 from .node import Deadline, NodeResult, NodeRunner, RunContext
+from .tracing import op_span, served_attributes
 
 __all__ = ["Completed", "Emit", "Memoizer", "OpRecord", "Recalled", "run_workflow"]
 
@@ -216,7 +217,14 @@ async def run_workflow(
                 record.input_tokens = recalled.input_tokens
                 record.output_tokens = recalled.output_tokens
             else:
-                done, output = await _attempts(runner, op, node, request, ctx, prefer, record)
+                with op_span(f"workflow op {node.name}",
+                             {"llm_router.op": node.name, "llm_router.workflow": workflow.name,
+                              "llm_router.tier_asked": op.tier,
+                              "llm_router.model_asked": op.model}) as span:
+                    done, output = await _attempts(runner, op, node, request, ctx, prefer,
+                                                   record)
+                    if span is not None:
+                        span.set_attributes(served_attributes(done.served, record.attempts))
                 if max_output_bytes is not None:
                     _check_size(done.result.text, max_output_bytes)
                 spent += done.cost_usd
