@@ -14,6 +14,7 @@ Usage: .venv/bin/python bench/metrics_cost.py [--requests 200000] [--rounds 5] [
    busy router (every label combination of 8 models x 2 protocols x 2 cache outcomes x 6
    statuses, 8 backends x 4 outcomes, 20 workflows x 3 statuses), and with ``--redis`` the
    same through a ``redis-server`` started here (the ``SUM`` script over 4 processes' hashes).
+3. Tracing while off (no ``OTEL_*`` set): the check an upstream call makes.
 
 Prints Markdown.
 """
@@ -42,6 +43,7 @@ from engine.core import Redactor
 from engine.core.config import parse_config
 from engine.messages import ChatRequest, Message, TextPart, Usage
 from engine.runtime import Gateway, Served, open_gateway
+from engine.runtime.tracing import inject_trace
 from engine.runtime.gateway import Models
 
 MODELS = [f"model-{i}" for i in range(8)]
@@ -76,6 +78,16 @@ def request_path(gateway: Gateway, observer: Observer, n: int) -> float:
         exchange.mark_first_byte()
         observer.finish(exchange, gateway, method="POST", path="/v1/chat/completions",
                         request_id="0123456789abcdef01234567")
+    return (time.perf_counter() - start) / n
+
+
+def tracing_off(n: int) -> float:
+    """Seconds per request for what tracing costs while off: the server span's check (made
+    inside ``Observer.chat``, so already in ``request_path``) and the upstream call's."""
+    headers = {"content-type": "application/json"}
+    start = time.perf_counter()
+    for _ in range(n):
+        inject_trace(headers)
     return (time.perf_counter() - start) / n
 
 
@@ -138,6 +150,9 @@ async def measure(args: argparse.Namespace, redis_url: str | None) -> None:
                         "metrics alone (access line off)"
                     print(f"| {what} | {mid * 1e6:.2f} µs | {best * 1e6:.2f} µs | "
                           f"{worst * 1e6:.2f} µs | {bare * 1e6:.3f} µs |")
+                off = p50([tracing_off(args.requests) for _ in range(args.rounds)])
+                print(f"| traceparent check per upstream call, tracing off | {off * 1e6:.2f} µs "
+                      "| | | |")
                 print()
             gateway.stats.requests.clear()
             fill(gateway)

@@ -14,9 +14,11 @@ OpenTelemetry packages.
   ``llm-router``, and ``OTEL_TRACES_SAMPLER``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_BSP_*``
   and the OTLP exporter's own variables are read by the SDK itself.
 
-Without the packages, or with nothing configured, every function here is a no-op costing a
-dictionary lookup: the tracer provider OpenTelemetry keeps is its process-wide global by
-design (instrumented libraries find it there), and :func:`tracing_enabled` reads it.
+Without the packages, or with nothing configured, every function here is a no-op costing an
+attribute test. OpenTelemetry keeps its tracer provider as a process-wide global by design
+(instrumented libraries find it there, and it can be set once); this module mirrors it in
+``_installed`` because asking OpenTelemetry for it costs microseconds a call (it reads the
+environment each time while none is set).
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ except ImportError:  # the [otel] extra is not installed
     trace = None  # type: ignore[assignment]
 
 _NAME = "llm_router"
-_ENABLED = "llm_router.tracing"  # an attribute set on the provider this module installed
+_ENABLED = "llm_router_tracing"  # an attribute set on the provider this module installed
+
+
+class _Installed:
+    provider: Any = None
+
+
+_installed = _Installed()
 
 
 def configure_tracing(environ: Mapping[str, str] = os.environ) -> bool:
@@ -87,10 +96,12 @@ def install_provider(provider: Any) -> None:
     assert trace is not None
     setattr(provider, _ENABLED, True)
     trace.set_tracer_provider(provider)
+    _installed.provider = provider
 
 
 def tracing_enabled() -> bool:
-    return trace is not None and getattr(trace.get_tracer_provider(), _ENABLED, False)
+    provider = _installed.provider
+    return provider is not None and getattr(provider, _ENABLED, False)
 
 
 class RequestSpan:
