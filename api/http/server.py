@@ -98,7 +98,11 @@ class _Connection(TCPServer):
       mid-response) ends the response quietly: hypercorn let ``trio.BusyResourceError`` escape
       into the app, which logged it as a traceback;
     * a closed connection is freed at once: its protocol holds the connection's own bound
-      methods, a reference cycle that left every connection to the cyclic collector.
+      methods, a reference cycle that left every connection to the cyclic collector;
+    * a response that ends the connection (the client sent ``Connection: close``, or HTTP/1.0)
+      closes it: the close runs in the app's task, which Quart-Trio cancels once the response
+      is sent, and the cancellation stopped the close before the socket was shut, so the
+      client waited for an end that never came.
     """
 
     def __init__(self, *args: Any) -> None:
@@ -115,6 +119,10 @@ class _Connection(TCPServer):
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
+
+    async def _close(self) -> None:
+        with trio.CancelScope(shield=True):  # no waiting inside: shutdown and close a socket
+            await super()._close()
 
     async def protocol_send(self, event: Event) -> None:
         try:
