@@ -16,7 +16,7 @@ sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml"
 taskset -c 0 .venv/bin/llm-router --config "$work/router.yaml" --addr "127.0.0.1:$router_port" \
   > "$work/router.log" 2>&1 &
 router=$!
-trap 'kill $router 2>/dev/null; nginx -p "$work/mock" -c "$work/mock/nginx.conf" -s stop 2>/dev/null' EXIT
+trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
 if [ "$mode" = stream ]; then body=openai_chat_stream.json expect='data: [DONE]'
 else body=openai_chat.json expect='"finish_reason":"stop"'; fi

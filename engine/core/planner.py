@@ -39,20 +39,25 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A validated DAG: ``graph`` nodes are names with a ``node`` attribute holding the
-    :class:`Node`; ``generations`` lists names level by level (each level's nodes only depend
-    on earlier levels)."""
+    """A validated DAG: ``graph`` holds the structure (node names and edges), ``nodes`` the
+    :class:`Node` of each name, ``generations`` the names level by level (each level's nodes
+    only depend on earlier levels).
+
+    The nodes live beside the graph, not in it, and nothing here keeps one of networkx's cached
+    views (``graph.nodes``, ``graph.in_degree``): each view refers back to its graph, and that
+    reference cycle would carry the whole plan, requests included, into the cyclic garbage
+    collector's older generations on every chat completion.
+    """
 
     graph: nx.DiGraph
     generations: tuple[tuple[str, ...], ...]
+    nodes: dict[str, Node]
 
     def node(self, name: str) -> Node:
-        node: Node = self.graph.nodes[name]["node"]
-        return node
+        return self.nodes[name]
 
     def __len__(self) -> int:
-        count: int = self.graph.number_of_nodes()
-        return count
+        return len(self.nodes)
 
 
 def build_plan(nodes: Iterable[Node], edges: Iterable[tuple[str, str]] = ()) -> Plan:
@@ -73,23 +78,32 @@ def build_plan(nodes: Iterable[Node], edges: Iterable[tuple[str, str]] = ()) -> 
     engine.errors.WorkflowInvalid: cycle: a -> b -> a
     """
     graph = nx.DiGraph()
+    by_name: dict[str, Node] = {}
     for node in nodes:
-        if node.name in graph:
+        if node.name in by_name:
             raise WorkflowInvalid(f"duplicate node {node.name!r}", op=node.name)
-        graph.add_node(node.name, node=node)
+        by_name[node.name] = node
+        graph.add_node(node.name)
+    linked = False
     for upstream, downstream in edges:
         for name in (upstream, downstream):
-            if name not in graph:
+            if name not in by_name:
                 raise WorkflowInvalid(f"unknown node {name!r}", op=name)
         graph.add_edge(upstream, downstream)
+        linked = True
+    if not linked:  # one level (a chat completion): no sort to do
+        return Plan(graph=graph, generations=(tuple(sorted(by_name)),) if by_name else (),
+                    nodes=by_name)
     try:
-        generations = tuple(tuple(sorted(level)) for level in nx.topological_generations(graph))
+        # On a copy: the sort caches graph views that refer back to their graph (see Plan).
+        levels = nx.topological_generations(graph.copy())
+        generations = tuple(tuple(sorted(level)) for level in levels)
     except nx.NetworkXUnfeasible:
         # Only now look for the cycle itself (find_cycle is far slower than the sort).
         cycle = nx.find_cycle(graph)
         path = [edge[0] for edge in cycle] + [cycle[0][0]]
         raise WorkflowInvalid("cycle: " + " -> ".join(path), op=path[0]) from None
-    return Plan(graph=graph, generations=generations)
+    return Plan(graph=graph, generations=generations, nodes=by_name)
 
 
 def plan_chat(request: ChatRequest) -> Plan:
@@ -126,8 +140,9 @@ def longest_chain(plan: Plan, weight: Callable[[str], float]) -> list[str]:
     end = _End()
     for name in plan.graph:
         graph.add_edge(name, end, weight=weight(name))
-    for upstream, downstream in plan.graph.edges:
-        graph.add_edge(upstream, downstream, weight=weight(upstream))
+    for upstream, successors in plan.graph.succ.items():
+        for downstream in successors:
+            graph.add_edge(upstream, downstream, weight=weight(upstream))
     return [name for name in nx.dag_longest_path(graph, weight="weight") if name is not end]
 
 
@@ -142,7 +157,7 @@ def weight_to_end(plan: Plan, weight: Callable[[str], float]) -> dict[str, float
     {'c': 2.0, 'b': 5.0, 'a': 6.0}
     """
     remaining: dict[str, float] = {}
-    for name in reversed(list(nx.topological_sort(plan.graph))):
+    for name in (name for level in reversed(plan.generations) for name in reversed(level)):
         tail = max((remaining[s] for s in plan.graph.successors(name)), default=0.0)
         remaining[name] = weight(name) + tail
     return remaining

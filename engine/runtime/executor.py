@@ -74,7 +74,7 @@ async def execute_plan(
     """Run ``plan`` with the scheduling and failure policy of the module docstring."""
     graph = plan.graph
     outcome = PlanOutcome()
-    waiting = {name: graph.in_degree(name) for name in graph}
+    waiting = {name: len(graph.pred[name]) for name in graph}
     blocked: set[str] = set()
     ready: list[tuple[float, int, str]] = []
     failures: list[tuple[float, int, str]] = []

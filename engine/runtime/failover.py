@@ -340,6 +340,8 @@ class BackendCaller:
         if errors and not errors[-1].retryable:
             return errors[-1]
         details = "; ".join(e.message for e in errors)
+        if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
+            return UpstreamTimeout(f"every backend tried timed out: {details}")
         return NoBackendAvailable(f"all backends failed: {details}")
 
 

@@ -60,7 +60,7 @@ from .shared_health import SharedHealth
 from .shared_totals import SharedTotals, flatten
 from .sidecar import Sidecar
 from .transport import PooledTransport
-from .upstream import UpstreamClient, open_http_client
+from .upstream import UpstreamClient
 
 __all__ = ["Gateway", "MetricsSnapshot", "Models", "load_models", "open_gateway"]
 
@@ -364,7 +364,7 @@ async def open_gateway(
         transport = PooledTransport(max_connections=512,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
-            open_http_client(transport=transport) as http,
+            transport,
             _maybe_shared(config) as shared,
         ):
             # Inside the shared block: a Redis run store gives its leases up (``runs.close``)
@@ -374,7 +374,7 @@ async def open_gateway(
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(transport.expire_idle)
-                    upstream = UpstreamClient(http,
+                    upstream = UpstreamClient(transport,
                                               redactor=redactor or Redactor.for_config(config))
                     sidecar = None
                     if settings.sidecar_url is not None:

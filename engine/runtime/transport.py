@@ -8,9 +8,10 @@ An LLM gateway talks to a handful of origins with many concurrent requests each,
 transport keeps a LIFO stack of idle connections per origin and checks only the connection
 it is about to reuse.
 
-It implements httpx's public transport interface, so the rest of the router keeps using
-``httpx.AsyncClient``: requests, responses, streaming, content decoding and httpx's exception
-types (which ``engine.runtime.upstream`` translates into the router's errors) are httpx's own.
+It implements httpx's public transport interface, and the router hands it ``httpx.Request``
+objects directly (``engine.runtime.upstream``): responses, streaming, content decoding and
+httpx's exception types (which ``engine.runtime.upstream`` translates into the router's
+errors) are httpx's own.
 
 Timeouts come from the request's ``timeout`` extension, as httpx sets it: ``connect`` bounds
 TCP connect plus TLS handshake, ``write`` each send, ``read`` each receive, ``pool`` the wait

@@ -1,7 +1,8 @@
 """Calls to upstream providers over HTTP: the one seam between httpx and the router.
 
 A provider codec (``engine.wire.providers``) says what to send and how to read the answer; this
-module sends it with the shared ``httpx.AsyncClient``, applies the model's deadlines, and turns
+module sends it through the router's connection pool
+(:class:`~engine.runtime.transport.PooledTransport`), applies the model's deadlines, and turns
 every httpx exception and every upstream error status into the router's error tree:
 
 ==============================  ==========================  ================================
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -53,24 +55,31 @@ if TYPE_CHECKING:
     from engine.messages import ChatRequest, ChatResult, Event
     from engine.wire.base import Provider, StreamDecoder
 
-__all__ = ["UpstreamClient", "UpstreamStream", "failure_kind", "open_http_client"]
+__all__ = ["UpstreamClient", "UpstreamStream", "failure_kind"]
 
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 _DRAIN_SEC = 0.5  # reading a finished stream's body to its end
 
 
-def open_http_client(*, transport: PooledTransport | None = None) -> httpx.AsyncClient:
-    """The router's one upstream client. Deadlines are set per request from the model config;
-    ``trust_env=False`` so an environment proxy or ``.netrc`` never silently reroutes traffic.
-    ``transport``: the connection pool to use (its owner runs its idle expiry).
-    """
-    return httpx.AsyncClient(
-        transport=transport or PooledTransport(max_connections=512, keepalive_expiry=30.0),
-        timeout=httpx.Timeout(60.0, connect=10.0),
-        trust_env=False,
-        follow_redirects=False,
-    )
+# What every upstream request carries besides its codec's headers (what ``httpx.AsyncClient``
+# would have added): the router decodes gzip and deflate answers.
+_DEFAULT_HEADERS = (
+    ("accept", "*/*"),
+    ("accept-encoding", "gzip, deflate"),
+    ("user-agent", "llm-router"),
+)
+
+
+def _request(method: str, url: str, headers: Mapping[str, str], body: bytes,
+             timeout: httpx.Timeout) -> httpx.Request:
+    """An ``httpx.Request`` ready for the transport (``timeout`` as httpx's extension)."""
+    request = httpx.Request(method, url, headers=headers, content=body,
+                            extensions={"timeout": timeout.as_dict()})
+    for name, value in _DEFAULT_HEADERS:
+        if name not in request.headers:
+            request.headers[name] = value
+    return request
 
 
 def failure_kind(error: UpstreamError) -> str:
@@ -185,9 +194,21 @@ class UpstreamStream:
 class UpstreamClient:
     """Sends canonical requests to one provider model at a time."""
 
-    def __init__(self, http: httpx.AsyncClient, *, redactor: Redactor) -> None:
-        self._http = http
+    def __init__(self, transport: PooledTransport, *, redactor: Redactor) -> None:
+        """``transport``: the connection pool (its owner runs its idle expiry and closes it).
+
+        Requests go straight to the transport rather than through ``httpx.AsyncClient``: the
+        client's per-request work (URL merging, cookie jar, auth and redirect handling) buys a
+        proxy nothing, and its response-to-stream wrapper is a reference cycle that left every
+        answered request's objects to the cyclic garbage collector.
+        """
+        self._transport = transport
         self._redactor = redactor
+
+    async def _post(self, request: httpx.Request) -> httpx.Response:
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
 
     async def _send(
         self, model: ModelConfig, provider: Provider, request: ChatRequest, *, stream: bool
@@ -196,12 +217,10 @@ class UpstreamClient:
             request, model=model.model, base_url=model.url, api_key=model.api_key, stream=stream
         )
         t = model.timeouts
-        http_request = self._http.build_request(
-            "POST",
-            call.url,
-            headers=inject_trace(call.headers),  # the W3C traceparent, when tracing
-            content=call.body,
-            timeout=httpx.Timeout(
+        http_request = _request(
+            "POST", call.url, inject_trace(call.headers),  # the W3C traceparent, if tracing
+            call.body,
+            httpx.Timeout(
                 connect=t.connect_sec, read=t.idle_sec if stream else t.first_byte_sec,
                 write=t.connect_sec, pool=t.connect_sec,
             ),
@@ -209,7 +228,7 @@ class UpstreamClient:
         try:
             # Non-streaming: the read timeout (first_byte_sec) bounds the wait for the head.
             # Streaming: open_stream's deadline bounds head and first events together.
-            response = await self._http.send(http_request, stream=True)
+            response = await self._post(http_request)
         except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"{model.name} did not answer in time", backend=model.name
@@ -312,11 +331,14 @@ class UpstreamClient:
         shown = without_userinfo(url)
         try:
             with trio.fail_after(timeout):
-                response = await self._http.post(
-                    url, content=payload, headers={"content-type": "application/json"},
-                    timeout=httpx.Timeout(timeout),
-                )
-                body = await response.aread()
+                response = await self._post(_request(
+                    "POST", url, {"content-type": "application/json"}, payload,
+                    httpx.Timeout(timeout),
+                ))
+                try:
+                    body = await response.aread()
+                finally:
+                    await response.aclose()
         except (trio.TooSlowError, httpx.TimeoutException):
             raise UpstreamTimeout(
                 f"{shown} did not answer within {timeout * 1000:.0f} ms"

@@ -17,10 +17,9 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from support_processes import LLM_ROUTER, router_process
 
 from api.cli.main import parse_addr
-
-LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 
 # Nothing is sent upstream in these tests: the base URL is never dialled.
 GOOD = """\
@@ -180,21 +179,8 @@ async def test_unusable_addresses_are_one_line(tmp_path: Path, addr: str) -> Non
 
 async def test_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     write(tmp_path, "good.yaml", GOOD)
-    process = await trio.lowlevel.open_process(
-        [LLM_ROUTER, "--config", "good.yaml", "--addr", "127.0.0.1:0"],
-        cwd=tmp_path,
-        env=environment(),
-        stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    err = b""
-    try:
-        with trio.fail_after(15):
-            while (found := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)) is None:
-                chunk = await process.stderr.receive_some()
-                assert chunk, err.decode()
-                err += chunk
-        url = found.group(1).decode()
+    err = bytearray()
+    async with router_process(tmp_path / "good.yaml", log=err) as (process, url):
         async with httpx.AsyncClient() as http:
             health = await http.get(url + "/health")
         assert health.status_code == 200
@@ -202,17 +188,8 @@ async def test_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
 
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
-            while chunk := await process.stderr.receive_some():
-                err += chunk
             returncode = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.move_on_after(5, shield=True):
-                await process.wait()
-        await process.stderr.aclose()
-
-    assert returncode == 0, err.decode()
+    assert returncode == 0
     assert "Traceback" not in err.decode()
     # The unset provider key is a start-up warning, not a failure.
     assert "CLI_TEST_UNSET_KEY" in err.decode()

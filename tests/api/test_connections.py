@@ -232,6 +232,24 @@ async def test_an_idle_connection_is_closed_after_keep_alive_sec(
         await used.aclose()
 
 
+@pytest.mark.parametrize("request_line", [
+    b"POST /v1/chat/completions HTTP/1.1\r\nconnection: close\r\n",
+    b"POST /v1/chat/completions HTTP/1.0\r\n",
+], ids=["connection-close", "http-1.0"])
+async def test_a_request_that_ends_its_connection_is_answered_then_closed(
+    fake_upstream: FakeUpstream, request_line: bytes
+) -> None:
+    body = orjson.dumps({"model": "a1", "messages": user("bye")})
+    async with router(fake_upstream, server={"keep_alive_sec": 60}) as client:
+        stream = await connect(client.router)
+        await stream.send_all(request_line + b"host: router\r\ncontent-type: application/json"
+                              b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        status, answer = await read_response(stream)
+        assert status == 200, answer
+        await assert_closed_by_server(stream, within=3)  # not after keep_alive_sec
+        await stream.aclose()
+
+
 async def test_headers_sent_slowly_are_cut_off_after_keep_alive_sec(
     fake_upstream: FakeUpstream,
 ) -> None:

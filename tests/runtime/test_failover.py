@@ -222,6 +222,25 @@ async def test_stream_with_no_backend_is_a_plain_error_status(fake_upstream: Fak
     assert "all backends failed" in error["message"]
 
 
+async def test_504_when_every_backend_tried_timed_out(fake_upstream: FakeUpstream) -> None:
+    fast = {"timeouts": {"first_byte_sec": 0.2}}
+    models = layout(fake_upstream, a1=fast, a2=fast, b1=fast)
+    async with open_router_client(models) as client:
+        for name in ("a1", "a2", "b1"):
+            fake_upstream.script(name, Behaviour(hang=True))
+        response = await client.chat()
+        assert response.status_code == 504
+        error = response.json()["error"]
+        assert error["code"] == "upstream_timeout"
+        assert all(name in error["message"] for name in ("a1", "a2", "b1"))
+
+        # One backend failing otherwise makes it a 503: no single cause to name.
+        for name, fault in (("a1", Behaviour(hang=True)), ("a2", Behaviour(status=500)),
+                            ("b1", Behaviour(hang=True))):
+            fake_upstream.script(name, fault)
+        assert (await client.chat()).status_code == 503
+
+
 # ---- nothing can serve ------------------------------------------------------------------------
 
 

@@ -20,25 +20,32 @@ LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 
 
 @asynccontextmanager
-async def router_process(config: Path) -> AsyncIterator[tuple[trio.Process, str]]:
+async def router_process(
+    config: Path, *, log: bytearray | None = None
+) -> AsyncIterator[tuple[trio.Process, str]]:
     """An ``llm-router`` process on a free port and its URL; killed at the end if still
-    running. Its stderr is drained in the background, so a chatty process never blocks."""
+    running. Its stderr is drained in the background, so a chatty process never blocks, into
+    ``log`` when given (to its end when the process exited within the block)."""
+    log = bytearray() if log is None else log
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
     process = await trio.lowlevel.open_process(
         [LLM_ROUTER, "--config", str(config), "--addr", "127.0.0.1:0"],
         cwd=config.parent, env=env, stderr=subprocess.PIPE,
     )
     assert process.stderr is not None
-    err = b""
     try:
         with trio.fail_after(30):
-            while (found := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)) is None:
+            while (found := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", log)) is None:
                 chunk = await process.stderr.receive_some()
-                assert chunk, err.decode()
-                err += chunk
+                assert chunk, log.decode()
+                log += chunk
+        drained = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process.stderr)
+            nursery.start_soon(_drain, process.stderr, log, drained)
             yield process, found.group(1).decode()
+            if process.returncode is not None:
+                with trio.move_on_after(5):
+                    await drained.wait()
             nursery.cancel_scope.cancel()
     finally:
         if process.returncode is None:
@@ -48,9 +55,11 @@ async def router_process(config: Path) -> AsyncIterator[tuple[trio.Process, str]
         await process.stderr.aclose()
 
 
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
+async def _drain(stream: trio.abc.ReceiveStream, log: bytearray, drained: trio.Event) -> None:
     try:
-        while await stream.receive_some():
-            pass
+        while chunk := await stream.receive_some():
+            log += chunk
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    finally:
+        drained.set()

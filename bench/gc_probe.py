@@ -1,0 +1,78 @@
+"""Run ``llm-router`` with every garbage collection timed (used by bench/gc_pauses.sh).
+
+    python bench/gc_probe.py OUT.json -- --config router.yaml --addr 127.0.0.1:4192
+
+A ``gc.callbacks`` hook times each collection (generation, wall and CPU duration, objects
+collected and uncollectable; the CPU time is the figure a loaded machine does not inflate); the list is written to OUT.json when the router exits (SIGTERM stops it
+gracefully). ``--saveall`` also keeps what the collector found (``gc.DEBUG_SAVEALL``) and
+writes the commonest types of it, which is where reference cycles come from.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import sys
+import time
+from typing import Any
+
+_started: dict[int, tuple[float, float]] = {}
+_events: list[dict[str, Any]] = []
+
+
+def _timed(phase: str, info: dict[str, Any]) -> None:
+    generation = info["generation"]
+    if phase == "start":
+        _started[generation] = (time.perf_counter(), time.thread_time())
+        return
+    begun = _started.pop(generation, None)
+    if begun is not None:
+        _events.append({
+            "at": time.monotonic(),
+            "generation": generation,
+            "ms": (time.perf_counter() - begun[0]) * 1000,
+            "cpu_ms": (time.thread_time() - begun[1]) * 1000,
+            "collected": info["collected"],
+            "uncollectable": info["uncollectable"],
+        })
+
+
+def _garbage_types() -> list[tuple[str, int]]:
+    counts = collections.Counter(
+        f"{type(obj).__module__}.{type(obj).__qualname__}" for obj in gc.garbage
+    )
+    return counts.most_common(40)
+
+
+def main() -> int:
+    out, rest = sys.argv[1], sys.argv[2:]
+    saveall = "--saveall" in rest
+    rest = [arg for arg in rest if arg not in ("--saveall", "--")]
+    if saveall:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+    gc.callbacks.append(_timed)
+    from api.cli.main import main as router_main
+
+    try:
+        return router_main(rest)
+    finally:
+        gc.callbacks.remove(_timed)
+        report: dict[str, Any] = {
+            "collections": _events,
+            "freeze_count": gc.get_freeze_count(),
+            "tracked": [len(gc.get_objects(generation)) for generation in (0, 1, 2)],
+            "oldest_types": collections.Counter(
+                f"{type(obj).__module__}.{type(obj).__qualname__}"
+                for obj in gc.get_objects(2)
+            ).most_common(25),
+        }
+        if saveall:
+            report["garbage"] = len(gc.garbage)
+            report["garbage_types"] = _garbage_types()
+        with open(out, "w") as f:
+            json.dump(report, f)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# CPU per request on the path users run, beside the pinned path the peer harness measures:
+#   pinned   `model: bench-gpt`, cache off (the peer harness's cell)
+#   miss     `model: auto`, cache on, a different question every time: scored by the trained
+#            router, embedded, looked up, routed to a tier, stored
+#   hit      `model: auto`, cache on, one question throughout: answered from the cache
+# Each shape gets a fresh router on CPU 0 (wrk and the nginx mock on CPU 1), 3 s of warm-up,
+# then SECONDS of wrk at CONNS connections; CPU per request is the router's utime+stime over
+# the measured run divided by its requests. With PROFILE=1 py-spy samples the miss shape too.
+# LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
+#   bench/routed_path.sh [seconds] [connections]
+set -euo pipefail
+: "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
+peer=$(cd "$LLM_ROUTER_PEER_BENCH" && pwd)
+cd "$(dirname "$0")/.."
+secs=${1:-10} conns=${2:-1}
+work=$(mktemp -d /tmp/llmr-routed.XXXX)
+mock_port=18184 router_port=4194 router=
+python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
+taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
+trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+up=http://127.0.0.1:$mock_port
+
+config() {  # $1: cache on/off
+  cat <<YAML
+models:
+  - {name: bench-gpt, provider: openai, model: gpt-4o-mini, base_url: "$up/v1", api_key: sk-bench,
+     cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 1}
+  - {name: bench-claude, provider: anthropic, model: claude-haiku-4-5, base_url: "$up", api_key: sk-bench,
+     cost_per_1k_in: 0.0008, cost_per_1k_out: 0.004, tier: 2}
+  - {name: bench-big, provider: openai, model: gpt-4o, base_url: "$up/v1", api_key: sk-bench,
+     cost_per_1k_in: 0.0025, cost_per_1k_out: 0.01, tier: 3}
+cache: {enabled: $1}
+dedup: {enabled: false}
+learned: {feedback_db: $work/feedback.db}
+state: {path: $work/state.db}
+YAML
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
+  local shape=$1 cache=$2; shift 2
+  config "$cache" > "$work/$shape.yaml"
+  taskset -c 0 .venv/bin/llm-router --config "$work/$shape.yaml" --addr "127.0.0.1:$router_port" \
+    > "$work/$shape.log" 2>&1 &
+  router=$!
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
+  "$@" -d3s "http://127.0.0.1:$router_port/v1/chat/completions" > /dev/null
+  local before; before=$(cpu_ticks $router)
+  if [ "${PROFILE:-0}" = 1 ] && [ "$shape" = miss ]; then
+    .venv/bin/py-spy record -p "$router" -d "$secs" -r 200 -f raw -o "$work/profile.txt" >/dev/null 2>&1 &
+  fi
+  "$@" -d"${secs}s" "http://127.0.0.1:$router_port/v1/chat/completions" > "$work/$shape.wrk"
+  local after; after=$(cpu_ticks $router)
+  wait_spy=$(jobs -p | grep -v "^$router$" || true)
+  [ -z "$wait_spy" ] || wait $wait_spy 2>/dev/null || true
+  kill $router; wait $router 2>/dev/null || true
+  router=
+  .venv/bin/python - "$shape" "$work/$shape.wrk" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+shape, path, before, after, hz = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+line = next(l for l in open(path) if l.startswith("WRKJSON "))
+w = json.loads(line[8:])
+bad = w.get("bad_status", 0) + w.get("bad_body", 0) + w.get("err_status", 0)
+cpu_ms = (after - before) / hz * 1000 / max(w["requests"], 1)
+print(f"{shape:7s} {w['requests']:6d} requests  {w['rps']:7.0f}/s  CPU {cpu_ms:5.2f} ms/request  "
+      f"p50 {w['p50_us'] / 1000:6.2f} ms  p99 {w['p99_us'] / 1000:6.2f} ms  "
+      f"max {w['lat_max_us'] / 1000:6.1f} ms  bad {bad}")
+PY
+}
+
+wrk_peer=(env WRK_BODY_FILE="$peer/requests/openai_chat.json" WRK_EXPECT='"finish_reason":"stop"'
+          taskset -c 1 wrk -t1 -c"$conns" -s "$peer/wrk/post.lua")
+wrk_varied=(taskset -c 1 wrk -t1 -c"$conns" -s bench/wrk/varied.lua)
+run_shape pinned false "${wrk_peer[@]}"
+run_shape miss true "${wrk_varied[@]}"
+run_shape hit true env WRK_SAME=1 "${wrk_varied[@]}"
+if [ -f "$work/profile.txt" ]; then .venv/bin/python bench/profile_report.py "$work/profile.txt" 30; fi
+echo "(raw: $work)"
