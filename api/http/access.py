@@ -139,8 +139,7 @@ class Observer:
                 access_log.info("%s %s %d %s", method, path, status, _Tail(fields),
                                 extra={"fields": fields})
             if exchange.span is not None:
-                exchange.span.end({f"llm_router.{k}": v for k, v in fields.items()
-                                   if k not in ("prompt", "error")},
+                exchange.span.end(_span_attributes(fields),
                                   error=exchange.error if status >= 500 else None)
 
 
@@ -176,6 +175,18 @@ def _fields(exchange: Exchange, method: str, path: str, status: int, seconds: fl
         "prompt": exchange.prompt,
     })
     return fields
+
+
+# Fields with an OpenTelemetry semantic-convention name; the rest are ``llm_router.*``.
+_SEMCONV = {"method": "http.request.method", "path": "url.path",
+            "status": "http.response.status_code", "tokens_in": "gen_ai.usage.input_tokens",
+            "tokens_out": "gen_ai.usage.output_tokens"}
+
+
+def _span_attributes(fields: dict[str, Any]) -> dict[str, Any]:
+    """A request span's attributes: the access line's fields but the prompt."""
+    return {_SEMCONV.get(k) or f"llm_router.{k}": v for k, v in fields.items()
+            if k != "prompt"}
 
 
 _QUOTED = re.compile(r'[\s"=\\]')

@@ -69,15 +69,17 @@ async def test_a_chat_span_is_the_parent_of_the_upstream_call(
     attributes = dict(first.attributes or {})
     assert {k: attributes[k] for k in ("llm_router.served", "llm_router.tier",
                                        "llm_router.router", "llm_router.cache",
-                                       "llm_router.attempts", "llm_router.status")} == {
+                                       "llm_router.attempts", "http.response.status_code",
+                                       "url.path")} == {
         "llm_router.served": "m", "llm_router.tier": 1, "llm_router.router": "heuristic",
-        "llm_router.cache": "MISS", "llm_router.attempts": 1, "llm_router.status": 200}
+        "llm_router.cache": "MISS", "llm_router.attempts": 1,
+        "http.response.status_code": 200, "url.path": "/v1/chat/completions"}
     sent = [r.headers["traceparent"] for r in fake_upstream.requests("m")]
     assert sent[0] == f"00-{CLIENT_TRACE}-{format(first.context.span_id, '016x')}-01"
     # The stream's span, a new trace, also reached the upstream call made in the background.
     assert sent[1].split("-")[1:3] == [format(second.context.trace_id, "032x"),
                                        format(second.context.span_id, "016x")]
-    assert dict(second.attributes or {})["llm_router.tokens_out"] > 0
+    assert dict(second.attributes or {})["gen_ai.usage.output_tokens"] > 0
 
 
 async def test_a_span_per_workflow_op(fake_upstream: FakeUpstream,
