@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 import yaml
@@ -135,8 +136,9 @@ async def measure(args: argparse.Namespace, redis_url: str | None) -> None:
             if redis_url is None:
                 rows = []
                 for access in (False, True):
-                    quiet = config.model_copy(update={"server": config.server.model_copy(  # type: ignore[attr-defined]
-                        update={"access_log": access})})
+                    settings: Any = config
+                    server = settings.server.model_copy(update={"access_log": access})
+                    quiet = settings.model_copy(update={"server": server})
                     observer = Observer(quiet, redactor)
                     hooks, bare = [], []
                     for _ in range(args.rounds):

@@ -26,8 +26,9 @@ class JsonFormatter(logging.Formatter):
     >>> record = logging.LogRecord("llm_router", logging.WARNING, "", 0, "backend %s is %s",
     ...                            ("a", "down"), None)
     >>> record.created, record.msecs = 0.0, 0.0
-    >>> JsonFormatter().format(record)
-    '{"time":"1970-01-01T00:00:00.000Z","level":"WARNING","logger":"llm_router","message":"backend a is down"}'
+    >>> line = orjson.loads(JsonFormatter().format(record))
+    >>> line["time"], line["level"], line["logger"], line["message"]
+    ('1970-01-01T00:00:00.000Z', 'WARNING', 'llm_router', 'backend a is down')
     """
 
     def format(self, record: logging.LogRecord) -> str:

@@ -22,8 +22,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from quart import Response, g, request
 
 from engine.core import Config, KeyRecord, Redactor, cost_usd
 from engine.errors import RouterError
@@ -77,6 +80,31 @@ class Observer:
         self._redactor = redactor
         self._models = {m.name: m for m in config.models}
         self._known = {*self._models, "auto"}
+
+    def install(self, app: Any, gateway: Callable[[], Gateway | None],
+                request_id: Callable[[], str]) -> None:
+        """Hook ``app``: an exchange for every request (``g.exchange``), its status noted as
+        the answer leaves, and finished with the request unless a stream's end does it."""
+
+        @app.before_request
+        async def begin_exchange() -> None:
+            g.exchange = Exchange()
+
+        @app.after_request
+        async def note_status(response: Response) -> Response:
+            exchange: Exchange | None = g.get("exchange")
+            if exchange is not None:
+                exchange.status = response.status_code
+                if not exchange.streaming:
+                    exchange.mark_first_byte()
+            return response
+
+        @app.teardown_request
+        async def end_exchange(exc: BaseException | None) -> None:
+            exchange: Exchange | None = g.get("exchange")
+            if exchange is not None and not exchange.streaming:
+                self.finish(exchange, gateway(), method=request.method, path=request.path,
+                            request_id=request_id())
 
     def chat(self, exchange: Exchange, gateway: Gateway, *, protocol: str,
              request: ChatRequest, key: KeyRecord | None,

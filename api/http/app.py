@@ -238,34 +238,16 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     def gateway() -> Gateway:
         return holder["gateway"]
 
-    # ---- observing: every request's access line and a chat's metrics (api.http.access) ---
+    # Every request's access line and a chat's metrics and span (api.http.access).
     observer = Observer(config, redactor)
-
-    def finish(exchange: Exchange) -> None:
-        observer.finish(exchange, holder.get("gateway"), method=request.method,
-                        path=request.path, request_id=this_request_id())
-
-    @app.before_request
-    async def begin_exchange() -> None:
-        g.exchange = Exchange()
+    observer.install(app, lambda: holder.get("gateway"), this_request_id)
 
     @app.after_request
     async def tag_response(response: Response) -> Response:
         request_id = this_request_id()
         response.headers["x-llm-router-request-id"] = request_id
         response.headers["x-request-id"] = request_id
-        exchange: Exchange | None = g.get("exchange")
-        if exchange is not None:
-            exchange.status = response.status_code
-            if not exchange.streaming:
-                exchange.mark_first_byte()
         return response
-
-    @app.teardown_request
-    async def end_exchange(exc: BaseException | None) -> None:
-        exchange: Exchange | None = g.get("exchange")
-        if exchange is not None and not exchange.streaming:
-            finish(exchange)
 
     async def authenticate() -> tuple[str, KeyRecord | None]:
         """The caller's tenant (``api.http.tenancy``: a digest of whatever credential it

@@ -172,7 +172,8 @@ async def test_a_budget_rejection(fake_upstream: FakeUpstream,
 
 
 async def test_a_workflow_run(fake_upstream: FakeUpstream) -> None:
-    workflow = "name: two\nops:\n  a: {prompt: 'Step a.'}\n  b: {prompt: 'Step b.', input_ops: [a]}\n"
+    workflow = ("name: two\nops:\n  a: {prompt: 'Step a.'}\n"
+                "  b: {prompt: 'Step b.', input_ops: [a]}\n")
     async with open_router_client([model_entry(fake_upstream, "m", tier=1)]) as client:
         before = await scrape(client)
         done = await client.request("POST", "/v1/workflows",
