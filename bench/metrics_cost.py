@@ -4,7 +4,7 @@ Usage: .venv/bin/python bench/metrics_cost.py [--requests 200000] [--rounds 5] [
 
 1. The request path. Everything a chat request does for observability, on the real objects
    of a running gateway: the :class:`Exchange` made when the request comes in, ``Observer.chat``
-   (the in-flight gauge), the status noted as it leaves, ``Observer.finish`` (its labels, one
+   (the in-flight gauge) and ``Observer.parsed`` (the tracing check), the status noted as it leaves, ``Observer.finish`` (its labels, one
    counter increment, two histogram observations, the gauge back down), timed per request
    over ``--requests`` requests, in alternating rounds against the same loop doing nothing
    (the "without" figure). Measured twice: with the access line off (metrics alone, what
@@ -73,7 +73,8 @@ def request_path(gateway: Gateway, observer: Observer, n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
         exchange = Exchange()
-        observer.chat(exchange, gateway, protocol="openai", request=ask, key=None)
+        observer.chat(exchange, gateway, protocol="openai")
+        observer.parsed(exchange, request=ask, key=None, headers={})
         exchange.served, exchange.usage, exchange.cost_usd = served, usage, 0.0001
         exchange.status = 200
         exchange.mark_first_byte()

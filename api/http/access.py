@@ -106,20 +106,23 @@ class Observer:
                 self.finish(exchange, gateway(), method=request.method, path=request.path,
                             request_id=request_id())
 
-    def chat(self, exchange: Exchange, gateway: Gateway, *, protocol: str,
-             request: ChatRequest, key: KeyRecord | None,
-             headers: Any = None) -> None:
-        """A chat request was parsed: it is now in flight (and traced, when tracing: its
-        span is current in ``exchange.span.current()``)."""
+    def chat(self, exchange: Exchange, gateway: Gateway, *, protocol: str) -> None:
+        """A chat request came in: it is in flight, and counted even if it is refused before
+        its body is read (a 401, a 400)."""
         exchange.protocol = protocol
+        gateway.request_started()
+
+    def parsed(self, exchange: Exchange, *, request: ChatRequest, key: KeyRecord | None,
+               headers: Any = None) -> None:
+        """A chat request was authenticated and parsed (and is traced, when tracing: its
+        span is current in ``exchange.span.current()``; ``headers``: the request's)."""
         if headers is not None:
-            exchange.span = request_span(f"chat {protocol}", headers)
+            exchange.span = request_span(f"chat {exchange.protocol}", headers)
         exchange.model_asked = request.model or "auto"
         exchange.key_id = key.id if key is not None else None
         if self._log_prompts and request.messages:
             text = self._redactor.scrub(request.messages[-1].text)
             exchange.prompt = text[:PROMPT_CHARS] + ("..." if len(text) > PROMPT_CHARS else "")
-        gateway.request_started()
 
     def refused(self, exchange: Exchange, err: RouterError, *, request_id: str) -> None:
         """A WARNING line for a request refused by a limit (``err``)."""
@@ -147,10 +150,11 @@ class Observer:
         status = exchange.status or CLIENT_CLOSED
         if exchange.protocol is not None and gateway is not None:
             served = exchange.served
-            asked = exchange.model_asked or ""
+            asked = exchange.model_asked
             labels = (
                 exchange.protocol,
-                served.model if served else asked if asked in self._known else "other",
+                served.model if served else "" if asked is None  # refused before parsing
+                else asked if asked in self._known else "other",
                 str(served.tier) if served else "",
                 served.cache.lower() if served else "none",
                 str(status),

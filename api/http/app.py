@@ -288,13 +288,12 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             raise RequestInvalid("could not read the request body") from None
 
     async def chat(protocol: WireProtocol) -> Response:
-        request_id = this_request_id()
+        exchange: Exchange = g.exchange
+        observer.chat(exchange, gateway(), protocol=protocol.name)
         tenant, key = await authenticate()
         body = await read_body()
         chat_request = protocol.parse_request(body)
-        exchange: Exchange = g.exchange
-        observer.chat(exchange, gateway(), protocol=protocol.name, request=chat_request,
-                      key=key, headers=request.headers)
+        observer.parsed(exchange, request=chat_request, key=key, headers=request.headers)
         if exchange.span is None:
             return await answer_chat(protocol, chat_request, body, key, tenant, exchange)
         with exchange.span.current():  # the gateway's work (and its upstream calls) under it

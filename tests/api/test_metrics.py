@@ -190,11 +190,15 @@ async def test_a_workflow_run(fake_upstream: FakeUpstream) -> None:
     assert not any(name == "llm_router_requests_total" for name, _ in after)
 
 
-async def test_metrics_asks_for_a_credential_when_keys_are_set(fake_upstream: FakeUpstream
+async def test_metrics_asks_for_a_credential_and_counts_a_refused_chat(fake_upstream: FakeUpstream
                                                               ) -> None:
     async with open_router_client([model_entry(fake_upstream, "m", tier=1)],
                                   server={"api_keys": ["client-key-123456"]}) as client:
         refused = await client.request("GET", "/metrics")
         assert refused.status_code == 401
-        assert refused.json()["error"]["type"] == "invalid_request_error" or refused.json()
-        await scrape(client, authorization="Bearer client-key-123456")
+        no_key = await client.chat()
+        assert no_key.status_code == 401
+        seen = await scrape(client, authorization="Bearer client-key-123456")
+    # A chat request refused before its body was read counts too, with what is known of it.
+    assert value(seen, "llm_router_requests_total", protocol="openai", model="", tier="",
+                 cache="none", status="401") == 1
