@@ -12,7 +12,7 @@ score is shaped so that the default threshold is the safe one. Three parts:
   and acronyms ("IT" is not "it"), a repeated phrase, two words trading places;
 * the alignment test asks whether the two are word-for-word paraphrases: the same content
   words and meaning-bearing function words (modal verbs, "about", "be"...), the same tense,
-  a compatible order ("the capital of France" / "France's capital city" is aligned).
+  a compatible order ("the capital of France" / "France's capital" is aligned).
 
 Why alignment gates the default: on the QQP dev pairs, pairs no guard vetoes but that differ
 in a content word, a function word or their order are duplicates 76% of the time at cosine
