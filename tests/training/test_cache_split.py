@@ -23,7 +23,7 @@ def _pairs() -> list[dict[str, object]]:
     path = Path(folder) / "cache" / "qqp_pairs_dev.jsonl" if folder else None
     if path is None or not path.is_file():
         pytest.skip("set LLM_ROUTER_EVAL_DATA to the evaluation data folder")
-    return [json.loads(line) for line in path.open(encoding="utf-8")]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_split_is_a_function_of_the_id_alone() -> None:
