@@ -305,14 +305,19 @@ class UpstreamClient:
         stream.first = first
         return stream
 
-    async def post_json(self, url: str, payload: bytes, *, timeout: float) -> Any:
-        """POST a JSON body to an auxiliary service (the routing sidecar) and return the
-        decoded JSON answer; any failure, including a deadline, is an ``UpstreamError``."""
+    async def post_json(self, url: str, payload: bytes, *, timeout: float,
+                        bearer: str | None = None) -> Any:
+        """POST a JSON body to an auxiliary service (the routing sidecar, the cache's
+        embeddings endpoint) and return the decoded JSON answer; any failure, including a
+        deadline, is an ``UpstreamError``. ``bearer`` is sent as ``Authorization: Bearer``."""
         shown = without_userinfo(url)
+        headers = {"content-type": "application/json"}
+        if bearer:
+            headers["authorization"] = f"Bearer {bearer}"
         try:
             with trio.fail_after(timeout):
                 response = await self._http.post(
-                    url, content=payload, headers={"content-type": "application/json"},
+                    url, content=payload, headers=headers,
                     timeout=httpx.Timeout(timeout),
                 )
                 body = await response.aread()

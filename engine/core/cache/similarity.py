@@ -26,6 +26,14 @@ What :func:`similarity` means, so that ``cache.similarity_thresh`` alone decides
   is the salience of the most salient content word on one side only;
 * aligned: ``0.5 + 0.5 * cosine``, the only pairs that can score above 0.825.
 
+With ``cache.embedder`` (a model behind an embeddings endpoint, :meth:`Fingerprint.with_vector`)
+the guards and the alignment test still apply, and aligned pairs score as above; a pair that
+is allowed but not aligned scores that model's cosine itself, so ``similarity_thresh`` is a
+plain cosine bar for it. A sum of static word vectors cannot tell a paraphrase from a
+near-miss without the alignment test; a trained sentence encoder can, and this is where its
+recall comes from. What the bar should be depends on the model: ``bench/cache_similarity.py
+--embedder-url`` chooses it on the ``choose`` split and reports on ``report``.
+
 The default 0.85 thus means "aligned, no veto, cosine >= 0.7": precision 0.968 at recall 0.082
 on the QQP dev pairs (before the alignment rule: 0.866 at 0.164); see
 ``bench/cache_similarity.py``. Lower thresholds trade precision for recall (0.80: 0.93 at 0.11;
@@ -41,7 +49,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +118,16 @@ class Fingerprint:
     features: TextFeatures = field(repr=False)
     salience: np.ndarray = field(repr=False)  # (len(words),) float32
     word_vectors: np.ndarray = field(repr=False)  # (<= len(words), dim) float16, unit rows
+    #: The sentence vector came from ``cache.embedder`` (:meth:`with_vector`), not the table.
+    external: bool = False
+
+    def with_vector(self, vector: np.ndarray) -> Fingerprint:
+        """This fingerprint with a sentence vector from another model (``cache.embedder``):
+        the guards and the alignment still read the text; the score then trusts that model's
+        cosine (:func:`compare`)."""
+        vector = np.asarray(vector, np.float32)
+        norm = float(np.sqrt(vector @ vector))
+        return replace(self, vector=vector / norm if norm > 0 else vector, external=True)
 
     @property
     def numbers(self) -> frozenset[str]:
@@ -321,7 +339,12 @@ def compare(query: Fingerprint, cached: Fingerprint, *, all_vetoes: bool = False
     salience = [query.salience[i] for i in unmatched(qf, q_to_c)]
     salience += [cached.salience[i] for i in unmatched(cf, c_to_q)]
     penalty = max(salience, default=0.0) / _SALIENCE_SCALE + (0.0 if is_aligned else _UNALIGNED)
-    score = vetoed if vetoes else 0.5 + 0.5 * min(1.0, max(0.0, cosine - penalty))
+    if vetoes:
+        score = vetoed
+    elif query.external and cached.external and not is_aligned:
+        penalty, score = 0.0, max(0.0, min(1.0, cosine))  # see "With cache.embedder"
+    else:
+        score = 0.5 + 0.5 * min(1.0, max(0.0, cosine - penalty))
     return Comparison(cosine, tuple(vetoes), is_aligned, float(penalty), score)
 
 
