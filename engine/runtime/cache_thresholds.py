@@ -6,11 +6,12 @@ bad report on a cache hit, an admin reset) is written through the store:
 
 * without ``state.redis_url``, this process's memory (:class:`MemoryThresholds`): a restart
   starts from the configured threshold again;
-* with it, the hash ``llmr:cache:{thresholds}:tenants`` (one field per tenant), stepped by a
+* with it, the hash ``llmr:threshold:{cache}:tenants`` (one field per tenant), stepped by a
   script so that two processes' reports both count, and announced on
   ``llmr:{bus}:cache-thresholds``, which every process follows to take the value up. While
-  Redis is down a report moves this process's copy only; when Redis is back every process
-  reloads the hash (the shared value wins).
+  Redis is down a report moves this process's copy only; when Redis is back each process
+  takes the stricter of its own value and the shared one, and writes its own back if it is
+  the stricter (so a Redis restarted empty gets the values again).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["MemoryThresholds", "SharedThresholds", "TenantThresholds", "Threshol
 
 log = logging.getLogger("llm_router")
 
-TENANTS = PREFIX + "cache:{thresholds}:tenants"
+TENANTS = PREFIX + "threshold:{cache}:tenants"
 NEWS = PREFIX + "{bus}:cache-thresholds"
 _NEWS_KEPT = 1000
 
@@ -48,11 +49,22 @@ return string.format('%.6f', new)
 """)
 
 
+# KEYS: the hash, the news stream; ARGV: tenant, value, stream length. Raises, never lowers.
+_RAISE_TO = Script("""
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if current >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[1], 'v', ARGV[2])
+return 1
+""")
+
+
 class ThresholdStore(Protocol):
     """Where tenant thresholds live; every method may raise ``StoreUnavailable``."""
 
     async def load(self) -> dict[str, float]: ...
     async def tighten(self, tenant: str, rule: ThresholdRule, current: float) -> float: ...
+    async def raise_to(self, tenant: str, value: float) -> None: ...
     async def reset(self, tenants: Iterable[str] | None) -> None: ...
 
 
@@ -68,6 +80,9 @@ class MemoryThresholds:
     async def tighten(self, tenant: str, rule: ThresholdRule, current: float) -> float:
         self.values[tenant] = rule.tightened(self.values.get(tenant, current))
         return self.values[tenant]
+
+    async def raise_to(self, tenant: str, value: float) -> None:
+        self.values[tenant] = max(value, self.values.get(tenant, value))
 
     async def reset(self, tenants: Iterable[str] | None) -> None:
         if tenants is None:
@@ -92,6 +107,10 @@ class SharedThresholds:
             _TIGHTEN, [TENANTS, NEWS],
             [tenant, repr(rule.floor), repr(rule.step), repr(rule.ceiling), _NEWS_KEPT])
         return float(new)
+
+    async def raise_to(self, tenant: str, value: float) -> None:
+        await self.shared.redis.run(_RAISE_TO, [TENANTS, NEWS], [tenant, f"{value:.6f}",
+                                                                 _NEWS_KEPT])
 
     async def reset(self, tenants: Iterable[str] | None) -> None:
         redis = self.shared.redis
@@ -130,13 +149,19 @@ class TenantThresholds:
             except StoreUnavailable:
                 since = "$"
             shared.tail.follow(NEWS, self._on_news, since=since)
-            shared.redis.on_up(self.load)
-        await self.load()
+            shared.redis.on_up(self.resync)
+        await self.resync()
 
-    async def load(self) -> None:
-        """Take up the stored values (at start, and when Redis comes back)."""
+    async def resync(self) -> None:
+        """Agree with the store (at start, and when Redis comes back): each tenant gets the
+        stricter of its stored and its local threshold, and a local one the store lacks (a
+        report made while Redis was down, or a Redis restarted empty) is written back."""
         try:
             stored = await self.store.load()
+            for tenant, mine in list(self._values.items()):
+                if mine > stored.get(tenant, self.rule.floor):
+                    await self.store.raise_to(tenant, mine)
+                    stored[tenant] = mine
         except StoreUnavailable as exc:
             log.warning("cache thresholds: %s; using this process's values", exc.message)
             return
