@@ -165,6 +165,10 @@ def main() -> None:
                         help="the evaluation data folder (default: $LLM_ROUTER_EVAL_DATA)")
     parser.add_argument("--out", type=Path, help="keep prediction files here")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--embedder-url", help="an OpenAI-compatible /v1/embeddings endpoint:"
+                        " its vectors replace the packaged ones (as cache.embedder does)")
+    parser.add_argument("--embedder-model", default="text-embedding-3-small")
+    parser.add_argument("--embedder-key-env", help="the variable holding the endpoint's key")
     args = parser.parse_args()
     if args.data is None:
         parser.error("give --data DIR or set LLM_ROUTER_EVAL_DATA")
@@ -180,6 +184,10 @@ def main() -> None:
     started = time.perf_counter()
     fps = {(r["id"], side): embedder.fingerprint(r[side]) for r in rows for side in "ab"}
     per_text_us = (time.perf_counter() - started) / len(fps) * 1e6
+    if args.embedder_url:
+        fps = remote_vectors(fps, args.embedder_url, args.embedder_model,
+                             os.environ.get(args.embedder_key_env or "", ""))
+        print(f"vectors: {args.embedder_model} at {args.embedder_url}\n")
     started = time.perf_counter()
     ours = np.array([similarity(fps[r["id"], "b"], fps[r["id"], "a"]) for r in rows])
     per_pair_us = (time.perf_counter() - started) / len(rows) * 1e6
@@ -192,7 +200,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     jaccard = np.array([token_jaccard(r["a"], r["b"]) for r in rows])
     for name, scores in (("token Jaccard (the script's floor)", jaccard),
-                         ("WordLlama cosine", cosine),
+                         ("cosine (WordLlama, or --embedder-url)", cosine),
                          ("similarity(): cosine + guards", ours)):
         tag = name.split()[0].strip("():").lower()
         preds = [{"id": r["id"], "similarity": float(s)} for r, s in zip(rows, scores, strict=True)]
@@ -213,6 +221,28 @@ def main() -> None:
     retrieval(rows, rows, fps, out, script, args.threshold, "all")
     retrieval(rows, [r for r in rows if split_of(r["id"]) == "report"], fps, out, script,
               args.threshold, "report")
+
+
+def remote_vectors(fps: dict, url: str, model: str, key: str) -> dict:
+    """The fingerprints with their sentence vectors from an embeddings endpoint, 64 texts a
+    call (``Fingerprint.with_vector``: what ``cache.embedder`` does)."""
+    import httpx
+
+    url = url.rstrip("/")
+    url = url if url.endswith("/embeddings") else url + "/embeddings"
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    items = list(fps.items())
+    out = {}
+    with httpx.Client(timeout=60) as http:
+        for start in range(0, len(items), 64):
+            chunk = items[start:start + 64]
+            answer = http.post(url, headers=headers, json={
+                "model": model, "input": [fp.text for _, fp in chunk]})
+            answer.raise_for_status()
+            data = sorted(answer.json()["data"], key=lambda d: d["index"])
+            for (k, fp), row in zip(chunk, data, strict=True):
+                out[k] = fp.with_vector(np.asarray(row["embedding"], np.float32))
+    return out
 
 
 def duplicate_groups(rows: list[dict]) -> dict[str, str]:
@@ -252,7 +282,7 @@ def retrieval(rows: list[dict], part: list[dict], fps: dict, out: Path, script: 
           f" {floor['negative']} | | {floor['fail']} |"
           f" {floor['positive'] / max(1, floor['positive'] + floor['negative']):.3f} | | |")
     for name, exact_below, rescore in (
-        ("WordLlama cosine nearest neighbour", 2048, False),
+        ("cosine nearest neighbour", 2048, False),
         ("similarity(), exact index (k=8)", 2048, True),
         ("similarity(), HNSW index (k=8)", 0, True),
     ):

@@ -4,8 +4,9 @@ SDKs as clients.
 
 The fake's vector is a bag of words (``engine.testing.fake_embeddings``): the two phrasings
 below differ in one word of eleven, a cosine of about 0.92, and are not word-for-word
-paraphrases, so the packaged table's score stays under the default threshold while the
-remote model's cosine clears it. The guards still apply: a negation or a number vetoes
+paraphrases, so the packaged table's score stays under the threshold while the remote
+model's cosine clears the bar that ``similarity_thresh`` 0.8 sets for it (0.9; at the
+default 0.85, 0.95). The guards still apply: a negation or a number vetoes
 whatever the cosine.
 """
 
@@ -38,9 +39,9 @@ EMBEDDER_KEY = "sk-embed-test-0123456789abcdef"
 
 
 @asynccontextmanager
-async def router(fake: FakeUpstream, *, remote: bool = True, **embedder: Any
-                 ) -> AsyncIterator[RouterClient]:
-    cache: dict[str, Any] = {"enabled": True}
+async def router(fake: FakeUpstream, *, remote: bool = True, threshold: float = 0.8,
+                 **embedder: Any) -> AsyncIterator[RouterClient]:
+    cache: dict[str, Any] = {"enabled": True, "similarity_thresh": threshold}
     if remote:
         cache["embedder"] = {"url": fake.base_url("emb", "openai"), "model": "fake-embed",
                              "api_key_env": "EMBED_KEY", **embedder}
@@ -81,6 +82,9 @@ async def test_remote_vectors_find_a_rewording_the_table_misses(
     async with router(fake_upstream, remote=False) as client:
         assert await ask(client, ASKED) == "MISS"
         assert await ask(client, REWORDED) == "MISS"  # the packaged table: not aligned
+    async with router(fake_upstream, threshold=0.85) as client:
+        assert await ask(client, ASKED) == "MISS"
+        assert await ask(client, REWORDED) == "MISS"  # 0.92 is under the default's 0.95
 
 
 @pytest.mark.parametrize("variant", [NEGATED, COUNTED])
