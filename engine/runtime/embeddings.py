@@ -8,7 +8,8 @@ kept off the critical path where it can be:
   its way is waited for, not sent again;
 * concurrent requests share a call: one task sends whatever texts are waiting as one batch
   (up to :data:`BATCH` texts), with no added delay: a lone request goes at once;
-* every wait is bounded by ``cache.embedder.timeout_ms``, queueing included.
+* every wait is bounded by ``cache.embedder.timeout_ms``, queueing included, and the queue
+  itself by :data:`_MAX_WAITING` texts (an endpoint slower than the traffic sheds it).
 
 On a timeout, an error or a malformed answer the caller gets ``None`` and skips the cache for
 that request (a miss, never a failed request); failures are counted and shown in
@@ -39,6 +40,9 @@ __all__ = ["BATCH", "RemoteEmbedder"]
 #: Texts sent in one call at most.
 BATCH = 64
 _MEMO = 4096
+# Texts waiting for a vector at most: past it (an endpoint slower than the traffic) a request
+# skips the cache at once rather than queue work whose answer would come too late.
+_MAX_WAITING = 16 * BATCH
 _EWMA_ALPHA = 0.2
 log = logging.getLogger("llm_router")
 
@@ -83,6 +87,9 @@ class RemoteEmbedder:
                 continue
             waiting = self._waiting.get(text)
             if waiting is None:
+                if len(self._waiting) >= _MAX_WAITING:
+                    self.skipped += 1
+                    return None
                 waiting = self._waiting[text] = _Pending(text)
                 self._send.send_nowait(waiting)
             pending.append((len(out), waiting))
