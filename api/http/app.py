@@ -502,6 +502,10 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         check_admin(config.server.admin_key, request.headers.get("x-api-key", ""),
                     request.headers.get("authorization", ""))
         tenant = request.args.get("tenant")
+        if tenant is not None and not tenant.strip():
+            raise RequestInvalid("tenant must name a tenant as GET /v1/routing shows it (a "
+                                 "digest, or anonymous); leave it out to reset every tenant",
+                                 param="tenant")
         count = await gateway().reset_cache_thresholds(None if tenant is None else [tenant])
         return _json({"reset": count})
 

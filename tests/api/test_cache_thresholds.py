@@ -112,11 +112,16 @@ async def test_admin_sees_every_tenant_and_resets(client: RouterClient) -> None:
     assert (await cache_state(client, ADMIN))["tenants"] == {}
 
 
-async def test_reset_needs_the_admin_key(client: RouterClient) -> None:
+async def test_reset_needs_the_admin_key_and_a_tenant_name(client: RouterClient) -> None:
     response = await client.request("DELETE", "/v1/admin/cache/thresholds",
                                     headers={"Authorization": "Bearer alice"})
     assert response.status_code == 401
     assert response.json()["error"]["type"]  # the OpenAI error object
+    response = await client.request("DELETE", "/v1/admin/cache/thresholds",
+                                    params={"tenant": ""},
+                                    headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tenant"
 
 
 async def test_routing_needs_a_credential(client: RouterClient) -> None:
