@@ -51,8 +51,9 @@ SURFACES: dict[str, set[str]] = {
         "refused_url",
     },
     "engine.training": {
-        "RoutingRow", "cheapest_at", "curve_at", "evaluate_choices", "model_ladder",
-        "multi_tier_points", "parse_rows", "summarize", "tier_split", "train_router",
+        "SPLITS", "RoutingRow", "Split", "cheapest_at", "curve_at", "evaluate_choices",
+        "model_ladder", "multi_tier_points", "parse_rows", "split_of", "split_rows", "summarize",
+        "tier_split", "train_router",
     },
     "engine.wire": {
         "ANTHROPIC", "OPENAI", "Encoder", "Provider", "SSEDecoder", "StreamDecoder",

@@ -292,11 +292,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             encoder = protocol.encoder(
                 chat_request, id=response_id, model=stream.served.model, created=created
             )
-            gateway().remember_decision(request_id, stream.served)
+            gateway().remember_decision(request_id, stream.served, tenant=tenant)
             headers = _routing_headers(stream.served) | _SSE_HEADERS
             return Response(_relay(stream, encoder), status=200, headers=headers)
         done = await gateway().complete(chat_request, ctx)
-        gateway().remember_decision(request_id, done.served)
+        gateway().remember_decision(request_id, done.served, tenant=tenant)
         body = protocol.render_result(
             done.result, id=response_id, model=done.served.model, created=created
         )
@@ -410,9 +410,14 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         return _json(await gateway().report_feedback(report))
 
     @app.get("/v1/routing")
-    @guarded
     async def routing() -> Response:
-        return _json(await gateway().routing_state())
+        # The admin key sees every tenant's cache threshold; a client, its own.
+        given = client_key(request.headers.get("x-api-key", ""),
+                           request.headers.get("authorization", "")).encode()
+        if admin_key and hmac.compare_digest(given, admin_key):
+            return _json(await gateway().routing_state(tenant=None))
+        tenant, _ = await authenticate()
+        return _json(await gateway().routing_state(tenant=tenant))
 
     @app.get("/v1/backends")
     @guarded
@@ -491,6 +496,18 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def revoke_key(key_id: str) -> Response:
         gate = key_gate()
         return _json(await key_view(gate, await gate.revoke(key_id)))
+
+    @app.delete("/v1/admin/cache/thresholds")
+    async def reset_cache_thresholds() -> Response:
+        check_admin(config.server.admin_key, request.headers.get("x-api-key", ""),
+                    request.headers.get("authorization", ""))
+        tenant = request.args.get("tenant")
+        if tenant is not None and not tenant.strip():
+            raise RequestInvalid("tenant must name a tenant as GET /v1/routing shows it (a "
+                                 "digest, or anonymous); leave it out to reset every tenant",
+                                 param="tenant")
+        count = await gateway().reset_cache_thresholds(None if tenant is None else [tenant])
+        return _json({"reset": count})
 
     @app.get("/health")
     async def health() -> Response:

@@ -119,6 +119,41 @@ class ClassifierConfig(_Section):
         return self
 
 
+class EmbedderConfig(_Section):
+    """Extension: the cache's sentence vectors from an OpenAI-compatible embeddings endpoint
+    (OpenAI, Ollama, vLLM, a local server) instead of the packaged WordLlama table. ``url`` is
+    the endpoint (``.../v1/embeddings``; a URL ending in ``/v1`` gets ``/embeddings``
+    appended); ``api_key_env`` names the variable holding its key (sent as a bearer token,
+    never logged); a call that takes longer than ``timeout_ms`` or fails skips the cache for
+    that request. ``dimensions`` is passed on to models that can shorten their vectors."""
+
+    url: str
+    model: str = Field(min_length=1)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key: str | None = Field(default=None, repr=False, exclude=True)
+    timeout_ms: float = Field(500.0, gt=0, le=30_000)
+    dimensions: int | None = Field(None, ge=1, le=16_384)
+
+    @field_validator("url")
+    @classmethod
+    def _endpoint(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        url = url.rstrip("/")
+        return url if url.endswith("/embeddings") else url + "/embeddings"
+
+
+class TenantThresholdConfig(_Section):
+    """Extension: how feedback on cached answers moves one tenant's similarity threshold. A
+    cache hit rated below ``bad_below`` raises that tenant's threshold by ``step``, up to
+    ``ceiling``; it never goes below the configured ``similarity_thresh`` (the floor)."""
+
+    enabled: bool = True
+    step: float = Field(0.02, gt=0, le=0.5)
+    ceiling: float = Field(0.99, ge=0, le=1)
+    bad_below: float = Field(0.5, gt=0, le=1)
+
+
 class CacheConfig(_Section):
     enabled: bool = True
     max_size: int = Field(1000, ge=0)
@@ -129,6 +164,8 @@ class CacheConfig(_Section):
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     max_entry_bytes: int = Field(1024 * 1024, ge=0)
     deterministic_only: bool = False
+    embedder: EmbedderConfig | None = None
+    tenant_threshold: TenantThresholdConfig = TenantThresholdConfig()
 
 
 class DedupConfig(_Section):
@@ -458,6 +495,13 @@ def parse_config(text: str, *, environ: Mapping[str, str] | None = None) -> Conf
                 message = _unknown_key(error["loc"])
             problems.append(f"{_format_loc(error['loc'])}: {message}")
         raise ConfigInvalid(problems) from None
+    embedder = config.cache.embedder
+    if embedder is not None and embedder.api_key_env is not None:
+        key = (os.environ if environ is None else environ).get(embedder.api_key_env)
+        if not key:
+            problems.append(f"cache.embedder.api_key_env: ${embedder.api_key_env} is not set")
+        else:
+            object.__setattr__(embedder, "api_key", key)  # frozen; not part of the file
     if problems:
         raise ConfigInvalid(problems)
     return config

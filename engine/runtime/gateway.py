@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 import trio
 
 from engine.core.cache.responses import Matcher, ResponseCache
+from engine.core.cache.threshold import ThresholdRule
 from engine.core.config import Config
 from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
@@ -54,6 +56,8 @@ from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
+from .cache_thresholds import MemoryThresholds, SharedThresholds, TenantThresholds
+from .embeddings import RemoteEmbedder
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
 from .shared_health import SharedHealth
@@ -67,6 +71,8 @@ __all__ = ["Gateway", "Models", "load_models", "open_gateway"]
 # Worker threads rendering workflow templates at once (each render is bounded in time): a
 # few, so renders cannot take every thread trio lends (the feedback store needs some).
 _RENDER_THREADS = 2
+# Recent cache hits kept for feedback to name (as many as the routing policy keeps).
+_REMEMBERED_HITS = 100_000
 
 
 class Gateway:
@@ -82,6 +88,7 @@ class Gateway:
         run_store_error: str | None = None,
         shared: Shared | None = None,
         keys: KeyGate | None = None,
+        embedder: RemoteEmbedder | None = None,
     ) -> None:
         self.config = config
         #: Client keys (``server.admin_key`` set); None: only ``server.api_keys`` apply.
@@ -104,6 +111,19 @@ class Gateway:
                     max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
                     ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
                 nursery.start_soon(self.cache.run)
+        #: The cache's vectors from ``cache.embedder`` (None: the packaged table's).
+        self.embedder = embedder if self.cache is not None else None
+        if isinstance(self.cache, SharedCache):
+            self.cache.remote = self.embedder
+        moves = config.cache.tenant_threshold
+        #: Per-tenant similarity thresholds, moved by feedback on cached answers.
+        self.thresholds = TenantThresholds(
+            ThresholdRule(floor=config.cache.similarity_thresh, step=moves.step,
+                          ceiling=moves.ceiling),
+            MemoryThresholds() if shared is None else SharedThresholds(shared),
+            enabled=moves.enabled, bad_below=moves.bad_below)
+        # Request id -> tenant of recent cache hits: feedback on one moves the threshold.
+        self._cache_hits: OrderedDict[str, str] = OrderedDict()
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
         #: Dedup across processes: None without ``state.redis_url``.
         self.shared_flights = (None if shared is None
@@ -129,6 +149,8 @@ class Gateway:
             flights=self.flights,
             shared_flights=self.shared_flights,
             keys=keys,
+            embedder=self.embedder,
+            thresholds=self.thresholds,
         )
         self._nursery = nursery
         # Unset: the models' own timeouts (first byte, idle, total) end a request that takes
@@ -213,29 +235,55 @@ class Gateway:
             snapshot = await self.shared_totals.stats_snapshot()
         else:
             snapshot = self.stats.snapshot()
+        cache = snapshot["cache"]
+        assert isinstance(cache, dict)
         if isinstance(self.cache, SharedCache):
-            cache = snapshot["cache"]
-            assert isinstance(cache, dict)
             cache["shared"] = self.cache.counters()
+        if self.embedder is not None:
+            cache["embedder"] = self.embedder.snapshot()
         return snapshot
 
-    def remember_decision(self, request_id: str, served: Served) -> None:
-        """Keep how a request was routed, so feedback can name it by its request id."""
+    def remember_decision(self, request_id: str, served: Served, *, tenant: str = "") -> None:
+        """Keep how a request was routed, so feedback can name it by its request id; and,
+        for a cache hit, whose it was (feedback on it moves that tenant's threshold)."""
         self.policy.remember(request_id, score=served.score, tier=served.tier,
                              model=served.model)
+        if served.cache == "HIT":
+            self._cache_hits[request_id] = tenant
+            if len(self._cache_hits) > _REMEMBERED_HITS:
+                self._cache_hits.popitem(last=False)
 
     async def report_feedback(self, report: FeedbackReport) -> dict[str, Any]:
-        """``POST /v1/feedback``: record one quality report and recalibrate.
+        """``POST /v1/feedback``: record one quality report and recalibrate. A report on a
+        cache hit is about the cache, not the route: it moves the tenant's similarity
+        threshold (``engine.runtime.cache_thresholds``) and leaves routing alone.
 
         Raises:
             NotFound: the report names a request the router does not remember.
             RequestInvalid: feedback is not enabled.
         """
+        if report.request_id is not None and report.request_id in self._cache_hits:
+            tenant = self._cache_hits[report.request_id]
+            change = await self.thresholds.report(tenant, report.quality)
+            return {"accepted": True, "cache_threshold": change}
         return await self.policy.feedback(report)
 
-    async def routing_state(self) -> dict[str, Any]:
-        """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
-        return await self.policy.describe()
+    async def routing_state(self, *, tenant: str | None = None) -> dict[str, Any]:
+        """``GET /v1/routing``: the thresholds now, the data behind them, the last changes;
+        the cache's similarity threshold for ``tenant`` (the caller), or with ``None`` (the
+        admin key) for every tenant feedback moved."""
+        state = await self.policy.describe()
+        if self.cache is not None:
+            state["cache"] = self.thresholds.describe(tenant)
+        return state
+
+    async def reset_cache_thresholds(self, tenants: list[str] | None) -> int:
+        """Admin: ``tenants`` (or every tenant) back to ``cache.similarity_thresh``.
+
+        Raises:
+            StoreUnavailable: the shared store (Redis) did not answer; nothing was reset.
+        """
+        return await self.thresholds.reset(tenants)
 
     # ---- workflows ------------------------------------------------------------------------
 
@@ -342,10 +390,15 @@ async def open_gateway(
                         policy.share(shared)
                     await policy.load()
                     keys = KeyGate(key_store) if key_store is not None else None
+                    embedder = None
+                    if config.cache.enabled and config.cache.embedder is not None:
+                        embedder = RemoteEmbedder(config.cache.embedder, upstream)
+                        nursery.start_soon(embedder.run)
                     gateway = Gateway(config, upstream=upstream, nursery=nursery,
                                       matcher=models.matcher, policy=policy,
                                       run_store=run_store, run_store_error=run_store_error,
-                                      shared=shared, keys=keys)
+                                      shared=shared, keys=keys, embedder=embedder)
+                    await gateway.thresholds.open(shared)
                     if keys is not None:
                         nursery.start_soon(keys.keep_spend)
                     runs = gateway.runs

@@ -57,6 +57,8 @@ from .keys import KeyGate
 from .policy import RoutingPolicy
 
 if TYPE_CHECKING:
+    from .cache_thresholds import TenantThresholds
+    from .embeddings import RemoteEmbedder
     from .shared_flights import SharedFlights
 
 __all__ = ["Deadline", "NodeResult", "NodeRunner", "RunContext", "Served"]
@@ -124,6 +126,8 @@ class NodeRunner:
         policy: RoutingPolicy,
         shared_flights: SharedFlights | None = None,
         keys: KeyGate | None = None,
+        embedder: RemoteEmbedder | None = None,
+        thresholds: TenantThresholds | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -134,6 +138,10 @@ class NodeRunner:
         self.flights = flights
         #: Dedup across processes (``state.redis_url``), after the local flights.
         self.shared_flights = shared_flights
+        #: The cache's vectors from ``cache.embedder``; None: the packaged table's.
+        self.embedder = embedder
+        #: Per-tenant similarity thresholds (feedback on cached answers); None: the cache's.
+        self.thresholds = thresholds
 
     async def run(
         self,
@@ -247,11 +255,14 @@ class NodeRunner:
 
         prepared = None
         if (cache is not None and key is not None and (ctx.cache_read or ctx.cache_write)
-                and len(key.text) > _INLINE_CACHE_TEXT):
-            prepared = await trio.to_thread.run_sync(cache.prepare, key.text)
+                and (len(key.text) > _INLINE_CACHE_TEXT or self.embedder is not None)):
+            prepared = await self._prepare(cache, key.text)
+            if prepared is None:  # the embeddings endpoint failed: no cache this time
+                cache = None
 
         if cache is not None and key is not None and ctx.cache_read:
-            hit = cache.lookup(key, trio.current_time(), prepared=prepared)
+            threshold = self.thresholds.get(ctx.tenant) if self.thresholds is not None else None
+            hit = cache.lookup(key, trio.current_time(), prepared=prepared, threshold=threshold)
             if hit is not None:
                 return await self._answer_from_cache(hit, route, sink)
             self.stats.cache_misses += 1
@@ -279,6 +290,20 @@ class NodeRunner:
         if not leader:
             self.stats.record_dedup(done.cost_usd, reference_usd=done.cost_usd + done.saved_usd)
         return dataclasses.replace(done, served=dataclasses.replace(done.served, dedup=role))
+
+    async def _prepare(self, cache: ResponseCache, text: str) -> PreparedText | None:
+        """``text`` made ready for the cache: in a worker thread when long, with its vector
+        from ``cache.embedder`` when there is one (``None``: that failed in time)."""
+        if len(text) > _INLINE_CACHE_TEXT:
+            prepared = await trio.to_thread.run_sync(cache.prepare, text)
+        else:
+            prepared = cache.prepare(text)
+        if self.embedder is None or prepared.fingerprint is None:
+            return prepared
+        vectors = await self.embedder.vectors([prepared.norm])
+        if vectors is None:
+            return None
+        return PreparedText(prepared.norm, prepared.fingerprint.with_vector(vectors[0]))
 
     # ---- decisions ----------------------------------------------------------------------
 
