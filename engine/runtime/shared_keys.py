@@ -21,6 +21,7 @@ calls of all of them together.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -184,8 +185,17 @@ class SharedKeyGate(KeyGate):
             self.fallbacks += 1
             return await super().admit(record, tokens=tokens, max_cost_usd=max_cost_usd,
                                        count_request=count_request)
-        if verdict.verdict in ("gone", "revoked"):
-            self._remember_gone(record)
+        if verdict.verdict == "gone":
+            # Keys are revoked, never deleted: Redis lost this one (it restarted empty, and
+            # the reload that writes the keys back has not run yet). Give it back; this call
+            # is admitted here.
+            with contextlib.suppress(StoreUnavailable):
+                await self.shared_store.create(record)
+            self.fallbacks += 1
+            return await super().admit(record, tokens=tokens, max_cost_usd=max_cost_usd,
+                                       count_request=count_request)
+        if verdict.verdict == "revoked":
+            self._remember_revoked(record)
             raise Unauthorized(f"client key {record.prefix}… was revoked")
         if verdict.verdict == "requests":
             raise self._limited("requests", settings.rpm or 0, verdict.retry_after)
@@ -202,9 +212,9 @@ class SharedKeyGate(KeyGate):
         return Ticket(record.id, period, tokens, max_cost_usd if budgeted else 0.0,
                       headers=headers, shared=True, hold=hold)
 
-    def _remember_gone(self, record: KeyRecord) -> None:
-        """Redis says the key is revoked or gone: stop trusting the record held here before
-        its news arrives."""
+    def _remember_revoked(self, record: KeyRecord) -> None:
+        """Redis says the key is revoked: stop trusting the record held here before its news
+        arrives."""
         if record.revoked_at is None:
             self._known[record.digest] = KeyRecord(
                 id=record.id, digest=record.digest, prefix=record.prefix,

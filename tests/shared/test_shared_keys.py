@@ -69,11 +69,15 @@ async def test_admission_refuses_a_key_revoked_before_its_news_arrives(
             await b.authenticate(secret)
 
 
-async def spend_of(gate: SharedKeyGate, record: KeyRecord) -> float:
-    usage = await gate.usage(record)
-    spent = usage["spent_usd"]
-    assert isinstance(spent, float)
-    return spent
+async def test_a_key_redis_lost_is_written_back_by_its_next_call(
+        redis_server: RedisServer) -> None:
+    async with open_gate(redis_server) as gate:
+        record, secret = await gate.create(KeySettings(name="t", rpm=100))
+        await gate.shared_store.redis.call("FLUSHALL")  # as a restart without persistence
+        known = await gate.authenticate(secret)
+        assert not (await gate.admit(known, tokens=1, max_cost_usd=0.0)).shared
+        assert await gate.shared_store.get(record.id) == record
+        assert (await gate.admit(known, tokens=1, max_cost_usd=0.0)).shared
 
 
 @asynccontextmanager
