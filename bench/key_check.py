@@ -10,11 +10,12 @@ Needs ``redis-server`` on the PATH (started here on a free loopback port, nothin
    fake upstream over loopback HTTP, its settlement after), timed per request, one at a
    time, for gateways without keys and with keys (a key with ``rpm``, ``tpm`` and a budget,
    so every check runs), without Redis and with it, in alternating rounds so drift on a
-   shared machine hits all alike.
+   shared machine hits all alike; and, in the gateway with keys on Redis, requests with no
+   key and with a key without limits (the cleanest A/B: one gateway, one event loop).
 2. The gate alone: authenticate + admit + settle, per call, for the embedded gate, the
    shared gate with limits (one admission script round trip; the settlement is queued and
    written in the background, batched), and the shared gate with a key without limits (no
-   round trip).
+   round trip); and a bare ``PING`` round trip on the same client, for scale.
 
 Prints Markdown.
 """
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core.config import parse_config
 from engine.core.keys import KeySettings
+from engine.errors import StoreUnavailable
 from engine.messages import ChatRequest, Message, TextPart
 from engine.runtime import RunContext, open_gateway
 from engine.runtime.gateway import Models
@@ -142,6 +144,8 @@ async def main(args: argparse.Namespace) -> None:
                     "keys on SQLite (gate in memory)": Caller(embedded, embedded_secret),
                     "no keys, Redis shared state": Caller(shared, None),
                     "keys on Redis (admission script)": Caller(shared_keys, shared_secret),
+                    "same gateway, no key": Caller(shared_keys, None),
+                    "same gateway, key without limits": Caller(shared_keys, unlimited),
                 }
                 for caller in callers.values():
                     await caller.timed(200)
@@ -158,6 +162,18 @@ async def main(args: argparse.Namespace) -> None:
                     "Redis gate, key without limits": await gate_alone(
                         shared_keys.keys, unlimited, args.requests),
                 }
+                redis_client = shared_keys.keys.shared_store.redis
+                pings, lost = [], 0
+                for _ in range(args.requests):
+                    start = time.perf_counter()
+                    try:
+                        await redis_client.call("PING")
+                    except StoreUnavailable:  # over redis_timeout_ms on a loaded machine
+                        lost += 1
+                        await trio.sleep(1)  # the heartbeat finds Redis again
+                        continue
+                    pings.append((time.perf_counter() - start) * 1000)
+                alone["a Redis PING round trip, for scale"] = pings
                 fallbacks = shared_keys.keys.fallbacks
         print(f"Python {sys.version.split()[0]}, {args.requests} requests per gateway, "
               f"one at a time, {args.rounds} alternating rounds\n")
@@ -168,12 +184,16 @@ async def main(args: argparse.Namespace) -> None:
         p50 = {name: statistics.median(values) for name, values in times.items()}
         names = list(times)
         print(f"\nkeys on SQLite vs no keys, p50: {p50[names[1]] - p50[names[0]]:+.3f} ms; "
-              f"keys on Redis vs Redis without keys: {p50[names[3]] - p50[names[2]]:+.3f} ms")
+              f"keys on Redis vs Redis without keys: {p50[names[3]] - p50[names[2]]:+.3f} ms; "
+              f"in the Redis gateway with keys, a key with limits vs no key: "
+              f"{p50[names[3]] - p50[names[4]]:+.3f} ms, a key without limits vs no key: "
+              f"{p50[names[5]] - p50[names[4]]:+.3f} ms")
         print("\n| the gate alone (authenticate + admit + settle) | p50 ms | p99 ms |")
         print("|---|---:|---:|")
         for name, values in alone.items():
             print(f"| {name} | {pct(values, 0.5):.4f} | {pct(values, 0.99):.4f} |")
-        print(f"\nadmissions that fell back to the process's own gate: {fallbacks}")
+        print(f"\nadmissions that fell back to the process's own gate (Redis slower than "
+              f"redis_timeout_ms): {fallbacks}; PINGs over it: {lost}")
     finally:
         redis.kill()
         redis.wait()
