@@ -17,6 +17,8 @@ calls of all of them together.
   records held here keep authenticating, and admission falls back to this process's own gate
   (``KeyGate``'s in-memory counters; the budget from the spend Redis last reported plus what
   this process spent since). What those calls cost is added to Redis's spend when it returns.
+  A Redis that comes back empty gets the keys back from the records held here (keys are
+  revoked, never deleted); the spend it held before is gone with it.
 """
 
 from __future__ import annotations
