@@ -42,9 +42,9 @@ from engine.core.stats import Stats
 from engine.errors import RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
-from engine.stores.keys import SqliteKeyStore
+from engine.stores.keys import KeyStore, SqliteKeyStore
 from engine.stores.runs import RunStore
-from engine.stores.redis import RedisRunStore
+from engine.stores.redis import RedisKeyStore, RedisRunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
 from .dedup import FlightRegistry
@@ -61,6 +61,7 @@ from .embeddings import RemoteEmbedder
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
 from .shared_health import SharedHealth
+from .shared_keys import SharedKeyGate
 from .shared_totals import SharedTotals
 from .sidecar import Sidecar
 from .transport import PooledTransport
@@ -357,19 +358,15 @@ async def open_gateway(
         # Routing works without it; only feedback and calibration are off.
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
-    key_store: SqliteKeyStore | None = None
+    key_store: KeyStore | None = None
     try:
-        if config.server.admin_key is not None:
-            # Client keys are the front door: a key store that cannot be opened stops the
-            # start (StoreUnavailable, one message), rather than let anyone in.
-            key_store = SqliteKeyStore(config.path(config.state.path))
-            await key_store.open()
         transport = PooledTransport(max_connections=512,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
             transport,
             _maybe_shared(config) as shared,
         ):
+            key_store = await _open_key_store(config, shared)
             # Inside the shared block: a Redis run store gives its leases up (``runs.close``)
             # while its client is still open.
             run_store, run_store_error = await _open_run_store(config, shared)
@@ -389,7 +386,7 @@ async def open_gateway(
                     if shared is not None and store is not None:
                         policy.share(shared)
                     await policy.load()
-                    keys = KeyGate(key_store) if key_store is not None else None
+                    keys = _key_gate(key_store, shared)
                     embedder = None
                     if config.cache.enabled and config.cache.embedder is not None:
                         embedder = RemoteEmbedder(config.cache.embedder, upstream)
@@ -400,7 +397,7 @@ async def open_gateway(
                                       shared=shared, keys=keys, embedder=embedder)
                     await gateway.thresholds.open(shared)
                     if keys is not None:
-                        nursery.start_soon(keys.keep_spend)
+                        await nursery.start(keys.run)
                     runs = gateway.runs
                     if runs is not None:
                         await nursery.start(runs.maintain)
@@ -420,6 +417,32 @@ async def open_gateway(
                 await key_store.close()
             if store is not None:
                 await store.close()
+
+
+async def _open_key_store(config: Config, shared: Shared | None) -> KeyStore | None:
+    """The client key store (``server.admin_key`` set, else None): Redis's when state is
+    shared (keys, limits and budgets are then every process's), else the SQLite file.
+
+    Raises:
+        StoreUnavailable: the SQLite file cannot be opened. Client keys are the front door: a
+            store that cannot be opened stops the start (one message) rather than let anyone
+            in. A Redis that is down is not that: the gate loads the keys when it answers.
+    """
+    if config.server.admin_key is None:
+        return None
+    store: KeyStore = (RedisKeyStore(shared.redis) if shared is not None
+                       else SqliteKeyStore(config.path(config.state.path)))
+    await store.open()
+    return store
+
+
+def _key_gate(store: KeyStore | None, shared: Shared | None) -> KeyGate | None:
+    if store is None:
+        return None
+    if isinstance(store, RedisKeyStore):
+        assert shared is not None
+        return SharedKeyGate(store, shared)
+    return KeyGate(store)
 
 
 async def _open_run_store(config: Config, shared: Shared | None
