@@ -20,9 +20,11 @@ reads slowly slows the upstream read rather than piling it up here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from engine.core.cache.responses import Matcher, ResponseCache
 from engine.core.config import Config
 from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
+from engine.core.recent import FinishedRequest, RecentRequests
 from engine.core.redact import Redactor
 from engine.core.stats import Stats
 from engine.errors import RouterError, StoreUnavailable
@@ -90,6 +93,8 @@ class Gateway:
         self.shared = shared
         self.pool = BackendPool(config.models, health=config.health)
         self.stats = Stats(reference=self.pool.reference)
+        #: The last chat requests and the recent rate and latency (``GET /stats/recent``).
+        self.recent = RecentRequests()
         self.cache: ResponseCache | None = None
         if config.cache.enabled and matcher is not None:
             settings = config.cache
@@ -165,13 +170,16 @@ class Gateway:
             DeadlineExceeded: no answer within ``server.write_timeout_sec``.
             RouterError: the request failed.
         """
+        started = trio.current_time()
         try:
             outputs = await execute(plan_chat(request),
                                     self._chat_node(ctx, deadline=self._answer_within))
         except RouterError as exc:
             self.stats.record_error(exc.code)
+            self._finished(started, exc.code, None, stream=False)
             raise
         result: NodeResult = outputs["chat"]
+        self._finished(started, "ok", result, stream=False)
         return result
 
     async def open_stream(self, request: ChatRequest, ctx: RunContext) -> ChatStream:
@@ -192,7 +200,31 @@ class Gateway:
     async def _stream_chat(
         self, request: ChatRequest, ctx: RunContext, send: trio.MemorySendChannel[Any]
     ) -> None:
-        await execute(plan_chat(request), self._chat_node(ctx, sink=send))
+        started = trio.current_time()
+        status, done = "cancelled", None  # a client that leaves cancels its stream
+        try:
+            outputs = await execute(plan_chat(request), self._chat_node(ctx, sink=send))
+            status, done = "ok", outputs["chat"]
+        except RouterError as exc:
+            status = exc.code
+            raise
+        finally:
+            self._finished(started, status, done, stream=True)
+
+    def _finished(self, started: float, status: str, done: NodeResult | None, *,
+                  stream: bool) -> None:
+        """Add a chat request to :attr:`recent` (routing facts only, no text)."""
+        entry = FinishedRequest(at=time.time(), ms=(trio.current_time() - started) * 1000,
+                                status=status, stream=stream)
+        if done is not None:
+            served, usage = done.served, done.result.usage
+            paid = served.dedup != "FOLLOWER"  # a joiner shares its leader's call
+            entry = dataclasses.replace(
+                entry, model=served.model, tier=served.tier, cache=served.cache,
+                dedup=served.dedup, cost_usd=done.cost_usd if paid else 0.0,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens)
+        self.recent.add(entry)
 
     # ---- what the API reads and reports -------------------------------------------------
 
@@ -218,6 +250,11 @@ class Gateway:
             assert isinstance(cache, dict)
             cache["shared"] = self.cache.counters()
         return snapshot
+
+    def recent_snapshot(self) -> dict[str, object]:
+        """``GET /stats/recent``: this process's last chat requests, and its rate and
+        latency over the last minute."""
+        return self.recent.snapshot(time.time())
 
     def remember_decision(self, request_id: str, served: Served) -> None:
         """Keep how a request was routed, so feedback can name it by its request id."""
