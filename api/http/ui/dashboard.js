@@ -48,22 +48,28 @@ function svg(tag, attrs = {}, text) {
 function usd(x) {
   if (x === null || x === undefined) return "–";
   if (x === 0) return "$0";
+  const sign = x < 0 ? "-$" : "$";
   const abs = Math.abs(x);
-  if (abs >= 1000) return "$" + x.toLocaleString("en-US", { maximumFractionDigits: 0 });
-  if (abs >= 1) return "$" + x.toFixed(2);
-  if (abs >= 0.01) return "$" + x.toFixed(3);
-  return "$" + x.toPrecision(2);
+  if (abs >= 1000) return sign + abs.toLocaleString("en-US", { maximumFractionDigits: 0 });
+  if (abs >= 1) return sign + abs.toFixed(2);
+  if (abs >= 0.01) return sign + abs.toFixed(3);
+  return sign + abs.toPrecision(2);
 }
 
 function ms(x) {
   if (x === null || x === undefined) return "–";
   if (x >= 10000) return (x / 1000).toFixed(1) + " s";
   if (x >= 1000) return (x / 1000).toFixed(2) + " s";
+  if (x > 0 && x < 10) return x.toFixed(1) + " ms";
   return Math.round(x) + " ms";
 }
 
 function count(n) {
   return (n ?? 0).toLocaleString("en-US");
+}
+
+function plural(n, one, many) {
+  return `${count(n)} ${n === 1 ? one : many}`;
 }
 
 function pct(part, whole) {
@@ -163,14 +169,12 @@ function drawStats(stats) {
 
   const { hits, misses } = stats.cache;
   setText("hit-rate", pct(hits, hits + misses));
-  setText("hits", count(hits));
-  setText("misses", count(misses));
+  setText("hits", plural(hits, "hit", "hits"));
+  setText("misses", plural(misses, "miss", "misses"));
   setText("cache-saved", usd(stats.cache.saved_usd));
   setText("joined", count(stats.dedup.joined));
   setText("dedup-saved", usd(stats.dedup.saved_usd));
-  const errors = Object.values(stats.errors).reduce((a, b) => a + b, 0);
-  setText("errors", count(errors));
-  setText("failovers", count(stats.failovers));
+  state.failovers = stats.failovers;
 
   const h = state.history;
   remember(h.spent, spent);
@@ -218,7 +222,9 @@ function drawRecent(recent) {
   setText("p90", ms(win.latency_ms.p90));
   setText("p99", ms(win.latency_ms.p99));
   spark($("spark-rps"), [{ values: recent.series.map((s) => s.requests), cls: "line", area: true }]);
-  spark($("spark-latency"), [{ values: recent.series.map((s) => s.p50_ms), cls: "line" }]);
+  spark($("spark-latency"), [
+    { values: recent.series.map((s) => s.p50_ms), cls: "line", bridge: true },
+  ]);
 
   const rows = recent.requests.slice(0, 50).map((r) => {
     const served = r.cache === "HIT" ? ["hit", "cache"]
@@ -246,7 +252,8 @@ function drawRecent(recent) {
 function drawBackends(backends) {
   state.modelTiers = Object.fromEntries(backends.filter((b) => b.tier).map((b) => [b.name, b.tier]));
   const healthy = backends.filter((b) => b.status === "healthy").length;
-  setText("backend-summary", `${healthy} of ${backends.length} healthy`);
+  setText("backend-summary", `${healthy} of ${backends.length} healthy · ` +
+    plural(state.failovers ?? 0, "failover", "failovers"));
   $("backends").tBodies[0].replaceChildren(...backends.map((b) => {
     const name = el("td", {}, el("div", { text: b.name }));
     if (b.detail) name.append(el("div", { class: "detail", text: b.detail }));
@@ -285,10 +292,15 @@ function spark(target, lines) {
     const y = (v) => height - pad - (v / max) * (height - 2 * pad);
     let d = "", open = false;
     line.values.forEach((v, i) => {
-      if (v === null || v === undefined) { open = false; return; }
+      if (v === null || v === undefined) { open = open && line.bridge; return; }
       d += (open ? "L" : "M") + x(i).toFixed(1) + " " + y(v).toFixed(1);
       open = true;
     });
+    const points = line.values.filter((v) => v !== null && v !== undefined).length;
+    if (points === 1) { // one second with traffic: a dot, not nothing
+      const i = line.values.findIndex((v) => v !== null && v !== undefined);
+      paths.push(svg("circle", { class: "dot-mark", cx: x(i), cy: y(line.values[i]), r: 2 }));
+    }
     if (line.area && line.values.every((v) => v !== null && v !== undefined)) {
       paths.push(svg("path", { class: "area", d: d + `L${width} ${height}L0 ${height}Z` }));
     }
@@ -405,8 +417,7 @@ function drawDag(target, run) {
     return { x: PAD + c * (W + GX), y: PAD + offset + r * (H + GY) };
   };
   target.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  target.setAttribute("width", width);
-  target.setAttribute("height", height);
+  target.style.maxWidth = width + "px"; // scales down to fit the panel, never up
   const defs = svg("defs");
   const marker = svg("marker", {
     id: "arrow", viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7",
@@ -434,11 +445,14 @@ function drawDag(target, run) {
     g.append(svg("rect", { width: W, height: H, rx: 10 }));
     g.append(svg("text", { class: "title", x: 12, y: 22 }, clip(name, 17)));
     g.append(svg("text", { class: "state", x: W - 12, y: 22, "text-anchor": "end" }, op.status));
-    const model = op.model ? `${clip(op.model, 16)} · t${op.tier}` : op.reason || "–";
+    const model = op.model ? `${clip(op.model, 14)} · tier ${op.tier}`
+      : op.reason ? op.reason.replaceAll("_", " ")
+      : { running: "calling…", pending: "waiting" }[op.status] || "–";
     g.append(svg("text", { class: "line1", x: 12, y: 42 }, model));
     const cost = op.cost_usd !== undefined ? usd(op.cost_usd) : "";
-    const time = op.ms !== undefined ? ms(op.ms) : op.status === "running" ? "running…" : "";
-    const cache = op.cache ? " · " + op.cache : "";
+    const time = op.ms !== undefined ? ms(op.ms)
+      : op.started_at ? duration(op.started_at, null) : "";
+    const cache = op.cache && op.cache !== "MISS" ? " · " + op.cache.toLowerCase() : "";
     g.append(svg("text", { class: "line2", x: 12, y: 59 },
       [cost, time].filter(Boolean).join(" · ") + cache));
     const title = svg("title", {}, `${name}: ${op.status}` + (op.error ? `\n${op.error}` : ""));
