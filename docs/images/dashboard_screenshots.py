@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from router_harness import make_config, open_router  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from support_browser import connect, open_browser  # noqa: E402
+from support_browser import CSS, connect, open_browser  # noqa: E402
 
 from engine.testing.fake_upstream import Behaviour, open_fake_upstream  # noqa: E402
 
@@ -131,9 +130,9 @@ async def main() -> None:
             run_id = started.json()["run_id"]
             await browser.wait_for(
                 lambda d: d.find_elements(
-                    By.CSS_SELECTOR, '#dag g.op[data-op="faq"][data-status="succeeded"]')
+                    CSS, '#dag g.op[data-op="faq"][data-status="succeeded"]')
                 and d.find_elements(
-                    By.CSS_SELECTOR, '#dag g.op[data-op="write"][data-status="running"]'),
+                    CSS, '#dag g.op[data-op="write"][data-status="running"]'),
                 "the launch brief mid-run")
             await trio.sleep(2.5)  # let the op's clock and the sparklines move on a little
             for theme in ("dark", "light"):

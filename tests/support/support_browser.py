@@ -22,7 +22,13 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-__all__ = ["Browser", "connect", "open_browser", "screenshots_dir"]
+__all__ = ["CSS", "ID", "Browser", "connect", "need_browser", "open_browser",
+           "screenshots_dir"]
+
+# selenium's locator strategies (``By.CSS_SELECTOR``, ``By.ID``): plain WebDriver strings, so
+# a test module imports nothing of selenium and is skipped, not broken, where it is missing.
+CSS = "css selector"
+ID = "id"
 
 T = TypeVar("T")
 
@@ -45,6 +51,18 @@ def _binaries() -> tuple[str, str]:
                  "(apt-get install chromium chromium-driver); the dashboard tests need them")
     assert browser is not None and driver is not None
     return browser, driver
+
+
+def need_browser() -> None:
+    """Skip (or fail, see the module docstring) unless chromium, its driver and selenium are
+    installed. Call it first: a skip raised later, inside the router's nursery, loses its
+    message."""
+    _binaries()
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _missing("selenium is not installed (pip install selenium); "
+                 "the dashboard tests drive chromium with it")
 
 
 def screenshots_dir() -> Path | None:
@@ -73,10 +91,8 @@ class Browser:
         return await self.call(wait.until, condition, f"the dashboard never showed {what}")
 
     async def text(self, selector: str) -> str:
-        from selenium.webdriver.common.by import By
-
-        return await self.call(lambda: self.driver.find_element(By.CSS_SELECTOR,
-                                                                selector).text)
+        
+        return await self.call(lambda: self.driver.find_element(CSS, selector).text)
 
     async def script(self, source: str, *args: Any) -> Any:
         return await self.call(self.driver.execute_script, source, *args)
@@ -94,16 +110,15 @@ class Browser:
 async def connect(browser: Browser, url: str, key: str) -> None:
     """Open the dashboard at ``url`` and give it ``key`` through its prompt, as a person
     would."""
-    from selenium.webdriver.common.by import By
-
+    
     await browser.get(url + "/ui")
     await browser.wait_for(
-        lambda d: d.find_element(By.ID, "login").get_attribute("open") is not None,
+        lambda d: d.find_element(ID, "login").get_attribute("open") is not None,
         "its key prompt")
 
     def enter_key() -> None:
-        browser.driver.find_element(By.ID, "key").send_keys(key)
-        browser.driver.find_element(By.ID, "connect").click()
+        browser.driver.find_element(ID, "key").send_keys(key)
+        browser.driver.find_element(ID, "connect").click()
 
     await browser.call(enter_key)
 
@@ -111,13 +126,11 @@ async def connect(browser: Browser, url: str, key: str) -> None:
 @asynccontextmanager
 async def open_browser(*, width: int = 1440, height: int = 1000) -> AsyncIterator[Browser]:
     """A headless chromium for the block, closed after it."""
+    need_browser()
     browser, driver_path = _binaries()
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _missing("selenium is not installed (pip install selenium); "
-                 "the dashboard tests drive chromium with it")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",

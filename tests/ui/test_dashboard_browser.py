@@ -8,11 +8,14 @@ none asserts how long anything took.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import httpx
 import openai
+import pytest
 from router_harness import make_config, open_router
-from selenium.webdriver.common.by import By
-from support_browser import connect, open_browser, screenshots_dir
+from support_browser import CSS, ID, connect, need_browser, open_browser, screenshots_dir
 from support_routing import model_entry
 from support_workflows import three_tiers
 
@@ -30,8 +33,15 @@ ops:
 """
 
 
-def _count(selector: str):  # noqa: ANN202 - a selenium condition
-    return lambda d: len(d.find_elements(By.CSS_SELECTOR, selector))
+@pytest.fixture(autouse=True)
+def _browser_installed() -> None:
+    """Checked before the trio fixtures start, so a skip keeps its message."""
+    need_browser()
+
+
+def _count(selector: str) -> Callable[[Any], int]:
+    """A wait condition: how many elements match ``selector``."""
+    return lambda d: len(d.find_elements(CSS, selector))
 
 
 def _op(name: str, status: str) -> str:
@@ -86,7 +96,7 @@ async def test_a_running_workflows_dag_shows_its_ops_states_change(
     async with open_router(config) as router, open_browser() as browser, \
             httpx.AsyncClient(timeout=20) as http:
         await connect(browser, router.url, ADMIN)
-        await browser.wait_for(lambda d: d.find_element(By.ID, "runs-empty").is_displayed(),
+        await browser.wait_for(lambda d: d.find_element(ID, "runs-empty").is_displayed(),
                                "that there are no runs")
         started = await http.post(router.v1 + "/workflows", headers=auth | {
             "prefer": "respond-async"}, json={"workflow": CHAIN, "input": "a lamp"})
