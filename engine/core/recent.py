@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 __all__ = ["FinishedRequest", "RecentRequests", "percentile"]
 
@@ -36,7 +36,7 @@ class FinishedRequest:
     output_tokens: int = 0
 
     def public(self) -> dict[str, object]:
-        out = asdict(self)
+        out: dict[str, object] = {name: getattr(self, name) for name in self.__slots__}
         out["ms"] = round(self.ms, 1)
         out["cost_usd"] = round(self.cost_usd, 8)
         return out
