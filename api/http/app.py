@@ -329,7 +329,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
         return checked
 
-    def operator(handler: _Handler) -> _Handler:
+    def cross_tenant(handler: _Handler) -> _Handler:
         """An endpoint that shows every tenant's data: for the admin key when one is set,
         else as :func:`guarded`."""
         if not admin_key:
@@ -346,7 +346,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
         return checked
 
-    add_dashboard(app, gateway, guarded=guarded, operator=operator)
+    add_dashboard(app, gateway, guarded=guarded, cross_tenant=cross_tenant)
 
     workflows = WorkflowAPI(config)
 

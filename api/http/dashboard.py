@@ -72,9 +72,9 @@ def _without_text(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _Guard,
-                  operator: _Guard) -> None:
+                  cross_tenant: _Guard) -> None:
     """Serve the page and its data on ``app``: ``guarded`` admits what ``/stats`` admits,
-    ``operator`` what may see every tenant's runs."""
+    ``cross_tenant`` what may see every tenant's runs."""
     assets = _assets()
     page = assets["index.html"]
 
@@ -96,7 +96,7 @@ def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _G
         return _json(gateway().recent_snapshot())
 
     @app.get("/stats/runs")
-    @operator
+    @cross_tenant
     async def all_runs() -> Response:
         status = request.args.get("status")
         if status is not None and status not in RUN_STATUSES:
@@ -112,7 +112,7 @@ def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _G
         return _json({"object": "list", "data": [r.summary() for r in found]})
 
     @app.get("/stats/runs/<run_id>")
-    @operator
+    @cross_tenant
     async def one_run(run_id: str) -> Response:
         record = await gateway().workflow_runs().get(run_id, tenant=None)
         return _json(_without_text(record.public()))

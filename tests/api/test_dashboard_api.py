@@ -9,6 +9,7 @@ import openai
 import pytest
 import trio
 from router_harness import make_config, open_router
+from support_protocols import SDK_STREAM_LEAKS
 from support_routing import model_entry
 from support_workflows import ROOT, three_tiers
 
@@ -57,6 +58,7 @@ async def test_the_page_and_its_assets_load_without_a_key_and_from_this_host_onl
         assert missing.json()["error"]["code"] == "not_found"
 
 
+@SDK_STREAM_LEAKS
 async def test_recent_requests_carry_routing_facts_and_the_windows_figures(
         fake_upstream: FakeUpstream) -> None:
     fake = fake_upstream
@@ -68,19 +70,27 @@ async def test_recent_requests_carry_routing_facts_and_the_windows_figures(
             with pytest.raises(openai.NotFoundError):
                 await sdk.chat.completions.create(
                     model="nope", messages=[{"role": "user", "content": "x"}])
+            stream = await sdk.chat.completions.create(
+                model="auto", stream=True,
+                messages=[{"role": "user", "content": "another secret prompt"}])
+            async for _ in stream:
+                pass
         recent = await http.get(router.url + "/stats/recent", headers=_bearer(CLIENT))
     assert recent.status_code == 200
     body = recent.json()
     newest_first = body["requests"]
-    assert [r["status"] for r in newest_first] == ["model_not_found", "ok", "ok"]
-    assert [r["cache"] for r in newest_first[1:]] == ["HIT", "MISS"]
-    assert newest_first[2]["model"] == "t1" and newest_first[2]["cost_usd"] > 0
+    assert [r["status"] for r in newest_first] == ["ok", "model_not_found", "ok", "ok"]
+    assert [r["stream"] for r in newest_first] == [True, False, False, False]
+    assert [r["cache"] for r in newest_first] == ["MISS", None, "HIT", "MISS"]
+    assert newest_first[3]["model"] == "t1" and newest_first[3]["cost_usd"] > 0
+    assert newest_first[2]["cost_usd"] == 0  # a cache hit costs nothing
+    assert newest_first[0]["output_tokens"] > 0
     assert "secret" not in recent.text  # no prompt text, ever
     window = body["window"]
-    assert window["requests"] == 3 and window["errors"] == 1 and window["per_sec"] > 0
+    assert window["requests"] == 4 and window["errors"] == 1 and window["per_sec"] > 0
     assert window["latency_ms"]["p50"] is not None
     assert len(body["series"]) == window["seconds"]
-    assert sum(s["requests"] for s in body["series"]) == 3
+    assert sum(s["requests"] for s in body["series"]) == 4
 
 
 async def test_the_data_endpoints_need_a_key(fake_upstream: FakeUpstream) -> None:

@@ -105,8 +105,10 @@ async function api(path) {
   const headers = { accept: "application/json" };
   if (state.key) headers.authorization = "Bearer " + state.key;
   const response = await fetch(path, { headers, cache: "no-store" });
-  if (response.status === 401) throw new AuthError("that key is not accepted here");
   const body = await response.json().catch(() => null);
+  if (response.status === 401) {
+    throw new AuthError(body && body.error ? body.error.message : "that key is not accepted");
+  }
   if (!response.ok) {
     const message = body && body.error ? body.error.message : response.statusText;
     throw new Error(message || "HTTP " + response.status);
@@ -114,11 +116,13 @@ async function api(path) {
   return body;
 }
 
-async function settle(promise) {
+// A call whose failure shows in its own panel; a refused key stops the poll unless
+// `refusedToo` (the runs need the admin key where /stats takes any accepted key).
+async function settle(promise, refusedToo = false) {
   try {
     return { value: await promise };
   } catch (error) {
-    if (error instanceof AuthError) throw error;
+    if (error instanceof AuthError && !refusedToo) throw error;
     return { error };
   }
 }
@@ -128,7 +132,7 @@ async function poll() {
   try {
     const [stats, recent, backends, health, runs] = await Promise.all([
       api("/stats"), api("/stats/recent"), api("/v1/backends"), settle(api("/health")),
-      settle(api("/stats/runs?limit=15")),
+      settle(api("/stats/runs?limit=15"), true),
     ]);
     drawStats(stats);
     drawRecent(recent);
@@ -331,7 +335,7 @@ async function drawRuns(runs) {
     const ops = Object.values(run.ops);
     const done = ops.filter((s) => s === "succeeded").length;
     const item = el("li", {
-      "data-run": run.run_id, "data-status": run.status, tabindex: "0",
+      role: "option", "data-run": run.run_id, "data-status": run.status, tabindex: "0",
       "aria-selected": String(run.run_id === state.selectedRun),
     },
     el("span", { class: "status-dot" }),
