@@ -171,16 +171,19 @@ class Gateway:
             RouterError: the request failed.
         """
         started = trio.current_time()
+        status, done = "cancelled", None  # a client that leaves cancels its handler
         try:
             outputs = await execute(plan_chat(request),
                                     self._chat_node(ctx, deadline=self._answer_within))
+            result: NodeResult = outputs["chat"]
+            status, done = "ok", result
+            return result
         except RouterError as exc:
             self.stats.record_error(exc.code)
-            self._finished(started, exc.code, None, stream=False)
+            status = exc.code
             raise
-        result: NodeResult = outputs["chat"]
-        self._finished(started, "ok", result, stream=False)
-        return result
+        finally:
+            self._finished(started, status, done, stream=False)
 
     async def open_stream(self, request: ChatRequest, ctx: RunContext) -> ChatStream:
         """Start a streaming request; return once its first events are ready.
