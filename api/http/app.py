@@ -346,7 +346,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
         return checked
 
-    add_dashboard(app, gateway, guarded=guarded, cross_tenant=cross_tenant)
+    add_dashboard(app, gateway, guarded=guarded, cross_tenant=cross_tenant,
+                  needs_key=bool(allowed_keys or admin_key))
 
     workflows = WorkflowAPI(config)
 

@@ -72,11 +72,15 @@ def _without_text(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _Guard,
-                  cross_tenant: _Guard) -> None:
+                  cross_tenant: _Guard, needs_key: bool) -> None:
     """Serve the page and its data on ``app``: ``guarded`` admits what ``/stats`` admits,
-    ``cross_tenant`` what may see every tenant's runs."""
+    ``cross_tenant`` what may see every tenant's runs. ``needs_key``: the router admits no
+    one without a key, so the page asks for one before its first call (a router that takes
+    none is shown at once)."""
     assets = _assets()
-    page = assets["index.html"]
+    html, content_type = assets["index.html"]
+    flag = b'<body data-needs-key="%s">' % (b"true" if needs_key else b"false")
+    page = (html.replace(b"<body>", flag, 1), content_type)
 
     @app.get("/ui")
     @app.get("/ui/")

@@ -56,6 +56,10 @@ async def test_the_page_and_its_assets_load_without_a_key_and_from_this_host_onl
         missing = await http.get(router.url + "/ui/nothing.js")
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "not_found"
+        assert '<body data-needs-key="true">' in page.text
+    async with open_router(_config(fake)) as router, httpx.AsyncClient() as http:
+        page = await http.get(router.url + "/ui/")
+        assert '<body data-needs-key="false">' in page.text  # it will not ask for a key
 
 
 @SDK_STREAM_LEAKS

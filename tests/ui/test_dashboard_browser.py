@@ -121,3 +121,13 @@ async def test_a_running_workflows_dag_shows_its_ops_states_change(
         await browser.wait_for(_count(_op("review", "cancelled")), "review cancelled")
         assert _count(_op("draft", "succeeded"))(browser.driver) == 1
         assert await browser.console_errors() == []
+
+
+async def test_a_router_that_takes_no_key_is_shown_without_asking(
+        fake_upstream: FakeUpstream) -> None:
+    config = make_config({"models": three_tiers(fake_upstream)})
+    async with open_router(config) as router, open_browser() as browser:
+        await browser.get(router.url + "/ui")
+        await browser.wait_for(lambda d: _count("#backends tbody tr")(d) == 3, "the backends")
+        assert await browser.script("return document.getElementById('login').open") is False
+        assert await browser.console_errors() == []

@@ -523,8 +523,8 @@ function start() {
   });
   $("login-form").addEventListener("submit", connect);
   $("login").addEventListener("cancel", (e) => e.preventDefault());
-  if (state.key === null) {
-    // Without a key, ask once; an empty answer is for routers that take no key.
+  if (state.key === null && document.body.dataset.needsKey !== "false") {
+    // Ask once, before any call that would be refused.
     api("/health").then(drawHealth, () => drawHealth({ status: "down" }));
     askForKey("");
   } else {
