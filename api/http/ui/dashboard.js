@@ -134,9 +134,9 @@ async function poll() {
       api("/stats"), api("/stats/recent"), api("/v1/backends"), settle(api("/health")),
       settle(api("/stats/runs?limit=15"), true),
     ]);
+    drawBackends(backends); // first: the tier mix names each model's tier from it
     drawStats(stats);
     drawRecent(recent);
-    drawBackends(backends);
     drawHealth(health.value ?? { status: "down" });
     await drawRuns(runs);
     setText("updated", "updated " + new Date().toLocaleTimeString([], { hour12: false }));
