@@ -51,6 +51,7 @@ from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
 from .feedback import parse_feedback
 from .stream_writes import StreamWriteDeadline
 from .admin import apply_changes, check_admin, parse_changes, parse_settings
+from .dashboard import add_dashboard
 from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call, run_events_sse
 
@@ -327,6 +328,26 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             return await handler(*args, **kwargs)
 
         return checked
+
+    def cross_tenant(handler: _Handler) -> _Handler:
+        """An endpoint that shows every tenant's data: for the admin key when one is set,
+        else as :func:`guarded`."""
+        if not admin_key:
+            return guarded(handler)
+
+        @functools.wraps(handler)
+        async def checked(*args: Any, **kwargs: Any) -> Response:
+            given = client_key(request.headers.get("x-api-key", ""),
+                               request.headers.get("authorization", "")).encode()
+            if not hmac.compare_digest(given, admin_key):
+                raise Unauthorized("this endpoint needs the admin key "
+                                   "(Authorization: Bearer <key>)")
+            return await handler(*args, **kwargs)
+
+        return checked
+
+    add_dashboard(app, gateway, guarded=guarded, cross_tenant=cross_tenant,
+                  needs_key=bool(allowed_keys or admin_key))
 
     workflows = WorkflowAPI(config)
 

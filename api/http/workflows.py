@@ -253,7 +253,8 @@ class WorkflowAPI:
         spec = RunSpec(workflow_text=text, input=run_input, variables=call.variables,
                        workflow_name=name, title=workflow.name, tenant=ctx.tenant,
                        cache_read=ctx.cache_read, cache_write=ctx.cache_write,
-                       key_id=ctx.key.id if ctx.key is not None else None)
+                       key_id=ctx.key.id if ctx.key is not None else None,
+                       edges=workflow.edges)
         record, created = await runs.submit(spec, workflow, idempotency_key=idempotency_key)
         if not created and _differs(record.spec, spec):
             raise Conflict(

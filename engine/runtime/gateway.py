@@ -20,9 +20,11 @@ reads slowly slows the upstream read rather than piling it up here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
@@ -37,6 +39,7 @@ from engine.core.cache.threshold import ThresholdRule
 from engine.core.config import Config
 from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
+from engine.core.recent import FinishedRequest, RecentRequests
 from engine.core.redact import Redactor
 from engine.core.stats import Stats
 from engine.errors import RouterError, StoreUnavailable
@@ -98,6 +101,8 @@ class Gateway:
         self.shared = shared
         self.pool = BackendPool(config.models, health=config.health)
         self.stats = Stats(reference=self.pool.reference)
+        #: The last chat requests and the recent rate and latency (``GET /stats/recent``).
+        self.recent = RecentRequests()
         self.cache: ResponseCache | None = None
         if config.cache.enabled and matcher is not None:
             settings = config.cache
@@ -188,14 +193,20 @@ class Gateway:
             DeadlineExceeded: no answer within ``server.write_timeout_sec``.
             RouterError: the request failed.
         """
+        started = trio.current_time()
+        status, done = "cancelled", None  # a client that leaves cancels its handler
         try:
             outputs = await execute(plan_chat(request),
                                     self._chat_node(ctx, deadline=self._answer_within))
+            result: NodeResult = outputs["chat"]
+            status, done = "ok", result
+            return result
         except RouterError as exc:
             self.stats.record_error(exc.code)
+            status = exc.code
             raise
-        result: NodeResult = outputs["chat"]
-        return result
+        finally:
+            self._finished(started, status, done, stream=False)
 
     async def open_stream(self, request: ChatRequest, ctx: RunContext) -> ChatStream:
         """Start a streaming request; return once its first events are ready.
@@ -215,7 +226,31 @@ class Gateway:
     async def _stream_chat(
         self, request: ChatRequest, ctx: RunContext, send: trio.MemorySendChannel[Any]
     ) -> None:
-        await execute(plan_chat(request), self._chat_node(ctx, sink=send))
+        started = trio.current_time()
+        status, done = "cancelled", None  # a client that leaves cancels its stream
+        try:
+            outputs = await execute(plan_chat(request), self._chat_node(ctx, sink=send))
+            status, done = "ok", outputs["chat"]
+        except RouterError as exc:
+            status = exc.code
+            raise
+        finally:
+            self._finished(started, status, done, stream=True)
+
+    def _finished(self, started: float, status: str, done: NodeResult | None, *,
+                  stream: bool) -> None:
+        """Add a chat request to :attr:`recent` (routing facts only, no text)."""
+        entry = FinishedRequest(at=time.time(), ms=(trio.current_time() - started) * 1000,
+                                status=status, stream=stream)
+        if done is not None:
+            served, usage = done.served, done.result.usage
+            paid = served.dedup != "FOLLOWER"  # a joiner shares its leader's call
+            entry = dataclasses.replace(
+                entry, model=served.model, tier=served.tier, cache=served.cache,
+                dedup=served.dedup, cost_usd=done.cost_usd if paid else 0.0,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens)
+        self.recent.add(entry)
 
     # ---- what the API reads and reports -------------------------------------------------
 
@@ -243,6 +278,11 @@ class Gateway:
         if self.embedder is not None:
             cache["embedder"] = self.embedder.snapshot()
         return snapshot
+
+    def recent_snapshot(self) -> dict[str, object]:
+        """``GET /stats/recent``: this process's last chat requests, and its rate and
+        latency over the last minute."""
+        return self.recent.snapshot(time.time())
 
     def remember_decision(self, request_id: str, served: Served, *, tenant: str = "") -> None:
         """Keep how a request was routed, so feedback can name it by its request id; and,
