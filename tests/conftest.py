@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from support_key_store import KEY_STORE_KINDS, open_key_store_of
 from support_redis import RedisServer, running_redis
 from support_run_store import STORE_KINDS, open_store_of
@@ -13,6 +14,14 @@ from support_run_store import STORE_KINDS, open_store_of
 from engine.stores import RunStore
 from engine.stores.keys import KeyStore
 from engine.testing.fake_upstream import FakeUpstream, open_fake_upstream
+
+# -- Hypothesis ----------------------------------------------------------------------------------
+
+# Its default 200 ms deadline per example is a timed assertion: on a loaded machine it fails
+# correct code. How fast things are is for the benchmarks (bench/) to say.
+settings.register_profile("llm-router", deadline=None)
+settings.load_profile("llm-router")
+
 
 # -- fake upstream (engine/testing/fake_upstream.py) ----------------------------------------------
 
