@@ -12,9 +12,12 @@ protocol of ``engine.training.cache_split``:
 * read the result once on ``report``, beside the default threshold on the same pairs.
 
 Prints the weights, the top of the ranking on design and choose (true hits among the first
-n), and the three splits at the chosen cut. The rule is not used by the router: on choose it
-ties the default (BENCHMARKS.md, section 7), so this script is the record of that result and
-the way to repeat it with other features.
+n), the three splits at the chosen cut, and the allowed pairs that are not aligned, grouped
+by the conditions of ``guards.aligned`` they fail (design and choose only). The rule is not
+used by the router: on choose it ties the default (BENCHMARKS.md, section 7), so this
+script is the record of that result and the way to repeat it with other features. It reads
+private parts of the similarity module (the word alignment, the penalty's constants) on
+purpose: it takes apart the score that module's public functions put together.
 """
 
 from __future__ import annotations
@@ -30,15 +33,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core.cache import guards
-from engine.core.cache.similarity import DEFAULT_THRESHOLD, Embedder, Fingerprint, _align, compare
+from engine.core.cache.similarity import (
+    _SALIENCE_SCALE,
+    _UNALIGNED,
+    DEFAULT_THRESHOLD,
+    Embedder,
+    Fingerprint,
+    _align,
+    compare,
+)
 from engine.training.cache_split import split_of
 
 FEATURES = ("cosine", "aligned", "unmatched salience")
-_UNALIGNED = 0.35  # what compare() adds to the penalty of an unaligned pair
-_SALIENCE_SCALE = 40.0  # compare()'s salience divisor: penalty * 40 gives the salience back
 
 
-def features(query, cached) -> tuple[np.ndarray | None, float]:  # type: ignore[no-untyped-def]
+def features(query: Fingerprint, cached: Fingerprint) -> tuple[np.ndarray | None, float]:
     """The pair's features (None when a guard vetoes it) and its ``similarity()``."""
     c = compare(query, cached)
     if c.vetoes:
