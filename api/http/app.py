@@ -139,6 +139,9 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     """Build the app for ``config``. The gateway starts and stops with serving; ``preloaded``
     are models already loaded (``engine.runtime.load_models``), else they load at start-up."""
     app = QuartTrio("llm_router")
+    # An API answers a path as given: "/v1/models//x" asks for model "/x" (a 404 in the
+    # caller's protocol), not a 308 redirect that an SDK would not follow with its body.
+    app.url_map.merge_slashes = False
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams may run for minutes; deadlines live in the engine
         BODY_TIMEOUT=config.server.read_timeout_sec,
