@@ -117,6 +117,18 @@ _MODEL = {"type": "object", "required": ["id", "object"],
                          "type": {"const": "model"}, "display_name": {"type": "string"},
                          "created_at": {"type": "string"}}}
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_ROUTING_HEADERS = {
+    f"X-LLM-Router-{name}": {"description": doc, "schema": {"type": "string"}}
+    for name, doc in (
+        ("Score", "The complexity score, 0-100, used for routing."),
+        ("Tier", "The tier of the model that answered."),
+        ("Model", "The configured name of the model that answered."),
+        ("Cache", "HIT or MISS."),
+        ("Router", "Who chose the tier: pinned, heuristic, learned, ..."),
+        ("Similarity", "On a cache hit: how close the request was to the cached one."),
+        ("Dedup", "LEADER or FOLLOWER (joined an identical request in flight)."),
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +143,7 @@ class _Op:
     body_required: bool = True
     parameters: tuple[JSON, ...] = ()
     errors: str = "OpenAIError"
+    routed: bool = False  # a chat answer: the routing headers (docs/api.md)
 
 
 def _json(schema: JSON) -> dict[str, JSON]:
@@ -168,11 +181,12 @@ def _operations(create_key: JSON, change_key: JSON) -> tuple[_Op, ...]:
             {"200": _json(key_view)}, parameters=(key_id,)),
         _Op("post", "/v1/chat/completions", "OpenAI chat completions, routed", "chat",
             "client", {"200": _json({"type": "object", "required": ["id", "choices"]}) | _SSE},
-            body=to_schema(OPENAI.request_body), parameters=(_CACHE_CONTROL,)),
+            body=to_schema(OPENAI.request_body), parameters=(_CACHE_CONTROL,), routed=True),
         _Op("post", "/v1/messages", "Anthropic Messages, routed", "chat", "client",
             {"200": _json({"type": "object", "required": ["id", "content"]}) | _SSE},
             body=to_schema(ANTHROPIC.request_body),
-            parameters=(_CACHE_CONTROL, _ANTHROPIC_VERSION), errors="AnthropicError"),
+            parameters=(_CACHE_CONTROL, _ANTHROPIC_VERSION), errors="AnthropicError",
+            routed=True),
         _Op("post", "/v1/workflows", "Run a workflow given as YAML", "workflows", "client",
             workflow_ok, body=to_schema(SUBMIT), parameters=workflow_headers),
         _Op("get", "/v1/workflows", "List the ready pipelines", "workflows", "operator",
@@ -219,9 +233,11 @@ def _operations(create_key: JSON, change_key: JSON) -> tuple[_Op, ...]:
 
 
 def _operation(op: _Op) -> JSON:
-    request_id = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
+    headers: JSON = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
+    if op.routed:
+        headers |= _ROUTING_HEADERS
     responses: JSON = {
-        status: {"description": "OK", "headers": request_id, "content": content}
+        status: {"description": "OK", "headers": headers, "content": content}
         for status, content in op.ok.items()
     }
     for status in ("4XX", "429", "5XX"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,25 @@ def operations(document: dict[str, Any]) -> list[Operation]:
             for path, item in document["paths"].items() for method, spec in item.items()]
 
 
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@st.composite
+def stray_call(draw: st.DrawFn, document: dict[str, Any]) -> Call:
+    """A path the document does not list, or a listed path with a method it does not take:
+    404 or 405, as an error object in the path's protocol."""
+    templates = [(re.compile("^" + re.sub(r"\{[a-z_]+\}", "[^/]+", path) + "$"),
+                  {m.upper() for m in item}) for path, item in document["paths"].items()]
+    path = draw(st.sampled_from([p for p in document["paths"] if "{" not in p]) | st.builds(
+        "/v1/nothing-{}".format, st.text(max_size=20).map(lambda t: quote(t, safe=""))))
+    served = set().union(*(methods for pattern, methods in templates if pattern.match(path)))
+    method = draw(st.sampled_from([m for m in _METHODS if m not in served]))
+    shape = "AnthropicError" if path.startswith("/v1/messages") else "OpenAIError"
+    spec = {"responses": {"4XX": {"$ref": f"#/components/responses/{shape}"}}}
+    return Call(Operation(method, path, spec, document), path, {}, draw(_JSON),
+                draw(st.sampled_from(["admin", "client", "none"])))
+
+
 @st.composite
 def _mutated(draw: st.DrawFn, valid: Any) -> Any:
     body: Any = dict(valid) if isinstance(valid, dict) else valid
@@ -168,6 +188,8 @@ def _check(call: Call, response: httpx.Response) -> None:
              response.text[:300])
     assert response.status_code < 500 or response.status_code == 503, where
     assert b"internal_error" not in response.content, where
+    if "summary" not in op.spec:  # a stray call
+        assert response.status_code in (404, 405), where
     if response.status_code >= 400:
         errors = list(op.validator(op.error_schema()).iter_errors(response.json()))
         assert not errors, (where, errors[0].message)
@@ -196,8 +218,10 @@ async def _fuzz(data: st.DataObject, admin_only: bool) -> None:
             known = (made.json()["id"], "small", "auto")
             ops = [op for op in operations(document)
                    if not admin_only or op.path.startswith("/v1/admin/")]
-            calls = data.draw(st.lists(st.sampled_from(ops).flatmap(
-                lambda op: call_of(op, known)), min_size=10, max_size=30))
+            described = st.sampled_from(ops).flatmap(lambda op: call_of(op, known))
+            calls = data.draw(st.lists(
+                described if admin_only else described | stray_call(document),
+                min_size=10, max_size=30))
             for call in calls:
                 token = tokens[call.auth]
                 headers = dict(call.headers) | {"content-type": "application/json"}
