@@ -104,11 +104,11 @@ class Const:
 class Anything:
     """Any JSON value the router passes on unread (a tool's parameter schema, metadata)."""
 
-    object: bool = False
+    objects_only: bool = False
     doc: str = ""
 
     def schema(self) -> JSONSchema:
-        return {"type": "object"} if self.object else {}
+        return {"type": "object"} if self.objects_only else {}
 
 
 @dataclass(frozen=True, slots=True)

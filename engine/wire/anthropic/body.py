@@ -43,7 +43,7 @@ _BLOCKS: dict[str, Spec] = {  # each content block the router takes, by type
         "is_error": Flag(),
     }, required=("type", "tool_use_id")),
     "tool_use": Fields({"type": Const("tool_use"), "id": Text(min_length=1),
-                        "name": Text(min_length=1), "input": Anything(object=True)},
+                        "name": Text(min_length=1), "input": Anything(objects_only=True)},
                        required=("type", "id", "name", "input")),
     "thinking": Fields({"type": Const("thinking"), "thinking": Text(), "signature": Text()},
                        required=("type",), doc="Dropped: another model cannot verify it."),
@@ -84,7 +84,7 @@ REQUEST = Fields(
         "system": Either((Text(), ListOf(_TEXT))),
         "tools": ListOf(Fields({"type": Const("custom"), "name": Text(min_length=1),
                                 "description": Text(),
-                                "input_schema": Anything(object=True)},
+                                "input_schema": Anything(objects_only=True)},
                                required=("name", "input_schema"))),
         "tool_choice": Either((
             Fields({"type": Text(values=("auto", "any", "none")),

@@ -66,7 +66,7 @@ _MESSAGE = Either((
 _TOOL = Fields(
     {"type": Const("function"),
      "function": Fields({"name": Text(min_length=1), "description": Text(),
-                         "parameters": Anything(object=True, doc="A JSON Schema.")},
+                         "parameters": Anything(objects_only=True, doc="A JSON Schema.")},
                         required=("name",))},
     required=("function",),
 )
@@ -103,7 +103,7 @@ REQUEST = Fields(
             Fields({"type": Text(values=("text", "json_object"))}, required=("type",)),
             Fields({"type": Const("json_schema"),
                     "json_schema": Fields({"name": Text(min_length=1),
-                                           "schema": Anything(object=True),
+                                           "schema": Anything(objects_only=True),
                                            "strict": Flag()}, required=("name",))},
                    required=("type", "json_schema")),
         )),

@@ -6,7 +6,9 @@ request as the body an OpenAI-compatible upstream takes.
 
 Validated here, once, by hand rather than through pydantic: this runs on every request, and
 hand-written checks are both faster and able to name the exact field at fault
-(``param="messages[2].content"``) in OpenAI's own error style (:mod:`.fields`). Fields that
+(``param="messages[2].content"``) in OpenAI's own error style (:mod:`.fields`). The body's
+fields and their bounds are declared in :mod:`.body` (what ``/openapi.json`` shows); this
+module reads them from there and keeps the cross-field rules. Fields that
 do not change the answer (``metadata``, ``store``, ``service_tier``, ...) are ignored; fields
 that would change it and that the router cannot honour (``functions``, audio output, web
 search) are refused, never silently dropped.
