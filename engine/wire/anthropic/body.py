@@ -95,6 +95,8 @@ REQUEST = Fields(
         "stop_sequences": ListOf(Text()),
         "metadata": Fields({"user_id": Text()}),
         "stream": Flag(),
+        # Extended thinking would need its signed thinking blocks relayed and sent back
+        # verbatim: refused, not dropped.
         "thinking": Fields({"type": Const("disabled")}, required=("type",),
                            doc="Extended thinking is refused; only disabled is accepted."),
         "router_cache": ROUTER_CACHE,
