@@ -58,6 +58,8 @@ SURFACES: dict[str, set[str]] = {
     "engine.wire": {
         "ANTHROPIC", "OPENAI", "Encoder", "Provider", "SSEDecoder", "StreamDecoder",
         "WireProtocol", "decode_events", "provider_for",
+        # request bodies declared once: read by validators and by /openapi.json
+        "ROUTER_CACHE", "Anything", "Fields", "Flag", "Num", "Text", "to_schema",
     },
 }
 

@@ -26,9 +26,10 @@ import orjson
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from engine.core import RUN_STATUSES
-from engine.errors import NotFound, RequestInvalid, did_you_mean, echo
+from engine.errors import NotFound, echo
 from engine.runtime import Gateway
+
+from .params import EVERY_LIMIT, int_arg, run_status
 
 __all__ = ["add_dashboard"]
 
@@ -102,17 +103,9 @@ def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _G
     @app.get("/stats/runs")
     @cross_tenant
     async def all_runs() -> Response:
-        status = request.args.get("status")
-        if status is not None and status not in RUN_STATUSES:
-            raise RequestInvalid(
-                f"status must be one of {', '.join(RUN_STATUSES)}, got {echo(status)}"
-                f"{did_you_mean(status, RUN_STATUSES)}", param="status")
-        text = request.args.get("limit", "20")
-        if not text.isdigit() or not 1 <= int(text) <= 200:
-            raise RequestInvalid(f"limit must be an integer from 1 to 200, got {echo(text)}",
-                                 param="limit")
-        found = await gateway().workflow_runs().list(tenant=None, status=status,
-                                                     limit=int(text))
+        status = run_status(request.args.get("status"))
+        limit = int_arg(request.args.get("limit"), "limit", EVERY_LIMIT)
+        found = await gateway().workflow_runs().list(tenant=None, status=status, limit=limit)
         return _json({"object": "list", "data": [r.summary() for r in found]})
 
     @app.get("/stats/runs/<run_id>")
