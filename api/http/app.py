@@ -10,6 +10,8 @@ by :func:`this_request_id`); answered ones also carry the routing headers (docs/
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import hmac
 import logging
@@ -407,12 +409,21 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @guarded
     async def feedback() -> Response:
         report = parse_feedback(await read_body())
-        return _json(await gateway().report_feedback(report))
+        reporter = tenant_of(request.headers.get("x-api-key", ""),
+                             request.headers.get("authorization", ""))
+        return _json(await gateway().report_feedback(
+            dataclasses.replace(report, reporter=reporter or None)))
 
     @app.get("/v1/routing")
     @guarded
     async def routing() -> Response:
         return _json(await gateway().routing_state())
+
+    @app.delete("/v1/routing/learning")
+    async def reset_learning() -> Response:
+        check_admin(config.server.admin_key, request.headers.get("x-api-key", ""),
+                    request.headers.get("authorization", ""))
+        return _json(await gateway().reset_learning())
 
     @app.get("/v1/backends")
     @guarded

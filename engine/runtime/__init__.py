@@ -7,12 +7,13 @@ from .feed import ChatStream
 from .gateway import Gateway, Models, load_models, open_gateway
 from .keys import KeyGate
 from .node import RunContext, Served
-from .policy import FeedbackReport, load_offline_policy
+from .policy import FeedbackReport, RoutingPolicy, load_offline_policy
 from .runs import Runs
 
 __all__ = [
     "ChatStream",
     "FeedbackReport",
+    "RoutingPolicy",
     "Gateway",
     "KeyGate",
     "Models",

@@ -222,7 +222,7 @@ class Gateway:
     def remember_decision(self, request_id: str, served: Served) -> None:
         """Keep how a request was routed, so feedback can name it by its request id."""
         self.policy.remember(request_id, score=served.score, tier=served.tier,
-                             model=served.model)
+                             model=served.model, belief=served.belief)
 
     async def report_feedback(self, report: FeedbackReport) -> dict[str, Any]:
         """``POST /v1/feedback``: record one quality report and recalibrate.
@@ -232,6 +232,15 @@ class Gateway:
             RequestInvalid: feedback is not enabled.
         """
         return await self.policy.feedback(report)
+
+    async def reset_learning(self) -> dict[str, Any]:
+        """``DELETE /v1/routing/learning``: forget what feedback taught the trained router.
+
+        Raises:
+            RequestInvalid: online learning is not enabled.
+            StoreUnavailable: the shared state is unreachable (nothing was reset).
+        """
+        return await self.policy.reset_learning()
 
     async def routing_state(self) -> dict[str, Any]:
         """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MODEL_PATH",
     "DENSE_NAMES",
     "FORMAT_VERSION",
+    "Belief",
     "FeatureConfig",
     "Features",
     "LearnedRouter",
@@ -292,6 +293,17 @@ def extract_features(
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class Belief:
+    """What the trained router believes about one request: ``p`` (the calibrated chance the
+    strong model answers better), its log-odds ``logit``, and the ``inputs`` online learning
+    (``engine.core.routing.online``) corrects it from."""
+
+    p: float
+    logit: float
+    inputs: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class LearnedRouter:
     """A trained router: ``score(request)`` is the probability that the strong model is
     needed. Build one with ``engine.learned_fit.fit_router`` or :meth:`load`.
@@ -331,6 +343,29 @@ class LearnedRouter:
         z = self.logit(features)
         slope, intercept = self.calibration
         return _sigmoid(slope * z + intercept)
+
+    def assess(self, request: ChatRequest, *, heuristic: Score | None = None) -> Belief:
+        """:meth:`score` with its log-odds and the inputs online learning reads: the
+        log-odds (halved), the standardised dense block (over the square root of its size,
+        so it weighs about one unit) and the sentence vector.
+
+        Raises:
+            RouterError: the model uses embeddings and was loaded without an embedder.
+        """
+        features = extract_features(request, self.config, embedder=self.embedder,
+                                    heuristic=heuristic)
+        slope, intercept = self.calibration
+        z = slope * self.logit(features) + intercept
+        dense = (features.dense - self.dense_mean) / self.dense_std
+        inputs = np.concatenate([[0.5 * z], dense / math.sqrt(len(dense)),
+                                 features.embedding])
+        return Belief(_sigmoid(z), z, inputs)
+
+    @property
+    def fingerprint(self) -> str:
+        """Names this model's weights (online learning's state belongs to one model)."""
+        data = np.ascontiguousarray(self.weights, "<f4").tobytes()
+        return f"{zlib.crc32(data):08x}-{len(self.weights)}-{self.bias:.6g}"
 
     def score_prompt(self, prompt: str) -> float:
         """:meth:`score` of a one-turn request."""

@@ -1,0 +1,228 @@
+"""Online learning: the deployment's own feedback teaches the trained router. Sans-IO.
+
+The shipped router (``engine.core.routing.learned``) was fitted on a few thousand public rows;
+a deployment's traffic is its own. Each quality report (``POST /v1/feedback`` naming a
+request) is one labelled example of that traffic, and :func:`learn` takes one bounded step of
+a logistic *correction* on top of the shipped model's log-odds:
+
+    logit(p) = z_shipped + gate × clip(w · inputs, ±max_shift)
+
+``inputs`` (:meth:`LearnedRouter.inputs <engine.core.routing.learned.LearnedRouter.inputs>`)
+are the shipped log-odds, its standardised dense block (the heuristic's signals and the text's
+shape: lengths transfer across domains) and the WordLlama sentence vector (the topic): a few
+hundred numbers, so a few hundred reports move it, and its state is small enough to share.
+
+**What a report teaches.** ``p`` estimates the chance that the strong model answers better.
+A report on tier 1 (the cheap model) of quality ``q`` says the strong model was needed to the
+extent the cheap one failed: target ``1 - q``. A report on a higher tier says nothing about
+the cheap model, except that a poor strong answer was no gain: target 0 with weight
+``1 - q``; a good strong answer teaches nothing.
+
+**Bounds.** One step moves this request's log-odds by at most ``max_step``; the correction
+never moves any log-odds by more than ``max_shift``; every report shrinks the correction by
+the decay (``half_life`` reports halve it), so old evidence fades and the model drifts back to
+the shipped one when feedback stops. A reporter (``reporter``, the client key's digest) weighs
+at most ``key_cap`` decayed reports: past that, its reports count for less and less, so one
+client cannot outvote the others however much it sends.
+
+**The floor.** Before each step the report also scores both models, prequentially (on evidence
+neither has seen): the decayed log-loss of the corrected model and of the shipped one, the
+latter shifted by a learned ``offset`` (the feedback's target is "the cheap model failed",
+not quite the shipped model's "the strong one does better", and a constant shift buys log-loss
+without ranking one request above another: the correction must beat that). The
+correction applies only in proportion to how far it is ahead, in full from ``tolerance`` nats
+per report, and not at all while it is behind or before :data:`MIN_EVIDENCE` reports: where
+the shipped model already knows the traffic, the correction cannot get far enough ahead to
+matter, and where it does not, the deployment's evidence takes over.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OnlineSettings", "OnlineState", "Outcome", "label", "learn", "predict"]
+
+_KEPT_REPORTERS = 1000
+MIN_EVIDENCE = 20.0
+"""Reports (decayed, weighted) the floor needs before it lets a correction apply."""
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineSettings:
+    """How fast and how far feedback may move the router (``learned.online_*`` in the
+    config)."""
+
+    rate: float = 0.1
+    max_step: float = 0.5
+    max_shift: float = 3.0
+    half_life: float = 2000.0
+    key_cap: float = 200.0
+    tolerance: float = 0.02
+
+    @property
+    def decay(self) -> float:
+        return 0.5 ** (1.0 / self.half_life)
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineState:
+    """The learned correction and its record. ``weights`` has one entry per input and a bias
+    last; ``model`` names the shipped model it corrects (a state made for another model does
+    not apply); ``reporters`` maps a reporter to its decayed weight and the report count at
+    which that was measured."""
+
+    model: str
+    weights: np.ndarray
+    reports: int = 0
+    learned: float = 0.0
+    loss_shipped: float = 0.0
+    loss_online: float = 0.0
+    evidence: float = 0.0
+    reporters: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    offset: float = 0.0
+
+    @classmethod
+    def fresh(cls, model: str, inputs: int) -> OnlineState:
+        return cls(model, np.zeros(inputs + 1, np.float64))
+
+    def gate(self, tolerance: float) -> float:
+        """How much of the correction applies (the floor, in the module docstring): none
+        before :data:`MIN_EVIDENCE` reports, then in proportion to how far it is ahead of the
+        shipped model, all of it from ``tolerance`` nats per report ahead."""
+        if self.evidence < MIN_EVIDENCE:
+            return 0.0
+        ahead = (self.loss_shipped - self.loss_online) / self.evidence
+        return max(0.0, min(1.0, ahead / tolerance))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = np.ascontiguousarray(self.weights, "<f8").tobytes()
+        return {
+            "model": self.model, "weights": base64.b64encode(data).decode("ascii"),
+            "reports": self.reports, "learned": self.learned,
+            "loss_shipped": self.loss_shipped, "loss_online": self.loss_online,
+            "evidence": self.evidence, "offset": self.offset,
+            "reporters": {k: list(v) for k, v in self.reporters.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> OnlineState:
+        """Raises: ValueError (or KeyError, TypeError) on a damaged state."""
+        weights = np.frombuffer(base64.b64decode(raw["weights"]), "<f8").astype(np.float64)
+        return cls(
+            str(raw["model"]), weights, int(raw["reports"]), float(raw["learned"]),
+            float(raw["loss_shipped"]), float(raw["loss_online"]), float(raw["evidence"]),
+            {str(k): (float(v[0]), int(v[1])) for k, v in raw.get("reporters", {}).items()},
+            float(raw.get("offset", 0.0)),
+        )
+
+    def describe(self, settings: OnlineSettings) -> dict[str, Any]:
+        """The learning state for ``GET /v1/routing`` (no reporter identities)."""
+        n = max(self.evidence, 1e-12)
+        return {
+            "reports": self.reports, "learned_from": round(self.learned, 2),
+            "gate": round(self.gate(settings.tolerance), 4),
+            "log_loss": None if self.evidence <= 0 else {
+                "shipped": round(self.loss_shipped / n, 4),
+                "online": round(self.loss_online / n, 4)},
+            "correction_norm": round(float(np.linalg.norm(self.weights)), 4),
+            "reporters": len(self.reporters),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one report did: its target and weight, and how far it moved its request's
+    log-odds (0 when it taught nothing)."""
+
+    target: float
+    weight: float
+    moved: float
+
+
+def label(tier: int, quality: float) -> tuple[float, float]:
+    """The target ("the strong model was needed") and weight a report teaches.
+
+    >>> label(1, 0.0), label(1, 1.0), label(2, 0.0), label(2, 1.0)
+    ((1.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 0.0))
+    """
+    if tier <= 1:
+        return 1.0 - quality, 1.0
+    return 0.0, 1.0 - quality
+
+
+def _correction(state: OnlineState, inputs: np.ndarray, settings: OnlineSettings) -> float:
+    raw = float(state.weights[:-1] @ inputs) + float(state.weights[-1])
+    return max(-settings.max_shift, min(settings.max_shift, raw))
+
+
+def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
+            settings: OnlineSettings) -> float:
+    """The corrected log-odds of a request whose shipped log-odds are ``logit``."""
+    if state is None or len(inputs) + 1 != len(state.weights):
+        return logit
+    return logit + state.gate(settings.tolerance) * _correction(state, inputs, settings)
+
+
+def _log_loss(z: float, y: float) -> float:
+    # -(y log p + (1-y) log(1-p)) with p = sigmoid(z), stable for large |z|
+    return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, quality: float,
+          reporter: str | None, settings: OnlineSettings) -> tuple[OnlineState, Outcome]:
+    """One report's step (the module docstring): the new state and what the report did.
+
+    >>> s = OnlineSettings()
+    >>> state = OnlineState.fresh("m", 2)
+    >>> x = np.array([1.0, 0.0])
+    >>> for _ in range(50):
+    ...     state, _ = learn(state, -2.0, x, tier=1, quality=0.0, reporter=None, settings=s)
+    >>> predict(state, -2.0, x, s) > 0.0
+    True
+    """
+    target, weight = label(tier, quality)
+    decay = settings.decay
+    n = state.reports + 1
+    reporters = dict(state.reporters)
+    if reporter is not None:
+        had, at = reporters.get(reporter, (0.0, n))
+        had *= decay ** (n - at)
+        weight *= min(1.0, max(0.0, settings.key_cap - had))
+        reporters[reporter] = (had + weight, n)
+        if len(reporters) > _KEPT_REPORTERS:
+            newest = sorted(reporters.items(), key=lambda kv: kv[1][1])[-_KEPT_REPORTERS:]
+            reporters = dict(newest)
+    w = state.weights * decay
+    loss_shipped = state.loss_shipped * decay
+    loss_online = state.loss_online * decay
+    evidence = state.evidence * decay
+    offset = state.offset
+    moved = 0.0
+    if weight > 0:
+        correction = _correction(state, inputs, settings)
+        loss_shipped += weight * _log_loss(logit + offset, target)
+        loss_online += weight * _log_loss(logit + correction, target)
+        evidence += weight
+        offset -= settings.rate * weight * (_sigmoid(logit + offset) - target)
+        x = np.append(inputs, 1.0)
+        residual = _sigmoid(logit + correction) - target
+        step = settings.rate * weight * residual * x
+        moved = float(step @ x)
+        if abs(moved) > settings.max_step:
+            step *= settings.max_step / abs(moved)
+            moved = math.copysign(settings.max_step, moved)
+        w = w - step
+    new = replace(state, weights=w, reports=n, learned=state.learned * decay + weight,
+                  loss_shipped=loss_shipped, loss_online=loss_online, evidence=evidence,
+                  reporters=reporters, offset=offset)
+    return new, Outcome(target, weight, abs(moved))
