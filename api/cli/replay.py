@@ -65,6 +65,7 @@ class Point:
     apgr: float
     tier1_share: float  # of the traffic so far
     tier1_max: int
+    gate: float  # how much of the learned correction applies (the floor)
 
 
 def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
@@ -131,7 +132,7 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
                 every: int, progress: bool) -> dict[str, Any]:
     static = summarize(held, _scores(policy, held)).apgr
     length = summarize(held, [float(len(r.prompt)) for r in held]).apgr
-    curve = [Point(0, static, 0.0, policy.tier1_max)]
+    curve = [Point(0, static, 0.0, policy.tier1_max, _gate(policy))]
     tier1 = 0
     for n, row in enumerate(traffic, 1):
         route = await policy.route(_request(row.prompt))
@@ -144,7 +145,7 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
         await policy.feedback(FeedbackReport(quality, request_id=request_id))
         if n % every == 0 or n == len(traffic):
             apgr = summarize(held, _scores(policy, held)).apgr
-            curve.append(Point(n, apgr, tier1 / n, policy.tier1_max))
+            curve.append(Point(n, apgr, tier1 / n, policy.tier1_max, _gate(policy)))
             if progress:
                 print(f"  {n} reports: APGR {apgr:.4f}", file=sys.stderr, flush=True)
     state = await policy.describe()
@@ -152,10 +153,18 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
         "held_back": len(held), "traffic": len(traffic), "every": every,
         "static_apgr": round(static, 4), "length_apgr": round(length, 4),
         "curve": [{"reports": p.reports, "apgr": round(p.apgr, 4),
-                   "tier1_share": round(p.tier1_share, 4), "tier1_max": p.tier1_max}
+                   "tier1_share": round(p.tier1_share, 4), "tier1_max": p.tier1_max,
+                   "gate": round(p.gate, 4)}
                   for p in curve],
         "learning": state.get("learning"),
     }
+
+
+def _gate(policy: RoutingPolicy) -> float:
+    learning = policy.learning
+    if learning is None or learning.state is None:
+        return 0.0
+    return learning.state.gate
 
 
 def _print(report: dict[str, Any], out: TextIO) -> None:
@@ -165,12 +174,12 @@ def _print(report: dict[str, Any], out: TextIO) -> None:
     out.write(f"APGR on the held-back rows: shipped router {report['static_apgr']:.4f}, "
               f"prompt length {report['length_apgr']:.4f}\n\n")
     out.write(f"{'reports':>8}  {'APGR':>7}  {'vs shipped':>10}  {'vs length':>9}  "
-              f"{'tier 1 so far':>13}  {'tier1_max':>9}\n")
+              f"{'tier 1 so far':>13}  {'tier1_max':>9}  {'gate':>5}\n")
     for p in report["curve"]:
         out.write(f"{p['reports']:>8}  {p['apgr']:>7.4f}  "
                   f"{p['apgr'] - report['static_apgr']:>+10.4f}  "
                   f"{p['apgr'] - report['length_apgr']:>+9.4f}  "
-                  f"{100 * p['tier1_share']:>12.1f}%  {p['tier1_max']:>9}\n")
+                  f"{100 * p['tier1_share']:>12.1f}%  {p['tier1_max']:>9}  {p['gate']:>5.2f}\n")
 
 
 def _svg(report: dict[str, Any]) -> str:

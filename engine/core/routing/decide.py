@@ -84,7 +84,7 @@ class Online:
     settings: OnlineSettings
 
     def p(self, belief: Belief) -> float:
-        z = predict(self.state, belief.logit, belief.inputs, self.settings)
+        z = predict(self.state, belief.logit, belief.inputs, self.settings, known=belief.known)
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 

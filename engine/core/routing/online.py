@@ -5,7 +5,7 @@ a deployment's traffic is its own. Each quality report (``POST /v1/feedback`` na
 request) is one labelled example of that traffic, and :func:`learn` takes one bounded step of
 a logistic *correction* on top of the shipped model's log-odds:
 
-    logit(p) = z_shipped + gate × clip(w · inputs, ±max_shift)
+    logit(p) = z_shipped + gate × max_shift × tanh(w · inputs / max_shift)
 
 ``inputs`` (:meth:`LearnedRouter.inputs <engine.core.routing.learned.LearnedRouter.inputs>`)
 are the shipped log-odds, its standardised dense block (the heuristic's signals and the text's
@@ -25,15 +25,16 @@ the shipped one when feedback stops. A reporter (``reporter``, the client key's 
 at most ``key_cap`` decayed reports: past that, its reports count for less and less, so one
 client cannot outvote the others however much it sends.
 
-**The floor.** Before each step the report also scores both models, prequentially (on evidence
-neither has seen): the decayed log-loss of the corrected model and of the shipped one, the
-latter shifted by a learned ``offset`` (the feedback's target is "the cheap model failed",
-not quite the shipped model's "the strong one does better", and a constant shift buys log-loss
-without ranking one request above another: the correction must beat that). The
-correction applies only in proportion to how far it is ahead, in full from ``tolerance`` nats
-per report, and not at all while it is behind or before :data:`MIN_EVIDENCE` reports: where
-the shipped model already knows the traffic, the correction cannot get far enough ahead to
-matter, and where it does not, the deployment's evidence takes over.
+**The floor.** Before each step the report is also scored by both models, prequentially (on
+evidence neither has learned from), and kept with its target among the newest :data:`WINDOW`.
+What routing needs from a score is the order it puts requests in (APGR measures nothing
+else), so the floor compares orders: of the pairs of recent reports whose targets differ, the
+share each model ranks the right way round (:meth:`OnlineState.concordance`). The correction
+applies in proportion to how far it is ahead, in full from ``tolerance`` (a share: 0.02 is
+two pairs in a hundred), and not at all while it is behind or before :data:`MIN_EVIDENCE`
+reports. Where the shipped model already knows the traffic the correction cannot get ahead,
+and routing stays the shipped model's; where it does not, the deployment's evidence takes
+over as fast as it proves itself.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ import numpy as np
 __all__ = ["OnlineSettings", "OnlineState", "Outcome", "label", "learn", "predict"]
 
 _KEPT_REPORTERS = 1000
+_EPSILON = 1e-6
+WINDOW = 300
+"""Reports the floor compares the two models on (the newest)."""
 MIN_EVIDENCE = 20.0
 """Reports (decayed, weighted) the floor needs before it lets a correction apply."""
 
@@ -67,7 +71,7 @@ class OnlineSettings:
 
     @property
     def decay(self) -> float:
-        return 0.5 ** (1.0 / self.half_life)
+        return float(0.5 ** (1.0 / self.half_life))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,19 +90,28 @@ class OnlineState:
     evidence: float = 0.0
     reporters: Mapping[str, tuple[float, int]] = field(default_factory=dict)
     offset: float = 0.0
+    #: Per weight, the decayed sum of its squared gradients (AdaGrad): a weight that many
+    #: reports have moved moves less on the next one, so the correction settles instead of
+    #: swinging with the last few reports.
+    squares: np.ndarray | None = None
+    #: The newest :data:`WINDOW` reports as the two models saw them before learning from
+    #: them: rows of (shipped log-odds, corrected log-odds, target, weight).
+    recent: np.ndarray | None = None
+    #: How much of the correction applies (the floor), set by each step from ``recent``.
+    gate: float = 0.0
 
     @classmethod
     def fresh(cls, model: str, inputs: int) -> OnlineState:
-        return cls(model, np.zeros(inputs + 1, np.float64))
+        return cls(model, np.zeros(inputs + 1, np.float64),
+                   squares=np.zeros(inputs + 1, np.float64))
 
-    def gate(self, tolerance: float) -> float:
-        """How much of the correction applies (the floor, in the module docstring): none
-        before :data:`MIN_EVIDENCE` reports, then in proportion to how far it is ahead of the
-        shipped model, all of it from ``tolerance`` nats per report ahead."""
-        if self.evidence < MIN_EVIDENCE:
-            return 0.0
-        ahead = (self.loss_shipped - self.loss_online) / self.evidence
-        return max(0.0, min(1.0, ahead / tolerance))
+    def concordance(self) -> tuple[float, float] | None:
+        """How often each model (shipped, corrected) ranked the recent reports' pairs the way
+        their targets do; None before :data:`MIN_EVIDENCE` reports."""
+        if self.recent is None or float(self.recent[:, 3].sum()) < MIN_EVIDENCE:
+            return None
+        return (_concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3]),
+                _concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3]))
 
     def to_dict(self) -> dict[str, Any]:
         data = np.ascontiguousarray(self.weights, "<f8").tobytes()
@@ -107,6 +120,10 @@ class OnlineState:
             "reports": self.reports, "learned": self.learned,
             "loss_shipped": self.loss_shipped, "loss_online": self.loss_online,
             "evidence": self.evidence, "offset": self.offset,
+            "squares": _pack(self.squares if self.squares is not None
+                             else np.zeros_like(self.weights)),
+            "recent": _pack(self.recent if self.recent is not None else np.zeros((0, 4))),
+            "gate": self.gate,
             "reporters": {k: list(v) for k, v in self.reporters.items()},
         }
 
@@ -119,14 +136,20 @@ class OnlineState:
             float(raw["loss_shipped"]), float(raw["loss_online"]), float(raw["evidence"]),
             {str(k): (float(v[0]), int(v[1])) for k, v in raw.get("reporters", {}).items()},
             float(raw.get("offset", 0.0)),
+            _unpack(raw["squares"]) if "squares" in raw else None,
+            _unpack(raw["recent"]).reshape(-1, 4) if "recent" in raw else None,
+            float(raw.get("gate", 0.0)),
         )
 
     def describe(self, settings: OnlineSettings) -> dict[str, Any]:
         """The learning state for ``GET /v1/routing`` (no reporter identities)."""
         n = max(self.evidence, 1e-12)
+        ranks = self.concordance()
         return {
+            "concordance": None if ranks is None else {
+                "shipped": round(ranks[0], 4), "online": round(ranks[1], 4)},
             "reports": self.reports, "learned_from": round(self.learned, 2),
-            "gate": round(self.gate(settings.tolerance), 4),
+            "gate": round(self.gate, 4),
             "log_loss": None if self.evidence <= 0 else {
                 "shipped": round(self.loss_shipped / n, 4),
                 "online": round(self.loss_online / n, 4)},
@@ -158,15 +181,39 @@ def label(tier: int, quality: float) -> tuple[float, float]:
 
 def _correction(state: OnlineState, inputs: np.ndarray, settings: OnlineSettings) -> float:
     raw = float(state.weights[:-1] @ inputs) + float(state.weights[-1])
-    return max(-settings.max_shift, min(settings.max_shift, raw))
+    # A soft bound: past it, requests would tie and the ranking (all that APGR sees) is lost.
+    return settings.max_shift * math.tanh(raw / settings.max_shift)
 
 
 def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
-            settings: OnlineSettings) -> float:
-    """The corrected log-odds of a request whose shipped log-odds are ``logit``."""
+            settings: OnlineSettings, *, known: float = 0.0) -> float:
+    """The corrected log-odds of a request whose shipped log-odds are ``logit``; ``known``
+    (0..1: how like the shipped model's training data the request is) holds the correction
+    back, so what the shipped model knew stays as it was."""
     if state is None or len(inputs) + 1 != len(state.weights):
         return logit
-    return logit + state.gate(settings.tolerance) * _correction(state, inputs, settings)
+    return logit + state.gate * (1.0 - known) * _correction(state, inputs, settings)
+
+
+def _pack(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, "<f8").tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), "<f8").astype(np.float64)
+
+
+def _concordance(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
+    """Of the weighted pairs whose targets differ, the share the scores order the same way
+    (ties count half): the ranking quality APGR rewards, on reports."""
+    higher = targets[:, None] > targets[None, :]
+    pair = weights[:, None] * weights[None, :] * higher
+    total = float(pair.sum())
+    if total <= 0:
+        return 0.5
+    diff = scores[:, None] - scores[None, :]
+    agree = (diff > 0) + 0.5 * (diff == 0)
+    return float((pair * agree).sum()) / total
 
 
 def _log_loss(z: float, y: float) -> float:
@@ -207,6 +254,8 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     loss_online = state.loss_online * decay
     evidence = state.evidence * decay
     offset = state.offset
+    squares = (state.squares if state.squares is not None
+               else np.zeros_like(state.weights)) * decay
     moved = 0.0
     if weight > 0:
         correction = _correction(state, inputs, settings)
@@ -215,14 +264,23 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
         evidence += weight
         offset -= settings.rate * weight * (_sigmoid(logit + offset) - target)
         x = np.append(inputs, 1.0)
-        residual = _sigmoid(logit + correction) - target
-        step = settings.rate * weight * residual * x
+        gradient = weight * (_sigmoid(logit + correction) - target) * x
+        squares = squares + gradient * gradient
+        step = settings.rate * gradient / np.sqrt(squares + _EPSILON)
         moved = float(step @ x)
         if abs(moved) > settings.max_step:
             step *= settings.max_step / abs(moved)
             moved = math.copysign(settings.max_step, moved)
         w = w - step
-    new = replace(state, weights=w, reports=n, learned=state.learned * decay + weight,
+    recent = state.recent if state.recent is not None else np.zeros((0, 4))
+    if weight > 0:
+        row = [logit, logit + _correction(state, inputs, settings), target, weight]
+        recent = np.vstack([recent, row])[-WINDOW:]
+    new = replace(state, weights=w, squares=squares, recent=recent, reports=n, learned=state.learned * decay + weight,
                   loss_shipped=loss_shipped, loss_online=loss_online, evidence=evidence,
                   reporters=reporters, offset=offset)
+    ranks = new.concordance()
+    gate = 0.0 if ranks is None else max(0.0, min(1.0, (ranks[1] - ranks[0])
+                                                  / settings.tolerance))
+    new = replace(new, gate=gate)
     return new, Outcome(target, weight, abs(moved))
