@@ -53,7 +53,7 @@ _KEPT_REPORTERS = 1000
 _EPSILON = 1e-6
 WINDOW = 300
 """Reports the floor compares the two models on (the newest)."""
-MIN_EVIDENCE = 20.0
+MIN_EVIDENCE = 50.0
 """Reports (decayed, weighted) the floor needs before it lets a correction apply."""
 
 
@@ -229,13 +229,17 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
           reporter: str | None, settings: OnlineSettings) -> tuple[OnlineState, Outcome]:
     """One report's step (the module docstring): the new state and what the report did.
 
+    Two kinds of request the shipped model cannot tell apart (log-odds -2 both); the cheap
+    model fails one and serves the other:
+
     >>> s = OnlineSettings()
     >>> state = OnlineState.fresh("m", 2)
-    >>> x = np.array([1.0, 0.0])
-    >>> for _ in range(50):
-    ...     state, _ = learn(state, -2.0, x, tier=1, quality=0.0, reporter=None, settings=s)
-    >>> predict(state, -2.0, x, s) > 0.0
-    True
+    >>> hard, easy = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    >>> for _ in range(30):
+    ...     state, _ = learn(state, -2.0, hard, tier=1, quality=0.0, reporter=None, settings=s)
+    ...     state, _ = learn(state, -2.0, easy, tier=1, quality=1.0, reporter=None, settings=s)
+    >>> state.gate, predict(state, -2.0, hard, s) > -2.0 > predict(state, -2.0, easy, s)
+    (1.0, True)
     """
     target, weight = label(tier, quality)
     decay = settings.decay
