@@ -121,11 +121,15 @@ class RoutingPolicy:
         self.shared: SharedFeedback | None = None
         # Reports accepted while Redis was down, sent when it is back.
         self._unsent: deque[tuple[Report, str | None, str | None]] = deque()
-        fingerprint = getattr(learned, "fingerprint", None)
         #: Online learning of the trained router from feedback, when it is on.
         self.learning: Learning | None = None
-        if config.learned.online and isinstance(fingerprint, str) and store is not None:
-            self.learning = Learning(config, model=fingerprint, store=store)
+        self._start_learning()
+
+    def _start_learning(self) -> None:
+        fingerprint = getattr(self.learned, "fingerprint", None)
+        if (self.config.learned.online and isinstance(fingerprint, str)
+                and self.store is not None and self.learning is None):
+            self.learning = Learning(self.config, model=fingerprint, store=self.store)
 
     def share(self, shared: Shared) -> None:
         """Calibrate on every process's feedback, and route with the shared thresholds
@@ -395,6 +399,7 @@ async def load_offline_policy(config: Config) -> tuple[RoutingPolicy, str | None
         await store.open()
         try:
             policy.store = store
+            policy._start_learning()  # route as a server would, with what feedback taught
             await policy.load()
         finally:
             policy.store = None
