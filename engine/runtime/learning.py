@@ -4,7 +4,8 @@
 The state lives behind the feedback store: in the feedback database for one process, in Redis
 (``engine.runtime.shared_feedback``) when processes share state, stepped under the shared lock
 and announced to every process, which routes with it from then on. A chat request never
-waits on it: routing reads the state this process holds.
+waits on it: routing reads the state this process holds. A step (about a millisecond of
+numpy, more on a busy machine: the floor ranks 300 recent reports) runs in a worker thread.
 
 To learn from a report the router needs the request's :class:`Belief`, kept for the last
 :data:`_REMEMBERED` requests this process answered (a few kilobytes each). Older reports still
@@ -43,6 +44,10 @@ class _Lesson:
     tier: int
     quality: float
     reporter: str | None
+
+
+async def _forget(raw: dict[str, Any] | None) -> None:
+    return None
 
 
 def settings_of(config: Config) -> OnlineSettings:
@@ -124,7 +129,7 @@ class Learning:
                     self._queued.append(lesson)
                     return {"learned": False, "queued": True,
                             "reason": "shared state unavailable: taught when it is back"}
-            new, outcome = self._step(self.state, lesson)
+            new, outcome = await trio.to_thread.run_sync(self._step, self.state, lesson)
             if self.store is not None:
                 await self.store.save_online_state(new.to_dict())
             self.state = new
@@ -141,8 +146,8 @@ class Learning:
         assert self.shared is not None
         done: list[Any] = []
 
-        def step(raw: dict[str, Any] | None) -> dict[str, Any]:
-            new, outcome = self._step(self._parse(raw), lesson)
+        async def step(raw: dict[str, Any] | None) -> dict[str, Any]:
+            new, outcome = await trio.to_thread.run_sync(self._step, self._parse(raw), lesson)
             done.append(outcome)
             return new.to_dict()
 
@@ -160,7 +165,7 @@ class Learning:
         Raises: StoreUnavailable (shared state, Redis down: nothing was reset)."""
         async with self._lock:
             if self.shared is not None:
-                await self.shared.learn(lambda raw: None)
+                await self.shared.learn(_forget)
             if self.store is not None:
                 await self.store.save_online_state(None)
             self._queued.clear()
