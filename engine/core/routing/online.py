@@ -5,9 +5,9 @@ a deployment's traffic is its own. Each quality report (``POST /v1/feedback`` na
 request) is one labelled example of that traffic, and :func:`learn` takes one bounded step of
 a logistic *correction* on top of the shipped model's log-odds:
 
-    logit(p) = z_shipped + gate × max_shift × tanh(w · inputs / max_shift)
+    logit(p) = z_shipped + gate × (1 - known) × max_shift × tanh(w · inputs / max_shift)
 
-``inputs`` (:meth:`LearnedRouter.inputs <engine.core.routing.learned.LearnedRouter.inputs>`)
+``inputs`` (:meth:`LearnedRouter.assess <engine.core.routing.learned.LearnedRouter.assess>`)
 are the shipped log-odds, its standardised dense block (the heuristic's signals and the text's
 shape: lengths transfer across domains) and the WordLlama sentence vector (the topic): a few
 hundred numbers, so a few hundred reports move it, and its state is small enough to share.
@@ -18,8 +18,10 @@ extent the cheap one failed: target ``1 - q``. A report on a higher tier says no
 the cheap model, except that a poor strong answer was no gain: target 0 with weight
 ``1 - q``; a good strong answer teaches nothing.
 
-**Bounds.** One step moves this request's log-odds by at most ``max_step``; the correction
-never moves any log-odds by more than ``max_shift``; every report shrinks the correction by
+**Bounds.** Steps are AdaGrad's (a weight many reports have moved moves less on the next),
+and one step moves its request's log-odds by at most ``max_step``; the correction never moves
+any log-odds by more than ``max_shift`` (a soft bound: a hard clip would tie the requests past
+it, and ties lose the order routing needs); every report shrinks the correction by
 the decay (``half_life`` reports halve it), so old evidence fades and the model drifts back to
 the shipped one when feedback stops. A reporter (``reporter``, the client key's digest) weighs
 at most ``key_cap`` decayed reports: past that, its reports count for less and less, so one
@@ -32,9 +34,19 @@ else), so the floor compares orders: of the pairs of recent reports whose target
 share each model ranks the right way round (:meth:`OnlineState.concordance`). The correction
 applies in proportion to how far it is ahead, in full from ``tolerance`` (a share: 0.02 is
 two pairs in a hundred), and not at all while it is behind or before :data:`MIN_EVIDENCE`
-reports. Where the shipped model already knows the traffic the correction cannot get ahead,
-and routing stays the shipped model's; where it does not, the deployment's evidence takes
-over as fast as it proves itself.
+reports.
+
+**What the shipped model knew.** ``known`` (how close a request is to the shipped model's
+training rows, :meth:`LearnedRouter.known <engine.core.routing.learned.LearnedRouter.known>`)
+holds the correction back: on traffic like its training data the router stays the shipped
+one. This matters because a report's target ("the cheap model failed") is not quite the
+shipped model's ("the strong one does better"): on prompts both models fail they disagree,
+and the floor, which can only compare models on what reports say, cannot see it
+(BENCHMARKS.md, "Online routing", has the measurements).
+
+The log-loss of both models on the reports is kept too, for ``GET /v1/routing``; the shipped
+model's is taken after a learned constant shift (``offset``), which buys log-loss without
+reordering anything.
 """
 
 from __future__ import annotations
@@ -47,14 +59,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OnlineSettings", "OnlineState", "Outcome", "label", "learn", "predict"]
+__all__ = ["MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState", "Outcome", "label",
+           "learn", "predict"]
 
 _KEPT_REPORTERS = 1000
 _EPSILON = 1e-6
 WINDOW = 300
 """Reports the floor compares the two models on (the newest)."""
 MIN_EVIDENCE = 50.0
-"""Reports (decayed, weighted) the floor needs before it lets a correction apply."""
+"""Reports (by weight, in the window) the floor needs before it lets a correction apply."""
 
 
 @dataclass(frozen=True, slots=True)
