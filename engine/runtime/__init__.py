@@ -13,10 +13,10 @@ from .runs import Runs
 __all__ = [
     "ChatStream",
     "FeedbackReport",
-    "RoutingPolicy",
     "Gateway",
     "KeyGate",
     "Models",
+    "RoutingPolicy",
     "RunContext",
     "Runs",
     "Served",

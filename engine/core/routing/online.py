@@ -293,9 +293,10 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     if weight > 0:
         row = [logit, logit + _correction(state, inputs, settings), target, weight]
         recent = np.vstack([recent, row])[-WINDOW:]
-    new = replace(state, weights=w, squares=squares, recent=recent, reports=n, learned=state.learned * decay + weight,
-                  loss_shipped=loss_shipped, loss_online=loss_online, evidence=evidence,
-                  reporters=reporters, offset=offset)
+    new = replace(state, weights=w, squares=squares, recent=recent, reports=n,
+                  learned=state.learned * decay + weight, loss_shipped=loss_shipped,
+                  loss_online=loss_online, evidence=evidence, reporters=reporters,
+                  offset=offset)
     ranks = new.concordance()
     gate = 0.0 if ranks is None else max(0.0, min(1.0, (ranks[1] - ranks[0])
                                                   / settings.tolerance))
