@@ -42,8 +42,8 @@ SURFACES: dict[str, set[str]] = {
         "plan_workflow", "render_request", "resolve_variables",
     },
     "engine.runtime": {
-        "ChatStream", "FeedbackReport", "Gateway", "KeyGate", "Models", "RunContext", "Runs", "Served",
-        "load_models", "load_offline_policy", "open_gateway",
+        "ChatStream", "FeedbackReport", "Gateway", "KeyGate", "Models", "RoutingPolicy",
+        "RunContext", "Runs", "Served", "load_models", "load_offline_policy", "open_gateway",
     },
     "engine.stores": {"FeedbackStore", "Memo", "RunStore", "SqliteRunStore"},
     "engine.testing": {

@@ -10,6 +10,8 @@ by :func:`this_request_id`); answered ones also carry the routing headers (docs/
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import hmac
 import logging
@@ -368,7 +370,10 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @guarded
     async def feedback() -> Response:
         report = parse_feedback(await read_body())
-        return _json(await gateway().report_feedback(report))
+        reporter = tenant_of(request.headers.get("x-api-key", ""),
+                             request.headers.get("authorization", ""))
+        return _json(await gateway().report_feedback(
+            dataclasses.replace(report, reporter=reporter or None)))
 
     @app.get("/v1/routing")
     async def routing() -> Response:
@@ -379,6 +384,12 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             return _json(await gateway().routing_state(tenant=None))
         tenant, _ = await authenticate()
         return _json(await gateway().routing_state(tenant=tenant))
+
+    @app.delete("/v1/routing/learning")
+    async def reset_learning() -> Response:
+        check_admin(config.server.admin_key, request.headers.get("x-api-key", ""),
+                    request.headers.get("authorization", ""))
+        return _json(await gateway().reset_learning())
 
     @app.get("/v1/backends")
     @guarded

@@ -264,6 +264,10 @@ class LearnedConfig(_Section):
     probability at that boundary; by default the one its file carries (the built-in router's
     is 0.2: its calibrated probabilities are low), else ``threshold``.
     ``sidecar_url`` / ``sidecar_weight`` / ``sidecar_timeout_ms``: an external classifier.
+    ``online`` and ``online_*``: online learning of the trained router from
+    ``POST /v1/feedback`` (``engine.core.routing.online``: step rate and bound, the most the
+    correction may shift log-odds, its half-life in reports, one reporter's cap in decayed
+    reports, and the floor's tolerance in nats per report).
     The rest drives threshold calibration from ``POST /v1/feedback``
     (``engine.core.routing.calibration``).
     """
@@ -281,6 +285,13 @@ class LearnedConfig(_Section):
     min_samples: int = Field(20, ge=1)
     max_step: int = Field(5, ge=1, le=50)
     band: int = Field(15, ge=1, le=100)
+    online: bool = True
+    online_rate: float = Field(0.1, gt=0, le=10)
+    online_max_step: float = Field(0.5, gt=0, le=5)
+    online_max_shift: float = Field(3.0, gt=0, le=10)
+    online_half_life: float = Field(2000.0, ge=10)
+    online_key_cap: float = Field(200.0, ge=1)
+    online_tolerance: float = Field(0.02, gt=0, le=1)
 
     @field_validator("sidecar_url")
     @classmethod

@@ -7,7 +7,7 @@ from .feed import ChatStream
 from .gateway import Gateway, Models, load_models, open_gateway
 from .keys import KeyGate
 from .node import RunContext, Served
-from .policy import FeedbackReport, load_offline_policy
+from .policy import FeedbackReport, RoutingPolicy, load_offline_policy
 from .runs import Runs
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Gateway",
     "KeyGate",
     "Models",
+    "RoutingPolicy",
     "RunContext",
     "Runs",
     "Served",

@@ -288,7 +288,7 @@ class Gateway:
         """Keep how a request was routed, so feedback can name it by its request id; and,
         for a cache hit, whose it was (feedback on it moves that tenant's threshold)."""
         self.policy.remember(request_id, score=served.score, tier=served.tier,
-                             model=served.model)
+                             model=served.model, belief=served.belief)
         if served.cache == "HIT":
             self._cache_hits[request_id] = tenant
             if len(self._cache_hits) > _REMEMBERED_HITS:
@@ -308,6 +308,15 @@ class Gateway:
             change = await self.thresholds.report(tenant, report.quality)
             return {"accepted": True, "cache_threshold": change}
         return await self.policy.feedback(report)
+
+    async def reset_learning(self) -> dict[str, Any]:
+        """``DELETE /v1/routing/learning``: forget what feedback taught the trained router.
+
+        Raises:
+            RequestInvalid: online learning is not enabled.
+            StoreUnavailable: the shared state is unreachable (nothing was reset).
+        """
+        return await self.policy.reset_learning()
 
     async def routing_state(self, *, tenant: str | None = None) -> dict[str, Any]:
         """``GET /v1/routing``: the thresholds now, the data behind them, the last changes;

@@ -36,6 +36,7 @@ from engine.core.config import Config, ModelConfig
 from engine.core.keys import KeyRecord
 from engine.core.planner import Node
 from engine.core.routing.decide import Route
+from engine.core.routing.learned import Belief
 from engine.core.stats import Stats
 from engine.errors import DeadlineExceeded, Forbidden, RouterError
 from engine.messages import (
@@ -94,6 +95,9 @@ class Served:
     dedup: str | None = None  # LEADER | FOLLOWER
     #: The client key's ``X-RateLimit-*`` values at admission, if it has limits.
     limits: Mapping[str, str] | None = None
+    #: The trained router's belief about the request (feedback on it teaches from this);
+    #: kept in this process, never sent to another.
+    belief: Belief | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +346,7 @@ class NodeRunner:
             model=entry.model, tier=entry.tier,
             score=route.score.total if route.score is not None else None,
             router=route.router, cache="HIT", similarity=round(hit.similarity, 4),
+            belief=route.belief,
         )
         self.stats.record_cache_hit(entry.cost_usd, reference_usd=entry.reference_usd)
         if sink is not None:
@@ -354,7 +359,8 @@ class NodeRunner:
     @staticmethod
     def _served(route: Route, model: ModelConfig) -> Served:
         score = route.score.total if route.score is not None else None
-        return Served(model=model.name, tier=model.tier, score=score, router=route.router)
+        return Served(model=model.name, tier=model.tier, score=score, router=route.router,
+                      belief=route.belief)
 
     def _account(self, request: ChatRequest, route: Route, answer: Answer) -> NodeResult:
         result = answer.result
