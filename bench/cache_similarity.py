@@ -11,11 +11,12 @@ folder, which is not part of this repository. Writes prediction files and runs i
   Jaccard floor, the bare WordLlama cosine, and ``engine.similarity.similarity`` (cosine,
   guards and word-for-word alignment: the score the cache thresholds); the highest recall at
   precision >= 0.95 / 0.90 over all thresholds, and the best precision with >= 50 hits;
-* a 2-fold check: the pairs split by id parity; on each half, the threshold with the most
-  recall at precision >= 0.95 is chosen and scored on the other half (and the default on
-  both); and each guard's effect on each half (pairs it alone vetoes that would otherwise hit,
-  at the default and at 0.6), to show that no rule pays off on one half only;
-* retrieval mode, GPTCache's protocol: insert the "a" of every duplicate pair into an empty
+* the three splits of ``engine.training.cache_split`` (design / choose / report, by a hash of
+  the pair id): the default on each, the threshold the choose split picks and its figures on
+  the report split, where nothing was tuned; and each guard's effect on the design and the
+  choose split (pairs it alone vetoes that would otherwise hit, at the default and at 0.6);
+* retrieval mode, GPTCache's protocol, on every duplicate pair and on those of the report
+  split alone: insert the "a" of every duplicate pair into an empty
   cache (a ``VectorIndex``), query with every "b": top-8 candidates by vector, re-scored with
   ``similarity``, a hit when the best reaches the threshold. Positive = the right entry,
   negative = a wrong one, fail = a miss. QQP repeats questions, so a "negative" may be a
@@ -49,9 +50,10 @@ from engine.core.cache.similarity import (
     similarity,
 )
 from engine.core.cache.vector_index import VectorIndex
+from engine.training.cache_split import SPLITS, split_of
 
 SWEEP = (0.5, 0.6, 0.7, 0.75, 0.8, 0.825, 0.85, 0.9, 0.95)
-GRID = np.round(np.arange(0.5, 1.0, 0.005), 3)  # thresholds the 2-fold check chooses from
+GRID = np.round(np.arange(0.5, 1.0, 0.005), 3)  # thresholds the choose split chooses from
 
 
 def metrics(script: Path, mode: str, data: Path, pred: Path | None, *extra: str) -> dict:
@@ -92,32 +94,52 @@ def at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float,
     return tp / max(1, int(hit.sum())) if hit.any() else 1.0, tp / labels.sum(), int(hit.sum())
 
 
-def two_fold(rows: list[dict], labels: np.ndarray, scores: np.ndarray, default: float) -> None:
-    """Choose a threshold on one parity half of the pairs, score it on the other: the one with
-    the most recall at precision >= 0.95 among those with >= 20 hits (failing that, the most
-    precise), from a 0.005 grid."""
-    odd = np.array([int(r["id"].rsplit("-", 1)[-1]) % 2 == 1 for r in rows])
-    print("\n## 2-fold check: pairs split by id parity\n")
-    print("| tuned on | chosen threshold | tuning half P / R / hits | held-out half P / R / hits |"
-          f" default {default:.2f} on the held-out half P / R / hits |")
-    print("|---|---:|---:|---:|---:|")
-    for name, tune in (("even ids", ~odd), ("odd ids", odd)):
-        test = ~tune
-        stats = [(t, *at(labels[tune], scores[tune], t)) for t in GRID]
-        stats = [s for s in stats if s[3] >= 20]
-        safe = [s for s in stats if s[1] >= 0.95]
-        chosen = max(safe, key=lambda s: (s[2], -s[0])) if safe else max(stats, key=lambda s: s[1])
-        hp, hr, hn = at(labels[test], scores[test], chosen[0])
-        dp, dr, dn = at(labels[test], scores[test], default)
-        print(f"| {name} | {chosen[0]:.3f}{'' if safe else ' (none reaches 0.95)'} |"
-              f" {chosen[1]:.3f} / {chosen[2]:.3f} / {chosen[3]} | {hp:.3f} / {hr:.3f} / {hn} |"
-              f" {dp:.3f} / {dr:.3f} / {dn} |")
+def three_way(rows: list[dict], labels: np.ndarray, scores: np.ndarray, default: float) -> None:
+    """The split of ``engine.training.cache_split``: rules were designed on ``design``; the
+    threshold is chosen on ``choose`` (the most recall at precision >= 0.95 among thresholds
+    with >= 20 hits on a 0.005 grid; failing that, the most precise); everything is then
+    reported on ``report``, where nothing was tuned."""
+    split = np.array([split_of(r["id"]) for r in rows])
+    print("\n## The three splits (engine.training.cache_split)\n")
+    print(f"| split | pairs | duplicates | default {default:.3f}: precision | recall | hits |"
+          " false hits |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, _ in SPLITS:
+        part = split == name
+        p, r, n = at(labels[part], scores[part], default)
+        print(f"| {name} | {part.sum()} | {labels[part].sum()} | {p:.3f} | {r:.3f} | {n} |"
+              f" {n - round(p * n)} |")
+    choose, report = split == "choose", split == "report"
+    stats = [(t, *at(labels[choose], scores[choose], t)) for t in GRID]
+    stats = [s for s in stats if s[3] >= 20]
+    safe = [s for s in stats if s[1] >= 0.95]
+    chosen = max(safe, key=lambda s: (s[2], -s[0])) if safe else max(stats, key=lambda s: s[1])
+    hp, hr, hn = at(labels[report], scores[report], chosen[0])
+    low, high = wilson(round(hp * hn), hn)
+    print(f"\nthreshold chosen on `choose`: {chosen[0]:.3f} (precision {chosen[1]:.3f}, recall"
+          f" {chosen[2]:.3f}, {chosen[3]} hits); on `report`: precision {hp:.3f} (95% Wilson"
+          f" interval {low:.3f}-{high:.3f}), recall {hr:.3f}, {hn} hits")
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: how far a precision measured on a few dozen
+    hits can be from the precision on traffic."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
 
 
 def guard_effects(rows: list[dict], labels: np.ndarray, fps: dict, thresholds: tuple) -> None:
-    """Per guard and parity half: the duplicates and non-duplicates it alone vetoes among the
-    pairs that would hit without it (at the score the pair would have without vetoes)."""
-    odd = np.array([int(r["id"].rsplit("-", 1)[-1]) % 2 == 1 for r in rows])
+    """Per guard, on the design and the choose split: the duplicates and non-duplicates it
+    alone vetoes among the pairs that would hit without it (at the score the pair would have
+    without vetoes)."""
+    keep = {r["id"] for r in rows if split_of(r["id"]) != "report"}
+    rows = [r for r in rows if r["id"] in keep]
+    labels = np.array([bool(r["duplicate"]) for r in rows])
+    odd = np.array([split_of(r["id"]) == "choose" for r in rows])
     names = [name for name, _ in TEXT_GUARDS + ALIGNED_GUARDS]
     lost = {(n, t, h, y): 0 for n in names for t in thresholds for h in (0, 1)
             for y in (False, True)}
@@ -127,7 +149,7 @@ def guard_effects(rows: list[dict], labels: np.ndarray, fps: dict, thresholds: t
         for t in thresholds:
             if len(c.vetoes) == 1 and free >= t:
                 lost[c.vetoes[0], t, int(half), bool(y)] += 1
-    print("\n## Guards: pairs each guard alone keeps from hitting (even / odd ids)\n")
+    print("\n## Guards: pairs each guard alone keeps from hitting (design / choose)\n")
     print("| guard |" + "".join(f" duplicates lost at {t:.2f} | false hits prevented at {t:.2f} |"
                                 for t in thresholds))
     print("|---|" + "---:|---:|" * len(thresholds))
@@ -143,6 +165,10 @@ def main() -> None:
                         help="the evaluation data folder (default: $LLM_ROUTER_EVAL_DATA)")
     parser.add_argument("--out", type=Path, help="keep prediction files here")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--embedder-url", help="an OpenAI-compatible /v1/embeddings endpoint:"
+                        " its vectors replace the packaged ones (as cache.embedder does)")
+    parser.add_argument("--embedder-model", default="text-embedding-3-small")
+    parser.add_argument("--embedder-key-env", help="the variable holding the endpoint's key")
     args = parser.parse_args()
     if args.data is None:
         parser.error("give --data DIR or set LLM_ROUTER_EVAL_DATA")
@@ -158,6 +184,10 @@ def main() -> None:
     started = time.perf_counter()
     fps = {(r["id"], side): embedder.fingerprint(r[side]) for r in rows for side in "ab"}
     per_text_us = (time.perf_counter() - started) / len(fps) * 1e6
+    if args.embedder_url:
+        fps = remote_vectors(fps, args.embedder_url, args.embedder_model,
+                             os.environ.get(args.embedder_key_env or "", ""))
+        print(f"vectors: {args.embedder_model} at {args.embedder_url}\n")
     started = time.perf_counter()
     ours = np.array([similarity(fps[r["id"], "b"], fps[r["id"], "a"]) for r in rows])
     per_pair_us = (time.perf_counter() - started) / len(rows) * 1e6
@@ -170,7 +200,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     jaccard = np.array([token_jaccard(r["a"], r["b"]) for r in rows])
     for name, scores in (("token Jaccard (the script's floor)", jaccard),
-                         ("WordLlama cosine", cosine),
+                         ("cosine (WordLlama, or --embedder-url)", cosine),
                          ("similarity(): cosine + guards", ours)):
         tag = name.split()[0].strip("():").lower()
         preds = [{"id": r["id"], "similarity": float(s)} for r, s in zip(rows, scores, strict=True)]
@@ -186,9 +216,33 @@ def main() -> None:
             print(f"| {head} | {m['precision']:.4f} | {m['recall']:.4f} |"
                   f" {m['false_hit_rate']:.4f} | {hits} | {tail} |")
 
-    two_fold(rows, labels, ours, args.threshold)
+    three_way(rows, labels, ours, args.threshold)
     guard_effects(rows, labels, fps, (args.threshold, 0.6))
-    retrieval(rows, fps, out, script, args.threshold)
+    retrieval(rows, rows, fps, out, script, args.threshold, "all")
+    retrieval(rows, [r for r in rows if split_of(r["id"]) == "report"], fps, out, script,
+              args.threshold, "report")
+
+
+def remote_vectors(fps: dict, url: str, model: str, key: str) -> dict:
+    """The fingerprints with their sentence vectors from an embeddings endpoint, 64 texts a
+    call (``Fingerprint.with_vector``: what ``cache.embedder`` does)."""
+    import httpx
+
+    url = url.rstrip("/")
+    url = url if url.endswith("/embeddings") else url + "/embeddings"
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    items = list(fps.items())
+    out = {}
+    with httpx.Client(timeout=60) as http:
+        for start in range(0, len(items), 64):
+            chunk = items[start:start + 64]
+            answer = http.post(url, headers=headers, json={
+                "model": model, "input": [fp.text for _, fp in chunk]})
+            answer.raise_for_status()
+            data = sorted(answer.json()["data"], key=lambda d: d["index"])
+            for (k, fp), row in zip(chunk, data, strict=True):
+                out[k] = fp.with_vector(np.asarray(row["embedding"], np.float32))
+    return out
 
 
 def duplicate_groups(rows: list[dict]) -> dict[str, str]:
@@ -211,12 +265,13 @@ def canonical(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def retrieval(rows: list[dict], fps: dict, out: Path, script: Path, threshold: float) -> None:
-    dups = [r for r in rows if r["duplicate"]]
+def retrieval(rows: list[dict], part: list[dict], fps: dict, out: Path, script: Path,
+              threshold: float, name: str) -> None:
+    dups = [r for r in part if r["duplicate"]]
     texts = {r["id"]: r for r in dups}
     groups = duplicate_groups(rows)
-    dup_file = write(out / "qqp_duplicates_dev.jsonl", dups)
-    print(f"\n## Retrieval (GPTCache protocol): {len(dups)} duplicate pairs;"
+    dup_file = write(out / f"qqp_duplicates_{name}.jsonl", dups)
+    print(f"\n## Retrieval (GPTCache protocol), {name} pairs: {len(dups)} duplicate pairs;"
           f" insert every a, query every b\n")
     print("| cache | threshold | positive | negative | of which labelled duplicates (the very"
           " text stored under another id) | fail (miss) |"
@@ -227,7 +282,7 @@ def retrieval(rows: list[dict], fps: dict, out: Path, script: Path, threshold: f
           f" {floor['negative']} | | {floor['fail']} |"
           f" {floor['positive'] / max(1, floor['positive'] + floor['negative']):.3f} | | |")
     for name, exact_below, rescore in (
-        ("WordLlama cosine nearest neighbour", 2048, False),
+        ("cosine nearest neighbour", 2048, False),
         ("similarity(), exact index (k=8)", 2048, True),
         ("similarity(), HNSW index (k=8)", 0, True),
     ):
@@ -246,7 +301,7 @@ def retrieval(rows: list[dict], fps: dict, out: Path, script: Path, threshold: f
             best = max(scored, key=lambda s: s[0], default=(0.0, None))
             times.append(time.perf_counter() - started)
             preds.append({"id": r["id"], "hit_id": best[1] if best[0] >= threshold else None})
-        m = metrics(script, "retrieval", dup_file, write(out / f"retrieval_{exact_below}"
+        m = metrics(script, "retrieval", dup_file, write(out / f"retrieval_{name}_{exact_below}"
                                                         f"{'_rescored' if rescore else ''}.jsonl",
                                                         preds))
         wrong = [p for p in preds if p["hit_id"] not in (None, p["id"])]

@@ -6,11 +6,22 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from support_key_store import KEY_STORE_KINDS, open_key_store_of
 from support_redis import RedisServer, running_redis
 from support_run_store import STORE_KINDS, open_store_of
 
 from engine.stores import RunStore
+from engine.stores.keys import KeyStore
 from engine.testing.fake_upstream import FakeUpstream, open_fake_upstream
+
+# -- Hypothesis ----------------------------------------------------------------------------------
+
+# Its default 200 ms deadline per example is a timed assertion: on a loaded machine it fails
+# correct code. How fast things are is for the benchmarks (bench/) to say.
+settings.register_profile("llm-router", deadline=None)
+settings.load_profile("llm-router")
+
 
 # -- fake upstream (engine/testing/fake_upstream.py) ----------------------------------------------
 
@@ -30,6 +41,17 @@ async def run_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     """A fresh run store of each kind, closed after the test: the embedded one on
     ``tmp_path / "state.db"``, and the shared one on a ``redis-server`` of the test's own."""
     async with open_store_of(request.param, tmp_path) as store:
+        yield store
+
+
+# -- key store (tests/support/support_key_store.py) -----------------------------------------------
+
+
+@pytest.fixture(params=KEY_STORE_KINDS)
+async def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
+    """A fresh key store of each kind, closed after the test: the embedded one on
+    ``tmp_path / "state.db"``, and the shared one on a ``redis-server`` of the test's own."""
+    async with open_key_store_of(request.param, tmp_path) as store:
         yield store
 
 

@@ -42,8 +42,8 @@ SURFACES: dict[str, set[str]] = {
         "plan_workflow", "render_request", "resolve_variables",
     },
     "engine.runtime": {
-        "ChatStream", "FeedbackReport", "Gateway", "KeyGate", "MetricsSnapshot", "Models", "RunContext",
-        "RequestSpan", "Runs", "Served", "configure_tracing",
+        "ChatStream", "FeedbackReport", "Gateway", "KeyGate", "MetricsSnapshot", "Models",
+        "RequestSpan", "RoutingPolicy", "RunContext", "Runs", "Served", "configure_tracing",
         "load_models", "load_offline_policy", "open_gateway", "request_span",
     },
     "engine.stores": {"FeedbackStore", "Memo", "RunStore", "SqliteRunStore"},
@@ -52,12 +52,15 @@ SURFACES: dict[str, set[str]] = {
         "refused_url",
     },
     "engine.training": {
-        "RoutingRow", "cheapest_at", "curve_at", "evaluate_choices", "model_ladder",
-        "multi_tier_points", "parse_rows", "summarize", "tier_split", "train_router",
+        "SPLITS", "RoutingRow", "Split", "cheapest_at", "curve_at", "evaluate_choices",
+        "model_ladder", "multi_tier_points", "parse_rows", "split_of", "split_rows", "summarize",
+        "tier_split", "train_router",
     },
     "engine.wire": {
         "ANTHROPIC", "OPENAI", "Encoder", "Provider", "SSEDecoder", "StreamDecoder",
         "WireProtocol", "decode_events", "provider_for",
+        # request bodies declared once: read by validators and by /openapi.json
+        "ROUTER_CACHE", "Anything", "Fields", "Flag", "Num", "Text", "to_schema",
     },
 }
 

@@ -10,6 +10,7 @@ rows (JSON Lines; the format is in docs/cli.md, "Labelled rows") and train the r
               | FILE.json (a trained router) | blend:MODEL:WEIGHT (MODEL is learned or a file)
     llm-router router train DATA.jsonl [DATA2 ...] -o router.json [--folds 5]
                             [--embeddings | --no-embeddings] [--l2 0.003[,0.01,...]]
+    llm-router router replay DATA.jsonl [DATA2 ...]   see api/cli/replay.py
 
 ``api.cli.main`` hooks these in with :func:`add_router_commands` and :func:`run_router_command`.
 """
@@ -51,6 +52,8 @@ from engine.training import (
     tier_split,
 )
 
+from .replay import add_replay_command, run_replay
+
 __all__ = ["ProgressBar", "add_router_commands", "run_router_command"]
 
 EXIT_USAGE = 2
@@ -79,7 +82,7 @@ class ProgressBar:
 
 
 def add_router_commands(subparsers: Any) -> None:
-    """Register ``router eval`` and ``router train`` on an argparse subparsers object."""
+    """Register ``router eval``, ``train`` and ``replay`` on an argparse subparsers object."""
     router = subparsers.add_parser("router", help="evaluate or train the request router")
     commands = router.add_subparsers(dest="router_command", metavar="SUBCOMMAND",
                                      required=True)
@@ -116,6 +119,7 @@ def add_router_commands(subparsers: Any) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--decontaminated", action="store_true")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    add_replay_command(commands)
 
 
 def run_router_command(args: argparse.Namespace, *, out: TextIO | None = None,
@@ -129,6 +133,8 @@ def run_router_command(args: argparse.Namespace, *, out: TextIO | None = None,
         rows, files = _load(args.data, decontaminated=args.decontaminated)
         if args.router_command == "eval":
             return _eval(args, rows, files, out, err, progress)
+        if args.router_command == "replay":
+            return run_replay(args, rows, files, out)
         return _train(args, rows, files, out, progress)
     except (RouterError, ValueError, OSError) as exc:
         print(f"llm-router router {args.router_command}: {exc}", file=err)

@@ -5,6 +5,7 @@ Bearer`` or ``x-api-key``). A client key never opens it."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ from engine.errors import NotFound, RequestInvalid, Unauthorized, did_you_mean
 
 from .tenancy import client_key
 
-__all__ = ["check_admin", "parse_changes", "parse_settings"]
+__all__ = ["apply_changes", "check_admin", "key_schemas", "parse_changes", "parse_settings"]
 
 _FIELDS = tuple(KeySettings.model_fields)
 
@@ -31,10 +32,7 @@ def check_admin(admin_key: str | None, x_api_key: str, authorization: str) -> No
 
 def parse_settings(body: bytes) -> KeySettings:
     """``POST /v1/admin/keys``'s body: a whole :class:`KeySettings`."""
-    try:
-        return KeySettings.model_validate(_object(body))
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    return _validated(KeySettings.model_validate, _object(body))
 
 
 def parse_changes(body: bytes) -> dict[str, Any]:
@@ -49,10 +47,17 @@ def parse_changes(body: bytes) -> dict[str, Any]:
 
 
 def apply_changes(settings: KeySettings, changes: dict[str, Any]) -> KeySettings:
-    try:
-        return settings.updated(changes)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    return _validated(settings.updated, changes)
+
+
+def key_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON Schemas of the create and the change body, from the model that validates
+    them (:class:`KeySettings`; a change names any of its fields, ``null`` clearing a
+    limit)."""
+    create = KeySettings.model_json_schema(ref_template="#/components/schemas/{model}")
+    change = {key: value for key, value in create.items() if key != "required"}
+    change["description"] = "The settings to change, each validated as in a create."
+    return create, change
 
 
 def _object(body: bytes) -> dict[str, Any]:
@@ -65,10 +70,16 @@ def _object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _invalid(exc: ValidationError) -> RequestInvalid:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(body)"
-    message = str(first["msg"])
-    if first["type"] == "extra_forbidden":
-        message = "unknown field" + did_you_mean(str(first["loc"][-1]), _FIELDS)
-    return RequestInvalid(f"{where}: {message}", param=where)
+def _validated(build: Callable[[dict[str, Any]], KeySettings],
+               data: dict[str, Any]) -> KeySettings:
+    """``build(data)``, a pydantic validation failure told as a 400 naming its first field
+    (one place turns pydantic's errors into the router's)."""
+    try:
+        return build(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(body)"
+        message = str(first["msg"])
+        if first["type"] == "extra_forbidden":
+            message = "unknown field" + did_you_mean(str(first["loc"][-1]), _FIELDS)
+        raise RequestInvalid(f"{where}: {message}", param=where) from None

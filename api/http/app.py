@@ -10,6 +10,8 @@ by :func:`this_request_id`); answered ones also carry the routing headers (docs/
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import hmac
 import logging
@@ -23,7 +25,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from engine.core import RUN_STATUSES, Config, KeyRecord, RedactingFilter, Redactor, iso_time
+from engine.core import Config, KeyRecord, RedactingFilter, Redactor, iso_time
 from engine.errors import (
     BudgetExceeded,
     ModelNotFound,
@@ -34,7 +36,6 @@ from engine.errors import (
     RouterError,
     Unauthorized,
     UpstreamRateLimited,
-    did_you_mean,
     echo,
 )
 from engine.runtime import (
@@ -54,7 +55,20 @@ from .feedback import parse_feedback
 from .metrics import CONTENT_TYPE, render_metrics
 from .stream_writes import StreamWriteDeadline
 from .admin import apply_changes, check_admin, parse_changes, parse_settings
+from .dashboard import add_dashboard
 from .tenancy import client_key, tenant_of
+from .openapi import openapi_document
+from .params import (
+    AFTER,
+    LIMIT,
+    cache_controls,
+    cancel_reason,
+    event_id,
+    idempotency_key,
+    int_arg,
+    prefers_async,
+    run_status,
+)
 from .workflows import WorkflowAPI, parse_call, run_events_sse
 
 __all__ = ["create_app"]
@@ -86,77 +100,6 @@ def _routing_headers(served: Served) -> dict[str, str]:
     if served.limits:
         headers.update(served.limits)
     return headers
-
-
-_CACHE_FIELD = b'"router_cache"'
-
-
-def _cache_controls(header: str, body: bytes) -> tuple[bool, bool]:
-    """(read, write) from ``Cache-Control`` or, for clients that cannot set headers, the
-    body's ``"router_cache"`` field (``"no-cache"`` or ``"no-store"``)."""
-    directives = {d.strip().lower() for d in header.split(",")} if header else set()
-    if _CACHE_FIELD in body:  # cheap test first: almost no request carries it
-        try:
-            value = orjson.loads(body).get("router_cache")
-        except (orjson.JSONDecodeError, AttributeError):
-            value = None
-        if value not in (None, "no-cache", "no-store", "default"):
-            raise RequestInvalid(
-                'router_cache must be "no-cache", "no-store" or "default"', param="router_cache"
-            )
-        if isinstance(value, str):
-            directives.add(value)
-    if "no-store" in directives:
-        return False, False
-    return "no-cache" not in directives, True
-
-
-def _prefers_async(header: str) -> bool:
-    """Whether a ``Prefer`` header (RFC 7240) asks for ``respond-async``."""
-    return any(p.split(";")[0].strip().lower() == "respond-async" for p in header.split(","))
-
-
-def _idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not 1 <= len(value) <= 255 or not value.isascii() or not value.isprintable():
-        raise RequestInvalid("Idempotency-Key must be 1 to 255 printable ASCII characters",
-                             param="Idempotency-Key")
-    return value
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    text = request.args.get(name)
-    if text is None:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise RequestInvalid(f"{name} must be an integer from {low} to {high}, got {echo(text)}",
-                             param=name)
-    return int(text)
-
-
-def _event_id(text: str) -> int:
-    if not text.strip().isdigit():
-        raise RequestInvalid(f"Last-Event-ID must be an event id this router sent (a number), "
-                             f"got {echo(text)}", param="Last-Event-ID")
-    return int(text.strip())
-
-
-def _cancel_reason(body: bytes) -> str | None:
-    """The optional ``{"reason": "..."}`` of a cancel request."""
-    if not body.strip():
-        return None
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise RequestInvalid("request body is not valid JSON") from None
-    if not isinstance(data, dict) or set(data) - {"reason"}:
-        raise RequestInvalid('a cancel request takes nothing, or {"reason": "..."}')
-    reason = data.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-        raise RequestInvalid("reason must be a string of at most 500 characters",
-                             param="reason")
-    return reason
 
 
 def _model_object(model_id: str, owner: str, display_name: str) -> dict[str, object]:
@@ -203,6 +146,9 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     """Build the app for ``config``. The gateway starts and stops with serving; ``preloaded``
     are models already loaded (``engine.runtime.load_models``), else they load at start-up."""
     app = QuartTrio("llm_router")
+    # An API answers a path as given: "/v1/models//x" asks for model "/x" (a 404 in the
+    # caller's protocol), not a 308 redirect that an SDK would not follow with its body.
+    app.url_map.merge_slashes = False
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams may run for minutes; deadlines live in the engine
         BODY_TIMEOUT=config.server.read_timeout_sec,
@@ -303,7 +249,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                           key: KeyRecord | None, tenant: str, exchange: Exchange
                           ) -> Response:
         request_id = this_request_id()
-        read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+        read, write = cache_controls(request.headers.get("cache-control", ""), body)
         ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)
         response_id = protocol.id_prefix + request_id
         created = int(time.time())
@@ -312,7 +258,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             encoder = protocol.encoder(
                 chat_request, id=response_id, model=stream.served.model, created=created
             )
-            gateway().remember_decision(request_id, stream.served)
+            gateway().remember_decision(request_id, stream.served, tenant=tenant)
             headers = _routing_headers(stream.served) | _SSE_HEADERS
             exchange.served, exchange.streaming = stream.served, True
             # The body is sent after the request's context is gone: what the line needs, now.
@@ -324,7 +270,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         done = await gateway().complete(chat_request, ctx)
         exchange.served, exchange.usage = done.served, done.result.usage
         exchange.cost_usd = done.cost_usd
-        gateway().remember_decision(request_id, done.served)
+        gateway().remember_decision(request_id, done.served, tenant=tenant)
         body = protocol.render_result(
             done.result, id=response_id, model=done.served.model, created=created
         )
@@ -356,13 +302,33 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
         return checked
 
+    def cross_tenant(handler: _Handler) -> _Handler:
+        """An endpoint that shows every tenant's data: for the admin key when one is set,
+        else as :func:`guarded`."""
+        if not admin_key:
+            return guarded(handler)
+
+        @functools.wraps(handler)
+        async def checked(*args: Any, **kwargs: Any) -> Response:
+            given = client_key(request.headers.get("x-api-key", ""),
+                               request.headers.get("authorization", "")).encode()
+            if not hmac.compare_digest(given, admin_key):
+                raise Unauthorized("this endpoint needs the admin key "
+                                   "(Authorization: Bearer <key>)")
+            return await handler(*args, **kwargs)
+
+        return checked
+
+    add_dashboard(app, gateway, guarded=guarded, cross_tenant=cross_tenant,
+                  needs_key=bool(allowed_keys or admin_key))
+
     workflows = WorkflowAPI(config)
 
     async def workflow_call(name: str | None) -> Response:
         tenant, key = await authenticate()
         body = await read_body()
         call = parse_call(body, needs_workflow=name is None)
-        read, write = _cache_controls(request.headers.get("cache-control", ""), body)
+        read, write = cache_controls(request.headers.get("cache-control", ""), body)
         ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)
         if name is None:
             assert call.workflow is not None
@@ -372,8 +338,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             text, workflow = workflows.named(name)
         return await workflows.respond(
             gateway(), workflow, call, ctx, text=text, name=name,
-            prefer_async=_prefers_async(request.headers.get("prefer", "")),
-            idempotency_key=_idempotency_key(request.headers.get("idempotency-key")),
+            prefer_async=prefers_async(request.headers.get("prefer", "")),
+            idempotency_key=idempotency_key(request.headers.get("idempotency-key")),
         )
 
     @app.post("/v1/workflows")
@@ -394,12 +360,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @app.get("/v1/workflows/runs")
     async def list_runs() -> Response:
         tenant, _ = await authenticate()
-        status = request.args.get("status")
-        if status is not None and status not in RUN_STATUSES:
-            raise RequestInvalid(
-                f"status must be one of {', '.join(RUN_STATUSES)}, got {echo(status)}"
-                f"{did_you_mean(status, RUN_STATUSES)}", param="status")
-        limit = _int_arg("limit", 20, 1, 1000)
+        status = run_status(request.args.get("status"))
+        limit = int_arg(request.args.get("limit"), "limit", LIMIT)
         found = await gateway().workflow_runs().list(tenant=tenant, status=status,
                                                      limit=limit + 1)
         return _json({"object": "list", "data": [r.summary() for r in found[:limit]],
@@ -414,7 +376,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def run_events(run_id: str) -> Response:
         tenant, _ = await authenticate()
         last = request.headers.get("last-event-id")
-        after = _int_arg("after", 0, 0, 2**62) if last is None else _event_id(last)
+        after = (int_arg(request.args.get("after"), "after", AFTER) if last is None
+                 else event_id(last))
         runs = gateway().workflow_runs()
         await runs.get(run_id, tenant=tenant)  # unknown: a 404, not an error event
         events = runs.watch(run_id, tenant=tenant, after=after)
@@ -424,7 +387,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def cancel_run(run_id: str) -> Response:
         tenant, _ = await authenticate()
         body = await read_body()
-        reason = _cancel_reason(body)
+        reason = cancel_reason(body)
         by = {"request_id": this_request_id(), "at": iso_time(time.time())}
         if reason is not None:
             by["reason"] = reason
@@ -435,12 +398,26 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @guarded
     async def feedback() -> Response:
         report = parse_feedback(await read_body())
-        return _json(await gateway().report_feedback(report))
+        reporter = tenant_of(request.headers.get("x-api-key", ""),
+                             request.headers.get("authorization", ""))
+        return _json(await gateway().report_feedback(
+            dataclasses.replace(report, reporter=reporter or None)))
 
     @app.get("/v1/routing")
-    @guarded
     async def routing() -> Response:
-        return _json(await gateway().routing_state())
+        # The admin key sees every tenant's cache threshold; a client, its own.
+        given = client_key(request.headers.get("x-api-key", ""),
+                           request.headers.get("authorization", "")).encode()
+        if admin_key and hmac.compare_digest(given, admin_key):
+            return _json(await gateway().routing_state(tenant=None))
+        tenant, _ = await authenticate()
+        return _json(await gateway().routing_state(tenant=tenant))
+
+    @app.delete("/v1/routing/learning")
+    async def reset_learning() -> Response:
+        check_admin(config.server.admin_key, request.headers.get("x-api-key", ""),
+                    request.headers.get("authorization", ""))
+        return _json(await gateway().reset_learning())
 
     @app.get("/v1/backends")
     @guarded
@@ -520,6 +497,18 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         gate = key_gate()
         return _json(await key_view(gate, await gate.revoke(key_id)))
 
+    @app.delete("/v1/admin/cache/thresholds")
+    async def reset_cache_thresholds() -> Response:
+        check_admin(config.server.admin_key, request.headers.get("x-api-key", ""),
+                    request.headers.get("authorization", ""))
+        tenant = request.args.get("tenant")
+        if tenant is not None and not 0 < len(tenant.strip()) <= len(tenant) <= 200:
+            raise RequestInvalid("tenant must name a tenant as GET /v1/routing shows it (a "
+                                 "digest, or anonymous); leave it out to reset every tenant",
+                                 param="tenant")
+        count = await gateway().reset_cache_thresholds(None if tenant is None else [tenant])
+        return _json({"reset": count})
+
     @app.get("/health")
     async def health() -> Response:
         return _json(gateway().health())
@@ -529,6 +518,13 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     async def metrics() -> Response:
         body = render_metrics(await gateway().metrics_snapshot())
         return Response(body, status=200, content_type=CONTENT_TYPE)
+
+    document = orjson.dumps(openapi_document())
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        """Public, as /health: the API's description carries no secret or configuration."""
+        return Response(document, content_type=_JSON)
 
     # ---- errors: each rendered in the caller's protocol (``caller_protocol``) ------------
 

@@ -14,8 +14,22 @@ import orjson
 
 from engine.errors import RequestInvalid
 from engine.runtime import FeedbackReport
+from engine.wire import Fields, Num, Text
 
-__all__ = ["parse_feedback"]
+__all__ = ["FEEDBACK", "parse_feedback"]
+
+_NUMBERS = {  # each number's bounds, declared once: checked below, shown in /openapi.json
+    "quality": Num(low=0, high=1, doc="How good the answer was."),
+    "score": Num(low=0, high=1, doc="The routing score as a fraction "
+                                    "(X-LLM-Router-Score / 100)."),
+    "tier": Num(integer=True, low=1, high=10, doc="The tier that answered."),
+}
+FEEDBACK = Fields(
+    {"request_id": Text(doc="The X-Request-Id of the answer; wins over score and tier."),
+     **_NUMBERS},
+    required=("quality",),
+    doc="Names a request (request_id), or states its decision (score and tier).",
+)
 
 
 def parse_feedback(body: bytes) -> FeedbackReport:
@@ -47,13 +61,21 @@ def parse_feedback(body: bytes) -> FeedbackReport:
         "; score is the routing score as a fraction (X-LLM-Router-Score / 100), or name "
         "the request instead with request_id"))
     tier = data.get("tier")
-    if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 10:
-        raise RequestInvalid("tier must be an integer from 1 to 10", param="tier")
+    low, high = _bounds("tier")
+    if isinstance(tier, bool) or not isinstance(tier, int) or not low <= tier <= high:
+        raise RequestInvalid(f"tier must be an integer from {low:g} to {high:g}", param="tier")
     return FeedbackReport(quality, score=score, tier=tier)
+
+
+def _bounds(key: str) -> tuple[float, float]:
+    spec = _NUMBERS[key]
+    assert spec.low is not None and spec.high is not None
+    return spec.low, spec.high
 
 
 def _unit(data: dict[str, Any], key: str, *, hint: str = "") -> float:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise RequestInvalid(f"{key} must be a number from 0 to 1{hint}", param=key)
+    low, high = _bounds(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise RequestInvalid(f"{key} must be a number from {low:g} to {high:g}{hint}", param=key)
     return float(value)

@@ -51,9 +51,9 @@ from engine.errors import (
     echo,
 )
 from engine.runtime import Gateway, RunContext
-from engine.wire import OPENAI
+from engine.wire import OPENAI, ROUTER_CACHE, Anything, Fields, Flag, Text
 
-__all__ = ["WorkflowAPI", "WorkflowCall", "parse_call", "run_events_sse"]
+__all__ = ["RUN_NAMED", "SUBMIT", "WorkflowAPI", "WorkflowCall", "parse_call", "run_events_sse"]
 
 log = logging.getLogger("llm_router")
 
@@ -74,8 +74,20 @@ class WorkflowCall:
     run_async: bool = False  # "async": true (or the Prefer: respond-async header)
 
 
-# router_cache is read with the cache-control header (api/http/app.py).
-_CALL_KEYS = ("input", "variables", "dry_run", "stream", "async", "router_cache")
+# The two request bodies, declared once: parse_call checks against them, /openapi.json shows
+# them. router_cache is read with the Cache-Control header (api/http/app.py).
+RUN_NAMED = Fields(
+    {"input": Text(doc="Required unless the workflow declares input: {optional: true}."),
+     "variables": Fields({}, values=Anything(), doc="Overrides of the workflow's variables."),
+     "dry_run": Flag(doc="Answer with the plan and its cost estimate; run nothing."),
+     "stream": Flag(doc="Answer with SSE events as ops start and finish."),
+     "async": Flag(doc="Answer 202 at once with the run's id (as Prefer: respond-async); "
+                       "not with stream or dry_run."),
+     "router_cache": ROUTER_CACHE},
+    closed=True,
+)
+SUBMIT = Fields({**RUN_NAMED.fields, "workflow": Text(doc="The workflow's YAML text.")},
+                required=("workflow",), closed=True)
 
 
 def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
@@ -87,7 +99,7 @@ def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
         raise RequestInvalid("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise RequestInvalid("request body must be a JSON object")
-    allowed = (*_CALL_KEYS, "workflow") if needs_workflow else _CALL_KEYS
+    allowed = tuple((SUBMIT if needs_workflow else RUN_NAMED).fields)
     unknown = [key for key in data if key not in allowed]
     if unknown:
         named = ", ".join(f"{echo(key)}{did_you_mean(key, allowed)}" for key in unknown)
@@ -253,7 +265,8 @@ class WorkflowAPI:
         spec = RunSpec(workflow_text=text, input=run_input, variables=call.variables,
                        workflow_name=name, title=workflow.name, tenant=ctx.tenant,
                        cache_read=ctx.cache_read, cache_write=ctx.cache_write,
-                       key_id=ctx.key.id if ctx.key is not None else None)
+                       key_id=ctx.key.id if ctx.key is not None else None,
+                       edges=workflow.edges)
         record, created = await runs.submit(spec, workflow, idempotency_key=idempotency_key)
         if not created and _differs(record.spec, spec):
             raise Conflict(

@@ -119,6 +119,41 @@ class ClassifierConfig(_Section):
         return self
 
 
+class EmbedderConfig(_Section):
+    """Extension: the cache's sentence vectors from an OpenAI-compatible embeddings endpoint
+    (OpenAI, Ollama, vLLM, a local server) instead of the packaged WordLlama table. ``url`` is
+    the endpoint (``.../v1/embeddings``; a URL ending in ``/v1`` gets ``/embeddings``
+    appended); ``api_key_env`` names the variable holding its key (sent as a bearer token,
+    never logged); a call that takes longer than ``timeout_ms`` or fails skips the cache for
+    that request. ``dimensions`` is passed on to models that can shorten their vectors."""
+
+    url: str
+    model: str = Field(min_length=1)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key: str | None = Field(default=None, repr=False, exclude=True)
+    timeout_ms: float = Field(500.0, gt=0, le=30_000)
+    dimensions: int | None = Field(None, ge=1, le=16_384)
+
+    @field_validator("url")
+    @classmethod
+    def _endpoint(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        url = url.rstrip("/")
+        return url if url.endswith("/embeddings") else url + "/embeddings"
+
+
+class TenantThresholdConfig(_Section):
+    """Extension: how feedback on cached answers moves one tenant's similarity threshold. A
+    cache hit rated below ``bad_below`` raises that tenant's threshold by ``step``, up to
+    ``ceiling``; it never goes below the configured ``similarity_thresh`` (the floor)."""
+
+    enabled: bool = True
+    step: float = Field(0.02, gt=0, le=0.5)
+    ceiling: float = Field(0.99, ge=0, le=1)
+    bad_below: float = Field(0.5, gt=0, le=1)
+
+
 class CacheConfig(_Section):
     enabled: bool = True
     max_size: int = Field(1000, ge=0)
@@ -129,6 +164,8 @@ class CacheConfig(_Section):
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     max_entry_bytes: int = Field(1024 * 1024, ge=0)
     deterministic_only: bool = False
+    embedder: EmbedderConfig | None = None
+    tenant_threshold: TenantThresholdConfig = TenantThresholdConfig()
 
 
 class DedupConfig(_Section):
@@ -227,6 +264,10 @@ class LearnedConfig(_Section):
     probability at that boundary; by default the one its file carries (the built-in router's
     is 0.2: its calibrated probabilities are low), else ``threshold``.
     ``sidecar_url`` / ``sidecar_weight`` / ``sidecar_timeout_ms``: an external classifier.
+    ``online`` and ``online_*``: online learning of the trained router from
+    ``POST /v1/feedback`` (``engine.core.routing.online``: step rate and bound, the most the
+    correction may shift log-odds, its half-life in reports, one reporter's cap in decayed
+    reports, and the floor's tolerance in nats per report).
     The rest drives threshold calibration from ``POST /v1/feedback``
     (``engine.core.routing.calibration``).
     """
@@ -244,6 +285,13 @@ class LearnedConfig(_Section):
     min_samples: int = Field(20, ge=1)
     max_step: int = Field(5, ge=1, le=50)
     band: int = Field(15, ge=1, le=100)
+    online: bool = True
+    online_rate: float = Field(0.1, gt=0, le=10)
+    online_max_step: float = Field(0.5, gt=0, le=5)
+    online_max_shift: float = Field(3.0, gt=0, le=10)
+    online_half_life: float = Field(2000.0, ge=10)
+    online_key_cap: float = Field(200.0, ge=1)
+    online_tolerance: float = Field(0.02, gt=0, le=1)
 
     @field_validator("sidecar_url")
     @classmethod
@@ -461,6 +509,13 @@ def parse_config(text: str, *, environ: Mapping[str, str] | None = None) -> Conf
                 message = _unknown_key(error["loc"])
             problems.append(f"{_format_loc(error['loc'])}: {message}")
         raise ConfigInvalid(problems) from None
+    embedder = config.cache.embedder
+    if embedder is not None and embedder.api_key_env is not None:
+        key = (os.environ if environ is None else environ).get(embedder.api_key_env)
+        if not key:
+            problems.append(f"cache.embedder.api_key_env: ${embedder.api_key_env} is not set")
+        else:
+            object.__setattr__(embedder, "api_key", key)  # frozen; not part of the file
     if problems:
         raise ConfigInvalid(problems)
     return config

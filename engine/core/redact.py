@@ -153,6 +153,9 @@ class Redactor:
         secrets.extend(_url_secret(m.base_url) for m in config.models)
         secrets.append(_url_secret(config.learned.sidecar_url))
         secrets.append(_url_secret(config.state.redis_url))
+        if config.cache.embedder is not None:
+            secrets.append(config.cache.embedder.api_key)
+            secrets.append(_url_secret(config.cache.embedder.url))
         return cls(secrets)
 
     # ---- finding -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from .feed import ChatStream
 from .gateway import Gateway, MetricsSnapshot, Models, load_models, open_gateway
 from .keys import KeyGate
 from .node import RunContext, Served
-from .policy import FeedbackReport, load_offline_policy
+from .policy import FeedbackReport, RoutingPolicy, load_offline_policy
 from .runs import Runs
 from .tracing import RequestSpan, configure_tracing, request_span
 
@@ -18,6 +18,7 @@ __all__ = [
     "KeyGate",
     "MetricsSnapshot",
     "Models",
+    "RoutingPolicy",
     "RunContext",
     "RequestSpan",
     "Runs",

@@ -53,8 +53,13 @@ _ERROR_EXTRAS = ("upstream_status", "backend", "retry_after")
 def encode_item(item: Any, size: int) -> tuple[bytes, bytes]:
     """One published item (a :class:`Served` head or a list of events) as ``(t, d)``."""
     if type(item) is Served:
-        return HEAD, orjson.dumps(dataclasses.asdict(item))
+        return HEAD, orjson.dumps(_served(item))
     return EVENTS, orjson.dumps({"n": size, "e": [_event(e) for e in item]})
+
+
+def _served(served: Served) -> dict[str, Any]:
+    # The belief stays with the process that routed the request (feedback is learned there).
+    return dataclasses.asdict(dataclasses.replace(served, belief=None))
 
 
 def decode_item(kind: bytes, data: bytes) -> tuple[Any, int]:
@@ -67,7 +72,7 @@ def decode_item(kind: bytes, data: bytes) -> tuple[Any, int]:
 
 def encode_result(done: NodeResult) -> bytes:
     return orjson.dumps({
-        "r": _result(done.result), "s": dataclasses.asdict(done.served),
+        "r": _result(done.result), "s": _served(done.served),
         "c": done.cost_usd, "v": done.saved_usd,
     })
 

@@ -20,9 +20,12 @@ reads slowly slows the upstream read rather than piling it up here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,17 +35,19 @@ from typing import Any
 import trio
 
 from engine.core.cache.responses import Matcher, ResponseCache
+from engine.core.cache.threshold import ThresholdRule
 from engine.core.config import Config
 from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
+from engine.core.recent import FinishedRequest, RecentRequests
 from engine.core.redact import Redactor
 from engine.core.stats import RequestLabels, Stats
 from engine.errors import RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
-from engine.stores.keys import SqliteKeyStore
+from engine.stores.keys import KeyStore, SqliteKeyStore
 from engine.stores.runs import RunStore
-from engine.stores.redis import RedisRunStore
+from engine.stores.redis import RedisKeyStore, RedisRunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
 from .dedup import FlightRegistry
@@ -54,9 +59,12 @@ from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
+from .cache_thresholds import MemoryThresholds, SharedThresholds, TenantThresholds
+from .embeddings import RemoteEmbedder
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
 from .shared_health import SharedHealth
+from .shared_keys import SharedKeyGate
 from .shared_totals import SharedTotals, flatten
 from .sidecar import Sidecar
 from .transport import PooledTransport
@@ -67,6 +75,8 @@ __all__ = ["Gateway", "MetricsSnapshot", "Models", "load_models", "open_gateway"
 # Worker threads rendering workflow templates at once (each render is bounded in time): a
 # few, so renders cannot take every thread trio lends (the feedback store needs some).
 _RENDER_THREADS = 2
+# Recent cache hits kept for feedback to name (as many as the routing policy keeps).
+_REMEMBERED_HITS = 100_000
 
 
 class Gateway:
@@ -82,6 +92,7 @@ class Gateway:
         run_store_error: str | None = None,
         shared: Shared | None = None,
         keys: KeyGate | None = None,
+        embedder: RemoteEmbedder | None = None,
     ) -> None:
         self.config = config
         #: Client keys (``server.admin_key`` set); None: only ``server.api_keys`` apply.
@@ -90,6 +101,8 @@ class Gateway:
         self.shared = shared
         self.pool = BackendPool(config.models, health=config.health)
         self.stats = Stats(reference=self.pool.reference)
+        #: The last chat requests and the recent rate and latency (``GET /stats/recent``).
+        self.recent = RecentRequests()
         self.cache: ResponseCache | None = None
         if config.cache.enabled and matcher is not None:
             settings = config.cache
@@ -104,6 +117,19 @@ class Gateway:
                     max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
                     ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
                 nursery.start_soon(self.cache.run)
+        #: The cache's vectors from ``cache.embedder`` (None: the packaged table's).
+        self.embedder = embedder if self.cache is not None else None
+        if isinstance(self.cache, SharedCache):
+            self.cache.remote = self.embedder
+        moves = config.cache.tenant_threshold
+        #: Per-tenant similarity thresholds, moved by feedback on cached answers.
+        self.thresholds = TenantThresholds(
+            ThresholdRule(floor=config.cache.similarity_thresh, step=moves.step,
+                          ceiling=moves.ceiling),
+            MemoryThresholds() if shared is None else SharedThresholds(shared),
+            enabled=moves.enabled, bad_below=moves.bad_below)
+        # Request id -> tenant of recent cache hits: feedback on one moves the threshold.
+        self._cache_hits: OrderedDict[str, str] = OrderedDict()
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
         #: Dedup across processes: None without ``state.redis_url``.
         self.shared_flights = (None if shared is None
@@ -130,6 +156,8 @@ class Gateway:
             flights=self.flights,
             shared_flights=self.shared_flights,
             keys=keys,
+            embedder=self.embedder,
+            thresholds=self.thresholds,
         )
         self._nursery = nursery
         # Unset: the models' own timeouts (first byte, idle, total) end a request that takes
@@ -166,14 +194,20 @@ class Gateway:
             DeadlineExceeded: no answer within ``server.write_timeout_sec``.
             RouterError: the request failed.
         """
+        started = trio.current_time()
+        status, done = "cancelled", None  # a client that leaves cancels its handler
         try:
             outputs = await execute(plan_chat(request),
                                     self._chat_node(ctx, deadline=self._answer_within))
+            result: NodeResult = outputs["chat"]
+            status, done = "ok", result
+            return result
         except RouterError as exc:
             self.stats.record_error(exc.code)
+            status = exc.code
             raise
-        result: NodeResult = outputs["chat"]
-        return result
+        finally:
+            self._finished(started, status, done, stream=False)
 
     async def open_stream(self, request: ChatRequest, ctx: RunContext) -> ChatStream:
         """Start a streaming request; return once its first events are ready.
@@ -193,7 +227,31 @@ class Gateway:
     async def _stream_chat(
         self, request: ChatRequest, ctx: RunContext, send: trio.MemorySendChannel[Any]
     ) -> None:
-        await execute(plan_chat(request), self._chat_node(ctx, sink=send))
+        started = trio.current_time()
+        status, done = "cancelled", None  # a client that leaves cancels its stream
+        try:
+            outputs = await execute(plan_chat(request), self._chat_node(ctx, sink=send))
+            status, done = "ok", outputs["chat"]
+        except RouterError as exc:
+            status = exc.code
+            raise
+        finally:
+            self._finished(started, status, done, stream=True)
+
+    def _finished(self, started: float, status: str, done: NodeResult | None, *,
+                  stream: bool) -> None:
+        """Add a chat request to :attr:`recent` (routing facts only, no text)."""
+        entry = FinishedRequest(at=time.time(), ms=(trio.current_time() - started) * 1000,
+                                status=status, stream=stream)
+        if done is not None:
+            served, usage = done.served, done.result.usage
+            paid = served.dedup != "FOLLOWER"  # a joiner shares its leader's call
+            entry = dataclasses.replace(
+                entry, model=served.model, tier=served.tier, cache=served.cache,
+                dedup=served.dedup, cost_usd=done.cost_usd if paid else 0.0,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens)
+        self.recent.add(entry)
 
     # ---- what the API reads and reports -------------------------------------------------
 
@@ -214,10 +272,12 @@ class Gateway:
             snapshot = await self.shared_totals.stats_snapshot()
         else:
             snapshot = self.stats.snapshot()
+        cache = snapshot["cache"]
+        assert isinstance(cache, dict)
         if isinstance(self.cache, SharedCache):
-            cache = snapshot["cache"]
-            assert isinstance(cache, dict)
             cache["shared"] = self.cache.counters()
+        if self.embedder is not None:
+            cache["embedder"] = self.embedder.snapshot()
         return snapshot
 
     # ---- what GET /metrics shows ------------------------------------------------------------
@@ -251,23 +311,61 @@ class Gateway:
         return MetricsSnapshot(totals=totals, scope=scope, backends=backends,
                                redis_up=None if self.shared is None else self.shared.redis.up)
 
-    def remember_decision(self, request_id: str, served: Served) -> None:
-        """Keep how a request was routed, so feedback can name it by its request id."""
+    def recent_snapshot(self) -> dict[str, object]:
+        """``GET /stats/recent``: this process's last chat requests, and its rate and
+        latency over the last minute."""
+        return self.recent.snapshot(time.time())
+
+    def remember_decision(self, request_id: str, served: Served, *, tenant: str = "") -> None:
+        """Keep how a request was routed, so feedback can name it by its request id; and,
+        for a cache hit, whose it was (feedback on it moves that tenant's threshold)."""
         self.policy.remember(request_id, score=served.score, tier=served.tier,
-                             model=served.model)
+                             model=served.model, belief=served.belief)
+        if served.cache == "HIT":
+            self._cache_hits[request_id] = tenant
+            if len(self._cache_hits) > _REMEMBERED_HITS:
+                self._cache_hits.popitem(last=False)
 
     async def report_feedback(self, report: FeedbackReport) -> dict[str, Any]:
-        """``POST /v1/feedback``: record one quality report and recalibrate.
+        """``POST /v1/feedback``: record one quality report and recalibrate. A report on a
+        cache hit is about the cache, not the route: it moves the tenant's similarity
+        threshold (``engine.runtime.cache_thresholds``) and leaves routing alone.
 
         Raises:
             NotFound: the report names a request the router does not remember.
             RequestInvalid: feedback is not enabled.
         """
+        if report.request_id is not None and report.request_id in self._cache_hits:
+            tenant = self._cache_hits[report.request_id]
+            change = await self.thresholds.report(tenant, report.quality)
+            return {"accepted": True, "cache_threshold": change}
         return await self.policy.feedback(report)
 
-    async def routing_state(self) -> dict[str, Any]:
-        """``GET /v1/routing``: the thresholds now, the data behind them, the last changes."""
-        return await self.policy.describe()
+    async def reset_learning(self) -> dict[str, Any]:
+        """``DELETE /v1/routing/learning``: forget what feedback taught the trained router.
+
+        Raises:
+            RequestInvalid: online learning is not enabled.
+            StoreUnavailable: the shared state is unreachable (nothing was reset).
+        """
+        return await self.policy.reset_learning()
+
+    async def routing_state(self, *, tenant: str | None = None) -> dict[str, Any]:
+        """``GET /v1/routing``: the thresholds now, the data behind them, the last changes;
+        the cache's similarity threshold for ``tenant`` (the caller), or with ``None`` (the
+        admin key) for every tenant feedback moved."""
+        state = await self.policy.describe()
+        if self.cache is not None:
+            state["cache"] = self.thresholds.describe(tenant)
+        return state
+
+    async def reset_cache_thresholds(self, tenants: list[str] | None) -> int:
+        """Admin: ``tenants`` (or every tenant) back to ``cache.similarity_thresh``.
+
+        Raises:
+            StoreUnavailable: the shared store (Redis) did not answer; nothing was reset.
+        """
+        return await self.thresholds.reset(tenants)
 
     # ---- workflows ------------------------------------------------------------------------
 
@@ -354,19 +452,15 @@ async def open_gateway(
         # Routing works without it; only feedback and calibration are off.
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
-    key_store: SqliteKeyStore | None = None
+    key_store: KeyStore | None = None
     try:
-        if config.server.admin_key is not None:
-            # Client keys are the front door: a key store that cannot be opened stops the
-            # start (StoreUnavailable, one message), rather than let anyone in.
-            key_store = SqliteKeyStore(config.path(config.state.path))
-            await key_store.open()
         transport = PooledTransport(max_connections=512,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
             transport,
             _maybe_shared(config) as shared,
         ):
+            key_store = await _open_key_store(config, shared)
             # Inside the shared block: a Redis run store gives its leases up (``runs.close``)
             # while its client is still open.
             run_store, run_store_error = await _open_run_store(config, shared)
@@ -386,13 +480,18 @@ async def open_gateway(
                     if shared is not None and store is not None:
                         policy.share(shared)
                     await policy.load()
-                    keys = KeyGate(key_store) if key_store is not None else None
+                    keys = _key_gate(key_store, shared)
+                    embedder = None
+                    if config.cache.enabled and config.cache.embedder is not None:
+                        embedder = RemoteEmbedder(config.cache.embedder, upstream)
+                        nursery.start_soon(embedder.run)
                     gateway = Gateway(config, upstream=upstream, nursery=nursery,
                                       matcher=models.matcher, policy=policy,
                                       run_store=run_store, run_store_error=run_store_error,
-                                      shared=shared, keys=keys)
+                                      shared=shared, keys=keys, embedder=embedder)
+                    await gateway.thresholds.open(shared)
                     if keys is not None:
-                        nursery.start_soon(keys.keep_spend)
+                        await nursery.start(keys.run)
                     runs = gateway.runs
                     if runs is not None:
                         await nursery.start(runs.maintain)
@@ -412,6 +511,32 @@ async def open_gateway(
                 await key_store.close()
             if store is not None:
                 await store.close()
+
+
+async def _open_key_store(config: Config, shared: Shared | None) -> KeyStore | None:
+    """The client key store (``server.admin_key`` set, else None): Redis's when state is
+    shared (keys, limits and budgets are then every process's), else the SQLite file.
+
+    Raises:
+        StoreUnavailable: the SQLite file cannot be opened. Client keys are the front door: a
+            store that cannot be opened stops the start (one message) rather than let anyone
+            in. A Redis that is down is not that: the gate loads the keys when it answers.
+    """
+    if config.server.admin_key is None:
+        return None
+    store: KeyStore = (RedisKeyStore(shared.redis) if shared is not None
+                       else SqliteKeyStore(config.path(config.state.path)))
+    await store.open()
+    return store
+
+
+def _key_gate(store: KeyStore | None, shared: Shared | None) -> KeyGate | None:
+    if store is None:
+        return None
+    if isinstance(store, RedisKeyStore):
+        assert shared is not None
+        return SharedKeyGate(store, shared)
+    return KeyGate(store)
 
 
 async def _open_run_store(config: Config, shared: Shared | None

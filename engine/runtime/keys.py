@@ -39,7 +39,7 @@ from engine.core.keys import settle as settle_rate
 from engine.errors import BudgetExceeded, Forbidden, NotFound, RateLimited, Unauthorized
 from engine.stores.keys import KeyStore
 
-__all__ = ["KeyGate", "Ticket"]
+__all__ = ["KeyGate", "Ticket", "rate_headers"]
 
 log = logging.getLogger("llm_router")
 
@@ -57,6 +57,10 @@ class Ticket:
     settled: bool = False
     #: X-RateLimit-* values at admission, for the response.
     headers: dict[str, str] = field(default_factory=dict)
+    #: Admitted in Redis for every process (``engine.runtime.shared_keys``), with this budget
+    #: hold (``""``: none); False: by this process alone.
+    shared: bool = False
+    hold: str = ""
 
 
 @dataclass(slots=True)
@@ -132,7 +136,7 @@ class KeyGate:
         settings = record.settings
         period = period_key(settings.budget_period, self._clock())
         cost, requests, tokens = await self.store.spend(record.id, period)
-        more = self._unsaved.get((record.id, period), (0.0, 0, 0))
+        more = self._unsaved_spend(record.id, period)
         spent = cost + more[0]
         usage: dict[str, object] = {
             "period": period, "spent_usd": round(spent, 8), "requests": requests + more[1],
@@ -141,6 +145,10 @@ class KeyGate:
         if settings.budget_usd is not None:
             usage["remaining_usd"] = round(max(0.0, settings.budget_usd - spent), 8)
         return usage
+
+    def _unsaved_spend(self, key_id: str, period: str) -> tuple[float, int, int]:
+        """What calls of ``key_id`` spent in ``period`` that the store does not show yet."""
+        return self._unsaved.get((key_id, period), (0.0, 0, 0))
 
     def _forget(self, record: KeyRecord) -> None:
         self._records.pop(record.digest, None)
@@ -197,23 +205,18 @@ class KeyGate:
             rpm = take(counters.rpm_tat, now=now, cost=1, per_minute=settings.rpm)
             if not rpm.allowed:
                 raise self._limited("requests", settings.rpm, rpm.retry_after)
-            headers |= _headers("requests", settings.rpm, rpm.remaining, rpm.reset_after)
+            headers |= rate_headers("requests", settings.rpm, rpm.remaining, rpm.reset_after)
         if settings.tpm is not None:
             tpm = take(counters.tpm_tat, now=now, cost=tokens, per_minute=settings.tpm,
                        admit_over=True)
             if not tpm.allowed:
                 raise self._limited("tokens", settings.tpm, tpm.retry_after)
-            headers |= _headers("tokens", settings.tpm, tpm.remaining, tpm.reset_after)
+            headers |= rate_headers("tokens", settings.tpm, tpm.remaining, tpm.reset_after)
         period = period_key(settings.budget_period, now)
         if settings.budget_usd is not None:
             ledger = await self._ledger(record.id, period)
             if not ledger.admit(max_cost_usd, budget=settings.budget_usd):
-                reset = period_reset(settings.budget_period, now)
-                raise BudgetExceeded(
-                    f"client key {record.prefix}… has spent its budget of "
-                    f"${settings.budget_usd:g} for this {settings.budget_period}"
-                    + ("" if reset is None else f"; it renews in {reset - now:.0f} s"),
-                    retry_after=None if reset is None else reset - now)
+                raise self._spent(record, now)
         # Only now, with every check passed, does the call take its share of the limits.
         if rpm is not None:
             counters.rpm_tat = rpm.tat
@@ -249,10 +252,20 @@ class KeyGate:
             ledger = self._ledgers.setdefault((key_id, period), Ledger(spent=spent))
         return ledger
 
+    @staticmethod
+    def _spent(record: KeyRecord, now: float) -> BudgetExceeded:
+        settings = record.settings
+        reset = period_reset(settings.budget_period, now)
+        return BudgetExceeded(
+            f"client key {record.prefix}… has spent its budget of "
+            f"${settings.budget_usd:g} for this {settings.budget_period}"
+            + ("" if reset is None else f"; it renews in {reset - now:.0f} s"),
+            retry_after=None if reset is None else reset - now)
+
     def _limited(self, what: str, limit: int, retry_after: float) -> RateLimited:
         error = RateLimited(f"this client key may use {limit} {what} per minute; try again "
                             f"in {retry_after:.1f} s", retry_after=retry_after)
-        error.limits = _headers(what, limit, 0, retry_after)  # type: ignore[attr-defined]
+        error.limits = rate_headers(what, limit, 0, retry_after)  # type: ignore[attr-defined]
         return error
 
     # ---- keeping spend ------------------------------------------------------------------------------
@@ -269,6 +282,12 @@ class KeyGate:
                 old = self._unsaved.get(key, (0.0, 0, 0))
                 self._unsaved[key] = (old[0] + cost, old[1] + requests, old[2] + tokens)
             raise
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The gate's background work, until cancelled: saving spend (:meth:`keep_spend`)."""
+        task_status.started()
+        await self.keep_spend()
 
     async def keep_spend(self) -> None:
         """Save spend once a second until cancelled, and once more then."""
@@ -287,7 +306,7 @@ class KeyGate:
                     log.error("client key spend of the last second lost: %s", exc)
 
 
-def _headers(what: str, limit: int, remaining: int, reset_after: float) -> dict[str, str]:
+def rate_headers(what: str, limit: int, remaining: int, reset_after: float) -> dict[str, str]:
     return {f"x-ratelimit-limit-{what}": str(limit),
             f"x-ratelimit-remaining-{what}": str(remaining),
             f"x-ratelimit-reset-{what}": f"{reset_after:.0f}s"}

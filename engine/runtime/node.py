@@ -36,6 +36,7 @@ from engine.core.config import Config, ModelConfig
 from engine.core.keys import KeyRecord
 from engine.core.planner import Node
 from engine.core.routing.decide import Route
+from engine.core.routing.learned import Belief
 from engine.core.stats import Stats
 from engine.errors import DeadlineExceeded, Forbidden, RouterError
 from engine.messages import (
@@ -57,6 +58,8 @@ from .keys import KeyGate
 from .policy import RoutingPolicy
 
 if TYPE_CHECKING:
+    from .cache_thresholds import TenantThresholds
+    from .embeddings import RemoteEmbedder
     from .shared_flights import SharedFlights
 
 __all__ = ["Deadline", "NodeResult", "NodeRunner", "RunContext", "Served"]
@@ -94,6 +97,9 @@ class Served:
     limits: Mapping[str, str] | None = None
     #: Upstream calls made for it (backends tried, failed ones included); 0 from the cache.
     attempts: int = 1
+    #: The trained router's belief about the request (feedback on it teaches from this);
+    #: kept in this process, never sent to another.
+    belief: Belief | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,8 @@ class NodeRunner:
         policy: RoutingPolicy,
         shared_flights: SharedFlights | None = None,
         keys: KeyGate | None = None,
+        embedder: RemoteEmbedder | None = None,
+        thresholds: TenantThresholds | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -136,6 +144,10 @@ class NodeRunner:
         self.flights = flights
         #: Dedup across processes (``state.redis_url``), after the local flights.
         self.shared_flights = shared_flights
+        #: The cache's vectors from ``cache.embedder``; None: the packaged table's.
+        self.embedder = embedder
+        #: Per-tenant similarity thresholds (feedback on cached answers); None: the cache's.
+        self.thresholds = thresholds
 
     async def run(
         self,
@@ -249,11 +261,14 @@ class NodeRunner:
 
         prepared = None
         if (cache is not None and key is not None and (ctx.cache_read or ctx.cache_write)
-                and len(key.text) > _INLINE_CACHE_TEXT):
-            prepared = await trio.to_thread.run_sync(cache.prepare, key.text)
+                and (len(key.text) > _INLINE_CACHE_TEXT or self.embedder is not None)):
+            prepared = await self._prepare(cache, key.text)
+            if prepared is None:  # the embeddings endpoint failed: no cache this time
+                cache = None
 
         if cache is not None and key is not None and ctx.cache_read:
-            hit = cache.lookup(key, trio.current_time(), prepared=prepared)
+            threshold = self.thresholds.get(ctx.tenant) if self.thresholds is not None else None
+            hit = cache.lookup(key, trio.current_time(), prepared=prepared, threshold=threshold)
             if hit is not None:
                 return await self._answer_from_cache(hit, route, sink)
             self.stats.cache_misses += 1
@@ -281,6 +296,20 @@ class NodeRunner:
         if not leader:
             self.stats.record_dedup(done.cost_usd, reference_usd=done.cost_usd + done.saved_usd)
         return dataclasses.replace(done, served=dataclasses.replace(done.served, dedup=role))
+
+    async def _prepare(self, cache: ResponseCache, text: str) -> PreparedText | None:
+        """``text`` made ready for the cache: in a worker thread when long, with its vector
+        from ``cache.embedder`` when there is one (``None``: that failed in time)."""
+        if len(text) > _INLINE_CACHE_TEXT:
+            prepared = await trio.to_thread.run_sync(cache.prepare, text)
+        else:
+            prepared = cache.prepare(text)
+        if self.embedder is None or prepared.fingerprint is None:
+            return prepared
+        vectors = await self.embedder.vectors([prepared.norm])
+        if vectors is None:
+            return None
+        return PreparedText(prepared.norm, prepared.fingerprint.with_vector(vectors[0]))
 
     # ---- decisions ----------------------------------------------------------------------
 
@@ -319,6 +348,7 @@ class NodeRunner:
             model=entry.model, tier=entry.tier,
             score=route.score.total if route.score is not None else None,
             router=route.router, cache="HIT", similarity=round(hit.similarity, 4), attempts=0,
+            belief=route.belief,
         )
         self.stats.record_cache_hit(entry.cost_usd, reference_usd=entry.reference_usd)
         if sink is not None:
@@ -332,7 +362,7 @@ class NodeRunner:
     def _served(route: Route, model: ModelConfig, attempts: int = 1) -> Served:
         score = route.score.total if route.score is not None else None
         return Served(model=model.name, tier=model.tier, score=score, router=route.router,
-                      attempts=attempts)
+                      attempts=attempts, belief=route.belief)
 
     def _account(self, request: ChatRequest, route: Route, answer: Answer) -> NodeResult:
         result = answer.result

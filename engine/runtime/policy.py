@@ -10,6 +10,8 @@ thresholds are kept in the feedback database and survive restarts. A threshold i
 only on the reports that arrived since it last moved: a step spends its evidence.
 With ``state.redis_url`` the reports, the thresholds and their calibration are shared by
 every router process (``engine.runtime.shared_feedback``, :meth:`RoutingPolicy.share`).
+Feedback on a named request also teaches the trained router (``learned.online``;
+``engine.runtime.learning``): calibration moves the cut, learning moves the scores.
 
 :meth:`RoutingPolicy.decide` is the synchronous decision without the sidecar: a workflow's
 dry run asks it, so it predicts what a run would do now.
@@ -34,6 +36,7 @@ import trio
 
 from engine.core.config import Config
 from engine.core.routing.calibration import Adjustment, Report, calibrate
+from engine.core.routing.learned import Belief
 from engine.core.routing.decide import (
     LearnedScorer,
     Route,
@@ -46,6 +49,7 @@ from engine.errors import NotFound, RequestInvalid, RouterError, StoreUnavailabl
 from engine.messages import ChatRequest, TextPart, ToolCall, ToolResult
 from engine.stores.feedback import FeedbackStore
 
+from .learning import Learning
 from .shared import Shared
 from .shared_feedback import SharedFeedback
 from .sidecar import Sidecar
@@ -88,6 +92,9 @@ class FeedbackReport:
     request_id: str | None = None
     score: float | None = None
     tier: int | None = None
+    #: Who reported (a digest of the credential, never the credential): online learning
+    #: caps what one reporter can teach.
+    reporter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,15 @@ class RoutingPolicy:
         self.shared: SharedFeedback | None = None
         # Reports accepted while Redis was down, sent when it is back.
         self._unsent: deque[tuple[Report, str | None, str | None]] = deque()
+        #: Online learning of the trained router from feedback, when it is on.
+        self.learning: Learning | None = None
+        self._start_learning()
+
+    def _start_learning(self) -> None:
+        fingerprint = getattr(self.learned, "fingerprint", None)
+        if (self.config.learned.online and isinstance(fingerprint, str)
+                and self.store is not None and self.learning is None):
+            self.learning = Learning(self.config, model=fingerprint, store=self.store)
 
     def share(self, shared: Shared) -> None:
         """Calibrate on every process's feedback, and route with the shared thresholds
@@ -123,8 +139,12 @@ class RoutingPolicy:
         and calibration runs."""
         self.shared = SharedFeedback(
             shared, base=(self.config.classifier.tier1_max, self.config.classifier.tier2_max),
-            on_thresholds=self._take_thresholds)
+            on_thresholds=self._take_thresholds,
+            on_online=self.learning.take if self.learning is not None else None)
         shared.redis.on_up(self._resync)
+        if self.learning is not None:
+            self.learning.shared = self.shared
+            shared.redis.on_up(self._resync_learning)
 
     def _take_thresholds(self, saved: dict[str, int]) -> None:
         self.tier1_max = saved.get("tier1_max", self.tier1_max)
@@ -140,6 +160,15 @@ class RoutingPolicy:
                 self._take_thresholds(await self.shared.thresholds())
             except StoreUnavailable:
                 pass  # taken up when Redis answers (``_resync``)
+        if self.learning is not None:
+            await self.learning.load()
+
+    async def _resync_learning(self) -> None:
+        assert self.learning is not None
+        try:
+            await self.learning.resync()
+        except StoreUnavailable:
+            pass
 
     async def _resync(self) -> None:
         async with self._calibrating:
@@ -181,7 +210,8 @@ class RoutingPolicy:
             ModelNotFound: ``request.model`` names no configured model.
         """
         return decide_route(request, self.config, tier=tier, thresholds=self.thresholds,
-                            learned=self.learned, sidecar_p=sidecar_p)
+                            learned=self.learned, sidecar_p=sidecar_p,
+                            online=self.learning.online if self.learning is not None else None)
 
     async def route(self, request: ChatRequest, *, tier: int | None = None) -> Route:
         """Where ``request`` goes (``tier``: a workflow op's fixed tier), the sidecar asked
@@ -196,16 +226,20 @@ class RoutingPolicy:
 
     # ---- learning -------------------------------------------------------------------------------
 
-    def remember(self, request_id: str, *, score: int | None, tier: int, model: str) -> None:
-        """Keep a request's decision so feedback can name it by request id."""
+    def remember(self, request_id: str, *, score: int | None, tier: int, model: str,
+                 belief: Belief | None = None) -> None:
+        """Keep a request's decision so feedback can name it by request id (and, with the
+        trained router's ``belief``, learn from it)."""
         if score is None:
             return
+        if self.learning is not None:
+            self.learning.remember(request_id, belief)
         self._recent[request_id] = _Decision(score / 100, tier, model)
         if len(self._recent) > _REMEMBERED:
             self._recent.popitem(last=False)
 
     async def feedback(self, report: FeedbackReport) -> dict[str, Any]:
-        """Record one quality report and recalibrate.
+        """Record one quality report, recalibrate, and learn from it (a named request).
 
         Raises:
             NotFound: the report names a request the router does not remember.
@@ -244,7 +278,7 @@ class RoutingPolicy:
                     await self.store.record_changes(changes)
                     for change in changes:
                         setattr(self, change.name, change.new)
-        return {
+        out: dict[str, Any] = {
             "accepted": True,
             "thresholds": {"tier1_max": self.tier1_max, "tier2_max": self.tier2_max},
             "changes": [
@@ -252,6 +286,23 @@ class RoutingPolicy:
                  "reason": c.reason} for c in changes
             ],
         }
+        if self.learning is not None and request_id is not None:
+            out["learning"] = await self.learning.teach(
+                request_id, tier=found.tier, quality=found.quality, reporter=report.reporter)
+        return out
+
+    async def reset_learning(self) -> dict[str, Any]:
+        """Forget what feedback taught the trained router (the admin reset).
+
+        Raises:
+            RequestInvalid: online learning is off (no trained router, no feedback database,
+                or ``learned.online: false``).
+            StoreUnavailable: shared state is unreachable; nothing was reset.
+        """
+        if self.learning is None:
+            raise RequestInvalid("online learning is not enabled on this router")
+        await self.learning.reset()
+        return {"reset": True, "learning": self.learning.describe()}
 
     async def _send_unsent(self) -> None:
         assert self.shared is not None
@@ -321,6 +372,8 @@ class RoutingPolicy:
             if "feedback" not in out:
                 out["feedback"] = await self.store.summary()
                 out["changes"] = await self.store.recent_changes()
+        out["learning"] = ({"enabled": False} if self.learning is None
+                           else self.learning.describe())
         if self.sidecar is not None:
             out["sidecar"] = self.sidecar.snapshot()
         return out
@@ -346,6 +399,7 @@ async def load_offline_policy(config: Config) -> tuple[RoutingPolicy, str | None
         await store.open()
         try:
             policy.store = store
+            policy._start_learning()  # route as a server would, with what feedback taught
             await policy.load()
         finally:
             policy.store = None

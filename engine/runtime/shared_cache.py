@@ -34,6 +34,7 @@ from engine.stores.redis.cache import STREAM, Put, RedisCacheStore
 from engine.stores.redis.resp import ReplyError
 from engine.stores.redis.tail import StreamEntry
 
+from .embeddings import BATCH, RemoteEmbedder
 from .shared import Shared
 
 __all__ = ["BACKLOG", "SharedCache"]
@@ -58,6 +59,8 @@ class SharedCache(ResponseCache):
         super().__init__(matcher=matcher, max_entries=max_entries, max_bytes=max_bytes,
                          max_entry_bytes=max_entry_bytes, ttl=ttl, threshold=threshold)
         self.origin = uuid.uuid4().hex[:16]
+        #: ``cache.embedder``: the other processes' entries get their vectors from it too.
+        self.remote: RemoteEmbedder | None = None
         self.store_redis = RedisCacheStore(
             shared.redis, origin=self.origin, max_entries=max_entries, max_bytes=max_bytes,
             stream_len=2 * max_entries + 1_000)
@@ -163,13 +166,15 @@ class SharedCache(ResponseCache):
         for start in range(0, len(items), _PREPARE_CHUNK):
             chunk = items[start:start + _PREPARE_CHUNK]
             prepared.update(await trio.to_thread.run_sync(self._prepare_all, chunk))
+        if self.remote is not None:
+            prepared = await self._with_remote_vectors(prepared)
         for record in records:
             op, ident = record.fields.get(b"op"), record.fields.get(b"id", b"").decode()
             if op == b"evict":
                 self._drop(ident)
             elif op == b"put":
                 found = decoded.get(ident)
-                if found is not None:
+                if found is not None and ident in prepared:
                     self._file(ident, found, prepared[ident])
 
     async def _retry_unfiled(self) -> None:
@@ -178,6 +183,23 @@ class SharedCache(ResponseCache):
                 await self._on_records([])
             except StoreUnavailable:
                 pass
+
+    async def _with_remote_vectors(self, prepared: dict[str, PreparedText]
+                                   ) -> dict[str, PreparedText]:
+        """``prepared`` with vectors from ``cache.embedder``; when it fails, the entries
+        that need one are left out (not filed here: a miss, never a wrong vector)."""
+        assert self.remote is not None
+        semantic = {i: p for i, p in prepared.items() if p.fingerprint is not None}
+        out = {i: p for i, p in prepared.items() if p.fingerprint is None}
+        items = list(semantic.items())
+        for start in range(0, len(items), BATCH):
+            chunk = items[start:start + BATCH]
+            vectors = await self.remote.vectors([p.norm for _, p in chunk])
+            if vectors is None:
+                continue
+            for (ident, p), vector in zip(chunk, vectors, strict=True):
+                out[ident] = PreparedText(p.norm, p.fingerprint.with_vector(vector))
+        return out
 
     def _prepare_all(self, texts: list[tuple[str, str]]) -> dict[str, PreparedText]:
         return {ident: self.prepare(text) for ident, text in texts}

@@ -12,13 +12,18 @@ every process routes with the thresholds it produced.
   the news to ``llmr:{bus}:thresholds``, which every process follows to take the new values up.
 * As in the embedded store, thresholds, spent ids and changes belong to the config's own
   thresholds (``base``): calibration made from other values does not apply.
+* Online learning's state (``engine.core.routing.online``) is one JSON value,
+  ``llmr:feedback:{calibration}:online``, stepped under the same lock (so no step is lost to
+  a concurrent one) and announced on ``llmr:{bus}:online``, whose entries carry the whole
+  state (about 19 KB): every process routes with it from then on.
 """
+
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -40,6 +45,8 @@ STATE = _BASE + "state"
 CHANGES = _BASE + "changes"
 LOCK = _BASE + "lock"
 NEWS = PREFIX + "{bus}:thresholds"
+ONLINE = _BASE + "online"
+ONLINE_NEWS = PREFIX + "{bus}:online"
 _LOCK_MS = 5000  # a holder that dies frees the lock after this
 _LOCK_WAIT = 2.0  # seconds a report waits for another process's calibration
 _KEPT_REPORTS = 50_000  # calibration reads at most this many recent reports (as SQLite does)
@@ -52,6 +59,8 @@ return 0
 
 Calibrate = Callable[[list[Report], dict[str, int]], list[Adjustment]]
 OnThresholds = Callable[[dict[str, int]], None]
+Learn = Callable[[dict[str, Any] | None], Awaitable[dict[str, Any] | None]]
+OnOnline = Callable[[dict[str, Any] | None], None]
 
 
 def _id(raw: bytes | str) -> tuple[int, int]:
@@ -62,12 +71,14 @@ def _id(raw: bytes | str) -> tuple[int, int]:
 
 class SharedFeedback:
     def __init__(self, shared: Shared, *, base: tuple[int, int],
-                 on_thresholds: OnThresholds) -> None:
+                 on_thresholds: OnThresholds, on_online: OnOnline | None = None) -> None:
         self.shared = shared
         self.redis = shared.redis
         self.base = f"{base[0]},{base[1]}"
         self._on_thresholds = on_thresholds
+        self._on_online = on_online
         self._following = False
+        self._following_online = False
 
     @property
     def up(self) -> bool:
@@ -90,22 +101,70 @@ class SharedFeedback:
 
         Raises: StoreUnavailable.
         """
-        token = secrets.token_hex(8)
-        locked = False
-        with trio.move_on_after(_LOCK_WAIT):
-            while await self.redis.call("SET", LOCK, token, "NX", "PX", _LOCK_MS) is None:
-                await trio.sleep(0.01)
-            locked = True
-        if not locked:
+        token = await self._lock()
+        if token is None:
             return None
         try:
             return await self._calibrate(step)
         finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.redis.run(_RELEASE, [LOCK], [token])
-                except StoreUnavailable:
-                    pass  # it expires
+            await self._unlock(token)
+
+    async def _lock(self) -> str | None:
+        token = secrets.token_hex(8)
+        with trio.move_on_after(_LOCK_WAIT):
+            while await self.redis.call("SET", LOCK, token, "NX", "PX", _LOCK_MS) is None:
+                await trio.sleep(0.01)
+            return token
+        return None
+
+    async def _unlock(self, token: str) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self.redis.run(_RELEASE, [LOCK], [token])
+            except StoreUnavailable:
+                pass  # it expires
+
+    async def learn(self, step: Learn) -> tuple[bool, dict[str, Any] | None]:
+        """Run ``step(the shared online state)`` under the shared lock and keep (and announce)
+        what it returns (None: forget it). False when the lock could not be had in time.
+
+        Raises: StoreUnavailable.
+        """
+        token = await self._lock()
+        if token is None:
+            return False, None
+        try:
+            raw: Any = await self.redis.call("GET", ONLINE)
+            state = await step(None if raw is None else orjson.loads(raw))
+            if state is None:
+                await self.redis.pipeline([
+                    ["DEL", ONLINE],
+                    ["XADD", ONLINE_NEWS, "MAXLEN", "~", 100, "*", "state", b"null"]])
+            else:
+                blob = orjson.dumps(state)
+                await self.redis.pipeline([
+                    ["SET", ONLINE, blob],
+                    ["XADD", ONLINE_NEWS, "MAXLEN", "~", 100, "*", "state", blob]])
+            return True, state
+        finally:
+            await self._unlock(token)
+
+    async def online_state(self) -> dict[str, Any] | None:
+        """The shared online state (None: nothing learned); from then on, new ones are handed
+        to ``on_online`` as they are made.
+
+        Raises: StoreUnavailable."""
+        since = await self.shared.last_id(ONLINE_NEWS)
+        raw: Any = await self.redis.call("GET", ONLINE)
+        if not self._following_online and self._on_online is not None:
+            self.shared.tail.follow(ONLINE_NEWS, self._on_online_news, since=since)
+            self._following_online = True
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def _on_online_news(self, entries: list[StreamEntry]) -> None:
+        if entries and self._on_online is not None:
+            state = orjson.loads(entries[-1].fields.get(b"state", b"null"))
+            self._on_online(state if isinstance(state, dict) else None)
 
     async def _calibrate(self, step: Calibrate) -> list[Adjustment]:
         values = _pairs(await self.redis.call("HGETALL", STATE))

@@ -325,15 +325,19 @@ class UpstreamClient:
         stream.first = first
         return stream
 
-    async def post_json(self, url: str, payload: bytes, *, timeout: float) -> Any:
-        """POST a JSON body to an auxiliary service (the routing sidecar) and return the
-        decoded JSON answer; any failure, including a deadline, is an ``UpstreamError``."""
+    async def post_json(self, url: str, payload: bytes, *, timeout: float,
+                        bearer: str | None = None) -> Any:
+        """POST a JSON body to an auxiliary service (the routing sidecar, the cache's
+        embeddings endpoint) and return the decoded JSON answer; any failure, including a
+        deadline, is an ``UpstreamError``. ``bearer`` is sent as ``Authorization: Bearer``."""
         shown = without_userinfo(url)
+        headers = {"content-type": "application/json"}
+        if bearer:
+            headers["authorization"] = f"Bearer {bearer}"
         try:
             with trio.fail_after(timeout):
                 response = await self._post(_request(
-                    "POST", url, {"content-type": "application/json"}, payload,
-                    httpx.Timeout(timeout),
+                    "POST", url, headers, payload, httpx.Timeout(timeout),
                 ))
                 try:
                     body = await response.aread()

@@ -7,11 +7,13 @@ is used here and only here.
 Tables: ``feedback`` (every report), ``changes`` (every threshold move, with its evidence and
 the config thresholds it was made from: when the config's own values change, earlier
 calibration no longer applies and is set aside) and ``state`` (for each threshold, the last
-report already spent on moving it: a step is never taken twice on the same evidence).
+report already spent on moving it: a step is never taken twice on the same evidence; and, as
+``online``, what online learning has taught the trained router, as JSON).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -181,3 +183,28 @@ class FeedbackStore:
 
         result: list[dict[str, Any]] = await self._run(select)
         return result
+
+    # ---- online learning (``engine.core.routing.online``) -------------------------------------
+
+    async def online_state(self) -> dict[str, Any] | None:
+        """The online learning state last saved (its :meth:`OnlineState.to_dict`), if any."""
+
+        def select() -> dict[str, Any] | None:
+            row = self.db.execute("SELECT value FROM state WHERE key = 'online'").fetchone()
+            return None if row is None else dict(json.loads(row[0]))
+
+        result: dict[str, Any] | None = await self._run(select)
+        return result
+
+    async def save_online_state(self, state: dict[str, Any] | None) -> None:
+        """Keep ``state`` (None: forget what was learned)."""
+
+        def write() -> None:
+            with self.db:
+                if state is None:
+                    self.db.execute("DELETE FROM state WHERE key = 'online'")
+                else:
+                    self.db.execute("INSERT OR REPLACE INTO state (key, value) "
+                                    "VALUES ('online', ?)", (json.dumps(state),))
+
+        await self._run(write)

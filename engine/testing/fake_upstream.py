@@ -11,6 +11,7 @@ Routes (``{backend}`` is any label; one fake serves many "providers" at once)::
 
     POST /{backend}/v1/chat/completions   OpenAI Chat Completions (JSON or SSE)
     POST /{backend}/v1/messages           Anthropic Messages (JSON or SSE)
+    POST /{backend}/v1/embeddings         OpenAI embeddings, deterministic (``fake_embeddings``)
     POST /_fake/fail/{backend}            from now on {backend} answers 503 (JSON: what was set)
     POST /_fake/recover/{backend}         {backend} answers normally again
     anything else                         404, OpenAI-style error JSON
@@ -55,6 +56,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from .fake_embeddings import embeddings_body, validate_embeddings
 from .fake_wire import (
     Event,
     Protocol,
@@ -89,7 +91,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_ROUTE = re.compile(r"^/(?P<backend>[^/]+)/v1/(?P<endpoint>chat/completions|messages)$")
+_ROUTE = re.compile(
+    r"^/(?P<backend>[^/]+)/v1/(?P<endpoint>chat/completions|messages|embeddings)$")
 _CONTROL = re.compile(r"^/_fake/(?P<action>fail|recover)/(?P<backend>[^/]+)$")
 _PROTOCOL_OF: dict[str, Protocol] = {"chat/completions": "openai", "messages": "anthropic"}
 _log = logging.getLogger(__name__)
@@ -282,6 +285,9 @@ class FakeUpstream:
             message = f"Invalid URL ({record.method} {record.path})"
             await _send_json(record, send, 404, error_body("openai", 404, message))
             return
+        if route["endpoint"] == "embeddings":
+            await self._embeddings(record, send)
+            return
         protocol = _PROTOCOL_OF[route["endpoint"]]
         problem = validate_request(protocol, record.body)
         if problem is not None:
@@ -321,6 +327,25 @@ class FakeUpstream:
             events = anthropic_events(reply, delta_chars=behaviour.text_delta_chars)
         await _send_stream(record, send, protocol, events, behaviour, headers,
                            closing=self._closing)
+
+
+    async def _embeddings(self, record: Recorded, send: Send) -> None:
+        """``/v1/embeddings``: the scripted faults (latency, hang, status), then the vectors."""
+        problem = validate_embeddings(record.body)
+        if problem is not None:
+            await _send_json(record, send, 400, error_body("openai", 400, problem))
+            return
+        behaviour = record.behaviour = self._next_behaviour(record.backend)
+        if behaviour.latency:
+            await trio.sleep(behaviour.latency)
+        if behaviour.hang:
+            await self._closing.wait()
+            return
+        if behaviour.status != 200:
+            body = error_body("openai", behaviour.status, behaviour.error_message)
+            await _send_json(record, send, behaviour.status, body)
+            return
+        await _send_json(record, send, 200, embeddings_body(record.body))
 
 
 @asynccontextmanager

@@ -1,5 +1,7 @@
-"""Offline: evaluating routers (APGR, CPT) and training the learned router."""
+"""Offline: evaluating routers (APGR, CPT), training the learned router, and the split of the
+cache's labelled pairs into design, choose and report parts."""
 
+from .cache_split import SPLITS, Split, split_of, split_rows
 from .evaluate import (
     RoutingRow,
     cheapest_at,
@@ -14,13 +16,17 @@ from .evaluate import (
 from .fit import train_router
 
 __all__ = [
+    "SPLITS",
     "RoutingRow",
+    "Split",
     "cheapest_at",
     "curve_at",
     "evaluate_choices",
     "model_ladder",
     "multi_tier_points",
     "parse_rows",
+    "split_of",
+    "split_rows",
     "summarize",
     "tier_split",
     "train_router",

@@ -24,6 +24,7 @@ from engine.core.routing.learned import (
     LearnedRouter,
     TextEmbedder,
     extract_features,
+    pack_weights,
     request_for_prompt,
 )
 
@@ -356,6 +357,29 @@ class Training:
         return max(self.validations, key=lambda v: v.apgr)
 
 
+def familiarity(embeddings: np.ndarray, *, clusters: int = 32, seed: int = 0,
+                iterations: int = 20) -> dict[str, Any]:
+    """What the router was trained on, as :meth:`LearnedRouter.known` reads it: ``clusters``
+    centroids of the training rows' sentence vectors (spherical k-means) and the range of
+    training rows' similarity to their nearest centroid: at ``high`` (its 25th percentile)
+    and above a request is known, at ``low`` (the 5th) and below it is not."""
+    vectors = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    k = min(clusters, len(vectors))
+    rng = np.random.default_rng(seed)
+    centroids = vectors[rng.choice(len(vectors), k, replace=False)]
+    for _ in range(iterations):
+        nearest = (vectors @ centroids.T).argmax(axis=1)
+        for j in range(k):
+            members = vectors[nearest == j]
+            if len(members):
+                mean = members.mean(axis=0)
+                centroids[j] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    similarity = (vectors @ centroids.T).max(axis=1)
+    low, high = np.percentile(similarity, [5, 25])
+    return {"centroids": pack_weights(centroids.astype("<f4").ravel()), "clusters": k,
+            "low": round(float(low), 4), "high": round(float(high), 4)}
+
+
 def train_router(
     rows: Sequence[RoutingRow],
     *,
@@ -406,6 +430,8 @@ def train_router(
         },
         **(info or {}),
     }
+    if config.embeddings:
+        meta["familiarity"] = familiarity(x.embedding)
     if progress is not None:
         progress("final fit", 0, 1)
     router = fit_router(x, y, l2=best.l2, calibration=calibration, embedder=embedder,

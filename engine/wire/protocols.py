@@ -8,12 +8,15 @@ from typing import Any, Protocol
 
 from engine.errors import RouterError
 from engine.messages import ChatRequest, ChatResult, Event, estimate_tokens
+from engine.wire.anthropic import body as anthropic_body
 from engine.wire.anthropic import errors as anthropic_errors
 from engine.wire.anthropic import request as anthropic_request
 from engine.wire.anthropic import response as anthropic_response
+from engine.wire.openai import body as openai_body
 from engine.wire.openai import errors as openai_errors
 from engine.wire.openai import request as openai_request
 from engine.wire.openai import response as openai_response
+from engine.wire.schema import Fields
 
 __all__ = ["ANTHROPIC", "OPENAI", "Encoder", "WireProtocol"]
 
@@ -29,6 +32,7 @@ class WireProtocol:
     name: str
     id_prefix: str
     parse_request: Callable[[bytes], ChatRequest]
+    request_body: Fields  # what parse_request accepts, declared once (engine.wire.schema)
     render_error: Callable[[RouterError], bytes]
     _render: Callable[..., bytes]
     _encoder: Callable[..., Any]
@@ -53,6 +57,7 @@ OPENAI = WireProtocol(
     name="openai",
     id_prefix="chatcmpl-",
     parse_request=openai_request.parse_request,
+    request_body=openai_body.REQUEST,
     render_error=openai_errors.render_error,
     _render=openai_response.render_result,
     _encoder=openai_response.StreamEncoder,
@@ -62,6 +67,7 @@ ANTHROPIC = WireProtocol(
     name="anthropic",
     id_prefix="msg_",
     parse_request=anthropic_request.parse_request,
+    request_body=anthropic_body.REQUEST,
     render_error=anthropic_errors.render_error,
     _render=anthropic_response.render_result,
     _encoder=anthropic_response.StreamEncoder,

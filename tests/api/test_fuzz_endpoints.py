@@ -1,14 +1,26 @@
-"""Every endpoint, fuzzed: requests built from valid bodies with fields removed, replaced by
-arbitrary JSON or added, arbitrary JSON and bytes, odd path parameters and query strings,
-with and without credentials. None may get a 5xx, every refusal is an error object in its
-endpoint's protocol (Anthropic's on /v1/messages, OpenAI's elsewhere), and nothing is logged
-as an internal error. Hand-made edge cases (deep nesting, huge numbers, invalid UTF-8,
-oversized bodies) stay in test_errors.py; this keeps new endpoints honest."""
+"""Every endpoint fuzzed from the router's own ``/openapi.json``, the admin API first: each
+operation the document lists gets requests built from its schemas (path and query
+parameters, headers, a body valid by the schema, the same body mutated, arbitrary JSON or
+bytes), as the admin, as a client key, or with no credential, over real HTTP against a
+running router with keys configured. None may get a 5xx (a 503 from a missing backend
+aside), every error is an error object valid by the schema the document gives for that
+operation's errors (Anthropic's on /v1/messages, OpenAI's elsewhere), every success status
+is one the document lists, with a JSON body valid by its schema, and nothing is logged as
+an internal error. A route the app serves without a description fails test_openapi.py, so
+a new endpoint is fuzzed from the day it is added.
+
+Bounded for CI (``LLM_ROUTER_FUZZ_EXAMPLES`` examples of up to 30 requests each, 20 by
+default); set it higher for a longer run. The hand-made edge cases (deep nesting, huge
+numbers, NaN, invalid UTF-8, oversized bodies) stay in test_errors.py and test_secrets.py.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import string
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -16,11 +28,16 @@ from urllib.parse import quote, urlencode
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from schema_strategies import from_schema
 from support_routing import model_entry, open_router_client
 
 from engine.testing.fake_upstream import open_fake_upstream
 
 ADMIN = "admin-key-for-fuzzing-012345"
+EXAMPLES = int(os.environ.get("LLM_ROUTER_FUZZ_EXAMPLES", "20"))
+_SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 _TEXT = st.text(max_size=30)
 _JSON = st.recursive(
@@ -29,35 +46,83 @@ _JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
     max_leaves=8,
 )
-_ID = (st.sampled_from(["run_0", "key_0000000000000000", "small", "auto", "%2e%2e", "x" * 300,
-                        "..", "a%20b"])
-       | st.text(min_size=1, max_size=40).map(lambda t: quote(t, safe="")))
+_HEADER_TEXT = st.text(alphabet=string.printable.strip(" \t\n\r\x0b\x0c") + " ", max_size=40)
+_ODD_IDS = st.sampled_from(["run_0", "key_0000000000000000", "auto", "%2e%2e", "x" * 300,
+                            "a%20b", "a/b"])
 
-_CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
-_MESSAGES = {"model": "small", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
-_WORKFLOW = {"workflow": "ops: {a: {prompt: Hi, model: small}}", "input": "x"}
-_FEEDBACK = {"score": 0.5, "tier": 1, "quality": 0.9}
-_KEY = {"name": "fuzz", "rpm": 100, "budget_usd": 1.0, "models": ["auto"]}
+
+class Operation:
+    """One operation of the document (shown by its method and path alone)."""
+
+    def __init__(self, method: str, path: str, spec: dict[str, Any],
+                 document: dict[str, Any]) -> None:
+        self.method, self.path, self.spec, self.document = method, path, spec, document
+
+    def __repr__(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def body_schema(self) -> dict[str, Any] | None:
+        body = self.spec.get("requestBody")
+        return body["content"]["application/json"]["schema"] if body else None
+
+    def parameters(self, where: str) -> list[dict[str, Any]]:
+        return [p for p in self.spec.get("parameters", ()) if p["in"] == where]
+
+    def validator(self, schema: dict[str, Any]) -> Draft202012Validator:
+        """Validates against ``schema``, its ``#/components/...`` references resolved in
+        the document."""
+        return Draft202012Validator(schema | {"components": self.document["components"]})
+
+    def error_schema(self) -> dict[str, Any]:
+        ref = self.spec["responses"]["4XX"]["$ref"].removeprefix("#/")
+        response: Any = self.document
+        for part in ref.split("/"):
+            response = response[part]
+        schema: dict[str, Any] = response["content"]["application/json"]["schema"]
+        return schema
 
 
 @dataclass(frozen=True)
 class Call:
-    method: str
+    operation: Operation
     path: str
-    body: Any = None  # JSON, or bytes sent as they are
-    auth: str | None = None  # "admin", "none", or None: the test's client key
+    headers: dict[str, str]
+    body: Any  # JSON, bytes sent as they are, or None for no body
+    auth: str  # "admin", "client" or "none"
 
-    @property
-    def anthropic(self) -> bool:
-        return self.path.startswith("/v1/messages")
+
+def operations(document: dict[str, Any]) -> list[Operation]:
+    """The document's operations in its order (the admin API first)."""
+    return [Operation(method.upper(), path, spec, document)
+            for path, item in document["paths"].items() for method, spec in item.items()]
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 @st.composite
-def _mutated(draw: st.DrawFn, valid: dict[str, Any]) -> Any:
-    body: Any = dict(valid)
-    for _ in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["drop", "replace", "add", "nest"]))
+def stray_call(draw: st.DrawFn, document: dict[str, Any]) -> Call:
+    """A path the document does not list, or a listed path with a method it does not take:
+    404 or 405, as an error object in the path's protocol."""
+    templates = [(re.compile("^" + re.sub(r"\{[a-z_]+\}", "[^/]+", path) + "$"),
+                  {m.upper() for m in item}) for path, item in document["paths"].items()]
+    path = draw(st.sampled_from([p for p in document["paths"] if "{" not in p]) | st.builds(
+        "/v1/nothing-{}".format, st.text(max_size=20).map(lambda t: quote(t, safe=""))))
+    served = set().union(*(methods for pattern, methods in templates if pattern.match(path)))
+    method = draw(st.sampled_from([m for m in _METHODS if m not in served]))
+    shape = "AnthropicError" if path.startswith("/v1/messages") else "OpenAIError"
+    spec = {"responses": {"4XX": {"$ref": f"#/components/responses/{shape}"}}}
+    return Call(Operation(method, path, spec, document), path, {}, draw(_JSON),
+                draw(st.sampled_from(["admin", "client", "none"])))
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, valid: Any) -> Any:
+    body: Any = dict(valid) if isinstance(valid, dict) else valid
+    for _ in range(draw(st.integers(1, 3))):
         keys = list(body) if isinstance(body, dict) else []
+        kind = draw(st.sampled_from(["drop", "replace", "add", "nest"]))
         if kind == "drop" and keys:
             body.pop(draw(st.sampled_from(keys)))
         elif kind == "replace" and keys:
@@ -70,36 +135,42 @@ def _mutated(draw: st.DrawFn, valid: dict[str, Any]) -> Any:
     return body
 
 
-def _body(valid: dict[str, Any]) -> st.SearchStrategy[Any]:
-    return (_mutated(valid) | _JSON | st.binary(max_size=64)
-            | st.builds(lambda b: json.dumps(valid).encode()[: b], st.integers(0, 40)))
+def _body(op: Operation) -> st.SearchStrategy[Any]:
+    schema = op.body_schema
+    if schema is None:
+        return st.none() | _JSON | st.binary(max_size=32)
+    valid = from_schema(schema, root=op.document)
+    return st.one_of(
+        valid, valid.flatmap(_mutated), _JSON, st.binary(max_size=64),
+        st.builds(lambda v, n: json.dumps(v).encode()[:n], valid, st.integers(0, 60)),
+    )
 
 
-_CALLS = st.one_of(
-    st.builds(Call, st.just("POST"), st.just("/v1/chat/completions"), _body(_CHAT)),
-    st.builds(Call, st.just("POST"), st.just("/v1/messages"), _body(_MESSAGES)),
-    st.builds(Call, st.just("POST"), st.just("/v1/workflows"), _body(_WORKFLOW)),
-    st.builds(Call, st.just("POST"), st.builds("/v1/workflows/{}".format, _ID),
-              _body({"input": "x"})),
-    st.builds(Call, st.just("POST"), st.just("/v1/feedback"), _body(_FEEDBACK)),
-    st.builds(Call, st.just("GET"), st.builds(
-        lambda status, limit: "/v1/workflows/runs?" + urlencode({"status": status,
-                                                                 "limit": limit}),
-        _TEXT, _TEXT | st.integers())),
-    st.builds(Call, st.sampled_from(["GET", "POST"]), st.builds(
-        "/v1/workflows/runs/{}{}".format, _ID, st.sampled_from(["", "/events", "/cancel"])),
-        _JSON),
-    st.builds(Call, st.sampled_from(["POST", "GET"]), st.just("/v1/admin/keys"), _body(_KEY),
-              st.sampled_from(["admin", "none", None])),
-    st.builds(Call, st.sampled_from(["GET", "PATCH", "DELETE"]),
-              st.builds("/v1/admin/keys/{}".format, _ID), _body(_KEY),
-              st.sampled_from(["admin", "none", None])),
-    st.builds(Call, st.just("GET"), st.sampled_from(
-        ["/v1/models", "/v1/backends", "/v1/routing", "/stats", "/health", "/v1/workflows"])),
-    st.builds(Call, st.just("GET"), st.builds("/v1/models/{}".format, _ID)),
-    st.builds(Call, st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
-              st.builds("/v1/{}".format, _ID), _JSON),
-)
+def _value(parameter: dict[str, Any], document: dict[str, Any]) -> st.SearchStrategy[str]:
+    schema = parameter["schema"]
+    typed = from_schema(schema, root=document).map(
+        lambda v: json.dumps(v) if isinstance(v, bool) else str(v))
+    if parameter["in"] == "header":  # what HTTP can carry in a header
+        return typed.filter(lambda v: v.isascii() and v.isprintable()) | _HEADER_TEXT
+    return typed | _TEXT
+
+
+@st.composite
+def call_of(draw: st.DrawFn, op: Operation, known_ids: tuple[str, ...]) -> Call:
+    path = op.path
+    for parameter in op.parameters("path"):
+        value = draw(st.sampled_from(known_ids) | _ODD_IDS
+                     # "." and "..": the client would resolve them, asking another path
+                     | st.text(min_size=1, max_size=40).filter(lambda t: t.strip(".")))
+        path = path.replace("{" + parameter["name"] + "}", quote(value, safe=""))
+    query = {p["name"]: draw(_value(p, op.document)) for p in op.parameters("query")
+             if draw(st.booleans())}
+    if query:
+        path += "?" + urlencode(query)
+    headers = {p["name"]: value for p in op.parameters("header")
+               if draw(st.booleans()) and (value := draw(_value(p, op.document)).strip())}
+    return Call(op, path, headers, draw(_body(op)),
+                draw(st.sampled_from(["admin", "client", "none"])))
 
 
 class _Errors(logging.Handler):
@@ -112,46 +183,72 @@ class _Errors(logging.Handler):
 
 
 def _check(call: Call, response: httpx.Response) -> None:
-    where = (call, response.status_code, response.text[:300])
+    op = call.operation
+    where = (op.method, call.path, call.headers, call.body, call.auth, response.status_code,
+             response.text[:300])
     assert response.status_code < 500 or response.status_code == 503, where
     assert b"internal_error" not in response.content, where
-    if response.status_code < 400:
+    if "summary" not in op.spec:  # a stray call
+        assert response.status_code in (404, 405), where
+    if response.status_code >= 400:
+        errors = list(op.validator(op.error_schema()).iter_errors(response.json()))
+        assert not errors, (where, errors[0].message)
         return
-    body = response.json()
-    if call.anthropic:
-        assert body["type"] == "error" and body["error"]["type"], where
-        assert body["error"]["message"], where
-    else:
-        assert body["error"]["message"] and body["error"]["type"], where
-        assert "code" in body["error"], where
+    answer = op.spec["responses"].get(str(response.status_code))
+    assert answer is not None, ("an answer the document does not list", where)
+    content = answer["content"]
+    media_type = response.headers["content-type"].split(";")[0]
+    assert media_type in content, where
+    if media_type == "application/json":
+        errors = list(op.validator(content[media_type]["schema"]).iter_errors(response.json()))
+        assert not errors, (where, errors[0].message)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_CALLS, min_size=10, max_size=40))
-async def test_no_endpoint_answers_a_fuzzed_request_with_a_5xx(calls: list[Call]) -> None:
-    errors = _Errors()
+async def _fuzz(data: st.DataObject, admin_only: bool) -> None:
+    log = _Errors()
     logger = logging.getLogger("llm_router")
-    logger.addHandler(errors)
+    logger.addHandler(log)
     try:
         async with open_fake_upstream() as fake, open_router_client(
                 [model_entry(fake, "small", tier=1)], server={"admin_key": ADMIN}) as client:
+            document = (await client.request("GET", "/openapi.json")).json()
             made = await client.request("POST", "/v1/admin/keys", json={"name": "fuzzer"},
                                         headers={"authorization": f"Bearer {ADMIN}"})
-            secret = made.json()["key"]
+            tokens = {"admin": ADMIN, "client": made.json()["key"], "none": None}
+            known = (made.json()["id"], "small", "auto")
+            ops = [op for op in operations(document)
+                   if not admin_only or op.path.startswith("/v1/admin/")]
+            described = st.sampled_from(ops).flatmap(lambda op: call_of(op, known))
+            calls = data.draw(st.lists(
+                described if admin_only else described | stray_call(document),
+                min_size=10, max_size=30))
             for call in calls:
-                token = {"admin": ADMIN, "none": None}.get(call.auth or "", secret)
-                headers = {"authorization": f"Bearer {token}"} if token else {}
-                if call.anthropic:
-                    headers["anthropic-version"] = "2023-06-01"
-                if isinstance(call.body, bytes):
-                    content = call.body
-                else:
-                    # json, not orjson: integers past 64 bits are fair game too.
-                    content = json.dumps(call.body).encode() if call.body is not None else b""
+                token = tokens[call.auth]
+                headers = dict(call.headers) | {"content-type": "application/json"}
+                if token is not None:
+                    headers["authorization"] = f"Bearer {token}"
+                if call.operation.path == "/v1/messages":
+                    headers.setdefault("anthropic-version", "2023-06-01")
+                body = call.body
+                # json, not orjson: integers past 64 bits are fair game too.
+                content = (body if isinstance(body, bytes)
+                           else b"" if body is None else json.dumps(body).encode())
                 response = await client.http.request(
-                    call.method, client.url + call.path, content=content,
-                    headers=headers | {"content-type": "application/json"}, timeout=10)
+                    call.operation.method, client.url + call.path, content=content,
+                    headers=headers, timeout=10)
                 _check(call, response)
     finally:
-        logger.removeHandler(errors)
-    assert [r.getMessage() for r in errors.records] == []
+        logger.removeHandler(log)
+    assert [r.getMessage() for r in log.records] == []
+
+
+@_SETTINGS
+@given(st.data())
+async def test_the_admin_api_fuzzed_from_its_schema(data: st.DataObject) -> None:
+    await _fuzz(data, admin_only=True)
+
+
+@_SETTINGS
+@given(st.data())
+async def test_every_endpoint_fuzzed_from_the_document(data: st.DataObject) -> None:
+    await _fuzz(data, admin_only=False)

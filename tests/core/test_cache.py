@@ -48,7 +48,7 @@ from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
 pytestmark = SDK_STREAM_LEAKS
 
 FRANCE = "What is the capital of France?"
-FRANCE_PARAPHRASE = "What's France's capital city?"
+FRANCE_PARAPHRASE = "What's France's capital?"
 GO = "How do I write Go code?"
 
 USAGE = Usage(input_tokens=1000, output_tokens=500)

@@ -6,9 +6,11 @@ thresholds, Hypothesis properties over arbitrary requests, and the routing heade
 from __future__ import annotations
 
 import doctest
+import math
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 import trio
 from hypothesis import given
@@ -19,6 +21,7 @@ from support_routing import model_entry, open_router_client
 
 from engine.core.config import Config
 from engine.core.routing.decide import Thresholds, decide_route
+from engine.core.routing.learned import Belief
 from engine.core.routing.scoring import Score, score_request, tier_for_score
 from engine.messages import (
     ChatRequest,
@@ -283,6 +286,10 @@ class FixedOpinion:
     def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float:
         return self.p
 
+    def assess(self, request: ChatRequest, *, heuristic: Score | None = None) -> Belief:
+        return Belief(self.p, math.log(self.p / (1 - self.p)) if 0 < self.p < 1 else 0.0,
+                      np.zeros(0))
+
 
 def test_the_one_rule_blends_opinions_under_the_thresholds_in_force() -> None:
     config = make_config({"models": [{"name": n, "provider": "openai", "model": n, "tier": t}
@@ -294,11 +301,11 @@ def test_the_one_rule_blends_opinions_under_the_thresholds_in_force() -> None:
     # p = 0.2 at a boundary_p of 0.2 is the tier-1 boundary (30): (20 + 30) / 2 = 25.
     blended = decide_route(hard, config, learned=FixedOpinion(0.2, boundary_p=0.2))
     assert (blended.score.total, blended.router, blended.tier) == (25, "heuristic+learned", 1)
-    # The boundary moves with calibration: at tier1_max 21, p = 0.2 is 21; (20 + 21) / 2 = 20.5
-    # rounds (half to even) to 20, and 20 < 21 is tier 1.
+    # Calibration moves the cut, never the score: at tier1_max 21 the score is still 25 (p =
+    # 0.2 sits on the *configured* boundary, 30), and 25 > 21 is tier 2.
     moved = decide_route(hard, config, thresholds=Thresholds(21, 70),
                          learned=FixedOpinion(0.2, boundary_p=0.2))
-    assert (moved.score.total, moved.tier) == (20, 1)
+    assert (moved.score.total, moved.value, moved.tier) == (25, 25.0, 2)
     # The sidecar (threshold 0.5 at the boundary): p = 1 is 100; (25 + 100) / 2 = 62.5 -> 62.
     both = decide_route(hard, config, learned=FixedOpinion(0.2, boundary_p=0.2), sidecar_p=1.0)
     assert (both.score.total, both.router, both.tier) == (62, "heuristic+learned+sidecar", 2)

@@ -56,7 +56,7 @@ def pair(embedder: Embedder, query: str, cached: str) -> tuple[Fingerprint, Fing
 
 
 def test_paraphrase_of_france_capital_hits(embedder: Embedder) -> None:
-    hit, score = match(*pair(embedder, "What's France's capital city?", FRANCE))
+    hit, score = match(*pair(embedder, "What's France's capital?", FRANCE))
     assert hit and score >= DEFAULT_THRESHOLD
 
 
@@ -164,7 +164,7 @@ def test_acronym_is_a_content_word_but_shouting_is_not(embedder: Embedder) -> No
 
 
 ALIGNED = [
-    ("What's France's capital city?", FRANCE),  # "of" / possessive hinge; category noun
+    ("What's France's capital?", FRANCE),  # "of" / possessive hinge
     ("Who is better, Messi or Ronaldo?", "Who is better, Ronaldo or Messi?"),  # conjuncts
     ("Why can't I like comments on Instagram?", "Why can't I like comments in Instagram?"),
     ("What's the chemical formula of milk?", "What is the chemical formula for milk?"),
@@ -196,7 +196,8 @@ UNALIGNED = [
     ("What is this puzzle about?", "What is this puzzle?"),
     ("Why should I be studying?", "Why should I study?"),
     ("What is the smartphone with the best camera?", "Which smartphone has the best camera?"),
-    # content words moved without a hinge, or a word on one side only
+    # content words moved without a hinge, or a word on one side only (a category noun too)
+    ("What is feeder?", "What's a feeder country?"),
     ("Which is the best distance MBA institute in India?",
      "Which is the best institute for distance MBA in India?"),
     ("How does Trump election relate to Mexican peso value?",
@@ -254,7 +255,7 @@ def test_repeated_inflections_still_match_their_own_text(embedder: Embedder) -> 
 # -- the score -----------------------------------------------------------------------------------
 
 PROMPTS = [
-    FRANCE, "What's France's capital city?", "How do I write Go code?", "How to learn Go?",
+    FRANCE, "What's France's capital?", "How do I write Go code?", "How to learn Go?",
     "Is ibuprofen safe?", "Is ibuprofen not safe?", "How can I lose weight fast?",
     "How do I lose weight quickly?", "", "???", "Explain 7 differences between TCP and UDP",
 ]
@@ -288,7 +289,7 @@ def test_higher_threshold_is_stricter(embedder: Embedder, t1: float, t2: float) 
 
 
 def test_embed_gives_unit_vectors_equal_to_fingerprints(embedder: Embedder) -> None:
-    texts = [FRANCE, "What's France's capital city?", ""]
+    texts = [FRANCE, "What's France's capital?", ""]
     vectors = embedder.embed(texts)
     assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors[:2], axis=1), 1.0, atol=1e-5)

@@ -665,15 +665,24 @@ async def test_leader_leaving_a_stream_does_not_stop_its_followers(env: Protocol
 async def test_leader_leaving_a_json_request_does_not_stop_its_followers(
     env: ProtocolEnv,
 ) -> None:
-    env.fake.set_default(OA_SMALL, Behaviour(latency=0.4))
+    # The follower asks once the upstream has the leader's call; the leader leaves a second
+    # later (ample time to join), and the upstream answers a second after that.
+    env.fake.set_default(OA_SMALL, Behaviour(latency=2.0))
+
+    async def upstream_called() -> None:
+        with trio.fail_after(10):
+            while not calls(env):
+                await trio.sleep(0.01)
 
     async def impatient() -> None:
-        with trio.move_on_after(0.15) as scope:
-            await ask(env)
-        assert scope.cancelled_caught
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, env)
+            await upstream_called()
+            await trio.sleep(1.0)
+            nursery.cancel_scope.cancel()
 
     async def patient() -> tuple[str, str | None]:
-        await trio.sleep(0.05)  # join after the leader
+        await upstream_called()
         return await ask(env)
 
     _, (text, role) = await gather(impatient, patient)

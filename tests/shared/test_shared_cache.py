@@ -17,7 +17,7 @@ from engine.stores.redis import open_redis
 from engine.testing.fake_upstream import FakeUpstream
 
 QUESTION = "What is the capital of France?"
-PARAPHRASE = "What's France's capital city?"
+PARAPHRASE = "What's France's capital?"
 
 
 @asynccontextmanager

@@ -76,7 +76,9 @@ async def test_tenants_never_share_a_flight(
 async def test_a_leader_whose_clients_left_hands_the_call_over(
     fake_upstream: FakeUpstream, redis_server: RedisServer,
 ) -> None:
-    fake_upstream.script("m", Behaviour(hang=True))  # the first call never answers
+    # The first call never answers; the second takes a second, so that b's three requests
+    # are all in hand (one claims, two join it) before it ends, however slow the machine.
+    fake_upstream.script("m", Behaviour(hang=True), Behaviour(latency=1.0))
     async with routers(fake_upstream, redis_server) as (a, b):
         answers: list[Answer] = []
         async with trio.open_nursery() as nursery:

@@ -51,7 +51,7 @@ class Matcher(Protocol):
 
     def fingerprint(self, text: str) -> Any: ...
     def normalise(self, text: str) -> str: ...
-    def new_index(self) -> Any: ...
+    def new_index(self, dim: int) -> Any: ...
     def vector(self, fingerprint: Any) -> Any: ...
     def match(self, query: Any, cached: Any, *, threshold: float) -> tuple[bool, float]: ...
 
@@ -153,10 +153,11 @@ class ResponseCache:
 
     # ---- lookup -------------------------------------------------------------------------
 
-    def lookup(self, key: RequestKey, now: float, *,
-               prepared: PreparedText | None = None) -> CacheHit | None:
+    def lookup(self, key: RequestKey, now: float, *, prepared: PreparedText | None = None,
+               threshold: float | None = None) -> CacheHit | None:
         """The entry answering ``key``, if any; ``prepared`` is :meth:`prepare` of
-        ``key.text`` (else the work is done here, as needed)."""
+        ``key.text`` (else the work is done here, as needed); ``threshold`` is the tenant's
+        own, if feedback moved it (else the cache's)."""
         partition = self._partitions.get(key.exact)
         if partition is None:
             return None
@@ -171,12 +172,16 @@ class ResponseCache:
             return None
         query = (prepared.fingerprint if prepared is not None
                  else self.matcher.fingerprint(key.text))
-        for candidate_id, _score in partition.index.search(self.matcher.vector(query), _SEARCH_K):
+        vector = self.matcher.vector(query)
+        if len(vector) != partition.index.dim:  # vectors of another model: never comparable
+            return None
+        for candidate_id, _score in partition.index.search(vector, _SEARCH_K):
             entry = self._live(candidate_id, now)
             if entry is None:
                 continue
-            ok, similarity = self.matcher.match(query, entry.fingerprint,
-                                                threshold=self.threshold)
+            ok, similarity = self.matcher.match(
+                query, entry.fingerprint,
+                threshold=self.threshold if threshold is None else threshold)
             if ok:
                 self._entries.move_to_end(entry.id)
                 return CacheHit(entry, min(similarity, 0.9999))
@@ -240,9 +245,10 @@ class ResponseCache:
         self._by_age[entry.id] = entry
         partition.by_text[norm] = entry.id
         if fingerprint is not None:
+            vector = self.matcher.vector(fingerprint)
             if partition.index is None:
-                partition.index = self.matcher.new_index()
-            partition.index.add(entry.id, self.matcher.vector(fingerprint))
+                partition.index = self.matcher.new_index(len(vector))
+            partition.index.add(entry.id, vector)
         self.bytes += size
         self._evict(now)
         return entry

@@ -25,8 +25,9 @@ class SemanticMatcher:
     def normalise(self, text: str) -> str:
         return normalize_text(text)
 
-    def new_index(self) -> VectorIndex:
-        return VectorIndex(self.dim)
+    def new_index(self, dim: int) -> VectorIndex:
+        """An index for vectors of ``dim``: the table's, or those of ``cache.embedder``."""
+        return VectorIndex(dim)
 
     def vector(self, fingerprint: Fingerprint) -> Any:
         return fingerprint.vector

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,6 +23,7 @@ from .budget import Period
 __all__ = ["KeyRecord", "KeySettings"]
 
 _METADATA_BYTES = 16_384
+_ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class KeySettings(BaseModel):
@@ -30,7 +31,7 @@ class KeySettings(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     #: The models the key may ask for by name (``auto``: routed); None: every model.
-    models: tuple[str, ...] | None = Field(default=None, max_length=1000)
+    models: tuple[_ModelName, ...] | None = Field(default=None, max_length=1000)
     #: Routing never picks a tier above this (the cheapest allowed tier that fits).
     max_tier: int | None = Field(default=None, ge=1, le=100)
     rpm: int | None = Field(default=None, ge=1, le=10_000_000)
@@ -38,14 +39,8 @@ class KeySettings(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0, le=1e12)
     budget_period: Period = "month"
     expires_at: datetime | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("models")
-    @classmethod
-    def _models(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None and any(not name or len(name) > 200 for name in value):
-            raise ValueError("each model name must be 1 to 200 characters")
-        return value
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description=f"At most {_METADATA_BYTES} bytes of JSON.")
 
     @field_validator("expires_at")
     @classmethod

@@ -15,13 +15,17 @@ blended on the 0-100 score scale:
 3. an external classifier's probability (``learned.sidecar_url``), weighted by
    ``learned.sidecar_weight``; the runtime fetches it (I/O) and passes it in.
 
-A probability ``p`` is put on the 0-100 scale so that its threshold lands on the tier-1
-boundary (:func:`to_score`). The blended score picks the tier through the thresholds in
-force: the configured ones, or those calibration moved them to.
+A probability ``p`` is put on the 0-100 scale so that its threshold lands on the
+*configured* tier-1 boundary (:func:`to_score`). The score is the routers' belief and the
+thresholds are the cut: calibration moves the thresholds in force and leaves every score as
+it was, so a cut that moves changes which tier the scores near it take, and nothing else.
+Online learning (``engine.core.routing.online``) is what changes beliefs: the trained router's
+log-odds, corrected by what the deployment's feedback taught.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,10 +33,13 @@ from engine.core.config import Config
 from engine.errors import ModelNotFound, echo
 from engine.messages import ChatRequest
 
+from .learned import Belief
+from .online import OnlineSettings, OnlineState, predict
 from .scoring import Score, score_request, tier_for_score
 
 __all__ = [
     "LearnedScorer",
+    "Online",
     "Route",
     "Thresholds",
     "decide_route",
@@ -46,6 +53,8 @@ class LearnedScorer(Protocol):
 
     def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float: ...
 
+    def assess(self, request: ChatRequest, *, heuristic: Score | None = None) -> Belief: ...
+
     @property
     def boundary_p(self) -> float | None: ...
 
@@ -55,13 +64,28 @@ class Route:
     """Where a node goes: ``pinned`` names a model, else ``tier`` is routed by the pool.
 
     ``score`` is the complexity score (0-100) whenever one was computed; ``router`` says who
-    decided (the ``X-LLM-Router-Router`` header).
+    decided (the ``X-LLM-Router-Router`` header); ``value`` is the score before rounding and
+    ``belief`` the trained router's, which feedback on this request learns from.
     """
 
     tier: int
     score: Score | None = None
     pinned: str | None = None
     router: str = "heuristic"
+    value: float | None = None
+    belief: Belief | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Online:
+    """The online correction in force (``state`` None: nothing learned yet)."""
+
+    state: OnlineState | None
+    settings: OnlineSettings
+
+    def p(self, belief: Belief) -> float:
+        z = predict(self.state, belief.logit, belief.inputs, self.settings, known=belief.known)
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +128,7 @@ def model_threshold(config: Config, learned: LearnedScorer | None) -> float:
 def decide_route(
     request: ChatRequest, config: Config, *, tier: int | None = None,
     thresholds: Thresholds | None = None, learned: LearnedScorer | None = None,
-    sidecar_p: float | None = None,
+    sidecar_p: float | None = None, online: Online | None = None,
 ) -> Route:
     """Decide where ``request`` goes (the module docstring's rule).
 
@@ -118,6 +142,7 @@ def decide_route(
         thresholds: in force now (default: the configured ones).
         learned: the trained router, if one is loaded.
         sidecar_p: the external classifier's probability, if it answered.
+        online: what feedback taught the trained router, if anything.
 
     Raises:
         ModelNotFound: ``request.model`` names no configured model.
@@ -144,20 +169,23 @@ def decide_route(
     if tier is not None:
         return Route(tier=max(tier, score.min_tier), score=score, router="workflow")
     limits = thresholds or Thresholds.configured(config)
+    anchor = config.classifier.tier1_max  # the belief's scale; never the cut in force
     settings = config.learned
     total = float(score.total)
     router = "heuristic"
+    belief = None
     if learned is not None and settings.model_weight > 0:
         w = settings.model_weight
-        p = learned.score(request, heuristic=score)
+        belief = learned.assess(request, heuristic=score)
+        p = belief.p if online is None else online.p(belief)
         total = (1 - w) * total + w * to_score(
-            p, threshold=model_threshold(config, learned), tier1_max=limits.tier1_max)
+            p, threshold=model_threshold(config, learned), tier1_max=anchor)
         router = "learned" if w == 1 else "heuristic+learned"
     if sidecar_p is not None and settings.sidecar_weight > 0:
         w = settings.sidecar_weight
         total = (1 - w) * total + w * to_score(
-            sidecar_p, threshold=settings.threshold, tier1_max=limits.tier1_max)
+            sidecar_p, threshold=settings.threshold, tier1_max=anchor)
         router += "+sidecar"
     blended = Score(round(total), score.signals, score.min_tier)
     routed = tier_for_score(blended, tier1_max=limits.tier1_max, tier2_max=limits.tier2_max)
-    return Route(tier=routed, score=blended, router=router)
+    return Route(tier=routed, score=blended, router=router, value=total, belief=belief)

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MODEL_PATH",
     "DENSE_NAMES",
     "FORMAT_VERSION",
+    "Belief",
     "FeatureConfig",
     "Features",
     "LearnedRouter",
@@ -55,7 +56,9 @@ __all__ = [
     "blend",
     "conversation_text",
     "extract_features",
+    "pack_weights",
     "request_for_prompt",
+    "unpack_weights",
 ]
 
 FORMAT_VERSION = 1
@@ -292,6 +295,19 @@ def extract_features(
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class Belief:
+    """What the trained router believes about one request: ``p`` (the calibrated chance the
+    strong model answers better), its log-odds ``logit``, the ``inputs`` online learning
+    (``engine.core.routing.online``) corrects it from, and ``known``: how close the request
+    is to what the router was trained on (0..1, :meth:`LearnedRouter.known`)."""
+
+    p: float
+    logit: float
+    inputs: np.ndarray
+    known: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class LearnedRouter:
     """A trained router: ``score(request)`` is the probability that the strong model is
     needed. Build one with ``engine.learned_fit.fit_router`` or :meth:`load`.
@@ -308,6 +324,8 @@ class LearnedRouter:
     calibration: tuple[float, float] = (1.0, 0.0)
     info: Mapping[str, Any] = field(default_factory=dict)
     embedder: TextEmbedder | None = None
+    #: ``info.familiarity``'s centroids, unpacked (:meth:`known`).
+    centroids: np.ndarray | None = field(default=None, repr=False)
 
     def logit(self, features: Features) -> float:
         """The model's log-odds for precomputed ``features``."""
@@ -332,6 +350,45 @@ class LearnedRouter:
         slope, intercept = self.calibration
         return _sigmoid(slope * z + intercept)
 
+    def assess(self, request: ChatRequest, *, heuristic: Score | None = None) -> Belief:
+        """:meth:`score` with its log-odds and the inputs online learning reads: the
+        log-odds (halved), the standardised dense block (over the square root of its size,
+        so it weighs about one unit) and the sentence vector.
+
+        Raises:
+            RouterError: the model uses embeddings and was loaded without an embedder.
+        """
+        features = extract_features(request, self.config, embedder=self.embedder,
+                                    heuristic=heuristic)
+        slope, intercept = self.calibration
+        z = slope * self.logit(features) + intercept
+        dense = (features.dense - self.dense_mean) / self.dense_std
+        inputs = np.concatenate([[0.5 * z], dense / math.sqrt(len(dense)),
+                                 features.embedding])
+        return Belief(_sigmoid(z), z, inputs, self.known(features))
+
+    def known(self, features: Features) -> float:
+        """How close a request is to what the router was trained on: 1 when its sentence
+        vector is as near the training rows' centroids (``info.familiarity``, written by
+        ``llm-router router train``) as most training rows are, 0 when it is as far as the
+        farthest 5% or farther, linear between; 1 for a router without that record."""
+        record = self.info.get("familiarity")
+        if not isinstance(record, Mapping) or not len(features.embedding):
+            return 1.0
+        centroids = self.centroids if self.centroids is not None else _centroids(record)
+        norm = float(np.linalg.norm(features.embedding))
+        if norm == 0:
+            return 0.0
+        similarity = float((centroids @ (features.embedding / norm)).max())
+        low, high = float(record["low"]), float(record["high"])
+        return min(1.0, max(0.0, (similarity - low) / max(high - low, 1e-6)))
+
+    @property
+    def fingerprint(self) -> str:
+        """Names this model's weights (online learning's state belongs to one model)."""
+        data = np.ascontiguousarray(self.weights, "<f4").tobytes()
+        return f"{zlib.crc32(data):08x}-{len(self.weights)}-{self.bias:.6g}"
+
     def score_prompt(self, prompt: str) -> float:
         """:meth:`score` of a one-turn request."""
         return self.score(request_for_prompt(prompt))
@@ -350,8 +407,8 @@ class LearnedRouter:
             "dense": {name: {"weight": float(w[i]), "mean": float(self.dense_mean[i]),
                              "std": float(self.dense_std[i])}
                       for i, name in enumerate(DENSE_NAMES)},
-            "embedding_weights": _pack(w[n_dense : n_dense + n_embed]),
-            "hashed_weights": _pack(w[n_dense + n_embed :]),
+            "embedding_weights": pack_weights(w[n_dense : n_dense + n_embed]),
+            "hashed_weights": pack_weights(w[n_dense + n_embed :]),
             "info": dict(self.info),
         }
 
@@ -383,8 +440,8 @@ class LearnedRouter:
             dense = raw["dense"]
             weights = np.concatenate([
                 np.array([dense[n]["weight"] for n in DENSE_NAMES], "<f4"),
-                _unpack(raw["embedding_weights"]),
-                _unpack(raw["hashed_weights"]),
+                unpack_weights(raw["embedding_weights"]),
+                unpack_weights(raw["hashed_weights"]),
             ])
             router = cls(
                 config=config,
@@ -396,6 +453,8 @@ class LearnedRouter:
                              float(raw["calibration"]["intercept"])),
                 info=dict(raw.get("info", {})),
                 embedder=embedder,
+                centroids=_centroids(raw["info"]["familiarity"])
+                if "familiarity" in raw.get("info", {}) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RouterError(f"learned router file is damaged: {exc!r}") from exc
@@ -423,14 +482,19 @@ class LearnedRouter:
         return cls.from_dict(raw, embedder=embedder)
 
 
-def _pack(weights: np.ndarray) -> dict[str, Any]:
+def _centroids(record: Mapping[str, Any]) -> np.ndarray:
+    return unpack_weights(record["centroids"]).astype(np.float64).reshape(
+        int(record["clusters"]), -1)
+
+
+def pack_weights(weights: np.ndarray) -> dict[str, Any]:
     data = np.ascontiguousarray(weights, "<f4").tobytes()
     return {"dtype": "<f4", "length": len(weights),
             "base64": base64.b64encode(zlib.compress(data, 9)).decode("ascii"),
             "encoding": "zlib+base64"}
 
 
-def _unpack(packed: Mapping[str, Any]) -> np.ndarray:
+def unpack_weights(packed: Mapping[str, Any]) -> np.ndarray:
     if packed.get("dtype") != "<f4" or packed.get("encoding") != "zlib+base64":
         raise ValueError(f"unknown weight encoding {packed.get('encoding')!r}")
     out = np.frombuffer(zlib.decompress(base64.b64decode(packed["base64"])), "<f4").copy()

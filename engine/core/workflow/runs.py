@@ -144,6 +144,9 @@ class RunSpec:
     cache_read: bool = True
     cache_write: bool = True
     key_id: str | None = None  # the client key whose limits and budget its ops count against
+    #: The workflow's ``(upstream, downstream)`` op pairs, so a reader (the dashboard's DAG)
+    #: need not load ``workflow_text`` again; empty for runs recorded before it was kept.
+    edges: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,12 +154,13 @@ class RunSpec:
             "variables": dict(self.variables) if self.variables is not None else None,
             "workflow_name": self.workflow_name, "title": self.title, "tenant": self.tenant,
             "cache_read": self.cache_read, "cache_write": self.cache_write,
-            "key_id": self.key_id,
+            "key_id": self.key_id, "edges": [list(edge) for edge in self.edges],
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
-        return cls(**data)
+        edges = tuple((up, down) for up, down in data.get("edges") or ())
+        return cls(**{**data, "edges": edges})
 
 
 @dataclass(slots=True)
@@ -197,6 +201,7 @@ class RunRecord:
             "started_at": iso_time(self.started_at),
             "finished_at": iso_time(self.finished_at),
             "ops": {name: op.public() for name, op in self.ops.items()},
+            "edges": [list(edge) for edge in self.spec.edges],
             "cost_usd": round(self.cost_usd, 8),
             "final_output": self.final_output,
             "error": self.error,
@@ -209,6 +214,7 @@ class RunRecord:
         out = self.public()
         out["ops"] = {name: op.status for name, op in self.ops.items()}
         out.pop("final_output")
+        out.pop("edges")
         return out
 
 

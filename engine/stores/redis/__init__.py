@@ -2,7 +2,8 @@
 the stores built on it."""
 
 from .client import Redis, Script, open_redis
+from .keys import RedisKeyStore
 from .resp import ReplyError
 from .runs import RedisRunStore
 
-__all__ = ["Redis", "RedisRunStore", "ReplyError", "Script", "open_redis"]
+__all__ = ["Redis", "RedisKeyStore", "RedisRunStore", "ReplyError", "Script", "open_redis"]

@@ -29,6 +29,9 @@ from engine.messages import (
     ToolChoice,
     ToolResult,
 )
+from engine.wire.schema import Num
+
+from .body import BLOCK_ROLES, IMAGE_TYPES, NUMBERS, UNSUPPORTED
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -44,15 +47,7 @@ JSON_INSTRUCTION = (
     "Answer with only one valid JSON object: no prose, no code fences, nothing before or after it."
 )
 
-_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_BLOCK_ROLES = {  # the content blocks the router takes, and the turns they may appear in
-    "text": ("user", "assistant"),
-    "image": ("user",),
-    "tool_result": ("user",),
-    "tool_use": ("assistant",),
-    "thinking": ("assistant",),
-    "redacted_thinking": ("assistant",),
-}
+_IMAGE_TYPES = frozenset(IMAGE_TYPES)
 _TOOL_CHOICES: dict[Any, Literal["auto", "none", "required", "tool"]] = {
     "auto": "auto",
     "any": "required",
@@ -60,13 +55,6 @@ _TOOL_CHOICES: dict[Any, Literal["auto", "none", "required", "tool"]] = {
     "none": "none",
 }
 _TOOL_CHOICE_TYPES = {mode: kind for kind, mode in _TOOL_CHOICES.items()}
-# Parameters that change the answer and that the router cannot honour: refused, never dropped.
-# Extended thinking would need its signed thinking blocks relayed and sent back verbatim.
-_UNSUPPORTED = {
-    "mcp_servers": "MCP servers are not supported by this router",
-    "container": "containers (code execution) are not supported by this router",
-    "context_management": "context management is not supported by this router",
-}
 
 
 # ---- reading: a client's request as the canonical one ----------------------------------------
@@ -89,14 +77,14 @@ def parse_request(body: bytes) -> ChatRequest:
     if not isinstance(data, dict):
         raise RequestInvalid("the request body must be a JSON object")
     model = _string(data, "model", "model", required=True)
-    max_tokens = _integer(data, "max_tokens", minimum=1, required=True)
+    max_tokens = _integer(data, "max_tokens", required=True)
     metadata = _optional(data, "metadata", dict, "an object") or {}
     tool_choice, parallel = _parse_tool_choice(data.get("tool_choice"))
     stop = _optional(data, "stop_sequences", list, "a list of strings") or []
     if not all(isinstance(s, str) for s in stop):
         raise _invalid("stop_sequences", "must be a list of strings")
     _check_thinking(data.get("thinking"))
-    for name, problem in _UNSUPPORTED.items():
+    for name, problem in UNSUPPORTED.items():
         if data.get(name) is not None:
             raise _invalid(name, problem)
     return ChatRequest(
@@ -106,9 +94,9 @@ def parse_request(body: bytes) -> ChatRequest:
         tools=_parse_tools(data.get("tools")),
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
-        temperature=_number(data, "temperature", 0.0, 1.0),
-        top_p=_number(data, "top_p", 0.0, 1.0),
-        top_k=_integer(data, "top_k", minimum=0),
+        temperature=_number(data, "temperature"),
+        top_p=_number(data, "top_p"),
+        top_k=_integer(data, "top_k"),
         max_tokens=max_tokens,
         stop=tuple(stop),
         user=_string(metadata, "user_id", "metadata.user_id"),
@@ -147,7 +135,8 @@ def _string(obj: dict[str, Any], key: str, path: str, *, required: bool = False)
     return value
 
 
-def _integer(obj: dict[str, Any], key: str, *, minimum: int, required: bool = False) -> Any:
+def _integer(obj: dict[str, Any], key: str, *, required: bool = False) -> Any:
+    minimum = NUMBERS[key].low
     value = obj.get(key)
     if value is None:
         if required:
@@ -155,12 +144,14 @@ def _integer(obj: dict[str, Any], key: str, *, minimum: int, required: bool = Fa
         return None
     if not isinstance(value, int) or isinstance(value, bool):
         raise _invalid(key, "must be an integer")
-    if value < minimum:
-        raise _invalid(key, f"must be at least {minimum}")
+    if minimum is not None and value < minimum:
+        raise _invalid(key, f"must be at least {minimum:g}")
     return value
 
 
-def _number(obj: dict[str, Any], key: str, low: float, high: float) -> float | None:
+def _number(obj: dict[str, Any], key: str) -> float | None:
+    spec: Num = NUMBERS[key]
+    low, high = spec.low or 0.0, spec.high or 0.0  # both declared for every float here
     value = obj.get(key)
     if value is None:
         return None
@@ -224,7 +215,7 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
     if not isinstance(block, dict):
         raise _invalid(path, "must be a content block object")
     kind = block.get("type")
-    allowed = _BLOCK_ROLES.get(kind) if isinstance(kind, str) else None
+    allowed = BLOCK_ROLES.get(kind) if isinstance(kind, str) else None
     if allowed is None:
         if not isinstance(kind, str):
             raise _invalid(f"{path}.type", "field required" if kind is None else "must be a string")

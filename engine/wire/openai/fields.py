@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.errors import RequestInvalid, echo
+from engine.wire.schema import Num
 
 __all__ = [
     "MISSING",
@@ -35,15 +36,15 @@ def string(obj: dict[str, Any], key: str, path: str, *, non_empty: bool = False)
     return value
 
 
-def number(
-    obj: dict[str, Any], key: str, kind: type, low: float | None = None, high: float | None = None
-) -> Any:
-    """An optional number in ``[low, high]``; ``kind=int`` refuses fractions. Never a bool."""
+def number(obj: dict[str, Any], key: str, spec: Num) -> Any:
+    """An optional number within ``spec``'s bounds; an integer spec refuses fractions. Never
+    a bool."""
     value = obj.get(key)
     if value is None:
         return None
-    if type(value) is not int and (kind is int or type(value) is not float):
-        raise invalid_type(key, "an integer" if kind is int else "a number", value)
+    if type(value) is not int and (spec.integer or type(value) is not float):
+        raise invalid_type(key, "an integer" if spec.integer else "a number", value)
+    low, high = spec.low, spec.high
     if (low is not None and value < low) or (high is not None and value > high):
         bound = f"at least {low}" if high is None else f"between {low} and {high}"
         raise RequestInvalid(

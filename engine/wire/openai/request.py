@@ -6,7 +6,9 @@ request as the body an OpenAI-compatible upstream takes.
 
 Validated here, once, by hand rather than through pydantic: this runs on every request, and
 hand-written checks are both faster and able to name the exact field at fault
-(``param="messages[2].content"``) in OpenAI's own error style (:mod:`.fields`). Fields that
+(``param="messages[2].content"``) in OpenAI's own error style (:mod:`.fields`). The body's
+fields and their bounds are declared in :mod:`.body` (what ``/openapi.json`` shows); this
+module reads them from there and keeps the cross-field rules. Fields that
 do not change the answer (``metadata``, ``store``, ``service_tier``, ...) are ignored; fields
 that would change it and that the router cannot honour (``functions``, audio output, web
 search) are refused, never silently dropped.
@@ -31,6 +33,7 @@ from engine.messages import (
     ToolResult,
 )
 
+from .body import MAX_N, MAX_STOP, NUMBERS, TOOL_CHOICE_MODES, UNSUPPORTED
 from .fields import (
     MISSING,
     boolean,
@@ -45,18 +48,8 @@ from .fields import (
 __all__ = ["parse_request", "render_request", "render_tool_call"]
 
 _ROLES = "'system', 'developer', 'user', 'assistant' or 'tool'"
-_TOOL_CHOICE_MODES = ("auto", "none", "required")
-_MAX_STOP = 4
-_MAX_N = 8  # n > 1 may fan out into n upstream calls: keep one request's cost bounded
-_MAX_TOP_LOGPROBS = 20
 _EMPTY_PARAMETERS = {"type": "object", "properties": {}}
-_UNSUPPORTED = {  # parameters that change the answer and that no backend here can honour
-    "functions": "'functions' is not supported by this router; use 'tools'.",
-    "function_call": "'function_call' is not supported by this router; use 'tool_choice'.",
-    "audio": "Audio output is not supported by this router.",
-    "web_search_options": "Web search is not supported by this router.",
-    "prediction": "Predicted outputs are not supported by this router.",
-}
+_F = NUMBERS  # each number's bounds: declared with the body (.body), checked here
 
 
 # ---- reading: a client's request as the canonical one --------------------------------------
@@ -82,9 +75,9 @@ def parse_request(body: bytes) -> ChatRequest:
     system, messages = _parse_messages(data.get("messages", MISSING))
     tools = _parse_tools(data.get("tools"))
     json_mode, json_schema = _parse_response_format(data.get("response_format"))
-    max_tokens = number(data, "max_completion_tokens", int, 1)
+    max_tokens = number(data, "max_completion_tokens", _F["max_completion_tokens"])
     if max_tokens is None:
-        max_tokens = number(data, "max_tokens", int, 1)
+        max_tokens = number(data, "max_tokens", _F["max_tokens"])
     stream = boolean(data, "stream") or False
     include_usage = False
     options = data.get("stream_options")
@@ -92,11 +85,11 @@ def parse_request(body: bytes) -> ChatRequest:
         if type(options) is not dict:
             raise invalid_type("stream_options", "an object", options)
         include_usage = bool(boolean(options, "include_usage", "stream_options.include_usage"))
-    for name, message in _UNSUPPORTED.items():
+    for name, message in UNSUPPORTED.items():
         if data.get(name) is not None:
             raise RequestInvalid(message, param=name)
     _check_modalities(data.get("modalities"))
-    n = number(data, "n", int, 1, _MAX_N)
+    n = number(data, "n", _F["n"])
     if stream and n is not None and n > 1:
         raise RequestInvalid(
             "'n' above 1 is not supported with 'stream': true; ask without streaming.",
@@ -106,7 +99,7 @@ def parse_request(body: bytes) -> ChatRequest:
     if user is not None and type(user) is not str:
         raise invalid_type("user", "a string", user)
     logprobs = bool(boolean(data, "logprobs"))
-    top_logprobs = number(data, "top_logprobs", int, 0, _MAX_TOP_LOGPROBS)
+    top_logprobs = number(data, "top_logprobs", _F["top_logprobs"])
     if top_logprobs is not None and not logprobs:
         raise RequestInvalid(
             "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
@@ -120,12 +113,12 @@ def parse_request(body: bytes) -> ChatRequest:
         parallel_tool_calls=boolean(data, "parallel_tool_calls"),
         json_mode=json_mode,
         json_schema=json_schema,
-        temperature=number(data, "temperature", float, 0, 2),
-        top_p=number(data, "top_p", float, 0, 1),
-        top_k=number(data, "top_k", int, 1),  # not OpenAI's, but vLLM clients send it
+        temperature=number(data, "temperature", _F["temperature"]),
+        top_p=number(data, "top_p", _F["top_p"]),
+        top_k=number(data, "top_k", _F["top_k"]),  # not OpenAI's, but vLLM clients send it
         max_tokens=max_tokens,
         stop=_parse_stop(data.get("stop")),
-        seed=number(data, "seed", int),
+        seed=number(data, "seed", _F["seed"]),
         n=1 if n is None else n,
         user=user,
         frequency_penalty=_penalty(data, "frequency_penalty"),
@@ -340,7 +333,7 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
 def _parse_tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice | None:
     if value is None:
         return None
-    if value in _TOOL_CHOICE_MODES:
+    if value in TOOL_CHOICE_MODES:
         choice = ToolChoice(mode=value)
     elif type(value) is dict and value.get("type") == "function":
         function = value.get("function")
@@ -390,8 +383,8 @@ def _parse_stop(value: Any) -> tuple[str, ...]:
         return (value,)
     if type(value) is not list:
         raise invalid_type("stop", "a string or an array of strings", value)
-    if len(value) > _MAX_STOP:
-        raise RequestInvalid(f"'stop' may hold at most {_MAX_STOP} sequences.", param="stop")
+    if len(value) > MAX_STOP:
+        raise RequestInvalid(f"'stop' may hold at most {MAX_STOP} sequences.", param="stop")
     for j, item in enumerate(value):
         if type(item) is not str:
             raise invalid_type(f"stop[{j}]", "a string", item)
@@ -411,7 +404,7 @@ def _check_modalities(value: Any) -> None:
 
 def _penalty(data: dict[str, Any], key: str) -> float | None:
     """A penalty in [-2, 2]; 0 (no penalty) is the same as none."""
-    value = number(data, key, float, -2, 2)
+    value = number(data, key, _F[key])
     return float(value) if value else None
 
 

@@ -1,0 +1,195 @@
+"""``llm-router router replay``: a labelled set played as traffic with honest feedback, and
+the learning curve it draws.
+
+::
+
+    llm-router router replay DATA.jsonl [DATA2 ...] [--model learned|FILE.json] [--every 25]
+                             [--reports N] [--plot curve.svg] [--json]
+
+The rows are split in file order: every other row (the 2nd, 4th, ...) is held back for
+evaluation, the rest is the traffic, in order. Each traffic row goes through the router's own
+routing policy (``engine.runtime.RoutingPolicy``, with a feedback database in a temporary
+directory, as a one-process router has): it is routed, and the feedback it earns is the
+labelled quality of the model of the tier that answered (``weak_score`` on tier 1,
+``strong_score`` above), reported by request id, as a deployment would. After every
+``--every`` reports the held-back rows are scored by the policy as it stands (the score before
+the cut; no feedback) and their APGR is measured, beside the router as shipped (no learning)
+and prompt length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from engine.core import DEFAULT_MODEL_PATH, Config, LearnedRouter
+from engine.core import request_for_prompt as _request
+from engine.runtime import FeedbackReport, RoutingPolicy
+from engine.stores import FeedbackStore
+from engine.training import RoutingRow, summarize
+
+from .plot import render_lines_svg
+
+__all__ = ["add_replay_command", "run_replay"]
+
+
+def add_replay_command(commands: Any) -> None:
+    """Register ``router replay`` on the ``router`` subcommands."""
+    rp = commands.add_parser(
+        "replay", help="replay labelled rows as traffic with feedback; the learning curve")
+    rp.add_argument("data", nargs="+", help="labelled JSONL rows")
+    rp.add_argument("--model", default="learned",
+                    help="the trained router: learned (shipped, default) or FILE.json")
+    rp.add_argument("--every", type=int, default=25,
+                    help="measure the held-back rows after every N reports (25)")
+    rp.add_argument("--reports", type=int, default=None,
+                    help="stop after N reports (default: all the traffic rows)")
+    rp.add_argument("--no-learning", dest="learning", action="store_false",
+                    help="feedback calibrates thresholds only (learned.online: false)")
+    rp.add_argument("--plot", metavar="FILE.svg", help="write the learning curve as SVG")
+    rp.add_argument("--json", action="store_true", help="print one JSON object instead")
+    rp.add_argument("--decontaminated", action="store_true")
+    rp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    reports: int
+    apgr: float
+    tier1_share: float  # of the traffic so far
+    tier1_max: int
+    gate: float  # how much of the learned correction applies (the floor)
+
+
+def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
+               out: TextIO) -> int:
+    """Run a parsed ``router replay`` (rows already loaded); the exit status."""
+    if args.every < 1:
+        raise ValueError("--every must be at least 1")
+    if args.plot and Path(args.plot).suffix.lower() != ".svg":
+        raise ValueError(f"--plot {args.plot}: write .svg")
+    if len(rows) < 4:
+        raise ValueError("replay needs at least 4 rows (half are held back)")
+    held, traffic = rows[1::2], rows[0::2]
+    if args.reports is not None:
+        traffic = traffic[: max(0, args.reports)]
+    report = trio.run(_replay, args, held, traffic)
+    report["files"] = files
+    if args.plot:
+        Path(args.plot).write_text(_svg(report), encoding="utf-8")
+    if args.json:
+        out.write(json.dumps(report, indent=1) + "\n")
+    else:
+        _print(report, out)
+    return 0
+
+
+async def _replay(args: argparse.Namespace, held: list[RoutingRow],
+                  traffic: list[RoutingRow]) -> dict[str, Any]:
+    path = DEFAULT_MODEL_PATH if args.model == "learned" else Path(args.model)
+    if args.model != "learned" and path.suffix != ".json":
+        raise ValueError(f"--model {args.model}: learned or FILE.json")
+    learned = LearnedRouter.load(path)
+    with tempfile.TemporaryDirectory(prefix="llm-router-replay-") as tmp:
+        config = _config(path, Path(tmp) / "feedback.db", learning=args.learning)
+        store = FeedbackStore(Path(tmp) / "feedback.db",
+                              base=(config.classifier.tier1_max, config.classifier.tier2_max))
+        await store.open()
+        try:
+            policy = RoutingPolicy(config, learned=learned, store=store)
+            await policy.load()
+            return await _play(policy, held, traffic, every=args.every,
+                               progress=bool(args.progress))
+        finally:
+            await store.close()
+
+
+def _config(model: Path, database: Path, *, learning: bool) -> Config:
+    return Config.model_validate({
+        "models": [{"name": "weak", "provider": "openai", "model": "weak", "tier": 1},
+                   {"name": "strong", "provider": "openai", "model": "strong", "tier": 2}],
+        "learned": {"model": str(model), "feedback_db": str(database), "online": learning},
+    })
+
+
+def _scores(policy: RoutingPolicy, rows: list[RoutingRow]) -> list[float]:
+    out = []
+    for row in rows:
+        route = policy.decide(_request(row.prompt))
+        out.append(route.value if route.value is not None else float(route.score.total
+                                                                     if route.score else 0))
+    return out
+
+
+async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[RoutingRow], *,
+                every: int, progress: bool) -> dict[str, Any]:
+    static = summarize(held, _scores(policy, held)).apgr
+    length = summarize(held, [float(len(r.prompt)) for r in held]).apgr
+    curve = [Point(0, static, 0.0, policy.tier1_max, _gate(policy))]
+    tier1 = 0
+    for n, row in enumerate(traffic, 1):
+        route = await policy.route(_request(row.prompt))
+        request_id = f"replay-{n}"
+        policy.remember(request_id, score=route.score.total if route.score else 0,
+                        tier=route.tier, model="weak" if route.tier == 1 else "strong",
+                        belief=route.belief)
+        tier1 += route.tier == 1
+        quality = row.weak_score if route.tier == 1 else row.strong_score
+        await policy.feedback(FeedbackReport(quality, request_id=request_id))
+        if n % every == 0 or n == len(traffic):
+            apgr = summarize(held, _scores(policy, held)).apgr
+            curve.append(Point(n, apgr, tier1 / n, policy.tier1_max, _gate(policy)))
+            if progress:
+                print(f"  {n} reports: APGR {apgr:.4f}", file=sys.stderr, flush=True)
+    state = await policy.describe()
+    return {
+        "held_back": len(held), "traffic": len(traffic), "every": every,
+        "static_apgr": round(static, 4), "length_apgr": round(length, 4),
+        "curve": [{"reports": p.reports, "apgr": round(p.apgr, 4),
+                   "tier1_share": round(p.tier1_share, 4), "tier1_max": p.tier1_max,
+                   "gate": round(p.gate, 4)}
+                  for p in curve],
+        "learning": state.get("learning"),
+    }
+
+
+def _gate(policy: RoutingPolicy) -> float:
+    learning = policy.learning
+    if learning is None or learning.state is None:
+        return 0.0
+    return learning.state.gate
+
+
+def _print(report: dict[str, Any], out: TextIO) -> None:
+    names = ", ".join(f["name"] for f in report["files"])
+    out.write(f"{names}: {report['traffic']} rows replayed as traffic, "
+              f"{report['held_back']} held back (every other row)\n")
+    out.write(f"APGR on the held-back rows: shipped router {report['static_apgr']:.4f}, "
+              f"prompt length {report['length_apgr']:.4f}\n\n")
+    out.write(f"{'reports':>8}  {'APGR':>7}  {'vs shipped':>10}  {'vs length':>9}  "
+              f"{'tier 1 so far':>13}  {'tier1_max':>9}  {'gate':>5}\n")
+    for p in report["curve"]:
+        out.write(f"{p['reports']:>8}  {p['apgr']:>7.4f}  "
+                  f"{p['apgr'] - report['static_apgr']:>+10.4f}  "
+                  f"{p['apgr'] - report['length_apgr']:>+9.4f}  "
+                  f"{100 * p['tier1_share']:>12.1f}%  {p['tier1_max']:>9}  {p['gate']:>5.2f}\n")
+
+
+def _svg(report: dict[str, Any]) -> str:
+    xs = [p["reports"] for p in report["curve"]]
+    names = ", ".join(f["name"] for f in report["files"])
+    return render_lines_svg(
+        [("learning from feedback", [(x, p["apgr"]) for x, p in zip(xs, report["curve"],
+                                                                      strict=True)]),
+         ("shipped router (no learning)", [(xs[0], report["static_apgr"]),
+                                           (xs[-1], report["static_apgr"])]),
+         ("prompt length", [(xs[0], report["length_apgr"]), (xs[-1], report["length_apgr"])])],
+        title=f"APGR on held-back rows while learning: {names}",
+        x_label="feedback reports", y_label="APGR")

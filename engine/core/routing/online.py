@@ -1,0 +1,304 @@
+"""Online learning: the deployment's own feedback teaches the trained router. Sans-IO.
+
+The shipped router (``engine.core.routing.learned``) was fitted on a few thousand public rows;
+a deployment's traffic is its own. Each quality report (``POST /v1/feedback`` naming a
+request) is one labelled example of that traffic, and :func:`learn` takes one bounded step of
+a logistic *correction* on top of the shipped model's log-odds:
+
+    logit(p) = z_shipped + gate × (1 - known) × max_shift × tanh(w · inputs / max_shift)
+
+``inputs`` (:meth:`LearnedRouter.assess <engine.core.routing.learned.LearnedRouter.assess>`)
+are the shipped log-odds, its standardised dense block (the heuristic's signals and the text's
+shape: lengths transfer across domains) and the WordLlama sentence vector (the topic): a few
+hundred numbers, so a few hundred reports move it, and its state is small enough to share.
+
+**What a report teaches.** ``p`` estimates the chance that the strong model answers better.
+A report on tier 1 (the cheap model) of quality ``q`` says the strong model was needed to the
+extent the cheap one failed: target ``1 - q``. A report on a higher tier says nothing about
+the cheap model, except that a poor strong answer was no gain: target 0 with weight
+``1 - q``; a good strong answer teaches nothing.
+
+**Bounds.** Steps are AdaGrad's (a weight many reports have moved moves less on the next),
+and one step moves its request's log-odds by at most ``max_step``; the correction never moves
+any log-odds by more than ``max_shift`` (a soft bound: a hard clip would tie the requests past
+it, and ties lose the order routing needs); every report shrinks the correction by
+the decay (``half_life`` reports halve it), so old evidence fades and the model drifts back to
+the shipped one when feedback stops. A reporter (``reporter``, the client key's digest) weighs
+at most ``key_cap`` decayed reports: past that, its reports count for less and less, so one
+client cannot outvote the others however much it sends.
+
+**The floor.** Before each step the report is also scored by both models, prequentially (on
+evidence neither has learned from), and kept with its target among the newest :data:`WINDOW`.
+What routing needs from a score is the order it puts requests in (APGR measures nothing
+else), so the floor compares orders: of the pairs of recent reports whose targets differ, the
+share each model ranks the right way round (:meth:`OnlineState.concordance`). The correction
+applies in proportion to how far it is ahead, in full from ``tolerance`` (a share: 0.02 is
+two pairs in a hundred), and not at all while it is behind or before :data:`MIN_EVIDENCE`
+reports.
+
+**What the shipped model knew.** ``known`` (how close a request is to the shipped model's
+training rows, :meth:`LearnedRouter.known <engine.core.routing.learned.LearnedRouter.known>`)
+holds the correction back: on traffic like its training data the router stays the shipped
+one. This matters because a report's target ("the cheap model failed") is not quite the
+shipped model's ("the strong one does better"): on prompts both models fail they disagree,
+and the floor, which can only compare models on what reports say, cannot see it
+(BENCHMARKS.md, "Online routing", has the measurements).
+
+The log-loss of both models on the reports is kept too, for ``GET /v1/routing``; the shipped
+model's is taken after a learned constant shift (``offset``), which buys log-loss without
+reordering anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState", "Outcome", "label",
+           "learn", "predict"]
+
+_KEPT_REPORTERS = 1000
+_EPSILON = 1e-6
+WINDOW = 300
+"""Reports the floor compares the two models on (the newest)."""
+MIN_EVIDENCE = 50.0
+"""Reports (by weight, in the window) the floor needs before it lets a correction apply."""
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineSettings:
+    """How fast and how far feedback may move the router (``learned.online_*`` in the
+    config)."""
+
+    rate: float = 0.1
+    max_step: float = 0.5
+    max_shift: float = 3.0
+    half_life: float = 2000.0
+    key_cap: float = 200.0
+    tolerance: float = 0.02
+
+    @property
+    def decay(self) -> float:
+        return float(0.5 ** (1.0 / self.half_life))
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineState:
+    """The learned correction and its record. ``weights`` has one entry per input and a bias
+    last; ``model`` names the shipped model it corrects (a state made for another model does
+    not apply); ``reporters`` maps a reporter to its decayed weight and the report count at
+    which that was measured."""
+
+    model: str
+    weights: np.ndarray
+    reports: int = 0
+    learned: float = 0.0
+    loss_shipped: float = 0.0
+    loss_online: float = 0.0
+    evidence: float = 0.0
+    reporters: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    offset: float = 0.0
+    #: Per weight, the decayed sum of its squared gradients (AdaGrad): a weight that many
+    #: reports have moved moves less on the next one, so the correction settles instead of
+    #: swinging with the last few reports.
+    squares: np.ndarray | None = None
+    #: The newest :data:`WINDOW` reports as the two models saw them before learning from
+    #: them: rows of (shipped log-odds, corrected log-odds, target, weight).
+    recent: np.ndarray | None = None
+    #: How much of the correction applies (the floor), set by each step from ``recent``.
+    gate: float = 0.0
+
+    @classmethod
+    def fresh(cls, model: str, inputs: int) -> OnlineState:
+        return cls(model, np.zeros(inputs + 1, np.float64),
+                   squares=np.zeros(inputs + 1, np.float64))
+
+    def concordance(self) -> tuple[float, float] | None:
+        """How often each model (shipped, corrected) ranked the recent reports' pairs the way
+        their targets do; None before :data:`MIN_EVIDENCE` reports."""
+        if self.recent is None or float(self.recent[:, 3].sum()) < MIN_EVIDENCE:
+            return None
+        return (_concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3]),
+                _concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3]))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = np.ascontiguousarray(self.weights, "<f8").tobytes()
+        return {
+            "model": self.model, "weights": base64.b64encode(data).decode("ascii"),
+            "reports": self.reports, "learned": self.learned,
+            "loss_shipped": self.loss_shipped, "loss_online": self.loss_online,
+            "evidence": self.evidence, "offset": self.offset,
+            "squares": _pack(self.squares if self.squares is not None
+                             else np.zeros_like(self.weights)),
+            "recent": _pack(self.recent if self.recent is not None else np.zeros((0, 4))),
+            "gate": self.gate,
+            "reporters": {k: list(v) for k, v in self.reporters.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> OnlineState:
+        """Raises: ValueError (or KeyError, TypeError) on a damaged state."""
+        weights = np.frombuffer(base64.b64decode(raw["weights"]), "<f8").astype(np.float64)
+        return cls(
+            str(raw["model"]), weights, int(raw["reports"]), float(raw["learned"]),
+            float(raw["loss_shipped"]), float(raw["loss_online"]), float(raw["evidence"]),
+            {str(k): (float(v[0]), int(v[1])) for k, v in raw.get("reporters", {}).items()},
+            float(raw.get("offset", 0.0)),
+            _unpack(raw["squares"]) if "squares" in raw else None,
+            _unpack(raw["recent"]).reshape(-1, 4) if "recent" in raw else None,
+            float(raw.get("gate", 0.0)),
+        )
+
+    def describe(self, settings: OnlineSettings) -> dict[str, Any]:
+        """The learning state for ``GET /v1/routing`` (no reporter identities)."""
+        n = max(self.evidence, 1e-12)
+        ranks = self.concordance()
+        return {
+            "concordance": None if ranks is None else {
+                "shipped": round(ranks[0], 4), "online": round(ranks[1], 4)},
+            "reports": self.reports, "learned_from": round(self.learned, 2),
+            "gate": round(self.gate, 4),
+            "log_loss": None if self.evidence <= 0 else {
+                "shipped": round(self.loss_shipped / n, 4),
+                "online": round(self.loss_online / n, 4)},
+            "correction_norm": round(float(np.linalg.norm(self.weights)), 4),
+            "reporters": len(self.reporters),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one report did: its target and weight, and how far it moved its request's
+    log-odds (0 when it taught nothing)."""
+
+    target: float
+    weight: float
+    moved: float
+
+
+def label(tier: int, quality: float) -> tuple[float, float]:
+    """The target ("the strong model was needed") and weight a report teaches.
+
+    >>> label(1, 0.0), label(1, 1.0), label(2, 0.0), label(2, 1.0)
+    ((1.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 0.0))
+    """
+    if tier <= 1:
+        return 1.0 - quality, 1.0
+    return 0.0, 1.0 - quality
+
+
+def _correction(state: OnlineState, inputs: np.ndarray, settings: OnlineSettings) -> float:
+    raw = float(state.weights[:-1] @ inputs) + float(state.weights[-1])
+    # A soft bound: past it, requests would tie and the ranking (all that APGR sees) is lost.
+    return settings.max_shift * math.tanh(raw / settings.max_shift)
+
+
+def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
+            settings: OnlineSettings, *, known: float = 0.0) -> float:
+    """The corrected log-odds of a request whose shipped log-odds are ``logit``; ``known``
+    (0..1: how like the shipped model's training data the request is) holds the correction
+    back, so what the shipped model knew stays as it was."""
+    if state is None or len(inputs) + 1 != len(state.weights):
+        return logit
+    return logit + state.gate * (1.0 - known) * _correction(state, inputs, settings)
+
+
+def _pack(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, "<f8").tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), "<f8").astype(np.float64)
+
+
+def _concordance(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
+    """Of the weighted pairs whose targets differ, the share the scores order the same way
+    (ties count half): the ranking quality APGR rewards, on reports."""
+    higher = targets[:, None] > targets[None, :]
+    pair = weights[:, None] * weights[None, :] * higher
+    total = float(pair.sum())
+    if total <= 0:
+        return 0.5
+    diff = scores[:, None] - scores[None, :]
+    agree = (diff > 0) + 0.5 * (diff == 0)
+    return float((pair * agree).sum()) / total
+
+
+def _log_loss(z: float, y: float) -> float:
+    # -(y log p + (1-y) log(1-p)) with p = sigmoid(z), stable for large |z|
+    return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, quality: float,
+          reporter: str | None, settings: OnlineSettings) -> tuple[OnlineState, Outcome]:
+    """One report's step (the module docstring): the new state and what the report did.
+
+    Two kinds of request the shipped model cannot tell apart (log-odds -2 both); the cheap
+    model fails one and serves the other:
+
+    >>> s = OnlineSettings()
+    >>> state = OnlineState.fresh("m", 2)
+    >>> hard, easy = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    >>> for _ in range(30):
+    ...     state, _ = learn(state, -2.0, hard, tier=1, quality=0.0, reporter=None, settings=s)
+    ...     state, _ = learn(state, -2.0, easy, tier=1, quality=1.0, reporter=None, settings=s)
+    >>> state.gate, predict(state, -2.0, hard, s) > -2.0 > predict(state, -2.0, easy, s)
+    (1.0, True)
+    """
+    target, weight = label(tier, quality)
+    decay = settings.decay
+    n = state.reports + 1
+    reporters = dict(state.reporters)
+    if reporter is not None:
+        had, at = reporters.get(reporter, (0.0, n))
+        had *= decay ** (n - at)
+        weight *= min(1.0, max(0.0, settings.key_cap - had))
+        reporters[reporter] = (had + weight, n)
+        if len(reporters) > _KEPT_REPORTERS:
+            newest = sorted(reporters.items(), key=lambda kv: kv[1][1])[-_KEPT_REPORTERS:]
+            reporters = dict(newest)
+    w = state.weights * decay
+    loss_shipped = state.loss_shipped * decay
+    loss_online = state.loss_online * decay
+    evidence = state.evidence * decay
+    offset = state.offset
+    squares = (state.squares if state.squares is not None
+               else np.zeros_like(state.weights)) * decay
+    moved = 0.0
+    if weight > 0:
+        correction = _correction(state, inputs, settings)
+        loss_shipped += weight * _log_loss(logit + offset, target)
+        loss_online += weight * _log_loss(logit + correction, target)
+        evidence += weight
+        offset -= settings.rate * weight * (_sigmoid(logit + offset) - target)
+        x = np.append(inputs, 1.0)
+        gradient = weight * (_sigmoid(logit + correction) - target) * x
+        squares = squares + gradient * gradient
+        step = settings.rate * gradient / np.sqrt(squares + _EPSILON)
+        moved = float(step @ x)
+        if abs(moved) > settings.max_step:
+            step *= settings.max_step / abs(moved)
+            moved = math.copysign(settings.max_step, moved)
+        w = w - step
+    recent = state.recent if state.recent is not None else np.zeros((0, 4))
+    if weight > 0:
+        row = [logit, logit + _correction(state, inputs, settings), target, weight]
+        recent = np.vstack([recent, row])[-WINDOW:]
+    new = replace(state, weights=w, squares=squares, recent=recent, reports=n,
+                  learned=state.learned * decay + weight, loss_shipped=loss_shipped,
+                  loss_online=loss_online, evidence=evidence, reporters=reporters,
+                  offset=offset)
+    ranks = new.concordance()
+    gate = 0.0 if ranks is None else max(0.0, min(1.0, (ranks[1] - ranks[0])
+                                                  / settings.tolerance))
+    new = replace(new, gate=gate)
+    return new, Outcome(target, weight, abs(moved))

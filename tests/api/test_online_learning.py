@@ -1,0 +1,178 @@
+"""Online learning over HTTP: feedback naming a request teaches the trained router, which
+then routes that kind of request elsewhere; what one credential can teach is capped; the
+admin resets it; GET /v1/routing shows it. Chat calls go through the official SDKs.
+
+Two prompts of the same heuristic score (5) stand for two kinds of traffic: feedback says
+the cheap model fails one (quality 0) and serves the other (quality 1). A constant shift of the
+shipped model cannot explain both, so the floor lets the correction apply once it is ahead
+(``online_tolerance`` is tiny here; threshold calibration is off so only beliefs move).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+import openai
+from support_routing import RouterClient, model_entry, open_router_client
+
+from engine.testing.fake_upstream import FakeUpstream
+
+HARD = "Which prime number follows the number seventeen?"
+EASY = "Please say hello to my friend Anna."
+ADMIN = "admin-key-for-online-learning-tests"
+LEARNED = {"model": "builtin", "calibrate": False, "online_rate": 2.0, "online_max_step": 2.0,
+           "online_tolerance": 0.001}
+
+
+def models(fake: FakeUpstream) -> list[dict[str, Any]]:
+    return [model_entry(fake, "cheap", tier=1), model_entry(fake, "strong", tier=2)]
+
+
+async def ask(client: RouterClient, prompt: str, *, key: str = "t") -> tuple[str, int, int]:
+    """(request id, score, tier) of one chat through the OpenAI SDK."""
+    async with openai.AsyncOpenAI(base_url=client.router.v1, api_key=key,
+                                  max_retries=0) as sdk:
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": prompt}])
+    return (raw.headers["x-llm-router-request-id"], int(raw.headers["x-llm-router-score"]),
+            int(raw.headers["x-llm-router-tier"]))
+
+
+async def report(client: RouterClient, request_id: str, quality: float, *,
+                 headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    answer = await client.request("POST", "/v1/feedback", headers=dict(headers or {}),
+                                  json={"request_id": request_id, "quality": quality})
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def learning(client: RouterClient, **headers: str) -> dict[str, Any]:
+    answer = await client.request("GET", "/v1/routing", headers=headers)
+    assert answer.status_code == 200, answer.text
+    state: dict[str, Any] = answer.json()["learning"]
+    return state
+
+
+async def teach_until_hard_goes_up(client: RouterClient, *, key: str = "t",
+                                   rounds: int = 60) -> int:
+    """Report honestly on both prompts until HARD leaves tier 1; the rounds it took."""
+    auth = {"authorization": f"Bearer {key}"} if key != "t" else {}
+    for n in range(1, rounds + 1):
+        hard_id, _, hard_tier = await ask(client, HARD, key=key)
+        if hard_tier == 2:
+            return n
+        easy_id, _, _ = await ask(client, EASY, key=key)
+        assert (await report(client, hard_id, 0.0, headers=auth))["learning"]["learned"]
+        await report(client, easy_id, 1.0, headers=auth)
+    raise AssertionError(f"HARD still on tier 1 after {rounds} rounds: "
+                         f"{await learning(client)}")
+
+
+async def test_feedback_teaches_the_router_and_routing_follows(
+    fake_upstream: FakeUpstream,
+) -> None:
+    async with open_router_client(models(fake_upstream), learned=LEARNED) as client:
+        assert (await learning(client))["reports"] == 0
+        _, hard_before, tier_before = await ask(client, HARD)
+        _, easy_before, _ = await ask(client, EASY)
+        assert tier_before == 1
+
+        rounds = await teach_until_hard_goes_up(client)
+
+        _, hard_after, _ = await ask(client, HARD)
+        _, easy_after, easy_tier = await ask(client, EASY)
+        assert hard_after > hard_before and easy_after <= easy_before and easy_tier == 1
+        state = await learning(client)
+        assert state["enabled"] is True and state["reports"] == 2 * (rounds - 1)
+        assert state["gate"] > 0 and state["log_loss"]["online"] < state["log_loss"]["shipped"]
+        assert state["reporters"] == 0  # reports came without a credential: none to cap
+        # The Anthropic side is routed by the same learned belief.
+        async with anthropic.AsyncAnthropic(base_url=client.url, api_key="t",
+                                            max_retries=0) as claude:
+            raw = await claude.messages.with_raw_response.create(
+                model="auto", max_tokens=16, messages=[{"role": "user", "content": HARD}])
+        assert raw.headers["x-llm-router-tier"] == "2"
+
+
+async def test_the_learning_survives_a_restart(fake_upstream: FakeUpstream,
+                                              tmp_path: Any) -> None:
+    settings = LEARNED | {"feedback_db": str(tmp_path / "feedback.db")}
+    async with open_router_client(models(fake_upstream), learned=settings) as client:
+        await teach_until_hard_goes_up(client)
+        taught = await learning(client)
+    async with open_router_client(models(fake_upstream), learned=settings) as client:
+        assert (await ask(client, HARD))[2] == 2
+        assert (await learning(client))["reports"] == taught["reports"]
+
+
+async def test_one_credential_cannot_teach_past_its_cap(fake_upstream: FakeUpstream) -> None:
+    keys = ["k-mallory-0123456789", "k-alice-0123456789"]
+    async with open_router_client(models(fake_upstream), server={"api_keys": keys},
+                                  learned=LEARNED | {"online_key_cap": 5}) as client:
+        mallory = {"authorization": f"Bearer {keys[0]}"}
+        weights = []
+        for _ in range(8):
+            request_id, _, _ = await ask(client, HARD, key=keys[0])
+            weights.append((await report(client, request_id, 0.0,
+                                         headers=mallory))["learning"]["weight"])
+        assert weights[:5] == [1.0] * 5
+        assert all(w < 0.01 for w in weights[5:]), weights
+        request_id, _, _ = await ask(client, EASY, key=keys[1])
+        alice = await report(client, request_id, 1.0,
+                             headers={"x-api-key": keys[1]})
+        assert alice["learning"]["weight"] == 1.0
+        state = await learning(client, authorization=f"Bearer {keys[1]}")
+        assert state["reporters"] == 2
+        assert keys[0] not in str(state) and keys[1] not in str(state)
+
+
+async def test_the_admin_resets_what_was_learned(fake_upstream: FakeUpstream) -> None:
+    async with open_router_client(models(fake_upstream), learned=LEARNED,
+                                  server={"admin_key": ADMIN}) as client:
+        made = await client.request("POST", "/v1/admin/keys", json={"name": "app"},
+                                    headers={"authorization": f"Bearer {ADMIN}"})
+        key = made.json()["key"]
+        _, hard_before, _ = await ask(client, HARD, key=key)
+        await teach_until_hard_goes_up(client, key=key)
+
+        refused = await client.request("DELETE", "/v1/routing/learning",
+                                       headers={"authorization": f"Bearer {key}"})
+        assert refused.status_code == 401
+        assert refused.json()["error"]["type"] == "authentication_error"
+        assert (await ask(client, HARD, key=key))[2] == 2
+
+        done = await client.request("DELETE", "/v1/routing/learning",
+                                    headers={"authorization": f"Bearer {ADMIN}"})
+        assert done.status_code == 200, done.text
+        assert done.json()["reset"] is True and done.json()["learning"]["reports"] == 0
+        assert ADMIN not in done.text
+        _, hard_after, tier = await ask(client, HARD, key=key)
+        assert (hard_after, tier) == (hard_before, 1)
+
+
+async def test_reset_without_an_admin_key_or_learning_is_a_clear_4xx(
+    fake_upstream: FakeUpstream,
+) -> None:
+    async with open_router_client(models(fake_upstream), learned=LEARNED) as client:
+        off = await client.request("DELETE", "/v1/routing/learning")
+        assert off.status_code == 404 and "server.admin_key" in off.json()["error"]["message"]
+    async with open_router_client(models(fake_upstream), server={"admin_key": ADMIN},
+                                  learned=LEARNED | {"online": False}) as client:
+        assert (await learning(client, authorization=f"Bearer {ADMIN}")) == {"enabled": False}
+        off = await client.request("DELETE", "/v1/routing/learning",
+                                   headers={"x-api-key": ADMIN})
+        assert off.status_code == 400
+        assert "online learning is not enabled" in off.json()["error"]["message"]
+
+
+async def test_a_stated_report_calibrates_but_teaches_nothing(
+    fake_upstream: FakeUpstream,
+) -> None:
+    async with open_router_client(models(fake_upstream), learned=LEARNED) as client:
+        answer = await client.request("POST", "/v1/feedback",
+                                      json={"score": 0.2, "tier": 1, "quality": 0.0})
+        assert answer.status_code == 200 and "learning" not in answer.json()
+        assert (await learning(client))["reports"] == 0

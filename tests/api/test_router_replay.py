@@ -1,0 +1,84 @@
+"""``llm-router router replay``: a labelled set as traffic with feedback, through the router's
+own routing policy; the learning curve as a table, JSON and SVG. A subset of the RouterBench
+dev rows when the evaluation data is there (``LLM_ROUTER_EVAL_DATA``), and bad arguments."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from api.cli.router import add_router_commands, run_router_command
+
+DATA = os.environ.get("LLM_ROUTER_EVAL_DATA")
+ROUTERBENCH = "routing/routerbench_arc_mbpp_winogrande_dev.jsonl"
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="llm-router")
+    add_router_commands(parser.add_subparsers(dest="command"))
+    out, err = io.StringIO(), io.StringIO()
+    status = run_router_command(parser.parse_args(list(argv)), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def subset(tmp_path: Path, rows: int) -> Path:
+    """Every 3rd RouterBench dev row, so each subset (ARC, MBPP, Winogrande) is in it."""
+    if DATA is None:
+        pytest.skip("LLM_ROUTER_EVAL_DATA is not set")
+    lines = (Path(DATA) / ROUTERBENCH).read_text().splitlines()[::3][:rows]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_replay_reports_the_learning_curve(tmp_path: Path) -> None:
+    data = subset(tmp_path, 120)
+    svg = tmp_path / "curve.svg"
+    status, out, err = cli("router", "replay", str(data), "--every", "20", "--json",
+                           "--plot", str(svg))
+    assert status == 0, err
+    report = json.loads(out)
+    assert (report["traffic"], report["held_back"], report["every"]) == (60, 60, 20)
+    assert [p["reports"] for p in report["curve"]] == [0, 20, 40, 60]
+    assert report["curve"][0]["apgr"] == report["static_apgr"]
+    assert all(0 <= p["apgr"] <= 1.5 and 0 <= p["gate"] <= 1 for p in report["curve"])
+    assert report["learning"]["reports"] == 60 and report["learning"]["enabled"] is True
+    root = ET.fromstring(svg.read_text())
+    assert root.tag.endswith("svg") and len(root.findall("{*}polyline")) == 3
+
+    status, table, _ = cli("router", "replay", str(data), "--every", "30")
+    assert status == 0
+    assert "held back" in table and "vs shipped" in table and "vs length" in table
+    assert [line.split()[0] for line in table.splitlines()
+            if line.split() and line.split()[0].isdigit()] == ["0", "30", "60"]
+
+
+def test_replay_without_learning_stays_the_static_router(tmp_path: Path) -> None:
+    data = subset(tmp_path, 60)
+    status, out, err = cli("router", "replay", str(data), "--every", "10", "--json",
+                           "--no-learning")
+    assert status == 0, err
+    report = json.loads(out)
+    assert {p["apgr"] for p in report["curve"]} == {report["static_apgr"]}
+    assert report["learning"] == {"enabled": False}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--every", "0"], "--every must be at least 1"),
+    (["--plot", "curve.png"], "write .svg"),
+    (["--model", "router.txt"], "learned or FILE.json"),
+])
+def test_bad_arguments_exit_2_with_the_reason(tmp_path: Path, argv: list[str],
+                                              message: str) -> None:
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({
+        "id": str(i), "prompt": f"question {i}", "weak_score": i % 2, "strong_score": 1,
+    }) + "\n" for i in range(8)))
+    status, _, err = cli("router", "replay", str(data), *argv)
+    assert status == 2 and message in err
