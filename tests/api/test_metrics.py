@@ -202,3 +202,21 @@ async def test_metrics_asks_for_a_credential_and_counts_a_refused_chat(fake_upst
     # A chat request refused before its body was read counts too, with what is known of it.
     assert value(seen, "llm_router_requests_total", protocol="openai", model="", tier="",
                  cache="none", status="401") == 1
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.5], ids=["mid-stream", "before-first-byte"])
+async def test_streams_the_client_left_are_no_longer_in_flight(
+    fake_upstream: FakeUpstream, latency: float
+) -> None:
+    fake_upstream.set_default("m", Behaviour(latency=latency, text="word " * 40,
+                                             chunk_delay=0.05))
+    async with open_router_client([model_entry(fake_upstream, "m", tier=1)]) as client:
+        for _ in range(3):
+            with trio.move_on_after(0.2):  # the client leaves
+                await client.stream_chat("left")
+        with trio.fail_after(10):  # the router sees the disconnect, then the gauge drops
+            while value(await scrape(client), "llm_router_in_flight_requests") != 0:
+                await trio.sleep(0.05)
+        after = await scrape(client)
+    # counted once each, whatever their labels (a 200 left mid-stream, or a 499)
+    assert sum(n for (name, _), n in after.items() if name == "llm_router_requests_total") == 3
