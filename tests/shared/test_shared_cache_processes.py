@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import trio
-import yaml
+from support_processes import fake_model, write_router_config
 from support_processes import router_process as started_router
 from support_redis import RedisServer
 from support_routing import wait_for
@@ -21,17 +21,8 @@ from engine.testing.fake_upstream import FakeUpstream
 
 
 def write_config(folder: Path, fake: FakeUpstream, redis: RedisServer) -> Path:
-    folder.mkdir()
-    config = {
-        "models": [{"name": "m", "provider": "openai", "model": "m", "tier": 1,
-                    "base_url": fake.base_url("m", "openai"), "api_key": "k"}],
-        "cache": {"enabled": True},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-        "state": {"path": str(folder / "state.db"), "redis_url": redis.url},
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_router_config(folder, redis.url, [fake_model(fake, "m")],
+                               cache={"enabled": True})
 
 
 @asynccontextmanager

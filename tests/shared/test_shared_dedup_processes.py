@@ -16,28 +16,16 @@ from typing import Any
 import httpx
 import orjson
 import trio
-import yaml
 from support_flights import PROMPT, Answer, answer_text, ask, burst, claims, said
 from support_redis import RedisServer
-from support_processes import router_process
+from support_processes import fake_model, router_process, write_router_config
 from support_routing import user, wait_for
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 
 def write_config(folder: Path, fake: FakeUpstream, redis: RedisServer) -> Path:
-    folder.mkdir()
-    config = {
-        "models": [{"name": "m", "provider": "openai", "model": "up-m", "tier": 1,
-                    "base_url": fake.base_url("m", "openai"), "api_key": "k"}],
-        "cache": {"enabled": False},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-        "state": {"path": str(folder / "state.db"), "redis_url": redis.url},
-        "workflows": {"dir": str(folder / "none"), "templates_dir": str(folder / "none")},
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_router_config(folder, redis.url, [fake_model(fake, "m", model="up-m")])
 
 
 @asynccontextmanager

@@ -20,8 +20,7 @@ import anthropic
 import httpx
 import openai
 import trio
-import yaml
-from support_processes import router_process
+from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
@@ -33,20 +32,8 @@ CALL_USD = 0.55
 
 
 def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
-    folder.mkdir()
-    config = {
-        "models": [{"name": "small", "provider": "openai", "model": "small", "tier": 1,
-                    "base_url": fake.base_url("small", "openai"), "api_key": "k",
-                    "cost_per_1k_in": 50.0, "cost_per_1k_out": 50.0}],
-        "server": {"admin_key": ADMIN},
-        "cache": {"enabled": False},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-        "state": {"path": str(folder / "state.db"), "redis_url": redis_url},
-        "workflows": {"dir": str(folder / "none"), "templates_dir": str(folder / "none")},
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_router_config(folder, redis_url, [fake_model(fake, "small", price=50.0)],
+                               server={"admin_key": ADMIN})
 
 
 @asynccontextmanager

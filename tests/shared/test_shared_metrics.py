@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import trio
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from support_processes import router_process
+from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
@@ -23,21 +22,10 @@ REQUESTS = "llm_router_requests_total"
 
 
 def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
-    folder.mkdir()
-    config = {
-        "models": [{"name": name, "provider": "openai", "model": name, "tier": 1,
-                    "base_url": fake.base_url(name, "openai"), "api_key": "k",
-                    "cost_per_1k_in": price, "cost_per_1k_out": price}
-                   for name, price in (("cheap", 0.001), ("dear", 0.01))],
-        "cache": {"enabled": False},
-        "health": {"probe_interval_sec": 300, "max_probe_interval_sec": 600},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-        "state": {"path": str(folder / "state.db"), "redis_url": redis_url},
-        "workflows": {"dir": str(folder / "none"), "templates_dir": str(folder / "none")},
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_router_config(
+        folder, redis_url,
+        [fake_model(fake, name, price=price) for name, price in (("cheap", 0.001), ("dear", 0.01))],
+        health={"probe_interval_sec": 300, "max_probe_interval_sec": 600})
 
 
 @asynccontextmanager

@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 import trio
-import yaml
-from support_processes import router_process
+from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
@@ -28,24 +27,11 @@ MIN_SAMPLES = 8
 
 def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
     """``cheap`` and ``dear`` serve tier 1; healthy, ``cheap`` goes first (its price)."""
-    folder.mkdir()
-    models = [
-        {"name": name, "provider": "openai", "model": name, "tier": 1,
-         "base_url": fake.base_url(name, "openai"), "api_key": "k",
-         "cost_per_1k_in": price, "cost_per_1k_out": price}
-        for name, price in (("cheap", 0.001), ("dear", 0.01))
-    ]
-    config = {
-        "models": models, "cache": {"enabled": False},
-        "health": {"probe_interval_sec": 300, "max_probe_interval_sec": 600},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db"),
-                    "min_samples": MIN_SAMPLES},
-        "state": {"path": str(folder / "state.db"), "redis_url": redis_url},
-        "workflows": {"dir": str(folder / "none"), "templates_dir": str(folder / "none")},
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_router_config(
+        folder, redis_url,
+        [fake_model(fake, name, price=price) for name, price in (("cheap", 0.001), ("dear", 0.01))],
+        health={"probe_interval_sec": 300, "max_probe_interval_sec": 600},
+        learned={"min_samples": MIN_SAMPLES})
 
 
 @asynccontextmanager

@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 import trio
-import yaml
-from support_processes import router_process
+from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import model_entry, wait_for
 from support_workflows import WorkflowClient, open_workflow_router, sse_events
@@ -118,22 +117,9 @@ async def test_a_run_on_one_router_is_seen_watched_and_cancelled_on_another(
 
 
 def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
-    models = [
-        {"name": name, "provider": "openai", "model": name, "tier": 1,
-         "base_url": fake.base_url(name, "openai"), "api_key": "k",
-         "cost_per_1k_in": 0.001, "cost_per_1k_out": 0.002}
-        for name in ("ma", "mb", "mc")
-    ]
-    folder.mkdir()
-    config = {
-        "models": models, "cache": {"enabled": False},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-        "state": {"path": str(folder / "state.db"), "redis_url": redis_url},
-        "workflows": {"dir": str(folder / "none"), "templates_dir": str(folder / "none")},
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_router_config(folder, redis_url, [
+        fake_model(fake, name, cost_per_1k_in=0.001, cost_per_1k_out=0.002)
+        for name in ("ma", "mb", "mc")])
 
 
 async def test_a_run_of_a_killed_process_is_finished_by_another_without_repeating_ops(

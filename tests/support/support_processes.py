@@ -11,12 +11,48 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
+import yaml
 
-__all__ = ["LLM_ROUTER", "router_process"]
+from engine.testing.fake_upstream import FakeUpstream
+
+__all__ = ["LLM_ROUTER", "fake_model", "router_process", "write_router_config"]
 
 LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
+
+
+def fake_model(fake: FakeUpstream, name: str, *, price: float | None = None,
+               **fields: Any) -> dict[str, Any]:
+    """A tier 1 OpenAI model of the config, served by ``fake`` as backend ``name`` (and
+    costing ``price`` per 1k tokens each way, when given)."""
+    model = {"name": name, "provider": "openai", "model": name, "tier": 1,
+             "base_url": fake.base_url(name, "openai"), "api_key": "k"}
+    if price is not None:
+        model |= {"cost_per_1k_in": price, "cost_per_1k_out": price}
+    return model | fields
+
+
+def write_router_config(folder: Path, redis_url: str, models: list[dict[str, Any]],
+                        **sections: Any) -> Path:
+    """The config file of one router process, in ``folder`` (made here): ``models`` on the
+    Redis at ``redis_url``, its feedback database and state file in the folder, the cache
+    off, the heuristic router, no ready workflows. ``sections`` replace top-level sections,
+    except ``learned`` and ``state``, which they add to."""
+    folder.mkdir()
+    config: dict[str, Any] = {
+        "models": models,
+        "cache": {"enabled": False},
+        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
+        "state": {"path": str(folder / "state.db"), "redis_url": redis_url},
+        "workflows": {"dir": str(folder / "none"), "templates_dir": str(folder / "none")},
+    }
+    for name, section in sections.items():
+        config[name] = config[name] | section if name in ("learned", "state") else section
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @asynccontextmanager
