@@ -68,6 +68,7 @@ class _Collector:
         yield _counter("llm_router_tokens", "Tokens billed upstream, by direction.",
                        [(["input"], totals.get("tokens:input", 0.0)),
                         (["output"], totals.get("tokens:output", 0.0))], ["direction"])
+        yield from _per_key(totals)
         status = GaugeMetricFamily("llm_router_backend_status",
                                    "Backend health: 1 healthy, 0.5 degraded, 0 down.",
                                    labels=["backend"])
@@ -119,6 +120,26 @@ def _labelled(totals: dict[str, float]) -> Iterator[Metric]:
         rows = [(values, v) for values, v in sorted(samples[prefix]) if len(values) == len(labels)]
         yield _counter(name + ("_usd" if prefix in ("spent:", "saved:") else ""), doc, rows,
                        labels)
+
+
+# Client keys' usage (``key:<id>:<part>``): one series per key the admin API issued, so the
+# label stays as bounded as the key list; never the key itself.
+_PER_KEY = (
+    ("requests", "llm_router_key_requests", "Requests made with each client key."),
+    ("spent_usd", "llm_router_key_spend_usd", "USD spent upstream by each client key."),
+    ("tokens", "llm_router_key_tokens", "Tokens billed upstream for each client key."),
+)
+
+
+def _per_key(totals: dict[str, float]) -> Iterator[Metric]:
+    rows: dict[str, list[tuple[list[str], float]]] = {part: [] for part, *_ in _PER_KEY}
+    for name, value in totals.items():
+        if name.startswith("key:"):
+            key_id, _, part = name[4:].rpartition(":")
+            if part in rows:
+                rows[part].append(([key_id], value))
+    for part, metric, doc in _PER_KEY:
+        yield _counter(metric, doc, sorted(rows[part]), ["key_id"])
 
 
 def _counter(name: str, doc: str, rows: list[tuple[list[str], float]],

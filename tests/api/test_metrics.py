@@ -163,6 +163,9 @@ async def test_a_budget_rejection(fake_upstream: FakeUpstream,
     assert moved(before, after, "llm_router_requests_total", protocol="openai", model="auto",
                  tier="", cache="none", status="429") == 1
     assert moved(before, after, "llm_router_errors_total", code="budget_exceeded") == 1
+    assert moved(before, after, "llm_router_key_requests_total", key_id=key_id) == 1
+    assert moved(before, after, "llm_router_key_spend_usd_total", key_id=key_id) == 1.0
+    assert moved(before, after, "llm_router_key_tokens_total", key_id=key_id) == 20
     refused = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
                and "budget_exceeded" in r.getMessage()]
     assert len(refused) == 1 and f"client key {key_id}" in refused[0]
