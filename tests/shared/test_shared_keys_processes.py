@@ -20,7 +20,7 @@ import anthropic
 import httpx
 import openai
 import trio
-from support_processes import fake_model, router_process, write_router_config
+from support_processes import fake_model, two_routers, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
@@ -32,20 +32,10 @@ CALL_USD = 0.55
 
 
 def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
+    """One ``small`` model whose every answer costs the same (``CALL_USD``)."""
+    fake.set_default("small", Behaviour(usage=Usage(input_tokens=1, output_tokens=10)))
     return write_router_config(folder, redis_url, [fake_model(fake, "small", price=50.0)],
                                server={"admin_key": ADMIN})
-
-
-@asynccontextmanager
-async def two_routers(tmp_path: Path, fake: FakeUpstream, redis: RedisServer
-                      ) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
-    fake.set_default("small", Behaviour(usage=Usage(input_tokens=1, output_tokens=10)))
-    async with (
-        router_process(write_config(tmp_path / "a", fake, redis.url)) as (_, a),
-        router_process(write_config(tmp_path / "b", fake, redis.url)) as (_, b),
-        httpx.AsyncClient(timeout=10) as http,
-    ):
-        yield a, b, http
 
 
 async def new_key(http: httpx.AsyncClient, url: str, **settings: Any) -> tuple[str, str]:
@@ -76,7 +66,7 @@ async def ask_anthropic(claude: anthropic.AsyncAnthropic, text: str = "Hi") -> A
 async def test_a_key_made_on_one_process_works_on_the_other_until_revoked(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    async with two_routers(tmp_path, fake_upstream, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
         key_id, secret = await new_key(http, a)
         async with sdks(b, secret) as (gpt, claude):
             assert (await ask_openai(gpt)).choices[0].message.content
@@ -105,7 +95,7 @@ async def test_a_key_made_on_one_process_works_on_the_other_until_revoked(
 async def test_requests_per_minute_count_both_processes(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    async with two_routers(tmp_path, fake_upstream, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
         _, secret = await new_key(http, b, rpm=4)
         async with sdks(a, secret) as (gpt_a, _), sdks(b, secret) as (_, claude_b):
             for i in range(2):
@@ -129,7 +119,7 @@ async def test_requests_per_minute_count_both_processes(
 async def test_a_budget_split_over_both_processes_is_overspent_by_at_most_one_call(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    async with two_routers(tmp_path, fake_upstream, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
         fake_upstream.set_default("small", Behaviour(
             latency=0.2, usage=Usage(input_tokens=1, output_tokens=10)))
         key_id, secret = await new_key(http, a, budget_usd=3 * CALL_USD, budget_period="day")
@@ -172,7 +162,7 @@ async def test_a_budget_split_over_both_processes_is_overspent_by_at_most_one_ca
 async def test_redis_killed_mid_traffic_fails_no_request(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    async with two_routers(tmp_path, fake_upstream, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
         _, limited = await new_key(http, a, rpm=1000, budget_usd=100.0)
         _, free = await new_key(http, b)
         sent = 0

@@ -4,14 +4,12 @@ alive), and says when it shows its own alone (Redis down)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from support_processes import fake_model, router_process, write_router_config
+from support_processes import fake_model, two_routers, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
@@ -26,17 +24,6 @@ def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
         folder, redis_url,
         [fake_model(fake, name, price=price) for name, price in (("cheap", 0.001), ("dear", 0.01))],
         health={"probe_interval_sec": 300, "max_probe_interval_sec": 600})
-
-
-@asynccontextmanager
-async def two_routers(tmp_path: Path, fake: FakeUpstream, redis: RedisServer
-                      ) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
-    async with (
-        router_process(write_config(tmp_path / "a", fake, redis.url)) as (_, a),
-        router_process(write_config(tmp_path / "b", fake, redis.url)) as (_, b),
-        httpx.AsyncClient(timeout=10) as http,
-    ):
-        yield a, b, http
 
 
 async def scrape(http: httpx.AsyncClient, url: str) -> Samples:
@@ -81,7 +68,7 @@ async def test_either_process_shows_the_traffic_of_both(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
     fake = fake_upstream
-    async with two_routers(tmp_path, fake, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake, redis_server.url) as (a, b, http):
         # B's first call goes to cheap (untried, the lower price), and fails over.
         fake.script("cheap", Behaviour(status=500))
         assert await chat(http, b) == 200

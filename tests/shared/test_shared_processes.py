@@ -9,14 +9,13 @@ through Redis alone. Upstream calls are counted at the fake upstream, which outl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from support_processes import fake_model, router_process, write_router_config
+from support_processes import fake_model, two_routers, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
@@ -32,17 +31,6 @@ def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
         [fake_model(fake, name, price=price) for name, price in (("cheap", 0.001), ("dear", 0.01))],
         health={"probe_interval_sec": 300, "max_probe_interval_sec": 600},
         learned={"min_samples": MIN_SAMPLES})
-
-
-@asynccontextmanager
-async def two_routers(tmp_path: Path, fake: FakeUpstream, redis: RedisServer
-                      ) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
-    async with (
-        router_process(write_config(tmp_path / "a", fake, redis.url)) as (_, a),
-        router_process(write_config(tmp_path / "b", fake, redis.url)) as (_, b),
-        httpx.AsyncClient(timeout=10) as http,
-    ):
-        yield a, b, http
 
 
 async def chat(http: httpx.AsyncClient, url: str, model: str = "auto") -> httpx.Response:
@@ -81,7 +69,7 @@ async def test_health_found_by_one_process_is_obeyed_by_the_other(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
     fake = fake_upstream
-    async with two_routers(tmp_path, fake, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake, redis_server.url) as (a, b, http):
         # A is told to wait by cheap: B sends it nothing until then.
         fake.script("cheap", Behaviour(status=429, retry_after=120))
         assert (await chat(http, a)).headers["x-llm-router-model"] == "dear"
@@ -121,7 +109,7 @@ async def test_health_found_by_one_process_is_obeyed_by_the_other(
 async def test_feedback_from_both_processes_is_calibrated_once(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    async with two_routers(tmp_path, fake_upstream, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
         report = {"score": 0.28, "tier": 1, "quality": 0.95}
 
         async def post(url: str) -> None:
@@ -146,7 +134,7 @@ async def test_feedback_from_both_processes_is_calibrated_once(
 async def test_redis_killed_mid_traffic_fails_nothing_and_loses_no_count(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    async with two_routers(tmp_path, fake_upstream, redis_server) as (a, b, http):
+    async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
         sent = 0
 
         async def traffic(rounds: int) -> None:

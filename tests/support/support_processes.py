@@ -8,17 +8,18 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 import yaml
 
 from engine.testing.fake_upstream import FakeUpstream
 
-__all__ = ["LLM_ROUTER", "fake_model", "router_process", "write_router_config"]
+__all__ = ["LLM_ROUTER", "fake_model", "router_process", "two_routers", "write_router_config"]
 
 LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 
@@ -89,6 +90,21 @@ async def router_process(
             with trio.move_on_after(5, shield=True):
                 await process.wait()
         await process.stderr.aclose()
+
+
+@asynccontextmanager
+async def two_routers(
+    tmp_path: Path, write_config: Callable[[Path, FakeUpstream, str], Path],
+    fake: FakeUpstream, redis_url: str,
+) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
+    """Two router processes sharing one Redis, each from its own folder's config, and a
+    client to call them with: ``(url_a, url_b, http)``."""
+    async with (
+        router_process(write_config(tmp_path / "a", fake, redis_url)) as (_, a),
+        router_process(write_config(tmp_path / "b", fake, redis_url)) as (_, b),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        yield a, b, http
 
 
 async def _drain(stream: trio.abc.ReceiveStream, log: bytearray, drained: trio.Event) -> None:
