@@ -4,64 +4,21 @@ process), and every byte a store keeps (to show a secret is not among them)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-from support_redis import running_redis
+from support_stores import KINDS, StoreKinds
 
-from engine.core.redis_address import RedisAddress
 from engine.stores.keys import KeyStore, SqliteKeyStore
-from engine.stores.redis import RedisKeyStore, open_redis
+from engine.stores.redis import RedisKeyStore
 
 __all__ = ["KEY_STORE_KINDS", "kept_bytes", "open_another_key_store", "open_key_store_of",
            "open_redis_key_store"]
 
-KEY_STORE_KINDS = ("sqlite", "redis")
-
-
-@asynccontextmanager
-async def open_redis_key_store(address: RedisAddress) -> AsyncIterator[RedisKeyStore]:
-    """A shared key store with a Redis client of its own (as a router process has)."""
-    async with open_redis(address) as redis:
-        store = RedisKeyStore(redis)
-        await store.open()
-        yield store
-
-
-@asynccontextmanager
-async def _open_sqlite(path: Path) -> AsyncIterator[SqliteKeyStore]:
-    store = SqliteKeyStore(path)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@asynccontextmanager
-async def open_key_store_of(kind: str, folder: Path) -> AsyncIterator[KeyStore]:
-    """A fresh store: ``sqlite`` on ``folder / "state.db"``, or ``redis`` on a
-    ``redis-server`` started in ``folder`` (stopped after the block)."""
-    if kind == "sqlite":
-        async with _open_sqlite(folder / "state.db") as store:
-            yield store
-        return
-    with running_redis(folder) as server:
-        async with open_redis_key_store(RedisAddress.from_url(server.url)) as shared:
-            yield shared
-
-
-@asynccontextmanager
-async def open_another_key_store(store: KeyStore) -> AsyncIterator[KeyStore]:
-    """A second store on ``store``'s data: what another router process opens."""
-    if isinstance(store, SqliteKeyStore):
-        async with _open_sqlite(store.database.path) as other:
-            yield other
-        return
-    assert isinstance(store, RedisKeyStore)
-    async with open_redis_key_store(store.redis.address) as other:
-        yield other
+KEY_STORES = StoreKinds(SqliteKeyStore, RedisKeyStore, lambda store: Path(store.database.path))
+KEY_STORE_KINDS = KINDS
+open_redis_key_store = KEY_STORES.open_shared
+open_key_store_of = KEY_STORES.open_of
+open_another_key_store = KEY_STORES.open_another
 
 
 async def kept_bytes(store: KeyStore) -> bytes:

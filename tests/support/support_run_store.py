@@ -10,22 +10,21 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support_redis import running_redis
+from support_stores import KINDS, StoreKinds
 
-from engine.core.redis_address import RedisAddress
 from engine.core.workflow.runs import OpState, RunRecord, RunSpec
 from engine.stores import RunStore, SqliteRunStore
-from engine.stores.redis import RedisRunStore, open_redis
+from engine.stores.redis import RedisRunStore
 
 __all__ = ["STORE_KINDS", "leftovers", "make_record", "open_another", "open_redis_run_store",
            "open_run_store", "open_store_of", "read_only"]
 
-STORE_KINDS = ("sqlite", "redis")
+STORE_KINDS = KINDS
 
 
 def make_record(run_id: str, *, tenant: str = "", created_at: float = 0.0,
@@ -39,48 +38,11 @@ def make_record(run_id: str, *, tenant: str = "", created_at: float = 0.0,
                      ops={name: OpState() for name in ops}, idempotency_key=key)
 
 
-@asynccontextmanager
-async def open_run_store(path: Path) -> AsyncIterator[SqliteRunStore]:
-    store = SqliteRunStore(path)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@asynccontextmanager
-async def open_redis_run_store(address: RedisAddress) -> AsyncIterator[RedisRunStore]:
-    """A shared run store with a Redis client of its own (as a router process has)."""
-    async with open_redis(address) as redis:
-        store = RedisRunStore(redis)
-        await store.open()
-        yield store
-
-
-@asynccontextmanager
-async def open_store_of(kind: str, folder: Path) -> AsyncIterator[RunStore]:
-    """A fresh store: ``sqlite`` on ``folder / "state.db"``, or ``redis`` on a
-    ``redis-server`` started in ``folder`` (stopped after the block)."""
-    if kind == "sqlite":
-        async with open_run_store(folder / "state.db") as store:
-            yield store
-        return
-    with running_redis(folder) as server:
-        async with open_redis_run_store(RedisAddress.from_url(server.url)) as shared:
-            yield shared
-
-
-@asynccontextmanager
-async def open_another(store: RunStore) -> AsyncIterator[RunStore]:
-    """A second store on ``store``'s data: what another router process opens."""
-    if isinstance(store, SqliteRunStore):
-        async with open_run_store(store.path) as other:
-            yield other
-        return
-    assert isinstance(store, RedisRunStore)
-    async with open_redis_run_store(store.redis.address) as shared:
-        yield shared
+RUN_STORES = StoreKinds(SqliteRunStore, RedisRunStore, lambda store: Path(store.path))
+open_run_store = RUN_STORES.open_embedded
+open_redis_run_store = RUN_STORES.open_shared
+open_store_of = RUN_STORES.open_of
+open_another = RUN_STORES.open_another
 
 
 async def leftovers(store: RunStore, run_ids: Sequence[str]) -> set[str]:
