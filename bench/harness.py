@@ -6,9 +6,14 @@ importable as ``harness``; the fake provider comes from the package (``engine.te
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,8 @@ from api.http.app import create_app
 from api.http.server import hypercorn_config, serve
 from engine.core.config import Config, parse_config
 
-__all__ = ["RunningRouter", "make_config", "open_router"]
+__all__ = ["RunningRouter", "free_port", "make_config", "one_model_config", "open_router",
+           "percentile", "redis_server"]
 
 
 @dataclass
@@ -61,3 +67,63 @@ async def open_router(config: Config) -> AsyncIterator[RunningRouter]:
             yield RunningRouter(url=binds[0], config=config)
         finally:
             stop.set()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A ``redis-server`` from the PATH on a free loopback port, saving nothing, for the
+    block: its URL. Exits the script when there is none or it does not start."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not on the PATH")
+    folder = tempfile.mkdtemp(prefix="llmr-bench-redis-")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save",
+                                "", "--appendonly", "no", "--dir", folder],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    sys.exit("redis-server did not start")
+                time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def one_model_config(fake_url: str, folder: Path, *, redis_url: str | None = None,
+                     **more: Any) -> Config:
+    """A gateway's config with one tier-1 model ``m`` at ``fake_url``, cache off, the
+    heuristic router, its files in ``folder`` (made here), and ``more`` top-level sections."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state: dict[str, object] = {"path": str(folder / "state.db")}
+    if redis_url is not None:
+        state["redis_url"] = redis_url
+    data: dict[str, Any] = {
+        "models": [{"name": "m", "provider": "openai", "model": "m", "tier": 1,
+                    "base_url": fake_url, "api_key": "k",
+                    "cost_per_1k_in": 0.001, "cost_per_1k_out": 0.002}],
+        "cache": {"enabled": False},
+        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
+        "state": state, **more,
+    }
+    return parse_config(yaml.safe_dump(data), environ={})

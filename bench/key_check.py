@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.core.config import parse_config
+from harness import one_model_config, percentile, redis_server  # noqa: E402
+
 from engine.core.keys import KeySettings
 from engine.errors import StoreUnavailable
 from engine.messages import ChatRequest, Message, TextPart
@@ -50,33 +48,9 @@ ADMIN = "admin-key-for-the-benchmark"
 LIMITS = KeySettings(name="bench", rpm=10_000_000, tpm=10_000_000_000, budget_usd=1e9)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def config(fake_url: str, folder: Path, *, redis_url: str | None, keys: bool) -> Any:
-    folder.mkdir()
-    state: dict[str, object] = {"path": str(folder / "state.db")}
-    if redis_url is not None:
-        state["redis_url"] = redis_url
-    data: dict[str, Any] = {
-        "models": [{"name": "m", "provider": "openai", "model": "m", "tier": 1,
-                    "base_url": fake_url, "api_key": "k",
-                    "cost_per_1k_in": 0.001, "cost_per_1k_out": 0.002}],
-        "cache": {"enabled": False},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-        "state": state,
-    }
-    if keys:
-        data["server"] = {"admin_key": ADMIN}
-    return parse_config(yaml.safe_dump(data))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return one_model_config(fake_url, folder, redis_url=redis_url,
+                            **({"server": {"admin_key": ADMIN}} if keys else {}))
 
 
 class Caller:
@@ -113,17 +87,8 @@ async def gate_alone(gate: Any, secret: str, count: int) -> list[float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
     folder = Path(tempfile.mkdtemp(prefix="llmr-bench-"))
-    port = free_port()
-    redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(folder)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        await trio.sleep(0.3)
-        url = f"redis://127.0.0.1:{port}/0"
+    with redis_server() as url:
         async with open_fake_upstream() as fake:
             base = fake.base_url("m", "openai")
             async with (
@@ -180,7 +145,7 @@ async def main(args: argparse.Namespace) -> None:
         print("| whole request (authenticate + complete) | p50 ms | p99 ms |")
         print("|---|---:|---:|")
         for name, values in times.items():
-            print(f"| {name} | {pct(values, 0.5):.3f} | {pct(values, 0.99):.3f} |")
+            print(f"| {name} | {percentile(values, 0.5):.3f} | {percentile(values, 0.99):.3f} |")
         p50 = {name: statistics.median(values) for name, values in times.items()}
         names = list(times)
         print(f"\nkeys on SQLite vs no keys, p50: {p50[names[1]] - p50[names[0]]:+.3f} ms; "
@@ -191,13 +156,10 @@ async def main(args: argparse.Namespace) -> None:
         print("\n| the gate alone (authenticate + admit + settle) | p50 ms | p99 ms |")
         print("|---|---:|---:|")
         for name, values in alone.items():
-            print(f"| {name} | {pct(values, 0.5):.4f} | {pct(values, 0.99):.4f} |")
+            print(f"| {name} | {percentile(values, 0.5):.4f} | {percentile(values, 0.99):.4f} |")
         print(f"\nadmissions that fell back to the process's own gate (Redis slower than "
               f"redis_timeout_ms): {fallbacks}; PINGs over it: {lost}")
-    finally:
-        redis.kill()
-        redis.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import redis_server  # noqa: E402
 from api.http.access import Exchange, Observer, access_log
 from api.http.metrics import render_metrics
 from engine.core import Redactor
@@ -178,12 +176,6 @@ async def measure(args: argparse.Namespace, redis_url: str | None) -> None:
                   f"{size / 1024:.1f} KiB |")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200_000)
@@ -197,26 +189,8 @@ def main() -> None:
     access_log.propagate = False
     trio.run(measure, args, None)
     if args.redis:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("redis-server is not on the PATH")
-        port = free_port()
-        server = subprocess.Popen([binary, "--port", str(port), "--save", "",
-                                   "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 30
-            while True:  # until it accepts connections
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            trio.run(measure, args, f"redis://127.0.0.1:{port}/0")
-        finally:
-            server.terminate()
-            server.wait()
+        with redis_server() as url:
+            trio.run(measure, args, url)
 
 
 if __name__ == "__main__":

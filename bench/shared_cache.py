@@ -24,12 +24,8 @@ Starts its own ``redis-server`` (from the PATH) on a free port, nothing saved to
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +35,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import make_config, open_router  # noqa: E402
+from harness import make_config, open_router, percentile, redis_server  # noqa: E402
 
 from engine.core.cache.key import RequestKey  # noqa: E402
 from engine.core.cache.record import CacheRecord, encode_record  # noqa: E402
@@ -67,33 +63,9 @@ def answer(size: int) -> ChatResult:
                       usage=Usage(40, size // 4))
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def row(name: str, values: list[float], unit: float = 1e6, label: str = "µs") -> str:
     return (f"| {name} | {statistics.median(values) * unit:.1f} {label} | "
-            f"{pct(values, 0.99) * unit:.1f} {label} | {len(values)} |")
-
-
-def start_redis(folder: str) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save",
-                                "", "--appendonly", "no", "--dir", folder],
-                               stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return process, port
-        except OSError:
-            time.sleep(0.02)
-    sys.exit("redis-server did not start")
+            f"{percentile(values, 0.99) * unit:.1f} {label} | {len(values)} |")
 
 
 def bounds(matcher: SemanticMatcher) -> dict[str, Any]:
@@ -282,11 +254,8 @@ async def memory(address: RedisAddress, entries: int, answer_bytes: int) -> list
 
 
 async def main(args: argparse.Namespace) -> None:
-    folder = tempfile.mkdtemp(prefix="llmr-bench-redis-")
-    process, port = start_redis(folder)
-    url = f"redis://127.0.0.1:{port}/0"
-    address = RedisAddress.from_url(url)
-    try:
+    with redis_server() as url:
+        address = RedisAddress.from_url(url)
         matcher = await trio.to_thread.run_sync(SemanticMatcher)
         print("## Hot path (per call)\n")
         print("\n".join(await hot_path(matcher, address, 2000)))
@@ -298,9 +267,6 @@ async def main(args: argparse.Namespace) -> None:
         print("\n".join(await over_http(url, 100)))
         print("\n## Redis memory\n")
         print("\n".join(await memory(address, args.entries, args.answer_bytes)))
-    finally:
-        process.kill()
-        process.wait()
 
 
 if __name__ == "__main__":

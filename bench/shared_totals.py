@@ -21,50 +21,22 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import trio
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.core.config import parse_config
+from harness import one_model_config, percentile, redis_server  # noqa: E402
+
 from engine.messages import ChatRequest, Message, TextPart
 from engine.runtime import RunContext, open_gateway
 from engine.runtime.gateway import Models
 from engine.testing import open_fake_upstream
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def config(fake_url: str, folder: Path, redis_url: str | None) -> object:
-    state: dict[str, object] = {"path": str(folder / "state.db")}
-    if redis_url is not None:
-        state["redis_url"] = redis_url
-    data = {
-        "models": [{"name": "m", "provider": "openai", "model": "m", "tier": 1,
-                    "base_url": fake_url, "api_key": "k",
-                    "cost_per_1k_in": 0.001, "cost_per_1k_out": 0.002}],
-        "cache": {"enabled": False},
-        "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
-        "state": state,
-    }
-    return parse_config(yaml.safe_dump(data))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def timed_requests(gateway: object, count: int) -> list[float]:
@@ -88,24 +60,14 @@ async def timed(fn: object, count: int) -> list[float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
     folder = Path(tempfile.mkdtemp(prefix="llmr-bench-"))
-    port = free_port()
-    redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(folder)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        await trio.sleep(0.3)
-        url = f"redis://127.0.0.1:{port}/0"
+    with redis_server() as url:
         async with open_fake_upstream() as fake:
             base = fake.base_url("m", "openai")
-            (folder / "plain").mkdir()
-            (folder / "shared").mkdir()
             async with (
-                open_gateway(config(base, folder / "plain", None), models=Models()) as plain,
-                open_gateway(config(base, folder / "shared", url), models=Models()) as shared,
+                open_gateway(one_model_config(base, folder / "plain"), models=Models()) as plain,
+                open_gateway(one_model_config(base, folder / "shared", redis_url=url),
+                             models=Models()) as shared,
             ):
                 await timed_requests(plain, 200)
                 await timed_requests(shared, 200)
@@ -140,13 +102,10 @@ async def main(args: argparse.Namespace) -> None:
                              ("totals write (flush), per 0.25 s", flushes),
                              ("health verdict published", publishes),
                              ("/stats read (SUM script)", reads)):
-            print(f"| {name} | {pct(values, 0.5):.3f} | {pct(values, 0.9):.3f} |")
+            print(f"| {name} | {percentile(values, 0.5):.3f} | {percentile(values, 0.9):.3f} |")
         print(f"\np50 difference per request: "
               f"{statistics.median(together) - statistics.median(alone):+.3f} ms")
-    finally:
-        redis.kill()
-        redis.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
