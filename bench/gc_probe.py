@@ -5,7 +5,9 @@
 A ``gc.callbacks`` hook times each collection (generation, wall and CPU duration, objects
 collected and uncollectable; the CPU time is the figure a loaded machine does not inflate); the list is written to OUT.json when the router exits (SIGTERM stops it
 gracefully). ``--saveall`` also keeps what the collector found (``gc.DEBUG_SAVEALL``) and
-writes the commonest types of it, which is where reference cycles come from.
+writes the commonest types of it, which is where reference cycles come from. ``--census``
+records, before each full collection, each generation's size and the largest containers in
+the oldest (what the collection is about to walk).
 """
 
 from __future__ import annotations
@@ -19,11 +21,33 @@ from typing import Any
 
 _started: dict[int, tuple[float, float]] = {}
 _events: list[dict[str, Any]] = []
+_census: list[dict[str, Any]] = []
+_options = {"census": False}
+
+
+def _take_census() -> None:
+    """What a full collection is about to walk: each generation's size, and the largest
+    containers among the oldest (a big dict or list costs a walk over every item)."""
+    sizes = []
+    types: collections.Counter[str] = collections.Counter()
+    for obj in gc.get_objects(2):
+        types[f"{type(obj).__module__}.{type(obj).__qualname__}"] += 1
+        try:
+            size = len(obj)
+        except TypeError:
+            continue
+        sizes.append((size, f"{type(obj).__module__}.{type(obj).__qualname__}"))
+    sizes.sort(reverse=True)
+    _census.append({"at": time.monotonic(),
+                    "tracked": [len(gc.get_objects(g)) for g in (0, 1, 2)],
+                    "largest": sizes[:8], "types": types.most_common(30)})
 
 
 def _timed(phase: str, info: dict[str, Any]) -> None:
     generation = info["generation"]
     if phase == "start":
+        if generation == 2 and _options["census"]:
+            _take_census()
         _started[generation] = (time.perf_counter(), time.thread_time())
         return
     begun = _started.pop(generation, None)
@@ -48,7 +72,8 @@ def _garbage_types() -> list[tuple[str, int]]:
 def main() -> int:
     out, rest = sys.argv[1], sys.argv[2:]
     saveall = "--saveall" in rest
-    rest = [arg for arg in rest if arg not in ("--saveall", "--")]
+    _options["census"] = "--census" in rest
+    rest = [arg for arg in rest if arg not in ("--saveall", "--census", "--")]
     if saveall:
         gc.set_debug(gc.DEBUG_SAVEALL)
     gc.callbacks.append(_timed)
@@ -67,6 +92,8 @@ def main() -> int:
                 for obj in gc.get_objects(2)
             ).most_common(25),
         }
+        if _census:
+            report["census"] = _census
         if saveall:
             report["garbage"] = len(gc.garbage)
             report["garbage_types"] = _garbage_types()

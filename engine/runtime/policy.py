@@ -97,11 +97,10 @@ class FeedbackReport:
     reporter: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Decision:
-    score: float  # 0-1
-    tier: int
-    model: str
+#: A remembered decision: its score (0-1), tier and model. A plain tuple of atoms on purpose:
+#: the cyclic garbage collector stops tracking such a tuple once it has seen it, where a
+#: dataclass instance stays tracked, and every full collection would walk all 100,000.
+_Decision = tuple[float, int, str]
 
 
 class RoutingPolicy:
@@ -234,7 +233,7 @@ class RoutingPolicy:
             return
         if self.learning is not None:
             self.learning.remember(request_id, belief)
-        self._recent[request_id] = _Decision(score / 100, tier, model)
+        self._recent[request_id] = (score / 100, tier, model)
         if len(self._recent) > _REMEMBERED:
             self._recent.popitem(last=False)
 
@@ -339,8 +338,8 @@ class RoutingPolicy:
                     f"remembers the last {_REMEMBERED:,} requests it answered",
                     param="request_id",
                 )
-            return (Report(decision.score, decision.tier, report.quality), report.request_id,
-                    decision.model)
+            score, tier, model = decision
+            return Report(score, tier, report.quality), report.request_id, model
         if report.score is None or report.tier is None:
             raise RequestInvalid("feedback names neither a request_id nor a score and tier",
                                  param="request_id")

@@ -1,4 +1,5 @@
-"""Serving requests leaves no reference cycles behind.
+"""Serving requests leaves no reference cycles behind, and what the router keeps of them
+for later is not walked by every full collection.
 
 Whatever a request leaves in a reference cycle outlives it until the cyclic collector finds it,
 and what survives long enough to be promoted is only found by a full collection, which stops
@@ -118,3 +119,32 @@ async def test_a_burst_of_requests_leaves_no_reference_cycles(
     functions = {o.__qualname__ for o in garbage if isinstance(o, types.FunctionType)}
     assert functions <= {_WERKZEUG_MATCH}, functions
     assert len(garbage) <= FOREIGN_PER_REQUEST * BURST, kinds.most_common(15)
+
+
+def _ours_tracked() -> collections.Counter[str]:
+    """The router's own objects the cyclic collector tracks, by type (not the fake upstream's:
+    it keeps every request it saw)."""
+    gc.collect()
+    kinds = _kinds(gc.get_objects())
+    return collections.Counter({kind: n for kind, n in kinds.items()
+                                if kind.startswith(("engine.", "api."))
+                                and not kind.startswith("engine.testing.")})
+
+
+async def test_what_the_router_remembers_of_requests_is_not_tracked(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """The router remembers each request's routing decision for feedback (up to 100,000) and
+    a bounded list for the dashboard: kept as objects the collector tracks, every full
+    collection would walk them all, a pause growing with traffic. Past the bounded buffers,
+    more traffic must not add tracked objects of the router's."""
+    async with open_protocol_env(fake_upstream) as env:
+        url = env.router.url
+        await trio.to_thread.run_sync(_send_all, url, 30)  # past the dashboard's 100
+        before = _ours_tracked()
+        statuses = await trio.to_thread.run_sync(_send_all, url, BURST // len(REQUESTS) * 2)
+        await fake_upstream.wait_until_idle()
+        after = _ours_tracked()
+    assert set(statuses) == {200}
+    grown = {kind: n for kind, n in (after - before).items() if n >= len(statuses) // 4}
+    assert grown == {}, f"tracked objects that grow with traffic: {grown}"
