@@ -38,14 +38,14 @@ print(f"{wrk['requests']} requests in {wrk['duration_s']:.0f} s ({wrk['rps']:.0f
       f"{errors} errors): p50 {wrk['p50_us'] / 1000:.2f} ms  p99 {wrk['p99_us'] / 1000:.2f} ms  "
       f"p99.9 {wrk['p999_us'] / 1000:.2f} ms  max {wrk['lat_max_us'] / 1000:.1f} ms")
 for generation in (0, 1, 2):
-    rows = [c for c in gc["collections"] if c["generation"] == generation]
+    rows = [c for c in gc["collections"] if c["generation"] == generation and c["serving"]]
     if not rows:
-        print(f"generation {generation}: none")
+        print(f"generation {generation}: none while serving")
         continue
     ms = sorted(c["ms"] for c in rows)
     cpu = sorted(c["cpu_ms"] for c in rows)
     freed = sum(c["collected"] for c in rows)
-    print(f"generation {generation}: {len(rows)} collections, wall p50 {statistics.median(ms):.2f} "
+    print(f"generation {generation}: {len(rows)} collections while serving, wall p50 {statistics.median(ms):.2f} "
           f"max {ms[-1]:.2f} ms, CPU p50 {statistics.median(cpu):.2f} max {cpu[-1]:.2f} ms, "
           f"{freed} freed ({freed / max(wrk['requests'], 1):.2f} per request)")
 print(f"frozen at start: {gc['freeze_count']} objects; tracked at exit by generation: "

@@ -7,7 +7,8 @@ collected and uncollectable; the CPU time is the figure a loaded machine does no
 gracefully). ``--saveall`` also keeps what the collector found (``gc.DEBUG_SAVEALL``) and
 writes the commonest types of it, which is where reference cycles come from. ``--census``
 records, before each full collection, each generation's size and the largest containers in
-the oldest (what the collection is about to walk).
+the oldest (what the collection is about to walk). ``--threshold=A,B,C`` sets the collector's
+thresholds first (``gc.set_threshold``), to compare settings.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gc
 import json
 import sys
 import time
+import traceback
 from typing import Any
 
 _started: dict[int, tuple[float, float]] = {}
@@ -40,13 +42,14 @@ def _take_census() -> None:
     sizes.sort(reverse=True)
     _census.append({"at": time.monotonic(),
                     "tracked": [len(gc.get_objects(g)) for g in (0, 1, 2)],
-                    "largest": sizes[:8], "types": types.most_common(30)})
+                    "largest": sizes[:8], "types": types.most_common(30),
+                    "stack": traceback.format_stack(limit=8)[:-2]})
 
 
 def _timed(phase: str, info: dict[str, Any]) -> None:
     generation = info["generation"]
     if phase == "start":
-        if generation == 2 and _options["census"]:
+        if generation == 2 and _options["census"] and gc.get_freeze_count() > 0:
             _take_census()
         _started[generation] = (time.perf_counter(), time.thread_time())
         return
@@ -59,6 +62,9 @@ def _timed(phase: str, info: dict[str, Any]) -> None:
             "cpu_ms": (time.thread_time() - begun[1]) * 1000,
             "collected": info["collected"],
             "uncollectable": info["uncollectable"],
+            # The server freezes start-up's heap once it listens: a collection before that
+            # belongs to start-up (imports, loading models), not to serving.
+            "serving": gc.get_freeze_count() > 0,
         })
 
 
@@ -74,6 +80,9 @@ def main() -> int:
     saveall = "--saveall" in rest
     _options["census"] = "--census" in rest
     rest = [arg for arg in rest if arg not in ("--saveall", "--census", "--")]
+    for arg in [arg for arg in rest if arg.startswith("--threshold=")]:
+        gc.set_threshold(*(int(n) for n in arg.split("=", 1)[1].split(",")))
+        rest.remove(arg)
     if saveall:
         gc.set_debug(gc.DEBUG_SAVEALL)
     gc.callbacks.append(_timed)
