@@ -275,9 +275,9 @@ def test_a_long_final_message_is_matched_exactly_as_sent(matcher: SemanticMatche
     for a document-sized prompt): the same text hits, a respaced one does not."""
     cache = make_cache(matcher, max_entry_bytes=1 << 20)
     document = ("Summarise the report. It isn't long. " * 1000)[:MAX_SEMANTIC_CHARS + 1]
-    assert put(cache, document)
-    (entry,) = cache._entries.values()
-    assert entry.fingerprint is None and entry.norm == document
+    entry = cache.store_entry(rkey(document), answer(f"re: {document}"), model="m", tier=1,
+                              cost_usd=0.01, reference_usd=0.03, now=0.0)
+    assert entry is not None and not entry.semantic and entry.norm == document
     assert served(cache, document) == f"re: {document}"
     assert served(cache, document.replace("isn't", "is not")) is None
     assert served(cache, document + " ") is None
@@ -334,7 +334,7 @@ def test_bounds_hold_under_any_sequence(
                 assert hit.entry.exact == partition and hit.entry.expires > now
         assert len(cache) <= max_entries
         assert cache.bytes <= max(max_bytes, 0)
-        assert cache.bytes == sum(e.size for e in cache._entries.values())
+        assert cache.bytes == sum(e.size for e in cache.entries())
 
 
 # == end to end ==================================================================================

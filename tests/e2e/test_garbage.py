@@ -21,6 +21,7 @@ import socket
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from urllib.parse import urlsplit
 
 import pytest
@@ -46,15 +47,18 @@ REQUESTS = [  # (path, body): both client protocols, both upstream protocols, JS
 ]
 
 
-def _send_all(url: str, rounds: int) -> list[int]:
+def _send_all(url: str, rounds: int, *, vary: bool = False) -> list[int]:
     """Every request of REQUESTS ``rounds`` times, in order, over one keep-alive connection;
-    the statuses."""
+    the statuses. ``vary``: each request asks a question of its own (the cache stores each)."""
     parts = urlsplit(url)
     statuses = []
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         reader = sock.makefile("rb")
         for _ in range(rounds):
             for path, body in REQUESTS:
+                if vary:
+                    question = f"How far is planet {len(statuses)} from its star?"
+                    body = {**body, "messages": [{"role": "user", "content": question}]}
                 raw = json.dumps(body).encode()
                 sock.sendall(
                     f"POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
@@ -131,18 +135,20 @@ def _ours_tracked() -> collections.Counter[str]:
                                 and not kind.startswith("engine.testing.")})
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["upstream", "cache-stores"])
 async def test_what_the_router_remembers_of_requests_is_not_tracked(
-    fake_upstream: FakeUpstream,
+    fake_upstream: FakeUpstream, cache: bool
 ) -> None:
-    """The router remembers each request's routing decision for feedback (up to 100,000) and
-    a bounded list for the dashboard: kept as objects the collector tracks, every full
-    collection would walk them all, a pause growing with traffic. Past the bounded buffers,
-    more traffic must not add tracked objects of the router's."""
-    async with open_protocol_env(fake_upstream) as env:
+    """The router remembers each request's routing decision for feedback (up to 100,000),
+    each answer it caches, and a bounded list for the dashboard: kept as objects the collector
+    tracks, every full collection would walk them all, a pause growing with traffic. Past the
+    bounded buffers, more traffic must not add tracked objects of the router's."""
+    async with open_protocol_env(fake_upstream, cache=cache) as env:
         url = env.router.url
         await trio.to_thread.run_sync(_send_all, url, 30)  # past the dashboard's 100
         before = _ours_tracked()
-        statuses = await trio.to_thread.run_sync(_send_all, url, BURST // len(REQUESTS) * 2)
+        statuses = await trio.to_thread.run_sync(
+            partial(_send_all, url, BURST // len(REQUESTS) * 2, vary=True))
         await fake_upstream.wait_until_idle()
         after = _ours_tracked()
     assert set(statuses) == {200}

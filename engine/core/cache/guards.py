@@ -22,12 +22,14 @@ Word lists are closed classes of English and general antonym pairs, not tuned to
 
 from __future__ import annotations
 
+import marshal
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import pairwise
 
-__all__ = ["ALIGNED_GUARDS", "TEXT_GUARDS", "TextFeatures", "aligned", "read_text", "unmatched"]
+__all__ = ["ALIGNED_GUARDS", "TEXT_GUARDS", "TextFeatures", "aligned", "pack_features", "read_text",
+           "unmatched", "unpack_features"]
 
 # Words, numbers, the punctuation that coordinates ("A & B", "on/by", "A, B") and the one that
 # ends a sentence.
@@ -172,6 +174,22 @@ class TextFeatures:
     keys: tuple[frozenset[str], ...]
     word_index: Mapping[str, int]  # word -> its index in ``words``
     first_with_key: Mapping[str, int]  # inflection key -> index of the first word with it
+
+
+_FIELDS = tuple(f.name for f in fields(TextFeatures))
+
+
+def pack_features(features: TextFeatures) -> bytes:
+    """``features`` as one ``bytes`` (``marshal``: sets, tuples, dicts, strings and numbers,
+    all it holds). A cache keeps them so: a few dozen sets and tuples per entry, each an
+    object the cyclic collector would walk on every full collection, become one it never
+    tracks."""
+    return marshal.dumps(tuple(getattr(features, name) for name in _FIELDS))
+
+
+def unpack_features(packed: bytes) -> TextFeatures:
+    """The :class:`TextFeatures` :func:`pack_features` packed."""
+    return TextFeatures(*marshal.loads(packed))
 
 
 def read_text(text: str) -> TextFeatures:

@@ -22,7 +22,8 @@ import orjson
 
 from engine.messages import ChatResult, TextPart, ToolCall, Usage
 
-__all__ = ["FORMAT", "CacheRecord", "decode_record", "encode_record", "entry_id"]
+__all__ = ["FORMAT", "CacheRecord", "decode_record", "encode_record", "entry_id", "pack_result",
+           "unpack_result"]
 
 FORMAT = 1
 
@@ -69,6 +70,17 @@ def decode_record(data: bytes) -> CacheRecord | None:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
+
+
+def pack_result(result: ChatResult) -> bytes:
+    """An answer as one ``bytes`` (what a process's own cache keeps: see
+    ``engine.core.cache.responses``)."""
+    return orjson.dumps(_encode_result(result))
+
+
+def unpack_result(packed: bytes) -> ChatResult:
+    """The answer :func:`pack_result` packed."""
+    return _decode_result(orjson.loads(packed))
 
 
 def _encode_result(result: ChatResult) -> dict[str, Any]:

@@ -14,6 +14,12 @@ characters, normalising 0.2 ms). :meth:`ResponseCache.prepare` does a text's CPU
 from the cache's state, so a caller can run it in a worker thread and pass it to ``lookup``
 and ``store``.
 
+Entries are kept as plain tuples of strings, numbers, bytes and arrays (the answer and the
+fingerprint packed, :class:`CacheEntry` made when one is served): the cyclic garbage
+collector stops tracking such tuples, so a full cache adds nothing to the pause of a full
+collection, where entries kept as objects (an answer, its parts, a fingerprint's sets) would
+add twenty tracked objects each, tens of milliseconds per 100,000 entries.
+
 Bounds: ``max_entries``, a ``max_bytes`` budget (one huge answer cannot blow memory: an entry
 over ``max_entry_bytes`` is never stored), ``ttl`` (expired entries are never served and are
 purged as the cache is used), and least-recently-used eviction.
@@ -27,14 +33,16 @@ other processes store are filed here (:meth:`ResponseCache.store_entry`,
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
 from engine.messages import ChatResult, TextPart, ToolCall
 
 from .key import RequestKey
+from .record import pack_result, unpack_result
 
 __all__ = ["MAX_SEMANTIC_CHARS", "CacheEntry", "CacheHit", "Matcher", "PreparedText",
            "ResponseCache"]
@@ -54,14 +62,18 @@ class Matcher(Protocol):
     def new_index(self, dim: int) -> Any: ...
     def vector(self, fingerprint: Any) -> Any: ...
     def match(self, query: Any, cached: Any, *, threshold: float) -> tuple[bool, float]: ...
+    def pack(self, fingerprint: Any) -> tuple[Any, ...]: ...
+    def unpack(self, packed: tuple[Any, ...]) -> Any: ...
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False)
 class CacheEntry:
+    """An entry as a lookup serves it or a store made it (the cache keeps a :data:`_Kept`)."""
+
     id: int
     exact: bytes
     norm: str
-    fingerprint: Any
+    semantic: bool  # fingerprinted, so matched by similarity (else only exactly)
     result: ChatResult
     model: str
     tier: int
@@ -69,6 +81,25 @@ class CacheEntry:
     reference_usd: float  # what the answer would have cost on the reference (strongest) model
     expires: float
     size: int
+
+
+#: An entry as the cache keeps it: ``(id, exact, norm, packed fingerprint or None, packed
+#: answer, model, tier, cost_usd, reference_usd, expires, size)``; see the module docstring.
+_Kept = tuple[int, bytes, str, Any, bytes, str, int, float, float, float, int]
+_ID: Final = 0
+_EXACT: Final = 1
+_NORM: Final = 2
+_FINGERPRINT: Final = 3
+_EXPIRES: Final = 9
+_SIZE: Final = 10
+
+
+def _entry(kept: _Kept, result: ChatResult | None = None) -> CacheEntry:
+    """The :class:`CacheEntry` of a kept one (its answer unpacked unless given)."""
+    entry_id, exact, norm, fingerprint, packed, model, tier, cost, reference, expires, size = kept
+    return CacheEntry(entry_id, exact, norm, fingerprint is not None,
+                      unpack_result(packed) if result is None else result, model, tier, cost,
+                      reference, expires, size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +161,10 @@ class ResponseCache:
         self.max_entry_bytes = max_entry_bytes
         self.ttl = ttl
         self.threshold = threshold
-        self._entries: OrderedDict[int, CacheEntry] = OrderedDict()  # LRU order
+        self._entries: OrderedDict[int, _Kept] = OrderedDict()  # LRU order
         # Store order, which is expiry order (one ttl, a monotonic clock): expired entries
         # are found at its head without a scan, whatever their place in the LRU order.
-        self._by_age: dict[int, CacheEntry] = {}
+        self._by_age: dict[int, _Kept] = {}
         self._partitions: dict[bytes, _Partition] = {}
         self._next_id = 0
         self.bytes = 0
@@ -141,6 +172,11 @@ class ResponseCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every entry held, least recently used first (each answer unpacked: for
+        inspection, not for the request path)."""
+        return (_entry(kept) for kept in list(self._entries.values()))
 
     def prepare(self, text: str) -> PreparedText:
         """The CPU work of a lookup and a store of ``text``, done once. It touches no cache
@@ -164,10 +200,10 @@ class ResponseCache:
         norm = prepared.norm if prepared is not None else self._normalise(key.text)
         entry_id = partition.by_text.get(norm)
         if entry_id is not None:
-            entry = self._live(entry_id, now)
-            if entry is not None:
-                self._entries.move_to_end(entry.id)
-                return CacheHit(entry, 1.0)
+            kept = self._live(entry_id, now)
+            if kept is not None:
+                self._entries.move_to_end(entry_id)
+                return CacheHit(_entry(kept), 1.0)
         if partition.index is None or not _semantic(key.text):
             return None
         query = (prepared.fingerprint if prepared is not None
@@ -176,27 +212,27 @@ class ResponseCache:
         if len(vector) != partition.index.dim:  # vectors of another model: never comparable
             return None
         for candidate_id, _score in partition.index.search(vector, _SEARCH_K):
-            entry = self._live(candidate_id, now)
-            if entry is None:
+            kept = self._live(candidate_id, now)
+            if kept is None:
                 continue
             ok, similarity = self.matcher.match(
-                query, entry.fingerprint,
+                query, self.matcher.unpack(kept[_FINGERPRINT]),
                 threshold=self.threshold if threshold is None else threshold)
             if ok:
-                self._entries.move_to_end(entry.id)
-                return CacheHit(entry, min(similarity, 0.9999))
+                self._entries.move_to_end(candidate_id)
+                return CacheHit(_entry(kept), min(similarity, 0.9999))
         return None
 
-    def _live(self, entry_id: int, now: float) -> CacheEntry | None:
+    def _live(self, entry_id: int, now: float) -> _Kept | None:
         """The entry if it has not expired (an expired one is dropped). Only the entry a
         lookup serves counts as used: candidates it merely compared keep their LRU place."""
-        entry = self._entries.get(entry_id)
-        if entry is None:
+        kept = self._entries.get(entry_id)
+        if kept is None:
             return None
-        if entry.expires <= now:
-            self._remove(entry)
+        if kept[_EXPIRES] <= now:
+            self._remove(kept)
             return None
-        return entry
+        return kept
 
     # ---- store --------------------------------------------------------------------------
 
@@ -234,34 +270,35 @@ class ResponseCache:
             fingerprint = prepared.fingerprint
         else:
             fingerprint = self.matcher.fingerprint(key.text) if _semantic(key.text) else None
-        entry = CacheEntry(
-            id=self._next_id, exact=key.exact, norm=norm, fingerprint=fingerprint,
-            result=result, model=model, tier=tier, cost_usd=cost_usd,
-            reference_usd=reference_usd, expires=now + (self.ttl if ttl is None else ttl),
-            size=size,
-        )
+        entry_id = self._next_id
         self._next_id += 1
-        self._entries[entry.id] = entry
-        self._by_age[entry.id] = entry
-        partition.by_text[norm] = entry.id
+        kept: _Kept = (
+            entry_id, key.exact, norm,
+            self.matcher.pack(fingerprint) if fingerprint is not None else None,
+            pack_result(result), model, tier, cost_usd, reference_usd,
+            now + (self.ttl if ttl is None else ttl), size,
+        )
+        self._entries[entry_id] = kept
+        self._by_age[entry_id] = kept
+        partition.by_text[norm] = entry_id
         if fingerprint is not None:
             vector = self.matcher.vector(fingerprint)
             if partition.index is None:
                 partition.index = self.matcher.new_index(len(vector))
-            partition.index.add(entry.id, vector)
+            partition.index.add(entry_id, vector)
         self.bytes += size
         self._evict(now)
-        return entry
+        return _entry(kept, result)
 
     def discard(self, exact: bytes, norm: str) -> bool:
         """Drop the entry for this exact part and normalised text, if there is one (another
         process evicted it from the shared budget)."""
         partition = self._partitions.get(exact)
         entry_id = partition.by_text.get(norm) if partition is not None else None
-        entry = self._entries.get(entry_id) if entry_id is not None else None
-        if entry is None:
+        kept = self._entries.get(entry_id) if entry_id is not None else None
+        if kept is None:
             return False
-        self._remove(entry)
+        self._remove(kept)
         self.evictions += 1
         return True
 
@@ -270,7 +307,7 @@ class ResponseCache:
         # then the least recently used.
         while self._by_age:
             oldest = next(iter(self._by_age.values()))
-            if oldest.expires > now:
+            if oldest[_EXPIRES] > now:
                 break
             self._remove(oldest)
         while self._entries and (
@@ -279,23 +316,24 @@ class ResponseCache:
             self._remove(next(iter(self._entries.values())))
             self.evictions += 1
 
-    def _remove(self, entry: CacheEntry) -> None:
-        self._entries.pop(entry.id, None)
-        self._by_age.pop(entry.id, None)
-        self.bytes -= entry.size
-        partition = self._partitions.get(entry.exact)
+    def _remove(self, kept: _Kept) -> None:
+        entry_id, exact, norm = kept[_ID], kept[_EXACT], kept[_NORM]
+        self._entries.pop(entry_id, None)
+        self._by_age.pop(entry_id, None)
+        self.bytes -= kept[_SIZE]
+        partition = self._partitions.get(exact)
         if partition is None:
             return
-        if partition.by_text.get(entry.norm) == entry.id:
-            del partition.by_text[entry.norm]
-        if partition.index is not None and entry.fingerprint is not None:
-            partition.index.remove(entry.id)
+        if partition.by_text.get(norm) == entry_id:
+            del partition.by_text[norm]
+        if partition.index is not None and kept[_FINGERPRINT] is not None:
+            partition.index.remove(entry_id)
         if not partition.by_text:
-            del self._partitions[entry.exact]
+            del self._partitions[exact]
 
     def purge_expired(self, now: float) -> int:
         """Drop every expired entry (they are also dropped lazily); return how many."""
-        expired = [e for e in self._entries.values() if e.expires <= now]
+        expired = [kept for kept in self._entries.values() if kept[_EXPIRES] <= now]
         for entry in expired:
             self._remove(entry)
         return len(expired)

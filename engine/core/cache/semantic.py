@@ -32,6 +32,12 @@ class SemanticMatcher:
     def vector(self, fingerprint: Fingerprint) -> Any:
         return fingerprint.vector
 
+    def pack(self, fingerprint: Fingerprint) -> tuple[Any, ...]:
+        return fingerprint.pack()
+
+    def unpack(self, packed: tuple[Any, ...]) -> Fingerprint:
+        return Fingerprint.unpack(packed)
+
     def match(
         self, query: Fingerprint, cached: Fingerprint, *, threshold: float
     ) -> tuple[bool, float]:

@@ -63,8 +63,10 @@ from .guards import (
     TEXT_GUARDS,
     TextFeatures,
     aligned,
+    pack_features,
     read_text,
     unmatched,
+    unpack_features,
 )
 
 __all__ = ["DEFAULT_THRESHOLD", "Comparison", "Embedder", "Fingerprint", "compare", "guard_veto",
@@ -131,6 +133,21 @@ class Fingerprint:
         vector = np.asarray(vector, np.float32)
         norm = float(np.sqrt(vector @ vector))
         return replace(self, vector=vector / norm if norm > 0 else vector, external=True)
+
+    def pack(self) -> tuple[Any, ...]:
+        """This fingerprint as a plain tuple of strings, bytes and arrays: what a cache keeps
+        per entry. The cyclic collector stops tracking such a tuple once it has seen it, so a
+        cache of 100,000 entries adds nothing to a full collection (as objects, a
+        fingerprint's features are a few dozen tracked sets and tuples)."""
+        return (self.text, self.vector, pack_features(self.features), self.salience,
+                self.word_vectors, self.external)
+
+    @classmethod
+    def unpack(cls, packed: tuple[Any, ...]) -> Fingerprint:
+        """The fingerprint :meth:`pack` packed (about 10 µs: a cache unpacks only the few
+        candidates a lookup compares)."""
+        text, vector, features, salience, word_vectors, external = packed
+        return cls(text, vector, unpack_features(features), salience, word_vectors, external)
 
     @property
     def numbers(self) -> frozenset[str]:
