@@ -4,7 +4,10 @@
 # through the peer harness's nginx mock (CPU 1) for SECONDS, then the router is stopped and
 # the latency percentiles are printed beside the collections of each generation.
 # LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
-#   bench/gc_pauses.sh [seconds] [connections] [extra gc_probe args, e.g. --saveall]
+# ROUTED=1: the path users run instead: `model: auto`, cache and online learning on, a
+# different question every request (bench/wrk/varied.lua): every request is scored, embedded,
+# looked up, stored in the cache and remembered for feedback.
+#   bench/gc_pauses.sh [seconds] [connections] [extra gc_probe args, e.g. --saveall, --census]
 set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
 peer=$(cd "$LLM_ROUTER_PEER_BENCH" && pwd)
@@ -15,15 +18,33 @@ work=$(mktemp -d /tmp/llmr-gc.XXXX)
 mock_port=18182 router_port=4192
 python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
 taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
-sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml" > "$work/router.yaml"
+if [ "${ROUTED:-0}" = 1 ]; then
+  up=http://127.0.0.1:$mock_port
+  cat > "$work/router.yaml" <<YAML
+models:
+  - {name: bench-gpt, provider: openai, model: gpt-4o-mini, base_url: "$up/v1", api_key: sk-bench,
+     cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 1}
+  - {name: bench-claude, provider: anthropic, model: claude-haiku-4-5, base_url: "$up", api_key: sk-bench,
+     cost_per_1k_in: 0.0008, cost_per_1k_out: 0.004, tier: 2}
+  - {name: bench-big, provider: openai, model: gpt-4o, base_url: "$up/v1", api_key: sk-bench,
+     cost_per_1k_in: 0.0025, cost_per_1k_out: 0.01, tier: 3}
+cache: {enabled: true}
+dedup: {enabled: false}
+learned: {feedback_db: $work/feedback.db, online: true}
+state: {path: $work/state.db}
+YAML
+  load=(taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" -s bench/wrk/varied.lua)
+else
+  sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml" > "$work/router.yaml"
+  load=(env WRK_BODY_FILE="$peer/requests/openai_chat.json" WRK_EXPECT='"finish_reason":"stop"'
+        taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" -s "$peer/wrk/post.lua")
+fi
 taskset -c 0 .venv/bin/python bench/gc_probe.py "$work/gc.json" "$@" -- \
   --config "$work/router.yaml" --addr "127.0.0.1:$router_port" > "$work/router.log" 2>&1 &
 router=$!
 trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
-WRK_BODY_FILE="$peer/requests/openai_chat.json" WRK_EXPECT='"finish_reason":"stop"' taskset -c 1 \
-  wrk -t1 -c"$conns" -d"${secs}s" -s "$peer/wrk/post.lua" \
-  "http://127.0.0.1:$router_port/v1/chat/completions" > "$work/wrk.txt"
+"${load[@]}" "http://127.0.0.1:$router_port/v1/chat/completions" > "$work/wrk.txt"
 kill -TERM $router
 wait $router || true
 .venv/bin/python - "$work" <<'PY'
@@ -32,7 +53,7 @@ work = pathlib.Path(sys.argv[1])
 wrk = json.loads(next(l for l in (work / "wrk.txt").read_text().splitlines()
                       if l.startswith("WRKJSON "))[8:])
 gc = json.loads((work / "gc.json").read_text())
-errors = sum(wrk[k] for k in ("err_connect", "err_read", "err_write", "err_status",
+errors = sum(wrk.get(k, 0) for k in ("err_connect", "err_read", "err_write", "err_status",
                               "err_timeout", "bad_status", "bad_body"))
 print(f"{wrk['requests']} requests in {wrk['duration_s']:.0f} s ({wrk['rps']:.0f}/s, "
       f"{errors} errors): p50 {wrk['p50_us'] / 1000:.2f} ms  p99 {wrk['p99_us'] / 1000:.2f} ms  "

@@ -33,7 +33,7 @@ function done(summary, latency, requests)
   local b = 0
   for _, t in ipairs(threads) do b = b + (t:get("bad") or 0) end
   io.write(string.format('WRKJSON {"requests":%d,"duration_s":%.3f,"rps":%.2f,"bad_status":%d,' ..
-    '"p50_us":%d,"p99_us":%d,"lat_max_us":%d}\n', summary.requests, summary.duration / 1e6,
-    summary.requests / (summary.duration / 1e6), b, latency:percentile(50),
-    latency:percentile(99), latency.max))
+    '"p50_us":%d,"p99_us":%d,"p999_us":%d,"lat_max_us":%d}\n', summary.requests,
+    summary.duration / 1e6, summary.requests / (summary.duration / 1e6), b,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
 end
