@@ -163,8 +163,16 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
+        """A stored spec; fields this version does not know are left out (a newer process
+        sharing the store may have recorded them).
+
+        >>> RunSpec.from_json({"workflow_text": "ops: {}", "input": "x", "later": 1}).input
+        'x'
+        """
+        known = cls.__slots__
         edges = tuple((up, down) for up, down in data.get("edges") or ())
-        return cls(**{**data, "edges": edges})
+        return cls(**{k: v for k, v in data.items() if k in known and k != "edges"},
+                   edges=edges)
 
 
 @dataclass(slots=True)
