@@ -65,6 +65,7 @@ class Exchange:
     streaming: bool = False  # finished by the stream's end, not by the request's
     finished: bool = False
     span: RequestSpan | None = None  # when tracing (engine.runtime.tracing)
+    run_id: str | None = None  # the workflow run a workflow request submitted (or joined)
 
     def mark_first_byte(self) -> None:
         if self.first_byte is None:
@@ -124,6 +125,12 @@ class Observer:
             text = self._redactor.scrub(request.messages[-1].text)
             exchange.prompt = text[:PROMPT_CHARS] + ("..." if len(text) > PROMPT_CHARS else "")
 
+    def workflow(self, exchange: Exchange, *, name: str | None, headers: Any) -> None:
+        """A workflow request was authenticated and its workflow loaded: traced, when
+        tracing, as ``workflow NAME`` (a ready pipeline's) or ``workflow submitted`` (a run
+        records the span's ``traceparent`` and is traced under it)."""
+        exchange.span = request_span(f"workflow {name or 'submitted'}", headers)
+
     def refused(self, exchange: Exchange, err: RouterError, *, request_id: str) -> None:
         """A WARNING line for a request refused by a limit (``err``)."""
         key = f", client key {exchange.key_id}" if exchange.key_id else ""
@@ -180,6 +187,8 @@ def _fields(exchange: Exchange, method: str, path: str, status: int, seconds: fl
     fields: dict[str, Any] = {"method": method, "path": path, "status": status,
                               "request_id": request_id, "ms": round(seconds * 1000, 1)}
     if exchange.protocol is None:
+        if exchange.run_id is not None:
+            fields["run"] = exchange.run_id
         if exchange.error is not None:
             fields["error"] = exchange.error
         return fields

@@ -17,7 +17,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -39,7 +39,6 @@ from engine.errors import (
     echo,
 )
 from engine.runtime import (
-    ChatStream,
     Gateway,
     KeyGate,
     Models,
@@ -47,12 +46,13 @@ from engine.runtime import (
     Served,
     open_gateway,
 )
-from engine.messages import ChatRequest, Finish
-from engine.wire import ANTHROPIC, OPENAI, Encoder, WireProtocol
+from engine.messages import ChatRequest
+from engine.wire import ANTHROPIC, OPENAI, WireProtocol
 
 from .access import Exchange, Observer
 from .feedback import parse_feedback
 from .metrics import CONTENT_TYPE, render_metrics
+from .relay import ChatBody, EndBodies
 from .stream_writes import StreamWriteDeadline
 from .admin import apply_changes, check_admin, parse_changes, parse_settings
 from .dashboard import add_dashboard
@@ -155,9 +155,10 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         MAX_CONTENT_LENGTH=config.server.max_body_bytes,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    # A streaming client that stops reading is disconnected (hypercorn's writes wait for it).
+    # A streaming client that stops reading is disconnected (hypercorn's writes wait for it),
+    # and a chat stream's body ends even if its client left before it was sent (api.http.relay).
     app.asgi_app = StreamWriteDeadline(  # type: ignore[method-assign]
-        app.asgi_app, timeout=config.server.stream_write_timeout_sec,
+        EndBodies(app.asgi_app), timeout=config.server.stream_write_timeout_sec,
         background=lambda: app.nursery,
     )
     allowed_keys = tuple(k.encode() for k in config.server.api_keys)
@@ -265,8 +266,9 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             ended = functools.partial(observer.finish, exchange, gateway(),
                                       method=request.method, path=request.path,
                                       request_id=request_id)
-            return Response(_relay(stream, encoder, exchange, observer, ended), status=200,
-                            headers=headers)
+            relay = ChatBody(stream, encoder, exchange=exchange, observer=observer,
+                             ended=ended, scope=request.scope)
+            return Response(relay, status=200, headers=headers)
         done = await gateway().complete(chat_request, ctx)
         exchange.served, exchange.usage = done.served, done.result.usage
         exchange.cost_usd = done.cost_usd
@@ -336,11 +338,16 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             workflow = await workflows.load_submitted(text, limiter=gateway().render_limiter)
         else:
             text, workflow = workflows.named(name)
-        return await workflows.respond(
+        exchange: Exchange = g.exchange
+        observer.workflow(exchange, name=name, headers=request.headers)
+        response = await workflows.respond(
             gateway(), workflow, call, ctx, text=text, name=name,
             prefer_async=prefers_async(request.headers.get("prefer", "")),
             idempotency_key=idempotency_key(request.headers.get("idempotency-key")),
+            traceparent=exchange.span.traceparent() if exchange.span is not None else None,
         )
+        exchange.run_id = response.headers.get("x-llm-router-run-id")
+        return response
 
     @app.post("/v1/workflows")
     async def run_workflow() -> Response:
@@ -552,26 +559,3 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         return _error_response(RouterError("internal error"))
 
     return app
-
-
-async def _relay(stream: ChatStream, encoder: Encoder, exchange: Exchange, observer: Observer,
-                 ended: Callable[[], None]) -> AsyncIterator[bytes]:
-    """The SSE body: the opening event, every batch as one write, and a clean end or an error
-    event. Each write waits for the client (``StreamWriteDeadline`` bounds the wait); a client
-    disconnect cancels this generator; ``close`` cancels the upstream call. The exchange is
-    finished (``ended``) once the body is over."""
-    last = None
-    try:
-        exchange.mark_first_byte()
-        yield encoder.start()
-        async for batch in stream:
-            if batch:
-                last = batch[-1]
-            yield encoder.encode_many(batch)
-    except RouterError as err:
-        exchange.error = err.code
-        yield encoder.error(err)
-    finally:
-        stream.close()
-        observer.stream_ended(exchange, last if type(last) is Finish else None)
-        ended()

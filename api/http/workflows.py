@@ -249,10 +249,12 @@ class WorkflowAPI:
     async def respond(
         self, gateway: Gateway, workflow: Workflow, call: WorkflowCall, ctx: RunContext, *,
         text: str, name: str | None, prefer_async: bool, idempotency_key: str | None,
+        traceparent: str | None = None,
     ) -> Response:
         """Answer a workflow request: a dry run's plan, or a durable run (``text`` is the
-        workflow's YAML, recorded so another process can resume the run) answered with its
-        id at once (async), its progress as SSE, or its result."""
+        workflow's YAML, recorded so another process can resume the run; ``traceparent``,
+        the request's span, recorded so every start of the run is traced under it)
+        answered with its id at once (async), its progress as SSE, or its result."""
         run_input = _input_of(workflow, call)
         if call.dry_run:
             plan = await trio.to_thread.run_sync(
@@ -266,7 +268,7 @@ class WorkflowAPI:
                        workflow_name=name, title=workflow.name, tenant=ctx.tenant,
                        cache_read=ctx.cache_read, cache_write=ctx.cache_write,
                        key_id=ctx.key.id if ctx.key is not None else None,
-                       edges=workflow.edges)
+                       edges=workflow.edges, traceparent=traceparent)
         record, created = await runs.submit(spec, workflow, idempotency_key=idempotency_key)
         if not created and _differs(record.spec, spec):
             raise Conflict(

@@ -58,6 +58,7 @@ from engine.stores.runs import Memo, RunStore
 from engine.wire import OPENAI
 
 from .node import NodeResult, NodeRunner, RunContext
+from .tracing import end_run_span, run_span
 from .workflow_run import Completed, OpRecord, Recalled, run_workflow
 
 __all__ = ["LEASE_SEC", "Runs", "owner_alive"]
@@ -274,6 +275,21 @@ class Runs:
 
     async def _drive(self, live: _Live, workflow: Workflow,
                      completed: Mapping[str, Completed]) -> None:
+        """One start of a run, traced as a child of the request that submitted it (also
+        when resumed by another process: ``engine.runtime.tracing``)."""
+        record = live.record
+        attributes = {"llm_router.run_id": record.run_id, "llm_router.workflow": record.workflow,
+                      "llm_router.run.start": record.starts + 1}
+        with run_span("workflow run", attributes, traceparent=record.spec.traceparent) as span:
+            try:
+                await self._run_once(live, workflow, completed)
+            finally:
+                if span is not None:
+                    end_run_span(span, status=record.status, cost_usd=record.cost_usd,
+                                 error=(record.error or {}).get("message"))
+
+    async def _run_once(self, live: _Live, workflow: Workflow,
+                        completed: Mapping[str, Completed]) -> None:
         record = live.record
         try:
             with live.scope:

@@ -1,9 +1,20 @@
 """OpenTelemetry traces (the optional extra ``llm-router[otel]``): the one seam to the
 OpenTelemetry packages.
 
-* A span per HTTP chat request (``api.http.access`` opens and ends it; a client's own
-  ``traceparent`` makes it a child of the client's trace) and a span per workflow op, each
-  carrying the routing decision (``llm_router.*`` attributes).
+* A span per HTTP chat or workflow request (``api.http.access`` opens and ends it; a
+  client's own ``traceparent`` makes it a child of the client's trace), a span per start of a
+  workflow run (:func:`run_span`) and, under it, a span per workflow op; the chat and op
+  spans carry the routing decision (``llm_router.*`` attributes).
+* A run is parented explicitly, not by the task it happens to run in: it runs in the
+  gateway's background nursery, outlives the request that submitted it and may be resumed
+  by another process after a restart. The submitting request's span context is recorded
+  with the run as a W3C ``traceparent`` (``RunSpec.traceparent``, in the run store), and
+  every start of the run, the first and each resume, opens its run span as a *child* of it.
+  A child rather than a new trace with a link: the run is the work the client asked for in
+  that trace, and a trace backend finds every start of it, and every op and upstream call,
+  by the client's trace id, where a link would leave the resumed part in a trace of its own
+  that nobody searches for. A resumed run's span simply starts after its parent ended (as
+  a message consumer's does); ``llm_router.run.start`` tells the starts apart.
 * Every upstream call carries the W3C ``traceparent`` of the span it was made in, so a
   provider or a proxy that traces sees the router's span as its parent. Flights inherit the
   request's context (trio copies a task's context into the tasks it starts).
@@ -29,8 +40,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["RequestSpan", "configure_tracing", "inject_trace", "install_provider", "op_span",
-           "request_span", "served_attributes", "tracing_enabled"]
+__all__ = ["RequestSpan", "configure_tracing", "end_run_span", "inject_trace",
+           "install_provider", "op_span", "request_span", "run_span", "served_attributes",
+           "tracing_enabled"]
 
 log = logging.getLogger("llm_router")
 
@@ -120,6 +132,13 @@ class RequestSpan:
                             set_status_on_exception=False):
             yield
 
+    def traceparent(self) -> str | None:
+        """This span's context as a W3C ``traceparent`` (what a run records, to be parented
+        by it in whichever process runs it; its sampled flag travels with it)."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
+        return carrier.get("traceparent")
+
     def end(self, attributes: Mapping[str, Any], *, error: str | None = None) -> None:
         self.span.set_attributes({k: v for k, v in attributes.items() if v is not None})
         if error is not None:
@@ -135,6 +154,34 @@ def request_span(name: str, headers: Any) -> RequestSpan | None:
     parent = propagate.extract({k.lower(): v for k, v in headers.items()})
     return RequestSpan(trace.get_tracer(_NAME).start_span(name, context=parent,
                                                           kind=trace.SpanKind.SERVER))
+
+
+@contextmanager
+def run_span(name: str, attributes: Mapping[str, Any], *,
+             traceparent: str | None) -> Iterator[Any]:
+    """A span around one start of a workflow run, current inside (its ops' spans are its
+    children), a child of ``traceparent`` (the submitting request's, kept with the run; a
+    new trace without one); None inside when not tracing. Set its outcome on what this
+    yields. A cancellation (a shutdown leaving the run to resume) is not an error here."""
+    if not tracing_enabled():
+        yield None
+        return
+    parent = propagate.extract({"traceparent": traceparent} if traceparent else {})
+    with trace.get_tracer(_NAME).start_as_current_span(
+            name, context=parent, kind=trace.SpanKind.INTERNAL,
+            attributes={k: v for k, v in attributes.items() if v is not None},
+            record_exception=False, set_status_on_exception=False) as span:
+        yield span
+
+
+def end_run_span(span: Any, *, status: str, cost_usd: float, error: str | None) -> None:
+    """Set a run span's outcome: the run's status as this start left it (``running`` or
+    ``queued``: the process stopped, and a later start resumes it), its cost so far, and an
+    error status if it failed."""
+    span.set_attributes({"llm_router.run.status": status,
+                         "llm_router.cost_usd": round(cost_usd, 8)})
+    if status == "failed":
+        span.set_status(trace.Status(trace.StatusCode.ERROR, error or "the run failed"))
 
 
 @contextmanager

@@ -404,6 +404,11 @@ def test_template_file_refused(templates: Path, name: str, fragment: str) -> Non
     assert err.op == "a" and fragment in err.message
 
 
+def test_a_template_that_is_not_a_name_is_refused(templates: Path) -> None:
+    err = invalid("ops: {a: {template: {x: 1}}}", templates_dir=templates)  # unhashable
+    assert err.op == "a" and "must name a file in templates/" in err.message
+
+
 def test_template_files_load_from_templates_dir_only(templates: Path) -> None:
     wf = load("ops: {a: {template: hello.j2}, b: {template: sub/nested.j2, input_ops: [a]}}",
               templates_dir=templates)

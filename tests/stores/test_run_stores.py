@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 import trio
-from support_run_store import leftovers, make_record, open_another
+from support_run_store import TRACEPARENT, leftovers, make_record, open_another
 
 from engine.core.workflow.runs import OpState, RunChange, RunRecord, memo_key
 from engine.errors import NotFound
@@ -60,6 +60,10 @@ async def test_create_stores_the_whole_record(run_store: RunStore) -> None:
     found = await run_store.get("run_1", tenant="t1")
     assert found == record
     assert found is not None and list(found.ops) == ["z", "a", "m"]  # the workflow's order
+    assert found.spec.traceparent == TRACEPARENT
+    async with open_another(run_store) as other:  # what a process resuming the run reads
+        again = await other.get("run_1", tenant=None)
+        assert again is not None and again.spec.traceparent == TRACEPARENT
 
 
 async def test_an_idempotency_key_gives_the_tenants_run_back(run_store: RunStore) -> None:

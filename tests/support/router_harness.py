@@ -23,6 +23,8 @@ __all__ = ["RunningRouter", "make_config", "open_router"]
 class RunningRouter:
     url: str
     config: Config
+    #: The served ASGI app, for a test that calls it directly (as the server would).
+    app: Any = None
 
     @property
     def v1(self) -> str:
@@ -75,7 +77,7 @@ async def open_router(config: Config) -> AsyncIterator[RunningRouter]:
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(run)
         try:
-            yield RunningRouter(url=binds[0], config=config)
+            yield RunningRouter(url=binds[0], config=config, app=app)
         except BaseException:
             stop.set()
             with trio.move_on_after(10, shield=True):

@@ -21,10 +21,12 @@ from engine.core.workflow.runs import OpState, RunRecord, RunSpec
 from engine.stores import RunStore, SqliteRunStore
 from engine.stores.redis import RedisRunStore
 
-__all__ = ["STORE_KINDS", "leftovers", "make_record", "open_another", "open_redis_run_store",
-           "open_run_store", "open_store_of", "read_only"]
+__all__ = ["STORE_KINDS", "TRACEPARENT", "leftovers", "make_record", "open_another",
+           "open_redis_run_store", "open_run_store", "open_store_of", "read_only"]
 
 STORE_KINDS = KINDS
+#: The submitting request's span, kept with a run so every start of it is traced under it.
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def make_record(run_id: str, *, tenant: str = "", created_at: float = 0.0,
@@ -33,7 +35,8 @@ def make_record(run_id: str, *, tenant: str = "", created_at: float = 0.0,
     """A queued run as ``Runs.submit`` records it: every op pending."""
     spec = RunSpec(workflow_text=workflow_text, input=f"input of {run_id}",
                    variables={"n": 1, "list": [1, "two"]}, workflow_name="wf", title="title",
-                   tenant=tenant, cache_read=False, cache_write=True)
+                   tenant=tenant, cache_read=False, cache_write=True,
+                   traceparent=TRACEPARENT)
     return RunRecord(run_id=run_id, spec=spec, created_at=created_at,
                      ops={name: OpState() for name in ops}, idempotency_key=key)
 

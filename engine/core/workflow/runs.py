@@ -147,6 +147,9 @@ class RunSpec:
     #: The workflow's ``(upstream, downstream)`` op pairs, so a reader (the dashboard's DAG)
     #: need not load ``workflow_text`` again; empty for runs recorded before it was kept.
     edges: tuple[tuple[str, str], ...] = ()
+    #: The W3C ``traceparent`` of the request that submitted the run (when it was traced):
+    #: every start of the run, a resume in another process included, is traced under it.
+    traceparent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,12 +158,21 @@ class RunSpec:
             "workflow_name": self.workflow_name, "title": self.title, "tenant": self.tenant,
             "cache_read": self.cache_read, "cache_write": self.cache_write,
             "key_id": self.key_id, "edges": [list(edge) for edge in self.edges],
+            "traceparent": self.traceparent,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
+        """A stored spec; fields this version does not know are left out (a newer process
+        sharing the store may have recorded them).
+
+        >>> RunSpec.from_json({"workflow_text": "ops: {}", "input": "x", "later": 1}).input
+        'x'
+        """
+        known = cls.__slots__
         edges = tuple((up, down) for up, down in data.get("edges") or ())
-        return cls(**{**data, "edges": edges})
+        return cls(**{k: v for k, v in data.items() if k in known and k != "edges"},
+                   edges=edges)
 
 
 @dataclass(slots=True)

@@ -178,11 +178,14 @@ class _Compiler:
         self._compiled: dict[str, PromptTemplate] = {}
 
     def file(self, name: Any, op: str) -> PromptTemplate:
-        if name not in self._files:
-            self._files[name] = read_template_file(
+        # A name that is not a string (a YAML mapping: unhashable) is read_template_file's 400.
+        text = self._files.get(name) if isinstance(name, str) else None
+        if text is None:
+            text = read_template_file(
                 name, self.templates_dir, max_bytes=self.limits.max_template_bytes, op=op
             )
-        return self.source(self._files[name], where=f"template {name!r} (op {op!r})", op=op)
+            self._files[name] = text
+        return self.source(text, where=f"template {name!r} (op {op!r})", op=op)
 
     def source(self, text: str, *, where: str, op: str) -> PromptTemplate:
         if text not in self._compiled:
