@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 import yaml
+from quart_trio import QuartTrio
 
 from api.http.app import create_app
 from api.http.server import hypercorn_config, serve
@@ -23,6 +24,7 @@ __all__ = ["RunningRouter", "make_config", "open_router"]
 class RunningRouter:
     url: str
     config: Config
+    app: QuartTrio | None = None
 
     @property
     def v1(self) -> str:
@@ -75,7 +77,7 @@ async def open_router(config: Config) -> AsyncIterator[RunningRouter]:
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(run)
         try:
-            yield RunningRouter(url=binds[0], config=config)
+            yield RunningRouter(url=binds[0], config=config, app=app)
         except BaseException:
             stop.set()
             with trio.move_on_after(10, shield=True):
