@@ -7,16 +7,15 @@ Every wait ends as soon as the awaited event arrives; none asserts how long it t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 import pytest
 import trio
 from router_harness import RunningRouter, make_config, open_router
+from support_dashboard import events
 from support_routing import model_entry, wait_for
 from support_workflows import three_tiers
 
@@ -36,79 +35,6 @@ ops:
 
 def _bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-class Events:
-    """One open stream over a bare socket (closing it is a closed tab): its frames as they
-    come, ``(event name, parsed data)``."""
-
-    def __init__(self, sock: trio.SocketStream) -> None:
-        self._sock = sock
-        self._raw = b""  # chunked, as received
-        self._body = b""  # de-chunked, not yet returned
-        self.head = b""
-
-    async def _receive(self) -> None:
-        data = await self._sock.receive_some(1 << 16)
-        if not data:
-            raise AssertionError("the router ended the stream")
-        self._raw += data
-
-    async def open(self) -> int:
-        """Read the response's head; its status."""
-        while b"\r\n\r\n" not in self._raw:
-            await self._receive()
-        self.head, self._raw = self._raw.split(b"\r\n\r\n", 1)
-        return int(self.head.split(b" ", 2)[1])
-
-    def _dechunk(self) -> None:
-        while (end := self._raw.find(b"\r\n")) >= 0:
-            size = int(self._raw[:end].split(b";")[0], 16)
-            if len(self._raw) < end + 2 + size + 2:
-                return
-            self._body += self._raw[end + 2:end + 2 + size]
-            self._raw = self._raw[end + 2 + size + 2:]
-
-    async def next(self) -> tuple[str, Any]:
-        """The next frame: ``("snapshot", {...})``, or ``("heartbeat", None)``."""
-        self._dechunk()
-        while b"\n\n" not in self._body:
-            await self._receive()
-            self._dechunk()
-        frame, self._body = self._body.split(b"\n\n", 1)
-        if frame.startswith(b":"):
-            return "heartbeat", None
-        event, data = "message", None
-        for line in frame.split(b"\n"):
-            if line.startswith(b"event:"):
-                event = line[6:].strip().decode()
-            elif line.startswith(b"data:"):
-                data = orjson.loads(line[5:])
-        return event, data
-
-    async def until(self, shows: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The first snapshot that ``shows`` what is awaited."""
-        with trio.fail_after(15):
-            while True:
-                event, data = await self.next()
-                if event == "snapshot" and shows(data):
-                    return data
-
-
-@asynccontextmanager
-async def events(router: RunningRouter, key: str, run: str | None = None
-                 ) -> AsyncIterator[Events]:
-    where = urlsplit(router.url)
-    query = "" if run is None else f"?run={run}"
-    sock = await trio.open_tcp_stream(where.hostname, where.port)
-    async with sock:
-        await sock.send_all(
-            f"GET /stats/events{query} HTTP/1.1\r\nhost: {where.netloc}\r\n"
-            f"authorization: Bearer {key}\r\naccept: text/event-stream\r\n\r\n".encode())
-        stream = Events(sock)
-        assert await stream.open() == 200, stream.head
-        assert b"content-type: text/event-stream" in stream.head.lower()
-        yield stream
 
 
 def _streams(router: RunningRouter) -> int:
@@ -131,7 +57,7 @@ async def test_a_snapshot_at_once_and_another_when_traffic_moves_the_figures(
     config = make_config({"models": three_tiers(fake_upstream), "cache": {"enabled": False},
                           "server": {"admin_key": ADMIN, "api_keys": [CLIENT]}})
     async with open_router(config) as router, httpx.AsyncClient(timeout=20) as http, \
-            events(router, ADMIN) as stream:
+            events(router.url, ADMIN) as stream:
         first = await stream.until(lambda s: True)
         assert set(first) == {"stats", "recent", "backends", "health", "runs", "run"}
         assert first["stats"]["total_requests"] == 0
@@ -158,7 +84,7 @@ async def test_a_running_workflows_op_states_come_through_the_stream(
                                                                            tier=2)],
         "cache": {"enabled": False}, "server": {"admin_key": ADMIN, "api_keys": [CLIENT]}})
     async with open_router(config) as router, httpx.AsyncClient(timeout=20) as http, \
-            events(router, ADMIN) as stream:
+            events(router.url, ADMIN) as stream:
         await stream.until(lambda s: True)
         started = await http.post(router.v1 + "/workflows", headers=_bearer(CLIENT) | {
             "prefer": "respond-async"}, json={"workflow": CHAIN, "input": "a lamp"})
@@ -186,10 +112,10 @@ async def test_it_follows_the_run_asked_for(fake_upstream: FakeUpstream) -> None
             done = await http.post(router.v1 + "/workflows", json={
                 "workflow": "ops:\n  only: {prompt: 'Hi {{ input }}'}\n", "input": text})
             ids.append(done.headers["x-llm-router-run-id"])
-        async with events(router, "", run=ids[0]) as stream:
+        async with events(router.url, "", run=ids[0]) as stream:
             shown = await stream.until(lambda s: True)
         assert shown["run"]["run_id"] == ids[0]
-        async with events(router, "") as stream:
+        async with events(router.url, "") as stream:
             shown = await stream.until(lambda s: True)
         assert shown["run"]["run_id"] == ids[1]  # none running: the newest
 
@@ -203,7 +129,7 @@ async def test_the_stream_needs_a_key_and_the_runs_the_admin_key(
         assert refused.status_code == 401
         assert refused.json()["error"]["type"] == "authentication_error"
         assert ADMIN not in refused.text and CLIENT not in refused.text
-        async with events(router, CLIENT) as stream:
+        async with events(router.url, CLIENT) as stream:
             shown = await stream.until(lambda s: True)
         assert "admin key" in shown["runs"]["error"]["message"]
         assert shown["run"] is None and shown["stats"]["total_requests"] == 0
@@ -214,7 +140,7 @@ async def test_a_quiet_stream_sends_heartbeats(fake_upstream: FakeUpstream,
     monkeypatch.setattr(dashboard_events, "HEARTBEAT_SEC", 0.2)
     config = make_config({"models": three_tiers(fake_upstream)})
     async with open_router(config) as router, httpx.AsyncClient(timeout=20) as http, \
-            events(router, "") as stream:
+            events(router.url, "") as stream:
         assert (await stream.next())[0] == "snapshot"
         with trio.fail_after(15):
             assert (await stream.next())[0] == "heartbeat"
@@ -225,7 +151,7 @@ async def test_a_client_that_leaves_leaves_nothing_running(
     config = make_config({"models": three_tiers(fake_upstream)})
     async with open_router(config) as router:
         for _ in range(3):  # the page's tab closed: its connection goes with the stream
-            async with events(router, "") as stream:
+            async with events(router.url, "") as stream:
                 await stream.until(lambda s: True)
                 assert _streams(router) == 1 and _request_tasks() == 2
 

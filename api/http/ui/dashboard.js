@@ -654,6 +654,7 @@ function start() {
     askForKey("");
   });
   setInterval(sample, SAMPLE_MS);
+  window.addEventListener("pagehide", closeStream); // no stream left open by a closed page
   $("login-form").addEventListener("submit", connect);
   $("login").addEventListener("cancel", (e) => e.preventDefault());
   if (state.key === null && document.body.dataset.needsKey !== "false") {
