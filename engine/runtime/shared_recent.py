@@ -87,7 +87,7 @@ class SharedRecent:
         try:
             if version != self._written:
                 export = orjson.dumps(self.recent.export())
-                await self.redis.pipeline([["SET", self._key, export, "PX", ttl],
+                await self.redis.pipeline([["PSETEX", self._key, ttl, export],
                                            ["SADD", PROCS, self.origin]])
                 self._written = version
             else:
