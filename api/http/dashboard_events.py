@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import trio
 
-from engine.errors import NotFound, RouterError, StoreUnavailable
+from engine.errors import RouterError, StoreUnavailable
 from engine.runtime import Gateway
 
 __all__ = ["HEARTBEAT_SEC", "RUNS_SHOWN", "TICK_SEC", "DashboardFeed", "without_text"]
@@ -118,7 +118,7 @@ class DashboardFeed:
             return listed, None
         try:
             record = await runs.get(chosen.run_id, tenant=None)
-        except (NotFound, RouterError):
+        except RouterError:  # deleted meanwhile, or the store failed: no DAG this time
             return listed, None
         return listed, without_text(record.public())
 
