@@ -8,27 +8,31 @@ the page load nothing from another host (it works offline).
 
 Data endpoints (docs/dashboard.md):
 
-* ``GET /stats/recent``: this process's last chat requests (routing facts, never text),
-  and the rate and latency percentiles over the last minute, per second for the sparklines;
-  behind the same guard as ``/stats``.
+* ``GET /stats/recent``: the last chat requests (routing facts, never text), and the rate
+  and latency percentiles over the last minute, per second for the sparklines; of every
+  process sharing the Redis when there is one (``engine.runtime.shared_recent``); behind
+  the same guard as ``/stats``.
 * ``GET /stats/runs`` and ``GET /stats/runs/{id}``: every tenant's workflow runs, each with
   its DAG's edges and its ops' states, models and costs, without prompts or answers; behind
   the admin key when one is set (they cross tenants), else the guard of ``/stats``.
+* ``GET /stats/events``: all of the above as server-sent events, pushed when it changes
+  (``api.http.dashboard_events``); behind the guard of ``/stats``, with the runs for the
+  callers the runs endpoints admit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
 
 import orjson
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from engine.errors import NotFound, echo
+from engine.errors import NotFound, RouterError, echo
 from engine.runtime import Gateway
 
+from .dashboard_events import DashboardFeed, without_text
 from .params import EVERY_LIMIT, int_arg, run_status
 
 __all__ = ["add_dashboard"]
@@ -64,14 +68,6 @@ def _asset_response(asset: tuple[bytes, str]) -> Response:
     return Response(body, content_type=content_type, headers=_HEADERS)
 
 
-def _without_text(run: dict[str, Any]) -> dict[str, Any]:
-    """A run as the dashboard shows it: no answers (op outputs, the final output)."""
-    run.pop("final_output", None)
-    for op in run["ops"].values():
-        op.pop("output", None)
-    return run
-
-
 def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _Guard,
                   cross_tenant: _Guard, needs_key: bool) -> None:
     """Serve the page and its data on ``app``: ``guarded`` admits what ``/stats`` admits,
@@ -98,7 +94,7 @@ def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _G
     @app.get("/stats/recent")
     @guarded
     async def recent() -> Response:
-        return _json(gateway().recent_snapshot())
+        return _json(await gateway().recent_snapshot())
 
     @app.get("/stats/runs")
     @cross_tenant
@@ -112,7 +108,33 @@ def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _G
     @cross_tenant
     async def one_run(run_id: str) -> Response:
         record = await gateway().workflow_runs().get(run_id, tenant=None)
-        return _json(_without_text(record.public()))
+        return _json(without_text(record.public()))
+
+    feed = DashboardFeed(gateway)
+    app.extensions["dashboard_feed"] = feed  # the tests count its open streams
+    runs_check = cross_tenant(_nothing)
+
+    async def runs_refusal() -> str | None:
+        try:
+            await runs_check()
+        except RouterError as exc:
+            return exc.message
+        return None
+
+    @app.get("/stats/events")
+    @guarded
+    async def events() -> Response:
+        follow = request.args.get("run") or None
+        body = feed.events(follow=follow, refusal=await runs_refusal())
+        return Response(body, headers=_SSE_HEADERS)
+
+
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
+                "x-accel-buffering": "no"}
+
+
+async def _nothing() -> Response:
+    return Response(b"")
 
 
 def _json(data: object) -> Response:

@@ -65,6 +65,7 @@ from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
 from .shared_health import SharedHealth
 from .shared_keys import SharedKeyGate
+from .shared_recent import SharedRecent
 from .shared_totals import SharedTotals, flatten
 from .sidecar import Sidecar
 from .transport import PooledTransport
@@ -138,6 +139,7 @@ class Gateway:
         #: Health and totals shared with the other processes (``state.redis_url``).
         self.shared_health: SharedHealth | None = None
         self.shared_totals: SharedTotals | None = None
+        self.shared_recent: SharedRecent | None = None
         if shared is not None:
             origin = f"{os.getpid()}-{secrets.token_hex(4)}"
             self.shared_health = SharedHealth(shared, self.pool, origin=origin)
@@ -145,6 +147,8 @@ class Gateway:
                                               gauges=self._gauges)
             nursery.start_soon(self.shared_health.run)
             nursery.start_soon(self.shared_totals.run)
+            self.shared_recent = SharedRecent(shared, self.recent, origin=origin)
+            nursery.start_soon(self.shared_recent.run)
         self.runner = NodeRunner(
             policy=self.policy,
             config=config,
@@ -311,10 +315,13 @@ class Gateway:
         return MetricsSnapshot(totals=totals, scope=scope, backends=backends,
                                redis_up=None if self.shared is None else self.shared.redis.up)
 
-    def recent_snapshot(self) -> dict[str, object]:
-        """``GET /stats/recent``: this process's last chat requests, and its rate and
-        latency over the last minute."""
-        return self.recent.snapshot(time.time())
+    async def recent_snapshot(self) -> dict[str, object]:
+        """``GET /stats/recent``: the last chat requests, and the rate and latency over the
+        last minute; of every process when shared (``scope``: ``shared``), else (or while
+        Redis is down: ``process``) of this one."""
+        if self.shared_recent is not None:
+            return await self.shared_recent.snapshot()
+        return {**self.recent.snapshot(time.time()), "scope": "process", "processes": 1}
 
     def remember_decision(self, request_id: str, served: Served, *, tenant: str = "") -> None:
         """Keep how a request was routed, so feedback can name it by its request id; and,

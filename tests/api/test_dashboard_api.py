@@ -95,6 +95,7 @@ async def test_recent_requests_carry_routing_facts_and_the_windows_figures(
     assert window["latency_ms"]["p50"] is not None
     assert len(body["series"]) == window["seconds"]
     assert sum(s["requests"] for s in body["series"]) == 4
+    assert body["scope"] == "process" and body["processes"] == 1  # no Redis: this one
 
 
 async def test_the_data_endpoints_need_a_key(fake_upstream: FakeUpstream) -> None:

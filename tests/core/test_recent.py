@@ -3,10 +3,11 @@ traffic."""
 
 from __future__ import annotations
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.core.recent import FinishedRequest, RecentRequests, percentile
+from engine.core.recent import FinishedRequest, RecentRequests, latency_key, percentile
 
 
 def _ok(at: float, ms: float = 10.0, **fields: object) -> FinishedRequest:
@@ -50,13 +51,44 @@ def test_the_series_has_one_point_per_second_oldest_first() -> None:
     ]
 
 
-def test_past_its_samples_the_rate_is_taken_over_what_they_cover() -> None:
-    recent = RecentRequests(window_sec=60, samples=100)
-    for i in range(400):  # 400 requests in the last 4 s; only the last 100 are kept
-        recent.add(_ok(96.0 + i / 100))
-    window = recent.snapshot(100.0)["window"]
-    assert window["requests"] == 100
-    assert 99 <= window["per_sec"] <= 101  # 100 samples over the 1 s they span
+def test_the_window_stays_exact_and_bounded_whatever_the_traffic() -> None:
+    recent = RecentRequests(window_sec=60, keep=10)
+    for i in range(100_000):  # 100,000 requests over the last 10 s
+        recent.add(_ok(90.0 + i / 10_000, ms=float(1 + i % 200)))
+    snap = recent.snapshot(100.0)
+    assert snap["window"]["requests"] == 100_000
+    assert snap["window"]["per_sec"] == round(100_000 / 60, 3)
+    assert len(snap["requests"]) == 10
+    assert len(recent.export()["seconds"]) <= 60
+    assert max(len(s[3]) for s in recent.export()["seconds"]) <= 200
+
+
+def test_other_processes_merge_as_one_window() -> None:
+    mine, theirs = RecentRequests(window_sec=5), RecentRequests(window_sec=5)
+    for ms in (10.0, 20.0, 30.0):
+        mine.add(_ok(99.2, ms=ms, model="mine"))
+    theirs.add(FinishedRequest(at=97.0, ms=5.0, status="upstream_error"))
+    for ms in (40.0, 50.0, 60.0, 70.0, 80.0):
+        theirs.add(_ok(99.6, ms=ms, model="theirs"))
+    exported = orjson.loads(orjson.dumps(theirs.export()))  # as it travels through Redis
+    snap = mine.snapshot(100.0, others=[exported])
+    assert snap["window"] == {"seconds": 5, "requests": 9, "errors": 1, "per_sec": 1.8,
+                              "latency_ms": {"p50": 40.0, "p90": 80.0, "p99": 80.0}}
+    assert [r["model"] for r in snap["requests"]] == ["theirs"] * 5 + ["mine"] * 3 + [None]
+    assert snap["series"][-2] == {"t": 99, "requests": 8, "errors": 0, "p50_ms": 40.0}
+    assert snap["series"][-4]["errors"] == 1
+    assert mine.snapshot(100.0)["window"]["requests"] == 3  # its own alone
+
+
+def test_seconds_outside_the_window_are_left_out() -> None:
+    recent = RecentRequests(window_sec=3)
+    other = {"requests": [], "seconds": [[50, 7, 0, [[1.0, 7]]], [150, 2, 0, [[1.0, 2]]]]}
+    assert recent.snapshot(100.0, others=[other])["window"]["requests"] == 0
+
+
+@given(st.floats(1e-3, 1e7, allow_nan=False))
+def test_a_latency_is_bucketed_within_5_percent(ms: float) -> None:
+    assert abs(latency_key(ms) - ms) <= 0.05 * ms
 
 
 @given(st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=50),

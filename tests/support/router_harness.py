@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 import yaml
+from quart_trio import QuartTrio
 
 from api.http.app import create_app
 from api.http.server import hypercorn_config, serve
@@ -23,8 +24,9 @@ __all__ = ["RunningRouter", "make_config", "open_router"]
 class RunningRouter:
     url: str
     config: Config
-    #: The served ASGI app, for a test that calls it directly (as the server would).
-    app: Any = None
+    #: The served app, for a test that calls it directly (as the server would) or reads its
+    #: extensions.
+    app: QuartTrio | None = None
 
     @property
     def v1(self) -> str:

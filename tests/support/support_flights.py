@@ -69,7 +69,9 @@ def answer_text(text: str) -> str:
 
 
 async def claims(redis_url: str) -> int:
-    """How many flight claims (``SET``) the Redis at ``redis_url`` has served so far."""
+    """How many flight claims (``SET``) the Redis at ``redis_url`` has served so far (while
+    a test runs no other ``SET`` happens: the dashboard's recent requests, published every
+    second, go with ``PSETEX``)."""
     async with open_redis(RedisAddress.from_url(redis_url)) as client:
         info = await client.call("INFO", "commandstats")
     assert isinstance(info, bytes)

@@ -1,9 +1,10 @@
 """The dashboard in a real browser (headless chromium, tests/support/support_browser.py): it
-loads with no console errors, asks for the key once, its figures follow traffic, and a
-running workflow's DAG shows its ops' states change.
+loads with no console errors, asks for the key once, its figures follow traffic through the
+event stream (``GET /stats/events``), a running workflow's DAG shows its ops' states change,
+the page polls when the stream is unavailable, and a closed page leaves no stream open.
 
-The waits end as soon as the page shows what is expected (the page polls every second);
-none asserts how long anything took.
+The waits end as soon as the page shows what is expected; none asserts how long anything
+took.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import openai
 import pytest
 from router_harness import make_config, open_router
 from support_browser import CSS, ID, connect, need_browser, open_browser, screenshots_dir
-from support_routing import model_entry
+from support_routing import model_entry, wait_for
 from support_workflows import three_tiers
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
@@ -33,6 +34,10 @@ ops:
 """
 
 
+async def _as_async(value: bool) -> bool:
+    return value
+
+
 @pytest.fixture(autouse=True)
 def _browser_installed() -> None:
     """Checked before the trio fixtures start, so a skip keeps its message."""
@@ -42,6 +47,16 @@ def _browser_installed() -> None:
 def _count(selector: str) -> Callable[[Any], int]:
     """A wait condition: how many elements match ``selector``."""
     return lambda d: len(d.find_elements(CSS, selector))
+
+
+# What the page fetched and finished, by path (polling; the open stream is not over).
+_FETCHED = ("return performance.getEntriesByType('resource')"
+            ".map(e => new URL(e.name).pathname)")
+_LIVE = '#updated[data-mode="stream"]'
+
+
+def _streams(router: Any) -> int:
+    return router.app.extensions["dashboard_feed"].streams
 
 
 def _op(name: str, status: str) -> str:
@@ -78,9 +93,15 @@ async def test_the_dashboard_loads_clean_and_its_figures_follow_traffic(
         assert " cache " in await browser.text("#recent tbody tr:first-child")  # newest first
         assert "t1" in await browser.text("#models")
         assert await browser.text("#health-text") == "healthy"
+        assert _count(_LIVE)(browser.driver) == 1
+        assert "/stats/recent" not in await browser.script(_FETCHED)  # pushed, not polled
         assert await browser.console_errors() == []
         if (folder := screenshots_dir()) is not None:
             await browser.screenshot(folder / "dashboard-traffic.png")
+
+        assert _streams(router) == 1
+        await browser.get("about:blank")  # the page closed: its stream ends with it
+        await wait_for(lambda: _as_async(_streams(router) == 0), timeout=30, poll=0.05)
 
 
 async def test_a_running_workflows_dag_shows_its_ops_states_change(
@@ -103,6 +124,7 @@ async def test_a_running_workflows_dag_shows_its_ops_states_change(
         run_id = started.json()["run_id"]
 
         await browser.wait_for(_count(_op("review", "running")), "review running")
+        assert _count(_LIVE)(browser.driver) == 1
         assert await browser.text(f'#runs li[data-run="{run_id}"]') != ""
         assert _count(_op("draft", "succeeded"))(browser.driver) == 1
         assert _count(_op("polish", "pending"))(browser.driver) == 1
@@ -131,3 +153,21 @@ async def test_a_router_that_takes_no_key_is_shown_without_asking(
         await browser.wait_for(lambda d: _count("#backends tbody tr")(d) == 3, "the backends")
         assert await browser.script("return document.getElementById('login').open") is False
         assert await browser.console_errors() == []
+
+
+async def test_without_the_stream_the_page_polls(fake_upstream: FakeUpstream) -> None:
+    config = make_config({"models": three_tiers(fake_upstream)})
+    async with open_router(config) as router, open_browser() as browser:
+        await browser.call(browser.driver.execute_cdp_cmd, "Network.enable", {})
+        await browser.call(browser.driver.execute_cdp_cmd, "Network.setBlockedURLs",
+                           {"urls": ["*/stats/events*"]})  # as a proxy that buffers it would
+        await browser.get(router.url + "/ui")
+        await browser.wait_for(_count('#updated[data-mode="poll"]'), "that it polls")
+        async with httpx.AsyncClient(timeout=20) as http:
+            answer = await http.post(router.v1 + "/chat/completions", json={
+                "model": "auto", "messages": [{"role": "user", "content": "Name a prime."}]})
+            assert answer.status_code == 200
+        await browser.wait_for(lambda d: _count("#recent tbody tr")(d) == 1, "the request")
+        assert "/stats/recent" in await browser.script(_FETCHED)
+        # Only the blocked stream's own failure, if chromium reports it at all.
+        assert all("/stats/events" in e["message"] for e in await browser.console_errors())

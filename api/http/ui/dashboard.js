@@ -1,8 +1,12 @@
-// llm-router dashboard: polls the router's JSON endpoints once a second and draws them.
+// llm-router dashboard: follows the router's event stream (GET /stats/events) and draws
+// each snapshot; polls the JSON endpoints once a second while the stream is unavailable.
 // Plain DOM and SVG, no library, nothing from another host (see docs/dashboard.md).
 "use strict";
 
 const POLL_MS = 1000;
+const SAMPLE_MS = 1000; // one point a second for the client-side sparklines
+const STREAM_RETRY_MS = 10000; // while polling, how often to try the stream again
+const STREAM_SILENCE_MS = 40000; // no byte for this long (the router beats every 15 s): dead
 const HISTORY = 60; // points kept for the client-side sparklines (spend, cache, dedup)
 const KEY_ITEM = "llm-router-key";
 const THEME_ITEM = "llm-router-theme";
@@ -11,7 +15,11 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const state = {
   key: sessionStorage.getItem(KEY_ITEM),
   paused: false,
-  timer: null,
+  timer: null, // the next poll
+  mode: "connecting", // "stream" (live), "poll" (the stream failed) or "connecting"
+  stream: null, // the open stream's AbortController
+  retry: null, // the next attempt at the stream while polling
+  lastStats: null,
   selectedRun: null,
   pinnedRun: false, // the user picked a run: stop following the newest
   lastDag: "",
@@ -127,6 +135,102 @@ async function settle(promise, refusedToo = false) {
   }
 }
 
+// Everything the page draws, in the shape of one event of the stream.
+function draw(snapshot) {
+  drawBackends(snapshot.backends); // first: the tier mix names each model's tier from it
+  drawStats(snapshot.stats);
+  drawRecent(snapshot.recent, snapshot.health);
+  drawHealth(snapshot.health);
+  drawRuns(snapshot.runs, snapshot.run);
+  const how = state.mode === "stream" ? "live" : "polling";
+  setText("updated", how + " · " + new Date().toLocaleTimeString([], { hour12: false }));
+  $("updated").dataset.mode = state.mode;
+}
+
+// ---- the event stream -------------------------------------------------------------------
+
+// EventSource cannot send the Authorization header the key travels in (and a key in the URL
+// would end up in logs and history), so the stream is read with fetch.
+async function openStream() {
+  closeStream();
+  const controller = new AbortController();
+  state.stream = controller;
+  const headers = { accept: "text/event-stream" };
+  if (state.key) headers.authorization = "Bearer " + state.key;
+  const follow = state.pinnedRun && state.selectedRun
+    ? "?run=" + encodeURIComponent(state.selectedRun) : "";
+  let silence = null;
+  const quiet = () => {
+    clearTimeout(silence);
+    silence = setTimeout(() => controller.abort(), STREAM_SILENCE_MS);
+  };
+  try {
+    quiet();
+    const response = await fetch("/stats/events" + follow,
+      { headers, cache: "no-store", signal: controller.signal });
+    if (response.status === 401) {
+      const body = await response.json().catch(() => null);
+      closeStream();
+      askForKey(state.key && body && body.error ? body.error.message : "");
+      return;
+    }
+    if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      quiet();
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const frame = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        received(frame);
+      }
+    }
+  } catch (error) {
+    if (state.stream !== controller) return; // closed on purpose (pause, key, new run)
+  } finally {
+    clearTimeout(silence);
+  }
+  if (state.stream === controller) fallBack();
+}
+
+function received(frame) {
+  let event = "message", data = "";
+  for (const line of frame.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trimStart();
+  }
+  if (event !== "snapshot" || !data) return; // a heartbeat
+  if (state.mode !== "stream") {
+    state.mode = "stream";
+    clearTimeout(state.timer); state.timer = null; // the stream replaces the poll
+    clearTimeout(state.retry); state.retry = null;
+  }
+  draw(JSON.parse(data));
+}
+
+function closeStream() {
+  const controller = state.stream;
+  state.stream = null;
+  if (controller) controller.abort();
+}
+
+// The stream failed or ended: poll meanwhile, and try the stream again now and then.
+function fallBack() {
+  state.stream = null;
+  state.mode = "poll";
+  if (state.paused) return;
+  if (state.timer === null) poll();
+  clearTimeout(state.retry);
+  state.retry = setTimeout(() => { state.retry = null; if (!state.paused) openStream(); },
+    STREAM_RETRY_MS);
+}
+
+// ---- polling (while the stream is unavailable) --------------------------------------------
+
 async function poll() {
   state.timer = null;
   try {
@@ -134,12 +238,13 @@ async function poll() {
       api("/stats"), api("/stats/recent"), api("/v1/backends"), settle(api("/health")),
       settle(api("/stats/runs?limit=15"), true),
     ]);
-    drawBackends(backends); // first: the tier mix names each model's tier from it
-    drawStats(stats);
-    drawRecent(recent);
-    drawHealth(health.value ?? { status: "down" });
-    await drawRuns(runs);
-    setText("updated", "updated " + new Date().toLocaleTimeString([], { hour12: false }));
+    const list = runs.value ?? { error: { message: runs.error.message } };
+    const follow = pickRun(list.data || []);
+    let run = null;
+    if (follow) run = (await settle(api("/stats/runs/" + encodeURIComponent(follow)))).value;
+    if (state.mode !== "poll") return; // the stream came back meanwhile
+    draw({ stats, recent, backends, health: health.value ?? { status: "down" }, runs: list,
+      run: run ?? null });
   } catch (error) {
     if (error instanceof AuthError) {
       askForKey(state.key ? error.message : "");
@@ -148,16 +253,41 @@ async function poll() {
     drawHealth({ status: "down" });
     setText("updated", "router not answering");
   }
-  schedule();
+  if (state.mode === "poll" && !state.paused) state.timer = setTimeout(poll, POLL_MS);
 }
 
-function schedule() {
-  if (!state.paused && state.timer === null) state.timer = setTimeout(poll, POLL_MS);
+// The run whose DAG to show: the one picked, else the newest running one, else the newest.
+function pickRun(data) {
+  if (state.pinnedRun && data.some((r) => r.run_id === state.selectedRun)) {
+    return state.selectedRun;
+  }
+  const follow = data.find((r) => r.status === "running") || data[0];
+  return follow ? follow.run_id : null;
 }
 
 function remember(series, value) {
   series.push(value);
   if (series.length > HISTORY) series.shift();
+}
+
+// One point a second for the spend, cache and dedup sparklines, whatever the updates' pace.
+function sample() {
+  const stats = state.lastStats;
+  if (stats === null || state.paused) return;
+  const h = state.history;
+  const spent = stats.total_spent_usd;
+  const { hits, misses } = stats.cache;
+  remember(h.spent, spent);
+  remember(h.reference, spent + stats.total_saved_usd);
+  remember(h.hitRate, hits + misses > 0 ? hits / (hits + misses) : 0);
+  const joinedNow = state.lastJoined === null ? 0 : stats.dedup.joined - state.lastJoined;
+  state.lastJoined = stats.dedup.joined;
+  remember(h.joined, Math.max(0, joinedNow));
+  spark($("spark-spend"), [
+    { values: h.reference, cls: "line ref" }, { values: h.spent, cls: "line", area: true },
+  ]);
+  spark($("spark-cache"), [{ values: h.hitRate, cls: "line good", area: true, max: 1 }]);
+  spark($("spark-dedup"), [{ values: h.joined, cls: "line", area: true }]);
 }
 
 // ---- cards ------------------------------------------------------------------------------
@@ -179,19 +309,8 @@ function drawStats(stats) {
   setText("joined", count(stats.dedup.joined));
   setText("dedup-saved", usd(stats.dedup.saved_usd));
   state.failovers = stats.failovers;
-
-  const h = state.history;
-  remember(h.spent, spent);
-  remember(h.reference, reference);
-  remember(h.hitRate, hits + misses > 0 ? hits / (hits + misses) : 0);
-  const joinedNow = state.lastJoined === null ? 0 : stats.dedup.joined - state.lastJoined;
-  state.lastJoined = stats.dedup.joined;
-  remember(h.joined, Math.max(0, joinedNow));
-  spark($("spark-spend"), [
-    { values: h.reference, cls: "line ref" }, { values: h.spent, cls: "line", area: true },
-  ]);
-  spark($("spark-cache"), [{ values: h.hitRate, cls: "line good", area: true, max: 1 }]);
-  spark($("spark-dedup"), [{ values: h.joined, cls: "line", area: true }]);
+  if (state.lastStats === null) { state.lastStats = stats; sample(); }
+  state.lastStats = stats;
 
   drawTiers(stats);
 }
@@ -217,7 +336,7 @@ function drawTiers(stats) {
   )));
 }
 
-function drawRecent(recent) {
+function drawRecent(recent, health) {
   const win = recent.window;
   setText("rps", win.per_sec >= 10 ? win.per_sec.toFixed(0) : win.per_sec.toFixed(2));
   setText("rps-sub", `${count(win.requests)} in the last ${win.seconds} s` +
@@ -250,7 +369,11 @@ function drawRecent(recent) {
   });
   $("recent").tBodies[0].replaceChildren(...rows);
   $("recent-empty").hidden = rows.length > 0;
-  setText("recent-summary", rows.length ? "this process's last " + rows.length : "");
+  const processes = recent.processes ?? 1;
+  const scope = recent.scope === "shared"
+    ? ` of ${plural(processes, "process", "processes")}`
+    : health && health.redis ? " of this process alone (Redis is not answering)" : "";
+  setText("recent-summary", rows.length ? `last ${rows.length}${scope}` : scope.trim());
 }
 
 function drawBackends(backends) {
@@ -315,49 +438,45 @@ function spark(target, lines) {
 
 // ---- workflow runs ----------------------------------------------------------------------
 
-async function drawRuns(runs) {
+function drawRuns(runs, run) {
   const list = $("runs");
   if (runs.error) {
     list.replaceChildren();
     $("runs-empty").hidden = false;
     $("runs-empty").textContent = runs.error.message;
+    drawRun(null);
     return;
   }
-  const data = runs.value.data;
+  const data = runs.data;
   $("runs-empty").hidden = data.length > 0;
   const running = data.filter((r) => r.status === "running").length;
   setText("runs-summary", running ? `${running} running` : data.length ? "none running" : "");
-  if (!state.pinnedRun || !data.some((r) => r.run_id === state.selectedRun)) {
-    const follow = data.find((r) => r.status === "running") || data[0];
-    state.selectedRun = follow ? follow.run_id : null;
-  }
-  list.replaceChildren(...data.map((run) => {
-    const ops = Object.values(run.ops);
-    const done = ops.filter((s) => s === "succeeded").length;
-    const item = el("li", {
-      role: "option", "data-run": run.run_id, "data-status": run.status, tabindex: "0",
-      "aria-selected": String(run.run_id === state.selectedRun),
-    },
-    el("span", { class: "status-dot" }),
-    el("span", { class: "name", text: run.workflow || "(submitted workflow)" }),
-    el("span", { class: "badge " + run.status, text: run.status }),
-    el("span", {
-      class: "meta",
-      text: `${run.run_id.slice(0, 12)}… · ${ago(run.created_at)} · ${usd(run.cost_usd)} · ` +
-        `${done}/${ops.length} ops`,
-    }),
-    el("span", { class: "progress" }, ...ops.map((s) => el("span", { class: s }))));
-    const pick = () => { state.selectedRun = run.run_id; state.pinnedRun = true; refreshNow(); };
-    item.addEventListener("click", pick);
-    item.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") pick(); });
-    return item;
-  }));
-  if (state.selectedRun) {
-    const detail = await settle(api("/stats/runs/" + encodeURIComponent(state.selectedRun)));
-    if (detail.value) drawRun(detail.value);
-  } else {
-    drawRun(null);
-  }
+  if (state.pinnedRun && (!run || run.run_id !== state.selectedRun)) state.pinnedRun = false;
+  state.selectedRun = run ? run.run_id : null;
+  list.replaceChildren(...data.map((item) => runItem(item)));
+  drawRun(run);
+}
+
+function runItem(run) {
+  const ops = Object.values(run.ops);
+  const done = ops.filter((s) => s === "succeeded").length;
+  const item = el("li", {
+    role: "option", "data-run": run.run_id, "data-status": run.status, tabindex: "0",
+    "aria-selected": String(run.run_id === state.selectedRun),
+  },
+  el("span", { class: "status-dot" }),
+  el("span", { class: "name", text: run.workflow || "(submitted workflow)" }),
+  el("span", { class: "badge " + run.status, text: run.status }),
+  el("span", {
+    class: "meta",
+    text: `${run.run_id.slice(0, 12)}… · ${ago(run.created_at)} · ${usd(run.cost_usd)} · ` +
+      `${done}/${ops.length} ops`,
+  }),
+  el("span", { class: "progress" }, ...ops.map((s) => el("span", { class: s }))));
+  const pick = () => { state.selectedRun = run.run_id; state.pinnedRun = true; refreshNow(); };
+  item.addEventListener("click", pick);
+  item.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") pick(); });
+  return item;
 }
 
 function drawRun(run) {
@@ -489,10 +608,28 @@ function connect(event) {
   refreshNow();
 }
 
+// Show the current choice (a key given, a run picked) now: a new stream, or a poll.
 function refreshNow() {
-  if (state.timer !== null) clearTimeout(state.timer);
+  clearTimeout(state.timer);
   state.timer = null;
-  if (!state.paused) poll();
+  if (state.paused) return;
+  if (state.mode === "poll") poll();
+  else openStream();
+}
+
+function pause(paused) {
+  state.paused = paused;
+  document.body.classList.toggle("paused", paused);
+  $("pause").textContent = paused ? "Resume" : "Pause";
+  if (paused) {
+    closeStream();
+    clearTimeout(state.timer); state.timer = null;
+    clearTimeout(state.retry); state.retry = null;
+    setText("updated", "paused");
+  } else {
+    state.mode = "connecting";
+    openStream();
+  }
 }
 
 function applyTheme(theme) {
@@ -509,18 +646,15 @@ function start() {
     localStorage.setItem(THEME_ITEM, next);
     applyTheme(next);
   });
-  $("pause").addEventListener("click", () => {
-    state.paused = !state.paused;
-    document.body.classList.toggle("paused", state.paused);
-    $("pause").textContent = state.paused ? "Resume" : "Pause";
-    if (state.paused && state.timer !== null) { clearTimeout(state.timer); state.timer = null; }
-    else refreshNow();
-  });
+  $("pause").addEventListener("click", () => pause(!state.paused));
   $("forget").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_ITEM);
     state.key = null;
+    closeStream();
     askForKey("");
   });
+  setInterval(sample, SAMPLE_MS);
+  window.addEventListener("pagehide", closeStream); // no stream left open by a closed page
   $("login-form").addEventListener("submit", connect);
   $("login").addEventListener("cancel", (e) => e.preventDefault());
   if (state.key === null && document.body.dataset.needsKey !== "false") {
@@ -528,7 +662,7 @@ function start() {
     api("/health").then(drawHealth, () => drawHealth({ status: "down" }));
     askForKey("");
   } else {
-    poll();
+    openStream();
   }
 }
 
