@@ -53,6 +53,9 @@ def add_replay_command(commands: Any) -> None:
                     help="stop after N reports (default: all the traffic rows)")
     rp.add_argument("--no-learning", dest="learning", action="store_false",
                     help="feedback calibrates thresholds only (learned.online: false)")
+    rp.add_argument("--compare", type=float, default=0.0, metavar="SHARE",
+                    help="share of reports (0-1) that carry both tiers' quality, as from a "
+                         "deployment that also asks the other tier on a sample (0)")
     rp.add_argument("--plot", metavar="FILE.svg", help="write the learning curve as SVG")
     rp.add_argument("--json", action="store_true", help="print one JSON object instead")
     rp.add_argument("--decontaminated", action="store_true")
@@ -73,6 +76,8 @@ def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dic
     """Run a parsed ``router replay`` (rows already loaded); the exit status."""
     if args.every < 1:
         raise ValueError("--every must be at least 1")
+    if not 0.0 <= args.compare <= 1.0:
+        raise ValueError("--compare must be a share from 0 to 1")
     if args.plot and Path(args.plot).suffix.lower() != ".svg":
         raise ValueError(f"--plot {args.plot}: write .svg")
     if len(rows) < 4:
@@ -106,7 +111,7 @@ async def _replay(args: argparse.Namespace, held: list[RoutingRow],
             policy = RoutingPolicy(config, learned=learned, store=store)
             await policy.load()
             return await _play(policy, held, traffic, every=args.every,
-                               progress=bool(args.progress))
+                               progress=bool(args.progress), compare=args.compare)
         finally:
             await store.close()
 
@@ -129,11 +134,11 @@ def _scores(policy: RoutingPolicy, rows: list[RoutingRow]) -> list[float]:
 
 
 async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[RoutingRow], *,
-                every: int, progress: bool) -> dict[str, Any]:
+                every: int, progress: bool, compare: float = 0.0) -> dict[str, Any]:
     static = summarize(held, _scores(policy, held)).apgr
     length = summarize(held, [float(len(r.prompt)) for r in held]).apgr
     curve = [Point(0, static, 0.0, policy.tier1_max, _gate(policy))]
-    tier1 = 0
+    tier1 = compared = 0
     for n, row in enumerate(traffic, 1):
         route = await policy.route(_request(row.prompt))
         request_id = f"replay-{n}"
@@ -141,8 +146,13 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
                         tier=route.tier, model="weak" if route.tier == 1 else "strong",
                         belief=route.belief)
         tier1 += route.tier == 1
-        quality = row.weak_score if route.tier == 1 else row.strong_score
-        await policy.feedback(FeedbackReport(quality, request_id=request_id))
+        quality, other = ((row.weak_score, row.strong_score) if route.tier == 1
+                          else (row.strong_score, row.weak_score))
+        # Evenly spread: the n-th report compares when the running count falls behind.
+        compares = compared < compare * n
+        compared += compares
+        await policy.feedback(FeedbackReport(quality, request_id=request_id,
+                                             other_quality=other if compares else None))
         if n % every == 0 or n == len(traffic):
             apgr = summarize(held, _scores(policy, held)).apgr
             curve.append(Point(n, apgr, tier1 / n, policy.tier1_max, _gate(policy)))
@@ -151,6 +161,7 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
     state = await policy.describe()
     return {
         "held_back": len(held), "traffic": len(traffic), "every": every,
+        "compared": compared,
         "static_apgr": round(static, 4), "length_apgr": round(length, 4),
         "curve": [{"reports": p.reports, "apgr": round(p.apgr, 4),
                    "tier1_share": round(p.tier1_share, 4), "tier1_max": p.tier1_max,

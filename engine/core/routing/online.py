@@ -68,6 +68,8 @@ WINDOW = 300
 """Reports the floor compares the two models on (the newest)."""
 MIN_EVIDENCE = 50.0
 """Reports (by weight, in the window) the floor needs before it lets a correction apply."""
+COMPARED_WEIGHT = 4.0
+"""What one comparison report (both tiers' quality) weighs against a served-tier report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,8 @@ class OnlineState:
     recent: np.ndarray | None = None
     #: How much of the correction applies (the floor), set by each step from ``recent``.
     gate: float = 0.0
+    #: Reports that carried both tiers' quality (comparisons), of ``reports``.
+    compared: int = 0
 
     @classmethod
     def fresh(cls, model: str, inputs: int) -> OnlineState:
@@ -136,7 +140,7 @@ class OnlineState:
             "squares": _pack(self.squares if self.squares is not None
                              else np.zeros_like(self.weights)),
             "recent": _pack(self.recent if self.recent is not None else np.zeros((0, 4))),
-            "gate": self.gate,
+            "gate": self.gate, "compared": self.compared,
             "reporters": {k: list(v) for k, v in self.reporters.items()},
         }
 
@@ -151,7 +155,7 @@ class OnlineState:
             float(raw.get("offset", 0.0)),
             _unpack(raw["squares"]) if "squares" in raw else None,
             _unpack(raw["recent"]).reshape(-1, 4) if "recent" in raw else None,
-            float(raw.get("gate", 0.0)),
+            float(raw.get("gate", 0.0)), int(raw.get("compared", 0)),
         )
 
     def describe(self, settings: OnlineSettings) -> dict[str, Any]:
@@ -161,7 +165,8 @@ class OnlineState:
         return {
             "concordance": None if ranks is None else {
                 "shipped": round(ranks[0], 4), "online": round(ranks[1], 4)},
-            "reports": self.reports, "learned_from": round(self.learned, 2),
+            "reports": self.reports, "compared": self.compared,
+            "learned_from": round(self.learned, 2),
             "gate": round(self.gate, 4),
             "log_loss": None if self.evidence <= 0 else {
                 "shipped": round(self.loss_shipped / n, 4),
@@ -181,12 +186,23 @@ class Outcome:
     moved: float
 
 
-def label(tier: int, quality: float) -> tuple[float, float]:
-    """The target ("the strong model was needed") and weight a report teaches.
+def label(tier: int, quality: float, other: float | None = None) -> tuple[float, float]:
+    """The target ("the strong model was needed") and weight a report teaches; ``other``
+    is the quality the other tier earned on the same request (a comparison report).
 
     >>> label(1, 0.0), label(1, 1.0), label(2, 0.0), label(2, 1.0)
     ((1.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 0.0))
+
+    With both tiers' quality the target is the strong model's gain, ``(1 + strong - weak) /
+    2``, the quantity the shipped model was trained on and APGR measures, and every
+    comparison teaches in full (a weight of :data:`COMPARED_WEIGHT`):
+
+    >>> label(1, 0.0, other=1.0), label(2, 1.0, other=1.0), label(2, 0.0, other=1.0)
+    ((1.0, 4.0), (0.5, 4.0), (0.0, 4.0))
     """
+    if other is not None:
+        weak, strong = (quality, other) if tier <= 1 else (other, quality)
+        return (1.0 + strong - weak) / 2.0, COMPARED_WEIGHT
     if tier <= 1:
         return 1.0 - quality, 1.0
     return 0.0, 1.0 - quality
@@ -239,7 +255,8 @@ def _sigmoid(z: float) -> float:
 
 
 def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, quality: float,
-          reporter: str | None, settings: OnlineSettings) -> tuple[OnlineState, Outcome]:
+          reporter: str | None, settings: OnlineSettings,
+          other: float | None = None) -> tuple[OnlineState, Outcome]:
     """One report's step (the module docstring): the new state and what the report did.
 
     Two kinds of request the shipped model cannot tell apart (log-odds -2 both); the cheap
@@ -254,7 +271,7 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     >>> state.gate, predict(state, -2.0, hard, s) > -2.0 > predict(state, -2.0, easy, s)
     (1.0, True)
     """
-    target, weight = label(tier, quality)
+    target, weight = label(tier, quality, other)
     decay = settings.decay
     n = state.reports + 1
     reporters = dict(state.reporters)
@@ -294,6 +311,7 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
         row = [logit, logit + _correction(state, inputs, settings), target, weight]
         recent = np.vstack([recent, row])[-WINDOW:]
     new = replace(state, weights=w, squares=squares, recent=recent, reports=n,
+                  compared=state.compared + (other is not None and weight > 0),
                   learned=state.learned * decay + weight, loss_shipped=loss_shipped,
                   loss_online=loss_online, evidence=evidence, reporters=reporters,
                   offset=offset)
