@@ -199,6 +199,8 @@ async def test_a_comparison_report_teaches_whether_the_strong_model_was_better(
             raise AssertionError(f"HARD still on tier 1: {await learning(client)}")
         state = await learning(client)
         assert state["compared"] == state["reports"] == 2 * (n - 1) and state["gate"] > 0
+        assert state["mix"]["comparisons"] == state["compared"]
+        assert set(state["mix"]) == {"comparisons", "gate", "weights", "concordance"}
 
 
 async def test_a_bad_comparison_is_a_clear_400(fake_upstream: FakeUpstream) -> None:

@@ -59,6 +59,9 @@ from typing import Any
 
 import numpy as np
 
+from .learned import DENSE_NAMES
+from .mix import KEPT, MIN_COMPARED, Mix, concordance, fit_mix
+
 __all__ = ["MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState", "Outcome", "label",
            "learn", "predict"]
 
@@ -116,6 +119,13 @@ class OnlineState:
     gate: float = 0.0
     #: Reports that carried both tiers' quality (comparisons), of ``reports``.
     compared: int = 0
+    #: The newest :data:`~engine.core.routing.mix.KEPT` comparisons: rows of (shipped
+    #: log-odds, length, gain, weight, the mixed log-odds before the mix learned from it).
+    comparisons: np.ndarray | None = None
+    #: How much of the mix applies (its floor), set by each comparison.
+    mix_gate: float = 0.0
+    #: The mix fitted on ``comparisons`` (rebuilt from them, not saved).
+    mix: Mix | None = None
 
     @classmethod
     def fresh(cls, model: str, inputs: int) -> OnlineState:
@@ -127,8 +137,8 @@ class OnlineState:
         their targets do; None before :data:`MIN_EVIDENCE` reports."""
         if self.recent is None or float(self.recent[:, 3].sum()) < MIN_EVIDENCE:
             return None
-        return (_concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3]),
-                _concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3]))
+        return (concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3]),
+                concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3]))
 
     def to_dict(self) -> dict[str, Any]:
         data = np.ascontiguousarray(self.weights, "<f8").tobytes()
@@ -140,7 +150,9 @@ class OnlineState:
             "squares": _pack(self.squares if self.squares is not None
                              else np.zeros_like(self.weights)),
             "recent": _pack(self.recent if self.recent is not None else np.zeros((0, 4))),
-            "gate": self.gate, "compared": self.compared,
+            "gate": self.gate, "compared": self.compared, "mix_gate": self.mix_gate,
+            "comparisons": _pack(self.comparisons if self.comparisons is not None
+                                 else np.zeros((0, 5))),
             "reporters": {k: list(v) for k, v in self.reporters.items()},
         }
 
@@ -148,6 +160,7 @@ class OnlineState:
     def from_dict(cls, raw: Mapping[str, Any]) -> OnlineState:
         """Raises: ValueError (or KeyError, TypeError) on a damaged state."""
         weights = np.frombuffer(base64.b64decode(raw["weights"]), "<f8").astype(np.float64)
+        rows = _unpack(raw["comparisons"]).reshape(-1, 5) if "comparisons" in raw else None
         return cls(
             str(raw["model"]), weights, int(raw["reports"]), float(raw["learned"]),
             float(raw["loss_shipped"]), float(raw["loss_online"]), float(raw["evidence"]),
@@ -155,7 +168,8 @@ class OnlineState:
             float(raw.get("offset", 0.0)),
             _unpack(raw["squares"]) if "squares" in raw else None,
             _unpack(raw["recent"]).reshape(-1, 4) if "recent" in raw else None,
-            float(raw.get("gate", 0.0)), int(raw.get("compared", 0)),
+            float(raw.get("gate", 0.0)), int(raw.get("compared", 0)), rows,
+            float(raw.get("mix_gate", 0.0)), None if rows is None else fit_mix(rows[:, :4]),
         )
 
     def describe(self, settings: OnlineSettings) -> dict[str, Any]:
@@ -173,7 +187,21 @@ class OnlineState:
                 "online": round(self.loss_online / n, 4)},
             "correction_norm": round(float(np.linalg.norm(self.weights)), 4),
             "reporters": len(self.reporters),
+            "mix": self._describe_mix(),
         }
+
+    def _describe_mix(self) -> dict[str, Any]:
+        rows = self.comparisons
+        if rows is None or self.mix is None:
+            return {"comparisons": 0, "gate": 0.0, "weights": None, "concordance": None}
+        ranks = None
+        if len(rows) >= MIN_COMPARED:
+            ranks = {"shipped": round(concordance(rows[:, 0], rows[:, 2], rows[:, 3]), 4),
+                     "mix": round(concordance(rows[:, 4], rows[:, 2], rows[:, 3]), 4)}
+        return {"comparisons": len(rows), "gate": round(self.mix_gate, 4),
+                "weights": {"shipped": round(float(self.mix.weights[0]), 4),
+                            "length": round(float(self.mix.weights[1]), 4)},
+                "concordance": ranks}
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +242,33 @@ def _correction(state: OnlineState, inputs: np.ndarray, settings: OnlineSettings
     return settings.max_shift * math.tanh(raw / settings.max_shift)
 
 
+_LENGTH = 1 + DENSE_NAMES.index("log_chars_last")
+
+
+def _length(inputs: np.ndarray) -> float:
+    """The standardised log length of the last message, from a belief's inputs (the
+    trained router's dense block, over the square root of its size, follows the log-odds)."""
+    if len(inputs) <= _LENGTH:
+        return 0.0
+    return float(inputs[_LENGTH]) * math.sqrt(len(DENSE_NAMES))
+
+
+def _mixed(state: OnlineState, logit: float, inputs: np.ndarray) -> float:
+    if state.mix is None or state.mix_gate <= 0:
+        return logit
+    return logit + state.mix_gate * (state.mix.logit(logit, _length(inputs)) - logit)
+
+
 def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
             settings: OnlineSettings, *, known: float = 0.0) -> float:
-    """The corrected log-odds of a request whose shipped log-odds are ``logit``; ``known``
-    (0..1: how like the shipped model's training data the request is) holds the correction
-    back, so what the shipped model knew stays as it was."""
+    """The corrected log-odds of a request whose shipped log-odds are ``logit``: the mix
+    (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the correction;
+    ``known`` (0..1: how like the shipped model's training data the request is) holds the
+    correction back, so what the shipped model knew stays as it was."""
     if state is None or len(inputs) + 1 != len(state.weights):
         return logit
-    return logit + state.gate * (1.0 - known) * _correction(state, inputs, settings)
+    return (_mixed(state, logit, inputs)
+            + state.gate * (1.0 - known) * _correction(state, inputs, settings))
 
 
 def _pack(values: np.ndarray) -> str:
@@ -232,17 +279,6 @@ def _unpack(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f8").astype(np.float64)
 
 
-def _concordance(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
-    """Of the weighted pairs whose targets differ, the share the scores order the same way
-    (ties count half): the ranking quality APGR rewards, on reports."""
-    higher = targets[:, None] > targets[None, :]
-    pair = weights[:, None] * weights[None, :] * higher
-    total = float(pair.sum())
-    if total <= 0:
-        return 0.5
-    diff = scores[:, None] - scores[None, :]
-    agree = (diff > 0) + 0.5 * (diff == 0)
-    return float((pair * agree).sum()) / total
 
 
 def _log_loss(z: float, y: float) -> float:
@@ -319,4 +355,21 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     gate = 0.0 if ranks is None else max(0.0, min(1.0, (ranks[1] - ranks[0])
                                                   / settings.tolerance))
     new = replace(new, gate=gate)
+    if other is not None and weight > 0:
+        new = _compare(new, logit, inputs, target, weight, settings)
     return new, Outcome(target, weight, abs(moved))
+
+
+def _compare(state: OnlineState, logit: float, inputs: np.ndarray, gain: float,
+             weight: float, settings: OnlineSettings) -> OnlineState:
+    """A comparison's lesson for the mix: scored first (for the floor), then learned."""
+    length = _length(inputs)
+    before = logit if state.mix is None else state.mix.logit(logit, length)
+    rows = state.comparisons if state.comparisons is not None else np.zeros((0, 5))
+    rows = np.vstack([rows, [logit, length, gain, weight, before]])[-KEPT:]
+    gate = 0.0
+    if len(rows) >= MIN_COMPARED:
+        ahead = (concordance(rows[:, 4], rows[:, 2], rows[:, 3])
+                 - concordance(rows[:, 0], rows[:, 2], rows[:, 3]))
+        gate = max(0.0, min(1.0, ahead / settings.tolerance))
+    return replace(state, comparisons=rows, mix=fit_mix(rows[:, :4]), mix_gate=gate)
