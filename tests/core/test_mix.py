@@ -1,12 +1,14 @@
 """The comparison-learned mix (engine.core.routing.mix, applied by online learning): on
 traffic where prompt length, not the shipped model, tells where the strong model gains,
 comparison reports reorder requests by length once the mix ranks them better than the
-shipped model, without moving the spread the cut relies on; served-tier reports alone never
-touch it; the state keeps it through its JSON form."""
+shipped model, without moving the spread the cut relies on, and not on traffic the shipped
+model knows; served-tier reports alone never touch it; the state keeps it through its JSON
+form."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,12 +29,13 @@ def request(length: float) -> np.ndarray:
 
 
 # The shipped model believes short prompts need the strong model; feedback says long ones do.
-# ``known=1.0`` in ``predict`` holds the (separately learned) correction back: the mix alone.
 SHORT, LONG = (1.0, request(-1.0)), (-1.0, request(1.0))
 
 
-def mixed(state: OnlineState, request: tuple[float, np.ndarray]) -> float:
-    return predict(state, *request, SETTINGS, known=1.0)
+def mixed(state: OnlineState, request: tuple[float, np.ndarray], *,
+          known: float = 0.0) -> float:
+    """The log-odds with the mix alone (the correction, learned beside it, switched off)."""
+    return predict(replace(state, gate=0.0), *request, SETTINGS, known=known)
 
 
 def compare(state: OnlineState, rounds: int) -> OnlineState:
@@ -64,6 +67,8 @@ def test_comparisons_reorder_by_length_once_the_mix_ranks_better() -> None:
     again = OnlineState.from_dict(state.to_dict())
     assert again.mix_gate == 1.0
     assert mixed(again, LONG) == long
+    # On traffic like the shipped model's training rows (``known``) the mix is held back.
+    assert mixed(state, SHORT, known=1.0) > mixed(state, LONG, known=1.0)
 
 
 def test_served_tier_reports_leave_the_mix_alone() -> None:

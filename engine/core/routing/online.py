@@ -253,21 +253,22 @@ def _length(inputs: np.ndarray) -> float:
     return float(inputs[_LENGTH]) * math.sqrt(len(DENSE_NAMES))
 
 
-def _mixed(state: OnlineState, logit: float, inputs: np.ndarray) -> float:
+def _mixed(state: OnlineState, logit: float, inputs: np.ndarray, known: float) -> float:
     if state.mix is None or state.mix_gate <= 0:
         return logit
-    return logit + state.mix_gate * (state.mix.logit(logit, _length(inputs)) - logit)
+    return logit + state.mix_gate * (1.0 - known) * (
+        state.mix.logit(logit, _length(inputs)) - logit)
 
 
 def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
             settings: OnlineSettings, *, known: float = 0.0) -> float:
     """The corrected log-odds of a request whose shipped log-odds are ``logit``: the mix
     (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the correction;
-    ``known`` (0..1: how like the shipped model's training data the request is) holds the
-    correction back, so what the shipped model knew stays as it was."""
+    ``known`` (0..1: how like the shipped model's training data the request is) holds both
+    back, so what the shipped model knew stays as it was."""
     if state is None or len(inputs) + 1 != len(state.weights):
         return logit
-    return (_mixed(state, logit, inputs)
+    return (_mixed(state, logit, inputs, known)
             + state.gate * (1.0 - known) * _correction(state, inputs, settings))
 
 
