@@ -17,6 +17,12 @@ A report on tier 1 (the cheap model) of quality ``q`` says the strong model was 
 extent the cheap one failed: target ``1 - q``. A report on a higher tier says nothing about
 the cheap model, except that a poor strong answer was no gain: target 0 with weight
 ``1 - q``; a good strong answer teaches nothing.
+A *comparison* report (``other``: the other tier's quality on the same request) says what
+routing needs, the strong model's gain ``(1 + strong - weak) / 2``, and weighs
+:data:`COMPARED_WEIGHT` plain reports. Comparisons also fit the *mix*
+(``engine.core.routing.mix``): which of the shipped model and prompt length this
+deployment's traffic follows, applied before the correction, with its own floor, and held
+back by ``known`` like the correction.
 
 **Bounds.** Steps are AdaGrad's (a weight many reports have moved moves less on the next),
 and one step moves its request's log-odds by at most ``max_step``; the correction never moves
@@ -62,8 +68,8 @@ import numpy as np
 from .learned import DENSE_NAMES
 from .mix import KEPT, MIN_COMPARED, Mix, concordance, fit_mix
 
-__all__ = ["MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState", "Outcome", "label",
-           "learn", "predict"]
+__all__ = ["COMPARED_WEIGHT", "MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState",
+           "Outcome", "label", "learn", "predict"]
 
 _KEPT_REPORTERS = 1000
 _EPSILON = 1e-6
