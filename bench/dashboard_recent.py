@@ -1,6 +1,6 @@
 """The dashboard's recent-requests state (engine/core/recent.py): what a request pays to be
 counted (add), what the once-a-second publishing costs (export + orjson), and what a merged
-snapshot costs; against main's per-process version. BENCHMARKS.md section 14.
+snapshot costs; against main's per-process version. BENCHMARKS.md section 15.
 
 Run from the repository root: python bench/dashboard_recent.py /path/to/main/checkout
 """

@@ -4,14 +4,16 @@ the learning curve it draws.
 ::
 
     llm-router router replay DATA.jsonl [DATA2 ...] [--model learned|FILE.json] [--every 25]
-                             [--reports N] [--plot curve.svg] [--json]
+                             [--reports N] [--compare SHARE] [--plot curve.svg] [--json]
 
 The rows are split in file order: every other row (the 2nd, 4th, ...) is held back for
 evaluation, the rest is the traffic, in order. Each traffic row goes through the router's own
 routing policy (``engine.runtime.RoutingPolicy``, with a feedback database in a temporary
 directory, as a one-process router has): it is routed, and the feedback it earns is the
 labelled quality of the model of the tier that answered (``weak_score`` on tier 1,
-``strong_score`` above), reported by request id, as a deployment would. After every
+``strong_score`` above), reported by request id, as a deployment would; with ``--compare``
+that share of the reports (spread evenly) also carries the other tier's labelled quality, as a
+deployment that asks both tiers on a sample would report it (``other_quality``). After every
 ``--every`` reports the held-back rows are scored by the policy as it stands (the score before
 the cut; no feedback) and their APGR is measured, beside the router as shipped (no learning)
 and prompt length.
@@ -53,6 +55,9 @@ def add_replay_command(commands: Any) -> None:
                     help="stop after N reports (default: all the traffic rows)")
     rp.add_argument("--no-learning", dest="learning", action="store_false",
                     help="feedback calibrates thresholds only (learned.online: false)")
+    rp.add_argument("--compare", type=float, default=0.0, metavar="SHARE",
+                    help="share of reports (0-1) that carry both tiers' quality, as from a "
+                         "deployment that also asks the other tier on a sample (0)")
     rp.add_argument("--plot", metavar="FILE.svg", help="write the learning curve as SVG")
     rp.add_argument("--json", action="store_true", help="print one JSON object instead")
     rp.add_argument("--decontaminated", action="store_true")
@@ -66,6 +71,7 @@ class Point:
     tier1_share: float  # of the traffic so far
     tier1_max: int
     gate: float  # how much of the learned correction applies (the floor)
+    mix_gate: float  # how much of the comparison-learned mix applies (its floor)
 
 
 def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
@@ -73,6 +79,8 @@ def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dic
     """Run a parsed ``router replay`` (rows already loaded); the exit status."""
     if args.every < 1:
         raise ValueError("--every must be at least 1")
+    if not 0.0 <= args.compare <= 1.0:
+        raise ValueError("--compare must be a share from 0 to 1")
     if args.plot and Path(args.plot).suffix.lower() != ".svg":
         raise ValueError(f"--plot {args.plot}: write .svg")
     if len(rows) < 4:
@@ -106,7 +114,7 @@ async def _replay(args: argparse.Namespace, held: list[RoutingRow],
             policy = RoutingPolicy(config, learned=learned, store=store)
             await policy.load()
             return await _play(policy, held, traffic, every=args.every,
-                               progress=bool(args.progress))
+                               progress=bool(args.progress), compare=args.compare)
         finally:
             await store.close()
 
@@ -129,11 +137,11 @@ def _scores(policy: RoutingPolicy, rows: list[RoutingRow]) -> list[float]:
 
 
 async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[RoutingRow], *,
-                every: int, progress: bool) -> dict[str, Any]:
+                every: int, progress: bool, compare: float = 0.0) -> dict[str, Any]:
     static = summarize(held, _scores(policy, held)).apgr
     length = summarize(held, [float(len(r.prompt)) for r in held]).apgr
-    curve = [Point(0, static, 0.0, policy.tier1_max, _gate(policy))]
-    tier1 = 0
+    curve = [Point(0, static, 0.0, policy.tier1_max, *_gates(policy))]
+    tier1 = compared = 0
     for n, row in enumerate(traffic, 1):
         route = await policy.route(_request(row.prompt))
         request_id = f"replay-{n}"
@@ -141,30 +149,36 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
                         tier=route.tier, model="weak" if route.tier == 1 else "strong",
                         belief=route.belief)
         tier1 += route.tier == 1
-        quality = row.weak_score if route.tier == 1 else row.strong_score
-        await policy.feedback(FeedbackReport(quality, request_id=request_id))
+        quality, other = ((row.weak_score, row.strong_score) if route.tier == 1
+                          else (row.strong_score, row.weak_score))
+        # Evenly spread: the n-th report compares when the running count falls behind.
+        compares = compared < compare * n
+        compared += compares
+        await policy.feedback(FeedbackReport(quality, request_id=request_id,
+                                             other_quality=other if compares else None))
         if n % every == 0 or n == len(traffic):
             apgr = summarize(held, _scores(policy, held)).apgr
-            curve.append(Point(n, apgr, tier1 / n, policy.tier1_max, _gate(policy)))
+            curve.append(Point(n, apgr, tier1 / n, policy.tier1_max, *_gates(policy)))
             if progress:
                 print(f"  {n} reports: APGR {apgr:.4f}", file=sys.stderr, flush=True)
     state = await policy.describe()
     return {
         "held_back": len(held), "traffic": len(traffic), "every": every,
+        "compared": compared,
         "static_apgr": round(static, 4), "length_apgr": round(length, 4),
         "curve": [{"reports": p.reports, "apgr": round(p.apgr, 4),
                    "tier1_share": round(p.tier1_share, 4), "tier1_max": p.tier1_max,
-                   "gate": round(p.gate, 4)}
+                   "gate": round(p.gate, 4), "mix_gate": round(p.mix_gate, 4)}
                   for p in curve],
         "learning": state.get("learning"),
     }
 
 
-def _gate(policy: RoutingPolicy) -> float:
+def _gates(policy: RoutingPolicy) -> tuple[float, float]:
     learning = policy.learning
     if learning is None or learning.state is None:
-        return 0.0
-    return learning.state.gate
+        return 0.0, 0.0
+    return learning.state.gate, learning.state.mix_gate
 
 
 def _print(report: dict[str, Any], out: TextIO) -> None:
@@ -174,12 +188,13 @@ def _print(report: dict[str, Any], out: TextIO) -> None:
     out.write(f"APGR on the held-back rows: shipped router {report['static_apgr']:.4f}, "
               f"prompt length {report['length_apgr']:.4f}\n\n")
     out.write(f"{'reports':>8}  {'APGR':>7}  {'vs shipped':>10}  {'vs length':>9}  "
-              f"{'tier 1 so far':>13}  {'tier1_max':>9}  {'gate':>5}\n")
+              f"{'tier 1 so far':>13}  {'tier1_max':>9}  {'gate':>5}  {'mix':>5}\n")
     for p in report["curve"]:
         out.write(f"{p['reports']:>8}  {p['apgr']:>7.4f}  "
                   f"{p['apgr'] - report['static_apgr']:>+10.4f}  "
                   f"{p['apgr'] - report['length_apgr']:>+9.4f}  "
-                  f"{100 * p['tier1_share']:>12.1f}%  {p['tier1_max']:>9}  {p['gate']:>5.2f}\n")
+                  f"{100 * p['tier1_share']:>12.1f}%  {p['tier1_max']:>9}  {p['gate']:>5.2f}  "
+                  f"{p['mix_gate']:>5.2f}\n")
 
 
 def _svg(report: dict[str, Any]) -> str:

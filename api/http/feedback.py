@@ -2,7 +2,8 @@
 :class:`~engine.runtime.FeedbackReport`.
 
 Two forms (docs/api.md): ``{"request_id": <X-Request-Id of the response>, "quality": 0-1}``
-names a request the router answered; ``{"score": 0-1, "tier": N, "quality": 0-1}`` states a
+names a request the router answered (with ``"other_quality"``, the other tier's answer to it
+was rated too: a comparison); ``{"score": 0-1, "tier": N, "quality": 0-1}`` states a
 routing decision. With both, ``request_id`` wins (its score and tier are the router's own).
 """
 
@@ -23,6 +24,10 @@ _NUMBERS = {  # each number's bounds, declared once: checked below, shown in /op
     "score": Num(low=0, high=1, doc="The routing score as a fraction "
                                     "(X-LLM-Router-Score / 100)."),
     "tier": Num(integer=True, low=1, high=10, doc="The tier that answered."),
+    "other_quality": Num(low=0, high=1, doc=(
+        "How good the other tier's answer to the same request was (a comparison: the "
+        "deployment also asked the other tier). With request_id only; teaches online "
+        "learning whether the strong model was better.")),
 }
 FEEDBACK = Fields(
     {"request_id": Text(doc="The X-Request-Id of the answer; wins over score and tier."),
@@ -50,7 +55,11 @@ def parse_feedback(body: bytes) -> FeedbackReport:
     if request_id is not None:
         if not isinstance(request_id, str):
             raise RequestInvalid("request_id must be a string", param="request_id")
-        return FeedbackReport(quality, request_id=request_id)
+        other = None if data.get("other_quality") is None else _unit(data, "other_quality")
+        return FeedbackReport(quality, request_id=request_id, other_quality=other)
+    if data.get("other_quality") is not None:
+        raise RequestInvalid("other_quality compares two answers to one request: name it "
+                             "with request_id", param="other_quality")
     if "score" not in data and "tier" not in data:
         raise RequestInvalid(
             'feedback names a request: {"request_id": <X-Request-Id of the response>, '

@@ -44,6 +44,7 @@ class _Lesson:
     tier: int
     quality: float
     reporter: str | None
+    other: float | None = None
 
 
 async def _forget(raw: dict[str, Any] | None) -> None:
@@ -114,13 +115,14 @@ class Learning:
             self._beliefs.popitem(last=False)
 
     async def teach(self, request_id: str, *, tier: int, quality: float,
-                    reporter: str | None) -> dict[str, Any]:
-        """One report's lesson; what it did, for the feedback answer."""
+                    reporter: str | None, other: float | None = None) -> dict[str, Any]:
+        """One report's lesson (``other``: the other tier's quality on the same request, a
+        comparison); what it did, for the feedback answer."""
         belief = self._beliefs.get(request_id)
         if belief is None:
             return {"learned": False, "reason": "this router no longer holds the request's "
                     "features (it keeps the last 20,000 it answered)"}
-        lesson = _Lesson(belief, tier, quality, reporter)
+        lesson = _Lesson(belief, tier, quality, reporter, other)
         async with self._lock:
             if self.shared is not None:
                 try:
@@ -140,7 +142,8 @@ class Learning:
         if state is None or len(state.weights) != len(lesson.belief.inputs) + 1:
             state = OnlineState.fresh(self.model, len(lesson.belief.inputs))
         return learn(state, lesson.belief.logit, lesson.belief.inputs, tier=lesson.tier,
-                     quality=lesson.quality, reporter=lesson.reporter, settings=self.settings)
+                     quality=lesson.quality, reporter=lesson.reporter, settings=self.settings,
+                     other=lesson.other)
 
     async def _step_shared(self, lesson: _Lesson) -> dict[str, Any]:
         assert self.shared is not None
@@ -181,7 +184,8 @@ class Learning:
                          "tolerance": s.tolerance},
         }
         if self.state is None:
-            out.update({"reports": 0, "learned_from": 0.0, "gate": 1.0, "log_loss": None,
+            out.update({"reports": 0, "compared": 0, "learned_from": 0.0, "gate": 1.0,
+                        "log_loss": None,
                         "correction_norm": 0.0, "reporters": 0})
         else:
             out.update(self.state.describe(s))

@@ -95,6 +95,10 @@ class FeedbackReport:
     #: Who reported (a digest of the credential, never the credential): online learning
     #: caps what one reporter can teach.
     reporter: str | None = None
+    #: The quality the other tier's answer to the same request earned (a comparison: the
+    #: deployment also asked the other tier). Teaches online learning whether the strong
+    #: model was better; calibration reads ``quality`` only.
+    other_quality: float | None = None
 
 
 #: A remembered decision: its score (0-1), tier and model. A plain tuple of atoms on purpose:
@@ -287,7 +291,8 @@ class RoutingPolicy:
         }
         if self.learning is not None and request_id is not None:
             out["learning"] = await self.learning.teach(
-                request_id, tier=found.tier, quality=found.quality, reporter=report.reporter)
+                request_id, tier=found.tier, quality=found.quality, reporter=report.reporter,
+                other=report.other_quality)
         return out
 
     async def reset_learning(self) -> dict[str, Any]:

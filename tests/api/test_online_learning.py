@@ -176,3 +176,46 @@ async def test_a_stated_report_calibrates_but_teaches_nothing(
                                       json={"score": 0.2, "tier": 1, "quality": 0.0})
         assert answer.status_code == 200 and "learning" not in answer.json()
         assert (await learning(client))["reports"] == 0
+
+
+async def test_a_comparison_report_teaches_whether_the_strong_model_was_better(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """``other_quality``: the deployment rated the other tier's answer to the same request
+    too. HARD: the strong model did better (target 1); EASY: both did as well (target 0.5)."""
+    async with open_router_client(models(fake_upstream), learned=LEARNED) as client:
+        for n in range(1, 61):
+            hard_id, _, hard_tier = await ask(client, HARD)
+            if hard_tier == 2:
+                break
+            easy_id, _, _ = await ask(client, EASY)
+            taught = await client.request("POST", "/v1/feedback", json={
+                "request_id": hard_id, "quality": 0.0, "other_quality": 1.0})
+            assert taught.status_code == 200, taught.text
+            assert taught.json()["learning"]["target"] == 1.0
+            await client.request("POST", "/v1/feedback", json={
+                "request_id": easy_id, "quality": 1.0, "other_quality": 1.0})
+        else:
+            raise AssertionError(f"HARD still on tier 1: {await learning(client)}")
+        state = await learning(client)
+        assert state["compared"] == state["reports"] == 2 * (n - 1) and state["gate"] > 0
+        assert state["mix"]["comparisons"] == state["compared"]
+        assert set(state["mix"]) == {"comparisons", "gate", "weights", "concordance"}
+
+
+async def test_a_bad_comparison_is_a_clear_400(fake_upstream: FakeUpstream) -> None:
+    async with open_router_client(models(fake_upstream), learned=LEARNED) as client:
+        request_id, _, _ = await ask(client, HARD)
+        for body, says in [
+            ({"request_id": request_id, "quality": 1.0, "other_quality": 1.5},
+             "other_quality must be a number from 0 to 1"),
+            ({"request_id": request_id, "quality": 1.0, "other_quality": "good"},
+             "other_quality must be a number from 0 to 1"),
+            ({"score": 0.2, "tier": 1, "quality": 1.0, "other_quality": 0.0},
+             "name it with request_id"),
+        ]:
+            answer = await client.request("POST", "/v1/feedback", json=body)
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            assert says in error["message"] and error["param"] == "other_quality"
+        assert (await learning(client))["reports"] == 0

@@ -69,10 +69,23 @@ def test_replay_without_learning_stays_the_static_router(tmp_path: Path) -> None
     assert report["learning"] == {"enabled": False}
 
 
+def test_replay_with_comparisons_reports_both_tiers_on_a_share(tmp_path: Path) -> None:
+    """``--compare 0.25``: a quarter of the reports, spread evenly, carry the other tier's
+    labelled quality too, as a deployment's comparison reports would."""
+    data = subset(tmp_path, 80)
+    status, out, err = cli("router", "replay", str(data), "--every", "20", "--json",
+                           "--compare", "0.25")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["compared"] == 10 and report["learning"]["compared"] == 10
+    assert report["learning"]["reports"] == 40
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--every", "0"], "--every must be at least 1"),
     (["--plot", "curve.png"], "write .svg"),
     (["--model", "router.txt"], "learned or FILE.json"),
+    (["--compare", "1.5"], "--compare must be a share from 0 to 1"),
 ])
 def test_bad_arguments_exit_2_with_the_reason(tmp_path: Path, argv: list[str],
                                               message: str) -> None:

@@ -17,6 +17,12 @@ A report on tier 1 (the cheap model) of quality ``q`` says the strong model was 
 extent the cheap one failed: target ``1 - q``. A report on a higher tier says nothing about
 the cheap model, except that a poor strong answer was no gain: target 0 with weight
 ``1 - q``; a good strong answer teaches nothing.
+A *comparison* report (``other``: the other tier's quality on the same request) says what
+routing needs, the strong model's gain ``(1 + strong - weak) / 2``, and weighs
+:data:`COMPARED_WEIGHT` plain reports. Comparisons also fit the *mix*
+(``engine.core.routing.mix``): which of the shipped model and prompt length this
+deployment's traffic follows, applied before the correction, with its own floor, and held
+back by ``known`` like the correction.
 
 **Bounds.** Steps are AdaGrad's (a weight many reports have moved moves less on the next),
 and one step moves its request's log-odds by at most ``max_step``; the correction never moves
@@ -59,8 +65,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState", "Outcome", "label",
-           "learn", "predict"]
+from .learned import DENSE_NAMES
+from .mix import KEPT, MIN_COMPARED, Mix, concordance, fit_mix
+
+__all__ = ["COMPARED_WEIGHT", "MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState",
+           "Outcome", "label", "learn", "predict"]
 
 _KEPT_REPORTERS = 1000
 _EPSILON = 1e-6
@@ -68,6 +77,8 @@ WINDOW = 300
 """Reports the floor compares the two models on (the newest)."""
 MIN_EVIDENCE = 50.0
 """Reports (by weight, in the window) the floor needs before it lets a correction apply."""
+COMPARED_WEIGHT = 4.0
+"""What one comparison report (both tiers' quality) weighs against a served-tier report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,15 @@ class OnlineState:
     recent: np.ndarray | None = None
     #: How much of the correction applies (the floor), set by each step from ``recent``.
     gate: float = 0.0
+    #: Reports that carried both tiers' quality (comparisons), of ``reports``.
+    compared: int = 0
+    #: The newest :data:`~engine.core.routing.mix.KEPT` comparisons: rows of (shipped
+    #: log-odds, length, gain, weight, the mixed log-odds before the mix learned from it).
+    comparisons: np.ndarray | None = None
+    #: How much of the mix applies (its floor), set by each comparison.
+    mix_gate: float = 0.0
+    #: The mix fitted on ``comparisons`` (rebuilt from them, not saved).
+    mix: Mix | None = None
 
     @classmethod
     def fresh(cls, model: str, inputs: int) -> OnlineState:
@@ -123,8 +143,8 @@ class OnlineState:
         their targets do; None before :data:`MIN_EVIDENCE` reports."""
         if self.recent is None or float(self.recent[:, 3].sum()) < MIN_EVIDENCE:
             return None
-        return (_concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3]),
-                _concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3]))
+        return (concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3]),
+                concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3]))
 
     def to_dict(self) -> dict[str, Any]:
         data = np.ascontiguousarray(self.weights, "<f8").tobytes()
@@ -136,7 +156,9 @@ class OnlineState:
             "squares": _pack(self.squares if self.squares is not None
                              else np.zeros_like(self.weights)),
             "recent": _pack(self.recent if self.recent is not None else np.zeros((0, 4))),
-            "gate": self.gate,
+            "gate": self.gate, "compared": self.compared, "mix_gate": self.mix_gate,
+            "comparisons": _pack(self.comparisons if self.comparisons is not None
+                                 else np.zeros((0, 5))),
             "reporters": {k: list(v) for k, v in self.reporters.items()},
         }
 
@@ -144,6 +166,7 @@ class OnlineState:
     def from_dict(cls, raw: Mapping[str, Any]) -> OnlineState:
         """Raises: ValueError (or KeyError, TypeError) on a damaged state."""
         weights = np.frombuffer(base64.b64decode(raw["weights"]), "<f8").astype(np.float64)
+        rows = _unpack(raw["comparisons"]).reshape(-1, 5) if "comparisons" in raw else None
         return cls(
             str(raw["model"]), weights, int(raw["reports"]), float(raw["learned"]),
             float(raw["loss_shipped"]), float(raw["loss_online"]), float(raw["evidence"]),
@@ -151,7 +174,8 @@ class OnlineState:
             float(raw.get("offset", 0.0)),
             _unpack(raw["squares"]) if "squares" in raw else None,
             _unpack(raw["recent"]).reshape(-1, 4) if "recent" in raw else None,
-            float(raw.get("gate", 0.0)),
+            float(raw.get("gate", 0.0)), int(raw.get("compared", 0)), rows,
+            float(raw.get("mix_gate", 0.0)), None if rows is None else fit_mix(rows[:, :4]),
         )
 
     def describe(self, settings: OnlineSettings) -> dict[str, Any]:
@@ -161,14 +185,29 @@ class OnlineState:
         return {
             "concordance": None if ranks is None else {
                 "shipped": round(ranks[0], 4), "online": round(ranks[1], 4)},
-            "reports": self.reports, "learned_from": round(self.learned, 2),
+            "reports": self.reports, "compared": self.compared,
+            "learned_from": round(self.learned, 2),
             "gate": round(self.gate, 4),
             "log_loss": None if self.evidence <= 0 else {
                 "shipped": round(self.loss_shipped / n, 4),
                 "online": round(self.loss_online / n, 4)},
             "correction_norm": round(float(np.linalg.norm(self.weights)), 4),
             "reporters": len(self.reporters),
+            "mix": self._describe_mix(),
         }
+
+    def _describe_mix(self) -> dict[str, Any]:
+        rows = self.comparisons
+        if rows is None or self.mix is None:
+            return {"comparisons": 0, "gate": 0.0, "weights": None, "concordance": None}
+        ranks = None
+        if len(rows) >= MIN_COMPARED:
+            ranks = {"shipped": round(concordance(rows[:, 0], rows[:, 2], rows[:, 3]), 4),
+                     "mix": round(concordance(rows[:, 4], rows[:, 2], rows[:, 3]), 4)}
+        return {"comparisons": len(rows), "gate": round(self.mix_gate, 4),
+                "weights": {"shipped": round(float(self.mix.weights[0]), 4),
+                            "length": round(float(self.mix.weights[1]), 4)},
+                "concordance": ranks}
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +220,23 @@ class Outcome:
     moved: float
 
 
-def label(tier: int, quality: float) -> tuple[float, float]:
-    """The target ("the strong model was needed") and weight a report teaches.
+def label(tier: int, quality: float, other: float | None = None) -> tuple[float, float]:
+    """The target ("the strong model was needed") and weight a report teaches; ``other``
+    is the quality the other tier earned on the same request (a comparison report).
 
     >>> label(1, 0.0), label(1, 1.0), label(2, 0.0), label(2, 1.0)
     ((1.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 0.0))
+
+    With both tiers' quality the target is the strong model's gain, ``(1 + strong - weak) /
+    2``, the quantity the shipped model was trained on and APGR measures, and every
+    comparison teaches in full (a weight of :data:`COMPARED_WEIGHT`):
+
+    >>> label(1, 0.0, other=1.0), label(2, 1.0, other=1.0), label(2, 0.0, other=1.0)
+    ((1.0, 4.0), (0.5, 4.0), (0.0, 4.0))
     """
+    if other is not None:
+        weak, strong = (quality, other) if tier <= 1 else (other, quality)
+        return (1.0 + strong - weak) / 2.0, COMPARED_WEIGHT
     if tier <= 1:
         return 1.0 - quality, 1.0
     return 0.0, 1.0 - quality
@@ -198,14 +248,34 @@ def _correction(state: OnlineState, inputs: np.ndarray, settings: OnlineSettings
     return settings.max_shift * math.tanh(raw / settings.max_shift)
 
 
+_LENGTH = 1 + DENSE_NAMES.index("log_chars_last")
+
+
+def _length(inputs: np.ndarray) -> float:
+    """The standardised log length of the last message, from a belief's inputs (the
+    trained router's dense block, over the square root of its size, follows the log-odds)."""
+    if len(inputs) <= _LENGTH:
+        return 0.0
+    return float(inputs[_LENGTH]) * math.sqrt(len(DENSE_NAMES))
+
+
+def _mixed(state: OnlineState, logit: float, inputs: np.ndarray, known: float) -> float:
+    if state.mix is None or state.mix_gate <= 0:
+        return logit
+    return logit + state.mix_gate * (1.0 - known) * (
+        state.mix.logit(logit, _length(inputs)) - logit)
+
+
 def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
             settings: OnlineSettings, *, known: float = 0.0) -> float:
-    """The corrected log-odds of a request whose shipped log-odds are ``logit``; ``known``
-    (0..1: how like the shipped model's training data the request is) holds the correction
+    """The corrected log-odds of a request whose shipped log-odds are ``logit``: the mix
+    (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the correction;
+    ``known`` (0..1: how like the shipped model's training data the request is) holds both
     back, so what the shipped model knew stays as it was."""
     if state is None or len(inputs) + 1 != len(state.weights):
         return logit
-    return logit + state.gate * (1.0 - known) * _correction(state, inputs, settings)
+    return (_mixed(state, logit, inputs, known)
+            + state.gate * (1.0 - known) * _correction(state, inputs, settings))
 
 
 def _pack(values: np.ndarray) -> str:
@@ -216,17 +286,6 @@ def _unpack(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f8").astype(np.float64)
 
 
-def _concordance(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
-    """Of the weighted pairs whose targets differ, the share the scores order the same way
-    (ties count half): the ranking quality APGR rewards, on reports."""
-    higher = targets[:, None] > targets[None, :]
-    pair = weights[:, None] * weights[None, :] * higher
-    total = float(pair.sum())
-    if total <= 0:
-        return 0.5
-    diff = scores[:, None] - scores[None, :]
-    agree = (diff > 0) + 0.5 * (diff == 0)
-    return float((pair * agree).sum()) / total
 
 
 def _log_loss(z: float, y: float) -> float:
@@ -239,7 +298,8 @@ def _sigmoid(z: float) -> float:
 
 
 def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, quality: float,
-          reporter: str | None, settings: OnlineSettings) -> tuple[OnlineState, Outcome]:
+          reporter: str | None, settings: OnlineSettings,
+          other: float | None = None) -> tuple[OnlineState, Outcome]:
     """One report's step (the module docstring): the new state and what the report did.
 
     Two kinds of request the shipped model cannot tell apart (log-odds -2 both); the cheap
@@ -254,7 +314,7 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     >>> state.gate, predict(state, -2.0, hard, s) > -2.0 > predict(state, -2.0, easy, s)
     (1.0, True)
     """
-    target, weight = label(tier, quality)
+    target, weight = label(tier, quality, other)
     decay = settings.decay
     n = state.reports + 1
     reporters = dict(state.reporters)
@@ -294,6 +354,7 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
         row = [logit, logit + _correction(state, inputs, settings), target, weight]
         recent = np.vstack([recent, row])[-WINDOW:]
     new = replace(state, weights=w, squares=squares, recent=recent, reports=n,
+                  compared=state.compared + (other is not None and weight > 0),
                   learned=state.learned * decay + weight, loss_shipped=loss_shipped,
                   loss_online=loss_online, evidence=evidence, reporters=reporters,
                   offset=offset)
@@ -301,4 +362,21 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     gate = 0.0 if ranks is None else max(0.0, min(1.0, (ranks[1] - ranks[0])
                                                   / settings.tolerance))
     new = replace(new, gate=gate)
+    if other is not None and weight > 0:
+        new = _compare(new, logit, inputs, target, weight, settings)
     return new, Outcome(target, weight, abs(moved))
+
+
+def _compare(state: OnlineState, logit: float, inputs: np.ndarray, gain: float,
+             weight: float, settings: OnlineSettings) -> OnlineState:
+    """A comparison's lesson for the mix: scored first (for the floor), then learned."""
+    length = _length(inputs)
+    before = logit if state.mix is None else state.mix.logit(logit, length)
+    rows = state.comparisons if state.comparisons is not None else np.zeros((0, 5))
+    rows = np.vstack([rows, [logit, length, gain, weight, before]])[-KEPT:]
+    gate = 0.0
+    if len(rows) >= MIN_COMPARED:
+        ahead = (concordance(rows[:, 4], rows[:, 2], rows[:, 3])
+                 - concordance(rows[:, 0], rows[:, 2], rows[:, 3]))
+        gate = max(0.0, min(1.0, ahead / settings.tolerance))
+    return replace(state, comparisons=rows, mix=fit_mix(rows[:, :4]), mix_gate=gate)
