@@ -67,7 +67,10 @@ class Learning:
         self.store = store
         self.shared: SharedFeedback | None = None
         self.state: OnlineState | None = None
-        self._beliefs: OrderedDict[str, Belief] = OrderedDict()
+        # Kept as plain tuples (p, logit, inputs, known): the cyclic collector stops tracking a
+        # tuple of numbers and an array, where 20,000 Belief objects would be walked by every
+        # full collection (docs/architecture.md, "Memory and pauses").
+        self._beliefs: OrderedDict[str, tuple[float, float, Any, float]] = OrderedDict()
         self._queued: deque[_Lesson] = deque(maxlen=_QUEUED)
         self._lock = trio.Lock()
 
@@ -110,7 +113,7 @@ class Learning:
     def remember(self, request_id: str, belief: Belief | None) -> None:
         if belief is None:
             return
-        self._beliefs[request_id] = belief
+        self._beliefs[request_id] = (belief.p, belief.logit, belief.inputs, belief.known)
         if len(self._beliefs) > _REMEMBERED:
             self._beliefs.popitem(last=False)
 
@@ -118,11 +121,11 @@ class Learning:
                     reporter: str | None, other: float | None = None) -> dict[str, Any]:
         """One report's lesson (``other``: the other tier's quality on the same request, a
         comparison); what it did, for the feedback answer."""
-        belief = self._beliefs.get(request_id)
-        if belief is None:
+        kept = self._beliefs.get(request_id)
+        if kept is None:
             return {"learned": False, "reason": "this router no longer holds the request's "
                     "features (it keeps the last 20,000 it answered)"}
-        lesson = _Lesson(belief, tier, quality, reporter, other)
+        lesson = _Lesson(Belief(*kept), tier, quality, reporter, other)
         async with self._lock:
             if self.shared is not None:
                 try:
