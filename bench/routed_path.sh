@@ -6,7 +6,8 @@
 #   hit      `model: auto`, cache on, one question throughout: answered from the cache
 # Each shape gets a fresh router on CPU 0 (wrk and the nginx mock on CPU 1), 3 s of warm-up,
 # then SECONDS of wrk at CONNS connections; CPU per request is the router's utime+stime over
-# the measured run divided by its requests. With PROFILE=1 py-spy samples the miss shape too.
+# the measured run divided by its requests. PROFILE=miss,hit (or 1: miss) has py-spy sample
+# those shapes too (PYSPY_RATE samples/s, 1000 unless set).
 # LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
 #   bench/routed_path.sh [seconds] [connections]
 set -euo pipefail
@@ -48,8 +49,9 @@ run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   for _ in $(seq 100); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
   "$@" -d3s "http://127.0.0.1:$router_port/v1/chat/completions" > /dev/null
   local before; before=$(cpu_ticks $router)
-  if [ "${PROFILE:-0}" = 1 ] && [ "$shape" = miss ]; then
-    .venv/bin/py-spy record -p "$router" -d "$secs" -r 200 -f raw -o "$work/profile.txt" >/dev/null 2>&1 &
+  if [[ ",${PROFILE:-}," == *",$shape,"* || ( "${PROFILE:-}" = 1 && "$shape" = miss ) ]]; then
+    .venv/bin/py-spy record -p "$router" -d "$secs" -r "${PYSPY_RATE:-1000}" -f raw \
+      -o "$work/profile-$shape.txt" >/dev/null 2>&1 &
   fi
   "$@" -d"${secs}s" "http://127.0.0.1:$router_port/v1/chat/completions" > "$work/$shape.wrk"
   local after; after=$(cpu_ticks $router)
@@ -76,5 +78,9 @@ wrk_varied=(taskset -c 1 wrk -t1 -c"$conns" -s bench/wrk/varied.lua)
 run_shape pinned false "${wrk_peer[@]}"
 run_shape miss true "${wrk_varied[@]}"
 run_shape hit true env WRK_SAME=1 "${wrk_varied[@]}"
-if [ -f "$work/profile.txt" ]; then .venv/bin/python bench/profile_report.py "$work/profile.txt" 30; fi
+for profile in "$work"/profile-*.txt; do
+  [ -f "$profile" ] || continue
+  echo "=== $(basename "$profile" .txt)"
+  .venv/bin/python bench/profile_report.py "$profile" 30
+done
 echo "(raw: $work)"
