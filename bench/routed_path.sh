@@ -38,7 +38,7 @@ state: {path: $work/state.db}
 YAML
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }  # user, system
 
 run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   local shape=$1 cache=$2; shift 2
@@ -59,16 +59,19 @@ run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   [ -z "$wait_spy" ] || wait $wait_spy 2>/dev/null || true
   kill $router; wait $router 2>/dev/null || true
   router=
-  .venv/bin/python - "$shape" "$work/$shape.wrk" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+  .venv/bin/python - "$shape" "$work/$shape.wrk" $before $after "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-shape, path, before, after, hz = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+shape, path = sys.argv[1], sys.argv[2]
+user0, sys0, user1, sys1, hz = map(int, sys.argv[3:])
+before, after = user0 + sys0, user1 + sys1
 line = next(l for l in open(path) if l.startswith("WRKJSON "))
 w = json.loads(line[8:])
 bad = w.get("bad_status", 0) + w.get("bad_body", 0) + w.get("err_status", 0)
 cpu_ms = (after - before) / hz * 1000 / max(w["requests"], 1)
 print(f"{shape:7s} {w['requests']:6d} requests  {w['rps']:7.0f}/s  CPU {cpu_ms:5.2f} ms/request  "
       f"p50 {w['p50_us'] / 1000:6.2f} ms  p99 {w['p99_us'] / 1000:6.2f} ms  "
-      f"max {w['lat_max_us'] / 1000:6.1f} ms  bad {bad}")
+      f"max {w['lat_max_us'] / 1000:6.1f} ms  bad {bad}  "
+      f"kernel {100 * (sys1 - sys0) / max(after - before, 1):.0f}% of CPU")
 PY
 }
 
