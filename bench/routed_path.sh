@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CPU per request on the path users run, beside the pinned path the peer harness measures:
 #   pinned   `model: bench-gpt`, cache off (the peer harness's cell)
+#   stream   the same, streamed (44 events from the mock; the peer harness's stream cell)
 #   miss     `model: auto`, cache on, a different question every time: scored by the trained
 #            router, embedded, looked up, routed to a tier, stored
 #   hit      `model: auto`, cache on, one question throughout: answered from the cache
@@ -9,6 +10,7 @@
 # the measured run divided by its requests. PROFILE=miss,hit (or 1: miss) has py-spy sample
 # those shapes too (PYSPY_RATE samples/s, 1000 unless set).
 # LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
+# SHAPES picks and orders them ("pinned miss hit" unless set).
 #   bench/routed_path.sh [seconds] [connections]
 set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
@@ -22,7 +24,7 @@ taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/moc
 trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
 up=http://127.0.0.1:$mock_port
 
-config() {  # $1: cache on/off
+config() {  # $1: cache on/off, $2: the shape (the stream shape's model is the mock's SSE path)
   cat <<YAML
 models:
   - {name: bench-gpt, provider: openai, model: gpt-4o-mini, base_url: "$up/v1", api_key: sk-bench,
@@ -31,6 +33,8 @@ models:
      cost_per_1k_in: 0.0008, cost_per_1k_out: 0.004, tier: 2}
   - {name: bench-big, provider: openai, model: gpt-4o, base_url: "$up/v1", api_key: sk-bench,
      cost_per_1k_in: 0.0025, cost_per_1k_out: 0.01, tier: 3}
+$([ "$2" != stream ] || echo "  - {name: bench-gpt-stream, provider: openai, model: gpt-4o-mini, \
+base_url: \"$up/stream/v1\", api_key: sk-bench, cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 3}")
 cache: {enabled: $1}
 dedup: {enabled: false}
 learned: {feedback_db: $work/feedback.db}
@@ -42,7 +46,7 @@ cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }  # user, system
 
 run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   local shape=$1 cache=$2; shift 2
-  config "$cache" > "$work/$shape.yaml"
+  config "$cache" "$shape" > "$work/$shape.yaml"
   taskset -c 0 .venv/bin/llm-router --config "$work/$shape.yaml" --addr "127.0.0.1:$router_port" \
     > "$work/$shape.log" 2>&1 &
   router=$!
@@ -78,9 +82,17 @@ PY
 wrk_peer=(env WRK_BODY_FILE="$peer/requests/openai_chat.json" WRK_EXPECT='"finish_reason":"stop"'
           taskset -c 1 wrk -t1 -c"$conns" -s "$peer/wrk/post.lua")
 wrk_varied=(taskset -c 1 wrk -t1 -c"$conns" -s bench/wrk/varied.lua)
-run_shape pinned false "${wrk_peer[@]}"
-run_shape miss true "${wrk_varied[@]}"
-run_shape hit true env WRK_SAME=1 "${wrk_varied[@]}"
+wrk_stream=(env WRK_BODY_FILE="$peer/requests/openai_chat_stream.json" WRK_EXPECT='data: [DONE]'
+            taskset -c 1 wrk -t1 -c"$conns" -s "$peer/wrk/post.lua")
+for shape in ${SHAPES:-pinned miss hit}; do
+  case $shape in
+    pinned) run_shape pinned false "${wrk_peer[@]}" ;;
+    stream) run_shape stream false "${wrk_stream[@]}" ;;
+    miss) run_shape miss true "${wrk_varied[@]}" ;;
+    hit) run_shape hit true env WRK_SAME=1 "${wrk_varied[@]}" ;;
+    *) echo "unknown shape $shape" >&2; exit 2 ;;
+  esac
+done
 for profile in "$work"/profile-*.txt; do
   [ -f "$profile" ] || continue
   echo "=== $(basename "$profile" .txt)"
