@@ -39,7 +39,8 @@ STAGES = [
     ("ASGI app (quart-trio handler, request and response)", r"\((quart_trio|quart)/asgi\.py"),
     ("chat endpoint (api/http)", r"api/http/app\.py"),
     ("Gateway.complete / open_stream", r"Gateway\.(complete|open_stream) \("),
-    ("upstream call (httpx send + transport)", r"send \(httpx/_client\.py"),
+    ("the call's flight (background task: failover, upstream client, transport)",
+     r"FlightRegistry\._fly \("),
     ("routing decision (scoring, trained router)", r"\(engine/core/routing/|\(engine/runtime/policy\.py"),
     ("embedding", r"(?i)embed[^(]* \("),
     ("cache (fingerprint, lookup, store)", r"\(engine/core/cache/|\(engine/runtime/shared_cache\.py"),
@@ -95,6 +96,8 @@ def main(path: str, top: int = 25) -> None:
     print("--- by library (self time)")
     for name, n in libraries.most_common():
         print(f"{100 * n / total:5.1f}%  {name}")
+    own_code = sum(n for name, n in libraries.items() if name.startswith("router: "))
+    print(f"{100 * own_code / total:5.1f}%  (the router's own code, all of it)")
     print("--- by stage (inclusive)")
     for name, _ in STAGES:
         print(f"{100 * stages[name] / total:5.1f}%  {name}")
