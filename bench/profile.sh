@@ -20,7 +20,7 @@ trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/de
 for _ in $(seq 50); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
 if [ "$mode" = stream ]; then body=openai_chat_stream.json expect='data: [DONE]'
 else body=openai_chat.json expect='"finish_reason":"stop"'; fi
-.venv/bin/py-spy record -p "$router" -d "$secs" -r 200 -f raw -o "$work/profile.txt" >/dev/null 2>&1 &
+.venv/bin/py-spy record -p "$router" -d "$secs" -r "${PYSPY_RATE:-1000}" -f raw -o "$work/profile.txt" >/dev/null 2>&1 &
 spy=$!
 sleep 0.5
 WRK_BODY_FILE="$peer/requests/$body" WRK_EXPECT="$expect" taskset -c 1 \

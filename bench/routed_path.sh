@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # CPU per request on the path users run, beside the pinned path the peer harness measures:
 #   pinned   `model: bench-gpt`, cache off (the peer harness's cell)
+#   stream   the same, streamed (44 events from the mock; the peer harness's stream cell)
 #   miss     `model: auto`, cache on, a different question every time: scored by the trained
 #            router, embedded, looked up, routed to a tier, stored
 #   hit      `model: auto`, cache on, one question throughout: answered from the cache
 # Each shape gets a fresh router on CPU 0 (wrk and the nginx mock on CPU 1), 3 s of warm-up,
 # then SECONDS of wrk at CONNS connections; CPU per request is the router's utime+stime over
-# the measured run divided by its requests. With PROFILE=1 py-spy samples the miss shape too.
+# the measured run divided by its requests. PROFILE=miss,hit (or 1: miss) has py-spy sample
+# those shapes too (PYSPY_RATE samples/s, 1000 unless set).
 # LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
+# SHAPES picks and orders them ("pinned miss hit" unless set).
 #   bench/routed_path.sh [seconds] [connections]
 set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
@@ -21,7 +24,7 @@ taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/moc
 trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
 up=http://127.0.0.1:$mock_port
 
-config() {  # $1: cache on/off
+config() {  # $1: cache on/off, $2: the shape (the stream shape's model is the mock's SSE path)
   cat <<YAML
 models:
   - {name: bench-gpt, provider: openai, model: gpt-4o-mini, base_url: "$up/v1", api_key: sk-bench,
@@ -30,6 +33,8 @@ models:
      cost_per_1k_in: 0.0008, cost_per_1k_out: 0.004, tier: 2}
   - {name: bench-big, provider: openai, model: gpt-4o, base_url: "$up/v1", api_key: sk-bench,
      cost_per_1k_in: 0.0025, cost_per_1k_out: 0.01, tier: 3}
+$([ "$2" != stream ] || echo "  - {name: bench-gpt-stream, provider: openai, model: gpt-4o-mini, \
+base_url: \"$up/stream/v1\", api_key: sk-bench, cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 3}")
 cache: {enabled: $1}
 dedup: {enabled: false}
 learned: {feedback_db: $work/feedback.db}
@@ -37,19 +42,20 @@ state: {path: $work/state.db}
 YAML
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }  # user, system
 
 run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   local shape=$1 cache=$2; shift 2
-  config "$cache" > "$work/$shape.yaml"
+  config "$cache" "$shape" > "$work/$shape.yaml"
   taskset -c 0 .venv/bin/llm-router --config "$work/$shape.yaml" --addr "127.0.0.1:$router_port" \
     > "$work/$shape.log" 2>&1 &
   router=$!
   for _ in $(seq 100); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
   "$@" -d3s "http://127.0.0.1:$router_port/v1/chat/completions" > /dev/null
   local before; before=$(cpu_ticks $router)
-  if [ "${PROFILE:-0}" = 1 ] && [ "$shape" = miss ]; then
-    .venv/bin/py-spy record -p "$router" -d "$secs" -r 200 -f raw -o "$work/profile.txt" >/dev/null 2>&1 &
+  if [[ ",${PROFILE:-}," == *",$shape,"* || ( "${PROFILE:-}" = 1 && "$shape" = miss ) ]]; then
+    .venv/bin/py-spy record -p "$router" -d "$secs" -r "${PYSPY_RATE:-1000}" -f raw \
+      -o "$work/profile-$shape.txt" >/dev/null 2>&1 &
   fi
   "$@" -d"${secs}s" "http://127.0.0.1:$router_port/v1/chat/completions" > "$work/$shape.wrk"
   local after; after=$(cpu_ticks $router)
@@ -57,24 +63,39 @@ run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   [ -z "$wait_spy" ] || wait $wait_spy 2>/dev/null || true
   kill $router; wait $router 2>/dev/null || true
   router=
-  .venv/bin/python - "$shape" "$work/$shape.wrk" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+  .venv/bin/python - "$shape" "$work/$shape.wrk" $before $after "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-shape, path, before, after, hz = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+shape, path = sys.argv[1], sys.argv[2]
+user0, sys0, user1, sys1, hz = map(int, sys.argv[3:])
+before, after = user0 + sys0, user1 + sys1
 line = next(l for l in open(path) if l.startswith("WRKJSON "))
 w = json.loads(line[8:])
 bad = w.get("bad_status", 0) + w.get("bad_body", 0) + w.get("err_status", 0)
 cpu_ms = (after - before) / hz * 1000 / max(w["requests"], 1)
 print(f"{shape:7s} {w['requests']:6d} requests  {w['rps']:7.0f}/s  CPU {cpu_ms:5.2f} ms/request  "
       f"p50 {w['p50_us'] / 1000:6.2f} ms  p99 {w['p99_us'] / 1000:6.2f} ms  "
-      f"max {w['lat_max_us'] / 1000:6.1f} ms  bad {bad}")
+      f"max {w['lat_max_us'] / 1000:6.1f} ms  bad {bad}  "
+      f"kernel {100 * (sys1 - sys0) / max(after - before, 1):.0f}% of CPU")
 PY
 }
 
 wrk_peer=(env WRK_BODY_FILE="$peer/requests/openai_chat.json" WRK_EXPECT='"finish_reason":"stop"'
           taskset -c 1 wrk -t1 -c"$conns" -s "$peer/wrk/post.lua")
 wrk_varied=(taskset -c 1 wrk -t1 -c"$conns" -s bench/wrk/varied.lua)
-run_shape pinned false "${wrk_peer[@]}"
-run_shape miss true "${wrk_varied[@]}"
-run_shape hit true env WRK_SAME=1 "${wrk_varied[@]}"
-if [ -f "$work/profile.txt" ]; then .venv/bin/python bench/profile_report.py "$work/profile.txt" 30; fi
+wrk_stream=(env WRK_BODY_FILE="$peer/requests/openai_chat_stream.json" WRK_EXPECT='data: [DONE]'
+            taskset -c 1 wrk -t1 -c"$conns" -s "$peer/wrk/post.lua")
+for shape in ${SHAPES:-pinned miss hit}; do
+  case $shape in
+    pinned) run_shape pinned false "${wrk_peer[@]}" ;;
+    stream) run_shape stream false "${wrk_stream[@]}" ;;
+    miss) run_shape miss true "${wrk_varied[@]}" ;;
+    hit) run_shape hit true env WRK_SAME=1 "${wrk_varied[@]}" ;;
+    *) echo "unknown shape $shape" >&2; exit 2 ;;
+  esac
+done
+for profile in "$work"/profile-*.txt; do
+  [ -f "$profile" ] || continue
+  echo "=== $(basename "$profile" .txt)"
+  .venv/bin/python bench/profile_report.py "$profile" 30
+done
 echo "(raw: $work)"

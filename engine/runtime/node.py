@@ -268,7 +268,8 @@ class NodeRunner:
 
         if cache is not None and key is not None and ctx.cache_read:
             threshold = self.thresholds.get(ctx.tenant) if self.thresholds is not None else None
-            hit = cache.lookup(key, trio.current_time(), prepared=prepared, threshold=threshold)
+            hit, prepared = cache.lookup_prepared(key, trio.current_time(), prepared=prepared,
+                                                  threshold=threshold)
             if hit is not None:
                 return await self._answer_from_cache(hit, route, sink)
             self.stats.cache_misses += 1

@@ -249,6 +249,21 @@ def test_shipped_model_scores_a_long_prompt(shipped: LearnedRouter) -> None:
     assert shipped.score(request) == p  # deterministic
 
 
+def test_remembered_features_are_the_fresh_ones_read_only(shipped: LearnedRouter) -> None:
+    # A repeated question (a cache hit is one) is routed from its remembered features; they
+    # must be exactly what extracting them again gives, and nobody may change them.
+    _, after = follow_up("What is the capital of France, and why did it become the capital?")
+    fresh = extract_features(after, shipped.config, embedder=shipped.embedder)
+    first, again = shipped.features(after), shipped.features(after)
+    assert again is first
+    for name in ("dense", "embedding", "indices", "values"):
+        assert np.array_equal(getattr(first, name), getattr(fresh, name))
+        assert not getattr(first, name).flags.writeable
+    assert shipped.assess(after).p == shipped.assess(after).p
+    long = request_for_prompt("Compare B-trees and LSM trees. " * 200)  # not remembered
+    assert shipped.features(long) is not shipped.features(long)
+
+
 # -- loading and blending ------------------------------------------------------------------------
 
 

@@ -194,23 +194,33 @@ class ResponseCache:
         """The entry answering ``key``, if any; ``prepared`` is :meth:`prepare` of
         ``key.text`` (else the work is done here, as needed); ``threshold`` is the tenant's
         own, if feedback moved it (else the cache's)."""
+        return self.lookup_prepared(key, now, prepared=prepared, threshold=threshold)[0]
+
+    def lookup_prepared(
+        self, key: RequestKey, now: float, *, prepared: PreparedText | None = None,
+        threshold: float | None = None,
+    ) -> tuple[CacheHit | None, PreparedText | None]:
+        """:meth:`lookup`, and ``key.text`` prepared if the lookup had to fingerprint it
+        (else ``prepared`` as given): a miss hands it to :meth:`store`, so a request's text
+        is fingerprinted once (a fingerprint is most of a miss's cache work)."""
         partition = self._partitions.get(key.exact)
         if partition is None:
-            return None
+            return None, prepared
         norm = prepared.norm if prepared is not None else self._normalise(key.text)
         entry_id = partition.by_text.get(norm)
         if entry_id is not None:
             kept = self._live(entry_id, now)
             if kept is not None:
                 self._entries.move_to_end(entry_id)
-                return CacheHit(_entry(kept), 1.0)
+                return CacheHit(_entry(kept), 1.0), prepared
         if partition.index is None or not _semantic(key.text):
-            return None
-        query = (prepared.fingerprint if prepared is not None
-                 else self.matcher.fingerprint(key.text))
+            return None, prepared
+        if prepared is None:
+            prepared = PreparedText(norm, self.matcher.fingerprint(key.text))
+        query = prepared.fingerprint
         vector = self.matcher.vector(query)
         if len(vector) != partition.index.dim:  # vectors of another model: never comparable
-            return None
+            return None, prepared
         for candidate_id, _score in partition.index.search(vector, _SEARCH_K):
             kept = self._live(candidate_id, now)
             if kept is None:
@@ -220,8 +230,8 @@ class ResponseCache:
                 threshold=self.threshold if threshold is None else threshold)
             if ok:
                 self._entries.move_to_end(candidate_id)
-                return CacheHit(_entry(kept), min(similarity, 0.9999))
-        return None
+                return CacheHit(_entry(kept), min(similarity, 0.9999)), prepared
+        return None, prepared
 
     def _live(self, entry_id: int, now: float) -> _Kept | None:
         """The entry if it has not expired (an expired one is dropped). Only the entry a

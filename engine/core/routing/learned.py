@@ -27,11 +27,12 @@ mixes it with the heuristic's 0-100 score. Models are saved as JSON
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -253,11 +254,27 @@ def extract_features(
     Raises:
         RouterError: ``config.embeddings`` is on and no ``embedder`` is given.
     """
+    return _features(_conversation(request, config, heuristic), config, embedder)
+
+
+#: All that the features read of a request: its last user turn, the earlier ones (newest
+#: first), the number of user turns and the heuristic's signals.
+_Conversation = tuple[str, tuple[str, ...], int, tuple[float, ...]]
+
+
+def _conversation(request: ChatRequest, config: FeatureConfig,
+                  heuristic: Score | None) -> _Conversation:
     last, earlier = user_turns(request, max_earlier=config.max_context_turns)
     signals = (heuristic or score_request(request)).signals
-    whole = len(last) + sum(len(t) + 1 for t in earlier)
     turns = sum(1 for m in request.messages if m.role == "user")
-    dense = np.array([signals[k] / s for k, s in _SIGNAL_SCALE.items()]
+    return last, tuple(earlier), turns, tuple(float(signals[k]) for k in _SIGNAL_SCALE)
+
+
+def _features(conversation: _Conversation, config: FeatureConfig,
+              embedder: TextEmbedder | None) -> Features:
+    last, earlier, turns, signals = conversation
+    whole = len(last) + sum(len(t) + 1 for t in earlier)
+    dense = np.array([v / s for v, s in zip(signals, _SIGNAL_SCALE.values(), strict=True)]
                      + _shape(last, whole, turns), np.float64)
 
     # The last message, and the earlier turns (newest first) as one context text at half the
@@ -289,6 +306,14 @@ def extract_features(
         if norm > 0:
             embedding = embedding / norm * config.embedding_scale
     return Features(dense, embedding, indices, values)
+
+
+# Conversations up to this many characters have their features remembered (the last
+# _REMEMBERED of them): a repeated question, which is what a cache hit is, is routed again
+# before the cache is asked (the tier is part of its key), and its features, a pure function
+# of its text, are most of that routing's CPU (the embedding and the hashing). ~10 KiB each.
+_REMEMBER_CHARS = 4096
+_REMEMBERED = 256
 
 
 # -- the model -----------------------------------------------------------------------------------
@@ -326,6 +351,27 @@ class LearnedRouter:
     embedder: TextEmbedder | None = None
     #: ``info.familiarity``'s centroids, unpacked (:meth:`known`).
     centroids: np.ndarray | None = field(default=None, repr=False)
+    _remembered: Callable[[_Conversation], Features] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def remembered(conversation: _Conversation) -> Features:
+            features = _features(conversation, self.config, self.embedder)
+            for array in (features.dense, features.embedding, features.indices,
+                          features.values):
+                array.flags.writeable = False  # shared by every later ask of this text
+            return features
+
+        object.__setattr__(self, "_remembered",
+                           functools.lru_cache(maxsize=_REMEMBERED)(remembered))
+
+    def features(self, request: ChatRequest, *, heuristic: Score | None = None) -> Features:
+        """:func:`extract_features` of ``request`` under this model's config, remembered
+        for the last few hundred short conversations (read-only arrays)."""
+        conversation = _conversation(request, self.config, heuristic)
+        last, earlier = conversation[0], conversation[1]
+        if len(last) + sum(map(len, earlier)) > _REMEMBER_CHARS:
+            return _features(conversation, self.config, self.embedder)
+        return self._remembered(conversation)
 
     def logit(self, features: Features) -> float:
         """The model's log-odds for precomputed ``features``."""
@@ -344,8 +390,7 @@ class LearnedRouter:
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        features = extract_features(request, self.config, embedder=self.embedder,
-                                    heuristic=heuristic)
+        features = self.features(request, heuristic=heuristic)
         z = self.logit(features)
         slope, intercept = self.calibration
         return _sigmoid(slope * z + intercept)
@@ -358,8 +403,7 @@ class LearnedRouter:
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        features = extract_features(request, self.config, embedder=self.embedder,
-                                    heuristic=heuristic)
+        features = self.features(request, heuristic=heuristic)
         slope, intercept = self.calibration
         z = slope * self.logit(features) + intercept
         dense = (features.dense - self.dense_mean) / self.dense_std

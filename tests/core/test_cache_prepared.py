@@ -1,0 +1,81 @@
+"""A cache miss fingerprints its text once: the lookup that had to fingerprint it hands the
+prepared text on (``ResponseCache.lookup_prepared``), and the store after the upstream call
+keeps that very fingerprint. Without it a routed miss fingerprinted its prompt twice, ~8% of
+its CPU each time (BENCHMARKS.md, the CPU-per-request section)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.core.cache.key import RequestKey
+from engine.core.cache.responses import PreparedText, ResponseCache
+from engine.core.cache.semantic import SemanticMatcher
+from engine.core.cache.similarity import DEFAULT_THRESHOLD, Fingerprint
+from engine.messages import ChatResult, TextPart, Usage
+
+PARTITION = b"p" * 20
+
+
+class CountingMatcher(SemanticMatcher):
+    """The similarity function, counting the texts it fingerprints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fingerprinted: list[str] = []
+
+    def fingerprint(self, text: str) -> Fingerprint:
+        self.fingerprinted.append(text)
+        return super().fingerprint(text)
+
+
+@pytest.fixture(scope="module")
+def matcher() -> CountingMatcher:
+    return CountingMatcher()
+
+
+def make_cache(matcher: SemanticMatcher) -> ResponseCache:
+    return ResponseCache(matcher=matcher, max_entries=100, max_bytes=1 << 20,
+                         max_entry_bytes=1 << 16, ttl=10.0, threshold=DEFAULT_THRESHOLD)
+
+
+def rkey(text: str) -> RequestKey:
+    return RequestKey(exact=PARTITION, text=text, full=PARTITION + text.encode())
+
+
+def store(cache: ResponseCache, text: str, prepared: PreparedText | None = None) -> None:
+    entry = cache.store_entry(rkey(text), ChatResult(content=(TextPart(f"re: {text}"),),
+                                                     usage=Usage(10, 5)),
+                              model="m", tier=1, cost_usd=0.01, reference_usd=0.03, now=0.0,
+                              prepared=prepared)
+    assert entry is not None
+
+
+def test_a_miss_hands_its_fingerprint_to_the_store(matcher: CountingMatcher) -> None:
+    cache = make_cache(matcher)
+    store(cache, "What is the capital of France?")
+    text = "How do volcanoes form under the ocean floor?"
+    hit, prepared = cache.lookup_prepared(rkey(text), 1.0)
+    assert hit is None and prepared is not None
+    fresh = cache.prepare(text)
+    assert prepared.norm == fresh.norm
+    assert prepared.fingerprint.text == fresh.fingerprint.text
+    assert (prepared.fingerprint.vector == fresh.fingerprint.vector).all()
+    matcher.fingerprinted.clear()
+    entry = cache.store_entry(rkey(text), ChatResult(content=(TextPart("magma"),),
+                                                     usage=Usage(10, 5)),
+                              model="m", tier=1, cost_usd=0.01, reference_usd=0.03, now=1.0,
+                              prepared=prepared)
+    assert entry is not None and entry.semantic and matcher.fingerprinted == []
+    again, _ = cache.lookup_prepared(rkey(text), 2.0)
+    assert again is not None and again.exact
+
+
+def test_a_lookup_that_needs_no_fingerprint_computes_none(matcher: SemanticMatcher) -> None:
+    cache = make_cache(matcher)
+    text = "What is the capital of France?"
+    assert cache.lookup_prepared(rkey(text), 0.0) == (None, None)  # an empty partition
+    store(cache, text)
+    hit, prepared = cache.lookup_prepared(rkey(text), 1.0)  # an exact hit
+    assert hit is not None and prepared is None
+    given = cache.prepare("Where is Paris?")
+    assert cache.lookup_prepared(rkey("Where is Paris?"), 1.0, prepared=given)[1] is given
