@@ -22,6 +22,7 @@ import trio
 from support_cut_relay import open_cut_relay
 from support_routing import model_entry, wait_for
 from support_workflows import WorkflowClient, open_workflow_router
+from workflow_cases import CHAIN
 
 from api.cli.failure import CommandFailed
 from api.cli.progress import Event, Follower, Progress, read_events
@@ -31,13 +32,6 @@ from engine.testing.fake_upstream import Behaviour, FakeUpstream, refused_url
 
 LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 
-CHAIN = """\
-name: chain
-ops:
-  a: {prompt: "Step a.", model: ma}
-  b: {prompt: "Step b.", model: mb, input_ops: [a]}
-  c: {prompt: "Step c.", model: mc, input_ops: [b]}
-"""
 CHAIN_STEPS = [("run", "started"), ("started", "a"), ("done", "a"), ("started", "b"),
                ("done", "b"), ("started", "c"), ("done", "c")]
 

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support_routing import model_entry, open_router_client, wait_for
+from workflow_cases import CHAIN
 
 from engine.runtime.tracing import (
     _ENABLED,
@@ -28,13 +29,6 @@ CLIENT_PARENT = "00f067aa0ba902b7"
 CLIENT = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"}
 ASYNC = {"prefer": "respond-async"}
 PAIR = "name: pair\nops:\n  a: {prompt: 'A.'}\n  b: {prompt: 'B.', input_ops: [a]}\n"
-CHAIN = """\
-name: chain
-ops:
-  a: {prompt: "Step a.", model: ma}
-  b: {prompt: "Step b.", model: mb, input_ops: [a]}
-  c: {prompt: "Step c.", model: mc, input_ops: [b]}
-"""
 
 
 def named(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:

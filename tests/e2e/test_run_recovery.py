@@ -17,16 +17,9 @@ import trio
 import yaml
 from support_processes import router_process
 from support_routing import wait_for
+from workflow_cases import CHAIN
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
-
-CHAIN = """\
-name: chain
-ops:
-  a: {prompt: "Step a.", model: ma}
-  b: {prompt: "Step b.", model: mb, input_ops: [a]}
-  c: {prompt: "Step c.", model: mc, input_ops: [b]}
-"""
 
 
 def write_config(tmp_path: Path, fake: FakeUpstream) -> Path:

@@ -17,16 +17,10 @@ from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import model_entry, wait_for
 from support_workflows import WorkflowClient, open_workflow_router, sse_events
+from workflow_cases import CHAIN
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
-CHAIN = """\
-name: chain
-ops:
-  a: {prompt: "Step a.", model: ma}
-  b: {prompt: "Step b.", model: mb, input_ops: [a]}
-  c: {prompt: "Step c.", model: mc, input_ops: [b]}
-"""
 ASYNC = {"prefer": "respond-async"}
 
 

@@ -4,6 +4,15 @@ sandbox escapes and the refusals only a render can find."""
 
 from __future__ import annotations
 
+#: Three ops in a row on three models (``ma``, ``mb``, ``mc``): the durable-run tests' workflow.
+CHAIN = """\
+name: chain
+ops:
+  a: {prompt: "Step a.", model: ma}
+  b: {prompt: "Step b.", model: mb, input_ops: [a]}
+  c: {prompt: "Step c.", model: mc, input_ops: [b]}
+"""
+
 SPEC_EXAMPLE = """\
 start_ops: [reason]
 end_ops: [refine]
