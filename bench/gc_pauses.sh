@@ -12,6 +12,7 @@ set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
 peer=$(cd "$LLM_ROUTER_PEER_BENCH" && pwd)
 cd "$(dirname "$0")/.."
+. bench/routed_models.sh
 secs=${1:-60} conns=${2:-1}
 shift $(($# < 2 ? $# : 2))
 work=$(mktemp -d /tmp/llmr-gc.XXXX)
@@ -20,19 +21,13 @@ python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
 taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
 if [ "${ROUTED:-0}" = 1 ]; then
   up=http://127.0.0.1:$mock_port
-  cat > "$work/router.yaml" <<YAML
-models:
-  - {name: bench-gpt, provider: openai, model: gpt-4o-mini, base_url: "$up/v1", api_key: sk-bench,
-     cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 1}
-  - {name: bench-claude, provider: anthropic, model: claude-haiku-4-5, base_url: "$up", api_key: sk-bench,
-     cost_per_1k_in: 0.0008, cost_per_1k_out: 0.004, tier: 2}
-  - {name: bench-big, provider: openai, model: gpt-4o, base_url: "$up/v1", api_key: sk-bench,
-     cost_per_1k_in: 0.0025, cost_per_1k_out: 0.01, tier: 3}
+  { routed_models "$up"; cat <<YAML
 cache: {enabled: true}
 dedup: {enabled: false}
 learned: {feedback_db: $work/feedback.db, online: true}
 state: {path: $work/state.db}
 YAML
+  } > "$work/router.yaml"
   load=(taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" -s bench/wrk/varied.lua)
 else
   sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml" > "$work/router.yaml"

@@ -16,6 +16,7 @@ set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
 peer=$(cd "$LLM_ROUTER_PEER_BENCH" && pwd)
 cd "$(dirname "$0")/.."
+. bench/routed_models.sh
 secs=${1:-10} conns=${2:-1}
 work=$(mktemp -d /tmp/llmr-routed.XXXX)
 mock_port=18184 router_port=4194 router=
@@ -25,14 +26,8 @@ trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/de
 up=http://127.0.0.1:$mock_port
 
 config() {  # $1: cache on/off, $2: the shape (the stream shape's model is the mock's SSE path)
+  routed_models "$up"
   cat <<YAML
-models:
-  - {name: bench-gpt, provider: openai, model: gpt-4o-mini, base_url: "$up/v1", api_key: sk-bench,
-     cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 1}
-  - {name: bench-claude, provider: anthropic, model: claude-haiku-4-5, base_url: "$up", api_key: sk-bench,
-     cost_per_1k_in: 0.0008, cost_per_1k_out: 0.004, tier: 2}
-  - {name: bench-big, provider: openai, model: gpt-4o, base_url: "$up/v1", api_key: sk-bench,
-     cost_per_1k_in: 0.0025, cost_per_1k_out: 0.01, tier: 3}
 $([ "$2" != stream ] || echo "  - {name: bench-gpt-stream, provider: openai, model: gpt-4o-mini, \
 base_url: \"$up/stream/v1\", api_key: sk-bench, cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 3}")
 cache: {enabled: $1}
