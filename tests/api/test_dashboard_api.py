@@ -12,19 +12,12 @@ from router_harness import make_config, open_router
 from support_protocols import SDK_STREAM_LEAKS
 from support_routing import model_entry
 from support_workflows import ROOT, three_tiers
+from workflow_cases import TIERED_CHAIN
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 ADMIN = "admin-key-for-the-dashboard-tests"
 CLIENT = "client-key-for-the-dashboard-tests"
-
-CHAIN = """
-name: chain
-ops:
-  draft: {prompt: "Draft: {{ input }}", tier: 1}
-  review: {prompt: "Review: {{ ops.draft.output }}", tier: 2, input_ops: [draft]}
-  polish: {prompt: "Polish: {{ ops.review.output }}", tier: 1, input_ops: [review]}
-"""
 
 
 def _config(fake: FakeUpstream, **server: object):
@@ -127,7 +120,7 @@ async def test_runs_show_every_tenants_dag_with_op_states_and_no_answers(
     async with open_router(_config(fake, admin_key=ADMIN, api_keys=[CLIENT])) as router, \
             httpx.AsyncClient(timeout=20) as http:
         done = await http.post(router.v1 + "/workflows", headers=_bearer(CLIENT),
-                               json={"workflow": CHAIN, "input": "private input"})
+                               json={"workflow": TIERED_CHAIN, "input": "private input"})
         assert done.status_code == 200
         run_id = done.headers["x-llm-router-run-id"]
         listed = (await http.get(router.url + "/stats/runs", headers=_bearer(ADMIN))).json()
@@ -152,7 +145,7 @@ async def test_a_running_ops_state_shows_before_it_ends(fake_upstream: FakeUpstr
                           "server": {"admin_key": ADMIN, "api_keys": [CLIENT]}})
     async with open_router(config) as router, httpx.AsyncClient(timeout=20) as http:
         started = await http.post(router.v1 + "/workflows", headers=_bearer(CLIENT) | {
-            "prefer": "respond-async"}, json={"workflow": CHAIN, "input": "x"})
+            "prefer": "respond-async"}, json={"workflow": TIERED_CHAIN, "input": "x"})
         run_id = started.json()["run_id"]
         while (run := (await http.get(f"{router.url}/stats/runs/{run_id}",
                                       headers=_bearer(ADMIN))).json()

@@ -4,6 +4,15 @@ sandbox escapes and the refusals only a render can find."""
 
 from __future__ import annotations
 
+#: Three ops in a row on tiers 1, 2 and 1: the dashboard tests' workflow.
+TIERED_CHAIN = """
+name: chain
+ops:
+  draft: {prompt: "Draft: {{ input }}", tier: 1}
+  review: {prompt: "Review: {{ ops.draft.output }}", tier: 2, input_ops: [draft]}
+  polish: {prompt: "Polish: {{ ops.review.output }}", tier: 1, input_ops: [review]}
+"""
+
 #: Three ops in a row on three models (``ma``, ``mb``, ``mc``): the durable-run tests' workflow.
 CHAIN = """\
 name: chain

@@ -19,19 +19,12 @@ from router_harness import make_config, open_router
 from support_browser import CSS, ID, connect, need_browser, open_browser, screenshots_dir
 from support_routing import model_entry, wait_for
 from support_workflows import three_tiers
+from workflow_cases import TIERED_CHAIN
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 ADMIN = "admin-key-for-the-browser-tests"
 CLIENT = "client-key-for-the-browser-tests"
-
-CHAIN = """
-name: chain
-ops:
-  draft: {prompt: "Draft: {{ input }}", tier: 1}
-  review: {prompt: "Review: {{ ops.draft.output }}", tier: 2, input_ops: [draft]}
-  polish: {prompt: "Polish: {{ ops.review.output }}", tier: 1, input_ops: [review]}
-"""
 
 
 async def _as_async(value: bool) -> bool:
@@ -120,7 +113,7 @@ async def test_a_running_workflows_dag_shows_its_ops_states_change(
         await browser.wait_for(lambda d: d.find_element(ID, "runs-empty").is_displayed(),
                                "that there are no runs")
         started = await http.post(router.v1 + "/workflows", headers=auth | {
-            "prefer": "respond-async"}, json={"workflow": CHAIN, "input": "a lamp"})
+            "prefer": "respond-async"}, json={"workflow": TIERED_CHAIN, "input": "a lamp"})
         run_id = started.json()["run_id"]
 
         await browser.wait_for(_count(_op("review", "running")), "review running")
