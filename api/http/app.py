@@ -27,15 +27,12 @@ from werkzeug.exceptions import HTTPException
 
 from engine.core import Config, KeyRecord, RedactingFilter, Redactor, iso_time
 from engine.errors import (
-    BudgetExceeded,
     ModelNotFound,
     PayloadTooLarge,
-    RateLimited,
     RequestInvalid,
     RequestTimeout,
     RouterError,
     Unauthorized,
-    UpstreamRateLimited,
     echo,
 )
 from engine.runtime import (
@@ -43,16 +40,16 @@ from engine.runtime import (
     KeyGate,
     Models,
     RunContext,
-    Served,
     open_gateway,
 )
-from engine.messages import ChatRequest
 from engine.wire import ANTHROPIC, OPENAI, WireProtocol
 
 from .access import Exchange, Observer
 from .feedback import parse_feedback
 from .metrics import CONTENT_TYPE, render_metrics
-from .relay import ChatBody, EndBodies
+from .chat import Authenticator, ChatEndpoint, Reply, error_reply
+from .chat_front import ChatFront
+from .relay import EndBodies
 from .stream_writes import StreamWriteDeadline
 from .admin import apply_changes, check_admin, parse_changes, parse_settings
 from .dashboard import add_dashboard
@@ -82,24 +79,7 @@ _LOGGERS = ("llm_router", "hypercorn.error", "httpx")
 _JSON = "application/json"
 _Handler = Callable[..., Awaitable[Response]]
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
-                "x-accel-buffering": "no"}
-
-
-def _routing_headers(served: Served) -> dict[str, str]:
-    headers = {
-        "x-llm-router-score": "" if served.score is None else str(served.score),
-        "x-llm-router-tier": str(served.tier),
-        "x-llm-router-model": served.model,
-        "x-llm-router-cache": served.cache,
-        "x-llm-router-router": served.router,
-    }
-    if served.similarity is not None:
-        headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
-    if served.dedup is not None:
-        headers["x-llm-router-dedup"] = served.dedup
-    if served.limits:
-        headers.update(served.limits)
-    return headers
+                "x-accel-buffering": "no"}  # a workflow run's events
 
 
 def _model_object(model_id: str, owner: str, display_name: str) -> dict[str, object]:
@@ -131,15 +111,12 @@ def caller_protocol() -> WireProtocol:
     return OPENAI
 
 
+def _response(reply: Reply) -> Response:
+    return Response(reply.body, status=reply.status, headers=reply.headers)
+
+
 def _error_response(err: RouterError) -> Response:
-    response = Response(caller_protocol().render_error(err), status=err.status,
-                        content_type=_JSON)
-    retry_after = getattr(err, "retry_after", None)
-    if isinstance(err, RateLimited | UpstreamRateLimited | BudgetExceeded) and (
-            retry_after is not None):
-        response.headers["retry-after"] = str(max(1, round(retry_after)))
-    response.headers.update(getattr(err, "limits", None) or {})  # a client key's X-RateLimit-*
-    return response
+    return _response(error_reply(err, caller_protocol()))
 
 
 def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
@@ -154,12 +131,6 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         BODY_TIMEOUT=config.server.read_timeout_sec,
         MAX_CONTENT_LENGTH=config.server.max_body_bytes,
         PROVIDE_AUTOMATIC_OPTIONS=False,
-    )
-    # A streaming client that stops reading is disconnected (hypercorn's writes wait for it),
-    # and a chat stream's body ends even if its client left before it was sent (api.http.relay).
-    app.asgi_app = StreamWriteDeadline(  # type: ignore[method-assign]
-        EndBodies(app.asgi_app), timeout=config.server.stream_write_timeout_sec,
-        background=lambda: app.nursery,
     )
     allowed_keys = tuple(k.encode() for k in config.server.api_keys)
     holder: dict[str, Gateway] = {}
@@ -188,6 +159,17 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     # Every request's access line and a chat's metrics and span (api.http.access).
     observer = Observer(config, redactor)
     observer.install(app, lambda: holder.get("gateway"), this_request_id)
+    credentials = Authenticator(config, gateway)
+    chat_endpoint = ChatEndpoint(observer, gateway, credentials)
+    # The chat endpoints' lean path answers them in front of Quart (api.http.chat_front); a
+    # streaming client that stops reading is disconnected (hypercorn's writes wait for it),
+    # and a chat stream's body ends even if its client left before it was sent (api.http.relay).
+    app.asgi_app = StreamWriteDeadline(  # type: ignore[method-assign]
+        EndBodies(ChatFront(app.asgi_app, chat_endpoint, observer, lambda: holder.get("gateway"),
+                            max_body_bytes=config.server.max_body_bytes,
+                            read_timeout=config.server.read_timeout_sec)),
+        timeout=config.server.stream_write_timeout_sec, background=lambda: app.nursery,
+    )
 
     @app.after_request
     async def tag_response(response: Response) -> Response:
@@ -197,22 +179,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         return response
 
     async def authenticate() -> tuple[str, KeyRecord | None]:
-        """The caller's tenant (``api.http.tenancy``: a digest of whatever credential it
-        presented). A client key (``llmr-...``, with ``server.admin_key`` set) must be live;
-        any other credential must be one of ``server.api_keys`` when those are set, or when
-        client keys are on (a router that issues keys admits nobody without one). With the
-        tenant comes the client key's record, if one was presented."""
-        x_api_key = request.headers.get("x-api-key", "")
-        authorization = request.headers.get("authorization", "")
-        given = client_key(x_api_key, authorization)
-        gate = gateway().keys
-        key = None
-        if gate is not None and gate.is_client_key(given):
-            key = await gate.authenticate(given)
-        elif allowed_keys or gate is not None:
-            if not any(hmac.compare_digest(given.encode(), k) for k in allowed_keys):
-                raise Unauthorized("missing or invalid API key for this router")
-        return tenant_of(x_api_key, authorization), key
+        return await credentials(request.headers.get("x-api-key", ""),
+                                 request.headers.get("authorization", ""))
 
     async def read_body() -> bytes:
         length = request.content_length
@@ -235,50 +203,13 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             raise RequestInvalid("could not read the request body") from None
 
     async def chat(protocol: WireProtocol) -> Response:
-        exchange: Exchange = g.exchange
-        observer.chat(exchange, gateway(), protocol=protocol.name)
-        tenant, key = await authenticate()
-        body = await read_body()
-        chat_request = protocol.parse_request(body)
-        observer.parsed(exchange, request=chat_request, key=key, headers=request.headers)
-        if exchange.span is None:
-            return await answer_chat(protocol, chat_request, body, key, tenant, exchange)
-        with exchange.span.current():  # the gateway's work (and its upstream calls) under it
-            return await answer_chat(protocol, chat_request, body, key, tenant, exchange)
-
-    async def answer_chat(protocol: WireProtocol, chat_request: ChatRequest, body: bytes,
-                          key: KeyRecord | None, tenant: str, exchange: Exchange
-                          ) -> Response:
-        request_id = this_request_id()
-        read, write = cache_controls(request.headers.get("cache-control", ""), body)
-        ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)
-        response_id = protocol.id_prefix + request_id
-        created = int(time.time())
-        if chat_request.stream:
-            stream = await gateway().open_stream(chat_request, ctx)
-            encoder = protocol.encoder(
-                chat_request, id=response_id, model=stream.served.model, created=created
-            )
-            gateway().remember_decision(request_id, stream.served, tenant=tenant)
-            headers = _routing_headers(stream.served) | _SSE_HEADERS
-            exchange.served, exchange.streaming = stream.served, True
-            # The body is sent after the request's context is gone: what the line needs, now.
-            ended = functools.partial(observer.finish, exchange, gateway(),
-                                      method=request.method, path=request.path,
-                                      request_id=request_id)
-            relay = ChatBody(stream, encoder, exchange=exchange, observer=observer,
-                             ended=ended, scope=request.scope)
-            return Response(relay, status=200, headers=headers)
-        done = await gateway().complete(chat_request, ctx)
-        exchange.served, exchange.usage = done.served, done.result.usage
-        exchange.cost_usd = done.cost_usd
-        gateway().remember_decision(request_id, done.served, tenant=tenant)
-        body = protocol.render_result(
-            done.result, id=response_id, model=done.served.model, created=created
-        )
-        response = Response(body, status=200, content_type=_JSON)
-        response.headers.update(_routing_headers(done.served))
-        return response
+        """A chat request spelt other than the lean path takes it (``//v1/messages``): the
+        same answer through Quart (its error handlers render a refusal)."""
+        reply = await chat_endpoint.answer(
+            protocol, headers=request.headers, read_body=read_body, exchange=g.exchange,
+            request_id=this_request_id(), method=request.method, path=request.path,
+            scope=request.scope)
+        return _response(reply)
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
@@ -537,12 +468,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
 
     @app.errorhandler(RouterError)
     async def router_error(err: RouterError) -> Response:
-        exchange: Exchange | None = g.get("exchange")
-        if exchange is not None:
-            exchange.error = err.code
-            if isinstance(err, BudgetExceeded | RateLimited):
-                observer.refused(exchange, err, request_id=this_request_id())
-        return _error_response(err)
+        return _response(chat_endpoint.refused(err, caller_protocol(), g.get("exchange"),
+                                               this_request_id()))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
