@@ -52,7 +52,7 @@ SURFACES: dict[str, set[str]] = {
         "refused_url",
     },
     "engine.training": {
-        "SPLITS", "RoutingRow", "Split", "cheapest_at", "curve_at", "evaluate_choices",
+        "MONOTONE", "SPLITS", "RoutingRow", "Split", "cheapest_at", "curve_at", "evaluate_choices",
         "model_ladder", "multi_tier_points", "parse_rows", "split_of", "split_rows", "summarize",
         "tier_split", "train_router",
     },

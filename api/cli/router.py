@@ -10,6 +10,7 @@ rows (JSON Lines; the format is in docs/cli.md, "Labelled rows") and train the r
               | FILE.json (a trained router) | blend:MODEL:WEIGHT (MODEL is learned or a file)
     llm-router router train DATA.jsonl [DATA2 ...] -o router.json [--folds 5]
                             [--embeddings | --no-embeddings] [--l2 0.003[,0.01,...]]
+                            [--monotone-length | --no-monotone-length]
     llm-router router replay DATA.jsonl [DATA2 ...]   see api/cli/replay.py
 
 ``api.cli.main`` hooks these in with :func:`add_router_commands` and :func:`run_router_command`.
@@ -115,6 +116,8 @@ def add_router_commands(subparsers: Any) -> None:
                     help="add the WordLlama sentence vector to the features (default on)")
     tr.add_argument("--l2", default="0.003",
                     help="L2 strength, or a comma list to choose from by cross-validation")
+    tr.add_argument("--monotone-length", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the length measures' weights from going negative (default on)")
     tr.add_argument("--target", choices=["gain", "binary"], default="gain")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--decontaminated", action="store_true")
@@ -381,7 +384,7 @@ def _render_png(svg: str, target: Path) -> str | None:
 
 def _train(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
            out: TextIO, progress: ProgressBar) -> int:
-    from engine.training import train_router
+    from engine.training import MONOTONE, train_router
 
     try:
         l2 = tuple(float(v) for v in args.l2.split(","))
@@ -395,7 +398,7 @@ def _train(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
         embedder = Embedder()
     training = train_router(rows, config=config, target=args.target, l2=l2, folds=args.folds,
                             seed=args.seed, embedder=embedder, info={"files": files},
-                            progress=progress)
+                            progress=progress, monotone=MONOTONE if args.monotone_length else ())
     training.router.save(args.output)
     print(f"{len(rows)} rows from {', '.join(f['name'] for f in files)}; "
           f"{args.folds}-fold cross-validated APGR (exact mode, out-of-fold scores):", file=out)

@@ -13,9 +13,10 @@ from .evaluate import (
     summarize,
     tier_split,
 )
-from .fit import train_router
+from .fit import MONOTONE, train_router
 
 __all__ = [
+    "MONOTONE",
     "SPLITS",
     "RoutingRow",
     "Split",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.core.routing.learned import (
+    DENSE_NAMES,
     FORMAT_VERSION,
     FeatureConfig,
     Features,
@@ -30,12 +31,19 @@ from engine.core.routing.learned import (
 
 from .evaluate import RoutingRow, summarize
 
-__all__ = ["DEFAULT_L2", "CrossValidation", "FeatureMatrix", "Target", "Training",
+__all__ = ["DEFAULT_L2", "MONOTONE", "CrossValidation", "FeatureMatrix", "Target", "Training",
            "apgr_by_source", "build_matrix", "calibrate", "cross_validate", "fit_router",
            "source_of", "stratified_folds", "targets", "train_router"]
 
 DEFAULT_L2 = 3e-3
 """Chosen by cross-validation on the MMLU and RouterBench dev rows (BENCHMARKS.md)."""
+
+MONOTONE = ("signal_tokens", "log_chars_last", "log_chars_all", "log_words_last")
+"""The length measures whose weights are kept from going negative: on data where longer
+prompts happen to need the strong model less (RouterBench, AlpacaEval) a free weight learns
+"longer means cheaper", which ranks traffic where length helps (MMLU) the wrong way round
+(BENCHMARKS.md, section 16). Held at zero, such a weight leaves that data's order to the
+other features."""
 
 Target = Literal["binary", "gain"]
 Progress = Callable[[int, int], None]
@@ -210,16 +218,27 @@ class _Fit:
         return problem.margins(self.weights.astype(np.float64), self.bias)
 
 
-def _fit(x: FeatureMatrix, y: np.ndarray, *, l2: float, iterations: int) -> _Fit:
+def _fit(x: FeatureMatrix, y: np.ndarray, *, l2: float, iterations: int,
+         monotone: Sequence[str] = MONOTONE) -> _Fit:
+    """The fit, with the weights of the dense features named in ``monotone`` non-negative:
+    an active-set fit (those that come out negative are held at zero, by zeroing their
+    column, and the fit is redone, until none does)."""
     mean = x.dense.mean(axis=0)
     std = x.dense.std(axis=0)
     std[std < 1e-9] = 1.0  # a constant feature (no tools in the data): its weight stays 0
-    problem = _Problem(x, (x.dense - mean) / std, y, l2)
+    bounded = [DENSE_NAMES.index(name) for name in monotone]
+    keep = np.ones(len(DENSE_NAMES))
     prior = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-    theta = np.zeros(x.config.size + 1)
-    theta[-1] = np.log(prior / (1 - prior))
-    theta = _lbfgs(problem, theta, iterations=iterations)
-    return _Fit(theta[:-1].astype("<f4"), float(theta[-1]), mean, std)
+    while True:
+        # a zeroed column's gradient is its L2 term alone, so its weight stays at 0
+        problem = _Problem(x, (x.dense - mean) / std * keep, y, l2)
+        theta = np.zeros(x.config.size + 1)
+        theta[-1] = np.log(prior / (1 - prior))
+        theta = _lbfgs(problem, theta, iterations=iterations)
+        negative = [j for j in bounded if keep[j] and theta[j] < 0]
+        if not negative:
+            return _Fit(theta[:-1].astype("<f4"), float(theta[-1]), mean, std)
+        keep[negative] = 0.0
 
 
 def calibrate(margins: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
@@ -247,13 +266,17 @@ def fit_router(
     calibration: tuple[float, float] = (1.0, 0.0),
     embedder: TextEmbedder | None = None,
     info: Mapping[str, Any] | None = None,
+    monotone: Sequence[str] = MONOTONE,
 ) -> LearnedRouter:
     """A :class:`LearnedRouter` fitted on features ``x`` and targets ``y`` (0..1), its
-    output mapped through ``calibration`` (see :func:`calibrate`)."""
-    fit = _fit(x, y, l2=l2, iterations=iterations)
+    output mapped through ``calibration`` (see :func:`calibrate`), the weights of the
+    dense features named in ``monotone`` non-negative (:data:`MONOTONE`)."""
+    fit = _fit(x, y, l2=l2, iterations=iterations, monotone=monotone)
     # No timestamps or timings: the same rows and options give the same file, byte for byte.
-    meta = {"l2": l2, "iterations": iterations, "rows": len(y),
-            "format_version": FORMAT_VERSION}
+    meta: dict[str, Any] = {"l2": l2, "iterations": iterations, "rows": len(y),
+                            "format_version": FORMAT_VERSION}
+    if monotone:
+        meta["monotone"] = list(monotone)
     return LearnedRouter(x.config, fit.weights, fit.bias, fit.mean, fit.std,
                          calibration=calibration, info={**meta, **(info or {})},
                          embedder=embedder)
@@ -319,6 +342,7 @@ def cross_validate(
     iterations: int = 300,
     seed: int = 0,
     progress: Progress | None = None,
+    monotone: Sequence[str] = MONOTONE,
 ) -> CrossValidation:
     """Stratified K-fold cross-validation: folds keep each data set's share of rows where
     the strong model gained, tied and lost.
@@ -335,8 +359,8 @@ def cross_validate(
     scores = []
     for k in range(folds):
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        out[test] = _fit(x.take(train), y[train], l2=l2, iterations=iterations).margins(
-            x.take(test))
+        out[test] = _fit(x.take(train), y[train], l2=l2, iterations=iterations,
+                         monotone=monotone).margins(x.take(test))
         scores.append(summarize([rows[int(i)] for i in test], out[test].tolist()).apgr)
         if progress is not None:
             progress(k + 1, folds)
@@ -391,13 +415,20 @@ def train_router(
     embedder: TextEmbedder | None = None,
     info: Mapping[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    monotone: Sequence[str] = MONOTONE,
 ) -> Training:
     """Cross-validate each ``l2``, keep the best by out-of-fold APGR, fit on all ``rows``
     and calibrate the output to P(strong model scores higher) on the out-of-fold margins.
+    The weights of the dense features named in ``monotone`` stay non-negative (``()``:
+    no bound).
 
     Raises:
-        ValueError: no rows, or a bad ``folds`` or ``target``.
+        ValueError: no rows, a bad ``folds`` or ``target``, or an unknown name in
+            ``monotone``.
     """
+    unknown = [name for name in monotone if name not in DENSE_NAMES]
+    if unknown:
+        raise ValueError(f"monotone: unknown dense features {unknown}")
     if not rows:
         raise ValueError("no rows to train on")
     config = config or FeatureConfig()
@@ -410,7 +441,7 @@ def train_router(
     y = targets(rows, target)
     validations = tuple(
         cross_validate(x, y, rows, folds=folds, l2=value, seed=seed,
-                       progress=stage(f"cross-validation l2={value:g}"))
+                       progress=stage(f"cross-validation l2={value:g}"), monotone=monotone)
         for value in l2
     )
     best = max(validations, key=lambda v: v.apgr)
@@ -435,7 +466,7 @@ def train_router(
     if progress is not None:
         progress("final fit", 0, 1)
     router = fit_router(x, y, l2=best.l2, calibration=calibration, embedder=embedder,
-                        info=meta)
+                        info=meta, monotone=monotone)
     if progress is not None:
         progress("final fit", 1, 1)
     return Training(router, validations)

@@ -39,6 +39,7 @@ from engine.errors import RouterError
 from engine.messages import ChatRequest, Message, TextPart, ToolResult
 from engine.training.evaluate import RoutingRow, summarize
 from engine.training.fit import (
+    MONOTONE,
     build_matrix,
     cross_validate,
     stratified_folds,
@@ -97,6 +98,29 @@ def test_training_learns_a_separable_toy_problem() -> None:
     hard = router.score_prompt(HARD.format("quince"))
     easy = router.score_prompt(EASY.format("quince"))
     assert 0.0 < easy < hard < 1.0
+
+
+def test_length_weights_stay_non_negative_unless_asked() -> None:
+    """On rows where the long prompts are the easy ones, a free fit learns "longer means
+    cheaper"; the default holds those weights at zero instead (``MONOTONE``)."""
+    rows = []
+    for i, s in enumerate(SUBJECTS * 2):
+        rows.append(RoutingRow(f"s{i}", EASY.format(s), 0.0, 1.0, source="toy/short"))
+        long = EASY.format(s) + " It grows on trees in warm places, people say." * (2 + i % 4)
+        rows.append(RoutingRow(f"l{i}", long, 1.0, 1.0, source="toy/long"))
+
+    def weights(router: LearnedRouter) -> dict[str, float]:
+        dense = router.to_dict()["dense"]
+        return {name: dense[name]["weight"] for name in MONOTONE}
+
+    free = weights(train_router(rows, config=FAST, folds=3, monotone=()).router)
+    assert min(free.values()) < 0
+    bounded = train_router(rows, config=FAST, folds=3).router
+    assert min(weights(bounded).values()) >= 0
+    assert 0.0 in weights(bounded).values()  # held at zero, not merely small
+    assert bounded.info["monotone"] == list(MONOTONE)
+    with pytest.raises(ValueError, match="monotone"):
+        train_router(rows, config=FAST, folds=3, monotone=("no_such_feature",))
 
 
 def test_train_save_load_gives_identical_scores(toy_router: LearnedRouter,
