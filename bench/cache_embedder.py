@@ -1,8 +1,9 @@
 """What ``cache.embedder`` adds to a request: the time to get one vector from an embeddings
 endpoint through :class:`engine.runtime.embeddings.RemoteEmbedder`, against the fake upstream
-on loopback (no model time: the router's own overhead plus one local HTTP round trip).
+on loopback (no model time: the router's own overhead plus one local HTTP round trip), or with
+``--url`` against a real endpoint (``bench/embedding_server.py``: a real model's time too).
 
-Usage: .venv/bin/python bench/cache_embedder.py [--n 500]
+Usage: .venv/bin/python bench/cache_embedder.py [--n 500] [--url URL --model NAME]
 
 Prints the median and p99 of: a new text (one call), a text embedded before (the memo), and
 64 new texts asked at once by 64 tasks (they share calls).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +35,14 @@ def summary(name: str, seconds: list[float]) -> str:
     return f"| {name} | {len(ms)} | {np.median(ms):.3f} | {np.percentile(ms, 99):.3f} |"
 
 
-async def main(n: int) -> None:
-    async with open_fake_upstream() as fake, PooledTransport() as transport, \
-            trio.open_nursery() as nursery:
-        settings = EmbedderConfig(url=fake.base_url("emb", "openai"), model="bench",
-                                  timeout_ms=5000)
+async def main(n: int, url: str | None, model: str) -> None:
+    async with AsyncExitStack() as stack:
+        if url is None:
+            fake = await stack.enter_async_context(open_fake_upstream())
+            url = fake.base_url("emb", "openai")
+        transport = await stack.enter_async_context(PooledTransport())
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        settings = EmbedderConfig(url=url, model=model, timeout_ms=5000)
         embedder = RemoteEmbedder(settings, UpstreamClient(transport, redactor=Redactor([])))
         nursery.start_soon(embedder.run)
         await embedder.vectors(["warm up"])
@@ -72,4 +77,7 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=500)
-    trio.run(main, parser.parse_args().n)
+    parser.add_argument("--url", help="a real /v1/embeddings endpoint (default: the fake)")
+    parser.add_argument("--model", default="bench")
+    args = parser.parse_args()
+    trio.run(main, args.n, args.url, args.model)

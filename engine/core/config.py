@@ -125,7 +125,10 @@ class EmbedderConfig(_Section):
     the endpoint (``.../v1/embeddings``; a URL ending in ``/v1`` gets ``/embeddings``
     appended); ``api_key_env`` names the variable holding its key (sent as a bearer token,
     never logged); a call that takes longer than ``timeout_ms`` or fails skips the cache for
-    that request. ``dimensions`` is passed on to models that can shorten their vectors."""
+    that request. ``dimensions`` is passed on to models that can shorten their vectors.
+    ``unaligned_cosine``: the model's cosine at which a pair the guards allow but that is not
+    a word-for-word paraphrase hits at the default threshold; unset, only aligned pairs hit
+    (no bar is safe for every model: measure one with ``bench/cache_similarity.py``)."""
 
     url: str
     model: str = Field(min_length=1)
@@ -133,6 +136,7 @@ class EmbedderConfig(_Section):
     api_key: str | None = Field(default=None, repr=False, exclude=True)
     timeout_ms: float = Field(500.0, gt=0, le=30_000)
     dimensions: int | None = Field(None, ge=1, le=16_384)
+    unaligned_cosine: float | None = Field(None, ge=0, le=1)
 
     @field_validator("url")
     @classmethod

@@ -433,7 +433,8 @@ def load_models(config: Config) -> Models:
             SemanticMatcher,  # loads embeddings: only when the cache is on
         )
 
-        matcher = SemanticMatcher()
+        embedder = config.cache.embedder
+        matcher = SemanticMatcher(embedder.unaligned_cosine if embedder is not None else None)
     learned = load_learned(config, matcher.embedder if matcher is not None else None)
     return Models(matcher=matcher, learned=learned)
 

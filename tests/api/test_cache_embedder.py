@@ -4,10 +4,10 @@ SDKs as clients.
 
 The fake's vector is a bag of words (``engine.testing.fake_embeddings``): the two phrasings
 below differ in one word of eleven, a cosine of about 0.92, and are not word-for-word
-paraphrases, so the packaged table's score stays under the threshold while the remote
-model's cosine clears the bar that ``similarity_thresh`` 0.8 sets for it (0.9; at the
-default 0.85, 0.95). The guards still apply: a negation or a number vetoes
-whatever the cosine.
+paraphrases, so the packaged table's score stays under the threshold; the remote model's
+cosine clears the bar ``cache.embedder.unaligned_cosine`` 0.9 sets (at the default
+threshold 0.85), and misses without it (the default: only aligned pairs hit) or at 0.95. The
+guards still apply: a negation or a number vetoes whatever the cosine.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ EMBEDDER_KEY = "sk-embed-test-0123456789abcdef"
 
 
 @asynccontextmanager
-async def router(fake: FakeUpstream, *, remote: bool = True, threshold: float = 0.8,
+async def router(fake: FakeUpstream, *, remote: bool = True, threshold: float = 0.85,
                  **embedder: Any) -> AsyncIterator[RouterClient]:
     cache: dict[str, Any] = {"enabled": True, "similarity_thresh": threshold}
     if remote:
         cache["embedder"] = {"url": fake.base_url("emb", "openai"), "model": "fake-embed",
-                             "api_key_env": "EMBED_KEY", **embedder}
+                             "api_key_env": "EMBED_KEY", "unaligned_cosine": 0.9, **embedder}
     async with open_router_client([model_entry(fake, "m", tier=1)], cache=cache,
                                   environ={"EMBED_KEY": EMBEDDER_KEY}) as client:
         yield client
@@ -83,9 +83,15 @@ async def test_remote_vectors_find_a_rewording_the_table_misses(
     async with router(fake_upstream, remote=False) as client:
         assert await ask(client, ASKED) == "MISS"
         assert await ask(client, REWORDED) == "MISS"  # the packaged table: not aligned
-    async with router(fake_upstream, threshold=0.85) as client:
+    async with router(fake_upstream, unaligned_cosine=0.95) as client:
         assert await ask(client, ASKED) == "MISS"
-        assert await ask(client, REWORDED) == "MISS"  # 0.92 is under the default's 0.95
+        assert await ask(client, REWORDED) == "MISS"  # 0.92 is under the bar
+    async with router(fake_upstream, unaligned_cosine=None) as client:
+        assert await ask(client, ASKED) == "MISS"
+        assert await ask(client, REWORDED) == "MISS"  # unset: aligned pairs only
+    async with router(fake_upstream, threshold=0.88) as client:
+        assert await ask(client, ASKED) == "MISS"
+        assert await ask(client, REWORDED) == "MISS"  # 0.03 above 0.85: the bar is 0.93
 
 
 @pytest.mark.parametrize("variant", [NEGATED, COUNTED])
@@ -149,3 +155,7 @@ def test_bad_embedder_config_is_refused() -> None:
         make_config({"models": models, "cache": {"embedder": {
             "url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "NOT_SET"}}})
     assert "cache.embedder.api_key_env: $NOT_SET is not set" in str(caught.value)
+    with pytest.raises(ConfigInvalid) as caught:
+        make_config({"models": models, "cache": {"embedder": {
+            "url": "http://127.0.0.1:9/v1", "model": "m", "unaligned_cosine": 1.5}}})
+    assert "cache.embedder.unaligned_cosine" in str(caught.value)

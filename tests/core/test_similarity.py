@@ -220,6 +220,41 @@ def test_unaligned_pairs_miss_at_the_default(embedder: Embedder, query: str, cac
     assert not match(q, c)[0]
 
 
+def at_cosine(cosine: float, dim: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors whose cosine is ``cosine`` (an embeddings endpoint's, in effect)."""
+    first, second = np.zeros(dim, np.float32), np.zeros(dim, np.float32)
+    first[0], second[0], second[1] = 1.0, cosine, np.sqrt(1.0 - cosine * cosine)
+    return first, second
+
+
+@pytest.mark.parametrize(("query", "cached"), UNALIGNED[:4])
+def test_remote_vectors_open_unaligned_pairs_only_with_a_bar(embedder: Embedder, query: str,
+                                                             cached: str) -> None:
+    """``cache.embedder.unaligned_cosine``: unset, a pair that is not aligned misses at the
+    default even at the model's cosine 1.0; set, it hits at that cosine and above, and a
+    threshold above the default raises the bar by as much."""
+    q, c = pair(embedder, query, cached)
+    for cosine in (0.89, 0.91, 0.93, 1.0):
+        first, second = at_cosine(cosine)
+        rq, rc = q.with_vector(first), c.with_vector(second)
+        assert not match(rq, rc)[0]
+        assert similarity(rq, rc) <= 0.825
+        assert match(rq, rc, unaligned_cosine=0.91)[0] == (cosine >= 0.91)
+        assert match(rq, rc, threshold=0.87, unaligned_cosine=0.91)[0] == (cosine >= 0.93)
+        # the table's vector on one side: the bar does not apply
+        assert not match(q, rc, unaligned_cosine=0.91)[0]
+
+
+@pytest.mark.parametrize(("query", "cached", "reason"), VETOED[:6])
+def test_the_bar_never_lifts_a_veto(embedder: Embedder, query: str, cached: str,
+                                    reason: str) -> None:
+    first, second = at_cosine(1.0)
+    q, c = pair(embedder, query, cached)
+    rq, rc = q.with_vector(first), c.with_vector(second)
+    assert compare(rq, rc, unaligned_cosine=0.5).vetoes == (reason,)
+    assert not match(rq, rc, unaligned_cosine=0.5)[0]
+
+
 @pytest.mark.parametrize(("query", "cached"),
                          [(q, c) for q, c, _ in VETOED] + ALIGNED + UNALIGNED)
 def test_named_pairs_score_the_same_both_ways(embedder: Embedder, query: str,

@@ -13,9 +13,11 @@ __all__ = ["SemanticMatcher"]
 
 
 class SemanticMatcher:
-    """Loads the embedding table on construction (call it off the event loop)."""
+    """Loads the embedding table on construction (call it off the event loop).
+    ``unaligned_cosine`` is ``cache.embedder.unaligned_cosine`` (see ``similarity.compare``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unaligned_cosine: float | None = None) -> None:
+        self.unaligned_cosine = unaligned_cosine
         self.embedder = Embedder()
         self.dim = self.embedder.dim  # forces the load now, not on the first request
 
@@ -41,4 +43,5 @@ class SemanticMatcher:
     def match(
         self, query: Fingerprint, cached: Fingerprint, *, threshold: float
     ) -> tuple[bool, float]:
-        return match(query, cached, threshold=threshold)
+        return match(query, cached, threshold=threshold,
+                     unaligned_cosine=self.unaligned_cosine)

@@ -27,12 +27,15 @@ What :func:`similarity` means, so that ``cache.similarity_thresh`` alone decides
 * aligned: ``0.5 + 0.5 * cosine``, the only pairs that can score above 0.825.
 
 With ``cache.embedder`` (a model behind an embeddings endpoint, :meth:`Fingerprint.with_vector`)
-the guards and the alignment test still apply, and aligned pairs score as above; a pair that
-is allowed but not aligned scores that model's cosine minus 0.1, so ``similarity_thresh`` is
-a cosine bar for it, 0.95 at the default. A sum of static word vectors cannot tell a paraphrase from a
-near-miss without the alignment test; a trained sentence encoder can, and this is where its
-recall comes from. What the bar should be depends on the model: ``bench/cache_similarity.py
---embedder-url`` chooses it on the ``choose`` split and reports on ``report``.
+the guards and the alignment test still apply and pairs score as above with that model's
+cosine, so by default only aligned pairs hit. ``cache.embedder.unaligned_cosine`` opens the
+rest: a pair that is allowed but not aligned then scores ``cosine - (unaligned_cosine -
+0.85)``, so that at the default threshold it hits at that model's cosine ``unaligned_cosine``
+(and each point a threshold sits above 0.85 raises that bar by the same). The bar depends on
+the model and no value is safe for every one: on the QQP ``choose`` split the old fixed 0.95
+gave precision 0.943 with all-MiniLM-L6-v2 and 0.765 with multilingual-e5-small, whose
+cosines crowd near 1. A team measures its own with ``bench/cache_similarity.py
+--embedder-url``, which picks it on ``choose`` and reports on ``report``.
 
 The default 0.85 thus means "aligned, no veto, cosine >= 0.7". On the QQP dev pairs split by
 ``engine.training.cache_split`` (rules designed on ``design``, the threshold checked on
@@ -292,9 +295,6 @@ _SOFT_MATCH = 0.85  # word-vector cosine at which two spellings count as one wor
 _SALIENCE_SCALE = 40.0  # cosine points lost per unit of salience of an unmatched word
 _UNALIGNED = 0.35  # cosine points lost by a pair that is not a word-for-word paraphrase
 _VETOED = 0.49  # vetoed pairs score 0.49 * cosine: below 0.5, still ordered by cosine
-# With cache.embedder, what an allowed pair that is not aligned loses: at the default 0.85 it
-# needs the model's cosine at 0.95, the bar GPTCache sets by default for its own encoders.
-_EXTERNAL_UNALIGNED = 0.10
 
 
 def _spelled_alike(a: TextFeatures, b: TextFeatures) -> list[int]:
@@ -337,11 +337,15 @@ class Comparison:
     score: float
 
 
-def compare(query: Fingerprint, cached: Fingerprint, *, all_vetoes: bool = False) -> Comparison:
+def compare(query: Fingerprint, cached: Fingerprint, *, all_vetoes: bool = False,
+            unaligned_cosine: float | None = None) -> Comparison:
     """The :class:`Comparison` of two fingerprints: :func:`similarity` with its reasons.
 
     By default the guards stop at the first veto, as :func:`similarity` does (the cheap text
     guards first, the word alignment only if they pass); ``all_vetoes`` runs every guard.
+    ``unaligned_cosine`` is ``cache.embedder.unaligned_cosine``: with vectors from that
+    endpoint on both sides, the cosine at which an allowed pair that is not aligned hits at
+    the default threshold (None: such pairs score as with the packaged table, below 0.825).
     """
     qf, cf = query.features, cached.features
     cosine = float(query.vector @ cached.vector)
@@ -364,8 +368,9 @@ def compare(query: Fingerprint, cached: Fingerprint, *, all_vetoes: bool = False
     penalty = max(salience, default=0.0) / _SALIENCE_SCALE + (0.0 if is_aligned else _UNALIGNED)
     if vetoes:
         score = vetoed
-    elif query.external and cached.external and not is_aligned:  # see "With cache.embedder"
-        penalty = _EXTERNAL_UNALIGNED
+    elif (unaligned_cosine is not None and query.external and cached.external
+          and not is_aligned):  # see "With cache.embedder"
+        penalty = unaligned_cosine - DEFAULT_THRESHOLD
         score = max(0.0, min(1.0, cosine - penalty))
     else:
         score = 0.5 + 0.5 * min(1.0, max(0.0, cosine - penalty))
@@ -386,7 +391,8 @@ def guards_allow(query: Fingerprint, cached: Fingerprint) -> bool:
     return not compare(query, cached).vetoes
 
 
-def similarity(query: Fingerprint, cached: Fingerprint) -> float:
+def similarity(query: Fingerprint, cached: Fingerprint, *,
+               unaligned_cosine: float | None = None) -> float:
     """How safely ``cached``'s answer serves ``query``, in [0, 1]; higher is safer.
 
     A pair the guards allow scores ``0.5 + 0.5 * max(0, cosine - penalty)``: the penalty is
@@ -400,14 +406,17 @@ def similarity(query: Fingerprint, cached: Fingerprint) -> float:
     * ``0.5 <= t <= 0.825``: also unaligned pairs no guard vetoes, with ``cosine - penalty``
       at least ``2t - 1``;
     * ``t < 0.5``: near-identical vectors override the guards.
+
+    ``unaligned_cosine``: see :func:`compare` (``cache.embedder``).
     """
-    return compare(query, cached).score
+    return compare(query, cached, unaligned_cosine=unaligned_cosine).score
 
 
 def match(
-    query: Fingerprint, cached: Fingerprint, *, threshold: float = DEFAULT_THRESHOLD
+    query: Fingerprint, cached: Fingerprint, *, threshold: float = DEFAULT_THRESHOLD,
+    unaligned_cosine: float | None = None,
 ) -> tuple[bool, float]:
     """``(hit, score)``: may ``cached``'s answer serve ``query`` at ``threshold``? The score is
     :func:`similarity`; ``threshold`` is ``cache.similarity_thresh``."""
-    score = similarity(query, cached)
+    score = similarity(query, cached, unaligned_cosine=unaligned_cosine)
     return score >= threshold, score
