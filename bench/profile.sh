@@ -9,7 +9,7 @@ peer=$(cd "$LLM_ROUTER_PEER_BENCH" && pwd)  # before the cd below: it may be a r
 cd "$(dirname "$0")/.."
 mode=${1:-json} conns=${2:-64} secs=${3:-10}
 work=$(mktemp -d /tmp/llmr-profile.XXXX)
-mock_port=18181 router_port=4191
+mock_port=${MOCK_PORT:-18181} router_port=${ROUTER_PORT:-4191}
 python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
 taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
 sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml" > "$work/router.yaml"

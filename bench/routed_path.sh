@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 . bench/routed_models.sh
 secs=${1:-10} conns=${2:-1}
 work=$(mktemp -d /tmp/llmr-routed.XXXX)
-mock_port=18184 router_port=4194 router=
+mock_port=${MOCK_PORT:-18184} router_port=${ROUTER_PORT:-4194} router=
 python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
 taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
 trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/dev/null)" 2>/dev/null || true' EXIT

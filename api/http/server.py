@@ -28,9 +28,9 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Closed, Event
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
@@ -60,38 +60,81 @@ def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig
 
 
 class _IdleTimer:
-    """hypercorn's idle-connection timer, started with ``start_soon``.
+    """hypercorn's idle-connection timer: one task per connection, for its whole life.
 
-    hypercorn starts it with ``nursery.start`` from whichever task reports the connection
-    idle, which after a response is the app's task: Quart-Trio cancels that task's nursery as
-    soon as the response is sent, and the timer started inside it dies with it, so a
-    keep-alive connection that served a request was never closed for being idle.
+    hypercorn starts a timer task (``nursery.start``) each time the connection turns idle and
+    cancels it when a request begins: a task spawned and a cancel scope cancelled per request.
+    It also starts it from whichever task reports the connection idle, which after a response
+    is the app's task: Quart-Trio cancels that task's nursery as soon as the response is sent,
+    and the timer started inside it died with it, so a keep-alive connection that served a
+    request was never closed for being idle.
+
+    Here the first :meth:`restart` spawns one task in the connection's own task group (where
+    hypercorn's ``action``, :meth:`_Connection._idle_timeout`, waits in :meth:`expired`);
+    later ones, and :meth:`stop`, only note when the connection turned idle or busy. The task
+    sleeps until the earliest moment the connection could have been idle for
+    ``keep_alive`` seconds and, when it wakes, looks again: still busy, or idle since less
+    than that, it sleeps on. :meth:`end` (the connection is over) cancels it.
     """
 
-    def __init__(self) -> None:
-        self._scope: trio.CancelScope | None = None
+    __slots__ = ("_idle", "_idle_since", "_keep_alive", "_life", "_started")
+
+    def __init__(self, keep_alive: float) -> None:
+        self._keep_alive = keep_alive
+        self._idle = False
+        self._idle_since = 0.0
+        self._started = False
+        self._life = trio.CancelScope()
 
     async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
-        await self.stop()
-        self._scope = scope = trio.CancelScope()
-        task_group.spawn(_run_in_scope, scope, action)
+        """The connection is idle from now on."""
+        self._idle = True
+        self._idle_since = trio.current_time()
+        if not self._started:
+            self._started = True
+            task_group.spawn(self._run, action)
 
     async def stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-            self._scope = None
+        """The connection is busy (a request began)."""
+        self._idle = False
 
+    def end(self) -> None:
+        """The connection is over: the timer task ends without acting."""
+        self._life.cancel()
 
-async def _run_in_scope(scope: trio.CancelScope, action: Callable[[], Awaitable[None]]) -> None:
-    with scope:
-        await action()
+    @property
+    def over(self) -> bool:
+        return self._life.cancel_called
+
+    async def _run(self, action: Callable[[], Awaitable[None]]) -> None:
+        with self._life:
+            await action()
+
+    async def expired(self, terminated: Any) -> None:
+        """Return once the connection has been idle for ``keep_alive`` seconds, or is idle
+        while the server shuts down (``terminated`` is set)."""
+        while True:
+            now = trio.current_time()
+            if self._idle:
+                due = self._idle_since + self._keep_alive
+                if due <= now or terminated.is_set():
+                    return
+            else:  # busy: idle at the earliest from now on
+                due = now + self._keep_alive
+            if terminated.is_set():
+                # A busy connection closes itself after its response (hypercorn recycles
+                # none once terminated); wake up only to look again.
+                await trio.sleep_until(due)
+            else:
+                with trio.move_on_at(due):
+                    await terminated.wait()
 
 
 class _Connection(TCPServer):
     """hypercorn's trio connection handler, fixed so that
 
-    * an idle connection is closed after ``keep_alive_timeout`` also once it served a request
-      (:class:`_IdleTimer`);
+    * an idle connection is closed after ``keep_alive_timeout`` also once it served a request,
+      by one timer task per connection rather than one per request (:class:`_IdleTimer`);
     * a connection whose client has gone is closed at once: hypercorn kept its socket open
       until the idle timer ran out;
     * a write that meets the connection being closed by the reading side (the client hung up
@@ -103,11 +146,15 @@ class _Connection(TCPServer):
       closes it: the close runs in the app's task, which Quart-Trio cancels once the response
       is sent, and the cancellation stopped the close before the socket was shut, so the
       client waited for an end that never came.
+
+    Without a read timeout (``hypercorn_config`` sets none) a read is not wrapped in a cancel
+    scope of its own, and a write takes the send lock without a trip through the scheduler
+    when no other write holds it.
     """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.idle_task = _IdleTimer()  # type: ignore[assignment]
+        self.idle_task = _IdleTimer(self.config.keep_alive_timeout)  # type: ignore[assignment]
 
     async def run(self) -> None:
         try:
@@ -117,8 +164,30 @@ class _Connection(TCPServer):
             vars(self).pop("_task_group", None)
 
     async def _read_data(self) -> None:
-        await super()._read_data()
-        await self.idle_task.stop()
+        try:
+            if self.config.read_timeout is not None:
+                await super()._read_data()
+                return
+            receive, handle = self.stream.receive_some, self.protocol.handle
+            while True:
+                try:
+                    data = await receive(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                await handle(RawData(bytes(data)))
+                if not data:
+                    break
+            await handle(Closed())
+        finally:
+            self.idle_task.end()  # type: ignore[attr-defined]
+
+    async def _idle_timeout(self) -> None:
+        timer: _IdleTimer = self.idle_task  # type: ignore[assignment]
+        await timer.expired(self.context.terminated)
+        if timer.over:  # closed meanwhile
+            return
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
 
     async def _close(self) -> None:
         with trio.CancelScope(shield=True):  # no waiting inside: shutdown and close a socket
@@ -126,9 +195,30 @@ class _Connection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         try:
-            await super().protocol_send(event)
+            if type(event) is RawData:
+                await self._write(event.data)
+            else:
+                await super().protocol_send(event)
         except trio.BusyResourceError:  # only _close's send_eof sends alongside a write
             await self.protocol.handle(Closed())
+
+    async def _write(self, data: bytes) -> None:
+        """hypercorn's write: under the send lock, shielded (a write is never left half
+        done); the lock is taken at once when free (``trio.Lock.acquire`` yields to the
+        scheduler even then), and a cancelled caller still stops before it."""
+        lock = self.send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lock.acquire_nowait()
+        try:
+            with trio.CancelScope(shield=True):
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(Closed())
+        finally:
+            lock.release()
 
 
 def bind_sockets(hc: HypercornConfig) -> Sockets:
