@@ -7,7 +7,8 @@
    calling upstream again; with Redis, a flight led in another process is followed
    (``engine.runtime.shared_flights``).
 4. **Call with failover** (``engine.runtime.failover``), in a flight run in the gateway's background
-   nursery, so the leader's client leaving does not cancel it while followers listen.
+   nursery, so the leader's client leaving does not cancel it while followers listen; with
+   dedup off, a non-streaming call runs in the caller's own task (nobody else can listen).
 5. **Account** (once per flight), and store the answer in the cache.
 
 The same path serves a plain chat completion and each step of a workflow, and a node's
@@ -276,6 +277,11 @@ class NodeRunner:
 
         store = cache is not None and ctx.cache_write
         run = partial(self._fly, request, route, key, store, sink is not None, prefer, prepared)
+        if not share and sink is None:
+            # Nobody can join it and nothing is relayed: the call runs in this task.
+            done = await self.flights.run_alone(run)
+            return dataclasses.replace(done, served=dataclasses.replace(done.served,
+                                                                        dedup="LEADER"))
         if share and key is not None and self.shared_flights is not None:
             run = partial(self.shared_flights.fly, key.full, run)
         listener = self.flights.join(key.full if key is not None else b"", run, share=share)
