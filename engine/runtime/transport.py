@@ -8,10 +8,10 @@ An LLM gateway talks to a handful of origins with many concurrent requests each,
 transport keeps a LIFO stack of idle connections per origin and checks only the connection
 it is about to reuse.
 
-It implements httpx's public transport interface, and the router hands it ``httpx.Request``
-objects directly (``engine.runtime.upstream``): responses, streaming, content decoding and
-httpx's exception types (which ``engine.runtime.upstream`` translates into the router's
-errors) are httpx's own.
+It implements httpx's public transport interface; the router's upstream client
+(``engine.runtime.upstream``) calls :meth:`PooledTransport.send` with the request's parts
+rather than an ``httpx.Request``. Responses, streaming, content decoding and httpx's exception
+types (which ``engine.runtime.upstream`` translates into the router's errors) are httpx's own.
 
 Timeouts come from the request's ``timeout`` extension, as httpx sets it: ``connect`` bounds
 TCP connect plus TLS handshake, ``write`` each send, ``read`` each receive, ``pool`` the wait
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import certifi
@@ -208,22 +208,33 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise httpx.WriteError(f"upstream write failed: {exc}") from None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
+        """httpx's transport interface: :meth:`send` for an ``httpx.Request``."""
+        body = await request.aread()
+        return await self.send(request.method, request.url, list(request.headers.raw), body,
+                               request.extensions.get("timeout", {}))
+
+    async def send(
+        self, method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes,
+        timeouts: Mapping[str, float | None],
+    ) -> httpx.Response:
+        """Send one request (``headers`` complete: ``Host`` and ``Content-Length`` included,
+        as ``httpx.Request`` makes them) and return the response once its head is in, its
+        body to be read from it. ``timeouts`` as httpx's ``timeout`` extension. The router's
+        upstream client calls this directly: building an ``httpx.Request`` only for this to
+        take it apart again cost more than the rest of the call's bookkeeping."""
         scheme = url.raw_scheme
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        body = await request.aread()
-        head = h11.Request(method=request.method, target=url.raw_path,
-                           headers=list(request.headers.raw))
+        head = h11.Request(method=method, target=url.raw_path, headers=headers)
+        read, write = timeouts.get("read"), timeouts.get("write")
         for attempt in (1, 2):
             conn, reused = await self._acquire(origin, timeouts)
             try:
                 out = conn.h11.send(head) + (conn.h11.send(h11.Data(data=body)) if body else b"")
                 out += conn.h11.send(h11.EndOfMessage())
-                await self._send(conn, out, timeouts.get("write"))
-                event = await self._next_event(conn, timeouts.get("read"))
+                await self._send(conn, out, write)
+                event = await self._next_event(conn, read)
                 while type(event) is h11.InformationalResponse:
-                    event = await self._next_event(conn, timeouts.get("read"))
+                    event = await self._next_event(conn, read)
                 if type(event) is not h11.Response:
                     raise httpx.RemoteProtocolError("upstream closed the connection")
             except (httpx.RemoteProtocolError, httpx.WriteError, httpx.ReadError):
@@ -239,7 +250,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             return httpx.Response(
                 status_code=event.status_code,
                 headers=event.headers,
-                stream=_ResponseBody(self, conn, timeouts.get("read")),
+                stream=_ResponseBody(self, conn, read),
                 extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
             )
         raise AssertionError("unreachable")
