@@ -5,7 +5,10 @@ client, the backend pool, the stats, and a background nursery for work that must
 single request handler (a relayed stream, a shared deduplicated call, the upstream connection
 pool's idle expiry). The nursery is cancelled before the HTTP client is closed.
 
-Both entry points plan the request as a one-node workflow and hand it to the executor:
+Both entry points run the request as a workflow's one node, through the same node runner
+(``engine.runtime.node``) as every workflow op. A chat's plan would be that one node, so it is
+run directly, as the executor (``engine.runtime.executor``) runs a one-node plan, without
+building the plan's graph for each request:
 
 * :meth:`Gateway.complete` runs it in the caller's task and returns the result;
 * :meth:`Gateway.open_stream` runs it in the background nursery and returns a
@@ -20,13 +23,12 @@ reads slowly slows the upstream read rather than piling it up here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +39,7 @@ import trio
 from engine.core.cache.responses import Matcher, ResponseCache
 from engine.core.cache.threshold import ThresholdRule
 from engine.core.config import Config
-from engine.core.planner import Node, plan_chat
+from engine.core.planner import Node
 from engine.core.pool import BackendPool
 from engine.core.recent import FinishedRequest, RecentRequests
 from engine.core.redact import Redactor
@@ -51,7 +53,6 @@ from engine.stores.redis import RedisKeyStore, RedisRunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
 from .dedup import FlightRegistry
-from .executor import RunNode, execute
 from .failover import BackendCaller
 from .feed import ChatStream
 from .keys import KeyGate
@@ -179,18 +180,6 @@ class Gateway:
                              nursery=nursery, render_limiter=self.render_limiter)
         self._run_store_error = run_store_error
 
-    def _chat_node(
-        self, ctx: RunContext, *, sink: trio.MemorySendChannel[Any] | None = None,
-        deadline: Deadline | None = None,
-    ) -> RunNode:
-        """What the executor runs for a chat's one node."""
-        runner = self.runner
-
-        def run(node: Node, inputs: Mapping[str, Any]) -> Awaitable[NodeResult]:
-            return runner.run(node, ctx=ctx, sink=sink, deadline=deadline)
-
-        return run
-
     async def complete(self, request: ChatRequest, ctx: RunContext) -> NodeResult:
         """Answer a non-streaming request, within ``server.write_timeout_sec`` if set.
 
@@ -201,9 +190,8 @@ class Gateway:
         started = trio.current_time()
         status, done = "cancelled", None  # a client that leaves cancels its handler
         try:
-            outputs = await execute(plan_chat(request),
-                                    self._chat_node(ctx, deadline=self._answer_within))
-            result: NodeResult = outputs["chat"]
+            result = await self.runner.run(_chat_node(request), ctx=ctx, request=request,
+                                           deadline=self._answer_within)
             status, done = "ok", result
             return result
         except RouterError as exc:
@@ -234,8 +222,9 @@ class Gateway:
         started = trio.current_time()
         status, done = "cancelled", None  # a client that leaves cancels its stream
         try:
-            outputs = await execute(plan_chat(request), self._chat_node(ctx, sink=send))
-            status, done = "ok", outputs["chat"]
+            done = await self.runner.run(_chat_node(request), ctx=ctx, request=request,
+                                         sink=send)
+            status = "ok"
         except RouterError as exc:
             status = exc.code
             raise
@@ -245,15 +234,16 @@ class Gateway:
     def _finished(self, started: float, status: str, done: NodeResult | None, *,
                   stream: bool) -> None:
         """Add a chat request to :attr:`recent` (routing facts only, no text)."""
-        entry = FinishedRequest(at=time.time(), ms=(trio.current_time() - started) * 1000,
-                                status=status, stream=stream)
-        if done is not None:
+        at, ms = time.time(), (trio.current_time() - started) * 1000
+        if done is None:
+            entry = FinishedRequest(at=at, ms=ms, status=status, stream=stream)
+        else:
             served, usage = done.served, done.result.usage
             paid = served.dedup != "FOLLOWER"  # a joiner shares its leader's call
-            entry = dataclasses.replace(
-                entry, model=served.model, tier=served.tier, cache=served.cache,
-                dedup=served.dedup, cost_usd=done.cost_usd if paid else 0.0,
-                input_tokens=usage.input_tokens,
+            entry = FinishedRequest(
+                at=at, ms=ms, status=status, stream=stream, model=served.model,
+                tier=served.tier, cache=served.cache, dedup=served.dedup,
+                cost_usd=done.cost_usd if paid else 0.0, input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens)
         self.recent.add(entry)
 
@@ -400,6 +390,11 @@ class Gateway:
             parts["redis"] = self.shared.health()
         ok = all(part["status"] == "ok" for part in parts.values())
         return {"status": "ok" if ok else "degraded", **parts}
+
+
+def _chat_node(request: ChatRequest) -> Node:
+    """A chat's one node (what ``plan_chat`` would plan)."""
+    return Node("chat", request=request)
 
 
 @dataclass(frozen=True, slots=True)
