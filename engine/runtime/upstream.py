@@ -308,8 +308,10 @@ class UpstreamClient:
                 f"{model.name} broke off its answer ({type(exc).__name__})", backend=model.name
             ) from None
         finally:
-            with trio.move_on_after(2, shield=True):
-                await response.aclose()
+            # No scope needed: the transport's close never waits unshielded (it hands a
+            # finished connection back at once, and closes any other within a second,
+            # shielded), so a cancelled caller cannot leave a connection unreleased.
+            await response.aclose()
         try:
             result = provider.parse_result(bytes(body))
         except UpstreamError as exc:
