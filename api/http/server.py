@@ -148,8 +148,7 @@ class _Connection(TCPServer):
       client waited for an end that never came.
 
     Without a read timeout (``hypercorn_config`` sets none) a read is not wrapped in a cancel
-    scope of its own, and a write takes the send lock without a trip through the scheduler
-    when no other write holds it.
+    scope of its own.
     """
 
     def __init__(self, *args: Any) -> None:
@@ -195,30 +194,9 @@ class _Connection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         try:
-            if type(event) is RawData:
-                await self._write(event.data)
-            else:
-                await super().protocol_send(event)
+            await super().protocol_send(event)
         except trio.BusyResourceError:  # only _close's send_eof sends alongside a write
             await self.protocol.handle(Closed())
-
-    async def _write(self, data: bytes) -> None:
-        """hypercorn's write: under the send lock, shielded (a write is never left half
-        done); the lock is taken at once when free (``trio.Lock.acquire`` yields to the
-        scheduler even then), and a cancelled caller still stops before it."""
-        lock = self.send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            lock.acquire_nowait()
-        try:
-            with trio.CancelScope(shield=True):
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.protocol.handle(Closed())
-        finally:
-            lock.release()
 
 
 def bind_sockets(hc: HypercornConfig) -> Sockets:
