@@ -113,7 +113,14 @@ def plan_chat(request: ChatRequest) -> Plan:
     >>> plan_chat(ChatRequest(messages=())).generations
     (('chat',),)
     """
-    return build_plan([Node("chat", request=request)])
+    return Plan(graph=_CHAT_GRAPH, generations=_CHAT_GENERATIONS,
+                nodes={"chat": Node("chat", request=request)})
+
+
+# Every chat plan has the same structure: one node named "chat". Its graph is built once and
+# frozen (networkx refuses changes to it), not built per request.
+_CHAT_GRAPH: nx.DiGraph = nx.freeze(build_plan([Node("chat")]).graph)
+_CHAT_GENERATIONS = (("chat",),)
 
 
 class _End:

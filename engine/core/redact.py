@@ -288,11 +288,18 @@ class StreamRedactor:
                     others = True
             text = "".join(pieces)
         joined = self._tail + text.encode("utf-8", "surrogatepass")
-        if not others and not redactor._spans(joined.lower()):
-            self._tail = joined[-(FRAGMENT - 1):]
+        if redactor._spans(joined.lower()):
+            return [self._event(e) for e in batch]
+        # No fragment in the batch's running text, so none in any delta's own window (each is
+        # a part of it): the deltas pass as they are; only names, ids and the model are checked.
+        self._tail = joined[-(FRAGMENT - 1):]
+        if not others:
             self._open = False
             return batch
-        return [self._event(e) for e in batch]
+        if text:
+            self._open = False
+        return [e if type(e) is TextDelta or type(e) is ToolCallDelta else self._event(e)
+                for e in batch]
 
     def _event(self, event: Event) -> Event:
         redact = self._redactor.redact

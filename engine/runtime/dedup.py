@@ -24,6 +24,10 @@ What it holds is bounded by ``buffer_bytes``:
 Every listener gets the same final result, or the same error. When the last listener leaves
 before the end, the flight is cancelled and the upstream call with it. A finished flight is
 forgotten at once: the next request starts fresh (the cache, not dedup, serves repeats).
+
+A call nobody can share (dedup off) and with no stream to relay needs none of this: its one
+caller runs it in its own task (:meth:`FlightRegistry.run_alone`), where leaving cancels it
+as leaving a flight would, and its errors are a flight's.
 """
 
 from __future__ import annotations
@@ -219,6 +223,23 @@ class FlightRegistry:
         self._nursery.start_soon(self._fly, key, flight, run)
         return listener
 
+    async def run_alone(self, run: RunFlight) -> Any:
+        """``run``'s result, run in the caller's task: for a call that is not shared and
+        publishes nothing (``run`` must not publish). Fails as a flight's listener would:
+        a ``RouterError`` as raised, any other exception (a bug) logged and made an
+        internal error; the caller being cancelled cancels the call.
+
+        Raises:
+            RouterError: the call failed.
+        """
+        try:
+            return await run(_unpublished)
+        except RouterError:
+            raise
+        except Exception as exc:  # a bug: fail this call, keep serving
+            log.exception("internal error in a shared upstream call", exc_info=exc)
+            raise RouterError("internal error") from None
+
     async def _fly(self, key: bytes, flight: Flight, run: RunFlight) -> None:
         # Runs in the background nursery: it must never raise, or it would stop the server.
         try:
@@ -237,3 +258,7 @@ class FlightRegistry:
         finally:
             if self._flights.get(key) is flight:
                 del self._flights[key]
+
+
+async def _unpublished(item: Any, size: int = 0) -> float:
+    raise AssertionError("a call run alone publishes nothing")

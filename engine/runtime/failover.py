@@ -206,19 +206,20 @@ class BackendCaller:
                 continue
             probe = backend.begin(now)
             started = now
+            error: UpstreamError | None = None
             try:
-                with trio.fail_after(model.timeouts.total_sec):
+                # A bare scope and cancelled_caught: trio.fail_after's inside, for less.
+                with trio.CancelScope(deadline=now + model.timeouts.total_sec) as total:
                     value = await attempt(model)
-            except trio.TooSlowError:
-                error: UpstreamError = UpstreamTimeout(
-                    f"{model.name} exceeded its total deadline", backend=model.name
-                )
             except UpstreamError as exc:
                 error = exc
             except BaseException:
                 backend.end(probe=probe)
                 raise
-            else:
+            if error is None and total.cancelled_caught:
+                error = UpstreamTimeout(f"{model.name} exceeded its total deadline",
+                                        backend=model.name)
+            if error is None:
                 before = backend.verdict()
                 backend.succeeded(trio.current_time() - started)
                 self._changed(backend, before)

@@ -5,7 +5,8 @@ client, the backend pool, the stats, and a background nursery for work that must
 single request handler (a relayed stream, a shared deduplicated call, the upstream connection
 pool's idle expiry). The nursery is cancelled before the HTTP client is closed.
 
-Both entry points plan the request as a one-node workflow and hand it to the executor:
+Both entry points plan the request as a one-node workflow and hand it to the executor, which
+runs its node on the same node runner (``engine.runtime.node``) as every workflow op:
 
 * :meth:`Gateway.complete` runs it in the caller's task and returns the result;
 * :meth:`Gateway.open_stream` runs it in the background nursery and returns a
@@ -20,7 +21,6 @@ reads slowly slows the upstream read rather than piling it up here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
@@ -245,15 +245,16 @@ class Gateway:
     def _finished(self, started: float, status: str, done: NodeResult | None, *,
                   stream: bool) -> None:
         """Add a chat request to :attr:`recent` (routing facts only, no text)."""
-        entry = FinishedRequest(at=time.time(), ms=(trio.current_time() - started) * 1000,
-                                status=status, stream=stream)
-        if done is not None:
+        at, ms = time.time(), (trio.current_time() - started) * 1000
+        if done is None:
+            entry = FinishedRequest(at=at, ms=ms, status=status, stream=stream)
+        else:
             served, usage = done.served, done.result.usage
             paid = served.dedup != "FOLLOWER"  # a joiner shares its leader's call
-            entry = dataclasses.replace(
-                entry, model=served.model, tier=served.tier, cache=served.cache,
-                dedup=served.dedup, cost_usd=done.cost_usd if paid else 0.0,
-                input_tokens=usage.input_tokens,
+            entry = FinishedRequest(
+                at=at, ms=ms, status=status, stream=stream, model=served.model,
+                tier=served.tier, cache=served.cache, dedup=served.dedup,
+                cost_usd=done.cost_usd if paid else 0.0, input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens)
         self.recent.add(entry)
 
@@ -400,6 +401,7 @@ class Gateway:
             parts["redis"] = self.shared.health()
         ok = all(part["status"] == "ok" for part in parts.values())
         return {"status": "ok" if ok else "degraded", **parts}
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@
    calling upstream again; with Redis, a flight led in another process is followed
    (``engine.runtime.shared_flights``).
 4. **Call with failover** (``engine.runtime.failover``), in a flight run in the gateway's background
-   nursery, so the leader's client leaving does not cancel it while followers listen.
+   nursery, so the leader's client leaving does not cancel it while followers listen; with
+   dedup off, a non-streaming call runs in the caller's own task (nobody else can listen).
 5. **Account** (once per flight), and store the answer in the cache.
 
 The same path serves a plain chat completion and each step of a workflow, and a node's
@@ -275,6 +276,10 @@ class NodeRunner:
             self.stats.cache_misses += 1
 
         store = cache is not None and ctx.cache_write
+        if not share and sink is None:
+            # Nobody can join it and nothing is relayed: the call runs in this task.
+            return await self.flights.run_alone(partial(
+                self._fly, request, route, key, store, False, prefer, prepared, dedup="LEADER"))
         run = partial(self._fly, request, route, key, store, sink is not None, prefer, prepared)
         if share and key is not None and self.shared_flights is not None:
             run = partial(self.shared_flights.fly, key.full, run)
@@ -325,7 +330,10 @@ class NodeRunner:
     async def _fly(
         self, request: ChatRequest, route: Route, key: RequestKey | None, store: bool,
         stream: bool, prefer: str | None, prepared: PreparedText | None, publish: Publish,
+        *, dedup: str | None = None,
     ) -> NodeResult:
+        """The call and its accounting. ``dedup``: the caller's role when it is known here
+        (a call run alone); a flight's is set by each listener."""
         if stream:
             answer: Answer = await self.caller.stream(
                 request, route, publish=publish, prefer=prefer,
@@ -333,7 +341,7 @@ class NodeRunner:
             )
         else:
             answer = await self.caller.complete(request, route, prefer=prefer)
-        done = self._account(request, route, answer)
+        done = self._account(request, route, answer, dedup)
         if store and self.cache is not None and key is not None and _worth_caching(answer.result):
             self.cache.store(key, answer.result, model=answer.model.name,
                              tier=answer.model.tier, cost_usd=done.cost_usd,
@@ -360,12 +368,14 @@ class NodeRunner:
     # ---- accounting ---------------------------------------------------------------------
 
     @staticmethod
-    def _served(route: Route, model: ModelConfig, attempts: int = 1) -> Served:
+    def _served(route: Route, model: ModelConfig, attempts: int = 1,
+                dedup: str | None = None) -> Served:
         score = route.score.total if route.score is not None else None
         return Served(model=model.name, tier=model.tier, score=score, router=route.router,
-                      attempts=attempts, belief=route.belief)
+                      attempts=attempts, belief=route.belief, dedup=dedup)
 
-    def _account(self, request: ChatRequest, route: Route, answer: Answer) -> NodeResult:
+    def _account(self, request: ChatRequest, route: Route, answer: Answer,
+                 dedup: str | None = None) -> NodeResult:
         result = answer.result
         usage = result.usage
         if usage.input_tokens == 0 and usage.output_tokens == 0:
@@ -383,8 +393,8 @@ class NodeRunner:
             )
         cost, saved = self.stats.record(answer.model, usage)
         self.stats.failovers += answer.failovers
-        return NodeResult(result, self._served(route, answer.model, answer.failovers + 1), cost,
-                          saved)
+        return NodeResult(result, self._served(route, answer.model, answer.failovers + 1, dedup),
+                          cost, saved)
 
 
 _DEFAULT_OUTPUT_TOKENS = 4096  # a request that sets no max_tokens may cost this much output

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -65,21 +67,45 @@ _DRAIN_SEC = 0.5  # reading a finished stream's body to its end
 # What every upstream request carries besides its codec's headers (what ``httpx.AsyncClient``
 # would have added): the router decodes gzip and deflate answers.
 _DEFAULT_HEADERS = (
-    ("accept", "*/*"),
-    ("accept-encoding", "gzip, deflate"),
-    ("user-agent", "llm-router"),
+    (b"accept", b"*/*"),
+    (b"accept-encoding", b"gzip, deflate"),
+    (b"user-agent", b"llm-router"),
 )
+_DEFAULTS = tuple((name.decode(), (name, value)) for name, value in _DEFAULT_HEADERS)
 
 
-def _request(method: str, url: str, headers: Mapping[str, str], body: bytes,
-             timeout: httpx.Timeout) -> httpx.Request:
-    """An ``httpx.Request`` ready for the transport (``timeout`` as httpx's extension)."""
-    request = httpx.Request(method, url, headers=headers, content=body,
-                            extensions={"timeout": timeout.as_dict()})
-    for name, value in _DEFAULT_HEADERS:
-        if name not in request.headers:
-            request.headers[name] = value
-    return request
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> httpx.URL:
+    """``url`` parsed (``httpx.URL`` is immutable): a config's few upstream URLs are parsed
+    once, not once per call."""
+    return httpx.URL(url)
+
+
+@functools.lru_cache(maxsize=256)
+def _timeouts(connect: float | None, read: float | None, write: float | None,
+              pool: float | None) -> Mapping[str, float | None]:
+    """httpx's ``timeout`` extension (read-only, shared by every call with these values)."""
+    return MappingProxyType(httpx.Timeout(connect=connect, read=read, write=write,
+                                          pool=pool).as_dict())
+
+
+def _head(url: httpx.URL, headers: Mapping[str, str], body: bytes
+          ) -> list[tuple[bytes, bytes]]:
+    """The header lines ``httpx.Request`` would send, in its order: ``Host``, the codec's
+    headers, ``Content-Length``, then the defaults the codec did not set."""
+    names = {name.lower() for name in headers}
+    lines = [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+    auto = []
+    if "host" not in names and url.host:
+        auto.append((b"Host", url.netloc))
+    if "content-length" not in names and "transfer-encoding" not in names:
+        if body:
+            lines.append((b"Content-Length", str(len(body)).encode("ascii")))
+        else:
+            auto.append((b"Content-Length", b"0"))
+    lines = auto + lines if auto else lines
+    lines.extend(line for name, line in _DEFAULTS if name not in names)
+    return lines
 
 
 def failure_kind(error: UpstreamError) -> str:
@@ -205,10 +231,11 @@ class UpstreamClient:
         self._transport = transport
         self._redactor = redactor
 
-    async def _post(self, request: httpx.Request) -> httpx.Response:
-        response = await self._transport.handle_async_request(request)
-        response.request = request
-        return response
+    async def _post(self, url: str, headers: Mapping[str, str], body: bytes,
+                    timeouts: Mapping[str, float | None]) -> httpx.Response:
+        parsed = _url(url)
+        return await self._transport.send("POST", parsed, _head(parsed, headers, body), body,
+                                          timeouts)
 
     async def _send(
         self, model: ModelConfig, provider: Provider, request: ChatRequest, *, stream: bool
@@ -217,18 +244,14 @@ class UpstreamClient:
             request, model=model.model, base_url=model.url, api_key=model.api_key, stream=stream
         )
         t = model.timeouts
-        http_request = _request(
-            "POST", call.url, inject_trace(call.headers),  # the W3C traceparent, if tracing
-            call.body,
-            httpx.Timeout(
-                connect=t.connect_sec, read=t.idle_sec if stream else t.first_byte_sec,
-                write=t.connect_sec, pool=t.connect_sec,
-            ),
-        )
+        timeouts = _timeouts(t.connect_sec, t.idle_sec if stream else t.first_byte_sec,
+                             t.connect_sec, t.connect_sec)
         try:
             # Non-streaming: the read timeout (first_byte_sec) bounds the wait for the head.
             # Streaming: open_stream's deadline bounds head and first events together.
-            response = await self._post(http_request)
+            response = await self._post(
+                call.url, inject_trace(call.headers),  # the W3C traceparent, if tracing
+                call.body, timeouts)
         except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"{model.name} did not answer in time", backend=model.name
@@ -285,8 +308,10 @@ class UpstreamClient:
                 f"{model.name} broke off its answer ({type(exc).__name__})", backend=model.name
             ) from None
         finally:
-            with trio.move_on_after(2, shield=True):
-                await response.aclose()
+            # No scope needed: the transport's close never waits unshielded (it hands a
+            # finished connection back at once, and closes any other within a second,
+            # shielded), so a cancelled caller cannot leave a connection unreleased.
+            await response.aclose()
         try:
             result = provider.parse_result(bytes(body))
         except UpstreamError as exc:
@@ -336,9 +361,8 @@ class UpstreamClient:
             headers["authorization"] = f"Bearer {bearer}"
         try:
             with trio.fail_after(timeout):
-                response = await self._post(_request(
-                    "POST", url, headers, payload, httpx.Timeout(timeout),
-                ))
+                response = await self._post(url, headers, payload,
+                                            _timeouts(timeout, timeout, timeout, timeout))
                 try:
                     body = await response.aread()
                 finally:

@@ -13,15 +13,18 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import trio
-from router_harness import RunningRouter
+from router_harness import RunningRouter, make_config
 from support_routing import RouterClient, model_entry, open_router_client, user
 
+from api.http.app import create_app
+from api.http.server import hypercorn_config, serve
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 from engine.wire.sse import decode_events
 
@@ -226,6 +229,47 @@ async def test_an_idle_connection_is_closed_after_keep_alive_sec(
         for _ in range(2):  # kept alive between requests
             await used.send_all(HEALTH)
             assert (await read_response(used))[0] == 200
+        await assert_closed_by_server(silent, within=3)
+        await assert_closed_by_server(used, within=3)
+        await silent.aclose()
+        await used.aclose()
+
+
+async def test_a_connection_busy_longer_than_keep_alive_sec_is_kept_then_closed_when_idle(
+    fake_upstream: FakeUpstream,
+) -> None:
+    body = orjson.dumps({"model": "a1", "messages": user("slow")})
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: router\r\n"
+               b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+               + body)
+    async with router(fake_upstream, server={"keep_alive_sec": 0.3}) as client:
+        fake_upstream.set_default("a1", Behaviour(latency=1.0))
+        stream = await connect(client.router)
+        for _ in range(2):  # each answer takes longer than keep_alive_sec; kept alive between
+            await stream.send_all(request)
+            status, answer = await read_response(stream)
+            assert status == 200, answer
+        await assert_closed_by_server(stream, within=3)
+        await stream.aclose()
+
+
+async def test_idle_connections_are_closed_at_once_when_the_server_shuts_down(
+    fake_upstream: FakeUpstream,
+) -> None:
+    config = make_config({"models": [model_entry(fake_upstream, "a1", tier=1)],
+                          "server": {"keep_alive_sec": 60}})
+    hc = hypercorn_config(config, host="127.0.0.1", port=0)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        (url,) = await nursery.start(partial(serve, create_app(config), hc,
+                                             shutdown_trigger=stop.wait))
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        silent = await trio.open_tcp_stream(host, int(port))
+        used = await trio.open_tcp_stream(host, int(port))
+        await used.send_all(HEALTH)
+        assert (await read_response(used))[0] == 200
+        stop.set()
+        # Long before keep_alive_sec, and before graceful_timeout (10 s) would cancel them.
         await assert_closed_by_server(silent, within=3)
         await assert_closed_by_server(used, within=3)
         await silent.aclose()

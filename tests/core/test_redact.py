@@ -7,13 +7,22 @@ from __future__ import annotations
 import doctest
 import logging
 import string
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.core import redact
 from engine.core.redact import MARKER, RedactingFilter, Redactor, without_userinfo
-from engine.messages import ChatResult, Finish, TextDelta, TextPart, ToolCall, ToolCallDelta
+from engine.messages import (
+    ChatResult,
+    Finish,
+    TextDelta,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+)
 
 KEY = "sk-ant-api03-Zq8PxY2vLm4TcW9nRb7KdF3hJs6GtE1u"
 LOCAL = "relay.7Hq3xV9p.Lw2Zt8Kc"
@@ -157,6 +166,33 @@ def test_any_fragment_streamed_in_any_pieces_is_hidden(
         at += size
     low = "".join(out).lower()
     assert not any(f in low for f in fragments(secret)), low
+
+
+EVENT = st.one_of(
+    st.builds(TextDelta, st.text(alphabet=SECRET_ALPHABET + " é", min_size=1, max_size=12)),
+    st.builds(ToolCallDelta, st.integers(0, 2),
+              st.text(alphabet=SECRET_ALPHABET, min_size=1, max_size=12)),
+    st.builds(ToolCallStart, st.integers(0, 2), st.text(alphabet=SECRET_ALPHABET, max_size=12),
+              st.text(alphabet=SECRET_ALPHABET, max_size=12)),
+    st.builds(Finish, upstream_model=st.text(alphabet=SECRET_ALPHABET, max_size=20)),
+)
+
+
+@given(secret=st.text(alphabet=SECRET_ALPHABET, min_size=8, max_size=30),
+       batches=st.lists(st.lists(EVENT, min_size=1, max_size=8), max_size=8),
+       plant=st.integers(0, 100))
+def test_a_batch_is_redacted_as_its_events_one_at_a_time(
+    secret: str, batches: list[list[Any]], plant: int
+) -> None:
+    if batches and batches[0]:  # now and then, some of the secret in a delta
+        first = batches[0][plant % len(batches[0])]
+        if type(first) is TextDelta:
+            batches[0][plant % len(batches[0])] = TextDelta(secret[plant % 5:] + first.text)
+    redactor = Redactor([secret])
+    together, alone = redactor.stream(), redactor.stream()
+    for batch in batches:
+        assert together.events(list(batch)) == [e for event in batch
+                                                for e in alone.events([event])]
 
 
 def test_secrets_of_a_config_include_client_keys_and_url_passwords() -> None:

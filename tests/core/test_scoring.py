@@ -22,6 +22,7 @@ from support_routing import model_entry, open_router_client
 from engine.core.config import Config
 from engine.core.routing.decide import Thresholds, decide_route
 from engine.core.routing.learned import Belief
+from engine.core.routing import scoring
 from engine.core.routing.scoring import Score, score_request, tier_for_score
 from engine.messages import (
     ChatRequest,
@@ -499,3 +500,28 @@ async def test_long_prompts_keep_health_answering_and_routing_unchanged(
             assert (reply.headers["x-llm-router-score"], reply.headers["x-llm-router-tier"]
                     ) == await expected_route(config, loaded, long_prompt(n))
     assert health.slowest < 1.0, health.polls  # generous: seconds with this work on the loop
+
+
+REASONING_PHRASES = [
+    "step by step", "step-by-step", "analyse", "analyzing", "tradeoffs", "trade-off",
+    "pros and cons", "prove", "proof", "derive", "derivation", "explain why", "justify",
+    "reasoning about", "reason through", "think through", "think carefully", "think hard",
+    "compare", "comparison", "evaluate", "critique", "in-depth", "in depth", "rigorously",
+    "implications", "chain of thought", "why does", "what would happen if", "design an",
+    "architecture",
+]
+
+
+@given(st.lists(st.one_of(st.sampled_from(REASONING_PHRASES),
+                          st.sampled_from(scoring._REASONING_WORDS),
+                          st.text(alphabet="abcdeghinoprstuvy -_.\n", max_size=12)),
+                max_size=8))
+def test_the_reasoning_prefilter_never_changes_the_verdict(pieces: list[str]) -> None:
+    low = "".join(pieces).lower()
+    assert scoring._reasons(low) == (scoring._REASONING.search(low) is not None)
+
+
+def test_every_reasoning_phrase_passes_the_prefilter() -> None:
+    for phrase in REASONING_PHRASES:
+        assert scoring._REASONING.search(phrase), phrase
+        assert scoring._reasons(phrase), phrase

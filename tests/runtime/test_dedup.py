@@ -317,6 +317,53 @@ async def test_a_bug_in_the_run_is_an_internal_error_not_a_crash(
     assert "internal error in a shared upstream call" in caplog.text
 
 
+async def test_a_call_run_alone_runs_in_its_callers_task_and_ends_with_it(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    registry = FlightRegistry(nursery)
+    tasks: list[trio.lowlevel.Task] = []
+    cancelled = trio.Event()
+
+    async def run(publish: Publish) -> str:
+        tasks.append(trio.lowlevel.current_task())
+        try:
+            await trio.sleep(10)
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+        return "answer"
+
+    async def quick(publish: Publish) -> str:
+        return "answer"
+
+    assert await registry.run_alone(quick) == "answer"
+    with trio.move_on_after(1):
+        await registry.run_alone(run)
+    assert tasks == [trio.lowlevel.current_task()] and cancelled.is_set()
+    assert len(registry) == 0 and registry.joined == 0
+
+
+async def test_a_bug_in_a_call_run_alone_is_an_internal_error_not_a_crash(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = FlightRegistry(nursery)
+
+    async def run(publish: Publish) -> str:
+        raise ValueError("boom")
+
+    with pytest.raises(RouterError) as caught:
+        await registry.run_alone(run)
+    error = caught.value
+    assert type(error) is RouterError and error.status == 500 and "boom" not in error.message
+    assert "internal error in a shared upstream call" in caplog.text
+
+    async def fails(publish: Publish) -> str:
+        raise UpstreamError("gpt-small returned 500", backend="gpt-small")
+
+    with pytest.raises(UpstreamError):  # the router's own errors as they are
+        await registry.run_alone(fails)
+
+
 async def test_leader_leaving_does_not_cancel_while_followers_listen(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -786,3 +833,45 @@ async def test_concurrent_misses_are_deduplicated_and_then_cached(
         assert raw.headers["x-llm-router-cache"] == "HIT"
         assert "x-llm-router-dedup" not in raw.headers
         assert calls(env) == 1
+
+
+# -- dedup off: every request its own call, a JSON one in its handler's task -----------------------
+
+
+@pytest.fixture
+async def solo(fake_upstream: FakeUpstream) -> Any:
+    async with open_protocol_env(fake_upstream, dedup=False) as env:
+        yield env
+
+
+async def test_with_dedup_off_identical_concurrent_requests_each_make_a_call(
+    solo: ProtocolEnv,
+) -> None:
+    solo.fake.set_default(OA_SMALL, Behaviour(latency=0.2))
+    streamer = Streamer(solo)
+    results = await gather(*[lambda: ask(solo, max_tokens=64)] * N,
+                           lambda: ask_anthropic(solo), streamer.read)
+    assert results[:N + 1] == [(ANSWER, "LEADER")] * (N + 1)
+    assert (streamer.text, streamer.role) == (ANSWER, "LEADER")
+    assert calls(solo) == N + 2
+    assert (await stats(solo))["dedup"]["joined"] == 0
+
+
+async def test_with_dedup_off_a_client_leaving_a_json_request_cancels_the_upstream(
+    solo: ProtocolEnv,
+) -> None:
+    solo.fake.set_default(OA_SMALL, Behaviour(hang=True))
+    with trio.move_on_after(0.2):
+        await ask(solo)
+    await wait_until_cancelled(solo.fake, OA_SMALL)
+    assert calls(solo) == 1
+    solo.fake.set_default(OA_SMALL, Behaviour())
+    assert await ask(solo) == (ANSWER, "LEADER")
+
+
+async def test_with_dedup_off_an_upstream_error_reaches_its_caller(solo: ProtocolEnv) -> None:
+    solo.fake.script(OA_SMALL, Behaviour(status=500))
+    [error] = await gather(lambda: ask(solo))
+    assert isinstance(error, openai.InternalServerError) and error.status_code == 502
+    assert await ask(solo) == (ANSWER, "LEADER")
+    assert calls(solo) == 2

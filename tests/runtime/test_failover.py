@@ -139,6 +139,21 @@ async def test_timeout_before_the_first_byte_fails_over(fake_upstream: FakeUpstr
         assert fake_upstream.requests("a1")[0].cancelled
 
 
+async def test_a_call_past_its_total_deadline_fails_over(fake_upstream: FakeUpstream) -> None:
+    models = layout(fake_upstream, a1={"timeouts": {"first_byte_sec": 5, "total_sec": 0.2}})
+    async with open_router_client(models) as client:
+        fake_upstream.script("a1", Behaviour(latency=1.0))  # within first_byte_sec, not total
+        response = await client.chat("are you there")
+
+        answered_by(response, "a2")
+        backends = await client.backends()
+        assert backends["a1"]["status"] == "degraded"
+        assert "exceeded its total deadline" in backends["a1"]["detail"]
+        with trio.fail_after(2):
+            await fake_upstream.wait_until_idle()  # the router hung up on the slow call
+        assert fake_upstream.requests("a1")[0].cancelled
+
+
 async def test_a_failing_tier_escalates_to_the_next_tier_up(fake_upstream: FakeUpstream,
                                                             client: RouterClient) -> None:
     fake_upstream.script("a1", Behaviour(status=500))

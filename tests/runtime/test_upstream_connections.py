@@ -7,9 +7,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import orjson
 import trio
 from support_connections import open_counting_relay
-from support_routing import model_entry, open_router_client, wait_for
+from support_routing import model_entry, open_router_client, provider_key, wait_for
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
@@ -48,3 +49,19 @@ async def test_idle_upstream_connections_are_closed_after_the_keepalive_expiry(
             # A request after the expiry opens a fresh connection and is answered.
             assert (await client.chat("later")).status_code == 200
             assert relay.opened == 9
+
+
+async def test_an_upstream_request_carries_what_an_http_client_would_send(
+    fake_upstream: FakeUpstream,
+) -> None:
+    async with open_router_client([model_entry(fake_upstream, "a1", tier=1)]) as client:
+        assert (await client.chat("headers, please")).status_code == 200
+    [record] = fake_upstream.requests("a1")
+    host, port = fake_upstream.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    sent = record.headers
+    assert sent["host"] == f"{host}:{port}"
+    assert sent["authorization"] == f"Bearer {provider_key('a1')}"
+    assert sent["content-type"] == "application/json"
+    assert int(sent["content-length"]) == len(orjson.dumps(record.body))
+    assert (sent["accept"], sent["accept-encoding"], sent["user-agent"]) == (
+        "*/*", "gzip, deflate", "llm-router")

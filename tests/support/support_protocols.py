@@ -146,7 +146,7 @@ class ProtocolEnv:
 @asynccontextmanager
 async def open_protocol_env(
     fake: FakeUpstream, *, api_keys: Sequence[str] = (), cache: bool = False,
-    server: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None, dedup: bool = True,
 ) -> AsyncIterator[ProtocolEnv]:
     """Serve the router (see the module table) for the block, with both SDKs pointed at it.
     ``server``: more keys of the config's ``server`` section."""
@@ -157,6 +157,7 @@ async def open_protocol_env(
             _model("claude-big", "anthropic", AN_BIG, 3, fake),
         ],
         "cache": {"enabled": cache},
+        "dedup": {"enabled": dedup},
         "server": {"api_keys": list(api_keys), **(server or {})},
     }
     key = api_keys[0] if api_keys else "client-key"
