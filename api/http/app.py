@@ -176,6 +176,8 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         request_id = this_request_id()
         response.headers["x-llm-router-request-id"] = request_id
         response.headers["x-request-id"] = request_id
+        if g.get("body_unread"):  # the rest of the body is on its way: no next request after it
+            response.headers["connection"] = "close"
         return response
 
     async def authenticate() -> tuple[str, KeyRecord | None]:
@@ -183,13 +185,17 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
                                  request.headers.get("authorization", ""))
 
     async def read_body() -> bytes:
+        g.body_unread = True
         length = request.content_length
         if length is not None and length > config.server.max_body_bytes:
             raise PayloadTooLarge(
                 f"request body is {length} bytes; the limit is {config.server.max_body_bytes}"
             )
         try:
-            return await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            body: bytes = await request.get_data(cache=False, as_text=False,
+                                                 parse_form_data=False)
+            g.body_unread = False
+            return body
         except HTTPException as exc:
             if exc.code == 413:
                 raise PayloadTooLarge(

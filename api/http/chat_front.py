@@ -93,7 +93,7 @@ class ChatFront:
                 except Exception as exc:
                     log.exception("internal error on POST %s", path, exc_info=exc)
                     reply = error_reply(RouterError("internal error"), protocol)
-                await _send(reply, exchange, request_id, send)
+                await _send(reply, exchange, request_id, send, close=not body.done)
                 nursery.cancel_scope.cancel()  # the watcher
         finally:
             if not exchange.streaming:
@@ -104,7 +104,7 @@ class ChatFront:
 class _Body:
     """A request's body, read on demand within the size and time limits."""
 
-    __slots__ = ("_declared", "_limit", "_nursery", "_receive", "_timeout")
+    __slots__ = ("_declared", "_limit", "_nursery", "_receive", "_timeout", "done")
 
     def __init__(self, receive: Receive, nursery: trio.Nursery, declared: str | None, *,
                  limit: int, timeout: float) -> None:
@@ -113,6 +113,10 @@ class _Body:
         self._declared = declared
         self._limit = limit
         self._timeout = timeout
+        #: Whether the whole body was received. A reply to a request whose body was not
+        #: (refused before or while reading it) closes the connection: what is left of the
+        #: body is still on its way, and the client must not send its next request after it.
+        self.done = False
 
     async def read(self) -> bytes:
         """The whole body; from then on the client's leaving is watched, and ends the request.
@@ -146,6 +150,7 @@ class _Body:
             raise RequestTimeout(
                 f"the request body did not arrive within server.read_timeout_sec "
                 f"({self._timeout} s)")
+        self.done = True
         self._nursery.start_soon(_watch, self._receive, self._nursery.cancel_scope)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -157,11 +162,14 @@ async def _watch(receive: Receive, gone: trio.CancelScope) -> None:
     gone.cancel()
 
 
-async def _send(reply: Reply, exchange: Exchange, request_id: str, send: Send) -> None:
+async def _send(reply: Reply, exchange: Exchange, request_id: str, send: Send, *,
+                close: bool) -> None:
     rid = request_id.encode()
     headers = [(name.encode("latin-1"), value.encode("latin-1"))
                for name, value in reply.headers.items()]
     headers += ((b"x-llm-router-request-id", rid), (b"x-request-id", rid))
+    if close:
+        headers.append((b"connection", b"close"))
     exchange.status = reply.status
     body = reply.body
     if type(body) is bytes:

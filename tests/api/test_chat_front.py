@@ -141,3 +141,28 @@ async def test_other_spellings_of_the_paths_are_answered_alike(
         assert bad.json()["type"] == "error"
     else:
         assert bad.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("spelling", ["", "/"])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+async def test_a_body_refused_unread_ends_the_connection(
+    fake_upstream: FakeUpstream, protocol: str, spelling: str,
+) -> None:
+    """Refused before its body was read (too large, or the caller refused), the answer says
+    ``connection: close``: the rest of the body is still on its way, and a client that sent
+    its next request behind it on the same connection would find the connection gone."""
+    async with open_router_client([model_entry(fake_upstream, "a1", tier=1)],
+                                  server={"max_body_bytes": 2048,
+                                          "api_keys": ["sk-good"]}) as client:
+        path = spelling + PATHS[protocol]
+        good = {"authorization": "Bearer sk-good"}
+        large = await client.request("POST", path, content=chat_body(protocol, "x" * 4096),
+                                     headers=good)
+        refused = await client.request("POST", path, content=chat_body(protocol),
+                                       headers={"authorization": "Bearer sk-bad"})
+        served = await client.request("POST", path, content=chat_body(protocol), headers=good)
+    assert large.status_code == 413 and large.headers["connection"] == "close"
+    assert refused.status_code == 401
+    if not spelling:  # the lean path reads no body it refuses (Quart's reads every body whole)
+        assert refused.headers["connection"] == "close"
+    assert served.status_code == 200 and "connection" not in served.headers

@@ -159,14 +159,20 @@ async def test_a_huge_model_name_is_not_echoed_back_whole(fake_upstream: FakeUps
 async def test_oversized_body_is_413_in_the_callers_protocol(client: RouterClient, path: str
                                                              ) -> None:
     big = orjson.dumps({"model": "auto", "max_tokens": 5, "messages": user("x" * 2000)})
-    error = ASSERT_ERROR[path](await client.request("POST", path, content=big), 413)
+    response = await client.request("POST", path, content=big)
+    error = ASSERT_ERROR[path](response, 413)
     assert "1024" in error["message"]
+    # The body was refused unread: the connection ends with this answer, so the client does
+    # not send its next request behind the rest of it.
+    assert response.headers["connection"] == "close"
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit still holds
         for start in range(0, len(big), 256):
             yield big[start:start + 256]
 
-    ASSERT_ERROR[path](await client.request("POST", path, content=chunks()), 413)
+    response = await client.request("POST", path, content=chunks())
+    ASSERT_ERROR[path](response, 413)
+    assert response.headers["connection"] == "close"
 
     small = orjson.dumps({"model": "auto", "max_tokens": 5, "messages": user("x" * 500)})
     assert (await client.request("POST", path, content=small)).status_code == 200
