@@ -139,7 +139,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._slot(conn.origin).release()
 
     async def _acquire(
-        self, origin: tuple[bytes, str, int], timeouts: dict[str, Any]
+        self, origin: tuple[bytes, str, int], timeouts: Mapping[str, Any]
     ) -> tuple[_Connection, bool]:
         """A connection to ``origin`` and whether it was reused from the pool."""
         idle = self._idle.get(origin)
