@@ -21,11 +21,9 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
-from wsgiref.handlers import format_date_time
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -48,25 +46,8 @@ __all__ = ["bind_sockets", "hypercorn_config", "run_server", "serve", "serve_unt
 log = logging.getLogger("llm_router")
 
 
-class _ServerConfig(HypercornConfig):
-    """hypercorn's configuration, with its ``Date`` response header made once a second
-    (hypercorn formats the clock's time for every response; the header has whole seconds)."""
-
-    _date: tuple[int, bytes] = (-1, b"")
-
-    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
-        if (not self.include_date_header or self.include_server_header
-                or self.alt_svc_headers or self._quic_addresses):
-            return super().response_headers(protocol)
-        now = time.time()
-        date = self._date
-        if date[0] != int(now):
-            date = self._date = (int(now), format_date_time(now).encode("ascii"))
-        return [(b"date", date[1])]
-
-
 def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig:
-    hc = _ServerConfig()
+    hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.accesslog = None  # ours: api.http.access, one line per request
     hc.errorlog = logging.getLogger("hypercorn.error")
