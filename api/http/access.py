@@ -35,7 +35,9 @@ from engine.runtime import Gateway, RequestSpan, Served, request_span
 
 __all__ = ["Exchange", "Observer"]
 
-access_log = logging.getLogger("llm_router.access")
+_NAME = "llm_router.access"
+access_log = logging.getLogger(_NAME)
+_LINE = "%s %s %d %s"
 
 PROMPT_CHARS = 500
 # The router's own fixed paths: nothing in them to scrub (scrubbing costs ~10 µs a line).
@@ -175,11 +177,33 @@ class Observer:
                 path = self._redactor.scrub(path)
             fields = _fields(exchange, method, path, status, seconds, request_id)
             if logged:
-                access_log.info("%s %s %d %s", method, path, status, _Tail(fields),
-                                extra={"fields": fields})
+                args = (method, path, status, _Tail(fields))
+                handler = _sole_handler()
+                if handler is None or not handler.line(_NAME, logging.INFO, _LINE, args, fields):
+                    access_log.info(_LINE, *args, extra={"fields": fields})
             if exchange.span is not None:
                 exchange.span.end(_span_attributes(fields),
                                   error=exchange.error if status >= 500 else None)
+
+
+def _sole_handler() -> Any:
+    """The one handler an access line reaches, when it can write the line without a
+    ``logging.LogRecord`` (the command line's, api.cli.logs.LineHandler) and nothing on the
+    way needs the record (a filter of the access logger, another handler, a disabled
+    logger: then None, and the line goes through ``logging``, as a test's capture needs)."""
+    logger: Any = access_log
+    if logger.filters or logger.disabled:
+        return None
+    while logger is not None:
+        if logger.handlers:
+            if logger.parent is not None and logger.propagate or len(logger.handlers) != 1:
+                return None
+            handler = logger.handlers[0]
+            return handler if hasattr(handler, "line") else None
+        if not logger.propagate:
+            return None
+        logger = logger.parent
+    return None
 
 
 def _fields(exchange: Exchange, method: str, path: str, status: int, seconds: float,

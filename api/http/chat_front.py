@@ -13,8 +13,10 @@ with what the Quart app does for it done directly:
   its own), with status 499 when the client left first;
 * the body read within ``server.read_timeout_sec`` (408) and ``server.max_body_bytes`` (413),
   only once the caller is authenticated (a refused caller's body is never read);
-* once the body is in, one task watches for the client leaving, and cancels the answer (and
-  with it the upstream call) when it does, as Quart-Trio's receiving task does;
+* once the body is in, the client's leaving cancels the answer (and with it the upstream
+  call), as Quart-Trio's receiving task does: the server cancels it
+  (``api.http.client_gone``), or, under a server that does not offer that, a task waiting
+  for ``http.disconnect`` does;
 * refusals in the caller's protocol, an unexpected error as a 500 in it (logged with its
   traceback), and the request id headers on every response.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -40,6 +43,7 @@ from engine.wire import ANTHROPIC, OPENAI, WireProtocol
 
 from .access import Exchange, Observer
 from .chat import ChatEndpoint, Reply, error_reply
+from .client_gone import CLIENT_GONE, ClientGone
 from .relay import ChatBody
 
 __all__ = ["ChatFront"]
@@ -49,6 +53,7 @@ log = logging.getLogger("llm_router")
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PROTOCOLS = {"/v1/chat/completions": OPENAI, "/v1/messages": ANTHROPIC}
+_NONE: dict[str, Any] = {}
 
 
 class ChatFront:
@@ -80,36 +85,58 @@ class ChatFront:
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        gone: ClientGone | None = (scope.get("extensions") or _NONE).get(CLIENT_GONE)
         try:
-            async with trio.open_nursery() as nursery:
-                body = _Body(receive, nursery, headers.get("content-length"),
-                             limit=self._max_body_bytes, timeout=self._read_timeout)
-                try:
-                    reply = await self._endpoint.answer(
-                        protocol, headers=headers, read_body=body.read, exchange=exchange,
-                        request_id=request_id, method="POST", path=path, scope=scope)
-                except RouterError as err:
-                    reply = self._endpoint.refused(err, protocol, exchange, request_id)
-                except Exception as exc:
-                    log.exception("internal error on POST %s", path, exc_info=exc)
-                    reply = error_reply(RouterError("internal error"), protocol)
-                await _send(reply, exchange, request_id, send, close=not body.done)
-                nursery.cancel_scope.cancel()  # the watcher
+            if gone is not None:  # the server cancels the request when the client leaves
+                with trio.CancelScope() as request_scope:
+                    body = _Body(receive, request_scope, partial(gone.watch, request_scope),
+                                 headers.get("content-length"), limit=self._max_body_bytes,
+                                 timeout=self._read_timeout)
+                    try:
+                        await self._reply(protocol, headers, body, exchange, request_id, path,
+                                          scope, send)
+                    finally:
+                        gone.unwatch(request_scope)
+            else:  # a task waits for ``http.disconnect``
+                async with trio.open_nursery() as nursery:
+                    watch = partial(nursery.start_soon, _watch, receive, nursery.cancel_scope)
+                    body = _Body(receive, nursery.cancel_scope, watch,
+                                 headers.get("content-length"), limit=self._max_body_bytes,
+                                 timeout=self._read_timeout)
+                    await self._reply(protocol, headers, body, exchange, request_id, path,
+                                      scope, send)
+                    nursery.cancel_scope.cancel()  # the watcher
         finally:
             if not exchange.streaming:
                 self._observer.finish(exchange, self._gateway(), method="POST", path=path,
                                       request_id=request_id)
 
+    async def _reply(self, protocol: WireProtocol, headers: dict[str, str], body: _Body,
+                     exchange: Exchange, request_id: str, path: str, scope: Any,
+                     send: Send) -> None:
+        try:
+            reply = await self._endpoint.answer(
+                protocol, headers=headers, read_body=body.read, exchange=exchange,
+                request_id=request_id, method="POST", path=path, scope=scope)
+        except RouterError as err:
+            reply = self._endpoint.refused(err, protocol, exchange, request_id)
+        except Exception as exc:
+            log.exception("internal error on POST %s", path, exc_info=exc)
+            reply = error_reply(RouterError("internal error"), protocol)
+        await _send(reply, exchange, request_id, send, close=not body.done)
+
 
 class _Body:
     """A request's body, read on demand within the size and time limits."""
 
-    __slots__ = ("_declared", "_limit", "_nursery", "_receive", "_timeout", "done")
+    __slots__ = ("_declared", "_limit", "_receive", "_request", "_timeout", "_watch", "done")
 
-    def __init__(self, receive: Receive, nursery: trio.Nursery, declared: str | None, *,
-                 limit: int, timeout: float) -> None:
+    def __init__(self, receive: Receive, request: trio.CancelScope,
+                 watch: Callable[[], object], declared: str | None, *, limit: int,
+                 timeout: float) -> None:
         self._receive = receive
-        self._nursery = nursery  # the request's: cancelling it ends the request
+        self._request = request  # cancelling it ends the request
+        self._watch = watch  # from when the body is in: the client's leaving cancels it
         self._declared = declared
         self._limit = limit
         self._timeout = timeout
@@ -136,7 +163,7 @@ class _Body:
             while True:
                 message = await self._receive()
                 if message["type"] == "http.disconnect":
-                    self._nursery.cancel_scope.cancel()  # the client left: 499
+                    self._request.cancel()  # the client left: 499
                     await trio.lowlevel.checkpoint()
                 chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
                 size += len(chunk)
@@ -151,7 +178,7 @@ class _Body:
                 f"the request body did not arrive within server.read_timeout_sec "
                 f"({self._timeout} s)")
         self.done = True
-        self._nursery.start_soon(_watch, self._receive, self._nursery.cancel_scope)
+        self._watch()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

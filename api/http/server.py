@@ -30,7 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
@@ -39,6 +39,7 @@ from engine.core import Config
 from engine.runtime import Models, configure_tracing, load_models
 
 from .app import create_app
+from .client_gone import CLIENT_GONE, ClientGone
 
 __all__ = ["bind_sockets", "hypercorn_config", "run_server", "serve", "serve_until_signal"]
 
@@ -106,13 +107,18 @@ class _Connection(TCPServer):
 
     And one economy: the head of a response with a ``content-length`` (every JSON answer) is
     held back and written with its body, one system call instead of two; the empty write
-    that ends such a response is skipped (:meth:`protocol_send`).
+    that ends such a response is skipped (:meth:`protocol_send`). Two more: a read has no
+    cancel scope of its own when there is no read timeout (there is none, see the module
+    docstring), and a request learns that its client left from the connection itself
+    (:mod:`api.http.client_gone`), with no task of its own waiting for it.
     """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.idle_task = _IdleTimer()  # type: ignore[assignment]
         self._head = b""  # a response head held back for its body
+        self._gone = ClientGone()
+        self.app = _OnConnection(self.app, self._gone)  # type: ignore[assignment]
 
     async def run(self) -> None:
         try:
@@ -122,7 +128,23 @@ class _Connection(TCPServer):
             vars(self).pop("_task_group", None)
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        # hypercorn's, without its per-read deadline (a cancel scope per read) when the
+        # server has none (hypercorn_config); and the client's leaving is told to the
+        # requests that watch for it (api.http.client_gone).
+        if self.config.read_timeout is not None:
+            await super()._read_data()
+        else:
+            receive_some, handle = self.stream.receive_some, self.protocol.handle
+            while True:
+                try:
+                    data = await receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                await handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+            await handle(Closed())
+        self._gone.left()
         await self.idle_task.stop()
 
     async def _close(self) -> None:
@@ -147,6 +169,22 @@ class _Connection(TCPServer):
             await super().protocol_send(event)
         except trio.BusyResourceError:  # only _close's send_eof sends alongside a write
             await self.protocol.handle(Closed())
+
+
+class _OnConnection:
+    """The app, as one connection calls it: each HTTP request's scope carries the
+    connection's :class:`~api.http.client_gone.ClientGone`."""
+
+    __slots__ = ("_app", "_gone")
+
+    def __init__(self, app: Any, gone: ClientGone) -> None:
+        self._app = app
+        self._gone = gone
+
+    async def __call__(self, scope: Any, *args: Any) -> None:
+        if scope["type"] == "http":
+            scope["extensions"][CLIENT_GONE] = self._gone
+        await self._app(scope, *args)
 
 
 def _sized_head(data: bytes) -> bool:

@@ -6,15 +6,20 @@ other spelling of the paths is still answered, by the Quart routes, the same way
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import httpx
+import hypercorn.trio
 import orjson
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from support_protocols import wait_until_cancelled
+from router_harness import make_config
 from support_routing import model_entry, open_router_client
 
+from api.http.app import create_app
+from api.http.server import hypercorn_config
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
@@ -62,6 +67,36 @@ async def test_a_client_leaving_a_json_request_cancels_the_upstream_call(
     lines = [r.getMessage() for r in caplog.records if r.name == "llm_router.access"
              and r.getMessage().startswith(f"POST {PATHS[protocol]} ")]
     assert len(lines) == 1 and lines[0].startswith(f"POST {PATHS[protocol]} 499 "), lines
+
+
+async def test_under_a_server_that_does_not_tell_the_client_left_a_task_watches(
+    fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Served by hypercorn's own ``serve`` (no ``api.http.client_gone`` in the scope), the
+    client's leaving is seen by a task waiting for ``http.disconnect``: same cancel, same 499."""
+    fake_upstream.script("a1", Behaviour(latency=5))
+    caplog.set_level(logging.INFO, logger="llm_router.access")
+    config = make_config({"models": [model_entry(fake_upstream, "a1", tier=1)],
+                          "server": {"access_log": True}})
+    app = create_app(config)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(
+            hypercorn.trio.serve, app, hypercorn_config(config, host="127.0.0.1", port=0),
+            shutdown_trigger=stop.wait))
+        try:
+            stream = await connect(binds[0])
+            await stream.send_all(post(PATHS["openai"], chat_body("openai")))
+            with trio.fail_after(5):
+                while not fake_upstream.requests("a1"):
+                    await trio.sleep(0.01)
+            await stream.aclose()
+            await wait_until_cancelled(fake_upstream, "a1")
+        finally:
+            stop.set()
+    lines = [r.getMessage() for r in caplog.records if r.name == "llm_router.access"
+             and r.getMessage().startswith(f"POST {PATHS['openai']} ")]
+    assert len(lines) == 1 and lines[0].startswith(f"POST {PATHS['openai']} 499 "), lines
 
 
 async def test_a_refused_caller_is_answered_without_waiting_for_its_body(
