@@ -62,8 +62,11 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def pct(v: np.ndarray) -> np.ndarray:
-    order = np.argsort(np.argsort(v, kind="stable"), kind="stable")
-    return (order + 0.5) / len(v)
+    """Percentile within ``v``; tied values share their mean rank (so ``rank 0`` orders
+    exactly as prompt length does)."""
+    values, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    return (first + (counts - 1) / 2 + 0.5)[inverse] / len(v)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
