@@ -26,7 +26,10 @@ Combinations (APGR exact mode, the RouteLLM definition of ``engine.training.eval
 * ``rank × agreement``: ``w`` from the Spearman correlation of ``z`` and ``L`` over the
   traffic, ``max(0, rho)`` (trust the model when it agrees with length) or ``max(0, −rho)``
   (trust it when it disagrees: it knows something length does not);
-* ``maxrank``: ``max(pct(z), pct(L))``.
+* ``maxrank``: ``max(pct(z), pct(L))``;
+* ``dense features only``: routers trained on the 18 dense measures alone (length, the
+  heuristic's signals, the text's shape), without the sentence vector and the hashed n-grams
+  that can memorise a set's wording.
 
 ``rank w`` is chosen nested (as ``routing_unseen.py`` does: on the two other files, each
 scored by a router trained on the third) by ``maximin`` (worst margin over prompt length)
@@ -42,6 +45,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +182,21 @@ def main() -> None:
                                         heur[h])
         print(f"trained on {'+'.join(train)}", file=sys.stderr, flush=True)
 
+    # the transferable features only: the 18 dense measures (length, the heuristic's code,
+    # reasoning, JSON and tool signals, digits, capitals, punctuation, questions, turns);
+    # the sentence vector and the hashed n-grams, which can memorise a set's wording, zeroed
+    dense_only = {k: replace(m, embedding=np.zeros_like(m.embedding),
+                             values=np.zeros_like(m.values)) for k, m in mats.items()}
+    dense_scored: dict[str, Scored] = {}
+    for h in names:
+        router = Router(sum((rows[n] for n in outer(h)), []),
+                        concat([dense_only[n] for n in outer(h)]), "monotone")
+        a, b = router.calibration
+        view = scored[(outer(h), h)]
+        dense_scored[h] = Scored(a * router.fit.margins(dense_only[h]) + b, view.known,
+                                 view.length, view.heuristic)
+    print("trained the dense-only routers", file=sys.stderr, flush=True)
+
     def apgr(h: str, rule, s: Scored) -> dict[str, float]:
         """APGR on the file and each subset, each scored as the whole traffic."""
         return {k: summarize([rows[h][i] for i in idx], [float(v) for v in rule(s.take(idx))]
@@ -190,6 +209,10 @@ def main() -> None:
         for h in names:
             table[name].update(apgr(h, rule, scored[(outer(h), h)]))
     length = table["prompt length"]
+    for name in ("default (0.7 trained + 0.3 heuristic)", "trained alone", "rank 0.5"):
+        table[f"dense features only: {name}"] = {}
+        for h in names:
+            table[f"dense features only: {name}"].update(apgr(h, RULES[name], dense_scored[h]))
 
     # rank w, chosen nested; inner pairs: a router trained on the third file scores s
     def inner(h: str) -> list[tuple[str, Scored]]:
