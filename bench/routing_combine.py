@@ -41,9 +41,7 @@ Prints Markdown tables; ``--json`` writes every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -53,14 +51,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_unseen import FILES, Router, chosen_on, concat  # noqa: E402
+from routing_unseen import FILES, Router, chosen_on, concat, load_sets  # noqa: E402
 
-from engine.core.cache.similarity import Embedder  # noqa: E402
-from engine.core.routing.learned import FeatureConfig, _centroids  # noqa: E402
-from engine.core.routing.learned import request_for_prompt as ask  # noqa: E402
-from engine.core.routing.scoring import score_request  # noqa: E402
-from engine.training.evaluate import RoutingRow, parse_rows, summarize  # noqa: E402
-from engine.training.fit import build_matrix, familiarity, targets  # noqa: E402
+from engine.core.routing.learned import _centroids  # noqa: E402
+from engine.training.evaluate import RoutingRow, summarize  # noqa: E402
+from engine.training.fit import familiarity, targets  # noqa: E402
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -145,20 +140,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float = 1
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=os.environ.get("LLM_ROUTER_EVAL_DATA") or None)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.data is None:
-        ap.error("give --data DIR or set LLM_ROUTER_EVAL_DATA")
-    data = Path(args.data)
-    rows = {k: parse_rows((data / "routing" / f).read_text(encoding="utf-8").splitlines())
-            for k, f in FILES.items()}
-    embedder, config = Embedder(), FeatureConfig()
-    mats = {k: build_matrix([r.prompt for r in v], config, embedder=embedder)
-            for k, v in rows.items()}
-    heur = {k: np.array([float(score_request(ask(r.prompt)).total) for r in v])
-            for k, v in rows.items()}
+    args, rows, mats, heur = load_sets()
     names = list(FILES)
 
     def outer(h: str) -> tuple[str, ...]:

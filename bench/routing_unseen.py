@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 from dataclasses import replace
 from pathlib import Path
 
@@ -200,7 +201,9 @@ def chosen_on(name: str) -> tuple[str, ...]:
     return (name,)
 
 
-def main() -> None:
+def load_sets() -> tuple[argparse.Namespace, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The command line (``--data``, ``--json``) and, per labelled file, its rows, their
+    feature matrix and their heuristic scores."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.environ.get("LLM_ROUTER_EVAL_DATA") or None)
     ap.add_argument("--json", default=None)
@@ -215,6 +218,11 @@ def main() -> None:
             for k, v in rows.items()}
     heur = {k: np.array([float(score_request(ask(r.prompt)).total) for r in v])
             for k, v in rows.items()}
+    return args, rows, mats, heur
+
+
+def main() -> None:
+    args, rows, mats, heur = load_sets()
     names = list(FILES)
     length = {k: {s: v for s, v in apgr_sets(k, rows[k], np.array(
         [len(r.prompt) for r in rows[k]], float)).items()} for k in names}
