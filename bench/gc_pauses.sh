@@ -20,14 +20,7 @@ mock_port=18182 router_port=4192
 python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
 taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
 if [ "${ROUTED:-0}" = 1 ]; then
-  up=http://127.0.0.1:$mock_port
-  { routed_models "$up"; cat <<YAML
-cache: {enabled: true}
-dedup: {enabled: false}
-learned: {feedback_db: $work/feedback.db, online: true}
-state: {path: $work/state.db}
-YAML
-  } > "$work/router.yaml"
+  routed_config "http://127.0.0.1:$mock_port" "$work" > "$work/router.yaml"
   load=(taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" -s bench/wrk/varied.lua)
 else
   sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml" > "$work/router.yaml"

@@ -20,13 +20,7 @@ python3 "$peer/mock/render_conf.py" "$mock_port" "$work/mock" >/dev/null
 taskset -c 1 nginx -e "$work/mock/nginx-error.log" -p "$work/mock" -c "$work/mock/nginx.conf"
 trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
 if [ "${ROUTED:-0}" = 1 ]; then
-  { routed_models "http://127.0.0.1:$mock_port"; cat <<YAML
-cache: {enabled: true}
-dedup: {enabled: false}
-learned: {feedback_db: $work/feedback.db, online: true}
-state: {path: $work/state.db}
-YAML
-  } > "$work/router.yaml"
+  routed_config "http://127.0.0.1:$mock_port" "$work" > "$work/router.yaml"
   load=(taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" -s bench/wrk/varied.lua)
 else
   sed "s#@UPSTREAM@#http://127.0.0.1:$mock_port#g" "$peer/configs/llm-router.yaml" > "$work/router.yaml"

@@ -49,7 +49,7 @@ from .feedback import parse_feedback
 from .metrics import CONTENT_TYPE, render_metrics
 from .chat import Authenticator, ChatEndpoint, Reply, error_reply
 from .chat_front import ChatFront
-from .relay import EndBodies
+from .relay import SSE_HEADERS, EndBodies
 from .stream_writes import StreamWriteDeadline
 from .admin import apply_changes, check_admin, parse_changes, parse_settings
 from .dashboard import add_dashboard
@@ -78,8 +78,6 @@ log = logging.getLogger("llm_router")
 _LOGGERS = ("llm_router", "hypercorn.error", "httpx")
 _JSON = "application/json"
 _Handler = Callable[..., Awaitable[Response]]
-_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
-                "x-accel-buffering": "no"}  # a workflow run's events
 
 
 def _model_object(model_id: str, owner: str, display_name: str) -> dict[str, object]:
@@ -325,7 +323,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
         runs = gateway().workflow_runs()
         await runs.get(run_id, tenant=tenant)  # unknown: a 404, not an error event
         events = runs.watch(run_id, tenant=tenant, after=after)
-        return Response(run_events_sse(events), headers=_SSE_HEADERS)
+        return Response(run_events_sse(events), headers=SSE_HEADERS)
 
     @app.post("/v1/workflows/runs/<run_id>/cancel")
     async def cancel_run(run_id: str) -> Response:

@@ -31,14 +31,12 @@ from engine.wire import WireProtocol
 
 from .access import Exchange, Observer
 from .params import cache_controls
-from .relay import ChatBody
+from .relay import SSE_HEADERS, ChatBody
 from .tenancy import client_key, tenant_of
 
 __all__ = ["Authenticator", "ChatEndpoint", "Reply", "error_reply", "routing_headers"]
 
 _JSON = "application/json"
-_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
-                "x-accel-buffering": "no"}
 
 
 class Headers(Protocol):
@@ -166,7 +164,7 @@ class ChatEndpoint:
                                       path=path, request_id=request_id)
             relay = ChatBody(stream, encoder, exchange=exchange, observer=self._observer,
                              ended=ended, scope=scope)
-            return Reply(200, routing_headers(stream.served) | _SSE_HEADERS, relay)
+            return Reply(200, routing_headers(stream.served) | SSE_HEADERS, relay)
         done = await gateway.complete(chat_request, ctx)
         exchange.served, exchange.usage = done.served, done.result.usage
         exchange.cost_usd = done.cost_usd

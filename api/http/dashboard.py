@@ -34,6 +34,7 @@ from engine.runtime import Gateway
 
 from .dashboard_events import DashboardFeed, without_text
 from .params import EVERY_LIMIT, int_arg, run_status
+from .relay import SSE_HEADERS
 
 __all__ = ["add_dashboard"]
 
@@ -126,11 +127,8 @@ def add_dashboard(app: QuartTrio, gateway: Callable[[], Gateway], *, guarded: _G
     async def events() -> Response:
         follow = request.args.get("run") or None
         body = feed.events(follow=follow, refusal=await runs_refusal())
-        return Response(body, headers=_SSE_HEADERS)
+        return Response(body, headers=SSE_HEADERS)
 
-
-_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
-                "x-accel-buffering": "no"}
 
 
 async def _nothing() -> Response:

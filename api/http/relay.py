@@ -39,7 +39,12 @@ from engine.wire import Encoder
 
 from .access import Exchange, Observer
 
-__all__ = ["ChatBody", "EndBodies"]
+__all__ = ["SSE_HEADERS", "ChatBody", "EndBodies"]
+
+#: The head of every event stream the router serves (a chat stream, a run's events, the
+#: dashboard's feed): no caching, and no buffering by a proxy in front.
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
+               "x-accel-buffering": "no"}
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 

@@ -53,6 +53,8 @@ from engine.errors import (
 from engine.runtime import Gateway, RunContext
 from engine.wire import OPENAI, ROUTER_CACHE, Anything, Fields, Flag, Text
 
+from .relay import SSE_HEADERS
+
 __all__ = ["RUN_NAMED", "SUBMIT", "WorkflowAPI", "WorkflowCall", "parse_call", "run_events_sse"]
 
 log = logging.getLogger("llm_router")
@@ -288,13 +290,10 @@ class WorkflowAPI:
                             headers=headers)
         if call.stream:
             events = runs.watch(record.run_id, tenant=ctx.tenant, after=0)
-            return Response(run_events_sse(events), headers=headers | _SSE_HEADERS)
+            return Response(run_events_sse(events), headers=headers | SSE_HEADERS)
         result = await runs.wait(record.run_id)
         return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
 
-
-_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
-                "x-accel-buffering": "no"}
 
 
 def _differs(stored: RunSpec, asked: RunSpec) -> bool:
