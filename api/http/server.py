@@ -12,8 +12,9 @@ How long a connection may take, and for what:
 hypercorn's ``read_timeout`` is therefore off: its trio worker applies it to every socket read,
 including while the app is answering, and drops the connection without a response.
 
-:func:`serve` is hypercorn's ``trio.serve`` for plain HTTP with one change to its connection
-handler (:class:`_Connection`), for three faults of hypercorn 0.18's trio worker.
+:func:`serve` is hypercorn's ``trio.serve`` for plain HTTP with its own connection handler
+(:mod:`api.http.connection`: fixes for hypercorn 0.18's trio worker, and fewer passes of the
+scheduler per request).
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
@@ -39,7 +38,7 @@ from engine.core import Config
 from engine.runtime import Models, configure_tracing, load_models
 
 from .app import create_app
-from .client_gone import CLIENT_GONE, ClientGone
+from .connection import Connection, IdleConnections
 
 __all__ = ["bind_sockets", "hypercorn_config", "run_server", "serve", "serve_until_signal"]
 
@@ -58,141 +57,6 @@ def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig
     hc.backlog = 1024
     hc.include_server_header = False
     return hc
-
-
-class _IdleTimer:
-    """hypercorn's idle-connection timer, started with ``start_soon``.
-
-    hypercorn starts it with ``nursery.start`` from whichever task reports the connection
-    idle, which after a response is the app's task: Quart-Trio cancels that task's nursery as
-    soon as the response is sent, and the timer started inside it dies with it, so a
-    keep-alive connection that served a request was never closed for being idle.
-    """
-
-    def __init__(self) -> None:
-        self._scope: trio.CancelScope | None = None
-
-    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
-        await self.stop()
-        self._scope = scope = trio.CancelScope()
-        task_group.spawn(_run_in_scope, scope, action)
-
-    async def stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-            self._scope = None
-
-
-async def _run_in_scope(scope: trio.CancelScope, action: Callable[[], Awaitable[None]]) -> None:
-    with scope:
-        await action()
-
-
-class _Connection(TCPServer):
-    """hypercorn's trio connection handler, fixed so that
-
-    * an idle connection is closed after ``keep_alive_timeout`` also once it served a request
-      (:class:`_IdleTimer`);
-    * a connection whose client has gone is closed at once: hypercorn kept its socket open
-      until the idle timer ran out;
-    * a write that meets the connection being closed by the reading side (the client hung up
-      mid-response) ends the response quietly: hypercorn let ``trio.BusyResourceError`` escape
-      into the app, which logged it as a traceback;
-    * a closed connection is freed at once: its protocol holds the connection's own bound
-      methods, a reference cycle that left every connection to the cyclic collector;
-    * a response that ends the connection (the client sent ``Connection: close``, or HTTP/1.0)
-      closes it: the close runs in the app's task, which Quart-Trio cancels once the response
-      is sent, and the cancellation stopped the close before the socket was shut, so the
-      client waited for an end that never came.
-
-    And one economy: the head of a response with a ``content-length`` (every JSON answer) is
-    held back and written with its body, one system call instead of two; the empty write
-    that ends such a response is skipped (:meth:`protocol_send`). Two more: a read has no
-    cancel scope of its own when there is no read timeout (there is none, see the module
-    docstring), and a request learns that its client left from the connection itself
-    (:mod:`api.http.client_gone`), with no task of its own waiting for it.
-    """
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.idle_task = _IdleTimer()  # type: ignore[assignment]
-        self._head = b""  # a response head held back for its body
-        self._gone = ClientGone()
-        self.app = _OnConnection(self.app, self._gone)  # type: ignore[assignment]
-
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            vars(self).pop("protocol", None)
-            vars(self).pop("_task_group", None)
-
-    async def _read_data(self) -> None:
-        # hypercorn's, without its per-read deadline (a cancel scope per read) when the
-        # server has none (hypercorn_config); and the client's leaving is told to the
-        # requests that watch for it (api.http.client_gone).
-        if self.config.read_timeout is not None:
-            await super()._read_data()
-        else:
-            receive_some, handle = self.stream.receive_some, self.protocol.handle
-            while True:
-                try:
-                    data = await receive_some(MAX_RECV)
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    break
-                await handle(RawData(bytes(data)))
-                if data == b"":
-                    break
-            await handle(Closed())
-        self._gone.left()
-        await self.idle_task.stop()
-
-    async def _close(self) -> None:
-        with trio.CancelScope(shield=True):  # no waiting inside: shutdown and close a socket
-            await super()._close()
-
-    async def protocol_send(self, event: Event) -> None:
-        if type(event) is RawData:
-            data = event.data
-            if self._head:
-                event, self._head = RawData(self._head + data), b""
-            elif not data:
-                return  # the end of a response with a content-length: nothing to write
-            elif _sized_head(data):
-                # The body follows at once (or the empty end, for a body-less response):
-                # hypercorn writes each separately.
-                self._head = data
-                return
-        elif self._head:  # closing or going idle: whatever is held goes first
-            await self.protocol_send(RawData(b""))
-        try:
-            await super().protocol_send(event)
-        except trio.BusyResourceError:  # only _close's send_eof sends alongside a write
-            await self.protocol.handle(Closed())
-
-
-class _OnConnection:
-    """The app, as one connection calls it: each HTTP request's scope carries the
-    connection's :class:`~api.http.client_gone.ClientGone`."""
-
-    __slots__ = ("_app", "_gone")
-
-    def __init__(self, app: Any, gone: ClientGone) -> None:
-        self._app = app
-        self._gone = gone
-
-    async def __call__(self, scope: Any, *args: Any) -> None:
-        if scope["type"] == "http":
-            scope["extensions"][CLIENT_GONE] = self._gone
-        await self._app(scope, *args)
-
-
-def _sized_head(data: bytes) -> bool:
-    """Whether ``data`` is the head of a final response with a ``content-length`` (not 1xx,
-    whose answer may be long in coming, and not a stream's, whose head goes out at once).
-    hypercorn writes a head in one piece and the app's header names in lower case."""
-    return (data.startswith(b"HTTP/1.1 ") and data[9:10] != b"1"
-            and b"\r\ncontent-length:" in data)
 
 
 def bind_sockets(hc: HypercornConfig) -> Sockets:
@@ -222,7 +86,7 @@ async def serve(
     gracefully; ``task_status.started`` gets the bound URLs.
 
     hypercorn's ``hypercorn.trio.serve`` (its ``worker_serve``), less TLS, QUIC and worker
-    recycling, with :class:`_Connection` as the connection handler.
+    recycling, with :class:`~api.http.connection.Connection` as the connection handler.
     """
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     state: LifespanState = {}
@@ -239,7 +103,9 @@ async def serve(
             for sock in sockets.insecure_sockets:
                 listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-            handler = partial(_Connection, asgi, config, context, ConnectionState(state.copy()))
+            idle = IdleConnections()
+            handler = partial(Connection, asgi, config, context, ConnectionState(state.copy()),
+                              idle)
             task_status.started(binds)
             try:
                 async with trio.open_nursery() as accepting:
@@ -251,6 +117,7 @@ async def serve(
             finally:
                 # Idle connections close now; busy ones get graceful_timeout to finish.
                 await context.terminated.set()
+                idle.close_all()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -36,6 +36,8 @@ import h11
 import httpx
 import trio
 
+from .socket_io import receive_some, send_all
+
 __all__ = ["PooledTransport"]
 
 _READ_SIZE = 65536
@@ -194,19 +196,19 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 return event
             try:
                 with trio.CancelScope(deadline=_deadline(timeout)) as scope:
-                    data = await conn.stream.receive_some(_READ_SIZE)
+                    data = await receive_some(conn.stream, _READ_SIZE)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise httpx.ReadError(f"upstream read failed: {exc}") from None
             if scope.cancelled_caught:
                 raise httpx.ReadTimeout("upstream read timed out")
             if not data and conn.h11.their_state is h11.SEND_RESPONSE:
                 raise httpx.RemoteProtocolError("upstream closed the connection before answering")
-            conn.h11.receive_data(bytes(data))
+            conn.h11.receive_data(data)
 
     async def _send(self, conn: _Connection, data: bytes, timeout: float | None) -> None:
         try:
             with trio.CancelScope(deadline=_deadline(timeout)) as scope:
-                await conn.stream.send_all(data)
+                await send_all(conn.stream, data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx.WriteError(f"upstream write failed: {exc}") from None
         if scope.cancelled_caught:

@@ -166,17 +166,36 @@ async def test_oversized_body_is_413_in_the_callers_protocol(client: RouterClien
     # not send its next request behind the rest of it.
     assert response.headers["connection"] == "close"
 
-    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit still holds
-        for start in range(0, len(big), 256):
-            yield big[start:start + 256]
-
-    response = await client.request("POST", path, content=chunks())
+    # No Content-Length: the limit still holds. The answer may come before the client has
+    # sent every chunk, so the chunks are a stream that needs no closing (httpx wraps any
+    # other iterable in an async generator, which would be dropped unfinished).
+    request = client.http.build_request("POST", client.url + path)
+    request.stream = _Chunks([big[start:start + 256] for start in range(0, len(big), 256)])
+    request.headers["transfer-encoding"] = "chunked"
+    response = await client.http.send(request)
     ASSERT_ERROR[path](response, 413)
     assert response.headers["connection"] == "close"
 
     small = orjson.dumps({"model": "auto", "max_tokens": 5, "messages": user("x" * 500)})
     assert (await client.request("POST", path, content=small)).status_code == 200
     await still_serving(client)
+
+
+class _Chunks(httpx.AsyncByteStream):
+    """A request body sent in ``chunks``, iterated without an async generator."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
 
 @pytest.mark.parametrize(
