@@ -24,10 +24,10 @@ plain HTTP, rewritten for faults of hypercorn 0.18 and for what it costs a reque
 * The head of a response with a ``content-length`` (every JSON answer) is held back and
   written with its body: one system call instead of two.
 * Reads and writes pass the scheduler only when they must wait
-  (:mod:`engine.runtime.socket_io`); the send lock and the app's event queue are taken
-  without a pass when free (:class:`_TaskGroup`). hypercorn's handler made about a dozen
-  passes of trio's run loop per request where two are needed: one waiting for the request,
-  one for the app's task to start.
+  (:mod:`engine.runtime.socket_io`), and so do the send lock and the app's event queue
+  (:mod:`engine.runtime.channels`, :class:`_TaskGroup`). hypercorn's handler made about a
+  dozen passes of trio's run loop per request where two are needed: one waiting for the
+  request, one for the app's task to start.
 
 hypercorn's read timeout is not applied (the server config has none: :mod:`api.http.server`).
 """
@@ -48,6 +48,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
 
+from engine.runtime import channels
 from engine.runtime.socket_io import receive_some, send_all
 
 from .client_gone import CLIENT_GONE, ClientGone
@@ -221,22 +222,9 @@ class _TaskGroup(TaskGroup):
                         send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         put, take = trio.open_memory_channel[Any](config.max_app_queue_size)
         assert self._nursery is not None
-        self._nursery.start_soon(_run_app, app, config, scope, partial(_take, take), send)
-        return partial(_put, put)
-
-
-async def _put(channel: trio.MemorySendChannel[Any], event: Any) -> None:
-    try:
-        channel.send_nowait(event)
-    except trio.WouldBlock:
-        await channel.send(event)
-
-
-async def _take(channel: trio.MemoryReceiveChannel[Any]) -> Any:
-    try:
-        return channel.receive_nowait()
-    except trio.WouldBlock:
-        return await channel.receive()
+        self._nursery.start_soon(_run_app, app, config, scope, partial(channels.receive, take),
+                                 send)
+        return partial(channels.send, put)
 
 
 async def _run_app(app: Any, config: HypercornConfig, scope: Any,

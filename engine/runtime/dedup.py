@@ -223,9 +223,10 @@ class FlightRegistry:
         self._nursery.start_soon(self._fly, key, flight, run)
         return listener
 
-    async def run_alone(self, run: RunFlight) -> Any:
-        """``run``'s result, run in the caller's task: for a call that is not shared and
-        publishes nothing (``run`` must not publish). Fails as a flight's listener would:
+    async def run_alone(self, run: RunFlight, *, publish: Publish | None = None) -> Any:
+        """``run``'s result, run in the caller's task: for a call that is not shared, whose
+        items (a stream's) go to ``publish`` (without one ``run`` must not publish). Fails
+        as a flight's listener would:
         a ``RouterError`` as raised, any other exception (a bug) logged and made an
         internal error; the caller being cancelled cancels the call.
 
@@ -233,7 +234,7 @@ class FlightRegistry:
             RouterError: the call failed.
         """
         try:
-            return await run(_unpublished)
+            return await run(publish or _unpublished)
         except RouterError:
             raise
         except Exception as exc:  # a bug: fail this call, keep serving

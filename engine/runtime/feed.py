@@ -25,6 +25,7 @@ import trio
 from engine.errors import RouterError
 from engine.messages import Event
 
+from . import channels
 from .node import Served
 
 __all__ = ["FEED_BUFFER", "ChatStream", "Feed", "Produce"]
@@ -57,18 +58,19 @@ class Feed(Generic[_T]):
     async def _run(self, produce: Produce, send: trio.MemorySendChannel[Any]) -> None:
         # Runs in a background nursery: it must never raise, or it would take the server down.
         with self._scope:
-            async with send:
-                try:
-                    await produce(send)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the client went away
-                except RouterError as exc:
-                    self._error = exc
-                except Exception as exc:  # a bug: report it as an internal error, keep serving
-                    logging.getLogger("llm_router").exception(
-                        "internal error while streaming", exc_info=exc
-                    )
-                    self._error = RouterError("internal error while streaming")
+            try:
+                await produce(send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away
+            except RouterError as exc:
+                self._error = exc
+            except Exception as exc:  # a bug: report it as an internal error, keep serving
+                logging.getLogger("llm_router").exception(
+                    "internal error while streaming", exc_info=exc
+                )
+                self._error = RouterError("internal error while streaming")
+            finally:
+                send.close()  # not ``aclose``: closing waits for nothing
 
     # An iterator object, not an async generator: a client that leaves mid-stream abandons
     # the iteration, and an abandoned generator is one trio warns about when it is collected.
@@ -77,7 +79,7 @@ class Feed(Generic[_T]):
 
     async def __anext__(self) -> _T:
         try:
-            item: _T = await self._receive.receive()
+            item: _T = await channels.receive(self._receive)
         except trio.EndOfChannel:
             if self._error is not None:
                 raise self._error from None
@@ -106,7 +108,7 @@ class ChatStream(Feed[list[Event]]):
             RouterError: the stream failed before its head (nothing was streamed).
         """
         try:
-            self.served = await self._receive.receive()
+            self.served = await channels.receive(self._receive)
         except trio.EndOfChannel:
             raise self._error or RouterError("the stream ended before it started") from None
         except BaseException:

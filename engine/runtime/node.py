@@ -53,6 +53,7 @@ from engine.messages import (
     estimate_tokens,
 )
 
+from . import channels
 from .dedup import FlightRegistry, Publish
 from .failover import Answer, BackendCaller
 from .keys import KeyGate
@@ -280,6 +281,12 @@ class NodeRunner:
             # Nobody can join it and nothing is relayed: the call runs in this task.
             return await self.flights.run_alone(partial(
                 self._fly, request, route, key, store, False, prefer, prepared, dedup="LEADER"))
+        if not share:
+            # Nobody can join it: the stream runs in this task, relayed straight to ``sink``.
+            return await self.flights.run_alone(
+                partial(self._fly, request, route, key, store, True, prefer, prepared,
+                        dedup="LEADER"),
+                publish=partial(_relay, sink))
         run = partial(self._fly, request, route, key, store, sink is not None, prefer, prepared)
         if share and key is not None and self.shared_flights is not None:
             run = partial(self.shared_flights.fly, key.full, run)
@@ -292,7 +299,7 @@ class NodeRunner:
                 while (item := await listener.take()) is not None:
                     if type(item) is Served:
                         item = dataclasses.replace(item, dedup=item.dedup or role)
-                    await sink.send(item)
+                    await channels.send(sink, item)
             done: NodeResult = await listener.flight.wait()
         finally:
             listener.leave()
@@ -361,8 +368,8 @@ class NodeRunner:
         )
         self.stats.record_cache_hit(entry.cost_usd, reference_usd=entry.reference_usd)
         if sink is not None:
-            await sink.send(served)
-            await sink.send(_replay(entry.result))
+            await channels.send(sink, served)
+            await channels.send(sink, _replay(entry.result))
         return NodeResult(entry.result, served, 0.0, 0.0)
 
     # ---- accounting ---------------------------------------------------------------------
@@ -412,6 +419,20 @@ def _cost(model: ModelConfig, input_tokens: int, max_tokens: int | None) -> floa
 def _worth_caching(result: ChatResult) -> bool:
     """Complete, non-empty answers only: never a truncated or filtered one."""
     return result.stop_reason in ("stop", "tool_calls") and bool(result.content)
+
+
+async def _relay(sink: trio.MemorySendChannel[Any], item: Any, size: int = 0) -> float:
+    """A stream's ``publish`` when nobody shares it: ``item`` goes to the one client's
+    ``sink``, its head marked as the leader's. Returns the seconds waited for the client."""
+    if type(item) is Served:
+        item = dataclasses.replace(item, dedup=item.dedup or "LEADER")
+    try:
+        sink.send_nowait(item)
+    except trio.WouldBlock:  # the client is behind: wait for it, and say how long
+        started = trio.current_time()
+        await sink.send(item)
+        return trio.current_time() - started
+    return 0.0
 
 
 def _replay(result: ChatResult) -> list[Event]:
