@@ -159,7 +159,8 @@ class _Body:
                 f"request body is {int(self._declared)} bytes; the limit is {limit}")
         chunks: list[bytes] = []
         size = 0
-        with trio.move_on_after(self._timeout) as deadline:
+        # A bare scope: trio.move_on_after's inside, without its generator.
+        with trio.CancelScope(deadline=trio.current_time() + self._timeout) as deadline:
             while True:
                 message = await self._receive()
                 if message["type"] == "http.disconnect":

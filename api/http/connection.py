@@ -194,8 +194,7 @@ class Connection:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            with trio.CancelScope(shield=True):  # a response is never cut mid-write
-                await send_all(self.stream, data)
+            await send_all(self.stream, data, shield=True)  # never cut mid-write
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.protocol.handle(Closed())
         except trio.BusyResourceError:  # only _close's send_eof sends alongside a write
