@@ -44,6 +44,7 @@ from engine.wire import ANTHROPIC, OPENAI, WireProtocol
 from .access import Exchange, Observer
 from .chat import ChatEndpoint, Reply, error_reply
 from .client_gone import CLIENT_GONE, ClientGone
+from .connection import HOLD_HEAD
 from .relay import ChatBody
 
 __all__ = ["ChatFront"]
@@ -123,7 +124,8 @@ class ChatFront:
         except Exception as exc:
             log.exception("internal error on POST %s", path, exc_info=exc)
             reply = error_reply(RouterError("internal error"), protocol)
-        await _send(reply, exchange, request_id, send, close=not body.done)
+        await _send(reply, exchange, request_id, send, close=not body.done,
+                    hold_head=(scope.get("extensions") or _NONE).get(HOLD_HEAD))
 
 
 class _Body:
@@ -191,7 +193,7 @@ async def _watch(receive: Receive, gone: trio.CancelScope) -> None:
 
 
 async def _send(reply: Reply, exchange: Exchange, request_id: str, send: Send, *,
-                close: bool) -> None:
+                close: bool, hold_head: Callable[[], None] | None = None) -> None:
     rid = request_id.encode()
     headers = [(name.encode("latin-1"), value.encode("latin-1"))
                for name, value in reply.headers.items()]
@@ -208,6 +210,8 @@ async def _send(reply: Reply, exchange: Exchange, request_id: str, send: Send, *
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return
     assert isinstance(body, ChatBody)
+    if hold_head is not None:  # the body's first piece (its opening event) is at hand
+        hold_head()
     await send({"type": "http.response.start", "status": reply.status, "headers": headers,
                 "trailers": False})
     try:

@@ -22,7 +22,8 @@ plain HTTP, rewritten for faults of hypercorn 0.18 and for what it costs a reque
 * A response that ends the connection (``Connection: close``, HTTP/1.0) closes it even though
   the close runs in the app's task, which Quart-Trio cancels once the response is sent.
 * The head of a response with a ``content-length`` (every JSON answer) is held back and
-  written with its body: one system call instead of two.
+  written with its body: one system call instead of two. So is a stream's head when the
+  app asks (:data:`HOLD_HEAD`): it then has the stream's first piece in hand.
 * Reads and writes pass the scheduler only when they must wait
   (:mod:`engine.runtime.socket_io`), and so do the send lock and the app's event queue
   (:mod:`engine.runtime.channels`, :class:`_TaskGroup`). hypercorn's handler made about a
@@ -37,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -45,15 +46,20 @@ from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
 
-from engine.runtime import channels
-from engine.runtime.socket_io import receive_some, send_all
+from engine.runtime import channel_receive, channel_send, socket_receive_some, socket_send_all
 
 from .client_gone import CLIENT_GONE, ClientGone
 
-__all__ = ["Connection", "IdleConnections"]
+__all__ = ["HOLD_HEAD", "Connection", "IdleConnections"]
+
+#: The scope extension under which a request finds a callable that holds its response's
+#: head back until the first piece of its body, to write both at once. A stream calls it
+#: when it has its first piece in hand (its opening event): a head held for a piece that
+#: had to be waited for would delay the stream's headers, which clients time.
+HOLD_HEAD = "llm_router.hold_head"
 
 MAX_RECV = 2**16
 #: Every this many reads the loop lets other tasks run even if no read had to wait: a client
@@ -92,7 +98,8 @@ class Connection:
         self.send_lock = trio.Lock()
         self._idle_set = idle
         self._gone = ClientGone()
-        self.app = _OnConnection(app, self._gone)
+        self._hold = _Hold()  # the next head is to be held (HOLD_HEAD)
+        self.app = _OnConnection(app, self._gone, self._hold)
         self._head = b""  # a response head held back for its body
         # The reading loop runs in this scope; its deadline is the idle timeout while the
         # connection is idle, none while a request is being read or answered.
@@ -109,7 +116,7 @@ class Connection:
             server = parse_socket_addr(socket.family, socket.getsockname())
             async with _TaskGroup() as task_group:
                 self.protocol = ProtocolWrapper(
-                    self.app, self.config, self.context, task_group,
+                    cast(AppWrapper, self.app), self.config, self.context, task_group,
                     ConnectionState(self.state), False, client, server,
                     self.protocol_send, "http/1.1")
                 await self.protocol.initiate()
@@ -130,7 +137,7 @@ class Connection:
         with self._reading:
             while True:
                 try:
-                    data = await receive_some(stream, MAX_RECV)
+                    data = await socket_receive_some(stream, MAX_RECV)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
                 await handle(RawData(data))
@@ -168,10 +175,10 @@ class Connection:
                 data, self._head = self._head + data, b""
             elif not data:
                 return  # the end of a response with a content-length: nothing to write
-            elif _sized_head(data):
+            elif _sized_head(data) or (self._hold.on and data.startswith(b"HTTP/1.1 ")):
                 # The body follows at once (or the empty end, for a body-less response):
                 # hypercorn writes each separately.
-                self._head = data
+                self._head, self._hold.on = data, False
                 return
             await self._write(data)
             return
@@ -194,7 +201,7 @@ class Connection:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            await send_all(self.stream, data, shield=True)  # never cut mid-write
+            await socket_send_all(self.stream, data, shield=True)  # never cut mid-write
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.protocol.handle(Closed())
         except trio.BusyResourceError:  # only _close's send_eof sends alongside a write
@@ -221,9 +228,9 @@ class _TaskGroup(TaskGroup):
                         send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         put, take = trio.open_memory_channel[Any](config.max_app_queue_size)
         assert self._nursery is not None
-        self._nursery.start_soon(_run_app, app, config, scope, partial(channels.receive, take),
+        self._nursery.start_soon(_run_app, app, config, scope, partial(channel_receive, take),
                                  send)
-        return partial(channels.send, put)
+        return partial(channel_send, put)
 
 
 async def _run_app(app: Any, config: HypercornConfig, scope: Any,
@@ -245,19 +252,35 @@ async def _run_app(app: Any, config: HypercornConfig, scope: Any,
         await send(None)
 
 
+class _Hold:
+    """A connection's :data:`HOLD_HEAD`: a flag the request sets (not a bound method of the
+    connection, which the connection's app would hold: a reference cycle)."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def __call__(self) -> None:
+        self.on = True
+
+
 class _OnConnection:
     """The app, as one connection calls it: each HTTP request's scope carries the
-    connection's :class:`~api.http.client_gone.ClientGone`."""
+    connection's :class:`~api.http.client_gone.ClientGone` and its :data:`HOLD_HEAD`."""
 
-    __slots__ = ("_app", "_gone")
+    __slots__ = ("_app", "_gone", "_hold")
 
-    def __init__(self, app: Any, gone: ClientGone) -> None:
+    def __init__(self, app: Any, gone: ClientGone, hold: Callable[[], None]) -> None:
         self._app = app
         self._gone = gone
+        self._hold = hold
 
     async def __call__(self, scope: Any, *args: Any) -> None:
         if scope["type"] == "http":
-            scope["extensions"][CLIENT_GONE] = self._gone
+            extensions = scope["extensions"]
+            extensions[CLIENT_GONE] = self._gone
+            extensions[HOLD_HEAD] = self._hold
         await self._app(scope, *args)
 
 

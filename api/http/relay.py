@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
 from hypercorn.typing import ASGIReceiveCallable as Receive
 from hypercorn.typing import ASGISendCallable as Send
 from hypercorn.typing import Scope
@@ -52,9 +53,11 @@ _BODIES = "llm_router.bodies"  # the scope key of a request's bodies (EndBodies)
 
 
 class ChatBody:
-    """The SSE body of a streamed chat answer: the opening event, every batch as one write,
-    and a clean end or an error event. Each write waits for the client
-    (``StreamWriteDeadline`` bounds the wait); a client disconnect cancels the iteration.
+    """The SSE body of a streamed chat answer: the opening event, the batches, and a clean
+    end or an error event. Each step is one write: what arrived while the last write went
+    out (or, for the first, while the head was made) joins it. Each write waits for the
+    client (``StreamWriteDeadline`` bounds the wait); a client disconnect cancels the
+    iteration.
     ``scope`` is the request's ASGI scope, where :class:`EndBodies` finds it;
     ``ended`` settles the exchange (the request's context is gone by then).
 
@@ -87,20 +90,41 @@ class ChatBody:
         if not self._started:
             self._started = True
             self._exchange.mark_first_byte()
-            return self._encoder.start()
-        try:
-            batch = await self._stream.__anext__()
-        except StopAsyncIteration:
-            self._done = True
-            self.end()
-            raise
-        except RouterError as err:
-            self._done = True
-            self._exchange.error = err.code
-            return self._encoder.error(err)
+            chunks = [self._encoder.start()]
+        else:
+            try:
+                batch = await self._stream.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                self.end()
+                raise
+            except RouterError as err:
+                return self._failed(err)
+            chunks = [self._encode(batch)]
+        # What has arrived meanwhile goes out in the same write.
+        while not self._done:
+            try:
+                batch = self._stream.next_ready()
+            except trio.WouldBlock:
+                break
+            except StopAsyncIteration:
+                self._done = True  # the next call ends the body
+                break
+            except RouterError as err:
+                chunks.append(self._failed(err))
+                break
+            chunks.append(self._encode(batch))
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _encode(self, batch: list[Event]) -> bytes:
         if batch:
             self._last = batch[-1]
         return self._encoder.encode_many(batch)
+
+    def _failed(self, err: RouterError) -> bytes:
+        self._done = True
+        self._exchange.error = err.code
+        return self._encoder.error(err)
 
     async def aclose(self) -> None:
         """What Quart calls once it is done with the body: :meth:`end`."""

@@ -86,6 +86,22 @@ class Feed(Generic[_T]):
             raise StopAsyncIteration from None
         return item
 
+    def next_ready(self) -> _T:
+        """The next item if it is here already, as ``__anext__`` would give it.
+
+        Raises:
+            trio.WouldBlock: no item yet (the feed goes on).
+            StopAsyncIteration: the feed ended.
+            RouterError: how it failed, after every item it sent.
+        """
+        try:
+            item: _T = self._receive.receive_nowait()
+        except trio.EndOfChannel:
+            if self._error is not None:
+                raise self._error from None
+            raise StopAsyncIteration from None
+        return item
+
     def close(self) -> None:
         """Stop taking items and cancel the task. Safe to call more than once."""
         self._scope.cancel()

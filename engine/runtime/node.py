@@ -277,16 +277,14 @@ class NodeRunner:
             self.stats.cache_misses += 1
 
         store = cache is not None and ctx.cache_write
-        if not share and sink is None:
-            # Nobody can join it and nothing is relayed: the call runs in this task.
-            return await self.flights.run_alone(partial(
-                self._fly, request, route, key, store, False, prefer, prepared, dedup="LEADER"))
         if not share:
-            # Nobody can join it: the stream runs in this task, relayed straight to ``sink``.
-            return await self.flights.run_alone(
-                partial(self._fly, request, route, key, store, True, prefer, prepared,
-                        dedup="LEADER"),
-                publish=partial(_relay, sink))
+            # Nobody can join it: the call runs in this task, a stream relayed straight to
+            # its client's ``sink``.
+            fly = partial(self._fly, request, route, key, store, sink is not None, prefer,
+                          prepared, dedup="LEADER")
+            if sink is None:
+                return await self.flights.run_alone(fly)
+            return await self.flights.run_alone(fly, publish=partial(_relay, sink))
         run = partial(self._fly, request, route, key, store, sink is not None, prefer, prepared)
         if share and key is not None and self.shared_flights is not None:
             run = partial(self.shared_flights.fly, key.full, run)
