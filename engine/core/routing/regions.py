@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ def _unit(vector: np.ndarray) -> np.ndarray | None:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Regions:
-    """Leaders (one row each, unit vectors) and per region the decayed sums (weight,
+    """Leaders (one row each, unit vectors, as saved: float16 precision) and per region the decayed sums (weight,
     weighted residual, reports, summed ``known``); the newest :data:`WINDOW` reports as
     routing scored them without and with the levels, before learning from them (rows of
     without, with, target, weight), and the floor (``gate``) set from them."""
@@ -79,10 +79,18 @@ class Regions:
     sums: np.ndarray
     recent: np.ndarray | None = None
     gate: float = 0.0
+    #: Per region, its level times the region's hold-back (computed once, not saved).
+    _held: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        reports = self.sums[:, 2] if len(self.sums) else np.zeros(0)
+        familiar = np.where(reports > 0, (self.sums[:, 3] if len(self.sums) else reports)
+                            / np.maximum(reports, 1e-12), 0.0)
+        object.__setattr__(self, "_held", self.levels() * (1.0 - familiar) ** 4)
 
     @classmethod
     def fresh(cls, dim: int) -> Regions:
-        return cls(np.zeros((0, dim), np.float32), np.zeros((0, _SUMS), np.float64))
+        return cls(np.zeros((0, dim), np.float64), np.zeros((0, _SUMS), np.float64))
 
     def floor(self, scored: tuple[float, float], target: float, weight: float,
               tolerance: float) -> Regions:
@@ -100,9 +108,6 @@ class Regions:
                      - concordance(rows[:, 0], rows[:, 2], rows[:, 3]))
             gate = max(0.0, min(1.0, ahead / tolerance))
         return Regions(self.leaders, self.sums, rows, gate)
-
-    def nearest(self, unit: np.ndarray) -> int:
-        return int(np.argmax(self.leaders @ unit)) if len(self.leaders) else -1
 
     def learn(self, vector: np.ndarray, *, p: float, target: float, weight: float,
               known: float, decay: float) -> Regions:
@@ -128,7 +133,7 @@ class Regions:
         leaders = self.leaders
         near = float((leaders @ unit).max()) if len(leaders) else -1.0
         if near < TAU and len(leaders) < LEADERS:
-            leaders = np.vstack([leaders, unit.astype(np.float16).astype(np.float32)])
+            leaders = np.vstack([leaders, unit.astype(np.float16).astype(np.float64)])
             sums = np.vstack([sums, np.zeros((1, _SUMS))])
         c = int(np.argmax(leaders @ unit))
         sums = sums.copy()
@@ -148,15 +153,16 @@ class Regions:
 
     def shift(self, vector: np.ndarray, *, known: float, gated: bool = True) -> float:
         """The shift of a request's log-odds (0 before any report, or without a vector);
-        ``gated``: as far as the floor lets it."""
-        unit = _unit(vector)
-        if unit is None or not len(self.leaders) or self.leaders.shape[1] != len(vector):
-            return 0.0
-        c = self.nearest(unit)
-        reports = self.sums[c, 2]
-        familiar = self.sums[c, 3] / reports if reports > 0 else 0.0
+        ``gated``: as far as the floor lets it. One product with the leaders: the nearest
+        leader by cosine is the largest product with the unnormalised vector."""
         gate = self.gate if gated else 1.0
-        return float(self.levels()[c] * (1.0 - known) * (1.0 - familiar) ** 4 * gate)
+        if gate <= 0 or known >= 1 or not len(self.leaders) or (
+                self.leaders.shape[1] != len(vector)):
+            return 0.0
+        products = self.leaders @ vector
+        if not np.isfinite(products).all() or not products.any():
+            return 0.0
+        return float(self._held[int(np.argmax(products))] * (1.0 - known) * gate)
 
     def to_dict(self) -> dict[str, Any]:
         recent = self.recent if self.recent is not None else np.zeros((0, 4))
@@ -169,7 +175,7 @@ class Regions:
     def from_dict(cls, raw: Mapping[str, Any]) -> Regions:
         """Raises: ValueError (or KeyError, TypeError) on a damaged record."""
         dim = int(raw["dim"])
-        leaders = np.frombuffer(base64.b64decode(raw["leaders"]), "<f2").astype(np.float32)
+        leaders = np.frombuffer(base64.b64decode(raw["leaders"]), "<f2").astype(np.float64)
         sums = np.frombuffer(base64.b64decode(raw["sums"]), "<f8").astype(np.float64)
         leaders, sums = leaders.reshape(-1, dim), sums.reshape(-1, _SUMS)
         if len(leaders) != len(sums) or len(leaders) > LEADERS:
