@@ -138,4 +138,5 @@ def test_regions_learn_which_kind_of_request_needs_the_strong_model(tmp_path: Pa
     assert learned["curve"][-1]["apgr"] > alone["curve"][-1]["apgr"] + 0.3
     regions = learned["learning"]["regions"]
     assert regions["count"] == 2 and regions["shift"]["max"] > 0 > regions["shift"]["min"]
-    assert alone["learning"]["regions"] is None and alone["learning"]["settings"]["regions"] is False
+    assert alone["learning"]["regions"] is None
+    assert alone["learning"]["settings"]["regions"] is False

@@ -122,6 +122,12 @@ def test_a_damaged_or_foreign_record_is_refused_or_ignored() -> None:
     with pytest.raises(ValueError):
         OnlineState.from_dict(raw)
     assert state.regions is not None
+    bad = state.regions.sums.copy()
+    bad[0, 1] = np.nan  # a level that would make every score of the region NaN
+    raw["regions"] = Regions(state.regions.leaders, bad).to_dict()
+    with pytest.raises(ValueError):
+        OnlineState.from_dict(raw)
+    assert state.regions is not None
     # A vector of another size (another embedder) is shifted by nothing and starts afresh.
     assert state.regions.shift(np.ones(5), known=0.0) == 0.0
     fresh = state.regions.learn(np.ones(5), p=0.5, target=1.0, weight=1.0, known=0.0,

@@ -1,4 +1,4 @@
-"""Per-region gain learned from a deployment's feedback. Sans-IO, numpy only.
+"""Per-region levels learned from a deployment's feedback. Sans-IO, numpy only.
 
 What the trained router gets wrong on traffic it has never seen is mostly the order *between*
 kinds of request (BENCHMARKS.md, section 16): which kind needs the strong model more. Within
@@ -24,12 +24,18 @@ The scale is large on purpose: a region whose reports say "harder than believed"
 points moves above the regions that say "easier", whatever the shipped model believed of
 them, and the order inside each region stays the shipped model's.
 
+**The floor.** Nothing applies before :data:`MIN_REPORTS` reports. Before learning from a
+report, routing's score of it without and with the levels is kept (the newest
+:data:`WINDOW`), and the levels apply in proportion to how much better they rank those
+reports (concordance, as the correction's floor), in full from the correction's
+``tolerance`` ahead, not at all while behind: where the correction and the mix already rank
+the traffic as well, the levels stay off.
+
 **What the shipped model knew.** The shift is held back on traffic like the shipped model's
 training rows: times ``1 - known`` of the request and ``(1 - known)`` of the region's
 reports (their mean ``known``) to the fourth power. On the shipped model's own training set
 (MMLU, in-sample) a region of familiar requests then moves next to nothing, where the
-request's ``known`` alone let the large scale cost 0.12 APGR (BENCHMARKS.md, section 11,
-"Per-region gain").
+request's ``known`` alone let the large scale cost 0.12 APGR (BENCHMARKS.md, section 11b).
 
 Every report decays the evidence (``decay``, the correction's half-life), so the regions'
 levels fade when feedback stops, as the correction does.
@@ -70,10 +76,11 @@ def _unit(vector: np.ndarray) -> np.ndarray | None:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Regions:
-    """Leaders (one row each, unit vectors, as saved: float16 precision) and per region the decayed sums (weight,
-    weighted residual, reports, summed ``known``); the newest :data:`WINDOW` reports as
-    routing scored them without and with the levels, before learning from them (rows of
-    without, with, target, weight), and the floor (``gate``) set from them."""
+    """Leaders (one row each: unit vectors, at float16 precision as saved) and per region
+    the decayed sums (weight, weighted residual, reports, summed ``known``); the newest
+    :data:`WINDOW` reports as routing scored them without and with the levels, before
+    learning from them (rows of without, with, target, weight), and the floor (``gate``)
+    set from them."""
 
     leaders: np.ndarray
     sums: np.ndarray
@@ -112,7 +119,9 @@ class Regions:
     def learn(self, vector: np.ndarray, *, p: float, target: float, weight: float,
               known: float, decay: float) -> Regions:
         """One report's lesson: its request's sentence ``vector``, the shipped model's belief
-        ``p``, the report's ``target`` and ``weight`` and the request's ``known``.
+        ``p``, the report's ``target`` and ``weight`` and the request's ``known``. A report
+        of no weight (a good strong answer, a capped reporter) only decays the rest: it
+        neither opens a region nor counts in one.
 
         >>> r = Regions.fresh(2)
         >>> a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
@@ -178,18 +187,22 @@ class Regions:
         leaders = np.frombuffer(base64.b64decode(raw["leaders"]), "<f2").astype(np.float64)
         sums = np.frombuffer(base64.b64decode(raw["sums"]), "<f8").astype(np.float64)
         leaders, sums = leaders.reshape(-1, dim), sums.reshape(-1, _SUMS)
-        if len(leaders) != len(sums) or len(leaders) > LEADERS:
-            raise ValueError("damaged regions")
         recent = (np.frombuffer(base64.b64decode(raw["recent"]), "<f8").astype(np.float64)
                   .reshape(-1, 4) if "recent" in raw else None)
-        return cls(leaders, sums, recent, float(raw.get("gate", 0.0)))
+        gate = float(raw.get("gate", 0.0))
+        finite = all(np.isfinite(a).all() for a in (leaders, sums)) and (
+            recent is None or np.isfinite(recent).all())
+        if (len(leaders) != len(sums) or len(leaders) > LEADERS or not finite
+                or not 0.0 <= gate <= 1.0):
+            raise ValueError("damaged regions")
+        return cls(leaders, sums, recent, gate)
 
     def describe(self) -> dict[str, Any]:
         """For ``GET /v1/routing``: how many regions, the reports (decayed) behind them, and
         the largest shifts either way."""
         levels = self.levels()
-        return {"count": len(self.leaders), "gate": round(self.gate, 4), "learned_from": round(float(self.sums[:, 0].sum()), 2)
-                if len(self.sums) else 0.0,
+        return {"count": len(self.leaders), "gate": round(self.gate, 4),
+                "learned_from": round(float(self.sums[:, 0].sum()), 2),
                 "shift": None if not len(levels) else {
                     "min": round(float(levels.min()), 3), "max": round(float(levels.max()), 3)}}
 
