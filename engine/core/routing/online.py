@@ -50,6 +50,12 @@ shipped model's ("the strong one does better"): on prompts both models fail they
 and the floor, which can only compare models on what reports say, cannot see it
 (BENCHMARKS.md, "Online routing", has the measurements).
 
+**Regions.** Every report also teaches per-region levels (:mod:`engine.core.routing.regions`,
+``OnlineSettings.regions``): how much harder or easier than the shipped model believed each
+region of the sentence-vector space is, added to the log-odds with their own floor. They
+reorder kinds of request past gaps the correction's bound cannot cross (BENCHMARKS.md,
+section 11b).
+
 The log-loss of both models on the reports is kept too, for ``GET /v1/routing``; the shipped
 model's is taken after a learned constant shift (``offset``), which buys log-loss without
 reordering anything.
@@ -285,7 +291,8 @@ def _mixed(state: OnlineState, logit: float, inputs: np.ndarray, known: float) -
 def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
             settings: OnlineSettings, *, known: float = 0.0) -> float:
     """The corrected log-odds of a request whose shipped log-odds are ``logit``: the mix
-    (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the correction;
+    (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the region's level
+    and the correction, each as far as its own floor lets it;
     ``known`` (0..1: how like the shipped model's training data the request is) holds both
     back, so what the shipped model knew stays as it was."""
     if state is None or len(inputs) + 1 != len(state.weights):
