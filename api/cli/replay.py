@@ -4,7 +4,8 @@ the learning curve it draws.
 ::
 
     llm-router router replay DATA.jsonl [DATA2 ...] [--model learned|FILE.json] [--every 25]
-                             [--reports N] [--compare SHARE] [--plot curve.svg] [--json]
+                             [--reports N] [--compare SHARE] [--no-regions]
+                             [--plot curve.svg] [--json]
 
 The rows are split in file order: every other row (the 2nd, 4th, ...) is held back for
 evaluation, the rest is the traffic, in order. Each traffic row goes through the router's own
@@ -55,6 +56,8 @@ def add_replay_command(commands: Any) -> None:
                     help="stop after N reports (default: all the traffic rows)")
     rp.add_argument("--no-learning", dest="learning", action="store_false",
                     help="feedback calibrates thresholds only (learned.online: false)")
+    rp.add_argument("--no-regions", dest="regions", action="store_false",
+                    help="learn without per-region levels (learned.online_regions: false)")
     rp.add_argument("--compare", type=float, default=0.0, metavar="SHARE",
                     help="share of reports (0-1) that carry both tiers' quality, as from a "
                          "deployment that also asks the other tier on a sample (0)")
@@ -106,7 +109,8 @@ async def _replay(args: argparse.Namespace, held: list[RoutingRow],
         raise ValueError(f"--model {args.model}: learned or FILE.json")
     learned = LearnedRouter.load(path)
     with tempfile.TemporaryDirectory(prefix="llm-router-replay-") as tmp:
-        config = _config(path, Path(tmp) / "feedback.db", learning=args.learning)
+        config = _config(path, Path(tmp) / "feedback.db", learning=args.learning,
+                         regions=getattr(args, "regions", True))
         store = FeedbackStore(Path(tmp) / "feedback.db",
                               base=(config.classifier.tier1_max, config.classifier.tier2_max))
         await store.open()
@@ -119,11 +123,12 @@ async def _replay(args: argparse.Namespace, held: list[RoutingRow],
             await store.close()
 
 
-def _config(model: Path, database: Path, *, learning: bool) -> Config:
+def _config(model: Path, database: Path, *, learning: bool, regions: bool = True) -> Config:
     return Config.model_validate({
         "models": [{"name": "weak", "provider": "openai", "model": "weak", "tier": 1},
                    {"name": "strong", "provider": "openai", "model": "strong", "tier": 2}],
-        "learned": {"model": str(model), "feedback_db": str(database), "online": learning},
+        "learned": {"model": str(model), "feedback_db": str(database), "online": learning,
+                    "online_regions": regions},
     })
 
 

@@ -271,7 +271,8 @@ class LearnedConfig(_Section):
     ``online`` and ``online_*``: online learning of the trained router from
     ``POST /v1/feedback`` (``engine.core.routing.online``: step rate and bound, the most the
     correction may shift log-odds, its half-life in reports, one reporter's cap in decayed
-    reports, and the floor's tolerance in nats per report).
+    reports, the floor's tolerance, and ``online_regions``: per-region levels,
+    ``engine.core.routing.regions``).
     The rest drives threshold calibration from ``POST /v1/feedback``
     (``engine.core.routing.calibration``).
     """
@@ -296,6 +297,7 @@ class LearnedConfig(_Section):
     online_half_life: float = Field(2000.0, ge=10)
     online_key_cap: float = Field(200.0, ge=1)
     online_tolerance: float = Field(0.02, gt=0, le=1)
+    online_regions: bool = True
 
     @field_validator("sidecar_url")
     @classmethod

@@ -55,7 +55,8 @@ def settings_of(config: Config) -> OnlineSettings:
     s = config.learned
     return OnlineSettings(rate=s.online_rate, max_step=s.online_max_step,
                           max_shift=s.online_max_shift, half_life=s.online_half_life,
-                          key_cap=s.online_key_cap, tolerance=s.online_tolerance)
+                          key_cap=s.online_key_cap, tolerance=s.online_tolerance,
+                          regions=s.online_regions)
 
 
 class Learning:
@@ -146,7 +147,7 @@ class Learning:
             state = OnlineState.fresh(self.model, len(lesson.belief.inputs))
         return learn(state, lesson.belief.logit, lesson.belief.inputs, tier=lesson.tier,
                      quality=lesson.quality, reporter=lesson.reporter, settings=self.settings,
-                     other=lesson.other)
+                     other=lesson.other, known=lesson.belief.known)
 
     async def _step_shared(self, lesson: _Lesson) -> dict[str, Any]:
         assert self.shared is not None
@@ -184,12 +185,12 @@ class Learning:
             "enabled": True, "model": self.model,
             "settings": {"rate": s.rate, "max_step": s.max_step, "max_shift": s.max_shift,
                          "half_life": s.half_life, "key_cap": s.key_cap,
-                         "tolerance": s.tolerance},
+                         "tolerance": s.tolerance, "regions": s.regions},
         }
         if self.state is None:
             out.update({"reports": 0, "compared": 0, "learned_from": 0.0, "gate": 1.0,
                         "log_loss": None,
-                        "correction_norm": 0.0, "reporters": 0})
+                        "correction_norm": 0.0, "reporters": 0, "regions": None})
         else:
             out.update(self.state.describe(s))
         if self._queued:

@@ -5,7 +5,9 @@ admin resets it; GET /v1/routing shows it. Chat calls go through the official SD
 Two prompts of the same heuristic score (5) stand for two kinds of traffic: feedback says
 the cheap model fails one (quality 0) and serves the other (quality 1). A constant shift of the
 shipped model cannot explain both, so the floor lets the correction apply once it is ahead
-(``online_tolerance`` is tiny here; threshold calibration is off so only beliefs move).
+(``online_tolerance`` is tiny here; threshold calibration is off so only beliefs move). Most
+tests here watch the correction alone (``online_regions: false``); the last ones, the
+per-region levels that are on by default.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ HARD = "Which prime number follows the number seventeen?"
 EASY = "Please say hello to my friend Anna."
 ADMIN = "admin-key-for-online-learning-tests"
 LEARNED = {"model": "builtin", "calibrate": False, "online_rate": 2.0, "online_max_step": 2.0,
-           "online_tolerance": 0.001}
+           "online_tolerance": 0.001, "online_regions": False}
 
 
 def models(fake: FakeUpstream) -> list[dict[str, Any]]:
@@ -219,3 +221,46 @@ async def test_a_bad_comparison_is_a_clear_400(fake_upstream: FakeUpstream) -> N
             error = answer.json()["error"]
             assert says in error["message"] and error["param"] == "other_quality"
         assert (await learning(client))["reports"] == 0
+
+
+GREETING = "hi there {n}"
+TASK = ("Implement a thread-safe LRU cache in C++ with O(1) operations, capacity {n}, and "
+        "explain the invariants step by step.")
+
+
+async def test_regions_move_a_kind_of_request_and_survive_a_restart_until_reset(
+    fake_upstream: FakeUpstream, tmp_path: Any,
+) -> None:
+    """Regions on (the default), the correction held to a negligible bound so that only the
+    regions can move anything: reports say the cheap model fails greetings, which the shipped
+    router believes far easier than a C++ task that the strong model does no better on (both
+    answers poor). Greetings go up a tier; the regions show in GET /v1/routing, outlive a
+    restart, and the admin reset forgets them."""
+    settings = {"model": "builtin", "calibrate": False, "online_max_shift": 0.01,
+                "feedback_db": str(tmp_path / "feedback.db")}
+    async with open_router_client(models(fake_upstream), learned=settings) as client:
+        assert (await ask(client, GREETING.format(n=0)))[2] == 1
+        for n in range(1, 61):
+            greeting_id, _, tier = await ask(client, GREETING.format(n=n))
+            if tier == 2:
+                break
+            task_id, _, _ = await ask(client, TASK.format(n=n))
+            await report(client, greeting_id, 0.0)
+            await report(client, task_id, 0.0)
+        else:
+            raise AssertionError(f"greetings still on tier 1: {await learning(client)}")
+        state = await learning(client)
+        assert state["settings"]["regions"] is True
+        assert state["regions"]["count"] == 2 and state["regions"]["shift"]["max"] > 0
+    async with open_router_client(models(fake_upstream), learned=settings,
+                                  server={"admin_key": ADMIN}) as client:
+        admin = {"authorization": f"Bearer {ADMIN}"}
+        made = await client.request("POST", "/v1/admin/keys", json={"name": "app"},
+                                    headers=admin)
+        key = made.json()["key"]
+        assert (await ask(client, GREETING.format(n=99), key=key))[2] == 2
+        assert (await learning(client, **admin))["regions"] == state["regions"]
+        done = await client.request("DELETE", "/v1/routing/learning", headers=admin)
+        assert done.status_code == 200, done.text
+        assert done.json()["learning"]["regions"] is None
+        assert (await ask(client, GREETING.format(n=99), key=key))[2] == 1

@@ -95,3 +95,48 @@ def test_bad_arguments_exit_2_with_the_reason(tmp_path: Path, argv: list[str],
     }) + "\n" for i in range(8)))
     status, _, err = cli("router", "replay", str(data), *argv)
     assert status == 2 and message in err
+
+
+def two_kinds(tmp_path: Path) -> Path:
+    """200 labelled rows of two kinds of request in blocks of two (so the traffic and the
+    held-back rows both hold both): greetings, which the shipped router believes easy
+    (log-odds about -4) but the cheap model fails, and a C++ task it believes three log-odds
+    harder, where the strong model is no gain (both pass, or both fail). The shipped order
+    between the kinds is the wrong way round by more than the correction's bound."""
+    rows = []
+    for i in range(200):
+        greeting = (i // 2) % 2 == 1
+        if greeting:
+            prompt = f"hi {i + 3}"
+            weak, strong = (1.0 if i % 5 == 0 else 0.0), 1.0
+        else:
+            prompt = (f"Implement a thread-safe LRU cache in C++ with O(1) operations, "
+                      f"capacity {i + 3}, and explain the invariants step by step.")
+            weak = strong = 0.0 if (i // 4) % 2 == 0 else 1.0
+        rows.append({"id": f"r{i}", "prompt": prompt, "source": "fixture",
+                     "subset": "greeting" if greeting else "code", "weak_model": "w",
+                     "strong_model": "s", "weak_score": weak, "strong_score": strong})
+    path = tmp_path / "two_kinds.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_regions_learn_which_kind_of_request_needs_the_strong_model(tmp_path: Path) -> None:
+    """Per-region levels (the default) put the kind the reports say needs the strong model
+    above the other; the correction alone (``--no-regions``) cannot move it far enough."""
+    data = two_kinds(tmp_path)
+    status, out, err = cli("router", "replay", str(data), "--every", "50", "--json")
+    assert status == 0, err
+    learned = json.loads(out)
+    status, out, err = cli("router", "replay", str(data), "--every", "50", "--json",
+                           "--no-regions")
+    assert status == 0, err
+    alone = json.loads(out)
+    static = learned["static_apgr"]
+    assert alone["static_apgr"] == static < 0.5  # the shipped order is the wrong way round
+    assert learned["curve"][-1]["apgr"] > static + 0.3
+    assert learned["curve"][-1]["apgr"] > alone["curve"][-1]["apgr"] + 0.3
+    regions = learned["learning"]["regions"]
+    assert regions["count"] == 2 and regions["shift"]["max"] > 0 > regions["shift"]["min"]
+    assert alone["learning"]["regions"] is None
+    assert alone["learning"]["settings"]["regions"] is False

@@ -50,6 +50,12 @@ shipped model's ("the strong one does better"): on prompts both models fail they
 and the floor, which can only compare models on what reports say, cannot see it
 (BENCHMARKS.md, "Online routing", has the measurements).
 
+**Regions.** Every report also teaches per-region levels (:mod:`engine.core.routing.regions`,
+``OnlineSettings.regions``): how much harder or easier than the shipped model believed each
+region of the sentence-vector space is, added to the log-odds with their own floor. They
+reorder kinds of request past gaps the correction's bound cannot cross (BENCHMARKS.md,
+section 11b).
+
 The log-loss of both models on the reports is kept too, for ``GET /v1/routing``; the shipped
 model's is taken after a learned constant shift (``offset``), which buys log-loss without
 reordering anything.
@@ -67,6 +73,7 @@ import numpy as np
 
 from .learned import DENSE_NAMES
 from .mix import KEPT, MIN_COMPARED, Mix, concordance, fit_mix
+from .regions import Regions
 
 __all__ = ["COMPARED_WEIGHT", "MIN_EVIDENCE", "WINDOW", "OnlineSettings", "OnlineState",
            "Outcome", "label", "learn", "predict"]
@@ -92,6 +99,7 @@ class OnlineSettings:
     half_life: float = 2000.0
     key_cap: float = 200.0
     tolerance: float = 0.02
+    regions: bool = True
 
     @property
     def decay(self) -> float:
@@ -132,6 +140,8 @@ class OnlineState:
     mix_gate: float = 0.0
     #: The mix fitted on ``comparisons`` (rebuilt from them, not saved).
     mix: Mix | None = None
+    #: Per-region levels learned from every report (:mod:`engine.core.routing.regions`).
+    regions: Regions | None = None
 
     @classmethod
     def fresh(cls, model: str, inputs: int) -> OnlineState:
@@ -160,6 +170,7 @@ class OnlineState:
             "comparisons": _pack(self.comparisons if self.comparisons is not None
                                  else np.zeros((0, 5))),
             "reporters": {k: list(v) for k, v in self.reporters.items()},
+            **({"regions": self.regions.to_dict()} if self.regions is not None else {}),
         }
 
     @classmethod
@@ -176,6 +187,7 @@ class OnlineState:
             _unpack(raw["recent"]).reshape(-1, 4) if "recent" in raw else None,
             float(raw.get("gate", 0.0)), int(raw.get("compared", 0)), rows,
             float(raw.get("mix_gate", 0.0)), None if rows is None else fit_mix(rows[:, :4]),
+            Regions.from_dict(raw["regions"]) if "regions" in raw else None,
         )
 
     def describe(self, settings: OnlineSettings) -> dict[str, Any]:
@@ -194,6 +206,7 @@ class OnlineState:
             "correction_norm": round(float(np.linalg.norm(self.weights)), 4),
             "reporters": len(self.reporters),
             "mix": self._describe_mix(),
+            "regions": None if self.regions is None else self.regions.describe(),
         }
 
     def _describe_mix(self) -> dict[str, Any]:
@@ -259,6 +272,15 @@ def _length(inputs: np.ndarray) -> float:
     return float(inputs[_LENGTH]) * math.sqrt(len(DENSE_NAMES))
 
 
+_VECTOR = 1 + len(DENSE_NAMES)
+
+
+def _vector(inputs: np.ndarray) -> np.ndarray:
+    """The sentence vector, from a belief's inputs (after the log-odds and the dense
+    block); empty for a router without embeddings."""
+    return inputs[_VECTOR:]
+
+
 def _mixed(state: OnlineState, logit: float, inputs: np.ndarray, known: float) -> float:
     if state.mix is None or state.mix_gate <= 0:
         return logit
@@ -269,12 +291,15 @@ def _mixed(state: OnlineState, logit: float, inputs: np.ndarray, known: float) -
 def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
             settings: OnlineSettings, *, known: float = 0.0) -> float:
     """The corrected log-odds of a request whose shipped log-odds are ``logit``: the mix
-    (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the correction;
+    (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the region's level
+    and the correction, each as far as its own floor lets it;
     ``known`` (0..1: how like the shipped model's training data the request is) holds both
     back, so what the shipped model knew stays as it was."""
     if state is None or len(inputs) + 1 != len(state.weights):
         return logit
-    return (_mixed(state, logit, inputs, known)
+    shift = (0.0 if state.regions is None or not settings.regions
+             else state.regions.shift(_vector(inputs), known=known))
+    return (_mixed(state, logit, inputs, known) + shift
             + state.gate * (1.0 - known) * _correction(state, inputs, settings))
 
 
@@ -299,7 +324,7 @@ def _sigmoid(z: float) -> float:
 
 def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, quality: float,
           reporter: str | None, settings: OnlineSettings,
-          other: float | None = None) -> tuple[OnlineState, Outcome]:
+          other: float | None = None, known: float = 0.0) -> tuple[OnlineState, Outcome]:
     """One report's step (the module docstring): the new state and what the report did.
 
     Two kinds of request the shipped model cannot tell apart (log-odds -2 both); the cheap
@@ -353,7 +378,17 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     if weight > 0:
         row = [logit, logit + _correction(state, inputs, settings), target, weight]
         recent = np.vstack([recent, row])[-WINDOW:]
-    new = replace(state, weights=w, squares=squares, recent=recent, reports=n,
+    vector = _vector(inputs)
+    regions = state.regions
+    if len(vector) and settings.regions:
+        regions = regions or Regions.fresh(len(vector))
+        # Scored before learning (prequentially), as routing would have: the floor's evidence.
+        without = predict(replace(state, regions=None), logit, inputs, settings, known=known)
+        level = regions.shift(vector, known=known, gated=False)
+        regions = regions.floor((without, without + level), target, weight,
+                                settings.tolerance).learn(
+            vector, p=_sigmoid(logit), target=target, weight=weight, known=known, decay=decay)
+    new = replace(state, weights=w, squares=squares, recent=recent, reports=n, regions=regions,
                   compared=state.compared + (other is not None and weight > 0),
                   learned=state.learned * decay + weight, loss_shipped=loss_shipped,
                   loss_online=loss_online, evidence=evidence, reporters=reporters,
