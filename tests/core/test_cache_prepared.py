@@ -79,3 +79,50 @@ def test_a_lookup_that_needs_no_fingerprint_computes_none(matcher: SemanticMatch
     assert hit is not None and prepared is None
     given = cache.prepare("Where is Paris?")
     assert cache.lookup_prepared(rkey("Where is Paris?"), 1.0, prepared=given)[1] is given
+
+
+class ComparingMatcher(SemanticMatcher):
+    """The similarity function, counting the candidates a lookup compares."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compared = 0
+
+    def match(self, query: Fingerprint, cached: Fingerprint, *,
+              threshold: float) -> tuple[bool, float]:
+        self.compared += 1
+        return super().match(query, cached, threshold=threshold)
+
+
+TEXTS = [
+    "What is the capital of France?", "what is the capital of france",
+    "Why is the sky blue?", "Why is the sky blue",
+    "How many legs does a spider have?", "How many legs do spiders have?",
+    "How do volcanoes form under the ocean floor?", "Best way to learn Python quickly?",
+    "Is it safe to swim after eating?", "Why do cats purr?",
+]
+
+
+def test_a_lookup_compares_no_candidate_too_far_to_match() -> None:
+    matcher = ComparingMatcher()
+    cache = make_cache(matcher)
+    for text in TEXTS[::2]:
+        store(cache, text)
+    hit, _ = cache.lookup_prepared(rkey("Explain the rules of cricket to a beginner."), 1.0)
+    assert hit is None and matcher.compared == 0  # four candidates, none near enough
+    hit, _ = cache.lookup_prepared(rkey("Why is the sky blue"), 1.0)
+    assert hit is not None and matcher.compared >= 1
+
+
+@pytest.mark.parametrize("threshold", [0.6, DEFAULT_THRESHOLD, 0.95])
+def test_no_pair_below_the_least_cosine_matches(matcher: CountingMatcher,
+                                                threshold: float) -> None:
+    prints = [matcher.fingerprint(t) for t in TEXTS]
+    hits = 0
+    for a in prints:
+        for b in prints:
+            ok, _ = matcher.match(a, b, threshold=threshold)
+            if ok:
+                hits += 1
+                assert float(a.vector @ b.vector) >= matcher.least_cosine(a, threshold)
+    assert hits > len(prints)  # more than each text with itself: paraphrases match too

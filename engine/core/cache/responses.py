@@ -51,6 +51,7 @@ __all__ = ["MAX_SEMANTIC_CHARS", "CacheEntry", "CacheHit", "Matcher", "PreparedT
 MAX_SEMANTIC_CHARS = 16_384
 
 _SEARCH_K = 4
+_INDEX_SLACK = 0.01  # the HNSW graph's float16 scores are good to about 1e-3
 _ENTRY_OVERHEAD = 512  # bookkeeping, key, dict slots: a conservative per-entry estimate
 
 
@@ -61,6 +62,7 @@ class Matcher(Protocol):
     def normalise(self, text: str) -> str: ...
     def new_index(self, dim: int) -> Any: ...
     def vector(self, fingerprint: Any) -> Any: ...
+    def least_cosine(self, query: Any, threshold: float) -> float: ...
     def match(self, query: Any, cached: Any, *, threshold: float) -> tuple[bool, float]: ...
     def pack(self, fingerprint: Any) -> tuple[Any, ...]: ...
     def unpack(self, packed: tuple[Any, ...]) -> Any: ...
@@ -221,13 +223,18 @@ class ResponseCache:
         vector = self.matcher.vector(query)
         if len(vector) != partition.index.dim:  # vectors of another model: never comparable
             return None, prepared
-        for candidate_id, _score in partition.index.search(vector, _SEARCH_K):
+        threshold = self.threshold if threshold is None else threshold
+        # Candidates come best first; below this cosine none can match (the index's own
+        # scores are approximate past a few thousand entries: a margin for that).
+        least = self.matcher.least_cosine(query, threshold) - _INDEX_SLACK
+        for candidate_id, score in partition.index.search(vector, _SEARCH_K):
+            if score < least:
+                break
             kept = self._live(candidate_id, now)
             if kept is None:
                 continue
             ok, similarity = self.matcher.match(
-                query, self.matcher.unpack(kept[_FINGERPRINT]),
-                threshold=self.threshold if threshold is None else threshold)
+                query, self.matcher.unpack(kept[_FINGERPRINT]), threshold=threshold)
             if ok:
                 self._entries.move_to_end(candidate_id)
                 return CacheHit(_entry(kept), min(similarity, 0.9999)), prepared

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .similarity import Embedder, Fingerprint, match, normalize_text
@@ -39,6 +40,17 @@ class SemanticMatcher:
 
     def unpack(self, packed: tuple[Any, ...]) -> Fingerprint:
         return Fingerprint.unpack(packed)
+
+    def least_cosine(self, query: Fingerprint, threshold: float) -> float:
+        """The lowest cosine between ``query``'s vector and a cached one at which the two can
+        still match at ``threshold`` (the cache compares no candidate below it). An allowed
+        pair scores ``0.5 + 0.5 * (cosine - penalty)`` with a penalty never below 0, so
+        above 0.5 a hit needs a cosine of ``2 * threshold - 1``; at or below 0.5, or with
+        ``unaligned_cosine`` on vectors from ``cache.embedder`` (whose penalty may be
+        negative), any cosine may."""
+        if threshold <= 0.5 or (self.unaligned_cosine is not None and query.external):
+            return -math.inf
+        return 2.0 * threshold - 1.0
 
     def match(
         self, query: Fingerprint, cached: Fingerprint, *, threshold: float
