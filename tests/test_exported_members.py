@@ -45,6 +45,8 @@ SURFACES: dict[str, set[str]] = {
         "ChatStream", "FeedbackReport", "Gateway", "KeyGate", "MetricsSnapshot", "Models",
         "RequestSpan", "RoutingPolicy", "RunContext", "Runs", "Served", "configure_tracing",
         "load_models", "load_offline_policy", "open_gateway", "request_span",
+        # socket and channel calls that wait only when they must (the server's connections)
+        "channel_receive", "channel_send", "socket_receive_some", "socket_send_all",
     },
     "engine.stores": {"FeedbackStore", "Memo", "RunStore", "SqliteRunStore"},
     "engine.testing": {
