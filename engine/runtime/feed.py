@@ -81,9 +81,7 @@ class Feed(Generic[_T]):
         try:
             item: _T = await channels.receive(self._receive)
         except trio.EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise StopAsyncIteration from None
+            raise self._ending() from None
         return item
 
     def next_ready(self) -> _T:
@@ -97,10 +95,12 @@ class Feed(Generic[_T]):
         try:
             item: _T = self._receive.receive_nowait()
         except trio.EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise StopAsyncIteration from None
+            raise self._ending() from None
         return item
+
+    def _ending(self) -> BaseException:
+        """What iterating raises once every item is taken: how the task failed, if it did."""
+        return self._error if self._error is not None else StopAsyncIteration()
 
     def close(self) -> None:
         """Stop taking items and cancel the task. Safe to call more than once."""
