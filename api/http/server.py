@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -57,6 +58,32 @@ def hypercorn_config(config: Config, *, host: str, port: int) -> HypercornConfig
     hc.backlog = 1024
     hc.include_server_header = False
     return hc
+
+
+class _Listener(trio.abc.Listener[trio.SocketStream]):
+    """A listening socket whose ``accept`` passes the scheduler only when no connection is
+    waiting. trio's ``SocketListener`` yields after every accept, so a burst of clients
+    connecting at once was taken one per pass of the run loop, each pass as long as the work
+    of every request in flight: the last of 64 new connections waited for 64 passes before
+    its first request was read."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+
+    async def accept(self) -> trio.SocketStream:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._sock)
+                continue
+            return trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+
+    async def aclose(self) -> None:
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
 
 
 def bind_sockets(hc: HypercornConfig) -> Sockets:
@@ -101,7 +128,7 @@ async def serve(
             if sockets is None:
                 sockets = bind_sockets(config)
             for sock in sockets.insecure_sockets:
-                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                listeners.append(_Listener(sock))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             idle = IdleConnections()
             handler = partial(Connection, asgi, config, context, ConnectionState(state.copy()),
