@@ -110,7 +110,7 @@ async def _replay(args: argparse.Namespace, held: list[RoutingRow],
     learned = LearnedRouter.load(path)
     with tempfile.TemporaryDirectory(prefix="llm-router-replay-") as tmp:
         config = _config(path, Path(tmp) / "feedback.db", learning=args.learning,
-                         regions=getattr(args, "regions", True))
+                         regions=args.regions)
         store = FeedbackStore(Path(tmp) / "feedback.db",
                               base=(config.classifier.tier1_max, config.classifier.tier2_max))
         await store.open()

@@ -10,7 +10,7 @@ plain HTTP, rewritten for faults of hypercorn 0.18 and for what it costs a reque
 * The idle timer is a deadline on the connection's reading, not a task: hypercorn spawned and
   cancelled a timer task around every request (three passes of the scheduler). The deadline
   is set when the connection goes idle and lifted when a request's head arrives; a server
-  shutting down closes its idle connections at once (:meth:`Connection.close_if_idle`).
+  shutting down closes its idle connections at once (:class:`IdleConnections`).
 * A connection whose client has gone is closed at once (hypercorn kept it until the idle
   timer ran out), and the requests on it that watch for it are cancelled
   (:mod:`api.http.client_gone`), with no task of their own waiting for ``http.disconnect``.
@@ -76,12 +76,18 @@ class IdleConnections:
         self._idle: set[Connection] = set()
         self.closing = False
 
+    def add(self, connection: Connection) -> None:
+        self._idle.add(connection)
+
+    def discard(self, connection: Connection) -> None:
+        self._idle.discard(connection)
+
     def close_all(self) -> None:
         """The server is shutting down: close the idle connections now, and any other as
         soon as it goes idle."""
         self.closing = True
         for connection in list(self._idle):
-            connection.close_if_idle()
+            connection.close_now()
 
 
 class Connection:
@@ -124,7 +130,7 @@ class Connection:
         except OSError:
             pass
         finally:
-            self._idle_set._idle.discard(self)
+            self._idle_set.discard(self)
             await self._close()
             vars(self).pop("protocol", None)  # the protocol holds our bound methods
 
@@ -155,16 +161,15 @@ class Connection:
             self._reading.deadline = -math.inf
         else:
             self._reading.deadline = trio.current_time() + self.config.keep_alive_timeout
-            self._idle_set._idle.add(self)
+            self._idle_set.add(self)
 
     def _going_busy(self) -> None:
         self._reading.deadline = math.inf
-        self._idle_set._idle.discard(self)
+        self._idle_set.discard(self)
 
-    def close_if_idle(self) -> None:
-        """Close the connection now if it is idle (the server is shutting down)."""
-        if self in self._idle_set._idle:
-            self._reading.deadline = -math.inf
+    def close_now(self) -> None:
+        """End the reading loop now, closing the connection (an idle one, at shutdown)."""
+        self._reading.deadline = -math.inf
 
     # ---- writing ----------------------------------------------------------------------------
 
@@ -202,9 +207,8 @@ class Connection:
             await lock.acquire()
         try:
             await socket_send_all(self.stream, data, shield=True)  # never cut mid-write
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.protocol.handle(Closed())
-        except trio.BusyResourceError:  # only _close's send_eof sends alongside a write
+        # Busy: only _close's send_eof sends alongside a write.
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             await self.protocol.handle(Closed())
         finally:
             lock.release()
