@@ -57,6 +57,8 @@ class SSEDecoder:
 
     @staticmethod
     def _parse_block(block: bytes) -> tuple[str, str] | None:
+        if block[:6] == b"data: " and b"\n" not in block:  # one data line: most events
+            return "", block[6:].decode("utf-8", "replace")
         name = ""
         data: list[str] = []
         for raw in block.split(b"\n"):

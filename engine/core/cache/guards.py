@@ -22,6 +22,7 @@ Word lists are closed classes of English and general antonym pairs, not tuned to
 
 from __future__ import annotations
 
+import functools
 import marshal
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +123,7 @@ _SUFFIXES = (("ies", "y"), ("es", ""), ("s", ""), ("ing", ""), ("ing", "e"), ("e
              ("ed", "e"), ("ly", ""))
 
 
+@functools.lru_cache(maxsize=8192)  # a pure function of the word, asked once per use
 def _variants(word: str) -> frozenset[str]:
     """Inflection keys: two words are the same word when their keys intersect. A suffix
     stripper, not a stemmer: it only has to make "places"/"place" and "change"/"changing"
@@ -213,7 +215,9 @@ def read_text(text: str) -> TextFeatures:
     for m in _TOKEN.finditer(text):
         if polite and m.start() < polite.end():
             continue
-        raw, word = m.group(), _SPELLING.get(m.group().lower(), m.group().lower())
+        raw = m.group()
+        word = raw.lower()
+        word = _SPELLING.get(word, word)
         position = len(tokens)
         tokens.append(word)
         if word[0] in _SENTENCE_ENDS:

@@ -100,7 +100,8 @@ def normalize_text(text: str) -> str:
     space. Contractions are expanded so "What's" and "What is" share tokens and the negation in
     "isn't" is the word "not" that the negation guard looks for."""
     text = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
-    for pattern, repl in _CONTRACTIONS:
+    # the patterns after the first three all need an apostrophe (and none writes one)
+    for pattern, repl in _CONTRACTIONS if "'" in text else _CONTRACTIONS[:3]:
         text = pattern.sub(repl, text)
     return _SPACE.sub(" ", text).strip()
 
@@ -244,11 +245,13 @@ class Embedder:
         table, tokenizer = self._model()
         out = np.zeros((len(texts), table.shape[1]), np.float32)
         normal = [normalize_text(t) for t in texts]
-        for row, enc in zip(out, tokenizer.encode_batch(normal, add_special_tokens=False),
-                            strict=True):
+        # one text (a request being routed) skips the batch call's thread pool
+        encodings = ([tokenizer.encode(normal[0], add_special_tokens=False)] if len(normal) == 1
+                     else tokenizer.encode_batch(normal, add_special_tokens=False))
+        for row, enc in zip(out, encodings, strict=True):
             if enc.ids:
                 row[:] = table[enc.ids].sum(axis=0)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        norms = np.sqrt(np.add.reduce(out * out, axis=1, keepdims=True))  # np.linalg.norm's sum
         unit: np.ndarray = np.divide(out, norms, out=out, where=norms > 0)
         return unit
 

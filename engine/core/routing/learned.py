@@ -43,6 +43,7 @@ from engine.errors import RouterError
 from engine.messages import ChatRequest, Message, TextPart
 
 from .conversation import conversation_text, user_turns
+from .hashing import bag, char_hashes, word_hashes
 from .scoring import Score, score_request
 
 __all__ = [
@@ -75,7 +76,6 @@ _SHAPE = ("log_chars_last", "log_chars_all", "log_words_last", "log_lines_last",
 DENSE_NAMES = tuple(f"signal_{k}" for k in _SIGNAL_SCALE) + _SHAPE
 
 _WORD = re.compile(r"\w+")
-_MASK32 = np.uint64(0xFFFFFFFF)
 
 
 class TextEmbedder(Protocol):
@@ -161,56 +161,16 @@ def _clip(text: str, max_chars: int) -> str:
     return text[:head] + "\n" + text[len(text) - (max_chars - head):]
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """A 32-bit avalanche (murmur3's finaliser) over uint64 arrays holding 32-bit values."""
-    h = h ^ (h >> np.uint64(16))
-    h = (h * np.uint64(0x85EBCA6B)) & _MASK32
-    h = h ^ (h >> np.uint64(13))
-    h = (h * np.uint64(0xC2B2AE35)) & _MASK32
-    return h ^ (h >> np.uint64(16))
-
-
-def _word_hashes(text: str, bigrams: bool) -> np.ndarray:
-    words = _WORD.findall(text)
-    h = np.fromiter((zlib.crc32(w.encode()) for w in words), np.uint64, len(words))
-    if bigrams and len(h) > 1:
-        pair = _mix((h[:-1] * np.uint64(0x9E3779B1) + h[1:] + np.uint64(1)) & _MASK32)
-        h = np.concatenate([h, pair])
-    return h
-
-
-def _char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
-    b = np.frombuffer(text.encode(), np.uint8).astype(np.uint64)
-    out = []
-    h = b
-    for n in range(2, max(ngrams, default=0) + 1):
-        if len(b) < n:
-            break
-        # the hash of each n-gram extends its (n-1)-gram prefix's by one byte (FNV-style)
-        h = (h[:-1] * np.uint64(0x01000193) + b[n - 1 :]) & _MASK32
-        if n in ngrams:
-            out.append(_mix(h ^ np.uint64(n << 24)))
-    return np.concatenate(out) if out else np.zeros(0, np.uint64)
-
-
-def _bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted bucket counts of hashes, log-scaled, with unit norm: (indices, values)."""
-    mask = np.uint64(buckets - 1)
-    parts = [(h, w) for h, w in parts if len(h)]
-    if not parts:
-        return np.zeros(0, np.intp), np.zeros(0)
-    if len(parts) == 1:
-        indices, counts = np.unique(parts[0][0] & mask, return_counts=True)
-        values = np.log1p(counts * parts[0][1])
-    else:
-        indices, inverse = np.unique(np.concatenate([h & mask for h, _ in parts]),
-                                     return_inverse=True)
-        weights = np.concatenate([np.full(len(h), w) for h, w in parts])
-        values = np.log1p(np.bincount(inverse, weights=weights))
-    return indices.astype(np.intp), values / np.linalg.norm(values)
-
-
 # -- features ------------------------------------------------------------------------------------
+
+
+# Character classes of ASCII bytes for _shape: digit, upper, lower, space; everything else
+# (punctuation, control characters) counts as punctuation.
+_CLASSES = bytes(
+    ord("d") if 48 <= c <= 57 else ord("u") if 65 <= c <= 90 else ord("l") if 97 <= c <= 122
+    else ord("s") if c == 32 or 9 <= c <= 13 else ord("p")
+    for c in range(256)
+)
 
 
 def _shape(last: str, whole: int, user_turns: int) -> list[float]:
@@ -219,22 +179,27 @@ def _shape(last: str, whole: int, user_turns: int) -> list[float]:
     sample = last[:2000]
     n = max(1, len(sample))
     words = _WORD.findall(sample)
-    code = np.frombuffer(sample.encode("utf-32-le"), np.uint32)
-    digit = (code >= 48) & (code <= 57)
-    upper = (code >= 65) & (code <= 90)
-    lower = (code >= 97) & (code <= 122)
-    ascii_ = code < 128
-    space = (code == 32) | ((code >= 9) & (code <= 13))
-    punct = ascii_ & ~(digit | upper | lower | space)
+    if sample.isascii():
+        classes = sample.encode().translate(_CLASSES)
+        digit, upper, lower, space = (classes.count(c) for c in b"duls")
+        other = 0
+    else:
+        code = np.frombuffer(sample.encode("utf-32-le"), np.uint32)
+        counts = np.bincount(np.frombuffer(_CLASSES, np.uint8)[np.minimum(code, 255)],
+                             minlength=256)
+        digit, upper, lower, space = (int(counts[c]) for c in b"duls")
+        other = int((code >= 128).sum())
+        # a non-ASCII character is none of the ASCII classes (its clipped code, 255, is "p")
+    punct = len(sample) - digit - upper - lower - space - other
     return [
         math.log1p(len(last)),
         math.log1p(whole),
         math.log1p(len(words) * len(last) / n),
         math.log1p(last.count("\n")),
-        int(digit.sum()) / n,
-        int(upper.sum()) / n,
-        int(punct.sum()) / n,
-        int((~ascii_).sum()) / n,
+        digit / n,
+        upper / n,
+        punct / n,
+        other / n,
         sum(map(len, words)) / max(1, len(words)),
         math.log1p(last.count("?")),
         math.log1p(user_turns),
@@ -284,10 +249,10 @@ def _features(conversation: _Conversation, config: FeatureConfig,
         context = _clip("\n".join(earlier), config.max_chars // 2).lower()
         texts.append((context, config.context_weight, config.embedding_chars // 2))
     offset = len(DENSE_NAMES) + config.embedding_dim
-    w_idx, w_val = _bag([(_word_hashes(t, config.word_bigrams), w) for t, w, _ in texts],
-                        config.word_buckets)
-    c_idx, c_val = _bag([(_char_hashes(t, config.char_ngrams), w) for t, w, _ in texts],
-                        config.char_buckets)
+    w_idx, w_val = bag([(word_hashes(t, config.word_bigrams), w) for t, w, _ in texts],
+                       config.word_buckets)
+    c_idx, c_val = bag([(char_hashes(t, config.char_ngrams), w) for t, w, _ in texts],
+                       config.char_buckets)
     indices = np.concatenate([w_idx + offset, c_idx + offset + config.word_buckets])
     values = np.concatenate([w_val * config.word_scale, c_val * config.char_scale])
 
@@ -300,9 +265,11 @@ def _features(conversation: _Conversation, config: FeatureConfig,
         if vectors.shape[1] != config.embedding_dim:
             raise RouterError(f"this router needs {config.embedding_dim}-dim embeddings, "
                               f"the embedder gives {vectors.shape[1]}")
-        weights = np.array([w for _, w, _ in texts])[:, None]
-        embedding = (vectors * weights).sum(axis=0)
-        norm = np.linalg.norm(embedding)
+        if len(texts) == 1:  # the sum below, of one row
+            embedding = vectors[0] * texts[0][1]
+        else:
+            embedding = (vectors * np.array([w for _, w, _ in texts])[:, None]).sum(axis=0)
+        norm = math.sqrt(float(embedding @ embedding))  # np.linalg.norm's, without its checks
         if norm > 0:
             embedding = embedding / norm * config.embedding_scale
     return Features(dense, embedding, indices, values)

@@ -291,23 +291,26 @@ class OpenAIStreamDecoder:
             raise UpstreamError("upstream sent an undecodable stream chunk") from None
         if type(chunk) is not dict:
             raise UpstreamError("upstream sent an undecodable stream chunk")
-        if is_error(chunk):
+        get = chunk.get
+        if get("error") is not None or get("object") == "error":  # errors.is_error, inline
             message = describe_error(chunk) or "an error event without a message"
             raise UpstreamError(f"upstream stream failed: {message}")
         if self._model is None:
-            model = chunk.get("model")
+            model = get("model")
             if isinstance(model, str):
                 self._model = model
-        usage = chunk.get("usage")
+        usage = get("usage")
         if usage:
             self._usage = _parse_usage(usage)
-        for choice in chunk.get("choices") or ():
+        for choice in get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue  # the canonical stream has one choice
             delta = choice.get("delta")
             if delta:
                 text = delta.get("content") or delta.get("refusal")
-                logprobs = _parse_logprobs(choice.get("logprobs"))
+                logprobs = choice.get("logprobs")
+                if logprobs is not None:
+                    logprobs = _parse_logprobs(logprobs)
                 if text or logprobs:
                     events.append(TextDelta(text or "", logprobs))
                 calls = delta.get("tool_calls")
