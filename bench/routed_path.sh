@@ -5,6 +5,8 @@
 #   miss     `model: auto`, cache on, a different question every time: scored by the trained
 #            router, embedded, looked up, routed to a tier, stored
 #   hit      `model: auto`, cache on, one question throughout: answered from the cache
+#   real     as miss, but real questions (the QQP dev questions of $LLM_ROUTER_EVAL_DATA, each
+#            once): unlike the template of miss, most come near no cached question
 # Each shape gets a fresh router on CPU 0 (wrk and the nginx mock on CPU 1), 3 s of warm-up,
 # then SECONDS of wrk at CONNS connections; CPU per request is the router's utime+stime over
 # the measured run divided by its requests. PROFILE=miss,hit (or 1: miss) has py-spy sample
@@ -85,6 +87,18 @@ for shape in ${SHAPES:-pinned miss hit}; do
     stream) run_shape stream false "${wrk_stream[@]}" ;;
     miss) run_shape miss true "${wrk_varied[@]}" ;;
     hit) run_shape hit true env WRK_SAME=1 "${wrk_varied[@]}" ;;
+    real)
+      : "${LLM_ROUTER_EVAL_DATA:?set LLM_ROUTER_EVAL_DATA for the real shape}"
+      .venv/bin/python -c 'import json, sys
+seen = set()
+for line in open(sys.argv[1]):
+    pair = json.loads(line)
+    for q in (pair["a"], pair["b"]):
+        if q not in seen:
+            seen.add(q)
+            print(json.dumps(" ".join(q.split()))[1:-1])' \
+        "$LLM_ROUTER_EVAL_DATA/cache/qqp_pairs_dev.jsonl" > "$work/prompts.txt"
+      run_shape real true env WRK_PROMPTS="$work/prompts.txt" "${wrk_varied[@]}" ;;
     *) echo "unknown shape $shape" >&2; exit 2 ;;
   esac
 done

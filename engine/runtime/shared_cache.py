@@ -45,8 +45,9 @@ log = logging.getLogger("llm_router")
 BACKLOG = 1_000
 _BATCH = 64
 _RETRY_SEC = 0.25
-# Texts fingerprinted per worker-thread call while filing (about 0.8 ms each): small enough
-# that the event loop is never kept from the GIL for long during a catch-up.
+# Texts fingerprinted per worker-thread call while filing (normalised and embedded; the rest
+# of a fingerprint waits for its first comparison): small enough that the event loop is never
+# kept from the GIL for long during a catch-up.
 _PREPARE_CHUNK = 16
 
 

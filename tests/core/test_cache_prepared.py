@@ -126,3 +126,49 @@ def test_no_pair_below_the_least_cosine_matches(matcher: CountingMatcher,
                 hits += 1
                 assert float(a.vector @ b.vector) >= matcher.least_cosine(a, threshold)
     assert hits > len(prints)  # more than each text with itself: paraphrases match too
+
+
+# -- the lexical part, worked out on first use ----------------------------------------------
+
+
+def test_a_miss_near_nothing_works_out_no_lexical_part(matcher: CountingMatcher) -> None:
+    """A lookup that compares no candidate reads only the query's vector; the store keeps
+    the fingerprint unsettled, and the first comparison that needs it settles it once."""
+    cache = make_cache(matcher)
+    store(cache, "Why is the sky blue?")
+    text = "Explain the rules of cricket to a beginner."
+    hit, prepared = cache.lookup_prepared(rkey(text), 1.0)
+    assert hit is None and prepared is not None and not prepared.fingerprint.settled
+    store(cache, text, prepared)
+    kept = cache._entries[max(cache._entries)]
+    assert kept[3][2] is None  # packed without its lexical part
+
+    hit, _ = cache.lookup_prepared(rkey("Explain the rules of cricket to a beginner!"), 2.0)
+    assert hit is not None and hit.similarity >= DEFAULT_THRESHOLD
+    settled = cache._entries[max(cache._entries)]
+    assert settled[3][2] is not None  # the comparison's work is kept with the entry
+    assert settled[:3] == kept[:3] and settled[4:] == kept[4:]
+
+
+def test_a_settled_fingerprint_is_the_one_made_at_once(matcher: SemanticMatcher) -> None:
+    for text in TEXTS + ["", "Was Obama born in 1961 or 1962?", "Ünïcödé & ünits: 3,5 km"]:
+        lazy, eager = matcher.fingerprint(text), matcher.fingerprint(text)
+        eager.features  # settled now
+        again = matcher.unpack(lazy.pack())  # packed unsettled, settled after unpacking
+        other = matcher.unpack(eager.pack())
+        for fp in (lazy, again, other):
+            assert fp.text == eager.text and (fp.vector == eager.vector).all()
+            assert fp.features.words == eager.features.words
+            assert fp.features.numbers == eager.features.numbers
+            assert (fp.salience == eager.salience).all()
+            assert (fp.word_vectors == eager.word_vectors).all()
+        external = matcher.fingerprint(text).with_vector(eager.vector * 2)
+        assert external.external and not external.settled
+        assert external.features.words == eager.features.words
+
+
+def test_an_unsettled_pack_needs_the_table(matcher: SemanticMatcher) -> None:
+    packed = matcher.fingerprint("Why do cats purr?").pack()
+    with pytest.raises(ValueError):
+        Fingerprint.unpack(packed)
+    assert Fingerprint.unpack(packed, matcher.embedder.table).features.words

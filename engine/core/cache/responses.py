@@ -66,6 +66,7 @@ class Matcher(Protocol):
     def match(self, query: Any, cached: Any, *, threshold: float) -> tuple[bool, float]: ...
     def pack(self, fingerprint: Any) -> tuple[Any, ...]: ...
     def unpack(self, packed: tuple[Any, ...]) -> Any: ...
+    def repack(self, packed: tuple[Any, ...], fingerprint: Any) -> tuple[Any, ...] | None: ...
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -94,6 +95,12 @@ _NORM: Final = 2
 _FINGERPRINT: Final = 3
 _EXPIRES: Final = 9
 _SIZE: Final = 10
+
+
+def _with_fingerprint(kept: _Kept, packed: tuple[Any, ...]) -> _Kept:
+    """``kept`` with another packing of its fingerprint."""
+    entry_id, exact, norm, _, answer, model, tier, cost, reference, expires, size = kept
+    return (entry_id, exact, norm, packed, answer, model, tier, cost, reference, expires, size)
 
 
 def _entry(kept: _Kept, result: ChatResult | None = None) -> CacheEntry:
@@ -233,8 +240,12 @@ class ResponseCache:
             kept = self._live(candidate_id, now)
             if kept is None:
                 continue
-            ok, similarity = self.matcher.match(
-                query, self.matcher.unpack(kept[_FINGERPRINT]), threshold=threshold)
+            cached = self.matcher.unpack(kept[_FINGERPRINT])
+            ok, similarity = self.matcher.match(query, cached, threshold=threshold)
+            repacked = self.matcher.repack(kept[_FINGERPRINT], cached)
+            if repacked is not None:  # the comparison worked out more of it: keep that
+                kept = _with_fingerprint(kept, repacked)
+                self._entries[candidate_id] = self._by_age[candidate_id] = kept
             if ok:
                 self._entries.move_to_end(candidate_id)
                 return CacheHit(_entry(kept), min(similarity, 0.9999)), prepared

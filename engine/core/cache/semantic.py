@@ -39,7 +39,12 @@ class SemanticMatcher:
         return fingerprint.pack()
 
     def unpack(self, packed: tuple[Any, ...]) -> Fingerprint:
-        return Fingerprint.unpack(packed)
+        return Fingerprint.unpack(packed, self.embedder.table)
+
+    def repack(self, packed: tuple[Any, ...], fingerprint: Fingerprint) -> tuple[Any, ...] | None:
+        """What to keep instead of ``packed`` now that ``fingerprint`` (its unpacking) has
+        been compared: its lexical part, worked out once (``None``: keep ``packed``)."""
+        return fingerprint.pack() if packed[2] is None and fingerprint.settled else None
 
     def least_cosine(self, query: Fingerprint, threshold: float) -> float:
         """The lowest cosine between ``query``'s vector and a cached one at which the two can

@@ -53,7 +53,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,24 +111,73 @@ def normalize_text(text: str) -> str:
 _MAX_WORD_VECTORS = 64  # per text; later words match by spelling only, which is stricter
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Fingerprint:
-    """Everything a comparison needs from one text, computed once (keep it with the entry).
+    """Everything a comparison needs from one text (keep it with the entry; do not change it).
 
     ``features`` is what the text says by word class (``similarity_guards.TextFeatures``:
     numbers, negations, question words, persons, tense, function words, content words...); the
     common ones are mirrored as attributes. Each content word has a ``salience``: the norm of
     its summed token vectors. WordLlama gives function words short vectors and rare content
     words long ones ("the" 1.6, "best" 9.8, "France" 21), an IDF without a corpus.
+
+    Those three, the lexical part, are worked out on first use from the tokens kept for it:
+    a lookup reads only the ``vector`` of a query that no cached vector comes near (on real
+    prompts most misses: 82-88% of the QQP and MMLU dev questions against the 1,000 before
+    them), and an entry that no lookup compares never needs them. The result is the same
+    either way.
     """
 
-    text: str  # normalised
-    vector: np.ndarray = field(repr=False)  # (dim,) float32, unit (zero without tokens)
-    features: TextFeatures = field(repr=False)
-    salience: np.ndarray = field(repr=False)  # (len(words),) float32
-    word_vectors: np.ndarray = field(repr=False)  # (<= len(words), dim) float16, unit rows
-    #: The sentence vector came from ``cache.embedder`` (:meth:`with_vector`), not the table.
-    external: bool = False
+    __slots__ = ("_lexical", "_tokens", "external", "text", "vector")
+
+    def __init__(
+        self, text: str, vector: np.ndarray, features: TextFeatures | None = None,
+        salience: np.ndarray | None = None, word_vectors: np.ndarray | None = None,
+        external: bool = False, *, tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """The lexical part given (``features``, ``salience``, ``word_vectors``), or the
+        ``tokens`` to work it out from: ``(ids, (n, 2) character offsets, embedding table)``."""
+        self.text = text  # normalised
+        self.vector = vector  # (dim,) float32, unit (zero without tokens)
+        #: The sentence vector came from ``cache.embedder`` (:meth:`with_vector`), not the table.
+        self.external = external
+        self._lexical: tuple[TextFeatures, np.ndarray, np.ndarray] | None = None
+        self._tokens = tokens
+        if features is not None and salience is not None and word_vectors is not None:
+            self._lexical = (features, salience, word_vectors)
+        elif tokens is None:
+            raise ValueError("a fingerprint needs its lexical part or the tokens to make it")
+
+    def __repr__(self) -> str:
+        return f"Fingerprint({self.text!r})"
+
+    @property
+    def features(self) -> TextFeatures:
+        return (self._lexical or self._settle())[0]
+
+    @property
+    def salience(self) -> np.ndarray:
+        """(len(words),) float32."""
+        return (self._lexical or self._settle())[1]
+
+    @property
+    def word_vectors(self) -> np.ndarray:
+        """(<= len(words), dim) float16, unit rows."""
+        return (self._lexical or self._settle())[2]
+
+    @property
+    def settled(self) -> bool:
+        """Whether the lexical part has been worked out."""
+        return self._lexical is not None
+
+    def _settle(self) -> tuple[TextFeatures, np.ndarray, np.ndarray]:
+        tokens = self._tokens
+        if tokens is None:  # settled meanwhile, in another thread
+            assert self._lexical is not None
+            return self._lexical
+        ids, offsets, table = tokens
+        self._lexical = lexical = _lexical(self.text, table[ids], offsets)
+        self._tokens = None
+        return lexical
 
     def with_vector(self, vector: np.ndarray) -> Fingerprint:
         """This fingerprint with a sentence vector from another model (``cache.embedder``):
@@ -136,21 +185,35 @@ class Fingerprint:
         cosine (:func:`compare`)."""
         vector = np.asarray(vector, np.float32)
         norm = float(np.sqrt(vector @ vector))
-        return replace(self, vector=vector / norm if norm > 0 else vector, external=True)
+        vector = vector / norm if norm > 0 else vector
+        if self._lexical is None:
+            return Fingerprint(self.text, vector, external=True, tokens=self._tokens)
+        return Fingerprint(self.text, vector, *self._lexical, external=True)
 
     def pack(self) -> tuple[Any, ...]:
         """This fingerprint as a plain tuple of strings, bytes and arrays: what a cache keeps
         per entry. The cyclic collector stops tracking such a tuple once it has seen it, so a
         cache of 100,000 entries adds nothing to a full collection (as objects, a
-        fingerprint's features are a few dozen tracked sets and tuples)."""
-        return (self.text, self.vector, pack_features(self.features), self.salience,
-                self.word_vectors, self.external)
+        fingerprint's features are a few dozen tracked sets and tuples). Unsettled, it holds
+        the token ids and offsets instead of the lexical part (:meth:`unpack` needs the
+        table then)."""
+        if self._lexical is None:
+            assert self._tokens is not None
+            ids, offsets, _ = self._tokens
+            return (self.text, self.vector, None, ids, offsets, self.external)
+        features, salience, word_vectors = self._lexical
+        return (self.text, self.vector, pack_features(features), salience, word_vectors,
+                self.external)
 
     @classmethod
-    def unpack(cls, packed: tuple[Any, ...]) -> Fingerprint:
-        """The fingerprint :meth:`pack` packed (about 10 µs: a cache unpacks only the few
-        candidates a lookup compares)."""
+    def unpack(cls, packed: tuple[Any, ...], table: np.ndarray | None = None) -> Fingerprint:
+        """The fingerprint :meth:`pack` packed (about 10 µs settled: a cache unpacks only the
+        few candidates a lookup compares); an unsettled one needs the embedding ``table``."""
         text, vector, features, salience, word_vectors, external = packed
+        if features is None:
+            if table is None:
+                raise ValueError("an unsettled fingerprint unpacks with its embedding table")
+            return cls(text, vector, external=external, tokens=(salience, word_vectors, table))
         return cls(text, vector, unpack_features(features), salience, word_vectors, external)
 
     @property
@@ -195,12 +258,19 @@ def _word_sums(tokens: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
 
 def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndarray) -> Fingerprint:
     """The fingerprint of a normalised ``text`` from its token ``ids``, their ``(n, 2)``
-    character ``offsets`` and the embedding ``table``. A word's vector is the sum of the
-    vectors of the tokens overlapping it."""
-    tokens = table[ids]
-    vector = tokens.sum(axis=0) if len(ids) else np.zeros(table.shape[1], np.float32)
+    character ``offsets`` and the embedding ``table``: its sentence vector now, its lexical
+    part when first used."""
+    vector = table[ids].sum(axis=0) if len(ids) else np.zeros(table.shape[1], np.float32)
     norm = float(np.sqrt(vector @ vector))
     vector = vector / norm if norm > 0 else vector
+    return Fingerprint(text, vector, tokens=(ids, offsets, table))
+
+
+def _lexical(text: str, tokens: np.ndarray, offsets: np.ndarray
+             ) -> tuple[TextFeatures, np.ndarray, np.ndarray]:
+    """A fingerprint's lexical part: the text's features, and each content word's salience
+    and unit vector, a word's vector being the sum of the ``tokens`` (vectors) overlapping
+    it."""
     features = read_text(text)
     spans = np.asarray(features.spans, np.int64).reshape(-1, 2)
     lo = np.searchsorted(offsets[:, 1], spans[:, 0], side="right")  # first token ending in it
@@ -208,13 +278,8 @@ def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndar
     sums = _word_sums(tokens, lo, hi)
     salience = np.sqrt(np.einsum("ij,ij->i", sums, sums))
     top = slice(0, _MAX_WORD_VECTORS)
-    return Fingerprint(
-        text=text,
-        vector=vector,
-        features=features,
-        salience=salience,
-        word_vectors=(sums[top] / np.maximum(salience[top, None], 1e-6)).astype(np.float16),
-    )
+    word_vectors = (sums[top] / np.maximum(salience[top, None], 1e-6)).astype(np.float16)
+    return features, salience, word_vectors
 
 
 # -- the embedder ---------------------------------------------------------------------------
@@ -238,6 +303,11 @@ class Embedder:
     def dim(self) -> int:
         """The vector dimension (256)."""
         return int(self._model()[0].shape[1])
+
+    @property
+    def table(self) -> np.ndarray:
+        """The token embedding table, ``(vocabulary, dim)`` float32."""
+        return self._model()[0]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors of the normalised ``texts``, ``(len(texts), dim)`` float32; the zero
