@@ -120,7 +120,8 @@ class Fingerprint:
     its summed token vectors. WordLlama gives function words short vectors and rare content
     words long ones ("the" 1.6, "best" 9.8, "France" 21), an IDF without a corpus.
 
-    Those three, the lexical part, are worked out on first use from the tokens kept for it:
+    ``features``, ``salience`` and ``word_vectors`` (each content word's unit vector), the
+    lexical part, are worked out on first use from the tokens kept for it:
     a lookup reads only the ``vector`` of a query that no cached vector comes near (on real
     prompts most misses: 82-88% of the QQP and MMLU dev questions against the 1,000 before
     them), and an entry that no lookup compares never needs them. The result is the same
@@ -210,7 +211,7 @@ class Fingerprint:
         """The fingerprint :meth:`pack` packed (about 10 µs settled: a cache unpacks only the
         few candidates a lookup compares); an unsettled one needs the embedding ``table``."""
         text, vector, features, salience, word_vectors, external = packed
-        if features is None:
+        if features is None:  # unsettled: the token ids and offsets in the last two places
             if table is None:
                 raise ValueError("an unsettled fingerprint unpacks with its embedding table")
             return cls(text, vector, external=external, tokens=(salience, word_vectors, table))
