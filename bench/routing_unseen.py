@@ -165,6 +165,7 @@ class Router:
             sub = Fitted(x.take(train), y[train], group_of([rows[i] for i in train], kind),
                          kind == "monotone")
             oof[test] = sub.margins(x.take(test))
+        self.oof = oof
         self.calibration = calibrate(oof, targets(rows, "binary"))
 
     def scaled(self, x: FeatureMatrix) -> FeatureMatrix:
