@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from engine.core.cache.key import RequestKey, request_key
-from engine.core.cache.responses import CacheHit, PreparedText, ResponseCache
+from engine.core.cache.responses import SETTLED_ABOVE, CacheHit, PreparedText, ResponseCache
 from engine.core.config import Config, ModelConfig
 from engine.core.keys import KeyRecord
 from engine.core.planner import Node
@@ -66,10 +66,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Deadline", "NodeResult", "NodeRunner", "RunContext", "Served"]
 
-# A final message longer than this is made ready for the cache (normalised, fingerprinted:
-# ~5 ms per 1,000 characters) in a worker thread; a shorter one on the loop, where the
-# thread hop would cost more than it saves.
-_INLINE_CACHE_TEXT = 2_000
+# A final message longer than this is made ready for the cache (normalised, fingerprinted
+# whole: ~5 ms per 1,000 characters) in a worker thread; a shorter one on the loop, where the
+# thread hop would cost more than it saves (and its reading for the guards waits until a
+# comparison needs it).
+_INLINE_CACHE_TEXT = SETTLED_ABOVE
 
 
 @dataclass(frozen=True, slots=True)

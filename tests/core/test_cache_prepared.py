@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from engine.core.cache.key import RequestKey
-from engine.core.cache.responses import PreparedText, ResponseCache
+from engine.core.cache.responses import SETTLED_ABOVE, PreparedText, ResponseCache
 from engine.core.cache.semantic import SemanticMatcher
 from engine.core.cache.similarity import DEFAULT_THRESHOLD, Fingerprint
 from engine.messages import ChatResult, TextPart, Usage
@@ -172,3 +172,14 @@ def test_an_unsettled_pack_needs_the_table(matcher: SemanticMatcher) -> None:
     with pytest.raises(ValueError):
         Fingerprint.unpack(packed)
     assert Fingerprint.unpack(packed, matcher.embedder.table).features.words
+
+
+def test_a_long_text_is_prepared_whole(matcher: SemanticMatcher) -> None:
+    """A text the gateway prepares in a worker thread (past ``SETTLED_ABOVE`` characters) is
+    read for the guards there too: never later, on the event loop, by a comparison."""
+    cache = make_cache(matcher)
+    short = "Why is the sky blue?"
+    long = " ".join(["Why is the sky blue over the sea at noon in summer?"] * 60)
+    assert len(long) > SETTLED_ABOVE
+    assert not cache.prepare(short).fingerprint.settled
+    assert cache.prepare(long).fingerprint.settled

@@ -44,11 +44,13 @@ from engine.messages import ChatResult, TextPart, ToolCall
 from .key import RequestKey
 from .record import pack_result, unpack_result
 
-__all__ = ["MAX_SEMANTIC_CHARS", "CacheEntry", "CacheHit", "Matcher", "PreparedText",
-           "ResponseCache"]
+__all__ = ["MAX_SEMANTIC_CHARS", "SETTLED_ABOVE", "CacheEntry", "CacheHit", "Matcher",
+           "PreparedText", "ResponseCache"]
 
 #: Final messages up to this long are matched semantically; longer ones exactly as sent.
 MAX_SEMANTIC_CHARS = 16_384
+#: Texts longer than this are prepared whole (:meth:`ResponseCache.prepare`).
+SETTLED_ABOVE = 2_000
 
 _SEARCH_K = 4
 _INDEX_SLACK = 0.01  # the HNSW graph's float16 scores are good to about 1e-3
@@ -67,6 +69,7 @@ class Matcher(Protocol):
     def pack(self, fingerprint: Any) -> tuple[Any, ...]: ...
     def unpack(self, packed: tuple[Any, ...]) -> Any: ...
     def repack(self, packed: tuple[Any, ...], fingerprint: Any) -> tuple[Any, ...] | None: ...
+    def settle(self, fingerprint: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -189,8 +192,13 @@ class ResponseCache:
 
     def prepare(self, text: str) -> PreparedText:
         """The CPU work of a lookup and a store of ``text``, done once. It touches no cache
-        state: it may run in a worker thread."""
+        state: it may run in a worker thread. A text longer than 2,000 characters is
+        fingerprinted whole, its reading for the guards included: callers prepare such texts
+        in a worker thread, so that milliseconds of reading never fall on the event loop
+        when a lookup compares them."""
         fingerprint = self.matcher.fingerprint(text) if _semantic(text) else None
+        if fingerprint is not None and len(text) > SETTLED_ABOVE:
+            self.matcher.settle(fingerprint)
         return PreparedText(self._normalise(text), fingerprint)
 
     def _normalise(self, text: str) -> str:

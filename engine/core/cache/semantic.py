@@ -41,6 +41,11 @@ class SemanticMatcher:
     def unpack(self, packed: tuple[Any, ...]) -> Fingerprint:
         return Fingerprint.unpack(packed, self.embedder.table)
 
+    def settle(self, fingerprint: Fingerprint) -> None:
+        """Work out ``fingerprint``'s reading for the guards now (in a worker thread, for a
+        long text), not when a comparison first needs it."""
+        fingerprint.settle()
+
     def repack(self, packed: tuple[Any, ...], fingerprint: Fingerprint) -> tuple[Any, ...] | None:
         """What to keep instead of ``packed`` now that ``fingerprint`` (its unpacking) has
         been compared: its lexical part, worked out once (``None``: keep ``packed``)."""

@@ -170,6 +170,11 @@ class Fingerprint:
         """Whether the lexical part has been worked out."""
         return self._lexical is not None
 
+    def settle(self) -> None:
+        """Work out the lexical part now (it is kept)."""
+        if self._lexical is None:
+            self._settle()
+
     def _settle(self) -> tuple[TextFeatures, np.ndarray, np.ndarray]:
         tokens = self._tokens
         if tokens is None:  # settled meanwhile, in another thread
