@@ -136,7 +136,9 @@ async def test_a_budget_split_over_both_processes_is_overspent_by_at_most_one_ca
 
             async def via_b(i: int) -> None:
                 try:
-                    await ask_anthropic(claude, f"Hi {i}")
+                    # not via_a's question: two identical requests in flight at once would be
+                    # one upstream call (dedup joins them across processes), two answers
+                    await ask_anthropic(claude, f"Hello {i}")
                     outcomes.append("paid")
                 except anthropic.RateLimitError as exc:
                     assert "budget" in exc.message
