@@ -66,13 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Deadline", "NodeResult", "NodeRunner", "RunContext", "Served"]
 
-# A final message longer than this is made ready for the cache (normalised, fingerprinted
-# whole: ~5 ms per 1,000 characters) in a worker thread; a shorter one on the loop, where the
-# thread hop would cost more than it saves (and its reading for the guards waits until a
-# comparison needs it).
-_INLINE_CACHE_TEXT = SETTLED_ABOVE
-
-
 @dataclass(frozen=True, slots=True)
 class RunContext:
     """Per-request facts the node decisions need: who asks, and the cache controls
@@ -264,7 +257,7 @@ class NodeRunner:
 
         prepared = None
         if (cache is not None and key is not None and (ctx.cache_read or ctx.cache_write)
-                and (len(key.text) > _INLINE_CACHE_TEXT or self.embedder is not None)):
+                and (len(key.text) > SETTLED_ABOVE or self.embedder is not None)):
             prepared = await self._prepare(cache, key.text)
             if prepared is None:  # the embeddings endpoint failed: no cache this time
                 cache = None
@@ -312,7 +305,9 @@ class NodeRunner:
     async def _prepare(self, cache: ResponseCache, text: str) -> PreparedText | None:
         """``text`` made ready for the cache: in a worker thread when long, with its vector
         from ``cache.embedder`` when there is one (``None``: that failed in time)."""
-        if len(text) > _INLINE_CACHE_TEXT:
+        if len(text) > SETTLED_ABOVE:
+            # normalised and fingerprinted whole (~5 ms per 1,000 characters) off the loop; a
+            # shorter text on it, where the thread hop would cost more than it saves
             prepared = await trio.to_thread.run_sync(cache.prepare, text)
         else:
             prepared = cache.prepare(text)

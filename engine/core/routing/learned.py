@@ -171,6 +171,7 @@ _CLASSES = bytes(
     else ord("s") if c == 32 or 9 <= c <= 13 else ord("p")
     for c in range(256)
 )
+_CLASS_OF = np.frombuffer(_CLASSES, np.uint8)  # the same table, to index with code points
 
 
 def _shape(last: str, whole: int, user_turns: int) -> list[float]:
@@ -185,8 +186,7 @@ def _shape(last: str, whole: int, user_turns: int) -> list[float]:
         other = 0
     else:
         code = np.frombuffer(sample.encode("utf-32-le"), np.uint32)
-        counts = np.bincount(np.frombuffer(_CLASSES, np.uint8)[np.minimum(code, 255)],
-                             minlength=256)
+        counts = np.bincount(_CLASS_OF[np.minimum(code, 255)], minlength=256)
         digit, upper, lower, space = (int(counts[c]) for c in b"duls")
         other = int((code >= 128).sum())
         # a non-ASCII character is none of the ASCII classes (its clipped code, 255, is "p")

@@ -291,10 +291,10 @@ class OpenAIStreamDecoder:
             raise UpstreamError("upstream sent an undecodable stream chunk") from None
         if type(chunk) is not dict:
             raise UpstreamError("upstream sent an undecodable stream chunk")
-        get = chunk.get
-        if get("error") is not None or get("object") == "error":  # errors.is_error, inline
+        if is_error(chunk):
             message = describe_error(chunk) or "an error event without a message"
             raise UpstreamError(f"upstream stream failed: {message}")
+        get = chunk.get
         if self._model is None:
             model = get("model")
             if isinstance(model, str):
