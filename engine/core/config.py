@@ -266,7 +266,9 @@ class LearnedConfig(_Section):
     the default: the one shipped with the package; ``null``: the heuristic alone), blended with
     the heuristic by ``model_weight``. ``model_threshold``: the trained router's own
     probability at that boundary; by default the one its file carries (the built-in router's
-    is 0.2: its calibrated probabilities are low), else ``threshold``.
+    is 0.2: its calibrated probabilities are low), else ``threshold``. ``gate``: use the
+    router file's familiarity gate, which leans the router's belief on the conversation's
+    length for a request unlike its training rows (``engine.core.routing.gate``).
     ``sidecar_url`` / ``sidecar_weight`` / ``sidecar_timeout_ms``: an external classifier.
     ``online`` and ``online_*``: online learning of the trained router from
     ``POST /v1/feedback`` (``engine.core.routing.online``: step rate and bound, the most the
@@ -281,6 +283,7 @@ class LearnedConfig(_Section):
     model: str | None = "builtin"
     model_weight: float = Field(0.7, ge=0, le=1)
     model_threshold: float | None = Field(None, gt=0, lt=1)
+    gate: bool = True
     sidecar_url: str | None = None
     sidecar_weight: float = Field(0.7, ge=0, le=1)
     sidecar_timeout_ms: float = Field(50.0, gt=0, le=10_000)

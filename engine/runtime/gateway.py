@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -584,4 +584,5 @@ def load_learned(config: Config, embedder: Any = None) -> LearnedScorer | None:
     path = DEFAULT_MODEL_PATH if config.learned.model == "builtin" else config.path(
         config.learned.model
     )
-    return LearnedRouter.load(path, embedder=embedder)
+    router = LearnedRouter.load(path, embedder=embedder)
+    return router if config.learned.gate else replace(router, gate=None)

@@ -12,11 +12,12 @@ calling the strong model, which is what APGR rewards.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 
+from engine.core.routing.gate import Gate, fit_gate, spherical_kmeans
 from engine.core.routing.learned import (
     DENSE_NAMES,
     FORMAT_VERSION,
@@ -388,20 +389,25 @@ def familiarity(embeddings: np.ndarray, *, clusters: int = 32, seed: int = 0,
     training rows' similarity to their nearest centroid: at ``high`` (its 25th percentile)
     and above a request is known, at ``low`` (the 5th) and below it is not."""
     vectors = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    k = min(clusters, len(vectors))
-    rng = np.random.default_rng(seed)
-    centroids = vectors[rng.choice(len(vectors), k, replace=False)]
-    for _ in range(iterations):
-        nearest = (vectors @ centroids.T).argmax(axis=1)
-        for j in range(k):
-            members = vectors[nearest == j]
-            if len(members):
-                mean = members.mean(axis=0)
-                centroids[j] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    centroids = spherical_kmeans(vectors, clusters, seed=seed, iterations=iterations)
     similarity = (vectors @ centroids.T).max(axis=1)
     low, high = np.percentile(similarity, [5, 25])
-    return {"centroids": pack_weights(centroids.astype("<f4").ravel()), "clusters": k,
-            "low": round(float(low), 4), "high": round(float(high), 4)}
+    return {"centroids": pack_weights(centroids.astype("<f4").ravel()),
+            "clusters": len(centroids), "low": round(float(low), 4),
+            "high": round(float(high), 4)}
+
+
+def with_gate(router: LearnedRouter, x: FeatureMatrix) -> LearnedRouter:
+    """``router`` with the familiarity gate (``engine.core.routing.gate``) of its training
+    rows ``x``: what the router file records in ``info.gate``."""
+    config = x.config
+    fit = _Fit(router.weights, router.bias, router.dense_mean, router.dense_std)
+    slope, intercept = router.calibration
+    gate = fit_gate(x.indptr, x.indices, x.values, slope * fit.margins(x) + intercept,
+                    x.dense[:, DENSE_NAMES.index("log_chars_all")],
+                    start=len(DENSE_NAMES) + config.embedding_dim + config.word_buckets)
+    record = gate.to_dict()  # and read back, so the router scores as its file will
+    return replace(router, info={**router.info, "gate": record}, gate=Gate.from_dict(record))
 
 
 def train_router(
@@ -465,8 +471,8 @@ def train_router(
         meta["familiarity"] = familiarity(x.embedding)
     if progress is not None:
         progress("final fit", 0, 1)
-    router = fit_router(x, y, l2=best.l2, calibration=calibration, embedder=embedder,
-                        info=meta, monotone=monotone)
+    router = with_gate(fit_router(x, y, l2=best.l2, calibration=calibration,
+                                  embedder=embedder, info=meta, monotone=monotone), x)
     if progress is not None:
         progress("final fit", 1, 1)
     return Training(router, validations)

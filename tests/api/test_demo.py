@@ -32,7 +32,9 @@ LLM_ROUTER = str(Path(sys.executable).parent / "llm-router")
 DEMO_PORT_URL = "http://127.0.0.1:9100"
 # The README's two routed questions: one tier 1 answers, one that needs tier 2.
 EASY = "What is the capital of France?"
-HARD = "Find the bug and prove the fix, step by step:\n```\ndef last(xs): return xs[len(xs)]\n```"
+HARD = ("Write a python function to return the last element of a list, fixing the bug in def "
+        "last(xs): return xs[len(xs)]. Prove the fix correct step by step and compare the "
+        "trade-offs of two fixes.")
 
 # As in test_fake_upstream.py: the openai SDK leaves its async generators to the collector.
 pytestmark = pytest.mark.filterwarnings(

@@ -22,7 +22,7 @@ from support_routing import RouterClient, model_entry, open_router_client
 from engine.testing.fake_upstream import FakeUpstream
 
 HARD = "Which prime number follows the number seventeen?"
-EASY = "Please say hello to my friend Anna."
+EASY = "Please say a warm hello to my dear old friend Anna for me today."
 ADMIN = "admin-key-for-online-learning-tests"
 LEARNED = {"model": "builtin", "calibrate": False, "online_rate": 2.0, "online_max_step": 2.0,
            "online_tolerance": 0.001, "online_regions": False}
@@ -225,7 +225,8 @@ async def test_a_bad_comparison_is_a_clear_400(fake_upstream: FakeUpstream) -> N
 
 GREETING = "hi there {n}"
 TASK = ("Implement a thread-safe LRU cache in C++ with O(1) operations, capacity {n}, and "
-        "explain the invariants step by step.")
+        "explain the invariants step by step. Prove that the amortized cost is constant and "
+        "analyze the memory model under the C++ standard with detailed reasoning.")
 
 
 async def test_regions_move_a_kind_of_request_and_survive_a_restart_until_reset(

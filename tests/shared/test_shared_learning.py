@@ -12,7 +12,7 @@ from support_routing import RouterClient, model_entry, open_router_client, wait_
 from engine.testing.fake_upstream import FakeUpstream
 
 HARD = "Which prime number follows the number seventeen?"
-EASY = "Please say hello to my friend Anna."
+EASY = "Please say a warm hello to my dear old friend Anna for me today."
 ADMIN = "admin-key-for-shared-learning-tests"
 
 

@@ -11,7 +11,10 @@ blended on the 0-100 score scale:
 
 1. the heuristic complexity score of the whole conversation (``engine.core.routing.scoring``);
 2. a trained router's probability that the request needs the strong model
-   (``learned.model``), weighted by ``learned.model_weight``;
+   (``learned.model``), weighted by ``learned.model_weight``. On a request unlike its
+   training rows, the router's familiarity gate (``engine.core.routing.gate``) leans that
+   probability toward the length of the conversation, the signal that holds on traffic
+   nobody labelled; the heuristic's signals stay as they are;
 3. an external classifier's probability (``learned.sidecar_url``), weighted by
    ``learned.sidecar_weight``; the runtime fetches it (I/O) and passes it in.
 

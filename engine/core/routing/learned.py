@@ -43,6 +43,7 @@ from engine.errors import RouterError
 from engine.messages import ChatRequest, Message, TextPart
 
 from .conversation import conversation_text, user_turns
+from .gate import Gate
 from .hashing import bag, char_hashes, word_hashes
 from .scoring import Score, score_request
 
@@ -74,6 +75,7 @@ _SHAPE = ("log_chars_last", "log_chars_all", "log_words_last", "log_lines_last",
           "upper_share", "punct_share", "non_ascii_share", "mean_word_len", "log_questions",
           "log_user_turns")
 DENSE_NAMES = tuple(f"signal_{k}" for k in _SIGNAL_SCALE) + _SHAPE
+_LOG_CHARS_ALL = DENSE_NAMES.index("log_chars_all")
 
 _WORD = re.compile(r"\w+")
 
@@ -318,6 +320,8 @@ class LearnedRouter:
     embedder: TextEmbedder | None = None
     #: ``info.familiarity``'s centroids, unpacked (:meth:`known`).
     centroids: np.ndarray | None = field(default=None, repr=False)
+    #: ``info.gate``, unpacked: the familiarity gate (:meth:`assess`).
+    gate: Gate | None = field(default=None, repr=False)
     _remembered: Callable[[_Conversation], Features] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -357,15 +361,15 @@ class LearnedRouter:
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        features = self.features(request, heuristic=heuristic)
-        z = self.logit(features)
-        slope, intercept = self.calibration
-        return _sigmoid(slope * z + intercept)
+        return self.assess(request, heuristic=heuristic).p
 
     def assess(self, request: ChatRequest, *, heuristic: Score | None = None) -> Belief:
         """:meth:`score` with its log-odds and the inputs online learning reads: the
         log-odds (halved), the standardised dense block (over the square root of its size,
-        so it weighs about one unit) and the sentence vector.
+        so it weighs about one unit) and the sentence vector. The log-odds are the
+        calibrated model's, through the file's familiarity gate if it has one
+        (``engine.core.routing.gate``): on a request unlike the training rows they lean on
+        the length of its last message.
 
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
@@ -373,10 +377,21 @@ class LearnedRouter:
         features = self.features(request, heuristic=heuristic)
         slope, intercept = self.calibration
         z = slope * self.logit(features) + intercept
+        if self.gate is not None:
+            z = self.gate.lean(z, float(features.dense[_LOG_CHARS_ALL]),
+                               self._familiarity(features))
         dense = (features.dense - self.dense_mean) / self.dense_std
         inputs = np.concatenate([[0.5 * z], dense / math.sqrt(len(dense)),
                                  features.embedding])
         return Belief(_sigmoid(z), z, inputs, self.known(features))
+
+    def _familiarity(self, features: Features) -> float:
+        """The gate's similarity of a request's character n-gram block."""
+        gate = self.gate
+        assert gate is not None
+        start = len(DENSE_NAMES) + self.config.embedding_dim + self.config.word_buckets
+        first = int(np.searchsorted(features.indices, start))  # the indices are sorted
+        return gate.similarity(features.indices[first:] - start, features.values[first:])
 
     def known(self, features: Features) -> float:
         """How close a request is to what the router was trained on: 1 when its sentence
@@ -466,6 +481,8 @@ class LearnedRouter:
                 embedder=embedder,
                 centroids=_centroids(raw["info"]["familiarity"])
                 if "familiarity" in raw.get("info", {}) else None,
+                gate=Gate.from_dict(raw["info"]["gate"]) if "gate" in raw.get("info", {})
+                else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RouterError(f"learned router file is damaged: {exc!r}") from exc

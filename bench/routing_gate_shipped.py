@@ -1,0 +1,168 @@
+"""The familiarity gate as the gateway runs it (``engine.core.routing.gate``), leave one
+set out and in-sample (BENCHMARKS.md, section 16, "The familiarity gate, shipped").
+
+Usage: ``.venv/bin/python bench/routing_gate_shipped.py --data DIR [--json OUT]``
+(``DIR`` holds ``routing/*.jsonl``; ``LLM_ROUTER_EVAL_DATA`` may give it instead).
+
+``routing_gate.py`` chose the gate's shape (32 centroids of the character n-grams folded to
+16,384 buckets, a ramp between the training rows' 5th and 6th familiarity percentiles) with
+its own formula; this scores the product's: each router's gate fitted on its training rows
+with ``fit_gate`` (the function ``llm-router router train`` calls), each held-out request
+gated one at a time into the router's log-odds, and the 0-100 score formed from them as
+``decide_route`` does by default (``0.7 × to_score(p) + 0.3 × heuristic``, the probability
+0.2 on the tier-1 boundary 30; the heuristic's signals are not gated). Rows: prompt length,
+the default without a gate and with it, each in that product form and in
+``routing_gate.py``'s (``0.7 × 100p + 0.3 × heuristic``).
+In-sample: pooled 5-fold cross-validation over the three files, and the shipped
+``engine/data/router.json`` with the gate it carries, on its own dev rows.
+
+About 2 minutes; every figure is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from routing_combine import sets_of  # noqa: E402
+from routing_gate import apgr, learned_parts, router_parts  # noqa: E402
+from routing_unseen import FILES, MODEL_WEIGHT, Router, concat, load_sets  # noqa: E402
+
+from engine.core.routing.decide import to_score  # noqa: E402
+from engine.core.routing.gate import Gate, fit_gate, fold  # noqa: E402
+from engine.core.routing.learned import DENSE_NAMES, LearnedRouter  # noqa: E402
+from engine.training.fit import FeatureMatrix, source_of, stratified_folds  # noqa: E402
+
+LEVEL = -0.005
+LOG_CHARS_ALL = DENSE_NAMES.index("log_chars_all")
+BOUNDARY_P, TIER1_MAX = 0.2, 30
+
+
+def _start(x: FeatureMatrix) -> int:
+    return len(DENSE_NAMES) + x.config.embedding_dim + x.config.word_buckets
+
+
+def weights(gate: Gate, x: FeatureMatrix) -> np.ndarray:
+    """Each row's gate weight, as ``LearnedRouter.assess`` computes it one at a time."""
+    f = fold(x.indptr, x.indices, x.values, start=_start(x), buckets=gate.buckets)
+    return gate.weight((f @ gate.centroids).max(axis=1))
+
+
+def forms(z: np.ndarray, heur: np.ndarray) -> dict[str, np.ndarray]:
+    p = 1 / (1 + np.exp(-np.clip(z, -50, 50)))
+    product = np.array([to_score(float(v), threshold=BOUNDARY_P, tier1_max=TIER1_MAX)
+                        for v in p])
+    return {"product": MODEL_WEIGHT * product + (1 - MODEL_WEIGHT) * heur,
+            "100p": MODEL_WEIGHT * 100 * p + (1 - MODEL_WEIGHT) * heur}
+
+
+def scores(gate: Gate, z: np.ndarray, x: FeatureMatrix, heur: np.ndarray,
+           length: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    w = weights(gate, x)
+    gated = gate.logit(z, x.dense[:, LOG_CHARS_ALL], w)
+    out = {"prompt length": length}
+    for label, zz in (("default", z), ("gate", gated)):
+        for form, s in forms(zz, heur).items():
+            out[f"{label} ({form})"] = s
+    return out, w
+
+
+def main() -> None:
+    args, rows, mats, heur = load_sets()
+    names = list(FILES)
+    gain = {n: np.array([r.strong_score - r.weak_score for r in rows[n]]) for n in names}
+    weak = {n: np.array([r.weak_score for r in rows[n]]) for n in names}
+    length = {n: np.log1p(np.array([len(r.prompt) for r in rows[n]], float)) for n in names}
+    sets = {n: sets_of(n, rows[n]) for n in names}
+
+    def table(n: str, sc: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        return {name: {k: apgr(gain[n][i], weak[n][i], s[i]) for k, i in sets[n].items()}
+                for name, s in sc.items()}
+
+    def gate_of(router: Router, x: FeatureMatrix) -> tuple[Gate, tuple[float, float]]:
+        a, b = router.calibration
+        z = a * router_parts(router)(x)[0] + b
+        return fit_gate(x.indptr, x.indices, x.values, z, x.dense[:, LOG_CHARS_ALL],
+                        start=_start(x)), (a, b)
+
+    loso: dict[str, dict[str, float]] = {}
+    share: dict[str, float] = {}
+    for h in names:
+        train = [n for n in names if n != h]
+        x = concat([mats[n] for n in train])
+        router = Router(sum((rows[n] for n in train), []), x, "monotone")
+        gate, (a, b) = gate_of(router, x)
+        z = a * router_parts(router)(mats[h])[0] + b
+        sc, w = scores(gate, z, mats[h], heur[h], length[h])
+        share[h] = float((w < 1).mean())
+        for name, row in table(h, sc).items():
+            loso.setdefault(name, {}).update(row)
+        print(f"held out {h}", file=sys.stderr, flush=True)
+
+    pooled_rows = sum((rows[n] for n in names), [])
+    pooled = concat([mats[n] for n in names])
+    cat = lambda d: np.concatenate([d[n] for n in names])  # noqa: E731
+    p_heur, p_len = cat(heur), cat(length)
+    sign = [float(np.sign(r.strong_score - r.weak_score)) for r in pooled_rows]
+    folds = stratified_folds(sign, 5, seed=0, groups=[source_of(r) for r in pooled_rows])
+    cv_scores: dict[str, np.ndarray] = {}
+    for k in range(5):
+        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        router = Router([pooled_rows[i] for i in train], pooled.take(train), "monotone")
+        gate, (a, b) = gate_of(router, pooled.take(train))
+        z = a * router_parts(router)(pooled.take(test))[0] + b
+        sc, _ = scores(gate, z, pooled.take(test), p_heur[test], p_len[test])
+        for name, s in sc.items():
+            cv_scores.setdefault(name, np.zeros(len(pooled_rows)))[test] = s
+        print(f"cross-validated fold {k}", file=sys.stderr, flush=True)
+    starts = np.cumsum([0] + [len(rows[n]) for n in names])
+    cv: dict[str, dict[str, float]] = {}
+    for i, n in enumerate(names):
+        part = {name: s[starts[i]:starts[i + 1]] for name, s in cv_scores.items()}
+        for name, row in table(n, part).items():
+            cv.setdefault(name, {}).update(row)
+
+    shipped = LearnedRouter.load(Path(__file__).resolve().parents[1] / "engine" / "data"
+                                 / "router.json")
+    if shipped.gate is None:
+        sys.exit("the shipped router carries no gate")
+    a, b = shipped.calibration
+    ship: dict[str, dict[str, float]] = {}
+    for n in names:
+        z = a * learned_parts(shipped)(mats[n])[0] + b
+        sc, w = scores(shipped.gate, z, mats[n], heur[n], length[n])
+        share[f"shipped {n}"] = float((w < 1).mean())
+        for name, row in table(n, sc).items():
+            ship.setdefault(name, {}).update(row)
+
+    keys = [k for n in names for k in sets[n]]
+    print("## Leave one set out (APGR)\n")
+    print("| score | " + " | ".join(keys) + " | sets below length | worst margin |")
+    print("|---|" + "---:|" * (len(keys) + 2))
+    for name, row in loso.items():
+        margins = [row[k] - loso["prompt length"][k] for k in keys]
+        print(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in keys)
+              + f" | {sum(m < LEVEL for m in margins)} | {min(margins):+.4f} |")
+    for title, tab in (("Pooled 5-fold cross-validation", cv),
+                       ("Shipped router.json (trained on MMLU and RouterBench dev)", ship)):
+        print(f"\n## {title}\n")
+        print("| score | " + " | ".join(keys) + " |")
+        print("|---|" + "---:|" * len(keys))
+        for name, row in tab.items():
+            print(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
+    print("\nShare of requests the gate leans on length for (weight under 1): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in share.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"loso": loso, "cv": cv, "shipped": ship,
+                                               "share": share}, indent=1) + "\n",
+                                   encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
