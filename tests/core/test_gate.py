@@ -182,3 +182,15 @@ def test_fitting_is_deterministic() -> None:
     one, _ = random_gate(3)
     two, _ = random_gate(3)
     assert one.to_dict() == two.to_dict()
+
+
+def test_a_file_without_a_gate_scores_as_its_router_alone() -> None:
+    # Files written before the gate existed load, and their beliefs are the router's own.
+    router = train_router(synthetic_rows(), config=FAST, folds=3).router
+    raw = router.to_dict()
+    del raw["info"]["gate"]
+    old = LearnedRouter.from_dict(raw)
+    assert old.gate is None
+    for text in UNFAMILIAR:
+        request = request_for_prompt(text)
+        assert old.assess(request).logit == replace(router, gate=None).assess(request).logit
