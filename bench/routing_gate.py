@@ -322,6 +322,15 @@ def table_of(view: View, sets: dict[str, np.ndarray], names) -> dict[str, dict[s
     return out
 
 
+def outcomes(rows: dict[str, list]) -> tuple[dict[str, np.ndarray], ...]:
+    """Per file: the strong model's gain and the weak model's score of each row, the log
+    length of its prompt, and the row indices of each set and subset (``sets_of``)."""
+    gain = {n: np.array([r.strong_score - r.weak_score for r in rows[n]]) for n in rows}
+    weak = {n: np.array([r.weak_score for r in rows[n]]) for n in rows}
+    length = {n: np.log1p(np.array([len(r.prompt) for r in rows[n]], float)) for n in rows}
+    return gain, weak, length, {n: sets_of(n, rows[n]) for n in rows}
+
+
 def family(name: str) -> str:
     if name in ("default", "prompt length"):
         return name
@@ -333,10 +342,7 @@ def family(name: str) -> str:
 def main() -> None:
     args, rows, mats, heur = load_sets()
     names = list(FILES)
-    gain = {n: np.array([r.strong_score - r.weak_score for r in rows[n]]) for n in names}
-    weak = {n: np.array([r.weak_score for r in rows[n]]) for n in names}
-    length = {n: np.log1p(np.array([len(r.prompt) for r in rows[n]], float)) for n in names}
-    sets = {n: sets_of(n, rows[n]) for n in names}
+    gain, weak, length, sets = outcomes(rows)
     cand = list(CANDIDATES)
 
     def outer(h: str) -> tuple[str, ...]:

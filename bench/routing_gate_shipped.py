@@ -30,8 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_combine import sets_of  # noqa: E402
-from routing_gate import apgr, learned_parts, router_parts  # noqa: E402
+from routing_gate import apgr, learned_parts, outcomes, router_parts  # noqa: E402
 from routing_unseen import FILES, MODEL_WEIGHT, Router, concat, load_sets  # noqa: E402
 
 from engine.core.routing.decide import to_score  # noqa: E402
@@ -76,10 +75,7 @@ def scores(gate: Gate, z: np.ndarray, x: FeatureMatrix, heur: np.ndarray,
 def main() -> None:
     args, rows, mats, heur = load_sets()
     names = list(FILES)
-    gain = {n: np.array([r.strong_score - r.weak_score for r in rows[n]]) for n in names}
-    weak = {n: np.array([r.weak_score for r in rows[n]]) for n in names}
-    length = {n: np.log1p(np.array([len(r.prompt) for r in rows[n]], float)) for n in names}
-    sets = {n: sets_of(n, rows[n]) for n in names}
+    gain, weak, length, sets = outcomes(rows)
 
     def table(n: str, sc: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
         return {name: {k: apgr(gain[n][i], weak[n][i], s[i]) for k, i in sets[n].items()}
