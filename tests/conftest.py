@@ -10,6 +10,7 @@ from hypothesis import settings
 from support_key_store import KEY_STORE_KINDS, open_key_store_of
 from support_redis import RedisServer, running_redis
 from support_run_store import STORE_KINDS, open_store_of
+from trio.testing import MockClock
 
 from engine.stores import RunStore
 from engine.stores.keys import KeyStore
@@ -64,3 +65,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     installed, unless ``LLM_ROUTER_REQUIRE_REDIS=1``)."""
     with running_redis(tmp_path) as server:
         yield server
+
+
+# -- trio's clock (pytest-trio runs a test on a Clock fixture it asks for) -------------------------
+
+
+@pytest.fixture
+def jumpable_clock() -> MockClock:
+    """Real time, which the test may move forward (``support_routing.skip_ahead``) to end a
+    wait the router measures on trio's clock, an ejection or a ``Retry-After``, without
+    sleeping through it. A wait set far longer than the test's checks then lasts exactly until
+    the test ends it."""
+    return MockClock(rate=1.0)

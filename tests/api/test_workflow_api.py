@@ -16,7 +16,8 @@ import trio
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support_health import watch_health
+from support_health import cpu_split
+from support_hold_relay import open_hold_relay
 from support_routing import model_entry, prompt_scoring
 from support_workflows import (
     ROOT,
@@ -26,19 +27,12 @@ from support_workflows import (
     received,
     three_tiers,
 )
-from workflow_cases import CASES, ESCAPES, RUNTIME_REFUSALS, SPEC_EXAMPLE, WORKFLOW_LEVEL
+from workflow_cases import CASES, DIAMOND, ESCAPES, RUNTIME_REFUSALS, SPEC_EXAMPLE, WORKFLOW_LEVEL
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream
 
 READY = ["code_review", "debate", "extract_classify_answer", "map_reduce_summary",
          "reason_critique_refine"]
-DIAMOND = """\
-ops:
-  a: {prompt: "Step a.", tier: 1}
-  b: {prompt: "Step b.", tier: 1, input_ops: [a]}
-  c: {prompt: "Step c.", tier: 1, input_ops: [a]}
-  d: {prompt: "Step d.", tier: 1, input_ops: [b, c]}
-"""
 
 
 def error_of(response: Any) -> dict[str, Any]:
@@ -474,9 +468,12 @@ async def test_sse_progress_events_of_a_chain(fake_upstream: FakeUpstream) -> No
     assert reason["status"] == "done" and reason["model"] == "t1" and reason["tier"] == 1
     assert reason["output"] == "[t1] Think step by step.\n\nHow many rs are in strawberry?"
     assert reason["cache"] == "MISS" and reason["attempts"] == 1
-    assert 0 <= reason["ms"] <= plain["total_ms"] * 2 and reason["cost_usd"] == 0
+    assert reason["ms"] >= 0 and reason["cost_usd"] == 0
     assert reason["tokens"]["input"] > 0 and reason["tokens"]["output"] > 0
     result = events[-1][1]
+    # A chain's ops run one after another within the run (``ms`` is rounded to 0.1, the
+    # total to 1): their times add up to no more than the run's.
+    assert sum(op["ms"] for op in finished.values()) <= result["total_ms"] + 1, finished
     assert result["final_output"] == finished["refine"]["output"]
     for key in ("outputs", "routing", "final_output", "status", "skipped", "not_run"):
         assert result[key] == plain[key], key
@@ -528,23 +525,30 @@ async def test_sse_failure_events(fake_upstream: FakeUpstream) -> None:
 
 
 async def test_sse_events_reach_the_client_as_ops_finish(fake_upstream: FakeUpstream) -> None:
-    """Progress is live: the first op's events arrive while the second is still running."""
+    """Progress is live: the first op's events arrive while the second is still running. t1's
+    answers are held at a relay; a's is let through, b's only once the client has read a's
+    op_finished (had the events waited for the result, they would never come)."""
     fake = fake_upstream
-    fake.script("t1", Behaviour(), Behaviour(latency=0.5))
     text = "ops: {a: {prompt: A., tier: 1}, b: {prompt: B., tier: 1, input_ops: [a]}}"
-    async with open_workflow_router(three_tiers(fake)) as client:
-        body = {"input": "x", "workflow": text, "stream": True}
-        async with open_raw_post(client.router.url, "/v1/workflows", body) as sock:
-            raw = b""
-            while b"event: op_finished" not in raw:
-                raw += await sock.receive_some()
-            first_seen = trio.current_time()
-            while b"event: result" not in raw:
-                raw += await sock.receive_some()
-            result_seen = trio.current_time()
-    # a's op_finished came while b (0.5 s upstream) was still running, not with the result.
-    assert result_seen - first_seen >= 0.4
+    async with open_hold_relay(fake) as relay:
+        models = three_tiers(fake)
+        models[0]["base_url"] = relay.base_url("t1", "openai")
+        relay.hold()
+        async with open_workflow_router(models) as client:
+            body = {"input": "x", "workflow": text, "stream": True}
+            async with open_raw_post(client.router.url, "/v1/workflows", body) as sock:
+                raw = b""
+                with trio.fail_after(60):
+                    await relay.wait_held(1)
+                    relay.release(1)  # a's answer; b's will be held
+                    while b"event: op_finished" not in raw:
+                        raw += await sock.receive_some()
+                    assert b"event: result" not in raw
+                    relay.release()
+                    while b"event: result" not in raw:
+                        raw += await sock.receive_some()
     assert raw.count(b"event: op_finished") == 2
+    assert received(fake, "t1") == ["A.\n\nx", "B.\n\n[t1] A.\n\nx"]
 
 
 # ---- render limits: a template cannot hold up the router -----------------------------------
@@ -564,13 +568,15 @@ GRINDING = "{% for i in range(100000) %}{% set x = [3, 1, 2, 5, 4, 7, 6, 9, 8, 0
     (SEIZING, "'*' would build a value of 8,000,000 characters; a template may build at most"),
     (SCANNING, "template does too much work ('in')"),
 ])
-async def test_an_expensive_template_is_a_prompt_400_and_health_keeps_answering(
+async def test_an_expensive_template_is_a_prompt_400(
     fake_upstream: FakeUpstream, template: str, fragment: str,
 ) -> None:
+    """Refused by the render's limits, which the message names, before the work is done
+    (these took 14 s and 29 s of CPU before the limits; where a render runs is the next
+    test's business)."""
     fake = fake_upstream
     text = yaml.safe_dump({"ops": {"a": {"prompt": template, "tier": 1}}})
-    async with (open_workflow_router(three_tiers(fake)) as client,
-                watch_health(client.router.url) as health):
+    async with open_workflow_router(three_tiers(fake)) as client:
         dry = await client.run(text, "x", dry_run=True)
         run = await client.run(text, "x")
 
@@ -580,34 +586,32 @@ async def test_an_expensive_template_is_a_prompt_400_and_health_keeps_answering(
         assert error["code"] == "workflow_invalid" and error["param"] == "a"
         assert "op 'a': template refused: " + fragment in error["message"], error
     assert error_of(run)["message"].startswith("op 'a' failed: ")
-    assert health.slowest < 1.0  # generous: it was 14 s and 29 s with renders on the loop
     assert received(fake, "t1", "t2", "t3") == []
 
 
 async def test_a_slow_render_is_stopped_at_its_deadline_off_the_event_loop(
     fake_upstream: FakeUpstream,
 ) -> None:
+    """The render grinds until its deadline in a worker thread: of the CPU each request took,
+    the event loop's thread spent a small part (on the loop, the render's would be all of it,
+    and every other request would wait for it)."""
     fake = fake_upstream
     text = yaml.safe_dump({"ops": {"a": {"prompt": GRINDING, "tier": 1}}})
     outcomes = []
-    async with (open_workflow_router(three_tiers(fake),
-                                     workflows={"render_timeout_sec": 0.5}) as client,
-                watch_health(client.router.url) as health):
+    async with open_workflow_router(three_tiers(fake),
+                                    workflows={"render_timeout_sec": 0.5}) as client:
         for flags in ({"dry_run": True}, {}):
-            sent = trio.current_time()
-            response = await client.run(text, "x", **flags)
-            outcomes.append((response, health.answered_between(sent, trio.current_time())))
+            with cpu_split() as split:
+                response = await client.run(text, "x", **flags)
+            outcomes.append((response, split))
 
-    for response, answered_meanwhile in outcomes:
+    for response, split in outcomes:
         assert response.status_code == 400, response.text
         error = error_of(response)
         assert error["code"] == "workflow_invalid" and error["param"] == "a"
         assert "rendering takes longer than 0.5 s" in error["message"], error
         assert "workflows.render_timeout_sec" in error["message"], error
-        # The render ran for 0.5 s (twice for a run: its estimate, then the op) in a worker
-        # thread; the router answered health checks all along.
-        assert answered_meanwhile >= 3, health.polls
-    assert health.slowest < 1.0
+        assert split.loop <= split.process / 2, split
     assert received(fake, "t1", "t2", "t3") == []
 
 

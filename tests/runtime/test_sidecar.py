@@ -306,27 +306,26 @@ async def test_routing_and_backends_describe_the_sidecar(client: RouterClient) -
 
 async def test_slow_sidecar_is_cut_at_its_budget(fake_upstream: FakeUpstream,
                                                  sidecar: FakeSidecar) -> None:
-    sidecar.answer(Answer({"score": 1.0}, delay=5.0), Answer({"score": 1.0}, delay=5.0))
+    """The sidecar would answer in an hour: every request is answered all the same, by the
+    heuristic alone, and the sidecar was hung up on unanswered. A router that waited past
+    its budget would never answer within the test (the client gives up after 10 s)."""
+    sidecar.answer(Answer({"score": 1.0}, delay=3600), Answer({"score": 1.0}, delay=3600))
     async with open_client(fake_upstream, sidecar.classify_url,
                            sidecar_timeout_ms=SHORT_BUDGET_MS) as client:
-        started = trio.current_time()
-        response = await client.chat("hello")
-        elapsed = trio.current_time() - started
-        streamed_response, streamed = await client.stream_chat("hello")
+        with trio.fail_after(60):
+            response = await client.chat("hello")
+            streamed_response, streamed = await client.stream_chat("hello")
         entry = await sidecar_entry(client)
 
         async def hung_up_on_both() -> bool:
             return sidecar.abandoned == 2
 
-        await wait_for(hung_up_on_both)
+        await wait_for(hung_up_on_both, timeout=60)
 
     assert decided(response) == (5, 1, "heuristic")
     assert decided(streamed_response) == (5, 1, "heuristic")
     assert streamed[-1] == "[DONE]"
     assert len(sidecar.calls) == 2
-    # The budget is 100 ms and the fake upstream answers at once: slack for a slow machine,
-    # far below the sidecar's 5 s.
-    assert elapsed < SHORT_BUDGET_MS / 1000 + 0.6
     assert (entry["status"], entry["failures"], entry["total_requests"]) == ("degraded", 2, 2)
     assert "100 ms" in entry["detail"]
     assert entry["in_flight"] == 0

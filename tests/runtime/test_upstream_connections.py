@@ -1,54 +1,89 @@
 """Upstream keep-alive connections expire when idle. End to end: the router, a relay that
-counts the connections it opens to the fake upstream, and the fake upstream itself.
+counts the connections it opens to the fake upstream (and which side closed each), a relay
+that holds the fake's answers so a burst is under way all at once, and the fake upstream.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 import orjson
 import trio
-from support_connections import open_counting_relay
-from support_routing import model_entry, open_router_client, provider_key, wait_for
+from support_connections import CountingRelay, open_counting_relay
+from support_hold_relay import HoldRelay, open_hold_relay
+from support_routing import (
+    RouterClient,
+    model_entry,
+    open_router_client,
+    provider_key,
+    wait_for,
+)
 
-from engine.testing.fake_upstream import Behaviour, FakeUpstream
+from engine.testing.fake_upstream import FakeUpstream
 
-EXPIRY = 0.3
+
+async def burst(client: RouterClient, relay: HoldRelay, n: int = 8) -> None:
+    """``n`` requests at once, every answer held until all ``n`` are under way together."""
+    relay.hold()
+    responses: list[Any] = []
+
+    async def ask(i: int) -> None:
+        responses.append(await client.chat(f"burst {i}"))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(partial(ask, i))
+            await relay.wait_held(n)
+            relay.release()
+    assert [r.status_code for r in responses] == [200] * n
+
+
+@asynccontextmanager
+async def open_relayed_router(fake: FakeUpstream, expiry: float
+                              ) -> AsyncIterator[tuple[RouterClient, CountingRelay, HoldRelay]]:
+    """A router whose one model ``a1`` reaches the fake through a counting relay, then a
+    holding one; its upstream connections expire after ``expiry`` seconds idle."""
+    async with open_hold_relay(fake) as held, open_counting_relay(held.url) as counted:
+        models = [model_entry(fake, "a1", tier=1, base_url=f"{counted.url}/a1/v1")]
+        async with open_router_client(models, upstream={"keepalive_expiry_sec": expiry}
+                                      ) as client:
+            yield client, counted, held
+
+
+async def test_idle_upstream_connections_are_kept_for_reuse_until_they_expire(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """An expiry far longer than the test: a second burst reuses the first one's connections."""
+    async with open_relayed_router(fake_upstream, 3600) as (client, relay, held):
+        await burst(client, held)
+        assert relay.open == relay.opened == 8  # one connection per concurrent request
+        await burst(client, held)
+        assert relay.open == relay.opened == 8  # the same eight again
+        assert relay.closed_by_client == 0
 
 
 async def test_idle_upstream_connections_are_closed_after_the_keepalive_expiry(
     fake_upstream: FakeUpstream,
 ) -> None:
-    fake_upstream.set_default("a1", Behaviour(latency=0.2))  # so the burst overlaps
-    async with open_counting_relay(fake_upstream.url) as relay:
-        models = [model_entry(fake_upstream, "a1", tier=1, base_url=f"{relay.url}/a1/v1")]
-        async with open_router_client(
-            models, upstream={"keepalive_expiry_sec": EXPIRY}
-        ) as client:
-            responses: list[Any] = []
+    """The fake (hypercorn) keeps an idle connection for 5 s; here the router's expiry is
+    shorter and the relay sees the router close every connection itself."""
+    async with open_relayed_router(fake_upstream, 0.3) as (client, relay, held):
+        await burst(client, held)
+        assert relay.opened == 8  # one connection per concurrent request
 
-            async def ask(i: int) -> None:
-                responses.append(await client.chat(f"burst {i}"))
+        async def all_closed() -> bool:
+            return relay.open == 0
 
-            async with trio.open_nursery() as nursery:
-                for i in range(8):
-                    nursery.start_soon(partial(ask, i))
-            assert [r.status_code for r in responses] == [200] * 8
-            assert relay.open == relay.opened == 8  # one connection per concurrent request
-            await trio.sleep(EXPIRY / 2)
-            assert relay.open == 8  # kept alive for reuse while not yet expired
+        await wait_for(all_closed, timeout=60)
+        assert relay.closed_by_client == 8  # the router's expiry, not the server's
 
-            # The server keeps idle connections for 5 s (hypercorn's default): anything
-            # closed sooner was closed by the router's expiry.
-            async def all_closed() -> bool:
-                return relay.open == 0
-
-            await wait_for(all_closed, timeout=2.0)
-
-            # A request after the expiry opens a fresh connection and is answered.
-            assert (await client.chat("later")).status_code == 200
-            assert relay.opened == 9
+        # A request after the expiry opens a fresh connection and is answered.
+        assert (await client.chat("later")).status_code == 200
+        assert relay.opened == 9
 
 
 async def test_an_upstream_request_carries_what_an_http_client_would_send(

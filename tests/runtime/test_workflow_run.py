@@ -5,8 +5,8 @@ A router serves ``POST /v1/workflows`` in front of the fake upstream; what the f
 (and when, and whether the router cancelled it) is the evidence. The executor's scheduling
 rules are also property-tested on their own with random DAGs, under trio's mock clock.
 
-Latencies are short (tens of milliseconds) except in the diamond test, which measures
-parallelism in real time and uses a 1 s upstream latency.
+Latencies are short (tens of milliseconds). Parallelism and scheduling have their own module,
+``test_workflow_schedule``.
 """
 
 from __future__ import annotations
@@ -16,39 +16,25 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 import trio
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_routing import model_entry, wait_for
 from support_workflows import (
-    max_active,
     open_raw_post,
     open_workflow_router,
     prompt_of,
     received,
     sse_events,
     three_tiers,
+    workflow,
 )
 from trio.testing import MockClock
-from workflow_cases import SPEC_EXAMPLE
+from workflow_cases import DIAMOND, SPEC_EXAMPLE
 
 from engine.core.planner import Node, build_plan
 from engine.runtime.executor import execute_plan
-from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
-
-DIAMOND = """\
-ops:
-  a: {prompt: "Step a.", tier: 1}
-  b: {prompt: "Step b.", tier: 1, input_ops: [a]}
-  c: {prompt: "Step c.", tier: 1, input_ops: [a]}
-  d: {prompt: "Step d.", tier: 1, input_ops: [b, c]}
-"""
-
-
-def workflow(ops: dict[str, dict[str, Any]], **top: Any) -> str:
-    return yaml.safe_dump({**top, "ops": ops}, sort_keys=False)
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 
 def pinned(fake: FakeUpstream, *names: str, **extra: Any) -> list[dict[str, Any]]:
@@ -140,104 +126,6 @@ async def test_templates_render_variables_system_and_json_values(
         f"Write to Paris (4 times) in a warm tone; facts: {len(answer)} chars.")
     assert write.body["system"] == "You are a poet."
     assert result["values"] == {"facts": {"city": "Paris", "n": 3}}
-
-
-# ---- parallelism and scheduling ----------------------------------------------------------------
-
-
-async def test_diamond_runs_its_middle_in_parallel(fake_upstream: FakeUpstream) -> None:
-    fake = fake_upstream
-    fake.set_default("t1", Behaviour(latency=1.0))
-    async with open_workflow_router(three_tiers(fake)) as client:
-        began = trio.current_time()
-        response = await client.run(DIAMOND, "go")
-        elapsed = trio.current_time() - began
-
-    assert response.status_code == 200, response.text
-    assert 2.9 <= elapsed <= 3.8, elapsed  # a, then b and c together, then d: not 4 s
-    assert 2900 <= response.json()["total_ms"] <= 3800
-    order = [p.split(".")[0] for p in received(fake, "t1")]
-    assert order[0] == "Step a" and order[3] == "Step d"
-    assert set(order[1:3]) == {"Step b", "Step c"}
-
-
-async def test_fan_out_of_20_is_bounded_by_max_concurrency(fake_upstream: FakeUpstream) -> None:
-    fake = fake_upstream
-    fake.set_default("t1", Behaviour(latency=0.05))
-    ops = {f"p{i}": {"prompt": f"Part {i}.", "tier": 1} for i in range(20)}
-    async with open_workflow_router(three_tiers(fake)) as client, max_active(fake) as peak:
-        response = await client.run(workflow(ops, max_concurrency=4), "x")
-
-    assert response.status_code == 200, response.text
-    assert peak[0] == 4
-    assert sorted(received(fake, "t1")) == sorted(f"Part {i}.\n\nx" for i in range(20))
-    assert response.json()["status"] == "completed"
-
-
-async def test_the_configured_max_concurrency_is_the_default(fake_upstream: FakeUpstream) -> None:
-    fake = fake_upstream
-    fake.set_default("t1", Behaviour(latency=0.05))
-    ops = {f"p{i}": {"prompt": f"Part {i}.", "tier": 1} for i in range(8)}
-    async with open_workflow_router(three_tiers(fake), workflows={"max_concurrency": 3}
-                                    ) as client, max_active(fake) as peak:
-        response = await client.run(workflow(ops), "x")
-
-    assert response.status_code == 200, response.text
-    assert peak[0] == 3
-    assert len(fake.requests("t1")) == 8
-
-
-async def test_the_longer_chain_starts_first(fake_upstream: FakeUpstream) -> None:
-    fake = fake_upstream
-    # "a" comes first in the YAML and alphabetically; only the critical path puts z1 first.
-    text = workflow(
-        {
-            "a": {"prompt": "Short a.", "tier": 1},
-            "z1": {"prompt": "Long 1.", "tier": 1},
-            "z2": {"prompt": "Long 2.", "tier": 1, "input_ops": ["z1"]},
-            "z3": {"prompt": "Long 3.", "tier": 1, "input_ops": ["z2"]},
-        },
-        max_concurrency=1,
-    )
-    async with open_workflow_router(three_tiers(fake)) as client:
-        response = await client.run(text, "x")
-
-    assert response.status_code == 200, response.text
-    assert [p.split(".")[0] for p in received(fake, "t1")] == [
-        "Long 1", "Long 2", "Long 3", "Short a"]
-
-
-async def test_a_spent_budget_stops_scheduling_and_reports_what_did_not_run(
-    fake_upstream: FakeUpstream,
-) -> None:
-    fake = fake_upstream
-    # $1 + $2 per 1k tokens and 1,000 tokens each way: every call costs $3.
-    models = three_tiers(fake, cost_per_1k_in=1.0, cost_per_1k_out=2.0)
-    fake.set_default("t1", Behaviour(usage=Usage(1000, 1000)))
-    text = workflow(
-        {
-            "first": {"prompt": "First.", "tier": 1},
-            "second": {"prompt": "Second.", "tier": 1, "input_ops": ["first"]},
-            "side": {"prompt": "Side.", "tier": 1},
-        },
-        max_cost_usd=2.5, max_concurrency=1,
-    )
-    async with open_workflow_router(models) as client:
-        response = await client.run(text, "x")
-        _, events = await client.stream(text, "x")
-
-    assert response.status_code == 200, response.text
-    result = response.json()
-    assert received(fake, "t1") == ["First.\n\nx"] * 2  # once per run
-    assert result["status"] == "partial"
-    assert result["total_cost_usd"] == pytest.approx(3.0)
-    assert sorted(result["not_run"]) == ["second", "side"]
-    assert result["ops"]["second"]["status"] == "not_run"
-    assert result["ops"]["first"]["cost_usd"] == pytest.approx(3.0)
-    assert set(result["outputs"]) == {"first"}
-    skipped = {data["op"]: data["reason"] for name, data in events if name == "op_skipped"}
-    assert skipped == {"second": "not_run", "side": "not_run"}
-    assert events[-1][0] == "result" and events[-1][1]["not_run"] == result["not_run"]
 
 
 # ---- failure policies --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Put it between the router and the fake upstream (a model's ``base_url`` on the relay's
 ``url``): every connection the router opens to the upstream is one relayed connection, and it
-is counted until either side closes it.
+is counted until either side closes it, and the relay notes which side closed it first.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class CountingRelay:
     url: str = ""  # "http://127.0.0.1:PORT", set once listening
     open: int = 0  # connections open right now
     opened: int = 0  # connections accepted in all
+    closed_by_client: int = 0  # connections the client (the router) closed first
 
 
 @asynccontextmanager
@@ -34,12 +35,14 @@ async def open_counting_relay(target: str) -> AsyncIterator[CountingRelay]:
     relay = CountingRelay()
 
     async def pump(source: trio.SocketStream, sink: trio.SocketStream,
-                   done: trio.CancelScope) -> None:
+                   done: trio.CancelScope, *, from_client: bool) -> None:
         try:
             while data := await source.receive_some(65536):
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        if from_client and not done.cancel_called:
+            relay.closed_by_client += 1
         done.cancel()  # one side closed: close both
 
     async def handle(client: trio.SocketStream) -> None:
@@ -49,8 +52,10 @@ async def open_counting_relay(target: str) -> AsyncIterator[CountingRelay]:
             async with client:
                 server = await trio.open_tcp_stream(host, port)
                 async with server, trio.open_nursery() as nursery:
-                    nursery.start_soon(pump, client, server, nursery.cancel_scope)
-                    nursery.start_soon(pump, server, client, nursery.cancel_scope)
+                    nursery.start_soon(partial(pump, client, server, nursery.cancel_scope,
+                                               from_client=True))
+                    nursery.start_soon(partial(pump, server, client, nursery.cancel_scope,
+                                               from_client=False))
         finally:
             relay.open -= 1
 

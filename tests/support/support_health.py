@@ -1,62 +1,40 @@
-"""Support for tests that load the router: ``GET /health`` polled all along, to see whether
-the event loop stayed free (a request doing CPU work on the loop stalls every other one).
+"""Support for tests that load the router: where the CPU went, on the event loop's thread or
+in worker threads (a request doing heavy work on the loop stalls every other one).
 
-The router runs in the test's own trio loop (``router_harness``), so a stalled loop stalls
-the poller too: its in-flight request is answered only once the stall ends, and that
-request's round trip shows the stall. The watch therefore lets the last poll finish rather
-than cancelling it.
+The router runs in the test's own trio loop (``router_harness``), so a test's task runs on the
+loop's thread and ``time.thread_time()`` there counts everything the loop did meanwhile: the
+router's, the fake upstream's and the test client's steps. CPU time, not wall time: a loaded
+machine gives every thread a smaller share of the CPU but leaves unchanged how much CPU the
+work takes, so the split is the same on a busy CI machine as on an idle one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-import httpx
-import trio
-
-__all__ = ["HealthLog", "watch_health"]
-
-_PAUSE = 0.01  # between polls: frequent, without keeping the loop busy
+__all__ = ["CpuSplit", "cpu_split"]
 
 
 @dataclass
-class HealthLog:
-    """Each answered poll as ``(sent, answered)``, in trio time."""
+class CpuSplit:
+    """CPU seconds spent while a block ran: by the event loop's thread, and by the whole
+    process (the loop and every worker thread)."""
 
-    polls: list[tuple[float, float]] = field(default_factory=list)
-
-    @property
-    def slowest(self) -> float:
-        """The longest round trip seen, in seconds."""
-        return max(answered - sent for sent, answered in self.polls)
-
-    def answered_between(self, start: float, end: float) -> int:
-        """How many polls were answered within ``[start, end]``."""
-        return sum(start <= answered <= end for _, answered in self.polls)
+    loop: float = 0.0
+    process: float = 0.0
 
 
-@asynccontextmanager
-async def watch_health(url: str) -> AsyncIterator[HealthLog]:
-    """Poll ``url + "/health"`` while the block runs (from its first answer on)."""
-    log = HealthLog()
-    first = trio.Event()
-    stop = trio.Event()
-
-    async def poll(http: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            sent = trio.current_time()
-            response = await http.get(url + "/health")
-            assert response.status_code == 200, response.text
-            log.polls.append((sent, trio.current_time()))
-            first.set()
-            await trio.sleep(_PAUSE)
-
-    async with httpx.AsyncClient(timeout=120) as http, trio.open_nursery() as nursery:
-        nursery.start_soon(poll, http)
-        await first.wait()
-        try:
-            yield log
-        finally:
-            stop.set()  # the poll in flight is let finish: it may be the one that stalled
+@contextmanager
+def cpu_split() -> Iterator[CpuSplit]:
+    """Measure the block's :class:`CpuSplit`. Enter it in a test's task (on the loop's thread);
+    the numbers are set when the block ends."""
+    split = CpuSplit()
+    loop, process = time.thread_time(), time.process_time()
+    try:
+        yield split
+    finally:
+        split.loop = time.thread_time() - loop
+        split.process = time.process_time() - process

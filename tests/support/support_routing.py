@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import trio
+import trio.testing
 from router_harness import RunningRouter, make_config, open_router
 
 from engine.core.routing.scoring import score_request
@@ -30,6 +31,7 @@ __all__ = [
     "model_entry",
     "open_router_client",
     "provider_key",
+    "skip_ahead",
     "sse_payloads",
     "user",
     "wait_for",
@@ -160,12 +162,20 @@ async def open_router_client(
 
 
 async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 2.0, poll: float = 0.005
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 60.0, poll: float = 0.005
 ) -> None:
     """Poll an async ``predicate`` until it is true (the caller's bounded wait)."""
     with trio.fail_after(timeout):
         while not await predicate():
             await trio.sleep(poll)
+
+
+async def skip_ahead(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Move the test's clock (``jumpable_clock``) ``seconds`` forward and let everything that
+    was waiting for that time run. Only while no call is under way: every deadline within the
+    jump passes at once (an idle keep-alive connection's too, which its client then drops)."""
+    clock.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
 
 
 def prompt_scoring(score: int) -> str:

@@ -17,7 +17,10 @@ from typing import Any
 import httpx
 import orjson
 import trio
+import trio.testing
+import yaml
 from router_harness import RunningRouter, make_config, open_router
+from support_hold_relay import HoldRelay
 from support_routing import model_entry
 
 from engine.testing.fake_upstream import FakeUpstream, Recorded
@@ -26,13 +29,14 @@ from engine.wire.sse import decode_events
 __all__ = [
     "ROOT",
     "WorkflowClient",
-    "max_active",
     "open_raw_post",
     "open_workflow_router",
     "prompt_of",
     "received",
+    "run_held",
     "sse_events",
     "three_tiers",
+    "workflow",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +52,11 @@ def three_tiers(fake: FakeUpstream, **prices: float) -> list[dict[str, Any]]:
         model_entry(fake, "t2", tier=2, provider="anthropic", **prices),
         model_entry(fake, "t3", tier=3, **prices),
     ]
+
+
+def workflow(ops: dict[str, dict[str, Any]], **top: Any) -> str:
+    """A workflow's YAML: ``top``-level fields, then ``ops``."""
+    return yaml.safe_dump({**top, "ops": ops}, sort_keys=False)
 
 
 def prompt_of(record: Recorded) -> str:
@@ -131,23 +140,23 @@ async def open_raw_post(url: str, path: str, body: Any) -> AsyncIterator[trio.So
         yield stream
 
 
-@asynccontextmanager
-async def max_active(fake: FakeUpstream) -> AsyncIterator[list[int]]:
-    """Watch ``fake.active`` while the block runs; the list's one item is the peak seen.
-
-    Polls every millisecond: requests in these tests last tens of milliseconds or more, so
-    every level the fake reaches is seen.
+async def run_held(client: WorkflowClient, relay: HoldRelay, workflow: str, input: str, *,
+                   held: int) -> tuple[int, httpx.Response]:
+    """Run ``workflow`` with ``relay`` holding every answer until ``held`` of them wait at
+    once and everything else the run was going to send has arrived too; then let all answers
+    through. Returns how many calls were under way together at that point, and the response.
     """
-    peak = [0]
+    relay.hold()
+    done: dict[str, httpx.Response] = {}
 
-    async def watch() -> None:
-        while True:
-            peak[0] = max(peak[0], fake.active)
-            await trio.sleep(0.001)
+    async def run() -> None:
+        done["response"] = await client.run(workflow, input)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
-        try:
-            yield peak
-        finally:
-            nursery.cancel_scope.cancel()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await relay.wait_held(held)
+            await trio.testing.wait_all_tasks_blocked()  # a call more, were one sent, is in
+            under_way = relay.held
+            relay.release()
+    return under_way, done["response"]

@@ -22,6 +22,15 @@ ops:
   c: {prompt: "Step c.", model: mc, input_ops: [b]}
 """
 
+#: a, then b and c (each on a's output), then d (on both): the scheduling tests' workflow.
+DIAMOND = """\
+ops:
+  a: {prompt: "Step a.", tier: 1}
+  b: {prompt: "Step b.", tier: 1, input_ops: [a]}
+  c: {prompt: "Step c.", tier: 1, input_ops: [a]}
+  d: {prompt: "Step d.", tier: 1, input_ops: [b, c]}
+"""
+
 SPEC_EXAMPLE = """\
 start_ops: [reason]
 end_ops: [refine]
