@@ -12,7 +12,8 @@
 # the measured run divided by its requests. PROFILE=miss,hit (or 1: miss) has py-spy sample
 # those shapes too (PYSPY_RATE samples/s, 1000 unless set).
 # LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
-# SHAPES picks and orders them ("pinned miss hit" unless set).
+# SHAPES picks and orders them ("pinned miss hit" unless set); GATE=false turns the trained
+# router's familiarity gate off (learned.gate).
 #   bench/routed_path.sh [seconds] [connections]
 set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
@@ -34,7 +35,7 @@ $([ "$2" != stream ] || echo "  - {name: bench-gpt-stream, provider: openai, mod
 base_url: \"$up/stream/v1\", api_key: sk-bench, cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 3}")
 cache: {enabled: $1}
 dedup: {enabled: false}
-learned: {feedback_db: $work/feedback.db}
+learned: {feedback_db: $work/feedback.db, gate: ${GATE:-true}}
 state: {path: $work/state.db}
 YAML
 }

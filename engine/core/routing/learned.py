@@ -322,15 +322,16 @@ class LearnedRouter:
     centroids: np.ndarray | None = field(default=None, repr=False)
     #: ``info.gate``, unpacked: the familiarity gate (:meth:`assess`).
     gate: Gate | None = field(default=None, repr=False)
-    _remembered: Callable[[_Conversation], Features] = field(init=False, repr=False)
+    _remembered: Callable[[_Conversation], tuple[Features, float]] = field(init=False,
+                                                                            repr=False)
 
     def __post_init__(self) -> None:
-        def remembered(conversation: _Conversation) -> Features:
+        def remembered(conversation: _Conversation) -> tuple[Features, float]:
             features = _features(conversation, self.config, self.embedder)
             for array in (features.dense, features.embedding, features.indices,
                           features.values):
                 array.flags.writeable = False  # shared by every later ask of this text
-            return features
+            return features, self._familiarity(features)
 
         object.__setattr__(self, "_remembered",
                            functools.lru_cache(maxsize=_REMEMBERED)(remembered))
@@ -338,10 +339,16 @@ class LearnedRouter:
     def features(self, request: ChatRequest, *, heuristic: Score | None = None) -> Features:
         """:func:`extract_features` of ``request`` under this model's config, remembered
         for the last few hundred short conversations (read-only arrays)."""
+        return self._read(request, heuristic)[0]
+
+    def _read(self, request: ChatRequest, heuristic: Score | None) -> tuple[Features, float]:
+        """:meth:`features` and the gate's similarity of them (0 without a gate), both
+        remembered: a repeated question, a cache hit, pays for neither again."""
         conversation = _conversation(request, self.config, heuristic)
         last, earlier = conversation[0], conversation[1]
         if len(last) + sum(map(len, earlier)) > _REMEMBER_CHARS:
-            return _features(conversation, self.config, self.embedder)
+            features = _features(conversation, self.config, self.embedder)
+            return features, self._familiarity(features)
         return self._remembered(conversation)
 
     def logit(self, features: Features) -> float:
@@ -369,26 +376,26 @@ class LearnedRouter:
         so it weighs about one unit) and the sentence vector. The log-odds are the
         calibrated model's, through the file's familiarity gate if it has one
         (``engine.core.routing.gate``): on a request unlike the training rows they lean on
-        the length of its last message.
+        the length of the conversation.
 
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        features = self.features(request, heuristic=heuristic)
+        features, familiarity = self._read(request, heuristic)
         slope, intercept = self.calibration
         z = slope * self.logit(features) + intercept
         if self.gate is not None:
-            z = self.gate.lean(z, float(features.dense[_LOG_CHARS_ALL]),
-                               self._familiarity(features))
+            z = self.gate.lean(z, float(features.dense[_LOG_CHARS_ALL]), familiarity)
         dense = (features.dense - self.dense_mean) / self.dense_std
         inputs = np.concatenate([[0.5 * z], dense / math.sqrt(len(dense)),
                                  features.embedding])
         return Belief(_sigmoid(z), z, inputs, self.known(features))
 
     def _familiarity(self, features: Features) -> float:
-        """The gate's similarity of a request's character n-gram block."""
+        """The gate's similarity of a request's character n-gram block (0 without a gate)."""
         gate = self.gate
-        assert gate is not None
+        if gate is None:
+            return 0.0
         start = len(DENSE_NAMES) + self.config.embedding_dim + self.config.word_buckets
         first = int(np.searchsorted(features.indices, start))  # the indices are sorted
         return gate.similarity(features.indices[first:] - start, features.values[first:])
