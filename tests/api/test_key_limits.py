@@ -12,6 +12,7 @@ import openai
 import pytest
 import trio
 import yaml
+from support_hold_relay import open_hold_relay
 from support_routing import RouterClient, model_entry, open_router_client, prompt_scoring
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, Usage
@@ -89,12 +90,14 @@ async def test_concurrent_calls_overspend_a_budget_by_at_most_one(
     fake_upstream: FakeUpstream,
 ) -> None:
     # A call reports 1 input and 10 output tokens: $0.55 on "small". The most one may cost
-    # (reserved at admission) is its estimated input plus max_tokens 10: $0.55-0.60.
-    entries = models(fake_upstream)
-    fake_upstream.set_default("small", Behaviour(latency=0.1,
-                                                 usage=Usage(input_tokens=1, output_tokens=10)))
+    # (reserved at admission) is its estimated input plus max_tokens 10: $0.55-0.60. The
+    # answers are held until each of the 20 calls is refused or waiting upstream.
+    small, big = models(fake_upstream)
+    fake_upstream.set_default("small", Behaviour(usage=Usage(input_tokens=1, output_tokens=10)))
     most = 0.60
-    async with open_router_client(entries, server={"admin_key": ADMIN}) as client:
+    async with open_hold_relay(fake_upstream) as relay, open_router_client(
+            [small | {"base_url": relay.base_url("small", "openai")}, big],
+            server={"admin_key": ADMIN}) as client:
         key_id, secret = await new_key(client, budget_usd=1.65, budget_period="day")
         statuses: list[int] = []
         codes: list[str] = []
@@ -105,9 +108,14 @@ async def test_concurrent_calls_overspend_a_budget_by_at_most_one(
             if answer.status_code != 200:
                 codes.append(answer.json()["error"]["code"])
 
-        async with trio.open_nursery() as nursery:
-            for i in range(20):
-                nursery.start_soon(call, i)
+        relay.hold()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(call, i)
+                while relay.held + len(codes) < 20:  # none answered, none undecided
+                    await trio.sleep(0.005)
+                relay.release()
         spent = (await client.request("GET", f"/v1/admin/keys/{key_id}", headers=AS_ADMIN)
                  ).json()["usage"]["spent_usd"]
     paid = statuses.count(200)

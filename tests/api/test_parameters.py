@@ -24,6 +24,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import trio
 from router_harness import make_config, open_router
 from support_protocols import (
     AN_BIG,
@@ -108,12 +109,17 @@ async def test_n_pinned_to_an_anthropic_model(env: ProtocolEnv) -> None:
 
 
 async def test_n_fails_over_as_one_call(env: ProtocolEnv) -> None:
-    # One of claude-mid's n calls fails: the others are cancelled, and claude-big answers all n.
+    # One of claude-mid's n calls fails while the other is certainly under way (it never
+    # answers): that one is cancelled, and claude-big answers all n.
     env.fake.script(AN_MID, Behaviour(status=500))
-    env.fake.set_default(AN_MID, Behaviour(latency=0.5))
+    env.fake.set_default(AN_MID, Behaviour(hang=True))
     completion, headers = await complete(env, n=2, tools=OPENAI_TOOLS)
 
     assert headers["x-llm-router-model"] == "claude-big"
+    with trio.fail_after(60):
+        await env.fake.wait_until_idle()
+    assert [(r.status, r.cancelled) for r in env.fake.requests(AN_MID)] == [
+        (500, False), (None, True)]
     assert [c.message.content for c in completion.choices] == [f"[an-big] {PROMPT}"] * 2
 
 

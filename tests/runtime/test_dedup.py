@@ -3,8 +3,9 @@ real sockets with the official SDKs.
 
 End to end the cache is off (``open_protocol_env``'s default), so every upstream call saved is
 dedup's doing, and requests are pinned to ``gpt-small`` (the fake's ``oa-small``): one count of
-``fake.requests(OA_SMALL)`` says how many upstream calls a burst of requests made. The fake's
-``latency`` / ``chunk_delay`` keep the first call in flight while the others arrive.
+``fake.requests(OA_SMALL)`` says how many upstream calls a burst of requests made. The router
+reaches the fake through a relay that holds the answers (``support_hold_relay``) until every
+request of a burst is in the router, so the first call is in flight while the others arrive.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from support_protocols import (
     user,
     wait_until_cancelled,
 )
+from support_hold_relay import HoldRelay, open_hold_relay, wait_all_in
 
 from engine.errors import ClientTooSlow, RouterError, UpstreamError
 from engine.runtime.dedup import FlightRegistry, Listener, Publish
@@ -444,8 +446,14 @@ N = 5
 
 
 @pytest.fixture
-async def env(fake_upstream: FakeUpstream) -> Any:
-    async with open_protocol_env(fake_upstream) as env:
+async def relay(fake_upstream: FakeUpstream) -> Any:
+    async with open_hold_relay(fake_upstream) as relay:
+        yield relay
+
+
+@pytest.fixture
+async def env(fake_upstream: FakeUpstream, relay: HoldRelay) -> Any:
+    async with open_protocol_env(fake_upstream, via=relay) as env:
         yield env
 
 
@@ -514,6 +522,24 @@ async def gather(*calls_: Callable[[], Awaitable[Any]]) -> list[Any]:
     return results
 
 
+async def together(env: ProtocolEnv, relay: HoldRelay,
+                   *calls_: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """As :func:`gather`, with the upstream's answers held until the router has every request
+    in hand (joined a flight, or waiting for its own call); then they go through."""
+    relay.hold()
+    out: list[Any] = []
+
+    async def run() -> None:
+        out.extend(await gather(*calls_))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await wait_all_in(env.router.url, len(calls_))
+            relay.release()
+    return out
+
+
 async def stats(env: ProtocolEnv) -> dict[str, Any]:
     async with httpx.AsyncClient() as http:
         data: dict[str, Any] = (await http.get(env.router.url + "/stats")).json()
@@ -523,9 +549,11 @@ async def stats(env: ProtocolEnv) -> dict[str, Any]:
 # -- one upstream call ---------------------------------------------------------------------------
 
 
-async def test_identical_concurrent_requests_make_one_call(env: ProtocolEnv) -> None:
-    env.fake.set_default(OA_SMALL, Behaviour(latency=0.2, usage=USAGE))
-    results = await gather(*[lambda: ask(env)] * N)
+async def test_identical_concurrent_requests_make_one_call(
+    env: ProtocolEnv, relay: HoldRelay,
+) -> None:
+    env.fake.set_default(OA_SMALL, Behaviour(usage=USAGE))
+    results = await together(env, relay, *[lambda: ask(env)] * N)
 
     assert [text for text, _ in results] == [ANSWER] * N
     assert sorted(role or "" for _, role in results) == ["FOLLOWER"] * (N - 1) + ["LEADER"]
@@ -540,22 +568,21 @@ async def test_identical_concurrent_requests_make_one_call(env: ProtocolEnv) -> 
     assert snapshot["total_saved_usd"] == pytest.approx(2 * ANSWER_COST + (N - 1) * 3 * ANSWER_COST)
 
 
-async def test_both_protocols_share_one_call(env: ProtocolEnv) -> None:
+async def test_both_protocols_share_one_call(env: ProtocolEnv, relay: HoldRelay) -> None:
     # The same canonical request from both SDKs: one call, each answer in its own protocol.
-    env.fake.set_default(OA_SMALL, Behaviour(latency=0.2))
-    results = await gather(lambda: ask(env, max_tokens=64), lambda: ask_anthropic(env),
+    results = await together(env, relay, lambda: ask(env, max_tokens=64), lambda: ask_anthropic(env),
                            lambda: ask(env, max_tokens=64), lambda: ask_anthropic(env))
     assert [text for text, _ in results] == [ANSWER] * 4
     assert calls(env) == 1
 
 
-async def test_requests_that_differ_do_not_join(env: ProtocolEnv) -> None:
-    env.fake.set_default(OA_SMALL, Behaviour(latency=0.2))
+async def test_requests_that_differ_do_not_join(env: ProtocolEnv, relay: HoldRelay) -> None:
     async with openai.AsyncOpenAI(
         base_url=env.router.v1, api_key="another-tenant", max_retries=0,
         http_client=openai.DefaultAsyncHttpxClient(verify=False),
     ) as other_tenant:
-        results = await gather(
+        results = await together(
+            env, relay,
             lambda: ask(env),
             lambda: ask(env, client=other_tenant),
             lambda: ask(env, "Summarise the plot of Macbeth"),
@@ -567,17 +594,16 @@ async def test_requests_that_differ_do_not_join(env: ProtocolEnv) -> None:
 
 
 async def test_requests_differing_in_an_optional_parameter_do_not_join(
-    env: ProtocolEnv,
+    env: ProtocolEnv, relay: HoldRelay,
 ) -> None:
     # Each changes the answer: none may receive the plain request's (or another's) answer.
-    env.fake.set_default(OA_SMALL, Behaviour(latency=0.2))
     variants: list[dict[str, Any]] = [
         {}, {"n": 2}, {"frequency_penalty": 0.5}, {"presence_penalty": 0.5},
         {"logit_bias": {"50256": -100}}, {"logprobs": True},
         {"logprobs": True, "top_logprobs": 2}, {"reasoning_effort": "low"},
         {"verbosity": "low"},
     ]
-    results = await gather(*[lambda v=v: ask(env, **v) for v in variants])
+    results = await together(env, relay, *[lambda v=v: ask(env, **v) for v in variants])
     assert [role for _, role in results] == ["LEADER"] * len(variants)
     assert calls(env) == len(variants)
 
@@ -589,8 +615,9 @@ async def test_sequential_requests_do_not_join(env: ProtocolEnv) -> None:
     assert calls(env) == 2
 
 
-async def test_identical_concurrent_streams_make_one_call(env: ProtocolEnv) -> None:
-    env.fake.set_default(OA_SMALL, Behaviour(chunk_delay=0.03))
+async def test_identical_concurrent_streams_make_one_call(
+    env: ProtocolEnv, relay: HoldRelay,
+) -> None:
     streamers = [Streamer(env) for _ in range(N)]
     anthropic_texts: list[str] = []
 
@@ -600,7 +627,7 @@ async def test_identical_concurrent_streams_make_one_call(env: ProtocolEnv) -> N
         ) as stream:
             anthropic_texts.append((await stream.get_final_message()).content[0].text)  # type: ignore[union-attr]
 
-    await gather(*[s.read for s in streamers], anthropic_stream)
+    await together(env, relay, *[s.read for s in streamers], anthropic_stream)
     assert [s.text for s in streamers] == [ANSWER] * N
     assert anthropic_texts == [ANSWER]
     assert sorted(s.role or "" for s in streamers).count("FOLLOWER") >= N - 1
@@ -781,11 +808,12 @@ async def test_last_listener_leaving_a_json_request_cancels_the_upstream(
 
 
 async def test_an_upstream_error_reaches_every_caller_then_the_next_starts_fresh(
-    env: ProtocolEnv,
+    env: ProtocolEnv, relay: HoldRelay,
 ) -> None:
-    env.fake.script(OA_SMALL, Behaviour(status=500, latency=0.2))
+    env.fake.script(OA_SMALL, Behaviour(status=500))
     # max_tokens as the anthropic SDK must send it: one canonical request for all.
-    errors = await gather(*[lambda: ask(env, max_tokens=64)] * N, lambda: ask_anthropic(env))
+    errors = await together(env, relay, *[lambda: ask(env, max_tokens=64)] * N,
+                            lambda: ask_anthropic(env))
 
     openai_errors, [anthropic_error] = errors[:N], errors[N:]
     assert all(isinstance(e, openai.InternalServerError) for e in openai_errors)
@@ -821,11 +849,10 @@ async def test_a_stream_error_reaches_every_listener_then_the_next_starts_fresh(
 
 
 async def test_concurrent_misses_are_deduplicated_and_then_cached(
-    fake_upstream: FakeUpstream,
+    fake_upstream: FakeUpstream, relay: HoldRelay,
 ) -> None:
-    async with open_protocol_env(fake_upstream, cache=True) as env:
-        env.fake.set_default(OA_SMALL, Behaviour(latency=0.2))
-        results = await gather(*[lambda: ask(env)] * 3)
+    async with open_protocol_env(fake_upstream, cache=True, via=relay) as env:
+        results = await together(env, relay, *[lambda: ask(env)] * 3)
         assert [text for text, _ in results] == [ANSWER] * 3
         raw = await env.openai.chat.completions.with_raw_response.create(
             model="gpt-small", messages=user(PROMPT)
@@ -839,18 +866,17 @@ async def test_concurrent_misses_are_deduplicated_and_then_cached(
 
 
 @pytest.fixture
-async def solo(fake_upstream: FakeUpstream) -> Any:
-    async with open_protocol_env(fake_upstream, dedup=False) as env:
+async def solo(fake_upstream: FakeUpstream, relay: HoldRelay) -> Any:
+    async with open_protocol_env(fake_upstream, dedup=False, via=relay) as env:
         yield env
 
 
 async def test_with_dedup_off_identical_concurrent_requests_each_make_a_call(
-    solo: ProtocolEnv,
+    solo: ProtocolEnv, relay: HoldRelay,
 ) -> None:
-    solo.fake.set_default(OA_SMALL, Behaviour(latency=0.2))
     streamer = Streamer(solo)
-    results = await gather(*[lambda: ask(solo, max_tokens=64)] * N,
-                           lambda: ask_anthropic(solo), streamer.read)
+    results = await together(solo, relay, *[lambda: ask(solo, max_tokens=64)] * N,
+                             lambda: ask_anthropic(solo), streamer.read)
     assert results[:N + 1] == [(ANSWER, "LEADER")] * (N + 1)
     assert (streamer.text, streamer.role) == (ANSWER, "LEADER")
     assert calls(solo) == N + 2

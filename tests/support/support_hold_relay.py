@@ -13,6 +13,7 @@ fake after a request are the start of that request's answer; the rest of it foll
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import urlsplit
 
+import httpx
 import trio
+import trio.testing
 
 from engine.testing.fake_upstream import FakeUpstream
 
-__all__ = ["HoldRelay", "open_hold_relay"]
+__all__ = ["HoldRelay", "open_hold_relay", "wait_all_in"]
 
 
 @dataclass
@@ -122,3 +125,19 @@ async def open_hold_relay(fake: FakeUpstream) -> AsyncIterator[HoldRelay]:
             yield relay
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def wait_all_in(router_url: str, requests: int) -> None:
+    """Return once the router at ``router_url`` has ``requests`` chat requests in flight (its
+    ``llm_router_in_flight_requests`` gauge) and every task of the test's trio loop, the
+    in-process router's included, is blocked: each request has gone as far as it can while
+    answers are held (joined a flight, or its own call waits here). Wrap in
+    ``trio.fail_after``."""
+    gauge = re.compile(rb"^llm_router_in_flight_requests (\S+)$", re.MULTILINE)
+    async with httpx.AsyncClient() as http:
+        while True:
+            found = gauge.search((await http.get(router_url + "/metrics")).content)
+            if found is not None and float(found.group(1)) >= requests:
+                break
+            await trio.sleep(0.005)
+    await trio.testing.wait_all_tasks_blocked()

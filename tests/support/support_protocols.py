@@ -30,6 +30,7 @@ import openai
 import pytest
 import trio
 from router_harness import RunningRouter, make_config, open_router
+from support_hold_relay import HoldRelay
 
 from engine.testing.fake_upstream import FakeUpstream, Recorded, ToolCall
 from engine.wire.sse import decode_events
@@ -95,7 +96,8 @@ SDK_STREAM_LEAKS = pytest.mark.filterwarnings(
 _TIMEOUTS = {"connect_sec": 2, "first_byte_sec": 5, "idle_sec": 5, "total_sec": 10}
 
 
-def _model(name: str, provider: str, backend: str, tier: int, fake: FakeUpstream) -> dict[str, Any]:
+def _model(name: str, provider: str, backend: str, tier: int, fake: FakeUpstream | HoldRelay
+           ) -> dict[str, Any]:
     return {
         "name": name,
         "provider": provider,
@@ -146,15 +148,16 @@ class ProtocolEnv:
 @asynccontextmanager
 async def open_protocol_env(
     fake: FakeUpstream, *, api_keys: Sequence[str] = (), cache: bool = False,
-    server: Mapping[str, Any] | None = None, dedup: bool = True,
+    server: Mapping[str, Any] | None = None, dedup: bool = True, via: HoldRelay | None = None,
 ) -> AsyncIterator[ProtocolEnv]:
     """Serve the router (see the module table) for the block, with both SDKs pointed at it.
-    ``server``: more keys of the config's ``server`` section."""
+    ``server``: more keys of the config's ``server`` section; ``via``: a relay in front of
+    ``fake`` that the router reaches it through."""
     config: dict[str, Any] = {
         "models": [
-            _model("gpt-small", "openai", OA_SMALL, 1, fake),
-            _model("claude-mid", "anthropic", AN_MID, 2, fake),
-            _model("claude-big", "anthropic", AN_BIG, 3, fake),
+            _model("gpt-small", "openai", OA_SMALL, 1, via or fake),
+            _model("claude-mid", "anthropic", AN_MID, 2, via or fake),
+            _model("claude-big", "anthropic", AN_BIG, 3, via or fake),
         ],
         "cache": {"enabled": cache},
         "dedup": {"enabled": dedup},
