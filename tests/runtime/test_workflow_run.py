@@ -5,7 +5,9 @@ A router serves ``POST /v1/workflows`` in front of the fake upstream; what the f
 (and when, and whether the router cancelled it) is the evidence. The executor's scheduling
 rules are also property-tested on their own with random DAGs, under trio's mock clock.
 
-Latencies are short (tens of milliseconds). Parallelism and scheduling have their own module,
+Where a test needs calls in flight together, their answers are held at a relay in front of the
+fake (``support_hold_relay``) until the test has seen what it waits for; a call that must never
+answer in time hangs. Parallelism and scheduling have their own module,
 ``test_workflow_schedule``.
 """
 
@@ -17,8 +19,10 @@ from typing import Any
 
 import httpx
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support_hold_relay import HoldRelay, open_hold_relay
 from support_routing import model_entry, wait_for
 from support_workflows import (
     open_raw_post,
@@ -193,18 +197,20 @@ async def test_continue_skips_dependents_and_finishes_the_independent_branch(
 
 
 async def test_per_op_timeout_and_retries(fake_upstream: FakeUpstream) -> None:
+    """A timed-out attempt hangs (it could never answer in time); the attempt retried after
+    it answers at once, with a second to spare for a slow machine."""
     fake = fake_upstream
     once = workflow({"a": {"prompt": "Once.", "model": "m", "timeout_sec": 0.2}})
-    again = workflow({"a": {"prompt": "Again.", "model": "m", "timeout_sec": 0.2,
+    again = workflow({"a": {"prompt": "Again.", "model": "m", "timeout_sec": 1,
                             "retries": 1}})
     flaky = workflow({"a": {"prompt": "Flaky.", "model": "m", "retries": 1}})
     fragile = workflow({"a": {"prompt": "Fragile.", "model": "m"}})
     async with open_workflow_router(pinned(fake, "m")) as client:
-        fake.script("m", Behaviour(latency=2))
+        fake.script("m", Behaviour(hang=True))
         timed_out = await client.run(once, "x")
-        with trio.fail_after(2):
+        with trio.fail_after(60):
             await fake.wait_until_idle()
-        fake.script("m", Behaviour(latency=2), Behaviour())
+        fake.script("m", Behaviour(hang=True), Behaviour())
         retried = await client.run(again, "x")
         fake.script("m", Behaviour(status=500), Behaviour())
         recovered = await client.run(flaky, "x")
@@ -215,6 +221,7 @@ async def test_per_op_timeout_and_retries(fake_upstream: FakeUpstream) -> None:
     error = timed_out.json()["error"]
     assert error["param"] == "a" and "timeout_sec (0.2 s)" in error["message"]
     assert fake.requests("m")[0].cancelled  # the slow attempt was abandoned upstream
+    assert fake.requests("m")[1].cancelled  # and so was the first of the retried op
 
     assert retried.status_code == 200, retried.text
     assert retried.json()["ops"]["a"]["attempts"] == 2
@@ -249,15 +256,20 @@ async def test_a_client_disconnect_leaves_the_run_and_cancel_closes_every_call(
         assert seen.startswith(b"HTTP/1.1 200")
         run_id = re.search(rb"x-llm-router-run-id: (run_\w+)", seen, re.IGNORECASE)
         assert run_id is not None
-        await trio.sleep(0.1)
-        # The client left; the run did not: both calls are still open upstream.
+        # The client left; the run did not. Once the router has seen the hang-up (it handled
+        # a later request, and nothing of the loop has anything left to do), the run is still
+        # going and both calls are still open upstream.
+        run_url = f"{client.router.v1}/workflows/runs/{run_id.group(1).decode()}"
+        await trio.testing.wait_all_tasks_blocked()
+        still = (await client.http.get(run_url)).json()
+        await trio.testing.wait_all_tasks_blocked()
+        assert still["status"] == "running", still
         assert all(not r.cancelled for r in fake.requests("t1")) and fake.active == 2
 
-        cancel = await client.http.post(
-            f"{client.router.v1}/workflows/runs/{run_id.group(1).decode()}/cancel")
+        cancel = await client.http.post(f"{run_url}/cancel")
         statuses = {name: op["status"] for name, op in cancel.json()["ops"].items()}
         assert statuses == {"a": "cancelled", "b": "cancelled"}
-        with trio.fail_after(3):
+        with trio.fail_after(60):
             await fake.wait_until_idle()
         assert all(r.cancelled and not r.completed for r in fake.requests("t1"))
 
@@ -291,18 +303,38 @@ async def test_a_same_tier_chain_keeps_its_backend(fake_upstream: FakeUpstream) 
 
 
 async def test_identical_ops_of_concurrent_runs_execute_once(fake_upstream: FakeUpstream) -> None:
+    """Two runs of the diamond, step by step: t1's answers are held until the step's ops are
+    running in both runs and the loop has nothing left to do, so each op either waits on its
+    call at the relay or has joined the other run's: one call per distinct op of the step."""
     fake = fake_upstream
-    fake.set_default("t1", Behaviour(latency=0.2))
     results: list[httpx.Response] = []
+    models = three_tiers(fake)
 
-    async with open_workflow_router(three_tiers(fake)) as client:
+    async def running(client: Any, step: str) -> int:
+        runs = (await client.http.get(client.router.v1 + "/workflows/runs")).json()["data"]
+        return sum(r["ops"][op] == "running" for r in runs for op in step)
 
-        async def run() -> None:
-            results.append(await client.run(DIAMOND, "same input"))
+    async with open_hold_relay(fake) as relay:
+        models[0]["base_url"] = relay.base_url("t1", "openai")
+        async with open_workflow_router(models) as client:
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            nursery.start_soon(run)
+            async def run() -> None:
+                results.append(await client.run(DIAMOND, "same input"))
+
+            relay.hold()
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run)
+                    nursery.start_soon(run)
+                    for step in ("a", "bc", "d"):
+                        distinct = len(step)
+                        await relay.wait_held(distinct)
+                        while await running(client, step) < 2 * distinct:
+                            await trio.sleep(0.005)
+                        await trio.testing.wait_all_tasks_blocked()
+                        assert relay.held == distinct
+                        relay.release(distinct)
+                    relay.release()
 
     assert [r.status_code for r in results] == [200, 200]
     prompts = received(fake, "t1")
@@ -441,24 +473,43 @@ async def test_affinity_follows_the_input_of_the_same_tier(fake_upstream: FakeUp
 
 
 async def test_parallel_chains_each_keep_their_own_backend(fake_upstream: FakeUpstream) -> None:
+    """The first op of each chain is held at the relay until both are under way, so the second
+    is routed while the first is in flight; then the chains run on unheld."""
     fake = fake_upstream
-    for name in ("one", "two"):
-        fake.set_default(name, Behaviour(latency=0.03))
-    models = [model_entry(fake, "one", tier=1), model_entry(fake, "two", tier=1)]
     ops: dict[str, dict[str, Any]] = {}
     for chain in ("x", "y"):
         ops[f"{chain}1"] = {"prompt": f"{chain} 1.", "tier": 1}
         for i in (2, 3, 4):
             ops[f"{chain}{i}"] = {"prompt": f"{chain} {i}.", "tier": 1,
                                   "input_ops": [f"{chain}{i - 1}"]}
-    async with open_workflow_router(models) as client:
-        response = await client.run(workflow(ops), "go")
+    async with open_hold_relay(fake) as relay:
+        models = [model_entry(fake, name, tier=1, base_url=relay.base_url(name, "openai"))
+                  for name in ("one", "two")]
+        async with open_workflow_router(models) as client:
+            response = await run_first_held(client, relay, workflow(ops), held=2)
 
     assert response.status_code == 200, response.text
     routing = response.json()["routing"]
     x, y = ({routing[f"{c}{i}"] for i in (1, 2, 3, 4)} for c in ("x", "y"))
     assert len(x) == 1 and len(y) == 1 and x != y  # spread at the start, then kept
     assert len(fake.requests("one")) == len(fake.requests("two")) == 4
+
+
+async def run_first_held(client: Any, relay: HoldRelay, text: str, *, held: int
+                         ) -> httpx.Response:
+    """Run ``text`` with its first ``held`` answers held until all of them wait at once."""
+    relay.hold()
+    done: list[httpx.Response] = []
+
+    async def run() -> None:
+        done.append(await client.run(text, "go"))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await relay.wait_held(held)
+            relay.release()
+    return done[0]
 
 
 async def test_a_json_op_whose_answer_is_not_json_is_retried(fake_upstream: FakeUpstream) -> None:
