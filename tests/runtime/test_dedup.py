@@ -10,6 +10,7 @@ request of a burst is in the router, so the first call is in flight while the ot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import httpx
 import openai
 import pytest
 import trio
+import trio.testing
 from support_protocols import (
     OA_SMALL,
     SDK_STREAM_LEAKS,
@@ -540,6 +542,15 @@ async def together(env: ProtocolEnv, relay: HoldRelay,
     return out
 
 
+async def in_flight(env: ProtocolEnv) -> float:
+    """The router's chat requests in flight (``llm_router_in_flight_requests``)."""
+    async with httpx.AsyncClient() as http:
+        found = re.search(rb"^llm_router_in_flight_requests (\S+)$",
+                          (await http.get(env.router.url + "/metrics")).content, re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
 async def stats(env: ProtocolEnv) -> dict[str, Any]:
     async with httpx.AsyncClient() as http:
         data: dict[str, Any] = (await http.get(env.router.url + "/stats")).json()
@@ -672,11 +683,13 @@ def streamed_text(events: list[tuple[str, Any]]) -> str:
 
 @pytest.mark.parametrize("stalled", ["LEADER", "FOLLOWER"])
 async def test_a_stalled_listener_is_cut_off_without_holding_back_the_others(
-    fake_upstream: FakeUpstream, stalled: str
+    fake_upstream: FakeUpstream, relay: HoldRelay, stalled: str
 ) -> None:
-    # The write timeout stays long: the stalled client is cut off for falling behind.
-    async with open_protocol_env(fake_upstream, server={"stream_buffer_bytes": 65536}) as env:
-        env.fake.set_default(OA_SMALL, Behaviour(text=BIG, latency=1))
+    # The write timeout stays long: the stalled client is cut off for falling behind. The
+    # answer is held until both requests are in the router, the second joined to the first.
+    async with open_protocol_env(fake_upstream, server={"stream_buffer_bytes": 65536},
+                                 via=relay) as env:
+        env.fake.set_default(OA_SMALL, Behaviour(text=BIG))
         body = {"model": "gpt-small", "messages": user(PROMPT), "max_tokens": 64,
                 "stream": True}
         fast: list[Any] = []
@@ -697,12 +710,14 @@ async def test_a_stalled_listener_is_cut_off_without_holding_back_the_others(
                     await client.read_to_end()
 
         first, second = (stall, read_fast) if stalled == "LEADER" else (read_fast, stall)
+        relay.hold()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(first)
-            with trio.fail_after(5):  # the second joins while the first waits for its answer
-                while not env.fake.requests(OA_SMALL):
-                    await trio.sleep(0.01)
-            nursery.start_soon(second)
+            with trio.fail_after(60):  # the second joins while the first waits for its answer
+                await relay.wait_held(1)
+                nursery.start_soon(second)
+                await wait_all_in(env.router.url, 2)
+            relay.release()
 
         events, role = fast
         assert role != stalled and streamed_text(events) == BIG and events[-1][1] == "[DONE]"
@@ -737,36 +752,40 @@ async def test_leader_leaving_a_stream_does_not_stop_its_followers(env: Protocol
 
 
 async def test_leader_leaving_a_json_request_does_not_stop_its_followers(
-    env: ProtocolEnv,
+    env: ProtocolEnv, relay: HoldRelay,
 ) -> None:
-    # The follower asks once the upstream has the leader's call; the leader leaves a second
-    # later (ample time to join), and the upstream answers a second after that.
-    env.fake.set_default(OA_SMALL, Behaviour(latency=2.0))
+    """The answer is held while the follower joins (both requests in the router) and the
+    leader leaves (only the follower's left); then it goes through, to the follower alone.
+    Had the leader's leaving ended the call, the relay would have dropped the held answer and
+    the follower would get an error or a call of its own."""
+    relay.hold()
+    answers: list[tuple[str, str | None]] = []
 
-    async def upstream_called() -> None:
-        with trio.fail_after(10):
-            while not calls(env):
-                await trio.sleep(0.01)
+    async def patient() -> None:
+        answers.append(await ask(env))
 
-    async def impatient() -> None:
+    with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask, env)
-            await upstream_called()
-            await trio.sleep(1.0)
-            nursery.cancel_scope.cancel()
-
-    async def patient() -> tuple[str, str | None]:
-        await upstream_called()
-        return await ask(env)
-
-    _, (text, role) = await gather(impatient, patient)
-    assert (text, role) == (ANSWER, "FOLLOWER")
+            async with trio.open_nursery() as impatient:
+                impatient.start_soon(ask, env)
+                await relay.wait_held(1)
+                nursery.start_soon(patient)
+                await wait_all_in(env.router.url, 2)
+                impatient.cancel_scope.cancel()
+            while await in_flight(env) > 1:
+                await trio.sleep(0.005)
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.held == 1  # the call is still there for the follower
+            relay.release()
+    assert answers == [(ANSWER, "FOLLOWER")]
     [record] = env.fake.requests(OA_SMALL)
     assert record.completed and not record.cancelled
 
 
 async def test_last_listener_leaving_a_stream_cancels_the_upstream(env: ProtocolEnv) -> None:
-    env.fake.set_default(OA_SMALL, Behaviour(text="word " * 60, chunk_delay=0.03))
+    """The stream stalls after two words and would never end by itself: the call is still
+    open once the leader's request is over, and closed once the follower leaves too."""
+    env.fake.set_default(OA_SMALL, Behaviour(text="word " * 60, stall_after=2))
     leader, follower = Streamer(env), Streamer(env)
     leader_leaves, follower_leaves = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
@@ -775,12 +794,14 @@ async def test_last_listener_leaving_a_stream_cancels_the_upstream(env: Protocol
         nursery.start_soon(lambda: follower.read(leave=follower_leaves))
         await follower.first.wait()
         leader_leaves.set()
-        await trio.sleep(0.1)
+        with trio.fail_after(60):
+            while await in_flight(env) > 1:
+                await trio.sleep(0.005)
+        await trio.testing.wait_all_tasks_blocked()
         assert not env.fake.requests(OA_SMALL)[0].cancelled  # the follower still listens
         follower_leaves.set()
     assert follower.role == "FOLLOWER"
-    # 60 words at 0.03 s would take 1.8 s; the upstream call must end long before that.
-    with trio.fail_after(1):
+    with trio.fail_after(60):
         await wait_until_cancelled(env.fake, OA_SMALL)
     assert calls(env) == 1
 
@@ -788,15 +809,14 @@ async def test_last_listener_leaving_a_stream_cancels_the_upstream(env: Protocol
 async def test_last_listener_leaving_a_json_request_cancels_the_upstream(
     env: ProtocolEnv,
 ) -> None:
+    """Both ask a call that never answers, and both leave once both are in the router."""
     env.fake.set_default(OA_SMALL, Behaviour(hang=True))
-
-    async def impatient(delay: float) -> None:
-        await trio.sleep(delay)
-        with trio.move_on_after(0.2):
-            await ask(env)
-
-    await gather(lambda: impatient(0), lambda: impatient(0.05))
-    with trio.fail_after(1):
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, env)
+            nursery.start_soon(ask, env)
+            await wait_all_in(env.router.url, 2)
+            nursery.cancel_scope.cancel()
         await wait_until_cancelled(env.fake, OA_SMALL)
     assert calls(env) == 1
     # Nothing is left behind: the next identical request leads a call of its own.
@@ -887,9 +907,12 @@ async def test_with_dedup_off_a_client_leaving_a_json_request_cancels_the_upstre
     solo: ProtocolEnv,
 ) -> None:
     solo.fake.set_default(OA_SMALL, Behaviour(hang=True))
-    with trio.move_on_after(0.2):
-        await ask(solo)
-    await wait_until_cancelled(solo.fake, OA_SMALL)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, solo)
+            await wait_all_in(solo.router.url, 1)
+            nursery.cancel_scope.cancel()
+        await wait_until_cancelled(solo.fake, OA_SMALL)
     assert calls(solo) == 1
     solo.fake.set_default(OA_SMALL, Behaviour())
     assert await ask(solo) == (ANSWER, "LEADER")
