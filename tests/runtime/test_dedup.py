@@ -646,15 +646,24 @@ async def test_identical_concurrent_streams_make_one_call(
     assert (await stats(env))["dedup"]["joined"] == N
 
 
-async def test_late_follower_receives_the_whole_stream(env: ProtocolEnv) -> None:
+async def test_late_follower_receives_the_whole_stream(
+    env: ProtocolEnv, relay: HoldRelay,
+) -> None:
+    """The stream is held after its third word: the follower joins a flight with words
+    already out, and still receives every word from the first."""
     words = " ".join(f"w{i}" for i in range(8))
-    env.fake.set_default(OA_SMALL, Behaviour(text=words, chunk_delay=0.03))
+    env.fake.set_default(OA_SMALL, Behaviour(text=words))
     leader, follower = Streamer(env), Streamer(env)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(leader.read)
-        await leader.first.wait()
-        await trio.sleep(0.12)  # a few words are already out
-        nursery.start_soon(follower.read)
+    relay.hold_after(b"w2")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(leader.read)
+            await relay.wait_held(1)
+            await leader.first.wait()
+            nursery.start_soon(follower.read)
+            await wait_all_in(env.router.url, 2)
+            assert leader.text and not leader.text.startswith(words)  # a few words are out
+            relay.release()
     assert leader.text == follower.text == words
     assert (leader.role, follower.role) == ("LEADER", "FOLLOWER")
     assert calls(env) == 1

@@ -34,6 +34,7 @@ __all__ = ["HoldRelay", "open_hold_relay", "wait_all_in"]
 class HoldRelay:
     url: str = ""  # "http://127.0.0.1:PORT", set once listening
     holding: bool = False  # answers that start from now on are held
+    cut_at: bytes | None = None  # see hold_after
     _waiting: deque[trio.Event] = field(default_factory=deque)  # held answers, oldest first
     _changed: trio.Event = field(default_factory=trio.Event)
 
@@ -49,6 +50,12 @@ class HoldRelay:
     def hold(self) -> None:
         """Hold every answer that starts from now on, until :meth:`release`."""
         self.holding = True
+
+    def hold_after(self, marker: bytes) -> None:
+        """Let answers through up to the end of the first ``marker`` the fake sends, then hold
+        the rest of that answer until :meth:`release` (once: the marker is then forgotten).
+        For a stream the router must be in the middle of: some of it out, the rest held."""
+        self.cut_at = marker
 
     def release(self, count: int | None = None) -> None:
         """Let the ``count`` oldest held answers through; without ``count``, all of them, and
@@ -113,6 +120,12 @@ async def open_hold_relay(fake: FakeUpstream) -> AsyncIterator[HoldRelay]:
                             asked = False
                             if relay.holding:
                                 await relay._turn()
+                        if relay.cut_at is not None and (at := data.find(relay.cut_at)) >= 0:
+                            at += len(relay.cut_at)
+                            relay.cut_at = None
+                            await client.send_all(data[:at])
+                            data = data[at:]
+                            await relay._turn()
                         await client.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
