@@ -5,7 +5,8 @@ leaves each router deduplicating on its own, with no failed request.
 
 Two in-process routers here (one trio loop, separate gateways, nothing shared but Redis);
 ``test_shared_dedup_processes.py`` does the same with real ``llm-router`` processes. The
-fake upstream's latency keeps the first call in flight while the others arrive.
+routers reach the fake through a relay that holds its answers (``support_hold_relay``) until
+every request is in a router and every router's flight is claimed in Redis.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import orjson
 import pytest
 import trio
+import trio.testing
 from support_flights import PROMPT, Answer, answer_text, ask, burst, claims, said
+from support_hold_relay import HoldRelay, open_hold_relay, wait_all_in
 from support_redis import RedisServer
 from support_routing import RouterClient, model_entry, open_router_client, wait_for
 
@@ -24,21 +27,57 @@ from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 
 @asynccontextmanager
-async def routers(fake: FakeUpstream, redis: RedisServer, n: int = 2
+async def routers(fake: FakeUpstream, redis: RedisServer, relay: HoldRelay, n: int = 2
                   ) -> AsyncIterator[list[RouterClient]]:
-    models = [model_entry(fake, "m", tier=1)]
+    models = [model_entry(fake, "m", tier=1, base_url=relay.base_url("m", "openai"))]
     async with AsyncExitStack() as stack:
         yield [await stack.enter_async_context(
             open_router_client(models, state={"redis_url": redis.url})) for _ in range(n)]
 
 
+@pytest.fixture
+async def relay(fake_upstream: FakeUpstream) -> AsyncIterator[HoldRelay]:
+    async with open_hold_relay(fake_upstream) as relay:
+        yield relay
+
+
+async def held_bursts(clients: list[RouterClient], relay: HoldRelay, redis: RedisServer | None,
+                      n: int, keys: tuple[str | None, ...] = (None,), **kwargs: object
+                      ) -> list[Answer]:
+    """A burst of ``n`` per key, the answers held until all of them are in the routers (the
+    in-flight gauge, summed over the routers through Redis or each router's own with
+    ``redis`` None) and, with ``redis``, every router's flight of every key is claimed (one
+    wins, the others follow it); then they go through."""
+    urls = [c.url for c in clients]
+    before = 0 if redis is None else await claims(redis.url)
+    relay.hold()
+    out: list[Answer] = []
+
+    async def one(key: str | None) -> None:
+        extra = kwargs if key is None else kwargs | {"key": key}
+        out.extend(await burst(clients[0].http, urls, n, **extra))  # type: ignore[arg-type]
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(one, key)
+            if redis is None:
+                for client in clients:
+                    await wait_all_in(client.url, n * len(keys) // len(clients))
+            else:
+                await wait_all_in(clients[0].url, n * len(keys))
+                while await claims(redis.url) - before < len(clients) * len(keys):
+                    await trio.sleep(0.005)
+            relay.release()
+    return out
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 async def test_a_burst_across_routers_makes_one_upstream_call(
-    fake_upstream: FakeUpstream, redis_server: RedisServer, stream: bool,
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay, stream: bool,
 ) -> None:
-    fake_upstream.set_default("m", Behaviour(latency=0.5, chunk_delay=0.02))
-    async with routers(fake_upstream, redis_server) as clients:
-        answers = await burst(clients[0].http, [c.url for c in clients], 20, stream=stream)
+    async with routers(fake_upstream, redis_server, relay) as clients:
+        answers = await held_bursts(clients, relay, redis_server, 20, stream=stream)
         assert len(fake_upstream.requests("m")) == 1
         assert all(response.status_code == 200 for response, _ in answers)
         roles = sorted(response.headers["x-llm-router-dedup"] for response, _ in answers)
@@ -62,24 +101,20 @@ async def test_a_burst_across_routers_makes_one_upstream_call(
 
 
 async def test_tenants_never_share_a_flight(
-    fake_upstream: FakeUpstream, redis_server: RedisServer,
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay,
 ) -> None:
-    fake_upstream.set_default("m", Behaviour(latency=0.5))
-    async with routers(fake_upstream, redis_server) as clients:
-        urls = [c.url for c in clients]
-        async with trio.open_nursery() as nursery:
-            for key in ("tenant-a", "tenant-b"):
-                nursery.start_soon(lambda k=key: burst(clients[0].http, urls, 6, key=k))
+    async with routers(fake_upstream, redis_server, relay) as clients:
+        await held_bursts(clients, relay, redis_server, 6, keys=("tenant-a", "tenant-b"))
         assert len(fake_upstream.requests("m")) == 2
 
 
 async def test_a_leader_whose_clients_left_hands_the_call_over(
-    fake_upstream: FakeUpstream, redis_server: RedisServer,
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay,
 ) -> None:
-    # The first call never answers; the second takes a second, so that b's three requests
-    # are all in hand (one claims, two join it) before it ends, however slow the machine.
-    fake_upstream.script("m", Behaviour(hang=True), Behaviour(latency=1.0))
-    async with routers(fake_upstream, redis_server) as (a, b):
+    # The first call never answers. b's three requests are all in hand (one claims, two join
+    # it: in flight in b, b's claim made) before the leader's client leaves.
+    fake_upstream.script("m", Behaviour(hang=True))
+    async with routers(fake_upstream, redis_server, relay) as (a, b):
         answers: list[Answer] = []
         async with trio.open_nursery() as nursery:
             leader = trio.CancelScope()
@@ -101,7 +136,9 @@ async def test_a_leader_whose_clients_left_hands_the_call_over(
             await wait_for(called, timeout=5)
             for _ in range(3):
                 nursery.start_soon(follow)
-            await wait_for(b_claimed, timeout=5, poll=0.02)
+            with trio.fail_after(60):
+                await wait_for(b_claimed, timeout=60, poll=0.005)
+                await wait_all_in(b.url, 4)  # a's one and b's three (summed through Redis)
             leader.cancel()  # the leader's only client leaves: its call is cancelled
         assert all(r.status_code == 200 for r, _ in answers) and len(answers) == 3
         assert all(answer_text(t) == f"[m] {PROMPT}" for _, t in answers)
@@ -112,23 +149,23 @@ async def test_a_leader_whose_clients_left_hands_the_call_over(
 
 
 async def test_redis_down_each_router_dedups_on_its_own(
-    fake_upstream: FakeUpstream, redis_server: RedisServer,
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay,
 ) -> None:
-    fake_upstream.set_default("m", Behaviour(latency=0.5, chunk_delay=0.02))
-    async with routers(fake_upstream, redis_server) as clients:
+    async with routers(fake_upstream, redis_server, relay) as clients:
         redis_server.kill()
         for stream in (False, True):
             fake_upstream.reset()
-            answers = await burst(clients[0].http, [c.url for c in clients], 10, stream=stream)
+            answers = await held_bursts(clients, relay, None, 10, stream=stream)
             assert all(response.status_code == 200 for response, _ in answers)
             assert len(fake_upstream.requests("m")) == 2  # one per router
 
 
 async def test_redis_dying_mid_flight_fails_no_request(
-    fake_upstream: FakeUpstream, redis_server: RedisServer,
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay,
 ) -> None:
-    fake_upstream.script("m", Behaviour(latency=2))  # the leader's call; then at once
-    async with routers(fake_upstream, redis_server) as (a, b):
+    """a's answer is held while b's three requests follow it and Redis dies; b then calls on
+    its own, and both answers go through."""
+    async with routers(fake_upstream, redis_server, relay) as (a, b):
         answers: list[Answer] = []
 
         async def one(client: RouterClient) -> None:
@@ -140,13 +177,18 @@ async def test_redis_dying_mid_flight_fails_no_request(
         async def b_claimed() -> bool:
             return await claims(redis_server.url) == 2
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(one, a)
-            await wait_for(called, timeout=5)
-            for _ in range(3):
-                nursery.start_soon(one, b)
-            await wait_for(b_claimed, timeout=5, poll=0.02)
-            redis_server.kill()  # b's followers can no longer hear a: b calls on its own
+        relay.hold()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, a)
+                await wait_for(called, timeout=60)
+                for _ in range(3):
+                    nursery.start_soon(one, b)
+                await wait_for(b_claimed, timeout=60, poll=0.005)
+                await wait_all_in(b.url, 4)  # a's one and b's three (summed through Redis)
+                redis_server.kill()  # b's followers can no longer hear a: b calls on its own
+                await relay.wait_held(2)
+                relay.release()
         assert len(answers) == 4
         assert all(r.status_code == 200 for r, _ in answers)
         assert all(answer_text(t) == f"[m] {PROMPT}" for _, t in answers)
