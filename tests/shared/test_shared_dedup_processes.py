@@ -3,7 +3,9 @@ identical requests spread over three processes makes one upstream call; a leader
 killed (SIGKILL) mid-flight is replaced by a follower, whose callers each get one complete
 answer; a streaming follower that had already relayed part of the answer ends its stream with
 an error instead of a second answer spliced on. The fake upstream runs in the test and
-outlives the routers, so it counts every upstream call.
+outlives the routers, so it counts every upstream call. The routers reach it through a relay
+that holds its answers (``support_hold_relay``) until the requests are in the routers (the
+in-flight gauge, summed over the processes through Redis) and the flights are claimed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import httpx
 import orjson
 import trio
 from support_flights import PROMPT, Answer, answer_text, ask, burst, claims, said
+from support_hold_relay import HoldRelay, open_hold_relay, wait_all_in
 from support_redis import RedisServer
 from support_processes import fake_model, router_process, write_router_config
 from support_routing import user, wait_for
@@ -24,19 +27,24 @@ from support_routing import user, wait_for
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 
-def write_config(folder: Path, fake: FakeUpstream, redis: RedisServer) -> Path:
-    return write_router_config(folder, redis.url, [fake_model(fake, "m", model="up-m")])
+def write_config(folder: Path, fake: FakeUpstream, redis: RedisServer,
+                 relay: HoldRelay | None) -> Path:
+    fields = {} if relay is None else {"base_url": relay.base_url("m", "openai")}
+    return write_router_config(folder, redis.url,
+                               [fake_model(fake, "m", model="up-m", **fields)])
 
 
 @asynccontextmanager
-async def processes(tmp_path: Path, fake: FakeUpstream, redis: RedisServer, n: int = 3
+async def processes(tmp_path: Path, fake: FakeUpstream, redis: RedisServer, n: int = 3,
+                    relay: HoldRelay | None = None,
                     ) -> AsyncIterator[list[tuple[trio.Process, str]]]:
-    """``n`` router processes on the same Redis, started side by side."""
+    """``n`` router processes on the same Redis, started side by side (reaching the fake
+    through ``relay``, when given)."""
     started: dict[int, tuple[trio.Process, str]] = {}
     stop = trio.Event()
 
     async def keep(i: int) -> None:
-        config = write_config(tmp_path / f"router{i}", fake, redis)
+        config = write_config(tmp_path / f"router{i}", fake, redis, relay)
         async with router_process(config) as running:
             started[i] = running
             await stop.wait()
@@ -56,12 +64,26 @@ async def processes(tmp_path: Path, fake: FakeUpstream, redis: RedisServer, n: i
 async def test_a_burst_across_three_processes_makes_one_upstream_call(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    async with (processes(tmp_path, fake_upstream, redis_server) as routers,
-                httpx.AsyncClient(timeout=30) as http):
+    async with (open_hold_relay(fake_upstream) as relay,
+                processes(tmp_path, fake_upstream, redis_server, relay=relay) as routers,
+                httpx.AsyncClient(timeout=60) as http):
+        urls = [url for _, url in routers]
         for stream in (False, True):
             fake_upstream.reset()
-            fake_upstream.set_default("m", Behaviour(latency=1.0, chunk_delay=0.02))
-            answers = await burst(http, [url for _, url in routers], 20, stream=stream)
+            answers: list[Answer] = []
+
+            async def run(stream: bool = stream) -> None:
+                answers.extend(await burst(http, urls, 20, stream=stream))
+
+            before = await claims(redis_server.url)
+            relay.hold()
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run)
+                    await wait_all_in(urls[0], 20)  # every request is in a router
+                    while await claims(redis_server.url) - before < 3:  # one per process
+                        await trio.sleep(0.005)
+                    relay.release()
             assert len(fake_upstream.requests("m")) == 1
             assert all(response.status_code == 200 for response, _ in answers)
             roles = [r.headers["x-llm-router-dedup"] for r, _ in answers]
@@ -80,12 +102,13 @@ async def test_a_burst_across_three_processes_makes_one_upstream_call(
 async def test_a_killed_leader_process_is_replaced_by_a_follower(
     fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
-    # The leader's call never answers. The call that replaces it takes long enough for every
-    # follower to notice the leader is gone (each checks once a second) and follow it: one
-    # finished sooner would leave a late follower to start a call of its own.
-    fake_upstream.script("m", Behaviour(hang=True), Behaviour(latency=2))
-    async with (processes(tmp_path, fake_upstream, redis_server) as routers,
-                httpx.AsyncClient(timeout=30) as http):
+    # The leader's call never answers. The answer of the call that replaces it is held until
+    # both followers have claimed the flight again (one leads, the other follows it): one
+    # answered sooner would leave a late follower to start a call of its own.
+    fake_upstream.script("m", Behaviour(hang=True))
+    async with (open_hold_relay(fake_upstream) as relay,
+                processes(tmp_path, fake_upstream, redis_server, relay=relay) as routers,
+                httpx.AsyncClient(timeout=60) as http):
         (leader, leader_url), *others = routers
         answers: list[Answer] = []
         async with trio.open_nursery() as nursery:
@@ -94,7 +117,7 @@ async def test_a_killed_leader_process_is_replaced_by_a_follower(
             async def called() -> bool:
                 return len(fake_upstream.requests("m")) == 1
 
-            await wait_for(called, timeout=10)
+            await wait_for(called, timeout=60)
 
             async def follow(url: str) -> None:
                 answers.append(await ask(http, url))
@@ -106,8 +129,14 @@ async def test_a_killed_leader_process_is_replaced_by_a_follower(
             async def all_claimed() -> bool:
                 return await claims(redis_server.url) == 3  # one per process
 
-            await wait_for(all_claimed, timeout=10, poll=0.02)
+            await wait_for(all_claimed, timeout=60, poll=0.005)
+            relay.hold()
             leader.kill()
+            with trio.fail_after(60):
+                await relay.wait_held(1)  # the call that replaces the leader's
+                while await claims(redis_server.url) < 5:  # both followers claimed again
+                    await trio.sleep(0.005)
+                relay.release()
     assert len(answers) == 6
     assert all(r.status_code == 200 for r, _ in answers)
     assert all(answer_text(t) == f"[m] {PROMPT}" for _, t in answers)
