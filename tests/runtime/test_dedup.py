@@ -743,17 +743,26 @@ async def test_a_stalled_listener_is_cut_off_without_holding_back_the_others(
 # -- clients leaving -----------------------------------------------------------------------------
 
 
-async def test_leader_leaving_a_stream_does_not_stop_its_followers(env: ProtocolEnv) -> None:
+async def test_leader_leaving_a_stream_does_not_stop_its_followers(
+    env: ProtocolEnv, relay: HoldRelay,
+) -> None:
+    """The stream is held after its third word while the follower joins and the leader
+    leaves; then the rest goes through, to the follower."""
     words = " ".join(f"w{i}" for i in range(8))
-    env.fake.set_default(OA_SMALL, Behaviour(text=words, chunk_delay=0.03))
+    env.fake.set_default(OA_SMALL, Behaviour(text=words))
     leader, follower = Streamer(env), Streamer(env)
     leader_leaves = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: leader.read(leave=leader_leaves))
-        await leader.first.wait()
-        nursery.start_soon(follower.read)
-        await follower.first.wait()
-        leader_leaves.set()
+    relay.hold_after(b"w2")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: leader.read(leave=leader_leaves))
+            await leader.first.wait()
+            nursery.start_soon(follower.read)
+            await follower.first.wait()
+            leader_leaves.set()
+            while await in_flight(env) > 1:
+                await trio.sleep(0.005)
+            relay.release()
     assert leader.text == "w0 "
     assert follower.text == words and follower.role == "FOLLOWER"
     [record] = env.fake.requests(OA_SMALL)

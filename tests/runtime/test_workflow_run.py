@@ -138,19 +138,33 @@ async def test_templates_render_variables_system_and_json_values(
 async def test_fail_fast_names_the_failed_op_and_cancels_the_rest(
     fake_upstream: FakeUpstream,
 ) -> None:
+    """bad's error is held until slow's call is under way (it never answers)."""
     fake = fake_upstream
-    fake.set_default("bad", Behaviour(status=500, latency=0.05))
+    fake.set_default("bad", Behaviour(status=500))
     fake.set_default("slow", Behaviour(hang=True))
     text = workflow({
         "broken": {"prompt": "Broken.", "model": "bad"},
         "waiting": {"prompt": "Waiting.", "model": "slow"},
         "after": {"prompt": "After.", "model": "fine", "input_ops": ["waiting"]},
     })
-    async with open_workflow_router(pinned(fake, "bad", "slow", "fine")) as client:
-        with trio.fail_after(5):
-            response = await client.run(text, "x")
-        with trio.fail_after(2):
-            await fake.wait_until_idle()
+    async with open_hold_relay(fake) as relay:
+        models = pinned(fake, "slow", "fine") + [
+            model_entry(fake, "bad", tier=1, base_url=relay.base_url("bad", "openai"))]
+        async with open_workflow_router(models) as client:
+            relay.hold()
+            done: list[httpx.Response] = []
+
+            async def run() -> None:
+                done.append(await client.run(text, "x"))
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run)
+                    await relay.wait_held(1)
+                    await wait_for(lambda: _arrived(fake, "slow"))
+                    relay.release()
+                await fake.wait_until_idle()
+    [response] = done
 
     assert response.status_code == 502, response.text
     error = response.json()["error"]
@@ -159,6 +173,10 @@ async def test_fail_fast_names_the_failed_op_and_cancels_the_rest(
     (hung,) = fake.requests("slow")
     assert hung.cancelled and not hung.completed
     assert fake.requests("fine") == []
+
+
+async def _arrived(fake: FakeUpstream, backend: str) -> bool:
+    return bool(fake.requests(backend))
 
 
 async def test_continue_skips_dependents_and_finishes_the_independent_branch(
