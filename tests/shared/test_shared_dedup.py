@@ -97,7 +97,7 @@ async def test_a_burst_across_routers_makes_one_upstream_call(
             stats = [await client.stats() for client in clients]
             return all(s["dedup"]["joined"] == 19 and s["total_requests"] == 20
                        for s in stats)
-        await wait_for(counted, timeout=5, poll=0.05)
+        await wait_for(counted, poll=0.05)
 
 
 async def test_tenants_never_share_a_flight(
@@ -133,7 +133,7 @@ async def test_a_leader_whose_clients_left_hands_the_call_over(
                 return await claims(redis_server.url) == 2  # a's, then b's (its 3 share one)
 
             nursery.start_soon(lead)
-            await wait_for(called, timeout=5)
+            await wait_for(called)
             for _ in range(3):
                 nursery.start_soon(follow)
             with trio.fail_after(60):
