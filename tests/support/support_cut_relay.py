@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from urllib.parse import urlsplit
 
 import trio
+from support_loopback import serve_loopback
 
 __all__ = ["CutRelay", "open_cut_relay"]
 
@@ -84,10 +84,5 @@ async def open_cut_relay(target: str, *, cut_after: bytes,
                 await downstream(server, client, cutting=index == 0)
                 nursery.cancel_scope.cancel()  # the router closed, or the cut: close both
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-        relay.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-        try:
-            yield relay
-        finally:
-            nursery.cancel_scope.cancel()
+    async with serve_loopback(handle) as relay.url:
+        yield relay

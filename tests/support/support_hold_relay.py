@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from urllib.parse import urlsplit
 
 import httpx
 import trio
+from support_loopback import serve_loopback
 import trio.testing
 
 from engine.testing.fake_upstream import FakeUpstream
@@ -131,13 +131,8 @@ async def open_hold_relay(fake: FakeUpstream) -> AsyncIterator[HoldRelay]:
                     pass
                 nursery.cancel_scope.cancel()  # the fake closed: close both
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-        relay.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-        try:
-            yield relay
-        finally:
-            nursery.cancel_scope.cancel()
+    async with serve_loopback(handle) as relay.url:
+        yield relay
 
 
 async def wait_all_in(router_url: str, requests: int) -> None:
