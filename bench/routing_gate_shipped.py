@@ -43,14 +43,10 @@ LOG_CHARS_ALL = DENSE_NAMES.index("log_chars_all")
 BOUNDARY_P, TIER1_MAX = 0.2, 30
 
 
-def _start(x: FeatureMatrix) -> int:
-    return len(DENSE_NAMES) + x.config.embedding_dim + x.config.word_buckets
-
-
-def weights(gate: Gate, x: FeatureMatrix) -> np.ndarray:
-    """Each row's gate weight, as ``LearnedRouter.assess`` computes it one at a time."""
-    f = fold(x.indptr, x.indices, x.values, start=_start(x), buckets=gate.buckets)
-    return gate.weight((f @ gate.centroids).max(axis=1))
+def similarities(gate: Gate, x: FeatureMatrix) -> np.ndarray:
+    """Each row's n-gram similarity, as ``LearnedRouter.assess`` computes it one at a time."""
+    f = fold(x.indptr, x.indices, x.values, start=x.config.char_start, buckets=gate.buckets)
+    return (f @ gate.centroids).max(axis=1)
 
 
 def forms(z: np.ndarray, heur: np.ndarray) -> dict[str, np.ndarray]:
@@ -63,8 +59,10 @@ def forms(z: np.ndarray, heur: np.ndarray) -> dict[str, np.ndarray]:
 
 def scores(gate: Gate, z: np.ndarray, x: FeatureMatrix, heur: np.ndarray,
            length: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    w = weights(gate, x)
-    gated = gate.logit(z, x.dense[:, LOG_CHARS_ALL], w)
+    sims = similarities(gate, x)
+    w = np.array([gate.weight(float(v)) for v in sims])
+    gated = np.array([gate.lean(float(a), float(b), float(c))
+                      for a, b, c in zip(z, x.dense[:, LOG_CHARS_ALL], sims, strict=True)])
     out = {"prompt length": length}
     for label, zz in (("default", z), ("gate", gated)):
         for form, s in forms(zz, heur).items():
@@ -85,7 +83,7 @@ def main() -> None:
         a, b = router.calibration
         z = a * router_parts(router)(x)[0] + b
         return fit_gate(x.indptr, x.indices, x.values, z, x.dense[:, LOG_CHARS_ALL],
-                        start=_start(x)), (a, b)
+                        start=x.config.char_start), (a, b)
 
     loso: dict[str, dict[str, float]] = {}
     share: dict[str, float] = {}

@@ -400,12 +400,10 @@ def familiarity(embeddings: np.ndarray, *, clusters: int = 32, seed: int = 0,
 def with_gate(router: LearnedRouter, x: FeatureMatrix) -> LearnedRouter:
     """``router`` with the familiarity gate (``engine.core.routing.gate``) of its training
     rows ``x``: what the router file records in ``info.gate``."""
-    config = x.config
     fit = _Fit(router.weights, router.bias, router.dense_mean, router.dense_std)
     slope, intercept = router.calibration
     gate = fit_gate(x.indptr, x.indices, x.values, slope * fit.margins(x) + intercept,
-                    x.dense[:, DENSE_NAMES.index("log_chars_all")],
-                    start=len(DENSE_NAMES) + config.embedding_dim + config.word_buckets)
+                    x.dense[:, DENSE_NAMES.index("log_chars_all")], start=x.config.char_start)
     record = gate.to_dict()  # and read back, so the router scores as its file will
     return replace(router, info={**router.info, "gate": record}, gate=Gate.from_dict(record))
 

@@ -75,10 +75,25 @@ def test_the_weight_opens_between_low_and_high() -> None:
     assert 0.0 < middle < 1.0
 
 
+def unfamiliar(gate: Gate) -> float:
+    """A similarity at which the gate's weight is 0."""
+    return float(gate.familiarity[0]) - 1.0
+
+
+def halfway(gate: Gate) -> float:
+    """A similarity at which the gate's weight is 0.5."""
+    return float(np.interp((gate.low + gate.high) / 2, GRID, gate.familiarity))
+
+
+def lean_all(gate: Gate, z: np.ndarray, lengths: np.ndarray, similarity: float) -> np.ndarray:
+    return np.array([gate.lean(float(a), float(b), similarity)
+                     for a, b in zip(z, lengths, strict=True)])
+
+
 def test_a_familiar_request_keeps_its_log_odds_exactly() -> None:
     gate, _ = random_gate()
     z = np.array([-30.0, -1.234567, 0.0, 2.5, 40.0])
-    assert np.array_equal(gate.logit(z, np.full(5, 3.0), 1.0), z)
+    assert np.array_equal(lean_all(gate, z, np.full(5, 3.0), float(gate.familiarity[-1]) + 1), z)
     top = float(gate.familiarity[-1])
     assert [gate.lean(float(v), 3.0, top) for v in z] == z.tolist()
 
@@ -87,13 +102,14 @@ def test_an_unfamiliar_request_is_ordered_by_length_alone() -> None:
     gate, _ = random_gate()
     lengths = np.linspace(-2.0, 12.0, 60)  # beyond the training range on both sides
     for z in (-8.0, 0.0, 8.0):
-        leaned = gate.logit(np.full(60, z), lengths, 0.0)
+        leaned = lean_all(gate, np.full(60, z), lengths, unfamiliar(gate))
         assert np.all(np.diff(leaned) > 0)
-        assert np.allclose(leaned, gate.logit(np.full(60, -z), lengths, 0.0))
+        assert np.allclose(leaned, lean_all(gate, np.full(60, -z), lengths, unfamiliar(gate)))
     # A training row at a length's percentile gets the log-odds at that same percentile.
-    assert float(gate.logit(7.0, gate.lengths[30], 0.0)) == pytest.approx(gate.logits[30])
+    assert gate.lean(7.0, float(gate.lengths[30]), unfamiliar(gate)) == pytest.approx(
+        gate.logits[30])
     # Halfway: between the two orders, and still increasing in each.
-    half = gate.logit(np.array([-1.0, 1.0]), np.array([5.0, 5.0]), 0.5)
+    half = lean_all(gate, np.array([-1.0, 1.0]), np.array([5.0, 5.0]), halfway(gate))
     assert half[0] < half[1]
 
 
@@ -101,21 +117,37 @@ def test_the_percentile_map_inverts_exactly() -> None:
     from engine.core.routing.gate import _inverse, _percentile
 
     gate, _ = random_gate()
+    q = gate.logits.tolist()
     z = np.concatenate([np.linspace(-50, 50, 101), gate.logits])
-    assert np.allclose(_inverse(_percentile(z, gate.logits), gate.logits), z, atol=1e-9)
+    assert np.allclose([_inverse(_percentile(float(v), q), q) for v in z], z, atol=1e-9)
 
 
-def test_one_request_is_leaned_as_the_arrays_are() -> None:
-    # The request path (plain Python) and the array path (benchmarks) are one map.
+def test_one_request_is_leaned_as_the_formula_says() -> None:
+    # The module docstring's map, written here with numpy: percentiles through the
+    # quantiles (linear beyond them), mixed by the weight, put back on the log-odds' scale.
+    def percentile(v: np.ndarray, q: np.ndarray) -> np.ndarray:
+        span = q[-1] - q[0]
+        return np.where(v < q[0], (v - q[0]) / span,
+                        np.where(v > q[-1], 1 + (v - q[-1]) / span, np.interp(v, q, GRID)))
+
+    def inverse(c: np.ndarray, q: np.ndarray) -> np.ndarray:
+        span = q[-1] - q[0]
+        return np.where(c < 0, q[0] + c * span,
+                        np.where(c > 1, q[-1] + (c - 1) * span, np.interp(c, GRID, q)))
+
     gate, _ = random_gate(1)
     rng = np.random.default_rng(7)
     sims = np.concatenate([rng.uniform(-0.1, 1.1, 300), gate.familiarity,
                            np.interp(np.linspace(0.04, 0.07, 50), GRID, gate.familiarity)])
     z = np.concatenate([rng.normal(-1, 4, len(sims) - 101), gate.logits])
     length = np.concatenate([rng.normal(5, 2, len(sims) - 101), gate.lengths])
-    w = gate.weight(sims)
-    want = gate.logit(z, length, w)
+    m = np.interp(sims, gate.familiarity, GRID)
+    w = np.clip((m - gate.low) / (gate.high - gate.low), 0.0, 1.0)
+    want = np.where(w >= 1.0, z, inverse(w * percentile(z, gate.logits)
+                                         + (1 - w) * percentile(length, gate.lengths),
+                                         gate.logits))
     for i in range(len(sims)):
+        assert gate.weight(float(sims[i])) == pytest.approx(float(w[i]), abs=1e-9)
         got = gate.lean(float(z[i]), float(length[i]), float(sims[i]))
         assert got == pytest.approx(float(want[i]), abs=1e-9)
         if w[i] >= 1.0:

@@ -26,15 +26,15 @@ with it keeps its signals (a reasoning cue or a code block counts on any request
 
 from __future__ import annotations
 
-import base64
 import bisect
 import math
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .packing import pack_array, unpack_array
 
 __all__ = ["Gate", "fit_gate", "fold", "spherical_kmeans"]
 
@@ -72,31 +72,12 @@ def fold(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, *, start: 
     return unit
 
 
-def _percentile(v: np.ndarray | float, q: np.ndarray) -> np.ndarray:
-    """``v``'s percentile (0..1) among values whose quantiles at :data:`GRID` are ``q``,
-    linear beyond them at the mean slope."""
-    v = np.asarray(v, np.float64)
-    span = max(float(q[-1] - q[0]), 1e-9)
-    inside = np.interp(v, q, GRID)
-    out: np.ndarray = np.where(v < q[0], (v - q[0]) / span,
-                               np.where(v > q[-1], 1 + (v - q[-1]) / span, inside))
-    return out
-
-
-def _inverse(c: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """The value at percentile ``c``: :func:`_percentile`'s inverse."""
-    span = max(float(q[-1] - q[0]), 1e-9)
-    inside = np.interp(c, GRID, q)
-    out: np.ndarray = np.where(c < 0, q[0] + c * span,
-                               np.where(c > 1, q[-1] + (c - 1) * span, inside))
-    return out
-
-
 _STEP = float(GRID[1])
 
 
-def _percentile1(v: float, q: list[float]) -> float:
-    """:func:`_percentile` of one value, in plain Python (a request's path)."""
+def _percentile(v: float, q: list[float]) -> float:
+    """``v``'s percentile (0..1) among values whose quantiles at :data:`GRID` are ``q``,
+    linear beyond them at the mean slope (plain Python: a request's path)."""
     lo, hi = q[0], q[-1]
     span = max(hi - lo, 1e-9)
     if v < lo:
@@ -107,8 +88,8 @@ def _percentile1(v: float, q: list[float]) -> float:
     return (j + (v - q[j]) / (q[j + 1] - q[j])) * _STEP
 
 
-def _inverse1(c: float, q: list[float]) -> float:
-    """:func:`_inverse` of one value, in plain Python."""
+def _inverse(c: float, q: list[float]) -> float:
+    """The value at percentile ``c``: :func:`_percentile`'s inverse."""
     span = max(q[-1] - q[0], 1e-9)
     if c < 0:
         return q[0] + c * span
@@ -117,21 +98,6 @@ def _inverse1(c: float, q: list[float]) -> float:
     j = min(int(c / _STEP), len(q) - 2)
     j -= c < j * _STEP  # the float division's last bit
     return q[j] + (c - j * _STEP) / _STEP * (q[j + 1] - q[j])
-
-
-def _pack(array: np.ndarray, dtype: str) -> dict[str, Any]:
-    data = np.ascontiguousarray(array.ravel(), dtype).tobytes()
-    return {"dtype": dtype, "length": int(array.size), "encoding": "zlib+base64",
-            "base64": base64.b64encode(zlib.compress(data, 9)).decode("ascii")}
-
-
-def _unpack(packed: Mapping[str, Any]) -> np.ndarray:
-    if packed.get("encoding") != "zlib+base64" or packed.get("dtype") not in ("<f2", "<f4"):
-        raise ValueError(f"unknown array encoding {packed.get('dtype')!r}")
-    out = np.frombuffer(zlib.decompress(base64.b64decode(packed["base64"])), packed["dtype"])
-    if len(out) != packed["length"]:
-        raise ValueError("array size does not match its length")
-    return out.astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -171,42 +137,26 @@ class Gate:
         rows = np.take(self.centroids, folded, axis=0)
         return float((values.astype(np.float32) @ rows).max()) / norm
 
+    def weight(self, similarity: float) -> float:
+        """How much the router's own order counts (0..1) at ``similarity``."""
+        m = min(1.0, max(0.0, _percentile(similarity, self._lists[0])))
+        return min(1.0, max(0.0, (m - self.low) / max(self.high - self.low, 1e-9)))
+
     def lean(self, z: float, log_length: float, similarity: float) -> float:
-        """One request's gated log-odds: :meth:`weight` and :meth:`logit` for one value,
-        without numpy's per-call cost (a request's path)."""
-        familiarity, logits, lengths = self._lists
-        if similarity >= familiarity[-1]:
-            m = 1.0
-        elif similarity <= familiarity[0]:
-            m = 0.0
-        else:
-            j = bisect.bisect_right(familiarity, similarity) - 1
-            m = (j + (similarity - familiarity[j])
-                 / (familiarity[j + 1] - familiarity[j])) * _STEP
-        w = min(1.0, max(0.0, (m - self.low) / max(self.high - self.low, 1e-9)))
+        """One request's gated log-odds (the module docstring's map): ``z`` itself where
+        the :meth:`weight` at ``similarity`` is 1."""
+        w = self.weight(similarity)
         if w >= 1.0:
             return z
-        c = w * _percentile1(z, logits) + (1 - w) * _percentile1(log_length, lengths)
-        return _inverse1(c, logits)
-
-    def weight(self, similarity: np.ndarray | float) -> np.ndarray:
-        """How much the router's own order counts (0..1) at ``similarity``."""
-        m = np.interp(similarity, self.familiarity, GRID)
-        return np.clip((m - self.low) / max(self.high - self.low, 1e-9), 0.0, 1.0)
-
-    def logit(self, z: np.ndarray | float, log_length: np.ndarray | float,
-              weight: np.ndarray | float) -> np.ndarray:
-        """The gated log-odds (the module docstring's map); ``z`` itself where ``weight``
-        is 1."""
-        w = np.asarray(weight, np.float64)
-        c = w * _percentile(z, self.logits) + (1 - w) * _percentile(log_length, self.lengths)
-        return np.where(w >= 1.0, z, _inverse(c, self.logits))
+        _, logits, lengths = self._lists
+        return _inverse(w * _percentile(z, logits) + (1 - w) * _percentile(log_length, lengths),
+                        logits)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "measure": "character n-grams", "buckets": self.buckets,
             "clusters": int(self.centroids.shape[1]),
-            "centroids": _pack(self.centroids, "<f2"),
+            "centroids": pack_array(self.centroids, "<f2"),
             "familiarity": [round(float(v), 6) for v in self.familiarity],
             "logits": [round(float(v), 6) for v in self.logits],
             "lengths": [round(float(v), 6) for v in self.lengths],
@@ -221,7 +171,7 @@ class Gate:
             ValueError, KeyError, TypeError: a damaged record.
         """
         buckets, clusters = int(raw["buckets"]), int(raw["clusters"])
-        centroids = _unpack(raw["centroids"]).reshape(buckets, clusters)
+        centroids = unpack_array(raw["centroids"], ("<f2", "<f4")).reshape(buckets, clusters)
         quantiles = [np.array(raw[k], np.float64)
                      for k in ("familiarity", "logits", "lengths")]
         if any(len(q) != len(GRID) or np.any(np.diff(q) < 0) for q in quantiles):

@@ -26,7 +26,6 @@ mixes it with the heuristic's 0-100 score. Models are saved as JSON
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import math
@@ -45,6 +44,7 @@ from engine.messages import ChatRequest, Message, TextPart
 from .conversation import conversation_text, user_turns
 from .gate import Gate
 from .hashing import bag, char_hashes, word_hashes
+from .packing import pack_array, unpack_array
 from .scoring import Score, score_request
 
 __all__ = [
@@ -125,9 +125,14 @@ class FeatureConfig:
         return 256 if self.embeddings else 0
 
     @property
+    def char_start(self) -> int:
+        """Where the character n-gram block starts in the feature vector."""
+        return len(DENSE_NAMES) + self.embedding_dim + self.word_buckets
+
+    @property
     def size(self) -> int:
         """The length of the feature vector."""
-        return len(DENSE_NAMES) + self.embedding_dim + self.word_buckets + self.char_buckets
+        return self.char_start + self.char_buckets
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FeatureConfig:
@@ -255,7 +260,7 @@ def _features(conversation: _Conversation, config: FeatureConfig,
                        config.word_buckets)
     c_idx, c_val = bag([(char_hashes(t, config.char_ngrams), w) for t, w, _ in texts],
                        config.char_buckets)
-    indices = np.concatenate([w_idx + offset, c_idx + offset + config.word_buckets])
+    indices = np.concatenate([w_idx + offset, c_idx + config.char_start])
     values = np.concatenate([w_val * config.word_scale, c_val * config.char_scale])
 
     embedding = np.zeros(0, np.float64)
@@ -368,7 +373,7 @@ class LearnedRouter:
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        return self.assess(request, heuristic=heuristic).p
+        return _sigmoid(self._log_odds(request, heuristic)[1])
 
     def assess(self, request: ChatRequest, *, heuristic: Score | None = None) -> Belief:
         """:meth:`score` with its log-odds and the inputs online learning reads: the
@@ -381,22 +386,28 @@ class LearnedRouter:
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
+        features, z = self._log_odds(request, heuristic)
+        dense = (features.dense - self.dense_mean) / self.dense_std
+        inputs = np.concatenate([[0.5 * z], dense / math.sqrt(len(dense)),
+                                 features.embedding])
+        return Belief(_sigmoid(z), z, inputs, self.known(features))
+
+    def _log_odds(self, request: ChatRequest, heuristic: Score | None
+                  ) -> tuple[Features, float]:
+        """The request's features and its calibrated log-odds, through the gate."""
         features, familiarity = self._read(request, heuristic)
         slope, intercept = self.calibration
         z = slope * self.logit(features) + intercept
         if self.gate is not None:
             z = self.gate.lean(z, float(features.dense[_LOG_CHARS_ALL]), familiarity)
-        dense = (features.dense - self.dense_mean) / self.dense_std
-        inputs = np.concatenate([[0.5 * z], dense / math.sqrt(len(dense)),
-                                 features.embedding])
-        return Belief(_sigmoid(z), z, inputs, self.known(features))
+        return features, z
 
     def _familiarity(self, features: Features) -> float:
         """The gate's similarity of a request's character n-gram block (0 without a gate)."""
         gate = self.gate
         if gate is None:
             return 0.0
-        start = len(DENSE_NAMES) + self.config.embedding_dim + self.config.word_buckets
+        start = self.config.char_start
         first = int(np.searchsorted(features.indices, start))  # the indices are sorted
         return gate.similarity(features.indices[first:] - start, features.values[first:])
 
@@ -523,19 +534,13 @@ def _centroids(record: Mapping[str, Any]) -> np.ndarray:
 
 
 def pack_weights(weights: np.ndarray) -> dict[str, Any]:
-    data = np.ascontiguousarray(weights, "<f4").tobytes()
-    return {"dtype": "<f4", "length": len(weights),
-            "base64": base64.b64encode(zlib.compress(data, 9)).decode("ascii"),
-            "encoding": "zlib+base64"}
+    """``weights`` as a router file keeps them (float32, :func:`pack_array`)."""
+    return pack_array(weights)
 
 
 def unpack_weights(packed: Mapping[str, Any]) -> np.ndarray:
-    if packed.get("dtype") != "<f4" or packed.get("encoding") != "zlib+base64":
-        raise ValueError(f"unknown weight encoding {packed.get('encoding')!r}")
-    out = np.frombuffer(zlib.decompress(base64.b64decode(packed["base64"])), "<f4").copy()
-    if len(out) != packed["length"]:
-        raise ValueError("weight count does not match its length")
-    return out
+    """The weights :func:`pack_weights` packed."""
+    return unpack_array(packed)
 
 
 def _sigmoid(z: float) -> float:
