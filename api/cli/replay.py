@@ -75,6 +75,7 @@ class Point:
     tier1_max: int
     gate: float  # how much of the learned correction applies (the floor)
     mix_gate: float  # how much of the comparison-learned mix applies (its floor)
+    regions_gate: float  # how much of the per-region levels applies (their floor)
 
 
 def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
@@ -173,17 +174,19 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
         "static_apgr": round(static, 4), "length_apgr": round(length, 4),
         "curve": [{"reports": p.reports, "apgr": round(p.apgr, 4),
                    "tier1_share": round(p.tier1_share, 4), "tier1_max": p.tier1_max,
-                   "gate": round(p.gate, 4), "mix_gate": round(p.mix_gate, 4)}
+                   "gate": round(p.gate, 4), "mix_gate": round(p.mix_gate, 4),
+                   "regions_gate": round(p.regions_gate, 4)}
                   for p in curve],
         "learning": state.get("learning"),
     }
 
 
-def _gates(policy: RoutingPolicy) -> tuple[float, float]:
+def _gates(policy: RoutingPolicy) -> tuple[float, float, float]:
     learning = policy.learning
     if learning is None or learning.state is None:
-        return 0.0, 0.0
-    return learning.state.gate, learning.state.mix_gate
+        return 0.0, 0.0, 0.0
+    state = learning.state
+    return state.gate, state.mix_gate, 0.0 if state.regions is None else state.regions.gate
 
 
 def _print(report: dict[str, Any], out: TextIO) -> None:
@@ -193,13 +196,13 @@ def _print(report: dict[str, Any], out: TextIO) -> None:
     out.write(f"APGR on the held-back rows: shipped router {report['static_apgr']:.4f}, "
               f"prompt length {report['length_apgr']:.4f}\n\n")
     out.write(f"{'reports':>8}  {'APGR':>7}  {'vs shipped':>10}  {'vs length':>9}  "
-              f"{'tier 1 so far':>13}  {'tier1_max':>9}  {'gate':>5}  {'mix':>5}\n")
+              f"{'tier 1 so far':>13}  {'tier1_max':>9}  {'gate':>5}  {'mix':>5}  {'regions':>7}\n")
     for p in report["curve"]:
         out.write(f"{p['reports']:>8}  {p['apgr']:>7.4f}  "
                   f"{p['apgr'] - report['static_apgr']:>+10.4f}  "
                   f"{p['apgr'] - report['length_apgr']:>+9.4f}  "
                   f"{100 * p['tier1_share']:>12.1f}%  {p['tier1_max']:>9}  {p['gate']:>5.2f}  "
-                  f"{p['mix_gate']:>5.2f}\n")
+                  f"{p['mix_gate']:>5.2f}  {p['regions_gate']:>7.2f}\n")
 
 
 def _svg(report: dict[str, Any]) -> str:

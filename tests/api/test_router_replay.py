@@ -122,21 +122,27 @@ def two_kinds(tmp_path: Path) -> Path:
 
 
 def test_regions_learn_which_kind_of_request_needs_the_strong_model(tmp_path: Path) -> None:
-    """Per-region levels (the default) put the kind the reports say needs the strong model
-    above the other; the correction alone (``--no-regions``) cannot move it far enough."""
+    """With comparison reports, what online learning adds (per-region levels, the default,
+    and the mix) puts the kind that needs the strong model above the other; plain reports
+    alone move nothing (only comparisons open the floors)."""
     data = two_kinds(tmp_path)
-    status, out, err = cli("router", "replay", str(data), "--every", "50", "--json")
+    status, out, err = cli("router", "replay", str(data), "--every", "50", "--json",
+                           "--compare", "1")
     assert status == 0, err
     learned = json.loads(out)
     status, out, err = cli("router", "replay", str(data), "--every", "50", "--json",
-                           "--no-regions")
+                           "--compare", "1", "--no-regions")
     assert status == 0, err
     alone = json.loads(out)
     static = learned["static_apgr"]
     assert alone["static_apgr"] == static < 0.5  # the shipped order is the wrong way round
     assert learned["curve"][-1]["apgr"] > static + 0.3
-    assert learned["curve"][-1]["apgr"] > alone["curve"][-1]["apgr"] + 0.3
     regions = learned["learning"]["regions"]
     assert regions["count"] == 2 and regions["shift"]["max"] > 0 > regions["shift"]["min"]
     assert alone["learning"]["regions"] is None
     assert alone["learning"]["settings"]["regions"] is False
+    status, out, err = cli("router", "replay", str(data), "--every", "50", "--json")
+    assert status == 0, err
+    plain = json.loads(out)
+    assert {point["apgr"] for point in plain["curve"]} == {static}
+    assert plain["learning"]["regions"]["gate"] == 0.0

@@ -13,7 +13,8 @@ from dataclasses import replace
 import numpy as np
 
 from engine.core.routing.learned import DENSE_NAMES
-from engine.core.routing.mix import MIN_COMPARED, fit_mix
+from engine.core.routing.floor import MIN_JUDGED
+from engine.core.routing.mix import fit_mix
 from engine.core.routing.online import OnlineSettings, OnlineState, learn, predict
 
 SETTINGS = OnlineSettings()
@@ -49,7 +50,7 @@ def compare(state: OnlineState, rounds: int) -> OnlineState:
 
 def test_comparisons_reorder_by_length_once_the_mix_ranks_better() -> None:
     state = OnlineState.fresh("m", WIDTH)
-    early = compare(state, MIN_COMPARED // 2 - 1)
+    early = compare(state, MIN_JUDGED // 2 - 1)
     assert early.mix_gate == 0.0  # too few comparisons: the shipped order stands
     assert mixed(early, SHORT) > mixed(early, LONG)
 

@@ -10,8 +10,8 @@ import doctest
 import numpy as np
 
 import engine.core.routing.online
+from engine.core.routing.floor import MIN_JUDGED
 from engine.core.routing.online import (
-    MIN_EVIDENCE,
     OnlineSettings,
     OnlineState,
     label,
@@ -25,13 +25,15 @@ EASY = np.array([0.0, 1.0, 0.0])
 
 
 def teach(state: OnlineState, rounds: int, *, reporter: str | None = None,
-          settings: OnlineSettings = SETTINGS) -> OnlineState:
-    """Both kinds of traffic on tier 1 at the same shipped log-odds: HARD fails, EASY passes."""
+          settings: OnlineSettings = SETTINGS, compare: bool = True) -> OnlineState:
+    """Both kinds of traffic on tier 1 at the same shipped log-odds: HARD fails, EASY passes;
+    the strong model passes both (said only by comparison reports, ``compare``)."""
+    other = 1.0 if compare else None
     for _ in range(rounds):
-        state, _ = learn(state, -1.0, HARD, tier=1, quality=0.0, reporter=reporter,
-                         settings=settings)
-        state, _ = learn(state, -1.0, EASY, tier=1, quality=1.0, reporter=reporter,
-                         settings=settings)
+        state, _ = learn(state, -1.0, HARD, tier=1, quality=0.0, other=other,
+                         reporter=reporter, settings=settings)
+        state, _ = learn(state, -1.0, EASY, tier=1, quality=1.0, other=other,
+                         reporter=reporter, settings=settings)
     return state
 
 
@@ -50,15 +52,47 @@ def test_learning_separates_what_the_shipped_model_tied() -> None:
     assert state.gate == 1.0
     ranks = state.concordance()
     assert ranks is not None and ranks[1] > ranks[0] == 0.5
-    assert predict(state, -1.0, HARD, SETTINGS) > -1.0 > predict(state, -1.0, EASY, SETTINGS)
+    assert predict(state, -1.0, HARD, SETTINGS) > predict(state, -1.0, EASY, SETTINGS)
     # A request like the shipped model's training data keeps the shipped belief.
     assert predict(state, -1.0, HARD, SETTINGS, known=1.0) == -1.0
 
 
 def test_the_floor_holds_the_correction_back_until_it_has_evidence() -> None:
-    state = teach(OnlineState.fresh("m", 3), int(MIN_EVIDENCE) // 2 - 1)
+    state = teach(OnlineState.fresh("m", 3), MIN_JUDGED // 2 - 1)
     assert state.gate == 0.0
     assert predict(state, -1.0, HARD, SETTINGS) == -1.0
+    # A lead on the first few comparisons is not yet sure (the floor discounts it by its
+    # standard error); some more that say the same open the floor in full.
+    assert teach(state, 30).gate == 1.0
+
+
+def test_plain_reports_teach_but_never_open_the_floor() -> None:
+    # "The cheap model failed" ranks how hard a request is, not what the strong model gains:
+    # however clearly the correction learns it, only comparisons may let it apply.
+    state = teach(OnlineState.fresh("m", 3), 200, compare=False)
+    assert state.gate == 0.0 and state.concordance() is None
+    assert predict(state, -1.0, HARD, SETTINGS) == -1.0
+    assert float(np.linalg.norm(state.weights)) > 0.5  # it learned, all the same
+    # A few comparisons that agree then open it at once: the lesson was kept.
+    assert teach(state, MIN_JUDGED // 2).gate == 1.0
+
+
+def test_the_floor_judges_the_gain_not_the_failure() -> None:
+    # HARD is failed by both models: no gain there, where EASY's strong answer is a gain
+    # (the cheap one is poor there too). Plain reports would rank HARD first; the gain says
+    # otherwise, and a correction that learned "HARD is harder" is behind on it.
+    state = OnlineState.fresh("m", 3)
+    for _ in range(100):
+        state, _ = learn(state, -1.0, HARD, tier=1, quality=0.0, reporter=None,
+                         settings=SETTINGS)
+    for _ in range(30):
+        state, _ = learn(state, -1.0, HARD, tier=1, quality=0.0, other=0.0, reporter=None,
+                         settings=SETTINGS)
+        state, _ = learn(state, -1.0, EASY, tier=1, quality=0.5, other=1.0, reporter=None,
+                         settings=SETTINGS)
+    ranks = state.concordance()
+    assert ranks is not None and ranks[1] < ranks[0]
+    assert state.gate == 0.0
 
 
 def test_feedback_the_shipped_model_already_ranks_opens_no_gate() -> None:

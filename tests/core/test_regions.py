@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import doctest
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import engine.core.routing.regions
 from engine.core.routing.learned import DENSE_NAMES
-from engine.core.routing.online import OnlineSettings, OnlineState, learn, predict
+from engine.core.routing.online import (
+    COMPARED_WEIGHT,
+    OnlineSettings,
+    OnlineState,
+    learn,
+    predict,
+)
 from engine.core.routing.regions import LEADERS, MIN_REPORTS, Regions
 
 SETTINGS = OnlineSettings()
@@ -34,12 +41,15 @@ def inputs(vector: np.ndarray, logit: float = -1.0) -> np.ndarray:
 
 
 def teach(state: OnlineState, rounds: int, *, known: float = 0.0,
-          settings: OnlineSettings = SETTINGS) -> OnlineState:
-    """Both kinds on tier 1: CODE fails, CHAT passes."""
+          settings: OnlineSettings = SETTINGS, compare: bool = True) -> OnlineState:
+    """Both kinds on tier 1: CODE fails, CHAT passes; the strong model passes both (said
+    only by comparison reports, ``compare``: the floor opens on nothing else)."""
+    other = 1.0 if compare else None
     for _ in range(rounds):
         for vector, quality in ((CODE, 0.0), (CHAT, 1.0)):
             state, _ = learn(state, logit(vector), inputs(vector, logit(vector)), tier=1,
-                             quality=quality, reporter=None, settings=settings, known=known)
+                             quality=quality, other=other, reporter=None, settings=settings,
+                             known=known)
     return state
 
 
@@ -58,17 +68,29 @@ def test_a_region_harder_than_believed_goes_up_and_keeps_the_shipped_order_insid
     assert state.regions is not None and len(state.regions.leaders) == 2
     assert state.regions.gate == 1.0
     assert routed(state, CODE) > routed(state, CHAT)
-    # Inside the region, a request the shipped model believed harder stays above.
-    assert routed(state, CODE, at=-5.0) > routed(state, CODE, at=-6.0)
-    # Off, the same state keeps the shipped order: the correction's bound cannot undo it.
-    off = OnlineSettings(regions=False)
-    assert routed(state, CODE, off) < routed(state, CHAT, off)
+    # Inside the region, a request the shipped model believed harder stays above (the
+    # levels alone: the correction, learned beside them, may reweigh the log-odds).
+    levels = replace(state, gate=0.0, mix_gate=0.0)
+    assert routed(levels, CODE, at=-5.0) > routed(levels, CODE, at=-6.0)
+    # Off, the same state keeps the shipped order: the correction's bound cannot undo it,
+    # even applied in full (the mix, which reorders by other means, switched off).
+    off, unmixed = OnlineSettings(regions=False), replace(state, gate=1.0, mix_gate=0.0)
+    assert routed(unmixed, CODE, off) < routed(unmixed, CHAT, off)
 
 
 def test_nothing_applies_before_the_regions_have_evidence() -> None:
-    state = teach(OnlineState.fresh("m", len(inputs(CODE))), int(MIN_REPORTS) // 2 - 1)
+    rounds = int(MIN_REPORTS / COMPARED_WEIGHT) // 2 - 1  # two comparisons a round
+    state = teach(OnlineState.fresh("m", len(inputs(CODE))), rounds)
     assert state.regions is not None and state.regions.gate == 0.0
     assert state.regions.shift(CODE, known=0.0, gated=False) == 0.0
+
+
+def test_plain_reports_teach_the_levels_but_never_open_their_floor() -> None:
+    state = teach(OnlineState.fresh("m", len(inputs(CODE))), 4 * int(MIN_REPORTS),
+                  compare=False)
+    assert state.regions is not None and state.regions.gate == 0.0
+    assert state.regions.shift(CODE, known=0.0, gated=False) > 0
+    assert routed(state, CODE) < routed(state, CHAT)  # the shipped order stands
 
 
 def test_the_floor_keeps_levels_that_rank_no_better_than_routing_without_them() -> None:
@@ -76,7 +98,7 @@ def test_the_floor_keeps_levels_that_rank_no_better_than_routing_without_them() 
     state = OnlineState.fresh("m", len(inputs(CODE)))
     for _ in range(int(MIN_REPORTS)):
         for vector, z, quality in ((CODE, 2.0, 0.0), (CHAT, -6.0, 1.0)):
-            state, _ = learn(state, z, inputs(vector, z), tier=1, quality=quality,
+            state, _ = learn(state, z, inputs(vector, z), tier=1, quality=quality, other=1.0,
                              reporter=None, settings=SETTINGS)
     assert state.regions is not None and state.regions.gate == 0.0
     assert state.regions.shift(CODE, known=0.0) == 0.0 != state.regions.shift(

@@ -35,10 +35,14 @@ async def tier_of(client: RouterClient, prompt: str) -> tuple[str, int]:
     return answer.headers["x-llm-router-request-id"], int(answer.headers["x-llm-router-tier"])
 
 
-async def report(client: RouterClient, request_id: str, quality: float) -> dict[str, Any]:
+async def report(client: RouterClient, request_id: str, quality: float,
+                 other: float | None = None) -> dict[str, Any]:
+    """Feedback on one answer; with ``other``, a comparison report."""
+    body = {"request_id": request_id, "quality": quality}
+    if other is not None:
+        body["other_quality"] = other
     answer = await client.request("POST", "/v1/feedback",
-                                  headers={"authorization": "Bearer t"},
-                                  json={"request_id": request_id, "quality": quality})
+                                  headers={"authorization": "Bearer t"}, json=body)
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body
@@ -55,8 +59,8 @@ async def teach(client: RouterClient, rounds: int) -> None:
     for _ in range(rounds):
         hard_id, _ = await tier_of(client, HARD)
         easy_id, _ = await tier_of(client, EASY)
-        await report(client, hard_id, 0.0)
-        await report(client, easy_id, 1.0)
+        await report(client, hard_id, 0.0, other=1.0)
+        await report(client, easy_id, 1.0, other=0.0)
 
 
 async def test_what_one_router_learns_the_other_routes_with(

@@ -16,29 +16,27 @@ toward the shipped model's order (:data:`PRIOR`) keeps it there until reports sa
 scale (the same mean and spread over the compared requests), so the mix reorders requests
 without moving how many of them fall below the tier-1 boundary; calibration owns the cut.
 
-**The floor.** Each comparison is scored by the mix before the mix learns from it; the mix
-applies in proportion to how much better than the shipped model it ranked those reports
-(concordance, as the correction's floor), not at all before :data:`MIN_COMPARED` of them.
-Twenty comparisons are few, and a mix can look ahead on them by chance; what keeps that from
-costing traffic the shipped model knows is the same hold-back as the correction's
-(``known``, :func:`engine.core.routing.online.predict`): on MMLU, the shipped model's own
-training rows, 30 comparisons among 300 reports cost 0.18 APGR more than plain reports
-alone without it (and with a weaker ridge), 0.03 with it.
+**The floor** (:mod:`engine.core.routing.floor`). Each comparison is scored by the mix before
+the mix learns from it; the mix applies as far as it ranked those gains better than the
+shipped model, surely (its lead less two standard errors), not at all before
+:data:`~engine.core.routing.floor.MIN_JUDGED` of them. Twenty comparisons are few, and a mix
+can look ahead on them by chance; besides the standard errors, what keeps that from costing
+traffic the shipped model knows is the same hold-back as the correction's (``known``,
+:func:`engine.core.routing.online.predict`): on MMLU, the shipped model's own training rows,
+30 comparisons among 300 reports cost 0.18 APGR more than plain reports alone without it
+(and with a weaker ridge), 0.03 with it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KEPT", "MIN_COMPARED", "PRIOR", "Mix", "concordance", "fit_mix"]
+__all__ = ["KEPT", "PRIOR", "Mix", "fit_mix"]
 
 KEPT = 300
 """Comparisons the mix is fitted on (the newest)."""
-MIN_COMPARED = 20
-"""Comparisons the floor needs before the mix applies at all."""
 PRIOR = 0.05
 """The gain the prior expects per unit of shipped log-odds (the shipped order, gently)."""
 _RIDGE = 10.0
@@ -94,20 +92,3 @@ def fit_mix(rows: np.ndarray) -> Mix | None:
     raw = a @ weights
     return Mix(weights, float(rows[:, 0].mean()), float(rows[:, 0].std()),
                float(raw.mean()), float(raw.std()))
-
-
-def concordance(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
-    """Of the weighted pairs whose targets differ, the share the scores order the same way
-    (ties count half): the ranking quality APGR rewards, on reports.
-
-    >>> concordance(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.5, 1.0]), np.ones(3))
-    1.0
-    """
-    higher = targets[:, None] > targets[None, :]
-    pair = weights[:, None] * weights[None, :] * higher
-    total = float(pair.sum())
-    if total <= 0 or math.isnan(total):
-        return 0.5
-    diff = scores[:, None] - scores[None, :]
-    agree = (diff > 0) + 0.5 * (diff == 0)
-    return float((pair * agree).sum()) / total

@@ -24,12 +24,14 @@ The scale is large on purpose: a region whose reports say "harder than believed"
 points moves above the regions that say "easier", whatever the shipped model believed of
 them, and the order inside each region stays the shipped model's.
 
-**The floor.** Nothing applies before :data:`MIN_REPORTS` reports. Before learning from a
-report, routing's score of it without and with the levels is kept (the newest
-:data:`WINDOW`), and the levels apply in proportion to how much better they rank those
-reports (concordance, as the correction's floor), in full from the correction's
-``tolerance`` ahead, not at all while behind: where the correction and the mix already rank
-the traffic as well, the levels stay off.
+**The floor** (:mod:`engine.core.routing.floor`). Nothing applies before :data:`MIN_REPORTS`
+reports. Before learning from a comparison report (both tiers' quality: the strong model's
+gain), routing's score of it without and with the levels is kept (the newest
+:data:`~engine.core.routing.floor.WINDOW`), and the levels apply as far as they rank those
+gains better, surely (the lead less two standard errors), in full from the correction's
+``tolerance``, not at all while behind: where the correction and the mix already rank the
+traffic as well, the levels stay off. Plain reports teach the levels but never open the
+floor: a level that ranks "the cheap model failed" better can rank the gain worse.
 
 **What the shipped model knew.** The shift is held back on traffic like the shipped model's
 training rows: times ``1 - known`` of the request and ``(1 - known)`` of the region's
@@ -50,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .mix import concordance
+from .floor import WINDOW, opening
 
 __all__ = ["LEADERS", "MIN_REPORTS", "PRIOR", "SCALE", "TAU", "Regions"]
 
@@ -64,8 +66,6 @@ SCALE = 100.0
 """Log-odds per unit of a region's mean residual above the traffic's."""
 MIN_REPORTS = 50.0
 """Reports (by weight, decayed) the regions need before any level applies."""
-WINDOW = 300
-"""Reports the floor compares routing with and without the levels on (the newest)."""
 _SUMS = 4  # per region: weight, weighted residual, reports, their summed ``known``
 
 
@@ -99,21 +99,16 @@ class Regions:
     def fresh(cls, dim: int) -> Regions:
         return cls(np.zeros((0, dim), np.float64), np.zeros((0, _SUMS), np.float64))
 
-    def floor(self, scored: tuple[float, float], target: float, weight: float,
+    def floor(self, scored: tuple[float, float], gain: float, weight: float,
               tolerance: float) -> Regions:
-        """Keep a report as routing scored it (without, with the levels) before learning
-        from it, and set the floor: the levels apply in proportion to how much better they
-        ranked the recent reports (concordance), in full from ``tolerance`` ahead, not at all
-        while behind or before :data:`MIN_REPORTS`."""
+        """Keep a comparison report as routing scored it (without, with the levels) before
+        learning from it, and set the floor
+        (:func:`~engine.core.routing.floor.opening`)."""
         if weight <= 0:
             return self
         rows = self.recent if self.recent is not None else np.zeros((0, 4))
-        rows = np.vstack([rows, [scored[0], scored[1], target, weight]])[-WINDOW:]
-        gate = 0.0
-        if float(rows[:, 3].sum()) >= MIN_REPORTS:
-            ahead = (concordance(rows[:, 1], rows[:, 2], rows[:, 3])
-                     - concordance(rows[:, 0], rows[:, 2], rows[:, 3]))
-            gate = max(0.0, min(1.0, ahead / tolerance))
+        rows = np.vstack([rows, [scored[0], scored[1], gain, weight]])[-WINDOW:]
+        gate = opening(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], tolerance)
         return Regions(self.leaders, self.sums, rows, gate)
 
     def learn(self, vector: np.ndarray, *, p: float, target: float, weight: float,
@@ -178,7 +173,7 @@ class Regions:
         return {"dim": int(self.leaders.shape[1]),
                 "leaders": _pack(self.leaders.astype("<f2")),
                 "sums": _pack(self.sums.astype("<f8")),
-                "recent": _pack(recent.astype("<f8")), "gate": self.gate}
+                "judged": _pack(recent.astype("<f8")), "gate": self.gate}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Regions:
@@ -187,9 +182,11 @@ class Regions:
         leaders = np.frombuffer(base64.b64decode(raw["leaders"]), "<f2").astype(np.float64)
         sums = np.frombuffer(base64.b64decode(raw["sums"]), "<f8").astype(np.float64)
         leaders, sums = leaders.reshape(-1, dim), sums.reshape(-1, _SUMS)
-        recent = (np.frombuffer(base64.b64decode(raw["recent"]), "<f8").astype(np.float64)
-                  .reshape(-1, 4) if "recent" in raw else None)
-        gate = float(raw.get("gate", 0.0))
+        # Saved before the floor judged on comparisons alone, a record kept plain reports under
+        # "recent": those rows are dropped, and its floor starts shut.
+        recent = (np.frombuffer(base64.b64decode(raw["judged"]), "<f8").astype(np.float64)
+                  .reshape(-1, 4) if "judged" in raw else None)
+        gate = float(raw.get("gate", 0.0)) if "judged" in raw else 0.0
         finite = all(np.isfinite(a).all() for a in (leaders, sums)) and (
             recent is None or np.isfinite(recent).all())
         if (len(leaders) != len(sums) or len(leaders) > LEADERS or not finite
