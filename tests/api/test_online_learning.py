@@ -22,6 +22,7 @@ import anthropic
 import openai
 from support_routing import RouterClient, model_entry, open_router_client
 
+from engine.core.routing.floor import SURE
 from engine.testing.fake_upstream import FakeUpstream
 
 HARD = "Which prime number follows the number seventeen?"
@@ -216,7 +217,11 @@ async def test_a_comparison_report_teaches_whether_the_strong_model_was_better(
         assert state["compared"] == state["reports"] == 80
         assert state["mix"]["comparisons"] == 80 and state["mix"]["gate"] > 0
         assert state["concordance"] is not None
-        assert set(state["mix"]) == {"comparisons", "gate", "weights", "concordance"}
+        assert set(state["mix"]) == {"comparisons", "gate", "weights", "concordance", "floor"}
+        # How far each floor is from opening, on the comparisons it judged.
+        assert state["floor"]["comparisons"] == state["mix"]["floor"]["comparisons"] == 80
+        floor = state["mix"]["floor"]
+        assert floor["lead"] - SURE * floor["error"] > 0 and state["mix"]["gate"] > 0
 
 
 async def test_a_bad_comparison_is_a_clear_400(fake_upstream: FakeUpstream) -> None:

@@ -24,10 +24,11 @@ the lead by its standard error (a jackknife over the reports: each left out in t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_JUDGED", "SURE", "WINDOW", "concordance", "lead", "opening"]
+__all__ = ["MIN_JUDGED", "SURE", "WINDOW", "concordance", "describe", "lead", "opening"]
 
 MIN_JUDGED = 20
 """Comparison reports a floor needs before anything it guards applies."""
@@ -97,6 +98,18 @@ def opening(before: np.ndarray, after: np.ndarray, targets: np.ndarray,
     if not math.isfinite(sure) or sure <= 0:
         return 0.0
     return min(1.0, sure / tolerance)
+
+
+def describe(before: np.ndarray, after: np.ndarray, targets: np.ndarray,
+             weights: np.ndarray) -> dict[str, Any] | None:
+    """A floor's record for ``GET /v1/routing``: the comparisons it holds, the lead and its
+    standard error (how far it is from opening: it opens from ``lead - SURE × error`` above
+    0); None before :data:`MIN_JUDGED` comparisons."""
+    if len(targets) < MIN_JUDGED:
+        return None
+    ahead, error = lead(before, after, targets, weights)
+    return {"comparisons": len(targets), "lead": round(ahead, 4),
+            "error": round(error, 4) if math.isfinite(error) else None}
 
 
 def _pairs(targets: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -73,6 +73,7 @@ import numpy as np
 
 from .learned import DENSE_NAMES
 from .floor import MIN_JUDGED, WINDOW, concordance, opening
+from .floor import describe as describe_floor
 from .mix import KEPT, Mix, fit_mix
 from .regions import Regions
 
@@ -201,6 +202,7 @@ class OnlineState:
             "reports": self.reports, "compared": self.compared,
             "learned_from": round(self.learned, 2),
             "gate": round(self.gate, 4),
+            "floor": None if self.recent is None else describe_floor(*self.recent.T),
             "log_loss": None if self.evidence <= 0 else {
                 "shipped": round(self.loss_shipped / n, 4),
                 "online": round(self.loss_online / n, 4)},
@@ -213,7 +215,8 @@ class OnlineState:
     def _describe_mix(self) -> dict[str, Any]:
         rows = self.comparisons
         if rows is None or self.mix is None:
-            return {"comparisons": 0, "gate": 0.0, "weights": None, "concordance": None}
+            return {"comparisons": 0, "gate": 0.0, "weights": None, "concordance": None,
+                    "floor": None}
         ranks = None
         if len(rows) >= MIN_JUDGED:
             ranks = {"shipped": round(concordance(rows[:, 0], rows[:, 2], rows[:, 3]), 4),
@@ -221,7 +224,8 @@ class OnlineState:
         return {"comparisons": len(rows), "gate": round(self.mix_gate, 4),
                 "weights": {"shipped": round(float(self.mix.weights[0]), 4),
                             "length": round(float(self.mix.weights[1]), 4)},
-                "concordance": ranks}
+                "concordance": ranks,
+                "floor": describe_floor(rows[:, 0], rows[:, 4], rows[:, 2], rows[:, 3])}
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from .floor import WINDOW, opening
+from .floor import describe as describe_floor
 
 __all__ = ["LEADERS", "MIN_REPORTS", "PRIOR", "SCALE", "TAU", "Regions"]
 
@@ -199,6 +200,7 @@ class Regions:
         the largest shifts either way."""
         levels = self.levels()
         return {"count": len(self.leaders), "gate": round(self.gate, 4),
+                "floor": None if self.recent is None else describe_floor(*self.recent.T),
                 "learned_from": round(float(self.sums[:, 0].sum()), 2),
                 "shift": None if not len(levels) else {
                     "min": round(float(levels.min()), 3), "max": round(float(levels.max()), 3)}}
