@@ -188,8 +188,8 @@ class Learning:
                          "tolerance": s.tolerance, "regions": s.regions},
         }
         if self.state is None:
-            out.update({"reports": 0, "compared": 0, "learned_from": 0.0, "gate": 1.0,
-                        "log_loss": None,
+            out.update({"concordance": None, "reports": 0, "compared": 0,
+                        "learned_from": 0.0, "gate": 0.0, "floor": None, "log_loss": None,
                         "correction_norm": 0.0, "reporters": 0, "regions": None})
         else:
             out.update(self.state.describe(s))
