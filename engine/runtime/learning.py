@@ -190,7 +190,9 @@ class Learning:
         if self.state is None:
             out.update({"concordance": None, "reports": 0, "compared": 0,
                         "learned_from": 0.0, "gate": 0.0, "floor": None, "log_loss": None,
-                        "correction_norm": 0.0, "reporters": 0, "regions": None})
+                        "correction_norm": 0.0, "reporters": 0, "regions": None,
+                        "mix": {"comparisons": 0, "gate": 0.0, "weights": None,
+                                "concordance": None, "floor": None}})
         else:
             out.update(self.state.describe(s))
         if self._queued:

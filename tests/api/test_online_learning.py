@@ -88,7 +88,8 @@ async def test_feedback_teaches_the_router_and_routing_follows(
     fake_upstream: FakeUpstream,
 ) -> None:
     async with open_router_client(models(fake_upstream), learned=LEARNED) as client:
-        assert (await learning(client))["reports"] == 0
+        fresh = await learning(client)
+        assert fresh["reports"] == 0 and fresh["gate"] == 0.0 and fresh["floor"] is None
         _, hard_before, tier_before = await ask(client, HARD)
         _, easy_before, _ = await ask(client, EASY)
         assert tier_before == 1
