@@ -158,4 +158,4 @@ async def test_a_client_that_leaves_leaves_nothing_running(
         async def all_gone() -> bool:
             return _streams(router) == 0 and _request_tasks() == 0
 
-        await wait_for(all_gone, timeout=10, poll=0.02)
+        await wait_for(all_gone, poll=0.02)

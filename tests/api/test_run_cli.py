@@ -183,7 +183,7 @@ async def test_cancel_shows_the_cancelled_run_and_watch_exits_3(
         async def b_called() -> bool:
             return len(fake.requests("mb")) == 1
 
-        await wait_for(b_called, timeout=10)
+        await wait_for(b_called)
         cancelled = await cli("cancel", run_id, "--reason", "changed my mind", "--server", url,
                               cwd=tmp_path)
         watched, again, as_json = await together(
@@ -230,7 +230,7 @@ async def test_a_streamed_run_shows_its_id_and_exits_3_when_cancelled(
             async def b_called() -> bool:
                 return len(fake.requests("mb")) == 1
 
-            await wait_for(b_called, timeout=10)
+            await wait_for(b_called)
             (run_id,) = [r["run_id"] for r in (await client.http.get(
                 client.router.v1 + "/workflows/runs")).json()["data"]]
             cancel = await client.http.post(

@@ -139,7 +139,7 @@ async def test_a_run_submitted_async_is_traced_in_the_clients_trace(
         submitted = await client.request("POST", "/v1/workflows", headers=CLIENT | ASYNC,
                                          json={"input": "x", "workflow": PAIR})
         assert submitted.status_code == 202, submitted.text
-        await wait_for(lambda: finished(spans, "workflow run"), timeout=10)
+        await wait_for(lambda: finished(spans, "workflow run"))
     (request,) = named(spans, "workflow submitted")
     (run,) = named(spans, "workflow run")
     ops = {s.name: s for s in spans.get_finished_spans() if s.name.startswith("workflow op")}
@@ -176,10 +176,10 @@ async def test_a_resumed_run_is_traced_under_the_request_that_submitted_it(
         async def b_called() -> bool:
             return len(fake.requests("mb")) == 1
 
-        await wait_for(b_called, timeout=10)
+        await wait_for(b_called)
     fake.clear_default("mb")
     async with open_router_client(models, state=state):
-        await wait_for(lambda: finished(spans, "workflow run", count=2), timeout=20)
+        await wait_for(lambda: finished(spans, "workflow run", count=2))
     (request,) = named(spans, "workflow submitted")
     first, second = sorted(named(spans, "workflow run"), key=lambda s: s.start_time or 0)
     assert [dict(s.attributes or {})["llm_router.run.start"] for s in (first, second)] == [1, 2]

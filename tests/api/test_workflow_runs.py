@@ -171,7 +171,7 @@ async def test_runs_queue_beyond_max_concurrent_runs_and_move_through_their_stat
             ops = (await record(client, first)).json()["ops"]
             return ops["a"]["status"] == "running"
 
-        await wait_for(first_calling, timeout=5)
+        await wait_for(first_calling)
         assert (await record(client, first)).json()["status"] == "running"
         waiting = (await record(client, second)).json()
         assert waiting["status"] == "queued" and waiting["started_at"] is None
@@ -229,7 +229,7 @@ async def test_a_late_watcher_gets_the_history_then_live_events(
             ops = (await record(client, run_id)).json()["ops"]
             return ops["b"]["status"] == "running"
 
-        await wait_for(b_started, timeout=5)
+        await wait_for(b_started)
         _, seen = await events(client, run_id)  # joins mid-run, reads until the end
         names = [name for _, name, _ in seen]
         assert names[:4] == ["run_started", "op_started", "op_finished", "op_started"]
@@ -251,7 +251,7 @@ async def test_cancel_closes_the_running_call_and_later_ops_never_start(
         async def b_called() -> bool:
             return len(fake.requests("mb")) == 1
 
-        await wait_for(b_called, timeout=5)
+        await wait_for(b_called)
         cancel_url = f"{client.router.v1}/workflows/runs/{run_id}/cancel"
         cancelled = await client.http.post(cancel_url, json={"reason": "changed my mind"})
         assert cancelled.status_code == 200
@@ -308,7 +308,7 @@ async def test_a_client_leaving_does_not_stop_its_run(fake_upstream: FakeUpstrea
             async def b_called() -> bool:
                 return len(fake.requests("mb")) == 1
 
-            await wait_for(b_called, timeout=5)
+            await wait_for(b_called)
             nursery.cancel_scope.cancel()  # the client goes away mid-run
         listed = (await client.http.get(client.router.v1 + "/workflows/runs")).json()
         (run,) = listed["data"]

@@ -61,7 +61,7 @@ async def start_and_stop_mid_run(fake: FakeUpstream, config: Path, how: signal.S
         async def b_called() -> bool:
             return len(fake.requests("mb")) == 1
 
-        await wait_for(b_called, timeout=10)
+        await wait_for(b_called)
         stored = await get_run(http, url, run_id)
         assert stored["ops"]["a"]["status"] == "succeeded"
         assert stored["ops"]["b"]["status"] == "running"
@@ -83,7 +83,7 @@ async def finish_in_a_new_process(config: Path, run_id: str) -> dict[str, Any]:
             done.update(await get_run(http, url, run_id))
             return done["status"] in ("succeeded", "failed", "cancelled")
 
-        await wait_for(finished, timeout=20, poll=0.05)
+        await wait_for(finished, poll=0.05)
         events = (await http.get(f"{url}/v1/workflows/runs/{run_id}/events")).text
     done["event_names"] = re.findall(r"^event: (\w+)$", events, re.MULTILINE)
     done["event_ids"] = [int(i) for i in re.findall(r"^id: (\d+)$", events, re.MULTILINE)]

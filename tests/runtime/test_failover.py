@@ -444,7 +444,7 @@ async def test_in_flight_is_visible_during_a_slow_request_and_load_is_balanced(
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(slow_request)
-                await wait_for(a1_busy, timeout=60)
+                await wait_for(a1_busy)
                 # Least in flight wins: a1 (cheaper) is busy, so a2 takes the next request.
                 answered_by(await client.chat("fast"), "a2")
                 assert (await client.backends())["a2"]["in_flight"] == 0

@@ -138,7 +138,7 @@ async def test_one_probe_at_a_time_while_the_rest_avoid_the_backend(
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send_probe)
-                await wait_for(a1_probing, timeout=60)
+                await wait_for(a1_probing)
                 async with trio.open_nursery() as burst:
                     for i in range(8):
                         burst.start_soon(partial(client.chat, f"meanwhile {i}"))

@@ -320,7 +320,7 @@ async def test_slow_sidecar_is_cut_at_its_budget(fake_upstream: FakeUpstream,
         async def hung_up_on_both() -> bool:
             return sidecar.abandoned == 2
 
-        await wait_for(hung_up_on_both, timeout=60)
+        await wait_for(hung_up_on_both)
 
     assert decided(response) == (5, 1, "heuristic")
     assert decided(streamed_response) == (5, 1, "heuristic")

@@ -78,7 +78,7 @@ async def test_idle_upstream_connections_are_closed_after_the_keepalive_expiry(
         async def all_closed() -> bool:
             return relay.open == 0
 
-        await wait_for(all_closed, timeout=60)
+        await wait_for(all_closed)
         assert relay.closed_by_client == 8  # the router's expiry, not the server's
 
         # A request after the expiry opens a fresh connection and is answered.

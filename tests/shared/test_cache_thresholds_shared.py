@@ -52,7 +52,7 @@ async def threshold(client: RouterClient) -> float:
 async def until(client: RouterClient, value: float) -> None:
     async def there() -> bool:
         return await threshold(client) == pytest.approx(value)
-    await wait_for(there, timeout=5, poll=0.01)
+    await wait_for(there, poll=0.01)
 
 
 async def test_a_report_in_one_router_moves_the_threshold_in_both(
@@ -82,5 +82,5 @@ async def test_redis_down_moves_the_local_copy_and_resync_writes_it_back(
             async with router(fake_upstream, redis_server) as b:
                 return await threshold(b) == pytest.approx(0.95)
 
-        await wait_for(written_back, timeout=10, poll=0.2)
+        await wait_for(written_back, poll=0.2)
         assert await threshold(a) == pytest.approx(0.95)

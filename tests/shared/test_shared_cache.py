@@ -38,7 +38,7 @@ async def until_received(client: RouterClient, count: int) -> None:
     """Wait (bounded) until ``client`` has filed ``count`` entries from other routers."""
     async def done() -> bool:
         return (await shared(client))["received"] >= count
-    await wait_for(done, timeout=5, poll=0.01)
+    await wait_for(done, poll=0.01)
 
 
 def content(answer: httpx.Response) -> str:
@@ -108,7 +108,7 @@ async def test_expiry_is_shared(fake_upstream: FakeUpstream, redis_server: Redis
         async def expired_on_b() -> bool:
             return await redis_keys(b, "llmr:cache:{*") == 0
 
-        await wait_for(expired_on_b, timeout=5, poll=0.05)
+        await wait_for(expired_on_b, poll=0.05)
         # Expired in Redis means expired in both processes (one wall clock, one expiry).
         assert cache_header(await b.chat(QUESTION)) == "MISS"
         assert len(fake_upstream.requests("m")) == 2
@@ -138,6 +138,6 @@ async def test_the_entry_budget_evicts_in_every_router(
 
         async def evicted_on_a() -> bool:
             return (await shared(a))["evicted"] >= 1
-        await wait_for(evicted_on_a, timeout=5, poll=0.01)
+        await wait_for(evicted_on_a, poll=0.01)
         assert cache_header(await b.chat("How tall is Mount Everest?")) == "HIT"
         assert cache_header(await a.chat("Who wrote Hamlet?")) == "MISS"

@@ -53,7 +53,7 @@ async def received(http: httpx.AsyncClient, url: str) -> int:
 async def until_received(http: httpx.AsyncClient, url: str, count: int) -> None:
     async def done() -> bool:
         return await received(http, url) >= count
-    await wait_for(done, timeout=10, poll=0.02)
+    await wait_for(done, poll=0.02)
 
 
 async def test_a_router_started_later_catches_up_and_redis_dying_fails_nothing(
@@ -84,7 +84,7 @@ async def test_a_router_started_later_catches_up_and_redis_dying_fails_nothing(
                 nursery.start_soon(traffic, b, [f"Other question {i}?" for i in range(40)])
                 async def started() -> bool:
                     return len(fake_upstream.requests("m")) >= 12
-                await wait_for(started, timeout=10)
+                await wait_for(started)
                 redis_server.kill()
             assert failures == []
 
@@ -99,7 +99,7 @@ async def test_a_router_started_later_catches_up_and_redis_dying_fails_nothing(
             # What A stored while Redis was down is published from its backlog, and B files it.
             async def flushed() -> bool:
                 return (await counters(http, a))["backlog"] == 0
-            await wait_for(flushed, timeout=10, poll=0.02)
+            await wait_for(flushed, poll=0.02)
             published = (await counters(http, a))["published"] - published
             assert published >= 1
             await until_received(http, b, before + published)
@@ -111,7 +111,7 @@ async def test_a_router_started_later_catches_up_and_redis_dying_fails_nothing(
                 first = await received(http, a)
                 await trio.sleep(0.3)
                 return backlogs == [0, 0] and await received(http, a) == first
-            await wait_for(settled, timeout=15, poll=0.05)
+            await wait_for(settled, poll=0.05)
             before_a = await received(http, a)
             assert await ask(http, b, "What is the boiling point of water?") == "MISS"
             await until_received(http, a, before_a + 1)

@@ -137,7 +137,7 @@ async def test_a_leader_whose_clients_left_hands_the_call_over(
             for _ in range(3):
                 nursery.start_soon(follow)
             with trio.fail_after(60):
-                await wait_for(b_claimed, timeout=60, poll=0.005)
+                await wait_for(b_claimed, poll=0.005)
                 await wait_all_in(b.url, 4)  # a's one and b's three (summed through Redis)
             leader.cancel()  # the leader's only client leaves: its call is cancelled
         assert all(r.status_code == 200 for r, _ in answers) and len(answers) == 3
@@ -181,10 +181,10 @@ async def test_redis_dying_mid_flight_fails_no_request(
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(one, a)
-                await wait_for(called, timeout=60)
+                await wait_for(called)
                 for _ in range(3):
                     nursery.start_soon(one, b)
-                await wait_for(b_claimed, timeout=60, poll=0.005)
+                await wait_for(b_claimed, poll=0.005)
                 await wait_all_in(b.url, 4)  # a's one and b's three (summed through Redis)
                 redis_server.kill()  # b's followers can no longer hear a: b calls on its own
                 await relay.wait_held(2)

@@ -117,7 +117,7 @@ async def test_a_killed_leader_process_is_replaced_by_a_follower(
             async def called() -> bool:
                 return len(fake_upstream.requests("m")) == 1
 
-            await wait_for(called, timeout=60)
+            await wait_for(called)
 
             async def follow(url: str) -> None:
                 answers.append(await ask(http, url))
@@ -129,7 +129,7 @@ async def test_a_killed_leader_process_is_replaced_by_a_follower(
             async def all_claimed() -> bool:
                 return await claims(redis_server.url) == 3  # one per process
 
-            await wait_for(all_claimed, timeout=60, poll=0.005)
+            await wait_for(all_claimed, poll=0.005)
             relay.hold()
             leader.kill()
             with trio.fail_after(60):

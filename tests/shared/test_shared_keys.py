@@ -52,9 +52,9 @@ async def test_news_of_a_key_reaches_the_other_gate(redis_server: RedisServer) -
         async def b_sees_the_update() -> bool:
             return (await b.authenticate(secret)).settings.models == ("auto",)
 
-        await wait_for(b_sees_the_update, timeout=5)
+        await wait_for(b_sees_the_update)
         await a.revoke(record.id)
-        await wait_for(lambda: refused(b, secret), timeout=5)
+        await wait_for(lambda: refused(b, secret))
 
 
 async def test_admission_refuses_a_key_revoked_before_its_news_arrives(
@@ -108,7 +108,7 @@ async def test_redis_down_falls_back_and_is_reconciled_when_it_returns(
             ticket = await gate.admit(record, tokens=1, max_cost_usd=1.0)
             assert ticket.shared
             gate.settle(record, ticket, tokens=1, cost_usd=1.0)
-        await wait_for(lambda: spend_pair(a, b, record, 2.0), timeout=5)
+        await wait_for(lambda: spend_pair(a, b, record, 2.0))
         for gate in (a, b):  # each sees Redis's $2 as its calls are admitted
             gate.settle(record, await gate.admit(record, tokens=1, max_cost_usd=0.0),
                         tokens=1, cost_usd=0.0)
@@ -124,7 +124,7 @@ async def test_redis_down_falls_back_and_is_reconciled_when_it_returns(
             assert a.fallbacks == b.fallbacks == 2
 
         # What each spent meanwhile is added (a Redis that came back empty lost the $2 before).
-        await wait_for(lambda: spend_pair(a, b, record, spent_after), timeout=15)
+        await wait_for(lambda: spend_pair(a, b, record, spent_after))
         for gate in (a, b):
             assert (await gate.authenticate(secret)).id == record.id
         if how == "paused":
@@ -162,4 +162,4 @@ async def test_a_gate_started_while_redis_is_down_knows_keys_once_it_answers(
                 except (StoreUnavailable, Unauthorized):
                     return False
 
-            await wait_for(late_knows, timeout=15)
+            await wait_for(late_knows)

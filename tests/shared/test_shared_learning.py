@@ -80,7 +80,7 @@ async def test_what_one_router_learns_the_other_routes_with(
         async def b_learned() -> bool:
             return (await learning(b))["reports"] == 2 * rounds
 
-        await wait_for(b_learned, timeout=10, poll=0.05)
+        await wait_for(b_learned, poll=0.05)
         assert (await tier_of(b, HARD))[1] == 2
         assert (await tier_of(b, EASY))[1] == 1
 
@@ -91,7 +91,7 @@ async def test_what_one_router_learns_the_other_routes_with(
         async def a_reset() -> bool:
             return (await learning(a))["reports"] == 0
 
-        await wait_for(a_reset, timeout=10, poll=0.05)
+        await wait_for(a_reset, poll=0.05)
         assert (await tier_of(a, HARD))[1] == 1
 
 
@@ -110,5 +110,5 @@ async def test_reports_made_while_redis_is_down_are_taught_when_it_is_back(
         async def both_learned() -> bool:
             return [(await learning(c))["reports"] for c in (a, b)] == [1, 1]
 
-        await wait_for(both_learned, timeout=10, poll=0.05)
+        await wait_for(both_learned, poll=0.05)
         assert all(seen.status == 200 for seen in a.seen + b.seen)

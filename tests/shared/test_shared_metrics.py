@@ -55,7 +55,7 @@ async def both_show(http: httpx.AsyncClient, a: str, b: str, name: str, want: fl
         return all(value(s, name, **labels) == want for s in seen)
 
     try:
-        await wait_for(shown, timeout=10, poll=0.05)
+        await wait_for(shown, poll=0.05)
     except trio.TooSlowError:
         raise AssertionError(f"{name} {labels}: A and B show "
                              f"{[value(s, name, **labels) for s in seen]}, not {want}: "

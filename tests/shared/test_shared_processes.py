@@ -54,7 +54,7 @@ async def same_on_both(http: httpx.AsyncClient, a: str, b: str, path: str,
         seen[:] = [view(await get(http, a, path)), view(await get(http, b, path))]
         return bool(seen[0] == seen[1])
 
-    await wait_for(agree, timeout=10, poll=0.05)
+    await wait_for(agree, poll=0.05)
     return seen[0]
 
 
@@ -78,7 +78,7 @@ async def test_health_found_by_one_process_is_obeyed_by_the_other(
             entry = {e["name"]: e for e in await get(http, b, "/v1/backends")}[name]
             return bool(entry["status"] == status and entry["detail"])
 
-        await wait_for(lambda: b_knows("cheap", "healthy"), timeout=5)
+        await wait_for(lambda: b_knows("cheap", "healthy"))
         for _ in range(5):
             response = await chat(http, b)
             assert response.status_code == 200
@@ -90,7 +90,7 @@ async def test_health_found_by_one_process_is_obeyed_by_the_other(
         for _ in range(3):
             assert (await chat(http, a, model="dear")).status_code == 502
         called = len(fake.requests("dear"))
-        await wait_for(lambda: b_knows("dear", "down"), timeout=5)
+        await wait_for(lambda: b_knows("dear", "down"))
         assert (await chat(http, b, model="dear")).status_code == 503
         assert len(fake.requests("dear")) == called
 
@@ -153,7 +153,7 @@ async def test_redis_killed_mid_traffic_fails_nothing_and_loses_no_count(
             scopes = [(await get(http, url, "/stats"))["scope"] for url in (a, b)]
             return scopes == ["process", "process"]
 
-        await wait_for(both_alone, timeout=10, poll=0.05)
+        await wait_for(both_alone, poll=0.05)
         redis_server.start()  # empty: what was written before is gone
         await traffic(5)
 
@@ -161,7 +161,7 @@ async def test_redis_killed_mid_traffic_fails_nothing_and_loses_no_count(
             stats = [await get(http, url, "/stats") for url in (a, b)]
             return all(s["scope"] == "shared" and s["total_requests"] == sent for s in stats)
 
-        await wait_for(caught_up, timeout=15, poll=0.1)
+        await wait_for(caught_up, poll=0.1)
         stats = await same_on_both(http, a, b, "/stats")
         assert sum(stats["by_model"].values()) == sent
         assert stats["by_model"] == {name: len(fake_upstream.requests(name))

@@ -46,7 +46,7 @@ async def _shows(http: httpx.AsyncClient, urls: list[str], requests: int, **fiel
                    and all(s[k] == v for k, v in fields.items()) for s in seen)
 
     try:
-        await wait_for(shown, timeout=15, poll=0.1)
+        await wait_for(shown, poll=0.1)
     except trio.TooSlowError:
         raise AssertionError([(s["window"], s["scope"], s.get("processes")) for s in seen]
                              ) from None

@@ -48,7 +48,7 @@ async def test_what_one_router_found_while_redis_was_down_reaches_the_other(
             cheap = (await b.backends())["cheap"]
             return bool(cheap["detail"] and cheap["detail"].startswith("rate limited"))
 
-        await wait_for(b_caught_up, timeout=10, poll=0.05)
+        await wait_for(b_caught_up, poll=0.05)
         for _ in range(3):
             assert (await b.chat()).headers["x-llm-router-model"] == "dear"
         assert len(fake.requests("cheap")) == 1
@@ -58,11 +58,11 @@ async def test_what_one_router_found_while_redis_was_down_reaches_the_other(
             return all(s["scope"] == "shared" and s["thresholds"]["tier1_max"] == 35
                        and s["feedback"]["total"] == 3 for s in states)
 
-        await wait_for(calibrated_on_both, timeout=10, poll=0.05)
+        await wait_for(calibrated_on_both, poll=0.05)
 
         async def totals_back() -> bool:
             stats = await b.stats()
             return bool(stats["scope"] == "shared" and stats["total_requests"] == 4)
 
-        await wait_for(totals_back, timeout=10, poll=0.05)
+        await wait_for(totals_back, poll=0.05)
         assert all(seen.status == 200 for seen in a.seen + b.seen)

@@ -67,7 +67,7 @@ async def test_a_run_on_one_router_is_seen_watched_and_cancelled_on_another(
         async def b_called() -> bool:
             return len(fake.requests("mb")) == 1
 
-        await wait_for(b_called, timeout=10)
+        await wait_for(b_called)
         seen = await record(b, run_id)
         assert seen["status"] == "running" and seen["starts"] == 1
         assert seen["ops"]["a"]["status"] == "succeeded"
@@ -92,7 +92,7 @@ async def test_a_run_on_one_router_is_seen_watched_and_cancelled_on_another(
             async def cancelled() -> bool:
                 return (await record(a, run_id))["status"] == "cancelled"
 
-            await wait_for(cancelled, timeout=10, poll=0.05)
+            await wait_for(cancelled, poll=0.05)
 
         every = await events(b, run_id)
         assert [i for i, _, _ in every] == list(range(1, len(every) + 1))
@@ -135,7 +135,7 @@ async def test_a_run_of_a_killed_process_is_finished_by_another_without_repeatin
             async def b_called() -> bool:
                 return len(fake.requests("mb")) == 1
 
-            await wait_for(b_called, timeout=10)
+            await wait_for(b_called)
             fake.clear_default("mb")
             process_a.send_signal(signal.SIGKILL)
             with trio.fail_after(15):
@@ -147,7 +147,7 @@ async def test_a_run_of_a_killed_process_is_finished_by_another_without_repeatin
             done.update((await http.get(f"{url_b}/v1/workflows/runs/{run_id}")).json())
             return done["status"] in ("succeeded", "failed", "cancelled")
 
-        await wait_for(finished, timeout=30, poll=0.1)
+        await wait_for(finished, poll=0.1)
         raw = (await http.get(f"{url_b}/v1/workflows/runs/{run_id}/events")).text
     assert done["status"] == "succeeded" and done["starts"] == 2
     assert done["final_output"].startswith("[mc] Step c.")
@@ -171,7 +171,7 @@ async def test_while_redis_is_down_submissions_are_503_and_chats_go_on(
             assert response.status_code in (202, 503)
             return response.status_code == 503
 
-        await wait_for(refused, timeout=10, poll=0.05)
+        await wait_for(refused, poll=0.05)
         response = await submit(a)
         assert response.status_code == 503
         error = response.json()["error"]
@@ -188,13 +188,13 @@ async def test_while_redis_is_down_submissions_are_503_and_chats_go_on(
         async def accepted() -> bool:
             return (await submit(a)).status_code == 202
 
-        await wait_for(accepted, timeout=15, poll=0.1)
+        await wait_for(accepted, poll=0.1)
         run_id = (await submit(a)).json()["run_id"]
 
         async def succeeded() -> bool:
             return (await record(a, run_id))["status"] == "succeeded"
 
-        await wait_for(succeeded, timeout=10, poll=0.05)
+        await wait_for(succeeded, poll=0.05)
 
 
 async def test_a_redis_restarted_empty_mid_run_forgets_the_run_and_nothing_else(
@@ -210,7 +210,7 @@ async def test_a_redis_restarted_empty_mid_run_forgets_the_run_and_nothing_else(
         async def b_called() -> bool:
             return len(fake.requests("mb")) == 1
 
-        await wait_for(b_called, timeout=10)
+        await wait_for(b_called)
         redis_server.kill()
         redis_server.start()
         fake.clear_default("mb")
@@ -220,7 +220,7 @@ async def test_a_redis_restarted_empty_mid_run_forgets_the_run_and_nothing_else(
             assert response.status_code in (200, 404, 503)
             return response.status_code == 404
 
-        await wait_for(forgotten, timeout=15, poll=0.1)
+        await wait_for(forgotten, poll=0.1)
         with trio.fail_after(5):
             await fake.wait_until_idle()
         chat = await a.http.post(a.router.v1 + "/chat/completions", json={
@@ -231,7 +231,7 @@ async def test_a_redis_restarted_empty_mid_run_forgets_the_run_and_nothing_else(
         async def succeeded() -> bool:
             return (await record(a, again))["status"] == "succeeded"
 
-        await wait_for(succeeded, timeout=10, poll=0.05)
+        await wait_for(succeeded, poll=0.05)
     # The forgotten run went no further than its op b; the new one ran whole (and ma
     # answered the chat).
     assert [len(fake.requests(m)) for m in ("ma", "mb", "mc")] == [3, 2, 1]
@@ -251,7 +251,7 @@ async def test_a_run_stalled_by_a_hung_redis_goes_on_when_it_answers(
         async def b_called() -> bool:
             return len(fake.requests("mb")) == 1
 
-        await wait_for(b_called, timeout=10)
+        await wait_for(b_called)
         assert redis_server.process is not None
         redis_server.process.send_signal(signal.SIGSTOP)
         try:
@@ -259,7 +259,7 @@ async def test_a_run_stalled_by_a_hung_redis_goes_on_when_it_answers(
                 health = (await a.http.get(a.router.url + "/health")).json()
                 return bool(health["runs"]["status"] == "error")
 
-            await wait_for(runs_down, timeout=10, poll=0.05)
+            await wait_for(runs_down, poll=0.05)
             with trio.fail_after(5):
                 await fake.wait_until_idle()  # b answered meanwhile; its step is not recorded
         finally:
@@ -274,7 +274,7 @@ async def test_a_run_stalled_by_a_hung_redis_goes_on_when_it_answers(
             done.update(response.json())
             return done["status"] == "succeeded"
 
-        await wait_for(finished, timeout=20, poll=0.1)
+        await wait_for(finished, poll=0.1)
         every = await events(a, run_id)
     assert done["starts"] == 2 and done["final_output"].startswith("[mc] Step c.")
     assert [i for i, _, _ in every] == list(range(1, len(every) + 1))

@@ -183,7 +183,7 @@ async def test_sigterm_stops_every_worker_after_its_requests(
             async def all_at_the_upstream() -> bool:
                 return len(fake_upstream.requests("m")) == 4
 
-            await wait_for(all_at_the_upstream, timeout=10)
+            await wait_for(all_at_the_upstream)
             router.process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
                 assert await router.process.wait() == 0
@@ -206,7 +206,7 @@ async def test_a_killed_worker_is_replaced(
         async def replaced() -> bool:
             return len(router.workers() - first) == 1 and "started again" in router.log
 
-        await wait_for(replaced, timeout=60, poll=0.1)
+        await wait_for(replaced, poll=0.1)
         [new] = router.workers() - first
         await answered_by_only(router, new, "from the new one")
         assert f"(pid {victim}) exited (signal SIGKILL); starting another in" in router.log
@@ -225,7 +225,7 @@ async def test_workers_stop_when_their_parent_is_killed(
         async def all_gone() -> bool:
             return not any(alive(pid) for pid in workers)
 
-        await wait_for(all_gone, timeout=30, poll=0.1)
+        await wait_for(all_gone, poll=0.1)
         assert "the parent process is gone, shutting down" in router.log
 
 

@@ -94,7 +94,7 @@ async def test_the_dashboard_loads_clean_and_its_figures_follow_traffic(
 
         assert _streams(router) == 1
         await browser.get("about:blank")  # the page closed: its stream ends with it
-        await wait_for(lambda: _as_async(_streams(router) == 0), timeout=30, poll=0.05)
+        await wait_for(lambda: _as_async(_streams(router) == 0), poll=0.05)
 
 
 async def test_a_running_workflows_dag_shows_its_ops_states_change(
