@@ -5,10 +5,12 @@ the learning curve it draws.
 
     llm-router router replay DATA.jsonl [DATA2 ...] [--model learned|FILE.json] [--every 25]
                              [--reports N] [--compare SHARE] [--no-regions]
-                             [--plot curve.svg] [--json]
+                             [--shuffle SEED] [--plot curve.svg] [--json]
 
 The rows are split in file order: every other row (the 2nd, 4th, ...) is held back for
-evaluation, the rest is the traffic, in order. Each traffic row goes through the router's own
+evaluation, the rest is the traffic, in order. ``--shuffle SEED`` first puts the rows in a
+random order fixed by the seed: a file sorted by kind (MMLU's is, by subject) otherwise
+teaches one kind after another, while the held-back rows hold them all. Each traffic row goes through the router's own
 routing policy (``engine.runtime.RoutingPolicy``, with a feedback database in a temporary
 directory, as a one-process router has): it is routed, and the feedback it earns is the
 labelled quality of the model of the tier that answered (``weak_score`` on tier 1,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -61,6 +64,9 @@ def add_replay_command(commands: Any) -> None:
     rp.add_argument("--compare", type=float, default=0.0, metavar="SHARE",
                     help="share of reports (0-1) that carry both tiers' quality, as from a "
                          "deployment that also asks the other tier on a sample (0)")
+    rp.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                    help="replay the rows in a random order fixed by SEED (default: file "
+                         "order)")
     rp.add_argument("--plot", metavar="FILE.svg", help="write the learning curve as SVG")
     rp.add_argument("--json", action="store_true", help="print one JSON object instead")
     rp.add_argument("--decontaminated", action="store_true")
@@ -89,6 +95,9 @@ def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dic
         raise ValueError(f"--plot {args.plot}: write .svg")
     if len(rows) < 4:
         raise ValueError("replay needs at least 4 rows (half are held back)")
+    if args.shuffle is not None:
+        rows = list(rows)
+        random.Random(args.shuffle).shuffle(rows)
     held, traffic = rows[1::2], rows[0::2]
     if args.reports is not None:
         traffic = traffic[: max(0, args.reports)]

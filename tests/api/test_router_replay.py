@@ -69,6 +69,20 @@ def test_replay_without_learning_stays_the_static_router(tmp_path: Path) -> None
     assert report["learning"] == {"enabled": False}
 
 
+def test_a_shuffled_replay_is_fixed_by_its_seed(tmp_path: Path) -> None:
+    """``--shuffle SEED``: another split and order than the file's, the same for one seed."""
+    data = subset(tmp_path, 80)
+    runs = []
+    for seed in ("0", "0", "1", None):
+        argv = ["router", "replay", str(data), "--every", "20", "--json"]
+        status, out, err = cli(*argv, *(["--shuffle", seed] if seed else []))
+        assert status == 0, err
+        runs.append(json.loads(out))
+    statics = [r["static_apgr"] for r in runs]
+    assert runs[0]["curve"] == runs[1]["curve"]
+    assert len(set(statics)) == 3 and statics[0] == statics[1]
+
+
 def test_replay_with_comparisons_reports_both_tiers_on_a_share(tmp_path: Path) -> None:
     """``--compare 0.25``: a quarter of the reports, spread evenly, carry the other tier's
     labelled quality too, as a deployment's comparison reports would."""
