@@ -4,7 +4,8 @@ must agree bit for bit (a speed-up of the routing or cache path must not move a 
 For each text: the trained router's features (dense block, sentence vector, hashed indices
 and values), the familiarity gate's similarity, the calibrated log-odds through the gate,
 ``known``, the embedder's sentence vector, and the cache's fingerprint (its vector, then its
-reading for the guards, settled). Texts: every dev prompt and QQP question of
+reading for the guards, settled); then what a cache of 1,000 entries answers each text in
+turn (a miss, stored, or a hit: its score and entry). Texts: every dev prompt and QQP question of
 ``LLM_ROUTER_EVAL_DATA``, multi-turn conversations made of them, non-ASCII, empty and
 5,000-character texts.
 
@@ -24,9 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.core.cache.similarity import Embedder
+from engine.core.cache.key import RequestKey
+from engine.core.cache.responses import ResponseCache
+from engine.core.cache.semantic import SemanticMatcher
+from engine.core.cache.similarity import DEFAULT_THRESHOLD, Embedder
 from engine.core.routing.learned import DEFAULT_MODEL_PATH, LearnedRouter, request_for_prompt
-from engine.messages import ChatRequest, Message, TextPart
+from engine.messages import ChatRequest, ChatResult, Message, TextPart, Usage
 
 
 def _texts(data: Path) -> list[str]:
@@ -90,6 +94,22 @@ def main() -> None:
             vector = _digest(fingerprint.vector)
             fingerprint.settle()
             line += [_digest(embedder.embed([text])), vector, _digest(*_flat(fingerprint.pack()))]
+        print(" ".join(line))
+        total.update(" ".join(line).encode())
+    # what the cache answers: each question looked up, and stored when missed, in a cache of
+    # 1,000 entries (as bench/hot_parts.py's cache work)
+    answer = ChatResult(content=(TextPart("an answer"),), usage=Usage(10, 5))
+    cache = ResponseCache(matcher=SemanticMatcher(), max_entries=1000, max_bytes=1 << 30,
+                          max_entry_bytes=1 << 16, ttl=1e9, threshold=DEFAULT_THRESHOLD)
+    for text in texts:
+        key = RequestKey(exact=b"p", text=text, full=b"p" + text.encode())
+        hit, prepared = cache.lookup_prepared(key, 1.0)
+        if hit is None:
+            cache.store(key, answer, model="m", tier=1, cost_usd=0.0, reference_usd=0.0,
+                        now=1.0, prepared=prepared)
+            line = ["miss"]
+        else:
+            line = ["hit", repr(hit.similarity), _digest(hit.entry.norm)]
         print(" ".join(line))
         total.update(" ".join(line).encode())
     print(f"# {len(requests)} requests, {len(texts)} texts: {total.hexdigest()[:16]}")

@@ -412,6 +412,18 @@ def test_index_moves_into_the_graph_when_it_grows() -> None:
     assert [index.search(v, k=1)[0][0] for v in vectors] == list(range(40))
 
 
+@pytest.mark.parametrize("exact_below", [2048, 0], ids=["exact", "hnsw"])
+def test_index_leaves_out_what_scores_below_a_floor(exact_below: int) -> None:
+    vectors = unit(np.random.default_rng(2), 50)
+    index = VectorIndex(32, exact_below=exact_below)
+    for i, v in enumerate(vectors):
+        index.add(i, v)
+    everything = index.search(vectors[3], k=5)
+    floor = everything[2][1]
+    assert index.search(vectors[3], k=5, floor=floor) == everything[:3]
+    assert index.search(vectors[3], k=5, floor=1.5) == []
+
+
 def test_index_rejects_wrong_shapes() -> None:
     index = VectorIndex(4)
     with pytest.raises(ValueError, match="shape"):

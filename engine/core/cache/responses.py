@@ -242,9 +242,7 @@ class ResponseCache:
         # Candidates come best first; below this cosine none can match (the index's own
         # scores are approximate past a few thousand entries: a margin for that).
         least = self.matcher.least_cosine(query, threshold) - _INDEX_SLACK
-        for candidate_id, score in partition.index.search(vector, _SEARCH_K):
-            if score < least:
-                break
+        for candidate_id, _ in partition.index.search(vector, _SEARCH_K, floor=least):
             kept = self._live(candidate_id, now)
             if kept is None:
                 continue
