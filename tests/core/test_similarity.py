@@ -55,6 +55,18 @@ def pair(embedder: Embedder, query: str, cached: str) -> tuple[Fingerprint, Fing
 # -- the documented examples ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("text", [FRANCE, "what's   the BEST way?", "", " ", "日本語 🙂 ok"])
+def test_one_text_is_embedded_and_fingerprinted_as_in_a_batch(embedder: Embedder,
+                                                              text: str) -> None:
+    # a routed request embeds one text, and the cache fingerprints the text it normalised:
+    # each takes a shorter way, to the same bits
+    alone, batched = embedder.embed([text]), embedder.embed([text, FRANCE])
+    assert alone.shape == (1, 256) and alone[0].tobytes() == batched[0].tobytes()
+    given = embedder.fingerprint(text, normalised=normalize_text(text))
+    made = embedder.fingerprint(text)
+    assert given.text == made.text and given.vector.tobytes() == made.vector.tobytes()
+
+
 def test_paraphrase_of_france_capital_hits(embedder: Embedder) -> None:
     hit, score = match(*pair(embedder, "What's France's capital?", FRANCE))
     assert hit and score >= DEFAULT_THRESHOLD
