@@ -5,13 +5,15 @@ whole cache work (lookup and store in a cache of 1,000 entries) for templated qu
 ``LLM_ROUTER_EVAL_DATA``), and the decoding of the peer harness's 44-event OpenAI stream (or a
 built-in one like it).
 
-    .venv/bin/python bench/hot_parts.py [--stream-body FILE] [--rounds N]
+    .venv/bin/python bench/hot_parts.py [--stream-body FILE] [--rounds N] [--scan MB]
 
 A hot loop keeps the interpreter's and the CPU's caches warm, so these are lower bounds (in a
 serving router the same calls take about twice as long); they are for comparing two builds
 (``bench/ab.sh``, which picks the code with PYTHONPATH), not for absolute figures. Each
 figure is the best of ``--rounds`` rounds of 2,000 calls, which the machine's other load can
-only make slower.
+only make slower. ``--scan MB`` reads that many megabytes between calls (untimed), as a
+serving router's other work runs through the CPU's caches between two requests: closer to
+the server's figures, and noisier.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from engine.core.cache.key import RequestKey
 from engine.core.cache.responses import ResponseCache
@@ -68,7 +72,8 @@ def _real_questions() -> list[str]:
     return list(seen)
 
 
-def _cache_work(matcher: SemanticMatcher, texts: list[str], rounds: int) -> float:
+def _cache_work(matcher: SemanticMatcher, texts: list[str], rounds: int,
+                scan: Callable[[], object]) -> float:
     """Microseconds of a miss's lookup and store, each text once, in a cache that holds the
     1,000 texts before it (the first 1,000 fill it, unmeasured)."""
     answer = ChatResult(content=(TextPart("an answer of a few words"),), usage=Usage(10, 5))
@@ -79,6 +84,7 @@ def _cache_work(matcher: SemanticMatcher, texts: list[str], rounds: int) -> floa
         elapsed = 0.0
         for i, text in enumerate(texts):
             key = RequestKey(exact=b"p" * 20, text=text, full=b"p" * 20 + text.encode())
+            scan()
             start = time.perf_counter()
             hit, prepared = cache.lookup_prepared(key, 1.0)
             if hit is None:
@@ -90,13 +96,17 @@ def _cache_work(matcher: SemanticMatcher, texts: list[str], rounds: int) -> floa
     return best * 1e6
 
 
-def _best(fn: Callable[[Any], object], items: Sequence[Any], rounds: int) -> float:
+def _best(fn: Callable[[Any], object], items: Sequence[Any], rounds: int,
+          scan: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(rounds):
-        start = time.perf_counter()
+        elapsed = 0.0
         for item in items:
+            scan()
+            start = time.perf_counter()
             fn(item)
-        best = min(best, (time.perf_counter() - start) / len(items))
+            elapsed += time.perf_counter() - start
+        best = min(best, elapsed / len(items))
     return best * 1e6
 
 
@@ -104,7 +114,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stream-body", type=Path)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scan", type=float, default=0.0, metavar="MB")
     args = parser.parse_args()
+    scanned = np.ones(int(args.scan * (1 << 20)) // 8)
+    scan = scanned.sum if len(scanned) else (lambda: None)
     embedder = Embedder()
     router = LearnedRouter.load(DEFAULT_MODEL_PATH, embedder=embedder)
     prompts = _prompts(2000)
@@ -121,19 +134,22 @@ def main() -> None:
     rows = [
         ("trained router's features", lambda r: extract_features(r, router.config,
                                                                  embedder=embedder), requests),
+        # assess is all the trained router does for a miss: features, the gate's similarity,
+        # the log-odds, known (2,000 questions cycle through its memory of 256)
+        ("trained router's assessment", router.assess, requests),
         ("cache fingerprint, as a miss makes it", embedder.fingerprint, prompts),
         ("sentence vector, one text", lambda p: embedder.embed([p]), prompts),
         ("stream decoding (one stream)", decode, range(200)),
     ]
     for name, fn, items in rows:
-        print(f"{name:38s} {_best(fn, items, args.rounds):8.1f} us")
+        print(f"{name:38s} {_best(fn, items, args.rounds, scan):8.1f} us")
     matcher = SemanticMatcher()
     print(f"{'cache work, templated questions':38s} "
-          f"{_cache_work(matcher, _prompts(3000), args.rounds):8.1f} us")
+          f"{_cache_work(matcher, _prompts(3000), args.rounds, scan):8.1f} us")
     real = _real_questions()
     if real:
         print(f"{'cache work, real questions':38s} "
-              f"{_cache_work(matcher, real[:3000], args.rounds):8.1f} us")
+              f"{_cache_work(matcher, real[:3000], args.rounds, scan):8.1f} us")
 
 
 if __name__ == "__main__":

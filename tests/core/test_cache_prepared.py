@@ -23,9 +23,9 @@ class CountingMatcher(SemanticMatcher):
         super().__init__()
         self.fingerprinted: list[str] = []
 
-    def fingerprint(self, text: str) -> Fingerprint:
+    def fingerprint(self, text: str, *, normalised: str | None = None) -> Fingerprint:
         self.fingerprinted.append(text)
-        return super().fingerprint(text)
+        return super().fingerprint(text, normalised=normalised)
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,18 @@ def pair(embedder: Embedder, query: str, cached: str) -> tuple[Fingerprint, Fing
 # -- the documented examples ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("text", [FRANCE, "what's   the BEST way?", "", " ", "日本語 🙂 ok"])
+def test_one_text_is_embedded_and_fingerprinted_as_in_a_batch(embedder: Embedder,
+                                                              text: str) -> None:
+    # a routed request embeds one text, and the cache fingerprints the text it normalised:
+    # each takes a shorter way, to the same bits
+    alone, batched = embedder.embed([text]), embedder.embed([text, FRANCE])
+    assert alone.shape == (1, 256) and alone[0].tobytes() == batched[0].tobytes()
+    given = embedder.fingerprint(text, normalised=normalize_text(text))
+    made = embedder.fingerprint(text)
+    assert given.text == made.text and given.vector.tobytes() == made.vector.tobytes()
+
+
 def test_paraphrase_of_france_capital_hits(embedder: Embedder) -> None:
     hit, score = match(*pair(embedder, "What's France's capital?", FRANCE))
     assert hit and score >= DEFAULT_THRESHOLD
@@ -410,6 +422,18 @@ def test_index_moves_into_the_graph_when_it_grows() -> None:
         index.add(i, v)
         assert index.approximate == (i >= 16)
     assert [index.search(v, k=1)[0][0] for v in vectors] == list(range(40))
+
+
+@pytest.mark.parametrize("exact_below", [2048, 0], ids=["exact", "hnsw"])
+def test_index_leaves_out_what_scores_below_a_floor(exact_below: int) -> None:
+    vectors = unit(np.random.default_rng(2), 50)
+    index = VectorIndex(32, exact_below=exact_below)
+    for i, v in enumerate(vectors):
+        index.add(i, v)
+    everything = index.search(vectors[3], k=5)
+    floor = everything[2][1]
+    assert index.search(vectors[3], k=5, floor=floor) == everything[:3]
+    assert index.search(vectors[3], k=5, floor=1.5) == []
 
 
 def test_index_rejects_wrong_shapes() -> None:

@@ -58,9 +58,11 @@ _ENTRY_OVERHEAD = 512  # bookkeeping, key, dict slots: a conservative per-entry 
 
 
 class Matcher(Protocol):
-    """The similarity function (``engine.core.cache.similarity``) as the cache uses it."""
+    """The similarity function (``engine.core.cache.similarity``) as the cache uses it.
+    ``fingerprint``'s ``normalised`` is ``normalise(text)``, which the cache has made already
+    (a text is normalised once)."""
 
-    def fingerprint(self, text: str) -> Any: ...
+    def fingerprint(self, text: str, *, normalised: str | None = None) -> Any: ...
     def normalise(self, text: str) -> str: ...
     def new_index(self, dim: int) -> Any: ...
     def vector(self, fingerprint: Any) -> Any: ...
@@ -196,10 +198,11 @@ class ResponseCache:
         fingerprinted whole, its reading for the guards included: callers prepare such texts
         in a worker thread, so that milliseconds of reading never fall on the event loop
         when a lookup compares them."""
-        fingerprint = self.matcher.fingerprint(text) if _semantic(text) else None
+        norm = self._normalise(text)
+        fingerprint = self.matcher.fingerprint(text, normalised=norm) if _semantic(text) else None
         if fingerprint is not None and len(text) > SETTLED_ABOVE:
             self.matcher.settle(fingerprint)
-        return PreparedText(self._normalise(text), fingerprint)
+        return PreparedText(norm, fingerprint)
 
     def _normalise(self, text: str) -> str:
         return self.matcher.normalise(text) if len(text) <= MAX_SEMANTIC_CHARS else text
@@ -233,7 +236,7 @@ class ResponseCache:
         if partition.index is None or not _semantic(key.text):
             return None, prepared
         if prepared is None:
-            prepared = PreparedText(norm, self.matcher.fingerprint(key.text))
+            prepared = PreparedText(norm, self.matcher.fingerprint(key.text, normalised=norm))
         query = prepared.fingerprint
         vector = self.matcher.vector(query)
         if len(vector) != partition.index.dim:  # vectors of another model: never comparable
@@ -242,9 +245,7 @@ class ResponseCache:
         # Candidates come best first; below this cosine none can match (the index's own
         # scores are approximate past a few thousand entries: a margin for that).
         least = self.matcher.least_cosine(query, threshold) - _INDEX_SLACK
-        for candidate_id, score in partition.index.search(vector, _SEARCH_K):
-            if score < least:
-                break
+        for candidate_id, _ in partition.index.search(vector, _SEARCH_K, floor=least):
             kept = self._live(candidate_id, now)
             if kept is None:
                 continue
@@ -305,7 +306,8 @@ class ResponseCache:
         if prepared is not None:
             fingerprint = prepared.fingerprint
         else:
-            fingerprint = self.matcher.fingerprint(key.text) if _semantic(key.text) else None
+            fingerprint = (self.matcher.fingerprint(key.text, normalised=norm)
+                           if _semantic(key.text) else None)
         entry_id = self._next_id
         self._next_id += 1
         kept: _Kept = (

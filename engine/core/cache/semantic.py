@@ -22,8 +22,8 @@ class SemanticMatcher:
         self.embedder = Embedder()
         self.dim = self.embedder.dim  # forces the load now, not on the first request
 
-    def fingerprint(self, text: str) -> Fingerprint:
-        return self.embedder.fingerprint(text)
+    def fingerprint(self, text: str, *, normalised: str | None = None) -> Fingerprint:
+        return self.embedder.fingerprint(text, normalised=normalised)
 
     def normalise(self, text: str) -> str:
         return normalize_text(text)

@@ -319,11 +319,16 @@ class Embedder:
         """Unit vectors of the normalised ``texts``, ``(len(texts), dim)`` float32; the zero
         vector for a text without tokens. Row ``i`` equals ``fingerprint(texts[i]).vector``."""
         table, tokenizer = self._model()
-        out = np.zeros((len(texts), table.shape[1]), np.float32)
         normal = [normalize_text(t) for t in texts]
-        # one text (a request being routed) skips the batch call's thread pool
-        encodings = ([tokenizer.encode(normal[0], add_special_tokens=False)] if len(normal) == 1
-                     else tokenizer.encode_batch(normal, add_special_tokens=False))
+        if len(normal) == 1:  # a request being routed: no batch call (its thread pool)
+            ids = tokenizer.encode(normal[0], add_special_tokens=False).ids
+            row = table[ids].sum(axis=0) if ids else np.zeros(table.shape[1], np.float32)
+            norm = np.sqrt(np.add.reduce(row * row))  # the rows' below, one row's work
+            if norm > 0:
+                row /= norm
+            return row[None]
+        out = np.zeros((len(texts), table.shape[1]), np.float32)
+        encodings = tokenizer.encode_batch(normal, add_special_tokens=False)
         for row, enc in zip(out, encodings, strict=True):
             if enc.ids:
                 row[:] = table[enc.ids].sum(axis=0)
@@ -331,10 +336,11 @@ class Embedder:
         unit: np.ndarray = np.divide(out, norms, out=out, where=norms > 0)
         return unit
 
-    def fingerprint(self, text: str) -> Fingerprint:
-        """The :class:`Fingerprint` of ``text`` (~0.2 ms for a one-line prompt)."""
+    def fingerprint(self, text: str, *, normalised: str | None = None) -> Fingerprint:
+        """The :class:`Fingerprint` of ``text`` (~0.2 ms for a one-line prompt);
+        ``normalised`` is ``normalize_text(text)``, if the caller has it already."""
         table, tokenizer = self._model()
-        normal = normalize_text(text)
+        normal = normalize_text(text) if normalised is None else normalised
         enc = tokenizer.encode(normal, add_special_tokens=False)
         offsets = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
         return _fingerprint(normal, np.asarray(enc.ids, np.int64), offsets, table)

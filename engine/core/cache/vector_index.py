@@ -21,6 +21,7 @@ serialises calls (the cache calls it from one task or under one lock).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from typing import Any
 
@@ -128,24 +129,28 @@ class VectorIndex:
         self._keys.pop()
         return True
 
-    def search(self, vector: np.ndarray, k: int = 1) -> list[tuple[Hashable, float]]:
-        """Up to ``k`` ``(key, score)`` pairs, highest inner product first."""
+    def search(self, vector: np.ndarray, k: int = 1, *,
+               floor: float = -math.inf) -> list[tuple[Hashable, float]]:
+        """Up to ``k`` ``(key, score)`` pairs, highest inner product first, leaving out those
+        scoring below ``floor``."""
         vector = self._check(vector)
         if k < 1 or not len(self):
             return []
         if self._graph is not None:
             found = self._graph.search(vector, k)
             return [
-                (self._label_keys[int(label)], 1.0 - float(distance))
+                (self._label_keys[int(label)], score)
                 for label, distance in zip(found.keys, found.distances, strict=True)
-                if int(label) in self._label_keys
+                if int(label) in self._label_keys and not (score := 1.0 - float(distance)) < floor
             ]
         scores = self._matrix[: len(self._keys)] @ vector
+        if float(scores.max()) < floor:  # nothing near: most lookups of a new question
+            return []
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         # stable: ties go to the earlier row, so equal inputs give equal answers
         top = top[np.lexsort((top, -scores[top]))]
-        return [(self._keys[i], float(scores[i])) for i in top]
+        return [(self._keys[i], score) for i in top if not (score := float(scores[i])) < floor]
 
     def _check(self, vector: np.ndarray) -> np.ndarray:
         vector = np.asarray(vector, np.float32)

@@ -131,11 +131,12 @@ class Gate:
         folded = indices % self.buckets
         # the folded vector's norm counts colliding buckets once; its dot with a centroid
         # is the same summed bucket by bucket or value by value
-        norm = math.sqrt(float(np.square(np.bincount(folded, weights=values)).sum()))
+        bins = np.bincount(folded, weights=values)
+        norm = math.sqrt(float(np.add.reduce(np.square(bins, out=bins))))
         if norm == 0:
             return 0.0
-        rows = np.take(self.centroids, folded, axis=0)
-        return float((values.astype(np.float32) @ rows).max()) / norm
+        rows = self.centroids.take(folded, axis=0)
+        return float(np.maximum.reduce(values.astype(np.float32) @ rows)) / norm
 
     def weight(self, similarity: float) -> float:
         """How much the router's own order counts (0..1) at ``similarity``."""

@@ -3,6 +3,9 @@ n-grams as 32-bit hashes, and a weighted bag of them in a fixed number of bucket
 numpy only. The hashes are part of a saved model's meaning: a change here changes every
 trained router's scores (``router.json`` stores weights per bucket), so they must stay
 bit-for-bit what they are.
+
+The arithmetic is on ``uint32`` arrays, whose products and sums wrap modulo 2**32: the
+32-bit hashes the model was trained on, without masking a wider type after each step.
 """
 
 from __future__ import annotations
@@ -17,56 +20,68 @@ import numpy as np
 __all__ = ["bag", "char_hashes", "word_hashes"]
 
 _WORD = re.compile(r"\w+")
-_MASK32 = np.uint64(0xFFFFFFFF)
+_U32 = np.uint32
+_SHIFT_13, _SHIFT_16 = _U32(13), _U32(16)
+_MURMUR_1, _MURMUR_2 = _U32(0x85EBCA6B), _U32(0xC2B2AE35)
+_GOLDEN, _FNV = _U32(0x9E3779B1), _U32(0x01000193)
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
-    """A 32-bit avalanche (murmur3's finaliser) over uint64 arrays holding 32-bit values."""
-    h = h ^ (h >> np.uint64(16))
-    h = (h * np.uint64(0x85EBCA6B)) & _MASK32
-    h = h ^ (h >> np.uint64(13))
-    h = (h * np.uint64(0xC2B2AE35)) & _MASK32
-    return h ^ (h >> np.uint64(16))
+    """A 32-bit avalanche (murmur3's finaliser) over a uint32 array, in place."""
+    h ^= h >> _SHIFT_16
+    h *= _MURMUR_1
+    h ^= h >> _SHIFT_13
+    h *= _MURMUR_2
+    h ^= h >> _SHIFT_16
+    return h
 
 
 def word_hashes(text: str, bigrams: bool) -> np.ndarray:
     """CRC-32 of each ``\\w+`` word of ``text``, then (``bigrams``) a mixed hash of each
-    pair of neighbours, as uint64 holding 32-bit values."""
+    pair of neighbours, as uint32."""
     words = _WORD.findall(text)
-    h = np.fromiter((zlib.crc32(w.encode()) for w in words), np.uint64, len(words))
-    if bigrams and len(h) > 1:
-        pair = _mix((h[:-1] * np.uint64(0x9E3779B1) + h[1:] + np.uint64(1)) & _MASK32)
-        h = np.concatenate([h, pair])
+    n = len(words)
+    if not bigrams or n < 2:
+        return np.fromiter((zlib.crc32(w.encode()) for w in words), _U32, n)
+    h = np.empty(2 * n - 1, _U32)
+    h[:n] = np.fromiter((zlib.crc32(w.encode()) for w in words), _U32, n)
+    pair = h[n:]
+    np.multiply(h[: n - 1], _GOLDEN, out=pair)
+    pair += h[1:n]
+    pair += _U32(1)
+    _mix(pair)
     return h
 
 
 def char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
     """A hash of every UTF-8 byte n-gram of ``text`` for each length in ``ngrams``, with the
-    length mixed in."""
-    b = np.frombuffer(text.encode(), np.uint8).astype(np.uint64)
+    length mixed in, as uint32."""
+    b = np.frombuffer(text.encode(), np.uint8).astype(_U32)
     tagged = []
     h = b
     for n in range(2, max(ngrams, default=0) + 1):
         if len(b) < n:
             break
         # the hash of each n-gram extends its (n-1)-gram prefix's by one byte (FNV-style)
-        h = (h[:-1] * np.uint64(0x01000193) + b[n - 1 :]) & _MASK32
+        h = h[:-1] * _FNV
+        h += b[n - 1 :]
         if n in ngrams:
-            tagged.append(h ^ np.uint64(n << 24))
+            tagged.append(h ^ _U32(n << 24))
     # one avalanche over every length's hashes (it is elementwise: as if mixed one by one)
-    return _mix(np.concatenate(tagged)) if tagged else np.zeros(0, np.uint64)
+    return _mix(np.concatenate(tagged)) if tagged else np.zeros(0, _U32)
 
 
 def bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted bucket counts of hashes, log-scaled, with unit norm: (indices, values)."""
-    mask = np.uint64(buckets - 1)
+    mask = _U32(buckets - 1)
     parts = [(h, w) for h, w in parts if len(h)]
     if not parts:
         return np.zeros(0, np.intp), np.zeros(0)
     if len(parts) == 1:
-        keys, w = np.sort(parts[0][0] & mask), parts[0][1]
+        keys, w = parts[0][0] & mask, parts[0][1]
+        keys.sort()
         starts = _run_starts(keys)
-        values = np.log1p(np.diff(starts) * w)
+        values = np.log1p((starts[1:] - starts[:-1]) * w)
     else:
         # ``np.unique`` and ``np.bincount`` by hand (a third of their cost on a prompt's few
         # hundred hashes): a stable sort keeps each bucket's weights in input order, so the
@@ -86,4 +101,4 @@ def _run_starts(keys: np.ndarray) -> np.ndarray:
     edge = np.empty(len(keys) + 1, bool)
     edge[0] = edge[-1] = True
     np.not_equal(keys[1:], keys[:-1], out=edge[1:-1])
-    return np.flatnonzero(edge)
+    return edge.nonzero()[0]

@@ -329,8 +329,13 @@ class LearnedRouter:
     gate: Gate | None = field(default=None, repr=False)
     _remembered: Callable[[_Conversation], tuple[Features, float]] = field(init=False,
                                                                             repr=False)
+    #: ``weights`` as float64, what a request's features are multiplied with: every
+    #: product casts them so, and a miss would cast the dense and embedding blocks each time.
+    _weights64: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_weights64", np.asarray(self.weights, np.float64))
+
         def remembered(conversation: _Conversation) -> tuple[Features, float]:
             features = _features(conversation, self.config, self.embedder)
             for array in (features.dense, features.embedding, features.indices,
@@ -358,13 +363,20 @@ class LearnedRouter:
 
     def logit(self, features: Features) -> float:
         """The model's log-odds for precomputed ``features``."""
-        n_dense = len(DENSE_NAMES)
-        w = self.weights
-        z = self.bias + float(((features.dense - self.dense_mean) / self.dense_std)
-                              @ w[:n_dense])
+        return self._logit(features, self._standardised(features))
+
+    def _standardised(self, features: Features) -> np.ndarray:
+        """The dense block, standardised with the training set's mean and spread."""
+        standardised: np.ndarray = (features.dense - self.dense_mean) / self.dense_std
+        return standardised
+
+    def _logit(self, features: Features, dense: np.ndarray) -> float:
+        """:meth:`logit`, the dense block standardised already."""
+        w, n_dense = self._weights64, len(dense)
+        z = self.bias + float(dense @ w[:n_dense])
         if len(features.embedding):
             z += float(features.embedding @ w[n_dense : n_dense + len(features.embedding)])
-        return z + float(features.values @ w[features.indices])
+        return z + float(features.values @ w.take(features.indices))
 
     def score(self, request: ChatRequest, *, heuristic: Score | None = None) -> float:
         """``p_strong`` in 0..1: the calibrated chance that the strong model answers better
@@ -373,7 +385,7 @@ class LearnedRouter:
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        return _sigmoid(self._log_odds(request, heuristic)[1])
+        return _sigmoid(self._log_odds(request, heuristic)[2])
 
     def assess(self, request: ChatRequest, *, heuristic: Score | None = None) -> Belief:
         """:meth:`score` with its log-odds and the inputs online learning reads: the
@@ -386,21 +398,22 @@ class LearnedRouter:
         Raises:
             RouterError: the model uses embeddings and was loaded without an embedder.
         """
-        features, z = self._log_odds(request, heuristic)
-        dense = (features.dense - self.dense_mean) / self.dense_std
+        features, dense, z = self._log_odds(request, heuristic)
         inputs = np.concatenate([[0.5 * z], dense / math.sqrt(len(dense)),
                                  features.embedding])
         return Belief(_sigmoid(z), z, inputs, self.known(features))
 
     def _log_odds(self, request: ChatRequest, heuristic: Score | None
-                  ) -> tuple[Features, float]:
-        """The request's features and its calibrated log-odds, through the gate."""
+                  ) -> tuple[Features, np.ndarray, float]:
+        """The request's features, their dense block standardised and its calibrated
+        log-odds, through the gate."""
         features, familiarity = self._read(request, heuristic)
+        dense = self._standardised(features)
         slope, intercept = self.calibration
-        z = slope * self.logit(features) + intercept
+        z = slope * self._logit(features, dense) + intercept
         if self.gate is not None:
             z = self.gate.lean(z, float(features.dense[_LOG_CHARS_ALL]), familiarity)
-        return features, z
+        return features, dense, z
 
     def _familiarity(self, features: Features) -> float:
         """The gate's similarity of a request's character n-gram block (0 without a gate)."""
@@ -408,7 +421,7 @@ class LearnedRouter:
         if gate is None:
             return 0.0
         start = self.config.char_start
-        first = int(np.searchsorted(features.indices, start))  # the indices are sorted
+        first = int(features.indices.searchsorted(start))  # the indices are sorted
         return gate.similarity(features.indices[first:] - start, features.values[first:])
 
     def known(self, features: Features) -> float:
@@ -420,7 +433,7 @@ class LearnedRouter:
         if not isinstance(record, Mapping) or not len(features.embedding):
             return 1.0
         centroids = self.centroids if self.centroids is not None else _centroids(record)
-        norm = float(np.linalg.norm(features.embedding))
+        norm = math.sqrt(float(features.embedding @ features.embedding))  # np.linalg.norm's
         if norm == 0:
             return 0.0
         similarity = float((centroids @ (features.embedding / norm)).max())
