@@ -139,8 +139,7 @@ async def test_a_quiet_stream_sends_heartbeats(fake_upstream: FakeUpstream,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dashboard_events, "HEARTBEAT_SEC", 0.2)
     config = make_config({"models": three_tiers(fake_upstream)})
-    async with open_router(config) as router, httpx.AsyncClient(timeout=20) as http, \
-            events(router.url, "") as stream:
+    async with open_router(config) as router, events(router.url, "") as stream:
         assert (await stream.next())[0] == "snapshot"
         with trio.fail_after(15):
             assert (await stream.next())[0] == "heartbeat"
