@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -151,20 +152,11 @@ async def test_fail_fast_names_the_failed_op_and_cancels_the_rest(
         models = pinned(fake, "slow", "fine") + [
             model_entry(fake, "bad", tier=1, base_url=relay.base_url("bad", "openai"))]
         async with open_workflow_router(models) as client:
-            relay.hold()
-            done: list[httpx.Response] = []
-
-            async def run() -> None:
-                done.append(await client.run(text, "x"))
-
+            response = await run_first_held(
+                client, relay, text, held=1, value="x",
+                before_release=lambda: wait_for(lambda: _arrived(fake, "slow")))
             with trio.fail_after(60):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(run)
-                    await relay.wait_held(1)
-                    await wait_for(lambda: _arrived(fake, "slow"))
-                    relay.release()
                 await fake.wait_until_idle()
-    [response] = done
 
     assert response.status_code == 502, response.text
     error = response.json()["error"]
@@ -513,19 +505,24 @@ async def test_parallel_chains_each_keep_their_own_backend(fake_upstream: FakeUp
     assert len(fake.requests("one")) == len(fake.requests("two")) == 4
 
 
-async def run_first_held(client: Any, relay: HoldRelay, text: str, *, held: int
+async def run_first_held(client: Any, relay: HoldRelay, text: str, *, held: int,
+                         value: str = "go",
+                         before_release: Callable[[], Awaitable[object]] | None = None,
                          ) -> httpx.Response:
-    """Run ``text`` with its first ``held`` answers held until all of them wait at once."""
+    """Run ``text`` on ``value`` with its first ``held`` answers held until all of them wait
+    at once (and ``before_release`` has returned)."""
     relay.hold()
     done: list[httpx.Response] = []
 
     async def run() -> None:
-        done.append(await client.run(text, "go"))
+        done.append(await client.run(text, value))
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
             await relay.wait_held(held)
+            if before_release is not None:
+                await before_release()
             relay.release()
     return done[0]
 

@@ -382,28 +382,31 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
             step *= settings.max_step / abs(moved)
             moved = math.copysign(settings.max_step, moved)
         w = w - step
+    compared = other is not None and weight > 0  # the floors judge on the gain alone
     recent = state.recent if state.recent is not None else np.zeros((0, 4))
-    if weight > 0 and other is not None:  # the floor judges on the gain alone
+    if compared:
         row = [logit, logit + _correction(state, inputs, settings), target, weight]
         recent = np.vstack([recent, row])[-WINDOW:]
     vector = _vector(inputs)
     regions = state.regions
     if len(vector) and settings.regions:
         regions = regions or Regions.fresh(len(vector))
-        # Scored before learning (prequentially), as routing would have: the floor's evidence.
-        without = predict(replace(state, regions=None), logit, inputs, settings, known=known)
-        level = regions.shift(vector, known=known, gated=False)
-        if other is not None:  # the floor judges on the gain alone
+        if compared:
+            # Scored before learning (prequentially), as routing would have: the floor's
+            # evidence.
+            without = predict(replace(state, regions=None), logit, inputs, settings,
+                              known=known)
+            level = regions.shift(vector, known=known, gated=False)
             regions = regions.floor((without, without + level), target, weight,
                                     settings.tolerance)
         regions = regions.learn(
             vector, p=_sigmoid(logit), target=target, weight=weight, known=known, decay=decay)
     new = replace(state, weights=w, squares=squares, recent=recent, reports=n, regions=regions,
-                  compared=state.compared + (other is not None and weight > 0),
+                  compared=state.compared + compared,
                   learned=state.learned * decay + weight, loss_shipped=loss_shipped,
                   loss_online=loss_online, evidence=evidence, reporters=reporters,
                   offset=offset)
-    if other is not None and weight > 0:
+    if compared:
         new = replace(new, gate=opening(recent[:, 0], recent[:, 1], recent[:, 2], recent[:, 3],
                                         settings.tolerance))
         new = _compare(new, logit, inputs, target, weight, settings)
