@@ -4,8 +4,8 @@ the learning curve it draws.
 ::
 
     llm-router router replay DATA.jsonl [DATA2 ...] [--model learned|FILE.json] [--every 25]
-                             [--reports N] [--compare SHARE] [--no-regions]
-                             [--shuffle SEED] [--plot curve.svg] [--json]
+                             [--reports N] [--compare SHARE] [--judge-errors RATE]
+                             [--no-regions] [--shuffle SEED] [--plot curve.svg] [--json]
 
 The rows are split in file order: every other row (the 2nd, 4th, ...) is held back for
 evaluation, the rest is the traffic, in order. ``--shuffle SEED`` first puts the rows in a
@@ -16,7 +16,9 @@ directory, as a one-process router has): it is routed, and the feedback it earns
 labelled quality of the model of the tier that answered (``weak_score`` on tier 1,
 ``strong_score`` above), reported by request id, as a deployment would; with ``--compare``
 that share of the reports (spread evenly) also carries the other tier's labelled quality, as a
-deployment that asks both tiers on a sample would report it (``other_quality``). After every
+deployment that asks both tiers on a sample would report it (``other_quality``);
+``--judge-errors RATE`` flips each of a comparison's two grades with that probability (a
+fixed seed), as a judge model that errs would (``learned.compare``). After every
 ``--every`` reports the held-back rows are scored by the policy as it stands (the score before
 the cut; no feedback) and their APGR is measured, beside the router as shipped (no learning)
 and prompt length.
@@ -64,6 +66,9 @@ def add_replay_command(commands: Any) -> None:
     rp.add_argument("--compare", type=float, default=0.0, metavar="SHARE",
                     help="share of reports (0-1) that carry both tiers' quality, as from a "
                          "deployment that also asks the other tier on a sample (0)")
+    rp.add_argument("--judge-errors", type=float, default=0.0, metavar="RATE",
+                    help="flip each grade of a comparison with this probability, as an "
+                         "erring judge would (0)")
     rp.add_argument("--shuffle", type=int, default=None, metavar="SEED",
                     help="replay the rows in a random order fixed by SEED (default: file "
                          "order)")
@@ -91,6 +96,8 @@ def run_replay(args: argparse.Namespace, rows: list[RoutingRow], files: list[dic
         raise ValueError("--every must be at least 1")
     if not 0.0 <= args.compare <= 1.0:
         raise ValueError("--compare must be a share from 0 to 1")
+    if not 0.0 <= args.judge_errors <= 1.0:
+        raise ValueError("--judge-errors must be a probability from 0 to 1")
     if args.plot and Path(args.plot).suffix.lower() != ".svg":
         raise ValueError(f"--plot {args.plot}: write .svg")
     if len(rows) < 4:
@@ -128,7 +135,8 @@ async def _replay(args: argparse.Namespace, held: list[RoutingRow],
             policy = RoutingPolicy(config, learned=learned, store=store)
             await policy.load()
             return await _play(policy, held, traffic, every=args.every,
-                               progress=bool(args.progress), compare=args.compare)
+                               progress=bool(args.progress), compare=args.compare,
+                               judge_errors=args.judge_errors)
         finally:
             await store.close()
 
@@ -152,11 +160,13 @@ def _scores(policy: RoutingPolicy, rows: list[RoutingRow]) -> list[float]:
 
 
 async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[RoutingRow], *,
-                every: int, progress: bool, compare: float = 0.0) -> dict[str, Any]:
+                every: int, progress: bool, compare: float = 0.0,
+                judge_errors: float = 0.0) -> dict[str, Any]:
     static = summarize(held, _scores(policy, held)).apgr
     length = summarize(held, [float(len(r.prompt)) for r in held]).apgr
     curve = [Point(0, static, 0.0, policy.tier1_max, *_gates(policy))]
-    tier1 = compared = 0
+    tier1 = compared = flipped = 0
+    judge = random.Random(0)  # the erring judge's draws: the same for every run
     for n, row in enumerate(traffic, 1):
         route = await policy.route(_request(row.prompt))
         request_id = f"replay-{n}"
@@ -169,6 +179,10 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
         # Evenly spread: the n-th report compares when the running count falls behind.
         compares = compared < compare * n
         compared += compares
+        if compares and judge_errors > 0:
+            grades = [1.0 - g if judge.random() < judge_errors else g for g in (quality, other)]
+            flipped += (grades[0] != quality) + (grades[1] != other)
+            quality, other = grades
         await policy.feedback(FeedbackReport(quality, request_id=request_id,
                                              other_quality=other if compares else None))
         if n % every == 0 or n == len(traffic):
@@ -179,7 +193,7 @@ async def _play(policy: RoutingPolicy, held: list[RoutingRow], traffic: list[Rou
     state = await policy.describe()
     return {
         "held_back": len(held), "traffic": len(traffic), "every": every,
-        "compared": compared,
+        "compared": compared, "judge_errors": judge_errors, "flipped": flipped,
         "static_apgr": round(static, 4), "length_apgr": round(length, 4),
         "curve": [{"reports": p.reports, "apgr": round(p.apgr, 4),
                    "tier1_share": round(p.tier1_share, 4), "tier1_max": p.tier1_max,
@@ -203,7 +217,11 @@ def _print(report: dict[str, Any], out: TextIO) -> None:
     out.write(f"{names}: {report['traffic']} rows replayed as traffic, "
               f"{report['held_back']} held back (every other row)\n")
     out.write(f"APGR on the held-back rows: shipped router {report['static_apgr']:.4f}, "
-              f"prompt length {report['length_apgr']:.4f}\n\n")
+              f"prompt length {report['length_apgr']:.4f}\n")
+    if report["compared"]:
+        out.write(f"{report['compared']} comparison reports; {report['flipped']} of their "
+                  f"grades flipped (judge errors {report['judge_errors']:g})\n")
+    out.write("\n")
     out.write(f"{'reports':>8}  {'APGR':>7}  {'vs shipped':>10}  {'vs length':>9}  "
               f"{'tier 1 so far':>13}  {'tier1_max':>9}  {'gate':>5}  {'mix':>5}  {'regions':>7}\n")
     for p in report["curve"]:

@@ -153,7 +153,7 @@ class ChatEndpoint:
         response_id = protocol.id_prefix + request_id
         created = int(time.time())
         if chat_request.stream:
-            stream = await gateway.open_stream(chat_request, ctx)
+            stream = await gateway.open_stream(chat_request, ctx, request_id=request_id)
             encoder = protocol.encoder(
                 chat_request, id=response_id, model=stream.served.model, created=created
             )
@@ -165,7 +165,7 @@ class ChatEndpoint:
             relay = ChatBody(stream, encoder, exchange=exchange, observer=self._observer,
                              ended=ended, scope=scope)
             return Reply(200, routing_headers(stream.served) | SSE_HEADERS, relay)
-        done = await gateway.complete(chat_request, ctx)
+        done = await gateway.complete(chat_request, ctx, request_id=request_id)
         exchange.served, exchange.usage = done.served, done.result.usage
         exchange.cost_usd = done.cost_usd
         gateway.remember_decision(request_id, done.served, tenant=ctx.tenant)

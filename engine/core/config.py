@@ -257,6 +257,21 @@ class StateConfig(_Section):
         return RedisAddress.from_url(self.redis_url) if self.redis_url else None
 
 
+class CompareConfig(_Section):
+    """Comparisons the router makes itself (``learned.compare``): on a random ``share`` of
+    routed answers it asks the request's other tier for a second answer in the background
+    and has the configured model ``judge`` grade both; the two grades are reported as
+    feedback with ``other_quality``, which is what opens online learning's floors. Off while
+    ``share`` is 0 (the default). ``max_running``: comparisons at once (a sampled answer is
+    skipped beyond it); ``max_usd_per_hour``: what comparisons may spend in an hour, both
+    calls together (a sampled answer is skipped once it is spent)."""
+
+    share: float = Field(0.0, ge=0, le=1)
+    judge: str | None = None
+    max_running: int = Field(2, ge=1, le=64)
+    max_usd_per_hour: float = Field(1.0, ge=0)
+
+
 class LearnedConfig(_Section):
     """Learned routing and calibration.
 
@@ -301,6 +316,7 @@ class LearnedConfig(_Section):
     online_key_cap: float = Field(200.0, ge=1)
     online_tolerance: float = Field(0.02, gt=0, le=1)
     online_regions: bool = True
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @field_validator("sidecar_url")
     @classmethod
@@ -370,6 +386,19 @@ class Config(_Section):
             if model.name in seen:
                 raise ValueError(f"two models are named {model.name!r}")
             seen.add(model.name)
+        return self
+
+    @model_validator(mode="after")
+    def _judge_configured(self) -> Config:
+        compare = self.learned.compare
+        if compare.share > 0:
+            if compare.judge is None:
+                raise ValueError("learned.compare: share is set, so judge must name the "
+                                 "model that grades the answers")
+            if self.model_named(compare.judge) is None:
+                raise ValueError(f"learned.compare.judge: no model is named {compare.judge!r}")
+            if len(self.tiers) < 2:
+                raise ValueError("learned.compare: comparisons need models of two tiers")
         return self
 
     def model_named(self, name: str) -> ModelConfig | None:

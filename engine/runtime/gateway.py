@@ -60,6 +60,7 @@ from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
 from .cache_thresholds import MemoryThresholds, SharedThresholds, TenantThresholds
+from .comparisons import Comparisons
 from .embeddings import RemoteEmbedder
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
@@ -178,6 +179,9 @@ class Gateway:
             self.runs = Runs(config=config, store=run_store, runner=self.runner,
                              nursery=nursery, render_limiter=self.render_limiter)
         self._run_store_error = run_store_error
+        self.comparisons = Comparisons.configured(  # ``learned.compare``; None: off
+            config, runner=self.runner, nursery=nursery, report=self.report_feedback,
+            feedback=self.policy.store is not None)
 
     def _chat_node(
         self, ctx: RunContext, *, sink: trio.MemorySendChannel[Any] | None = None,
@@ -191,8 +195,10 @@ class Gateway:
 
         return run
 
-    async def complete(self, request: ChatRequest, ctx: RunContext) -> NodeResult:
-        """Answer a non-streaming request, within ``server.write_timeout_sec`` if set.
+    async def complete(self, request: ChatRequest, ctx: RunContext, *,
+                       request_id: str | None = None) -> NodeResult:
+        """Answer a non-streaming request, within ``server.write_timeout_sec`` if set; with
+        ``request_id``, a routed answer may be compared (``learned.compare``).
 
         Raises:
             DeadlineExceeded: no answer within ``server.write_timeout_sec``.
@@ -205,6 +211,9 @@ class Gateway:
                                     self._chat_node(ctx, deadline=self._answer_within))
             result: NodeResult = outputs["chat"]
             status, done = "ok", result
+            if request_id is not None and self.comparisons is not None:
+                # starts at the caller's next checkpoint, after ``remember_decision``
+                self.comparisons.offer(request_id, request, result)
             return result
         except RouterError as exc:
             self.stats.record_error(exc.code)
@@ -213,14 +222,16 @@ class Gateway:
         finally:
             self._finished(started, status, done, stream=False)
 
-    async def open_stream(self, request: ChatRequest, ctx: RunContext) -> ChatStream:
-        """Start a streaming request; return once its first events are ready.
+    async def open_stream(self, request: ChatRequest, ctx: RunContext, *,
+                          request_id: str | None = None) -> ChatStream:
+        """Start a streaming request; return once its first events are ready. With
+        ``request_id``, a routed answer may be compared once it has streamed whole.
 
         Raises:
             RouterError: nothing could be streamed (every backend failed before its first byte).
         """
         stream = ChatStream()
-        stream.start(self._nursery, partial(self._stream_chat, request, ctx))
+        stream.start(self._nursery, partial(self._stream_chat, request, ctx, request_id))
         try:
             await stream.open()
         except RouterError as exc:
@@ -228,14 +239,15 @@ class Gateway:
             raise
         return stream
 
-    async def _stream_chat(
-        self, request: ChatRequest, ctx: RunContext, send: trio.MemorySendChannel[Any]
-    ) -> None:
+    async def _stream_chat(self, request: ChatRequest, ctx: RunContext, request_id: str | None,
+                           send: trio.MemorySendChannel[Any]) -> None:
         started = trio.current_time()
         status, done = "cancelled", None  # a client that leaves cancels its stream
         try:
             outputs = await execute(plan_chat(request), self._chat_node(ctx, sink=send))
             status, done = "ok", outputs["chat"]
+            if request_id is not None and self.comparisons is not None:
+                self.comparisons.offer(request_id, request, outputs["chat"])
         except RouterError as exc:
             status = exc.code
             raise
@@ -365,6 +377,8 @@ class Gateway:
         state = await self.policy.describe()
         if self.cache is not None:
             state["cache"] = self.thresholds.describe(tenant)
+        if self.comparisons is not None:
+            state["compare"] = self.comparisons.describe()
         return state
 
     async def reset_cache_thresholds(self, tenants: list[str] | None) -> int:
@@ -431,10 +445,7 @@ def load_models(config: Config) -> Models:
     """Load the models ``config`` asks for (synchronously)."""
     matcher = None
     if config.cache.enabled:
-        from engine.core.cache.semantic import (
-            SemanticMatcher,  # loads embeddings: only when the cache is on
-        )
-
+        from engine.core.cache.semantic import SemanticMatcher  # loads embeddings: only here
         embedder = config.cache.embedder
         matcher = SemanticMatcher(embedder.unaligned_cosine if embedder is not None else None)
     learned = load_learned(config, matcher.embedder if matcher is not None else None)

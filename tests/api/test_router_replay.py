@@ -95,11 +95,28 @@ def test_replay_with_comparisons_reports_both_tiers_on_a_share(tmp_path: Path) -
     assert report["learning"]["reports"] == 40
 
 
+def test_an_erring_judge_flips_grades_of_comparisons_only(tmp_path: Path) -> None:
+    """``--judge-errors RATE``: each grade of a comparison report is flipped with that
+    probability (fixed draws), as a judge model that errs would grade; plain reports (a
+    client's own verdict) are left alone."""
+    data = subset(tmp_path, 80)
+    runs = []
+    for rate in ("0", "0.3", "0.3", "1"):
+        status, out, err = cli("router", "replay", str(data), "--every", "20", "--json",
+                               "--compare", "0.5", "--judge-errors", rate)
+        assert status == 0, err
+        runs.append(json.loads(out))
+    assert [r["compared"] for r in runs] == [20] * 4
+    assert [r["flipped"] for r in runs][0::3] == [0, 40]  # none, then both grades of each
+    assert 0 < runs[1]["flipped"] < 40 and runs[1] == runs[2]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--every", "0"], "--every must be at least 1"),
     (["--plot", "curve.png"], "write .svg"),
     (["--model", "router.txt"], "learned or FILE.json"),
     (["--compare", "1.5"], "--compare must be a share from 0 to 1"),
+    (["--judge-errors", "-0.1"], "--judge-errors must be a probability from 0 to 1"),
 ])
 def test_bad_arguments_exit_2_with_the_reason(tmp_path: Path, argv: list[str],
                                               message: str) -> None:
