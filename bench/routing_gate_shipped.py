@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,32 @@ def scores(gate: Gate, z: np.ndarray, x: FeatureMatrix, heur: np.ndarray,
     return out, w
 
 
+def gate_of(router: Router, x: FeatureMatrix,
+            **shape: float) -> tuple[Gate, tuple[float, float]]:
+    """A gate fitted by ``fit_gate`` on the router's own training rows ``x`` (``shape``:
+    ``fit_gate``'s keywords, e.g. ``clusters``), and the router's calibration."""
+    a, b = router.calibration
+    z = a * router_parts(router)(x)[0] + b
+    return fit_gate(x.indptr, x.indices, x.values, z, x.dense[:, LOG_CHARS_ALL],
+                    start=x.config.char_start, **shape), (a, b)
+
+
+def held_out(rows: dict[str, list], mats: dict[str, FeatureMatrix],
+             heur: dict[str, np.ndarray], length: dict[str, np.ndarray]
+             ) -> Iterator[tuple[str, Router, FeatureMatrix, dict[str, np.ndarray], np.ndarray]]:
+    """Leave one set out: for each file H, the router trained on the two other files (and
+    their feature matrix), the scores of H's rows (``scores``) and their gate weights."""
+    names = list(FILES)
+    for h in names:
+        train = [n for n in names if n != h]
+        x = concat([mats[n] for n in train])
+        router = Router(sum((rows[n] for n in train), []), x, "monotone")
+        gate, (a, b) = gate_of(router, x)
+        z = a * router_parts(router)(mats[h])[0] + b
+        sc, w = scores(gate, z, mats[h], heur[h], length[h])
+        yield h, router, x, sc, w
+
+
 def main() -> None:
     args, rows, mats, heur = load_sets()
     names = list(FILES)
@@ -79,21 +106,9 @@ def main() -> None:
         return {name: {k: apgr(gain[n][i], weak[n][i], s[i]) for k, i in sets[n].items()}
                 for name, s in sc.items()}
 
-    def gate_of(router: Router, x: FeatureMatrix) -> tuple[Gate, tuple[float, float]]:
-        a, b = router.calibration
-        z = a * router_parts(router)(x)[0] + b
-        return fit_gate(x.indptr, x.indices, x.values, z, x.dense[:, LOG_CHARS_ALL],
-                        start=x.config.char_start), (a, b)
-
     loso: dict[str, dict[str, float]] = {}
     share: dict[str, float] = {}
-    for h in names:
-        train = [n for n in names if n != h]
-        x = concat([mats[n] for n in train])
-        router = Router(sum((rows[n] for n in train), []), x, "monotone")
-        gate, (a, b) = gate_of(router, x)
-        z = a * router_parts(router)(mats[h])[0] + b
-        sc, w = scores(gate, z, mats[h], heur[h], length[h])
+    for h, _, _, sc, w in held_out(rows, mats, heur, length):
         share[h] = float((w < 1).mean())
         for name, row in table(h, sc).items():
             loso.setdefault(name, {}).update(row)
