@@ -13,7 +13,9 @@
 # those shapes too (PYSPY_RATE samples/s, 1000 unless set).
 # LLM_ROUTER_PEER_BENCH names the peer benchmark harness folder (not part of this repository).
 # SHAPES picks and orders them ("pinned miss hit" unless set); GATE=false turns the trained
-# router's familiarity gate off (learned.gate).
+# router's familiarity gate off (learned.gate); COMPARE=SHARE turns on the comparisons the router
+# makes itself (learned.compare, bench-big as the judge: the mock's fixed answer is no verdict,
+# so each comparison costs its two calls and is then dropped as unreadable).
 #   bench/routed_path.sh [seconds] [connections]
 set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
@@ -35,7 +37,7 @@ $([ "$2" != stream ] || echo "  - {name: bench-gpt-stream, provider: openai, mod
 base_url: \"$up/stream/v1\", api_key: sk-bench, cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 3}")
 cache: {enabled: $1}
 dedup: {enabled: false}
-learned: {feedback_db: $work/feedback.db, gate: ${GATE:-true}}
+learned: {feedback_db: $work/feedback.db, gate: ${GATE:-true}$([ -z "${COMPARE:-}" ] || echo ", compare: {share: $COMPARE, judge: bench-big, max_usd_per_hour: 1000}")}
 state: {path: $work/state.db}
 YAML
 }

@@ -66,7 +66,9 @@ def test_the_doctests() -> None:
 def test_a_region_harder_than_believed_goes_up_and_keeps_the_shipped_order_inside() -> None:
     state = teach(OnlineState.fresh("m", len(inputs(CODE))), int(MIN_REPORTS))
     assert state.regions is not None and len(state.regions.leaders) == 2
-    assert state.regions.gate == 1.0
+    # Open, though not in full: the mix, judged beside them, already ranks the kinds right,
+    # which leaves the levels a smaller lead over routing without them.
+    assert state.regions.gate > 0.5
     assert routed(state, CODE) > routed(state, CHAT)
     # Inside the region, a request the shipped model believed harder stays above (the
     # levels alone: the correction, learned beside them, may reweigh the log-odds).
@@ -131,9 +133,9 @@ def test_the_regions_survive_the_states_json_form() -> None:
     assert again.regions is not None
     for v in (CODE, CHAT):
         assert routed(again, v) == pytest.approx(routed(state, v))
-    assert again.regions.gate == state.regions.gate == 1.0
+    assert again.regions.gate == state.regions.gate > 0.5
     described = state.describe(SETTINGS)["regions"]
-    assert described["count"] == 2 and described["gate"] == 1.0
+    assert described["count"] == 2 and described["gate"] == round(state.regions.gate, 4)
     assert described["shift"]["max"] > 0 > described["shift"]["min"]
 
 

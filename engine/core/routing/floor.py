@@ -16,9 +16,10 @@ the gain worse (BENCHMARKS.md, "A floor judged on the gain"). So the floors keep
 reports alone, and nothing learned applies before :data:`MIN_JUDGED` of them.
 
 **Sure, not lucky.** A few dozen comparisons are few, and on them a learned order is ahead
-of the shipped one by chance about as often as behind. :func:`opening` therefore discounts
-the lead by its standard error (a jackknife over the reports: each left out in turn) times
-:data:`SURE`, and opens in full only when what is left reaches ``tolerance``.
+of the shipped one by chance about as often as behind; and a floor is judged again after
+every comparison, so chance gets many tries. :func:`opening` therefore discounts the lead by
+its standard error (a jackknife over the reports: each left out in turn) times :data:`SURE`,
+and opens in full only when what is left reaches ``tolerance``.
 """
 
 from __future__ import annotations
@@ -32,10 +33,15 @@ __all__ = ["MIN_JUDGED", "SURE", "WINDOW", "concordance", "describe", "lead", "o
 
 MIN_JUDGED = 20
 """Comparison reports a floor needs before anything it guards applies."""
-SURE = 2.0
-"""Standard errors the lead is discounted by before it counts: about a one-sided 97.5% bound.
-With one, a replay of MMLU (10% comparisons) opened the regions' floor on a lead that cost
-0.046 of APGR on held-back rows (BENCHMARKS.md, "A floor judged on the gain")."""
+SURE = 3.0
+"""Standard errors the lead is discounted by before it counts: about a one-sided 99.9% bound.
+A floor is judged again after every comparison, so over a thousand comparisons a lucky lead
+gets a thousand chances to cross the bar. With two, a replay of MMLU in file order (every
+report a comparison) opened the regions' floor for about 30 reports and lost 0.113 of APGR on
+held-back rows, and grades that were pure noise (a judge wrong half the time) opened it for a
+loss of 0.081; with one, a replay with 10% comparisons lost 0.046 (BENCHMARKS.md, "A floor
+judged on the gain" and "Comparisons graded by a judge"). With three, none of these opened,
+and on traffic whose comparisons agree the floors still open after 20 of them."""
 WINDOW = 300
 """Comparison reports a floor keeps (the newest)."""
 

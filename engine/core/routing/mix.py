@@ -18,7 +18,7 @@ without moving how many of them fall below the tier-1 boundary; calibration owns
 
 **The floor** (:mod:`engine.core.routing.floor`). Each comparison is scored by the mix before
 the mix learns from it; the mix applies as far as it ranked those gains better than the
-shipped model, surely (its lead less two standard errors), not at all before
+shipped model, surely (its lead less three standard errors), not at all before
 :data:`~engine.core.routing.floor.MIN_JUDGED` of them. Twenty comparisons are few, and a mix
 can look ahead on them by chance; besides the standard errors, what keeps that from costing
 traffic the shipped model knows is the same hold-back as the correction's (``known``,

@@ -37,7 +37,7 @@ client cannot outvote the others however much it sends.
 models before the step, prequentially (on evidence neither has learned from), and kept with
 its gain among the newest :data:`~engine.core.routing.floor.WINDOW` comparisons. The
 correction applies as far as it ranks those gains better than the shipped model, surely (its
-lead less two standard errors), in full from ``tolerance`` (a share: 0.02 is two pairs in a
+lead less three standard errors), in full from ``tolerance`` (a share: 0.02 is two pairs in a
 hundred), and not at all before :data:`~engine.core.routing.floor.MIN_JUDGED` comparisons.
 Plain reports teach the correction but never open its floor: their target ranks how hard a
 request is, and a correction can rank that better while ranking the gain worse (on MMLU,

@@ -28,7 +28,7 @@ them, and the order inside each region stays the shipped model's.
 reports. Before learning from a comparison report (both tiers' quality: the strong model's
 gain), routing's score of it without and with the levels is kept (the newest
 :data:`~engine.core.routing.floor.WINDOW`), and the levels apply as far as they rank those
-gains better, surely (the lead less two standard errors), in full from the correction's
+gains better, surely (the lead less three standard errors), in full from the correction's
 ``tolerance``, not at all while behind: where the correction and the mix already rank the
 traffic as well, the levels stay off. Plain reports teach the levels but never open the
 floor: a level that ranks "the cheap model failed" better can rank the gain worse.
