@@ -75,21 +75,26 @@ def lead(before: np.ndarray, after: np.ndarray, targets: np.ndarray,
     (1.0, True)
     """
     pair = _pairs(targets, weights)
-    won = pair * (_agree(after) - _agree(before))
+    # agree(after) - agree(before), each 1 / 0.5 / 0 by the sign of a score difference:
+    # half the difference of the two signs (so the halving is done once, on the sums below)
+    won = _signs(after)
+    won -= _signs(before)
+    won *= pair
     total = float(pair.sum())
     n = len(targets)
     if total <= 0 or math.isnan(total) or n < 3:
         return 0.0, math.inf
     # Leaving report k out removes its row and its column of pairs (the diagonal is empty).
     kept = total - pair.sum(axis=0) - pair.sum(axis=1)
-    gained = float(won.sum()) - won.sum(axis=0) - won.sum(axis=1)
+    whole = 0.5 * float(won.sum())
+    gained = whole - 0.5 * won.sum(axis=0) - 0.5 * won.sum(axis=1)
     valid = kept > 0
     if valid.sum() < 3:
-        return float(won.sum()) / total, math.inf
+        return whole / total, math.inf
     leads = gained[valid] / kept[valid]
     m = len(leads)
     error = math.sqrt((m - 1) / m * float(((leads - leads.mean()) ** 2).sum()))
-    return float(won.sum()) / total, error
+    return whole / total, error
 
 
 def opening(before: np.ndarray, after: np.ndarray, targets: np.ndarray,
@@ -125,6 +130,12 @@ def _pairs(targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _agree(scores: np.ndarray) -> np.ndarray:
-    diff = scores[:, None] - scores[None, :]
-    agree: np.ndarray = (diff > 0) + 0.5 * (diff == 0)
+    agree: np.ndarray = 0.5 + 0.5 * _signs(scores)
     return agree
+
+
+def _signs(scores: np.ndarray) -> np.ndarray:
+    """``sign(scores[i] - scores[j])`` for every pair: 1, 0 (a tie) or -1."""
+    diff = scores[:, None] - scores[None, :]
+    signs: np.ndarray = np.sign(diff, out=diff)
+    return signs
