@@ -105,12 +105,15 @@ class Comparisons:
             return next((t for t in self._tiers if t > tier), None)
         return cheapest
 
-    def offer(self, request_id: str, request: ChatRequest, done: NodeResult) -> bool:
+    def offer(self, request_id: str, request: ChatRequest, done: NodeResult,
+              ctx: RunContext) -> bool:
         """Maybe compare a routed answer just delivered; whether a comparison started. Cheap
-        when not sampled: one random draw."""
+        when not sampled: one random draw. A request that asked not to be stored
+        (``Cache-Control: no-store``) is never compared: its text goes to no other model."""
         served = done.served
-        if (served.router.startswith(_NOT_ROUTED) or served.cache != "MISS"
-                or served.dedup == "FOLLOWER" or self._rng.random() >= self.settings.share):
+        if (not ctx.cache_write or served.router.startswith(_NOT_ROUTED)
+                or served.cache != "MISS" or served.dedup == "FOLLOWER"
+                or self._rng.random() >= self.settings.share):
             return False
         if not comparable(request) or done.result.tool_calls:
             return False
@@ -151,7 +154,8 @@ class Comparisons:
         answered = done.result.text
         try:
             outputs = await execute(
-                build_plan([Node("other", dataclasses.replace(request, model=None, stream=False),
+                build_plan([Node("other", dataclasses.replace(request, model=None, stream=False,
+                                                              include_usage=False),
                                  tier=other_tier), Node("judge")], [("other", "judge")]),
                 lambda node, inputs: self._run(node, inputs, request, answered, served_first))
             grades = read_verdict(outputs["judge"].result.text)

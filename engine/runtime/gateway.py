@@ -213,7 +213,7 @@ class Gateway:
             status, done = "ok", result
             if request_id is not None and self.comparisons is not None:
                 # starts at the caller's next checkpoint, after ``remember_decision``
-                self.comparisons.offer(request_id, request, result)
+                self.comparisons.offer(request_id, request, result, ctx)
             return result
         except RouterError as exc:
             self.stats.record_error(exc.code)
@@ -247,7 +247,7 @@ class Gateway:
             outputs = await execute(plan_chat(request), self._chat_node(ctx, sink=send))
             status, done = "ok", outputs["chat"]
             if request_id is not None and self.comparisons is not None:
-                self.comparisons.offer(request_id, request, outputs["chat"])
+                self.comparisons.offer(request_id, request, outputs["chat"], ctx)
         except RouterError as exc:
             status = exc.code
             raise

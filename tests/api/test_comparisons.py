@@ -151,6 +151,12 @@ async def test_pinned_requests_cache_hits_and_unsampled_answers_are_not_compared
             raw = await sdk.chat.completions.with_raw_response.create(
                 model="auto", messages=[{"role": "user", "content": PROMPT}])
         assert raw.headers["x-llm-router-cache"] == "HIT"
+        # A request that asks not to be stored is not sent to any other model either.
+        async with openai.AsyncOpenAI(base_url=client.router.v1, api_key="t",
+                                      max_retries=0) as sdk:
+            await sdk.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "Private, please."}],
+                extra_headers={"cache-control": "no-store"})
         state = await routing(client)
         assert state["compare"]["sampled"] == 1 and len(fake_upstream.requests("strong")) == 1
     fake_upstream.reset()
