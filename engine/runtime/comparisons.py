@@ -132,7 +132,7 @@ class Comparisons:
         return True
 
     def describe(self) -> dict[str, Any]:
-        """What ``GET /v1/routing`` shows under ``learning.compare``."""
+        """What ``GET /v1/routing`` shows under ``compare``."""
         return {"share": self.settings.share, "judge": self._judge,
                 "running": self.running, **self.counts,
                 "spent_usd": round(self.spent_usd, 6),
