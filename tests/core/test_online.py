@@ -10,7 +10,7 @@ import doctest
 import numpy as np
 
 import engine.core.routing.online
-from engine.core.routing.floor import MIN_JUDGED
+from engine.core.routing.floor import BLOCK, MIN_JUDGED
 from engine.core.routing.online import (
     OnlineSettings,
     OnlineState,
@@ -73,8 +73,9 @@ def test_plain_reports_teach_but_never_open_the_floor() -> None:
     assert state.gate == 0.0 and state.concordance() is None
     assert predict(state, -1.0, HARD, SETTINGS) == -1.0
     assert float(np.linalg.norm(state.weights)) > 0.5  # it learned, all the same
-    # A few comparisons that agree then open it at once: the lesson was kept.
-    assert teach(state, MIN_JUDGED // 2).gate == 1.0
+    # Comparisons that agree then open it as soon as a snapshot of the state has scored
+    # enough of them: the lesson was kept.
+    assert teach(state, (BLOCK + MIN_JUDGED) // 2 + 1).gate == 1.0
 
 
 def test_the_floor_judges_the_gain_not_the_failure() -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import engine.core.routing.regions
+from engine.core.routing.floor import BLOCK, MIN_JUDGED
 from engine.core.routing.learned import DENSE_NAMES
 from engine.core.routing.online import (
     COMPARED_WEIGHT,
@@ -29,6 +30,9 @@ DIM = 8
 CODE = np.eye(DIM)[0]  # one kind of request (its sentence vector): the cheap model fails it
 CHAT = np.eye(DIM)[1]  # another, far from it: the cheap model serves it
 BELIEF = {0: -6.0, 1: 2.0}  # the shipped log-odds: CODE believed far easier than CHAT
+#: Rounds (two comparisons each) by which the first snapshot has scored enough comparisons
+#: for the floors to judge.
+OPEN = (BLOCK + MIN_JUDGED + 1) // 2 + 2
 
 
 def logit(vector: np.ndarray) -> float:
@@ -64,12 +68,17 @@ def test_the_doctests() -> None:
 
 
 def test_a_region_harder_than_believed_goes_up_and_keeps_the_shipped_order_inside() -> None:
-    state = teach(OnlineState.fresh("m", len(inputs(CODE))), int(MIN_REPORTS))
+    state = teach(OnlineState.fresh("m", len(inputs(CODE))), OPEN)
     assert state.regions is not None and len(state.regions.leaders) == 2
-    # Open, though not in full: the mix, judged beside them, already ranks the kinds right,
-    # which leaves the levels a smaller lead over routing without them.
+    # Open once the first snapshot (which had learned levels but no mix yet) has scored
+    # enough comparisons.
     assert state.regions.gate > 0.5
     assert routed(state, CODE) > routed(state, CHAT)
+    # Later snapshots route with the mix, which already ranks the kinds right: in their
+    # blocks the levels add nothing, and as those blocks fill the window the floor shuts.
+    later = teach(state, 2 * BLOCK)
+    assert later.regions is not None and later.regions.gate < state.regions.gate
+    assert routed(later, CODE) > routed(later, CHAT)
     # Inside the region, a request the shipped model believed harder stays above (the
     # levels alone: the correction, learned beside them, may reweigh the log-odds).
     levels = replace(state, gate=0.0, mix_gate=0.0)
@@ -128,12 +137,23 @@ def test_leaders_are_capped_and_far_requests_join_the_nearest() -> None:
 
 
 def test_the_regions_survive_the_states_json_form() -> None:
-    state = teach(OnlineState.fresh("m", len(inputs(CODE))), int(MIN_REPORTS))
+    state = teach(OnlineState.fresh("m", len(inputs(CODE))), OPEN)
     again = OnlineState.from_dict(json.loads(json.dumps(state.to_dict())))
-    assert again.regions is not None
+    assert again.regions is not None and state.regions is not None
     for v in (CODE, CHAT):
         assert routed(again, v) == pytest.approx(routed(state, v))
     assert again.regions.gate == state.regions.gate > 0.5
+    assert again.regions.blocks is not None and state.regions.blocks is not None
+    assert (again.regions.blocks == state.regions.blocks).all()
+    # The snapshot that scores the floors' comparisons comes back too, and goes on alike.
+    assert again.frozen is not None and state.frozen is not None
+    assert again.frozen.regions is not None and state.frozen.regions is not None
+    assert again.frozen.regions.gate == state.frozen.regions.gate
+    for v in (CODE, CHAT):
+        assert routed(again.frozen, v) == pytest.approx(routed(state.frozen, v))
+    on, on_again = teach(state, 5), teach(again, 5)
+    assert on_again.regions is not None and on.regions is not None
+    assert on_again.regions.gate == pytest.approx(on.regions.gate)
     described = state.describe(SETTINGS)["regions"]
     assert described["count"] == 2 and described["gate"] == round(state.regions.gate, 4)
     assert described["shift"]["max"] > 0 > described["shift"]["min"]

@@ -39,6 +39,11 @@ its gain among the newest :data:`~engine.core.routing.floor.WINDOW` comparisons.
 correction applies as far as it ranks those gains better than the shipped model, surely (its
 lead less three standard errors), in full from ``tolerance`` (a share: 0.02 is two pairs in a
 hundred), and not at all before :data:`~engine.core.routing.floor.MIN_JUDGED` comparisons.
+Each floor judges only pairs of comparisons scored by one state: every
+:data:`~engine.core.routing.floor.BLOCK` comparisons the state keeps a snapshot of itself
+(``frozen``), and until the next one the floors' scores of each comparison are the
+snapshot's, not the current state's (which has learned from the earlier comparisons of the
+window and so would look ahead on them; routing itself uses the current state).
 Plain reports teach the correction but never open its floor: their target ranks how hard a
 request is, and a correction can rank that better while ranking the gain worse (on MMLU,
 with a router trained without it, plain reports opened the old floor, judged on their own
@@ -72,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from .learned import DENSE_NAMES
-from .floor import MIN_JUDGED, WINDOW, concordance, opening
+from .floor import BLOCK, MIN_JUDGED, WINDOW, concordance, judged, opening
 from .floor import describe as describe_floor
 from .mix import KEPT, Mix, fit_mix
 from .regions import Regions
@@ -141,6 +146,14 @@ class OnlineState:
     mix: Mix | None = None
     #: Per-region levels learned from every report (:mod:`engine.core.routing.regions`).
     regions: Regions | None = None
+    #: The block of each row of ``recent`` and of ``comparisons``: the snapshot (``frozen``)
+    #: that scored it, -1 before the first (never judged). Floors judge pairs of one block.
+    recent_blocks: np.ndarray | None = None
+    comparison_blocks: np.ndarray | None = None
+    #: The state as it stood after the last :data:`~engine.core.routing.floor.BLOCK`-th
+    #: comparison (without its windows' rows, its reporters or a snapshot of its own): what
+    #: scores comparisons for the floors until the next one.
+    frozen: OnlineState | None = None
 
     @classmethod
     def fresh(cls, model: str, inputs: int) -> OnlineState:
@@ -150,12 +163,14 @@ class OnlineState:
     def concordance(self) -> tuple[float, float] | None:
         """How often each model (shipped, corrected) ranked the recent comparisons' pairs the
         way their gains do; None before :data:`~engine.core.routing.floor.MIN_JUDGED` of them."""
-        if self.recent is None or len(self.recent) < MIN_JUDGED:
+        blocks = _blocks(self.recent, self.recent_blocks)
+        if self.recent is None or judged(self.recent[:, 2], blocks) < MIN_JUDGED:
             return None
-        return (concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3]),
-                concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3]))
+        return (concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3], blocks),
+                concordance(self.recent[:, 1], self.recent[:, 2], self.recent[:, 3], blocks))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (shared through Redis); :meth:`from_dict` reads it back."""
         data = np.ascontiguousarray(self.weights, "<f8").tobytes()
         return {
             "model": self.model, "weights": base64.b64encode(data).decode("ascii"),
@@ -168,8 +183,11 @@ class OnlineState:
             "gate": self.gate, "compared": self.compared, "mix_gate": self.mix_gate,
             "comparisons": _pack(self.comparisons if self.comparisons is not None
                                  else np.zeros((0, 5))),
+            "judged_blocks": _pack(_blocks(self.recent, self.recent_blocks)),
+            "comparison_blocks": _pack(_blocks(self.comparisons, self.comparison_blocks)),
             "reporters": {k: list(v) for k, v in self.reporters.items()},
             **({"regions": self.regions.to_dict()} if self.regions is not None else {}),
+            **({"frozen": self.frozen.to_dict()} if self.frozen is not None else {}),
         }
 
     @classmethod
@@ -177,7 +195,14 @@ class OnlineState:
         """Raises: ValueError (or KeyError, TypeError) on a damaged state."""
         weights = np.frombuffer(base64.b64decode(raw["weights"]), "<f8").astype(np.float64)
         rows = _unpack(raw["comparisons"]).reshape(-1, 5) if "comparisons" in raw else None
-        return cls(
+        recent = _unpack(raw["judged"]).reshape(-1, 4) if "judged" in raw else None
+        # Saved before the floors judged pairs within blocks, a window's rows were scored by
+        # states that had learned from its earlier rows: they are kept but never judged, and
+        # the floor starts shut.
+        recent_blocks = _saved_blocks(raw, "judged_blocks", recent)
+        comparison_blocks = _saved_blocks(raw, "comparison_blocks", rows)
+        frozen = raw.get("frozen")
+        state = cls(
             str(raw["model"]), weights, int(raw["reports"]), float(raw["learned"]),
             float(raw["loss_shipped"]), float(raw["loss_online"]), float(raw["evidence"]),
             {str(k): (float(v[0]), int(v[1])) for k, v in raw.get("reporters", {}).items()},
@@ -185,12 +210,19 @@ class OnlineState:
             _unpack(raw["squares"]) if "squares" in raw else None,
             # A state saved before the floors judged on comparisons alone kept plain reports
             # under "recent": those rows are dropped, and its floor starts shut.
-            _unpack(raw["judged"]).reshape(-1, 4) if "judged" in raw else None,
-            float(raw.get("gate", 0.0)) if "judged" in raw else 0.0,
+            recent,
+            float(raw.get("gate", 0.0)) if "judged_blocks" in raw and recent is not None
+            else 0.0,
             int(raw.get("compared", 0)), rows,
-            float(raw.get("mix_gate", 0.0)), None if rows is None else fit_mix(rows[:, :4]),
+            float(raw.get("mix_gate", 0.0)) if "comparison_blocks" in raw else 0.0,
+            None if rows is None else fit_mix(rows[:, :4]),
             Regions.from_dict(raw["regions"]) if "regions" in raw else None,
+            recent_blocks, comparison_blocks,
+            None if frozen is None else replace(cls.from_dict(frozen), frozen=None),
         )
+        if not (0.0 <= state.gate <= 1.0 and 0.0 <= state.mix_gate <= 1.0):
+            raise ValueError("damaged online state")
+        return state
 
     def describe(self, settings: OnlineSettings) -> dict[str, Any]:
         """The learning state for ``GET /v1/routing`` (no reporter identities)."""
@@ -202,7 +234,8 @@ class OnlineState:
             "reports": self.reports, "compared": self.compared,
             "learned_from": round(self.learned, 2),
             "gate": round(self.gate, 4),
-            "floor": None if self.recent is None else describe_floor(*self.recent.T),
+            "floor": None if self.recent is None else describe_floor(
+                *self.recent.T, _blocks(self.recent, self.recent_blocks)),
             "log_loss": None if self.evidence <= 0 else {
                 "shipped": round(self.loss_shipped / n, 4),
                 "online": round(self.loss_online / n, 4)},
@@ -218,14 +251,15 @@ class OnlineState:
             return {"comparisons": 0, "gate": 0.0, "weights": None, "concordance": None,
                     "floor": None}
         ranks = None
-        if len(rows) >= MIN_JUDGED:
-            ranks = {"shipped": round(concordance(rows[:, 0], rows[:, 2], rows[:, 3]), 4),
-                     "mix": round(concordance(rows[:, 4], rows[:, 2], rows[:, 3]), 4)}
+        blocks = _blocks(rows, self.comparison_blocks)
+        if judged(rows[:, 2], blocks) >= MIN_JUDGED:
+            ranks = {"shipped": round(concordance(rows[:, 0], rows[:, 2], rows[:, 3], blocks), 4),
+                     "mix": round(concordance(rows[:, 4], rows[:, 2], rows[:, 3], blocks), 4)}
         return {"comparisons": len(rows), "gate": round(self.mix_gate, 4),
                 "weights": {"shipped": round(float(self.mix.weights[0]), 4),
                             "length": round(float(self.mix.weights[1]), 4)},
                 "concordance": ranks,
-                "floor": describe_floor(rows[:, 0], rows[:, 4], rows[:, 2], rows[:, 3])}
+                "floor": describe_floor(rows[:, 0], rows[:, 4], rows[:, 2], rows[:, 3], blocks)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +350,37 @@ def _unpack(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f8").astype(np.float64)
 
 
+def _blocks(rows: np.ndarray | None, blocks: np.ndarray | None) -> np.ndarray:
+    """The block of each of ``rows`` (-1, never judged, where none was kept)."""
+    n = 0 if rows is None else len(rows)
+    if blocks is not None and len(blocks) == n:
+        return blocks
+    return np.full(n, -1.0)
+
+
+def _saved_blocks(raw: Mapping[str, Any], key: str, rows: np.ndarray | None) -> np.ndarray:
+    """The saved blocks of ``rows`` under ``key``; all -1 (never judged) in an older state.
+    Raises: ValueError when they do not match the rows."""
+    if key not in raw or rows is None:
+        return np.full(0 if rows is None else len(rows), -1.0)
+    blocks = _unpack(raw[key])
+    if len(blocks) != len(rows) or not np.isfinite(blocks).all():
+        raise ValueError(f"damaged online state: {key}")
+    return blocks
+
+
+def _snapshot(state: OnlineState) -> OnlineState:
+    """What scores the floors' comparisons until the next snapshot: the state without its
+    correction's and regions' windows (kept empty, so their gates survive saving), its
+    reporters or a snapshot of its own. The mix's window stays: the mix is rebuilt from it."""
+    regions = state.regions
+    if regions is not None:
+        regions = Regions(regions.leaders, regions.sums, np.zeros((0, 4)), regions.gate,
+                          np.zeros(0))
+    return replace(state, recent=np.zeros((0, 4)), recent_blocks=np.zeros(0), reporters={},
+                   regions=regions, frozen=None)
+
+
 
 
 def _log_loss(z: float, y: float) -> float:
@@ -383,10 +448,16 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
             moved = math.copysign(settings.max_step, moved)
         w = w - step
     compared = other is not None and weight > 0  # the floors judge on the gain alone
+    # The floors' scores are the last snapshot's (one state for every pair of a block); before
+    # the first snapshot rows are kept but never judged (block -1).
+    judge = state.frozen if state.frozen is not None else state
+    block = -1 if state.frozen is None else state.compared // BLOCK
     recent = state.recent if state.recent is not None else np.zeros((0, 4))
+    recent_blocks = _blocks(state.recent, state.recent_blocks)
     if compared:
-        row = [logit, logit + _correction(state, inputs, settings), target, weight]
+        row = [logit, logit + _correction(judge, inputs, settings), target, weight]
         recent = np.vstack([recent, row])[-WINDOW:]
+        recent_blocks = np.append(recent_blocks, float(block))[-WINDOW:]
     vector = _vector(inputs)
     regions = state.regions
     if len(vector) and settings.regions:
@@ -394,31 +465,39 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
         if compared:
             # Scored before learning (prequentially), as routing would have: the floor's
             # evidence.
-            without = predict(replace(state, regions=None), logit, inputs, settings,
+            without = predict(replace(judge, regions=None), logit, inputs, settings,
                               known=known)
-            level = regions.shift(vector, known=known, gated=False)
+            level = (0.0 if judge.regions is None
+                     else judge.regions.shift(vector, known=known, gated=False))
             regions = regions.floor((without, without + level), target, weight,
-                                    settings.tolerance)
+                                    settings.tolerance, block)
         regions = regions.learn(
             vector, p=_sigmoid(logit), target=target, weight=weight, known=known, decay=decay)
     new = replace(state, weights=w, squares=squares, recent=recent, reports=n, regions=regions,
-                  compared=state.compared + compared,
+                  recent_blocks=recent_blocks, compared=state.compared + compared,
                   learned=state.learned * decay + weight, loss_shipped=loss_shipped,
                   loss_online=loss_online, evidence=evidence, reporters=reporters,
                   offset=offset)
     if compared:
         new = replace(new, gate=opening(recent[:, 0], recent[:, 1], recent[:, 2], recent[:, 3],
-                                        settings.tolerance))
-        new = _compare(new, logit, inputs, target, weight, settings)
+                                        settings.tolerance, recent_blocks))
+        new = _compare(new, judge, block, logit, inputs, target, weight, settings)
+        if new.compared % BLOCK == 0:
+            new = replace(new, frozen=_snapshot(new))
     return new, Outcome(target, weight, abs(moved))
 
 
-def _compare(state: OnlineState, logit: float, inputs: np.ndarray, gain: float,
-             weight: float, settings: OnlineSettings) -> OnlineState:
-    """A comparison's lesson for the mix: scored first (for the floor), then learned."""
+def _compare(state: OnlineState, judge: OnlineState, block: int, logit: float,
+             inputs: np.ndarray, gain: float, weight: float,
+             settings: OnlineSettings) -> OnlineState:
+    """A comparison's lesson for the mix: scored first by ``judge``'s mix (the snapshot of
+    ``block``, for the floor), then learned."""
     length = _length(inputs)
-    before = logit if state.mix is None else state.mix.logit(logit, length)
+    before = logit if judge.mix is None else judge.mix.logit(logit, length)
     rows = state.comparisons if state.comparisons is not None else np.zeros((0, 5))
+    blocks = np.append(_blocks(state.comparisons, state.comparison_blocks), float(block))
     rows = np.vstack([rows, [logit, length, gain, weight, before]])[-KEPT:]
-    gate = opening(rows[:, 0], rows[:, 4], rows[:, 2], rows[:, 3], settings.tolerance)
-    return replace(state, comparisons=rows, mix=fit_mix(rows[:, :4]), mix_gate=gate)
+    blocks = blocks[-KEPT:]
+    gate = opening(rows[:, 0], rows[:, 4], rows[:, 2], rows[:, 3], settings.tolerance, blocks)
+    return replace(state, comparisons=rows, comparison_blocks=blocks, mix=fit_mix(rows[:, :4]),
+                   mix_gate=gate)

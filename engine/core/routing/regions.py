@@ -27,11 +27,12 @@ them, and the order inside each region stays the shipped model's.
 **The floor** (:mod:`engine.core.routing.floor`). Nothing applies before :data:`MIN_REPORTS`
 reports. Before learning from a comparison report (both tiers' quality: the strong model's
 gain), routing's score of it without and with the levels is kept (the newest
-:data:`~engine.core.routing.floor.WINDOW`), and the levels apply as far as they rank those
-gains better, surely (the lead less three standard errors), in full from the correction's
-``tolerance``, not at all while behind: where the correction and the mix already rank the
-traffic as well, the levels stay off. Plain reports teach the levels but never open the
-floor: a level that ranks "the cheap model failed" better can rank the gain worse.
+:data:`~engine.core.routing.floor.WINDOW`), as the online state's last snapshot scored it,
+with that snapshot's block (pairs are judged within a block), and the levels apply as far
+as they rank those gains better, surely (the lead less three standard errors), in full from
+the correction's ``tolerance``, not at all while behind: where the correction and the mix
+already rank the traffic as well, the levels stay off. Plain reports teach the levels but
+never open the floor: a level that ranks "the cheap model failed" better can rank the gain worse.
 
 **What the shipped model knew.** The shift is held back on traffic like the shipped model's
 training rows: times ``1 - known`` of the request and ``(1 - known)`` of the region's
@@ -80,13 +81,15 @@ class Regions:
     """Leaders (one row each: unit vectors, at float16 precision as saved) and per region
     the decayed sums (weight, weighted residual, reports, summed ``known``); the newest
     :data:`WINDOW` reports as routing scored them without and with the levels, before
-    learning from them (rows of without, with, target, weight), and the floor (``gate``)
-    set from them."""
+    learning from them (rows of without, with, target, weight), the block of each row
+    (``blocks``: the snapshot of the online state that scored it; -1 before the first, never
+    judged), and the floor (``gate``) set from them."""
 
     leaders: np.ndarray
     sums: np.ndarray
     recent: np.ndarray | None = None
     gate: float = 0.0
+    blocks: np.ndarray | None = None
     #: Per region, its level times the region's hold-back (computed once, not saved).
     _held: np.ndarray = field(init=False, repr=False)
 
@@ -101,16 +104,25 @@ class Regions:
         return cls(np.zeros((0, dim), np.float64), np.zeros((0, _SUMS), np.float64))
 
     def floor(self, scored: tuple[float, float], gain: float, weight: float,
-              tolerance: float) -> Regions:
+              tolerance: float, block: int = 0) -> Regions:
         """Keep a comparison report as routing scored it (without, with the levels) before
-        learning from it, and set the floor
-        (:func:`~engine.core.routing.floor.opening`)."""
+        learning from it, by the snapshot of ``block`` (-1: none yet, never judged), and set
+        the floor (:func:`~engine.core.routing.floor.opening`, on pairs of one block)."""
         if weight <= 0:
             return self
         rows = self.recent if self.recent is not None else np.zeros((0, 4))
+        blocks = self._blocks()
         rows = np.vstack([rows, [scored[0], scored[1], gain, weight]])[-WINDOW:]
-        gate = opening(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], tolerance)
-        return Regions(self.leaders, self.sums, rows, gate)
+        blocks = np.append(blocks, float(block))[-WINDOW:]
+        gate = opening(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], tolerance, blocks)
+        return Regions(self.leaders, self.sums, rows, gate, blocks)
+
+    def _blocks(self) -> np.ndarray:
+        """The block of each row of ``recent`` (rows without one are never judged)."""
+        n = 0 if self.recent is None else len(self.recent)
+        if self.blocks is not None and len(self.blocks) == n:
+            return self.blocks
+        return np.full(n, -1.0)
 
     def learn(self, vector: np.ndarray, *, p: float, target: float, weight: float,
               known: float, decay: float) -> Regions:
@@ -134,7 +146,7 @@ class Regions:
         sums = self.sums * decay
         unit = _unit(vector)
         if unit is None or weight <= 0:
-            return Regions(self.leaders, sums, self.recent, self.gate)
+            return Regions(self.leaders, sums, self.recent, self.gate, self.blocks)
         leaders = self.leaders
         near = float((leaders @ unit).max()) if len(leaders) else -1.0
         if near < TAU and len(leaders) < LEADERS:
@@ -143,7 +155,7 @@ class Regions:
         c = int(np.argmax(leaders @ unit))
         sums = sums.copy()
         sums[c] += (weight, weight * (target - p), 1.0, known)
-        return Regions(leaders, sums, self.recent, self.gate)
+        return Regions(leaders, sums, self.recent, self.gate, self.blocks)
 
     def levels(self) -> np.ndarray:
         """Per region, its shift on the log-odds before the hold-back."""
@@ -174,7 +186,8 @@ class Regions:
         return {"dim": int(self.leaders.shape[1]),
                 "leaders": _pack(self.leaders.astype("<f2")),
                 "sums": _pack(self.sums.astype("<f8")),
-                "judged": _pack(recent.astype("<f8")), "gate": self.gate}
+                "judged": _pack(recent.astype("<f8")), "gate": self.gate,
+                "blocks": _pack(self._blocks().astype("<f8"))}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Regions:
@@ -187,20 +200,30 @@ class Regions:
         # "recent": those rows are dropped, and its floor starts shut.
         recent = (np.frombuffer(base64.b64decode(raw["judged"]), "<f8").astype(np.float64)
                   .reshape(-1, 4) if "judged" in raw else None)
-        gate = float(raw.get("gate", 0.0)) if "judged" in raw else 0.0
+        # Saved before pairs were judged within blocks (no "blocks"), its rows were scored by
+        # states that had learned from earlier rows: they stay, never judged, and the floor
+        # starts shut.
+        blocks = (np.frombuffer(base64.b64decode(raw["blocks"]), "<f8").astype(np.float64)
+                  if "blocks" in raw and recent is not None else None)
+        gate = float(raw.get("gate", 0.0)) if blocks is not None else 0.0
         finite = all(np.isfinite(a).all() for a in (leaders, sums)) and (
-            recent is None or np.isfinite(recent).all())
+            recent is None or np.isfinite(recent).all()) and (
+            blocks is None or np.isfinite(blocks).all())
         if (len(leaders) != len(sums) or len(leaders) > LEADERS or not finite
-                or not 0.0 <= gate <= 1.0):
+                or not 0.0 <= gate <= 1.0
+                or (blocks is not None and recent is not None and len(blocks) != len(recent))):
             raise ValueError("damaged regions")
-        return cls(leaders, sums, recent, gate)
+        if recent is not None and blocks is None:
+            blocks = np.full(len(recent), -1.0)
+        return cls(leaders, sums, recent, gate, blocks)
 
     def describe(self) -> dict[str, Any]:
         """For ``GET /v1/routing``: how many regions, the reports (decayed) behind them, and
         the largest shifts either way."""
         levels = self.levels()
         return {"count": len(self.leaders), "gate": round(self.gate, 4),
-                "floor": None if self.recent is None else describe_floor(*self.recent.T),
+                "floor": None if self.recent is None else describe_floor(
+                    *self.recent.T, self._blocks()),
                 "learned_from": round(float(self.sums[:, 0].sum()), 2),
                 "shift": None if not len(levels) else {
                     "min": round(float(levels.min()), 3), "max": round(float(levels.max()), 3)}}
