@@ -235,7 +235,8 @@ class OnlineState:
             "learned_from": round(self.learned, 2),
             "gate": round(self.gate, 4),
             "floor": None if self.recent is None else describe_floor(
-                *self.recent.T, _blocks(self.recent, self.recent_blocks)),
+                self.recent[:, 0], self.recent[:, 1], self.recent[:, 2], self.recent[:, 3],
+                _blocks(self.recent, self.recent_blocks)),
             "log_loss": None if self.evidence <= 0 else {
                 "shipped": round(self.loss_shipped / n, 4),
                 "online": round(self.loss_online / n, 4)},

@@ -223,7 +223,8 @@ class Regions:
         levels = self.levels()
         return {"count": len(self.leaders), "gate": round(self.gate, 4),
                 "floor": None if self.recent is None else describe_floor(
-                    *self.recent.T, self._blocks()),
+                    self.recent[:, 0], self.recent[:, 1], self.recent[:, 2],
+                    self.recent[:, 3], self._blocks()),
                 "learned_from": round(float(self.sums[:, 0].sum()), 2),
                 "shift": None if not len(levels) else {
                     "min": round(float(levels.min()), 3), "max": round(float(levels.max()), 3)}}
