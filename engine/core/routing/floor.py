@@ -51,7 +51,7 @@ report a comparison) opened the regions' floor for about 30 reports and lost 0.1
 held-back rows, and grades that were pure noise (a judge wrong half the time) opened it for a
 loss of 0.081; with one, a replay with 10% comparisons lost 0.046 (BENCHMARKS.md, "A floor
 judged on the gain" and "Comparisons graded by a judge"). With three, none of these opened,
-and on traffic whose comparisons agree the floors still open after 20 of them."""
+and on traffic whose comparisons agree the floors still open after 20 judged ones."""
 WINDOW = 300
 """Comparison reports a floor keeps (the newest)."""
 BLOCK = 25
