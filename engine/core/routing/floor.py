@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BLOCK", "MIN_JUDGED", "SURE", "WINDOW", "concordance", "describe", "judged", "lead",
-           "opening"]
+           "opening", "row_blocks"]
 
 MIN_JUDGED = 20
 """Comparison reports a floor needs before anything it guards applies."""
@@ -57,6 +57,19 @@ WINDOW = 300
 BLOCK = 25
 """Comparison reports scored by one snapshot of the learned state: a floor judges only pairs
 of rows scored by the same snapshot."""
+
+
+def row_blocks(rows: np.ndarray | None, blocks: np.ndarray | None) -> np.ndarray:
+    """The block of each of a window's ``rows``: ``blocks`` when it has one per row, else -1
+    (never judged) for every row.
+
+    >>> row_blocks(np.zeros((2, 4)), None)
+    array([-1., -1.])
+    """
+    n = 0 if rows is None else len(rows)
+    if blocks is not None and len(blocks) == n:
+        return blocks
+    return np.full(n, -1.0)
 
 
 def judged(targets: np.ndarray, blocks: np.ndarray | None = None) -> int:

@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from .learned import DENSE_NAMES
-from .floor import BLOCK, MIN_JUDGED, WINDOW, concordance, judged, opening
+from .floor import BLOCK, MIN_JUDGED, WINDOW, concordance, judged, opening, row_blocks
 from .floor import describe as describe_floor
 from .mix import KEPT, Mix, fit_mix
 from .regions import Regions
@@ -163,7 +163,7 @@ class OnlineState:
     def concordance(self) -> tuple[float, float] | None:
         """How often each model (shipped, corrected) ranked the recent comparisons' pairs the
         way their gains do; None before :data:`~engine.core.routing.floor.MIN_JUDGED` of them."""
-        blocks = _blocks(self.recent, self.recent_blocks)
+        blocks = row_blocks(self.recent, self.recent_blocks)
         if self.recent is None or judged(self.recent[:, 2], blocks) < MIN_JUDGED:
             return None
         return (concordance(self.recent[:, 0], self.recent[:, 2], self.recent[:, 3], blocks),
@@ -183,8 +183,8 @@ class OnlineState:
             "gate": self.gate, "compared": self.compared, "mix_gate": self.mix_gate,
             "comparisons": _pack(self.comparisons if self.comparisons is not None
                                  else np.zeros((0, 5))),
-            "judged_blocks": _pack(_blocks(self.recent, self.recent_blocks)),
-            "comparison_blocks": _pack(_blocks(self.comparisons, self.comparison_blocks)),
+            "judged_blocks": _pack(row_blocks(self.recent, self.recent_blocks)),
+            "comparison_blocks": _pack(row_blocks(self.comparisons, self.comparison_blocks)),
             "reporters": {k: list(v) for k, v in self.reporters.items()},
             **({"regions": self.regions.to_dict()} if self.regions is not None else {}),
             **({"frozen": self.frozen.to_dict()} if self.frozen is not None else {}),
@@ -236,7 +236,7 @@ class OnlineState:
             "gate": round(self.gate, 4),
             "floor": None if self.recent is None else describe_floor(
                 self.recent[:, 0], self.recent[:, 1], self.recent[:, 2], self.recent[:, 3],
-                _blocks(self.recent, self.recent_blocks)),
+                row_blocks(self.recent, self.recent_blocks)),
             "log_loss": None if self.evidence <= 0 else {
                 "shipped": round(self.loss_shipped / n, 4),
                 "online": round(self.loss_online / n, 4)},
@@ -252,7 +252,7 @@ class OnlineState:
             return {"comparisons": 0, "gate": 0.0, "weights": None, "concordance": None,
                     "floor": None}
         ranks = None
-        blocks = _blocks(rows, self.comparison_blocks)
+        blocks = row_blocks(rows, self.comparison_blocks)
         if judged(rows[:, 2], blocks) >= MIN_JUDGED:
             ranks = {"shipped": round(concordance(rows[:, 0], rows[:, 2], rows[:, 3], blocks), 4),
                      "mix": round(concordance(rows[:, 4], rows[:, 2], rows[:, 3], blocks), 4)}
@@ -351,14 +351,6 @@ def _unpack(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f8").astype(np.float64)
 
 
-def _blocks(rows: np.ndarray | None, blocks: np.ndarray | None) -> np.ndarray:
-    """The block of each of ``rows`` (-1, never judged, where none was kept)."""
-    n = 0 if rows is None else len(rows)
-    if blocks is not None and len(blocks) == n:
-        return blocks
-    return np.full(n, -1.0)
-
-
 def _saved_blocks(raw: Mapping[str, Any], key: str, rows: np.ndarray | None) -> np.ndarray:
     """The saved blocks of ``rows`` under ``key``; all -1 (never judged) in an older state.
     Raises: ValueError when they do not match the rows."""
@@ -454,7 +446,7 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     judge = state.frozen if state.frozen is not None else state
     block = -1 if state.frozen is None else state.compared // BLOCK
     recent = state.recent if state.recent is not None else np.zeros((0, 4))
-    recent_blocks = _blocks(state.recent, state.recent_blocks)
+    recent_blocks = row_blocks(state.recent, state.recent_blocks)
     if compared:
         row = [logit, logit + _correction(judge, inputs, settings), target, weight]
         recent = np.vstack([recent, row])[-WINDOW:]
@@ -496,7 +488,7 @@ def _compare(state: OnlineState, judge: OnlineState, block: int, logit: float,
     length = _length(inputs)
     before = logit if judge.mix is None else judge.mix.logit(logit, length)
     rows = state.comparisons if state.comparisons is not None else np.zeros((0, 5))
-    blocks = np.append(_blocks(state.comparisons, state.comparison_blocks), float(block))
+    blocks = np.append(row_blocks(state.comparisons, state.comparison_blocks), float(block))
     rows = np.vstack([rows, [logit, length, gain, weight, before]])[-KEPT:]
     blocks = blocks[-KEPT:]
     gate = opening(rows[:, 0], rows[:, 4], rows[:, 2], rows[:, 3], settings.tolerance, blocks)

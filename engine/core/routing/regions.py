@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from .floor import WINDOW, opening
+from .floor import WINDOW, opening, row_blocks
 from .floor import describe as describe_floor
 
 __all__ = ["LEADERS", "MIN_REPORTS", "PRIOR", "SCALE", "TAU", "Regions"]
@@ -111,18 +111,11 @@ class Regions:
         if weight <= 0:
             return self
         rows = self.recent if self.recent is not None else np.zeros((0, 4))
-        blocks = self._blocks()
+        blocks = row_blocks(self.recent, self.blocks)
         rows = np.vstack([rows, [scored[0], scored[1], gain, weight]])[-WINDOW:]
         blocks = np.append(blocks, float(block))[-WINDOW:]
         gate = opening(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], tolerance, blocks)
         return Regions(self.leaders, self.sums, rows, gate, blocks)
-
-    def _blocks(self) -> np.ndarray:
-        """The block of each row of ``recent`` (rows without one are never judged)."""
-        n = 0 if self.recent is None else len(self.recent)
-        if self.blocks is not None and len(self.blocks) == n:
-            return self.blocks
-        return np.full(n, -1.0)
 
     def learn(self, vector: np.ndarray, *, p: float, target: float, weight: float,
               known: float, decay: float) -> Regions:
@@ -187,7 +180,7 @@ class Regions:
                 "leaders": _pack(self.leaders.astype("<f2")),
                 "sums": _pack(self.sums.astype("<f8")),
                 "judged": _pack(recent.astype("<f8")), "gate": self.gate,
-                "blocks": _pack(self._blocks().astype("<f8"))}
+                "blocks": _pack(row_blocks(self.recent, self.blocks).astype("<f8"))}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Regions:
@@ -224,7 +217,7 @@ class Regions:
         return {"count": len(self.leaders), "gate": round(self.gate, 4),
                 "floor": None if self.recent is None else describe_floor(
                     self.recent[:, 0], self.recent[:, 1], self.recent[:, 2],
-                    self.recent[:, 3], self._blocks()),
+                    self.recent[:, 3], row_blocks(self.recent, self.blocks)),
                 "learned_from": round(float(self.sums[:, 0].sum()), 2),
                 "shift": None if not len(levels) else {
                     "min": round(float(levels.min()), 3), "max": round(float(levels.max()), 3)}}
