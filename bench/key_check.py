@@ -41,7 +41,7 @@ from engine.core.keys import KeySettings
 from engine.errors import StoreUnavailable
 from engine.messages import ChatRequest, Message, TextPart
 from engine.runtime import RunContext, open_gateway
-from engine.runtime.gateway import Models
+from engine.runtime.models import Models
 from engine.testing import open_fake_upstream
 
 ADMIN = "admin-key-for-the-benchmark"

@@ -43,7 +43,7 @@ from engine.core.config import parse_config
 from engine.messages import ChatRequest, Message, TextPart, Usage
 from engine.runtime import Gateway, Served, open_gateway
 from engine.runtime.tracing import inject_trace
-from engine.runtime.gateway import Models
+from engine.runtime.models import Models
 
 MODELS = [f"model-{i}" for i in range(8)]
 

@@ -35,7 +35,7 @@ from harness import one_model_config, percentile, redis_server  # noqa: E402
 
 from engine.messages import ChatRequest, Message, TextPart
 from engine.runtime import RunContext, open_gateway
-from engine.runtime.gateway import Models
+from engine.runtime.models import Models
 from engine.testing import open_fake_upstream
 
 

@@ -69,6 +69,11 @@ class _Collector:
                        [(["input"], totals.get("tokens:input", 0.0)),
                         (["output"], totals.get("tokens:output", 0.0))], ["direction"])
         yield from _per_key(totals)
+        if "compare_spent_usd" in totals:
+            yield _counter("llm_router_comparison_spend_usd",
+                           "USD the router's own comparisons spent (both calls; also in "
+                           "llm_router_spend_usd_total under their models).",
+                           [([], totals["compare_spent_usd"])])
         status = GaugeMetricFamily("llm_router_backend_status",
                                    "Backend health: 1 healthy, 0.5 degraded, 0 down.",
                                    labels=["backend"])
@@ -82,8 +87,11 @@ class _Collector:
              "Workflow runs waiting for a slot (workflows.max_concurrent_runs)."),
             ("llm_router_workflow_runs_running", "gauge:runs_running",
              "Workflow runs executing now."),
+            ("llm_router_comparisons_running", "gauge:compare_running",
+             "Comparisons the router makes itself under way now (learned.compare)."),
         ):
-            yield GaugeMetricFamily(name, doc, value=totals.get(key, 0.0))
+            if key in totals or key != "gauge:compare_running":
+                yield GaugeMetricFamily(name, doc, value=totals.get(key, 0.0))
         yield GaugeMetricFamily(
             "llm_router_metrics_shared",
             "1: these figures are every router process's (through Redis); 0: this "
@@ -106,6 +114,9 @@ _LABELLED = (
     ("error:", "llm_router_errors", ["code"], "Failed requests and workflow ops, by code."),
     ("run:", "llm_router_workflow_runs", ["workflow", "status"],
      "Workflow runs that ended, by workflow and status."),
+    ("compare:", "llm_router_comparisons", ["outcome"],
+     "Routed answers sampled for a comparison the router makes itself (learned.compare), "
+     "by outcome."),
 )
 
 

@@ -88,6 +88,11 @@ class Stats:
     saved_by_source: dict[str, float] = field(default_factory=dict)
     workflow_runs: Counter[tuple[str, str]] = field(default_factory=Counter)
     in_flight: int = 0
+    #: The comparisons the router made itself (``learned.compare``), by outcome (``sampled``,
+    #: ``reported``, ``failed``, ``unreadable``, ``skipped_busy``, ``skipped_budget``), and
+    #: what their calls cost.
+    comparisons: Counter[str] = field(default_factory=Counter)
+    compare_spent_usd: float = 0.0
 
     def record(self, model: ModelConfig, usage: Usage) -> tuple[float, float]:
         """Count one answered request; return its (cost, saving) in USD."""

@@ -7,8 +7,9 @@ pass the scheduler only when they must wait (the server's connections use them t
 from .channels import receive as channel_receive
 from .channels import send as channel_send
 from .feed import ChatStream
-from .gateway import Gateway, MetricsSnapshot, Models, load_models, open_gateway
+from .gateway import Gateway, MetricsSnapshot, open_gateway
 from .keys import KeyGate
+from .models import Models, load_models
 from .node import RunContext, Served
 from .policy import FeedbackReport, RoutingPolicy, load_offline_policy
 from .runs import Runs

@@ -13,10 +13,13 @@ the answer was delivered, it runs a two-node plan in the background:
 
 then reports both grades as feedback on the request (``other_quality``), exactly as a client
 reporting a comparison would. Both calls are paid like any other (``/stats`` shows them under
-their models) and bounded: at most ``max_running`` at once and ``max_usd_per_hour`` of spend,
-past which sampled answers are skipped. A comparison that fails (an upstream error, a verdict
-that cannot be read, a request the router no longer remembers) is counted and dropped: it
-never touches the client's request, which was answered before it started.
+their models) and bounded: at most ``max_running`` at once in a process, and
+``max_usd_per_hour`` of spend (every process's together with shared state:
+``engine.runtime.spend_window``), past which sampled answers are skipped. A comparison that
+fails (an upstream error, a verdict that cannot be read, a request the router no longer
+remembers) is counted and dropped: it never touches the client's request, which was answered
+before it started. The counts are kept in the process's ``Stats`` (``comparisons``), so they
+are summed across processes and shown by ``GET /metrics`` like every other total.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,21 +35,24 @@ import trio
 from engine.core.config import CompareConfig, Config
 from engine.core.planner import Node, build_plan
 from engine.core.routing.judge import JUDGE_MAX_TOKENS, comparable, judge_prompt, read_verdict
+from engine.core.stats import Stats
 from engine.errors import RouterError
 from engine.messages import ChatRequest, Message, TextPart
 
 from .executor import execute
 from .node import NodeResult, NodeRunner, RunContext
 from .policy import FeedbackReport
+from .spend_window import SpendWindow
 
-__all__ = ["Comparisons"]
+__all__ = ["OUTCOMES", "Comparisons"]
 
 log = logging.getLogger("llm_router")
 
-_HOUR = 3600.0
 # Neither call reads or writes the cache: the second answer must be the other tier's own,
 # and a grading prompt is no answer to cache.
 _UNCACHED = RunContext(cache_read=False, cache_write=False)
+#: What became of the answers sampled for a comparison (``Stats.comparisons``).
+OUTCOMES = ("sampled", "reported", "failed", "unreadable", "skipped_busy", "skipped_budget")
 # Routes that named their model or tier: nothing was decided that a comparison could judge.
 _NOT_ROUTED = ("pinned", "workflow")
 
@@ -57,14 +61,14 @@ class Comparisons:
     """Samples routed answers and compares them in ``nursery`` (see the module docstring).
 
     ``report`` files a feedback report (the gateway's ``report_feedback``); ``tiers`` are the
-    configured tiers; ``rng`` and ``clock`` are there for tests.
+    configured tiers; ``stats`` keeps the counts and the spend; ``spend`` is the hour's spend
+    the budget bounds (the shared one with shared state); ``rng`` is there for tests.
     """
 
     def __init__(self, settings: CompareConfig, *, runner: NodeRunner, tiers: Sequence[int],
-                 nursery: trio.Nursery,
+                 nursery: trio.Nursery, stats: Stats, spend: SpendWindow,
                  report: Callable[[FeedbackReport], Awaitable[Mapping[str, Any]]],
-                 rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 rng: random.Random | None = None) -> None:
         assert settings.judge is not None, "the config requires a judge with a share"
         self.settings = settings
         self._judge: str = settings.judge
@@ -73,15 +77,15 @@ class Comparisons:
         self._nursery = nursery
         self._report = report
         self._rng = rng or random.Random()
-        self._clock = clock
-        self._spent: deque[tuple[float, float]] = deque()  # (when, USD) of the last hour
+        self._stats = stats
+        self._counts = stats.comparisons
+        self._spend = spend
+        #: Comparisons of this process under way (the ``max_running`` bound).
         self.running = 0
-        self.counts = {"sampled": 0, "reported": 0, "failed": 0, "unreadable": 0,
-                       "skipped_busy": 0, "skipped_budget": 0}
-        self.spent_usd = 0.0
 
     @classmethod
     def configured(cls, config: Config, *, runner: NodeRunner, nursery: trio.Nursery,
+                   stats: Stats, spend: SpendWindow,
                    report: Callable[[FeedbackReport], Awaitable[Mapping[str, Any]]],
                    feedback: bool) -> Comparisons | None:
         """The comparisons ``config`` asks for (``learned.compare.share`` above 0), or
@@ -94,7 +98,8 @@ class Comparisons:
             log.warning("learned.compare is set but feedback is off (no feedback database): "
                         "no comparisons are made")
             return None
-        return cls(settings, runner=runner, tiers=config.tiers, nursery=nursery, report=report)
+        return cls(settings, runner=runner, tiers=config.tiers, nursery=nursery, stats=stats,
+                   spend=spend, report=report)
 
     def other_tier(self, tier: int) -> int | None:
         """The tier whose answer a request served on ``tier`` is compared with: the next one
@@ -107,8 +112,8 @@ class Comparisons:
 
     def offer(self, request_id: str, request: ChatRequest, done: NodeResult,
               ctx: RunContext) -> bool:
-        """Maybe compare a routed answer just delivered; whether a comparison started. Cheap
-        when not sampled: one random draw. A request that asked not to be stored
+        """Maybe compare a routed answer just delivered; whether a comparison's task started
+        (it checks the budget first). Cheap when not sampled: one random draw. A request that asked not to be stored
         (``Cache-Control: no-store``) is never compared: its text goes to no other model."""
         served = done.served
         if (not ctx.cache_write or served.router.startswith(_NOT_ROUTED)
@@ -121,38 +126,34 @@ class Comparisons:
         if other is None:
             return False
         if self.running >= self.settings.max_running:
-            self.counts["skipped_busy"] += 1
+            self._counts["skipped_busy"] += 1
             return False
-        if self._hour_spent() >= self.settings.max_usd_per_hour:
-            self.counts["skipped_budget"] += 1
-            return False
-        self.counts["sampled"] += 1
         self.running += 1
         self._nursery.start_soon(self._compare, request_id, request, done, other)
         return True
 
-    def describe(self) -> dict[str, Any]:
-        """What ``GET /v1/routing`` shows under ``compare``."""
+    async def describe(self, totals: Mapping[str, float], scope: str) -> dict[str, Any]:
+        """What ``GET /v1/routing`` shows under ``compare``, from ``totals`` (flat names, as
+        ``GET /metrics`` reads them: every process's when ``scope`` is ``shared``)."""
         return {"share": self.settings.share, "judge": self._judge,
-                "running": self.running, **self.counts,
-                "spent_usd": round(self.spent_usd, 6),
-                "spent_usd_last_hour": round(self._hour_spent(), 6)}
+                "running": int(totals.get("gauge:compare_running", self.running)),
+                **{outcome: int(totals.get(f"compare:{outcome}", 0)) for outcome in OUTCOMES},
+                "spent_usd": round(totals.get("compare_spent_usd", 0.0), 6),
+                "spent_usd_last_hour": round(await self._spend.total(), 6), "scope": scope}
 
-    def _hour_spent(self) -> float:
-        cutoff = self._clock() - _HOUR
-        while self._spent and self._spent[0][0] < cutoff:
-            self._spent.popleft()
-        return sum(usd for _, usd in self._spent)
-
-    def _pay(self, usd: float) -> None:
-        self._spent.append((self._clock(), usd))
-        self.spent_usd += usd
+    async def _pay(self, usd: float) -> None:
+        self._stats.compare_spent_usd += usd
+        await self._spend.add(usd)
 
     async def _compare(self, request_id: str, request: ChatRequest, done: NodeResult,
                        other_tier: int) -> None:
         served_first = self._rng.random() < 0.5
         answered = done.result.text
         try:
+            if await self._spend.total() >= self.settings.max_usd_per_hour:
+                self._counts["skipped_budget"] += 1
+                return
+            self._counts["sampled"] += 1
             outputs = await execute(
                 build_plan([Node("other", dataclasses.replace(request, model=None, stream=False,
                                                               include_usage=False),
@@ -160,19 +161,19 @@ class Comparisons:
                 lambda node, inputs: self._run(node, inputs, request, answered, served_first))
             grades = read_verdict(outputs["judge"].result.text)
             if grades is None:
-                self.counts["unreadable"] += 1
+                self._counts["unreadable"] += 1
                 log.info("comparison of %s dropped: the judge's verdict could not be read",
                          request_id)
                 return
             mine, theirs = grades if served_first else grades[::-1]
             await self._report(FeedbackReport(mine, request_id=request_id,
                                               other_quality=theirs))
-            self.counts["reported"] += 1
+            self._counts["reported"] += 1
         except RouterError as exc:  # an upstream failure, or the request was forgotten
-            self.counts["failed"] += 1
+            self._counts["failed"] += 1
             log.info("comparison of %s dropped: %s", request_id, exc)
         except Exception:  # a defect here must not end the server, whose nursery this is
-            self.counts["failed"] += 1
+            self._counts["failed"] += 1
             log.exception("comparison of %s failed", request_id)
         finally:
             self.running -= 1
@@ -182,7 +183,7 @@ class Comparisons:
         if node.name == "other":
             result = await self._runner.run(node, ctx=_UNCACHED)
             if result.served.tier != node.tier:  # failed over: no longer the other tier's
-                self._pay(result.cost_usd)
+                await self._pay(result.cost_usd)
                 raise RouterError(f"tier {node.tier} could not answer (tier "
                                   f"{result.served.tier} did)")
         else:
@@ -192,5 +193,5 @@ class Comparisons:
             judge = ChatRequest(messages=(Message("user", (TextPart(prompt),)),),
                                 model=self._judge, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0)
             result = await self._runner.run(node, ctx=_UNCACHED, request=judge)
-        self._pay(result.cost_usd)
+        await self._pay(result.cost_usd)
         return result

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -55,8 +55,9 @@ from .executor import RunNode, execute
 from .failover import BackendCaller
 from .feed import ChatStream
 from .keys import KeyGate
+from .models import Models, load_models
 from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
-from .policy import FeedbackReport, LearnedScorer, RoutingPolicy
+from .policy import FeedbackReport, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
 from .cache_thresholds import MemoryThresholds, SharedThresholds, TenantThresholds
@@ -69,10 +70,11 @@ from .shared_keys import SharedKeyGate
 from .shared_recent import SharedRecent
 from .shared_totals import SharedTotals, flatten
 from .sidecar import Sidecar
+from .spend_window import SharedSpendWindow, SpendWindow
 from .transport import PooledTransport
 from .upstream import UpstreamClient
 
-__all__ = ["Gateway", "MetricsSnapshot", "Models", "load_models", "open_gateway"]
+__all__ = ["Gateway", "MetricsSnapshot", "open_gateway"]
 
 # Worker threads rendering workflow templates at once (each render is bounded in time): a
 # few, so renders cannot take every thread trio lends (the feedback store needs some).
@@ -180,8 +182,9 @@ class Gateway:
                              nursery=nursery, render_limiter=self.render_limiter)
         self._run_store_error = run_store_error
         self.comparisons = Comparisons.configured(  # ``learned.compare``; None: off
-            config, runner=self.runner, nursery=nursery, report=self.report_feedback,
-            feedback=self.policy.store is not None)
+            config, runner=self.runner, nursery=nursery, stats=self.stats,
+            spend=SpendWindow() if shared is None else SharedSpendWindow(shared.redis),
+            report=self.report_feedback, feedback=self.policy.store is not None)
 
     def _chat_node(
         self, ctx: RunContext, *, sink: trio.MemorySendChannel[Any] | None = None,
@@ -313,16 +316,23 @@ class Gateway:
 
     def _gauges(self) -> dict[str, float]:
         queued, running = self.runs.counts() if self.runs is not None else (0, 0)
-        return {"gauge:in_flight": self.stats.in_flight, "gauge:runs_queued": queued,
-                "gauge:runs_running": running}
+        gauges: dict[str, float] = {"gauge:in_flight": self.stats.in_flight,
+                                    "gauge:runs_queued": queued, "gauge:runs_running": running}
+        if self.comparisons is not None:
+            gauges["gauge:compare_running"] = self.comparisons.running
+        return gauges
+
+    async def _totals(self) -> tuple[dict[str, float], str]:
+        """Totals and gauges by flat name: every process's (``"shared"``), or this one's
+        (``"process"``: no Redis, or Redis down)."""
+        if self.shared_totals is not None:
+            return await self.shared_totals.totals()
+        return flatten(self.stats, self.pool) | self._gauges(), "process"
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         """``GET /metrics``: the totals and gauges of every process (this one's while Redis
         is down, or without it), and this process's view of backends and Redis."""
-        if self.shared_totals is not None:
-            totals, scope = await self.shared_totals.totals()
-        else:
-            totals, scope = flatten(self.stats, self.pool) | self._gauges(), "process"
+        totals, scope = await self._totals()
         backends = {b.name: b.status if b.configured else "down"
                     for b in self.pool.backends.values()}
         return MetricsSnapshot(totals=totals, scope=scope, backends=backends,
@@ -378,7 +388,7 @@ class Gateway:
         if self.cache is not None:
             state["cache"] = self.thresholds.describe(tenant)
         if self.comparisons is not None:
-            state["compare"] = self.comparisons.describe()
+            state["compare"] = await self.comparisons.describe(*await self._totals())
         return state
 
     async def reset_cache_thresholds(self, tenants: list[str] | None) -> int:
@@ -429,27 +439,6 @@ class MetricsSnapshot:
     scope: str
     backends: Mapping[str, str]
     redis_up: bool | None
-
-
-@dataclass(frozen=True, slots=True)
-class Models:
-    """What a gateway loads from disk before serving: the cache's embedding matcher and the
-    trained router. Loading blocks (files, numpy tables), so a server does it before it
-    starts listening, where a failure is one clear message."""
-
-    matcher: Matcher | None = None
-    learned: LearnedScorer | None = None
-
-
-def load_models(config: Config) -> Models:
-    """Load the models ``config`` asks for (synchronously)."""
-    matcher = None
-    if config.cache.enabled:
-        from engine.core.cache.semantic import SemanticMatcher  # loads embeddings: only here
-        embedder = config.cache.embedder
-        matcher = SemanticMatcher(embedder.unaligned_cosine if embedder is not None else None)
-    learned = load_learned(config, matcher.embedder if matcher is not None else None)
-    return Models(matcher=matcher, learned=learned)
 
 
 @asynccontextmanager
@@ -583,17 +572,3 @@ async def _maybe_shared(config: Config) -> AsyncIterator[Shared | None]:
         return
     async with open_shared(address, timeout=config.state.redis_timeout_ms / 1000) as shared:
         yield shared
-
-
-def load_learned(config: Config, embedder: Any = None) -> LearnedScorer | None:
-    """The trained router named by ``learned.model`` (``builtin``: the one shipped with the
-    package), sharing the cache's embedding table when there is one."""
-    if config.learned.model is None:
-        return None
-    from engine.core.routing.learned import DEFAULT_MODEL_PATH, LearnedRouter
-
-    path = DEFAULT_MODEL_PATH if config.learned.model == "builtin" else config.path(
-        config.learned.model
-    )
-    router = LearnedRouter.load(path, embedder=embedder)
-    return router if config.learned.gate else replace(router, gate=None)

@@ -392,7 +392,7 @@ async def load_offline_policy(config: Config) -> tuple[RoutingPolicy, str | None
     Raises:
         RouterError: the trained router cannot be loaded.
     """
-    from .gateway import load_learned  # the gateway imports this module
+    from .models import load_learned  # it names this module's types
 
     policy = RoutingPolicy(config, learned=load_learned(config))
     database = config.path(config.learned.feedback_db)

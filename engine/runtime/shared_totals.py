@@ -87,6 +87,10 @@ def flatten(stats: Stats, pool: BackendPool) -> dict[str, float]:
         "cache:saved_usd": stats.cache_saved_usd, "dedup:joined": stats.dedup_joined,
         "dedup:saved_usd": stats.dedup_saved_usd,
     }
+    if stats.comparisons:
+        out["compare_spent_usd"] = stats.compare_spent_usd
+        for outcome, n in stats.comparisons.items():
+            out[f"compare:{outcome}"] = n
     for name, n in stats.by_model.items():
         out[f"model:{name}"] = n
     for tier, n in stats.by_tier.items():

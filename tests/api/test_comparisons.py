@@ -11,6 +11,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from router_harness import make_config
 from support_routing import RouterClient, model_entry, open_router_client, wait_for
 
@@ -91,6 +92,14 @@ async def test_a_sampled_answer_is_compared_and_reported(fake_upstream: FakeUpst
         assert compare["sampled"] == compare["reported"] == 1 and compare["running"] == 0
         assert compare["failed"] == compare["unreadable"] == 0
         assert compare["spent_usd"] > 0 and compare["spent_usd_last_hour"] == compare["spent_usd"]
+        assert compare["scope"] == "process"
+        # GET /metrics counts them too.
+        metrics = await scrape(client)
+        assert metrics[("llm_router_comparisons_total", (("outcome", "reported"),))] == 1
+        assert metrics[("llm_router_comparisons_total", (("outcome", "sampled"),))] == 1
+        assert metrics[("llm_router_comparisons_running", ())] == 0
+        assert metrics[("llm_router_comparison_spend_usd_total", ())] == pytest.approx(
+            compare["spent_usd"], abs=1e-6)
         # Both calls are paid like any other and show in /stats under their models.
         by_model = (await client.stats())["by_model"]
         assert by_model == {"cheap": 1, "strong": 1, "judge": 1}
@@ -98,6 +107,13 @@ async def test_a_sampled_answer_is_compared_and_reported(fake_upstream: FakeUpst
         again = await client.request("POST", "/v1/feedback",
                                      json={"request_id": request_id, "quality": 1.0})
         assert again.status_code == 200, again.text
+
+
+async def scrape(client: RouterClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = await client.request("GET", "/metrics")
+    assert answer.status_code == 200, answer.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(answer.text) for s in family.samples}
 
 
 async def test_a_streamed_answer_is_compared_once_it_has_streamed(
@@ -186,8 +202,9 @@ async def test_comparisons_stay_within_their_concurrency_and_their_budget(
         await ask(client)
         await compared(client, "reported", 1)
         await ask(client, "Another question entirely, about rivers?")
-        state = await routing(client)
-        assert state["compare"]["skipped_budget"] == 1 and state["compare"]["sampled"] == 1
+        state = await compared(client, "skipped_budget", 1)
+        assert state["compare"]["sampled"] == 1 and state["compare"]["running"] == 0
+        assert len(fake_upstream.requests("strong")) == 1
 
 
 async def _strong_called(fake: FakeUpstream) -> bool:

@@ -510,7 +510,7 @@ def test_config_is_immutable() -> None:
 
 
 def test_a_config_without_learned_routes_with_the_builtin_router() -> None:
-    from engine.runtime.gateway import load_models
+    from engine.runtime.models import load_models
     from engine.runtime.policy import RoutingPolicy
 
     config = parse_config(MINIMAL, environ={})

@@ -34,7 +34,7 @@ from engine.messages import (
     ToolResult,
     estimate_tokens,
 )
-from engine.runtime.gateway import Models, load_models
+from engine.runtime.models import Models, load_models
 from engine.runtime.policy import RoutingPolicy
 from engine.testing.fake_upstream import FakeUpstream
 

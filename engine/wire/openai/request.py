@@ -33,7 +33,7 @@ from engine.messages import (
     ToolResult,
 )
 
-from .body import MAX_N, MAX_STOP, NUMBERS, TOOL_CHOICE_MODES, UNSUPPORTED
+from .body import MAX_STOP, NUMBERS, TOOL_CHOICE_MODES, UNSUPPORTED
 from .fields import (
     MISSING,
     boolean,
