@@ -66,12 +66,13 @@ class Comparisons:
     """
 
     def __init__(self, settings: CompareConfig, *, runner: NodeRunner, tiers: Sequence[int],
-                 nursery: trio.Nursery, stats: Stats, spend: SpendWindow,
+                 judge_tier: int, nursery: trio.Nursery, stats: Stats, spend: SpendWindow,
                  report: Callable[[FeedbackReport], Awaitable[Mapping[str, Any]]],
                  rng: random.Random | None = None) -> None:
         assert settings.judge is not None, "the config requires a judge with a share"
         self.settings = settings
         self._judge: str = settings.judge
+        self._judge_tier = judge_tier
         self._runner = runner
         self._tiers = sorted(set(tiers))
         self._nursery = nursery
@@ -98,8 +99,10 @@ class Comparisons:
             log.warning("learned.compare is set but feedback is off (no feedback database): "
                         "no comparisons are made")
             return None
-        return cls(settings, runner=runner, tiers=config.tiers, nursery=nursery, stats=stats,
-                   spend=spend, report=report)
+        judge = config.model_named(settings.judge or "")
+        assert judge is not None, "the config requires a configured judge"
+        return cls(settings, runner=runner, tiers=config.tiers, judge_tier=judge.tier,
+                   nursery=nursery, stats=stats, spend=spend, report=report)
 
     def other_tier(self, tier: int) -> int | None:
         """The tier whose answer a request served on ``tier`` is compared with: the next one
@@ -113,8 +116,10 @@ class Comparisons:
     def offer(self, request_id: str, request: ChatRequest, done: NodeResult,
               ctx: RunContext) -> bool:
         """Maybe compare a routed answer just delivered; whether a comparison's task started
-        (it checks the budget first). Cheap when not sampled: one random draw. A request that asked not to be stored
-        (``Cache-Control: no-store``) is never compared: its text goes to no other model."""
+        (it checks the budget first). Cheap when not sampled: one random draw. A request's
+        text goes to no model it could not have been routed to: never compared are a request
+        that asked not to be stored (``Cache-Control: no-store``), and one whose client key's
+        ``max_tier`` is below the other tier or the judge's tier."""
         served = done.served
         if (not ctx.cache_write or served.router.startswith(_NOT_ROUTED)
                 or served.cache != "MISS" or served.dedup == "FOLLOWER"
@@ -123,7 +128,8 @@ class Comparisons:
         if not comparable(request) or done.result.tool_calls:
             return False
         other = self.other_tier(served.tier)
-        if other is None:
+        cap = ctx.key.settings.max_tier if ctx.key is not None else None
+        if other is None or (cap is not None and max(other, self._judge_tier) > cap):
             return False
         if self.running >= self.settings.max_running:
             self._counts["skipped_busy"] += 1

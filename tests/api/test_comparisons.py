@@ -35,20 +35,22 @@ def learned(**compare: Any) -> dict[str, Any]:
             "compare": {"share": 1.0, "judge": "judge"} | compare}
 
 
-async def routing(client: RouterClient) -> dict[str, Any]:
-    answer = await client.request("GET", "/v1/routing")
+async def routing(client: RouterClient, headers: dict[str, str] | None = None
+                  ) -> dict[str, Any]:
+    answer = await client.request("GET", "/v1/routing", headers=headers)
     assert answer.status_code == 200, answer.text
     state: dict[str, Any] = answer.json()
     return state
 
 
-async def compared(client: RouterClient, key: str, n: int) -> dict[str, Any]:
+async def compared(client: RouterClient, key: str, n: int,
+                   headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Wait until ``compare[key]`` reaches ``n``; the routing state then."""
     async def reached() -> bool:
-        return int((await routing(client))["compare"][key]) >= n
+        return int((await routing(client, headers))["compare"][key]) >= n
 
     await wait_for(reached)
-    return await routing(client)
+    return await routing(client, headers)
 
 
 async def ask(client: RouterClient, prompt: str = PROMPT, *,
@@ -220,3 +222,40 @@ def test_a_comparison_needs_a_configured_judge(compare: dict[str, Any], message:
                 "base_url": "http://127.0.0.1:9/v1"} for name, tier in (("a", 1), ("b", 2))]
     with pytest.raises(ConfigInvalid, match=message):
         make_config({"models": entries, "learned": {"compare": compare}})
+
+
+ADMIN = "admin-key-for-comparison-tests"
+AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
+
+
+async def test_a_key_capped_below_the_other_tier_or_the_judge_is_not_compared(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """A client key's ``max_tier`` bounds where its text may go: a comparison would send it
+    to the other tier and the judge, so a key capped below either is never compared. A
+    comparison's calls are the router's own: the key pays only for its answer."""
+    fake_upstream.set_default("judge", Behaviour(text=VERDICT))
+    async with open_router_client(models(fake_upstream), learned=learned(),
+                                  server={"admin_key": ADMIN}) as client:
+        keys = {}
+        for cap in (1, 2, 3):
+            made = await client.request("POST", "/v1/admin/keys",
+                                        headers=AS_ADMIN,
+                                        json={"name": f"cap-{cap}", "max_tier": cap})
+            assert made.status_code == 201, made.text
+            keys[cap] = (made.json()["id"], made.json()["key"])
+        for cap, (_, secret) in keys.items():
+            async with openai.AsyncOpenAI(base_url=client.router.v1, api_key=secret,
+                                          max_retries=0) as sdk:
+                answer = await sdk.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": f"{PROMPT} ({cap})"}])
+            assert answer.choices[0].message.content == f"[cheap] {PROMPT} ({cap})"
+        state = await compared(client, "reported", 1, AS_ADMIN)
+        assert state["compare"]["sampled"] == 1
+        # Only the key allowed tier 3 (the judge's) was compared.
+        (other,) = fake_upstream.requests("strong")
+        assert other.body["messages"][0]["content"].endswith("(3)")
+        stats = (await client.request("GET", "/stats", headers=AS_ADMIN)).json()["by_key"]
+        key_id = keys[3][0]
+        assert stats[key_id]["requests"] == 1
+        assert stats[key_id]["spent_usd"] == stats[keys[1][0]]["spent_usd"] > 0
