@@ -19,9 +19,10 @@ SURFACES: dict[str, set[str]] = {
         "Score", "SemanticMatcher", "Stats", "StreamRedactor", "TextEmbedder", "Workflow",
         "WorkflowLimits", "blend", "calibrate", "check_models", "check_variables",
         "check_workflow", "cost_usd", "decide_route", "describe_plan", "estimate_costs",
-        "extract_features", "iso_time", "load_config", "load_workflow", "parse_output", "parse_yaml",
+        "extract_features", "iso_time", "load_config", "load_workflow", "new_request_id",
+        "parse_output", "parse_yaml",
         "plan_chat", "plan_workflow", "render_request", "request_for_prompt", "request_key",
-        "resolve_variables", "score_request", "tier_for_score", "weight_to_end",
+        "resolve_variables", "score_request", "tag_of", "tier_for_score", "weight_to_end",
         "without_userinfo",
     },
     "engine.core.cache": {

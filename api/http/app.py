@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -25,7 +24,14 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from engine.core import Config, KeyRecord, RedactingFilter, Redactor, iso_time
+from engine.core import (
+    Config,
+    KeyRecord,
+    RedactingFilter,
+    Redactor,
+    iso_time,
+    new_request_id,
+)
 from engine.errors import (
     ModelNotFound,
     PayloadTooLarge,
@@ -95,7 +101,7 @@ def this_request_id() -> str:
     carries it, and a chat's is its response id's tail and what feedback names it by."""
     request_id: str | None = g.get("request_id")
     if request_id is None:
-        request_id = g.request_id = secrets.token_hex(12)
+        request_id = g.request_id = new_request_id()
     return request_id
 
 

@@ -27,7 +27,6 @@ its responses as any other.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -37,6 +36,7 @@ from hypercorn.typing import ASGIReceiveCallable as Receive
 from hypercorn.typing import ASGISendCallable as Send
 from hypercorn.typing import Scope
 
+from engine.core import new_request_id
 from engine.errors import PayloadTooLarge, RequestTimeout, RouterError
 from engine.runtime import Gateway
 from engine.wire import ANTHROPIC, OPENAI, WireProtocol
@@ -81,7 +81,7 @@ class ChatFront:
     async def _serve(self, protocol: WireProtocol, scope: Any, receive: Receive,
                      send: Send) -> None:
         exchange = Exchange()
-        request_id = secrets.token_hex(12)
+        request_id = new_request_id()
         path: str = scope["path"]
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:

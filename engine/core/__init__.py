@@ -17,6 +17,7 @@ from .keys import KeyRecord, KeySettings
 from .planner import Node, Plan, plan_chat, weight_to_end
 from .pool import BackendPool, BackendState
 from .redact import RedactingFilter, Redactor, StreamRedactor, without_userinfo
+from .request_ids import new_request_id, tag_of
 from .routing import (
     DEFAULT_MODEL_PATH,
     FORMAT_VERSION,
@@ -115,6 +116,7 @@ __all__ = [
     "extract_features",
     "iso_time",
     "load_config",
+    "new_request_id",
     "load_workflow",
     "parse_output",
     "parse_yaml",
@@ -125,6 +127,7 @@ __all__ = [
     "request_key",
     "resolve_variables",
     "score_request",
+    "tag_of",
     "tier_for_score",
     "weight_to_end",
     "without_userinfo",

@@ -41,8 +41,9 @@ from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
 from engine.core.recent import FinishedRequest, RecentRequests
 from engine.core.redact import Redactor
+from engine.core.request_ids import tag_of
 from engine.core.stats import RequestLabels, Stats
-from engine.errors import RouterError, StoreUnavailable
+from engine.errors import NotFound, RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
 from engine.stores.keys import KeyStore, SqliteKeyStore
@@ -68,6 +69,7 @@ from .shared_flights import SharedFlights
 from .shared_health import SharedHealth
 from .shared_keys import SharedKeyGate
 from .shared_recent import SharedRecent
+from .shared_reports import SharedReports
 from .shared_totals import SharedTotals, flatten
 from .sidecar import Sidecar
 from .spend_window import SharedSpendWindow, SpendWindow
@@ -152,6 +154,10 @@ class Gateway:
             nursery.start_soon(self.shared_totals.run)
             self.shared_recent = SharedRecent(shared, self.recent, origin=origin)
             nursery.start_soon(self.shared_recent.run)
+        #: Feedback on other processes' requests, forwarded to them (None: one process).
+        self.reports = None if shared is None else SharedReports(shared, self._report_here)
+        if self.reports is not None:
+            nursery.start_soon(self.reports.run)
         self.runner = NodeRunner(
             policy=self.policy,
             config=config,
@@ -356,15 +362,27 @@ class Gateway:
             if len(self._cache_hits) > _REMEMBERED_HITS:
                 self._cache_hits.popitem(last=False)
 
-    async def report_feedback(self, report: FeedbackReport) -> dict[str, Any]:
+    async def report_feedback(self, report: FeedbackReport) -> Mapping[str, Any]:
         """``POST /v1/feedback``: record one quality report and recalibrate. A report on a
         cache hit is about the cache, not the route: it moves the tenant's similarity
-        threshold (``engine.runtime.cache_thresholds``) and leaves routing alone.
+        threshold (``engine.runtime.cache_thresholds``) and leaves routing alone. A report on
+        a request another process answered is filed there (``engine.runtime.shared_reports``).
 
         Raises:
-            NotFound: the report names a request the router does not remember.
+            NotFound: the report names a request no router process remembers.
             RequestInvalid: feedback is not enabled.
+            StoreUnavailable: the request is another process's, and Redis does not answer.
         """
+        try:
+            return await self._report_here(report)
+        except NotFound:
+            tag = None if report.request_id is None else tag_of(report.request_id)
+            if self.reports is None or not self.reports.elsewhere(tag):
+                raise
+            assert tag is not None
+            return await self.reports.forward(tag, report)
+
+    async def _report_here(self, report: FeedbackReport) -> dict[str, Any]:
         if report.request_id is not None and report.request_id in self._cache_hits:
             tenant = self._cache_hits[report.request_id]
             change = await self.thresholds.report(tenant, report.quality)

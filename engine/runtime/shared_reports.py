@@ -1,0 +1,172 @@
+"""Feedback on a request another router process answered (``--workers``, or several routers
+on one Redis): forwarded to that process, whose answer is the caller's.
+
+Only the process that answered a request remembers how it routed it (the decision, and the
+trained router's reading of it, which online learning learns from), and a client cannot pick
+the process its ``POST /v1/feedback`` reaches. A request id starts with the tag of the
+process that made it (``engine.core.request_ids``), so a process given a report on another
+tag's request:
+
+1. checks that the tag's process is alive: each process renews ``llmr:reports:{<tag>}:alive``
+   every second, and it expires :data:`ALIVE_SEC` after the last renewal;
+2. appends the report to the stream ``llmr:reports:{<tag>}:inbox``, with the key to answer on;
+3. waits up to :data:`WAIT_SEC` for the answer on that key (a list, polled).
+
+The owner follows its inbox (on the process's stream tail), files each report as if it had
+been sent to it, and pushes its answer there: the JSON it would have answered, or its error's
+code and message (kept :data:`ANSWER_SEC`). A tag no live process holds (the process stopped,
+and what it remembered is gone with it) is a 404, as for any request the router no longer
+remembers; so is no answer in time. With Redis down, 503: the report may still be known.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+import trio
+
+from engine.core.request_ids import TAG
+from engine.errors import NotFound, RouterError, StoreUnavailable, echo
+from engine.stores.redis import Script
+from engine.stores.redis.tail import StreamEntry
+
+from .policy import FeedbackReport
+from .shared import PREFIX, Shared
+
+__all__ = ["ALIVE_SEC", "ANSWER_SEC", "WAIT_SEC", "SharedReports"]
+
+log = logging.getLogger("llm_router")
+
+ALIVE_SEC = 3.0
+ANSWER_SEC = 30
+WAIT_SEC = 5.0
+_RENEW_SEC = 1.0
+_INBOX_KEPT = 1000
+
+File = Callable[[FeedbackReport], Awaitable[Mapping[str, Any]]]
+
+
+def _key(tag: str, part: str) -> str:
+    return f"{PREFIX}reports:{{{tag}}}:{part}"  # one hash slot per process
+
+
+def _errors(base: type[RouterError] = RouterError) -> dict[str, type[RouterError]]:
+    """Every error of the tree by its code (an answer's error is raised here as it was
+    there: filing a report raises only errors made from a message and a param)."""
+    found = {base.code: base}
+    for sub in base.__subclasses__():
+        found = _errors(sub) | found
+    return found
+
+
+class SharedReports:
+    """``file`` files a report in this process (the gateway's own, never forwarding)."""
+
+    def __init__(self, shared: Shared, file: File, *, tag: str = TAG) -> None:
+        self.redis = shared.redis
+        self._tail = shared.tail
+        self._file = file
+        self.tag = tag
+        self._errors = _errors()
+
+    def elsewhere(self, tag: str | None) -> bool:
+        """Whether a request of ``tag`` was answered by another process (so may be asked)."""
+        return tag is not None and tag != self.tag
+
+    async def run(self) -> None:
+        """Answer the reports forwarded here, and say this process is alive, until cancelled."""
+        self._tail.follow(_key(self.tag, "inbox"), self._on_reports)
+        alive = _key(self.tag, "alive")
+        try:
+            while True:
+                try:
+                    await self.redis.call("PSETEX", alive, int(ALIVE_SEC * 1000), "1")
+                except StoreUnavailable:
+                    pass  # renewed once Redis is back; meanwhile nothing is forwarded here
+                await trio.sleep(_RENEW_SEC)
+        finally:  # stopping: reports on this process's requests are 404s from now on
+            with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
+                try:
+                    await self.redis.call("DEL", alive)
+                except StoreUnavailable:
+                    pass  # it expires
+
+    async def forward(self, tag: str, report: FeedbackReport) -> Mapping[str, Any]:
+        """File ``report`` (on a request of ``tag``'s process) there; its answer.
+
+        Raises:
+            NotFound: no live process holds ``tag``, or it did not answer in time.
+            StoreUnavailable: Redis is down or slow; the report was not filed.
+            RouterError: the owner's error (the one it would have answered).
+        """
+        answer_key = f"{_key(tag, 'answer')}:{secrets.token_hex(8)}"
+        body = orjson.dumps({"quality": report.quality, "request_id": report.request_id,
+                             "other_quality": report.other_quality,
+                             "reporter": report.reporter})
+        sent = await self.redis.run(_SEND, [_key(tag, "alive"), _key(tag, "inbox")],
+                                    [body, answer_key, _INBOX_KEPT])
+        if sent != 1:
+            raise _forgotten(report)
+        waited, pause = 0.0, 0.002
+        while waited < WAIT_SEC:
+            raw = await self.redis.call("LPOP", answer_key)
+            if raw is not None:
+                assert isinstance(raw, bytes)
+                return self._read(raw, report)
+            await trio.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.05)
+        log.warning("feedback on %s: the process that answered it (tag %s) did not answer "
+                    "within %g s", report.request_id, tag, WAIT_SEC)
+        raise _forgotten(report)
+
+    def _read(self, raw: bytes, report: FeedbackReport) -> Mapping[str, Any]:
+        answer = orjson.loads(raw)
+        if "error" not in answer:
+            result: Mapping[str, Any] = answer["ok"]
+            return result
+        error = self._errors.get(answer["error"], RouterError)
+        param = answer.get("param")
+        raise error(str(answer["message"]), param=None if param is None else str(param))
+
+    async def _on_reports(self, entries: list[StreamEntry]) -> None:
+        for entry in entries:
+            try:
+                raw = orjson.loads(entry.fields[b"report"])
+                answer_key = entry.fields[b"answer"].decode()
+                report = FeedbackReport(
+                    float(raw["quality"]), request_id=str(raw["request_id"]),
+                    other_quality=(None if raw["other_quality"] is None
+                                   else float(raw["other_quality"])),
+                    reporter=None if raw["reporter"] is None else str(raw["reporter"]))
+            except (KeyError, ValueError, TypeError):
+                log.warning("a forwarded feedback report could not be read: dropped")
+                continue
+            try:
+                answer: dict[str, Any] = {"ok": dict(await self._file(report))}
+            except RouterError as exc:
+                answer = {"error": exc.code, "message": exc.message, "param": exc.param}
+            try:
+                await self.redis.pipeline([["RPUSH", answer_key, orjson.dumps(answer)],
+                                           ["EXPIRE", answer_key, ANSWER_SEC]])
+            except StoreUnavailable:
+                pass  # the sender gives up and answers 404 or 503; the report was filed
+
+
+def _forgotten(report: FeedbackReport) -> NotFound:
+    return NotFound(f"unknown or expired request_id {echo(report.request_id)}: the router "
+                    "process that answered it is no longer running, or does not remember it",
+                    param="request_id")
+
+
+# Appends a report to a live process's inbox: 1, or 0 when no process holds the tag (a
+# stopped process's inbox stays empty).
+_SEND = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'report', ARGV[1], 'answer', ARGV[2])
+return 1
+""")

@@ -1,0 +1,86 @@
+"""Feedback by request id with two real ``llm-router`` processes on one Redis: a client
+cannot choose which process its ``POST /v1/feedback`` reaches, so a report on a request the
+other process answered is filed there (it alone remembers how it routed the request) and
+its answer returned; a request no live process remembers is a 404, as with one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from support_processes import fake_model, router_process, write_router_config
+from support_redis import RedisServer
+
+from engine.runtime.shared_reports import WAIT_SEC
+from engine.testing.fake_upstream import FakeUpstream
+
+
+def write_config(folder: Path, fake: FakeUpstream, redis_url: str) -> Path:
+    return write_router_config(folder, redis_url, [fake_model(fake, "cheap", price=0.001)])
+
+
+async def answered_by(http: httpx.AsyncClient, url: str, text: str) -> str:
+    """The request id of one chat answered by the router at ``url``."""
+    answer = await http.post(f"{url}/v1/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": text}]})
+    assert answer.status_code == 200, answer.text
+    request_id: str = answer.headers["x-request-id"]
+    assert answer.headers["x-llm-router-request-id"] == request_id
+    assert answer.json()["id"].endswith(request_id)
+    return request_id
+
+
+async def feedback(http: httpx.AsyncClient, url: str, request_id: str,
+                   quality: float = 0.2) -> httpx.Response:
+    return await http.post(f"{url}/v1/feedback",
+                           json={"request_id": request_id, "quality": quality})
+
+
+async def routing(http: httpx.AsyncClient, url: str) -> Any:
+    answer = await http.get(f"{url}/v1/routing")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def test_feedback_reaches_the_process_that_answered(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    config_a = write_config(tmp_path / "a", fake_upstream, redis_server.url)
+    config_b = write_config(tmp_path / "b", fake_upstream, redis_server.url)
+    async with httpx.AsyncClient(timeout=20) as http:
+        async with router_process(config_a) as (process_a, a):
+            async with router_process(config_b) as (_, b):
+                of_a = await answered_by(http, a, "Which prime number follows seventeen?")
+                of_b = await answered_by(http, b, "Name the river that flows through Vienna.")
+                assert of_a[:6] != of_b[:6]  # each process's ids carry its own tag
+
+                # Each report goes to the process that did not answer it.
+                for url, request_id in ((b, of_a), (a, of_b)):
+                    answer = await feedback(http, url, request_id)
+                    assert answer.status_code == 200, answer.text
+                    assert answer.json()["accepted"] is True
+                state = await routing(http, a)
+                assert state["feedback"]["by_tier"]["1"]["reports"] == 2
+
+                # Unknown ids: one of A's tag that A never made, one of no process's tag,
+                # one that no router made.
+                for request_id in (of_a[:6] + "0" * 18, "ffffff" + of_a[6:], "req_unknown"):
+                    answer = await feedback(http, b, request_id)
+                    assert answer.status_code == 404, answer.text
+                    error = answer.json()["error"]
+                    assert error["code"] == "not_found" and error["param"] == "request_id"
+                # An invalid report is refused by B itself, in the OpenAI error shape.
+                answer = await http.post(f"{b}/v1/feedback",
+                                         json={"request_id": of_a, "quality": 7})
+                assert answer.status_code == 400
+                assert answer.json()["error"]["param"] == "quality"
+
+                # A stops: what it remembered is gone with it.
+                process_a.terminate()
+                with trio.fail_after(30):
+                    await process_a.wait()
+                with trio.fail_after(WAIT_SEC / 2):  # at once: A said it was leaving
+                    answer = await feedback(http, b, of_a)
+                assert answer.status_code == 404, answer.text
