@@ -22,6 +22,7 @@ from engine.core.routing.floor import (
     opening,
 )
 from engine.core.routing.online import OnlineSettings, OnlineState, learn, predict
+from engine.core.routing.snapshot import Snapshot
 
 TOLERANCE = OnlineSettings().tolerance
 
@@ -129,7 +130,7 @@ def test_a_blocks_rows_are_scored_by_its_snapshot() -> None:
     rng = np.random.default_rng(11)
     dim = 6
     state = OnlineState.fresh("m", dim)
-    snapshots: dict[int, OnlineState] = {}
+    snapshots: dict[int, Snapshot] = {}
     seen: list[tuple[float, np.ndarray, int]] = []
     for _ in range(3 * BLOCK):
         x, z = rng.standard_normal(dim), float(rng.standard_normal())
@@ -139,7 +140,7 @@ def test_a_blocks_rows_are_scored_by_its_snapshot() -> None:
         state, _ = learn(state, z, x, tier=1, quality=float(rng.integers(2)),
                          other=float(rng.integers(2)), reporter=None, settings=settings)
         seen.append((z, x, block))
-    assert state.frozen is not None and state.frozen.frozen is None
+    assert isinstance(state.frozen, Snapshot)
     assert state.recent is not None and state.recent_blocks is not None
     assert list(state.recent_blocks) == [float(b) for _, _, b in seen]
     assert sorted(snapshots) == [1, 2]

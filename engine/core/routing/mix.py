@@ -29,7 +29,9 @@ traffic the shipped model knows is the same hold-back as the correction's (``kno
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +64,23 @@ class Mix:
             return logit
         return self.centre + (self.raw(logit, length) - self.mix_centre) * (
             self.spread / self.mix_spread)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fit itself, five numbers and three weights (a snapshot of the online
+        state keeps the mix it scores with, not the comparisons it was fitted on; JSON's
+        floats read back bit for bit)."""
+        return {"weights": [float(w) for w in self.weights], "centre": self.centre,
+                "spread": self.spread, "mix_centre": self.mix_centre,
+                "mix_spread": self.mix_spread}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Mix:
+        """Raises: ValueError (or KeyError, TypeError) on a damaged record."""
+        weights = np.array([float(w) for w in raw["weights"]], np.float64)
+        if weights.shape != (3,):
+            raise ValueError("damaged mix")
+        return cls(weights, float(raw["centre"]), float(raw["spread"]),
+                   float(raw["mix_centre"]), float(raw["mix_spread"]))
 
 
 def fit_mix(rows: np.ndarray) -> Mix | None:

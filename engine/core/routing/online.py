@@ -40,10 +40,11 @@ correction applies as far as it ranks those gains better than the shipped model,
 lead less three standard errors), in full from ``tolerance`` (a share: 0.02 is two pairs in a
 hundred), and not at all before :data:`~engine.core.routing.floor.MIN_JUDGED` comparisons.
 Each floor judges only pairs of comparisons scored by one state: every
-:data:`~engine.core.routing.floor.BLOCK` comparisons the state keeps a snapshot of itself
-(``frozen``), and until the next one the floors' scores of each comparison are the
-snapshot's, not the current state's (which has learned from the earlier comparisons of the
-window and so would look ahead on them; routing itself uses the current state).
+:data:`~engine.core.routing.floor.BLOCK` comparisons the state keeps a snapshot of what of it
+scores (``frozen``, :mod:`engine.core.routing.snapshot`), and until the next one the floors'
+scores of each comparison are the snapshot's, not the current state's (which has learned
+from the earlier comparisons of the window and so would look ahead on them; routing itself
+uses the current state).
 Plain reports teach the correction but never open its floor: their target ranks how hard a
 request is, and a correction can rank that better while ranking the gain worse (on MMLU,
 with a router trained without it, plain reports opened the old floor, judged on their own
@@ -81,6 +82,7 @@ from .floor import BLOCK, MIN_JUDGED, WINDOW, concordance, judged, opening, row_
 from .floor import describe as describe_floor
 from .mix import KEPT, Mix, fit_mix
 from .regions import Regions
+from .snapshot import Snapshot
 
 __all__ = ["COMPARED_WEIGHT", "OnlineSettings", "OnlineState",
            "Outcome", "label", "learn", "predict"]
@@ -150,10 +152,10 @@ class OnlineState:
     #: that scored it, -1 before the first (never judged). Floors judge pairs of one block.
     recent_blocks: np.ndarray | None = None
     comparison_blocks: np.ndarray | None = None
-    #: The state as it stood after the last :data:`~engine.core.routing.floor.BLOCK`-th
-    #: comparison (without its windows' rows, its reporters or a snapshot of its own): what
+    #: What of the state scores comparisons (:mod:`engine.core.routing.snapshot`), as it
+    #: stood after the last :data:`~engine.core.routing.floor.BLOCK`-th comparison: what
     #: scores comparisons for the floors until the next one.
-    frozen: OnlineState | None = None
+    frozen: Snapshot | None = None
 
     @classmethod
     def fresh(cls, model: str, inputs: int) -> OnlineState:
@@ -187,7 +189,9 @@ class OnlineState:
             "comparison_blocks": _pack(row_blocks(self.comparisons, self.comparison_blocks)),
             "reporters": {k: list(v) for k, v in self.reporters.items()},
             **({"regions": self.regions.to_dict()} if self.regions is not None else {}),
-            **({"frozen": self.frozen.to_dict()} if self.frozen is not None else {}),
+            **({"frozen": self.frozen.to_dict(
+                None if self.regions is None else self.regions.leaders)}
+               if self.frozen is not None else {}),
         }
 
     @classmethod
@@ -201,7 +205,7 @@ class OnlineState:
         # the floor starts shut.
         recent_blocks = _saved_blocks(raw, "judged_blocks", recent)
         comparison_blocks = _saved_blocks(raw, "comparison_blocks", rows)
-        frozen = raw.get("frozen")
+        regions = Regions.from_dict(raw["regions"]) if "regions" in raw else None
         state = cls(
             str(raw["model"]), weights, int(raw["reports"]), float(raw["learned"]),
             float(raw["loss_shipped"]), float(raw["loss_online"]), float(raw["evidence"]),
@@ -216,9 +220,8 @@ class OnlineState:
             int(raw.get("compared", 0)), rows,
             float(raw.get("mix_gate", 0.0)) if "comparison_blocks" in raw else 0.0,
             None if rows is None else fit_mix(rows[:, :4]),
-            Regions.from_dict(raw["regions"]) if "regions" in raw else None,
-            recent_blocks, comparison_blocks,
-            None if frozen is None else replace(cls.from_dict(frozen), frozen=None),
+            regions, recent_blocks, comparison_blocks,
+            _saved_snapshot(raw.get("frozen"), regions),
         )
         if not (0.0 <= state.gate <= 1.0 and 0.0 <= state.mix_gate <= 1.0):
             raise ValueError("damaged online state")
@@ -295,7 +298,8 @@ def label(tier: int, quality: float, other: float | None = None) -> tuple[float,
     return 0.0, 1.0 - quality
 
 
-def _correction(state: OnlineState, inputs: np.ndarray, settings: OnlineSettings) -> float:
+def _correction(state: OnlineState | Snapshot, inputs: np.ndarray,
+                settings: OnlineSettings) -> float:
     raw = float(state.weights[:-1] @ inputs) + float(state.weights[-1])
     # A soft bound: past it, requests would tie and the ranking (all that APGR sees) is lost.
     return settings.max_shift * math.tanh(raw / settings.max_shift)
@@ -321,14 +325,15 @@ def _vector(inputs: np.ndarray) -> np.ndarray:
     return inputs[_VECTOR:]
 
 
-def _mixed(state: OnlineState, logit: float, inputs: np.ndarray, known: float) -> float:
+def _mixed(state: OnlineState | Snapshot, logit: float, inputs: np.ndarray,
+           known: float) -> float:
     if state.mix is None or state.mix_gate <= 0:
         return logit
     return logit + state.mix_gate * (1.0 - known) * (
         state.mix.logit(logit, _length(inputs)) - logit)
 
 
-def predict(state: OnlineState | None, logit: float, inputs: np.ndarray,
+def predict(state: OnlineState | Snapshot | None, logit: float, inputs: np.ndarray,
             settings: OnlineSettings, *, known: float = 0.0) -> float:
     """The corrected log-odds of a request whose shipped log-odds are ``logit``: the mix
     (:mod:`engine.core.routing.mix`) as far as its floor lets it, then the region's level
@@ -362,18 +367,22 @@ def _saved_blocks(raw: Mapping[str, Any], key: str, rows: np.ndarray | None) -> 
     return blocks
 
 
-def _snapshot(state: OnlineState) -> OnlineState:
-    """What scores the floors' comparisons until the next snapshot: the state without its
-    correction's and regions' windows (kept empty, so their gates survive saving), its
-    reporters or a snapshot of its own. The mix's window stays: the mix is rebuilt from it."""
-    regions = state.regions
-    if regions is not None:
-        regions = Regions(regions.leaders, regions.sums, np.zeros((0, 4)), regions.gate,
-                          np.zeros(0))
-    return replace(state, recent=np.zeros((0, 4)), recent_blocks=np.zeros(0), reporters={},
-                   regions=regions, frozen=None)
+def _snapshot(state: OnlineState) -> Snapshot:
+    """What scores the floors' comparisons until the next snapshot: what of ``state``
+    scoring reads (:mod:`engine.core.routing.snapshot`)."""
+    return Snapshot(state.weights, state.gate, state.mix, state.mix_gate,
+                    None if state.regions is None else state.regions.scoring())
 
 
+def _saved_snapshot(raw: Mapping[str, Any] | None, regions: Regions | None) -> Snapshot | None:
+    """A saved state's snapshot, read with the live ``regions`` (its leaders' count refers
+    to theirs). Saved before snapshots had a form of their own, it is a whole state (without
+    windows, reporters or a snapshot), read as one; what scoring reads of it is the same."""
+    if raw is None:
+        return None
+    if "model" in raw:
+        return _snapshot(OnlineState.from_dict(raw))
+    return Snapshot.from_dict(raw, None if regions is None else regions.leaders)
 
 
 def _log_loss(z: float, y: float) -> float:
@@ -443,7 +452,7 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     compared = other is not None and weight > 0  # the floors judge on the gain alone
     # The floors' scores are the last snapshot's (one state for every pair of a block); before
     # the first snapshot rows are kept but never judged (block -1).
-    judge = state.frozen if state.frozen is not None else state
+    judge: OnlineState | Snapshot = state.frozen if state.frozen is not None else state
     block = -1 if state.frozen is None else state.compared // BLOCK
     recent = state.recent if state.recent is not None else np.zeros((0, 4))
     recent_blocks = row_blocks(state.recent, state.recent_blocks)
@@ -480,7 +489,7 @@ def learn(state: OnlineState, logit: float, inputs: np.ndarray, *, tier: int, qu
     return new, Outcome(target, weight, abs(moved))
 
 
-def _compare(state: OnlineState, judge: OnlineState, block: int, logit: float,
+def _compare(state: OnlineState, judge: OnlineState | Snapshot, block: int, logit: float,
              inputs: np.ndarray, gain: float, weight: float,
              settings: OnlineSettings) -> OnlineState:
     """A comparison's lesson for the mix: scored first by ``judge``'s mix (the snapshot of

@@ -174,6 +174,45 @@ class Regions:
             return 0.0
         return float(self._held[int(np.argmax(products))] * (1.0 - known) * gate)
 
+    def scoring(self) -> Regions:
+        """What scores a request by its region (:meth:`shift` with ``gated=False``, as the
+        floors score): the leaders and the sums, without the floor's window or gate (a
+        snapshot's regions, :mod:`engine.core.routing.snapshot`)."""
+        return Regions(self.leaders, self.sums)
+
+    def scoring_dict(self, live: np.ndarray | None = None) -> dict[str, Any]:
+        """:meth:`scoring`'s JSON form. The leaders are saved as their count when they are
+        the first rows of ``live`` (the live regions' leaders, saved beside it): leaders are
+        only ever added, after the last, so a snapshot's are the live ones' first rows, and a
+        copy would be a second copy of the same bytes. Otherwise (a state whose vectors changed
+        size started its regions afresh) they are saved in full."""
+        n = len(self.leaders)
+        prefix = (live is not None and live.shape[1:] == self.leaders.shape[1:]
+                  and len(live) >= n and np.array_equal(live[:n], self.leaders))
+        return {"dim": int(self.leaders.shape[1]),
+                "leaders": n if prefix else _pack(self.leaders.astype("<f2")),
+                "sums": _pack(self.sums.astype("<f8"))}
+
+    @classmethod
+    def scoring_from_dict(cls, raw: Mapping[str, Any],
+                          live: np.ndarray | None = None) -> Regions:
+        """:meth:`scoring_dict` read back; ``live``: the live regions' leaders, which a count
+        refers to. Raises: ValueError (or KeyError, TypeError) on a damaged record."""
+        dim, saved = int(raw["dim"]), raw["leaders"]
+        if isinstance(saved, str):
+            leaders = np.frombuffer(base64.b64decode(saved), "<f2").astype(np.float64)
+            leaders = leaders.reshape(-1, dim)
+        elif (type(saved) is int and live is not None and 0 <= saved <= len(live)
+              and live.shape[1:] == (dim,)):
+            leaders = live[:saved]
+        else:
+            raise ValueError("damaged regions: leaders")
+        sums = np.frombuffer(base64.b64decode(raw["sums"]), "<f8").astype(np.float64)
+        if (len(sums) != _SUMS * len(leaders) or len(leaders) > LEADERS
+                or not (np.isfinite(leaders).all() and np.isfinite(sums).all())):
+            raise ValueError("damaged regions")
+        return cls(leaders, sums.reshape(-1, _SUMS))
+
     def to_dict(self) -> dict[str, Any]:
         recent = self.recent if self.recent is not None else np.zeros((0, 4))
         return {"dim": int(self.leaders.shape[1]),
