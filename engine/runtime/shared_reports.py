@@ -45,6 +45,7 @@ ALIVE_SEC = 3.0
 ANSWER_SEC = 30
 WAIT_SEC = 5.0
 _RENEW_SEC = 1.0
+_RETRY_SEC = 0.1
 _INBOX_KEPT = 1000
 
 File = Callable[[FeedbackReport], Awaitable[Mapping[str, Any]]]
@@ -68,7 +69,7 @@ class SharedReports:
 
     def __init__(self, shared: Shared, file: File, *, tag: str = TAG) -> None:
         self.redis = shared.redis
-        self._tail = shared.tail
+        self._shared = shared
         self._file = file
         self.tag = tag
         self._errors = _errors()
@@ -78,16 +79,26 @@ class SharedReports:
         return tag is not None and tag != self.tag
 
     async def run(self) -> None:
-        """Answer the reports forwarded here, and say this process is alive, until cancelled."""
-        self._tail.follow(_key(self.tag, "inbox"), self._on_reports)
-        alive = _key(self.tag, "alive")
+        """Answer the reports forwarded here, and say this process is alive, until cancelled.
+
+        It says so only once it follows its inbox from the inbox's newest entry: a report
+        sent once it is alive is never missed."""
+        inbox, alive = _key(self.tag, "inbox"), _key(self.tag, "alive")
+        while True:
+            try:
+                since = await self._shared.last_id(inbox)
+                break
+            except StoreUnavailable:
+                await trio.sleep(_RETRY_SEC)  # Redis not reached yet (starting, or down)
+        self._shared.tail.follow(inbox, self._on_reports, since=since)
         try:
             while True:
                 try:
                     await self.redis.call("PSETEX", alive, int(ALIVE_SEC * 1000), "1")
+                    await trio.sleep(_RENEW_SEC)
                 except StoreUnavailable:
-                    pass  # renewed once Redis is back; meanwhile nothing is forwarded here
-                await trio.sleep(_RENEW_SEC)
+                    # Renewed once Redis answers; meanwhile nothing is forwarded here.
+                    await trio.sleep(_RETRY_SEC)
         finally:  # stopping: reports on this process's requests are 404s from now on
             with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
                 try:
