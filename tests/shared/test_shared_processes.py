@@ -163,6 +163,8 @@ async def test_redis_killed_mid_traffic_fails_nothing_and_loses_no_count(
 
         await wait_for(caught_up, poll=0.1)
         stats = await same_on_both(http, a, b, "/stats")
-        assert sum(stats["by_model"].values()) == sent
+        # One process may answer a request from the other's flight of the same one (its
+        # lead is released in the background, just after its answer): joined, not called.
+        assert sum(stats["by_model"].values()) + stats["dedup"]["joined"] == sent, stats
         assert stats["by_model"] == {name: len(fake_upstream.requests(name))
                                      for name in ("cheap", "dear")}
