@@ -41,7 +41,6 @@ from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
 from engine.core.recent import FinishedRequest, RecentRequests
 from engine.core.redact import Redactor
-from engine.core.request_ids import tag_of
 from engine.core.stats import RequestLabels, Stats
 from engine.errors import NotFound, RouterError, StoreUnavailable
 from engine.messages import ChatRequest
@@ -376,11 +375,11 @@ class Gateway:
         try:
             return await self._report_here(report)
         except NotFound:
-            tag = None if report.request_id is None else tag_of(report.request_id)
-            if self.reports is None or not self.reports.elsewhere(tag):
+            reports = self.reports
+            owner = None if reports is None else reports.owner(report.request_id)
+            if reports is None or owner is None:
                 raise
-            assert tag is not None
-            return await self.reports.forward(tag, report)
+            return await reports.forward(owner, report)
 
     async def _report_here(self, report: FeedbackReport) -> dict[str, Any]:
         if report.request_id is not None and report.request_id in self._cache_hits:

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import trio
 
-from engine.core.request_ids import TAG
+from engine.core.request_ids import TAG, tag_of
 from engine.errors import NotFound, RouterError, StoreUnavailable, echo
 from engine.stores.redis import Script
 from engine.stores.redis.tail import StreamEntry
@@ -74,9 +74,11 @@ class SharedReports:
         self.tag = tag
         self._errors = _errors()
 
-    def elsewhere(self, tag: str | None) -> bool:
-        """Whether a request of ``tag`` was answered by another process (so may be asked)."""
-        return tag is not None and tag != self.tag
+    def owner(self, request_id: str | None) -> str | None:
+        """The tag of the process that answered ``request_id``, when that is another process
+        (so may be asked); else None."""
+        tag = None if request_id is None else tag_of(request_id)
+        return None if tag is None or tag == self.tag else tag
 
     async def run(self) -> None:
         """Answer the reports forwarded here, and say this process is alive, until cancelled.
