@@ -2,7 +2,8 @@
 instead of the page asking five endpoints once a second.
 
 Each stream sends ``event: snapshot`` with everything the page draws (``/stats``,
-``/stats/recent``, ``/v1/backends``, ``/health``, the last runs and the followed run's DAG)
+``/stats/recent``, ``/v1/backends``, ``/health``, the routing policy as ``/v1/routing`` shows
+it less what is per tenant (:func:`routing_summary`), the last runs and the followed run's DAG)
 as soon as it opens, then again whenever it differs from the last one sent, checked every
 :data:`TICK_SEC` (so at most twice a second); a comment line every :data:`HEARTBEAT_SEC`
 of no change keeps proxies from closing a quiet stream and lets the page tell a live
@@ -26,7 +27,8 @@ import trio
 from engine.errors import RouterError, StoreUnavailable
 from engine.runtime import Gateway
 
-__all__ = ["HEARTBEAT_SEC", "RUNS_SHOWN", "TICK_SEC", "DashboardFeed", "without_text"]
+__all__ = ["HEARTBEAT_SEC", "RUNS_SHOWN", "TICK_SEC", "DashboardFeed", "routing_summary",
+           "without_text"]
 
 TICK_SEC = 0.5
 HEARTBEAT_SEC = 15.0
@@ -42,6 +44,26 @@ def without_text(run: dict[str, Any]) -> dict[str, Any]:
     for op in run["ops"].values():
         op.pop("output", None)
     return run
+
+
+# What the routing panel draws of ``GET /v1/routing``: the same keys, none per tenant.
+_ROUTING = ("thresholds", "configured", "router", "feedback", "learning", "compare")
+_LEARNING = ("enabled", "reports", "compared", "gate", "floor", "concordance")
+
+
+def routing_summary(state: dict[str, Any]) -> dict[str, Any]:
+    """``GET /v1/routing``'s answer cut to what the dashboard draws: the thresholds, the
+    feedback counts, how much of what online learning taught applies (each part's gate and
+    floor) and the comparisons the router makes itself. No tenant's cache threshold."""
+    out = {key: state[key] for key in _ROUTING if key in state}
+    learning = state.get("learning")
+    if isinstance(learning, dict):
+        out["learning"] = {key: learning[key] for key in _LEARNING if key in learning}
+        for part in ("mix", "regions"):
+            found = learning.get(part)
+            if isinstance(found, dict):
+                out["learning"][part] = {key: found.get(key) for key in ("gate", "floor")}
+    return out
 
 
 class DashboardFeed:
@@ -93,6 +115,7 @@ class DashboardFeed:
                 "recent": await gateway.recent_snapshot(),
                 "backends": await gateway.backends_snapshot(),
                 "health": gateway.health(),
+                "routing": routing_summary(await gateway.routing_state(tenant="")),
             }
             self._shared_at = trio.current_time()
             return self._shared

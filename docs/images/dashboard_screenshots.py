@@ -2,7 +2,7 @@
 
 A router over the fake upstream (engine.testing) with the demo's three tiers and prices gets
 a minute's worth of mixed chat traffic (repeats for the cache, identical bursts for dedup),
-a finished code review and a six-op workflow caught mid-run; headless chromium
+quality reports that move the routing thresholds, a finished code review and a six-op workflow caught mid-run; headless chromium
 (tests/support/support_browser.py) then photographs the page in both themes.
 
     PYTHONPATH=. .venv/bin/python docs/images/dashboard_screenshots.py
@@ -115,7 +115,7 @@ async def main() -> None:
                           "templates_dir": str(ROOT / "templates")},
         })
         auth = {"authorization": f"Bearer {CLIENT}"}
-        async with open_router(config) as router, open_browser(height=1300) as browser, \
+        async with open_router(config) as router, open_browser(height=1450) as browser, \
                 httpx.AsyncClient(timeout=60) as http, \
                 openai.AsyncOpenAI(base_url=router.v1, api_key=CLIENT, max_retries=0) as sdk:
             await connect(browser, router.url, ADMIN)
@@ -123,6 +123,14 @@ async def main() -> None:
                                      json={"input": "def add(a, b): return a - b"})
             review.raise_for_status()
             await _traffic(sdk, 25)
+            rng = random.Random(11)
+            for _ in range(30):  # quality reports: tier 1 does well, so its threshold rises
+                tier = rng.choice((1, 1, 2))
+                score = rng.uniform(0.05, 0.3) if tier == 1 else rng.uniform(0.3, 0.7)
+                quality = rng.uniform(0.8, 1.0) if tier == 1 else rng.uniform(0.6, 1.0)
+                answer = await http.post(router.v1 + "/feedback", headers=auth, json={
+                    "score": round(score, 3), "tier": tier, "quality": round(quality, 2)})
+                answer.raise_for_status()
             fake.script("large", Behaviour(latency=60))  # `write` is still running when shot
             started = await http.post(router.v1 + "/workflows", headers=auth | {
                 "prefer": "respond-async"}, json={"workflow": LAUNCH, "input": "a desk lamp"})

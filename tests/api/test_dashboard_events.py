@@ -59,12 +59,16 @@ async def test_a_snapshot_at_once_and_another_when_traffic_moves_the_figures(
     async with open_router(config) as router, httpx.AsyncClient(timeout=20) as http, \
             events(router.url, ADMIN) as stream:
         first = await stream.until(lambda s: True)
-        assert set(first) == {"stats", "recent", "backends", "health", "runs", "run"}
+        assert set(first) == {"stats", "recent", "backends", "health", "routing", "runs", "run"}
         assert first["stats"]["total_requests"] == 0
         assert first["recent"]["window"]["requests"] == 0
         assert [b["name"] for b in first["backends"]] == ["t1", "t2", "t3"]
         assert first["health"]["status"] == "ok"
         assert first["runs"] == {"object": "list", "data": []} and first["run"] is None
+        routing = (await http.get(router.url + "/v1/routing", headers=_bearer(ADMIN))).json()
+        assert first["routing"] == dashboard_events.routing_summary(routing)
+        assert first["routing"]["thresholds"] == routing["thresholds"]
+        assert "cache" not in first["routing"]  # no tenant's threshold
 
         answer = await http.post(router.v1 + "/chat/completions", headers=_bearer(CLIENT),
                                  json={"model": "auto", "messages": [
@@ -74,6 +78,13 @@ async def test_a_snapshot_at_once_and_another_when_traffic_moves_the_figures(
         assert moved["stats"]["total_requests"] == 1
         assert moved["recent"]["requests"][0]["model"] == "t1"
         assert b"secret" not in orjson.dumps(moved)
+
+        # Feedback moves the routing panel's figures.
+        reported = await http.post(router.v1 + "/feedback", headers=_bearer(CLIENT), json={
+            "request_id": answer.headers["x-request-id"], "quality": 0.25})
+        assert reported.status_code == 200, reported.text
+        fed = await stream.until(lambda s: s["routing"].get("feedback", {}).get("total") == 1)
+        assert fed["routing"]["feedback"]["by_tier"]["1"]["mean_quality"] == 0.25
 
 
 async def test_a_running_workflows_op_states_come_through_the_stream(

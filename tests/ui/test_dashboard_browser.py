@@ -84,6 +84,16 @@ async def test_the_dashboard_loads_clean_and_its_figures_follow_traffic(
         assert await browser.text("#rps") != "0.00"
         assert "ms" in await browser.text("#p50")
         assert " cache " in await browser.text("#recent tbody tr:first-child")  # newest first
+        # The routing panel: the thresholds in force, and the feedback behind them.
+        assert await browser.text('#routing tr[data-row="thresholds"] td.num') == "30 / 70"
+        async with httpx.AsyncClient(timeout=20) as http:
+            reported = await http.post(router.v1 + "/feedback", json={
+                "score": 0.2, "tier": 1, "quality": 0.9},
+                headers={"authorization": f"Bearer {CLIENT}"})
+            assert reported.status_code == 200, reported.text
+        await browser.wait_for(
+            lambda d: d.find_element(CSS, '#routing tr[data-row="feedback"] td.num').text == "1",
+            "the feedback report")
         assert "t1" in await browser.text("#models")
         assert await browser.text("#health-text") == "healthy"
         assert _count(_LIVE)(browser.driver) == 1
@@ -162,5 +172,6 @@ async def test_without_the_stream_the_page_polls(fake_upstream: FakeUpstream) ->
             assert answer.status_code == 200
         await browser.wait_for(lambda d: _count("#recent tbody tr")(d) == 1, "the request")
         assert "/stats/recent" in await browser.script(_FETCHED)
+        assert await browser.text('#routing tr[data-row="thresholds"] td.num') == "30 / 70"
         # Only the blocked stream's own failure, if chromium reports it at all.
         assert all("/stats/events" in e["message"] for e in await browser.console_errors())

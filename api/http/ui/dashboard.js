@@ -139,6 +139,7 @@ async function settle(promise, refusedToo = false) {
 function draw(snapshot) {
   drawBackends(snapshot.backends); // first: the tier mix names each model's tier from it
   drawStats(snapshot.stats);
+  drawRouting(snapshot.routing);
   drawRecent(snapshot.recent, snapshot.health);
   drawHealth(snapshot.health);
   drawRuns(snapshot.runs, snapshot.run);
@@ -234,9 +235,9 @@ function fallBack() {
 async function poll() {
   state.timer = null;
   try {
-    const [stats, recent, backends, health, runs] = await Promise.all([
+    const [stats, recent, backends, health, runs, routing] = await Promise.all([
       api("/stats"), api("/stats/recent"), api("/v1/backends"), settle(api("/health")),
-      settle(api("/stats/runs?limit=15"), true),
+      settle(api("/stats/runs?limit=15"), true), settle(api("/v1/routing")),
     ]);
     const list = runs.value ?? { error: { message: runs.error.message } };
     const follow = pickRun(list.data || []);
@@ -244,7 +245,7 @@ async function poll() {
     if (follow) run = (await settle(api("/stats/runs/" + encodeURIComponent(follow)))).value;
     if (state.mode !== "poll") return; // the stream came back meanwhile
     draw({ stats, recent, backends, health: health.value ?? { status: "down" }, runs: list,
-      run: run ?? null });
+      run: run ?? null, routing: routing.value ?? null });
   } catch (error) {
     if (error instanceof AuthError) {
       askForKey(state.key ? error.message : "");
@@ -393,6 +394,54 @@ function drawBackends(backends) {
       el("td", { class: "num", text: count(b.total_requests) }),
     );
   }));
+}
+
+// The routing policy (GET /v1/routing, or the stream's cut of it): the thresholds in force,
+// the feedback behind them, how much of what online learning taught applies, and the
+// comparisons the router makes itself.
+function drawRouting(routing) {
+  const rows = [];
+  const row = (name, value, detail = "") => rows.push(el("tr", { "data-row": name },
+    el("td", { text: name }), el("td", { class: "num mono", text: value }),
+    el("td", { class: "muted", text: detail })));
+  if (!routing) {
+    setText("routing-summary", "not available");
+    $("routing").tBodies[0].replaceChildren();
+    return;
+  }
+  const t = routing.thresholds || {}, conf = routing.configured || {};
+  const moved = t.tier1_max !== conf.tier1_max || t.tier2_max !== conf.tier2_max;
+  row("thresholds", `${t.tier1_max} / ${t.tier2_max}`,
+    moved ? `configured ${conf.tier1_max} / ${conf.tier2_max}; moved by feedback`
+      : "tier 1 up to the first score, tier 2 up to the second");
+  const feedback = routing.feedback;
+  if (feedback) {
+    const tiers = Object.entries(feedback.by_tier || {})
+      .map(([tier, f]) => `tier ${tier}: ${plural(f.reports, "report", "reports")}, ` +
+        `mean quality ${f.mean_quality.toFixed(2)}`);
+    row("feedback", count(feedback.total), tiers.join(" · ") || "no reports yet");
+  }
+  const learning = routing.learning;
+  if (learning && learning.enabled) {
+    const gate = (part) => part && part.gate !== undefined ? pct(part.gate, 1) : "–";
+    const floor = learning.floor;
+    row("online learning", `${gate(learning)} applied`,
+      `${count(learning.reports)} reports, ${count(learning.compared)} comparisons` +
+      (floor && floor.lead !== null && floor.lead !== undefined
+        ? ` · lead ${floor.lead.toFixed(3)} ± ${floor.error.toFixed(3)}` : ""));
+    if (learning.mix) row("length mix", `${gate(learning.mix)} applied`, "from comparisons");
+    if (learning.regions) row("per-region levels", `${gate(learning.regions)} applied`, "");
+  }
+  const compare = routing.compare;
+  if (compare) {
+    row("comparisons", count(compare.reported),
+      `${count(compare.sampled)} sampled, ${count(compare.running)} running, ` +
+      `${count(compare.failed + compare.unreadable)} dropped, ` +
+      `${count(compare.skipped_busy + compare.skipped_budget)} skipped · ` +
+      `${usd(compare.spent_usd_last_hour)} in the last hour`);
+  }
+  setText("routing-summary", routing.router || "");
+  $("routing").tBodies[0].replaceChildren(...rows);
 }
 
 function drawHealth(health) {
