@@ -16,7 +16,9 @@ The owner follows its inbox (on the process's stream tail), files each report as
 been sent to it, and pushes its answer there: the JSON it would have answered, or its error's
 code and message (kept :data:`ANSWER_SEC`). A tag no live process holds (the process stopped,
 and what it remembered is gone with it) is a 404, as for any request the router no longer
-remembers; so is no answer in time. With Redis down, 503: the report may still be known.
+remembers. With Redis down, 503: the report may still be known. An owner that does not
+answer in time (its Redis connection broke, or it is overloaded) is a 503 too: the outcome is
+unknown, since it may still file the report when it catches up.
 """
 
 from __future__ import annotations
@@ -112,8 +114,9 @@ class SharedReports:
         """File ``report`` (on a request of ``tag``'s process) there; its answer.
 
         Raises:
-            NotFound: no live process holds ``tag``, or it did not answer in time.
-            StoreUnavailable: Redis is down or slow; the report was not filed.
+            NotFound: no live process holds ``tag``.
+            StoreUnavailable: Redis is down or slow (the report was not filed), or the
+                owner did not answer in time (it may still file it).
             RouterError: the owner's error (the one it would have answered).
         """
         answer_key = f"{_key(tag, 'answer')}:{secrets.token_hex(8)}"
@@ -137,7 +140,9 @@ class SharedReports:
             pause = min(pause * 2, 0.005)
         log.warning("feedback on %s: the process that answered it (tag %s) did not answer "
                     "within %g s", report.request_id, tag, WAIT_SEC)
-        raise _forgotten(report)
+        raise StoreUnavailable(
+            f"the router process that answered request_id {echo(report.request_id)} did not "
+            f"answer within {WAIT_SEC:g} s; it may still file the report")
 
     def _read(self, raw: bytes, report: FeedbackReport) -> Mapping[str, Any]:
         answer = orjson.loads(raw)

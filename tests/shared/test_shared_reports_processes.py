@@ -1,10 +1,12 @@
 """Feedback by request id with two real ``llm-router`` processes on one Redis: a client
 cannot choose which process its ``POST /v1/feedback`` reaches, so a report on a request the
 other process answered is filed there (it alone remembers how it routed the request) and
-its answer returned; a request no live process remembers is a 404, as with one process."""
+its answer returned; a request no live process remembers is a 404, as with one process, and
+a process that does not answer in time leaves the outcome unknown (503)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import httpx
 import trio
 from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
+from support_routing import wait_for
 
 from engine.runtime.shared_reports import WAIT_SEC
 from engine.testing.fake_upstream import FakeUpstream
@@ -76,6 +79,22 @@ async def test_feedback_reaches_the_process_that_answered(
                                          json={"request_id": of_a, "quality": 7})
                 assert answer.status_code == 400
                 assert answer.json()["error"]["param"] == "quality"
+
+                # A stalls: B cannot tell whether A will still file the report (503), and A
+                # does once it goes on.
+                stalled = await answered_by(http, a, "What is the boiling point of water?")
+                process_a.send_signal(signal.SIGSTOP)
+                try:
+                    answer = await feedback(http, b, stalled)
+                finally:
+                    process_a.send_signal(signal.SIGCONT)
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["code"] == "store_unavailable"
+
+                async def filed() -> bool:
+                    return bool((await routing(http, a))["feedback"]["total"] == 3)
+
+                await wait_for(filed, poll=0.1, timeout=20)
 
                 # A stops: what it remembered is gone with it.
                 process_a.terminate()
