@@ -38,10 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cache_similarity import remote_vectors, wilson  # noqa: E402
+from cache_similarity import remote_vectors, wilson
 
-from engine.core.cache.similarity import DEFAULT_THRESHOLD, Embedder, compare  # noqa: E402
-from engine.training.cache_split import SPLITS, split_of  # noqa: E402
+from engine.core.cache.similarity import DEFAULT_THRESHOLD, Embedder, compare
+from engine.training.cache_split import SPLITS, split_of
 
 BARS = np.round(np.arange(0.85, 1.0001, 0.0025), 4)
 PACKAGED = (0.0, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)

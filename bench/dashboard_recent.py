@@ -4,7 +4,15 @@ snapshot costs; against main's per-process version. BENCHMARKS.md section 15.
 
 Run from the repository root: python bench/dashboard_recent.py /path/to/main/checkout
 """
-import importlib.util, sys, time, random, timeit, orjson
+import importlib.util
+import random
+import sys
+import time
+import timeit
+
+import orjson
+
+
 def load(path, name):
     spec = importlib.util.spec_from_file_location(name, path); m = importlib.util.module_from_spec(spec)
     sys.modules[name] = m; spec.loader.exec_module(m); return m

@@ -125,13 +125,13 @@ def handler(encoder, model_name: str) -> type[BaseHTTPRequestHandler]:
             self.reply(status, {"error": {"message": message, "type": "invalid_request_error",
                                           "code": None}})
 
-        def do_GET(self) -> None:  # noqa: N802 (the http.server interface)
+        def do_GET(self) -> None:
             if self.path == "/health":
                 self.reply(200, {"status": "ok"})
             else:
                 self.error(404, f"no route {self.path}")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length)
             if self.path.rstrip("/") not in ("/v1/embeddings", "/embeddings"):

@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import percentile, redis_server  # noqa: E402
+from harness import percentile, redis_server
 
 from engine.testing import open_fake_upstream
 

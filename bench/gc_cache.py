@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.core.cache.key import RequestKey  # noqa: E402
-from engine.core.cache.responses import ResponseCache  # noqa: E402
-from engine.core.cache.semantic import SemanticMatcher  # noqa: E402
-from engine.messages import ChatResult, TextPart, Usage  # noqa: E402
+from engine.core.cache.key import RequestKey
+from engine.core.cache.responses import ResponseCache
+from engine.core.cache.semantic import SemanticMatcher
+from engine.messages import ChatResult, TextPart, Usage
 
 WORDS = ("proxy latency database index compiler garden violin glacier tax protein orbit "
          "poetry mortgage vaccine bridge neuron tariff volcano sonnet kernel").split()

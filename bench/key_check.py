@@ -35,7 +35,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import one_model_config, percentile, redis_server  # noqa: E402
+from harness import one_model_config, percentile, redis_server
 
 from engine.core.keys import KeySettings
 from engine.errors import StoreUnavailable

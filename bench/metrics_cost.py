@@ -35,15 +35,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import redis_server  # noqa: E402
+from harness import redis_server
+
 from api.http.access import Exchange, Observer, access_log
 from api.http.metrics import render_metrics
 from engine.core import Redactor
 from engine.core.config import parse_config
 from engine.messages import ChatRequest, Message, TextPart, Usage
 from engine.runtime import Gateway, Served, open_gateway
-from engine.runtime.tracing import inject_trace
 from engine.runtime.models import Models
+from engine.runtime.tracing import inject_trace
 
 MODELS = [f"model-{i}" for i in range(8)]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import engine.core.routing.regions as regions  # noqa: E402
-from api.cli.router import add_router_commands, run_router_command  # noqa: E402
+import engine.core.routing.regions as regions
+from api.cli.router import add_router_commands, run_router_command
 
 GRID = {"SCALE": (30.0, 100.0, 300.0), "PRIOR": (2.0, 5.0, 20.0), "TAU": (0.2, 0.3, 0.5),
         "LEADERS": (16, 32, 64)}

@@ -51,11 +51,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_unseen import FILES, Router, chosen_on, concat, load_sets  # noqa: E402
+from routing_unseen import FILES, Router, chosen_on, concat, load_sets
 
-from engine.core.routing.learned import _centroids  # noqa: E402
-from engine.training.evaluate import RoutingRow, summarize  # noqa: E402
-from engine.training.fit import familiarity, targets  # noqa: E402
+from engine.core.routing.learned import _centroids
+from engine.training.evaluate import RoutingRow, summarize
+from engine.training.fit import familiarity, targets
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

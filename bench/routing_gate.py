@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +57,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_combine import sets_of  # noqa: E402
-from routing_unseen import (  # noqa: E402
+from routing_combine import sets_of
+from routing_unseen import (
     FILES,
     MODEL_WEIGHT,
     Router,
@@ -67,8 +67,8 @@ from routing_unseen import (  # noqa: E402
     load_sets,
 )
 
-from engine.core.routing.learned import DENSE_NAMES, LearnedRouter, _centroids  # noqa: E402
-from engine.training.fit import (  # noqa: E402
+from engine.core.routing.learned import DENSE_NAMES, LearnedRouter, _centroids
+from engine.training.fit import (
     FeatureMatrix,
     familiarity,
     source_of,

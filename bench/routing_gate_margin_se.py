@@ -37,12 +37,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_gate import apgr, outcomes, router_parts  # noqa: E402
-from routing_gate_nested import gated  # noqa: E402
-from routing_gate_shipped import LEVEL, gate_of, held_out, similarities  # noqa: E402
-from routing_unseen import load_sets  # noqa: E402
+from routing_gate import apgr, outcomes, router_parts
+from routing_gate_nested import gated
+from routing_gate_shipped import LEVEL, gate_of, held_out, similarities
+from routing_unseen import load_sets
 
-from engine.training.evaluate import summarize  # noqa: E402
+from engine.training.evaluate import summarize
 
 RESAMPLES = 2000
 SEED = 0

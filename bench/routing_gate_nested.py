@@ -54,13 +54,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_gate import apgr, learned_parts, outcomes, router_parts  # noqa: E402
-from routing_gate_shipped import LEVEL, LOG_CHARS_ALL, forms, similarities  # noqa: E402
-from routing_unseen import FILES, Router, chosen_on, concat, load_sets  # noqa: E402
+from routing_gate import apgr, learned_parts, outcomes, router_parts
+from routing_gate_shipped import LEVEL, LOG_CHARS_ALL, forms, similarities
+from routing_unseen import FILES, Router, chosen_on, concat, load_sets
 
-from engine.core.routing.gate import Gate, fit_gate  # noqa: E402
-from engine.core.routing.learned import LearnedRouter  # noqa: E402
-from engine.training.fit import FeatureMatrix  # noqa: E402
+from engine.core.routing.gate import Gate, fit_gate
+from engine.core.routing.learned import LearnedRouter
+from engine.training.fit import FeatureMatrix
 
 RAMPS = ((0.02, 0.03), (0.05, 0.06), (0.10, 0.11), (0.05, 0.15), (0.10, 0.25))
 CLUSTERS = (16, 32, 64)

@@ -31,13 +31,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_gate import apgr, learned_parts, outcomes, router_parts  # noqa: E402
-from routing_unseen import FILES, MODEL_WEIGHT, Router, concat, load_sets  # noqa: E402
+from routing_gate import apgr, learned_parts, outcomes, router_parts
+from routing_unseen import FILES, MODEL_WEIGHT, Router, concat, load_sets
 
-from engine.core.routing.decide import to_score  # noqa: E402
-from engine.core.routing.gate import Gate, fit_gate, fold  # noqa: E402
-from engine.core.routing.learned import DENSE_NAMES, LearnedRouter  # noqa: E402
-from engine.training.fit import FeatureMatrix, source_of, stratified_folds  # noqa: E402
+from engine.core.routing.decide import to_score
+from engine.core.routing.gate import Gate, fit_gate, fold
+from engine.core.routing.learned import DENSE_NAMES, LearnedRouter
+from engine.training.fit import FeatureMatrix, source_of, stratified_folds
 
 LEVEL = -0.005
 LOG_CHARS_ALL = DENSE_NAMES.index("log_chars_all")

@@ -53,12 +53,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.core import DEFAULT_MODEL_PATH, Config, LearnedRouter  # noqa: E402
-from engine.core.routing.decide import decide_route, model_threshold, to_score  # noqa: E402
-from engine.core.routing.learned import DENSE_NAMES  # noqa: E402
-from engine.core.routing.learned import request_for_prompt as ask  # noqa: E402
-from engine.core.routing.scoring import score_request  # noqa: E402
-from engine.training.evaluate import parse_rows, summarize  # noqa: E402
+from engine.core import DEFAULT_MODEL_PATH, Config, LearnedRouter
+from engine.core.routing.decide import decide_route, model_threshold, to_score
+from engine.core.routing.learned import DENSE_NAMES
+from engine.core.routing.learned import request_for_prompt as ask
+from engine.core.routing.scoring import score_request
+from engine.training.evaluate import parse_rows, summarize
 
 COMPARED_WEIGHT = 4.0
 

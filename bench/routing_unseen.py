@@ -43,9 +43,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

@@ -35,19 +35,19 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import make_config, open_router, percentile, redis_server  # noqa: E402
+from harness import make_config, open_router, percentile, redis_server
 
-from engine.core.cache.key import RequestKey  # noqa: E402
-from engine.core.cache.record import CacheRecord, encode_record  # noqa: E402
-from engine.core.cache.responses import ResponseCache  # noqa: E402
-from engine.core.cache.semantic import SemanticMatcher  # noqa: E402
-from engine.core.redis_address import RedisAddress  # noqa: E402
-from engine.messages import ChatResult, TextPart, Usage  # noqa: E402
-from engine.runtime.shared import open_shared  # noqa: E402
-from engine.runtime.shared_cache import SharedCache  # noqa: E402
-from engine.stores.redis import open_redis  # noqa: E402
-from engine.stores.redis.cache import Put, RedisCacheStore  # noqa: E402
-from engine.testing import open_fake_upstream  # noqa: E402
+from engine.core.cache.key import RequestKey
+from engine.core.cache.record import CacheRecord, encode_record
+from engine.core.cache.responses import ResponseCache
+from engine.core.cache.semantic import SemanticMatcher
+from engine.core.redis_address import RedisAddress
+from engine.messages import ChatResult, TextPart, Usage
+from engine.runtime.shared import open_shared
+from engine.runtime.shared_cache import SharedCache
+from engine.stores.redis import open_redis
+from engine.stores.redis.cache import Put, RedisCacheStore
+from engine.testing import open_fake_upstream
 
 WORDS = ("river mountain capital history protein engine violin harvest orbit glacier "
          "theorem market poetry climate neuron bridge desert lantern copper signal").split()

@@ -221,6 +221,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    import trio.testing  # noqa: F401  (wait_all_tasks_blocked)
+    import trio.testing
 
     trio.run(main)

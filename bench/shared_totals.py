@@ -31,7 +31,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import one_model_config, percentile, redis_server  # noqa: E402
+from harness import one_model_config, percentile, redis_server
 
 from engine.messages import ChatRequest, Message, TextPart
 from engine.runtime import RunContext, open_gateway

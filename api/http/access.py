@@ -196,7 +196,7 @@ def _sole_handler() -> Any:
         return None
     while logger is not None:
         if logger.handlers:
-            if logger.parent is not None and logger.propagate or len(logger.handlers) != 1:
+            if (logger.parent is not None and logger.propagate) or len(logger.handlers) != 1:
                 return None
             handler = logger.handlers[0]
             return handler if hasattr(handler, "line") else None

@@ -11,7 +11,6 @@ by :func:`this_request_id`); answered ones also carry the routing headers (docs/
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import hmac
 import logging
@@ -51,15 +50,12 @@ from engine.runtime import (
 from engine.wire import ANTHROPIC, OPENAI, WireProtocol
 
 from .access import Exchange, Observer
-from .feedback import parse_feedback
-from .metrics import CONTENT_TYPE, render_metrics
+from .admin import apply_changes, check_admin, parse_changes, parse_settings
 from .chat import Authenticator, ChatEndpoint, Reply, error_reply
 from .chat_front import ChatFront
-from .relay import SSE_HEADERS, EndBodies
-from .stream_writes import StreamWriteDeadline
-from .admin import apply_changes, check_admin, parse_changes, parse_settings
 from .dashboard import add_dashboard
-from .tenancy import client_key, tenant_of
+from .feedback import parse_feedback
+from .metrics import CONTENT_TYPE, render_metrics
 from .openapi import openapi_document
 from .params import (
     AFTER,
@@ -72,6 +68,9 @@ from .params import (
     prefers_async,
     run_status,
 )
+from .relay import SSE_HEADERS, EndBodies
+from .stream_writes import StreamWriteDeadline
+from .tenancy import client_key, tenant_of
 from .workflows import WorkflowAPI, parse_call, run_events_sse
 
 __all__ = ["create_app"]

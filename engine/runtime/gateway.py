@@ -46,11 +46,14 @@ from engine.errors import NotFound, RouterError, StoreUnavailable
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
 from engine.stores.keys import KeyStore, SqliteKeyStore
-from engine.stores.runs import RunStore
 from engine.stores.redis import RedisKeyStore, RedisRunStore
+from engine.stores.runs import RunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
+from .cache_thresholds import MemoryThresholds, SharedThresholds, TenantThresholds
+from .comparisons import Comparisons
 from .dedup import FlightRegistry
+from .embeddings import RemoteEmbedder
 from .executor import RunNode, execute
 from .failover import BackendCaller
 from .feed import ChatStream
@@ -60,9 +63,6 @@ from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, RoutingPolicy
 from .runs import Runs
 from .shared import Shared, open_shared
-from .cache_thresholds import MemoryThresholds, SharedThresholds, TenantThresholds
-from .comparisons import Comparisons
-from .embeddings import RemoteEmbedder
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
 from .shared_health import SharedHealth

@@ -36,7 +36,6 @@ import trio
 
 from engine.core.config import Config
 from engine.core.routing.calibration import Adjustment, Report, calibrate
-from engine.core.routing.learned import Belief
 from engine.core.routing.decide import (
     LearnedScorer,
     Route,
@@ -45,6 +44,7 @@ from engine.core.routing.decide import (
     model_threshold,
     to_score,
 )
+from engine.core.routing.learned import Belief
 from engine.errors import NotFound, RequestInvalid, RouterError, StoreUnavailable, echo
 from engine.messages import ChatRequest, TextPart, ToolCall, ToolResult
 from engine.stores.feedback import FeedbackStore

@@ -23,6 +23,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict, deque
+
 import trio
 
 from engine.core.cache.key import RequestKey

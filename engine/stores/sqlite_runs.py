@@ -68,7 +68,7 @@ _COLUMNS = "run_id, tenant, idem_key, status, created_at, finished_at, spec, fie
 class _Pending:
     """One change waiting in a group commit; ``outcome`` is its event's seq or its error."""
 
-    __slots__ = ("run_id", "change", "now", "written", "outcome")
+    __slots__ = ("change", "now", "outcome", "run_id", "written")
 
     def __init__(self, run_id: str, change: RunChange, now: float) -> None:
         self.run_id, self.change, self.now = run_id, change, now

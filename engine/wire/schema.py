@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ROUTER_CACHE",
     "Anything",
     "Const",
     "Either",
@@ -28,7 +29,6 @@ __all__ = [
     "Flag",
     "ListOf",
     "Num",
-    "ROUTER_CACHE",
     "Spec",
     "Text",
     "to_schema",

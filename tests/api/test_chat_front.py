@@ -14,8 +14,8 @@ import orjson
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from support_protocols import wait_until_cancelled
 from router_harness import make_config
+from support_protocols import wait_until_cancelled
 from support_routing import model_entry, open_router_client
 
 from api.http.app import create_app

@@ -18,7 +18,6 @@ from support_routing import RouterClient, model_entry, open_router_client, wait_
 from engine.errors import ConfigInvalid
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
-
 PROMPT = "Which prime number follows the number seventeen?"
 VERDICT = '{"answer_1": 1, "answer_2": 0}'
 COSTS = {"cost_per_1k_in": 1.0, "cost_per_1k_out": 1.0}
@@ -124,11 +123,10 @@ async def test_a_streamed_answer_is_compared_once_it_has_streamed(
     fake_upstream.set_default("judge", Behaviour(text=VERDICT))
     async with open_router_client(models(fake_upstream), learned=learned()) as client:
         async with anthropic.AsyncAnthropic(base_url=client.url, api_key="t",
-                                            max_retries=0) as claude:
-            async with claude.messages.stream(
-                model="auto", max_tokens=64,
-                messages=[{"role": "user", "content": PROMPT}]) as stream:
-                text = await stream.get_final_text()
+                                            max_retries=0) as claude, claude.messages.stream(
+            model="auto", max_tokens=64,
+            messages=[{"role": "user", "content": PROMPT}]) as stream:
+            text = await stream.get_final_text()
         assert text == f"[cheap] {PROMPT}"
         state = await compared(client, "reported", 1)
         assert served_first(fake_upstream) == (

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_learned import FAST, synthetic_rows
 
 from engine.core.cache.similarity import Embedder
 from engine.core.config import Config, LearnedConfig, ModelConfig
@@ -23,8 +24,6 @@ from engine.core.routing.learned import (
 )
 from engine.errors import RouterError
 from engine.training.fit import train_router
-
-from test_learned import FAST, synthetic_rows
 
 # The shipped router's training rows are multiple-choice questions, science, coding tasks
 # and fill-in-the-blank sentences; these are not.

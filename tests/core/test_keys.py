@@ -3,7 +3,7 @@ admin API takes, rate limits (GCRA) and budgets (reserve, then settle)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -95,14 +95,14 @@ def test_concurrent_admissions_overspend_by_at_most_one_request(costs: list[floa
 
 
 def test_periods() -> None:
-    friday = datetime(2026, 12, 4, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+    friday = datetime(2026, 12, 4, 23, 59, 59, tzinfo=UTC).timestamp()
     assert period_key("day", friday) == "2026-12-04"
     assert period_key("week", friday) == "2026-W49" and period_key("month", friday) == "2026-12"
-    assert period_reset("day", friday) == datetime(2026, 12, 5, tzinfo=timezone.utc).timestamp()
+    assert period_reset("day", friday) == datetime(2026, 12, 5, tzinfo=UTC).timestamp()
     assert period_reset("week", friday) == datetime(2026, 12, 7,
-                                                    tzinfo=timezone.utc).timestamp()
+                                                    tzinfo=UTC).timestamp()
     assert period_reset("month", friday) == datetime(2027, 1, 1,
-                                                     tzinfo=timezone.utc).timestamp()
+                                                     tzinfo=UTC).timestamp()
     assert period_reset("total", friday) is None
 
 
@@ -126,8 +126,8 @@ def test_settings_refuse_what_they_cannot_mean(body: dict[str, object], fragment
 def test_expiry_and_updates() -> None:
     settings = KeySettings(name="t", expires_at=datetime(2026, 1, 1))
     assert settings.expires_at is not None and settings.expires_at.tzinfo is not None
-    assert settings.expired(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())
-    assert not settings.expired(datetime(2025, 12, 31, tzinfo=timezone.utc).timestamp())
+    assert settings.expired(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    assert not settings.expired(datetime(2025, 12, 31, tzinfo=UTC).timestamp())
     assert settings.updated({"expires_at": None}).expired(1e12) is False
     with pytest.raises(ValidationError):
         settings.updated({"rpm": -5})

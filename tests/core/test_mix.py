@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from engine.core.routing.learned import DENSE_NAMES
 from engine.core.routing.floor import MIN_JUDGED
+from engine.core.routing.learned import DENSE_NAMES
 from engine.core.routing.mix import fit_mix
 from engine.core.routing.online import OnlineSettings, OnlineState, learn, predict
 

@@ -21,9 +21,9 @@ from support_health import CpuSplit, cpu_split
 from support_routing import model_entry, open_router_client
 
 from engine.core.config import Config
+from engine.core.routing import scoring
 from engine.core.routing.decide import Thresholds, decide_route
 from engine.core.routing.learned import Belief
-from engine.core.routing import scoring
 from engine.core.routing.scoring import Score, score_request, tier_for_score
 from engine.messages import (
     ChatRequest,

@@ -20,6 +20,7 @@ import openai
 import pytest
 import trio
 import trio.testing
+from support_hold_relay import HoldRelay, open_hold_relay, wait_all_in
 from support_protocols import (
     OA_SMALL,
     SDK_STREAM_LEAKS,
@@ -31,7 +32,6 @@ from support_protocols import (
     user,
     wait_until_cancelled,
 )
-from support_hold_relay import HoldRelay, open_hold_relay, wait_all_in
 
 from engine.errors import ClientTooSlow, RouterError, UpstreamError
 from engine.runtime.dedup import FlightRegistry, Listener, Publish

@@ -45,14 +45,13 @@ async def test_a_write_larger_than_the_kernel_buffer_waits_and_arrives_whole() -
 
 
 async def test_a_read_that_waits_gets_the_bytes_written_later() -> None:
-    async with _pair() as (left, right):
-        async with trio.open_nursery() as nursery:
-            async def later() -> None:
-                await trio.sleep(0.05)
-                await send_all(left, b"hello")
+    async with _pair() as (left, right), trio.open_nursery() as nursery:
+        async def later() -> None:
+            await trio.sleep(0.05)
+            await send_all(left, b"hello")
 
-            nursery.start_soon(later)
-            assert await receive_some(right, 100) == b"hello"
+        nursery.start_soon(later)
+        assert await receive_some(right, 100) == b"hello"
 
 
 async def test_a_read_or_a_write_past_its_deadline_is_too_slow() -> None:
@@ -75,15 +74,14 @@ async def test_the_end_of_the_stream_and_a_closed_stream() -> None:
 
 
 async def test_a_read_waiting_when_its_stream_is_closed_fails_as_closed() -> None:
-    async with _pair() as (left, right):
-        async with trio.open_nursery() as nursery:
-            async def close_soon() -> None:
-                await trio.sleep(0.05)
-                await right.aclose()
+    async with _pair() as (left, right), trio.open_nursery() as nursery:
+        async def close_soon() -> None:
+            await trio.sleep(0.05)
+            await right.aclose()
 
-            nursery.start_soon(close_soon)
-            with pytest.raises(trio.ClosedResourceError):
-                await receive_some(right, 100)
+        nursery.start_soon(close_soon)
+        with pytest.raises(trio.ClosedResourceError):
+            await receive_some(right, 100)
 
 
 async def test_a_write_to_a_reset_connection_is_broken() -> None:

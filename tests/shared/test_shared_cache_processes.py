@@ -19,7 +19,6 @@ from support_routing import wait_for
 from engine.testing.fake_upstream import FakeUpstream
 
 
-
 def write_config(folder: Path, fake: FakeUpstream, redis: RedisServer) -> Path:
     return write_router_config(folder, redis.url, [fake_model(fake, "m")],
                                cache={"enabled": True})

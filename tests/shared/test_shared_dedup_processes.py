@@ -20,8 +20,8 @@ import orjson
 import trio
 from support_flights import PROMPT, Answer, answer_text, ask, burst, claims, said
 from support_hold_relay import HoldRelay, open_hold_relay, wait_all_in
-from support_redis import RedisServer
 from support_processes import fake_model, router_process, write_router_config
+from support_redis import RedisServer
 from support_routing import user, wait_for
 
 from engine.testing.fake_upstream import Behaviour, FakeUpstream

@@ -11,8 +11,8 @@ import trio
 import trio.testing
 from support_redis import RedisServer
 
-from engine.errors import StoreUnavailable
 from engine.core.redis_address import RedisAddress
+from engine.errors import StoreUnavailable
 from engine.stores.redis import Redis, ReplyError, Script, open_redis
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import trio
 from support_key_store import open_redis_key_store
+from support_redis import RedisServer
 from test_key_stores import make_key
 
 from engine.core.redis_address import RedisAddress
 from engine.stores.redis import RedisKeyStore
 from engine.stores.redis.keys import HOLD_SEC, NEWS, Admission, Settlement
-from support_redis import RedisServer
 
 NOW = 1_780_000_000.0
 

@@ -7,7 +7,7 @@ enough to keep, and refuses a schema keyword it does not know instead of ignorin
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 from hypothesis import strategies as st
@@ -64,7 +64,7 @@ def from_schema(schema: Any, *, root: dict[str, Any] | None = None) -> st.Search
             _bound(schema.get("minimum"), up=True), _bound(schema.get("maximum")))
     if kind == "string":
         if schema.get("format") == "date-time":
-            return st.datetimes(timezones=st.just(timezone.utc)).map(lambda d: d.isoformat())
+            return st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat())
         return st.text(min_size=schema.get("minLength", 0),
                        max_size=min(schema.get("maxLength", 40), 40))
     if kind == "array":

@@ -91,7 +91,7 @@ class Browser:
         return await self.call(wait.until, condition, f"the dashboard never showed {what}")
 
     async def text(self, selector: str) -> str:
-        
+
         return await self.call(lambda: self.driver.find_element(CSS, selector).text)
 
     async def script(self, source: str, *args: Any) -> Any:
@@ -110,7 +110,7 @@ class Browser:
 async def connect(browser: Browser, url: str, key: str) -> None:
     """Open the dashboard at ``url`` and give it ``key`` through its prompt, as a person
     would."""
-    
+
     await browser.get(url + "/ui")
     await browser.wait_for(
         lambda d: d.find_element(ID, "login").get_attribute("open") is not None,

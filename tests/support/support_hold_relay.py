@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import trio
-from support_loopback import serve_loopback
 import trio.testing
+from support_loopback import serve_loopback
 
 from engine.testing.fake_upstream import FakeUpstream
 

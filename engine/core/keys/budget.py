@@ -17,7 +17,7 @@ maximum cost (the one admitted just below the line), never by all that were in f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 __all__ = ["PERIODS", "Ledger", "Period", "period_key", "period_reset"]
@@ -28,7 +28,7 @@ PERIODS: tuple[Period, ...] = ("day", "week", "month", "total")
 
 def period_key(period: Period, now: float) -> str:
     """Names the budget period ``now`` falls in (UTC; weeks start on Monday, ISO numbering)."""
-    at = datetime.fromtimestamp(now, timezone.utc)
+    at = datetime.fromtimestamp(now, UTC)
     if period == "day":
         return at.strftime("%Y-%m-%d")
     if period == "week":
@@ -41,7 +41,7 @@ def period_key(period: Period, now: float) -> str:
 
 def period_reset(period: Period, now: float) -> float | None:
     """When the period ``now`` falls in ends (a Unix time), or None for ``total``."""
-    at = datetime.fromtimestamp(now, timezone.utc)
+    at = datetime.fromtimestamp(now, UTC)
     day = at.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "day":
         end = day + timedelta(days=1)

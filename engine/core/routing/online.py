@@ -77,9 +77,9 @@ from typing import Any
 
 import numpy as np
 
-from .learned import DENSE_NAMES
 from .floor import BLOCK, MIN_JUDGED, WINDOW, concordance, judged, opening, row_blocks
 from .floor import describe as describe_floor
+from .learned import DENSE_NAMES
 from .mix import KEPT, Mix, fit_mix
 from .regions import Regions
 from .snapshot import Snapshot

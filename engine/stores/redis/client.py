@@ -57,7 +57,7 @@ class Script:
 
 
 class _Slot:
-    __slots__ = ("reply", "done")
+    __slots__ = ("done", "reply")
 
     def __init__(self) -> None:
         self.reply: Reply | BaseException = None
