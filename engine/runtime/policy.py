@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import trio
 
 from engine.core.config import Config
-from engine.core.routing.calibration import Adjustment, Report, calibrate
+from engine.core.routing.calibration import Adjustment, Report, calibrate, read_windows
 from engine.core.routing.decide import (
     LearnedScorer,
     Route,
@@ -270,7 +270,9 @@ class RoutingPolicy:
                 # step needs min_samples fresh reports and a burst cannot swing routing.
                 spent = await self.store.spent(("tier1_max", "tier2_max"))
                 reports = await self.store.reports(
-                    after={1: spent["tier1_max"], 2: spent["tier2_max"]}
+                    after={1: spent["tier1_max"], 2: spent["tier2_max"]},
+                    windows=read_windows(tier1_max=self.tier1_max, tier2_max=self.tier2_max,
+                                         max_step=settings.max_step, band=settings.band),
                 )
                 changes = calibrate(
                     reports, tier1_max=self.tier1_max, tier2_max=self.tier2_max,

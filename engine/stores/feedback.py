@@ -22,10 +22,12 @@ from typing import Any
 
 import trio
 
-from engine.core.routing.calibration import Adjustment, Report
+from engine.core.routing.calibration import Adjustment, Report, Windows
 from engine.errors import RouterError
 
 __all__ = ["FeedbackStore"]
+
+_MARGIN = 0.01  # score points each side of a read window (see ``reports``)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -88,18 +90,33 @@ class FeedbackStore:
         await self._run(insert)
 
     async def reports(self, *, after: Mapping[int, int] | None = None,
-                      limit: int = 50_000) -> list[Report]:
-        """The most recent reports (calibration looks at these); ``after`` maps a tier to the
-        last report id to leave out for it (:meth:`spent`)."""
+                      limit: int = 50_000, windows: Windows | None = None) -> list[Report]:
+        """The most recent ``limit`` reports (calibration looks at these); ``after`` maps a
+        tier to the last report id to leave out for it (:meth:`spent`). With ``windows``
+        (``engine.core.routing.calibration.read_windows``), only those of the tiers and the
+        scores a calibration reads (and a few just outside, which it ignores), picked by
+        SQLite rather than built and dropped here: a fraction of the reports."""
         after = dict(after or {})
 
         def select() -> list[Report]:
+            if windows is None:
+                rows = self.db.execute(
+                    "SELECT id, score, tier, quality FROM feedback ORDER BY id DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+                return [Report(score, tier, quality) for id_, score, tier, quality in rows
+                        if id_ > after.get(tier, 0)]
+            wanted: list[str] = []
+            params: list[float] = [limit]
+            for tier, (low, high) in windows.items():
+                wanted.append("(tier = ? AND id > ? AND score * 100 > ? AND score * 100 <= ?)")
+                # SQLite's float arithmetic is not calibration's rounding: a margin each side
+                params += [tier, after.get(tier, 0), low - _MARGIN, high + _MARGIN]
             rows = self.db.execute(
-                "SELECT id, score, tier, quality FROM feedback ORDER BY id DESC LIMIT ?",
-                (limit,),
+                "SELECT score, tier, quality FROM (SELECT id, score, tier, quality FROM feedback"
+                " ORDER BY id DESC LIMIT ?) WHERE " + " OR ".join(wanted), params,
             ).fetchall()
-            return [Report(score, tier, quality) for id_, score, tier, quality in rows
-                    if id_ > after.get(tier, 0)]
+            return [Report(score, tier, quality) for score, tier, quality in rows]
 
         result: list[Report] = await self._run(select)
         return result

@@ -12,7 +12,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.routing.calibration import Adjustment, Report, calibrate, calibrate_threshold
+from engine.core.routing.calibration import (
+    Adjustment,
+    Report,
+    calibrate,
+    calibrate_threshold,
+    read_windows,
+    within,
+)
 
 TIER1 = {"name": "tier1_max", "tier": 1, "target": 0.8, "min_samples": 20, "max_step": 5,
          "band": 10}
@@ -221,3 +228,25 @@ def test_good_news_never_lowers_and_bad_news_never_raises(
         for change in calibrate(bad, tier1_max=t1, tier2_max=t2, target=target,
                                 min_samples=3, max_step=5, band=10):
             assert change.new < change.old, change
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    reports=reports_st,
+    thresholds=thresholds_st(),
+    target=st.floats(0, 1, allow_nan=False),
+    min_samples=st.integers(1, 30),
+    max_step=st.integers(1, 50),
+    band=st.integers(1, 100),
+)
+def test_the_reports_outside_the_read_windows_change_nothing(
+    reports: list[Report], thresholds: tuple[int, int], target: float, min_samples: int,
+    max_step: int, band: int,
+) -> None:
+    """A store may give calibration only the reports ``read_windows`` names."""
+    t1, t2 = thresholds
+    settings = {"tier1_max": t1, "tier2_max": t2, "target": target,
+                "min_samples": min_samples, "max_step": max_step, "band": band}
+    windows = read_windows(tier1_max=t1, tier2_max=t2, max_step=max_step, band=band)
+    read = [r for r in reports if within(r, windows)]
+    assert calibrate(read, **settings) == calibrate(reports, **settings)

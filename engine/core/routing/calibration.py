@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Adjustment", "Report", "calibrate", "calibrate_threshold"]
+__all__ = ["Adjustment", "Report", "calibrate", "calibrate_threshold", "read_windows", "within"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,29 @@ def calibrate_threshold(
             return Adjustment(name, current, new, n, quality,
                               f"tier {tier} falls short of the quality target at {current}")
     return None
+
+
+#: Per tier, the scores (0-100: ``low < score <= high``) a calibration may read.
+Windows = dict[int, tuple[int, int]]
+
+
+def read_windows(*, tier1_max: int, tier2_max: int, max_step: int, band: int) -> Windows:
+    """The reports :func:`calibrate` with these settings can read: tier 1's and tier 2's
+    whose scores fall within ``band`` below the threshold up to ``max_step`` above it (each
+    candidate's boundary band lies there). Any other report leaves every band unchanged, so a
+    store may leave it out: the answer is the same, from a fraction of the reports.
+
+    >>> read_windows(tier1_max=30, tier2_max=70, max_step=5, band=15)
+    {1: (15, 35), 2: (55, 75)}
+    """
+    return {1: (tier1_max - band, tier1_max + max_step),
+            2: (tier2_max - band, tier2_max + max_step)}
+
+
+def within(report: Report, windows: Windows) -> bool:
+    """Whether ``report`` is one of those ``windows`` may read (as :func:`_band` rounds)."""
+    window = windows.get(report.tier)
+    return window is not None and window[0] < round(report.score * 100, 6) <= window[1]
 
 
 def calibrate(
