@@ -125,6 +125,33 @@ async def test_concurrent_calls_overspend_a_budget_by_at_most_one(
     assert len(fake_upstream.requests("small")) == paid
 
 
+async def test_a_spent_budget_is_429_budget_exceeded_in_both_protocols(
+    fake_upstream: FakeUpstream,
+) -> None:
+    # SPEC: "Past the budget: 429 with code budget_exceeded (OpenAI error shape on
+    # /v1/chat/completions, Anthropic's on /v1/messages)".
+    async with open_router_client(models(fake_upstream), server={"admin_key": ADMIN},
+                                  cache={"enabled": False}) as client:
+        _, secret = await new_key(client, budget_usd=1.0, budget_period="month")
+        assert (await as_key(client, secret, chat_body(text="one"))).status_code == 200
+        async with openai.AsyncOpenAI(base_url=client.router.v1, api_key=secret,
+                                      max_retries=0) as sdk:
+            with pytest.raises(openai.RateLimitError) as refused:
+                await sdk.chat.completions.create(**chat_body(text="two"))
+        assert refused.value.code == "budget_exceeded"
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        async with anthropic.AsyncAnthropic(base_url=client.url, api_key=secret,
+                                            max_retries=0) as claude:
+            with pytest.raises(anthropic.RateLimitError) as caught:
+                await claude.messages.create(model="small", max_tokens=10,
+                                             messages=[{"role": "user", "content": "three"}])
+        body = caught.value.body
+        assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+        assert body["error"]["code"] == "budget_exceeded"
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+        assert len(fake_upstream.requests("small")) == 1
+
+
 async def test_a_workflow_counts_against_the_budget_op_by_op(fake_upstream: FakeUpstream) -> None:
     chain = yaml.safe_dump({"ops": {
         "a": {"prompt": "A.", "model": "small", "max_tokens": 10},
