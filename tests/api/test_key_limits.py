@@ -67,6 +67,23 @@ async def test_models_and_max_tier(fake_upstream: FakeUpstream) -> None:
         assert fake_upstream.requests("big") == []
 
 
+async def test_failover_never_goes_above_max_tier(fake_upstream: FakeUpstream) -> None:
+    # SPEC: "routing never goes above max_tier": not when the key's tier fails either.
+    entries = models(fake_upstream)
+    fake_upstream.set_default("small", Behaviour(status=503))
+    async with open_router_client(entries, server={"admin_key": ADMIN},
+                                  cache={"enabled": False}) as client:
+        _, capped = await new_key(client, max_tier=1)
+        refused = await as_key(client, capped, chat_body("auto", "hello"))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "no_backend_available"
+        assert fake_upstream.requests("big") == []
+        _, free = await new_key(client)  # without a cap, failover does reach tier 2
+        answered = await as_key(client, free, chat_body("auto", "hello again"))
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["x-llm-router-model"] == "big"
+
+
 async def test_requests_per_minute_in_both_protocols(fake_upstream: FakeUpstream) -> None:
     async with open_router_client(models(fake_upstream), server={"admin_key": ADMIN}) as client:
         _, secret = await new_key(client, rpm=2)
