@@ -1,6 +1,7 @@
 """Calling upstream with failover: the backend-choice and call decisions of a node.
 
-For a routed request, the pool orders the tier's usable backends, then each higher tier's;
+For a routed request, the pool orders the tier's usable backends, then each higher tier's (up
+to the route's ``max_tier``, a client key's, when it has one);
 connection refused, a 5xx, a 429 and timeouts *before the first byte has been relayed* move on
 to the next one, and every failure is reported to the pool. A pinned model is tried alone.
 When nothing can serve, the error explains why: 503 with each backend's reason, or 429 with a
@@ -107,16 +108,23 @@ class BackendCaller:
                 return [backend]
             raise self._nothing_to_try([backend], now)
         accepts = None
-        if needs:
-            accepts = partial(self._serves, needs)
+        if needs or route.max_tier is not None:
+            accepts = partial(self._serves, needs, route.max_tier)
         order, skipped = self.pool.candidates(route.tier, now, prefer=prefer, accepts=accepts)
         if not order:
+            if (not skipped and route.max_tier is not None
+                    and not any(t <= route.max_tier for t in self.pool.tiers)):
+                raise NoBackendAvailable(
+                    f"no model is configured at or below tier {route.max_tier}, the client "
+                    "key's max_tier")
             if not skipped:  # nothing configured serves what the request needs
                 raise self._unservable(needs)
             raise self._nothing_to_try(skipped, now)
         return order
 
-    def _serves(self, needs: frozenset[str], model: ModelConfig) -> bool:
+    def _serves(self, needs: frozenset[str], max_tier: int | None, model: ModelConfig) -> bool:
+        if max_tier is not None and model.tier > max_tier:
+            return False
         return needs <= self._providers[model.name].supports
 
     async def complete(

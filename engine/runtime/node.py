@@ -245,9 +245,11 @@ class NodeRunner:
     ) -> NodeResult:
         route = await self.policy.route(request, tier=node.tier)
         cap = ctx.key.settings.max_tier if ctx.key is not None else None
-        if cap is not None and route.pinned is None and route.tier > cap:
-            # The cheapest tier that fits is above what the key may use: the best it may.
-            route = dataclasses.replace(route, tier=cap, router=route.router + "+capped")
+        if cap is not None and route.pinned is None:
+            if route.tier > cap:
+                # The cheapest tier that fits is above what the key may use: the best it may.
+                route = dataclasses.replace(route, tier=cap, router=route.router + "+capped")
+            route = dataclasses.replace(route, max_tier=cap)  # failover stays within it too
         share = self.config.dedup.enabled
         cache = self.cache if self._cacheable(request) else None
         key = None

@@ -92,6 +92,21 @@ async def test_auto_is_routed_with_headers(env: ProtocolEnv) -> None:
     assert env.sent(OA_SMALL)["model"] == "gpt-small-id"
 
 
+async def test_omitted_model_is_routed_like_auto(env: ProtocolEnv) -> None:
+    # SPEC: "A request whose `model` is omitted or "auto" is routed" (either endpoint).
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            env.router.v1 + "/messages",
+            json={"max_tokens": 32, "messages": user("hi without a model")},
+            headers={"x-api-key": "client-key", "anthropic-version": "2023-06-01"},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["content"][0]["text"] == "[oa-small] hi without a model"
+    assert response.headers["x-llm-router-tier"] == "1"
+    assert response.headers["x-llm-router-model"] == "gpt-small"
+    assert response.headers["x-llm-router-router"] != "pinned"
+
+
 async def test_configured_model_name_pins_it(env: ProtocolEnv) -> None:
     raw = await env.anthropic.messages.with_raw_response.create(
         model="claude-big", max_tokens=32, messages=user("tiny")

@@ -67,6 +67,23 @@ async def test_models_and_max_tier(fake_upstream: FakeUpstream) -> None:
         assert fake_upstream.requests("big") == []
 
 
+async def test_failover_never_goes_above_max_tier(fake_upstream: FakeUpstream) -> None:
+    # SPEC: "routing never goes above max_tier": not when the key's tier fails either.
+    entries = models(fake_upstream)
+    fake_upstream.set_default("small", Behaviour(status=503))
+    async with open_router_client(entries, server={"admin_key": ADMIN},
+                                  cache={"enabled": False}) as client:
+        _, capped = await new_key(client, max_tier=1)
+        refused = await as_key(client, capped, chat_body("auto", "hello"))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "no_backend_available"
+        assert fake_upstream.requests("big") == []
+        _, free = await new_key(client)  # without a cap, failover does reach tier 2
+        answered = await as_key(client, free, chat_body("auto", "hello again"))
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["x-llm-router-model"] == "big"
+
+
 async def test_requests_per_minute_in_both_protocols(fake_upstream: FakeUpstream) -> None:
     async with open_router_client(models(fake_upstream), server={"admin_key": ADMIN}) as client:
         _, secret = await new_key(client, rpm=2)
@@ -123,6 +140,33 @@ async def test_concurrent_calls_overspend_a_budget_by_at_most_one(
     assert spent == pytest.approx(paid * 0.55)
     assert spent + 0.55 >= 1.65 and spent <= 1.65 + most  # used up, overspent by at most one
     assert len(fake_upstream.requests("small")) == paid
+
+
+async def test_a_spent_budget_is_429_budget_exceeded_in_both_protocols(
+    fake_upstream: FakeUpstream,
+) -> None:
+    # SPEC: "Past the budget: 429 with code budget_exceeded (OpenAI error shape on
+    # /v1/chat/completions, Anthropic's on /v1/messages)".
+    async with open_router_client(models(fake_upstream), server={"admin_key": ADMIN},
+                                  cache={"enabled": False}) as client:
+        _, secret = await new_key(client, budget_usd=1.0, budget_period="month")
+        assert (await as_key(client, secret, chat_body(text="one"))).status_code == 200
+        async with openai.AsyncOpenAI(base_url=client.router.v1, api_key=secret,
+                                      max_retries=0) as sdk:
+            with pytest.raises(openai.RateLimitError) as refused:
+                await sdk.chat.completions.create(**chat_body(text="two"))
+        assert refused.value.code == "budget_exceeded"
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        async with anthropic.AsyncAnthropic(base_url=client.url, api_key=secret,
+                                            max_retries=0) as claude:
+            with pytest.raises(anthropic.RateLimitError) as caught:
+                await claude.messages.create(model="small", max_tokens=10,
+                                             messages=[{"role": "user", "content": "three"}])
+        body = caught.value.body
+        assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+        assert body["error"]["code"] == "budget_exceeded"
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+        assert len(fake_upstream.requests("small")) == 1
 
 
 async def test_a_workflow_counts_against_the_budget_op_by_op(fake_upstream: FakeUpstream) -> None:

@@ -55,7 +55,8 @@ def test_render_error_names_the_param() -> None:
     err = RequestInvalid("must be a number", param="temperature")
     assert orjson.loads(render_error(err)) == {
         "type": "error",
-        "error": {"type": "invalid_request_error", "message": "temperature: must be a number"},
+        "error": {"type": "invalid_request_error", "message": "temperature: must be a number",
+                  "code": "invalid_request"},
     }
     with pytest.raises(RequestInvalid) as info:
         parse_request(body(temperature="x"))

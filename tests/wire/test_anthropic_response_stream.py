@@ -299,7 +299,8 @@ def test_stream_encoder_error_is_terminal() -> None:
     encoder.start()
     encoder.encode(TextDelta("partial"))
     events = sse_events(encoder.error(UpstreamTimeout("upstream took too long")))
-    error = {"type": "timeout_error", "message": "upstream took too long"}
+    error = {"type": "timeout_error", "message": "upstream took too long",
+             "code": "upstream_timeout"}
     assert events == [("error", {"type": "error", "error": error})]
     assert encoder.encode(Finish()) == b""
 
@@ -422,5 +423,6 @@ def test_sdk_raises_on_an_error_event() -> None:
     assert "all backends are down" in str(info.value)
     assert info.value.body == {  # type: ignore[comparison-overlap]
         "type": "error",
-        "error": {"type": "overloaded_error", "message": "all backends are down"},
+        "error": {"type": "overloaded_error", "message": "all backends are down",
+                  "code": "no_backend_available"},
     }

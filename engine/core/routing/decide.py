@@ -69,6 +69,7 @@ class Route:
     ``score`` is the complexity score (0-100) whenever one was computed; ``router`` says who
     decided (the ``X-LLM-Router-Router`` header); ``value`` is the score before rounding and
     ``belief`` the trained router's, which feedback on this request learns from.
+    ``max_tier``, when set, bounds the tiers the pool may try (failover included).
     """
 
     tier: int
@@ -77,6 +78,9 @@ class Route:
     router: str = "heuristic"
     value: float | None = None
     belief: Belief | None = None
+    #: The highest tier the caller may reach (a client key's ``max_tier``): failover never
+    #: goes above it.
+    max_tier: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """Anthropic's error object, both ways: written to clients, read from upstreams. Sans-IO.
 
-``{"type": "error", "error": {"type": ..., "message": ...}}``, with ``error.type`` chosen by
-HTTP status as Anthropic's errors documentation lists it; the official SDK maps the status to
-its exception classes.
+``{"type": "error", "error": {"type": ..., "message": ..., "code": ...}}``, with ``error.type``
+chosen by HTTP status as Anthropic's errors documentation lists it (the official SDK maps the
+status to its exception classes) and ``error.code`` the router's stable code from the error
+tree (``budget_exceeded``, ``rate_limited``, ...), the same one the OpenAI shape carries.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def render_error(err: RouterError) -> bytes:
     if err.param and not message.startswith(err.param):
         message = f"{err.param}: {message}"
     return orjson.dumps(
-        {"type": "error", "error": {"type": error_type(err.status), "message": message}}
+        {"type": "error",
+         "error": {"type": error_type(err.status), "message": message, "code": err.code}}
     )
 
 

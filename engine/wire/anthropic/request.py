@@ -65,7 +65,7 @@ def parse_request(body: bytes) -> ChatRequest:
 
     Fields that do not change the answer (``service_tier``, ...) are ignored; those that do
     and that the router cannot honour (extended ``thinking``, MCP servers, ...) are refused.
-    ``model: "auto"`` leaves the choice to the router.
+    ``model`` omitted (or null) or ``"auto"`` leaves the choice to the router.
 
     Raises:
         RequestInvalid: the body is not a valid Messages request; ``param`` is the field path.
@@ -76,7 +76,9 @@ def parse_request(body: bytes) -> ChatRequest:
         raise RequestInvalid(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestInvalid("the request body must be a JSON object")
-    model = _string(data, "model", "model", required=True)
+    model = _string(data, "model", "model")
+    if model == "":
+        raise _invalid("model", "must not be empty")
     max_tokens = _integer(data, "max_tokens", required=True)
     metadata = _optional(data, "metadata", dict, "an object") or {}
     tool_choice, parallel = _parse_tool_choice(data.get("tool_choice"))
@@ -89,7 +91,7 @@ def parse_request(body: bytes) -> ChatRequest:
             raise _invalid(name, problem)
     return ChatRequest(
         messages=_parse_messages(data.get("messages")),
-        model=None if model == "auto" else model,
+        model=None if model in (None, "auto") else model,
         system=_parse_system(data.get("system")),
         tools=_parse_tools(data.get("tools")),
         tool_choice=tool_choice,
