@@ -323,7 +323,8 @@ def openapi_document() -> JSON:
         "components": {
             "schemas": schemas,
             "responses": _error_responses(),
-            "headers": {"RequestId": {"description": "24 hex digits, new for each request; "
+            "headers": {"RequestId": {"description": "req_ and 24 hex digits, new for each "
+                                                     "request; "
                                                      "also in X-LLM-Router-Request-Id.",
                                       "schema": {"type": "string"}}},
             "securitySchemes": _SCHEMES,

@@ -346,7 +346,8 @@ async def test_every_response_carries_its_own_request_id(guarded: RouterClient) 
     for response in responses:
         request_id = response.headers["x-llm-router-request-id"]
         assert response.headers["x-request-id"] == request_id, response.url
-        assert len(request_id) == 24 and int(request_id, 16) >= 0
+        assert request_id.startswith("req_") and len(request_id) == 28
+        assert int(request_id[4:], 16) >= 0
         ids.append(request_id)
     assert len(set(ids)) == len(ids)
     assert [r.status_code for r in responses] == [200, 200, 200, 404, 400, 200, 200, 200, 404,

@@ -57,7 +57,7 @@ async def test_feedback_reaches_the_process_that_answered(
             async with router_process(config_b) as (_, b):
                 of_a = await answered_by(http, a, "Which prime number follows seventeen?")
                 of_b = await answered_by(http, b, "Name the river that flows through Vienna.")
-                assert of_a[:8] != of_b[:8]  # each process's ids carry its own tag
+                assert of_a[4:12] != of_b[4:12]  # each process's ids carry its own tag
 
                 # Each report goes to the process that did not answer it.
                 for url, request_id in ((b, of_a), (a, of_b)):
@@ -69,7 +69,7 @@ async def test_feedback_reaches_the_process_that_answered(
 
                 # Unknown ids: one of A's tag that A never made, one of no process's tag,
                 # one that no router made.
-                for request_id in (of_a[:8] + "0" * 16, "ffffffff" + of_a[8:], "req_unknown"):
+                for request_id in (of_a[:12] + "0" * 16, "req_ffffffff" + of_a[12:], "unknown"):
                     answer = await feedback(http, b, request_id)
                     assert answer.status_code == 404, answer.text
                     error = answer.json()["error"]
