@@ -4,10 +4,10 @@ Every HTTP request gets an id of 24 lower-case hex digits (``X-Request-Id``; a c
 id ends with it). The first eight are the *tag* of the router process that made it, drawn
 once when the process starts; the other 16 are drawn per request. Tags are 32 bits so that
 processes sharing one Redis do not draw the same one (less than one chance in a million for 64
-processes; two that did would answer some reports on each other's requests 404). Feedback names a request by its
-id, and only the process that answered remembers how it routed the request: with several
-processes (``--workers``, or several routers on one Redis) the tag says which one to ask
-(``engine.runtime.shared_reports``).
+processes; two that did would answer some reports on each other's requests 404). Feedback names
+a request by its id, and only the process that answered remembers how it routed the request:
+with several processes (``--workers``, or several routers on one Redis) the tag says which one
+to ask (``engine.runtime.shared_reports``).
 
 >>> rid = new_request_id()
 >>> len(rid), tag_of(rid) == TAG
