@@ -150,7 +150,8 @@ def main() -> None:
                 lambda p, b=b, s=s: p["cos"] >= b and p["second"] >= s)
                for b in BARS for s in BARS]
         print(line(pairs, "endpoint + second endpoint", choose(pairs, two)))
-    print(line(pairs, "endpoint, margin (Wilson lower bound)", choose(pairs, endpoint, margin=True)))
+    print(line(pairs, "endpoint, margin (Wilson lower bound)",
+               choose(pairs, endpoint, margin=True)))
 
     print("\n## Labelled not duplicate, unaligned, allowed, endpoint cosine >= 0.98\n")
     print("| split | cosine | a | b |")

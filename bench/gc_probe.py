@@ -3,12 +3,13 @@
     python bench/gc_probe.py OUT.json -- --config router.yaml --addr 127.0.0.1:4192
 
 A ``gc.callbacks`` hook times each collection (generation, wall and CPU duration, objects
-collected and uncollectable; the CPU time is the figure a loaded machine does not inflate); the list is written to OUT.json when the router exits (SIGTERM stops it
-gracefully). ``--saveall`` also keeps what the collector found (``gc.DEBUG_SAVEALL``) and
-writes the commonest types of it, which is where reference cycles come from. ``--census``
-records, before each full collection, each generation's size and the largest containers in
-the oldest (what the collection is about to walk). ``--threshold=A,B,C`` sets the collector's
-thresholds first (``gc.set_threshold``), to compare settings.
+collected and uncollectable; the CPU time is the figure a loaded machine does not inflate); the
+list is written to OUT.json when the router exits (SIGTERM stops it gracefully). ``--saveall``
+also keeps what the collector found (``gc.DEBUG_SAVEALL``) and writes the commonest types of it,
+which is where reference cycles come from. ``--census`` records, before each full collection,
+each generation's size and the largest containers in the oldest (what the collection is about to
+walk). ``--threshold=A,B,C`` sets the collector's thresholds first (``gc.set_threshold``), to
+compare settings.
 """
 
 from __future__ import annotations

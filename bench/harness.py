@@ -41,7 +41,8 @@ class RunningRouter:
 
 def make_config(data: Mapping[str, Any]) -> Config:
     """A validated config from a dict in config.yaml's shape; the feedback database goes to
-    a fresh temporary folder (so does the run store), and routing is the heuristic alone unless ``learned`` says."""
+    a fresh temporary folder (so does the run store), and routing is the heuristic alone
+    unless ``learned`` says."""
     data = dict(data)
     learned = dict(data.get("learned") or {})
     learned.setdefault("feedback_db",

@@ -4,12 +4,12 @@ Usage: .venv/bin/python bench/metrics_cost.py [--requests 200000] [--rounds 5] [
 
 1. The request path. Everything a chat request does for observability, on the real objects
    of a running gateway: the :class:`Exchange` made when the request comes in, ``Observer.chat``
-   (the in-flight gauge) and ``Observer.parsed`` (the tracing check), the status noted as it leaves, ``Observer.finish`` (its labels, one
-   counter increment, two histogram observations, the gauge back down), timed per request
-   over ``--requests`` requests, in alternating rounds against the same loop doing nothing
-   (the "without" figure). Measured twice: with the access line off (metrics alone, what
-   ``/metrics`` costs a request) and on, written by a real ``logging`` handler to
-   ``/dev/null`` (text format).
+   (the in-flight gauge) and ``Observer.parsed`` (the tracing check), the status noted as it
+   leaves, ``Observer.finish`` (its labels, one counter increment, two histogram observations,
+   the gauge back down), timed per request over ``--requests`` requests, in alternating rounds
+   against the same loop doing nothing (the "without" figure). Measured twice: with the access
+   line off (metrics alone, what ``/metrics`` costs a request) and on, written by a real
+   ``logging`` handler to ``/dev/null`` (text format).
 2. A scrape: ``Gateway.metrics_snapshot`` and ``render_metrics`` over totals the size of a
    busy router (every label combination of 8 models x 2 protocols x 2 cache outcomes x 6
    statuses, 8 backends x 4 outcomes, 20 workflows x 3 statuses), and with ``--redis`` the

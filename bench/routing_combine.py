@@ -63,7 +63,7 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 def pct(v: np.ndarray) -> np.ndarray:
     """Percentile within ``v``; tied values share their mean rank (so ``rank 0`` orders
     exactly as prompt length does)."""
-    values, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    _values, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
     first = np.cumsum(counts) - counts
     return (first + (counts - 1) / 2 + 0.5)[inverse] / len(v)
 
@@ -149,7 +149,7 @@ def main() -> None:
     scored: dict[tuple[tuple[str, ...], str], Scored] = {}
     for train in [outer(h) for h in names] + [(n,) for n in names]:
         x = concat([mats[n] for n in train])
-        router = Router(sum((rows[n] for n in train), []), x, "monotone")
+        router = Router([row for n in train for row in rows[n]], x, "monotone")
         record = familiarity(x.embedding)
         centroids, low, high = _centroids(record), float(record["low"]), float(record["high"])
         a, b = router.calibration
@@ -171,7 +171,7 @@ def main() -> None:
                              values=np.zeros_like(m.values)) for k, m in mats.items()}
     dense_scored: dict[str, Scored] = {}
     for h in names:
-        router = Router(sum((rows[n] for n in outer(h)), []),
+        router = Router([row for n in outer(h) for row in rows[n]],
                         concat([dense_only[n] for n in outer(h)]), "monotone")
         a, b = router.calibration
         view = scored[(outer(h), h)]

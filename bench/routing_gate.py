@@ -355,7 +355,7 @@ def main() -> None:
     views: dict[tuple[tuple[str, ...], str], View] = {}
     for train in [outer(h) for h in names] + [(n,) for n in names]:
         x = concat([mats[n] for n in train])
-        router = Router(sum((rows[n] for n in train), []), x, "monotone")
+        router = Router([row for n in train for row in rows[n]], x, "monotone")
         scorer = Scorer(router_parts(router), router.calibration, x, cat(heur, train),
                         cat(length, train), router.oof, cat(gain, train), cat(weak, train))
         for h in names:
@@ -370,7 +370,7 @@ def main() -> None:
     print("scored the leave-one-set-out views", file=sys.stderr, flush=True)
 
     # in-sample 1: pooled 5-fold cross-validation over the three files
-    pooled_rows = sum((rows[n] for n in names), [])
+    pooled_rows = [row for n in names for row in rows[n]]
     pooled = concat([mats[n] for n in names])
     p_heur, p_len = cat(heur, names), cat(length, names)
     p_gain, p_weak = cat(gain, names), cat(weak, names)
@@ -455,7 +455,7 @@ def main() -> None:
         label = f"nested {objective} (" + "; ".join(f"{h}: {pick[h]}" for h in names) + ")"
         loso[label] = {}
         cv[label], ship[label] = {}, {}
-        for i, h in enumerate(names):
+        for h in names:
             loso[label].update(results[(outer(h), h)][pick[h]])
         for k in keys:  # in-sample: each set with the choice made when its file was held out
             h = k.split(" ")[0]
@@ -475,7 +475,7 @@ def main() -> None:
 
     shown = ["prompt length", "default", "known^1"] + [n for n in loso
                                                        if n.startswith("nested")]
-    for fam, b in bounds.items():
+    for b in bounds.values():
         shown += [n for n in (b["cheap"], b["level"]) if n and n not in shown]
 
     print("## Leave one set out (APGR; sets below length: margin under -0.005)\n")

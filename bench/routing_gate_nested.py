@@ -115,7 +115,7 @@ def main() -> None:
     trainings = [(n,) for n in names] + [tuple(n for n in names if n != h) for h in names]
     for train in trainings:
         x = concat([mats[n] for n in train])
-        router = Router(sum((rows[n] for n in train), []), x, "monotone")
+        router = Router([row for n in train for row in rows[n]], x, "monotone")
         parts = router_parts(router)
         a, b = router.calibration
         z_train = a * parts(x)[0] + b

@@ -90,7 +90,7 @@ def held_out(rows: dict[str, list], mats: dict[str, FeatureMatrix],
     for h in names:
         train = [n for n in names if n != h]
         x = concat([mats[n] for n in train])
-        router = Router(sum((rows[n] for n in train), []), x, "monotone")
+        router = Router([row for n in train for row in rows[n]], x, "monotone")
         gate, (a, b) = gate_of(router, x)
         z = a * router_parts(router)(mats[h])[0] + b
         sc, w = scores(gate, z, mats[h], heur[h], length[h])
@@ -114,7 +114,7 @@ def main() -> None:
             loso.setdefault(name, {}).update(row)
         print(f"held out {h}", file=sys.stderr, flush=True)
 
-    pooled_rows = sum((rows[n] for n in names), [])
+    pooled_rows = [row for n in names for row in rows[n]]
     pooled = concat([mats[n] for n in names])
     cat = lambda d: np.concatenate([d[n] for n in names])  # noqa: E731
     p_heur, p_len = cat(heur), cat(length)

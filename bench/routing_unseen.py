@@ -232,7 +232,7 @@ def main() -> None:
     scores: dict[tuple[str, tuple[str, ...], str, float], dict[str, float]] = {}
     for kind in CONFIGS:
         for train in [tuple(n for n in names if n != h) for h in names] + [(n,) for n in names]:
-            r = sum((rows[n] for n in train), [])
+            r = [row for n in train for row in rows[n]]
             router = Router(r, concat([mats[n] for n in train]), kind)
             for h in names:
                 if h in train:
@@ -310,7 +310,7 @@ def main() -> None:
                   f"{new[k] - flat_length[k]:+.3f} | {new[k] - old[k]:+.3f} |")
 
     # as seen: pooled 5-fold cross-validation over all three files
-    pooled_rows = sum((rows[n] for n in names), [])
+    pooled_rows = [row for n in names for row in rows[n]]
     pooled = concat([mats[n] for n in names])
     pooled_heur = np.concatenate([heur[n] for n in names])
     sign = [float(np.sign(r.strong_score - r.weak_score)) for r in pooled_rows]

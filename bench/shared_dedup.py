@@ -91,7 +91,7 @@ async def claim_cost(url: str, flights: int) -> None:
             await shared.fly(b"warm%d" % i, run, publish)
         await trio.testing.wait_all_tasks_blocked()
         ping, direct, isolated = [], [], []
-        for i in range(flights):
+        for _ in range(flights):
             t = time.perf_counter()
             await redis.call("PING")
             ping.append(time.perf_counter() - t)
@@ -102,15 +102,15 @@ async def claim_cost(url: str, flights: int) -> None:
             await shared.fly(os.urandom(20), run, publish)
             isolated.append(time.perf_counter() - t)
             await trio.testing.wait_all_tasks_blocked()  # its final record is written
-        added = [c - d for c, d in zip(isolated, direct)]
+        added = [c - d for c, d in zip(isolated, direct, strict=True)]
         # Back to back: each flight's background write shares the loop and the socket with
         # the next one's claim, as under load.
         start, cpu = time.perf_counter(), time.process_time()
-        for i in range(flights):
+        for _ in range(flights):
             await run(publish)
         direct_loop, direct_cpu = time.perf_counter() - start, time.process_time() - cpu
         start, cpu = time.perf_counter(), time.process_time()
-        for i in range(flights):
+        for _ in range(flights):
             await shared.fly(os.urandom(20), run, publish)
         await trio.testing.wait_all_tasks_blocked()
         claimed_loop, claimed_cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -191,7 +191,9 @@ async def cross_process(redis_url: str, n: int, size: int, latency: float) -> No
                                           f"Summarise Hamlet ({shared}, {stream})."}]}
                     statuses: list[int] = []
 
-                    async def one(url: str) -> None:
+                    # bound now (the nursery below waits for every call to finish)
+                    async def one(url: str, body: dict[str, Any] = body,
+                                  statuses: list[int] = statuses) -> None:
                         async with http.stream("POST", url + "/v1/chat/completions",
                                                json=body) as response:
                             await response.aread()

@@ -12,9 +12,11 @@ SURFACES: dict[str, set[str]] = {
     "engine": {"errors", "messages"},
     "engine.core": {
         "DEFAULT_MODEL_PATH", "FORMAT_VERSION", "Adjustment", "BackendPool", "BackendState",
-        "CacheHit", "Config", "Embedder", "FINISHED", "LATENCY_BUCKETS", "FeatureConfig", "KeyRecord", "KeySettings", "Features", "LearnedRouter",
+        "CacheHit", "Config", "Embedder", "FINISHED", "LATENCY_BUCKETS", "FeatureConfig",
+        "KeyRecord", "KeySettings", "Features", "LearnedRouter",
         "Matcher", "ModelConfig", "Node", "OpOutput", "OpState", "Plan", "PreparedText",
-        "RUN_STATUSES", "RedactingFilter", "Redactor", "Report", "RequestKey", "ResponseCache", "Route",
+        "RUN_STATUSES", "RedactingFilter", "Redactor", "Report", "RequestKey", "ResponseCache",
+        "Route",
         "RouteDecider", "RunEvent", "RunRecord", "RunSpec",
         "Score", "SemanticMatcher", "Stats", "StreamRedactor", "TextEmbedder", "Workflow",
         "WorkflowLimits", "blend", "calibrate", "check_models", "check_variables",

@@ -125,14 +125,15 @@ def keys_table(keys: list[Mapping[str, Any]]) -> str:
             "-" if key.get("max_tier") is None else str(key["max_tier"]),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
 
 
 def describe_key(key: Mapping[str, Any]) -> str:
     usage = key.get("usage") or {}
+    state = "revoked at " + key["revoked_at"] if key.get("revoked_at") else "active"
     lines = [f"{key['id']}  {key['name']}  ({key['prefix']}…)",
-             f"  state    {'revoked at ' + key['revoked_at'] if key.get('revoked_at') else 'active'}"]
+             f"  state    {state}"]
     for field in ("models", "max_tier", "rpm", "tpm", "budget_usd", "budget_period",
                   "expires_at"):
         if key.get(field) is not None:

@@ -10,18 +10,17 @@ the learning curve it draws.
 The rows are split in file order: every other row (the 2nd, 4th, ...) is held back for
 evaluation, the rest is the traffic, in order. ``--shuffle SEED`` first puts the rows in a
 random order fixed by the seed: a file sorted by kind (MMLU's is, by subject) otherwise
-teaches one kind after another, while the held-back rows hold them all. Each traffic row goes through the router's own
-routing policy (``engine.runtime.RoutingPolicy``, with a feedback database in a temporary
-directory, as a one-process router has): it is routed, and the feedback it earns is the
-labelled quality of the model of the tier that answered (``weak_score`` on tier 1,
-``strong_score`` above), reported by request id, as a deployment would; with ``--compare``
+teaches one kind after another, while the held-back rows hold them all. Each traffic row goes
+through the router's own routing policy (``engine.runtime.RoutingPolicy``, with a feedback
+database in a temporary directory, as a one-process router has): it is routed, and the feedback
+it earns is the labelled quality of the model of the tier that answered (``weak_score`` on tier
+1, ``strong_score`` above), reported by request id, as a deployment would; with ``--compare``
 that share of the reports (spread evenly) also carries the other tier's labelled quality, as a
 deployment that asks both tiers on a sample would report it (``other_quality``);
-``--judge-errors RATE`` flips each of a comparison's two grades with that probability (a
-fixed seed), as a judge model that errs would (``learned.compare``). After every
-``--every`` reports the held-back rows are scored by the policy as it stands (the score before
-the cut; no feedback) and their APGR is measured, beside the router as shipped (no learning)
-and prompt length.
+``--judge-errors RATE`` flips each of a comparison's two grades with that probability (a fixed
+seed), as a judge model that errs would (``learned.compare``). After every ``--every`` reports
+the held-back rows are scored by the policy as it stands (the score before the cut; no feedback)
+and their APGR is measured, beside the router as shipped (no learning) and prompt length.
 """
 
 from __future__ import annotations

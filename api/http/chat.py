@@ -109,9 +109,9 @@ class Authenticator:
         key = None
         if gate is not None and gate.is_client_key(given):
             key = await gate.authenticate(given)
-        elif self._allowed or gate is not None:
-            if not any(hmac.compare_digest(given.encode(), k) for k in self._allowed):
-                raise Unauthorized("missing or invalid API key for this router")
+        elif (self._allowed or gate is not None) and not any(
+                hmac.compare_digest(given.encode(), k) for k in self._allowed):
+            raise Unauthorized("missing or invalid API key for this router")
         return tenant_of(x_api_key, authorization), key
 
 

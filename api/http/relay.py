@@ -12,11 +12,11 @@ cancels the request's nursery, and a cancellation requested while the handler is
 is the server's ``send`` of the response start (hypercorn takes its send lock there), before
 the body is entered. (Over loopback, clients closing their socket at random moments around
 the head's arrival hit it about once in 200-400 streams, each leaving the in-flight gauge
-and an upstream call held for good.) An async generator body would not help even if it were closed then: one
-that never started skips its ``finally``. So the end is :meth:`ChatBody.end`, idempotent,
-called when the body is done and by :meth:`ChatBody.aclose`; and
-:class:`EndBodies`, an ASGI middleware, calls it for every body a request made once the app
-is done with the request, whether or not the body was ever iterated.
+and an upstream call held for good.) An async generator body would not help even if it were
+closed then: one that never started skips its ``finally``. So the end is :meth:`ChatBody.end`,
+idempotent, called when the body is done and by :meth:`ChatBody.aclose`; and :class:`EndBodies`,
+an ASGI middleware, calls it for every body a request made once the app is done with the
+request, whether or not the body was ever iterated.
 
 The end is synchronous on purpose: it runs inside a cancelled scope (the client left),
 where any ``await`` would raise at once. Should it ever need to await, that part goes under

@@ -2,8 +2,9 @@
 
 A router over the fake upstream (engine.testing) with the demo's three tiers and prices gets
 a minute's worth of mixed chat traffic (repeats for the cache, identical bursts for dedup),
-quality reports that move the routing thresholds, a finished code review and a six-op workflow caught mid-run; headless chromium
-(tests/support/support_browser.py) then photographs the page in both themes.
+quality reports that move the routing thresholds, a finished code review and a six-op workflow
+caught mid-run; headless chromium (tests/support/support_browser.py) then photographs the page
+in both themes.
 
     PYTHONPATH=. .venv/bin/python docs/images/dashboard_screenshots.py
 """

@@ -44,7 +44,8 @@ if current < floor then current = floor end
 local new = math.min(ceiling, current + step)
 new = math.floor(new * 1000000 + 0.5) / 1000000
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.6f', new))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 't', ARGV[1], 'v', string.format('%.6f', new))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 't', ARGV[1],
+           'v', string.format('%.6f', new))
 return string.format('%.6f', new)
 """)
 

@@ -268,7 +268,7 @@ class KeyGate:
         error.limits = rate_headers(what, limit, 0, retry_after)  # type: ignore[attr-defined]
         return error
 
-    # ---- keeping spend ------------------------------------------------------------------------------
+    # ---- keeping spend ---------------------------------------------------------------------------
 
     async def save_spend(self) -> None:
         """Add what was settled since the last call to the store."""

@@ -209,7 +209,7 @@ class SharedFlights:
                 rest: Any = await self._redis.call("XRANGE", events, start, "+")
                 for ident, flat in rest if isinstance(rest, list) else []:
                     last = _id(ident)
-                    entry = StreamEntry(ident, dict(zip(flat[::2], flat[1::2])))
+                    entry = StreamEntry(ident, dict(zip(flat[::2], flat[1::2], strict=True)))
                     if (done := await self._take(entry, publish)) is not None:
                         return done
                 raise _LeaderLost()

@@ -132,7 +132,8 @@ async def test_a_body_in_pieces_is_read_whole_and_one_too_large_refused(
                                            b"content-length: 0\r\n", b""))
             data = b""
 
-            async def send_pieces() -> None:
+            async def send_pieces(payload: bytes = payload,
+                                  stream: trio.SocketStream = stream) -> None:
                 try:
                     for start in range(0, len(payload), 100):  # 100-byte chunks
                         piece = payload[start:start + 100]

@@ -151,9 +151,9 @@ def test_a_miss_near_nothing_works_out_no_lexical_part(matcher: CountingMatcher)
 
 
 def test_a_settled_fingerprint_is_the_one_made_at_once(matcher: SemanticMatcher) -> None:
-    for text in TEXTS + ["", "Was Obama born in 1961 or 1962?", "Ünïcödé & ünits: 3,5 km"]:
+    for text in [*TEXTS, "", "Was Obama born in 1961 or 1962?", "Ünïcödé & ünits: 3,5 km"]:
         lazy, eager = matcher.fingerprint(text), matcher.fingerprint(text)
-        eager.features  # settled now
+        _ = eager.features  # settled now: the property computes the features and keeps them
         again = matcher.unpack(lazy.pack())  # packed unsettled, settled after unpacking
         other = matcher.unpack(eager.pack())
         for fp in (lazy, again, other):

@@ -153,8 +153,8 @@ def test_a_blocks_rows_are_scored_by_its_snapshot() -> None:
             assert row[1] == pytest.approx(corrected) and row[0] == z
     # The mix's "before it learned" score is the snapshot's mix, too.
     assert state.comparisons is not None and state.comparison_blocks is not None
-    for (z, x, block), row, at in zip(seen, state.comparisons, state.comparison_blocks,
-                                      strict=True):
+    for (z, _x, block), row, at in zip(seen, state.comparisons, state.comparison_blocks,
+                                       strict=True):
         assert at == block
         if block >= 0:
             mix = snapshots[block].mix

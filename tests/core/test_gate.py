@@ -173,7 +173,7 @@ def test_training_records_the_gate_and_the_file_scores_the_same(tmp_path) -> Non
     router.save(path)
     again = LearnedRouter.load(path)
     ungated = replace(router, gate=None)
-    for text in UNFAMILIAR + [FAMILIAR, rows[0].prompt, rows[1].prompt]:
+    for text in [*UNFAMILIAR, FAMILIAR, rows[0].prompt, rows[1].prompt]:
         one, two = router.assess(request_for_prompt(text)), again.assess(request_for_prompt(text))
         assert one.logit == two.logit
     # Its own training rows are what it knows: the gate leaves nearly all of them alone.

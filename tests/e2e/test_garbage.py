@@ -37,7 +37,8 @@ _WERKZEUG_MATCH = "StateMachineMatcher.match.<locals>._match"
 FOREIGN_PER_REQUEST = 8
 
 REQUESTS = [  # (path, body): both client protocols, both upstream protocols, JSON and SSE
-    ("/v1/chat/completions", {"model": "gpt-small", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/chat/completions", {"model": "gpt-small",
+                              "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/chat/completions", {"model": "claude-mid", "stream": True,
                               "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/messages", {"model": "claude-mid", "max_tokens": 64,

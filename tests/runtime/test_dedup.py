@@ -581,8 +581,9 @@ async def test_identical_concurrent_requests_make_one_call(
 
 async def test_both_protocols_share_one_call(env: ProtocolEnv, relay: HoldRelay) -> None:
     # The same canonical request from both SDKs: one call, each answer in its own protocol.
-    results = await together(env, relay, lambda: ask(env, max_tokens=64), lambda: ask_anthropic(env),
-                           lambda: ask(env, max_tokens=64), lambda: ask_anthropic(env))
+    results = await together(env, relay,
+                             lambda: ask(env, max_tokens=64), lambda: ask_anthropic(env),
+                             lambda: ask(env, max_tokens=64), lambda: ask_anthropic(env))
     assert [text for text, _ in results] == [ANSWER] * 4
     assert calls(env) == 1
 

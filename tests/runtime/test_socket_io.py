@@ -74,7 +74,7 @@ async def test_the_end_of_the_stream_and_a_closed_stream() -> None:
 
 
 async def test_a_read_waiting_when_its_stream_is_closed_fails_as_closed() -> None:
-    async with _pair() as (left, right), trio.open_nursery() as nursery:
+    async with _pair() as (_left, right), trio.open_nursery() as nursery:
         async def close_soon() -> None:
             await trio.sleep(0.05)
             await right.aclose()

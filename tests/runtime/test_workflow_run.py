@@ -149,8 +149,8 @@ async def test_fail_fast_names_the_failed_op_and_cancels_the_rest(
         "after": {"prompt": "After.", "model": "fine", "input_ops": ["waiting"]},
     })
     async with open_hold_relay(fake) as relay:
-        models = pinned(fake, "slow", "fine") + [
-            model_entry(fake, "bad", tier=1, base_url=relay.base_url("bad", "openai"))]
+        models = [*pinned(fake, "slow", "fine"),
+                  model_entry(fake, "bad", tier=1, base_url=relay.base_url("bad", "openai"))]
         async with open_workflow_router(models) as client:
             response = await run_first_held(
                 client, relay, text, held=1, value="x",

@@ -72,7 +72,7 @@ async def test_a_burst_across_three_processes_makes_one_upstream_call(
             fake_upstream.reset()
             answers: list[Answer] = []
 
-            async def run(stream: bool = stream) -> None:
+            async def run(stream: bool = stream, answers: list[Answer] = answers) -> None:
                 answers.extend(await burst(http, urls, 20, stream=stream))
 
             before = await claims(redis_server.url)

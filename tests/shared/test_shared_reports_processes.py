@@ -52,54 +52,54 @@ async def test_feedback_reaches_the_process_that_answered(
 ) -> None:
     config_a = write_config(tmp_path / "a", fake_upstream, redis_server.url)
     config_b = write_config(tmp_path / "b", fake_upstream, redis_server.url)
-    async with httpx.AsyncClient(timeout=20) as http:
-        async with router_process(config_a) as (process_a, a):
-            async with router_process(config_b) as (_, b):
-                of_a = await answered_by(http, a, "Which prime number follows seventeen?")
-                of_b = await answered_by(http, b, "Name the river that flows through Vienna.")
-                assert of_a[4:12] != of_b[4:12]  # each process's ids carry its own tag
+    async with (httpx.AsyncClient(timeout=20) as http,
+                router_process(config_a) as (process_a, a),
+                router_process(config_b) as (_, b)):
+        of_a = await answered_by(http, a, "Which prime number follows seventeen?")
+        of_b = await answered_by(http, b, "Name the river that flows through Vienna.")
+        assert of_a[4:12] != of_b[4:12]  # each process's ids carry its own tag
 
-                # Each report goes to the process that did not answer it.
-                for url, request_id in ((b, of_a), (a, of_b)):
-                    answer = await feedback(http, url, request_id)
-                    assert answer.status_code == 200, answer.text
-                    assert answer.json()["accepted"] is True
-                state = await routing(http, a)
-                assert state["feedback"]["by_tier"]["1"]["reports"] == 2
+        # Each report goes to the process that did not answer it.
+        for url, request_id in ((b, of_a), (a, of_b)):
+            answer = await feedback(http, url, request_id)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] is True
+        state = await routing(http, a)
+        assert state["feedback"]["by_tier"]["1"]["reports"] == 2
 
-                # Unknown ids: one of A's tag that A never made, one of no process's tag,
-                # one that no router made.
-                for request_id in (of_a[:12] + "0" * 16, "req_ffffffff" + of_a[12:], "unknown"):
-                    answer = await feedback(http, b, request_id)
-                    assert answer.status_code == 404, answer.text
-                    error = answer.json()["error"]
-                    assert error["code"] == "not_found" and error["param"] == "request_id"
-                # An invalid report is refused by B itself, in the OpenAI error shape.
-                answer = await http.post(f"{b}/v1/feedback",
-                                         json={"request_id": of_a, "quality": 7})
-                assert answer.status_code == 400
-                assert answer.json()["error"]["param"] == "quality"
+        # Unknown ids: one of A's tag that A never made, one of no process's tag,
+        # one that no router made.
+        for request_id in (of_a[:12] + "0" * 16, "req_ffffffff" + of_a[12:], "unknown"):
+            answer = await feedback(http, b, request_id)
+            assert answer.status_code == 404, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == "not_found" and error["param"] == "request_id"
+        # An invalid report is refused by B itself, in the OpenAI error shape.
+        answer = await http.post(f"{b}/v1/feedback",
+                                 json={"request_id": of_a, "quality": 7})
+        assert answer.status_code == 400
+        assert answer.json()["error"]["param"] == "quality"
 
-                # A stalls: B cannot tell whether A will still file the report (503), and A
-                # does once it goes on.
-                stalled = await answered_by(http, a, "What is the boiling point of water?")
-                process_a.send_signal(signal.SIGSTOP)
-                try:
-                    answer = await feedback(http, b, stalled)
-                finally:
-                    process_a.send_signal(signal.SIGCONT)
-                assert answer.status_code == 503, answer.text
-                assert answer.json()["error"]["code"] == "store_unavailable"
+        # A stalls: B cannot tell whether A will still file the report (503), and A
+        # does once it goes on.
+        stalled = await answered_by(http, a, "What is the boiling point of water?")
+        process_a.send_signal(signal.SIGSTOP)
+        try:
+            answer = await feedback(http, b, stalled)
+        finally:
+            process_a.send_signal(signal.SIGCONT)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "store_unavailable"
 
-                async def filed() -> bool:
-                    return bool((await routing(http, a))["feedback"]["total"] == 3)
+        async def filed() -> bool:
+            return bool((await routing(http, a))["feedback"]["total"] == 3)
 
-                await wait_for(filed, poll=0.1, timeout=20)
+        await wait_for(filed, poll=0.1, timeout=20)
 
-                # A stops: what it remembered is gone with it.
-                process_a.terminate()
-                with trio.fail_after(30):
-                    await process_a.wait()
-                with trio.fail_after(WAIT_SEC / 2):  # at once: A said it was leaving
-                    answer = await feedback(http, b, of_a)
-                assert answer.status_code == 404, answer.text
+        # A stops: what it remembered is gone with it.
+        process_a.terminate()
+        with trio.fail_after(30):
+            await process_a.wait()
+        with trio.fail_after(WAIT_SEC / 2):  # at once: A said it was leaving
+            answer = await feedback(http, b, of_a)
+        assert answer.status_code == 404, answer.text

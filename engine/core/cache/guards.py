@@ -12,10 +12,11 @@ classes below) and per-class features. Two texts are then compared in two steps:
   that makes them different questions: a number, a negation, a question word, a person or the
   role of "I" / "me", a polar opposite, an unmatched named entity, a repeated phrase, two
   words trading places around a third;
-* :func:`aligned` asks for more: the same tense, the same content words, the same meaning-bearing function words (modal verbs included; up to the
-  free ones: "the" = "a", "is" = "are", fillers, and any preposition for another), in the same
-  order up to one swap across a hinge ("the capital of France" / "France's capital"). Only
-  aligned pairs can reach the default threshold; see ``engine.core.cache.similarity``.
+* :func:`aligned` asks for more: the same tense, the same content words, the same
+  meaning-bearing function words (modal verbs included; up to the free ones: "the" = "a", "is" =
+  "are", fillers, and any preposition for another), in the same order up to one swap across a
+  hinge ("the capital of France" / "France's capital"). Only aligned pairs can reach the default
+  threshold; see ``engine.core.cache.similarity``.
 
 Word lists are closed classes of English and general antonym pairs, not tuned to single pairs.
 """

@@ -41,9 +41,9 @@ The default 0.85 thus means "aligned, no veto, cosine >= 0.7". On the QQP dev pa
 ``engine.training.cache_split`` (rules designed on ``design``, the threshold checked on
 ``choose``): precision 0.963 at recall 0.069 on ``report``, which nothing was tuned on (27
 hits: a 95% interval of 0.82-0.99); see ``bench/cache_similarity.py``. Lower thresholds trade
-precision for recall (over all pairs, 0.80: 0.93 at 0.11; 0.60: 0.81 at 0.25). Per-text features are computed once into a :class:`Fingerprint`; a
-comparison then costs ~15-25 us (guards on the texts first, the word alignment only if they
-pass).
+precision for recall (over all pairs, 0.80: 0.93 at 0.11; 0.60: 0.81 at 0.25). Per-text features
+are computed once into a :class:`Fingerprint`; a comparison then costs ~15-25 us (guards on the
+texts first, the word alignment only if they pass).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ b'abc'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Union
+from typing import Final
 
 __all__ = ["NEED_DATA", "Parser", "Reply", "ReplyError", "encode"]
 
@@ -42,8 +42,8 @@ class _NeedData:
 
 NEED_DATA: Final = _NeedData()
 
-Reply = Union[bytes, int, None, list["Reply"], ReplyError]
-Arg = Union[str, bytes, int, float]
+Reply = bytes | int | None | list["Reply"] | ReplyError
+Arg = str | bytes | int | float
 
 
 def _bulk(arg: Arg) -> bytes:

@@ -77,7 +77,7 @@ class StreamTail:
             for key, entries in _by_stream(reply):
                 if key not in self._streams:
                     continue  # unfollowed while this read was under way
-                since, handler = self._streams[key]
+                _since, handler = self._streams[key]
                 if entries:
                     self._streams[key] = (entries[-1].id, handler)
                     try:
@@ -114,6 +114,6 @@ def _by_stream(reply: Any) -> list[tuple[str, list[StreamEntry]]]:
         entries = []
         for entry in raw if isinstance(raw, list) else []:
             ident, flat = entry[0], entry[1] or []
-            entries.append(StreamEntry(ident, dict(zip(flat[::2], flat[1::2]))))
+            entries.append(StreamEntry(ident, dict(zip(flat[::2], flat[1::2], strict=True))))
         out.append((key, entries))
     return out
