@@ -3,8 +3,9 @@ must agree bit for bit (a speed-up of the routing or cache path must not move a 
 
 For each text: the trained router's features (dense block, sentence vector, hashed indices
 and values), the familiarity gate's similarity, the calibrated log-odds through the gate,
-``known``, the embedder's sentence vector, and the cache's fingerprint (its vector, then its
-reading for the guards, settled); then what a cache of 1,000 entries answers each text in
+``known``, the heuristic score, the cache and dedup keys (two tenants and targets), the
+embedder's sentence vector, the cache's fingerprint (its vector, then its reading for the
+guards, settled) and the normalised text (as sent and lower-cased); then what a cache of 1,000 entries answers each text in
 turn (a miss, stored, or a hit: its score and entry). Texts: every dev prompt and QQP question of
 ``LLM_ROUTER_EVAL_DATA``, multi-turn conversations made of them, non-ASCII, empty and
 5,000-character texts.
@@ -25,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.core.cache.key import RequestKey
+from engine.core.cache.key import RequestKey, request_key
 from engine.core.cache.responses import ResponseCache
 from engine.core.cache.semantic import SemanticMatcher
-from engine.core.cache.similarity import DEFAULT_THRESHOLD, Embedder
+from engine.core.cache.similarity import DEFAULT_THRESHOLD, Embedder, normalize_text
 from engine.core.routing.learned import DEFAULT_MODEL_PATH, LearnedRouter, request_for_prompt
+from engine.core.routing.scoring import score_request
 from engine.messages import ChatRequest, ChatResult, Message, TextPart, Usage
 
 
@@ -87,13 +89,17 @@ def main() -> None:
         line = [_digest(features.dense, features.embedding, features.indices.astype(np.int64),
                         features.values),
                 repr(router._familiarity(features)), repr(belief.logit), repr(belief.known),
-                _digest(belief.inputs)]
+                _digest(belief.inputs), repr(score_request(request))]
+        for tenant, target in (("k1", "tier:1"), ("k2", "bench-gpt")):
+            key = request_key(request, tenant=tenant, target=target)
+            line.append(_digest(key.exact, key.full, key.text))
         if len(request.messages) == 1:
             text = request.messages[0].text
             fingerprint = embedder.fingerprint(text)
             vector = _digest(fingerprint.vector)
             fingerprint.settle()
-            line += [_digest(embedder.embed([text])), vector, _digest(*_flat(fingerprint.pack()))]
+            line += [_digest(embedder.embed([text])), vector, _digest(*_flat(fingerprint.pack())),
+                     _digest(normalize_text(text), normalize_text(text.lower()))]
         print(" ".join(line))
         total.update(" ".join(line).encode())
     # what the cache answers: each question looked up, and stored when missed, in a cache of

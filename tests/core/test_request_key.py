@@ -11,9 +11,11 @@ included. The properties below draw whole requests and change one thing at a tim
 from __future__ import annotations
 
 import copy
+import hashlib
 import dataclasses
 from typing import Any
 
+import orjson
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -249,3 +251,16 @@ def test_system_prompt_is_not_the_first_message() -> None:
     a = key(ask(("user", "Be brief."), ("assistant", "ok"), ("user", "hi")))
     b = key(ask(("assistant", "ok"), ("user", "hi"), system="Be brief."))
     assert a.exact != b.exact
+
+
+@given(requests(), names, names)
+def test_exact_part_is_the_request_less_its_semantic_part(request: ChatRequest, tenant: str,
+                                                          target: str) -> None:
+    # The digest's input, built without ``dataclasses.replace``: the same bytes as the request
+    # itself with the final text taken off and the transport flags reset.
+    final = request.messages[-1]
+    rest = tuple(p for p in final.parts if not isinstance(p, TextPart))
+    exact = dataclasses.replace(request, messages=request.messages[:-1], stream=False,
+                                include_usage=False)
+    encoded = orjson.dumps((tenant, target, exact, rest), option=orjson.OPT_SORT_KEYS)
+    assert key(request, tenant, target).exact == hashlib.blake2b(encoded, digest_size=20).digest()

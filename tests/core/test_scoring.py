@@ -158,6 +158,21 @@ def test_prose_is_not_code(text: str) -> None:
     assert signal(ask(text), "code") == 0
 
 
+_CODE_BITS = ["def ", "class ", "import os", "from a.b import c", "#include", "function",
+              "const ", "let ", "var ", "public ", "private ", "fn ", "func ", "package ",
+              "SELECT", "INSERT", "UPDATE x SET", "return 1;", "if (a) {", "for (x)",
+              "while (y) {", "} else", ";", "{", "}", "=>", "-> int:", ") {", "```", "~~~",
+              "\n", " ", "\t", "\r", "(", ")", "if", "for", "return", "-", ">", "=", "x", "é"]
+
+
+@given(st.lists(st.sampled_from(_CODE_BITS), max_size=12).map("".join))
+def test_code_check_skips_only_texts_that_cannot_match(text: str) -> None:
+    # _has_code skips the line regex on a text holding none of _CODE_PIECES: the same answer
+    whole = bool(scoring._FENCE.search(text)) or len(
+        scoring._CODE_LINE.findall(text, 0, 20_000)) >= 2
+    assert scoring._has_code(text) == whole
+
+
 @pytest.mark.parametrize(
     "text",
     [

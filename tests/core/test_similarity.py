@@ -6,7 +6,9 @@ regimes, against brute force)."""
 
 from __future__ import annotations
 
+import re
 import socket
+import unicodedata
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.cache.similarity import (
+    _CONTRACTIONS,
     DEFAULT_THRESHOLD,
     Embedder,
     Fingerprint,
@@ -360,6 +363,21 @@ def test_normalize_text_spells_out_contractions() -> None:
     assert normalize_text("  What\u2019s  France's\ncapital? I can't  say ") == (
         "What is France's capital? I can not say"
     )
+
+
+_SPACES = [c for c in map(chr, range(0x3001)) if c.isspace()]
+
+
+@given(st.lists(st.sampled_from(["can", "CAN", "Can't", "won", "WON\u2019T", "cannot", "CanNot",
+                                 "isn't", "what's", "a", "x", "\u00e9", "\u212a", "\uff23an",
+                                 "\uff43\uff41\uff4e", *_SPACES]), max_size=10).map("".join))
+def test_normalize_text_is_the_regex_spelling(text: str) -> None:
+    # normalize_text skips the contraction patterns that cannot match and collapses
+    # whitespace with split(): the same text as every pattern and re.sub(r"\s+", " ")
+    expected = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
+    for pattern, repl in _CONTRACTIONS:
+        expected = pattern.sub(repl, expected)
+    assert normalize_text(text) == re.sub(r"\s+", " ", expected).strip()
 
 
 def test_long_prompt_keeps_a_bounded_fingerprint(embedder: Embedder) -> None:

@@ -92,7 +92,6 @@ _CONTRACTIONS = [
         (r"\b(what|who|where|how|why|when|that|there|it|he|she)'s\b", r"\1 is"),
     )
 ]
-_SPACE = re.compile(r"\s+")
 
 
 def normalize_text(text: str) -> str:
@@ -100,10 +99,18 @@ def normalize_text(text: str) -> str:
     space. Contractions are expanded so "What's" and "What is" share tokens and the negation in
     "isn't" is the word "not" that the negation guard looks for."""
     text = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
-    # the patterns after the first three all need an apostrophe (and none writes one)
-    for pattern, repl in _CONTRACTIONS if "'" in text else _CONTRACTIONS[:3]:
+    # the patterns after the first three all need an apostrophe (and none writes one); the
+    # first three need "can" or "won", which an ASCII text shows in any case once lower-cased
+    if "'" in text:
+        patterns = _CONTRACTIONS
+    elif text.isascii() and "can" not in (low := text.lower()) and "won" not in low:
+        patterns = []
+    else:
+        patterns = _CONTRACTIONS[:3]
+    for pattern, repl in patterns:
         text = pattern.sub(repl, text)
-    return _SPACE.sub(" ", text).strip()
+    # re.sub(r"\s+", " ", text).strip() without the regex: split() cuts at the same whitespace
+    return " ".join(text.split())
 
 
 # -- fingerprints ---------------------------------------------------------------------------

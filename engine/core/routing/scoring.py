@@ -64,6 +64,15 @@ _CODE_LINE = re.compile(
     r"|[;{][ \t\r]*$|^[ \t]*}[ \t\r]*$|=>|->\s*\w+\s*:|\)\s*\{",
     re.MULTILINE,
 )
+# Every alternative of ``_CODE_LINE`` contains one of these (it is case-sensitive): a text
+# holding none of them has no code line, and that regex (each of its alternatives tried at
+# every position) is not run. Most prompts hold none; finding one is a scan for literals.
+_CODE_PIECES = (
+    ";", "{", "}", "(", "=>", "->", "def ", "class ", "import ", "from ", "#include",
+    "function", "const ", "let ", "var ", "public ", "private ", "fn ", "func ", "package ",
+    "SELECT", "INSERT", "UPDATE",
+)
+_CODE_PIECE = re.compile("|".join(map(re.escape, _CODE_PIECES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,8 @@ def _reasons(low: str) -> bool:
 def _has_code(text: str) -> bool:
     if _FENCE.search(text):
         return True
+    if _CODE_PIECE.search(text) is None:
+        return False  # no alternative of _CODE_LINE can match: its scan is skipped
     return len(_CODE_LINE.findall(text, 0, 20_000)) >= 2
 
 
