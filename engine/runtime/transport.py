@@ -43,34 +43,6 @@ __all__ = ["PooledTransport"]
 _READ_SIZE = 65536
 
 
-# Header lines that h11 has validated (its name and value regexes, ~1 µs a line), as sent:
-# the same few on every call to an upstream. A request whose lines are all among them, or are
-# a Content-Length of ASCII digits (which both regexes pass), is built with h11's
-# ``_parsed=True``, which skips exactly those two regexes and checks everything else as
-# before (Content-Length, Transfer-Encoding, Host, the method and target). Bounded: a line
-# that differs on every call (a trace header) only fills it once.
-_VALIDATED: dict[tuple[bytes, bytes], None] = {}
-_VALIDATED_MAX = 512
-
-
-def _request_head(method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> h11.Request:
-    """``h11.Request(method=method, target=target, headers=headers)``, validated lines not
-    validated again."""
-    for line in headers:
-        if line not in _VALIDATED and not (
-                type(line[1]) is bytes and line[1].isdigit()
-                and type(line[0]) is bytes and line[0].lower() == b"content-length"):
-            break
-    else:
-        return h11.Request(method=method.encode("ascii"), target=target, headers=headers,
-                           _parsed=True)
-    head = h11.Request(method=method, target=target, headers=headers)
-    if len(_VALIDATED) < _VALIDATED_MAX:
-        _VALIDATED.update((line, None) for line in headers
-                          if type(line[0]) is bytes and type(line[1]) is bytes)
-    return head
-
-
 def _deadline(timeout: float | None) -> float:
     """The deadline ``timeout`` seconds from now (``engine.runtime.socket_io`` applies it
     only to a read or write that has to wait)."""
@@ -256,7 +228,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         take it apart again cost more than the rest of the call's bookkeeping."""
         scheme = url.raw_scheme
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
-        head = _request_head(method, url.raw_path, headers)
+        head = h11.Request(method=method, target=url.raw_path, headers=headers)
         read, write = timeouts.get("read"), timeouts.get("write")
         for attempt in (1, 2):
             conn, reused = await self._acquire(origin, timeouts)
