@@ -20,7 +20,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: (module, owner or None, attribute, part): the parts of a request, outermost first. A part's
 #: figure includes the parts called inside it (callgrind's inclusive count).
@@ -58,7 +59,8 @@ def _library(names: list[str]) -> ctypes.CDLL:
     """Builds ``mark_<name>(cb)`` for each name: calls ``cb`` and returns its result, compiled
     without optimisation so that no call becomes a jump (callgrind must see each as a call)."""
     source = "\n".join(
-        f"__attribute__((noinline)) int part_{n}(int (*cb)(void)) {{ int r = cb(); return r + 0; }}\n"
+        f"__attribute__((noinline)) int part_{n}(int (*cb)(void)) "
+        f"{{ int r = cb(); return r + 0; }}\n"
         f"int mark_{n}(int (*cb)(void)) {{ int r = part_{n}(cb); return r + 0; }}"
         for n in names)
     folder = tempfile.mkdtemp(prefix="llmr-marks.")

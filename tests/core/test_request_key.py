@@ -11,8 +11,8 @@ included. The properties below draw whole requests and change one thing at a tim
 from __future__ import annotations
 
 import copy
-import hashlib
 import dataclasses
+import hashlib
 from typing import Any
 
 import orjson
