@@ -6,9 +6,9 @@ and values), the familiarity gate's similarity, the calibrated log-odds through 
 ``known``, the heuristic score, the cache and dedup keys (two tenants and targets), the
 embedder's sentence vector, the cache's fingerprint (its vector, then its reading for the
 guards, settled) and the normalised text (as sent and lower-cased); then what a cache of
-1,000 entries answers each text in turn (a miss, stored, or a hit: its score and entry). Texts: every dev prompt and QQP question of
-``LLM_ROUTER_EVAL_DATA``, multi-turn conversations made of them, non-ASCII, empty and
-5,000-character texts.
+1,000 entries answers each text in turn (a miss, stored, or a hit: its score and entry).
+Texts: every dev prompt and QQP question of ``LLM_ROUTER_EVAL_DATA``, multi-turn
+conversations made of them, non-ASCII, empty and 5,000-character texts.
 
     PYTHONPATH=/path/to/a .venv/bin/python bench/routed_identity.py > a.txt
     PYTHONPATH=/path/to/b .venv/bin/python bench/routed_identity.py > b.txt
