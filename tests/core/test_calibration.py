@@ -178,8 +178,8 @@ def thresholds_st(draw: st.DrawFn) -> tuple[int, int]:
     return t1, draw(st.integers(t1, 100))
 
 
-@settings(max_examples=300, deadline=None)
-@given(
+#: Any reports under any settings calibration accepts.
+any_calibration = given(
     reports=reports_st,
     thresholds=thresholds_st(),
     target=st.floats(0, 1, allow_nan=False),
@@ -187,6 +187,10 @@ def thresholds_st(draw: st.DrawFn) -> tuple[int, int]:
     max_step=st.integers(1, 50),
     band=st.integers(1, 100),
 )
+
+
+@settings(max_examples=300, deadline=None)
+@any_calibration
 def test_any_burst_moves_each_threshold_at_most_max_step(
     reports: list[Report], thresholds: tuple[int, int], target: float, min_samples: int,
     max_step: int, band: int,
@@ -231,14 +235,7 @@ def test_good_news_never_lowers_and_bad_news_never_raises(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    reports=reports_st,
-    thresholds=thresholds_st(),
-    target=st.floats(0, 1, allow_nan=False),
-    min_samples=st.integers(1, 30),
-    max_step=st.integers(1, 50),
-    band=st.integers(1, 100),
-)
+@any_calibration
 def test_the_reports_outside_the_read_windows_change_nothing(
     reports: list[Report], thresholds: tuple[int, int], target: float, min_samples: int,
     max_step: int, band: int,
