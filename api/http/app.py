@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from quart import Response, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from engine.core import (
     Config,
@@ -487,7 +487,11 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             f"{request.method} {request.path}: {exc.name.lower()}"
         )
         err.status = code
-        return _error_response(err)
+        response = _error_response(err)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            # RFC 9110: a 405 says which methods the resource takes
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
