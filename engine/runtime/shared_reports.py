@@ -75,6 +75,7 @@ class SharedReports:
         self._file = file
         self.tag = tag
         self._errors = _errors()
+        self._nursery: trio.Nursery | None = None
 
     def owner(self, request_id: str | None) -> str | None:
         """The tag of the process that answered ``request_id``, when that is another process
@@ -94,21 +95,26 @@ class SharedReports:
                 break
             except StoreUnavailable:
                 await trio.sleep(_RETRY_SEC)  # Redis not reached yet (starting, or down)
-        self._shared.tail.follow(inbox, self._on_reports, since=since)
         try:
-            while True:
-                try:
-                    await self.redis.call("PSETEX", alive, int(ALIVE_SEC * 1000), "1")
-                    await trio.sleep(_RENEW_SEC)
-                except StoreUnavailable:
-                    # Renewed once Redis answers; meanwhile nothing is forwarded here.
-                    await trio.sleep(_RETRY_SEC)
+            async with trio.open_nursery() as self._nursery:
+                self._shared.tail.follow(inbox, self._on_reports, since=since)
+                await self._stay_alive(alive)
         finally:  # stopping: reports on this process's requests are 404s from now on
+            self._shared.tail.unfollow(inbox)
             with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
                 try:
                     await self.redis.call("DEL", alive)
                 except StoreUnavailable:
                     pass  # it expires
+
+    async def _stay_alive(self, alive: str) -> None:
+        while True:
+            try:
+                await self.redis.call("PSETEX", alive, int(ALIVE_SEC * 1000), "1")
+                await trio.sleep(_RENEW_SEC)
+            except StoreUnavailable:
+                # Renewed once Redis answers; meanwhile nothing is forwarded here.
+                await trio.sleep(_RETRY_SEC)
 
     async def forward(self, tag: str, report: FeedbackReport) -> Mapping[str, Any]:
         """File ``report`` (on a request of ``tag``'s process) there; its answer.
@@ -154,27 +160,36 @@ class SharedReports:
         raise error(str(answer["message"]), param=None if param is None else str(param))
 
     async def _on_reports(self, entries: list[StreamEntry]) -> None:
+        """Each report is filed in a task of its own: the stream tail that delivers them
+        serves every shared store, and filing one takes 10 ms or more."""
+        assert self._nursery is not None  # followed only while ``run`` holds it
         for entry in entries:
-            try:
-                raw = orjson.loads(entry.fields[b"report"])
-                answer_key = entry.fields[b"answer"].decode()
-                report = FeedbackReport(
-                    float(raw["quality"]), request_id=str(raw["request_id"]),
-                    other_quality=(None if raw["other_quality"] is None
-                                   else float(raw["other_quality"])),
-                    reporter=None if raw["reporter"] is None else str(raw["reporter"]))
-            except (KeyError, ValueError, TypeError):
-                log.warning("a forwarded feedback report could not be read: dropped")
-                continue
-            try:
-                answer: dict[str, Any] = {"ok": dict(await self._file(report))}
-            except RouterError as exc:
-                answer = {"error": exc.code, "message": exc.message, "param": exc.param}
-            try:
-                await self.redis.pipeline([["RPUSH", answer_key, orjson.dumps(answer)],
-                                           ["EXPIRE", answer_key, ANSWER_SEC]])
-            except StoreUnavailable:
-                pass  # the sender gives up and answers 404 or 503; the report was filed
+            self._nursery.start_soon(self._answer, entry)
+
+    async def _answer(self, entry: StreamEntry) -> None:
+        try:
+            raw = orjson.loads(entry.fields[b"report"])
+            answer_key = entry.fields[b"answer"].decode()
+            report = FeedbackReport(
+                float(raw["quality"]), request_id=str(raw["request_id"]),
+                other_quality=(None if raw["other_quality"] is None
+                               else float(raw["other_quality"])),
+                reporter=None if raw["reporter"] is None else str(raw["reporter"]))
+        except (KeyError, ValueError, TypeError):
+            log.warning("a forwarded feedback report could not be read: dropped")
+            return
+        try:
+            answer: dict[str, Any] = {"ok": dict(await self._file(report))}
+        except RouterError as exc:
+            answer = {"error": exc.code, "message": exc.message, "param": exc.param}
+        except Exception:  # a defect must not end the server, whose nursery this runs in
+            log.exception("filing a forwarded feedback report on %s", report.request_id)
+            answer = {"error": RouterError.code, "message": "internal error", "param": None}
+        try:
+            await self.redis.pipeline([["RPUSH", answer_key, orjson.dumps(answer)],
+                                       ["EXPIRE", answer_key, ANSWER_SEC]])
+        except StoreUnavailable:
+            pass  # the sender gives up and answers 503; the report was filed
 
 
 def _forgotten(report: FeedbackReport) -> NotFound:
