@@ -86,29 +86,26 @@ class SharedSpendWindow(SpendWindow):
         await super().add(usd)
         minute = self._minute()
         self._unsaved[minute] = self._unsaved.get(minute, 0.0) + usd
-        try:
-            await self._save()
-        except StoreUnavailable:
-            pass  # kept in _unsaved: the next call that reaches Redis writes it
+        await self._write_back()
 
     async def _write_back(self) -> None:
-        """Redis is back (perhaps restarted empty): add what was paid while it was down."""
+        """Write what is unsaved (on every payment, and when Redis is back, perhaps
+        restarted empty)."""
         try:
             await self._save()
         except StoreUnavailable:
-            pass  # down again: the next call that reaches it writes it
+            pass  # kept: the next call that reaches Redis writes it
 
     async def _save(self) -> None:
         oldest = self._minute() - MINUTES + 1
         unsaved = {m: usd for m, usd in self._unsaved.items() if m >= oldest}
-        self._unsaved = unsaved
+        self._unsaved = {}
         if not unsaved:
             return
         commands: list[list[str | int]] = []
         for minute, usd in unsaved.items():
             commands += [["INCRBYFLOAT", f"{_KEY}{minute}", repr(usd)],
                          ["EXPIRE", f"{_KEY}{minute}", int(_KEEP_SEC)]]
-        self._unsaved = {}
         try:
             await self.redis.pipeline(commands)
         except StoreUnavailable:
