@@ -475,10 +475,12 @@ async def open_gateway(
     store: FeedbackStore | None = opened
     try:
         await opened.open()
+        await opened.count_backlog()
     except RouterError as exc:
         # Routing works without it; only feedback and calibration are off.
         logging.getLogger("llm_router").warning("feedback is disabled: %s", exc.message)
         store = None
+        await opened.close()
     key_store: KeyStore | None = None
     try:
         transport = PooledTransport(max_connections=512,

@@ -35,7 +35,13 @@ from typing import Any, TypeVar
 import trio
 
 from engine.core.config import Config
-from engine.core.routing.calibration import Adjustment, Report, calibrate, read_windows
+from engine.core.routing.calibration import (
+    Adjustment,
+    Report,
+    Tally,
+    calibrate,
+    read_windows,
+)
 from engine.core.routing.decide import (
     LearnedScorer,
     Route,
@@ -268,14 +274,11 @@ class RoutingPolicy:
             elif settings.calibrate:
                 # Each threshold sees only the reports not yet spent on moving it, so every
                 # step needs min_samples fresh reports and a burst cannot swing routing.
-                spent = await self.store.spent(("tier1_max", "tier2_max"))
-                reports = await self.store.reports(
-                    after={1: spent["tier1_max"], 2: spent["tier2_max"]},
-                    windows=read_windows(tier1_max=self.tier1_max, tier2_max=self.tier2_max,
-                                         max_step=settings.max_step, band=settings.band),
-                )
+                tally = await self.store.tally(
+                    read_windows(tier1_max=self.tier1_max, tier2_max=self.tier2_max,
+                                 max_step=settings.max_step, band=settings.band))
                 changes = calibrate(
-                    reports, tier1_max=self.tier1_max, tier2_max=self.tier2_max,
+                    tally, tier1_max=self.tier1_max, tier2_max=self.tier2_max,
                     target=settings.target_quality, min_samples=settings.min_samples,
                     max_step=settings.max_step, band=settings.band,
                 )
@@ -322,9 +325,9 @@ class RoutingPolicy:
         settings = self.config.learned
         assert self.shared is not None
 
-        def step(reports: list[Report], saved: dict[str, int]) -> list[Adjustment]:
+        def step(tally: Tally, saved: dict[str, int]) -> list[Adjustment]:
             return calibrate(
-                reports, tier1_max=saved.get("tier1_max", self.tier1_max),
+                tally, tier1_max=saved.get("tier1_max", self.tier1_max),
                 tier2_max=saved.get("tier2_max", self.tier2_max),
                 target=settings.target_quality, min_samples=settings.min_samples,
                 max_step=settings.max_step, band=settings.band,

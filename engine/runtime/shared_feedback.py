@@ -5,11 +5,17 @@ every process routes with the thresholds it produced.
 * A report is appended to the stream ``llmr:feedback:{calibration}:reports`` (its id orders
   it) and counted in the hash ``llmr:feedback:{calibration}:summary``.
 * Calibration runs under the lock ``llmr:feedback:{calibration}:lock`` (``SET NX PX``, freed
-  by a compare-and-delete script), so two processes never step on the same evidence: the
-  holder reads the reports not yet spent on each threshold (ids after those kept in
-  ``llmr:feedback:{calibration}:state``), and when a threshold moves it writes the new values
-  and the spent ids there, the change to the list ``llmr:feedback:{calibration}:changes``, and
-  the news to ``llmr:{bus}:thresholds``, which every process follows to take the new values up.
+  by a compare-and-delete script), so two processes never step on the same evidence. The
+  holder first counts the reports appended since the last calibration into the hash
+  ``llmr:feedback:{calibration}:tally:{base}`` (per tier and score point, the unspent reports
+  and their summed quality in millionths, as ``engine.core.routing.calibration.Tally``; a
+  script adds them and moves its ``counted`` mark only if no other process counted them
+  first), each tier's only if they come after the ids spent on its threshold (kept in
+  ``llmr:feedback:{calibration}:state``). It then calibrates on the tally: normally one new
+  report to count, however many are stored. When a threshold moves it writes, in one
+  ``MULTI``, the new values and the spent ids, clears that tier from the tally, pushes the
+  change to the list ``llmr:feedback:{calibration}:changes`` and the news to
+  ``llmr:{bus}:thresholds``, which every process follows to take the new values up.
 * As in the embedded store, thresholds, spent ids and changes belong to the config's own
   thresholds (``base``): calibration made from other values does not apply.
 * Online learning's state (``engine.core.routing.online``) is one JSON value,
@@ -29,7 +35,14 @@ from typing import Any
 import orjson
 import trio
 
-from engine.core.routing.calibration import Adjustment, Report
+from engine.core.routing.calibration import (
+    THRESHOLD_TIERS,
+    Adjustment,
+    Report,
+    Tally,
+    millionths,
+    point,
+)
 from engine.errors import StoreUnavailable
 from engine.stores.redis import Script
 from engine.stores.redis.tail import StreamEntry
@@ -47,9 +60,11 @@ LOCK = _BASE + "lock"
 NEWS = PREFIX + "{bus}:thresholds"
 ONLINE = _BASE + "online"
 ONLINE_NEWS = PREFIX + "{bus}:online"
+TALLY = _BASE + "tally:"  # and the config's thresholds
 _LOCK_MS = 5000  # a holder that dies frees the lock after this
 _LOCK_WAIT = 2.0  # seconds a report waits for another process's calibration
-_KEPT_REPORTS = 50_000  # calibration reads at most this many recent reports (as SQLite does)
+_KEPT_REPORTS = 100_000  # the stream keeps at least this many reports
+_COUNT_READ = 10_000  # reports read per XRANGE when counting a backlog
 _KEPT_CHANGES = 200
 
 _RELEASE = Script("""
@@ -57,7 +72,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """)
 
-Calibrate = Callable[[list[Report], dict[str, int]], list[Adjustment]]
+# KEYS[1] a tally; ARGV[1] the last report counted in it so far, ARGV[2] the last one now, then
+# field and increment pairs: added only if nobody counted since (a holder whose lock expired).
+_COUNT = Script("""
+if (redis.call('HGET', KEYS[1], 'counted') or '0-0') ~= ARGV[1] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'counted', ARGV[2])
+return 1
+""")
+
+Calibrate = Callable[[Tally, dict[str, int]], list[Adjustment]]
 OnThresholds = Callable[[dict[str, int]], None]
 Learn = Callable[[dict[str, Any] | None], Awaitable[dict[str, Any] | None]]
 OnOnline = Callable[[dict[str, Any] | None], None]
@@ -88,7 +112,7 @@ class SharedFeedback:
         """Raises: StoreUnavailable."""
         tier = report.tier
         await self.redis.pipeline([
-            ["XADD", REPORTS, "MAXLEN", "~", _KEPT_REPORTS * 2, "*", "score", repr(report.score),
+            ["XADD", REPORTS, "MAXLEN", "~", _KEPT_REPORTS, "*", "score", repr(report.score),
              "tier", tier, "quality", repr(report.quality), "at", repr(time.time()),
              "request_id", request_id or "", "model", model or ""],
             ["HINCRBY", SUMMARY, f"{tier}:reports", 1],
@@ -96,8 +120,9 @@ class SharedFeedback:
         ])
 
     async def calibrate(self, step: Calibrate) -> list[Adjustment] | None:
-        """Run ``step(unspent reports, thresholds now)`` under the shared lock and keep what
-        it moved; None when the lock could not be had in time (another process is slow).
+        """Run ``step(the tally of unspent reports, thresholds now)`` under the shared lock and
+        keep what it moved; None when the lock could not be had in time (another process is
+        slow), or was lost while counting.
 
         Raises: StoreUnavailable.
         """
@@ -166,42 +191,70 @@ class SharedFeedback:
             state = orjson.loads(entries[-1].fields.get(b"state", b"null"))
             self._on_online(state if isinstance(state, dict) else None)
 
-    async def _calibrate(self, step: Calibrate) -> list[Adjustment]:
+    async def _calibrate(self, step: Calibrate) -> list[Adjustment] | None:
         values = _pairs(await self.redis.call("HGETALL", STATE))
         thresholds = self._thresholds(values)
-        spent = {tier: values.get(f"{self.base}:spent:tier{tier}_max", "0-0") for tier in (1, 2)}
-        oldest = min(spent.values(), key=_id)
-        # Only the reports after the least spent (newest first, as many as the embedded
-        # store reads), with a longer wait than a plain command: there may be many.
-        raw: Any = await self.redis.call("XREVRANGE", REPORTS, "+", f"({oldest}",
-                                         "COUNT", _KEPT_REPORTS,
-                                         timeout=max(self.redis.timeout, 2.0))
-        reports: list[Report] = []
-        newest = raw[0][0].decode() if raw else oldest
-        for ident, flat in raw or []:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            tier = int(fields[b"tier"])
-            if _id(ident) > _id(spent.get(tier, "0-0")):
-                reports.append(Report(float(fields[b"score"]), tier, float(fields[b"quality"])))
-        changes = step(reports, thresholds)
+        spent = {THRESHOLD_TIERS[name]: values.get(f"{self.base}:spent:{name}", "0-0")
+                 for name in THRESHOLD_TIERS}
+        tally_key = TALLY + self.base
+        counted = await self._count_new(tally_key, spent)
+        if counted is None:
+            return None
+        cells = _pairs(await self.redis.call("HGETALL", tally_key))
+        tally = _tally(cells)
+        changes = step(tally, thresholds)
         if not changes:
             return changes
         for c in changes:
             thresholds[c.name] = c.new
         news = {"base": self.base, **thresholds}
+        moved = {THRESHOLD_TIERS[c.name] for c in changes}
+        cleared = [field for field in cells if field.split(":")[0] in {str(t) for t in moved}]
         commands: list[list[Any]] = [
+            ["MULTI"],
             ["HSET", STATE, *[x for c in changes for x in (
-                f"{self.base}:{c.name}", c.new, f"{self.base}:spent:{c.name}", newest)]],
+                f"{self.base}:{c.name}", c.new, f"{self.base}:spent:{c.name}", counted)]],
             ["XADD", NEWS, "MAXLEN", "~", 1000, "*", "thresholds", orjson.dumps(news)],
         ]
+        if cleared:
+            commands.append(["HDEL", tally_key, *cleared])
         for c in changes:
             commands.append(["LPUSH", CHANGES, orjson.dumps({
                 "at": time.time(), "name": c.name, "old": c.old, "new": c.new,
                 "samples": c.samples, "quality": None if c.quality is None
                 else round(c.quality, 4), "reason": c.reason, "base": self.base})])
-        commands.append(["LTRIM", CHANGES, 0, _KEPT_CHANGES - 1])
+        commands += [["LTRIM", CHANGES, 0, _KEPT_CHANGES - 1], ["EXEC"]]
         await self.redis.pipeline(commands)
         return changes
+
+    async def _count_new(self, key: str, spent: dict[int, str]) -> str | None:
+        """Count into the tally ``key`` the reports appended since it was last counted (each
+        tier's after the id spent on its threshold); the id of the last report counted, or
+        None if another process counted them first."""
+        raw_mark: Any = await self.redis.call("HGET", key, "counted")
+        counted = "0-0" if raw_mark is None else raw_mark.decode()
+        while True:
+            raw: Any = await self.redis.call("XRANGE", REPORTS, f"({counted}", "+",
+                                             "COUNT", _COUNT_READ,
+                                             timeout=max(self.redis.timeout, 2.0))
+            if not raw:
+                return counted
+            cells: dict[str, int] = {}
+            for ident, flat in raw:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                tier = int(fields[b"tier"])
+                if tier in spent and _id(ident) > _id(spent[tier]):
+                    at = f"{tier}:{point(float(fields[b'score']))}"
+                    cells[at + ":n"] = cells.get(at + ":n", 0) + 1
+                    cells[at + ":q"] = (cells.get(at + ":q", 0)
+                                        + millionths(float(fields[b"quality"])))
+            last = raw[-1][0].decode()
+            if not await self.redis.run(_COUNT, [key], [counted, last, *[
+                    x for field, value in cells.items() for x in (field, value)]]):
+                return None
+            counted = last
+            if len(raw) < _COUNT_READ:
+                return counted
 
     def _thresholds(self, state: dict[str, str]) -> dict[str, int]:
         out = {}
@@ -250,6 +303,17 @@ class SharedFeedback:
             news: dict[str, Any] = orjson.loads(entry.fields.get(b"thresholds", b"{}"))
             if news.pop("base", None) == self.base:
                 self._on_thresholds(news)
+
+
+def _tally(cells: dict[str, str]) -> Tally:
+    """The tally a hash of ``{tier}:{point}:n`` / ``:q`` fields holds."""
+    tally = Tally()
+    for field, value in cells.items():
+        tier, _, rest = field.partition(":")
+        at, _, kind = rest.partition(":")
+        if kind == "n":
+            tally.count(int(tier), int(at), int(value), int(cells.get(f"{tier}:{at}:q", "0")))
+    return tally
 
 
 def _pairs(reply: Any) -> dict[str, str]:

@@ -13,12 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.routing.calibration import (
+    THRESHOLD_TIERS,
     Adjustment,
     Report,
+    Tally,
     calibrate,
     calibrate_threshold,
+    millionths,
     read_windows,
-    within,
 )
 
 TIER1 = {"name": "tier1_max", "tier": 1, "target": 0.8, "min_samples": 20, "max_step": 5,
@@ -205,10 +207,11 @@ def test_any_burst_moves_each_threshold_at_most_max_step(
         assert abs(change.new - change.old) <= max_step
         assert change.samples >= min_samples
         assert change.quality is not None
+        # the band's mean against the target, both in whole millionths
         if change.new > change.old:
-            assert change.quality >= target - 1e-9
+            assert change.quality >= millionths(target) / 1_000_000
         else:
-            assert change.quality < target
+            assert change.quality <= millionths(target) / 1_000_000
         now[change.name] = change.new
     assert [c.name for c in changes] in ([], ["tier1_max"], ["tier2_max"],
                                          ["tier1_max", "tier2_max"])
@@ -240,10 +243,68 @@ def test_the_reports_outside_the_read_windows_change_nothing(
     reports: list[Report], thresholds: tuple[int, int], target: float, min_samples: int,
     max_step: int, band: int,
 ) -> None:
-    """A store may give calibration only the reports ``read_windows`` names."""
+    """A store may give calibration only the counts ``read_windows`` names."""
     t1, t2 = thresholds
     settings = {"tier1_max": t1, "tier2_max": t2, "target": target,
                 "min_samples": min_samples, "max_step": max_step, "band": band}
     windows = read_windows(tier1_max=t1, tier2_max=t2, max_step=max_step, band=band)
-    read = [r for r in reports if within(r, windows)]
+    read = Tally.of(reports).within(windows)
     assert calibrate(read, **settings) == calibrate(reports, **settings)
+
+
+# ---- the tally ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(reports=reports_st, tier=st.integers(1, 3), top=st.integers(0, 100),
+       band=st.integers(1, 100))
+def test_a_band_of_the_tally_is_the_reports_in_it(
+    reports: list[Report], tier: int, top: int, band: int
+) -> None:
+    """The tally's band holds exactly the reports of the tier whose score x 100, rounded to
+    1e-6, is above ``top - band`` and at most ``top``."""
+    inside = [r for r in reports
+              if r.tier == tier and top - band < round(r.score * 100, 6) <= top]
+    assert Tally.of(reports).band(tier, top, band) == (
+        len(inside), sum(millionths(r.quality) for r in inside))
+
+
+def test_a_tally_adds_up_in_any_order_and_forgets_a_tier() -> None:
+    reports = [Report(0.1 * k % 1, 1 + k % 2, (k * 0.37) % 1) for k in range(200)]
+    assert Tally.of(reports) == Tally.of(reversed(reports))
+    tally = Tally.of(reports)
+    tally.clear(2)
+    assert tally == Tally.of(r for r in reports if r.tier != 2)
+    assert all(tier == 1 for tier, _ in tally.cells())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    reports=st.lists(st.builds(
+        Report, score=st.floats(0, 1, allow_nan=False), tier=st.integers(1, 3),
+        quality=st.sampled_from([0.1, 0.6, 0.8, 0.9, 0.95, 1.0])), max_size=300),
+    thresholds=thresholds_st(), target=st.sampled_from([0.7, 0.8, 0.9]),
+    min_samples=st.integers(1, 12), max_step=st.integers(1, 10), band=st.integers(1, 40),
+)
+def test_a_tally_kept_as_reports_arrive_calibrates_as_the_unspent_reports_do(
+    reports: list[Report], thresholds: tuple[int, int], target: float, min_samples: int,
+    max_step: int, band: int,
+) -> None:
+    """What a store does (add each report to its tally, calibrate on the tally, clear the tier
+    of each threshold that moved) decides as calibrating on every report since the
+    threshold last moved does."""
+    settings = {"target": target, "min_samples": min_samples, "max_step": max_step,
+                "band": band}
+    now = {"tier1_max": thresholds[0], "tier2_max": thresholds[1]}
+    tally = Tally()
+    spent = {1: 0, 2: 0}  # per tier, the reports spent on moving its threshold
+    for i, report in enumerate(reports, start=1):
+        tally.add(report)
+        unspent = [r for k, r in enumerate(reports[:i], start=1)
+                   if k > spent.get(r.tier, 0)]
+        changes = calibrate(tally, **now, **settings)
+        assert changes == calibrate(unspent, **now, **settings)
+        for change in changes:
+            now[change.name] = change.new
+            tally.clear(THRESHOLD_TIERS[change.name])
+            spent[THRESHOLD_TIERS[change.name]] = i

@@ -64,11 +64,17 @@ def encode(command: Sequence[Arg]) -> bytes:
 
 
 class Parser:
-    """Feed it bytes as they arrive; :meth:`next` returns each complete reply, in order."""
+    """Feed it bytes as they arrive; :meth:`next` returns each complete reply, in order.
+
+    Incremental: a reply that arrives over many reads (an ``XRANGE`` of thousands of entries)
+    is parsed as its bytes come, each element once; the arrays not yet complete wait on a
+    stack until their last element arrives.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._at = 0
+        self._open: list[tuple[list[Reply], int]] = []  # arrays being filled, and their sizes
 
     def feed(self, data: bytes | bytearray) -> None:
         if self._at:
@@ -77,47 +83,46 @@ class Parser:
         self._buffer += data
 
     def next(self) -> Reply | _NeedData:
-        parsed = self._parse(self._at)
-        if parsed is None:
-            return NEED_DATA
-        reply, self._at = parsed
-        return reply
-
-    def _line(self, at: int) -> tuple[bytes, int] | None:
-        end = self._buffer.find(b"\r\n", at)
-        if end < 0:
-            return None
-        return bytes(self._buffer[at:end]), end + 2
-
-    def _parse(self, at: int) -> tuple[Reply, int] | None:
-        found = self._line(at)
-        if found is None:
-            return None
-        line, at = found
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest, at
-        if kind == b":":
-            return int(rest), at
-        if kind == b"-":
-            return ReplyError(rest.decode("utf-8", "replace")), at
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None, at
-            if len(self._buffer) < at + size + 2:
-                return None
-            return bytes(self._buffer[at:at + size]), at + size + 2
-        if kind == b"*":
-            count = int(rest)
-            if count < 0:
-                return None, at
-            items: list[Reply] = []
-            for _ in range(count):
-                parsed = self._parse(at)
-                if parsed is None:
-                    return None
-                item, at = parsed
-                items.append(item)
-            return items, at
-        raise ValueError(f"not a RESP2 reply: {line[:40]!r}")
+        buffer, at, open_ = self._buffer, self._at, self._open
+        while True:
+            end = buffer.find(b"\r\n", at)
+            if end < 0:
+                self._at = at
+                return NEED_DATA
+            kind = buffer[at]
+            reply: Reply
+            if kind == 0x24:  # $: a bulk string
+                size = int(buffer[at + 1:end])
+                if size < 0:
+                    reply, at = None, end + 2
+                elif len(buffer) < end + size + 4:
+                    self._at = at
+                    return NEED_DATA
+                else:
+                    reply, at = bytes(buffer[end + 2:end + 2 + size]), end + size + 4
+            elif kind == 0x2A:  # *: an array
+                count = int(buffer[at + 1:end])
+                at = end + 2
+                if count > 0:
+                    open_.append(([], count))
+                    continue
+                reply = None if count < 0 else []
+            elif kind == 0x2B:  # +: a simple string
+                reply, at = bytes(buffer[at + 1:end]), end + 2
+            elif kind == 0x3A:  # :: an integer
+                reply, at = int(buffer[at + 1:end]), end + 2
+            elif kind == 0x2D:  # -: an error
+                reply = ReplyError(bytes(buffer[at + 1:end]).decode("utf-8", "replace"))
+                at = end + 2
+            else:
+                raise ValueError(f"not a RESP2 reply: {bytes(buffer[at:end][:40])!r}")
+            while open_:
+                items, count = open_[-1]
+                items.append(reply)
+                if len(items) < count:
+                    break
+                open_.pop()
+                reply = items
+            else:
+                self._at = at
+                return reply
