@@ -9,7 +9,9 @@ tag's request:
 
 1. checks that the tag's process is alive: each process renews ``llmr:reports:{<tag>}:alive``
    every second, and it expires :data:`ALIVE_SEC` after the last renewal;
-2. appends the report to the stream ``llmr:reports:{<tag>}:inbox``, with the key to answer on;
+2. appends the report to the stream ``llmr:reports:{<tag>}:inbox``, with the key to answer on
+   (the inbox expires :data:`INBOX_SEC` after its last report, and goes with its process when
+   it stops, so processes that came and went leave no keys behind);
 3. waits up to :data:`WAIT_SEC` for the answer on that key (a list, polled).
 
 The owner follows its inbox (on the process's stream tail), files each report as if it had
@@ -39,12 +41,13 @@ from engine.stores.redis.tail import StreamEntry
 from .policy import FeedbackReport
 from .shared import PREFIX, Shared
 
-__all__ = ["ALIVE_SEC", "ANSWER_SEC", "WAIT_SEC", "SharedReports"]
+__all__ = ["ALIVE_SEC", "ANSWER_SEC", "INBOX_SEC", "WAIT_SEC", "SharedReports"]
 
 log = logging.getLogger("llm_router")
 
 ALIVE_SEC = 3.0
 ANSWER_SEC = 30
+INBOX_SEC = 600
 WAIT_SEC = 5.0
 _RENEW_SEC = 1.0
 _RETRY_SEC = 0.1
@@ -103,7 +106,7 @@ class SharedReports:
             self._shared.tail.unfollow(inbox)
             with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
                 try:
-                    await self.redis.call("DEL", alive)
+                    await self.redis.call("DEL", alive, inbox)
                 except StoreUnavailable:
                     pass  # it expires
 
@@ -130,7 +133,7 @@ class SharedReports:
                              "other_quality": report.other_quality,
                              "reporter": report.reporter})
         sent = await self.redis.run(_SEND, [_key(tag, "alive"), _key(tag, "inbox")],
-                                    [body, answer_key, _INBOX_KEPT])
+                                    [body, answer_key, _INBOX_KEPT, INBOX_SEC])
         if sent != 1:
             raise _forgotten(report)
         # Polled: filing takes ~10-20 ms (the feedback database, calibration), and a poll is
@@ -198,10 +201,11 @@ def _forgotten(report: FeedbackReport) -> NotFound:
                     param="request_id")
 
 
-# Appends a report to a live process's inbox: 1, or 0 when no process holds the tag (a
-# stopped process's inbox stays empty).
+# Appends a report to a live process's inbox (which then lives ARGV[4] seconds more): 1, or 0
+# when no process holds the tag (nothing is written for a stopped process).
 _SEND = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'report', ARGV[1], 'answer', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """)

@@ -2,7 +2,8 @@
 cannot choose which process its ``POST /v1/feedback`` reaches, so a report on a request the
 other process answered is filed there (it alone remembers how it routed the request) and
 its answer returned; a request no live process remembers is a 404, as with one process, and
-a process that does not answer in time leaves the outcome unknown (503)."""
+a process that does not answer in time leaves the outcome unknown (503). Inboxes expire, and
+a process that stops takes its keys with it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
-from engine.runtime.shared_reports import WAIT_SEC
+from engine.core.redis_address import RedisAddress
+from engine.runtime.shared_reports import ANSWER_SEC, INBOX_SEC, WAIT_SEC
+from engine.stores.redis import open_redis
 from engine.testing.fake_upstream import FakeUpstream
 
 
@@ -39,6 +42,11 @@ async def feedback(http: httpx.AsyncClient, url: str, request_id: str,
                    quality: float = 0.2) -> httpx.Response:
     return await http.post(f"{url}/v1/feedback",
                            json={"request_id": request_id, "quality": quality})
+
+
+async def redis_call(redis: RedisServer, *command: str) -> Any:
+    async with open_redis(RedisAddress.from_url(redis.url), timeout=5.0) as client:
+        return await client.call(*command, probe=True)
 
 
 async def routing(http: httpx.AsyncClient, url: str) -> Any:
@@ -64,6 +72,8 @@ async def test_feedback_reaches_the_process_that_answered(
             answer = await feedback(http, url, request_id)
             assert answer.status_code == 200, answer.text
             assert answer.json()["accepted"] is True
+        inbox_a = f"llmr:reports:{{{of_a[4:12]}}}:inbox"
+        assert 0 < await redis_call(redis_server, "TTL", inbox_a) <= INBOX_SEC
         state = await routing(http, a)
         assert state["feedback"]["by_tier"]["1"]["reports"] == 2
 
@@ -103,3 +113,9 @@ async def test_feedback_reaches_the_process_that_answered(
         with trio.fail_after(WAIT_SEC / 2):  # at once: A said it was leaving
             answer = await feedback(http, b, of_a)
         assert answer.status_code == 404, answer.text
+        # and it left no key behind but an answer no sender read (the stalled one's), which
+        # expires
+        left = await redis_call(redis_server, "KEYS", f"llmr:reports:{{{of_a[4:12]}}}:*")
+        assert [key.split(b":")[3] for key in left] == [b"answer"]
+        assert 0 < await redis_call(redis_server, "TTL", left[0]) <= ANSWER_SEC
+        assert await redis_call(redis_server, "KEYS", f"llmr:reports:{{{of_b[4:12]}}}:*") != []
