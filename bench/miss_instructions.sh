@@ -31,7 +31,7 @@ for shape in ${SHAPES:-pinned real}; do
   { routed_models "$up"; cat <<YAML
 cache: {enabled: $cache}
 dedup: {enabled: false}
-learned: {feedback_db: $work/feedback-$shape.db, gate: true}
+learned: {model: builtin, feedback_db: $work/feedback-$shape.db, gate: true}
 state: {path: $work/state-$shape.db}
 YAML
   } > "$work/$shape.yaml"

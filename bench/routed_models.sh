@@ -20,7 +20,7 @@ routed_config() {
   cat <<YAML
 cache: {enabled: true}
 dedup: {enabled: false}
-learned: {feedback_db: $2/feedback.db, online: true}
+learned: {model: builtin, feedback_db: $2/feedback.db, online: true}
 state: {path: $2/state.db}
 YAML
 }

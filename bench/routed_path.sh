@@ -37,7 +37,7 @@ $([ "$2" != stream ] || echo "  - {name: bench-gpt-stream, provider: openai, mod
 base_url: \"$up/stream/v1\", api_key: sk-bench, cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 3}")
 cache: {enabled: $1}
 dedup: {enabled: false}
-learned: {feedback_db: $work/feedback.db, gate: ${GATE:-true}$([ -z "${COMPARE:-}" ] || echo ", compare: {share: $COMPARE, judge: bench-big, max_usd_per_hour: 1000}")}
+learned: {model: builtin, feedback_db: $work/feedback.db, gate: ${GATE:-true}$([ -z "${COMPARE:-}" ] || echo ", compare: {share: $COMPARE, judge: bench-big, max_usd_per_hour: 1000}")}
 state: {path: $work/state.db}
 YAML
 }

@@ -277,9 +277,10 @@ class LearnedConfig(_Section):
 
     ``threshold``: the "needs the strong model" probability (of the trained router or the
     sidecar) that corresponds to the tier 1 / tier 2 boundary when it is put on the 0-100
-    score scale. ``model``: a trained router file (``llm-router router train``; ``builtin``,
-    the default: the one shipped with the package; ``null``: the heuristic alone), blended with
-    the heuristic by ``model_weight``. ``model_threshold``: the trained router's own
+    score scale. ``model``: a trained router file (``llm-router router train``; ``builtin``: the
+    one shipped with the package, which the shipped ``config.yaml`` names; unset or ``null``:
+    the heuristic alone, the contract's score), blended with the heuristic by
+    ``model_weight``. ``model_threshold``: the trained router's own
     probability at that boundary; by default the one its file carries (the built-in router's
     is 0.2: its calibrated probabilities are low), else ``threshold``. ``gate``: use the
     router file's familiarity gate, which leans the router's belief on the conversation's
@@ -295,7 +296,7 @@ class LearnedConfig(_Section):
     """
 
     threshold: float = Field(0.5, gt=0, lt=1)
-    model: str | None = "builtin"
+    model: str | None = None
     model_weight: float = Field(0.7, ge=0, le=1)
     model_threshold: float | None = Field(None, gt=0, lt=1)
     gate: bool = True

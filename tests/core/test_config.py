@@ -142,13 +142,14 @@ def test_defaults_for_every_optional_section() -> None:
     assert config.cache.max_size == 1000
     assert config.cache.ttl_sec == 300
     assert config.cache.similarity_thresh == 0.85
-    # The built-in trained router is on unless the config says `learned: {model: null}`.
-    assert (config.learned.model, config.learned.model_weight) == ("builtin", 0.7)
+    # A file that names no trained router scores by the contract's heuristic alone; the
+    # shipped config.yaml names the built-in one.
+    assert (config.learned.model, config.learned.model_weight) == (None, 0.7)
     assert (config.learned.model_threshold, config.learned.threshold) == (None, 0.5)
     assert config.learned.sidecar_url is None
     assert config.learned.sidecar_weight == 0.7
-    heuristic = parse_config(MINIMAL + "learned: {model: null}\n", environ={})
-    assert heuristic.learned.model is None
+    shipped = load_config(Path(__file__).parents[2] / "config.yaml", environ={})
+    assert shipped.learned.model == "builtin"
     assert config.server.read_timeout_sec == 30
     assert config.server.write_timeout_sec is None
     assert config.server.keep_alive_sec == 15
@@ -509,11 +510,12 @@ def test_config_is_immutable() -> None:
         config.models[0].tier = 3  # type: ignore[misc]
 
 
-def test_a_config_without_learned_routes_with_the_builtin_router() -> None:
+def test_the_builtin_router_puts_its_own_probability_at_the_tier1_boundary() -> None:
     from engine.runtime.models import load_models
     from engine.runtime.policy import RoutingPolicy
 
-    config = parse_config(MINIMAL, environ={})
+    assert load_models(parse_config(MINIMAL, environ={})).learned is None
+    config = parse_config(MINIMAL + "learned: {model: builtin}\n", environ={})
     models = load_models(config)
     assert models.learned is not None
     policy = RoutingPolicy(config, learned=models.learned)
@@ -521,5 +523,6 @@ def test_a_config_without_learned_routes_with_the_builtin_router() -> None:
     # whatever learned.threshold (the sidecar's) says.
     assert policy.model_threshold == 0.2
     assert policy.to_score(0.2, policy.model_threshold) == config.classifier.tier1_max
-    pinned = parse_config(MINIMAL + "learned: {model_threshold: 0.3}\n", environ={})
+    pinned = parse_config(MINIMAL + "learned: {model: builtin, model_threshold: 0.3}\n",
+                          environ={})
     assert RoutingPolicy(pinned, learned=models.learned).model_threshold == 0.3

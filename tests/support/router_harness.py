@@ -44,9 +44,10 @@ def make_config(data: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
     learned = dict(data.get("learned") or {})
     if "feedback_db" not in learned:
         learned["feedback_db"] = str(Path(tempfile.mkdtemp(prefix="llmr-test-")) / "feedback.db")
-    # Tests route with the heuristic alone unless they ask for a trained router: its scores are
-    # exact by construction, which is what most routing assertions rely on. (The product's
-    # default is the built-in trained router; tests/core/test_config.py pins that.)
+    # Tests route with the heuristic alone (as any file that names no trained router does)
+    # unless they ask for one: its scores are exact by construction, which is what most
+    # routing assertions rely on. The shipped config.yaml names the built-in trained router;
+    # tests/core/test_config.py pins both.
     learned.setdefault("model", None)
     data["learned"] = learned
     state = dict(data.get("state") or {})
