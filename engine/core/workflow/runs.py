@@ -60,19 +60,18 @@ def new_run_id() -> str:
 
 
 def iso_time(at: float | None) -> str | None:
-    """Unix seconds as RFC 3339 UTC with a ``Z`` (``None`` stays ``None``).
+    """Unix seconds as RFC 3339 UTC with a ``Z``, in whole seconds as the contract's examples
+    write them (an op's ``ms`` has its duration to the tenth of a millisecond); ``None`` stays
+    ``None``.
 
     >>> iso_time(0.0)
     '1970-01-01T00:00:00Z'
-    >>> iso_time(1.25)
-    '1970-01-01T00:00:01.250Z'
+    >>> iso_time(1.75)
+    '1970-01-01T00:00:01Z'
     """
     if at is None:
         return None
-    moment = datetime.fromtimestamp(at, UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)
