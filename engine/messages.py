@@ -30,8 +30,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 __all__ = [
     "CHARS_PER_TOKEN",
+    "IMAGE_TOKENS",
     "ChatRequest",
     "ChatResult",
     "Event",
@@ -50,6 +53,7 @@ __all__ = [
     "ToolChoice",
     "ToolResult",
     "Usage",
+    "estimate_prompt_tokens",
     "estimate_tokens",
     "merge_choices",
 ]
@@ -67,6 +71,11 @@ def estimate_tokens(text: str) -> int:
     (0, 1, 2)
     """
     return -(-len(text) // CHARS_PER_TOKEN)
+
+
+#: What an image counts for in :func:`estimate_prompt_tokens`: Anthropic's figure for an
+#: image at the largest size it takes without scaling (about 1.15 megapixels).
+IMAGE_TOKENS = 1600
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,3 +357,30 @@ class ResultBuilder:
             upstream_model=finish.upstream_model,
             logprobs=None if self._logprobs is None else tuple(self._logprobs),
         )
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """An estimate of the tokens a model reads for ``request``: :func:`estimate_tokens` of the
+    system prompt, every text, tool call (name and arguments), tool result and tool definition
+    (name, description and schema), plus :data:`IMAGE_TOKENS` an image.
+
+    >>> estimate_prompt_tokens(ChatRequest(messages=(Message("user", (TextPart("hi!!"),)),),
+    ...                                    system="Be brief."))
+    4
+    """
+    texts = [request.system or ""]
+    images = 0
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            elif isinstance(part, ToolCall):
+                texts.append(part.name + part.arguments)
+            elif isinstance(part, ToolResult):
+                texts.append(part.content)
+            else:
+                images += 1
+    for tool in request.tools:
+        schema = "" if tool.parameters is None else orjson.dumps(tool.parameters).decode()
+        texts.append(tool.name + tool.description + schema)
+    return sum(estimate_tokens(text) for text in texts) + images * IMAGE_TOKENS
