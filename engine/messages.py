@@ -80,7 +80,12 @@ IMAGE_TOKENS = 1600
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
+    """Text. ``cache_control`` (on this and the other parts, and on :class:`Tool`): the
+    client's Anthropic prompt-caching breakpoint, as its JSON text, relayed to Anthropic
+    upstreams as given (others cache on their own)."""
+
     text: str
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ class ImagePart:
     url: str | None = None
     media_type: str | None = None
     data: str | None = None
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,7 @@ class ToolResult:
     tool_call_id: str
     content: str
     is_error: bool = False
+    cache_control: str | None = None
 
 
 Part = TextPart | ImagePart | ToolCall | ToolResult
@@ -129,6 +137,7 @@ class Tool:
     name: str
     description: str = ""
     parameters: Any = None  # a JSON Schema object (plain JSON data)
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +156,15 @@ class ChatRequest:
     ``json_schema`` is set with ``json_mode`` when the caller asked for a specific schema.
     ``logit_bias`` is ``(token id, bias)`` pairs sorted by token id, so equal maps are equal
     keys. Parameters at their neutral value (a penalty of 0, an empty bias map) are left unset.
+    ``system_blocks`` are the system prompt's blocks when the client marked a caching
+    breakpoint in them (they join to ``system`` with blank lines); ``anthropic_beta`` is the
+    client's ``anthropic-beta`` header. Both are for Anthropic upstreams only.
     """
 
     messages: tuple[Message, ...]
     model: str | None = None
     system: str | None = None
+    system_blocks: tuple[TextPart, ...] = ()
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -172,6 +185,7 @@ class ChatRequest:
     top_logprobs: int | None = None
     reasoning_effort: str | None = None
     verbosity: str | None = None
+    anthropic_beta: str | None = None
     stream: bool = False
     include_usage: bool = False
 

@@ -10,6 +10,7 @@ and the Quart app's routes for every other spelling of them (``api.http.app``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hmac
 import time
@@ -27,7 +28,7 @@ from engine.errors import (
 )
 from engine.messages import ChatRequest
 from engine.runtime import Gateway, RunContext, Served
-from engine.wire import WireProtocol
+from engine.wire import ANTHROPIC, WireProtocol
 
 from .access import Exchange, Observer
 from .params import cache_controls
@@ -137,6 +138,9 @@ class ChatEndpoint:
                                                headers.get("authorization", ""))
         body = await read_body()
         chat_request = protocol.parse_request(body)
+        beta = headers.get("anthropic-beta", "")
+        if beta and protocol is ANTHROPIC:  # relayed to Anthropic upstreams only
+            chat_request = dataclasses.replace(chat_request, anthropic_beta=beta)
         self._observer.parsed(exchange, request=chat_request, key=key, headers=headers)
         read, write = cache_controls(headers.get("cache-control", ""), body)
         ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)

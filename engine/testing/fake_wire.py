@@ -50,8 +50,10 @@ class ToolCall:
 class Usage:
     """Token counts to report instead of the word-count defaults."""
 
-    input_tokens: int
+    input_tokens: int  # uncached input (Anthropic's input_tokens)
     output_tokens: int
+    cache_read_tokens: int = 0  # OpenAI: in prompt_tokens and cached_tokens too
+    cache_write_tokens: int = 0  # Anthropic only (OpenAI has no such count): in prompt_tokens
 
 
 @dataclass
@@ -167,11 +169,12 @@ def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
 
 
 def _openai_usage(usage: Usage) -> dict[str, Any]:
+    prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
     return {
-        "prompt_tokens": usage.input_tokens,
+        "prompt_tokens": prompt,
         "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "total_tokens": prompt + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -301,8 +304,8 @@ def _chunk_logprobs(reply: Reply, word: str, position: int) -> dict[str, Any] | 
 def _anthropic_usage(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
         "output_tokens": usage.output_tokens,
         "service_tier": "standard",
     }

@@ -151,6 +151,8 @@ class AnthropicProvider:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key is not None:
             headers["x-api-key"] = api_key
+        if request.anthropic_beta:
+            headers["anthropic-beta"] = request.anthropic_beta  # the client's, as it sent it
         return UpstreamCall(
             url=f"{base_url.rstrip('/')}/v1/messages",
             headers=headers,

@@ -347,7 +347,7 @@ def test_parse_request_content_blocks() -> None:
     ]
     assert parse_request(body(messages=messages)).messages == (
         user(
-            "what is this?",
+            TextPart("what is this?", cache_control='{"type":"ephemeral"}'),  # relayed as sent
             ImagePart(media_type="image/png", data="AAAA"),
             ImagePart(url="https://x/y.png"),
         ),

@@ -27,23 +27,27 @@ UNSUPPORTED = {
     "context_management": "context management is not supported by this router",
 }
 
-_TEXT = Fields({"type": Const("text"), "text": Text(min_length=1)}, required=("type", "text"),
-               doc="An empty text block is dropped.")
+# A prompt-caching breakpoint: relayed to Anthropic upstreams as given, not sent to others.
+_CACHE = Fields({"type": Const("ephemeral"), "ttl": Text(values=("5m", "1h"))},
+                required=("type",), doc="Relayed to Anthropic upstreams as given.")
+_TEXT = Fields({"type": Const("text"), "text": Text(min_length=1), "cache_control": _CACHE},
+               required=("type", "text"), doc="An empty text block is dropped.")
 _BLOCKS: dict[str, Spec] = {  # each content block the router takes, by type
     "text": _TEXT,
     "image": Fields({"type": Const("image"), "source": Either((
         Fields({"type": Const("base64"), "media_type": Text(values=IMAGE_TYPES),
                 "data": Text(min_length=1)}, required=("type", "media_type", "data")),
         Fields({"type": Const("url"), "url": Text(min_length=1)}, required=("type", "url")),
-    ))}, required=("type", "source")),
+    )), "cache_control": _CACHE}, required=("type", "source")),
     "tool_result": Fields({
         "type": Const("tool_result"), "tool_use_id": Text(min_length=1),
         "content": Either((Text(), ListOf(Fields({"type": Const("text"), "text": Text()},
                                                  required=("type",))))),
-        "is_error": Flag(),
+        "is_error": Flag(), "cache_control": _CACHE,
     }, required=("type", "tool_use_id")),
     "tool_use": Fields({"type": Const("tool_use"), "id": Text(min_length=1),
-                        "name": Text(min_length=1), "input": Anything(objects_only=True)},
+                        "name": Text(min_length=1), "input": Anything(objects_only=True),
+                        "cache_control": _CACHE},
                        required=("type", "id", "name", "input")),
     "thinking": Fields({"type": Const("thinking"), "thinking": Text(), "signature": Text()},
                        required=("type",), doc="Dropped: another model cannot verify it."),
@@ -84,7 +88,8 @@ REQUEST = Fields(
         "system": Either((Text(), ListOf(_TEXT))),
         "tools": ListOf(Fields({"type": Const("custom"), "name": Text(min_length=1),
                                 "description": Text(),
-                                "input_schema": Anything(objects_only=True)},
+                                "input_schema": Anything(objects_only=True),
+                                "cache_control": _CACHE},
                                required=("name", "input_schema"))),
         "tool_choice": Either((
             Fields({"type": Text(values=("auto", "any", "none")),

@@ -89,10 +89,12 @@ def parse_request(body: bytes) -> ChatRequest:
     for name, problem in UNSUPPORTED.items():
         if data.get(name) is not None:
             raise _invalid(name, problem)
+    system, system_blocks = _parse_system(data.get("system"))
     return ChatRequest(
         messages=_parse_messages(data.get("messages")),
         model=None if model in (None, "auto") else model,
-        system=_parse_system(data.get("system")),
+        system=system,
+        system_blocks=system_blocks,
         tools=_parse_tools(data.get("tools")),
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
@@ -164,17 +166,30 @@ def _number(obj: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _parse_system(value: Any) -> str | None:
+def _cache_control(block: dict[str, Any], path: str) -> str | None:
+    """A block's prompt-caching breakpoint, as JSON text (relayed as given)."""
+    value = block.get("cache_control")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise _invalid(f"{path}.cache_control", "must be an object with a type")
+    return orjson.dumps(value).decode()
+
+
+def _parse_system(value: Any) -> tuple[str | None, tuple[TextPart, ...]]:
+    """The system prompt, and its blocks if a caching breakpoint is among them."""
     if value is None or isinstance(value, str):
-        return value or None
+        return value or None, ()
     if not isinstance(value, list):
         raise _invalid("system", "must be a string or a list of text blocks")
-    texts = []
+    blocks = []
     for i, block in enumerate(value):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise _invalid(f"system.{i}", "must be a text block")
-        texts.append(_string(block, "text", f"system.{i}.text", required=True))
-    return "\n\n".join(texts) or None
+        text = _string(block, "text", f"system.{i}.text", required=True)
+        blocks.append(TextPart(text, _cache_control(block, f"system.{i}")))
+    cached = any(block.cache_control for block in blocks)
+    return "\n\n".join(b.text for b in blocks) or None, tuple(blocks) if cached else ()
 
 
 def _parse_messages(value: Any) -> tuple[Message, ...]:
@@ -228,7 +243,8 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
         text = _string(block, "text", f"{path}.text")
         if text is None:
             raise _invalid(f"{path}.text", "field required")
-        return TextPart(text) if text else None
+        return TextPart(text, _cache_control(block, path)) if text else None
+    cache_control = _cache_control(block, path)
     if kind == "tool_use":
         arguments = _optional(block, "input", dict, "an object", f"{path}.input")
         if arguments is None:
@@ -237,15 +253,24 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
             id=_string(block, "id", f"{path}.id", required=True),
             name=_string(block, "name", f"{path}.name", required=True),
             arguments=tool_arguments(arguments),
+            cache_control=cache_control,
         )
     if kind == "tool_result":
+        content = block.get("content")
+        if cache_control is None and isinstance(content, list) and content:
+            # the text is joined into one string: a breakpoint on its last block ends it too
+            last = content[-1]
+            cache_control = _cache_control(last, f"{path}.content.{len(content) - 1}"
+                                           ) if isinstance(last, dict) else None
         return ToolResult(
             tool_call_id=_string(block, "tool_use_id", f"{path}.tool_use_id", required=True),
-            content=_tool_result_text(block.get("content"), f"{path}.content"),
+            content=_tool_result_text(content, f"{path}.content"),
             is_error=bool(_optional(block, "is_error", bool, "a boolean", f"{path}.is_error")),
+            cache_control=cache_control,
         )
     if kind == "image":
-        return _parse_image(block.get("source"), f"{path}.source")
+        image = _parse_image(block.get("source"), f"{path}.source")
+        return ImagePart(image.url, image.media_type, image.data, cache_control)
     return None  # thinking: the upstream cannot verify another model's signed reasoning
 
 
@@ -299,6 +324,7 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
                 name=_string(tool, "name", f"{path}.name", required=True),
                 description=_string(tool, "description", f"{path}.description") or "",
                 parameters=schema,
+                cache_control=_cache_control(tool, path),
             )
         )
     return tuple(tools)
@@ -364,24 +390,38 @@ def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
 
 
 def _render_tool(tool: Tool) -> dict[str, Any]:
-    return {
+    return _cached({
         "name": tool.name,
         **({"description": tool.description} if tool.description else {}),
         "input_schema": tool.parameters
         if tool.parameters is not None
         else {"type": "object", "properties": {}},
-    }
+    }, tool.cache_control)
 
 
-def _render_system(request: ChatRequest) -> str | None:
+def _cached(block: dict[str, Any], cache_control: str | None) -> dict[str, Any]:
+    """``block`` with the client's caching breakpoint, if it had one."""
+    if cache_control is not None:
+        block["cache_control"] = orjson.Fragment(cache_control)
+    return block
+
+
+def _render_system(request: ChatRequest) -> str | list[dict[str, Any]] | None:
+    blocks: list[dict[str, Any]] | None = None
+    if request.system_blocks and request.system == "\n\n".join(
+            block.text for block in request.system_blocks):
+        blocks = [_cached({"type": "text", "text": block.text}, block.cache_control)
+                  for block in request.system_blocks]
     if not request.json_mode:
-        return request.system
+        return blocks or request.system
     instruction = JSON_INSTRUCTION
     schema = request.json_schema
     if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
         schema = schema["schema"]  # OpenAI's {"name", "schema", "strict"} wrapper
     if schema is not None:
         instruction += " It must conform to this JSON Schema: " + orjson.dumps(schema).decode()
+    if blocks:
+        return [*blocks, {"type": "text", "text": instruction}]
     return f"{request.system}\n\n{instruction}" if request.system else instruction
 
 
@@ -420,26 +460,31 @@ def _render_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
         if turn["role"] == "user" and len(content) > 1:
             # Anthropic wants tool results ahead of any other content in their user turn.
             content.sort(key=lambda b: b["type"] != "tool_result")
-        if len(content) == 1 and content[0]["type"] == "text":
+        if len(content) == 1 and content[0]["type"] == "text" and len(content[0]) == 2:
             turn["content"] = content[0]["text"]
     return out
 
 
 def _render_part(part: object, index: int) -> dict[str, Any] | None:
     if isinstance(part, TextPart):
-        return {"type": "text", "text": part.text} if part.text else None
+        if not part.text:
+            return None
+        return _cached({"type": "text", "text": part.text}, part.cache_control)
+    block: dict[str, Any]
     if isinstance(part, ToolCall):
         input = _render_tool_input(part)
-        return {"type": "tool_use", "id": part.id, "name": part.name, "input": input}
+        block = {"type": "tool_use", "id": part.id, "name": part.name, "input": input}
+        return _cached(block, part.cache_control)
     if isinstance(part, ToolResult):
-        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.tool_call_id}
+        block = {"type": "tool_result", "tool_use_id": part.tool_call_id}
         if part.content:
             block["content"] = part.content
         if part.is_error:
             block["is_error"] = True
-        return block
+        return _cached(block, part.cache_control)
     if isinstance(part, ImagePart):
-        return {"type": "image", "source": _image_source(part, index)}
+        return _cached({"type": "image", "source": _image_source(part, index)},
+                       part.cache_control)
     raise TypeError(f"not a message part: {part!r}")
 
 
