@@ -63,8 +63,8 @@ class Reply:
     id: str
     model: str
     text: str | None
-    tool_call: ToolCall | None
-    tool_call_id: str
+    tool_calls: tuple[ToolCall, ...]  # several: parallel tool calls
+    tool_call_ids: tuple[str, ...]  # one each
     stop_reason: str
     usage: Usage
     choices: int = 1  # OpenAI's n
@@ -214,16 +214,14 @@ def _openai_choice(reply: Reply, index: int) -> dict[str, Any]:
         "refusal": None,
         "annotations": [],
     }
-    if reply.tool_call is not None:
+    if reply.tool_calls:
         message["tool_calls"] = [
             {
-                "id": reply.tool_call_id,
+                "id": tool_id,
                 "type": "function",
-                "function": {
-                    "name": reply.tool_call.name,
-                    "arguments": _arguments_json(reply.tool_call),
-                },
+                "function": {"name": tool.name, "arguments": _arguments_json(tool)},
             }
+            for tool, tool_id in zip(reply.tool_calls, reply.tool_call_ids, strict=True)
         ]
     return {
         "index": index,
@@ -262,16 +260,17 @@ def openai_events(
         Event(chunk({"content": piece}, logprobs=_chunk_logprobs(reply, piece, i)), content=True)
         for i, piece in enumerate(_words(reply.text or "", delta_chars))
     ]
-    if reply.tool_call is not None:
+    for index, (tool, tool_id) in enumerate(
+            zip(reply.tool_calls, reply.tool_call_ids, strict=True)):
         head = {
-            "index": 0,
-            "id": reply.tool_call_id,
+            "index": index,
+            "id": tool_id,
             "type": "function",
-            "function": {"name": reply.tool_call.name, "arguments": ""},
+            "function": {"name": tool.name, "arguments": ""},
         }
         rest.append(Event(chunk({"tool_calls": [head]})))
-        for piece in _fragments(_arguments_json(reply.tool_call)):
-            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+        for piece in _fragments(_arguments_json(tool)):
+            delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
             rest.append(Event(chunk(delta), content=True))
     rest.append(Event(chunk({}, reply.stop_reason)))
     if include_usage:
@@ -315,15 +314,10 @@ def _anthropic_blocks(reply: Reply) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     if reply.text is not None:
         blocks.append({"type": "text", "text": reply.text})
-    if reply.tool_call is not None:
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": reply.tool_call_id,
-                "name": reply.tool_call.name,
-                "input": reply.tool_call.arguments,
-            }
-        )
+    blocks.extend(
+        {"type": "tool_use", "id": tool_id, "name": tool.name, "input": tool.arguments}
+        for tool, tool_id in zip(reply.tool_calls, reply.tool_call_ids, strict=True)
+    )
     return blocks
 
 
