@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from engine.core import Config, KeyRecord
 from engine.errors import (
     BudgetExceeded,
+    NoBackendAvailable,
     RateLimited,
     RouterError,
     Unauthorized,
@@ -76,12 +77,12 @@ def routing_headers(served: Served) -> dict[str, str]:
 
 
 def error_reply(err: RouterError, protocol: WireProtocol) -> Reply:
-    """``err`` as ``protocol``'s error object, with ``Retry-After`` where a limit says when to
-    come back, and a client key's ``X-RateLimit-*``."""
+    """``err`` as ``protocol``'s error object, with ``Retry-After`` where a limit or the
+    backends' health says when to come back, and a client key's ``X-RateLimit-*``."""
     headers = {"content-type": _JSON}
     retry_after = getattr(err, "retry_after", None)
-    if isinstance(err, RateLimited | UpstreamRateLimited | BudgetExceeded) and (
-            retry_after is not None):
+    waits = RateLimited | UpstreamRateLimited | BudgetExceeded | NoBackendAvailable
+    if isinstance(err, waits) and retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
     headers.update(getattr(err, "limits", None) or {})
     return Reply(err.status, headers, protocol.render_error(err))
