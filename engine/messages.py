@@ -46,6 +46,8 @@ __all__ = [
     "StopReason",
     "TextDelta",
     "TextPart",
+    "ThinkingDelta",
+    "ThinkingPart",
     "Tool",
     "ToolCall",
     "ToolCallDelta",
@@ -118,7 +120,19 @@ class ToolResult:
     cache_control: str | None = None
 
 
-Part = TextPart | ImagePart | ToolCall | ToolResult
+@dataclass(frozen=True, slots=True)
+class ThinkingPart:
+    """Reasoning an Anthropic model showed (extended thinking), kept intact: relayed to
+    Anthropic clients and sent back as given to Anthropic upstreams, whose ``signature``
+    seals it; other protocols leave it out. ``redacted``: a ``redacted_thinking`` block,
+    whose opaque ``data`` is in ``thinking``."""
+
+    thinking: str
+    signature: str = ""
+    redacted: bool = False
+
+
+Part = TextPart | ImagePart | ToolCall | ToolResult | ThinkingPart
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +199,7 @@ class ChatRequest:
     top_logprobs: int | None = None
     reasoning_effort: str | None = None
     verbosity: str | None = None
+    thinking: str | None = None  # Anthropic's extended thinking setting, as its JSON text
     anthropic_beta: str | None = None
     stream: bool = False
     include_usage: bool = False
@@ -211,6 +226,8 @@ class ChatRequest:
             used.append("reasoning_effort")
         if self.verbosity is not None:
             used.append("verbosity")
+        if self.thinking is not None:
+            used.append("thinking")
         return frozenset(used)
 
 
@@ -243,7 +260,7 @@ class ChatResult:
     every choice's tokens).
     """
 
-    content: tuple[TextPart | ToolCall, ...]
+    content: tuple[TextPart | ToolCall | ThinkingPart, ...]
     stop_reason: StopReason = "stop"
     stop_sequence: str | None = None
     usage: Usage = field(default_factory=Usage)
@@ -298,6 +315,17 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    """Extended thinking: a piece of its text, or the ``signature`` that ends its block; a
+    redacted block comes whole (``redacted``, its data in ``thinking``). Anthropic streams
+    relay it; OpenAI streams leave it out."""
+
+    thinking: str = ""
+    signature: str = ""
+    redacted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallStart:
     index: int
     id: str
@@ -318,16 +346,17 @@ class Finish:
     upstream_model: str | None = None
 
 
-Event = TextDelta | ToolCallStart | ToolCallDelta | Finish
+Event = TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish
 
 
 class ResultBuilder:
     """Accumulates a stream's events into the :class:`ChatResult` they add up to."""
 
-    __slots__ = ("_calls", "_finish", "_logprobs", "_text")
+    __slots__ = ("_calls", "_finish", "_logprobs", "_text", "_thinking")
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._thinking: list[list[Any]] = []  # [pieces, signature, redacted, sealed] a block
         self._calls: dict[int, list[str]] = {}
         self._finish: Finish | None = None
         self._logprobs: list[Any] | None = None
@@ -344,8 +373,22 @@ class ResultBuilder:
                 self._calls[event.index] = [event.id, event.name]
             elif type(event) is ToolCallDelta:
                 self._calls.setdefault(event.index, ["", ""]).append(event.arguments)
+            elif type(event) is ThinkingDelta:
+                self._think(event)
             elif type(event) is Finish:
                 self._finish = event
+
+    def _think(self, event: ThinkingDelta) -> None:
+        blocks = self._thinking
+        if event.redacted:
+            blocks.append([[event.thinking], "", True, True])
+            return
+        if not blocks or blocks[-1][3]:  # none yet, or the last one is sealed: a new block
+            blocks.append([[], "", False, False])
+        block = blocks[-1]
+        block[0].append(event.thinking)
+        if event.signature:
+            block[1], block[3] = block[1] + event.signature, True
 
     @property
     def finished(self) -> bool:
@@ -356,7 +399,10 @@ class ResultBuilder:
         return "".join(self._text)
 
     def result(self) -> ChatResult:
-        content: list[TextPart | ToolCall] = []
+        content: list[TextPart | ToolCall | ThinkingPart] = [
+            ThinkingPart("".join(pieces), signature, redacted)
+            for pieces, signature, redacted, _ in self._thinking
+        ]
         text = self.text
         if text:
             content.append(TextPart(text))

@@ -112,6 +112,10 @@ class Behaviour:
     text: str | None = None  # reply text; None: "[backend] <last user text>", or none with a tool
     tool_call: ToolCall | None = None  # after `text` if text is given, else instead of it
     tool_calls: tuple[ToolCall, ...] = ()  # parallel calls, after `tool_call` if both
+    # Anthropic only: extended thinking ahead of the answer, signed "sig-<its text>"; then a
+    # redacted_thinking block with this data.
+    thinking: str | None = None
+    redacted_thinking: str | None = None
     chunk_delay: float = 0.0  # seconds between SSE events
     # Streams: after this many content deltas (words, tool-argument fragments) drop the
     # connection mid chunked body. Non-streams: send half the JSON body, then drop.
@@ -575,6 +579,8 @@ def _plan_reply(
         text=text,
         tool_calls=tools,
         tool_call_ids=tool_ids,
+        thinking=behaviour.thinking,
+        redacted_thinking=behaviour.redacted_thinking,
         stop_reason=behaviour.stop_reason or stop,
         usage=usage,
         choices=choices,

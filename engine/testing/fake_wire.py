@@ -68,6 +68,8 @@ class Reply:
     stop_reason: str
     usage: Usage
     choices: int = 1  # OpenAI's n
+    thinking: str | None = None  # Anthropic: a thinking block first, signed "sig-<text>"
+    redacted_thinking: str | None = None  # Anthropic: then a redacted_thinking block
     top_logprobs: int | None = None  # None: no logprobs asked; else alternatives per token
 
 
@@ -312,6 +314,11 @@ def _anthropic_usage(usage: Usage) -> dict[str, Any]:
 
 def _anthropic_blocks(reply: Reply) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
+    if reply.thinking is not None:
+        blocks.append({"type": "thinking", "thinking": reply.thinking,
+                       "signature": f"sig-{reply.thinking}"})
+    if reply.redacted_thinking is not None:
+        blocks.append({"type": "redacted_thinking", "data": reply.redacted_thinking})
     if reply.text is not None:
         blocks.append({"type": "text", "text": reply.text})
     blocks.extend(
@@ -352,6 +359,13 @@ def anthropic_events(
             opening = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece}
                       for piece in _words(block["text"], delta_chars)]
+        elif block["type"] == "thinking":
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": piece}
+                      for piece in _words(block["thinking"], delta_chars)]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        elif block["type"] == "redacted_thinking":
+            opening, deltas = block, []
         else:
             opening = {**block, "input": {}}
             pieces = _fragments(orjson.dumps(block["input"]).decode())

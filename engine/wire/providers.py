@@ -126,7 +126,7 @@ class AnthropicProvider:
     """
 
     __slots__ = ()
-    supports: ClassVar[frozenset[str]] = frozenset({"top_k"})
+    supports: ClassVar[frozenset[str]] = frozenset({"top_k", "thinking"})
     native_n: ClassVar[bool] = False
 
     def build_call(

@@ -17,6 +17,7 @@ from engine.messages import (
     ImagePart,
     Message,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolChoice,
@@ -351,7 +352,10 @@ def test_parse_request_content_blocks() -> None:
             ImagePart(media_type="image/png", data="AAAA"),
             ImagePart(url="https://x/y.png"),
         ),
-        assistant("Checking.", ToolCall("toolu_1", "look", '{"q":[1,2]}')),
+        assistant(  # thinking kept, to go back as given to an Anthropic upstream
+            ThinkingPart("...", "s"), ThinkingPart("d", redacted=True),
+            "Checking.", ToolCall("toolu_1", "look", '{"q":[1,2]}'),
+        ),
         user(
             ToolResult("toolu_1", "plain"),
             ToolResult("toolu_2", "a\nb", is_error=True),
@@ -475,9 +479,10 @@ INVALID: list[tuple[bytes, str | None]] = [
     (body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools.0.type"),
     (body(tool_choice="auto"), "tool_choice"),
     (body(tool_choice={"type": "required"}), "tool_choice.type"),
-    # Changes the answer and cannot be honoured: refused, never dropped.
-    (body(thinking={"type": "enabled", "budget_tokens": 1024}), "thinking"),
+    (body(thinking={"type": "enabled"}), "thinking.budget_tokens"),
+    (body(thinking={"type": "enabled", "budget_tokens": "many"}), "thinking.budget_tokens"),
     (body(thinking="on"), "thinking"),
+    # Changes the answer and cannot be honoured: refused, never dropped.
     (body(mcp_servers=[{"type": "url", "url": "https://x", "name": "x"}]), "mcp_servers"),
     (body(container="c-1"), "container"),
     (body(tool_choice={"type": "tool"}), "tool_choice.name"),

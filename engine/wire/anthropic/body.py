@@ -50,9 +50,10 @@ _BLOCKS: dict[str, Spec] = {  # each content block the router takes, by type
                         "cache_control": _CACHE},
                        required=("type", "id", "name", "input")),
     "thinking": Fields({"type": Const("thinking"), "thinking": Text(), "signature": Text()},
-                       required=("type",), doc="Dropped: another model cannot verify it."),
+                       required=("type",), doc="Sent back as given to Anthropic upstreams; "
+                                               "left out for others."),
     "redacted_thinking": Fields({"type": Const("redacted_thinking"), "data": Text()},
-                                required=("type",), doc="Dropped, as thinking."),
+                                required=("type",), doc="As thinking."),
 }
 BLOCK_ROLES = {  # the turns each content block may appear in
     "text": ("user", "assistant"),
@@ -100,10 +101,13 @@ REQUEST = Fields(
         "stop_sequences": ListOf(Text()),
         "metadata": Fields({"user_id": Text()}),
         "stream": Flag(),
-        # Extended thinking would need its signed thinking blocks relayed and sent back
-        # verbatim: refused, not dropped.
-        "thinking": Fields({"type": Const("disabled")}, required=("type",),
-                           doc="Extended thinking is refused; only disabled is accepted."),
+        # Extended thinking: relayed as given; a request with it routes to Anthropic upstreams.
+        "thinking": Either((
+            Fields({"type": Const("enabled"), "budget_tokens": Num(integer=True, low=1)},
+                   required=("type", "budget_tokens")),
+            Fields({"type": Const("disabled")}, required=("type",)),
+        ), doc="Extended thinking: served by Anthropic upstreams, whose thinking blocks are "
+               "relayed intact."),
         "router_cache": ROUTER_CACHE,
     },
     required=("model", "max_tokens", "messages"),

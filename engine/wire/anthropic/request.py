@@ -24,6 +24,7 @@ from engine.messages import (
     Message,
     Part,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolChoice,
@@ -38,6 +39,7 @@ __all__ = [
     "JSON_INSTRUCTION",
     "parse_request",
     "render_request",
+    "render_thinking",
     "tool_arguments",
     "tool_input",
 ]
@@ -85,7 +87,7 @@ def parse_request(body: bytes) -> ChatRequest:
     stop = _optional(data, "stop_sequences", list, "a list of strings") or []
     if not all(isinstance(s, str) for s in stop):
         raise _invalid("stop_sequences", "must be a list of strings")
-    _check_thinking(data.get("thinking"))
+    thinking = _parse_thinking(data.get("thinking"))
     for name, problem in UNSUPPORTED.items():
         if data.get(name) is not None:
             raise _invalid(name, problem)
@@ -104,21 +106,24 @@ def parse_request(body: bytes) -> ChatRequest:
         max_tokens=max_tokens,
         stop=tuple(stop),
         user=_string(metadata, "user_id", "metadata.user_id"),
+        thinking=thinking,
         stream=bool(_optional(data, "stream", bool, "a boolean")),
     )
 
 
-def _check_thinking(value: Any) -> None:
+def _parse_thinking(value: Any) -> str | None:
+    """Extended thinking, as its JSON text (relayed as given); ``disabled`` is none."""
     if value is None:
-        return
-    if not isinstance(value, dict):
-        raise _invalid("thinking", "must be an object")
-    if value.get("type") != "disabled":
-        raise _invalid(
-            "thinking",
-            "extended thinking is not supported by this router (its thinking blocks cannot "
-            "be relayed); omit it or send {\"type\": \"disabled\"}",
-        )
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise _invalid("thinking", "must be an object with a type")
+    if value["type"] == "disabled":
+        return None
+    if value["type"] == "enabled":
+        budget = value.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            raise _invalid("thinking.budget_tokens", "must be a positive integer")
+    return orjson.dumps(value).decode()
 
 
 def _invalid(param: str, problem: str) -> RequestInvalid:
@@ -221,7 +226,8 @@ def _parse_messages(value: Any) -> tuple[Message, ...]:
             raise _invalid(f"{path}.content", "must be a string or a list of content blocks")
         if not content and not (role == "assistant" and i == len(value) - 1):
             raise _invalid(f"{path}.content", "must not be empty")
-        if parts:  # a turn of thinking blocks alone, or an empty final prefill, drops out
+        # a turn of thinking blocks alone, or an empty final prefill, drops out
+        if any(not isinstance(part, ThinkingPart) for part in parts):
             messages.append(Message(role=role, parts=parts))
     if not messages:
         raise _invalid("messages", "must hold at least one message with content")
@@ -271,7 +277,11 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
     if kind == "image":
         image = _parse_image(block.get("source"), f"{path}.source")
         return ImagePart(image.url, image.media_type, image.data, cache_control)
-    return None  # thinking: the upstream cannot verify another model's signed reasoning
+    if kind == "redacted_thinking":
+        return ThinkingPart(_string(block, "data", f"{path}.data") or "", redacted=True)
+    # thinking: sent back as given to Anthropic upstreams (whose signature seals it)
+    return ThinkingPart(_string(block, "thinking", f"{path}.thinking") or "",
+                        _string(block, "signature", f"{path}.signature") or "")
 
 
 def _tool_result_text(content: Any, path: str) -> str:
@@ -384,6 +394,8 @@ def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
         payload["stop_sequences"] = list(request.stop)
     if request.user:
         payload["metadata"] = {"user_id": request.user}
+    if request.thinking is not None:
+        payload["thinking"] = orjson.Fragment(request.thinking)
     if stream:
         payload["stream"] = True
     return orjson.dumps(payload)
@@ -485,7 +497,16 @@ def _render_part(part: object, index: int) -> dict[str, Any] | None:
     if isinstance(part, ImagePart):
         return _cached({"type": "image", "source": _image_source(part, index)},
                        part.cache_control)
+    if isinstance(part, ThinkingPart):
+        return render_thinking(part)
     raise TypeError(f"not a message part: {part!r}")
+
+
+def render_thinking(part: ThinkingPart) -> dict[str, Any]:
+    """A thinking part as the block Anthropic sent it in (answers and requests alike)."""
+    if part.redacted:
+        return {"type": "redacted_thinking", "data": part.thinking}
+    return {"type": "thinking", "thinking": part.thinking, "signature": part.signature}
 
 
 def _render_tool_input(call: ToolCall) -> dict[str, Any]:
