@@ -138,6 +138,7 @@ class Behaviour:
     # output = words of the reply text (a tool call adds none).
     usage: Usage | None = None
     stop_reason: str | None = None  # verbatim finish_reason / stop_reason, e.g. "length"
+    stop_sequence: str | None = None  # Anthropic: the stop sequence that matched
 
 
 @dataclass
@@ -579,6 +580,7 @@ def _plan_reply(
         text=text,
         tool_calls=tools,
         tool_call_ids=tool_ids,
+        stop_sequence=behaviour.stop_sequence,
         thinking=behaviour.thinking,
         redacted_thinking=behaviour.redacted_thinking,
         stop_reason=behaviour.stop_reason or stop,

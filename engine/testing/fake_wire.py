@@ -68,6 +68,7 @@ class Reply:
     stop_reason: str
     usage: Usage
     choices: int = 1  # OpenAI's n
+    stop_sequence: str | None = None  # Anthropic's, when one matched
     thinking: str | None = None  # Anthropic: a thinking block first, signed "sig-<text>"
     redacted_thinking: str | None = None  # Anthropic: then a redacted_thinking block
     top_logprobs: int | None = None  # None: no logprobs asked; else alternatives per token
@@ -336,7 +337,7 @@ def anthropic_json(reply: Reply) -> dict[str, Any]:
         "model": reply.model,
         "content": _anthropic_blocks(reply),
         "stop_reason": reply.stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": reply.stop_sequence,
         "usage": _anthropic_usage(reply.usage),
     }
 
@@ -383,7 +384,7 @@ def anthropic_events(
         event(
             "message_delta",
             {
-                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
                 "usage": {"output_tokens": reply.usage.output_tokens},
             },
         )
