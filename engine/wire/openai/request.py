@@ -441,10 +441,13 @@ def _word(data: dict[str, Any], key: str) -> str | None:
 # ---- writing: the canonical request as an upstream's chat-completions body -----------------
 
 
-def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
+def render_request(request: ChatRequest, *, model: str, stream: bool,
+                   max_tokens_field: str = "max_completion_tokens") -> bytes:
     """The chat-completions body that asks provider model ``model`` for ``request``.
 
-    ``stream`` also asks for usage on the stream: the router needs it for costs.
+    ``stream`` also asks for usage on the stream: the router needs it for costs. The output
+    limit goes by ``max_tokens_field``: OpenAI's current ``max_completion_tokens`` (its
+    reasoning models refuse ``max_tokens``), or the older name for servers that only know it.
     """
     messages: list[dict[str, Any]] = []
     if request.system:
@@ -477,7 +480,7 @@ def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
     optional = {  # sent only when set (None: unset)
         "temperature": request.temperature,
         "top_p": request.top_p,
-        "max_tokens": request.max_tokens,
+        max_tokens_field: request.max_tokens,
         "stop": list(request.stop) or None,
         "seed": request.seed,
         "n": request.n if request.n != 1 else None,
