@@ -200,6 +200,8 @@ class ChatRequest:
     reasoning_effort: str | None = None
     verbosity: str | None = None
     thinking: str | None = None  # Anthropic's extended thinking setting, as its JSON text
+    effort: str | None = None  # Anthropic's output_config.effort
+    cache_control: str | None = None  # Anthropic's automatic caching breakpoint, as JSON text
     anthropic_beta: str | None = None
     stream: bool = False
     include_usage: bool = False
@@ -228,6 +230,8 @@ class ChatRequest:
             used.append("verbosity")
         if self.thinking is not None:
             used.append("thinking")
+        if self.effort is not None:
+            used.append("effort")
         return frozenset(used)
 
 

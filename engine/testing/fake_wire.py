@@ -420,7 +420,7 @@ def validate_request(protocol: Protocol, body: Any) -> str | None:
 ANTHROPIC_FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
     "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-    "container", "mcp_servers", "context_management",
+    "container", "mcp_servers", "context_management", "output_config", "cache_control",
 })
 
 

@@ -130,7 +130,7 @@ class AnthropicProvider:
     """
 
     __slots__ = ()
-    supports: ClassVar[frozenset[str]] = frozenset({"top_k", "thinking"})
+    supports: ClassVar[frozenset[str]] = frozenset({"top_k", "thinking", "effort"})
     native_n: ClassVar[bool] = False
 
     def build_call(

@@ -17,6 +17,8 @@ from engine.wire.schema import (
     Text,
 )
 
+from .output import EFFORTS
+
 __all__ = ["BLOCK_ROLES", "IMAGE_TYPES", "NUMBERS", "REQUEST", "UNSUPPORTED"]
 
 IMAGE_TYPES = ("image/gif", "image/jpeg", "image/png", "image/webp")
@@ -105,9 +107,18 @@ REQUEST = Fields(
         "thinking": Either((
             Fields({"type": Const("enabled"), "budget_tokens": Num(integer=True, low=1)},
                    required=("type", "budget_tokens")),
-            Fields({"type": Const("disabled")}, required=("type",)),
-        ), doc="Extended thinking: served by Anthropic upstreams, whose thinking blocks are "
-               "relayed intact."),
+            Fields({"type": Text(values=("adaptive", "between_tools", "disabled"))},
+                   required=("type",)),
+        ), doc="Extended thinking: served by Anthropic upstreams, which get it as given and "
+               "whose thinking blocks are relayed intact; disabled is as if absent."),
+        "output_config": Fields({
+            "effort": Text(values=EFFORTS, doc="Served by Anthropic upstreams."),
+            "format": Fields({"type": Const("json_schema"),
+                              "schema": Anything(objects_only=True)},
+                             required=("type", "schema"),
+                             doc="A JSON answer of this schema, from any upstream."),
+        }),
+        "cache_control": _CACHE,
         "router_cache": ROUTER_CACHE,
     },
     required=("model", "max_tokens", "messages"),

@@ -33,6 +33,7 @@ from engine.messages import (
 from engine.wire.schema import Num
 
 from .body import BLOCK_ROLES, IMAGE_TYPES, NUMBERS, UNSUPPORTED
+from .output import parse_output_config
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -92,6 +93,7 @@ def parse_request(body: bytes) -> ChatRequest:
         if data.get(name) is not None:
             raise _invalid(name, problem)
     system, system_blocks = _parse_system(data.get("system"))
+    json_schema, effort = parse_output_config(data.get("output_config"))
     return ChatRequest(
         messages=_parse_messages(data.get("messages")),
         model=None if model in (None, "auto") else model,
@@ -107,6 +109,10 @@ def parse_request(body: bytes) -> ChatRequest:
         stop=tuple(stop),
         user=_string(metadata, "user_id", "metadata.user_id"),
         thinking=thinking,
+        json_mode=json_schema is not None,
+        json_schema=json_schema,
+        effort=effort,
+        cache_control=_cache_control(data, ""),
         stream=bool(_optional(data, "stream", bool, "a boolean")),
     )
 
@@ -177,7 +183,8 @@ def _cache_control(block: dict[str, Any], path: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-        raise _invalid(f"{path}.cache_control", "must be an object with a type")
+        raise _invalid(f"{path}.cache_control" if path else "cache_control",
+                       "must be an object with a type")
     return orjson.dumps(value).decode()
 
 
@@ -396,6 +403,10 @@ def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
         payload["metadata"] = {"user_id": request.user}
     if request.thinking is not None:
         payload["thinking"] = orjson.Fragment(request.thinking)
+    if request.effort is not None:
+        payload["output_config"] = {"effort": request.effort}
+    if request.cache_control is not None:
+        payload["cache_control"] = orjson.Fragment(request.cache_control)
     if stream:
         payload["stream"] = True
     return orjson.dumps(payload)
