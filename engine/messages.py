@@ -152,6 +152,7 @@ class Tool:
     description: str = ""
     parameters: Any = None  # a JSON Schema object (plain JSON data)
     cache_control: str | None = None
+    strict: bool = False  # calls must follow ``parameters`` exactly (both providers have it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Parallel tool calls through the router, with the official SDKs as clients, from either
 upstream protocol: several calls in one answer (JSON, and streamed with their arguments in
 fragments), what the SDKs' stream helpers accumulate, and the results sent back in the next
-turn reaching the upstream as one turn.
+turn reaching the upstream as one turn. Strict tools stay strict across translation.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import openai
+import pydantic
 import pytest
 from support_protocols import (
     AN_MID,
@@ -152,3 +154,37 @@ def _assert_results_turn(sent: dict[str, Any], ids: list[str], *, anthropic: boo
         assert [c["id"] for c in assistant["tool_calls"]] == ids
         assert [(r["role"], r["tool_call_id"], r["content"]) for r in results] == [
             ("tool", tool_id, f"sunny in {i}") for i, tool_id in enumerate(ids)]
+
+
+# -- strict tools -------------------------------------------------------------------------------
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    unit: str
+    days: int
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_strict_function_tools_stay_strict(env: ProtocolEnv, model: str) -> None:
+    env.fake.set_default(BACKEND[model], Behaviour(tool_call=WEATHER))
+    completion = await env.openai.chat.completions.parse(
+        model=model, messages=user("weather in Paris?"),
+        tools=[openai.pydantic_function_tool(Weather, name="get_weather")])
+    [call] = completion.choices[0].message.tool_calls or []
+    assert call.function.parsed_arguments == Weather(city="Paris", unit="celsius", days=3)
+
+    [tool] = env.sent(BACKEND[model])["tools"]
+    strict = tool["function"].get("strict") if model == "gpt-small" else tool.get("strict")
+    assert strict is True  # schema adherence asked of the upstream, as the client asked it
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_strict_anthropic_tools_stay_strict(env: ProtocolEnv, model: str) -> None:
+    await env.anthropic.messages.create(
+        model=model, max_tokens=100, messages=user("weather in Paris?"),
+        tools=[{**ANTHROPIC_TOOLS[0], "strict": True}, {**ANTHROPIC_TOOLS[0], "name": "other"}])
+    first, second = env.sent(BACKEND[model])["tools"]
+    if model == "gpt-small":
+        first, second = first["function"], second["function"]
+    assert first["strict"] is True and "strict" not in second

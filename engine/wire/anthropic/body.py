@@ -92,7 +92,8 @@ REQUEST = Fields(
         "tools": ListOf(Fields({"type": Const("custom"), "name": Text(min_length=1),
                                 "description": Text(),
                                 "input_schema": Anything(objects_only=True),
-                                "cache_control": _CACHE},
+                                "cache_control": _CACHE,
+                                "strict": Flag(doc="Relayed to every upstream.")},
                                required=("name", "input_schema"))),
         "tool_choice": Either((
             Fields({"type": Text(values=("auto", "any", "none")),

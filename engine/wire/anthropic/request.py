@@ -342,6 +342,7 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
                 description=_string(tool, "description", f"{path}.description") or "",
                 parameters=schema,
                 cache_control=_cache_control(tool, path),
+                strict=bool(_optional(tool, "strict", bool, "a boolean", f"{path}.strict")),
             )
         )
     return tuple(tools)
@@ -419,6 +420,7 @@ def _render_tool(tool: Tool) -> dict[str, Any]:
         "input_schema": tool.parameters
         if tool.parameters is not None
         else {"type": "object", "properties": {}},
+        **({"strict": True} if tool.strict else {}),
     }, tool.cache_control)
 
 

@@ -326,7 +326,11 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
         if parameters is not None and type(parameters) is not dict:
             raise invalid_type(f"{path}.function.parameters", "an object", parameters)
         name = string(function, "name", f"{path}.function", non_empty=True)
-        tools.append(Tool(name=name, description=description or "", parameters=parameters))
+        strict = function.get("strict")
+        if strict is not None and type(strict) is not bool:
+            raise invalid_type(f"{path}.function.strict", "a boolean", strict)
+        tools.append(Tool(name=name, description=description or "", parameters=parameters,
+                          strict=bool(strict)))
     return tuple(tools)
 
 
@@ -555,4 +559,6 @@ def _render_tool(tool: Tool) -> dict[str, Any]:
     if tool.description:
         function["description"] = tool.description
     function["parameters"] = tool.parameters if tool.parameters is not None else _EMPTY_PARAMETERS
+    if tool.strict:
+        function["strict"] = True
     return {"type": "function", "function": function}
