@@ -98,6 +98,7 @@ class ImagePart:
     media_type: str | None = None
     data: str | None = None
     cache_control: str | None = None
+    detail: str | None = None  # OpenAI's image detail (low, high, auto); Anthropic has none
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,8 +212,11 @@ def _parse_image(value: Any, path: str) -> ImagePart:
     url = value.get("url") if type(value) is dict else value
     if type(url) is not str or not url:
         raise invalid_type(f"{path}.url", "a non-empty string", url)
+    detail = value.get("detail") if type(value) is dict else None
+    if detail is not None and type(detail) is not str:
+        raise invalid_type(f"{path}.detail", "a string", detail)
     if not url.startswith("data:"):
-        return ImagePart(url=url)
+        return ImagePart(url=url, detail=detail)
     header, comma, data = url[5:].partition(",")
     media_type, _, encoding = header.partition(";")
     if not comma or encoding != "base64" or not media_type:
@@ -222,7 +225,7 @@ def _parse_image(value: Any, path: str) -> ImagePart:
             "('data:<media type>;base64,<data>').",
             param=f"{path}.url",
         )
-    return ImagePart(media_type=media_type, data=data)
+    return ImagePart(media_type=media_type, data=data, detail=detail)
 
 
 def _parse_assistant(message: dict[str, Any], path: str) -> tuple[Part, ...]:
@@ -529,7 +532,10 @@ def _render_content(parts: list[TextPart | ImagePart]) -> str | list[dict[str, A
             rendered.append({"type": "text", "text": part.text})
         else:
             url = part.url or f"data:{part.media_type};base64,{part.data}"
-            rendered.append({"type": "image_url", "image_url": {"url": url}})
+            image: dict[str, str] = {"url": url}
+            if part.detail is not None:
+                image["detail"] = part.detail
+            rendered.append({"type": "image_url", "image_url": image})
     return rendered
 
 
