@@ -13,7 +13,8 @@ from support_protocols import AN_MID, OA_SMALL, ProtocolEnv, open_protocol_env
 
 from engine.testing.fake_upstream import FakeUpstream
 
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
+       "RU5ErkJggg==")
 URL = "https://example.com/cat.png"
 
 
