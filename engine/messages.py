@@ -119,6 +119,7 @@ class ToolResult:
     content: str
     is_error: bool = False
     cache_control: str | None = None
+    images: tuple[ImagePart, ...] = ()  # after the text (Anthropic's; chat completions' are text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +235,9 @@ class ChatRequest:
             used.append("thinking")
         if self.effort is not None:
             used.append("effort")
+        if any(type(part) is ToolResult and part.images
+               for message in self.messages for part in message.parts):
+            used.append("tool_result_images")
         return frozenset(used)
 
 

@@ -130,7 +130,9 @@ class AnthropicProvider:
     """
 
     __slots__ = ()
-    supports: ClassVar[frozenset[str]] = frozenset({"top_k", "thinking", "effort"})
+    supports: ClassVar[frozenset[str]] = frozenset(
+        {"top_k", "thinking", "effort", "tool_result_images"}
+    )
     native_n: ClassVar[bool] = False
 
     def build_call(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
 import pytest
 from support_protocols import AN_MID, OA_SMALL, ProtocolEnv, open_protocol_env
 
@@ -71,3 +72,32 @@ async def test_anthropic_images_reach_either_upstream(env: ProtocolEnv, model: s
             {"type": "image_url", "image_url": {"url": URL}},
             {"type": "text", "text": "what are these?"},
         ]
+
+
+def _screenshot_turns() -> list[Any]:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": PNG}}
+    return [
+        {"role": "user", "content": "take a screenshot"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                                           "name": "screenshot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": [{"type": "text", "text": "the screen:"},
+                                                  image]}]},
+    ]
+
+
+async def test_images_in_tool_results_reach_an_anthropic_upstream(env: ProtocolEnv) -> None:
+    turns = _screenshot_turns()
+    await env.anthropic.messages.create(model="auto", max_tokens=50, messages=turns)
+    assert env.sent(AN_MID)["messages"][2] == turns[2]
+    assert env.fake.requests(OA_SMALL) == []  # chat completions' tool results are text only
+
+
+async def test_images_in_tool_results_pinned_to_an_openai_model_are_a_400(env: ProtocolEnv
+                                                                         ) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await env.anthropic.messages.create(model="gpt-small", max_tokens=50,
+                                            messages=_screenshot_turns())
+    assert "gpt-small" in caught.value.body["error"]["message"]  # type: ignore[index]
+    assert env.fake.requests(OA_SMALL) == []

@@ -34,17 +34,18 @@ _CACHE = Fields({"type": Const("ephemeral"), "ttl": Text(values=("5m", "1h"))},
                 required=("type",), doc="Relayed to Anthropic upstreams as given.")
 _TEXT = Fields({"type": Const("text"), "text": Text(min_length=1), "cache_control": _CACHE},
                required=("type", "text"), doc="An empty text block is dropped.")
+_IMAGE = Fields({"type": Const("image"), "source": Either((
+    Fields({"type": Const("base64"), "media_type": Text(values=IMAGE_TYPES),
+            "data": Text(min_length=1)}, required=("type", "media_type", "data")),
+    Fields({"type": Const("url"), "url": Text(min_length=1)}, required=("type", "url")),
+)), "cache_control": _CACHE}, required=("type", "source"))
 _BLOCKS: dict[str, Spec] = {  # each content block the router takes, by type
     "text": _TEXT,
-    "image": Fields({"type": Const("image"), "source": Either((
-        Fields({"type": Const("base64"), "media_type": Text(values=IMAGE_TYPES),
-                "data": Text(min_length=1)}, required=("type", "media_type", "data")),
-        Fields({"type": Const("url"), "url": Text(min_length=1)}, required=("type", "url")),
-    )), "cache_control": _CACHE}, required=("type", "source")),
+    "image": _IMAGE,
     "tool_result": Fields({
         "type": Const("tool_result"), "tool_use_id": Text(min_length=1),
-        "content": Either((Text(), ListOf(Fields({"type": Const("text"), "text": Text()},
-                                                 required=("type",))))),
+        "content": Either((Text(), ListOf(Either((
+            Fields({"type": Const("text"), "text": Text()}, required=("type",)), _IMAGE))))),
         "is_error": Flag(), "cache_control": _CACHE,
     }, required=("type", "tool_use_id")),
     "tool_use": Fields({"type": Const("tool_use"), "id": Text(min_length=1),

@@ -275,9 +275,11 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
             last = content[-1]
             cache_control = _cache_control(last, f"{path}.content.{len(content) - 1}"
                                            ) if isinstance(last, dict) else None
+        text, images = _tool_result_content(content, f"{path}.content")
         return ToolResult(
             tool_call_id=_string(block, "tool_use_id", f"{path}.tool_use_id", required=True),
-            content=_tool_result_text(content, f"{path}.content"),
+            content=text,
+            images=images,
             is_error=bool(_optional(block, "is_error", bool, "a boolean", f"{path}.is_error")),
             cache_control=cache_control,
         )
@@ -291,17 +293,22 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
                         _string(block, "signature", f"{path}.signature") or "")
 
 
-def _tool_result_text(content: Any, path: str) -> str:
+def _tool_result_content(content: Any, path: str) -> tuple[str, tuple[ImagePart, ...]]:
+    """A tool result's text, and its images (which go after the text)."""
     if content is None or isinstance(content, str):
-        return content or ""
+        return content or "", ()
     if not isinstance(content, list):
-        raise _invalid(path, "must be a string or a list of text blocks")
-    texts = []
+        raise _invalid(path, "must be a string or a list of text and image blocks")
+    texts, images = [], []
     for i, block in enumerate(content):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            raise _invalid(f"{path}.{i}", "only text blocks are supported in tool results")
-        texts.append(_string(block, "text", f"{path}.{i}.text") or "")
-    return "\n".join(texts)
+        if isinstance(block, dict) and block.get("type") == "image":
+            images.append(_parse_image(block.get("source"), f"{path}.{i}.source"))
+        elif not isinstance(block, dict) or block.get("type") != "text":
+            raise _invalid(f"{path}.{i}", "only text and image blocks are supported in tool "
+                                          "results")
+        else:
+            texts.append(_string(block, "text", f"{path}.{i}.text") or "")
+    return "\n".join(texts), tuple(images)
 
 
 def _parse_image(source: Any, path: str) -> ImagePart:
@@ -502,7 +509,11 @@ def _render_part(part: object, index: int) -> dict[str, Any] | None:
         return _cached(block, part.cache_control)
     if isinstance(part, ToolResult):
         block = {"type": "tool_result", "tool_use_id": part.tool_call_id}
-        if part.content:
+        if part.images:
+            text = [{"type": "text", "text": part.content}] if part.content else []
+            block["content"] = text + [{"type": "image", "source": _image_source(image, index)}
+                                       for image in part.images]
+        elif part.content:
             block["content"] = part.content
         if part.is_error:
             block["is_error"] = True
