@@ -143,3 +143,18 @@ async def test_a_cached_answer_keeps_its_thinking(fake_upstream: FakeUpstream) -
     assert hit.headers["x-llm-router-cache"] == "HIT"
     assert len(fake_upstream.requests(AN_MID)) == 1
     assert _blocks(first) == _blocks(replayed) == _blocks(streamed) == EXPECTED
+
+
+async def test_a_streamed_answer_is_cached_with_its_thinking(fake_upstream: FakeUpstream
+                                                            ) -> None:
+    fake_upstream.set_default(AN_MID, THOUGHT)
+    async with open_protocol_env(fake_upstream, cache=True) as env:
+        kwargs: dict[str, Any] = {"model": "claude-mid", "max_tokens": 2048,
+                                  "messages": user("the streamed answer?"),
+                                  "thinking": THINKING}
+        async with env.anthropic.messages.stream(**kwargs) as events:
+            streamed = await events.get_final_message()
+        hit = await env.anthropic.messages.with_raw_response.create(**kwargs)
+        replayed = await hit.parse()
+    assert hit.headers["x-llm-router-cache"] == "HIT"
+    assert _blocks(streamed) == _blocks(replayed) == EXPECTED
