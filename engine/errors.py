@@ -268,10 +268,15 @@ class RateLimited(RouterError):
 
 
 class NoBackendAvailable(RouterError):
-    """No configured backend could take the request (down, unconfigured, or all failed)."""
+    """No configured backend could take the request (down, unconfigured, or all failed);
+    ``retry_after``: seconds until one may be tried again, when the router knows."""
 
     status = 503
     code = "no_backend_available"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(RouterError):

@@ -30,8 +30,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 __all__ = [
     "CHARS_PER_TOKEN",
+    "IMAGE_TOKENS",
     "ChatRequest",
     "ChatResult",
     "Event",
@@ -43,6 +46,8 @@ __all__ = [
     "StopReason",
     "TextDelta",
     "TextPart",
+    "ThinkingDelta",
+    "ThinkingPart",
     "Tool",
     "ToolCall",
     "ToolCallDelta",
@@ -50,6 +55,7 @@ __all__ = [
     "ToolChoice",
     "ToolResult",
     "Usage",
+    "estimate_prompt_tokens",
     "estimate_tokens",
     "merge_choices",
 ]
@@ -69,9 +75,19 @@ def estimate_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
+#: What an image counts for in :func:`estimate_prompt_tokens`: Anthropic's figure for an
+#: image at the largest size it takes without scaling (about 1.15 megapixels).
+IMAGE_TOKENS = 1600
+
+
 @dataclass(frozen=True, slots=True)
 class TextPart:
+    """Text. ``cache_control`` (on this and the other parts, and on :class:`Tool`): the
+    client's Anthropic prompt-caching breakpoint, as its JSON text, relayed to Anthropic
+    upstreams as given (others cache on their own)."""
+
     text: str
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +97,8 @@ class ImagePart:
     url: str | None = None
     media_type: str | None = None
     data: str | None = None
+    cache_control: str | None = None
+    detail: str | None = None  # OpenAI's image detail (low, high, auto); Anthropic has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +118,23 @@ class ToolResult:
     tool_call_id: str
     content: str
     is_error: bool = False
+    cache_control: str | None = None
+    images: tuple[ImagePart, ...] = ()  # after the text (Anthropic's; chat completions' are text)
 
 
-Part = TextPart | ImagePart | ToolCall | ToolResult
+@dataclass(frozen=True, slots=True)
+class ThinkingPart:
+    """Reasoning an Anthropic model showed (extended thinking), kept intact: relayed to
+    Anthropic clients and sent back as given to Anthropic upstreams, whose ``signature``
+    seals it; other protocols leave it out. ``redacted``: a ``redacted_thinking`` block,
+    whose opaque ``data`` is in ``thinking``."""
+
+    thinking: str
+    signature: str = ""
+    redacted: bool = False
+
+
+Part = TextPart | ImagePart | ToolCall | ToolResult | ThinkingPart
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +153,8 @@ class Tool:
     name: str
     description: str = ""
     parameters: Any = None  # a JSON Schema object (plain JSON data)
+    cache_control: str | None = None
+    strict: bool = False  # calls must follow ``parameters`` exactly (both providers have it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +173,15 @@ class ChatRequest:
     ``json_schema`` is set with ``json_mode`` when the caller asked for a specific schema.
     ``logit_bias`` is ``(token id, bias)`` pairs sorted by token id, so equal maps are equal
     keys. Parameters at their neutral value (a penalty of 0, an empty bias map) are left unset.
+    ``system_blocks`` are the system prompt's blocks when the client marked a caching
+    breakpoint in them (they join to ``system`` with blank lines); ``anthropic_beta`` is the
+    client's ``anthropic-beta`` header. Both are for Anthropic upstreams only.
     """
 
     messages: tuple[Message, ...]
     model: str | None = None
     system: str | None = None
+    system_blocks: tuple[TextPart, ...] = ()
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -163,6 +202,10 @@ class ChatRequest:
     top_logprobs: int | None = None
     reasoning_effort: str | None = None
     verbosity: str | None = None
+    thinking: str | None = None  # Anthropic's extended thinking setting, as its JSON text
+    effort: str | None = None  # Anthropic's output_config.effort
+    cache_control: str | None = None  # Anthropic's automatic caching breakpoint, as JSON text
+    anthropic_beta: str | None = None
     stream: bool = False
     include_usage: bool = False
 
@@ -188,6 +231,13 @@ class ChatRequest:
             used.append("reasoning_effort")
         if self.verbosity is not None:
             used.append("verbosity")
+        if self.thinking is not None:
+            used.append("thinking")
+        if self.effort is not None:
+            used.append("effort")
+        if any(type(part) is ToolResult and part.images
+               for message in self.messages for part in message.parts):
+            used.append("tool_result_images")
         return frozenset(used)
 
 
@@ -220,7 +270,7 @@ class ChatResult:
     every choice's tokens).
     """
 
-    content: tuple[TextPart | ToolCall, ...]
+    content: tuple[TextPart | ToolCall | ThinkingPart, ...]
     stop_reason: StopReason = "stop"
     stop_sequence: str | None = None
     usage: Usage = field(default_factory=Usage)
@@ -275,6 +325,17 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    """Extended thinking: a piece of its text, or the ``signature`` that ends its block; a
+    redacted block comes whole (``redacted``, its data in ``thinking``). Anthropic streams
+    relay it; OpenAI streams leave it out."""
+
+    thinking: str = ""
+    signature: str = ""
+    redacted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallStart:
     index: int
     id: str
@@ -295,16 +356,17 @@ class Finish:
     upstream_model: str | None = None
 
 
-Event = TextDelta | ToolCallStart | ToolCallDelta | Finish
+Event = TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish
 
 
 class ResultBuilder:
     """Accumulates a stream's events into the :class:`ChatResult` they add up to."""
 
-    __slots__ = ("_calls", "_finish", "_logprobs", "_text")
+    __slots__ = ("_calls", "_finish", "_logprobs", "_text", "_thinking")
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._thinking: list[list[Any]] = []  # [pieces, signature, redacted, sealed] a block
         self._calls: dict[int, list[str]] = {}
         self._finish: Finish | None = None
         self._logprobs: list[Any] | None = None
@@ -321,8 +383,22 @@ class ResultBuilder:
                 self._calls[event.index] = [event.id, event.name]
             elif type(event) is ToolCallDelta:
                 self._calls.setdefault(event.index, ["", ""]).append(event.arguments)
+            elif type(event) is ThinkingDelta:
+                self._think(event)
             elif type(event) is Finish:
                 self._finish = event
+
+    def _think(self, event: ThinkingDelta) -> None:
+        blocks = self._thinking
+        if event.redacted:
+            blocks.append([[event.thinking], "", True, True])
+            return
+        if not blocks or blocks[-1][3]:  # none yet, or the last one is sealed: a new block
+            blocks.append([[], "", False, False])
+        block = blocks[-1]
+        block[0].append(event.thinking)
+        if event.signature:
+            block[1], block[3] = block[1] + event.signature, True
 
     @property
     def finished(self) -> bool:
@@ -333,7 +409,10 @@ class ResultBuilder:
         return "".join(self._text)
 
     def result(self) -> ChatResult:
-        content: list[TextPart | ToolCall] = []
+        content: list[TextPart | ToolCall | ThinkingPart] = [
+            ThinkingPart("".join(pieces), signature, redacted)
+            for pieces, signature, redacted, _ in self._thinking
+        ]
         text = self.text
         if text:
             content.append(TextPart(text))
@@ -348,3 +427,30 @@ class ResultBuilder:
             upstream_model=finish.upstream_model,
             logprobs=None if self._logprobs is None else tuple(self._logprobs),
         )
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """An estimate of the tokens a model reads for ``request``: :func:`estimate_tokens` of the
+    system prompt, every text, tool call (name and arguments), tool result and tool definition
+    (name, description and schema), plus :data:`IMAGE_TOKENS` an image.
+
+    >>> estimate_prompt_tokens(ChatRequest(messages=(Message("user", (TextPart("hi!!"),)),),
+    ...                                    system="Be brief."))
+    4
+    """
+    texts = [request.system or ""]
+    images = 0
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            elif isinstance(part, ToolCall):
+                texts.append(part.name + part.arguments)
+            elif isinstance(part, ToolResult):
+                texts.append(part.content)
+            else:
+                images += 1
+    for tool in request.tools:
+        schema = "" if tool.parameters is None else orjson.dumps(tool.parameters).decode()
+        texts.append(tool.name + tool.description + schema)
+    return sum(estimate_tokens(text) for text in texts) + images * IMAGE_TOKENS

@@ -63,7 +63,7 @@ SURFACES: dict[str, set[str]] = {
     },
     "engine.wire": {
         "ANTHROPIC", "OPENAI", "Encoder", "Provider", "SSEDecoder", "StreamDecoder",
-        "WireProtocol", "decode_events", "provider_for",
+        "WireProtocol", "decode_events", "parse_count_request", "provider_for", "render_count",
         # request bodies declared once: read by validators and by /openapi.json
         "ROUTER_CACHE", "Anything", "Fields", "Flag", "Num", "Text", "to_schema",
     },

@@ -47,7 +47,7 @@ from engine.runtime import (
     RunContext,
     open_gateway,
 )
-from engine.wire import ANTHROPIC, OPENAI, WireProtocol
+from engine.wire import ANTHROPIC, OPENAI, WireProtocol, parse_count_request, render_count
 
 from .access import Exchange, Observer
 from .admin import apply_changes, check_admin, parse_changes, parse_settings
@@ -395,6 +395,17 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
             raise ModelNotFound(f"no model {echo(model_id)} on this router; "
                                 "GET /v1/models lists them", param="model")
         return _json(found)
+
+    @app.post("/v1/messages/count_tokens")
+    @guarded
+    async def count_tokens() -> Response:
+        """Anthropic's token count, estimated by the router for every backend alike
+        (``engine.wire.anthropic.count``); the model must be one this router serves."""
+        counted = parse_count_request(await read_body())
+        if counted.model is not None and counted.model not in model_by_id:
+            raise ModelNotFound(f"no model {echo(counted.model)} on this router; "
+                                "GET /v1/models lists them", param="model")
+        return Response(render_count(counted), content_type=_JSON)
 
     @app.get("/stats")
     @guarded

@@ -10,6 +10,7 @@ and the Quart app's routes for every other spelling of them (``api.http.app``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hmac
 import time
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from engine.core import Config, KeyRecord
 from engine.errors import (
     BudgetExceeded,
+    NoBackendAvailable,
     RateLimited,
     RouterError,
     Unauthorized,
@@ -27,7 +29,7 @@ from engine.errors import (
 )
 from engine.messages import ChatRequest
 from engine.runtime import Gateway, RunContext, Served
-from engine.wire import WireProtocol
+from engine.wire import ANTHROPIC, WireProtocol
 
 from .access import Exchange, Observer
 from .params import cache_controls
@@ -75,12 +77,12 @@ def routing_headers(served: Served) -> dict[str, str]:
 
 
 def error_reply(err: RouterError, protocol: WireProtocol) -> Reply:
-    """``err`` as ``protocol``'s error object, with ``Retry-After`` where a limit says when to
-    come back, and a client key's ``X-RateLimit-*``."""
+    """``err`` as ``protocol``'s error object, with ``Retry-After`` where a limit or the
+    backends' health says when to come back, and a client key's ``X-RateLimit-*``."""
     headers = {"content-type": _JSON}
     retry_after = getattr(err, "retry_after", None)
-    if isinstance(err, RateLimited | UpstreamRateLimited | BudgetExceeded) and (
-            retry_after is not None):
+    waits = RateLimited | UpstreamRateLimited | BudgetExceeded | NoBackendAvailable
+    if isinstance(err, waits) and retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
     headers.update(getattr(err, "limits", None) or {})
     return Reply(err.status, headers, protocol.render_error(err))
@@ -137,6 +139,9 @@ class ChatEndpoint:
                                                headers.get("authorization", ""))
         body = await read_body()
         chat_request = protocol.parse_request(body)
+        beta = headers.get("anthropic-beta", "")
+        if beta and protocol is ANTHROPIC:  # relayed to Anthropic upstreams only
+            chat_request = dataclasses.replace(chat_request, anthropic_beta=beta)
         self._observer.parsed(exchange, request=chat_request, key=key, headers=headers)
         read, write = cache_controls(headers.get("cache-control", ""), body)
         ctx = RunContext(tenant=tenant, cache_read=read, cache_write=write, key=key)

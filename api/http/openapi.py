@@ -190,6 +190,11 @@ def _operations(create_key: JSON, change_key: JSON) -> tuple[_Op, ...]:
             body=to_schema(ANTHROPIC.request_body),
             parameters=(_CACHE_CONTROL, _ANTHROPIC_VERSION), errors="AnthropicError",
             routed=True),
+        _Op("post", "/v1/messages/count_tokens", "Anthropic token count, estimated by the "
+            "router", "chat", "client",
+            {"200": _json(_object("The estimate (docs/api.md).",
+                                  input_tokens={"type": "integer", "minimum": 0}))},
+            body=_count_body(), parameters=(_ANTHROPIC_VERSION,), errors="AnthropicError"),
         _Op("post", "/v1/workflows", "Run a workflow given as YAML", "workflows", "client",
             workflow_ok, body=to_schema(SUBMIT), parameters=workflow_headers),
         _Op("get", "/v1/workflows", "List the ready pipelines", "workflows", "operator",
@@ -262,6 +267,15 @@ def _operations(create_key: JSON, change_key: JSON) -> tuple[_Op, ...]:
         _Op("get", "/openapi.json", "This document", "operator", "public",
             {"200": _json({"type": "object"})}),
     )
+
+
+def _count_body() -> JSON:
+    """The Messages body without ``max_tokens`` and ``stream``: what count_tokens takes."""
+    body = to_schema(ANTHROPIC.request_body)
+    body["required"] = [name for name in body["required"] if name != "max_tokens"]
+    body["properties"] = {name: spec for name, spec in body["properties"].items()
+                          if name not in ("max_tokens", "stream", "router_cache")}
+    return body
 
 
 def _operation(op: _Op) -> JSON:

@@ -103,6 +103,16 @@ class BackendState:
             return False
         return self.status != "down" or (not self.probing and now >= self.probe_at)
 
+    def wait(self, now: float) -> float | None:
+        """Seconds until it may be tried again (0: now), or None when no one can say: its key
+        is unset, or its probe is under way."""
+        if not self.configured or (self.status == "down" and self.probing):
+            return None
+        until = self.rate_limited_until
+        if self.status == "down":
+            until = max(until, self.probe_at)
+        return max(0.0, until - now)
+
     def begin(self, now: float) -> bool:
         """Count a request about to be sent to it. Returns whether that request is the probe
         (the backend was due one); the caller hands that back to ``failed`` and ``end``."""

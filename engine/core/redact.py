@@ -44,6 +44,7 @@ from engine.messages import (
     Finish,
     TextDelta,
     TextPart,
+    ThinkingPart,
     ToolCallDelta,
     ToolCallStart,
 )
@@ -235,6 +236,8 @@ class Redactor:
             return result
         content = tuple(
             TextPart(self.redact(part.text)) if isinstance(part, TextPart)
+            # thinking passes intact, as in streams: its signature would not verify otherwise
+            else part if isinstance(part, ThinkingPart)
             else replace(part, id=self.redact(part.id), name=self.redact(part.name),
                          arguments=self.redact(part.arguments))
             for part in result.content

@@ -325,7 +325,8 @@ class BackendCaller:
                else f"down ({b.last_error or 'unreachable'}; {_next_probe(b, now)})")
             for b in skipped
         )
-        return NoBackendAvailable(f"no backend available: {details or 'none configured'}")
+        return NoBackendAvailable(f"no backend available: {details or 'none configured'}",
+                                  retry_after=_soonest(skipped, now))
 
     def _exhausted(self, errors: list[UpstreamError], route: Route) -> RouterError:
         now = trio.current_time()
@@ -351,7 +352,15 @@ class BackendCaller:
         details = "; ".join(e.message for e in errors)
         if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
             return UpstreamTimeout(f"every backend tried timed out: {details}")
-        return NoBackendAvailable(f"all backends failed: {details}")
+        tried = [self.pool[e.backend] for e in errors if e.backend in self.pool.backends]
+        return NoBackendAvailable(f"all backends failed: {details}",
+                                  retry_after=_soonest(tried, now))
+
+
+def _soonest(backends: list[BackendState], now: float) -> float | None:
+    """Seconds until the first of ``backends`` may be tried again, if any can say."""
+    waits = [wait for b in backends if (wait := b.wait(now)) is not None]
+    return min(waits) if waits else None
 
 
 def _next_probe(backend: BackendState, now: float) -> str:

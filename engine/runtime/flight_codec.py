@@ -25,6 +25,8 @@ from engine.messages import (
     Finish,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
@@ -118,6 +120,8 @@ def _event(event: Event) -> list[Any]:
         return ["s", event.index, event.id, event.name]
     if type(event) is ToolCallDelta:
         return ["a", event.index, event.arguments]
+    if type(event) is ThinkingDelta:
+        return ["k", event.thinking, event.signature, event.redacted]
     assert type(event) is Finish
     return ["f", event.stop_reason, event.stop_sequence, _usage(event.usage),
             event.upstream_model]
@@ -131,12 +135,16 @@ def _parse_event(raw: list[Any]) -> Event:
         return ToolCallStart(raw[1], raw[2], raw[3])
     if kind == "a":
         return ToolCallDelta(raw[1], raw[2])
+    if kind == "k":
+        return ThinkingDelta(raw[1], raw[2], raw[3])
     return Finish(raw[1], raw[2], Usage(*raw[3]), raw[4])
 
 
 def _result(result: ChatResult) -> dict[str, Any]:
     return {
-        "c": [["t", p.text] if isinstance(p, TextPart) else ["c", p.id, p.name, p.arguments]
+        "c": [["t", p.text] if isinstance(p, TextPart)
+              else ["k", p.thinking, p.signature, p.redacted] if isinstance(p, ThinkingPart)
+              else ["c", p.id, p.name, p.arguments]
               for p in result.content],
         "r": result.stop_reason, "q": result.stop_sequence, "u": _usage(result.usage),
         "m": result.upstream_model, "l": result.logprobs,
@@ -146,7 +154,9 @@ def _result(result: ChatResult) -> dict[str, Any]:
 
 def _parse_result(body: dict[str, Any]) -> ChatResult:
     return ChatResult(
-        content=tuple(TextPart(p[1]) if p[0] == "t" else ToolCall(p[1], p[2], p[3])
+        content=tuple(TextPart(p[1]) if p[0] == "t"
+                      else ThinkingPart(p[1], p[2], p[3]) if p[0] == "k"
+                      else ToolCall(p[1], p[2], p[3])
                       for p in body["c"]),
         stop_reason=body["r"], stop_sequence=body["q"], usage=Usage(*body["u"]),
         upstream_model=body["m"], logprobs=None if body["l"] is None else tuple(body["l"]),

@@ -47,6 +47,8 @@ from engine.messages import (
     Finish,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -440,6 +442,11 @@ def _replay(result: ChatResult) -> list[Event]:
         if isinstance(part, TextPart):
             events.append(TextDelta(part.text, logprobs))
             logprobs = None
+        elif isinstance(part, ThinkingPart):
+            if part.redacted:
+                events.append(ThinkingDelta(part.thinking, redacted=True))
+            else:
+                events.append(ThinkingDelta(part.thinking, part.signature))
         else:
             events.append(ToolCallStart(index, part.id, part.name))
             events.append(ToolCallDelta(index, part.arguments))

@@ -111,6 +111,11 @@ class Behaviour:
     hang: bool = False  # never respond (the client's disconnect still ends it)
     text: str | None = None  # reply text; None: "[backend] <last user text>", or none with a tool
     tool_call: ToolCall | None = None  # after `text` if text is given, else instead of it
+    tool_calls: tuple[ToolCall, ...] = ()  # parallel calls, after `tool_call` if both
+    # Anthropic only: extended thinking ahead of the answer, signed "sig-<its text>"; then a
+    # redacted_thinking block with this data.
+    thinking: str | None = None
+    redacted_thinking: str | None = None
     chunk_delay: float = 0.0  # seconds between SSE events
     # Streams: after this many content deltas (words, tool-argument fragments) drop the
     # connection mid chunked body. Non-streams: send half the JSON body, then drop.
@@ -133,6 +138,7 @@ class Behaviour:
     # output = words of the reply text (a tool call adds none).
     usage: Usage | None = None
     stop_reason: str | None = None  # verbatim finish_reason / stop_reason, e.g. "length"
+    stop_sequence: str | None = None  # Anthropic: the stop sequence that matched
 
 
 @dataclass
@@ -543,17 +549,20 @@ def _plan_reply(
 ) -> Reply:
     """Decide the reply's content, ids, stop reason and usage for ``behaviour``."""
     text = behaviour.text
-    if text is None and behaviour.tool_call is None:
+    tools = (*((behaviour.tool_call,) if behaviour.tool_call else ()), *behaviour.tool_calls)
+    if text is None and not tools:
         text = f"[{backend}] " + last_user_text(body)
-    tool = behaviour.tool_call
     if protocol == "openai":
         reply_id, tool_id, stop = f"chatcmpl-fake{n}", f"call_fake{n}", "stop"
         tool_stop = "tool_calls"
     else:
         reply_id, tool_id, stop = f"msg_fake{n}", f"toolu_fake{n}", "end_turn"
         tool_stop = "tool_use"
-    if tool is not None:
-        tool_id, stop = tool.id or tool_id, tool_stop
+    # the first call is numbered by the request alone, as before; the others also by position
+    tool_ids = tuple(tool.id or (tool_id if i == 0 else f"{tool_id}_{i}")
+                     for i, tool in enumerate(tools))
+    if tools:
+        stop = tool_stop
     choices = 1
     top_logprobs = None
     if protocol == "openai":
@@ -569,8 +578,11 @@ def _plan_reply(
         id=reply_id,
         model=str(body["model"]),
         text=text,
-        tool_call=tool,
-        tool_call_id=tool_id,
+        tool_calls=tools,
+        tool_call_ids=tool_ids,
+        stop_sequence=behaviour.stop_sequence,
+        thinking=behaviour.thinking,
+        redacted_thinking=behaviour.redacted_thinking,
         stop_reason=behaviour.stop_reason or stop,
         usage=usage,
         choices=choices,

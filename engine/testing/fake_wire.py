@@ -50,8 +50,10 @@ class ToolCall:
 class Usage:
     """Token counts to report instead of the word-count defaults."""
 
-    input_tokens: int
+    input_tokens: int  # uncached input (Anthropic's input_tokens)
     output_tokens: int
+    cache_read_tokens: int = 0  # OpenAI: in prompt_tokens and cached_tokens too
+    cache_write_tokens: int = 0  # Anthropic only (OpenAI has no such count): in prompt_tokens
 
 
 @dataclass
@@ -61,11 +63,14 @@ class Reply:
     id: str
     model: str
     text: str | None
-    tool_call: ToolCall | None
-    tool_call_id: str
+    tool_calls: tuple[ToolCall, ...]  # several: parallel tool calls
+    tool_call_ids: tuple[str, ...]  # one each
     stop_reason: str
     usage: Usage
     choices: int = 1  # OpenAI's n
+    stop_sequence: str | None = None  # Anthropic's, when one matched
+    thinking: str | None = None  # Anthropic: a thinking block first, signed "sig-<text>"
+    redacted_thinking: str | None = None  # Anthropic: then a redacted_thinking block
     top_logprobs: int | None = None  # None: no logprobs asked; else alternatives per token
 
 
@@ -167,11 +172,12 @@ def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
 
 
 def _openai_usage(usage: Usage) -> dict[str, Any]:
+    prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
     return {
-        "prompt_tokens": usage.input_tokens,
+        "prompt_tokens": prompt,
         "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "total_tokens": prompt + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -211,16 +217,14 @@ def _openai_choice(reply: Reply, index: int) -> dict[str, Any]:
         "refusal": None,
         "annotations": [],
     }
-    if reply.tool_call is not None:
+    if reply.tool_calls:
         message["tool_calls"] = [
             {
-                "id": reply.tool_call_id,
+                "id": tool_id,
                 "type": "function",
-                "function": {
-                    "name": reply.tool_call.name,
-                    "arguments": _arguments_json(reply.tool_call),
-                },
+                "function": {"name": tool.name, "arguments": _arguments_json(tool)},
             }
+            for tool, tool_id in zip(reply.tool_calls, reply.tool_call_ids, strict=True)
         ]
     return {
         "index": index,
@@ -259,16 +263,17 @@ def openai_events(
         Event(chunk({"content": piece}, logprobs=_chunk_logprobs(reply, piece, i)), content=True)
         for i, piece in enumerate(_words(reply.text or "", delta_chars))
     ]
-    if reply.tool_call is not None:
+    for index, (tool, tool_id) in enumerate(
+            zip(reply.tool_calls, reply.tool_call_ids, strict=True)):
         head = {
-            "index": 0,
-            "id": reply.tool_call_id,
+            "index": index,
+            "id": tool_id,
             "type": "function",
-            "function": {"name": reply.tool_call.name, "arguments": ""},
+            "function": {"name": tool.name, "arguments": ""},
         }
         rest.append(Event(chunk({"tool_calls": [head]})))
-        for piece in _fragments(_arguments_json(reply.tool_call)):
-            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+        for piece in _fragments(_arguments_json(tool)):
+            delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
             rest.append(Event(chunk(delta), content=True))
     rest.append(Event(chunk({}, reply.stop_reason)))
     if include_usage:
@@ -301,8 +306,8 @@ def _chunk_logprobs(reply: Reply, word: str, position: int) -> dict[str, Any] | 
 def _anthropic_usage(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
         "output_tokens": usage.output_tokens,
         "service_tier": "standard",
     }
@@ -310,17 +315,17 @@ def _anthropic_usage(usage: Usage) -> dict[str, Any]:
 
 def _anthropic_blocks(reply: Reply) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
+    if reply.thinking is not None:
+        blocks.append({"type": "thinking", "thinking": reply.thinking,
+                       "signature": f"sig-{reply.thinking}"})
+    if reply.redacted_thinking is not None:
+        blocks.append({"type": "redacted_thinking", "data": reply.redacted_thinking})
     if reply.text is not None:
         blocks.append({"type": "text", "text": reply.text})
-    if reply.tool_call is not None:
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": reply.tool_call_id,
-                "name": reply.tool_call.name,
-                "input": reply.tool_call.arguments,
-            }
-        )
+    blocks.extend(
+        {"type": "tool_use", "id": tool_id, "name": tool.name, "input": tool.arguments}
+        for tool, tool_id in zip(reply.tool_calls, reply.tool_call_ids, strict=True)
+    )
     return blocks
 
 
@@ -332,7 +337,7 @@ def anthropic_json(reply: Reply) -> dict[str, Any]:
         "model": reply.model,
         "content": _anthropic_blocks(reply),
         "stop_reason": reply.stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": reply.stop_sequence,
         "usage": _anthropic_usage(reply.usage),
     }
 
@@ -355,6 +360,13 @@ def anthropic_events(
             opening = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece}
                       for piece in _words(block["text"], delta_chars)]
+        elif block["type"] == "thinking":
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": piece}
+                      for piece in _words(block["thinking"], delta_chars)]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        elif block["type"] == "redacted_thinking":
+            opening, deltas = block, []
         else:
             opening = {**block, "input": {}}
             pieces = _fragments(orjson.dumps(block["input"]).decode())
@@ -372,7 +384,7 @@ def anthropic_events(
         event(
             "message_delta",
             {
-                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
                 "usage": {"output_tokens": reply.usage.output_tokens},
             },
         )
@@ -408,7 +420,7 @@ def validate_request(protocol: Protocol, body: Any) -> str | None:
 ANTHROPIC_FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
     "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-    "container", "mcp_servers", "context_management",
+    "container", "mcp_servers", "context_management", "output_config", "cache_control",
 })
 
 

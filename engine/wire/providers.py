@@ -51,6 +51,8 @@ class OpenAIProvider:
          "verbosity"}
     )
     native_n: ClassVar[bool] = True
+    # OpenAI's name for the output limit; its reasoning models refuse the older max_tokens.
+    max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
     def build_call(
         self,
@@ -73,7 +75,8 @@ class OpenAIProvider:
         return UpstreamCall(
             url=f"{base_url.rstrip('/')}/chat/completions",
             headers=headers,
-            body=openai_request.render_request(request, model=model, stream=stream),
+            body=openai_request.render_request(request, model=model, stream=stream,
+                                               max_tokens_field=self.max_tokens_field),
         )
 
     def parse_result(self, body: bytes) -> ChatResult:
@@ -100,6 +103,7 @@ class OllamaProvider(OpenAIProvider):
 
     supports = OpenAIProvider.supports - {"logit_bias", "verbosity"}
     native_n = False
+    max_tokens_field = "max_tokens"  # what Ollama's OpenAI-compatible endpoint reads
 
     def build_call(
         self,
@@ -126,7 +130,9 @@ class AnthropicProvider:
     """
 
     __slots__ = ()
-    supports: ClassVar[frozenset[str]] = frozenset({"top_k"})
+    supports: ClassVar[frozenset[str]] = frozenset(
+        {"top_k", "thinking", "effort", "tool_result_images"}
+    )
     native_n: ClassVar[bool] = False
 
     def build_call(
@@ -151,6 +157,8 @@ class AnthropicProvider:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key is not None:
             headers["x-api-key"] = api_key
+        if request.anthropic_beta:
+            headers["anthropic-beta"] = request.anthropic_beta  # the client's, as it sent it
         return UpstreamCall(
             url=f"{base_url.rstrip('/')}/v1/messages",
             headers=headers,

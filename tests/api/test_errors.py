@@ -268,6 +268,32 @@ async def test_upstream_401_and_5xx_statuses(
     assert "a1" in error["message"] and "a2" in error["message"]
 
 
+async def test_a_503_says_when_to_come_back(fake_upstream: FakeUpstream,
+                                            client: RouterClient) -> None:
+    # Every backend overloaded: the SDKs see their 5xx error, with a Retry-After they honour.
+    fake_upstream.set_default("a1", Behaviour(status=503, retry_after=30))
+    fake_upstream.set_default("a2", Behaviour(status=529))
+    async with openai.AsyncOpenAI(base_url=client.router.v1, api_key="k", max_retries=0) as oai:
+        with pytest.raises(openai.InternalServerError) as failed:
+            await oai.chat.completions.create(model="auto", messages=user("hi"))
+    assert failed.value.status_code == 503
+    assert failed.value.body["code"] == "no_backend_available"  # type: ignore[index]
+    assert int(failed.value.response.headers["retry-after"]) >= 1
+
+    # Then both are down until their probe: the wait is known, and said.
+    for _ in range(3):
+        await client.messages()
+    assert {b["status"] for b in (await client.backends()).values()} == {"down"}
+    async with anthropic.AsyncAnthropic(base_url=client.url, api_key="k",
+                                        max_retries=0) as claude:
+        with pytest.raises(anthropic.InternalServerError) as refused:
+            await claude.messages.create(model="auto", max_tokens=5, messages=user("hi"))
+    assert refused.value.status_code == 503
+    assert refused.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    next_probe = min(b["next_probe_in_sec"] for b in (await client.backends()).values())
+    assert abs(int(refused.value.response.headers["retry-after"]) - next_probe) <= 1
+
+
 # ---- client authentication --------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from engine.core.cache.record import (
 )
 from engine.core.cache.responses import ResponseCache
 from engine.core.cache.semantic import SemanticMatcher
-from engine.messages import ChatResult, TextPart, ToolCall, Usage
+from engine.messages import ChatResult, TextPart, ThinkingPart, ToolCall, Usage
 
 RESULT = ChatResult(
     content=(TextPart("Paris."), ToolCall("call_1", "lookup", '{"city": "Paris"}')),
@@ -39,8 +39,10 @@ def test_a_record_round_trips() -> None:
 
 
 @given(st.text(), st.lists(st.one_of(
-    st.builds(TextPart, st.text()), st.builds(ToolCall, st.text(), st.text(), st.text()))))
-def test_any_text_and_content_round_trip(text: str, parts: list[TextPart | ToolCall]) -> None:
+    st.builds(TextPart, st.text()), st.builds(ToolCall, st.text(), st.text(), st.text()),
+    st.builds(ThinkingPart, st.text(), st.text(), st.booleans()))))
+def test_any_text_and_content_round_trip(text: str,
+                                         parts: list[TextPart | ToolCall | ThinkingPart]) -> None:
     shared = record(text=text, result=ChatResult(content=tuple(parts)))
     assert decode_record(encode_record(shared)) == shared
 

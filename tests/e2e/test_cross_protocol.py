@@ -197,6 +197,25 @@ async def test_openai_client_anthropic_stop_reason_mapping(
     assert out["finish"] == expected
 
 
+async def test_a_matched_stop_sequence_reaches_both_clients(env: ProtocolEnv) -> None:
+    env.fake.set_default(AN_MID, Behaviour(text="one two", stop_reason="stop_sequence",
+                                           stop_sequence="END"))
+    completion = await env.openai.chat.completions.create(
+        model="claude-mid", messages=user("count"), stop=["END", "STOP"])
+    out = await _openai_stream(env, model="claude-mid", messages=user("count"), stop="END")
+    assert completion.choices[0].finish_reason == out["finish"] == "stop"
+    assert env.sent(AN_MID)["stop_sequences"] == ["END"]
+
+    message = await env.anthropic.messages.create(
+        model="claude-mid", max_tokens=20, messages=user("count"), stop_sequences=["END"])
+    async with env.anthropic.messages.stream(
+            model="claude-mid", max_tokens=20, messages=user("count"),
+            stop_sequences=["END"]) as stream:
+        final = await stream.get_final_message()
+    for answer in (message, final):
+        assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", "END")
+
+
 # -- Anthropic client -> OpenAI upstream ------------------------------------------------------
 
 

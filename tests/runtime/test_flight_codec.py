@@ -10,6 +10,8 @@ from engine.messages import (
     Finish,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
@@ -52,6 +54,15 @@ def test_a_result_comes_back_as_a_followers() -> None:
     assert done.result == result
     assert done.served.dedup == "FOLLOWER" and done.served.model == "m"
     assert (done.cost_usd, done.saved_usd) == (0.25, 1.5)
+
+
+def test_thinking_comes_back_intact() -> None:
+    events = [ThinkingDelta("Hmm."), ThinkingDelta(signature="sig=="),
+              ThinkingDelta("opaque", redacted=True), TextDelta("ok"), Finish()]
+    assert decode_item(*encode_item(events, 7)) == (events, 7)
+    result = ChatResult((ThinkingPart("Hmm.", "sig=="), ThinkingPart("opaque", redacted=True),
+                         TextPart("ok")))
+    assert decode_result(encode_result(NodeResult(result, SERVED, 0.0, 0.0))).result == result
 
 
 def test_errors_keep_their_class_and_details() -> None:

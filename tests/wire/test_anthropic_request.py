@@ -17,6 +17,7 @@ from engine.messages import (
     ImagePart,
     Message,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolChoice,
@@ -347,11 +348,14 @@ def test_parse_request_content_blocks() -> None:
     ]
     assert parse_request(body(messages=messages)).messages == (
         user(
-            "what is this?",
+            TextPart("what is this?", cache_control='{"type":"ephemeral"}'),  # relayed as sent
             ImagePart(media_type="image/png", data="AAAA"),
             ImagePart(url="https://x/y.png"),
         ),
-        assistant("Checking.", ToolCall("toolu_1", "look", '{"q":[1,2]}')),
+        assistant(  # thinking kept, to go back as given to an Anthropic upstream
+            ThinkingPart("...", "s"), ThinkingPart("d", redacted=True),
+            "Checking.", ToolCall("toolu_1", "look", '{"q":[1,2]}'),
+        ),
         user(
             ToolResult("toolu_1", "plain"),
             ToolResult("toolu_2", "a\nb", is_error=True),
@@ -451,7 +455,8 @@ INVALID: list[tuple[bytes, str | None]] = [
     (tool_use(id="a", name="f", input="{}"), f"{B}.input"),
     (tool_result(), f"{B}.tool_use_id"),
     (tool_result(tool_use_id="a", content=3), f"{B}.content"),
-    (tool_result(tool_use_id="a", content=[{"type": "image"}]), f"{B}.content.0"),
+    (tool_result(tool_use_id="a", content=[{"type": "document"}]), f"{B}.content.0"),
+    (tool_result(tool_use_id="a", content=[{"type": "image"}]), f"{B}.content.0.source"),
     (tool_result(tool_use_id="a", is_error="yes"), f"{B}.is_error"),
     (body(system=3), "system"),
     (body(system=[{"type": "image"}]), "system.0"),
@@ -475,9 +480,10 @@ INVALID: list[tuple[bytes, str | None]] = [
     (body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools.0.type"),
     (body(tool_choice="auto"), "tool_choice"),
     (body(tool_choice={"type": "required"}), "tool_choice.type"),
-    # Changes the answer and cannot be honoured: refused, never dropped.
-    (body(thinking={"type": "enabled", "budget_tokens": 1024}), "thinking"),
+    (body(thinking={"type": "enabled"}), "thinking.budget_tokens"),
+    (body(thinking={"type": "enabled", "budget_tokens": "many"}), "thinking.budget_tokens"),
     (body(thinking="on"), "thinking"),
+    # Changes the answer and cannot be honoured: refused, never dropped.
     (body(mcp_servers=[{"type": "url", "url": "https://x", "name": "x"}]), "mcp_servers"),
     (body(container="c-1"), "container"),
     (body(tool_choice={"type": "tool"}), "tool_choice.name"),

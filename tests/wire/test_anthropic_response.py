@@ -13,7 +13,7 @@ import pytest
 from support_anthropic_wire import PROVIDER, TOOLS, sdk_client
 
 from engine.errors import UpstreamError
-from engine.messages import ChatResult, TextPart, ToolCall, ToolResult, Usage
+from engine.messages import ChatResult, TextPart, ThinkingPart, ToolCall, ToolResult, Usage
 from engine.wire.anthropic.request import parse_request
 from engine.wire.anthropic.response import render_result
 
@@ -56,7 +56,9 @@ def test_parse_result_text_tools_and_usage() -> None:
     )
     assert result == ChatResult(
         content=(
+            ThinkingPart("hmm", "sig"),
             TextPart("Let me check."),
+            ThinkingPart("xx", redacted=True),
             ToolCall("toolu_1", "get", '{"city":"Oslo"}'),
         ),
         stop_reason="tool_calls",

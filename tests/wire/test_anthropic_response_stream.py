@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from support_anthropic_wire import PROVIDER, TOOLS, sdk_client
 
 from engine.errors import NoBackendAvailable, RouterError, UpstreamError, UpstreamTimeout
-from engine.messages import Event, Finish, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from engine.messages import (
+    Event,
+    Finish,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from engine.wire.anthropic.response import AnthropicStreamDecoder, StreamEncoder
 from engine.wire.sse import decode_events
 
@@ -96,6 +104,8 @@ REAL_STREAM = "\n".join(REAL_STREAM_LINES).encode()
 
 
 REAL_EVENTS: list[Event] = [
+    ThinkingDelta("Let me think"),
+    ThinkingDelta(signature="EqQB"),
     TextDelta("Okay, let's check the weather \u00e0 Oslo"),
     ToolCallStart(0, "toolu_01T1x", "get_weather"),
     ToolCallDelta(0, '{"location": "Os'),

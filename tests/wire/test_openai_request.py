@@ -23,6 +23,7 @@ from engine.messages import (
     ToolResult,
 )
 from engine.wire.openai.request import parse_request
+from engine.wire.providers import OllamaProvider
 
 
 def request_of(**fields: Any) -> bytes:
@@ -478,7 +479,7 @@ def test_build_call_translates_everything() -> None:
         "response_format": {"type": "json_object"},
         "temperature": 0.2,
         "top_p": 0.9,
-        "max_tokens": 64,
+        "max_completion_tokens": 64,  # OpenAI's reasoning models refuse max_tokens
         "stop": ["x"],
         "seed": 1,
         "n": 3,
@@ -557,3 +558,12 @@ def test_inbound_request_reaches_upstream_unchanged() -> None:
         "stop": ["z"],
     }
     assert upstream_body(parse_request(orjson.dumps(body))) == body
+
+
+def test_ollama_gets_the_older_name_of_the_output_limit() -> None:
+    call = OllamaProvider().build_call(ChatRequest(messages=(Message("user", (TextPart("hi"),)),),
+                                                   max_tokens=9),
+                                       model="m-1", base_url="http://up", api_key=None,
+                                       stream=False)
+    body = orjson.loads(call.body)
+    assert body["max_tokens"] == 9 and "max_completion_tokens" not in body

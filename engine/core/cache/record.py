@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from engine.messages import ChatResult, TextPart, ToolCall, Usage
+from engine.messages import ChatResult, TextPart, ThinkingPart, ToolCall, Usage
 
 __all__ = ["FORMAT", "CacheRecord", "decode_record", "encode_record", "entry_id", "pack_result",
            "unpack_result"]
@@ -87,6 +87,8 @@ def _encode_result(result: ChatResult) -> dict[str, Any]:
     usage = result.usage
     return {
         "content": [{"text": p.text} if isinstance(p, TextPart)
+                    else {"thinking": p.thinking, "signature": p.signature,
+                          "redacted": p.redacted} if isinstance(p, ThinkingPart)
                     else {"id": p.id, "name": p.name, "arguments": p.arguments}
                     for p in result.content],
         "stop_reason": result.stop_reason, "stop_sequence": result.stop_sequence,
@@ -99,8 +101,10 @@ def _encode_result(result: ChatResult) -> dict[str, Any]:
 
 
 def _decode_result(raw: dict[str, Any]) -> ChatResult:
-    content: list[TextPart | ToolCall] = [
-        TextPart(p["text"]) if "text" in p else ToolCall(p["id"], p["name"], p["arguments"])
+    content: list[TextPart | ToolCall | ThinkingPart] = [
+        TextPart(p["text"]) if "text" in p
+        else ThinkingPart(p["thinking"], p["signature"], p["redacted"]) if "thinking" in p
+        else ToolCall(p["id"], p["name"], p["arguments"])
         for p in raw["content"]
     ]
     logprobs = raw["logprobs"]

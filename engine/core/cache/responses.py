@@ -153,6 +153,8 @@ def _result_size(result: ChatResult) -> int:
             size += len(part.text.encode())
         elif isinstance(part, ToolCall):
             size += len(part.id) + len(part.name) + len(part.arguments.encode())
+        else:
+            size += len(part.thinking.encode()) + len(part.signature)
     if result.logprobs:
         size += len(orjson.dumps(result.logprobs))
     return size

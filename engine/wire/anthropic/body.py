@@ -17,6 +17,8 @@ from engine.wire.schema import (
     Text,
 )
 
+from .output import EFFORTS
+
 __all__ = ["BLOCK_ROLES", "IMAGE_TYPES", "NUMBERS", "REQUEST", "UNSUPPORTED"]
 
 IMAGE_TYPES = ("image/gif", "image/jpeg", "image/png", "image/webp")
@@ -27,28 +29,34 @@ UNSUPPORTED = {
     "context_management": "context management is not supported by this router",
 }
 
-_TEXT = Fields({"type": Const("text"), "text": Text(min_length=1)}, required=("type", "text"),
-               doc="An empty text block is dropped.")
+# A prompt-caching breakpoint: relayed to Anthropic upstreams as given, not sent to others.
+_CACHE = Fields({"type": Const("ephemeral"), "ttl": Text(values=("5m", "1h"))},
+                required=("type",), doc="Relayed to Anthropic upstreams as given.")
+_TEXT = Fields({"type": Const("text"), "text": Text(min_length=1), "cache_control": _CACHE},
+               required=("type", "text"), doc="An empty text block is dropped.")
+_IMAGE = Fields({"type": Const("image"), "source": Either((
+    Fields({"type": Const("base64"), "media_type": Text(values=IMAGE_TYPES),
+            "data": Text(min_length=1)}, required=("type", "media_type", "data")),
+    Fields({"type": Const("url"), "url": Text(min_length=1)}, required=("type", "url")),
+)), "cache_control": _CACHE}, required=("type", "source"))
 _BLOCKS: dict[str, Spec] = {  # each content block the router takes, by type
     "text": _TEXT,
-    "image": Fields({"type": Const("image"), "source": Either((
-        Fields({"type": Const("base64"), "media_type": Text(values=IMAGE_TYPES),
-                "data": Text(min_length=1)}, required=("type", "media_type", "data")),
-        Fields({"type": Const("url"), "url": Text(min_length=1)}, required=("type", "url")),
-    ))}, required=("type", "source")),
+    "image": _IMAGE,
     "tool_result": Fields({
         "type": Const("tool_result"), "tool_use_id": Text(min_length=1),
-        "content": Either((Text(), ListOf(Fields({"type": Const("text"), "text": Text()},
-                                                 required=("type",))))),
-        "is_error": Flag(),
+        "content": Either((Text(), ListOf(Either((
+            Fields({"type": Const("text"), "text": Text()}, required=("type",)), _IMAGE))))),
+        "is_error": Flag(), "cache_control": _CACHE,
     }, required=("type", "tool_use_id")),
     "tool_use": Fields({"type": Const("tool_use"), "id": Text(min_length=1),
-                        "name": Text(min_length=1), "input": Anything(objects_only=True)},
+                        "name": Text(min_length=1), "input": Anything(objects_only=True),
+                        "cache_control": _CACHE},
                        required=("type", "id", "name", "input")),
     "thinking": Fields({"type": Const("thinking"), "thinking": Text(), "signature": Text()},
-                       required=("type",), doc="Dropped: another model cannot verify it."),
+                       required=("type",), doc="Sent back as given to Anthropic upstreams; "
+                                               "left out for others."),
     "redacted_thinking": Fields({"type": Const("redacted_thinking"), "data": Text()},
-                                required=("type",), doc="Dropped, as thinking."),
+                                required=("type",), doc="As thinking."),
 }
 BLOCK_ROLES = {  # the turns each content block may appear in
     "text": ("user", "assistant"),
@@ -84,7 +92,9 @@ REQUEST = Fields(
         "system": Either((Text(), ListOf(_TEXT))),
         "tools": ListOf(Fields({"type": Const("custom"), "name": Text(min_length=1),
                                 "description": Text(),
-                                "input_schema": Anything(objects_only=True)},
+                                "input_schema": Anything(objects_only=True),
+                                "cache_control": _CACHE,
+                                "strict": Flag(doc="Relayed to every upstream.")},
                                required=("name", "input_schema"))),
         "tool_choice": Either((
             Fields({"type": Text(values=("auto", "any", "none")),
@@ -95,10 +105,22 @@ REQUEST = Fields(
         "stop_sequences": ListOf(Text()),
         "metadata": Fields({"user_id": Text()}),
         "stream": Flag(),
-        # Extended thinking would need its signed thinking blocks relayed and sent back
-        # verbatim: refused, not dropped.
-        "thinking": Fields({"type": Const("disabled")}, required=("type",),
-                           doc="Extended thinking is refused; only disabled is accepted."),
+        # Extended thinking: relayed as given; a request with it routes to Anthropic upstreams.
+        "thinking": Either((
+            Fields({"type": Const("enabled"), "budget_tokens": Num(integer=True, low=1)},
+                   required=("type", "budget_tokens")),
+            Fields({"type": Text(values=("adaptive", "between_tools", "disabled"))},
+                   required=("type",)),
+        ), doc="Extended thinking: served by Anthropic upstreams, which get it as given and "
+               "whose thinking blocks are relayed intact; disabled is as if absent."),
+        "output_config": Fields({
+            "effort": Text(values=EFFORTS, doc="Served by Anthropic upstreams."),
+            "format": Fields({"type": Const("json_schema"),
+                              "schema": Anything(objects_only=True)},
+                             required=("type", "schema"),
+                             doc="A JSON answer of this schema, from any upstream."),
+        }),
+        "cache_control": _CACHE,
         "router_cache": ROUTER_CACHE,
     },
     required=("model", "max_tokens", "messages"),

@@ -24,6 +24,7 @@ from engine.messages import (
     Message,
     Part,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolChoice,
@@ -32,12 +33,14 @@ from engine.messages import (
 from engine.wire.schema import Num
 
 from .body import BLOCK_ROLES, IMAGE_TYPES, NUMBERS, UNSUPPORTED
+from .output import parse_output_config
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "JSON_INSTRUCTION",
     "parse_request",
     "render_request",
+    "render_thinking",
     "tool_arguments",
     "tool_input",
 ]
@@ -85,14 +88,17 @@ def parse_request(body: bytes) -> ChatRequest:
     stop = _optional(data, "stop_sequences", list, "a list of strings") or []
     if not all(isinstance(s, str) for s in stop):
         raise _invalid("stop_sequences", "must be a list of strings")
-    _check_thinking(data.get("thinking"))
+    thinking = _parse_thinking(data.get("thinking"))
     for name, problem in UNSUPPORTED.items():
         if data.get(name) is not None:
             raise _invalid(name, problem)
+    system, system_blocks = _parse_system(data.get("system"))
+    json_schema, effort = parse_output_config(data.get("output_config"))
     return ChatRequest(
         messages=_parse_messages(data.get("messages")),
         model=None if model in (None, "auto") else model,
-        system=_parse_system(data.get("system")),
+        system=system,
+        system_blocks=system_blocks,
         tools=_parse_tools(data.get("tools")),
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
@@ -102,21 +108,28 @@ def parse_request(body: bytes) -> ChatRequest:
         max_tokens=max_tokens,
         stop=tuple(stop),
         user=_string(metadata, "user_id", "metadata.user_id"),
+        thinking=thinking,
+        json_mode=json_schema is not None,
+        json_schema=json_schema,
+        effort=effort,
+        cache_control=_cache_control(data, ""),
         stream=bool(_optional(data, "stream", bool, "a boolean")),
     )
 
 
-def _check_thinking(value: Any) -> None:
+def _parse_thinking(value: Any) -> str | None:
+    """Extended thinking, as its JSON text (relayed as given); ``disabled`` is none."""
     if value is None:
-        return
-    if not isinstance(value, dict):
-        raise _invalid("thinking", "must be an object")
-    if value.get("type") != "disabled":
-        raise _invalid(
-            "thinking",
-            "extended thinking is not supported by this router (its thinking blocks cannot "
-            "be relayed); omit it or send {\"type\": \"disabled\"}",
-        )
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise _invalid("thinking", "must be an object with a type")
+    if value["type"] == "disabled":
+        return None
+    if value["type"] == "enabled":
+        budget = value.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            raise _invalid("thinking.budget_tokens", "must be a positive integer")
+    return orjson.dumps(value).decode()
 
 
 def _invalid(param: str, problem: str) -> RequestInvalid:
@@ -164,17 +177,31 @@ def _number(obj: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _parse_system(value: Any) -> str | None:
+def _cache_control(block: dict[str, Any], path: str) -> str | None:
+    """A block's prompt-caching breakpoint, as JSON text (relayed as given)."""
+    value = block.get("cache_control")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise _invalid(f"{path}.cache_control" if path else "cache_control",
+                       "must be an object with a type")
+    return orjson.dumps(value).decode()
+
+
+def _parse_system(value: Any) -> tuple[str | None, tuple[TextPart, ...]]:
+    """The system prompt, and its blocks if a caching breakpoint is among them."""
     if value is None or isinstance(value, str):
-        return value or None
+        return value or None, ()
     if not isinstance(value, list):
         raise _invalid("system", "must be a string or a list of text blocks")
-    texts = []
+    blocks = []
     for i, block in enumerate(value):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise _invalid(f"system.{i}", "must be a text block")
-        texts.append(_string(block, "text", f"system.{i}.text", required=True))
-    return "\n\n".join(texts) or None
+        text = _string(block, "text", f"system.{i}.text", required=True)
+        blocks.append(TextPart(text, _cache_control(block, f"system.{i}")))
+    cached = any(block.cache_control for block in blocks)
+    return "\n\n".join(b.text for b in blocks) or None, tuple(blocks) if cached else ()
 
 
 def _parse_messages(value: Any) -> tuple[Message, ...]:
@@ -206,7 +233,8 @@ def _parse_messages(value: Any) -> tuple[Message, ...]:
             raise _invalid(f"{path}.content", "must be a string or a list of content blocks")
         if not content and not (role == "assistant" and i == len(value) - 1):
             raise _invalid(f"{path}.content", "must not be empty")
-        if parts:  # a turn of thinking blocks alone, or an empty final prefill, drops out
+        # a turn of thinking blocks alone, or an empty final prefill, drops out
+        if any(not isinstance(part, ThinkingPart) for part in parts):
             messages.append(Message(role=role, parts=parts))
     if not messages:
         raise _invalid("messages", "must hold at least one message with content")
@@ -228,7 +256,8 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
         text = _string(block, "text", f"{path}.text")
         if text is None:
             raise _invalid(f"{path}.text", "field required")
-        return TextPart(text) if text else None
+        return TextPart(text, _cache_control(block, path)) if text else None
+    cache_control = _cache_control(block, path)
     if kind == "tool_use":
         arguments = _optional(block, "input", dict, "an object", f"{path}.input")
         if arguments is None:
@@ -237,29 +266,49 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
             id=_string(block, "id", f"{path}.id", required=True),
             name=_string(block, "name", f"{path}.name", required=True),
             arguments=tool_arguments(arguments),
+            cache_control=cache_control,
         )
     if kind == "tool_result":
+        content = block.get("content")
+        if cache_control is None and isinstance(content, list) and content:
+            # the text is joined into one string: a breakpoint on its last block ends it too
+            last = content[-1]
+            cache_control = _cache_control(last, f"{path}.content.{len(content) - 1}"
+                                           ) if isinstance(last, dict) else None
+        text, images = _tool_result_content(content, f"{path}.content")
         return ToolResult(
             tool_call_id=_string(block, "tool_use_id", f"{path}.tool_use_id", required=True),
-            content=_tool_result_text(block.get("content"), f"{path}.content"),
+            content=text,
+            images=images,
             is_error=bool(_optional(block, "is_error", bool, "a boolean", f"{path}.is_error")),
+            cache_control=cache_control,
         )
     if kind == "image":
-        return _parse_image(block.get("source"), f"{path}.source")
-    return None  # thinking: the upstream cannot verify another model's signed reasoning
+        image = _parse_image(block.get("source"), f"{path}.source")
+        return ImagePart(image.url, image.media_type, image.data, cache_control)
+    if kind == "redacted_thinking":
+        return ThinkingPart(_string(block, "data", f"{path}.data") or "", redacted=True)
+    # thinking: sent back as given to Anthropic upstreams (whose signature seals it)
+    return ThinkingPart(_string(block, "thinking", f"{path}.thinking") or "",
+                        _string(block, "signature", f"{path}.signature") or "")
 
 
-def _tool_result_text(content: Any, path: str) -> str:
+def _tool_result_content(content: Any, path: str) -> tuple[str, tuple[ImagePart, ...]]:
+    """A tool result's text, and its images (which go after the text)."""
     if content is None or isinstance(content, str):
-        return content or ""
+        return content or "", ()
     if not isinstance(content, list):
-        raise _invalid(path, "must be a string or a list of text blocks")
-    texts = []
+        raise _invalid(path, "must be a string or a list of text and image blocks")
+    texts, images = [], []
     for i, block in enumerate(content):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            raise _invalid(f"{path}.{i}", "only text blocks are supported in tool results")
-        texts.append(_string(block, "text", f"{path}.{i}.text") or "")
-    return "\n".join(texts)
+        if isinstance(block, dict) and block.get("type") == "image":
+            images.append(_parse_image(block.get("source"), f"{path}.{i}.source"))
+        elif not isinstance(block, dict) or block.get("type") != "text":
+            raise _invalid(f"{path}.{i}", "only text and image blocks are supported in tool "
+                                          "results")
+        else:
+            texts.append(_string(block, "text", f"{path}.{i}.text") or "")
+    return "\n".join(texts), tuple(images)
 
 
 def _parse_image(source: Any, path: str) -> ImagePart:
@@ -299,6 +348,8 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
                 name=_string(tool, "name", f"{path}.name", required=True),
                 description=_string(tool, "description", f"{path}.description") or "",
                 parameters=schema,
+                cache_control=_cache_control(tool, path),
+                strict=bool(_optional(tool, "strict", bool, "a boolean", f"{path}.strict")),
             )
         )
     return tuple(tools)
@@ -358,30 +409,51 @@ def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
         payload["stop_sequences"] = list(request.stop)
     if request.user:
         payload["metadata"] = {"user_id": request.user}
+    if request.thinking is not None:
+        payload["thinking"] = orjson.Fragment(request.thinking)
+    if request.effort is not None:
+        payload["output_config"] = {"effort": request.effort}
+    if request.cache_control is not None:
+        payload["cache_control"] = orjson.Fragment(request.cache_control)
     if stream:
         payload["stream"] = True
     return orjson.dumps(payload)
 
 
 def _render_tool(tool: Tool) -> dict[str, Any]:
-    return {
+    return _cached({
         "name": tool.name,
         **({"description": tool.description} if tool.description else {}),
         "input_schema": tool.parameters
         if tool.parameters is not None
         else {"type": "object", "properties": {}},
-    }
+        **({"strict": True} if tool.strict else {}),
+    }, tool.cache_control)
 
 
-def _render_system(request: ChatRequest) -> str | None:
+def _cached(block: dict[str, Any], cache_control: str | None) -> dict[str, Any]:
+    """``block`` with the client's caching breakpoint, if it had one."""
+    if cache_control is not None:
+        block["cache_control"] = orjson.Fragment(cache_control)
+    return block
+
+
+def _render_system(request: ChatRequest) -> str | list[dict[str, Any]] | None:
+    blocks: list[dict[str, Any]] | None = None
+    if request.system_blocks and request.system == "\n\n".join(
+            block.text for block in request.system_blocks):
+        blocks = [_cached({"type": "text", "text": block.text}, block.cache_control)
+                  for block in request.system_blocks]
     if not request.json_mode:
-        return request.system
+        return blocks or request.system
     instruction = JSON_INSTRUCTION
     schema = request.json_schema
     if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
         schema = schema["schema"]  # OpenAI's {"name", "schema", "strict"} wrapper
     if schema is not None:
         instruction += " It must conform to this JSON Schema: " + orjson.dumps(schema).decode()
+    if blocks:
+        return [*blocks, {"type": "text", "text": instruction}]
     return f"{request.system}\n\n{instruction}" if request.system else instruction
 
 
@@ -420,27 +492,45 @@ def _render_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
         if turn["role"] == "user" and len(content) > 1:
             # Anthropic wants tool results ahead of any other content in their user turn.
             content.sort(key=lambda b: b["type"] != "tool_result")
-        if len(content) == 1 and content[0]["type"] == "text":
+        if len(content) == 1 and content[0]["type"] == "text" and len(content[0]) == 2:
             turn["content"] = content[0]["text"]
     return out
 
 
 def _render_part(part: object, index: int) -> dict[str, Any] | None:
     if isinstance(part, TextPart):
-        return {"type": "text", "text": part.text} if part.text else None
+        if not part.text:
+            return None
+        return _cached({"type": "text", "text": part.text}, part.cache_control)
+    block: dict[str, Any]
     if isinstance(part, ToolCall):
         input = _render_tool_input(part)
-        return {"type": "tool_use", "id": part.id, "name": part.name, "input": input}
+        block = {"type": "tool_use", "id": part.id, "name": part.name, "input": input}
+        return _cached(block, part.cache_control)
     if isinstance(part, ToolResult):
-        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.tool_call_id}
-        if part.content:
+        block = {"type": "tool_result", "tool_use_id": part.tool_call_id}
+        if part.images:
+            text = [{"type": "text", "text": part.content}] if part.content else []
+            block["content"] = text + [{"type": "image", "source": _image_source(image, index)}
+                                       for image in part.images]
+        elif part.content:
             block["content"] = part.content
         if part.is_error:
             block["is_error"] = True
-        return block
+        return _cached(block, part.cache_control)
     if isinstance(part, ImagePart):
-        return {"type": "image", "source": _image_source(part, index)}
+        return _cached({"type": "image", "source": _image_source(part, index)},
+                       part.cache_control)
+    if isinstance(part, ThinkingPart):
+        return render_thinking(part)
     raise TypeError(f"not a message part: {part!r}")
+
+
+def render_thinking(part: ThinkingPart) -> dict[str, Any]:
+    """A thinking part as the block Anthropic sent it in (answers and requests alike)."""
+    if part.redacted:
+        return {"type": "redacted_thinking", "data": part.thinking}
+    return {"type": "thinking", "thinking": part.thinking, "signature": part.signature}
 
 
 def _render_tool_input(call: ToolCall) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from engine.messages import (
     StopReason,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
@@ -31,7 +33,7 @@ from engine.messages import (
 from engine.wire.sse import SSEDecoder
 
 from .errors import describe_error, error_message, render_error
-from .request import tool_arguments, tool_input
+from .request import render_thinking, tool_arguments, tool_input
 
 __all__ = ["AnthropicStreamDecoder", "StreamEncoder", "parse_result", "render_result"]
 
@@ -66,6 +68,8 @@ def render_result(result: ChatResult, *, id: str, model: str) -> bytes:
         if isinstance(part, TextPart):
             if part.text:
                 content.append({"type": "text", "text": part.text})
+        elif isinstance(part, ThinkingPart):
+            content.append(render_thinking(part))
         else:
             content.append(
                 {
@@ -95,7 +99,7 @@ def parse_result(body: bytes) -> ChatResult:
         data = orjson.loads(body)
         if isinstance(data, dict) and data.get("type") == "error":
             raise UpstreamError(f"upstream sent an error: {error_message(200, body)}")
-        content: list[TextPart | ToolCall] = []
+        content: list[TextPart | ToolCall | ThinkingPart] = []
         for block in data["content"]:
             kind = block["type"]
             if kind == "text":
@@ -114,7 +118,12 @@ def parse_result(body: bytes) -> ChatResult:
                         arguments=tool_arguments(block.get("input")),
                     )
                 )
-            # thinking, redacted_thinking and server-tool blocks carry nothing canonical
+            elif kind == "thinking":
+                content.append(ThinkingPart(str(block["thinking"]),
+                                            str(block.get("signature") or "")))
+            elif kind == "redacted_thinking":
+                content.append(ThinkingPart(str(block["data"]), redacted=True))
+            # server-tool blocks carry nothing canonical
         stop_reason = data.get("stop_reason")
         return ChatResult(
             content=tuple(content),
@@ -146,7 +155,7 @@ _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","i
 _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
-_NONE, _TEXT, _TOOL = 0, 1, 2
+_NONE, _TEXT, _TOOL, _THINKING, _SIGNED = 0, 1, 2, 3, 4
 
 
 def _sse(name: str, payload: dict[str, Any]) -> bytes:
@@ -201,6 +210,8 @@ class StreamEncoder:
             if self._open != _TEXT:
                 head = self._close() + self._open_block(_TEXT)
             return head + _TEXT_DELTA % (self._block, orjson.dumps(event.text))
+        if isinstance(event, ThinkingDelta):
+            return self._thinking(event)
         if isinstance(event, ToolCallDelta):
             block = self._tools.get(event.index)
             if block is None or not event.arguments:
@@ -225,6 +236,32 @@ class StreamEncoder:
         """A terminal ``error`` event: without ``message_stop`` the stream never looks complete."""
         self._done = True
         return b"event: error\ndata: %b\n\n" % render_error(err)
+
+    def _thinking(self, event: ThinkingDelta) -> bytes:
+        """A thinking block opened (once, unless the last one was signed), its deltas, and
+        its signature; a redacted block whole."""
+        if event.redacted:
+            head = self._close() + self._open_block(_NONE)
+            block = {"type": "redacted_thinking", "data": event.thinking}
+            return head + _sse("content_block_start", {
+                "type": "content_block_start", "index": self._block, "content_block": block,
+            }) + _BLOCK_STOP % self._block
+        out = b""
+        if self._open != _THINKING:
+            out = self._close() + self._open_block(_THINKING)
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            out += _sse("content_block_start", {
+                "type": "content_block_start", "index": self._block, "content_block": block,
+            })
+        for kind, value in (("thinking", event.thinking), ("signature", event.signature)):
+            if value:
+                delta = {"type": f"{kind}_delta", kind: value}
+                out += _sse("content_block_delta", {
+                    "type": "content_block_delta", "index": self._block, "delta": delta,
+                })
+        if event.signature:
+            self._open = _SIGNED  # closed by whatever comes next, even more thinking
+        return out
 
     def _open_block(self, kind: int) -> bytes:
         self._block += 1
@@ -294,12 +331,23 @@ class AnthropicStreamDecoder:
                     tool = self._tools.get(data["index"])
                     if tool is not None and delta["partial_json"]:
                         events.append(ToolCallDelta(tool, delta["partial_json"]))
-                # thinking, signature and citation deltas carry nothing canonical
+                elif dtype == "thinking_delta":
+                    if delta["thinking"]:
+                        events.append(ThinkingDelta(delta["thinking"]))
+                elif dtype == "signature_delta":
+                    events.append(ThinkingDelta(signature=str(delta["signature"])))
+                # citation deltas carry nothing canonical
             elif kind == "content_block_start":
                 block = data["content_block"]
                 if block["type"] == "text":
                     if block.get("text"):
                         events.append(TextDelta(block["text"]))
+                elif block["type"] == "redacted_thinking":
+                    events.append(ThinkingDelta(str(block["data"]), redacted=True))
+                elif block["type"] == "thinking" and (block.get("thinking")
+                                                      or block.get("signature")):
+                    events.append(ThinkingDelta(str(block.get("thinking") or ""),
+                                                str(block.get("signature") or "")))
                 elif block["type"] == "tool_use":
                     tool = len(self._tools)
                     self._tools[data["index"]] = tool

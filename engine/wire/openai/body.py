@@ -66,7 +66,8 @@ _MESSAGE = Either((
 _TOOL = Fields(
     {"type": Const("function"),
      "function": Fields({"name": Text(min_length=1), "description": Text(),
-                         "parameters": Anything(objects_only=True, doc="A JSON Schema.")},
+                         "parameters": Anything(objects_only=True, doc="A JSON Schema."),
+                         "strict": Flag(doc="Relayed to every upstream.")},
                         required=("name",))},
     required=("function",),
 )

@@ -212,8 +212,11 @@ def _parse_image(value: Any, path: str) -> ImagePart:
     url = value.get("url") if type(value) is dict else value
     if type(url) is not str or not url:
         raise invalid_type(f"{path}.url", "a non-empty string", url)
+    detail = value.get("detail") if type(value) is dict else None
+    if detail is not None and type(detail) is not str:
+        raise invalid_type(f"{path}.detail", "a string", detail)
     if not url.startswith("data:"):
-        return ImagePart(url=url)
+        return ImagePart(url=url, detail=detail)
     header, comma, data = url[5:].partition(",")
     media_type, _, encoding = header.partition(";")
     if not comma or encoding != "base64" or not media_type:
@@ -222,7 +225,7 @@ def _parse_image(value: Any, path: str) -> ImagePart:
             "('data:<media type>;base64,<data>').",
             param=f"{path}.url",
         )
-    return ImagePart(media_type=media_type, data=data)
+    return ImagePart(media_type=media_type, data=data, detail=detail)
 
 
 def _parse_assistant(message: dict[str, Any], path: str) -> tuple[Part, ...]:
@@ -326,7 +329,11 @@ def _parse_tools(value: Any) -> tuple[Tool, ...]:
         if parameters is not None and type(parameters) is not dict:
             raise invalid_type(f"{path}.function.parameters", "an object", parameters)
         name = string(function, "name", f"{path}.function", non_empty=True)
-        tools.append(Tool(name=name, description=description or "", parameters=parameters))
+        strict = function.get("strict")
+        if strict is not None and type(strict) is not bool:
+            raise invalid_type(f"{path}.function.strict", "a boolean", strict)
+        tools.append(Tool(name=name, description=description or "", parameters=parameters,
+                          strict=bool(strict)))
     return tuple(tools)
 
 
@@ -441,10 +448,13 @@ def _word(data: dict[str, Any], key: str) -> str | None:
 # ---- writing: the canonical request as an upstream's chat-completions body -----------------
 
 
-def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
+def render_request(request: ChatRequest, *, model: str, stream: bool,
+                   max_tokens_field: str = "max_completion_tokens") -> bytes:
     """The chat-completions body that asks provider model ``model`` for ``request``.
 
-    ``stream`` also asks for usage on the stream: the router needs it for costs.
+    ``stream`` also asks for usage on the stream: the router needs it for costs. The output
+    limit goes by ``max_tokens_field``: OpenAI's current ``max_completion_tokens`` (its
+    reasoning models refuse ``max_tokens``), or the older name for servers that only know it.
     """
     messages: list[dict[str, Any]] = []
     if request.system:
@@ -477,7 +487,7 @@ def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
     optional = {  # sent only when set (None: unset)
         "temperature": request.temperature,
         "top_p": request.top_p,
-        "max_tokens": request.max_tokens,
+        max_tokens_field: request.max_tokens,
         "stop": list(request.stop) or None,
         "seed": request.seed,
         "n": request.n if request.n != 1 else None,
@@ -522,7 +532,10 @@ def _render_content(parts: list[TextPart | ImagePart]) -> str | list[dict[str, A
             rendered.append({"type": "text", "text": part.text})
         else:
             url = part.url or f"data:{part.media_type};base64,{part.data}"
-            rendered.append({"type": "image_url", "image_url": {"url": url}})
+            image: dict[str, str] = {"url": url}
+            if part.detail is not None:
+                image["detail"] = part.detail
+            rendered.append({"type": "image_url", "image_url": image})
     return rendered
 
 
@@ -552,4 +565,6 @@ def _render_tool(tool: Tool) -> dict[str, Any]:
     if tool.description:
         function["description"] = tool.description
     function["parameters"] = tool.parameters if tool.parameters is not None else _EMPTY_PARAMETERS
+    if tool.strict:
+        function["strict"] = True
     return {"type": "function", "function": function}

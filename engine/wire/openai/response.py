@@ -25,6 +25,7 @@ from engine.messages import (
     StopReason,
     TextDelta,
     TextPart,
+    ThinkingDelta,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
@@ -192,6 +193,8 @@ class StreamEncoder:
                 "function": {"name": event.name, "arguments": ""},
             }
             return self._chunk(orjson.dumps({"tool_calls": [call]}))
+        if type(event) is ThinkingDelta:
+            return b""  # chat completions have no place for Anthropic's signed thinking
         if type(event) is not Finish:
             raise TypeError(f"not a stream event: {event!r}")
         self._done = True
