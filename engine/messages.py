@@ -191,6 +191,10 @@ class ChatRequest:
     top_p: float | None = None
     top_k: int | None = None
     max_tokens: int | None = None
+    # the name an OpenAI client gave the limit (its newer max_completion_tokens), which an
+    # OpenAI upstream is sent; a limit from elsewhere goes as max_tokens, which every
+    # OpenAI-compatible server reads
+    max_tokens_param: str = "max_tokens"
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1

@@ -51,8 +51,8 @@ class OpenAIProvider:
          "verbosity"}
     )
     native_n: ClassVar[bool] = True
-    # OpenAI's name for the output limit; its reasoning models refuse the older max_tokens.
-    max_tokens_field: ClassVar[str] = "max_completion_tokens"
+    # The output limit's name, if the server knows one only (None: as the client named it).
+    max_tokens_field: ClassVar[str | None] = None
 
     def build_call(
         self,

@@ -77,8 +77,8 @@ async def test_spec_example_outputs_reach_dependents_requests(
     assert type(result["total_ms"]) is int and 0 < result["total_ms"] <= elapsed_ms + 1
     assert result["final_output"] == f"[t2] {refine_text}"
     assert result["status"] == "completed"
-    # max_tokens reached the providers (OpenAI's t1 by its current name for it).
-    assert fake.requests("t1")[0].body["max_completion_tokens"] == 1024
+    # max_tokens reached the providers.
+    assert fake.requests("t1")[0].body["max_tokens"] == 1024
     assert [r.body["max_tokens"] for r in fake.requests("t2")] == [512, 512]
 
 

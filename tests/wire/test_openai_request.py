@@ -128,6 +128,7 @@ def test_full_request_translation() -> None:
         temperature=0.5,
         top_p=1,
         max_tokens=100,
+        max_tokens_param="max_completion_tokens",
         stop=("END",),
         seed=7,
         n=1,
@@ -479,7 +480,7 @@ def test_build_call_translates_everything() -> None:
         "response_format": {"type": "json_object"},
         "temperature": 0.2,
         "top_p": 0.9,
-        "max_completion_tokens": 64,  # OpenAI's reasoning models refuse max_tokens
+        "max_tokens": 64,  # the name every OpenAI-compatible server reads
         "stop": ["x"],
         "seed": 1,
         "n": 3,
@@ -562,7 +563,8 @@ def test_inbound_request_reaches_upstream_unchanged() -> None:
 
 def test_ollama_gets_the_older_name_of_the_output_limit() -> None:
     call = OllamaProvider().build_call(ChatRequest(messages=(Message("user", (TextPart("hi"),)),),
-                                                   max_tokens=9),
+                                                   max_tokens=9,
+                                                   max_tokens_param="max_completion_tokens"),
                                        model="m-1", base_url="http://up", api_key=None,
                                        stream=False)
     body = orjson.loads(call.body)

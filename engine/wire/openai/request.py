@@ -76,8 +76,10 @@ def parse_request(body: bytes) -> ChatRequest:
     tools = _parse_tools(data.get("tools"))
     json_mode, json_schema = _parse_response_format(data.get("response_format"))
     max_tokens = number(data, "max_completion_tokens", _F["max_completion_tokens"])
+    max_tokens_param = "max_completion_tokens"
     if max_tokens is None:
         max_tokens = number(data, "max_tokens", _F["max_tokens"])
+        max_tokens_param = "max_tokens"
     stream = boolean(data, "stream") or False
     include_usage = False
     options = data.get("stream_options")
@@ -117,6 +119,7 @@ def parse_request(body: bytes) -> ChatRequest:
         top_p=number(data, "top_p", _F["top_p"]),
         top_k=number(data, "top_k", _F["top_k"]),  # not OpenAI's, but vLLM clients send it
         max_tokens=max_tokens,
+        max_tokens_param=max_tokens_param,
         stop=_parse_stop(data.get("stop")),
         seed=number(data, "seed", _F["seed"]),
         n=1 if n is None else n,
@@ -449,12 +452,14 @@ def _word(data: dict[str, Any], key: str) -> str | None:
 
 
 def render_request(request: ChatRequest, *, model: str, stream: bool,
-                   max_tokens_field: str = "max_completion_tokens") -> bytes:
+                   max_tokens_field: str | None = None) -> bytes:
     """The chat-completions body that asks provider model ``model`` for ``request``.
 
     ``stream`` also asks for usage on the stream: the router needs it for costs. The output
-    limit goes by ``max_tokens_field``: OpenAI's current ``max_completion_tokens`` (its
-    reasoning models refuse ``max_tokens``), or the older name for servers that only know it.
+    limit goes by ``max_tokens_field`` when given (a server that knows one name only), else by
+    the name the client gave it (``request.max_tokens_param``): an OpenAI client's
+    ``max_completion_tokens`` (which OpenAI's reasoning models need) stays that, and any other
+    limit is ``max_tokens``, which every OpenAI-compatible server reads.
     """
     messages: list[dict[str, Any]] = []
     if request.system:
@@ -487,7 +492,7 @@ def render_request(request: ChatRequest, *, model: str, stream: bool,
     optional = {  # sent only when set (None: unset)
         "temperature": request.temperature,
         "top_p": request.top_p,
-        max_tokens_field: request.max_tokens,
+        max_tokens_field or request.max_tokens_param: request.max_tokens,
         "stop": list(request.stop) or None,
         "seed": request.seed,
         "n": request.n if request.n != 1 else None,
