@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from engine.core.planner import Node, plan_chat
 from engine.core.pool import BackendPool
 from engine.core.recent import FinishedRequest, RecentRequests
 from engine.core.redact import Redactor
+from engine.core.remembered import Remembered
 from engine.core.stats import RequestLabels, Stats
 from engine.errors import NotFound, RouterError, StoreUnavailable
 from engine.messages import ChatRequest
@@ -134,7 +134,7 @@ class Gateway:
             MemoryThresholds() if shared is None else SharedThresholds(shared),
             enabled=moves.enabled, bad_below=moves.bad_below)
         # Request id -> tenant of recent cache hits: feedback on one moves the threshold.
-        self._cache_hits: OrderedDict[str, str] = OrderedDict()
+        self._cache_hits: Remembered[str, str] = Remembered(_REMEMBERED_HITS)
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
         #: Dedup across processes: None without ``state.redis_url``.
         self.shared_flights = (None if shared is None
@@ -358,8 +358,6 @@ class Gateway:
                              model=served.model, belief=served.belief)
         if served.cache == "HIT":
             self._cache_hits[request_id] = tenant
-            if len(self._cache_hits) > _REMEMBERED_HITS:
-                self._cache_hits.popitem(last=False)
 
     async def report_feedback(self, report: FeedbackReport) -> Mapping[str, Any]:
         """``POST /v1/feedback``: record one quality report and recalibrate. A report on a
@@ -382,8 +380,8 @@ class Gateway:
             return await reports.forward(owner, report)
 
     async def _report_here(self, report: FeedbackReport) -> dict[str, Any]:
-        if report.request_id is not None and report.request_id in self._cache_hits:
-            tenant = self._cache_hits[report.request_id]
+        tenant = None if report.request_id is None else self._cache_hits.get(report.request_id)
+        if tenant is not None:
             change = await self.thresholds.report(tenant, report.quality)
             return {"accepted": True, "cache_threshold": change}
         return await self.policy.feedback(report)

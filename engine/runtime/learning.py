@@ -17,13 +17,14 @@ when it is back, in the order they came; the process routes meanwhile with the s
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from engine.core.config import Config
+from engine.core.remembered import Remembered
 from engine.core.routing.decide import Online
 from engine.core.routing.learned import Belief
 from engine.core.routing.online import OnlineSettings, OnlineState, learn
@@ -71,7 +72,8 @@ class Learning:
         # Kept as plain tuples (p, logit, inputs, known): the cyclic collector stops tracking a
         # tuple of numbers and an array, where 20,000 Belief objects would be walked by every
         # full collection (docs/architecture.md, "Memory and pauses").
-        self._beliefs: OrderedDict[str, tuple[float, float, Any, float]] = OrderedDict()
+        self._beliefs: Remembered[str, tuple[float, float, Any, float]] = Remembered(
+            _REMEMBERED)
         self._queued: deque[_Lesson] = deque(maxlen=_QUEUED)
         self._lock = trio.Lock()
 
@@ -115,8 +117,6 @@ class Learning:
         if belief is None:
             return
         self._beliefs[request_id] = (belief.p, belief.logit, belief.inputs, belief.known)
-        if len(self._beliefs) > _REMEMBERED:
-            self._beliefs.popitem(last=False)
 
     async def teach(self, request_id: str, *, tier: int, quality: float,
                     reporter: str | None, other: float | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ worker thread, with the same result, so that a few huge prompts cannot hold up t
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import trio
 
 from engine.core.config import Config
+from engine.core.remembered import Remembered
 from engine.core.routing.calibration import (
     Adjustment,
     Report,
@@ -124,7 +125,9 @@ class RoutingPolicy:
         self.store = store
         self.tier1_max = config.classifier.tier1_max
         self.tier2_max = config.classifier.tier2_max
-        self._recent: OrderedDict[str, _Decision] = OrderedDict()
+        # Not an OrderedDict: its table rebuilt with 100,000 entries in one request
+        # (engine.core.remembered).
+        self._recent: Remembered[str, _Decision] = Remembered(_REMEMBERED)
         self._calibrating = trio.Lock()
         #: Feedback and thresholds shared with other processes (``state.redis_url``).
         self.shared: SharedFeedback | None = None
@@ -244,8 +247,6 @@ class RoutingPolicy:
         if self.learning is not None:
             self.learning.remember(request_id, belief)
         self._recent[request_id] = (score / 100, tier, model)
-        if len(self._recent) > _REMEMBERED:
-            self._recent.popitem(last=False)
 
     async def feedback(self, report: FeedbackReport) -> dict[str, Any]:
         """Record one quality report, recalibrate, and learn from it (a named request).
