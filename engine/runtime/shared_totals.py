@@ -11,8 +11,13 @@ adds its own current totals, so its view is exact for itself and at most
 Absolute values make a write idempotent: a write whose reply was lost (Redis timed out, then
 applied it) counts nothing twice, and nothing counted while Redis was down is lost - the first
 write after it returns carries it. A Redis that restarted empty is filled again by each
-running process's next write. A process that has stopped leaves its hash: totals are those of
-every process that ran since the hashes were made.
+running process's next write.
+
+A process that stops adds its final totals to ``llmr:stats:{totals}:retired`` and deletes its
+hash, in one script (:data:`_RETIRE`): a reader sums the live processes' hashes and that one,
+so the totals are still those of every process that ran, while the keys (and a read's work)
+stay those of the processes alive, however many restarts and rolling deploys came before. A
+process killed outright (SIGKILL) leaves its hash, which stays in the sum.
 
 With Redis down a reader answers from this process's totals alone and says so
 (``"scope": "process"``; ``"shared"`` otherwise).
@@ -33,7 +38,7 @@ import trio
 from engine.core.pool import BackendPool
 from engine.core.stats import Stats
 from engine.errors import StoreUnavailable
-from engine.stores.redis import Script
+from engine.stores.redis import ReplyError, Script
 
 from .shared import PREFIX, Shared
 
@@ -45,34 +50,47 @@ _GAUGE_EVERY_SEC = 1.0
 PROCS = PREFIX + "stats:{totals}:procs"
 PROC_PREFIX = PREFIX + "stats:{totals}:proc:"
 GAUGE_PREFIX = PREFIX + "stats:{totals}:gauges:"
+RETIRED = PREFIX + "stats:{totals}:retired"
 #: Between the labels of one flattened name (names and workflow names hold no tab).
 SEP = "\t"
 
 Gauges = Callable[[], dict[str, float]]
 
 # The sum of every listed process's hashes (totals, and gauges while they live) but ARGV[1]'s
-# (the caller adds its own, current). Lua 5.1 numbers are doubles: sums are exact for counts
-# below 2**53, amounts to ~15 digits.
+# (the caller adds its own, current), and the stopped processes' (KEYS[4]). Lua 5.1 numbers
+# are doubles: sums are exact for counts below 2**53, amounts to ~15 digits.
 _SUM = Script("""
 local sums, order = {}, {}
+local function add(flat)
+  for i = 1, #flat, 2 do
+    local k = flat[i]
+    if sums[k] == nil then sums[k] = 0; order[#order + 1] = k end
+    sums[k] = sums[k] + tonumber(flat[i + 1])
+  end
+end
 for _, proc in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if proc ~= ARGV[1] then
     for _, prefix in ipairs({KEYS[2], KEYS[3]}) do
-      local flat = redis.call('HGETALL', prefix .. proc)
-      for i = 1, #flat, 2 do
-        local k = flat[i]
-        if sums[k] == nil then sums[k] = 0; order[#order + 1] = k end
-        sums[k] = sums[k] + tonumber(flat[i + 1])
-      end
+      add(redis.call('HGETALL', prefix .. proc))
     end
   end
 end
+add(redis.call('HGETALL', KEYS[4]))
 local out = {}
 for _, k in ipairs(order) do
   out[#out + 1] = k
   out[#out + 1] = string.format('%.17g', sums[k])
 end
 return out
+""")
+
+# A process stops. KEYS: the set of processes, its totals hash, its gauges hash, the stopped
+# processes' totals. ARGV: its origin, then its final totals as name, value pairs.
+_RETIRE = Script("""
+for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], ARGV[i + 1]) end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[1], ARGV[1])
+return 1
 """)
 
 
@@ -165,6 +183,7 @@ class SharedTotals:
         self._written: dict[str, float] | None = None
         self._gauges_written: dict[str, float] | None = None
         self._gauges_at = 0.0
+        self._retired = False
         shared.redis.on_up(self._rewrite)
 
     async def _rewrite(self) -> None:
@@ -180,9 +199,24 @@ class SharedTotals:
                 await trio.sleep(FLUSH_SEC)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
-                await self.flush()  # what the last moments counted
+                await self.retire()
+
+    async def retire(self) -> None:
+        """This process stops: its totals (with what the last moments counted) join the
+        stopped processes', and its hashes go. Tried once: a retry after a lost reply would
+        count them twice. With Redis down its hash stays as last written."""
+        self._retired = True
+        totals = flatten(self.stats, self.pool)
+        flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
+        try:
+            await self.redis.run(_RETIRE, [PROCS, self._key, self._gauge_key, RETIRED],
+                                 [self.origin, *flat])
+        except (StoreUnavailable, ReplyError):
+            pass
 
     async def flush(self) -> None:
+        if self._retired:
+            return  # counted in the stopped processes' totals
         totals = flatten(self.stats, self.pool)
         gauges = self.gauges()
         now = trio.current_time()
@@ -211,8 +245,8 @@ class SharedTotals:
         ``"process"`` while Redis does not answer."""
         own = flatten(self.stats, self.pool) | self.gauges()
         try:
-            reply: Any = await self.redis.run(_SUM, [PROCS, PROC_PREFIX, GAUGE_PREFIX],
-                                              [self.origin])
+            reply: Any = await self.redis.run(
+                _SUM, [PROCS, PROC_PREFIX, GAUGE_PREFIX, RETIRED], [self.origin])
         except StoreUnavailable:
             return own, "process"
         summed: dict[str, float] = {}
