@@ -5,17 +5,25 @@ them, with real ``llm-router`` processes (or the real stores) on a real ``redis-
 from __future__ import annotations
 
 import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
+from engine.core.keys import KeyRecord, KeySettings, period_end, period_key
 from engine.core.redis_address import RedisAddress
-from engine.stores.redis import open_redis
+from engine.runtime.shared import open_shared
+from engine.runtime.shared_keys import SharedKeyGate
+from engine.stores.redis import RedisKeyStore, open_redis
+from engine.stores.redis.keys import SPEND_KEPT_SEC
 from engine.testing.fake_upstream import FakeUpstream
 
 
@@ -69,3 +77,64 @@ async def test_restarts_keep_the_totals_but_leave_no_hash_behind(
         assert len(hashes) == 1, hashes
         assert len(await redis_call(redis_server, "SMEMBERS", "llmr:stats:{totals}:procs")) == 1
         assert await redis_call(redis_server, "KEYS", "llmr:stats:{totals}:gauges:*") != []
+
+
+@asynccontextmanager
+async def open_gate(redis: RedisServer, clock: Callable[[], float]
+                    ) -> AsyncIterator[SharedKeyGate]:
+    async with (open_shared(RedisAddress.from_url(redis.url), timeout=0.25) as shared,
+                trio.open_nursery() as nursery):
+        gate = SharedKeyGate(RedisKeyStore(shared.redis), shared, clock=clock)
+        await nursery.start(gate.run)
+        yield gate
+        nursery.cancel_scope.cancel()
+
+
+async def spend_and_wait(gate: SharedKeyGate, record: KeyRecord, redis: RedisServer,
+                         spend_key: str, *, gone: bool) -> None:
+    """One call of the key, charged, and the spend written to Redis (or already expired)."""
+    period = period_key(record.settings.budget_period, gate._clock())
+    gate.settle(record, await gate.admit(record, tokens=1, max_cost_usd=0.5), tokens=1,
+                cost_usd=0.25)
+
+    async def written() -> bool:
+        if gate._unsaved_spend(record.id, period) != (0.0, 0, 0):
+            return False
+        return bool(await redis_call(redis, "EXISTS", spend_key) == (0 if gone else 1))
+
+    await wait_for(written, poll=0.02)
+
+
+@pytest.mark.parametrize("limited", [True, False])  # admitted by Redis's script, or not
+async def test_a_budget_period_that_ended_leaves_no_spend_in_redis(
+        redis_server: RedisServer, limited: bool) -> None:
+    now = time.time()
+    clock = [now]
+    async with open_gate(redis_server, lambda: clock[0]) as gate:
+        limits: dict[str, Any] = {"budget_usd": 100.0} if limited else {}
+        daily, _ = await gate.create(KeySettings(name="d", budget_period="day", **limits))
+        total, _ = await gate.create(KeySettings(name="t", budget_period="total", **limits))
+        for record in (daily, total):
+            ticket = await gate.admit(record, tokens=1, max_cost_usd=0.5)
+            assert ticket.shared is limited
+            gate.settle(record, ticket, tokens=1, cost_usd=0.25)
+        today = f"llmr:key:{{{daily.id}}}:spend:{period_key('day', now)}"
+        forever = f"llmr:key:{{{total.id}}}:spend:total"
+
+        async def written() -> bool:
+            return bool(await redis_call(redis_server, "EXISTS", today, forever) == 2)
+
+        await wait_for(written, poll=0.02)
+        # today's spend goes two days after today ends; the total stays
+        ends = period_end(period_key("day", now))
+        assert ends is not None
+        assert await redis_call(redis_server, "PEXPIRETIME", today) == int(
+            (ends + SPEND_KEPT_SEC) * 1000)
+        assert await redis_call(redis_server, "PEXPIRETIME", forever) == -1
+        assert (await gate.store.spend(daily.id, period_key("day", now)))[0] == 0.25
+
+        # a spend counted in a day that ended more than that ago is not kept at all
+        clock[0] = now - 3 * 86400 - SPEND_KEPT_SEC
+        old = f"llmr:key:{{{daily.id}}}:spend:{period_key('day', clock[0])}"
+        await spend_and_wait(gate, daily, redis_server, old, gone=True)
+        assert await redis_call(redis_server, "EXISTS", today) == 1

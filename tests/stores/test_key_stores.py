@@ -58,13 +58,13 @@ async def test_an_update_and_a_revocation_are_kept(key_store: KeyStore) -> None:
 
 
 async def test_spend_adds_up_per_key_and_period(key_store: KeyStore) -> None:
-    await key_store.add_spend({("key_a", "2026-12"): (0.25, 1, 100),
-                               ("key_a", "2026-11"): (9.0, 9, 9)})
-    await key_store.add_spend({("key_a", "2026-12"): (0.5, 2, 50),
-                               ("key_b", "2026-12"): (1.0, 1, 1)})
-    assert await key_store.spend("key_a", "2026-12") == (0.75, 3, 150)
-    assert await key_store.spend("key_a", "2026-11") == (9.0, 9, 9)
-    assert await key_store.spend("key_c", "2026-12") == (0.0, 0, 0)
+    await key_store.add_spend({("key_a", "2099-12"): (0.25, 1, 100),
+                               ("key_a", "2099-11"): (9.0, 9, 9)})
+    await key_store.add_spend({("key_a", "2099-12"): (0.5, 2, 50),
+                               ("key_b", "2099-12"): (1.0, 1, 1)})
+    assert await key_store.spend("key_a", "2099-12") == (0.75, 3, 150)
+    assert await key_store.spend("key_a", "2099-11") == (9.0, 9, 9)
+    assert await key_store.spend("key_c", "2099-12") == (0.0, 0, 0)
     await key_store.add_spend({})
 
 
