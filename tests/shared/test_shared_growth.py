@@ -138,3 +138,19 @@ async def test_a_budget_period_that_ended_leaves_no_spend_in_redis(
         old = f"llmr:key:{{{daily.id}}}:spend:{period_key('day', clock[0])}"
         await spend_and_wait(gate, daily, redis_server, old, gone=True)
         assert await redis_call(redis_server, "EXISTS", today) == 1
+
+
+async def test_a_key_used_for_months_holds_one_period_in_memory(
+        redis_server: RedisServer) -> None:
+    """What a process keeps of each key's spend, for when Redis is down, is its current
+    period's only."""
+    clock = [time.time()]
+    async with open_gate(redis_server, lambda: clock[0]) as gate:
+        record, _ = await gate.create(KeySettings(name="d", budget_usd=1.0,
+                                                  budget_period="day"))
+        for _ in range(40):
+            clock[0] += 86400
+            ticket = await gate.admit(record, tokens=1, max_cost_usd=0.5)
+            assert ticket.shared
+            gate.settle(record, ticket, tokens=1, cost_usd=0.5)
+        assert len(gate._last_spent) == 1
