@@ -468,9 +468,11 @@ async def open_gateway(
     if models is None:
         models = await trio.to_thread.run_sync(load_models, config)
     settings = config.learned
+    retention_days = settings.feedback_retention_days
     opened = FeedbackStore(
         config.path(settings.feedback_db),
         base=(config.classifier.tier1_max, config.classifier.tier2_max),
+        retention_sec=None if retention_days is None else retention_days * 86400,
     )
     store: FeedbackStore | None = opened
     try:
