@@ -27,7 +27,7 @@ class Clock:
 
 @asynccontextmanager
 async def open_gate(path: Path, clock: Clock) -> AsyncIterator[KeyGate]:
-    store = SqliteKeyStore(path)
+    store = SqliteKeyStore(path, clock=clock)
     await store.open()
     try:
         yield KeyGate(store, clock=clock)

@@ -18,12 +18,11 @@ from support_processes import fake_model, router_process, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
-from engine.core.keys import KeyRecord, KeySettings, period_end, period_key
+from engine.core.keys import SPEND_KEPT_SEC, KeyRecord, KeySettings, period_end, period_key
 from engine.core.redis_address import RedisAddress
 from engine.runtime.shared import open_shared
 from engine.runtime.shared_keys import SharedKeyGate
 from engine.stores.redis import RedisKeyStore, open_redis
-from engine.stores.redis.keys import SPEND_KEPT_SEC
 from engine.testing.fake_upstream import FakeUpstream
 
 

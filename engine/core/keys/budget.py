@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-__all__ = ["PERIODS", "Ledger", "Period", "period_end", "period_key", "period_reset"]
+__all__ = ["PERIODS", "SPEND_KEPT_SEC", "Ledger", "Period", "period_end", "period_key",
+           "period_reset"]
 
 Period = Literal["day", "week", "month", "total"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month", "total")
+#: How long stores keep a period's spend once the period has ended (late settlements, clocks
+#: a little apart); only the current period's is ever read.
+SPEND_KEPT_SEC = 2 * 86400.0
 
 
 def period_key(period: Period, now: float) -> str:

@@ -12,10 +12,10 @@ digest index ``llmr:key:{index}:digests`` (the secret's digest to the key's id: 
 itself is never sent to Redis), the list ``llmr:key:{index}:all`` by creation time, and the
 news stream ``llmr:{bus}:keys`` (an entry naming the key's id at each create, update and
 revocation, which every process follows). A ``spend:<period>`` hash of a day, week or month
-expires :data:`SPEND_KEPT_SEC` after its period ends (a key with a daily budget would
-otherwise leave one hash a day for good); ``spend:total`` stays. The record scripts name
-keys of two hash tags, so, like the run store, this is for one Redis server (or a
-replicated primary), not Redis Cluster; admission and settlement touch one key's tag only.
+expires ``SPEND_KEPT_SEC`` (``engine.core.keys``) after its period ends (a key with a daily
+budget would otherwise leave one hash a day for good); ``spend:total`` stays. The record
+scripts name keys of two hash tags, so, like the run store, this is for one Redis server (or
+a replicated primary), not Redis Cluster; admission and settlement touch one key's tag only.
 
 Errors: Redis down, slow or refusing a command is :class:`~engine.errors.StoreUnavailable`
 at once; the runtime decides what a request does then (``engine.runtime.shared_keys``).
@@ -29,21 +29,19 @@ from typing import Any
 
 import orjson
 
-from engine.core.keys import KeyRecord, KeySettings, period_end
+from engine.core.keys import SPEND_KEPT_SEC, KeyRecord, KeySettings, period_end
 from engine.errors import StoreUnavailable
 
 from . import key_scripts as scripts
 from .client import Redis, Script
 from .resp import Arg, Reply, ReplyError
 
-__all__ = ["HOLD_SEC", "NEWS", "SPEND_KEPT_SEC", "Admission", "RedisKeyStore", "Settlement"]
+__all__ = ["HOLD_SEC", "NEWS", "Admission", "RedisKeyStore", "Settlement"]
 
 #: The stream every process follows for news of keys (created, updated, revoked).
 NEWS = "llmr:{bus}:keys"
 #: How long a budget hold lasts if the call's process never settles it (it died mid-call).
 HOLD_SEC = 900.0
-#: How long a period's spend is kept once the period has ended (late settlements, clocks).
-SPEND_KEPT_SEC = 2 * 86400.0
 _DIGESTS = "llmr:key:{index}:digests"
 _ALL = "llmr:key:{index}:all"
 
