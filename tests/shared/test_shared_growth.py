@@ -22,6 +22,7 @@ from engine.core.keys import SPEND_KEPT_SEC, KeyRecord, KeySettings, period_end,
 from engine.core.redis_address import RedisAddress
 from engine.runtime.shared import open_shared
 from engine.runtime.shared_keys import SharedKeyGate
+from engine.runtime.spend_window import SharedSpendWindow
 from engine.stores.redis import RedisKeyStore, open_redis
 from engine.testing.fake_upstream import FakeUpstream
 
@@ -153,3 +154,18 @@ async def test_a_key_used_for_months_holds_one_period_in_memory(
             assert ticket.shared
             gate.settle(record, ticket, tokens=1, cost_usd=0.5)
         assert len(gate._last_spent) == 1
+
+
+async def test_months_of_comparisons_keep_an_hour_of_payments_in_memory(
+        redis_server: RedisServer) -> None:
+    """The shared spend window answers from Redis while it is up; what it keeps of its own
+    payments (for when Redis is down) is the last hour's, not every payment since start."""
+    clock = [time.time()]
+    async with open_shared(RedisAddress.from_url(redis_server.url), timeout=0.25) as shared:
+        window = SharedSpendWindow(shared.redis, clock=lambda: clock[0])
+        for _ in range(24 * 30):  # a month, a payment every hour and a bit
+            clock[0] += 3700
+            await window.add(0.01)
+            assert await window.total() == pytest.approx(0.01)
+        assert len(window._spent) == 1
+        assert window.own() == pytest.approx(0.01)
