@@ -169,3 +169,41 @@ async def test_months_of_comparisons_keep_an_hour_of_payments_in_memory(
             assert await window.total() == pytest.approx(0.01)
         assert len(window._spent) == 1
         assert window.own() == pytest.approx(0.01)
+
+
+async def test_a_killed_process_totals_are_kept_and_its_hash_reaped(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """A process killed outright cannot fold its totals in; another on its host, which can
+    tell it is gone, does."""
+    config_a = write_config(tmp_path / "a", fake_upstream, redis_server.url)
+    config_b = write_config(tmp_path / "b", fake_upstream, redis_server.url)
+    async with router_process(config_a) as (_, a), httpx.AsyncClient(timeout=10) as http:
+        await chat(http, a)
+        async with router_process(config_b) as (process, b):
+            for _ in range(3):
+                await chat(http, b)
+
+            async def counted() -> bool:  # B has written its totals
+                return bool((await stats(http, a))["total_requests"] == 4)
+
+            await wait_for(counted, poll=0.05)
+            process.kill()
+            with trio.fail_after(15):
+                await process.wait()
+
+        async def reaped() -> bool:
+            hashes = await redis_call(redis_server, "KEYS", "llmr:stats:{totals}:proc:*")
+            return len(hashes) == 1
+
+        await wait_for(reaped, poll=0.1)
+        shown = await stats(http, a)
+        assert (shown["total_requests"], shown["by_model"]) == (4, {"cheap": 4})
+        assert len(await redis_call(redis_server, "SMEMBERS", "llmr:stats:{totals}:procs")) == 1
+        assert len(await redis_call(redis_server, "KEYS", "llmr:stats:{totals}:reaped:*")) == 1
+        await chat(http, a)  # and A counts on as before
+        await wait_for(lambda: _total(http, a, 5), poll=0.05)
+
+
+async def _total(http: httpx.AsyncClient, url: str, want: int) -> bool:
+    return bool((await stats(http, url))["total_requests"] == want)
