@@ -291,6 +291,8 @@ class LearnedConfig(_Section):
     correction may shift log-odds, its half-life in reports, one reporter's cap in decayed
     reports, the floor's tolerance, and ``online_regions``: per-region levels,
     ``engine.core.routing.regions``).
+    ``feedback_retention_days``: reports older than this are deleted from ``feedback_db``
+    once counted (``null``: kept for ever; ``engine.stores.feedback``).
     The rest drives threshold calibration from ``POST /v1/feedback``
     (``engine.core.routing.calibration``).
     """
@@ -304,6 +306,7 @@ class LearnedConfig(_Section):
     sidecar_weight: float = Field(0.7, ge=0, le=1)
     sidecar_timeout_ms: float = Field(50.0, gt=0, le=10_000)
     feedback_db: str = "llm-router-feedback.db"
+    feedback_retention_days: float | None = Field(90.0, gt=0, le=36500)
     calibrate: bool = True
     target_quality: float = Field(0.8, ge=0, le=1)
     min_samples: int = Field(20, ge=1)

@@ -22,8 +22,6 @@ reads slowly slows the upstream read rather than piling it up here.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
@@ -61,7 +59,7 @@ from .keys import KeyGate
 from .models import Models, load_models
 from .node import Deadline, NodeResult, NodeRunner, RunContext, Served
 from .policy import FeedbackReport, RoutingPolicy
-from .runs import Runs
+from .runs import Runs, owner_alive, process_name
 from .shared import Shared, open_shared
 from .shared_cache import SharedCache
 from .shared_flights import SharedFlights
@@ -145,10 +143,11 @@ class Gateway:
         self.shared_totals: SharedTotals | None = None
         self.shared_recent: SharedRecent | None = None
         if shared is not None:
-            origin = f"{os.getpid()}-{secrets.token_hex(4)}"
+            origin = process_name()  # host:pid:token, so a dead one's totals can be reaped
             self.shared_health = SharedHealth(shared, self.pool, origin=origin)
             self.shared_totals = SharedTotals(shared, self.stats, self.pool, origin=origin,
-                                              gauges=self._gauges)
+                                              gauges=self._gauges,
+                                              alive=partial(owner_alive, me=origin))
             nursery.start_soon(self.shared_health.run)
             nursery.start_soon(self.shared_totals.run)
             self.shared_recent = SharedRecent(shared, self.recent, origin=origin)
@@ -466,9 +465,11 @@ async def open_gateway(
     if models is None:
         models = await trio.to_thread.run_sync(load_models, config)
     settings = config.learned
+    retention_days = settings.feedback_retention_days
     opened = FeedbackStore(
         config.path(settings.feedback_db),
         base=(config.classifier.tier1_max, config.classifier.tier2_max),
+        retention_sec=None if retention_days is None else retention_days * 86400,
     )
     store: FeedbackStore | None = opened
     try:

@@ -75,7 +75,9 @@ class KeyGate:
         self._clock = clock
         self._records: dict[str, tuple[float, KeyRecord | None]] = {}  # digest -> (read at, …)
         self._counters: dict[str, _Counters] = defaultdict(_Counters)
-        self._ledgers: dict[tuple[str, str], Ledger] = {}
+        #: Key id -> (period, its ledger): the current period's only, so a process that runs
+        #: for months keeps one per key, not one per key and day.
+        self._ledgers: dict[str, tuple[str, Ledger]] = {}
         self._unsaved: dict[tuple[str, str], tuple[float, int, int]] = {}
 
     # ---- keys ---------------------------------------------------------------------------------
@@ -238,18 +240,31 @@ class KeyGate:
             counters = self._counters[record.id]
             counters.tpm_tat = settle_rate(counters.tpm_tat, reserved=ticket.tokens,
                                            actual=tokens, per_minute=settings.tpm)
-        ledger = self._ledgers.get((record.id, ticket.period))
-        if ledger is not None:
+        ledger = self._held_ledger(record.id, ticket.period)
+        if ledger is not None:  # None: its period has ended, and its count gone
             ledger.settle(reserved=ticket.cost_usd, actual=cost_usd)
         key = (record.id, ticket.period)
         cost, requests, used = self._unsaved.get(key, (0.0, 0, 0))
         self._unsaved[key] = (cost + cost_usd, requests + 1, used + tokens)
 
     async def _ledger(self, key_id: str, period: str) -> Ledger:
-        ledger = self._ledgers.get((key_id, period))
+        ledger = self._held_ledger(key_id, period)
         if ledger is None:
             spent, _, _ = await self.store.spend(key_id, period)
-            ledger = self._ledgers.setdefault((key_id, period), Ledger(spent=spent))
+            ledger = self._hold_ledger(key_id, period, Ledger(spent=spent))
+        return ledger
+
+    def _held_ledger(self, key_id: str, period: str) -> Ledger | None:
+        held = self._ledgers.get(key_id)
+        return held[1] if held is not None and held[0] == period else None
+
+    def _hold_ledger(self, key_id: str, period: str, ledger: Ledger) -> Ledger:
+        """Keep ``ledger`` as the key's, unless one of the period is held already (made by a
+        concurrent call); the key's ledger of an earlier period goes."""
+        held = self._held_ledger(key_id, period)
+        if held is not None:
+            return held
+        self._ledgers[key_id] = (period, ledger)
         return ledger
 
     @staticmethod

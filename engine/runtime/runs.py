@@ -61,7 +61,7 @@ from .node import NodeResult, NodeRunner, RunContext
 from .tracing import end_run_span, run_span
 from .workflow_run import Completed, OpRecord, Recalled, run_workflow
 
-__all__ = ["LEASE_SEC", "Runs", "owner_alive"]
+__all__ = ["LEASE_SEC", "Runs", "owner_alive", "process_name"]
 
 log = logging.getLogger("llm_router")
 
@@ -73,7 +73,8 @@ _SWEEP_SEC = 3600.0
 _EVENTS_PAGE = 200
 
 
-def _new_owner() -> str:
+def process_name() -> str:
+    """A new name for this process, ``host:pid:token`` (what :func:`owner_alive` reads)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
@@ -127,7 +128,7 @@ class Runs:
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
-        self.owner = _new_owner()
+        self.owner = process_name()
         self._runner = runner
         self._nursery = nursery
         self._render_limiter = render_limiter

@@ -60,9 +60,9 @@ class SharedKeyGate(KeyGate):
         self._digests: dict[str, str] = {}  # key id -> digest
         self._loaded = False
         self._misses: dict[str, float] = {}  # digest -> when Redis last did not know it
-        #: Spend plus holds of (key, period) as Redis last reported them: where this
-        #: process's own budget count starts while Redis is down.
-        self._last_spent: dict[tuple[str, str], float] = {}
+        #: Key id -> (period, spend plus holds) as Redis last reported them, of the key's latest
+        #: period only: where this process's own budget count starts while Redis is down.
+        self._last_spent: dict[str, tuple[str, float]] = {}
         self._pending: list[Settlement] = []
         self._wake = trio.Event()
         #: Calls admitted by this process alone because Redis did not answer.
@@ -203,7 +203,7 @@ class SharedKeyGate(KeyGate):
             raise self._limited("requests", settings.rpm or 0, verdict.retry_after)
         if verdict.verdict == "tokens":
             raise self._limited("tokens", settings.tpm or 0, verdict.retry_after)
-        self._last_spent[(record.id, period)] = verdict.spent + verdict.reserved
+        self._last_spent[record.id] = (period, verdict.spent + verdict.reserved)
         if verdict.verdict == "budget":
             raise self._spent(record, now)
         headers: dict[str, str] = {}
@@ -225,10 +225,11 @@ class SharedKeyGate(KeyGate):
 
     async def _ledger(self, key_id: str, period: str) -> Ledger:
         """While Redis is down: this process's count, from what Redis last reported."""
-        ledger = self._ledgers.get((key_id, period))
+        ledger = self._held_ledger(key_id, period)
         if ledger is None:
-            ledger = Ledger(spent=self._last_spent.get((key_id, period), 0.0))
-            self._ledgers[(key_id, period)] = ledger
+            last_period, spent = self._last_spent.get(key_id, (period, 0.0))
+            ledger = self._hold_ledger(
+                key_id, period, Ledger(spent=spent if last_period == period else 0.0))
         return ledger
 
     def settle(self, record: KeyRecord, ticket: Ticket, *, tokens: int,

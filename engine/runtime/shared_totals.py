@@ -11,8 +11,21 @@ adds its own current totals, so its view is exact for itself and at most
 Absolute values make a write idempotent: a write whose reply was lost (Redis timed out, then
 applied it) counts nothing twice, and nothing counted while Redis was down is lost - the first
 write after it returns carries it. A Redis that restarted empty is filled again by each
-running process's next write. A process that has stopped leaves its hash: totals are those of
-every process that ran since the hashes were made.
+running process's next write.
+
+A process that stops adds its final totals to ``llmr:stats:{totals}:retired`` and deletes its
+hash, in one script (:data:`_RETIRE`): a reader sums the live processes' hashes and that one,
+so the totals are still those of every process that ran, while the keys (and a read's work)
+stay those of the processes alive, however many restarts and rolling deploys came before.
+
+A process killed outright (SIGKILL, out of memory, a ``--workers`` worker that crashed) cannot
+do that: every :data:`REAP_SEC` each process looks for listed processes it knows are dead (on
+its own host, by their pid: origins are ``host:pid:token``, as run owners) whose gauges have
+expired, and folds such a hash the same way (:data:`_REAP`), leaving the marker
+``llmr:stats:{totals}:reaped:<origin>`` for a day. A process that finds itself marked (a live
+one taken for dead: another PID namespace under the same host name, cut off from Redis) stops
+writing its totals rather than count them twice. Processes on other hosts are never judged
+dead: a killed one's hash stays, counted.
 
 With Redis down a reader answers from this process's totals alone and says so
 (``"scope": "process"``; ``"shared"`` otherwise).
@@ -25,6 +38,7 @@ second), so the sum covers the processes alive now.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -33,11 +47,13 @@ import trio
 from engine.core.pool import BackendPool
 from engine.core.stats import Stats
 from engine.errors import StoreUnavailable
-from engine.stores.redis import Script
+from engine.stores.redis import ReplyError, Script
 
 from .shared import PREFIX, Shared
 
-__all__ = ["FLUSH_SEC", "GAUGE_TTL_SEC", "SharedTotals", "flatten"]
+__all__ = ["FLUSH_SEC", "GAUGE_TTL_SEC", "REAP_SEC", "SharedTotals", "flatten"]
+
+log = logging.getLogger("llm_router")
 
 FLUSH_SEC = 0.25
 GAUGE_TTL_SEC = 3.0
@@ -45,34 +61,78 @@ _GAUGE_EVERY_SEC = 1.0
 PROCS = PREFIX + "stats:{totals}:procs"
 PROC_PREFIX = PREFIX + "stats:{totals}:proc:"
 GAUGE_PREFIX = PREFIX + "stats:{totals}:gauges:"
+RETIRED = PREFIX + "stats:{totals}:retired"
+REAPED_PREFIX = PREFIX + "stats:{totals}:reaped:"
+#: How often a process looks for dead processes' hashes.
+REAP_SEC = 5.0
+_REAPED_KEPT_SEC = 86400
 #: Between the labels of one flattened name (names and workflow names hold no tab).
 SEP = "\t"
 
 Gauges = Callable[[], dict[str, float]]
 
 # The sum of every listed process's hashes (totals, and gauges while they live) but ARGV[1]'s
-# (the caller adds its own, current). Lua 5.1 numbers are doubles: sums are exact for counts
-# below 2**53, amounts to ~15 digits.
+# (the caller adds its own, current), and the stopped processes' (KEYS[4]). Lua 5.1 numbers
+# are doubles: sums are exact for counts below 2**53, amounts to ~15 digits.
 _SUM = Script("""
 local sums, order = {}, {}
+local function add(flat)
+  for i = 1, #flat, 2 do
+    local k = flat[i]
+    if sums[k] == nil then sums[k] = 0; order[#order + 1] = k end
+    sums[k] = sums[k] + tonumber(flat[i + 1])
+  end
+end
 for _, proc in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if proc ~= ARGV[1] then
     for _, prefix in ipairs({KEYS[2], KEYS[3]}) do
-      local flat = redis.call('HGETALL', prefix .. proc)
-      for i = 1, #flat, 2 do
-        local k = flat[i]
-        if sums[k] == nil then sums[k] = 0; order[#order + 1] = k end
-        sums[k] = sums[k] + tonumber(flat[i + 1])
-      end
+      add(redis.call('HGETALL', prefix .. proc))
     end
   end
 end
+add(redis.call('HGETALL', KEYS[4]))
 local out = {}
 for _, k in ipairs(order) do
   out[#out + 1] = k
   out[#out + 1] = string.format('%.17g', sums[k])
 end
 return out
+""")
+
+# A process stops. KEYS: the set of processes, its totals hash, its gauges hash, the stopped
+# processes' totals, its reaped marker. ARGV: its origin, then its final totals as name,
+# value pairs (not added if it was reaped: its hash was).
+_RETIRE = Script("""
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[1], ARGV[1])
+return 1
+""")
+
+# A process writes its totals. KEYS: the set of processes, its totals hash, its reaped
+# marker. ARGV: its origin, then name, value pairs. 0: it was reaped, nothing written.
+_WRITE = Script("""
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+for i = 2, #ARGV, 1000 do  -- unpack has a bound: 500 fields at a time
+  redis.call('HSET', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+""")
+
+# A dead process's totals join the stopped processes'. KEYS: the set of processes, its totals
+# hash, its gauges hash, the stopped processes' totals, its reaped marker. ARGV: its origin,
+# how long the marker stays. 0 while its gauges live (it is not dead after all).
+_REAP = Script("""
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local flat = redis.call('HGETALL', KEYS[2])
+for i = 1, #flat, 2 do redis.call('HINCRBYFLOAT', KEYS[4], flat[i], flat[i + 1]) end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[5], '1', 'EX', ARGV[2])
+return 1
 """)
 
 
@@ -154,7 +214,7 @@ class SharedTotals:
     """``gauges()`` gives this process's gauges (names starting ``gauge:``)."""
 
     def __init__(self, shared: Shared, stats: Stats, pool: BackendPool, *, origin: str,
-                 gauges: Gauges = dict) -> None:
+                 gauges: Gauges = dict, alive: Callable[[str], bool] | None = None) -> None:
         self.redis = shared.redis
         self.stats = stats
         self.pool = pool
@@ -162,9 +222,14 @@ class SharedTotals:
         self.gauges = gauges
         self._key = PROC_PREFIX + origin
         self._gauge_key = GAUGE_PREFIX + origin
+        self._marker = REAPED_PREFIX + origin
+        #: Whether another process may still be running (None: never reap).
+        self.alive = alive
         self._written: dict[str, float] | None = None
         self._gauges_written: dict[str, float] | None = None
         self._gauges_at = 0.0
+        self._retired = False
+        self._reaped = False  # taken for dead by another process: writes nothing more
         shared.redis.on_up(self._rewrite)
 
     async def _rewrite(self) -> None:
@@ -174,22 +239,66 @@ class SharedTotals:
 
     async def run(self) -> None:
         """Write this process's totals whenever they changed, every :data:`FLUSH_SEC`."""
+        reaped_at = -REAP_SEC
         try:
             while True:
                 await self.flush()
+                if self.alive is not None and trio.current_time() - reaped_at >= REAP_SEC:
+                    reaped_at = trio.current_time()
+                    try:
+                        await self.reap(self.alive)
+                    except (StoreUnavailable, ReplyError):
+                        pass  # the next round tries again
                 await trio.sleep(FLUSH_SEC)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
-                await self.flush()  # what the last moments counted
+                await self.retire()
+
+    async def retire(self) -> None:
+        """This process stops: its totals (with what the last moments counted) join the
+        stopped processes', and its hashes go. Tried once: a retry after a lost reply would
+        count them twice. With Redis down its hash stays as last written."""
+        self._retired = True
+        totals = flatten(self.stats, self.pool)
+        flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
+        try:
+            await self.redis.run(_RETIRE, [PROCS, self._key, self._gauge_key, RETIRED,
+                                           self._marker], [self.origin, *flat])
+        except (StoreUnavailable, ReplyError):
+            pass
+
+    async def reap(self, alive: Callable[[str], bool]) -> int:
+        """Fold the totals of the listed processes ``alive`` says are dead (and whose gauges
+        expired) into the stopped processes'; how many went."""
+        listed: Any = await self.redis.call("SMEMBERS", PROCS)
+        gone = 0
+        for name in (member.decode() for member in listed):
+            if name == self.origin or alive(name):
+                continue
+            gone += int(await self.redis.run(
+                _REAP, [PROCS, PROC_PREFIX + name, GAUGE_PREFIX + name, RETIRED,
+                        REAPED_PREFIX + name], [name, _REAPED_KEPT_SEC]) == 1)
+        return gone
 
     async def flush(self) -> None:
+        if self._retired:
+            return  # counted in the stopped processes' totals
         totals = flatten(self.stats, self.pool)
+        if totals != self._written and not self._reaped:
+            flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
+            try:
+                written = await self.redis.run(_WRITE, [PROCS, self._key, self._marker],
+                                               [self.origin, *flat])
+            except StoreUnavailable:
+                return  # kept: the next write after Redis is back carries it
+            if written == 0:
+                self._reaped = True
+                log.warning("another router process took this one for dead and counted its "
+                            "totals; this process's counts from now on are not shared")
+            self._written = totals
         gauges = self.gauges()
         now = trio.current_time()
         commands: list[list[Any]] = []
-        if totals != self._written:
-            flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
-            commands += [["HSET", self._key, *flat], ["SADD", PROCS, self.origin]]
         fresh = now - self._gauges_at < _GAUGE_EVERY_SEC
         if gauges and (gauges != self._gauges_written or not fresh):
             flat = [x for pair in gauges.items() for x in (pair[0], repr(pair[1]))]
@@ -201,8 +310,7 @@ class SharedTotals:
         try:
             await self.redis.pipeline(commands)
         except StoreUnavailable:
-            return  # kept: the next write after Redis is back carries it
-        self._written = totals
+            return
         if gauges:
             self._gauges_written, self._gauges_at = gauges, now
 
@@ -211,8 +319,8 @@ class SharedTotals:
         ``"process"`` while Redis does not answer."""
         own = flatten(self.stats, self.pool) | self.gauges()
         try:
-            reply: Any = await self.redis.run(_SUM, [PROCS, PROC_PREFIX, GAUGE_PREFIX],
-                                              [self.origin])
+            reply: Any = await self.redis.run(
+                _SUM, [PROCS, PROC_PREFIX, GAUGE_PREFIX, RETIRED], [self.origin])
         except StoreUnavailable:
             return own, "process"
         summed: dict[str, float] = {}

@@ -45,17 +45,22 @@ class SpendWindow:
 
     def own(self) -> float:
         """What this process paid in the last hour."""
+        self._forget_old()
+        return sum(usd for _, usd in self._spent)
+
+    def _forget_old(self) -> None:
         cutoff = self.clock() - _HOUR
         while self._spent and self._spent[0][0] < cutoff:
             self._spent.popleft()
-        return sum(usd for _, usd in self._spent)
 
     async def total(self) -> float:
         """What the comparisons bound by this window paid in the last hour."""
         return self.own()
 
     async def add(self, usd: float) -> None:
-        """One call's cost, paid now."""
+        """One call's cost, paid now (what left the hour goes: the shared window reads
+        :meth:`own` only while Redis is down, and must not keep every payment meanwhile)."""
+        self._forget_old()
         self._spent.append((self.clock(), usd))
 
 

@@ -6,7 +6,8 @@ loses committed feedback and never leaves a count half made.
 
 Tables:
 
-* ``feedback``: every report;
+* ``feedback``: the reports (with ``retention_sec``, those of that long ago, and any not yet
+  counted: see *Retention*);
 * ``totals``: per tier, the reports and their summed quality, kept with every report (the
   summary ``GET /v1/routing`` shows);
 * ``changes``: every threshold move, with its evidence and the config thresholds it was made
@@ -23,6 +24,14 @@ added since are counted then, normally the one just added, so a calibration read
 rows however many reports the database holds. :meth:`FeedbackStore.count_backlog` (the
 router calls it as it starts) counts any backlog at once: a database written before the tally
 existed, or thresholds changed in the config.
+
+Retention: with ``retention_sec`` (``learned.feedback_retention_days``), a report older than
+that is deleted once it is counted in the totals and the config thresholds' tally (routing
+reads nothing else of it), at start-up and then at most once every :data:`PRUNE_SEC`, as a
+report is added. The newest report always stays, so ids keep growing (SQLite reuses the
+largest id once it is deleted) and one never reads as counted before it is. Reports deleted
+are missing from a tally of other thresholds made later (the config's thresholds changed):
+that calibration starts from the reports kept.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,8 @@ from .sqlite import Database
 __all__ = ["FeedbackStore"]
 
 _FOLD_ROWS = 10_000  # reports counted into the tally per read of the backlog
+#: How often, at most, reports past their retention are deleted (as one is added).
+PRUNE_SEC = 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -73,10 +84,14 @@ class FeedbackStore:
     Raises (every method): StoreUnavailable: the file cannot be read or written.
     """
 
-    def __init__(self, path: Path, *, base: tuple[int, int]) -> None:
+    def __init__(self, path: Path, *, base: tuple[int, int], retention_sec: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._base = f"{base[0]},{base[1]}"
         self._file = Database(path, what="feedback database")
+        self._retention_sec = retention_sec
+        self._clock = clock
+        self._pruned_at: float | None = None
 
     async def open(self) -> None:
         """Open the file (only reading it, until something is written)."""
@@ -89,6 +104,8 @@ class FeedbackStore:
         """Bring the tally of the config's thresholds and the totals up to date now, however
         many reports that takes (at start-up: a feedback then costs the same as any other)."""
         await self._file.write(self._count_new)
+        if self._retention_sec is not None:
+            await self._file.write(self._prune)
 
     async def add(self, report: Report, *, request_id: str | None, model: str | None) -> None:
         def insert(db: sqlite3.Connection) -> None:
@@ -96,7 +113,7 @@ class FeedbackStore:
             db.execute(
                 "INSERT INTO feedback (at, request_id, score, tier, quality, model) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), request_id, report.score, report.tier, report.quality, model),
+                (self._clock(), request_id, report.score, report.tier, report.quality, model),
             )
             db.execute(
                 "INSERT INTO totals (tier, n, quality) VALUES (?, 1, ?) ON CONFLICT (tier) "
@@ -105,6 +122,24 @@ class FeedbackStore:
             )
 
         await self._file.write(insert)
+        if self._retention_sec is not None and (
+                self._pruned_at is None or self._clock() - self._pruned_at >= PRUNE_SEC):
+            await self._file.write(self._prune)
+
+    def _prune(self, db: sqlite3.Connection) -> int:
+        """Delete the reports past their retention that are counted (in a write transaction);
+        how many went."""
+        now = self._clock()
+        self._pruned_at = now
+        assert self._retention_sec is not None
+        self._count_new(db)
+        row = db.execute("SELECT value FROM state WHERE key = ?",
+                         (f"tallied:{self._base}",)).fetchone()
+        counted = int(row[0]) if row is not None else 0
+        return db.execute(
+            "DELETE FROM feedback WHERE at < ? AND id <= ? "
+            "AND id < (SELECT MAX(id) FROM feedback)",
+            (now - self._retention_sec, counted)).rowcount
 
     async def reports(self, *, after: Mapping[int, int] | None = None,
                       limit: int = 50_000) -> list[Report]:

@@ -1,20 +1,24 @@
 """Where client keys are kept: the ``KeyStore`` interface and its embedded implementation.
 
 A store keeps each key's record (its settings, the digest of its secret, never the secret)
-and what each key has spent in each budget period. Rate-limit state and reservations of
+and what each key has spent in each budget period: ``total`` for ever, a day, week or month
+until ``SPEND_KEPT_SEC`` after it ends (only the current period's is read). Rate-limit state
+and reservations of
 requests in flight are not here: the runtime keeps them (in memory for one process; in Redis,
 atomically, when processes share them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import orjson
 
-from engine.core.keys import KeyRecord, KeySettings
+from engine.core.keys import SPEND_KEPT_SEC, KeyRecord, KeySettings, period_end
 
 from .sqlite import Database
 
@@ -59,11 +63,14 @@ CREATE TABLE IF NOT EXISTS spend (
     PRIMARY KEY (key_id, period)) WITHOUT ROWID;
 """
 _COLUMNS = "id, digest, prefix, settings, created_at, revoked_at"
+_PRUNE_SEC = 3600.0  # how often, at most, the spend of ended periods is looked for
 
 
 class SqliteKeyStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.database = Database(path, what="key store")
+        self._clock = clock
+        self._pruned_at: float | None = None
 
     async def open(self) -> None:
         await self.database.open(_SCHEMA)
@@ -108,17 +115,38 @@ class SqliteKeyStore:
                         ) -> None:
         rows = [(key_id, period, cost, requests, tokens)
                 for (key_id, period), (cost, requests, tokens) in spends.items()]
-        await self.database.write(lambda db: db.executemany(
-            "INSERT INTO spend (key_id, period, cost_usd, requests, tokens) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id, period) DO UPDATE SET "
-            "cost_usd = cost_usd + excluded.cost_usd, requests = requests + excluded.requests,"
-            " tokens = tokens + excluded.tokens", rows))
+        now = self._clock()
+        prune = self._pruned_at is None or now - self._pruned_at >= _PRUNE_SEC
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO spend (key_id, period, cost_usd, requests, tokens) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id, period) DO UPDATE SET "
+                "cost_usd = cost_usd + excluded.cost_usd, "
+                "requests = requests + excluded.requests, tokens = tokens + excluded.tokens",
+                rows)
+            if prune:
+                _prune_spend(db, now)
+
+        await self.database.write(write)
+        if prune:
+            self._pruned_at = now
 
     async def spend(self, key_id: str, period: str) -> tuple[float, int, int]:
         row = await self.database.read(lambda db: db.execute(
             "SELECT cost_usd, requests, tokens FROM spend WHERE key_id = ? AND period = ?",
             (key_id, period)).fetchone())
         return (float(row[0]), int(row[1]), int(row[2])) if row else (0.0, 0, 0)
+
+
+def _prune_spend(db: sqlite3.Connection, now: float) -> None:
+    """Delete the spend of periods that ended over ``SPEND_KEPT_SEC`` ago (in a write
+    transaction). Once pruned, the table holds about one row per key and running period."""
+    periods = [row[0] for row in db.execute("SELECT DISTINCT period FROM spend")]
+    for period in periods:
+        end = period_end(period)
+        if end is not None and end + SPEND_KEPT_SEC < now:
+            db.execute("DELETE FROM spend WHERE period = ?", (period,))
 
 
 def _settings(settings: KeySettings) -> bytes:

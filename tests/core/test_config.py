@@ -526,3 +526,13 @@ def test_the_builtin_router_puts_its_own_probability_at_the_tier1_boundary() -> 
     pinned = parse_config(MINIMAL + "learned: {model: builtin, model_threshold: 0.3}\n",
                           environ={})
     assert RoutingPolicy(pinned, learned=models.learned).model_threshold == 0.3
+
+
+def test_feedback_retention_is_90_days_unless_set() -> None:
+    assert parse_config(MINIMAL, environ={}).learned.feedback_retention_days == 90
+    kept = parse_config(MINIMAL + "learned: {feedback_retention_days: null}\n", environ={})
+    assert kept.learned.feedback_retention_days is None
+    for bad in ("0", "-1", "40000"):
+        with pytest.raises(ConfigInvalid, match="feedback_retention_days"):
+            parse_config(MINIMAL + f"learned: {{feedback_retention_days: {bad}}}\n",
+                         environ={})

@@ -27,7 +27,7 @@ class Clock:
 
 @asynccontextmanager
 async def open_gate(path: Path, clock: Clock) -> AsyncIterator[KeyGate]:
-    store = SqliteKeyStore(path)
+    store = SqliteKeyStore(path, clock=clock)
     await store.open()
     try:
         yield KeyGate(store, clock=clock)
@@ -129,3 +129,21 @@ async def test_concurrent_calls_overspend_a_budget_by_at_most_one(tmp_path: Path
             await gate.admit(record, tokens=1, max_cost_usd=0.01)
         clock.now += 86_400  # the next day: a new budget
         await gate.admit(record, tokens=1, max_cost_usd=0.01)
+
+
+async def test_a_key_used_for_months_holds_one_period_in_memory(tmp_path: Path) -> None:
+    """A long-running process keeps each key's count of its current period only: the
+    periods that ended are in the store, not in memory."""
+    clock = Clock()
+    async with open_gate(tmp_path / "keys.db", clock) as gate:
+        record, _ = await gate.create(KeySettings(name="daily", budget_usd=1.0,
+                                                  budget_period="day"))
+        for _ in range(40):
+            clock.now += 86400
+            ticket = await gate.admit(record, tokens=1, max_cost_usd=0.5)
+            gate.settle(record, ticket, tokens=1, cost_usd=0.5)
+            ticket = await gate.admit(record, tokens=1, max_cost_usd=0.5)
+            gate.settle(record, ticket, tokens=1, cost_usd=0.5)
+            with pytest.raises(BudgetExceeded):  # each day's budget still holds
+                await gate.admit(record, tokens=1, max_cost_usd=0.5)
+        assert len(gate._ledgers) == 1

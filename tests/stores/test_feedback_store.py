@@ -128,3 +128,41 @@ async def test_a_database_written_before_the_tally_is_counted_once(tmp_path: Pat
             [r for r in reports if r.tier == 2]) + 1
     finally:
         await store.close()
+
+
+async def test_reports_older_than_the_retention_go_once_counted(tmp_path: Path) -> None:
+    """The feedback table keeps ``retention`` of reports: older ones, already counted in the
+    totals and the tally, are deleted, and calibration and the summary read the same."""
+    path = tmp_path / "feedback.db"
+    now = [1_780_000_000.0]
+    store = FeedbackStore(path, base=(30, 70), retention_sec=90 * 86400, clock=lambda: now[0])
+    rng = random.Random(5)
+    await store.open()
+    try:
+        for i in range(300):
+            await store.add(random_report(rng, i), request_id=None, model="m")
+        summary = await store.summary()
+        windows = read_windows(tier1_max=30, tier2_max=70, max_step=5, band=15)
+        tally = await store.tally(windows)
+        now[0] += 91 * 86400
+        newest = random_report(rng, 300)
+        await store.add(newest, request_id=None, model="m")  # prunes the 300 (an hour passed)
+
+        def rows() -> int:
+            with sqlite3.connect(path) as db:
+                return int(db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+
+        assert rows() == 1
+        after = await store.summary()
+        assert after["total"] == summary["total"] + 1
+        tally.add(newest)
+        assert await store.tally(windows) == tally.within(windows)
+        # a report after everything was pruned is counted as any other
+        now[0] += 86400
+        latest = random_report(rng, 301)
+        await store.add(latest, request_id=None, model="m")
+        tally.add(latest)
+        assert await store.tally(windows) == tally.within(windows)
+        assert (await store.summary())["total"] == summary["total"] + 2
+    finally:
+        await store.close()

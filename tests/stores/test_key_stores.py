@@ -8,9 +8,19 @@ test_redis_keys.py."""
 
 from __future__ import annotations
 
+import time
+
 from support_key_store import kept_bytes, open_another_key_store
 
-from engine.core.keys import KeyRecord, KeySettings, digest, new_secret, public_prefix
+from engine.core.keys import (
+    SPEND_KEPT_SEC,
+    KeyRecord,
+    KeySettings,
+    digest,
+    new_secret,
+    period_key,
+    public_prefix,
+)
 from engine.stores.keys import KeyStore
 
 
@@ -58,13 +68,13 @@ async def test_an_update_and_a_revocation_are_kept(key_store: KeyStore) -> None:
 
 
 async def test_spend_adds_up_per_key_and_period(key_store: KeyStore) -> None:
-    await key_store.add_spend({("key_a", "2026-12"): (0.25, 1, 100),
-                               ("key_a", "2026-11"): (9.0, 9, 9)})
-    await key_store.add_spend({("key_a", "2026-12"): (0.5, 2, 50),
-                               ("key_b", "2026-12"): (1.0, 1, 1)})
-    assert await key_store.spend("key_a", "2026-12") == (0.75, 3, 150)
-    assert await key_store.spend("key_a", "2026-11") == (9.0, 9, 9)
-    assert await key_store.spend("key_c", "2026-12") == (0.0, 0, 0)
+    await key_store.add_spend({("key_a", "2099-12"): (0.25, 1, 100),
+                               ("key_a", "2099-11"): (9.0, 9, 9)})
+    await key_store.add_spend({("key_a", "2099-12"): (0.5, 2, 50),
+                               ("key_b", "2099-12"): (1.0, 1, 1)})
+    assert await key_store.spend("key_a", "2099-12") == (0.75, 3, 150)
+    assert await key_store.spend("key_a", "2099-11") == (9.0, 9, 9)
+    assert await key_store.spend("key_c", "2099-12") == (0.0, 0, 0)
     await key_store.add_spend({})
 
 
@@ -86,3 +96,18 @@ async def test_the_secret_is_kept_nowhere(key_store: KeyStore) -> None:
     kept = await kept_bytes(key_store)
     assert record.digest.encode() in kept  # what is kept is found: the check can see
     assert secret.encode() not in kept and secret[len("llmr-"):].encode() not in kept
+
+
+async def test_a_period_that_ended_over_two_days_ago_is_not_kept(key_store: KeyStore) -> None:
+    """Only the spend of periods still running (or ended a moment ago) is kept: a key used
+    every day leaves no row or hash a day behind. ``total`` is kept for ever."""
+    now = time.time()
+    ended = period_key("day", now - 2 * 86400 - SPEND_KEPT_SEC)
+    today, month = period_key("day", now), period_key("month", now)
+    await key_store.add_spend({("key_a", ended): (1.0, 1, 1), ("key_a", "total"): (2.0, 2, 2),
+                               ("key_a", today): (3.0, 3, 3), ("key_b", month): (4.0, 4, 4)})
+    await key_store.add_spend({("key_a", today): (1.0, 1, 1)})
+    assert await key_store.spend("key_a", ended) == (0.0, 0, 0)
+    assert await key_store.spend("key_a", "total") == (2.0, 2, 2)
+    assert await key_store.spend("key_a", today) == (4.0, 4, 4)
+    assert await key_store.spend("key_b", month) == (4.0, 4, 4)

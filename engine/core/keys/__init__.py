@@ -2,7 +2,15 @@
 arithmetic of their rate limits and budgets. Sans-IO: stores keep the numbers, the runtime
 asks here what they mean."""
 
-from .budget import PERIODS, Ledger, Period, period_key, period_reset
+from .budget import (
+    PERIODS,
+    SPEND_KEPT_SEC,
+    Ledger,
+    Period,
+    period_end,
+    period_key,
+    period_reset,
+)
 from .ratelimit import Decision, settle, take
 from .settings import KeyRecord, KeySettings
 from .token import (
@@ -16,7 +24,8 @@ from .token import (
 )
 
 __all__ = [
-    "KEY_PREFIX", "PERIODS", "Decision", "KeyRecord", "KeySettings", "Ledger", "Period",
-    "digest", "looks_like_key", "matches", "new_key_id", "new_secret", "period_key",
+    "KEY_PREFIX", "PERIODS", "SPEND_KEPT_SEC", "Decision", "KeyRecord", "KeySettings", "Ledger",
+    "Period",
+    "digest", "looks_like_key", "matches", "new_key_id", "new_secret", "period_end", "period_key",
     "period_reset", "public_prefix", "settle", "take",
 ]

@@ -12,6 +12,8 @@ maximum cost (the one admitted just below the line), never by all that were in f
 (0.25, 2.0)
 >>> period_key("month", 1764892800.0), period_key("week", 1764892800.0), period_key("total", 0)
 ('2025-12', '2025-W49', 'total')
+>>> [period_end(period_key(p, 1764892800.0)) == period_reset(p, 1764892800.0) for p in PERIODS]
+[True, True, True, True]
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-__all__ = ["PERIODS", "Ledger", "Period", "period_key", "period_reset"]
+__all__ = ["PERIODS", "SPEND_KEPT_SEC", "Ledger", "Period", "period_end", "period_key",
+           "period_reset"]
 
 Period = Literal["day", "week", "month", "total"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month", "total")
+#: How long stores keep a period's spend once the period has ended (late settlements, clocks
+#: a little apart); only the current period's is ever read.
+SPEND_KEPT_SEC = 2 * 86400.0
 
 
 def period_key(period: Period, now: float) -> str:
@@ -52,6 +58,30 @@ def period_reset(period: Period, now: float) -> float | None:
     else:
         return None
     return end.timestamp()
+
+
+def period_end(key: str) -> float | None:
+    """When the period :func:`period_key` named ``key`` ends (a Unix time), or None for
+    ``total`` and for a name it does not make. Stores drop a period's spend some time after.
+
+    >>> period_end("2025-12-31") == period_end("2026-01") - 31 * 86400
+    True
+    >>> period_end("2026-W01"), period_end("total"), period_end("2026-13")
+    (1767571200.0, None, None)
+    """
+    try:
+        if len(key) == 10:  # a day: 2025-12-05
+            start = datetime.strptime(key, "%Y-%m-%d").replace(tzinfo=UTC)
+            return (start + timedelta(days=1)).timestamp()
+        if len(key) == 8 and key[4:6] == "-W":  # an ISO week: 2025-W49
+            monday = datetime.fromisocalendar(int(key[:4]), int(key[6:]), 1)
+            return (monday.replace(tzinfo=UTC) + timedelta(days=7)).timestamp()
+        if len(key) == 7:  # a month: 2025-12
+            start = datetime.strptime(key, "%Y-%m").replace(tzinfo=UTC)
+            return (start + timedelta(days=32)).replace(day=1).timestamp()
+    except ValueError:
+        return None
+    return None
 
 
 @dataclass(slots=True)

@@ -119,7 +119,8 @@ return out
 """)
 
 #: KEYS: gate, held, spend of the admission's period. ARGV: the hold ('' for none), its USD,
-#: tpm (0: leave the token limit alone), tokens reserved, tokens used, cost, requests.
+#: tpm (0: leave the token limit alone), tokens reserved, tokens used, cost, requests, when
+#: the period's spend expires ('' for never: PEXPIREAT milliseconds).
 #: Gives the hold back (if it has not lapsed), charges the real tokens and cost.
 SETTLE = Script("""
 local function num(x) return string.format('%.17g', x) end
@@ -140,5 +141,6 @@ end
 redis.call('HINCRBYFLOAT', KEYS[3], 'cost', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'requests', ARGV[7])
 redis.call('HINCRBY', KEYS[3], 'tokens', ARGV[5])
+if ARGV[8] ~= nil and ARGV[8] ~= '' then redis.call('PEXPIREAT', KEYS[3], ARGV[8]) end
 return 1
 """)

@@ -11,9 +11,11 @@ Keys: ``llmr:key:{<key id>}:record|gate|held|spend:<period>`` (one hash tag per 
 digest index ``llmr:key:{index}:digests`` (the secret's digest to the key's id: the secret
 itself is never sent to Redis), the list ``llmr:key:{index}:all`` by creation time, and the
 news stream ``llmr:{bus}:keys`` (an entry naming the key's id at each create, update and
-revocation, which every process follows). The record scripts name keys of two hash tags, so,
-like the run store, this is for one Redis server (or a replicated primary), not Redis
-Cluster; admission and settlement touch one key's tag only.
+revocation, which every process follows). A ``spend:<period>`` hash of a day, week or month
+expires ``SPEND_KEPT_SEC`` (``engine.core.keys``) after its period ends (a key with a daily
+budget would otherwise leave one hash a day for good); ``spend:total`` stays. The record
+scripts name keys of two hash tags, so, like the run store, this is for one Redis server (or
+a replicated primary), not Redis Cluster; admission and settlement touch one key's tag only.
 
 Errors: Redis down, slow or refusing a command is :class:`~engine.errors.StoreUnavailable`
 at once; the runtime decides what a request does then (``engine.runtime.shared_keys``).
@@ -27,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from engine.core.keys import KeyRecord, KeySettings
+from engine.core.keys import SPEND_KEPT_SEC, KeyRecord, KeySettings, period_end
 from engine.errors import StoreUnavailable
 
 from . import key_scripts as scripts
@@ -46,6 +48,12 @@ _ALL = "llmr:key:{index}:all"
 
 def _key(key_id: str, part: str) -> str:
     return f"llmr:key:{{{key_id}}}:{part}"
+
+
+def _spend_expiry(period: str) -> str:
+    """When a period's spend hash goes (``PEXPIREAT`` milliseconds), '' for never."""
+    end = period_end(period)
+    return "" if end is None else str(int((end + SPEND_KEPT_SEC) * 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +171,8 @@ class RedisKeyStore:
             commands += [["HINCRBYFLOAT", spend, "cost", repr(cost)],
                          ["HINCRBY", spend, "requests", requests],
                          ["HINCRBY", spend, "tokens", tokens]]
+            if expiry := _spend_expiry(period):
+                commands.append(["PEXPIREAT", spend, expiry])
         if commands:
             await self._do(lambda: self._all(commands))
 
@@ -206,7 +216,7 @@ class RedisKeyStore:
                     _key(s.key_id, f"spend:{s.period}")]
             commands.append(["EVALSHA", scripts.SETTLE.sha, len(keys), *keys, s.hold,
                              repr(s.held_usd), s.tpm, s.reserved_tokens, s.tokens,
-                             repr(s.cost_usd), 1])
+                             repr(s.cost_usd), 1, _spend_expiry(s.period)])
         if not commands:
             return
         await self._do(lambda: self._all(commands, script=scripts.SETTLE))
