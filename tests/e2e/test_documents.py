@@ -213,3 +213,25 @@ async def test_a_pdf_counts_its_pages_in_count_tokens(env: ProtocolEnv) -> None:
     assert counted.input_tokens == 2 * PDF_PAGE_TOKENS + 1
     assert env.fake.requests(AN_MID) == env.fake.requests(OA_SMALL) == []
 
+
+
+async def test_the_cache_tells_documents_apart(fake_upstream: FakeUpstream) -> None:
+    other = base64.b64encode(b"%PDF-1.4 << /Type /Page >> another report %%EOF").decode()
+
+    def blocks(data: str) -> Any:
+        return [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                            "data": data}},
+            {"type": "text", "text": "summarise the report"}]}]
+
+    fake_upstream.set_default(AN_MID, Behaviour(text="A summary.", citations=True))
+    async with open_protocol_env(fake_upstream, cache=True) as env:
+        create = env.anthropic.messages.with_raw_response.create
+        first = await create(model="claude-mid", max_tokens=50, messages=blocks(PDF))
+        again = await create(model="claude-mid", max_tokens=50, messages=blocks(PDF))
+        another = await create(model="claude-mid", max_tokens=50, messages=blocks(other))
+    assert [r.headers["x-llm-router-cache"] for r in (first, again, another)] == [
+        "MISS", "HIT", "MISS"]
+    assert (await again.parse()).content[0].text == "A summary."  # type: ignore[union-attr]
+    assert [r.body["messages"][0]["content"][0]["source"]["data"]
+            for r in fake_upstream.requests(AN_MID)] == [PDF, other]
