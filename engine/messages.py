@@ -26,7 +26,9 @@ Conventions:
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,8 +37,10 @@ import orjson
 __all__ = [
     "CHARS_PER_TOKEN",
     "IMAGE_TOKENS",
+    "PDF_PAGE_TOKENS",
     "ChatRequest",
     "ChatResult",
+    "DocumentPart",
     "Event",
     "Finish",
     "ImagePart",
@@ -79,6 +83,12 @@ def estimate_tokens(text: str) -> int:
 #: image at the largest size it takes without scaling (about 1.15 megapixels).
 IMAGE_TOKENS = 1600
 
+#: What a PDF page counts for in :func:`estimate_prompt_tokens`: Anthropic reads each page as
+#: its text (1,500 to 3,000 tokens) and as an image (about :data:`IMAGE_TOKENS`).
+PDF_PAGE_TOKENS = 3000
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
+_PDF_BYTES_PER_PAGE = 50_000  # when the pages cannot be counted (compressed object streams)
+
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
@@ -99,6 +109,70 @@ class ImagePart:
     data: str | None = None
     cache_control: str | None = None
     detail: str | None = None  # OpenAI's image detail (low, high, auto); Anthropic has none
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPart:
+    """A document the model reads: Anthropic's ``document`` block, OpenAI's ``file`` part.
+
+    Its source is one of: inline base64 ``data`` of ``media_type`` (a PDF), plain ``text``, a
+    ``url`` (Anthropic's), or an OpenAI ``file_id``. ``title`` is Anthropic's title or OpenAI's
+    ``filename``; ``context`` and ``citations`` (its JSON text) are Anthropic's, relayed to
+    Anthropic upstreams (an OpenAI upstream gets the context as a text part ahead of the
+    document, and no citations).
+    """
+
+    media_type: str | None = None
+    data: str | None = None
+    text: str | None = None
+    url: str | None = None
+    file_id: str | None = None
+    title: str | None = None
+    context: str | None = None
+    citations: str | None = None
+    cache_control: str | None = None
+
+    def feature(self) -> str | None:
+        """The feature (:meth:`ChatRequest.features`) this document needs, if only some
+        providers can take it: a ``document`` (a PDF or text file: Anthropic and OpenAI read
+        it), an OpenAI ``file_id`` (OpenAI's own files), a ``document_url`` (chat completions
+        take no URL), or ``file_data`` of another type (Anthropic reads PDFs and text only).
+        A text source needs none: it is text to everyone.
+        """
+        if self.file_id is not None:
+            return "file_id"
+        if self.url is not None:
+            return "document_url"
+        if self.data is None:
+            return None
+        if self.media_type == "application/pdf" or (self.media_type or "").startswith("text/"):
+            return "document"
+        return "file_data"
+
+    def tokens(self) -> int:
+        """An estimate of the tokens a model reads for it: a text's :func:`estimate_tokens`;
+        :data:`PDF_PAGE_TOKENS` a PDF page (one page when its size is unknown: a URL, a
+        file id).
+
+        >>> DocumentPart(text="abcdefgh", title="abcd").tokens()
+        3
+        >>> pdf = binascii.b2a_base64(b"%PDF /Type /Pages /Type /Page /Type/Page").decode()
+        >>> DocumentPart("application/pdf", pdf).tokens() == 2 * PDF_PAGE_TOKENS
+        True
+        """
+        extra = estimate_tokens((self.title or "") + (self.context or ""))
+        if self.text is not None:
+            return extra + estimate_tokens(self.text)
+        if self.data is None:
+            return extra + PDF_PAGE_TOKENS
+        try:
+            raw = binascii.a2b_base64(self.data)
+        except (binascii.Error, ValueError):
+            return extra + estimate_tokens(self.data)
+        if self.media_type != "application/pdf":
+            return extra + -(-len(raw) // CHARS_PER_TOKEN)
+        pages = len(_PDF_PAGE.findall(raw)) or -(-len(raw) // _PDF_BYTES_PER_PAGE)
+        return extra + max(pages, 1) * PDF_PAGE_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +208,7 @@ class ThinkingPart:
     redacted: bool = False
 
 
-Part = TextPart | ImagePart | ToolCall | ToolResult | ThinkingPart
+Part = TextPart | ImagePart | DocumentPart | ToolCall | ToolResult | ThinkingPart
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +284,15 @@ class ChatRequest:
     effort: str | None = None  # Anthropic's output_config.effort
     cache_control: str | None = None  # Anthropic's automatic caching breakpoint, as JSON text
     anthropic_beta: str | None = None
+    # OpenAI's, forwarded to OpenAI-compatible upstreams only (they do not change the answer);
+    # an Anthropic upstream gets ``safety_identifier`` as metadata.user_id when ``user`` is unset
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # sorted by key, so equal maps are equal keys
+    prediction: str | None = None  # as its JSON text
+    web_search_options: str | None = None  # as its JSON text; OpenAI upstreams only
     stream: bool = False
     include_usage: bool = False
 
@@ -239,9 +322,14 @@ class ChatRequest:
             used.append("thinking")
         if self.effort is not None:
             used.append("effort")
-        if any(type(part) is ToolResult and part.images
-               for message in self.messages for part in message.parts):
-            used.append("tool_result_images")
+        if self.web_search_options is not None:
+            used.append("web_search_options")
+        for message in self.messages:
+            for part in message.parts:
+                if type(part) is ToolResult and part.images:
+                    used.append("tool_result_images")
+                elif type(part) is DocumentPart and (need := part.feature()) is not None:
+                    used.append(need)
         return frozenset(used)
 
 
@@ -436,14 +524,15 @@ class ResultBuilder:
 def estimate_prompt_tokens(request: ChatRequest) -> int:
     """An estimate of the tokens a model reads for ``request``: :func:`estimate_tokens` of the
     system prompt, every text, tool call (name and arguments), tool result and tool definition
-    (name, description and schema), plus :data:`IMAGE_TOKENS` an image.
+    (name, description and schema), plus :data:`IMAGE_TOKENS` an image and each document's
+    :meth:`DocumentPart.tokens`.
 
     >>> estimate_prompt_tokens(ChatRequest(messages=(Message("user", (TextPart("hi!!"),)),),
     ...                                    system="Be brief."))
     4
     """
     texts = [request.system or ""]
-    images = 0
+    images = documents = 0
     for message in request.messages:
         for part in message.parts:
             if isinstance(part, TextPart):
@@ -452,9 +541,12 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
                 texts.append(part.name + part.arguments)
             elif isinstance(part, ToolResult):
                 texts.append(part.content)
+            elif isinstance(part, DocumentPart):
+                documents += part.tokens()
             else:
                 images += 1
     for tool in request.tools:
         schema = "" if tool.parameters is None else orjson.dumps(tool.parameters).decode()
         texts.append(tool.name + tool.description + schema)
-    return sum(estimate_tokens(text) for text in texts) + images * IMAGE_TOKENS
+    return (sum(estimate_tokens(text) for text in texts) + images * IMAGE_TOKENS
+            + documents)

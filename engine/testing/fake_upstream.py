@@ -139,6 +139,7 @@ class Behaviour:
     usage: Usage | None = None
     stop_reason: str | None = None  # verbatim finish_reason / stop_reason, e.g. "length"
     stop_sequence: str | None = None  # Anthropic: the stop sequence that matched
+    citations: bool = False  # the text cites a document (Anthropic) or a web page (OpenAI)
 
 
 @dataclass
@@ -587,4 +588,5 @@ def _plan_reply(
         usage=usage,
         choices=choices,
         top_logprobs=top_logprobs,
+        citations=behaviour.citations,
     )

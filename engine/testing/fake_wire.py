@@ -15,6 +15,8 @@ from typing import Any, Literal
 import orjson
 
 __all__ = [
+    "ANNOTATION",
+    "CITATION",
     "Event",
     "Protocol",
     "Reply",
@@ -72,6 +74,15 @@ class Reply:
     thinking: str | None = None  # Anthropic: a thinking block first, signed "sig-<text>"
     redacted_thinking: str | None = None  # Anthropic: then a redacted_thinking block
     top_logprobs: int | None = None  # None: no logprobs asked; else alternatives per token
+    citations: bool = False  # the text cites a source (see ``CITATION`` and ``ANNOTATION``)
+
+
+#: What a citing reply's text cites: Anthropic's first document (a char_location), OpenAI's a
+#: web page (a url_citation annotation, as web search answers).
+CITATION = {"type": "char_location", "cited_text": "the cited text", "document_index": 0,
+            "document_title": "the document", "start_char_index": 0, "end_char_index": 14}
+ANNOTATION = {"type": "url_citation", "url_citation": {
+    "url": "https://example.com/", "title": "Example", "start_index": 0, "end_index": 1}}
 
 
 @dataclass
@@ -215,7 +226,7 @@ def _openai_choice(reply: Reply, index: int) -> dict[str, Any]:
         "role": "assistant",
         "content": text,
         "refusal": None,
-        "annotations": [],
+        "annotations": [ANNOTATION] if reply.citations else [],
     }
     if reply.tool_calls:
         message["tool_calls"] = [
@@ -259,6 +270,8 @@ def openai_events(
 
     role = {"role": "assistant", "content": "" if reply.text is not None else None, "refusal": None}
     preamble = [Event(chunk(role))]
+    if reply.citations:
+        preamble.append(Event(chunk({"annotations": [ANNOTATION]})))
     rest = [
         Event(chunk({"content": piece}, logprobs=_chunk_logprobs(reply, piece, i)), content=True)
         for i, piece in enumerate(_words(reply.text or "", delta_chars))
@@ -321,7 +334,10 @@ def _anthropic_blocks(reply: Reply) -> list[dict[str, Any]]:
     if reply.redacted_thinking is not None:
         blocks.append({"type": "redacted_thinking", "data": reply.redacted_thinking})
     if reply.text is not None:
-        blocks.append({"type": "text", "text": reply.text})
+        text: dict[str, Any] = {"type": "text", "text": reply.text}
+        if reply.citations:
+            text["citations"] = [CITATION]
+        blocks.append(text)
     blocks.extend(
         {"type": "tool_use", "id": tool_id, "name": tool.name, "input": tool.arguments}
         for tool, tool_id in zip(reply.tool_calls, reply.tool_call_ids, strict=True)
@@ -358,8 +374,10 @@ def anthropic_events(
         opening: dict[str, Any]
         if block["type"] == "text":
             opening = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": piece}
-                      for piece in _words(block["text"], delta_chars)]
+            deltas = [{"type": "citations_delta", "citation": citation}
+                      for citation in block.get("citations", ())]
+            deltas += [{"type": "text_delta", "text": piece}
+                       for piece in _words(block["text"], delta_chars)]
         elif block["type"] == "thinking":
             opening = {"type": "thinking", "thinking": "", "signature": ""}
             deltas = [{"type": "thinking_delta", "thinking": piece}

@@ -48,7 +48,7 @@ class OpenAIProvider:
     __slots__ = ()
     supports: ClassVar[frozenset[str]] = frozenset(
         {"frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "reasoning_effort",
-         "verbosity"}
+         "verbosity", "document", "file_id", "file_data", "web_search_options"}
     )
     native_n: ClassVar[bool] = True
     # The output limit's name, if the server knows one only (None: as the client named it).
@@ -97,11 +97,13 @@ class OpenAIProvider:
 class OllamaProvider(OpenAIProvider):
     """Ollama through its OpenAI-compatible endpoint: ``base_url`` is the server root.
 
-    Ollama ignores ``n``, ``logit_bias`` and ``verbosity``: ``n > 1`` is answered by ``n``
-    calls, and requests with the others go to other backends.
+    Ollama ignores ``n``, ``logit_bias`` and ``verbosity``, reads no files (PDFs, OpenAI file
+    ids) and has no web search: ``n > 1`` is answered by ``n`` calls, and requests with the
+    others go to other backends.
     """
 
-    supports = OpenAIProvider.supports - {"logit_bias", "verbosity"}
+    supports = OpenAIProvider.supports - {"logit_bias", "verbosity", "document", "file_id",
+                                          "file_data", "web_search_options"}
     native_n = False
     max_tokens_field = "max_tokens"  # what Ollama's OpenAI-compatible endpoint reads
 
@@ -131,7 +133,8 @@ class AnthropicProvider:
 
     __slots__ = ()
     supports: ClassVar[frozenset[str]] = frozenset(
-        {"top_k", "thinking", "effort", "tool_result_images"}
+        {"top_k", "thinking", "effort", "tool_result_images", "document",
+         "document_url"}
     )
     native_n: ClassVar[bool] = False
 

@@ -30,6 +30,8 @@ _CROSS_FIELD = {
         "'top_logprobs' requires 'logprobs'",
         "'n' above 1 is not supported with 'stream'",
         "must be an http(s) URL or a base64 data URL",
+        "must hold one of 'file_data' or 'file_id'",  # a file part: exactly one of them
+        "must be a base64 data URL",  # a file part's file_data
     ),
     "anthropic": (
         "must not be empty",  # empty content outside a final assistant prefill

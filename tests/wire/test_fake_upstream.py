@@ -658,3 +658,34 @@ def test_base_url_shapes() -> None:
     assert fake.base_url("b1", "anthropic") == "http://127.0.0.1:1/b1"
     with pytest.raises(ValueError, match="unknown provider"):
         fake.base_url("b1", "gemini")
+
+
+# -- citations ---------------------------------------------------------------------------------
+
+
+async def test_anthropic_citations_in_json_and_stream(
+    fake_upstream: FakeUpstream, claude: anthropic.AsyncAnthropic
+) -> None:
+    fake_upstream.set_default("b1", Behaviour(text="Grass is green.", citations=True))
+    message = await claude.messages.create(model=ANTHROPIC_MODEL, max_tokens=5,
+                                           messages=user("colour?"))
+    async with claude.messages.stream(model=ANTHROPIC_MODEL, max_tokens=5,
+                                      messages=user("colour?")) as stream:
+        streamed = await stream.get_final_message()
+    for answer in (message, streamed):
+        [block] = answer.content
+        assert block.type == "text" and block.text == "Grass is green."
+        assert [c.type for c in block.citations or ()] == ["char_location"]
+
+
+async def test_openai_annotations_in_json_and_stream(
+    fake_upstream: FakeUpstream, oai: openai.AsyncOpenAI
+) -> None:
+    fake_upstream.set_default("b1", Behaviour(text="Paris.", citations=True))
+    completion = await oai.chat.completions.create(model=OPENAI_MODEL, messages=user("?"))
+    assert [a.type for a in completion.choices[0].message.annotations or ()] == ["url_citation"]
+    stream = await oai.chat.completions.create(model=OPENAI_MODEL, messages=user("?"),
+                                               stream=True)
+    deltas = [c.choices[0].delta async for c in stream if c.choices]
+    assert "".join(d.content or "" for d in deltas) == "Paris."
+    assert any(getattr(d, "annotations", None) for d in deltas)

@@ -100,7 +100,7 @@ def test_full_request_translation() -> None:
         "top_logprobs": 2,
         "reasoning_effort": "low",
         "verbosity": "high",
-        "metadata": {"a": "b"},  # does not change the answer: ignored
+        "metadata": {"b": "2", "a": "1"},  # OpenAI's own: for OpenAI-compatible upstreams
         "store": False,
         "service_tier": "auto",
     }
@@ -138,6 +138,9 @@ def test_full_request_translation() -> None:
         logprobs=True,
         top_logprobs=2,
         reasoning_effort="low",
+        metadata=(("a", "1"), ("b", "2")),
+        store=False,
+        service_tier="auto",
         verbosity="high",
         stream=True,
         include_usage=True,
@@ -228,8 +231,25 @@ USER = {"role": "user", "content": "hi"}
         ),
         (
             orjson.dumps(_messages({"role": "user", "content": [{"type": "file", "file": {}}]})),
-            "messages[0].content[0].type",
-            "not supported",
+            "messages[0].content[0].file",
+            "one of 'file_data' or 'file_id'",
+        ),
+        (
+            orjson.dumps(_messages({"role": "user", "content": [{"type": "file"}]})),
+            "messages[0].content[0].file",
+            "expected an object",
+        ),
+        (
+            orjson.dumps(_messages({"role": "user", "content": [
+                {"type": "file", "file": {"file_data": "data:application/pdf,abc"}}]})),
+            "messages[0].content[0].file.file_data",
+            "base64 data URL",
+        ),
+        (
+            orjson.dumps(_messages({"role": "user", "content": [
+                {"type": "file", "file": {"file_id": "f", "filename": 3}}]})),
+            "messages[0].content[0].file.filename",
+            "non-empty string",
         ),
         (
             orjson.dumps(_messages({"role": "user", "content": [{"type": "video"}]})),
@@ -314,7 +334,13 @@ USER = {"role": "user", "content": "hi"}
         (request_of(function_call="auto"), "function_call", "use 'tool_choice'"),
         (request_of(modalities=["text", "audio"]), "modalities", "'text' output modality"),
         (request_of(audio={"voice": "alloy"}), "audio", "not supported"),
-        (request_of(web_search_options={}), "web_search_options", "not supported"),
+        (request_of(web_search_options=[]), "web_search_options", "an object"),
+        (request_of(prediction={"content": "x"}), "prediction", "\"content\""),
+        (request_of(metadata={"a": 1}), "metadata", "an object of strings"),
+        (request_of(store="yes"), "store", "boolean"),
+        (request_of(service_tier=""), "service_tier", "non-empty string"),
+        (request_of(prompt_cache_key=1), "prompt_cache_key", "non-empty string"),
+        (request_of(safety_identifier=[]), "safety_identifier", "non-empty string"),
         (request_of(seed="x"), "seed", "integer"),
         (request_of(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
         (request_of(stop=[1]), "stop[0]", "string"),

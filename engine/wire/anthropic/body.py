@@ -39,9 +39,20 @@ _IMAGE = Fields({"type": Const("image"), "source": Either((
             "data": Text(min_length=1)}, required=("type", "media_type", "data")),
     Fields({"type": Const("url"), "url": Text(min_length=1)}, required=("type", "url")),
 )), "cache_control": _CACHE}, required=("type", "source"))
+_DOCUMENT = Fields({"type": Const("document"), "source": Either((
+    Fields({"type": Const("base64"), "media_type": Const("application/pdf"),
+            "data": Text(min_length=1)}, required=("type", "media_type", "data")),
+    Fields({"type": Const("text"), "media_type": Const("text/plain"), "data": Text()},
+           required=("type", "data")),
+    Fields({"type": Const("url"), "url": Text(min_length=1)}, required=("type", "url")),
+)), "title": Text(), "context": Text(), "citations": Fields({"enabled": Flag()}),
+    "cache_control": _CACHE}, required=("type", "source"),
+    doc="Relayed to Anthropic upstreams as given; OpenAI upstreams get a base64 PDF as a "
+        "file part and a text source as text, and a URL source routes to Anthropic upstreams.")
 _BLOCKS: dict[str, Spec] = {  # each content block the router takes, by type
     "text": _TEXT,
     "image": _IMAGE,
+    "document": _DOCUMENT,
     "tool_result": Fields({
         "type": Const("tool_result"), "tool_use_id": Text(min_length=1),
         "content": Either((Text(), ListOf(Either((
@@ -61,6 +72,7 @@ _BLOCKS: dict[str, Spec] = {  # each content block the router takes, by type
 BLOCK_ROLES = {  # the turns each content block may appear in
     "text": ("user", "assistant"),
     "image": ("user",),
+    "document": ("user",),
     "tool_result": ("user",),
     "tool_use": ("assistant",),
     "thinking": ("assistant",),

@@ -20,6 +20,7 @@ import orjson
 from engine.errors import RequestInvalid, echo
 from engine.messages import (
     ChatRequest,
+    DocumentPart,
     ImagePart,
     Message,
     Part,
@@ -33,6 +34,7 @@ from engine.messages import (
 from engine.wire.schema import Num
 
 from .body import BLOCK_ROLES, IMAGE_TYPES, NUMBERS, UNSUPPORTED
+from .document import parse_document, render_document
 from .output import parse_output_config
 
 __all__ = [
@@ -283,6 +285,8 @@ def _parse_block(block: Any, role: str, path: str) -> Part | None:
             is_error=bool(_optional(block, "is_error", bool, "a boolean", f"{path}.is_error")),
             cache_control=cache_control,
         )
+    if kind == "document":
+        return parse_document(block, path, cache_control)
     if kind == "image":
         image = _parse_image(block.get("source"), f"{path}.source")
         return ImagePart(image.url, image.media_type, image.data, cache_control)
@@ -407,8 +411,8 @@ def render_request(request: ChatRequest, *, model: str, stream: bool) -> bytes:
         payload["top_k"] = request.top_k
     if request.stop:
         payload["stop_sequences"] = list(request.stop)
-    if request.user:
-        payload["metadata"] = {"user_id": request.user}
+    if request.user or request.safety_identifier:
+        payload["metadata"] = {"user_id": request.user or request.safety_identifier}
     if request.thinking is not None:
         payload["thinking"] = orjson.Fragment(request.thinking)
     if request.effort is not None:
@@ -523,6 +527,8 @@ def _render_part(part: object, index: int) -> dict[str, Any] | None:
                        part.cache_control)
     if isinstance(part, ThinkingPart):
         return render_thinking(part)
+    if isinstance(part, DocumentPart):
+        return render_document(part, index)
     raise TypeError(f"not a message part: {part!r}")
 
 

@@ -24,9 +24,8 @@ TOOL_CHOICE_MODES = ("auto", "none", "required")
 UNSUPPORTED = {  # parameters that change the answer and that no backend here can honour
     "functions": "'functions' is not supported by this router; use 'tools'.",
     "function_call": "'function_call' is not supported by this router; use 'tool_choice'.",
-    "audio": "Audio output is not supported by this router.",
-    "web_search_options": "Web search is not supported by this router.",
-    "prediction": "Predicted outputs are not supported by this router.",
+    "audio": "Audio output is not supported by this router; ask for text only (leave out "
+             "'audio' and 'modalities').",
 }
 
 _TEXT_PART = Fields({"type": Const("text"), "text": Text()}, required=("type", "text"))
@@ -37,6 +36,15 @@ _IMAGE_PART = Fields(
      "image_url": Either((Fields({"url": _IMAGE_URL, "detail": Text()}, required=("url",)),
                           _IMAGE_URL))},
     required=("type", "image_url"),
+)
+_FILE_PART = Fields(
+    {"type": Const("file"),
+     "file": Fields({"file_data": Text(min_length=1, doc="data:<media type>;base64,<data>."),
+                     "file_id": Text(min_length=1, doc="OpenAI upstreams only."),
+                     "filename": Text(min_length=1)},
+                    doc="One of file_data or file_id. A PDF or text file reaches Anthropic "
+                        "upstreams as a document block.")},
+    required=("type", "file"),
 )
 _TOOL_CALL = Fields(
     {"id": Text(min_length=1), "type": Const("function"),
@@ -53,7 +61,7 @@ _MESSAGE = Either((
             "name": Text()}, required=("role", "content"),
            doc="System and developer messages become the system prompt, joined."),
     Fields({"role": Const("user"), "name": Text(),
-            "content": Either((Text(), ListOf(Either((_TEXT_PART, _IMAGE_PART)),
+            "content": Either((Text(), ListOf(Either((_TEXT_PART, _IMAGE_PART, _FILE_PART)),
                                               min_items=1)))},
            required=("role", "content")),
     Fields({"role": Const("assistant"), "name": Text(),
@@ -118,10 +126,21 @@ REQUEST = Fields(
                              doc="Token ids to a bias."),
         "reasoning_effort": Text(min_length=1),
         "verbosity": Text(min_length=1),
+        # OpenAI's own: forwarded to OpenAI-compatible upstreams, left out for Anthropic ones
+        "prompt_cache_key": Text(min_length=1),
+        "safety_identifier": Text(min_length=1,
+                                  doc="Anthropic upstreams get it as metadata.user_id when "
+                                      "user is unset."),
+        "service_tier": Text(min_length=1),
+        "store": Flag(),
+        "metadata": Fields({}, values=Text()),
+        "prediction": Fields({"type": Const("content"), "content": _TEXT_CONTENT},
+                             required=("type",)),
+        "web_search_options": Anything(objects_only=True,
+                                       doc="Routes the request to OpenAI upstreams."),
         "router_cache": ROUTER_CACHE,
     },
     required=("messages",),
     forbidden=tuple(UNSUPPORTED),
-    doc="Fields not listed here that do not change the answer (metadata, store, "
-        "service_tier, ...) are ignored.",
+    doc="Fields not listed here that do not change the answer are ignored.",
 )

@@ -8,10 +8,10 @@ Validated here, once, by hand rather than through pydantic: this runs on every r
 hand-written checks are both faster and able to name the exact field at fault
 (``param="messages[2].content"``) in OpenAI's own error style (:mod:`.fields`). The body's
 fields and their bounds are declared in :mod:`.body` (what ``/openapi.json`` shows); this
-module reads them from there and keeps the cross-field rules. Fields that
-do not change the answer (``metadata``, ``store``, ``service_tier``, ...) are ignored; fields
-that would change it and that the router cannot honour (``functions``, audio output, web
-search) are refused, never silently dropped.
+module reads them from there and keeps the cross-field rules. OpenAI's own fields that do not
+change the answer (``metadata``, ``store``, ``service_tier``, ...) reach OpenAI-compatible
+upstreams only (:mod:`.extras`); fields that would change it and that the router cannot honour
+(``functions``, audio output) are refused, never silently dropped.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import orjson
 from engine.errors import RequestInvalid, echo
 from engine.messages import (
     ChatRequest,
+    DocumentPart,
     ImagePart,
     Message,
     Part,
@@ -34,6 +35,8 @@ from engine.messages import (
 )
 
 from .body import MAX_STOP, NUMBERS, TOOL_CHOICE_MODES, UNSUPPORTED
+from .document import parse_file, render_document
+from .extras import parse_extras, render_extras
 from .fields import (
     MISSING,
     boolean,
@@ -131,6 +134,7 @@ def parse_request(body: bytes) -> ChatRequest:
         top_logprobs=top_logprobs,
         reasoning_effort=_word(data, "reasoning_effort"),
         verbosity=_word(data, "verbosity"),
+        **parse_extras(data),
         stream=stream,
         include_usage=stream and include_usage,
     )
@@ -201,13 +205,15 @@ def _parse_user_content(message: dict[str, Any], path: str) -> tuple[Part, ...]:
             parts.append(TextPart(string(part, "text", part_path)))
         elif kind == "image_url":
             parts.append(_parse_image(part.get("image_url"), f"{part_path}.image_url"))
-        elif kind in ("input_audio", "file"):
+        elif kind == "file":
+            parts.append(parse_file(part.get("file"), f"{part_path}.file"))
+        elif kind == "input_audio":
             raise RequestInvalid(
                 f"Content parts of type '{kind}' are not supported by this router.",
                 param=f"{part_path}.type",
             )
         else:
-            raise invalid_value(f"{part_path}.type", "'text' or 'image_url'", kind)
+            raise invalid_value(f"{part_path}.type", "'text', 'image_url' or 'file'", kind)
     return tuple(parts)
 
 
@@ -408,7 +414,8 @@ def _check_modalities(value: Any) -> None:
         raise invalid_type("modalities", "an array of strings", value)
     if any(m != "text" for m in value):
         raise RequestInvalid(
-            "Only the 'text' output modality is supported by this router.", param="modalities"
+            "Only the 'text' output modality is supported by this router (audio answers are "
+            "not relayed); leave out 'modalities' or ask for ['text'].", param="modalities"
         )
 
 
@@ -506,6 +513,7 @@ def render_request(request: ChatRequest, *, model: str, stream: bool,
         "verbosity": request.verbosity,
     }
     body.update((key, value) for key, value in optional.items() if value is not None)
+    render_extras(request, body)
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -514,19 +522,20 @@ def render_request(request: ChatRequest, *, model: str, stream: bool,
 
 def _render_user(message: Message, out: list[dict[str, Any]]) -> None:
     # OpenAI carries each tool result as its own "tool" message, ahead of any user content.
-    rest: list[TextPart | ImagePart] = []
+    rest: list[TextPart | ImagePart | DocumentPart] = []
     had_results = False
     for part in message.parts:
         if isinstance(part, ToolResult):
             out.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": part.content})
             had_results = True
-        elif isinstance(part, TextPart | ImagePart):
+        elif isinstance(part, TextPart | ImagePart | DocumentPart):
             rest.append(part)
     if rest or not had_results:
         out.append({"role": "user", "content": _render_content(rest)})
 
 
-def _render_content(parts: list[TextPart | ImagePart]) -> str | list[dict[str, Any]]:
+def _render_content(parts: list[TextPart | ImagePart | DocumentPart]
+                    ) -> str | list[dict[str, Any]]:
     # Plain strings are what every OpenAI-compatible server accepts; lists only when needed.
     texts = [p.text for p in parts if isinstance(p, TextPart)]
     if len(texts) == len(parts):
@@ -535,6 +544,8 @@ def _render_content(parts: list[TextPart | ImagePart]) -> str | list[dict[str, A
     for part in parts:
         if isinstance(part, TextPart):
             rendered.append({"type": "text", "text": part.text})
+        elif isinstance(part, DocumentPart):
+            rendered.extend(render_document(part))
         else:
             url = part.url or f"data:{part.media_type};base64,{part.data}"
             image: dict[str, str] = {"url": url}
