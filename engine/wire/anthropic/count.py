@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import orjson
 
-from engine.errors import RequestInvalid
 from engine.messages import ChatRequest, estimate_prompt_tokens
 
-from .request import parse_request
+from .request import load_object, parse_request
 
 __all__ = ["parse_count_request", "render_count"]
 
@@ -24,16 +23,11 @@ def parse_count_request(body: bytes) -> ChatRequest:
     Raises:
         RequestInvalid: the body is not a valid Messages request (``max_tokens`` aside).
     """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestInvalid(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RequestInvalid("the request body must be a JSON object")
+    data = load_object(body)
     if data.get("max_tokens") is None:
         data["max_tokens"] = 1  # not part of this endpoint; the parser requires one
     data.pop("stream", None)
-    return parse_request(orjson.dumps(data))
+    return parse_request(data)
 
 
 def render_count(request: ChatRequest) -> bytes:

@@ -40,6 +40,7 @@ from .output import parse_output_config
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "JSON_INSTRUCTION",
+    "load_object",
     "parse_request",
     "render_request",
     "render_thinking",
@@ -65,22 +66,28 @@ _TOOL_CHOICE_TYPES = {mode: kind for kind, mode in _TOOL_CHOICES.items()}
 # ---- reading: a client's request as the canonical one ----------------------------------------
 
 
-def parse_request(body: bytes) -> ChatRequest:
-    """A Messages API request body as a :class:`ChatRequest`.
-
-    Fields that do not change the answer (``service_tier``, ...) are ignored; those that do
-    and that the router cannot honour (extended ``thinking``, MCP servers, ...) are refused.
-    ``model`` omitted (or null) or ``"auto"`` leaves the choice to the router.
-
-    Raises:
-        RequestInvalid: the body is not a valid Messages request; ``param`` is the field path.
-    """
+def load_object(body: bytes) -> dict[str, Any]:
+    """The JSON object a request body holds (else RequestInvalid)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RequestInvalid(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestInvalid("the request body must be a JSON object")
+    return data
+
+
+def parse_request(body: bytes | dict[str, Any]) -> ChatRequest:
+    """A Messages API request body (or its JSON object, decoded) as a :class:`ChatRequest`.
+
+    Fields that do not change the answer (``service_tier``, ...) are ignored; those that do
+    and that the router cannot honour (MCP servers, ...) are refused. ``model`` omitted (or
+    null) or ``"auto"`` leaves the choice to the router.
+
+    Raises:
+        RequestInvalid: the body is not a valid Messages request; ``param`` is the field path.
+    """
+    data = body if isinstance(body, dict) else load_object(body)
     model = _string(data, "model", "model")
     if model == "":
         raise _invalid("model", "must not be empty")
