@@ -114,8 +114,11 @@ async def test_feedback_reaches_the_process_that_answered(
             answer = await feedback(http, b, of_a)
         assert answer.status_code == 404, answer.text
         # and it left no key behind but an answer no sender read (the stalled one's), which
-        # expires
+        # expires. That answer is pushed after the report is filed and calibrated on (which
+        # the totals show before then), at most once and only if Redis answers A then: A may
+        # have been stopped before, or found Redis slow, and the sender is gone anyway.
         left = await redis_call(redis_server, "KEYS", f"llmr:reports:{{{of_a[4:12]}}}:*")
-        assert [key.split(b":")[3] for key in left] == [b"answer"]
-        assert 0 < await redis_call(redis_server, "TTL", left[0]) <= ANSWER_SEC
+        assert [key.split(b":")[3] for key in left] in ([b"answer"], [])
+        for key in left:
+            assert 0 < await redis_call(redis_server, "TTL", key) <= ANSWER_SEC
         assert await redis_call(redis_server, "KEYS", f"llmr:reports:{{{of_b[4:12]}}}:*") != []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import trio
@@ -155,3 +156,111 @@ async def test_a_hung_redis_is_a_timeout_not_a_hang(redis_server: RedisServer) -
             assert "no answer within 0.2 s" in caught.value.message
         finally:
             os.kill(redis_server.process.pid, signal.SIGCONT)
+
+
+async def test_a_process_that_stood_still_finds_the_answer_waiting(
+    redis_server: RedisServer,
+) -> None:
+    """A process that stands still (a GC pause, a frozen VM, SIGSTOP) past a command's
+    deadline finds Redis's answer in the socket when it goes on: that is the command's
+    answer, and Redis is not taken for down (which would drop the connection, fail the other
+    commands and resynchronise every shared store, a backoff later, for nothing)."""
+    async with (open_redis(address(redis_server), timeout=0.2) as redis,
+                open_redis(address(redis_server)) as watcher):
+        answers: list[object] = []
+
+        async def pop() -> None:  # Redis answers (nil) after 0.1 s, within the 0.2 s
+            answers.append(await redis.call("BLPOP", "nothing", "0.1"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pop)
+            with trio.fail_after(5):
+                while b"blocked_clients:1" not in await watcher.call("INFO", "clients"):
+                    await trio.sleep(0.001)
+            time.sleep(0.5)  # the whole process stands still, past the deadline
+        assert answers == [None]
+        assert redis.up
+
+
+async def test_a_machine_that_stood_still_gives_redis_its_time_again(
+    redis_server: RedisServer,
+) -> None:
+    """The whole machine stood still (a frozen VM, Redis on it): Redis had no time to answer
+    either, and is given its timeout again from when the process goes on."""
+    assert redis_server.process is not None
+    async with open_redis(address(redis_server), timeout=0.2) as redis:
+        await redis.call("PING")
+        answers: list[object] = []
+
+        async def ping() -> None:
+            answers.append(await redis.call("PING"))
+
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ping)
+                await trio.testing.wait_all_tasks_blocked()  # the PING is written, waiting
+                time.sleep(0.5)  # this process stands still past its deadline...
+                os.kill(redis_server.process.pid, signal.SIGCONT)  # ...and goes on with Redis
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert answers == [b"PONG"]
+        assert redis.up
+
+
+async def test_redis_is_marked_up_on_a_connection_the_stores_can_use(
+    redis_server: RedisServer,
+) -> None:
+    """A command answered on a connection that another command's timeout has just dropped
+    does not mark Redis up: the ``on_up`` hooks (each shared store resynchronising, a
+    feedback report queued while Redis was down sent) would run with no connection, fail,
+    and not run again once there is one."""
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+    async with open_redis(address(redis_server), timeout=0.2) as redis:
+        resyncs: list[bool] = []
+
+        async def resync() -> None:
+            try:
+                await redis.call("PING")
+                resyncs.append(True)
+            except StoreUnavailable:
+                resyncs.append(False)
+
+        redis.on_up(resync)
+
+        async def ping() -> None:
+            try:
+                assert await redis.call("PING", timeout=5) == b"PONG"
+            except StoreUnavailable:
+                pass  # failed with the connection, if that was dropped first
+
+        async def pop() -> None:
+            with pytest.raises(StoreUnavailable):
+                await redis.call("BLPOP", "nothing", "10")
+
+        for round_ in range(1, 6):  # which of the two goes on first is the scheduler's draw
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ping)
+                    await trio.testing.wait_all_tasks_blocked()  # written, unanswered
+                    nursery.start_soon(pop)
+                    await trio.testing.wait_all_tasks_blocked()
+                    time.sleep(0.17)  # just past the BLPOP's deadline (not by half its
+                    # timeout, so that the process is not taken to have stood still)...
+                    os.kill(pid, signal.SIGCONT)
+                    time.sleep(0.05)  # ...while Redis answers the PING
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            with trio.fail_after(10):  # down, then found again by a probe
+                while True:
+                    try:
+                        await redis.call("PING", probe=True)
+                        break
+                    except StoreUnavailable:
+                        await trio.sleep(0.05)
+            with trio.fail_after(5):
+                while len(resyncs) < round_:
+                    await trio.sleep(0.01)
+        assert resyncs == [True] * 5

@@ -8,8 +8,9 @@ trio, where one socket written and read in order costs about 0.07 ms (BENCHMARKS
 * Every command goes over one connection; replies come back in the order the commands were
   written, so concurrent callers share the socket without waiting for each other's round
   trips (a reader task hands each reply to its caller).
-* A command that takes longer than ``timeout`` (default 0.25 s), a refused connection or a
-  broken socket marks Redis **down**: the connection is dropped, callers get
+* A command that takes longer than ``timeout`` (default 0.25 s; time this process stood
+  still does not count: :func:`_stood_still`), a refused connection or a broken socket
+  marks Redis **down**: the connection is dropped, callers get
   :class:`~engine.errors.StoreUnavailable` at once (no waiting) until the next attempt, a
   backoff of 0.5 s doubling to 5 s later. The first command that then succeeds marks it
   **up** again, and the ``on_up`` hooks run (each store resynchronises there).
@@ -266,27 +267,44 @@ class Redis:
                 raise self._unavailable()
             conn = await self._connection()
         limit = self.timeout if timeout is None else timeout
-        with trio.move_on_after(limit):
-            try:
-                slots = await conn.send(commands)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._mark_down(_describe(exc))
-                raise self._unavailable() from None
-            except StoreUnavailable:
-                raise self._unavailable() from None
-            replies: list[Reply] = []
-            for slot in slots:
-                await slot.done.wait()
-                if isinstance(slot.reply, BaseException) and not isinstance(slot.reply,
-                                                                              ReplyError):
-                    if self._conn is conn:
-                        self._mark_down(_describe(slot.reply))
-                    raise self._unavailable()
-                replies.append(slot.reply)
-            self._mark_up()
-            return replies
-        self._mark_down(f"no answer within {limit:g} s")
+        deadline = trio.current_time() + limit
+        slots: list[_Slot] = []
+        while True:
+            with trio.move_on_at(deadline):
+                if not slots:
+                    try:
+                        slots = await conn.send(commands)
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        self._mark_down(_describe(exc))
+                        raise self._unavailable() from None
+                    except StoreUnavailable:
+                        raise self._unavailable() from None
+                for slot in slots:
+                    await slot.done.wait()
+                return self._replies(conn, slots)
+            if not slots or not await _stood_still(slots, deadline, limit):
+                break
+            if all(slot.done.is_set() for slot in slots):
+                return self._replies(conn, slots)
+            deadline = trio.current_time() + limit
+        if self._conn is conn:  # else it was dropped already: one outage, one backoff step
+            self._mark_down(f"no answer within {limit:g} s")
         raise self._unavailable()
+
+    def _replies(self, conn: _Connection, slots: list[_Slot]) -> list[Reply]:
+        replies: list[Reply] = []
+        for slot in slots:
+            if isinstance(slot.reply, BaseException) and not isinstance(slot.reply, ReplyError):
+                if self._conn is conn:
+                    self._mark_down(_describe(slot.reply))
+                raise self._unavailable()
+            replies.append(slot.reply)
+        # Replies on a connection dropped since (another command timed out on it) say nothing
+        # of the next one: marking Redis up now would run the ``on_up`` hooks while there is
+        # no connection (their resynchronising fails), and not when there is one again.
+        if self._conn is conn:
+            self._mark_up()
+        return replies
 
     async def call(self, *command: Arg, timeout: float | None = None,
                    probe: bool = False) -> Reply:
@@ -350,6 +368,23 @@ async def open_redis(address: RedisAddress, *, timeout: float = 0.25,
         finally:
             await redis.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def _stood_still(slots: list[_Slot], deadline: float, limit: float) -> bool:
+    """After ``deadline`` passed with ``slots`` unanswered: whether this process, not Redis,
+    is the reason, so that Redis is given its ``limit`` again from now.
+
+    A process that stands still (a GC pause, a frozen VM, SIGSTOP) finds every deadline past
+    when it goes on, while Redis's answers wait unread in the socket: the reader is woken by
+    them in the same scheduling round as the expired deadlines, and may come after them.
+    Marking Redis down then drops a healthy connection and sends every shared store through
+    a reconnection and resynchronisation for nothing. So the reader gets its turn first (the
+    answers are then in if Redis gave them), and a deadline seen more than half its timeout
+    late means the process stood still past it: what Redis has still not answered is waited
+    for once more."""
+    await trio.lowlevel.checkpoint()
+    return (all(slot.done.is_set() for slot in slots)
+            or trio.current_time() - deadline > limit / 2)
 
 
 async def _close(stream: trio.abc.Stream) -> None:
