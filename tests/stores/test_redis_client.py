@@ -3,6 +3,7 @@ credentials, and what callers see when Redis dies, hangs and comes back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -264,3 +265,40 @@ async def test_redis_is_marked_up_on_a_connection_the_stores_can_use(
                 while len(resyncs) < round_:
                     await trio.sleep(0.01)
         assert resyncs == [True] * 5
+
+
+async def test_a_caller_cancelled_at_any_point_never_shifts_the_replies(
+    redis_server: RedisServer,
+) -> None:
+    """A caller's call can be cancelled at any moment (its client left, its request ended).
+    Whatever it had written by then, every later caller on the connection gets its own
+    reply: a reply slot queued for a command that was never written would hand each later
+    caller the reply meant for the caller before it (a cached answer for another key, another
+    tenant's). The cancel lands before, during and after the write, as the scheduler draws."""
+    async with open_redis(address(redis_server), timeout=2) as redis:
+        await redis.call("PING", probe=True)
+        got: list[tuple[bytes, object]] = []
+
+        async def cancelled_after(turns: int, scope: trio.CancelScope) -> None:
+            for _ in range(turns):
+                await trio.lowlevel.checkpoint()
+            scope.cancel()
+
+        async def echo(text: bytes) -> None:
+            try:
+                got.append((text, await redis.call("ECHO", text)))
+            except StoreUnavailable as exc:
+                got.append((text, exc.message))
+
+        for round_ in range(100):
+            for turns in range(3):
+                with trio.CancelScope() as scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(cancelled_after, turns, scope)
+                        with contextlib.suppress(StoreUnavailable):  # the check is below
+                            await redis.call("ECHO", f"cancelled {round_} {turns}")
+                async with trio.open_nursery() as nursery:  # two callers after it
+                    nursery.start_soon(echo, f"first {round_} {turns}".encode())
+                    nursery.start_soon(echo, f"second {round_} {turns}".encode())
+        assert [(sent, reply) for sent, reply in got if reply != sent] == []
+        assert len(got) == 600

@@ -44,6 +44,10 @@ __all__ = ["Redis", "RedisAddress", "Script", "open_redis"]
 log = logging.getLogger("llm_router.redis")
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 5.0
+# How many times a command whose deadline passed while this process stood still waits its
+# timeout again (:func:`_stood_still`): a bound, so that a process whose event loop is late on
+# every turn still finds out that Redis is gone.
+_STOOD_STILL_WAITS = 2
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,27 @@ class _Connection:
         self.broken: BaseException | None = None
 
     async def send(self, commands: Sequence[Sequence[Arg]]) -> list[_Slot]:
+        """Write ``commands``; their slots, queued for the reader in the order written.
+
+        A queued slot takes the next reply, so a slot must never be queued for bytes that were
+        not written: every later caller on the connection would get the reply meant for the
+        one before it. A caller cancelled by the time it holds the lock (its request ended,
+        say, while it waited) therefore queues and writes nothing. After that check the write
+        is one non-blocking send, which a cancel cannot interrupt, unless the socket's buffer
+        is full; a cancel or error while it waits leaves an unknown part of it written, so the
+        connection is failed and the next command finds Redis anew."""
         slots = [_Slot() for _ in commands]
+        payload = b"".join(encode(c) for c in commands)
         async with self.write_lock:
             if self.broken is not None:
                 raise self.broken
+            await trio.lowlevel.checkpoint_if_cancelled()
             self.waiting.extend(slots)
-            await self.stream.send_all(b"".join(encode(c) for c in commands))
+            try:
+                await self.stream.send_all(payload)
+            except BaseException:
+                self.fail(trio.BrokenResourceError("a write to Redis stopped part-way"))
+                raise
         return slots
 
     async def read_replies(self) -> None:
@@ -269,7 +288,7 @@ class Redis:
         limit = self.timeout if timeout is None else timeout
         deadline = trio.current_time() + limit
         slots: list[_Slot] = []
-        while True:
+        for _ in range(_STOOD_STILL_WAITS + 1):
             with trio.move_on_at(deadline):
                 if not slots:
                     try:
@@ -279,6 +298,10 @@ class Redis:
                         raise self._unavailable() from None
                     except StoreUnavailable:
                         raise self._unavailable() from None
+                    except trio.Cancelled:
+                        if conn.broken is not None and self._conn is conn:
+                            self._mark_down("a write was cancelled part-way")
+                        raise
                 for slot in slots:
                     await slot.done.wait()
                 return self._replies(conn, slots)
@@ -381,7 +404,7 @@ async def _stood_still(slots: list[_Slot], deadline: float, limit: float) -> boo
     a reconnection and resynchronisation for nothing. So the reader gets its turn first (the
     answers are then in if Redis gave them), and a deadline seen more than half its timeout
     late means the process stood still past it: what Redis has still not answered is waited
-    for once more."""
+    for once more (up to ``_STOOD_STILL_WAITS`` times)."""
     await trio.lowlevel.checkpoint()
     return (all(slot.done.is_set() for slot in slots)
             or trio.current_time() - deadline > limit / 2)
