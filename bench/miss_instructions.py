@@ -9,18 +9,27 @@ Each wrapped function is called through ``mark_<name>(callback)``, which calls
 ``part_<name>(callback)``, functions of a small C library built here with gcc (callgrind does
 not see the call from libffi into ``mark_<name>`` as a call; it does see the one into
 ``part_<name>``). The callback is a ctypes one: a wrapped call costs ~2,800 instructions
-inside ``part_<name>`` (measured around a ``lambda: None``) and ~4,000 outside it. Only
-synchronous functions are wrapped: a coroutine's work runs after its call returns.
+inside ``part_<name>`` (measured around a ``lambda: None``) and ~4,000 outside it.
+
+``MARK_PARTS=path`` wraps the parts of the pinned path instead (:data:`PATH_PARTS`: the
+server's connection and hypercorn, h11 on both sides, the chat front, the wire codecs, the
+upstream call, the stream's relay). Many of them are coroutines: a coroutine's work runs in
+its steps (each time the scheduler resumes it), so each step is one wrapped call, and the
+part counts the work of every step (not the time its task waits).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import inspect
 import os
 import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 #: (module, owner or None, attribute, part): the parts of a request, outermost first. A part's
@@ -52,6 +61,62 @@ PARTS: list[tuple[str, str | None, str, str]] = [
     ("engine.core.cache.responses", "ResponseCache", "store_entry", "cache_store"),
     ("engine.core.cache.vector_index", "VectorIndex", "add", "cache_index_add"),
     ("engine.core.cache.semantic", "SemanticMatcher", "pack", "cache_pack"),
+]
+
+#: The parts of a pinned JSON answer or stream (``MARK_PARTS=path``), coroutines included.
+PATH_PARTS: list[tuple[str, str | None, str, str]] = [
+    ("api.http.connection", "Connection", "_read_data", "server_reading"),
+    ("api.http.connection", "Connection", "protocol_send", "server_protocol_send"),
+    ("api.http.connection", "Connection", "_write", "server_socket_write"),
+    ("hypercorn.protocol.h11", "H11Protocol", "_create_stream", "hypercorn_create_stream"),
+    ("hypercorn.protocol.http_stream", "HTTPStream", "app_send", "hypercorn_app_send"),
+    ("hypercorn.config", "Config", "response_headers", "hypercorn_response_headers"),
+    ("hypercorn.protocol.http_stream", None, "build_and_validate_headers",
+     "hypercorn_validate_headers"),
+    ("h11", "Connection", "next_event", "h11_next_event"),
+    ("h11", "Connection", "send", "h11_send"),
+    ("api.http.chat_front", "ChatFront", "__call__", "app"),
+    ("api.http.chat_front", None, "_send", "app_send_reply"),
+    ("api.http.chat", "ChatEndpoint", "answer", "chat_answer"),
+    ("api.http.chat", "ChatEndpoint", "_answer", "chat_answer_inner"),
+    ("api.http.chat", None, "routing_headers", "routing_headers"),
+    ("api.http.access", "Observer", "chat", "observer_chat"),
+    ("api.http.access", "Observer", "parsed", "observer_parsed"),
+    ("api.http.access", "Observer", "finish", "observer_finish"),
+    ("api.http.access", "Observer", "stream_ended", "observer_stream_ended"),
+    ("api.http.params", None, "cache_controls", "cache_controls"),
+    ("engine.core.request_ids", None, "new_request_id", "new_request_id"),
+    ("engine.wire.openai.request", None, "parse_request", "wire_parse_request"),
+    ("engine.wire.openai.request", None, "render_request", "wire_render_request"),
+    ("engine.wire.protocols", "WireProtocol", "render_result", "wire_render_result"),
+    ("engine.wire.openai.response", None, "parse_result", "wire_parse_result"),
+    ("engine.wire.providers", "OpenAIProvider", "build_call", "wire_build_call"),
+    ("engine.runtime.gateway", "Gateway", "complete", "gateway_complete"),
+    ("engine.runtime.gateway", "Gateway", "open_stream", "gateway_open_stream"),
+    ("engine.runtime.gateway", "Gateway", "_finished", "gateway_finished"),
+    ("engine.runtime.gateway", "Gateway", "remember_decision", "remember_decision"),
+    ("engine.runtime.policy", "RoutingPolicy", "route", "route"),
+    ("engine.runtime.node", "NodeRunner", "_fly", "node_fly"),
+    ("engine.runtime.node", "NodeRunner", "_account", "node_account"),
+    ("engine.runtime.failover", "BackendCaller", "complete", "failover_complete"),
+    ("engine.runtime.failover", "BackendCaller", "stream", "failover_stream"),
+    ("engine.runtime.failover", "BackendCaller", "_relay", "failover_relay"),
+    ("engine.runtime.upstream", "UpstreamClient", "complete", "upstream_complete"),
+    ("engine.runtime.upstream", "UpstreamClient", "open_stream", "upstream_open_stream"),
+    ("engine.runtime.upstream", "UpstreamClient", "_send", "upstream_send"),
+    ("engine.runtime.upstream", "UpstreamStream", "next_batch", "upstream_next_batch"),
+    ("engine.runtime.upstream", None, "_head", "upstream_head_lines"),
+    ("engine.runtime.transport", "PooledTransport", "send", "transport_send"),
+    ("engine.runtime.transport", "PooledTransport", "_next_event", "transport_next_event"),
+    ("httpx", "Response", "__init__", "httpx_response"),
+    ("engine.core.redact", "Redactor", "redact_result", "redact_result"),
+    ("engine.core.redact", "StreamRedactor", "events", "redact_stream_batch"),
+    ("engine.wire.openai.response", "OpenAIStreamDecoder", "feed", "wire_stream_decode"),
+    ("engine.wire.openai.response", "StreamEncoder", "encode_many", "wire_stream_encode"),
+    ("engine.messages", "ResultBuilder", "add", "result_builder_add"),
+    ("engine.messages", "ResultBuilder", "result", "result_builder_result"),
+    ("api.http.relay", "ChatBody", "__anext__", "stream_body_next"),
+    ("engine.runtime.feed", "Feed", "_run", "stream_feed_task"),
 ]
 
 
@@ -100,29 +165,80 @@ def _marked(mark: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _marked_async(mark: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The coroutine function ``fn``, each step of its coroutine run through ``mark``."""
+    steps: list[Any] = []
+
+    @_CALLBACK
+    def run() -> int:
+        try:
+            steps[-1] = (True, steps[-1]())
+        except BaseException as error:  # StopIteration: the coroutine returned
+            steps[-1] = (False, error)
+        return 0
+
+    def step(advance: Callable[[], Any]) -> tuple[bool, Any]:
+        steps.append(advance)
+        mark(run)
+        return steps.pop()
+
+    @types.coroutine
+    def drive(coro: Any) -> Any:
+        ok, value = step(partial(coro.send, None))
+        while True:
+            if not ok:
+                if type(value) is StopIteration:
+                    return value.value
+                raise value
+            try:
+                sent = yield value
+            except BaseException as error:  # handed to the coroutine
+                ok, value = step(partial(coro.throw, error))
+            else:
+                ok, value = step(partial(coro.send, sent))
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await drive(fn(*args, **kwargs))
+
+    wrapper._marked_keep = run  # type: ignore[attr-defined]
+    return wrapper
+
+
 def install() -> None:
-    """Wraps every function of :data:`PARTS` where it is defined and where it was imported."""
+    """Wraps every function of :data:`PARTS` (:data:`PATH_PARTS` with ``MARK_PARTS=path``)
+    where it is defined and where it was imported."""
     import importlib
 
-    lib = _library([part for *_, part in PARTS])
-    for module_name, owner, attr, part in PARTS:
+    parts = PATH_PARTS if os.environ.get("MARK_PARTS") == "path" else PARTS
+    lib = _library([part for *_, part in parts])
+    for module_name, owner, attr, part in parts:
         module = importlib.import_module(module_name)
         target = getattr(module, owner) if owner else module
         original = target.__dict__[attr] if owner else getattr(module, attr)
-        setattr(target, attr, _marked(getattr(lib, f"mark_{part}"), original))
+        function = original.__func__ if isinstance(original, staticmethod) else original
+        wrap = _marked_async if inspect.iscoroutinefunction(function) else _marked
+        wrapped = wrap(getattr(lib, f"mark_{part}"), function)
+        setattr(target, attr, staticmethod(wrapped) if function is not original else wrapped)
         if owner is None:  # the name imported elsewhere too
             for other in list(sys.modules.values()):
                 if (other is not None and other is not module
                         and getattr(other, "__name__", "").startswith(("engine", "api"))
                         and other.__dict__.get(attr) is original):
                     setattr(other, attr, target.__dict__[attr])
+            from engine.wire import protocols  # their codecs are held as fields too
+            for protocol in (protocols.OPENAI, protocols.ANTHROPIC):
+                for field in ("parse_request", "_render"):
+                    if getattr(protocol, field) is original:
+                        object.__setattr__(protocol, field, target.__dict__[attr])
 
 
 def main() -> None:
     import importlib
 
     for name in ("api.cli.main", "engine.core.cache.semantic", "engine.core.routing.decide",
-                 "engine.runtime.gateway", "engine.runtime.node", "engine.runtime.policy"):
+                 "engine.runtime.gateway", "engine.runtime.node", "engine.runtime.policy",
+                 "api.http.app", "api.http.server", "api.http.chat_front"):
         importlib.import_module(name)  # everything the server imports, before wrapping
     install()
     from api.cli import main as cli_main

@@ -10,6 +10,8 @@
 #   pinned   `model: bench-gpt`, cache off (the peer harness's request)
 #   real     `model: auto`, cache on: the QQP dev questions of $LLM_ROUTER_EVAL_DATA, each once
 #            (the warm-up's questions fill the cache; the measured ones are new)
+#   stream   the peer harness's 44-event stream (`model: bench-gpt-stream`, the mock's streaming
+#            path, as bench/tail.sh's stream mode), cache off; each answer read to its `[DONE]`
 #   bench/miss_instructions.sh [N] [WARM]       SHAPES="pinned real" unless set
 # MARKS=0 runs the plain server (no wrappers: the whole-process figure without their cost).
 set -euo pipefail
@@ -27,8 +29,16 @@ trap 'kill $router 2>/dev/null || true; kill "$(cat "$work/mock/nginx.pid" 2>/de
 up=http://127.0.0.1:$mock_port
 
 for shape in ${SHAPES:-pinned real}; do
-  cache=true; [ "$shape" = pinned ] && cache=false
-  { routed_models "$up"; cat <<YAML
+  case $shape in pinned|stream) cache=false ;; real) cache=true ;;
+    *) echo "unknown shape: $shape" >&2; exit 2 ;; esac
+  { routed_models "$up"
+    if [ "$shape" = stream ]; then  # the mock streams on its /stream path
+      cat <<YAML
+  - {name: bench-gpt-stream, provider: openai, model: gpt-4o-mini, base_url: "$up/stream/v1",
+     api_key: sk-bench, cost_per_1k_in: 0.00015, cost_per_1k_out: 0.0006, tier: 1}
+YAML
+    fi
+    cat <<YAML
 cache: {enabled: $cache}
 dedup: {enabled: false}
 learned: {model: builtin, feedback_db: $work/feedback-$shape.db, gate: true}
@@ -42,12 +52,13 @@ YAML
   router=$!
   for _ in $(seq 600); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.5; done
   .venv/bin/python - "$shape" "$router_port" "$warm" "$n" "$router" \
-    "$peer/requests/openai_chat.json" "$LLM_ROUTER_EVAL_DATA/cache/qqp_pairs_dev.jsonl" <<'PY'
+    "$peer/requests" "$LLM_ROUTER_EVAL_DATA/cache/qqp_pairs_dev.jsonl" <<'PY'
 import http.client, json, subprocess, sys
-shape, port, warm, n, pid, pinned_body, qqp = sys.argv[1:]
+shape, port, warm, n, pid, requests, qqp = sys.argv[1:]
 port, warm, n = int(port), int(warm), int(n)
-if shape == "pinned":
-    body = open(pinned_body, "rb").read()
+if shape in ("pinned", "stream"):
+    name = "openai_chat_stream.json" if shape == "stream" else "openai_chat.json"
+    body = open(f"{requests}/{name}", "rb").read()
     bodies = [body] * (warm + n)
 else:
     seen = {}
@@ -64,6 +75,7 @@ def send(body):
     reply = conn.getresponse()
     data = reply.read()
     assert reply.status == 200, (reply.status, data[:300])
+    assert shape != "stream" or data.endswith(b"data: [DONE]\n\n"), data[-300:]
 for body in bodies[:warm]:
     send(body)
 subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)

@@ -45,6 +45,7 @@ from engine.messages import (
     TextDelta,
     TextPart,
     ThinkingPart,
+    ToolCall,
     ToolCallDelta,
     ToolCallStart,
 )
@@ -231,9 +232,30 @@ class Redactor:
         return cut.rstrip() + "..."
 
     def redact_result(self, result: ChatResult) -> ChatResult:
-        """A complete answer with the configured secrets hidden from every text in it."""
+        """A complete answer with the configured secrets hidden from every text in it.
+
+        An answer none of whose texts holds a fragment (almost every one) is returned as it
+        is: its texts are scanned together first, in one pass, where rebuilding the answer
+        part by part cost several times the scan. Joining can only add fragments (across a
+        boundary), never hide one, so a join that finds none means none of the texts has one.
+        """
         if not self._words:
             return result
+        texts: list[str] = []
+        for part in result.content:
+            if type(part) is TextPart:
+                texts.append(part.text)
+            elif type(part) is ToolCall:
+                texts += (part.id, part.name, part.arguments)
+            elif type(part) is not ThinkingPart:  # not a part this knows: the full way
+                return self._redacted(result)
+        texts += (result.upstream_model or "", result.stop_sequence or "")
+        if not self._spans("\n".join(texts).encode("utf-8", "surrogatepass").lower()):
+            return result
+        return self._redacted(result)
+
+    def _redacted(self, result: ChatResult) -> ChatResult:
+        """:meth:`redact_result`, part by part."""
         content = tuple(
             TextPart(self.redact(part.text)) if isinstance(part, TextPart)
             # thinking passes intact, as in streams: its signature would not verify otherwise

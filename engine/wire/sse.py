@@ -24,6 +24,15 @@ __all__ = ["SSEDecoder", "decode_events"]
 
 
 class SSEDecoder:
+    """The events of one stream, from its bytes in chunks of any size (see the module
+    docstring).
+
+    What a feed completes is decoded from UTF-8 in one piece (a text per event cost as much
+    as the rest of an event's decoding): invalid bytes become U+FFFD as they would line by
+    line, since a line break cannot fall inside a character. The unfinished rest stays
+    bytes, as it may end inside one.
+    """
+
     __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
@@ -37,13 +46,25 @@ class SSEDecoder:
             if buffer.endswith(b"\r"):  # may be the first half of a CRLF split across reads
                 buffer, held = buffer[:-1], b"\r"
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *blocks, rest = buffer.split(b"\n\n")
-        self._buffer = rest + held
+        last = buffer.rfind(b"\n\n")
+        if last < 0:
+            self._buffer = buffer + held
+            return []
+        # Events end at blank lines, taken two newlines at a time from the start of a run of
+        # them (as ``bytes.split`` takes them): an odd run leaves its last one to the rest.
+        run = last
+        while run and buffer[run - 1] == 0x0A:
+            run -= 1
+        cut = run + (last + 2 - run) // 2 * 2
+        self._buffer = buffer[cut:] + held
         events = []
-        for block in blocks:
-            event = self._parse_block(block)
-            if event is not None:
-                events.append(event)
+        for block in buffer[: cut - 2].decode("utf-8", "replace").split("\n\n"):
+            if block[:6] == "data: " and "\n" not in block:  # one data line: most events
+                events.append(("", block[6:]))
+            else:
+                event = self._parse_block(block)
+                if event is not None:
+                    events.append(event)
         return events
 
     def close(self) -> list[tuple[str, str]]:
@@ -56,15 +77,12 @@ class SSEDecoder:
         return bool(self._buffer.strip())
 
     @staticmethod
-    def _parse_block(block: bytes) -> tuple[str, str] | None:
-        if block[:6] == b"data: " and b"\n" not in block:  # one data line: most events
-            return "", block[6:].decode("utf-8", "replace")
+    def _parse_block(block: str) -> tuple[str, str] | None:
         name = ""
         data: list[str] = []
-        for raw in block.split(b"\n"):
-            if not raw or raw[0] == 0x3A:  # blank or ":" comment
+        for line in block.split("\n"):
+            if not line or line[0] == ":":  # blank or a comment
                 continue
-            line = raw.decode("utf-8", "replace")
             field, _, value = line.partition(":")
             if value[:1] == " ":
                 value = value[1:]

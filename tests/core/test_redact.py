@@ -19,6 +19,7 @@ from engine.messages import (
     Finish,
     TextDelta,
     TextPart,
+    ThinkingPart,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
@@ -101,6 +102,25 @@ def test_redact_result_covers_every_text() -> None:
     assert clean.content == (TextPart(f"text {MARKER}"),
                              ToolCall(id=MARKER, name=MARKER, arguments=f'"{MARKER}"'))
     assert clean.stop_sequence == MARKER and clean.upstream_model == f"m-{MARKER}"
+
+
+answer_texts = st.lists(st.sampled_from(["ok ", KEY[10:22], LOCAL[4:9], LOCAL[9:], "\n",
+                                          "é", KEY.upper()[15:30]]), max_size=5).map("".join)
+answer_parts = st.one_of(
+    st.builds(TextPart, answer_texts),
+    st.builds(ToolCall, answer_texts, answer_texts, answer_texts),
+    st.builds(ThinkingPart, answer_texts, answer_texts),
+)
+
+
+@given(st.lists(answer_parts, max_size=4), st.none() | answer_texts, st.none() | answer_texts)
+def test_redact_result_is_the_part_by_part_answer(
+    parts: list[Any], model: str | None, stop: str | None
+) -> None:
+    """The answer as it was when it holds no fragment (scanned in one pass), and the part
+    by part redaction when it does: always what the part by part way gives."""
+    result = ChatResult(content=tuple(parts), upstream_model=model, stop_sequence=stop)
+    assert REDACTOR.redact_result(result) == REDACTOR._redacted(result)
 
 
 def test_a_stream_hides_a_key_dealt_out_in_small_pieces() -> None:

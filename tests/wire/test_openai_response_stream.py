@@ -30,6 +30,7 @@ from engine.messages import (
     Finish,
     ResultBuilder,
     TextDelta,
+    ThinkingDelta,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
@@ -358,6 +359,29 @@ def test_stream_chunk_bytes() -> None:
         prefix + b'{},"logprobs":null,"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
     )
     assert encoder.encode(Finish("stop")) == b""
+
+
+any_event = st.one_of(
+    st.builds(TextDelta, st.text()),
+    st.builds(TextDelta, st.text(), st.just((LOGPROB,))),
+    st.builds(ToolCallStart, st.integers(0, 2), st.text(), st.text()),
+    st.builds(ToolCallDelta, st.integers(0, 2), st.text()),
+    st.builds(ThinkingDelta, st.text()),
+    st.builds(Finish, st.sampled_from(["stop", "length"]),
+              usage=st.builds(Usage, st.integers(0, 99), st.integers(0, 99))),
+)
+
+
+@given(st.lists(st.lists(any_event, max_size=6), max_size=4), st.booleans(), st.text())
+def test_a_batch_encodes_as_its_events_one_at_a_time(
+    batches: list[list[Event]], include_usage: bool, model: str
+) -> None:
+    """``encode_many``'s fast path for plain text deltas writes what ``encode`` writes for
+    each event, also around finishes (after which nothing is written) and other events."""
+    many = StreamEncoder(id="chatcmpl-1", model=model, created=7, include_usage=include_usage)
+    one = StreamEncoder(id="chatcmpl-1", model=model, created=7, include_usage=include_usage)
+    for batch in batches:
+        assert many.encode_many(batch) == b"".join([one.encode(e) for e in batch])
 
 
 # ---- the codec against the fake upstream, over real sockets --------------------------------------
