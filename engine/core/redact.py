@@ -241,6 +241,8 @@ class Redactor:
         """
         if not self._words:
             return result
+        if result.extra_choices:  # n > 1: rare, each choice the full way
+            return self._redacted(result)
         texts: list[str] = []
         for part in result.content:
             if type(part) is TextPart:
@@ -269,6 +271,7 @@ class Redactor:
             result, content=content,
             upstream_model=self.redact(model) if model is not None else None,
             stop_sequence=self.redact(stop) if stop is not None else None,
+            extra_choices=tuple(self._redacted(choice) for choice in result.extra_choices),
         )
 
     def stream(self) -> StreamRedactor:

@@ -97,11 +97,16 @@ def test_redact_result_covers_every_text() -> None:
     result = ChatResult(
         content=(TextPart(f"text {KEY}"), ToolCall(id=LOCAL, name=KEY, arguments=f'"{KEY}"')),
         stop_sequence=LOCAL, upstream_model=f"m-{KEY}",
+        extra_choices=(ChatResult(content=(TextPart(f"second {KEY}"),), stop_sequence=LOCAL),),
     )
     clean = REDACTOR.redact_result(result)
     assert clean.content == (TextPart(f"text {MARKER}"),
                              ToolCall(id=MARKER, name=MARKER, arguments=f'"{MARKER}"'))
     assert clean.stop_sequence == MARKER and clean.upstream_model == f"m-{MARKER}"
+    # every choice of an answer with n > 1, not only the first
+    [second] = clean.extra_choices
+    assert second.content == (TextPart(f"second {MARKER}"),)
+    assert second.stop_sequence == MARKER
 
 
 answer_texts = st.lists(st.sampled_from(["ok ", KEY[10:22], LOCAL[4:9], LOCAL[9:], "\n",
