@@ -202,6 +202,21 @@ async def test_an_answer_holding_the_key_is_relayed_without_it(
         assert_no_secret(text, name)
 
 
+async def test_every_choice_of_an_answer_is_relayed_without_the_key(
+    fake_upstream: FakeUpstream, client: RouterClient
+) -> None:
+    """``n: 2`` to an OpenAI-protocol upstream: the second choice is scrubbed as the first."""
+    fake_upstream.script("relay", Behaviour(text=f"here: {OPENAI_KEY}"))
+    answer = await client.chat(model="relay", n=2)
+    assert answer.status_code == 200, answer.text
+    choices = answer.json()["choices"]
+    assert [choice["index"] for choice in choices] == [0, 1]
+    for choice in choices:
+        text = choice["message"]["content"]
+        assert "[redacted]" in text, text
+        assert_no_secret(text, "whole")
+
+
 @BACKENDS
 @pytest.mark.parametrize("delta_chars", [None, 4, 7, 13])
 async def test_a_streamed_answer_holding_the_key_is_relayed_without_it(
