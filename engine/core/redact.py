@@ -267,8 +267,12 @@ class Redactor:
             for part in result.content
         )
         model, stop = result.upstream_model, result.stop_sequence
+        # The tokens' log probabilities spell out the text token by token, each token too
+        # short for a fragment: an answer whose text lost a secret loses them too, as a
+        # streamed delta does.
+        logprobs = result.logprobs if content == result.content else None
         return replace(
-            result, content=content,
+            result, content=content, logprobs=logprobs,
             upstream_model=self.redact(model) if model is not None else None,
             stop_sequence=self.redact(stop) if stop is not None else None,
             extra_choices=tuple(self._redacted(choice) for choice in result.extra_choices),

@@ -217,6 +217,23 @@ async def test_every_choice_of_an_answer_is_relayed_without_the_key(
         assert_no_secret(text, "whole")
 
 
+async def test_the_log_probabilities_of_a_scrubbed_answer_are_not_relayed(
+    fake_upstream: FakeUpstream, client: RouterClient
+) -> None:
+    """Each token's log probability carries the token's text: joined, they would spell out
+    the key the answer's text lost. A scrubbed answer comes without them; a clean one keeps
+    them."""
+    fake_upstream.script("relay", Behaviour(text=f"here: {OPENAI_KEY}"),
+                         Behaviour(text="nothing secret here"))
+    scrubbed = (await client.chat(model="relay", logprobs=True)).json()["choices"][0]
+    assert "[redacted]" in scrubbed["message"]["content"]
+    assert scrubbed["logprobs"] is None
+    assert_no_secret(orjson.dumps(scrubbed).decode(), "whole")
+    clean = (await client.chat(model="relay", logprobs=True)).json()["choices"][0]
+    tokens = [entry["token"] for entry in clean["logprobs"]["content"]]
+    assert "".join(tokens).strip() == clean["message"]["content"].strip()
+
+
 @BACKENDS
 @pytest.mark.parametrize("delta_chars", [None, 4, 7, 13])
 async def test_a_streamed_answer_holding_the_key_is_relayed_without_it(
