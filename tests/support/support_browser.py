@@ -84,15 +84,33 @@ class Browser:
         await self.call(self.driver.get, url)
 
     async def wait_for(self, condition: Callable[[Any], T], what: str) -> T:
-        """``condition(driver)``'s first truthy value (checked every 100 ms)."""
+        """``condition(driver)``'s first truthy value (checked every 100 ms). The live page
+        re-renders its panels as events arrive, so an element found may be replaced before
+        it is read: that check is made again at the next poll, as one that found nothing."""
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
         from selenium.webdriver.support.ui import WebDriverWait
 
-        wait = WebDriverWait(self.driver, WAIT_SEC, poll_frequency=0.1)
+        wait = WebDriverWait(self.driver, WAIT_SEC, poll_frequency=0.1, ignored_exceptions=(
+            NoSuchElementException, StaleElementReferenceException))
         return await self.call(wait.until, condition, f"the dashboard never showed {what}")
 
     async def text(self, selector: str) -> str:
+        """The text of the element ``selector`` finds, read again if the page replaced the
+        element between finding and reading it."""
+        from selenium.common.exceptions import StaleElementReferenceException
 
-        return await self.call(lambda: self.driver.find_element(CSS, selector).text)
+        def read() -> str:
+            for _ in range(4):
+                try:
+                    return str(self.driver.find_element(CSS, selector).text)
+                except StaleElementReferenceException:
+                    continue
+            return str(self.driver.find_element(CSS, selector).text)
+
+        return await self.call(read)
 
     async def script(self, source: str, *args: Any) -> Any:
         return await self.call(self.driver.execute_script, source, *args)
