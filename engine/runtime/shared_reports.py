@@ -8,7 +8,8 @@ process that made it (``engine.core.request_ids``), so a process given a report 
 tag's request:
 
 1. checks that the tag's process is alive: each process renews ``llmr:reports:{<tag>}:alive``
-   every second, and it expires :data:`ALIVE_SEC` after the last renewal;
+   every second, and it expires :data:`ALIVE_SEC` after the last renewal (with
+   ``llmr:reports:{<tag>}:seen``, which outlives it by :data:`SEEN_SEC`);
 2. appends the report to the stream ``llmr:reports:{<tag>}:inbox``, with the key to answer on
    (the inbox expires :data:`INBOX_SEC` after its last report, and goes with its process when
    it stops, so processes that came and went leave no keys behind);
@@ -20,7 +21,10 @@ code and message (kept :data:`ANSWER_SEC`). A tag no live process holds (the pro
 and what it remembered is gone with it) is a 404, as for any request the router no longer
 remembers. With Redis down, 503: the report may still be known. An owner that does not
 answer in time (its Redis connection broke, or it is overloaded) is a 503 too: the outcome is
-unknown, since it may still file the report when it catches up.
+unknown, since it may still file the report when it catches up. So is an owner that went
+silent without saying it was leaving (paused, or killed) within :data:`SEEN_SEC`: from
+outside the two look the same, the report is not filed, and a retry reaches a process that
+goes on. A process that stops deletes both keys, so its reports are 404s at once.
 """
 
 from __future__ import annotations
@@ -41,11 +45,12 @@ from engine.stores.redis.tail import StreamEntry
 from .policy import FeedbackReport
 from .shared import PREFIX, Shared
 
-__all__ = ["ALIVE_SEC", "ANSWER_SEC", "INBOX_SEC", "WAIT_SEC", "SharedReports"]
+__all__ = ["ALIVE_SEC", "ANSWER_SEC", "INBOX_SEC", "SEEN_SEC", "WAIT_SEC", "SharedReports"]
 
 log = logging.getLogger("llm_router")
 
 ALIVE_SEC = 3.0
+SEEN_SEC = 30.0
 ANSWER_SEC = 30
 INBOX_SEC = 600
 WAIT_SEC = 5.0
@@ -91,7 +96,7 @@ class SharedReports:
 
         It says so only once it follows its inbox from the inbox's newest entry: a report
         sent once it is alive is never missed."""
-        inbox, alive = _key(self.tag, "inbox"), _key(self.tag, "alive")
+        inbox, alive, seen = (_key(self.tag, part) for part in ("inbox", "alive", "seen"))
         while True:
             try:
                 since = await self._shared.last_id(inbox)
@@ -101,19 +106,20 @@ class SharedReports:
         try:
             async with trio.open_nursery() as self._nursery:
                 self._shared.tail.follow(inbox, self._on_reports, since=since)
-                await self._stay_alive(alive)
+                await self._stay_alive(alive, seen)
         finally:  # stopping: reports on this process's requests are 404s from now on
             self._shared.tail.unfollow(inbox)
             with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
                 try:
-                    await self.redis.call("DEL", alive, inbox)
+                    await self.redis.call("DEL", alive, seen, inbox)
                 except StoreUnavailable:
                     pass  # it expires
 
-    async def _stay_alive(self, alive: str) -> None:
+    async def _stay_alive(self, alive: str, seen: str) -> None:
         while True:
             try:
-                await self.redis.call("PSETEX", alive, int(ALIVE_SEC * 1000), "1")
+                await self.redis.pipeline([["PSETEX", alive, int(ALIVE_SEC * 1000), "1"],
+                                           ["PSETEX", seen, int(SEEN_SEC * 1000), "1"]])
                 await trio.sleep(_RENEW_SEC)
             except StoreUnavailable:
                 # Renewed once Redis answers; meanwhile nothing is forwarded here.
@@ -124,17 +130,23 @@ class SharedReports:
 
         Raises:
             NotFound: no live process holds ``tag``.
-            StoreUnavailable: Redis is down or slow (the report was not filed), or the
-                owner did not answer in time (it may still file it).
+            StoreUnavailable: Redis is down or slow, or the owner went silent (the report
+                was not filed), or the owner did not answer in time (it may still file it).
             RouterError: the owner's error (the one it would have answered).
         """
         answer_key = f"{_key(tag, 'answer')}:{secrets.token_hex(8)}"
         body = orjson.dumps({"quality": report.quality, "request_id": report.request_id,
                              "other_quality": report.other_quality,
                              "reporter": report.reporter})
-        sent = await self.redis.run(_SEND, [_key(tag, "alive"), _key(tag, "inbox")],
-                                    [body, answer_key, _INBOX_KEPT, INBOX_SEC])
-        if sent != 1:
+        sent = await self.redis.run(
+            _SEND, [_key(tag, part) for part in ("alive", "inbox", "seen")],
+            [body, answer_key, _INBOX_KEPT, INBOX_SEC])
+        if sent == _SILENT:
+            raise StoreUnavailable(
+                f"the router process that answered request_id {echo(report.request_id)} has "
+                f"not been heard from for over {ALIVE_SEC:g} s (paused, or stopped without "
+                "saying so); the report was not filed: retry")
+        if sent != _SENT:
             raise _forgotten(report)
         # Polled: filing takes ~10-20 ms (the feedback database, calibration), and a poll is
         # one small round trip, cheaper than a connection of its own to block on.
@@ -201,10 +213,15 @@ def _forgotten(report: FeedbackReport) -> NotFound:
                     param="request_id")
 
 
-# Appends a report to a live process's inbox (which then lives ARGV[4] seconds more): 1, or 0
-# when no process holds the tag (nothing is written for a stopped process).
+# Appends a report to a live process's inbox (which then lives ARGV[4] seconds more): 1; else
+# 2 when the tag's process went silent lately, 0 when no process holds the tag (nothing is
+# written for a process that is not alive).
+_SENT, _SILENT = 1, 2
 _SEND = Script("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
+  return 0
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'report', ARGV[1], 'answer', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1

@@ -18,7 +18,7 @@ from support_redis import RedisServer
 from support_routing import wait_for
 
 from engine.core.redis_address import RedisAddress
-from engine.runtime.shared_reports import ANSWER_SEC, INBOX_SEC, WAIT_SEC
+from engine.runtime.shared_reports import ALIVE_SEC, ANSWER_SEC, INBOX_SEC, WAIT_SEC
 from engine.stores.redis import open_redis
 from engine.testing.fake_upstream import FakeUpstream
 
@@ -105,6 +105,33 @@ async def test_feedback_reaches_the_process_that_answered(
             return bool((await routing(http, a))["feedback"]["total"] == 3)
 
         await wait_for(filed, poll=0.1, timeout=20)
+
+        # A stays silent past its alive key: B cannot tell a pause from a crash, so the
+        # report is not filed and the answer is a 503 at once (a 404 would say A forgot the
+        # request); a retry once A goes on is filed.
+        alive_a = f"llmr:reports:{{{of_a[4:12]}}}:alive"
+        unheard = await answered_by(http, a, "Which metal melts in a warm hand?")
+        process_a.send_signal(signal.SIGSTOP)
+        try:
+            async def silent() -> bool:
+                return await redis_call(redis_server, "EXISTS", alive_a) == 0
+
+            await wait_for(silent, poll=0.1, timeout=ALIVE_SEC + 5)
+            with trio.fail_after(WAIT_SEC / 2):
+                answer = await feedback(http, b, unheard, quality=0.4)
+        finally:
+            process_a.send_signal(signal.SIGCONT)
+        assert answer.status_code == 503, answer.text
+        assert "not filed" in answer.json()["error"]["message"]
+        assert await redis_call(redis_server, "PTTL", alive_a.replace(":alive", ":seen")) > 0
+
+        async def alive() -> bool:
+            return await redis_call(redis_server, "EXISTS", alive_a) == 1
+
+        await wait_for(alive, poll=0.1, timeout=20)
+        answer = await feedback(http, b, unheard, quality=0.4)
+        assert answer.status_code == 200, answer.text
+        assert (await routing(http, a))["feedback"]["total"] == 4
 
         # A stops: what it remembered is gone with it.
         process_a.terminate()
