@@ -61,10 +61,10 @@ def parse_addr(addr: str) -> tuple[str, int]:
     if found:
         raise ValueError(f"--addr takes HOST:PORT without a scheme: did you mean "
                          f"{rest.rstrip('/')}?")
-    if addr.isdigit():
+    if addr.isascii() and addr.isdigit():
         raise ValueError(f"--addr must be HOST:PORT or :PORT: did you mean :{addr}?")
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ValueError(f"--addr must be HOST:PORT or :PORT, got {addr!r}")
     if not 0 <= int(port) <= 65535:
         raise ValueError(f"--addr {addr}: port {port} is out of range (0-65535)")

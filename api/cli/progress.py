@@ -53,7 +53,7 @@ def read_events(lines: Iterable[str]) -> Iterator[Event]:
         elif field == "event":
             name = value
         elif field == "id":
-            event_id = int(value) if value.isdigit() else None
+            event_id = int(value) if value.isascii() and value.isdigit() else None
 
 
 def _parsed(text: str) -> Any:

@@ -155,10 +155,11 @@ class _Body:
             RequestTimeout: it did not arrive within ``server.read_timeout_sec``.
         """
         limit = self._limit
-        if self._declared is not None and self._declared.isdigit() and (
-                int(self._declared) > limit):
+        declared = self._declared
+        if declared is not None and declared.isascii() and declared.isdigit() and (
+                int(declared) > limit):
             raise PayloadTooLarge(
-                f"request body is {int(self._declared)} bytes; the limit is {limit}")
+                f"request body is {int(declared)} bytes; the limit is {limit}")
         chunks: list[bytes] = []
         size = 0
         # A bare scope: trio.move_on_after's inside, without its generator.

@@ -88,7 +88,7 @@ def int_arg(text: str | None, name: str, spec: Num) -> int:
     if text is None:
         return int(spec.default)
     low, high = int(spec.low or 0), int(spec.high or 0)
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise RequestInvalid(f"{name} must be an integer from {low} to {high}, got {echo(text)}",
                              param=name)
     return int(text)
@@ -104,10 +104,11 @@ def run_status(text: str | None) -> str | None:
 
 
 def event_id(text: str) -> int:
-    if not text.strip().isdigit():
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
         raise RequestInvalid(f"Last-Event-ID must be an event id this router sent (a number), "
                              f"got {echo(text)}", param="Last-Event-ID")
-    return int(text.strip())
+    return int(text)
 
 
 def cancel_reason(body: bytes) -> str | None:

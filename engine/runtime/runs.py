@@ -90,7 +90,7 @@ def owner_alive(owner: str, *, me: str) -> bool:
     pid_text, _, _ = rest.partition(":")
     my_host, _, my_rest = me.partition(":")
     my_pid, _, _ = my_rest.partition(":")
-    if host != my_host or not pid_text.isdigit():
+    if host != my_host or not (pid_text.isascii() and pid_text.isdigit()):
         return True
     if pid_text == my_pid:
         return owner == me  # the same pid with another token: an earlier life of this pid

@@ -197,7 +197,7 @@ def _inflate(totals: dict[str, float], reference: Any) -> Stats:
             setattr(stats, plain[name], amount)
         elif kind == "model":
             stats.by_model[rest] = int(value)
-        elif kind == "tier" and rest.isdigit():
+        elif kind == "tier" and rest.isascii() and rest.isdigit():
             stats.by_tier[int(rest)] = int(value)
         elif kind == "error":
             stats.errors[rest] = int(value)

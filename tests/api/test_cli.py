@@ -215,7 +215,7 @@ def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize(
     "addr", ["8080", "", "localhost", "localhost:", "localhost:http", ":65536", ":-1", "h:8 0",
-             "http://127.0.0.1:8090"]
+             "http://127.0.0.1:8090", ":\u00b9", "h:\u0668\u0660"]  # digits, not ASCII ones
 )
 def test_parse_addr_rejects(addr: str) -> None:
     with pytest.raises(ValueError, match=r"HOST:PORT|out of range"):

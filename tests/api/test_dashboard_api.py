@@ -106,8 +106,10 @@ async def test_the_data_endpoints_need_a_key(fake_upstream: FakeUpstream) -> Non
                 ).status_code == 200
         listed = await http.get(router.url + "/stats/runs", headers=_bearer(ADMIN))
         assert listed.status_code == 200 and listed.json() == {"object": "list", "data": []}
-        bad = await http.get(router.url + "/stats/runs?limit=0", headers=_bearer(ADMIN))
-        assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+        for limit in ("0", "%C2%B9"):  # a superscript one is a digit, but not a number
+            bad = await http.get(router.url + f"/stats/runs?limit={limit}",
+                                 headers=_bearer(ADMIN))
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
         bad = await http.get(router.url + "/stats/runs?status=runing", headers=_bearer(ADMIN))
         assert bad.status_code == 400 and "running" in bad.json()["error"]["message"]
         missing = await http.get(router.url + "/stats/runs/run_x", headers=_bearer(ADMIN))

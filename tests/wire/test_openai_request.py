@@ -323,6 +323,7 @@ USER = {"role": "user", "content": "hi"}
         (request_of(presence_penalty="x"), "presence_penalty", "number"),
         (request_of(logit_bias=[1]), "logit_bias", "object"),
         (request_of(logit_bias={"abc": 1}), "logit_bias", "token ids"),
+        (request_of(logit_bias={"\u00b9": 1}), "logit_bias", "token ids"),
         (request_of(logit_bias={"13": 101}), "logit_bias", "between -100 and 100"),
         (request_of(logit_bias={"13": "x"}), "logit_bias", "got a string"),
         (request_of(logprobs=1), "logprobs", "boolean"),

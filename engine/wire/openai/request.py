@@ -432,7 +432,7 @@ def _parse_logit_bias(value: Any) -> tuple[tuple[str, float], ...]:
         raise invalid_type("logit_bias", "an object mapping token ids to numbers", value)
     pairs = []
     for token, bias in value.items():
-        if not token.isdigit():
+        if not (token.isascii() and token.isdigit()):
             raise RequestInvalid(
                 f"Invalid value for 'logit_bias': keys must be token ids, got {token[:40]!r}.",
                 param="logit_bias",
