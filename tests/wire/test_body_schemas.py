@@ -84,7 +84,7 @@ _VALID = {
     (protocol, name, bad)
     for protocol, numbers in ((OPENAI, OPENAI_NUMBERS), (ANTHROPIC, ANTHROPIC_NUMBERS))
     for name, spec in numbers.items() for bad in _outside(spec)
-], ids=str)
+], ids=lambda value: value.name if isinstance(value, WireProtocol) else repr(value))
 def test_a_number_outside_its_declared_bounds_is_refused_naming_it(
         protocol: WireProtocol, name: str, bad: Any) -> None:
     with pytest.raises(RequestInvalid) as raised:
@@ -93,7 +93,8 @@ def test_a_number_outside_its_declared_bounds_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(("protocol", "spec"), [(OPENAI, OPENAI_REQUEST),
-                                                (ANTHROPIC, ANTHROPIC_REQUEST)], ids=str)
+                                                (ANTHROPIC, ANTHROPIC_REQUEST)],
+                         ids=["openai", "anthropic"])
 def test_fields_the_schema_forbids_are_refused_naming_them(protocol: WireProtocol,
                                                            spec: Any) -> None:
     for name in spec.forbidden:
