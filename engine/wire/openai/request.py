@@ -58,6 +58,12 @@ _F = NUMBERS  # each number's bounds: declared with the body (.body), checked he
 # ---- reading: a client's request as the canonical one --------------------------------------
 
 
+# The fields most requests are made of: a body of these only is read by ``_parse_plain``,
+# which leaves every other field at its default instead of looking each one up.
+_PLAIN = frozenset(("model", "messages", "temperature", "top_p", "max_tokens",
+                    "max_completion_tokens", "stream", "stream_options"))
+
+
 def parse_request(body: bytes) -> ChatRequest:
     """Validate a chat-completions request body and translate it to a :class:`ChatRequest`.
 
@@ -70,11 +76,56 @@ def parse_request(body: bytes) -> ChatRequest:
         raise RequestInvalid("request body is not valid JSON") from None
     if type(data) is not dict:
         raise RequestInvalid(f"request body must be a JSON object, not {kind_of(data)}")
-    model = data.get("model")
+    if data.keys() <= _PLAIN:
+        return _parse_plain(data)
+    return _parse_any(data)
+
+
+def _parse_plain(data: dict[str, Any]) -> ChatRequest:
+    """What :func:`_parse_any` makes of a body of ``_PLAIN`` fields only, the same request or
+    the same fault (a property test holds the two together), with the absent fields not
+    looked up: the checks below are its own, in its order."""
+    model = _parse_model(data.get("model"))
+    system, messages = _parse_messages(data.get("messages", MISSING))
+    max_tokens = number(data, "max_completion_tokens", _F["max_completion_tokens"])
+    max_tokens_param = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens = number(data, "max_tokens", _F["max_tokens"])
+        max_tokens_param = "max_tokens"
+    stream = boolean(data, "stream") or False
+    include_usage = _include_usage(data.get("stream_options"))
+    return ChatRequest(
+        messages=messages,
+        model=model,
+        system=system,
+        temperature=number(data, "temperature", _F["temperature"]),
+        top_p=number(data, "top_p", _F["top_p"]),
+        max_tokens=max_tokens,
+        max_tokens_param=max_tokens_param,
+        stream=stream,
+        include_usage=stream and include_usage,
+    )
+
+
+def _parse_model(model: Any) -> str | None:
     if model == "auto":
-        model = None
-    elif model is not None and (type(model) is not str or not model):
+        return None
+    if model is not None and (type(model) is not str or not model):
         raise invalid_type("model", "a non-empty string", model)
+    return model
+
+
+def _include_usage(options: Any) -> bool:
+    if options is None:
+        return False
+    if type(options) is not dict:
+        raise invalid_type("stream_options", "an object", options)
+    return bool(boolean(options, "include_usage", "stream_options.include_usage"))
+
+
+def _parse_any(data: dict[str, Any]) -> ChatRequest:
+    """Any request body (a JSON object)."""
+    model = _parse_model(data.get("model"))
     system, messages = _parse_messages(data.get("messages", MISSING))
     tools = _parse_tools(data.get("tools"))
     json_mode, json_schema = _parse_response_format(data.get("response_format"))
@@ -84,12 +135,7 @@ def parse_request(body: bytes) -> ChatRequest:
         max_tokens = number(data, "max_tokens", _F["max_tokens"])
         max_tokens_param = "max_tokens"
     stream = boolean(data, "stream") or False
-    include_usage = False
-    options = data.get("stream_options")
-    if options is not None:
-        if type(options) is not dict:
-            raise invalid_type("stream_options", "an object", options)
-        include_usage = bool(boolean(options, "include_usage", "stream_options.include_usage"))
+    include_usage = _include_usage(data.get("stream_options"))
     for name, message in UNSUPPORTED.items():
         if data.get(name) is not None:
             raise RequestInvalid(message, param=name)
