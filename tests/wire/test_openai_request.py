@@ -634,7 +634,7 @@ _PLAIN_VALUES = {
 }
 
 
-def _outcome(parse: Any, data: dict[str, Any]) -> Any:
+def _outcome(parse: Any, data: Any) -> Any:
     try:
         return parse(data)
     except RequestInvalid as exc:

@@ -175,7 +175,7 @@ def _parse_result_choice_by_choice(body: bytes) -> ChatResult:
                       logprobs=first.logprobs, extra_choices=tuple(results[1:]))
 
 
-_JUNK = st.one_of(st.none(), st.integers(-1, 3), st.text(max_size=3), st.just([]), st.just({}))
+_JUNK: Any = st.one_of(st.none(), st.integers(-1, 3), st.text(max_size=3), st.just([]), st.just({}))
 
 
 def _mostly(valid: Any) -> Any:
