@@ -44,7 +44,6 @@ import itertools
 import logging
 import re
 import socket
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -59,6 +58,7 @@ from hypercorn.trio import serve
 
 from .fake_embeddings import embeddings_body, validate_embeddings
 from .fake_wire import (
+    BodyEncoder,
     Event,
     Protocol,
     Reply,
@@ -141,9 +141,8 @@ class Behaviour:
     stop_reason: str | None = None  # verbatim finish_reason / stop_reason, e.g. "length"
     stop_sequence: str | None = None  # Anthropic: the stop sequence that matched
     citations: bool = False  # the text cites a document (Anthropic) or a web page (OpenAI)
-    # A 200's body compressed and sent with this Content-Encoding: "gzip", or "deflate"
-    # (zlib's format); a stream's events each flushed as they go. Any other value is sent as
-    # the header only, over the plain body.
+    # A 200's body sent with this Content-Encoding: "gzip" and "deflate" compress it (a
+    # stream's events flushed one by one), any other value leaves it plain (BodyEncoder).
     content_encoding: str | None = None
 
 
@@ -480,19 +479,12 @@ async def _send_json(
     cut: bool = False,
     encoding: str | None = None,
 ) -> None:
-    """Send a JSON response; with ``cut``, declare its full length but send only half; with
-    ``encoding``, compressed (``Behaviour.content_encoding``)."""
-    payload = orjson.dumps(body)
-    encoded = []
-    if encoding is not None:
-        compressor = _compressor(encoding)
-        if compressor is not None:
-            payload = compressor.compress(payload) + compressor.flush()
-        encoded.append((b"content-encoding", encoding.encode()))
+    """Send a JSON response; with ``cut``, declare its full length but send only half."""
+    payload = (encoder := BodyEncoder(encoding)).piece(orjson.dumps(body)) + encoder.end()
     all_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
-        *encoded,
+        *encoder.headers,
         *(headers or []),
     ]
     await _start_response(record, send, status, all_headers)
@@ -526,11 +518,8 @@ async def _send_stream(
         (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-cache"),
         *headers,
+        *(encoder := BodyEncoder(behaviour.content_encoding)).headers,
     ]
-    compressor = None
-    if behaviour.content_encoding is not None:
-        sse_headers.append((b"content-encoding", behaviour.content_encoding.encode()))
-        compressor = _compressor(behaviour.content_encoding)
     await _start_response(record, send, 200, sse_headers)
     sent_content = 0
     for index, event in enumerate([*preamble, *rest]):
@@ -539,35 +528,26 @@ async def _send_stream(
                 return  # no more_body=False: hypercorn closes mid chunked body
             error_after = behaviour.error_event_after
             if error_after is not None and sent_content >= error_after:
-                await _send_chunk(send, stream_error_event(protocol, behaviour.error_message),
-                                  behaviour, compressor=compressor)
+                await _send_chunk(
+                    send, encoder.piece(stream_error_event(protocol, behaviour.error_message)),
+                    behaviour)
                 break
             if behaviour.stall_after is not None and sent_content >= behaviour.stall_after:
                 await closing.wait()  # only the client leaving (or shutdown) ends this
                 return
-        await _send_chunk(send, event.data, behaviour, first=index == 0, compressor=compressor)
+        await _send_chunk(send, encoder.piece(event.data), behaviour, first=index == 0)
         record.sent_bytes += len(event.data)
         sent_content += event.content
     record.completed = True  # before the last write: the client may act on it at once
-    end = compressor.flush() if compressor is not None else b""
-    await send({"type": "http.response.body", "body": end, "more_body": False})
+    await send({"type": "http.response.body", "body": encoder.end(), "more_body": False})
 
 
 async def _send_chunk(
-    send: Send, data: bytes, behaviour: Behaviour, *, first: bool = False,
-    compressor: Any = None,
+    send: Send, data: bytes, behaviour: Behaviour, *, first: bool = False
 ) -> None:
     if behaviour.chunk_delay and not first:
         await trio.sleep(behaviour.chunk_delay)
-    if compressor is not None:  # each event whole on the wire, as a compressing server flushes
-        data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
     await send({"type": "http.response.body", "body": data, "more_body": True})
-
-
-def _compressor(encoding: str) -> Any:
-    """A zlib compressor for ``encoding`` ("gzip", "deflate"), or None for any other."""
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
-    return None if wbits is None else zlib.compressobj(wbits=wbits)
 
 
 # -- replies -----------------------------------------------------------------------------------
