@@ -109,6 +109,7 @@ PATH_PARTS: list[tuple[str, str | None, str, str]] = [
     ("engine.runtime.transport", "PooledTransport", "send", "transport_send"),
     ("engine.runtime.transport", "PooledTransport", "_next_event", "transport_next_event"),
     ("httpx", "Response", "__init__", "httpx_response"),
+    ("engine.runtime.transport", "_ResponseBody", "__anext__", "transport_body_next"),
     ("engine.core.redact", "Redactor", "redact_result", "redact_result"),
     ("engine.core.redact", "StreamRedactor", "events", "redact_stream_batch"),
     ("engine.wire.openai.response", "OpenAIStreamDecoder", "feed", "wire_stream_decode"),
@@ -215,6 +216,8 @@ def install() -> None:
     for module_name, owner, attr, part in parts:
         module = importlib.import_module(module_name)
         target = getattr(module, owner) if owner else module
+        if owner and attr not in target.__dict__:
+            continue  # not in the build served (PYTHONPATH): an older or newer one
         original = target.__dict__[attr] if owner else getattr(module, attr)
         function = original.__func__ if isinstance(original, staticmethod) else original
         wrap = _marked_async if inspect.iscoroutinefunction(function) else _marked

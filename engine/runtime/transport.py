@@ -10,8 +10,12 @@ it is about to reuse.
 
 It implements httpx's public transport interface; the router's upstream client
 (``engine.runtime.upstream``) calls :meth:`PooledTransport.send` with the request's parts
-rather than an ``httpx.Request``. Responses, streaming, content decoding and httpx's exception
-types (which ``engine.runtime.upstream`` translates into the router's errors) are httpx's own.
+rather than an ``httpx.Request``, and gets an :class:`UpstreamResponse` back rather than an
+``httpx.Response``: its status, its header lines as h11 read them, and its body read straight
+off the connection, one piece per read. A body the upstream encoded (any ``Content-Encoding``)
+is read through ``httpx.Response`` instead, so gzip, deflate and whatever else httpx decodes
+are decoded by httpx, as before. The exception types (which ``engine.runtime.upstream``
+translates into the router's errors) are httpx's own.
 
 Timeouts come from the request's ``timeout`` extension, as httpx sets it: ``connect`` bounds
 TCP connect plus TLS handshake, ``write`` each send, ``read`` each receive, ``pool`` the wait
@@ -38,7 +42,7 @@ import trio
 
 from .socket_io import receive_some, send_all
 
-__all__ = ["PooledTransport"]
+__all__ = ["PooledTransport", "UpstreamResponse"]
 
 _READ_SIZE = 65536
 
@@ -81,25 +85,37 @@ class _Connection:
 
 
 class _ResponseBody(httpx.AsyncByteStream):
+    """A response's body as h11 reads it, one piece per read: an async iterator of its own
+    (no generator, so one left half-read needs no finalizing). Read to its end, it hands its
+    connection back to the pool at once, as ``httpx.Response`` closes a body read to its end."""
+
     def __init__(self, transport: PooledTransport, conn: _Connection, read: float | None):
         self._transport = transport
         self._conn = conn
         self._read = read
         self._done = False
+        self._closed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        conn = self._conn
+    def __aiter__(self) -> _ResponseBody:
+        return self
+
+    async def __anext__(self) -> bytes:
         while not self._done:
-            event = await self._transport._next_event(conn, self._read)
+            event = await self._transport._next_event(self._conn, self._read)
             if type(event) is h11.Data:
-                yield bytes(event.data)
-            elif type(event) is h11.EndOfMessage:
+                return bytes(event.data)
+            if type(event) is h11.EndOfMessage:
                 self._done = True
-                return
+                await self.aclose()
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         """Hand the connection back (read to its end) or close it: never waits unshielded,
-        so it completes in a cancelled caller too (``engine.runtime.upstream`` relies on it)."""
+        so it completes in a cancelled caller too (``engine.runtime.upstream`` relies on it).
+        A second close does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         conn = self._conn
         if self._done and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
             conn.h11.start_next_cycle()
@@ -107,6 +123,46 @@ class _ResponseBody(httpx.AsyncByteStream):
         else:  # not read to the end (client went away, error): the connection is unusable
             self._done = True
             await self._transport._discard(conn)
+
+
+class UpstreamResponse:
+    """An upstream's response once its head is in. ``headers``: its header lines as h11 read
+    them (``h11.Response.headers``: names lower-cased, in order). The body is read with
+    :meth:`chunks` (or :meth:`aread`) and released with :meth:`aclose`, which every caller
+    must await, read or not."""
+
+    __slots__ = ("_body", "_encoded", "headers", "reason", "status_code")
+
+    def __init__(self, event: h11.Response, body: _ResponseBody) -> None:
+        self.status_code: int = event.status_code
+        self.reason: bytes = event.reason
+        self.headers = event.headers
+        self._body = body
+        self._encoded = any(name.lower() == b"content-encoding"
+                            for name, _ in event.headers.raw_items())
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's pieces as they arrive (none empty), decoded. Read it once."""
+        if self._encoded:  # httpx's decoders, exactly as an ``httpx.Response`` reads it
+            return self.as_httpx().aiter_bytes()
+        return self._body
+
+    async def aread(self) -> bytes:
+        """The whole body, decoded."""
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+    def as_httpx(self) -> httpx.Response:
+        """This response as an ``httpx.Response`` reading the same body (httpx's transport
+        interface; read one or the other)."""
+        return httpx.Response(
+            status_code=self.status_code,
+            headers=self.headers,
+            stream=self._body,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": self.reason},
+        )
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
@@ -214,13 +270,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """httpx's transport interface: :meth:`send` for an ``httpx.Request``."""
         body = await request.aread()
-        return await self.send(request.method, request.url, list(request.headers.raw), body,
-                               request.extensions.get("timeout", {}))
+        response = await self.send(request.method, request.url, list(request.headers.raw), body,
+                                   request.extensions.get("timeout", {}))
+        return response.as_httpx()
 
     async def send(
         self, method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes,
         timeouts: Mapping[str, float | None],
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Send one request (``headers`` complete: ``Host`` and ``Content-Length`` included,
         as ``httpx.Request`` makes them) and return the response once its head is in, its
         body to be read from it. ``timeouts`` as httpx's ``timeout`` extension. The router's
@@ -251,12 +308,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 await self._discard(conn)
                 raise
-            return httpx.Response(
-                status_code=event.status_code,
-                headers=event.headers,
-                stream=_ResponseBody(self, conn, read),
-                extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
-            )
+            return UpstreamResponse(event, _ResponseBody(self, conn, read))
         raise AssertionError("unreachable")
 
     async def _discard(self, conn: _Connection) -> None:

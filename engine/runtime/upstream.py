@@ -50,7 +50,7 @@ from engine.errors import (
 from engine.messages import Finish
 
 from .tracing import inject_trace
-from .transport import PooledTransport
+from .transport import PooledTransport, UpstreamResponse
 
 if TYPE_CHECKING:
     from engine.core.config import ModelConfig
@@ -129,8 +129,8 @@ def _summarized(error: UpstreamError, redactor: Redactor, backend: str) -> Upstr
     return error
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
+def _retry_after(response: UpstreamResponse) -> float | None:
+    value = httpx.Headers(response.headers).get("retry-after")  # values joined, as httpx reads them
     if value is None:
         return None
     try:
@@ -152,11 +152,11 @@ class UpstreamStream:
     """
 
     def __init__(
-        self, response: httpx.Response, decoder: StreamDecoder, backend: str, *,
+        self, response: UpstreamResponse, decoder: StreamDecoder, backend: str, *,
         redactor: Redactor,
     ) -> None:
         self._response = response
-        self._chunks = response.aiter_bytes()
+        self._chunks = response.chunks()
         self._decoder = decoder
         self._backend = backend
         self._redactor = redactor
@@ -200,10 +200,11 @@ class UpstreamStream:
     async def aclose(self) -> None:
         """Release the connection, leaving no half-read body behind.
 
-        httpx reads a body through a chain of async generators, and only a read finishes
-        them: one abandoned mid-body is left to the garbage collector, which trio reports as
-        a ResourceWarning. A complete stream is read to its end (the provider ends its body
-        right after the last event); any other is closed first, so one last read ends at once.
+        httpx reads an encoded body through a chain of async generators, and only a read
+        finishes them: one abandoned mid-body is left to the garbage collector, which trio
+        reports as a ResourceWarning (a plain body's reader is no generator). A complete
+        stream is read to its end (the provider ends its body right after the last event);
+        any other is closed first, so one last read ends at once.
         """
         with trio.move_on_after(2, shield=True):
             if self._complete and not self._done:
@@ -232,14 +233,14 @@ class UpstreamClient:
         self._redactor = redactor
 
     async def _post(self, url: str, headers: Mapping[str, str], body: bytes,
-                    timeouts: Mapping[str, float | None]) -> httpx.Response:
+                    timeouts: Mapping[str, float | None]) -> UpstreamResponse:
         parsed = _url(url)
         return await self._transport.send("POST", parsed, _head(parsed, headers, body), body,
                                           timeouts)
 
     async def _send(
         self, model: ModelConfig, provider: Provider, request: ChatRequest, *, stream: bool
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         call = provider.build_call(
             request, model=model.model, base_url=model.url, api_key=model.api_key, stream=stream
         )
@@ -265,13 +266,13 @@ class UpstreamClient:
         return response
 
     async def _raise_for_status(
-        self, model: ModelConfig, provider: Provider, response: httpx.Response
+        self, model: ModelConfig, provider: Provider, response: UpstreamResponse
     ) -> None:
         status = response.status_code
         body = b""
         try:
             with trio.move_on_after(model.timeouts.idle_sec):
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.chunks():
                     body += chunk
                     if len(body) > _MAX_ERROR_BODY:
                         break
@@ -283,7 +284,7 @@ class UpstreamClient:
         message = f"{model.name} answered {status}: {detail}"
         if status == 429:
             raise UpstreamRateLimited(
-                message, retry_after=_retry_after(response.headers), backend=model.name
+                message, retry_after=_retry_after(response), backend=model.name
             )
         if status in (400, 413, 422):
             raise UpstreamRejected(message, upstream_status=status, backend=model.name)
@@ -296,7 +297,7 @@ class UpstreamClient:
         response = await self._send(model, provider, request, stream=False)
         try:
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.chunks():
                 body += chunk
                 if len(body) > _MAX_BODY:
                     raise UpstreamError(f"{model.name} sent an oversized answer",

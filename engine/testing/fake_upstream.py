@@ -58,6 +58,7 @@ from hypercorn.trio import serve
 
 from .fake_embeddings import embeddings_body, validate_embeddings
 from .fake_wire import (
+    BodyEncoder,
     Event,
     Protocol,
     Reply,
@@ -140,6 +141,9 @@ class Behaviour:
     stop_reason: str | None = None  # verbatim finish_reason / stop_reason, e.g. "length"
     stop_sequence: str | None = None  # Anthropic: the stop sequence that matched
     citations: bool = False  # the text cites a document (Anthropic) or a web page (OpenAI)
+    # A 200's body sent with this Content-Encoding: "gzip" and "deflate" compress it (a
+    # stream's events flushed one by one), any other value leaves it plain (BodyEncoder).
+    content_encoding: str | None = None
 
 
 @dataclass
@@ -324,7 +328,8 @@ class FakeUpstream:
         reply = _plan_reply(protocol, n, record.backend, record.body, behaviour)
         if not record.stream:
             body = openai_json(reply) if protocol == "openai" else anthropic_json(reply)
-            await _send_json(record, send, 200, body, headers, cut=behaviour.cut_after is not None)
+            await _send_json(record, send, 200, body, headers, cut=behaviour.cut_after is not None,
+                             encoding=behaviour.content_encoding)
             return
         if protocol == "openai":
             stream_options = record.body.get("stream_options") or {}
@@ -472,12 +477,14 @@ async def _send_json(
     headers: list[tuple[bytes, bytes]] | None = None,
     *,
     cut: bool = False,
+    encoding: str | None = None,
 ) -> None:
     """Send a JSON response; with ``cut``, declare its full length but send only half."""
-    payload = orjson.dumps(body)
+    payload = (encoder := BodyEncoder(encoding)).piece(orjson.dumps(body)) + encoder.end()
     all_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        *encoder.headers,
         *(headers or []),
     ]
     await _start_response(record, send, status, all_headers)
@@ -511,6 +518,7 @@ async def _send_stream(
         (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-cache"),
         *headers,
+        *(encoder := BodyEncoder(behaviour.content_encoding)).headers,
     ]
     await _start_response(record, send, 200, sse_headers)
     sent_content = 0
@@ -521,17 +529,17 @@ async def _send_stream(
             error_after = behaviour.error_event_after
             if error_after is not None and sent_content >= error_after:
                 await _send_chunk(
-                    send, stream_error_event(protocol, behaviour.error_message), behaviour
-                )
+                    send, encoder.piece(stream_error_event(protocol, behaviour.error_message)),
+                    behaviour)
                 break
             if behaviour.stall_after is not None and sent_content >= behaviour.stall_after:
                 await closing.wait()  # only the client leaving (or shutdown) ends this
                 return
-        await _send_chunk(send, event.data, behaviour, first=index == 0)
+        await _send_chunk(send, encoder.piece(event.data), behaviour, first=index == 0)
         record.sent_bytes += len(event.data)
         sent_content += event.content
     record.completed = True  # before the last write: the client may act on it at once
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send({"type": "http.response.body", "body": encoder.end(), "more_body": False})
 
 
 async def _send_chunk(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import orjson
 __all__ = [
     "ANNOTATION",
     "CITATION",
+    "BodyEncoder",
     "Event",
     "Protocol",
     "Reply",
@@ -475,3 +477,22 @@ def count_words(protocol: Protocol, body: dict[str, Any]) -> int:
         if isinstance(message, dict):
             texts.extend(texts_of(message.get("content")))
     return sum(len(text.split()) for text in texts)
+
+
+class BodyEncoder:
+    """A body sent with ``Content-Encoding: encoding`` (``Behaviour.content_encoding``):
+    "gzip" and "deflate" (zlib's format) compress it, each piece flushed whole as a
+    compressing server flushes; any other encoding leaves it plain; None sends no header."""
+
+    def __init__(self, encoding: str | None) -> None:
+        self.headers = [] if encoding is None else [(b"content-encoding", encoding.encode())]
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding or "")
+        self._zlib = None if wbits is None else zlib.compressobj(wbits=wbits)
+
+    def piece(self, data: bytes) -> bytes:
+        if self._zlib is None:
+            return data
+        return self._zlib.compress(data) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+
+    def end(self) -> bytes:
+        return b"" if self._zlib is None else self._zlib.flush()

@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 import orjson
+import pytest
 import trio
 from support_connections import CountingRelay, open_counting_relay
 from support_hold_relay import HoldRelay, open_hold_relay
@@ -22,7 +23,7 @@ from support_routing import (
     wait_for,
 )
 
-from engine.testing.fake_upstream import FakeUpstream
+from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 
 async def burst(client: RouterClient, relay: HoldRelay, n: int = 8) -> None:
@@ -100,3 +101,17 @@ async def test_an_upstream_request_carries_what_an_http_client_would_send(
     assert int(sent["content-length"]) == len(orjson.dumps(record.body))
     assert (sent["accept"], sent["accept-encoding"], sent["user-agent"]) == (
         "*/*", "gzip, deflate", "llm-router")
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+async def test_a_connection_read_to_its_end_is_reused(fake_upstream: FakeUpstream,
+                                                      encoding: str | None) -> None:
+    """Answers and streams one after another, plain or compressed, all over one connection:
+    each body read to its end hands its connection back."""
+    fake_upstream.set_default("a1", Behaviour(content_encoding=encoding))
+    async with open_relayed_router(fake_upstream, 3600) as (client, relay, _):
+        for i in range(3):
+            assert (await client.chat(f"answer {i}")).status_code == 200
+            response, events = await client.stream_chat(f"stream {i}")
+            assert response.status_code == 200 and events[-1] == "[DONE]"
+        assert relay.opened == 1 and relay.open == 1

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support_openai_wire import PROVIDER, WEATHER
 
 from engine.errors import RequestInvalid
@@ -22,6 +24,7 @@ from engine.messages import (
     ToolChoice,
     ToolResult,
 )
+from engine.wire.openai import request as request_module
 from engine.wire.openai.request import parse_request
 from engine.wire.providers import OllamaProvider
 
@@ -596,3 +599,64 @@ def test_ollama_gets_the_older_name_of_the_output_limit() -> None:
                                        stream=False)
     body = orjson.loads(call.body)
     assert body["max_tokens"] == 9 and "max_completion_tokens" not in body
+
+
+# ---- the plain body's path, held to the general one ---------------------------------------------
+
+_ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 300_000), st.floats(-5, 5, allow_nan=False),
+    st.sampled_from(["", "auto", "gpt-4o", "x"]), st.just([]), st.just({}),
+)
+_MESSAGE = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer"]),
+                           "content": st.sampled_from(["hi", "", [{"type": "text", "text": "a"}],
+                                                       None])}),
+    st.just({"role": "assistant", "content": "so"}),
+    st.just({"role": "tool", "tool_call_id": "c1", "content": "r"}),
+)
+
+
+def _mostly(valid: Any) -> Any:
+    """``valid`` values, or now and then any value at all."""
+    return st.integers(0, 3).flatmap(lambda i: _ANY_VALUE if i == 0 else valid)
+
+
+_PLAIN_VALUES = {
+    "model": _mostly(st.sampled_from(["auto", "gpt-4o"])),
+    "messages": _mostly(st.lists(_mostly(_MESSAGE), max_size=2).map(
+        lambda messages: [*messages, {"role": "user", "content": "q"}])),
+    "temperature": _mostly(st.floats(0, 2)),
+    "top_p": _mostly(st.floats(0, 1)),
+    "max_tokens": _mostly(st.integers(1, 4096)),
+    "max_completion_tokens": _mostly(st.integers(1, 4096)),
+    "stream": _mostly(st.booleans()),
+    "stream_options": _mostly(
+        st.fixed_dictionaries({}, optional={"include_usage": _mostly(st.booleans())})),
+}
+
+
+def _outcome(parse: Any, data: Any) -> Any:
+    try:
+        return parse(data)
+    except RequestInvalid as exc:
+        return ("invalid", exc.message, exc.param)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(  # messages mostly present: without them every body is the same fault
+    st.fixed_dictionaries({"messages": _PLAIN_VALUES["messages"]}, optional={
+        key: value for key, value in _PLAIN_VALUES.items() if key != "messages"}),
+    st.fixed_dictionaries({}, optional=_PLAIN_VALUES)))
+def test_a_plain_body_reads_as_the_general_reading_reads_it(data: dict[str, Any]) -> None:
+    assert data.keys() <= request_module._PLAIN
+    plain = _outcome(request_module._parse_plain, data)
+    assert plain == _outcome(request_module._parse_any, data)
+    assert plain == _outcome(parse_request, orjson.dumps(data))
+
+
+def test_a_body_with_any_other_field_takes_the_general_reading() -> None:
+    # top_k is not a plain field: it must be read, not left at its default
+    assert parse_request(request_of(top_k=3, temperature=0.5)).top_k == 3
+    with pytest.raises(RequestInvalid) as caught:
+        parse_request(request_of(seed="x", temperature=0.5))
+    assert caught.value.param == "seed"

@@ -12,12 +12,23 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support_openai_wire import LOGPROB, PROVIDER, SDK_MESSAGES, WEATHER, json_response, sdk_client
 
 from engine.errors import UpstreamError
 from engine.messages import ChatRequest, ChatResult, TextPart, Tool, ToolCall, Usage
+from engine.wire.openai.errors import error_message, is_error
 from engine.wire.openai.request import parse_request
-from engine.wire.openai.response import render_result
+from engine.wire.openai.response import (
+    _arguments_text,
+    _parse_logprobs,
+    _parse_usage,
+    _stop_reason,
+    _text_of,
+    parse_result,
+    render_result,
+)
 
 # ---- reading an upstream's completion: parse_result ----------------------------------------------
 
@@ -127,6 +138,94 @@ def test_result_round_trips_through_both_sides() -> None:
     )
     body = render_result(result, id="chatcmpl-x", model="m", created=5)
     assert PROVIDER.parse_result(body) == result
+
+
+def _parse_result_choice_by_choice(body: bytes) -> ChatResult:
+    """``parse_result`` as it was before it built one result for the first choice: a
+    result per choice, the first then rebuilt with the answer's usage and model."""
+
+    def choice_result(choice: dict[str, Any]) -> ChatResult:
+        message = choice["message"]
+        content: list[TextPart | ToolCall] = []
+        text = _text_of(message.get("content")) or _text_of(message.get("refusal"))
+        if text:
+            content.append(TextPart(text))
+        calls = [ToolCall(id=call.get("id") or f"call_{i}", name=call["function"]["name"],
+                          arguments=_arguments_text(call["function"].get("arguments")))
+                 for i, call in enumerate(message.get("tool_calls") or ())]
+        content.extend(calls)
+        return ChatResult(content=tuple(content),
+                          stop_reason=_stop_reason(choice.get("finish_reason"), bool(calls)),
+                          logprobs=_parse_logprobs(choice.get("logprobs")))
+
+    try:
+        data = orjson.loads(body)
+        if isinstance(data, dict) and "choices" not in data and is_error(data):
+            raise UpstreamError(f"upstream sent an error: {error_message(200, body)}")
+        choices = sorted(data["choices"], key=lambda c: c.get("index") or 0)
+        results = [choice_result(choice) for choice in choices]
+        first = results[0]
+        usage = _parse_usage(data.get("usage"))
+        model = data.get("model")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        raise UpstreamError(f"upstream sent an invalid chat completion: {detail}") from None
+    return ChatResult(content=first.content, stop_reason=first.stop_reason, usage=usage,
+                      upstream_model=model if isinstance(model, str) else None,
+                      logprobs=first.logprobs, extra_choices=tuple(results[1:]))
+
+
+_JUNK: Any = st.one_of(st.none(), st.integers(-1, 3), st.text(max_size=3), st.just([]), st.just({}))
+
+
+def _mostly(valid: Any) -> Any:
+    """``valid`` values, or now and then any value at all."""
+    return st.integers(0, 7).flatmap(lambda i: _JUNK if i == 0 else valid)
+
+
+_CALL = st.fixed_dictionaries(
+    {"function": _mostly(st.fixed_dictionaries(
+        {"name": st.sampled_from(["f", "get_weather"])},
+        optional={"arguments": _mostly(st.sampled_from(['{"a": 1}', {"a": 1}]))}))},
+    optional={"id": _mostly(st.just("call_x"))})
+_MESSAGE = st.fixed_dictionaries({}, optional={
+    "content": _mostly(st.one_of(st.text(max_size=5), st.lists(
+        _mostly(st.fixed_dictionaries({"text": st.text(max_size=3)})), max_size=2))),
+    "refusal": _mostly(st.text(max_size=5)),
+    "tool_calls": _mostly(st.lists(_CALL, max_size=2)),
+})
+_CHOICE = _mostly(st.fixed_dictionaries(
+    {"message": _mostly(_MESSAGE)},
+    optional={"index": _mostly(st.integers(0, 3)),
+              "finish_reason": _mostly(st.sampled_from(
+                  ["stop", "length", "tool_calls", "function_call", "content_filter"])),
+              "logprobs": _mostly(st.fixed_dictionaries(
+                  {"content": _mostly(st.lists(st.just(LOGPROB), max_size=2))}))}))
+_COMPLETION = _mostly(st.one_of(
+    st.fixed_dictionaries(
+        {"choices": _mostly(st.lists(_CHOICE, min_size=1, max_size=3))},
+        optional={"usage": _mostly(st.fixed_dictionaries(
+                      {"prompt_tokens": st.integers(0, 50),
+                       "completion_tokens": st.integers(0, 50)},
+                      optional={"prompt_tokens_details": st.fixed_dictionaries(
+                          {"cached_tokens": st.integers(0, 60)})})),
+                  "model": _mostly(st.just("m-1"))}),
+    st.fixed_dictionaries({"error": st.fixed_dictionaries({"message": st.text(max_size=5)})}),
+))
+
+
+def _outcome(parse: Any, body: bytes) -> Any:
+    try:
+        return parse(body)
+    except UpstreamError as exc:
+        return ("error", exc.message)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_COMPLETION)
+def test_parse_result_is_the_choice_by_choice_reading(data: Any) -> None:
+    body = orjson.dumps(data)
+    assert _outcome(parse_result, body) == _outcome(_parse_result_choice_by_choice, body)
 
 
 # ---- writing a client's completion, checked by the official SDK ----------------------------------

@@ -34,18 +34,22 @@ from engine.messages import (
     ToolResult,
 )
 
-from .body import MAX_STOP, NUMBERS, TOOL_CHOICE_MODES, UNSUPPORTED
+from .body import NUMBERS, TOOL_CHOICE_MODES, UNSUPPORTED
 from .document import parse_file, render_document
 from .extras import parse_extras, render_extras
 from .fields import (
     MISSING,
     boolean,
+    check_modalities,
     invalid_type,
     invalid_value,
     kind_of,
+    logit_bias,
     number,
     show,
+    stop_sequences,
     string,
+    word,
 )
 
 __all__ = ["parse_request", "render_request", "render_tool_call"]
@@ -56,6 +60,12 @@ _F = NUMBERS  # each number's bounds: declared with the body (.body), checked he
 
 
 # ---- reading: a client's request as the canonical one --------------------------------------
+
+
+# The fields most requests are made of: a body of these only is read by ``_parse_plain``,
+# which leaves every other field at its default instead of looking each one up.
+_PLAIN = frozenset(("model", "messages", "temperature", "top_p", "max_tokens",
+                    "max_completion_tokens", "stream", "stream_options"))
 
 
 def parse_request(body: bytes) -> ChatRequest:
@@ -70,11 +80,56 @@ def parse_request(body: bytes) -> ChatRequest:
         raise RequestInvalid("request body is not valid JSON") from None
     if type(data) is not dict:
         raise RequestInvalid(f"request body must be a JSON object, not {kind_of(data)}")
-    model = data.get("model")
+    if data.keys() <= _PLAIN:
+        return _parse_plain(data)
+    return _parse_any(data)
+
+
+def _parse_plain(data: dict[str, Any]) -> ChatRequest:
+    """What :func:`_parse_any` makes of a body of ``_PLAIN`` fields only, the same request or
+    the same fault (a property test holds the two together), with the absent fields not
+    looked up: the checks below are its own, in its order."""
+    model = _parse_model(data.get("model"))
+    system, messages = _parse_messages(data.get("messages", MISSING))
+    max_tokens = number(data, "max_completion_tokens", _F["max_completion_tokens"])
+    max_tokens_param = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens = number(data, "max_tokens", _F["max_tokens"])
+        max_tokens_param = "max_tokens"
+    stream = boolean(data, "stream") or False
+    include_usage = _include_usage(data.get("stream_options"))
+    return ChatRequest(
+        messages=messages,
+        model=model,
+        system=system,
+        temperature=number(data, "temperature", _F["temperature"]),
+        top_p=number(data, "top_p", _F["top_p"]),
+        max_tokens=max_tokens,
+        max_tokens_param=max_tokens_param,
+        stream=stream,
+        include_usage=stream and include_usage,
+    )
+
+
+def _parse_model(model: Any) -> str | None:
     if model == "auto":
-        model = None
-    elif model is not None and (type(model) is not str or not model):
+        return None
+    if model is not None and (type(model) is not str or not model):
         raise invalid_type("model", "a non-empty string", model)
+    return model
+
+
+def _include_usage(options: Any) -> bool:
+    if options is None:
+        return False
+    if type(options) is not dict:
+        raise invalid_type("stream_options", "an object", options)
+    return bool(boolean(options, "include_usage", "stream_options.include_usage"))
+
+
+def _parse_any(data: dict[str, Any]) -> ChatRequest:
+    """Any request body (a JSON object)."""
+    model = _parse_model(data.get("model"))
     system, messages = _parse_messages(data.get("messages", MISSING))
     tools = _parse_tools(data.get("tools"))
     json_mode, json_schema = _parse_response_format(data.get("response_format"))
@@ -84,16 +139,11 @@ def parse_request(body: bytes) -> ChatRequest:
         max_tokens = number(data, "max_tokens", _F["max_tokens"])
         max_tokens_param = "max_tokens"
     stream = boolean(data, "stream") or False
-    include_usage = False
-    options = data.get("stream_options")
-    if options is not None:
-        if type(options) is not dict:
-            raise invalid_type("stream_options", "an object", options)
-        include_usage = bool(boolean(options, "include_usage", "stream_options.include_usage"))
+    include_usage = _include_usage(data.get("stream_options"))
     for name, message in UNSUPPORTED.items():
         if data.get(name) is not None:
             raise RequestInvalid(message, param=name)
-    _check_modalities(data.get("modalities"))
+    check_modalities(data.get("modalities"))
     n = number(data, "n", _F["n"])
     if stream and n is not None and n > 1:
         raise RequestInvalid(
@@ -123,17 +173,17 @@ def parse_request(body: bytes) -> ChatRequest:
         top_k=number(data, "top_k", _F["top_k"]),  # not OpenAI's, but vLLM clients send it
         max_tokens=max_tokens,
         max_tokens_param=max_tokens_param,
-        stop=_parse_stop(data.get("stop")),
+        stop=stop_sequences(data.get("stop")),
         seed=number(data, "seed", _F["seed"]),
         n=1 if n is None else n,
         user=user,
         frequency_penalty=_penalty(data, "frequency_penalty"),
         presence_penalty=_penalty(data, "presence_penalty"),
-        logit_bias=_parse_logit_bias(data.get("logit_bias")),
+        logit_bias=logit_bias(data.get("logit_bias")),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
-        reasoning_effort=_word(data, "reasoning_effort"),
-        verbosity=_word(data, "verbosity"),
+        reasoning_effort=word(data, "reasoning_effort"),
+        verbosity=word(data, "verbosity"),
         **parse_extras(data),
         stream=stream,
         include_usage=stream and include_usage,
@@ -392,67 +442,10 @@ def _parse_response_format(value: Any) -> tuple[bool, Any]:
     raise invalid_value("response_format.type", "'text', 'json_object' or 'json_schema'", kind)
 
 
-def _parse_stop(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if type(value) is str:
-        return (value,)
-    if type(value) is not list:
-        raise invalid_type("stop", "a string or an array of strings", value)
-    if len(value) > MAX_STOP:
-        raise RequestInvalid(f"'stop' may hold at most {MAX_STOP} sequences.", param="stop")
-    for j, item in enumerate(value):
-        if type(item) is not str:
-            raise invalid_type(f"stop[{j}]", "a string", item)
-    return tuple(value)
-
-
-def _check_modalities(value: Any) -> None:
-    if value is None:
-        return
-    if type(value) is not list or any(type(m) is not str for m in value):
-        raise invalid_type("modalities", "an array of strings", value)
-    if any(m != "text" for m in value):
-        raise RequestInvalid(
-            "Only the 'text' output modality is supported by this router (audio answers are "
-            "not relayed); leave out 'modalities' or ask for ['text'].", param="modalities"
-        )
-
-
 def _penalty(data: dict[str, Any], key: str) -> float | None:
     """A penalty in [-2, 2]; 0 (no penalty) is the same as none."""
     value = number(data, key, _F[key])
     return float(value) if value else None
-
-
-def _parse_logit_bias(value: Any) -> tuple[tuple[str, float], ...]:
-    if value is None:
-        return ()
-    if type(value) is not dict:
-        raise invalid_type("logit_bias", "an object mapping token ids to numbers", value)
-    pairs = []
-    for token, bias in value.items():
-        if not (token.isascii() and token.isdigit()):
-            raise RequestInvalid(
-                f"Invalid value for 'logit_bias': keys must be token ids, got {token[:40]!r}.",
-                param="logit_bias",
-            )
-        if type(bias) not in (int, float) or not -100 <= bias <= 100:
-            raise RequestInvalid(
-                f"Invalid value for 'logit_bias.{token}': expected a number between -100 and "
-                f"100, got {bias if type(bias) in (int, float) else kind_of(bias)}.",
-                param="logit_bias",
-            )
-        pairs.append((token, float(bias)))
-    return tuple(sorted(pairs, key=lambda pair: int(pair[0])))
-
-
-def _word(data: dict[str, Any], key: str) -> str | None:
-    """An optional non-empty string whose values the upstream validates (``"low"``, ...)."""
-    value = data.get(key)
-    if value is not None and (type(value) is not str or not value):
-        raise invalid_type(key, "a non-empty string", value)
-    return value
 
 
 # ---- writing: the canonical request as an upstream's chat-completions body -----------------

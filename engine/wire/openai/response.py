@@ -95,25 +95,30 @@ def parse_result(body: bytes) -> ChatResult:
         if isinstance(data, dict) and "choices" not in data and is_error(data):
             raise UpstreamError(f"upstream sent an error: {error_message(200, body)}")
         choices = sorted(data["choices"], key=lambda c: c.get("index") or 0)
-        results = [_parse_choice(choice) for choice in choices]
-        first = results[0]  # IndexError for no choice at all
+        parsed = [_parse_choice(choice) for choice in choices]
+        content, stop_reason, logprobs = parsed[0]  # IndexError for no choice at all
         usage = _parse_usage(data.get("usage"))
         model = data.get("model")
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         detail = f"{type(exc).__name__}: {exc}"
         raise UpstreamError(f"upstream sent an invalid chat completion: {detail}") from None
     return ChatResult(
-        content=first.content,
-        stop_reason=first.stop_reason,
+        content=content,
+        stop_reason=stop_reason,
         usage=usage,
         upstream_model=model if isinstance(model, str) else None,
-        logprobs=first.logprobs,
-        extra_choices=tuple(results[1:]),
+        logprobs=logprobs,
+        extra_choices=tuple(ChatResult(content=content, stop_reason=stop_reason,
+                                       logprobs=logprobs)
+                            for content, stop_reason, logprobs in parsed[1:]),
     )
 
 
-def _parse_choice(choice: dict[str, Any]) -> ChatResult:
-    """One ``choices[i]`` of a chat completion, without usage."""
+def _parse_choice(choice: dict[str, Any]
+                  ) -> tuple[tuple[TextPart | ToolCall, ...], StopReason, tuple[Any, ...] | None]:
+    """One ``choices[i]`` of a chat completion: its content, stop reason and logprobs (the
+    first becomes the result itself, the others its ``extra_choices``: no result is built
+    twice)."""
     message = choice["message"]
     content: list[TextPart | ToolCall] = []
     text = _text_of(message.get("content")) or _text_of(message.get("refusal"))
@@ -128,11 +133,8 @@ def _parse_choice(choice: dict[str, Any]) -> ChatResult:
         for i, call in enumerate(message.get("tool_calls") or ())
     ]
     content.extend(calls)
-    return ChatResult(
-        content=tuple(content),
-        stop_reason=_stop_reason(choice.get("finish_reason"), bool(calls)),
-        logprobs=_parse_logprobs(choice.get("logprobs")),
-    )
+    return (tuple(content), _stop_reason(choice.get("finish_reason"), bool(calls)),
+            _parse_logprobs(choice.get("logprobs")))
 
 
 # ---- streams ---------------------------------------------------------------------------------
