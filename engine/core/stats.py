@@ -162,6 +162,11 @@ class Stats:
         self.workflow_runs[workflow, status] += 1
         self._counted()
 
+    def record_comparison(self, outcome: str) -> None:
+        """One of the router's own comparisons (``learned.compare``) came to ``outcome``."""
+        self.comparisons[outcome] += 1
+        self._counted()
+
     def record_error(self, code: str) -> None:
         self.total_requests += 1
         self.errors[code] += 1
