@@ -21,6 +21,9 @@ plain HTTP, rewritten for faults of hypercorn 0.18 and for what it costs a reque
   reference cycle that left every connection to the cyclic collector.
 * A response that ends the connection (``Connection: close``, HTTP/1.0) closes it even though
   the close runs in the app's task, which Quart-Trio cancels once the response is sent.
+* The end of a request's stream never waits behind body pieces the app left unread, and
+  events for an app that has finished are dropped: a 413 sent while its body was still
+  arriving kept the request and its connection open until the server stopped.
 * The head of a response with a ``content-length`` (every JSON answer) is held back and
   written with its body: one system call instead of two. So is a stream's head when the
   app asks (:data:`HOLD_HEAD`): it then has the stream's first piece in hand.
@@ -232,17 +235,44 @@ class _TaskGroup(TaskGroup):
                         send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         put, take = trio.open_memory_channel[Any](config.max_app_queue_size)
         assert self._nursery is not None
-        self._nursery.start_soon(_run_app, app, config, scope, partial(channel_receive, take),
-                                 send)
-        return partial(channel_send, put)
+        self._nursery.start_soon(_run_app, app, config, scope, take, send)
+        return partial(_to_app, put, take)
+
+
+async def _to_app(put: trio.MemorySendChannel[Any], take: trio.MemoryReceiveChannel[Any],
+                  event: Any) -> None:
+    """Queue ``event`` for the app (waiting for room: a body is read at the app's pace), and
+    drop it once the app has finished.
+
+    ``http.disconnect`` ends the stream (the response is out, or the client left): it never
+    waits, and body pieces the app left unread make room for it. A request refused before
+    its body was read (a 413) filled the queue with them, and the stream's end, sent from the
+    app's own task, waited for room for ever: the connection and its request stayed open
+    until the server stopped.
+    """
+    try:
+        if event["type"] == "http.disconnect":
+            while True:
+                try:
+                    put.send_nowait(event)
+                    return
+                except trio.WouldBlock:
+                    try:
+                        take.receive_nowait()  # an unread body piece, of no use now
+                    except trio.WouldBlock:
+                        break  # an unbuffered queue: wait for the app, as for any event
+        await channel_send(put, event)
+    except trio.BrokenResourceError:
+        pass  # the app has finished: nobody reads its queue
 
 
 async def _run_app(app: Any, config: HypercornConfig, scope: Any,
-                   receive: Callable[[], Awaitable[Any]],
+                   take: trio.MemoryReceiveChannel[Any],
                    send: Callable[[Any], Awaitable[None]]) -> None:
     """hypercorn's app task: the app's failure is logged, and the stream ends either way."""
     try:
-        await app(scope, receive, send, trio.to_thread.run_sync, trio.from_thread.run)
+        await app(scope, partial(channel_receive, take), send, trio.to_thread.run_sync,
+                  trio.from_thread.run)
     except trio.Cancelled:
         raise
     except BaseExceptionGroup as error:
@@ -253,6 +283,7 @@ async def _run_app(app: Any, config: HypercornConfig, scope: Any,
     except Exception:
         await config.log.exception("Error in ASGI Framework")
     finally:
+        take.close()  # what is still to come for the app is dropped (_to_app)
         await send(None)
 
 

@@ -34,7 +34,9 @@ they need to know, and :meth:`BackendState.adopt` takes another process's verdic
 without counting a failure or an ejection here (those stay with the process that saw them).
 
 Among usable backends the order is: a backend due its probe, then health, then fewer requests
-in flight, then lower latency (an exponential moving average), then lower price.
+in flight, then lower latency (an exponential moving average), then lower price. A workflow op
+goes to the cheapest model of its tier: for it, price comes right after health (then load and
+latency break ties).
 """
 
 from __future__ import annotations
@@ -204,16 +206,18 @@ class BackendState:
         return min(self.health.max_probe_interval_sec,
                    self.health.probe_interval_sec * 2.0**doublings)
 
-    def order_key(self, now: float) -> tuple[int, int, float, float]:
+    def order_key(self, now: float, *, cheapest: bool = False
+                  ) -> tuple[int, float, float, float]:
+        """Where this backend ranks among its tier's (lowest first): probe due, health, then
+        load, latency and price; with ``cheapest``, price before load and latency."""
         rank = _RANK[self.status]
         if rank > 1 and not self.probing and now >= self.probe_at:
             rank = 0  # due its probe
-        return (
-            rank,
-            self.in_flight,
-            self.latency_ms or 0.0,
-            self.config.cost_per_1k_in + self.config.cost_per_1k_out,
-        )
+        price = self.config.cost_per_1k_in + self.config.cost_per_1k_out
+        latency = self.latency_ms or 0.0
+        if cheapest:
+            return rank, price, self.in_flight, latency
+        return rank, self.in_flight, latency, price
 
     def snapshot(self, now: float) -> dict[str, object]:
         """The ``GET /v1/backends`` entry: the documented fields, then extras. Never a secret."""
@@ -271,7 +275,7 @@ class BackendPool:
 
     def candidates(
         self, tier: int, now: float, *, prefer: str | None = None,
-        accepts: Callable[[ModelConfig], bool] | None = None,
+        accepts: Callable[[ModelConfig], bool] | None = None, cheapest: bool = False,
     ) -> tuple[list[BackendState], list[BackendState]]:
         """Backends to try for a request routed to ``tier``, in order, and those skipped.
 
@@ -279,7 +283,8 @@ class BackendPool:
         best: as healthy, and no probe due ahead of it), then each higher tier's. The second
         list holds the backends of those tiers that are not usable now, so a caller can
         explain why nothing was tried. With ``accepts``, only the backends it accepts count,
-        as if no other were configured (both lists are empty when it accepts none).
+        as if no other were configured (both lists are empty when it accepts none). With
+        ``cheapest`` (a workflow op), the cheaper of equally healthy backends goes first.
         """
         by_tier = self._by_tier
         if accepts is not None:
@@ -297,7 +302,7 @@ class BackendPool:
             for backend in by_tier[t]:
                 (usable if backend.usable(now) else skipped).append(backend)
             if len(usable) > 1:
-                usable.sort(key=lambda b: b.order_key(now))
+                usable.sort(key=lambda b: b.order_key(now, cheapest=cheapest))
             if prefer is not None and t == start and usable:
                 best = usable[0].order_key(now)[0]
                 for i, backend in enumerate(usable):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.messages import Usage
@@ -93,6 +94,13 @@ class Stats:
     #: what their calls cost.
     comparisons: Counter[str] = field(default_factory=Counter)
     compare_spent_usd: float = 0.0
+    #: Called after each count (``None``: nobody is told): how the totals shared with other
+    #: processes learn that there is something new to write.
+    on_count: Callable[[], None] | None = None
+
+    def _counted(self) -> None:
+        if self.on_count is not None:
+            self.on_count()
 
     def record(self, model: ModelConfig, usage: Usage) -> tuple[float, float]:
         """Count one answered request; return its (cost, saving) in USD."""
@@ -107,6 +115,7 @@ class Stats:
         self.output_tokens += usage.output_tokens
         self.spent_by_model[model.name] = self.spent_by_model.get(model.name, 0.0) + cost
         self._saved("routing", saved)
+        self._counted()
         return cost, saved
 
     def _saved(self, source: str, usd: float) -> None:
@@ -121,6 +130,7 @@ class Stats:
         self.cache_saved_usd += cost_usd
         self.saved_usd += reference_usd
         self._saved("cache", reference_usd)
+        self._counted()
 
     def record_dedup(self, cost_usd: float, *, reference_usd: float) -> None:
         """A request that joined an identical one in flight; saved as for a cache hit."""
@@ -129,6 +139,7 @@ class Stats:
         self.dedup_saved_usd += cost_usd
         self.saved_usd += reference_usd
         self._saved("dedup", reference_usd)
+        self._counted()
 
     def record_key(self, key_id: str, *, cost_usd: float, tokens: int) -> None:
         """One request (or workflow op) of a client key, with what it cost the key."""
@@ -136,6 +147,7 @@ class Stats:
         row[0] += 1
         row[1] += cost_usd
         row[2] += tokens
+        self._counted()
 
     def record_exchange(self, labels: RequestLabels, *, seconds: float,
                         first_byte_seconds: float) -> None:
@@ -143,14 +155,22 @@ class Stats:
         self.requests[labels] += 1
         self.duration.observe(seconds)
         self.first_byte.observe(first_byte_seconds)
+        self._counted()
 
     def record_run(self, workflow: str, status: str) -> None:
         """A workflow run ended (``succeeded``, ``failed`` or ``cancelled``)."""
         self.workflow_runs[workflow, status] += 1
+        self._counted()
+
+    def record_comparison(self, outcome: str) -> None:
+        """One of the router's own comparisons (``learned.compare``) came to ``outcome``."""
+        self.comparisons[outcome] += 1
+        self._counted()
 
     def record_error(self, code: str) -> None:
         self.total_requests += 1
         self.errors[code] += 1
+        self._counted()
 
     def snapshot(self) -> dict[str, object]:
         """The documented ``/stats`` fields first, then extras."""

@@ -79,7 +79,6 @@ class Comparisons:
         self._report = report
         self._rng = rng or random.Random()
         self._stats = stats
-        self._counts = stats.comparisons
         self._spend = spend
         #: Comparisons of this process under way (the ``max_running`` bound).
         self.running = 0
@@ -132,7 +131,7 @@ class Comparisons:
         if other is None or (cap is not None and max(other, self._judge_tier) > cap):
             return False
         if self.running >= self.settings.max_running:
-            self._counts["skipped_busy"] += 1
+            self._stats.record_comparison("skipped_busy")
             return False
         self.running += 1
         self._nursery.start_soon(self._compare, request_id, request, done, other)
@@ -157,9 +156,9 @@ class Comparisons:
         answered = done.result.text
         try:
             if await self._spend.total() >= self.settings.max_usd_per_hour:
-                self._counts["skipped_budget"] += 1
+                self._stats.record_comparison("skipped_budget")
                 return
-            self._counts["sampled"] += 1
+            self._stats.record_comparison("sampled")
             outputs = await execute(
                 build_plan([Node("other", dataclasses.replace(request, model=None, stream=False,
                                                               include_usage=False),
@@ -167,19 +166,19 @@ class Comparisons:
                 lambda node, inputs: self._run(node, inputs, request, answered, served_first))
             grades = read_verdict(outputs["judge"].result.text)
             if grades is None:
-                self._counts["unreadable"] += 1
+                self._stats.record_comparison("unreadable")
                 log.info("comparison of %s dropped: the judge's verdict could not be read",
                          request_id)
                 return
             mine, theirs = grades if served_first else grades[::-1]
             await self._report(FeedbackReport(mine, request_id=request_id,
                                               other_quality=theirs))
-            self._counts["reported"] += 1
+            self._stats.record_comparison("reported")
         except RouterError as exc:  # an upstream failure, or the request was forgotten
-            self._counts["failed"] += 1
+            self._stats.record_comparison("failed")
             log.info("comparison of %s dropped: %s", request_id, exc)
         except Exception:  # a defect here must not end the server, whose nursery this is
-            self._counts["failed"] += 1
+            self._stats.record_comparison("failed")
             log.exception("comparison of %s failed", request_id)
         finally:
             self.running -= 1

@@ -110,7 +110,8 @@ class BackendCaller:
         accepts = None
         if needs or route.max_tier is not None:
             accepts = partial(self._serves, needs, route.max_tier)
-        order, skipped = self.pool.candidates(route.tier, now, prefer=prefer, accepts=accepts)
+        order, skipped = self.pool.candidates(route.tier, now, prefer=prefer, accepts=accepts,
+                                              cheapest=route.cheapest)
         if not order:
             if (not skipped and route.max_tier is not None
                     and not any(t <= route.max_tier for t in self.pool.tiers)):

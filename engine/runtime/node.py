@@ -246,6 +246,8 @@ class NodeRunner:
         sink: trio.MemorySendChannel[Any] | None, prefer: str | None,
     ) -> NodeResult:
         route = await self.policy.route(request, tier=node.tier)
+        if node.op is not None:
+            route = dataclasses.replace(route, cheapest=True)  # a workflow op
         cap = ctx.key.settings.max_tier if ctx.key is not None else None
         if cap is not None and route.pinned is None:
             if route.tier > cap:

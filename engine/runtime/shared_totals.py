@@ -1,12 +1,14 @@
 """Totals shared by every router process (``state.redis_url``): ``/stats``, ``/v1/backends``
 and ``/v1/routing`` show the sum of all processes from any of them.
 
-Each process keeps counting on its own (``Stats``, the pool), as it does alone, and every
-:data:`FLUSH_SEC` a background task writes its *own running totals* - absolute values, not
-increments - to a hash of its own, ``llmr:stats:{totals}:proc:<origin>``, listed in the set
-``llmr:stats:{totals}:procs``. A reader sums every other process's hash in one script call and
-adds its own current totals, so its view is exact for itself and at most
-:data:`FLUSH_SEC` behind for the others.
+Each process keeps counting on its own (``Stats``, the pool), as it does alone, and a
+background task writes its *own running totals* - absolute values, not increments - to a hash
+of its own, ``llmr:stats:{totals}:proc:<origin>``, listed in the set
+``llmr:stats:{totals}:procs``: as soon as it counts something (``Stats.on_count``; a busy
+process at most every :data:`MIN_GAP_SEC`), and every :data:`FLUSH_SEC` for what changes
+without a count. A reader sums every other process's hash in one script call and adds its own
+current totals, so its view is exact for itself and a few milliseconds behind for the others
+(the write queues behind the Redis work of the request it counts).
 
 Absolute values make a write idempotent: a write whose reply was lost (Redis timed out, then
 applied it) counts nothing twice, and nothing counted while Redis was down is lost - the first
@@ -51,11 +53,14 @@ from engine.stores.redis import ReplyError, Script
 
 from .shared import PREFIX, Shared
 
-__all__ = ["FLUSH_SEC", "GAUGE_TTL_SEC", "REAP_SEC", "SharedTotals", "flatten"]
+__all__ = ["FLUSH_SEC", "GAUGE_TTL_SEC", "MIN_GAP_SEC", "REAP_SEC", "SharedTotals",
+           "flatten"]
 
 log = logging.getLogger("llm_router")
 
 FLUSH_SEC = 0.25
+#: The shortest time between two writes: a busy process writes its totals at most this often.
+MIN_GAP_SEC = 0.01
 GAUGE_TTL_SEC = 3.0
 _GAUGE_EVERY_SEC = 1.0
 PROCS = PREFIX + "stats:{totals}:procs"
@@ -230,6 +235,8 @@ class SharedTotals:
         self._gauges_at = 0.0
         self._retired = False
         self._reaped = False  # taken for dead by another process: writes nothing more
+        self._counted = trio.Event()
+        stats.on_count = self._wake
         shared.redis.on_up(self._rewrite)
 
     async def _rewrite(self) -> None:
@@ -237,11 +244,16 @@ class SharedTotals:
         self._written = self._gauges_written = None
         await self.flush()
 
+    def _wake(self) -> None:
+        self._counted.set()
+
     async def run(self) -> None:
-        """Write this process's totals whenever they changed, every :data:`FLUSH_SEC`."""
+        """Write this process's totals as soon as something is counted (at most every
+        :data:`MIN_GAP_SEC`), and every :data:`FLUSH_SEC` whatever changed (gauges, health)."""
         reaped_at = -REAP_SEC
         try:
             while True:
+                written_at = trio.current_time()
                 await self.flush()
                 if self.alive is not None and trio.current_time() - reaped_at >= REAP_SEC:
                     reaped_at = trio.current_time()
@@ -249,7 +261,12 @@ class SharedTotals:
                         await self.reap(self.alive)
                     except (StoreUnavailable, ReplyError):
                         pass  # the next round tries again
-                await trio.sleep(FLUSH_SEC)
+                # A request answered here, then /stats asked of another process: the count
+                # is to be in Redis by then, not up to FLUSH_SEC later.
+                with trio.move_on_after(FLUSH_SEC):
+                    await self._counted.wait()
+                self._counted = trio.Event()
+                await trio.sleep_until(written_at + MIN_GAP_SEC)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self.redis.timeout):
                 await self.retire()

@@ -8,6 +8,7 @@ at once, and clients that hang up early leave no traceback in the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,11 +18,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import trio
 from router_harness import RunningRouter, make_config
-from support_routing import RouterClient, model_entry, open_router_client, user
+from support_processes import fake_model, router_process
+from support_routing import RouterClient, model_entry, open_router_client, user, wait_for
 
 from api.http.app import create_app
 from api.http.server import hypercorn_config, serve
@@ -357,3 +360,50 @@ async def test_clients_hanging_up_on_a_413_leave_no_error_in_the_log(
     assert statuses == [b"HTTP/1.1 413"] * 100
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, errors[0].getMessage()
+
+
+async def test_a_413_read_while_the_body_is_still_sent_ends_its_request(
+    fake_upstream: FakeUpstream, tmp_path: Path,
+) -> None:
+    """A client sends its whole body while it reads the answer, and hangs up on a 413 (as
+    curl does without ``Expect: 100-continue``). The body's unread pieces filled the
+    request's event queue, the stream's end waited for room there for ever, and the request
+    (counted in flight) and its connection stayed open until the server stopped. A router
+    process of its own: in this one, client and server would take turns on one event loop,
+    and the server would read the body as fast as it came."""
+    config = tmp_path / "router.yaml"
+    config.write_bytes(orjson.dumps({
+        "models": [fake_model(fake_upstream, "a1")],
+        "server": {"max_body_bytes": 65536},
+        "cache": {"enabled": False},
+        "learned": {"model": None, "feedback_db": str(tmp_path / "feedback.db")},
+        "state": {"path": str(tmp_path / "state.db")},
+    }))
+    body = b"x" * (8 * 1024 * 1024)
+    statuses: list[bytes] = []
+    async with router_process(config) as (_, url), httpx.AsyncClient() as http:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for path in ("/v1/chat/completions", "/v1/messages", "/v1/workflows") * 4:
+            stream = await trio.open_tcp_stream(host, int(port))
+            head = (f"POST {path} HTTP/1.1\r\nhost: router\r\ncontent-type: "
+                    f"application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode()
+
+            async def upload(stream: trio.SocketStream = stream, head: bytes = head) -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(head)
+                    for start in range(0, len(body), 65536):
+                        await stream.send_all(body[start:start + 65536])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upload)
+                with trio.fail_after(5):
+                    statuses.append((await receive(stream))[:12])
+                nursery.cancel_scope.cancel()
+            await stream.aclose()
+
+        async def none_in_flight() -> bool:
+            metrics = await http.get(url + "/metrics")
+            return "\nllm_router_in_flight_requests 0.0\n" in metrics.text
+
+        await wait_for(none_in_flight, timeout=5, poll=0.05)
+    assert statuses == [b"HTTP/1.1 413"] * 12

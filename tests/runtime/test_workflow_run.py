@@ -505,6 +505,29 @@ async def test_parallel_chains_each_keep_their_own_backend(fake_upstream: FakeUp
     assert len(fake.requests("one")) == len(fake.requests("two")) == 4
 
 
+async def test_every_op_goes_to_the_cheapest_model_of_its_tier(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """Ops are not spread by load as chat requests are: three ops of one tier held in flight
+    together all go to its cheapest model, and so does a later op once the cheap model's
+    latency is measured and the dear one's is not (it used to win on both counts)."""
+    fake = fake_upstream
+    ops = {name: {"prompt": f"{name}.", "tier": 1} for name in ("a", "b", "c")}
+    async with open_hold_relay(fake) as relay:
+        models = [model_entry(fake, name, tier=1, base_url=relay.base_url(name, "openai"),
+                              cost_per_1k_in=price, cost_per_1k_out=price)
+                  for name, price in (("dear", 0.01), ("cheap", 0.001))]
+        async with open_workflow_router(models) as client:
+            together = await run_first_held(client, relay, workflow(ops), held=3)
+            later = await client.run(workflow({"d": {"prompt": "D.", "tier": 1}}), "x")
+
+    assert together.status_code == 200, together.text
+    assert together.json()["routing"] == {"a": "cheap", "b": "cheap", "c": "cheap"}
+    assert later.status_code == 200, later.text
+    assert later.json()["routing"] == {"d": "cheap"}
+    assert fake.requests("dear") == []
+
+
 async def run_first_held(client: Any, relay: HoldRelay, text: str, *, held: int,
                          value: str = "go",
                          before_release: Callable[[], Awaitable[object]] | None = None,

@@ -134,7 +134,8 @@ WORKFLOW_LEVEL = [
     ("bad max_cost", "max_cost_usd: -1\nops: {a: {prompt: A}}", "max_cost_usd"),
     ("bad concurrency", "max_concurrency: 0\nops: {a: {prompt: A}}", "max_concurrency"),
     ("duplicate op", "ops:\n  a: {prompt: A}\n  a: {prompt: B}\n", "duplicate key 'a'"),
-    ("boolean op name", "ops: {yes: {prompt: A}}", "quote such names"),
+    ("boolean op name", "ops: {yes: {prompt: A}}", "reads yes/no/on/off as booleans"),
+    ("number op name", "ops: {1: {prompt: A}}", "reads an unquoted number, date or ~ as one"),
     ("reserved variable", "variables: {input: x}\nops: {a: {prompt: A}}", "reserved"),
     ("variable not scalar", "variables: {v: [1]}\nops: {a: {prompt: A}}", "variables.v"),
     ("variable mapping without default", "variables: {v: {description: d}}\n"

@@ -81,6 +81,8 @@ class Route:
     #: The highest tier the caller may reach (a client key's ``max_tier``): failover never
     #: goes above it.
     max_tier: int | None = None
+    #: A workflow op's route: the cheapest model of the tier, rather than the least loaded.
+    cheapest: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,9 +216,11 @@ class _Problems:
 
 def _check_op_name(name: Any) -> str:
     if not isinstance(name, str):
+        reads = ("yes/no/on/off as booleans" if isinstance(name, bool)
+                 else "an unquoted number, date or ~ as one")
         raise WorkflowInvalid(
-            f"op names must be strings, got {describe_value(name)} (YAML reads yes/no/on/off as "
-            "booleans: quote such names)"
+            f"op names must be strings, got {describe_value(name)} (YAML reads {reads}: quote "
+            "such names)"
         )
     if not _OP_NAME.fullmatch(name) or name in DICT_ATTRIBUTES:
         raise WorkflowInvalid(
