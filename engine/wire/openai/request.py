@@ -91,11 +91,7 @@ def _parse_plain(data: dict[str, Any]) -> ChatRequest:
     looked up: the checks below are its own, in its order."""
     model = _parse_model(data.get("model"))
     system, messages = _parse_messages(data.get("messages", MISSING))
-    max_tokens = number(data, "max_completion_tokens", _F["max_completion_tokens"])
-    max_tokens_param = "max_completion_tokens"
-    if max_tokens is None:
-        max_tokens = number(data, "max_tokens", _F["max_tokens"])
-        max_tokens_param = "max_tokens"
+    max_tokens, max_tokens_param = _max_tokens(data)
     stream = boolean(data, "stream") or False
     include_usage = _include_usage(data.get("stream_options"))
     return ChatRequest(
@@ -119,6 +115,14 @@ def _parse_model(model: Any) -> str | None:
     return model
 
 
+def _max_tokens(data: dict[str, Any]) -> tuple[int | None, str]:
+    """The output limit, and the name the client gave it (``max_completion_tokens`` wins)."""
+    limit = number(data, "max_completion_tokens", _F["max_completion_tokens"])
+    if limit is not None:
+        return limit, "max_completion_tokens"
+    return number(data, "max_tokens", _F["max_tokens"]), "max_tokens"
+
+
 def _include_usage(options: Any) -> bool:
     if options is None:
         return False
@@ -133,11 +137,7 @@ def _parse_any(data: dict[str, Any]) -> ChatRequest:
     system, messages = _parse_messages(data.get("messages", MISSING))
     tools = _parse_tools(data.get("tools"))
     json_mode, json_schema = _parse_response_format(data.get("response_format"))
-    max_tokens = number(data, "max_completion_tokens", _F["max_completion_tokens"])
-    max_tokens_param = "max_completion_tokens"
-    if max_tokens is None:
-        max_tokens = number(data, "max_tokens", _F["max_tokens"])
-        max_tokens_param = "max_tokens"
+    max_tokens, max_tokens_param = _max_tokens(data)
     stream = boolean(data, "stream") or False
     include_usage = _include_usage(data.get("stream_options"))
     for name, message in UNSUPPORTED.items():
