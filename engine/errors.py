@@ -119,6 +119,11 @@ class RouterError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    #: The model the error concerns: the backend that failed, or the last one tried.
+    backend: str | None = None
+    #: Where a chat request was routed before it failed (an ``engine.runtime.Served``): its
+    #: error response carries the ``X-LLM-Router-*`` headers too. None: it failed before.
+    routed: Any = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

@@ -67,6 +67,8 @@ def routing_headers(served: Served) -> dict[str, str]:
         "x-llm-router-cache": served.cache,
         "x-llm-router-router": served.router,
     }
+    if not served.model:  # failed before any model was chosen
+        del headers["x-llm-router-model"]
     if served.similarity is not None:
         headers["x-llm-router-similarity"] = f"{served.similarity:.4f}"
     if served.dedup is not None:
@@ -78,8 +80,11 @@ def routing_headers(served: Served) -> dict[str, str]:
 
 def error_reply(err: RouterError, protocol: WireProtocol) -> Reply:
     """``err`` as ``protocol``'s error object, with ``Retry-After`` where a limit or the
-    backends' health says when to come back, and a client key's ``X-RateLimit-*``."""
+    backends' health says when to come back, a client key's ``X-RateLimit-*``, and the
+    routing headers of a request that failed after it was routed."""
     headers = {"content-type": _JSON}
+    if err.routed is not None:
+        headers.update(routing_headers(err.routed))
     retry_after = getattr(err, "retry_after", None)
     waits = RateLimited | UpstreamRateLimited | BudgetExceeded | NoBackendAvailable
     if isinstance(err, waits) and retry_after is not None:

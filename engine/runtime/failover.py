@@ -241,7 +241,10 @@ class BackendCaller:
             errors.append(error)
             if not error.retryable or route.pinned is not None:
                 break
-        raise self._exhausted(errors, route)
+        failure = self._exhausted(errors, route)
+        if failure.backend is None and errors:
+            failure.backend = errors[-1].backend  # the routing headers' model: the last tried
+        raise failure
 
     @staticmethod
     async def _relay(
@@ -303,6 +306,14 @@ class BackendCaller:
         )
 
     def _nothing_to_try(self, skipped: list[BackendState], now: float) -> RouterError:
+        """The error for a request none of whose ``skipped`` backends can be tried now,
+        naming the first of them (the one it would have gone to)."""
+        error = self._why_none(skipped, now)
+        if skipped:
+            error.backend = skipped[0].name
+        return error
+
+    def _why_none(self, skipped: list[BackendState], now: float) -> RouterError:
         unconfigured = [b for b in skipped if not b.configured]
         limited = [b for b in skipped if b.configured and now < b.rate_limited_until]
         if skipped and len(limited) == len(skipped):

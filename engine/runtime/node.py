@@ -254,6 +254,21 @@ class NodeRunner:
                 # The cheapest tier that fits is above what the key may use: the best it may.
                 route = dataclasses.replace(route, tier=cap, router=route.router + "+capped")
             route = dataclasses.replace(route, max_tier=cap)  # failover stays within it too
+        try:
+            return await self._serve(request, route, ctx, sink, prefer)
+        except RouterError as error:
+            if error.routed is None:  # its response says where it was routed, as any does
+                model = route.pinned or error.backend
+                error.routed = Served(model=model or "", tier=route.tier, router=route.router,
+                                      score=route.score.total if route.score is not None else None,
+                                      attempts=0)
+            raise
+
+    async def _serve(
+        self, request: ChatRequest, route: Route, ctx: RunContext,
+        sink: trio.MemorySendChannel[Any] | None, prefer: str | None,
+    ) -> NodeResult:
+        """The routed node: from the cache, a flight it joins, or a call of its own."""
         share = self.config.dedup.enabled
         cache = self.cache if self._cacheable(request) else None
         key = None

@@ -294,6 +294,57 @@ async def test_a_503_says_when_to_come_back(fake_upstream: FakeUpstream,
     assert abs(int(refused.value.response.headers["retry-after"]) - next_probe) <= 1
 
 
+def routing_headers(response: httpx.Response) -> dict[str, str]:
+    return {k.removeprefix("x-llm-router-"): v for k, v in response.headers.items()
+            if k in ("x-llm-router-score", "x-llm-router-tier", "x-llm-router-model",
+                     "x-llm-router-cache", "x-llm-router-router")}
+
+
+async def test_a_request_that_fails_after_routing_says_where_it_was_routed(
+    fake_upstream: FakeUpstream, client: RouterClient
+) -> None:
+    # Every response carries the routing headers, a failed one too once it was routed.
+    fake_upstream.set_default("a1", Behaviour(status=500))
+    fake_upstream.set_default("a2", Behaviour(status=500))
+    question = "a question that fails everywhere"
+
+    # Pinned: the model named, and who decided.
+    pinned = await client.chat(question, model="a2")
+    assert_openai_error(pinned, 502)
+    assert routing_headers(pinned) | {"score": ""} == {
+        "score": "", "tier": "1", "model": "a2", "cache": "MISS", "router": "pinned"}
+
+    routed = await client.chat(question)
+    assert_openai_error(routed, 503)
+    headers = routing_headers(routed)
+    assert headers.keys() == {"score", "tier", "model", "cache", "router"}
+    assert headers["tier"] == "1" and headers["cache"] == "MISS"
+    assert headers["score"].isdigit() and headers["router"].startswith("heuristic")
+    assert headers["model"] in {"a1", "a2"}  # the last one tried
+
+    # The same, streamed (refused before its first byte) and in the Anthropic protocol.
+    streamed, _ = await client.stream_chat(question)
+    assert streamed.status_code == 503
+    anthropic_routed = await client.messages(question)
+    assert_anthropic_error(anthropic_routed, 503)
+    for failed in (streamed, anthropic_routed):
+        assert routing_headers(failed) | {"model": "?"} == headers | {"model": "?"}
+        assert routing_headers(failed)["model"] in {"a1", "a2"}
+
+    # Every backend down before it is tried: the model it would have gone to.
+    assert {b["status"] for b in (await client.backends()).values()} == {"down"}
+    down = await client.chat(question)
+    assert_openai_error(down, 503)
+    assert routing_headers(down) | {"model": "?"} == headers | {"model": "?"}
+    assert routing_headers(down)["model"] in {"a1", "a2"}
+
+    # Refused before routing: no routing headers.
+    for refused in (await client.chat(model="nope"), await client.chat(max_tokens=-1)):
+        assert refused.status_code in (400, 404)
+        assert routing_headers(refused) == {}
+        assert "x-llm-router-request-id" in refused.headers
+
+
 # ---- client authentication --------------------------------------------------------------------
 
 
