@@ -210,8 +210,11 @@ class NodeRunner:
         ticket = await gate.admit(key, tokens=tokens, max_cost_usd=most)
         try:
             done = await self._run_within(node, request, ctx, sink, prefer, deadline)
-        except BaseException:
+        except BaseException as error:
             gate.settle(key, ticket, tokens=0, cost_usd=0.0)
+            if isinstance(error, RouterError) and ticket.headers and not getattr(
+                    error, "limits", None):
+                error.limits = ticket.headers  # type: ignore[attr-defined]  # its answer's too
             raise
         paid = done.served.cache != "HIT" and done.served.dedup != "FOLLOWER"
         usage = done.result.usage

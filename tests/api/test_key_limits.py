@@ -73,11 +73,16 @@ async def test_failover_never_goes_above_max_tier(fake_upstream: FakeUpstream) -
     fake_upstream.set_default("small", Behaviour(status=503))
     async with open_router_client(entries, server={"admin_key": ADMIN},
                                   cache={"enabled": False}) as client:
-        _, capped = await new_key(client, max_tier=1)
+        _, capped = await new_key(client, max_tier=1, rpm=5)
         refused = await as_key(client, capped, chat_body("auto", "hello"))
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "no_backend_available"
         assert fake_upstream.requests("big") == []
+        # Its error says where it was routed, and what the key has left, as an answer would.
+        assert refused.headers["x-llm-router-tier"] == "1"
+        assert refused.headers["x-llm-router-model"] == "small"
+        assert refused.headers["x-ratelimit-limit-requests"] == "5"
+        assert refused.headers["x-ratelimit-remaining-requests"] == "4"
         _, free = await new_key(client)  # without a cap, failover does reach tier 2
         answered = await as_key(client, free, chat_body("auto", "hello again"))
         assert answered.status_code == 200, answered.text
