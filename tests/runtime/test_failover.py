@@ -120,7 +120,7 @@ async def test_connection_refused_marks_the_backend_down(fake_upstream: FakeUpst
         assert (await client.backends())["a1"]["total_requests"] == 1  # skipped while down
 
 
-@pytest.mark.parametrize("fault", [Behaviour(hang=True), Behaviour(latency=1.0)])
+@pytest.mark.parametrize("fault", [Behaviour(hang=True), Behaviour(latency=10.0)])
 async def test_timeout_before_the_first_byte_fails_over(fake_upstream: FakeUpstream,
                                                         fault: Behaviour) -> None:
     models = layout(fake_upstream, a1={"timeouts": {"first_byte_sec": 0.2}})
@@ -197,7 +197,7 @@ async def test_streaming_fails_over_before_the_first_byte(fake_upstream: FakeUps
     assert count(fake_upstream, "a1") == 1
 
 
-@pytest.mark.parametrize("fault", [Behaviour(hang=True), Behaviour(latency=1.0)])
+@pytest.mark.parametrize("fault", [Behaviour(hang=True), Behaviour(latency=10.0)])
 async def test_stream_fails_over_on_first_byte_timeout(fake_upstream: FakeUpstream,
                                                        fault: Behaviour) -> None:
     models = layout(fake_upstream, a1={"timeouts": {"first_byte_sec": 0.2}})
