@@ -113,6 +113,9 @@ class _Live:
     done: trio.Event = field(default_factory=trio.Event)
     error: RouterError | None = None  # what a synchronous caller is given
     cancel_by: Mapping[str, Any] | None = None
+    # Held from reading the record to committing a change made from it: ops finishing
+    # together each add their cost to the run's total, none to a total the other replaced.
+    writing: trio.Lock = field(default_factory=trio.Lock)
 
     def notify(self) -> None:
         self.changed.set()
@@ -346,7 +349,8 @@ class Runs:
                          cache_write=spec.cache_write, key=key)
 
         async def emit(event: str, data: dict[str, Any]) -> None:
-            await self._commit(live, self._progress(record, event, data))
+            async with live.writing:
+                await self._commit(live, self._progress(record, event, data))
 
         try:
             result = await run_workflow(

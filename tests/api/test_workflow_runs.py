@@ -428,3 +428,33 @@ async def test_health_reports_the_run_store(fake_upstream: FakeUpstream, tmp_pat
             "model": "ma", "messages": [{"role": "user", "content": "still here"}]})
         assert chat.status_code == 200  # chat does not need the run store
     assert corrupt.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+async def test_a_cancelled_run_costs_what_its_parallel_ops_cost(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """Ops finishing together each add their cost to the run: none is lost to the other."""
+    fake = fake_upstream
+    parallel = ("ma", "mb", "mc", "md")
+    for name in parallel:
+        fake.set_default(name, Behaviour(latency=0.2))
+    fake.set_default("me", Behaviour(hang=True))
+    fan_in = yaml.safe_dump({"ops": {
+        **{name: {"prompt": f"Part {name}.", "model": name} for name in parallel},
+        "me": {"prompt": "Join.", "model": "me", "input_ops": list(parallel)},
+    }}, sort_keys=False)
+    async with open_workflow_router(pinned(fake, *parallel, "me")) as client:
+        run_id = (await submit(client, fan_in)).json()["run_id"]
+
+        async def joined() -> bool:
+            return len(fake.requests("me")) == 1
+
+        await wait_for(joined)
+        running = (await record(client, run_id)).json()
+        paid = round(sum(running["ops"][name]["cost_usd"] for name in parallel), 8)
+        assert paid > 0 and running["cost_usd"] == paid
+        cancelled = await client.http.post(f"{client.router.v1}/workflows/runs/{run_id}/cancel")
+        assert cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["cost_usd"] == paid
+        listed = (await client.http.get(f"{client.router.v1}/workflows/runs")).json()["data"]
+        assert [run["cost_usd"] for run in listed if run["run_id"] == run_id] == [paid]
