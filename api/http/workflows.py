@@ -291,7 +291,14 @@ class WorkflowAPI:
         if call.stream:
             events = runs.watch(record.run_id, tenant=ctx.tenant, after=0)
             return Response(run_events_sse(events), headers=headers | SSE_HEADERS)
-        result = await runs.wait(record.run_id)
+        try:
+            result = await runs.wait(record.run_id)
+        except RouterError as err:
+            # The run's error names the run, like its answer would; the op that failed was
+            # routed, the run was not: no op's routing headers on the run's response.
+            err.routed = None
+            err.headers = {**(err.headers or {}), **headers}
+            raise
         return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
 
 

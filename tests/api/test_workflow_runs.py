@@ -458,3 +458,21 @@ async def test_a_cancelled_run_costs_what_its_parallel_ops_cost(
         assert cancelled.json()["cost_usd"] == paid
         listed = (await client.http.get(f"{client.router.v1}/workflows/runs")).json()["data"]
         assert [run["cost_usd"] for run in listed if run["run_id"] == run_id] == [paid]
+
+
+async def test_a_failed_run_answers_with_its_id_and_no_op_routing_headers(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """The synchronous answer of a run that failed names the run, as a successful one does,
+    so its record can be read; the routing headers of the op that failed are not the run's."""
+    fake = fake_upstream
+    fake.set_default("mb", Behaviour(status=500))
+    async with open_workflow_router(pinned(fake, "ma", "mb", "mc")) as client:
+        answer = await client.run(CHAIN, "x")
+        assert answer.status_code >= 500 and answer.json()["error"]["param"] == "b"
+        run_id = answer.headers["x-llm-router-run-id"]
+        assert not [h for h in answer.headers if h.startswith("x-llm-router-")
+                    and h not in ("x-llm-router-run-id", "x-llm-router-request-id")]
+        stored = (await record(client, run_id)).json()
+        assert stored["status"] == "failed" and stored["ops"]["b"]["status"] == "failed"
+        assert stored["error"] == answer.json()["error"]
