@@ -96,7 +96,8 @@ def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
     """Validate a workflow request body: its fields' types, and no field it does not know
     (a misspelt ``"variabels"`` would otherwise run with the defaults, and be paid for)."""
     try:
-        data = orjson.loads(body)
+        # No body at all is no field at all: a ready pipeline may need none.
+        data = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError:
         raise RequestInvalid("request body is not valid JSON") from None
     if not isinstance(data, dict):
