@@ -139,6 +139,9 @@ class Runs:
         self._slots = trio.Semaphore(config.workflows.max_concurrent_runs)
         self._live: dict[str, _Live] = {}
         self._stalled: set[str] = set()  # runs stopped by a store failure, to resume
+        # Set when a run starts here: ``maintain`` then cuts its idle wait short, so the run's
+        # cancel requests (from other processes) are polled every second from its start.
+        self._launched = trio.Event()
         templates = config.path(config.workflows.templates_dir)
         self._templates = templates if templates.is_dir() else None
 
@@ -274,6 +277,7 @@ class Runs:
                 completed: Mapping[str, Completed]) -> _Live:
         live = _Live(record)
         self._live[record.run_id] = live
+        self._launched.set()
         self._nursery.start_soon(self._drive, live, workflow, completed)
         return live
 
@@ -455,7 +459,10 @@ class Runs:
         task_status.started()
         last_sweep = self._clock()
         while True:
-            await trio.sleep(LEASE_SEC / 3 if not self._live else _POLL_SEC * 2)
+            with trio.move_on_after(LEASE_SEC / 3 if not self._live else _POLL_SEC * 2):
+                await self._launched.wait()
+                await trio.sleep(_POLL_SEC * 2)  # a run started: poll as for a live run
+            self._launched = trio.Event()
             try:
                 now = self._clock()
                 await self.store.tidy()

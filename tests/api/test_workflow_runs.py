@@ -476,3 +476,27 @@ async def test_a_failed_run_answers_with_its_id_and_no_op_routing_headers(
         stored = (await record(client, run_id)).json()
         assert stored["status"] == "failed" and stored["ops"]["b"]["status"] == "failed"
         assert stored["error"] == answer.json()["error"]
+
+
+async def test_a_run_another_router_holds_is_cancelled_within_about_a_second(
+    fake_upstream: FakeUpstream, tmp_path: Any,
+) -> None:
+    """Two routers on one SQLite store: a cancel asked of the one not running the run reaches
+    the one running it within about a second, however recently that one started its run."""
+    fake = fake_upstream
+    fake.set_default("mb", Behaviour(hang=True))
+    state = {"path": str(tmp_path / "runs.db")}
+    async with (open_workflow_router(pinned(fake, "ma", "mb", "mc"), state=state) as a,
+                open_workflow_router(pinned(fake, "ma", "mb", "mc"), state=state) as b):
+        run_id = (await submit(a)).json()["run_id"]
+
+        async def b_called() -> bool:
+            return len(fake.requests("mb")) == 1
+
+        await wait_for(b_called)
+        asked = await b.http.post(f"{b.router.v1}/workflows/runs/{run_id}/cancel")
+        assert asked.status_code == 200 and asked.json()["status"] == "running"
+        done = await until_status(a, run_id, "cancelled", timeout=2.0)
+        assert done["ops"]["b"]["status"] == "cancelled"
+        assert (await record(b, run_id)).json()["status"] == "cancelled"
+    assert fake.requests("mc") == []
