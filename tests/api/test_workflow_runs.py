@@ -218,6 +218,12 @@ async def test_events_have_ids_and_last_event_id_resumes_without_repeats(
         bad = await client.http.get(f"{client.router.v1}/workflows/runs/{run_id}/events",
                                     headers={"last-event-id": "abc"})
         assert bad.status_code == 400
+        for huge in ("9" * 30, str(2**63)):  # beyond any id: a 400, not a broken stream
+            beyond = await client.http.get(
+                f"{client.router.v1}/workflows/runs/{run_id}/events",
+                headers={"last-event-id": huge})
+            assert beyond.status_code == 400, beyond.text
+            assert beyond.json()["error"]["param"] == "Last-Event-ID"
 
 
 async def test_a_late_watcher_gets_the_history_then_live_events(
