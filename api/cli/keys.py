@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .failure import EXIT_FAILED, CommandFailed
+from .header_args import header_text, is_header_text
 from .runs import DEFAULT_SERVER
 
 __all__ = ["add_command", "run_command"]
@@ -42,7 +43,7 @@ def add_command(commands: Any) -> None:
     for parser in (create, listing, show, update, revoke):
         parser.add_argument("--server", default=DEFAULT_SERVER,
                             help=f"the router's URL (default {DEFAULT_SERVER})")
-        parser.add_argument("--admin-key", default=None,
+        parser.add_argument("--admin-key", default=None, type=header_text(),
                             help=f"server.admin_key (default: ${_ADMIN_ENV})")
         parser.add_argument("--json", action="store_true", help="print the answer as JSON")
 
@@ -83,6 +84,9 @@ def _run(args: argparse.Namespace) -> int:
     if not admin_key:
         raise CommandFailed(f"the admin API needs server.admin_key: pass --admin-key or set "
                             f"{_ADMIN_ENV}")
+    if not is_header_text(admin_key):
+        raise CommandFailed("the admin key must be printable ASCII characters (it is sent in "
+                            "the Authorization header)")
     action = args.keys_command
     path = "/v1/admin/keys"
     if action in ("show", "update", "revoke"):

@@ -36,6 +36,13 @@ class RouterUnavailable(CommandFailed):
 @contextmanager
 def open_router(server: str, api_key: str | None) -> Iterator[Router]:
     """The router at ``server`` (its base URL), called with ``api_key`` as a bearer token."""
+    try:
+        url = httpx.URL(server)
+    except httpx.InvalidURL as exc:
+        raise CommandFailed(f"--server {server!r} is not a URL: {exc}", EXIT_INVALID) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise CommandFailed(f"--server must be the router's http(s) URL, such as "
+                            f"http://127.0.0.1:8080, got {server!r}", EXIT_INVALID)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(headers=headers, timeout=_CALL_TIMEOUT) as http:
         yield Router(http, server.rstrip("/"))

@@ -206,6 +206,9 @@ def _eval(args: argparse.Namespace, rows: list[RoutingRow], files: list[dict],
 
     if args.plot and Path(args.plot).suffix.lower() not in (".svg", ".png"):
         raise ValueError(f"--plot {args.plot}: write .svg or .png")
+    if not 0 <= args.tier1_max <= args.tier2_max <= 100:  # as classifier's in the config
+        raise ValueError(f"--tier1-max {args.tier1_max:g} and --tier2-max {args.tier2_max:g}: "
+                         "need 0 <= tier1-max <= tier2-max <= 100")
     embedder = Embedder()
     routers = [_resolve(spec, embedder) for spec in args.routers or ["heuristic"]]
     hashes = {f["sha256"] for f in files}

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .failure import EXIT_FAILED, EXIT_INTERRUPTED, CommandFailed
+from .header_args import header_text
 from .progress import Event, Follower, Progress, preview
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ def add_router_options(parser: argparse.ArgumentParser) -> None:
     """``--server`` and ``--api-key``, for each command that calls a router."""
     parser.add_argument("--server", default=DEFAULT_SERVER,
                         help=f"the router's URL (default {DEFAULT_SERVER})")
-    parser.add_argument("--api-key", default=None, help="a client key, if the router wants one")
+    parser.add_argument("--api-key", default=None, type=header_text(),
+                        help="a client key, if the router wants one")
 
 
 def add_run_commands(actions: Any) -> None:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .failure import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, CommandFailed
+from .header_args import header_text
 from .progress import Follower, Progress
 from .runs import COMMANDS as RUN_COMMANDS
 from .runs import add_router_options, add_run_commands, follow_run
@@ -102,6 +103,7 @@ def add_commands(commands: Any) -> None:
                      help="submit the run and print its id at once (follow it with "
                           "`workflow watch RUN_ID`)")
     run.add_argument("--idempotency-key", default=None, metavar="KEY",
+                     type=header_text(max_length=255),
                      help="a retried submission with the same key gets the same run, not "
                           "another")
     run.add_argument("--json", action="store_true",

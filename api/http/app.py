@@ -56,6 +56,7 @@ from .chat_front import ChatFront
 from .dashboard import add_dashboard
 from .feedback import parse_feedback
 from .metrics import CONTENT_TYPE, render_metrics
+from .model_pages import model_page
 from .openapi import openapi_document
 from .params import (
     AFTER,
@@ -382,10 +383,7 @@ def create_app(config: Config, *, preloaded: Models | None = None) -> QuartTrio:
     @app.get("/v1/models")
     @guarded
     async def models() -> Response:
-        return _json({
-            "object": "list", "data": model_list, "has_more": False,
-            "first_id": model_list[0]["id"], "last_id": model_list[-1]["id"],
-        })
+        return _json(model_page(model_list, request.args))
 
     @app.get("/v1/models/<path:model_id>")
     @guarded

@@ -20,6 +20,7 @@ from engine.wire import ANTHROPIC, OPENAI, Num, Text, to_schema
 
 from .admin import key_schemas
 from .feedback import FEEDBACK
+from .model_pages import AFTER_ID, BEFORE_ID, MODELS_LIMIT
 from .params import AFTER, CANCEL, EVERY_LIMIT, IDEMPOTENCY_KEY, LIMIT, STATUS, TENANT
 from .workflows import RUN_NAMED, SUBMIT
 
@@ -230,7 +231,9 @@ def _operations(create_key: JSON, change_key: JSON) -> tuple[_Op, ...]:
         _Op("get", "/v1/models", "auto and the configured models", "models", "operator",
             {"200": _json(_object("OpenAI's list shape, with Anthropic's paging fields.",
                                   object={"const": "list"},
-                                  data={"type": "array", "items": _MODEL}))}),
+                                  data={"type": "array", "items": _MODEL}))},
+            parameters=(_query("limit", MODELS_LIMIT), _query("after_id", AFTER_ID),
+                        _query("before_id", BEFORE_ID))),
         _Op("get", "/v1/models/{model_id}", "One model", "models", "operator",
             {"200": _json(_MODEL)}, errors="ModelLookupError",
             parameters=(_path("model_id", "A name from GET /v1/models."),

@@ -104,8 +104,10 @@ def run_status(text: str | None) -> str | None:
 
 
 def event_id(text: str) -> int:
+    """A ``Last-Event-ID`` header: an event id, within the bounds of ``?after=``
+    (:data:`AFTER`)."""
     text = text.strip()
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdigit()) or int(text) > int(AFTER.high or 0):
         raise RequestInvalid(f"Last-Event-ID must be an event id this router sent (a number), "
                              f"got {echo(text)}", param="Last-Event-ID")
     return int(text)

@@ -96,7 +96,8 @@ def parse_call(body: bytes, *, needs_workflow: bool) -> WorkflowCall:
     """Validate a workflow request body: its fields' types, and no field it does not know
     (a misspelt ``"variabels"`` would otherwise run with the defaults, and be paid for)."""
     try:
-        data = orjson.loads(body)
+        # No body at all is no field at all: a ready pipeline may need none.
+        data = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError:
         raise RequestInvalid("request body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -291,7 +292,14 @@ class WorkflowAPI:
         if call.stream:
             events = runs.watch(record.run_id, tenant=ctx.tenant, after=0)
             return Response(run_events_sse(events), headers=headers | SSE_HEADERS)
-        result = await runs.wait(record.run_id)
+        try:
+            result = await runs.wait(record.run_id)
+        except RouterError as err:
+            # The run's error names the run, like its answer would; the op that failed was
+            # routed, the run was not: no op's routing headers on the run's response.
+            err.routed = None
+            err.headers = {**(err.headers or {}), **headers}
+            raise
         return Response(orjson.dumps(result), content_type=_JSON, headers=headers)
 
 

@@ -86,6 +86,14 @@ class ModelConfig(_Section):
     max_concurrency: int = Field(256, ge=1)
     timeouts: Timeouts = Timeouts()
 
+    @field_validator("name")
+    @classmethod
+    def _not_auto(cls, name: str) -> str:
+        if name == "auto":  # a request naming it would be routed, never pinned to this model
+            raise ValueError("'auto' is not a model name: a request for model 'auto' is "
+                             "routed; pick another name")
+        return name
+
     # A field validator (not a model one) so a bad URL is reported at its own key path and
     # alongside the entry's other problems: model validators only run once every field is valid.
     @field_validator("base_url")

@@ -113,6 +113,9 @@ class _Live:
     done: trio.Event = field(default_factory=trio.Event)
     error: RouterError | None = None  # what a synchronous caller is given
     cancel_by: Mapping[str, Any] | None = None
+    # Held from reading the record to committing a change made from it: ops finishing
+    # together each add their cost to the run's total, none to a total the other replaced.
+    writing: trio.Lock = field(default_factory=trio.Lock)
 
     def notify(self) -> None:
         self.changed.set()
@@ -136,6 +139,9 @@ class Runs:
         self._slots = trio.Semaphore(config.workflows.max_concurrent_runs)
         self._live: dict[str, _Live] = {}
         self._stalled: set[str] = set()  # runs stopped by a store failure, to resume
+        # Set when a run starts here: ``maintain`` then cuts its idle wait short, so the run's
+        # cancel requests (from other processes) are polled every second from its start.
+        self._launched = trio.Event()
         templates = config.path(config.workflows.templates_dir)
         self._templates = templates if templates.is_dir() else None
 
@@ -271,6 +277,7 @@ class Runs:
                 completed: Mapping[str, Completed]) -> _Live:
         live = _Live(record)
         self._live[record.run_id] = live
+        self._launched.set()
         self._nursery.start_soon(self._drive, live, workflow, completed)
         return live
 
@@ -346,7 +353,8 @@ class Runs:
                          cache_write=spec.cache_write, key=key)
 
         async def emit(event: str, data: dict[str, Any]) -> None:
-            await self._commit(live, self._progress(record, event, data))
+            async with live.writing:
+                await self._commit(live, self._progress(record, event, data))
 
         try:
             result = await run_workflow(
@@ -451,7 +459,10 @@ class Runs:
         task_status.started()
         last_sweep = self._clock()
         while True:
-            await trio.sleep(LEASE_SEC / 3 if not self._live else _POLL_SEC * 2)
+            with trio.move_on_after(LEASE_SEC / 3 if not self._live else _POLL_SEC * 2):
+                await self._launched.wait()
+                await trio.sleep(_POLL_SEC * 2)  # a run started: poll as for a live run
+            self._launched = trio.Event()
             try:
                 now = self._clock()
                 await self.store.tidy()

@@ -97,6 +97,27 @@ class Summary:
                 "CPT50": self.cpt50, "CPT80": self.cpt80}
 
 
+_REQUIRED = ("id", "prompt", "weak_score", "strong_score")
+
+
+def _why(exc: Exception) -> str:
+    """What is wrong with a row, in words (never an exception's repr).
+
+    >>> _why(KeyError("prompt"))
+    "no 'prompt' (a row needs id, prompt, weak_score and strong_score)"
+    >>> _why(json.JSONDecodeError("Expecting value", "x", 0))
+    'not JSON (Expecting value at column 1)'
+    """
+    if isinstance(exc, KeyError):
+        return (f"no {exc.args[0]!r} (a row needs {', '.join(_REQUIRED[:-1])} and "
+                f"{_REQUIRED[-1]})")
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, TypeError | AttributeError):
+        return "not a JSON object with the fields of a row, or a field of the wrong kind"
+    return str(exc)
+
+
 def parse_rows(lines: Iterable[str], *, decontaminated: bool = False) -> list[RoutingRow]:
     """Rows from JSONL text, one labelled prompt a line (the format is in docs/cli.md,
     "Labelled rows").
@@ -132,7 +153,7 @@ def parse_rows(lines: Iterable[str], *, decontaminated: bool = False) -> list[Ro
                 costs={k: float(v) for k, v in (raw.get("costs_usd") or {}).items()},
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"line {number}: not a routing row ({exc!r})") from exc
+            raise ValueError(f"line {number}: not a routing row: {_why(exc)}") from exc
         if not (decontaminated and row.contaminated):
             rows.append(row)
     return rows

@@ -55,6 +55,22 @@ async def test_anthropic_list_and_retrieve(env: ProtocolEnv) -> None:
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
+async def test_anthropic_paging_limits_the_page_and_the_sdk_follows_it(env: ProtocolEnv) -> None:
+    page = await env.anthropic.models.list(limit=2)
+    assert [m.id for m in page.data] == ["auto", "gpt-small"]
+    assert (page.has_more, page.first_id, page.last_id) == (True, "auto", "gpt-small")
+    assert [m.id async for m in await env.anthropic.models.list(limit=2)] == ["auto", *CONFIGURED]
+    after = await env.anthropic.models.list(limit=2, after_id="claude-mid")
+    assert ([m.id for m in after.data], after.has_more) == (["claude-big"], False)
+    before = await env.anthropic.models.list(limit=1, before_id="claude-mid")
+    assert ([m.id for m in before.data], before.has_more) == (["gpt-small"], True)
+    with pytest.raises(anthropic.BadRequestError) as unknown:
+        await env.anthropic.models.list(after_id="no-such-model")
+    assert "no-such-model" in unknown.value.message
+    with pytest.raises(anthropic.BadRequestError):
+        await env.anthropic.models.list(limit=0)
+
+
 async def test_models_need_a_client_key_when_keys_are_set(fake_upstream: FakeUpstream) -> None:
     async with open_protocol_env(fake_upstream, api_keys=["right"]) as env:
         assert (await env.openai.models.retrieve("gpt-small")).id == "gpt-small"

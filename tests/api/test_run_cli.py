@@ -279,6 +279,31 @@ async def test_without_a_router_every_command_is_one_line_and_exit_1(tmp_path: P
         assert f"cannot reach the router at {url}" in one_line_error(done)
 
 
+async def test_options_that_cannot_be_sent_are_exit_2_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A key or Idempotency-Key a header cannot carry, or a --server that is not an http(s)
+    URL, is refused as a bad option, before anything is sent."""
+    (tmp_path / "chain.yaml").write_text(CHAIN)
+    run_id = "run_" + "1" * 24
+    results = await together(
+        ("run", "chain.yaml", "--input", "x", "--idempotency-key", "clé"),
+        ("run", "chain.yaml", "--input", "x", "--idempotency-key", "k" * 256),
+        ("status", run_id, "--api-key", "clé"),
+        ("status", run_id, "--server", "http://[::1"),
+        ("runs", "--server", "127.0.0.1:8080"),
+        ("cancel", run_id, "--server", "ftp://127.0.0.1"), cwd=tmp_path)
+    for done in results:
+        err = done.stderr.decode()
+        assert done.returncode == 2 and "Traceback" not in err, err
+    assert "--idempotency-key: must be 1 to 255 printable ASCII" in results[0].stderr.decode()
+    assert "--idempotency-key: must be 1 to 255 printable ASCII" in results[1].stderr.decode()
+    assert "--api-key: must be printable ASCII" in results[2].stderr.decode()
+    assert "--server 'http://[::1' is not a URL" in one_line_error(results[3])
+    for done in results[4:]:
+        assert "--server must be the router's http(s) URL" in one_line_error(done)
+
+
 async def test_json_without_async_is_refused(tmp_path: Path) -> None:
     (tmp_path / "chain.yaml").write_text(CHAIN)
     done = await cli("run", "chain.yaml", "--input", "x", "--json", cwd=tmp_path)

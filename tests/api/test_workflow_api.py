@@ -9,6 +9,7 @@ here through HTTP.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -141,6 +142,27 @@ async def test_a_run_without_input_is_a_400_unless_its_input_is_optional(
     assert empty.status_code == 200, empty.text  # an input sent empty is the caller's choice
     assert received(fake, "t1") == ["Tell a joke.", "Summarise."]
     assert all(w["input"] == {"optional": False, "description": None} for w in listed)
+
+
+async def test_a_ready_pipeline_is_run_by_a_post_with_no_body(
+    fake_upstream: FakeUpstream, tmp_path: Path,
+) -> None:
+    """The body of ``POST /v1/workflows/{name}`` is optional: without one, a pipeline whose
+    input is optional runs, and one that needs an input is told so (not "invalid JSON")."""
+    fake = fake_upstream
+    (tmp_path / "joke.yaml").write_text(
+        "input: {optional: true}\nops: {a: {prompt: 'Tell a joke.', tier: 1}}\n")
+    (tmp_path / "summary.yaml").write_text("ops: {a: {prompt: Summarise., tier: 1}}\n")
+    async with open_workflow_router(three_tiers(fake), workflows={"dir": str(tmp_path)}) as client:
+        url = client.router.v1 + "/workflows"
+        ran = await client.http.post(url + "/joke")
+        refused = await client.http.post(url + "/summary")
+        submitted = await client.http.post(url)
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["final_output"] == "[t1] Tell a joke."
+    assert refused.status_code == 400 and error_of(refused)["param"] == "input"
+    assert submitted.status_code == 400 and error_of(submitted)["param"] == "workflow"
+    assert received(fake, "t1") == ["Tell a joke."]
 
 
 @pytest.mark.parametrize(("path", "body", "fragment"), [

@@ -218,6 +218,12 @@ async def test_events_have_ids_and_last_event_id_resumes_without_repeats(
         bad = await client.http.get(f"{client.router.v1}/workflows/runs/{run_id}/events",
                                     headers={"last-event-id": "abc"})
         assert bad.status_code == 400
+        for huge in ("9" * 30, str(2**63)):  # beyond any id: a 400, not a broken stream
+            beyond = await client.http.get(
+                f"{client.router.v1}/workflows/runs/{run_id}/events",
+                headers={"last-event-id": huge})
+            assert beyond.status_code == 400, beyond.text
+            assert beyond.json()["error"]["param"] == "Last-Event-ID"
 
 
 async def test_a_late_watcher_gets_the_history_then_live_events(
@@ -428,3 +434,75 @@ async def test_health_reports_the_run_store(fake_upstream: FakeUpstream, tmp_pat
             "model": "ma", "messages": [{"role": "user", "content": "still here"}]})
         assert chat.status_code == 200  # chat does not need the run store
     assert corrupt.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+async def test_a_cancelled_run_costs_what_its_parallel_ops_cost(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """Ops finishing together each add their cost to the run: none is lost to the other."""
+    fake = fake_upstream
+    parallel = ("ma", "mb", "mc", "md")
+    for name in parallel:
+        fake.set_default(name, Behaviour(latency=0.2))
+    fake.set_default("me", Behaviour(hang=True))
+    fan_in = yaml.safe_dump({"ops": {
+        **{name: {"prompt": f"Part {name}.", "model": name} for name in parallel},
+        "me": {"prompt": "Join.", "model": "me", "input_ops": list(parallel)},
+    }}, sort_keys=False)
+    async with open_workflow_router(pinned(fake, *parallel, "me")) as client:
+        run_id = (await submit(client, fan_in)).json()["run_id"]
+
+        async def joined() -> bool:
+            return len(fake.requests("me")) == 1
+
+        await wait_for(joined)
+        running = (await record(client, run_id)).json()
+        paid = round(sum(running["ops"][name]["cost_usd"] for name in parallel), 8)
+        assert paid > 0 and running["cost_usd"] == paid
+        cancelled = await client.http.post(f"{client.router.v1}/workflows/runs/{run_id}/cancel")
+        assert cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["cost_usd"] == paid
+        listed = (await client.http.get(f"{client.router.v1}/workflows/runs")).json()["data"]
+        assert [run["cost_usd"] for run in listed if run["run_id"] == run_id] == [paid]
+
+
+async def test_a_failed_run_answers_with_its_id_and_no_op_routing_headers(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """The synchronous answer of a run that failed names the run, as a successful one does,
+    so its record can be read; the routing headers of the op that failed are not the run's."""
+    fake = fake_upstream
+    fake.set_default("mb", Behaviour(status=500))
+    async with open_workflow_router(pinned(fake, "ma", "mb", "mc")) as client:
+        answer = await client.run(CHAIN, "x")
+        assert answer.status_code >= 500 and answer.json()["error"]["param"] == "b"
+        run_id = answer.headers["x-llm-router-run-id"]
+        assert not [h for h in answer.headers if h.startswith("x-llm-router-")
+                    and h not in ("x-llm-router-run-id", "x-llm-router-request-id")]
+        stored = (await record(client, run_id)).json()
+        assert stored["status"] == "failed" and stored["ops"]["b"]["status"] == "failed"
+        assert stored["error"] == answer.json()["error"]
+
+
+async def test_a_run_another_router_holds_is_cancelled_within_about_a_second(
+    fake_upstream: FakeUpstream, tmp_path: Any,
+) -> None:
+    """Two routers on one SQLite store: a cancel asked of the one not running the run reaches
+    the one running it within about a second, however recently that one started its run."""
+    fake = fake_upstream
+    fake.set_default("mb", Behaviour(hang=True))
+    state = {"path": str(tmp_path / "runs.db")}
+    async with (open_workflow_router(pinned(fake, "ma", "mb", "mc"), state=state) as a,
+                open_workflow_router(pinned(fake, "ma", "mb", "mc"), state=state) as b):
+        run_id = (await submit(a)).json()["run_id"]
+
+        async def b_called() -> bool:
+            return len(fake.requests("mb")) == 1
+
+        await wait_for(b_called)
+        asked = await b.http.post(f"{b.router.v1}/workflows/runs/{run_id}/cancel")
+        assert asked.status_code == 200 and asked.json()["status"] == "running"
+        done = await until_status(a, run_id, "cancelled", timeout=2.0)
+        assert done["ops"]["b"]["status"] == "cancelled"
+        assert (await record(b, run_id)).json()["status"] == "cancelled"
+    assert fake.requests("mc") == []

@@ -348,6 +348,13 @@ models:
     assert any("twin" in p for p in problems_of(text))
 
 
+def test_a_model_may_not_be_named_auto() -> None:
+    """``auto`` asks for routing: a model of that name could never be pinned."""
+    text = "models:\n  - {name: auto, provider: openai, model: x}\n"
+    assert problems_of(text) == ["models[0].name: 'auto' is not a model name: a "
+                                 "request for model 'auto' is routed; pick another name"]
+
+
 def test_no_models() -> None:
     assert problems_of("models: []") == ["models: at least one model is required"]
     assert problems_of("") == ["models: Field required"]

@@ -394,7 +394,17 @@ def test_cli_progress_bar_and_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text("{}\n")
     status, _, err = cli("router", "eval", str(tmp_path / "bad.jsonl"))
     assert status == 2 and "line 1" in err
+    assert "no 'id' (a row needs id, prompt, weak_score and strong_score)" in err
+    assert "KeyError" not in err
+    (tmp_path / "bad.jsonl").write_text('{"id": 1, "prompt": "p"}\n[1, 2]\n')
+    status, _, err = cli("router", "eval", str(tmp_path / "bad.jsonl"))
+    assert status == 2 and "line 1: not a routing row: no 'weak_score'" in err
+    (tmp_path / "bad.jsonl").write_text('{"id": 1,\n')
+    status, _, err = cli("router", "eval", str(tmp_path / "bad.jsonl"))
+    assert status == 2 and "line 1: not a routing row: not JSON" in err
     assert cli("router", "eval", str(data), "--plot", str(tmp_path / "x.gif"))[0] == 2
+    status, _, err = cli("router", "eval", str(data), "--tier1-max", "90", "--tier2-max", "10")
+    assert status == 2 and "need 0 <= tier1-max <= tier2-max <= 100" in err
 
 
 def test_cli_png_without_a_renderer_prints_results_then_falls_back_to_svg(
