@@ -8,9 +8,9 @@ Needs ``redis-server`` on the PATH (started here on a free loopback port, nothin
    upstream over loopback HTTP, stats) timed per request, one at a time, for a gateway
    without ``state.redis_url`` and one with it, in alternating rounds so drift on a shared
    machine hits both alike. Prints the p50 / p90 of each and the p50 difference.
-2. The Redis work itself, timed alone: the totals write (``SharedTotals.flush``: one
-   ``EVALSHA`` of the write script, ``HSET`` of every counter + ``SADD``, and, when a gauge
-   changed, one pipeline ``DEL`` + ``HSET`` + ``PEXPIRE`` + ``SADD`` of the gauges; a process
+2. The Redis work itself, timed alone: the totals write (``SharedTotals.flush``, one
+   pipeline: the write script's ``EVALSHA``, ``HSET`` of every counter + ``SADD``, and, when
+   a gauge changed, ``DEL`` + ``HSET`` + ``PEXPIRE`` + ``SADD`` of the gauges; a process
    writes as soon as it counts, at most once per ``MIN_GAP_SEC`` = 10 ms, so up to 100 a second
    on a busy process, and every ``FLUSH_SEC`` = 0.25 s when something changed without a
    count), a health verdict published (``HSET`` + ``XADD``: only when a backend changes
