@@ -8,11 +8,17 @@ Needs ``redis-server`` on the PATH (started here on a free loopback port, nothin
    upstream over loopback HTTP, stats) timed per request, one at a time, for a gateway
    without ``state.redis_url`` and one with it, in alternating rounds so drift on a shared
    machine hits both alike. Prints the p50 / p90 of each and the p50 difference.
-2. The Redis work itself, timed alone: the totals write (``SharedTotals.flush``, one pipeline
-   ``HSET`` + ``SADD`` of every counter; at most one per 0.25 s per process, whatever the
-   traffic, so at 1 request per flush it is the worst per-request share), a health verdict
-   published (``HSET`` + ``XADD``: only when a backend changes state), and the read behind
-   ``/stats`` (the ``SUM`` script over every process's hash; per read, not per request).
+2. The Redis work itself, timed alone: the totals write (``SharedTotals.flush``, one
+   pipeline: the write script's ``EVALSHA``, ``HSET`` of every counter + ``SADD``, and, when
+   a gauge changed, ``DEL`` + ``HSET`` + ``PEXPIRE`` + ``SADD`` of the gauges; a process
+   writes as soon as it counts, at most once per ``MIN_GAP_SEC`` = 10 ms, so up to 100 a second
+   on a busy process, and every ``FLUSH_SEC`` = 0.25 s when something changed without a
+   count), a health verdict published (``HSET`` + ``XADD``: only when a backend changes
+   state), and the read behind ``/stats`` (the ``SUM`` script over every process's hash; per
+   read, not per request). The totals write is also measured in this process's CPU time
+   (``time.process_time``), with and without a gauge change (the chat requests in flight
+   change with every request), on totals shaped like a served router's (request labels and
+   latency histograms filled), to bound what the writes cost a busy process.
 
 Prints Markdown.
 """
@@ -36,6 +42,7 @@ from harness import one_model_config, percentile, redis_server
 from engine.messages import ChatRequest, Message, TextPart
 from engine.runtime import RunContext, open_gateway
 from engine.runtime.models import Models
+from engine.runtime.shared_totals import flatten
 from engine.testing import open_fake_upstream
 
 
@@ -57,6 +64,14 @@ async def timed(fn: object, count: int) -> list[float]:
         await fn()  # type: ignore[operator]
         out.append((time.perf_counter() - start) * 1000)
     return out
+
+
+async def cpu_per(fn: object, count: int) -> float:
+    """This process's CPU time per call of ``fn``, in µs."""
+    start = time.process_time()
+    for _ in range(count):
+        await fn()  # type: ignore[operator]
+    return (time.process_time() - start) / count * 1e6
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -91,6 +106,19 @@ async def main(args: argparse.Namespace) -> None:
                     await health._publish()
 
                 flushes = await timed(flush, 2000)
+                labels = ("openai", "m", "1", "none", "200")
+                for i in range(200):  # latency buckets filled as a served router's are
+                    shared.stats.record_exchange(labels, seconds=0.001 * (1 + i % 40),
+                                                 first_byte_seconds=0.0005 * (1 + i % 40))
+
+                async def flush_gauge() -> None:
+                    shared.stats.in_flight ^= 1  # a gauge changed too
+                    await flush()
+
+                fields = len(flatten(shared.stats, shared.pool))
+                cpu_write = await cpu_per(flush, 2000)
+                cpu_write_gauge = await cpu_per(flush_gauge, 2000)
+                shared.stats.in_flight = 0
                 publishes = await timed(publish, 2000)
                 reads = await timed(totals.totals, 2000)
         print(f"Python {sys.version.split()[0]}, {args.requests} requests per gateway, "
@@ -99,12 +127,14 @@ async def main(args: argparse.Namespace) -> None:
         print("|---|---:|---:|")
         for name, values in (("request, no Redis", alone), ("request, shared through Redis",
                                                              together),
-                             ("totals write (flush), per 0.25 s", flushes),
+                             ("totals write (flush)", flushes),
                              ("health verdict published", publishes),
                              ("/stats read (SUM script)", reads)):
             print(f"| {name} | {percentile(values, 0.5):.3f} | {percentile(values, 0.9):.3f} |")
         print(f"\np50 difference per request: "
               f"{statistics.median(together) - statistics.median(alone):+.3f} ms")
+        print(f"\nTotals write, this process's CPU ({fields} fields): {cpu_write:.0f} µs; "
+              f"with a gauge changed: {cpu_write_gauge:.0f} µs")
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -298,37 +298,46 @@ class SharedTotals:
         return gone
 
     async def flush(self) -> None:
+        """Write what changed: the totals (the write script) and the gauges, in one round trip."""
         if self._retired:
             return  # counted in the stopped processes' totals
+        commands: list[list[Any]] = []
         totals = flatten(self.stats, self.pool)
+        keys = [PROCS, self._key, self._marker]
+        flat: list[Any] = []
         if totals != self._written and not self._reaped:
-            flat = [x for pair in totals.items() for x in (pair[0], repr(pair[1]))]
-            try:
-                written = await self.redis.run(_WRITE, [PROCS, self._key, self._marker],
-                                               [self.origin, *flat])
-            except StoreUnavailable:
-                return  # kept: the next write after Redis is back carries it
-            if written == 0:
-                self._reaped = True
-                log.warning("another router process took this one for dead and counted its "
-                            "totals; this process's counts from now on are not shared")
-            self._written = totals
+            flat = [self.origin, *(x for pair in totals.items() for x in (pair[0], repr(pair[1])))]
+            commands.append(["EVALSHA", _WRITE.sha, len(keys), *keys, *flat])
         gauges = self.gauges()
         now = trio.current_time()
-        commands: list[list[Any]] = []
         fresh = now - self._gauges_at < _GAUGE_EVERY_SEC
-        if gauges and (gauges != self._gauges_written or not fresh):
-            flat = [x for pair in gauges.items() for x in (pair[0], repr(pair[1]))]
-            commands += [["DEL", self._gauge_key], ["HSET", self._gauge_key, *flat],
+        write_gauges = bool(gauges) and (gauges != self._gauges_written or not fresh)
+        if write_gauges:
+            pairs = [x for pair in gauges.items() for x in (pair[0], repr(pair[1]))]
+            commands += [["DEL", self._gauge_key], ["HSET", self._gauge_key, *pairs],
                          ["PEXPIRE", self._gauge_key, int(GAUGE_TTL_SEC * 1000)],
                          ["SADD", PROCS, self.origin]]
         if not commands:
             return
         try:
-            await self.redis.pipeline(commands)
+            replies = await self.redis.pipeline(commands)
         except StoreUnavailable:
-            return
-        if gauges:
+            return  # kept: the next write after Redis is back carries it
+        if flat:
+            written = replies[0]
+            if isinstance(written, ReplyError):
+                if written.kind != "NOSCRIPT":
+                    raise written
+                try:  # Redis does not know the script yet (or restarted): load it
+                    written = await self.redis.run(_WRITE, keys, flat)
+                except StoreUnavailable:
+                    return
+            if written == 0:
+                self._reaped = True
+                log.warning("another router process took this one for dead and counted its "
+                            "totals; this process's counts from now on are not shared")
+            self._written = totals
+        if write_gauges:
             self._gauges_written, self._gauges_at = gauges, now
 
     async def totals(self) -> tuple[dict[str, float], str]:
