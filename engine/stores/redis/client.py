@@ -9,7 +9,8 @@ trio, where one socket written and read in order costs about 0.07 ms (BENCHMARKS
   written, so concurrent callers share the socket without waiting for each other's round
   trips (a reader task hands each reply to its caller).
 * A command that takes longer than ``timeout`` (default 0.25 s; time this process stood
-  still does not count: :func:`_stood_still`), a refused connection or a broken socket
+  still, or spent with its event loop saturated, does not count: :func:`_stood_still`), a
+  refused connection or a broken socket
   marks Redis **down**: the connection is dropped, callers get
   :class:`~engine.errors.StoreUnavailable` at once (no waiting) until the next attempt, a
   backoff of 0.5 s doubling to 5 s later. The first command that then succeeds marks it
@@ -44,10 +45,11 @@ __all__ = ["Redis", "RedisAddress", "Script", "open_redis"]
 log = logging.getLogger("llm_router.redis")
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 5.0
-# How many times a command whose deadline passed while this process stood still waits its
-# timeout again (:func:`_stood_still`): a bound, so that a process whose event loop is late on
-# every turn still finds out that Redis is gone.
-_STOOD_STILL_WAITS = 2
+# How many times a command whose deadline passed while this process stood still, or while
+# its event loop was saturated, waits its timeout again (:func:`_stood_still`): a bound, so
+# that a process whose event loop is late on every turn still finds out that Redis is gone
+# (after at most 9 timeouts: 2.25 s at the default 0.25 s).
+_STOOD_STILL_WAITS = 8
 
 
 @dataclass(frozen=True)
@@ -70,38 +72,55 @@ class _Slot:
 
 
 class _Connection:
-    """One socket. Commands are written under a lock, each with a slot queued in order; the
-    reader task fills the slots as replies arrive."""
+    """One socket. A command is queued at once (its slot for the reader, its bytes for the
+    writer task, in the same order); the writer task sends whatever is queued in one write,
+    and the reader task fills the slots as replies arrive."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.waiting: deque[_Slot] = deque()
-        self.write_lock = trio.Lock()
+        self.outgoing: list[bytes] = []
+        self.queued = trio.Event()
         self.broken: BaseException | None = None
 
-    async def send(self, commands: Sequence[Sequence[Arg]]) -> list[_Slot]:
-        """Write ``commands``; their slots, queued for the reader in the order written.
+    def send(self, commands: Sequence[Sequence[Arg]]) -> list[_Slot]:
+        """Queue ``commands`` for the writer; their slots, queued for the reader in the order
+        their bytes will be written.
 
-        A queued slot takes the next reply, so a slot must never be queued for bytes that were
-        not written: every later caller on the connection would get the reply meant for the
-        one before it. A caller cancelled by the time it holds the lock (its request ended,
-        say, while it waited) therefore queues and writes nothing. After that check the write
-        is one non-blocking send, which a cancel cannot interrupt, unless the socket's buffer
-        is full; a cancel or error while it waits leaves an unknown part of it written, so the
-        connection is failed and the next command finds Redis anew."""
-        slots = [_Slot() for _ in commands]
+        A queued slot takes the next reply, so a slot must never be queued for bytes that will
+        not be written: every later caller on the connection would get the reply meant for
+        the one before it. Queueing never waits, so a caller cannot be cancelled half-way
+        through it: once queued, its bytes are written, and a caller that has left by the
+        time its reply comes leaves the reply in its slot. A caller never waits for another's
+        write either, which under a saturated event loop (each scheduling round as long as
+        every task's work) would cost it a round per caller ahead of it."""
+        if self.broken is not None:
+            raise self.broken
         payload = b"".join(encode(c) for c in commands)
-        async with self.write_lock:
-            if self.broken is not None:
-                raise self.broken
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self.waiting.extend(slots)
-            try:
-                await self.stream.send_all(payload)
-            except BaseException:
-                self.fail(trio.BrokenResourceError("a write to Redis stopped part-way"))
-                raise
+        slots = [_Slot() for _ in commands]
+        self.waiting.extend(slots)
+        self.outgoing.append(payload)
+        self.queued.set()
         return slots
+
+    async def write_commands(self) -> None:
+        """The writer task: send what is queued, all of it at once, until the connection
+        fails (a write that stops part-way leaves an unknown part of it written, so the
+        connection is failed and the next command finds Redis anew)."""
+        try:
+            while self.broken is None:
+                await self.queued.wait()
+                self.queued = trio.Event()
+                if self.broken is not None or not self.outgoing:
+                    return
+                payload = b"".join(self.outgoing)
+                self.outgoing.clear()
+                await self.stream.send_all(payload)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.fail(trio.BrokenResourceError(f"a write to Redis stopped part-way: {exc}"))
+        except BaseException:
+            self.fail(trio.BrokenResourceError("a write to Redis stopped part-way"))
+            raise
 
     async def read_replies(self) -> None:
         parser = Parser()
@@ -124,6 +143,8 @@ class _Connection:
     def fail(self, exc: BaseException) -> None:
         if self.broken is None:
             self.broken = exc
+        self.outgoing.clear()
+        self.queued.set()  # the writer ends
         while self.waiting:
             slot = self.waiting.popleft()
             slot.reply = exc
@@ -246,6 +267,7 @@ class Redis:
             await stream.do_handshake()
         conn = _Connection(stream)
         self._nursery.start_soon(self._read, conn)
+        self._nursery.start_soon(conn.write_commands)
         hello: list[list[Arg]] = []
         if address.password is not None:
             hello.append(["AUTH", address.username, address.password] if address.username
@@ -254,7 +276,7 @@ class Redis:
             hello.append(["SELECT", address.db])
         hello.append(["CLIENT", "SETNAME", "llm-router"])
         try:
-            for slot in await conn.send(hello):
+            for slot in conn.send(hello):
                 await slot.done.wait()
                 if isinstance(slot.reply, ReplyError):
                     raise slot.reply
@@ -286,26 +308,20 @@ class Redis:
                 raise self._unavailable()
             conn = await self._connection()
         limit = self.timeout if timeout is None else timeout
+        try:
+            slots = conn.send(commands)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._mark_down(_describe(exc))
+            raise self._unavailable() from None
+        except StoreUnavailable:
+            raise self._unavailable() from None
         deadline = trio.current_time() + limit
-        slots: list[_Slot] = []
         for _ in range(_STOOD_STILL_WAITS + 1):
             with trio.move_on_at(deadline):
-                if not slots:
-                    try:
-                        slots = await conn.send(commands)
-                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        self._mark_down(_describe(exc))
-                        raise self._unavailable() from None
-                    except StoreUnavailable:
-                        raise self._unavailable() from None
-                    except trio.Cancelled:
-                        if conn.broken is not None and self._conn is conn:
-                            self._mark_down("a write was cancelled part-way")
-                        raise
                 for slot in slots:
                     await slot.done.wait()
                 return self._replies(conn, slots)
-            if not slots or not await _stood_still(slots, deadline, limit):
+            if not await _stood_still(slots, deadline, limit):
                 break
             if all(slot.done.is_set() for slot in slots):
                 return self._replies(conn, slots)
@@ -394,20 +410,28 @@ async def open_redis(address: RedisAddress, *, timeout: float = 0.25,
 
 
 async def _stood_still(slots: list[_Slot], deadline: float, limit: float) -> bool:
-    """After ``deadline`` passed with ``slots`` unanswered: whether this process, not Redis,
-    is the reason, so that Redis is given its ``limit`` again from now.
+    """After ``deadline`` passed with ``slots`` unanswered: whether this
+    process, not Redis, is the reason, so that Redis is given its ``limit`` again from now.
 
     A process that stands still (a GC pause, a frozen VM, SIGSTOP) finds every deadline past
     when it goes on, while Redis's answers wait unread in the socket: the reader is woken by
-    them in the same scheduling round as the expired deadlines, and may come after them.
+    them in the same scheduling round as the expired deadlines, and may come after them. A
+    process whose event loop is saturated (a core's worth of requests at once) is late the
+    same way on every round: a command's round trip (the writer's turn, the reader's, the
+    caller's) takes several rounds, each as long as every other task's work.
     Marking Redis down then drops a healthy connection and sends every shared store through
-    a reconnection and resynchronisation for nothing. So the reader gets its turn first (the
-    answers are then in if Redis gave them), and a deadline seen more than half its timeout
-    late means the process stood still past it: what Redis has still not answered is waited
-    for once more (up to ``_STOOD_STILL_WAITS`` times)."""
+    a reconnection and resynchronisation for nothing. So the reader gets its turns first (two
+    rounds: the answers are then in if Redis gave them), and the process is the reason when
+    the deadline was seen more than half its timeout late (it stood still past it) or when
+    those rounds took more than an eighth of the timeout each (its loop is saturated): what
+    Redis has still not answered is waited for once more (up to ``_STOOD_STILL_WAITS``
+    times)."""
+    started = trio.current_time()
     await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint()
+    now = trio.current_time()
     return (all(slot.done.is_set() for slot in slots)
-            or trio.current_time() - deadline > limit / 2)
+            or now - deadline > limit / 2 or (now - started) / 2 > limit / 8)
 
 
 async def _close(stream: trio.abc.Stream) -> None:
