@@ -29,11 +29,12 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal
 
 import orjson
+
+from .frozen import frozen_constructor
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -529,70 +530,15 @@ class ResultBuilder:
         )
 
 
-# ---- constructors for the hot paths -----------------------------------------------------------
-# A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (its own
-# ``__setattr__`` refuses): a call of a slot wrapper per field, ~1,400 instructions each, which
-# is most of the cost of a ``ChatRequest`` (36 fields) or a stream's ``TextDelta``. The
-# constructors below make the same object for less: a draft of the same slots, whose plain
-# ``__setattr__`` stores each field at the cost of an attribute store, turned into the frozen
-# class by assigning ``__class__`` (the two layouts are the same, which CPython checks). They
-# take the dataclass's parameters, with its defaults and default factories; the object they
-# return is of the dataclass, equal to and hashing as ``cls(...)`` with the same arguments, and
-# as frozen (``tests/test_messages.py`` holds them to the dataclasses).
+# ---- the hot paths' constructors (engine.frozen): the same objects, made for less ---------
 
-_T = TypeVar("_T")
-
-
-def _constructor(cls: type[_T]) -> Callable[..., _T]:
-    """``cls(...)`` for the frozen, slotted dataclass ``cls``, without its per-field
-    ``object.__setattr__``."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    names = tuple(f.name for f in fields)
-    if (cls.__bases__ != (object,) or getattr(cls, "__slots__", None) != names
-            or hasattr(cls, "__post_init__") or not all(f.init for f in fields)):
-        raise TypeError(f"{cls.__name__} is not a plain frozen dataclass with slots")
-    draft = type(f"_{cls.__name__}Draft", (), {"__slots__": names, "__module__": __name__})
-    scope: dict[str, Any] = {"_new": object.__new__, "_draft": draft, "_cls": cls,
-                             "_unset": object()}
-    params, lines = [], []
-    for f in fields:
-        if f.default is not dataclasses.MISSING:
-            scope[f"_default_{f.name}"] = f.default
-            params.append(f"{f.name}=_default_{f.name}")
-            lines.append(f"    o.{f.name} = {f.name}")
-        elif f.default_factory is not dataclasses.MISSING:
-            scope[f"_factory_{f.name}"] = f.default_factory
-            params.append(f"{f.name}=_unset")
-            lines.append(f"    o.{f.name} = _factory_{f.name}() if {f.name} is _unset"
-                         f" else {f.name}")
-        else:
-            params.append(f.name)
-            lines.append(f"    o.{f.name} = {f.name}")
-    source = (f"def new_{cls.__name__}({', '.join(params)}):\n    o = _new(_draft)\n"
-              + "\n".join(lines) + "\n    o.__class__ = _cls\n    return o\n")
-    exec(source, scope)  # generated from the fields above, as dataclasses does
-    constructor: Callable[..., _T] = scope[f"new_{cls.__name__}"]
-    constructor.__qualname__ = constructor.__name__
-    constructor.__doc__ = f"``{cls.__name__}(...)``, made without ``object.__setattr__``."
-    return constructor
-
-
-if TYPE_CHECKING:  # to the type checker, the dataclasses themselves
-    new_chat_request = ChatRequest
-    new_chat_result = ChatResult
-    new_finish = Finish
-    new_message = Message
-    new_text_delta = TextDelta
-    new_text_part = TextPart
-    new_usage = Usage
-else:
-    new_chat_request = _constructor(ChatRequest)
-    new_chat_result = _constructor(ChatResult)
-    new_finish = _constructor(Finish)
-    new_message = _constructor(Message)
-    new_text_delta = _constructor(TextDelta)
-    new_text_part = _constructor(TextPart)
-    new_usage = _constructor(Usage)
+new_chat_request = frozen_constructor(ChatRequest)
+new_chat_result = frozen_constructor(ChatResult)
+new_finish = frozen_constructor(Finish)
+new_message = frozen_constructor(Message)
+new_text_delta = frozen_constructor(TextDelta)
+new_text_part = frozen_constructor(TextPart)
+new_usage = frozen_constructor(Usage)
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
