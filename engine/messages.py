@@ -516,11 +516,11 @@ class ResultBuilder:
         ]
         text = self.text
         if text:
-            content.append(TextPart(text))
+            content.append(new_text_part(text))
         for _, (call_id, name, *args) in sorted(self._calls.items()):
             content.append(ToolCall(call_id, name, "".join(args)))
         finish = self._finish or Finish()
-        return ChatResult(
+        return new_chat_result(
             content=tuple(content),
             stop_reason=finish.stop_reason,
             stop_sequence=finish.stop_sequence,
