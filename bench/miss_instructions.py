@@ -11,6 +11,8 @@ not see the call from libffi into ``mark_<name>`` as a call; it does see the one
 ``part_<name>``). The callback is a ctypes one: a wrapped call costs ~2,800 instructions
 inside ``part_<name>`` (measured around a ``lambda: None``) and ~4,000 outside it.
 
+``MARK_MORE="module:attr,module:Owner.attr,..."`` wraps these too (each as ``part_<attr>``).
+
 ``MARK_PARTS=path`` wraps the parts of the pinned path instead (:data:`PATH_PARTS`: the
 server's connection and hypercorn, h11 on both sides, the chat front, the wire codecs, the
 upstream call, the stream's relay). Many of them are coroutines: a coroutine's work runs in
@@ -211,7 +213,12 @@ def install() -> None:
     where it is defined and where it was imported."""
     import importlib
 
-    parts = PATH_PARTS if os.environ.get("MARK_PARTS") == "path" else PARTS
+    parts = list(PATH_PARTS if os.environ.get("MARK_PARTS") == "path" else PARTS)
+    for more in filter(None, os.environ.get("MARK_MORE", "").split(",")):
+        module_name, _, dotted = more.strip().partition(":")
+        owner, _, attr = dotted.rpartition(".")
+        parts.append((module_name, owner or None, attr,
+                      f"{owner}_{attr}".strip("_").replace("__", "_")))
     lib = _library([part for *_, part in parts])
     for module_name, owner, attr, part in parts:
         module = importlib.import_module(module_name)

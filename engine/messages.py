@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 import orjson
 
+from .frozen import frozen_constructor
+
 __all__ = [
     "CHARS_PER_TOKEN",
     "IMAGE_TOKENS",
@@ -62,6 +64,13 @@ __all__ = [
     "estimate_prompt_tokens",
     "estimate_tokens",
     "merge_choices",
+    "new_chat_request",
+    "new_chat_result",
+    "new_finish",
+    "new_message",
+    "new_text_delta",
+    "new_text_part",
+    "new_usage",
 ]
 
 StopReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -507,11 +516,11 @@ class ResultBuilder:
         ]
         text = self.text
         if text:
-            content.append(TextPart(text))
+            content.append(new_text_part(text))
         for _, (call_id, name, *args) in sorted(self._calls.items()):
             content.append(ToolCall(call_id, name, "".join(args)))
         finish = self._finish or Finish()
-        return ChatResult(
+        return new_chat_result(
             content=tuple(content),
             stop_reason=finish.stop_reason,
             stop_sequence=finish.stop_sequence,
@@ -519,6 +528,17 @@ class ResultBuilder:
             upstream_model=finish.upstream_model,
             logprobs=None if self._logprobs is None else tuple(self._logprobs),
         )
+
+
+# ---- the hot paths' constructors (engine.frozen): the same objects, made for less ---------
+
+new_chat_request = frozen_constructor(ChatRequest)
+new_chat_result = frozen_constructor(ChatResult)
+new_finish = frozen_constructor(Finish)
+new_message = frozen_constructor(Message)
+new_text_delta = frozen_constructor(TextDelta)
+new_text_part = frozen_constructor(TextPart)
+new_usage = frozen_constructor(Usage)
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import networkx as nx
 
 from engine.errors import WorkflowInvalid
+from engine.frozen import frozen_constructor
 from engine.messages import ChatRequest
 
 __all__ = ["Node", "Plan", "build_plan", "longest_chain", "plan_chat", "weight_to_end"]
@@ -58,6 +59,10 @@ class Plan:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+
+_new_node = frozen_constructor(Node)
+_new_plan = frozen_constructor(Plan)
 
 
 def build_plan(nodes: Iterable[Node], edges: Iterable[tuple[str, str]] = ()) -> Plan:
@@ -113,8 +118,8 @@ def plan_chat(request: ChatRequest) -> Plan:
     >>> plan_chat(ChatRequest(messages=())).generations
     (('chat',),)
     """
-    return Plan(graph=_CHAT_GRAPH, generations=_CHAT_GENERATIONS,
-                nodes={"chat": Node("chat", request=request)})
+    return _new_plan(graph=_CHAT_GRAPH, generations=_CHAT_GENERATIONS,
+                     nodes={"chat": _new_node("chat", request=request)})
 
 
 # Every chat plan has the same structure: one node named "chat". Its graph is built once and

@@ -41,6 +41,7 @@ from engine.core.redact import Redactor
 from engine.core.remembered import Remembered
 from engine.core.stats import RequestLabels, Stats
 from engine.errors import NotFound, RouterError, StoreUnavailable
+from engine.frozen import frozen_constructor
 from engine.messages import ChatRequest
 from engine.stores.feedback import FeedbackStore
 from engine.stores.keys import KeyStore, SqliteKeyStore
@@ -80,6 +81,8 @@ __all__ = ["Gateway", "MetricsSnapshot", "open_gateway"]
 _RENDER_THREADS = 2
 # Recent cache hits kept for feedback to name (as many as the routing policy keeps).
 _REMEMBERED_HITS = 100_000
+
+_new_finished = frozen_constructor(FinishedRequest)
 
 
 class Gateway:
@@ -266,11 +269,11 @@ class Gateway:
         """Add a chat request to :attr:`recent` (routing facts only, no text)."""
         at, ms = time.time(), (trio.current_time() - started) * 1000
         if done is None:
-            entry = FinishedRequest(at=at, ms=ms, status=status, stream=stream)
+            entry = _new_finished(at=at, ms=ms, status=status, stream=stream)
         else:
             served, usage = done.served, done.result.usage
             paid = served.dedup != "FOLLOWER"  # a joiner shares its leader's call
-            entry = FinishedRequest(
+            entry = _new_finished(
                 at=at, ms=ms, status=status, stream=stream, model=served.model,
                 tier=served.tier, cache=served.cache, dedup=served.dedup,
                 cost_usd=done.cost_usd if paid else 0.0, input_tokens=usage.input_tokens,

@@ -40,6 +40,7 @@ from engine.core.routing.decide import Route
 from engine.core.routing.learned import Belief
 from engine.core.stats import Stats
 from engine.errors import DeadlineExceeded, Forbidden, RouterError
+from engine.frozen import frozen_constructor
 from engine.messages import (
     ChatRequest,
     ChatResult,
@@ -114,6 +115,10 @@ class NodeResult:
     served: Served
     cost_usd: float
     saved_usd: float
+
+
+_new_served = frozen_constructor(Served)
+_new_node_result = frozen_constructor(NodeResult)
 
 
 class NodeRunner:
@@ -378,7 +383,7 @@ class NodeRunner:
         self, hit: CacheHit, route: Route, sink: trio.MemorySendChannel[Any] | None
     ) -> NodeResult:
         entry = hit.entry
-        served = Served(
+        served = _new_served(
             model=entry.model, tier=entry.tier,
             score=route.score.total if route.score is not None else None,
             router=route.router, cache="HIT", similarity=round(hit.similarity, 4), attempts=0,
@@ -388,7 +393,7 @@ class NodeRunner:
         if sink is not None:
             await channels.send(sink, served)
             await channels.send(sink, _replay(entry.result))
-        return NodeResult(entry.result, served, 0.0, 0.0)
+        return _new_node_result(entry.result, served, 0.0, 0.0)
 
     # ---- accounting ---------------------------------------------------------------------
 
@@ -396,8 +401,9 @@ class NodeRunner:
     def _served(route: Route, model: ModelConfig, attempts: int = 1,
                 dedup: str | None = None) -> Served:
         score = route.score.total if route.score is not None else None
-        return Served(model=model.name, tier=model.tier, score=score, router=route.router,
-                      attempts=attempts, belief=route.belief, dedup=dedup)
+        return _new_served(model=model.name, tier=model.tier, score=score,
+                           router=route.router, attempts=attempts, belief=route.belief,
+                           dedup=dedup)
 
     def _account(self, request: ChatRequest, route: Route, answer: Answer,
                  dedup: str | None = None) -> NodeResult:
@@ -418,8 +424,8 @@ class NodeRunner:
             )
         cost, saved = self.stats.record(answer.model, usage)
         self.stats.failovers += answer.failovers
-        return NodeResult(result, self._served(route, answer.model, answer.failovers + 1, dedup),
-                          cost, saved)
+        served = self._served(route, answer.model, answer.failovers + 1, dedup)
+        return _new_node_result(result, served, cost, saved)
 
 
 _DEFAULT_OUTPUT_TOKENS = 4096  # a request that sets no max_tokens may cost this much output

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from engine.errors import RequestInvalid
+from engine.frozen import frozen_constructor
 from engine.messages import ChatRequest, ChatResult
 from engine.wire.anthropic import errors as anthropic_errors
 from engine.wire.anthropic import request as anthropic_request
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
+
+_new_upstream_call = frozen_constructor(UpstreamCall)
 
 
 class OpenAIProvider:
@@ -72,7 +75,7 @@ class OpenAIProvider:
         headers = {"content-type": "application/json"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
-        return UpstreamCall(
+        return _new_upstream_call(
             url=f"{base_url.rstrip('/')}/chat/completions",
             headers=headers,
             body=openai_request.render_request(request, model=model, stream=stream,

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from engine.core.config import Config
 from engine.errors import ModelNotFound, echo
+from engine.frozen import frozen_constructor
 from engine.messages import ChatRequest
 
 from .learned import Belief
@@ -110,6 +111,10 @@ class Thresholds:
         return cls(config.classifier.tier1_max, config.classifier.tier2_max)
 
 
+_new_route = frozen_constructor(Route)
+_new_score = frozen_constructor(Score)
+
+
 def to_score(p: float, *, threshold: float, tier1_max: int) -> float:
     """A 0-1 "needs the strong model" probability on the 0-100 score scale, ``threshold``
     landing on the tier-1 boundary ``tier1_max``.
@@ -174,7 +179,7 @@ def decide_route(
                 f"model {echo(request.model)} is not configured; use \"auto\" or one of: {names}",
                 param="model",
             )
-        return Route(tier=model.tier, score=score, pinned=model.name, router="pinned")
+        return _new_route(tier=model.tier, score=score, pinned=model.name, router="pinned")
     if tier is not None:
         return Route(tier=max(tier, score.min_tier), score=score, router="workflow")
     limits = thresholds or Thresholds.configured(config)
@@ -195,6 +200,6 @@ def decide_route(
         total = (1 - w) * total + w * to_score(
             sidecar_p, threshold=settings.threshold, tier1_max=anchor)
         router += "+sidecar"
-    blended = Score(round(total), score.signals, score.min_tier)
+    blended = _new_score(round(total), score.signals, score.min_tier)
     routed = tier_for_score(blended, tier1_max=limits.tier1_max, tier2_max=limits.tier2_max)
-    return Route(tier=routed, score=blended, router=router, value=total, belief=belief)
+    return _new_route(tier=routed, score=blended, router=router, value=total, belief=belief)

@@ -25,6 +25,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from engine.frozen import frozen_constructor
 from engine.messages import (
     CHARS_PER_TOKEN,
     ChatRequest,
@@ -82,6 +83,9 @@ class Score:
     total: int
     signals: dict[str, int]
     min_tier: int = 1
+
+
+_new_score = frozen_constructor(Score)
 
 
 def _token_points(tokens: int) -> int:
@@ -150,7 +154,7 @@ def score_request(request: ChatRequest) -> Score:
         "code": 10 if _has_code(user_text) or _has_code(system) else 0,
         "reasoning": 15 if _reasons(user_text.lower()) else 0,
     }
-    return Score(
+    return _new_score(
         total=min(100, sum(signals.values())),
         signals=signals,
         min_tier=2 if request.tools else 1,

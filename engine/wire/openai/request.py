@@ -32,6 +32,9 @@ from engine.messages import (
     ToolCall,
     ToolChoice,
     ToolResult,
+    new_chat_request,
+    new_message,
+    new_text_part,
 )
 
 from .body import NUMBERS, TOOL_CHOICE_MODES, UNSUPPORTED
@@ -94,7 +97,7 @@ def _parse_plain(data: dict[str, Any]) -> ChatRequest:
     max_tokens, max_tokens_param = _max_tokens(data)
     stream = boolean(data, "stream") or False
     include_usage = _include_usage(data.get("stream_options"))
-    return ChatRequest(
+    return new_chat_request(
         messages=messages,
         model=model,
         system=system,
@@ -159,7 +162,7 @@ def _parse_any(data: dict[str, Any]) -> ChatRequest:
         raise RequestInvalid(
             "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
         )
-    return ChatRequest(
+    return new_chat_request(
         messages=messages,
         model=model,
         system=system,
@@ -209,12 +212,12 @@ def _parse_messages(value: Any) -> tuple[str | None, tuple[Message, ...]]:
             results.append(_parse_tool_result(message, path))
             continue
         if results:
-            messages.append(Message("user", tuple(results)))
+            messages.append(new_message("user", tuple(results)))
             results = []
         if role == "user":
-            messages.append(Message("user", _parse_user_content(message, path)))
+            messages.append(new_message("user", _parse_user_content(message, path)))
         elif role == "assistant":
-            messages.append(Message("assistant", _parse_assistant(message, path)))
+            messages.append(new_message("assistant", _parse_assistant(message, path)))
         elif role == "system" or role == "developer":
             system.append(_text_content(message.get("content", MISSING), f"{path}.content"))
         elif role is MISSING:
@@ -227,7 +230,7 @@ def _parse_messages(value: Any) -> tuple[str | None, tuple[Message, ...]]:
                 param=f"{path}.role",
             )
     if results:
-        messages.append(Message("user", tuple(results)))
+        messages.append(new_message("user", tuple(results)))
     if not messages:
         raise RequestInvalid(
             "'messages' must contain a user, assistant or tool message, not only system ones.",
@@ -240,7 +243,7 @@ def _parse_user_content(message: dict[str, Any], path: str) -> tuple[Part, ...]:
     content = message.get("content", MISSING)
     path = f"{path}.content"
     if type(content) is str:
-        return (TextPart(content),)
+        return (new_text_part(content),)
     if content is MISSING or content is None:
         raise RequestInvalid(f"Missing required parameter: '{path}'.", param=path)
     if type(content) is not list:

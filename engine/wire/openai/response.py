@@ -30,6 +30,11 @@ from engine.messages import (
     ToolCallDelta,
     ToolCallStart,
     Usage,
+    new_chat_result,
+    new_finish,
+    new_text_delta,
+    new_text_part,
+    new_usage,
 )
 from engine.wire.sse import SSEDecoder
 
@@ -102,7 +107,7 @@ def parse_result(body: bytes) -> ChatResult:
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         detail = f"{type(exc).__name__}: {exc}"
         raise UpstreamError(f"upstream sent an invalid chat completion: {detail}") from None
-    return ChatResult(
+    return new_chat_result(
         content=content,
         stop_reason=stop_reason,
         usage=usage,
@@ -123,7 +128,7 @@ def _parse_choice(choice: dict[str, Any]
     content: list[TextPart | ToolCall] = []
     text = _text_of(message.get("content")) or _text_of(message.get("refusal"))
     if text:
-        content.append(TextPart(text))
+        content.append(new_text_part(text))
     calls = [
         ToolCall(
             id=call.get("id") or f"call_{i}",
@@ -254,7 +259,7 @@ class OpenAIStreamDecoder:
     def __init__(self) -> None:
         self._sse = SSEDecoder()
         self._finish_reason: str | None = None
-        self._usage = Usage()
+        self._usage = new_usage()
         self._model: str | None = None
         self._tools: dict[Any, int] = {}  # upstream index (or call id) -> canonical index
         self._last_key: Any = None
@@ -298,7 +303,7 @@ class OpenAIStreamDecoder:
 
     def _finish(self) -> Finish:
         self._done = True
-        return Finish(
+        return new_finish(
             stop_reason=_stop_reason(self._finish_reason, bool(self._tools)),
             usage=self._usage,
             upstream_model=self._model,
@@ -335,7 +340,7 @@ class OpenAIStreamDecoder:
                 if logprobs is not None:
                     logprobs = _parse_logprobs(logprobs)
                 if text or logprobs:
-                    events.append(TextDelta(text or "", logprobs))
+                    events.append(new_text_delta(text or "", logprobs))
                 calls = delta.get("tool_calls")
                 if calls:
                     self._tool_deltas(calls, events)
@@ -396,7 +401,7 @@ def _parse_usage(usage: Any) -> Usage:
     details = usage.get("prompt_tokens_details")
     cached = (details.get("cached_tokens") if isinstance(details, dict) else None) or 0
     prompt = usage.get("prompt_tokens") or 0
-    return Usage(
+    return new_usage(
         input_tokens=max(prompt - cached, 0),
         output_tokens=usage.get("completion_tokens") or 0,
         cache_read_tokens=cached,
