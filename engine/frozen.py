@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 __all__ = ["frozen_constructor"]
 
 _T = TypeVar("_T")
+_OWN_NAMES = frozenset({"o", "_new", "_draft", "_cls", "_unset"})
 
 
 def frozen_constructor(cls: type[_T]) -> type[_T]:
@@ -51,6 +52,9 @@ def frozen_constructor(cls: type[_T]) -> type[_T]:
             or not getattr(params, "frozen", False) or hasattr(cls, "__post_init__")
             or not all(f.init for f in fields)):
         raise TypeError(f"{cls.__name__} is not a plain frozen dataclass with slots")
+    taken = [n for n in names if n in _OWN_NAMES or n.startswith(("_default_", "_factory_"))]
+    if taken:  # the generated function's own names: a field of one of them would shadow it
+        raise TypeError(f"{cls.__name__} has a field named {taken[0]!r}")
     return cast("type[_T]", _constructor(cls, fields))
 
 

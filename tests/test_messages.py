@@ -150,6 +150,10 @@ def test_only_a_plain_frozen_dataclass_with_slots_gets_one() -> None:
         def __post_init__(self) -> None:
             pass
 
-    for cls in (NoSlots, Mutable, Checked, int):
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Shadowing:  # a field named as one of the generated function's own names
+        o: int
+
+    for cls in (NoSlots, Mutable, Checked, Shadowing, int):
         with pytest.raises(TypeError):
             frozen_constructor(cls)
