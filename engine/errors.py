@@ -124,7 +124,8 @@ class RouterError(Exception):
     #: Where a chat request was routed before it failed (an ``engine.runtime.Served``): its
     #: error response carries the ``X-LLM-Router-*`` headers too. None: it failed before.
     routed: Any = None
-    #: Further headers of its error response (a workflow run's id). None: no others.
+    #: Further headers of its error response (a client key's X-RateLimit-*, a workflow
+    #: run's id). None: no others.
     headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:

@@ -89,7 +89,6 @@ def error_reply(err: RouterError, protocol: WireProtocol) -> Reply:
     waits = RateLimited | UpstreamRateLimited | BudgetExceeded | NoBackendAvailable
     if isinstance(err, waits) and retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
-    headers.update(getattr(err, "limits", None) or {})
     headers.update(err.headers or {})
     return Reply(err.status, headers, protocol.render_error(err))
 

@@ -280,7 +280,7 @@ class KeyGate:
     def _limited(self, what: str, limit: int, retry_after: float) -> RateLimited:
         error = RateLimited(f"this client key may use {limit} {what} per minute; try again "
                             f"in {retry_after:.1f} s", retry_after=retry_after)
-        error.limits = rate_headers(what, limit, 0, retry_after)  # type: ignore[attr-defined]
+        error.headers = rate_headers(what, limit, 0, retry_after)
         return error
 
     # ---- keeping spend ---------------------------------------------------------------------------

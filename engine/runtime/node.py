@@ -217,9 +217,9 @@ class NodeRunner:
             done = await self._run_within(node, request, ctx, sink, prefer, deadline)
         except BaseException as error:
             gate.settle(key, ticket, tokens=0, cost_usd=0.0)
-            if isinstance(error, RouterError) and ticket.headers and not getattr(
-                    error, "limits", None):
-                error.limits = ticket.headers  # type: ignore[attr-defined]  # its answer's too
+            if isinstance(error, RouterError) and ticket.headers:
+                # its error carries the key's X-RateLimit-* too (those it has win)
+                error.headers = {**ticket.headers, **(error.headers or {})}
             raise
         paid = done.served.cache != "HIT" and done.served.dedup != "FOLLOWER"
         usage = done.result.usage
