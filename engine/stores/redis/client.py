@@ -111,8 +111,10 @@ class _Connection:
             while self.broken is None:
                 await self.queued.wait()
                 self.queued = trio.Event()
-                if self.broken is not None or not self.outgoing:
+                if self.broken is not None:
                     return
+                if not self.outgoing:
+                    continue
                 payload = b"".join(self.outgoing)
                 self.outgoing.clear()
                 await self.stream.send_all(payload)
@@ -410,8 +412,8 @@ async def open_redis(address: RedisAddress, *, timeout: float = 0.25,
 
 
 async def _stood_still(slots: list[_Slot], deadline: float, limit: float) -> bool:
-    """After ``deadline`` passed with ``slots`` unanswered: whether this
-    process, not Redis, is the reason, so that Redis is given its ``limit`` again from now.
+    """After ``deadline`` passed with ``slots`` unanswered: whether this process, not Redis,
+    is the reason, so that Redis is given its ``limit`` again from now.
 
     A process that stands still (a GC pause, a frozen VM, SIGSTOP) finds every deadline past
     when it goes on, while Redis's answers wait unread in the socket: the reader is woken by
