@@ -5,6 +5,7 @@ value is refused as the option's own error (exit status 2), before anything is s
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 __all__ = ["header_text", "is_header_text"]
 
@@ -22,7 +23,7 @@ def is_header_text(value: str, *, max_length: int | None = None) -> bool:
             and (max_length is None or len(value) <= max_length))
 
 
-def header_text(max_length: int | None = None) -> argparse._ActionType:
+def header_text(max_length: int | None = None) -> Callable[[str], str]:
     """An argparse ``type`` that accepts what :func:`is_header_text` accepts."""
     limit = f"1 to {max_length} " if max_length is not None else ""
 
