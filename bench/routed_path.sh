@@ -15,7 +15,9 @@
 # SHAPES picks and orders them ("pinned miss hit" unless set); GATE=false turns the trained
 # router's familiarity gate off (learned.gate); COMPARE=SHARE turns on the comparisons the router
 # makes itself (learned.compare, bench-big as the judge: the mock's fixed answer is no verdict,
-# so each comparison costs its two calls and is then dropped as unreadable).
+# so each comparison costs its two calls and is then dropped as unreadable). PARTS=1 serves
+# bench/part_cpu.py instead of llm-router and prints, per shape, the CPU each part of a request
+# took in the measured run (microseconds per request, calls per request, share of the CPU).
 #   bench/routed_path.sh [seconds] [connections]
 set -euo pipefail
 : "${LLM_ROUTER_PEER_BENCH:?set LLM_ROUTER_PEER_BENCH to the peer benchmark harness folder}"
@@ -47,11 +49,14 @@ cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }  # user, system
 run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   local shape=$1 cache=$2; shift 2
   config "$cache" "$shape" > "$work/$shape.yaml"
-  taskset -c 0 .venv/bin/llm-router --config "$work/$shape.yaml" --addr "127.0.0.1:$router_port" \
+  local serve=(.venv/bin/llm-router)
+  [ "${PARTS:-0}" = 0 ] || serve=(env PART_CPU_OUT="$work/parts-$shape.json" .venv/bin/python bench/part_cpu.py)
+  taskset -c 0 "${serve[@]}" --config "$work/$shape.yaml" --addr "127.0.0.1:$router_port" \
     > "$work/$shape.log" 2>&1 &
   router=$!
   for _ in $(seq 100); do curl -sf "127.0.0.1:$router_port/health" >/dev/null && break; sleep 0.1; done
   "$@" -d3s "http://127.0.0.1:$router_port/v1/chat/completions" > /dev/null
+  [ "${PARTS:-0}" = 0 ] || kill -USR1 $router  # the warm-up's parts are not counted
   local before; before=$(cpu_ticks $router)
   if [[ ",${PROFILE:-}," == *",$shape,"* || ( "${PROFILE:-}" = 1 && "$shape" = miss ) ]]; then
     .venv/bin/py-spy record -p "$router" -d "$secs" -r "${PYSPY_RATE:-1000}" -f raw \
@@ -59,6 +64,10 @@ run_shape() {  # $1 shape, $2 cache, $3 wrk script args...
   fi
   "$@" -d"${secs}s" "http://127.0.0.1:$router_port/v1/chat/completions" > "$work/$shape.wrk"
   local after; after=$(cpu_ticks $router)
+  if [ "${PARTS:-0}" != 0 ]; then
+    rm -f "$work/parts-$shape.json"; kill -USR1 $router
+    for _ in $(seq 50); do [ -s "$work/parts-$shape.json" ] && break; sleep 0.1; done
+  fi
   wait_spy=$(jobs -p | grep -v "^$router$" || true)
   [ -z "$wait_spy" ] || wait $wait_spy 2>/dev/null || true
   kill $router; wait $router 2>/dev/null || true
@@ -76,6 +85,17 @@ print(f"{shape:7s} {w['requests']:6d} requests  {w['rps']:7.0f}/s  CPU {cpu_ms:5
       f"p50 {w['p50_us'] / 1000:6.2f} ms  p99 {w['p99_us'] / 1000:6.2f} ms  "
       f"max {w['lat_max_us'] / 1000:6.1f} ms  bad {bad}  "
       f"kernel {100 * (sys1 - sys0) / max(after - before, 1):.0f}% of CPU")
+parts = path[: -len(".wrk")].rsplit("/", 1)[0] + f"/parts-{shape}.json"
+try:
+    spent = json.load(open(parts))
+except FileNotFoundError:
+    sys.exit()
+n, total_us = max(w["requests"], 1), cpu_ms * 1000
+print(f"  {'part':26s} {'us/request':>10s} {'calls/request':>14s} {'share':>6s}")
+for part, t in sorted(spent.items(), key=lambda kv: -kv[1]["cpu_ns"]):
+    if t["calls"]:
+        us = t["cpu_ns"] / 1000 / n
+        print(f"  {part:26s} {us:10.1f} {t['calls'] / n:14.2f} {us / total_us:6.1%}")
 PY
 }
 
