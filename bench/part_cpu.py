@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from miss_instructions import PARTS  # noqa: E402
+from miss_instructions import PARTS
 
 #: part -> [calls, CPU nanoseconds]
 _spent: dict[str, list[int]] = {}
