@@ -16,9 +16,12 @@ Needs ``redis-server`` on the PATH (started here on a free loopback port, nothin
    count), a health verdict published (``HSET`` + ``XADD``: only when a backend changes
    state), and the read behind ``/stats`` (the ``SUM`` script over every process's hash; per
    read, not per request). The totals write is also measured in this process's CPU time
-   (``time.process_time``), with and without a gauge change (the chat requests in flight
-   change with every request), on totals shaped like a served router's (request labels and
-   latency histograms filled), to bound what the writes cost a busy process.
+   (``time.process_time``), each write after one request's counts (an answer of one model
+   for one client key, its labels and latencies), with and without a gauge change (the chat
+   requests in flight change with every request), on two shapes of totals: this gateway's
+   (one model, a few label sets: ~30 values) and a larger deployment's (5 models, 50 client
+   keys, 40 label sets, 6 error codes: ~250 values), to bound what the writes cost a busy
+   process.
 
 Prints Markdown.
 """
@@ -39,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import one_model_config, percentile, redis_server
 
-from engine.messages import ChatRequest, Message, TextPart
+from engine.core.stats import Stats
+from engine.messages import ChatRequest, Message, TextPart, Usage
 from engine.runtime import RunContext, open_gateway
 from engine.runtime.models import Models
 from engine.runtime.shared_totals import flatten
@@ -55,6 +59,26 @@ async def timed_requests(gateway: object, count: int) -> list[float]:
         await gateway.complete(request, ctx)  # type: ignore[attr-defined]
         out.append((time.perf_counter() - start) * 1000)
     return out
+
+
+def grow(stats: Stats) -> None:
+    """Counts of a larger deployment than this gateway: more models, client keys, request
+    labels and error codes (each a value of the totals)."""
+    for i in range(4):
+        stats.by_model[f"model-{i}"] += 10
+        stats.by_tier[i + 2] += 10
+        stats.spent_by_model[f"model-{i}"] = 0.5 * i
+    for i in range(50):
+        stats.record_key(f"key_{i:016x}", cost_usd=0.001, tokens=100)
+    for protocol in ("openai", "anthropic"):
+        for i in range(5):
+            for cache in ("hit", "miss"):
+                for status in ("200", "429"):
+                    stats.record_exchange((protocol, f"model-{i}", str(1 + i % 3), cache, status),
+                                          seconds=0.001 * (1 + i), first_byte_seconds=0.0005)
+    for code in ("upstream_error", "upstream_timeout", "rate_limited", "invalid_request",
+                 "no_backend_available", "budget_exceeded"):
+        stats.record_error(code)
 
 
 async def timed(fn: object, count: int) -> list[float]:
@@ -111,13 +135,29 @@ async def main(args: argparse.Namespace) -> None:
                     shared.stats.record_exchange(labels, seconds=0.001 * (1 + i % 40),
                                                  first_byte_seconds=0.0005 * (1 + i % 40))
 
-                async def flush_gauge() -> None:
-                    shared.stats.in_flight ^= 1  # a gauge changed too
-                    await flush()
+                model = shared.config.models[0]
+                served = [0]
 
-                fields = len(flatten(shared.stats, shared.pool))
-                cpu_write = await cpu_per(flush, 2000)
-                cpu_write_gauge = await cpu_per(flush_gauge, 2000)
+                async def request_then_flush() -> None:
+                    served[0] += 1
+                    shared.stats.record(model, Usage(120 + served[0] % 7, 40))
+                    shared.stats.record_key(f"key_{served[0] % 50:016x}", cost_usd=0.0001,
+                                            tokens=160)
+                    shared.stats.record_exchange(labels, seconds=0.002, first_byte_seconds=0.001)
+                    await totals.flush()
+
+                async def request_then_flush_gauge() -> None:
+                    shared.stats.in_flight ^= 1  # a gauge changed too
+                    await request_then_flush()
+
+                writes: list[tuple[int, float, float]] = []
+                for shape in ("small", "large"):
+                    if shape == "large":
+                        grow(shared.stats)
+                    await request_then_flush()
+                    writes.append((len(flatten(shared.stats, shared.pool)),
+                                   await cpu_per(request_then_flush, 2000),
+                                   await cpu_per(request_then_flush_gauge, 2000)))
                 shared.stats.in_flight = 0
                 publishes = await timed(publish, 2000)
                 reads = await timed(totals.totals, 2000)
@@ -133,8 +173,11 @@ async def main(args: argparse.Namespace) -> None:
             print(f"| {name} | {percentile(values, 0.5):.3f} | {percentile(values, 0.9):.3f} |")
         print(f"\np50 difference per request: "
               f"{statistics.median(together) - statistics.median(alone):+.3f} ms")
-        print(f"\nTotals write, this process's CPU ({fields} fields): {cpu_write:.0f} µs; "
-              f"with a gauge changed: {cpu_write_gauge:.0f} µs")
+        print("\nTotals write after one request's counts, this process's CPU (µs):\n")
+        print("| values in the totals | per write | with a gauge changed |")
+        print("|---:|---:|---:|")
+        for fields, cpu_write, cpu_write_gauge in writes:
+            print(f"| {fields} | {cpu_write:.0f} | {cpu_write_gauge:.0f} |")
     shutil.rmtree(folder, ignore_errors=True)
 
 

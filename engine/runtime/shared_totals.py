@@ -12,8 +12,12 @@ current totals, so its view is exact for itself and a few milliseconds behind fo
 
 Absolute values make a write idempotent: a write whose reply was lost (Redis timed out, then
 applied it) counts nothing twice, and nothing counted while Redis was down is lost - the first
-write after it returns carries it. A Redis that restarted empty is filled again by each
-running process's next write.
+write after it returns carries it. So a write need only carry the values that changed since the
+last one Redis acknowledged: a few fields a request, where the whole hash holds a few hundred in
+a deployment with many client keys, models and labels (every write used to encode, send and set
+them all). A partial write finds the hash gone when Redis restarted empty (or evicted it)
+without the process noticing; it then writes nothing and says so, and the whole hash follows at
+once, so each running process fills a Redis that restarted empty again with its next write.
 
 A process that stops adds its final totals to ``llmr:stats:{totals}:retired`` and deletes its
 hash, in one script (:data:`_RETIRE`): a reader sums the live processes' hashes and that one,
@@ -41,7 +45,7 @@ second), so the sum covers the processes alive now.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -117,10 +121,14 @@ return 1
 """)
 
 # A process writes its totals. KEYS: the set of processes, its totals hash, its reaped
-# marker. ARGV: its origin, then name, value pairs. 0: it was reaped, nothing written.
+# marker. ARGV: its origin, "all" or "changed" (the values that changed since its last
+# acknowledged write), then name, value pairs. 0: it was reaped, nothing written; 2: the
+# changed values only, and the hash is gone (Redis restarted empty, or evicted it): nothing
+# written, the caller writes them all.
 _WRITE = Script("""
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-for i = 2, #ARGV, 1000 do  -- unpack has a bound: 500 fields at a time
+if ARGV[2] == 'changed' and redis.call('EXISTS', KEYS[2]) == 0 then return 2 end
+for i = 3, #ARGV, 1000 do  -- unpack has a bound: 500 fields at a time
   redis.call('HSET', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -306,7 +314,7 @@ class SharedTotals:
         keys = [PROCS, self._key, self._marker]
         flat: list[Any] = []
         if totals != self._written and not self._reaped:
-            flat = [self.origin, *(x for pair in totals.items() for x in (pair[0], repr(pair[1])))]
+            flat = self._write_args(totals, self._written)
             commands.append(["EVALSHA", _WRITE.sha, len(keys), *keys, *flat])
         gauges = self.gauges()
         now = trio.current_time()
@@ -332,6 +340,12 @@ class SharedTotals:
                     written = await self.redis.run(_WRITE, keys, flat)
                 except StoreUnavailable:
                     return
+            if written == 2:  # the hash is gone: everything, not what changed
+                try:
+                    written = await self.redis.run(_WRITE, keys, self._write_args(totals, None))
+                except StoreUnavailable:
+                    self._written = None
+                    return
             if written == 0:
                 self._reaped = True
                 log.warning("another router process took this one for dead and counted its "
@@ -339,6 +353,17 @@ class SharedTotals:
             self._written = totals
         if write_gauges:
             self._gauges_written, self._gauges_at = gauges, now
+
+    def _write_args(self, totals: dict[str, float], written: dict[str, float] | None
+                    ) -> list[Any]:
+        """The write script's arguments: every value of ``totals``, or (``written`` being what
+        Redis last acknowledged) those that changed. A name never leaves ``totals``."""
+        pairs: Iterable[tuple[str, float]] = totals.items()
+        mode = "all"
+        if written is not None:
+            pairs = [(name, value) for name, value in pairs if written.get(name) != value]
+            mode = "changed"
+        return [self.origin, mode, *(x for pair in pairs for x in (pair[0], repr(pair[1])))]
 
     async def totals(self) -> tuple[dict[str, float], str]:
         """Every process's totals summed, and ``"shared"``; or this process's alone and

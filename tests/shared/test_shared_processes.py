@@ -19,6 +19,8 @@ from support_processes import fake_model, two_routers, write_router_config
 from support_redis import RedisServer
 from support_routing import wait_for
 
+from engine.core.redis_address import RedisAddress
+from engine.stores.redis import open_redis
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 MIN_SAMPLES = 8
@@ -121,6 +123,34 @@ async def test_a_request_answered_by_one_process_is_in_the_others_stats_at_once(
             await trio.sleep(0.05)
             stats = await get(http, b, "/stats")
             assert (stats["scope"], stats["total_requests"]) == ("shared", n)
+
+
+async def test_a_redis_emptied_under_running_processes_gets_their_whole_totals_back(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """A write carries only the values that changed since the last one; a Redis emptied
+    without the processes noticing (a restart without persistence, an eviction) must still
+    get everything back, not just what the next request changed."""
+    async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
+        for model in ("cheap", "dear", "dear"):
+            assert (await chat(http, a, model)).status_code == 200
+        assert (await chat(http, a, "nowhere")).status_code == 404
+        before = await same_on_both(http, a, b, "/stats")
+        assert before["by_model"] == {"cheap": 1, "dear": 2}, before
+        async with open_redis(RedisAddress.from_url(redis_server.url), timeout=5.0) as redis:
+            await redis.call("FLUSHALL", probe=True)
+        assert (await chat(http, a, "cheap")).status_code == 200
+
+        async def whole() -> bool:
+            stats = await get(http, b, "/stats")
+            return bool(stats["scope"] == "shared" and stats["total_requests"] == 5)
+
+        await wait_for(whole, poll=0.05)
+        after = await get(http, b, "/stats")
+        assert after["by_model"] == {"cheap": 2, "dear": 2}, after
+        assert after["errors"] == before["errors"], (before, after)
+        assert after["total_spent_usd"] > before["total_spent_usd"]
+        assert after["by_tier"] == {"1": 4}, after
 
 
 async def test_feedback_from_both_processes_is_calibrated_once(
