@@ -6,8 +6,11 @@ Needs ``redis-server`` on the PATH (started here on a free loopback port, nothin
 
 1. End to end: ``Gateway.complete`` (routing, the backend call to an in-process fake
    upstream over loopback HTTP, stats) timed per request, one at a time, for a gateway
-   without ``state.redis_url`` and one with it, in alternating rounds so drift on a shared
-   machine hits both alike. Prints the p50 / p90 of each and the p50 difference.
+   without ``state.redis_url``, one with it and in-flight dedup off, and one with it as
+   configured by default (dedup on: a claim round trip per request, and the flight's final
+   record written after it), in alternating rounds so drift on a shared machine hits all
+   alike. Prints the p50 / p90 of each, and this process's CPU per request in each round
+   (the fake upstream's share, the same for all three, included).
 2. The Redis work itself, timed alone: the totals write (``SharedTotals.flush``, one
    pipeline: the write script's ``EVALSHA``, ``HSET`` of every counter + ``SADD``, and, when
    a gauge changed, ``DEL`` + ``HSET`` + ``PEXPIRE`` + ``SADD`` of the gauges; a process
@@ -50,14 +53,21 @@ from engine.runtime.shared_totals import flatten
 from engine.testing import open_fake_upstream
 
 
-async def timed_requests(gateway: object, count: int) -> list[float]:
+async def timed_requests(gateway: object, count: int, cpu: list[float] | None = None
+                         ) -> list[float]:
+    """Each request's milliseconds; ``cpu`` gets this process's CPU milliseconds per request
+    over the ``count`` (the background writes they caused included, the fake upstream too)."""
     request = ChatRequest(messages=(Message("user", (TextPart("hello there"),)),))
     ctx = RunContext(tenant="bench")
     out = []
+    began = time.process_time()
     for _ in range(count):
         start = time.perf_counter()
         await gateway.complete(request, ctx)  # type: ignore[attr-defined]
         out.append((time.perf_counter() - start) * 1000)
+    await trio.sleep(0.02)  # the last request's background writes
+    if cpu is not None:
+        cpu.append((time.process_time() - began) / count * 1000)
     return out
 
 
@@ -105,18 +115,24 @@ async def main(args: argparse.Namespace) -> None:
             base = fake.base_url("m", "openai")
             async with (
                 open_gateway(one_model_config(base, folder / "plain"), models=Models()) as plain,
+                open_gateway(one_model_config(base, folder / "nodedup", redis_url=url,
+                                              dedup={"enabled": False}),
+                             models=Models()) as nodedup,
                 open_gateway(one_model_config(base, folder / "shared", redis_url=url),
                              models=Models()) as shared,
             ):
-                await timed_requests(plain, 200)
-                await timed_requests(shared, 200)
+                gateways = {"request, no Redis": plain,
+                            "request, through Redis, in-flight dedup off": nodedup,
+                            "request, through Redis (in-flight dedup on, the default)": shared}
+                for gateway in gateways.values():
+                    await timed_requests(gateway, 200)
                 fake.reset()
-                alone: list[float] = []
-                together: list[float] = []
+                latency: dict[str, list[float]] = {name: [] for name in gateways}
+                cpu: dict[str, list[float]] = {name: [] for name in gateways}
                 per_round = args.requests // args.rounds
                 for _ in range(args.rounds):
-                    alone += await timed_requests(plain, per_round)
-                    together += await timed_requests(shared, per_round)
+                    for name, gateway in gateways.items():
+                        latency[name] += await timed_requests(gateway, per_round, cpu[name])
                 totals = shared.shared_totals
                 health = shared.shared_health
                 assert totals is not None and health is not None
@@ -163,16 +179,21 @@ async def main(args: argparse.Namespace) -> None:
                 reads = await timed(totals.totals, 2000)
         print(f"Python {sys.version.split()[0]}, {args.requests} requests per gateway, "
               f"one at a time, {args.rounds} alternating rounds\n")
-        print("| what | p50 ms | p90 ms |")
-        print("|---|---:|---:|")
-        for name, values in (("request, no Redis", alone), ("request, shared through Redis",
-                                                             together),
+        print("| what | p50 ms | p90 ms | CPU ms per request, by round |")
+        print("|---|---:|---:|---|")
+        for name, values in (*latency.items(),
                              ("totals write (flush)", flushes),
                              ("health verdict published", publishes),
                              ("/stats read (SUM script)", reads)):
-            print(f"| {name} | {percentile(values, 0.5):.3f} | {percentile(values, 0.9):.3f} |")
-        print(f"\np50 difference per request: "
-              f"{statistics.median(together) - statistics.median(alone):+.3f} ms")
+            rounds = ", ".join(f"{c:.2f}" for c in cpu.get(name, []))
+            print(f"| {name} | {percentile(values, 0.5):.3f} | {percentile(values, 0.9):.3f} "
+                  f"| {rounds} |")
+        alone = statistics.median(latency["request, no Redis"])
+        alone_cpu = statistics.median(cpu["request, no Redis"])
+        for name in list(gateways)[1:]:
+            print(f"\n{name}: p50 {statistics.median(latency[name]) - alone:+.3f} ms, CPU "
+                  f"{statistics.median(cpu[name]) - alone_cpu:+.3f} ms per request (medians "
+                  f"over the rounds) against no Redis")
         print("\nTotals write after one request's counts, this process's CPU (µs):\n")
         print("| values in the totals | per write | with a gauge changed |")
         print("|---:|---:|---:|")
