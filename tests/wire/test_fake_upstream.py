@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 
 import anthropic
 import httpx
@@ -599,8 +600,13 @@ async def test_hang_is_cancelled_by_client_timeout(
     fake_upstream: FakeUpstream, claude: anthropic.AsyncAnthropic
 ) -> None:
     fake_upstream.script("b1", Behaviour(hang=True))
-    with trio.move_on_after(0.2) as scope:
-        await claude.messages.create(model=ANTHROPIC_MODEL, max_tokens=8, messages=user("x"))
+    with trio.move_on_after(10) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(claude.messages.create, model=ANTHROPIC_MODEL,
+                                       max_tokens=8, messages=user("x")))
+            while not fake_upstream.requests("b1"):  # hanging there, not still on its way
+                await trio.sleep(0.01)
+            scope.cancel()
     assert scope.cancelled_caught
     with trio.fail_after(2):
         await fake_upstream.wait_until_idle()
