@@ -7,10 +7,13 @@ request unlike its training rows while the heuristic's signals still count.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_learned import FAST, synthetic_rows
 
 from engine.core.cache.similarity import Embedder
@@ -64,6 +67,28 @@ def test_one_request_has_the_similarity_of_its_row_in_the_matrix() -> None:
         alone = gate.similarity(indices[keep] - data["start"], values[keep])
         assert alone == pytest.approx(float(nearest[row]), abs=1e-5)
     assert gate.similarity(np.array([], np.int64), np.array([])) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_the_similarity_is_the_dense_formulation_to_the_bit(data: st.DataObject) -> None:
+    # a request's n-gram block as the router gives it: sorted distinct buckets of a block
+    # wider than the gate's, positive values (colliding after folding, some of them)
+    gate, _ = random_gate(3, buckets=64)
+    width = data.draw(st.sampled_from([64, 128, 4096]))
+    indices = np.array(sorted(data.draw(st.sets(st.integers(0, width - 1), max_size=80))),
+                       np.intp)
+    values = np.array(data.draw(st.lists(st.floats(1e-3, 1.0), min_size=len(indices),
+                                         max_size=len(indices))), np.float64)
+    if not len(indices):
+        assert gate.similarity(indices, values) == 0.0
+        return
+    folded = indices % gate.buckets
+    bins = np.bincount(folded, weights=values)  # every bucket squared, then summed
+    norm = math.sqrt(float(np.add.reduce(np.square(bins, out=bins))))
+    rows = gate.centroids.take(folded, axis=0)
+    dense = float(np.maximum.reduce(values.astype(np.float32) @ rows)) / norm
+    assert gate.similarity(indices, values) == dense
 
 
 def test_the_weight_opens_between_low_and_high() -> None:

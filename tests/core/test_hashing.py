@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.routing.hashing import bag, char_hashes, word_hashes
+from engine.core.routing.hashing import bag, char_hashes, text_hashes, word_hashes
 
 _MASK = np.uint64(0xFFFFFFFF)
 
@@ -65,6 +65,26 @@ def test_a_bag_reads_the_same_buckets_from_either(text: str) -> None:
         (i, v), (j, w) = bag(parts, 1 << 15), bag(reference, 1 << 15)
         assert i.dtype == j.dtype == np.intp
         assert i.tolist() == j.tolist() and v.tobytes() == w.tobytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.booleans(), st.sampled_from([(3, 4, 5), (2,), (4,), ()]))
+def test_text_hashes_are_the_word_and_char_hashes(text: str, bigrams: bool,
+                                                  ngrams: tuple[int, ...]) -> None:
+    words, chars = text_hashes(text, bigrams, ngrams)
+    for got, want in ((words, word_hashes(text, bigrams)), (chars, char_hashes(text, ngrams))):
+        assert got.dtype == want.dtype == np.uint32
+        assert got.tolist() == want.tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=300), st.integers(0, 1 << 20))
+def test_a_bag_at_an_offset_is_the_bag_shifted(text: str, offset: int) -> None:
+    h = char_hashes(text, (3, 4, 5))
+    for parts in ([(h, 1.0)], [(h, 1.0), (h[::3], 0.5)]):
+        (i, v), (j, w) = bag(parts, 1 << 15, offset), bag(parts, 1 << 15)
+        assert i.dtype == j.dtype == np.intp
+        assert i.tolist() == (j + offset).tolist() and v.tobytes() == w.tobytes()
 
 
 def test_hashes_are_pinned() -> None:

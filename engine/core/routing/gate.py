@@ -132,7 +132,11 @@ class Gate:
         # the folded vector's norm counts colliding buckets once; its dot with a centroid
         # is the same summed bucket by bucket or value by value
         bins = np.bincount(folded, weights=values)
-        norm = math.sqrt(float(np.add.reduce(np.square(bins, out=bins))))
+        # squared where a value landed only (elsewhere 0 is its own square): the array
+        # np.square(bins) gives, for the same pairwise sum, without a pass over every bucket
+        landed = bins[folded]
+        bins[folded] = landed * landed
+        norm = math.sqrt(float(np.add.reduce(bins)))
         if norm == 0:
             return 0.0
         rows = self.centroids.take(folded, axis=0)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bag", "char_hashes", "word_hashes"]
+__all__ = ["bag", "char_hashes", "text_hashes", "word_hashes"]
 
 _WORD = re.compile(r"\w+")
 _U32 = np.uint32
@@ -39,23 +39,48 @@ def _mix(h: np.ndarray) -> np.ndarray:
 def word_hashes(text: str, bigrams: bool) -> np.ndarray:
     """CRC-32 of each ``\\w+`` word of ``text``, then (``bigrams``) a mixed hash of each
     pair of neighbours, as uint32."""
-    words = _WORD.findall(text)
-    n = len(words)
-    if not bigrams or n < 2:
-        return np.fromiter((zlib.crc32(w.encode()) for w in words), _U32, n)
-    h = np.empty(2 * n - 1, _U32)
-    h[:n] = np.fromiter((zlib.crc32(w.encode()) for w in words), _U32, n)
-    pair = h[n:]
-    np.multiply(h[: n - 1], _GOLDEN, out=pair)
-    pair += h[1:n]
-    pair += _U32(1)
-    _mix(pair)
-    return h
+    crcs = _word_crcs(text)
+    if not bigrams or len(crcs) < 2:
+        return crcs
+    return np.concatenate([crcs, _mix(_pairs(crcs))])
 
 
 def char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
     """A hash of every UTF-8 byte n-gram of ``text`` for each length in ``ngrams``, with the
     length mixed in, as uint32."""
+    tagged = _grams(text, ngrams)
+    # one avalanche over every length's hashes (it is elementwise: as if mixed one by one)
+    return _mix(np.concatenate(tagged)) if tagged else np.zeros(0, _U32)
+
+
+def text_hashes(text: str, bigrams: bool, ngrams: Sequence[int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(word_hashes(text, bigrams), char_hashes(text, ngrams))`` with one avalanche over
+    the word pairs and the n-grams together (it is elementwise): a short text's hashing is
+    a few dozen numpy calls on small arrays, and this saves the second pass's eight."""
+    crcs = _word_crcs(text)
+    pairs = _pairs(crcs) if bigrams and len(crcs) >= 2 else np.zeros(0, _U32)
+    mixed = _mix(np.concatenate([pairs, *_grams(text, ngrams)]))
+    words = np.concatenate([crcs, mixed[: len(pairs)]]) if len(pairs) else crcs
+    return words, mixed[len(pairs) :]
+
+
+def _word_crcs(text: str) -> np.ndarray:
+    """CRC-32 of each ``\\w+`` word of ``text``."""
+    words = _WORD.findall(text)
+    return np.fromiter((zlib.crc32(w.encode()) for w in words), _U32, len(words))
+
+
+def _pairs(crcs: np.ndarray) -> np.ndarray:
+    """Each pair of neighbouring word hashes combined, before the avalanche."""
+    pair = crcs[:-1] * _GOLDEN
+    pair += crcs[1:]
+    pair += _U32(1)
+    return pair
+
+
+def _grams(text: str, ngrams: Sequence[int]) -> list[np.ndarray]:
+    """Each length's n-gram hashes of ``text``, tagged with the length, before the avalanche."""
     b = np.frombuffer(text.encode(), np.uint8).astype(_U32)
     tagged = []
     h = b
@@ -67,12 +92,13 @@ def char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
         h += b[n - 1 :]
         if n in ngrams:
             tagged.append(h ^ _U32(n << 24))
-    # one avalanche over every length's hashes (it is elementwise: as if mixed one by one)
-    return _mix(np.concatenate(tagged)) if tagged else np.zeros(0, _U32)
+    return tagged
 
 
-def bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted bucket counts of hashes, log-scaled, with unit norm: (indices, values)."""
+def bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int, offset: int = 0
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted bucket counts of hashes, log-scaled, with unit norm: (indices, values), the
+    indices ``offset`` on (where the block starts in a feature vector)."""
     mask = _U32(buckets - 1)
     parts = [(h, w) for h, w in parts if len(h)]
     if not parts:
@@ -92,7 +118,7 @@ def bag(parts: Sequence[tuple[np.ndarray, float]], buckets: int) -> tuple[np.nda
         starts = _run_starts(keys)
         weights = np.concatenate([np.full(len(h), w) for h, w in parts])[order]
         values = np.log1p(np.add.reduceat(weights, starts[:-1]))
-    indices = keys[starts[:-1]].astype(np.intp)
+    indices = np.add(keys[starts[:-1]], offset, dtype=np.intp)
     return indices, values / math.sqrt(float(values @ values))
 
 

@@ -43,7 +43,7 @@ from engine.messages import ChatRequest, Message, TextPart
 
 from .conversation import conversation_text, user_turns
 from .gate import Gate
-from .hashing import bag, char_hashes, word_hashes
+from .hashing import bag, text_hashes
 from .packing import pack_array, unpack_array
 from .scoring import Score, score_request
 
@@ -255,12 +255,12 @@ def _features(conversation: _Conversation, config: FeatureConfig,
     if earlier:
         context = _clip("\n".join(earlier), config.max_chars // 2).lower()
         texts.append((context, config.context_weight, config.embedding_chars // 2))
-    offset = len(DENSE_NAMES) + config.embedding_dim
-    w_idx, w_val = bag([(word_hashes(t, config.word_bigrams), w) for t, w, _ in texts],
-                       config.word_buckets)
-    c_idx, c_val = bag([(char_hashes(t, config.char_ngrams), w) for t, w, _ in texts],
-                       config.char_buckets)
-    indices = np.concatenate([w_idx + offset, c_idx + config.char_start])
+    hashed = [(text_hashes(t, config.word_bigrams, config.char_ngrams), w) for t, w, _ in texts]
+    w_idx, w_val = bag([(words, w) for (words, _), w in hashed], config.word_buckets,
+                       len(DENSE_NAMES) + config.embedding_dim)
+    c_idx, c_val = bag([(chars, w) for (_, chars), w in hashed], config.char_buckets,
+                       config.char_start)
+    indices = np.concatenate([w_idx, c_idx])
     values = np.concatenate([w_val * config.word_scale, c_val * config.char_scale])
 
     embedding = np.zeros(0, np.float64)
@@ -272,13 +272,15 @@ def _features(conversation: _Conversation, config: FeatureConfig,
         if vectors.shape[1] != config.embedding_dim:
             raise RouterError(f"this router needs {config.embedding_dim}-dim embeddings, "
                               f"the embedder gives {vectors.shape[1]}")
-        if len(texts) == 1:  # the sum below, of one row
-            embedding = vectors[0] * texts[0][1]
+        if len(texts) == 1:  # the sum below, of one row: the last message's, at weight 1
+            embedding = vectors[0]
         else:
             embedding = (vectors * np.array([w for _, w, _ in texts])[:, None]).sum(axis=0)
         norm = math.sqrt(float(embedding @ embedding))  # np.linalg.norm's, without its checks
         if norm > 0:
-            embedding = embedding / norm * config.embedding_scale
+            embedding = embedding / norm
+            if config.embedding_scale != 1.0:  # a product by one is the identity, to the bit
+                embedding *= config.embedding_scale
     return Features(dense, embedding, indices, values)
 
 
