@@ -30,12 +30,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import pairwise
 
-__all__ = ["ALIGNED_GUARDS", "TEXT_GUARDS", "TextFeatures", "aligned", "pack_features", "read_text",
-           "unmatched", "unpack_features"]
+__all__ = ["ALIGNED_GUARDS", "KEYED_GUARDS", "TEXT_GUARDS", "GuardKey", "TextFeatures", "aligned",
+           "guard_key", "keyed_veto", "pack_features", "read_guard_key", "read_text", "unmatched",
+           "unpack_features"]
 
 # Words, numbers, the punctuation that coordinates ("A & B", "on/by", "A, B") and the one that
 # ends a sentence.
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th)?|[^\W\d_]+|[&/,]|[.?!;:]+")
+_ORDINAL = re.compile(r"(st|nd|rd|th)$")
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -195,6 +197,11 @@ def unpack_features(packed: bytes) -> TextFeatures:
     return TextFeatures(*marshal.loads(packed))
 
 
+def _number(token: str) -> str:
+    """A number as the number guard compares it: "1,000" is "1000", "2nd" is "2"."""
+    return _ORDINAL.sub("", token.replace(",", ""))
+
+
 def read_text(text: str) -> TextFeatures:
     """The :class:`TextFeatures` of a normalised text (``engine.similarity.normalize_text``)."""
     numbers: set[str] = set()
@@ -231,7 +238,7 @@ def read_text(text: str) -> TextFeatures:
             if word not in _FREE:
                 function_words.add(word)
         elif word[0].isdigit():
-            numbers.add(re.sub(r"(st|nd|rd|th)$", "", word.replace(",", "")))
+            numbers.add(_number(word))
         elif word in _NUMBER_WORDS:
             numbers.add(_NUMBER_WORDS[word])
         elif word in _WH:
@@ -284,6 +291,64 @@ def read_text(text: str) -> TextFeatures:
         word_index={word: i for i, word in enumerate(first)},
         first_with_key=first_with_key,
     )
+
+
+# -- the guards' key: the first text guards, read alone ------------------------------------------
+
+GuardKey = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[int, ...],
+                 tuple[str, ...]]
+"""A text's numbers, negations, question words, persons and roles, each sorted: what the
+:data:`KEYED_GUARDS` compare. Two texts' keys differ in a place exactly when that guard vetoes
+the pair."""
+
+
+def guard_key(features: TextFeatures) -> GuardKey:
+    """The :data:`GuardKey` of a text already read."""
+    return (tuple(sorted(features.numbers)), tuple(sorted(features.negations)),
+            tuple(sorted(features.question)), tuple(sorted(features.persons)),
+            tuple(sorted(features.roles)))
+
+
+def read_guard_key(text: str) -> GuardKey:
+    """``guard_key(read_text(text))``, reading only what the key needs: the same tokens,
+    classed as :func:`read_text` classes them, without the content words' spans, entities,
+    counts and inflection keys. Most pairs a cache compares are told apart here (templated
+    questions by their number, real ones by a question word, a person or a number half the
+    time), so a query read this way is often never read whole; about a third of the cost of
+    :func:`read_text`."""
+    numbers: set[str] = set()
+    question: set[str] = set()
+    persons: set[int] = set()
+    roles: set[str] = set()
+    negation_at: list[int] = []
+    order: list[str] = []  # content words, every use
+    polite = _POLITE.match(text)
+    shouting = text.isupper()
+    # the polite frame ends at a word's end, so the tokens after it are those read_text keeps
+    for raw in _TOKEN.findall(text, polite.end() if polite else 0):
+        word = raw.lower()
+        word = _SPELLING.get(word, word)
+        if word[0] in _SENTENCE_ENDS or word in _COORDINATORS:
+            continue
+        if word[0].isdigit():
+            numbers.add(_number(word))
+        elif word in _NUMBER_WORDS:
+            numbers.add(_NUMBER_WORDS[word])
+        elif word in _WH:
+            question.add(_WH[word])
+        elif word in _NEGATION:
+            negation_at.append(len(order))
+        elif (word in _PERSON or word in _STOP) and not (
+                len(raw) > 1 and raw.isupper() and not shouting):  # an acronym is content
+            if word in _PERSON:
+                persons.add(_PERSON[word])
+                if word in _ROLE:
+                    roles.add(_ROLE[word])
+        else:
+            order.append(word)
+    negations = {order[i] if i < len(order) else "" for i in negation_at}
+    return (tuple(sorted(numbers)), tuple(sorted(negations)), tuple(sorted(question)),
+            tuple(sorted(persons)), tuple(sorted(roles)))
 
 
 def unmatched(a: TextFeatures, a_to_b: Sequence[int]) -> list[int]:
@@ -366,6 +431,18 @@ TEXT_GUARDS: tuple[tuple[str, TextGuard], ...] = (
     ("opposite", _opposed),  # "on page" / "off page", "same" / "different"
 )
 """Guards on the two texts alone, cheapest first: (reason, predicate)."""
+KEYED_GUARDS = ("number", "negation", "question", "person", "role")
+"""The first :data:`TEXT_GUARDS`, those a :data:`GuardKey` decides."""
+if tuple(name for name, _ in TEXT_GUARDS[: len(KEYED_GUARDS)]) != KEYED_GUARDS:
+    raise ImportError("KEYED_GUARDS must be the first of TEXT_GUARDS, in their order")
+
+
+def keyed_veto(a: GuardKey, b: GuardKey) -> str | None:
+    """The first of :data:`KEYED_GUARDS` that vetoes a pair with these keys, or None: the
+    first of :data:`TEXT_GUARDS` to veto it, if one of these does."""
+    if a == b:
+        return None
+    return next(name for name, x, y in zip(KEYED_GUARDS, a, b, strict=True) if x != y)
 ALIGNED_GUARDS: tuple[tuple[str, AlignedGuard], ...] = (
     ("entity", _entity_unmatched),  # "capital of France" / "of Germany", "IT leadership"
     ("repeat", _repeated),  # "... to atheist to devout Christian" / "... to atheist"
