@@ -513,6 +513,26 @@ def test_index_leaves_out_what_scores_below_a_floor(exact_below: int) -> None:
     assert index.search(vectors[3], k=5, floor=1.5) == []
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**32 - 1), st.data())
+def test_a_search_above_a_floor_is_the_top_k_cut_at_it(n: int, k: int, seed: int,
+                                                      data: st.DataObject) -> None:
+    """With a floor, a search that finds at most ``k`` entries above it orders just those (a
+    fast path); it answers as the top ``k`` cut at the floor, ties (equal vectors) included."""
+    rng = np.random.default_rng(seed)
+    vectors = unit(rng, n, 8)
+    vectors[::3] = vectors[0]  # exact ties
+    query = vectors[data.draw(st.integers(0, n - 1))] if data.draw(st.booleans()) else unit(
+        rng, 1, 8)[0]
+    index = VectorIndex(8)
+    for i, v in enumerate(vectors):
+        index.add(i, v)
+    scores = [float(v @ query) for v in vectors]
+    floor = data.draw(st.one_of(st.sampled_from(scores), st.floats(-1.5, 1.5)))
+    everything = index.search(query, k=k)  # no floor: the partition
+    assert index.search(query, k=k, floor=floor) == [f for f in everything if not f[1] < floor]
+
+
 def test_index_rejects_wrong_shapes() -> None:
     index = VectorIndex(4)
     with pytest.raises(ValueError, match="shape"):
