@@ -517,8 +517,8 @@ def test_index_leaves_out_what_scores_below_a_floor(exact_below: int) -> None:
 @given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**32 - 1), st.data())
 def test_a_search_above_a_floor_is_the_top_k_cut_at_it(n: int, k: int, seed: int,
                                                       data: st.DataObject) -> None:
-    """With a floor, a search that finds at most ``k`` entries above it orders just those (a
-    fast path); it answers as the top ``k`` cut at the floor, ties (equal vectors) included."""
+    """A search with a floor answers as the top ``k`` cut at the floor, ties (equal vectors)
+    included."""
     rng = np.random.default_rng(seed)
     vectors = unit(rng, n, 8)
     vectors[::3] = vectors[0]  # exact ties

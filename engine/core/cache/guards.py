@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import pairwise
+from typing import Any
 
 __all__ = ["ALIGNED_GUARDS", "KEYED_GUARDS", "TEXT_GUARDS", "GuardKey", "TextFeatures", "aligned",
            "guard_key", "keyed_veto", "pack_features", "read_guard_key", "read_text", "unmatched",
@@ -309,6 +310,20 @@ def guard_key(features: TextFeatures) -> GuardKey:
             tuple(sorted(features.roles)))
 
 
+# read_guard_key's classes: each closed-class word (as spelled in a text, lower-cased) to what
+# read_text makes of it, in read_text's order of tests (a later class overrides an earlier).
+_SKIP, _NUMBER, _QUESTION, _NEGATING, _PERSONAL, _FUNCTION = range(6)
+_KEY_CLASS: dict[str, tuple[int, Any]] = {}
+_KEY_CLASS |= {word: (_FUNCTION, None) for word in _STOP}
+_KEY_CLASS |= {word: (_PERSONAL, person) for word, person in _PERSON.items()}
+_KEY_CLASS |= dict.fromkeys(_NEGATION, (_NEGATING, None))
+_KEY_CLASS |= {word: (_QUESTION, wh) for word, wh in _WH.items()}
+_KEY_CLASS |= {word: (_NUMBER, number) for word, number in _NUMBER_WORDS.items()}
+_KEY_CLASS |= dict.fromkeys(_COORDINATORS, (_SKIP, None))
+_KEY_CLASS |= {spelled: _KEY_CLASS[word] for spelled, word in _SPELLING.items()
+               if word in _KEY_CLASS}
+
+
 def read_guard_key(text: str) -> GuardKey:
     """``guard_key(read_text(text))``, reading only what the key needs: the same tokens,
     classed as :func:`read_text` classes them, without the content words' spans, entities,
@@ -327,25 +342,29 @@ def read_guard_key(text: str) -> GuardKey:
     # the polite frame ends at a word's end, so the tokens after it are those read_text keeps
     for raw in _TOKEN.findall(text, polite.end() if polite else 0):
         word = raw.lower()
-        word = _SPELLING.get(word, word)
-        if word[0] in _SENTENCE_ENDS or word in _COORDINATORS:
+        found = _KEY_CLASS.get(word)
+        if found is None:  # a content word, a number or a sentence end
+            if word[0] in _SENTENCE_ENDS:
+                continue
+            if word[0].isdigit():
+                numbers.add(_number(word))
+            else:
+                order.append(word)
             continue
-        if word[0].isdigit():
-            numbers.add(_number(word))
-        elif word in _NUMBER_WORDS:
-            numbers.add(_NUMBER_WORDS[word])
-        elif word in _WH:
-            question.add(_WH[word])
-        elif word in _NEGATION:
+        kind, value = found
+        if kind == _NUMBER:
+            numbers.add(value)
+        elif kind == _QUESTION:
+            question.add(value)
+        elif kind == _NEGATING:
             negation_at.append(len(order))
-        elif (word in _PERSON or word in _STOP) and not (
-                len(raw) > 1 and raw.isupper() and not shouting):  # an acronym is content
-            if word in _PERSON:
-                persons.add(_PERSON[word])
+        elif kind != _SKIP:  # a pronoun or a function word, unless an acronym ("IT", "US")
+            if len(raw) > 1 and raw.isupper() and not shouting:
+                order.append(word)
+            elif kind == _PERSONAL:
+                persons.add(value)
                 if word in _ROLE:
                     roles.add(_ROLE[word])
-        else:
-            order.append(word)
     negations = {order[i] if i < len(order) else "" for i in negation_at}
     return (tuple(sorted(numbers)), tuple(sorted(negations)), tuple(sorted(question)),
             tuple(sorted(persons)), tuple(sorted(roles)))

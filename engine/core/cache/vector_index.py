@@ -146,12 +146,6 @@ class VectorIndex:
         scores = self._matrix[: len(self._keys)] @ vector
         if float(scores.max()) < floor:  # nothing near: most lookups of a new question
             return []
-        if floor > -math.inf:
-            near = np.flatnonzero(scores >= floor)
-            if len(near) <= k:  # all of them are in the top k: order those few, as below
-                # (templated questions: a handful near, 100 us less than a partition)
-                return sorted(((self._keys[i], float(scores[i])) for i in near.tolist()),
-                              key=lambda found: -found[1])
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         # stable: ties go to the earlier row, so equal inputs give equal answers
