@@ -150,6 +150,25 @@ def test_a_miss_near_nothing_works_out_no_lexical_part(matcher: CountingMatcher)
     assert settled[:3] == kept[:3] and settled[4:] == kept[4:]
 
 
+def test_a_pair_the_guard_keys_tell_apart_is_read_no_further(matcher: CountingMatcher) -> None:
+    """Templated questions (one field varies) are near in vector and told apart by the first
+    guards: the lookup reads only the two guard keys, and both entries keep their key, not a
+    lexical part, so the next lookup reads neither again."""
+    cache = make_cache(matcher)
+    first = "Question 1: how does a tax relate to a kernel? Answer briefly."
+    store(cache, first)
+    text = "Question 2: how does a tax relate to a kernel? Answer briefly."
+    hit, prepared = cache.lookup_prepared(rkey(text), 1.0)
+    assert hit is None and prepared is not None and not prepared.fingerprint.settled
+    store(cache, text, prepared)
+    older, newer = (cache._entries[i][3] for i in sorted(cache._entries))
+    assert older[2] == matcher.fingerprint(first).guard_key and older[2][0] == ("1",)
+    assert newer[2] == prepared.fingerprint.guard_key and newer[2][0] == ("2",)
+    again = matcher.unpack(older)
+    assert not again.settled and again.guard_key == older[2]
+    assert again.features.numbers == {"1"}  # and it settles as any other when needed
+
+
 def test_a_settled_fingerprint_is_the_one_made_at_once(matcher: SemanticMatcher) -> None:
     for text in [*TEXTS, "", "Was Obama born in 1961 or 1962?", "Ünïcödé & ünits: 3,5 km"]:
         lazy, eager = matcher.fingerprint(text), matcher.fingerprint(text)

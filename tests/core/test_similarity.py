@@ -15,6 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.core.cache.guards import (
+    KEYED_GUARDS,
+    TEXT_GUARDS,
+    guard_key,
+    keyed_veto,
+    read_guard_key,
+    read_text,
+)
 from engine.core.cache.similarity import (
     _CONTRACTIONS,
     DEFAULT_THRESHOLD,
@@ -359,6 +367,57 @@ def test_fingerprint_features(embedder: Embedder) -> None:
     assert fp.word_vectors.shape == (4, embedder.dim)
 
 
+# -- the guards' key: the first guards without the rest of the reading ----------------------------
+
+KEY_WORDS = (*WORDS, "Can", "you", "please", "can you", "Please can you", "Could you", "IT", "US",
+             "WE", "ME", "Me", "1st", "2,000", "3.5", "twenty", "half", "versus", "&", "which",
+             "whom", "no", "never", "nor", "without", "we", "us", "our", "Paris.", "it's", "A",
+             "\u00b2", "\u00e9t\u00e9", "\u65e5\u672c", "I'm", "don't", "!", ":", "(", "\"",
+             "ONE", "THE", "The")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.lists(st.sampled_from(KEY_WORDS), max_size=20).map(" ".join),
+    st.lists(st.sampled_from(KEY_WORDS), max_size=20).map(" ".join).map(str.upper),
+    st.text(max_size=60),
+))
+def test_the_guard_key_read_alone_is_the_one_read_whole(text: str) -> None:
+    """``read_guard_key`` (a fast path) reads the same key as ``read_text`` (what it replaces
+    for the first guards), on any text as the cache normalises it and as given."""
+    for variant in (text, normalize_text(text)):
+        assert read_guard_key(variant) == guard_key(read_text(variant))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(KEY_WORDS), max_size=12).map(" ".join),
+       st.lists(st.sampled_from(KEY_WORDS), max_size=12).map(" ".join))
+def test_the_keys_veto_as_the_first_text_guards(a: str, b: str) -> None:
+    fa, fb = read_text(normalize_text(a)), read_text(normalize_text(b))
+    first = next((name for name, guard in TEXT_GUARDS[: len(KEYED_GUARDS)] if guard(fa, fb)), None)
+    assert keyed_veto(guard_key(fa), guard_key(fb)) == first
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(KEY_WORDS), min_size=1, max_size=12).map(" ".join),
+       st.lists(st.sampled_from(KEY_WORDS), min_size=1, max_size=12).map(" ".join))
+def test_a_comparison_by_the_keys_is_the_one_by_every_guard(embedder: Embedder, a: str,
+                                                            b: str) -> None:
+    """``compare`` reads the keys first (unsettled fingerprints stay so when they veto); its
+    answer is that of the guards run in full on settled fingerprints."""
+    lazy, settled = pair(embedder, a, b), pair(embedder, a, b)
+    for fp in settled:
+        fp.settle()
+    full = compare(*settled, all_vetoes=True)
+    quick = compare(*lazy)
+    assert quick == compare(*settled)
+    assert quick.vetoes == full.vetoes[:1]
+    if quick.vetoes and quick.vetoes[0] in KEYED_GUARDS:
+        assert not any(fp.settled for fp in lazy)  # decided by the keys alone
+    elif not quick.vetoes:
+        assert quick == full
+
+
 def test_normalize_text_spells_out_contractions() -> None:
     assert normalize_text("  What\u2019s  France's\ncapital? I can't  say ") == (
         "What is France's capital? I can not say"
@@ -452,6 +511,26 @@ def test_index_leaves_out_what_scores_below_a_floor(exact_below: int) -> None:
     floor = everything[2][1]
     assert index.search(vectors[3], k=5, floor=floor) == everything[:3]
     assert index.search(vectors[3], k=5, floor=1.5) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**32 - 1), st.data())
+def test_a_search_above_a_floor_is_the_top_k_cut_at_it(n: int, k: int, seed: int,
+                                                      data: st.DataObject) -> None:
+    """A search with a floor answers as the top ``k`` cut at the floor, ties (equal vectors)
+    included."""
+    rng = np.random.default_rng(seed)
+    vectors = unit(rng, n, 8)
+    vectors[::3] = vectors[0]  # exact ties
+    query = vectors[data.draw(st.integers(0, n - 1))] if data.draw(st.booleans()) else unit(
+        rng, 1, 8)[0]
+    index = VectorIndex(8)
+    for i, v in enumerate(vectors):
+        index.add(i, v)
+    scores = [float(v @ query) for v in vectors]
+    floor = data.draw(st.one_of(st.sampled_from(scores), st.floats(-1.5, 1.5)))
+    everything = index.search(query, k=k)  # no floor: the partition
+    assert index.search(query, k=k, floor=floor) == [f for f in everything if not f[1] < floor]
 
 
 def test_index_rejects_wrong_shapes() -> None:

@@ -29,13 +29,16 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import pairwise
+from typing import Any
 
-__all__ = ["ALIGNED_GUARDS", "TEXT_GUARDS", "TextFeatures", "aligned", "pack_features", "read_text",
-           "unmatched", "unpack_features"]
+__all__ = ["ALIGNED_GUARDS", "KEYED_GUARDS", "TEXT_GUARDS", "GuardKey", "TextFeatures", "aligned",
+           "guard_key", "keyed_veto", "pack_features", "read_guard_key", "read_text", "unmatched",
+           "unpack_features"]
 
 # Words, numbers, the punctuation that coordinates ("A & B", "on/by", "A, B") and the one that
 # ends a sentence.
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th)?|[^\W\d_]+|[&/,]|[.?!;:]+")
+_ORDINAL = re.compile(r"(st|nd|rd|th)$")
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -195,6 +198,11 @@ def unpack_features(packed: bytes) -> TextFeatures:
     return TextFeatures(*marshal.loads(packed))
 
 
+def _number(token: str) -> str:
+    """A number as the number guard compares it: "1,000" is "1000", "2nd" is "2"."""
+    return _ORDINAL.sub("", token.replace(",", ""))
+
+
 def read_text(text: str) -> TextFeatures:
     """The :class:`TextFeatures` of a normalised text (``engine.similarity.normalize_text``)."""
     numbers: set[str] = set()
@@ -231,7 +239,7 @@ def read_text(text: str) -> TextFeatures:
             if word not in _FREE:
                 function_words.add(word)
         elif word[0].isdigit():
-            numbers.add(re.sub(r"(st|nd|rd|th)$", "", word.replace(",", "")))
+            numbers.add(_number(word))
         elif word in _NUMBER_WORDS:
             numbers.add(_NUMBER_WORDS[word])
         elif word in _WH:
@@ -284,6 +292,82 @@ def read_text(text: str) -> TextFeatures:
         word_index={word: i for i, word in enumerate(first)},
         first_with_key=first_with_key,
     )
+
+
+# -- the guards' key: the first text guards, read alone ------------------------------------------
+
+GuardKey = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[int, ...],
+                 tuple[str, ...]]
+"""A text's numbers, negations, question words, persons and roles, each sorted: what the
+:data:`KEYED_GUARDS` compare. Two texts' keys differ in a place exactly when that guard vetoes
+the pair."""
+
+
+def guard_key(features: TextFeatures) -> GuardKey:
+    """The :data:`GuardKey` of a text already read."""
+    return (tuple(sorted(features.numbers)), tuple(sorted(features.negations)),
+            tuple(sorted(features.question)), tuple(sorted(features.persons)),
+            tuple(sorted(features.roles)))
+
+
+# read_guard_key's classes: each closed-class word (as spelled in a text, lower-cased) to what
+# read_text makes of it, in read_text's order of tests (a later class overrides an earlier).
+_SKIP, _NUMBER, _QUESTION, _NEGATING, _PERSONAL, _FUNCTION = range(6)
+_KEY_CLASS: dict[str, tuple[int, Any]] = {}
+_KEY_CLASS |= {word: (_FUNCTION, None) for word in _STOP}
+_KEY_CLASS |= {word: (_PERSONAL, person) for word, person in _PERSON.items()}
+_KEY_CLASS |= dict.fromkeys(_NEGATION, (_NEGATING, None))
+_KEY_CLASS |= {word: (_QUESTION, wh) for word, wh in _WH.items()}
+_KEY_CLASS |= {word: (_NUMBER, number) for word, number in _NUMBER_WORDS.items()}
+_KEY_CLASS |= dict.fromkeys(_COORDINATORS, (_SKIP, None))
+_KEY_CLASS |= {spelled: _KEY_CLASS[word] for spelled, word in _SPELLING.items()
+               if word in _KEY_CLASS}
+
+
+def read_guard_key(text: str) -> GuardKey:
+    """``guard_key(read_text(text))``, reading only what the key needs: the same tokens,
+    classed as :func:`read_text` classes them, without the content words' spans, entities,
+    counts and inflection keys. Most pairs a cache compares are told apart here (templated
+    questions by their number, real ones by a question word, a person or a number half the
+    time), so a query read this way is often never read whole; about a third of the cost of
+    :func:`read_text`."""
+    numbers: set[str] = set()
+    question: set[str] = set()
+    persons: set[int] = set()
+    roles: set[str] = set()
+    negation_at: list[int] = []
+    order: list[str] = []  # content words, every use
+    polite = _POLITE.match(text)
+    shouting = text.isupper()
+    # the polite frame ends at a word's end, so the tokens after it are those read_text keeps
+    for raw in _TOKEN.findall(text, polite.end() if polite else 0):
+        word = raw.lower()
+        found = _KEY_CLASS.get(word)
+        if found is None:  # a content word, a number or a sentence end
+            if word[0] in _SENTENCE_ENDS:
+                continue
+            if word[0].isdigit():
+                numbers.add(_number(word))
+            else:
+                order.append(word)
+            continue
+        kind, value = found
+        if kind == _NUMBER:
+            numbers.add(value)
+        elif kind == _QUESTION:
+            question.add(value)
+        elif kind == _NEGATING:
+            negation_at.append(len(order))
+        elif kind != _SKIP:  # a pronoun or a function word, unless an acronym ("IT", "US")
+            if len(raw) > 1 and raw.isupper() and not shouting:
+                order.append(word)
+            elif kind == _PERSONAL:
+                persons.add(value)
+                if word in _ROLE:
+                    roles.add(_ROLE[word])
+    negations = {order[i] if i < len(order) else "" for i in negation_at}
+    return (tuple(sorted(numbers)), tuple(sorted(negations)), tuple(sorted(question)),
+            tuple(sorted(persons)), tuple(sorted(roles)))
 
 
 def unmatched(a: TextFeatures, a_to_b: Sequence[int]) -> list[int]:
@@ -366,6 +450,18 @@ TEXT_GUARDS: tuple[tuple[str, TextGuard], ...] = (
     ("opposite", _opposed),  # "on page" / "off page", "same" / "different"
 )
 """Guards on the two texts alone, cheapest first: (reason, predicate)."""
+KEYED_GUARDS = ("number", "negation", "question", "person", "role")
+"""The first :data:`TEXT_GUARDS`, those a :data:`GuardKey` decides."""
+if tuple(name for name, _ in TEXT_GUARDS[: len(KEYED_GUARDS)]) != KEYED_GUARDS:
+    raise ImportError("KEYED_GUARDS must be the first of TEXT_GUARDS, in their order")
+
+
+def keyed_veto(a: GuardKey, b: GuardKey) -> str | None:
+    """The first of :data:`KEYED_GUARDS` that vetoes a pair with these keys, or None: the
+    first of :data:`TEXT_GUARDS` to veto it, if one of these does."""
+    if a == b:
+        return None
+    return next(name for name, x, y in zip(KEYED_GUARDS, a, b, strict=True) if x != y)
 ALIGNED_GUARDS: tuple[tuple[str, AlignedGuard], ...] = (
     ("entity", _entity_unmatched),  # "capital of France" / "of Germany", "IT leadership"
     ("repeat", _repeated),  # "... to atheist to devout Christian" / "... to atheist"

@@ -48,8 +48,13 @@ class SemanticMatcher:
 
     def repack(self, packed: tuple[Any, ...], fingerprint: Fingerprint) -> tuple[Any, ...] | None:
         """What to keep instead of ``packed`` now that ``fingerprint`` (its unpacking) has
-        been compared: its lexical part, worked out once (``None``: keep ``packed``)."""
-        return fingerprint.pack() if packed[2] is None and fingerprint.settled else None
+        been compared: its lexical part, or its guards' key, worked out once (``None``: keep
+        ``packed``, which has as much). The third place of a packing says how far it goes:
+        None, the key, or the packed features (``Fingerprint.pack``)."""
+        known = packed[2]
+        if isinstance(known, bytes) or not (fingerprint.settled or known is None):
+            return None
+        return fingerprint.pack()
 
     def least_cosine(self, query: Fingerprint, threshold: float) -> float:
         """The lowest cosine between ``query``'s vector and a cached one at which the two can

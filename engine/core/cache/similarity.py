@@ -54,6 +54,7 @@ import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,13 @@ from engine.errors import RouterError
 from .guards import (
     ALIGNED_GUARDS,
     TEXT_GUARDS,
+    GuardKey,
     TextFeatures,
     aligned,
+    guard_key,
+    keyed_veto,
     pack_features,
+    read_guard_key,
     read_text,
     unmatched,
     unpack_features,
@@ -133,23 +138,30 @@ class Fingerprint:
     prompts most misses: 82-88% of the QQP and MMLU dev questions against the 1,000 before
     them), and an entry that no lookup compares never needs them. The result is the same
     either way.
+
+    Before that, a comparison reads the :attr:`guard_key` (numbers, negations, question
+    words, persons, roles), which decides the first guards on its own: a pair they veto never
+    needs the lexical part (``guards.read_guard_key`` reads the key at a third of the cost).
     """
 
-    __slots__ = ("_lexical", "_tokens", "external", "text", "vector")
+    __slots__ = ("_guard_key", "_lexical", "_tokens", "external", "text", "vector")
 
     def __init__(
         self, text: str, vector: np.ndarray, features: TextFeatures | None = None,
         salience: np.ndarray | None = None, word_vectors: np.ndarray | None = None,
         external: bool = False, *, tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        guard_key: GuardKey | None = None,
     ) -> None:
         """The lexical part given (``features``, ``salience``, ``word_vectors``), or the
-        ``tokens`` to work it out from: ``(ids, (n, 2) character offsets, embedding table)``."""
+        ``tokens`` to work it out from: ``(ids, (n, 2) character offsets, embedding table)``;
+        ``guard_key``, if it has been read."""
         self.text = text  # normalised
         self.vector = vector  # (dim,) float32, unit (zero without tokens)
         #: The sentence vector came from ``cache.embedder`` (:meth:`with_vector`), not the table.
         self.external = external
         self._lexical: tuple[TextFeatures, np.ndarray, np.ndarray] | None = None
         self._tokens = tokens
+        self._guard_key = guard_key
         if features is not None and salience is not None and word_vectors is not None:
             self._lexical = (features, salience, word_vectors)
         elif tokens is None:
@@ -161,6 +173,17 @@ class Fingerprint:
     @property
     def features(self) -> TextFeatures:
         return (self._lexical or self._settle())[0]
+
+    @property
+    def guard_key(self) -> GuardKey:
+        """What the first guards compare (``guards.GuardKey``): from the lexical part once
+        worked out, else read from the text alone; kept."""
+        key = self._guard_key
+        if key is None:
+            lexical = self._lexical
+            key = guard_key(lexical[0]) if lexical is not None else read_guard_key(self.text)
+            self._guard_key = key
+        return key
 
     @property
     def salience(self) -> np.ndarray:
@@ -200,8 +223,10 @@ class Fingerprint:
         norm = float(np.sqrt(vector @ vector))
         vector = vector / norm if norm > 0 else vector
         if self._lexical is None:
-            return Fingerprint(self.text, vector, external=True, tokens=self._tokens)
-        return Fingerprint(self.text, vector, *self._lexical, external=True)
+            return Fingerprint(self.text, vector, external=True, tokens=self._tokens,
+                               guard_key=self._guard_key)
+        return Fingerprint(self.text, vector, *self._lexical, external=True,
+                           guard_key=self._guard_key)
 
     def pack(self) -> tuple[Any, ...]:
         """This fingerprint as a plain tuple of strings, bytes and arrays: what a cache keeps
@@ -209,11 +234,12 @@ class Fingerprint:
         cache of 100,000 entries adds nothing to a full collection (as objects, a
         fingerprint's features are a few dozen tracked sets and tuples). Unsettled, it holds
         the token ids and offsets instead of the lexical part (:meth:`unpack` needs the
-        table then)."""
+        table then), and in its third place the :attr:`guard_key` if it has been read (a
+        tuple of tuples of strings and numbers, untracked too), else None."""
         if self._lexical is None:
             assert self._tokens is not None
             ids, offsets, _ = self._tokens
-            return (self.text, self.vector, None, ids, offsets, self.external)
+            return (self.text, self.vector, self._guard_key, ids, offsets, self.external)
         features, salience, word_vectors = self._lexical
         return (self.text, self.vector, pack_features(features), salience, word_vectors,
                 self.external)
@@ -223,10 +249,11 @@ class Fingerprint:
         """The fingerprint :meth:`pack` packed (about 10 µs settled: a cache unpacks only the
         few candidates a lookup compares); an unsettled one needs the embedding ``table``."""
         text, vector, features, salience, word_vectors, external = packed
-        if features is None:  # unsettled: the token ids and offsets in the last two places
-            if table is None:
+        if not isinstance(features, bytes):  # unsettled: the guards' key or None, then the
+            if table is None:                # token ids and offsets
                 raise ValueError("an unsettled fingerprint unpacks with its embedding table")
-            return cls(text, vector, external=external, tokens=(salience, word_vectors, table))
+            return cls(text, vector, external=external, tokens=(salience, word_vectors, table),
+                       guard_key=features)
         return cls(text, vector, unpack_features(features), salience, word_vectors, external)
 
     @property
@@ -273,9 +300,15 @@ def _fingerprint(text: str, ids: np.ndarray, offsets: np.ndarray, table: np.ndar
     """The fingerprint of a normalised ``text`` from its token ``ids``, their ``(n, 2)``
     character ``offsets`` and the embedding ``table``: its sentence vector now, its lexical
     part when first used."""
-    vector = table[ids].sum(axis=0) if len(ids) else np.zeros(table.shape[1], np.float32)
+    # table[ids].sum(axis=0), spelled as what it calls: ``take`` gathers the same rows in a
+    # third less work than fancy indexing, and the sum is the same reduction
+    if len(ids):
+        vector = np.add.reduce(table.take(ids, axis=0), axis=0)
+    else:
+        vector = np.zeros(table.shape[1], np.float32)
     norm = float(np.sqrt(vector @ vector))
-    vector = vector / norm if norm > 0 else vector
+    if norm > 0:
+        vector /= norm  # a new array: divided in place, as ``vector / norm`` would
     return Fingerprint(text, vector, tokens=(ids, offsets, table))
 
 
@@ -351,7 +384,8 @@ class Embedder:
         table, tokenizer = self._model()
         normal = normalize_text(text) if normalised is None else normalised
         enc = tokenizer.encode(normal, add_special_tokens=False)
-        offsets = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
+        pairs = enc.offsets  # a list of (start, end) tuples: flat, numpy reads it at half the cost
+        offsets = np.fromiter(chain.from_iterable(pairs), np.int64, 2 * len(pairs)).reshape(-1, 2)
         return _fingerprint(normal, np.asarray(enc.ids, np.int64), offsets, table)
 
     def _model(self) -> tuple[np.ndarray, Any]:
@@ -441,9 +475,12 @@ def compare(query: Fingerprint, cached: Fingerprint, *, all_vetoes: bool = False
     endpoint on both sides, the cosine at which an allowed pair that is not aligned hits at
     the default threshold (None: such pairs score as with the packaged table, below 0.825).
     """
-    qf, cf = query.features, cached.features
     cosine = float(query.vector @ cached.vector)
     vetoed = max(0.0, _VETOED * cosine)
+    # the first text guards, from the two keys: a pair they veto needs no more of either text
+    if not all_vetoes and (veto := keyed_veto(query.guard_key, cached.guard_key)) is not None:
+        return Comparison(cosine, (veto,), False, 0.0, vetoed)
+    qf, cf = query.features, cached.features
     vetoes: list[str] = []
     for name, guard in TEXT_GUARDS:
         if guard(qf, cf):
