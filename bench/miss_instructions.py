@@ -208,18 +208,14 @@ def _marked_async(mark: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def install() -> None:
-    """Wraps every function of :data:`PARTS` (:data:`PATH_PARTS` with ``MARK_PARTS=path``)
-    where it is defined and where it was imported."""
+Part = tuple[str, str | None, str, str]
+
+
+def wrap_parts(parts: list[Part], wrap: Callable[[str, Callable[..., Any]], Any]) -> None:
+    """Replaces each function of ``parts`` with ``wrap(part, function)`` (``None``: leaves it)
+    where it is defined and where it was imported (the wire protocols' codec fields too)."""
     import importlib
 
-    parts = list(PATH_PARTS if os.environ.get("MARK_PARTS") == "path" else PARTS)
-    for more in filter(None, os.environ.get("MARK_MORE", "").split(",")):
-        module_name, _, dotted = more.strip().partition(":")
-        owner, _, attr = dotted.rpartition(".")
-        parts.append((module_name, owner or None, attr,
-                      f"{owner}_{attr}".strip("_").replace("__", "_")))
-    lib = _library([part for *_, part in parts])
     for module_name, owner, attr, part in parts:
         module = importlib.import_module(module_name)
         target = getattr(module, owner) if owner else module
@@ -227,20 +223,39 @@ def install() -> None:
             continue  # not in the build served (PYTHONPATH): an older or newer one
         original = target.__dict__[attr] if owner else getattr(module, attr)
         function = original.__func__ if isinstance(original, staticmethod) else original
-        wrap = _marked_async if inspect.iscoroutinefunction(function) else _marked
-        wrapped = wrap(getattr(lib, f"mark_{part}"), function)
+        wrapped = wrap(part, function)
+        if wrapped is None:
+            continue
         setattr(target, attr, staticmethod(wrapped) if function is not original else wrapped)
         if owner is None:  # the name imported elsewhere too
             for other in list(sys.modules.values()):
                 if (other is not None and other is not module
                         and getattr(other, "__name__", "").startswith(("engine", "api"))
                         and other.__dict__.get(attr) is original):
-                    setattr(other, attr, target.__dict__[attr])
+                    setattr(other, attr, wrapped)
             from engine.wire import protocols  # their codecs are held as fields too
             for protocol in (protocols.OPENAI, protocols.ANTHROPIC):
                 for field in ("parse_request", "_render"):
                     if getattr(protocol, field) is original:
-                        object.__setattr__(protocol, field, target.__dict__[attr])
+                        object.__setattr__(protocol, field, wrapped)
+
+
+def install() -> None:
+    """Wraps every function of :data:`PARTS` (:data:`PATH_PARTS` with ``MARK_PARTS=path``)
+    in its marker."""
+    parts = list(PATH_PARTS if os.environ.get("MARK_PARTS") == "path" else PARTS)
+    for more in filter(None, os.environ.get("MARK_MORE", "").split(",")):
+        module_name, _, dotted = more.strip().partition(":")
+        owner, _, attr = dotted.rpartition(".")
+        parts.append((module_name, owner or None, attr,
+                      f"{owner}_{attr}".strip("_").replace("__", "_")))
+    lib = _library([part for *_, part in parts])
+
+    def marked(part: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        wrap = _marked_async if inspect.iscoroutinefunction(function) else _marked
+        return wrap(getattr(lib, f"mark_{part}"), function)
+
+    wrap_parts(parts, marked)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from miss_instructions import PARTS
+from miss_instructions import PARTS, wrap_parts
 
 #: part -> [calls, CPU nanoseconds]
 _spent: dict[str, list[int]] = {}
@@ -56,24 +56,9 @@ def _timed(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def install() -> None:
     """Wraps every synchronous function of :data:`PARTS` where it is defined and where it was
-    imported."""
-    for module_name, owner, attr, part in PARTS:
-        module = importlib.import_module(module_name)
-        target = getattr(module, owner) if owner else module
-        if owner and attr not in target.__dict__:
-            continue  # not in the build served (PYTHONPATH): an older or newer one
-        original = target.__dict__[attr] if owner else getattr(module, attr)
-        function = original.__func__ if isinstance(original, staticmethod) else original
-        if inspect.iscoroutinefunction(function):
-            continue
-        wrapped = _timed(part, function)
-        setattr(target, attr, staticmethod(wrapped) if function is not original else wrapped)
-        if owner is None:  # the name imported elsewhere too
-            for other in list(sys.modules.values()):
-                if (other is not None and other is not module
-                        and getattr(other, "__name__", "").startswith(("engine", "api"))
-                        and other.__dict__.get(attr) is original):
-                    setattr(other, attr, wrapped)
+    imported (a coroutine's time is not its own)."""
+    wrap_parts(PARTS, lambda part, function: None if inspect.iscoroutinefunction(function)
+               else _timed(part, function))
 
 
 def _dump(*_: object) -> None:
