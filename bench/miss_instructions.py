@@ -258,18 +258,28 @@ def install() -> None:
     wrap_parts(parts, marked)
 
 
-def main() -> None:
+def import_server() -> None:
+    """Imports everything the server imports, so that wrapping finds every name."""
     import importlib
 
     for name in ("api.cli.main", "engine.core.cache.semantic", "engine.core.routing.decide",
                  "engine.runtime.gateway", "engine.runtime.node", "engine.runtime.policy",
                  "api.http.app", "api.http.server", "api.http.chat_front"):
-        importlib.import_module(name)  # everything the server imports, before wrapping
-    install()
+        importlib.import_module(name)
+
+
+def serve() -> None:
+    """Runs the server as ``llm-router`` with this process's arguments."""
     from api.cli import main as cli_main
 
     sys.argv[0] = "llm-router"
     cli_main()
+
+
+def main() -> None:
+    import_server()
+    install()
+    serve()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ enclosing parts and the request's total include.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
 import os
@@ -32,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from miss_instructions import PARTS, wrap_parts
+from miss_instructions import PARTS, import_server, serve, wrap_parts
 
 #: part -> [calls, CPU nanoseconds]
 _spent: dict[str, list[int]] = {}
@@ -69,16 +68,10 @@ def _dump(*_: object) -> None:
 
 
 def main() -> None:
-    for name in ("api.cli.main", "engine.core.cache.semantic", "engine.core.routing.decide",
-                 "engine.runtime.gateway", "engine.runtime.node", "engine.runtime.policy",
-                 "api.http.app", "api.http.server", "api.http.chat_front"):
-        importlib.import_module(name)  # everything the server imports, before wrapping
+    import_server()
     install()
     signal.signal(signal.SIGUSR1, _dump)
-    from api.cli import main as cli_main
-
-    sys.argv[0] = "llm-router"
-    cli_main()
+    serve()
 
 
 if __name__ == "__main__":
