@@ -12,8 +12,8 @@ calls and CPU nanoseconds) and starts counting again: ``bench/routed_path.sh`` w
 sends one after its warm-up and one after its measured run.
 
 A part's time is inclusive of the parts inside it. Each wrapped call adds two reads of the
-thread's CPU clock (``clock_gettime``, a system call: about a microsecond here), which the
-enclosing parts and the request's total include.
+thread's CPU clock (``clock_gettime``, a system call: 2-3 µs here), which the enclosing parts
+and the request's total include (a routed miss makes about 30 wrapped calls).
 """
 
 from __future__ import annotations
