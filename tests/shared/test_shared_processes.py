@@ -132,14 +132,19 @@ async def test_a_redis_emptied_under_running_processes_gets_their_whole_totals_b
     without the processes noticing (a restart without persistence, an eviction) must still
     get everything back, not just what the next request changed."""
     async with two_routers(tmp_path, write_config, fake_upstream, redis_server.url) as (a, b, http):
-        for model in ("cheap", "dear", "dear"):
-            assert (await chat(http, a, model)).status_code == 200
-        assert (await chat(http, a, "nowhere")).status_code == 404
+        async def ask(model: str, n: int) -> int:  # a new question each time: no cache hit
+            response = await http.post(f"{a}/v1/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": f"question {n}"}]})
+            return response.status_code
+
+        for n, model in enumerate(("cheap", "dear", "dear")):
+            assert await ask(model, n) == 200
+        assert await ask("nowhere", 3) == 404
         before = await same_on_both(http, a, b, "/stats")
         assert before["by_model"] == {"cheap": 1, "dear": 2}, before
         async with open_redis(RedisAddress.from_url(redis_server.url), timeout=5.0) as redis:
             await redis.call("FLUSHALL", probe=True)
-        assert (await chat(http, a, "cheap")).status_code == 200
+        assert await ask("cheap", 4) == 200
 
         async def whole() -> bool:
             stats = await get(http, b, "/stats")
