@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bag", "char_hashes", "text_hashes", "word_hashes"]
+__all__ = ["bag", "text_hashes"]
 
 _WORD = re.compile(r"\w+")
 _U32 = np.uint32
@@ -36,28 +36,13 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h
 
 
-def word_hashes(text: str, bigrams: bool) -> np.ndarray:
-    """CRC-32 of each ``\\w+`` word of ``text``, then (``bigrams``) a mixed hash of each
-    pair of neighbours, as uint32."""
-    crcs = _word_crcs(text)
-    if not bigrams or len(crcs) < 2:
-        return crcs
-    return np.concatenate([crcs, _mix(_pairs(crcs))])
-
-
-def char_hashes(text: str, ngrams: Sequence[int]) -> np.ndarray:
-    """A hash of every UTF-8 byte n-gram of ``text`` for each length in ``ngrams``, with the
-    length mixed in, as uint32."""
-    tagged = _grams(text, ngrams)
-    # one avalanche over every length's hashes (it is elementwise: as if mixed one by one)
-    return _mix(np.concatenate(tagged)) if tagged else np.zeros(0, _U32)
-
-
 def text_hashes(text: str, bigrams: bool, ngrams: Sequence[int]
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(word_hashes(text, bigrams), char_hashes(text, ngrams))`` with one avalanche over
-    the word pairs and the n-grams together (it is elementwise): a short text's hashing is
-    a few dozen numpy calls on small arrays, and this saves the second pass's eight."""
+    """``(words, chars)`` of ``text``, as uint32. ``words``: the CRC-32 of each ``\\w+``
+    word, then (``bigrams``) a mixed hash of each pair of neighbours. ``chars``: a hash of
+    every UTF-8 byte n-gram for each length in ``ngrams``, with the length mixed in. One
+    avalanche runs over the word pairs and the n-grams together (it is elementwise, so as if
+    mixed one by one): a short text's hashing is a few dozen numpy calls on small arrays."""
     crcs = _word_crcs(text)
     pairs = _pairs(crcs) if bigrams and len(crcs) >= 2 else np.zeros(0, _U32)
     mixed = _mix(np.concatenate([pairs, *_grams(text, ngrams)]))
