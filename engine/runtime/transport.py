@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 keep-alive transport for httpx, on trio and h11.
+"""A lean HTTP/1.1 keep-alive transport for httpx, on trio and the router's own HTTP/1.1
+codec (:mod:`engine.runtime.http1`).
 
 Why not httpx's default transport (httpcore)? Its connection pool rescans every pooled
 connection on each request start and end, with a readability syscall per idle connection and
@@ -11,7 +12,7 @@ it is about to reuse.
 It implements httpx's public transport interface; the router's upstream client
 (``engine.runtime.upstream``) calls :meth:`PooledTransport.send` with the request's parts
 rather than an ``httpx.Request``, and gets an :class:`UpstreamResponse` back rather than an
-``httpx.Response``: its status, its header lines as h11 read them, and its body read straight
+``httpx.Response``: its status, its header lines as read, and its body read straight
 off the connection, one piece per read. A body the upstream encoded (any ``Content-Encoding``)
 is read through ``httpx.Response`` instead, so gzip, deflate and whatever else httpx decodes
 are decoded by httpx, as before. The exception types (which ``engine.runtime.upstream``
@@ -36,10 +37,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import certifi
-import h11
 import httpx
 import trio
 
+from .http1 import END, NEED_DATA, Head, ProtocolError, ResponseReader, encode_request
 from .socket_io import receive_some, send_all
 
 __all__ = ["PooledTransport", "UpstreamResponse"]
@@ -54,12 +55,12 @@ def _deadline(timeout: float | None) -> float:
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "origin", "stream")
+    __slots__ = ("idle_since", "origin", "reader", "stream")
 
     def __init__(self, stream: trio.abc.Stream, origin: tuple[bytes, str, int]) -> None:
         self.stream = stream
         self.origin = origin
-        self.h11 = h11.Connection(our_role=h11.CLIENT)
+        self.reader = ResponseReader()  # the response being read (a new one per request)
         self.idle_since = 0.0
 
     def _socket(self) -> Any:
@@ -85,8 +86,8 @@ class _Connection:
 
 
 class _ResponseBody(httpx.AsyncByteStream):
-    """A response's body as h11 reads it, one piece per read: an async iterator of its own
-    (no generator, so one left half-read needs no finalizing). Read to its end, it hands its
+    """A response's body as the connection reads it, one piece per read: an async iterator of
+    its own (no generator, so one left half-read needs no finalizing). Read to its end, it hands its
     connection back to the pool at once, as ``httpx.Response`` closes a body read to its end."""
 
     def __init__(self, transport: PooledTransport, conn: _Connection, read: float | None):
@@ -102,9 +103,9 @@ class _ResponseBody(httpx.AsyncByteStream):
     async def __anext__(self) -> bytes:
         while not self._done:
             event = await self._transport._next_event(self._conn, self._read)
-            if type(event) is h11.Data:
-                return bytes(event.data)
-            if type(event) is h11.EndOfMessage:
+            if type(event) is bytes:
+                return event
+            if event is END:
                 self._done = True
                 await self.aclose()
         raise StopAsyncIteration
@@ -117,8 +118,7 @@ class _ResponseBody(httpx.AsyncByteStream):
             return
         self._closed = True
         conn = self._conn
-        if self._done and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-            conn.h11.start_next_cycle()
+        if self._done and conn.reader.reusable:
             self._transport._release(conn)
         else:  # not read to the end (client went away, error): the connection is unusable
             self._done = True
@@ -126,20 +126,19 @@ class _ResponseBody(httpx.AsyncByteStream):
 
 
 class UpstreamResponse:
-    """An upstream's response once its head is in. ``headers``: its header lines as h11 read
-    them (``h11.Response.headers``: names lower-cased, in order). The body is read with
+    """An upstream's response once its head is in. ``headers``: its header lines as read
+    (``(name, value)`` pairs, names lower-cased, in order). The body is read with
     :meth:`chunks` (or :meth:`aread`) and released with :meth:`aclose`, which every caller
     must await, read or not."""
 
     __slots__ = ("_body", "_encoded", "headers", "reason", "status_code")
 
-    def __init__(self, event: h11.Response, body: _ResponseBody) -> None:
-        self.status_code: int = event.status_code
-        self.reason: bytes = event.reason
-        self.headers = event.headers
+    def __init__(self, head: Head, body: _ResponseBody) -> None:
+        self.status_code: int = head.status_code
+        self.reason: bytes = head.reason
+        self.headers = head.headers
         self._body = body
-        self._encoded = any(name.lower() == b"content-encoding"
-                            for name, _ in event.headers.raw_items())
+        self._encoded = any(name == b"content-encoding" for name, _ in head.headers)
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces as they arrive (none empty), decoded. Read it once."""
@@ -242,12 +241,13 @@ class PooledTransport(httpx.AsyncBaseTransport):
     # ---- I/O ----------------------------------------------------------------------------
 
     async def _next_event(self, conn: _Connection, timeout: float | None) -> Any:
+        reader = conn.reader
         while True:
             try:
-                event = conn.h11.next_event()
-            except h11.RemoteProtocolError as exc:
+                event = reader.next_event()
+            except ProtocolError as exc:
                 raise httpx.RemoteProtocolError(str(exc)) from None
-            if event is not h11.NEED_DATA:
+            if event is not NEED_DATA:
                 return event
             try:
                 data = await receive_some(conn.stream, _READ_SIZE, deadline=_deadline(timeout))
@@ -255,9 +255,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 raise httpx.ReadTimeout("upstream read timed out") from None
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise httpx.ReadError(f"upstream read failed: {exc}") from None
-            if not data and conn.h11.their_state is h11.SEND_RESPONSE:
-                raise httpx.RemoteProtocolError("upstream closed the connection before answering")
-            conn.h11.receive_data(data)
+            reader.feed(data)
 
     async def _send(self, conn: _Connection, data: bytes, timeout: float | None) -> None:
         try:
@@ -285,30 +283,29 @@ class PooledTransport(httpx.AsyncBaseTransport):
         take it apart again cost more than the rest of the call's bookkeeping."""
         scheme = url.raw_scheme
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
-        head = h11.Request(method=method, target=url.raw_path, headers=headers)
+        try:
+            out = encode_request(method, url.raw_path, headers, body)
+        except ValueError as exc:
+            raise httpx.LocalProtocolError(str(exc)) from None
+        head_only = method == "HEAD"
         read, write = timeouts.get("read"), timeouts.get("write")
         for attempt in (1, 2):
             conn, reused = await self._acquire(origin, timeouts)
+            reader = conn.reader = ResponseReader(head_only=head_only)
             try:
-                out = conn.h11.send(head) + (conn.h11.send(h11.Data(data=body)) if body else b"")
-                out += conn.h11.send(h11.EndOfMessage())
                 await self._send(conn, out, write)
                 event = await self._next_event(conn, read)
-                while type(event) is h11.InformationalResponse:
-                    event = await self._next_event(conn, read)
-                if type(event) is not h11.Response:
-                    raise httpx.RemoteProtocolError("upstream closed the connection")
             except (httpx.RemoteProtocolError, httpx.WriteError, httpx.ReadError):
                 await self._discard(conn)
                 # A kept-alive connection the server closed just as we reused it: nothing was
                 # answered, so the request was not processed; try once on a fresh connection.
-                if reused and attempt == 1 and conn.h11.their_state is h11.SEND_RESPONSE:
+                if reused and attempt == 1 and reader.head is None:
                     continue
                 raise
             except BaseException:
                 await self._discard(conn)
                 raise
-            return UpstreamResponse(event, _ResponseBody(self, conn, read))
+            return UpstreamResponse(event, _ResponseBody(self, conn, read))  # event: the Head
         raise AssertionError("unreachable")
 
     async def _discard(self, conn: _Connection) -> None:
