@@ -14,10 +14,10 @@ inside ``part_<name>`` (measured around a ``lambda: None``) and ~4,000 outside i
 ``MARK_MORE="module:attr,module:Owner.attr,..."`` wraps these too (each as ``part_<attr>``).
 
 ``MARK_PARTS=path`` wraps the parts of the pinned path instead (:data:`PATH_PARTS`: the
-server's connection and hypercorn, h11 on both sides, the chat front, the wire codecs, the
-upstream call, the stream's relay). Many of them are coroutines: a coroutine's work runs in
-its steps (each time the scheduler resumes it), so each step is one wrapped call, and the
-part counts the work of every step (not the time its task waits).
+server's connection and hypercorn, h11 (the server's), the chat front, the wire codecs, the
+upstream call with its HTTP/1.1 codec, the stream's relay). Many of them are coroutines: a
+coroutine's work runs in its steps (each time the scheduler resumes it), so each step is one
+wrapped call, and the part counts the work of every step (not the time its task waits).
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ PATH_PARTS: list[tuple[str, str | None, str, str]] = [
     ("engine.runtime.upstream", None, "_head", "upstream_head_lines"),
     ("engine.runtime.transport", "PooledTransport", "send", "transport_send"),
     ("engine.runtime.transport", "PooledTransport", "_next_event", "transport_next_event"),
-    ("httpx", "Response", "__init__", "httpx_response"),
+    ("engine.runtime.http1", None, "encode_request", "http1_encode_request"),
+    ("engine.runtime.http1", "ResponseReader", "next_event", "http1_next_event"),
     ("engine.runtime.transport", "_ResponseBody", "__anext__", "transport_body_next"),
     ("engine.core.redact", "Redactor", "redact_result", "redact_result"),
     ("engine.core.redact", "StreamRedactor", "events", "redact_stream_batch"),

@@ -23,7 +23,7 @@ LIBRARIES = [
     ("networkx", r"^networkx/"),
     ("numpy", r"^numpy/"),
     ("stdlib logging", r"^logging/"),
-    ("router: transport (h11 client)", r"^engine/runtime/transport\.py"),
+    ("router: transport + HTTP/1.1 client codec", r"^engine/runtime/(transport|http1)\.py"),
     ("router: scoring + routing", r"^engine/core/routing/|^engine/runtime/(policy|learning)\.py"),
     ("router: cache + embedding",
      r"^engine/core/cache/|^engine/runtime/(embeddings|cache_thresholds|shared_cache)\.py"),
