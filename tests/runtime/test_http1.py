@@ -32,7 +32,8 @@ _SETTINGS = settings(max_examples=400, deadline=None,
 # ---- requests --------------------------------------------------------------------------
 
 _TOKEN_CHARS = "-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_names = st.text(_TOKEN_CHARS, min_size=1, max_size=12).map(str.encode).filter(
+_names = st.one_of(st.text(_TOKEN_CHARS, min_size=1, max_size=12).map(str.encode),
+                   st.binary(min_size=1, max_size=6)).filter(
     lambda name: name.lower() not in (b"host", b"content-length", b"transfer-encoding"))
 _values = st.binary(max_size=20)
 
