@@ -101,11 +101,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 redis.call('PEXPIRE', KEYS[3], ARGV[3]) return 1""")
 # The end of a flight: 1 when it is followed (the lead kept, for :data:`_FINISH`), else the
-# lead released if still ours (0), or -1 when it lapsed. One script, so a follower either
+# lead released if still ours, with a stream's events nobody will read (0), or -1 when it
+# lapsed. KEYS: lead, followed, events. One script, so a follower either
 # marked the flight before (and gets the final record) or claims after (and finds no lead).
 _RELEASE = Script("""if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-redis.call('DEL', KEYS[1]) return 0""")
+redis.call('DEL', KEYS[1], KEYS[3]) return 0""")
 # A followed flight's final record, then the lead (and its mark) released if still ours, at
 # once: a follower that finds the lead gone finds the final record too.
 _FINISH = Script("""redis.call('XADD', KEYS[3], '*', 't', ARGV[2], 'd', ARGV[3])
@@ -155,6 +156,7 @@ class SharedFlights:
         self._redis = redis
         self._tail = tail
         self._leads: dict[str, _Lead] = {}  # by token: the flights this process leads
+        self._due: dict[str, _Lead] = {}  # those of them with something to write
         self._wake = trio.Event()
         self._refused = False  # Redis refused a flight claim: said once in the log
 
@@ -204,6 +206,7 @@ class SharedFlights:
         async def sharing(item: Any, size: int) -> float:
             if lead.final is None and lead.token in self._leads:
                 lead.pending.append(encode_item(item, size))
+                self._due[lead.token] = lead
                 self._wake.set()
             return await publish(item, size)
 
@@ -224,7 +227,9 @@ class SharedFlights:
     def _end(self, lead: _Lead, kind: bytes, done: Any) -> None:
         if lead.final is None:
             lead.final = (kind, done)
-            self._wake.set()
+            if lead.token in self._leads:
+                self._due[lead.token] = lead
+                self._wake.set()
 
     async def run(self) -> None:
         """The process's one writer of the flights it leads: each pass appends the streams'
@@ -241,14 +246,17 @@ class SharedFlights:
             renew = now >= renew_at
             if renew:
                 renew_at = now + RENEW_SEC
-            if self._leads:
+            if self._due or (renew and self._leads):
                 await self._write(now if renew else None)
 
     async def _write(self, renew: float | None) -> None:
         commands: list[list[Arg]] = []
         # Per lead written: its script (if any), its arguments, and where its commands end.
         parts: list[tuple[_Lead, Script | None, list[Arg], int]] = []
-        for lead in list(self._leads.values()):
+        leads, self._due = (self._leads if renew is not None else self._due), {}
+        for lead in list(leads.values()):
+            if lead.token not in self._leads:
+                continue  # stopped sharing since: a gap would hand followers a partial answer
             start = len(commands)
             for kind, data in lead.pending:
                 commands.append(["XADD", lead.events, "*", "t", kind, "d", data])
@@ -295,6 +303,7 @@ class SharedFlights:
                 self._leads.pop(lead.token, None)
             elif script is _RELEASE and mine[-1] == 1:
                 lead.followed = True  # its final record goes in the next pass
+                self._due[lead.token] = lead
                 self._wake.set()
             elif script in (_RELEASE, _FINISH) or (script is _RENEW and mine[-1] == 0):
                 self._leads.pop(lead.token, None)  # done, or the lease lapsed

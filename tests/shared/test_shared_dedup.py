@@ -1,7 +1,7 @@
 """In-flight dedup across routers sharing one Redis: a burst spread over two routers makes one
 upstream call and every caller gets the whole answer (JSON, and streams event for event);
 a follower that joins a flight under way gets the leader's exact answer; a flight nobody
-follows writes nothing for followers; tenants never share a flight; a leader whose clients all
+follows leaves nothing in Redis; tenants never share a flight; a leader whose clients all
 left hands the call over; Redis down leaves each router deduplicating on its own, with no
 failed request.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from typing import Any
 
 import openai
@@ -122,25 +121,35 @@ def sdk(client: RouterClient) -> openai.AsyncOpenAI:
                               http_client=openai.DefaultAsyncHttpxClient(verify=False))
 
 
-async def test_a_json_flight_nobody_follows_writes_nothing_for_followers(
-    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay,
+@SDK_STREAM_LEAKS
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_flight_nobody_follows_leaves_nothing_in_redis(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay, stream: bool,
 ) -> None:
-    """Held past a renewal of its lease, then answered: all the flight ever had in Redis is
-    its lead, which it released (no events stream, no final record, no follower's mark)."""
+    """Held past a renewal of its lease, then answered: all a JSON flight ever had in Redis is
+    its lead, which it released (no events stream, no final record, no follower's mark); a
+    stream's events, written as they came, go with the release."""
     async with routers(fake_upstream, redis_server, relay, 1) as (a,), sdk(a) as client:
+
+        async def call() -> None:
+            answer = await client.chat.completions.create(
+                model="auto", messages=user(PROMPT), stream=stream)
+            if stream:
+                async for _ in answer:  # type: ignore[union-attr]
+                    pass
+
         relay.hold()
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(client.chat.completions.create, model="auto",
-                                           messages=user(PROMPT)))
+                nursery.start_soon(call)
                 await relay.wait_held(1)
                 first = await lead_ttl(redis_server.url)
                 while await lead_ttl(redis_server.url) <= first:  # renewed by a's writer
                     await trio.sleep(0.02)
                 assert await flight_keys(redis_server.url) == ["lead"]
                 relay.release()
-        while await flight_keys(redis_server.url) == ["lead"]:  # released in the background
-            await trio.sleep(0.005)
+            while "lead" in await flight_keys(redis_server.url):  # released in the background
+                await trio.sleep(0.005)
         assert await flight_keys(redis_server.url) == []
         assert len(fake_upstream.requests("m")) == 1
 
