@@ -14,18 +14,19 @@ tenants never share a flight); ``<token>`` is random per claim.
 * **Won** (the reply is nil): this process calls the upstream. A leader writes for its
   followers only, and it has none until one announces itself in its claim, so a JSON flight
   nobody follows writes nothing but the release of its lead. At the end, the release is one
-  script: while nobody marked the flight followed it deletes the lead (a follower that
-  claims after that finds no lead and leads itself); when it is marked, the lead is kept and
-  the final record (the result, or the error) is appended to the stream
-  ``llmr:flight:{<key hex>}:events:<token>`` together with the lead's release, in a second
-  script. A *stream* flight also appends what it publishes (the head, then each batch of
-  events) as it comes, followed or not: a follower may join at any time and needs every
-  event from the first, at once (one that learned of its followers only when it next
-  renewed its lease would hold a follower's first token back by up to a second). Everything
-  is written by the process's one writer task (:meth:`SharedFlights.run`, in the gateway's
-  background nursery), in order per flight, each pass in one pipeline; the same task renews
-  the lease of every lead this process holds once a second, in one pipeline. The stream
-  expires a few seconds after the end.
+  script: while nobody marked the flight followed, it deletes the lead (a follower that
+  claims after that finds no lead and leads itself); when the flight is marked, it keeps
+  the lead, and a second script appends the final record (the result, or the error: only
+  then encoded) to the stream ``llmr:flight:{<key hex>}:events:<token>`` and releases the
+  lead, at once. A *stream* flight also appends what it publishes (the head, then each
+  batch of events) as it comes, followed or not: a follower may join at any time and needs
+  every event from the first, at once (a leader that learned of its followers only when it
+  next renewed its lease would hold a follower's first token back by up to a second).
+  Everything is written by the process's one writer task (:meth:`SharedFlights.run`, in the
+  gateway's background nursery), in order per flight, each pass in one pipeline; the same
+  task renews the lease of every lead this process holds once a second, in one pipeline. A
+  followed flight's stream expires ten seconds after the end; an unfollowed stream flight's
+  events go with its release.
 * **Lost** (the reply is the holder's token): this process *follows* the holder's events
   stream from its beginning (the process's one stream tail, ``XREAD BLOCK``, serves every
   followed flight) and publishes each entry into its local flight as if it came from an
@@ -86,6 +87,11 @@ LEASE_SEC = 3.0  # a leader unheard of for this long is taken for dead
 RENEW_SEC = 1.0  # how often a leader renews its lease, and a silent follower checks it
 KEEP_SEC = 10.0  # how long a finished flight's events stay readable
 MAX_CLAIMS = 3  # claims per request: past that (leaders dying in a row), call alone
+# How often a leading stream nobody follows yet looks for a follower: a follower's first
+# events wait this long at most. Past BACKLOG_BYTES (upstream bytes) held for a follower that
+# may never come, a stream writes them, and the rest as it comes, followed or not.
+LOOK_SEC = 0.05
+BACKLOG_BYTES = 1 << 20
 
 # The claim: the lead, or (held already) the flight marked followed for as long as the lead
 # lives, and the holder's token. KEYS: lead, followed.
@@ -130,15 +136,18 @@ def _id(entry_id: bytes) -> tuple[int, int]:
 class _Lead:
     """A flight this process leads: what is still to be written for it, by the writer task."""
 
-    __slots__ = ("events", "final", "followed", "keys", "pending", "renewed", "token")
+    __slots__ = ("backlog", "events", "final", "followed", "keys", "pending", "renewed",
+                 "token", "writing")
 
     def __init__(self, base: str, token: str, renewed: float) -> None:
         self.token = token
         self.events = f"{base}:events:{token}"
         self.keys = (base + ":lead", base + ":followed", self.events)
-        self.pending: list[tuple[bytes, bytes]] = []  # a stream's items, encoded, to append
+        self.pending: list[tuple[Any, int]] = []  # a stream's items (and sizes) not written
+        self.backlog = 0  # their upstream bytes, while nobody follows
+        self.writing = False  # a stream's items go to Redis as they come
         self.final: tuple[bytes, Any] | None = None  # (kind, the result or error) once done
-        self.followed = False  # the release found the flight followed: the final record next
+        self.followed = False  # a follower announced itself: the final record is written
         self.renewed = renewed  # when the lease was last set (claim or renewal) was sent
 
     def final_record(self) -> bytes:
@@ -157,6 +166,7 @@ class SharedFlights:
         self._tail = tail
         self._leads: dict[str, _Lead] = {}  # by token: the flights this process leads
         self._due: dict[str, _Lead] = {}  # those of them with something to write
+        self._unfollowed = 0  # leading streams holding items for a follower yet to come
         self._wake = trio.Event()
         self._refused = False  # Redis refused a flight claim: said once in the log
 
@@ -205,9 +215,17 @@ class SharedFlights:
 
         async def sharing(item: Any, size: int) -> float:
             if lead.final is None and lead.token in self._leads:
-                lead.pending.append(encode_item(item, size))
-                self._due[lead.token] = lead
-                self._wake.set()
+                lead.pending.append((item, size))
+                if lead.writing:
+                    self._due[lead.token] = lead
+                    self._wake.set()
+                else:
+                    if not lead.backlog:
+                        self._unfollowed += 1
+                        self._wake.set()  # it looks for followers from now on
+                    lead.backlog += size or 1
+                    if lead.backlog > BACKLOG_BYTES:
+                        self._write_from_now(lead)
             return await publish(item, size)
 
         try:
@@ -231,41 +249,69 @@ class SharedFlights:
                 self._due[lead.token] = lead
                 self._wake.set()
 
+    def _write_from_now(self, lead: _Lead) -> None:
+        """A stream's items go to Redis from now on: those held first, then as they come."""
+        if not lead.writing:
+            lead.writing = True
+            if lead.backlog:
+                self._unfollowed -= 1
+            self._due[lead.token] = lead
+            self._wake.set()
+
+    def _drop(self, lead: _Lead) -> None:
+        """Stop sharing ``lead`` (done, lapsed, or its writes failed)."""
+        if self._leads.pop(lead.token, None) is not None and lead.backlog and not lead.writing:
+            self._unfollowed -= 1
+
     async def run(self) -> None:
-        """The process's one writer of the flights it leads: each pass appends the streams'
-        new items, releases the leads that ended (and finishes the followed ones), and once a
-        second renews every lead, all in one pipeline. A lead whose writes fail stops
-        sharing: a stream with a gap would hand followers a partial answer, one that stops
-        makes them see the leader lost."""
+        """The process's one writer of the flights it leads. Each pass, in one pipeline:
+        the new items of the streams that are followed, the release of the leads that ended
+        (and the final record of the followed ones); every :data:`LOOK_SEC`, while some
+        stream holds items for nobody yet, whether a follower announced itself; once a
+        second, the lease of every lead. A lead whose writes fail stops sharing: a stream
+        with a gap would hand followers a partial answer, one that stops makes them see the
+        leader lost."""
         renew_at = trio.current_time() + RENEW_SEC
+        look_at: float | None = None  # while some stream holds items for nobody yet
         while True:
-            with trio.move_on_at(renew_at):
+            if not self._unfollowed:
+                look_at = None
+            elif look_at is None:
+                look_at = trio.current_time() + LOOK_SEC
+            with trio.move_on_at(renew_at if look_at is None else min(renew_at, look_at)):
                 await self._wake.wait()
             self._wake = trio.Event()
             now = trio.current_time()
             renew = now >= renew_at
             if renew:
                 renew_at = now + RENEW_SEC
-            if self._due or (renew and self._leads):
-                await self._write(now if renew else None)
+            look = look_at is not None and now >= look_at
+            if look:
+                look_at = now + LOOK_SEC
+            if self._due or ((renew or look) and self._leads):
+                await self._write(now if renew else None, look)
 
-    async def _write(self, renew: float | None) -> None:
+    async def _write(self, renew: float | None, look: bool) -> None:
         commands: list[list[Arg]] = []
         # Per lead written: its script (if any), its arguments, and where its commands end.
         parts: list[tuple[_Lead, Script | None, list[Arg], int]] = []
-        leads, self._due = (self._leads if renew is not None else self._due), {}
+        leads, self._due = (self._leads if renew is not None or look else self._due), {}
         for lead in list(leads.values()):
             if lead.token not in self._leads:
                 continue  # stopped sharing since: a gap would hand followers a partial answer
             start = len(commands)
-            for kind, data in lead.pending:
-                commands.append(["XADD", lead.events, "*", "t", kind, "d", data])
-            if lead.pending:
+            if lead.writing and lead.pending:
+                for item, size in lead.pending:
+                    kind, data = encode_item(item, size)
+                    commands.append(["XADD", lead.events, "*", "t", kind, "d", data])
                 lead.pending = []
                 commands.append(["PEXPIRE", lead.events, _LEASE_MS + _KEEP_MS])
             script: Script | None = None
             args: list[Arg] = []
             if lead.final is not None and lead.followed:
+                if lead.pending:  # held for a follower found at the release: written first
+                    self._write_from_now(lead)
+                    continue
                 script, args = _FINISH, [lead.token, lead.final[0], lead.final_record(),
                                          _KEEP_MS]
             elif lead.final is not None:
@@ -273,6 +319,8 @@ class SharedFlights:
             elif renew is not None and renew - lead.renewed >= RENEW_SEC / 2:
                 script, args = _RENEW, [lead.token, _LEASE_MS, _LEASE_MS + _KEEP_MS]
                 lead.renewed = renew
+            elif look and lead.backlog and not lead.writing:
+                commands.append(["GET", lead.keys[1]])  # a follower's mark?
             if script is not None:
                 commands.append(["EVALSHA", script.sha, 3, *lead.keys, *args])
             if len(commands) > start:
@@ -283,7 +331,7 @@ class SharedFlights:
             replies = await self._redis.pipeline(commands)
         except StoreUnavailable:
             for lead, *_ in parts:
-                self._leads.pop(lead.token, None)
+                self._drop(lead)
             return
         begin = 0
         for lead, script, args, end in parts:
@@ -295,18 +343,22 @@ class SharedFlights:
                 except ReplyError as exc:
                     mine[-1] = exc
                 except StoreUnavailable:
-                    self._leads.pop(lead.token, None)
+                    self._drop(lead)
                     continue
             if any(isinstance(r, ReplyError) for r in mine):
                 log.warning("sharing a flight through Redis: %s",
                             next(r for r in mine if isinstance(r, ReplyError)))
-                self._leads.pop(lead.token, None)
+                self._drop(lead)
+            elif script is None:
+                if mine[-1] == lead.token.encode():  # followed: what it holds, then live
+                    lead.followed = True
+                    self._write_from_now(lead)
             elif script is _RELEASE and mine[-1] == 1:
                 lead.followed = True  # its final record goes in the next pass
                 self._due[lead.token] = lead
                 self._wake.set()
             elif script in (_RELEASE, _FINISH) or (script is _RENEW and mine[-1] == 0):
-                self._leads.pop(lead.token, None)  # done, or the lease lapsed
+                self._drop(lead)  # done, or the lease lapsed
 
     # ---- following --------------------------------------------------------------------------
 

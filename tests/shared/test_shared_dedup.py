@@ -126,9 +126,11 @@ def sdk(client: RouterClient) -> openai.AsyncOpenAI:
 async def test_a_flight_nobody_follows_leaves_nothing_in_redis(
     fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay, stream: bool,
 ) -> None:
-    """Held past a renewal of its lease, then answered: all a JSON flight ever had in Redis is
-    its lead, which it released (no events stream, no final record, no follower's mark); a
-    stream's events, written as they came, go with the release."""
+    """Held past a renewal of its lease (a stream with three words out), then answered: all
+    the flight ever had in Redis is its lead, which it released (no events stream, no final
+    record, no follower's mark)."""
+    words = " ".join(f"w{i}" for i in range(8))
+    fake_upstream.script("m", Behaviour(text=words))
     async with routers(fake_upstream, redis_server, relay, 1) as (a,), sdk(a) as client:
 
         async def call() -> None:
@@ -138,7 +140,10 @@ async def test_a_flight_nobody_follows_leaves_nothing_in_redis(
                 async for _ in answer:  # type: ignore[union-attr]
                     pass
 
-        relay.hold()
+        if stream:
+            relay.hold_after(b"w2")
+        else:
+            relay.hold()
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(call)
