@@ -12,21 +12,24 @@ lives). The key is the hex of the local flight key (the tenant and the whole req
 tenants never share a flight); ``<token>`` is random per claim.
 
 * **Won** (the reply is nil): this process calls the upstream. A leader writes for its
-  followers only, and it has none until one announces itself in its claim, so a JSON flight
+  followers only, and it has none until one announces itself in its claim, so a flight
   nobody follows writes nothing but the release of its lead. At the end, the release is one
   script: while nobody marked the flight followed, it deletes the lead (a follower that
   claims after that finds no lead and leads itself); when the flight is marked, it keeps
   the lead, and a second script appends the final record (the result, or the error: only
   then encoded) to the stream ``llmr:flight:{<key hex>}:events:<token>`` and releases the
-  lead, at once. A *stream* flight also appends what it publishes (the head, then each
-  batch of events) as it comes, followed or not: a follower may join at any time and needs
-  every event from the first, at once (a leader that learned of its followers only when it
-  next renewed its lease would hold a follower's first token back by up to a second).
-  Everything is written by the process's one writer task (:meth:`SharedFlights.run`, in the
-  gateway's background nursery), in order per flight, each pass in one pipeline; the same
-  task renews the lease of every lead this process holds once a second, in one pipeline. A
-  followed flight's stream expires ten seconds after the end; an unfollowed stream flight's
-  events go with its release.
+  lead, at once. A *stream* flight's followers need its events as they come: while nobody
+  follows, it holds what it publishes (the head, then each batch of events) and looks for
+  a follower's mark every :data:`LOOK_SEC`; once it finds one it appends what it held, then
+  each batch as it comes. A follower's first events thus wait at most that long (not the
+  second until the next renewal), and a stream nobody follows costs a ``GET`` per
+  :data:`LOOK_SEC` per process, not a write per batch. Past :data:`BACKLOG_BYTES` held, a
+  stream writes them and the rest as it comes, followed or not (the release then deletes
+  them). Everything is written by the process's one writer task (:meth:`SharedFlights.run`,
+  in the gateway's background nursery), in order per flight, each pass in one pipeline; the
+  same task renews the lease of every lead this process holds once a second, and looks
+  for followers, in one pipeline. A followed flight's stream expires ten seconds after the
+  end.
 * **Lost** (the reply is the holder's token): this process *follows* the holder's events
   stream from its beginning (the process's one stream tail, ``XREAD BLOCK``, serves every
   followed flight) and publishes each entry into its local flight as if it came from an

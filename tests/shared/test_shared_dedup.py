@@ -38,6 +38,7 @@ from support_protocols import SDK_STREAM_LEAKS
 from support_redis import RedisServer
 from support_routing import RouterClient, model_entry, open_router_client, user, wait_for
 
+from engine.runtime.shared_flights import BACKLOG_BYTES
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 
@@ -217,6 +218,40 @@ async def test_a_follower_joining_a_flight_under_way_gets_the_leaders_exact_answ
             assert "".join(c for c, _ in got["a"][1] if c) == words
         else:
             assert got["a"][1][0] == words
+        assert len(fake_upstream.requests("m")) == 1
+
+
+@SDK_STREAM_LEAKS
+async def test_a_follower_of_a_stream_past_its_backlog_bound_gets_it_all(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay,
+) -> None:
+    """A stream that held more than ``BACKLOG_BYTES`` for nobody writes it all and goes on
+    writing; b's request, joining once 1.2 MiB are out, still gets every word from the
+    first, as a's caller does."""
+    words = ("y" * 8191 + " ") * 160 + "mark " + "z" * 100 + " end"
+    assert len(words) > 1.2 * BACKLOG_BYTES
+    fake_upstream.script("m", Behaviour(text=words))
+    async with (routers(fake_upstream, redis_server, relay) as (a, b),
+                sdk(a) as leader, sdk(b) as follower):
+        got: dict[str, tuple[str | None, str]] = {}
+
+        async def one(name: str, client: openai.AsyncOpenAI) -> None:
+            chunks = await client.chat.completions.create(
+                model="auto", messages=user(PROMPT), stream=True)
+            text = "".join([c.choices[0].delta.content or "" async for c in chunks
+                            if c.choices])
+            got[name] = chunks.response.headers.get("x-llm-router-dedup"), text
+
+        relay.hold_after(b"mark")
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, "a", leader)
+                await relay.wait_held(1)
+                nursery.start_soon(one, "b", follower)
+                while await claims(redis_server.url) < 2:  # b's claim: it follows a
+                    await trio.sleep(0.005)
+                relay.release()
+        assert got["a"] == ("LEADER", words) and got["b"] == ("FOLLOWER", words)
         assert len(fake_upstream.requests("m")) == 1
 
 
