@@ -103,7 +103,7 @@ async def claim_cost(url: str, flights: int) -> None:
             t = time.perf_counter()
             await shared.fly(os.urandom(20), run, publish)
             isolated.append(time.perf_counter() - t)
-            await trio.testing.wait_all_tasks_blocked()  # its final record is written
+            await trio.testing.wait_all_tasks_blocked()  # its lead is released
         added = [c - d for c, d in zip(isolated, direct, strict=True)]
         # Back to back: each flight's background write shares the loop and the socket with
         # the next one's claim, as under load.
