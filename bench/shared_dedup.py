@@ -3,10 +3,11 @@ burst spread over processes costs upstream.
 
 1. **Claim cost.** ``SharedFlights.fly`` around a flight that answers at once, against a
    real ``redis-server`` on loopback, one flight after another with distinct keys (every one
-   a leader: the claim, then the final record written in the background), against the same
-   flight run directly. Reports a PING round trip for scale, the latency added on the
-   request's path (p50, p99; each flight's background write done before the next), and,
-   back to back, the wall and router CPU time added per flight, background work included.
+   a leader nobody follows: the claim, then the release of its lead written in the
+   background), against the same flight run directly. Reports a PING round trip for scale,
+   the latency added on the request's path (p50, p99; each flight's background write done
+   before the next), and, back to back, the wall and router CPU time added per flight,
+   background work included.
 2. **Cross-process burst.** N ``llm-router`` processes sharing the Redis, a burst of B
    identical requests dealt round-robin over them (JSON, then SSE), the fake upstream taking
    ``latency`` seconds: upstream calls and wall time; then the same processes without
@@ -81,7 +82,8 @@ async def claim_cost(url: str, flights: int) -> None:
 
     async with open_redis(RedisAddress.from_url(url)) as redis, trio.open_nursery() as nursery:
         tail = StreamTail(redis)
-        shared = SharedFlights(redis, tail, nursery)
+        shared = SharedFlights(redis, tail)
+        nursery.start_soon(shared.run)  # the process's writer: releases, renewals
 
         async def publish(item: Any, size: int) -> float:
             return 0.0
@@ -101,7 +103,7 @@ async def claim_cost(url: str, flights: int) -> None:
             t = time.perf_counter()
             await shared.fly(os.urandom(20), run, publish)
             isolated.append(time.perf_counter() - t)
-            await trio.testing.wait_all_tasks_blocked()  # its final record is written
+            await trio.testing.wait_all_tasks_blocked()  # its lead is released
         added = [c - d for c, d in zip(isolated, direct, strict=True)]
         # Back to back: each flight's background write shares the loop and the socket with
         # the next one's claim, as under load.

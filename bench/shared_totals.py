@@ -7,10 +7,10 @@ Needs ``redis-server`` on the PATH (started here on a free loopback port, nothin
 1. End to end: ``Gateway.complete`` (routing, the backend call to an in-process fake
    upstream over loopback HTTP, stats) timed per request, one at a time, for a gateway
    without ``state.redis_url``, one with it and in-flight dedup off, and one with it as
-   configured by default (dedup on: a claim round trip per request, and the flight's final
-   record written after it), in alternating rounds so drift on a shared machine hits all
-   alike. Prints the p50 / p90 of each, and this process's CPU per request in each round
-   (the fake upstream's share, the same for all three, included).
+   configured by default (dedup on: a claim round trip per request, and the release of the
+   flight's lead after it, in the background), in alternating rounds so drift on a shared
+   machine hits all alike. Prints the p50 / p90 of each, and this process's CPU per request
+   in each round (the fake upstream's share, the same for all three, included).
 2. The Redis work itself, timed alone: the totals write (``SharedTotals.flush``, one
    pipeline: the write script's ``EVALSHA``, ``HSET`` of every counter + ``SADD``, and, when
    a gauge changed, ``DEL`` + ``HSET`` + ``PEXPIRE`` + ``SADD`` of the gauges; a process

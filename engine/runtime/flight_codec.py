@@ -1,10 +1,10 @@
 """What a shared flight carries between router processes, as Redis stream entries.
 
 A flight leader in one process writes what its local flight publishes (the served head, then
-batches of stream events with their upstream size) and then one final record (the node's
-result, or its error); a follower in another process decodes each entry back into the same
-Python objects and publishes them into its own local flight, as if they came from an
-upstream. Each entry is two fields: ``t`` (its kind) and ``d`` (compact JSON).
+batches of stream events with their upstream size) and, once another process follows it, one
+final record (the node's result, or its error); a follower in another process decodes each
+entry back into the same Python objects and publishes them into its own local flight, as if
+they came from an upstream. Each entry is two fields: ``t`` (its kind) and ``d`` (compact JSON).
 
 Everything here is data the caller is about to receive anyway (the answer, the model's
 name, the error message the client would see): no key or credential ever goes in.

@@ -139,7 +139,9 @@ class Gateway:
         self.flights = FlightRegistry(nursery, buffer_bytes=config.server.stream_buffer_bytes)
         #: Dedup across processes: None without ``state.redis_url``.
         self.shared_flights = (None if shared is None
-                               else SharedFlights(shared.redis, shared.tail, nursery))
+                               else SharedFlights(shared.redis, shared.tail))
+        if self.shared_flights is not None:
+            nursery.start_soon(self.shared_flights.run)  # writes and renews what it leads
         self.policy = policy or RoutingPolicy(config)
         #: Health and totals shared with the other processes (``state.redis_url``).
         self.shared_health: SharedHealth | None = None

@@ -1,7 +1,9 @@
 """In-flight dedup across routers sharing one Redis: a burst spread over two routers makes one
 upstream call and every caller gets the whole answer (JSON, and streams event for event);
-tenants never share a flight; a leader whose clients all left hands the call over; Redis down
-leaves each router deduplicating on its own, with no failed request.
+a follower that joins a flight under way gets the leader's exact answer; a flight nobody
+follows leaves nothing in Redis; tenants never share a flight; a leader whose clients all
+left hands the call over; Redis down leaves each router deduplicating on its own, with no
+failed request.
 
 Two in-process routers here (one trio loop, separate gateways, nothing shared but Redis);
 ``test_shared_dedup_processes.py`` does the same with real ``llm-router`` processes. The
@@ -13,16 +15,30 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
+import openai
 import orjson
 import pytest
 import trio
 import trio.testing
-from support_flights import PROMPT, Answer, answer_text, ask, burst, claims, said
+from support_flights import (
+    PROMPT,
+    Answer,
+    answer_text,
+    ask,
+    burst,
+    claims,
+    flight_keys,
+    lead_ttl,
+    said,
+)
 from support_hold_relay import HoldRelay, open_hold_relay, wait_all_in
+from support_protocols import SDK_STREAM_LEAKS
 from support_redis import RedisServer
-from support_routing import RouterClient, model_entry, open_router_client, wait_for
+from support_routing import RouterClient, model_entry, open_router_client, user, wait_for
 
+from engine.runtime.shared_flights import BACKLOG_BYTES
 from engine.testing.fake_upstream import Behaviour, FakeUpstream
 
 
@@ -98,6 +114,145 @@ async def test_a_burst_across_routers_makes_one_upstream_call(
             return all(s["dedup"]["joined"] == 19 and s["total_requests"] == 20
                        for s in stats)
         await wait_for(counted, poll=0.05)
+
+
+def sdk(client: RouterClient) -> openai.AsyncOpenAI:
+    """The official OpenAI SDK, pointed at the router ``client`` serves."""
+    return openai.AsyncOpenAI(base_url=client.router.v1, api_key="sk-client", max_retries=0,
+                              http_client=openai.DefaultAsyncHttpxClient(verify=False))
+
+
+@SDK_STREAM_LEAKS
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_flight_nobody_follows_leaves_nothing_in_redis(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay, stream: bool,
+) -> None:
+    """Held past a renewal of its lease (a stream with three words out), then answered: all
+    the flight ever had in Redis is its lead, which it released (no events stream, no final
+    record, no follower's mark)."""
+    words = " ".join(f"w{i}" for i in range(8))
+    fake_upstream.script("m", Behaviour(text=words))
+    async with routers(fake_upstream, redis_server, relay, 1) as (a,), sdk(a) as client:
+
+        async def call() -> None:
+            answer = await client.chat.completions.create(
+                model="auto", messages=user(PROMPT), stream=stream)
+            if stream:
+                async for _ in answer:  # type: ignore[union-attr]
+                    pass
+
+        if stream:
+            relay.hold_after(b"w2")
+        else:
+            relay.hold()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                await relay.wait_held(1)
+                first = await lead_ttl(redis_server.url)
+                while await lead_ttl(redis_server.url) <= first:  # renewed by a's writer
+                    await trio.sleep(0.02)
+                assert await flight_keys(redis_server.url) == ["lead"]
+                relay.release()
+            while "lead" in await flight_keys(redis_server.url):  # released in the background
+                await trio.sleep(0.005)
+        assert await flight_keys(redis_server.url) == []
+        assert len(fake_upstream.requests("m")) == 1
+
+
+@SDK_STREAM_LEAKS
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_follower_joining_a_flight_under_way_gets_the_leaders_exact_answer(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay, stream: bool,
+) -> None:
+    """b's request joins a's flight after a's lease was renewed (JSON: the answer held) or
+    with three words of a's stream already out (the rest held); b announces itself in its
+    claim, so a writes b its final record, and b's caller gets what a's got."""
+    words = " ".join(f"w{i}" for i in range(8))
+    fake_upstream.script("m", Behaviour(text=words))
+    async with (routers(fake_upstream, redis_server, relay) as (a, b),
+                sdk(a) as leader, sdk(b) as follower):
+        got: dict[str, tuple[str | None, Any]] = {}
+        began = trio.Event()
+
+        async def one(name: str, client: openai.AsyncOpenAI) -> None:
+            if not stream:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="auto", messages=user(PROMPT))
+                done = raw.parse()
+                got[name] = raw.headers.get("x-llm-router-dedup"), (
+                    done.choices[0].message.content, done.choices[0].finish_reason, done.usage,
+                    done.model)
+                return
+            chunks = await client.chat.completions.create(
+                model="auto", messages=user(PROMPT), stream=True)
+            told: list[tuple[str | None, str | None]] = []
+            async for chunk in chunks:
+                for choice in chunk.choices:
+                    told.append((choice.delta.content, choice.finish_reason))
+                    if choice.delta.content:
+                        began.set()
+            got[name] = chunks.response.headers.get("x-llm-router-dedup"), told
+
+        if stream:
+            relay.hold_after(b"w2")
+        else:
+            relay.hold()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, "a", leader)
+                await relay.wait_held(1)
+                if stream:
+                    await began.wait()  # a's client has part of the answer
+                else:
+                    first = await lead_ttl(redis_server.url)
+                    while await lead_ttl(redis_server.url) <= first:  # renewed by a's writer
+                        await trio.sleep(0.02)
+                nursery.start_soon(one, "b", follower)
+                while await claims(redis_server.url) < 2:  # b's claim: it follows a
+                    await trio.sleep(0.005)
+                relay.release()
+        assert got["a"][0] == "LEADER" and got["b"][0] == "FOLLOWER"
+        assert got["b"][1] == got["a"][1]
+        if stream:
+            assert "".join(c for c, _ in got["a"][1] if c) == words
+        else:
+            assert got["a"][1][0] == words
+        assert len(fake_upstream.requests("m")) == 1
+
+
+@SDK_STREAM_LEAKS
+async def test_a_follower_of_a_stream_past_its_backlog_bound_gets_it_all(
+    fake_upstream: FakeUpstream, redis_server: RedisServer, relay: HoldRelay,
+) -> None:
+    """A stream that held more than ``BACKLOG_BYTES`` for nobody writes it all and goes on
+    writing; b's request, joining once 1.2 MiB are out, still gets every word from the
+    first, as a's caller does."""
+    words = ("y" * 8191 + " ") * 160 + "mark " + "z" * 100 + " end"
+    assert len(words) > 1.2 * BACKLOG_BYTES
+    fake_upstream.script("m", Behaviour(text=words))
+    async with (routers(fake_upstream, redis_server, relay) as (a, b),
+                sdk(a) as leader, sdk(b) as follower):
+        got: dict[str, tuple[str | None, str]] = {}
+
+        async def one(name: str, client: openai.AsyncOpenAI) -> None:
+            chunks = await client.chat.completions.create(
+                model="auto", messages=user(PROMPT), stream=True)
+            text = "".join([c.choices[0].delta.content or "" async for c in chunks
+                            if c.choices])
+            got[name] = chunks.response.headers.get("x-llm-router-dedup"), text
+
+        relay.hold_after(b"mark")
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, "a", leader)
+                await relay.wait_held(1)
+                nursery.start_soon(one, "b", follower)
+                while await claims(redis_server.url) < 2:  # b's claim: it follows a
+                    await trio.sleep(0.005)
+                relay.release()
+        assert got["a"] == ("LEADER", words) and got["b"] == ("FOLLOWER", words)
+        assert len(fake_upstream.requests("m")) == 1
 
 
 async def test_tenants_never_share_a_flight(

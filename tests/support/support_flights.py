@@ -1,5 +1,6 @@
 """Support for the shared-dedup tests: asking a router the same question many times at once,
-reading what each caller was told, and counting the flight claims Redis served."""
+reading what each caller was told, counting the flight claims Redis served, and listing the
+flight keys it holds."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from support_routing import sse_payloads, user
 from engine.core.redis_address import RedisAddress
 from engine.stores.redis import open_redis
 
-__all__ = ["PROMPT", "Answer", "answer_text", "ask", "burst", "claims", "said"]
+__all__ = ["PROMPT", "Answer", "answer_text", "ask", "burst", "claims", "flight_keys",
+           "lead_ttl", "said"]
 
 PROMPT = "Tell me a story about a lighthouse keeper and a very patient cat"
 
@@ -69,11 +71,30 @@ def answer_text(text: str) -> str:
 
 
 async def claims(redis_url: str) -> int:
-    """How many flight claims (``SET``) the Redis at ``redis_url`` has served so far (while
-    a test runs no other ``SET`` happens: the dashboard's recent requests, published every
-    second, go with ``PSETEX``)."""
+    """How many flight claims (``SET``, in the claim script) the Redis at ``redis_url`` has
+    served so far (while a test runs no other ``SET`` happens: the dashboard's recent
+    requests, published every second, and a follower's mark on the flight it follows go with
+    ``PSETEX``)."""
     async with open_redis(RedisAddress.from_url(redis_url)) as client:
         info = await client.call("INFO", "commandstats")
     assert isinstance(info, bytes)
     found = re.search(rb"cmdstat_set:calls=(\d+)", info)
     return int(found.group(1)) if found else 0
+
+
+async def flight_keys(redis_url: str) -> list[str]:
+    """Every in-flight dedup key in the Redis at ``redis_url`` (``llmr:flight:...``), by the
+    part of its name after the flight's key: ``lead``, ``followed``, ``events:<token>``."""
+    async with open_redis(RedisAddress.from_url(redis_url)) as client:
+        keys = await client.call("KEYS", "llmr:flight:*")
+    assert isinstance(keys, list)
+    return sorted(key.decode().split("}:", 1)[1] for key in keys)
+
+
+async def lead_ttl(redis_url: str) -> int:
+    """The milliseconds left on the one flight lead in the Redis at ``redis_url``."""
+    async with open_redis(RedisAddress.from_url(redis_url)) as client:
+        (key,) = await client.call("KEYS", "llmr:flight:*:lead")  # type: ignore[misc]
+        left = await client.call("PTTL", key)
+    assert isinstance(left, int)
+    return left

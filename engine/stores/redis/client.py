@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import trio
@@ -58,7 +59,7 @@ class Script:
 
     source: str
 
-    @property
+    @cached_property  # sent with every call: hashed once
     def sha(self) -> str:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
