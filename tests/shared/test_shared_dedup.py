@@ -122,6 +122,14 @@ def sdk(client: RouterClient) -> openai.AsyncOpenAI:
                               http_client=openai.DefaultAsyncHttpxClient(verify=False))
 
 
+def hold_mid_flight(relay: HoldRelay, stream: bool) -> None:
+    """Hold the upstream's answer mid-way: a stream after its second word, an answer whole."""
+    if stream:
+        relay.hold_after(b"w2")
+    else:
+        relay.hold()
+
+
 @SDK_STREAM_LEAKS
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 async def test_a_flight_nobody_follows_leaves_nothing_in_redis(
@@ -141,10 +149,7 @@ async def test_a_flight_nobody_follows_leaves_nothing_in_redis(
                 async for _ in answer:  # type: ignore[union-attr]
                     pass
 
-        if stream:
-            relay.hold_after(b"w2")
-        else:
-            relay.hold()
+        hold_mid_flight(relay, stream)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(call)
@@ -194,10 +199,7 @@ async def test_a_follower_joining_a_flight_under_way_gets_the_leaders_exact_answ
                         began.set()
             got[name] = chunks.response.headers.get("x-llm-router-dedup"), told
 
-        if stream:
-            relay.hold_after(b"w2")
-        else:
-            relay.hold()
+        hold_mid_flight(relay, stream)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(one, "a", leader)
