@@ -169,14 +169,15 @@ class ResponseReader:
 
     :meth:`feed` what the connection reads (``b""`` at its end), then call
     :meth:`next_event` until it returns :data:`NEED_DATA`: it returns the :class:`Head`
-    (informational responses skipped), then the body's pieces (non-empty ``bytes``, as they
-    arrived), then :data:`END`. A malformed response raises :class:`ProtocolError`, and so
-    does a connection that ends before the response does. ``head_only``: the response to a
-    ``HEAD`` request (no body whatever it says).
+    (informational responses skipped), then the body's pieces (non-empty ``bytes``: what
+    arrived, the data of the chunks read so far joined), then :data:`END`. A malformed
+    response raises :class:`ProtocolError`, and so does a connection that ends before the
+    response does. ``head_only``: the response to a ``HEAD`` request (no body whatever it
+    says).
     """
 
-    __slots__ = ("_buffer", "_eof", "_framing_clean", "_head_only", "_keep_alive", "_remaining",
-                 "_state", "head")
+    __slots__ = ("_buffer", "_eof", "_failed", "_framing_clean", "_head_only", "_keep_alive",
+                 "_remaining", "_state", "head")
 
     def __init__(self, *, head_only: bool = False) -> None:
         self._buffer = b""
@@ -186,6 +187,7 @@ class ResponseReader:
         self._remaining = 0
         self._keep_alive = False
         self._framing_clean = True
+        self._failed: ProtocolError | None = None  # found after data returned first
         #: The response's head once read, else ``None``.
         self.head: Head | None = None
 
@@ -263,18 +265,19 @@ class ResponseReader:
             if code == 101:
                 raise ProtocolError("the upstream switched protocols, which was not asked for")
             return None  # informational: the response follows
-        length = None
+        length_text = None
         chunked = False
         close = version != b"1.1"
         for name, value in headers:
             if name == b"content-length":
+                # Repeats must be the same digits ("5, 5" is 5; "05" beside "5" is an error).
                 for part in value.split(b","):
                     part = part.strip(b" \t")
                     if not _DIGITS.fullmatch(part):
                         raise ProtocolError(f"illegal Content-Length {value[:40]!r}")
-                    if length is not None and int(part) != length:
+                    if length_text is not None and part != length_text:
                         raise ProtocolError("conflicting Content-Length values")
-                    length = int(part)
+                    length_text = part
             elif name == b"transfer-encoding":
                 if chunked or value.strip(b" \t").lower() != b"chunked":
                     raise ProtocolError(f"unsupported Transfer-Encoding {value[:40]!r}")
@@ -282,6 +285,7 @@ class ResponseReader:
             elif name == b"connection" and b"close" in [
                     token.strip(b" \t").lower() for token in value.split(b",")]:
                 close = True
+        length = None if length_text is None else int(length_text)
         self._keep_alive = not close
         if self._head_only or code == 204 or code == 304:
             self._state = _DONE
@@ -320,6 +324,24 @@ class ResponseReader:
         return data
 
     def _read_chunked(self) -> bytes | _Sentinel:
+        """The data of every chunk already read, as one piece: an upstream that sends each
+        event of a stream as a chunk sends several at once when it runs ahead of the network,
+        and each piece costs a pass of the stream's relay. A malformed chunk after good ones
+        is raised by the next call, so the data before it is not lost."""
+        if self._failed is not None:
+            raise self._failed
+        first = self._chunk_piece()
+        if type(first) is not bytes or not self._buffer:
+            return first
+        pieces = [first]
+        try:
+            while type(piece := self._chunk_piece()) is bytes:
+                pieces.append(piece)
+        except ProtocolError as exc:
+            self._failed = exc
+        return b"".join(pieces) if len(pieces) > 1 else first
+
+    def _chunk_piece(self) -> bytes | _Sentinel:
         while True:
             state = self._state
             buffer = self._buffer

@@ -282,7 +282,7 @@ def test_a_chunked_stream_is_read_as_its_chunks_arrive() -> None:
     assert reader.next_event() == b"hel"
     assert reader.next_event() is NEED_DATA
     reader.feed(b"lo\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n")
-    assert [reader.next_event() for _ in range(3)] == [b"lo", b" world", END]
+    assert [reader.next_event() for _ in range(2)] == [b"lo world", END]
     assert reader.reusable
 
 
@@ -296,6 +296,27 @@ def test_a_chunked_stream_is_read_as_its_chunks_arrive() -> None:
 def test_a_connection_is_reused_only_after_a_cleanly_framed_kept_alive_response(
         data: bytes, reusable: bool) -> None:
     assert _read_all(data)[2].reusable is reusable
+
+
+def test_chunks_read_together_come_out_as_one_piece() -> None:
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"6\r\ndata: \r\n3\r\none\r\n4\r\n two\r\n3\r\n t")
+    assert isinstance(reader.next_event(), Head)
+    assert reader.next_event() == b"data: one two t"
+    assert reader.next_event() is NEED_DATA
+    reader.feed(b"w\r\n0\r\n\r\n")
+    assert [reader.next_event(), reader.next_event()] == [b"w", END]
+
+
+def test_data_before_a_malformed_chunk_comes_out_before_the_error() -> None:
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\none\r\n4\r\n two\r\nzz\r\n")
+    assert isinstance(reader.next_event(), Head)
+    assert reader.next_event() == b"one two"
+    with pytest.raises(ProtocolError, match="chunk size line"):
+        reader.next_event()
 
 
 def test_a_body_framed_by_the_connections_end_ends_with_it() -> None:
