@@ -288,11 +288,12 @@ class ResponseReader:
                 close = True
         length = None if length_text is None else int(length_text)
         self._keep_alive = not close
+        # Both framings, whatever the status: the message "ought to be handled as an error".
+        self._framing_clean = not (chunked and length is not None)
         if self._head_only or code == 204 or code == 304:
             self._state = _DONE
         elif chunked:
             self._state = _CHUNK_LINE
-            self._framing_clean = length is None
         elif length is not None:
             self._remaining = length
             self._state = _LENGTH if length else _DONE

@@ -292,6 +292,7 @@ def test_a_chunked_stream_is_read_as_its_chunks_arrive() -> None:
     (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", False),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n", False),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n0\r\n\r\n", False),
+    (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n", False),
 ])
 def test_a_connection_is_reused_only_after_a_cleanly_framed_kept_alive_response(
         data: bytes, reusable: bool) -> None:
