@@ -23,11 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import trio
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import one_model_config, percentile
+from harness import one_model_config, percentile, run_rounds
 from shared_streams import timed_streams
 
 from engine.runtime import open_gateway
@@ -111,7 +109,4 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    trio.run(main, parser.parse_args())
+    run_rounds(main, __doc__, requests=300, rounds=3)

@@ -6,13 +6,14 @@ importable as ``harness``; the fake provider comes from the package (``engine.te
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +129,13 @@ def one_model_config(fake_url: str, folder: Path, *, redis_url: str | None = Non
         "state": state, **more,
     }
     return parse_config(yaml.safe_dump(data), environ={})
+
+
+def run_rounds(main: Callable[[argparse.Namespace], Awaitable[None]], doc: str | None, *,
+               requests: int, rounds: int) -> None:
+    """Run a benchmark's ``main`` with ``--requests`` and ``--rounds`` from the command line
+    (these defaults), its description the first line of ``doc``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--requests", type=int, default=requests)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    trio.run(main, parser.parse_args())

@@ -29,7 +29,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import one_model_config, percentile, redis_server
+from harness import one_model_config, percentile, redis_server, run_rounds
 
 from engine.messages import ChatRequest, Message, TextPart
 from engine.runtime import RunContext, open_gateway
@@ -97,7 +97,4 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    trio.run(main, parser.parse_args())
+    run_rounds(main, __doc__, requests=300, rounds=3)

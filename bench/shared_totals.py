@@ -43,7 +43,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import one_model_config, percentile, redis_server
+from harness import one_model_config, percentile, redis_server, run_rounds
 
 from engine.core.stats import Stats
 from engine.messages import ChatRequest, Message, TextPart, Usage
@@ -203,7 +203,4 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=5)
-    trio.run(main, parser.parse_args())
+    run_rounds(main, __doc__, requests=3000, rounds=5)
