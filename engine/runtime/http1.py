@@ -74,9 +74,9 @@ END = _Sentinel("END")
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _VALUE_CHAR = rb"[^\x00\s]"  # visible, or obs-text (a byte above 0x7f)
-_HEADER = re.compile(
-    rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE_CHAR + rb"+(?:[ \t]+" + _VALUE_CHAR + rb"+)*)?[ \t]*"
-)
+# A field's value (RFC 9110's field-content): no space or tab at either end.
+_VALUE = rb"(?:" + _VALUE_CHAR + rb"+(?:[ \t]+" + _VALUE_CHAR + rb"+)*)?"
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
 _STATUS = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|" + _VALUE_CHAR + rb")*))?")
 _CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?[ \t]*")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -85,7 +85,7 @@ _FOLD = re.compile(rb"[ \t]+")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 _FIELD_NAME = re.compile(_TOKEN)
-_FIELD_VALUE = re.compile(rb"(?:" + _VALUE_CHAR + rb"+(?:[ \t]+" + _VALUE_CHAR + rb"+)*)?")
+_FIELD_VALUE = re.compile(_VALUE)
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 
 
