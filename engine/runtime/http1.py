@@ -332,64 +332,85 @@ class ResponseReader:
         is raised by the next call, so the data before it is not lost."""
         if self._failed is not None:
             raise self._failed
-        first = self._chunk_piece()
-        if type(first) is not bytes or not self._buffer:
-            return first
-        pieces = [first]
+        pieces: list[bytes] = []
         try:
-            while type(piece := self._chunk_piece()) is bytes:
-                pieces.append(piece)
+            stop = self._chunks(pieces)
         except ProtocolError as exc:
+            if not pieces:
+                raise
             self._failed = exc
-        return b"".join(pieces) if len(pieces) > 1 else first
+        if not pieces:
+            return stop
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _chunk_piece(self) -> bytes | _Sentinel:
-        while True:
-            state = self._state
-            buffer = self._buffer
-            if state == _CHUNK_DATA:
-                if not buffer:
-                    return self._wait("a chunk", buffer)
-                remaining = self._remaining
-                if len(buffer) <= remaining:
-                    data, self._buffer = buffer, b""
-                else:
-                    data, self._buffer = buffer[:remaining], buffer[remaining:]
-                self._remaining = remaining - len(data)
-                if not self._remaining:
-                    self._state = _CHUNK_END
-                return data
-            if state == _CHUNK_END:
-                if len(buffer) < 2:
-                    if buffer and buffer != b"\r":
+    def _chunks(self, pieces: list[bytes]) -> _Sentinel:
+        """Reads the buffer's chunks, their data into ``pieces``, to the body's end (returns
+        :data:`END`) or to where more bytes are needed (:data:`NEED_DATA`). The buffer is
+        read at an offset and cut once, on the way out: cut after each chunk, it was copied
+        from there to its end each time, which made a burst of small chunks quadratic."""
+        buffer = self._buffer
+        size = len(buffer)
+        pos = 0
+        state = self._state
+        try:
+            while True:
+                if state == _CHUNK_DATA:
+                    if pos == size:
+                        waiting = "a chunk"
+                        break
+                    remaining = self._remaining
+                    end = min(pos + remaining, size)
+                    pieces.append(buffer[pos:end])
+                    self._remaining = remaining = remaining - (end - pos)
+                    pos = end
+                    if not remaining:
+                        state = _CHUNK_END
+                elif state == _CHUNK_END:
+                    if size - pos < 2:
+                        if pos < size and buffer[pos] != 0x0D:
+                            raise ProtocolError("a chunk did not end with CRLF")
+                        waiting = "a chunk's end"
+                        break
+                    if not buffer.startswith(b"\r\n", pos):
                         raise ProtocolError("a chunk did not end with CRLF")
-                    return self._wait("a chunk's end", buffer)
-                if buffer[:2] != b"\r\n":
-                    raise ProtocolError("a chunk did not end with CRLF")
-                self._buffer = buffer[2:]
-                self._state = _CHUNK_LINE
-            elif state == _CHUNK_LINE:
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return self._wait("a chunk's size line", buffer)
-                line = _CHUNK.fullmatch(buffer, 0, end)
-                if line is None:
-                    raise ProtocolError(f"illegal chunk size line {buffer[:min(end, 40)]!r}")
-                self._buffer = buffer[end + 2:]
-                self._remaining = int(line[1], 16)
-                self._state = _CHUNK_DATA if self._remaining else _TRAILER
-            else:  # _TRAILER: header lines after the last chunk, to a blank line
-                if buffer[:2] == b"\r\n" or buffer[:1] == b"\n":
-                    self._buffer = buffer[2 if buffer[:1] == b"\r" else 1:]
-                    self._state = _DONE
+                    pos += 2
+                    state = _CHUNK_LINE
+                elif state == _CHUNK_LINE:
+                    end = buffer.find(b"\r\n", pos)
+                    if end < 0:
+                        waiting = "a chunk's size line"
+                        break
+                    line = _CHUNK.fullmatch(buffer, pos, end)
+                    if line is None:
+                        raise ProtocolError(
+                            f"illegal chunk size line {buffer[pos:min(end, pos + 40)]!r}")
+                    pos = end + 2
+                    length = int(line[1], 16)
+                    if length and buffer.startswith(b"\r\n", pos + length):
+                        # The whole chunk is in hand (the usual case): its data, its end.
+                        pieces.append(buffer[pos:pos + length])
+                        pos += length + 2
+                        continue
+                    self._remaining = length
+                    state = _CHUNK_DATA if length else _TRAILER
+                else:  # _TRAILER: header lines after the last chunk, to a blank line
+                    if buffer.startswith(b"\r\n", pos) or buffer.startswith(b"\n", pos):
+                        pos += 2 if buffer[pos] == 0x0D else 1
+                        state = _DONE
+                        return END
+                    match = _HEAD_END.search(buffer, pos)
+                    if match is None:
+                        waiting = "the trailer"
+                        break
+                    _header_fields(_LINE_END.split(buffer[pos:match.start()]), 0)
+                    pos = match.end()
+                    state = _DONE
                     return END
-                match = _HEAD_END.search(buffer)
-                if match is None:
-                    return self._wait("the trailer", buffer)
-                _header_fields(_LINE_END.split(buffer[:match.start()]), 0)
-                self._buffer = buffer[match.end():]
-                self._state = _DONE
-                return END
+        finally:
+            self._state = state
+            if pos:
+                self._buffer = buffer[pos:]
+        return self._wait(waiting, self._buffer)
 
     def _wait(self, what: str, buffer: bytes) -> _Sentinel:
         if self._eof:
