@@ -1,11 +1,11 @@
 """What a stream costs when its upstream sends each event as a chunk of its own.
 
-Usage: .venv/bin/python bench/chunked_streams.py [--requests 300] [--rounds 3]
+Usage: .venv/bin/python bench/chunked_streams.py [--requests 300] [--rounds 3] [--words 40]
 
 ``Gateway.open_stream`` read to its end, one request at a time, against an upstream in a
-process of its own (a raw socket server, below) that answers every request with 40 words of
-an OpenAI chat-completion stream, each SSE event in a chunk of its own (as OpenAI's and
-Anthropic's APIs send them) and all of them in one write: what an upstream sends when it
+process of its own (a raw socket server, below) that answers every request with ``--words``
+words of an OpenAI chat-completion stream, each SSE event in a chunk of its own (as OpenAI's
+and Anthropic's APIs send them) and all of them in one write: what an upstream sends when it
 runs ahead of the network, or when the network delivers a burst. Prints the p50, this
 process's CPU per stream in each round (the router's alone) and how many body pieces
 (batches of events) the router relayed per stream. ``PYTHONPATH`` picks the code measured,
@@ -83,7 +83,7 @@ async def main(args: argparse.Namespace) -> None:
         return await next_batch(self)
 
     upstream_module.UpstreamStream.next_batch = counted  # type: ignore[method-assign]
-    (folder / "answer").write_bytes(_answer(40))
+    (folder / "answer").write_bytes(_answer(args.words))
     server = subprocess.Popen([sys.executable, "-c", _SERVER, str(folder / "answer")],
                               stdout=subprocess.PIPE)
     try:
@@ -100,7 +100,7 @@ async def main(args: argparse.Namespace) -> None:
                 latency += await timed_streams(gateway, args.requests // args.rounds, cpu)
     finally:
         server.kill()
-    print(f"Python {sys.version.split()[0]}, {args.requests} streams of 40 chunked events, "
+    print(f"Python {sys.version.split()[0]}, {args.requests} streams of {args.words} chunked events, "
           f"one at a time, {args.rounds} rounds")
     print(f"p50 {percentile(latency, 0.5):.3f} ms; CPU ms per stream by round: "
           f"{', '.join(f'{c:.2f}' for c in cpu)} (median {statistics.median(cpu):.2f}); "
@@ -109,4 +109,4 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_rounds(main, __doc__, requests=300, rounds=3)
+    run_rounds(main, __doc__, requests=300, rounds=3, words=40)

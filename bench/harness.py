@@ -132,10 +132,13 @@ def one_model_config(fake_url: str, folder: Path, *, redis_url: str | None = Non
 
 
 def run_rounds(main: Callable[[argparse.Namespace], Awaitable[None]], doc: str | None, *,
-               requests: int, rounds: int) -> None:
+               requests: int, rounds: int, **more: int) -> None:
     """Run a benchmark's ``main`` with ``--requests`` and ``--rounds`` from the command line
-    (these defaults), its description the first line of ``doc``."""
+    (these defaults), and an integer option per keyword of ``more`` (its default), its
+    description the first line of ``doc``."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     parser.add_argument("--requests", type=int, default=requests)
     parser.add_argument("--rounds", type=int, default=rounds)
+    for name, default in more.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
     trio.run(main, parser.parse_args())
