@@ -100,8 +100,8 @@ async def main(args: argparse.Namespace) -> None:
                 latency += await timed_streams(gateway, args.requests // args.rounds, cpu)
     finally:
         server.kill()
-    print(f"Python {sys.version.split()[0]}, {args.requests} streams of {args.words} chunked events, "
-          f"one at a time, {args.rounds} rounds")
+    print(f"Python {sys.version.split()[0]}, {args.requests} streams of {args.words} chunked "
+          f"events, one at a time, {args.rounds} rounds")
     print(f"p50 {percentile(latency, 0.5):.3f} ms; CPU ms per stream by round: "
           f"{', '.join(f'{c:.2f}' for c in cpu)} (median {statistics.median(cpu):.2f}); "
           f"batches relayed per stream: {batches / args.requests:.1f}")

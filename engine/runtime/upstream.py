@@ -61,6 +61,9 @@ __all__ = ["UpstreamClient", "UpstreamStream", "failure_kind"]
 
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
+#: A stream's bytes read without a complete event past this fail it: a provider's events are
+#: kilobytes; an upstream sending one that never ends must not hold the router's memory.
+_MAX_EVENT_BYTES = 16 * 1024 * 1024
 _DRAIN_SEC = 0.5  # reading a finished stream's body to its end
 
 
@@ -148,7 +151,8 @@ class UpstreamStream:
     """An open upstream SSE stream: ``first`` holds the first events, ``next_batch`` the rest.
 
     Each batch is every event decoded from one network read, so a burst that arrives together
-    is relayed in one write while a slow stream is still relayed chunk by chunk.
+    is relayed in one write while a slow stream is still relayed chunk by chunk. More than
+    16 MiB read without an event fails the stream (:class:`UpstreamError`).
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class UpstreamStream:
         self._complete = False  # the provider's end-of-stream event has been decoded
         self.first: list[Event] = []
         self.received = 0  # body bytes read so far
+        self._unfinished = 0  # bytes read since the last event
 
     async def next_batch(self) -> list[Event] | None:
         """The next non-empty batch of events, or ``None`` once the stream is complete."""
@@ -186,7 +191,13 @@ class UpstreamStream:
             events = self._decode(chunk)
             if events:
                 self._complete = type(events[-1]) is Finish
+                self._unfinished = 0
                 return events
+            self._unfinished += len(chunk)
+            if self._unfinished > _MAX_EVENT_BYTES:
+                raise UpstreamError(
+                    f"{self._backend} sent over {_MAX_EVENT_BYTES >> 20} MiB of its stream "
+                    "without a complete event", backend=self._backend)
         return None
 
     def _decode(self, chunk: bytes | None) -> list[Event]:

@@ -126,6 +126,11 @@ class Behaviour:
     # Streams only: after this many content deltas send nothing more, keeping the connection
     # open until the client leaves (or shutdown): a stream stalled mid-answer.
     stall_after: int | None = None
+    # Streams only: after this many content deltas begin an event that never ends: a
+    # ``data:`` line that grows by 64 KiB a write, with no line end, to 64 MiB; then a stall.
+    endless_event_after: int | None = None
+    # Non-streams only: this many spaces after the JSON body (it stays valid JSON).
+    padding: int = 0
     # The message of the error the fake sends: the body of a non-200 ``status``, the error
     # event, or the body of ``error_with_200``. None: the provider's usual text.
     error_message: str | None = None
@@ -329,7 +334,7 @@ class FakeUpstream:
         if not record.stream:
             body = openai_json(reply) if protocol == "openai" else anthropic_json(reply)
             await _send_json(record, send, 200, body, headers, cut=behaviour.cut_after is not None,
-                             encoding=behaviour.content_encoding)
+                             encoding=behaviour.content_encoding, padding=behaviour.padding)
             return
         if protocol == "openai":
             stream_options = record.body.get("stream_options") or {}
@@ -478,9 +483,12 @@ async def _send_json(
     *,
     cut: bool = False,
     encoding: str | None = None,
+    padding: int = 0,
 ) -> None:
-    """Send a JSON response; with ``cut``, declare its full length but send only half."""
-    payload = (encoder := BodyEncoder(encoding)).piece(orjson.dumps(body)) + encoder.end()
+    """Send a JSON response (``padding`` spaces after it); with ``cut``, declare its full
+    length but send only half."""
+    encoder = BodyEncoder(encoding)
+    payload = encoder.piece(orjson.dumps(body) + b" " * padding) + encoder.end()
     all_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
@@ -534,6 +542,14 @@ async def _send_stream(
                 break
             if behaviour.stall_after is not None and sent_content >= behaviour.stall_after:
                 await closing.wait()  # only the client leaving (or shutdown) ends this
+                return
+            endless = behaviour.endless_event_after
+            if endless is not None and sent_content >= endless:
+                filler = b"x" * 65536
+                await _send_chunk(send, encoder.piece(b"data: " + filler), behaviour)
+                for _ in range(1023):  # 64 MiB in all
+                    await _send_chunk(send, encoder.piece(filler), behaviour)
+                await closing.wait()
                 return
         await _send_chunk(send, encoder.piece(event.data), behaviour, first=index == 0)
         record.sent_bytes += len(event.data)

@@ -33,13 +33,24 @@ class SSEDecoder:
     bytes, as it may end inside one.
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_more")
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._more: list[bytes] = []  # pieces after ``_buffer`` with no line end in them
 
     def feed(self, data: bytes) -> list[tuple[str, str]]:
         """Return the ``(event, data)`` pairs completed by ``data``."""
+        if (self._buffer and b"\n" not in data and b"\r" not in data
+                and self._buffer[-1] != 0x0D):  # a CR held back may end a line with ``data``
+            # Inside a line (a long event arriving in many reads): kept as it came, joined
+            # once its line ends, so that a long event costs time linear in its length.
+            self._more.append(data)
+            return []
+        if self._more:
+            self._more.append(data)
+            data = b"".join(self._more)
+            self._more.clear()
         buffer = self._buffer + data
         held = b""
         if b"\r" in buffer:
@@ -74,7 +85,7 @@ class SSEDecoder:
     @property
     def pending(self) -> bool:
         """Whether an incomplete event is buffered."""
-        return bool(self._buffer.strip())
+        return bool(self._buffer.strip()) or any(piece.strip() for piece in self._more)
 
     @staticmethod
     def _parse_block(block: str) -> tuple[str, str] | None:

@@ -36,8 +36,8 @@ BACKEND = {"gpt-small": OA_SMALL, "claude-mid": AN_MID}
 UPSTREAMS = pytest.mark.parametrize("model", ["gpt-small", "claude-mid"])
 FAULTS = pytest.mark.parametrize(
     "fault",
-    [Behaviour(cut_after=2), Behaviour(error_event_after=2)],
-    ids=["cut_after", "error_event_after"],
+    [Behaviour(cut_after=2), Behaviour(error_event_after=2), Behaviour(endless_event_after=2)],
+    ids=["cut_after", "error_event_after", "endless_event_after"],
 )
 ENDPOINTS = pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
 # Slow enough that buffering a whole stream would be obvious, fast enough to keep tests short.
@@ -335,6 +335,8 @@ async def test_a_failed_stream_never_looks_complete_on_the_wire(
     events = sse_events(raw)
     *content, (name, error) = events
     assert raw.endswith(b"\n\n")  # the error event itself is complete
+    if fault.endless_event_after is not None:  # given up after 16 MiB, not at a timeout
+        assert "without a complete event" in error["error"]["message"]
     if endpoint == "openai":
         assert b"[DONE]" not in raw
         assert name == ""

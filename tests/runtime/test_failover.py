@@ -120,6 +120,31 @@ async def test_connection_refused_marks_the_backend_down(fake_upstream: FakeUpst
         assert (await client.backends())["a1"]["total_requests"] == 1  # skipped while down
 
 
+async def test_an_oversized_answer_fails_over(fake_upstream: FakeUpstream,
+                                             client: RouterClient) -> None:
+    # More than 64 MiB of JSON (valid: spaces after the object) is not read to its end.
+    fake_upstream.script("a1", Behaviour(padding=65 * 1024 * 1024))
+    answered_by(await client.chat(), "a2")
+    a1 = (await client.backends())["a1"]
+    assert a1["status"] == "degraded"
+    assert "oversized" in a1["last_error"]
+
+
+async def test_a_stream_whose_first_event_never_ends_fails_over(
+        fake_upstream: FakeUpstream, client: RouterClient) -> None:
+    # The upstream's first event grows without end: past 16 MiB the router gives it up.
+    fake_upstream.script("a1", Behaviour(endless_event_after=0))
+    response, events = await client.stream_chat("hello stream")
+
+    answered_by(response, "a2")
+    text = "".join(e["choices"][0]["delta"].get("content") or ""
+                   for e in events if isinstance(e, dict) and e["choices"])
+    assert text == "[a2] hello stream"
+    a1 = (await client.backends())["a1"]
+    assert a1["status"] == "degraded"
+    assert "16 MiB of its stream without a complete event" in a1["last_error"]
+
+
 @pytest.mark.parametrize("fault", [Behaviour(hang=True), Behaviour(latency=10.0)])
 async def test_timeout_before_the_first_byte_fails_over(fake_upstream: FakeUpstream,
                                                         fault: Behaviour) -> None:

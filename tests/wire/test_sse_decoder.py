@@ -68,3 +68,22 @@ def test_the_same_events_as_line_by_line(parts: list[bytes], cuts: list[int]) ->
         assert new.feed(body[start:end]) == old.feed(body[start:end])
     assert new.pending == bool(old._buffer.strip())
     assert new.close() == old.close()
+
+
+def test_a_held_cr_ends_its_line_when_the_next_piece_has_none() -> None:
+    # A CR at the end of a read may be half a CRLF; a piece without a line end after it
+    # shows it was a line end of its own, and here the end of an event.
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\r") == []
+    assert decoder.feed(b"x") == [("", "a")]
+
+
+def test_a_long_event_arriving_in_many_reads_is_whole() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: {") == []
+    for _ in range(500):
+        assert decoder.feed(b"y" * 1000) == []
+    assert decoder.pending
+    assert decoder.feed(b"}\n\ndata: next") == [("", "{" + "y" * 500_000 + "}")]
+    assert decoder.feed(b"\n\n") == [("", "next")]
+    assert not decoder.pending
