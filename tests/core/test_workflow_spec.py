@@ -809,6 +809,38 @@ def test_random_dags_plan_with_inputs_first(
     assert all((u, v) in set(wf.edges) for u, v in itertools.pairwise(path))
 
 
+@settings(max_examples=300, deadline=None)
+@given(dags(), st.permutations(range(14)), st.lists(st.booleans(), min_size=14, max_size=14),
+       st.lists(st.booleans(), min_size=14, max_size=14))
+def test_undeclared_sides_list_their_edges_in_the_ops_order(
+    dag: tuple[int, set[tuple[int, int]]], order: list[int], declares_inputs: list[bool],
+    declares_outputs: list[bool],
+) -> None:
+    # The ops are listed in a shuffled order; each side an op does not declare is every op
+    # of its edges, in that order (the reference: the pair-by-pair search it replaced).
+    n, edges = dag
+    names = [f"n{i}" for i in range(n)]
+    ops: dict[str, dict[str, object]] = {}
+    for i in (i for i in order if i < n):
+        spec: dict[str, object] = {"prompt": "P"}
+        if declares_outputs[i]:
+            spec["output_ops"] = [names[b] for a, b in sorted(edges, reverse=True) if a == i]
+        if declares_inputs[i] or any(b == i and not declares_outputs[a] for a, b in edges):
+            spec["input_ops"] = [names[a] for a, b in sorted(edges, reverse=True) if b == i]
+        ops[names[i]] = spec
+    wf = load_workflow(yaml.safe_dump(doc := {"ops": ops}, sort_keys=False),
+                       limits=WorkflowLimits(), templates_dir=None)
+    listed = list(doc["ops"])
+    pairs = {(names[a], names[b]) for a, b in edges}
+    for name, op in wf.ops.items():
+        declared_in = ops[name].get("input_ops")
+        declared_out = ops[name].get("output_ops")
+        assert op.inputs == (tuple(declared_in) if declared_in else  # type: ignore[arg-type]
+                             tuple(u for u in listed if (u, name) in pairs))
+        assert op.outputs == (tuple(declared_out) if declared_out else  # type: ignore[arg-type]
+                              tuple(d for d in listed if (name, d) in pairs))
+
+
 # ---- the modules' own examples -----------------------------------------------------------------
 
 
