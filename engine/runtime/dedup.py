@@ -104,7 +104,8 @@ class Flight:
         self.error: RouterError | None = None
         self.done = False
         self.listeners = 0
-        self._readers: list[Listener] = []  # listeners not cut off
+        # Listeners not cut off, in joining order (a dict: each leaves in O(1)).
+        self._readers: dict[Listener, None] = {}
         self._lead = 0  # bytes taken by the furthest listener
         self._room: trio.Event | None = None  # set when the publisher may go on
         self._changed = trio.Event()
@@ -140,7 +141,7 @@ class Flight:
         limit = min(self.published - self.buffer_bytes, self._lead)  # never the furthest
         for reader in [r for r in self._readers if r.taken < limit]:
             reader.cut = True
-            self._readers.remove(reader)
+            del self._readers[reader]
 
     def _drop_taken(self) -> None:
         """Forget the items every remaining listener has taken."""
@@ -164,7 +165,7 @@ class Flight:
     def join(self, *, leader: bool = False) -> Listener:
         self.listeners += 1
         listener = Listener(self, leader=leader)
-        self._readers.append(listener)
+        self._readers[listener] = None
         return listener
 
     def _leave(self, listener: Listener) -> None:
@@ -172,9 +173,13 @@ class Flight:
         others, if any, were cut off), an unfinished flight is cancelled."""
         self.listeners -= 1
         if listener in self._readers:
-            self._readers.remove(listener)
-            self._lead = max((r.taken for r in self._readers), default=0)
-            self._advance(self._lead)
+            del self._readers[listener]
+            # The lead is the most any reader has taken; it moves only when this listener
+            # held it, and matters only while the flight publishes. Finding it again for
+            # every listener leaving a finished flight made n followers cost n² steps.
+            if not self.done and listener.taken >= self._lead:
+                self._lead = max((r.taken for r in self._readers), default=0)
+                self._advance(self._lead)
         if not self._readers and not self.done:
             self._scope.cancel()
 

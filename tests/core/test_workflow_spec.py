@@ -12,6 +12,7 @@ import doctest
 import itertools
 import os
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -807,6 +808,79 @@ def test_random_dags_plan_with_inputs_first(
     path = critical_path(plan, lambda name: 1.0)
     assert len(path) == len(plan.generations)
     assert all((u, v) in set(wf.edges) for u, v in itertools.pairwise(path))
+
+
+@settings(max_examples=300, deadline=None)
+@given(dags(), st.permutations(range(14)), st.lists(st.booleans(), min_size=14, max_size=14),
+       st.lists(st.booleans(), min_size=14, max_size=14))
+def test_undeclared_sides_list_their_edges_in_the_ops_order(
+    dag: tuple[int, set[tuple[int, int]]], order: list[int], declares_inputs: list[bool],
+    declares_outputs: list[bool],
+) -> None:
+    # The ops are listed in a shuffled order; each side an op does not declare is every op
+    # of its edges, in that order (the reference: the pair-by-pair search it replaced).
+    n, edges = dag
+    names = [f"n{i}" for i in range(n)]
+    ops: dict[str, dict[str, object]] = {}
+    for i in (i for i in order if i < n):
+        spec: dict[str, object] = {"prompt": "P"}
+        if declares_outputs[i]:
+            spec["output_ops"] = [names[b] for a, b in sorted(edges, reverse=True) if a == i]
+        if declares_inputs[i] or any(b == i and not declares_outputs[a] for a, b in edges):
+            spec["input_ops"] = [names[a] for a, b in sorted(edges, reverse=True) if b == i]
+        ops[names[i]] = spec
+    wf = load_workflow(yaml.safe_dump(doc := {"ops": ops}, sort_keys=False),
+                       limits=WorkflowLimits(), templates_dir=None)
+    listed = list(doc["ops"])
+    pairs = {(names[a], names[b]) for a, b in edges}
+    for name, op in wf.ops.items():
+        declared_in = ops[name].get("input_ops")
+        declared_out = ops[name].get("output_ops")
+        assert op.inputs == (tuple(declared_in) if declared_in else  # type: ignore[arg-type]
+                             tuple(u for u in listed if (u, name) in pairs))
+        assert op.outputs == (tuple(declared_out) if declared_out else  # type: ignore[arg-type]
+                              tuple(d for d in listed if (name, d) in pairs))
+
+
+@settings(max_examples=200, deadline=None)
+@given(dags(), st.lists(st.integers(0, 13), min_size=14, max_size=14))
+def test_a_template_may_read_exactly_the_ops_upstream_of_it(
+    dag: tuple[int, set[tuple[int, int]]], reads: list[int],
+) -> None:
+    n, edges = dag
+    names = [f"n{i}" for i in range(n)]
+    ops = {name: {"prompt": f"{{{{ ops.{names[reads[i] % n]}.output }}}}",
+                  "input_ops": [names[a] for a, b in sorted(edges) if b == i]}
+           for i, name in enumerate(names)}
+    upstream: dict[int, set[int]] = {}
+    for i in range(n):  # the reference: ancestors by hand, in index order (a topological one)
+        upstream[i] = {a for a, b in edges if b == i}
+        upstream[i] |= set().union(*(upstream[a] for a in upstream[i]))
+    refused = {names[i] for i in range(n) if reads[i] % n not in upstream[i]}
+    text = yaml.safe_dump({"ops": ops})
+    if not refused:
+        load_workflow(text, limits=WorkflowLimits(), templates_dir=None)
+        return
+    with pytest.raises(WorkflowInvalid) as caught:
+        load_workflow(text, limits=WorkflowLimits(), templates_dir=None)
+    assert {name for name in names if f"op {name!r}: template reads ops." in
+            caught.value.message} == refused
+
+
+def test_a_long_chain_is_checked_in_memory_linear_in_its_ops() -> None:
+    # Each op's ancestors were a set of names: a 500-op chain held 125,000 names (9 MiB at
+    # its peak, quadratic in the ops); as bit sets, about 3 MiB.
+    text = "ops:\n" + "".join(
+        f"  o{i}: {{prompt: '{{{{ ops.o{i - 1}.output }}}}', input_ops: [o{i - 1}]}}\n"
+        if i else "  o0: {prompt: '{{ input }}'}\n" for i in range(500))
+    limits = WorkflowLimits(max_ops=500, max_depth=500)
+    tracemalloc.start()
+    try:
+        load_workflow(text, limits=limits, templates_dir=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * 2**20
 
 
 # ---- the modules' own examples -----------------------------------------------------------------
