@@ -1,9 +1,10 @@
 """The stream decoders (``OpenAIStreamDecoder``, ``AnthropicStreamDecoder``) against the ones
-they replaced, which parsed every event whole: the same events and the same errors, feed by
-feed, for random streams of valid and malformed events (chunks of the learnt shapes with
-other values in their string, other ids and indexes, errors, logprobs, tool calls, pings,
-undecodable JSON) in the JSON styles servers write, cut at random places. The old decoders
-are kept below as they were; the helpers they call are unchanged and imported.
+they replaced, which parsed every event whole and built each text delta with the dataclass's
+own constructor: the same events and the same errors, feed by feed, for random streams of
+valid and malformed events (chunks of a learnt shape with other values in their string,
+other ids and indexes, duplicate keys, errors, logprobs, tool calls, pings, undecodable JSON)
+in the JSON styles servers write, cut at random places. The old decoders are kept below as
+they were; the helpers they call are unchanged and imported.
 """
 
 from __future__ import annotations

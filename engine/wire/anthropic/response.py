@@ -31,7 +31,6 @@ from engine.messages import (
     Usage,
     new_text_delta,
 )
-from engine.wire.json_slot import StringSlot
 from engine.wire.sse import SSEDecoder
 
 from .errors import describe_error, error_message, render_error
@@ -159,12 +158,6 @@ _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 _NONE, _TEXT, _TOOL, _THINKING, _SIGNED = 0, 1, 2, 3, 4
-
-#: Where a delta event's text and a tool's input JSON are (``AnthropicStreamDecoder``), and how
-#: many events a stream tries to learn from (each try costs about two events' parsing).
-_TEXT_PATH = ("delta", "text")
-_ARGS_PATH = ("delta", "partial_json")
-_LEARNING = 4
 
 
 def _sse(name: str, payload: dict[str, Any]) -> bytes:
@@ -316,17 +309,9 @@ class StreamEncoder:
 
 
 class AnthropicStreamDecoder:
-    """Anthropic's SSE stream as canonical events (see ``StreamDecoder``).
+    """Anthropic's SSE stream as canonical events (see ``StreamDecoder``)."""
 
-    Almost every event of a stream is a ``content_block_delta`` of the block's text (or of a
-    tool's input JSON) like the one before. The shape of such an event handled whole is
-    learnt (:class:`~engine.wire.json_slot.StringSlot`, a few times a stream at most: each
-    block has its own), and an event of that shape is read by its string alone (see that
-    module for why that is exact); any other event is parsed whole.
-    """
-
-    __slots__ = ("_args", "_args_key", "_done", "_learning", "_model", "_sse", "_stop_reason",
-                 "_stop_sequence", "_text", "_tools", "_usage")
+    __slots__ = ("_done", "_model", "_sse", "_stop_reason", "_stop_sequence", "_tools", "_usage")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
@@ -336,30 +321,12 @@ class AnthropicStreamDecoder:
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
         self._done = False
-        self._text: StringSlot | None = None  # a text delta event's shape
-        self._args: StringSlot | None = None  # an input JSON delta event's shape,
-        self._args_key: Any = None  # and its content block index
-        self._learning = _LEARNING  # tries left at learning a shape
 
     def feed(self, data: bytes) -> list[Event]:
         events: list[Event] = []
         for name, payload in self._sse.feed(data):
-            if self._done or name == "ping":
-                continue
-            if self._text is not None:
-                text = self._text.read(payload)
-                if text is not None:
-                    if text:
-                        events.append(new_text_delta(text))
-                    continue
-            if self._args is not None:
-                arguments = self._args.read(payload)
-                if arguments is not None:
-                    tool = self._tools.get(self._args_key)
-                    if tool is not None and arguments:
-                        events.append(ToolCallDelta(tool, arguments))
-                    continue
-            self._handle(name, payload, events)
+            if not self._done:
+                self._handle(name, payload, events)
         return events
 
     def close(self) -> list[Event]:
@@ -370,7 +337,7 @@ class AnthropicStreamDecoder:
         return events
 
     def _handle(self, name: str, payload: str, events: list[Event]) -> None:
-        if not payload:
+        if name == "ping" or not payload:
             return
         try:
             data = orjson.loads(payload)
@@ -381,18 +348,10 @@ class AnthropicStreamDecoder:
                 if dtype == "text_delta":
                     if delta["text"]:
                         events.append(new_text_delta(delta["text"]))
-                    if self._learning and type(delta["text"]) is str:
-                        self._learning -= 1
-                        self._text = StringSlot.learn(payload, data, _TEXT_PATH, '"text":')
                 elif dtype == "input_json_delta":
                     tool = self._tools.get(data["index"])
                     if tool is not None and delta["partial_json"]:
                         events.append(ToolCallDelta(tool, delta["partial_json"]))
-                    if self._learning and type(delta["partial_json"]) is str:
-                        self._learning -= 1
-                        self._args = StringSlot.learn(payload, data, _ARGS_PATH,
-                                                      '"partial_json":')
-                        self._args_key = data["index"]
                 elif dtype == "thinking_delta":
                     if delta["thinking"]:
                         events.append(ThinkingDelta(delta["thinking"]))
