@@ -1,14 +1,14 @@
 """A stream's repeated JSON payload with one string left open, read without parsing it all.
 
 Most events of a provider's stream are one payload over and over with a different string in
-one place: OpenAI's ``{"id":...,"choices":[{"index":0,"delta":{"content":"<text>"},...}]}``,
-Anthropic's ``{"type":"content_block_delta","index":0,"delta":{"type":"text_delta",
-"text":"<text>"}}``. A stream decoder that has parsed one such payload learns it as a
-:class:`StringSlot`: the text before the string (``head``) and after it (``tail``). A later
-payload that starts with that head and ends with that tail, and whose middle is one JSON
-string, then parses to the learnt payload's value with that string in its place, so the
-decoder reads the string alone: one small ``orjson.loads`` instead of the whole payload's,
-and none of the per-field work on the parsed chunk.
+one place: OpenAI's ``{"id":...,"choices":[{"index":0,"delta":{"content":"<text>"},...}]}``.
+A stream decoder that has parsed one such payload learns it as a :class:`StringSlot`: the
+text before the string (``head``) and after it (``tail``). A later payload that starts with
+that head and ends with that tail, and whose middle is one JSON string, then parses to the
+learnt payload's value with that string in its place, so the decoder reads the string
+alone: one small ``orjson.loads`` instead of the whole payload's, and none of the per-field
+work on the parsed chunk. (It pays on OpenAI's chunks of ~300 bytes; Anthropic's deltas, of
+~100, cost about as much to read this way as to parse.)
 
 Why that is exact: JSON is read left to right in one way, so after the same head a parser is
 in the same state. :meth:`StringSlot.learn` proves that this state is "reading the value at
