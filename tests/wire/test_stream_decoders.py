@@ -297,6 +297,25 @@ def test_another_value_where_a_string_was_learnt_is_parsed_whole() -> None:
                       ToolCallDelta(0, "1"), ToolCallDelta(0, '{"a":1}'), ToolCallDelta(0, "}")]
 
 
+def test_a_fragment_read_by_its_shape_is_the_last_call_for_one_without_index() -> None:
+    # A call without index or id continues the last call named; a fragment read through the
+    # learnt shape names its call as one parsed whole does.
+    def call(**fields: Any) -> str:
+        return orjson.dumps({"id": "c", "choices": [{"index": 0, "delta": {
+            "tool_calls": [fields]}, "finish_reason": None}]}).decode()
+    payloads = [
+        call(index=0, id="call_0", function={"name": "f", "arguments": ""}),
+        call(index=0, function={"arguments": "{"}),
+        call(index=1, id="call_1", function={"name": "g", "arguments": ""}),
+        call(index=0, function={"arguments": '"a"'}),  # read through the learnt shape
+        call(function={"arguments": ":1}"}),
+    ]
+    body = sse([(None, p) for p in payloads])
+    new = run(OpenAIStreamDecoder(), body, [])
+    assert new == run(OldOpenAI(), body, [])
+    assert new[0][-1] == ToolCallDelta(0, ":1}")
+
+
 # ---- the decoders as they were -----------------------------------------------------------------
 
 

@@ -412,9 +412,9 @@ class OpenAIStreamDecoder:
         call = calls[0]
         function = call.get("function") if type(call) is dict else None
         key = call.get("index") if type(call) is dict else None
-        if (key is None or type(function) is not dict
+        if (key is None or type(function) is not dict or "id" in call or "name" in function
                 or type(function.get("arguments")) is not str):
-            return
+            return  # a call's first chunk (an id, a name) is not the shape of the rest
         index = self._tools.get(key)  # the chunk was handled: a hashable key, started
         if index is not None:
             self._learning -= 1
