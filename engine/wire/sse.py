@@ -70,12 +70,19 @@ class SSEDecoder:
         self._buffer = buffer[cut:] + held
         events = []
         for block in buffer[: cut - 2].decode("utf-8", "replace").split("\n\n"):
-            if block[:6] == "data: " and "\n" not in block:  # one data line: most events
-                events.append(("", block[6:]))
-            else:
-                event = self._parse_block(block)
-                if event is not None:
-                    events.append(event)
+            if block[:6] == "data: ":
+                if "\n" not in block:  # one data line: most events
+                    events.append(("", block[6:]))
+                    continue
+            elif block[:7] == "event: ":  # a name and one data line: Anthropic's events
+                line = block.find("\n")
+                if (line > 0 and block[line + 1 : line + 7] == "data: "
+                        and block.find("\n", line + 1) < 0):
+                    events.append((block[7:line], block[line + 7 :]))
+                    continue
+            event = self._parse_block(block)
+            if event is not None:
+                events.append(event)
         return events
 
     def close(self) -> list[tuple[str, str]]:

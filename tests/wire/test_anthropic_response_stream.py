@@ -12,7 +12,7 @@ import anthropic
 import httpx2  # the installed anthropic SDK is built on httpx2, and rejects httpx objects
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from support_anthropic_wire import PROVIDER, TOOLS, sdk_client
 
@@ -313,6 +313,32 @@ def test_stream_encoder_error_is_terminal() -> None:
              "code": "upstream_timeout"}
     assert events == [("error", {"type": "error", "error": error})]
     assert encoder.encode(Finish()) == b""
+
+
+any_event = st.one_of(
+    st.builds(TextDelta, st.text(max_size=5)),
+    st.builds(TextDelta, st.text(max_size=5)),
+    st.builds(ToolCallStart, st.integers(0, 2), st.text(max_size=3), st.text(max_size=3)),
+    st.builds(ToolCallDelta, st.integers(0, 2), st.text(max_size=5)),
+    st.builds(ThinkingDelta, st.text(max_size=3), st.sampled_from(["", "sig"]), st.booleans()),
+    st.builds(Finish, st.sampled_from(["stop", "length"]),
+              usage=st.builds(Usage, st.integers(0, 99), st.integers(0, 99))),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.lists(any_event, max_size=6), max_size=5), st.integers(-1, 5))
+@example([[TextDelta("a")], [TextDelta("b")]], 1)
+def test_a_batch_encodes_as_its_events_one_at_a_time(batches: list[list[Event]],
+                                                     failed: int) -> None:
+    """``encode_many``'s fast path for text deltas writes what ``encode`` writes for each
+    event: in a text block or not, after other blocks, after a finish or an error."""
+    many = StreamEncoder(id="msg_1", model="m", input_tokens=3)
+    one = StreamEncoder(id="msg_1", model="m", input_tokens=3)
+    for i, batch in enumerate(batches):
+        if i == failed:
+            assert many.error(UpstreamError("boom")) == one.error(UpstreamError("boom"))
+        assert many.encode_many(batch) == b"".join([one.encode(e) for e in batch])
 
 
 def test_stream_encoder_ping_is_ignored_by_clients() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.wire.sse import SSEDecoder
@@ -67,6 +67,29 @@ def test_the_same_events_as_line_by_line(parts: list[bytes], cuts: list[int]) ->
     for start, end in pairwise(bounds):
         assert new.feed(body[start:end]) == old.feed(body[start:end])
     assert new.pending == bool(old._buffer.strip())
+    assert new.close() == old.close()
+
+
+lines = st.sampled_from([
+    b"event: ping", b"event: a:b", b"event:", b"event: ", b"event:x", b"data: x", b"data: ",
+    b"data:y", b"data: a\rb", b": c", b"id: 1", b"", b"data: \xff\xe2\x82", b"data: {\"a\": 1}",
+    b"data", b"event",
+])
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.lists(lines, min_size=1, max_size=3), max_size=12),
+       st.lists(st.integers(0, 300), max_size=8))
+def test_the_same_events_as_line_by_line_for_blocks_of_lines(
+    blocks: list[list[bytes]], cuts: list[int]
+) -> None:
+    # Whole lines, so that the common blocks (one data line, an event line and a data line)
+    # come often, beside the others.
+    body = b"".join(b"\n".join(block) + b"\n\n" for block in blocks)
+    bounds = [0, *sorted(c for c in cuts if c <= len(body)), len(body)]
+    new, old = SSEDecoder(), LineByLine()
+    for start, end in pairwise(bounds):
+        assert new.feed(body[start:end]) == old.feed(body[start:end])
     assert new.close() == old.close()
 
 

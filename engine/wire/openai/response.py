@@ -36,6 +36,7 @@ from engine.messages import (
     new_text_part,
     new_usage,
 )
+from engine.wire.json_slot import StringSlot
 from engine.wire.sse import SSEDecoder
 
 from .errors import describe_error, error_message, is_error, render_error
@@ -51,6 +52,13 @@ _STOP_REASONS: dict[Any, StopReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+
+
+#: Where a plain chunk's text and a tool call's arguments are (:meth:`OpenAIStreamDecoder._learn`),
+#: and how many chunks a stream tries to learn from (each try costs about two chunks' parsing).
+_TEXT_PATH = ("choices", 0, "delta", "content")
+_ARGS_PATH = ("choices", 0, "delta", "tool_calls", 0, "function", "arguments")
+_LEARNING = 4
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -252,9 +260,16 @@ class OpenAIStreamDecoder:
 
     The finish is held back until ``data: [DONE]``: with ``include_usage`` the usage arrives in
     a chunk *after* the one with ``finish_reason``, and the single :class:`Finish` must carry it.
+
+    Almost every chunk of a stream is the one before with another text (or tool-call argument
+    fragment) in it. The shapes of the first plain text chunk and of the first plain argument
+    chunk are learnt (:class:`~engine.wire.json_slot.StringSlot`), and a chunk of either
+    shape is read by its string alone (see that module for why that is exact); any other
+    chunk is parsed whole.
     """
 
-    __slots__ = ("_done", "_finish_reason", "_last_key", "_model", "_sse", "_tools", "_usage")
+    __slots__ = ("_args", "_args_index", "_args_key", "_done", "_finish_reason", "_last_key",
+                 "_learning", "_model", "_sse", "_text", "_tools", "_usage")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
@@ -264,6 +279,11 @@ class OpenAIStreamDecoder:
         self._tools: dict[Any, int] = {}  # upstream index (or call id) -> canonical index
         self._last_key: Any = None
         self._done = False
+        self._text: StringSlot | None = None  # a plain text chunk's shape
+        self._args: StringSlot | None = None  # a plain argument chunk's shape, of one call:
+        self._args_key: Any = None  # its upstream index
+        self._args_index = 0  # and its canonical one
+        self._learning = _LEARNING  # tries left at learning a shape
 
     def feed(self, data: bytes) -> list[Event]:
         """Events completed by ``data``; nothing once the stream has finished.
@@ -275,6 +295,19 @@ class OpenAIStreamDecoder:
             return []
         events: list[Event] = []
         for _, payload in self._sse.feed(data):
+            if self._text is not None:
+                text = self._text.read(payload)
+                if text is not None:
+                    if text:
+                        events.append(new_text_delta(text))
+                    continue
+            if self._args is not None:
+                arguments = self._args.read(payload)
+                if arguments is not None:
+                    self._last_key = self._args_key
+                    if arguments:
+                        events.append(ToolCallDelta(self._args_index, arguments))
+                    continue
             try:
                 self._handle(payload, events)
             except (AttributeError, TypeError) as exc:  # JSON, but not a chunk's shape
@@ -347,6 +380,46 @@ class OpenAIStreamDecoder:
             reason = choice.get("finish_reason")
             if reason:
                 self._finish_reason = reason
+        if self._learning:
+            self._learn(payload, chunk)
+
+    def _learn(self, payload: str, chunk: dict[str, Any]) -> None:
+        """Learn ``payload``'s shape if it is a plain text or argument chunk: one choice,
+        no logprobs, no finish, no usage, a delta of the text or of one call's arguments
+        alone, the call already started (handled as a whole, such a chunk changes nothing
+        but the events it adds, so a later one of the same shape is its string alone).
+
+        Such a chunk parsed whole did not fit the shape learnt before (if any): it replaces
+        it, a few times a stream at most (a new call's arguments, a new id).
+        """
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1 or chunk.get("usage"):
+            return
+        choice = choices[0]
+        if (type(choice) is not dict or choice.get("index", 0) != 0
+                or choice.get("logprobs") is not None or choice.get("finish_reason")):
+            return
+        delta = choice.get("delta")
+        if type(delta) is not dict or len(delta) != 1:
+            return
+        if type(delta.get("content")) is str:
+            self._learning -= 1
+            self._text = StringSlot.learn(payload, chunk, _TEXT_PATH, '"content":')
+            return
+        calls = delta.get("tool_calls")
+        if type(calls) is not list or len(calls) != 1:
+            return
+        call = calls[0]
+        function = call.get("function") if type(call) is dict else None
+        key = call.get("index") if type(call) is dict else None
+        if (key is None or type(function) is not dict or "id" in call or "name" in function
+                or type(function.get("arguments")) is not str):
+            return  # a call's first chunk (an id, a name) is not the shape of the rest
+        index = self._tools.get(key)  # the chunk was handled: a hashable key, started
+        if index is not None:
+            self._learning -= 1
+            self._args = StringSlot.learn(payload, chunk, _ARGS_PATH, '"arguments":')
+            self._args_key, self._args_index = key, index
 
     def _tool_deltas(self, calls: list[Any], events: list[Event]) -> None:
         tools = self._tools
