@@ -52,33 +52,30 @@ def _sse(data: dict[str, Any], event: str | None = None) -> bytes:
             + "\n\n").encode()
 
 
+def _openai_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    """One chat-completion chunk of a stream, in OpenAI's shape."""
+    return _sse({"id": "chatcmpl-AbCdEfGhIjKlMnOpQrStUvWxYz012", "object":
+                 "chat.completion.chunk", "created": 1732500000, "model":
+                 "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0123456789",
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                              "finish_reason": finish}], "usage": None})
+
+
 def _openai_text(events: int) -> bytes:
     """An OpenAI chat-completion stream of ``events`` text deltas, in OpenAI's shape."""
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse({"id": "chatcmpl-AbCdEfGhIjKlMnOpQrStUvWxYz012", "object":
-                     "chat.completion.chunk", "created": 1732500000, "model":
-                     "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0123456789",
-                     "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                  "finish_reason": finish}], "usage": None})
-    body = chunk({"role": "assistant", "content": "", "refusal": None})
-    body += b"".join(chunk({"content": _WORDS[i % len(_WORDS)]}) for i in range(events))
-    return body + chunk({}, "stop") + b"data: [DONE]\n\n"
+    body = _openai_chunk({"role": "assistant", "content": "", "refusal": None})
+    body += b"".join(_openai_chunk({"content": _WORDS[i % len(_WORDS)]}) for i in range(events))
+    return body + _openai_chunk({}, "stop") + b"data: [DONE]\n\n"
 
 
 def _openai_tool(events: int) -> bytes:
     """An OpenAI stream of one tool call whose arguments come in ``events`` deltas."""
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse({"id": "chatcmpl-AbCdEfGhIjKlMnOpQrStUvWxYz012", "object":
-                     "chat.completion.chunk", "created": 1732500000, "model":
-                     "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0123456789",
-                     "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                  "finish_reason": finish}], "usage": None})
-    body = chunk({"role": "assistant", "content": None, "tool_calls": [{
+    body = _openai_chunk({"role": "assistant", "content": None, "tool_calls": [{
         "index": 0, "id": "call_abc", "type": "function",
         "function": {"name": "lookup", "arguments": ""}}]})
-    body += b"".join(chunk({"tool_calls": [{"index": 0, "function": {
+    body += b"".join(_openai_chunk({"tool_calls": [{"index": 0, "function": {
         "arguments": f'"k{i}":"v",'}}]}) for i in range(events))
-    return body + chunk({}, "tool_calls") + b"data: [DONE]\n\n"
+    return body + _openai_chunk({}, "tool_calls") + b"data: [DONE]\n\n"
 
 
 def _anthropic_text(events: int) -> bytes:
