@@ -118,7 +118,7 @@ async def redis_keys(client: RouterClient, pattern: str) -> int:
     """How many keys match ``pattern`` in the router's Redis (through a fresh client)."""
     address = client.router.config.state.redis
     assert address is not None
-    async with open_redis(address) as redis:
+    async with open_redis(address, timeout=10, connect_timeout=10) as redis:  # a test's look
         found = await redis.call("KEYS", pattern)
     assert isinstance(found, list)
     return len(found)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ import trio
 from support_routing import sse_payloads, user
 
 from engine.core.redis_address import RedisAddress
-from engine.stores.redis import open_redis
+from engine.stores.redis import Redis, open_redis
 
 __all__ = ["PROMPT", "Answer", "answer_text", "ask", "burst", "claims", "flight_keys",
            "lead_ttl", "said"]
@@ -70,12 +71,19 @@ def answer_text(text: str) -> str:
     return content
 
 
+def _inspecting(redis_url: str) -> AbstractAsyncContextManager[Redis]:
+    """A client for a test's look at the Redis at ``redis_url``, with time to connect and
+    answer on a loaded machine (the product's client gives a Redis 0.5 s to connect and
+    0.25 s to answer, then serves from local state: a test reading Redis cannot)."""
+    return open_redis(RedisAddress.from_url(redis_url), timeout=10, connect_timeout=10)
+
+
 async def claims(redis_url: str) -> int:
     """How many flight claims (``SET``, in the claim script) the Redis at ``redis_url`` has
     served so far (while a test runs no other ``SET`` happens: the dashboard's recent
     requests, published every second, and a follower's mark on the flight it follows go with
     ``PSETEX``)."""
-    async with open_redis(RedisAddress.from_url(redis_url)) as client:
+    async with _inspecting(redis_url) as client:
         info = await client.call("INFO", "commandstats")
     assert isinstance(info, bytes)
     found = re.search(rb"cmdstat_set:calls=(\d+)", info)
@@ -85,7 +93,7 @@ async def claims(redis_url: str) -> int:
 async def flight_keys(redis_url: str) -> list[str]:
     """Every in-flight dedup key in the Redis at ``redis_url`` (``llmr:flight:...``), by the
     part of its name after the flight's key: ``lead``, ``followed``, ``events:<token>``."""
-    async with open_redis(RedisAddress.from_url(redis_url)) as client:
+    async with _inspecting(redis_url) as client:
         keys = await client.call("KEYS", "llmr:flight:*")
     assert isinstance(keys, list)
     return sorted(key.decode().split("}:", 1)[1] for key in keys)
@@ -93,7 +101,7 @@ async def flight_keys(redis_url: str) -> list[str]:
 
 async def lead_ttl(redis_url: str) -> int:
     """The milliseconds left on the one flight lead in the Redis at ``redis_url``."""
-    async with open_redis(RedisAddress.from_url(redis_url)) as client:
+    async with _inspecting(redis_url) as client:
         (key,) = await client.call("KEYS", "llmr:flight:*:lead")  # type: ignore[misc]
         left = await client.call("PTTL", key)
     assert isinstance(left, int)
