@@ -57,13 +57,14 @@ def make_config(data: Mapping[str, Any]) -> Config:
 
 
 @asynccontextmanager
-async def open_router(config: Config) -> AsyncIterator[RunningRouter]:
-    """The router app, served as ``llm-router`` serves it, on 127.0.0.1:0 for the block."""
+async def open_router(config: Config, port: int = 0) -> AsyncIterator[RunningRouter]:
+    """The router app, served as ``llm-router`` serves it, on 127.0.0.1:``port`` (0: any
+    free one) for the block."""
     app = create_app(config)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(lambda task_status: serve(
-            app, hypercorn_config(config, host="127.0.0.1", port=0),
+            app, hypercorn_config(config, host="127.0.0.1", port=port),
             shutdown_trigger=stop.wait, task_status=task_status))
         try:
             yield RunningRouter(url=binds[0], config=config)

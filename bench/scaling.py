@@ -34,8 +34,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +44,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RunningRouter, make_config
+from harness import make_config, open_router
 
-from api.http.app import create_app
-from api.http.server import hypercorn_config, serve
 from engine.core.config import Config
 from engine.testing import open_fake_upstream
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, ToolCall
@@ -132,21 +129,6 @@ def router_config(fake: FakeUpstream, *, cache: bool, models: int = 0) -> Config
                   "max_bytes": 512 * 1024 * 1024},
         "server": {"max_body_bytes": 256 * 1024 * 1024},
     })
-
-
-@asynccontextmanager
-async def open_router_on(config: Config, port: int) -> AsyncIterator[RunningRouter]:
-    """The router app, served as ``llm-router`` serves it, on 127.0.0.1:``port``."""
-    app = create_app(config)
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(lambda task_status: serve(
-            app, hypercorn_config(config, host="127.0.0.1", port=port),
-            shutdown_trigger=stop.wait, task_status=task_status))
-        try:
-            yield RunningRouter(url=binds[0], config=config)
-        finally:
-            stop.set()
 
 
 def access_to_file() -> None:
@@ -256,7 +238,7 @@ async def chat_dimensions(args: argparse.Namespace, which: set[str]) -> None:
     access_to_file()
     sizes = [s for s in SIZES if s <= args.max_size]
     async with open_fake_upstream(port=args.fake_port, default=Behaviour(text="ok")) as fake, \
-            open_router_on(router_config(fake, cache=True), args.port) as router, \
+            open_router(router_config(fake, cache=True), args.port) as router, \
             httpx.AsyncClient(timeout=600) as client:
         chat = Chat(client, router.v1[: -len("/v1")])
 
@@ -363,7 +345,7 @@ async def workflow_dimension(args: argparse.Namespace, fake: FakeUpstream,
                           "workflows": {"max_ops": 10_000, "max_depth": 10_000,
                                         "max_yaml_bytes": 16 * 1024 * 1024,
                                         "max_concurrency": 64}})
-    async with open_router_on(config, args.port) as router:
+    async with open_router(config, args.port) as router:
         chat = Chat(client, router.url)
         for shape in ("fan", "chain"):
             dry, run, record, events = [], [], [], []
@@ -424,7 +406,7 @@ async def listing_dimension(args: argparse.Namespace, fake: FakeUpstream,
     rows: dict[str, list[tuple[int, float]]] = {p: [] for p in paths}
     for models in [s for s in (10, 100, 1_000) if s <= args.max_size]:
         config = router_config(fake, cache=False, models=models)
-        async with open_router_on(config, args.port) as router:
+        async with open_router(config, args.port) as router:
             chat = Chat(client, router.url)
             for i in range(models):  # one request to each model: its stats and metrics
                 await chat.post("/v1/chat/completions", {
@@ -437,7 +419,7 @@ async def listing_dimension(args: argparse.Namespace, fake: FakeUpstream,
 
     rows = {p: [] for p in paths}
     for tenants in [s for s in (10, 100, 1_000) if s <= args.max_size]:
-        async with open_router_on(router_config(fake, cache=True), args.port) as router:
+        async with open_router(router_config(fake, cache=True), args.port) as router:
             for i in range(tenants):  # a request from each tenant (a client key of its own)
                 response = await client.post(router.v1 + "/chat/completions", json={
                     "model": "oa", "messages": [{"role": "user", "content": "hi"}]},
