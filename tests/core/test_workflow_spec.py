@@ -888,10 +888,15 @@ def test_a_long_chain_is_checked_in_memory_linear_in_its_ops() -> None:
     # Each op's ancestors were a set of names: a chain of n ops held n²/2 of them, so twice
     # the ops took 2.7 times the memory at 250 -> 500 ops (3.1 -> 8.4 MiB); as bit sets,
     # 1.8 times (1.8 -> 3.3 MiB). A small chain first: what loading imports and caches the
-    # first time is not the chain's.
+    # first time is not the chain's. Each size is the smaller of two loads: now and then
+    # Python's compile() grows a table of the interpreter's own, one block of megabytes that
+    # the unlucky load is charged for (4 MiB once in a long test process).
     load_workflow(_chain(20), limits=WorkflowLimits(max_ops=20, max_depth=20),
                   templates_dir=None)
-    assert _peak_loading(500) < 2.25 * _peak_loading(250)
+    peaks: dict[int, list[int]] = {500: [], 250: []}
+    for n in [500, 250, 500, 250]:
+        peaks[n].append(_peak_loading(n))
+    assert min(peaks[500]) < 2.25 * min(peaks[250]), peaks
 
 
 # ---- the modules' own examples -----------------------------------------------------------------
