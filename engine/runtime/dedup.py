@@ -233,14 +233,18 @@ class FlightRegistry:
         items (a stream's) go to ``publish`` (without one ``run`` must not publish). Fails
         as a flight's listener would:
         a ``RouterError`` as raised, any other exception (a bug) logged and made an
-        internal error; the caller being cancelled cancels the call.
+        internal error; the caller being cancelled cancels the call. A client that left
+        while ``run`` was under way between two checkpoints is not a bug: its channel is
+        closed before its cancellation lands, ``publish`` raises trio's
+        ``BrokenResourceError`` or ``ClosedResourceError``, and that passes through as the
+        stream's end (``Feed`` ends quietly on it).
 
         Raises:
             RouterError: the call failed.
         """
         try:
             return await run(publish or _unpublished)
-        except RouterError:
+        except (RouterError, trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception as exc:  # a bug: fail this call, keep serving
             log.exception("internal error in a shared upstream call", exc_info=exc)
