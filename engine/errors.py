@@ -33,6 +33,7 @@ one place where errors become responses.
         UpstreamUnreachable         502  upstream_unreachable
         UpstreamRejected            400  upstream_rejected
         UpstreamRateLimited         429  upstream_rate_limited
+        UpstreamBusy                503  upstream_busy
 
 Foreign exceptions (httpx, networkx, YAML, Jinja) are translated into this tree at exactly one
 seam each; nothing else catches third-party exceptions. Messages never contain provider keys.
@@ -65,6 +66,7 @@ __all__ = [
     "StoreUnavailable",
     "TemplateLimitExceeded",
     "Unauthorized",
+    "UpstreamBusy",
     "UpstreamError",
     "UpstreamRateLimited",
     "UpstreamRejected",
@@ -344,6 +346,21 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamBusy(UpstreamError):
+    """Every connection the router may open to the upstream's host is in use
+    (``upstream.max_connections_per_origin``), and none came free in time: the router's own
+    limit, not the upstream's fault, so it says nothing of the backend's health. Another
+    backend (on another host) may take the request; ``retry_after``: when to come back."""
+
+    status = 503
+    code = "upstream_busy"
+
+    def __init__(self, message: str, *, retry_after: float | None = 1.0,
+                 backend: str | None = None) -> None:
+        super().__init__(message, backend=backend)
+        self.retry_after = retry_after
 
 
 class UpstreamUnreachable(UpstreamError):

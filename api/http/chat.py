@@ -25,6 +25,7 @@ from engine.errors import (
     RateLimited,
     RouterError,
     Unauthorized,
+    UpstreamBusy,
     UpstreamRateLimited,
 )
 from engine.messages import ChatRequest
@@ -86,7 +87,8 @@ def error_reply(err: RouterError, protocol: WireProtocol) -> Reply:
     if err.routed is not None:
         headers.update(routing_headers(err.routed))
     retry_after = getattr(err, "retry_after", None)
-    waits = RateLimited | UpstreamRateLimited | BudgetExceeded | NoBackendAvailable
+    waits = (RateLimited | UpstreamRateLimited | BudgetExceeded | NoBackendAvailable
+             | UpstreamBusy)
     if isinstance(err, waits) and retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
     headers.update(err.headers or {})

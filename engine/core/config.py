@@ -203,9 +203,11 @@ class HealthConfig(_Section):
 
 class UpstreamConfig(_Section):
     """Extension: the upstream connection pool. A kept-alive connection idle for longer than
-    ``keepalive_expiry_sec`` is closed."""
+    ``keepalive_expiry_sec`` is closed; at most ``max_connections_per_origin`` are open to one
+    scheme, host and port at once (a stream holds one for its whole length)."""
 
     keepalive_expiry_sec: float = Field(30.0, gt=0, le=3600)
+    max_connections_per_origin: int = Field(512, ge=1, le=65536)
 
 
 class WorkflowLimits(_Section):

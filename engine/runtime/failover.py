@@ -3,7 +3,9 @@
 For a routed request, the pool orders the tier's usable backends, then each higher tier's (up
 to the route's ``max_tier``, a client key's, when it has one);
 connection refused, a 5xx, a 429 and timeouts *before the first byte has been relayed* move on
-to the next one, and every failure is reported to the pool. A pinned model is tried alone.
+to the next one, and every failure is reported to the pool. So does a backend whose host has no
+free connection in time (``UpstreamBusy``: the router's own connection limit), which is not
+reported: it says nothing of the backend's health. A pinned model is tried alone.
 When nothing can serve, the error explains why: 503 with each backend's reason, or 429 with a
 ``Retry-After`` when every candidate is rate-limited.
 
@@ -38,6 +40,7 @@ from engine.errors import (
     RateLimited,
     RequestInvalid,
     RouterError,
+    UpstreamBusy,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -236,7 +239,8 @@ class BackendCaller:
                     log.warning("failed over to %s after %d failed attempt(s): %s",
                                 backend.name, len(errors), "; ".join(e.message for e in errors))
                 return backend, value, len(errors)
-            self._report(backend, error, probe=probe)
+            if not isinstance(error, UpstreamBusy):  # the router's limit says nothing of it
+                self._report(backend, error, probe=probe)
             backend.end(probe=probe)
             errors.append(error)
             if not error.retryable or route.pinned is not None:
@@ -352,6 +356,10 @@ class BackendCaller:
                 error.retry_after = max(0.0, until - now)
         if len(errors) == 1 and (route.pinned is not None or not errors[0].retryable):
             return errors[0]
+        if errors and all(isinstance(e, UpstreamBusy) for e in errors):
+            return UpstreamBusy(
+                "every backend that can serve this request has all the connections to its host "
+                f"in use: {'; '.join(e.message for e in errors)}")
         if errors and all(isinstance(e, UpstreamRateLimited) for e in errors):
             waits = [e.retry_after for e in errors if isinstance(e, UpstreamRateLimited)
                      and e.retry_after is not None]

@@ -487,7 +487,7 @@ async def open_gateway(
         await opened.close()
     key_store: KeyStore | None = None
     try:
-        transport = PooledTransport(max_connections=512,
+        transport = PooledTransport(max_connections=config.upstream.max_connections_per_origin,
                                     keepalive_expiry=config.upstream.keepalive_expiry_sec)
         async with (
             transport,

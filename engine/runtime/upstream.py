@@ -13,6 +13,7 @@ connect, first byte, idle       UpstreamTimeout             ``timeout`` (degrade
 429                             UpstreamRateLimited         ``rate_limited`` (Retry-After)
 400, 413, 422                   UpstreamRejected            ``rejected`` (the request's fault)
 401, 403, 404, 5xx, bad body    UpstreamError               ``server_error`` (degraded)
+no free connection in time      UpstreamBusy                none: the router's own limit
 ==============================  ==========================  ================================
 
 Deadlines: ``connect_sec`` bounds the TCP/TLS connect, ``first_byte_sec`` the wait for the
@@ -41,6 +42,7 @@ import trio
 
 from engine.core.redact import Redactor, StreamRedactor, without_userinfo
 from engine.errors import (
+    UpstreamBusy,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -264,6 +266,12 @@ class UpstreamClient:
             response = await self._post(
                 call.url, inject_trace(call.headers),  # the W3C traceparent, if tracing
                 call.body, timeouts)
+        except httpx.PoolTimeout:
+            raise UpstreamBusy(
+                f"{model.name}: every connection to its host is in use "
+                "(upstream.max_connections_per_origin) and none came free in time",
+                backend=model.name,
+            ) from None
         except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"{model.name} did not answer in time", backend=model.name

@@ -115,3 +115,51 @@ async def test_a_connection_read_to_its_end_is_reused(fake_upstream: FakeUpstrea
             response, events = await client.stream_chat(f"stream {i}")
             assert response.status_code == 200 and events[-1] == "[DONE]"
         assert relay.opened == 1 and relay.open == 1
+
+
+async def test_a_host_with_every_connection_in_use_is_busy_not_failing(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """``upstream.max_connections_per_origin`` caps the connections to one host. A request
+    that finds them all in use waits the model's ``connect_sec`` for one, then fails over, or
+    gets a 503 ``upstream_busy`` if pinned; the backend's health is not touched, since the
+    limit is the router's own. Two held calls fill a1's host; a2 is on another."""
+    async with open_hold_relay(fake_upstream) as held:
+        models = [
+            model_entry(fake_upstream, "a1", tier=1, base_url=held.base_url("a1", "openai"),
+                        timeouts={"connect_sec": 0.3}),
+            model_entry(fake_upstream, "a2", tier=2),
+        ]
+        async with open_router_client(models, upstream={"max_connections_per_origin": 2}
+                                      ) as client:
+            held.hold()
+            answers: list[Any] = []
+            async with trio.open_nursery() as nursery:
+                for i in range(2):
+                    nursery.start_soon(
+                        lambda i=i: _append(answers, client.chat(f"held {i}", model="a1")))
+                await held.wait_held(2)
+
+                pinned = await client.chat("a third for a1", model="a1")
+                assert pinned.status_code == 503
+                error = pinned.json()["error"]
+                assert error["code"] == "upstream_busy"
+                assert "max_connections_per_origin" in error["message"]
+                assert pinned.headers["retry-after"] == "1"
+
+                routed = await client.chat("hello")  # routed to tier 1: a1, then a2
+                assert routed.status_code == 200
+                assert routed.headers["x-llm-router-model"] == "a2"
+
+                backends = {b["name"]: b for b in
+                            (await client.request("GET", "/v1/backends")).json()}
+                assert backends["a1"]["status"] == "healthy"
+                assert backends["a1"]["last_error"] is None
+                assert backends["a1"]["in_flight"] == 2  # the held two only
+                held.release()
+            assert [a.status_code for a in answers] == [200, 200]
+            assert len(fake_upstream.requests("a1")) == 2  # the busy ones never reached it
+
+
+async def _append(answers: list[Any], call: Any) -> None:
+    answers.append(await call)
