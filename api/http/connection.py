@@ -206,7 +206,10 @@ class Connection:
         lock = self.send_lock
         try:
             lock.acquire_nowait()
+            free = True
         except trio.WouldBlock:
+            free = False  # waited for outside the handler: see engine.runtime.channels
+        if not free:
             await lock.acquire()
         try:
             await socket_send_all(self.stream, data, shield=True)  # never cut mid-write

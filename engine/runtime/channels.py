@@ -8,6 +8,11 @@ checkpoint) only when it would block; the exceptions are the channel's own.
 
 They are not checkpoints when the channel answers at once: a loop built on them must wait
 elsewhere in every round, as a relay does when it waits for the upstream's next bytes.
+
+The wait is outside the ``except`` block on purpose: awaited inside it, the caught
+``WouldBlock`` (its traceback, the frames that traceback holds) would stay alive for as long as
+the task waits, which for an open stream is most of its life, and every collection would walk
+it; an exception raised during the wait would also carry it as its ``__context__``.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ async def send(channel: trio.MemorySendChannel[_T], item: _T) -> None:
     """``await channel.send(item)``, without a pass of the scheduler when there is room."""
     try:
         channel.send_nowait(item)
+        return
     except trio.WouldBlock:
-        await channel.send(item)
+        pass
+    await channel.send(item)
 
 
 async def receive(channel: trio.MemoryReceiveChannel[_T]) -> _T:
@@ -34,4 +41,5 @@ async def receive(channel: trio.MemoryReceiveChannel[_T]) -> _T:
     try:
         return channel.receive_nowait()
     except trio.WouldBlock:
-        return await channel.receive()
+        pass
+    return await channel.receive()

@@ -452,11 +452,12 @@ async def _relay(sink: trio.MemorySendChannel[Any], item: Any, size: int = 0) ->
         item = dataclasses.replace(item, dedup=item.dedup or "LEADER")
     try:
         sink.send_nowait(item)
-    except trio.WouldBlock:  # the client is behind: wait for it, and say how long
-        started = trio.current_time()
-        await sink.send(item)
-        return trio.current_time() - started
-    return 0.0
+        return 0.0
+    except trio.WouldBlock:  # the client is behind: wait for it (not in here: see channels)
+        pass
+    started = trio.current_time()
+    await sink.send(item)
+    return trio.current_time() - started
 
 
 def _replay(result: ChatResult) -> list[Event]:
