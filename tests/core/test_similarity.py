@@ -618,9 +618,9 @@ _OPS = st.lists(st.tuples(st.sampled_from(["add", "remove", "take", "apply", "co
 @given(_OPS, st.integers(0, 12), st.integers(1, 6), st.integers(0, 2**32 - 1))
 def test_a_deferred_index_answers_as_brute_force(ops: list[tuple[str, int]], exact_below: int,
                                                  k: int, seed: int) -> None:
-    """Whatever the interleaving of adds, removals and the graph work, a search answers as a
-    brute-force search over the live keys (small graphs are searched exhaustively; scores
-    from the graph are float16)."""
+    """Whatever the interleaving of adds, removals and the graph work (taken in slices of 1 to
+    5 vectors), a search answers as a brute-force search over the live keys (small graphs are
+    searched exhaustively; scores from the graph are float16)."""
     rng = np.random.default_rng(seed)
     pool = unit(rng, 25, 8)
     queries = unit(rng, 3, 8)
@@ -634,7 +634,7 @@ def test_a_deferred_index_answers_as_brute_force(ops: list[tuple[str, int]], exa
         elif op == "remove":
             assert index.remove(n) == (live.pop(n, None) is not None)
         elif op == "take" and batch is None:
-            batch = index.take()
+            batch = index.take(n % 5 + 1)  # small slices: a move in several batches
         elif op == "apply" and batch is not None:
             index.apply(batch, n % 3 + 1)
         elif op == "commit" and batch is not None:

@@ -18,12 +18,14 @@ A graph insert is not cheap: about 1 ms at 20,000 entries and 4 ms at 100,000 wh
 churn the graph. So an added vector first goes into a small exact *buffer* (the same numpy
 store as below ``exact_below``), searched exactly beside the graph and merged by score: it is
 found by the very next search, at O(1) cost to the add. The graph work (the buffered vectors,
-the removals, and the first move into the graph) is handed out as a :class:`Batch`:
-:meth:`VectorIndex.take` (cheap: the buffer is swapped out whole, and searched exactly until
-the batch is committed), :meth:`VectorIndex.apply` (the usearch calls, in steps, touching
-nothing but the graph: the owner may run it in a worker thread, where usearch releases the
-GIL), then :meth:`VectorIndex.commit` (cheap). With ``deferred=False`` (the default) the
-index does all three itself inside ``add`` and ``remove``: simple, and slow past 2,048.
+the removals, and the first move into the graph) is handed out in batches of at most 128
+vectors: :meth:`VectorIndex.take` (the buffer is frozen as it is, and its rows handed out a
+slice at a time, searched exactly until their batch is committed), :meth:`VectorIndex.apply`
+(the usearch calls, in steps, touching nothing but the batch and the graph: the owner may run
+it in a worker thread, where usearch releases the GIL), then :meth:`VectorIndex.commit`. Taking
+and committing a batch cost tens of microseconds whatever the size of the buffer or of the
+move. With ``deferred=False`` (the default) the index does all three itself inside ``add``
+and ``remove``: simple, and slow past 2,048.
 
 Keys are any hashable the caller likes; the graph sees private integer labels, never reused, so
 a key removed and added again cannot collide with its old self. Not thread-safe: the owner
@@ -55,6 +57,8 @@ class _Exact:
         self.keys: list[Hashable] = []
         self.rows: dict[Hashable, int] = {}
         self.alive: np.ndarray | None = None  # frozen: which rows are live
+        self.base = 0  # frozen: the graph label of row 0 (row r's label is base + r)
+        self.cursor = 0  # frozen: rows before it have been handed out to the graph
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -83,10 +87,11 @@ class _Exact:
         self.keys.pop()
         return True
 
-    def freeze(self) -> np.ndarray:
-        """Stop moving rows; the live rows' matrix, which no longer changes."""
+    def freeze(self, base: int) -> None:
+        """Stop moving rows (their vectors go into the graph, a slice at a time, under
+        labels from ``base``)."""
         self.alive = np.ones(len(self.keys), bool)
-        return self.matrix[: len(self.keys)]
+        self.base = base
 
     def search(self, vector: np.ndarray, k: int, floor: float) -> _Found:
         if not self.rows:
@@ -109,14 +114,15 @@ class Batch:
     add (the first batch also makes the graph). ``shared``: the graph already serves
     searches, so no search may run while :meth:`VectorIndex.apply` runs on this batch."""
 
-    __slots__ = ("added", "graph", "labels", "removed", "shared", "vectors")
+    __slots__ = ("added", "graph", "labels", "removed", "rows", "shared", "vectors")
 
-    def __init__(self, graph: Any, labels: np.ndarray, vectors: np.ndarray,
+    def __init__(self, graph: Any, rows: np.ndarray, labels: np.ndarray, vectors: np.ndarray,
                  removed: np.ndarray) -> None:
         self.graph = graph
         self.shared = graph is not None
+        self.rows = rows  # of the frozen store the vectors come from
         self.labels = labels
-        self.vectors = vectors
+        self.vectors = vectors  # a copy: the thread reads nothing the index changes
         self.removed = removed
         self.added = -1  # vectors added so far; -1: the removals are still to do
 
@@ -164,24 +170,27 @@ class VectorIndex:
         self.deferred = deferred
         self._exact_below = exact_below
         self._hnsw_params = (connectivity, expansion_add, expansion_search)
-        # below exact_below, every entry; past it, those added since the last take
+        # below exact_below, every entry; past it, those added since the graph work last
+        # froze them into _moving
         self._fresh = _Exact(dim)
-        # the taken batch's entries (key -> label), searched exactly until it is committed
-        self._batch: Batch | None = None
+        # entries on their way into the graph, a slice of rows per batch; searched exactly
+        # until the batch that carries them is committed (rows then marked dead here)
         self._moving: _Exact | None = None
-        self._moving_labels: dict[Hashable, int] = {}
+        self._batch: Batch | None = None
         # the graph, once made: key <-> label of the entries it serves
         self._graph: Any = None
         self._labels: dict[Hashable, int] = {}
         self._label_keys: dict[int, Hashable] = {}
         self._next_label = 0
-        self._doomed: list[int] = []  # labels removed here and still in the graph
+        self._doomed: list[int] = []  # labels removed here and maybe still in the graph
 
     def __len__(self) -> int:
-        return len(self._labels) + len(self._moving_labels) + len(self._fresh)
+        moving = len(self._moving) if self._moving is not None else 0
+        return len(self._labels) + moving + len(self._fresh)
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._fresh.rows or key in self._moving_labels or key in self._labels
+        return (key in self._fresh.rows or key in self._labels
+                or (self._moving is not None and key in self._moving.rows))
 
     @property
     def approximate(self) -> bool:
@@ -194,13 +203,15 @@ class VectorIndex:
         exact regime)."""
         if self._graph is None and self._moving is None:
             return 0
-        return len(self._fresh) + len(self._moving_labels)
+        return len(self) - len(self._labels)
 
     @property
     def pending(self) -> bool:
         """Whether :meth:`take` has work to hand out now."""
         if self._batch is not None:
             return False
+        if self._moving is not None:
+            return True
         if self._graph is None:
             return len(self._fresh) > self._exact_below
         return bool(self._fresh.rows or self._doomed)
@@ -218,13 +229,17 @@ class VectorIndex:
         """Forget ``key``; False when it was not indexed."""
         if self._fresh.remove(key):
             return True
-        label = self._moving_labels.pop(key, None)
-        if label is not None:
-            assert self._moving is not None
-            self._moving.remove(key)
+        moving = self._moving
+        row = moving.rows.pop(key, -1) if moving is not None else -1
+        if row >= 0:
+            assert moving is not None and moving.alive is not None
+            moving.alive[row] = False
+            if row >= moving.cursor:  # not handed out: it never reaches the graph
+                return True
+            label = moving.base + row
         else:
-            label = self._labels.pop(key, None)
-            if label is None:
+            label = self._labels.pop(key, -1)
+            if label < 0:
                 return False
             del self._label_keys[label]
         self._doomed.append(label)
@@ -256,22 +271,27 @@ class VectorIndex:
 
     # ---- the graph work -----------------------------------------------------------------
 
-    def take(self) -> Batch | None:
-        """The graph work to do now, if any (one batch at a time: ``None`` until the last
-        one is committed). The buffered entries stay findable, exactly, meanwhile."""
+    def take(self, limit: int = 128) -> Batch | None:
+        """The graph work to do now, if any: the removals so far and up to ``limit`` vectors
+        (one batch at a time: ``None`` until the last one is committed). The work is cut in
+        batches so that taking and committing one costs the owner little, whatever the
+        number of entries waiting; those stay findable, exactly, meanwhile."""
         if not self.pending:
             return None
-        moving, self._fresh = self._fresh, _Exact(self.dim)
-        vectors = moving.freeze()
-        start = self._next_label
-        self._next_label += len(moving.keys)
-        self._moving = moving
-        self._moving_labels = dict(zip(moving.keys, range(start, self._next_label),
-                                       strict=True))
+        moving = self._moving
+        if moving is None:  # freeze the buffer: its rows go to the graph a slice at a time
+            moving, self._fresh = self._fresh, _Exact(self.dim)
+            moving.freeze(self._next_label)
+            self._next_label += len(moving.keys)
+            self._moving = moving
+        assert moving.alive is not None
+        stop = min(len(moving.keys), moving.cursor + limit)
+        rows = np.flatnonzero(moving.alive[moving.cursor:stop]) + moving.cursor
+        moving.cursor = stop
         removed = np.array(self._doomed, np.uint64)
         self._doomed = []
-        self._batch = Batch(self._graph, np.arange(start, self._next_label, dtype=np.uint64),
-                            vectors, removed)
+        self._batch = Batch(self._graph, rows, (rows + moving.base).astype(np.uint64),
+                            moving.matrix[rows], removed)
         return self._batch
 
     def apply(self, batch: Batch, limit: int | None = None) -> bool:
@@ -297,16 +317,22 @@ class VectorIndex:
         if batch is not self._batch or batch.added != len(batch.labels):
             raise ValueError("not the batch taken, or not applied in full")
         self._graph = batch.graph
-        labels = self._moving_labels
-        if self._labels:
-            self._labels.update(labels)
-        else:  # the first batch: the move into the graph
-            self._labels = labels
-        self._label_keys.update(zip(labels.values(), labels.keys(), strict=True))
-        self._batch, self._moving, self._moving_labels = None, None, {}
+        moving = self._moving
+        assert moving is not None and moving.alive is not None
+        keys, rows, labels = moving.keys, moving.rows, self._labels
+        for row in batch.rows.tolist():
+            key = keys[row]
+            if rows.get(key) == row:  # not removed meanwhile (else its label is doomed)
+                del rows[key]
+                labels[key] = label = moving.base + row
+                self._label_keys[label] = key
+        moving.alive[batch.rows] = False
+        if moving.cursor == len(keys):
+            self._moving = None
+        self._batch = None
 
     def _flush(self) -> None:
-        while (batch := self.take()) is not None:
+        while (batch := self.take(1 << 30)) is not None:
             self.apply(batch)
             self.commit(batch)
 
