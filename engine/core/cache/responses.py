@@ -24,6 +24,11 @@ Bounds: ``max_entries``, a ``max_bytes`` budget (one huge answer cannot blow mem
 over ``max_entry_bytes`` is never stored), ``ttl`` (expired entries are never served and are
 purged as the cache is used), and least-recently-used eviction.
 
+A partition's vector index (``engine.core.cache.vector_index``) is made ``deferred`` when the
+cache is given ``index_work``: a store then only buffers the new vector (the next lookup
+finds it), and the runtime does the graph work off the event loop
+(``engine.runtime.cache_index``, whose lock a caller holds around a lookup).
+
 This is each process's cache; with ``state.redis_url`` the runtime's shared cache
 (``engine.runtime.shared_cache``) extends it: entries stored here are published, and those
 other processes store are filed here (:meth:`ResponseCache.store_entry`,
