@@ -6,16 +6,18 @@ entries in a usearch HNSW graph, whose inserts cost about 1 ms at 20,000 entries
 wait that long per cache miss. So the cache's indexes are made ``deferred``: a store only
 puts the vector into the index's exact buffer (found by the very next lookup), and calls
 :meth:`IndexWriter.notice`; the writer's task, in the gateway's background nursery, takes
-each index's pending work as a batch and applies it in a worker thread (usearch releases the
-GIL while it inserts), a few vectors per thread call, then commits it on the loop (cheap).
+each index's pending work as batches and applies them in a worker thread (usearch 2.26
+releases the GIL while it inserts), about a millisecond of inserts per thread call, then
+commits each on the loop (tens of microseconds).
 
-The graph must not be searched while a thread writes to it: usearch documents no such
-guarantee for its Python binding, and its issue tracker has reports of corruption with
-multithreaded writers. So the writer holds :attr:`IndexWriter.lock` while a thread writes to
-a graph that serves lookups (not while it makes a new one, the move past 2,048 entries), and
-a cache lookup holds it too (:meth:`IndexWriter.reading`): a lookup then waits, without
-holding the loop, for at most one step (:data:`STEP_SECONDS`, or one insert when a single
-one takes longer).
+The graph must not be searched while a thread writes to it: the C++ index is documented as
+safe for concurrent search and insert, but the Python binding's add may first grow the
+graph's storage (``try_reserve``), which a concurrent search must not see, and corruption
+with multithreaded use has been reported against some of usearch's bindings. So the writer
+holds :attr:`IndexWriter.lock` while a thread writes to a graph that serves lookups (not
+while the first batch of a move builds a new one), and a cache lookup holds it too
+(:meth:`IndexWriter.reading`): a lookup then waits, without holding the loop, for at most one
+step (:data:`STEP_SECONDS`, or one insert when a single one takes longer).
 
 Stopping cancels the task; a step under way finishes first (a thread is never abandoned). A
 batch left uncommitted stays searchable from its exact buffer: nothing is lost that the
