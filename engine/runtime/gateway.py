@@ -49,6 +49,7 @@ from engine.stores.redis import RedisKeyStore, RedisRunStore
 from engine.stores.runs import RunStore
 from engine.stores.sqlite_runs import SqliteRunStore
 
+from .cache_index import IndexWriter
 from .cache_thresholds import MemoryThresholds, SharedThresholds, TenantThresholds
 from .comparisons import Comparisons
 from .dedup import FlightRegistry
@@ -110,23 +111,22 @@ class Gateway:
         #: The last chat requests and the recent rate and latency (``GET /stats/recent``).
         self.recent = RecentRequests()
         self.cache: ResponseCache | None = None
+        #: The cache's vector-index work, off the event loop (None: no cache).
+        self.cache_index: IndexWriter | None = None
         if config.cache.enabled and matcher is not None:
             settings = config.cache
-            if shared is None:
-                self.cache = ResponseCache(
-                    matcher=matcher, max_entries=settings.max_size,
-                    max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
-                    ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
-            else:
-                self.cache = SharedCache(
-                    shared, matcher=matcher, max_entries=settings.max_size,
-                    max_bytes=settings.max_bytes, max_entry_bytes=settings.max_entry_bytes,
-                    ttl=settings.ttl_sec, threshold=settings.similarity_thresh)
-                nursery.start_soon(self.cache.run)
+            self.cache_index = IndexWriter()
+            nursery.start_soon(self.cache_index.run)
+            make = ResponseCache if shared is None else partial(SharedCache, shared)
+            self.cache = make(
+                matcher=matcher, max_entries=settings.max_size, max_bytes=settings.max_bytes,
+                max_entry_bytes=settings.max_entry_bytes, ttl=settings.ttl_sec,
+                threshold=settings.similarity_thresh, index_work=self.cache_index.notice)
         #: The cache's vectors from ``cache.embedder`` (None: the packaged table's).
         self.embedder = embedder if self.cache is not None else None
         if isinstance(self.cache, SharedCache):
             self.cache.remote = self.embedder
+            nursery.start_soon(self.cache.run)
         moves = config.cache.tenant_threshold
         #: Per-tenant similarity thresholds, moved by feedback on cached answers.
         self.thresholds = TenantThresholds(
@@ -169,6 +169,7 @@ class Gateway:
                 on_verdict=None if self.shared_health is None else self.shared_health.changed),
             stats=self.stats,
             cache=self.cache,
+            cache_index=self.cache_index,
             flights=self.flights,
             shared_flights=self.shared_flights,
             keys=keys,

@@ -63,6 +63,7 @@ from .keys import KeyGate
 from .policy import RoutingPolicy
 
 if TYPE_CHECKING:
+    from .cache_index import IndexWriter
     from .cache_thresholds import TenantThresholds
     from .embeddings import RemoteEmbedder
     from .shared_flights import SharedFlights
@@ -132,6 +133,7 @@ class NodeRunner:
         stats: Stats,
         cache: ResponseCache | None,
         flights: FlightRegistry,
+        cache_index: IndexWriter | None = None,
         policy: RoutingPolicy,
         shared_flights: SharedFlights | None = None,
         keys: KeyGate | None = None,
@@ -144,6 +146,8 @@ class NodeRunner:
         self.caller = caller
         self.stats = stats
         self.cache = cache
+        #: The cache's vector-index writer: a lookup holds its graphs still.
+        self.cache_index = cache_index
         self.flights = flights
         #: Dedup across processes (``state.redis_url``), after the local flights.
         self.shared_flights = shared_flights
@@ -293,8 +297,13 @@ class NodeRunner:
 
         if cache is not None and key is not None and ctx.cache_read:
             threshold = self.thresholds.get(ctx.tenant) if self.thresholds is not None else None
-            hit, prepared = cache.lookup_prepared(key, trio.current_time(), prepared=prepared,
-                                                  threshold=threshold)
+            if self.cache_index is None:
+                hit, prepared = cache.lookup_prepared(key, trio.current_time(),
+                                                      prepared=prepared, threshold=threshold)
+            else:
+                async with self.cache_index.reading():
+                    hit, prepared = cache.lookup_prepared(key, trio.current_time(),
+                                                          prepared=prepared, threshold=threshold)
             if hit is not None:
                 return await self._answer_from_cache(hit, route, sink)
             self.stats.cache_misses += 1

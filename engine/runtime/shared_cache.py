@@ -23,6 +23,8 @@ import math
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -57,9 +59,11 @@ class SharedCache(ResponseCache):
     nursery: it publishes this process's entries and files the others'."""
 
     def __init__(self, shared: Shared, *, matcher: Matcher, max_entries: int, max_bytes: int,
-                 max_entry_bytes: int, ttl: float, threshold: float) -> None:
+                 max_entry_bytes: int, ttl: float, threshold: float,
+                 index_work: Callable[[Any], None] | None = None) -> None:
         super().__init__(matcher=matcher, max_entries=max_entries, max_bytes=max_bytes,
-                         max_entry_bytes=max_entry_bytes, ttl=ttl, threshold=threshold)
+                         max_entry_bytes=max_entry_bytes, ttl=ttl, threshold=threshold,
+                         index_work=index_work)
         self.origin = uuid.uuid4().hex[:16]
         #: ``cache.embedder``: the other processes' entries get their vectors from it too.
         self.remote: RemoteEmbedder | None = None

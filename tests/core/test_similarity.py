@@ -558,3 +558,93 @@ def test_exact_index_equals_brute_force(n: int, k: int, seed: int, data: st.Data
     assert [s for _, s in found] == pytest.approx([float(vectors[i] @ query) for i in expected],
                                                  abs=1e-5)
     assert len(found) == min(k, len(live))
+
+
+# -- vector index: the graph work deferred (a buffer searched beside the graph) ----------------
+
+
+def apply_all(index: VectorIndex) -> None:
+    """What the runtime's writer does with a batch, in steps of two, on this thread."""
+    while (batch := index.take()) is not None:
+        while not index.apply(batch, 2):
+            pass
+        index.commit(batch)
+
+
+def test_a_deferred_index_finds_a_key_at_once_and_forgets_it_at_once() -> None:
+    vectors = unit(np.random.default_rng(3), 30)
+    index = VectorIndex(32, exact_below=8, deferred=True)
+    for i, v in enumerate(vectors):
+        index.add(i, v)
+        assert index.search(v, k=1)[0][0] == i  # before any graph work
+    assert not index.approximate and index.pending and len(index) == 30
+    batch = index.take()
+    assert batch is not None and not batch.shared and index.take() is None
+    index.add(30, vectors[0])  # while the move is under way: into a new buffer
+    assert index.remove(3) and 3 not in index  # in the batch taken: gone at once
+    assert all(key != 3 for key, _ in index.search(vectors[3], k=30))
+    index.apply(batch)
+    assert {key for key, _ in index.search(vectors[0], k=2)} == {0, 30}
+    index.commit(batch)
+    assert index.approximate and index.buffered == 1 and len(index) == 30
+    assert all(key != 3 for key, _ in index.search(vectors[3], k=30))
+    index.add(5, vectors[6])  # a graph key replaced: one entry, the new vector
+    assert len(index) == 30 and {key for key, _ in index.search(vectors[6], k=2)} == {5, 6}
+    apply_all(index)
+    assert index.buffered == 0 and not index.pending and len(index) == 30
+    assert {key for key, _ in index.search(vectors[6], k=2)} == {5, 6}
+    assert [index.search(v, k=1)[0][0] for v in vectors[7:29]] == list(range(7, 29))
+
+
+def test_a_batch_is_committed_once_and_only_when_applied() -> None:
+    index = VectorIndex(4, exact_below=0, deferred=True)
+    index.add("a", np.array([1.0, 0.0, 0.0, 0.0]))
+    batch = index.take()
+    assert batch is not None
+    with pytest.raises(ValueError, match="applied"):
+        index.commit(batch)
+    index.apply(batch)
+    index.commit(batch)
+    with pytest.raises(ValueError, match="taken"):
+        index.commit(batch)
+    assert index.search(np.array([1.0, 0.0, 0.0, 0.0]))[0][0] == "a"
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["add", "remove", "take", "apply", "commit"]),
+                          st.integers(0, 24)), max_size=80)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_OPS, st.integers(0, 12), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_a_deferred_index_answers_as_brute_force(ops: list[tuple[str, int]], exact_below: int,
+                                                 k: int, seed: int) -> None:
+    """Whatever the interleaving of adds, removals and the graph work (taken in slices of 1 to
+    5 vectors), a search answers as a brute-force search over the live keys (small graphs are
+    searched exhaustively; scores from the graph are float16)."""
+    rng = np.random.default_rng(seed)
+    pool = unit(rng, 25, 8)
+    queries = unit(rng, 3, 8)
+    index = VectorIndex(8, exact_below=exact_below, deferred=True)
+    live: dict[int, np.ndarray] = {}
+    batch = None
+    for op, n in ops:
+        if op == "add":
+            live[n] = pool[(n * 7 + len(live)) % 25]
+            index.add(n, live[n])
+        elif op == "remove":
+            assert index.remove(n) == (live.pop(n, None) is not None)
+        elif op == "take" and batch is None:
+            batch = index.take(n % 5 + 1)  # small slices: a move in several batches
+        elif op == "apply" and batch is not None:
+            index.apply(batch, n % 3 + 1)
+        elif op == "commit" and batch is not None:
+            index.apply(batch)
+            index.commit(batch)
+            batch = None
+        assert len(index) == len(live) and all(key in index for key in live)
+        for query in queries:
+            found = index.search(query, k=k)
+            expected = sorted((float(v @ query) for v in live.values()), reverse=True)[:k]
+            assert [s for _, s in found] == pytest.approx(expected, abs=2e-3)
+            assert all(float(live[key] @ query) == pytest.approx(s, abs=2e-3)
+                       for key, s in found)

@@ -24,6 +24,11 @@ Bounds: ``max_entries``, a ``max_bytes`` budget (one huge answer cannot blow mem
 over ``max_entry_bytes`` is never stored), ``ttl`` (expired entries are never served and are
 purged as the cache is used), and least-recently-used eviction.
 
+A partition's vector index (``engine.core.cache.vector_index``) is made ``deferred`` when the
+cache is given ``index_work``: a store then only buffers the new vector (the next lookup
+finds it), and the runtime does the graph work off the event loop
+(``engine.runtime.cache_index``, whose lock a caller holds around a lookup).
+
 This is each process's cache; with ``state.redis_url`` the runtime's shared cache
 (``engine.runtime.shared_cache``) extends it: entries stored here are published, and those
 other processes store are filed here (:meth:`ResponseCache.store_entry`,
@@ -33,7 +38,7 @@ other processes store are filed here (:meth:`ResponseCache.store_entry`,
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -64,7 +69,7 @@ class Matcher(Protocol):
 
     def fingerprint(self, text: str, *, normalised: str | None = None) -> Any: ...
     def normalise(self, text: str) -> str: ...
-    def new_index(self, dim: int) -> Any: ...
+    def new_index(self, dim: int, *, deferred: bool = False) -> Any: ...
     def vector(self, fingerprint: Any) -> Any: ...
     def least_cosine(self, query: Any, threshold: float) -> float: ...
     def match(self, query: Any, cached: Any, *, threshold: float) -> tuple[bool, float]: ...
@@ -170,8 +175,13 @@ class ResponseCache:
         max_entry_bytes: int,
         ttl: float,
         threshold: float,
+        index_work: Callable[[Any], None] | None = None,
     ) -> None:
         self.matcher = matcher
+        #: Given: the partitions' vector indexes are ``deferred``, and this is called with
+        #: one after each of its adds and removals (the runtime's ``IndexWriter.notice``
+        #: does the graph work off the event loop). None: the index does it inline.
+        self.index_work = index_work
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
@@ -324,8 +334,11 @@ class ResponseCache:
         if fingerprint is not None:
             vector = self.matcher.vector(fingerprint)
             if partition.index is None:
-                partition.index = self.matcher.new_index(len(vector))
+                partition.index = self.matcher.new_index(
+                    len(vector), deferred=self.index_work is not None)
             partition.index.add(entry_id, vector)
+            if self.index_work is not None:
+                self.index_work(partition.index)
         self.bytes += size
         self._evict(now)
         return _entry(kept, result)
@@ -368,6 +381,8 @@ class ResponseCache:
             del partition.by_text[norm]
         if partition.index is not None and kept[_FINGERPRINT] is not None:
             partition.index.remove(entry_id)
+            if self.index_work is not None:
+                self.index_work(partition.index)
         if not partition.by_text:
             del self._partitions[exact]
 

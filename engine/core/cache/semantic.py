@@ -28,9 +28,10 @@ class SemanticMatcher:
     def normalise(self, text: str) -> str:
         return normalize_text(text)
 
-    def new_index(self, dim: int) -> VectorIndex:
-        """An index for vectors of ``dim``: the table's, or those of ``cache.embedder``."""
-        return VectorIndex(dim)
+    def new_index(self, dim: int, *, deferred: bool = False) -> VectorIndex:
+        """An index for vectors of ``dim``: the table's, or those of ``cache.embedder``;
+        ``deferred``: its graph work is left to the owner (``VectorIndex``)."""
+        return VectorIndex(dim, deferred=deferred)
 
     def vector(self, fingerprint: Fingerprint) -> Any:
         return fingerprint.vector
