@@ -176,10 +176,11 @@ async def measure(embedder: Embedder, vectors: np.ndarray, texts: list[str], siz
             query = query_fps[2 * step + (step % 2)]
             asked = time.perf_counter()
             if writer is not None:
-                async with writer.reading():
-                    held = time.perf_counter()
-                    candidates = index.search(query.vector, 4)
-                    searched = time.perf_counter()
+                await writer.hold()
+                held = time.perf_counter()
+                candidates = index.search(query.vector, 4)
+                searched = time.perf_counter()
+                writer.lock.release()
             else:
                 held = time.perf_counter()
                 candidates = index.search(query.vector, 4)

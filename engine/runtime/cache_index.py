@@ -16,7 +16,7 @@ graph's storage (``try_reserve``), which a concurrent search must not see, and c
 with multithreaded use has been reported against some of usearch's bindings. So the writer
 holds :attr:`IndexWriter.lock` while a thread writes to a graph that serves lookups (not
 while the first batch of a move builds a new one), and a cache lookup holds it too
-(:meth:`IndexWriter.reading`): a lookup then waits, without holding the loop, for at most one
+(:meth:`IndexWriter.hold`): a lookup then waits, without holding the loop, for at most one
 step (:data:`STEP_SECONDS`, or one insert when a single one takes longer).
 
 Stopping cancels the task; a step under way finishes first (a thread is never abandoned). A
@@ -27,8 +27,6 @@ process still serves.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -70,17 +68,16 @@ class IndexWriter:
             self._waiting[index] = None
             self._wake.set()
 
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[None]:
-        """Hold the graphs still for a lookup (no checkpoint when no write is under way)."""
+    async def hold(self) -> None:
+        """Hold the graphs still for a lookup, which then calls ``lock.release()`` (no
+        checkpoint when no write is under way). A plain coroutine, not a context manager:
+        every cache lookup passes here."""
         try:
             self.lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.lock.acquire()
-        try:
-            yield
-        finally:
-            self.lock.release()
+            return
+        except trio.WouldBlock:  # waited for outside the handler: see engine.runtime.channels
+            pass
+        await self.lock.acquire()
 
     async def run(self) -> None:
         """Apply pending work as it is noticed, until cancelled."""

@@ -297,13 +297,15 @@ class NodeRunner:
 
         if cache is not None and key is not None and ctx.cache_read:
             threshold = self.thresholds.get(ctx.tenant) if self.thresholds is not None else None
-            if self.cache_index is None:
+            writer = self.cache_index
+            if writer is not None:
+                await writer.hold()
+            try:
                 hit, prepared = cache.lookup_prepared(key, trio.current_time(),
                                                       prepared=prepared, threshold=threshold)
-            else:
-                async with self.cache_index.reading():
-                    hit, prepared = cache.lookup_prepared(key, trio.current_time(),
-                                                          prepared=prepared, threshold=threshold)
+            finally:
+                if writer is not None:
+                    writer.lock.release()
             if hit is not None:
                 return await self._answer_from_cache(hit, route, sink)
             self.stats.cache_misses += 1

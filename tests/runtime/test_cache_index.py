@@ -66,8 +66,11 @@ def put(cache: ResponseCache, place: str) -> None:
 
 
 async def served(cache: ResponseCache, writer: IndexWriter, text: str) -> Any:
-    async with writer.reading():
+    await writer.hold()
+    try:
         hit = cache.lookup(rkey(text), 1.0)
+    finally:
+        writer.lock.release()
     return None if hit is None else hit.entry.result.text
 
 
