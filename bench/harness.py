@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 import yaml
 
@@ -27,7 +28,7 @@ from api.http.server import hypercorn_config, serve
 from engine.core.config import Config, parse_config
 
 __all__ = ["RunningRouter", "free_port", "make_config", "one_model_config", "open_router",
-           "percentile", "redis_server"]
+           "percentile", "redis_server", "wait_healthy"]
 
 
 @dataclass
@@ -70,6 +71,18 @@ async def open_router(config: Config, port: int = 0) -> AsyncIterator[RunningRou
             yield RunningRouter(url=binds[0], config=config)
         finally:
             stop.set()
+
+
+async def wait_healthy(http: httpx.AsyncClient, url: str, *, timeout: float = 30.0) -> None:
+    """Until the router at ``url`` (started in another process) answers ``GET /health``."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                if (await http.get(url + "/health")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await trio.sleep(0.1)
 
 
 def free_port() -> int:

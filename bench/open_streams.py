@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import trio
 import yaml
-from harness import free_port, percentile
+from harness import free_port, percentile, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,17 +60,6 @@ def router_config(fake_openai: str, fast_openai: str, folder: Path) -> dict:
         "learned": {"model": None, "feedback_db": str(folder / "feedback.db")},
         "state": {"path": str(folder / "state.db")},
     }
-
-
-async def wait_ready(client: httpx.AsyncClient, url: str) -> None:
-    for _ in range(300):
-        try:
-            if (await client.get(url + "/health")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await trio.sleep(0.1)
-    raise SystemExit("the router did not start")
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -104,7 +93,7 @@ async def run(args: argparse.Namespace) -> dict:
     latencies: list[float] = []
     try:
         async with httpx.AsyncClient(timeout=120) as client:
-            await wait_ready(client, url)
+            await wait_healthy(client, url)
             done = trio.Event()
 
             async def keep_streaming(first_delay: float) -> None:

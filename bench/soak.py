@@ -31,6 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: the package itself
 
+from harness import wait_healthy  # noqa: E402
+
 from engine.testing.fake_upstream import Behaviour, FakeUpstream, open_fake_upstream  # noqa: E402
 from engine.wire.sse import decode_events  # noqa: E402
 
@@ -123,14 +125,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         base = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient() as http:
-                with trio.fail_after(30):
-                    while True:
-                        try:
-                            if (await http.get(base + "/health")).status_code == 200:
-                                break
-                        except httpx.HTTPError:
-                            pass
-                        await trio.sleep(0.1)
+                await wait_healthy(http, base)
             return await _run(args, fake, router.pid, base)
         finally:
             router.terminate()
