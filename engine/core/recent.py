@@ -24,6 +24,10 @@ from typing import Any
 
 __all__ = ["FinishedRequest", "RecentRequests", "latency_key", "percentile"]
 
+#: What a request may end as without counting as a failure: answered, or left by its client
+#: (a chat UI's "stop" button, a closed tab) before the answer was whole.
+_NOT_FAILED = frozenset({"ok", "cancelled"})
+
 
 @dataclass(frozen=True, slots=True)
 class FinishedRequest:
@@ -31,7 +35,7 @@ class FinishedRequest:
 
     at: float  # Unix seconds when it ended
     ms: float  # from the gateway taking it to its last byte (a stream: its end)
-    status: str  # "ok", or the error's code
+    status: str  # "ok", "cancelled" (its client left first), or the error's code
     stream: bool = False
     model: str | None = None
     tier: int | None = None
@@ -137,7 +141,7 @@ class RecentRequests:
             seconds.append(_Second(t))  # a full deque drops the oldest second
         second = seconds[-1]  # (a clock that stepped back counts in the newest second)
         second.requests += 1
-        second.errors += request.status != "ok"
+        second.errors += request.status not in _NOT_FAILED
         key = latency_key(request.ms)
         second.latency[key] = second.latency.get(key, 0) + 1
 

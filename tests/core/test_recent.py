@@ -99,3 +99,12 @@ def test_a_percentile_is_one_of_the_values_and_ranks_right(values: list[float], 
     assert found in ordered
     at_or_below = sum(1 for v in ordered if v <= found)
     assert at_or_below >= q / 100 * len(ordered)
+
+
+def test_a_request_its_client_left_is_counted_but_not_as_a_failure() -> None:
+    recent = RecentRequests(window_sec=10)
+    for status in ("ok", "cancelled", "upstream_timeout"):
+        recent.add(FinishedRequest(at=100.0, ms=5.0, status=status))
+    snap = recent.snapshot(now=100.0)
+    assert (snap["window"]["requests"], snap["window"]["errors"]) == (3, 1)
+    assert snap["series"][-1]["errors"] == 1
