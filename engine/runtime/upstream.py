@@ -79,6 +79,10 @@ _DEFAULT_HEADERS = (
 _DEFAULTS = tuple((name.decode(), (name, value)) for name, value in _DEFAULT_HEADERS)
 
 
+#: The share of a stream's first_byte_sec it may wait for a free connection, at most.
+_POOL_SHARE = 0.9
+
+
 @functools.lru_cache(maxsize=1024)
 def _url(url: str) -> httpx.URL:
     """``url`` parsed (``httpx.URL`` is immutable): a config's few upstream URLs are parsed
@@ -258,8 +262,12 @@ class UpstreamClient:
             request, model=model.model, base_url=model.url, api_key=model.api_key, stream=stream
         )
         t = model.timeouts
+        # The wait for a free connection (``pool``) is connect_sec; a stream's also ends well
+        # inside open_stream's first-byte deadline, so that a full pool is reported as busy
+        # (not the backend's fault), never as the backend's timeout.
+        pool = min(t.connect_sec, _POOL_SHARE * t.first_byte_sec) if stream else t.connect_sec
         timeouts = _timeouts(t.connect_sec, t.idle_sec if stream else t.first_byte_sec,
-                             t.connect_sec, t.connect_sec)
+                             t.connect_sec, pool)
         try:
             # Non-streaming: the read timeout (first_byte_sec) bounds the wait for the head.
             # Streaming: open_stream's deadline bounds head and first events together.

@@ -117,18 +117,25 @@ async def test_a_connection_read_to_its_end_is_reused(fake_upstream: FakeUpstrea
         assert relay.opened == 1 and relay.open == 1
 
 
+@pytest.mark.parametrize("timeouts, stream", [
+    ({"connect_sec": 0.3}, False),
+    # A stream's first-byte deadline covers its wait for a connection: shorter than
+    # connect_sec, the wait must still end as busy, not as the backend's timeout.
+    ({"first_byte_sec": 0.4}, True),
+], ids=["json", "stream-first-byte"])
 async def test_a_host_with_every_connection_in_use_is_busy_not_failing(
-    fake_upstream: FakeUpstream,
+    fake_upstream: FakeUpstream, timeouts: dict[str, float], stream: bool,
 ) -> None:
     """``upstream.max_connections_per_origin`` caps the connections to one host. A request
-    that finds them all in use waits the model's ``connect_sec`` for one, then fails over, or
-    gets a 503 ``upstream_busy`` if pinned; the backend's health is not touched, since the
-    limit is the router's own. Two held calls fill a1's host; a2 is on another."""
+    that finds them all in use waits for one (``connect_sec``), then fails over, or gets a
+    503 ``upstream_busy`` if pinned; the backend's health is not touched, since the limit is
+    the router's own. Two held calls to a0 fill the host a0 and a1 share; a2 is on another."""
     async with open_hold_relay(fake_upstream) as held:
         models = [
             model_entry(fake_upstream, "a1", tier=1, base_url=held.base_url("a1", "openai"),
-                        timeouts={"connect_sec": 0.3}),
+                        timeouts=timeouts),
             model_entry(fake_upstream, "a2", tier=2),
+            model_entry(fake_upstream, "a0", tier=3, base_url=held.base_url("a0", "openai")),
         ]
         async with open_router_client(models, upstream={"max_connections_per_origin": 2}
                                       ) as client:
@@ -137,17 +144,17 @@ async def test_a_host_with_every_connection_in_use_is_busy_not_failing(
             async with trio.open_nursery() as nursery:
                 for i in range(2):
                     nursery.start_soon(
-                        lambda i=i: _append(answers, client.chat(f"held {i}", model="a1")))
+                        lambda i=i: _append(answers, client.chat(f"held {i}", model="a0")))
                 await held.wait_held(2)
 
-                pinned = await client.chat("a third for a1", model="a1")
+                pinned = await client.chat("a call for a1", model="a1", stream=stream)
                 assert pinned.status_code == 503
                 error = pinned.json()["error"]
                 assert error["code"] == "upstream_busy"
                 assert "max_connections_per_origin" in error["message"]
                 assert pinned.headers["retry-after"] == "1"
 
-                routed = await client.chat("hello")  # routed to tier 1: a1, then a2
+                routed = await client.chat("hello", stream=stream)  # tier 1: a1, then a2
                 assert routed.status_code == 200
                 assert routed.headers["x-llm-router-model"] == "a2"
 
@@ -155,10 +162,10 @@ async def test_a_host_with_every_connection_in_use_is_busy_not_failing(
                             (await client.request("GET", "/v1/backends")).json()}
                 assert backends["a1"]["status"] == "healthy"
                 assert backends["a1"]["last_error"] is None
-                assert backends["a1"]["in_flight"] == 2  # the held two only
+                assert (backends["a0"]["in_flight"], backends["a1"]["in_flight"]) == (2, 0)
                 held.release()
             assert [a.status_code for a in answers] == [200, 200]
-            assert len(fake_upstream.requests("a1")) == 2  # the busy ones never reached it
+            assert fake_upstream.requests("a1") == []  # the busy calls never reached it
 
 
 async def _append(answers: list[Any], call: Any) -> None:
