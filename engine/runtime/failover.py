@@ -3,9 +3,10 @@
 For a routed request, the pool orders the tier's usable backends, then each higher tier's (up
 to the route's ``max_tier``, a client key's, when it has one);
 connection refused, a 5xx, a 429 and timeouts *before the first byte has been relayed* move on
-to the next one, and every failure is reported to the pool. So does a backend whose host has no
-free connection in time (``UpstreamBusy``: the router's own connection limit), which is not
-reported: it says nothing of the backend's health. A pinned model is tried alone.
+to the next one, and every failure is reported to the pool. A backend whose host has no free
+connection in time (``UpstreamBusy``: the router's own connection limit) also moves on to the
+next one, but is not reported: it says nothing of the backend's health. A pinned model is
+tried alone.
 When nothing can serve, the error explains why: 503 with each backend's reason, or 429 with a
 ``Retry-After`` when every candidate is rate-limited.
 
